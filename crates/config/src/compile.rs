@@ -1,0 +1,725 @@
+//! Raw → validated. Every problem is collected with its path; nothing stops at the first.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
+use portcullis_core::ConfigErrors;
+use portcullis_core::units::compile_duration;
+use portcullis_ipfilter::{IpRules, parse_nets};
+use portcullis_limits::HeadLimits;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::raw::*;
+use crate::validated::*;
+
+/// Names a request header may not be given by `request_headers`: framing and hop-by-hop
+/// fields, which only the engine may set (a route must not be able to open a smuggling hole).
+const FORBIDDEN_HEADER_OPS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "host",
+];
+
+/// Compiles a raw configuration. `base_dir` resolves relative file paths.
+pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    let mut e = ConfigErrors::new();
+
+    let listeners = compile_listeners(&raw.listeners, base_dir, &mut e);
+    let admin = compile_admin(&raw.admin, base_dir, &mut e);
+    let server = compile_server(&raw.server, &mut e);
+    let audit = Audit {
+        enabled: raw.audit.enabled,
+        output: raw.audit.output,
+        path: raw.audit.path.as_ref().map(|p| resolve(base_dir, p)),
+    };
+    if raw.audit.output == AuditOutput::File && raw.audit.path.is_none() {
+        e.push("audit.path", "required when audit.output is \"file\"");
+    }
+    let logging = Logging {
+        format: raw.logging.format,
+        level: raw.logging.level.clone(),
+    };
+
+    let mut upstream_index = HashMap::new();
+    let mut upstreams = Vec::new();
+    for (name, u) in &raw.upstreams {
+        let path = format!("upstreams.{name}");
+        upstream_index.insert(name.clone(), upstreams.len());
+        upstreams.push(compile_upstream(name, u, &path, base_dir, &mut e));
+    }
+
+    let mut routes = Vec::new();
+    let mut names = HashSet::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if !names.insert(r.name.as_str()) {
+            e.push(format!("{path}.name"), format!("duplicate route name \"{}\"", r.name));
+        }
+        routes.push(compile_route(r, &path, &upstream_index, &server, &mut e));
+    }
+
+    let mut addrs = HashSet::new();
+    for (i, l) in listeners.iter().enumerate() {
+        if l.address.port() != 0 && !addrs.insert(l.address) {
+            e.push(format!("listeners[{i}].address"), format!("{} is used twice", l.address));
+        }
+    }
+    if admin.enabled && admin.address.port() != 0 && addrs.contains(&admin.address) {
+        e.push("admin.address", format!("{} is also a client listener", admin.address));
+    }
+
+    e.into_result(Config {
+        raw,
+        source: None,
+        listeners,
+        admin,
+        server,
+        logging,
+        audit,
+        upstreams,
+        routes,
+    })
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+fn parse_addr(s: &str, path: &str, e: &mut ConfigErrors) -> SocketAddr {
+    s.parse().unwrap_or_else(|_| {
+        e.push(path, format!("\"{s}\" is not an IP:port address"));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+fn compile_listeners(raw: &[RawListener], base: &Path, e: &mut ConfigErrors) -> Vec<Listener> {
+    let mut names = HashSet::new();
+    raw.iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let path = format!("listeners[{i}]");
+            if !names.insert(l.name.as_str()) {
+                e.push(format!("{path}.name"), format!("duplicate listener name \"{}\"", l.name));
+            }
+            Listener {
+                name: Arc::from(l.name.as_str()),
+                address: parse_addr(&l.address, &format!("{path}.address"), e),
+                tls: l
+                    .tls
+                    .as_ref()
+                    .map(|t| compile_listener_tls(t, &format!("{path}.tls"), base, e)),
+            }
+        })
+        .collect()
+}
+
+fn compile_listener_tls(
+    t: &RawListenerTls,
+    path: &str,
+    base: &Path,
+    e: &mut ConfigErrors,
+) -> ListenerTls {
+    let tls13_only = match t.min_version.as_str() {
+        "1.2" => false,
+        "1.3" => true,
+        other => {
+            e.push(
+                format!("{path}.min_version"),
+                format!("\"{other}\": must be \"1.2\" or \"1.3\" (older versions are not offered)"),
+            );
+            false
+        }
+    };
+    if t.certificates.is_empty() {
+        e.push(format!("{path}.certificates"), "at least one certificate is required");
+    }
+    let certificates = t
+        .certificates
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let p = format!("{path}.certificates[{i}]");
+            let cert_file = resolve(base, &c.cert_file);
+            let key_file = resolve(base, &c.key_file);
+            let chain = load_certs(&cert_file, &format!("{p}.cert_file"), e);
+            let key = match PrivateKeyDer::from_pem_file(&key_file) {
+                Ok(k) => Some(k),
+                Err(err) => {
+                    e.push(
+                        format!("{p}.key_file"),
+                        format!("cannot load a private key from {}: {err}", key_file.display()),
+                    );
+                    None
+                }
+            };
+            let server_names = c
+                .server_names
+                .iter()
+                .enumerate()
+                .filter_map(|(j, n)| {
+                    let n = n.trim().to_ascii_lowercase();
+                    let bare = n.strip_prefix("*.").unwrap_or(&n);
+                    if bare.is_empty() || !bare.split('.').all(valid_label) {
+                        e.push(format!("{p}.server_names[{j}]"), format!("\"{n}\" is not a DNS name"));
+                        None
+                    } else {
+                        Some(n)
+                    }
+                })
+                .collect();
+            match (chain, key) {
+                (Some(chain), Some(key)) => Some(Certificate {
+                    cert_file,
+                    chain,
+                    key,
+                    server_names,
+                }),
+                _ => None,
+            }
+        })
+        .collect();
+    ListenerTls {
+        certificates,
+        tls13_only,
+    }
+}
+
+fn valid_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+fn load_certs(file: &Path, path: &str, e: &mut ConfigErrors) -> Option<Vec<CertificateDer<'static>>> {
+    match CertificateDer::pem_file_iter(file).and_then(|it| it.collect::<Result<Vec<_>, _>>()) {
+        Ok(v) if !v.is_empty() => Some(v),
+        Ok(_) => {
+            e.push(path, format!("{} holds no certificate", file.display()));
+            None
+        }
+        Err(err) => {
+            e.push(path, format!("cannot load certificates from {}: {err}", file.display()));
+            None
+        }
+    }
+}
+
+fn resolve_secret(s: &RawSecret, path: &str, base: &Path, e: &mut ConfigErrors) -> Option<String> {
+    let v = match s {
+        RawSecret::Value(v) => Some(v.clone()),
+        RawSecret::Env(name) => match std::env::var(name) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                e.push(format!("{path}.env"), format!("environment variable {name} is not set"));
+                None
+            }
+        },
+        RawSecret::File(f) => {
+            let file = resolve(base, f);
+            match std::fs::read_to_string(&file) {
+                Ok(v) => Some(v.trim_end_matches(['\r', '\n']).to_string()),
+                Err(err) => {
+                    e.push(format!("{path}.file"), format!("cannot read {}: {err}", file.display()));
+                    None
+                }
+            }
+        }
+    };
+    match v {
+        Some(v) if v.is_empty() => {
+            e.push(path, "the secret is empty");
+            None
+        }
+        other => other,
+    }
+}
+
+fn compile_admin(a: &RawAdmin, base: &Path, e: &mut ConfigErrors) -> Admin {
+    let address = parse_addr(&a.address, "admin.address", e);
+    let token = a
+        .token
+        .as_ref()
+        .and_then(|t| resolve_secret(t, "admin.token", base, e));
+    if a.enabled && !address.ip().is_loopback() && a.token.is_none() {
+        e.push(
+            "admin.address",
+            format!(
+                "{address} is not a loopback address: the admin API is only served beyond \
+                 localhost when admin.token is set"
+            ),
+        );
+    }
+    Admin {
+        enabled: a.enabled,
+        address,
+        token,
+    }
+}
+
+fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
+    let request_id_header = HeaderName::from_bytes(s.request_id.header.as_bytes()).unwrap_or_else(|_| {
+        e.push("server.request_id.header", format!("\"{}\" is not a header name", s.request_id.header));
+        HeaderName::from_static("x-request-id")
+    });
+    let header_read_timeout = compile_duration(&s.header_read_timeout, "server.header_read_timeout", e);
+    let idle_timeout = compile_duration(&s.idle_timeout, "server.idle_timeout", e);
+    if s.http2_max_concurrent_streams == 0 {
+        e.push("server.http2_max_concurrent_streams", "must be greater than 0");
+    }
+    Server {
+        trusted_proxies: parse_nets(&s.trusted_proxies, "server.trusted_proxies", e),
+        request_id_header,
+        accept_request_id: s.request_id.accept_from,
+        x_forwarded: s.forwarded_headers.x_forwarded,
+        forwarded: s.forwarded_headers.forwarded,
+        limits: HeadLimits::compile(&s.limits, "server.limits", e),
+        ip_filter: IpRules::compile(&s.ip_filter, "server.ip_filter", e),
+        header_read_timeout,
+        idle_timeout,
+        http2_max_concurrent_streams: s.http2_max_concurrent_streams,
+    }
+}
+
+fn positive(d: std::time::Duration, path: &str, e: &mut ConfigErrors) {
+    if d.is_zero() {
+        e.push(path, "must be greater than 0");
+    }
+}
+
+fn compile_upstream(
+    name: &str,
+    u: &RawUpstream,
+    path: &str,
+    base: &Path,
+    e: &mut ConfigErrors,
+) -> Upstream {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        e.push(path, format!("upstream name \"{name}\" may only hold letters, digits, '-', '_' and '.'"));
+    }
+    let targets: Vec<Target> = u
+        .targets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| compile_target(t, &format!("{path}.targets[{i}]"), e))
+        .collect();
+    match u.kind {
+        UpstreamKind::Proxy if u.targets.is_empty() => {
+            e.push(format!("{path}.targets"), "a proxy upstream needs at least one target")
+        }
+        UpstreamKind::Echo if !u.targets.is_empty() => {
+            e.push(format!("{path}.targets"), "an echo upstream answers in process and takes no targets")
+        }
+        _ => {}
+    }
+    let connect_timeout = compile_duration(&u.connect_timeout, &format!("{path}.connect_timeout"), e);
+    let request_timeout = compile_duration(&u.request_timeout, &format!("{path}.request_timeout"), e);
+    let idle_timeout = compile_duration(&u.idle_timeout, &format!("{path}.idle_timeout"), e);
+    positive(connect_timeout, &format!("{path}.connect_timeout"), e);
+    positive(request_timeout, &format!("{path}.request_timeout"), e);
+    if u.retries.attempts > 5 {
+        e.push(format!("{path}.retries.attempts"), "at most 5 retries");
+    }
+    let on_status = u
+        .retries
+        .on_status
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| match StatusCode::from_u16(*s) {
+            Ok(sc) if sc.is_server_error() => Some(sc),
+            _ => {
+                e.push(format!("{path}.retries.on_status[{i}]"), format!("{s} is not a 5xx status"));
+                None
+            }
+        })
+        .collect();
+    let health_check = u.health_check.as_ref().map(|h| {
+        let hp = format!("{path}.health_check");
+        if !h.path.starts_with('/') || h.path.parse::<http::uri::PathAndQuery>().is_err() {
+            e.push(format!("{hp}.path"), format!("\"{}\" is not an absolute path", h.path));
+        }
+        let interval = compile_duration(&h.interval, &format!("{hp}.interval"), e);
+        let timeout = compile_duration(&h.timeout, &format!("{hp}.timeout"), e);
+        positive(interval, &format!("{hp}.interval"), e);
+        positive(timeout, &format!("{hp}.timeout"), e);
+        if h.healthy_threshold == 0 {
+            e.push(format!("{hp}.healthy_threshold"), "must be greater than 0");
+        }
+        if h.unhealthy_threshold == 0 {
+            e.push(format!("{hp}.unhealthy_threshold"), "must be greater than 0");
+        }
+        HealthCheck {
+            path: h.path.clone(),
+            interval,
+            timeout,
+            healthy_threshold: h.healthy_threshold,
+            unhealthy_threshold: h.unhealthy_threshold,
+        }
+    });
+    if u.kind == UpstreamKind::Echo && u.health_check.is_some() {
+        e.push(format!("{path}.health_check"), "an echo upstream has nothing to check");
+    }
+    let passive_health = PassiveHealth {
+        consecutive_failures: u.passive_health.consecutive_failures,
+        ejection_time: compile_duration(
+            &u.passive_health.ejection_time,
+            &format!("{path}.passive_health.ejection_time"),
+            e,
+        ),
+    };
+    let tls_roots = u
+        .tls
+        .ca_file
+        .as_ref()
+        .and_then(|f| load_certs(&resolve(base, f), &format!("{path}.tls.ca_file"), e));
+    Upstream {
+        name: Arc::from(name),
+        kind: u.kind,
+        targets,
+        protocol: u.protocol,
+        balance: u.balance,
+        connect_timeout,
+        request_timeout,
+        idle_timeout,
+        max_idle_per_target: u.max_idle_per_target,
+        retries: Retries {
+            attempts: u.retries.attempts.min(5),
+            on_status,
+        },
+        health_check,
+        passive_health,
+        tls_roots,
+        host_header: u.host_header,
+    }
+}
+
+fn compile_target(t: &RawTarget, path: &str, e: &mut ConfigErrors) -> Option<Target> {
+    let url = t.url();
+    let uri: Uri = match url.parse() {
+        Ok(u) => u,
+        Err(_) => {
+            e.push(path, format!("\"{url}\" is not a URL"));
+            return None;
+        }
+    };
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
+            e.push(path, format!("\"{url}\": the scheme must be http or https"));
+            return None;
+        }
+    };
+    let Some(authority) = uri.authority().cloned() else {
+        e.push(path, format!("\"{url}\" has no host"));
+        return None;
+    };
+    if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
+        e.push(path, format!("\"{url}\": a target is scheme://host:port, without path or query"));
+        return None;
+    }
+    if authority.as_str().contains('@') {
+        e.push(path, format!("\"{url}\": credentials in a target URL are not supported"));
+        return None;
+    }
+    if t.weight() == 0 {
+        e.push(format!("{path}.weight"), "must be greater than 0");
+    }
+    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let host = authority.host();
+    let authority_s = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let base: Uri = match format!("{}://{authority_s}", if tls { "https" } else { "http" }).parse() {
+        Ok(b) => b,
+        Err(_) => {
+            e.push(path, format!("\"{url}\" is not a URL"));
+            return None;
+        }
+    };
+    Some(Target {
+        base,
+        tls,
+        authority: authority_s,
+        weight: t.weight().max(1),
+    })
+}
+
+fn header_name(s: &str, path: &str, e: &mut ConfigErrors) -> Option<HeaderName> {
+    match HeaderName::from_bytes(s.as_bytes()) {
+        Ok(h) if FORBIDDEN_HEADER_OPS.contains(&h.as_str()) => {
+            e.push(path, format!("\"{s}\" is managed by the gateway and cannot be changed by a route"));
+            None
+        }
+        Ok(h) => Some(h),
+        Err(_) => {
+            e.push(path, format!("\"{s}\" is not a header name"));
+            None
+        }
+    }
+}
+
+fn compile_header_ops(raw: &RawHeaderOps, path: &str, e: &mut ConfigErrors) -> HeaderOps {
+    let pairs = |m: &std::collections::BTreeMap<String, String>, key: &str, e: &mut ConfigErrors| {
+        m.iter()
+            .filter_map(|(k, v)| {
+                let p = format!("{path}.{key}.{k}");
+                let name = header_name(k, &p, e)?;
+                match HeaderValue::from_str(v) {
+                    Ok(v) => Some((name, v)),
+                    Err(_) => {
+                        e.push(p, "the value holds characters not allowed in a header");
+                        None
+                    }
+                }
+            })
+            .collect::<Vec<_>>()
+    };
+    HeaderOps {
+        set: pairs(&raw.set, "set", e),
+        add: pairs(&raw.add, "add", e),
+        remove: raw
+            .remove
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| header_name(h, &format!("{path}.remove[{i}]"), e))
+            .collect(),
+        rename: raw
+            .rename
+            .iter()
+            .filter_map(|(from, to)| {
+                let p = format!("{path}.rename.{from}");
+                Some((header_name(from, &p, e)?, header_name(to, &p, e)?))
+            })
+            .collect(),
+    }
+}
+
+/// Parses `/orders/{id}/items` into segments; `None` when the path has no `{`.
+pub fn parse_template(t: &str, path: &str, e: &mut ConfigErrors) -> Option<Vec<Segment>> {
+    if !t.contains('{') && !t.contains('}') {
+        return None;
+    }
+    let mut seen = HashSet::new();
+    let segs = t
+        .split('/')
+        .skip(1)
+        .map(|s| {
+            if let Some(name) = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    e.push(path, format!("\"{{{name}}}\": a parameter name is letters, digits and '_'"));
+                } else if !seen.insert(name.to_string()) {
+                    e.push(path, format!("parameter \"{name}\" appears twice"));
+                }
+                Segment::Param(Arc::from(name))
+            } else {
+                if s.contains('{') || s.contains('}') {
+                    e.push(path, format!("\"{s}\": a parameter must be a whole segment, like {{id}}"));
+                }
+                Segment::Literal(s.to_string())
+            }
+        })
+        .collect();
+    Some(segs)
+}
+
+fn check_path_syntax(p: &str, path: &str, e: &mut ConfigErrors) -> bool {
+    if !p.starts_with('/') {
+        e.push(path, format!("\"{p}\" must start with '/'"));
+        return false;
+    }
+    if p.contains("//") || p.split('/').any(|s| s == "." || s == "..") || p.contains(['?', '#', '%', '\\']) {
+        e.push(path, format!("\"{p}\" is not a normalised path (no //, dot segments, ?, #, %, \\)"));
+        return false;
+    }
+    true
+}
+
+fn compile_route(
+    r: &RawRoute,
+    path: &str,
+    upstreams: &HashMap<String, usize>,
+    server: &Server,
+    e: &mut ConfigErrors,
+) -> Route {
+    let upstream = upstreams.get(&r.upstream).copied().unwrap_or_else(|| {
+        let mut known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        e.push(
+            format!("{path}.upstream"),
+            format!("unknown upstream \"{}\" (known: {})", r.upstream, known.join(", ")),
+        );
+        0
+    });
+    let m = &r.matcher;
+    let mpath = format!("{path}.match");
+    let hosts = m
+        .hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            let h = h.trim().to_ascii_lowercase();
+            let (suffix, bare) = match h.strip_prefix("*.") {
+                Some(b) => (true, b.to_string()),
+                None => (false, h.clone()),
+            };
+            let ok = !bare.is_empty() && (bare.split('.').all(valid_label) || bare.parse::<std::net::IpAddr>().is_ok());
+            if !ok {
+                e.push(format!("{mpath}.hosts[{i}]"), format!("\"{h}\" is not a host name or *.wildcard"));
+                return None;
+            }
+            Some(if suffix { HostMatch::Suffix(format!(".{bare}")) } else { HostMatch::Exact(bare) })
+        })
+        .collect();
+    let pm = match (&m.path, &m.prefix) {
+        (Some(p), None) => {
+            let pp = format!("{mpath}.path");
+            check_path_syntax(p.trim_matches(['{', '}']), &pp, e);
+            match parse_template(p, &pp, e) {
+                Some(segs) => PathMatch::Template(segs),
+                None => PathMatch::Exact(p.clone()),
+            }
+        }
+        (None, Some(p)) => {
+            let pp = format!("{mpath}.prefix");
+            if check_path_syntax(p, &pp, e) && p.contains(['{', '}']) {
+                e.push(pp, "a prefix cannot hold parameters; use path with a template");
+            }
+            PathMatch::Prefix(p.trim_end_matches('/').to_string())
+        }
+        (Some(_), Some(_)) => {
+            e.push(&mpath, "give either path or prefix, not both");
+            PathMatch::Prefix(String::new())
+        }
+        (None, None) => {
+            e.push(&mpath, "give path or prefix (use prefix: / to take every path)");
+            PathMatch::Prefix(String::new())
+        }
+    };
+    let methods = if m.methods.is_empty() {
+        None
+    } else {
+        Some(
+            m.methods
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    let up = s.to_ascii_uppercase();
+                    match Method::from_bytes(up.as_bytes()) {
+                        Ok(me) if up.bytes().all(|b| b.is_ascii_uppercase()) => Some(me),
+                        _ => {
+                            e.push(format!("{mpath}.methods[{i}]"), format!("\"{s}\" is not a method"));
+                            None
+                        }
+                    }
+                })
+                .collect(),
+        )
+    };
+    let rewrite = r.rewrite.as_ref().and_then(|rw| {
+        let rp = format!("{path}.rewrite");
+        match (&rw.replace_prefix, &rw.template) {
+            (Some(p), None) => {
+                if !matches!(pm, PathMatch::Prefix(_)) {
+                    e.push(format!("{rp}.replace_prefix"), "needs a route matched by prefix");
+                }
+                if !p.is_empty() && !p.starts_with('/') {
+                    e.push(format!("{rp}.replace_prefix"), format!("\"{p}\" must be empty or start with '/'"));
+                }
+                Some(Rewrite::ReplacePrefix(p.trim_end_matches('/').to_string()))
+            }
+            (None, Some(t)) => {
+                let tp = format!("{rp}.template");
+                let params: HashSet<&str> = match &pm {
+                    PathMatch::Template(segs) => segs
+                        .iter()
+                        .filter_map(|s| match s {
+                            Segment::Param(p) => Some(&**p),
+                            Segment::Literal(_) => None,
+                        })
+                        .collect(),
+                    _ => HashSet::new(),
+                };
+                Some(Rewrite::Template(parse_rewrite_template(t, &params, &tp, e)))
+            }
+            (Some(_), Some(_)) => {
+                e.push(&rp, "give either replace_prefix or template, not both");
+                None
+            }
+            (None, None) => {
+                e.push(&rp, "give replace_prefix or template");
+                None
+            }
+        }
+    });
+    let max_body_bytes = r
+        .max_body_bytes
+        .as_ref()
+        .map(|s| s.compile(&format!("{path}.max_body_bytes"), e))
+        .unwrap_or(server.limits.max_body_bytes);
+    let timeout = r.timeout.as_ref().map(|t| {
+        let d = compile_duration(t, &format!("{path}.timeout"), e);
+        positive(d, &format!("{path}.timeout"), e);
+        d
+    });
+    Route {
+        name: Arc::from(r.name.as_str()),
+        hosts,
+        path: pm,
+        methods,
+        upstream,
+        rewrite,
+        request_headers: compile_header_ops(&r.request_headers, &format!("{path}.request_headers"), e),
+        response_headers: compile_header_ops(&r.response_headers, &format!("{path}.response_headers"), e),
+        max_body_bytes,
+        ip_filter: IpRules::compile(&r.ip_filter, &format!("{path}.ip_filter"), e),
+        timeout,
+    }
+}
+
+fn parse_rewrite_template(
+    t: &str,
+    params: &HashSet<&str>,
+    path: &str,
+    e: &mut ConfigErrors,
+) -> Vec<TemplatePart> {
+    if !t.starts_with('/') {
+        e.push(path, format!("\"{t}\" must start with '/'"));
+    }
+    let mut parts = Vec::new();
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        if open > 0 {
+            parts.push(TemplatePart::Literal(rest[..open].to_string()));
+        }
+        let Some(close) = rest[open..].find('}') else {
+            e.push(path, "unclosed '{'");
+            return parts;
+        };
+        let name = &rest[open + 1..open + close];
+        if !params.contains(name) {
+            e.push(path, format!("\"{{{name}}}\" is not a parameter of the route's path template"));
+        }
+        parts.push(TemplatePart::Param(Arc::from(name)));
+        rest = &rest[open + close + 1..];
+    }
+    if rest.contains('}') {
+        e.push(path, "unmatched '}'");
+    }
+    if !rest.is_empty() {
+        parts.push(TemplatePart::Literal(rest.to_string()));
+    }
+    parts
+}

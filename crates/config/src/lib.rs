@@ -1,0 +1,126 @@
+//! # portcullis-config
+//!
+//! The configuration in two layers.
+//!
+//! * **Takes**: YAML text ([`load_file`], [`load_str`]).
+//! * **Produces**: a validated [`Config`] — addresses, CIDRs, durations, sizes, templates,
+//!   header names parsed; certificates, keys and secrets loaded; references between sections
+//!   resolved.
+//! * **Rejects**: unknown keys, wrong types, and every semantic error, *all at once*, each with
+//!   its path (`routes[3].upstream: unknown upstream "billing"`). Structural errors are found by
+//!   validating the YAML against the JSON Schema generated from the raw types ([`schema`]), so
+//!   one pass reports all of them instead of serde's first.
+//!
+//! Invariant: a [`Config`] value is only ever built by [`compile`]; holding one means the whole
+//! file was valid.
+
+#![forbid(unsafe_code)]
+
+mod compile;
+pub mod raw;
+pub mod validated;
+
+use std::path::Path;
+
+pub use compile::{compile, parse_template};
+pub use portcullis_core::{ConfigError, ConfigErrors};
+pub use raw::RawConfig;
+pub use validated::*;
+
+/// The JSON Schema of the configuration file, for editors and for structural validation.
+pub fn schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(RawConfig);
+    serde_json::to_value(schema).unwrap_or(serde_json::Value::Null)
+}
+
+/// Reads, validates and compiles a configuration file. Relative paths inside it resolve against
+/// the file's folder.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        let mut e = ConfigErrors::new();
+        e.push("", format!("cannot read {}: {err}", path.display()));
+        e
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut cfg = load_str(&text, base)?;
+    cfg.source = Some(path.to_path_buf());
+    Ok(cfg)
+}
+
+/// Parses YAML text into the raw layer, reporting every structural error.
+pub fn parse_raw(text: &str) -> Result<RawConfig, ConfigErrors> {
+    let mut e = ConfigErrors::new();
+    let value: serde_json::Value = match serde_yaml_ng::from_str(text) {
+        Ok(serde_json::Value::Null) => serde_json::Value::Object(Default::default()),
+        Ok(v) => v,
+        Err(err) => {
+            let at = err
+                .location()
+                .map(|l| format!("line {}, column {}", l.line(), l.column()))
+                .unwrap_or_default();
+            e.push(at, format!("not valid YAML: {err}"));
+            return Err(e);
+        }
+    };
+    structural_errors(&value, &mut e);
+    if !e.is_empty() {
+        return Err(e);
+    }
+    serde_json::from_value(value).map_err(|err| {
+        e.push("", err.to_string());
+        e
+    })
+}
+
+/// Parses and compiles YAML text. `base_dir` resolves relative file paths.
+pub fn load_str(text: &str, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    let raw = parse_raw(text)?;
+    compile(raw, base_dir)
+}
+
+fn structural_errors(value: &serde_json::Value, e: &mut ConfigErrors) {
+    let schema = schema();
+    let validator = match jsonschema::validator_for(&schema) {
+        Ok(v) => v,
+        Err(err) => {
+            e.push("", format!("internal error: the configuration schema does not compile: {err}"));
+            return;
+        }
+    };
+    for err in validator.iter_errors(value) {
+        let path = pointer_to_path(&err.instance_path().to_string());
+        e.push(path, describe(&err));
+    }
+}
+
+fn describe(err: &jsonschema::ValidationError<'_>) -> String {
+    let msg = err.to_string();
+    // anyOf/oneOf failures print the whole offending value; keep messages short.
+    if msg.len() > 300 {
+        format!("{}…", &msg[..msg.floor_char_boundary(300)])
+    } else {
+        msg
+    }
+}
+
+/// `/routes/3/match/path` → `routes[3].match.path`.
+pub fn pointer_to_path(pointer: &str) -> String {
+    let mut out = String::new();
+    for seg in pointer.split('/').skip(1) {
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        if seg.bytes().all(|b| b.is_ascii_digit()) && !seg.is_empty() {
+            out.push('[');
+            out.push_str(&seg);
+            out.push(']');
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&seg);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,616 @@
+//! The user-facing format: what operators write in YAML. Every struct refuses unknown keys.
+//! Values that need parsing (addresses, durations, CIDRs, sizes) stay strings here and are
+//! parsed by [`crate::compile`], so that every malformed value is reported with its path.
+
+use std::collections::BTreeMap;
+
+use portcullis_core::units::RawSize;
+use portcullis_ipfilter::RawIpFilter;
+use portcullis_limits::RawLimits;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A Portcullis configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where the gateway accepts client traffic.
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    /// The admin listener (health, readiness, metrics, running config).
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// Gateway-wide request handling.
+    #[serde(default)]
+    pub server: RawServer,
+    /// Log output.
+    #[serde(default)]
+    pub logging: RawLogging,
+    /// The audit trail: one JSON event per request.
+    #[serde(default)]
+    pub audit: RawAudit,
+    /// Named upstream pools.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    /// Routes, the only requests that are served: anything else is refused with 404.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// A client-facing listener.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// A name for logs, metrics and audit.
+    pub name: String,
+    /// `IP:port` to bind (`0.0.0.0:443`, `[::]:8443`, `127.0.0.1:0` for an ephemeral port).
+    pub address: String,
+    /// TLS termination; absent means cleartext HTTP/1.1 and h2c (prior knowledge).
+    #[serde(default)]
+    pub tls: Option<RawListenerTls>,
+}
+
+/// TLS settings of a listener.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    /// Certificates; the one whose names match the client's SNI is served. The first is the
+    /// default for clients that send no SNI or an unknown name.
+    pub certificates: Vec<RawCertificate>,
+    /// Lowest TLS version accepted: `"1.2"` (default) or `"1.3"`.
+    #[serde(default = "default_tls_min")]
+    pub min_version: String,
+}
+
+fn default_tls_min() -> String {
+    "1.2".into()
+}
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// PEM file: the leaf certificate first, then intermediates.
+    pub cert_file: String,
+    /// PEM file: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// Names this certificate answers for in SNI (exact or `*.example.com`). Default: the
+    /// certificate's DNS subject alternative names.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Serve the admin API at all. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `IP:port`. Default `127.0.0.1:9901`. A non-loopback address requires `token`.
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+    /// Bearer token required on every admin request except `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub token: Option<RawSecret>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            enabled: true,
+            address: default_admin_address(),
+            token: None,
+        }
+    }
+}
+
+fn default_admin_address() -> String {
+    "127.0.0.1:9901".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A secret: from an environment variable, a file, or (discouraged) inline.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum RawSecret {
+    /// Name of an environment variable holding the secret.
+    Env(String),
+    /// Path of a file holding the secret (trailing newline removed).
+    File(String),
+    /// The secret itself. Shown redacted by the admin API.
+    #[serde(serialize_with = "redact")]
+    Value(String),
+}
+
+fn redact<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("<redacted>")
+}
+
+/// Gateway-wide request handling.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Peers (CIDRs) whose `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and
+    /// `X-Request-ID` are believed. Default: none — every peer is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// Request id handling.
+    #[serde(default)]
+    pub request_id: RawRequestId,
+    /// Which forwarding headers are sent upstream.
+    #[serde(default)]
+    pub forwarded_headers: RawForwardedHeaders,
+    /// Size limits on every request.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Gateway-wide client address lists, checked before routing.
+    #[serde(default)]
+    pub ip_filter: RawIpFilter,
+    /// Time allowed to receive a request head. Default `10s`.
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout: String,
+    /// How long an idle keep-alive connection is kept open. Default `60s`.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: String,
+    /// Most concurrent streams per HTTP/2 connection. Default 100.
+    #[serde(default = "default_h2_streams")]
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            trusted_proxies: Vec::new(),
+            request_id: RawRequestId::default(),
+            forwarded_headers: RawForwardedHeaders::default(),
+            limits: RawLimits::default(),
+            ip_filter: RawIpFilter::default(),
+            header_read_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
+            http2_max_concurrent_streams: default_h2_streams(),
+        }
+    }
+}
+
+fn default_header_timeout() -> String {
+    "10s".into()
+}
+fn default_idle_timeout() -> String {
+    "60s".into()
+}
+fn default_h2_streams() -> u32 {
+    100
+}
+
+/// Request id handling.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRequestId {
+    /// Header carrying the id upstream and back to the client. Default `x-request-id`.
+    #[serde(default = "default_request_id_header")]
+    pub header: String,
+    /// Whose incoming id is kept: `trusted_proxies` (default), `any` or `none`.
+    #[serde(default)]
+    pub accept_from: AcceptFrom,
+}
+
+impl Default for RawRequestId {
+    fn default() -> Self {
+        RawRequestId {
+            header: default_request_id_header(),
+            accept_from: AcceptFrom::default(),
+        }
+    }
+}
+
+fn default_request_id_header() -> String {
+    "x-request-id".into()
+}
+
+/// Whose incoming request id is kept.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AcceptFrom {
+    #[default]
+    TrustedProxies,
+    Any,
+    None,
+}
+
+/// Which forwarding headers are sent upstream.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawForwardedHeaders {
+    /// `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`. Default true.
+    #[serde(default = "default_true")]
+    pub x_forwarded: bool,
+    /// RFC 7239 `Forwarded`. Default true.
+    #[serde(default = "default_true")]
+    pub forwarded: bool,
+}
+
+impl Default for RawForwardedHeaders {
+    fn default() -> Self {
+        RawForwardedHeaders {
+            x_forwarded: true,
+            forwarded: true,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    /// `pretty` (default) or `json`. The `--log-format` flag overrides it.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `portcullis=debug,info`. Default `info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for RawLogging {
+    fn default() -> Self {
+        RawLogging {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// The audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Write audit events at all. Default true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `stdout` (default), `stderr` or `file`.
+    #[serde(default)]
+    pub output: AuditOutput,
+    /// File path when `output` is `file` (appended to).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            enabled: true,
+            output: AuditOutput::default(),
+            path: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutput {
+    #[default]
+    Stdout,
+    Stderr,
+    File,
+}
+
+/// A named pool of upstream targets, or the built-in echo upstream.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// `proxy` (default): forward to `targets`. `echo`: answer in process with the request
+    /// as the upstream would have received it, as JSON (for demos and tests).
+    #[serde(default)]
+    pub kind: UpstreamKind,
+    /// `http://host:port` or `https://host:port` URLs (no path), optionally with a weight.
+    #[serde(default)]
+    pub targets: Vec<RawTarget>,
+    /// `auto` (default: HTTP/1.1 in cleartext, ALPN over TLS), `http1`, or `http2` (h2c prior
+    /// knowledge in cleartext; needed for gRPC to cleartext backends).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// `round_robin` (default) or `least_requests` (power of two random choices).
+    #[serde(default)]
+    pub balance: Balance,
+    /// TCP (and TLS) connect timeout. Default `2s`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    /// Time to the upstream's response head. Default `30s`.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: String,
+    /// How long an idle pooled connection is kept. Default `90s`.
+    #[serde(default = "default_pool_idle")]
+    pub idle_timeout: String,
+    /// Most idle pooled connections per target. Default 64.
+    #[serde(default = "default_pool_max_idle")]
+    pub max_idle_per_target: usize,
+    /// Retries of idempotent requests.
+    #[serde(default)]
+    pub retries: RawRetries,
+    /// Active health checking; absent: none.
+    #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
+    /// Passive ejection of failing targets.
+    #[serde(default)]
+    pub passive_health: RawPassiveHealth,
+    /// TLS to `https://` targets.
+    #[serde(default)]
+    pub tls: RawUpstreamTls,
+    /// `preserve` (default): send the client's Host. `target`: send the target's host:port.
+    #[serde(default)]
+    pub host_header: HostHeader,
+}
+
+fn default_connect_timeout() -> String {
+    "2s".into()
+}
+fn default_request_timeout() -> String {
+    "30s".into()
+}
+fn default_pool_idle() -> String {
+    "90s".into()
+}
+fn default_pool_max_idle() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamKind {
+    #[default]
+    Proxy,
+    Echo,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastRequests,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HostHeader {
+    #[default]
+    Preserve,
+    Target,
+}
+
+/// An upstream target: a URL, or a URL with a weight.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum RawTarget {
+    Url(String),
+    Weighted {
+        url: String,
+        #[serde(default = "default_weight")]
+        weight: u32,
+    },
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl RawTarget {
+    pub fn url(&self) -> &str {
+        match self {
+            RawTarget::Url(u) | RawTarget::Weighted { url: u, .. } => u,
+        }
+    }
+    pub fn weight(&self) -> u32 {
+        match self {
+            RawTarget::Url(_) => 1,
+            RawTarget::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+/// Retries: only for idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) whose body
+/// is empty, and each retry goes to another target when there is one.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetries {
+    /// Retries after the first try. Default 1; 0 disables. At most 5.
+    #[serde(default = "default_retry_attempts")]
+    pub attempts: u32,
+    /// Upstream statuses that are retried besides connection failures. Default `[502, 503]`.
+    #[serde(default = "default_retry_statuses")]
+    pub on_status: Vec<u16>,
+}
+
+impl Default for RawRetries {
+    fn default() -> Self {
+        RawRetries {
+            attempts: default_retry_attempts(),
+            on_status: default_retry_statuses(),
+        }
+    }
+}
+
+fn default_retry_attempts() -> u32 {
+    1
+}
+fn default_retry_statuses() -> Vec<u16> {
+    vec![502, 503]
+}
+
+/// Active health checks: a GET to every target on an interval.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Path requested. Default `/healthz`.
+    #[serde(default = "default_hc_path")]
+    pub path: String,
+    /// Default `5s`.
+    #[serde(default = "default_hc_interval")]
+    pub interval: String,
+    /// Default `2s`.
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: String,
+    /// Consecutive successes to become healthy again. Default 2.
+    #[serde(default = "default_hc_healthy")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures to become unhealthy. Default 2.
+    #[serde(default = "default_hc_unhealthy")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_hc_path() -> String {
+    "/healthz".into()
+}
+fn default_hc_interval() -> String {
+    "5s".into()
+}
+fn default_hc_timeout() -> String {
+    "2s".into()
+}
+fn default_hc_healthy() -> u32 {
+    2
+}
+fn default_hc_unhealthy() -> u32 {
+    2
+}
+
+/// Passive health: a target that fails this many times in a row (connect errors, timeouts,
+/// 5xx answers) is taken out of rotation for `ejection_time`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassiveHealth {
+    /// Default 5; 0 disables.
+    #[serde(default = "default_consecutive")]
+    pub consecutive_failures: u32,
+    /// Default `30s`.
+    #[serde(default = "default_ejection")]
+    pub ejection_time: String,
+}
+
+impl Default for RawPassiveHealth {
+    fn default() -> Self {
+        RawPassiveHealth {
+            consecutive_failures: default_consecutive(),
+            ejection_time: default_ejection(),
+        }
+    }
+}
+
+fn default_consecutive() -> u32 {
+    5
+}
+fn default_ejection() -> String {
+    "30s".into()
+}
+
+/// TLS towards upstream targets.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM file of CA certificates to trust instead of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+/// A route: which requests it takes, where they go, and how they are changed on the way.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique name (audit, metrics).
+    pub name: String,
+    /// What requests this route takes.
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    /// Name of an entry of `upstreams`.
+    pub upstream: String,
+    /// Path rewrite before forwarding.
+    #[serde(default)]
+    pub rewrite: Option<RawRewrite>,
+    /// Headers changed on the request sent upstream.
+    #[serde(default)]
+    pub request_headers: RawHeaderOps,
+    /// Headers changed on the response sent to the client.
+    #[serde(default)]
+    pub response_headers: RawHeaderOps,
+    /// Largest request body. Default: `server.limits.max_body_bytes`.
+    #[serde(default)]
+    pub max_body_bytes: Option<RawSize>,
+    /// Client address lists for this route (after the gateway-wide ones).
+    #[serde(default)]
+    pub ip_filter: RawIpFilter,
+    /// Overrides the upstream's `request_timeout`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// Route matching. Host and method lists empty: any. Exactly one of `path` and `prefix`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Hosts: exact (`api.example.com`) or wildcard (`*.example.com`, any subdomain). Empty: any.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// An exact path (`/health`) or a template (`/orders/{id}`; a `{name}` matches one segment).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// A path prefix matched on segment boundaries (`/api` takes `/api` and `/api/x`, not `/apix`).
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Methods (`GET`, `POST` …). Empty: any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+/// Path rewrite. Exactly one key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRewrite {
+    /// Replace the matched `prefix` with this (empty string: strip it).
+    #[serde(default)]
+    pub replace_prefix: Option<String>,
+    /// A new path built from the route's template captures, e.g. `/v2/orders/{id}`.
+    #[serde(default)]
+    pub template: Option<String>,
+}
+
+/// Header changes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderOps {
+    /// Set (replace) these headers.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Append these headers (kept alongside existing values).
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Remove these headers.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Rename headers: `from: to`.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+}

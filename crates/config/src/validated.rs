@@ -1,0 +1,250 @@
+//! The validated runtime configuration: everything parsed, checked and loaded.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
+use ipnet::IpNet;
+use portcullis_ipfilter::IpRules;
+use portcullis_limits::HeadLimits;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+pub use crate::raw::{
+    AcceptFrom, AuditOutput, Balance, HostHeader, LogFormat, UpstreamKind, UpstreamProtocol,
+};
+use crate::raw::RawConfig;
+
+/// A configuration that compiled without error.
+#[derive(Debug)]
+pub struct Config {
+    /// What the operator wrote (secrets redact themselves when serialised).
+    pub raw: RawConfig,
+    /// The file it came from, if any.
+    pub source: Option<PathBuf>,
+    pub listeners: Vec<Listener>,
+    pub admin: Admin,
+    pub server: Server,
+    pub logging: Logging,
+    pub audit: Audit,
+    pub upstreams: Vec<Upstream>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug)]
+pub struct Listener {
+    pub name: Arc<str>,
+    pub address: SocketAddr,
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug)]
+pub struct ListenerTls {
+    pub certificates: Vec<Certificate>,
+    /// Refuse TLS 1.2 when true.
+    pub tls13_only: bool,
+}
+
+#[derive(Debug)]
+pub struct Certificate {
+    pub cert_file: PathBuf,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// Lowercase names (exact, or `*.suffix`) for SNI; empty means "use the certificate's SANs".
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub enabled: bool,
+    pub address: SocketAddr,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub trusted_proxies: Vec<IpNet>,
+    pub request_id_header: HeaderName,
+    pub accept_request_id: AcceptFrom,
+    pub x_forwarded: bool,
+    pub forwarded: bool,
+    pub limits: HeadLimits,
+    pub ip_filter: IpRules,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub http2_max_concurrent_streams: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Logging {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Audit {
+    pub enabled: bool,
+    pub output: AuditOutput,
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `scheme://host:port` with no path.
+    pub base: Uri,
+    pub tls: bool,
+    /// `host:port` as written.
+    pub authority: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Retries {
+    pub attempts: u32,
+    pub on_status: Vec<StatusCode>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct PassiveHealth {
+    pub consecutive_failures: u32,
+    pub ejection_time: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: Arc<str>,
+    pub kind: UpstreamKind,
+    pub targets: Vec<Target>,
+    pub protocol: UpstreamProtocol,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_per_target: usize,
+    pub retries: Retries,
+    pub health_check: Option<HealthCheck>,
+    pub passive_health: PassiveHealth,
+    /// CA certificates to trust for `https://` targets; `None`: the system roots.
+    pub tls_roots: Option<Vec<CertificateDer<'static>>>,
+    pub host_header: HostHeader,
+}
+
+/// How a route's host list matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Lowercase, without port.
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`: any name ending so (at least one label more).
+    Suffix(String),
+}
+
+impl HostMatch {
+    /// `host` must already be lowercase and without port.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(h) => h == host,
+            HostMatch::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+
+    /// Higher is more specific.
+    pub fn specificity(&self) -> usize {
+        match self {
+            HostMatch::Exact(h) => 10_000 + h.len(),
+            HostMatch::Suffix(s) => s.len(),
+        }
+    }
+}
+
+/// One segment of a templated path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(String),
+    Param(Arc<str>),
+}
+
+/// How a route's path matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    Template(Vec<Segment>),
+    /// Without trailing slash (`/` itself is stored as empty: matches everything).
+    Prefix(String),
+}
+
+/// A piece of a rewrite template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Literal(String),
+    Param(Arc<str>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    ReplacePrefix(String),
+    Template(Vec<TemplatePart>),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+    pub rename: Vec<(HeaderName, HeaderName)>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty() && self.rename.is_empty()
+    }
+
+    /// Applies remove, rename, set, add — in that order.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (from, to) in &self.rename {
+            let values: Vec<HeaderValue> = match headers.entry(from) {
+                http::header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
+                http::header::Entry::Vacant(_) => continue,
+            };
+            headers.remove(to);
+            for v in values {
+                headers.append(to.clone(), v);
+            }
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub hosts: Vec<HostMatch>,
+    pub path: PathMatch,
+    /// `None`: any method.
+    pub methods: Option<Vec<Method>>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub rewrite: Option<Rewrite>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub max_body_bytes: u64,
+    pub ip_filter: IpRules,
+    pub timeout: Option<Duration>,
+}

@@ -1,0 +1,166 @@
+//! The per-request context that travels through the pipeline.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::{RejectReason, StageId};
+
+/// Index of a route in the running snapshot's route table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RouteId(pub usize);
+
+/// The route a request matched, with the parameters captured by a templated path.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    pub id: RouteId,
+    pub name: Arc<str>,
+    /// `{name}` captures of a templated path, in template order, percent-decoded.
+    pub params: Vec<(Arc<str>, String)>,
+}
+
+impl RouteMatch {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| &**k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The scheme the client used to reach the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// What the TLS handshake established.
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    pub server_name: Option<String>,
+    pub alpn: Option<Vec<u8>>,
+    pub version: Option<&'static str>,
+}
+
+/// A request id: 32 lowercase hex digits unless a trusted client supplied its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(Arc<str>);
+
+impl RequestId {
+    /// A fresh random id. Not a secret: it must be unique, not unguessable.
+    pub fn generate() -> Self {
+        let v = fastrand::u128(..);
+        RequestId(Arc::from(format!("{v:032x}")))
+    }
+
+    /// Accepts a client-supplied id only if it is short and made of safe characters, so it can
+    /// be logged and echoed without escaping.
+    pub fn from_client(value: &[u8]) -> Option<Self> {
+        if value.is_empty() || value.len() > 128 {
+            return None;
+        }
+        if !value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        {
+            return None;
+        }
+        std::str::from_utf8(value)
+            .ok()
+            .map(|s| RequestId(Arc::from(s)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Everything the gateway knows about a request beyond its head and body.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub request_id: RequestId,
+    pub received: Instant,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The client address after trusted-proxy resolution (equals the peer's unless the peer is a
+    /// trusted proxy that forwarded a client address).
+    pub client_ip: IpAddr,
+    /// Whether the TCP peer is a trusted proxy.
+    pub peer_trusted: bool,
+    pub scheme: Scheme,
+    pub listener: Arc<str>,
+    pub tls: Option<TlsInfo>,
+    /// The path as received, before normalisation (for audit).
+    pub original_path: Option<String>,
+    /// Set by the route step.
+    pub route: Option<RouteMatch>,
+    /// The largest body the route accepts; enforced while streaming.
+    pub body_limit: Option<u64>,
+    /// Set when a step rejects: which step and why (for audit and metrics).
+    pub rejected_by: Option<(StageId, RejectReason)>,
+    /// Per-request data of later steps (principal, permit …), keyed by type.
+    pub extensions: http::Extensions,
+}
+
+impl RequestCtx {
+    pub fn new(peer: SocketAddr, scheme: Scheme, listener: Arc<str>) -> Self {
+        RequestCtx {
+            request_id: RequestId::generate(),
+            received: Instant::now(),
+            peer,
+            client_ip: peer.ip(),
+            peer_trusted: false,
+            scheme,
+            listener,
+            tls: None,
+            original_path: None,
+            route: None,
+            body_limit: None,
+            rejected_by: None,
+            extensions: http::Extensions::new(),
+        }
+    }
+
+    pub fn route_id(&self) -> Option<RouteId> {
+        self.route.as_ref().map(|r| r.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_32_hex_and_distinct() {
+        let a = RequestId::generate();
+        let b = RequestId::generate();
+        assert_eq!(a.as_str().len(), 32);
+        assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn client_ids_are_filtered() {
+        assert!(RequestId::from_client(b"abc-123_x.y:z").is_some());
+        assert!(RequestId::from_client(b"").is_none());
+        assert!(RequestId::from_client(b"has space").is_none());
+        assert!(RequestId::from_client(b"a\r\nb").is_none());
+        assert!(RequestId::from_client(&[b'a'; 129]).is_none());
+    }
+}

@@ -1,0 +1,31 @@
+//! # portcullis-core
+//!
+//! The contract between the gateway engine and its security steps, and the types they share.
+//!
+//! * **Takes**: a request head ([`http::request::Parts`]) with a lazily buffered body
+//!   ([`GatewayRequest`]) and a per-request context ([`RequestCtx`]).
+//! * **Produces**: a [`Verdict`] per step — `Continue` or `Reject(Rejection)`.
+//! * **Rejects**: nothing itself; it defines the stable [`RejectReason`] codes every step uses so
+//!   that audit, metrics and problem+json responses key on one vocabulary.
+//!
+//! Invariants:
+//! * A step never writes a response itself: it rejects, and one table in the proxy turns the
+//!   rejection into HTTP. This keeps error bodies uniform and lets audit see every outcome.
+//! * Steps that finish synchronously cost no allocation: [`Step::Done`] carries the verdict
+//!   directly; only truly asynchronous work is boxed ([`Step::Async`]).
+//! * This crate knows nothing of sockets, TLS or hyper.
+
+#![forbid(unsafe_code)]
+
+mod body;
+mod ctx;
+mod errors;
+mod reject;
+mod stage;
+pub mod units;
+
+pub use body::{BodyError, BoxBody, BoxError, GatewayRequest, RequestBody};
+pub use ctx::{RequestCtx, RequestId, RouteId, RouteMatch, Scheme, TlsInfo};
+pub use errors::{ConfigError, ConfigErrors};
+pub use reject::{RejectReason, Rejection};
+pub use stage::{Stage, StageId, Step, Verdict};

@@ -1,0 +1,190 @@
+//! Rejections and their stable reason codes.
+
+use std::borrow::Cow;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+
+/// Why a request was refused or failed. The code is stable: it appears in audit events, in
+/// metrics labels and in the problem+json `type` (`urn:portcullis:problem:<code>`). Add new
+/// variants; never rename or reuse one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The request could not be understood (malformed head, bad path encoding).
+    BadRequest,
+    /// No route matches the host and path: deny by default.
+    RouteNotFound,
+    /// A route matches the path but not the method.
+    MethodNotAllowed,
+    /// The client address is on a deny list or missing from an allow list.
+    IpDenied,
+    /// The request target is longer than allowed.
+    UriTooLong,
+    /// More header fields than allowed.
+    TooManyHeaders,
+    /// The header section, or one header field, is larger than allowed.
+    HeadersTooLarge,
+    /// The body is larger than the route allows.
+    BodyTooLarge,
+    /// The body did not arrive in time or was cut short.
+    BodyReadFailed,
+    /// Every target of the upstream is unhealthy or ejected.
+    NoHealthyUpstream,
+    /// The upstream could not be reached or failed mid-exchange.
+    UpstreamError,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// An internal failure of the gateway itself.
+    Internal,
+}
+
+impl RejectReason {
+    /// Every reason, for documentation and exhaustive tests.
+    pub const ALL: &'static [RejectReason] = &[
+        RejectReason::BadRequest,
+        RejectReason::RouteNotFound,
+        RejectReason::MethodNotAllowed,
+        RejectReason::IpDenied,
+        RejectReason::UriTooLong,
+        RejectReason::TooManyHeaders,
+        RejectReason::HeadersTooLarge,
+        RejectReason::BodyTooLarge,
+        RejectReason::BodyReadFailed,
+        RejectReason::NoHealthyUpstream,
+        RejectReason::UpstreamError,
+        RejectReason::UpstreamTimeout,
+        RejectReason::Internal,
+    ];
+
+    /// The stable machine-readable code.
+    pub const fn code(self) -> &'static str {
+        match self {
+            RejectReason::BadRequest => "bad_request",
+            RejectReason::RouteNotFound => "route_not_found",
+            RejectReason::MethodNotAllowed => "method_not_allowed",
+            RejectReason::IpDenied => "ip_denied",
+            RejectReason::UriTooLong => "uri_too_long",
+            RejectReason::TooManyHeaders => "too_many_headers",
+            RejectReason::HeadersTooLarge => "headers_too_large",
+            RejectReason::BodyTooLarge => "body_too_large",
+            RejectReason::BodyReadFailed => "body_read_failed",
+            RejectReason::NoHealthyUpstream => "no_healthy_upstream",
+            RejectReason::UpstreamError => "upstream_error",
+            RejectReason::UpstreamTimeout => "upstream_timeout",
+            RejectReason::Internal => "internal_error",
+        }
+    }
+
+    /// The problem `type` URI.
+    pub const fn type_uri(self) -> &'static str {
+        match self {
+            RejectReason::BadRequest => "urn:portcullis:problem:bad_request",
+            RejectReason::RouteNotFound => "urn:portcullis:problem:route_not_found",
+            RejectReason::MethodNotAllowed => "urn:portcullis:problem:method_not_allowed",
+            RejectReason::IpDenied => "urn:portcullis:problem:ip_denied",
+            RejectReason::UriTooLong => "urn:portcullis:problem:uri_too_long",
+            RejectReason::TooManyHeaders => "urn:portcullis:problem:too_many_headers",
+            RejectReason::HeadersTooLarge => "urn:portcullis:problem:headers_too_large",
+            RejectReason::BodyTooLarge => "urn:portcullis:problem:body_too_large",
+            RejectReason::BodyReadFailed => "urn:portcullis:problem:body_read_failed",
+            RejectReason::NoHealthyUpstream => "urn:portcullis:problem:no_healthy_upstream",
+            RejectReason::UpstreamError => "urn:portcullis:problem:upstream_error",
+            RejectReason::UpstreamTimeout => "urn:portcullis:problem:upstream_timeout",
+            RejectReason::Internal => "urn:portcullis:problem:internal_error",
+        }
+    }
+
+    /// The HTTP status this reason answers with.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            RejectReason::BadRequest => StatusCode::BAD_REQUEST,
+            RejectReason::RouteNotFound => StatusCode::NOT_FOUND,
+            RejectReason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            RejectReason::IpDenied => StatusCode::FORBIDDEN,
+            RejectReason::UriTooLong => StatusCode::URI_TOO_LONG,
+            RejectReason::TooManyHeaders | RejectReason::HeadersTooLarge => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            RejectReason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RejectReason::BodyReadFailed => StatusCode::BAD_REQUEST,
+            RejectReason::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
+            RejectReason::UpstreamError => StatusCode::BAD_GATEWAY,
+            RejectReason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            RejectReason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A short human title (the problem `title`).
+    pub const fn title(self) -> &'static str {
+        match self {
+            RejectReason::BadRequest => "Bad request",
+            RejectReason::RouteNotFound => "No route for this request",
+            RejectReason::MethodNotAllowed => "Method not allowed",
+            RejectReason::IpDenied => "Client address not allowed",
+            RejectReason::UriTooLong => "Request target too long",
+            RejectReason::TooManyHeaders => "Too many header fields",
+            RejectReason::HeadersTooLarge => "Header section too large",
+            RejectReason::BodyTooLarge => "Request body too large",
+            RejectReason::BodyReadFailed => "Request body could not be read",
+            RejectReason::NoHealthyUpstream => "No healthy upstream",
+            RejectReason::UpstreamError => "Upstream failed",
+            RejectReason::UpstreamTimeout => "Upstream timed out",
+            RejectReason::Internal => "Internal gateway error",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A refusal: the reason, a detail for the client, and headers the response must carry
+/// (`Allow`, `Retry-After`, `WWW-Authenticate` …).
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    /// Client-facing explanation. Never echo secrets or large input here.
+    pub detail: Cow<'static, str>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Rejection {
+    pub fn new(reason: RejectReason, detail: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.reason.status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_and_types_are_unique_and_consistent() {
+        let mut codes = HashSet::new();
+        for r in RejectReason::ALL {
+            assert!(codes.insert(r.code()), "duplicate code {}", r.code());
+            assert_eq!(
+                r.type_uri(),
+                format!("urn:portcullis:problem:{}", r.code()),
+                "type uri of {r:?}"
+            );
+            assert!(r.status().is_client_error() || r.status().is_server_error());
+        }
+    }
+}
