@@ -26,6 +26,8 @@ pub use compile::{compile, parse_template};
 pub use portcullis_core::{ConfigError, ConfigErrors};
 pub use raw::RawConfig;
 pub use validated::*;
+/// Re-exported so that steps can hold parsed CIDRs without their own dependency.
+pub use ipnet::IpNet as IpNetRef;
 
 /// The JSON Schema of the configuration file, for editors and for structural validation.
 pub fn schema() -> serde_json::Value {

@@ -1,0 +1,110 @@
+//! # portcullis-pipeline
+//!
+//! THE order of the request's steps, written once ([`ORDER`], built by [`Pipeline::build`]),
+//! and the immutable per-configuration snapshot every request runs under.
+//!
+//! * **Takes**: a compiled [`portcullis_config::Config`].
+//! * **Produces**: a [`Snapshot`]: the configuration, the route table and the built steps.
+//!   A request pins one snapshot for its whole life; reload builds a new one off the hot path.
+//! * **Rejects**: whatever its steps reject; [`Pipeline::run`] stops at the first rejection
+//!   and records which step made it (`RequestCtx::rejected_by`).
+//!
+//! Adding a capability means writing a [`Stage`] in its own crate and adding one line to
+//! [`Pipeline::build`] and [`ORDER`] — the order test below fails until both agree.
+
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod normalize;
+pub mod router;
+
+use std::sync::Arc;
+
+use portcullis_config::Config;
+use portcullis_core::{GatewayRequest, Rejection, RequestCtx, Stage, StageId, Verdict};
+use portcullis_ipfilter::IpFilterStage;
+use portcullis_limits::{BodyLimitStage, HeadLimitsStage};
+
+pub use client::ClientAddressStage;
+pub use normalize::NormalizeStage;
+pub use router::{RouteStage, RouteTable, request_host};
+
+/// The request's way through the gateway, in order. Steps 0 (accept, TLS) and 10–11 (upstream,
+/// response) belong to the engine; audit is a finalizer that sees every outcome.
+pub const ORDER: &[StageId] = &[
+    // 1. protocol hygiene: one canonical path before anything looks at it …
+    NormalizeStage::ID,
+    // … and the cheapest refusals: URI, header count and size.
+    HeadLimitsStage::ID,
+    // 2. who is calling: trusted proxies → client IP; gateway-wide allow/deny lists.
+    ClientAddressStage::ID,
+    IpFilterStage::GLOBAL_ID,
+    // 3. route match: deny by default (404/405); everything after is per route.
+    RouteStage::ID,
+    IpFilterStage::ROUTE_ID,
+    BodyLimitStage::ID,
+];
+
+/// The built steps of one snapshot.
+pub struct Pipeline {
+    stages: Vec<Box<dyn Stage>>,
+}
+
+impl Pipeline {
+    /// Builds the steps from a compiled configuration, in [`ORDER`].
+    pub fn build(config: &Config) -> Pipeline {
+        let routes = &config.routes;
+        let stages: Vec<Box<dyn Stage>> = vec![
+            Box::new(NormalizeStage),
+            Box::new(HeadLimitsStage::new(config.server.limits)),
+            Box::new(ClientAddressStage::new(config.server.trusted_proxies.clone())),
+            Box::new(IpFilterStage::global(config.server.ip_filter.clone())),
+            Box::new(RouteStage::new(RouteTable::new(routes))),
+            Box::new(IpFilterStage::per_route(
+                routes.iter().map(|r| r.ip_filter.clone()).collect(),
+            )),
+            Box::new(BodyLimitStage::new(
+                routes.iter().map(|r| r.max_body_bytes).collect(),
+                config.server.limits.max_body_bytes,
+            )),
+        ];
+        Pipeline { stages }
+    }
+
+    pub fn ids(&self) -> Vec<StageId> {
+        self.stages.iter().map(|s| s.id()).collect()
+    }
+
+    /// Runs every step in order; the first rejection stops the run.
+    pub async fn run(&self, req: &mut GatewayRequest, ctx: &mut RequestCtx) -> Result<(), Rejection> {
+        for stage in &self.stages {
+            if let Verdict::Reject(r) = stage.on_request(req, ctx).resolve().await {
+                ctx.rejected_by = Some((stage.id(), r.reason));
+                return Err(r);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One configuration, compiled and built. Immutable; shared by every request that started
+/// under it.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub pipeline: Pipeline,
+    /// Whether the TCP peer is trusted to supply forwarding headers and request ids.
+    pub trusted: ClientAddressStage,
+}
+
+impl Snapshot {
+    pub fn new(config: Arc<Config>) -> Snapshot {
+        Snapshot {
+            pipeline: Pipeline::build(&config),
+            trusted: ClientAddressStage::new(config.server.trusted_proxies.clone()),
+            config,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

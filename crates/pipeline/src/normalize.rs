@@ -1,0 +1,232 @@
+//! Step 1a: path normalisation. Every later step, the route table included, sees one canonical
+//! path, and the upstream receives that same path — so `/public/../admin` is judged as
+//! `/admin`, never as `/public/…`.
+//!
+//! What it does to the path (the query is left as sent):
+//! * percent-decodes unreserved characters (`%41` → `A`, `%2e` → `.`), upper-cases the hex of
+//!   the escapes it keeps;
+//! * refuses encoded `/` (`%2F`), encoded `\` (`%5C`), NUL and other control bytes, and raw
+//!   backslashes — all are ways to make the gateway and the upstream disagree on segments;
+//! * removes dot segments (RFC 3986 §5.2.4) and merges repeated slashes;
+//! * refuses a path that would climb above the root, and anything that is not origin-form.
+
+use portcullis_core::{
+    GatewayRequest, RejectReason, Rejection, RequestCtx, Stage, StageId, Step,
+};
+
+pub struct NormalizeStage;
+
+impl NormalizeStage {
+    pub const ID: StageId = StageId("normalize");
+}
+
+/// Why a path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    NotOriginForm,
+    EncodedSlash,
+    Backslash,
+    ControlByte,
+    BadEscape,
+    AboveRoot,
+}
+
+impl PathError {
+    pub fn detail(self) -> &'static str {
+        match self {
+            PathError::NotOriginForm => "the request target must be an absolute path",
+            PathError::EncodedSlash => "encoded slashes (%2F, %5C) are not accepted in paths",
+            PathError::Backslash => "backslashes are not accepted in paths",
+            PathError::ControlByte => "control characters are not accepted in paths",
+            PathError::BadEscape => "the path holds a malformed percent-escape",
+            PathError::AboveRoot => "the path climbs above the root",
+        }
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Normalises a path; returns `Ok(None)` when it is already canonical (the common case costs
+/// no allocation).
+pub fn normalize_path(path: &str) -> Result<Option<String>, PathError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotOriginForm);
+    }
+    // Fast path: nothing to decode, no dot segment, no double slash.
+    let mut simple = true;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'%' => simple = false,
+            b'\\' => return Err(PathError::Backslash),
+            0..=0x1f | 0x7f => return Err(PathError::ControlByte),
+            b'/' if bytes.get(i + 1) == Some(&b'/') => simple = false,
+            b'.' if (i == 0 || bytes[i - 1] == b'/')
+                && matches!(bytes.get(i + 1), None | Some(b'/') | Some(b'.')) =>
+            {
+                simple = false
+            }
+            _ => {}
+        }
+    }
+    if simple {
+        return Ok(None);
+    }
+    // Decode unreserved escapes, keep the rest (upper-case hex).
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError::BadEscape);
+            };
+            let v = h * 16 + l;
+            match v {
+                b'/' | b'\\' => return Err(PathError::EncodedSlash),
+                0..=0x1f | 0x7f => return Err(PathError::ControlByte),
+                v if unreserved(v) => decoded.push(v as char),
+                v => {
+                    decoded.push('%');
+                    decoded.push(char::from(b"0123456789ABCDEF"[(v >> 4) as usize]));
+                    decoded.push(char::from(b"0123456789ABCDEF"[(v & 15) as usize]));
+                }
+            }
+            i += 3;
+        } else {
+            decoded.push(b as char);
+            i += 1;
+        }
+    }
+    // Remove dot segments and empty segments.
+    let mut out: Vec<&str> = Vec::new();
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    for seg in decoded.split('/').skip(1) {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                if out.pop().is_none() {
+                    return Err(PathError::AboveRoot);
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let mut p = String::with_capacity(decoded.len());
+    for s in &out {
+        p.push('/');
+        p.push_str(s);
+    }
+    if p.is_empty() || trailing {
+        p.push('/');
+    }
+    if p == path {
+        Ok(None)
+    } else {
+        Ok(Some(p))
+    }
+}
+
+impl Stage for NormalizeStage {
+    fn id(&self) -> StageId {
+        Self::ID
+    }
+
+    fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
+        let uri = &req.head.uri;
+        if req.head.method == http::Method::CONNECT {
+            return Step::reject(Rejection::new(
+                RejectReason::MethodNotAllowed,
+                "CONNECT is not proxied",
+            ));
+        }
+        let path = uri.path();
+        match normalize_path(path) {
+            Ok(None) => Step::CONTINUE,
+            Ok(Some(new_path)) => {
+                ctx.original_path = Some(path.to_string());
+                let pq = match uri.query() {
+                    Some(q) => format!("{new_path}?{q}"),
+                    None => new_path,
+                };
+                let mut parts = uri.clone().into_parts();
+                match pq.parse() {
+                    Ok(pq) => {
+                        parts.path_and_query = Some(pq);
+                        match http::Uri::from_parts(parts) {
+                            Ok(u) => {
+                                req.head.uri = u;
+                                Step::CONTINUE
+                            }
+                            Err(_) => Step::reject(Rejection::new(
+                                RejectReason::BadRequest,
+                                PathError::BadEscape.detail(),
+                            )),
+                        }
+                    }
+                    Err(_) => Step::reject(Rejection::new(
+                        RejectReason::BadRequest,
+                        PathError::BadEscape.detail(),
+                    )),
+                }
+            }
+            Err(e) => Step::reject(Rejection::new(RejectReason::BadRequest, e.detail())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(p: &str) -> Result<String, PathError> {
+        normalize_path(p).map(|o| o.unwrap_or_else(|| p.to_string()))
+    }
+
+    #[test]
+    fn canonical_paths_are_untouched() {
+        assert_eq!(normalize_path("/"), Ok(None));
+        assert_eq!(normalize_path("/a/b.c/d"), Ok(None));
+        assert_eq!(normalize_path("/a/.well-known/x"), Ok(None));
+    }
+
+    #[test]
+    fn dot_segments_and_slashes() {
+        assert_eq!(n("/public/../admin").as_deref(), Ok("/admin"));
+        assert_eq!(n("/a/./b//c").as_deref(), Ok("/a/b/c"));
+        assert_eq!(n("//a").as_deref(), Ok("/a"));
+        assert_eq!(n("/a/b/..").as_deref(), Ok("/a/"));
+        assert_eq!(n("/a/%2e%2e/b").as_deref(), Ok("/b"));
+        assert_eq!(n("/a/%2E/b").as_deref(), Ok("/a/b"));
+        assert_eq!(n("/%61dmin").as_deref(), Ok("/admin"));
+        assert_eq!(n("/a%20b").as_deref(), Ok("/a%20b"));
+        assert_eq!(n("/a%3fb").as_deref(), Ok("/a%3Fb"));
+    }
+
+    #[test]
+    fn refusals() {
+        assert_eq!(n("/.."), Err(PathError::AboveRoot));
+        assert_eq!(n("/a/../../etc/passwd"), Err(PathError::AboveRoot));
+        assert_eq!(n("/a%2fb"), Err(PathError::EncodedSlash));
+        assert_eq!(n("/a%5Cb"), Err(PathError::EncodedSlash));
+        assert_eq!(n("/a\\b"), Err(PathError::Backslash));
+        assert_eq!(n("/a%00b"), Err(PathError::ControlByte));
+        assert_eq!(n("/a%zz"), Err(PathError::BadEscape));
+        assert_eq!(n("/a%4"), Err(PathError::BadEscape));
+        assert_eq!(n("*"), Err(PathError::NotOriginForm));
+    }
+}

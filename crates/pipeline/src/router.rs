@@ -1,0 +1,324 @@
+//! Step 3: the route table. Host, path and method → one route, or a refusal.
+//!
+//! Deny by default: a request no route takes is refused with 404 (405 with `Allow` when the
+//! path is served but not with that method) and never reaches an upstream.
+//!
+//! Precedence, most specific first: an exact host over a wildcard host over "any host"; then
+//! an exact path over a template (more literal segments first) over a prefix (longer first);
+//! declaration order breaks ties. A route that matches the path but not the method does not
+//! hide a less specific route that takes the method.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method};
+use portcullis_config::{HostMatch, PathMatch, Route, Segment};
+use portcullis_core::{
+    GatewayRequest, RejectReason, Rejection, RequestCtx, RouteId, RouteMatch, Stage, StageId, Step,
+};
+
+/// What the table says about a request.
+#[derive(Debug)]
+pub enum Lookup {
+    Found(RouteMatch),
+    MethodNotAllowed(Vec<Method>),
+    NotFound,
+}
+
+struct Entry {
+    name: Arc<str>,
+    hosts: Vec<HostMatch>,
+    path: PathMatch,
+    methods: Option<Vec<Method>>,
+}
+
+pub struct RouteTable {
+    entries: Vec<Entry>,
+}
+
+fn host_score(hosts: &[HostMatch], host: &str) -> Option<usize> {
+    if hosts.is_empty() {
+        return Some(0);
+    }
+    hosts
+        .iter()
+        .filter(|h| h.matches(host))
+        .map(HostMatch::specificity)
+        .max()
+}
+
+/// Returns the path score and the captured parameters.
+fn path_score(m: &PathMatch, path: &str) -> Option<(usize, Vec<(Arc<str>, String)>)> {
+    match m {
+        PathMatch::Exact(p) => (p == path).then(|| (3_000_000 + p.len(), Vec::new())),
+        PathMatch::Prefix(p) => {
+            let ok = path.starts_with(p.as_str())
+                && (path.len() == p.len() || path.as_bytes().get(p.len()) == Some(&b'/'));
+            ok.then(|| (1_000_000 + p.len(), Vec::new()))
+        }
+        PathMatch::Template(segs) => {
+            let mut params = Vec::new();
+            let mut literal = 0;
+            let mut parts = path.split('/').skip(1);
+            for seg in segs {
+                let part = parts.next()?;
+                match seg {
+                    Segment::Literal(l) => {
+                        if l != part {
+                            return None;
+                        }
+                        literal += 1;
+                    }
+                    Segment::Param(name) => {
+                        if part.is_empty() {
+                            return None;
+                        }
+                        let v = percent_encoding::percent_decode_str(part)
+                            .decode_utf8_lossy()
+                            .into_owned();
+                        params.push((name.clone(), v));
+                    }
+                }
+            }
+            if parts.next().is_some() {
+                return None;
+            }
+            Some((2_000_000 + literal * 1000 + segs.len(), params))
+        }
+    }
+}
+
+/// The request's host: the URI authority (HTTP/2, absolute-form) or the Host header, lowercase,
+/// without port.
+pub fn request_host(head: &http::request::Parts) -> Option<String> {
+    let raw = match head.uri.authority() {
+        Some(a) => a.host().to_string(),
+        None => {
+            let h = head.headers.get(http::header::HOST)?.to_str().ok()?;
+            let h = h.trim();
+            if let Some(rest) = h.strip_prefix('[') {
+                // [v6]:port
+                let end = rest.find(']')?;
+                format!("[{}]", &rest[..end])
+            } else {
+                h.rsplit_once(':')
+                    .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                    .map(|(host, _)| host)
+                    .unwrap_or(h)
+                    .to_string()
+            }
+        }
+    };
+    let mut raw = raw;
+    raw.make_ascii_lowercase();
+    if raw.ends_with('.') {
+        raw.pop();
+    }
+    Some(raw)
+}
+
+impl RouteTable {
+    pub fn new(routes: &[Route]) -> Self {
+        RouteTable {
+            entries: routes
+                .iter()
+                .map(|r| Entry {
+                    name: r.name.clone(),
+                    hosts: r.hosts.clone(),
+                    path: r.path.clone(),
+                    methods: r.methods.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn lookup(&self, host: &str, path: &str, method: &Method) -> Lookup {
+        let mut best: Option<((usize, usize), usize, Vec<(Arc<str>, String)>)> = None;
+        let mut allowed: Vec<Method> = Vec::new();
+        let mut path_hit = false;
+        for (i, e) in self.entries.iter().enumerate() {
+            let Some(hs) = host_score(&e.hosts, host) else {
+                continue;
+            };
+            let Some((ps, params)) = path_score(&e.path, path) else {
+                continue;
+            };
+            path_hit = true;
+            let method_ok = match &e.methods {
+                None => true,
+                Some(ms) => ms.contains(method) || (method == Method::HEAD && ms.contains(&Method::GET)),
+            };
+            if !method_ok {
+                if let Some(ms) = &e.methods {
+                    for m in ms {
+                        if !allowed.contains(m) {
+                            allowed.push(m.clone());
+                        }
+                    }
+                }
+                continue;
+            }
+            let key = (hs, ps);
+            if best.as_ref().is_none_or(|(k, _, _)| key > *k) {
+                best = Some((key, i, params));
+            }
+        }
+        match best {
+            Some((_, i, params)) => Lookup::Found(RouteMatch {
+                id: RouteId(i),
+                name: self.entries[i].name.clone(),
+                params,
+            }),
+            None if path_hit => Lookup::MethodNotAllowed(allowed),
+            None => Lookup::NotFound,
+        }
+    }
+}
+
+/// The routing step.
+pub struct RouteStage {
+    table: RouteTable,
+}
+
+impl RouteStage {
+    pub const ID: StageId = StageId("route");
+
+    pub fn new(table: RouteTable) -> Self {
+        RouteStage { table }
+    }
+}
+
+impl Stage for RouteStage {
+    fn id(&self) -> StageId {
+        Self::ID
+    }
+
+    fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
+        let host = request_host(&req.head).unwrap_or_default();
+        match self.table.lookup(&host, req.head.uri.path(), &req.head.method) {
+            Lookup::Found(m) => {
+                ctx.route = Some(m);
+                Step::CONTINUE
+            }
+            Lookup::MethodNotAllowed(methods) => {
+                let allow = methods
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let mut r = Rejection::new(
+                    RejectReason::MethodNotAllowed,
+                    format!("{} is not allowed here", req.head.method),
+                );
+                if let Ok(v) = HeaderValue::from_str(&allow) {
+                    r = r.with_header(http::header::ALLOW, v);
+                }
+                Step::reject(r)
+            }
+            Lookup::NotFound => Step::reject(Rejection::new(
+                RejectReason::RouteNotFound,
+                "no route is configured for this host and path",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn table(yaml_routes: &str) -> RouteTable {
+        let y = format!("upstreams: {{ d: {{ kind: echo }} }}\nroutes:\n{yaml_routes}");
+        let c = portcullis_config::load_str(&y, Path::new(".")).unwrap();
+        RouteTable::new(&c.routes)
+    }
+
+    fn found(l: Lookup) -> (String, Vec<(String, String)>) {
+        match l {
+            Lookup::Found(m) => (
+                m.name.to_string(),
+                m.params.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            ),
+            other => panic!("expected a route, got {other:?}"),
+        }
+    }
+
+    const ROUTES: &str = r#"
+  - { name: any-prefix, match: { prefix: / }, upstream: d }
+  - { name: api, match: { prefix: /api }, upstream: d }
+  - { name: order, match: { path: "/api/orders/{id}", methods: [GET, DELETE] }, upstream: d }
+  - { name: order-items, match: { path: "/api/orders/{id}/items" }, upstream: d }
+  - { name: exact, match: { path: /api/orders/special }, upstream: d }
+  - { name: wild, match: { hosts: ["*.example.com"], prefix: /api }, upstream: d }
+  - { name: host, match: { hosts: [admin.example.com], prefix: /api }, upstream: d }
+  - { name: post-only, match: { path: /submit, methods: [POST] }, upstream: d }
+"#;
+
+    #[test]
+    fn precedence() {
+        let t = table(ROUTES);
+        let g = Method::GET;
+        assert_eq!(found(t.lookup("x", "/", &g)).0, "any-prefix");
+        assert_eq!(found(t.lookup("x", "/apix", &g)).0, "any-prefix");
+        assert_eq!(found(t.lookup("x", "/api", &g)).0, "api");
+        assert_eq!(found(t.lookup("x", "/api/other", &g)).0, "api");
+        assert_eq!(
+            found(t.lookup("x", "/api/orders/42", &g)),
+            ("order".to_string(), vec![("id".to_string(), "42".to_string())])
+        );
+        assert_eq!(found(t.lookup("x", "/api/orders/special", &g)).0, "exact");
+        assert_eq!(found(t.lookup("x", "/api/orders/4/items", &g)).0, "order-items");
+        assert_eq!(found(t.lookup("shop.example.com", "/api/x", &g)).0, "wild");
+        assert_eq!(found(t.lookup("admin.example.com", "/api/x", &g)).0, "host");
+        assert_eq!(found(t.lookup("example.com", "/api/x", &g)).0, "api");
+    }
+
+    #[test]
+    fn method_falls_through_to_a_less_specific_route() {
+        let t = table(ROUTES);
+        assert_eq!(found(t.lookup("x", "/api/orders/42", &Method::POST)).0, "api");
+        assert_eq!(found(t.lookup("x", "/api/orders/42", &Method::HEAD)).0, "order");
+    }
+
+    #[test]
+    fn not_found_and_method_not_allowed() {
+        let t = table(
+            r#"
+  - { name: a, match: { path: "/orders/{id}", methods: [GET] }, upstream: d }
+  - { name: b, match: { path: "/orders/{id}", methods: [PUT] }, upstream: d }
+  - { name: h, match: { hosts: [only.example], prefix: /x }, upstream: d }
+"#,
+        );
+        assert!(matches!(t.lookup("x", "/nope", &Method::GET), Lookup::NotFound));
+        assert!(matches!(t.lookup("x", "/orders", &Method::GET), Lookup::NotFound));
+        assert!(matches!(t.lookup("x", "/orders/1/2", &Method::GET), Lookup::NotFound));
+        assert!(matches!(t.lookup("x", "/orders/", &Method::GET), Lookup::NotFound));
+        assert!(matches!(t.lookup("other", "/x", &Method::GET), Lookup::NotFound));
+        match t.lookup("x", "/orders/1", &Method::POST) {
+            Lookup::MethodNotAllowed(m) => assert_eq!(m, vec![Method::GET, Method::PUT]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn params_are_percent_decoded() {
+        let t = table("  - { name: a, match: { path: \"/u/{name}\" }, upstream: d }\n");
+        assert_eq!(found(t.lookup("x", "/u/a%20b", &Method::GET)).1[0].1, "a b");
+    }
+
+    #[test]
+    fn host_extraction() {
+        let head = |uri: &str, host: Option<&str>| {
+            let mut b = http::Request::builder().uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        assert_eq!(request_host(&head("/", Some("API.Example.com:8080"))).as_deref(), Some("api.example.com"));
+        assert_eq!(request_host(&head("/", Some("example.com."))).as_deref(), Some("example.com"));
+        assert_eq!(request_host(&head("/", Some("[::1]:80"))).as_deref(), Some("[::1]"));
+        assert_eq!(request_host(&head("http://h2.example/x", None)).as_deref(), Some("h2.example"));
+        assert_eq!(request_host(&head("/", None)), None);
+    }
+}

@@ -1,0 +1,105 @@
+//! In-process pipeline tests: no sockets.
+
+use super::*;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use portcullis_core::{BoxError, RejectReason, Scheme};
+use std::path::Path;
+
+#[test]
+fn the_built_order_is_the_written_order() {
+    let cfg = portcullis_config::load_str("", Path::new(".")).unwrap();
+    let p = Pipeline::build(&cfg);
+    assert_eq!(p.ids(), ORDER);
+    // Pin the order itself: a change here is a security decision, made on purpose.
+    let names: Vec<&str> = ORDER.iter().map(|s| s.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "normalize",
+            "request_limits",
+            "client_address",
+            "ip_filter",
+            "route",
+            "route_ip_filter",
+            "body_limit"
+        ]
+    );
+}
+
+const CFG: &str = r#"
+server:
+  trusted_proxies: [10.0.0.0/8]
+  ip_filter: { deny: [192.0.2.66] }
+  limits: { max_uri_bytes: 64 }
+upstreams: { d: { kind: echo } }
+routes:
+  - name: admin
+    match: { prefix: /admin }
+    upstream: d
+    ip_filter: { allow: [127.0.0.0/8] }
+  - name: public
+    match: { prefix: /public, methods: [GET] }
+    upstream: d
+    max_body_bytes: 10
+"#;
+
+async fn run(method: &str, uri: &str, peer: &str, headers: &[(&str, &str)]) -> (RequestCtx, Result<(), Rejection>, String) {
+    let cfg = Arc::new(portcullis_config::load_str(CFG, Path::new(".")).unwrap());
+    let snap = Snapshot::new(cfg);
+    let mut b = http::Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let (head, ()) = b.body(()).unwrap().into_parts();
+    let body = Full::new(Bytes::new()).map_err(|e| -> BoxError { match e {} }).boxed_unsync();
+    let mut req = GatewayRequest::new(head, body);
+    let mut ctx = RequestCtx::new(peer.parse().unwrap(), Scheme::Http, Arc::from("test"));
+    let r = snap.pipeline.run(&mut req, &mut ctx).await;
+    let path = req.head.uri.to_string();
+    (ctx, r, path)
+}
+
+fn reason(r: &Result<(), Rejection>) -> Option<RejectReason> {
+    r.as_ref().err().map(|r| r.reason)
+}
+
+#[tokio::test]
+async fn dot_segments_are_judged_by_the_route_they_resolve_to() {
+    let (ctx, r, path) = run("GET", "/public/../admin/x", "192.0.2.1:1", &[]).await;
+    assert_eq!(reason(&r), Some(RejectReason::IpDenied));
+    assert_eq!(ctx.route.as_ref().map(|m| &*m.name), Some("admin"));
+    assert_eq!(path, "/admin/x");
+    assert_eq!(ctx.rejected_by.map(|(s, _)| s.as_str()), Some("route_ip_filter"));
+    let (ctx, r, _) = run("GET", "/public/../admin/x", "127.0.0.1:1", &[]).await;
+    assert!(r.is_ok());
+    assert_eq!(ctx.original_path.as_deref(), Some("/public/../admin/x"));
+}
+
+#[tokio::test]
+async fn rejections_name_their_step() {
+    let cases = [
+        ("GET", "/nope", "192.0.2.1:1", vec![], RejectReason::RouteNotFound, "route"),
+        ("POST", "/public/x", "192.0.2.1:1", vec![], RejectReason::MethodNotAllowed, "route"),
+        ("GET", "/public/x", "192.0.2.66:1", vec![], RejectReason::IpDenied, "ip_filter"),
+        ("GET", "/public/a%2fb", "192.0.2.1:1", vec![], RejectReason::BadRequest, "normalize"),
+        ("GET", "/public/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "192.0.2.1:1", vec![], RejectReason::UriTooLong, "request_limits"),
+        ("GET", "/public/x", "192.0.2.1:1", vec![("content-length", "11")], RejectReason::BodyTooLarge, "body_limit"),
+        // A denied client hiding behind a trusted proxy is still denied.
+        ("GET", "/public/x", "10.0.0.1:1", vec![("x-forwarded-for", "192.0.2.66")], RejectReason::IpDenied, "ip_filter"),
+    ];
+    for (m, uri, peer, headers, want, stage) in cases {
+        let (ctx, r, _) = run(m, uri, peer, &headers).await;
+        assert_eq!(reason(&r), Some(want), "{m} {uri}");
+        assert_eq!(ctx.rejected_by.map(|(s, _)| s.as_str()), Some(stage), "{m} {uri}");
+    }
+}
+
+#[tokio::test]
+async fn an_allowed_request_carries_route_limit_and_client() {
+    let (ctx, r, _) = run("GET", "/public/x", "10.0.0.1:1", &[("x-forwarded-for", "198.51.100.4")]).await;
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(ctx.client_ip.to_string(), "198.51.100.4");
+    assert_eq!(ctx.body_limit, Some(10));
+    assert!(ctx.rejected_by.is_none());
+}
