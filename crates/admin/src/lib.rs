@@ -1,0 +1,631 @@
+//! # portcullis-admin
+//!
+//! The operators' HTTP API: liveness, readiness, metrics and the running configuration.
+//!
+//! * **Takes**: a bound [`TcpListener`], an optional bearer token, an [`AdminSource`] that
+//!   answers for the running gateway, and a shutdown future.
+//! * **Produces**: `GET`/`HEAD` `/healthz` (`{"status":"ok"}`), `/readyz` (`{"status":"ready"}`
+//!   or 503 `{"status":"not_ready","reason":…}`), `/metrics` (Prometheus text) and `/config`
+//!   (pretty JSON, secrets already redacted by the source), over HTTP/1.1 or h2c.
+//! * **Rejects**, always as RFC 9457 `application/problem+json` with
+//!   `type = urn:portcullis:problem:<code>`: a missing or wrong bearer token (401
+//!   `admin_unauthorized`, with `WWW-Authenticate`), an unknown path (404 `admin_not_found`),
+//!   any method but `GET`/`HEAD` (405 `admin_method_not_allowed`, with `Allow: GET, HEAD`).
+//!
+//! Invariants:
+//! * With a token configured, everything except `/healthz` and `/readyz` requires
+//!   `Authorization: Bearer <token>` — including unknown paths, so an unauthenticated caller
+//!   cannot map the API. Probes stay open because orchestrators cannot hold secrets easily and
+//!   the answers reveal nothing. An empty configured token matches nothing (fail closed).
+//! * The token is compared in constant time and never logged.
+//! * Every response carries `Cache-Control: no-store`: metrics and config must not be cached
+//!   by intermediaries.
+//! * After `shutdown` resolves no new connection is accepted; open ones are asked to finish
+//!   and given [`DRAIN_TIMEOUT`] before being dropped.
+
+#![forbid(unsafe_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue,
+    WWW_AUTHENTICATE,
+};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+/// How long open connections may take to finish after shutdown is requested.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most admin connections served at once; further clients wait in the accept backlog. The API
+/// is for a handful of operators and scrapers, not for the public.
+const MAX_CONNECTIONS: usize = 256;
+
+/// A slow client may not hold a connection open by trickling its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+const PROBLEM_JSON: &str = "application/problem+json";
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the admin API reports on. Implemented by the gateway over its running state.
+pub trait AdminSource: Send + Sync + 'static {
+    /// Ok when the gateway is ready to serve (config loaded, upstream hosts resolved);
+    /// Err(reason) otherwise.
+    fn ready(&self) -> Result<(), String>;
+    /// The running configuration with secrets redacted.
+    fn config(&self) -> serde_json::Value;
+    /// Prometheus text.
+    fn metrics(&self) -> String;
+}
+
+/// Serves the admin API on `listener` until `shutdown` resolves.
+///
+/// `token`: when `Some`, every endpoint except `/healthz` and `/readyz` requires
+/// `Authorization: Bearer <token>`.
+pub async fn serve(
+    listener: TcpListener,
+    token: Option<String>,
+    source: Arc<dyn AdminSource>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let state = Arc::new(State {
+        token: token.map(String::into_bytes),
+        source,
+    });
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(32)
+        .max_header_list_size(64 * 1024);
+    let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // Connections watch this to start a graceful shutdown.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            p = Arc::clone(&permits).acquire_owned() => match p {
+                Ok(p) => p,
+                // The semaphore is never closed; treat it as shutdown if it ever is.
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            a = listener.accept() => a,
+        };
+        // Reap finished connection tasks so the set does not grow without bound.
+        while conns.try_join_next().is_some() {}
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Usually EMFILE/ENFILE: back off instead of spinning on the error.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let builder = Arc::clone(&builder);
+        let mut stop_rx = stop_rx.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(handle(&state, req)) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let res = tokio::select! {
+                res = conn.as_mut() => res,
+                // The guard returned by wait_for is not Send; drop it inside the branch future.
+                () = async { let _ = stop_rx.wait_for(|stop| *stop).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = res {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::debug!(
+            remaining = conns.len(),
+            "admin connections did not finish in time; closing them"
+        );
+        conns.abort_all();
+    }
+}
+
+struct State {
+    token: Option<Vec<u8>>,
+    source: Arc<dyn AdminSource>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn handle(state: &State, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path();
+    let public = matches!(path, "/healthz" | "/readyz");
+    let mut resp = if !public && !authorized(state.token.as_deref(), &req) {
+        let mut r = problem(
+            StatusCode::UNAUTHORIZED,
+            "admin_unauthorized",
+            "Unauthorized",
+            "This endpoint requires a valid bearer token.",
+        );
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"portcullis-admin\""),
+        );
+        r
+    } else {
+        let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/config");
+        let method = req.method();
+        if !known {
+            problem(
+                StatusCode::NOT_FOUND,
+                "admin_not_found",
+                "Not found",
+                "No admin endpoint at this path.",
+            )
+        } else if method != Method::GET && method != Method::HEAD {
+            let mut r = problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "admin_method_not_allowed",
+                "Method not allowed",
+                "Admin endpoints accept GET and HEAD only.",
+            );
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
+        } else {
+            endpoint(state, path)
+        }
+    };
+    tracing::debug!(
+        method = %req.method(),
+        path = %req.uri().path(),
+        status = resp.status().as_u16(),
+        "admin request"
+    );
+    resp.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if req.method() == Method::HEAD {
+        // Same headers as GET, no body; Content-Length still tells the size GET would send.
+        let len = hyper::body::Body::size_hint(resp.body())
+            .exact()
+            .unwrap_or(0);
+        resp.headers_mut()
+            .insert(CONTENT_LENGTH, HeaderValue::from(len));
+        *resp.body_mut() = Full::new(Bytes::new());
+    }
+    resp
+}
+
+fn endpoint(state: &State, path: &str) -> Resp {
+    match path {
+        "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"}), false),
+        "/readyz" => match state.source.ready() {
+            Ok(()) => json(
+                StatusCode::OK,
+                &serde_json::json!({"status": "ready"}),
+                false,
+            ),
+            Err(reason) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": "not_ready", "reason": reason}),
+                false,
+            ),
+        },
+        "/metrics" => respond(
+            StatusCode::OK,
+            METRICS_CONTENT_TYPE,
+            Bytes::from(state.source.metrics()),
+        ),
+        _ => json(StatusCode::OK, &state.source.config(), true),
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, value: &serde_json::Value, pretty: bool) -> Resp {
+    let text = if pretty {
+        serde_json::to_string_pretty(value)
+    } else {
+        serde_json::to_string(value)
+    };
+    match text {
+        Ok(mut t) => {
+            t.push('\n');
+            respond(status, "application/json", Bytes::from(t))
+        }
+        // A serde_json::Value always serialises; keep a valid answer if that ever changes.
+        Err(_) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "admin_internal_error",
+            "Internal error",
+            "The response could not be encoded.",
+        ),
+    }
+}
+
+/// An RFC 9457 problem response.
+fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Resp {
+    let body = serde_json::json!({
+        "type": format!("urn:portcullis:problem:{code}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut text = body.to_string();
+    text.push('\n');
+    respond(status, PROBLEM_JSON, Bytes::from(text))
+}
+
+/// Whether the request may see protected endpoints.
+fn authorized(token: Option<&[u8]>, req: &Request<Incoming>) -> bool {
+    let Some(expected) = token else {
+        return true;
+    };
+    if expected.is_empty() {
+        return false;
+    }
+    let Some(value) = req.headers().get(AUTHORIZATION) else {
+        return false;
+    };
+    match bearer_token(value.as_bytes()) {
+        Some(given) => constant_time_eq(given, expected),
+        None => false,
+    }
+}
+
+/// The credentials of a `Bearer` Authorization value. The scheme is case-insensitive
+/// (RFC 9110 §11.1); surrounding spaces are tolerated.
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Compares `given` with `expected` in time that depends only on `expected.len()`, so a
+/// caller cannot learn a token prefix by timing. A length mismatch is folded into the result
+/// instead of returning early.
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff: u8 = 0;
+    for (i, &e) in expected.iter().enumerate() {
+        // Past the end of `given`, compare against a value that cannot make diff zero alone;
+        // the length check below fails anyway.
+        let g = given.get(i).copied().unwrap_or(!e);
+        diff |= g ^ e;
+    }
+    let len_diff = (given.len() ^ expected.len()) as u64;
+    std::hint::black_box(diff) == 0 && std::hint::black_box(len_diff) == 0
+}
+
+#[cfg(test)]
+// Tests may panic on unexpected values; the workspace lint is meant for library code.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::oneshot;
+    use tokio::task::JoinHandle;
+
+    struct Fake {
+        ready: AtomicBool,
+    }
+
+    impl AdminSource for Fake {
+        fn ready(&self) -> Result<(), String> {
+            if self.ready.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("upstream hosts not resolved".into())
+            }
+        }
+        fn config(&self) -> serde_json::Value {
+            serde_json::json!({"admin": {"token": "<redacted>"}, "routes": []})
+        }
+        fn metrics(&self) -> String {
+            "portcullis_requests_total{route=\"a\",status=\"200\"} 1\n# EOF\n".into()
+        }
+    }
+
+    struct Server {
+        addr: SocketAddr,
+        fake: Arc<Fake>,
+        stop: Option<oneshot::Sender<()>>,
+        task: JoinHandle<()>,
+    }
+
+    async fn start(token: Option<&str>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = Arc::new(Fake {
+            ready: AtomicBool::new(true),
+        });
+        let (tx, rx) = oneshot::channel::<()>();
+        let source: Arc<dyn AdminSource> = fake.clone();
+        let task = tokio::spawn(serve(
+            listener,
+            token.map(str::to_owned),
+            source,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Server {
+            addr,
+            fake,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    type TestClient = Client<HttpConnector, Empty<Bytes>>;
+
+    fn h1() -> TestClient {
+        Client::builder(TokioExecutor::new()).build_http()
+    }
+
+    fn h2c() -> TestClient {
+        Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http()
+    }
+
+    struct Got {
+        status: StatusCode,
+        headers: http::HeaderMap,
+        body: String,
+        version: http::Version,
+    }
+
+    async fn call(
+        client: &TestClient,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        auth: Option<&str>,
+    ) -> Got {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        if let Some(a) = auth {
+            req = req.header(AUTHORIZATION, a);
+        }
+        let resp = client
+            .request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status();
+        let version = resp.version();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Got {
+            status,
+            headers,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+            version,
+        }
+    }
+
+    fn header<'a>(g: &'a Got, name: &str) -> &'a str {
+        g.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+
+    fn assert_problem(g: &Got, status: u16, code: &str) {
+        assert_eq!(g.status.as_u16(), status, "{}", g.body);
+        assert_eq!(header(g, "content-type"), PROBLEM_JSON);
+        assert_eq!(header(g, "cache-control"), "no-store");
+        let v: serde_json::Value = serde_json::from_str(&g.body).unwrap();
+        assert_eq!(v["type"], format!("urn:portcullis:problem:{code}"));
+        assert_eq!(v["status"], status);
+        assert!(v["title"].is_string() && v["detail"].is_string(), "{v}");
+    }
+
+    #[tokio::test]
+    async fn endpoints_without_token() {
+        let s = start(None).await;
+        let c = h1();
+
+        let g = call(&c, s.addr, Method::GET, "/healthz", None).await;
+        assert_eq!(g.status, StatusCode::OK);
+        assert_eq!(header(&g, "content-type"), "application/json");
+        assert_eq!(header(&g, "cache-control"), "no-store");
+        assert_eq!(g.body.trim(), r#"{"status":"ok"}"#);
+
+        let g = call(&c, s.addr, Method::GET, "/readyz", None).await;
+        assert_eq!(g.status, StatusCode::OK);
+        assert_eq!(g.body.trim(), r#"{"status":"ready"}"#);
+
+        s.fake.ready.store(false, Ordering::SeqCst);
+        let g = call(&c, s.addr, Method::GET, "/readyz", None).await;
+        assert_eq!(g.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(header(&g, "cache-control"), "no-store");
+        let v: serde_json::Value = serde_json::from_str(&g.body).unwrap();
+        assert_eq!(v["status"], "not_ready");
+        assert_eq!(v["reason"], "upstream hosts not resolved");
+        s.fake.ready.store(true, Ordering::SeqCst);
+
+        let g = call(&c, s.addr, Method::GET, "/metrics", None).await;
+        assert_eq!(g.status, StatusCode::OK);
+        assert_eq!(header(&g, "content-type"), METRICS_CONTENT_TYPE);
+        assert!(g.body.contains("portcullis_requests_total"), "{}", g.body);
+
+        let g = call(&c, s.addr, Method::GET, "/config", None).await;
+        assert_eq!(g.status, StatusCode::OK);
+        assert_eq!(header(&g, "content-type"), "application/json");
+        assert!(g.body.contains("\n  \"admin\""), "pretty: {}", g.body);
+        let v: serde_json::Value = serde_json::from_str(&g.body).unwrap();
+        assert_eq!(v["admin"]["token"], "<redacted>");
+
+        let g = call(&c, s.addr, Method::HEAD, "/metrics", None).await;
+        assert_eq!(g.status, StatusCode::OK);
+        assert!(g.body.is_empty());
+        assert_eq!(
+            header(&g, "content-length"),
+            s.fake.metrics().len().to_string()
+        );
+
+        let g = call(&c, s.addr, Method::GET, "/nope", None).await;
+        assert_problem(&g, 404, "admin_not_found");
+
+        let g = call(&c, s.addr, Method::POST, "/config", None).await;
+        assert_problem(&g, 405, "admin_method_not_allowed");
+        assert_eq!(header(&g, "allow"), "GET, HEAD");
+        let g = call(&c, s.addr, Method::DELETE, "/healthz", None).await;
+        assert_problem(&g, 405, "admin_method_not_allowed");
+    }
+
+    #[tokio::test]
+    async fn token_protects_all_but_probes() {
+        let s = start(Some("s3cret-token")).await;
+        let c = h1();
+
+        for path in ["/healthz", "/readyz"] {
+            let g = call(&c, s.addr, Method::GET, path, None).await;
+            assert_eq!(g.status, StatusCode::OK, "{path}");
+        }
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("Bearer s3cret-toke"),
+            Some("Bearer s3cret-token2"),
+            Some("Basic s3cret-token"),
+            Some("Bearers3cret-token"),
+            Some("Bearer "),
+        ] {
+            for path in ["/metrics", "/config", "/nope"] {
+                let g = call(&c, s.addr, Method::GET, path, auth).await;
+                assert_problem(&g, 401, "admin_unauthorized");
+                assert_eq!(
+                    header(&g, "www-authenticate"),
+                    "Bearer realm=\"portcullis-admin\""
+                );
+                assert!(!g.body.contains("s3cret"), "{}", g.body);
+            }
+        }
+        for auth in ["Bearer s3cret-token", "bearer s3cret-token"] {
+            let g = call(&c, s.addr, Method::GET, "/metrics", Some(auth)).await;
+            assert_eq!(g.status, StatusCode::OK, "{auth}");
+            let g = call(&c, s.addr, Method::GET, "/config", Some(auth)).await;
+            assert_eq!(g.status, StatusCode::OK, "{auth}");
+        }
+        let ok = Some("Bearer s3cret-token");
+        let g = call(&c, s.addr, Method::GET, "/nope", ok).await;
+        assert_problem(&g, 404, "admin_not_found");
+        let g = call(&c, s.addr, Method::PUT, "/metrics", ok).await;
+        assert_problem(&g, 405, "admin_method_not_allowed");
+    }
+
+    #[tokio::test]
+    async fn empty_token_denies_everything_protected() {
+        let s = start(Some("")).await;
+        let c = h1();
+        let g = call(&c, s.addr, Method::GET, "/metrics", Some("Bearer ")).await;
+        assert_problem(&g, 401, "admin_unauthorized");
+        let g = call(&c, s.addr, Method::GET, "/healthz", None).await;
+        assert_eq!(g.status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn serves_h2c() {
+        let s = start(Some("t")).await;
+        let c = h2c();
+        let g = call(&c, s.addr, Method::GET, "/healthz", None).await;
+        assert_eq!(g.version, http::Version::HTTP_2);
+        assert_eq!(g.status, StatusCode::OK);
+        let g = call(&c, s.addr, Method::GET, "/metrics", Some("Bearer t")).await;
+        assert_eq!(g.version, http::Version::HTTP_2);
+        assert_eq!(g.status, StatusCode::OK);
+        assert_eq!(header(&g, "cache-control"), "no-store");
+        let g = call(&c, s.addr, Method::GET, "/config", None).await;
+        assert_problem(&g, 401, "admin_unauthorized");
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_the_server() {
+        let mut s = start(None).await;
+        let c = h1();
+        // Leave a keep-alive connection open: shutdown must still finish promptly.
+        let g = call(&c, s.addr, Method::GET, "/healthz", None).await;
+        assert_eq!(g.status, StatusCode::OK);
+        let _ = s.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(3), &mut s.task)
+            .await
+            .expect("server did not stop")
+            .unwrap();
+        // The listener is closed: new connections are refused.
+        assert!(tokio::net::TcpStream::connect(s.addr).await.is_err());
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abd", b"abc"));
+        assert!(!constant_time_eq(b"ab", b"abc"));
+        assert!(!constant_time_eq(b"abcd", b"abc"));
+        assert!(!constant_time_eq(b"", b"abc"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"BEARER   abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert_eq!(bearer_token(b"Bearer "), None);
+        assert_eq!(bearer_token(b"Bearerabc"), None);
+        assert_eq!(bearer_token(b"Basic abc"), None);
+    }
+}

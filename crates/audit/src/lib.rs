@@ -1,0 +1,578 @@
+//! # portcullis-audit
+//!
+//! The audit trail: one JSON line per request — allowed, rejected or failed.
+//!
+//! * **Takes**: an [`AuditEvent`] per finished request, built by the proxy from its request
+//!   context, and the compiled [`portcullis_config::Audit`] settings.
+//! * **Produces**: newline-delimited JSON on stdout, stderr or an append-only file, written by
+//!   a background task so the request path never waits on I/O.
+//! * **Rejects**: nothing per event. [`AuditSink::from_config`] fails when the file cannot be
+//!   opened, when `output: file` has no path, or when no tokio runtime is running.
+//!
+//! Invariants:
+//! * Events never carry credentials: the only header values recorded are `User-Agent` and
+//!   `Host`, and there is deliberately no field for anything else. The path is recorded
+//!   without its query string, which may hold secrets; [`AuditSink::emit`] strips a stray one.
+//! * `user_agent` is at most [`MAX_USER_AGENT_BYTES`] bytes (cut on a char boundary) so a
+//!   client cannot blow up audit lines.
+//! * [`AuditSink::emit`] never blocks: when the bounded channel ([`CHANNEL_CAPACITY`]) is full
+//!   or the writer has gone, the event is dropped and counted in [`AuditSink::dropped`].
+//! * Each event is exactly one line; output is flushed after every batch so a reader of the
+//!   process's stdout sees events promptly.
+
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use portcullis_config::AuditOutput;
+use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Events queued between the request path and the writer before new ones are dropped.
+pub const CHANNEL_CAPACITY: usize = 8192;
+
+/// Longest `user_agent` recorded, in bytes.
+pub const MAX_USER_AGENT_BYTES: usize = 256;
+
+/// Most events serialised into one write; bounds the writer's buffer.
+const MAX_BATCH: usize = 256;
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Forwarded and answered (whatever the upstream's status).
+    Allowed,
+    /// Refused by a security or policy step.
+    Rejected,
+    /// Accepted but not answered: upstream unreachable, timed out, internal error.
+    Failed,
+}
+
+/// One request, as recorded. Field names are the JSON keys; absent values are `null` so every
+/// line has the same shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    /// RFC 3339 UTC with milliseconds, e.g. `2026-11-24T07:15:02.123Z`.
+    pub time: String,
+    pub request_id: String,
+    pub listener: String,
+    /// After trusted-proxy resolution.
+    pub client_ip: String,
+    /// The TCP peer, `ip:port`.
+    pub peer: String,
+    pub method: String,
+    pub host: Option<String>,
+    /// Normalised path only, never the query string.
+    pub path: String,
+    pub route: Option<String>,
+    pub upstream: Option<String>,
+    pub target: Option<String>,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub outcome: Outcome,
+    /// The step that rejected.
+    pub stage: Option<String>,
+    /// Stable reason code (`RejectReason::code`).
+    pub reason: Option<String>,
+    pub tls: bool,
+    /// `HTTP/1.1`, `HTTP/2`.
+    pub http_version: String,
+    pub user_agent: Option<String>,
+}
+
+impl AuditEvent {
+    /// Enforces the size and secrecy invariants in place: drops a query string from `path` and
+    /// cuts `user_agent` to [`MAX_USER_AGENT_BYTES`].
+    pub fn sanitize(&mut self) {
+        if let Some(i) = self.path.find('?') {
+            self.path.truncate(i);
+        }
+        if let Some(ua) = self.user_agent.as_mut() {
+            truncate_on_char_boundary(ua, MAX_USER_AGENT_BYTES);
+        }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes without splitting a UTF-8 sequence.
+pub fn truncate_on_char_boundary(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+}
+
+/// The current time as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    format_rfc3339(SystemTime::now())
+}
+
+/// `t` as RFC 3339 UTC with milliseconds (`YYYY-MM-DDTHH:MM:SS.mmmZ`). Times before 1970 are
+/// clamped to the epoch: a clock that far off is broken, and audit lines must stay parseable.
+pub fn format_rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let millis = d.subsec_millis();
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, day) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar.
+/// Howard Hinnant's `civil_from_days`, restricted to non-negative day counts: shifting the
+/// year to start on 1 March puts the leap day last, so months have a fixed pattern.
+fn civil_from_days(days: u64) -> (u64, u32, u32) {
+    let z = days + 719_468; // days from 0000-03-01 to 1970-01-01
+    let era = z / 146_097; // 400-year eras
+    let doe = z % 146_097; // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365], from 1 March
+    let mp = (5 * doy + 2) / 153; // [0, 11], March = 0
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32; // [1, 31]
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32; // [1, 12]
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+struct Inner {
+    tx: mpsc::Sender<AuditEvent>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Where audit events go. Cheap to clone; all clones feed the same writer.
+#[derive(Clone)]
+pub struct AuditSink {
+    inner: Option<Arc<Inner>>,
+}
+
+impl std::fmt::Debug for AuditSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditSink")
+            .field("enabled", &self.inner.is_some())
+            .field("dropped", &self.dropped())
+            .finish()
+    }
+}
+
+impl AuditSink {
+    /// Builds the sink the configuration asks for and spawns its writer on the current tokio
+    /// runtime. The file (for `output: file`) is opened here, in append mode and created if
+    /// missing, so a bad path fails start-up or reload instead of every later write.
+    pub fn from_config(cfg: &portcullis_config::Audit) -> Result<AuditSink, String> {
+        if !cfg.enabled {
+            return Ok(AuditSink::disabled());
+        }
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| "the audit writer needs a running tokio runtime".to_string())?;
+        let out: Box<dyn AsyncWrite + Send + Unpin> = match cfg.output {
+            AuditOutput::Stdout => Box::new(tokio::io::stdout()),
+            AuditOutput::Stderr => Box::new(tokio::io::stderr()),
+            AuditOutput::File => {
+                let path = cfg
+                    .path
+                    .as_deref()
+                    .ok_or_else(|| "audit output \"file\" needs a path".to_string())?;
+                Box::new(open_append(path)?)
+            }
+        };
+        Ok(Self::spawn(&handle, out, CHANNEL_CAPACITY))
+    }
+
+    /// A sink that discards every event (and counts none as dropped).
+    pub fn disabled() -> AuditSink {
+        AuditSink { inner: None }
+    }
+
+    /// Whether events go anywhere.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    fn spawn(
+        handle: &tokio::runtime::Handle,
+        out: Box<dyn AsyncWrite + Send + Unpin>,
+        capacity: usize,
+    ) -> AuditSink {
+        let (tx, rx) = mpsc::channel(capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        handle.spawn(writer(rx, out, Arc::clone(&dropped)));
+        AuditSink {
+            inner: Some(Arc::new(Inner { tx, dropped })),
+        }
+    }
+
+    /// Queues `event` for writing; never waits. Sanitises it first (see
+    /// [`AuditEvent::sanitize`]).
+    pub fn emit(&self, mut event: AuditEvent) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        event.sanitize();
+        if inner.tx.try_send(event).is_err() {
+            // Full or writer gone: losing an audit line beats stalling traffic; the count is
+            // exported as a metric so the loss is visible.
+            inner.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events dropped since the sink was built (a running total).
+    pub fn dropped(&self) -> u64 {
+        self.inner
+            .as_ref()
+            .map_or(0, |i| i.dropped.load(Ordering::Relaxed))
+    }
+}
+
+fn open_append(path: &Path) -> Result<tokio::fs::File, String> {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| format!("cannot open audit file {}: {e}", path.display()))?;
+    Ok(tokio::fs::File::from_std(file))
+}
+
+/// Drains the channel in batches: one write and one flush per batch keeps system calls low
+/// under load while still flushing promptly when traffic is light. Ends when every sender
+/// (every clone of the sink) is gone.
+async fn writer(
+    mut rx: mpsc::Receiver<AuditEvent>,
+    mut out: Box<dyn AsyncWrite + Send + Unpin>,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut failing = false;
+    loop {
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            break;
+        }
+        buf.clear();
+        let mut lines = 0u64;
+        for event in batch.drain(..) {
+            match serde_json::to_writer(&mut buf, &event) {
+                Ok(()) => {
+                    buf.push(b'\n');
+                    lines += 1;
+                }
+                Err(e) => {
+                    // Cannot happen for this plain struct; if it ever does, the partial
+                    // output of this event must not stay in the buffer.
+                    tracing::warn!(error = %e, "audit event could not be serialised");
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                    if let Some(pos) = buf.iter().rposition(|&b| b == b'\n') {
+                        buf.truncate(pos + 1);
+                    } else {
+                        buf.clear();
+                    }
+                }
+            }
+        }
+        let res = async {
+            out.write_all(&buf).await?;
+            out.flush().await
+        }
+        .await;
+        match res {
+            Ok(()) => {
+                if failing {
+                    tracing::info!("audit output writable again");
+                    failing = false;
+                }
+            }
+            Err(e) => {
+                // Log once per failure streak, not once per batch, to avoid flooding stderr.
+                if !failing {
+                    tracing::error!(error = %e, "cannot write audit events; dropping them");
+                    failing = true;
+                }
+                dropped.fetch_add(lines, Ordering::Relaxed);
+            }
+        }
+    }
+    let _ = out.flush().await;
+}
+
+#[cfg(test)]
+// Tests may panic on unexpected values; the workspace lint is meant for library code.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn event() -> AuditEvent {
+        AuditEvent {
+            time: "2026-11-24T07:15:02.123Z".into(),
+            request_id: "0123456789abcdef0123456789abcdef".into(),
+            listener: "public".into(),
+            client_ip: "203.0.113.7".into(),
+            peer: "10.0.0.2:51234".into(),
+            method: "GET".into(),
+            host: Some("api.example.com".into()),
+            path: "/v1/users".into(),
+            route: Some("users".into()),
+            upstream: Some("api".into()),
+            target: Some("http://10.0.1.5:8080".into()),
+            status: 200,
+            latency_ms: 12.5,
+            outcome: Outcome::Allowed,
+            stage: None,
+            reason: None,
+            tls: true,
+            http_version: "HTTP/2".into(),
+            user_agent: Some("curl/8.5.0".into()),
+        }
+    }
+
+    fn at(secs: u64, millis: u64) -> String {
+        format_rfc3339(UNIX_EPOCH + Duration::from_millis(secs * 1000 + millis))
+    }
+
+    #[test]
+    fn rfc3339_known_timestamps() {
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 0), "2000-02-29T00:00:00.000Z");
+        assert_eq!(at(951_868_799, 999), "2000-02-29T23:59:59.999Z");
+        assert_eq!(at(951_868_800, 0), "2000-03-01T00:00:00.000Z");
+        assert_eq!(at(946_684_799, 5), "1999-12-31T23:59:59.005Z");
+        assert_eq!(at(1_709_164_800, 0), "2024-02-29T00:00:00.000Z");
+        // 2100 is not a leap year.
+        assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000Z");
+        assert_eq!(at(1_795_504_502, 123), "2026-11-24T07:15:02.123Z");
+        assert_eq!(at(253_402_300_799, 0), "9999-12-31T23:59:59.000Z");
+        // Before the epoch: clamped.
+        assert_eq!(
+            format_rfc3339(UNIX_EPOCH - Duration::from_secs(10)),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn rfc3339_every_day_round_trips() {
+        // Walk 1970..2401 day by day and check the date advances as the calendar says.
+        let (mut y, mut m, mut d) = (1970u64, 1u32, 1u32);
+        for days in 0..(431 * 366) {
+            assert_eq!(civil_from_days(days), (y, m, d), "day {days}");
+            let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+            let len = match m {
+                2 if leap => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            d += 1;
+            if d > len {
+                d = 1;
+                m += 1;
+                if m > 12 {
+                    m = 1;
+                    y += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn now_has_the_right_shape() {
+        let s = now_rfc3339();
+        assert_eq!(s.len(), 24, "{s}");
+        assert!(
+            s.ends_with('Z') && &s[10..11] == "T" && &s[19..20] == ".",
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn serialisation_shape() {
+        let mut e = event();
+        e.outcome = Outcome::Rejected;
+        e.stage = Some("ipfilter".into());
+        e.reason = Some("ip_denied".into());
+        e.route = None;
+        let v = serde_json::to_value(&e).unwrap();
+        let obj = v.as_object().unwrap();
+        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        let mut expected = vec![
+            "time",
+            "request_id",
+            "listener",
+            "client_ip",
+            "peer",
+            "method",
+            "host",
+            "path",
+            "route",
+            "upstream",
+            "target",
+            "status",
+            "latency_ms",
+            "outcome",
+            "stage",
+            "reason",
+            "tls",
+            "http_version",
+            "user_agent",
+        ];
+        let mut got = keys.clone();
+        got.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(got, expected);
+        assert_eq!(v["outcome"], "rejected");
+        assert_eq!(v["route"], serde_json::Value::Null);
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["latency_ms"], 12.5);
+        assert_eq!(v["tls"], true);
+        assert_eq!(v["reason"], "ip_denied");
+        assert_eq!(serde_json::to_value(Outcome::Allowed).unwrap(), "allowed");
+        assert_eq!(serde_json::to_value(Outcome::Failed).unwrap(), "failed");
+        // One line: no raw newline even with hostile input.
+        let mut e = event();
+        e.user_agent = Some("a\nb".into());
+        assert!(!serde_json::to_string(&e).unwrap().contains('\n'));
+    }
+
+    #[test]
+    fn sanitize_strips_query_and_long_user_agent() {
+        let mut e = event();
+        e.path = "/login?token=secret".into();
+        // 'é' is two bytes: 255 ASCII + 'é' straddles the 256-byte limit.
+        e.user_agent = Some(format!("{}é{}", "a".repeat(255), "b".repeat(50)));
+        e.sanitize();
+        assert_eq!(e.path, "/login");
+        let ua = e.user_agent.unwrap();
+        assert_eq!(ua.len(), 255);
+        assert!(ua.bytes().all(|b| b == b'a'));
+
+        let mut s = "x".repeat(300);
+        truncate_on_char_boundary(&mut s, MAX_USER_AGENT_BYTES);
+        assert_eq!(s.len(), 256);
+        let mut s = "short".to_string();
+        truncate_on_char_boundary(&mut s, MAX_USER_AGENT_BYTES);
+        assert_eq!(s, "short");
+    }
+
+    fn file_cfg(path: &Path) -> portcullis_config::Audit {
+        portcullis_config::Audit {
+            enabled: true,
+            output: AuditOutput::File,
+            path: Some(path.to_path_buf()),
+        }
+    }
+
+    async fn wait_for_lines(path: &Path, n: usize) -> Vec<String> {
+        for _ in 0..200 {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("fewer than {n} lines in {}", path.display());
+    }
+
+    #[tokio::test]
+    async fn file_sink_appends_json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        std::fs::write(&path, "existing\n").unwrap();
+        let sink = AuditSink::from_config(&file_cfg(&path)).unwrap();
+        assert!(sink.is_enabled());
+        let mut e = event();
+        e.path = "/a?secret=1".into();
+        sink.emit(e);
+        let mut e = event();
+        e.request_id = "second".into();
+        sink.clone().emit(e);
+        let lines = wait_for_lines(&path, 3).await;
+        assert_eq!(lines[0], "existing");
+        let first: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+        assert_eq!(first["path"], "/a");
+        assert_eq!(first["outcome"], "allowed");
+        let second: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+        assert_eq!(second["request_id"], "second");
+        assert_eq!(sink.dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn drops_are_counted_when_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let sink = AuditSink::from_config(&file_cfg(&path)).unwrap();
+        // The test runtime is single-threaded and we never yield, so the writer cannot drain
+        // the channel while we fill it.
+        for _ in 0..CHANNEL_CAPACITY + 10 {
+            sink.emit(event());
+        }
+        assert_eq!(sink.dropped(), 10);
+        let lines = wait_for_lines(&path, CHANNEL_CAPACITY).await;
+        assert_eq!(lines.len(), CHANNEL_CAPACITY);
+        assert_eq!(sink.dropped(), 10);
+    }
+
+    #[tokio::test]
+    async fn small_channel_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let out = Box::new(open_append(&path).unwrap());
+        let sink = AuditSink::spawn(&tokio::runtime::Handle::current(), out, 2);
+        for _ in 0..5 {
+            sink.emit(event());
+        }
+        assert_eq!(sink.dropped(), 3);
+        assert_eq!(wait_for_lines(&path, 2).await.len(), 2);
+    }
+
+    #[test]
+    fn disabled_and_config_errors() {
+        let sink = AuditSink::disabled();
+        sink.emit(event());
+        assert_eq!(sink.dropped(), 0);
+        assert!(!sink.is_enabled());
+
+        let off = portcullis_config::Audit {
+            enabled: false,
+            output: AuditOutput::Stdout,
+            path: None,
+        };
+        assert!(!AuditSink::from_config(&off).unwrap().is_enabled());
+
+        // No runtime: refused rather than panicking inside tokio::spawn.
+        let on = portcullis_config::Audit {
+            enabled: true,
+            output: AuditOutput::Stdout,
+            path: None,
+        };
+        assert!(AuditSink::from_config(&on).is_err());
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let no_path = portcullis_config::Audit {
+                enabled: true,
+                output: AuditOutput::File,
+                path: None,
+            };
+            assert!(AuditSink::from_config(&no_path).is_err());
+            let bad = file_cfg(Path::new("/nonexistent-dir/for/sure/audit.log"));
+            let err = AuditSink::from_config(&bad).unwrap_err();
+            assert!(err.contains("cannot open audit file"), "{err}");
+        });
+    }
+}

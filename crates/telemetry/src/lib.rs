@@ -1,0 +1,587 @@
+//! # portcullis-telemetry
+//!
+//! Prometheus metrics and the process-wide log subscriber.
+//!
+//! * **Takes**: observations from the request path (route, status, latency, rejections,
+//!   connections, upstream target state, config reloads, dropped audit events), and a log
+//!   format plus an `EnvFilter` directive string at start-up.
+//! * **Produces**: [`Metrics::encode`] — the whole registry in Prometheus text exposition
+//!   format — and a global `tracing` subscriber writing to **stderr**.
+//! * **Rejects**: a log filter directive that does not parse ([`init_logging`] returns `Err`).
+//!
+//! Invariants:
+//! * Label values must come from bounded sets (route, listener and upstream names from the
+//!   configuration, stable reason codes, status codes). Never pass client-controlled text as a
+//!   label: every distinct value is a new time series kept for the life of the process.
+//! * Recording is cheap: label values are interned as `Arc<str>` so that, once a series
+//!   exists, an observation costs a couple of read locks and atomic operations and no heap
+//!   allocation. Past [`INTERN_LIMIT`] distinct strings the interner stops growing and each
+//!   call allocates one small `Arc<str>` instead.
+//! * stdout is never written: it is reserved for start-up lines and audit events.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Most distinct label strings the interner keeps. Configuration-derived values stay far below
+/// this; the cap only bounds memory if a caller mistakenly passes unbounded values.
+pub const INTERN_LIMIT: usize = 4096;
+
+/// Upper bounds (seconds) of the request duration histogram: 0.5 ms to 10 s, roughly
+/// 1-2.5-5 per decade, which resolves both in-process rejections and slow upstreams.
+pub const DURATION_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: Arc<str>,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectionLabels {
+    stage: Arc<str>,
+    reason: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    upstream: Arc<str>,
+    target: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamRequestLabels {
+    upstream: Arc<str>,
+    target: Arc<str>,
+    outcome: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// Hands out shared copies of label strings so the hot path does not allocate.
+#[derive(Debug, Default)]
+struct Interner {
+    set: RwLock<HashSet<Arc<str>>>,
+}
+
+impl Interner {
+    fn get(&self, s: &str) -> Arc<str> {
+        // A poisoned lock only means another thread panicked mid-insert; the set itself is
+        // still a valid HashSet, so keep using it rather than losing metrics.
+        {
+            let set = self.set.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(v) = set.get(s) {
+                return Arc::clone(v);
+            }
+        }
+        let mut set = self.set.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = set.get(s) {
+            return Arc::clone(v);
+        }
+        let v: Arc<str> = Arc::from(s);
+        if set.len() < INTERN_LIMIT {
+            set.insert(Arc::clone(&v));
+        }
+        v
+    }
+}
+
+/// Every metric the gateway exports. `Send + Sync`; share it as `Arc<Metrics>`.
+pub struct Metrics {
+    registry: Registry,
+    interner: Interner,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<RouteLabels>,
+    rejections: Family<RejectionLabels, Counter>,
+    active_connections: Family<ListenerLabels, Gauge>,
+    target_healthy: Family<TargetLabels, Gauge>,
+    target_in_flight: Family<TargetLabels, Gauge>,
+    upstream_requests: Family<UpstreamRequestLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
+    config_last_reload_success: Gauge,
+    audit_dropped: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        // prometheus-client appends `_total` to counters itself.
+        registry.register(
+            "portcullis_requests",
+            "Finished requests by route (empty when none matched) and status",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "portcullis_request_duration_seconds",
+            "Time from request head received to response head sent, by route",
+            request_duration.clone(),
+        );
+        let rejections = Family::<RejectionLabels, Counter>::default();
+        registry.register(
+            "portcullis_rejections",
+            "Requests refused, by the step that refused them and the stable reason code",
+            rejections.clone(),
+        );
+        let active_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "portcullis_active_connections",
+            "Client connections currently open, by listener",
+            active_connections.clone(),
+        );
+        let target_healthy = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "portcullis_upstream_target_healthy",
+            "1 when the upstream target is considered healthy, else 0",
+            target_healthy.clone(),
+        );
+        let target_in_flight = Family::<TargetLabels, Gauge>::default();
+        registry.register(
+            "portcullis_upstream_target_in_flight",
+            "Requests currently outstanding to the upstream target",
+            target_in_flight.clone(),
+        );
+        let upstream_requests = Family::<UpstreamRequestLabels, Counter>::default();
+        registry.register(
+            "portcullis_upstream_requests",
+            "Requests sent to upstream targets, by outcome (ok, error, timeout)",
+            upstream_requests.clone(),
+        );
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "portcullis_config_reloads",
+            "Configuration reload attempts, by result",
+            config_reloads.clone(),
+        );
+        let config_last_reload_success = Gauge::default();
+        // The configuration that started the process loaded, or there would be no process.
+        config_last_reload_success.set(1);
+        registry.register(
+            "portcullis_config_last_reload_success",
+            "1 when the last configuration reload succeeded, else 0",
+            config_last_reload_success.clone(),
+        );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "portcullis_audit_events_dropped",
+            "Audit events dropped because the writer could not keep up or failed",
+            audit_dropped.clone(),
+        );
+        Arc::new(Metrics {
+            registry,
+            interner: Interner::default(),
+            requests,
+            request_duration,
+            rejections,
+            active_connections,
+            target_healthy,
+            target_in_flight,
+            upstream_requests,
+            config_reloads,
+            config_last_reload_success,
+            audit_dropped,
+        })
+    }
+
+    /// One finished request. `route` is `""` when no route matched.
+    pub fn observe_request(&self, route: &str, status: u16, latency: Duration) {
+        let route = self.interner.get(route);
+        self.request_duration
+            .get_or_create(&RouteLabels {
+                route: Arc::clone(&route),
+            })
+            .observe(latency.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels { route, status })
+            .inc();
+    }
+
+    /// A request refused by `stage` for the stable `reason` code.
+    pub fn count_rejection(&self, stage: &str, reason: &str) {
+        let labels = RejectionLabels {
+            stage: self.interner.get(stage),
+            reason: self.interner.get(reason),
+        };
+        self.rejections.get_or_create(&labels).inc();
+    }
+
+    pub fn connection_opened(&self, listener: &str) {
+        let labels = ListenerLabels {
+            listener: self.interner.get(listener),
+        };
+        self.active_connections.get_or_create(&labels).inc();
+    }
+
+    pub fn connection_closed(&self, listener: &str) {
+        let labels = ListenerLabels {
+            listener: self.interner.get(listener),
+        };
+        self.active_connections.get_or_create(&labels).dec();
+    }
+
+    /// The health and load of one upstream target, as the balancer sees it now.
+    pub fn set_upstream_target(
+        &self,
+        upstream: &str,
+        target: &str,
+        healthy: bool,
+        in_flight: usize,
+    ) {
+        let labels = TargetLabels {
+            upstream: self.interner.get(upstream),
+            target: self.interner.get(target),
+        };
+        self.target_healthy
+            .get_or_create(&labels)
+            .set(i64::from(healthy));
+        self.target_in_flight
+            .get_or_create(&labels)
+            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+    }
+
+    /// `outcome` is one of `"ok"`, `"error"`, `"timeout"`.
+    pub fn count_upstream_request(&self, upstream: &str, target: &str, outcome: &str) {
+        let labels = UpstreamRequestLabels {
+            upstream: self.interner.get(upstream),
+            target: self.interner.get(target),
+            outcome: self.interner.get(outcome),
+        };
+        self.upstream_requests.get_or_create(&labels).inc();
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+        self.config_last_reload_success.set(i64::from(ok));
+    }
+
+    /// `n` more audit events were dropped (a delta, not a total).
+    pub fn audit_dropped(&self, n: u64) {
+        self.audit_dropped.inc_by(n);
+    }
+
+    /// The whole registry in Prometheus text exposition format, ending with `# EOF\n`.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail; an Err could only come from a broken encoder,
+        // and half a page of metrics is still more useful than none.
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            tracing::warn!("metrics encoding failed; output may be incomplete");
+        }
+        out
+    }
+}
+
+/// The shape of log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Installs the global tracing subscriber writing to stderr (stdout is reserved for start-up
+/// lines and audit events).
+///
+/// `filter` is an `EnvFilter` directive string such as `"info"` or `"portcullis=debug,info"`;
+/// a non-empty `RUST_LOG` overrides it. `filter` is validated even when overridden, so a bad
+/// configuration is reported whatever the environment. Errors: a bad directive in `filter` or
+/// `RUST_LOG`, or a global subscriber already installed.
+pub fn init_logging(format: LogFormat, filter: &str) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+
+    let configured = EnvFilter::builder()
+        .parse(filter)
+        .map_err(|e| format!("invalid log filter {filter:?}: {e}"))?;
+    let env_filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => EnvFilter::builder()
+            .parse(&v)
+            .map_err(|e| format!("invalid RUST_LOG {v:?}: {e}"))?,
+        _ => configured,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(env_filter);
+    let res = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    res.map_err(|e| format!("cannot install the log subscriber: {e}"))
+}
+
+#[cfg(test)]
+// Tests may panic on unexpected values; the workspace lint is meant for library code.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn line_value(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn metrics_are_send_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Metrics>();
+    }
+
+    #[test]
+    fn request_counter_and_histogram() {
+        let m = Metrics::new();
+        m.observe_request("users", 200, Duration::from_millis(3));
+        m.observe_request("users", 200, Duration::from_millis(30));
+        m.observe_request("", 404, Duration::from_micros(100));
+        let text = m.encode();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(
+            text.contains("# TYPE portcullis_requests counter"),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                "portcullis_requests_total{route=\"users\",status=\"200\"}"
+            ),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                "portcullis_requests_total{route=\"\",status=\"404\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE portcullis_request_duration_seconds histogram"),
+            "{text}"
+        );
+        let bucket = |le: &str| {
+            line_value(
+                &text,
+                &format!(
+                    "portcullis_request_duration_seconds_bucket{{le=\"{le}\",route=\"users\"}}"
+                ),
+            )
+        };
+        // 3 ms falls in le=0.005, 30 ms in le=0.05; buckets are cumulative.
+        assert_eq!(bucket("0.0005"), Some(0.0), "{text}");
+        assert_eq!(bucket("0.0025"), Some(0.0), "{text}");
+        assert_eq!(bucket("0.005"), Some(1.0), "{text}");
+        assert_eq!(bucket("0.025"), Some(1.0), "{text}");
+        assert_eq!(bucket("0.05"), Some(2.0), "{text}");
+        assert_eq!(bucket("10.0"), Some(2.0), "{text}");
+        assert_eq!(bucket("+Inf"), Some(2.0), "{text}");
+        assert_eq!(
+            line_value(
+                &text,
+                "portcullis_request_duration_seconds_count{route=\"users\"}"
+            ),
+            Some(2.0)
+        );
+        let sum = line_value(
+            &text,
+            "portcullis_request_duration_seconds_sum{route=\"users\"}",
+        );
+        assert!(sum.is_some_and(|s| (s - 0.033).abs() < 1e-9), "{text}");
+        assert_eq!(
+            line_value(
+                &text,
+                "portcullis_request_duration_seconds_bucket{le=\"0.0005\",route=\"\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn rejections_connections_upstreams() {
+        let m = Metrics::new();
+        m.count_rejection("ipfilter", "ip_denied");
+        m.count_rejection("ipfilter", "ip_denied");
+        m.connection_opened("public");
+        m.connection_opened("public");
+        m.connection_closed("public");
+        m.set_upstream_target("api", "http://10.0.0.1:80", true, 3);
+        m.set_upstream_target("api", "http://10.0.0.2:80", false, 0);
+        m.count_upstream_request("api", "http://10.0.0.1:80", "ok");
+        m.count_upstream_request("api", "http://10.0.0.1:80", "timeout");
+        let text = m.encode();
+        assert_eq!(
+            line_value(
+                &text,
+                "portcullis_rejections_total{stage=\"ipfilter\",reason=\"ip_denied\"}"
+            ),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(&text, "portcullis_active_connections{listener=\"public\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                "portcullis_upstream_target_healthy{upstream=\"api\",target=\"http://10.0.0.1:80\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                "portcullis_upstream_target_healthy{upstream=\"api\",target=\"http://10.0.0.2:80\"}"
+            ),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                "portcullis_upstream_target_in_flight{upstream=\"api\",target=\"http://10.0.0.1:80\"}"
+            ),
+            Some(3.0),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(
+                &text,
+                "portcullis_upstream_requests_total{upstream=\"api\",target=\"http://10.0.0.1:80\",outcome=\"timeout\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        // Updating a target replaces the gauge values.
+        m.set_upstream_target("api", "http://10.0.0.1:80", false, 0);
+        let text = m.encode();
+        assert_eq!(
+            line_value(
+                &text,
+                "portcullis_upstream_target_healthy{upstream=\"api\",target=\"http://10.0.0.1:80\"}"
+            ),
+            Some(0.0),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reloads_and_audit_drops() {
+        let m = Metrics::new();
+        let text = m.encode();
+        assert_eq!(
+            line_value(&text, "portcullis_config_last_reload_success "),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(&text, "portcullis_audit_events_dropped_total "),
+            Some(0.0),
+            "{text}"
+        );
+        m.config_reload(true);
+        m.config_reload(false);
+        m.audit_dropped(5);
+        m.audit_dropped(2);
+        let text = m.encode();
+        assert_eq!(
+            line_value(&text, "portcullis_config_reloads_total{result=\"ok\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(&text, "portcullis_config_reloads_total{result=\"error\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(&text, "portcullis_config_last_reload_success "),
+            Some(0.0),
+            "{text}"
+        );
+        assert_eq!(
+            line_value(&text, "portcullis_audit_events_dropped_total "),
+            Some(7.0),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new();
+        m.count_rejection("x", "a\"b\\c\nd");
+        let text = m.encode();
+        assert!(text.contains(r#"reason="a\"b\\c\nd""#), "{text}");
+    }
+
+    #[test]
+    fn interner_shares_and_caps() {
+        let i = Interner::default();
+        let a = i.get("route-a");
+        let b = i.get("route-a");
+        assert!(Arc::ptr_eq(&a, &b));
+        for n in 0..INTERN_LIMIT + 10 {
+            let _ = i.get(&format!("v{n}"));
+        }
+        let len = i.set.read().map(|s| s.len()).unwrap_or(0);
+        assert_eq!(len, INTERN_LIMIT);
+        // Past the cap values are still returned correctly, just not shared.
+        assert_eq!(&*i.get("late"), "late");
+    }
+
+    #[test]
+    fn bad_log_filter_is_rejected() {
+        // Run before any successful init in this process, so the error is the filter's.
+        let err = init_logging(LogFormat::Json, "portcullis=notalevel");
+        assert!(
+            err.as_ref()
+                .is_err_and(|e| e.contains("invalid log filter")),
+            "{err:?}"
+        );
+    }
+}
