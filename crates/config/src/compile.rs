@@ -291,9 +291,18 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
     }
 }
 
-fn positive(d: std::time::Duration, path: &str, e: &mut ConfigErrors) {
-    if d.is_zero() {
-        e.push(path, "must be greater than 0");
+/// A duration that must be greater than zero; one error at most per value.
+fn positive_duration(s: &str, path: &str, e: &mut ConfigErrors) -> std::time::Duration {
+    match portcullis_core::units::parse_duration(s) {
+        Ok(d) if d.is_zero() => {
+            e.push(path, "must be greater than 0");
+            d
+        }
+        Ok(d) => d,
+        Err(msg) => {
+            e.push(path, msg);
+            std::time::Duration::ZERO
+        }
     }
 }
 
@@ -322,11 +331,9 @@ fn compile_upstream(
         }
         _ => {}
     }
-    let connect_timeout = compile_duration(&u.connect_timeout, &format!("{path}.connect_timeout"), e);
-    let request_timeout = compile_duration(&u.request_timeout, &format!("{path}.request_timeout"), e);
+    let connect_timeout = positive_duration(&u.connect_timeout, &format!("{path}.connect_timeout"), e);
+    let request_timeout = positive_duration(&u.request_timeout, &format!("{path}.request_timeout"), e);
     let idle_timeout = compile_duration(&u.idle_timeout, &format!("{path}.idle_timeout"), e);
-    positive(connect_timeout, &format!("{path}.connect_timeout"), e);
-    positive(request_timeout, &format!("{path}.request_timeout"), e);
     if u.retries.attempts > 5 {
         e.push(format!("{path}.retries.attempts"), "at most 5 retries");
     }
@@ -348,10 +355,8 @@ fn compile_upstream(
         if !h.path.starts_with('/') || h.path.parse::<http::uri::PathAndQuery>().is_err() {
             e.push(format!("{hp}.path"), format!("\"{}\" is not an absolute path", h.path));
         }
-        let interval = compile_duration(&h.interval, &format!("{hp}.interval"), e);
-        let timeout = compile_duration(&h.timeout, &format!("{hp}.timeout"), e);
-        positive(interval, &format!("{hp}.interval"), e);
-        positive(timeout, &format!("{hp}.timeout"), e);
+        let interval = positive_duration(&h.interval, &format!("{hp}.interval"), e);
+        let timeout = positive_duration(&h.timeout, &format!("{hp}.timeout"), e);
         if h.healthy_threshold == 0 {
             e.push(format!("{hp}.healthy_threshold"), "must be greater than 0");
         }
@@ -669,11 +674,10 @@ fn compile_route(
         .as_ref()
         .map(|s| s.compile(&format!("{path}.max_body_bytes"), e))
         .unwrap_or(server.limits.max_body_bytes);
-    let timeout = r.timeout.as_ref().map(|t| {
-        let d = compile_duration(t, &format!("{path}.timeout"), e);
-        positive(d, &format!("{path}.timeout"), e);
-        d
-    });
+    let timeout = r
+        .timeout
+        .as_ref()
+        .map(|t| positive_duration(t, &format!("{path}.timeout"), e));
     Route {
         name: Arc::from(r.name.as_str()),
         hosts,

@@ -1,1 +1,295 @@
-fn main() {}
+//! # portcullis
+//!
+//! The binary: command line, signals and wiring. No policy logic lives here.
+//!
+//! * `portcullis run [--config FILE]` — serve (without `--config`: the built-in quickstart).
+//! * `portcullis check FILE…` — validate configurations; every error with its path; exit 1.
+//! * `portcullis schema` — the JSON Schema of the configuration file, for editors.
+//!
+//! On start it prints one line per listener (`portcullis: listener NAME URL`), the admin
+//! address and `portcullis: ready` to stdout; logs go to stderr.
+
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use portcullis_admin::AdminSource;
+use portcullis_audit::AuditSink;
+use portcullis_config::{Config, ConfigErrors, UpstreamKind};
+use portcullis_proxy::{Gateway, Runtime};
+use portcullis_telemetry::{LogFormat, Metrics};
+use tokio::sync::watch;
+
+/// The configuration `portcullis run` uses when no file is given.
+const QUICKSTART: &str = include_str!("../../../examples/quickstart.yaml");
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "An API security gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// Configuration file. Without it, the built-in quickstart configuration is used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Log format (overrides logging.format).
+        #[arg(long, value_enum)]
+        log_format: Option<Format>,
+        /// Log filter such as `info` or `portcullis=debug` (overrides logging.level).
+        #[arg(long)]
+        log_level: Option<String>,
+    },
+    /// Validate configuration files and report every error.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the JSON Schema of the configuration file.
+    Schema,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Pretty,
+    Json,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { files } => check(&files),
+        Command::Schema => {
+            let s = serde_json::to_string_pretty(&portcullis_config::schema()).unwrap_or_default();
+            println!("{s}");
+            std::process::ExitCode::SUCCESS
+        }
+        Command::Run { config, log_format, log_level } => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("portcullis: cannot start the runtime: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run(config, log_format, log_level)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn print_errors(source: &str, errors: &ConfigErrors) {
+    for e in errors.iter() {
+        eprintln!("{source}: {e}");
+    }
+}
+
+/// Compiles a file the way `run` would, short of binding sockets.
+fn check_one(path: &Path) -> Result<Config, ConfigErrors> {
+    let config = portcullis_config::load_file(path)?;
+    let config = Arc::new(config);
+    // Build the runtime too: TLS keys, upstream TLS roots … are checked there.
+    let built = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            let mut errs = ConfigErrors::new();
+            errs.push("", e.to_string());
+            errs
+        })?
+        .block_on(async { Runtime::build(config.clone(), false).map(|_| ()) });
+    built?;
+    Arc::try_unwrap(config).map_err(|_| ConfigErrors::new())
+}
+
+fn check(files: &[PathBuf]) -> std::process::ExitCode {
+    let mut failed = false;
+    for f in files {
+        let name = f.display().to_string();
+        match check_one(f) {
+            Ok(c) => println!("{name}: ok ({} routes, {} upstreams, {} listeners)", c.routes.len(), c.upstreams.len(), c.listeners.len()),
+            Err(e) => {
+                failed = true;
+                print_errors(&name, &e);
+                eprintln!("{name}: {} error(s)", e.len());
+            }
+        }
+    }
+    if failed { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS }
+}
+
+fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    match path {
+        Some(p) => portcullis_config::load_file(p),
+        None => portcullis_config::load_str(QUICKSTART, Path::new(".")),
+    }
+}
+
+async fn run(path: Option<PathBuf>, log_format: Option<Format>, log_level: Option<String>) -> Result<()> {
+    let source = path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in quickstart".into());
+    let config = match load(path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            print_errors(&source, &e);
+            bail!("{source}: the configuration has {} error(s)", e.len());
+        }
+    };
+    let format = match log_format {
+        Some(Format::Json) => LogFormat::Json,
+        Some(Format::Pretty) => LogFormat::Pretty,
+        None => match config.logging.format {
+            portcullis_config::LogFormat::Json => LogFormat::Json,
+            portcullis_config::LogFormat::Pretty => LogFormat::Pretty,
+        },
+    };
+    let level = log_level.unwrap_or_else(|| config.logging.level.clone());
+    portcullis_telemetry::init_logging(format, &level).map_err(anyhow::Error::msg)?;
+
+    let audit = AuditSink::from_config(&config.audit).map_err(anyhow::Error::msg)?;
+    let metrics = Metrics::new();
+    let config = Arc::new(config);
+    let runtime = Runtime::build(config.clone(), true).map_err(|e| {
+        print_errors(&source, &e);
+        anyhow::anyhow!("{source}: the configuration has {} error(s)", e.len())
+    })?;
+    let gw = Gateway::new(runtime, metrics, audit).map_err(|e| {
+        print_errors(&source, &e);
+        anyhow::anyhow!("{source}: the configuration has {} error(s)", e.len())
+    })?;
+
+    let listeners = portcullis_proxy::server::bind(&gw, &config).await.map_err(anyhow::Error::msg)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let mut out = std::io::stdout().lock();
+    for l in &listeners {
+        writeln!(out, "portcullis: listener {} {}", l.name, l.url())?;
+    }
+    if config.admin.enabled {
+        let admin = tokio::net::TcpListener::bind(config.admin.address)
+            .await
+            .with_context(|| format!("admin: cannot bind {}", config.admin.address))?;
+        writeln!(out, "portcullis: admin http://{}", admin.local_addr()?)?;
+        let view: Arc<dyn AdminSource> = Arc::new(AdminView { gw: gw.clone() });
+        let mut stop = stop_rx.clone();
+        tokio::spawn(portcullis_admin::serve(admin, config.admin.token.clone(), view, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+    }
+    if listeners.is_empty() {
+        tracing::warn!("no client listener is configured: nothing will be proxied");
+    }
+    writeln!(out, "portcullis: ready")?;
+    out.flush()?;
+    drop(out);
+    tracing::info!(config = %source, routes = config.routes.len(), upstreams = config.upstreams.len(), "portcullis started");
+
+    tokio::spawn(resolve_upstreams(gw.clone()));
+    tokio::spawn(signals(gw.clone(), path, stop_tx));
+    portcullis_proxy::server::serve(gw, listeners, stop_rx).await;
+    tracing::info!("portcullis stopped");
+    Ok(())
+}
+
+/// Readiness: every upstream target host resolves. Retried until it does.
+async fn resolve_upstreams(gw: Arc<Gateway>) {
+    loop {
+        let rt = gw.runtime();
+        let mut failures = Vec::new();
+        for u in rt.config().upstreams.iter().filter(|u| u.kind == UpstreamKind::Proxy) {
+            for t in &u.targets {
+                let ok = match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(t.authority.as_str())).await {
+                    Ok(Ok(mut addrs)) => addrs.next().is_some(),
+                    _ => false,
+                };
+                if !ok {
+                    failures.push(format!("{}: {} does not resolve", u.name, t.authority));
+                }
+            }
+        }
+        if failures.is_empty() {
+            gw.set_ready(Ok(()));
+            return;
+        }
+        tracing::warn!(problems = ?failures, "upstream hosts not resolved; not ready");
+        gw.set_ready(Err(failures.join("; ")));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(unix)]
+async fn signals(gw: Arc<Gateway>, path: Option<PathBuf>, stop: watch::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&gw, path.as_deref()),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping: draining connections");
+    let _ = stop.send(true);
+}
+
+#[cfg(not(unix))]
+async fn signals(_gw: Arc<Gateway>, _path: Option<PathBuf>, stop: watch::Sender<bool>) {
+    let _ = tokio::signal::ctrl_c().await;
+    let _ = stop.send(true);
+}
+
+fn reload(gw: &Gateway, path: Option<&Path>) {
+    let Some(path) = path else {
+        tracing::warn!("reload asked, but the built-in configuration has no file to reload");
+        return;
+    };
+    match portcullis_config::load_file(path).and_then(|c| gw.reload(c)) {
+        Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+        Err(errors) => {
+            for e in errors.iter() {
+                tracing::error!(config = %path.display(), path = %e.path, "{}", e.message);
+            }
+            tracing::error!(config = %path.display(), errors = errors.len(), "reload refused; the running configuration stays");
+        }
+    }
+}
+
+struct AdminView {
+    gw: Arc<Gateway>,
+}
+
+impl AdminSource for AdminView {
+    fn ready(&self) -> Result<(), String> {
+        self.gw.readiness()
+    }
+
+    fn config(&self) -> serde_json::Value {
+        let rt = self.gw.runtime();
+        serde_json::to_value(&rt.config().raw).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn metrics(&self) -> String {
+        self.gw.refresh_upstream_metrics();
+        self.gw.metrics.encode()
+    }
+}

@@ -1,0 +1,148 @@
+//! # portcullis-proxy
+//!
+//! The HTTP engine — the only crate that knows hyper, rustls and tokio's sockets.
+//!
+//! * **Takes**: client connections on the configured listeners (HTTP/1.1, h2c prior knowledge,
+//!   TLS with ALPN h2/http1.1); a [`Runtime`] built from a compiled configuration.
+//! * **Produces**: for every request, either the upstream's response (streamed, with
+//!   hop-by-hop fields removed and the route's header rules applied) or one problem+json
+//!   response from the single rejection table ([`problem`]); and exactly one audit event.
+//! * **Rejects**: whatever the pipeline rejects; upstream failures become 502/503/504 problems,
+//!   never a raw error or a hang (every upstream wait is bounded).
+//!
+//! Invariants: a request runs under exactly one [`Runtime`] (pinned at its start, so a reload
+//! never changes the rules mid-request); nothing reaches an upstream unless every step said
+//! `Continue`; client-supplied forwarding headers are believed only from trusted proxies.
+
+#![forbid(unsafe_code)]
+
+pub mod body;
+pub mod echo;
+pub mod headers;
+pub mod problem;
+pub mod runtime;
+pub mod server;
+pub mod service;
+pub mod tls;
+pub mod upstream;
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use portcullis_audit::AuditSink;
+use portcullis_config::Config;
+use portcullis_core::ConfigErrors;
+use portcullis_telemetry::Metrics;
+
+pub use runtime::Runtime;
+pub use service::ConnInfo;
+
+/// The gateway's shared state: the current runtime (swapped on reload), metrics, audit, and
+/// per-listener TLS contexts (swapped on reload, so certificates rotate without a restart).
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    pub metrics: Arc<Metrics>,
+    pub audit: AuditSink,
+    tls: Vec<(Arc<str>, Arc<ArcSwap<rustls::ServerConfig>>)>,
+    ready: Mutex<Result<(), String>>,
+}
+
+impl Gateway {
+    /// Wraps a built runtime. TLS contexts are built from its listeners.
+    pub fn new(runtime: Runtime, metrics: Arc<Metrics>, audit: AuditSink) -> Result<Arc<Gateway>, ConfigErrors> {
+        let tls = tls_contexts(runtime.config())?
+            .into_iter()
+            .map(|(name, cfg)| (name, Arc::new(ArcSwap::new(cfg))))
+            .collect();
+        Ok(Arc::new(Gateway {
+            runtime: ArcSwap::new(Arc::new(runtime)),
+            metrics,
+            audit,
+            tls,
+            ready: Mutex::new(Err("upstream hosts not resolved yet".into())),
+        }))
+    }
+
+    /// The runtime a new request runs under.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    pub fn tls_for(&self, listener: &str) -> Option<Arc<ArcSwap<rustls::ServerConfig>>> {
+        self.tls.iter().find(|(n, _)| &**n == listener).map(|(_, c)| c.clone())
+    }
+
+    /// Replaces the running configuration. Built off the hot path; on any error the old one
+    /// stays. Listener changes cannot be applied live and are refused as needing a restart.
+    pub fn reload(&self, config: Config) -> Result<(), ConfigErrors> {
+        let result = self.try_reload(config);
+        self.metrics.config_reload(result.is_ok());
+        result
+    }
+
+    fn try_reload(&self, config: Config) -> Result<(), ConfigErrors> {
+        let current = self.runtime();
+        let mut e = ConfigErrors::new();
+        let old = &current.config().listeners;
+        if old.len() != config.listeners.len() {
+            e.push("listeners", "adding or removing listeners needs a restart");
+        }
+        for (i, (a, b)) in old.iter().zip(&config.listeners).enumerate() {
+            if a.name != b.name || a.address != b.address || a.tls.is_some() != b.tls.is_some() {
+                e.push(format!("listeners[{i}]"), "changing a listener's name, address or TLS on/off needs a restart");
+            }
+        }
+        if current.config().admin.address != config.admin.address || current.config().admin.enabled != config.admin.enabled {
+            e.push("admin", "changing the admin listener needs a restart");
+        }
+        if !e.is_empty() {
+            return Err(e);
+        }
+        let contexts = tls_contexts(&config)?;
+        let runtime = Runtime::build(Arc::new(config), true)?;
+        for (name, cfg) in contexts {
+            if let Some(slot) = self.tls_for(&name) {
+                slot.store(cfg);
+            }
+        }
+        self.runtime.store(Arc::new(runtime));
+        Ok(())
+    }
+
+    pub fn set_ready(&self, state: Result<(), String>) {
+        if let Ok(mut r) = self.ready.lock() {
+            *r = state;
+        }
+    }
+
+    pub fn readiness(&self) -> Result<(), String> {
+        self.ready
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_else(|_| Err("readiness state poisoned".into()))
+    }
+
+    /// Copies upstream health into the metrics (called when metrics are scraped).
+    pub fn refresh_upstream_metrics(&self) {
+        let rt = self.runtime();
+        for pool in rt.pools.iter().flatten() {
+            for t in pool.health_snapshot() {
+                self.metrics.set_upstream_target(pool.name(), &t.authority, t.healthy && !t.ejected, t.in_flight);
+            }
+        }
+    }
+}
+
+fn tls_contexts(config: &Config) -> Result<Vec<(Arc<str>, Arc<rustls::ServerConfig>)>, ConfigErrors> {
+    let mut e = ConfigErrors::new();
+    let mut out = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        if let Some(t) = &l.tls {
+            match tls::server_config(t) {
+                Ok(c) => out.push((l.name.clone(), c)),
+                Err(err) => e.push(format!("listeners[{i}].tls"), err),
+            }
+        }
+    }
+    e.into_result(out)
+}

@@ -1,0 +1,102 @@
+//! THE table that turns a rejection (a policy outcome) or an engine failure into HTTP: an
+//! RFC 9457 `application/problem+json` body with a stable `type`, the reason's status, and the
+//! headers the rejection asked for. No other place in the gateway writes an error response.
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use portcullis_core::{BoxBody, BoxError, Rejection, RequestId};
+
+pub const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
+pub fn full_body(bytes: impl Into<Bytes>) -> BoxBody {
+    Full::new(bytes.into())
+        .map_err(|e| -> BoxError { match e {} })
+        .boxed_unsync()
+}
+
+/// Writes a JSON string literal (quotes included) with the escapes JSON requires.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// The problem document for a rejection.
+pub fn problem_body(rejection: &Rejection, request_id: &RequestId) -> String {
+    let reason = rejection.reason;
+    let mut out = String::with_capacity(192 + rejection.detail.len());
+    out.push_str("{\"type\":");
+    json_str(&mut out, reason.type_uri());
+    out.push_str(",\"title\":");
+    json_str(&mut out, reason.title());
+    out.push_str(",\"status\":");
+    out.push_str(reason.status().as_str());
+    out.push_str(",\"detail\":");
+    json_str(&mut out, &rejection.detail);
+    out.push_str(",\"code\":");
+    json_str(&mut out, reason.code());
+    out.push_str(",\"request_id\":");
+    json_str(&mut out, request_id.as_str());
+    out.push('}');
+    out
+}
+
+/// The response for a rejection.
+pub fn problem_response(rejection: &Rejection, request_id: &RequestId) -> Response<BoxBody> {
+    let body = problem_body(rejection, request_id);
+    let mut resp = Response::new(full_body(body));
+    *resp.status_mut() = rejection.status();
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, PROBLEM_JSON);
+    h.insert(CACHE_CONTROL, NO_STORE);
+    for (name, value) in &rejection.headers {
+        h.append(name.clone(), value.clone());
+    }
+    if rejection.status() == StatusCode::BAD_REQUEST {
+        // The connection's framing may be in doubt after a malformed request.
+        h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_core::RejectReason;
+
+    #[test]
+    fn body_is_valid_problem_json_with_escaping() {
+        let r = Rejection::new(RejectReason::IpDenied, "say \"no\"\n\u{1}");
+        let id = RequestId::from_client(b"abc").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&problem_body(&r, &id)).unwrap();
+        assert_eq!(v["type"], "urn:portcullis:problem:ip_denied");
+        assert_eq!(v["status"], 403);
+        assert_eq!(v["title"], "Client address not allowed");
+        assert_eq!(v["detail"], "say \"no\"\n\u{1}");
+        assert_eq!(v["code"], "ip_denied");
+        assert_eq!(v["request_id"], "abc");
+    }
+
+    #[test]
+    fn response_carries_status_type_and_rejection_headers() {
+        let r = Rejection::new(RejectReason::MethodNotAllowed, "no")
+            .with_header(http::header::ALLOW, HeaderValue::from_static("GET"));
+        let resp = problem_response(&r, &RequestId::generate());
+        assert_eq!(resp.status(), 405);
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/problem+json");
+        assert_eq!(resp.headers()[http::header::ALLOW], "GET");
+    }
+}

@@ -1,0 +1,185 @@
+//! Listeners and connections: accept, TLS handshake, HTTP/1.1 or HTTP/2 serving, graceful stop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use portcullis_config::Config;
+use portcullis_core::{Scheme, TlsInfo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::{ConnInfo, Gateway};
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests get to finish after a stop signal.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A bound client listener.
+pub struct BoundListener {
+    pub name: Arc<str>,
+    pub local_addr: SocketAddr,
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    inner: TcpListener,
+}
+
+impl BoundListener {
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// `http://…` or `https://…` for the startup lines.
+    pub fn url(&self) -> String {
+        format!("{}://{}", if self.is_tls() { "https" } else { "http" }, self.local_addr)
+    }
+}
+
+/// Binds every client listener of the configuration.
+pub async fn bind(gw: &Gateway, config: &Config) -> Result<Vec<BoundListener>, String> {
+    let mut out = Vec::new();
+    for l in &config.listeners {
+        let inner = TcpListener::bind(l.address)
+            .await
+            .map_err(|e| format!("listener {}: cannot bind {}: {e}", l.name, l.address))?;
+        let local_addr = inner.local_addr().map_err(|e| e.to_string())?;
+        out.push(BoundListener {
+            name: l.name.clone(),
+            local_addr,
+            tls: if l.tls.is_some() { gw.tls_for(&l.name) } else { None },
+            inner,
+        });
+    }
+    Ok(out)
+}
+
+/// Serves every listener until `shutdown` turns true, then drains connections (bounded).
+pub async fn serve(gw: Arc<Gateway>, listeners: Vec<BoundListener>, mut shutdown: watch::Receiver<bool>) {
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let mut tasks = Vec::new();
+    for l in listeners {
+        let gw = gw.clone();
+        let graceful = graceful.clone();
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    accepted = l.inner.accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            let _ = stream.set_nodelay(true);
+                            tokio::spawn(connection(gw.clone(), graceful.clone(), stream, peer, l.name.clone(), l.tls.clone()));
+                        }
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off instead of spinning.
+                            tracing::warn!(listener = %l.name, error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let _ = shutdown.wait_for(|s| *s).await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    if let Ok(graceful) = Arc::try_unwrap(graceful) {
+        tokio::select! {
+            _ = graceful.shutdown() => {}
+            _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("connections still open after the drain timeout"),
+        }
+    }
+}
+
+async fn connection(
+    gw: Arc<Gateway>,
+    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<str>,
+    tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+) {
+    let _open = OpenConnection::new(gw.metrics.clone(), listener.clone());
+    let rt = gw.runtime();
+    let server = &rt.config().server;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let limits = server.limits;
+    let max_buf = ((limits.max_header_bytes + limits.max_uri_bytes) * 2).max(16 * 1024);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout)
+        .keep_alive(true)
+        .max_buf_size(usize::try_from(max_buf).unwrap_or(usize::MAX))
+        .max_headers(usize::try_from(limits.max_header_count).unwrap_or(100).saturating_mul(2).max(100));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(server.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX));
+    drop(rt);
+
+    match tls {
+        None => {
+            let info = Arc::new(ConnInfo { peer, scheme: Scheme::Http, listener: listener.clone(), tls: None });
+            let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            let conn = graceful.watch(conn);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg.load_full());
+            let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let (_, session) = tls_stream.get_ref();
+            let info = TlsInfo {
+                server_name: session.server_name().map(str::to_string),
+                alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+                version: session.protocol_version().and_then(|v| v.as_str()),
+            };
+            let h2 = info.alpn.as_deref() == Some(b"h2");
+            let info = Arc::new(ConnInfo { peer, scheme: Scheme::Https, listener: listener.clone(), tls: Some(info) });
+            let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
+            let builder = if h2 { builder.http2_only() } else { builder };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
+            let conn = graceful.watch(conn);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+    }
+}
+
+/// Counts a connection in the active-connections gauge for as long as it lives.
+struct OpenConnection {
+    metrics: Arc<portcullis_telemetry::Metrics>,
+    listener: Arc<str>,
+}
+
+impl OpenConnection {
+    fn new(metrics: Arc<portcullis_telemetry::Metrics>, listener: Arc<str>) -> Self {
+        metrics.connection_opened(&listener);
+        OpenConnection { metrics, listener }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.metrics.connection_closed(&self.listener);
+    }
+}

@@ -1,0 +1,377 @@
+//! One request's way through the engine: context, pipeline, upstream, response, audit.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use portcullis_audit::{AuditEvent, Outcome};
+use portcullis_config::{AcceptFrom, PathMatch, Rewrite, Route, TemplatePart, UpstreamKind};
+use portcullis_core::{
+    BoxBody, BoxError, GatewayRequest, RejectReason, Rejection, RequestBody, RequestCtx, RequestId,
+    Scheme, StageId, TlsInfo,
+};
+use portcullis_pipeline::request_host;
+
+use crate::Gateway;
+use crate::body::LimitedBody;
+use crate::headers::{Forwarding, is_websocket_upgrade, propagate_traceparent, set_forwarding, strip_hop_by_hop};
+use crate::problem::{full_body, problem_response};
+use crate::runtime::Runtime;
+use crate::upstream::ForwardOpts;
+
+/// The step id under which engine-side failures (upstream errors) are recorded.
+pub const UPSTREAM_STAGE: StageId = StageId("upstream");
+
+/// What the engine knows of a connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub scheme: Scheme,
+    pub listener: Arc<str>,
+    pub tls: Option<TlsInfo>,
+}
+
+/// What the audit event needs that the request itself carries away.
+struct Seen {
+    method: Method,
+    host: Option<String>,
+    path: String,
+    version: Version,
+    user_agent: Option<String>,
+    upstream: Option<Arc<str>>,
+    target: Option<Arc<str>>,
+}
+
+/// Path segment characters that must be escaped when a captured parameter is put back in a path.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ').add(b'"').add(b'#').add(b'%').add(b'/').add(b'<').add(b'>').add(b'?')
+    .add(b'\\').add(b'^').add(b'`').add(b'{').add(b'|').add(b'}');
+
+fn incoming_request_id(headers: &http::HeaderMap, name: &http::HeaderName) -> Option<RequestId> {
+    headers.get(name).and_then(|v| RequestId::from_client(v.as_bytes()))
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
+/// The upstream path and query for a route's rewrite rule.
+fn rewritten(route: &Route, ctx: &RequestCtx, uri: &http::Uri) -> Option<String> {
+    let rw = route.rewrite.as_ref()?;
+    let path = uri.path();
+    let query = uri.query();
+    let mut out = match (rw, &route.path) {
+        (Rewrite::ReplacePrefix(new), PathMatch::Prefix(old)) => {
+            let rest = path.get(old.len()..).unwrap_or("");
+            let p = format!("{new}{rest}");
+            if p.is_empty() { "/".to_string() } else if p.starts_with('/') { p } else { format!("/{p}") }
+        }
+        (Rewrite::ReplacePrefix(_), _) => path.to_string(),
+        (Rewrite::Template(parts), _) => {
+            let mut p = String::with_capacity(path.len() + 16);
+            for part in parts {
+                match part {
+                    TemplatePart::Literal(l) => p.push_str(l),
+                    TemplatePart::Param(name) => {
+                        let v = ctx.route.as_ref().and_then(|m| m.param(name)).unwrap_or("");
+                        p.extend(percent_encoding::utf8_percent_encode(v, SEGMENT));
+                    }
+                }
+            }
+            p
+        }
+    };
+    if let Some(q) = query {
+        out.push(if out.contains('?') { '&' } else { '?' });
+        out.push_str(q);
+    }
+    Some(out)
+}
+
+impl Gateway {
+    /// The hyper service entry point. The future is boxed as `Send` here, at a concrete type,
+    /// because rustc cannot prove it through hyper's higher-ranked service bounds.
+    pub fn handle(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>> {
+        Box::pin(self.handle_inner(conn, req))
+    }
+
+    async fn handle_inner(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<BoxBody>, Infallible> {
+        let rt = self.runtime();
+        let config = rt.config();
+        let mut ctx = RequestCtx::new(conn.peer, conn.scheme, conn.listener.clone());
+        ctx.tls = conn.tls.clone();
+        ctx.peer_trusted = rt.snapshot.trusted.is_trusted(conn.peer.ip());
+
+        let id_header = config.server.request_id_header.clone();
+        let accept_id = match config.server.accept_request_id {
+            AcceptFrom::Any => true,
+            AcceptFrom::TrustedProxies => ctx.peer_trusted,
+            AcceptFrom::None => false,
+        };
+        if accept_id {
+            if let Some(id) = incoming_request_id(req.headers(), &id_header) {
+                ctx.request_id = id;
+            }
+        }
+
+        let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
+        let downstream_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let (head, body) = req.into_parts();
+        let mut seen = Seen {
+            method: head.method.clone(),
+            host: request_host(&head),
+            path: String::new(),
+            version: head.version,
+            user_agent: head
+                .headers
+                .get(header::USER_AGENT)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            upstream: None,
+            target: None,
+        };
+        let body: BoxBody = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
+        let mut greq = GatewayRequest::new(head, body);
+
+        let verdict = rt.snapshot.pipeline.run(&mut greq, &mut ctx).await;
+        // The normalised path when normalisation ran, the raw one when it refused the request.
+        seen.path = greq.head.uri.path().to_string();
+        let result = match verdict {
+            Err(rejection) => Err(rejection),
+            Ok(()) => self.forward(&rt, greq, &mut ctx, &mut seen, downstream_upgrade).await,
+        };
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(rejection) => {
+                if ctx.rejected_by.is_none() {
+                    ctx.rejected_by = Some((UPSTREAM_STAGE, rejection.reason));
+                }
+                problem_response(&rejection, &ctx.request_id)
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(ctx.request_id.as_str()) {
+            resp.headers_mut().insert(id_header, v);
+        }
+        self.finish(&ctx, &seen, resp.status());
+        Ok(resp)
+    }
+
+    async fn forward(
+        &self,
+        rt: &Runtime,
+        mut greq: GatewayRequest,
+        ctx: &mut RequestCtx,
+        seen: &mut Seen,
+        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Result<Response<BoxBody>, Rejection> {
+        let config = rt.config();
+        let Some(route_id) = ctx.route_id() else {
+            return Err(Rejection::new(RejectReason::RouteNotFound, "no route"));
+        };
+        let (Some(route), Some(upstream)) = (
+            config.routes.get(route_id.0),
+            config.routes.get(route_id.0).and_then(|r| config.upstreams.get(r.upstream)),
+        ) else {
+            return Err(Rejection::new(RejectReason::Internal, "route table out of step"));
+        };
+        seen.upstream = Some(upstream.name.clone());
+        let body = greq.take_body();
+        let mut head = greq.head;
+
+        // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
+        if !head.headers.contains_key(header::HOST) {
+            if let Some(v) = head.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                head.headers.insert(header::HOST, v);
+            }
+        }
+
+        // Path and query for the upstream.
+        let pq = rewritten(route, ctx, &head.uri).or_else(|| head.uri.path_and_query().map(|p| p.as_str().to_string()));
+        head.uri = match pq.as_deref().unwrap_or("/").parse::<http::Uri>() {
+            Ok(u) => u,
+            Err(_) => return Err(Rejection::new(RejectReason::BadRequest, "the rewritten path is not valid")),
+        };
+
+        // Headers for the upstream.
+        let websocket = downstream_upgrade.is_some();
+        strip_hop_by_hop(&mut head.headers, websocket);
+        let host_for_fwd = head
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        set_forwarding(
+            &mut head.headers,
+            ctx,
+            &Forwarding {
+                x_forwarded: config.server.x_forwarded,
+                forwarded: config.server.forwarded,
+                peer_trusted: ctx.peer_trusted,
+                host: host_for_fwd.as_deref(),
+            },
+        );
+        if let Ok(v) = HeaderValue::from_str(ctx.request_id.as_str()) {
+            head.headers.insert(config.server.request_id_header.clone(), v);
+        }
+        propagate_traceparent(&mut head.headers);
+        route.request_headers.apply(&mut head.headers);
+        head.version = Version::HTTP_11;
+
+        // The body, counted against the route's limit as it streams.
+        let limit = ctx.body_limit.unwrap_or(config.server.limits.max_body_bytes);
+        let tripped = Arc::new(AtomicBool::new(false));
+        let body: BoxBody = match body {
+            RequestBody::Streaming(b) => LimitedBody::new(b, limit, tripped.clone()).boxed_unsync(),
+            RequestBody::Buffered(bytes) => full_body(bytes),
+        };
+
+        let mut resp = match upstream.kind {
+            UpstreamKind::Echo => {
+                seen.target = Some(Arc::from("echo"));
+                crate::echo::respond(head, body, limit).await?
+            }
+            UpstreamKind::Proxy => {
+                let Some(pool) = rt.pools.get(route.upstream).and_then(Option::as_ref) else {
+                    return Err(Rejection::new(RejectReason::Internal, "upstream pool missing"));
+                };
+                let opts = ForwardOpts {
+                    timeout: route.timeout.unwrap_or(upstream.request_timeout),
+                    retryable: is_idempotent(&head.method) && !websocket,
+                };
+                let req = Request::from_parts(head, body);
+                match pool.forward(req, opts).await {
+                    Ok(ur) => {
+                        self.metrics.count_upstream_request(&upstream.name, &ur.target, "ok");
+                        seen.target = Some(ur.target);
+                        ur.response
+                    }
+                    Err(e) => {
+                        let target = e.target().unwrap_or("");
+                        let reason = e.reason();
+                        if !target.is_empty() {
+                            let outcome = if reason == RejectReason::UpstreamTimeout { "timeout" } else { "error" };
+                            self.metrics.count_upstream_request(&upstream.name, target, outcome);
+                            seen.target = Some(Arc::from(target));
+                        }
+                        if tripped.load(Ordering::Acquire) {
+                            return Err(Rejection::new(
+                                RejectReason::BodyTooLarge,
+                                format!("the request body exceeds {limit} bytes"),
+                            ));
+                        }
+                        tracing::warn!(upstream = %upstream.name, target, error = %e, request_id = %ctx.request_id, "upstream failure");
+                        let detail = match reason {
+                            RejectReason::NoHealthyUpstream => "no healthy upstream target is available",
+                            RejectReason::UpstreamTimeout => "the upstream did not answer in time",
+                            _ => "the upstream could not be reached or failed",
+                        };
+                        return Err(Rejection::new(reason, detail));
+                    }
+                }
+            }
+        };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            match downstream_upgrade {
+                Some(down) => tunnel(down, &mut resp, ctx.request_id.clone()),
+                None => {
+                    return Err(Rejection::new(RejectReason::UpstreamError, "the upstream switched protocols unasked"));
+                }
+            }
+        } else {
+            strip_hop_by_hop(resp.headers_mut(), false);
+        }
+        route.response_headers.apply(resp.headers_mut());
+        Ok(resp)
+    }
+
+    /// Audit event and metrics: once per request, whatever the outcome.
+    fn finish(&self, ctx: &RequestCtx, seen: &Seen, status: StatusCode) {
+        let latency = ctx.received.elapsed();
+        let route = ctx.route.as_ref().map(|r| &*r.name);
+        self.metrics.observe_request(route.unwrap_or(""), status.as_u16(), latency);
+        let (stage, reason) = match ctx.rejected_by {
+            Some((s, r)) => {
+                self.metrics.count_rejection(s.as_str(), r.code());
+                (Some(s.as_str().to_string()), Some(r.code().to_string()))
+            }
+            None => (None, None),
+        };
+        let outcome = match ctx.rejected_by {
+            None => Outcome::Allowed,
+            Some((s, _)) if s == UPSTREAM_STAGE => Outcome::Failed,
+            Some(_) => Outcome::Rejected,
+        };
+        let mut ua = seen.user_agent.clone();
+        if let Some(u) = ua.as_mut() {
+            if u.len() > 256 {
+                let cut = u.floor_char_boundary(256);
+                u.truncate(cut);
+            }
+        }
+        self.audit.emit(AuditEvent {
+            time: portcullis_audit::now_rfc3339(),
+            request_id: ctx.request_id.as_str().to_string(),
+            listener: ctx.listener.to_string(),
+            client_ip: ctx.client_ip.to_string(),
+            peer: ctx.peer.to_string(),
+            method: seen.method.as_str().to_string(),
+            host: seen.host.clone(),
+            path: seen.path.clone(),
+            route: route.map(str::to_string),
+            upstream: seen.upstream.as_deref().map(str::to_string),
+            target: seen.target.as_deref().map(str::to_string),
+            status: status.as_u16(),
+            latency_ms: latency.as_secs_f64() * 1000.0,
+            outcome,
+            stage,
+            reason,
+            tls: ctx.tls.is_some(),
+            http_version: version_str(seen.version).to_string(),
+            user_agent: ua,
+        });
+    }
+}
+
+/// Joins the client's upgraded connection to the upstream's once both sides have switched.
+fn tunnel(down: hyper::upgrade::OnUpgrade, resp: &mut Response<BoxBody>, id: RequestId) {
+    let up = hyper::upgrade::on(&mut *resp);
+    tokio::spawn(async move {
+        match tokio::try_join!(down, up) {
+            Ok((d, u)) => {
+                let mut d = TokioIo::new(d);
+                let mut u = TokioIo::new(u);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                    tracing::debug!(request_id = %id, error = %e, "upgraded connection ended");
+                }
+            }
+            Err(e) => tracing::debug!(request_id = %id, error = %e, "upgrade failed"),
+        }
+    });
+}

@@ -1,0 +1,137 @@
+//! TLS termination with rustls: TLS 1.3 preferred, 1.2 minimum, only ECDHE key exchange with
+//! AEAD ciphers, SNI choosing among several certificates, ALPN `h2` and `http/1.1`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use portcullis_config::{Certificate, ListenerTls};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// The crypto provider every TLS context of the gateway uses: ring, restricted to AEAD suites
+/// (TLS 1.3: AES-GCM, ChaCha20-Poly1305; TLS 1.2: ECDHE with AES-GCM or ChaCha20-Poly1305)
+/// and to elliptic-curve key exchange.
+pub fn provider() -> Arc<CryptoProvider> {
+    use rustls::crypto::ring::{cipher_suite as cs, default_provider, kx_group};
+    let mut p = default_provider();
+    p.cipher_suites = vec![
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    p.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
+    Arc::new(p)
+}
+
+/// Picks the certificate for a client's SNI: exact name, then wildcard, then the first
+/// certificate of the listener.
+#[derive(Debug)]
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// keyed by the suffix after `*.`
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = sni else {
+            return self.default.clone();
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(k) = self.exact.get(&name) {
+            return k.clone();
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(k) = self.wildcard.get(parent) {
+                return k.clone();
+            }
+        }
+        self.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+fn certified_key(c: &Certificate, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, String> {
+    let key = provider
+        .key_provider
+        .load_private_key(c.key.clone_key())
+        .map_err(|e| format!("{}: unusable private key: {e}", c.cert_file.display()))?;
+    let ck = CertifiedKey::new(c.chain.clone(), key);
+    ck.keys_match()
+        .map_err(|e| format!("{}: the private key does not belong to the certificate: {e}", c.cert_file.display()))?;
+    Ok(Arc::new(ck))
+}
+
+/// The names a certificate answers for: configured ones, else its DNS subject alternative names.
+fn names_of(c: &Certificate) -> Result<Vec<String>, String> {
+    if !c.server_names.is_empty() {
+        return Ok(c.server_names.clone());
+    }
+    let Some(leaf) = c.chain.first() else {
+        return Err(format!("{}: no certificate", c.cert_file.display()));
+    };
+    let ee = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("{}: cannot parse the certificate: {e:?}", c.cert_file.display()))?;
+    Ok(ee
+        .valid_dns_names()
+        .map(|n| n.to_ascii_lowercase())
+        .collect())
+}
+
+pub fn resolver(tls: &ListenerTls, provider: &CryptoProvider) -> Result<SniResolver, String> {
+    let mut exact = HashMap::new();
+    let mut wildcard = HashMap::new();
+    let mut default = None;
+    for c in &tls.certificates {
+        let ck = certified_key(c, provider)?;
+        for n in names_of(c)? {
+            match n.strip_prefix("*.") {
+                Some(suffix) => {
+                    wildcard.entry(suffix.to_string()).or_insert_with(|| ck.clone());
+                }
+                None => {
+                    exact.entry(n).or_insert_with(|| ck.clone());
+                }
+            }
+        }
+        default.get_or_insert(ck);
+    }
+    let default = default.ok_or_else(|| "no certificate".to_string())?;
+    Ok(SniResolver {
+        exact,
+        wildcard,
+        default,
+    })
+}
+
+/// The server configuration of a TLS listener.
+pub fn server_config(tls: &ListenerTls) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = provider();
+    let resolver = resolver(tls, &provider)?;
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls.tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.ignore_client_order = true;
+    Ok(Arc::new(cfg))
+}
