@@ -1,0 +1,20 @@
+//! # portcullis-test-support
+//!
+//! Real parts for end-to-end tests — no mocks: a certificate authority minting certificates at
+//! test time ([`pki`]), upstream servers on loopback ([`upstream`]: HTTP/1.1 + h2c echo with
+//! special paths, TLS, a gRPC-style h2 server with trailers, a WebSocket echo), a launcher for
+//! the real `portcullis` binary ([`gateway`]) and clients ([`client`]).
+//!
+//! Everything binds 127.0.0.1 with ephemeral ports.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod client;
+pub mod gateway;
+pub mod pki;
+pub mod upstream;
+
+pub use client::{Resp, raw_http, send, send_h2c, send_tls};
+pub use gateway::{CliOutput, Gateway, run_cli};
+pub use pki::{CertFiles, TestPki};
+pub use upstream::{GrpcUpstream, Recorded, TestUpstream, WsUpstream, dead_addr};

@@ -1,0 +1,104 @@
+//! A throwaway certificate authority.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+/// A certificate and its key, as PEM text and as files.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub cert_der: Vec<u8>,
+}
+
+pub struct TestPki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+    n: AtomicUsize,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Portcullis Test CA");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+        TestPki {
+            ca_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+            dir,
+            n: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ca_pem(&self) -> String {
+        self.ca_pem.clone()
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn issue(&self, mut params: CertificateParams) -> CertFiles {
+        let key = KeyPair::generate().unwrap();
+        params.is_ca = IsCa::NoCa;
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let i = self.n.fetch_add(1, Ordering::Relaxed);
+        let cert_path = self.dir.path().join(format!("leaf{i}.pem"));
+        let key_path = self.dir.path().join(format!("leaf{i}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        CertFiles {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_path,
+            key_path,
+            cert_der: cert.der().to_vec(),
+        }
+    }
+
+    /// A server certificate for these names (DNS names or IP addresses).
+    pub fn issue_server(&self, names: &[&str]) -> CertFiles {
+        let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("server"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.issue(params)
+    }
+
+    /// A client certificate, optionally with a SPIFFE ID as URI SAN.
+    pub fn issue_client(&self, common_name: &str, spiffe_id: Option<&str>) -> CertFiles {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        if let Some(id) = spiffe_id {
+            params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.issue(params)
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
