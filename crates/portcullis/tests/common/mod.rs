@@ -1,0 +1,56 @@
+//! Shared helpers of the end-to-end tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+pub use portcullis_test_support::*;
+
+pub fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_portcullis"))
+}
+
+/// Starts the gateway with one cleartext listener `public` on an ephemeral port, the admin
+/// listener on another, and the given sections appended.
+pub fn gateway(sections: &str) -> Gateway {
+    let yaml = format!(
+        "listeners:\n  - {{ name: public, address: \"127.0.0.1:0\" }}\nadmin: {{ address: \"127.0.0.1:0\" }}\n{sections}"
+    );
+    Gateway::start(bin(), &yaml).unwrap()
+}
+
+pub fn req(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Request<Full<Bytes>> {
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+pub async fn get(url: &str) -> Resp {
+    send(req("GET", url, &[], "")).await
+}
+
+/// Asserts an RFC 9457 problem response with its stable code and the request id.
+pub fn assert_problem(r: &Resp, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(r.status.as_u16(), status, "body: {}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/problem+json"), "{:?}", r.headers);
+    let v = r.json();
+    assert_eq!(v["type"], format!("urn:portcullis:problem:{code}"), "{v}");
+    assert_eq!(v["code"], code, "{v}");
+    assert_eq!(v["status"], status, "{v}");
+    assert!(v["title"].as_str().is_some_and(|t| !t.is_empty()), "{v}");
+    assert!(v["detail"].as_str().is_some(), "{v}");
+    let id = v["request_id"].as_str().unwrap();
+    assert_eq!(r.header("x-request-id"), Some(id), "request id in header and body");
+    v
+}
+
+/// The audit event of a request id (waits a little: audit is written asynchronously).
+pub fn audit_of(gw: &Gateway, id: &str) -> serde_json::Value {
+    gw.wait_for_audit(|e| e["request_id"] == id, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("no audit event for {id}: {:#?}", gw.audit_events()))
+}

@@ -1,0 +1,344 @@
+//! End to end through the real binary: protocols, routing, rewriting, headers, rejections.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+
+fn upstream_section(url: &str) -> String {
+    format!("upstreams:\n  svc: {{ targets: [\"{url}\"] }}\n  demo: {{ kind: echo }}\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_h2c_reach_the_upstream_with_verified_forwarding_headers() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}routes:\n  - {{ name: api, match: {{ prefix: /api }}, upstream: svc }}\n",
+        upstream_section(&up.url())
+    ));
+    let base = gw.url("public");
+    let spoof = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-proto", "https"),
+        ("forwarded", "for=6.6.6.6"),
+        ("x-request-id", "spoofed-id"),
+        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    ];
+    let r1 = send(req("GET", &format!("{base}/api/x?q=1"), &spoof, "")).await;
+    let r2 = send_h2c(req("GET", &format!("{base}/api/y"), &spoof, "")).await;
+    assert_eq!(r1.status, 200);
+    assert_eq!(r2.status, 200);
+    assert_eq!(r2.version, http::Version::HTTP_2);
+    let seen = up.requests();
+    assert_eq!(seen.len(), 2);
+    for (rec, resp) in seen.iter().zip([&r1, &r2]) {
+        let h = &rec.headers;
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(h["x-forwarded-host"].to_str().unwrap().starts_with("127.0.0.1:"));
+        assert!(h["forwarded"].to_str().unwrap().starts_with("for=127.0.0.1;proto=http;host="));
+        let id = h["x-request-id"].to_str().unwrap();
+        assert_ne!(id, "spoofed-id", "an untrusted client's request id is not kept");
+        assert_eq!(resp.header("x-request-id"), Some(id));
+        let tp = h["traceparent"].to_str().unwrap();
+        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
+        assert!(!tp.contains("00f067aa0ba902b7"), "the gateway is a new parent span");
+        assert!(h.get("host").is_some(), "HTTP/2 :authority becomes Host upstream");
+    }
+    assert_eq!(seen[0].uri, "/api/x?q=1");
+    assert_eq!(seen[1].uri, "/api/y");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_extend_the_chain_and_name_the_client() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "server: {{ trusted_proxies: [127.0.0.1/32] }}\n{}routes:\n  - {{ name: api, match: {{ prefix: / }}, upstream: svc }}\n",
+        upstream_section(&up.url())
+    ));
+    let r = send(req(
+        "GET",
+        &format!("{}/x", gw.url("public")),
+        &[("x-forwarded-for", "203.0.113.7"), ("x-forwarded-proto", "https"), ("x-request-id", "edge-123")],
+        "",
+    ))
+    .await;
+    assert_eq!(r.status, 200);
+    let h = &up.requests()[0].headers;
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-request-id"], "edge-123");
+    assert_eq!(r.header("x-request-id"), Some("edge-123"));
+    let ev = audit_of(&gw, "edge-123");
+    assert_eq!(ev["client_ip"], "203.0.113.7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_fields_are_removed_both_ways() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        upstream_section(&up.url())
+    ));
+    let r = send(req(
+        "GET",
+        &format!("{}/headers/proxy-authenticate/secret", gw.url("public")),
+        &[("connection", "x-internal"), ("x-internal", "1"), ("proxy-authorization", "Basic Zm9v"), ("te", "trailers"), ("x-keep", "yes")],
+        "",
+    ))
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.get("proxy-authenticate").is_none(), "{:?}", r.headers);
+    let h = &up.requests()[0].headers;
+    assert!(h.get("x-internal").is_none(), "a field named by Connection is hop-by-hop");
+    assert!(h.get("proxy-authorization").is_none());
+    assert_eq!(h["x-keep"], "yes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_match_host_path_method_and_rewrite() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        r#"{}routes:
+  - name: order
+    match: {{ path: "/orders/{{id}}", methods: [GET] }}
+    upstream: svc
+    rewrite: {{ template: "/internal/v2/orders/{{id}}" }}
+    request_headers:
+      set: {{ x-set: "1" }}
+      add: {{ x-add: "2" }}
+      remove: [x-drop]
+      rename: {{ x-old: x-new }}
+    response_headers:
+      set: {{ x-frame-options: DENY }}
+      remove: [x-upstream]
+  - name: strip
+    match: {{ prefix: /legacy }}
+    upstream: svc
+    rewrite: {{ replace_prefix: "" }}
+  - name: wild
+    match: {{ hosts: ["*.example.test"], prefix: /w }}
+    upstream: demo
+  - name: exact-host
+    match: {{ hosts: [api.example.test], prefix: /w }}
+    upstream: svc
+"#,
+        upstream_section(&up.url())
+    ));
+    let base = gw.url("public");
+    let r = send(req("GET", &format!("{base}/orders/a%20b?x=1"), &[("x-drop", "1"), ("x-old", "o"), ("x-add", "1")], "")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert!(r.headers.get("x-upstream").is_none());
+    let rec = &up.requests()[0];
+    assert_eq!(rec.uri, "/internal/v2/orders/a%20b?x=1");
+    assert_eq!(rec.headers["x-set"], "1");
+    assert_eq!(rec.headers.get_all("x-add").iter().count(), 2);
+    assert!(rec.headers.get("x-drop").is_none());
+    assert!(rec.headers.get("x-old").is_none());
+    assert_eq!(rec.headers["x-new"], "o");
+
+    let r = get(&format!("{base}/legacy/a/b")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.requests()[1].uri, "/a/b");
+
+    // Host matching: the exact host beats the wildcard; other hosts get nothing.
+    let r = send(req("GET", &format!("{base}/w"), &[("host", "shop.example.test")], "")).await;
+    assert_eq!(r.json()["upstream"], "echo");
+    let r = send(req("GET", &format!("{base}/w"), &[("host", "api.example.test")], "")).await;
+    assert_eq!(r.json()["upstream"], "a");
+    let hits = up.hits();
+    let r = send(req("GET", &format!("{base}/w"), &[("host", "example.test")], "")).await;
+    assert_problem(&r, 404, "route_not_found");
+    assert_eq!(up.hits(), hits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_is_a_problem_and_nothing_reaches_the_upstream() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        r#"server:
+  limits: {{ max_uri_bytes: 100, max_header_count: 20, max_header_bytes: 2000, max_header_field_bytes: 1000, max_body_bytes: 64 }}
+{}routes:
+  - {{ name: orders, match: {{ path: "/orders/{{id}}", methods: [GET, DELETE] }}, upstream: svc }}
+  - {{ name: private, match: {{ prefix: /private }}, upstream: svc, ip_filter: {{ allow: [10.0.0.0/8] }} }}
+  - {{ name: upload, match: {{ prefix: /upload }}, upstream: svc, max_body_bytes: 10 }}
+"#,
+        upstream_section(&up.url())
+    ));
+    let base = gw.url("public");
+    let long = format!("{base}/orders/{}", "x".repeat(120));
+    let many: Vec<(String, String)> = (0..25).map(|i| (format!("x-h{i}"), "v".to_string())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let big = "v".repeat(1500);
+    let mid = "v".repeat(900);
+    let cases: Vec<(Resp, u16, &str, &str)> = vec![
+        (get(&format!("{base}/nowhere")).await, 404, "route_not_found", "route"),
+        (send(req("POST", &format!("{base}/orders/1"), &[], "")).await, 405, "method_not_allowed", "route"),
+        (get(&format!("{base}/private/x")).await, 403, "ip_denied", "route_ip_filter"),
+        (get(&long).await, 414, "uri_too_long", "request_limits"),
+        (send(req("GET", &format!("{base}/orders/1"), &many, "")).await, 431, "too_many_headers", "request_limits"),
+        (send(req("GET", &format!("{base}/orders/1"), &[("x-big", &big)], "")).await, 431, "headers_too_large", "request_limits"),
+        (send(req("GET", &format!("{base}/orders/1"), &[("x-a", &mid), ("x-b", &mid), ("x-c", &mid)], "")).await, 431, "headers_too_large", "request_limits"),
+        (send(req("POST", &format!("{base}/upload"), &[], "more than ten bytes")).await, 413, "body_too_large", "body_limit"),
+        (get(&format!("{base}/orders/a%2Fb")).await, 400, "bad_request", "normalize"),
+        (get(&format!("{base}/orders/..%2F..%2Fetc")).await, 400, "bad_request", "normalize"),
+    ];
+    for (r, status, code, stage) in cases {
+        let v = assert_problem(&r, status, code);
+        let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+        assert_eq!(ev["outcome"], "rejected", "{ev}");
+        assert_eq!(ev["stage"], stage, "{ev}");
+        assert_eq!(ev["reason"], code, "{ev}");
+        assert_eq!(ev["status"], status, "{ev}");
+    }
+    let r = send(req("POST", &format!("{base}/orders/1"), &[], "")).await;
+    assert_eq!(r.header("allow"), Some("GET, DELETE"));
+    assert_eq!(up.hits(), 0, "no rejected request reached the upstream: {:?}", up.requests());
+    // Still healthy afterwards.
+    assert_eq!(get(&format!("{base}/orders/1")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_wide_deny_list_refuses_before_routing() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "server: {{ ip_filter: {{ deny: [\"127.0.0.0/8\", \"::1\"] }} }}\n{}routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        upstream_section(&up.url())
+    ));
+    for path in ["/x", "/not-a-route"] {
+        let r = get(&format!("{}{path}", gw.url("public"))).await;
+        let v = assert_problem(&r, 403, "ip_denied");
+        assert_eq!(audit_of(&gw, v["request_id"].as_str().unwrap())["stage"], "ip_filter");
+    }
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_over_the_limit_is_cut_off_with_413() {
+    let gw = gateway("upstreams: { demo: { kind: echo } }\nroutes:\n  - { name: up, match: { prefix: /up }, upstream: demo, max_body_bytes: 1KiB }\n");
+    let addr = gw.listener("public");
+    // Chunked, so no Content-Length announces the size.
+    let chunk = "x".repeat(600);
+    let raw = format!(
+        "POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    let out = raw_http(addr, raw.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(out.contains("urn:portcullis:problem:body_too_large"), "{out}");
+    // Within the limit it passes, streamed.
+    let small = format!("POST /up HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n0\r\n\r\n");
+    let out = raw_http(addr, small.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc, max_body_bytes: 8MiB }}\n",
+        upstream_section(&up.url())
+    ));
+    let body = "b".repeat(3 * 1024 * 1024);
+    let r = send(req("POST", &format!("{}/upload", gw.url("public")), &[], &body)).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.requests()[0].body.len(), body.len());
+    let r = get(&format!("{}/stream/40", gw.url("public"))).await;
+    assert_eq!(r.body.len(), 40 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_h2_keeps_trailers() {
+    let grpc = GrpcUpstream::start().await;
+    let gw = gateway(&format!(
+        "upstreams:\n  grpc: {{ targets: [\"{}\"], protocol: http2 }}\nroutes:\n  - {{ name: grpc, match: {{ prefix: /pkg.Echo, methods: [POST] }}, upstream: grpc }}\n",
+        grpc.url()
+    ));
+    let frame = "\0\0\0\0\x05hello";
+    let r = send_h2c(req(
+        "POST",
+        &format!("{}/pkg.Echo/Say", gw.url("public")),
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        frame,
+    ))
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/grpc"));
+    assert_eq!(r.body.as_ref(), frame.as_bytes());
+    let t = r.trailers.expect("trailers");
+    assert_eq!(t["grpc-status"], "0");
+    assert_eq!(t["grpc-message"], "echoed");
+    assert_eq!(grpc.request_headers()[0]["te"], "trailers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_pass_through() {
+    let ws = WsUpstream::start().await;
+    let gw = gateway(&format!(
+        "upstreams:\n  ws: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws }}\n",
+        ws.url()
+    ));
+    let url = format!("ws://{}/chat", gw.listener("public"));
+    let (mut client, resp) = tokio_tungstenite::connect_async(url).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    assert!(resp.headers().get("x-request-id").is_some());
+    for msg in ["hello", "world"] {
+        client.send(tokio_tungstenite::tungstenite::Message::text(msg)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), client.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), msg);
+    }
+    client.close(None).await.unwrap();
+    assert_eq!(ws.paths(), ["/chat"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_become_502_503_504_problems() {
+    let up = TestUpstream::start("slow").await;
+    let dead = dead_addr();
+    let gw = gateway(&format!(
+        r#"upstreams:
+  dead: {{ targets: ["http://{dead}"], retries: {{ attempts: 0 }}, passive_health: {{ consecutive_failures: 2, ejection_time: 1m }} }}
+  slow: {{ targets: ["{}"] }}
+routes:
+  - {{ name: dead, match: {{ prefix: /dead }}, upstream: dead }}
+  - {{ name: slow, match: {{ prefix: /delay }}, upstream: slow, timeout: 300ms }}
+"#,
+        up.url()
+    ));
+    let base = gw.url("public");
+    for _ in 0..2 {
+        let v = assert_problem(&get(&format!("{base}/dead")).await, 502, "upstream_error");
+        let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+        assert_eq!(ev["outcome"], "failed");
+        assert_eq!(ev["stage"], "upstream");
+        assert_eq!(ev["target"], dead.to_string());
+    }
+    // Two consecutive failures ejected the only target: nothing is tried any more.
+    assert_problem(&get(&format!("{base}/dead")).await, 503, "no_healthy_upstream");
+    let v = assert_problem(&get(&format!("{base}/delay/3000")).await, 504, "upstream_timeout");
+    assert!(!v["detail"].as_str().unwrap().contains("127.0.0.1"), "no internals leak: {v}");
+    // Healthy afterwards.
+    assert_eq!(get(&format!("{base}/delay/0")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_serves_its_tour() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart.yaml")).unwrap();
+    let yaml = text.replace("127.0.0.1:8080", "127.0.0.1:0").replace("127.0.0.1:9901", "127.0.0.1:0");
+    let gw = Gateway::start(bin(), &yaml).unwrap();
+    let base = gw.url("public");
+    let r = get(&format!("{base}/hello")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["uri"], "/hello");
+    assert_eq!(r.header("x-portcullis-demo"), Some("hello"));
+    let r = get(&format!("{base}/api/orders/42")).await;
+    assert_eq!(r.json()["uri"], "/v1/orders/42");
+    assert_problem(&get(&format!("{base}/admin")).await, 404, "route_not_found");
+    assert_problem(&send(req("POST", &format!("{base}/api/orders/42"), &[], "")).await, 405, "method_not_allowed");
+    let out = raw_http(gw.listener("public"), b"GET /hello/../admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+}
