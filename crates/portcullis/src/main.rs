@@ -263,7 +263,15 @@ fn reload(gw: &Gateway, path: Option<&Path>) {
         tracing::warn!("reload asked, but the built-in configuration has no file to reload");
         return;
     };
-    match portcullis_config::load_file(path).and_then(|c| gw.reload(c)) {
+    let result = match portcullis_config::load_file(path) {
+        Ok(c) => gw.reload(c),
+        Err(e) => {
+            // `Gateway::reload` counts its own outcomes; a file that does not compile counts here.
+            gw.metrics.config_reload(false);
+            Err(e)
+        }
+    };
+    match result {
         Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
         Err(errors) => {
             for e in errors.iter() {

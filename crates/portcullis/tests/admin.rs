@@ -1,0 +1,154 @@
+//! Operators' view: admin API, metrics, audit trail, reload, and stopping.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const APP: &str = "upstreams: { demo: { kind: echo } }\nroutes:\n  - { name: hello, match: { path: /hello }, upstream: demo }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_metrics_and_config() {
+    let gw = gateway(&format!("admin: {{ address: \"127.0.0.1:0\", token: {{ value: not-for-your-eyes }} }}\n{APP}").replace("admin: { address: \"127.0.0.1:0\" }\n", ""));
+    let admin = gw.admin_url();
+    assert_eq!(get(&format!("{admin}/healthz")).await.status, 200);
+    let r = get(&format!("{admin}/readyz")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "ready");
+
+    // Protected endpoints want the token.
+    let r = get(&format!("{admin}/metrics")).await;
+    assert_eq!(r.status, 401);
+    assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
+    let auth = [("authorization", "Bearer not-for-your-eyes")];
+
+    get(&format!("{}/hello", gw.url("public"))).await;
+    get(&format!("{}/nope", gw.url("public"))).await;
+    let m = send(req("GET", &format!("{admin}/metrics"), &auth, "")).await.text();
+    for want in [
+        "portcullis_requests_total{route=\"hello\",status=\"200\"} 1",
+        "portcullis_requests_total{route=\"\",status=\"404\"} 1",
+        "portcullis_rejections_total{stage=\"route\",reason=\"route_not_found\"} 1",
+        "portcullis_request_duration_seconds_bucket",
+        "portcullis_active_connections",
+    ] {
+        assert!(m.contains(want), "missing {want} in\n{m}");
+    }
+
+    let c = send(req("GET", &format!("{admin}/config"), &auth, "")).await;
+    assert_eq!(c.status, 200);
+    let text = c.text();
+    assert!(!text.contains("not-for-your-eyes"), "{text}");
+    assert!(text.contains("<redacted>"));
+    assert_eq!(c.json()["routes"][0]["name"], "hello");
+    assert!(!gw.stderr_text().contains("not-for-your-eyes"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_upstream_hosts_to_resolve() {
+    let gw = gateway("upstreams: { far: { targets: [\"http://no-such-host.invalid:80\"] } }\nroutes:\n  - { name: far, match: { prefix: / }, upstream: far }\n");
+    let r = get(&format!("{}/readyz", gw.admin_url())).await;
+    assert_eq!(r.status, 503);
+    assert!(r.json()["reason"].as_str().unwrap().contains("no-such-host.invalid"), "{}", r.text());
+    assert_eq!(get(&format!("{}/healthz", gw.admin_url())).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_audited_without_credentials() {
+    let gw = gateway(APP);
+    let base = gw.url("public");
+    let secret_headers = [
+        ("authorization", "Bearer eyJhbGciOiJSUzI1NiJ9.secret-token"),
+        ("cookie", "session=very-secret-cookie"),
+        ("user-agent", "audit-test/1.0"),
+    ];
+    let ok = send(req("GET", &format!("{base}/hello?api_key=query-secret"), &secret_headers, "")).await;
+    let denied = send(req("GET", &format!("{base}/elsewhere"), &secret_headers, "")).await;
+    let ok_id = ok.header("x-request-id").unwrap();
+    let denied_id = denied.header("x-request-id").unwrap();
+    let a = audit_of(&gw, ok_id);
+    assert_eq!(a["outcome"], "allowed");
+    assert_eq!(a["route"], "hello");
+    assert_eq!(a["status"], 200);
+    assert_eq!(a["method"], "GET");
+    assert_eq!(a["path"], "/hello");
+    assert_eq!(a["client_ip"], "127.0.0.1");
+    assert_eq!(a["user_agent"], "audit-test/1.0");
+    assert!(a["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert!(a["time"].as_str().unwrap().ends_with('Z'));
+    let d = audit_of(&gw, denied_id);
+    assert_eq!(d["outcome"], "rejected");
+    assert_eq!(d["reason"], "route_not_found");
+    assert_eq!(d["status"], 404);
+    let all = gw.stdout_lines().join("\n");
+    for secret in ["secret-token", "very-secret-cookie", "query-secret"] {
+        assert!(!all.contains(secret), "{secret} leaked into the audit trail");
+    }
+    assert_eq!(gw.audit_events().len(), 2, "one event per request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_a_broken_file_keeps_the_running_config() {
+    let gw = gateway(APP);
+    let base = gw.url("public");
+    assert_problem(&get(&format!("{base}/new")).await, 404, "route_not_found");
+    let listeners = "listeners:\n  - { name: public, address: \"127.0.0.1:0\" }\nadmin: { address: \"127.0.0.1:0\" }\n";
+    std::fs::write(
+        gw.config_path(),
+        format!("{listeners}upstreams: {{ demo: {{ kind: echo }} }}\nroutes:\n  - {{ name: new, match: {{ path: /new }}, upstream: demo }}\n"),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    wait_status(&format!("{base}/new"), 200).await;
+    assert_problem(&get(&format!("{base}/hello")).await, 404, "route_not_found");
+
+    // A broken file: refused, logged with its path, and the running config stays.
+    std::fs::write(gw.config_path(), format!("{listeners}routes:\n  - {{ name: x, match: {{ prefix: / }}, upstream: ghost }}\n")).unwrap();
+    gw.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !gw.stderr_text().contains("reload refused") {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gw.stderr_text().contains("routes[0].upstream"));
+    assert_eq!(get(&format!("{base}/new")).await.status, 200);
+
+    // A listener change needs a restart and is refused, not silently ignored.
+    std::fs::write(
+        gw.config_path(),
+        "listeners:\n  - { name: renamed, address: \"127.0.0.1:0\" }\nadmin: { address: \"127.0.0.1:0\" }\nupstreams: { demo: { kind: echo } }\nroutes: []\n",
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !gw.stderr_text().contains("needs a restart") {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(&format!("{base}/new")).await.status, 200);
+    let m = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(m.contains("portcullis_config_reloads_total{result=\"error\"} 2"), "{m}");
+    assert!(m.contains("portcullis_config_reloads_total{result=\"ok\"} 1"), "{m}");
+}
+
+async fn wait_status(url: &str, status: u16) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if get(url).await.status == status {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{url} never answered {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly() {
+    let mut gw = gateway(APP);
+    assert_eq!(get(&format!("{}/hello", gw.url("public"))).await.status, 200);
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+}
