@@ -63,7 +63,10 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
     for (i, r) in raw.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         if !names.insert(r.name.as_str()) {
-            e.push(format!("{path}.name"), format!("duplicate route name \"{}\"", r.name));
+            e.push(
+                format!("{path}.name"),
+                format!("duplicate route name \"{}\"", r.name),
+            );
         }
         routes.push(compile_route(r, &path, &upstream_index, &server, &mut e));
     }
@@ -71,11 +74,17 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
     let mut addrs = HashSet::new();
     for (i, l) in listeners.iter().enumerate() {
         if l.address.port() != 0 && !addrs.insert(l.address) {
-            e.push(format!("listeners[{i}].address"), format!("{} is used twice", l.address));
+            e.push(
+                format!("listeners[{i}].address"),
+                format!("{} is used twice", l.address),
+            );
         }
     }
     if admin.enabled && admin.address.port() != 0 && addrs.contains(&admin.address) {
-        e.push("admin.address", format!("{} is also a client listener", admin.address));
+        e.push(
+            "admin.address",
+            format!("{} is also a client listener", admin.address),
+        );
     }
 
     e.into_result(Config {
@@ -93,7 +102,11 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
 }
 
 fn parse_addr(s: &str, path: &str, e: &mut ConfigErrors) -> SocketAddr {
@@ -110,7 +123,10 @@ fn compile_listeners(raw: &[RawListener], base: &Path, e: &mut ConfigErrors) -> 
         .map(|(i, l)| {
             let path = format!("listeners[{i}]");
             if !names.insert(l.name.as_str()) {
-                e.push(format!("{path}.name"), format!("duplicate listener name \"{}\"", l.name));
+                e.push(
+                    format!("{path}.name"),
+                    format!("duplicate listener name \"{}\"", l.name),
+                );
             }
             Listener {
                 name: Arc::from(l.name.as_str()),
@@ -142,7 +158,10 @@ fn compile_listener_tls(
         }
     };
     if t.certificates.is_empty() {
-        e.push(format!("{path}.certificates"), "at least one certificate is required");
+        e.push(
+            format!("{path}.certificates"),
+            "at least one certificate is required",
+        );
     }
     let certificates = t
         .certificates
@@ -158,7 +177,10 @@ fn compile_listener_tls(
                 Err(err) => {
                     e.push(
                         format!("{p}.key_file"),
-                        format!("cannot load a private key from {}: {err}", key_file.display()),
+                        format!(
+                            "cannot load a private key from {}: {err}",
+                            key_file.display()
+                        ),
                     );
                     None
                 }
@@ -171,7 +193,10 @@ fn compile_listener_tls(
                     let n = n.trim().to_ascii_lowercase();
                     let bare = n.strip_prefix("*.").unwrap_or(&n);
                     if bare.is_empty() || !bare.split('.').all(valid_label) {
-                        e.push(format!("{p}.server_names[{j}]"), format!("\"{n}\" is not a DNS name"));
+                        e.push(
+                            format!("{p}.server_names[{j}]"),
+                            format!("\"{n}\" is not a DNS name"),
+                        );
                         None
                     } else {
                         Some(n)
@@ -196,12 +221,14 @@ fn compile_listener_tls(
 }
 
 fn valid_label(l: &str) -> bool {
-    !l.is_empty()
-        && l.len() <= 63
-        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-fn load_certs(file: &Path, path: &str, e: &mut ConfigErrors) -> Option<Vec<CertificateDer<'static>>> {
+fn load_certs(
+    file: &Path,
+    path: &str,
+    e: &mut ConfigErrors,
+) -> Option<Vec<CertificateDer<'static>>> {
     match CertificateDer::pem_file_iter(file).and_then(|it| it.collect::<Result<Vec<_>, _>>()) {
         Ok(v) if !v.is_empty() => Some(v),
         Ok(_) => {
@@ -209,7 +236,10 @@ fn load_certs(file: &Path, path: &str, e: &mut ConfigErrors) -> Option<Vec<Certi
             None
         }
         Err(err) => {
-            e.push(path, format!("cannot load certificates from {}: {err}", file.display()));
+            e.push(
+                path,
+                format!("cannot load certificates from {}: {err}", file.display()),
+            );
             None
         }
     }
@@ -221,7 +251,10 @@ fn resolve_secret(s: &RawSecret, path: &str, base: &Path, e: &mut ConfigErrors) 
         RawSecret::Env(name) => match std::env::var(name) {
             Ok(v) => Some(v),
             Err(_) => {
-                e.push(format!("{path}.env"), format!("environment variable {name} is not set"));
+                e.push(
+                    format!("{path}.env"),
+                    format!("environment variable {name} is not set"),
+                );
                 None
             }
         },
@@ -230,7 +263,10 @@ fn resolve_secret(s: &RawSecret, path: &str, base: &Path, e: &mut ConfigErrors) 
             match std::fs::read_to_string(&file) {
                 Ok(v) => Some(v.trim_end_matches(['\r', '\n']).to_string()),
                 Err(err) => {
-                    e.push(format!("{path}.file"), format!("cannot read {}: {err}", file.display()));
+                    e.push(
+                        format!("{path}.file"),
+                        format!("cannot read {}: {err}", file.display()),
+                    );
                     None
                 }
             }
@@ -268,14 +304,22 @@ fn compile_admin(a: &RawAdmin, base: &Path, e: &mut ConfigErrors) -> Admin {
 }
 
 fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
-    let request_id_header = HeaderName::from_bytes(s.request_id.header.as_bytes()).unwrap_or_else(|_| {
-        e.push("server.request_id.header", format!("\"{}\" is not a header name", s.request_id.header));
-        HeaderName::from_static("x-request-id")
-    });
-    let header_read_timeout = compile_duration(&s.header_read_timeout, "server.header_read_timeout", e);
+    let request_id_header =
+        HeaderName::from_bytes(s.request_id.header.as_bytes()).unwrap_or_else(|_| {
+            e.push(
+                "server.request_id.header",
+                format!("\"{}\" is not a header name", s.request_id.header),
+            );
+            HeaderName::from_static("x-request-id")
+        });
+    let header_read_timeout =
+        compile_duration(&s.header_read_timeout, "server.header_read_timeout", e);
     let idle_timeout = compile_duration(&s.idle_timeout, "server.idle_timeout", e);
     if s.http2_max_concurrent_streams == 0 {
-        e.push("server.http2_max_concurrent_streams", "must be greater than 0");
+        e.push(
+            "server.http2_max_concurrent_streams",
+            "must be greater than 0",
+        );
     }
     Server {
         trusted_proxies: parse_nets(&s.trusted_proxies, "server.trusted_proxies", e),
@@ -313,8 +357,15 @@ fn compile_upstream(
     base: &Path,
     e: &mut ConfigErrors,
 ) -> Upstream {
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-        e.push(path, format!("upstream name \"{name}\" may only hold letters, digits, '-', '_' and '.'"));
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        e.push(
+            path,
+            format!("upstream name \"{name}\" may only hold letters, digits, '-', '_' and '.'"),
+        );
     }
     let targets: Vec<Target> = u
         .targets
@@ -323,16 +374,20 @@ fn compile_upstream(
         .filter_map(|(i, t)| compile_target(t, &format!("{path}.targets[{i}]"), e))
         .collect();
     match u.kind {
-        UpstreamKind::Proxy if u.targets.is_empty() => {
-            e.push(format!("{path}.targets"), "a proxy upstream needs at least one target")
-        }
-        UpstreamKind::Echo if !u.targets.is_empty() => {
-            e.push(format!("{path}.targets"), "an echo upstream answers in process and takes no targets")
-        }
+        UpstreamKind::Proxy if u.targets.is_empty() => e.push(
+            format!("{path}.targets"),
+            "a proxy upstream needs at least one target",
+        ),
+        UpstreamKind::Echo if !u.targets.is_empty() => e.push(
+            format!("{path}.targets"),
+            "an echo upstream answers in process and takes no targets",
+        ),
         _ => {}
     }
-    let connect_timeout = positive_duration(&u.connect_timeout, &format!("{path}.connect_timeout"), e);
-    let request_timeout = positive_duration(&u.request_timeout, &format!("{path}.request_timeout"), e);
+    let connect_timeout =
+        positive_duration(&u.connect_timeout, &format!("{path}.connect_timeout"), e);
+    let request_timeout =
+        positive_duration(&u.request_timeout, &format!("{path}.request_timeout"), e);
     let idle_timeout = compile_duration(&u.idle_timeout, &format!("{path}.idle_timeout"), e);
     if u.retries.attempts > 5 {
         e.push(format!("{path}.retries.attempts"), "at most 5 retries");
@@ -345,7 +400,10 @@ fn compile_upstream(
         .filter_map(|(i, s)| match StatusCode::from_u16(*s) {
             Ok(sc) if sc.is_server_error() => Some(sc),
             _ => {
-                e.push(format!("{path}.retries.on_status[{i}]"), format!("{s} is not a 5xx status"));
+                e.push(
+                    format!("{path}.retries.on_status[{i}]"),
+                    format!("{s} is not a 5xx status"),
+                );
                 None
             }
         })
@@ -353,7 +411,10 @@ fn compile_upstream(
     let health_check = u.health_check.as_ref().map(|h| {
         let hp = format!("{path}.health_check");
         if !h.path.starts_with('/') || h.path.parse::<http::uri::PathAndQuery>().is_err() {
-            e.push(format!("{hp}.path"), format!("\"{}\" is not an absolute path", h.path));
+            e.push(
+                format!("{hp}.path"),
+                format!("\"{}\" is not an absolute path", h.path),
+            );
         }
         let interval = positive_duration(&h.interval, &format!("{hp}.interval"), e);
         let timeout = positive_duration(&h.timeout, &format!("{hp}.timeout"), e);
@@ -361,7 +422,10 @@ fn compile_upstream(
             e.push(format!("{hp}.healthy_threshold"), "must be greater than 0");
         }
         if h.unhealthy_threshold == 0 {
-            e.push(format!("{hp}.unhealthy_threshold"), "must be greater than 0");
+            e.push(
+                format!("{hp}.unhealthy_threshold"),
+                "must be greater than 0",
+            );
         }
         HealthCheck {
             path: h.path.clone(),
@@ -372,7 +436,10 @@ fn compile_upstream(
         }
     });
     if u.kind == UpstreamKind::Echo && u.health_check.is_some() {
-        e.push(format!("{path}.health_check"), "an echo upstream has nothing to check");
+        e.push(
+            format!("{path}.health_check"),
+            "an echo upstream has nothing to check",
+        );
     }
     let passive_health = PassiveHealth {
         consecutive_failures: u.passive_health.consecutive_failures,
@@ -430,11 +497,17 @@ fn compile_target(t: &RawTarget, path: &str, e: &mut ConfigErrors) -> Option<Tar
         return None;
     };
     if uri.path() != "/" && !uri.path().is_empty() || uri.query().is_some() {
-        e.push(path, format!("\"{url}\": a target is scheme://host:port, without path or query"));
+        e.push(
+            path,
+            format!("\"{url}\": a target is scheme://host:port, without path or query"),
+        );
         return None;
     }
     if authority.as_str().contains('@') {
-        e.push(path, format!("\"{url}\": credentials in a target URL are not supported"));
+        e.push(
+            path,
+            format!("\"{url}\": credentials in a target URL are not supported"),
+        );
         return None;
     }
     if t.weight() == 0 {
@@ -447,7 +520,8 @@ fn compile_target(t: &RawTarget, path: &str, e: &mut ConfigErrors) -> Option<Tar
     } else {
         format!("{host}:{port}")
     };
-    let base: Uri = match format!("{}://{authority_s}", if tls { "https" } else { "http" }).parse() {
+    let base: Uri = match format!("{}://{authority_s}", if tls { "https" } else { "http" }).parse()
+    {
         Ok(b) => b,
         Err(_) => {
             e.push(path, format!("\"{url}\" is not a URL"));
@@ -465,7 +539,10 @@ fn compile_target(t: &RawTarget, path: &str, e: &mut ConfigErrors) -> Option<Tar
 fn header_name(s: &str, path: &str, e: &mut ConfigErrors) -> Option<HeaderName> {
     match HeaderName::from_bytes(s.as_bytes()) {
         Ok(h) if FORBIDDEN_HEADER_OPS.contains(&h.as_str()) => {
-            e.push(path, format!("\"{s}\" is managed by the gateway and cannot be changed by a route"));
+            e.push(
+                path,
+                format!("\"{s}\" is managed by the gateway and cannot be changed by a route"),
+            );
             None
         }
         Ok(h) => Some(h),
@@ -477,21 +554,22 @@ fn header_name(s: &str, path: &str, e: &mut ConfigErrors) -> Option<HeaderName> 
 }
 
 fn compile_header_ops(raw: &RawHeaderOps, path: &str, e: &mut ConfigErrors) -> HeaderOps {
-    let pairs = |m: &std::collections::BTreeMap<String, String>, key: &str, e: &mut ConfigErrors| {
-        m.iter()
-            .filter_map(|(k, v)| {
-                let p = format!("{path}.{key}.{k}");
-                let name = header_name(k, &p, e)?;
-                match HeaderValue::from_str(v) {
-                    Ok(v) => Some((name, v)),
-                    Err(_) => {
-                        e.push(p, "the value holds characters not allowed in a header");
-                        None
+    let pairs =
+        |m: &std::collections::BTreeMap<String, String>, key: &str, e: &mut ConfigErrors| {
+            m.iter()
+                .filter_map(|(k, v)| {
+                    let p = format!("{path}.{key}.{k}");
+                    let name = header_name(k, &p, e)?;
+                    match HeaderValue::from_str(v) {
+                        Ok(v) => Some((name, v)),
+                        Err(_) => {
+                            e.push(p, "the value holds characters not allowed in a header");
+                            None
+                        }
                     }
-                }
-            })
-            .collect::<Vec<_>>()
-    };
+                })
+                .collect::<Vec<_>>()
+        };
     HeaderOps {
         set: pairs(&raw.set, "set", e),
         add: pairs(&raw.add, "add", e),
@@ -523,15 +601,22 @@ pub fn parse_template(t: &str, path: &str, e: &mut ConfigErrors) -> Option<Vec<S
         .skip(1)
         .map(|s| {
             if let Some(name) = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                    e.push(path, format!("\"{{{name}}}\": a parameter name is letters, digits and '_'"));
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    e.push(
+                        path,
+                        format!("\"{{{name}}}\": a parameter name is letters, digits and '_'"),
+                    );
                 } else if !seen.insert(name.to_string()) {
                     e.push(path, format!("parameter \"{name}\" appears twice"));
                 }
                 Segment::Param(Arc::from(name))
             } else {
                 if s.contains('{') || s.contains('}') {
-                    e.push(path, format!("\"{s}\": a parameter must be a whole segment, like {{id}}"));
+                    e.push(
+                        path,
+                        format!("\"{s}\": a parameter must be a whole segment, like {{id}}"),
+                    );
                 }
                 Segment::Literal(s.to_string())
             }
@@ -545,8 +630,14 @@ fn check_path_syntax(p: &str, path: &str, e: &mut ConfigErrors) -> bool {
         e.push(path, format!("\"{p}\" must start with '/'"));
         return false;
     }
-    if p.contains("//") || p.split('/').any(|s| s == "." || s == "..") || p.contains(['?', '#', '%', '\\']) {
-        e.push(path, format!("\"{p}\" is not a normalised path (no //, dot segments, ?, #, %, \\)"));
+    if p.contains("//")
+        || p.split('/').any(|s| s == "." || s == "..")
+        || p.contains(['?', '#', '%', '\\'])
+    {
+        e.push(
+            path,
+            format!("\"{p}\" is not a normalised path (no //, dot segments, ?, #, %, \\)"),
+        );
         return false;
     }
     true
@@ -564,7 +655,11 @@ fn compile_route(
         known.sort_unstable();
         e.push(
             format!("{path}.upstream"),
-            format!("unknown upstream \"{}\" (known: {})", r.upstream, known.join(", ")),
+            format!(
+                "unknown upstream \"{}\" (known: {})",
+                r.upstream,
+                known.join(", ")
+            ),
         );
         0
     });
@@ -580,12 +675,20 @@ fn compile_route(
                 Some(b) => (true, b.to_string()),
                 None => (false, h.clone()),
             };
-            let ok = !bare.is_empty() && (bare.split('.').all(valid_label) || bare.parse::<std::net::IpAddr>().is_ok());
+            let ok = !bare.is_empty()
+                && (bare.split('.').all(valid_label) || bare.parse::<std::net::IpAddr>().is_ok());
             if !ok {
-                e.push(format!("{mpath}.hosts[{i}]"), format!("\"{h}\" is not a host name or *.wildcard"));
+                e.push(
+                    format!("{mpath}.hosts[{i}]"),
+                    format!("\"{h}\" is not a host name or *.wildcard"),
+                );
                 return None;
             }
-            Some(if suffix { HostMatch::Suffix(format!(".{bare}")) } else { HostMatch::Exact(bare) })
+            Some(if suffix {
+                HostMatch::Suffix(format!(".{bare}"))
+            } else {
+                HostMatch::Exact(bare)
+            })
         })
         .collect();
     let pm = match (&m.path, &m.prefix) {
@@ -600,7 +703,10 @@ fn compile_route(
         (None, Some(p)) => {
             let pp = format!("{mpath}.prefix");
             if check_path_syntax(p, &pp, e) && p.contains(['{', '}']) {
-                e.push(pp, "a prefix cannot hold parameters; use path with a template");
+                e.push(
+                    pp,
+                    "a prefix cannot hold parameters; use path with a template",
+                );
             }
             PathMatch::Prefix(p.trim_end_matches('/').to_string())
         }
@@ -609,7 +715,10 @@ fn compile_route(
             PathMatch::Prefix(String::new())
         }
         (None, None) => {
-            e.push(&mpath, "give path or prefix (use prefix: / to take every path)");
+            e.push(
+                &mpath,
+                "give path or prefix (use prefix: / to take every path)",
+            );
             PathMatch::Prefix(String::new())
         }
     };
@@ -625,7 +734,10 @@ fn compile_route(
                     match Method::from_bytes(up.as_bytes()) {
                         Ok(me) if up.bytes().all(|b| b.is_ascii_uppercase()) => Some(me),
                         _ => {
-                            e.push(format!("{mpath}.methods[{i}]"), format!("\"{s}\" is not a method"));
+                            e.push(
+                                format!("{mpath}.methods[{i}]"),
+                                format!("\"{s}\" is not a method"),
+                            );
                             None
                         }
                     }
@@ -638,10 +750,16 @@ fn compile_route(
         match (&rw.replace_prefix, &rw.template) {
             (Some(p), None) => {
                 if !matches!(pm, PathMatch::Prefix(_)) {
-                    e.push(format!("{rp}.replace_prefix"), "needs a route matched by prefix");
+                    e.push(
+                        format!("{rp}.replace_prefix"),
+                        "needs a route matched by prefix",
+                    );
                 }
                 if !p.is_empty() && !p.starts_with('/') {
-                    e.push(format!("{rp}.replace_prefix"), format!("\"{p}\" must be empty or start with '/'"));
+                    e.push(
+                        format!("{rp}.replace_prefix"),
+                        format!("\"{p}\" must be empty or start with '/'"),
+                    );
                 }
                 Some(Rewrite::ReplacePrefix(p.trim_end_matches('/').to_string()))
             }
@@ -657,7 +775,9 @@ fn compile_route(
                         .collect(),
                     _ => HashSet::new(),
                 };
-                Some(Rewrite::Template(parse_rewrite_template(t, &params, &tp, e)))
+                Some(Rewrite::Template(parse_rewrite_template(
+                    t, &params, &tp, e,
+                )))
             }
             (Some(_), Some(_)) => {
                 e.push(&rp, "give either replace_prefix or template, not both");
@@ -685,8 +805,16 @@ fn compile_route(
         methods,
         upstream,
         rewrite,
-        request_headers: compile_header_ops(&r.request_headers, &format!("{path}.request_headers"), e),
-        response_headers: compile_header_ops(&r.response_headers, &format!("{path}.response_headers"), e),
+        request_headers: compile_header_ops(
+            &r.request_headers,
+            &format!("{path}.request_headers"),
+            e,
+        ),
+        response_headers: compile_header_ops(
+            &r.response_headers,
+            &format!("{path}.response_headers"),
+            e,
+        ),
         max_body_bytes,
         ip_filter: IpRules::compile(&r.ip_filter, &format!("{path}.ip_filter"), e),
         timeout,
@@ -714,7 +842,10 @@ fn parse_rewrite_template(
         };
         let name = &rest[open + 1..open + close];
         if !params.contains(name) {
-            e.push(path, format!("\"{{{name}}}\" is not a parameter of the route's path template"));
+            e.push(
+                path,
+                format!("\"{{{name}}}\" is not a parameter of the route's path template"),
+            );
         }
         parts.push(TemplatePart::Param(Arc::from(name)));
         rest = &rest[open + close + 1..];

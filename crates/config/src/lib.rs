@@ -23,11 +23,11 @@ pub mod validated;
 use std::path::Path;
 
 pub use compile::{compile, parse_template};
+/// Re-exported so that steps can hold parsed CIDRs without their own dependency.
+pub use ipnet::IpNet as IpNetRef;
 pub use portcullis_core::{ConfigError, ConfigErrors};
 pub use raw::RawConfig;
 pub use validated::*;
-/// Re-exported so that steps can hold parsed CIDRs without their own dependency.
-pub use ipnet::IpNet as IpNetRef;
 
 /// The JSON Schema of the configuration file, for editors and for structural validation.
 pub fn schema() -> serde_json::Value {
@@ -85,7 +85,10 @@ fn structural_errors(value: &serde_json::Value, e: &mut ConfigErrors) {
     let validator = match jsonschema::validator_for(&schema) {
         Ok(v) => v,
         Err(err) => {
-            e.push("", format!("internal error: the configuration schema does not compile: {err}"));
+            e.push(
+                "",
+                format!("internal error: the configuration schema does not compile: {err}"),
+            );
             return;
         }
     };

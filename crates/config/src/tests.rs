@@ -30,8 +30,16 @@ routes:
 bogus: 1
 "#,
     );
-    assert!(e.iter().any(|m| m.starts_with("listeners[0]") && m.contains("colour")), "{e:?}");
-    assert!(e.iter().any(|m| m.starts_with("routes[0].match") && m.contains("hostz")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("listeners[0]") && m.contains("colour")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("routes[0].match") && m.contains("hostz")),
+        "{e:?}"
+    );
     assert!(e.iter().any(|m| m.contains("bogus")), "{e:?}");
 }
 
@@ -133,9 +141,20 @@ routes:
     request_headers: { set: { content-length: "1" } }
 "#,
     );
-    assert!(e.iter().any(|m| m.starts_with("routes[0].rewrite.template")), "{e:?}");
-    assert!(e.iter().any(|m| m.starts_with("routes[1].match.path")), "{e:?}");
-    assert!(e.iter().any(|m| m.starts_with("routes[1].request_headers.set.content-length")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("routes[0].rewrite.template")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|m| m.starts_with("routes[1].match.path")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("routes[1].request_headers.set.content-length")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -152,7 +171,9 @@ fn header_ops_apply_in_order() {
     let ops = {
         let cfg = format!(
             "upstreams: {{ d: {{ kind: echo }} }}\nroutes:\n  - name: r\n    match: {{ prefix: / }}\n    upstream: d\n    request_headers:\n{}",
-            yaml.lines().map(|l| format!("      {l}\n")).collect::<String>()
+            yaml.lines()
+                .map(|l| format!("      {l}\n"))
+                .collect::<String>()
         );
         let c = load_str(&cfg, Path::new(".")).unwrap_or_else(|err| {
             e.extend(err);
@@ -174,7 +195,10 @@ fn header_ops_apply_in_order() {
 
 #[test]
 fn pointer_paths() {
-    assert_eq!(pointer_to_path("/routes/3/match/path"), "routes[3].match.path");
+    assert_eq!(
+        pointer_to_path("/routes/3/match/path"),
+        "routes[3].match.path"
+    );
     assert_eq!(pointer_to_path(""), "");
     assert_eq!(pointer_to_path("/upstreams/a~1b"), "upstreams.a/b");
 }

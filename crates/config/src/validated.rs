@@ -11,10 +11,10 @@ use portcullis_ipfilter::IpRules;
 use portcullis_limits::HeadLimits;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::raw::RawConfig;
 pub use crate::raw::{
     AcceptFrom, AuditOutput, Balance, HostHeader, LogFormat, UpstreamKind, UpstreamProtocol,
 };
-use crate::raw::RawConfig;
 
 /// A configuration that compiled without error.
 #[derive(Debug)]
@@ -205,7 +205,10 @@ pub struct HeaderOps {
 
 impl HeaderOps {
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty() && self.rename.is_empty()
+        self.set.is_empty()
+            && self.add.is_empty()
+            && self.remove.is_empty()
+            && self.rename.is_empty()
     }
 
     /// Applies remove, rename, set, add — in that order.

@@ -95,13 +95,19 @@ mod tests {
     #[tokio::test]
     async fn buffers_once_within_limit() {
         let mut r = req("hello");
-        assert_eq!(r.buffer_body(10).await.map(|b| b.clone()).ok(), Some(Bytes::from_static(b"hello")));
+        assert_eq!(
+            r.buffer_body(10).await.ok().cloned(),
+            Some(Bytes::from_static(b"hello"))
+        );
         assert_eq!(r.buffer_body(10).await.map(|b| b.len()).ok(), Some(5));
     }
 
     #[tokio::test]
     async fn refuses_over_limit() {
         let mut r = req("hello world");
-        assert!(matches!(r.buffer_body(5).await, Err(BodyError::TooLarge { limit: 5 })));
+        assert!(matches!(
+            r.buffer_body(5).await,
+            Err(BodyError::TooLarge { limit: 5 })
+        ));
     }
 }

@@ -44,7 +44,9 @@ impl ClientAddressStage {
                 let Ok(s) = v.to_str() else { return peer };
                 for elem in s.split(',') {
                     for pair in elem.split(';') {
-                        let Some((k, val)) = pair.split_once('=') else { continue };
+                        let Some((k, val)) = pair.split_once('=') else {
+                            continue;
+                        };
                         if k.trim().eq_ignore_ascii_case("for") {
                             match parse_hop(val) {
                                 Some(ip) => chain.push(ip),
@@ -94,7 +96,12 @@ mod tests {
     use super::*;
 
     fn stage(trusted: &[&str]) -> ClientAddressStage {
-        ClientAddressStage::new(trusted.iter().map(|s| portcullis_ipfilter::parse_net(s).unwrap()).collect())
+        ClientAddressStage::new(
+            trusted
+                .iter()
+                .map(|s| portcullis_ipfilter::parse_net(s).unwrap())
+                .collect(),
+        )
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
@@ -121,17 +128,26 @@ mod tests {
         let s = stage(&["10.0.0.0/8"]);
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.1.1.1")]);
         assert_eq!(s.resolve(ip("10.0.0.2"), &h), ip("203.0.113.7"));
-        let h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "203.0.113.8")]);
+        let h = headers(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "203.0.113.8"),
+        ]);
         assert_eq!(s.resolve(ip("10.0.0.2"), &h), ip("203.0.113.8"));
     }
 
     #[test]
     fn forwarded_header_and_garbage() {
         let s = stage(&["127.0.0.1"]);
-        let h = headers(&[("forwarded", "for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\"")]);
+        let h = headers(&[(
+            "forwarded",
+            "for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\"",
+        )]);
         assert_eq!(s.resolve(ip("127.0.0.1"), &h), ip("2001:db8::1"));
         let h = headers(&[("x-forwarded-for", "not-an-ip")]);
         assert_eq!(s.resolve(ip("127.0.0.1"), &h), ip("127.0.0.1"));
-        assert_eq!(s.resolve(ip("127.0.0.1"), &http::HeaderMap::new()), ip("127.0.0.1"));
+        assert_eq!(
+            s.resolve(ip("127.0.0.1"), &http::HeaderMap::new()),
+            ip("127.0.0.1")
+        );
     }
 }

@@ -57,7 +57,9 @@ impl Pipeline {
         let stages: Vec<Box<dyn Stage>> = vec![
             Box::new(NormalizeStage),
             Box::new(HeadLimitsStage::new(config.server.limits)),
-            Box::new(ClientAddressStage::new(config.server.trusted_proxies.clone())),
+            Box::new(ClientAddressStage::new(
+                config.server.trusted_proxies.clone(),
+            )),
             Box::new(IpFilterStage::global(config.server.ip_filter.clone())),
             Box::new(RouteStage::new(RouteTable::new(routes))),
             Box::new(IpFilterStage::per_route(
@@ -76,24 +78,18 @@ impl Pipeline {
     }
 
     /// Runs every step in order; the first rejection stops the run.
-    ///
-    /// The future is spelled out as `Send` so that callers inside hyper services need not
-    /// prove it through higher-ranked lifetimes (a known limit of rustc's async inference).
-    pub fn run<'a>(
-        &'a self,
-        req: &'a mut GatewayRequest,
-        ctx: &'a mut RequestCtx,
-    ) -> impl std::future::Future<Output = Result<(), Rejection>> + Send + 'a {
-        async move {
-            for i in 0..self.stages.len() {
-                let stage: &dyn Stage = &*self.stages[i];
-                if let Verdict::Reject(r) = stage.on_request(req, ctx).resolve().await {
-                    ctx.rejected_by = Some((stage.id(), r.reason));
-                    return Err(r);
-                }
+    pub async fn run(
+        &self,
+        req: &mut GatewayRequest,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Rejection> {
+        for stage in &self.stages {
+            if let Verdict::Reject(r) = stage.on_request(req, ctx).resolve().await {
+                ctx.rejected_by = Some((stage.id(), r.reason));
+                return Err(r);
             }
-            Ok(())
         }
+        Ok(())
     }
 }
 

@@ -10,9 +10,7 @@
 //! * removes dot segments (RFC 3986 §5.2.4) and merges repeated slashes;
 //! * refuses a path that would climb above the root, and anything that is not origin-form.
 
-use portcullis_core::{
-    GatewayRequest, RejectReason, Rejection, RequestCtx, Stage, StageId, Step,
-};
+use portcullis_core::{GatewayRequest, RejectReason, Rejection, RequestCtx, Stage, StageId, Step};
 
 pub struct NormalizeStage;
 
@@ -134,11 +132,7 @@ pub fn normalize_path(path: &str) -> Result<Option<String>, PathError> {
     if p.is_empty() || trailing {
         p.push('/');
     }
-    if p == path {
-        Ok(None)
-    } else {
-        Ok(Some(p))
-    }
+    if p == path { Ok(None) } else { Ok(Some(p)) }
 }
 
 impl Stage for NormalizeStage {

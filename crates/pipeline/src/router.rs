@@ -16,6 +16,9 @@ use portcullis_core::{
     GatewayRequest, RejectReason, Rejection, RequestCtx, RouteId, RouteMatch, Stage, StageId, Step,
 };
 
+/// Captured template parameters.
+type Params = Vec<(Arc<str>, String)>;
+
 /// What the table says about a request.
 #[derive(Debug)]
 pub enum Lookup {
@@ -47,7 +50,7 @@ fn host_score(hosts: &[HostMatch], host: &str) -> Option<usize> {
 }
 
 /// Returns the path score and the captured parameters.
-fn path_score(m: &PathMatch, path: &str) -> Option<(usize, Vec<(Arc<str>, String)>)> {
+fn path_score(m: &PathMatch, path: &str) -> Option<(usize, Params)> {
     match m {
         PathMatch::Exact(p) => (p == path).then(|| (3_000_000 + p.len(), Vec::new())),
         PathMatch::Prefix(p) => {
@@ -132,7 +135,7 @@ impl RouteTable {
     }
 
     pub fn lookup(&self, host: &str, path: &str, method: &Method) -> Lookup {
-        let mut best: Option<((usize, usize), usize, Vec<(Arc<str>, String)>)> = None;
+        let mut best: Option<((usize, usize), usize, Params)> = None;
         let mut allowed: Vec<Method> = Vec::new();
         let mut path_hit = false;
         for (i, e) in self.entries.iter().enumerate() {
@@ -145,7 +148,9 @@ impl RouteTable {
             path_hit = true;
             let method_ok = match &e.methods {
                 None => true,
-                Some(ms) => ms.contains(method) || (method == Method::HEAD && ms.contains(&Method::GET)),
+                Some(ms) => {
+                    ms.contains(method) || (method == Method::HEAD && ms.contains(&Method::GET))
+                }
             };
             if !method_ok {
                 if let Some(ms) = &e.methods {
@@ -194,7 +199,10 @@ impl Stage for RouteStage {
 
     fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
         let host = request_host(&req.head).unwrap_or_default();
-        match self.table.lookup(&host, req.head.uri.path(), &req.head.method) {
+        match self
+            .table
+            .lookup(&host, req.head.uri.path(), &req.head.method)
+        {
             Lookup::Found(m) => {
                 ctx.route = Some(m);
                 Step::CONTINUE
@@ -237,7 +245,10 @@ mod tests {
         match l {
             Lookup::Found(m) => (
                 m.name.to_string(),
-                m.params.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                m.params
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
             ),
             other => panic!("expected a route, got {other:?}"),
         }
@@ -264,10 +275,16 @@ mod tests {
         assert_eq!(found(t.lookup("x", "/api/other", &g)).0, "api");
         assert_eq!(
             found(t.lookup("x", "/api/orders/42", &g)),
-            ("order".to_string(), vec![("id".to_string(), "42".to_string())])
+            (
+                "order".to_string(),
+                vec![("id".to_string(), "42".to_string())]
+            )
         );
         assert_eq!(found(t.lookup("x", "/api/orders/special", &g)).0, "exact");
-        assert_eq!(found(t.lookup("x", "/api/orders/4/items", &g)).0, "order-items");
+        assert_eq!(
+            found(t.lookup("x", "/api/orders/4/items", &g)).0,
+            "order-items"
+        );
         assert_eq!(found(t.lookup("shop.example.com", "/api/x", &g)).0, "wild");
         assert_eq!(found(t.lookup("admin.example.com", "/api/x", &g)).0, "host");
         assert_eq!(found(t.lookup("example.com", "/api/x", &g)).0, "api");
@@ -276,8 +293,14 @@ mod tests {
     #[test]
     fn method_falls_through_to_a_less_specific_route() {
         let t = table(ROUTES);
-        assert_eq!(found(t.lookup("x", "/api/orders/42", &Method::POST)).0, "api");
-        assert_eq!(found(t.lookup("x", "/api/orders/42", &Method::HEAD)).0, "order");
+        assert_eq!(
+            found(t.lookup("x", "/api/orders/42", &Method::POST)).0,
+            "api"
+        );
+        assert_eq!(
+            found(t.lookup("x", "/api/orders/42", &Method::HEAD)).0,
+            "order"
+        );
     }
 
     #[test]
@@ -289,11 +312,26 @@ mod tests {
   - { name: h, match: { hosts: [only.example], prefix: /x }, upstream: d }
 "#,
         );
-        assert!(matches!(t.lookup("x", "/nope", &Method::GET), Lookup::NotFound));
-        assert!(matches!(t.lookup("x", "/orders", &Method::GET), Lookup::NotFound));
-        assert!(matches!(t.lookup("x", "/orders/1/2", &Method::GET), Lookup::NotFound));
-        assert!(matches!(t.lookup("x", "/orders/", &Method::GET), Lookup::NotFound));
-        assert!(matches!(t.lookup("other", "/x", &Method::GET), Lookup::NotFound));
+        assert!(matches!(
+            t.lookup("x", "/nope", &Method::GET),
+            Lookup::NotFound
+        ));
+        assert!(matches!(
+            t.lookup("x", "/orders", &Method::GET),
+            Lookup::NotFound
+        ));
+        assert!(matches!(
+            t.lookup("x", "/orders/1/2", &Method::GET),
+            Lookup::NotFound
+        ));
+        assert!(matches!(
+            t.lookup("x", "/orders/", &Method::GET),
+            Lookup::NotFound
+        ));
+        assert!(matches!(
+            t.lookup("other", "/x", &Method::GET),
+            Lookup::NotFound
+        ));
         match t.lookup("x", "/orders/1", &Method::POST) {
             Lookup::MethodNotAllowed(m) => assert_eq!(m, vec![Method::GET, Method::PUT]),
             other => panic!("{other:?}"),
@@ -315,10 +353,22 @@ mod tests {
             }
             b.body(()).unwrap().into_parts().0
         };
-        assert_eq!(request_host(&head("/", Some("API.Example.com:8080"))).as_deref(), Some("api.example.com"));
-        assert_eq!(request_host(&head("/", Some("example.com."))).as_deref(), Some("example.com"));
-        assert_eq!(request_host(&head("/", Some("[::1]:80"))).as_deref(), Some("[::1]"));
-        assert_eq!(request_host(&head("http://h2.example/x", None)).as_deref(), Some("h2.example"));
+        assert_eq!(
+            request_host(&head("/", Some("API.Example.com:8080"))).as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(
+            request_host(&head("/", Some("example.com."))).as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            request_host(&head("/", Some("[::1]:80"))).as_deref(),
+            Some("[::1]")
+        );
+        assert_eq!(
+            request_host(&head("http://h2.example/x", None)).as_deref(),
+            Some("h2.example")
+        );
         assert_eq!(request_host(&head("/", None)), None);
     }
 }

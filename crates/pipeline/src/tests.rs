@@ -44,7 +44,12 @@ routes:
     max_body_bytes: 10
 "#;
 
-async fn run(method: &str, uri: &str, peer: &str, headers: &[(&str, &str)]) -> (RequestCtx, Result<(), Rejection>, String) {
+async fn run(
+    method: &str,
+    uri: &str,
+    peer: &str,
+    headers: &[(&str, &str)],
+) -> (RequestCtx, Result<(), Rejection>, String) {
     let cfg = Arc::new(portcullis_config::load_str(CFG, Path::new(".")).unwrap());
     let snap = Snapshot::new(cfg);
     let mut b = http::Request::builder().method(method).uri(uri);
@@ -52,7 +57,9 @@ async fn run(method: &str, uri: &str, peer: &str, headers: &[(&str, &str)]) -> (
         b = b.header(*k, *v);
     }
     let (head, ()) = b.body(()).unwrap().into_parts();
-    let body = Full::new(Bytes::new()).map_err(|e| -> BoxError { match e {} }).boxed_unsync();
+    let body = Full::new(Bytes::new())
+        .map_err(|e| -> BoxError { match e {} })
+        .boxed_unsync();
     let mut req = GatewayRequest::new(head, body);
     let mut ctx = RequestCtx::new(peer.parse().unwrap(), Scheme::Http, Arc::from("test"));
     let r = snap.pipeline.run(&mut req, &mut ctx).await;
@@ -70,7 +77,10 @@ async fn dot_segments_are_judged_by_the_route_they_resolve_to() {
     assert_eq!(reason(&r), Some(RejectReason::IpDenied));
     assert_eq!(ctx.route.as_ref().map(|m| &*m.name), Some("admin"));
     assert_eq!(path, "/admin/x");
-    assert_eq!(ctx.rejected_by.map(|(s, _)| s.as_str()), Some("route_ip_filter"));
+    assert_eq!(
+        ctx.rejected_by.map(|(s, _)| s.as_str()),
+        Some("route_ip_filter")
+    );
     let (ctx, r, _) = run("GET", "/public/../admin/x", "127.0.0.1:1", &[]).await;
     assert!(r.is_ok());
     assert_eq!(ctx.original_path.as_deref(), Some("/public/../admin/x"));
@@ -79,25 +89,84 @@ async fn dot_segments_are_judged_by_the_route_they_resolve_to() {
 #[tokio::test]
 async fn rejections_name_their_step() {
     let cases = [
-        ("GET", "/nope", "192.0.2.1:1", vec![], RejectReason::RouteNotFound, "route"),
-        ("POST", "/public/x", "192.0.2.1:1", vec![], RejectReason::MethodNotAllowed, "route"),
-        ("GET", "/public/x", "192.0.2.66:1", vec![], RejectReason::IpDenied, "ip_filter"),
-        ("GET", "/public/a%2fb", "192.0.2.1:1", vec![], RejectReason::BadRequest, "normalize"),
-        ("GET", "/public/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "192.0.2.1:1", vec![], RejectReason::UriTooLong, "request_limits"),
-        ("GET", "/public/x", "192.0.2.1:1", vec![("content-length", "11")], RejectReason::BodyTooLarge, "body_limit"),
+        (
+            "GET",
+            "/nope",
+            "192.0.2.1:1",
+            vec![],
+            RejectReason::RouteNotFound,
+            "route",
+        ),
+        (
+            "POST",
+            "/public/x",
+            "192.0.2.1:1",
+            vec![],
+            RejectReason::MethodNotAllowed,
+            "route",
+        ),
+        (
+            "GET",
+            "/public/x",
+            "192.0.2.66:1",
+            vec![],
+            RejectReason::IpDenied,
+            "ip_filter",
+        ),
+        (
+            "GET",
+            "/public/a%2fb",
+            "192.0.2.1:1",
+            vec![],
+            RejectReason::BadRequest,
+            "normalize",
+        ),
+        (
+            "GET",
+            "/public/xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            "192.0.2.1:1",
+            vec![],
+            RejectReason::UriTooLong,
+            "request_limits",
+        ),
+        (
+            "GET",
+            "/public/x",
+            "192.0.2.1:1",
+            vec![("content-length", "11")],
+            RejectReason::BodyTooLarge,
+            "body_limit",
+        ),
         // A denied client hiding behind a trusted proxy is still denied.
-        ("GET", "/public/x", "10.0.0.1:1", vec![("x-forwarded-for", "192.0.2.66")], RejectReason::IpDenied, "ip_filter"),
+        (
+            "GET",
+            "/public/x",
+            "10.0.0.1:1",
+            vec![("x-forwarded-for", "192.0.2.66")],
+            RejectReason::IpDenied,
+            "ip_filter",
+        ),
     ];
     for (m, uri, peer, headers, want, stage) in cases {
         let (ctx, r, _) = run(m, uri, peer, &headers).await;
         assert_eq!(reason(&r), Some(want), "{m} {uri}");
-        assert_eq!(ctx.rejected_by.map(|(s, _)| s.as_str()), Some(stage), "{m} {uri}");
+        assert_eq!(
+            ctx.rejected_by.map(|(s, _)| s.as_str()),
+            Some(stage),
+            "{m} {uri}"
+        );
     }
 }
 
 #[tokio::test]
 async fn an_allowed_request_carries_route_limit_and_client() {
-    let (ctx, r, _) = run("GET", "/public/x", "10.0.0.1:1", &[("x-forwarded-for", "198.51.100.4")]).await;
+    let (ctx, r, _) = run(
+        "GET",
+        "/public/x",
+        "10.0.0.1:1",
+        &[("x-forwarded-for", "198.51.100.4")],
+    )
+    .await;
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(ctx.client_ip.to_string(), "198.51.100.4");
     assert_eq!(ctx.body_limit, Some(10));

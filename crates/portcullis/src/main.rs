@@ -73,8 +73,15 @@ fn main() -> std::process::ExitCode {
             println!("{s}");
             std::process::ExitCode::SUCCESS
         }
-        Command::Run { config, log_format, log_level } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Command::Run {
+            config,
+            log_format,
+            log_level,
+        } => {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("portcullis: cannot start the runtime: {e}");
@@ -121,7 +128,12 @@ fn check(files: &[PathBuf]) -> std::process::ExitCode {
     for f in files {
         let name = f.display().to_string();
         match check_one(f) {
-            Ok(c) => println!("{name}: ok ({} routes, {} upstreams, {} listeners)", c.routes.len(), c.upstreams.len(), c.listeners.len()),
+            Ok(c) => println!(
+                "{name}: ok ({} routes, {} upstreams, {} listeners)",
+                c.routes.len(),
+                c.upstreams.len(),
+                c.listeners.len()
+            ),
             Err(e) => {
                 failed = true;
                 print_errors(&name, &e);
@@ -129,7 +141,11 @@ fn check(files: &[PathBuf]) -> std::process::ExitCode {
             }
         }
     }
-    if failed { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS }
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
 }
 
 fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
@@ -139,8 +155,15 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
     }
 }
 
-async fn run(path: Option<PathBuf>, log_format: Option<Format>, log_level: Option<String>) -> Result<()> {
-    let source = path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in quickstart".into());
+async fn run(
+    path: Option<PathBuf>,
+    log_format: Option<Format>,
+    log_level: Option<String>,
+) -> Result<()> {
+    let source = path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "built-in quickstart".into());
     let config = match load(path.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -171,7 +194,9 @@ async fn run(path: Option<PathBuf>, log_format: Option<Format>, log_level: Optio
         anyhow::anyhow!("{source}: the configuration has {} error(s)", e.len())
     })?;
 
-    let listeners = portcullis_proxy::server::bind(&gw, &config).await.map_err(anyhow::Error::msg)?;
+    let listeners = portcullis_proxy::server::bind(&gw, &config)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let mut out = std::io::stdout().lock();
@@ -185,9 +210,14 @@ async fn run(path: Option<PathBuf>, log_format: Option<Format>, log_level: Optio
         writeln!(out, "portcullis: admin http://{}", admin.local_addr()?)?;
         let view: Arc<dyn AdminSource> = Arc::new(AdminView { gw: gw.clone() });
         let mut stop = stop_rx.clone();
-        tokio::spawn(portcullis_admin::serve(admin, config.admin.token.clone(), view, async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }));
+        tokio::spawn(portcullis_admin::serve(
+            admin,
+            config.admin.token.clone(),
+            view,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
     }
     if listeners.is_empty() {
         tracing::warn!("no client listener is configured: nothing will be proxied");
@@ -209,9 +239,19 @@ async fn resolve_upstreams(gw: Arc<Gateway>) {
     loop {
         let rt = gw.runtime();
         let mut failures = Vec::new();
-        for u in rt.config().upstreams.iter().filter(|u| u.kind == UpstreamKind::Proxy) {
+        for u in rt
+            .config()
+            .upstreams
+            .iter()
+            .filter(|u| u.kind == UpstreamKind::Proxy)
+        {
             for t in &u.targets {
-                let ok = match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(t.authority.as_str())).await {
+                let ok = match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::net::lookup_host(t.authority.as_str()),
+                )
+                .await
+                {
                     Ok(Ok(mut addrs)) => addrs.next().is_some(),
                     _ => false,
                 };

@@ -12,7 +12,12 @@ const APP: &str = "upstreams: { demo: { kind: echo } }\nroutes:\n  - { name: hel
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_metrics_and_config() {
-    let gw = gateway(&format!("admin: {{ address: \"127.0.0.1:0\", token: {{ value: not-for-your-eyes }} }}\n{APP}").replace("admin: { address: \"127.0.0.1:0\" }\n", ""));
+    let gw = gateway(
+        &format!(
+            "admin: {{ address: \"127.0.0.1:0\", token: {{ value: not-for-your-eyes }} }}\n{APP}"
+        )
+        .replace("admin: { address: \"127.0.0.1:0\" }\n", ""),
+    );
     let admin = gw.admin_url();
     assert_eq!(get(&format!("{admin}/healthz")).await.status, 200);
     let r = get(&format!("{admin}/readyz")).await;
@@ -27,7 +32,9 @@ async fn health_readiness_metrics_and_config() {
 
     get(&format!("{}/hello", gw.url("public"))).await;
     get(&format!("{}/nope", gw.url("public"))).await;
-    let m = send(req("GET", &format!("{admin}/metrics"), &auth, "")).await.text();
+    let m = send(req("GET", &format!("{admin}/metrics"), &auth, ""))
+        .await
+        .text();
     for want in [
         "portcullis_requests_total{route=\"hello\",status=\"200\"} 1",
         "portcullis_requests_total{route=\"\",status=\"404\"} 1",
@@ -49,11 +56,23 @@ async fn health_readiness_metrics_and_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_upstream_hosts_to_resolve() {
-    let gw = gateway("upstreams: { far: { targets: [\"http://no-such-host.invalid:80\"] } }\nroutes:\n  - { name: far, match: { prefix: / }, upstream: far }\n");
+    let gw = gateway(
+        "upstreams: { far: { targets: [\"http://no-such-host.invalid:80\"] } }\nroutes:\n  - { name: far, match: { prefix: / }, upstream: far }\n",
+    );
     let r = get(&format!("{}/readyz", gw.admin_url())).await;
     assert_eq!(r.status, 503);
-    assert!(r.json()["reason"].as_str().unwrap().contains("no-such-host.invalid"), "{}", r.text());
-    assert_eq!(get(&format!("{}/healthz", gw.admin_url())).await.status, 200);
+    assert!(
+        r.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-host.invalid"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        get(&format!("{}/healthz", gw.admin_url())).await.status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,8 +84,20 @@ async fn every_request_is_audited_without_credentials() {
         ("cookie", "session=very-secret-cookie"),
         ("user-agent", "audit-test/1.0"),
     ];
-    let ok = send(req("GET", &format!("{base}/hello?api_key=query-secret"), &secret_headers, "")).await;
-    let denied = send(req("GET", &format!("{base}/elsewhere"), &secret_headers, "")).await;
+    let ok = send(req(
+        "GET",
+        &format!("{base}/hello?api_key=query-secret"),
+        &secret_headers,
+        "",
+    ))
+    .await;
+    let denied = send(req(
+        "GET",
+        &format!("{base}/elsewhere"),
+        &secret_headers,
+        "",
+    ))
+    .await;
     let ok_id = ok.header("x-request-id").unwrap();
     let denied_id = denied.header("x-request-id").unwrap();
     let a = audit_of(&gw, ok_id);
@@ -85,7 +116,10 @@ async fn every_request_is_audited_without_credentials() {
     assert_eq!(d["status"], 404);
     let all = gw.stdout_lines().join("\n");
     for secret in ["secret-token", "very-secret-cookie", "query-secret"] {
-        assert!(!all.contains(secret), "{secret} leaked into the audit trail");
+        assert!(
+            !all.contains(secret),
+            "{secret} leaked into the audit trail"
+        );
     }
     assert_eq!(gw.audit_events().len(), 2, "one event per request");
 }
@@ -106,7 +140,11 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_config() {
     assert_problem(&get(&format!("{base}/hello")).await, 404, "route_not_found");
 
     // A broken file: refused, logged with its path, and the running config stays.
-    std::fs::write(gw.config_path(), format!("{listeners}routes:\n  - {{ name: x, match: {{ prefix: / }}, upstream: ghost }}\n")).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        format!("{listeners}routes:\n  - {{ name: x, match: {{ prefix: / }}, upstream: ghost }}\n"),
+    )
+    .unwrap();
     gw.signal("HUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !gw.stderr_text().contains("reload refused") {
@@ -130,8 +168,14 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_config() {
     }
     assert_eq!(get(&format!("{base}/new")).await.status, 200);
     let m = get(&format!("{}/metrics", gw.admin_url())).await.text();
-    assert!(m.contains("portcullis_config_reloads_total{result=\"error\"} 2"), "{m}");
-    assert!(m.contains("portcullis_config_reloads_total{result=\"ok\"} 1"), "{m}");
+    assert!(
+        m.contains("portcullis_config_reloads_total{result=\"error\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("portcullis_config_reloads_total{result=\"ok\"} 1"),
+        "{m}"
+    );
 }
 
 async fn wait_status(url: &str, status: u16) {
@@ -140,7 +184,10 @@ async fn wait_status(url: &str, status: u16) {
         if get(url).await.status == status {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "{url} never answered {status}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} never answered {status}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -148,7 +195,10 @@ async fn wait_status(url: &str, status: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_cleanly() {
     let mut gw = gateway(APP);
-    assert_eq!(get(&format!("{}/hello", gw.url("public"))).await.status, 200);
+    assert_eq!(
+        get(&format!("{}/hello", gw.url("public"))).await.status,
+        200
+    );
     gw.signal("TERM");
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
 }

@@ -97,7 +97,10 @@ fn check_reports_unknown_keys_and_wrong_types_all_at_once() {
     assert_eq!(code, 1);
     assert!(err.contains("listners"), "{err}");
     assert!(err.contains("server.limits.max_header_count"), "{err}");
-    assert!(err.contains("routes[0]") && err.contains("upstrem"), "{err}");
+    assert!(
+        err.contains("routes[0]") && err.contains("upstrem"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -111,8 +114,14 @@ fn check_refuses_missing_tls_files_and_unreadable_config() {
     .unwrap();
     let (code, _, err) = run(&["check", file.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("listeners[0].tls.certificates[0].cert_file"), "{err}");
-    assert!(err.contains("listeners[0].tls.certificates[0].key_file"), "{err}");
+    assert!(
+        err.contains("listeners[0].tls.certificates[0].cert_file"),
+        "{err}"
+    );
+    assert!(
+        err.contains("listeners[0].tls.certificates[0].key_file"),
+        "{err}"
+    );
     assert!(err.contains("listeners[0].tls.min_version"), "{err}");
 
     let (code, _, err) = run(&["check", "/definitely/not/here.yaml"]);
@@ -124,7 +133,11 @@ fn check_refuses_missing_tls_files_and_unreadable_config() {
 fn run_refuses_a_broken_config_without_starting() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.yaml");
-    std::fs::write(&file, "routes: [ { name: r, match: { prefix: / }, upstream: ghost } ]\n").unwrap();
+    std::fs::write(
+        &file,
+        "routes: [ { name: r, match: { prefix: / }, upstream: ghost } ]\n",
+    )
+    .unwrap();
     let (code, out, err) = run(&["run", "--config", file.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(!out.contains("portcullis: ready"), "{out}");
@@ -136,8 +149,22 @@ fn schema_is_json_schema_of_the_config() {
     let (code, out, _) = run(&["schema"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert!(v["$schema"].as_str().unwrap_or("").contains("json-schema.org"), "{v}");
-    for key in ["listeners", "admin", "server", "upstreams", "routes", "audit", "logging"] {
+    assert!(
+        v["$schema"]
+            .as_str()
+            .unwrap_or("")
+            .contains("json-schema.org"),
+        "{v}"
+    );
+    for key in [
+        "listeners",
+        "admin",
+        "server",
+        "upstreams",
+        "routes",
+        "audit",
+        "logging",
+    ] {
         assert!(v["properties"][key].is_object(), "no {key} in schema");
     }
     assert_eq!(v["additionalProperties"], false);

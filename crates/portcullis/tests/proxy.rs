@@ -26,7 +26,10 @@ async fn http1_and_h2c_reach_the_upstream_with_verified_forwarding_headers() {
         ("x-forwarded-proto", "https"),
         ("forwarded", "for=6.6.6.6"),
         ("x-request-id", "spoofed-id"),
-        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
     ];
     let r1 = send(req("GET", &format!("{base}/api/x?q=1"), &spoof, "")).await;
     let r2 = send_h2c(req("GET", &format!("{base}/api/y"), &spoof, "")).await;
@@ -39,15 +42,37 @@ async fn http1_and_h2c_reach_the_upstream_with_verified_forwarding_headers() {
         let h = &rec.headers;
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert!(h["x-forwarded-host"].to_str().unwrap().starts_with("127.0.0.1:"));
-        assert!(h["forwarded"].to_str().unwrap().starts_with("for=127.0.0.1;proto=http;host="));
+        assert!(
+            h["x-forwarded-host"]
+                .to_str()
+                .unwrap()
+                .starts_with("127.0.0.1:")
+        );
+        assert!(
+            h["forwarded"]
+                .to_str()
+                .unwrap()
+                .starts_with("for=127.0.0.1;proto=http;host=")
+        );
         let id = h["x-request-id"].to_str().unwrap();
-        assert_ne!(id, "spoofed-id", "an untrusted client's request id is not kept");
+        assert_ne!(
+            id, "spoofed-id",
+            "an untrusted client's request id is not kept"
+        );
         assert_eq!(resp.header("x-request-id"), Some(id));
         let tp = h["traceparent"].to_str().unwrap();
-        assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
-        assert!(!tp.contains("00f067aa0ba902b7"), "the gateway is a new parent span");
-        assert!(h.get("host").is_some(), "HTTP/2 :authority becomes Host upstream");
+        assert!(
+            tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{tp}"
+        );
+        assert!(
+            !tp.contains("00f067aa0ba902b7"),
+            "the gateway is a new parent span"
+        );
+        assert!(
+            h.get("host").is_some(),
+            "HTTP/2 :authority becomes Host upstream"
+        );
     }
     assert_eq!(seen[0].uri, "/api/x?q=1");
     assert_eq!(seen[1].uri, "/api/y");
@@ -63,7 +88,11 @@ async fn trusted_proxies_extend_the_chain_and_name_the_client() {
     let r = send(req(
         "GET",
         &format!("{}/x", gw.url("public")),
-        &[("x-forwarded-for", "203.0.113.7"), ("x-forwarded-proto", "https"), ("x-request-id", "edge-123")],
+        &[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-request-id", "edge-123"),
+        ],
         "",
     ))
     .await;
@@ -87,14 +116,27 @@ async fn hop_by_hop_fields_are_removed_both_ways() {
     let r = send(req(
         "GET",
         &format!("{}/headers/proxy-authenticate/secret", gw.url("public")),
-        &[("connection", "x-internal"), ("x-internal", "1"), ("proxy-authorization", "Basic Zm9v"), ("te", "trailers"), ("x-keep", "yes")],
+        &[
+            ("connection", "x-internal"),
+            ("x-internal", "1"),
+            ("proxy-authorization", "Basic Zm9v"),
+            ("te", "trailers"),
+            ("x-keep", "yes"),
+        ],
         "",
     ))
     .await;
     assert_eq!(r.status, 200);
-    assert!(r.headers.get("proxy-authenticate").is_none(), "{:?}", r.headers);
+    assert!(
+        r.headers.get("proxy-authenticate").is_none(),
+        "{:?}",
+        r.headers
+    );
     let h = &up.requests()[0].headers;
-    assert!(h.get("x-internal").is_none(), "a field named by Connection is hop-by-hop");
+    assert!(
+        h.get("x-internal").is_none(),
+        "a field named by Connection is hop-by-hop"
+    );
     assert!(h.get("proxy-authorization").is_none());
     assert_eq!(h["x-keep"], "yes");
 }
@@ -130,7 +172,13 @@ async fn routes_match_host_path_method_and_rewrite() {
         upstream_section(&up.url())
     ));
     let base = gw.url("public");
-    let r = send(req("GET", &format!("{base}/orders/a%20b?x=1"), &[("x-drop", "1"), ("x-old", "o"), ("x-add", "1")], "")).await;
+    let r = send(req(
+        "GET",
+        &format!("{base}/orders/a%20b?x=1"),
+        &[("x-drop", "1"), ("x-old", "o"), ("x-add", "1")],
+        "",
+    ))
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-frame-options"), Some("DENY"));
     assert!(r.headers.get("x-upstream").is_none());
@@ -147,12 +195,30 @@ async fn routes_match_host_path_method_and_rewrite() {
     assert_eq!(up.requests()[1].uri, "/a/b");
 
     // Host matching: the exact host beats the wildcard; other hosts get nothing.
-    let r = send(req("GET", &format!("{base}/w"), &[("host", "shop.example.test")], "")).await;
+    let r = send(req(
+        "GET",
+        &format!("{base}/w"),
+        &[("host", "shop.example.test")],
+        "",
+    ))
+    .await;
     assert_eq!(r.json()["upstream"], "echo");
-    let r = send(req("GET", &format!("{base}/w"), &[("host", "api.example.test")], "")).await;
+    let r = send(req(
+        "GET",
+        &format!("{base}/w"),
+        &[("host", "api.example.test")],
+        "",
+    ))
+    .await;
     assert_eq!(r.json()["upstream"], "a");
     let hits = up.hits();
-    let r = send(req("GET", &format!("{base}/w"), &[("host", "example.test")], "")).await;
+    let r = send(req(
+        "GET",
+        &format!("{base}/w"),
+        &[("host", "example.test")],
+        "",
+    ))
+    .await;
     assert_problem(&r, 404, "route_not_found");
     assert_eq!(up.hits(), hits);
 }
@@ -172,21 +238,86 @@ async fn every_rejection_is_a_problem_and_nothing_reaches_the_upstream() {
     ));
     let base = gw.url("public");
     let long = format!("{base}/orders/{}", "x".repeat(120));
-    let many: Vec<(String, String)> = (0..25).map(|i| (format!("x-h{i}"), "v".to_string())).collect();
+    let many: Vec<(String, String)> = (0..25)
+        .map(|i| (format!("x-h{i}"), "v".to_string()))
+        .collect();
     let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let big = "v".repeat(1500);
     let mid = "v".repeat(900);
     let cases: Vec<(Resp, u16, &str, &str)> = vec![
-        (get(&format!("{base}/nowhere")).await, 404, "route_not_found", "route"),
-        (send(req("POST", &format!("{base}/orders/1"), &[], "")).await, 405, "method_not_allowed", "route"),
-        (get(&format!("{base}/private/x")).await, 403, "ip_denied", "route_ip_filter"),
+        (
+            get(&format!("{base}/nowhere")).await,
+            404,
+            "route_not_found",
+            "route",
+        ),
+        (
+            send(req("POST", &format!("{base}/orders/1"), &[], "")).await,
+            405,
+            "method_not_allowed",
+            "route",
+        ),
+        (
+            get(&format!("{base}/private/x")).await,
+            403,
+            "ip_denied",
+            "route_ip_filter",
+        ),
         (get(&long).await, 414, "uri_too_long", "request_limits"),
-        (send(req("GET", &format!("{base}/orders/1"), &many, "")).await, 431, "too_many_headers", "request_limits"),
-        (send(req("GET", &format!("{base}/orders/1"), &[("x-big", &big)], "")).await, 431, "headers_too_large", "request_limits"),
-        (send(req("GET", &format!("{base}/orders/1"), &[("x-a", &mid), ("x-b", &mid), ("x-c", &mid)], "")).await, 431, "headers_too_large", "request_limits"),
-        (send(req("POST", &format!("{base}/upload"), &[], "more than ten bytes")).await, 413, "body_too_large", "body_limit"),
-        (get(&format!("{base}/orders/a%2Fb")).await, 400, "bad_request", "normalize"),
-        (get(&format!("{base}/orders/..%2F..%2Fetc")).await, 400, "bad_request", "normalize"),
+        (
+            send(req("GET", &format!("{base}/orders/1"), &many, "")).await,
+            431,
+            "too_many_headers",
+            "request_limits",
+        ),
+        (
+            send(req(
+                "GET",
+                &format!("{base}/orders/1"),
+                &[("x-big", &big)],
+                "",
+            ))
+            .await,
+            431,
+            "headers_too_large",
+            "request_limits",
+        ),
+        (
+            send(req(
+                "GET",
+                &format!("{base}/orders/1"),
+                &[("x-a", &mid), ("x-b", &mid), ("x-c", &mid)],
+                "",
+            ))
+            .await,
+            431,
+            "headers_too_large",
+            "request_limits",
+        ),
+        (
+            send(req(
+                "POST",
+                &format!("{base}/upload"),
+                &[],
+                "more than ten bytes",
+            ))
+            .await,
+            413,
+            "body_too_large",
+            "body_limit",
+        ),
+        (
+            get(&format!("{base}/orders/a%2Fb")).await,
+            400,
+            "bad_request",
+            "normalize",
+        ),
+        (
+            get(&format!("{base}/orders/..%2F..%2Fetc")).await,
+            400,
+            "bad_request",
+            "normalize",
+        ),
     ];
     for (r, status, code, stage) in cases {
         let v = assert_problem(&r, status, code);
@@ -198,7 +329,12 @@ async fn every_rejection_is_a_problem_and_nothing_reaches_the_upstream() {
     }
     let r = send(req("POST", &format!("{base}/orders/1"), &[], "")).await;
     assert_eq!(r.header("allow"), Some("GET, DELETE"));
-    assert_eq!(up.hits(), 0, "no rejected request reached the upstream: {:?}", up.requests());
+    assert_eq!(
+        up.hits(),
+        0,
+        "no rejected request reached the upstream: {:?}",
+        up.requests()
+    );
     // Still healthy afterwards.
     assert_eq!(get(&format!("{base}/orders/1")).await.status, 200);
 }
@@ -213,14 +349,19 @@ async fn a_gateway_wide_deny_list_refuses_before_routing() {
     for path in ["/x", "/not-a-route"] {
         let r = get(&format!("{}{path}", gw.url("public"))).await;
         let v = assert_problem(&r, 403, "ip_denied");
-        assert_eq!(audit_of(&gw, v["request_id"].as_str().unwrap())["stage"], "ip_filter");
+        assert_eq!(
+            audit_of(&gw, v["request_id"].as_str().unwrap())["stage"],
+            "ip_filter"
+        );
     }
     assert_eq!(up.hits(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_body_over_the_limit_is_cut_off_with_413() {
-    let gw = gateway("upstreams: { demo: { kind: echo } }\nroutes:\n  - { name: up, match: { prefix: /up }, upstream: demo, max_body_bytes: 1KiB }\n");
+    let gw = gateway(
+        "upstreams: { demo: { kind: echo } }\nroutes:\n  - { name: up, match: { prefix: /up }, upstream: demo, max_body_bytes: 1KiB }\n",
+    );
     let addr = gw.listener("public");
     // Chunked, so no Content-Length announces the size.
     let chunk = "x".repeat(600);
@@ -229,9 +370,14 @@ async fn a_streamed_body_over_the_limit_is_cut_off_with_413() {
     );
     let out = raw_http(addr, raw.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 413"), "{out}");
-    assert!(out.contains("urn:portcullis:problem:body_too_large"), "{out}");
+    assert!(
+        out.contains("urn:portcullis:problem:body_too_large"),
+        "{out}"
+    );
     // Within the limit it passes, streamed.
-    let small = format!("POST /up HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n0\r\n\r\n");
+    let small = format!(
+        "POST /up HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
     let out = raw_http(addr, small.as_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
@@ -244,7 +390,13 @@ async fn large_bodies_stream_both_ways() {
         upstream_section(&up.url())
     ));
     let body = "b".repeat(3 * 1024 * 1024);
-    let r = send(req("POST", &format!("{}/upload", gw.url("public")), &[], &body)).await;
+    let r = send(req(
+        "POST",
+        &format!("{}/upload", gw.url("public")),
+        &[],
+        &body,
+    ))
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(up.requests()[0].body.len(), body.len());
     let r = get(&format!("{}/stream/40", gw.url("public"))).await;
@@ -287,8 +439,15 @@ async fn websocket_upgrades_pass_through() {
     assert_eq!(resp.status(), 101);
     assert!(resp.headers().get("x-request-id").is_some());
     for msg in ["hello", "world"] {
-        client.send(tokio_tungstenite::tungstenite::Message::text(msg)).await.unwrap();
-        let echoed = tokio::time::timeout(Duration::from_secs(5), client.next()).await.unwrap().unwrap().unwrap();
+        client
+            .send(tokio_tungstenite::tungstenite::Message::text(msg))
+            .await
+            .unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), client.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(echoed.into_text().unwrap().as_str(), msg);
     }
     client.close(None).await.unwrap();
@@ -318,17 +477,34 @@ routes:
         assert_eq!(ev["target"], dead.to_string());
     }
     // Two consecutive failures ejected the only target: nothing is tried any more.
-    assert_problem(&get(&format!("{base}/dead")).await, 503, "no_healthy_upstream");
-    let v = assert_problem(&get(&format!("{base}/delay/3000")).await, 504, "upstream_timeout");
-    assert!(!v["detail"].as_str().unwrap().contains("127.0.0.1"), "no internals leak: {v}");
+    assert_problem(
+        &get(&format!("{base}/dead")).await,
+        503,
+        "no_healthy_upstream",
+    );
+    let v = assert_problem(
+        &get(&format!("{base}/delay/3000")).await,
+        504,
+        "upstream_timeout",
+    );
+    assert!(
+        !v["detail"].as_str().unwrap().contains("127.0.0.1"),
+        "no internals leak: {v}"
+    );
     // Healthy afterwards.
     assert_eq!(get(&format!("{base}/delay/0")).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quickstart_serves_its_tour() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/quickstart.yaml")).unwrap();
-    let yaml = text.replace("127.0.0.1:8080", "127.0.0.1:0").replace("127.0.0.1:9901", "127.0.0.1:0");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/quickstart.yaml"
+    ))
+    .unwrap();
+    let yaml = text
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0");
     let gw = Gateway::start(bin(), &yaml).unwrap();
     let base = gw.url("public");
     let r = get(&format!("{base}/hello")).await;
@@ -338,7 +514,15 @@ async fn the_quickstart_serves_its_tour() {
     let r = get(&format!("{base}/api/orders/42")).await;
     assert_eq!(r.json()["uri"], "/v1/orders/42");
     assert_problem(&get(&format!("{base}/admin")).await, 404, "route_not_found");
-    assert_problem(&send(req("POST", &format!("{base}/api/orders/42"), &[], "")).await, 405, "method_not_allowed");
-    let out = raw_http(gw.listener("public"), b"GET /hello/../admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_problem(
+        &send(req("POST", &format!("{base}/api/orders/42"), &[], "")).await,
+        405,
+        "method_not_allowed",
+    );
+    let out = raw_http(
+        gw.listener("public"),
+        b"GET /hello/../admin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(out.starts_with("HTTP/1.1 404"), "{out}");
 }

@@ -34,17 +34,23 @@ routes:
     (Gateway::start(bin(), &yaml).unwrap(), a, b)
 }
 
-fn client_config(pki: &TestPki, versions: &[&'static rustls::SupportedProtocolVersion], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+fn client_config(
+    pki: &TestPki,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(pki.ca_pem().as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Arc::new(cfg)
 }
@@ -57,14 +63,30 @@ async fn sni_chooses_the_certificate_and_alpn_the_protocol() {
     assert!(gw.url("secure").starts_with("https://"));
     let ca = pki.ca_pem();
 
-    let (r, seen) = send_tls(addr, "a.test", &ca, &[b"h2", b"http/1.1"], req("GET", "https://a.test/x", &[], "")).await.unwrap();
+    let (r, seen) = send_tls(
+        addr,
+        "a.test",
+        &ca,
+        &[b"h2", b"http/1.1"],
+        req("GET", "https://a.test/x", &[], ""),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(seen.peer_cert_der, a.cert_der);
     assert_eq!(seen.alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(seen.version, "Some(TLSv1_3)");
     assert_eq!(r.version, http::Version::HTTP_2);
 
-    let (r, seen) = send_tls(addr, "b.test", &ca, &[b"http/1.1"], req("GET", "/x", &[("host", "b.test")], "")).await.unwrap();
+    let (r, seen) = send_tls(
+        addr,
+        "b.test",
+        &ca,
+        &[b"http/1.1"],
+        req("GET", "/x", &[("host", "b.test")], ""),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(seen.peer_cert_der, b.cert_der);
     assert_eq!(seen.alpn.as_deref(), Some(&b"http/1.1"[..]));
@@ -72,12 +94,30 @@ async fn sni_chooses_the_certificate_and_alpn_the_protocol() {
     assert_eq!(echoed["headers"]["x-forwarded-proto"], "https");
 
     // A wildcard name, and an unknown name falling back to the first certificate.
-    let (_, seen) = send_tls(addr, "api.b.test", &ca, &[b"h2"], req("GET", "https://api.b.test/", &[], "")).await.unwrap();
+    let (_, seen) = send_tls(
+        addr,
+        "api.b.test",
+        &ca,
+        &[b"h2"],
+        req("GET", "https://api.b.test/", &[], ""),
+    )
+    .await
+    .unwrap();
     assert_eq!(seen.peer_cert_der, b.cert_der);
-    let (_, seen) = send_tls(addr, "localhost", &ca, &[b"h2"], req("GET", "https://localhost/", &[], "")).await.unwrap();
+    let (_, seen) = send_tls(
+        addr,
+        "localhost",
+        &ca,
+        &[b"h2"],
+        req("GET", "https://localhost/", &[], ""),
+    )
+    .await
+    .unwrap();
     assert_eq!(seen.peer_cert_der, a.cert_der);
 
-    let ev = gw.wait_for_audit(|e| e["tls"] == true, std::time::Duration::from_secs(5)).unwrap();
+    let ev = gw
+        .wait_for_audit(|e| e["tls"] == true, std::time::Duration::from_secs(5))
+        .unwrap();
     assert_eq!(ev["listener"], "secure");
 }
 
@@ -86,16 +126,40 @@ async fn tls_1_2_is_the_floor_and_1_3_only_can_be_required() {
     let pki = TestPki::new();
     let (gw, _, _) = tls_gateway(&pki, "1.2", "upstreams: { up: { kind: echo } }");
     let v12 = client_config(&pki, &[&rustls::version::TLS12], &[b"http/1.1"]);
-    let (r, seen) = tls_request(gw.listener("secure"), "a.test", v12.clone(), req("GET", "/", &[("host", "a.test")], "")).await.unwrap();
+    let (r, seen) = tls_request(
+        gw.listener("secure"),
+        "a.test",
+        v12.clone(),
+        req("GET", "/", &[("host", "a.test")], ""),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(seen.version, "Some(TLSv1_2)");
 
     let (gw13, _, _) = tls_gateway(&pki, "1.3", "upstreams: { up: { kind: echo } }");
-    let err = tls_request(gw13.listener("secure"), "a.test", v12, req("GET", "/", &[("host", "a.test")], "")).await.unwrap_err();
-    assert!(err.to_lowercase().contains("version") || err.contains("alert"), "{err}");
+    let err = tls_request(
+        gw13.listener("secure"),
+        "a.test",
+        v12,
+        req("GET", "/", &[("host", "a.test")], ""),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_lowercase().contains("version") || err.contains("alert"),
+        "{err}"
+    );
     // The listener still serves TLS 1.3 clients.
     let v13 = client_config(&pki, &[&rustls::version::TLS13], &[b"h2"]);
-    let (r, _) = tls_request(gw13.listener("secure"), "a.test", v13, req("GET", "https://a.test/", &[], "")).await.unwrap();
+    let (r, _) = tls_request(
+        gw13.listener("secure"),
+        "a.test",
+        v13,
+        req("GET", "https://a.test/", &[], ""),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status, 200);
 }
 
@@ -124,9 +188,16 @@ async fn upstream_tls_is_verified_against_the_configured_ca() {
 
     // Another CA: the upstream's certificate is not trusted, and nothing is served.
     let other = TestPki::new();
-    let bad = ok.replace(&pki.ca_path().display().to_string(), &other.ca_path().display().to_string());
+    let bad = ok.replace(
+        &pki.ca_path().display().to_string(),
+        &other.ca_path().display().to_string(),
+    );
     let gw = gateway(&bad);
     let hits = up.hits();
-    assert_problem(&get(&format!("{}/x", gw.url("public"))).await, 502, "upstream_error");
+    assert_problem(
+        &get(&format!("{}/x", gw.url("public"))).await,
+        502,
+        "upstream_error",
+    );
     assert_eq!(up.hits(), hits);
 }

@@ -24,7 +24,10 @@ async fn round_robin_spreads_requests_evenly() {
     }
     assert_eq!(a.hits(), 5);
     assert_eq!(b.hits(), 5);
-    assert!(labels.windows(2).all(|w| w[0] != w[1]), "alternates: {labels:?}");
+    assert!(
+        labels.windows(2).all(|w| w[0] != w[1]),
+        "alternates: {labels:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,7 +41,9 @@ async fn least_requests_avoids_the_busy_target() {
     ));
     let base = gw.url("public");
     // Hold several slow requests open, then send quick ones: they go where nothing is pending.
-    let slow: Vec<_> = (0..4).map(|_| tokio::spawn(get_owned(format!("{base}/delay/1500")))).collect();
+    let slow: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(get_owned(format!("{base}/delay/1500"))))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(5);
     while a.hits() + b.hits() < 4 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -51,9 +56,15 @@ async fn least_requests_avoids_the_busy_target() {
     let quick_b = b.hits_excluding("/delay");
     // The less loaded target takes at least as many of the quick requests.
     if busy_a > busy_b {
-        assert!(quick_b >= quick_a, "busy a={busy_a} b={busy_b}; quick a={quick_a} b={quick_b}");
+        assert!(
+            quick_b >= quick_a,
+            "busy a={busy_a} b={busy_b}; quick a={quick_a} b={quick_b}"
+        );
     } else if busy_b > busy_a {
-        assert!(quick_a >= quick_b, "busy a={busy_a} b={busy_b}; quick a={quick_a} b={quick_b}");
+        assert!(
+            quick_a >= quick_b,
+            "busy a={busy_a} b={busy_b}; quick a={quick_a} b={quick_b}"
+        );
     }
     assert_eq!(quick_a + quick_b, 10);
     for s in slow {
@@ -87,12 +98,19 @@ async fn a_dead_target_is_retried_around_then_ejected() {
     }
     let events = gw.audit_events();
     assert_eq!(events.len(), 10);
-    assert!(events.iter().all(|e| e["target"] == live_addr.as_str() && e["status"] == 200), "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["target"] == live_addr.as_str() && e["status"] == 200),
+        "{events:#?}"
+    );
     // The dead target is ejected: the metrics say so.
     let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
     let line = metrics
         .lines()
-        .find(|l| l.starts_with("portcullis_upstream_target_healthy") && l.contains(&dead.to_string()))
+        .find(|l| {
+            l.starts_with("portcullis_upstream_target_healthy") && l.contains(&dead.to_string())
+        })
         .unwrap_or_else(|| panic!("{metrics}"));
     assert!(line.ends_with(" 0"), "{line}");
     // A POST is never retried: with the dead target ejected it still lands on the live one.
@@ -130,7 +148,10 @@ async fn active_health_checks_take_a_failing_target_out_and_back() {
     wait_until(|| healthy_line(&gw, &b, " 0")).await;
     let before = b.hits_excluding("/healthz");
     for _ in 0..6 {
-        assert_eq!(get(&format!("{base}/app")).await.header("x-upstream"), Some("a"));
+        assert_eq!(
+            get(&format!("{base}/app")).await.header("x-upstream"),
+            Some("a")
+        );
     }
     assert_eq!(b.hits_excluding("/healthz"), before);
     b.set_healthy(true);
@@ -140,7 +161,11 @@ async fn active_health_checks_take_a_failing_target_out_and_back() {
         seen_b |= get(&format!("{base}/app")).await.header("x-upstream") == Some("b");
     }
     assert!(seen_b);
-    let rec = b.requests().into_iter().find(|r| r.uri == "/healthz").unwrap();
+    let rec = b
+        .requests()
+        .into_iter()
+        .find(|r| r.uri == "/healthz")
+        .unwrap();
     assert_eq!(rec.headers["user-agent"], "portcullis-health-check");
 }
 
@@ -148,13 +173,21 @@ fn healthy_line(gw: &Gateway, up: &TestUpstream, want: &str) -> bool {
     let url = format!("{}/metrics", gw.admin_url());
     let text = std::thread::scope(|s| {
         s.spawn(|| {
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(get(&url)).text()
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(get(&url))
+                .text()
         })
         .join()
         .unwrap()
     });
-    text.lines()
-        .any(|l| l.starts_with("portcullis_upstream_target_healthy") && l.contains(&up.addr().to_string()) && l.ends_with(want))
+    text.lines().any(|l| {
+        l.starts_with("portcullis_upstream_target_healthy")
+            && l.contains(&up.addr().to_string())
+            && l.ends_with(want)
+    })
 }
 
 async fn wait_until(mut f: impl FnMut() -> bool) {

@@ -26,7 +26,8 @@ pub fn respond(
     head: http::request::Parts,
     body: BoxBody,
     limit: u64,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<BoxBody>, Rejection>> + Send>> {
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<BoxBody>, Rejection>> + Send>>
+{
     // Boxed at a concrete type: rustc cannot prove `Send` for the body's error conversion
     // through the caller's higher-ranked bounds.
     Box::pin(respond_inner(head, body, limit))

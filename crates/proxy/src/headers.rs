@@ -31,8 +31,10 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let connection = headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
     });
     upgrade && connection
 }
@@ -54,7 +56,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     let upgrade = if keep_upgrade {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -83,7 +88,9 @@ fn forwarded_node(ip: IpAddr) -> String {
 }
 
 fn forwarded_token_or_quoted(s: &str) -> String {
-    if s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'*+^`|".contains(&b)) {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'*+^`|".contains(&b))
+    {
         s.to_string()
     } else {
         format!("\"{}\"", s.replace(['"', '\\'], ""))
@@ -112,7 +119,10 @@ pub fn set_forwarding(headers: &mut HeaderMap, ctx: &RequestCtx, f: &Forwarding<
         };
         put(headers, X_FORWARDED_FOR, &xff);
         if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme_str(ctx.scheme)));
+            headers.insert(
+                X_FORWARDED_PROTO,
+                HeaderValue::from_static(scheme_str(ctx.scheme)),
+            );
         }
         if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
             match f.host {
@@ -177,17 +187,20 @@ fn is_hex(s: &str, len: usize) -> bool {
 /// Continues the caller's W3C trace (same trace id, the gateway as a new parent span) or starts
 /// one. A malformed `traceparent` is replaced, never passed on.
 pub fn propagate_traceparent(headers: &mut HeaderMap) {
-    let incoming = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(|v| {
-        let mut it = v.trim().split('-');
-        let (ver, trace, _parent, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
-        let ok = is_hex(ver, 2)
-            && ver != "ff"
-            && is_hex(trace, 32)
-            && trace.bytes().any(|b| b != b'0')
-            && is_hex(flags, 2)
-            && (ver != "00" || it.next().is_none());
-        ok.then(|| (trace.to_string(), flags.to_string()))
-    });
+    let incoming = headers
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let mut it = v.trim().split('-');
+            let (ver, trace, _parent, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
+            let ok = is_hex(ver, 2)
+                && ver != "ff"
+                && is_hex(trace, 32)
+                && trace.bytes().any(|b| b != b'0')
+                && is_hex(flags, 2)
+                && (ver != "00" || it.next().is_none());
+            ok.then(|| (trace.to_string(), flags.to_string()))
+        });
     let span = loop {
         let s = fastrand::u64(..);
         if s != 0 {
@@ -262,7 +275,12 @@ mod tests {
             ("x-forwarded-host", "evil"),
             ("forwarded", "for=6.6.6.6"),
         ]);
-        let f = Forwarding { x_forwarded: true, forwarded: true, peer_trusted: false, host: Some("api.example") };
+        let f = Forwarding {
+            x_forwarded: true,
+            forwarded: true,
+            peer_trusted: false,
+            host: Some("api.example"),
+        };
         set_forwarding(&mut m, &ctx("192.0.2.1:5"), &f);
         assert_eq!(m["x-forwarded-for"], "192.0.2.1");
         assert_eq!(m["x-forwarded-proto"], "https");
@@ -272,14 +290,28 @@ mod tests {
 
     #[test]
     fn trusted_chains_are_extended_and_disabled_headers_removed() {
-        let mut m = h(&[("x-forwarded-for", "203.0.113.9"), ("x-forwarded-proto", "http"), ("forwarded", "for=203.0.113.9")]);
-        let f = Forwarding { x_forwarded: true, forwarded: false, peer_trusted: true, host: None };
+        let mut m = h(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "http"),
+            ("forwarded", "for=203.0.113.9"),
+        ]);
+        let f = Forwarding {
+            x_forwarded: true,
+            forwarded: false,
+            peer_trusted: true,
+            host: None,
+        };
         set_forwarding(&mut m, &ctx("[::1]:5"), &f);
         assert_eq!(m["x-forwarded-for"], "203.0.113.9, ::1");
         assert_eq!(m["x-forwarded-proto"], "http");
         assert!(m.get("forwarded").is_none());
         let mut m = h(&[]);
-        let f = Forwarding { x_forwarded: false, forwarded: true, peer_trusted: false, host: Some("a b") };
+        let f = Forwarding {
+            x_forwarded: false,
+            forwarded: true,
+            peer_trusted: false,
+            host: Some("a b"),
+        };
         set_forwarding(&mut m, &ctx("[::1]:5"), &f);
         assert_eq!(m["forwarded"], "for=\"[::1]\";proto=https;host=\"a b\"");
         assert!(m.get("x-forwarded-for").is_none());
@@ -287,7 +319,13 @@ mod tests {
 
     #[test]
     fn traceparent_is_continued_or_started() {
-        let mut m = h(&[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), ("tracestate", "k=v")]);
+        let mut m = h(&[
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tracestate", "k=v"),
+        ]);
         propagate_traceparent(&mut m);
         let v = m["traceparent"].to_str().unwrap().to_string();
         assert!(v.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
@@ -295,7 +333,11 @@ mod tests {
         assert!(v.ends_with("-01"));
         assert_eq!(m["tracestate"], "k=v");
 
-        for bad in ["junk", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"] {
+        for bad in [
+            "junk",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
             let mut m = h(&[("traceparent", bad), ("tracestate", "k=v")]);
             propagate_traceparent(&mut m);
             let v = m["traceparent"].to_str().unwrap();

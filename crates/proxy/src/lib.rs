@@ -49,7 +49,11 @@ pub struct Gateway {
 
 impl Gateway {
     /// Wraps a built runtime. TLS contexts are built from its listeners.
-    pub fn new(runtime: Runtime, metrics: Arc<Metrics>, audit: AuditSink) -> Result<Arc<Gateway>, ConfigErrors> {
+    pub fn new(
+        runtime: Runtime,
+        metrics: Arc<Metrics>,
+        audit: AuditSink,
+    ) -> Result<Arc<Gateway>, ConfigErrors> {
         let tls = tls_contexts(runtime.config())?
             .into_iter()
             .map(|(name, cfg)| (name, Arc::new(ArcSwap::new(cfg))))
@@ -69,7 +73,10 @@ impl Gateway {
     }
 
     pub fn tls_for(&self, listener: &str) -> Option<Arc<ArcSwap<rustls::ServerConfig>>> {
-        self.tls.iter().find(|(n, _)| &**n == listener).map(|(_, c)| c.clone())
+        self.tls
+            .iter()
+            .find(|(n, _)| &**n == listener)
+            .map(|(_, c)| c.clone())
     }
 
     /// Replaces the running configuration. Built off the hot path; on any error the old one
@@ -89,10 +96,15 @@ impl Gateway {
         }
         for (i, (a, b)) in old.iter().zip(&config.listeners).enumerate() {
             if a.name != b.name || a.address != b.address || a.tls.is_some() != b.tls.is_some() {
-                e.push(format!("listeners[{i}]"), "changing a listener's name, address or TLS on/off needs a restart");
+                e.push(
+                    format!("listeners[{i}]"),
+                    "changing a listener's name, address or TLS on/off needs a restart",
+                );
             }
         }
-        if current.config().admin.address != config.admin.address || current.config().admin.enabled != config.admin.enabled {
+        if current.config().admin.address != config.admin.address
+            || current.config().admin.enabled != config.admin.enabled
+        {
             e.push("admin", "changing the admin listener needs a restart");
         }
         if !e.is_empty() {
@@ -127,13 +139,21 @@ impl Gateway {
         let rt = self.runtime();
         for pool in rt.pools.iter().flatten() {
             for t in pool.health_snapshot() {
-                self.metrics.set_upstream_target(pool.name(), &t.authority, t.healthy && !t.ejected, t.in_flight);
+                self.metrics.set_upstream_target(
+                    pool.name(),
+                    &t.authority,
+                    t.healthy && !t.ejected,
+                    t.in_flight,
+                );
             }
         }
     }
 }
 
-fn tls_contexts(config: &Config) -> Result<Vec<(Arc<str>, Arc<rustls::ServerConfig>)>, ConfigErrors> {
+/// A listener's name and its TLS context.
+type NamedTls = (Arc<str>, Arc<rustls::ServerConfig>);
+
+fn tls_contexts(config: &Config) -> Result<Vec<NamedTls>, ConfigErrors> {
     let mut e = ConfigErrors::new();
     let mut out = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {

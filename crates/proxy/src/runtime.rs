@@ -35,17 +35,21 @@ impl Runtime {
             }
         }
         for (i, l) in config.listeners.iter().enumerate() {
-            if let Some(tls) = &l.tls {
-                if let Err(e) = crate::tls::server_config(tls) {
-                    errors.push(format!("listeners[{i}].tls"), e);
-                }
+            if let Some(tls) = &l.tls
+                && let Err(e) = crate::tls::server_config(tls)
+            {
+                errors.push(format!("listeners[{i}].tls"), e);
             }
         }
         if !errors.is_empty() {
             return Err(errors);
         }
         let health = if start_health {
-            pools.iter().flatten().map(|p| p.start_health_checks()).collect()
+            pools
+                .iter()
+                .flatten()
+                .map(|p| p.start_health_checks())
+                .collect()
         } else {
             Vec::new()
         };

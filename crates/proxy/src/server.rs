@@ -34,7 +34,11 @@ impl BoundListener {
 
     /// `http://…` or `https://…` for the startup lines.
     pub fn url(&self) -> String {
-        format!("{}://{}", if self.is_tls() { "https" } else { "http" }, self.local_addr)
+        format!(
+            "{}://{}",
+            if self.is_tls() { "https" } else { "http" },
+            self.local_addr
+        )
     }
 }
 
@@ -49,7 +53,11 @@ pub async fn bind(gw: &Gateway, config: &Config) -> Result<Vec<BoundListener>, S
         out.push(BoundListener {
             name: l.name.clone(),
             local_addr,
-            tls: if l.tls.is_some() { gw.tls_for(&l.name) } else { None },
+            tls: if l.tls.is_some() {
+                gw.tls_for(&l.name)
+            } else {
+                None
+            },
             inner,
         });
     }
@@ -57,7 +65,11 @@ pub async fn bind(gw: &Gateway, config: &Config) -> Result<Vec<BoundListener>, S
 }
 
 /// Serves every listener until `shutdown` turns true, then drains connections (bounded).
-pub async fn serve(gw: Arc<Gateway>, listeners: Vec<BoundListener>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listeners: Vec<BoundListener>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let mut tasks = Vec::new();
     for l in listeners {
@@ -115,17 +127,29 @@ async fn connection(
         .header_read_timeout(server.header_read_timeout)
         .keep_alive(true)
         .max_buf_size(usize::try_from(max_buf).unwrap_or(usize::MAX))
-        .max_headers(usize::try_from(limits.max_header_count).unwrap_or(100).saturating_mul(2).max(100));
+        .max_headers(
+            usize::try_from(limits.max_header_count)
+                .unwrap_or(100)
+                .saturating_mul(2)
+                .max(100),
+        );
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(server.http2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX));
+        .max_header_list_size(
+            u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
     drop(rt);
 
     match tls {
         None => {
-            let info = Arc::new(ConnInfo { peer, scheme: Scheme::Http, listener: listener.clone(), tls: None });
+            let info = Arc::new(ConnInfo {
+                peer,
+                scheme: Scheme::Http,
+                listener: listener.clone(),
+                tls: None,
+            });
             let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             let conn = graceful.watch(conn);
@@ -135,17 +159,18 @@ async fn connection(
         }
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg.load_full());
-            let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+            let tls_stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
             let (_, session) = tls_stream.get_ref();
             let info = TlsInfo {
                 server_name: session.server_name().map(str::to_string),
@@ -153,7 +178,12 @@ async fn connection(
                 version: session.protocol_version().and_then(|v| v.as_str()),
             };
             let h2 = info.alpn.as_deref() == Some(b"h2");
-            let info = Arc::new(ConnInfo { peer, scheme: Scheme::Https, listener: listener.clone(), tls: Some(info) });
+            let info = Arc::new(ConnInfo {
+                peer,
+                scheme: Scheme::Https,
+                listener: listener.clone(),
+                tls: Some(info),
+            });
             let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
             let builder = if h2 { builder.http2_only() } else { builder };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);

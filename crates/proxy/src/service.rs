@@ -2,8 +2,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,7 +22,9 @@ use portcullis_pipeline::request_host;
 
 use crate::Gateway;
 use crate::body::LimitedBody;
-use crate::headers::{Forwarding, is_websocket_upgrade, propagate_traceparent, set_forwarding, strip_hop_by_hop};
+use crate::headers::{
+    Forwarding, is_websocket_upgrade, propagate_traceparent, set_forwarding, strip_hop_by_hop,
+};
 use crate::problem::{full_body, problem_response};
 use crate::runtime::Runtime;
 use crate::upstream::ForwardOpts;
@@ -52,15 +54,32 @@ struct Seen {
 
 /// Path segment characters that must be escaped when a captured parameter is put back in a path.
 const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
-    .add(b' ').add(b'"').add(b'#').add(b'%').add(b'/').add(b'<').add(b'>').add(b'?')
-    .add(b'\\').add(b'^').add(b'`').add(b'{').add(b'|').add(b'}');
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
 
 fn incoming_request_id(headers: &http::HeaderMap, name: &http::HeaderName) -> Option<RequestId> {
-    headers.get(name).and_then(|v| RequestId::from_client(v.as_bytes()))
+    headers
+        .get(name)
+        .and_then(|v| RequestId::from_client(v.as_bytes()))
 }
 
 fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 fn version_str(v: Version) -> &'static str {
@@ -83,7 +102,13 @@ fn rewritten(route: &Route, ctx: &RequestCtx, uri: &http::Uri) -> Option<String>
         (Rewrite::ReplacePrefix(new), PathMatch::Prefix(old)) => {
             let rest = path.get(old.len()..).unwrap_or("");
             let p = format!("{new}{rest}");
-            if p.is_empty() { "/".to_string() } else if p.starts_with('/') { p } else { format!("/{p}") }
+            if p.is_empty() {
+                "/".to_string()
+            } else if p.starts_with('/') {
+                p
+            } else {
+                format!("/{p}")
+            }
         }
         (Rewrite::ReplacePrefix(_), _) => path.to_string(),
         (Rewrite::Template(parts), _) => {
@@ -135,10 +160,8 @@ impl Gateway {
             AcceptFrom::TrustedProxies => ctx.peer_trusted,
             AcceptFrom::None => false,
         };
-        if accept_id {
-            if let Some(id) = incoming_request_id(req.headers(), &id_header) {
-                ctx.request_id = id;
-            }
+        if accept_id && let Some(id) = incoming_request_id(req.headers(), &id_header) {
+            ctx.request_id = id;
         }
 
         let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
@@ -164,7 +187,10 @@ impl Gateway {
         seen.path = greq.head.uri.path().to_string();
         let result = match verdict {
             Err(rejection) => Err(rejection),
-            Ok(()) => self.forward(&rt, greq, &mut ctx, &mut seen, downstream_upgrade).await,
+            Ok(()) => {
+                self.forward(&rt, greq, &mut ctx, &mut seen, downstream_upgrade)
+                    .await
+            }
         };
         let mut resp = match result {
             Ok(resp) => resp,
@@ -196,26 +222,41 @@ impl Gateway {
         };
         let (Some(route), Some(upstream)) = (
             config.routes.get(route_id.0),
-            config.routes.get(route_id.0).and_then(|r| config.upstreams.get(r.upstream)),
+            config
+                .routes
+                .get(route_id.0)
+                .and_then(|r| config.upstreams.get(r.upstream)),
         ) else {
-            return Err(Rejection::new(RejectReason::Internal, "route table out of step"));
+            return Err(Rejection::new(
+                RejectReason::Internal,
+                "route table out of step",
+            ));
         };
         seen.upstream = Some(upstream.name.clone());
         let body = greq.take_body();
         let mut head = greq.head;
 
         // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
-        if !head.headers.contains_key(header::HOST) {
-            if let Some(v) = head.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-                head.headers.insert(header::HOST, v);
-            }
+        if !head.headers.contains_key(header::HOST)
+            && let Some(v) = head
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            head.headers.insert(header::HOST, v);
         }
 
         // Path and query for the upstream.
-        let pq = rewritten(route, ctx, &head.uri).or_else(|| head.uri.path_and_query().map(|p| p.as_str().to_string()));
+        let pq = rewritten(route, ctx, &head.uri)
+            .or_else(|| head.uri.path_and_query().map(|p| p.as_str().to_string()));
         head.uri = match pq.as_deref().unwrap_or("/").parse::<http::Uri>() {
             Ok(u) => u,
-            Err(_) => return Err(Rejection::new(RejectReason::BadRequest, "the rewritten path is not valid")),
+            Err(_) => {
+                return Err(Rejection::new(
+                    RejectReason::BadRequest,
+                    "the rewritten path is not valid",
+                ));
+            }
         };
 
         // Headers for the upstream.
@@ -237,14 +278,17 @@ impl Gateway {
             },
         );
         if let Ok(v) = HeaderValue::from_str(ctx.request_id.as_str()) {
-            head.headers.insert(config.server.request_id_header.clone(), v);
+            head.headers
+                .insert(config.server.request_id_header.clone(), v);
         }
         propagate_traceparent(&mut head.headers);
         route.request_headers.apply(&mut head.headers);
         head.version = Version::HTTP_11;
 
         // The body, counted against the route's limit as it streams.
-        let limit = ctx.body_limit.unwrap_or(config.server.limits.max_body_bytes);
+        let limit = ctx
+            .body_limit
+            .unwrap_or(config.server.limits.max_body_bytes);
         let tripped = Arc::new(AtomicBool::new(false));
         let body: BoxBody = match body {
             RequestBody::Streaming(b) => LimitedBody::new(b, limit, tripped.clone()).boxed_unsync(),
@@ -258,7 +302,10 @@ impl Gateway {
             }
             UpstreamKind::Proxy => {
                 let Some(pool) = rt.pools.get(route.upstream).and_then(Option::as_ref) else {
-                    return Err(Rejection::new(RejectReason::Internal, "upstream pool missing"));
+                    return Err(Rejection::new(
+                        RejectReason::Internal,
+                        "upstream pool missing",
+                    ));
                 };
                 let opts = ForwardOpts {
                     timeout: route.timeout.unwrap_or(upstream.request_timeout),
@@ -267,7 +314,8 @@ impl Gateway {
                 let req = Request::from_parts(head, body);
                 match pool.forward(req, opts).await {
                     Ok(ur) => {
-                        self.metrics.count_upstream_request(&upstream.name, &ur.target, "ok");
+                        self.metrics
+                            .count_upstream_request(&upstream.name, &ur.target, "ok");
                         seen.target = Some(ur.target);
                         ur.response
                     }
@@ -275,8 +323,13 @@ impl Gateway {
                         let target = e.target().unwrap_or("");
                         let reason = e.reason();
                         if !target.is_empty() {
-                            let outcome = if reason == RejectReason::UpstreamTimeout { "timeout" } else { "error" };
-                            self.metrics.count_upstream_request(&upstream.name, target, outcome);
+                            let outcome = if reason == RejectReason::UpstreamTimeout {
+                                "timeout"
+                            } else {
+                                "error"
+                            };
+                            self.metrics
+                                .count_upstream_request(&upstream.name, target, outcome);
                             seen.target = Some(Arc::from(target));
                         }
                         if tripped.load(Ordering::Acquire) {
@@ -287,7 +340,9 @@ impl Gateway {
                         }
                         tracing::warn!(upstream = %upstream.name, target, error = %e, request_id = %ctx.request_id, "upstream failure");
                         let detail = match reason {
-                            RejectReason::NoHealthyUpstream => "no healthy upstream target is available",
+                            RejectReason::NoHealthyUpstream => {
+                                "no healthy upstream target is available"
+                            }
                             RejectReason::UpstreamTimeout => "the upstream did not answer in time",
                             _ => "the upstream could not be reached or failed",
                         };
@@ -301,7 +356,10 @@ impl Gateway {
             match downstream_upgrade {
                 Some(down) => tunnel(down, &mut resp, ctx.request_id.clone()),
                 None => {
-                    return Err(Rejection::new(RejectReason::UpstreamError, "the upstream switched protocols unasked"));
+                    return Err(Rejection::new(
+                        RejectReason::UpstreamError,
+                        "the upstream switched protocols unasked",
+                    ));
                 }
             }
         } else {
@@ -315,7 +373,8 @@ impl Gateway {
     fn finish(&self, ctx: &RequestCtx, seen: &Seen, status: StatusCode) {
         let latency = ctx.received.elapsed();
         let route = ctx.route.as_ref().map(|r| &*r.name);
-        self.metrics.observe_request(route.unwrap_or(""), status.as_u16(), latency);
+        self.metrics
+            .observe_request(route.unwrap_or(""), status.as_u16(), latency);
         let (stage, reason) = match ctx.rejected_by {
             Some((s, r)) => {
                 self.metrics.count_rejection(s.as_str(), r.code());
@@ -329,11 +388,11 @@ impl Gateway {
             Some(_) => Outcome::Rejected,
         };
         let mut ua = seen.user_agent.clone();
-        if let Some(u) = ua.as_mut() {
-            if u.len() > 256 {
-                let cut = u.floor_char_boundary(256);
-                u.truncate(cut);
-            }
+        if let Some(u) = ua.as_mut()
+            && u.len() > 256
+        {
+            let cut = u.floor_char_boundary(256);
+            u.truncate(cut);
         }
         self.audit.emit(AuditEvent {
             time: portcullis_audit::now_rfc3339(),

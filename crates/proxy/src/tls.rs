@@ -49,10 +49,10 @@ impl SniResolver {
         if let Some(k) = self.exact.get(&name) {
             return k.clone();
         }
-        if let Some((_, parent)) = name.split_once('.') {
-            if let Some(k) = self.wildcard.get(parent) {
-                return k.clone();
-            }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(k) = self.wildcard.get(parent)
+        {
+            return k.clone();
         }
         self.default.clone()
     }
@@ -70,8 +70,12 @@ fn certified_key(c: &Certificate, provider: &CryptoProvider) -> Result<Arc<Certi
         .load_private_key(c.key.clone_key())
         .map_err(|e| format!("{}: unusable private key: {e}", c.cert_file.display()))?;
     let ck = CertifiedKey::new(c.chain.clone(), key);
-    ck.keys_match()
-        .map_err(|e| format!("{}: the private key does not belong to the certificate: {e}", c.cert_file.display()))?;
+    ck.keys_match().map_err(|e| {
+        format!(
+            "{}: the private key does not belong to the certificate: {e}",
+            c.cert_file.display()
+        )
+    })?;
     Ok(Arc::new(ck))
 }
 
@@ -83,8 +87,12 @@ fn names_of(c: &Certificate) -> Result<Vec<String>, String> {
     let Some(leaf) = c.chain.first() else {
         return Err(format!("{}: no certificate", c.cert_file.display()));
     };
-    let ee = webpki::EndEntityCert::try_from(leaf)
-        .map_err(|e| format!("{}: cannot parse the certificate: {e:?}", c.cert_file.display()))?;
+    let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
+        format!(
+            "{}: cannot parse the certificate: {e:?}",
+            c.cert_file.display()
+        )
+    })?;
     Ok(ee
         .valid_dns_names()
         .map(|n| n.to_ascii_lowercase())
@@ -100,7 +108,9 @@ pub fn resolver(tls: &ListenerTls, provider: &CryptoProvider) -> Result<SniResol
         for n in names_of(c)? {
             match n.strip_prefix("*.") {
                 Some(suffix) => {
-                    wildcard.entry(suffix.to_string()).or_insert_with(|| ck.clone());
+                    wildcard
+                        .entry(suffix.to_string())
+                        .or_insert_with(|| ck.clone());
                 }
                 None => {
                     exact.entry(n).or_insert_with(|| ck.clone());

@@ -40,7 +40,13 @@ async fn read(resp: http::Response<hyper::body::Incoming>) -> Resp {
     let (parts, body) = resp.into_parts();
     let collected = body.collect().await.unwrap();
     let trailers = collected.trailers().cloned();
-    Resp { status: parts.status, headers: parts.headers, body: collected.to_bytes(), version: parts.version, trailers }
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        version: parts.version,
+        trailers,
+    }
 }
 
 /// Sends over HTTP/1.1 (absolute URI required).
@@ -51,7 +57,9 @@ pub async fn send(req: Request<Full<Bytes>>) -> Resp {
 
 /// Sends over HTTP/2 with prior knowledge (h2c).
 pub async fn send_h2c(req: Request<Full<Bytes>>) -> Resp {
-    let client = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
     read(client.request(req).await.unwrap()).await
 }
 
@@ -70,39 +78,66 @@ pub struct TlsSeen {
 
 /// Connects with TLS (given SNI and trusted CA), then sends one request with h2 or HTTP/1.1
 /// as ALPN decided.
-pub async fn send_tls(addr: SocketAddr, server_name: &str, ca_pem: &str, alpn: &[&[u8]], req: Request<Full<Bytes>>) -> Result<(Resp, TlsSeen), String> {
+pub async fn send_tls(
+    addr: SocketAddr,
+    server_name: &str,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+    req: Request<Full<Bytes>>,
+) -> Result<(Resp, TlsSeen), String> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     tls_request(addr, server_name, Arc::new(cfg), req).await
 }
 
 /// Same with a caller-made client configuration (to test versions and suites).
-pub async fn tls_request(addr: SocketAddr, server_name: &str, cfg: Arc<rustls::ClientConfig>, req: Request<Full<Bytes>>) -> Result<(Resp, TlsSeen), String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = rustls_pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.map_err(|e| e.to_string())?;
+pub async fn tls_request(
+    addr: SocketAddr,
+    server_name: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    req: Request<Full<Bytes>>,
+) -> Result<(Resp, TlsSeen), String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
     let (_, session) = tls.get_ref();
     let seen = TlsSeen {
         alpn: session.alpn_protocol().map(<[u8]>::to_vec),
         version: format!("{:?}", session.protocol_version()),
-        peer_cert_der: session.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default(),
+        peer_cert_der: session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .unwrap_or_default(),
     };
     let io = TokioIo::new(tls);
     let resp = if seen.alpn.as_deref() == Some(b"h2") {
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         sender.send_request(req).await.map_err(|e| e.to_string())?
     } else {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         sender.send_request(req).await.map_err(|e| e.to_string())?
     };

@@ -59,10 +59,20 @@ impl Gateway {
                 if n == 0 {
                     break;
                 }
-                se.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                se.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        let mut g = Gateway { child, _dir: None, config, stdout, stderr, listeners: Vec::new(), admin: None };
+        let mut g = Gateway {
+            child,
+            _dir: None,
+            config,
+            stdout,
+            stderr,
+            listeners: Vec::new(),
+            admin: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let lines = g.stdout_lines();
@@ -80,10 +90,18 @@ impl Gateway {
             }
             if let Ok(Some(status)) = g.child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
-                bail!("portcullis exited with {status}\nstdout:\n{}\nstderr:\n{}", lines.join("\n"), g.stderr_text());
+                bail!(
+                    "portcullis exited with {status}\nstdout:\n{}\nstderr:\n{}",
+                    lines.join("\n"),
+                    g.stderr_text()
+                );
             }
             if Instant::now() > deadline {
-                bail!("portcullis did not get ready in 30s\nstdout:\n{}\nstderr:\n{}", lines.join("\n"), g.stderr_text());
+                bail!(
+                    "portcullis did not get ready in 30s\nstdout:\n{}\nstderr:\n{}",
+                    lines.join("\n"),
+                    g.stderr_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -128,7 +146,11 @@ impl Gateway {
     }
 
     /// Polls the audit events until one matches.
-    pub fn wait_for_audit(&self, pred: impl Fn(&serde_json::Value) -> bool, timeout: Duration) -> Option<serde_json::Value> {
+    pub fn wait_for_audit(
+        &self,
+        pred: impl Fn(&serde_json::Value) -> bool,
+        timeout: Duration,
+    ) -> Option<serde_json::Value> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.audit_events().into_iter().find(|e| pred(e)) {
@@ -151,7 +173,10 @@ impl Gateway {
 
     /// Sends a signal by name (`HUP`, `TERM`) with kill(1).
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
     }
 
     /// Waits for the process to exit (bounded); returns its exit code.
@@ -187,7 +212,11 @@ pub struct CliOutput {
 }
 
 pub fn run_cli(bin: &Path, args: &[&str]) -> CliOutput {
-    let out = Command::new(bin).args(args).stdin(Stdio::null()).output().unwrap();
+    let out = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     CliOutput {
         status: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

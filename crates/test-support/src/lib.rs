@@ -7,7 +7,7 @@
 //!
 //! Everything binds 127.0.0.1 with ephemeral ports.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
 
 pub mod client;
 pub mod gateway;

@@ -77,8 +77,13 @@ impl TestPki {
 
     /// A server certificate for these names (DNS names or IP addresses).
     pub fn issue_server(&self, names: &[&str]) -> CertFiles {
-        let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("server"));
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("server"),
+        );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         self.issue(params)
@@ -87,7 +92,9 @@ impl TestPki {
     /// A client certificate, optionally with a SPIFFE ID as URI SAN.
     pub fn issue_client(&self, common_name: &str, spiffe_id: Option<&str>) -> CertFiles {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         if let Some(id) = spiffe_id {
             params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
         }

@@ -59,16 +59,32 @@ fn headers_json(h: &HeaderMap) -> serde_json::Value {
             .iter()
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned().into())
             .collect();
-        let v = if vals.len() == 1 { vals[0].clone() } else { vals.into() };
+        let v = if vals.len() == 1 {
+            vals[0].clone()
+        } else {
+            vals.into()
+        };
         m.insert(name.as_str().to_string(), v);
     }
     m.into()
 }
 
-async fn answer(label: Arc<str>, state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn answer(
+    label: Arc<str>,
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    let uri = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
     state.requests.lock().unwrap().push(Recorded {
         method: parts.method.to_string(),
         uri: uri.clone(),
@@ -81,12 +97,16 @@ async fn answer(label: Arc<str>, state: Arc<State>, req: Request<Incoming>) -> R
     let mut status = StatusCode::OK;
     let mut extra: Vec<(String, String)> = Vec::new();
     match segs.as_slice() {
-        ["healthz"] => {
-            if state.unhealthy.load(Ordering::Acquire) {
-                status = StatusCode::SERVICE_UNAVAILABLE;
-            }
+        ["healthz"] if state.unhealthy.load(Ordering::Acquire) => {
+            status = StatusCode::SERVICE_UNAVAILABLE;
         }
-        ["status", code] => status = code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::OK),
+        ["status", code] => {
+            status = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::OK)
+        }
         ["delay", ms] => tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await,
         ["headers", name, value] => extra.push((name.to_string(), value.to_string())),
         ["stream", n] => {
@@ -96,10 +116,14 @@ async fn answer(label: Arc<str>, state: Arc<State>, req: Request<Incoming>) -> R
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                Some((Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; 1024]))), i + 1))
+                Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; 1024]))),
+                    i + 1,
+                ))
             });
             let mut resp = Response::new(BodyExt::boxed(StreamBody::new(chunks)));
-            resp.headers_mut().insert("x-upstream", label.parse().unwrap());
+            resp.headers_mut()
+                .insert("x-upstream", label.parse().unwrap());
             return Ok(resp);
         }
         _ => {}
@@ -131,12 +155,14 @@ fn server_tls(cert: &CertFiles) -> Arc<rustls::ServerConfig> {
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(cfg)
 }
@@ -159,7 +185,9 @@ impl TestUpstream {
         let is_tls = tls.is_some();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let st = st.clone();
                 let lbl = lbl.clone();
                 let tls = tls.clone();
@@ -171,7 +199,8 @@ impl TestUpstream {
                             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
                         }
                         Some(cfg) => {
-                            if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await {
+                            if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await
+                            {
                                 let _ = builder.serve_connection(TokioIo::new(s), svc).await;
                             }
                         }
@@ -179,7 +208,13 @@ impl TestUpstream {
                 });
             }
         });
-        TestUpstream { addr, label: label.to_string(), tls: is_tls, state, task }
+        TestUpstream {
+            addr,
+            label: label.to_string(),
+            tls: is_tls,
+            state,
+            task,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -209,7 +244,13 @@ impl TestUpstream {
 
     /// Requests whose path does not start with `prefix` (to ignore health checks).
     pub fn hits_excluding(&self, prefix: &str) -> usize {
-        self.state.requests.lock().unwrap().iter().filter(|r| !r.uri.starts_with(prefix)).count()
+        self.state
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| !r.uri.starts_with(prefix))
+            .count()
     }
 
     pub fn set_healthy(&self, healthy: bool) {
@@ -242,14 +283,21 @@ impl GrpcUpstream {
         let s2 = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let seen = s2.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let seen = seen.clone();
                         async move {
                             seen.lock().unwrap().push(req.headers().clone());
-                            let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
                             let mut trailers = HeaderMap::new();
                             trailers.insert("grpc-status", "0".parse().unwrap());
                             trailers.insert("grpc-message", "echoed".parse().unwrap());
@@ -258,7 +306,8 @@ impl GrpcUpstream {
                                 Ok(Frame::trailers(trailers)),
                             ]);
                             let mut resp = Response::new(BodyExt::boxed(StreamBody::new(frames)));
-                            resp.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+                            resp.headers_mut()
+                                .insert("content-type", "application/grpc".parse().unwrap());
                             Ok::<_, Infallible>(resp)
                         }
                     });
@@ -301,7 +350,9 @@ impl WsUpstream {
         let p2 = paths.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let paths = p2.clone();
                 tokio::spawn(async move {
                     let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
@@ -309,7 +360,9 @@ impl WsUpstream {
                         paths.lock().unwrap().push(req.uri().to_string());
                         Ok(resp)
                     };
-                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else { return };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else {
+                        return;
+                    };
                     while let Some(Ok(msg)) = ws.next().await {
                         if msg.is_text() || msg.is_binary() {
                             if ws.send(msg).await.is_err() {

@@ -37,7 +37,12 @@ pub async fn get(url: &str) -> Resp {
 /// Asserts an RFC 9457 problem response with its stable code and the request id.
 pub fn assert_problem(r: &Resp, status: u16, code: &str) -> serde_json::Value {
     assert_eq!(r.status.as_u16(), status, "body: {}", r.text());
-    assert_eq!(r.header("content-type"), Some("application/problem+json"), "{:?}", r.headers);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{:?}",
+        r.headers
+    );
     let v = r.json();
     assert_eq!(v["type"], format!("urn:portcullis:problem:{code}"), "{v}");
     assert_eq!(v["code"], code, "{v}");
@@ -45,7 +50,11 @@ pub fn assert_problem(r: &Resp, status: u16, code: &str) -> serde_json::Value {
     assert!(v["title"].as_str().is_some_and(|t| !t.is_empty()), "{v}");
     assert!(v["detail"].as_str().is_some(), "{v}");
     let id = v["request_id"].as_str().unwrap();
-    assert_eq!(r.header("x-request-id"), Some(id), "request id in header and body");
+    assert_eq!(
+        r.header("x-request-id"),
+        Some(id),
+        "request id in header and body"
+    );
     v
 }
 

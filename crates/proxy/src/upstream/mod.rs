@@ -157,7 +157,9 @@ fn tls_config(cfg: &Upstream) -> Result<rustls::ClientConfig, String> {
                     let _ = roots.add(c);
                 }
                 if roots.is_empty() {
-                    return Err("no system root certificates could be loaded; set tls.ca_file".into());
+                    return Err(
+                        "no system root certificates could be loaded; set tls.ca_file".into(),
+                    );
                 }
             }
         }
@@ -198,7 +200,11 @@ impl UpstreamPool {
         let mut targets = Vec::with_capacity(cfg.targets.len());
         let mut schedule = Vec::new();
         for (i, t) in cfg.targets.iter().enumerate() {
-            let scheme = if t.tls { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
+            let scheme = if t.tls {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            };
             targets.push(Target {
                 authority: Arc::from(t.authority.as_str()),
                 scheme,
@@ -235,7 +241,9 @@ impl UpstreamPool {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX).max(1)
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 
     fn eligible(&self, i: usize, now: u64) -> bool {
@@ -261,7 +269,9 @@ impl UpstreamPool {
             Balance::RoundRobin => {
                 let n = self.schedule.len();
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| self.schedule[(start + k) % n]).find(|&i| ok(i))
+                (0..n)
+                    .map(|k| self.schedule[(start + k) % n])
+                    .find(|&i| ok(i))
             }
             Balance::LeastRequests => {
                 let n = self.targets.len();
@@ -288,7 +298,8 @@ impl UpstreamPool {
         let n = t.failures.fetch_add(1, Ordering::AcqRel) + 1;
         if n >= threshold {
             t.failures.store(0, Ordering::Release);
-            let until = self.now_ms() + u64::try_from(self.passive.ejection_time.as_millis()).unwrap_or(u64::MAX / 2);
+            let until = self.now_ms()
+                + u64::try_from(self.passive.ejection_time.as_millis()).unwrap_or(u64::MAX / 2);
             t.ejected_until.store(until, Ordering::Release);
             tracing::warn!(upstream = %self.name, target = %t.authority, failures = n, ejection = ?self.passive.ejection_time, "target ejected after consecutive failures");
         }
@@ -299,7 +310,10 @@ impl UpstreamPool {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(t.scheme.clone());
         parts.authority = Some(t.authority.parse()?);
-        parts.path_and_query = Some(pq.cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+        parts.path_and_query = Some(
+            pq.cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
         Ok(Uri::from_parts(parts)?)
     }
 
@@ -308,18 +322,28 @@ impl UpstreamPool {
         &self,
         req: Request<BoxBody>,
         opts: ForwardOpts,
-    ) -> Pin<Box<dyn std::future::Future<Output = Result<UpstreamResponse, UpstreamError>> + Send + '_>> {
+    ) -> Pin<
+        Box<dyn std::future::Future<Output = Result<UpstreamResponse, UpstreamError>> + Send + '_>,
+    > {
         Box::pin(self.forward_inner(req, opts))
     }
 
-    async fn forward_inner(&self, req: Request<BoxBody>, opts: ForwardOpts) -> Result<UpstreamResponse, UpstreamError> {
+    async fn forward_inner(
+        &self,
+        req: Request<BoxBody>,
+        opts: ForwardOpts,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let body_empty = req.body().is_end_stream() || req.body().size_hint().exact() == Some(0);
         let can_retry = opts.retryable && body_empty && self.retries.attempts > 0;
         let (parts, body) = req.into_parts();
         let mut body = Some(body);
         let mut tried: Vec<usize> = Vec::new();
         let mut last_err = UpstreamError::NoEligibleTarget;
-        let max_attempts = if can_retry { self.retries.attempts + 1 } else { 1 };
+        let max_attempts = if can_retry {
+            self.retries.attempts + 1
+        } else {
+            1
+        };
         for attempt in 1..=max_attempts {
             let Some(i) = self.select(&tried) else {
                 return Err(last_err);
@@ -328,23 +352,36 @@ impl UpstreamPool {
             let target = self.targets[i].authority.clone();
             let uri = self
                 .target_uri(i, parts.uri.path_and_query())
-                .map_err(|source| UpstreamError::Protocol { target: target.clone(), source })?;
-            let mut b = Request::builder().method(parts.method.clone()).uri(uri).version(parts.version);
+                .map_err(|source| UpstreamError::Protocol {
+                    target: target.clone(),
+                    source,
+                })?;
+            let mut b = Request::builder()
+                .method(parts.method.clone())
+                .uri(uri)
+                .version(parts.version);
             if let Some(h) = b.headers_mut() {
                 h.clone_from(&parts.headers);
-                if self.host_header == HostHeader::Target {
-                    if let Some(v) = &self.targets[i].host_value {
-                        h.insert(HOST, v.clone());
-                    }
+                if self.host_header == HostHeader::Target
+                    && let Some(v) = &self.targets[i].host_value
+                {
+                    h.insert(HOST, v.clone());
                 }
             }
             let this_body = match body.take() {
                 Some(b) if !can_retry => b,
-                _ => Empty::<Bytes>::new().map_err(|e| -> BoxError { match e {} }).boxed_unsync(),
+                _ => Empty::<Bytes>::new()
+                    .map_err(|e| -> BoxError { match e {} })
+                    .boxed_unsync(),
             };
             let mut upstream_req = match b.body(this_body) {
                 Ok(r) => r,
-                Err(e) => return Err(UpstreamError::Protocol { target, source: Box::new(e) }),
+                Err(e) => {
+                    return Err(UpstreamError::Protocol {
+                        target,
+                        source: Box::new(e),
+                    });
+                }
             };
             if attempt == 1 && !can_retry {
                 // Carry the extensions (e.g. hyper's upgrade handle) of the original request.
@@ -360,18 +397,29 @@ impl UpstreamPool {
                 Ok(Err(e)) => {
                     self.record_failure(i);
                     if e.is_connect() {
-                        last_err = UpstreamError::Connect { target, source: Box::new(e) };
+                        last_err = UpstreamError::Connect {
+                            target,
+                            source: Box::new(e),
+                        };
                         if !last {
                             tracing::debug!(upstream = %self.name, attempt, "connect failed; retrying");
                             continue;
                         }
                         return Err(last_err);
                     }
-                    return Err(UpstreamError::Protocol { target, source: Box::new(e) });
+                    return Err(UpstreamError::Protocol {
+                        target,
+                        source: Box::new(e),
+                    });
                 }
                 Ok(Ok(resp)) => {
                     let status = resp.status();
-                    if matches!(status, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT) {
+                    if matches!(
+                        status,
+                        StatusCode::BAD_GATEWAY
+                            | StatusCode::SERVICE_UNAVAILABLE
+                            | StatusCode::GATEWAY_TIMEOUT
+                    ) {
                         self.record_failure(i);
                     } else {
                         self.record_success(i);
@@ -381,11 +429,18 @@ impl UpstreamPool {
                         continue;
                     }
                     let response = resp.map(|inner| {
-                        GuardedBody { inner, guard: Some(guard) }
-                            .map_err(|e| -> BoxError { Box::new(e) })
-                            .boxed_unsync()
+                        GuardedBody {
+                            inner,
+                            guard: Some(guard),
+                        }
+                        .map_err(|e| -> BoxError { Box::new(e) })
+                        .boxed_unsync()
                     });
-                    return Ok(UpstreamResponse { response, target, attempts: attempt });
+                    return Ok(UpstreamResponse {
+                        response,
+                        target,
+                        attempts: attempt,
+                    });
                 }
             }
         }
@@ -430,12 +485,19 @@ impl UpstreamPool {
         let t = &self.targets[i];
         let ok = match self.target_uri(i, hc.path.parse().ok().as_ref()) {
             Ok(uri) => {
-                let mut req = Request::new(Empty::<Bytes>::new().map_err(|e| -> BoxError { match e {} }).boxed_unsync());
+                let mut req = Request::new(
+                    Empty::<Bytes>::new()
+                        .map_err(|e| -> BoxError { match e {} })
+                        .boxed_unsync(),
+                );
                 *req.uri_mut() = uri;
                 if let Some(v) = &t.host_value {
                     req.headers_mut().insert(HOST, v.clone());
                 }
-                req.headers_mut().insert(http::header::USER_AGENT, HeaderValue::from_static("portcullis-health-check"));
+                req.headers_mut().insert(
+                    http::header::USER_AGENT,
+                    HeaderValue::from_static("portcullis-health-check"),
+                );
                 matches!(
                     tokio::time::timeout(hc.timeout, self.client.request(req)).await,
                     Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection()
@@ -487,7 +549,10 @@ impl<B: Body<Data = Bytes>> Body for GuardedBody<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
         let r = this.inner.poll_frame(cx);
         if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {

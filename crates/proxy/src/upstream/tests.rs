@@ -8,7 +8,9 @@ fn pool(yaml: &str) -> Arc<UpstreamPool> {
 
 #[test]
 fn weighted_round_robin_follows_the_schedule() {
-    let p = pool("upstreams: { u: { targets: [ \"http://127.0.0.1:1\", { url: \"http://127.0.0.1:2\", weight: 2 } ] } }");
+    let p = pool(
+        "upstreams: { u: { targets: [ \"http://127.0.0.1:1\", { url: \"http://127.0.0.1:2\", weight: 2 } ] } }",
+    );
     let picks: Vec<usize> = (0..6).map(|_| p.select(&[]).unwrap()).collect();
     assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 2);
     assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 4);
@@ -16,7 +18,8 @@ fn weighted_round_robin_follows_the_schedule() {
 
 #[test]
 fn a_retry_prefers_an_untried_target() {
-    let p = pool("upstreams: { u: { targets: [ \"http://127.0.0.1:1\", \"http://127.0.0.1:2\" ] } }");
+    let p =
+        pool("upstreams: { u: { targets: [ \"http://127.0.0.1:1\", \"http://127.0.0.1:2\" ] } }");
     for _ in 0..10 {
         let first = p.select(&[]).unwrap();
         assert_ne!(p.select(&[first]).unwrap(), first);
@@ -25,7 +28,9 @@ fn a_retry_prefers_an_untried_target() {
 
 #[test]
 fn passive_ejection_removes_and_restores_a_target() {
-    let p = pool("upstreams: { u: { targets: [ \"http://127.0.0.1:1\", \"http://127.0.0.1:2\" ], passive_health: { consecutive_failures: 2, ejection_time: 50ms } } }");
+    let p = pool(
+        "upstreams: { u: { targets: [ \"http://127.0.0.1:1\", \"http://127.0.0.1:2\" ], passive_health: { consecutive_failures: 2, ejection_time: 50ms } } }",
+    );
     p.record_failure(0);
     assert!(p.health_snapshot().iter().all(|t| !t.ejected));
     p.record_failure(0);
@@ -44,7 +49,9 @@ fn passive_ejection_removes_and_restores_a_target() {
 
 #[test]
 fn a_success_resets_the_failure_count() {
-    let p = pool("upstreams: { u: { targets: [ \"http://127.0.0.1:1\" ], passive_health: { consecutive_failures: 2 } } }");
+    let p = pool(
+        "upstreams: { u: { targets: [ \"http://127.0.0.1:1\" ], passive_health: { consecutive_failures: 2 } } }",
+    );
     p.record_failure(0);
     p.record_success(0);
     p.record_failure(0);
@@ -53,7 +60,9 @@ fn a_success_resets_the_failure_count() {
 
 #[test]
 fn least_requests_prefers_the_idle_target() {
-    let p = pool("upstreams: { u: { balance: least_requests, targets: [ \"http://127.0.0.1:1\", \"http://127.0.0.1:2\" ] } }");
+    let p = pool(
+        "upstreams: { u: { balance: least_requests, targets: [ \"http://127.0.0.1:1\", \"http://127.0.0.1:2\" ] } }",
+    );
     p.targets[0].in_flight.store(10, Ordering::Relaxed);
     // Two random choices: whenever both are drawn the idle one wins, so it is picked far more often.
     let idle = (0..200).filter(|_| p.select(&[]) == Some(1)).count();
@@ -62,9 +71,23 @@ fn least_requests_prefers_the_idle_target() {
 
 #[tokio::test]
 async fn every_target_ejected_sends_nothing() {
-    let p = pool("upstreams: { u: { targets: [ \"http://127.0.0.1:1\" ], passive_health: { consecutive_failures: 1 } } }");
+    let p = pool(
+        "upstreams: { u: { targets: [ \"http://127.0.0.1:1\" ], passive_health: { consecutive_failures: 1 } } }",
+    );
     p.record_failure(0);
-    let req = Request::new(Empty::<Bytes>::new().map_err(|e| -> BoxError { match e {} }).boxed_unsync());
-    let r = p.forward(req, ForwardOpts { timeout: Duration::from_secs(1), retryable: true }).await;
+    let req = Request::new(
+        Empty::<Bytes>::new()
+            .map_err(|e| -> BoxError { match e {} })
+            .boxed_unsync(),
+    );
+    let r = p
+        .forward(
+            req,
+            ForwardOpts {
+                timeout: Duration::from_secs(1),
+                retryable: true,
+            },
+        )
+        .await;
     assert!(matches!(r, Err(UpstreamError::NoEligibleTarget)));
 }

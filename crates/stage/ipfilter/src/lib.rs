@@ -207,7 +207,10 @@ mod tests {
         let paths: Vec<_> = e.iter().map(|e| e.path.clone()).collect();
         assert_eq!(
             paths,
-            ["routes[1].ip_filter.allow[0]", "routes[1].ip_filter.deny[0]"]
+            [
+                "routes[1].ip_filter.allow[0]",
+                "routes[1].ip_filter.deny[0]"
+            ]
         );
     }
 

@@ -289,7 +289,10 @@ mod tests {
     fn header_count_field_and_section() {
         let l = limits();
         assert_eq!(
-            reason(l.check(&head("/", &[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]))),
+            reason(l.check(&head(
+                "/",
+                &[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]
+            ))),
             Some(RejectReason::TooManyHeaders)
         );
         let long = "x".repeat(60);
