@@ -314,7 +314,6 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
         });
     let header_read_timeout =
         compile_duration(&s.header_read_timeout, "server.header_read_timeout", e);
-    let idle_timeout = compile_duration(&s.idle_timeout, "server.idle_timeout", e);
     if s.http2_max_concurrent_streams == 0 {
         e.push(
             "server.http2_max_concurrent_streams",
@@ -330,7 +329,6 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
         limits: HeadLimits::compile(&s.limits, "server.limits", e),
         ip_filter: IpRules::compile(&s.ip_filter, "server.ip_filter", e),
         header_read_timeout,
-        idle_timeout,
         http2_max_concurrent_streams: s.http2_max_concurrent_streams,
     }
 }

@@ -153,9 +153,6 @@ pub struct RawServer {
     /// Time allowed to receive a request head. Default `10s`.
     #[serde(default = "default_header_timeout")]
     pub header_read_timeout: String,
-    /// How long an idle keep-alive connection is kept open. Default `60s`.
-    #[serde(default = "default_idle_timeout")]
-    pub idle_timeout: String,
     /// Most concurrent streams per HTTP/2 connection. Default 100.
     #[serde(default = "default_h2_streams")]
     pub http2_max_concurrent_streams: u32,
@@ -170,7 +167,6 @@ impl Default for RawServer {
             limits: RawLimits::default(),
             ip_filter: RawIpFilter::default(),
             header_read_timeout: default_header_timeout(),
-            idle_timeout: default_idle_timeout(),
             http2_max_concurrent_streams: default_h2_streams(),
         }
     }
@@ -178,9 +174,6 @@ impl Default for RawServer {
 
 fn default_header_timeout() -> String {
     "10s".into()
-}
-fn default_idle_timeout() -> String {
-    "60s".into()
 }
 fn default_h2_streams() -> u32 {
     100

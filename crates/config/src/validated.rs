@@ -72,7 +72,6 @@ pub struct Server {
     pub limits: HeadLimits,
     pub ip_filter: IpRules,
     pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
     pub http2_max_concurrent_streams: u32,
 }
 

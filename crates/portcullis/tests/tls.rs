@@ -185,6 +185,8 @@ async fn upstream_tls_is_verified_against_the_configured_ca() {
     let r = get(&format!("{}/x", gw.url("public"))).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-upstream"), Some("secure-up"));
+    // `protocol: auto` over TLS negotiates HTTP/2 by ALPN.
+    assert_eq!(up.requests()[0].version, http::Version::HTTP_2);
 
     // Another CA: the upstream's certificate is not trusted, and nothing is served.
     let other = TestPki::new();
