@@ -151,6 +151,10 @@ fn civil_from_days(days: u64) -> (u64, u32, u32) {
 struct Inner {
     tx: mpsc::Sender<AuditEvent>,
     dropped: Arc<AtomicU64>,
+    /// Events queued, and events the writer has finished with (written or dropped): equal
+    /// when everything emitted so far is out.
+    sent: AtomicU64,
+    done: Arc<AtomicU64>,
 }
 
 /// Where audit events go. Cheap to clone; all clones feed the same writer.
@@ -209,9 +213,15 @@ impl AuditSink {
     ) -> AuditSink {
         let (tx, rx) = mpsc::channel(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
-        handle.spawn(writer(rx, out, Arc::clone(&dropped)));
+        let done = Arc::new(AtomicU64::new(0));
+        handle.spawn(writer(rx, out, Arc::clone(&dropped), Arc::clone(&done)));
         AuditSink {
-            inner: Some(Arc::new(Inner { tx, dropped })),
+            inner: Some(Arc::new(Inner {
+                tx,
+                dropped,
+                sent: AtomicU64::new(0),
+                done,
+            })),
         }
     }
 
@@ -222,11 +232,30 @@ impl AuditSink {
             return;
         };
         event.sanitize();
-        if inner.tx.try_send(event).is_err() {
+        if inner.tx.try_send(event).is_ok() {
+            inner.sent.fetch_add(1, Ordering::Release);
+        } else {
             // Full or writer gone: losing an audit line beats stalling traffic; the count is
             // exported as a metric so the loss is visible.
             inner.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Waits (at most `timeout`) until every event emitted so far has been written, so that a
+    /// stopping gateway does not lose its last audit lines. True when everything is out.
+    pub async fn flush(&self, timeout: std::time::Duration) -> bool {
+        let Some(inner) = &self.inner else {
+            return true;
+        };
+        let target = inner.sent.load(Ordering::Acquire);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while inner.done.load(Ordering::Acquire) < target {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
     }
 
     /// Events dropped since the sink was built (a running total).
@@ -253,6 +282,7 @@ async fn writer(
     mut rx: mpsc::Receiver<AuditEvent>,
     mut out: Box<dyn AsyncWrite + Send + Unpin>,
     dropped: Arc<AtomicU64>,
+    done: Arc<AtomicU64>,
 ) {
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -263,6 +293,7 @@ async fn writer(
         }
         buf.clear();
         let mut lines = 0u64;
+        let batch_len = batch.len() as u64;
         for event in batch.drain(..) {
             match serde_json::to_writer(&mut buf, &event) {
                 Ok(()) => {
@@ -303,6 +334,7 @@ async fn writer(
                 dropped.fetch_add(lines, Ordering::Relaxed);
             }
         }
+        done.fetch_add(batch_len, Ordering::Release);
     }
     let _ = out.flush().await;
 }

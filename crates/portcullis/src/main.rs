@@ -229,7 +229,10 @@ async fn run(
 
     tokio::spawn(resolve_upstreams(gw.clone()));
     tokio::spawn(signals(gw.clone(), path, stop_tx));
-    portcullis_proxy::server::serve(gw, listeners, stop_rx).await;
+    portcullis_proxy::server::serve(gw.clone(), listeners, stop_rx).await;
+    if !gw.audit.flush(Duration::from_secs(5)).await {
+        tracing::warn!("some audit events could not be written before stopping");
+    }
     tracing::info!("portcullis stopped");
     Ok(())
 }
@@ -337,7 +340,7 @@ impl AdminSource for AdminView {
     }
 
     fn metrics(&self) -> String {
-        self.gw.refresh_upstream_metrics();
+        self.gw.refresh_metrics();
         self.gw.metrics.encode()
     }
 }

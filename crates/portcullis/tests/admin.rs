@@ -195,10 +195,16 @@ async fn wait_status(url: &str, status: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_cleanly() {
     let mut gw = gateway(APP);
-    assert_eq!(
-        get(&format!("{}/hello", gw.url("public"))).await.status,
-        200
-    );
+    let r = get(&format!("{}/hello", gw.url("public"))).await;
+    assert_eq!(r.status, 200);
     gw.signal("TERM");
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    // The last request's audit line was written before the process ended.
+    let id = r.header("x-request-id").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        gw.audit_events().iter().any(|e| e["request_id"] == id),
+        "{:?}",
+        gw.stdout_lines()
+    );
 }

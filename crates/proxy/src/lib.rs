@@ -45,6 +45,7 @@ pub struct Gateway {
     pub audit: AuditSink,
     tls: Vec<(Arc<str>, Arc<ArcSwap<rustls::ServerConfig>>)>,
     ready: Mutex<Result<(), String>>,
+    audit_dropped_seen: std::sync::atomic::AtomicU64,
 }
 
 impl Gateway {
@@ -64,6 +65,7 @@ impl Gateway {
             audit,
             tls,
             ready: Mutex::new(Err("upstream hosts not resolved yet".into())),
+            audit_dropped_seen: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -134,8 +136,16 @@ impl Gateway {
             .unwrap_or_else(|_| Err("readiness state poisoned".into()))
     }
 
-    /// Copies upstream health into the metrics (called when metrics are scraped).
-    pub fn refresh_upstream_metrics(&self) {
+    /// Copies state kept elsewhere — upstream health, dropped audit events — into the metrics
+    /// (called when metrics are scraped).
+    pub fn refresh_metrics(&self) {
+        let dropped = self.audit.dropped();
+        let seen = self
+            .audit_dropped_seen
+            .swap(dropped, std::sync::atomic::Ordering::AcqRel);
+        if dropped > seen {
+            self.metrics.audit_dropped(dropped - seen);
+        }
         let rt = self.runtime();
         for pool in rt.pools.iter().flatten() {
             for t in pool.health_snapshot() {
