@@ -208,3 +208,56 @@ async fn sigterm_stops_cleanly() {
         gw.stdout_lines()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_starts_and_becomes_ready() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let certs = dir.join("certs").canonicalize().unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Fixed demo ports become ephemeral ones; relative certificate paths absolute.
+        let mut yaml = String::new();
+        for line in text.lines() {
+            let l = match line.find("127.0.0.1:") {
+                Some(i) if line.trim_start().starts_with("address:") => {
+                    format!("{}127.0.0.1:0", &line[..i])
+                }
+                _ => line.to_string(),
+            };
+            yaml.push_str(&l.replace("certs/", &format!("{}/", certs.display())));
+            yaml.push('\n');
+        }
+        let gw = Gateway::start(bin(), &yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let r = get(&format!("{}/readyz", gw.admin_url())).await;
+        assert_eq!(r.status, 200, "{}: {}", path.display(), r.text());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_go_to_stderr() {
+    let gw = gateway(&format!("logging: {{ format: json, level: info }}\n{APP}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let err = gw.stderr_text();
+        let started = err
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["fields"]["message"] == "portcullis started");
+        if let Some(v) = started {
+            assert_eq!(v["level"], "INFO");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{err}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Logs never mix into stdout, which carries only start-up lines and audit events.
+    assert!(
+        gw.stdout_lines()
+            .iter()
+            .all(|l| l.starts_with("portcullis: ") || l.starts_with('{'))
+    );
+}
