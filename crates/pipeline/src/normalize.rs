@@ -211,6 +211,36 @@ mod tests {
         assert_eq!(n("/a%3fb").as_deref(), Ok("/a%3Fb"));
     }
 
+    /// Random paths built from the characters that matter: never a panic, and the result is
+    /// canonical (normalising it again changes nothing) with no dot segment or empty segment.
+    #[test]
+    fn random_paths_normalise_to_a_fixed_point() {
+        const ALPHABET: &[&str] = &[
+            "/", ".", "..", "a", "%2e", "%2E", "%2f", "%41", "%", "%zz", "\\", "//", "%20", "~",
+            "%7e", "%00",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let mut p = String::from("/");
+            for _ in 0..rng.usize(0..12) {
+                p.push_str(ALPHABET[rng.usize(..ALPHABET.len())]);
+            }
+            if let Ok(out) = n(&p) {
+                assert!(out.starts_with('/'), "{p} -> {out}");
+                assert!(!out.contains("//"), "{p} -> {out}");
+                assert!(
+                    !out.split('/').any(|s| s == "." || s == ".."),
+                    "{p} -> {out}"
+                );
+                assert_eq!(
+                    normalize_path(&out),
+                    Ok(None),
+                    "{p} -> {out} is not a fixed point"
+                );
+            }
+        }
+    }
+
     #[test]
     fn refusals() {
         assert_eq!(n("/.."), Err(PathError::AboveRoot));
