@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use portcullis_config::Config;
 use portcullis_core::{GatewayRequest, Rejection, RequestCtx, Stage, StageId, Verdict};
+use portcullis_hygiene::HygieneStage;
 use portcullis_ipfilter::IpFilterStage;
 use portcullis_limits::{BodyLimitStage, HeadLimitsStage};
 
@@ -32,7 +33,9 @@ pub use router::{RouteStage, RouteTable, request_host};
 /// The request's way through the gateway, in order. Steps 0 (accept, TLS) and 10–11 (upstream,
 /// response) belong to the engine; audit is a finalizer that sees every outcome.
 pub const ORDER: &[StageId] = &[
-    // 1. protocol hygiene: one canonical path before anything looks at it …
+    // 1. protocol hygiene: framing and Host that two parsers could read differently …
+    HygieneStage::ID,
+    // … one canonical path before anything looks at it …
     NormalizeStage::ID,
     // … and the cheapest refusals: URI, header count and size.
     HeadLimitsStage::ID,
@@ -55,6 +58,7 @@ impl Pipeline {
     pub fn build(config: &Config) -> Pipeline {
         let routes = &config.routes;
         let stages: Vec<Box<dyn Stage>> = vec![
+            Box::new(HygieneStage),
             Box::new(NormalizeStage),
             Box::new(HeadLimitsStage::new(config.server.limits)),
             Box::new(ClientAddressStage::new(

@@ -16,6 +16,7 @@ fn the_built_order_is_the_written_order() {
     assert_eq!(
         names,
         [
+            "protocol",
             "normalize",
             "request_limits",
             "client_address",
@@ -53,6 +54,9 @@ async fn run(
     let cfg = Arc::new(portcullis_config::load_str(CFG, Path::new(".")).unwrap());
     let snap = Snapshot::new(cfg);
     let mut b = http::Request::builder().method(method).uri(uri);
+    if !headers.iter().any(|(k, _)| *k == "host") {
+        b = b.header("host", "gateway.test");
+    }
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -136,6 +140,14 @@ async fn rejections_name_their_step() {
             vec![("content-length", "11")],
             RejectReason::BodyTooLarge,
             "body_limit",
+        ),
+        (
+            "POST",
+            "/public/x",
+            "192.0.2.1:1",
+            vec![("content-length", "1"), ("transfer-encoding", "chunked")],
+            RejectReason::BadRequest,
+            "protocol",
         ),
         // A denied client hiding behind a trusted proxy is still denied.
         (

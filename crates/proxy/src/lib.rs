@@ -23,6 +23,7 @@ pub mod problem;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod sniff;
 pub mod tls;
 pub mod upstream;
 

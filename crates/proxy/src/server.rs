@@ -13,6 +13,7 @@ use portcullis_core::{Scheme, TlsInfo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::sniff::{Flag, Sniffed};
 use crate::{ConnInfo, Gateway};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -144,11 +145,14 @@ async fn connection(
 
     match tls {
         None => {
+            let framing = Arc::new(Flag::default());
+            let stream = Sniffed::new(stream, framing.clone());
             let info = Arc::new(ConnInfo {
                 peer,
                 scheme: Scheme::Http,
                 listener: listener.clone(),
                 tls: None,
+                framing,
             });
             let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
@@ -178,11 +182,14 @@ async fn connection(
                 version: session.protocol_version().and_then(|v| v.as_str()),
             };
             let h2 = info.alpn.as_deref() == Some(b"h2");
+            let framing = Arc::new(Flag::default());
+            let tls_stream = Sniffed::new(tls_stream, framing.clone());
             let info = Arc::new(ConnInfo {
                 peer,
                 scheme: Scheme::Https,
                 listener: listener.clone(),
                 tls: Some(info),
+                framing,
             });
             let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
             let builder = if h2 { builder.http2_only() } else { builder };

@@ -32,6 +32,10 @@ use crate::upstream::ForwardOpts;
 /// The step id under which engine-side failures (upstream errors) are recorded.
 pub const UPSTREAM_STAGE: StageId = StageId("upstream");
 
+/// The step id of refusals by the strict framing reader (the same id as the hygiene step:
+/// both are "protocol" refusals).
+pub const FRAMING_STAGE: StageId = StageId("protocol");
+
 /// What the engine knows of a connection.
 #[derive(Debug)]
 pub struct ConnInfo {
@@ -39,6 +43,8 @@ pub struct ConnInfo {
     pub scheme: Scheme,
     pub listener: Arc<str>,
     pub tls: Option<TlsInfo>,
+    /// Set by the strict framing reader when the connection's bytes were ambiguous.
+    pub framing: Arc<crate::sniff::Flag>,
 }
 
 /// What the audit event needs that the request itself carries away.
@@ -182,7 +188,14 @@ impl Gateway {
         let body: BoxBody = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
         let mut greq = GatewayRequest::new(head, body);
 
-        let verdict = rt.snapshot.pipeline.run(&mut greq, &mut ctx).await;
+        let verdict = match conn.framing.get() {
+            // The raw bytes were ambiguous: refuse before any step reads the request.
+            Some(a) => {
+                ctx.rejected_by = Some((FRAMING_STAGE, RejectReason::BadRequest));
+                Err(Rejection::new(RejectReason::BadRequest, a.detail()))
+            }
+            None => rt.snapshot.pipeline.run(&mut greq, &mut ctx).await,
+        };
         // The normalised path when normalisation ran, the raw one when it refused the request.
         seen.path = greq.head.uri.path().to_string();
         let result = match verdict {

@@ -146,15 +146,21 @@ pub async fn tls_request(
 
 /// Writes raw bytes and reads until the server closes or is idle for 2 s.
 pub async fn raw_http(addr: SocketAddr, bytes: &[u8]) -> String {
+    raw_exchange(addr, bytes).await.0
+}
+
+/// Like [`raw_http`], also telling whether the server closed the connection.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(bytes).await.unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
-    loop {
+    let closed = loop {
         match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Err(_) => break false,
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
         }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
 }

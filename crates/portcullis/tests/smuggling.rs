@@ -1,0 +1,111 @@
+//! Request smuggling regressions (HTTP/1.1 desync, CWE-444), sent as raw bytes so no client
+//! library can tidy them up. Each must be refused with 400 and a closed connection, reach no
+//! upstream, and leave the gateway healthy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use portcullis_test_support::client::raw_exchange;
+
+const CASES: &[(&str, &[u8])] = &[
+    ("cl_te_both", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ("duplicate_cl_equal", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"),
+    ("duplicate_cl_different", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+    ("cl_list", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello"),
+    ("te_xchunked", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"),
+    ("te_chunked_identity", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n"),
+    ("te_identity_chunked", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n"),
+    ("te_line_folded", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n"),
+    ("te_in_http10", b"POST /x HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    ("invalid_chunk_size", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+    ("header_name_with_space", b"GET /x HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n"),
+    ("header_name_control_char", b"GET /x HTTP/1.1\r\nHost: a\r\nBad\x01Name: x\r\n\r\n"),
+    ("obs_fold", b"GET /x HTTP/1.1\r\nHost: a\r\nX-A: x\r\n  folded\r\n\r\n"),
+    ("bare_cr", b"GET /x HTTP/1.1\rHost: a\r\n\r\n"),
+    ("nul_in_head", b"GET /x HTTP/1.1\r\nHost: a\r\nX-A: a\x00b\r\n\r\n"),
+    ("absolute_form_disagrees_with_host", b"GET http://internal.example/x HTTP/1.1\r\nHost: a\r\n\r\n"),
+    ("two_hosts", b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+    ("http11_without_host", b"GET /x HTTP/1.1\r\n\r\n"),
+    ("te_trailing_space", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked \r\n\r\n0\r\n\r\n"),
+    ("te_tab", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked\r\n\r\n0\r\n\r\n"),
+    ("bare_lf", b"GET /x HTTP/1.1\nHost: a\n\n"),
+    ("bare_lf_after_clean_request", b"GET /x HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\nHost: a\n\n"),
+    ("chunk_missing_crlf", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_are_refused_and_close_the_connection() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "upstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        up.url()
+    ));
+    let addr = gw.listener("public");
+    for (name, bytes) in CASES {
+        let (out, closed) = raw_exchange(addr, bytes).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{name}: {out}");
+        assert!(
+            closed,
+            "{name}: the connection must be closed after a framing error"
+        );
+        assert!(
+            !out.contains("\r\nHTTP/1.1 2"),
+            "{name}: exactly one response: {out}"
+        );
+        // Still healthy.
+        let ok = raw_http(
+            addr,
+            b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            ok.starts_with("HTTP/1.1 200"),
+            "{name}: unhealthy afterwards: {ok}"
+        );
+    }
+    assert_eq!(up.hits_excluding("/health"), 0, "{:?}", up.requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_from_the_gateway_is_a_problem_document() {
+    let gw = gateway(
+        "upstreams: { d: { kind: echo } }\nroutes:\n  - { name: all, match: { prefix: / }, upstream: d }\n",
+    );
+    let (out, closed) = raw_exchange(gw.listener("public"), CASES[0].1).await;
+    assert!(closed);
+    assert!(out.contains("application/problem+json"), "{out}");
+    assert!(
+        out.contains("Content-Length and Transfer-Encoding"),
+        "{out}"
+    );
+    let ev = gw
+        .wait_for_audit(
+            |e| e["reason"] == "bad_request",
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(ev["stage"], "protocol");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_sees_the_gateways_framing_not_the_clients() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "upstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        up.url()
+    ));
+    // A well-formed chunked request whose chunk holds what looks like a second request.
+    let smuggled = "GET /admin HTTP/1.1\r\nHost: a\r\n\r\n";
+    let raw = format!(
+        "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+        smuggled.len()
+    );
+    let out = raw_http(gw.listener("public"), raw.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 1, "one request upstream, never two: {reqs:?}");
+    assert_eq!(reqs[0].body, smuggled.as_bytes());
+    assert!(reqs.iter().all(|r| r.uri != "/admin"));
+}

@@ -1,0 +1,467 @@
+//! A second, strict reading of HTTP/1.1 framing, run on the raw bytes as the connection reads
+//! them — before hyper parses them.
+//!
+//! hyper is lenient where RFC 9112 allows it (bare LF line ends, `Transfer-Encoding` with
+//! trailing whitespace) and silently resolves `Content-Length` + `Transfer-Encoding` (dropping
+//! the length). A gateway must not be lenient: whatever two parsers could read differently is
+//! refused. This reader follows the message boundaries (heads, `Content-Length` bodies, chunked
+//! bodies) and flags the connection at the first ambiguity; the engine then answers 400 and
+//! closes it. It never changes the bytes, and stops watching where HTTP/1.1 framing ends
+//! (HTTP/2 preface, upgrades) or where hyper will refuse anyway (oversized heads).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Why a connection was flagged. `0` means clean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Ambiguity {
+    BareLf = 1,
+    ContentLengthAndTransferEncoding = 2,
+    RepeatedContentLength = 3,
+    TransferEncodingNotExactlyChunked = 4,
+    BadChunk = 5,
+}
+
+impl Ambiguity {
+    pub fn detail(self) -> &'static str {
+        match self {
+            Ambiguity::BareLf => "line ends must be CRLF",
+            Ambiguity::ContentLengthAndTransferEncoding => {
+                "Content-Length and Transfer-Encoding together are not accepted"
+            }
+            Ambiguity::RepeatedContentLength => "more than one Content-Length is not accepted",
+            Ambiguity::TransferEncodingNotExactlyChunked => {
+                "Transfer-Encoding must be exactly \"chunked\""
+            }
+            Ambiguity::BadChunk => "malformed chunked framing",
+        }
+    }
+
+    fn from_u8(v: u8) -> Option<Ambiguity> {
+        Some(match v {
+            1 => Ambiguity::BareLf,
+            2 => Ambiguity::ContentLengthAndTransferEncoding,
+            3 => Ambiguity::RepeatedContentLength,
+            4 => Ambiguity::TransferEncodingNotExactlyChunked,
+            5 => Ambiguity::BadChunk,
+            _ => return None,
+        })
+    }
+}
+
+/// Shared between the reader and the request handler of one connection.
+#[derive(Debug, Default)]
+pub struct Flag(AtomicU8);
+
+impl Flag {
+    pub fn get(&self) -> Option<Ambiguity> {
+        Ambiguity::from_u8(self.0.load(Ordering::Acquire))
+    }
+
+    fn set(&self, a: Ambiguity) {
+        let _ = self
+            .0
+            .compare_exchange(0, a as u8, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// Largest head the reader follows; beyond it hyper refuses the request itself.
+const MAX_HEAD: usize = 256 * 1024;
+
+#[derive(Debug)]
+enum State {
+    /// Collecting a request head.
+    Head(Vec<u8>),
+    /// Skipping `n` body bytes.
+    Fixed(u64),
+    /// Reading a chunk-size line.
+    ChunkSize(Vec<u8>),
+    /// Skipping chunk data, then its CRLF.
+    ChunkData(u64),
+    ChunkCr,
+    ChunkLf,
+    /// Reading trailer lines after the last chunk.
+    Trailers(Vec<u8>),
+    /// No longer watching (HTTP/2, upgrade, flagged, oversized).
+    Off,
+}
+
+/// The framing follower.
+#[derive(Debug)]
+pub struct Framing {
+    state: State,
+    flag: Arc<Flag>,
+}
+
+impl Framing {
+    pub fn new(flag: Arc<Flag>) -> Self {
+        Framing {
+            state: State::Head(Vec::new()),
+            flag,
+        }
+    }
+
+    fn flag(&mut self, a: Ambiguity) {
+        self.flag.set(a);
+        self.state = State::Off;
+    }
+
+    /// Feeds bytes as they arrive.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match &mut self.state {
+                State::Off => return,
+                State::Head(buf) => {
+                    let before = buf.len();
+                    buf.extend_from_slice(data);
+                    // Leading empty lines before a request line are allowed (RFC 9112 §2.2).
+                    let mut lead = 0;
+                    while buf[lead..].starts_with(b"\r\n") {
+                        lead += 2;
+                    }
+                    if buf[lead..].starts_with(b"PRI * HTTP/2.0") {
+                        self.state = State::Off;
+                        return;
+                    }
+                    let from = before.saturating_sub(3).max(lead);
+                    let Some(pos) = find(&buf[from..], b"\r\n\r\n") else {
+                        if buf.len() > MAX_HEAD {
+                            self.state = State::Off;
+                        } else if has_bare_lf(&buf[lead..]) {
+                            self.flag(Ambiguity::BareLf);
+                        }
+                        return;
+                    };
+                    let head_len = from + pos + 4;
+                    let consumed = head_len.saturating_sub(before).min(data.len());
+                    let head = buf[lead..head_len].to_vec();
+                    data = &data[consumed..];
+                    match self.after_head(&head) {
+                        Ok(next) => self.state = next,
+                        Err(a) => return self.flag(a),
+                    }
+                }
+                State::Fixed(n) => {
+                    let take = (*n).min(data.len() as u64);
+                    *n -= take;
+                    data = &data[take as usize..];
+                    if *n == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+                State::ChunkSize(line) => {
+                    let Some(pos) = data.iter().position(|&b| b == b'\n') else {
+                        line.extend_from_slice(data);
+                        if line.len() > 1024 {
+                            return self.flag(Ambiguity::BadChunk);
+                        }
+                        return;
+                    };
+                    line.extend_from_slice(&data[..=pos]);
+                    data = &data[pos + 1..];
+                    let Some(size) = parse_chunk_size(line) else {
+                        return self.flag(Ambiguity::BadChunk);
+                    };
+                    self.state = if size == 0 {
+                        State::Trailers(Vec::new())
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                State::ChunkData(n) => {
+                    let take = (*n).min(data.len() as u64);
+                    *n -= take;
+                    data = &data[take as usize..];
+                    if *n == 0 {
+                        self.state = State::ChunkCr;
+                    }
+                }
+                State::ChunkCr => {
+                    if data[0] != b'\r' {
+                        return self.flag(Ambiguity::BadChunk);
+                    }
+                    data = &data[1..];
+                    self.state = State::ChunkLf;
+                }
+                State::ChunkLf => {
+                    if data[0] != b'\n' {
+                        return self.flag(Ambiguity::BadChunk);
+                    }
+                    data = &data[1..];
+                    self.state = State::ChunkSize(Vec::new());
+                }
+                State::Trailers(line) => {
+                    let Some(pos) = data.iter().position(|&b| b == b'\n') else {
+                        line.extend_from_slice(data);
+                        if line.len() > MAX_HEAD {
+                            self.state = State::Off;
+                        }
+                        return;
+                    };
+                    line.extend_from_slice(&data[..=pos]);
+                    data = &data[pos + 1..];
+                    if !line.ends_with(b"\r\n") {
+                        return self.flag(Ambiguity::BareLf);
+                    }
+                    if line.len() == 2 {
+                        self.state = State::Head(Vec::new());
+                    } else {
+                        line.clear();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks a complete head and says how its body is framed.
+    fn after_head(&self, head: &[u8]) -> Result<State, Ambiguity> {
+        if has_bare_lf(head) {
+            return Err(Ambiguity::BareLf);
+        }
+        let mut lines = head[..head.len() - 4].split(|&b| b == b'\n');
+        let request_line = lines.next().unwrap_or_default();
+        let mut content_length: Option<u64> = None;
+        let mut cl_count = 0;
+        let mut te: Option<&[u8]> = None;
+        let mut te_count = 0;
+        let mut upgrade = false;
+        for line in lines {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue; // hyper refuses malformed lines itself
+            };
+            let name = &line[..colon];
+            let value = &line[colon + 1..];
+            if name.eq_ignore_ascii_case(b"content-length") {
+                cl_count += 1;
+                let v = trim_ows(value);
+                content_length = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                te_count += 1;
+                te = Some(value);
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                upgrade = true;
+            }
+        }
+        if te_count > 0 && cl_count > 0 {
+            return Err(Ambiguity::ContentLengthAndTransferEncoding);
+        }
+        if cl_count > 1 {
+            return Err(Ambiguity::RepeatedContentLength);
+        }
+        if te_count > 1 {
+            return Err(Ambiguity::TransferEncodingNotExactlyChunked);
+        }
+        let connect = request_line.starts_with(b"CONNECT ");
+        if upgrade || connect {
+            // After a 101 (or a tunnel) the bytes are no longer HTTP/1.1 messages.
+            return Ok(State::Off);
+        }
+        if let Some(v) = te {
+            // One optional space after the colon, then exactly "chunked", nothing after.
+            let v = v.strip_prefix(b" ").unwrap_or(v);
+            if v != b"chunked" {
+                return Err(Ambiguity::TransferEncodingNotExactlyChunked);
+            }
+            return Ok(State::ChunkSize(Vec::new()));
+        }
+        Ok(match content_length {
+            Some(n) if n > 0 => State::Fixed(n),
+            // A malformed length is refused by hyper; zero or none: the next head follows.
+            _ => State::Head(Vec::new()),
+        })
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn has_bare_lf(buf: &[u8]) -> bool {
+    buf.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+}
+
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |e| e + 1);
+    &v[start..end.max(start)]
+}
+
+/// `1a;ext=1\r\n` → 26. Hex digits only, CRLF line end, extensions allowed.
+fn parse_chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r\n")?;
+    let digits_end = line.iter().position(|&b| b == b';').unwrap_or(line.len());
+    let digits = &line[..digits_end];
+    if digits.is_empty() || digits.len() > 16 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
+
+pin_project_lite::pin_project! {
+    /// An I/O stream whose reads are followed by [`Framing`].
+    pub struct Sniffed<S> {
+        #[pin]
+        inner: S,
+        framing: Framing,
+    }
+}
+
+impl<S> Sniffed<S> {
+    pub fn new(inner: S, flag: Arc<Flag>) -> Self {
+        Sniffed {
+            inner,
+            framing: Framing::new(flag),
+        }
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Sniffed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let r = this.inner.poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &r {
+            this.framing.feed(&buf.filled()[before..]);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Sniffed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: &[&[u8]]) -> (Option<Ambiguity>, Framing) {
+        let flag = Arc::new(Flag::default());
+        let mut f = Framing::new(flag.clone());
+        for c in chunks {
+            f.feed(c);
+        }
+        (flag.get(), f)
+    }
+
+    fn verdict(raw: &[u8]) -> Option<Ambiguity> {
+        // Byte by byte and all at once must agree.
+        let whole = run(&[raw]).0;
+        let split: Vec<&[u8]> = raw.chunks(1).collect();
+        assert_eq!(run(&split).0, whole, "{}", String::from_utf8_lossy(raw));
+        whole
+    }
+
+    #[test]
+    fn clean_messages_pass_and_are_followed() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloPOST /y HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;ext\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\nGET /z HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(verdict(raw), None);
+        let (_, f) = run(&[raw]);
+        assert!(matches!(f.state, State::Head(ref b) if b.is_empty()));
+    }
+
+    #[test]
+    fn body_bytes_that_look_like_requests_are_not_heads() {
+        let raw = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 45\r\n\r\nGET / HTTP/1.1\nHost: a\nTransfer-Encoding: x\n\n";
+        assert_eq!(verdict(raw), None);
+    }
+
+    #[test]
+    fn ambiguities_are_flagged() {
+        let cases: &[(&[u8], Ambiguity)] = &[
+            (b"GET / HTTP/1.1\nHost: a\n\n", Ambiguity::BareLf),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", Ambiguity::ContentLengthAndTransferEncoding),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", Ambiguity::RepeatedContentLength),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked \r\n\r\n", Ambiguity::TransferEncodingNotExactlyChunked),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked\r\n\r\n", Ambiguity::TransferEncodingNotExactlyChunked),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", Ambiguity::BadChunk),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX", Ambiguity::BadChunk),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n", Ambiguity::BadChunk),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(
+                verdict(raw),
+                Some(*want),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn http2_and_upgrades_are_left_alone() {
+        assert_eq!(verdict(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\n"), None);
+        let (_, f) = run(&[b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x05hello\n\n"]);
+        assert!(matches!(f.state, State::Off));
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut rng = fastrand::Rng::with_seed(11);
+        let parts: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\n",
+            b"\r\n",
+            b"\n",
+            b"Content-Length: 3\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"0\r\n",
+            b"ff\r\n",
+            b"x",
+            b"\r",
+            b";",
+            b"PRI * HTTP/2.0",
+        ];
+        for _ in 0..5000 {
+            let mut raw = Vec::new();
+            for _ in 0..rng.usize(0..20) {
+                raw.extend_from_slice(parts[rng.usize(..parts.len())]);
+            }
+            let _ = verdict(&raw);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! # portcullis-hygiene
+//!
+//! The first step: refuse requests whose framing or target two HTTP parsers could read
+//! differently — the root of request smuggling.
+//!
+//! * **Takes**: the request head as hyper parsed it (hyper itself already refuses header names
+//!   with spaces or control characters, obs-fold, bare CR, NUL, `Transfer-Encoding` in
+//!   HTTP/1.0, and malformed chunk sizes, with a 400 and a closed connection).
+//! * **Rejects** with `400 bad_request` (and `Connection: close`): `Content-Length` together
+//!   with `Transfer-Encoding`; more than one `Content-Length` (even equal); a
+//!   `Transfer-Encoding` that is not exactly `chunked`; more than one `Host`; an HTTP/1.1
+//!   request without `Host`; an absolute-form target whose authority disagrees with `Host`;
+//!   HTTP/2 requests carrying connection-specific fields.
+//! * **Invariant**: whatever passes is re-framed by the engine towards the upstream (hop-by-hop
+//!   fields are dropped and the body is sent with framing the engine chose), so the upstream
+//!   never sees the client's framing headers at all.
+
+#![forbid(unsafe_code)]
+
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, Version};
+use portcullis_core::{GatewayRequest, RejectReason, Rejection, RequestCtx, Stage, StageId, Step};
+
+pub struct HygieneStage;
+
+impl HygieneStage {
+    pub const ID: StageId = StageId("protocol");
+}
+
+/// The first problem found in a request head, if any.
+pub fn check(head: &http::request::Parts) -> Result<(), &'static str> {
+    let h = &head.headers;
+    let te = h.get_all(TRANSFER_ENCODING).iter().count();
+    let cl: Vec<&http::HeaderValue> = h.get_all(CONTENT_LENGTH).iter().collect();
+    if te > 0 && !cl.is_empty() {
+        return Err("Content-Length and Transfer-Encoding together are not accepted");
+    }
+    if cl.len() > 1 || cl.first().is_some_and(|v| v.as_bytes().contains(&b',')) {
+        return Err("more than one Content-Length is not accepted");
+    }
+    if let Some(v) = cl.first()
+        && (v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
+    {
+        return Err("Content-Length must be a decimal number");
+    }
+    if te > 1
+        || h.get(TRANSFER_ENCODING)
+            .is_some_and(|v| v.as_bytes() != b"chunked")
+    {
+        return Err("Transfer-Encoding must be exactly \"chunked\"");
+    }
+    let hosts = h.get_all(HOST).iter().count();
+    if hosts > 1 {
+        return Err("more than one Host is not accepted");
+    }
+    match head.version {
+        Version::HTTP_11 if hosts == 0 => return Err("an HTTP/1.1 request needs a Host"),
+        Version::HTTP_2 | Version::HTTP_3 if has_connection_specific(h) => {
+            return Err("connection-specific header fields are not allowed in HTTP/2");
+        }
+        _ => {}
+    }
+    if let (Some(authority), Some(host)) = (head.uri.authority(), h.get(HOST))
+        && head.version != Version::HTTP_2
+        && !authority
+            .as_str()
+            .eq_ignore_ascii_case(host.to_str().unwrap_or(""))
+    {
+        return Err("the absolute-form target disagrees with Host");
+    }
+    Ok(())
+}
+
+fn has_connection_specific(h: &HeaderMap) -> bool {
+    h.contains_key(CONNECTION)
+        || h.contains_key(TRANSFER_ENCODING)
+        || h.contains_key("keep-alive")
+        || h.contains_key("proxy-connection")
+        || h.contains_key(http::header::UPGRADE)
+        || h.get(http::header::TE)
+            .is_some_and(|v| v.as_bytes() != b"trailers")
+}
+
+impl Stage for HygieneStage {
+    fn id(&self) -> StageId {
+        Self::ID
+    }
+
+    fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, _ctx: &'a mut RequestCtx) -> Step<'a> {
+        match check(&req.head) {
+            Ok(()) => Step::CONTINUE,
+            Err(detail) => Step::reject(Rejection::new(RejectReason::BadRequest, detail)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(version: Version, uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().version(version).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    const H1: Version = Version::HTTP_11;
+
+    #[test]
+    fn framing() {
+        assert!(check(&head(H1, "/", &[("host", "a"), ("content-length", "5")])).is_ok());
+        assert!(
+            check(&head(
+                H1,
+                "/",
+                &[("host", "a"), ("transfer-encoding", "chunked")]
+            ))
+            .is_ok()
+        );
+        for bad in [
+            vec![("content-length", "5"), ("transfer-encoding", "chunked")],
+            vec![("content-length", "5"), ("content-length", "5")],
+            vec![("content-length", "5, 5")],
+            vec![("content-length", "+5")],
+            vec![("transfer-encoding", "xchunked")],
+            vec![("transfer-encoding", "chunked, identity")],
+            vec![("transfer-encoding", "identity, chunked")],
+            vec![("transfer-encoding", "Chunked")],
+            vec![
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
+        ] {
+            let mut hs = vec![("host", "a")];
+            hs.extend(bad.iter().copied());
+            assert!(check(&head(H1, "/", &hs)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn host() {
+        assert!(check(&head(H1, "/", &[])).is_err());
+        assert!(check(&head(Version::HTTP_10, "/", &[])).is_ok());
+        assert!(check(&head(H1, "/", &[("host", "a"), ("host", "b")])).is_err());
+        assert!(check(&head(H1, "http://evil/x", &[("host", "a")])).is_err());
+        assert!(check(&head(H1, "http://a/x", &[("host", "A")])).is_ok());
+        assert!(check(&head(Version::HTTP_2, "http://a/x", &[])).is_ok());
+    }
+
+    #[test]
+    fn h2_connection_specific_fields() {
+        for (k, v) in [
+            ("connection", "close"),
+            ("transfer-encoding", "chunked"),
+            ("keep-alive", "1"),
+            ("te", "gzip"),
+            ("upgrade", "x"),
+        ] {
+            assert!(
+                check(&head(Version::HTTP_2, "http://a/", &[(k, v)])).is_err(),
+                "{k}"
+            );
+        }
+        assert!(check(&head(Version::HTTP_2, "http://a/", &[("te", "trailers")])).is_ok());
+    }
+}
