@@ -208,3 +208,25 @@ fn schema_is_generated() {
     let s = schema();
     assert!(s["properties"]["routes"].is_object(), "{s}");
 }
+
+/// The complete example of docs/config.md stays valid: structurally, and semantically except for
+/// the files and environment it names, which do not exist here.
+#[test]
+fn the_documented_example_is_valid() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/config.md"))
+        .unwrap();
+    let start = doc.rfind("```yaml\n").unwrap() + 8;
+    let end = start + doc[start..].find("```").unwrap();
+    let yaml = &doc[start..end];
+    parse_raw(yaml).unwrap_or_else(|e| panic!("{e}"));
+    let errs = match load_str(yaml, Path::new("/nonexistent")) {
+        Ok(_) => panic!("the files cannot exist here"),
+        Err(e) => e,
+    };
+    for e in errs.iter() {
+        let external = e.message.contains("cannot load")
+            || e.message.contains("is not set")
+            || e.path.ends_with("ca_file");
+        assert!(external, "unexpected error in the documented example: {e}");
+    }
+}
