@@ -67,6 +67,11 @@ pub trait AdminSource: Send + Sync + 'static {
     fn config(&self) -> serde_json::Value;
     /// Prometheus text.
     fn metrics(&self) -> String;
+    /// Re-reads and applies the configuration file (`POST /reload`). `Err` carries every
+    /// error (`path: message`); the running configuration then stays.
+    fn reload(&self) -> Result<(), Vec<String>> {
+        Err(vec!["reload is not supported here".into()])
+    }
 }
 
 /// Serves the admin API on `listener` until `shutdown` resolves.
@@ -193,7 +198,21 @@ fn handle(state: &State, req: Request<Incoming>) -> Resp {
     } else {
         let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/config");
         let method = req.method();
-        if !known {
+        if path == "/reload" {
+            if method == Method::POST {
+                reload(state)
+            } else {
+                let mut r = problem(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "admin_method_not_allowed",
+                    "Method not allowed",
+                    "Reload with POST.",
+                );
+                r.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("POST"));
+                r
+            }
+        } else if !known {
             problem(
                 StatusCode::NOT_FOUND,
                 "admin_not_found",
@@ -232,6 +251,29 @@ fn handle(state: &State, req: Request<Incoming>) -> Resp {
         *resp.body_mut() = Full::new(Bytes::new());
     }
     resp
+}
+
+fn reload(state: &State) -> Resp {
+    match state.source.reload() {
+        Ok(()) => json(
+            StatusCode::OK,
+            &serde_json::json!({"status": "reloaded"}),
+            false,
+        ),
+        Err(errors) => {
+            let body = serde_json::json!({
+                "type": "urn:portcullis:problem:admin_reload_failed",
+                "title": "Reload refused",
+                "status": 422,
+                "detail": "The configuration has errors; the running configuration stays.",
+                "errors": errors,
+            });
+            let mut r = json(StatusCode::UNPROCESSABLE_ENTITY, &body, true);
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+            r
+        }
+    }
 }
 
 fn endpoint(state: &State, path: &str) -> Resp {

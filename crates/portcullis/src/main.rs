@@ -48,6 +48,9 @@ enum Command {
         /// Log filter such as `info` or `portcullis=debug` (overrides logging.level).
         #[arg(long)]
         log_level: Option<String>,
+        /// Do not reload when the configuration file changes (SIGHUP and the admin API still do).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate configuration files and report every error.
     Check {
@@ -77,6 +80,7 @@ fn main() -> std::process::ExitCode {
             config,
             log_format,
             log_level,
+            no_watch,
         } => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -88,7 +92,7 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(config, log_format, log_level)) {
+            match rt.block_on(run(config, log_format, log_level, no_watch)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis: {e:#}");
@@ -159,6 +163,7 @@ async fn run(
     path: Option<PathBuf>,
     log_format: Option<Format>,
     log_level: Option<String>,
+    no_watch: bool,
 ) -> Result<()> {
     let source = path
         .as_ref()
@@ -208,7 +213,10 @@ async fn run(
             .await
             .with_context(|| format!("admin: cannot bind {}", config.admin.address))?;
         writeln!(out, "portcullis: admin http://{}", admin.local_addr()?)?;
-        let view: Arc<dyn AdminSource> = Arc::new(AdminView { gw: gw.clone() });
+        let view: Arc<dyn AdminSource> = Arc::new(AdminView {
+            gw: gw.clone(),
+            path: path.clone(),
+        });
         let mut stop = stop_rx.clone();
         tokio::spawn(portcullis_admin::serve(
             admin,
@@ -228,6 +236,9 @@ async fn run(
     tracing::info!(config = %source, routes = config.routes.len(), upstreams = config.upstreams.len(), "portcullis started");
 
     tokio::spawn(resolve_upstreams(gw.clone()));
+    if let (Some(p), false) = (&path, no_watch) {
+        tokio::spawn(watch_file(gw.clone(), p.clone()));
+    }
     tokio::spawn(signals(gw.clone(), path, stop_tx));
     portcullis_proxy::server::serve(gw.clone(), listeners, stop_rx).await;
     if !gw.audit.flush(Duration::from_secs(5)).await {
@@ -286,7 +297,7 @@ async fn signals(gw: Arc<Gateway>, path: Option<PathBuf>, stop: watch::Sender<bo
     };
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&gw, path.as_deref()),
+            _ = hup.recv() => { let _ = reload(&gw, path.as_deref(), "SIGHUP"); }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -301,10 +312,16 @@ async fn signals(_gw: Arc<Gateway>, _path: Option<PathBuf>, stop: watch::Sender<
     let _ = stop.send(true);
 }
 
-fn reload(gw: &Gateway, path: Option<&Path>) {
+/// Re-reads the file and applies it; every error is logged with its path and returned.
+fn reload(gw: &Gateway, path: Option<&Path>, why: &str) -> Result<(), ConfigErrors> {
     let Some(path) = path else {
-        tracing::warn!("reload asked, but the built-in configuration has no file to reload");
-        return;
+        let mut e = ConfigErrors::new();
+        e.push("", "the built-in configuration has no file to reload");
+        tracing::warn!(
+            trigger = why,
+            "reload asked, but the built-in configuration has no file to reload"
+        );
+        return Err(e);
     };
     let result = match portcullis_config::load_file(path) {
         Ok(c) => gw.reload(c),
@@ -314,19 +331,42 @@ fn reload(gw: &Gateway, path: Option<&Path>) {
             Err(e)
         }
     };
-    match result {
-        Ok(()) => tracing::info!(config = %path.display(), "configuration reloaded"),
+    match &result {
+        Ok(()) => tracing::info!(config = %path.display(), trigger = why, "configuration reloaded"),
         Err(errors) => {
             for e in errors.iter() {
                 tracing::error!(config = %path.display(), path = %e.path, "{}", e.message);
             }
-            tracing::error!(config = %path.display(), errors = errors.len(), "reload refused; the running configuration stays");
+            tracing::error!(config = %path.display(), trigger = why, errors = errors.len(), "reload refused; the running configuration stays");
         }
+    }
+    result
+}
+
+/// Reloads when the file's content changes, once it has been stable for a moment (editors
+/// write in several steps).
+async fn watch_file(gw: Arc<Gateway>, path: PathBuf) {
+    let mut last = tokio::fs::read(&path).await.ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = tokio::fs::read(&path).await.ok();
+        if now.is_none() || now == last {
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let settled = tokio::fs::read(&path).await.ok();
+        if settled != now {
+            continue; // still being written; look again next tick
+        }
+        last = settled;
+        let _ = reload(&gw, Some(&path), "file change");
     }
 }
 
 struct AdminView {
     gw: Arc<Gateway>,
+    path: Option<PathBuf>,
 }
 
 impl AdminSource for AdminView {
@@ -342,5 +382,10 @@ impl AdminSource for AdminView {
     fn metrics(&self) -> String {
         self.gw.refresh_metrics();
         self.gw.metrics.encode()
+    }
+
+    fn reload(&self) -> Result<(), Vec<String>> {
+        reload(&self.gw, self.path.as_deref(), "admin API")
+            .map_err(|e| e.iter().map(|e| e.to_string()).collect())
     }
 }

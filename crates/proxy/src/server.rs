@@ -75,8 +75,11 @@ pub async fn serve(
     let mut tasks = Vec::new();
     for l in listeners {
         let gw = gw.clone();
-        let graceful = graceful.clone();
         let mut stop = shutdown.clone();
+        // Each connection carries a watcher: on shutdown it finishes its in-flight requests
+        // (HTTP/1.1 closes after the current one, HTTP/2 sends GOAWAY) and ends. Only the
+        // accept loops hold the shutdown handle, so it is free again once they have stopped.
+        let graceful = graceful.clone();
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -84,7 +87,7 @@ pub async fn serve(
                     accepted = l.inner.accept() => match accepted {
                         Ok((stream, peer)) => {
                             let _ = stream.set_nodelay(true);
-                            tokio::spawn(connection(gw.clone(), graceful.clone(), stream, peer, l.name.clone(), l.tls.clone()));
+                            tokio::spawn(connection(gw.clone(), graceful.watcher(), stream, peer, l.name.clone(), l.tls.clone()));
                         }
                         Err(e) => {
                             // Out of file descriptors and the like: back off instead of spinning.
@@ -100,17 +103,18 @@ pub async fn serve(
     for t in tasks {
         let _ = t.await;
     }
-    if let Ok(graceful) = Arc::try_unwrap(graceful) {
-        tokio::select! {
+    match Arc::try_unwrap(graceful) {
+        Ok(graceful) => tokio::select! {
             _ = graceful.shutdown() => {}
             _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("connections still open after the drain timeout"),
-        }
+        },
+        Err(_) => tracing::warn!("accept loops still running; not draining"),
     }
 }
 
 async fn connection(
     gw: Arc<Gateway>,
-    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
+    watcher: hyper_util::server::graceful::Watcher,
     stream: TcpStream,
     peer: SocketAddr,
     listener: Arc<str>,
@@ -156,7 +160,7 @@ async fn connection(
             });
             let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            let conn = graceful.watch(conn);
+            let conn = watcher.watch(conn);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -194,7 +198,7 @@ async fn connection(
             let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
             let builder = if h2 { builder.http2_only() } else { builder };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
-            let conn = graceful.watch(conn);
+            let conn = watcher.watch(conn);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

@@ -1,0 +1,303 @@
+//! Hitless reload: traffic keeps flowing — HTTP/1.1 keep-alive, h2, an open WebSocket, a TLS
+//! connection — while routes, upstreams and certificates change many times.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+fn config(pki_cert: &CertFiles, a: &str, b: &str, ws: &str, generation: usize) -> String {
+    // Every generation: a new route, the stable route pointing at a different pool order, and
+    // the certificate given by the caller.
+    let targets = if generation % 2 == 0 {
+        format!("\"{a}\", \"{b}\"")
+    } else {
+        format!("\"{b}\"")
+    };
+    format!(
+        r#"listeners:
+  - {{ name: public, address: "127.0.0.1:0" }}
+  - name: secure
+    address: "127.0.0.1:0"
+    tls: {{ certificates: [ {{ cert_file: "{}", key_file: "{}" }} ] }}
+admin: {{ address: "127.0.0.1:0" }}
+upstreams:
+  pool: {{ targets: [{targets}] }}
+  ws: {{ targets: ["{ws}"] }}
+routes:
+  - {{ name: stable, match: {{ prefix: /stable }}, upstream: pool }}
+  - {{ name: chat, match: {{ path: /chat }}, upstream: ws }}
+  - {{ name: gen{generation}, match: {{ path: /gen{generation} }}, upstream: pool }}
+"#,
+        pki_cert.cert_path.display(),
+        pki_cert.key_path.display()
+    )
+}
+
+async fn reload(admin: &str) -> Resp {
+    send(req("POST", &format!("{admin}/reload"), &[], "")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_under_load_lose_nothing() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let ws = WsUpstream::start().await;
+    let pki = TestPki::new();
+    let cert0 = pki.issue_server(&["localhost"]);
+    let gw = Gateway::start(bin(), &config(&cert0, &a.url(), &b.url(), &ws.url(), 0)).unwrap();
+    let base = gw.url("public");
+    let admin = gw.admin_url();
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+
+    // HTTP/1.1 keep-alive and h2c clients, each reusing its connections.
+    let mut tasks = Vec::new();
+    for h2 in [false, true] {
+        let (stop, errors, done, base) = (stop.clone(), errors.clone(), done.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = Client::builder(TokioExecutor::new())
+                .http2_only(h2)
+                .build_http::<Full<Bytes>>();
+            while !stop.load(Ordering::Relaxed) {
+                let r = client
+                    .request(req("GET", &format!("{base}/stable/x"), &[], ""))
+                    .await;
+                match r {
+                    Ok(resp) if resp.status() == 200 => {
+                        let _ = resp.into_body().collect().await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        eprintln!(
+                            "request failed during reload: {:?}",
+                            other.map(|r| r.status())
+                        );
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    // An open WebSocket.
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.listener("public")))
+            .await
+            .unwrap();
+    // A TLS connection opened before any rotation.
+    let ca = pki.ca_pem();
+    let secure = gw.listener("secure");
+    let (_, first_seen) = send_tls(
+        secure,
+        "localhost",
+        &ca,
+        &[b"http/1.1"],
+        req("GET", "/stable/tls", &[("host", "localhost")], ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first_seen.peer_cert_der, cert0.cert_der);
+
+    let mut last_cert = cert0.clone();
+    for generation in 1..=12 {
+        last_cert = pki.issue_server(&["localhost"]);
+        std::fs::write(
+            gw.config_path(),
+            config(&last_cert, &a.url(), &b.url(), &ws.url(), generation),
+        )
+        .unwrap();
+        let r = reload(&admin).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        // The new route serves at once; the previous generation's is gone.
+        assert_eq!(get(&format!("{base}/gen{generation}")).await.status, 200);
+        assert_eq!(
+            get(&format!("{base}/gen{}", generation - 1)).await.status,
+            404
+        );
+        socket
+            .send(tokio_tungstenite::tungstenite::Message::text(format!(
+                "gen {generation}"
+            )))
+            .await
+            .unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            echoed.into_text().unwrap().as_str(),
+            format!("gen {generation}")
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        errors.load(Ordering::Relaxed),
+        0,
+        "requests failed during reloads"
+    );
+    assert!(
+        done.load(Ordering::Relaxed) > 20,
+        "traffic flowed: {}",
+        done.load(Ordering::Relaxed)
+    );
+    // New TLS connections see the rotated certificate.
+    let (r, seen) = send_tls(
+        secure,
+        "localhost",
+        &ca,
+        &[b"h2"],
+        req("GET", "https://localhost/stable/x", &[], ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(seen.peer_cert_der, last_cert.cert_der);
+    // Upstream change took effect: the odd generations route only to b.
+    assert!(b.hits() > 0 && a.hits() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_survives_certificate_rotation() {
+    let pki = TestPki::new();
+    let a = TestUpstream::start("a").await;
+    let ws = WsUpstream::start().await;
+    let cert0 = pki.issue_server(&["localhost"]);
+    let gw = Gateway::start(bin(), &config(&cert0, &a.url(), &a.url(), &ws.url(), 0)).unwrap();
+    // One h2 connection held open across the rotation.
+    let ca = pki.ca_pem();
+    let tcp = tokio::net::TcpStream::connect(gw.listener("secure"))
+        .await
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use rustls_pki_types::pem::PemObject;
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let one = |sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>| {
+        sender.send_request(req("GET", "https://localhost/stable/held", &[], ""))
+    };
+    assert_eq!(one(&mut sender).await.unwrap().status(), 200);
+
+    let cert1 = pki.issue_server(&["localhost"]);
+    std::fs::write(
+        gw.config_path(),
+        config(&cert1, &a.url(), &a.url(), &ws.url(), 1),
+    )
+    .unwrap();
+    assert_eq!(reload(&gw.admin_url()).await.status, 200);
+    // The held connection goes on, under the new routes.
+    assert_eq!(one(&mut sender).await.unwrap().status(), 200);
+    let r = sender
+        .send_request(req("GET", "https://localhost/gen1", &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_reports_a_refused_reload() {
+    let gw = gateway(
+        "upstreams: { d: { kind: echo } }\nroutes:\n  - { name: r, match: { path: /r }, upstream: d }\n",
+    );
+    let good = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        good.replace("upstream: d", "upstream: ghost"),
+    )
+    .unwrap();
+    let r = reload(&gw.admin_url()).await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let v = r.json();
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("routes[0].upstream"),
+        "{v}"
+    );
+    assert_eq!(get(&format!("{}/r", gw.url("public"))).await.status, 200);
+    let r = get(&format!("{}/reload", gw.admin_url())).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_file_is_reloaded_by_itself() {
+    let gw = gateway(
+        "upstreams: { d: { kind: echo } }\nroutes:\n  - { name: r, match: { path: /r }, upstream: d }\n",
+    );
+    let good = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(gw.config_path(), good.replace("path: /r", "path: /watched")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get(&format!("{}/watched", gw.url("public"))).await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gw.stderr_text().contains("file change"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_requests_in_flight_then_stops() {
+    let up = TestUpstream::start("slow").await;
+    let mut gw = gateway(&format!(
+        "upstreams: {{ s: {{ targets: [\"{}\"] }} }}\nroutes:\n  - {{ name: s, match: {{ prefix: /delay }}, upstream: s }}\n",
+        up.url()
+    ));
+    let url = format!("{}/delay/800", gw.url("public"));
+    let pending = tokio::spawn(async move { get(&url).await });
+    while up.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.signal("TERM");
+    // New connections are no longer accepted once the listener closes …
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        tokio::net::TcpStream::connect(gw.listener("public"))
+            .await
+            .is_err()
+    );
+    // … while the request in flight completes.
+    assert_eq!(pending.await.unwrap().status, 200);
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+}
