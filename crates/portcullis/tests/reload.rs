@@ -19,7 +19,7 @@ use hyper_util::rt::TokioExecutor;
 fn config(pki_cert: &CertFiles, a: &str, b: &str, ws: &str, generation: usize) -> String {
     // Every generation: a new route, the stable route pointing at a different pool order, and
     // the certificate given by the caller.
-    let targets = if generation % 2 == 0 {
+    let targets = if generation.is_multiple_of(2) {
         format!("\"{a}\", \"{b}\"")
     } else {
         format!("\"{b}\"")
