@@ -330,7 +330,23 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
         ip_filter: IpRules::compile(&s.ip_filter, "server.ip_filter", e),
         header_read_timeout,
         http2_max_concurrent_streams: s.http2_max_concurrent_streams,
+        idle_timeout: positive_duration(&s.idle_timeout, "server.idle_timeout", e),
+        body_read_timeout: positive_duration(&s.body_read_timeout, "server.body_read_timeout", e),
+        body_min_bytes_per_second: s.body_min_bytes_per_second,
+        max_connections: nonzero(s.max_connections, "server.max_connections", e),
+        max_connections_per_ip: nonzero(
+            s.max_connections_per_ip,
+            "server.max_connections_per_ip",
+            e,
+        ),
     }
+}
+
+fn nonzero(v: usize, path: &str, e: &mut ConfigErrors) -> usize {
+    if v == 0 {
+        e.push(path, "must be greater than 0");
+    }
+    v
 }
 
 /// A duration that must be greater than zero; one error at most per value.

@@ -156,6 +156,22 @@ pub struct RawServer {
     /// Most concurrent streams per HTTP/2 connection. Default 100.
     #[serde(default = "default_h2_streams")]
     pub http2_max_concurrent_streams: u32,
+    /// Close a connection on which no byte moved for this long. Default `60s`.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: String,
+    /// Longest wait for the next piece of a request body. Default `30s`.
+    #[serde(default = "default_body_read_timeout")]
+    pub body_read_timeout: String,
+    /// Slowest accepted average body rate in bytes per second, measured after the first
+    /// `10s` of a body. Default 1024; 0 disables.
+    #[serde(default = "default_body_min_rate")]
+    pub body_min_bytes_per_second: u64,
+    /// Most open client connections in all. Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most open client connections from one client address. Default 512.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for RawServer {
@@ -168,6 +184,11 @@ impl Default for RawServer {
             ip_filter: RawIpFilter::default(),
             header_read_timeout: default_header_timeout(),
             http2_max_concurrent_streams: default_h2_streams(),
+            idle_timeout: default_idle_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            body_min_bytes_per_second: default_body_min_rate(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
         }
     }
 }
@@ -177,6 +198,21 @@ fn default_header_timeout() -> String {
 }
 fn default_h2_streams() -> u32 {
     100
+}
+fn default_idle_timeout() -> String {
+    "60s".into()
+}
+fn default_body_read_timeout() -> String {
+    "30s".into()
+}
+fn default_body_min_rate() -> u64 {
+    1024
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_connections_per_ip() -> usize {
+    512
 }
 
 /// Request id handling.

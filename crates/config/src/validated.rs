@@ -73,6 +73,11 @@ pub struct Server {
     pub ip_filter: IpRules,
     pub header_read_timeout: Duration,
     pub http2_max_concurrent_streams: u32,
+    pub idle_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub body_min_bytes_per_second: u64,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone)]

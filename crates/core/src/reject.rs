@@ -26,8 +26,10 @@ pub enum RejectReason {
     HeadersTooLarge,
     /// The body is larger than the route allows.
     BodyTooLarge,
-    /// The body did not arrive in time or was cut short.
+    /// The body was cut short or malformed.
     BodyReadFailed,
+    /// The body arrived too slowly (a gap longer than allowed, or below the minimum rate).
+    BodyTimeout,
     /// Every target of the upstream is unhealthy or ejected.
     NoHealthyUpstream,
     /// The upstream could not be reached or failed mid-exchange.
@@ -50,6 +52,7 @@ impl RejectReason {
         RejectReason::HeadersTooLarge,
         RejectReason::BodyTooLarge,
         RejectReason::BodyReadFailed,
+        RejectReason::BodyTimeout,
         RejectReason::NoHealthyUpstream,
         RejectReason::UpstreamError,
         RejectReason::UpstreamTimeout,
@@ -68,6 +71,7 @@ impl RejectReason {
             RejectReason::HeadersTooLarge => "headers_too_large",
             RejectReason::BodyTooLarge => "body_too_large",
             RejectReason::BodyReadFailed => "body_read_failed",
+            RejectReason::BodyTimeout => "body_timeout",
             RejectReason::NoHealthyUpstream => "no_healthy_upstream",
             RejectReason::UpstreamError => "upstream_error",
             RejectReason::UpstreamTimeout => "upstream_timeout",
@@ -87,6 +91,7 @@ impl RejectReason {
             RejectReason::HeadersTooLarge => "urn:portcullis:problem:headers_too_large",
             RejectReason::BodyTooLarge => "urn:portcullis:problem:body_too_large",
             RejectReason::BodyReadFailed => "urn:portcullis:problem:body_read_failed",
+            RejectReason::BodyTimeout => "urn:portcullis:problem:body_timeout",
             RejectReason::NoHealthyUpstream => "urn:portcullis:problem:no_healthy_upstream",
             RejectReason::UpstreamError => "urn:portcullis:problem:upstream_error",
             RejectReason::UpstreamTimeout => "urn:portcullis:problem:upstream_timeout",
@@ -107,6 +112,7 @@ impl RejectReason {
             }
             RejectReason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RejectReason::BodyReadFailed => StatusCode::BAD_REQUEST,
+            RejectReason::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             RejectReason::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             RejectReason::UpstreamError => StatusCode::BAD_GATEWAY,
             RejectReason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -126,6 +132,7 @@ impl RejectReason {
             RejectReason::HeadersTooLarge => "Header section too large",
             RejectReason::BodyTooLarge => "Request body too large",
             RejectReason::BodyReadFailed => "Request body could not be read",
+            RejectReason::BodyTimeout => "Request body too slow",
             RejectReason::NoHealthyUpstream => "No healthy upstream",
             RejectReason::UpstreamError => "Upstream failed",
             RejectReason::UpstreamTimeout => "Upstream timed out",

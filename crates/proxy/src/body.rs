@@ -1,21 +1,59 @@
-//! A request body counted while it streams: the route's limit holds whatever the framing
-//! (chunked, HTTP/2 DATA frames), without buffering.
+//! A request body watched while it streams: the route's size limit holds whatever the framing
+//! (chunked, HTTP/2 DATA frames), and a client that trickles its body — a gap longer than the
+//! read timeout, or an average rate below the minimum — is cut off. Nothing is buffered.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use portcullis_core::{BoxBody, BoxError};
+use portcullis_core::{BoxBody, BoxError, RejectReason};
+use tokio::time::{Instant, Sleep};
+
+/// Why a body was cut off, shared with the code that answers the client.
+#[derive(Debug, Default)]
+pub struct Tripped(AtomicU8);
+
+impl Tripped {
+    pub fn reason(&self) -> Option<RejectReason> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(RejectReason::BodyTooLarge),
+            2 => Some(RejectReason::BodyTimeout),
+            _ => None,
+        }
+    }
+
+    fn set(&self, v: u8) {
+        self.0.store(v, Ordering::Release);
+    }
+}
+
+/// How a body is watched.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyRules {
+    pub limit: u64,
+    /// Longest gap between two pieces of the body.
+    pub read_timeout: Duration,
+    /// Slowest average rate, checked once `MIN_RATE_GRACE` has passed; 0 disables.
+    pub min_bytes_per_second: u64,
+}
+
+/// The minimum rate is judged only after this long, so short pauses at the start do not count.
+pub const MIN_RATE_GRACE: Duration = Duration::from_secs(10);
 
 pin_project_lite::pin_project! {
     pub struct LimitedBody {
         #[pin]
         inner: BoxBody,
         remaining: u64,
-        tripped: Arc<AtomicBool>,
+        received: u64,
+        rules: BodyRules,
+        started: Instant,
+        gap: Option<Pin<Box<Sleep>>>,
+        tripped: Arc<Tripped>,
     }
 }
 
@@ -23,13 +61,22 @@ pin_project_lite::pin_project! {
 #[error("request body exceeds the route's limit")]
 pub struct BodyLimitExceeded;
 
+#[derive(Debug, thiserror::Error)]
+#[error("request body arrived too slowly")]
+pub struct BodyTooSlow;
+
 impl LimitedBody {
-    /// `tripped` is set when the limit is crossed, so the caller can answer 413 instead of a
-    /// generic upstream failure.
-    pub fn new(inner: BoxBody, limit: u64, tripped: Arc<AtomicBool>) -> Self {
+    pub fn new(inner: BoxBody, rules: BodyRules, tripped: Arc<Tripped>) -> Self {
+        // A body that is already complete needs no timer (most GETs).
+        let gap =
+            (!inner.is_end_stream()).then(|| Box::pin(tokio::time::sleep(rules.read_timeout)));
         LimitedBody {
             inner,
-            remaining: limit,
+            remaining: rules.limit,
+            received: 0,
+            rules,
+            started: Instant::now(),
+            gap,
             tripped,
         }
     }
@@ -49,14 +96,42 @@ impl Body for LimitedBody {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > *this.remaining {
-                        this.tripped.store(true, Ordering::Release);
+                        this.tripped.set(1);
                         return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded))));
                     }
                     *this.remaining -= n;
+                    *this.received += n;
+                }
+                let now = Instant::now();
+                let elapsed = now.duration_since(*this.started);
+                if this.rules.min_bytes_per_second > 0 && elapsed > MIN_RATE_GRACE {
+                    let floor = this
+                        .rules
+                        .min_bytes_per_second
+                        .saturating_mul(elapsed.as_secs());
+                    if *this.received < floor {
+                        this.tripped.set(2);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
+                    }
+                }
+                if let Some(gap) = this.gap.as_mut() {
+                    gap.as_mut().reset(now + this.rules.read_timeout);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            other => other,
+            Poll::Pending => {
+                if let Some(gap) = this.gap.as_mut()
+                    && gap.as_mut().poll(cx).is_ready()
+                {
+                    this.tripped.set(2);
+                    return Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
+                }
+                Poll::Pending
+            }
+            done => {
+                *this.gap = None;
+                done
+            }
         }
     }
 
@@ -72,7 +147,7 @@ impl Body for LimitedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::{BodyExt, Full, StreamBody};
 
     fn body(n: usize) -> BoxBody {
         Full::new(Bytes::from(vec![b'x'; n]))
@@ -80,14 +155,86 @@ mod tests {
             .boxed_unsync()
     }
 
+    fn rules(limit: u64) -> BodyRules {
+        BodyRules {
+            limit,
+            read_timeout: Duration::from_secs(30),
+            min_bytes_per_second: 0,
+        }
+    }
+
     #[tokio::test]
     async fn passes_within_limit_and_trips_beyond() {
-        let flag = Arc::new(AtomicBool::new(false));
-        let ok = LimitedBody::new(body(10), 10, flag.clone()).collect().await;
-        assert!(ok.is_ok());
-        assert!(!flag.load(Ordering::Acquire));
-        let err = LimitedBody::new(body(11), 10, flag.clone()).collect().await;
-        assert!(err.is_err());
-        assert!(flag.load(Ordering::Acquire));
+        let t = Arc::new(Tripped::default());
+        assert!(
+            LimitedBody::new(body(10), rules(10), t.clone())
+                .collect()
+                .await
+                .is_ok()
+        );
+        assert_eq!(t.reason(), None);
+        assert!(
+            LimitedBody::new(body(11), rules(10), t.clone())
+                .collect()
+                .await
+                .is_err()
+        );
+        assert_eq!(t.reason(), Some(RejectReason::BodyTooLarge));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_times_out() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream = StreamBody::new(tokio_stream_shim(rx)).boxed_unsync();
+        tx.send(Ok(Frame::data(Bytes::from_static(b"first"))))
+            .await
+            .unwrap();
+        let t = Arc::new(Tripped::default());
+        let r = BodyRules {
+            limit: 100,
+            read_timeout: Duration::from_secs(5),
+            min_bytes_per_second: 0,
+        };
+        let res = LimitedBody::new(stream, r, t.clone()).collect().await;
+        assert!(res.is_err());
+        assert_eq!(t.reason(), Some(RejectReason::BodyTimeout));
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickle_below_the_minimum_rate_is_cut_off() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream = StreamBody::new(tokio_stream_shim(rx)).boxed_unsync();
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                if tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"x"))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let t = Arc::new(Tripped::default());
+        let r = BodyRules {
+            limit: 1000,
+            read_timeout: Duration::from_secs(5),
+            min_bytes_per_second: 10,
+        };
+        assert!(
+            LimitedBody::new(stream, r, t.clone())
+                .collect()
+                .await
+                .is_err()
+        );
+        assert_eq!(t.reason(), Some(RejectReason::BodyTimeout));
+    }
+
+    fn tokio_stream_shim(
+        mut rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+    ) -> impl futures_util::Stream<Item = Result<Frame<Bytes>, BoxError>> {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 }

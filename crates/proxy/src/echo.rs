@@ -44,6 +44,12 @@ async fn respond_inner(
         let frame = match frame {
             Ok(f) => f,
             Err(e) if e.is::<crate::body::BodyLimitExceeded>() => return Err(too_large(limit)),
+            Err(e) if e.is::<crate::body::BodyTooSlow>() => {
+                return Err(Rejection::new(
+                    RejectReason::BodyTimeout,
+                    "the request body arrived too slowly",
+                ));
+            }
             Err(_) => {
                 return Err(Rejection::new(
                     RejectReason::BodyReadFailed,

@@ -47,6 +47,7 @@ pub struct Gateway {
     tls: Vec<(Arc<str>, Arc<ArcSwap<rustls::ServerConfig>>)>,
     ready: Mutex<Result<(), String>>,
     audit_dropped_seen: std::sync::atomic::AtomicU64,
+    pub(crate) admission: server::Admission,
 }
 
 impl Gateway {
@@ -67,6 +68,7 @@ impl Gateway {
             tls,
             ready: Mutex::new(Err("upstream hosts not resolved yet".into())),
             audit_dropped_seen: std::sync::atomic::AtomicU64::new(0),
+            admission: server::Admission::default(),
         }))
     }
 

@@ -13,7 +13,7 @@ use portcullis_core::{Scheme, TlsInfo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::sniff::{Flag, Sniffed};
+use crate::sniff::{Activity, Flag, Sniffed};
 use crate::{ConnInfo, Gateway};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,8 +86,15 @@ pub async fn serve(
                     _ = stop.changed() => break,
                     accepted = l.inner.accept() => match accepted {
                         Ok((stream, peer)) => {
+                            let Some(admitted) = gw.admission.admit(&gw, peer.ip()) else {
+                                // Over a connection limit: close at once, before any work.
+                                tracing::debug!(%peer, "connection refused: connection limit");
+                                gw.metrics.count_rejection("accept", "connection_limit");
+                                drop(stream);
+                                continue;
+                            };
                             let _ = stream.set_nodelay(true);
-                            tokio::spawn(connection(gw.clone(), graceful.watcher(), stream, peer, l.name.clone(), l.tls.clone()));
+                            tokio::spawn(connection(gw.clone(), graceful.watcher(), stream, peer, l.name.clone(), l.tls.clone(), admitted));
                         }
                         Err(e) => {
                             // Out of file descriptors and the like: back off instead of spinning.
@@ -119,10 +126,12 @@ async fn connection(
     peer: SocketAddr,
     listener: Arc<str>,
     tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    _admitted: Admitted,
 ) {
     let _open = OpenConnection::new(gw.metrics.clone(), listener.clone());
     let rt = gw.runtime();
     let server = &rt.config().server;
+    let (first_byte, idle) = (server.header_read_timeout, server.idle_timeout);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let limits = server.limits;
     let max_buf = ((limits.max_header_bytes + limits.max_uri_bytes) * 2).max(16 * 1024);
@@ -150,7 +159,9 @@ async fn connection(
     match tls {
         None => {
             let framing = Arc::new(Flag::default());
-            let stream = Sniffed::new(stream, framing.clone());
+            let activity = Arc::new(Activity::default());
+            let watchdog = idle_watchdog(activity.clone(), first_byte, idle);
+            let stream = Sniffed::new(stream, framing.clone(), activity);
             let info = Arc::new(ConnInfo {
                 peer,
                 scheme: Scheme::Http,
@@ -161,8 +172,11 @@ async fn connection(
             let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             let conn = watcher.watch(conn);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                () = watchdog => tracing::debug!(%peer, "idle connection closed"),
             }
         }
         Some(cfg) => {
@@ -187,7 +201,10 @@ async fn connection(
             };
             let h2 = info.alpn.as_deref() == Some(b"h2");
             let framing = Arc::new(Flag::default());
-            let tls_stream = Sniffed::new(tls_stream, framing.clone());
+            // Timed from the end of the handshake, which has its own deadline.
+            let activity = Arc::new(Activity::default());
+            let watchdog = idle_watchdog(activity.clone(), first_byte, idle);
+            let tls_stream = Sniffed::new(tls_stream, framing.clone(), activity);
             let info = Arc::new(ConnInfo {
                 peer,
                 scheme: Scheme::Https,
@@ -199,10 +216,88 @@ async fn connection(
             let builder = if h2 { builder.http2_only() } else { builder };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
             let conn = watcher.watch(conn);
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                () = watchdog => tracing::debug!(%peer, "idle connection closed"),
             }
         }
+    }
+}
+
+/// Resolves when a connection has been silent too long: no byte at all within the header
+/// timeout of its opening (a connect-and-wait slowloris), or no byte either way for the idle
+/// timeout.
+async fn idle_watchdog(activity: Arc<Activity>, first_byte: Duration, idle: Duration) {
+    let step = (first_byte.min(idle) / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(step).await;
+        if !activity.has_read() && activity.age() >= first_byte {
+            return;
+        }
+        if activity.idle_for() >= idle {
+            return;
+        }
+    }
+}
+
+/// Connection admission: a global cap and a per-client-address cap, checked at accept.
+#[derive(Default)]
+pub struct Admission {
+    total: std::sync::atomic::AtomicUsize,
+    per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A connection's place under the caps; given back on drop.
+pub struct Admitted {
+    gw: Arc<Gateway>,
+    ip: std::net::IpAddr,
+}
+
+impl Admission {
+    /// Takes a place for a connection from `ip`, or `None` when a cap is reached. Locks only
+    /// at accept, never per request.
+    pub fn admit(&self, gw: &Arc<Gateway>, ip: std::net::IpAddr) -> Option<Admitted> {
+        use std::sync::atomic::Ordering;
+        let rt = gw.runtime();
+        let server = &rt.config().server;
+        if self.total.fetch_add(1, Ordering::AcqRel) >= server.max_connections {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let mut map = match self.per_ip.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let n = map.entry(ip).or_insert(0);
+        if *n >= server.max_connections_per_ip {
+            drop(map);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        *n += 1;
+        Some(Admitted { gw: gw.clone(), ip })
+    }
+
+    fn release(&self, ip: std::net::IpAddr) {
+        self.total.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let mut map = match self.per_ip.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.gw.admission.release(self.ip);
     }
 }
 

@@ -5,7 +5,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -21,7 +20,7 @@ use portcullis_core::{
 use portcullis_pipeline::request_host;
 
 use crate::Gateway;
-use crate::body::LimitedBody;
+use crate::body::{BodyRules, LimitedBody, Tripped};
 use crate::headers::{
     Forwarding, is_websocket_upgrade, propagate_traceparent, set_forwarding, strip_hop_by_hop,
 };
@@ -298,13 +297,18 @@ impl Gateway {
         route.request_headers.apply(&mut head.headers);
         head.version = Version::HTTP_11;
 
-        // The body, counted against the route's limit as it streams.
+        // The body, counted against the route's limit and watched for trickling as it streams.
         let limit = ctx
             .body_limit
             .unwrap_or(config.server.limits.max_body_bytes);
-        let tripped = Arc::new(AtomicBool::new(false));
+        let tripped = Arc::new(Tripped::default());
+        let rules = BodyRules {
+            limit,
+            read_timeout: config.server.body_read_timeout,
+            min_bytes_per_second: config.server.body_min_bytes_per_second,
+        };
         let body: BoxBody = match body {
-            RequestBody::Streaming(b) => LimitedBody::new(b, limit, tripped.clone()).boxed_unsync(),
+            RequestBody::Streaming(b) => LimitedBody::new(b, rules, tripped.clone()).boxed_unsync(),
             RequestBody::Buffered(bytes) => full_body(bytes),
         };
 
@@ -345,11 +349,20 @@ impl Gateway {
                                 .count_upstream_request(&upstream.name, target, outcome);
                             seen.target = Some(Arc::from(target));
                         }
-                        if tripped.load(Ordering::Acquire) {
-                            return Err(Rejection::new(
-                                RejectReason::BodyTooLarge,
-                                format!("the request body exceeds {limit} bytes"),
-                            ));
+                        match tripped.reason() {
+                            Some(RejectReason::BodyTooLarge) => {
+                                return Err(Rejection::new(
+                                    RejectReason::BodyTooLarge,
+                                    format!("the request body exceeds {limit} bytes"),
+                                ));
+                            }
+                            Some(r) => {
+                                return Err(Rejection::new(
+                                    r,
+                                    "the request body arrived too slowly",
+                                ));
+                            }
+                            None => {}
                         }
                         tracing::warn!(upstream = %upstream.name, target, error = %e, request_id = %ctx.request_id, "upstream failure");
                         let detail = match reason {

@@ -312,20 +312,64 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
     u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
+/// When a connection last moved a byte, for the idle watchdog.
+#[derive(Debug)]
+pub struct Activity {
+    epoch: std::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+    read_any: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            epoch: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            read_any: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since a byte last moved either way.
+    pub fn idle_for(&self) -> std::time::Duration {
+        let now = self.epoch.elapsed();
+        now.saturating_sub(std::time::Duration::from_millis(
+            self.last_ms.load(Ordering::Relaxed),
+        ))
+    }
+
+    /// Whether the client has sent anything at all.
+    pub fn has_read(&self) -> bool {
+        self.read_any.load(Ordering::Relaxed)
+    }
+
+    pub fn age(&self) -> std::time::Duration {
+        self.epoch.elapsed()
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// An I/O stream whose reads are followed by [`Framing`].
+    /// An I/O stream whose reads are followed by [`Framing`] and whose traffic is timed.
     pub struct Sniffed<S> {
         #[pin]
         inner: S,
         framing: Framing,
+        activity: Arc<Activity>,
     }
 }
 
 impl<S> Sniffed<S> {
-    pub fn new(inner: S, flag: Arc<Flag>) -> Self {
+    pub fn new(inner: S, flag: Arc<Flag>, activity: Arc<Activity>) -> Self {
         Sniffed {
             inner,
             framing: Framing::new(flag),
+            activity,
         }
     }
 }
@@ -340,7 +384,12 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &r {
-            this.framing.feed(&buf.filled()[before..]);
+            let new = &buf.filled()[before..];
+            if !new.is_empty() {
+                this.activity.touch();
+                this.activity.read_any.store(true, Ordering::Relaxed);
+            }
+            this.framing.feed(new);
         }
         r
     }
@@ -368,7 +417,14 @@ impl<S: AsyncWrite> AsyncWrite for Sniffed<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &r
+            && *n > 0
+        {
+            this.activity.touch();
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1,0 +1,168 @@
+//! Slow clients and connection exhaustion (slowloris and kin): the gateway keeps serving
+//! everyone else.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const APP: &str = "upstreams: { d: { kind: echo } }\nroutes:\n  - { name: all, match: { prefix: / }, upstream: d }\n";
+
+async fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    s.connect(addr).await.unwrap()
+}
+
+/// Reads until close or `within`; true if the peer closed.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+async fn normal_request(src: &str, addr: SocketAddr) -> String {
+    let mut s = connect_from(src, addr).await;
+    s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_does_not_stop_the_gateway_serving_others() {
+    let gw = gateway(&format!(
+        "server: {{ header_read_timeout: 2s, max_connections_per_ip: 20 }}\n{APP}"
+    ));
+    let addr = gw.listener("public");
+    // 100 connections from one address, each trickling an unfinished head.
+    let mut attackers = Vec::new();
+    for _ in 0..100 {
+        let mut s = connect_from("127.0.0.1", addr).await;
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await;
+        attackers.push(s);
+    }
+    // Another client is served at once.
+    let out = normal_request("127.0.0.2", addr).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // Connections beyond the per-address cap were closed straight away; the rest are closed
+    // by the header timeout although they keep trickling.
+    let mut refused = 0;
+    for s in attackers.iter_mut().skip(20) {
+        if closed_within(s, Duration::from_millis(500)).await {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 80);
+    for s in attackers.iter_mut().take(20) {
+        let _ = s.write_all(b"X-Trickle: 1\r\n").await;
+    }
+    for s in attackers.iter_mut().take(20) {
+        assert!(
+            closed_within(s, Duration::from_secs(6)).await,
+            "a slow head must be cut off"
+        );
+    }
+    // The attacking address itself is welcome again once it behaves.
+    let out = normal_request("127.0.0.1", addr).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_connections_are_closed() {
+    let gw = gateway(&format!(
+        "server: {{ header_read_timeout: 1s, idle_timeout: 2s }}\n{APP}"
+    ));
+    let addr = gw.listener("public");
+    // Connect and say nothing.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(5)).await);
+    // Keep-alive after a request, then nothing.
+    let mut ka = TcpStream::connect(addr).await.unwrap();
+    ka.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(closed_within(&mut ka, Duration::from_secs(6)).await);
+    // An idle HTTP/2 connection too.
+    let mut h2 = TcpStream::connect(addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    assert!(closed_within(&mut h2, Duration::from_secs(8)).await);
+    assert!(
+        normal_request("127.0.0.1", addr)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408() {
+    let gw = gateway(&format!("server: {{ body_read_timeout: 1s }}\n{APP}"));
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    s.write_all(b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("urn:portcullis:problem:body_timeout"), "{out}");
+    assert!(
+        normal_request("127.0.0.1", gw.listener("public"))
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_connection_cap_holds() {
+    let gw = gateway(&format!("server: {{ max_connections: 5 }}\n{APP}"));
+    let addr = gw.listener("public");
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await;
+    assert!(closed_within(&mut extra, Duration::from_secs(2)).await);
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        normal_request("127.0.0.1", addr)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let m = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        m.contains("portcullis_rejections_total{stage=\"accept\",reason=\"connection_limit\"} 1"),
+        "{m}"
+    );
+}
