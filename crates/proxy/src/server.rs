@@ -17,6 +17,11 @@ use crate::sniff::{Activity, Flag, Sniffed};
 use crate::{ConnInfo, Gateway};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Client-reset streams not yet accepted, per HTTP/2 connection.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams reset for a client's protocol errors, per HTTP/2 connection.
+const H2_MAX_LOCAL_RESETS: usize = 128;
+
 /// How long in-flight requests get to finish after a stop signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -151,6 +156,11 @@ async fn connection(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(server.http2_max_concurrent_streams)
+        // HTTP/2 rapid reset (CVE-2023-44487): streams the client opens and resets before we
+        // answer are bounded; past the bound the connection gets GOAWAY (ENHANCE_YOUR_CALM).
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        // Streams we must reset because the client misbehaved, per connection.
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
         .max_header_list_size(
             u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
         );

@@ -1,0 +1,268 @@
+//! HTTP/2 abuse, sent as raw frames: rapid reset (CVE-2023-44487), CONTINUATION floods,
+//! malformed headers and lying content-length. The gateway refuses, forwards nothing broken,
+//! and stays healthy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const GOAWAY: u8 = 7;
+const CONTINUATION: u8 = 9;
+const END_STREAM: u8 = 1;
+const END_HEADERS: u8 = 4;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK: literal field without indexing, new name, no Huffman (lengths < 127).
+fn literal(name: &str, value: &str) -> Vec<u8> {
+    let mut out = vec![0x00, name.len() as u8];
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
+/// A request header block: GET or POST, http, the path, authority `a`, extra fields.
+fn block(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.push(if method == "GET" { 0x82 } else { 0x83 }); // :method from the static table
+    b.push(0x86); // :scheme http
+    b.push(0x04); // :path, literal value with indexed name
+    b.push(path.len() as u8);
+    b.extend_from_slice(path.as_bytes());
+    b.push(0x01); // :authority
+    b.push(1);
+    b.push(b'a');
+    for (k, v) in extra {
+        b.extend(literal(k, v));
+    }
+    b
+}
+
+async fn open(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    s
+}
+
+/// Frames the server sent until it closed, sent GOAWAY, or `within` passed: (type, stream,
+/// payload). A connection the server closes mid-write ends the list.
+async fn frames(s: &mut TcpStream, within: Duration) -> Vec<(u8, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + within;
+    let mut chunk = [0u8; 16384];
+    loop {
+        while buf.len() >= 9 {
+            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let kind = buf[3];
+            let stream = u32::from_be_bytes([buf[5] & 0x7f, buf[6], buf[7], buf[8]]);
+            out.push((kind, stream, buf[9..9 + len].to_vec()));
+            buf.drain(..9 + len);
+            if kind == GOAWAY {
+                return out;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return out,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn goaway_code(fs: &[(u8, u32, Vec<u8>)]) -> Option<u32> {
+    fs.iter()
+        .find(|(k, _, _)| *k == GOAWAY)
+        .map(|(_, _, p)| u32::from_be_bytes([p[4], p[5], p[6], p[7]]))
+}
+
+fn reset_of(fs: &[(u8, u32, Vec<u8>)], stream: u32) -> bool {
+    fs.iter().any(|(k, s, _)| *k == RST_STREAM && *s == stream)
+}
+
+fn answered(fs: &[(u8, u32, Vec<u8>)], stream: u32) -> bool {
+    fs.iter().any(|(k, s, _)| *k == HEADERS && *s == stream)
+}
+
+async fn healthy(gw: &Gateway) {
+    let r = send_h2c(req("GET", &format!("{}/ok", gw.url("public")), &[], "")).await;
+    assert_eq!(r.status, 200);
+}
+
+async fn setup() -> (TestUpstream, Gateway) {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "upstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        up.url()
+    ));
+    (up, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_formed_raw_request_is_answered() {
+    // The frame writer itself is right: a clean request gets a response.
+    let (up, gw) = setup().await;
+    let mut s = open(gw.listener("public")).await;
+    s.write_all(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &block("GET", "/fine", &[]),
+    ))
+    .await
+    .unwrap();
+    let fs = frames(&mut s, Duration::from_secs(2)).await;
+    assert!(answered(&fs, 1), "{fs:?}");
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cve_2023_44487_rapid_reset_gets_goaway() {
+    let (up, gw) = setup().await;
+    let mut s = open(gw.listener("public")).await;
+    let mut burst = Vec::new();
+    for i in 0..2000u32 {
+        let id = 1 + 2 * i;
+        burst.extend(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            id,
+            &block("GET", "/delay/1000", &[]),
+        ));
+        burst.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes())); // CANCEL
+    }
+    let _ = s.write_all(&burst).await;
+    let fs = frames(&mut s, Duration::from_secs(5)).await;
+    assert_eq!(
+        goaway_code(&fs),
+        Some(0xb),
+        "expected GOAWAY ENHANCE_YOUR_CALM: {:?}",
+        fs.iter().map(|f| f.0).collect::<Vec<_>>()
+    );
+    assert!(
+        up.hits() < 2000,
+        "the burst must not all reach the upstream"
+    );
+    healthy(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_flood_is_cut_off() {
+    let (up, gw) = setup().await;
+    let mut s = open(gw.listener("public")).await;
+    let _ = s
+        .write_all(&frame(HEADERS, 0, 1, &block("GET", "/x", &[])))
+        .await;
+    let junk = literal("x-flood", &"v".repeat(100));
+    let mut sent = 0usize;
+    for _ in 0..20_000 {
+        if s.write_all(&frame(CONTINUATION, 0, 1, &junk))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        sent += junk.len();
+        if sent > 8 * 1024 * 1024 {
+            break;
+        }
+    }
+    let fs = frames(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        !answered(&fs, 1),
+        "a flooded header block is never answered"
+    );
+    assert_eq!(up.hits(), 0);
+    healthy(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_h2_requests_are_reset_and_not_forwarded() {
+    let (up, gw) = setup().await;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "uppercase header name",
+            block("GET", "/x", &[("X-Upper", "1")]),
+        ),
+        (
+            "connection header",
+            block("GET", "/x", &[("connection", "close")]),
+        ),
+        (
+            "transfer-encoding header",
+            block("GET", "/x", &[("transfer-encoding", "chunked")]),
+        ),
+        (
+            "keep-alive header",
+            block("GET", "/x", &[("keep-alive", "1")]),
+        ),
+    ];
+    for (name, b) in cases {
+        let mut s = open(gw.listener("public")).await;
+        s.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &b))
+            .await
+            .unwrap();
+        let fs = frames(&mut s, Duration::from_secs(2)).await;
+        let refused = reset_of(&fs, 1)
+            || goaway_code(&fs).is_some()
+            || fs
+                .iter()
+                .any(|(k, st, p)| *k == HEADERS && *st == 1 && p.contains(&0x8c)); // 0x8c: :status 400
+        assert!(refused, "{name}: {fs:?}");
+    }
+    assert_eq!(up.hits(), 0, "{:?}", up.requests());
+    healthy(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_the_data_frames_contradict_is_refused() {
+    let gw = gateway(
+        "upstreams: { d: { kind: echo } }\nroutes:\n  - { name: all, match: { prefix: / }, upstream: d }\n",
+    );
+    let mut s = open(gw.listener("public")).await;
+    s.write_all(&frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &block("POST", "/x", &[("content-length", "10")]),
+    ))
+    .await
+    .unwrap();
+    s.write_all(&frame(DATA, END_STREAM, 1, b"12345"))
+        .await
+        .unwrap();
+    let fs = frames(&mut s, Duration::from_secs(2)).await;
+    let ok_answer = fs
+        .iter()
+        .any(|(k, st, p)| *k == HEADERS && *st == 1 && p.contains(&0x88)); // :status 200
+    assert!(!ok_answer, "a lying body must not be served: {fs:?}");
+    assert!(
+        reset_of(&fs, 1) || answered(&fs, 1),
+        "the stream is refused: {fs:?}"
+    );
+    let r = send_h2c(req("GET", &format!("{}/ok", gw.url("public")), &[], "")).await;
+    assert_eq!(r.status, 200);
+}
