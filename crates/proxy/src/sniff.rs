@@ -118,6 +118,26 @@ impl Framing {
             match &mut self.state {
                 State::Off => return,
                 State::Head(buf) => {
+                    // Fast path: a whole head within this read, nothing buffered — no copy.
+                    if buf.is_empty() {
+                        let mut lead = 0;
+                        while data[lead..].starts_with(b"\r\n") {
+                            lead += 2;
+                        }
+                        if let Some(pos) = find(&data[lead..], b"\r\n\r\n") {
+                            if data[lead..].starts_with(b"PRI * HTTP/2.0") {
+                                self.state = State::Off;
+                                return;
+                            }
+                            let head_len = lead + pos + 4;
+                            match after_head(&data[lead..head_len]) {
+                                Ok(next) => self.state = next,
+                                Err(a) => return self.flag(a),
+                            }
+                            data = &data[head_len..];
+                            continue;
+                        }
+                    }
                     let before = buf.len();
                     buf.extend_from_slice(data);
                     // Leading empty lines before a request line are allowed (RFC 9112 §2.2).
@@ -140,9 +160,9 @@ impl Framing {
                     };
                     let head_len = from + pos + 4;
                     let consumed = head_len.saturating_sub(before).min(data.len());
-                    let head = buf[lead..head_len].to_vec();
+                    let next = after_head(&buf[lead..head_len]);
                     data = &data[consumed..];
-                    match self.after_head(&head) {
+                    match next {
                         Ok(next) => self.state = next,
                         Err(a) => return self.flag(a),
                     }
@@ -218,65 +238,65 @@ impl Framing {
             }
         }
     }
+}
 
-    /// Checks a complete head and says how its body is framed.
-    fn after_head(&self, head: &[u8]) -> Result<State, Ambiguity> {
-        if has_bare_lf(head) {
-            return Err(Ambiguity::BareLf);
+/// Checks a complete head and says how its body is framed.
+fn after_head(head: &[u8]) -> Result<State, Ambiguity> {
+    if has_bare_lf(head) {
+        return Err(Ambiguity::BareLf);
+    }
+    let mut lines = head[..head.len() - 4].split(|&b| b == b'\n');
+    let request_line = lines.next().unwrap_or_default();
+    let mut content_length: Option<u64> = None;
+    let mut cl_count = 0;
+    let mut te: Option<&[u8]> = None;
+    let mut te_count = 0;
+    let mut upgrade = false;
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue; // hyper refuses malformed lines itself
+        };
+        let name = &line[..colon];
+        let value = &line[colon + 1..];
+        if name.eq_ignore_ascii_case(b"content-length") {
+            cl_count += 1;
+            let v = trim_ows(value);
+            content_length = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te_count += 1;
+            te = Some(value);
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
         }
-        let mut lines = head[..head.len() - 4].split(|&b| b == b'\n');
-        let request_line = lines.next().unwrap_or_default();
-        let mut content_length: Option<u64> = None;
-        let mut cl_count = 0;
-        let mut te: Option<&[u8]> = None;
-        let mut te_count = 0;
-        let mut upgrade = false;
-        for line in lines {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
-                continue; // hyper refuses malformed lines itself
-            };
-            let name = &line[..colon];
-            let value = &line[colon + 1..];
-            if name.eq_ignore_ascii_case(b"content-length") {
-                cl_count += 1;
-                let v = trim_ows(value);
-                content_length = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                te_count += 1;
-                te = Some(value);
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                upgrade = true;
-            }
-        }
-        if te_count > 0 && cl_count > 0 {
-            return Err(Ambiguity::ContentLengthAndTransferEncoding);
-        }
-        if cl_count > 1 {
-            return Err(Ambiguity::RepeatedContentLength);
-        }
-        if te_count > 1 {
+    }
+    if te_count > 0 && cl_count > 0 {
+        return Err(Ambiguity::ContentLengthAndTransferEncoding);
+    }
+    if cl_count > 1 {
+        return Err(Ambiguity::RepeatedContentLength);
+    }
+    if te_count > 1 {
+        return Err(Ambiguity::TransferEncodingNotExactlyChunked);
+    }
+    let connect = request_line.starts_with(b"CONNECT ");
+    if upgrade || connect {
+        // After a 101 (or a tunnel) the bytes are no longer HTTP/1.1 messages.
+        return Ok(State::Off);
+    }
+    if let Some(v) = te {
+        // One optional space after the colon, then exactly "chunked", nothing after.
+        let v = v.strip_prefix(b" ").unwrap_or(v);
+        if v != b"chunked" {
             return Err(Ambiguity::TransferEncodingNotExactlyChunked);
         }
-        let connect = request_line.starts_with(b"CONNECT ");
-        if upgrade || connect {
-            // After a 101 (or a tunnel) the bytes are no longer HTTP/1.1 messages.
-            return Ok(State::Off);
-        }
-        if let Some(v) = te {
-            // One optional space after the colon, then exactly "chunked", nothing after.
-            let v = v.strip_prefix(b" ").unwrap_or(v);
-            if v != b"chunked" {
-                return Err(Ambiguity::TransferEncodingNotExactlyChunked);
-            }
-            return Ok(State::ChunkSize(Vec::new()));
-        }
-        Ok(match content_length {
-            Some(n) if n > 0 => State::Fixed(n),
-            // A malformed length is refused by hyper; zero or none: the next head follows.
-            _ => State::Head(Vec::new()),
-        })
+        return Ok(State::ChunkSize(Vec::new()));
     }
+    Ok(match content_length {
+        Some(n) if n > 0 => State::Fixed(n),
+        // A malformed length is refused by hyper; zero or none: the next head follows.
+        _ => State::Head(Vec::new()),
+    })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

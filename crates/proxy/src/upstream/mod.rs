@@ -335,7 +335,7 @@ impl UpstreamPool {
     ) -> Result<UpstreamResponse, UpstreamError> {
         let body_empty = req.body().is_end_stream() || req.body().size_hint().exact() == Some(0);
         let can_retry = opts.retryable && body_empty && self.retries.attempts > 0;
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let mut body = Some(body);
         let mut tried: Vec<usize> = Vec::new();
         let mut last_err = UpstreamError::NoEligibleTarget;
@@ -360,8 +360,15 @@ impl UpstreamPool {
                 .method(parts.method.clone())
                 .uri(uri)
                 .version(parts.version);
+            let last = attempt == max_attempts;
             if let Some(h) = b.headers_mut() {
-                h.clone_from(&parts.headers);
+                // The last attempt takes the headers; only an attempt that may be followed by
+                // a retry pays for a copy.
+                *h = if last {
+                    std::mem::take(&mut parts.headers)
+                } else {
+                    parts.headers.clone()
+                };
                 if self.host_header == HostHeader::Target
                     && let Some(v) = &self.targets[i].host_value
                 {
@@ -383,12 +390,11 @@ impl UpstreamPool {
                     });
                 }
             };
-            if attempt == 1 && !can_retry {
+            if !can_retry {
                 // Carry the extensions (e.g. hyper's upgrade handle) of the original request.
-                *upstream_req.extensions_mut() = parts.extensions.clone();
+                *upstream_req.extensions_mut() = std::mem::take(&mut parts.extensions);
             }
             let guard = InFlight::new(self.targets[i].in_flight.clone());
-            let last = attempt == max_attempts;
             match tokio::time::timeout(opts.timeout, self.client.request(upstream_req)).await {
                 Err(_) => {
                     self.record_failure(i);

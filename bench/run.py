@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""Runs the scenarios and writes docs/performance.md. See bench/run.sh."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+BIN = os.path.join(ROOT, "target", "release", "portcullis")
+QUICK = "--quick" in sys.argv
+DURATION = 3 if QUICK else 10
+REPEAT = 1 if QUICK else 3
+CONNECTIONS = 64
+NCPU = os.cpu_count() or 1
+SERVER_CPU = "0"
+LOAD_CPU = "1" if NCPU > 1 else "0"
+PORTS = {"upstream": 18101, "nginx": 18102, "portcullis": 18103, "portcullis-secure": 18104}
+# nginx before 1.25 serves h2c only on a listener of its own.
+H2_PORTS = {"upstream": 18105, "nginx": 18106, "portcullis": 18103, "portcullis-secure": 18104}
+ADMIN = {"portcullis": 18113, "portcullis-secure": 18114}
+
+WRK_LUA = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT rps=%.1f p50=%.3f p99=%.3f p999=%.3f errors=%d non2xx=%d\\n",
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000,
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+"""
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            pass
+    return total
+
+
+def children(pid):
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def nginx_conf(work, name, port, body):
+    root = os.path.join(work, "www")
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "16k"), "wb") as f:
+        f.write(b"x" * 16384)
+    common = f"""
+worker_processes 1;
+daemon off;
+user root;
+pid {work}/{name}.pid;
+error_log {work}/{name}.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path {work}/{name}_body;
+  proxy_temp_path {work}/{name}_proxy;
+  fastcgi_temp_path {work}/{name}_fcgi;
+  uwsgi_temp_path {work}/{name}_uwsgi;
+  scgi_temp_path {work}/{name}_scgi;
+  {body}
+}}
+"""
+    path = os.path.join(work, f"{name}.conf")
+    with open(path, "w") as f:
+        f.write(common)
+    return path
+
+
+def start(cmd, port, name, work):
+    log = open(os.path.join(work, f"{name}.log"), "w")
+    p = subprocess.Popen(["taskset", "-c", SERVER_CPU] + cmd, stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    wait_port(port)
+    return p
+
+
+def stop(p):
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(10)
+    except Exception:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except Exception:
+            pass
+
+
+def wrk(port, path, work):
+    lua = os.path.join(work, "report.lua")
+    with open(lua, "w") as f:
+        f.write(WRK_LUA)
+    cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "-s", lua,
+           "-H", "Host: bench.local", f"http://127.0.0.1:{port}{path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    m = re.search(r"RESULT rps=([\d.]+) p50=([\d.]+) p99=([\d.]+) p999=([\d.]+) errors=(\d+) non2xx=(\d+)", out)
+    if not m:
+        raise RuntimeError(out)
+    rps, p50, p99, p999, errors, non2xx = m.groups()
+    return {"rps": float(rps), "p50": float(p50), "p99": float(p99), "p999": float(p999),
+            "errors": int(errors) + int(non2xx)}
+
+
+def h2load(port, path):
+    cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-c", "8", "-m", "32", "-D", str(DURATION),
+           "-H", "Host: bench.local", f"http://127.0.0.1:{port}{path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    rps = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
+    lat = re.search(r"time for request:\s+([\d.]+)(\w+)\s+([\d.]+)(\w+)\s+([\d.]+)(\w+)", out)
+    failed = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    if not rps or not lat:
+        raise RuntimeError(out)
+
+    def ms(v, unit):
+        return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    return {"rps": float(rps.group(1)), "mean": ms(lat.group(5), lat.group(6)),
+            "errors": int(failed.group(2)) + int(failed.group(3)) if failed else 0}
+
+
+def measure(fn, pids):
+    runs = []
+    for _ in range(REPEAT):
+        before = cpu_ticks(pids)
+        r = fn()
+        ticks = cpu_ticks(pids) - before
+        total = r["rps"] * DURATION
+        r["cpu_us_per_req"] = (ticks / os.sysconf("SC_CLK_TCK")) * 1e6 / total if total else 0.0
+        runs.append(r)
+    med = {}
+    for k in runs[0]:
+        med[k] = statistics.median(r[k] for r in runs)
+    return med
+
+
+def portcullis_conf(work, name, port, admin, secure):
+    extra = ""
+    if secure:
+        extra = """
+server:
+  trusted_proxies: [10.0.0.0/8]
+  ip_filter: { deny: [192.0.2.0/24, 198.51.100.0/24, "2001:db8::/32"] }
+  limits: { max_uri_bytes: 4KiB, max_header_count: 64, max_body_bytes: 1MiB }
+audit: { output: file, path: %s/audit.jsonl }
+""" % work
+    else:
+        extra = "audit: { enabled: false }\n"
+    routes = """
+routes:
+  - { name: other-1, match: { path: "/api/orders/{id}", methods: [GET] }, upstream: up }
+  - { name: other-2, match: { prefix: /admin }, upstream: up, ip_filter: { allow: [10.0.0.0/8] } }
+  - { name: all, match: { prefix: / }, upstream: up }
+""" if secure else """
+routes:
+  - { name: all, match: { prefix: / }, upstream: up }
+"""
+    conf = f"""
+listeners: [ {{ name: bench, address: "127.0.0.1:{port}" }} ]
+admin: {{ address: "127.0.0.1:{admin}" }}
+logging: {{ level: warn }}
+{extra}
+upstreams:
+  up:
+    targets: ["http://127.0.0.1:{PORTS['upstream']}"]
+    protocol: http1
+    max_idle_per_target: 256
+    retries: {{ attempts: 0 }}
+{routes}
+"""
+    path = os.path.join(work, f"{name}.yaml")
+    with open(path, "w") as f:
+        f.write(conf)
+    return path
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="portcullis-bench-")
+    # nginx workers run as an unprivileged user: they must be able to read the files.
+    os.chmod(work, 0o755)
+    procs = {}
+    try:
+        up_conf = nginx_conf(work, "upstream", PORTS["upstream"], f"""
+  server {{
+    listen 127.0.0.1:{PORTS['upstream']} reuseport;
+    listen 127.0.0.1:{H2_PORTS['upstream']} http2;
+    location = /16k {{ root {work}/www; }}
+    location / {{ return 200 "hello, bench\\n"; }}
+  }}""")
+        procs["upstream"] = start(["nginx", "-c", up_conf], PORTS["upstream"], "upstream", work)
+        ngx_conf = nginx_conf(work, "nginx", PORTS["nginx"], f"""
+  upstream backend {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx']} reuseport;
+    listen 127.0.0.1:{H2_PORTS['nginx']} http2;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_buffering on;
+    }}
+  }}""")
+        procs["nginx"] = start(["nginx", "-c", ngx_conf], PORTS["nginx"], "nginx", work)
+        for name, secure in (("portcullis", False), ("portcullis-secure", True)):
+            conf = portcullis_conf(work, name, PORTS[name], ADMIN[name], secure)
+            procs[name] = start([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"],
+                                PORTS[name], name, work)
+
+        def pids(name):
+            p = procs[name]
+            return [p.pid] + children(p.pid)
+
+        # Warm up every server's connection pools.
+        for name in PORTS:
+            subprocess.run(["wrk", "-t1", "-c16", "-d1s", f"http://127.0.0.1:{PORTS[name]}/"],
+                           capture_output=True)
+        results = {}
+        for name in PORTS:
+            for label, path in (("small", "/"), ("16k", "/16k")):
+                results[(name, label)] = measure(lambda: wrk(PORTS[name], path, work), pids(name))
+                print(name, label, results[(name, label)], flush=True)
+            results[(name, "h2")] = measure(lambda: h2load(H2_PORTS[name], "/"), pids(name))
+            print(name, "h2", results[(name, "h2")], flush=True)
+    finally:
+        for p in procs.values():
+            stop(p)
+    report(results)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def report(results):
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
+                         capture_output=True, text=True).stdout.strip()
+    ngv = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    lines = []
+    add = lines.append
+    add("# Performance\n")
+    add("Measured by `bench/run.sh` (one command: installs nginx, wrk and h2load from the OS packages,")
+    add("builds the release binary, runs everything below in one go). Numbers are medians of "
+        f"{REPEAT} runs of {DURATION} s.\n")
+    add(f"- Machine: {NCPU} cores ({cpu}); servers pinned to CPU {SERVER_CPU}, load generators to CPU {LOAD_CPU}.")
+    add(f"- Upstream: nginx returning a fixed 13-byte body, or a 16 KiB file; {ngv.replace('nginx version: ', 'nginx ')}.")
+    add("- nginx proxy: one worker, upstream keep-alive (`keepalive 256`, HTTP/1.1, `Connection \"\"`).")
+    add("- Portcullis: `--threads 1`; *plain* = one prefix route, audit off; *secure* = every step that")
+    add("  exists now (protocol checks, normalisation, limits, trusted proxies, IP deny lists, route")
+    add("  table with templates, per-route IP lists, body limits, audit to a file).")
+    add(f"- HTTP/1.1: `wrk -t1 -c{CONNECTIONS} -d{DURATION}s` (keep-alive). HTTP/2: `h2load -c 8 -m 32 -D {DURATION}` (h2c).")
+    add("- The upstream shares CPU 0 with the proxy under test, the same for nginx and Portcullis.\n")
+    add("## Results\n")
+    add("| server | test | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | errors |")
+    add("|---|---|---:|---:|---:|---:|---:|---:|")
+    for (name, label), r in results.items():
+        if label == "h2":
+            add(f"| {name} | h2 (mean {r['mean']:.2f} ms) | {r['rps']:.0f} | | | | {r['cpu_us_per_req']:.1f} | {int(r['errors'])} |")
+        else:
+            add(f"| {name} | {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {r['cpu_us_per_req']:.1f} | {int(r['errors'])} |")
+    add("\n## Ratios\n")
+    add("| test | Portcullis ÷ nginx (req/s) | Portcullis ÷ upstream alone | Portcullis p99 ÷ nginx p99 | secure ÷ plain |")
+    add("|---|---:|---:|---:|---:|")
+    for label in ("small", "16k", "h2"):
+        pc = results[("portcullis", label)]
+        ng = results[("nginx", label)]
+        upr = results[("upstream", label)]
+        sec = results[("portcullis-secure", label)]
+        p99 = f"{pc['p99'] / ng['p99']:.2f}" if label != "h2" and ng.get("p99") else "—"
+        add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {sec['rps'] / pc['rps']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not QUICK:
+        with open(os.path.join(ROOT, "docs", "performance.md.results"), "w") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The benchmark harness: Portcullis side by side with nginx on this machine, one command.
+#
+#   bench/run.sh                # full run (about 8 minutes), writes docs/performance.md
+#   bench/run.sh --quick        # short runs, prints results, writes nothing
+#
+# Installs what it needs from the OS packages (nginx, wrk, h2load), builds the release binary,
+# pins servers to CPU 0 and load generators to CPU 1, repeats each run, reports medians.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# The package may start a system nginx on port 80; ours run on their own ports.
+
+cargo build --release --locked -p portcullis
+exec python3 bench/run.py "$@"
