@@ -528,7 +528,7 @@ fn default_hc_unhealthy() -> u32 {
 }
 
 /// Passive health: a target that fails this many times in a row (connect errors, timeouts,
-/// 5xx answers) is taken out of rotation for `ejection_time`.
+/// 502/503/504 answers) is taken out of rotation for `ejection_time`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawPassiveHealth {

@@ -1,31 +1,44 @@
 //! Upstream pools: where a routed request goes.
 //!
 //! * **Takes**: a compiled `portcullis_config::Upstream` (kind `proxy`) and, per request, an
-//!   origin-form request whose headers are final.
-//! * **Produces**: the response of one target — chosen by weighted round robin or by
+//!   origin-form request (path and query only) whose headers are final.
+//! * **Produces**: the response of one target — chosen by smooth weighted round robin or by
 //!   least requests (power of two random choices) among the *eligible* targets — with a body
-//!   that keeps the target's in-flight count until it ends.
-//! * **Rejects**: `NoEligibleTarget` when every target is unhealthy or ejected (nothing is
-//!   sent); `Connect`, `Timeout`, `Protocol` errors otherwise, which the engine maps to
-//!   502/503/504 problems.
+//!   that holds the target's in-flight count until it ends or is dropped, and with the
+//!   response's extensions intact (so `hyper::upgrade::on` works on a 101).
+//! * **Rejects**: [`UpstreamError::NoEligibleTarget`] when every target is unhealthy or ejected
+//!   (nothing is sent); `Connect`, `Timeout`, `Protocol` errors otherwise, which the engine maps
+//!   to 503/504/502 problems through [`UpstreamError::reason`].
 //!
 //! Invariants:
 //! * Eligible = healthy by active checks (targets start healthy) and not passively ejected.
-//! * Only idempotent requests with an empty body are retried, on connection failures (the
-//!   request never left) and configured statuses; a retry prefers a target not yet tried.
-//! * Every wait is bounded: connect timeout in the connector, response-head timeout per attempt.
-//! * The hot path takes no lock: selection, counters and ejection are atomics.
+//! * Only requests the caller marks retryable (idempotent methods) *and* whose body is known
+//!   to be empty are retried — a streamed body cannot be replayed. Retries happen on connect
+//!   errors (the request never left) and on the configured statuses, never on a timeout or a
+//!   failure mid-exchange (the upstream may have acted on the request). A retry prefers a
+//!   target not yet tried.
+//! * Every wait is bounded: connect timeout in the connector, response-head timeout per attempt,
+//!   health-check timeout per probe.
+//! * The per-request path takes no lock: selection, counters and ejection are atomics. The
+//!   request head is moved to the upstream, not copied, unless a retry may need it again.
+//! * TLS to targets is TLS 1.2+ with certificate verification always on; there is no insecure
+//!   mode.
 
-use std::pin::Pin;
+mod balance;
+mod body;
+mod health;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Empty};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -36,10 +49,15 @@ use portcullis_config::{
 };
 use portcullis_core::{BoxBody, BoxError, RejectReason};
 
-#[cfg(test)]
-mod tests;
+use self::balance::{Tried, weighted_schedule};
+use self::body::{GuardedBody, InFlight};
+pub use self::health::HealthChecks;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
+
+/// The configuration allows at most 5 retries; the attempt bookkeeping ([`Tried`]) is sized
+/// for this many attempts and never allocates.
+const MAX_ATTEMPTS: u32 = 6;
 
 /// Options of one forward.
 #[derive(Clone, Copy, Debug)]
@@ -52,9 +70,12 @@ pub struct ForwardOpts {
 
 /// A target's answer.
 pub struct UpstreamResponse {
+    /// The target's response. Its body keeps the target's in-flight count until it ends or is
+    /// dropped; its extensions are the ones hyper set (the upgrade handle of a 101).
     pub response: Response<BoxBody>,
     /// `host:port` of the target that answered.
     pub target: Arc<str>,
+    /// How many attempts it took (1 = no retry).
     pub attempts: u32,
 }
 
@@ -71,14 +92,18 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The rejection the engine answers with: 503, 504 or 502.
     pub fn reason(&self) -> RejectReason {
         match self {
             UpstreamError::NoEligibleTarget => RejectReason::NoHealthyUpstream,
             UpstreamError::Timeout { .. } => RejectReason::UpstreamTimeout,
-            _ => RejectReason::UpstreamError,
+            UpstreamError::Connect { .. } | UpstreamError::Protocol { .. } => {
+                RejectReason::UpstreamError
+            }
         }
     }
 
+    /// The target involved, if a request was attempted.
     pub fn target(&self) -> Option<&str> {
         match self {
             UpstreamError::NoEligibleTarget => None,
@@ -93,55 +118,62 @@ impl UpstreamError {
 #[derive(Debug, Clone)]
 pub struct TargetHealth {
     pub authority: Arc<str>,
+    /// Healthy by active checks (always true without them).
     pub healthy: bool,
+    /// Passively ejected right now.
     pub ejected: bool,
+    /// Requests whose response head or body is still outstanding.
     pub in_flight: usize,
+    /// Consecutive passive failures since the last success or ejection.
     pub consecutive_failures: u32,
 }
 
+/// One target and its live state. Everything mutable is an atomic: the request path reads and
+/// updates it without a lock.
 struct Target {
+    /// `host:port`, shared with responses, errors and metrics without copying.
     authority: Arc<str>,
-    scheme: http::uri::Scheme,
-    host_value: Option<HeaderValue>,
+    scheme: Scheme,
+    /// The same authority, parsed once for building request URIs (cloning it is a refcount).
+    uri_authority: Authority,
+    /// The same authority as a `Host` value (for `host_header: target` and health checks).
+    host_value: HeaderValue,
+    /// Active health: true until the checks say otherwise.
     healthy: AtomicBool,
     /// Milliseconds since the pool's epoch until which the target is ejected (0: not ejected).
     ejected_until: AtomicU64,
+    /// Consecutive passive failures.
     failures: AtomicU32,
+    /// Shared with the response body guard, which outlives the borrow of the pool.
     in_flight: Arc<AtomicUsize>,
+    /// Consecutive active-check results, for the healthy/unhealthy thresholds.
     check_ok: AtomicU32,
     check_fail: AtomicU32,
 }
 
+/// The targets of one upstream and the client that talks to them.
 pub struct UpstreamPool {
     name: Arc<str>,
+    /// One client for all targets: hyper-util keys its connection pool by scheme and
+    /// authority, so each target gets its own idle connections.
     client: HttpClient,
     targets: Vec<Target>,
-    /// Weighted round-robin schedule: target indexes, each repeated by its weight.
-    schedule: Vec<usize>,
+    /// Weighted round-robin schedule (target indexes, interleaved), walked by `cursor`.
+    schedule: Vec<u32>,
     cursor: AtomicUsize,
     balance: Balance,
     retries: Retries,
     passive: PassiveHealth,
     health: Option<HealthCheck>,
     host_header: HostHeader,
+    /// Time base of `ejected_until`: an `Instant` does not fit in an atomic, milliseconds do.
     epoch: Instant,
-}
-
-/// Health-check tasks of a pool; dropping this stops them.
-pub struct HealthChecks {
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for HealthChecks {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-    }
 }
 
 fn tls_config(cfg: &Upstream) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
+    // Roots matter only for https targets; a cleartext-only pool must not fail on a host
+    // without a system trust store.
     if cfg.targets.iter().any(|t| t.tls) {
         match &cfg.tls_roots {
             Some(certs) => {
@@ -150,12 +182,17 @@ fn tls_config(cfg: &Upstream) -> Result<rustls::ClientConfig, String> {
                         .add(c.clone())
                         .map_err(|e| format!("tls.ca_file: unusable CA certificate: {e}"))?;
                 }
+                if roots.is_empty() {
+                    return Err("tls.ca_file holds no certificate".into());
+                }
             }
             None => {
                 let native = rustls_native_certs::load_native_certs();
-                for c in native.certs {
-                    let _ = roots.add(c);
+                for e in &native.errors {
+                    tracing::debug!(upstream = %cfg.name, error = %e, "system root certificates: partial load");
                 }
+                let (added, ignored) = roots.add_parsable_certificates(native.certs);
+                tracing::debug!(upstream = %cfg.name, added, ignored, "system root certificates loaded");
                 if roots.is_empty() {
                     return Err(
                         "no system root certificates could be loaded; set tls.ca_file".into(),
@@ -167,48 +204,79 @@ fn tls_config(cfg: &Upstream) -> Result<rustls::ClientConfig, String> {
     Ok(
         rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("TLS client configuration: {e}"))?
             .with_root_certificates(roots)
             .with_no_client_auth(),
     )
 }
 
+fn build_client(cfg: &Upstream) -> Result<HttpClient, String> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    http.set_nodelay(true);
+    // The TLS connector above it decides by scheme; the TCP connector must accept https URIs.
+    http.enforce_http(false);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(cfg)?)
+        .https_or_http();
+    // The enabled protocols set the ALPN list offered over TLS.
+    let connector = match cfg.protocol {
+        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
+        UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
+        // ALPN h2 + http/1.1 over TLS; in cleartext hyper-util speaks HTTP/1.1 (no h2c
+        // upgrade), which is what `auto` promises.
+        UpstreamProtocol::Auto => builder.enable_http1().enable_http2().wrap_connector(http),
+    };
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(cfg.idle_timeout)
+        .pool_max_idle_per_host(cfg.max_idle_per_target)
+        // Prior knowledge: HTTP/2 in cleartext too (gRPC needs it for trailers).
+        .http2_only(cfg.protocol == UpstreamProtocol::Http2)
+        .build(connector))
+}
+
+fn empty_body() -> BoxBody {
+    // Zero-sized: boxing it does not allocate.
+    Empty::<Bytes>::new()
+        .map_err(|never| -> BoxError { match never {} })
+        .boxed_unsync()
+}
+
+/// Statuses that count as a passive failure: the target (or something in front of it) says it
+/// cannot serve.
+fn is_failure_status(s: StatusCode) -> bool {
+    matches!(
+        s,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
 impl UpstreamPool {
+    /// Builds the pool and its client. Fails on a pool without targets, a target authority
+    /// that is not a valid URI authority, or unusable TLS roots.
     pub fn new(cfg: &Upstream) -> Result<Arc<UpstreamPool>, String> {
         if cfg.targets.is_empty() {
             return Err("no targets".into());
         }
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(cfg.connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(cfg)?)
-            .https_or_http();
-        let connector = match cfg.protocol {
-            UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
-            UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
-            UpstreamProtocol::Auto => builder.enable_http1().enable_http2().wrap_connector(http),
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.idle_timeout)
-            .pool_max_idle_per_host(cfg.max_idle_per_target)
-            .http2_only(cfg.protocol == UpstreamProtocol::Http2)
-            .build(connector);
+        if u32::try_from(cfg.targets.len()).is_err() {
+            return Err("too many targets".into());
+        }
+        let client = build_client(cfg)?;
         let mut targets = Vec::with_capacity(cfg.targets.len());
-        let mut schedule = Vec::new();
-        for (i, t) in cfg.targets.iter().enumerate() {
-            let scheme = if t.tls {
-                http::uri::Scheme::HTTPS
-            } else {
-                http::uri::Scheme::HTTP
-            };
+        for t in &cfg.targets {
+            let uri_authority: Authority = t
+                .authority
+                .parse()
+                .map_err(|e| format!("target {}: {e}", t.authority))?;
+            let host_value = HeaderValue::from_str(&t.authority)
+                .map_err(|e| format!("target {}: {e}", t.authority))?;
             targets.push(Target {
                 authority: Arc::from(t.authority.as_str()),
-                scheme,
-                host_value: HeaderValue::from_str(&t.authority).ok(),
+                scheme: if t.tls { Scheme::HTTPS } else { Scheme::HTTP },
+                uri_authority,
+                host_value,
                 healthy: AtomicBool::new(true),
                 ejected_until: AtomicU64::new(0),
                 failures: AtomicU32::new(0),
@@ -216,16 +284,13 @@ impl UpstreamPool {
                 check_ok: AtomicU32::new(0),
                 check_fail: AtomicU32::new(0),
             });
-            // Interleave weights would be smoother; repetition keeps the schedule exact.
-            for _ in 0..t.weight.min(1000) {
-                schedule.push(i);
-            }
         }
+        let weights: Vec<u32> = cfg.targets.iter().map(|t| t.weight).collect();
         Ok(Arc::new(UpstreamPool {
             name: cfg.name.clone(),
             client,
             targets,
-            schedule,
+            schedule: weighted_schedule(&weights),
             cursor: AtomicUsize::new(0),
             balance: cfg.balance,
             retries: cfg.retries.clone(),
@@ -240,338 +305,167 @@ impl UpstreamPool {
         &self.name
     }
 
+    /// Milliseconds since the epoch, at least 1 so that 0 can mean "not ejected".
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .max(1)
     }
 
-    fn eligible(&self, i: usize, now: u64) -> bool {
-        let t = &self.targets[i];
-        t.healthy.load(Ordering::Acquire) && t.ejected_until.load(Ordering::Acquire) <= now
-    }
-
+    /// True if at least one target is eligible (healthy and not ejected).
     pub fn has_eligible_target(&self) -> bool {
         let now = self.now_ms();
         (0..self.targets.len()).any(|i| self.eligible(i, now))
     }
 
-    /// Chooses a target not in `tried` if there is one, else any eligible one.
-    fn select(&self, tried: &[usize]) -> Option<usize> {
-        let now = self.now_ms();
-        self.pick(now, |i| !tried.contains(&i))
-            .or_else(|| self.pick(now, |_| true))
-    }
-
-    fn pick(&self, now: u64, allowed: impl Fn(usize) -> bool) -> Option<usize> {
-        let ok = |i: usize| allowed(i) && self.eligible(i, now);
-        match self.balance {
-            Balance::RoundRobin => {
-                let n = self.schedule.len();
-                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-                (0..n)
-                    .map(|k| self.schedule[(start + k) % n])
-                    .find(|&i| ok(i))
-            }
-            Balance::LeastRequests => {
-                let n = self.targets.len();
-                // Two random starting points, each probing forward to an eligible target.
-                let probe = |start: usize| (0..n).map(|k| (start + k) % n).find(|&i| ok(i));
-                let a = probe(fastrand::usize(..n))?;
-                let b = probe(fastrand::usize(..n)).unwrap_or(a);
-                let load = |i: usize| self.targets[i].in_flight.load(Ordering::Relaxed);
-                Some(if load(b) < load(a) { b } else { a })
-            }
-        }
-    }
-
-    fn record_success(&self, i: usize) {
-        self.targets[i].failures.store(0, Ordering::Release);
-    }
-
-    fn record_failure(&self, i: usize) {
-        let threshold = self.passive.consecutive_failures;
-        if threshold == 0 {
-            return;
-        }
-        let t = &self.targets[i];
-        let n = t.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if n >= threshold {
-            t.failures.store(0, Ordering::Release);
-            let until = self.now_ms()
-                + u64::try_from(self.passive.ejection_time.as_millis()).unwrap_or(u64::MAX / 2);
-            t.ejected_until.store(until, Ordering::Release);
-            tracing::warn!(upstream = %self.name, target = %t.authority, failures = n, ejection = ?self.passive.ejection_time, "target ejected after consecutive failures");
-        }
-    }
-
-    fn target_uri(&self, i: usize, pq: Option<&http::uri::PathAndQuery>) -> Result<Uri, BoxError> {
-        let t = &self.targets[i];
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(t.scheme.clone());
-        parts.authority = Some(t.authority.parse()?);
-        parts.path_and_query = Some(
-            pq.cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        Ok(Uri::from_parts(parts)?)
-    }
-
-    /// Forwards one request; see the module header for the rules.
-    pub fn forward(
-        &self,
-        req: Request<BoxBody>,
-        opts: ForwardOpts,
-    ) -> Pin<
-        Box<dyn std::future::Future<Output = Result<UpstreamResponse, UpstreamError>> + Send + '_>,
-    > {
-        Box::pin(self.forward_inner(req, opts))
-    }
-
-    async fn forward_inner(
-        &self,
-        req: Request<BoxBody>,
-        opts: ForwardOpts,
-    ) -> Result<UpstreamResponse, UpstreamError> {
-        let body_empty = req.body().is_end_stream() || req.body().size_hint().exact() == Some(0);
-        let can_retry = opts.retryable && body_empty && self.retries.attempts > 0;
-        let (mut parts, body) = req.into_parts();
-        let mut body = Some(body);
-        let mut tried: Vec<usize> = Vec::new();
-        let mut last_err = UpstreamError::NoEligibleTarget;
-        let max_attempts = if can_retry {
-            self.retries.attempts + 1
-        } else {
-            1
-        };
-        for attempt in 1..=max_attempts {
-            let Some(i) = self.select(&tried) else {
-                return Err(last_err);
-            };
-            tried.push(i);
-            let target = self.targets[i].authority.clone();
-            let uri = self
-                .target_uri(i, parts.uri.path_and_query())
-                .map_err(|source| UpstreamError::Protocol {
-                    target: target.clone(),
-                    source,
-                })?;
-            let mut b = Request::builder()
-                .method(parts.method.clone())
-                .uri(uri)
-                .version(parts.version);
-            let last = attempt == max_attempts;
-            if let Some(h) = b.headers_mut() {
-                // The last attempt takes the headers; only an attempt that may be followed by
-                // a retry pays for a copy.
-                *h = if last {
-                    std::mem::take(&mut parts.headers)
-                } else {
-                    parts.headers.clone()
-                };
-                if self.host_header == HostHeader::Target
-                    && let Some(v) = &self.targets[i].host_value
-                {
-                    h.insert(HOST, v.clone());
-                }
-            }
-            let this_body = match body.take() {
-                Some(b) if !can_retry => b,
-                _ => Empty::<Bytes>::new()
-                    .map_err(|e| -> BoxError { match e {} })
-                    .boxed_unsync(),
-            };
-            let mut upstream_req = match b.body(this_body) {
-                Ok(r) => r,
-                Err(e) => {
-                    return Err(UpstreamError::Protocol {
-                        target,
-                        source: Box::new(e),
-                    });
-                }
-            };
-            if !can_retry {
-                // Carry the extensions (e.g. hyper's upgrade handle) of the original request.
-                *upstream_req.extensions_mut() = std::mem::take(&mut parts.extensions);
-            }
-            let guard = InFlight::new(self.targets[i].in_flight.clone());
-            match tokio::time::timeout(opts.timeout, self.client.request(upstream_req)).await {
-                Err(_) => {
-                    self.record_failure(i);
-                    return Err(UpstreamError::Timeout { target });
-                }
-                Ok(Err(e)) => {
-                    self.record_failure(i);
-                    if e.is_connect() {
-                        last_err = UpstreamError::Connect {
-                            target,
-                            source: Box::new(e),
-                        };
-                        if !last {
-                            tracing::debug!(upstream = %self.name, attempt, "connect failed; retrying");
-                            continue;
-                        }
-                        return Err(last_err);
-                    }
-                    return Err(UpstreamError::Protocol {
-                        target,
-                        source: Box::new(e),
-                    });
-                }
-                Ok(Ok(resp)) => {
-                    let status = resp.status();
-                    if matches!(
-                        status,
-                        StatusCode::BAD_GATEWAY
-                            | StatusCode::SERVICE_UNAVAILABLE
-                            | StatusCode::GATEWAY_TIMEOUT
-                    ) {
-                        self.record_failure(i);
-                    } else {
-                        self.record_success(i);
-                    }
-                    if !last && can_retry && self.retries.on_status.contains(&status) {
-                        tracing::debug!(upstream = %self.name, attempt, %status, "retrying on status");
-                        continue;
-                    }
-                    let response = resp.map(|inner| {
-                        GuardedBody {
-                            inner,
-                            guard: Some(guard),
-                        }
-                        .map_err(|e| -> BoxError { Box::new(e) })
-                        .boxed_unsync()
-                    });
-                    return Ok(UpstreamResponse {
-                        response,
-                        target,
-                        attempts: attempt,
-                    });
-                }
-            }
-        }
-        Err(last_err)
-    }
-
+    /// Every target's state, in configuration order.
     pub fn health_snapshot(&self) -> Vec<TargetHealth> {
         let now = self.now_ms();
         self.targets
             .iter()
             .map(|t| TargetHealth {
                 authority: t.authority.clone(),
-                healthy: t.healthy.load(Ordering::Acquire),
-                ejected: t.ejected_until.load(Ordering::Acquire) > now,
+                healthy: t.healthy.load(Ordering::Relaxed),
+                ejected: t.ejected_until.load(Ordering::Relaxed) > now,
                 in_flight: t.in_flight.load(Ordering::Relaxed),
                 consecutive_failures: t.failures.load(Ordering::Relaxed),
             })
             .collect()
     }
 
-    /// Starts active health checks (if configured). The task holds only a weak reference, so a
-    /// replaced snapshot's pool is freed and its checks stop.
-    pub fn start_health_checks(self: &Arc<Self>) -> HealthChecks {
-        let Some(hc) = self.health.clone() else {
-            return HealthChecks { task: None };
-        };
-        let weak: Weak<UpstreamPool> = Arc::downgrade(self);
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(hc.interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(pool) = weak.upgrade() else { return };
-                let checks = (0..pool.targets.len()).map(|i| pool.check(i, &hc));
-                futures_util::future::join_all(checks).await;
-            }
-        });
-        HealthChecks { task: Some(task) }
-    }
-
-    async fn check(&self, i: usize, hc: &HealthCheck) {
-        let t = &self.targets[i];
-        let ok = match self.target_uri(i, hc.path.parse().ok().as_ref()) {
-            Ok(uri) => {
-                let mut req = Request::new(
-                    Empty::<Bytes>::new()
-                        .map_err(|e| -> BoxError { match e {} })
-                        .boxed_unsync(),
-                );
-                *req.uri_mut() = uri;
-                if let Some(v) = &t.host_value {
-                    req.headers_mut().insert(HOST, v.clone());
-                }
-                req.headers_mut().insert(
-                    http::header::USER_AGENT,
-                    HeaderValue::from_static("portcullis-health-check"),
-                );
-                matches!(
-                    tokio::time::timeout(hc.timeout, self.client.request(req)).await,
-                    Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection()
-                )
-            }
-            Err(_) => false,
-        };
-        if ok {
-            t.check_fail.store(0, Ordering::Release);
-            let n = t.check_ok.fetch_add(1, Ordering::AcqRel) + 1;
-            if n >= hc.healthy_threshold && !t.healthy.swap(true, Ordering::AcqRel) {
-                tracing::info!(upstream = %self.name, target = %t.authority, "target healthy again");
-            }
+    /// The request for one attempt. The last attempt moves the head's parts; earlier ones
+    /// copy them, since a retry needs them again (only retryable requests have earlier ones).
+    fn upstream_request(
+        &self,
+        t: &Target,
+        parts: &mut http::request::Parts,
+        body: BoxBody,
+        last: bool,
+    ) -> Result<Request<BoxBody>, http::Error> {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(t.scheme.clone())
+            .authority(t.uri_authority.clone())
+            .path_and_query(pq)
+            .build()?;
+        // The version is left at its default: hyper-util picks HTTP/1.1 or HTTP/2 per
+        // connection, and refuses an HTTP/2-versioned request on an HTTP/1 connection.
+        let mut req = Request::new(body);
+        *req.uri_mut() = uri;
+        if last {
+            *req.method_mut() = std::mem::take(&mut parts.method);
+            *req.headers_mut() = std::mem::take(&mut parts.headers);
+            *req.extensions_mut() = std::mem::take(&mut parts.extensions);
         } else {
-            t.check_ok.store(0, Ordering::Release);
-            let n = t.check_fail.fetch_add(1, Ordering::AcqRel) + 1;
-            if n >= hc.unhealthy_threshold && t.healthy.swap(false, Ordering::AcqRel) {
-                tracing::warn!(upstream = %self.name, target = %t.authority, "target failed its health checks");
+            *req.method_mut() = parts.method.clone();
+            *req.headers_mut() = parts.headers.clone();
+            *req.extensions_mut() = parts.extensions.clone();
+        }
+        if self.host_header == HostHeader::Target {
+            req.headers_mut().insert(HOST, t.host_value.clone());
+        }
+        Ok(req)
+    }
+
+    /// Forwards `req` to one eligible target; see the module header for the retry rules.
+    pub async fn forward(
+        &self,
+        req: Request<BoxBody>,
+        opts: ForwardOpts,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        // Only a body known to be empty can be sent again: a streamed one is consumed by the
+        // first attempt.
+        let body_empty = req.body().is_end_stream() || req.body().size_hint().exact() == Some(0);
+        let max_attempts = if opts.retryable && body_empty {
+            1 + self.retries.attempts.min(MAX_ATTEMPTS - 1)
+        } else {
+            1
+        };
+        let (mut parts, mut body) = req.into_parts();
+        let mut tried = Tried::default();
+        let mut pick = self.select(&tried);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(i) = pick else {
+                return Err(UpstreamError::NoEligibleTarget);
+            };
+            tried.insert(i);
+            let t = &self.targets[i];
+            let last = attempt >= max_attempts;
+            let this_body = if last {
+                std::mem::replace(&mut body, empty_body())
+            } else {
+                empty_body()
+            };
+            let req = self
+                .upstream_request(t, &mut parts, this_body, last)
+                .map_err(|e| UpstreamError::Protocol {
+                    target: t.authority.clone(),
+                    source: Box::new(e),
+                })?;
+            // Counted from before the connect: a target busy connecting is busy.
+            let guard = InFlight::new(&t.in_flight);
+            match tokio::time::timeout(opts.timeout, self.client.request(req)).await {
+                Err(_elapsed) => {
+                    self.record_failure(i);
+                    return Err(UpstreamError::Timeout {
+                        target: t.authority.clone(),
+                    });
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    self.record_failure(i);
+                    let err = UpstreamError::Connect {
+                        target: t.authority.clone(),
+                        source: Box::new(e),
+                    };
+                    // The request never left: safe to send elsewhere.
+                    if !last && let Some(next) = self.select(&tried) {
+                        tracing::debug!(upstream = %self.name, target = %t.authority, attempt, error = %err, "connect failed; retrying");
+                        pick = Some(next);
+                        continue;
+                    }
+                    return Err(err);
+                }
+                Ok(Err(e)) => {
+                    // Not counted against the target: a request body that fails (client too
+                    // slow, too large) surfaces here too, and must not eject a healthy target.
+                    return Err(UpstreamError::Protocol {
+                        target: t.authority.clone(),
+                        source: Box::new(e),
+                    });
+                }
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    if is_failure_status(status) {
+                        self.record_failure(i);
+                    } else {
+                        self.record_success(i);
+                    }
+                    // A retry is only worth it if there is somewhere to send it; otherwise the
+                    // target's own answer is better than a made-up error.
+                    if !last
+                        && self.retries.on_status.contains(&status)
+                        && let Some(next) = self.select(&tried)
+                    {
+                        tracing::debug!(upstream = %self.name, target = %t.authority, attempt, %status, "retrying on status");
+                        // `resp` (and its body) and `guard` are dropped here.
+                        pick = Some(next);
+                        continue;
+                    }
+                    // `map` keeps the head's extensions (hyper's upgrade handle).
+                    let response = resp.map(|inner| GuardedBody::new(inner, guard).boxed_unsync());
+                    return Ok(UpstreamResponse {
+                        response,
+                        target: t.authority.clone(),
+                        attempts: attempt,
+                    });
+                }
             }
         }
-    }
-}
-
-/// Counts a request against its target until the response body ends or is dropped.
-struct InFlight(Arc<AtomicUsize>);
-
-impl InFlight {
-    fn new(c: Arc<AtomicUsize>) -> Self {
-        c.fetch_add(1, Ordering::AcqRel);
-        InFlight(c)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-pin_project_lite::pin_project! {
-    struct GuardedBody<B> {
-        #[pin]
-        inner: B,
-        guard: Option<InFlight>,
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for GuardedBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let r = this.inner.poll_frame(cx);
-        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.guard.take();
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

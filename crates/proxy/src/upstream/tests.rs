@@ -1,9 +1,196 @@
+//! Upstream pool tests: real hyper servers on 127.0.0.1 ephemeral ports, no mocks.
+
+use super::balance::Tried;
 use super::*;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderMap, Method, Version};
+use http_body::Frame;
+use http_body_util::{Full, StreamBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+// ---------------------------------------------------------------------------------------------
+// helpers
 
 fn pool(yaml: &str) -> Arc<UpstreamPool> {
     let c = portcullis_config::load_str(yaml, Path::new(".")).unwrap();
     UpstreamPool::new(&c.upstreams[0]).unwrap()
+}
+
+/// An upstream section with these targets (YAML flow items) and extra settings.
+fn pool_of(targets: &[String], extra: &str) -> Arc<UpstreamPool> {
+    let targets = targets.join(", ");
+    let sep = if extra.is_empty() { "" } else { ", " };
+    pool(&format!(
+        "upstreams: {{ u: {{ targets: [ {targets} ]{sep}{extra} }} }}"
+    ))
+}
+
+fn full(s: &'static str) -> BoxBody {
+    Full::new(Bytes::from_static(s.as_bytes()))
+        .map_err(|never| -> BoxError { match never {} })
+        .boxed_unsync()
+}
+
+fn text(status: u16, s: &'static str) -> Response<BoxBody> {
+    Response::builder().status(status).body(full(s)).unwrap()
+}
+
+fn get(path: &str) -> Request<BoxBody> {
+    Request::builder()
+        .uri(path)
+        .header(HOST, "example.com")
+        .body(empty_body())
+        .unwrap()
+}
+
+const RETRYABLE: ForwardOpts = ForwardOpts {
+    timeout: Duration::from_secs(5),
+    retryable: true,
+};
+
+const NOT_RETRYABLE: ForwardOpts = ForwardOpts {
+    timeout: Duration::from_secs(5),
+    retryable: false,
+};
+
+async fn body_text(r: Response<BoxBody>) -> String {
+    let b = r.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(b.to_vec()).unwrap()
+}
+
+/// A tiny upstream: hyper-util's auto server (HTTP/1.1 and h2c prior knowledge, upgrades),
+/// counting the requests it receives. Dropping it stops accepting.
+struct TestServer {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    fn authority(&self) -> String {
+        self.addr.to_string()
+    }
+    /// The target as a YAML flow item.
+    fn target(&self) -> String {
+        format!("\"http://{}\"", self.addr)
+    }
+    fn weighted(&self, weight: u32) -> String {
+        format!("{{ url: \"http://{}\", weight: {weight} }}", self.addr)
+    }
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn serve<F, Fut>(handler: F) -> TestServer
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<BoxBody>> + Send + 'static,
+{
+    serve_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), handler)
+}
+
+fn serve_on<F, Fut>(listener: TcpListener, handler: F) -> TestServer
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<BoxBody>> + Send + 'static,
+{
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let handler = Arc::new(handler);
+    let counter = hits.clone();
+    let accept = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    TestServer { addr, hits, accept }
+}
+
+/// An address nothing listens on (connections are refused).
+fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Polls `f` for up to ~5 s.
+async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    f()
+}
+
+fn in_flight_total(p: &UpstreamPool) -> usize {
+    p.health_snapshot().iter().map(|t| t.in_flight).sum()
+}
+
+fn sel(p: &UpstreamPool, tried: &[usize]) -> Option<usize> {
+    let mut t = Tried::default();
+    for &i in tried {
+        t.insert(i);
+    }
+    p.select(&t)
+}
+
+// ---------------------------------------------------------------------------------------------
+// selection (no traffic)
+
+#[test]
+fn the_schedule_is_smooth_exact_and_bounded() {
+    assert_eq!(weighted_schedule(&[1, 1]), vec![0, 1]);
+    assert_eq!(weighted_schedule(&[2, 2]), vec![0, 1]);
+    assert_eq!(weighted_schedule(&[1, 2]), vec![1, 0, 1]);
+    assert_eq!(weighted_schedule(&[1, 1, 1]), vec![0, 1, 2]);
+    let s = weighted_schedule(&[5, 1, 2]);
+    assert_eq!(s.len(), 8);
+    assert_eq!(s.iter().filter(|&&i| i == 0).count(), 5);
+    // Spread out: the heavy target never runs three times in a row around the cycle.
+    let twice: Vec<u32> = s.iter().chain(s.iter()).copied().collect();
+    assert!(
+        twice
+            .windows(3)
+            .all(|w| !(w[0] == 0 && w[1] == 0 && w[2] == 0))
+    );
+    // An outlandish weight is scaled, and the light target keeps a turn.
+    let big = weighted_schedule(&[u32::MAX, 1]);
+    assert!(big.len() <= 4097, "{}", big.len());
+    assert!(big.contains(&1));
 }
 
 #[test]
@@ -11,18 +198,26 @@ fn weighted_round_robin_follows_the_schedule() {
     let p = pool(
         "upstreams: { u: { targets: [ \"http://127.0.0.1:1\", { url: \"http://127.0.0.1:2\", weight: 2 } ] } }",
     );
-    let picks: Vec<usize> = (0..6).map(|_| p.select(&[]).unwrap()).collect();
+    let picks: Vec<usize> = (0..6).map(|_| sel(&p, &[]).unwrap()).collect();
     assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 2);
     assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 4);
 }
 
 #[test]
 fn a_retry_prefers_an_untried_target() {
-    let p =
-        pool("upstreams: { u: { targets: [ \"http://127.0.0.1:1\", \"http://127.0.0.1:2\" ] } }");
-    for _ in 0..10 {
-        let first = p.select(&[]).unwrap();
-        assert_ne!(p.select(&[first]).unwrap(), first);
+    for balance in ["round_robin", "least_requests"] {
+        let p = pool(&format!(
+            "upstreams: {{ u: {{ balance: {balance}, targets: [ \"http://127.0.0.1:1\", \"http://127.0.0.1:2\", \"http://127.0.0.1:3\" ] }} }}"
+        ));
+        for _ in 0..20 {
+            let first = sel(&p, &[]).unwrap();
+            let second = sel(&p, &[first]).unwrap();
+            assert_ne!(second, first);
+            let third = sel(&p, &[first, second]).unwrap();
+            assert!(third != first && third != second);
+            // Everything tried: any eligible target will do.
+            assert!(sel(&p, &[0, 1, 2]).is_some());
+        }
     }
 }
 
@@ -33,18 +228,20 @@ fn passive_ejection_removes_and_restores_a_target() {
     );
     p.record_failure(0);
     assert!(p.health_snapshot().iter().all(|t| !t.ejected));
+    assert_eq!(p.health_snapshot()[0].consecutive_failures, 1);
     p.record_failure(0);
     let snap = p.health_snapshot();
     assert!(snap[0].ejected && !snap[1].ejected);
     for _ in 0..10 {
-        assert_eq!(p.select(&[]), Some(1));
+        assert_eq!(sel(&p, &[]), Some(1));
     }
     p.record_failure(1);
     p.record_failure(1);
     assert!(!p.has_eligible_target());
-    assert_eq!(p.select(&[]), None);
+    assert_eq!(sel(&p, &[]), None);
     std::thread::sleep(Duration::from_millis(80));
     assert!(p.has_eligible_target());
+    assert!(p.health_snapshot().iter().all(|t| !t.ejected));
 }
 
 #[test]
@@ -59,35 +256,531 @@ fn a_success_resets_the_failure_count() {
 }
 
 #[test]
-fn least_requests_prefers_the_idle_target() {
+fn zero_consecutive_failures_disables_ejection() {
+    let p = pool(
+        "upstreams: { u: { targets: [ \"http://127.0.0.1:1\" ], passive_health: { consecutive_failures: 0 } } }",
+    );
+    for _ in 0..100 {
+        p.record_failure(0);
+    }
+    assert!(p.has_eligible_target());
+}
+
+#[test]
+fn least_requests_compares_two_distinct_targets() {
     let p = pool(
         "upstreams: { u: { balance: least_requests, targets: [ \"http://127.0.0.1:1\", \"http://127.0.0.1:2\" ] } }",
     );
     p.targets[0].in_flight.store(10, Ordering::Relaxed);
-    // Two random choices: whenever both are drawn the idle one wins, so it is picked far more often.
-    let idle = (0..200).filter(|_| p.select(&[]) == Some(1)).count();
-    assert!(idle > 120, "idle target picked {idle} of 200 times");
+    // With two targets both are always drawn: the idle one always wins.
+    assert!((0..200).all(|_| sel(&p, &[]) == Some(1)));
+}
+
+#[test]
+fn errors_map_to_reasons_and_targets() {
+    let t: Arc<str> = Arc::from("h:1");
+    let cases = [
+        (
+            UpstreamError::NoEligibleTarget,
+            RejectReason::NoHealthyUpstream,
+            None,
+        ),
+        (
+            UpstreamError::Timeout { target: t.clone() },
+            RejectReason::UpstreamTimeout,
+            Some("h:1"),
+        ),
+        (
+            UpstreamError::Connect {
+                target: t.clone(),
+                source: "x".into(),
+            },
+            RejectReason::UpstreamError,
+            Some("h:1"),
+        ),
+        (
+            UpstreamError::Protocol {
+                target: t.clone(),
+                source: "x".into(),
+            },
+            RejectReason::UpstreamError,
+            Some("h:1"),
+        ),
+    ];
+    for (e, reason, target) in cases {
+        assert_eq!(e.reason(), reason);
+        assert_eq!(e.target(), target);
+    }
+}
+
+#[test]
+fn an_https_target_with_an_unusable_ca_file_is_refused() {
+    let dir = std::env::temp_dir().join(format!("portcullis-upstream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A PEM file holding no certificate: compilation or the pool must refuse it.
+    std::fs::write(dir.join("empty.pem"), "").unwrap();
+    let yaml =
+        "upstreams: { u: { targets: [ \"https://127.0.0.1:1\" ], tls: { ca_file: empty.pem } } }";
+    let refused = match portcullis_config::load_str(yaml, &dir) {
+        Err(_) => true,
+        Ok(c) => UpstreamPool::new(&c.upstreams[0]).is_err(),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(refused);
+}
+
+// ---------------------------------------------------------------------------------------------
+// forwarding over real sockets
+
+#[tokio::test]
+async fn round_robin_alternates_exactly_between_two_targets() {
+    let a = serve(|_| async { text(200, "a") }).await;
+    let b = serve(|_| async { text(200, "b") }).await;
+    let p = pool_of(&[a.target(), b.target()], "");
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+        assert_eq!(r.attempts, 1);
+        let name = body_text(r.response).await;
+        let expected = if name == "a" {
+            a.authority()
+        } else {
+            b.authority()
+        };
+        assert_eq!(&*r.target, expected);
+        seen.push(name);
+    }
+    assert_eq!(seen, ["a", "b", "a", "b", "a", "b"]);
+    assert_eq!((a.hits(), b.hits()), (3, 3));
+    assert_eq!(in_flight_total(&p), 0);
+}
+
+#[tokio::test]
+async fn weighted_round_robin_splits_traffic_by_weight() {
+    let a = serve(|_| async { text(200, "a") }).await;
+    let b = serve(|_| async { text(200, "b") }).await;
+    let p = pool_of(&[a.weighted(1), b.weighted(3)], "");
+    for _ in 0..8 {
+        let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+        body_text(r.response).await;
+    }
+    assert_eq!((a.hits(), b.hits()), (2, 6));
+}
+
+#[tokio::test]
+async fn least_requests_prefers_the_idle_target() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let handler = |gate: Arc<tokio::sync::Semaphore>| {
+        move |req: Request<Incoming>| {
+            let gate = gate.clone();
+            async move {
+                if req.uri().path() == "/hold" {
+                    let _permit = gate.acquire().await;
+                }
+                text(200, "ok")
+            }
+        }
+    };
+    let a = serve(handler(gate.clone())).await;
+    let b = serve(handler(gate.clone())).await;
+    let p = pool_of(&[a.target(), b.target()], "balance: least_requests");
+
+    let held = tokio::spawn({
+        let p = p.clone();
+        async move { p.forward(get("/hold"), RETRYABLE).await }
+    });
+    assert!(eventually(|| a.hits() + b.hits() == 1).await);
+    let busy = if a.hits() == 1 { 0 } else { 1 };
+    assert_eq!(p.health_snapshot()[busy].in_flight, 1);
+    let idle_authority = p.health_snapshot()[1 - busy].authority.clone();
+    for _ in 0..10 {
+        let r = p.forward(get("/quick"), RETRYABLE).await.unwrap();
+        assert_eq!(r.target, idle_authority);
+        body_text(r.response).await;
+    }
+    gate.add_permits(1);
+    let r = held.await.unwrap().unwrap();
+    body_text(r.response).await;
+    assert_eq!(in_flight_total(&p), 0);
+}
+
+#[tokio::test]
+async fn a_dead_target_is_ejected_then_recovers_after_ejection_time() {
+    let live = serve(|_| async { text(200, "live") }).await;
+    let dead = dead_addr();
+    let p = pool_of(
+        &[format!("\"http://{dead}\""), live.target()],
+        "retries: { attempts: 0 }, passive_health: { consecutive_failures: 1, ejection_time: 300ms }",
+    );
+    // Round robin starts at the first target: refused, and ejected at once.
+    let e = p.forward(get("/"), RETRYABLE).await.err().unwrap();
+    assert!(matches!(e, UpstreamError::Connect { .. }), "{e}");
+    assert_eq!(e.target(), Some(dead.to_string().as_str()));
+    assert!(p.health_snapshot()[0].ejected);
+    assert!(p.has_eligible_target());
+    // Meanwhile everything goes to the live target.
+    for _ in 0..10 {
+        let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+        assert_eq!(&*r.target, live.authority());
+        body_text(r.response).await;
+    }
+    assert_eq!(live.hits(), 10);
+    // The dead target comes back to life on the same address; after the ejection time it gets
+    // traffic again.
+    let revived = serve_on(TcpListener::bind(dead).await.unwrap(), |_| async {
+        text(200, "revived")
+    });
+    assert!(eventually(|| !p.health_snapshot()[0].ejected).await);
+    let mut reached = false;
+    for _ in 0..4 {
+        let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+        reached |= *r.target == dead.to_string();
+        body_text(r.response).await;
+    }
+    assert!(reached);
+    assert!(revived.hits() >= 1);
 }
 
 #[tokio::test]
 async fn every_target_ejected_sends_nothing() {
-    let p = pool(
-        "upstreams: { u: { targets: [ \"http://127.0.0.1:1\" ], passive_health: { consecutive_failures: 1 } } }",
+    let s = serve(|_| async { text(503, "down") }).await;
+    let p = pool_of(
+        &[s.target()],
+        "retries: { attempts: 0 }, passive_health: { consecutive_failures: 1, ejection_time: 60s }",
     );
-    p.record_failure(0);
-    let req = Request::new(
-        Empty::<Bytes>::new()
-            .map_err(|e| -> BoxError { match e {} })
-            .boxed_unsync(),
+    // A 503 is the target's answer (returned as is) and a passive failure.
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(r.response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    drop(r);
+    assert!(!p.has_eligible_target());
+    let e = p.forward(get("/"), RETRYABLE).await.err().unwrap();
+    assert!(matches!(e, UpstreamError::NoEligibleTarget));
+    assert_eq!(e.reason(), RejectReason::NoHealthyUpstream);
+    assert_eq!(e.target(), None);
+    assert_eq!(s.hits(), 1);
+    assert_eq!(in_flight_total(&p), 0);
+}
+
+#[tokio::test]
+async fn active_health_checks_follow_the_health_endpoint() {
+    let a_up = Arc::new(AtomicBool::new(true));
+    let a_checks = Arc::new(AtomicUsize::new(0));
+    let a_check_host = Arc::new(Mutex::new(None::<String>));
+    let a = serve({
+        let (up, checks, host) = (a_up.clone(), a_checks.clone(), a_check_host.clone());
+        move |req: Request<Incoming>| {
+            let healthz = req.uri().path() == "/healthz";
+            if healthz {
+                checks.fetch_add(1, Ordering::SeqCst);
+                *host.lock().unwrap() = req
+                    .headers()
+                    .get(HOST)
+                    .map(|v| v.to_str().unwrap().to_string());
+            }
+            let status = if healthz && !up.load(Ordering::SeqCst) {
+                503
+            } else {
+                200
+            };
+            async move { text(status, "a") }
+        }
+    })
+    .await;
+    let b = serve(|_| async { text(200, "b") }).await;
+    let p = pool_of(
+        &[a.target(), b.target()],
+        "passive_health: { consecutive_failures: 0 }, health_check: { path: /healthz, interval: 50ms, timeout: 1s, healthy_threshold: 2, unhealthy_threshold: 2 }",
     );
-    let r = p
-        .forward(
-            req,
-            ForwardOpts {
-                timeout: Duration::from_secs(1),
-                retryable: true,
-            },
-        )
-        .await;
-    assert!(matches!(r, Err(UpstreamError::NoEligibleTarget)));
+    let checks = p.start_health_checks();
+    assert_eq!(checks.len(), 2);
+    assert!(eventually(|| a_checks.load(Ordering::SeqCst) >= 2).await);
+    assert!(p.health_snapshot().iter().all(|t| t.healthy));
+    assert_eq!(
+        a_check_host.lock().unwrap().as_deref(),
+        Some(a.authority().as_str())
+    );
+
+    a_up.store(false, Ordering::SeqCst);
+    assert!(eventually(|| !p.health_snapshot()[0].healthy).await);
+    assert!(p.has_eligible_target());
+    for _ in 0..6 {
+        let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+        assert_eq!(&*r.target, b.authority());
+        body_text(r.response).await;
+    }
+
+    a_up.store(true, Ordering::SeqCst);
+    assert!(eventually(|| p.health_snapshot()[0].healthy).await);
+    let mut to_a = 0;
+    for _ in 0..4 {
+        let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+        to_a += usize::from(*r.target == a.authority());
+        body_text(r.response).await;
+    }
+    assert_eq!(to_a, 2);
+
+    // Dropping the guard stops the checks.
+    drop(checks);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = a_checks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a_checks.load(Ordering::SeqCst), before);
+}
+
+#[tokio::test]
+async fn without_health_check_no_task_runs() {
+    let p = pool("upstreams: { u: { targets: [ \"http://127.0.0.1:1\" ] } }");
+    assert!(p.start_health_checks().is_empty());
+}
+
+#[tokio::test]
+async fn a_get_is_retried_on_connect_error_on_the_other_target() {
+    let live = serve(|_| async { text(200, "live") }).await;
+    let dead = dead_addr();
+    let p = pool_of(
+        &[format!("\"http://{dead}\""), live.target()],
+        "retries: { attempts: 1 }, passive_health: { consecutive_failures: 0 }",
+    );
+    for _ in 0..3 {
+        let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+        assert_eq!(&*r.target, live.authority());
+        assert_eq!(r.response.status(), StatusCode::OK);
+        // Every request starts at the dead target (the cursor moves twice per request).
+        assert_eq!(r.attempts, 2);
+        body_text(r.response).await;
+    }
+    assert_eq!(live.hits(), 3);
+    assert_eq!(in_flight_total(&p), 0);
+}
+
+#[tokio::test]
+async fn a_retryable_status_is_retried_elsewhere_and_the_last_answer_kept() {
+    let bad = serve(|_| async { text(503, "busy") }).await;
+    let good = serve(|_| async { text(200, "fine") }).await;
+    let p = pool_of(&[bad.target(), good.target()], "retries: { attempts: 1 }");
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!((r.attempts, r.response.status()), (2, StatusCode::OK));
+    assert_eq!(&*r.target, good.authority());
+    body_text(r.response).await;
+    assert_eq!((bad.hits(), good.hits()), (1, 1));
+
+    // A single target answering 503 throughout: retried on it, its last answer returned.
+    let only = pool_of(&[bad.target()], "retries: { attempts: 2 }");
+    let r = only.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(
+        (r.attempts, r.response.status()),
+        (3, StatusCode::SERVICE_UNAVAILABLE)
+    );
+    assert_eq!(body_text(r.response).await, "busy");
+    assert_eq!(bad.hits(), 4);
+    assert_eq!(in_flight_total(&only), 0);
+}
+
+#[tokio::test]
+async fn a_post_is_not_retried() {
+    let live = serve(|_| async { text(200, "live") }).await;
+    let dead = dead_addr();
+    let p = pool_of(
+        &[format!("\"http://{dead}\""), live.target()],
+        "retries: { attempts: 3 }, passive_health: { consecutive_failures: 0 }",
+    );
+    let mut req = get("/");
+    *req.method_mut() = Method::POST;
+    // The engine marks only idempotent methods retryable.
+    let e = p.forward(req, NOT_RETRYABLE).await.err().unwrap();
+    assert!(matches!(e, UpstreamError::Connect { .. }), "{e}");
+    assert_eq!(e.target(), Some(dead.to_string().as_str()));
+    assert_eq!(live.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_is_not_retried() {
+    let live = serve(|_| async { text(200, "live") }).await;
+    let dead = dead_addr();
+    let p = pool_of(
+        &[format!("\"http://{dead}\""), live.target()],
+        "retries: { attempts: 3 }, passive_health: { consecutive_failures: 0 }",
+    );
+    // A buffered body.
+    let mut req = get("/");
+    *req.body_mut() = full("payload");
+    let e = p.forward(req, RETRYABLE).await.err().unwrap();
+    assert!(matches!(e, UpstreamError::Connect { .. }), "{e}");
+    // A streamed body of unknown length: the cursor is back on the dead target.
+    let _ = sel(&p, &[]);
+    let stream = futures_util::stream::iter(vec![Ok::<_, BoxError>(Frame::data(
+        Bytes::from_static(b"chunk"),
+    ))]);
+    let mut req = get("/");
+    *req.body_mut() = StreamBody::new(stream).boxed_unsync();
+    let e = p.forward(req, RETRYABLE).await.err().unwrap();
+    assert!(matches!(e, UpstreamError::Connect { .. }), "{e}");
+    assert_eq!(live.hits(), 0);
+    assert_eq!(in_flight_total(&p), 0);
+}
+
+#[tokio::test]
+async fn a_slow_answer_is_a_timeout() {
+    let slow = serve(|_| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        text(200, "late")
+    })
+    .await;
+    let p = pool_of(&[slow.target()], "retries: { attempts: 2 }");
+    let opts = ForwardOpts {
+        timeout: Duration::from_millis(100),
+        retryable: true,
+    };
+    let e = p.forward(get("/"), opts).await.err().unwrap();
+    assert!(matches!(e, UpstreamError::Timeout { .. }), "{e}");
+    assert_eq!(e.reason(), RejectReason::UpstreamTimeout);
+    assert_eq!(e.target(), Some(slow.authority().as_str()));
+    // Timeouts are not retried: the upstream may be acting on the request.
+    assert_eq!(slow.hits(), 1);
+    assert_eq!(in_flight_total(&p), 0);
+    assert_eq!(p.health_snapshot()[0].consecutive_failures, 1);
+}
+
+/// Answers with the protocol version it saw, "hello" and trailers echoing the request's
+/// `x-echo` trailer (gRPC style).
+async fn grpc_like(req: Request<Incoming>) -> Response<BoxBody> {
+    let version = format!("{:?}", req.version());
+    let collected = req.into_body().collect().await.unwrap();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    if let Some(v) = collected.trailers().and_then(|t| t.get("x-echo")) {
+        trailers.insert("x-echoed", v.clone());
+    }
+    let frames = vec![
+        Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"hello"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    Response::builder()
+        .header("x-version", version)
+        .body(StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_carries_trailers_both_ways() {
+    let s = serve(grpc_like).await;
+    let p = pool_of(&[s.target()], "protocol: http2");
+    let mut req_trailers = HeaderMap::new();
+    req_trailers.insert("x-echo", HeaderValue::from_static("ping"));
+    let frames = vec![
+        Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"request"))),
+        Ok(Frame::trailers(req_trailers)),
+    ];
+    let mut req = get("/svc/Method");
+    *req.method_mut() = Method::POST;
+    *req.body_mut() = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+    let r = p.forward(req, NOT_RETRYABLE).await.unwrap();
+    assert_eq!(r.response.version(), Version::HTTP_2);
+    assert_eq!(r.response.headers()["x-version"], "HTTP/2.0");
+    let collected = r.response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap();
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-echoed"], "ping");
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"hello"));
+    assert_eq!(in_flight_total(&p), 0);
+
+    // `auto` in cleartext speaks HTTP/1.1 to the same server.
+    let p = pool_of(&[s.target()], "protocol: auto");
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(r.response.headers()["x-version"], "HTTP/1.1");
+    body_text(r.response).await;
+}
+
+#[tokio::test]
+async fn in_flight_lasts_until_the_body_is_consumed_or_dropped() {
+    let s = serve(|_| async { text(200, "some body") }).await;
+    let p = pool_of(&[s.target()], "");
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    // The head has arrived; the body has not been read.
+    assert_eq!(p.health_snapshot()[0].in_flight, 1);
+    assert_eq!(body_text(r.response).await, "some body");
+    assert_eq!(p.health_snapshot()[0].in_flight, 0);
+
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(p.health_snapshot()[0].in_flight, 1);
+    drop(r);
+    assert_eq!(p.health_snapshot()[0].in_flight, 0);
+}
+
+#[tokio::test]
+async fn the_host_header_is_preserved_or_set_to_the_target() {
+    let s = serve(|req: Request<Incoming>| {
+        let host = req
+            .headers()
+            .get(HOST)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        async move {
+            Response::builder()
+                .header("x-host", host)
+                .body(empty_body())
+                .unwrap()
+        }
+    })
+    .await;
+    let preserve = pool_of(&[s.target()], "");
+    let r = preserve.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(r.response.headers()["x-host"], "example.com");
+    let target = pool_of(&[s.target()], "host_header: target");
+    let r = target.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(r.response.headers()["x-host"], s.authority().as_str());
+}
+
+#[tokio::test]
+async fn path_and_query_reach_the_target() {
+    let s = serve(|req: Request<Incoming>| {
+        let pq = req.uri().path_and_query().unwrap().to_string();
+        async move {
+            Response::new(
+                Full::new(Bytes::from(pq))
+                    .map_err(|n| match n {})
+                    .boxed_unsync(),
+            )
+        }
+    })
+    .await;
+    let p = pool_of(&[s.target()], "");
+    let r = p.forward(get("/a/b?c=d&e"), RETRYABLE).await.unwrap();
+    assert_eq!(body_text(r.response).await, "/a/b?c=d&e");
+}
+
+#[tokio::test]
+async fn a_101_keeps_its_upgrade_handle() {
+    let s = serve(|mut req: Request<Incoming>| {
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                let mut io = TokioIo::new(up);
+                let _ = io.write_all(b"hi").await;
+                let _ = io.shutdown().await;
+            }
+        });
+        async {
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(CONNECTION, "upgrade")
+                .header(UPGRADE, "test")
+                .body(empty_body())
+                .unwrap()
+        }
+    })
+    .await;
+    let p = pool_of(&[s.target()], "");
+    let mut req = get("/");
+    req.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    req.headers_mut()
+        .insert(UPGRADE, HeaderValue::from_static("test"));
+    let mut r = p.forward(req, NOT_RETRYABLE).await.unwrap();
+    assert_eq!(r.response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let up = hyper::upgrade::on(&mut r.response).await.unwrap();
+    let mut io = TokioIo::new(up);
+    let mut got = Vec::new();
+    io.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"hi");
 }

@@ -1,0 +1,214 @@
+//! Target health: passive (outcomes of real requests eject a failing target for a while) and
+//! active (a periodic GET marks a target unhealthy or healthy after thresholds of consecutive
+//! results). Both only flip atomics that selection reads.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use http::header::{HOST, HeaderValue, USER_AGENT};
+use http::uri::PathAndQuery;
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Limited};
+
+use super::{UpstreamPool, empty_body};
+
+/// How much of a health-check response body is read. Reading it (rather than dropping it)
+/// lets the connection go back to the pool; the bound keeps a chatty endpoint cheap.
+const CHECK_BODY_LIMIT: usize = 64 * 1024;
+
+/// The health-check tasks of a pool; dropping this stops them. The tasks hold the pool only
+/// weakly, so they also end on their own once the pool (its config snapshot) is gone.
+pub struct HealthChecks {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl HealthChecks {
+    /// How many check tasks run (one per target; 0 without `health_check`).
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+}
+
+impl Drop for HealthChecks {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl UpstreamPool {
+    /// Eligible = actively healthy and not passively ejected. The first caller to see an
+    /// ejection expire clears it and logs the recovery (so it is logged once, without a timer).
+    pub(super) fn eligible(&self, i: usize, now: u64) -> bool {
+        let t = &self.targets[i];
+        if !t.healthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = t.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        if until > now {
+            return false;
+        }
+        if t.ejected_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::info!(upstream = %self.name, target = %t.authority, "target back in rotation after ejection");
+        }
+        true
+    }
+
+    /// A request to target `i` succeeded (any response but 502/503/504).
+    pub(super) fn record_success(&self, i: usize) {
+        let f = &self.targets[i].failures;
+        // Skip the write in the common case: a shared cache line stays shared.
+        if f.load(Ordering::Relaxed) != 0 {
+            f.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A request to target `i` failed (connect error, timeout, 502/503/504); ejects it at the
+    /// threshold.
+    pub(super) fn record_failure(&self, i: usize) {
+        let threshold = self.passive.consecutive_failures;
+        if threshold == 0 {
+            return;
+        }
+        let t = &self.targets[i];
+        let n = t.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        if n < threshold {
+            return;
+        }
+        // The count starts over: after the ejection the target gets `threshold` more chances.
+        t.failures.store(0, Ordering::Relaxed);
+        let now = self.now_ms();
+        let until = now.saturating_add(millis(self.passive.ejection_time));
+        if until <= now {
+            return; // ejection_time 0: counting without ejecting
+        }
+        let previous = t.ejected_until.swap(until, Ordering::Relaxed);
+        if previous <= now {
+            tracing::warn!(
+                upstream = %self.name,
+                target = %t.authority,
+                failures = n,
+                ejection = ?self.passive.ejection_time,
+                "target ejected after consecutive failures"
+            );
+        }
+    }
+
+    /// Spawns active health checking (one task per target) if the upstream configures it.
+    /// Needs a tokio runtime; without one, or without `health_check`, nothing runs and every
+    /// target stays healthy.
+    pub fn start_health_checks(self: &Arc<Self>) -> HealthChecks {
+        let mut tasks = Vec::new();
+        let Some(hc) = &self.health else {
+            return HealthChecks { tasks };
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(upstream = %self.name, "no async runtime: health checks not started");
+            return HealthChecks { tasks };
+        };
+        let path: PathAndQuery = match hc.path.parse() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(upstream = %self.name, path = %hc.path, error = %e, "invalid health-check path: health checks not started");
+                return HealthChecks { tasks };
+            }
+        };
+        for i in 0..self.targets.len() {
+            let weak: Weak<UpstreamPool> = Arc::downgrade(self);
+            let path = path.clone();
+            let (interval, timeout) = (hc.interval, hc.timeout);
+            tasks.push(rt.spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                // After a slow probe, wait a full interval rather than probing in a burst.
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(pool) = weak.upgrade() else { return };
+                    let ok = pool.probe(i, &path, timeout).await;
+                    pool.record_check(i, ok);
+                }
+            }));
+        }
+        HealthChecks { tasks }
+    }
+
+    /// One health check of target `i`: GET `path` with `Host` = the target; 2xx/3xx within
+    /// `timeout` (head and body) is a success.
+    async fn probe(&self, i: usize, path: &PathAndQuery, timeout: Duration) -> bool {
+        let t = &self.targets[i];
+        let uri = match Uri::builder()
+            .scheme(t.scheme.clone())
+            .authority(t.uri_authority.clone())
+            .path_and_query(path.clone())
+            .build()
+        {
+            Ok(u) => u,
+            Err(_) => return false,
+        };
+        let mut req = Request::new(empty_body());
+        *req.uri_mut() = uri;
+        req.headers_mut().insert(HOST, t.host_value.clone());
+        req.headers_mut().insert(
+            USER_AGENT,
+            HeaderValue::from_static("portcullis-health-check"),
+        );
+        let exchange = async {
+            let resp = self.client.request(req).await.ok()?;
+            let status = resp.status();
+            // Read (a bounded amount of) the body so the connection can be reused; its
+            // content does not matter.
+            let _ = Limited::new(resp.into_body(), CHECK_BODY_LIMIT)
+                .collect()
+                .await;
+            Some(status.is_success() || status.is_redirection())
+        };
+        matches!(
+            tokio::time::timeout(timeout, exchange).await,
+            Ok(Some(true))
+        )
+    }
+
+    /// Applies one check result: `healthy_threshold` consecutive successes make a target
+    /// healthy, `unhealthy_threshold` consecutive failures unhealthy.
+    fn record_check(&self, i: usize, ok: bool) {
+        let Some(hc) = &self.health else { return };
+        let t = &self.targets[i];
+        let bump = |c: &std::sync::atomic::AtomicU32| {
+            c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_add(1))
+            })
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
+        };
+        if ok {
+            t.check_fail.store(0, Ordering::Relaxed);
+            if bump(&t.check_ok) >= hc.healthy_threshold && !t.healthy.swap(true, Ordering::Relaxed)
+            {
+                tracing::info!(upstream = %self.name, target = %t.authority, "target passes its health checks again");
+            }
+        } else {
+            t.check_ok.store(0, Ordering::Relaxed);
+            if bump(&t.check_fail) >= hc.unhealthy_threshold
+                && t.healthy.swap(false, Ordering::Relaxed)
+            {
+                tracing::warn!(upstream = %self.name, target = %t.authority, path = %hc.path, "target failed its health checks");
+            }
+        }
+    }
+}
