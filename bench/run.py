@@ -26,6 +26,8 @@ PORTS = {"upstream": 18101, "nginx": 18102, "portcullis": 18103, "portcullis-sec
 H2_PORTS = {"upstream": 18105, "nginx": 18106, "portcullis": 18103, "portcullis-secure": 18104}
 ADMIN = {"portcullis": 18113, "portcullis-secure": 18114}
 
+MARKER = "## What stands between us and nginx"
+
 WRK_LUA = """
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -129,8 +131,10 @@ def wrk(port, path, work):
 
 
 def h2load(port, path):
+    # No Host override: over HTTP/2 the authority is :authority, and nginx refuses a Host that
+    # disagrees with it.
     cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-c", "8", "-m", "32", "-D", str(DURATION),
-           "-H", "Host: bench.local", f"http://127.0.0.1:{port}{path}"]
+           f"http://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
     rps = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
     lat = re.search(r"time for request:\s+([\d.]+)(\w+)\s+([\d.]+)(\w+)\s+([\d.]+)(\w+)", out)
@@ -267,7 +271,7 @@ def report(results):
     add("builds the release binary, runs everything below in one go). Numbers are medians of "
         f"{REPEAT} runs of {DURATION} s.\n")
     add(f"- Machine: {NCPU} cores ({cpu}); servers pinned to CPU {SERVER_CPU}, load generators to CPU {LOAD_CPU}.")
-    add(f"- Upstream: nginx returning a fixed 13-byte body, or a 16 KiB file; {ngv.replace('nginx version: ', 'nginx ')}.")
+    add(f"- Upstream: nginx returning a fixed 13-byte body, or a 16 KiB file; {ngv.replace('nginx version: nginx/', 'nginx ')}.")
     add("- nginx proxy: one worker, upstream keep-alive (`keepalive 256`, HTTP/1.1, `Connection \"\"`).")
     add("- Portcullis: `--threads 1`; *plain* = one prefix route, audit off; *secure* = every step that")
     add("  exists now (protocol checks, normalisation, limits, trusted proxies, IP deny lists, route")
@@ -292,11 +296,21 @@ def report(results):
         sec = results[("portcullis-secure", label)]
         p99 = f"{pc['p99'] / ng['p99']:.2f}" if label != "h2" and ng.get("p99") else "—"
         add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {sec['rps'] / pc['rps']:.2f} |")
+    bad = [f"{n} {l}" for (n, l), r in results.items() if r["errors"]]
+    if bad:
+        add("\n**Invalid runs (errors or non-2xx answers): " + ", ".join(bad) + ".**")
     text = "\n".join(lines) + "\n"
     print(text)
     if not QUICK:
-        with open(os.path.join(ROOT, "docs", "performance.md.results"), "w") as f:
-            f.write(text)
+        # The measured part is rewritten; the analysis below it (from MARKER on) is kept.
+        path = os.path.join(ROOT, "docs", "performance.md")
+        kept = ""
+        if os.path.exists(path):
+            old = open(path).read()
+            if MARKER in old:
+                kept = "\n" + old[old.index(MARKER):]
+        with open(path, "w") as f:
+            f.write(text + kept)
 
 
 if __name__ == "__main__":
