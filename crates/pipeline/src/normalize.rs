@@ -27,6 +27,7 @@ pub enum PathError {
     ControlByte,
     BadEscape,
     AboveRoot,
+    DotSegmentParameter,
 }
 
 impl PathError {
@@ -38,6 +39,9 @@ impl PathError {
             PathError::ControlByte => "control characters are not accepted in paths",
             PathError::BadEscape => "the path holds a malformed percent-escape",
             PathError::AboveRoot => "the path climbs above the root",
+            PathError::DotSegmentParameter => {
+                "a dot segment with a path parameter (such as ..;) is not accepted"
+            }
         }
     }
 }
@@ -66,7 +70,7 @@ pub fn normalize_path(path: &str) -> Result<Option<String>, PathError> {
     let mut simple = true;
     for (i, &b) in bytes.iter().enumerate() {
         match b {
-            b'%' => simple = false,
+            b'%' | b';' => simple = false,
             b'\\' => return Err(PathError::Backslash),
             0..=0x1f | 0x7f => return Err(PathError::ControlByte),
             b'/' if bytes.get(i + 1) == Some(&b'/') => simple = false,
@@ -114,6 +118,11 @@ pub fn normalize_path(path: &str) -> Result<Option<String>, PathError> {
     let mut out: Vec<&str> = Vec::new();
     let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
     for seg in decoded.split('/').skip(1) {
+        // `..;x` and `.;x` are dot segments to servers that strip path parameters (Tomcat,
+        // Jetty, Spring): `/public/..;/admin` would reach `/admin` behind our back.
+        if seg.starts_with("..;") || seg.starts_with(".;") {
+            return Err(PathError::DotSegmentParameter);
+        }
         match seg {
             "" | "." => {}
             ".." => {
@@ -252,5 +261,12 @@ mod tests {
         assert_eq!(n("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(n("/a%4"), Err(PathError::BadEscape));
         assert_eq!(n("*"), Err(PathError::NotOriginForm));
+        assert_eq!(n("/public/..;/admin"), Err(PathError::DotSegmentParameter));
+        assert_eq!(n("/public/.;x/admin"), Err(PathError::DotSegmentParameter));
+        assert_eq!(
+            n("/public/%2e%2e;/admin"),
+            Err(PathError::DotSegmentParameter)
+        );
+        assert_eq!(n("/a;jsessionid=1").as_deref(), Ok("/a;jsessionid=1"));
     }
 }

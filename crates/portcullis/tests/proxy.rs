@@ -318,6 +318,12 @@ async fn every_rejection_is_a_problem_and_nothing_reaches_the_upstream() {
             "bad_request",
             "normalize",
         ),
+        (
+            get(&format!("{base}/orders/..;/private/x")).await,
+            400,
+            "bad_request",
+            "normalize",
+        ),
     ];
     for (r, status, code, stage) in cases {
         let v = assert_problem(&r, status, code);

@@ -1,4 +1,8 @@
-//! Clients for tests.
+//! Clients for tests: whole-response HTTP/1.1 and h2c requests, TLS requests that report
+//! what the handshake negotiated, raw bytes over TCP, and WebSocket connections.
+//!
+//! Every function panics on transport failures except [`send_tls`] / [`tls_request`] and
+//! [`try_ws_connect`], which return them (handshake refusals are what TLS tests look at).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,19 +22,23 @@ pub struct Resp {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub version: Version,
+    /// Trailers, when the body ended with some (gRPC).
     pub trailers: Option<HeaderMap>,
 }
 
 impl Resp {
+    /// The body as JSON; panics with the body when it is not.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
+    /// The body as UTF-8 (lossy).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// The first value of a header, when it is text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -49,13 +57,13 @@ async fn read(resp: http::Response<hyper::body::Incoming>) -> Resp {
     }
 }
 
-/// Sends over HTTP/1.1 (absolute URI required).
+/// Sends over HTTP/1.1 on a fresh connection (absolute `http://` URI required).
 pub async fn send(req: Request<Full<Bytes>>) -> Resp {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     read(client.request(req).await.unwrap()).await
 }
 
-/// Sends over HTTP/2 with prior knowledge (h2c).
+/// Sends over HTTP/2 with prior knowledge (h2c) on a fresh connection (absolute URI).
 pub async fn send_h2c(req: Request<Full<Bytes>>) -> Resp {
     let client = Client::builder(TokioExecutor::new())
         .http2_only(true)
@@ -71,13 +79,29 @@ pub async fn get(url: &str) -> Resp {
 /// What the TLS handshake showed.
 #[derive(Debug, Clone)]
 pub struct TlsSeen {
+    /// The negotiated ALPN protocol.
     pub alpn: Option<Vec<u8>>,
+    /// The negotiated version as rustls debug-prints `Option<ProtocolVersion>`:
+    /// `"Some(TLSv1_3)"` or `"Some(TLSv1_2)"`.
     pub version: String,
+    /// DER of the leaf certificate the server presented (compare with
+    /// [`CertFiles::cert_der`](crate::pki::CertFiles::cert_der)).
     pub peer_cert_der: Vec<u8>,
+    /// DNS subject alternative names of that leaf.
+    pub peer_cert_sans: Vec<String>,
 }
 
-/// Connects with TLS (given SNI and trusted CA), then sends one request with h2 or HTTP/1.1
-/// as ALPN decided.
+fn dns_sans(der: &[u8]) -> Vec<String> {
+    let der = rustls_pki_types::CertificateDer::from(der);
+    match webpki::EndEntityCert::try_from(&der) {
+        Ok(cert) => cert.valid_dns_names().map(str::to_string).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Connects with TLS (SNI `server_name`, trusting only `ca_pem`, offering `alpn`), then sends
+/// one request with h2 or HTTP/1.1 as ALPN decided. `req` should carry an origin-form URI
+/// (`/path`) and a `host` header. Connection and handshake failures come back as `Err` text.
 pub async fn send_tls(
     addr: SocketAddr,
     server_name: &str,
@@ -118,14 +142,16 @@ pub async fn tls_request(
         .await
         .map_err(|e| e.to_string())?;
     let (_, session) = tls.get_ref();
+    let peer_cert_der = session
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
     let seen = TlsSeen {
         alpn: session.alpn_protocol().map(<[u8]>::to_vec),
         version: format!("{:?}", session.protocol_version()),
-        peer_cert_der: session
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| c.to_vec())
-            .unwrap_or_default(),
+        peer_cert_sans: dns_sans(&peer_cert_der),
+        peer_cert_der,
     };
     let io = TokioIo::new(tls);
     let resp = if seen.alpn.as_deref() == Some(b"h2") {
@@ -144,7 +170,8 @@ pub async fn tls_request(
     Ok((read(resp).await, seen))
 }
 
-/// Writes raw bytes and reads until the server closes or is idle for 2 s.
+/// Writes raw bytes over TCP and reads until the server closes or is idle for 2 s (for
+/// request smuggling and framing tests).
 pub async fn raw_http(addr: SocketAddr, bytes: &[u8]) -> String {
     raw_exchange(addr, bytes).await.0
 }
@@ -163,4 +190,40 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
         }
     };
     (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// A WebSocket client connection.
+pub type WsClient =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The handshake response a WebSocket client got (status 101 and headers).
+pub type WsResponse = tokio_tungstenite::tungstenite::handshake::client::Response;
+
+/// Opens a WebSocket (`ws://host:port/path`); panics when the handshake fails or takes more
+/// than 10 s.
+pub async fn ws_connect(url: &str) -> (WsClient, WsResponse) {
+    try_ws_connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("WebSocket connect to {url}: {e}"))
+}
+
+/// Same, returning the failure (a refused upgrade comes back as
+/// `tungstenite::Error::Http(response)`).
+pub async fn try_ws_connect(
+    url: &str,
+) -> Result<(WsClient, WsResponse), tokio_tungstenite::tungstenite::Error> {
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(tokio_tungstenite::tungstenite::Error::Io(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "WebSocket handshake timed out",
+            ),
+        )),
+    }
 }

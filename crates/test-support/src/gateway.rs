@@ -1,4 +1,21 @@
-//! Launches the real `portcullis` binary.
+//! Launches the real `portcullis` binary and reads what it prints.
+//!
+//! The binary announces itself on STDOUT, one line each, while it starts:
+//!
+//! ```text
+//! portcullis: listener <name> <http|https>://<ip:port>    (one per client listener)
+//! portcullis: admin http://<ip:port>                      (when the admin listener is on)
+//! portcullis: ready
+//! ```
+//!
+//! Audit events are JSON lines on STDOUT too (the default audit output); logs go to STDERR.
+//! [`Gateway::start`] writes the YAML to `config.yaml` in a fresh temporary folder, runs
+//! `bin run --config <file>` with both streams piped (stdin null), collects the lines on two
+//! threads and returns once `portcullis: ready` was printed (an error with everything printed
+//! when the process exits first or 30 s pass). Listener addresses come from those lines, so
+//! configurations should bind `127.0.0.1:0`. The child is killed on drop.
+//!
+//! In a test of the `portcullis` package the binary is `env!("CARGO_BIN_EXE_portcullis")`.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -9,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+/// A running `portcullis run` process; killed on drop.
 pub struct Gateway {
     child: Child,
     _dir: Option<tempfile::TempDir>,
@@ -20,7 +38,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Writes `yaml` to a fresh folder and runs `bin run --config` on it.
+    /// Writes `yaml` to `config.yaml` in a fresh temporary folder (removed on drop) and runs
+    /// `bin run --config` on it; waits up to 30 s for `portcullis: ready`.
     pub fn start(bin: &Path, yaml: &str) -> anyhow::Result<Gateway> {
         let dir = tempfile::tempdir()?;
         let mut g = Self::start_in(bin, dir.path(), yaml)?;
@@ -28,7 +47,8 @@ impl Gateway {
         Ok(g)
     }
 
-    /// Same, in a given folder (for configurations that reference files).
+    /// Same, writing `config.yaml` into `dir` (for configurations that reference files next
+    /// to it; the caller keeps `dir` alive).
     pub fn start_in(bin: &Path, dir: &Path, yaml: &str) -> anyhow::Result<Gateway> {
         let config = dir.join("config.yaml");
         std::fs::write(&config, yaml)?;
@@ -45,14 +65,14 @@ impl Gateway {
         let out = child.stdout.take().context("stdout")?;
         let err = child.stderr.take().context("stderr")?;
         let so = stdout.clone();
-        std::thread::spawn(move || {
+        let out_reader = std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
                 so.lock().unwrap().push(line);
             }
         });
         let se = stderr.clone();
-        std::thread::spawn(move || {
+        let err_reader = std::thread::spawn(move || {
             let mut r = BufReader::new(err);
             let mut buf = [0u8; 4096];
             while let Ok(n) = r.read(&mut buf) {
@@ -89,17 +109,23 @@ impl Gateway {
                 return Ok(g);
             }
             if let Ok(Some(status)) = g.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
+                // Let the readers drain the pipes (bounded: a grandchild may hold them open).
+                let drained = Instant::now() + Duration::from_secs(2);
+                while !(out_reader.is_finished() && err_reader.is_finished())
+                    && Instant::now() < drained
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 bail!(
                     "portcullis exited with {status}\nstdout:\n{}\nstderr:\n{}",
-                    lines.join("\n"),
+                    g.stdout_lines().join("\n"),
                     g.stderr_text()
                 );
             }
             if Instant::now() > deadline {
                 bail!(
                     "portcullis did not get ready in 30s\nstdout:\n{}\nstderr:\n{}",
-                    lines.join("\n"),
+                    g.stdout_lines().join("\n"),
                     g.stderr_text()
                 );
             }
@@ -107,6 +133,8 @@ impl Gateway {
         }
     }
 
+    /// The announced URL of a client listener (`http://127.0.0.1:PORT` or `https://…`);
+    /// panics for an unknown name.
     pub fn url(&self, name: &str) -> String {
         self.listeners
             .iter()
@@ -115,23 +143,28 @@ impl Gateway {
             .unwrap_or_else(|| panic!("no listener {name}: {:?}", self.listeners))
     }
 
+    /// The bound address of a client listener; panics for an unknown name.
     pub fn listener(&self, name: &str) -> SocketAddr {
         let url = self.url(name);
         url.split("://").nth(1).unwrap().parse().unwrap()
     }
 
+    /// The admin listener's address; panics when none was announced.
     pub fn admin(&self) -> SocketAddr {
         self.admin.expect("admin listener")
     }
 
+    /// `http://` + [`admin`](Self::admin).
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.admin())
     }
 
+    /// Every STDOUT line so far (announcements and audit events).
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// Everything printed on STDERR so far (logs).
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
@@ -145,7 +178,7 @@ impl Gateway {
             .collect()
     }
 
-    /// Polls the audit events until one matches.
+    /// Polls the audit events (every 20 ms) until one matches; `None` after `timeout`.
     pub fn wait_for_audit(
         &self,
         pred: impl Fn(&serde_json::Value) -> bool,
@@ -163,10 +196,12 @@ impl Gateway {
         }
     }
 
+    /// The configuration file the process was started with (rewrite it to test reloads).
     pub fn config_path(&self) -> &Path {
         &self.config
     }
 
+    /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -193,6 +228,7 @@ impl Gateway {
         }
     }
 
+    /// Kills the process (SIGKILL) and reaps it. Idempotent.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -205,12 +241,16 @@ impl Drop for Gateway {
     }
 }
 
+/// What a finished CLI invocation left.
+#[derive(Debug, Clone)]
 pub struct CliOutput {
+    /// The exit code; -1 when killed by a signal.
     pub status: i32,
     pub stdout: String,
     pub stderr: String,
 }
 
+/// Runs `bin args…` to completion (stdin null), e.g. `run_cli(bin, &["check", file])`.
 pub fn run_cli(bin: &Path, args: &[&str]) -> CliOutput {
     let out = Command::new(bin)
         .args(args)

@@ -5,7 +5,10 @@
 //! special paths, TLS, a gRPC-style h2 server with trailers, a WebSocket echo), a launcher for
 //! the real `portcullis` binary ([`gateway`]) and clients ([`client`]).
 //!
-//! Everything binds 127.0.0.1 with ephemeral ports.
+//! Everything binds 127.0.0.1 with ephemeral ports, so tests run in parallel. Upstreams and
+//! async clients need a Tokio runtime (`#[tokio::test]`); [`pki`] and [`gateway`] are
+//! synchronous. Helpers panic on failure (this crate is only used by tests) except where a
+//! failure is the thing under test ([`send_tls`], [`try_ws_connect`], [`Gateway::start`]).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
 
@@ -14,7 +17,10 @@ pub mod gateway;
 pub mod pki;
 pub mod upstream;
 
-pub use client::{Resp, raw_http, send, send_h2c, send_tls};
+pub use client::{
+    Resp, TlsSeen, WsClient, WsResponse, raw_exchange, raw_http, send, send_h2c, send_tls,
+    tls_request, try_ws_connect, ws_connect,
+};
 pub use gateway::{CliOutput, Gateway, run_cli};
 pub use pki::{CertFiles, TestPki};
-pub use upstream::{GrpcUpstream, Recorded, TestUpstream, WsUpstream, dead_addr};
+pub use upstream::{GrpcUpstream, Recorded, TestUpstream, WsUpgrade, WsUpstream, dead_addr};

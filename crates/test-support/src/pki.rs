@@ -1,4 +1,7 @@
-//! A throwaway certificate authority.
+//! A throwaway certificate authority, made at test time with rcgen (ring, ECDSA P-256).
+//!
+//! [`TestPki::new`] creates the CA and a temporary folder (removed on drop) holding `ca.pem`
+//! and every issued certificate and key, each under a unique name.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,13 +14,17 @@ use rcgen::{
 /// A certificate and its key, as PEM text and as files.
 #[derive(Debug, Clone)]
 pub struct CertFiles {
+    /// The leaf certificate alone (not the CA).
     pub cert_pem: String,
+    /// PKCS#8 private key.
     pub key_pem: String,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+    /// DER of the leaf, to compare with what a TLS server presented.
     pub cert_der: Vec<u8>,
 }
 
+/// A certificate authority and the folder its files live in.
 pub struct TestPki {
     dir: tempfile::TempDir,
     ca_pem: String,
@@ -26,6 +33,7 @@ pub struct TestPki {
 }
 
 impl TestPki {
+    /// A fresh CA (`CN=Portcullis Test CA`) written to `ca.pem` in a fresh temporary folder.
     pub fn new() -> TestPki {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -45,14 +53,17 @@ impl TestPki {
         }
     }
 
+    /// The folder holding `ca.pem` and issued files.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
+    /// The CA certificate, PEM.
     pub fn ca_pem(&self) -> String {
         self.ca_pem.clone()
     }
 
+    /// The CA certificate file.
     pub fn ca_path(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
     }
@@ -75,7 +86,8 @@ impl TestPki {
         }
     }
 
-    /// A server certificate for these names (DNS names or IP addresses).
+    /// A server certificate signed by the CA: each name becomes an IP address SAN when it
+    /// parses as one, a DNS SAN otherwise; the first is also the common name. EKU serverAuth.
     pub fn issue_server(&self, names: &[&str]) -> CertFiles {
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -89,7 +101,8 @@ impl TestPki {
         self.issue(params)
     }
 
-    /// A client certificate, optionally with a SPIFFE ID as URI SAN.
+    /// A client certificate signed by the CA (for mTLS): `CN=common_name`, EKU clientAuth,
+    /// and the SPIFFE ID (`spiffe://trust.domain/path`) as URI SAN when given.
     pub fn issue_client(&self, common_name: &str, spiffe_id: Option<&str>) -> CertFiles {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params

@@ -1,4 +1,17 @@
-//! Upstream servers for tests.
+//! Upstream servers for tests, each on `127.0.0.1:0`.
+//!
+//! - [`TestUpstream`]: HTTP/1.1 and h2c (prior knowledge) on one port, or TLS with ALPN `h2` and
+//!   `http/1.1`. It records every request ([`Recorded`]) and answers 200 with a JSON echo of
+//!   the request, plus special paths: `/status/{code}`, `/delay/{ms}`, `/healthz` (503 after
+//!   [`TestUpstream::set_healthy`]`(false)`), `/stream/{n}` (n chunks of 1 KiB, 10 ms apart)
+//!   and `/headers/{name}/{value}` (adds that response header). Every answer carries
+//!   `x-upstream: <label>`.
+//! - [`GrpcUpstream`]: h2c only; echoes a gRPC request body and ends with trailers.
+//! - [`WsUpstream`]: a WebSocket echo server.
+//! - [`dead_addr`]: a loopback address where nothing listens.
+//!
+//! Servers stop accepting and close every open connection on `stop()` and on drop. They must
+//! be started inside a Tokio runtime.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +28,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::pki::CertFiles;
@@ -30,10 +44,87 @@ fn full(b: impl Into<Bytes>) -> Body {
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub method: String,
+    /// Path and query, as received.
     pub uri: String,
     pub version: http::Version,
     pub headers: HeaderMap,
+    /// The whole request body.
     pub body: Bytes,
+}
+
+impl Recorded {
+    /// The path, without the query.
+    pub fn path(&self) -> &str {
+        self.uri.split('?').next().unwrap_or_default()
+    }
+
+    /// The first value of a header, when it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// An accept loop and its connections; all of them end on [`Server::stop`] or drop.
+struct Server {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    async fn bind<F, Fut>(serve: F) -> Server
+    where
+        F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (shutdown, mut stop) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    _ = stop.changed() => return,
+                    a = listener.accept() => a,
+                };
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        // Out of descriptors and the like: do not spin.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let mut conn_stop = stop.clone();
+                let conn = serve(stream);
+                tokio::spawn(async move {
+                    if *conn_stop.borrow_and_update() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = conn_stop.changed() => {}
+                        _ = conn => {}
+                    }
+                });
+            }
+        });
+        Server {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    fn stop(&self) {
+        let _ = self.shutdown.send(true);
+        self.task.abort();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 #[derive(Default)]
@@ -42,13 +133,13 @@ struct State {
     unhealthy: AtomicBool,
 }
 
-/// An HTTP/1.1 + h2c (or TLS with ALPN) echo server with special paths.
+/// An HTTP/1.1 + h2c (or TLS with ALPN) echo server with special paths; see the
+/// [module documentation](self).
 pub struct TestUpstream {
-    addr: SocketAddr,
     label: String,
     tls: bool,
     state: Arc<State>,
-    task: JoinHandle<()>,
+    server: Server,
 }
 
 fn headers_json(h: &HeaderMap) -> serde_json::Value {
@@ -168,57 +259,52 @@ fn server_tls(cert: &CertFiles) -> Arc<rustls::ServerConfig> {
 }
 
 impl TestUpstream {
+    /// Cleartext HTTP/1.1 and h2c (prior knowledge) on `127.0.0.1:0`.
     pub async fn start(label: &str) -> TestUpstream {
         Self::start_inner(label, None).await
     }
 
+    /// The same over TLS with `cert` (ALPN `h2` and `http/1.1`). [`url`](Self::url) then
+    /// names `localhost`, so `cert` should be issued for it.
     pub async fn start_tls(label: &str, cert: &CertFiles) -> TestUpstream {
         Self::start_inner(label, Some(server_tls(cert))).await
     }
 
     async fn start_inner(label: &str, tls: Option<Arc<rustls::ServerConfig>>) -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let state = Arc::new(State::default());
         let st = state.clone();
         let lbl: Arc<str> = Arc::from(label);
         let is_tls = tls.is_some();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let st = st.clone();
-                let lbl = lbl.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(lbl.clone(), st.clone(), req));
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    match tls {
-                        None => {
-                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                        }
-                        Some(cfg) => {
-                            if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await
-                            {
-                                let _ = builder.serve_connection(TokioIo::new(s), svc).await;
-                            }
+        let server = Server::bind(move |stream| {
+            let st = st.clone();
+            let lbl = lbl.clone();
+            let tls = tls.clone();
+            async move {
+                let svc = service_fn(move |req| answer(lbl.clone(), st.clone(), req));
+                let builder = auto::Builder::new(TokioExecutor::new());
+                match tls {
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    Some(cfg) => {
+                        if let Ok(s) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await {
+                            let _ = builder.serve_connection(TokioIo::new(s), svc).await;
                         }
                     }
-                });
+                }
             }
-        });
+        })
+        .await;
         TestUpstream {
-            addr,
             label: label.to_string(),
             tls: is_tls,
             state,
-            task,
+            server,
         }
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr
     }
 
     pub fn label(&self) -> &str {
@@ -228,12 +314,13 @@ impl TestUpstream {
     /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` for a TLS upstream.
     pub fn url(&self) -> String {
         if self.tls {
-            format!("https://localhost:{}", self.addr.port())
+            format!("https://localhost:{}", self.addr().port())
         } else {
-            format!("http://{}", self.addr)
+            format!("http://{}", self.addr())
         }
     }
 
+    /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().unwrap().clone()
     }
@@ -253,147 +340,191 @@ impl TestUpstream {
             .count()
     }
 
+    /// `false`: `/healthz` answers 503 until set back to `true`.
     pub fn set_healthy(&self, healthy: bool) {
         self.state.unhealthy.store(!healthy, Ordering::Release);
     }
 
+    /// Stops accepting and closes every open connection (also done on drop). The listening
+    /// socket is released once the runtime next runs the accept task.
     pub fn stop(&self) {
-        self.task.abort();
+        self.server.stop();
     }
 }
 
-impl Drop for TestUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.method() == http::Method::POST
+        && req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
-/// A gRPC-style HTTP/2 (h2c) server: echoes the body, then sends trailers.
-pub struct GrpcUpstream {
-    addr: SocketAddr,
+async fn grpc_echo(
     seen: Arc<Mutex<Vec<HeaderMap>>>,
-    task: JoinHandle<()>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    seen.lock().unwrap().push(req.headers().clone());
+    if !is_grpc(&req) {
+        let mut resp = Response::new(full(Bytes::new()));
+        *resp.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        return Ok(resp);
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    trailers.insert("grpc-message", "echoed".parse().unwrap());
+    let frames = futures_util::stream::iter(vec![
+        Ok::<_, Infallible>(Frame::data(body)),
+        Ok(Frame::trailers(trailers)),
+    ]);
+    let mut resp = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+    resp.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    Ok(resp)
+}
+
+/// A gRPC-style server, h2c (prior knowledge) only: a POST with content type
+/// `application/grpc*` is answered 200 `application/grpc` with the request body echoed, then
+/// trailers `grpc-status: 0` and `grpc-message: echoed`. Anything else gets 415. The headers
+/// of every request are recorded (to see that `te: trailers` arrived).
+pub struct GrpcUpstream {
+    seen: Arc<Mutex<Vec<HeaderMap>>>,
+    server: Server,
 }
 
 impl GrpcUpstream {
     pub async fn start() -> GrpcUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
         let s2 = seen.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let seen = s2.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            seen.lock().unwrap().push(req.headers().clone());
-                            let body = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|c| c.to_bytes())
-                                .unwrap_or_default();
-                            let mut trailers = HeaderMap::new();
-                            trailers.insert("grpc-status", "0".parse().unwrap());
-                            trailers.insert("grpc-message", "echoed".parse().unwrap());
-                            let frames = futures_util::stream::iter(vec![
-                                Ok::<_, Infallible>(Frame::data(body)),
-                                Ok(Frame::trailers(trailers)),
-                            ]);
-                            let mut resp = Response::new(BodyExt::boxed(StreamBody::new(frames)));
-                            resp.headers_mut()
-                                .insert("content-type", "application/grpc".parse().unwrap());
-                            Ok::<_, Infallible>(resp)
-                        }
-                    });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+        let server = Server::bind(move |stream| {
+            let seen = s2.clone();
+            async move {
+                let svc = service_fn(move |req| grpc_echo(seen.clone(), req));
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             }
-        });
-        GrpcUpstream { addr, seen, task }
+        })
+        .await;
+        GrpcUpstream { seen, server }
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// `http://127.0.0.1:PORT` (use it with `protocol: http2` upstreams).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr)
     }
 
+    /// The headers of every request received, in arrival order.
     pub fn request_headers(&self) -> Vec<HeaderMap> {
         self.seen.lock().unwrap().clone()
     }
-}
 
-impl Drop for GrpcUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
+    /// Stops accepting and closes every open connection (also done on drop).
+    pub fn stop(&self) {
+        self.server.stop();
     }
 }
 
-/// A WebSocket echo server.
+/// A WebSocket upgrade request as [`WsUpstream`] received it.
+#[derive(Debug, Clone)]
+pub struct WsUpgrade {
+    /// Path and query of the upgrade request.
+    pub uri: String,
+    pub headers: HeaderMap,
+}
+
+/// A WebSocket echo server: text and binary messages are sent back as they came.
 pub struct WsUpstream {
-    addr: SocketAddr,
-    paths: Arc<Mutex<Vec<String>>>,
-    task: JoinHandle<()>,
+    upgrades: Arc<Mutex<Vec<WsUpgrade>>>,
+    server: Server,
 }
 
 impl WsUpstream {
     pub async fn start() -> WsUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let paths: Arc<Mutex<Vec<String>>> = Arc::default();
-        let p2 = paths.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+        let upgrades: Arc<Mutex<Vec<WsUpgrade>>> = Arc::default();
+        let u2 = upgrades.clone();
+        let server = Server::bind(move |stream| {
+            let upgrades = u2.clone();
+            async move {
+                let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                          resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                    upgrades.lock().unwrap().push(WsUpgrade {
+                        uri: req
+                            .uri()
+                            .path_and_query()
+                            .map(|p| p.as_str().to_string())
+                            .unwrap_or_else(|| req.uri().to_string()),
+                        headers: req.headers().clone(),
+                    });
+                    Ok(resp)
                 };
-                let paths = p2.clone();
-                tokio::spawn(async move {
-                    let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                              resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
-                        paths.lock().unwrap().push(req.uri().to_string());
-                        Ok(resp)
-                    };
-                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else {
-                        return;
-                    };
-                    while let Some(Ok(msg)) = ws.next().await {
-                        if msg.is_text() || msg.is_binary() {
-                            if ws.send(msg).await.is_err() {
-                                return;
-                            }
-                        } else if msg.is_close() {
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
                             return;
                         }
+                    } else if msg.is_close() {
+                        // tungstenite has queued the close reply; flush it.
+                        let _ = ws.flush().await;
+                        return;
                     }
-                });
+                }
             }
-        });
-        WsUpstream { addr, paths, task }
+        })
+        .await;
+        WsUpstream { upgrades, server }
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    /// `http://127.0.0.1:PORT` (what a gateway upstream target is written as).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.server.addr)
     }
 
+    /// `ws://127.0.0.1:PORT` (to connect to it directly).
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.server.addr)
+    }
+
+    /// The paths (with query) of the upgrade requests received.
     pub fn paths(&self) -> Vec<String> {
-        self.paths.lock().unwrap().clone()
+        self.upgrades
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|u| u.uri.clone())
+            .collect()
+    }
+
+    /// The upgrade requests received, with their headers.
+    pub fn upgrades(&self) -> Vec<WsUpgrade> {
+        self.upgrades.lock().unwrap().clone()
+    }
+
+    /// Stops accepting and closes every open connection (also done on drop).
+    pub fn stop(&self) {
+        self.server.stop();
     }
 }
 
-impl Drop for WsUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A loopback address with nothing listening.
+/// A loopback address with nothing listening (a port bound, noted and released).
 pub fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
