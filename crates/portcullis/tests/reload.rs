@@ -184,22 +184,12 @@ async fn a_tls_connection_survives_certificate_rotation() {
     let tcp = tokio::net::TcpStream::connect(gw.listener("secure"))
         .await
         .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    {
-        use rustls_pki_types::pem::PemObject;
-        for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let cfg = portcullis_test_support::client::client_config(
+        &ca,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+        &[b"h2"],
+    );
+    let tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(
             rustls_pki_types::ServerName::try_from("localhost").unwrap(),
             tcp,

@@ -109,6 +109,23 @@ pub async fn send_tls(
     alpn: &[&[u8]],
     req: Request<Full<Bytes>>,
 ) -> Result<(Resp, TlsSeen), String> {
+    let versions: &[&'static rustls::SupportedProtocolVersion] =
+        &[&rustls::version::TLS13, &rustls::version::TLS12];
+    tls_request(
+        addr,
+        server_name,
+        client_config(ca_pem, versions, alpn),
+        req,
+    )
+    .await
+}
+
+/// A TLS client configuration trusting only `ca_pem`, with these versions and ALPN offers.
+pub fn client_config(
+    ca_pem: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -117,12 +134,12 @@ pub async fn send_tls(
     let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(versions)
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    tls_request(addr, server_name, Arc::new(cfg), req).await
+    Arc::new(cfg)
 }
 
 /// Same with a caller-made client configuration (to test versions and suites).
