@@ -72,7 +72,25 @@ pub trait AdminSource: Send + Sync + 'static {
     fn reload(&self) -> Result<(), Vec<String>> {
         Err(vec!["reload is not supported here".into()])
     }
+    /// Authentication state: key sets per issuer, revocations, failure counts (`GET /auth`).
+    fn auth(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    /// The public keys of gateway-signed internal tokens (`GET /jwks`, open like the probes:
+    /// services verify with it).
+    fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({"keys": []})
+    }
+    /// `POST /auth/revocations` with `{"token_id": …}`, `{"api_key": …}` or
+    /// `{"api_key_hash": "sha256:…"}`.
+    fn revoke(&self, _request: serde_json::Value) -> RevokeFuture<'_> {
+        Box::pin(async { Err("revocation is not supported here".to_string()) })
+    }
 }
+
+/// The answer of [`AdminSource::revoke`]: `Err` is a client error (400) message.
+pub type RevokeFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<serde_json::Value, String>> + Send + 'a>>;
 
 /// Serves the admin API on `listener` until `shutdown` resolves.
 ///
@@ -138,9 +156,17 @@ pub async fn serve(
         let mut stop_rx = stop_rx.clone();
         conns.spawn(async move {
             let _permit = permit;
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(handle(&state, req)) }
+                async move {
+                    if req.uri().path() == "/auth/revocations"
+                        && req.method() == Method::POST
+                        && authorized(state.token.as_deref(), &req)
+                    {
+                        return Ok::<_, Infallible>(revoke(&state, req).await);
+                    }
+                    Ok::<_, Infallible>(handle(&state, req))
+                }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
@@ -182,7 +208,7 @@ type Resp = Response<Full<Bytes>>;
 
 fn handle(state: &State, req: Request<Incoming>) -> Resp {
     let path = req.uri().path();
-    let public = matches!(path, "/healthz" | "/readyz");
+    let public = matches!(path, "/healthz" | "/readyz" | "/jwks");
     let mut resp = if !public && !authorized(state.token.as_deref(), &req) {
         let mut r = problem(
             StatusCode::UNAUTHORIZED,
@@ -196,9 +222,26 @@ fn handle(state: &State, req: Request<Incoming>) -> Resp {
         );
         r
     } else {
-        let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/config");
+        let known = matches!(
+            path,
+            "/healthz" | "/readyz" | "/metrics" | "/config" | "/auth" | "/jwks"
+        );
         let method = req.method();
-        if path == "/reload" {
+        if path == "/auth/revocations" {
+            if method == Method::GET || method == Method::HEAD {
+                json(StatusCode::OK, &state.source.auth()["revocations"], true)
+            } else {
+                let mut r = problem(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "admin_method_not_allowed",
+                    "Method not allowed",
+                    "List with GET, add with POST.",
+                );
+                r.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+                r
+            }
+        } else if path == "/reload" {
             if method == Method::POST {
                 reload(state)
             } else {
@@ -296,8 +339,49 @@ fn endpoint(state: &State, path: &str) -> Resp {
             METRICS_CONTENT_TYPE,
             Bytes::from(state.source.metrics()),
         ),
+        "/auth" => json(StatusCode::OK, &state.source.auth(), true),
+        "/jwks" => json(StatusCode::OK, &state.source.jwks(), true),
         _ => json(StatusCode::OK, &state.source.config(), true),
     }
+}
+
+/// `POST /auth/revocations`: a small JSON body naming what to revoke.
+async fn revoke(state: &State, req: Request<Incoming>) -> Resp {
+    use http_body_util::BodyExt;
+    let body = match http_body_util::Limited::new(req.into_body(), 4096)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "admin_bad_request",
+                "Bad request",
+                "The body could not be read (at most 4 KiB).",
+            );
+        }
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "admin_bad_request",
+            "Bad request",
+            "The body is not JSON.",
+        );
+    };
+    let mut r = match state.source.revoke(value).await {
+        Ok(v) => json(StatusCode::CREATED, &v, false),
+        Err(m) => problem(
+            StatusCode::BAD_REQUEST,
+            "admin_bad_request",
+            "Bad request",
+            &m,
+        ),
+    };
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: Bytes) -> Resp {

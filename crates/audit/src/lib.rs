@@ -83,6 +83,25 @@ pub struct AuditEvent {
     /// `HTTP/1.1`, `HTTP/2`.
     pub http_version: String,
     pub user_agent: Option<String>,
+    /// The verified caller, when a credential verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthAudit>,
+    /// Why a presented credential was refused (precise; never sent to the client).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_failure: Option<String>,
+}
+
+/// Who called, as verified.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuthAudit {
+    /// `jwt`, `introspection`, `api_key`, `mtls`.
+    pub method: &'static str,
+    /// The issuer, endpoint or key table that verified it (its configured name).
+    pub authority: String,
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
+    /// A token's `jti`, an API key's id, a certificate's fingerprint.
+    pub credential_id: Option<String>,
 }
 
 impl AuditEvent {
@@ -367,6 +386,8 @@ mod tests {
             tls: true,
             http_version: "HTTP/2".into(),
             user_agent: Some("curl/8.5.0".into()),
+            auth: None,
+            auth_failure: None,
         }
     }
 

@@ -58,6 +58,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
         upstreams.push(compile_upstream(name, u, &path, base_dir, &mut e));
     }
 
+    let auth = portcullis_authn::config::compile(&raw.auth, base_dir, &mut e);
     let mut routes = Vec::new();
     let mut names = HashSet::new();
     for (i, r) in raw.routes.iter().enumerate() {
@@ -68,7 +69,28 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
                 format!("duplicate route name \"{}\"", r.name),
             );
         }
-        routes.push(compile_route(r, &path, &upstream_index, &server, &mut e));
+        routes.push(compile_route(
+            r,
+            &path,
+            &upstream_index,
+            &server,
+            &auth,
+            &mut e,
+        ));
+        if routes.last().is_some_and(|r| {
+            r.auth
+                .methods
+                .contains(&portcullis_authn::config::Method::Mtls)
+        }) && !raw
+            .listeners
+            .iter()
+            .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
+        {
+            e.push(
+                format!("{path}.auth.methods"),
+                "mtls needs a TLS listener with client_auth",
+            );
+        }
     }
 
     let mut addrs = HashSet::new();
@@ -97,16 +119,12 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
         audit,
         upstreams,
         routes,
+        auth,
     })
 }
 
 fn resolve(base: &Path, p: &str) -> PathBuf {
-    let p = Path::new(p);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    }
+    portcullis_core::resolve_path(base, p)
 }
 
 fn parse_addr(s: &str, path: &str, e: &mut ConfigErrors) -> SocketAddr {
@@ -214,9 +232,18 @@ fn compile_listener_tls(
             }
         })
         .collect();
+    let client_auth = t.client_auth.as_ref().and_then(|c| {
+        let cp = format!("{path}.client_auth.ca_file");
+        let roots = load_certs(&resolve(base, &c.ca_file), &cp, e)?;
+        Some(ClientAuth {
+            required: c.mode == ClientAuthMode::Required,
+            roots,
+        })
+    });
     ListenerTls {
         certificates,
         tls13_only,
+        client_auth,
     }
 }
 
@@ -246,39 +273,7 @@ fn load_certs(
 }
 
 fn resolve_secret(s: &RawSecret, path: &str, base: &Path, e: &mut ConfigErrors) -> Option<String> {
-    let v = match s {
-        RawSecret::Value(v) => Some(v.clone()),
-        RawSecret::Env(name) => match std::env::var(name) {
-            Ok(v) => Some(v),
-            Err(_) => {
-                e.push(
-                    format!("{path}.env"),
-                    format!("environment variable {name} is not set"),
-                );
-                None
-            }
-        },
-        RawSecret::File(f) => {
-            let file = resolve(base, f);
-            match std::fs::read_to_string(&file) {
-                Ok(v) => Some(v.trim_end_matches(['\r', '\n']).to_string()),
-                Err(err) => {
-                    e.push(
-                        format!("{path}.file"),
-                        format!("cannot read {}: {err}", file.display()),
-                    );
-                    None
-                }
-            }
-        }
-    };
-    match v {
-        Some(v) if v.is_empty() => {
-            e.push(path, "the secret is empty");
-            None
-        }
-        other => other,
-    }
+    s.resolve(path, base, e)
 }
 
 fn compile_admin(a: &RawAdmin, base: &Path, e: &mut ConfigErrors) -> Admin {
@@ -662,6 +657,7 @@ fn compile_route(
     path: &str,
     upstreams: &HashMap<String, usize>,
     server: &Server,
+    auth: &AuthSettings,
     e: &mut ConfigErrors,
 ) -> Route {
     let upstream = upstreams.get(&r.upstream).copied().unwrap_or_else(|| {
@@ -832,6 +828,7 @@ fn compile_route(
         max_body_bytes,
         ip_filter: IpRules::compile(&r.ip_filter, &format!("{path}.ip_filter"), e),
         timeout,
+        auth: portcullis_authn::config::compile_route(r.auth.as_ref(), auth, path, e),
     }
 }
 

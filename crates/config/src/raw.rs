@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+pub use portcullis_authn::config::{RawAuth, RawRouteAuth};
+pub use portcullis_core::RawSecret;
 use portcullis_core::units::RawSize;
 use portcullis_ipfilter::RawIpFilter;
 use portcullis_limits::RawLimits;
@@ -35,6 +37,9 @@ pub struct RawConfig {
     /// Routes, the only requests that are served: anything else is refused with 404.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Authentication: JWT issuers, introspection, API keys, revocation, identity headers.
+    #[serde(default)]
+    pub auth: RawAuth,
 }
 
 /// A client-facing listener.
@@ -60,6 +65,29 @@ pub struct RawListenerTls {
     /// Lowest TLS version accepted: `"1.2"` (default) or `"1.3"`.
     #[serde(default = "default_tls_min")]
     pub min_version: String,
+    /// Client certificates (mTLS). Absent: none asked for.
+    #[serde(default)]
+    pub client_auth: Option<RawClientAuth>,
+}
+
+/// Client certificate verification on a TLS listener.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    /// `required`: the handshake fails without a certificate that verifies. `optional`
+    /// (default): a certificate, when sent, must verify; routes decide whether they need one.
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+    /// PEM file of the CA certificates client certificates must chain to.
+    pub ca_file: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMode {
+    Required,
+    #[default]
+    Optional,
 }
 
 fn default_tls_min() -> String {
@@ -111,23 +139,6 @@ fn default_admin_address() -> String {
 
 fn default_true() -> bool {
     true
-}
-
-/// A secret: from an environment variable, a file, or (discouraged) inline.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum RawSecret {
-    /// Name of an environment variable holding the secret.
-    Env(String),
-    /// Path of a file holding the secret (trailing newline removed).
-    File(String),
-    /// The secret itself. Shown redacted by the admin API.
-    #[serde(serialize_with = "redact")]
-    Value(String),
-}
-
-fn redact<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str("<redacted>")
 }
 
 /// Gateway-wide request handling.
@@ -594,6 +605,10 @@ pub struct RawRoute {
     /// Overrides the upstream's `request_timeout`.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Who may call: accepted credentials, or `anonymous: true`. Required once `auth`
+    /// configures any authenticator.
+    #[serde(default)]
+    pub auth: Option<RawRouteAuth>,
 }
 
 /// Route matching. Host and method lists empty: any. Exactly one of `path` and `prefix`.

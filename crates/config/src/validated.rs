@@ -15,6 +15,7 @@ use crate::raw::RawConfig;
 pub use crate::raw::{
     AcceptFrom, AuditOutput, Balance, HostHeader, LogFormat, UpstreamKind, UpstreamProtocol,
 };
+pub use portcullis_authn::config::{AuthSettings, RouteAuth};
 
 /// A configuration that compiled without error.
 #[derive(Debug)]
@@ -30,6 +31,7 @@ pub struct Config {
     pub audit: Audit,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
+    pub auth: AuthSettings,
 }
 
 #[derive(Debug)]
@@ -44,6 +46,13 @@ pub struct ListenerTls {
     pub certificates: Vec<Certificate>,
     /// Refuse TLS 1.2 when true.
     pub tls13_only: bool,
+    pub client_auth: Option<ClientAuth>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    pub required: bool,
+    pub roots: Vec<CertificateDer<'static>>,
 }
 
 #[derive(Debug)]
@@ -254,4 +263,5 @@ pub struct Route {
     pub max_body_bytes: u64,
     pub ip_filter: IpRules,
     pub timeout: Option<Duration>,
+    pub auth: RouteAuth,
 }

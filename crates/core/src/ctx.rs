@@ -50,6 +50,8 @@ pub struct TlsInfo {
     pub server_name: Option<String>,
     pub alpn: Option<Vec<u8>>,
     pub version: Option<&'static str>,
+    /// The client certificate, when the listener asked for one and it verified.
+    pub peer_certificate: Option<Arc<crate::PeerCertificate>>,
 }
 
 /// A request id: 32 lowercase hex digits unless a trusted client supplied its own.
@@ -112,6 +114,11 @@ pub struct RequestCtx {
     pub route: Option<RouteMatch>,
     /// The largest body the route accepts; enforced while streaming.
     pub body_limit: Option<u64>,
+    /// Set by the authentication step when a credential verified.
+    pub principal: Option<Arc<crate::Principal>>,
+    /// Set by the authentication step when a credential was presented and refused: the
+    /// precise reason (for audit and failure counting; never sent to the client).
+    pub auth_failure: Option<&'static str>,
     /// Set when a step rejects: which step and why (for audit and metrics).
     pub rejected_by: Option<(StageId, RejectReason)>,
     /// Per-request data of later steps (principal, permit …), keyed by type.
@@ -131,6 +138,8 @@ impl RequestCtx {
             tls: None,
             original_path: None,
             route: None,
+            principal: None,
+            auth_failure: None,
             body_limit: None,
             rejected_by: None,
             extensions: http::Extensions::new(),

@@ -20,12 +20,16 @@
 mod body;
 mod ctx;
 mod errors;
+mod identity;
 mod reject;
+mod secret;
 mod stage;
 pub mod units;
 
 pub use body::{BodyError, BoxBody, BoxError, GatewayRequest, RequestBody};
 pub use ctx::{RequestCtx, RequestId, RouteId, RouteMatch, Scheme, TlsInfo};
 pub use errors::{ConfigError, ConfigErrors};
+pub use identity::{AuthMethod, PeerCertificate, Principal, SpiffeId};
 pub use reject::{RejectReason, Rejection};
+pub use secret::{RawSecret, resolve_path};
 pub use stage::{Stage, StageId, Step, Verdict};

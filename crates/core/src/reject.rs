@@ -38,6 +38,12 @@ pub enum RejectReason {
     UpstreamTimeout,
     /// An internal failure of the gateway itself.
     Internal,
+    /// No valid credential: missing, malformed, expired, badly signed, revoked (401).
+    Unauthenticated,
+    /// A credential could not be checked because what verifies it is unavailable: no keys
+    /// were ever loaded from the issuer, the introspection endpoint or the key store is down
+    /// and nothing is cached (503, fail closed).
+    AuthUnavailable,
 }
 
 impl RejectReason {
@@ -57,6 +63,8 @@ impl RejectReason {
         RejectReason::UpstreamError,
         RejectReason::UpstreamTimeout,
         RejectReason::Internal,
+        RejectReason::Unauthenticated,
+        RejectReason::AuthUnavailable,
     ];
 
     /// The stable machine-readable code.
@@ -76,6 +84,8 @@ impl RejectReason {
             RejectReason::UpstreamError => "upstream_error",
             RejectReason::UpstreamTimeout => "upstream_timeout",
             RejectReason::Internal => "internal_error",
+            RejectReason::Unauthenticated => "unauthenticated",
+            RejectReason::AuthUnavailable => "auth_unavailable",
         }
     }
 
@@ -96,6 +106,8 @@ impl RejectReason {
             RejectReason::UpstreamError => "urn:portcullis:problem:upstream_error",
             RejectReason::UpstreamTimeout => "urn:portcullis:problem:upstream_timeout",
             RejectReason::Internal => "urn:portcullis:problem:internal_error",
+            RejectReason::Unauthenticated => "urn:portcullis:problem:unauthenticated",
+            RejectReason::AuthUnavailable => "urn:portcullis:problem:auth_unavailable",
         }
     }
 
@@ -117,6 +129,8 @@ impl RejectReason {
             RejectReason::UpstreamError => StatusCode::BAD_GATEWAY,
             RejectReason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             RejectReason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            RejectReason::Unauthenticated => StatusCode::UNAUTHORIZED,
+            RejectReason::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -137,6 +151,8 @@ impl RejectReason {
             RejectReason::UpstreamError => "Upstream failed",
             RejectReason::UpstreamTimeout => "Upstream timed out",
             RejectReason::Internal => "Internal gateway error",
+            RejectReason::Unauthenticated => "Authentication required",
+            RejectReason::AuthUnavailable => "Authentication unavailable",
         }
     }
 }

@@ -20,8 +20,11 @@ pub mod router;
 
 use std::sync::Arc;
 
+use portcullis_authn::{AuthnStage, AuthnState, IdentityStage};
 use portcullis_config::Config;
-use portcullis_core::{GatewayRequest, Rejection, RequestCtx, Stage, StageId, Verdict};
+use portcullis_core::{
+    ConfigErrors, GatewayRequest, Rejection, RequestCtx, Stage, StageId, Verdict,
+};
 use portcullis_hygiene::HygieneStage;
 use portcullis_ipfilter::IpFilterStage;
 use portcullis_limits::{BodyLimitStage, HeadLimitsStage};
@@ -46,6 +49,11 @@ pub const ORDER: &[StageId] = &[
     RouteStage::ID,
     IpFilterStage::ROUTE_ID,
     BodyLimitStage::ID,
+    // 6. who is calling, verified: JWT / introspection / API key / mTLS → principal.
+    AuthnStage::ID,
+    // 10. what the upstream sees: forged identity headers removed, verified identity (or a
+    // gateway-signed token) added, the client's credential stripped.
+    IdentityStage::ID,
 ];
 
 /// The built steps of one snapshot.
@@ -54,9 +62,21 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Builds the steps from a compiled configuration, in [`ORDER`].
-    pub fn build(config: &Config) -> Pipeline {
+    /// Builds the steps from a compiled configuration, in [`ORDER`]. Long-lived state (key
+    /// sets, revocations …) comes from `shared`.
+    pub fn build(config: &Config, shared: &Shared) -> Result<Pipeline, ConfigErrors> {
         let routes = &config.routes;
+        let authn = shared
+            .authn
+            .build(
+                &config.auth,
+                routes.iter().map(|r| r.auth.clone()).collect(),
+            )
+            .map_err(|m| {
+                let mut e = ConfigErrors::new();
+                e.push("auth", m);
+                e
+            })?;
         let stages: Vec<Box<dyn Stage>> = vec![
             Box::new(HygieneStage),
             Box::new(NormalizeStage),
@@ -73,8 +93,10 @@ impl Pipeline {
                 routes.iter().map(|r| r.max_body_bytes).collect(),
                 config.server.limits.max_body_bytes,
             )),
+            Box::new(AuthnStage::new(authn.clone())),
+            Box::new(IdentityStage::new(authn)),
         ];
-        Pipeline { stages }
+        Ok(Pipeline { stages })
     }
 
     pub fn ids(&self) -> Vec<StageId> {
@@ -107,12 +129,32 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn new(config: Arc<Config>) -> Snapshot {
-        Snapshot {
-            pipeline: Pipeline::build(&config),
+    pub fn new(config: Arc<Config>, shared: &Shared) -> Result<Snapshot, ConfigErrors> {
+        Ok(Snapshot {
+            pipeline: Pipeline::build(&config, shared)?,
             trusted: ClientAddressStage::new(config.server.trusted_proxies.clone()),
             config,
+        })
+    }
+}
+
+/// State that outlives configuration snapshots (built once per process).
+#[derive(Clone)]
+pub struct Shared {
+    pub authn: Arc<AuthnState>,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared {
+            authn: AuthnState::new(),
         }
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared::new()
     }
 }
 

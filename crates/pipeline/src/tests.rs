@@ -9,7 +9,7 @@ use std::path::Path;
 #[test]
 fn the_built_order_is_the_written_order() {
     let cfg = portcullis_config::load_str("", Path::new(".")).unwrap();
-    let p = Pipeline::build(&cfg);
+    let p = Pipeline::build(&cfg, &Shared::new()).unwrap();
     assert_eq!(p.ids(), ORDER);
     // Pin the order itself: a change here is a security decision, made on purpose.
     let names: Vec<&str> = ORDER.iter().map(|s| s.as_str()).collect();
@@ -23,7 +23,9 @@ fn the_built_order_is_the_written_order() {
             "ip_filter",
             "route",
             "route_ip_filter",
-            "body_limit"
+            "body_limit",
+            "authn",
+            "identity"
         ]
     );
 }
@@ -52,7 +54,7 @@ async fn run(
     headers: &[(&str, &str)],
 ) -> (RequestCtx, Result<(), Rejection>, String) {
     let cfg = Arc::new(portcullis_config::load_str(CFG, Path::new(".")).unwrap());
-    let snap = Snapshot::new(cfg);
+    let snap = Snapshot::new(cfg, &Shared::new()).unwrap();
     let mut b = http::Request::builder().method(method).uri(uri);
     if !headers.iter().any(|(k, _)| *k == "host") {
         b = b.header("host", "gateway.test");

@@ -67,6 +67,48 @@ enum Command {
     },
     /// Print the JSON Schema of the configuration file.
     Schema,
+    /// Generate an API key: prints the key (give it to the client) and the hash to store in
+    /// `auth.api_keys.keys[].hash` or in Redis.
+    Apikey,
+    /// Generate a signing key pair for a demo or internal issuer: writes `<name>.private.pem`
+    /// (PKCS#8) and `<name>.jwks.json` (the public half) into a folder.
+    Keygen {
+        /// `EdDSA` or `ES256`.
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+        /// The key id (`kid`), also the file names' stem.
+        #[arg(long, default_value = "demo")]
+        kid: String,
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
+    /// Mint a signed JWT with a private key from `keygen` (for demos and tests).
+    Token {
+        /// PKCS#8 PEM private key (EdDSA or ES256).
+        #[arg(long)]
+        key: PathBuf,
+        /// The key id; default: the key file's stem before `.private.pem`.
+        #[arg(long)]
+        kid: Option<String>,
+        #[arg(long)]
+        issuer: String,
+        #[arg(long)]
+        audience: Option<String>,
+        #[arg(long, default_value = "demo-user")]
+        subject: String,
+        /// Space-separated scopes.
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Lifetime such as `15m`, `1h`.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Extra claims as `name=value` (a JSON value, or a string).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+        /// The `typ` header. Default `at+jwt` (RFC 9068).
+        #[arg(long, default_value = "at+jwt")]
+        typ: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -79,6 +121,31 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { files } => check(&files),
+        Command::Apikey => match portcullis_authn::apikey::generate() {
+            Ok((key, hash)) => {
+                println!("key:  {key}");
+                println!("hash: {hash}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("portcullis: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Command::Keygen { alg, kid, out_dir } => report(keygen(&alg, &kid, &out_dir)),
+        Command::Token {
+            key,
+            kid,
+            issuer,
+            audience,
+            subject,
+            scope,
+            ttl,
+            claims,
+            typ,
+        } => report(mint(
+            &key, kid, &issuer, audience, &subject, &scope, &ttl, &claims, &typ,
+        )),
         Command::Schema => {
             let s = serde_json::to_string_pretty(&portcullis_config::schema()).unwrap_or_default();
             println!("{s}");
@@ -118,6 +185,84 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn report(r: Result<()>) -> std::process::ExitCode {
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portcullis: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn keygen(alg: &str, kid: &str, out_dir: &Path) -> Result<()> {
+    let alg =
+        portcullis_jose::Alg::from_name(alg).with_context(|| format!("unknown algorithm {alg}"))?;
+    let signer = portcullis_jose::Signer::generate(alg, kid.to_string())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    std::fs::create_dir_all(out_dir)?;
+    let private = out_dir.join(format!("{kid}.private.pem"));
+    let public = out_dir.join(format!("{kid}.jwks.json"));
+    std::fs::write(&private, signer.to_pkcs8_pem())?;
+    let jwks = serde_json::json!({ "keys": [signer.public_jwk()] });
+    std::fs::write(&public, serde_json::to_string_pretty(&jwks)? + "\n")?;
+    println!("private key: {}", private.display());
+    println!("public JWKS: {}", public.display());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mint(
+    key: &Path,
+    kid: Option<String>,
+    issuer: &str,
+    audience: Option<String>,
+    subject: &str,
+    scope: &str,
+    ttl: &str,
+    claims: &[String],
+    typ: &str,
+) -> Result<()> {
+    let pem = std::fs::read_to_string(key).with_context(|| format!("{}", key.display()))?;
+    let kid = kid.unwrap_or_else(|| {
+        key.file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| n.trim_end_matches(".private.pem").to_string())
+            .unwrap_or_default()
+    });
+    let signer =
+        portcullis_jose::Signer::from_pkcs8_pem(&pem, kid).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ttl = portcullis_core::units::parse_duration(ttl).map_err(anyhow::Error::msg)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut c = serde_json::Map::new();
+    c.insert("iss".into(), issuer.into());
+    c.insert("sub".into(), subject.into());
+    if let Some(a) = audience {
+        c.insert("aud".into(), a.into());
+    }
+    if !scope.is_empty() {
+        c.insert("scope".into(), scope.into());
+    }
+    c.insert("iat".into(), now.into());
+    c.insert("exp".into(), (now + ttl.as_secs()).into());
+    c.insert(
+        "jti".into(),
+        portcullis_core::RequestId::generate().as_str().into(),
+    );
+    for kv in claims {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--claim {kv}: write name=value"))?;
+        let v = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.into()));
+        c.insert(k.to_string(), v);
+    }
+    let token = signer.sign(typ, &c).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{token}");
+    Ok(())
+}
+
 fn print_errors(source: &str, errors: &ConfigErrors) {
     for e in errors.iter() {
         eprintln!("{source}: {e}");
@@ -137,7 +282,9 @@ fn check_one(path: &Path) -> Result<Config, ConfigErrors> {
             errs.push("", e.to_string());
             errs
         })?
-        .block_on(async { Runtime::build(config.clone(), false).map(|_| ()) });
+        .block_on(async {
+            Runtime::build(config.clone(), false, &portcullis_pipeline::Shared::new()).map(|_| ())
+        });
     built?;
     Arc::try_unwrap(config).map_err(|_| ConfigErrors::new())
 }
@@ -205,11 +352,12 @@ async fn run(
     let audit = AuditSink::from_config(&config.audit).map_err(anyhow::Error::msg)?;
     let metrics = Metrics::new();
     let config = Arc::new(config);
-    let runtime = Runtime::build(config.clone(), true).map_err(|e| {
+    let shared = portcullis_pipeline::Shared::new();
+    let runtime = Runtime::build(config.clone(), true, &shared).map_err(|e| {
         print_errors(&source, &e);
         anyhow::anyhow!("{source}: the configuration has {} error(s)", e.len())
     })?;
-    let gw = Gateway::new(runtime, metrics, audit).map_err(|e| {
+    let gw = Gateway::new(runtime, shared, metrics, audit).map_err(|e| {
         print_errors(&source, &e);
         anyhow::anyhow!("{source}: the configuration has {} error(s)", e.len())
     })?;
@@ -402,5 +550,48 @@ impl AdminSource for AdminView {
     fn reload(&self) -> Result<(), Vec<String>> {
         reload(&self.gw, self.path.as_deref(), "admin API")
             .map_err(|e| e.iter().map(|e| e.to_string()).collect())
+    }
+
+    fn auth(&self) -> serde_json::Value {
+        self.gw.shared.authn.status()
+    }
+
+    fn jwks(&self) -> serde_json::Value {
+        self.gw.shared.authn.public_jwks()
+    }
+
+    fn revoke(&self, request: serde_json::Value) -> portcullis_admin::RevokeFuture<'_> {
+        Box::pin(async move {
+            let revs = &self.gw.shared.authn.revocations;
+            let field = |k: &str| request.get(k).and_then(|v| v.as_str()).map(str::to_string);
+            let (what, shared) = if let Some(jti) = field("token_id").filter(|j| !j.is_empty()) {
+                (format!("token_id {jti}"), revs.revoke_jti(&jti).await)
+            } else if let Some(key) = field("api_key").filter(|k| !k.is_empty()) {
+                let hash = portcullis_authn::cache::digest(key.as_bytes());
+                (
+                    format!("api_key {}", portcullis_authn::apikey::key_id(&hash)),
+                    revs.revoke_key(hash).await,
+                )
+            } else if let Some(h) = field("api_key_hash") {
+                let hash = portcullis_authn::config::parse_key_hash(&h)?;
+                (
+                    format!("api_key {}", portcullis_authn::apikey::key_id(&hash)),
+                    revs.revoke_key(hash).await,
+                )
+            } else {
+                return Err(
+                    "write {\"token_id\": …}, {\"api_key\": …} or {\"api_key_hash\": \"sha256:…\"}"
+                        .to_string(),
+                );
+            };
+            tracing::info!(revoked = %what, "revocation added through the admin API");
+            Ok(match shared {
+                Ok(()) => serde_json::json!({"revoked": what, "shared": revs.status().shared}),
+                Err(e) => {
+                    tracing::warn!(error = %e, "revocation not shared; refused on this instance only");
+                    serde_json::json!({"revoked": what, "shared": false, "error": e})
+                }
+            })
+        })
     }
 }

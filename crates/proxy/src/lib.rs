@@ -48,12 +48,16 @@ pub struct Gateway {
     ready: Mutex<Result<(), String>>,
     audit_dropped_seen: std::sync::atomic::AtomicU64,
     pub(crate) admission: server::Admission,
+    /// State that outlives snapshots (key sets, revocations …).
+    pub shared: portcullis_pipeline::Shared,
 }
 
 impl Gateway {
     /// Wraps a built runtime. TLS contexts are built from its listeners.
+    /// `shared` must be the one `runtime` was built with.
     pub fn new(
         runtime: Runtime,
+        shared: portcullis_pipeline::Shared,
         metrics: Arc<Metrics>,
         audit: AuditSink,
     ) -> Result<Arc<Gateway>, ConfigErrors> {
@@ -69,6 +73,7 @@ impl Gateway {
             ready: Mutex::new(Err("upstream hosts not resolved yet".into())),
             audit_dropped_seen: std::sync::atomic::AtomicU64::new(0),
             admission: server::Admission::default(),
+            shared,
         }))
     }
 
@@ -116,7 +121,7 @@ impl Gateway {
             return Err(e);
         }
         let contexts = tls_contexts(&config)?;
-        let runtime = Runtime::build(Arc::new(config), true)?;
+        let runtime = Runtime::build(Arc::new(config), true, &self.shared)?;
         for (name, cfg) in contexts {
             if let Some(slot) = self.tls_for(&name) {
                 slot.store(cfg);
@@ -148,6 +153,9 @@ impl Gateway {
             .swap(dropped, std::sync::atomic::Ordering::AcqRel);
         if dropped > seen {
             self.metrics.audit_dropped(dropped - seen);
+        }
+        for (issuer, keys, last, failures) in self.shared.authn.key_metrics() {
+            self.metrics.set_issuer_keys(&issuer, keys, last, failures);
         }
         let rt = self.runtime();
         for pool in rt.pools.iter().flatten() {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use portcullis_config::{Config, UpstreamKind};
 use portcullis_core::ConfigErrors;
-use portcullis_pipeline::Snapshot;
+use portcullis_pipeline::{Shared, Snapshot};
 
 use crate::upstream::{HealthChecks, UpstreamPool};
 
@@ -19,7 +19,11 @@ pub struct Runtime {
 impl Runtime {
     /// Builds pools (and, with `start_health`, their health-check tasks — which needs a tokio
     /// runtime). Every failure is reported at its upstream's path.
-    pub fn build(config: Arc<Config>, start_health: bool) -> Result<Runtime, ConfigErrors> {
+    pub fn build(
+        config: Arc<Config>,
+        start_health: bool,
+        shared: &Shared,
+    ) -> Result<Runtime, ConfigErrors> {
         let mut errors = ConfigErrors::new();
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
@@ -44,6 +48,7 @@ impl Runtime {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let snapshot = Snapshot::new(config, shared)?;
         let health = if start_health {
             pools
                 .iter()
@@ -54,7 +59,7 @@ impl Runtime {
             Vec::new()
         };
         Ok(Runtime {
-            snapshot: Snapshot::new(config),
+            snapshot,
             pools,
             _health: health,
         })

@@ -208,6 +208,11 @@ async fn connection(
                 server_name: session.server_name().map(str::to_string),
                 alpn: session.alpn_protocol().map(<[u8]>::to_vec),
                 version: session.protocol_version().and_then(|v| v.as_str()),
+                peer_certificate: session
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| crate::tls::peer_certificate(c))
+                    .map(Arc::new),
             };
             let h2 = info.alpn.as_deref() == Some(b"h2");
             let framing = Arc::new(Flag::default());

@@ -401,6 +401,9 @@ impl Gateway {
         let route = ctx.route.as_ref().map(|r| &*r.name);
         self.metrics
             .observe_request(route.unwrap_or(""), status.as_u16(), latency);
+        if let Some(f) = ctx.auth_failure {
+            self.metrics.auth_failure(f);
+        }
         let (stage, reason) = match ctx.rejected_by {
             Some((s, r)) => {
                 self.metrics.count_rejection(s.as_str(), r.code());
@@ -440,6 +443,14 @@ impl Gateway {
             tls: ctx.tls.is_some(),
             http_version: version_str(seen.version).to_string(),
             user_agent: ua,
+            auth: ctx.principal.as_ref().map(|p| portcullis_audit::AuthAudit {
+                method: p.method.as_str(),
+                authority: p.authority.to_string(),
+                subject: p.subject.clone(),
+                client_id: p.client_id.clone(),
+                credential_id: p.credential_id.clone(),
+            }),
+            auth_failure: ctx.auth_failure.map(str::to_string),
         });
     }
 }

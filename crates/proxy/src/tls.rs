@@ -136,12 +136,69 @@ pub fn server_config(tls: &ListenerTls) -> Result<Arc<rustls::ServerConfig>, Str
     } else {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     };
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .map_err(|e| e.to_string())?;
+    let builder = match &tls.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in &ca.roots {
+                roots
+                    .add(c.clone())
+                    .map_err(|e| format!("client_auth CA: {e}"))?;
+            }
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let v = if ca.required {
+                v
+            } else {
+                v.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(v.build().map_err(|e| format!("client_auth: {e}"))?)
+        }
+    };
+    let mut cfg = builder.with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     cfg.ignore_client_order = true;
     Ok(Arc::new(cfg))
+}
+
+/// What the gateway keeps of a client certificate the handshake verified.
+pub fn peer_certificate(der: &[u8]) -> Option<portcullis_core::PeerCertificate> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let mut san_uris = Vec::new();
+    let mut san_dns = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::URI(u) => san_uris.push(u.to_string()),
+                GeneralName::DNSName(d) => san_dns.push(d.to_string()),
+                _ => {}
+            }
+        }
+    }
+    let spiffe = san_uris
+        .iter()
+        .find_map(|u| portcullis_core::SpiffeId::parse(u));
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string);
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let fingerprint_sha256 = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Some(portcullis_core::PeerCertificate {
+        subject: cert.subject().to_string(),
+        common_name,
+        san_uris,
+        san_dns,
+        spiffe,
+        fingerprint_sha256,
+        not_after: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
+    })
 }

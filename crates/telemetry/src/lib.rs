@@ -78,6 +78,16 @@ struct UpstreamRequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabels {
+    issuer: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: &'static str,
 }
@@ -130,6 +140,10 @@ pub struct Metrics {
     config_reloads: Family<ReloadLabels, Counter>,
     config_last_reload_success: Gauge,
     audit_dropped: Counter,
+    auth_failures: Family<ReasonLabels, Counter>,
+    jwks_keys: Family<IssuerLabels, Gauge>,
+    jwks_last_success: Family<IssuerLabels, Gauge>,
+    jwks_fetch_failures: Family<IssuerLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -205,8 +219,36 @@ impl Metrics {
             "Audit events dropped because the writer could not keep up or failed",
             audit_dropped.clone(),
         );
+        let auth_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "portcullis_auth_failures",
+            "Credentials refused, by precise reason (never sent to clients)",
+            auth_failures.clone(),
+        );
+        let jwks_keys = Family::<IssuerLabels, Gauge>::default();
+        registry.register(
+            "portcullis_jwks_keys",
+            "Signing keys currently loaded, by JWT issuer (0: none could be loaded)",
+            jwks_keys.clone(),
+        );
+        let jwks_last_success = Family::<IssuerLabels, Gauge>::default();
+        registry.register(
+            "portcullis_jwks_last_success_timestamp_seconds",
+            "Unix time of the last successful key set fetch, by JWT issuer (0: never)",
+            jwks_last_success.clone(),
+        );
+        let jwks_fetch_failures = Family::<IssuerLabels, Gauge>::default();
+        registry.register(
+            "portcullis_jwks_fetch_failures",
+            "Failed key set fetches since start, by JWT issuer",
+            jwks_fetch_failures.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            auth_failures,
+            jwks_keys,
+            jwks_last_success,
+            jwks_fetch_failures,
             interner: Interner::default(),
             requests,
             request_duration,
@@ -293,6 +335,29 @@ impl Metrics {
             .get_or_create(&ReloadLabels { result })
             .inc();
         self.config_last_reload_success.set(i64::from(ok));
+    }
+
+    /// A credential refused for the precise `reason`.
+    pub fn auth_failure(&self, reason: &str) {
+        let labels = ReasonLabels {
+            reason: self.interner.get(reason),
+        };
+        self.auth_failures.get_or_create(&labels).inc();
+    }
+
+    /// The key state of one JWT issuer.
+    pub fn set_issuer_keys(&self, issuer: &str, keys: usize, last_success: u64, failures: u64) {
+        let labels = IssuerLabels {
+            issuer: self.interner.get(issuer),
+        };
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.jwks_keys.get_or_create(&labels).set(g(keys as u64));
+        self.jwks_last_success
+            .get_or_create(&labels)
+            .set(g(last_success));
+        self.jwks_fetch_failures
+            .get_or_create(&labels)
+            .set(g(failures));
     }
 
     /// `n` more audit events were dropped (a delta, not a total).

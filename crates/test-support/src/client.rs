@@ -142,6 +142,29 @@ pub fn client_config(
     Arc::new(cfg)
 }
 
+/// A TLS client configuration trusting only `ca_pem` that presents `cert` (mTLS).
+pub fn client_config_with_cert(ca_pem: &str, cert: &crate::CertFiles) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain = vec![rustls_pki_types::CertificateDer::from(
+        cert.cert_der.clone(),
+    )];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
 /// Same with a caller-made client configuration (to test versions and suites).
 pub async fn tls_request(
     addr: SocketAddr,

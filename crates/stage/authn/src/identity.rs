@@ -1,0 +1,209 @@
+//! What the upstream sees: the last request step. Client-supplied identity headers are removed
+//! on every route (so they cannot be forged); on authenticated routes the verified identity is
+//! added as headers, the client's credential is removed (unless the route keeps it), and a
+//! gateway-signed token can stand in for it.
+
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+use portcullis_core::{
+    GatewayRequest, Principal, RejectReason, Rejection, RequestCtx, Stage, StageId, Step,
+};
+use serde_json::{Map, Value};
+
+use crate::stage::{Authn, form_pairs};
+use crate::unix_now;
+
+pub struct IdentityStage {
+    authn: Arc<Authn>,
+}
+
+impl IdentityStage {
+    pub const ID: StageId = StageId("identity");
+
+    pub fn new(authn: Arc<Authn>) -> IdentityStage {
+        IdentityStage { authn }
+    }
+}
+
+/// A header value from a verified claim: visible ASCII and spaces kept, anything else
+/// percent-encoded, so a claim can never split or smuggle a header.
+fn value(s: &str) -> HeaderValue {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static(""))
+}
+
+fn set(h: &mut http::HeaderMap, name: &HeaderName, v: Option<&str>) {
+    if let Some(v) = v.filter(|v| !v.is_empty()) {
+        h.insert(name.clone(), value(v));
+    }
+}
+
+impl IdentityStage {
+    fn mint(&self, p: &Principal, audience: &str, ctx: &RequestCtx) -> Result<String, String> {
+        let it = &self.authn.settings.internal_token;
+        let now = unix_now();
+        let mut c = Map::new();
+        c.insert("iss".into(), Value::String(it.issuer.clone()));
+        c.insert("aud".into(), Value::String(audience.to_string()));
+        c.insert("iat".into(), Value::from(now));
+        c.insert("exp".into(), Value::from(now + it.ttl.as_secs().max(1)));
+        c.insert(
+            "jti".into(),
+            Value::String(ctx.request_id.as_str().to_string()),
+        );
+        c.insert(
+            "request_id".into(),
+            Value::String(ctx.request_id.as_str().to_string()),
+        );
+        if let Some(s) = &p.subject {
+            c.insert("sub".into(), Value::String(s.clone()));
+        }
+        if let Some(s) = &p.client_id {
+            c.insert("client_id".into(), Value::String(s.clone()));
+        }
+        if !p.scopes.is_empty() {
+            c.insert("scope".into(), Value::String(p.scopes.join(" ")));
+        }
+        if !p.roles.is_empty() {
+            c.insert(
+                "roles".into(),
+                Value::Array(p.roles.iter().cloned().map(Value::String).collect()),
+            );
+        }
+        if let Some(t) = &p.tenant {
+            c.insert("tenant".into(), Value::String(t.clone()));
+        }
+        if let Some(i) = &p.issuer {
+            c.insert("orig_iss".into(), Value::String(i.clone()));
+        }
+        c.insert(
+            "auth_method".into(),
+            Value::String(p.method.as_str().into()),
+        );
+        self.authn.signer.sign("JWT", &c).map_err(|e| e.to_string())
+    }
+}
+
+impl Stage for IdentityStage {
+    fn id(&self) -> StageId {
+        Self::ID
+    }
+
+    fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
+        let s = &self.authn.settings;
+        let h = &mut req.head.headers;
+        for name in &s.identity.strip {
+            h.remove(name);
+        }
+        let Some(route) = ctx.route_id().and_then(|r| self.authn.routes.get(r.0)) else {
+            return Step::CONTINUE;
+        };
+        if route.methods.is_empty() {
+            return Step::CONTINUE;
+        }
+        if !route.keep_authorization {
+            h.remove(http::header::AUTHORIZATION);
+            if let Some(k) = &s.api_keys {
+                h.remove(&k.header);
+            }
+            if let Some(param) = &route.api_key_query {
+                strip_query_param(&mut req.head.uri, param);
+            }
+        }
+        let Some(p) = ctx.principal.clone() else {
+            return Step::CONTINUE;
+        };
+        let h = &mut req.head.headers;
+        if route.identity_headers {
+            let id = &s.identity;
+            set(h, &id.user, p.subject.as_deref());
+            set(h, &id.client, p.client_id.as_deref());
+            if !p.scopes.is_empty() {
+                set(h, &id.scopes, Some(&p.scopes.join(" ")));
+            }
+            if !p.roles.is_empty() {
+                set(h, &id.roles, Some(&p.roles.join(",")));
+            }
+            set(h, &id.tenant, p.tenant.as_deref());
+            set(h, &id.authenticated, Some(p.method.as_str()));
+        }
+        if let Some(aud) = &route.internal_audience {
+            match self.mint(&p, aud, ctx) {
+                Ok(t) => {
+                    let v = HeaderValue::from_str(&format!("Bearer {t}"))
+                        .unwrap_or(HeaderValue::from_static(""));
+                    req.head.headers.insert(s.internal_token.header.clone(), v);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot sign the internal token");
+                    return Step::reject(Rejection::new(
+                        RejectReason::Internal,
+                        "the gateway could not sign the upstream token",
+                    ));
+                }
+            }
+        }
+        Step::CONTINUE
+    }
+}
+
+/// Removes every `param=` pair from the query (the credential must not travel upstream).
+fn strip_query_param(uri: &mut http::Uri, param: &str) {
+    let Some(q) = uri.query() else { return };
+    if !form_pairs(q).any(|(k, _)| k == param) {
+        return;
+    }
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|p| {
+            let k = p.split_once('=').map(|(k, _)| k).unwrap_or(p);
+            let k = percent_encoding::percent_decode_str(&k.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned();
+            k != param
+        })
+        .collect();
+    let pq = if kept.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = pq.parse().ok();
+    if let Ok(u) = http::Uri::from_parts(parts) {
+        *uri = u;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_values_cannot_break_headers() {
+        assert_eq!(value("alice").to_str().unwrap(), "alice");
+        assert_eq!(
+            value("a\r\nx-admin: 1").to_str().unwrap(),
+            "a%0D%0Ax-admin: 1"
+        );
+        assert_eq!(value("é%").to_str().unwrap(), "%C3%A9%25");
+    }
+
+    #[test]
+    fn query_credential_is_removed() {
+        let mut u: http::Uri = "/a?x=1&api_key=s3cret&y=2".parse().unwrap();
+        strip_query_param(&mut u, "api_key");
+        assert_eq!(u.to_string(), "/a?x=1&y=2");
+        let mut u: http::Uri = "/a?api%5Fkey=s".parse().unwrap();
+        strip_query_param(&mut u, "api_key");
+        assert_eq!(u.to_string(), "/a");
+    }
+}

@@ -1,0 +1,237 @@
+//! # portcullis-authn
+//!
+//! Authentication, and the hand-over of verified identity to upstreams.
+//!
+//! * **Takes**: the matched route's accepted methods ([`config::RouteAuth`]); the request's
+//!   `Authorization: Bearer` token, API key header (or, where a route opts in, query
+//!   parameter), and the client certificate the TLS handshake verified.
+//! * **Produces**: [`RequestCtx::principal`] — the verified identity — and, in the identity
+//!   step, the headers (or the gateway-signed token) the upstream sees.
+//! * **Rejects**: `401 unauthenticated` with an RFC 6750 `WWW-Authenticate` challenge for a
+//!   missing or invalid credential (the precise reason goes to `RequestCtx::auth_failure`,
+//!   the audit event and metrics — never to the client); `503 auth_unavailable` when what
+//!   verifies the credential is unavailable and nothing cached can stand in (fail closed);
+//!   `400 bad_request` for an ambiguous request (two `Authorization` headers, two keys).
+//!
+//! Invariants: the token never chooses how it is verified (issuer by `iss` among the route's
+//! issuers, algorithms fixed per issuer, keys never from the token); a verified token is
+//! cached by its SHA-256, never past its `exp`; revocations are checked on every request,
+//! cached or not; client-supplied identity headers are removed on every route.
+//!
+//! Long-lived state ([`AuthnState`]: remote key sets, revocations, the Redis store, the
+//! internal-token key, failure counters) outlives configuration snapshots, so a reload keeps
+//! the last good keys and does not refetch them.
+
+#![forbid(unsafe_code)]
+
+pub mod apikey;
+pub mod cache;
+pub mod config;
+pub mod failures;
+pub mod fetch;
+pub mod identity;
+pub mod introspect;
+pub mod jwks;
+pub mod principal;
+pub mod revocation;
+pub mod stage;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use portcullis_jose::{Alg, Signer};
+
+pub use config::{AuthSettings, RawAuth, RawRouteAuth, RouteAuth};
+pub use identity::IdentityStage;
+pub use stage::{Authn, AuthnStage};
+
+use crate::config::KeySource;
+use crate::jwks::RemoteKeys;
+use crate::revocation::Revocations;
+use crate::store::Store;
+
+/// Why a credential was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fail {
+    /// Invalid: 401. The code is the precise reason (audit only).
+    Invalid(&'static str),
+    /// Could not be checked: 503.
+    Unavailable(&'static str),
+}
+
+impl Fail {
+    pub fn code(self) -> &'static str {
+        match self {
+            Fail::Invalid(c) | Fail::Unavailable(c) => c,
+        }
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The internal-token signer and what it was built from (key PEM, algorithm).
+type SignerSlot = (Option<String>, Alg, Arc<Signer>);
+
+/// State that lives as long as the process, shared by every configuration snapshot.
+pub struct AuthnState {
+    remotes: Mutex<HashMap<String, Weak<RemoteKeys>>>,
+    pub revocations: Arc<Revocations>,
+    store: Mutex<Option<(String, Arc<Store>)>>,
+    signer: Mutex<Option<SignerSlot>>,
+    pub failures: Arc<failures::FailureTracker>,
+    /// The snapshot built last (for the admin API).
+    current: ArcSwapOption<Authn>,
+}
+
+impl AuthnState {
+    pub fn new() -> Arc<AuthnState> {
+        Arc::new(AuthnState {
+            remotes: Mutex::new(HashMap::new()),
+            revocations: Revocations::new(),
+            store: Mutex::new(None),
+            signer: Mutex::new(None),
+            failures: Arc::new(failures::FailureTracker::new(10_000)),
+            current: ArcSwapOption::empty(),
+        })
+    }
+
+    /// Builds the per-snapshot authenticator. Reuses remote key sets whose source and settings
+    /// are unchanged (they keep their keys and their refresh task), the Redis store when its
+    /// URL is unchanged, and the internal-token key when its configuration is unchanged.
+    /// Background tasks start only inside a Tokio runtime.
+    pub fn build(
+        self: &Arc<Self>,
+        settings: &AuthSettings,
+        routes: Vec<RouteAuth>,
+    ) -> Result<Arc<Authn>, String> {
+        let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+        let mut remotes = Vec::with_capacity(settings.jwt.len());
+        {
+            let mut map = self
+                .remotes
+                .lock()
+                .map_err(|_| "key registry poisoned".to_string())?;
+            map.retain(|_, w| w.strong_count() > 0);
+            for issuer in &settings.jwt {
+                let remote = match (&issuer.source, issuer.source_key()) {
+                    (KeySource::Static(_), _) | (_, None) => None,
+                    (_, Some(key)) => match map.get(&key).and_then(|w| w.upgrade()) {
+                        Some(r) => Some(r),
+                        None => {
+                            let r = RemoteKeys::new(issuer)
+                                .map_err(|e| format!("auth.jwt.{}: {e}", issuer.name))?;
+                            if in_runtime {
+                                r.start();
+                            }
+                            map.insert(key, Arc::downgrade(&r));
+                            Some(r)
+                        }
+                    },
+                };
+                remotes.push(remote);
+            }
+        }
+
+        let store = match &settings.redis {
+            None => None,
+            Some(cfg) => {
+                let mut slot = self
+                    .store
+                    .lock()
+                    .map_err(|_| "store poisoned".to_string())?;
+                let id = format!("{}|{:?}|{}", cfg.url, cfg.timeout, cfg.key_prefix);
+                match &*slot {
+                    Some((k, s)) if *k == id => Some(s.clone()),
+                    _ => {
+                        let s = Arc::new(Store::new(cfg).map_err(|e| format!("auth.redis: {e}"))?);
+                        *slot = Some((id, s.clone()));
+                        Some(s)
+                    }
+                }
+            }
+        };
+        self.revocations.set_configured(
+            &settings.revocation.token_ids,
+            &settings.revocation.api_keys,
+        );
+        if in_runtime {
+            self.revocations
+                .share(store.clone(), settings.revocation.sync_interval);
+        }
+
+        let it = &settings.internal_token;
+        let signer = {
+            let mut slot = self
+                .signer
+                .lock()
+                .map_err(|_| "signer poisoned".to_string())?;
+            match &*slot {
+                Some((pem, alg, s)) if *pem == it.key_pem && *alg == it.algorithm => s.clone(),
+                _ => {
+                    let kid = format!("portcullis-{}", unix_now());
+                    let s = match &it.key_pem {
+                        Some(pem) => Signer::from_pkcs8_pem(pem, kid),
+                        None => Signer::generate(it.algorithm, kid),
+                    }
+                    .map(Arc::new)
+                    .map_err(|e| format!("auth.internal_token: {e}"))?;
+                    *slot = Some((it.key_pem.clone(), it.algorithm, s.clone()));
+                    s
+                }
+            }
+        };
+
+        let authn = Arc::new(Authn::new(
+            settings.clone(),
+            routes,
+            remotes,
+            store,
+            self.revocations.clone(),
+            signer,
+            self.failures.clone(),
+        )?);
+        self.current.store(Some(authn.clone()));
+        Ok(authn)
+    }
+
+    /// The public key set of gateway-signed internal tokens.
+    pub fn public_jwks(&self) -> serde_json::Value {
+        let keys: Vec<serde_json::Value> = self
+            .signer
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().map(|(_, _, s)| vec![s.public_jwk()]))
+            .unwrap_or_default();
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// Key status of every issuer, revocations and failure counts (admin API).
+    pub fn status(&self) -> serde_json::Value {
+        let issuers = self
+            .current
+            .load_full()
+            .map(|a| a.key_status())
+            .unwrap_or_default();
+        serde_json::json!({
+            "issuers": issuers,
+            "revocations": self.revocations.status(),
+            "failures": self.failures.snapshot(50),
+        })
+    }
+
+    /// Per issuer: (name, keys loaded, unix time of the last successful fetch or 0, failures).
+    pub fn key_metrics(&self) -> Vec<(String, usize, u64, u64)> {
+        self.current
+            .load_full()
+            .map(|a| a.key_metrics())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,719 @@
+//! The authentication step.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderValue};
+use portcullis_core::{
+    AuthMethod, GatewayRequest, Principal, RejectReason, Rejection, RequestCtx, Stage, StageId,
+    Step, Verdict,
+};
+use portcullis_jose::{ClaimRules, JwtError, Signer};
+
+use crate::apikey::{self, KeyTable};
+use crate::cache::{Cached, Digest, TokenCache, digest};
+use crate::config::{AuthSettings, KeySource, Method, MtlsRule, RouteAuth};
+use crate::failures::FailureTracker;
+use crate::introspect::Introspector;
+use crate::jwks::{KeyStatus, RemoteKeys};
+use crate::principal::from_claims;
+use crate::revocation::Revocations;
+use crate::store::Store;
+use crate::{Fail, unix_now};
+
+/// The authenticator of one configuration snapshot.
+pub struct Authn {
+    pub settings: AuthSettings,
+    pub routes: Vec<RouteAuth>,
+    rules: Vec<ClaimRules>,
+    remotes: Vec<Option<Arc<RemoteKeys>>>,
+    introspectors: Vec<Introspector>,
+    keys: Option<KeyTable>,
+    store: Option<Arc<Store>>,
+    pub revocations: Arc<Revocations>,
+    pub signer: Arc<Signer>,
+    failures: Arc<FailureTracker>,
+    cache: TokenCache,
+}
+
+/// Credentials found on a request.
+#[derive(Default)]
+struct Creds {
+    bearer: Option<String>,
+    api_key: Option<String>,
+}
+
+enum Attempt {
+    Done(Result<Arc<Principal>, Fail>),
+    /// The JWT names a key the remote set lacks (or no set is loaded yet).
+    NeedKeys(Arc<RemoteKeys>),
+}
+
+impl Authn {
+    pub(crate) fn new(
+        settings: AuthSettings,
+        routes: Vec<RouteAuth>,
+        remotes: Vec<Option<Arc<RemoteKeys>>>,
+        store: Option<Arc<Store>>,
+        revocations: Arc<Revocations>,
+        signer: Arc<Signer>,
+        failures: Arc<FailureTracker>,
+    ) -> Result<Authn, String> {
+        let rules = settings
+            .jwt
+            .iter()
+            .map(|i| ClaimRules {
+                issuer: i.issuer.clone(),
+                audiences: i.audiences.clone(),
+                leeway_secs: i.leeway.as_secs(),
+                typ: i.typ.clone(),
+                required: i.required_claims.clone(),
+                require_exp: true,
+                max_lifetime_secs: i.max_lifetime.map(|d| d.as_secs()),
+            })
+            .collect();
+        let introspectors = settings
+            .introspection
+            .iter()
+            .map(|c| {
+                Introspector::new(c.clone())
+                    .map_err(|e| format!("auth.introspection.{}: {e}", c.name))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys = settings.api_keys.as_ref().map(KeyTable::new);
+        let cache = TokenCache::new(settings.cache_entries);
+        Ok(Authn {
+            settings,
+            routes,
+            rules,
+            remotes,
+            introspectors,
+            keys,
+            store,
+            revocations,
+            signer,
+            failures,
+            cache,
+        })
+    }
+
+    pub fn key_status(&self) -> Vec<serde_json::Value> {
+        self.settings
+            .jwt
+            .iter()
+            .zip(&self.remotes)
+            .map(|(i, r)| {
+                let status = match (r, &i.source) {
+                    (Some(r), _) => r.status(),
+                    (None, KeySource::Static(set)) => KeyStatus {
+                        source: "static".into(),
+                        kids: set.kids(),
+                        ..KeyStatus::default()
+                    },
+                    (None, _) => KeyStatus::default(),
+                };
+                let loaded = match (r, &i.source) {
+                    (Some(r), _) => r.current().map(|s| s.keys.len()).unwrap_or(0),
+                    (None, KeySource::Static(s)) => s.keys.len(),
+                    _ => 0,
+                };
+                serde_json::json!({
+                    "name": &*i.name,
+                    "issuer": i.issuer,
+                    "keys_loaded": loaded,
+                    "status": status,
+                })
+            })
+            .collect()
+    }
+
+    pub fn key_metrics(&self) -> Vec<(String, usize, u64, u64)> {
+        self.settings
+            .jwt
+            .iter()
+            .zip(&self.remotes)
+            .map(|(i, r)| match (r, &i.source) {
+                (Some(r), _) => {
+                    let s = r.status();
+                    (
+                        i.name.to_string(),
+                        r.current().map(|k| k.keys.len()).unwrap_or(0),
+                        s.last_success.unwrap_or(0),
+                        s.failures,
+                    )
+                }
+                (None, KeySource::Static(set)) => (i.name.to_string(), set.keys.len(), 0, 0),
+                _ => (i.name.to_string(), 0, 0, 0),
+            })
+            .collect()
+    }
+
+    fn route(&self, ctx: &RequestCtx) -> Option<&RouteAuth> {
+        ctx.route_id().and_then(|r| self.routes.get(r.0))
+    }
+
+    /// Reads the credentials; an ambiguous request is refused outright.
+    fn credentials(
+        &self,
+        head: &http::request::Parts,
+        route: &RouteAuth,
+    ) -> Result<Creds, Rejection> {
+        let mut creds = Creds::default();
+        let wants_bearer = route
+            .methods
+            .iter()
+            .any(|m| matches!(m, Method::Jwt(_) | Method::Introspection(_)));
+        if wants_bearer {
+            let mut values = head.headers.get_all(http::header::AUTHORIZATION).iter();
+            if let Some(v) = values.next() {
+                if values.next().is_some() {
+                    return Err(invalid_request("more than one Authorization header"));
+                }
+                creds.bearer = bearer(v)?;
+            }
+        }
+        if route.methods.contains(&Method::ApiKey)
+            && let Some(cfg) = &self.settings.api_keys
+        {
+            let mut values = head.headers.get_all(&cfg.header).iter();
+            if let Some(v) = values.next() {
+                if values.next().is_some() {
+                    return Err(invalid_request("more than one API key header"));
+                }
+                creds.api_key = Some(
+                    v.to_str()
+                        .map_err(|_| invalid_request("malformed API key"))?
+                        .trim()
+                        .to_string(),
+                );
+            }
+            if let Some(param) = &route.api_key_query
+                && let Some(q) = head.uri.query()
+            {
+                let mut found = None;
+                for (k, v) in form_pairs(q) {
+                    if k == *param {
+                        if found.is_some() || creds.api_key.is_some() {
+                            return Err(invalid_request("more than one API key"));
+                        }
+                        found = Some(v);
+                    }
+                }
+                if found.is_some() {
+                    creds.api_key = found;
+                }
+            }
+        }
+        Ok(creds)
+    }
+
+    /// JWT verification without waiting: from the cache, or with keys already loaded.
+    fn jwt_now(&self, token: &str, issuers: &[usize], key: &Digest) -> Attempt {
+        if let Some(c) = self.cache.get(key) {
+            return Attempt::Done(match c {
+                Cached::Valid(p)
+                    if issuers.iter().any(|i| {
+                        self.settings
+                            .jwt
+                            .get(*i)
+                            .is_some_and(|j| j.name == p.authority)
+                    }) =>
+                {
+                    Ok(p)
+                }
+                Cached::Valid(_) => Err(Fail::Invalid("untrusted_issuer")),
+                Cached::Invalid(c) => Err(Fail::Invalid(c)),
+            });
+        }
+        let max = issuers
+            .iter()
+            .filter_map(|i| self.settings.jwt.get(*i))
+            .map(|j| j.max_token_bytes)
+            .max()
+            .unwrap_or(0);
+        let tok = match portcullis_jose::decode(token, max) {
+            Ok(t) => t,
+            Err(e) => return Attempt::Done(Err(Fail::Invalid(jwt_code(&e)))),
+        };
+        let iss = tok.claims.get("iss").and_then(|v| v.as_str());
+        let Some(idx) = issuers.iter().copied().find(|i| {
+            self.settings
+                .jwt
+                .get(*i)
+                .is_some_and(|j| Some(j.issuer.as_str()) == iss)
+        }) else {
+            return Attempt::Done(Err(Fail::Invalid(if iss.is_none() {
+                "missing_claim"
+            } else {
+                "untrusted_issuer"
+            })));
+        };
+        let (Some(issuer), Some(rules)) = (self.settings.jwt.get(idx), self.rules.get(idx)) else {
+            return Attempt::Done(Err(Fail::Invalid("untrusted_issuer")));
+        };
+        if token.len() > issuer.max_token_bytes {
+            return Attempt::Done(Err(Fail::Invalid("too_large")));
+        }
+        let alg = tok.header.alg;
+        if !issuer.algorithms.contains(&alg) {
+            return Attempt::Done(Err(Fail::Invalid("alg_not_allowed")));
+        }
+        let remote = self.remotes.get(idx).cloned().flatten();
+        let set = match (&issuer.source, &remote) {
+            (KeySource::Static(s), _) => s.clone(),
+            (_, Some(r)) => match r.current() {
+                Some(s) => s,
+                None => return Attempt::NeedKeys(r.clone()),
+            },
+            _ => return Attempt::Done(Err(Fail::Unavailable("no_keys"))),
+        };
+        let mut any = false;
+        let mut verified = false;
+        for k in set.candidates(tok.header.kid.as_deref(), alg) {
+            any = true;
+            if tok.verify(&k.key).is_ok() {
+                verified = true;
+                break;
+            }
+        }
+        if !any {
+            return match remote {
+                Some(r) => Attempt::NeedKeys(r),
+                None => Attempt::Done(Err(Fail::Invalid("unknown_kid"))),
+            };
+        }
+        if !verified {
+            return Attempt::Done(Err(Fail::Invalid("bad_signature")));
+        }
+        if let Err(e) =
+            portcullis_jose::validate_claims(&tok.header, &tok.claims, rules, unix_now())
+        {
+            return Attempt::Done(Err(Fail::Invalid(jwt_code(&e))));
+        }
+        let p = Arc::new(from_claims(
+            AuthMethod::Jwt,
+            issuer.name.clone(),
+            &issuer.claims,
+            tok.claims,
+        ));
+        self.cache_valid(key, &p);
+        Attempt::Done(Ok(p))
+    }
+
+    fn cache_valid(&self, key: &Digest, p: &Arc<Principal>) {
+        let mut ttl = self.settings.cache_ttl;
+        if let Some(exp) = p.expires_at {
+            ttl = ttl.min(Duration::from_secs(exp.saturating_sub(unix_now())));
+        }
+        self.cache
+            .put(*key, Cached::Valid(p.clone()), Instant::now() + ttl);
+    }
+
+    async fn jwt(&self, token: &str, issuers: &[usize]) -> Result<Arc<Principal>, Fail> {
+        let key = digest(token.as_bytes());
+        match self.jwt_now(token, issuers, &key) {
+            Attempt::Done(r) => r,
+            Attempt::NeedKeys(remote) => {
+                remote.refetch_for_unknown_kid().await;
+                match self.jwt_now(token, issuers, &key) {
+                    Attempt::Done(r) => r,
+                    Attempt::NeedKeys(r) if r.current().is_none() => {
+                        Err(Fail::Unavailable("no_keys"))
+                    }
+                    Attempt::NeedKeys(_) => Err(Fail::Invalid("unknown_kid")),
+                }
+            }
+        }
+    }
+
+    fn api_key_now(&self, key: &str) -> Option<Result<Arc<Principal>, Fail>> {
+        let hash = digest(key.as_bytes());
+        if self.revocations.is_key_revoked(&hash) {
+            return Some(Err(Fail::Invalid("revoked")));
+        }
+        if let Some(e) = self.keys.as_ref().and_then(|t| t.find(&hash)) {
+            return Some(apikey::check(&e));
+        }
+        match (&self.settings.api_keys, &self.store) {
+            (Some(cfg), Some(_)) if cfg.redis => None,
+            _ => Some(Err(Fail::Invalid("api_key_unknown"))),
+        }
+    }
+
+    async fn api_key(&self, key: &str) -> Result<Arc<Principal>, Fail> {
+        if let Some(r) = self.api_key_now(key) {
+            return r;
+        }
+        let (Some(cfg), Some(store)) = (&self.settings.api_keys, &self.store) else {
+            return Err(Fail::Invalid("api_key_unknown"));
+        };
+        apikey::lookup_redis(store, &self.cache, &digest(key.as_bytes()), cfg.cache_ttl).await
+    }
+
+    fn mtls(&self, ctx: &RequestCtx, rule: &MtlsRule) -> Option<Result<Arc<Principal>, Fail>> {
+        let cert = ctx.tls.as_ref()?.peer_certificate.as_ref()?;
+        if !rule.trust_domains.is_empty() || !rule.spiffe_paths.is_empty() {
+            let Some(id) = &cert.spiffe else {
+                return Some(Err(Fail::Invalid("mtls_no_spiffe_id")));
+            };
+            if !rule.trust_domains.is_empty() && !rule.trust_domains.contains(&id.trust_domain) {
+                return Some(Err(Fail::Invalid("mtls_trust_domain")));
+            }
+            if !rule.spiffe_paths.is_empty()
+                && !rule.spiffe_paths.iter().any(|p| path_matches(p, &id.path))
+            {
+                return Some(Err(Fail::Invalid("mtls_spiffe_path")));
+            }
+        }
+        let mut p = Principal::new(AuthMethod::Mtls, ctx.listener.clone());
+        match &cert.spiffe {
+            Some(id) => {
+                p.subject = Some(id.to_string());
+                p.client_id = Some(id.to_string());
+            }
+            None => {
+                p.subject = Some(cert.subject.clone());
+                p.client_id = cert.common_name.clone();
+            }
+        }
+        p.credential_id = Some(cert.fingerprint_sha256.clone());
+        p.expires_at = Some(cert.not_after);
+        Some(Ok(Arc::new(p)))
+    }
+
+    /// Revocation is checked on every use, cached or not.
+    fn revoked(&self, p: &Principal) -> bool {
+        match p.method {
+            AuthMethod::Jwt | AuthMethod::Introspection => p
+                .credential_id
+                .as_deref()
+                .is_some_and(|j| self.revocations.is_jti_revoked(j)),
+            _ => false,
+        }
+    }
+
+    /// The whole evaluation, waiting where needed.
+    async fn authenticate(
+        &self,
+        route: &RouteAuth,
+        creds: Creds,
+        ctx: &RequestCtx,
+    ) -> Result<Arc<Principal>, (Fail, bool)> {
+        let mut first_fail: Option<Fail> = None;
+        let mut unavailable: Option<Fail> = None;
+        let mut presented = false;
+        for m in &route.methods {
+            let r = match m {
+                Method::Jwt(issuers) => match &creds.bearer {
+                    Some(t) if looks_like_jwt(t) => Some(self.jwt(t, issuers).await),
+                    Some(_)
+                        if !route
+                            .methods
+                            .iter()
+                            .any(|m| matches!(m, Method::Introspection(_))) =>
+                    {
+                        Some(Err(Fail::Invalid("malformed")))
+                    }
+                    _ => None,
+                },
+                Method::Introspection(ids) => match &creds.bearer {
+                    Some(t)
+                        if !(looks_like_jwt(t)
+                            && route.methods.iter().any(|m| matches!(m, Method::Jwt(_)))) =>
+                    {
+                        Some(self.introspect(t, ids).await)
+                    }
+                    _ => None,
+                },
+                Method::ApiKey => match &creds.api_key {
+                    Some(k) => Some(self.api_key(k).await),
+                    None => None,
+                },
+                Method::Mtls => self.mtls(ctx, &route.mtls),
+            };
+            let Some(r) = r else { continue };
+            presented = true;
+            match r {
+                Ok(p) if self.revoked(&p) => {
+                    first_fail.get_or_insert(Fail::Invalid("revoked"));
+                }
+                Ok(p) => return Ok(p),
+                Err(f @ Fail::Unavailable(_)) => {
+                    unavailable.get_or_insert(f);
+                }
+                Err(f) => {
+                    first_fail.get_or_insert(f);
+                }
+            }
+        }
+        match (unavailable, first_fail) {
+            (Some(u), _) => Err((u, presented)),
+            (None, Some(f)) => Err((f, presented)),
+            (None, None) => Err((Fail::Invalid("missing_credentials"), presented)),
+        }
+    }
+
+    async fn introspect(&self, token: &str, ids: &[usize]) -> Result<Arc<Principal>, Fail> {
+        let key = digest(token.as_bytes());
+        let mut last = Fail::Invalid("token_inactive");
+        for i in ids {
+            let Some(x) = self.introspectors.get(*i) else {
+                continue;
+            };
+            if token.len() > x.cfg.max_token_bytes {
+                last = Fail::Invalid("too_large");
+                continue;
+            }
+            match x.verify(token, key, &self.cache).await {
+                Ok(p) => return Ok(p),
+                Err(f) => last = f,
+            }
+        }
+        Err(last)
+    }
+
+    /// Fast path: the first presented credential settles it without waiting.
+    fn now(&self, route: &RouteAuth, creds: &Creds, ctx: &RequestCtx) -> Option<Arc<Principal>> {
+        for m in &route.methods {
+            let r = match m {
+                Method::Jwt(issuers) => match &creds.bearer {
+                    Some(t) if looks_like_jwt(t) => {
+                        match self.jwt_now(t, issuers, &digest(t.as_bytes())) {
+                            Attempt::Done(r) => r,
+                            Attempt::NeedKeys(_) => return None,
+                        }
+                    }
+                    _ => continue,
+                },
+                Method::ApiKey => match &creds.api_key {
+                    Some(k) => self.api_key_now(k)?,
+                    None => continue,
+                },
+                Method::Mtls => match self.mtls(ctx, &route.mtls) {
+                    Some(r) => r,
+                    None => continue,
+                },
+                Method::Introspection(_) => return None,
+            };
+            return match r {
+                Ok(p) if !self.revoked(&p) => Some(p),
+                _ => None,
+            };
+        }
+        None
+    }
+
+    fn refuse(
+        &self,
+        fail: Fail,
+        presented: bool,
+        claimed: Option<String>,
+        route: &RouteAuth,
+        ctx: &mut RequestCtx,
+    ) -> Rejection {
+        ctx.auth_failure = Some(fail.code());
+        if presented {
+            self.failures.record(ctx.client_ip, claimed.as_deref());
+        }
+        let bearer = route
+            .methods
+            .iter()
+            .any(|m| matches!(m, Method::Jwt(_) | Method::Introspection(_)));
+        match fail {
+            Fail::Unavailable(_) => Rejection::new(
+                RejectReason::AuthUnavailable,
+                "credentials cannot be verified right now; try again later",
+            )
+            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("5")),
+            Fail::Invalid(_) => {
+                let challenge = match (bearer, presented) {
+                    (true, true) => HeaderValue::from_static(
+                        "Bearer realm=\"portcullis\", error=\"invalid_token\", \
+                         error_description=\"the access token is not valid\"",
+                    ),
+                    _ => HeaderValue::from_static("Bearer realm=\"portcullis\""),
+                };
+                let detail = if presented {
+                    "the credentials are not valid"
+                } else {
+                    "credentials are required"
+                };
+                Rejection::new(RejectReason::Unauthenticated, detail)
+                    .with_header(http::header::WWW_AUTHENTICATE, challenge)
+            }
+        }
+    }
+}
+
+fn invalid_request(detail: &'static str) -> Rejection {
+    Rejection::new(RejectReason::BadRequest, detail).with_header(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"portcullis\", error=\"invalid_request\""),
+    )
+}
+
+/// `Bearer <token68>`; another scheme is "no bearer credential".
+fn bearer(v: &HeaderValue) -> Result<Option<String>, Rejection> {
+    let s = v
+        .to_str()
+        .map_err(|_| invalid_request("malformed Authorization header"))?;
+    let (scheme, rest) = match s.split_once(' ') {
+        Some((a, b)) => (a, b),
+        None => (s, ""),
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = rest.trim_matches(' ');
+    let ok = !token.is_empty()
+        && token.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+        });
+    if !ok {
+        return Err(invalid_request("malformed bearer token"));
+    }
+    Ok(Some(token.to_string()))
+}
+
+/// Who a refused credential claimed to be (for failure counting only; never trusted):
+/// an API key's id, or the `sub` of an unverified JWT.
+fn claimed_identity(creds: &Creds) -> Option<String> {
+    use base64::Engine;
+    if let Some(k) = &creds.api_key {
+        return Some(format!("api_key:{}", apikey::key_id(&digest(k.as_bytes()))));
+    }
+    let t = creds.bearer.as_deref().filter(|t| looks_like_jwt(t))?;
+    let payload = t.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let sub: String = v.get("sub")?.as_str()?.chars().take(128).collect();
+    Some(format!("sub:{sub}"))
+}
+
+fn looks_like_jwt(t: &str) -> bool {
+    t.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+/// `application/x-www-form-urlencoded` pairs, decoded.
+pub fn form_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    q.split('&').filter(|p| !p.is_empty()).map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        let dec = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        (dec(k), dec(v))
+    })
+}
+
+/// `*` matches one segment, `**` (last) the rest.
+fn path_matches(pattern: &[String], path: &str) -> bool {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut i = 0;
+    for (n, p) in pattern.iter().enumerate() {
+        if p == "**" && n + 1 == pattern.len() {
+            return i < segs.len();
+        }
+        match segs.get(i) {
+            Some(s) if p == "*" || p == s => i += 1,
+            _ => return false,
+        }
+    }
+    i == segs.len()
+}
+
+fn jwt_code(e: &JwtError) -> &'static str {
+    e.code()
+}
+
+/// The pipeline step.
+pub struct AuthnStage {
+    authn: Arc<Authn>,
+}
+
+impl AuthnStage {
+    pub const ID: StageId = StageId("authn");
+
+    pub fn new(authn: Arc<Authn>) -> AuthnStage {
+        AuthnStage { authn }
+    }
+}
+
+impl Stage for AuthnStage {
+    fn id(&self) -> StageId {
+        Self::ID
+    }
+
+    fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
+        let a = &*self.authn;
+        let Some(route) = a.route(ctx) else {
+            return Step::CONTINUE;
+        };
+        if route.methods.is_empty() {
+            return Step::CONTINUE;
+        }
+        let creds = match a.credentials(&req.head, route) {
+            Ok(c) => c,
+            Err(r) => {
+                ctx.auth_failure = Some("invalid_request");
+                return Step::reject(r);
+            }
+        };
+        if let Some(p) = a.now(route, &creds, ctx) {
+            ctx.principal = Some(p);
+            return Step::CONTINUE;
+        }
+        Step::from_future(async move {
+            let claimed = claimed_identity(&creds);
+            match a.authenticate(route, creds, ctx).await {
+                Ok(p) => {
+                    ctx.principal = Some(p);
+                    Verdict::Continue
+                }
+                Err((fail, presented)) => {
+                    Verdict::Reject(a.refuse(fail, presented, claimed, route, ctx))
+                }
+            }
+        })
+    }
+}
+
+/// For tests of header handling without a request.
+pub fn bearer_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| bearer(v).ok().flatten())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spiffe_path_patterns() {
+        let p = |s: &str| -> Vec<String> { s[1..].split('/').map(String::from).collect() };
+        assert!(path_matches(&p("/ns/*/sa/api"), "/ns/prod/sa/api"));
+        assert!(!path_matches(&p("/ns/*/sa/api"), "/ns/prod/sa/web"));
+        assert!(!path_matches(&p("/ns/*/sa/api"), "/ns/prod/sa/api/x"));
+        assert!(path_matches(&p("/ns/prod/**"), "/ns/prod/sa/api"));
+        assert!(!path_matches(&p("/ns/prod/**"), "/ns/prod"));
+        assert!(!path_matches(&p("/ns/prod/**"), "/ns/dev/sa"));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(
+            bearer(&h("Bearer abc.def-_")).unwrap().as_deref(),
+            Some("abc.def-_")
+        );
+        assert_eq!(bearer(&h("bearer  abc")).unwrap().as_deref(), Some("abc"));
+        assert_eq!(bearer(&h("Basic dXNlcjpwdw==")).unwrap(), None);
+        assert!(bearer(&h("Bearer")).is_err());
+        assert!(bearer(&h("Bearer a b")).is_err());
+        assert!(bearer(&h("Bearer a,b")).is_err());
+    }
+}

@@ -1,0 +1,87 @@
+//! The shared store (Redis) for API keys and revocations. Connects in the background and
+//! reconnects on its own; every command on the request path is bounded by the configured
+//! timeout, and a store that cannot answer is reported as such (callers fail closed).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
+
+use crate::config::Redis;
+
+pub struct Store {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    pub timeout: Duration,
+    pub prefix: String,
+    pub url_redacted: String,
+}
+
+impl Store {
+    pub fn new(cfg: &Redis) -> Result<Store, String> {
+        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| format!("redis: {e}"))?;
+        let url_redacted = match cfg.url.rsplit_once('@') {
+            Some((_, host)) => format!("redis://…@{host}"),
+            None => cfg.url.clone(),
+        };
+        Ok(Store {
+            client,
+            conn: OnceCell::new(),
+            timeout: cfg.timeout,
+            prefix: cfg.key_prefix.clone(),
+            url_redacted,
+        })
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, String> {
+        let c = self
+            .conn
+            .get_or_try_init(|| async {
+                let cfg = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(500))))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(1);
+                tokio::time::timeout(
+                    self.timeout.max(Duration::from_millis(500)),
+                    ConnectionManager::new_with_config(self.client.clone(), cfg),
+                )
+                .await
+                .map_err(|_| "redis: connect timed out".to_string())?
+                .map_err(|e| format!("redis: {e}"))
+            })
+            .await?;
+        Ok(c.clone())
+    }
+
+    async fn bounded<T, F>(&self, f: F) -> Result<T, String>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("redis: {e}")),
+            Err(_) => Err("redis: timed out".into()),
+        }
+    }
+
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+
+    pub async fn hgetall(&self, key: &str) -> Result<HashMap<String, String>, String> {
+        let mut c = self.conn().await?;
+        self.bounded(c.hgetall(key)).await
+    }
+
+    pub async fn smembers(&self, key: &str) -> Result<Vec<String>, String> {
+        let mut c = self.conn().await?;
+        self.bounded(c.smembers(key)).await
+    }
+
+    pub async fn sadd(&self, key: &str, member: &str) -> Result<(), String> {
+        let mut c = self.conn().await?;
+        self.bounded(c.sadd::<_, _, ()>(key, member)).await
+    }
+}
