@@ -14,7 +14,9 @@
 
 pub mod client;
 pub mod gateway;
+pub mod idp;
 pub mod pki;
+pub mod redis_server;
 pub mod upstream;
 
 pub use client::{
@@ -22,5 +24,7 @@ pub use client::{
     tls_request, try_ws_connect, ws_connect,
 };
 pub use gateway::{CliOutput, Gateway, run_cli};
+pub use idp::OidcProvider;
 pub use pki::{CertFiles, TestPki};
+pub use redis_server::RedisServer;
 pub use upstream::{GrpcUpstream, Recorded, TestUpstream, WsUpgrade, WsUpstream, dead_addr};
