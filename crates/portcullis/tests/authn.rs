@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -930,4 +930,124 @@ routes:
             out.stderr
         );
     }
+}
+
+/// An RFC 7662 endpoint on loopback that answers slowly (or never), counting calls and
+/// checking the gateway's client credentials.
+struct SlowIntrospection {
+    addr: SocketAddr,
+    calls: Arc<AtomicUsize>,
+    hang: Arc<AtomicBool>,
+}
+
+impl SlowIntrospection {
+    async fn start() -> SlowIntrospection {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let hang = Arc::new(AtomicBool::new(false));
+        let (c, h) = (calls.clone(), hang.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (c, h) = (c.clone(), h.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let (c, h) = (c.clone(), h.clone());
+                            async move {
+                                use http_body_util::BodyExt;
+                                c.fetch_add(1, Ordering::SeqCst);
+                                let basic = req
+                                    .headers()
+                                    .get("authorization")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string();
+                                let body = req.into_body().collect().await.unwrap().to_bytes();
+                                let body = String::from_utf8_lossy(&body).to_string();
+                                if h.load(Ordering::SeqCst) {
+                                    tokio::time::sleep(Duration::from_secs(30)).await;
+                                }
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                let ok_client = basic == format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("gw:s3cret"));
+                                let answer = if ok_client && body.contains("token=good-opaque-token") {
+                                    json!({"active": true, "sub": "svc-7", "client_id": "batch", "scope": "read:a", "exp": now() + 60})
+                                } else {
+                                    json!({"active": false})
+                                };
+                                Ok::<_, Infallible>(
+                                    http::Response::builder()
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from(answer.to_string())))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        SlowIntrospection { addr, calls, hang }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_is_single_flight_cached_and_bounded_in_time() {
+
+    let up = TestUpstream::start("app").await;
+    let is = SlowIntrospection::start().await;
+    let gw = gateway(&format!(
+        r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  introspection:
+    as: {{ endpoint: "http://{addr}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 1s, cache_inactive: 30s }}
+routes:
+  - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [introspection] }} }}
+"#,
+        up = up.url(),
+        addr = is.addr
+    ));
+    let url = format!("{}/x", gw.url("public"));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            send(req("GET", &url, &[("authorization", "Bearer good-opaque-token")], "")).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(is.calls.load(Ordering::SeqCst), 1, "20 concurrent requests, one call");
+    let seen = up.requests().pop().unwrap();
+    assert_eq!(seen.header("x-user-id"), Some("svc-7"));
+    assert_eq!(seen.header("x-client-id"), Some("batch"));
+    // Cached: no further call.
+    let r = send(req("GET", &url, &[("authorization", "Bearer good-opaque-token")], "")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(is.calls.load(Ordering::SeqCst), 1);
+    // Inactive answers are cached too (for cache_inactive).
+    for _ in 0..3 {
+        let r = send(req("GET", &url, &[("authorization", "Bearer revoked-token")], "")).await;
+        assert_problem(&r, 401, "unauthenticated");
+    }
+    assert_eq!(is.calls.load(Ordering::SeqCst), 2);
+    // An endpoint that does not answer: 503 once the timeout passes, never a hang.
+    is.hang.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let r = send(req("GET", &url, &[("authorization", "Bearer another-token")], "")).await;
+    let v = assert_problem(&r, 503, "auth_unavailable");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        audit_of(&gw, v["request_id"].as_str().unwrap())["auth_failure"],
+        "introspection_unavailable"
+    );
+    assert_eq!(up.hits(), 21);
 }

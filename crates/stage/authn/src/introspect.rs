@@ -28,8 +28,15 @@ pub struct Introspector {
     inflight: Mutex<HashMap<Digest, Flight>>,
 }
 
+/// `application/x-www-form-urlencoded` value encoding: everything but unreserved characters.
+const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn form(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, FORM).to_string()
 }
 
 impl Introspector {
