@@ -21,10 +21,15 @@ CONNECTIONS = 64
 NCPU = os.cpu_count() or 1
 SERVER_CPU = "0"
 LOAD_CPU = "1" if NCPU > 1 else "0"
-PORTS = {"upstream": 18101, "nginx": 18102, "portcullis": 18103, "portcullis-secure": 18104}
+PORTS = {"upstream": 18101, "nginx": 18102, "portcullis": 18103, "portcullis-secure": 18104,
+         "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108}
 # nginx before 1.25 serves h2c only on a listener of its own.
-H2_PORTS = {"upstream": 18105, "nginx": 18106, "portcullis": 18103, "portcullis-secure": 18104}
-ADMIN = {"portcullis": 18113, "portcullis-secure": 18114}
+H2_PORTS = {"upstream": 18105, "nginx": 18106, "portcullis": 18103, "portcullis-secure": 18104,
+            "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108}
+ADMIN = {"portcullis": 18113, "portcullis-secure": 18114, "portcullis-jwt": 18117,
+         "portcullis-jwt-nocache": 18118}
+# Extra request headers per server (the bearer token for the JWT scenarios, set in main()).
+HEADERS = {}
 
 MARKER = "## What stands between us and nginx"
 
@@ -119,8 +124,11 @@ def wrk(port, path, work):
     lua = os.path.join(work, "report.lua")
     with open(lua, "w") as f:
         f.write(WRK_LUA)
+    extra = []
+    for h in HEADERS.get(port, []):
+        extra += ["-H", h]
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "-s", lua,
-           "-H", "Host: bench.local", f"http://127.0.0.1:{port}{path}"]
+           "-H", "Host: bench.local", *extra, f"http://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
     m = re.search(r"RESULT rps=([\d.]+) p50=([\d.]+) p99=([\d.]+) p999=([\d.]+) errors=(\d+) non2xx=(\d+)", out)
     if not m:
@@ -133,7 +141,10 @@ def wrk(port, path, work):
 def h2load(port, path):
     # No Host override: over HTTP/2 the authority is :authority, and nginx refuses a Host that
     # disagrees with it.
-    cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-c", "8", "-m", "32", "-D", str(DURATION),
+    extra = []
+    for h in HEADERS.get(port, []):
+        extra += ["-H", h]
+    cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-c", "8", "-m", "32", "-D", str(DURATION), *extra,
            f"http://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
     rps = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
@@ -164,7 +175,7 @@ def measure(fn, pids):
     return med
 
 
-def portcullis_conf(work, name, port, admin, secure):
+def portcullis_conf(work, name, port, admin, secure, jwt=None):
     extra = ""
     if secure:
         extra = """
@@ -180,11 +191,20 @@ audit: { output: file, path: %s/audit.jsonl }
 routes:
   - { name: other-1, match: { path: "/api/orders/{id}", methods: [GET] }, upstream: up }
   - { name: other-2, match: { prefix: /admin }, upstream: up, ip_filter: { allow: [10.0.0.0/8] } }
-  - { name: all, match: { prefix: / }, upstream: up }
-""" if secure else """
+  - { name: all, match: { prefix: / }, upstream: up%s }
+""" % (", auth: { methods: [jwt] }" if jwt else "") if secure else """
 routes:
   - { name: all, match: { prefix: / }, upstream: up }
 """
+    if jwt:
+        cache = "" if jwt == "cached" else "\n  token_cache: { max_entries: 0 }"
+        extra += f"""
+auth:
+  jwt:
+    bench: {{ issuer: "https://issuer.bench", jwks_file: {work}/bench.jwks.json, algorithms: [EdDSA], audiences: [bench] }}{cache}
+"""
+        routes = routes.replace("upstream: up, ip_filter", "upstream: up, auth: { anonymous: true }, ip_filter")
+        routes = routes.replace('methods: [GET] }, upstream: up }', 'methods: [GET] }, upstream: up, auth: { anonymous: true } }')
     conf = f"""
 listeners: [ {{ name: bench, address: "127.0.0.1:{port}" }} ]
 admin: {{ address: "127.0.0.1:{admin}" }}
@@ -233,8 +253,19 @@ def main():
     }}
   }}""")
         procs["nginx"] = start(["nginx", "-c", ngx_conf], PORTS["nginx"], "nginx", work)
-        for name, secure in (("portcullis", False), ("portcullis-secure", True)):
-            conf = portcullis_conf(work, name, PORTS[name], ADMIN[name], secure)
+        # A demo issuer for the JWT scenarios: an EdDSA key, its JWKS, one token for the run.
+        subprocess.run([BIN, "keygen", "--alg", "EdDSA", "--kid", "bench", "--out-dir", work],
+                       check=True, capture_output=True)
+        token = subprocess.run([BIN, "token", "--key", os.path.join(work, "bench.private.pem"),
+                                "--issuer", "https://issuer.bench", "--audience", "bench",
+                                "--scope", "read:orders", "--ttl", "2h"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+        for name in ("portcullis-jwt", "portcullis-jwt-nocache"):
+            HEADERS[PORTS[name]] = [f"Authorization: Bearer {token}"]
+        for name, secure, jwt in (("portcullis", False, None), ("portcullis-secure", True, None),
+                                  ("portcullis-jwt", True, "cached"),
+                                  ("portcullis-jwt-nocache", True, "uncached")):
+            conf = portcullis_conf(work, name, PORTS[name], ADMIN[name], secure, jwt)
             procs[name] = start([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"],
                                 PORTS[name], name, work)
 
@@ -244,7 +275,8 @@ def main():
 
         # Warm up every server's connection pools.
         for name in PORTS:
-            subprocess.run(["wrk", "-t1", "-c16", "-d1s", f"http://127.0.0.1:{PORTS[name]}/"],
+            hdr = sum((["-H", h] for h in HEADERS.get(PORTS[name], [])), [])
+            subprocess.run(["wrk", "-t1", "-c16", "-d1s", *hdr, f"http://127.0.0.1:{PORTS[name]}/"],
                            capture_output=True)
         results = {}
         for name in PORTS:
@@ -275,7 +307,10 @@ def report(results):
     add("- nginx proxy: one worker, upstream keep-alive (`keepalive 256`, HTTP/1.1, `Connection \"\"`).")
     add("- Portcullis: `--threads 1`; *plain* = one prefix route, audit off; *secure* = every step that")
     add("  exists now (protocol checks, normalisation, limits, trusted proxies, IP deny lists, route")
-    add("  table with templates, per-route IP lists, body limits, audit to a file).")
+    add("  table with templates, per-route IP lists, body limits, audit to a file); *jwt* = secure plus")
+    add("  an EdDSA-signed bearer token verified on every request (verified-token cache on), with the")
+    add("  identity headers sent upstream; *jwt-nocache* = the same with `auth.token_cache.max_entries: 0`,")
+    add("  so every request pays the full parse, signature check and claim rules.")
     add(f"- HTTP/1.1: `wrk -t1 -c{CONNECTIONS} -d{DURATION}s` (keep-alive). HTTP/2: `h2load -c 8 -m 32 -D {DURATION}` (h2c).")
     add("- The upstream shares CPU 0 with the proxy under test, the same for nginx and Portcullis.\n")
     add("## Results\n")
@@ -287,15 +322,18 @@ def report(results):
         else:
             add(f"| {name} | {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {r['cpu_us_per_req']:.1f} | {int(r['errors'])} |")
     add("\n## Ratios\n")
-    add("| test | Portcullis ÷ nginx (req/s) | Portcullis ÷ upstream alone | Portcullis p99 ÷ nginx p99 | secure ÷ plain |")
-    add("|---|---:|---:|---:|---:|")
+    add("| test | Portcullis ÷ nginx (req/s) | Portcullis ÷ upstream alone | Portcullis p99 ÷ nginx p99 | secure ÷ plain | jwt ÷ secure | jwt-nocache ÷ secure | JWT CPU µs/req (cached / uncached) |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|")
     for label in ("small", "16k", "h2"):
         pc = results[("portcullis", label)]
         ng = results[("nginx", label)]
         upr = results[("upstream", label)]
         sec = results[("portcullis-secure", label)]
+        jw = results[("portcullis-jwt", label)]
+        jn = results[("portcullis-jwt-nocache", label)]
         p99 = f"{pc['p99'] / ng['p99']:.2f}" if label != "h2" and ng.get("p99") else "—"
-        add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {sec['rps'] / pc['rps']:.2f} |")
+        cost = f"{jw['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f} / {jn['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f}"
+        add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {sec['rps'] / pc['rps']:.2f} | {jw['rps'] / sec['rps']:.2f} | {jn['rps'] / sec['rps']:.2f} | {cost} |")
     bad = [f"{n} {l}" for (n, l), r in results.items() if r["errors"]]
     if bad:
         add("\n**Invalid runs (errors or non-2xx answers): " + ", ".join(bad) + ".**")

@@ -5,6 +5,9 @@
 //! * `portcullis run [--config FILE]` — serve (without `--config`: the built-in quickstart).
 //! * `portcullis check FILE…` — validate configurations; every error with its path; exit 1.
 //! * `portcullis schema` — the JSON Schema of the configuration file, for editors.
+//! * `portcullis apikey` — a new API key and the hash to store.
+//! * `portcullis keygen` / `portcullis token` — a signing key pair, and a JWT signed with it
+//!   (demo issuers, tests).
 //!
 //! On start it prints one line per listener (`portcullis: listener NAME URL`), the admin
 //! address and `portcullis: ready` to stdout; logs go to stderr.
