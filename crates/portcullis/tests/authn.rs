@@ -972,8 +972,15 @@ impl SlowIntrospection {
                                     tokio::time::sleep(Duration::from_secs(30)).await;
                                 }
                                 tokio::time::sleep(Duration::from_millis(300)).await;
-                                let ok_client = basic == format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("gw:s3cret"));
-                                let answer = if ok_client && body.contains("token=good-opaque-token") {
+                                let ok_client = basic
+                                    == format!(
+                                        "Basic {}",
+                                        base64::engine::general_purpose::STANDARD
+                                            .encode("gw:s3cret")
+                                    );
+                                let answer = if ok_client
+                                    && body.contains("token=good-opaque-token")
+                                {
                                     json!({"active": true, "sub": "svc-7", "client_id": "batch", "scope": "read:a", "exp": now() + 60})
                                 } else {
                                     json!({"active": false})
@@ -999,7 +1006,6 @@ impl SlowIntrospection {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn introspection_is_single_flight_cached_and_bounded_in_time() {
-
     let up = TestUpstream::start("app").await;
     let is = SlowIntrospection::start().await;
     let gw = gateway(&format!(
@@ -1018,31 +1024,59 @@ routes:
     for _ in 0..20 {
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
-            send(req("GET", &url, &[("authorization", "Bearer good-opaque-token")], "")).await
+            send(req(
+                "GET",
+                &url,
+                &[("authorization", "Bearer good-opaque-token")],
+                "",
+            ))
+            .await
         }));
     }
     for t in tasks {
         let r = t.await.unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    assert_eq!(is.calls.load(Ordering::SeqCst), 1, "20 concurrent requests, one call");
+    assert_eq!(
+        is.calls.load(Ordering::SeqCst),
+        1,
+        "20 concurrent requests, one call"
+    );
     let seen = up.requests().pop().unwrap();
     assert_eq!(seen.header("x-user-id"), Some("svc-7"));
     assert_eq!(seen.header("x-client-id"), Some("batch"));
     // Cached: no further call.
-    let r = send(req("GET", &url, &[("authorization", "Bearer good-opaque-token")], "")).await;
+    let r = send(req(
+        "GET",
+        &url,
+        &[("authorization", "Bearer good-opaque-token")],
+        "",
+    ))
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(is.calls.load(Ordering::SeqCst), 1);
     // Inactive answers are cached too (for cache_inactive).
     for _ in 0..3 {
-        let r = send(req("GET", &url, &[("authorization", "Bearer revoked-token")], "")).await;
+        let r = send(req(
+            "GET",
+            &url,
+            &[("authorization", "Bearer revoked-token")],
+            "",
+        ))
+        .await;
         assert_problem(&r, 401, "unauthenticated");
     }
     assert_eq!(is.calls.load(Ordering::SeqCst), 2);
     // An endpoint that does not answer: 503 once the timeout passes, never a hang.
     is.hang.store(true, Ordering::SeqCst);
     let started = Instant::now();
-    let r = send(req("GET", &url, &[("authorization", "Bearer another-token")], "")).await;
+    let r = send(req(
+        "GET",
+        &url,
+        &[("authorization", "Bearer another-token")],
+        "",
+    ))
+    .await;
     let v = assert_problem(&r, 503, "auth_unavailable");
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(
