@@ -137,7 +137,8 @@ async fn discovery_jwt_and_introspection_with_a_real_provider() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_rotation_at_the_provider_while_traffic_flows_fails_no_request() {
-    let mut idp = OidcProvider::start("RS256");
+    // ES256 here, RS256 in the other tests: both key types against the real provider.
+    let mut idp = OidcProvider::start("ES256");
     let up = TestUpstream::start("app").await;
     let gw = idp_gateway(&up, &idp, "");
     let old_token = idp.jwt_token("read:orders").await;

@@ -88,6 +88,8 @@ const provider = new Provider(issuer, {
     requestObjectSigningAlgValues: ['RS256', 'ES256'],
   },
   ttl: { ClientCredentials: ttl },
+  // Clients default to RS256 ID tokens; with only an ES256 key that default cannot be met.
+  clientDefaults: { id_token_signed_response_alg: signAlg },
 });
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
 server.on('request', provider.callback());
