@@ -22,12 +22,22 @@ NCPU = os.cpu_count() or 1
 SERVER_CPU = "0"
 LOAD_CPU = "1" if NCPU > 1 else "0"
 PORTS = {"upstream": 18101, "nginx": 18102, "portcullis": 18103, "portcullis-secure": 18104,
-         "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108}
+         "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108, "portcullis-authz": 18109}
 # nginx before 1.25 serves h2c only on a listener of its own.
 H2_PORTS = {"upstream": 18105, "nginx": 18106, "portcullis": 18103, "portcullis-secure": 18104,
-            "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108}
+            "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108, "portcullis-authz": 18109}
 ADMIN = {"portcullis": 18113, "portcullis-secure": 18114, "portcullis-jwt": 18117,
-         "portcullis-jwt-nocache": 18118}
+         "portcullis-jwt-nocache": 18118, "portcullis-authz": 18119}
+# The Rego rule of the authz scenario.
+BENCH_REGO = """package bench
+import rego.v1
+default allow := false
+allow if {
+  "read:orders" in input.principal.scopes
+  input.request.method in {"GET", "HEAD"}
+  not startswith(input.request.path, "/admin")
+}
+"""
 # Extra request headers per server (the bearer token for the JWT scenarios, set in main()).
 HEADERS = {}
 
@@ -192,16 +202,26 @@ routes:
   - { name: other-1, match: { path: "/api/orders/{id}", methods: [GET] }, upstream: up }
   - { name: other-2, match: { prefix: /admin }, upstream: up, ip_filter: { allow: [10.0.0.0/8] } }
   - { name: all, match: { prefix: / }, upstream: up%s }
-""" % (", auth: { methods: [jwt] }" if jwt else "") if secure else """
+""" % ((", auth: { methods: [jwt] }, authz: { scopes: { any_of: [read:orders] }, rego: { query: data.bench.allow } }"
+        if jwt == "authz" else ", auth: { methods: [jwt] }, authz: { allow: any-authenticated }")
+       if jwt else "") if secure else """
 routes:
   - { name: all, match: { prefix: / }, upstream: up }
 """
     if jwt:
-        cache = "" if jwt == "cached" else "\n  token_cache: { max_entries: 0 }"
+        cache = "\n  token_cache: { max_entries: 0 }" if jwt == "uncached" else ""
         extra += f"""
 auth:
   jwt:
     bench: {{ issuer: "https://issuer.bench", jwks_file: {work}/bench.jwks.json, algorithms: [EdDSA], audiences: [bench] }}{cache}
+"""
+        if jwt == "authz":
+            with open(os.path.join(work, "bench.rego"), "w") as f:
+                f.write(BENCH_REGO)
+            extra += f"""
+authz:
+  scope_hierarchy: {{ admin:orders: [write:orders], write:orders: [read:orders] }}
+  rego: {{ files: [{work}/bench.rego] }}
 """
         routes = routes.replace("upstream: up, ip_filter", "upstream: up, auth: { anonymous: true }, ip_filter")
         routes = routes.replace('methods: [GET] }, upstream: up }', 'methods: [GET] }, upstream: up, auth: { anonymous: true } }')
@@ -260,11 +280,12 @@ def main():
                                 "--issuer", "https://issuer.bench", "--audience", "bench",
                                 "--scope", "read:orders", "--ttl", "2h"],
                                check=True, capture_output=True, text=True).stdout.strip()
-        for name in ("portcullis-jwt", "portcullis-jwt-nocache"):
+        for name in ("portcullis-jwt", "portcullis-jwt-nocache", "portcullis-authz"):
             HEADERS[PORTS[name]] = [f"Authorization: Bearer {token}"]
         for name, secure, jwt in (("portcullis", False, None), ("portcullis-secure", True, None),
                                   ("portcullis-jwt", True, "cached"),
-                                  ("portcullis-jwt-nocache", True, "uncached")):
+                                  ("portcullis-jwt-nocache", True, "uncached"),
+                                  ("portcullis-authz", True, "authz")):
             conf = portcullis_conf(work, name, PORTS[name], ADMIN[name], secure, jwt)
             procs[name] = start([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"],
                                 PORTS[name], name, work)
@@ -310,7 +331,8 @@ def report(results):
     add("  table with templates, per-route IP lists, body limits, audit to a file); *jwt* = secure plus")
     add("  an EdDSA-signed bearer token verified on every request (verified-token cache on), with the")
     add("  identity headers sent upstream; *jwt-nocache* = the same with `auth.token_cache.max_entries: 0`,")
-    add("  so every request pays the full parse, signature check and claim rules.")
+    add("  so every request pays the full parse, signature check and claim rules; *authz* = jwt plus")
+    add("  authorization of a typical request: a scope rule (through a scope hierarchy) and one Rego rule.")
     add(f"- HTTP/1.1: `wrk -t1 -c{CONNECTIONS} -d{DURATION}s` (keep-alive). HTTP/2: `h2load -c 8 -m 32 -D {DURATION}` (h2c).")
     add("- The upstream shares CPU 0 with the proxy under test, the same for nginx and Portcullis.\n")
     add("## Results\n")
@@ -322,8 +344,8 @@ def report(results):
         else:
             add(f"| {name} | {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {r['cpu_us_per_req']:.1f} | {int(r['errors'])} |")
     add("\n## Ratios\n")
-    add("| test | Portcullis ÷ nginx (req/s) | Portcullis ÷ upstream alone | Portcullis p99 ÷ nginx p99 | secure ÷ plain | jwt ÷ secure | jwt-nocache ÷ secure | JWT CPU µs/req (cached / uncached) |")
-    add("|---|---:|---:|---:|---:|---:|---:|---:|")
+    add("| test | Portcullis ÷ nginx (req/s) | Portcullis ÷ upstream alone | Portcullis p99 ÷ nginx p99 | secure ÷ plain | jwt ÷ secure | jwt-nocache ÷ secure | JWT CPU µs/req (cached / uncached) | authz ÷ jwt | authz CPU µs/req |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label in ("small", "16k", "h2"):
         pc = results[("portcullis", label)]
         ng = results[("nginx", label)]
@@ -331,9 +353,10 @@ def report(results):
         sec = results[("portcullis-secure", label)]
         jw = results[("portcullis-jwt", label)]
         jn = results[("portcullis-jwt-nocache", label)]
+        az = results[("portcullis-authz", label)]
         p99 = f"{pc['p99'] / ng['p99']:.2f}" if label != "h2" and ng.get("p99") else "—"
         cost = f"{jw['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f} / {jn['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f}"
-        add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {sec['rps'] / pc['rps']:.2f} | {jw['rps'] / sec['rps']:.2f} | {jn['rps'] / sec['rps']:.2f} | {cost} |")
+        add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {sec['rps'] / pc['rps']:.2f} | {jw['rps'] / sec['rps']:.2f} | {jn['rps'] / sec['rps']:.2f} | {cost} | {az['rps'] / jw['rps']:.2f} | {az['cpu_us_per_req'] - jw['cpu_us_per_req']:+.1f} |")
     bad = [f"{n} {l}" for (n, l), r in results.items() if r["errors"]]
     if bad:
         add("\n**Invalid runs (errors or non-2xx answers): " + ", ".join(bad) + ".**")

@@ -89,7 +89,38 @@ pub struct AuditEvent {
     /// Why a presented credential was refused (precise; never sent to the client).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failure: Option<String>,
+    /// The authorization decision, on routes that authorize.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authz: Option<AuthzAudit>,
 }
+
+/// What authorization decided, and which rule decided it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuthzAudit {
+    pub allowed: bool,
+    /// The rule that denied (`route:orders`, `policy:p`, `owner`, `tenant`, `risk`,
+    /// `rego:data.x.allow`, `opa:main/x/allow`, `require`, `default`), or `allow`.
+    pub rule: String,
+    /// Why; for `allow`, the rules that held.
+    pub reason: String,
+    /// Rules in shadow mode: what they would have decided.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<RuleAudit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub risk_signals: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RuleAudit {
+    pub rule: String,
+    pub allowed: bool,
+    pub reason: String,
+}
+
+/// Longest policy reason kept in an audit event.
+pub const MAX_REASON_BYTES: usize = 512;
 
 /// Who called, as verified.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -113,6 +144,12 @@ impl AuditEvent {
         }
         if let Some(ua) = self.user_agent.as_mut() {
             truncate_on_char_boundary(ua, MAX_USER_AGENT_BYTES);
+        }
+        if let Some(a) = self.authz.as_mut() {
+            truncate_on_char_boundary(&mut a.reason, MAX_REASON_BYTES);
+            for s in &mut a.shadow {
+                truncate_on_char_boundary(&mut s.reason, MAX_REASON_BYTES);
+            }
         }
     }
 }
@@ -388,6 +425,7 @@ mod tests {
             user_agent: Some("curl/8.5.0".into()),
             auth: None,
             auth_failure: None,
+            authz: None,
         }
     }
 

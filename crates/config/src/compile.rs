@@ -59,6 +59,17 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
     }
 
     let auth = portcullis_authn::config::compile(&raw.auth, base_dir, &mut e);
+    let authz = portcullis_authz::config::compile(&raw.authz, base_dir, &mut e);
+    let token_exchange = raw
+        .token_exchange
+        .as_ref()
+        .map(|t| portcullis_tokenx::compile(t, base_dir, &auth, &mut e));
+    if token_exchange.as_ref().is_some_and(|t| t.needs_mtls()) && !mtls_listener(&raw) {
+        e.push(
+            "token_exchange.clients",
+            "clients with spiffe_id or certificate_subject need a TLS listener with client_auth",
+        );
+    }
     let mut routes = Vec::new();
     let mut names = HashSet::new();
     for (i, r) in raw.routes.iter().enumerate() {
@@ -75,6 +86,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
             &upstream_index,
             &server,
             &auth,
+            &authz,
             &mut e,
         ));
         if routes.last().is_some_and(|r| {
@@ -90,6 +102,9 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
                 format!("{path}.auth.methods"),
                 "mtls needs a TLS listener with client_auth",
             );
+        }
+        if let Some(r) = routes.last() {
+            check_token_exchange_route(r, &upstreams, token_exchange.is_some(), &path, &mut e);
         }
     }
 
@@ -119,7 +134,9 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
         audit,
         upstreams,
         routes,
+        token_exchange,
         auth,
+        authz,
     })
 }
 
@@ -391,6 +408,10 @@ fn compile_upstream(
             format!("{path}.targets"),
             "an echo upstream answers in process and takes no targets",
         ),
+        UpstreamKind::TokenExchange if !u.targets.is_empty() => e.push(
+            format!("{path}.targets"),
+            "a token_exchange upstream answers in process and takes no targets",
+        ),
         _ => {}
     }
     let connect_timeout =
@@ -444,6 +465,12 @@ fn compile_upstream(
             unhealthy_threshold: h.unhealthy_threshold,
         }
     });
+    if u.kind == UpstreamKind::TokenExchange && u.health_check.is_some() {
+        e.push(
+            format!("{path}.health_check"),
+            "a token_exchange upstream has nothing to check",
+        );
+    }
     if u.kind == UpstreamKind::Echo && u.health_check.is_some() {
         e.push(
             format!("{path}.health_check"),
@@ -658,6 +685,7 @@ fn compile_route(
     upstreams: &HashMap<String, usize>,
     server: &Server,
     auth: &AuthSettings,
+    authz: &portcullis_authz::AuthzSettings,
     e: &mut ConfigErrors,
 ) -> Route {
     let upstream = upstreams.get(&r.upstream).copied().unwrap_or_else(|| {
@@ -808,6 +836,17 @@ fn compile_route(
         .timeout
         .as_ref()
         .map(|t| positive_duration(t, &format!("{path}.timeout"), e));
+    let route_auth = portcullis_authn::config::compile_route(r.auth.as_ref(), auth, path, e);
+    let params: Vec<Arc<str>> = match &pm {
+        PathMatch::Template(segs) => segs
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Param(n) => Some(n.clone()),
+                Segment::Literal(_) => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     Route {
         name: Arc::from(r.name.as_str()),
         hosts,
@@ -828,7 +867,17 @@ fn compile_route(
         max_body_bytes,
         ip_filter: IpRules::compile(&r.ip_filter, &format!("{path}.ip_filter"), e),
         timeout,
-        auth: portcullis_authn::config::compile_route(r.auth.as_ref(), auth, path, e),
+        auth: route_auth.clone(),
+        authz: portcullis_authz::config::compile_route(
+            r.authz.as_ref(),
+            &portcullis_authz::config::RouteFacts {
+                anonymous: route_auth.methods.is_empty(),
+                params: &params,
+            },
+            authz,
+            path,
+            e,
+        ),
     }
 }
 
@@ -868,4 +917,50 @@ fn parse_rewrite_template(
         parts.push(TemplatePart::Literal(rest.to_string()));
     }
     parts
+}
+
+fn mtls_listener(raw: &RawConfig) -> bool {
+    raw.listeners
+        .iter()
+        .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
+}
+
+/// A route to the token endpoint needs the `token_exchange` section, takes POST, and is
+/// anonymous: the endpoint authenticates its clients itself (a route credential would take
+/// the `Authorization` header `client_secret_basic` needs).
+fn check_token_exchange_route(
+    route: &Route,
+    upstreams: &[Upstream],
+    configured: bool,
+    path: &str,
+    e: &mut ConfigErrors,
+) {
+    if upstreams
+        .get(route.upstream)
+        .is_none_or(|u| u.kind != UpstreamKind::TokenExchange)
+    {
+        return;
+    }
+    if !configured {
+        e.push(
+            format!("{path}.upstream"),
+            "a token_exchange upstream needs the token_exchange section",
+        );
+    }
+    if !route.auth.methods.is_empty() {
+        e.push(
+            format!("{path}.auth"),
+            "the token endpoint authenticates its clients itself: write `auth: {anonymous: true}`",
+        );
+    }
+    if route
+        .methods
+        .as_ref()
+        .is_some_and(|m| !m.contains(&Method::POST))
+    {
+        e.push(
+            format!("{path}.match.methods"),
+            "the token endpoint takes POST",
+        );
+    }
 }

@@ -5,10 +5,12 @@
 use std::collections::BTreeMap;
 
 pub use portcullis_authn::config::{RawAuth, RawRouteAuth};
+pub use portcullis_authz::config::{RawAuthz, RawRouteAuthz};
 pub use portcullis_core::RawSecret;
 use portcullis_core::units::RawSize;
 use portcullis_ipfilter::RawIpFilter;
 use portcullis_limits::RawLimits;
+pub use portcullis_tokenx::RawTokenExchange;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -37,9 +39,16 @@ pub struct RawConfig {
     /// Routes, the only requests that are served: anything else is refused with 404.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// RFC 8693 token exchange served by the gateway (routes reach it through an upstream of
+    /// `kind: token_exchange`). Absent: no token endpoint.
+    #[serde(default)]
+    pub token_exchange: Option<RawTokenExchange>,
     /// Authentication: JWT issuers, introspection, API keys, revocation, identity headers.
     #[serde(default)]
     pub auth: RawAuth,
+    /// Authorization: scope hierarchy, resource policies, Rego and OPA, risk signals.
+    #[serde(default)]
+    pub authz: RawAuthz,
 }
 
 /// A client-facing listener.
@@ -355,6 +364,7 @@ pub enum AuditOutput {
 pub struct RawUpstream {
     /// `proxy` (default): forward to `targets`. `echo`: answer in process with the request
     /// as the upstream would have received it, as JSON (for demos and tests).
+    /// `token_exchange`: the token endpoint of the `token_exchange` section, in process.
     #[serde(default)]
     pub kind: UpstreamKind,
     /// `http://host:port` or `https://host:port` URLs (no path), optionally with a weight.
@@ -415,6 +425,8 @@ pub enum UpstreamKind {
     #[default]
     Proxy,
     Echo,
+    /// The RFC 8693 token endpoint of the `token_exchange` section, served in process.
+    TokenExchange,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -609,6 +621,11 @@ pub struct RawRoute {
     /// configures any authenticator.
     #[serde(default)]
     pub auth: Option<RawRouteAuth>,
+    /// What an authenticated caller may do here. Without it an authenticated route refuses
+    /// every request (unless a resource policy covers it): `allow: any-authenticated`, scopes,
+    /// roles, owner, tenant, rego, opa …
+    #[serde(default)]
+    pub authz: Option<RawRouteAuthz>,
 }
 
 /// Route matching. Host and method lists empty: any. Exactly one of `path` and `prefix`.

@@ -230,3 +230,158 @@ fn the_documented_example_is_valid() {
         assert!(external, "unexpected error in the documented example: {e}");
     }
 }
+
+#[test]
+fn authorization_errors_are_all_reported_with_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ok.rego"),
+        "package gw\nimport rego.v1\nallow if input.x == 1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("broken.rego"),
+        "package gw2\nimport rego.v1\nallow if {\n",
+    )
+    .unwrap();
+    let yaml = r#"
+auth:
+  api_keys: { keys: [] }
+authz:
+  scope_hierarchy: { a: [b], b: [c], c: [a] }
+  actions: { "B@D": read }
+  policies:
+    - { name: p, resources: ["orders"], actions: [fly], scopes: {} }
+    - { name: p, resources: ["/x/**"] }
+  rego: { files: [ok.rego, broken.rego, missing.rego], timeout: soon }
+  opa: { main: { url: "ftp://opa" } }
+  risk: { reputation_list: [not-a-cidr], risky_countries: [Germany], weights: { country: 101 } }
+upstreams: { d: { kind: echo } }
+routes:
+  - name: anon
+    match: { prefix: /a }
+    upstream: d
+    auth: { anonymous: true }
+    authz: { allow: any-authenticated }
+  - name: r
+    match: { path: "/users/{id}" }
+    upstream: d
+    auth: { methods: [api_key] }
+    authz:
+      allow: any-authenticated
+      scopes: { any_of: [x] }
+      owner: { param: user_id }
+      tenant: { param: id, header: x-tenant }
+      rego: { query: data.gw.nope }
+      opa: { server: other, path: "a b" }
+      risk: { step_up: 80, deny: 50 }
+      require: {}
+      field_masks: { by_scope: { s: ["a..b"] } }
+"#;
+    std::fs::write(dir.path().join("c.yaml"), yaml).unwrap();
+    let e = match load_file(&dir.path().join("c.yaml")) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+    };
+    for (path, words) in [
+        ("authz.scope_hierarchy", "cycle"),
+        ("authz.actions.B@D", "not an HTTP method"),
+        ("authz.policies[0].resources[0]", "must start with '/'"),
+        ("authz.policies[0].actions[0]", "unknown action \"fly\""),
+        ("authz.policies[0].scopes", "at least one scope"),
+        ("authz.policies[1].name", "duplicate policy name"),
+        ("authz.policies[1]", "needs scopes or roles"),
+        ("authz.rego.timeout", ""),
+        ("authz.rego.files[1]", "broken.rego"),
+        ("authz.rego.files[2]", "missing.rego"),
+        ("authz.opa.main.url", "not an http(s) URL"),
+        ("authz.risk.reputation_list[0]", "not an address or CIDR"),
+        ("authz.risk.risky_countries[0]", "two-letter"),
+        ("authz.risk.weights.country", "above 100"),
+        ("routes[0].authz", "anonymous route"),
+        ("routes[1].authz.allow", "exclude each other"),
+        ("routes[1].authz.owner.param", "{user_id}"),
+        ("routes[1].authz.tenant", "exactly one"),
+        ("routes[1].authz.opa.server", "unknown OPA server"),
+        ("routes[1].authz.opa.path", "decision path"),
+        ("routes[1].authz.risk", "step_up above deny"),
+        ("routes[1].authz.require", "acr or max_age"),
+        ("routes[1].authz.field_masks.by_scope.s", ""),
+    ] {
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with(&format!("{path}:")) && m.contains(words)),
+            "no error at {path} containing {words:?} in {e:#?}"
+        );
+    }
+}
+
+#[test]
+fn a_rego_rule_the_modules_do_not_define_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package gw\nimport rego.v1\nallow if input.x == 1\n",
+    )
+    .unwrap();
+    let yaml = r#"
+auth: { api_keys: { keys: [] } }
+authz: { rego: { files: [p.rego] } }
+upstreams: { d: { kind: echo } }
+routes:
+  - { name: a, match: { prefix: /a }, upstream: d, auth: { methods: [api_key] }, authz: { rego: { query: data.gw.allow } } }
+  - { name: b, match: { prefix: /b }, upstream: d, auth: { methods: [api_key] }, authz: { rego: { query: data.gw.allw } } }
+"#;
+    std::fs::write(dir.path().join("c.yaml"), yaml).unwrap();
+    let e: Vec<String> = match load_file(&dir.path().join("c.yaml")) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.iter().map(|e| e.to_string()).collect(),
+    };
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(e[0].starts_with("routes[1].authz.rego.query:"), "{e:#?}");
+}
+
+#[test]
+fn token_exchange_upstreams_and_routes() {
+    let e = errs(
+        r#"
+upstreams:
+  tx: { kind: token_exchange, targets: ["http://127.0.0.1:1"], health_check: {} }
+routes:
+  - { name: t, match: { path: /token }, upstream: tx }
+"#,
+    );
+    for w in [
+        "upstreams.tx.targets: a token_exchange upstream answers in process",
+        "upstreams.tx.health_check",
+        "routes[0].upstream: a token_exchange upstream needs the token_exchange section",
+    ] {
+        assert!(e.iter().any(|m| m.starts_with(w)), "missing {w} in {e:#?}");
+    }
+    let c = load_str(
+        r#"
+upstreams: { tx: { kind: token_exchange } }
+auth:
+  jwt: { a: { issuer: https://a.test, hmac_secret: { value: "0123456789abcdef0123456789abcdef" }, algorithms: [HS256] } }
+token_exchange:
+  jwt_issuers: [a]
+  audiences: { orders: {}, billing: { ttl: 30s } }
+  clients:
+    bff:
+      secret_hash: "sha256:0fefc1b27100e636d38ff6bc989040691f4a48220d8bc2183b6bbcfd001524c7"
+      audiences: { billing: [read] }
+routes:
+  - { name: t, match: { path: /token, methods: [POST] }, upstream: tx, auth: { anonymous: true } }
+"#,
+        Path::new("."),
+    )
+    .unwrap();
+    let t = c.token_exchange.as_ref().unwrap();
+    assert_eq!(t.jwt_issuers, [0]);
+    assert_eq!(t.audiences[0].name, "billing");
+    assert_eq!(t.audiences[0].ttl.as_secs(), 30);
+    assert_eq!(t.audiences[1].ttl.as_secs(), 300, "the section's default");
+    assert_eq!(t.clients[0].allowed(0), Some(&["read".to_string()][..]));
+    assert_eq!(t.clients[0].allowed(1), None);
+    assert_eq!(c.upstreams[0].kind, UpstreamKind::TokenExchange);
+}

@@ -16,6 +16,7 @@ pub use crate::raw::{
     AcceptFrom, AuditOutput, Balance, HostHeader, LogFormat, UpstreamKind, UpstreamProtocol,
 };
 pub use portcullis_authn::config::{AuthSettings, RouteAuth};
+pub use portcullis_authz::config::{AuthzSettings, RouteAuthz};
 
 /// A configuration that compiled without error.
 #[derive(Debug)]
@@ -31,7 +32,10 @@ pub struct Config {
     pub audit: Audit,
     pub upstreams: Vec<Upstream>,
     pub routes: Vec<Route>,
+    /// The token endpoint's settings, when the `token_exchange` section is present.
+    pub token_exchange: Option<portcullis_tokenx::TokenExchangeSettings>,
     pub auth: AuthSettings,
+    pub authz: AuthzSettings,
 }
 
 #[derive(Debug)]
@@ -264,4 +268,5 @@ pub struct Route {
     pub ip_filter: IpRules,
     pub timeout: Option<Duration>,
     pub auth: RouteAuth,
+    pub authz: RouteAuthz,
 }

@@ -119,6 +119,10 @@ pub struct RequestCtx {
     /// Set by the authentication step when a credential was presented and refused: the
     /// precise reason (for audit and failure counting; never sent to the client).
     pub auth_failure: Option<&'static str>,
+    /// Set by the authorization step: what it decided and which rule decided it.
+    pub authz: Option<Box<crate::AuthzDecision>>,
+    /// Set by a step that needs the response body filtered (field masks).
+    pub response_filter: Option<crate::ResponseFilter>,
     /// Set when a step rejects: which step and why (for audit and metrics).
     pub rejected_by: Option<(StageId, RejectReason)>,
     /// Per-request data of later steps (principal, permit …), keyed by type.
@@ -140,6 +144,8 @@ impl RequestCtx {
             route: None,
             principal: None,
             auth_failure: None,
+            authz: None,
+            response_filter: None,
             body_limit: None,
             rejected_by: None,
             extensions: http::Extensions::new(),

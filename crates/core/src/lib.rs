@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+mod authz;
 mod body;
 mod ctx;
 mod errors;
@@ -26,6 +27,7 @@ mod secret;
 mod stage;
 pub mod units;
 
+pub use authz::{AuthzDecision, JsonFilter, ResponseFilter, RuleVerdict};
 pub use body::{BodyError, BoxBody, BoxError, GatewayRequest, RequestBody};
 pub use ctx::{RequestCtx, RequestId, RouteId, RouteMatch, Scheme, TlsInfo};
 pub use errors::{ConfigError, ConfigErrors};

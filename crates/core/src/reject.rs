@@ -44,6 +44,18 @@ pub enum RejectReason {
     /// were ever loaded from the issuer, the introspection endpoint or the key store is down
     /// and nothing is cached (503, fail closed).
     AuthUnavailable,
+    /// Authenticated, but not allowed: missing scope or role, a constraint (ownership, tenant)
+    /// not met, a policy denied, or the request's risk is too high (403).
+    Forbidden,
+    /// The caller must authenticate again, more strongly or more recently (401 with an
+    /// RFC 9470 `insufficient_user_authentication` challenge).
+    StepUpRequired,
+    /// An authorization policy could not be evaluated (external policy server down or slow,
+    /// a policy error) and the route fails closed (503).
+    AuthzUnavailable,
+    /// A response could not be filtered as the route requires (field masks on a body that is
+    /// not JSON, compressed, or too large): withheld rather than leaked (502).
+    ResponseFilterFailed,
 }
 
 impl RejectReason {
@@ -65,6 +77,10 @@ impl RejectReason {
         RejectReason::Internal,
         RejectReason::Unauthenticated,
         RejectReason::AuthUnavailable,
+        RejectReason::Forbidden,
+        RejectReason::StepUpRequired,
+        RejectReason::AuthzUnavailable,
+        RejectReason::ResponseFilterFailed,
     ];
 
     /// The stable machine-readable code.
@@ -86,6 +102,10 @@ impl RejectReason {
             RejectReason::Internal => "internal_error",
             RejectReason::Unauthenticated => "unauthenticated",
             RejectReason::AuthUnavailable => "auth_unavailable",
+            RejectReason::Forbidden => "forbidden",
+            RejectReason::StepUpRequired => "step_up_required",
+            RejectReason::AuthzUnavailable => "authz_unavailable",
+            RejectReason::ResponseFilterFailed => "response_filter_failed",
         }
     }
 
@@ -108,6 +128,10 @@ impl RejectReason {
             RejectReason::Internal => "urn:portcullis:problem:internal_error",
             RejectReason::Unauthenticated => "urn:portcullis:problem:unauthenticated",
             RejectReason::AuthUnavailable => "urn:portcullis:problem:auth_unavailable",
+            RejectReason::Forbidden => "urn:portcullis:problem:forbidden",
+            RejectReason::StepUpRequired => "urn:portcullis:problem:step_up_required",
+            RejectReason::AuthzUnavailable => "urn:portcullis:problem:authz_unavailable",
+            RejectReason::ResponseFilterFailed => "urn:portcullis:problem:response_filter_failed",
         }
     }
 
@@ -131,6 +155,10 @@ impl RejectReason {
             RejectReason::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             RejectReason::Unauthenticated => StatusCode::UNAUTHORIZED,
             RejectReason::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RejectReason::Forbidden => StatusCode::FORBIDDEN,
+            RejectReason::StepUpRequired => StatusCode::UNAUTHORIZED,
+            RejectReason::AuthzUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RejectReason::ResponseFilterFailed => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -153,6 +181,10 @@ impl RejectReason {
             RejectReason::Internal => "Internal gateway error",
             RejectReason::Unauthenticated => "Authentication required",
             RejectReason::AuthUnavailable => "Authentication unavailable",
+            RejectReason::Forbidden => "Forbidden",
+            RejectReason::StepUpRequired => "Stronger authentication required",
+            RejectReason::AuthzUnavailable => "Authorization unavailable",
+            RejectReason::ResponseFilterFailed => "Response could not be filtered",
         }
     }
 }

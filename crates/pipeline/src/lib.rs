@@ -21,6 +21,7 @@ pub mod router;
 use std::sync::Arc;
 
 use portcullis_authn::{AuthnStage, AuthnState, IdentityStage};
+use portcullis_authz::{AuthzStage, AuthzState};
 use portcullis_config::Config;
 use portcullis_core::{
     ConfigErrors, GatewayRequest, Rejection, RequestCtx, Stage, StageId, Verdict,
@@ -51,6 +52,9 @@ pub const ORDER: &[StageId] = &[
     BodyLimitStage::ID,
     // 6. who is calling, verified: JWT / introspection / API key / mTLS → principal.
     AuthnStage::ID,
+    // 7. what the caller may do: scopes (with the hierarchy), roles, resource policies,
+    // ownership and tenant, risk and step-up, Rego/OPA; default deny; field masks.
+    AuthzStage::ID,
     // 10. what the upstream sees: forged identity headers removed, verified identity (or a
     // gateway-signed token) added, the client's credential stripped.
     IdentityStage::ID,
@@ -59,6 +63,9 @@ pub const ORDER: &[StageId] = &[
 /// The built steps of one snapshot.
 pub struct Pipeline {
     stages: Vec<Box<dyn Stage>>,
+    /// The authenticator of this snapshot (also used by in-process endpoints such as token
+    /// exchange).
+    pub authn: Arc<portcullis_authn::Authn>,
 }
 
 impl Pipeline {
@@ -77,6 +84,12 @@ impl Pipeline {
                 e.push("auth", m);
                 e
             })?;
+        let failures = shared.authn.failures.clone();
+        let authz = shared.authz.build(
+            &config.authz,
+            routes.iter().map(|r| r.authz.clone()).collect(),
+            Arc::new(move |ip| failures.recent(ip)),
+        );
         let stages: Vec<Box<dyn Stage>> = vec![
             Box::new(HygieneStage),
             Box::new(NormalizeStage),
@@ -94,9 +107,10 @@ impl Pipeline {
                 config.server.limits.max_body_bytes,
             )),
             Box::new(AuthnStage::new(authn.clone())),
-            Box::new(IdentityStage::new(authn)),
+            Box::new(AuthzStage::new(authz)),
+            Box::new(IdentityStage::new(authn.clone())),
         ];
-        Ok(Pipeline { stages })
+        Ok(Pipeline { stages, authn })
     }
 
     pub fn ids(&self) -> Vec<StageId> {
@@ -126,6 +140,9 @@ pub struct Snapshot {
     pub pipeline: Pipeline,
     /// Whether the TCP peer is trusted to supply forwarding headers and request ids.
     pub trusted: ClientAddressStage,
+    /// The RFC 8693 token endpoint, when `token_exchange` is configured (served in process
+    /// by upstreams of `kind: token_exchange`, with `pipeline.authn` verifying tokens).
+    pub token_exchange: Option<Arc<portcullis_tokenx::TokenExchange>>,
 }
 
 impl Snapshot {
@@ -133,6 +150,10 @@ impl Snapshot {
         Ok(Snapshot {
             pipeline: Pipeline::build(&config, shared)?,
             trusted: ClientAddressStage::new(config.server.trusted_proxies.clone()),
+            token_exchange: config
+                .token_exchange
+                .clone()
+                .map(|t| Arc::new(portcullis_tokenx::TokenExchange::new(t))),
             config,
         })
     }
@@ -142,12 +163,14 @@ impl Snapshot {
 #[derive(Clone)]
 pub struct Shared {
     pub authn: Arc<AuthnState>,
+    pub authz: Arc<AuthzState>,
 }
 
 impl Shared {
     pub fn new() -> Shared {
         Shared {
             authn: AuthnState::new(),
+            authz: AuthzState::new(),
         }
     }
 }

@@ -509,24 +509,52 @@ fn reload(gw: &Gateway, path: Option<&Path>, why: &str) -> Result<(), ConfigErro
     result
 }
 
-/// Reloads when the file's content changes, once it has been stable for a moment (editors
-/// write in several steps).
+/// The files a running configuration is made of: the configuration file and the Rego
+/// modules and data it names (paths relative to the configuration file's folder).
+fn watched_files(gw: &Gateway, path: &Path) -> Vec<PathBuf> {
+    let rt = gw.runtime();
+    let rego = &rt.config().raw.authz.rego;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut files = vec![path.to_path_buf()];
+    files.extend(
+        rego.files
+            .iter()
+            .chain(rego.data_file.iter())
+            .map(|f| portcullis_core::resolve_path(base, f)),
+    );
+    files
+}
+
+async fn read_all(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        out.push(tokio::fs::read(f).await.ok());
+    }
+    out
+}
+
+/// Reloads when the configuration file's content — or that of a policy file it names —
+/// changes, once it has been stable for a moment (editors write in several steps).
 async fn watch_file(gw: Arc<Gateway>, path: PathBuf) {
-    let mut last = tokio::fs::read(&path).await.ok();
+    let files = watched_files(&gw, &path);
+    let mut last = (files.clone(), read_all(&files).await);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let now = tokio::fs::read(&path).await.ok();
-        if now.is_none() || now == last {
+        let files = watched_files(&gw, &path);
+        let now = read_all(&files).await;
+        if now.first().is_none_or(Option::is_none) || (&files, &now) == (&last.0, &last.1) {
             continue;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let settled = tokio::fs::read(&path).await.ok();
+        let settled = read_all(&files).await;
         if settled != now {
             continue; // still being written; look again next tick
         }
-        last = settled;
         let _ = reload(&gw, Some(&path), "file change");
+        // What the (possibly new) configuration is made of now.
+        let files = watched_files(&gw, &path);
+        last = (files.clone(), read_all(&files).await);
     }
 }
 

@@ -226,13 +226,15 @@ async fn every_example_starts_and_becomes_ready() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     let certs = dir.join("certs").canonicalize().unwrap();
     let keys = dir.join("keys").canonicalize().unwrap();
+    let policies = dir.join("policies").canonicalize().unwrap();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_none_or(|e| e != "yaml") {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
-        // Fixed demo ports become ephemeral ones; relative certificate and key paths absolute.
+        // Fixed demo ports become ephemeral ones; relative certificate, key and policy paths
+        // absolute.
         let mut yaml = String::new();
         for line in text.lines() {
             let l = match line.find("127.0.0.1:") {
@@ -243,7 +245,8 @@ async fn every_example_starts_and_becomes_ready() {
             };
             yaml.push_str(
                 &l.replace("certs/", &format!("{}/", certs.display()))
-                    .replace("keys/", &format!("{}/", keys.display())),
+                    .replace("keys/", &format!("{}/", keys.display()))
+                    .replace("policies/", &format!("{}/", policies.display())),
             );
             yaml.push('\n');
         }

@@ -162,8 +162,8 @@ auth:
     ed: {{ issuer: "{ISS}", jwks_file: ed.jwks.json, algorithms: [EdDSA], audiences: [orders-api], required_claims: [sub], leeway: 0s }}
     es: {{ issuer: "https://es.test", jwks_file: es.jwks.json, algorithms: [ES256], audiences: [orders-api] }}
 routes:
-  - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt] }} }}
-  - {{ name: keep, match: {{ prefix: /keep }}, upstream: app, auth: {{ methods: ["jwt:ed"], authorization: keep, identity_headers: false }} }}
+  - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ allow: any-authenticated }} }}
+  - {{ name: keep, match: {{ prefix: /keep }}, upstream: app, auth: {{ methods: ["jwt:ed"], authorization: keep, identity_headers: false }}, authz: {{ allow: any-authenticated }} }}
   - {{ name: open, match: {{ prefix: /open }}, upstream: app, auth: {{ anonymous: true }} }}
 "#,
         up = up.url()
@@ -495,7 +495,7 @@ auth:
   jwt:
     remote: {{ issuer: "{ISS}", jwks_url: "{jwks_url}", algorithms: [EdDSA, ES256], jwks_cache: {{ unknown_kid_cooldown: {cooldown}, fetch_timeout: 1s }} }}
 routes:
-  - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt] }} }}
+  - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ allow: any-authenticated }} }}
 "#,
         up = up.url()
     ))
@@ -628,8 +628,8 @@ auth:
       - {{ hash: "sha256:{off}", client_id: old, active: false }}
       - {{ hash: "sha256:{exp}", client_id: gone, expires: "2020-01-01T00:00:00Z" }}
 routes:
-  - {{ name: h, match: {{ prefix: /h }}, upstream: app, auth: {{ methods: [api_key] }} }}
-  - {{ name: q, match: {{ prefix: /q }}, upstream: app, auth: {{ methods: [api_key], api_key_query: api_key }} }}
+  - {{ name: h, match: {{ prefix: /h }}, upstream: app, auth: {{ methods: [api_key] }}, authz: {{ allow: any-authenticated }} }}
+  - {{ name: q, match: {{ prefix: /q }}, upstream: app, auth: {{ methods: [api_key], api_key_query: api_key }}, authz: {{ allow: any-authenticated }} }}
 "#,
         up = up.url(),
         off = sha256_hex("pk_inactive"),
@@ -736,7 +736,7 @@ auth:
   jwt: {{ ed: {{ issuer: "{ISS}", jwks_file: ed.jwks.json, algorithms: [EdDSA] }} }}
   internal_token: {{ issuer: gw.test, ttl: 30s }}
 routes:
-  - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [jwt], internal_token: {{ audience: orders-svc }} }} }}
+  - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [jwt], internal_token: {{ audience: orders-svc }} }}, authz: {{ allow: any-authenticated }} }}
 "#,
         up = up.url()
     );
@@ -785,8 +785,8 @@ async fn mtls_identities_with_spiffe_rules() {
 admin: {{ address: "127.0.0.1:0" }}
 upstreams: {{ app: {{ targets: ["{up}"] }} }}
 routes:
-  - {{ name: svc, match: {{ prefix: /svc }}, upstream: app, auth: {{ methods: [mtls], mtls: {{ trust_domains: [prod.test], spiffe_paths: ["/ns/*/sa/orders"] }} }} }}
-  - {{ name: any, match: {{ prefix: /any }}, upstream: app, auth: {{ methods: [mtls] }} }}
+  - {{ name: svc, match: {{ prefix: /svc }}, upstream: app, auth: {{ methods: [mtls], mtls: {{ trust_domains: [prod.test], spiffe_paths: ["/ns/*/sa/orders"] }} }}, authz: {{ allow: any-authenticated }} }}
+  - {{ name: any, match: {{ prefix: /any }}, upstream: app, auth: {{ methods: [mtls] }}, authz: {{ allow: any-authenticated }} }}
 "#,
         c = server.cert_path.display(),
         k = server.key_path.display(),
@@ -869,7 +869,7 @@ async fn required_mtls_refuses_the_handshake_without_a_certificate() {
 admin: {{ address: "127.0.0.1:0" }}
 upstreams: {{ demo: {{ kind: echo }} }}
 routes:
-  - {{ name: any, match: {{ prefix: / }}, upstream: demo, auth: {{ methods: [mtls] }} }}
+  - {{ name: any, match: {{ prefix: / }}, upstream: demo, auth: {{ methods: [mtls] }}, authz: {{ allow: any-authenticated }} }}
 "#,
         c = server.cert_path.display(),
         k = server.key_path.display(),
@@ -1014,7 +1014,7 @@ auth:
   introspection:
     as: {{ endpoint: "http://{addr}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 1s, cache_inactive: 30s }}
 routes:
-  - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [introspection] }} }}
+  - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [introspection] }}, authz: {{ allow: any-authenticated }} }}
 "#,
         up = up.url(),
         addr = is.addr

@@ -33,7 +33,7 @@ auth:
       issuer: "{iss}"
       cache_inactive: 1s
 routes:
-  - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt, introspection] }} }}
+  - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt, introspection] }}, authz: {{ allow: any-authenticated }} }}
 {extra_routes}"#,
         up = up.url(),
         iss = idp.issuer(),
@@ -234,7 +234,7 @@ auth:
   api_keys: {{ redis: true, cache_ttl: 30s }}
   revocation: {{ sync_interval: 200ms }}
 routes:
-  - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [api_key] }} }}
+  - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [api_key] }}, authz: {{ allow: any-authenticated }} }}
 "#,
         up = up.url(),
         url = redis.url()

@@ -38,33 +38,7 @@ async fn respond_inner(
     body: BoxBody,
     limit: u64,
 ) -> Result<Response<BoxBody>, Rejection> {
-    let mut body = body;
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) if e.is::<crate::body::BodyLimitExceeded>() => return Err(too_large(limit)),
-            Err(e) if e.is::<crate::body::BodyTooSlow>() => {
-                return Err(Rejection::new(
-                    RejectReason::BodyTimeout,
-                    "the request body arrived too slowly",
-                ));
-            }
-            Err(_) => {
-                return Err(Rejection::new(
-                    RejectReason::BodyReadFailed,
-                    "the request body could not be read",
-                ));
-            }
-        };
-        if let Ok(data) = frame.into_data() {
-            if limit_tripped(buf.len() + data.len(), limit) {
-                return Err(too_large(limit));
-            }
-            buf.extend_from_slice(&data);
-        }
-    }
-    let bytes = buf.freeze();
+    let bytes = read_body(body, limit).await?;
     let mut headers = Map::new();
     for name in head.headers.keys() {
         let values: Vec<Value> = head
@@ -101,4 +75,35 @@ async fn respond_inner(
         HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+/// Reads a request body whole, up to `limit` (in-process upstreams: echo, token exchange).
+pub(crate) async fn read_body(body: BoxBody, limit: u64) -> Result<bytes::Bytes, Rejection> {
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) if e.is::<crate::body::BodyLimitExceeded>() => return Err(too_large(limit)),
+            Err(e) if e.is::<crate::body::BodyTooSlow>() => {
+                return Err(Rejection::new(
+                    RejectReason::BodyTimeout,
+                    "the request body arrived too slowly",
+                ));
+            }
+            Err(_) => {
+                return Err(Rejection::new(
+                    RejectReason::BodyReadFailed,
+                    "the request body could not be read",
+                ));
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            if limit_tripped(buf.len() + data.len(), limit) {
+                return Err(too_large(limit));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
 }

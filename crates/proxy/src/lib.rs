@@ -20,6 +20,7 @@ pub mod body;
 pub mod echo;
 pub mod headers;
 pub mod problem;
+pub mod respfilter;
 pub mod runtime;
 pub mod server;
 pub mod service;

@@ -11,7 +11,7 @@ use crate::upstream::{HealthChecks, UpstreamPool};
 
 pub struct Runtime {
     pub snapshot: Snapshot,
-    /// Indexed like `config.upstreams`; `None` for in-process (echo) upstreams.
+    /// Indexed like `config.upstreams`; `None` for in-process (echo, token exchange) upstreams.
     pub pools: Vec<Option<Arc<UpstreamPool>>>,
     _health: Vec<HealthChecks>,
 }
@@ -28,7 +28,7 @@ impl Runtime {
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
             match u.kind {
-                UpstreamKind::Echo => pools.push(None),
+                UpstreamKind::Echo | UpstreamKind::TokenExchange => pools.push(None),
                 UpstreamKind::Proxy => match UpstreamPool::new(u) {
                     Ok(p) => pools.push(Some(p)),
                     Err(e) => {

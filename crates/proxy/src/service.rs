@@ -317,6 +317,18 @@ impl Gateway {
                 seen.target = Some(Arc::from("echo"));
                 crate::echo::respond(head, body, limit).await?
             }
+            UpstreamKind::TokenExchange => {
+                seen.target = Some(Arc::from("token_exchange"));
+                let Some(tx) = rt.snapshot.token_exchange.clone() else {
+                    return Err(Rejection::new(
+                        RejectReason::Internal,
+                        "the token endpoint is not configured",
+                    ));
+                };
+                let bytes = crate::echo::read_body(body, limit).await?;
+                let authn = rt.snapshot.pipeline.authn.clone();
+                tx.handle(&head, &bytes, ctx, &authn).await.map(full_body)
+            }
             UpstreamKind::Proxy => {
                 let Some(pool) = rt.pools.get(route.upstream).and_then(Option::as_ref) else {
                     return Err(Rejection::new(
@@ -392,6 +404,29 @@ impl Gateway {
             strip_hop_by_hop(resp.headers_mut(), false);
         }
         route.response_headers.apply(resp.headers_mut());
+        if let Some(filter) = &ctx.response_filter
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            // The body is buffered before anything reaches the client, so its read is bounded
+            // like the wait for the head.
+            let wait = route.timeout.unwrap_or(upstream.request_timeout);
+            resp = tokio::time::timeout(
+                wait,
+                crate::respfilter::filter_response(resp, filter, &seen.method),
+            )
+            .await
+            .map_err(|_| {
+                Rejection::new(
+                    RejectReason::UpstreamTimeout,
+                    "the upstream response body did not arrive in time",
+                )
+            })??;
+            // What this caller may see is not what the next one may: no shared cache may keep
+            // it for anyone else.
+            let h = resp.headers_mut();
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+            h.append(header::VARY, HeaderValue::from_static("authorization"));
+        }
         Ok(resp)
     }
 
@@ -403,6 +438,22 @@ impl Gateway {
             .observe_request(route.unwrap_or(""), status.as_u16(), latency);
         if let Some(f) = ctx.auth_failure {
             self.metrics.auth_failure(f);
+        }
+        if let Some(d) = ctx.authz.as_deref() {
+            if let Some(v) = &d.decided_by {
+                self.metrics
+                    .authz_decision(&v.rule, if d.allowed { "allow" } else { "deny" });
+            }
+            for v in &d.shadow {
+                self.metrics.authz_decision(
+                    &v.rule,
+                    if v.allowed {
+                        "shadow_allow"
+                    } else {
+                        "shadow_deny"
+                    },
+                );
+            }
         }
         let (stage, reason) = match ctx.rejected_by {
             Some((s, r)) => {
@@ -451,6 +502,29 @@ impl Gateway {
                 credential_id: p.credential_id.clone(),
             }),
             auth_failure: ctx.auth_failure.map(str::to_string),
+            authz: ctx.authz.as_deref().map(|d| {
+                let (rule, reason) = d
+                    .decided_by
+                    .as_ref()
+                    .map(|v| (v.rule.clone(), v.reason.clone()))
+                    .unwrap_or_default();
+                portcullis_audit::AuthzAudit {
+                    allowed: d.allowed,
+                    rule,
+                    reason,
+                    shadow: d
+                        .shadow
+                        .iter()
+                        .map(|v| portcullis_audit::RuleAudit {
+                            rule: v.rule.clone(),
+                            allowed: v.allowed,
+                            reason: v.reason.clone(),
+                        })
+                        .collect(),
+                    risk: d.risk,
+                    risk_signals: d.risk_signals.clone(),
+                }
+            }),
         });
     }
 }

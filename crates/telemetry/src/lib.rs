@@ -83,6 +83,12 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthzLabels {
+    rule: Arc<str>,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct IssuerLabels {
     issuer: Arc<str>,
 }
@@ -141,6 +147,7 @@ pub struct Metrics {
     config_last_reload_success: Gauge,
     audit_dropped: Counter,
     auth_failures: Family<ReasonLabels, Counter>,
+    authz_decisions: Family<AuthzLabels, Counter>,
     jwks_keys: Family<IssuerLabels, Gauge>,
     jwks_last_success: Family<IssuerLabels, Gauge>,
     jwks_fetch_failures: Family<IssuerLabels, Gauge>,
@@ -225,6 +232,13 @@ impl Metrics {
             "Credentials refused, by precise reason (never sent to clients)",
             auth_failures.clone(),
         );
+        let authz_decisions = Family::<AuthzLabels, Counter>::default();
+        registry.register(
+            "portcullis_authz_decisions",
+            "Authorization verdicts: denials by the rule that decided (`allow` for permits), and \
+             every shadow rule's verdict (decision `shadow_allow` / `shadow_deny`)",
+            authz_decisions.clone(),
+        );
         let jwks_keys = Family::<IssuerLabels, Gauge>::default();
         registry.register(
             "portcullis_jwks_keys",
@@ -246,6 +260,7 @@ impl Metrics {
         Arc::new(Metrics {
             registry,
             auth_failures,
+            authz_decisions,
             jwks_keys,
             jwks_last_success,
             jwks_fetch_failures,
@@ -343,6 +358,16 @@ impl Metrics {
             reason: self.interner.get(reason),
         };
         self.auth_failures.get_or_create(&labels).inc();
+    }
+
+    /// One authorization verdict: `rule` as recorded in audit (`allow` for a permit);
+    /// `decision` one of `allow`, `deny`, `shadow_allow`, `shadow_deny`.
+    pub fn authz_decision(&self, rule: &str, decision: &'static str) {
+        let labels = AuthzLabels {
+            rule: self.interner.get(rule),
+            decision,
+        };
+        self.authz_decisions.get_or_create(&labels).inc();
     }
 
     /// The key state of one JWT issuer.

@@ -15,6 +15,7 @@
 pub mod client;
 pub mod gateway;
 pub mod idp;
+pub mod mmdb;
 pub mod pki;
 pub mod redis_server;
 pub mod upstream;

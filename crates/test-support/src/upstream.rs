@@ -160,6 +160,25 @@ fn headers_json(h: &HeaderMap) -> serde_json::Value {
     m.into()
 }
 
+/// What `/doc` answers: an order with customer data, line items and internal fields.
+pub fn sample_document() -> serde_json::Value {
+    serde_json::json!({
+        "id": "o-7",
+        "status": "shipped",
+        "owner": "alice",
+        "internal_margin": 0.31,
+        "customer": {
+            "name": "Alice",
+            "email": "alice@example.com",
+            "address": {"city": "Berlin", "street": "Unter den Linden 1"}
+        },
+        "items": [
+            {"sku": "A-1", "qty": 2, "price": 10.5, "cost": 6.1},
+            {"sku": "B-2", "qty": 1, "price": 99.0, "cost": 70.2}
+        ]
+    })
+}
+
 async fn answer(
     label: Arc<str>,
     state: Arc<State>,
@@ -200,6 +219,25 @@ async fn answer(
         }
         ["delay", ms] => tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await,
         ["headers", name, value] => extra.push((name.to_string(), value.to_string())),
+        // A fixed business document with nested objects and arrays (for field masks).
+        ["doc", ..] => {
+            let mut resp = Response::new(full(serde_json::to_vec(&sample_document()).unwrap()));
+            let h = resp.headers_mut();
+            h.insert(
+                "content-type",
+                "application/json; charset=utf-8".parse().unwrap(),
+            );
+            h.insert("etag", "\"v1\"".parse().unwrap());
+            h.insert("x-upstream", label.parse().unwrap());
+            return Ok(resp);
+        }
+        // The same document mislabelled as text.
+        ["plain", ..] => {
+            let mut resp = Response::new(full(serde_json::to_vec(&sample_document()).unwrap()));
+            resp.headers_mut()
+                .insert("content-type", "text/plain".parse().unwrap());
+            return Ok(resp);
+        }
         ["stream", n] => {
             let n: usize = n.parse().unwrap_or(1);
             let chunks = futures_util::stream::unfold(0usize, move |i| async move {

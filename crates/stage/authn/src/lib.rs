@@ -28,7 +28,7 @@ pub mod apikey;
 pub mod cache;
 pub mod config;
 pub mod failures;
-pub mod fetch;
+pub use portcullis_fetch as fetch;
 pub mod identity;
 pub mod introspect;
 pub mod jwks;

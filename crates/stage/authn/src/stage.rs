@@ -472,6 +472,31 @@ impl Authn {
         Err(last)
     }
 
+    /// Verifies a token presented outside the `Authorization` header (e.g. the subject token
+    /// of a token exchange) exactly as the authentication step would — cache, signature,
+    /// claims, introspection, revocation — restricted to the given issuers (indexes into
+    /// [`AuthSettings::jwt`]) and introspection endpoints (into
+    /// [`AuthSettings::introspection`]). A token with two dots is a JWT when issuers are
+    /// given; anything else is introspected. Waits for keys (one refetch) when needed.
+    pub async fn verify_token(
+        &self,
+        token: &str,
+        jwt_issuers: &[usize],
+        introspection: &[usize],
+    ) -> Result<Arc<Principal>, Fail> {
+        let r = if looks_like_jwt(token) && !jwt_issuers.is_empty() {
+            self.jwt(token, jwt_issuers).await
+        } else if !introspection.is_empty() {
+            self.introspect(token, introspection).await
+        } else {
+            Err(Fail::Invalid("malformed"))
+        };
+        match r {
+            Ok(p) if self.revoked(&p) => Err(Fail::Invalid("revoked")),
+            r => r,
+        }
+    }
+
     /// Fast path: the first presented credential settles it without waiting.
     fn now(&self, route: &RouteAuth, creds: &Creds, ctx: &RequestCtx) -> Option<Arc<Principal>> {
         for m in &route.methods {

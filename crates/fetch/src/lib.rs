@@ -1,5 +1,18 @@
-//! A small HTTP client for what authentication fetches: discovery documents, key sets and
-//! introspection answers. Every call is bounded in time and in body size.
+//! # portcullis-fetch
+//!
+//! A small HTTP client for what the security steps fetch from other services: discovery
+//! documents, key sets and introspection answers (authentication), decisions of an external
+//! policy engine (authorization).
+//!
+//! * **Takes**: a URL (http or https), an optional CA bundle to trust instead of the system
+//!   roots, a time limit per call.
+//! * **Produces**: the status, headers and body of the answer.
+//! * **Refuses**: an answer not complete within the time limit (connection, request and the
+//!   whole body), a body larger than 1 MiB.
+//!
+//! One [`Fetcher`] per trust configuration; it pools connections and is cheap to clone.
+
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 
@@ -112,6 +125,28 @@ impl Fetcher {
             .map_err(|e| format!("bad URL {url}: {e}"))?;
         self.send(req, timeout).await
     }
+
+    /// POST of a JSON `body` with `Content-Type` and `Accept: application/json`, plus `headers`
+    /// (e.g. an `Authorization` the service asks for).
+    pub async fn post_json(
+        &self,
+        url: &str,
+        body: Bytes,
+        headers: &[(http::HeaderName, http::HeaderValue)],
+        timeout: Duration,
+    ) -> Result<Fetched, String> {
+        let mut builder = Request::post(url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json")
+            .header(http::header::USER_AGENT, "portcullis");
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        let req = builder
+            .body(Full::new(body))
+            .map_err(|e| format!("bad URL {url}: {e}"))?;
+        self.send(req, timeout).await
+    }
 }
 
 /// `max-age` of a `Cache-Control` header (`no-store`/`no-cache` count as 0).
@@ -149,5 +184,32 @@ mod tests {
         assert_eq!(max_age(&h), Some(Duration::from_secs(600)));
         h.insert(http::header::CACHE_CONTROL, "no-store".parse().unwrap());
         assert_eq!(max_age(&h), Some(Duration::ZERO));
+    }
+
+    #[tokio::test]
+    async fn post_json_to_a_closed_port_or_a_bad_url_fails() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let fetcher = Fetcher::new(None).unwrap();
+        let url = format!("http://127.0.0.1:{port}/v1/data/x");
+        let e = fetcher
+            .post_json(&url, Bytes::from_static(b"{}"), &[], Duration::from_secs(5))
+            .await
+            .err()
+            .unwrap();
+        assert!(e.contains("request failed"), "{e}");
+        let e = fetcher
+            .post_json(
+                "http://bad host/",
+                Bytes::new(),
+                &[],
+                Duration::from_secs(5),
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(e.contains("bad URL"), "{e}");
     }
 }

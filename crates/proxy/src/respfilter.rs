@@ -1,0 +1,649 @@
+//! The response filter: runs a step's [`ResponseFilter`] (a field mask) on the upstream's
+//! answer before it reaches the client.
+//!
+//! * **Takes**: the upstream response (head already cleaned of hop-by-hop fields and with the
+//!   route's response header rules applied), the filter the authorization step put in the
+//!   request context, and the request method.
+//! * **Produces**: the same response with its JSON body parsed, filtered and re-serialized.
+//! * **Rejects** (fail closed — a body that cannot be filtered is withheld, never passed on
+//!   unfiltered): `response_filter_failed` (502) or, when the upstream body fails mid-read,
+//!   `upstream_error` (502).
+//!
+//! Rules, in order:
+//!
+//! 1. A response to `HEAD`, and a `1xx`, `204` or `304` response, has no body: it passes
+//!    unchanged.
+//! 2. `Content-Encoding` other than `identity` is refused (a compressed body cannot be read
+//!    here). The authorization step removes `Accept-Encoding` from the upstream request when a
+//!    mask applies, so a well-behaved upstream answers uncompressed.
+//! 3. `206 Partial Content`, or any response with `Content-Range`, is refused: a fragment of a
+//!    JSON document cannot be filtered.
+//! 4. A body whose one `Content-Type` is `application/json` or `application/*+json`
+//!    (case-insensitive, parameters such as `charset` allowed; this includes
+//!    `application/problem+json` error bodies) is read whole, up to the filter's `max_bytes`
+//!    (reading stops as soon as the limit is passed: refused as larger than the limit), parsed
+//!    (invalid JSON, or nesting deeper than 128, is refused), filtered and re-serialized.
+//!    An empty body stays empty.
+//!    The response then carries the new `Content-Length`, and loses the fields that described
+//!    the upstream's bytes: `ETag`, `Content-MD5`, `Digest`, `Content-Digest`, `Repr-Digest`,
+//!    `Accept-Ranges`, `Transfer-Encoding` and `Trailer`. Trailers are dropped.
+//! 5. Any other body — another content type, a missing one, or several `Content-Type` fields —
+//!    is refused unless it is empty (an upstream that mislabels JSON would otherwise leak it).
+//!    An empty body passes, with `Content-Length: 0` and no trailers.
+//! 6. An upstream body that fails while being read is an `upstream_error`.
+//!
+//! Re-serialization is canonical JSON: insignificant whitespace goes, object keys come out
+//! sorted, and numbers go through `f64` unless they are integers that fit 64 bits.
+//!
+//! At most `max_bytes` plus one frame of the upstream body is held in memory. The caller bounds
+//! how long the read may take.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use portcullis_core::{BoxBody, RejectReason, Rejection, ResponseFilter};
+
+use crate::problem::full_body;
+
+/// Header fields that describe the upstream's bytes, not the filtered ones.
+const STALE_FIELDS: [&str; 8] = [
+    "etag",
+    "content-md5",
+    "digest",
+    "content-digest",
+    "repr-digest",
+    "accept-ranges",
+    "transfer-encoding",
+    "trailer",
+];
+
+/// Applies `filter` to an upstream response. Fail closed: a body that cannot be filtered is
+/// withheld, never passed on unfiltered. See the module documentation for the rules.
+pub async fn filter_response(
+    resp: Response<BoxBody>,
+    filter: &ResponseFilter,
+    request_method: &Method,
+) -> Result<Response<BoxBody>, Rejection> {
+    let status = resp.status();
+    if request_method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(resp);
+    }
+    if is_encoded(resp.headers()) {
+        return Err(refuse(
+            "the upstream response is compressed (Content-Encoding) and cannot be filtered",
+        ));
+    }
+    if status == StatusCode::PARTIAL_CONTENT || resp.headers().contains_key(header::CONTENT_RANGE) {
+        return Err(refuse(
+            "the upstream response is partial (206 or Content-Range) and cannot be filtered",
+        ));
+    }
+
+    let json = is_json(resp.headers());
+    let (mut parts, body) = resp.into_parts();
+    if !json {
+        return if body_is_empty(body).await? {
+            remove_stale(&mut parts.headers);
+            set_length(&mut parts.headers, 0);
+            Ok(Response::from_parts(parts, full_body(Bytes::new())))
+        } else {
+            Err(refuse(
+                "the upstream response is not JSON (by its Content-Type) and cannot be filtered",
+            ))
+        };
+    }
+
+    let bytes = read_limited(body, filter.max_bytes).await?;
+    let out = if bytes.is_empty() {
+        bytes
+    } else {
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
+            refuse("the upstream response is not valid JSON and cannot be filtered")
+        })?;
+        drop(bytes);
+        filter.json.apply(&mut value);
+        serde_json::to_vec(&value)
+            .map(Bytes::from)
+            .map_err(|_| refuse("the filtered response could not be serialized"))?
+    };
+    remove_stale(&mut parts.headers);
+    set_length(&mut parts.headers, out.len());
+    Ok(Response::from_parts(parts, full_body(out)))
+}
+
+fn refuse(detail: &'static str) -> Rejection {
+    Rejection::new(RejectReason::ResponseFilterFailed, detail)
+}
+
+fn read_failed() -> Rejection {
+    Rejection::new(
+        RejectReason::UpstreamError,
+        "the upstream response body could not be read",
+    )
+}
+
+/// Whether any `Content-Encoding` coding is other than `identity` (an unreadable field value
+/// counts as a coding).
+fn is_encoded(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONTENT_ENCODING).iter().any(|v| {
+        v.to_str().map_or(true, |s| {
+            s.split(',')
+                .map(str::trim)
+                .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"))
+        })
+    })
+}
+
+/// Whether the response has exactly one `Content-Type` and it is `application/json` or
+/// `application/*+json`, with any parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(s) = value.to_str() else {
+        return false;
+    };
+    let essence = s.split_once(';').map_or(s, |(e, _)| e).trim();
+    let Some((ty, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    if !ty.eq_ignore_ascii_case("application") {
+        return false;
+    }
+    if sub.eq_ignore_ascii_case("json") {
+        return true;
+    }
+    // `+json` after a non-empty, token-only name (no spaces or another `/`).
+    sub.len() > "+json".len()
+        && sub
+            .get(sub.len() - "+json".len()..)
+            .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"))
+        && sub
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+}
+
+/// Reads a body up to its end, refusing it as soon as it holds more than `max` bytes. Trailers
+/// are read and dropped.
+async fn read_limited(mut body: BoxBody, max: u64) -> Result<Bytes, Rejection> {
+    let too_large = || {
+        Rejection::new(
+            RejectReason::ResponseFilterFailed,
+            format!("the upstream response is larger than {max} bytes and cannot be filtered"),
+        )
+    };
+    if body.size_hint().lower() > max {
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| read_failed())?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() as u64).saturating_add(data.len() as u64) > max {
+                return Err(too_large());
+            }
+            if buf.is_empty() && body.is_end_stream() {
+                // A body in one frame is kept without copying.
+                return Ok(data);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads a body that is not to be passed on, to learn whether it holds any data. Stops at the
+/// first data byte.
+async fn body_is_empty(mut body: BoxBody) -> Result<bool, Rejection> {
+    if body.is_end_stream() {
+        return Ok(true);
+    }
+    if body.size_hint().lower() > 0 {
+        return Ok(false);
+    }
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| read_failed())?;
+        if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn remove_stale(headers: &mut HeaderMap) {
+    for name in STALE_FIELDS {
+        headers.remove(HeaderName::from_static(name));
+    }
+}
+
+fn set_length(headers: &mut HeaderMap, len: usize) {
+    headers.insert(header::CONTENT_LENGTH, http::HeaderValue::from(len));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures_util::stream;
+    use http::HeaderValue;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+    use portcullis_core::{BoxError, JsonFilter};
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// Keeps only the listed top-level keys (the real mask lives in portcullis-authz, which
+    /// this crate does not depend on).
+    #[derive(Debug)]
+    struct Keep(&'static [&'static str]);
+
+    impl JsonFilter for Keep {
+        fn apply(&self, value: &mut Value) {
+            match value {
+                Value::Object(map) => map.retain(|k, _| self.0.contains(&k.as_str())),
+                Value::Array(items) => items.iter_mut().for_each(|v| self.apply(v)),
+                _ => {}
+            }
+        }
+    }
+
+    fn filter(max_bytes: u64) -> ResponseFilter {
+        ResponseFilter {
+            json: Arc::new(Keep(&["id", "status", "type"])),
+            max_bytes,
+        }
+    }
+
+    /// A body streamed in the given frames (an `Err` frame fails the read), with no size hint.
+    fn frames(chunks: Vec<Result<Frame<Bytes>, BoxError>>) -> BoxBody {
+        StreamBody::new(stream::iter(chunks)).boxed_unsync()
+    }
+
+    /// A body streamed as several data frames.
+    fn chunked(parts: &[&str]) -> BoxBody {
+        frames(
+            parts
+                .iter()
+                .map(|p| Ok(Frame::data(Bytes::copy_from_slice(p.as_bytes()))))
+                .collect(),
+        )
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)], body: BoxBody) -> Response<BoxBody> {
+        let mut resp = Response::new(body);
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        for (k, v) in headers {
+            resp.headers_mut().append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap_or(header::WARNING),
+                HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("x")),
+            );
+        }
+        resp
+    }
+
+    async fn run(resp: Response<BoxBody>, max: u64) -> Result<Response<BoxBody>, Rejection> {
+        filter_response(resp, &filter(max), &Method::GET).await
+    }
+
+    async fn body_of(resp: Response<BoxBody>) -> (http::response::Parts, Bytes) {
+        let (parts, body) = resp.into_parts();
+        match body.collect().await {
+            Ok(c) => (parts, c.to_bytes()),
+            Err(e) => panic!("body: {e}"),
+        }
+    }
+
+    fn expect_ok(r: Result<Response<BoxBody>, Rejection>) -> Response<BoxBody> {
+        match r {
+            Ok(r) => r,
+            Err(e) => panic!("unexpected rejection: {e:?}"),
+        }
+    }
+
+    fn expect_err(r: Result<Response<BoxBody>, Rejection>, reason: RejectReason) -> Rejection {
+        match r {
+            Ok(r) => panic!("expected {reason:?}, got {:?}", r.status()),
+            Err(e) => {
+                assert_eq!(e.reason, reason, "{e:?}");
+                e
+            }
+        }
+    }
+
+    fn length(parts: &http::response::Parts) -> Option<usize> {
+        parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    }
+
+    const JSON: (&str, &str) = ("content-type", "application/json");
+    const SECRET: &str = r#"{"id":7,"secret":"s3cr3t","nested":{"id":1}}"#;
+
+    #[tokio::test]
+    async fn respfilter_masks_json_streamed_in_frames() {
+        let body = chunked(&[
+            r#"{"id":7,"sec"#,
+            r#"ret":"s3cr3t","#,
+            r#""nested":{"id":1}}"#,
+        ]);
+        let resp = response(
+            200,
+            &[
+                JSON,
+                ("etag", "\"abc\""),
+                ("content-md5", "x"),
+                ("digest", "sha-256=x"),
+                ("content-digest", "sha-256=:x:"),
+                ("repr-digest", "sha-256=:x:"),
+                ("transfer-encoding", "chunked"),
+                ("accept-ranges", "bytes"),
+                ("cache-control", "private"),
+            ],
+            body,
+        );
+        let (parts, bytes) = body_of(expect_ok(run(resp, 1024).await)).await;
+        assert_eq!(parts.status, StatusCode::OK);
+        assert_eq!(&bytes[..], br#"{"id":7}"#);
+        assert_eq!(length(&parts), Some(bytes.len()));
+        for gone in [
+            "etag",
+            "content-md5",
+            "digest",
+            "content-digest",
+            "repr-digest",
+            "transfer-encoding",
+            "accept-ranges",
+        ] {
+            assert!(!parts.headers.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(parts.headers["cache-control"], "private");
+        assert_eq!(parts.headers["content-type"], "application/json");
+    }
+
+    #[tokio::test]
+    async fn respfilter_replaces_a_stale_content_length() {
+        let resp = response(
+            200,
+            &[JSON, ("content-length", &SECRET.len().to_string())],
+            chunked(&[SECRET]),
+        );
+        let (parts, bytes) = body_of(expect_ok(run(resp, 1024).await)).await;
+        assert_eq!(&bytes[..], br#"{"id":7}"#);
+        assert_eq!(length(&parts), Some(8));
+        assert_eq!(
+            parts.headers.get_all(header::CONTENT_LENGTH).iter().count(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn respfilter_filters_problem_json_error_bodies() {
+        let body =
+            r#"{"type":"about:blank","status":404,"detail":"order 7 of alice@example.com","id":7}"#;
+        let resp = response(
+            404,
+            &[("content-type", "application/problem+json")],
+            chunked(&[body]),
+        );
+        let (parts, bytes) = body_of(expect_ok(run(resp, 1024).await)).await;
+        assert_eq!(parts.status, StatusCode::NOT_FOUND);
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        assert_eq!(v, json!({"type": "about:blank", "status": 404, "id": 7}));
+        assert_eq!(length(&parts), Some(bytes.len()));
+    }
+
+    #[tokio::test]
+    async fn respfilter_json_media_types() {
+        for ct in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON;charset=UTF-8",
+            "application/vnd.api+json",
+            "application/hal+JSON ; profile=x",
+            "application/merge-patch+json",
+        ] {
+            let resp = response(200, &[("content-type", ct)], chunked(&[SECRET]));
+            let (_, bytes) = body_of(expect_ok(run(resp, 1024).await)).await;
+            assert_eq!(&bytes[..], br#"{"id":7}"#, "{ct}");
+        }
+    }
+
+    #[tokio::test]
+    async fn respfilter_refuses_other_content_types_with_a_body() {
+        for ct in [
+            Some("text/plain"),
+            Some("text/json"),
+            Some("application/jsonp"),
+            Some("application/x-json-stream"),
+            Some("application/+json"),
+            Some("application/json+xml"),
+            Some("application/octet-stream"),
+            Some("application"),
+            Some(""),
+            None,
+        ] {
+            let headers: Vec<(&str, &str)> = ct.iter().map(|c| ("content-type", *c)).collect();
+            let resp = response(200, &headers, chunked(&[SECRET]));
+            let e = expect_err(run(resp, 1024).await, RejectReason::ResponseFilterFailed);
+            assert!(e.detail.contains("not JSON"), "{ct:?}: {}", e.detail);
+        }
+    }
+
+    #[tokio::test]
+    async fn respfilter_refuses_two_content_types() {
+        let resp = response(
+            200,
+            &[JSON, ("content-type", "text/html")],
+            chunked(&[SECRET]),
+        );
+        expect_err(run(resp, 1024).await, RejectReason::ResponseFilterFailed);
+    }
+
+    #[tokio::test]
+    async fn respfilter_lets_empty_non_json_bodies_through() {
+        // An empty body with no size hint, and one announced as empty.
+        for (headers, body) in [
+            (vec![("location", "/x")], chunked(&[])),
+            (vec![("content-type", "text/plain")], chunked(&["", ""])),
+            (vec![], full_body(Bytes::new())),
+        ] {
+            let resp = response(302, &headers, body);
+            let (parts, bytes) = body_of(expect_ok(run(resp, 1024).await)).await;
+            assert_eq!(parts.status, StatusCode::FOUND);
+            assert!(bytes.is_empty());
+            assert_eq!(length(&parts), Some(0));
+        }
+    }
+
+    #[tokio::test]
+    async fn respfilter_empty_json_body_stays_empty() {
+        let resp = response(200, &[JSON], chunked(&[]));
+        let (parts, bytes) = body_of(expect_ok(run(resp, 1024).await)).await;
+        assert!(bytes.is_empty());
+        assert_eq!(length(&parts), Some(0));
+    }
+
+    #[tokio::test]
+    async fn respfilter_bodyless_responses_pass_unchanged() {
+        // HEAD: the body is not read (reading it would fail the test).
+        let failing = || frames(vec![Err("must not be read".into())]);
+        let resp = response(
+            200,
+            &[("content-type", "text/html"), ("etag", "\"e\"")],
+            failing(),
+        );
+        let out = expect_ok(filter_response(resp, &filter(8), &Method::HEAD).await);
+        assert_eq!(out.headers()["etag"], "\"e\"");
+        for status in [204, 304, 100, 103] {
+            let resp = response(
+                status,
+                &[("content-encoding", "gzip"), ("etag", "\"e\"")],
+                failing(),
+            );
+            let out = expect_ok(run(resp, 8).await);
+            assert_eq!(out.status().as_u16(), status);
+            assert_eq!(out.headers()["etag"], "\"e\"");
+        }
+    }
+
+    #[tokio::test]
+    async fn respfilter_refuses_compressed_bodies() {
+        for ce in ["gzip", "br", "identity, gzip", "x-custom"] {
+            let resp = response(200, &[JSON, ("content-encoding", ce)], chunked(&[SECRET]));
+            let e = expect_err(run(resp, 1024).await, RejectReason::ResponseFilterFailed);
+            assert!(e.detail.contains("compressed"), "{ce}: {}", e.detail);
+        }
+        // Even when the body is empty or not JSON.
+        let resp = response(200, &[("content-encoding", "gzip")], chunked(&[]));
+        expect_err(run(resp, 1024).await, RejectReason::ResponseFilterFailed);
+        // `identity` is no coding at all.
+        for ce in ["identity", "IDENTITY", " identity , identity"] {
+            let resp = response(200, &[JSON, ("content-encoding", ce)], chunked(&[SECRET]));
+            let (_, bytes) = body_of(expect_ok(run(resp, 1024).await)).await;
+            assert_eq!(&bytes[..], br#"{"id":7}"#);
+        }
+    }
+
+    #[tokio::test]
+    async fn respfilter_refuses_partial_content() {
+        let resp = response(206, &[JSON], chunked(&[SECRET]));
+        let e = expect_err(run(resp, 1024).await, RejectReason::ResponseFilterFailed);
+        assert!(e.detail.contains("partial"));
+        let resp = response(
+            200,
+            &[JSON, ("content-range", "bytes 0-9/100")],
+            chunked(&[SECRET]),
+        );
+        expect_err(run(resp, 1024).await, RejectReason::ResponseFilterFailed);
+    }
+
+    #[tokio::test]
+    async fn respfilter_body_exactly_at_the_limit_passes() {
+        let max = SECRET.len() as u64;
+        let (a, b) = SECRET.split_at(10);
+        let resp = response(200, &[JSON], chunked(&[a, b]));
+        let (_, bytes) = body_of(expect_ok(run(resp, max).await)).await;
+        assert_eq!(&bytes[..], br#"{"id":7}"#);
+    }
+
+    #[tokio::test]
+    async fn respfilter_one_byte_over_the_limit_fails() {
+        let max = SECRET.len() as u64 - 1;
+        let (a, b) = SECRET.split_at(10);
+        let resp = response(200, &[JSON], chunked(&[a, b]));
+        let e = expect_err(run(resp, max).await, RejectReason::ResponseFilterFailed);
+        assert!(
+            e.detail.contains(&format!("larger than {max} bytes")),
+            "{}",
+            e.detail
+        );
+        // Announced by a size hint: refused before anything is read.
+        let resp = response(200, &[JSON], full_body(SECRET));
+        expect_err(run(resp, max).await, RejectReason::ResponseFilterFailed);
+    }
+
+    #[tokio::test]
+    async fn respfilter_stops_reading_once_over_the_limit() {
+        // The frame after the one that passes the limit would fail the read: it is never
+        // polled, so the answer is "too large", not an upstream error.
+        let body = frames(vec![
+            Ok(Frame::data(Bytes::from_static(b"[1,2,3,"))),
+            Ok(Frame::data(Bytes::from_static(b"4,5,6,"))),
+            Err("read past the limit".into()),
+        ]);
+        let resp = response(200, &[JSON], body);
+        let e = expect_err(run(resp, 10).await, RejectReason::ResponseFilterFailed);
+        assert!(e.detail.contains("larger than 10 bytes"), "{}", e.detail);
+        // An endless body ends too.
+        let endless = StreamBody::new(stream::repeat_with(|| {
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"[[[[[[[[")))
+        }))
+        .boxed_unsync();
+        let resp = response(200, &[JSON], endless);
+        expect_err(run(resp, 1 << 16).await, RejectReason::ResponseFilterFailed);
+    }
+
+    #[tokio::test]
+    async fn respfilter_refuses_invalid_json() {
+        for bad in [
+            "{\"id\":7",
+            "{\"id\":7}{}",
+            "not json",
+            "\u{feff}{\"id\":7}",
+            " ",
+        ] {
+            let resp = response(200, &[JSON], chunked(&[bad]));
+            let e = expect_err(run(resp, 1024).await, RejectReason::ResponseFilterFailed);
+            assert!(e.detail.contains("not valid JSON"), "{bad:?}");
+        }
+        // Nesting beyond the parser's limit is refused, not a stack overflow.
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let resp = response(200, &[JSON], chunked(&[&deep]));
+        expect_err(run(resp, 1 << 20).await, RejectReason::ResponseFilterFailed);
+    }
+
+    #[tokio::test]
+    async fn respfilter_upstream_read_error_is_an_upstream_error() {
+        let body = frames(vec![
+            Ok(Frame::data(Bytes::from_static(b"{\"id\":"))),
+            Err("connection reset".into()),
+        ]);
+        let resp = response(200, &[JSON], body);
+        expect_err(run(resp, 1024).await, RejectReason::UpstreamError);
+        // Also while checking that a non-JSON body is empty.
+        let resp = response(200, &[], frames(vec![Err("connection reset".into())]));
+        expect_err(run(resp, 1024).await, RejectReason::UpstreamError);
+    }
+
+    #[tokio::test]
+    async fn respfilter_drops_trailers() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+        let body = frames(vec![
+            Ok(Frame::data(Bytes::from_static(SECRET.as_bytes()))),
+            Ok(Frame::trailers(trailers)),
+        ]);
+        let resp = response(200, &[JSON, ("trailer", "x-checksum")], body);
+        let out = expect_ok(run(resp, 1024).await);
+        assert!(!out.headers().contains_key("trailer"));
+        let (_, body) = out.into_parts();
+        let collected = match body.collect().await {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(collected.trailers().is_none());
+        assert_eq!(&collected.to_bytes()[..], br#"{"id":7}"#);
+    }
+
+    #[tokio::test]
+    async fn respfilter_top_level_array_and_unicode() {
+        let body = r#"[{"id":"ä\u00e9","x":1},{"id":"\ud83d\ude00","y":2}]"#;
+        let resp = response(
+            200,
+            &[("content-type", "application/json; charset=utf-8")],
+            chunked(&[body]),
+        );
+        let (parts, bytes) = body_of(expect_ok(run(resp, 1024).await)).await;
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        assert_eq!(v, json!([{"id": "äé"}, {"id": "😀"}]));
+        assert_eq!(length(&parts), Some(bytes.len()));
+    }
+
+    #[tokio::test]
+    async fn respfilter_single_frame_body_with_exact_size_hint() {
+        let resp = response(200, &[JSON], full_body(SECRET));
+        let (parts, bytes) = body_of(expect_ok(run(resp, 1024).await)).await;
+        assert_eq!(&bytes[..], br#"{"id":7}"#);
+        assert_eq!(length(&parts), Some(8));
+    }
+}

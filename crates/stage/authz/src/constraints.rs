@@ -1,0 +1,358 @@
+//! Constraints attached to a permit: ownership (the object belongs to the caller) and tenant
+//! isolation. Both deny when the value they compare is missing or ambiguous.
+
+use http::request::Parts;
+use portcullis_core::{Principal, RouteMatch};
+use serde_json::Value;
+
+use crate::config::{Owner, Source, Tenant};
+use crate::rules::ScopeHierarchy;
+
+/// A claim by dotted path (`org.id`); a claim whose own name holds dots is found first.
+/// Strings, and numbers as written, compare; anything else is absent.
+pub fn claim_string(p: &Principal, path: &str) -> Option<String> {
+    if path == "sub" {
+        return p.subject.clone();
+    }
+    let c = &p.claims;
+    let v = c.get(path).or_else(|| {
+        let mut parts = path.split('.');
+        let mut cur = c.get(parts.next()?)?;
+        for part in parts {
+            cur = cur.as_object()?.get(part)?;
+        }
+        Some(cur)
+    })?;
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Every value of query parameter `name`, percent-decoded (`+` is a space). `Err` when a value
+/// is not valid UTF-8 after decoding: such a request cannot be compared safely.
+pub fn query_values(head: &Parts, name: &str) -> Result<Vec<String>, String> {
+    let Some(q) = head.uri.query() else {
+        return Ok(Vec::new());
+    };
+    let dec = |s: &str| -> Result<String, String> {
+        let s = s.replace('+', " ");
+        percent_encoding::percent_decode_str(&s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| "undecodable query".to_string())
+    };
+    let mut out = Vec::new();
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if dec(k)? == name {
+            out.push(dec(v)?);
+        }
+    }
+    Ok(out)
+}
+
+/// The ownership verdict: `Ok(reason)` or `Err(reason)`.
+pub fn check_owner(
+    o: &Owner,
+    head: &Parts,
+    route: Option<&RouteMatch>,
+    p: &Principal,
+    h: &ScopeHierarchy,
+) -> Result<String, String> {
+    if let Some(s) = o.override_scopes.iter().find(|s| h.grants(&p.scopes, s)) {
+        return Ok(format!("override scope {s}"));
+    }
+    let Some(owner) = claim_string(p, &o.claim) else {
+        return Err(format!("the caller has no {} claim", o.claim));
+    };
+    let mut values: Vec<String> = Vec::new();
+    if let Some(name) = &o.param {
+        match route.and_then(|r| r.param(name)) {
+            Some(v) => values.push(v.to_string()),
+            None => return Err(format!("no {{{name}}} in the path")),
+        }
+        // The same name in the query string must not name someone else's object: upstreams
+        // that read parameters from either place would otherwise be fooled.
+        values.extend(query_values(head, name)?);
+    }
+    if let Some(name) = &o.query {
+        let q = query_values(head, name)?;
+        if q.is_empty() && o.param.is_none() {
+            return Err(format!("no {name} query parameter"));
+        }
+        values.extend(q);
+    }
+    match values.iter().find(|v| **v != owner) {
+        Some(_) => Err(format!(
+            "the object does not belong to the caller ({} mismatch)",
+            o.claim
+        )),
+        None if values.is_empty() => Err("no owner named by the request".into()),
+        None => Ok(format!("owner matches {}", o.claim)),
+    }
+}
+
+/// The tenant verdict: the verified tenant, or why not.
+pub fn check_tenant(
+    t: &Tenant,
+    head: &Parts,
+    route: Option<&RouteMatch>,
+    p: &Principal,
+) -> Result<String, String> {
+    let caller = match &t.claim {
+        Some(c) => claim_string(p, c),
+        None => p.tenant.clone(),
+    };
+    let Some(caller) = caller.filter(|c| !c.is_empty()) else {
+        return Err("the caller has no tenant".into());
+    };
+    let asked = match &t.source {
+        Source::Param(name) => route.and_then(|r| r.param(name)).map(str::to_string),
+        Source::Header(name) => {
+            let mut all = head.headers.get_all(name).iter();
+            match (all.next(), all.next()) {
+                (Some(v), None) => v.to_str().ok().map(|s| s.trim().to_string()),
+                (Some(_), Some(_)) => return Err(format!("more than one {name} header")),
+                _ => None,
+            }
+        }
+        Source::Query(name) => {
+            let v = query_values(head, name)?;
+            if v.len() > 1 {
+                return Err(format!("more than one {name} query parameter"));
+            }
+            v.into_iter().next()
+        }
+    };
+    match asked {
+        None => Err("the request names no tenant".into()),
+        Some(a) if a == caller => Ok(caller),
+        Some(_) => Err("tenant mismatch".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_core::{AuthMethod, RouteId};
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    fn head(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn route(params: &[(&str, &str)]) -> RouteMatch {
+        RouteMatch {
+            id: RouteId(0),
+            name: Arc::from("r"),
+            params: params
+                .iter()
+                .map(|(k, v)| (Arc::from(*k), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn alice() -> Principal {
+        let mut p = Principal::new(AuthMethod::Jwt, Arc::from("idp"));
+        p.subject = Some("alice".into());
+        p.tenant = Some("t1".into());
+        p.scopes = vec!["read:users".into()];
+        p.claims = Arc::new(
+            json!({"sub": "alice", "org": {"id": "t1", "n": 7}, "uid": 42})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        );
+        p
+    }
+
+    fn owner(param: Option<&str>, query: Option<&str>) -> Owner {
+        Owner {
+            param: param.map(Arc::from),
+            query: query.map(str::to_string),
+            claim: "sub".into(),
+            override_scopes: vec!["admin:users".into()],
+            mode: crate::config::Mode::Enforce,
+        }
+    }
+
+    fn hierarchy() -> ScopeHierarchy {
+        let mut e = BTreeMap::new();
+        e.insert("root".to_string(), vec!["admin:users".to_string()]);
+        ScopeHierarchy::compile(&e).unwrap()
+    }
+
+    #[test]
+    fn ownership_by_path_parameter() {
+        let o = owner(Some("id"), None);
+        let h = hierarchy();
+        let p = alice();
+        assert!(
+            check_owner(
+                &o,
+                &head("/users/alice", &[]),
+                Some(&route(&[("id", "alice")])),
+                &p,
+                &h
+            )
+            .is_ok()
+        );
+        let e = check_owner(
+            &o,
+            &head("/users/bob", &[]),
+            Some(&route(&[("id", "bob")])),
+            &p,
+            &h,
+        )
+        .unwrap_err();
+        assert!(e.contains("does not belong"), "{e}");
+        // The id again in the query, naming someone else: refused.
+        assert!(
+            check_owner(
+                &o,
+                &head("/users/alice?id=bob", &[]),
+                Some(&route(&[("id", "alice")])),
+                &p,
+                &h
+            )
+            .is_err()
+        );
+        // Encoded in the query, still compared decoded.
+        assert!(
+            check_owner(
+                &o,
+                &head("/users/alice?id=%62ob", &[]),
+                Some(&route(&[("id", "alice")])),
+                &p,
+                &h
+            )
+            .is_err()
+        );
+        assert!(
+            check_owner(
+                &o,
+                &head("/users/alice?id=%61lice", &[]),
+                Some(&route(&[("id", "alice")])),
+                &p,
+                &h
+            )
+            .is_ok()
+        );
+        // Near misses are misses.
+        for v in ["Alice", "alice ", " alice", "alice\u{0}"] {
+            assert!(
+                check_owner(&o, &head("/u", &[]), Some(&route(&[("id", v)])), &p, &h).is_err(),
+                "{v:?}"
+            );
+        }
+        // Undecodable query: refused.
+        assert!(
+            check_owner(
+                &o,
+                &head("/users/alice?id=%ff", &[]),
+                Some(&route(&[("id", "alice")])),
+                &p,
+                &h
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn ownership_by_query_and_override() {
+        let o = owner(None, Some("user"));
+        let h = hierarchy();
+        let mut p = alice();
+        assert!(check_owner(&o, &head("/orders?user=alice", &[]), None, &p, &h).is_ok());
+        assert!(check_owner(&o, &head("/orders?user=alice&user=bob", &[]), None, &p, &h).is_err());
+        assert!(check_owner(&o, &head("/orders", &[]), None, &p, &h).is_err());
+        p.scopes.push("root".into());
+        let ok = check_owner(&o, &head("/orders?user=bob", &[]), None, &p, &h).unwrap();
+        assert_eq!(ok, "override scope admin:users");
+        // Other claims, numbers included.
+        let mut o = owner(Some("id"), None);
+        o.claim = "uid".into();
+        assert!(
+            check_owner(
+                &o,
+                &head("/u/42", &[]),
+                Some(&route(&[("id", "42")])),
+                &alice(),
+                &hierarchy()
+            )
+            .is_ok()
+        );
+        o.claim = "missing".into();
+        assert!(
+            check_owner(
+                &o,
+                &head("/u/42", &[]),
+                Some(&route(&[("id", "42")])),
+                &alice(),
+                &hierarchy()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn tenants() {
+        let p = alice();
+        let t = |source: Source, claim: Option<&str>| Tenant {
+            source,
+            claim: claim.map(str::to_string),
+            upstream_header: http::HeaderName::from_static("x-portcullis-tenant"),
+            mode: crate::config::Mode::Enforce,
+        };
+        let by_param = t(Source::Param(Arc::from("tenant")), None);
+        assert_eq!(
+            check_tenant(
+                &by_param,
+                &head("/t/t1/x", &[]),
+                Some(&route(&[("tenant", "t1")])),
+                &p
+            )
+            .unwrap(),
+            "t1"
+        );
+        assert!(
+            check_tenant(
+                &by_param,
+                &head("/t/t2/x", &[]),
+                Some(&route(&[("tenant", "t2")])),
+                &p
+            )
+            .is_err()
+        );
+        let by_header = t(
+            Source::Header(http::HeaderName::from_static("x-tenant")),
+            Some("org.id"),
+        );
+        assert!(check_tenant(&by_header, &head("/", &[("x-tenant", "t1")]), None, &p).is_ok());
+        assert!(check_tenant(&by_header, &head("/", &[("x-tenant", "t2")]), None, &p).is_err());
+        assert!(check_tenant(&by_header, &head("/", &[]), None, &p).is_err());
+        assert!(
+            check_tenant(
+                &by_header,
+                &head("/", &[("x-tenant", "t1"), ("x-tenant", "t2")]),
+                None,
+                &p
+            )
+            .is_err()
+        );
+        let by_query = t(Source::Query("tenant".into()), None);
+        assert!(check_tenant(&by_query, &head("/?tenant=t1", &[]), None, &p).is_ok());
+        assert!(check_tenant(&by_query, &head("/?tenant=t1&tenant=t1", &[]), None, &p).is_err());
+        let mut no_tenant = alice();
+        no_tenant.tenant = None;
+        assert!(check_tenant(&by_query, &head("/?tenant=t1", &[]), None, &no_tenant).is_err());
+    }
+}

@@ -1,0 +1,265 @@
+//! The input document of Rego and OPA policies:
+//!
+//! ```json
+//! {
+//!   "request": {"method": "GET", "path": "/orders/7", "host": "api.example", "scheme": "https",
+//!               "route": "orders", "params": {"id": "7"}, "query": {"expand": ["items"]},
+//!               "headers": {"accept": "application/json"}, "client_ip": "203.0.113.9",
+//!               "action": "read"},
+//!   "principal": {"subject": "alice", "issuer": "…", "client_id": "…", "method": "jwt",
+//!                 "authority": "main", "scopes": ["read:orders", …], "roles": […],
+//!                 "tenant": "t1", "claims": {…}, "mtls": {"subject": "…", "spiffe_id": "…"}},
+//!   "risk": {"score": 20, "signals": ["new_device"]},
+//!   "time": 1767225600,
+//!   "request_id": "…"
+//! }
+//! ```
+//!
+//! `scopes` are expanded through the scope hierarchy. Secret-bearing headers (credentials,
+//! cookies, anything named like a key, token or secret) are left out; repeated headers are
+//! joined with `, `.
+
+use http::request::Parts;
+use portcullis_core::{Principal, RequestCtx};
+use serde_json::{Map, Value};
+
+use crate::risk::Assessment;
+
+fn secret_header(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    ) || [
+        "key",
+        "token",
+        "secret",
+        "password",
+        "session",
+        "credential",
+    ]
+    .iter()
+    .any(|w| name.contains(w))
+}
+
+fn headers(head: &Parts) -> Value {
+    let mut out = Map::new();
+    for name in head.headers.keys() {
+        let n = name.as_str();
+        if secret_header(n) {
+            continue;
+        }
+        let joined = head
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.insert(n.to_string(), Value::String(joined));
+    }
+    Value::Object(out)
+}
+
+fn query(head: &Parts) -> Value {
+    let mut out = Map::new();
+    if let Some(q) = head.uri.query() {
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let dec = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let entry = out
+                .entry(dec(k))
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(a) = entry {
+                a.push(Value::String(dec(v)));
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+fn opt(s: Option<&str>) -> Value {
+    s.map_or(Value::Null, |s| Value::String(s.to_string()))
+}
+
+/// Builds the input document.
+pub fn build(
+    head: &Parts,
+    ctx: &RequestCtx,
+    p: &Principal,
+    scopes: &[String],
+    action: Option<&str>,
+    risk: Option<&Assessment>,
+    now: u64,
+) -> Value {
+    let mut req = Map::new();
+    req.insert("method".into(), Value::String(head.method.as_str().into()));
+    req.insert("path".into(), Value::String(head.uri.path().into()));
+    let host = head.uri.host().map(str::to_string).or_else(|| {
+        head.headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase())
+    });
+    req.insert("host".into(), opt(host.as_deref()));
+    req.insert("scheme".into(), Value::String(ctx.scheme.as_str().into()));
+    let (route, params) = match &ctx.route {
+        Some(r) => (
+            Value::String(r.name.to_string()),
+            Value::Object(
+                r.params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
+                    .collect(),
+            ),
+        ),
+        None => (Value::Null, Value::Object(Map::new())),
+    };
+    req.insert("route".into(), route);
+    req.insert("params".into(), params);
+    req.insert("query".into(), query(head));
+    req.insert("headers".into(), headers(head));
+    req.insert("client_ip".into(), Value::String(ctx.client_ip.to_string()));
+    req.insert("action".into(), opt(action));
+
+    let mut pr = Map::new();
+    pr.insert("subject".into(), opt(p.subject.as_deref()));
+    pr.insert("issuer".into(), opt(p.issuer.as_deref()));
+    pr.insert("client_id".into(), opt(p.client_id.as_deref()));
+    pr.insert("method".into(), Value::String(p.method.as_str().into()));
+    pr.insert("authority".into(), Value::String(p.authority.to_string()));
+    pr.insert(
+        "scopes".into(),
+        Value::Array(scopes.iter().cloned().map(Value::String).collect()),
+    );
+    pr.insert(
+        "roles".into(),
+        Value::Array(p.roles.iter().cloned().map(Value::String).collect()),
+    );
+    pr.insert("tenant".into(), opt(p.tenant.as_deref()));
+    pr.insert("tier".into(), opt(p.tier.as_deref()));
+    pr.insert("claims".into(), Value::Object((*p.claims).clone()));
+    let mtls = ctx
+        .tls
+        .as_ref()
+        .and_then(|t| t.peer_certificate.as_ref())
+        .map_or(Value::Null, |c| {
+            let mut m = Map::new();
+            m.insert("subject".into(), Value::String(c.subject.clone()));
+            m.insert(
+                "spiffe_id".into(),
+                c.spiffe
+                    .as_ref()
+                    .map_or(Value::Null, |s| Value::String(s.to_string())),
+            );
+            m.insert(
+                "fingerprint_sha256".into(),
+                Value::String(c.fingerprint_sha256.clone()),
+            );
+            Value::Object(m)
+        });
+    pr.insert("mtls".into(), mtls);
+
+    let mut doc = Map::new();
+    doc.insert("request".into(), Value::Object(req));
+    doc.insert("principal".into(), Value::Object(pr));
+    if let Some(a) = risk {
+        let mut r = Map::new();
+        r.insert("score".into(), Value::from(a.score));
+        r.insert(
+            "signals".into(),
+            Value::Array(
+                a.signals
+                    .iter()
+                    .map(|s| Value::String((*s).into()))
+                    .collect(),
+            ),
+        );
+        doc.insert("risk".into(), Value::Object(r));
+    }
+    doc.insert("time".into(), Value::from(now));
+    doc.insert(
+        "request_id".into(),
+        Value::String(ctx.request_id.as_str().into()),
+    );
+    Value::Object(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_core::{AuthMethod, RouteId, RouteMatch, Scheme};
+    use std::sync::Arc;
+
+    #[test]
+    fn input_shape_and_no_secrets() {
+        let (head, _) = http::Request::builder()
+            .method("POST")
+            .uri("/orders/7?expand=items&expand=customer&q=a+b")
+            .header("host", "API.example:8443")
+            .header("authorization", "Bearer secret")
+            .header("cookie", "sid=1")
+            .header("x-api-key", "k")
+            .header("x-session-token", "t")
+            .header("accept", "application/json")
+            .header("x-multi", "a")
+            .header("x-multi", "b")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut ctx = RequestCtx::new(
+            "203.0.113.9:5555".parse().unwrap(),
+            Scheme::Https,
+            Arc::from("public"),
+        );
+        ctx.route = Some(RouteMatch {
+            id: RouteId(0),
+            name: Arc::from("orders"),
+            params: vec![(Arc::from("id"), "7".into())],
+        });
+        let mut p = Principal::new(AuthMethod::Jwt, Arc::from("main"));
+        p.subject = Some("alice".into());
+        p.roles = vec!["clerk".into()];
+        let v = build(
+            &head,
+            &ctx,
+            &p,
+            &["read:orders".into(), "write:orders".into()],
+            Some("write"),
+            Some(&Assessment {
+                score: 20,
+                signals: vec!["new_device"],
+                country: None,
+            }),
+            1000,
+        );
+        assert_eq!(v["request"]["method"], "POST");
+        assert_eq!(v["request"]["path"], "/orders/7");
+        assert_eq!(v["request"]["host"], "api.example");
+        assert_eq!(v["request"]["scheme"], "https");
+        assert_eq!(v["request"]["route"], "orders");
+        assert_eq!(v["request"]["params"]["id"], "7");
+        assert_eq!(
+            v["request"]["query"]["expand"],
+            serde_json::json!(["items", "customer"])
+        );
+        assert_eq!(v["request"]["query"]["q"], serde_json::json!(["a b"]));
+        assert_eq!(v["request"]["client_ip"], "203.0.113.9");
+        assert_eq!(v["request"]["action"], "write");
+        assert_eq!(v["request"]["headers"]["accept"], "application/json");
+        assert_eq!(v["request"]["headers"]["x-multi"], "a, b");
+        for secret in ["authorization", "cookie", "x-api-key", "x-session-token"] {
+            assert!(v["request"]["headers"].get(secret).is_none(), "{secret}");
+        }
+        assert_eq!(v["principal"]["subject"], "alice");
+        assert_eq!(v["principal"]["scopes"][1], "write:orders");
+        assert_eq!(v["principal"]["roles"][0], "clerk");
+        assert_eq!(v["principal"]["mtls"], Value::Null);
+        assert_eq!(v["risk"]["score"], 20);
+        assert_eq!(v["time"], 1000);
+        assert!(!v.to_string().contains("secret"));
+    }
+}

@@ -1,0 +1,615 @@
+//! The authorization step.
+//!
+//! Per request, in this order, the first enforced denial stops: the route's demands on the
+//! authentication itself (`require`: step-up), the route's scope and role rule, every resource
+//! policy that covers the path and action, ownership, tenant, risk, the Rego rule, the OPA
+//! decision. Rules in shadow mode are evaluated and recorded, never enforced. Default deny: a
+//! request that no enforced rule (nor `allow: any-authenticated`) permits is refused.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{HeaderName, HeaderValue};
+use portcullis_core::{
+    AuthMethod, AuthzDecision, GatewayRequest, Principal, RejectReason, Rejection, RequestCtx,
+    ResponseFilter, RuleVerdict, Stage, StageId, Step, Verdict,
+};
+
+use crate::config::{AuthzSettings, Mode, OnError, RouteAuthz};
+use crate::constraints::{check_owner, check_tenant};
+use crate::fieldmask::FieldMask;
+use crate::rego::PolicyDecision;
+use crate::risk::{self, Assessment, AuthFacts, DeviceMemory};
+use crate::rules::Unmet;
+
+/// Recent authentication failures from a client address (fed by the authentication step).
+pub type FailureCount = Arc<dyn Fn(IpAddr) -> u32 + Send + Sync>;
+
+/// The authorizer of one configuration snapshot.
+pub struct Authz {
+    pub settings: AuthzSettings,
+    pub routes: Vec<RouteAuthz>,
+    devices: Arc<DeviceMemory>,
+    failures: FailureCount,
+    /// Every header name a tenant rule sends upstream: client copies are removed everywhere.
+    owned_headers: Vec<HeaderName>,
+}
+
+impl Authz {
+    pub fn new(
+        settings: AuthzSettings,
+        routes: Vec<RouteAuthz>,
+        devices: Arc<DeviceMemory>,
+        failures: FailureCount,
+    ) -> Authz {
+        let mut owned_headers: Vec<HeaderName> = routes
+            .iter()
+            .filter_map(|r| r.tenant.as_ref().map(|t| t.upstream_header.clone()))
+            .collect();
+        owned_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        owned_headers.dedup();
+        Authz {
+            settings,
+            routes,
+            devices,
+            failures,
+            owned_headers,
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The evaluation of one request so far.
+#[derive(Default)]
+struct Run {
+    held: Vec<RuleVerdict>,
+    shadow: Vec<RuleVerdict>,
+    /// Whether an enforced rule (or `any-authenticated`) permitted the request.
+    permitted: bool,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    risk: Option<Assessment>,
+}
+
+impl Run {
+    /// Records a verdict; `Err` for an enforced denial.
+    fn verdict(
+        &mut self,
+        rule: String,
+        mode: Mode,
+        result: Result<String, String>,
+        deny: impl FnOnce(&str) -> Rejection,
+    ) -> Result<(), (RuleVerdict, Rejection)> {
+        let allowed = result.is_ok();
+        let reason = match result {
+            Ok(r) | Err(r) => r,
+        };
+        let v = RuleVerdict {
+            rule,
+            allowed,
+            reason,
+        };
+        match mode {
+            Mode::Shadow => {
+                self.shadow.push(v);
+                Ok(())
+            }
+            Mode::Enforce if allowed => {
+                self.permitted = true;
+                self.held.push(v);
+                Ok(())
+            }
+            Mode::Enforce => {
+                let r = deny(&v.reason);
+                Err((v, r))
+            }
+        }
+    }
+
+    fn decision(self, denied: Option<RuleVerdict>) -> AuthzDecision {
+        let allowed = denied.is_none();
+        let decided_by = denied.or_else(|| {
+            Some(RuleVerdict {
+                rule: "allow".into(),
+                allowed: true,
+                reason: self
+                    .held
+                    .iter()
+                    .map(|v| v.rule.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        });
+        AuthzDecision {
+            allowed,
+            decided_by,
+            shadow: self.shadow,
+            risk: self.risk.as_ref().map(|a| a.score),
+            risk_signals: self.risk.map(|a| a.signals).unwrap_or_default(),
+        }
+    }
+}
+
+fn forbidden(detail: &str) -> Rejection {
+    Rejection::new(RejectReason::Forbidden, detail.to_string())
+}
+
+fn quoted(s: &str) -> String {
+    s.chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
+}
+
+fn insufficient_scope(scopes: &[String], detail: &str) -> Rejection {
+    let v = format!(
+        "Bearer error=\"insufficient_scope\", error_description=\"{}\", scope=\"{}\"",
+        quoted(detail),
+        quoted(&scopes.join(" "))
+    );
+    let r = Rejection::new(RejectReason::Forbidden, detail.to_string());
+    match HeaderValue::from_str(&v) {
+        Ok(h) => r.with_header(http::header::WWW_AUTHENTICATE, h),
+        Err(_) => r,
+    }
+}
+
+/// A scope or role rule's verdict and, should it deny, its refusal: 403 with the RFC 6750
+/// `insufficient_scope` challenge when scopes are missing.
+fn requirement_verdict(
+    r: Result<(), Unmet>,
+) -> (Result<String, String>, impl FnOnce(&str) -> Rejection) {
+    let scopes = match &r {
+        Err(Unmet::Scopes(s, _)) => s.clone(),
+        _ => Vec::new(),
+    };
+    let result = r
+        .map(|()| "scopes and roles held".to_string())
+        .map_err(|u| u.reason().to_string());
+    (result, move |d: &str| {
+        if scopes.is_empty() {
+            forbidden(d)
+        } else {
+            insufficient_scope(&scopes, d)
+        }
+    })
+}
+
+fn unavailable(detail: &str) -> Rejection {
+    Rejection::new(RejectReason::AuthzUnavailable, detail.to_string())
+}
+
+type Denied = (RuleVerdict, Rejection);
+
+/// What the synchronous part leaves for the asynchronous one.
+struct Pending {
+    run: Run,
+    input: Option<serde_json::Value>,
+    scopes: Vec<String>,
+    stepped_up: bool,
+}
+
+impl Authz {
+    fn route(&self, ctx: &RequestCtx) -> Option<&RouteAuthz> {
+        ctx.route_id().and_then(|r| self.routes.get(r.0))
+    }
+
+    /// Whether the caller meets the route's (or the risk rule's) strength and freshness.
+    fn stepped_up(&self, route: &RouteAuthz, p: &Principal, now: u64) -> bool {
+        if p.method == AuthMethod::Mtls {
+            return true;
+        }
+        if !matches!(p.method, AuthMethod::Jwt | AuthMethod::Introspection) {
+            return false;
+        }
+        let facts = AuthFacts::of(p);
+        let (acr_values, max_age) = match &route.risk {
+            Some(r) => (&r.acr_values[..], r.max_age),
+            None => (&[][..], None),
+        };
+        let strong = if acr_values.is_empty() {
+            facts.strong(&self.settings.risk)
+        } else {
+            facts.acr_in(acr_values)
+        };
+        let max_age = max_age.unwrap_or(self.settings.risk.max_auth_age).as_secs();
+        strong && facts.age(now).is_some_and(|a| a <= max_age)
+    }
+
+    /// Everything but the external policy server.
+    fn evaluate_sync(
+        &self,
+        route: &RouteAuthz,
+        req: &GatewayRequest,
+        ctx: &RequestCtx,
+        p: &Principal,
+    ) -> Result<Pending, Box<(Run, Denied)>> {
+        let mut run = Run::default();
+        let h = &self.settings.hierarchy;
+        let head = &req.head;
+        let now = unix_now();
+        let route_name = ctx
+            .route
+            .as_ref()
+            .map(|r| r.name.to_string())
+            .unwrap_or_default();
+
+        macro_rules! check {
+            ($rule:expr, $mode:expr, $result:expr, $deny:expr) => {
+                if let Err(d) = run.verdict($rule, $mode, $result, $deny) {
+                    return Err(Box::new((run, d)));
+                }
+            };
+        }
+
+        // 1. What the route demands of the authentication itself.
+        if let Some(rq) = &route.require {
+            let facts = AuthFacts::of(p);
+            let acr_ok = rq.acr.is_empty() || facts.acr_in(&rq.acr);
+            let age_ok = rq
+                .max_age
+                .is_none_or(|m| facts.age(now).is_some_and(|a| a <= m.as_secs()));
+            let result = match (acr_ok, age_ok) {
+                (true, true) => Ok("authentication strong and recent enough".to_string()),
+                (false, _) => Err("a stronger authentication is required".to_string()),
+                (true, false) => Err("a more recent authentication is required".to_string()),
+            };
+            check!("require".into(), Mode::Enforce, result, |d| {
+                Rejection::new(RejectReason::StepUpRequired, d.to_string()).with_header(
+                    http::header::WWW_AUTHENTICATE,
+                    risk::step_up_challenge(d, &rq.acr, rq.max_age),
+                )
+            });
+        }
+
+        // 2. The route's scopes and roles.
+        if route.any_authenticated {
+            run.permitted = true;
+            run.held.push(RuleVerdict {
+                rule: format!("route:{route_name}"),
+                allowed: true,
+                reason: "any authenticated caller".into(),
+            });
+        }
+        let requirement = route
+            .per_method
+            .iter()
+            .find(|(m, _)| *m == head.method)
+            .map(|(_, r)| r)
+            .or(route.base.as_ref());
+        if let Some(rq) = requirement {
+            let (result, deny) = requirement_verdict(rq.check(p, h));
+            check!(format!("route:{route_name}"), route.mode, result, deny);
+        }
+
+        // 3. Resource policies covering this path and action.
+        let action = self.settings.action(&head.method);
+        let path = head.uri.path();
+        for pol in &self.settings.policies {
+            let covers = pol.resources.iter().any(|r| r.matches(path))
+                && (pol.actions.is_empty()
+                    || action.is_some_and(|a| pol.actions.iter().any(|x| x == a)));
+            if !covers {
+                continue;
+            }
+            let (result, deny) = requirement_verdict(pol.requirement.check(p, h));
+            check!(format!("policy:{}", pol.name), pol.mode, result, deny);
+        }
+
+        // 4. Ownership and tenant.
+        if let Some(o) = &route.owner {
+            check!(
+                "owner".into(),
+                o.mode,
+                check_owner(o, head, ctx.route.as_ref(), p, h),
+                forbidden
+            );
+        }
+        if let Some(t) = &route.tenant {
+            let result = check_tenant(t, head, ctx.route.as_ref(), p);
+            if t.mode == Mode::Enforce
+                && let Ok(tenant) = &result
+            {
+                match HeaderValue::from_str(tenant) {
+                    Ok(v) => run.headers.push((t.upstream_header.clone(), v)),
+                    Err(_) => {
+                        let d = "the tenant cannot be sent upstream";
+                        return Err(Box::new((
+                            run,
+                            (
+                                RuleVerdict {
+                                    rule: "tenant".into(),
+                                    allowed: false,
+                                    reason: d.into(),
+                                },
+                                forbidden(d),
+                            ),
+                        )));
+                    }
+                }
+            }
+            check!(
+                "tenant".into(),
+                t.mode,
+                result.map(|t| format!("tenant {t}")),
+                forbidden
+            );
+        }
+
+        // 5. Risk.
+        let stepped_up = self.stepped_up(route, p, now);
+        if let Some(rr) = &route.risk {
+            let a = risk::assess(
+                &self.settings.risk,
+                &self.devices,
+                &risk::Request {
+                    client_ip: ctx.client_ip,
+                    peer_trusted: ctx.peer_trusted,
+                    headers: &head.headers,
+                    principal: p,
+                    now,
+                    stepped_up,
+                    auth_failures: (self.failures)(ctx.client_ip),
+                },
+            );
+            let score = a.score;
+            let signals = a.signals.join(", ");
+            run.risk = Some(a);
+            if rr.deny.is_some_and(|d| score >= d) {
+                check!(
+                    "risk".into(),
+                    rr.mode,
+                    Err(format!("risk score {score} ({signals})")),
+                    |_| forbidden("the request's risk is too high")
+                );
+            } else if rr.step_up.is_some_and(|s| score >= s) {
+                check!(
+                    "risk".into(),
+                    rr.mode,
+                    Err(format!("risk score {score} ({signals})")),
+                    |_| {
+                        let d = "a stronger or more recent authentication is required";
+                        Rejection::new(RejectReason::StepUpRequired, d).with_header(
+                            http::header::WWW_AUTHENTICATE,
+                            risk::step_up_challenge(d, &rr.acr_values, rr.max_age),
+                        )
+                    }
+                );
+            } else {
+                run.shadow_or_note("risk", rr.mode, format!("risk score {score}"));
+            }
+        }
+
+        // 6. Policies as code.
+        let scopes = if route.rego.is_some() || route.opa.is_some() || route.field_masks.is_some() {
+            h.expand(&p.scopes)
+        } else {
+            Vec::new()
+        };
+        let input = (route.rego.is_some() || route.opa.is_some())
+            .then(|| crate::input::build(head, ctx, p, &scopes, action, run.risk.as_ref(), now));
+        if let (Some((query, mode)), Some(input), Some(pol)) =
+            (&route.rego, &input, &self.settings.rego)
+        {
+            let rule = format!("rego:{query}");
+            match pol.evaluate(query, input) {
+                Ok(d) => {
+                    let headers = d.headers.clone();
+                    check!(rule, *mode, policy_result(&d), |_| forbidden(
+                        "denied by policy"
+                    ));
+                    if *mode == Mode::Enforce {
+                        run.headers.extend(headers);
+                    }
+                }
+                Err(msg) => {
+                    tracing::warn!(request_id = %ctx.request_id, rule = %rule, error = %msg, "policy evaluation failed");
+                    check!(rule, *mode, Err(format!("policy error: {msg}")), |_| {
+                        unavailable("the authorization policy could not be evaluated")
+                    });
+                }
+            }
+        }
+
+        Ok(Pending {
+            run,
+            input,
+            scopes,
+            stepped_up,
+        })
+    }
+
+    /// The external policy server, then the end of the decision.
+    async fn evaluate_opa(
+        &self,
+        route: &RouteAuthz,
+        ctx: &RequestCtx,
+        pending: &mut Pending,
+    ) -> Result<(), Denied> {
+        let (Some((idx, path, mode)), Some(input)) = (&route.opa, &pending.input) else {
+            return Ok(());
+        };
+        let Some((name, client, on_error)) = self.settings.opa.get(*idx) else {
+            return Ok(());
+        };
+        let rule = format!("opa:{name}/{path}");
+        let run = &mut pending.run;
+        match client.evaluate(path, input).await {
+            Ok(d) => {
+                let headers = d.headers.clone();
+                run.verdict(rule, *mode, policy_result(&d), |_| {
+                    forbidden("denied by policy")
+                })?;
+                if *mode == Mode::Enforce {
+                    run.headers.extend(headers);
+                }
+                Ok(())
+            }
+            Err(msg) => {
+                tracing::warn!(request_id = %ctx.request_id, rule = %rule, error = %msg, "policy server failed");
+                let result = match on_error {
+                    OnError::Closed => Err(format!("policy server error: {msg}")),
+                    OnError::Open => Ok(format!("policy server error, failing open: {msg}")),
+                };
+                run.verdict(rule, *mode, result, |_| {
+                    unavailable("the authorization policy server is unavailable")
+                })
+            }
+        }
+    }
+
+    /// After every rule held: default deny, then what the request carries on.
+    fn finish(
+        &self,
+        route: &RouteAuthz,
+        req: &mut GatewayRequest,
+        ctx: &mut RequestCtx,
+        p: &Principal,
+        pending: Pending,
+    ) -> Verdict {
+        let Pending {
+            mut run,
+            scopes,
+            stepped_up,
+            ..
+        } = pending;
+        if !run.permitted {
+            let d = "no authorization rule permits this request";
+            let v = RuleVerdict {
+                rule: "default".into(),
+                allowed: false,
+                reason: d.into(),
+            };
+            ctx.authz = Some(Box::new(run.decision(Some(v))));
+            return Verdict::Reject(forbidden(d));
+        }
+        let headers = &mut req.head.headers;
+        for (name, value) in run.headers.drain(..) {
+            headers.insert(name, value);
+        }
+        if let Some(fm) = &route.field_masks {
+            let held: Vec<&FieldMask> = fm
+                .by_scope
+                .iter()
+                .filter(|(s, _)| scopes.iter().any(|x| x == s))
+                .map(|(_, m)| &**m)
+                .collect();
+            let mask = match held.as_slice() {
+                [] => Some(fm.default.clone()),
+                [one] if one.is_all() => None,
+                [_] => fm
+                    .by_scope
+                    .iter()
+                    .find(|(s, _)| scopes.iter().any(|x| x == s))
+                    .map(|(_, m)| m.clone()),
+                many => {
+                    let u = FieldMask::union(many.iter().copied());
+                    (!u.is_all()).then(|| Arc::new(u))
+                }
+            };
+            if let Some(mask) = mask.filter(|m| !m.is_all()) {
+                // A compressed answer could not be filtered: ask for an uncompressed one.
+                headers.remove(http::header::ACCEPT_ENCODING);
+                ctx.response_filter = Some(ResponseFilter {
+                    json: mask,
+                    max_bytes: self.settings.mask_max_bytes,
+                });
+            }
+        }
+        if stepped_up
+            && let (Some(s), Some(d)) = (
+                p.subject.as_deref(),
+                risk::device(&self.settings.risk, headers),
+            )
+        {
+            self.devices
+                .remember(s, d, self.settings.risk.device_memory);
+        }
+        ctx.authz = Some(Box::new(run.decision(None)));
+        Verdict::Continue
+    }
+}
+
+impl Run {
+    /// A rule that held without deciding anything (risk under its thresholds).
+    fn shadow_or_note(&mut self, rule: &str, mode: Mode, reason: String) {
+        let v = RuleVerdict {
+            rule: rule.into(),
+            allowed: true,
+            reason,
+        };
+        match mode {
+            Mode::Shadow => self.shadow.push(v),
+            Mode::Enforce => self.held.push(v),
+        }
+    }
+}
+
+fn policy_result(d: &PolicyDecision) -> Result<String, String> {
+    let reasons = if d.reasons.is_empty() {
+        if d.allow { "allowed" } else { "denied" }.to_string()
+    } else {
+        d.reasons.join("; ")
+    };
+    if d.allow { Ok(reasons) } else { Err(reasons) }
+}
+
+/// The pipeline step.
+pub struct AuthzStage {
+    authz: Arc<Authz>,
+}
+
+impl AuthzStage {
+    pub const ID: StageId = StageId("authz");
+
+    pub fn new(authz: Arc<Authz>) -> AuthzStage {
+        AuthzStage { authz }
+    }
+}
+
+impl Stage for AuthzStage {
+    fn id(&self) -> StageId {
+        Self::ID
+    }
+
+    fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
+        let az = &*self.authz;
+        for name in &az.owned_headers {
+            req.head.headers.remove(name);
+        }
+        let Some(route) = az.route(ctx) else {
+            return Step::CONTINUE;
+        };
+        if route.anonymous {
+            return Step::CONTINUE;
+        }
+        let Some(p) = ctx.principal.clone() else {
+            // Authentication lets no request without an identity through to here; deny if
+            // one ever does.
+            return Step::reject(forbidden("no verified identity"));
+        };
+        let mut pending = match az.evaluate_sync(route, req, ctx, &p) {
+            Ok(pending) => pending,
+            Err(denied) => {
+                let (run, (v, rejection)) = *denied;
+                ctx.authz = Some(Box::new(run.decision(Some(v))));
+                return Step::reject(rejection);
+            }
+        };
+        if route.opa.is_none() {
+            return Step::Done(az.finish(route, req, ctx, &p, pending));
+        }
+        Step::from_future(async move {
+            if let Err((v, rejection)) = az.evaluate_opa(route, ctx, &mut pending).await {
+                ctx.authz = Some(Box::new(pending.run.decision(Some(v))));
+                return Verdict::Reject(rejection);
+            }
+            az.finish(route, req, ctx, &p, pending)
+        })
+    }
+}
