@@ -22,12 +22,16 @@ NCPU = os.cpu_count() or 1
 SERVER_CPU = "0"
 LOAD_CPU = "1" if NCPU > 1 else "0"
 PORTS = {"upstream": 18101, "nginx": 18102, "portcullis": 18103, "portcullis-secure": 18104,
-         "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108, "portcullis-authz": 18109}
+         "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108, "portcullis-authz": 18109,
+         "portcullis-rl-local": 18110, "portcullis-rl-redis": 18111}
+REDIS_PORT = 18120
 # nginx before 1.25 serves h2c only on a listener of its own.
 H2_PORTS = {"upstream": 18105, "nginx": 18106, "portcullis": 18103, "portcullis-secure": 18104,
-            "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108, "portcullis-authz": 18109}
+            "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108, "portcullis-authz": 18109,
+            "portcullis-rl-local": 18110, "portcullis-rl-redis": 18111}
 ADMIN = {"portcullis": 18113, "portcullis-secure": 18114, "portcullis-jwt": 18117,
-         "portcullis-jwt-nocache": 18118, "portcullis-authz": 18119}
+         "portcullis-jwt-nocache": 18118, "portcullis-authz": 18119, "portcullis-rl-local": 18121,
+         "portcullis-rl-redis": 18122}
 # The Rego rule of the authz scenario.
 BENCH_REGO = """package bench
 import rego.v1
@@ -185,7 +189,7 @@ def measure(fn, pids):
     return med
 
 
-def portcullis_conf(work, name, port, admin, secure, jwt=None):
+def portcullis_conf(work, name, port, admin, secure, jwt=None, rl=None):
     extra = ""
     if secure:
         extra = """
@@ -225,6 +229,17 @@ authz:
 """
         routes = routes.replace("upstream: up, ip_filter", "upstream: up, auth: { anonymous: true }, ip_filter")
         routes = routes.replace('methods: [GET] }, upstream: up }', 'methods: [GET] }, upstream: up, auth: { anonymous: true } }')
+    if rl:
+        # Two limits on every request, neither ever reached: what counting costs.
+        store = (f"\n  store: redis\n  redis: {{ url: \"redis://127.0.0.1:{REDIS_PORT}\", timeout: 200ms }}"
+                 if rl == "redis" else "")
+        extra += f"""
+rate_limits:{store}
+  limits:
+    per-ip: {{ key: [client_ip], rate: 100000000/minute }}
+    per-route: {{ key: [client_ip, route], algorithm: sliding_window, rate: 100000000/minute }}
+  global: [per-ip, per-route]
+"""
     conf = f"""
 listeners: [ {{ name: bench, address: "127.0.0.1:{port}" }} ]
 admin: {{ address: "127.0.0.1:{admin}" }}
@@ -289,6 +304,13 @@ def main():
             conf = portcullis_conf(work, name, PORTS[name], ADMIN[name], secure, jwt)
             procs[name] = start([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"],
                                 PORTS[name], name, work)
+        # Rate limiting, in memory and through Redis (a local redis-server on CPU 0 too).
+        procs["redis"] = start(["redis-server", "--bind", "127.0.0.1", "--port", str(REDIS_PORT), "--save", "",
+                                "--appendonly", "no"], REDIS_PORT, "redis", work)
+        for name, store in (("portcullis-rl-local", "local"), ("portcullis-rl-redis", "redis")):
+            conf = portcullis_conf(work, name, PORTS[name], ADMIN[name], True, None, store)
+            procs[name] = start([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"],
+                                PORTS[name], name, work)
 
         def pids(name):
             p = procs[name]
@@ -320,7 +342,7 @@ def report(results):
     lines = []
     add = lines.append
     add("# Performance\n")
-    add("Measured by `bench/run.sh` (one command: installs nginx, wrk and h2load from the OS packages,")
+    add("Measured by `bench/run.sh` (one command: installs nginx, wrk, h2load and redis-server from the OS packages,")
     add("builds the release binary, runs everything below in one go). Numbers are medians of "
         f"{REPEAT} runs of {DURATION} s.\n")
     add(f"- Machine: {NCPU} cores ({cpu}); servers pinned to CPU {SERVER_CPU}, load generators to CPU {LOAD_CPU}.")
@@ -332,7 +354,9 @@ def report(results):
     add("  an EdDSA-signed bearer token verified on every request (verified-token cache on), with the")
     add("  identity headers sent upstream; *jwt-nocache* = the same with `auth.token_cache.max_entries: 0`,")
     add("  so every request pays the full parse, signature check and claim rules; *authz* = jwt plus")
-    add("  authorization of a typical request: a scope rule (through a scope hierarchy) and one Rego rule.")
+    add("  authorization of a typical request: a scope rule (through a scope hierarchy) and one Rego rule;")
+    add("  *rl-local* / *rl-redis* = secure plus two rate limits on every request (GCRA per client IP and")
+    add("  a sliding window per IP and route, never reached), in memory or in a local Redis (one round trip).")
     add(f"- HTTP/1.1: `wrk -t1 -c{CONNECTIONS} -d{DURATION}s` (keep-alive). HTTP/2: `h2load -c 8 -m 32 -D {DURATION}` (h2c).")
     add("- The upstream shares CPU 0 with the proxy under test, the same for nginx and Portcullis.\n")
     add("## Results\n")
@@ -344,8 +368,8 @@ def report(results):
         else:
             add(f"| {name} | {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {r['cpu_us_per_req']:.1f} | {int(r['errors'])} |")
     add("\n## Ratios\n")
-    add("| test | Portcullis ÷ nginx (req/s) | Portcullis ÷ upstream alone | Portcullis p99 ÷ nginx p99 | secure ÷ plain | jwt ÷ secure | jwt-nocache ÷ secure | JWT CPU µs/req (cached / uncached) | authz ÷ jwt | authz CPU µs/req |")
-    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    add("| test | Portcullis ÷ nginx (req/s) | Portcullis ÷ upstream alone | Portcullis p99 ÷ nginx p99 | secure ÷ plain | jwt ÷ secure | jwt-nocache ÷ secure | JWT CPU µs/req (cached / uncached) | authz ÷ jwt | authz CPU µs/req | rl-local ÷ secure | rl-redis ÷ secure | rate-limit CPU µs/req (local / redis) |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label in ("small", "16k", "h2"):
         pc = results[("portcullis", label)]
         ng = results[("nginx", label)]
@@ -354,9 +378,12 @@ def report(results):
         jw = results[("portcullis-jwt", label)]
         jn = results[("portcullis-jwt-nocache", label)]
         az = results[("portcullis-authz", label)]
+        rll = results[("portcullis-rl-local", label)]
+        rlr = results[("portcullis-rl-redis", label)]
+        rlc = f"{rll['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f} / {rlr['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f}"
         p99 = f"{pc['p99'] / ng['p99']:.2f}" if label != "h2" and ng.get("p99") else "—"
         cost = f"{jw['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f} / {jn['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f}"
-        add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {sec['rps'] / pc['rps']:.2f} | {jw['rps'] / sec['rps']:.2f} | {jn['rps'] / sec['rps']:.2f} | {cost} | {az['rps'] / jw['rps']:.2f} | {az['cpu_us_per_req'] - jw['cpu_us_per_req']:+.1f} |")
+        add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {sec['rps'] / pc['rps']:.2f} | {jw['rps'] / sec['rps']:.2f} | {jn['rps'] / sec['rps']:.2f} | {cost} | {az['rps'] / jw['rps']:.2f} | {az['cpu_us_per_req'] - jw['cpu_us_per_req']:+.1f} | {rll['rps'] / sec['rps']:.2f} | {rlr['rps'] / sec['rps']:.2f} | {rlc} |")
     bad = [f"{n} {l}" for (n, l), r in results.items() if r["errors"]]
     if bad:
         add("\n**Invalid runs (errors or non-2xx answers): " + ", ".join(bad) + ".**")

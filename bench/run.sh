@@ -4,7 +4,7 @@
 #   bench/run.sh                # full run (about 8 minutes), writes docs/performance.md
 #   bench/run.sh --quick        # short runs, prints results, writes nothing
 #
-# Installs what it needs from the OS packages (nginx, wrk, h2load), builds the release binary,
+# Installs what it needs from the OS packages (nginx, wrk, h2load, redis-server), builds the release binary,
 # pins servers to CPU 0 and load generators to CPU 1, repeats each run, reports medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,7 @@ need=()
 command -v nginx >/dev/null || need+=(nginx)
 command -v wrk >/dev/null || need+=(wrk)
 command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v redis-server >/dev/null || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq

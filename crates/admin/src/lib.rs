@@ -76,6 +76,11 @@ pub trait AdminSource: Send + Sync + 'static {
     fn auth(&self) -> serde_json::Value {
         serde_json::json!({})
     }
+    /// Rate limiting: the store in use and its health, keys held, the adaptive controller's
+    /// level, factor and signals (`GET /ratelimit`).
+    fn ratelimit(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
     /// The public keys of gateway-signed internal tokens (`GET /jwks`, open like the probes:
     /// services verify with it).
     fn jwks(&self) -> serde_json::Value {
@@ -224,7 +229,7 @@ fn handle(state: &State, req: Request<Incoming>) -> Resp {
     } else {
         let known = matches!(
             path,
-            "/healthz" | "/readyz" | "/metrics" | "/config" | "/auth" | "/jwks"
+            "/healthz" | "/readyz" | "/metrics" | "/config" | "/auth" | "/jwks" | "/ratelimit"
         );
         let method = req.method();
         if path == "/auth/revocations" {
@@ -341,6 +346,7 @@ fn endpoint(state: &State, path: &str) -> Resp {
         ),
         "/auth" => json(StatusCode::OK, &state.source.auth(), true),
         "/jwks" => json(StatusCode::OK, &state.source.jwks(), true),
+        "/ratelimit" => json(StatusCode::OK, &state.source.ratelimit(), true),
         _ => json(StatusCode::OK, &state.source.config(), true),
     }
 }

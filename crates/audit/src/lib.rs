@@ -89,6 +89,9 @@ pub struct AuditEvent {
     /// Why a presented credential was refused (precise; never sent to the client).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failure: Option<String>,
+    /// The limit that refused the request (`rate_limited`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<String>,
     /// The authorization decision, on routes that authorize.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authz: Option<AuthzAudit>,
@@ -425,6 +428,7 @@ mod tests {
             user_agent: Some("curl/8.5.0".into()),
             auth: None,
             auth_failure: None,
+            rate_limit: None,
             authz: None,
         }
     }

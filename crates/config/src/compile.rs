@@ -60,6 +60,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
 
     let auth = portcullis_authn::config::compile(&raw.auth, base_dir, &mut e);
     let authz = portcullis_authz::config::compile(&raw.authz, base_dir, &mut e);
+    let rate_limits = portcullis_ratelimit::config::compile(&raw.rate_limits, &mut e);
     let token_exchange = raw
         .token_exchange
         .as_ref()
@@ -72,6 +73,13 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
     }
     let mut routes = Vec::new();
     let mut names = HashSet::new();
+    let sections = Sections {
+        upstreams: &upstream_index,
+        server: &server,
+        auth: &auth,
+        authz: &authz,
+        rate_limits: &rate_limits,
+    };
     for (i, r) in raw.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         if !names.insert(r.name.as_str()) {
@@ -80,15 +88,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
                 format!("duplicate route name \"{}\"", r.name),
             );
         }
-        routes.push(compile_route(
-            r,
-            &path,
-            &upstream_index,
-            &server,
-            &auth,
-            &authz,
-            &mut e,
-        ));
+        routes.push(compile_route(r, &path, &sections, &mut e));
         if routes.last().is_some_and(|r| {
             r.auth
                 .methods
@@ -137,6 +137,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
         token_exchange,
         auth,
         authz,
+        rate_limits,
     })
 }
 
@@ -508,6 +509,21 @@ fn compile_upstream(
         passive_health,
         tls_roots,
         host_header: u.host_header,
+        adaptive_concurrency: u.adaptive_concurrency.as_ref().map(|a| {
+            let ap = format!("{path}.adaptive_concurrency");
+            if a.min == 0 || a.min > a.max {
+                e.push(&ap, "min must be at least 1 and at most max");
+            }
+            if a.initial < a.min || a.initial > a.max {
+                e.push(format!("{ap}.initial"), "between min and max");
+            }
+            if u.kind != UpstreamKind::Proxy {
+                e.push(&ap, "only for proxy upstreams");
+            }
+            Arc::new(portcullis_ratelimit::adaptive::ConcurrencyLimiter::new(
+                a.min, a.max, a.initial,
+            ))
+        }),
     }
 }
 
@@ -679,15 +695,23 @@ fn check_path_syntax(p: &str, path: &str, e: &mut ConfigErrors) -> bool {
     true
 }
 
-fn compile_route(
-    r: &RawRoute,
-    path: &str,
-    upstreams: &HashMap<String, usize>,
-    server: &Server,
-    auth: &AuthSettings,
-    authz: &portcullis_authz::AuthzSettings,
-    e: &mut ConfigErrors,
-) -> Route {
+/// What routes are compiled against: the gateway-wide sections.
+struct Sections<'a> {
+    upstreams: &'a HashMap<String, usize>,
+    server: &'a Server,
+    auth: &'a AuthSettings,
+    authz: &'a portcullis_authz::AuthzSettings,
+    rate_limits: &'a portcullis_ratelimit::RateLimitSettings,
+}
+
+fn compile_route(r: &RawRoute, path: &str, sections: &Sections<'_>, e: &mut ConfigErrors) -> Route {
+    let Sections {
+        upstreams,
+        server,
+        auth,
+        authz,
+        rate_limits,
+    } = *sections;
     let upstream = upstreams.get(&r.upstream).copied().unwrap_or_else(|| {
         let mut known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
         known.sort_unstable();
@@ -875,6 +899,12 @@ fn compile_route(
                 params: &params,
             },
             authz,
+            path,
+            e,
+        ),
+        rate_limits: portcullis_ratelimit::config::compile_route(
+            &r.rate_limits,
+            rate_limits,
             path,
             e,
         ),

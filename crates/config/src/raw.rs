@@ -10,6 +10,7 @@ pub use portcullis_core::RawSecret;
 use portcullis_core::units::RawSize;
 use portcullis_ipfilter::RawIpFilter;
 use portcullis_limits::RawLimits;
+pub use portcullis_ratelimit::config::RawRateLimits;
 pub use portcullis_tokenx::RawTokenExchange;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,9 @@ pub struct RawConfig {
     /// Authorization: scope hierarchy, resource policies, Rego and OPA, risk signals.
     #[serde(default)]
     pub authz: RawAuthz,
+    /// Rate limits, quotas, concurrency limits, adaptive load protection.
+    #[serde(default)]
+    pub rate_limits: RawRateLimits,
 }
 
 /// A client-facing listener.
@@ -404,6 +408,35 @@ pub struct RawUpstream {
     /// `preserve` (default): send the client's Host. `target`: send the target's host:port.
     #[serde(default)]
     pub host_header: HostHeader,
+    /// A concurrency limit that adapts to the upstream's latency (gradient): requests over it
+    /// get 503 `overloaded` instead of piling onto a struggling backend. Default: off.
+    #[serde(default)]
+    pub adaptive_concurrency: Option<RawAdaptiveConcurrency>,
+}
+
+/// Bounds of an upstream's adaptive concurrency limit.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdaptiveConcurrency {
+    /// Default 1.
+    #[serde(default = "default_ac_min")]
+    pub min: u32,
+    /// Default 1000.
+    #[serde(default = "default_ac_max")]
+    pub max: u32,
+    /// Where it starts. Default 20.
+    #[serde(default = "default_ac_initial")]
+    pub initial: u32,
+}
+
+fn default_ac_min() -> u32 {
+    1
+}
+fn default_ac_max() -> u32 {
+    1000
+}
+fn default_ac_initial() -> u32 {
+    20
 }
 
 fn default_connect_timeout() -> String {
@@ -626,6 +659,9 @@ pub struct RawRoute {
     /// roles, owner, tenant, rego, opa …
     #[serde(default)]
     pub authz: Option<RawRouteAuthz>,
+    /// Names of `rate_limits.limits` applied here, besides `rate_limits.global`.
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
 }
 
 /// Route matching. Host and method lists empty: any. Exactly one of `path` and `prefix`.

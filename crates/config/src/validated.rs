@@ -17,6 +17,7 @@ pub use crate::raw::{
 };
 pub use portcullis_authn::config::{AuthSettings, RouteAuth};
 pub use portcullis_authz::config::{AuthzSettings, RouteAuthz};
+pub use portcullis_ratelimit::config::RateLimitSettings;
 
 /// A configuration that compiled without error.
 #[derive(Debug)]
@@ -36,6 +37,7 @@ pub struct Config {
     pub token_exchange: Option<portcullis_tokenx::TokenExchangeSettings>,
     pub auth: AuthSettings,
     pub authz: AuthzSettings,
+    pub rate_limits: RateLimitSettings,
 }
 
 #[derive(Debug)]
@@ -154,6 +156,8 @@ pub struct Upstream {
     /// CA certificates to trust for `https://` targets; `None`: the system roots.
     pub tls_roots: Option<Vec<CertificateDer<'static>>>,
     pub host_header: HostHeader,
+    /// Per snapshot: a reload starts the limit again from `initial`.
+    pub adaptive_concurrency: Option<Arc<portcullis_ratelimit::adaptive::ConcurrencyLimiter>>,
 }
 
 /// How a route's host list matches.
@@ -269,4 +273,6 @@ pub struct Route {
     pub timeout: Option<Duration>,
     pub auth: RouteAuth,
     pub authz: RouteAuthz,
+    /// Indexes into `Config::rate_limits.limits`: the gateway-wide ones and the route's own.
+    pub rate_limits: Vec<usize>,
 }

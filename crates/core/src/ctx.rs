@@ -123,6 +123,11 @@ pub struct RequestCtx {
     pub authz: Option<Box<crate::AuthzDecision>>,
     /// Set by a step that needs the response body filtered (field masks).
     pub response_filter: Option<crate::ResponseFilter>,
+    /// Headers every response to this request carries, whatever its outcome (rate-limit
+    /// state, quota warnings). A name listed here replaces the upstream's own.
+    pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// The limit that refused the request (audit, metrics).
+    pub limited_by: Option<Arc<str>>,
     /// Set when a step rejects: which step and why (for audit and metrics).
     pub rejected_by: Option<(StageId, RejectReason)>,
     /// Per-request data of later steps (principal, permit …), keyed by type.
@@ -146,6 +151,8 @@ impl RequestCtx {
             auth_failure: None,
             authz: None,
             response_filter: None,
+            response_headers: Vec::new(),
+            limited_by: None,
             body_limit: None,
             rejected_by: None,
             extensions: http::Extensions::new(),

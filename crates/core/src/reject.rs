@@ -56,6 +56,12 @@ pub enum RejectReason {
     /// A response could not be filtered as the route requires (field masks on a body that is
     /// not JSON, compressed, or too large): withheld rather than leaked (502).
     ResponseFilterFailed,
+    /// A rate limit, quota or concurrency limit is exhausted (429 with `Retry-After`).
+    RateLimited,
+    /// The shared rate-limit store cannot answer and the limit fails closed (503).
+    RateLimitUnavailable,
+    /// The gateway is shedding load to stay healthy, lowest priority first (503).
+    Overloaded,
 }
 
 impl RejectReason {
@@ -81,6 +87,9 @@ impl RejectReason {
         RejectReason::StepUpRequired,
         RejectReason::AuthzUnavailable,
         RejectReason::ResponseFilterFailed,
+        RejectReason::RateLimited,
+        RejectReason::RateLimitUnavailable,
+        RejectReason::Overloaded,
     ];
 
     /// The stable machine-readable code.
@@ -106,6 +115,9 @@ impl RejectReason {
             RejectReason::StepUpRequired => "step_up_required",
             RejectReason::AuthzUnavailable => "authz_unavailable",
             RejectReason::ResponseFilterFailed => "response_filter_failed",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::RateLimitUnavailable => "rate_limit_unavailable",
+            RejectReason::Overloaded => "overloaded",
         }
     }
 
@@ -132,6 +144,9 @@ impl RejectReason {
             RejectReason::StepUpRequired => "urn:portcullis:problem:step_up_required",
             RejectReason::AuthzUnavailable => "urn:portcullis:problem:authz_unavailable",
             RejectReason::ResponseFilterFailed => "urn:portcullis:problem:response_filter_failed",
+            RejectReason::RateLimited => "urn:portcullis:problem:rate_limited",
+            RejectReason::RateLimitUnavailable => "urn:portcullis:problem:rate_limit_unavailable",
+            RejectReason::Overloaded => "urn:portcullis:problem:overloaded",
         }
     }
 
@@ -159,6 +174,10 @@ impl RejectReason {
             RejectReason::StepUpRequired => StatusCode::UNAUTHORIZED,
             RejectReason::AuthzUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RejectReason::ResponseFilterFailed => StatusCode::BAD_GATEWAY,
+            RejectReason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            RejectReason::RateLimitUnavailable | RejectReason::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -185,6 +204,9 @@ impl RejectReason {
             RejectReason::StepUpRequired => "Stronger authentication required",
             RejectReason::AuthzUnavailable => "Authorization unavailable",
             RejectReason::ResponseFilterFailed => "Response could not be filtered",
+            RejectReason::RateLimited => "Too many requests",
+            RejectReason::RateLimitUnavailable => "Rate limiting unavailable",
+            RejectReason::Overloaded => "Gateway overloaded",
         }
     }
 }

@@ -29,6 +29,7 @@ use portcullis_core::{
 use portcullis_hygiene::HygieneStage;
 use portcullis_ipfilter::IpFilterStage;
 use portcullis_limits::{BodyLimitStage, HeadLimitsStage};
+use portcullis_ratelimit::{RateLimitStage, RateLimitState};
 
 pub use client::ClientAddressStage;
 pub use normalize::NormalizeStage;
@@ -50,8 +51,14 @@ pub const ORDER: &[StageId] = &[
     RouteStage::ID,
     IpFilterStage::ROUTE_ID,
     BodyLimitStage::ID,
+    // 4. limits on what the request alone tells (client IP, route, method, header): before
+    // authentication, so credential stuffing and token floods are cut off cheaply.
+    RateLimitStage::PRE_ID,
     // 6. who is calling, verified: JWT / introspection / API key / mTLS → principal.
     AuthnStage::ID,
+    // 6b. limits and quotas on who is calling (client, user, API key, tenant, claims; tiers),
+    // and load shedding lowest priority first.
+    RateLimitStage::ID,
     // 7. what the caller may do: scopes (with the hierarchy), roles, resource policies,
     // ownership and tenant, risk and step-up, Rego/OPA; default deny; field masks.
     AuthzStage::ID,
@@ -66,6 +73,8 @@ pub struct Pipeline {
     /// The authenticator of this snapshot (also used by in-process endpoints such as token
     /// exchange).
     pub authn: Arc<portcullis_authn::Authn>,
+    /// The rate limiter of this snapshot (the engine feeds its adaptive controller).
+    pub ratelimit: Arc<portcullis_ratelimit::RateLimiter>,
 }
 
 impl Pipeline {
@@ -82,6 +91,17 @@ impl Pipeline {
             .map_err(|m| {
                 let mut e = ConfigErrors::new();
                 e.push("auth", m);
+                e
+            })?;
+        let ratelimit = shared
+            .ratelimit
+            .build(
+                &config.rate_limits,
+                routes.iter().map(|r| r.rate_limits.clone()).collect(),
+            )
+            .map_err(|m| {
+                let mut e = ConfigErrors::new();
+                e.push("rate_limits", m);
                 e
             })?;
         let failures = shared.authn.failures.clone();
@@ -106,11 +126,17 @@ impl Pipeline {
                 routes.iter().map(|r| r.max_body_bytes).collect(),
                 config.server.limits.max_body_bytes,
             )),
+            Box::new(RateLimitStage::pre_auth(ratelimit.clone())),
             Box::new(AuthnStage::new(authn.clone())),
+            Box::new(RateLimitStage::post_auth(ratelimit.clone())),
             Box::new(AuthzStage::new(authz)),
             Box::new(IdentityStage::new(authn.clone())),
         ];
-        Ok(Pipeline { stages, authn })
+        Ok(Pipeline {
+            stages,
+            authn,
+            ratelimit,
+        })
     }
 
     pub fn ids(&self) -> Vec<StageId> {
@@ -164,6 +190,7 @@ impl Snapshot {
 pub struct Shared {
     pub authn: Arc<AuthnState>,
     pub authz: Arc<AuthzState>,
+    pub ratelimit: Arc<RateLimitState>,
 }
 
 impl Shared {
@@ -171,6 +198,7 @@ impl Shared {
         Shared {
             authn: AuthnState::new(),
             authz: AuthzState::new(),
+            ratelimit: RateLimitState::new(),
         }
     }
 }

@@ -24,7 +24,9 @@ fn the_built_order_is_the_written_order() {
             "route",
             "route_ip_filter",
             "body_limit",
+            "ratelimit_pre",
             "authn",
+            "ratelimit",
             "authz",
             "identity"
         ]

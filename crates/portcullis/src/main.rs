@@ -591,6 +591,10 @@ impl AdminSource for AdminView {
         self.gw.shared.authn.public_jwks()
     }
 
+    fn ratelimit(&self) -> serde_json::Value {
+        self.gw.runtime().snapshot.pipeline.ratelimit.status()
+    }
+
     fn revoke(&self, request: serde_json::Value) -> portcullis_admin::RevokeFuture<'_> {
         Box::pin(async move {
             let revs = &self.gw.shared.authn.revocations;

@@ -159,6 +159,12 @@ impl Gateway {
             self.metrics.set_issuer_keys(&issuer, keys, last, failures);
         }
         let rt = self.runtime();
+        let rl = &rt.snapshot.pipeline.ratelimit;
+        self.metrics.set_ratelimit(
+            rl.store_up(),
+            rl.keys(),
+            rl.adaptive().map(|a| (a.factor(), a.level() as u8)),
+        );
         for pool in rt.pools.iter().flatten() {
             for t in pool.health_snapshot() {
                 self.metrics.set_upstream_target(

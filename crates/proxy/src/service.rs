@@ -216,6 +216,15 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(ctx.request_id.as_str()) {
             resp.headers_mut().insert(id_header, v);
         }
+        if !ctx.response_headers.is_empty() {
+            let h = resp.headers_mut();
+            for (name, _) in &ctx.response_headers {
+                h.remove(name);
+            }
+            for (name, value) in ctx.response_headers.drain(..) {
+                h.append(name, value);
+            }
+        }
         self.finish(&ctx, &seen, resp.status());
         Ok(resp)
     }
@@ -340,8 +349,34 @@ impl Gateway {
                     timeout: route.timeout.unwrap_or(upstream.request_timeout),
                     retryable: is_idempotent(&head.method) && !websocket,
                 };
+                // A struggling backend is not handed more than it currently copes with.
+                let permit = match &upstream.adaptive_concurrency {
+                    Some(l) => match l.try_acquire() {
+                        Some(p) => Some(p),
+                        None => {
+                            return Err(Rejection::new(
+                                RejectReason::Overloaded,
+                                "the upstream is at its concurrency limit; retry later",
+                            )
+                            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")));
+                        }
+                    },
+                    None => None,
+                };
                 let req = Request::from_parts(head, body);
-                match pool.forward(req, opts).await {
+                let started = std::time::Instant::now();
+                let adaptive = rt.snapshot.pipeline.ratelimit.adaptive();
+                let answer = pool.forward(req, opts).await;
+                let failed = answer
+                    .as_ref()
+                    .map_or(true, |ur| ur.response.status().is_server_error());
+                if let Some(a) = adaptive {
+                    a.record_upstream(started.elapsed(), failed);
+                }
+                if let Some(p) = permit {
+                    p.done(started.elapsed(), failed);
+                }
+                match answer {
                     Ok(ur) => {
                         self.metrics
                             .count_upstream_request(&upstream.name, &ur.target, "ok");
@@ -439,6 +474,9 @@ impl Gateway {
         if let Some(f) = ctx.auth_failure {
             self.metrics.auth_failure(f);
         }
+        if let Some(l) = &ctx.limited_by {
+            self.metrics.rate_limited(l);
+        }
         if let Some(d) = ctx.authz.as_deref() {
             if let Some(v) = &d.decided_by {
                 self.metrics
@@ -502,6 +540,7 @@ impl Gateway {
                 credential_id: p.credential_id.clone(),
             }),
             auth_failure: ctx.auth_failure.map(str::to_string),
+            rate_limit: ctx.limited_by.as_deref().map(str::to_string),
             authz: ctx.authz.as_deref().map(|d| {
                 let (rule, reason) = d
                     .decided_by

@@ -83,6 +83,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthzLabels {
     rule: Arc<str>,
     decision: &'static str,
@@ -148,6 +153,11 @@ pub struct Metrics {
     audit_dropped: Counter,
     auth_failures: Family<ReasonLabels, Counter>,
     authz_decisions: Family<AuthzLabels, Counter>,
+    rate_limited: Family<LimitLabels, Counter>,
+    rate_limit_store_up: Gauge,
+    rate_limit_keys: Gauge,
+    adaptive_factor: Gauge<f64, std::sync::atomic::AtomicU64>,
+    adaptive_level: Gauge,
     jwks_keys: Family<IssuerLabels, Gauge>,
     jwks_last_success: Family<IssuerLabels, Gauge>,
     jwks_fetch_failures: Family<IssuerLabels, Gauge>,
@@ -239,6 +249,36 @@ impl Metrics {
              every shadow rule's verdict (decision `shadow_allow` / `shadow_deny`)",
             authz_decisions.clone(),
         );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "portcullis_rate_limited",
+            "Requests refused by a rate limit, quota or concurrency limit, by limit name",
+            rate_limited.clone(),
+        );
+        let rate_limit_store_up = Gauge::default();
+        registry.register(
+            "portcullis_rate_limit_store_up",
+            "1 while the shared rate-limit store (Redis) answers, 0 while limits fail open or closed",
+            rate_limit_store_up.clone(),
+        );
+        let rate_limit_keys = Gauge::default();
+        registry.register(
+            "portcullis_rate_limit_keys",
+            "Budgets held in memory",
+            rate_limit_keys.clone(),
+        );
+        let adaptive_factor = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "portcullis_adaptive_factor",
+            "The adaptive controller's factor on every limit (1 = normal)",
+            adaptive_factor.clone(),
+        );
+        let adaptive_level = Gauge::default();
+        registry.register(
+            "portcullis_adaptive_level",
+            "0 normal, 1 degraded, 2 severe (shedding)",
+            adaptive_level.clone(),
+        );
         let jwks_keys = Family::<IssuerLabels, Gauge>::default();
         registry.register(
             "portcullis_jwks_keys",
@@ -261,6 +301,11 @@ impl Metrics {
             registry,
             auth_failures,
             authz_decisions,
+            rate_limited,
+            rate_limit_store_up,
+            rate_limit_keys,
+            adaptive_factor,
+            adaptive_level,
             jwks_keys,
             jwks_last_success,
             jwks_fetch_failures,
@@ -368,6 +413,26 @@ impl Metrics {
             decision,
         };
         self.authz_decisions.get_or_create(&labels).inc();
+    }
+
+    /// Rate-limiting state: the shared store's health (None: no shared store), keys held,
+    /// and the adaptive factor and level when configured.
+    pub fn set_ratelimit(&self, store_up: Option<bool>, keys: usize, adaptive: Option<(f64, u8)>) {
+        self.rate_limit_store_up
+            .set(i64::from(store_up.unwrap_or(true)));
+        self.rate_limit_keys
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
+        let (f, l) = adaptive.unwrap_or((1.0, 0));
+        self.adaptive_factor.set(f);
+        self.adaptive_level.set(i64::from(l));
+    }
+
+    /// A request refused by the named limit.
+    pub fn rate_limited(&self, limit: &str) {
+        let labels = LimitLabels {
+            limit: self.interner.get(limit),
+        };
+        self.rate_limited.get_or_create(&labels).inc();
     }
 
     /// The key state of one JWT issuer.

@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod idp;
 pub mod mmdb;
 pub mod pki;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod upstream;
 
@@ -27,5 +28,6 @@ pub use client::{
 pub use gateway::{CliOutput, Gateway, run_cli};
 pub use idp::OidcProvider;
 pub use pki::{CertFiles, TestPki};
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 pub use upstream::{GrpcUpstream, Recorded, TestUpstream, WsUpgrade, WsUpstream, dead_addr};

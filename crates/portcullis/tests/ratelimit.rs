@@ -1,0 +1,349 @@
+//! Rate limiting end to end through the real binary, with the in-memory store: 429s with their
+//! problem body, `Retry-After` and rate-limit headers; one budget per key across routes;
+//! tiers from API keys; quotas with warnings; concurrency limits; pre-authentication limits
+//! that stop credential stuffing before any verification. Every refusal is checked to reach no
+//! upstream.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn sha256_hex(s: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+const FREE_KEY: &str = "pk_free_0123456789abcdef0123456789abcdef";
+const PRO_KEY: &str = "pk_pro_0123456789abcdef0123456789abcdef01";
+
+async fn setup() -> (Gateway, TestUpstream) {
+    let up = TestUpstream::start("app").await;
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  api_keys:
+    keys:
+      - {{ hash: "sha256:{free}", client_id: free-client, tier: free }}
+      - {{ hash: "sha256:{pro}", client_id: pro-client, tier: pro }}
+rate_limits:
+  tiers: [free, pro]
+  limits:
+    login-ip: {{ key: [client_ip, route], algorithm: fixed_window, rate: 3/minute }}
+    shared-ip: {{ key: [client_ip], algorithm: fixed_window, rate: 3/minute }}
+    per-route-ip: {{ key: [client_ip, route], algorithm: fixed_window, rate: 2/minute }}
+    per-client: {{ key: [client_id], rate: 1/minute, tiers: {{ free: 2/minute, pro: 5/minute }} }}
+    daily: {{ key: [client_id], quota: 5/day, warn_at: [60] }}
+    inflight: {{ key: [global], concurrency: 1 }}
+routes:
+  - {{ name: login, match: {{ path: /login }}, upstream: app, auth: {{ anonymous: true }}, rate_limits: [login-ip] }}
+  - {{ name: a, match: {{ prefix: /a }}, upstream: app, auth: {{ anonymous: true }}, rate_limits: [shared-ip] }}
+  - {{ name: b, match: {{ prefix: /b }}, upstream: app, auth: {{ anonymous: true }}, rate_limits: [shared-ip] }}
+  - {{ name: c, match: {{ prefix: /c }}, upstream: app, auth: {{ anonymous: true }}, rate_limits: [per-route-ip] }}
+  - {{ name: d, match: {{ prefix: /d }}, upstream: app, auth: {{ anonymous: true }}, rate_limits: [per-route-ip] }}
+  - {{ name: api, match: {{ prefix: /api }}, upstream: app, auth: {{ methods: [api_key] }}, authz: {{ allow: any-authenticated }}, rate_limits: [per-client] }}
+  - {{ name: quota, match: {{ prefix: /quota }}, upstream: app, auth: {{ methods: [api_key] }}, authz: {{ allow: any-authenticated }}, rate_limits: [daily] }}
+  - {{ name: slow, match: {{ prefix: /delay }}, upstream: app, auth: {{ anonymous: true }}, rate_limits: [inflight] }}
+"#,
+        up = up.url(),
+        free = sha256_hex(FREE_KEY),
+        pro = sha256_hex(PRO_KEY),
+    );
+    (gateway_yaml(&yaml), up)
+}
+
+fn gateway_yaml(yaml: &str) -> Gateway {
+    Gateway::start(bin(), yaml).unwrap()
+}
+
+async fn hit(gw: &Gateway, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    send(req(
+        method,
+        &format!("{}{path}", gw.url("public")),
+        headers,
+        "",
+    ))
+    .await
+}
+
+fn assert_429(gw: &Gateway, r: &Resp, limit: &str, stage: &str) {
+    let v = assert_problem(r, 429, "rate_limited");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    // A minute at most for these rates; the next UTC midnight for the daily quota.
+    let max = if limit == "daily" { 86_400 } else { 60 };
+    assert!((1..=max).contains(&retry), "retry-after {retry}");
+    assert!(v["detail"].as_str().unwrap().contains(limit), "{v}");
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    assert!(
+        r.header("ratelimit").unwrap().contains(";r=0;"),
+        "{:?}",
+        r.headers
+    );
+    let ev = audit_of(gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["rate_limit"], limit, "{ev}");
+    assert_eq!(ev["stage"], stage, "{ev}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_auth_limit_answers_429_with_headers_and_stops_before_the_upstream() {
+    let (gw, up) = setup().await;
+    for i in 0..3u64 {
+        let r = hit(&gw, "POST", "/login", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-ratelimit-limit"), Some("3"));
+        assert_eq!(
+            r.header("x-ratelimit-remaining"),
+            Some((2 - i).to_string().as_str())
+        );
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            Some("\"login-ip\";q=3;w=60"),
+            "{:?}",
+            r.headers
+        );
+        let rl = r.header("ratelimit").unwrap();
+        assert!(
+            rl.starts_with(&format!("\"login-ip\";r={};t=", 2 - i)),
+            "{rl}"
+        );
+    }
+    let r = hit(&gw, "POST", "/login", &[]).await;
+    assert_429(&gw, &r, "login-ip", "ratelimit_pre");
+    assert_eq!(up.hits(), 3);
+    let m = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        m.contains(r#"portcullis_rate_limited_total{limit="login-ip"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_is_one_budget_across_routes_unless_the_route_is_in_the_key() {
+    let (gw, up) = setup().await;
+    // shared-ip on /a and /b: one budget of 3.
+    assert_eq!(hit(&gw, "GET", "/a", &[]).await.status, 200);
+    assert_eq!(hit(&gw, "GET", "/b", &[]).await.status, 200);
+    assert_eq!(hit(&gw, "GET", "/a", &[]).await.status, 200);
+    assert_429(
+        &gw,
+        &hit(&gw, "GET", "/b", &[]).await,
+        "shared-ip",
+        "ratelimit_pre",
+    );
+    assert_429(
+        &gw,
+        &hit(&gw, "GET", "/a", &[]).await,
+        "shared-ip",
+        "ratelimit_pre",
+    );
+    // per-route-ip has the route in its key: /c and /d have 2 each.
+    for p in ["/c", "/c", "/d", "/d"] {
+        assert_eq!(hit(&gw, "GET", p, &[]).await.status, 200, "{p}");
+    }
+    assert_429(
+        &gw,
+        &hit(&gw, "GET", "/c", &[]).await,
+        "per-route-ip",
+        "ratelimit_pre",
+    );
+    assert_429(
+        &gw,
+        &hit(&gw, "GET", "/d", &[]).await,
+        "per-route-ip",
+        "ratelimit_pre",
+    );
+    assert_eq!(up.hits(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiers_from_api_keys_choose_the_limit() {
+    let (gw, up) = setup().await;
+    let free = [("x-api-key", FREE_KEY)];
+    let pro = [("x-api-key", PRO_KEY)];
+    for _ in 0..2 {
+        assert_eq!(hit(&gw, "GET", "/api/x", &free).await.status, 200);
+    }
+    assert_429(
+        &gw,
+        &hit(&gw, "GET", "/api/x", &free).await,
+        "per-client",
+        "ratelimit",
+    );
+    for _ in 0..5 {
+        let r = hit(&gw, "GET", "/api/x", &pro).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("x-ratelimit-limit"), Some("5"));
+    }
+    assert_429(
+        &gw,
+        &hit(&gw, "GET", "/api/x", &pro).await,
+        "per-client",
+        "ratelimit",
+    );
+    assert_eq!(up.hits(), 7);
+    // Unauthenticated requests are refused by authentication, never counted against a client.
+    let r = hit(&gw, "GET", "/api/x", &[]).await;
+    assert_problem(&r, 401, "unauthenticated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_warn_then_refuse() {
+    let (gw, up) = setup().await;
+    let k = [("x-api-key", FREE_KEY)];
+    for i in 1..=5u64 {
+        let r = hit(&gw, "GET", "/quota", &k).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let warning = r.header("x-quota-warning");
+        if i * 100 / 5 >= 60 {
+            let w = warning.unwrap();
+            assert!(
+                w.starts_with("daily;") && w.contains(&format!("used={i}")),
+                "{w}"
+            );
+            assert!(w.contains("threshold=60%"), "{w}");
+        } else {
+            assert_eq!(warning, None, "request {i}");
+        }
+    }
+    let r = hit(&gw, "GET", "/quota", &k).await;
+    assert_429(&gw, &r, "daily", "ratelimit");
+    assert!(
+        r.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("quota exhausted"),
+        "{}",
+        r.text()
+    );
+    // Reset at the next UTC midnight: never more than a day away.
+    let reset: u64 = r.header("x-ratelimit-reset").unwrap().parse().unwrap();
+    assert!(reset > 0 && reset <= 86_400, "{reset}");
+    assert_eq!(up.hits(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_counts_requests_in_flight() {
+    let (gw, up) = setup().await;
+    let url = format!("{}/delay/600", gw.url("public"));
+    let slow = tokio::spawn(async move { send(req("GET", &url, &[], "")).await });
+    // Wait until the first request is at the upstream.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while up.hits() == 0 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let r = hit(&gw, "GET", "/delay/0", &[]).await;
+    assert_429(&gw, &r, "inflight", "ratelimit_pre");
+    assert_eq!(slow.await.unwrap().status, 200);
+    // The slot is free again once the first answered.
+    assert_eq!(hit(&gw, "GET", "/delay/0", &[]).await.status, 200);
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_upstream_sheds_the_lowest_priority_first_and_recovers() {
+    let up = TestUpstream::start("app").await;
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  api_keys:
+    keys:
+      - {{ hash: "sha256:{free}", client_id: free-client, tier: free }}
+      - {{ hash: "sha256:{pro}", client_id: pro-client, tier: pro }}
+rate_limits:
+  tiers: [free, pro]
+  adaptive: {{ latency_slo: 20ms, window: 2s, recover_after: 2s, cpu_high: 1.0 }}
+routes:
+  - {{ name: open, match: {{ prefix: /open }}, upstream: app, auth: {{ anonymous: true }}, rewrite: {{ replace_prefix: "" }} }}
+  - {{ name: api, match: {{ prefix: /api }}, upstream: app, auth: {{ methods: [api_key] }}, authz: {{ allow: any-authenticated }}, rewrite: {{ replace_prefix: "" }} }}
+"#,
+        up = up.url(),
+        free = sha256_hex(FREE_KEY),
+        pro = sha256_hex(PRO_KEY),
+    );
+    let gw = Gateway::start(bin(), &yaml).unwrap();
+    let key = [("x-api-key", PRO_KEY)];
+    assert_eq!(hit(&gw, "GET", "/open/x", &[]).await.status, 200);
+
+    // The upstream turns slow: p99 of 150 ms against an objective of 20 ms.
+    let mut slow = Vec::new();
+    for _ in 0..30 {
+        let url = format!("{}/api/delay/150", gw.url("public"));
+        slow.push(tokio::spawn(async move {
+            send(req("GET", &url, &[("x-api-key", FREE_KEY)], "")).await
+        }));
+    }
+    for t in slow {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let shed = loop {
+        let r = hit(&gw, "GET", "/open/x", &[]).await;
+        if r.status == 503 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "never shed: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let v = assert_problem(&shed, 503, "overloaded");
+    assert!(shed.header("retry-after").is_some());
+    let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["stage"], "ratelimit", "{ev}");
+    // Anonymous callers go first; the highest tier is never shed.
+    let r = hit(&gw, "GET", "/api/x", &key).await;
+    let status = get(&format!("{}/ratelimit", gw.admin_url())).await.json();
+    assert_eq!(r.status, 200, "{} {status}", r.text());
+    let status = get(&format!("{}/ratelimit", gw.admin_url())).await.json();
+    assert_eq!(status["adaptive"]["level"], "severe", "{status}");
+    let m = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(m.contains("portcullis_adaptive_level 2"), "{m}");
+
+    // Healthy again: after the window and the recovery delay, anonymous callers are back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = hit(&gw, "GET", "/open/x", &[]).await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_at_its_adaptive_concurrency_limit_is_not_handed_more() {
+    let up = TestUpstream::start("app").await;
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"], adaptive_concurrency: {{ min: 1, max: 1, initial: 1 }} }} }}
+routes:
+  - {{ name: r, match: {{ prefix: / }}, upstream: app }}
+"#,
+        up = up.url()
+    );
+    let gw = Gateway::start(bin(), &yaml).unwrap();
+    let url = format!("{}/delay/600", gw.url("public"));
+    let first = tokio::spawn(async move { send(req("GET", &url, &[], "")).await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.hits() == 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = hit(&gw, "GET", "/x", &[]).await;
+    assert_problem(&r, 503, "overloaded");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(up.hits(), 1);
+    assert_eq!(first.await.unwrap().status, 200);
+    assert_eq!(hit(&gw, "GET", "/x", &[]).await.status, 200);
+}

@@ -1,0 +1,190 @@
+//! Limits shared through a real Redis (and a real three-node Redis Cluster) by several real
+//! gateway instances: accuracy under concurrency, and Redis failing mid-load in both
+//! configured directions, with automatic recovery.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+fn config(up: &str, redis: &[String], cluster: bool) -> String {
+    let (first, rest) = (&redis[0], &redis[1..]);
+    let nodes = rest
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+rate_limits:
+  store: redis
+  redis: {{ url: "{first}", cluster: {cluster}, cluster_nodes: [{nodes}], timeout: 300ms, instances: 3 }}
+  limits:
+    exact-gcra: {{ key: [global], rate: 60/hour, burst: 60 }}
+    exact-fixed: {{ key: [header:x-tenant], algorithm: fixed_window, rate: 40/hour }}
+    smooth: {{ key: [global], algorithm: sliding_window, rate: 100/hour }}
+    open: {{ key: [client_ip], rate: 6/minute, burst: 6 }}
+    closed: {{ key: [client_ip], rate: 1000/minute, on_store_error: fail_closed }}
+routes:
+  - {{ name: g, match: {{ prefix: /g }}, upstream: app, rate_limits: [exact-gcra] }}
+  - {{ name: f, match: {{ prefix: /f }}, upstream: app, rate_limits: [exact-fixed] }}
+  - {{ name: s, match: {{ prefix: /s }}, upstream: app, rate_limits: [smooth] }}
+  - {{ name: o, match: {{ prefix: /o }}, upstream: app, rate_limits: [open] }}
+  - {{ name: c, match: {{ prefix: /c }}, upstream: app, rate_limits: [closed] }}
+"#
+    )
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Fires `n` requests at `path`, spread over the gateways, `n` at once; returns the admitted
+/// responses' window end (now + X-RateLimit-Reset) and the count of 429s.
+async fn storm(
+    gws: &[Gateway],
+    path: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> (Vec<u64>, usize) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let url = format!("{}{path}", gws[i % gws.len()].url("public"));
+        let h: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            send(req("GET", &url, &h, "")).await
+        }));
+    }
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status.as_u16() {
+            200 => {
+                let reset: u64 = r.header("x-ratelimit-reset").unwrap().parse().unwrap();
+                admitted.push(now_secs() + reset);
+            }
+            429 => refused += 1,
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    (admitted, refused)
+}
+
+async fn accuracy(redis_urls: &[String], cluster: bool) {
+    let up = TestUpstream::start("app").await;
+    let gws: Vec<Gateway> = (0..3)
+        .map(|_| Gateway::start(bin(), &config(&up.url(), redis_urls, cluster)).unwrap())
+        .collect();
+
+    // GCRA, 60/hour with a burst of 60: in the few seconds of the storm at most 60 (+1 for
+    // the refill of one emission interval, a minute) get through, across three instances.
+    let started = Instant::now();
+    let (admitted, refused) = storm(&gws, "/g", &[], 300).await;
+    let refill = started.elapsed().as_secs() / 60 + 1;
+    assert!(
+        admitted.len() as u64 <= 60 + refill,
+        "gcra admitted {} > 60",
+        admitted.len()
+    );
+    assert!(
+        admitted.len() >= 55,
+        "gcra admitted only {}",
+        admitted.len()
+    );
+    assert_eq!(admitted.len() + refused, 300);
+
+    // Fixed window, 40/hour: per window (identified by its end), never more than 40.
+    let (admitted, _) = storm(&gws, "/f", &[("x-tenant", "acme")], 200).await;
+    let mut per_window: HashMap<u64, usize> = HashMap::new();
+    for end in admitted {
+        // Round to the hour the window ends at (the reset is in whole seconds).
+        *per_window.entry((end + 1800) / 3600).or_default() += 1;
+    }
+    for (w, n) in &per_window {
+        assert!(*n <= 40, "fixed window {w}: {n} > 40");
+    }
+    assert!(per_window.values().sum::<usize>() >= 40);
+    // Another tenant: another budget.
+    let (admitted, _) = storm(&gws, "/f", &[("x-tenant", "other")], 50).await;
+    assert_eq!(admitted.len(), 40);
+
+    // Sliding window, 100/hour: within 1%.
+    let (admitted, _) = storm(&gws, "/s", &[], 300).await;
+    assert!(
+        (99..=101).contains(&admitted.len()),
+        "sliding window admitted {}",
+        admitted.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_share_exact_budgets_through_one_redis() {
+    let redis = RedisServer::start();
+    accuracy(&[redis.url()], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_share_exact_budgets_through_a_redis_cluster() {
+    let cluster = portcullis_test_support::redis_cluster::RedisCluster::start();
+    accuracy(&cluster.urls(), true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_mid_load_fails_open_or_closed_as_configured_and_recovers() {
+    let mut redis = RedisServer::start();
+    let up = TestUpstream::start("app").await;
+    let gw = Gateway::start(bin(), &config(&up.url(), &[redis.url()], false)).unwrap();
+    let call = |p: &'static str| send(req("GET", &format!("{}{p}", gw.url("public")), &[], ""));
+    assert_eq!(call("/o").await.status, 200);
+    assert_eq!(call("/c").await.status, 200);
+
+    redis.stop();
+    // fail_closed: 503 within the Redis timeout (plus slack), never a hang.
+    let started = Instant::now();
+    let r = call("/c").await;
+    let v = assert_problem(&r, 503, "rate_limit_unavailable");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(r.header("retry-after").is_some());
+    let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["rate_limit"], "closed", "{ev}");
+    // fail_open: counted locally at this instance's share (6 / 3 instances = 2 per minute).
+    let mut ok = 0;
+    for _ in 0..5 {
+        let r = call("/o").await;
+        match r.status.as_u16() {
+            200 => ok += 1,
+            429 => {}
+            s => panic!("{s}: {}", r.text()),
+        }
+    }
+    assert_eq!(ok, 2, "the local share of a fail-open limit");
+    let m = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(m.contains("portcullis_rate_limit_store_up 0"), "{m}");
+
+    // Redis back: the same store reconnects by itself.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if call("/c").await.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(m.contains("portcullis_rate_limit_store_up 1"), "{m}");
+}

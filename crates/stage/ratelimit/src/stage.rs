@@ -1,0 +1,646 @@
+//! The rate-limit steps: `ratelimit_pre` (before authentication: keys known from the request)
+//! and `ratelimit` (after authentication: identity keys, tiers, quotas, load shedding).
+//!
+//! Per request and step: the route's limits of that phase are keyed (a limit whose identity
+//! dimension is absent does not apply), their tier's values chosen and scaled by the adaptive
+//! factor; concurrency limits take a slot (held until the response head is sent); rate limits
+//! and quotas are checked all-or-nothing in one store call. A refusal is 429 with
+//! `Retry-After`; the headers of the most restrictive limit go on every response.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use portcullis_core::{
+    GatewayRequest, Principal, RejectReason, Rejection, RequestCtx, Stage, StageId, Step, Verdict,
+};
+
+use crate::config::{Dim, Limit, OnStoreError, RateLimitSettings};
+use crate::local::{ConcurrencyGuard, LocalStore};
+use crate::redis::RedisStore;
+use crate::types::{Algorithm, Check, Decision, LimitSpec, Period};
+
+/// The limiter of one configuration snapshot. The stores are long-lived (see
+/// [`crate::RateLimitState`]); budgets survive reloads.
+pub struct RateLimiter {
+    pub settings: RateLimitSettings,
+    /// Per route: indexes into `settings.limits`.
+    pub routes: Vec<Vec<usize>>,
+    pub(crate) local: Arc<LocalStore>,
+    pub(crate) fallback: Arc<LocalStore>,
+    pub(crate) redis: Option<Arc<RedisStore>>,
+    pub(crate) adaptive: Option<Arc<crate::adaptive::Adaptive>>,
+}
+
+/// Concurrency slots a request holds; released when the request's context is dropped (the
+/// context's extensions must be `Clone`: nothing clones them, so the slots are not shared).
+#[derive(Default, Clone)]
+pub struct Held(pub Vec<Arc<ConcurrencyGuard>>);
+
+/// The most restrictive limit seen so far for this request, whose headers are published.
+#[derive(Clone)]
+struct Published {
+    remaining: u64,
+    limit: u64,
+}
+
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+static QUOTA_WARNING: HeaderName = HeaderName::from_static("x-quota-warning");
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn window_secs(spec: &LimitSpec, reset: Duration) -> u64 {
+    match spec.period {
+        Period::Fixed(d) => ceil_secs(d).max(1),
+        // Calendar windows: the time left is the honest window to announce.
+        Period::CalendarDay | Period::CalendarMonth => ceil_secs(reset).max(1),
+    }
+}
+
+/// A structured-field token for a limit name: letters, digits and `_-.:*/` kept, others `_`.
+fn sf_key(name: &str) -> String {
+    let mut s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-.:*/".contains(c) {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !s.starts_with(|c: char| c.is_ascii_lowercase() || c == '*') {
+        s.insert(0, 'l');
+    }
+    s
+}
+
+impl RateLimiter {
+    fn tier_of(&self, p: Option<&Principal>) -> Option<usize> {
+        let p = p?;
+        let s = &self.settings;
+        p.tier
+            .as_deref()
+            .and_then(|t| s.tier_index(t))
+            .or_else(|| {
+                p.client_id
+                    .as_deref()
+                    .and_then(|c| s.clients.iter().find(|(k, _)| k == c).map(|(_, t)| *t))
+            })
+            .or(s.default_tier)
+    }
+
+    /// Load-shedding priority: 0 anonymous, 1 authenticated without a tier, then tiers.
+    fn priority(&self, p: Option<&Principal>, tier: Option<usize>) -> (u8, u8) {
+        let max = u8::try_from(self.settings.tiers.len() + 1).unwrap_or(u8::MAX);
+        let pr = match (p, tier) {
+            (None, _) => 0,
+            (Some(_), None) => 1,
+            (Some(_), Some(t)) => u8::try_from(t + 2).unwrap_or(u8::MAX).min(max),
+        };
+        (pr, max)
+    }
+
+    /// The budget key of a limit for this request; `None` when an identity dimension is absent.
+    fn key(&self, l: &Limit, req: &GatewayRequest, ctx: &RequestCtx) -> Option<String> {
+        let p = ctx.principal.as_deref();
+        let mut k = String::with_capacity(64);
+        k.push_str(&l.name);
+        for d in &l.key {
+            k.push('|');
+            match d {
+                Dim::Global => k.push('*'),
+                Dim::ClientIp => {
+                    let _ = write!(k, "{}", ctx.client_ip);
+                }
+                Dim::Route => k.push_str(ctx.route.as_ref().map(|r| &*r.name).unwrap_or("")),
+                Dim::Method => k.push_str(req.head.method.as_str()),
+                Dim::Header(h) => {
+                    // Every value, in order: a request cannot pick a budget by repeating it.
+                    for (i, v) in req.head.headers.get_all(h).iter().enumerate() {
+                        if i > 0 {
+                            k.push(',');
+                        }
+                        k.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                    }
+                }
+                Dim::ClientId => k.push_str(p?.client_id.as_deref()?),
+                Dim::User => k.push_str(p?.subject.as_deref()?),
+                Dim::ApiKey => {
+                    let p = p?;
+                    if p.method != portcullis_core::AuthMethod::ApiKey {
+                        return None;
+                    }
+                    k.push_str(p.credential_id.as_deref()?);
+                }
+                Dim::Tenant => k.push_str(p?.tenant.as_deref()?),
+                Dim::Claim(c) => {
+                    let v = claim(p?, c)?;
+                    k.push_str(&v);
+                }
+            }
+        }
+        Some(k)
+    }
+
+    fn scaled(&self, spec: &LimitSpec) -> LimitSpec {
+        let Some(a) = &self.adaptive else {
+            return *spec;
+        };
+        let f = a.factor();
+        if f >= 1.0 {
+            return *spec;
+        }
+        let scale = |n: u64| -> u64 {
+            let v = (n as f64 * f).floor();
+            if v.is_finite() && v >= 1.0 {
+                v as u64
+            } else {
+                1
+            }
+        };
+        LimitSpec {
+            limit: scale(spec.limit),
+            burst: scale(spec.burst),
+            ..*spec
+        }
+    }
+
+    fn headers(&self, ctx: &mut RequestCtx, name: &str, spec: &LimitSpec, d: &Decision) {
+        if !self.settings.headers {
+            return;
+        }
+        let better = match ctx.extensions.get::<Published>() {
+            None => true,
+            Some(p) => {
+                // The limit closest to refusing: least remaining, relative to its size.
+                (d.remaining as u128) * (p.limit as u128)
+                    < (p.remaining as u128) * (d.limit as u128)
+            }
+        };
+        if !better {
+            return;
+        }
+        ctx.extensions.insert(Published {
+            remaining: d.remaining,
+            limit: d.limit,
+        });
+        let key = sf_key(name);
+        let reset = ceil_secs(d.reset);
+        let w = window_secs(spec, d.reset);
+        let set = [
+            (&RATELIMIT_POLICY, format!("\"{key}\";q={};w={w}", d.limit)),
+            (&RATELIMIT, format!("\"{key}\";r={};t={reset}", d.remaining)),
+            (&X_LIMIT, d.limit.to_string()),
+            (&X_REMAINING, d.remaining.to_string()),
+            (&X_RESET, reset.to_string()),
+        ];
+        ctx.response_headers
+            .retain(|(n, _)| !set.iter().any(|(s, _)| *s == n));
+        for (n, v) in set {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                ctx.response_headers.push((n.clone(), v));
+            }
+        }
+    }
+
+    fn quota_warning(&self, ctx: &mut RequestCtx, l: &Limit, d: &Decision) {
+        if !l.is_quota || d.limit == 0 {
+            return;
+        }
+        let used = d.limit.saturating_sub(d.remaining);
+        let pct = used.saturating_mul(100) / d.limit;
+        if let Some(t) = l.warn_at.iter().rev().find(|t| pct >= u64::from(**t)) {
+            let v = format!(
+                "{}; used={used}; limit={}; threshold={t}%",
+                sf_key(&l.name),
+                d.limit
+            );
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                ctx.response_headers.push((QUOTA_WARNING.clone(), v));
+            }
+        }
+    }
+
+    fn refuse(&self, ctx: &mut RequestCtx, l: &Limit, spec: &LimitSpec, d: &Decision) -> Rejection {
+        ctx.limited_by = Some(l.name.clone());
+        ctx.extensions.remove::<Published>();
+        self.headers(ctx, &l.name, spec, d);
+        let retry = d.retry_after.map(ceil_secs).unwrap_or(1).max(1);
+        let what = if l.is_concurrency() {
+            "too many requests in flight"
+        } else if l.is_quota {
+            "quota exhausted"
+        } else {
+            "rate limit exceeded"
+        };
+        let mut r = Rejection::new(
+            RejectReason::RateLimited,
+            format!("{what} ({}); retry after {retry} s", l.name),
+        );
+        if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+            r = r.with_header(http::header::RETRY_AFTER, v);
+        }
+        r
+    }
+
+    /// The decisions for `checks`, from Redis or memory, with the documented fallbacks.
+    async fn decide(
+        &self,
+        checks: &[Check<'_>],
+        limits: &[&Limit],
+    ) -> Result<Vec<Decision>, &'static str> {
+        let Some(redis) = &self.redis else {
+            return Ok(self.local.check_all(checks, 1));
+        };
+        match redis.check_all(checks, 1).await {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                if limits
+                    .iter()
+                    .any(|l| l.on_store_error == OnStoreError::FailClosed)
+                {
+                    tracing::warn!(error = %e, "rate-limit store unavailable: failing closed");
+                    return Err("rate limiting is unavailable");
+                }
+                tracing::warn!(error = %e, "rate-limit store unavailable: counting locally");
+                let share = self
+                    .settings
+                    .redis
+                    .as_ref()
+                    .map(|r| r.instances)
+                    .unwrap_or(1)
+                    .max(1);
+                let specs: Vec<LimitSpec> = checks
+                    .iter()
+                    .map(|c| LimitSpec {
+                        limit: (c.spec.limit / share).max(1),
+                        burst: (c.spec.burst / share).max(1),
+                        ..*c.spec
+                    })
+                    .collect();
+                let local: Vec<Check<'_>> = checks
+                    .iter()
+                    .zip(&specs)
+                    .map(|(c, s)| Check {
+                        key: c.key,
+                        spec: s,
+                    })
+                    .collect();
+                Ok(self.fallback.check_all(&local, 1))
+            }
+        }
+    }
+
+    /// The adaptive controller, when configured: the engine reports every upstream answer.
+    pub fn adaptive(&self) -> Option<&Arc<crate::adaptive::Adaptive>> {
+        self.adaptive.as_ref()
+    }
+
+    /// The shared store's health; `None` without one.
+    pub fn store_up(&self) -> Option<bool> {
+        self.redis.as_ref().map(|r| r.healthy())
+    }
+
+    /// Budgets held in memory.
+    pub fn keys(&self) -> usize {
+        self.local.len()
+    }
+
+    /// For the admin API.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "store": if self.redis.is_some() { "redis" } else { "local" },
+            "store_up": self.store_up(),
+            "keys": self.keys(),
+            "limits": self.settings.limits.iter().map(|l| &*l.name).collect::<Vec<_>>(),
+            "adaptive": self.adaptive.as_ref().map(|a| a.status()),
+        })
+    }
+}
+
+fn claim(p: &Principal, path: &str) -> Option<String> {
+    let c = &p.claims;
+    let v = c.get(path).or_else(|| {
+        let mut parts = path.split('.');
+        let mut cur = c.get(parts.next()?)?;
+        for part in parts {
+            cur = cur.as_object()?.get(part)?;
+        }
+        Some(cur)
+    })?;
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// One of the two steps.
+pub struct RateLimitStage {
+    rl: Arc<RateLimiter>,
+    pre: bool,
+}
+
+impl RateLimitStage {
+    pub const PRE_ID: StageId = StageId("ratelimit_pre");
+    pub const ID: StageId = StageId("ratelimit");
+
+    pub fn pre_auth(rl: Arc<RateLimiter>) -> RateLimitStage {
+        RateLimitStage { rl, pre: true }
+    }
+
+    pub fn post_auth(rl: Arc<RateLimiter>) -> RateLimitStage {
+        RateLimitStage { rl, pre: false }
+    }
+}
+
+struct Planned {
+    idx: usize,
+    key: String,
+    spec: LimitSpec,
+}
+
+impl Stage for RateLimitStage {
+    fn id(&self) -> StageId {
+        if self.pre { Self::PRE_ID } else { Self::ID }
+    }
+
+    fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
+        let rl = &*self.rl;
+        let Some(route) = ctx.route_id().and_then(|r| rl.routes.get(r.0)) else {
+            return Step::CONTINUE;
+        };
+        let principal = ctx.principal.clone();
+        let tier = rl.tier_of(principal.as_deref());
+
+        // Load shedding, lowest priority first (after authentication: the priority is known).
+        if !self.pre
+            && let Some(a) = &rl.adaptive
+        {
+            let (pr, max) = rl.priority(principal.as_deref(), tier);
+            if a.shed(pr, max) {
+                let retry = ceil_secs(a.retry_after()).max(1);
+                let mut r = Rejection::new(
+                    RejectReason::Overloaded,
+                    "the gateway is shedding load; retry later",
+                );
+                if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+                    r = r.with_header(http::header::RETRY_AFTER, v);
+                }
+                return Step::reject(r);
+            }
+        }
+
+        let mut planned: Vec<Planned> = Vec::new();
+        for &idx in route {
+            let Some(l) = rl.settings.limits.get(idx) else {
+                continue;
+            };
+            if l.pre_auth != self.pre {
+                continue;
+            }
+            let Some(key) = rl.key(l, req, ctx) else {
+                continue;
+            };
+            planned.push(Planned {
+                idx,
+                key,
+                spec: rl.scaled(l.spec_for(tier)),
+            });
+        }
+        if planned.is_empty() {
+            return Step::CONTINUE;
+        }
+
+        // Concurrency slots first (local, synchronous).
+        let mut held = Vec::new();
+        for pl in planned
+            .iter()
+            .filter(|p| p.spec.algorithm == Algorithm::Concurrency)
+        {
+            let Some(l) = rl.settings.limits.get(pl.idx) else {
+                continue;
+            };
+            match rl.local.acquire(&pl.key, pl.spec.limit) {
+                Some(g) => held.push(Arc::new(g)),
+                None => {
+                    let d = Decision {
+                        allowed: false,
+                        limit: pl.spec.limit,
+                        remaining: 0,
+                        reset: Duration::from_secs(1),
+                        retry_after: Some(Duration::from_secs(1)),
+                    };
+                    return Step::reject(rl.refuse(ctx, l, &pl.spec, &d));
+                }
+            }
+        }
+        if !held.is_empty() {
+            match ctx.extensions.get_mut::<Held>() {
+                Some(h) => h.0.extend(held),
+                None => {
+                    ctx.extensions.insert(Held(held));
+                }
+            }
+        }
+        planned.retain(|p| p.spec.algorithm != Algorithm::Concurrency);
+        if planned.is_empty() {
+            return Step::CONTINUE;
+        }
+
+        let finish = move |ctx: &mut RequestCtx, planned: &[Planned], decisions: Vec<Decision>| {
+            for (pl, d) in planned.iter().zip(&decisions) {
+                if !d.allowed
+                    && let Some(l) = rl.settings.limits.get(pl.idx)
+                {
+                    return Verdict::Reject(rl.refuse(ctx, l, &pl.spec, d));
+                }
+            }
+            for (pl, d) in planned.iter().zip(&decisions) {
+                if let Some(l) = rl.settings.limits.get(pl.idx) {
+                    rl.headers(ctx, &l.name, &pl.spec, d);
+                    rl.quota_warning(ctx, l, d);
+                }
+            }
+            Verdict::Continue
+        };
+
+        if rl.redis.is_none() {
+            let checks: Vec<Check<'_>> = planned
+                .iter()
+                .map(|p| Check {
+                    key: &p.key,
+                    spec: &p.spec,
+                })
+                .collect();
+            let decisions = rl.local.check_all(&checks, 1);
+            return Step::Done(finish(ctx, &planned, decisions));
+        }
+        Step::from_future(async move {
+            let checks: Vec<Check<'_>> = planned
+                .iter()
+                .map(|p| Check {
+                    key: &p.key,
+                    spec: &p.spec,
+                })
+                .collect();
+            let limits: Vec<&Limit> = planned
+                .iter()
+                .filter_map(|p| rl.settings.limits.get(p.idx))
+                .collect();
+            match rl.decide(&checks, &limits).await {
+                Ok(decisions) => finish(ctx, &planned, decisions),
+                Err(msg) => {
+                    ctx.limited_by = limits.first().map(|l| l.name.clone());
+                    Verdict::Reject(
+                        Rejection::new(RejectReason::RateLimitUnavailable, msg)
+                            .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1")),
+                    )
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RateLimitState;
+    use crate::clock::ManualClock;
+    use crate::config::{RawRateLimits, compile, compile_route};
+    use portcullis_core::{AuthMethod, BoxError, ConfigErrors, RouteId, RouteMatch, Scheme};
+
+    fn limiter(yaml: &str, clock: Arc<ManualClock>) -> Arc<RateLimiter> {
+        let raw: RawRateLimits = serde_yaml_ng::from_str(yaml).unwrap();
+        let mut e = ConfigErrors::new();
+        let settings = compile(&raw, &mut e);
+        let names: Vec<String> = raw.limits.keys().cloned().collect();
+        let route = compile_route(&names, &settings, "routes[0]", &mut e);
+        assert!(e.is_empty(), "{e:?}");
+        RateLimitState::with_clock(clock)
+            .build(&settings, vec![route])
+            .unwrap()
+    }
+
+    fn request(tier: Option<&str>, client: &str) -> (GatewayRequest, RequestCtx) {
+        use http_body_util::BodyExt;
+        let (head, _) = http::Request::builder()
+            .uri("/export")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let body = http_body_util::Full::new(bytes::Bytes::new())
+            .map_err(|e| -> BoxError { match e {} })
+            .boxed_unsync();
+        let mut ctx = RequestCtx::new(
+            "198.51.100.7:1000".parse().unwrap(),
+            Scheme::Http,
+            Arc::from("public"),
+        );
+        ctx.route = Some(RouteMatch {
+            id: RouteId(0),
+            name: Arc::from("export"),
+            params: Vec::new(),
+        });
+        let mut p = Principal::new(AuthMethod::ApiKey, Arc::from("api_keys"));
+        p.client_id = Some(client.into());
+        p.tier = tier.map(str::to_string);
+        ctx.principal = Some(Arc::new(p));
+        (GatewayRequest::new(head, body), ctx)
+    }
+
+    fn run(stage: &RateLimitStage, tier: Option<&str>, client: &str) -> (bool, RequestCtx) {
+        let (mut req, mut ctx) = request(tier, client);
+        let allowed = match stage.on_request(&mut req, &mut ctx) {
+            Step::Done(Verdict::Continue) => true,
+            Step::Done(Verdict::Reject(r)) => {
+                assert_eq!(r.reason, RejectReason::RateLimited);
+                false
+            }
+            Step::Async(_) => panic!("the local store decides synchronously"),
+        };
+        (allowed, ctx)
+    }
+
+    fn header<'a>(ctx: &'a RequestCtx, name: &str) -> Option<&'a str> {
+        ctx.response_headers
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .and_then(|(_, v)| v.to_str().ok())
+    }
+
+    /// 2026-03-31T23:59:00Z: a minute before a day (and a month) ends.
+    const MONTH_END: Duration = Duration::from_secs(1_775_001_540);
+
+    #[test]
+    fn quotas_renew_at_the_utc_day_and_month_boundary() {
+        let clock = Arc::new(ManualClock::new(MONTH_END));
+        let rl = limiter(
+            "tiers: [free, pro]\nlimits:\n  daily: { key: [client_id], quota: 3/day, warn_at: [60] }\n  monthly: { key: [client_id], quota: 5/month }\n",
+            clock.clone(),
+        );
+        let stage = RateLimitStage::post_auth(rl);
+        for i in 0..3 {
+            let (ok, ctx) = run(&stage, None, "c1");
+            assert!(ok, "request {i}");
+            if i >= 1 {
+                assert!(
+                    header(&ctx, "x-quota-warning")
+                        .unwrap()
+                        .starts_with("daily;")
+                );
+            }
+        }
+        let (ok, ctx) = run(&stage, None, "c1");
+        assert!(!ok);
+        assert_eq!(ctx.limited_by.as_deref(), Some("daily"));
+        // Another client has its own quota.
+        assert!(run(&stage, None, "c2").0);
+        // One minute later it is April 1st: the daily quota is whole again; the monthly one
+        // (3 used in March) too.
+        clock.advance(Duration::from_secs(60));
+        for _ in 0..3 {
+            assert!(run(&stage, None, "c1").0);
+        }
+        assert!(!run(&stage, None, "c1").0);
+        // The next day: daily renewed, but the monthly quota (3 of 5 used in April) runs out.
+        clock.advance(Duration::from_secs(86_400));
+        assert!(run(&stage, None, "c1").0);
+        assert!(run(&stage, None, "c1").0);
+        let (ok, ctx) = run(&stage, None, "c1");
+        assert!(!ok);
+        assert_eq!(ctx.limited_by.as_deref(), Some("monthly"));
+    }
+
+    #[test]
+    fn tiers_select_values_and_the_tightest_limit_sets_the_headers() {
+        let clock = Arc::new(ManualClock::new(Duration::from_secs(1_000_000)));
+        let rl = limiter(
+            "tiers: [free, pro]\nclients: { partner: pro }\nlimits:\n  per-client: { key: [client_id], rate: 2/minute, tiers: { pro: 10/minute } }\n  per-ip: { key: [client_ip], rate: 100/minute, phase: post_auth }\n",
+            clock,
+        );
+        let stage = RateLimitStage::post_auth(rl);
+        let (_, ctx) = run(&stage, Some("free"), "a");
+        assert_eq!(header(&ctx, "x-ratelimit-limit"), Some("2"));
+        assert_eq!(header(&ctx, "x-ratelimit-remaining"), Some("1"));
+        assert_eq!(
+            header(&ctx, "ratelimit-policy"),
+            Some("\"per-client\";q=2;w=60")
+        );
+        // A client mapped to a tier.
+        let (_, ctx) = run(&stage, None, "partner");
+        assert_eq!(header(&ctx, "x-ratelimit-limit"), Some("10"));
+        // An unknown tier name falls back to the base values.
+        let (_, ctx) = run(&stage, Some("platinum"), "b");
+        assert_eq!(header(&ctx, "x-ratelimit-limit"), Some("2"));
+    }
+}
