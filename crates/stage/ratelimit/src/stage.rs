@@ -150,14 +150,36 @@ impl RateLimiter {
         Some(k)
     }
 
-    fn scaled(&self, spec: &LimitSpec) -> LimitSpec {
+    /// The values a caller gets from `l` now. Under load (factor below 1) a limit with
+    /// per-tier values steps the caller down tiers — one step per third of the way to
+    /// `min_factor`, to the lowest tier and then the base values — and a limit without them is
+    /// scaled by the factor.
+    fn effective(&self, l: &Limit, tier: Option<usize>) -> LimitSpec {
         let Some(a) = &self.adaptive else {
-            return *spec;
+            return *l.spec_for(tier);
         };
         let f = a.factor();
         if f >= 1.0 {
-            return *spec;
+            return *l.spec_for(tier);
         }
+        if l.tiers.is_empty() {
+            return self.scaled(l.spec_for(tier), f);
+        }
+        let min = self
+            .settings
+            .adaptive
+            .as_ref()
+            .map_or(0.25, |c| c.min_factor)
+            .clamp(0.0, 0.99);
+        let depth = ((1.0 - f) / (1.0 - min)).clamp(0.0, 1.0);
+        // (A hair below each third counts as it: 0.75 with min 0.25 is exactly one step.)
+        let steps = (depth * 3.0 - 1e-9).ceil().max(0.0) as usize;
+        // Tier t (0-based) stepped down: t - steps, below 0 the base values.
+        let stepped = tier.and_then(|t| t.checked_sub(steps));
+        *l.spec_for(stepped)
+    }
+
+    fn scaled(&self, spec: &LimitSpec, f: f64) -> LimitSpec {
         let scale = |n: u64| -> u64 {
             let v = (n as f64 * f).floor();
             if v.is_finite() && v >= 1.0 {
@@ -414,7 +436,7 @@ impl Stage for RateLimitStage {
             planned.push(Planned {
                 idx,
                 key,
-                spec: rl.scaled(l.spec_for(tier)),
+                spec: rl.effective(l, tier),
             });
         }
         if planned.is_empty() {
@@ -576,6 +598,45 @@ mod tests {
             .iter()
             .find(|(n, _)| n.as_str() == name)
             .and_then(|(_, v)| v.to_str().ok())
+    }
+
+    #[test]
+    fn under_load_callers_step_down_tiers_and_untiered_limits_scale() {
+        use crate::adaptive::Sample;
+        let clock = Arc::new(ManualClock::new(Duration::from_secs(1_000_000)));
+        let rl = limiter(
+            "tiers: [free, pro, enterprise]\nadaptive: { cpu_high: 0.5, window: 2s, recover_after: 10s }\nlimits:\n  per-client: { key: [client_id], rate: 10/minute, tiers: { free: 10/minute, pro: 100/minute, enterprise: 1000/minute } }\n  per-ip: { key: [client_ip], rate: 400/minute, phase: post_auth }\n",
+            clock.clone(),
+        );
+        let per_client = &rl.settings.limits[0];
+        let per_ip = &rl.settings.limits[1];
+        let q = |l: &Limit, tier: Option<usize>| rl.effective(l, tier).limit;
+        assert_eq!((q(per_client, Some(2)), q(per_ip, Some(2))), (1000, 400));
+        // CPU at the threshold: degraded, factor 0.75: one tier down; per-ip (no tiers)
+        // scaled to 300.
+        let a = rl.adaptive().unwrap().clone();
+        a.tick_with(Sample {
+            cpu: Some(0.5),
+            memory: None,
+        });
+        assert_eq!(a.factor(), 0.75);
+        assert_eq!(q(per_client, Some(2)), 100);
+        assert_eq!(q(per_client, Some(1)), 10);
+        // Below the lowest tier: the base values.
+        assert_eq!(q(per_client, Some(0)), 10);
+        assert_eq!(q(per_client, None), 10);
+        assert_eq!(q(per_ip, Some(2)), 300);
+        // The step applies to requests: an enterprise caller now gets pro's budget.
+        let stage = RateLimitStage::post_auth(rl.clone());
+        let (_, ctx) = run(&stage, Some("enterprise"), "e1");
+        assert!(
+            ctx.response_headers
+                .iter()
+                .any(|(n, v)| n.as_str() == "ratelimit-policy"
+                    && v.to_str().unwrap() == "\"per-client\";q=100;w=60"),
+            "{:?}",
+            ctx.response_headers
+        );
     }
 
     /// 2026-03-31T23:59:00Z: a minute before a day (and a month) ends.
