@@ -69,6 +69,31 @@ impl Principal {
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|s| s == scope)
     }
+
+    /// A claim by dotted path (`org.id` reaches into objects); a claim whose own name holds
+    /// dots is found first.
+    pub fn claim(&self, path: &str) -> Option<&serde_json::Value> {
+        let c = &self.claims;
+        if let Some(v) = c.get(path) {
+            return Some(v);
+        }
+        let mut parts = path.split('.');
+        let mut cur = c.get(parts.next()?)?;
+        for part in parts {
+            cur = cur.as_object()?.get(part)?;
+        }
+        Some(cur)
+    }
+
+    /// A claim as text: strings, and numbers and booleans as written; anything else is absent.
+    pub fn claim_text(&self, path: &str) -> Option<String> {
+        match self.claim(path)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
 }
 
 /// A SPIFFE id (`spiffe://trust-domain/path`).

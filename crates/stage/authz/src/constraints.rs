@@ -8,22 +8,13 @@ use serde_json::Value;
 use crate::config::{Owner, Source, Tenant};
 use crate::rules::ScopeHierarchy;
 
-/// A claim by dotted path (`org.id`); a claim whose own name holds dots is found first.
-/// Strings, and numbers as written, compare; anything else is absent.
+/// A claim by dotted path (`org.id`): strings, and numbers as written. `sub` is the
+/// principal's subject (an API key's owner, a certificate's identity too).
 pub fn claim_string(p: &Principal, path: &str) -> Option<String> {
     if path == "sub" {
         return p.subject.clone();
     }
-    let c = &p.claims;
-    let v = c.get(path).or_else(|| {
-        let mut parts = path.split('.');
-        let mut cur = c.get(parts.next()?)?;
-        for part in parts {
-            cur = cur.as_object()?.get(part)?;
-        }
-        Some(cur)
-    })?;
-    match v {
+    match p.claim(path)? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,

@@ -141,10 +141,7 @@ impl RateLimiter {
                     k.push_str(p.credential_id.as_deref()?);
                 }
                 Dim::Tenant => k.push_str(p?.tenant.as_deref()?),
-                Dim::Claim(c) => {
-                    let v = claim(p?, c)?;
-                    k.push_str(&v);
-                }
+                Dim::Claim(c) => k.push_str(&p?.claim_text(c)?),
             }
         }
         Some(k)
@@ -348,24 +345,6 @@ impl RateLimiter {
     }
 }
 
-fn claim(p: &Principal, path: &str) -> Option<String> {
-    let c = &p.claims;
-    let v = c.get(path).or_else(|| {
-        let mut parts = path.split('.');
-        let mut cur = c.get(parts.next()?)?;
-        for part in parts {
-            cur = cur.as_object()?.get(part)?;
-        }
-        Some(cur)
-    })?;
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
 /// One of the two steps.
 pub struct RateLimitStage {
     rl: Arc<RateLimiter>,
@@ -496,25 +475,22 @@ impl Stage for RateLimitStage {
             Verdict::Continue
         };
 
-        if rl.redis.is_none() {
-            let checks: Vec<Check<'_>> = planned
+        fn checks(planned: &[Planned]) -> Vec<Check<'_>> {
+            planned
                 .iter()
                 .map(|p| Check {
                     key: &p.key,
                     spec: &p.spec,
                 })
-                .collect();
+                .collect()
+        }
+        if rl.redis.is_none() {
+            let checks = checks(&planned);
             let decisions = rl.local.check_all(&checks, 1);
             return Step::Done(finish(ctx, &planned, decisions));
         }
         Step::from_future(async move {
-            let checks: Vec<Check<'_>> = planned
-                .iter()
-                .map(|p| Check {
-                    key: &p.key,
-                    spec: &p.spec,
-                })
-                .collect();
+            let checks = checks(&planned);
             let limits: Vec<&Limit> = planned
                 .iter()
                 .filter_map(|p| rl.settings.limits.get(p.idx))
