@@ -7,6 +7,8 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -187,4 +189,45 @@ async fn redis_down_mid_load_fails_open_or_closed_as_configured_and_recovers() {
     }
     let m = get(&format!("{}/metrics", gw.admin_url())).await.text();
     assert!(m.contains("portcullis_rate_limit_store_up 1"), "{m}");
+
+    // Once more, under load: while Redis goes away and comes back every answer is a decision
+    // (200, 429, or 503 from the fail-closed limit), none takes long, none hangs.
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for i in 0..8 {
+        let url = format!(
+            "{}{}",
+            gw.url("public"),
+            if i % 2 == 0 { "/o" } else { "/c" }
+        );
+        let stop = stop_load.clone();
+        load.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let r =
+                    tokio::time::timeout(Duration::from_secs(5), send(req("GET", &url, &[], "")))
+                        .await
+                        .expect("a request hung while Redis was failing");
+                assert!(started.elapsed() < Duration::from_secs(3));
+                seen.push(r.status.as_u16());
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop_load.store(true, Ordering::SeqCst);
+    let mut statuses = Vec::new();
+    for t in load {
+        statuses.extend(t.await.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| [200, 429, 503].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&200));
 }

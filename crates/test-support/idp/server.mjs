@@ -11,7 +11,6 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
-import Provider, { errors } from 'oidc-provider';
 
 if (process.argv[2] === 'genkey') {
   const kid = process.argv[3] || 'k1';
@@ -23,6 +22,9 @@ if (process.argv[2] === 'genkey') {
   process.stdout.write(JSON.stringify({ ...jwk, kid, alg, use: 'sig' }) + '\n');
   process.exit(0);
 }
+
+// Loaded only to serve: `genkey` stays a small, quick process.
+const { default: Provider, errors } = await import('oidc-provider');
 
 const jwks = JSON.parse(readFileSync(process.env.JWKS_FILE, 'utf8'));
 const ttl = Number(process.env.TOKEN_TTL || 300);

@@ -35,6 +35,44 @@ fn node_modules_present() -> bool {
     idp_dir().join("node_modules/oidc-provider").is_dir()
 }
 
+/// A private JWK from `node server.mjs genkey`. Node has been seen to hang (in a futex, at
+/// 0% CPU) on a loaded machine now and then: a run that takes longer than 20 s is killed and
+/// tried again, at most three times.
+fn genkey(kid: &str, alg: &str) -> String {
+    for _ in 0..3 {
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .args(["genkey", kid, alg])
+            .current_dir(idp_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match child.try_wait().expect("wait for node") {
+                Some(_) => {
+                    let out = child.wait_with_output().expect("node output");
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    return String::from_utf8(out.stdout).unwrap().trim().to_string();
+                }
+                None if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+    panic!("node server.mjs genkey hung three times");
+}
+
 impl OidcProvider {
     /// Starts a provider signing with a fresh `alg` key (`RS256` or `ES256`) on an ephemeral
     /// port; waits (at most 30 s) until it listens.
@@ -66,19 +104,8 @@ impl OidcProvider {
             std::process::id(),
             self.serial
         );
-        let out = Command::new("node")
-            .arg("server.mjs")
-            .args(["genkey", &kid, self.alg])
-            .current_dir(idp_dir())
-            .output()
-            .expect("node");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.keys
-            .insert(0, String::from_utf8(out.stdout).unwrap().trim().to_string());
+        let jwk = genkey(&kid, self.alg);
+        self.keys.insert(0, jwk);
         self.kids.insert(0, kid.clone());
         kid
     }
