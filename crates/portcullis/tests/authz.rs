@@ -491,6 +491,8 @@ async fn field_masks_on_nested_json() {
     assert!(!r.text().contains("internal_margin"));
     let ev = audit_of(&e.gw, v["request_id"].as_str().unwrap());
     assert_eq!(ev["reason"], "response_filter_failed", "{ev}");
+    assert_eq!(ev["stage"], "authz", "{ev}");
+    assert_eq!(ev["outcome"], "rejected", "{ev}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,10 @@ use crate::upstream::ForwardOpts;
 /// The step id under which engine-side failures (upstream errors) are recorded.
 pub const UPSTREAM_STAGE: StageId = StageId("upstream");
 
+/// The step id of responses withheld because the field masks authorization armed could not
+/// be applied (recorded as the authorization step's, like its other refusals).
+pub const RESPONSE_FILTER_STAGE: StageId = StageId("authz");
+
 /// The step id of refusals by the strict framing reader (the same id as the hygiene step:
 /// both are "protocol" refusals).
 pub const FRAMING_STAGE: StageId = StageId("protocol");
@@ -455,7 +459,14 @@ impl Gateway {
                     RejectReason::UpstreamTimeout,
                     "the upstream response body did not arrive in time",
                 )
-            })??;
+            })?
+            .inspect_err(|r| {
+                // A body withheld because the caller may not see it unfiltered is an
+                // authorization outcome, not an upstream failure.
+                if r.reason == RejectReason::ResponseFilterFailed {
+                    ctx.rejected_by = Some((RESPONSE_FILTER_STAGE, r.reason));
+                }
+            })?;
             // What this caller may see is not what the next one may: no shared cache may keep
             // it for anyone else.
             let h = resp.headers_mut();
