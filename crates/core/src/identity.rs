@@ -73,16 +73,7 @@ impl Principal {
     /// A claim by dotted path (`org.id` reaches into objects); a claim whose own name holds
     /// dots is found first.
     pub fn claim(&self, path: &str) -> Option<&serde_json::Value> {
-        let c = &self.claims;
-        if let Some(v) = c.get(path) {
-            return Some(v);
-        }
-        let mut parts = path.split('.');
-        let mut cur = c.get(parts.next()?)?;
-        for part in parts {
-            cur = cur.as_object()?.get(part)?;
-        }
-        Some(cur)
+        claim_at(&self.claims, path)
     }
 
     /// A claim as text: strings, and numbers and booleans as written; anything else is absent.
@@ -94,6 +85,23 @@ impl Principal {
             _ => None,
         }
     }
+}
+
+/// A claim of a claim set by dotted path (`realm_access.roles` reaches into objects); a
+/// claim whose own name holds dots is found first.
+pub fn claim_at<'a>(
+    claims: &'a serde_json::Map<String, serde_json::Value>,
+    path: &str,
+) -> Option<&'a serde_json::Value> {
+    if let Some(v) = claims.get(path) {
+        return Some(v);
+    }
+    let mut parts = path.split('.');
+    let mut cur = claims.get(parts.next()?)?;
+    for part in parts {
+        cur = cur.as_object()?.get(part)?;
+    }
+    Some(cur)
 }
 
 /// A SPIFFE id (`spiffe://trust-domain/path`).

@@ -31,7 +31,16 @@ pub use authz::{AuthzDecision, JsonFilter, ResponseFilter, RuleVerdict};
 pub use body::{BodyError, BoxBody, BoxError, GatewayRequest, RequestBody};
 pub use ctx::{RequestCtx, RequestId, RouteId, RouteMatch, Scheme, TlsInfo};
 pub use errors::{ConfigError, ConfigErrors};
-pub use identity::{AuthMethod, PeerCertificate, Principal, SpiffeId};
+pub use identity::{AuthMethod, PeerCertificate, Principal, SpiffeId, claim_at};
 pub use reject::{RejectReason, Rejection};
 pub use secret::{RawSecret, resolve_path};
 pub use stage::{Stage, StageId, Step, Verdict};
+
+/// Seconds since the Unix epoch (0 if the clock is before it): token times, quotas, policy
+/// input.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,7 +1,7 @@
 //! The token endpoint itself: one RFC 8693 exchange per request.
 
+use portcullis_core::unix_now;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
@@ -56,13 +56,6 @@ struct Issued {
     token_type: TokenType,
     expires_in: u64,
     scope: String,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl TokenExchange {

@@ -5,7 +5,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use portcullis_core::unix_now;
 
 use arc_swap::ArcSwapOption;
 use portcullis_jose::JwkSet;
@@ -45,13 +47,6 @@ pub struct RemoteKeys {
     /// Bumped by every completed fetch attempt.
     generation: AtomicU64,
     last_kid_refetch: Mutex<Option<Instant>>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl RemoteKeys {

@@ -39,7 +39,6 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use portcullis_jose::{Alg, Signer};
@@ -70,12 +69,7 @@ impl Fail {
     }
 }
 
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub(crate) use portcullis_core::unix_now;
 
 /// The internal-token signer and what it was built from (key PEM, algorithm).
 type SignerSlot = (Option<String>, Alg, Arc<Signer>);

@@ -7,19 +7,8 @@ use serde_json::{Map, Value};
 
 use crate::config::ClaimNames;
 
-/// Looks a dotted path (`realm_access.roles`) up in the claims. A claim whose own name
-/// contains dots is found first.
-pub fn claim<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
-    if let Some(v) = claims.get(path) {
-        return Some(v);
-    }
-    let mut parts = path.split('.');
-    let mut cur = claims.get(parts.next()?)?;
-    for p in parts {
-        cur = cur.as_object()?.get(p)?;
-    }
-    Some(cur)
-}
+/// Looks a dotted path (`realm_access.roles`) up in the claims.
+pub use portcullis_core::claim_at as claim;
 
 fn string(claims: &Map<String, Value>, path: &str) -> Option<String> {
     claim(claims, path)

@@ -8,12 +8,11 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue};
 use portcullis_core::{
     AuthMethod, AuthzDecision, GatewayRequest, Principal, RejectReason, Rejection, RequestCtx,
-    ResponseFilter, RuleVerdict, Stage, StageId, Step, Verdict,
+    ResponseFilter, RuleVerdict, Stage, StageId, Step, Verdict, unix_now,
 };
 
 use crate::config::{AuthzSettings, Mode, OnError, RouteAuthz};
@@ -57,13 +56,6 @@ impl Authz {
             owned_headers,
         }
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The evaluation of one request so far.

@@ -380,6 +380,10 @@ impl Stage for RateLimitStage {
         let Some(route) = ctx.route_id().and_then(|r| rl.routes.get(r.0)) else {
             return Step::CONTINUE;
         };
+        // Nothing to count and nothing to shed: the common case costs two lookups.
+        if route.is_empty() && (self.pre || rl.adaptive.is_none()) {
+            return Step::CONTINUE;
+        }
         let principal = ctx.principal.clone();
         let tier = rl.tier_of(principal.as_deref());
 
