@@ -288,8 +288,10 @@ routes:
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let shed = loop {
+        let before = up.hits();
         let r = hit(&gw, "GET", "/open/x", &[]).await;
         if r.status == 503 {
+            assert_eq!(up.hits(), before, "a shed request reached the upstream");
             break r;
         }
         assert!(Instant::now() < deadline, "never shed: {}", r.text());

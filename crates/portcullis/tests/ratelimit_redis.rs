@@ -157,8 +157,10 @@ async fn redis_down_mid_load_fails_open_or_closed_as_configured_and_recovers() {
     redis.stop();
     // fail_closed: 503 within the Redis timeout (plus slack), never a hang.
     let started = Instant::now();
+    let before = up.hits();
     let r = call("/c").await;
     let v = assert_problem(&r, 503, "rate_limit_unavailable");
+    assert_eq!(up.hits(), before, "nothing reached the upstream");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(r.header("retry-after").is_some());
     let ev = audit_of(&gw, v["request_id"].as_str().unwrap());

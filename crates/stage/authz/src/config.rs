@@ -161,7 +161,8 @@ pub struct RawOpaServer {
     /// PEM CA bundle to trust instead of the system roots.
     #[serde(default)]
     pub ca_file: Option<String>,
-    /// A bearer token for OPA's own authentication (`env:NAME` or `file:/path` or literal).
+    /// A bearer token for OPA's own authentication: a secret (`{ env: NAME }`, `{ file: path }`
+    /// or `{ value: … }`).
     #[serde(default)]
     pub token: Option<portcullis_core::RawSecret>,
     /// When OPA cannot answer: `closed` (default, 503) or `open` (allow, recorded).
