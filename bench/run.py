@@ -1,6 +1,13 @@
 #!/usr/bin/env python3
-"""Runs the scenarios and writes docs/performance.md. See bench/run.sh."""
+"""Runs the scenarios and writes docs/performance.md. See bench/run.sh.
 
+    --quick      short runs, prints results, writes nothing
+    --only waf   just the WAF scenario (Portcullis' WAF vs nginx + ModSecurity + OWASP CRS), printed,
+                 docs untouched
+"""
+
+import http.client
+import json
 import os
 import re
 import shutil
@@ -13,8 +20,19 @@ import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(ROOT, "bench", "waf"))
+import wafbench  # noqa: E402  (bench/waf/wafbench.py: the WAF servers' configurations)
+
 BIN = os.path.join(ROOT, "target", "release", "portcullis")
 QUICK = "--quick" in sys.argv
+ONLY = None
+for i, a in enumerate(sys.argv):
+    if a == "--only" and i + 1 < len(sys.argv):
+        ONLY = sys.argv[i + 1]
+    elif a.startswith("--only="):
+        ONLY = a.split("=", 1)[1]
+if ONLY not in (None, "waf"):
+    sys.exit(f"--only: the scenarios that run alone are: waf (got {ONLY})")
 DURATION = 3 if QUICK else 10
 REPEAT = 1 if QUICK else 3
 CONNECTIONS = 64
@@ -46,6 +64,47 @@ allow if {
 HEADERS = {}
 
 MARKER = "## What stands between us and nginx"
+
+# The WAF scenario: Portcullis with its WAF (block, paranoia 1) and nginx + ModSecurity + OWASP CRS
+# (paranoia 1), both in front of the same upstream, beside the plain proxies, on requests a WAF must
+# inspect and let through.
+WAF_PORTS = {"portcullis-waf": 18123, "nginx-modsec": 18125}
+WAF_ADMIN = 18124
+WAF_GET = "/api/items?page=2&sort=name&q=blue+shoes"
+WAF_POST = "/api/orders"
+# What a browser or an API client would send anyway (the same for every server in this scenario).
+WAF_HEADERS = ["User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+               "Accept: application/json, text/plain, */*", "Accept-Language: en-US,en;q=0.5"]
+WAF_SERVERS = ("nginx", "nginx-modsec", "portcullis", "portcullis-waf")
+
+
+def waf_json_body():
+    """A benign order of about 2 KiB: nested objects, an array, free text, numbers, an e-mail."""
+    goods = [("Blue running shoes", 79.9), ("Wool socks, pack of three", 14.5), ("Rain jacket", 120.0),
+             ("Water bottle 750 ml", 18.0), ("Trail backpack 28 l", 95.0), ("Sunglasses", 49.0),
+             ("Cotton T-shirt", 19.9), ("Headlamp", 34.0), ("Rain cover for backpack", 22.0),
+             ("Running cap", 17.5), ("Insoles", 25.0), ("Energy bars, box of twelve", 21.0)]
+    doc = {"order_id": "A-20240611-0042", "currency": "EUR", "created": "2024-06-11T09:42:17Z",
+           "customer": {"id": 5512, "name": "Ada Lovelace", "email": "ada.lovelace@example.com",
+                        "phone": "+44 20 7946 0958", "newsletter": False,
+                        "address": {"street": "12 Marylebone Road", "city": "London", "postcode": "NW1 5LR",
+                                    "country": "GB"}},
+           "items": [], "notes": "Please leave the parcel with the neighbour at number 14 if nobody is home.",
+           "coupon": "SUMMER-15", "gift": False, "tags": ["web", "returning-customer"]}
+    n = 0
+    while len(json.dumps(doc)) < 2048:
+        name, price = goods[n % len(goods)]
+        doc["items"].append({"sku": f"SKU-{1001 + n}", "name": name, "quantity": 1 + n % 3, "unit_price": price,
+                             "size": ["S", "M", "L", "42", "one size"][n % 5]})
+        n += 1
+    return json.dumps(doc)
+
+
+WAF_POST_LUA = """
+wrk.method = "POST"
+wrk.body = [==[%s]==]
+wrk.headers["Content-Type"] = "application/json"
+"""
 
 WRK_LUA = """
 done = function(summary, latency, requests)
@@ -134,13 +193,15 @@ def stop(p):
             pass
 
 
-def wrk(port, path, work):
+def wrk(port, path, work, setup="", headers=(), timeout=None):
     lua = os.path.join(work, "report.lua")
     with open(lua, "w") as f:
-        f.write(WRK_LUA)
+        f.write(setup + WRK_LUA)
     extra = []
-    for h in HEADERS.get(port, []):
+    for h in HEADERS.get(port, []) + list(headers):
         extra += ["-H", h]
+    if timeout:
+        extra += ["--timeout", timeout]
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "-s", lua,
            "-H", "Host: bench.local", *extra, f"http://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
@@ -259,21 +320,141 @@ upstreams:
     return path
 
 
-def main():
-    work = tempfile.mkdtemp(prefix="portcullis-bench-")
-    # nginx workers run as an unprivileged user: they must be able to read the files.
-    os.chmod(work, 0o755)
-    procs = {}
+def pids_of(procs, name):
+    p = procs[name]
+    return [p.pid] + children(p.pid)
+
+
+def http_status(port, method, path, body=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        up_conf = nginx_conf(work, "upstream", PORTS["upstream"], f"""
+        headers = dict(h.split(": ", 1) for h in WAF_HEADERS)
+        headers["Host"] = "bench.local"
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        conn.request(method, path, body=body, headers=headers)
+        r = conn.getresponse()
+        r.read()
+        return r.status
+    except (OSError, http.client.HTTPException) as e:
+        return type(e).__name__
+    finally:
+        conn.close()
+
+
+def waf_scenario(work, procs):
+    """Starts nginx + ModSecurity + CRS and Portcullis with its WAF; measures them and the plain
+    nginx and Portcullis (already running) on the same inspected requests."""
+    notes = []
+    try:
+        conf = wafbench.nginx_modsec_conf(work, "nginx-modsec", WAF_PORTS["nginx-modsec"], PORTS["upstream"], 1,
+                                          workers=1)
+        procs["nginx-modsec"] = start(["nginx", "-c", conf], WAF_PORTS["nginx-modsec"], "nginx-modsec", work)
+    except RuntimeError as e:
+        notes.append(f"**nginx-modsec not measured: {e}.**")
+    pconf = wafbench.portcullis_conf(work, "portcullis-waf", WAF_PORTS["portcullis-waf"], WAF_ADMIN,
+                                     PORTS["upstream"], 1, "block")
+    err = wafbench.portcullis_check(pconf)
+    if err:
+        first_line = err.splitlines()[0] if err else ""
+        notes.append(f"**portcullis-waf not measured: `portcullis check` refuses the `waf` configuration ({first_line}).**")
+        print("portcullis-waf: " + err, file=sys.stderr)
+    else:
+        procs["portcullis-waf"] = start([BIN, "run", "--config", pconf, "--threads", "1", "--no-watch"],
+                                        WAF_PORTS["portcullis-waf"], "portcullis-waf", work)
+    ports = {"nginx": PORTS["nginx"], "portcullis": PORTS["portcullis"], **WAF_PORTS}
+    names = [n for n in WAF_SERVERS if n in procs]
+    body = waf_json_body()
+    # Before measuring: the benign requests pass everywhere, an obvious SQLi is blocked by the WAFs.
+    for name in names:
+        get = http_status(ports[name], "GET", WAF_GET)
+        post = http_status(ports[name], "POST", WAF_POST, body)
+        if get != 200 or post != 200:
+            notes.append(f"**{name} answered {get} (GET) / {post} (POST) to the benign requests.**")
+        if name in WAF_PORTS:
+            attack = http_status(ports[name], "GET", "/api/items?page=2&q=%27%20or%201%3D1--")
+            if attack != 403:
+                notes.append(f"**{name} let `?q=' or 1=1--` through ({attack}): its numbers measure no WAF.**")
+            # The same in the JSON body, deep in it, as the last field: the body is inspected too.
+            doc = json.loads(body)
+            doc["items"][-1]["name"] = "' or 1=1--"
+            attack = http_status(ports[name], "POST", WAF_POST, json.dumps(doc))
+            if attack != 403:
+                notes.append(f"**{name} let `' or 1=1--` in the JSON body through ({attack}): "
+                             "its POST numbers measure no body inspection.**")
+    for n in notes:
+        print(n, file=sys.stderr)
+    setup = WAF_POST_LUA % body
+    results = {}
+    for name in names:
+        port = ports[name]
+        subprocess.run(["wrk", "-t1", "-c16", "-d1s", f"http://127.0.0.1:{port}{WAF_GET}"], capture_output=True)
+        # A generous timeout: a slow WAF is measured as slow, not as failing (wrk's default is 2 s).
+        results[(name, "get")] = measure(lambda: wrk(port, WAF_GET, work, headers=WAF_HEADERS, timeout="30s"),
+                                         pids_of(procs, name))
+        print(name, "waf get", results[(name, "get")], flush=True)
+        results[(name, "post")] = measure(lambda: wrk(port, WAF_POST, work, setup=setup, headers=WAF_HEADERS,
+                                                      timeout="30s"),
+                                          pids_of(procs, name))
+        print(name, "waf post", results[(name, "post")], flush=True)
+    return {"results": results, "notes": notes, "body_bytes": len(body)}
+
+
+def waf_report(waf):
+    pkgs = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}, ", "libnginx-mod-http-modsecurity",
+                           "libmodsecurity3", "modsecurity-crs"], capture_output=True, text=True).stdout.strip(", ")
+    r = waf["results"]
+    lines = []
+    add = lines.append
+    add("\n## WAF\n")
+    add("Portcullis' WAF (`waf: { mode: block, paranoia: 1 }`, anomaly threshold 5; `bench/waf/portcullis.yaml`)")
+    add("against nginx + ModSecurity v3 + OWASP CRS (paranoia 1, threshold 5; `bench/waf/`), one worker or")
+    add("thread each on CPU 0, in front of the same upstream, beside the same proxies without a WAF.")
+    add(f"Requests a WAF must inspect and let through: `GET {WAF_GET}` and `POST {WAF_POST}`")
+    add(f"with a {waf['body_bytes']}-byte JSON order (wrk with a Lua script), both with browser-like User-Agent,")
+    add("Accept and Accept-Language headers. ModSecurity runs its recommended configuration with")
+    add("`SecRuleEngine On`, request bodies inspected, response bodies not (Portcullis' WAF inspects")
+    add(f"requests only) and the audit log off. Packages: {pkgs or 'unknown'}.")
+    add("Detection and false positives on the attack corpora: `bench/waf-corpus` (`bench/waf/compare.sh`).\n")
+    add("| server | test | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | errors |")
+    add("|---|---|---:|---:|---:|---:|---:|---:|")
+    label = {"get": "GET ?q=", "post": "POST 2 KiB JSON"}
+    for (name, test), x in r.items():
+        add(f"| {name} | {label[test]} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | {x['p999']:.2f} | {x['cpu_us_per_req']:.1f} | {int(x['errors'])} |")
+    add("")
+    add("| test | Portcullis+WAF ÷ nginx+ModSecurity (req/s) | Portcullis+WAF p99 ÷ nginx+ModSecurity p99 | Portcullis+WAF ÷ Portcullis | nginx+ModSecurity ÷ nginx | WAF CPU µs/req (Portcullis / ModSecurity) |")
+    add("|---|---:|---:|---:|---:|---:|")
+
+    def ratio(a, b, k="rps"):
+        if a not in r or b not in r or not r[b][k]:
+            return "—"
+        v = r[a][k] / r[b][k]
+        return f"{v:.3f}" if v < 0.1 else f"{v:.2f}"
+
+    for test in ("get", "post"):
+        pw, pc, mw, ng = (("portcullis-waf", test), ("portcullis", test), ("nginx-modsec", test), ("nginx", test))
+        cost_p = f"{r[pw]['cpu_us_per_req'] - r[pc]['cpu_us_per_req']:+.1f}" if pw in r and pc in r else "—"
+        cost_m = f"{r[mw]['cpu_us_per_req'] - r[ng]['cpu_us_per_req']:+.1f}" if mw in r and ng in r else "—"
+        add(f"| {label[test]} | {ratio(pw, mw)} | {ratio(pw, mw, 'p99')} | {ratio(pw, pc)} | {ratio(mw, ng)} | {cost_p} / {cost_m} |")
+    bad = [f"{n} {label[t]}" for (n, t), x in r.items() if x["errors"]]
+    if bad:
+        add("\n**Invalid runs (errors or non-2xx answers): " + ", ".join(bad) + ".**")
+    for n in waf["notes"]:
+        add("\n" + n)
+    return lines
+
+
+def start_proxies(work, procs):
+    """The upstream and the plain nginx proxy."""
+    up_conf = nginx_conf(work, "upstream", PORTS["upstream"], f"""
   server {{
     listen 127.0.0.1:{PORTS['upstream']} reuseport;
     listen 127.0.0.1:{H2_PORTS['upstream']} http2;
     location = /16k {{ root {work}/www; }}
     location / {{ return 200 "hello, bench\\n"; }}
   }}""")
-        procs["upstream"] = start(["nginx", "-c", up_conf], PORTS["upstream"], "upstream", work)
-        ngx_conf = nginx_conf(work, "nginx", PORTS["nginx"], f"""
+    procs["upstream"] = start(["nginx", "-c", up_conf], PORTS["upstream"], "upstream", work)
+    ngx_conf = nginx_conf(work, "nginx", PORTS["nginx"], f"""
   upstream backend {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 256; }}
   server {{
     listen 127.0.0.1:{PORTS['nginx']} reuseport;
@@ -287,7 +468,41 @@ def main():
       proxy_buffering on;
     }}
   }}""")
-        procs["nginx"] = start(["nginx", "-c", ngx_conf], PORTS["nginx"], "nginx", work)
+    procs["nginx"] = start(["nginx", "-c", ngx_conf], PORTS["nginx"], "nginx", work)
+
+
+def main_waf_only():
+    work = tempfile.mkdtemp(prefix="portcullis-bench-")
+    os.chmod(work, 0o755)
+    procs = {}
+    try:
+        start_proxies(work, procs)
+        conf = portcullis_conf(work, "portcullis", PORTS["portcullis"], ADMIN["portcullis"], False)
+        procs["portcullis"] = start([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"],
+                                    PORTS["portcullis"], "portcullis", work)
+        subprocess.run(["wrk", "-t1", "-c16", "-d1s", f"http://127.0.0.1:{PORTS['upstream']}/"], capture_output=True)
+        waf = waf_scenario(work, procs)
+    finally:
+        for p in procs.values():
+            stop(p)
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
+                         capture_output=True, text=True).stdout.strip()
+    print(f"\n{NCPU} cores ({cpu}); servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; "
+          f"`wrk -t1 -c{CONNECTIONS} -d{DURATION}s`, median of {REPEAT}.")
+    print("\n".join(waf_report(waf)))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def main():
+    if ONLY == "waf":
+        return main_waf_only()
+    work = tempfile.mkdtemp(prefix="portcullis-bench-")
+    # nginx workers run as an unprivileged user: they must be able to read the files.
+    os.chmod(work, 0o755)
+    procs = {}
+    waf = None
+    try:
+        start_proxies(work, procs)
         # A demo issuer for the JWT scenarios: an EdDSA key, its JWKS, one token for the run.
         subprocess.run([BIN, "keygen", "--alg", "EdDSA", "--kid", "bench", "--out-dir", work],
                        check=True, capture_output=True)
@@ -328,14 +543,15 @@ def main():
                 print(name, label, results[(name, label)], flush=True)
             results[(name, "h2")] = measure(lambda: h2load(H2_PORTS[name], "/"), pids(name))
             print(name, "h2", results[(name, "h2")], flush=True)
+        waf = waf_scenario(work, procs)
     finally:
         for p in procs.values():
             stop(p)
-    report(results)
+    report(results, waf)
     shutil.rmtree(work, ignore_errors=True)
 
 
-def report(results):
+def report(results, waf=None):
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
                          capture_output=True, text=True).stdout.strip()
     ngv = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
@@ -387,6 +603,8 @@ def report(results):
     bad = [f"{n} {l}" for (n, l), r in results.items() if r["errors"]]
     if bad:
         add("\n**Invalid runs (errors or non-2xx answers): " + ", ".join(bad) + ".**")
+    if waf:
+        lines += waf_report(waf)
     text = "\n".join(lines) + "\n"
     print(text)
     if not QUICK:

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The benchmark harness: Portcullis side by side with nginx on this machine, one command.
 #
-#   bench/run.sh                # full run (about 8 minutes), writes docs/performance.md
+#   bench/run.sh                # full run (about 13 minutes), writes docs/performance.md
 #   bench/run.sh --quick        # short runs, prints results, writes nothing
+#   bench/run.sh --only waf     # just the WAF scenario (Portcullis' WAF vs nginx + ModSecurity + CRS),
+#                               # prints results, writes nothing (add --quick for short runs)
 #
-# Installs what it needs from the OS packages (nginx, wrk, h2load, redis-server), builds the release binary,
+# Installs what it needs from the OS packages (nginx, wrk, h2load, redis-server, the nginx ModSecurity
+# module and the OWASP CRS), builds the release binary,
 # pins servers to CPU 0 and load generators to CPU 1, repeats each run, reports medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +17,9 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v wrk >/dev/null || need+=(wrk)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v redis-server >/dev/null || need+=(redis-server)
+[ -e /usr/lib/nginx/modules/ngx_http_modsecurity_module.so ] || [ -e /usr/share/nginx/modules/ngx_http_modsecurity_module.so ] \
+  || need+=(libnginx-mod-http-modsecurity)
+[ -d /usr/share/modsecurity-crs/rules ] || need+=(modsecurity-crs)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq

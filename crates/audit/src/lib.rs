@@ -95,6 +95,69 @@ pub struct AuditEvent {
     /// The authorization decision, on routes that authorize.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authz: Option<AuthzAudit>,
+    /// What the WAF found, when it found anything: every rule that matched, where, after
+    /// which transformations, with a masked snippet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waf: Option<WafAudit>,
+}
+
+/// The WAF's verdict, explained.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WafAudit {
+    /// `block` or `detect`.
+    pub mode: &'static str,
+    pub paranoia: u8,
+    pub score: u32,
+    pub threshold: u32,
+    /// Whether the request was blocked (in `detect` mode: would have been).
+    pub blocked: bool,
+    pub matches: Vec<WafMatchAudit>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WafMatchAudit {
+    pub rule: u32,
+    pub class: &'static str,
+    pub severity: &'static str,
+    pub message: String,
+    /// `query:id`, `header:user-agent`, `body:$.items[0].name`, `path`.
+    pub target: String,
+    pub transforms: &'static str,
+    /// At most 64 characters of what matched; digit runs and e-mail local parts masked.
+    pub snippet: String,
+    /// Turned off by an exclusion (recorded, not scored).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub excluded: bool,
+}
+
+/// Most WAF matches kept in one audit event.
+pub const MAX_WAF_MATCHES: usize = 32;
+
+impl WafAudit {
+    pub fn from_report(r: &portcullis_core::WafReport) -> WafAudit {
+        WafAudit {
+            mode: r.mode,
+            paranoia: r.paranoia,
+            score: r.score,
+            threshold: r.threshold,
+            blocked: r.blocked,
+            matches: r
+                .matches
+                .iter()
+                .take(MAX_WAF_MATCHES)
+                .map(|m| WafMatchAudit {
+                    rule: m.rule,
+                    class: m.class,
+                    severity: m.severity,
+                    message: m.message.to_string(),
+                    target: m.target.clone(),
+                    transforms: m.transforms,
+                    snippet: m.snippet.clone(),
+                    excluded: m.excluded,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// What authorization decided, and which rule decided it.
@@ -147,6 +210,12 @@ impl AuditEvent {
         }
         if let Some(ua) = self.user_agent.as_mut() {
             truncate_on_char_boundary(ua, MAX_USER_AGENT_BYTES);
+        }
+        if let Some(w) = self.waf.as_mut() {
+            for m in &mut w.matches {
+                // Targets carry client-chosen names (JSON keys, parameter names).
+                truncate_on_char_boundary(&mut m.target, MAX_REASON_BYTES);
+            }
         }
         if let Some(a) = self.authz.as_mut() {
             truncate_on_char_boundary(&mut a.reason, MAX_REASON_BYTES);
@@ -430,6 +499,7 @@ mod tests {
             auth_failure: None,
             rate_limit: None,
             authz: None,
+            waf: None,
         }
     }
 

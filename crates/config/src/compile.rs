@@ -61,6 +61,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
     let auth = portcullis_authn::config::compile(&raw.auth, base_dir, &mut e);
     let authz = portcullis_authz::config::compile(&raw.authz, base_dir, &mut e);
     let rate_limits = portcullis_ratelimit::config::compile(&raw.rate_limits, &mut e);
+    let waf = portcullis_waf::config::compile(&raw.waf, &mut e);
     let token_exchange = raw
         .token_exchange
         .as_ref()
@@ -79,6 +80,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
         auth: &auth,
         authz: &authz,
         rate_limits: &rate_limits,
+        waf: &waf,
     };
     for (i, r) in raw.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
@@ -138,6 +140,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
         auth,
         authz,
         rate_limits,
+        waf,
     })
 }
 
@@ -702,6 +705,7 @@ struct Sections<'a> {
     auth: &'a AuthSettings,
     authz: &'a portcullis_authz::AuthzSettings,
     rate_limits: &'a portcullis_ratelimit::RateLimitSettings,
+    waf: &'a portcullis_waf::WafSettings,
 }
 
 fn compile_route(r: &RawRoute, path: &str, sections: &Sections<'_>, e: &mut ConfigErrors) -> Route {
@@ -711,6 +715,7 @@ fn compile_route(r: &RawRoute, path: &str, sections: &Sections<'_>, e: &mut Conf
         auth,
         authz,
         rate_limits,
+        waf,
     } = *sections;
     let upstream = upstreams.get(&r.upstream).copied().unwrap_or_else(|| {
         let mut known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
@@ -908,6 +913,7 @@ fn compile_route(r: &RawRoute, path: &str, sections: &Sections<'_>, e: &mut Conf
             path,
             e,
         ),
+        waf: portcullis_waf::config::compile_route(r.waf.as_ref(), waf, path, e),
     }
 }
 

@@ -12,6 +12,7 @@ use portcullis_ipfilter::RawIpFilter;
 use portcullis_limits::RawLimits;
 pub use portcullis_ratelimit::config::RawRateLimits;
 pub use portcullis_tokenx::RawTokenExchange;
+pub use portcullis_waf::config::RawWaf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +54,10 @@ pub struct RawConfig {
     /// Rate limits, quotas, concurrency limits, adaptive load protection.
     #[serde(default)]
     pub rate_limits: RawRateLimits,
+    /// The WAF's gateway-wide settings (every route inherits them). Absent: on, `block`,
+    /// paranoia 1, threshold 5.
+    #[serde(default)]
+    pub waf: RawWaf,
 }
 
 /// A client-facing listener.
@@ -662,6 +667,10 @@ pub struct RawRoute {
     /// Names of `rate_limits.limits` applied here, besides `rate_limits.global`.
     #[serde(default)]
     pub rate_limits: Vec<String>,
+    /// The WAF on this route: overrides of the gateway-wide `waf:` key by key (exclusions and
+    /// custom rules add to the gateway-wide ones).
+    #[serde(default)]
+    pub waf: Option<RawWaf>,
 }
 
 /// Route matching. Host and method lists empty: any. Exactly one of `path` and `prefix`.

@@ -18,6 +18,7 @@ pub use crate::raw::{
 pub use portcullis_authn::config::{AuthSettings, RouteAuth};
 pub use portcullis_authz::config::{AuthzSettings, RouteAuthz};
 pub use portcullis_ratelimit::config::RateLimitSettings;
+pub use portcullis_waf::{RouteWaf, WafSettings};
 
 /// A configuration that compiled without error.
 #[derive(Debug)]
@@ -38,6 +39,7 @@ pub struct Config {
     pub auth: AuthSettings,
     pub authz: AuthzSettings,
     pub rate_limits: RateLimitSettings,
+    pub waf: WafSettings,
 }
 
 #[derive(Debug)]
@@ -275,4 +277,5 @@ pub struct Route {
     pub authz: RouteAuthz,
     /// Indexes into `Config::rate_limits.limits`: the gateway-wide ones and the route's own.
     pub rate_limits: Vec<usize>,
+    pub waf: RouteWaf,
 }

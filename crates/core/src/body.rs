@@ -26,6 +26,27 @@ impl std::fmt::Debug for RequestBody {
     }
 }
 
+/// The error a watched body returns when it exceeds its size limit (the engine's watcher;
+/// steps that buffer the body recognise it by downcasting).
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the route's limit")]
+pub struct BodyLimitExceeded;
+
+/// The error a watched body returns when the client sends it too slowly.
+#[derive(Debug, thiserror::Error)]
+#[error("request body arrived too slowly")]
+pub struct BodyTooSlow;
+
+/// What [`GatewayRequest::buffer_prefix`] found.
+#[derive(Debug)]
+pub enum Prefix<'a> {
+    /// The whole body, within the limit (now buffered).
+    Whole(&'a Bytes),
+    /// The body is longer than the limit; it is left streaming, whole (what was read is put
+    /// back in front of the rest).
+    Longer,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error("request body exceeds {limit} bytes")]
@@ -73,9 +94,90 @@ impl GatewayRequest {
         }
     }
 
+    /// Reads the body whole if it fits in `limit` bytes; a longer body is left streaming,
+    /// intact, with what was read put back in front of the rest.
+    pub async fn buffer_prefix(&mut self, limit: u64) -> Result<Prefix<'_>, BodyError> {
+        if let RequestBody::Streaming(body) = &mut self.body {
+            if body.size_hint().lower() > limit {
+                return Ok(Prefix::Longer);
+            }
+            let mut buf = BytesMut::new();
+            let mut over = None;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(BodyError::Read)?;
+                if let Ok(data) = frame.into_data() {
+                    if (buf.len() + data.len()) as u64 > limit {
+                        over = Some(data);
+                        break;
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            if let Some(data) = over {
+                let mut head = buf;
+                head.extend_from_slice(&data);
+                let rest = std::mem::replace(
+                    body,
+                    http_body_util::Empty::new()
+                        .map_err(|e| -> BoxError { match e {} })
+                        .boxed_unsync(),
+                );
+                self.body = RequestBody::Streaming(
+                    Replayed {
+                        head: Some(head.freeze()),
+                        rest,
+                    }
+                    .boxed_unsync(),
+                );
+                return Ok(Prefix::Longer);
+            }
+            self.body = RequestBody::Buffered(buf.freeze());
+        }
+        match &self.body {
+            RequestBody::Buffered(b) if b.len() as u64 <= limit => Ok(Prefix::Whole(b)),
+            RequestBody::Buffered(_) => Ok(Prefix::Longer),
+            RequestBody::Streaming(_) => Err(BodyError::Read("body state lost".into())),
+        }
+    }
+
     /// Takes the body out for forwarding, leaving an empty buffer behind.
     pub fn take_body(&mut self) -> RequestBody {
         std::mem::replace(&mut self.body, RequestBody::Buffered(Bytes::new()))
+    }
+}
+
+/// A body whose first bytes were already read: they come first, then the rest of the stream.
+struct Replayed {
+    head: Option<Bytes>,
+    rest: BoxBody,
+}
+
+impl http_body::Body for Replayed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        if let Some(head) = self.head.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(head))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let mut h = self.rest.size_hint();
+        let n = self.head.as_ref().map_or(0, |b| b.len() as u64);
+        h.set_lower(h.lower().saturating_add(n));
+        if let Some(u) = h.upper() {
+            h.set_upper(u.saturating_add(n));
+        }
+        h
     }
 }
 
@@ -100,6 +202,19 @@ mod tests {
             Some(Bytes::from_static(b"hello"))
         );
         assert_eq!(r.buffer_body(10).await.map(|b| b.len()).ok(), Some(5));
+    }
+
+    #[tokio::test]
+    async fn prefix_keeps_a_longer_body_whole() {
+        let mut r = req("hello world");
+        assert!(matches!(r.buffer_prefix(5).await, Ok(Prefix::Longer)));
+        let RequestBody::Streaming(b) = r.take_body() else {
+            panic!("a longer body stays streaming");
+        };
+        let all = b.collect().await.map(|c| c.to_bytes()).ok();
+        assert_eq!(all, Some(Bytes::from_static(b"hello world")));
+        let mut r = req("hi");
+        assert!(matches!(r.buffer_prefix(5).await, Ok(Prefix::Whole(b)) if b.as_ref() == b"hi"));
     }
 
     #[tokio::test]

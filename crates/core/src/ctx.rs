@@ -119,6 +119,8 @@ pub struct RequestCtx {
     /// Set by the authentication step when a credential was presented and refused: the
     /// precise reason (for audit and failure counting; never sent to the client).
     pub auth_failure: Option<&'static str>,
+    /// Set by the WAF step when it matched anything (or blocked).
+    pub waf: Option<Box<crate::WafReport>>,
     /// Set by the authorization step: what it decided and which rule decided it.
     pub authz: Option<Box<crate::AuthzDecision>>,
     /// Set by a step that needs the response body filtered (field masks).
@@ -149,6 +151,7 @@ impl RequestCtx {
             route: None,
             principal: None,
             auth_failure: None,
+            waf: None,
             authz: None,
             response_filter: None,
             response_headers: Vec::new(),

@@ -26,15 +26,20 @@ mod reject;
 mod secret;
 mod stage;
 pub mod units;
+mod waf;
 
 pub use authz::{AuthzDecision, JsonFilter, ResponseFilter, RuleVerdict};
-pub use body::{BodyError, BoxBody, BoxError, GatewayRequest, RequestBody};
+pub use body::{
+    BodyError, BodyLimitExceeded, BodyTooSlow, BoxBody, BoxError, GatewayRequest, Prefix,
+    RequestBody,
+};
 pub use ctx::{RequestCtx, RequestId, RouteId, RouteMatch, Scheme, TlsInfo};
 pub use errors::{ConfigError, ConfigErrors};
 pub use identity::{AuthMethod, PeerCertificate, Principal, SpiffeId, claim_at};
 pub use reject::{RejectReason, Rejection};
 pub use secret::{RawSecret, resolve_path};
 pub use stage::{Stage, StageId, Step, Verdict};
+pub use waf::{WafMatch, WafReport};
 
 /// Seconds since the Unix epoch (0 if the clock is before it): token times, quotas, policy
 /// input.

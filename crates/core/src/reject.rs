@@ -62,6 +62,9 @@ pub enum RejectReason {
     RateLimitUnavailable,
     /// The gateway is shedding load to stay healthy, lowest priority first (503).
     Overloaded,
+    /// The WAF found an attack: the anomaly score reached the route's threshold, or a rule
+    /// that blocks outright matched (403; the body carries only the request id).
+    WafBlocked,
 }
 
 impl RejectReason {
@@ -90,6 +93,7 @@ impl RejectReason {
         RejectReason::RateLimited,
         RejectReason::RateLimitUnavailable,
         RejectReason::Overloaded,
+        RejectReason::WafBlocked,
     ];
 
     /// The stable machine-readable code.
@@ -118,6 +122,7 @@ impl RejectReason {
             RejectReason::RateLimited => "rate_limited",
             RejectReason::RateLimitUnavailable => "rate_limit_unavailable",
             RejectReason::Overloaded => "overloaded",
+            RejectReason::WafBlocked => "waf_blocked",
         }
     }
 
@@ -147,6 +152,7 @@ impl RejectReason {
             RejectReason::RateLimited => "urn:portcullis:problem:rate_limited",
             RejectReason::RateLimitUnavailable => "urn:portcullis:problem:rate_limit_unavailable",
             RejectReason::Overloaded => "urn:portcullis:problem:overloaded",
+            RejectReason::WafBlocked => "urn:portcullis:problem:waf_blocked",
         }
     }
 
@@ -178,6 +184,7 @@ impl RejectReason {
             RejectReason::RateLimitUnavailable | RejectReason::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            RejectReason::WafBlocked => StatusCode::FORBIDDEN,
         }
     }
 
@@ -207,6 +214,7 @@ impl RejectReason {
             RejectReason::RateLimited => "Too many requests",
             RejectReason::RateLimitUnavailable => "Rate limiting unavailable",
             RejectReason::Overloaded => "Gateway overloaded",
+            RejectReason::WafBlocked => "Request blocked",
         }
     }
 }

@@ -30,6 +30,7 @@ use portcullis_hygiene::HygieneStage;
 use portcullis_ipfilter::IpFilterStage;
 use portcullis_limits::{BodyLimitStage, HeadLimitsStage};
 use portcullis_ratelimit::{RateLimitStage, RateLimitState};
+use portcullis_waf::{WafStage, WafState};
 
 pub use client::ClientAddressStage;
 pub use normalize::NormalizeStage;
@@ -54,6 +55,10 @@ pub const ORDER: &[StageId] = &[
     // 4. limits on what the request alone tells (client IP, route, method, header): before
     // authentication, so credential stuffing and token floods are cut off cheaply.
     RateLimitStage::PRE_ID,
+    // 5. the WAF: every value of the path, query, headers, cookies and body normalised and
+    // inspected, anomaly-scored; attacks in credentials and bodies stop before auth code
+    // parses them.
+    WafStage::ID,
     // 6. who is calling, verified: JWT / introspection / API key / mTLS → principal.
     AuthnStage::ID,
     // 6b. limits and quotas on who is calling (client, user, API key, tenant, claims; tiers),
@@ -104,11 +109,17 @@ impl Pipeline {
                 e.push("rate_limits", m);
                 e
             })?;
+        let waf = shared.waf.build(
+            config.waf.clone(),
+            routes.iter().map(|r| r.waf.clone()).collect(),
+        );
         let failures = shared.authn.failures.clone();
+        let waf_hits = shared.waf.hits.clone();
         let authz = shared.authz.build(
             &config.authz,
             routes.iter().map(|r| r.authz.clone()).collect(),
             Arc::new(move |ip| failures.recent(ip)),
+            Arc::new(move |ip| waf_hits.recent(ip)),
         );
         let stages: Vec<Box<dyn Stage>> = vec![
             Box::new(HygieneStage),
@@ -127,6 +138,7 @@ impl Pipeline {
                 config.server.limits.max_body_bytes,
             )),
             Box::new(RateLimitStage::pre_auth(ratelimit.clone())),
+            Box::new(WafStage::new(waf)),
             Box::new(AuthnStage::new(authn.clone())),
             Box::new(RateLimitStage::post_auth(ratelimit.clone())),
             Box::new(AuthzStage::new(authz)),
@@ -191,6 +203,7 @@ pub struct Shared {
     pub authn: Arc<AuthnState>,
     pub authz: Arc<AuthzState>,
     pub ratelimit: Arc<RateLimitState>,
+    pub waf: Arc<WafState>,
 }
 
 impl Shared {
@@ -199,6 +212,7 @@ impl Shared {
             authn: AuthnState::new(),
             authz: AuthzState::new(),
             ratelimit: RateLimitState::new(),
+            waf: WafState::new(),
         }
     }
 }

@@ -25,6 +25,7 @@ fn the_built_order_is_the_written_order() {
             "route_ip_filter",
             "body_limit",
             "ratelimit_pre",
+            "waf",
             "authn",
             "ratelimit",
             "authz",

@@ -79,6 +79,9 @@ async fn setup() -> Env {
 admin: {{ address: "127.0.0.1:0" }}
 server: {{ trusted_proxies: [127.0.0.1/32] }}
 upstreams: {{ app: {{ targets: ["{up}"] }} }}
+# Authorization is under test: the WAF records but does not refuse (its parameter-pollution
+# rule would refuse `?id=alice&id=bob` before the ownership rule sees it).
+waf: {{ mode: detect }}
 auth:
   jwt:
     main:

@@ -93,10 +93,12 @@ async fn a_refusal_from_the_gateway_is_a_problem_document() {
 async fn the_upstream_sees_the_gateways_framing_not_the_clients() {
     let up = TestUpstream::start("a").await;
     let gw = gateway(&format!(
-        "upstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        "upstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc, waf: {{ mode: detect }} }}\n",
         up.url()
     ));
-    // A well-formed chunked request whose chunk holds what looks like a second request.
+    // A well-formed chunked request whose chunk holds what looks like a second request. (The
+    // route's WAF is in detect mode: its CRLF rules would refuse the body; what is under test
+    // is the framing the upstream sees after the WAF has buffered the body.)
     let smuggled = "GET /admin HTTP/1.1\r\nHost: a\r\n\r\n";
     let raw = format!(
         "POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",

@@ -150,7 +150,9 @@ token_exchange:
       secret_hash: "{reporting}"
       audiences: {{ billing-api: [read:orders] }}
 routes:
-  - {{ name: token, match: {{ path: /token }}, upstream: tx, auth: {{ anonymous: true }}, max_body_bytes: 8KiB }}
+  # The endpoint's own RFC 6749 errors are under test: the WAF records but does not refuse
+  # (repeated parameters and non-form bodies would get its 403 first).
+  - {{ name: token, match: {{ path: /token }}, upstream: tx, auth: {{ anonymous: true }}, max_body_bytes: 8KiB, waf: {{ mode: detect }} }}
   - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt:idp] }} }}
 "#,
         iss = idp.issuer(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use portcullis_core::{BoxBody, BoxError, RejectReason};
+use portcullis_core::{BodyLimitExceeded, BodyTooSlow, BoxBody, BoxError, RejectReason};
 use tokio::time::{Instant, Sleep};
 
 /// Why a body was cut off, shared with the code that answers the client.
@@ -57,14 +57,6 @@ pin_project_lite::pin_project! {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds the route's limit")]
-pub struct BodyLimitExceeded;
-
-#[derive(Debug, thiserror::Error)]
-#[error("request body arrived too slowly")]
-pub struct BodyTooSlow;
-
 impl LimitedBody {
     pub fn new(inner: BoxBody, rules: BodyRules, tripped: Arc<Tripped>) -> Self {
         // A body that is already complete needs no timer (most GETs).
@@ -77,6 +69,26 @@ impl LimitedBody {
             rules,
             started: Instant::now(),
             gap,
+            tripped,
+        }
+    }
+}
+
+impl LimitedBody {
+    /// A watcher of size only (the timers run in the watcher put on the body when the request
+    /// arrived, see `service.rs`), sharing that watcher's `tripped`.
+    pub fn size_only(inner: BoxBody, limit: u64, tripped: Arc<Tripped>) -> Self {
+        LimitedBody {
+            inner,
+            remaining: limit,
+            received: 0,
+            rules: BodyRules {
+                limit,
+                read_timeout: Duration::MAX,
+                min_bytes_per_second: 0,
+            },
+            started: Instant::now(),
+            gap: None,
             tripped,
         }
     }

@@ -84,8 +84,8 @@ pub(crate) async fn read_body(body: BoxBody, limit: u64) -> Result<bytes::Bytes,
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(f) => f,
-            Err(e) if e.is::<crate::body::BodyLimitExceeded>() => return Err(too_large(limit)),
-            Err(e) if e.is::<crate::body::BodyTooSlow>() => {
+            Err(e) if e.is::<portcullis_core::BodyLimitExceeded>() => return Err(too_large(limit)),
+            Err(e) if e.is::<portcullis_core::BodyTooSlow>() => {
                 return Err(Rejection::new(
                     RejectReason::BodyTimeout,
                     "the request body arrived too slowly",

@@ -188,7 +188,23 @@ impl Gateway {
             upstream: None,
             target: None,
         };
+        // Watched for trickling from the first byte, so a step that buffers the body (the WAF)
+        // is protected as much as the upstream is; the route's size limit is added at forward
+        // time (buffering steps bound themselves by `ctx.body_limit`).
         let body: BoxBody = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
+        let body = if http_body::Body::is_end_stream(&body) {
+            body // nothing to watch (most GETs)
+        } else {
+            let tripped = Arc::new(Tripped::default());
+            ctx.extensions.insert(tripped.clone());
+            let server = &rt.snapshot.config.server;
+            let rules = BodyRules {
+                limit: u64::MAX,
+                read_timeout: server.body_read_timeout,
+                min_bytes_per_second: server.body_min_bytes_per_second,
+            };
+            LimitedBody::new(body, rules, tripped).boxed_unsync()
+        };
         let mut greq = GatewayRequest::new(head, body);
 
         let verdict = match conn.framing.get() {
@@ -314,14 +330,15 @@ impl Gateway {
         let limit = ctx
             .body_limit
             .unwrap_or(config.server.limits.max_body_bytes);
-        let tripped = Arc::new(Tripped::default());
-        let rules = BodyRules {
-            limit,
-            read_timeout: config.server.body_read_timeout,
-            min_bytes_per_second: config.server.body_min_bytes_per_second,
-        };
+        let tripped = ctx
+            .extensions
+            .get::<Arc<Tripped>>()
+            .cloned()
+            .unwrap_or_default();
         let body: BoxBody = match body {
-            RequestBody::Streaming(b) => LimitedBody::new(b, rules, tripped.clone()).boxed_unsync(),
+            RequestBody::Streaming(b) => {
+                LimitedBody::size_only(b, limit, tripped.clone()).boxed_unsync()
+            }
             RequestBody::Buffered(bytes) => full_body(bytes),
         };
 
@@ -488,6 +505,9 @@ impl Gateway {
         if let Some(l) = &ctx.limited_by {
             self.metrics.rate_limited(l);
         }
+        if let Some(w) = ctx.waf.as_deref() {
+            self.metrics.waf(route.unwrap_or(""), w);
+        }
         if let Some(d) = ctx.authz.as_deref() {
             if let Some(v) = &d.decided_by {
                 self.metrics
@@ -575,6 +595,10 @@ impl Gateway {
                     risk_signals: d.risk_signals.clone(),
                 }
             }),
+            waf: ctx
+                .waf
+                .as_deref()
+                .map(portcullis_audit::WafAudit::from_report),
         });
     }
 }

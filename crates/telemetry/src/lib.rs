@@ -88,6 +88,19 @@ struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WafLabels {
+    rule: u32,
+    class: &'static str,
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WafOutcomeLabels {
+    route: Arc<str>,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthzLabels {
     rule: Arc<str>,
     decision: &'static str,
@@ -153,6 +166,8 @@ pub struct Metrics {
     audit_dropped: Counter,
     auth_failures: Family<ReasonLabels, Counter>,
     authz_decisions: Family<AuthzLabels, Counter>,
+    waf_matches: Family<WafLabels, Counter>,
+    waf_requests: Family<WafOutcomeLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     rate_limit_store_up: Gauge,
     rate_limit_keys: Gauge,
@@ -249,6 +264,20 @@ impl Metrics {
              every shadow rule's verdict (decision `shadow_allow` / `shadow_deny`)",
             authz_decisions.clone(),
         );
+        let waf_matches = Family::<WafLabels, Counter>::default();
+        registry.register(
+            "portcullis_waf_matches",
+            "WAF rule matches (excluded ones not counted), by rule id, attack class and the \
+             route's mode",
+            waf_matches.clone(),
+        );
+        let waf_requests = Family::<WafOutcomeLabels, Counter>::default();
+        registry.register(
+            "portcullis_waf_requests",
+            "Requests the WAF found something in, by route and outcome (`blocked`, \
+             `detected` — would have been blocked in detect mode — or `below_threshold`)",
+            waf_requests.clone(),
+        );
         let rate_limited = Family::<LimitLabels, Counter>::default();
         registry.register(
             "portcullis_rate_limited",
@@ -301,6 +330,8 @@ impl Metrics {
             registry,
             auth_failures,
             authz_decisions,
+            waf_matches,
+            waf_requests,
             rate_limited,
             rate_limit_store_up,
             rate_limit_keys,
@@ -413,6 +444,28 @@ impl Metrics {
             decision,
         };
         self.authz_decisions.get_or_create(&labels).inc();
+    }
+
+    /// What the WAF found in one request.
+    pub fn waf(&self, route: &str, report: &portcullis_core::WafReport) {
+        for m in report.matches.iter().filter(|m| !m.excluded) {
+            let labels = WafLabels {
+                rule: m.rule,
+                class: m.class,
+                mode: report.mode,
+            };
+            self.waf_matches.get_or_create(&labels).inc();
+        }
+        let outcome = match (report.blocked, report.mode) {
+            (true, "block") => "blocked",
+            (true, _) => "detected",
+            (false, _) => "below_threshold",
+        };
+        let labels = WafOutcomeLabels {
+            route: self.interner.get(route),
+            outcome,
+        };
+        self.waf_requests.get_or_create(&labels).inc();
     }
 
     /// Rate-limiting state: the shared store's health (None: no shared store), keys held,

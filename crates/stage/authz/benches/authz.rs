@@ -56,7 +56,7 @@ fn stage(routes_yaml: &[&str]) -> (AuthzStage, tempfile::TempDir) {
         })
         .collect();
     assert!(e.is_empty(), "{e:?}");
-    let authz = AuthzState::new().build(&settings, routes, Arc::new(|_| 0));
+    let authz = AuthzState::new().build(&settings, routes, Arc::new(|_| 0), Arc::new(|_| 0));
     (AuthzStage::new(authz), dir)
 }
 

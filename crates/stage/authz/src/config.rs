@@ -229,6 +229,10 @@ pub struct RawRisk {
     /// Default 3.
     #[serde(default = "default_failures")]
     pub auth_failures_threshold: u32,
+    /// Requests from the client address in the last ten minutes in which the WAF found
+    /// something (scored matches, blocked or not) that make a signal. Default 1.
+    #[serde(default = "default_waf_hits")]
+    pub waf_hits_threshold: u32,
     #[serde(default)]
     pub weights: RawRiskWeights,
 }
@@ -247,6 +251,7 @@ impl Default for RawRisk {
             device_header: None,
             device_memory: default_device_memory(),
             auth_failures_threshold: default_failures(),
+            waf_hits_threshold: default_waf_hits(),
             weights: RawRiskWeights::default(),
         }
     }
@@ -263,6 +268,9 @@ fn default_device_memory() -> String {
 }
 fn default_failures() -> u32 {
     3
+}
+fn default_waf_hits() -> u32 {
+    1
 }
 
 /// The weight of each signal (0–100).
@@ -287,6 +295,9 @@ pub struct RawRiskWeights {
     /// Recent authentication failures from the client address. Default 30.
     #[serde(default = "w30")]
     pub auth_failures: u32,
+    /// Recent WAF findings from the client address. Default 40.
+    #[serde(default = "w40")]
+    pub waf_hits: u32,
 }
 
 impl Default for RawRiskWeights {
@@ -298,10 +309,14 @@ impl Default for RawRiskWeights {
             weak_authentication: 20,
             new_device: 20,
             auth_failures: 30,
+            waf_hits: 40,
         }
     }
 }
 
+fn w40() -> u32 {
+    40
+}
 fn w50() -> u32 {
     50
 }
@@ -590,6 +605,7 @@ pub struct Risk {
     pub device_header: Option<HeaderName>,
     pub device_memory: Duration,
     pub auth_failures_threshold: u32,
+    pub waf_hits_threshold: u32,
     pub weights: RawRiskWeights,
 }
 
@@ -951,6 +967,7 @@ pub fn compile(raw: &RawAuthz, base: &Path, e: &mut ConfigErrors) -> AuthzSettin
         ("weak_authentication", w.weak_authentication),
         ("new_device", w.new_device),
         ("auth_failures", w.auth_failures),
+        ("waf_hits", w.waf_hits),
     ] {
         if v > 100 {
             e.push(
@@ -977,6 +994,7 @@ pub fn compile(raw: &RawAuthz, base: &Path, e: &mut ConfigErrors) -> AuthzSettin
             .and_then(|h| header_name(h, "authz.risk.device_header", e)),
         device_memory: compile_duration(&r.device_memory, "authz.risk.device_memory", e),
         auth_failures_threshold: r.auth_failures_threshold.max(1),
+        waf_hits_threshold: r.waf_hits_threshold.max(1),
         weights: r.weights.clone(),
     };
 

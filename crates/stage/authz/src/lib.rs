@@ -48,12 +48,14 @@ impl AuthzState {
         settings: &AuthzSettings,
         routes: Vec<RouteAuthz>,
         failures: FailureCount,
+        waf_hits: FailureCount,
     ) -> Arc<Authz> {
         Arc::new(Authz::new(
             settings.clone(),
             routes,
             self.devices.clone(),
             failures,
+            waf_hits,
         ))
     }
 }

@@ -134,6 +134,8 @@ pub struct Request<'a> {
     pub stepped_up: bool,
     /// Recent authentication failures from the client address.
     pub auth_failures: u32,
+    /// Recent requests from the client address the WAF found something in.
+    pub waf_hits: u32,
 }
 
 fn header_country(h: Option<&HeaderValue>) -> Option<[u8; 2]> {
@@ -215,6 +217,9 @@ pub fn assess(risk: &Risk, devices: &DeviceMemory, r: &Request<'_>) -> Assessmen
     if r.auth_failures >= risk.auth_failures_threshold {
         add(&mut a, "auth_failures", w.auth_failures);
     }
+    if r.waf_hits >= risk.waf_hits_threshold {
+        add(&mut a, "waf_hits", w.waf_hits);
+    }
 
     a.score = a.score.min(100);
     a
@@ -265,6 +270,7 @@ mod tests {
             device_header: Some(http::HeaderName::from_static("x-device-id")),
             device_memory: Duration::from_secs(86400),
             auth_failures_threshold: 3,
+            waf_hits_threshold: 1,
             weights: RawRiskWeights::default(),
         }
     }
@@ -285,6 +291,7 @@ mod tests {
             now: 1_000_000,
             stepped_up: false,
             auth_failures: 0,
+            waf_hits: 0,
         }
     }
 
@@ -317,6 +324,7 @@ mod tests {
         h.insert("x-device-id", HeaderValue::from_static("dev-new"));
         let mut rq = req(&p, &h, "203.0.113.9");
         rq.auth_failures = 3;
+        rq.waf_hits = 1;
         let a = assess(&r, &devices, &rq);
         assert_eq!(
             a.signals,
@@ -326,7 +334,8 @@ mod tests {
                 "auth_age",
                 "weak_authentication",
                 "new_device",
-                "auth_failures"
+                "auth_failures",
+                "waf_hits"
             ]
         );
         assert_eq!(a.score, 100);

@@ -31,6 +31,7 @@ pub struct Authz {
     pub routes: Vec<RouteAuthz>,
     devices: Arc<DeviceMemory>,
     failures: FailureCount,
+    waf_hits: FailureCount,
     /// Every header name a tenant rule sends upstream: client copies are removed everywhere.
     owned_headers: Vec<HeaderName>,
 }
@@ -41,6 +42,7 @@ impl Authz {
         routes: Vec<RouteAuthz>,
         devices: Arc<DeviceMemory>,
         failures: FailureCount,
+        waf_hits: FailureCount,
     ) -> Authz {
         let mut owned_headers: Vec<HeaderName> = routes
             .iter()
@@ -53,6 +55,7 @@ impl Authz {
             routes,
             devices,
             failures,
+            waf_hits,
             owned_headers,
         }
     }
@@ -347,6 +350,7 @@ impl Authz {
                     now,
                     stepped_up,
                     auth_failures: (self.failures)(ctx.client_ip),
+                    waf_hits: (self.waf_hits)(ctx.client_ip),
                 },
             );
             let score = a.score;

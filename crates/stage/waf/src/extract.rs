@@ -1,0 +1,676 @@
+//! What the WAF inspects: the request turned into [`Target`]s.
+//!
+//! Head: the normalised path, every query parameter (name and value, percent-decoded once), the
+//! headers (values; `Cookie` split into one target per cookie), except those whose syntax is
+//! checked strictly elsewhere or that carry opaque credentials (see [`SKIPPED_HEADERS`]).
+//! Body, by content type: JSON (every key and every leaf, addressed by JSON path), URL-encoded
+//! forms, multipart (field values and file names; file contents are not targets), XML (text,
+//! attribute values; a DOCTYPE is emitted as a target of its own so the XXE rules see it),
+//! GraphQL documents, and anything else textual as one raw target.
+//!
+//! Parsing is bounded: nesting depth and target count are limited; going over a limit, or a body
+//! that does not parse as its declared type, is itself a finding (class `protocol`), never a
+//! panic and never a silent skip.
+//!
+//! # Head
+//!
+//! * Path: one target (`path`, unnamed) holding the normalised path.
+//! * Query: the query string split on `&` only (not `;`); each `name=value` percent-decoded once
+//!   with `+` as a space, invalid escapes kept literally, invalid UTF-8 read lossily. A value
+//!   target per non-empty value (repeated parameters each get theirs), named by the decoded
+//!   name; a name target only for names with characters other than `[A-Za-z0-9_.\-\[\]]`.
+//! * Headers: one target per header value (lossy UTF-8), named by the lowercase header name.
+//!   `Cookie` headers are split on `;` into one `cookie:<name>` target per cookie, the value
+//!   percent-decoded once (no `+` rule), plus a name target for unusual cookie names.
+//!
+//! # Body
+//!
+//! The media type is matched case-insensitively; of the parameters only `boundary` is read.
+//! **Charsets are ignored**: bodies are read as UTF-8 whatever the `charset` says (JSON and
+//! XML must then be valid UTF-8, so UTF-16 JSON or XML is malformed; text is read lossily,
+//! and the `Decoded` view's NUL removal recovers the ASCII of UTF-16 text). A UTF-8 BOM is
+//! skipped. An empty (or whitespace-only) body yields no target and no finding.
+//!
+//! * JSON (`application/json`, `text/json`, `application/*+json`): every object key is a
+//!   name target and every leaf (strings, numbers and booleans as their text; `null` and empty
+//!   strings skipped) a value target, both named by the JSON path (`$.user.name`,
+//!   `$.items[0]`, `$['we ird']` for keys that are not identifiers; path segments are cut at
+//!   128 bytes and paths stop growing at 512). A top-level array's length is recorded.
+//!   Numbers outside the `f64` range make the body malformed (that is how serde_json reads
+//!   them).
+//! * Forms (`application/x-www-form-urlencoded`): as the query string, at `body:<field>`. A raw
+//!   control character (other than tab, CR, LF) makes the form malformed; invalid
+//!   percent-encoding does not.
+//! * Multipart (`multipart/form-data`): for each part, a value target with the content of
+//!   fields without a file name and with a textual or no content type, and a file-name target
+//!   for `filename` and `filename*` (RFC 5987, percent-decoded); file contents are not
+//!   inspected. Delimiters must start a line (CRLF or LF); a missing or invalid boundary, no
+//!   opening or closing delimiter, a header line without a colon, part headers over 16 KiB or
+//!   a part without `Content-Disposition` make the body malformed.
+//! * XML (`application/xml`, `text/xml`, `application/*+xml`): text and CDATA of an element
+//!   form one target named by the element path (`/order/item`), attribute values are named
+//!   `/order/item/@id`; a DOCTYPE is one target `body:!DOCTYPE` holding `<!DOCTYPE …>`, a
+//!   processing instruction one target `body:?pi` holding `<?…?>`. The five predefined
+//!   entities and character references are decoded, other entity references are kept as
+//!   written (never resolved). Not well-formed (including no root, several roots, text outside
+//!   the root, unclosed elements, invalid UTF-8) is malformed.
+//! * GraphQL (`application/graphql`): one target `body:$.query`, the name a JSON
+//!   `{"query": …}` body gives the document.
+//! * Text (`text/*`; no content type; an unknown type whose bytes look textual — at most 5 %
+//!   invalid UTF-8 or control bytes): one unnamed target with the whole body. If such a body
+//!   is a JSON document (it starts with `{` or `[` and parses), it is inspected as JSON
+//!   instead and reported as [`BodyKind::Json`]: backends that ignore the content type must
+//!   not be a way around the JSON extraction.
+//! * Binary (`image/*`, `audio/*`, `video/*`, `font/*`, octet streams, archives, PDF,
+//!   protobuf, gRPC …, and unknown types that do not look textual): no target.
+//!
+//! Findings: a body that does not parse as its type is rule 1001 (target `body`, snippet: the
+//! bytes around the error); nesting deeper than `max_depth` is rule 1002; reaching
+//! `max_targets` (head and body together, counting what `out` already holds) is rule 1003,
+//! raised once, after which nothing more is extracted (a JSON body is still read to the end
+//! to check its syntax and count a top-level array).
+//!
+//! OWNER: helper A. The public API below is the contract the engine uses.
+
+mod json;
+mod multipart;
+mod xml;
+
+use std::borrow::Cow;
+
+use crate::extract_rules::{MALFORMED_BODY, TOO_DEEP, TOO_MANY_TARGETS};
+use crate::model::{Finding, Location, Part, Target};
+use crate::transform::View;
+
+/// Headers not inspected as values: credentials (checked by authentication), framing and
+/// routing headers (checked by protocol hygiene), and strictly formatted ones.
+pub const SKIPPED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "content-length",
+    "host",
+    "connection",
+    "transfer-encoding",
+    "sec-websocket-key",
+    "sec-websocket-accept",
+    "traceparent",
+    "tracestate",
+];
+
+/// Bounds on what one request may make the WAF look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtractLimits {
+    /// Deepest JSON/XML nesting inspected; deeper is a finding (rule 1002).
+    pub max_depth: usize,
+    /// Most targets (parameters, fields, leaves, headers) per request; more is a finding
+    /// (rule 1003) and the rest are not extracted.
+    pub max_targets: usize,
+}
+
+impl Default for ExtractLimits {
+    fn default() -> Self {
+        ExtractLimits {
+            max_depth: 64,
+            max_targets: 4096,
+        }
+    }
+}
+
+/// What the body turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyKind {
+    /// No body (or an empty one without a content type).
+    #[default]
+    None,
+    Json,
+    Form,
+    Multipart,
+    Xml,
+    GraphQl,
+    /// Textual but of no structured type: inspected as one raw value.
+    Text,
+    /// Binary (images, archives, octet streams): not inspected.
+    Binary,
+}
+
+/// Structural facts about the body the API-abuse rules need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BodyFacts {
+    pub kind: BodyKind,
+    /// Length of a top-level JSON array (a batch).
+    pub json_top_array: Option<usize>,
+}
+
+/// Pushes the head's targets. `path` is the normalised path.
+pub fn head_targets<'a>(
+    head: &'a http::request::Parts,
+    path: &'a str,
+    limits: &ExtractLimits,
+    out: &mut Vec<Target<'a>>,
+    findings: &mut Vec<Finding>,
+) {
+    let mut sink = Sink::new(out, findings, limits);
+    if !sink.push(Target::new(Location::Path, "", Part::Value, path)) {
+        return;
+    }
+    if let Some(query) = head.uri.query() {
+        urlencoded(query.as_bytes(), Location::Query, &mut sink);
+    }
+    for (name, value) in &head.headers {
+        if sink.full {
+            return;
+        }
+        let name = name.as_str();
+        if SKIPPED_HEADERS.contains(&name) {
+            continue;
+        }
+        let bytes = value.as_bytes();
+        if name == "cookie" {
+            cookies(bytes, &mut sink);
+        } else if !bytes.is_empty() {
+            let value = String::from_utf8_lossy(bytes);
+            sink.push(Target::new(Location::Header, name, Part::Value, value));
+        }
+    }
+}
+
+/// Pushes the body's targets and returns its facts.
+pub fn body_targets<'a>(
+    content_type: Option<&str>,
+    body: &'a [u8],
+    limits: &ExtractLimits,
+    out: &mut Vec<Target<'a>>,
+    findings: &mut Vec<Finding>,
+) -> BodyFacts {
+    let ct = ContentType::parse(content_type);
+    let mut facts = BodyFacts {
+        kind: ct.media.announced(),
+        json_top_array: None,
+    };
+    let body = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        if ct.media == Media::Absent {
+            facts.kind = BodyKind::None;
+        }
+        return facts;
+    }
+    let mut sink = Sink::new(out, findings, limits);
+    match ct.media {
+        Media::Json => {
+            if let Err(p) =
+                json::extract(body, limits.max_depth, &mut sink, &mut facts.json_top_array)
+            {
+                sink.problem(p, body);
+            }
+        }
+        Media::Form => form(body, &mut sink),
+        Media::Multipart => {
+            if let Err(p) = multipart::extract(body, ct.boundary.as_deref(), &mut sink) {
+                sink.problem(p, body);
+            }
+        }
+        Media::Xml => {
+            if let Err(p) = xml::extract(body, limits.max_depth, &mut sink) {
+                sink.problem(p, body);
+            }
+        }
+        Media::GraphQl => {
+            let doc = String::from_utf8_lossy(body);
+            sink.push(Target::new(Location::Body, "$.query", Part::Value, doc));
+        }
+        Media::Text => text(body, limits, &mut sink, &mut facts),
+        Media::Binary => {}
+        Media::Absent | Media::Unknown => {
+            if looks_textual(body) {
+                facts.kind = BodyKind::Text;
+                text(body, limits, &mut sink, &mut facts);
+            } else {
+                facts.kind = BodyKind::Binary;
+            }
+        }
+    }
+    facts
+}
+
+/// The kind a content type announces (without reading the body).
+///
+/// A missing or unknown content type announces [`BodyKind::Text`] (the body is worth
+/// buffering: [`body_targets`] inspects it if it looks textual, and reports
+/// [`BodyKind::Binary`] otherwise); this function never returns [`BodyKind::None`].
+pub fn body_kind(content_type: Option<&str>) -> BodyKind {
+    ContentType::parse(content_type).media.announced()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where targets go
+
+/// Why a body could not be read to the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Problem {
+    /// Does not parse as its type; `at` is the byte offset of the error.
+    Malformed { at: usize },
+    /// Nested deeper than the limit.
+    TooDeep { at: usize },
+}
+
+/// The target list with its limit.
+struct Sink<'a, 'o> {
+    out: &'o mut Vec<Target<'a>>,
+    findings: &'o mut Vec<Finding>,
+    max: usize,
+    /// The limit was reached: nothing more is pushed.
+    full: bool,
+}
+
+impl<'a, 'o> Sink<'a, 'o> {
+    fn new(
+        out: &'o mut Vec<Target<'a>>,
+        findings: &'o mut Vec<Finding>,
+        limits: &ExtractLimits,
+    ) -> Self {
+        Sink {
+            out,
+            findings,
+            max: limits.max_targets,
+            full: false,
+        }
+    }
+
+    /// Pushes a target; `false` (and rule 1003, once per request) when the limit is reached.
+    fn push(&mut self, t: Target<'a>) -> bool {
+        if self.full {
+            return false;
+        }
+        if self.out.len() >= self.max {
+            self.full = true;
+            if !self.findings.iter().any(|f| f.rule == TOO_MANY_TARGETS.id) {
+                let note = format!("more than {} targets", self.max);
+                self.findings
+                    .push(Finding::new(TOO_MANY_TARGETS, &t, View::Raw, &note));
+            }
+            return false;
+        }
+        self.out.push(t);
+        true
+    }
+
+    /// Rule 1001 or 1002 for the body.
+    fn problem(&mut self, p: Problem, body: &[u8]) {
+        let (rule, at) = match p {
+            Problem::Malformed { at } => (MALFORMED_BODY, at),
+            Problem::TooDeep { at } => (TOO_DEEP, at),
+        };
+        let t = Target::new(Location::Body, "", Part::Value, "");
+        let at = at.min(body.len());
+        let start = at.saturating_sub(16);
+        let end = at.saturating_add(24).min(body.len());
+        let window = String::from_utf8_lossy(body.get(start..end).unwrap_or_default());
+        let note = format!("@{at}: {window}");
+        self.findings.push(Finding::new(rule, &t, View::Raw, &note));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Query strings, forms, cookies
+
+const fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decodes once (`+` as a space when `plus`), invalid escapes kept, lossy UTF-8;
+/// borrows when there is nothing to decode.
+fn percent_decode(raw: &[u8], plus: bool) -> Cow<'_, str> {
+    if !raw.iter().any(|&b| b == b'%' || (plus && b == b'+')) {
+        return String::from_utf8_lossy(raw);
+    }
+    let mut v = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while let Some(&b) = raw.get(i) {
+        match b {
+            b'+' if plus => {
+                v.push(b' ');
+                i += 1;
+            }
+            b'%' => match (
+                raw.get(i + 1).copied().and_then(hex_val),
+                raw.get(i + 2).copied().and_then(hex_val),
+            ) {
+                (Some(h), Some(l)) => {
+                    v.push((h << 4) | l);
+                    i += 3;
+                }
+                _ => {
+                    v.push(b'%');
+                    i += 1;
+                }
+            },
+            _ => {
+                v.push(b);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(match String::from_utf8(v) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
+}
+
+/// A parameter name that needs no inspection.
+fn plain_name(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'[' | b']'))
+}
+
+/// `a=1&b=2` (query strings and form bodies).
+fn urlencoded<'a>(src: &'a [u8], location: Location, sink: &mut Sink<'a, '_>) {
+    for pair in src.split(|&b| b == b'&') {
+        if sink.full {
+            return;
+        }
+        if pair.is_empty() {
+            continue;
+        }
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(p) => (
+                pair.get(..p).unwrap_or_default(),
+                pair.get(p + 1..).unwrap_or_default(),
+            ),
+            None => (pair, &[][..]),
+        };
+        let name = percent_decode(name, true);
+        if !plain_name(&name) {
+            sink.push(Target::new(
+                location,
+                name.clone(),
+                Part::Name,
+                name.clone(),
+            ));
+        }
+        if !value.is_empty() {
+            let value = percent_decode(value, true);
+            sink.push(Target::new(location, name, Part::Value, value));
+        }
+    }
+}
+
+/// A URL-encoded form body.
+fn form<'a>(body: &'a [u8], sink: &mut Sink<'a, '_>) {
+    // Form encoders escape every control character: a raw one is smuggled.
+    let raw_control = body
+        .iter()
+        .position(|&b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f);
+    urlencoded(body, Location::Body, sink);
+    if let Some(at) = raw_control {
+        sink.problem(Problem::Malformed { at }, body);
+    }
+}
+
+/// One `Cookie` header.
+fn cookies<'a>(header: &'a [u8], sink: &mut Sink<'a, '_>) {
+    for pair in header.split(|&b| b == b';') {
+        if sink.full {
+            return;
+        }
+        let pair = pair.trim_ascii();
+        if pair.is_empty() {
+            continue;
+        }
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(p) => (
+                pair.get(..p).unwrap_or_default().trim_ascii(),
+                pair.get(p + 1..).unwrap_or_default().trim_ascii(),
+            ),
+            None => (pair, &[][..]),
+        };
+        let name = String::from_utf8_lossy(name);
+        if !plain_name(&name) {
+            sink.push(Target::new(
+                Location::Cookie,
+                name.clone(),
+                Part::Name,
+                name.clone(),
+            ));
+        }
+        if !value.is_empty() {
+            let value = percent_decode(value, false);
+            sink.push(Target::new(Location::Cookie, name, Part::Value, value));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text
+
+/// At most 5 % of invalid UTF-8 and control bytes.
+fn looks_textual(body: &[u8]) -> bool {
+    let mut bad = 0usize;
+    for chunk in body.utf8_chunks() {
+        bad += chunk.invalid().len();
+        bad += chunk
+            .valid()
+            .bytes()
+            .filter(|&b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0c)) || b == 0x7f)
+            .count();
+    }
+    bad.saturating_mul(20) <= body.len()
+}
+
+/// A textual body: as JSON if it is a JSON document, else one raw target.
+fn text<'a>(
+    body: &'a [u8],
+    limits: &ExtractLimits,
+    sink: &mut Sink<'a, '_>,
+    facts: &mut BodyFacts,
+) {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if matches!(first, Some(b'{' | b'[')) {
+        let (targets, findings, full) = (sink.out.len(), sink.findings.len(), sink.full);
+        let mut top = None;
+        if json::extract(body, limits.max_depth, sink, &mut top).is_ok() {
+            facts.kind = BodyKind::Json;
+            facts.json_top_array = top;
+            return;
+        }
+        // Not JSON after all: forget what the attempt pushed.
+        sink.out.truncate(targets);
+        sink.findings.truncate(findings);
+        sink.full = full;
+    }
+    facts.kind = BodyKind::Text;
+    sink.push(Target::new(
+        Location::Body,
+        "",
+        Part::Value,
+        String::from_utf8_lossy(body),
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Content types
+
+/// What a media type announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    Absent,
+    Json,
+    Form,
+    Multipart,
+    Xml,
+    GraphQl,
+    Text,
+    Binary,
+    Unknown,
+}
+
+impl Media {
+    fn of(media: &str) -> Media {
+        let m = media.trim().to_ascii_lowercase();
+        let m = m.as_str();
+        if m.is_empty() {
+            return Media::Absent;
+        }
+        match m {
+            "application/json" | "text/json" | "application/x-json" => return Media::Json,
+            "application/x-www-form-urlencoded" => return Media::Form,
+            "multipart/form-data" => return Media::Multipart,
+            "application/xml" | "text/xml" => return Media::Xml,
+            "application/graphql" => return Media::GraphQl,
+            "application/octet-stream"
+            | "application/zip"
+            | "application/pdf"
+            | "application/gzip"
+            | "application/x-gzip"
+            | "application/x-tar"
+            | "application/x-7z-compressed"
+            | "application/x-rar-compressed"
+            | "application/vnd.rar"
+            | "application/x-bzip2"
+            | "application/x-xz"
+            | "application/zstd"
+            | "application/protobuf"
+            | "application/x-protobuf"
+            | "application/vnd.google.protobuf"
+            | "application/grpc"
+            | "application/wasm"
+            | "application/cbor"
+            | "application/msgpack"
+            | "application/x-msgpack" => {
+                return Media::Binary;
+            }
+            _ => {}
+        }
+        if m.ends_with("+json") {
+            Media::Json
+        } else if m.ends_with("+xml") {
+            Media::Xml
+        } else if ["image/", "audio/", "video/", "font/", "application/grpc"]
+            .iter()
+            .any(|p| m.starts_with(p))
+        {
+            Media::Binary
+        } else if m.starts_with("text/") {
+            Media::Text
+        } else {
+            Media::Unknown
+        }
+    }
+
+    const fn announced(self) -> BodyKind {
+        match self {
+            Media::Json => BodyKind::Json,
+            Media::Form => BodyKind::Form,
+            Media::Multipart => BodyKind::Multipart,
+            Media::Xml => BodyKind::Xml,
+            Media::GraphQl => BodyKind::GraphQl,
+            Media::Binary => BodyKind::Binary,
+            Media::Text | Media::Absent | Media::Unknown => BodyKind::Text,
+        }
+    }
+}
+
+/// A parsed `Content-Type`.
+struct ContentType {
+    media: Media,
+    boundary: Option<String>,
+}
+
+impl ContentType {
+    fn parse(ct: Option<&str>) -> ContentType {
+        let Some(ct) = ct else {
+            return ContentType {
+                media: Media::Absent,
+                boundary: None,
+            };
+        };
+        let (media, params) = ct.split_once(';').unwrap_or((ct, ""));
+        let media = Media::of(media);
+        let mut boundary = None;
+        if media == Media::Multipart {
+            parse_params(params, &mut |name, value| {
+                if boundary.is_none() && name.eq_ignore_ascii_case("boundary") {
+                    boundary = Some(value.into_owned());
+                }
+            });
+        }
+        ContentType { media, boundary }
+    }
+}
+
+/// `; name=value; name="quoted \" value"` parameters (of `Content-Type` and
+/// `Content-Disposition`); a leading token without `=` is skipped. In quoted values only `\"`
+/// is an escape (browsers send Windows paths with raw backslashes).
+fn parse_params<'x>(mut s: &'x str, f: &mut dyn FnMut(&'x str, Cow<'x, str>)) {
+    loop {
+        s = s.trim_start_matches(|c: char| c == ';' || c.is_ascii_whitespace());
+        if s.is_empty() {
+            return;
+        }
+        let name_end = s.find(['=', ';']).unwrap_or(s.len());
+        let name = s.get(..name_end).unwrap_or_default().trim();
+        s = s.get(name_end..).unwrap_or_default();
+        let Some(after) = s.strip_prefix('=') else {
+            continue;
+        };
+        let after = after.trim_start_matches([' ', '\t']);
+        let (value, rest) = match after.strip_prefix('"') {
+            Some(q) => quoted(q),
+            None => {
+                let end = after.find(';').unwrap_or(after.len());
+                (
+                    Cow::Borrowed(after.get(..end).unwrap_or_default().trim_end()),
+                    after.get(end..).unwrap_or_default(),
+                )
+            }
+        };
+        f(name, value);
+        s = rest;
+    }
+}
+
+/// The quoted string `q` starts (after its opening quote), and what follows it.
+fn quoted(q: &str) -> (Cow<'_, str>, &str) {
+    let b = q.as_bytes();
+    let mut i = 0;
+    let mut escaped = false;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'\\' if b.get(i + 1) == Some(&b'"') => {
+                escaped = true;
+                i += 2;
+            }
+            b'"' => break,
+            _ => i += 1,
+        }
+    }
+    let raw = q.get(..i).unwrap_or(q);
+    let rest = q.get(i + 1..).unwrap_or_default();
+    let value = if escaped {
+        Cow::Owned(raw.replace("\\\"", "\""))
+    } else {
+        Cow::Borrowed(raw)
+    };
+    (value, rest)
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default()
+}
+
+/// Longest path segment (JSON key, XML name) in a target name, in bytes.
+const MAX_SEGMENT: usize = 128;
+/// Length after which a JSON or XML path stops growing.
+const MAX_PATH: usize = 512;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,627 @@
+use std::borrow::Cow;
+
+use super::*;
+
+fn parts(uri: &str, headers: &[(&str, &[u8])]) -> http::request::Parts {
+    let mut b = http::Request::builder().uri(uri);
+    for (n, v) in headers {
+        b = b.header(*n, http::HeaderValue::from_bytes(v).unwrap());
+    }
+    b.body(()).unwrap().into_parts().0
+}
+
+/// (address, part-free value) pairs.
+fn pairs(ts: &[Target<'_>]) -> Vec<(String, String)> {
+    ts.iter()
+        .map(|t| (t.to_string(), t.value.to_string()))
+        .collect()
+}
+
+fn p(a: &str, v: &str) -> (String, String) {
+    (a.to_string(), v.to_string())
+}
+
+fn body(ct: Option<&str>, b: &[u8]) -> (Vec<(String, String)>, Vec<u32>, BodyFacts) {
+    body_with(ct, b, &ExtractLimits::default())
+}
+
+fn body_with(
+    ct: Option<&str>,
+    b: &[u8],
+    limits: &ExtractLimits,
+) -> (Vec<(String, String)>, Vec<u32>, BodyFacts) {
+    let mut out = Vec::new();
+    let mut findings = Vec::new();
+    let facts = body_targets(ct, b, limits, &mut out, &mut findings);
+    assert!(out.len() <= limits.max_targets);
+    (
+        pairs(&out),
+        findings.iter().map(|f| f.rule).collect(),
+        facts,
+    )
+}
+
+// ----- head
+
+#[test]
+fn path_and_query() {
+    let head = parts(
+        "/a/b?q=1%27+or+1%3D1&x=a;b&name[]=v&we%20ird=1&empty=&flag&q=2&%zz=%",
+        &[],
+    );
+    let mut out = Vec::new();
+    let mut findings = Vec::new();
+    head_targets(
+        &head,
+        "/a/b",
+        &ExtractLimits::default(),
+        &mut out,
+        &mut findings,
+    );
+    assert!(findings.is_empty());
+    assert_eq!(
+        pairs(&out),
+        vec![
+            p("path", "/a/b"),
+            p("query:q", "1' or 1=1"),
+            p("query:x", "a;b"),
+            p("query:name[]", "v"),
+            p("query:we ird (name)", "we ird"),
+            p("query:we ird", "1"),
+            p("query:q", "2"),
+            p("query:%zz (name)", "%zz"),
+            p("query:%zz", "%"),
+        ]
+    );
+    // Plain values are borrowed from the request.
+    assert!(matches!(out[2].value, Cow::Borrowed(_)));
+    assert!(matches!(out[1].value, Cow::Owned(_)));
+}
+
+#[test]
+fn query_invalid_utf8_is_lossy() {
+    let head = parts("/?a=%ff%fe&b=%C3%A9", &[]);
+    let mut out = Vec::new();
+    head_targets(
+        &head,
+        "/",
+        &ExtractLimits::default(),
+        &mut out,
+        &mut Vec::new(),
+    );
+    assert_eq!(out[1].value, "\u{fffd}\u{fffd}");
+    assert_eq!(out[2].value, "é");
+}
+
+#[test]
+fn headers_and_cookies() {
+    let head = parts(
+        "/",
+        &[
+            ("authorization", b"Bearer secret"),
+            ("host", b"example.com"),
+            ("user-agent", b"sqlmap/1.0"),
+            ("x-odd", b"caf\xe9"),
+            ("x-empty", b""),
+            ("cookie", b"sid=abc; pref=a%20b+c ;  we$ird=1; ;lonely"),
+            ("cookie", b"second=2"),
+        ],
+    );
+    let mut out = Vec::new();
+    head_targets(
+        &head,
+        "/",
+        &ExtractLimits::default(),
+        &mut out,
+        &mut Vec::new(),
+    );
+    assert_eq!(
+        pairs(&out),
+        vec![
+            p("path", "/"),
+            p("header:user-agent", "sqlmap/1.0"),
+            p("header:x-odd", "caf\u{fffd}"),
+            p("cookie:sid", "abc"),
+            p("cookie:pref", "a b+c"),
+            p("cookie:we$ird (name)", "we$ird"),
+            p("cookie:we$ird", "1"),
+            p("cookie:second", "2"),
+        ]
+    );
+}
+
+#[test]
+fn target_limit_counts_head_and_body() {
+    let query: String = (0..5_000).map(|i| format!("p{i}=v&")).collect();
+    let head = parts(&format!("/?{query}"), &[]);
+    let limits = ExtractLimits {
+        max_depth: 64,
+        max_targets: 100,
+    };
+    let mut out = Vec::new();
+    let mut findings = Vec::new();
+    head_targets(&head, "/", &limits, &mut out, &mut findings);
+    assert_eq!(out.len(), 100);
+    assert_eq!(
+        findings.iter().map(|f| f.rule).collect::<Vec<_>>(),
+        vec![1003]
+    );
+    // The body adds nothing and no second 1003.
+    body_targets(
+        Some("application/json"),
+        br#"{"a":"b"}"#,
+        &limits,
+        &mut out,
+        &mut findings,
+    );
+    assert_eq!(out.len(), 100);
+    assert_eq!(findings.len(), 1);
+}
+
+#[test]
+fn body_respects_what_head_left() {
+    let head = parts("/?a=1&b=2", &[]);
+    let limits = ExtractLimits {
+        max_depth: 64,
+        max_targets: 5,
+    };
+    let mut out = Vec::new();
+    let mut findings = Vec::new();
+    head_targets(&head, "/", &limits, &mut out, &mut findings);
+    assert_eq!(out.len(), 3);
+    body_targets(
+        Some("application/json"),
+        br#"{"x":1,"y":2}"#,
+        &limits,
+        &mut out,
+        &mut findings,
+    );
+    assert_eq!(out.len(), 5);
+    assert_eq!(
+        findings.iter().map(|f| f.rule).collect::<Vec<_>>(),
+        vec![1003]
+    );
+}
+
+// ----- JSON
+
+#[test]
+fn json_paths() {
+    let (t, f, facts) = body(
+        Some("application/json; charset=utf-8"),
+        br#"{"user":{"name":"bob","tags":["a","b\u0027"]},"we ird":1.5,"it's":true,"n":null,"e":"","_k9":-3}"#,
+    );
+    assert!(f.is_empty());
+    assert_eq!(facts.kind, BodyKind::Json);
+    assert_eq!(facts.json_top_array, None);
+    assert_eq!(
+        t,
+        vec![
+            p("body:$.user (name)", "user"),
+            p("body:$.user.name (name)", "name"),
+            p("body:$.user.name", "bob"),
+            p("body:$.user.tags (name)", "tags"),
+            p("body:$.user.tags[0]", "a"),
+            p("body:$.user.tags[1]", "b'"),
+            p("body:$['we ird'] (name)", "we ird"),
+            p("body:$['we ird']", "1.5"),
+            p("body:$['it\\'s'] (name)", "it's"),
+            p("body:$['it\\'s']", "true"),
+            p("body:$.n (name)", "n"),
+            p("body:$.e (name)", "e"),
+            p("body:$._k9 (name)", "_k9"),
+            p("body:$._k9", "-3"),
+        ]
+    );
+}
+
+#[test]
+fn json_strings_are_borrowed() {
+    let mut out = Vec::new();
+    let b = br#"{"k":"plain","e":"esc\"aped"}"#;
+    body_targets(
+        Some("application/json"),
+        b,
+        &ExtractLimits::default(),
+        &mut out,
+        &mut Vec::new(),
+    );
+    assert!(matches!(out[0].value, Cow::Borrowed("k")));
+    assert!(matches!(out[1].value, Cow::Borrowed("plain")));
+    assert!(matches!(out[3].value, Cow::Owned(_)));
+}
+
+#[test]
+fn json_top_array_and_types() {
+    let (t, f, facts) = body(Some("application/vnd.api+json"), b"[1, {\"a\": 2}, [3]]");
+    assert!(f.is_empty());
+    assert_eq!(facts.json_top_array, Some(3));
+    assert_eq!(t[0], p("body:$[0]", "1"));
+    assert_eq!(t[3], p("body:$[2][0]", "3"));
+    let (t, _, facts) = body(Some("text/json"), b"\"just a string\"");
+    assert_eq!(t, vec![p("body:$", "just a string")]);
+    assert_eq!(facts.json_top_array, None);
+}
+
+#[test]
+fn json_malformed() {
+    for b in [
+        &b"{\"a\":"[..],
+        b"{\"a\" 1}",
+        b"[1,]",
+        b"{}x",
+        b"\xff",
+        b"{\"a\":\"\\ud800\"}",
+        b"1e999999",
+    ] {
+        let (_, f, _) = body(Some("application/json"), b);
+        assert_eq!(f, vec![1001], "{}", String::from_utf8_lossy(b));
+    }
+    let big = format!("[{}]", "9".repeat(10_000));
+    let (_, f, _) = body(Some("application/json"), big.as_bytes());
+    assert!(f == vec![1001] || f.is_empty(), "{f:?}");
+    let mut out = Vec::new();
+    let mut findings = Vec::new();
+    body_targets(
+        Some("application/json"),
+        b"{\n  \"a\": 1,\n  \"b\": oops\n}",
+        &ExtractLimits::default(),
+        &mut out,
+        &mut findings,
+    );
+    assert_eq!(findings.len(), 1);
+    assert!(
+        findings[0].snippet.contains("oops"),
+        "{}",
+        findings[0].snippet
+    );
+    assert_eq!(findings[0].target, "body");
+}
+
+#[test]
+fn json_depth() {
+    let ok = format!("{}{}", "[".repeat(64), "]".repeat(64));
+    assert_eq!(
+        body(Some("application/json"), ok.as_bytes()).1,
+        Vec::<u32>::new()
+    );
+    let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+    assert_eq!(
+        body(Some("application/json"), deep.as_bytes()).1,
+        vec![1002]
+    );
+    let huge = "[".repeat(1 << 20);
+    assert_eq!(
+        body(Some("application/json"), huge.as_bytes()).1,
+        vec![1002]
+    );
+    let objs = "{\"a\":".repeat(100_000);
+    assert_eq!(
+        body(Some("application/json"), objs.as_bytes()).1,
+        vec![1002]
+    );
+    // A limit above serde_json's own (128) still reports depth.
+    let limits = ExtractLimits {
+        max_depth: 1000,
+        max_targets: 4096,
+    };
+    assert_eq!(
+        body_with(Some("application/json"), huge.as_bytes(), &limits).1,
+        vec![1002]
+    );
+}
+
+#[test]
+fn json_over_target_limit_still_counts_batch() {
+    let items: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    let b = format!("[{}]", items.join(","));
+    let limits = ExtractLimits {
+        max_depth: 64,
+        max_targets: 10,
+    };
+    let (t, f, facts) = body_with(Some("application/json"), b.as_bytes(), &limits);
+    assert_eq!(t.len(), 10);
+    assert_eq!(f, vec![1003]);
+    assert_eq!(facts.json_top_array, Some(1000));
+}
+
+#[test]
+fn json_long_keys_are_bounded() {
+    let key = "k".repeat(100_000);
+    let items = vec!["1"; 3000].join(",");
+    let b = format!("{{\"{key}\":[{items}]}}");
+    let (t, f, _) = body(Some("application/json"), b.as_bytes());
+    assert!(f.is_empty());
+    assert!(t.iter().all(|(a, _)| a.len() < 700));
+}
+
+// ----- forms
+
+#[test]
+fn form_bodies() {
+    let (t, f, facts) = body(
+        Some("Application/X-WWW-Form-Urlencoded; charset=UTF-8"),
+        b"user=bob&comment=%3Cscript%3E+x&bad=%zz%&a%5Bb%5D=1",
+    );
+    assert!(f.is_empty());
+    assert_eq!(facts.kind, BodyKind::Form);
+    assert_eq!(
+        t,
+        vec![
+            p("body:user", "bob"),
+            p("body:comment", "<script> x"),
+            p("body:bad", "%zz%"),
+            p("body:a[b]", "1"),
+        ]
+    );
+    let (t, f, _) = body(Some("application/x-www-form-urlencoded"), b"a=1\0&b=2");
+    assert_eq!(f, vec![1001]);
+    assert_eq!(t.len(), 2);
+}
+
+// ----- multipart
+
+const CT: &str = "multipart/form-data; boundary=XyZ";
+
+#[test]
+fn multipart_fields_and_files() {
+    let b = b"preamble\r\n--XyZ\r\n\
+Content-Disposition: form-data; name=\"title\"\r\n\r\n\
+hello ' or 1=1\r\n--XyZ\r\n\
+Content-Disposition: form-data; name=\"upload\"; filename=\"../../etc/passwd\"\r\n\
+Content-Type: text/plain\r\n\r\n\
+root:x:0:0\r\n--XyZ\r\n\
+content-disposition: form-data; name=\"doc\"; filename*=UTF-8''%2e%2e%2fx.php\r\n\r\n\
+<?php ?>\r\n--XyZ\r\n\
+Content-Disposition: form-data; name=\"blob\"\r\nContent-Type: image/png\r\n\r\n\
+\x89PNG\r\n--XyZ\r\n\
+Content-Disposition: form-data; name=\"j$on\"\r\nContent-Type: application/json\r\n\r\n\
+{\"a\":1}\r\n--XyZ\r\n\
+Content-Disposition: form-data; name=\"empty\"\r\n\r\n\
+\r\n--XyZ--\r\nepilogue";
+    let (t, f, facts) = body(Some(CT), b);
+    assert!(f.is_empty(), "{f:?}");
+    assert_eq!(facts.kind, BodyKind::Multipart);
+    assert_eq!(
+        t,
+        vec![
+            p("body:title", "hello ' or 1=1"),
+            p("body:upload (filename)", "../../etc/passwd"),
+            p("body:doc (filename)", "../x.php"),
+            p("body:j$on (name)", "j$on"),
+            p("body:j$on", "{\"a\":1}"),
+        ]
+    );
+}
+
+#[test]
+fn multipart_lf_and_quoted_boundary() {
+    let b = b"--a;b\nContent-Disposition: form-data; name=x\n\nvalue\n--a;b--\n";
+    let (t, f, _) = body(Some("multipart/form-data; boundary=\"a;b\""), b);
+    assert!(f.is_empty(), "{f:?}");
+    assert_eq!(t, vec![p("body:x", "value")]);
+}
+
+#[test]
+fn multipart_content_containing_boundary_text() {
+    let b = b"--XyZ\r\nContent-Disposition: form-data; name=x\r\n\r\na --XyZ b\r\n--XyZnot\r\nc\r\n--XyZ--";
+    let (t, f, _) = body(Some(CT), b);
+    assert!(f.is_empty(), "{f:?}");
+    assert_eq!(t, vec![p("body:x", "a --XyZ b\r\n--XyZnot\r\nc")]);
+}
+
+#[test]
+fn multipart_malformed() {
+    let cases: &[(&str, &[u8])] = &[
+        ("multipart/form-data", b"--XyZ\r\n\r\n--XyZ--"),
+        (CT, b"no delimiter at all"),
+        (
+            CT,
+            b"--XyZ\r\nContent-Disposition: form-data; name=a\r\n\r\nvalue never closed",
+        ),
+        (CT, b"--XyZ\r\ngarbage header line\r\n\r\nx\r\n--XyZ--"),
+        (CT, b"--XyZ\r\nContent-Type: text/plain\r\n\r\nx\r\n--XyZ--"),
+        (CT, b"--XyZ\r\nContent-Disposition: form-data; name=a"),
+    ];
+    for (ct, b) in cases {
+        let (_, f, _) = body(Some(ct), b);
+        assert_eq!(f, vec![1001], "{}", String::from_utf8_lossy(b));
+    }
+}
+
+#[test]
+fn multipart_many_parts() {
+    let mut b = Vec::new();
+    for i in 0..100_000 {
+        b.extend_from_slice(
+            format!("--XyZ\r\nContent-Disposition: form-data; name=f{i}\r\n\r\nv\r\n").as_bytes(),
+        );
+    }
+    b.extend_from_slice(b"--XyZ--\r\n");
+    let (t, f, _) = body(Some(CT), &b);
+    assert_eq!(t.len(), 4096);
+    assert_eq!(f, vec![1003]);
+}
+
+// ----- XML
+
+#[test]
+fn xml_targets() {
+    let b = br#"<?xml version="1.0"?>
+<!DOCTYPE foo [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<?xml-stylesheet href="x.xsl"?>
+<order id="7" note="a &lt; b &amp; &ext;">
+  <item sku="A1">one &lt; two &xxe; &#x41;</item>
+  <item><![CDATA[<script>]]></item>
+  <empty/>
+  <!-- comment -->
+</order>"#;
+    let (t, f, facts) = body(Some("application/xml"), b);
+    assert!(f.is_empty(), "{f:?}");
+    assert_eq!(facts.kind, BodyKind::Xml);
+    assert_eq!(
+        t,
+        vec![
+            p(
+                "body:!DOCTYPE",
+                r#"<!DOCTYPE foo [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>"#
+            ),
+            p("body:?pi", r#"<?xml-stylesheet href="x.xsl"?>"#),
+            p("body:/order/@id", "7"),
+            p("body:/order/@note", "a < b & &ext;"),
+            p("body:/order/item/@sku", "A1"),
+            p("body:/order/item", "one < two &xxe; A"),
+            p("body:/order/item", "<script>"),
+        ]
+    );
+}
+
+#[test]
+fn xml_types() {
+    for ct in [
+        "text/xml",
+        "application/soap+xml; charset=utf-8",
+        "application/atom+xml",
+    ] {
+        let (t, f, _) = body(Some(ct), b"<a>x</a>");
+        assert!(f.is_empty());
+        assert_eq!(t, vec![p("body:/a", "x")]);
+    }
+}
+
+#[test]
+fn xml_malformed() {
+    for b in [
+        &b"<a><b></a>"[..],
+        b"<a>",
+        b"just text",
+        b"<a></a><b></b>",
+        b"<a></a>tail",
+        b"<a x='1' x='2'/>",
+        b"<a>\xff</a>",
+        b"<a",
+    ] {
+        let (_, f, _) = body(Some("application/xml"), b);
+        assert_eq!(f, vec![1001], "{}", String::from_utf8_lossy(b));
+    }
+}
+
+#[test]
+fn xml_depth() {
+    let ok = format!("{}{}", "<a>".repeat(64), "</a>".repeat(64));
+    assert!(body(Some("text/xml"), ok.as_bytes()).1.is_empty());
+    let deep = format!("{}{}", "<a>".repeat(100_000), "</a>".repeat(100_000));
+    assert_eq!(body(Some("text/xml"), deep.as_bytes()).1, vec![1002]);
+}
+
+// ----- other kinds
+
+#[test]
+fn graphql_and_text() {
+    let (t, _, facts) = body(Some("application/graphql"), b"{ user(id: 1) { name } }");
+    assert_eq!(facts.kind, BodyKind::GraphQl);
+    assert_eq!(t, vec![p("body:$.query", "{ user(id: 1) { name } }")]);
+    let (t, _, facts) = body(Some("text/plain"), b"hello\xff world");
+    assert_eq!(facts.kind, BodyKind::Text);
+    assert_eq!(t, vec![p("body", "hello\u{fffd} world")]);
+    let (t, _, facts) = body(None, b"id=1 union select");
+    assert_eq!(facts.kind, BodyKind::Text);
+    assert_eq!(t.len(), 1);
+    let (t, _, facts) = body(Some("application/x-custom"), b"some text");
+    assert_eq!(facts.kind, BodyKind::Text);
+    assert_eq!(t.len(), 1);
+}
+
+#[test]
+fn textual_json_is_read_as_json() {
+    let (t, f, facts) = body(Some("text/plain"), br#"{"q":"\u0027 or 1=1"}"#);
+    assert!(f.is_empty());
+    assert_eq!(facts.kind, BodyKind::Json);
+    assert_eq!(
+        t,
+        vec![p("body:$.q (name)", "q"), p("body:$.q", "' or 1=1")]
+    );
+    // Not JSON after all: one raw target, no finding.
+    let (t, f, facts) = body(None, b"{not json");
+    assert!(f.is_empty());
+    assert_eq!(facts.kind, BodyKind::Text);
+    assert_eq!(t, vec![p("body", "{not json")]);
+}
+
+#[test]
+fn binary_bodies() {
+    for ct in [
+        "image/png",
+        "application/octet-stream",
+        "application/zip",
+        "font/woff2",
+        "application/grpc+proto",
+    ] {
+        let (t, f, facts) = body(Some(ct), b"' or 1=1 --");
+        assert!(t.is_empty() && f.is_empty());
+        assert_eq!(facts.kind, BodyKind::Binary);
+    }
+    let junk: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    let (t, _, facts) = body(Some("application/x-unknown"), &junk);
+    assert!(t.is_empty());
+    assert_eq!(facts.kind, BodyKind::Binary);
+}
+
+#[test]
+fn empty_bodies() {
+    let (t, f, facts) = body(Some("application/json"), b"");
+    assert!(t.is_empty() && f.is_empty());
+    assert_eq!(facts.kind, BodyKind::Json);
+    let (_, f, _) = body(Some("application/json"), b" \r\n");
+    assert!(f.is_empty());
+    let (_, _, facts) = body(None, b"");
+    assert_eq!(facts.kind, BodyKind::None);
+    // A BOM is skipped.
+    let (t, f, _) = body(Some("application/json"), b"\xef\xbb\xbf{\"a\":\"b\"}");
+    assert!(f.is_empty());
+    assert_eq!(t.len(), 2);
+}
+
+#[test]
+fn kinds_announced() {
+    assert_eq!(body_kind(Some("application/json")), BodyKind::Json);
+    assert_eq!(
+        body_kind(Some("APPLICATION/PROBLEM+JSON; charset=utf-8")),
+        BodyKind::Json
+    );
+    assert_eq!(
+        body_kind(Some("application/x-www-form-urlencoded")),
+        BodyKind::Form
+    );
+    assert_eq!(
+        body_kind(Some("multipart/form-data; boundary=x")),
+        BodyKind::Multipart
+    );
+    assert_eq!(body_kind(Some("application/soap+xml")), BodyKind::Xml);
+    assert_eq!(body_kind(Some("application/graphql")), BodyKind::GraphQl);
+    assert_eq!(body_kind(Some("text/html")), BodyKind::Text);
+    assert_eq!(body_kind(Some("image/jpeg")), BodyKind::Binary);
+    assert_eq!(body_kind(Some("application/pdf")), BodyKind::Binary);
+    assert_eq!(body_kind(Some("application/x-whatever")), BodyKind::Text);
+    assert_eq!(body_kind(None), BodyKind::Text);
+    assert_eq!(body_kind(Some("")), BodyKind::Text);
+}
+
+#[test]
+fn params_parse() {
+    let mut seen = Vec::new();
+    parse_params(
+        r#"form-data; name="a\"b"; filename="C:\x\y.txt";x=1 ; novalue; ="v"; z="unterminated"#,
+        &mut |n, v| seen.push((n.to_string(), v.into_owned())),
+    );
+    assert_eq!(
+        seen,
+        vec![
+            ("name".to_string(), "a\"b".to_string()),
+            ("filename".to_string(), "C:\\x\\y.txt".to_string()),
+            ("x".to_string(), "1".to_string()),
+            (String::new(), "v".to_string()),
+            ("z".to_string(), "unterminated".to_string()),
+        ]
+    );
+}

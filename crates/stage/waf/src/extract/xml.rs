@@ -1,0 +1,239 @@
+//! XML bodies: a streaming quick-xml reader; entities are never resolved.
+
+use std::borrow::Cow;
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::reader::Reader;
+
+use super::{MAX_PATH, MAX_SEGMENT, Problem, Sink, truncate};
+use crate::model::{Location, Part, Target};
+
+fn at(pos: u64) -> usize {
+    usize::try_from(pos).unwrap_or(usize::MAX)
+}
+
+/// Reads `body` as an XML document, pushing text, attribute, DOCTYPE and PI targets.
+pub(super) fn extract<'a>(
+    body: &'a [u8],
+    max_depth: usize,
+    sink: &mut Sink<'a, '_>,
+) -> Result<(), Problem> {
+    let text = std::str::from_utf8(body).map_err(|e| Problem::Malformed {
+        at: e.valid_up_to(),
+    })?;
+    let mut reader = Reader::from_str(text);
+    reader.config_mut().allow_dangling_amp = true;
+    let mut doc = Doc {
+        path: String::with_capacity(64),
+        open: Vec::new(),
+        pending: None,
+        roots: 0,
+        max_depth,
+    };
+    loop {
+        if sink.full {
+            return Ok(());
+        }
+        let event = match reader.read_event() {
+            Ok(event) => event,
+            Err(_) => {
+                doc.flush(sink);
+                return Err(Problem::Malformed {
+                    at: at(reader.error_position()),
+                });
+            }
+        };
+        let here = at(reader.buffer_position());
+        match event {
+            Event::Start(e) => {
+                doc.flush(sink);
+                doc.open(&e, here, sink)?;
+            }
+            Event::Empty(e) => {
+                doc.flush(sink);
+                doc.open(&e, here, sink)?;
+                doc.close();
+            }
+            Event::End(_) => {
+                doc.flush(sink);
+                doc.close();
+            }
+            Event::Text(t) => doc.text(t.into_inner(), here)?,
+            Event::CData(t) => doc.text(t.into_inner(), here)?,
+            Event::GeneralRef(r) => {
+                if doc.open.is_empty() {
+                    return Err(Problem::Malformed { at: here });
+                }
+                let name = r.into_inner();
+                let pending = doc.pending.get_or_insert(Cow::Borrowed(""));
+                match resolve(&name) {
+                    Some(c) => pending.to_mut().push(c),
+                    None => {
+                        // Never resolved: kept as written.
+                        let p = pending.to_mut();
+                        p.push('&');
+                        p.push_str(&name);
+                        p.push(';');
+                    }
+                }
+            }
+            Event::DocType(t) => {
+                doc.flush(sink);
+                let value = format!("<!DOCTYPE {}>", t.into_inner());
+                sink.push(Target::new(Location::Body, "!DOCTYPE", Part::Value, value));
+            }
+            Event::PI(p) => {
+                doc.flush(sink);
+                let value = format!("<?{}?>", p.into_inner());
+                sink.push(Target::new(Location::Body, "?pi", Part::Value, value));
+            }
+            Event::Decl(_) | Event::Comment(_) => {}
+            Event::Eof => {
+                doc.flush(sink);
+                if !doc.open.is_empty() || doc.roots == 0 {
+                    return Err(Problem::Malformed { at: body.len() });
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The five predefined entities and character references.
+fn resolve(name: &str) -> Option<char> {
+    match name {
+        "lt" => Some('<'),
+        "gt" => Some('>'),
+        "amp" => Some('&'),
+        "quot" => Some('"'),
+        "apos" => Some('\''),
+        _ => {
+            let num = name.strip_prefix('#')?;
+            let cp = match num.strip_prefix('x') {
+                Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+                None => num.parse::<u32>().ok()?,
+            };
+            char::from_u32(cp).filter(|&c| c != '\0')
+        }
+    }
+}
+
+/// Attribute values with predefined entities and character references decoded, other
+/// references kept.
+fn unescape(v: &str) -> Cow<'_, str> {
+    if !v.contains('&') {
+        return Cow::Borrowed(v);
+    }
+    let mut out = String::with_capacity(v.len());
+    let mut rest = v;
+    while let Some(p) = rest.find('&') {
+        out.push_str(rest.get(..p).unwrap_or_default());
+        let after = rest.get(p + 1..).unwrap_or_default();
+        let decoded = after
+            .bytes()
+            .take(17)
+            .position(|b| b == b';')
+            .and_then(|e| Some((resolve(after.get(..e)?)?, e)));
+        match decoded {
+            Some((c, e)) => {
+                out.push(c);
+                rest = after.get(e + 1..).unwrap_or_default();
+            }
+            None => {
+                out.push('&');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+struct Doc<'a> {
+    /// `/order/item` of the open element.
+    path: String,
+    /// The path length before each open element.
+    open: Vec<usize>,
+    /// Text of the current element not yet pushed.
+    pending: Option<Cow<'a, str>>,
+    roots: usize,
+    max_depth: usize,
+}
+
+impl<'a> Doc<'a> {
+    fn open(
+        &mut self,
+        e: &BytesStart<'_>,
+        here: usize,
+        sink: &mut Sink<'a, '_>,
+    ) -> Result<(), Problem> {
+        if self.open.len() >= self.max_depth {
+            return Err(Problem::TooDeep { at: here });
+        }
+        if self.open.is_empty() {
+            self.roots += 1;
+            if self.roots > 1 {
+                return Err(Problem::Malformed { at: here });
+            }
+        }
+        self.open.push(self.path.len());
+        if self.path.len() < MAX_PATH {
+            self.path.push('/');
+            self.path
+                .push_str(truncate(e.name().into_inner(), MAX_SEGMENT));
+        }
+        for attr in e.attributes() {
+            let attr = attr.map_err(|_| Problem::Malformed { at: here })?;
+            let value = unescape(&attr.value);
+            if value.is_empty() || sink.full {
+                continue;
+            }
+            let base = self.path.len();
+            self.path.push_str("/@");
+            self.path
+                .push_str(truncate(attr.key.into_inner(), MAX_SEGMENT));
+            let name = self.path.clone();
+            self.path.truncate(base);
+            sink.push(Target::new(
+                Location::Body,
+                name,
+                Part::Value,
+                value.into_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        if let Some(len) = self.open.pop() {
+            self.path.truncate(len);
+        }
+    }
+
+    fn text(&mut self, t: Cow<'a, str>, here: usize) -> Result<(), Problem> {
+        if self.open.is_empty() {
+            if t.trim().is_empty() {
+                return Ok(());
+            }
+            return Err(Problem::Malformed { at: here });
+        }
+        match &mut self.pending {
+            None => self.pending = Some(t),
+            Some(p) => p.to_mut().push_str(&t),
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, sink: &mut Sink<'a, '_>) {
+        if let Some(t) = self.pending.take()
+            && !t.trim().is_empty()
+        {
+            sink.push(Target::new(
+                Location::Body,
+                self.path.clone(),
+                Part::Value,
+                t,
+            ));
+        }
+    }
+}

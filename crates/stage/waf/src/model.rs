@@ -1,0 +1,309 @@
+//! The WAF's shared vocabulary: rules, attack classes, severities, inspection targets and
+//! findings. Every detector speaks it; the engine scores it; audit records it.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use crate::transform::View;
+
+/// A rule's stable id. Built-in rules use 1000–99999 (one block of 100 per class, see
+/// `docs/waf.md`); custom rules from the configuration use 100000 and above.
+pub type RuleId = u32;
+
+/// How bad a finding is. Its anomaly score is the CRS one: critical 5, error 4, warning 3,
+/// notice 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    Notice,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl Severity {
+    pub const fn score(self) -> u32 {
+        match self {
+            Severity::Critical => 5,
+            Severity::Error => 4,
+            Severity::Warning => 3,
+            Severity::Notice => 2,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Notice => "notice",
+        }
+    }
+}
+
+/// The attack class of a rule (for audit, metrics and the corpus report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// Malformed or uninspectable requests: a body that does not parse as its content type,
+    /// nesting or parameter counts over the limits.
+    Protocol,
+    Sqli,
+    Xss,
+    CommandInjection,
+    /// Path traversal and local file inclusion.
+    Traversal,
+    /// Remote file inclusion and server-side request forgery.
+    Ssrf,
+    Xxe,
+    Nosql,
+    Ldap,
+    /// Server-side template injection.
+    Ssti,
+    /// `${jndi:…}` and other lookup-expression injection (Log4Shell class).
+    Log4Shell,
+    /// CR/LF in values that end up in headers (response splitting, header injection).
+    Crlf,
+    /// Scanner and attack-tool signatures.
+    Scanner,
+    /// HTTP parameter pollution.
+    ParameterPollution,
+    /// Sensitive fields a client must not set (`role`, `is_admin` …).
+    MassAssignment,
+    /// GraphQL depth, aliases, complexity and batch size; JSON batch size; pagination.
+    ApiAbuse,
+    /// A rule from the configuration.
+    Custom,
+}
+
+impl Class {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Class::Protocol => "protocol",
+            Class::Sqli => "sqli",
+            Class::Xss => "xss",
+            Class::CommandInjection => "command-injection",
+            Class::Traversal => "traversal",
+            Class::Ssrf => "ssrf",
+            Class::Xxe => "xxe",
+            Class::Nosql => "nosql",
+            Class::Ldap => "ldap",
+            Class::Ssti => "ssti",
+            Class::Log4Shell => "log4shell",
+            Class::Crlf => "crlf",
+            Class::Scanner => "scanner",
+            Class::ParameterPollution => "parameter-pollution",
+            Class::MassAssignment => "mass-assignment",
+            Class::ApiAbuse => "api-abuse",
+            Class::Custom => "custom",
+        }
+    }
+}
+
+/// A built-in rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub id: RuleId,
+    pub class: Class,
+    pub severity: Severity,
+    /// The lowest paranoia level (1–4) at which the rule runs.
+    pub paranoia: u8,
+    /// What the rule detects, as a technique (`SQL tautology`, `event handler attribute`).
+    pub description: &'static str,
+}
+
+/// Where in the request a value was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Location {
+    /// The normalised path.
+    Path,
+    /// A query parameter (name = parameter name).
+    Query,
+    /// A header (name = lowercase header name).
+    Header,
+    /// One cookie (name = cookie name).
+    Cookie,
+    /// A body field: a JSON path (`$.items[0].name`), a form or multipart field name, an XML
+    /// path (`/order/item/@id`), or empty for a body inspected whole.
+    Body,
+}
+
+impl Location {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Location::Path => "path",
+            Location::Query => "query",
+            Location::Header => "header",
+            Location::Cookie => "cookie",
+            Location::Body => "body",
+        }
+    }
+}
+
+/// Which part of a named item the value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    Value,
+    /// The item's own name (a query parameter name, a JSON key, a form field name).
+    Name,
+    /// A multipart file name.
+    Filename,
+}
+
+/// One value to inspect, with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub location: Location,
+    /// The item's name (see [`Location`]); empty for the path and whole bodies.
+    pub name: Cow<'a, str>,
+    pub part: Part,
+    /// The value as the request carried it after the one decoding its syntax demands (query
+    /// and form values percent-decoded once, JSON strings unescaped); detectors decode further
+    /// through [`crate::transform::Views`].
+    pub value: Cow<'a, str>,
+}
+
+impl<'a> Target<'a> {
+    pub fn new(
+        location: Location,
+        name: impl Into<Cow<'a, str>>,
+        part: Part,
+        value: impl Into<Cow<'a, str>>,
+    ) -> Self {
+        Target {
+            location,
+            name: name.into(),
+            part,
+            value: value.into(),
+        }
+    }
+
+    /// The address exclusions use: `query:q`, `header:referer`, `body:$.description`, `path`.
+    pub fn address(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Target<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.location.as_str())?;
+        if !self.name.is_empty() {
+            write!(f, ":{}", self.name)?;
+        }
+        match self.part {
+            Part::Value => Ok(()),
+            Part::Name => f.write_str(" (name)"),
+            Part::Filename => f.write_str(" (filename)"),
+        }
+    }
+}
+
+/// One rule that matched one target: what the audit event shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub rule: RuleId,
+    pub class: Class,
+    pub severity: Severity,
+    /// Set by custom rules with `action: block`: blocks whatever the score.
+    pub blocks: bool,
+    /// The rule's description (or the custom rule's message).
+    pub message: Cow<'static, str>,
+    /// `query:id`, `body:$.items[0].name`, …
+    pub target: String,
+    /// Where to match exclusions: `location:name` without the part suffix.
+    pub exclusion_key: String,
+    /// The transformation chain the matching value went through.
+    pub transforms: &'static str,
+    /// A short, masked excerpt of what matched (never the whole value).
+    pub snippet: String,
+}
+
+impl Finding {
+    /// A finding of a built-in rule on a target, `matched` being the part of the
+    /// transformed value that matched (or the whole transformed value).
+    pub fn new(rule: &'static Rule, target: &Target<'_>, view: View, matched: &str) -> Finding {
+        Finding {
+            rule: rule.id,
+            class: rule.class,
+            severity: rule.severity,
+            blocks: false,
+            message: Cow::Borrowed(rule.description),
+            target: target.to_string(),
+            exclusion_key: exclusion_key(target),
+            transforms: view.chain(),
+            snippet: snippet(matched),
+        }
+    }
+}
+
+/// `location:name` (or `location` alone when unnamed).
+pub fn exclusion_key(t: &Target<'_>) -> String {
+    if t.name.is_empty() {
+        t.location.as_str().to_string()
+    } else {
+        format!("{}:{}", t.location.as_str(), t.name)
+    }
+}
+
+/// Most characters of a snippet.
+pub const SNIPPET_CHARS: usize = 64;
+
+/// A printable excerpt of at most [`SNIPPET_CHARS`] characters: control characters escaped,
+/// and runs of six or more digits (card, phone, account numbers) and e-mail local parts masked
+/// so that an audit log never carries them.
+pub fn snippet(matched: &str) -> String {
+    let mut out = String::with_capacity(matched.len().min(SNIPPET_CHARS) + 8);
+    let mut chars = 0usize;
+    let mut digits_run = 0usize;
+    let bytes: Vec<char> = matched.chars().take(SNIPPET_CHARS + 1).collect();
+    // Mask digit runs of six or more.
+    let mut masked: Vec<char> = bytes.clone();
+    let mut i = 0;
+    while i < masked.len() {
+        if masked[i].is_ascii_digit() {
+            let start = i;
+            while i < masked.len() && masked[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i - start >= 6 {
+                for c in &mut masked[start..i] {
+                    *c = '#';
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    // Mask the local part of anything that looks like an e-mail address.
+    let mut j = 0;
+    while j < masked.len() {
+        if masked[j] == '@' && j > 0 && j + 1 < masked.len() && masked[j + 1].is_alphanumeric() {
+            let mut k = j;
+            while k > 0
+                && (masked[k - 1].is_alphanumeric()
+                    || matches!(masked[k - 1], '.' | '_' | '-' | '+'))
+            {
+                k -= 1;
+                masked[k] = '*';
+            }
+        }
+        j += 1;
+    }
+    for c in masked {
+        if chars >= SNIPPET_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+        chars += 1;
+        digits_run = 0;
+    }
+    let _ = digits_run;
+    out
+}
+
+/// A detector's entry point: inspects one target, pushing a finding per matching rule.
+/// `paranoia` is the route's level (1–4): rules above it do not run.
+pub type InspectFn = fn(&Target<'_>, &mut crate::transform::Views, u8, &mut Vec<Finding>);

@@ -1,0 +1,168 @@
+//! The WAF step (pipeline step 5): after the pre-authentication rate limits, before
+//! authentication.
+
+use std::sync::Arc;
+
+use portcullis_core::{
+    BodyError, BodyLimitExceeded, BodyTooSlow, GatewayRequest, Prefix, RejectReason, Rejection,
+    RequestBody, RequestCtx, Stage, StageId, Step, Verdict,
+};
+
+use crate::config::{Mode, OverLimit, RouteWaf, WafSettings};
+use crate::engine::{self, BodyState, Inspection, Outcome};
+use crate::extract::{BodyKind, body_kind};
+use crate::hits::HitTracker;
+
+/// The WAF of one configuration snapshot.
+pub struct Waf {
+    pub settings: WafSettings,
+    /// Indexed by route id.
+    pub routes: Vec<RouteWaf>,
+    hits: Arc<HitTracker>,
+}
+
+impl Waf {
+    pub fn new(settings: WafSettings, routes: Vec<RouteWaf>, hits: Arc<HitTracker>) -> Waf {
+        Waf {
+            settings,
+            routes,
+            hits,
+        }
+    }
+}
+
+pub struct WafStage {
+    waf: Arc<Waf>,
+}
+
+impl WafStage {
+    pub const ID: StageId = StageId("waf");
+
+    pub fn new(waf: Arc<Waf>) -> Self {
+        WafStage { waf }
+    }
+}
+
+/// The 403 a blocked request gets: the request id (added by the engine) and nothing that
+/// would help an attacker tune a payload.
+fn blocked_rejection() -> Rejection {
+    Rejection::new(
+        RejectReason::WafBlocked,
+        "The request was blocked by the gateway's security policy. Quote the request id if you believe this is a mistake.",
+    )
+}
+
+fn body_error(e: BodyError) -> Rejection {
+    match e {
+        BodyError::TooLarge { limit } => Rejection::new(
+            RejectReason::BodyTooLarge,
+            format!("the request body exceeds {limit} bytes"),
+        ),
+        BodyError::Read(err) if err.is::<BodyTooSlow>() => Rejection::new(
+            RejectReason::BodyTimeout,
+            "the request body arrived too slowly",
+        ),
+        BodyError::Read(err) if err.is::<BodyLimitExceeded>() => Rejection::new(
+            RejectReason::BodyTooLarge,
+            "the request body exceeds the route's limit",
+        ),
+        BodyError::Read(_) => Rejection::new(
+            RejectReason::BodyReadFailed,
+            "the request body could not be read",
+        ),
+    }
+}
+
+impl Waf {
+    /// Records the outcome and turns it into a verdict.
+    fn conclude(&self, route: &RouteWaf, outcome: Outcome, ctx: &mut RequestCtx) -> Verdict {
+        if outcome.findings.is_empty() {
+            return Verdict::Continue;
+        }
+        if outcome.score > 0 {
+            self.hits.record(ctx.client_ip);
+        }
+        let blocked = outcome.blocked;
+        ctx.waf = Some(Box::new(outcome.report(route)));
+        if blocked && engine::enforces(route) {
+            Verdict::Reject(blocked_rejection())
+        } else {
+            Verdict::Continue
+        }
+    }
+}
+
+impl Stage for WafStage {
+    fn id(&self) -> StageId {
+        Self::ID
+    }
+
+    fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
+        let Some(route) = ctx.route_id().and_then(|id| self.waf.routes.get(id.0)) else {
+            return Step::CONTINUE;
+        };
+        if route.mode == Mode::Off {
+            return Step::CONTINUE;
+        }
+        let has_body = match &req.body {
+            RequestBody::Streaming(b) => !http_body::Body::is_end_stream(b),
+            RequestBody::Buffered(b) => !b.is_empty(),
+        };
+        let ct = req
+            .head
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if !has_body || body_kind(ct) == BodyKind::Binary {
+            let outcome = engine::inspect(
+                route,
+                &Inspection {
+                    head: &req.head,
+                    path: req.head.uri.path(),
+                    client_ip: ctx.client_ip,
+                    body: BodyState::None,
+                },
+            );
+            return Step::Done(self.waf.conclude(route, outcome, ctx));
+        }
+        let route_limit = ctx.body_limit.unwrap_or(u64::MAX);
+        let limit = route.inspect_body_bytes.min(route_limit);
+        Step::from_future(async move {
+            let whole = match req.buffer_prefix(limit).await {
+                Ok(Prefix::Whole(_)) => true,
+                Ok(Prefix::Longer) => false,
+                Err(e) => return Verdict::Reject(body_error(e)),
+            };
+            if !whole {
+                if route_limit <= route.inspect_body_bytes {
+                    return Verdict::Reject(body_error(BodyError::TooLarge { limit: route_limit }));
+                }
+                if route.on_body_over_limit == OverLimit::Reject {
+                    return Verdict::Reject(Rejection::new(
+                        RejectReason::BodyTooLarge,
+                        format!(
+                            "the request body exceeds {} bytes, the most this route inspects",
+                            route.inspect_body_bytes
+                        ),
+                    ));
+                }
+            }
+            let body = match (&req.body, whole) {
+                (RequestBody::Buffered(b), true) => BodyState::Buffered(b),
+                _ => BodyState::Skipped {
+                    limit: route.inspect_body_bytes,
+                },
+            };
+            let outcome = engine::inspect(
+                route,
+                &Inspection {
+                    head: &req.head,
+                    path: req.head.uri.path(),
+                    client_ip: ctx.client_ip,
+                    body,
+                },
+            );
+            self.waf.conclude(route, outcome, ctx)
+        })
+    }
+}
