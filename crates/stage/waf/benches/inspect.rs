@@ -7,18 +7,21 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis_waf::RouteWaf;
 use portcullis_waf::detect::{VALUE_DETECTORS, sqli, xss};
+use portcullis_waf::engine::{BodyState, Inspection, inspect};
 use portcullis_waf::model::{InspectFn, Location, Part, Target};
 use portcullis_waf::transform::Views;
-use portcullis_waf::RouteWaf;
-use portcullis_waf::engine::{BodyState, Inspection, inspect};
 
 fn head(uri: &str) -> http::request::Parts {
     let (parts, ()) = http::Request::builder()
         .method("POST")
         .uri(uri)
         .header("host", "api.example.com")
-        .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0")
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        )
         .header("accept", "application/json")
         .header("accept-language", "en-GB,en;q=0.7")
         .header("content-type", "application/json")
@@ -67,7 +70,8 @@ fn bench(c: &mut Criterion) {
             out
         })
     });
-    let attack_head = head("/api/orders?page=2&sort=price&q=1%27%20union%20select%20password%20from%20users--");
+    let attack_head =
+        head("/api/orders?page=2&sort=price&q=1%27%20union%20select%20password%20from%20users--");
     c.bench_function("waf/attack: SQLi in a parameter, 2 KiB JSON", |bn| {
         bn.iter(|| {
             let out = inspect(
@@ -115,10 +119,6 @@ const VALUES: &[(&str, &str)] = &[
 ];
 
 fn per_value(c: &mut Criterion) {
-    if std::env::var_os("BREAKDOWN").is_some() {
-        breakdown();
-        return;
-    }
     let all: Vec<InspectFn> = VALUE_DETECTORS.iter().map(|(_, f)| *f).collect();
     let detectors: [(&str, &[InspectFn]); 3] = [
         ("sqli", &[sqli::inspect]),
@@ -128,12 +128,6 @@ fn per_value(c: &mut Criterion) {
     let mut views = Views::new();
     let mut out = Vec::new();
     for (what, value) in VALUES {
-        c.bench_function(&format!("li/sqli/{what}"), |bn| {
-            bn.iter(|| libinjectionrs::detect_sqli(black_box(value.as_bytes())).is_injection())
-        });
-        c.bench_function(&format!("li/xss/{what}"), |bn| {
-            bn.iter(|| libinjectionrs::detect_xss(black_box(value.as_bytes())).is_injection())
-        });
         let t = Target::new(Location::Header, "x", Part::Value, *value);
         for (name, fns) in &detectors {
             c.bench_function(&format!("value/{name}/{what}"), |bn| {
@@ -152,41 +146,3 @@ fn per_value(c: &mut Criterion) {
 
 criterion_group!(benches, bench, per_value);
 criterion_main!(benches);
-
-/// Temporary: per-detector, per-target cost of the benign request.
-fn breakdown() {
-    use portcullis_waf::extract::{self, BodyFacts};
-    let route = RouteWaf::default();
-    let head = head("/api/orders?page=2&sort=price&q=blue+walking+boots&currency=EUR");
-    let b = body();
-    let mut targets = Vec::new();
-    let mut findings = Vec::new();
-    extract::head_targets(&head, "/api/orders", &route.limits, &mut targets, &mut findings);
-    let _: BodyFacts = extract::body_targets(Some("application/json"), b.as_bytes(), &route.limits, &mut targets, &mut findings);
-    let mut views = Views::new();
-    let mut out = Vec::new();
-    let n = 300u32;
-    let mut per_det = vec![0f64; VALUE_DETECTORS.len()];
-    let mut per_target: Vec<(f64, String)> = Vec::new();
-    for t in &targets {
-        let plain = t.value.len() <= 256 && t.value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-        if t.value.is_empty() || (t.location != Location::Header && plain) { continue; }
-        let mut tot = 0.0;
-        let mut parts = String::new();
-        for (i, (c, f)) in VALUE_DETECTORS.iter().enumerate() {
-            let mut d = f64::MAX;
-            for _ in 0..7 {
-                let s = std::time::Instant::now();
-                for _ in 0..n { views.load(&t.value); out.clear(); f(t, &mut views, 1, &mut out); }
-                d = d.min(s.elapsed().as_secs_f64() * 1e6 / f64::from(n));
-            }
-            per_det[i] += d; tot += d;
-            if d > 0.5 { parts.push_str(&format!(" {c:?}={d:.1}")); }
-        }
-        per_target.push((tot, format!("{t} = {:?} [{parts} ]", t.value)));
-    }
-    per_target.sort_by(|a, b| b.0.total_cmp(&a.0));
-    for (d, t) in &per_target { println!("{d:8.3} us  {t}"); }
-    for (i, (c, _)) in VALUE_DETECTORS.iter().enumerate() { println!("{:?}: {:.1} us", c, per_det[i]); }
-    println!("targets {} inspected {} total {:.1} us", targets.len(), per_target.len(), per_det.iter().sum::<f64>());
-}

@@ -2,6 +2,7 @@
 //! cached per value), run the request-shape and custom rules, apply exclusions, score.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use portcullis_core::{WafMatch, WafReport};
@@ -174,13 +175,41 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
 }
 
 fn run_detectors(targets: &[Target<'_>], views: &mut Views, pl: u8, out: &mut Vec<Finding>) {
+    // Values repeated in one request (the same note on every item of an order) are inspected
+    // once: the value detectors' verdict on a value depends only on its location and text, except
+    // for names, headers and the XML DOCTYPE, which are never shared. A repeat gets copies of
+    // the first one's findings, re-addressed.
+    let mut seen: HashMap<(Location, &str), (usize, usize)> = HashMap::new();
     for t in targets {
         if t.value.is_empty() || (t.location != Location::Header && plain(&t.value)) {
             continue;
         }
+        let shareable = t.part == Part::Value
+            && matches!(
+                t.location,
+                Location::Query | Location::Body | Location::Cookie
+            )
+            && t.name != "!DOCTYPE";
+        if shareable && let Some(&(from, to)) = seen.get(&(t.location, t.value.as_ref())) {
+            let shown = t.to_string();
+            let key = exclusion_key(t);
+            for i in from..to {
+                if let Some(f) = out.get(i) {
+                    let mut f = f.clone();
+                    f.target.clone_from(&shown);
+                    f.exclusion_key.clone_from(&key);
+                    out.push(f);
+                }
+            }
+            continue;
+        }
+        let from = out.len();
         views.load(&t.value);
         for (_, inspect) in detect::VALUE_DETECTORS {
             inspect(t, views, pl, out);
+        }
+        if shareable {
+            seen.insert((t.location, t.value.as_ref()), (from, out.len()));
         }
     }
 }
@@ -230,4 +259,71 @@ fn run_custom(route: &RouteWaf, client_ip: IpAddr, targets: &[Target<'_>], out: 
 /// Whether the route's mode turns a blocked outcome into a refusal.
 pub fn enforces(route: &RouteWaf) -> bool {
     route.mode == Mode::Block
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn post(body: &'static str) -> (http::request::Parts, &'static str) {
+        let (head, ()) = http::Request::builder()
+            .method("POST")
+            .uri("/orders")
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap()
+            .into_parts();
+        (head, body)
+    }
+
+    fn run(head: &http::request::Parts, body: &str) -> Outcome {
+        inspect(
+            &RouteWaf::default(),
+            &Inspection {
+                head,
+                path: "/orders",
+                client_ip: "192.0.2.1".parse().unwrap(),
+                body: BodyState::Buffered(body.as_bytes()),
+            },
+        )
+    }
+
+    #[test]
+    fn a_repeated_value_is_reported_at_every_place_with_the_same_findings() {
+        let (head, body) = post(
+            r#"{"items":[{"note":"1' union select password from users--"},{"note":"1' union select password from users--"}],"x":"<script>alert(1)</script>"}"#,
+        );
+        let out = run(&head, body);
+        assert!(out.blocked);
+        let at = |t: &str| -> Vec<u32> {
+            let mut v: Vec<u32> = out
+                .findings
+                .iter()
+                .filter(|f| f.finding.target == t)
+                .map(|f| f.finding.rule)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        let first = at("body:$.items[0].note");
+        assert!(!first.is_empty());
+        assert_eq!(first, at("body:$.items[1].note"));
+        let copy = out
+            .findings
+            .iter()
+            .find(|f| f.finding.target == "body:$.items[1].note")
+            .unwrap();
+        assert_eq!(copy.finding.exclusion_key, "body:$.items[1].note");
+        assert!(!at("body:$.x").is_empty());
+    }
+
+    #[test]
+    fn benign_bodies_score_nothing() {
+        let (head, body) = post(
+            r#"{"name":"Dr. Ann O'Neil","address":"12, rue de l'Église","comment":"Leave at the door -- ring twice; thanks!","items":[{"sku":"A-12","qty":2}]}"#,
+        );
+        let out = run(&head, body);
+        assert_eq!(out.score, 0, "{:?}", out.findings);
+        assert!(!out.blocked);
+    }
 }

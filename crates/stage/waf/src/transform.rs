@@ -696,6 +696,15 @@ fn fold_lower(s: &str, out: &mut String) {
 
 /// Whitespace runs → one space, trimmed. `out` must start empty.
 fn compress_whitespace(s: &str, out: &mut String) {
+    if s.is_ascii() {
+        compress_ascii_whitespace(s, out);
+    } else {
+        compress_any_whitespace(s, out);
+    }
+}
+
+/// [`compress_whitespace`] of any `s`.
+fn compress_any_whitespace(s: &str, out: &mut String) {
     let mut run: Option<usize> = None;
     for (i, c) in s.char_indices() {
         if c.is_whitespace() {
@@ -714,6 +723,20 @@ fn compress_whitespace(s: &str, out: &mut String) {
             out.push(' ');
         }
         out.push_str(s.get(start..).unwrap_or_default());
+    }
+}
+
+/// [`compress_whitespace`] of an ASCII `s` (whose whitespace characters are the ASCII ones:
+/// space, tab, line feed, vertical tab, form feed, carriage return). Copies the runs between
+/// whitespace whole.
+fn compress_ascii_whitespace(s: &str, out: &mut String) {
+    let white = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    for word in s.as_bytes().split(white).filter(|w| !w.is_empty()) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        // `word` lies between ASCII bytes of an ASCII string: always valid UTF-8.
+        out.push_str(std::str::from_utf8(word).unwrap_or_default());
     }
 }
 
@@ -1287,6 +1310,21 @@ mod tests {
                 .collect();
             b.reverse();
             assert_eq!(a, b, "{s}");
+        }
+    }
+
+    #[test]
+    fn ascii_whitespace_compression_matches_the_general_one() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let alphabet = b" \t\n\x0b\x0c\r\x1cab.";
+        for _ in 0..20_000 {
+            let s: String = (0..rng.usize(0..12))
+                .map(|_| char::from(alphabet[rng.usize(..alphabet.len())]))
+                .collect();
+            let (mut fast, mut general) = (String::new(), String::new());
+            compress_ascii_whitespace(&s, &mut fast);
+            compress_any_whitespace(&s, &mut general);
+            assert_eq!(fast, general, "{s:?}");
         }
     }
 

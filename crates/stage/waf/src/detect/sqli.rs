@@ -821,8 +821,8 @@ fn has_keyword(ac: &AhoCorasick, text: &[u8]) -> bool {
         let kw = KEYWORDS.get(m.pattern().as_usize()).copied().unwrap_or("");
         let before = m.start().checked_sub(1).and_then(|i| text.get(i)).copied();
         let after = text.get(m.end()).copied();
-        let left_ok =
-            ANYWHERE.contains(&kw) || before.is_none_or(|b| !(b.is_ascii_alphabetic() || b == b'_'));
+        let left_ok = ANYWHERE.contains(&kw)
+            || before.is_none_or(|b| !(b.is_ascii_alphabetic() || b == b'_'));
         let right_ok = !WHOLE_WORDS.contains(&kw) || after.is_none_or(|b| !word(b));
         if left_ok && right_ok {
             return true;
@@ -942,6 +942,7 @@ static COMPILED: LazyLock<Compiled> = LazyLock::new(|| {
 /// Forces pattern compilation (at start-up rather than on the first request).
 pub fn warm_up() {
     LazyLock::force(&COMPILED);
+    LazyLock::force(&PHRASE_STARTS);
 }
 
 /// The most bytes handed to the tokenizer. libinjection fingerprints the first five tokens
@@ -959,18 +960,74 @@ enum Tokenized {
 }
 
 fn tokenize(input: &[u8]) -> Tokenized {
-    guarded(input, |input| {
-        let r = libinjectionrs::detect_sqli(input);
-        r.is_injection().then(|| {
-            let mut fp = [0u8; 8];
-            if let Some(f) = r.fingerprint {
-                for (d, s) in fp.iter_mut().zip(f.as_bytes()) {
-                    *d = *s;
-                }
-            }
-            fp
+    guarded(input, detect_sqli)
+}
+
+/// `libinjectionrs::detect_sqli`, returning the fingerprint of the context that matched.
+///
+/// The same passes as `SqliState::detect` (no quote context in ANSI mode, then MySQL mode if
+/// the first pass saw a MySQL-style comment; then, for a value with a single quote, the same
+/// after a single quote; then, with a double quote, after a double quote in MySQL mode), each
+/// decided by `SqliState::is_sqli` (fingerprint, blacklist, whitelist) as `detect` does. It
+/// saves the work `detect_sqli` spends after deciding: one more full tokenization and folding
+/// of the value to produce the fingerprint it already had.
+fn detect_sqli(input: &[u8]) -> Option<[u8; 8]> {
+    if input.is_empty() {
+        return None;
+    }
+    sqli_pass(input, Context::Bare).or_else(|| detect_sqli_quoted(input))
+}
+
+/// The quote-context passes of [`detect_sqli`] alone.
+fn detect_sqli_quoted(input: &[u8]) -> Option<[u8; 8]> {
+    if input.is_empty() {
+        return None;
+    }
+    input
+        .contains(&b'\'')
+        .then(|| sqli_pass(input, Context::Single))
+        .flatten()
+        .or_else(|| {
+            input
+                .contains(&b'"')
+                .then(|| sqli_pass(input, Context::Double))
+                .flatten()
         })
-    })
+}
+
+/// Where libinjection imagines the value was injected.
+#[derive(Clone, Copy)]
+enum Context {
+    /// Bare, ANSI then (after MySQL-style comments) MySQL.
+    Bare,
+    /// After a single quote, ANSI then (after MySQL-style comments) MySQL.
+    Single,
+    /// After a double quote, MySQL.
+    Double,
+}
+
+/// One context of `SqliState::detect`: the fingerprint if it is an injection.
+fn sqli_pass(input: &[u8], context: Context) -> Option<[u8; 8]> {
+    use libinjectionrs::{SqliFlags, SqliState};
+    let (quote, mysql_only) = match context {
+        Context::Bare => (SqliFlags::FLAG_QUOTE_NONE, false),
+        Context::Single => (SqliFlags::FLAG_QUOTE_SINGLE, false),
+        Context::Double => (SqliFlags::FLAG_QUOTE_DOUBLE, true),
+    };
+    let dialect = if mysql_only {
+        SqliFlags::FLAG_SQL_MYSQL
+    } else {
+        SqliFlags::FLAG_SQL_ANSI
+    };
+    let mut state = SqliState::new(input, quote | dialect);
+    if state.is_sqli() {
+        return Some(state.fingerprint);
+    }
+    if mysql_only || (state.stats_comment_ddx == 0 && state.stats_comment_hash == 0) {
+        return None;
+    }
+    let mut state = SqliState::new(input, quote | SqliFlags::FLAG_SQL_MYSQL);
+    state.is_sqli().then_some(state.fingerprint)
 }
 
 /// Runs a tokenizer on at most [`TOKENIZER_MAX`] bytes, turning a panic into a verdict.
@@ -1011,6 +1068,15 @@ fn weak_fingerprint(fp: &str, input: &[u8]) -> bool {
     let lone_call = (fp.len() == 4 && fp.starts_with("f(") && fp.ends_with(')'))
         || (fp.starts_with("f()") && !compares);
     short_plain || lone_call || fp.starts_with('n') || fp == "X"
+}
+
+/// Whether a tokenizer verdict of fingerprint `fp` on `input` counts as the weak rule (1101):
+/// a [`weak_fingerprint`], or keywords alone (no SQL syntax character), which sentences
+/// contain too, unless a UNION appears or the value starts with a number (numeric-context
+/// injection).
+fn weak(fp: &str, input: &[u8]) -> bool {
+    let words_only = !has_sql_syntax(input) && !fp.contains('U') && !fp.starts_with('1');
+    weak_fingerprint(fp, input) || words_only
 }
 
 /// Whether a value contains any character of SQL syntax beyond words, numbers and
@@ -1126,10 +1192,7 @@ fn report_tokenizer(
         Tokenized::Clean => Verdict::Open,
         Tokenized::Injection(fp) => {
             let fp = fingerprint_str(&fp);
-            // Keywords alone (no SQL syntax character) are what sentences contain too, unless
-            // a UNION appears or the value starts with a number (numeric-context injection).
-            let words_only = !has_sql_syntax(input) && !fp.contains('U') && !fp.starts_with('1');
-            let rule = if weak_fingerprint(fp, input) || words_only {
+            let rule = if weak(fp, input) {
                 &R_LIBINJECTION_WEAK
             } else {
                 &R_LIBINJECTION
@@ -1193,29 +1256,39 @@ fn sql_keyword(upper: &[u8]) -> bool {
         .is_some_and(|k| {
             matches!(
                 k.token_type,
-                b'k' | b'f' | b'U' | b'E' | b'T' | b't' | b'o' | b'&' | b'v' | b'1' | b'A' | b'B' | b'F'
+                b'k' | b'f'
+                    | b'U'
+                    | b'E'
+                    | b'T'
+                    | b't'
+                    | b'o'
+                    | b'&'
+                    | b'v'
+                    | b'1'
+                    | b'A'
+                    | b'B'
+                    | b'F'
             )
         })
 }
 
-/// Whether libinjection's fingerprint of `input` is certain to start with a bare word (`n`),
-/// a shape [`weak_fingerprint`] always classes as weak, so that below paranoia 2 the tokenizer
-/// cannot report anything and need not run. True when:
+/// Whether libinjection's fingerprint of `input` without a quote context is certain to start
+/// with a bare word (`n`), a shape [`weak_fingerprint`] always classes as weak. True when:
 ///
-/// * `input` has no quote or backtick: the tokenizer then only runs without a quote context
-///   (ANSI, and MySQL when it saw comments), and no letter starts a string literal (`N'…'`,
-///   `X'…'`, `E'…'`, `Q'…'`, `U&'…'`, `B'…'` need a quote), so the value's first word is its
-///   first token;
-/// * that word (up to the first character that ends a word for the tokenizer) starts with an
-///   ASCII letter, is shorter than a token's value (30 bytes), and neither it nor any prefix of
-///   it ending before a `.` is a keyword (the tokenizer splits `select.x` after `select`);
+/// * the value starts with a word (up to the first character that ends a word for the
+///   tokenizer) that starts with an ASCII letter, is shorter than a token's value (30 bytes),
+///   and neither it nor any prefix of it ending before a `.` is a keyword (the tokenizer splits
+///   `select.x` after `select`);
+/// * no letter starts a string literal there (`N'…'`, `X'…'`, `E'…'`, `Q'…'`, `NQ'…'`,
+///   `U&'…'`, `B'…'` have a single quote among their first three bytes) and there is no
+///   backtick, so that word is the first token (in ANSI and MySQL mode alike);
 /// * it cannot change type while the tokens fold: it does not start a multi-word keyword (the
 ///   only merge that retypes a bare word) and is not one of the words a following `(` turns
 ///   into a function. No other folding rule changes or replaces a first token that is a bare
 ///   word (the rules that rewrite the left token require it to be an operator, keyword,
 ///   function, type, collation, brace or backslash).
 fn starts_with_bare_word(input: &[u8]) -> bool {
-    if input.iter().any(|b| matches!(b, b'\'' | b'"' | b'`')) {
+    if input.contains(&b'`') || input.get(1..3).is_some_and(|b| b.contains(&b'\'')) {
         return false;
     }
     if !input.first().is_some_and(u8::is_ascii_alphabetic) {
@@ -1240,8 +1313,7 @@ fn starts_with_bare_word(input: &[u8]) -> bool {
         .enumerate()
         .any(|(i, &b)| b == b'.' && upper.get(..i).is_some_and(sql_keyword));
     let Ok(text) = std::str::from_utf8(upper) else {
-        // Non-ASCII in the word: the tokenizer does not look it up at all (bare word), but
-        // keep it simple and let the tokenizer decide.
+        // A character cut by the word's end: let the tokenizer decide.
         return false;
     };
     !keyword_prefix
@@ -1250,13 +1322,31 @@ fn starts_with_bare_word(input: &[u8]) -> bool {
         && PHRASE_STARTS.binary_search(&text).is_err()
 }
 
-/// [`tokenize`], unless the verdict is certain not to be reported at `paranoia` (see
-/// [`starts_with_bare_word`]).
+/// [`tokenize`], skipping what cannot change the reported outcome at `paranoia`.
+///
+/// Below paranoia 2 a weak verdict is not reported. For a value whose bare-context
+/// fingerprint must start with a bare word ([`starts_with_bare_word`]), the bare context can
+/// only give a weak verdict, which `detect` returns before trying the quote contexts: the
+/// outcome can be strong only if the bare context is clean and a quote context strong. So the
+/// quote contexts run first (none without quotes) and the bare context only to confirm a
+/// strong verdict of theirs.
 fn tokenize_at(input: &[u8], paranoia: u8) -> Tokenized {
-    if paranoia < R_LIBINJECTION_WEAK.paranoia && starts_with_bare_word(input) {
-        return Tokenized::Clean;
+    if paranoia >= R_LIBINJECTION_WEAK.paranoia || !starts_with_bare_word(input) {
+        return tokenize(input);
     }
-    tokenize(input)
+    let quoted = guarded(input, detect_sqli_quoted);
+    let strong = match &quoted {
+        Tokenized::Clean => false,
+        Tokenized::Injection(fp) => !weak(fingerprint_str(fp), input),
+        Tokenized::Panicked => true,
+    };
+    if !strong {
+        return quoted;
+    }
+    match guarded(input, |input| sqli_pass(input, Context::Bare)) {
+        Tokenized::Clean => quoted,
+        bare => bare,
+    }
 }
 
 /// The tokenizer passes: the decoded value; the same with `+` read as a space (a value that
@@ -1277,8 +1367,13 @@ fn tokenizer_passes(sink: &mut Sink<'_, '_>, views: &mut Views) {
             *d = if s == b'+' { b' ' } else { s };
         }
         let input = buf.get(..n).unwrap_or_default();
-        if report_tokenizer(sink, View::Decoded, tokenize_at(input, paranoia), input, decoded)
-            == Verdict::Decided
+        if report_tokenizer(
+            sink,
+            View::Decoded,
+            tokenize_at(input, paranoia),
+            input,
+            decoded,
+        ) == Verdict::Decided
         {
             return;
         }
@@ -1398,7 +1493,12 @@ pub fn inspect(t: &Target<'_>, views: &mut Views, paranoia: u8, out: &mut Vec<Fi
     if let (true, Some(re)) = (sink.wants(&R_TAUTOLOGY), &compiled.name_comparison) {
         let text = views.get(View::Sql);
         let bytes = text.as_bytes();
-        if let Some(m) = re.find_iter(bytes).find(|m| same_operands(m.as_bytes())) {
+        // The comparison needs a `=` (also in `<=>`) or a `like`.
+        let compares = bytes.contains(&b'=') || bytes.windows(4).any(|w| w == b"like");
+        if let Some(m) = compares
+            .then(|| re.find_iter(bytes).find(|m| same_operands(m.as_bytes())))
+            .flatten()
+        {
             sink.emit(&R_TAUTOLOGY, View::Sql, text.get(m.range()).unwrap_or(text));
         }
     }
@@ -1617,6 +1717,316 @@ mod tests {
             None
         });
         assert!(matches!(verdict, Tokenized::Clean));
+    }
+
+    #[test]
+    fn keywords_count_only_where_they_can_be_keywords() {
+        let ac = COMPILED.keywords.as_ref().expect("keywords");
+        for v in [
+            "1 union select 1",
+            "1union select",
+            "x order by 1",
+            "ORDER BY 2",
+            "a.union",
+            "a rlike b",
+            "x from dual",
+            "msysobjects",
+            "and0x41414141",
+            "executes",
+            "pg_sleep",
+            "sp_who2",
+            "null",
+            "x$case",
+        ] {
+            assert!(has_keyword(ac, v.as_bytes()), "{v}");
+        }
+        for v in [
+            "/api/orders",
+            "dropdown",
+            "individual",
+            "nullable",
+            "updated_at",
+            "showcase",
+            "xrlike",
+            "union1",
+            "reorder",
+            "from_date",
+            "selected items",
+        ] {
+            assert!(!has_keyword(ac, v.as_bytes()), "{v}");
+        }
+        assert_passes("/api/orders", 4);
+        assert_passes("/users/updated_items", 2);
+    }
+
+    #[test]
+    fn bare_word_gate() {
+        for v in [
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+            "https://shop.example.com/cart?step=2",
+            "en-GB,en;q=0.7",
+            "Dr.Who",
+            "Gift wrap, please; it's for Anne's birthday",
+            "Dr. Ann O'Neil",
+            "x\"y",
+        ] {
+            assert!(starts_with_bare_word(v.as_bytes()), "{v}");
+        }
+        for v in [
+            "Leave at the door -- ring twice.",
+            "user(1)",
+            "database()",
+            "order by 1",
+            "at time zone",
+            "select.x",
+            "or 1=1",
+            "it's",
+            "n'abc",
+            "nq'[x]'",
+            "u&'x'",
+            "x`y",
+            "1 or 1",
+            " a",
+            "",
+            "n'abc",
+        ] {
+            assert!(!starts_with_bare_word(v.as_bytes()), "{v}");
+        }
+    }
+
+    /// The claim behind [`starts_with_bare_word`]: whenever it holds, libinjection's
+    /// fingerprint without a quote context starts with a bare word (or is the evil-token `X`,
+    /// or empty), in ANSI and MySQL mode; and [`tokenize_at`] reports what [`tokenize`] does.
+    #[test]
+    fn bare_word_gate_matches_libinjection() {
+        use libinjectionrs::{SqliFlags, SqliState};
+        const PIECES: &[&str] = &[
+            "a",
+            "x",
+            "foo",
+            "user",
+            "database",
+            "password",
+            "current_user",
+            "at",
+            "time",
+            "zone",
+            "order",
+            "by",
+            "group",
+            "union",
+            "all",
+            "select",
+            "or",
+            "and",
+            "not",
+            "1",
+            "0x41",
+            "1e5",
+            ".",
+            ",",
+            ";",
+            "(",
+            ")",
+            "/",
+            "*",
+            "-",
+            "--",
+            "#",
+            "/*",
+            "*/",
+            "=",
+            "<",
+            ">",
+            "|",
+            "||",
+            "&",
+            "@",
+            "@@version",
+            "$",
+            "{",
+            "}",
+            "[",
+            "]",
+            "\\",
+            ":",
+            "::",
+            "?",
+            "!",
+            "~",
+            "+",
+            "%",
+            "in",
+            "like",
+            "is",
+            "null",
+            "sleep",
+            "char",
+            "version",
+            "exec",
+            "xp_cmdshell",
+            "waitfor",
+            "delay",
+            "into",
+            "outfile",
+            "from",
+            "dual",
+            "where",
+            "set",
+            "begin",
+            "declare",
+            "if",
+            "end",
+            "cross",
+            "join",
+            "left",
+            "character",
+            "varying",
+            "Mozilla",
+            "https",
+            "en",
+            "n",
+            "q",
+            "u",
+            "b",
+            "e",
+            "Dr.",
+            "a.b",
+            "select.x",
+            "\u{e9}",
+            " ",
+            " ",
+            " ",
+            "\t",
+            "\n",
+            "\u{a0}",
+            "'",
+            "'",
+            "\"",
+            "it's",
+            "O'Neil",
+            "'1'='1",
+            "' or '",
+            "x'",
+            "n'",
+            "u&'",
+            "\" or \"",
+        ];
+        let contexts = [
+            SqliFlags::FLAG_QUOTE_NONE | SqliFlags::FLAG_SQL_ANSI,
+            SqliFlags::FLAG_QUOTE_NONE | SqliFlags::FLAG_SQL_MYSQL,
+        ];
+        let reported = |t: &Tokenized, input: &[u8]| match t {
+            Tokenized::Clean => None,
+            Tokenized::Injection(fp) => {
+                (!weak(fingerprint_str(fp), input)).then(|| fingerprint_str(fp).to_string())
+            }
+            Tokenized::Panicked => Some("panic".to_string()),
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        let (mut gated, mut strong) = (0, 0);
+        for _ in 0..200_000 {
+            let mut v = String::new();
+            for _ in 0..rng.usize(1..12) {
+                v.push_str(PIECES[rng.usize(..PIECES.len())]);
+                if rng.bool() {
+                    v.push(' ');
+                }
+            }
+            let input = v.as_bytes();
+            let want = reported(&tokenize(input), input);
+            strong += usize::from(want.is_some());
+            assert_eq!(reported(&tokenize_at(input, 1), input), want, "{v:?}");
+            if !starts_with_bare_word(input) {
+                continue;
+            }
+            gated += 1;
+            for flags in contexts {
+                let fp = SqliState::new(input, flags).get_fingerprint();
+                let fp = fp.as_str();
+                assert!(
+                    fp.is_empty() || fp.starts_with('n') || fp == "X",
+                    "{v:?}: {fp}"
+                );
+            }
+        }
+        assert!(gated > 10_000 && strong > 1_000, "{gated} {strong}");
+    }
+
+    /// [`detect_sqli`] decides as `libinjectionrs::detect_sqli` does, with the same fingerprint.
+    #[test]
+    fn detect_sqli_matches_the_crate() {
+        const PIECES: &[&str] = &[
+            "1",
+            "a",
+            "x",
+            "'",
+            "\"",
+            "`",
+            " ",
+            "or",
+            "and",
+            "union",
+            "select",
+            "from",
+            "--",
+            "-- ",
+            "#",
+            "/*",
+            "*/",
+            "/*!",
+            "(",
+            ")",
+            "=",
+            ";",
+            ",",
+            "@",
+            "@@version",
+            "sleep",
+            "char",
+            "0x41",
+            "null",
+            "-",
+            "+",
+            "||",
+            "like",
+            "not",
+            "in",
+            "drop",
+            "table",
+            "\n",
+            "it's",
+            "O'Neil",
+            "e'",
+            "n'",
+            "x'41'",
+            "u&'",
+            "\\",
+            "{",
+            "}",
+            "$$",
+            "::",
+        ];
+        let mut rng = fastrand::Rng::with_seed(3);
+        for i in 0..100_000 {
+            let mut v = String::new();
+            for _ in 0..rng.usize(1..10) {
+                v.push_str(PIECES[rng.usize(..PIECES.len())]);
+                if rng.u8(..3) == 0 {
+                    v.push(' ');
+                }
+            }
+            if i == 0 {
+                v.clear();
+            }
+            let input = v.as_bytes();
+            let expected = libinjectionrs::detect_sqli(input);
+            let got = detect_sqli(input);
+            assert_eq!(got.is_some(), expected.is_injection(), "{v:?}");
+            if let (Some(fp), Some(want)) = (got, expected.fingerprint) {
+                assert_eq!(fingerprint_str(&fp), want.as_str(), "{v:?}");
+            }
+        }
     }
 
     #[test]

@@ -495,7 +495,17 @@ const TOKENIZER_MAX: usize = 16 * 1024;
 
 /// libinjection's verdict: `Some(true)` XSS, `Some(false)` clean, `None` the tokenizer
 /// panicked.
+///
+/// The tokenizer can only flag a value with a `<` or a `=` in it (within the bytes it reads):
+/// doctypes, tags and comments start at a `<` in its data state, and an attribute value after
+/// a dangerous attribute name (`onerror`, `style`, `href` …) follows a `=` (the attribute
+/// value contexts start inside a value no attribute name precedes). Without either it is not
+/// run.
 fn tokenize(input: &[u8]) -> Option<bool> {
+    let read = input.get(..TOKENIZER_MAX).unwrap_or(input);
+    if !read.iter().any(|&b| b == b'<' || b == b'=') {
+        return Some(false);
+    }
     guarded(input, |input| {
         libinjectionrs::detect_xss(input).is_injection()
     })
@@ -858,6 +868,75 @@ mod tests {
             guarded(&long, |input| input.len() == TOKENIZER_MAX),
             Some(true)
         );
+    }
+
+    /// The claim behind the gate in [`tokenize`]: libinjection flags nothing without a `<`
+    /// or a `=`.
+    #[test]
+    fn tokenizer_needs_an_angle_bracket_or_equals_sign() {
+        const PIECES: &[&str] = &[
+            "onerror",
+            "onload",
+            "style",
+            "href",
+            "src",
+            "javascript:",
+            "vbscript:",
+            "data:",
+            "alert(1)",
+            "x",
+            "'",
+            "\"",
+            "`",
+            " ",
+            "\t",
+            "\n",
+            "/",
+            ">",
+            "!",
+            "-",
+            "--",
+            "?",
+            "[if",
+            "xml",
+            "import",
+            "entity",
+            "doctype",
+            "script",
+            "svg",
+            "&",
+            "#",
+            ";",
+            ":",
+            "(",
+            ")",
+            "{",
+            "}",
+            "\\",
+            "\u{0}",
+            "\u{b}",
+            "expression",
+            "url",
+            "xmlns",
+            "formaction",
+            "srcdoc",
+            "\u{e9}",
+        ];
+        let mut rng = fastrand::Rng::with_seed(11);
+        for _ in 0..100_000 {
+            let mut v = String::new();
+            for _ in 0..rng.usize(1..14) {
+                v.push_str(PIECES[rng.usize(..PIECES.len())]);
+            }
+            assert!(
+                !libinjectionrs::detect_xss(v.as_bytes()).is_injection(),
+                "{v:?}"
+            );
+        }
+        // With them, it still runs.
+        assert_eq!(tokenize(b"x onerror=alert(1)"), Some(true));
+        assert_eq!(tokenize(b"<script>"), Some(true));
+        assert_eq!(tokenize(b"x onerror alert(1)"), Some(false));
     }
 
     #[test]
