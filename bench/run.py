@@ -261,7 +261,8 @@ server:
 audit: { output: file, path: %s/audit.jsonl }
 """ % work
     else:
-        extra = "audit: { enabled: false }\n"
+        # The plain proxy: no audit, and the WAF (on by default) off.
+        extra = "audit: { enabled: false }\nwaf: { mode: off }\n"
     routes = """
 routes:
   - { name: other-1, match: { path: "/api/orders/{id}", methods: [GET] }, upstream: up }

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::sync::LazyLock;
 
-use super::cmdi::{Bank, push_once};
+use super::shared::{Bank, push_once};
 use crate::model::{Class, Finding, Rule, Severity, Target};
 use crate::transform::{View, Views};
 

@@ -11,6 +11,7 @@ pub mod ldap;
 pub mod log4shell;
 pub mod nosql;
 pub mod scanner;
+mod shared;
 pub mod sqli;
 pub mod ssrf;
 pub mod ssti;
@@ -95,6 +96,37 @@ pub fn catalogue_markdown() -> String {
         ));
     }
     s
+}
+
+/// What detector unit tests share: one value as a query parameter through one detector.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::model::{Finding, InspectFn, Location, Part, Target};
+    use crate::transform::Views;
+
+    pub(crate) fn findings(inspect: InspectFn, v: &str, paranoia: u8) -> Vec<Finding> {
+        let t = Target::new(Location::Query, "q", Part::Value, v);
+        let mut views = Views::new();
+        views.load(v);
+        let mut out = Vec::new();
+        inspect(&t, &mut views, paranoia, &mut out);
+        out
+    }
+
+    pub(crate) fn ids(inspect: InspectFn, v: &str, paranoia: u8) -> Vec<u32> {
+        findings(inspect, v, paranoia)
+            .iter()
+            .map(|f| f.rule)
+            .collect()
+    }
+
+    /// The anomaly score at paranoia 1.
+    pub(crate) fn score(inspect: InspectFn, v: &str) -> u32 {
+        findings(inspect, v, 1)
+            .iter()
+            .map(|f| f.severity.score())
+            .sum()
+    }
 }
 
 #[cfg(test)]

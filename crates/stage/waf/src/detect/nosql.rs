@@ -7,7 +7,7 @@
 
 use std::sync::LazyLock;
 
-use super::cmdi::{Bank, Literals, push_once};
+use super::shared::{Bank, Literals, push_once};
 use crate::model::{Class, Finding, Part, Rule, Severity, Target};
 use crate::transform::{View, Views};
 

@@ -5,7 +5,7 @@
 
 use std::sync::LazyLock;
 
-use super::cmdi::{Bank, Literals, push_once};
+use super::shared::{Bank, Literals, push_once};
 use crate::model::{Class, Finding, Location, Rule, Severity, Target};
 use crate::transform::{View, Views};
 

@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::cmdi::{Bank, Literals, push_once};
+use super::shared::{Bank, Literals, push_once};
 use crate::model::{Class, Finding, Location, Rule, Severity, Target};
 use crate::transform::{View, Views};
 
@@ -599,24 +599,13 @@ pub fn inspect(t: &Target<'_>, views: &mut Views, paranoia: u8, out: &mut Vec<Fi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Part;
 
     fn ids(v: &str, pl: u8) -> Vec<u32> {
-        let t = Target::new(Location::Query, "q", Part::Value, v);
-        let mut views = Views::new();
-        views.load(v);
-        let mut out = Vec::new();
-        inspect(&t, &mut views, pl, &mut out);
-        out.iter().map(|f| f.rule).collect()
+        crate::detect::testing::ids(inspect, v, pl)
     }
 
     fn score(v: &str) -> u32 {
-        let t = Target::new(Location::Query, "q", Part::Value, v);
-        let mut views = Views::new();
-        views.load(v);
-        let mut out = Vec::new();
-        inspect(&t, &mut views, 1, &mut out);
-        out.iter().map(|f| f.severity.score()).sum()
+        crate::detect::testing::score(inspect, v)
     }
 
     #[test]

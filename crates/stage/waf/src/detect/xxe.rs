@@ -7,7 +7,7 @@
 
 use std::sync::LazyLock;
 
-use super::cmdi::{Bank, push_once};
+use super::shared::{Bank, push_once};
 use crate::model::{Class, Finding, Location, Rule, Severity, Target};
 use crate::transform::{View, Views};
 
