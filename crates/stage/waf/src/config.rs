@@ -260,22 +260,39 @@ impl TargetPattern {
     }
 }
 
+/// Matches `s` against literal parts and stars with the classic greedy algorithm: on a mismatch
+/// only the last star is re-tried one character further, so the cost is bounded by
+/// `len(s) × parts` whatever the number of stars (target names are client-chosen).
 fn glob_match(parts: &[GlobPart], s: &str) -> bool {
-    match parts.split_first() {
-        None => s.is_empty(),
-        Some((GlobPart::Lit(l), rest)) => s
-            .strip_prefix(l.as_str())
-            .is_some_and(|r| glob_match(rest, r)),
-        Some((GlobPart::Star, rest)) => {
-            if rest.is_empty() {
-                return true;
+    let (mut p, mut i) = (0usize, 0usize);
+    // (part index after the last star, position in s where that star's match ends)
+    let mut retry: Option<(usize, usize)> = None;
+    loop {
+        match parts.get(p) {
+            Some(GlobPart::Star) => {
+                p += 1;
+                retry = Some((p, i));
+                continue;
             }
-            // Iterative over suffixes: at most len+1 tries per star (patterns are short).
-            s.char_indices()
-                .map(|(i, _)| i)
-                .chain(std::iter::once(s.len()))
-                .any(|i| glob_match(rest, &s[i..]))
+            Some(GlobPart::Lit(l)) if s.get(i..).is_some_and(|r| r.starts_with(l.as_str())) => {
+                p += 1;
+                i += l.len();
+                continue;
+            }
+            None if i == s.len() => return true,
+            _ => {}
         }
+        // Mismatch: let the last star swallow one more character, or fail.
+        let Some((rp, ri)) = retry else {
+            return false;
+        };
+        let Some(c) = s.get(ri..).and_then(|r| r.chars().next()) else {
+            return false;
+        };
+        let next = ri + c.len_utf8();
+        retry = Some((rp, next));
+        p = rp;
+        i = next;
     }
 }
 
@@ -779,6 +796,13 @@ mod tests {
         assert!(!pat("body:$.items[*].note").matches("body:$.items[12].name"));
         assert!(pat("header:Referer").matches("header:referer"));
         assert!(pat("*").matches("cookie:x"));
+        assert!(pat("body:$.*.note").matches("body:$.a.b.note"));
+        assert!(pat("body:*x*y").matches("body:axbxcy"));
+        assert!(!pat("body:*x*y").matches("body:axbxcyz"));
+        assert!(pat("query:é*").matches("query:éa"));
+        // Many stars against a long name stay cheap (no exponential backtracking).
+        let long = format!("body:{}", "a".repeat(5000));
+        assert!(!pat("body:*a*a*a*a*a*a*a*a*b").matches(&long));
         assert!(TargetPattern::parse("nowhere:x").is_err());
     }
 
