@@ -318,6 +318,21 @@ mod tests {
     }
 
     #[test]
+    fn an_oauth_token_exchange_form_passes() {
+        let (head, ()) = http::Request::builder()
+            .method("POST")
+            .uri("/token")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("authorization", "Basic YmZmOnNlY3JldA==")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let body = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIiwic3ViIjoiYWxpY2UifQ.c2lnbmF0dXJl&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Aaccess_token&audience=orders-api&scope=read%3Aorders%20write%3Aorders&resource=https%3A%2F%2Forders.internal.example%2Fv1";
+        let out = run(&head, body);
+        assert_eq!(out.score, 0, "{:?}", out.findings);
+    }
+
+    #[test]
     fn benign_bodies_score_nothing() {
         let (head, body) = post(
             r#"{"name":"Dr. Ann O'Neil","address":"12, rue de l'Église","comment":"Leave at the door -- ring twice; thanks!","items":[{"sku":"A-12","qty":2}]}"#,
