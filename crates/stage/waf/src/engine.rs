@@ -198,6 +198,9 @@ fn run_detectors(targets: &[Target<'_>], views: &mut Views, pl: u8, out: &mut Ve
                     let mut f = f.clone();
                     f.target.clone_from(&shown);
                     f.exclusion_key.clone_from(&key);
+                    if crate::model::holds_secret(t) {
+                        f.snippet = crate::model::redacted(&t.value);
+                    }
                     out.push(f);
                 }
             }
@@ -223,7 +226,7 @@ fn run_custom(route: &RouteWaf, client_ip: IpAddr, targets: &[Target<'_>], out: 
             continue;
         }
         // (value, target as shown, exclusion key)
-        let mut check = |value: &str, shown: String, key: &str, views: &mut Views| {
+        let mut check = |value: &str, shown: String, key: &str, secret: bool, views: &mut Views| {
             views.load(value);
             let v = views.get(rule.view);
             let hit = match (rule.operator.find(v), rule.negate) {
@@ -231,7 +234,13 @@ fn run_custom(route: &RouteWaf, client_ip: IpAddr, targets: &[Target<'_>], out: 
                 (None, true) => Some(snippet(v)),
                 _ => None,
             };
-            if let Some(snippet) = hit {
+            if let Some(snippet) = hit.map(|s| {
+                if secret {
+                    crate::model::redacted(&s)
+                } else {
+                    s
+                }
+            }) {
                 out.push(Finding {
                     rule: rule.id,
                     class: Class::Custom,
@@ -246,11 +255,18 @@ fn run_custom(route: &RouteWaf, client_ip: IpAddr, targets: &[Target<'_>], out: 
             }
         };
         if rule.client_ip {
-            check(&ip_text, "client_ip".to_string(), "client_ip", &mut views);
+            check(
+                &ip_text,
+                "client_ip".to_string(),
+                "client_ip",
+                false,
+                &mut views,
+            );
         }
         for (t, key) in targets.iter().zip(&keys) {
             if t.part == Part::Value && rule.targets.iter().any(|p| p.matches(key)) {
-                check(&t.value, t.to_string(), key, &mut views);
+                let secret = crate::model::holds_secret(t);
+                check(&t.value, t.to_string(), key, secret, &mut views);
             }
         }
     }

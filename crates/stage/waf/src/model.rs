@@ -229,9 +229,45 @@ impl Finding {
             target: target.to_string(),
             exclusion_key: exclusion_key(target),
             transforms: view.chain(),
-            snippet: snippet(matched),
+            snippet: if holds_secret(target) {
+                redacted(matched)
+            } else {
+                snippet(matched)
+            },
         }
     }
+}
+
+/// Whether a target's name says it carries a secret (`password`, `client_secret`,
+/// `refresh_token`, `api_key`, `session` cookie …): its snippets are redacted, so an attack
+/// typed into a password field does not put the password into the audit log.
+pub fn holds_secret(t: &Target<'_>) -> bool {
+    if t.part != Part::Value {
+        return false;
+    }
+    let name = t.name.to_ascii_lowercase();
+    const MARKERS: &[&str] = &[
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "auth",
+        "credential",
+        "session",
+        "sid",
+        "otp",
+        "pin",
+        "ssn",
+        "cvv",
+        "card",
+    ];
+    MARKERS.iter().any(|m| name.contains(m))
+}
+
+/// The snippet of a secret: only its length.
+pub fn redacted(matched: &str) -> String {
+    format!("[redacted: {} characters]", matched.chars().count())
 }
 
 /// `location:name` (or `location` alone when unnamed).
@@ -250,60 +286,87 @@ pub const SNIPPET_CHARS: usize = 64;
 /// and runs of six or more digits (card, phone, account numbers) and e-mail local parts masked
 /// so that an audit log never carries them.
 pub fn snippet(matched: &str) -> String {
-    let mut out = String::with_capacity(matched.len().min(SNIPPET_CHARS) + 8);
-    let mut chars = 0usize;
-    let mut digits_run = 0usize;
-    let bytes: Vec<char> = matched.chars().take(SNIPPET_CHARS + 1).collect();
-    // Mask digit runs of six or more.
-    let mut masked: Vec<char> = bytes.clone();
+    let mut c: Vec<char> = matched.chars().take(SNIPPET_CHARS + 1).collect();
+    // Digit runs of six or more.
     let mut i = 0;
-    while i < masked.len() {
-        if masked[i].is_ascii_digit() {
-            let start = i;
-            while i < masked.len() && masked[i].is_ascii_digit() {
-                i += 1;
-            }
-            if i - start >= 6 {
-                for c in &mut masked[start..i] {
-                    *c = '#';
-                }
-            }
-        } else {
+    while i < c.len() {
+        let start = i;
+        while i < c.len() && c[i].is_ascii_digit() {
             i += 1;
         }
+        if i - start >= 6 {
+            c[start..i].fill('#');
+        }
+        i = i.max(start + 1);
     }
-    // Mask the local part of anything that looks like an e-mail address.
-    let mut j = 0;
-    while j < masked.len() {
-        if masked[j] == '@' && j > 0 && j + 1 < masked.len() && masked[j + 1].is_alphanumeric() {
-            let mut k = j;
-            while k > 0
-                && (masked[k - 1].is_alphanumeric()
-                    || matches!(masked[k - 1], '.' | '_' | '-' | '+'))
+    // The local part of anything that looks like an e-mail address.
+    for at in 1..c.len().saturating_sub(1) {
+        if c[at] == '@' && c[at + 1].is_alphanumeric() {
+            let mut k = at;
+            while k > 0 && (c[k - 1].is_alphanumeric() || matches!(c[k - 1], '.' | '_' | '-' | '+'))
             {
                 k -= 1;
-                masked[k] = '*';
+                c[k] = '*';
             }
         }
-        j += 1;
     }
-    for c in masked {
-        if chars >= SNIPPET_CHARS {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
+    let cut = c.len() > SNIPPET_CHARS;
+    let mut out = String::with_capacity(c.len() + 8);
+    for ch in c.into_iter().take(SNIPPET_CHARS) {
+        if ch.is_control() {
+            out.extend(ch.escape_default());
         } else {
-            out.push(c);
+            out.push(ch);
         }
-        chars += 1;
-        digits_run = 0;
     }
-    let _ = digits_run;
+    if cut {
+        out.push('…');
+    }
     out
 }
 
 /// A detector's entry point: inspects one target, pushing a finding per matching rule.
 /// `paranoia` is the route's level (1–4): rules above it do not run.
 pub type InspectFn = fn(&Target<'_>, &mut crate::transform::Views, u8, &mut Vec<Finding>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_never_quoted() {
+        let rule = &crate::extract_rules::RULES[0];
+        for name in [
+            "$.password",
+            "$.user.client_secret",
+            "refresh_token",
+            "x-api-key",
+            "PHPSESSID",
+        ] {
+            let t = Target::new(Location::Body, name, Part::Value, "hunter2' or 1=1--");
+            let f = Finding::new(rule, &t, View::Raw, "hunter2' or 1=1--");
+            assert_eq!(f.snippet, "[redacted: 17 characters]", "{name}");
+        }
+        let t = Target::new(Location::Query, "q", Part::Value, "x' or 1=1--");
+        assert_eq!(
+            Finding::new(rule, &t, View::Raw, "x' or 1=1--").snippet,
+            "x' or 1=1--"
+        );
+    }
+
+    #[test]
+    fn snippets_are_short_and_mask_numbers_and_mail_addresses() {
+        let s = snippet("card 4111111111111111 from jane.doe@example.org");
+        assert!(s.contains("################"), "{s}");
+        assert!(s.contains("********@example.org"), "{s}");
+        assert!(!s.contains("4111"), "{s}");
+        assert!(!s.contains("jane"), "{s}");
+        let long = "a".repeat(500);
+        assert_eq!(snippet(&long).chars().count(), SNIPPET_CHARS + 1);
+        assert_eq!(
+            snippet("a\nb\r"),
+            "a\\nb\\r",
+            "control characters are escaped"
+        );
+    }
+}
