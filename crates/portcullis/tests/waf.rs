@@ -614,3 +614,30 @@ routes:
     );
     assert_eq!(up.hits(), before);
 }
+
+/// An attack typed into a password field is blocked, and the password never reaches the audit
+/// log: the snippet gives only its length.
+#[tokio::test]
+async fn secrets_are_not_quoted_in_audit() {
+    let (gw, up) = setup().await;
+    let r = call(
+        &gw,
+        "POST",
+        "/login",
+        &[("content-type", "application/json")],
+        r#"{"user":"alice","password":"S3cr3t!' OR '1'='1"}"#,
+    )
+    .await;
+    let ev = assert_blocked(&gw, &r, "S3cr3t");
+    let m = matches(&ev);
+    assert!(!m.is_empty());
+    for x in &m {
+        assert_eq!(x["target"], "body:$.password", "{ev}");
+        assert!(
+            x["snippet"].as_str().unwrap().starts_with("[redacted: "),
+            "{ev}"
+        );
+    }
+    assert!(!ev.to_string().contains("S3cr3t"), "{ev}");
+    assert_eq!(up.hits(), 0);
+}
