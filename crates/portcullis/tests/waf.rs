@@ -641,3 +641,57 @@ async fn secrets_are_not_quoted_in_audit() {
     assert!(!ev.to_string().contains("S3cr3t"), "{ev}");
     assert_eq!(up.hits(), 0);
 }
+
+/// While the WAF buffers a body, the body rules hold as they do towards an upstream: a body
+/// that stalls gets 408, a chunked body over the route's limit 413 — refused by the WAF step,
+/// with nothing forwarded.
+#[tokio::test]
+async fn bodies_are_bounded_while_the_waf_buffers_them() {
+    let up = TestUpstream::start("app").await;
+    let gw = Gateway::start(
+        bin(),
+        &format!(
+            r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+server: {{ body_read_timeout: 1s }}
+upstreams: {{ app: {{ targets: ["{}"] }} }}
+routes:
+  - {{ name: small, match: {{ prefix: /small }}, upstream: app, max_body_bytes: 64 }}
+  - {{ name: any, match: {{ prefix: / }}, upstream: app }}
+"#,
+            up.url()
+        ),
+    )
+    .unwrap();
+    let raw = |req: String| {
+        let addr = gw.listener("public");
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let out = raw("POST /x HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":".into()).await;
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains("urn:portcullis:problem:body_timeout"), "{out}");
+    let chunk = "a".repeat(100);
+    let out = raw(format!(
+        "POST /small HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    ))
+    .await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    assert!(
+        out.contains("urn:portcullis:problem:body_too_large"),
+        "{out}"
+    );
+    for reason in ["body_timeout", "body_too_large"] {
+        let ev = gw
+            .wait_for_audit(|e| e["reason"] == reason, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no {reason} audit event: {:#?}", gw.audit_events()));
+        assert_eq!(ev["stage"], "waf", "{ev}");
+    }
+    assert_eq!(up.hits(), 0, "nothing was forwarded");
+}

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use portcullis_core::{
-    BodyError, BodyLimitExceeded, BodyTooSlow, GatewayRequest, Prefix, RejectReason, Rejection,
-    RequestBody, RequestCtx, Stage, StageId, Step, Verdict,
+    BodyError, BodyTooSlow, GatewayRequest, Prefix, RejectReason, Rejection, RequestBody,
+    RequestCtx, Stage, StageId, Step, Verdict,
 };
 
 use crate::config::{Mode, OverLimit, RouteWaf, WafSettings};
@@ -61,10 +61,6 @@ fn body_error(e: BodyError) -> Rejection {
         BodyError::Read(err) if err.is::<BodyTooSlow>() => Rejection::new(
             RejectReason::BodyTimeout,
             "the request body arrived too slowly",
-        ),
-        BodyError::Read(err) if err.is::<BodyLimitExceeded>() => Rejection::new(
-            RejectReason::BodyTooLarge,
-            "the request body exceeds the route's limit",
         ),
         BodyError::Read(_) => Rejection::new(
             RejectReason::BodyReadFailed,
