@@ -27,6 +27,7 @@ mod secret;
 mod stage;
 pub mod units;
 mod waf;
+pub mod window;
 
 pub use authz::{AuthzDecision, JsonFilter, ResponseFilter, RuleVerdict};
 pub use body::{

@@ -1,31 +1,23 @@
 //! Authentication failures counted per client address and per claimed identity, for later
 //! threat detection (bans, risk scores). Bounded: the least recently seen entries go first.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use portcullis_core::window::WindowCounts;
 use serde::Serialize;
 
 /// Failures older than this no longer count.
 const WINDOW: Duration = Duration::from_secs(600);
 
-struct Count {
-    n: u32,
-    since: Instant,
-    last: Instant,
-}
-
-#[derive(Default)]
 struct Maps {
-    ips: HashMap<IpAddr, Count>,
-    identities: HashMap<String, Count>,
+    ips: WindowCounts<IpAddr>,
+    identities: WindowCounts<String>,
 }
 
 pub struct FailureTracker {
     maps: Mutex<Maps>,
-    cap: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,41 +33,16 @@ pub struct FailureSnapshot {
     pub by_identity: Vec<FailureEntry>,
 }
 
-fn bump<K: std::hash::Hash + Eq + Clone>(map: &mut HashMap<K, Count>, k: K, cap: usize) {
-    let now = Instant::now();
-    if map.len() >= cap && !map.contains_key(&k) {
-        map.retain(|_, c| now.duration_since(c.last) < WINDOW);
-        if map.len() >= cap
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, c)| c.last)
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-    }
-    let c = map.entry(k).or_insert(Count {
-        n: 0,
-        since: now,
-        last: now,
-    });
-    if now.duration_since(c.since) > WINDOW {
-        c.n = 0;
-        c.since = now;
-    }
-    c.n = c.n.saturating_add(1);
-    c.last = now;
-}
-
-fn top<K: ToString>(map: &HashMap<K, Count>, n: usize) -> Vec<FailureEntry> {
-    let now = Instant::now();
-    let mut v: Vec<FailureEntry> = map
-        .iter()
-        .filter(|(_, c)| now.duration_since(c.since) <= WINDOW)
-        .map(|(k, c)| FailureEntry {
+fn top<K: ToString + std::hash::Hash + Eq + Clone>(
+    counts: &WindowCounts<K>,
+    n: usize,
+) -> Vec<FailureEntry> {
+    let mut v: Vec<FailureEntry> = counts
+        .live()
+        .map(|(k, failures, ago)| FailureEntry {
             key: k.to_string(),
-            failures: c.n,
-            seconds_ago: now.duration_since(c.last).as_secs(),
+            failures,
+            seconds_ago: ago.as_secs(),
         })
         .collect();
     v.sort_by(|a, b| b.failures.cmp(&a.failures).then(a.key.cmp(&b.key)));
@@ -86,32 +53,25 @@ fn top<K: ToString>(map: &HashMap<K, Count>, n: usize) -> Vec<FailureEntry> {
 impl FailureTracker {
     pub fn new(cap: usize) -> FailureTracker {
         FailureTracker {
-            maps: Mutex::new(Maps::default()),
-            cap: cap.max(1),
+            maps: Mutex::new(Maps {
+                ips: WindowCounts::new(cap, WINDOW),
+                identities: WindowCounts::new(cap, WINDOW),
+            }),
         }
     }
 
     pub fn record(&self, ip: IpAddr, identity: Option<&str>) {
         if let Ok(mut m) = self.maps.lock() {
-            bump(&mut m.ips, ip, self.cap);
+            m.ips.bump(ip);
             if let Some(id) = identity {
-                let id: String = id.chars().take(128).collect();
-                bump(&mut m.identities, id, self.cap);
+                m.identities.bump(id.chars().take(128).collect());
             }
         }
     }
 
     /// Failures from `ip` in the last ten minutes.
     pub fn recent(&self, ip: IpAddr) -> u32 {
-        self.maps
-            .lock()
-            .ok()
-            .and_then(|m| {
-                m.ips
-                    .get(&ip)
-                    .and_then(|c| (Instant::now().duration_since(c.since) <= WINDOW).then_some(c.n))
-            })
-            .unwrap_or(0)
+        self.maps.lock().map_or(0, |m| m.ips.get(&ip))
     }
 
     pub fn snapshot(&self, n: usize) -> FailureSnapshot {

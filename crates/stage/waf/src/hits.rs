@@ -1,23 +1,17 @@
 //! Recent WAF hits per client address: a signal for the authorization step's risk score
 //! ("this address has been sending attacks"). Bounded; the least recently seen go first.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use portcullis_core::window::WindowCounts;
 
 /// Hits older than this no longer count.
 pub const WINDOW: Duration = Duration::from_secs(600);
 
-struct Count {
-    n: u32,
-    since: Instant,
-    last: Instant,
-}
-
 pub struct HitTracker {
-    ips: Mutex<HashMap<IpAddr, Count>>,
-    cap: usize,
+    ips: Mutex<WindowCounts<IpAddr>>,
 }
 
 impl Default for HitTracker {
@@ -29,46 +23,20 @@ impl Default for HitTracker {
 impl HitTracker {
     pub fn new(cap: usize) -> HitTracker {
         HitTracker {
-            ips: Mutex::new(HashMap::new()),
-            cap: cap.max(1),
+            ips: Mutex::new(WindowCounts::new(cap, WINDOW)),
         }
     }
 
     /// Counts one request with scored findings from `ip`.
     pub fn record(&self, ip: IpAddr) {
-        let now = Instant::now();
-        let Ok(mut map) = self.ips.lock() else {
-            return;
-        };
-        if map.len() >= self.cap && !map.contains_key(&ip) {
-            map.retain(|_, c| now.duration_since(c.last) < WINDOW);
-            if map.len() >= self.cap
-                && let Some(oldest) = map.iter().min_by_key(|(_, c)| c.last).map(|(k, _)| *k)
-            {
-                map.remove(&oldest);
-            }
+        if let Ok(mut m) = self.ips.lock() {
+            m.bump(ip);
         }
-        let c = map.entry(ip).or_insert(Count {
-            n: 0,
-            since: now,
-            last: now,
-        });
-        if now.duration_since(c.since) >= WINDOW {
-            c.n = 0;
-            c.since = now;
-        }
-        c.n = c.n.saturating_add(1);
-        c.last = now;
     }
 
     /// Requests with findings from `ip` in the current window.
     pub fn recent(&self, ip: IpAddr) -> u32 {
-        let Ok(map) = self.ips.lock() else {
-            return 0;
-        };
-        map.get(&ip)
-            .filter(|c| c.since.elapsed() < WINDOW)
-            .map_or(0, |c| c.n)
+        self.ips.lock().map_or(0, |m| m.get(&ip))
     }
 }
 
