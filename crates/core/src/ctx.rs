@@ -125,6 +125,15 @@ pub struct RequestCtx {
     pub authz: Option<Box<crate::AuthzDecision>>,
     /// Set by a step that needs the response body filtered (field masks).
     pub response_filter: Option<crate::ResponseFilter>,
+    /// Set by the contract step: the operation matched and the violations found.
+    pub contract: Option<Box<crate::ContractReport>>,
+    /// Set by the contract step when the response must be checked or filtered against the
+    /// operation's declared responses.
+    pub response_contract: Option<Arc<dyn crate::ResponseContract>>,
+    /// Set by the route step: the request is a CORS preflight (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`) for a route with CORS, matched by the method it asks
+    /// about.
+    pub preflight: bool,
     /// Headers every response to this request carries, whatever its outcome (rate-limit
     /// state, quota warnings). A name listed here replaces the upstream's own.
     pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
@@ -154,6 +163,9 @@ impl RequestCtx {
             waf: None,
             authz: None,
             response_filter: None,
+            contract: None,
+            response_contract: None,
+            preflight: false,
             response_headers: Vec::new(),
             limited_by: None,
             body_limit: None,

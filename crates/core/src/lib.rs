@@ -4,13 +4,14 @@
 //!
 //! * **Takes**: a request head ([`http::request::Parts`]) with a lazily buffered body
 //!   ([`GatewayRequest`]) and a per-request context ([`RequestCtx`]).
-//! * **Produces**: a [`Verdict`] per step — `Continue` or `Reject(Rejection)`.
+//! * **Produces**: a [`Verdict`] per step — `Continue`, `Reject(Rejection)`, or (rarely) an
+//!   `Answer` the gateway gives itself (a CORS preflight).
 //! * **Rejects**: nothing itself; it defines the stable [`RejectReason`] codes every step uses so
 //!   that audit, metrics and problem+json responses key on one vocabulary.
 //!
 //! Invariants:
-//! * A step never writes a response itself: it rejects, and one table in the proxy turns the
-//!   rejection into HTTP. This keeps error bodies uniform and lets audit see every outcome.
+//! * A step never writes a response body itself: it rejects, and one table in the proxy turns the
+//!   rejection into HTTP (a bodiless `Answer` is the one exception). This keeps error bodies uniform and lets audit see every outcome.
 //! * Steps that finish synchronously cost no allocation: [`Step::Done`] carries the verdict
 //!   directly; only truly asynchronous work is boxed ([`Step::Async`]).
 //! * This crate knows nothing of sockets, TLS or hyper.
@@ -19,6 +20,7 @@
 
 mod authz;
 mod body;
+mod contract;
 mod ctx;
 mod errors;
 mod identity;
@@ -34,12 +36,13 @@ pub use body::{
     BodyError, BodyLimitExceeded, BodyTooSlow, BoxBody, BoxError, GatewayRequest, Prefix,
     RequestBody,
 };
+pub use contract::{ContractReport, ResponseContract};
 pub use ctx::{RequestCtx, RequestId, RouteId, RouteMatch, Scheme, TlsInfo};
 pub use errors::{ConfigError, ConfigErrors};
 pub use identity::{AuthMethod, PeerCertificate, Principal, SpiffeId, claim_at};
-pub use reject::{RejectReason, Rejection};
+pub use reject::{RejectReason, Rejection, Violation};
 pub use secret::{RawSecret, resolve_path};
-pub use stage::{Stage, StageId, Step, Verdict};
+pub use stage::{Answer, Stage, StageId, Step, Verdict};
 pub use waf::{WafMatch, WafReport};
 
 /// Seconds since the Unix epoch (0 if the clock is before it): token times, quotas, policy

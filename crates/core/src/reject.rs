@@ -65,6 +65,15 @@ pub enum RejectReason {
     /// The WAF found an attack: the anomaly score reached the route's threshold, or a rule
     /// that blocks outright matched (403; the body carries only the request id).
     WafBlocked,
+    /// The request does not match the route's API contract (OpenAPI): a parameter or the body
+    /// violates its schema, a required one is missing, or the JSON body breaks a parsing limit
+    /// (400; the body lists each violation with its location).
+    ContractViolation,
+    /// The request body's media type is not one the route's API contract declares (415).
+    UnsupportedMediaType,
+    /// A CORS preflight from an origin, or for a method or header, the route does not allow
+    /// (403, no CORS headers).
+    CorsRejected,
 }
 
 impl RejectReason {
@@ -94,6 +103,9 @@ impl RejectReason {
         RejectReason::RateLimitUnavailable,
         RejectReason::Overloaded,
         RejectReason::WafBlocked,
+        RejectReason::ContractViolation,
+        RejectReason::UnsupportedMediaType,
+        RejectReason::CorsRejected,
     ];
 
     /// The stable machine-readable code.
@@ -123,6 +135,9 @@ impl RejectReason {
             RejectReason::RateLimitUnavailable => "rate_limit_unavailable",
             RejectReason::Overloaded => "overloaded",
             RejectReason::WafBlocked => "waf_blocked",
+            RejectReason::ContractViolation => "contract_violation",
+            RejectReason::UnsupportedMediaType => "unsupported_media_type",
+            RejectReason::CorsRejected => "cors_rejected",
         }
     }
 
@@ -153,6 +168,9 @@ impl RejectReason {
             RejectReason::RateLimitUnavailable => "urn:portcullis:problem:rate_limit_unavailable",
             RejectReason::Overloaded => "urn:portcullis:problem:overloaded",
             RejectReason::WafBlocked => "urn:portcullis:problem:waf_blocked",
+            RejectReason::ContractViolation => "urn:portcullis:problem:contract_violation",
+            RejectReason::UnsupportedMediaType => "urn:portcullis:problem:unsupported_media_type",
+            RejectReason::CorsRejected => "urn:portcullis:problem:cors_rejected",
         }
     }
 
@@ -185,6 +203,9 @@ impl RejectReason {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             RejectReason::WafBlocked => StatusCode::FORBIDDEN,
+            RejectReason::ContractViolation => StatusCode::BAD_REQUEST,
+            RejectReason::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RejectReason::CorsRejected => StatusCode::FORBIDDEN,
         }
     }
 
@@ -215,6 +236,9 @@ impl RejectReason {
             RejectReason::RateLimitUnavailable => "Rate limiting unavailable",
             RejectReason::Overloaded => "Gateway overloaded",
             RejectReason::WafBlocked => "Request blocked",
+            RejectReason::ContractViolation => "Request does not match the API contract",
+            RejectReason::UnsupportedMediaType => "Unsupported media type",
+            RejectReason::CorsRejected => "Cross-origin request not allowed",
         }
     }
 }
@@ -222,6 +246,31 @@ impl RejectReason {
 impl std::fmt::Display for RejectReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.code())
+    }
+}
+
+/// One way a request (or a response) breaks its API contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Where: `body:/items/0/qty`, `query:limit`, `path:id`, `header:x-trace`, `cookie:session`,
+    /// `body` (the body as a whole), `content-type`.
+    pub location: String,
+    /// What is wrong, in words that quote the contract (`must be >= 1`), never the input.
+    pub message: String,
+}
+
+impl Violation {
+    pub fn new(location: impl Into<String>, message: impl Into<String>) -> Self {
+        Violation {
+            location: location.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
     }
 }
 
@@ -233,6 +282,9 @@ pub struct Rejection {
     /// Client-facing explanation. Never echo secrets or large input here.
     pub detail: Cow<'static, str>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Each contract violation, listed in the problem body (`violations`). Capped by the step
+    /// that found them.
+    pub violations: Vec<Violation>,
 }
 
 impl Rejection {
@@ -241,7 +293,13 @@ impl Rejection {
             reason,
             detail: detail.into(),
             headers: Vec::new(),
+            violations: Vec::new(),
         }
+    }
+
+    pub fn with_violations(mut self, violations: Vec<Violation>) -> Self {
+        self.violations = violations;
+        self
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {

@@ -29,6 +29,16 @@ impl std::fmt::Display for StageId {
 pub enum Verdict {
     Continue,
     Reject(Rejection),
+    /// The gateway answers the request itself, successfully, and nothing after this step runs
+    /// (a CORS preflight). Not a refusal: audit records it as allowed.
+    Answer(Box<Answer>),
+}
+
+/// A bodiless response a step gives in the gateway's name (a CORS preflight's 204).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// The boxed future of an asynchronous step.

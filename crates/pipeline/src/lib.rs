@@ -24,7 +24,7 @@ use portcullis_authn::{AuthnStage, AuthnState, IdentityStage};
 use portcullis_authz::{AuthzStage, AuthzState};
 use portcullis_config::Config;
 use portcullis_core::{
-    ConfigErrors, GatewayRequest, Rejection, RequestCtx, Stage, StageId, Verdict,
+    Answer, ConfigErrors, GatewayRequest, Rejection, RequestCtx, Stage, StageId, Verdict,
 };
 use portcullis_hygiene::HygieneStage;
 use portcullis_ipfilter::IpFilterStage;
@@ -155,20 +155,33 @@ impl Pipeline {
         self.stages.iter().map(|s| s.id()).collect()
     }
 
-    /// Runs every step in order; the first rejection stops the run.
+    /// Runs every step in order; the first rejection (or answer) stops the run.
     pub async fn run(
         &self,
         req: &mut GatewayRequest,
         ctx: &mut RequestCtx,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Flow, Rejection> {
         for stage in &self.stages {
-            if let Verdict::Reject(r) = stage.on_request(req, ctx).resolve().await {
-                ctx.rejected_by = Some((stage.id(), r.reason));
-                return Err(r);
+            match stage.on_request(req, ctx).resolve().await {
+                Verdict::Continue => {}
+                Verdict::Reject(r) => {
+                    ctx.rejected_by = Some((stage.id(), r.reason));
+                    return Err(r);
+                }
+                Verdict::Answer(a) => return Ok(Flow::Answer(a)),
             }
         }
-        Ok(())
+        Ok(Flow::Forward)
     }
+}
+
+/// How a request that passed every step goes on.
+#[derive(Debug)]
+pub enum Flow {
+    /// To the route's upstream.
+    Forward,
+    /// Answered by the gateway itself (a CORS preflight).
+    Answer(Box<Answer>),
 }
 
 /// One configuration, compiled and built. Immutable; shared by every request that started

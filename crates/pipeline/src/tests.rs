@@ -56,7 +56,7 @@ async fn run(
     uri: &str,
     peer: &str,
     headers: &[(&str, &str)],
-) -> (RequestCtx, Result<(), Rejection>, String) {
+) -> (RequestCtx, Result<Flow, Rejection>, String) {
     let cfg = Arc::new(portcullis_config::load_str(CFG, Path::new(".")).unwrap());
     let snap = Snapshot::new(cfg, &Shared::new()).unwrap();
     let mut b = http::Request::builder().method(method).uri(uri);
@@ -77,7 +77,7 @@ async fn run(
     (ctx, r, path)
 }
 
-fn reason(r: &Result<(), Rejection>) -> Option<RejectReason> {
+fn reason(r: &Result<Flow, Rejection>) -> Option<RejectReason> {
     r.as_ref().err().map(|r| r.reason)
 }
 

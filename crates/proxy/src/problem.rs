@@ -50,6 +50,20 @@ pub fn problem_body(rejection: &Rejection, request_id: &RequestId) -> String {
     json_str(&mut out, reason.code());
     out.push_str(",\"request_id\":");
     json_str(&mut out, request_id.as_str());
+    if !rejection.violations.is_empty() {
+        out.push_str(",\"violations\":[");
+        for (i, v) in rejection.violations.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"location\":");
+            json_str(&mut out, &v.location);
+            out.push_str(",\"message\":");
+            json_str(&mut out, &v.message);
+            out.push('}');
+        }
+        out.push(']');
+    }
     out.push('}');
     out
 }
@@ -88,6 +102,24 @@ mod tests {
         assert_eq!(v["detail"], "say \"no\"\n\u{1}");
         assert_eq!(v["code"], "ip_denied");
         assert_eq!(v["request_id"], "abc");
+    }
+
+    #[test]
+    fn violations_are_listed_with_location_and_message() {
+        let r =
+            Rejection::new(RejectReason::ContractViolation, "2 violations").with_violations(vec![
+                portcullis_core::Violation::new("body:/items/0/qty", "must be >= 1"),
+                portcullis_core::Violation::new("query:\"q\"", "required"),
+            ]);
+        let id = RequestId::from_client(b"abc").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&problem_body(&r, &id)).unwrap();
+        assert_eq!(v["status"], 400);
+        assert_eq!(v["violations"][0]["location"], "body:/items/0/qty");
+        assert_eq!(v["violations"][0]["message"], "must be >= 1");
+        assert_eq!(v["violations"][1]["location"], "query:\"q\"");
+        assert_eq!(v["violations"].as_array().unwrap().len(), 2);
+        let plain = problem_body(&Rejection::new(RejectReason::BadRequest, "x"), &id);
+        assert!(!plain.contains("violations"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use portcullis_core::{
     BoxBody, BoxError, GatewayRequest, RejectReason, Rejection, RequestBody, RequestCtx, RequestId,
     Scheme, StageId, TlsInfo,
 };
-use portcullis_pipeline::request_host;
+use portcullis_pipeline::{Flow, request_host};
 
 use crate::Gateway;
 use crate::body::{BodyRules, LimitedBody, Tripped};
@@ -219,10 +219,11 @@ impl Gateway {
         seen.path = greq.head.uri.path().to_string();
         let result = match verdict {
             Err(rejection) => Err(rejection),
-            Ok(()) => {
+            Ok(Flow::Forward) => {
                 self.forward(&rt, greq, &mut ctx, &mut seen, downstream_upgrade)
                     .await
             }
+            Ok(Flow::Answer(answer)) => Ok(answered(*answer)),
         };
         let mut resp = match result {
             Ok(resp) => resp,
@@ -601,6 +602,18 @@ impl Gateway {
                 .map(portcullis_audit::WafAudit::from_report),
         });
     }
+}
+
+/// The gateway's own bodiless answer (a CORS preflight).
+fn answered(answer: portcullis_core::Answer) -> Response<BoxBody> {
+    let mut resp = Response::new(full_body(bytes::Bytes::new()));
+    *resp.status_mut() = answer.status;
+    let h = resp.headers_mut();
+    for (name, value) in answer.headers {
+        h.append(name, value);
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
 }
 
 /// Joins the client's upgraded connection to the upstream's once both sides have switched.

@@ -568,6 +568,7 @@ mod tests {
                 assert_eq!(r.reason, RejectReason::RateLimited);
                 false
             }
+            Step::Done(Verdict::Answer(_)) => panic!("rate limits never answer"),
             Step::Async(_) => panic!("the local store decides synchronously"),
         };
         (allowed, ctx)

@@ -1,0 +1,8 @@
+//! # portcullis-contract
+//!
+//! The API contract (issue #8): an OpenAPI 3.0/3.1 document defines a route group, and the
+//! gateway lets through only what it describes.
+
+#![forbid(unsafe_code)]
+
+pub mod model;

@@ -1,0 +1,299 @@
+//! What an OpenAPI document describes, after loading: the shared vocabulary of the loader
+//! (`openapi`), the parameter parser (`params`), the body checks (`json`, `fields`) and the
+//! step itself.
+//!
+//! Schemas are not copied into this model: they stay in the bundled document
+//! ([`Document::request_root`] / [`Document::response_root`]) and are named by JSON pointer,
+//! so `$ref`s between them keep working and each schema is compiled once.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+/// The OpenAPI version a document declares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// 3.0.x: schemas are an extended subset of JSON Schema draft 4 (`nullable`, boolean
+    /// `exclusiveMinimum` …) and are converted to JSON Schema 2020-12 on load.
+    V30,
+    /// 3.1.x: schemas are JSON Schema 2020-12 (the OAS dialect) and are used as written.
+    V31,
+}
+
+/// A loaded, bundled and converted OpenAPI document.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub version: Version,
+    /// The file it was loaded from, as the operator wrote it (for error messages).
+    pub source: String,
+    /// The whole document with every external `$ref` pulled in (each other file is placed under
+    /// `/x-portcullis-files/<n>` and its references rewritten to point there), every Schema
+    /// Object converted to JSON Schema 2020-12, and — in this request view — `readOnly`
+    /// properties removed from `required` lists.
+    pub request_root: Arc<Value>,
+    /// The same, in the response view: `writeOnly` properties removed from `required` lists.
+    pub response_root: Arc<Value>,
+    /// Every operation, in document order.
+    pub operations: Vec<OperationDef>,
+}
+
+/// One operation: a method on a path template.
+#[derive(Debug, Clone)]
+pub struct OperationDef {
+    /// `operationId`, else `METHOD /template`.
+    pub id: String,
+    pub method: http::Method,
+    /// The OpenAPI path template as written (`/products/{id}`), without any server prefix.
+    pub path: String,
+    /// Path-level and operation-level parameters merged (the operation's win on the same
+    /// name and location).
+    pub parameters: Vec<ParamDef>,
+    pub body: Option<BodyDef>,
+    pub responses: Vec<ResponseDef>,
+    /// The operation's JSON pointer in the main document (`/paths/~1products/post`).
+    pub pointer: String,
+}
+
+/// Where a parameter is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum In {
+    Path,
+    Query,
+    Header,
+    Cookie,
+}
+
+impl In {
+    /// The prefix of violation locations: `path`, `query`, `header`, `cookie`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            In::Path => "path",
+            In::Query => "query",
+            In::Header => "header",
+            In::Cookie => "cookie",
+        }
+    }
+}
+
+/// How an array or object parameter is serialised (OpenAPI `style`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Path, header: `1,2,3` / `a,1,b,2` (exploded objects: `a=1,b=2`).
+    Simple,
+    /// Path: `.1.2.3`.
+    Label,
+    /// Path: `;id=1,2,3` / `;id=1;id=2`.
+    Matrix,
+    /// Query, cookie: `id=1&id=2` (exploded) or `id=1,2`.
+    Form,
+    /// Query arrays: `id=1%202%203`.
+    SpaceDelimited,
+    /// Query arrays: `id=1|2|3`.
+    PipeDelimited,
+    /// Query objects: `filter[color]=red`.
+    DeepObject,
+}
+
+/// The JSON type a parameter's raw text is read as, taken from its schema's `type` (after
+/// following `$ref`s). Several types (`[integer, string]`) are tried in that order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScalarType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Null,
+}
+
+/// The shape of a parameter's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shape {
+    /// A parameter described by `content` (one media type, JSON): its raw text is parsed as JSON.
+    Json,
+    /// One value, read as the first of these types that parses (empty: as a string).
+    Scalar(Vec<ScalarType>),
+    /// An array whose items are read as these types.
+    Array(Vec<ScalarType>),
+    /// An object whose properties are read by their own types (properties not listed: as
+    /// strings).
+    Object(Vec<(String, Vec<ScalarType>)>),
+}
+
+/// One parameter of an operation.
+#[derive(Debug, Clone)]
+pub struct ParamDef {
+    pub name: String,
+    pub location: In,
+    /// Always true for path parameters.
+    pub required: bool,
+    pub style: Style,
+    pub explode: bool,
+    pub allow_empty_value: bool,
+    pub shape: Shape,
+    /// Pointer of its schema in [`Document::request_root`], if it has one.
+    pub schema: Option<String>,
+    /// Pointer of the Parameter Object (for configuration errors).
+    pub pointer: String,
+}
+
+/// An operation's request body.
+#[derive(Debug, Clone)]
+pub struct BodyDef {
+    pub required: bool,
+    pub media: Vec<MediaDef>,
+}
+
+/// One media type of a body or response: `application/json`, `application/*+json`, `*/*`.
+#[derive(Debug, Clone)]
+pub struct MediaDef {
+    /// Lowercase media range without parameters.
+    pub range: String,
+    /// Pointer of its schema in the request (bodies) or response (responses) root.
+    pub schema: Option<String>,
+}
+
+/// One declared response.
+#[derive(Debug, Clone)]
+pub struct ResponseDef {
+    /// `200`, `2XX` (uppercase) or `default`.
+    pub status: String,
+    pub media: Vec<MediaDef>,
+}
+
+impl ResponseDef {
+    /// Whether this entry covers `status`. Exact codes beat ranges, ranges beat `default`:
+    /// callers pick with [`pick_response`].
+    pub fn covers(&self, status: u16) -> bool {
+        match self.status.as_bytes() {
+            b"default" => true,
+            [c, b'X', b'X'] => status / 100 == u16::from(c.wrapping_sub(b'0')),
+            _ => self.status.parse::<u16>().is_ok_and(|s| s == status),
+        }
+    }
+}
+
+/// The response entry that describes `status`: the exact code, else its range (`4XX`), else
+/// `default`.
+pub fn pick_response(responses: &[ResponseDef], status: u16) -> Option<&ResponseDef> {
+    let exact = status.to_string();
+    responses
+        .iter()
+        .find(|r| r.status == exact)
+        .or_else(|| {
+            responses
+                .iter()
+                .find(|r| r.status != "default" && r.covers(status))
+        })
+        .or_else(|| responses.iter().find(|r| r.status == "default"))
+}
+
+/// Whether a media type (`application/json; charset=utf-8`) falls in a range
+/// (`application/json`, `application/*`, `*/*`, `application/*+json`). Case-insensitive;
+/// parameters are ignored.
+pub fn media_matches(range: &str, media: &str) -> bool {
+    let media = media.split(';').next().unwrap_or("").trim();
+    let (mt, ms) = media.split_once('/').unwrap_or((media, ""));
+    let (rt, rs) = range.split_once('/').unwrap_or((range, ""));
+    if rt == "*" {
+        return true;
+    }
+    if !rt.eq_ignore_ascii_case(mt) {
+        return false;
+    }
+    if rs == "*" {
+        return true;
+    }
+    if let Some(suffix) = rs.strip_prefix("*+") {
+        return ms
+            .rsplit_once('+')
+            .is_some_and(|(_, s)| s.eq_ignore_ascii_case(suffix));
+    }
+    rs.eq_ignore_ascii_case(ms)
+}
+
+/// The most specific declared media range that `media` falls in.
+pub fn pick_media<'a>(media_defs: &'a [MediaDef], media: &str) -> Option<&'a MediaDef> {
+    let specificity = |r: &str| match r {
+        "*/*" => 0,
+        r if r.ends_with("/*") => 1,
+        r if r.contains("*+") => 2,
+        _ => 3,
+    };
+    media_defs
+        .iter()
+        .filter(|m| media_matches(&m.range, media))
+        .max_by_key(|m| specificity(&m.range))
+}
+
+/// Whether a media type is JSON: `application/json` or any `+json` suffix.
+pub fn is_json_media(media: &str) -> bool {
+    let media = media.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case("application/json")
+        || media
+            .rsplit_once('+')
+            .is_some_and(|(_, s)| s.eq_ignore_ascii_case("json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_ranges() {
+        assert!(media_matches(
+            "application/json",
+            "Application/JSON; charset=utf-8"
+        ));
+        assert!(media_matches("application/*", "application/xml"));
+        assert!(media_matches("*/*", "text/plain"));
+        assert!(media_matches(
+            "application/*+json",
+            "application/merge-patch+json"
+        ));
+        assert!(!media_matches("application/*+json", "application/json"));
+        assert!(!media_matches("application/json", "application/jsonx"));
+        assert!(!media_matches("text/*", "application/json"));
+        let defs = vec![
+            MediaDef {
+                range: "*/*".into(),
+                schema: None,
+            },
+            MediaDef {
+                range: "application/json".into(),
+                schema: Some("/x".into()),
+            },
+        ];
+        assert_eq!(
+            pick_media(&defs, "application/json").map(|m| m.range.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(
+            pick_media(&defs, "text/plain").map(|m| m.range.as_str()),
+            Some("*/*")
+        );
+        assert!(is_json_media("application/problem+json"));
+        assert!(!is_json_media("text/json5"));
+    }
+
+    #[test]
+    fn response_picking_prefers_exact_then_range_then_default() {
+        let r = |s: &str| ResponseDef {
+            status: s.into(),
+            media: vec![],
+        };
+        let list = vec![r("default"), r("2XX"), r("201")];
+        assert_eq!(
+            pick_response(&list, 201).map(|r| r.status.as_str()),
+            Some("201")
+        );
+        assert_eq!(
+            pick_response(&list, 200).map(|r| r.status.as_str()),
+            Some("2XX")
+        );
+        assert_eq!(
+            pick_response(&list, 404).map(|r| r.status.as_str()),
+            Some("default")
+        );
+        assert!(pick_response(&[r("200")], 500).is_none());
+    }
+}
