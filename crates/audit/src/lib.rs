@@ -99,6 +99,45 @@ pub struct AuditEvent {
     /// which transformations, with a masked snippet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waf: Option<WafAudit>,
+    /// The API contract (OpenAPI) of the route: the operation, and the violations of the
+    /// request and of the response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contract: Option<ContractAudit>,
+    /// An upstream error body the client never saw (replaced by a generic problem): its
+    /// status and a masked, truncated excerpt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_error: Option<UpstreamErrorAudit>,
+}
+
+/// The contract step's findings.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ContractAudit {
+    pub operation: String,
+    /// `block` or `detect`.
+    pub mode: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub request_violations: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub response_violations: Vec<String>,
+}
+
+impl ContractAudit {
+    pub fn from_report(r: &portcullis_core::ContractReport) -> Self {
+        ContractAudit {
+            operation: r.operation.to_string(),
+            mode: if r.enforced { "block" } else { "detect" },
+            request_violations: r.request.iter().map(ToString::to_string).collect(),
+            response_violations: r.response.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// An upstream error response whose body was replaced.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UpstreamErrorAudit {
+    pub status: u16,
+    /// The start of the original body, secrets masked.
+    pub body: String,
 }
 
 /// The WAF's verdict, explained.
@@ -476,6 +515,8 @@ mod tests {
 
     fn event() -> AuditEvent {
         AuditEvent {
+            contract: None,
+            upstream_error: None,
             time: "2026-11-24T07:15:02.123Z".into(),
             request_id: "0123456789abcdef0123456789abcdef".into(),
             listener: "public".into(),

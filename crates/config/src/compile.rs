@@ -62,6 +62,9 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
     let authz = portcullis_authz::config::compile(&raw.authz, base_dir, &mut e);
     let rate_limits = portcullis_ratelimit::config::compile(&raw.rate_limits, &mut e);
     let waf = portcullis_waf::config::compile(&raw.waf, &mut e);
+    let security_headers =
+        portcullis_response::compile_global(raw.security_headers.as_ref(), &mut e);
+    let errors = portcullis_response::compile_errors_global(raw.errors.as_ref(), &mut e);
     let token_exchange = raw
         .token_exchange
         .as_ref()
@@ -81,6 +84,9 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
         authz: &authz,
         rate_limits: &rate_limits,
         waf: &waf,
+        security_headers: &security_headers,
+        errors: &errors,
+        base_dir,
     };
     for (i, r) in raw.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
@@ -90,7 +96,10 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
                 format!("duplicate route name \"{}\"", r.name),
             );
         }
-        routes.push(compile_route(r, &path, &sections, &mut e));
+        match &r.openapi {
+            None => routes.push(compile_route(r, &path, &sections, &[], &mut e)),
+            Some(o) => expand_openapi(r, o, &path, &sections, &mut routes, &mut e),
+        }
         if routes.last().is_some_and(|r| {
             r.auth
                 .methods
@@ -141,6 +150,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
         authz,
         rate_limits,
         waf,
+        security_headers: Arc::new(security_headers),
     })
 }
 
@@ -416,8 +426,24 @@ fn compile_upstream(
             format!("{path}.targets"),
             "a token_exchange upstream answers in process and takes no targets",
         ),
+        UpstreamKind::Static if !u.targets.is_empty() => e.push(
+            format!("{path}.targets"),
+            "a static upstream answers in process and takes no targets",
+        ),
         _ => {}
     }
+    if u.kind != UpstreamKind::Static && !u.responses.is_empty() {
+        e.push(
+            format!("{path}.responses"),
+            "only a static upstream has canned responses",
+        );
+    }
+    let static_responses = u
+        .responses
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| compile_static(r, &format!("{path}.responses[{i}]"), e))
+        .collect();
     let connect_timeout =
         positive_duration(&u.connect_timeout, &format!("{path}.connect_timeout"), e);
     let request_timeout =
@@ -475,10 +501,10 @@ fn compile_upstream(
             "a token_exchange upstream has nothing to check",
         );
     }
-    if u.kind == UpstreamKind::Echo && u.health_check.is_some() {
+    if matches!(u.kind, UpstreamKind::Echo | UpstreamKind::Static) && u.health_check.is_some() {
         e.push(
             format!("{path}.health_check"),
-            "an echo upstream has nothing to check",
+            "an in-process upstream has nothing to check",
         );
     }
     let passive_health = PassiveHealth {
@@ -512,6 +538,7 @@ fn compile_upstream(
         passive_health,
         tls_roots,
         host_header: u.host_header,
+        static_responses,
         adaptive_concurrency: u.adaptive_concurrency.as_ref().map(|a| {
             let ap = format!("{path}.adaptive_concurrency");
             if a.min == 0 || a.min > a.max {
@@ -706,9 +733,125 @@ struct Sections<'a> {
     authz: &'a portcullis_authz::AuthzSettings,
     rate_limits: &'a portcullis_ratelimit::RateLimitSettings,
     waf: &'a portcullis_waf::WafSettings,
+    /// The gateway-wide settings routes override key by key.
+    security_headers: &'a SecurityHeaders,
+    errors: &'a ErrorPolicy,
+    base_dir: &'a Path,
 }
 
-fn compile_route(r: &RawRoute, path: &str, sections: &Sections<'_>, e: &mut ConfigErrors) -> Route {
+/// A route group defined by an OpenAPI document: one route per operation, each a template
+/// under the group's prefix, sharing every other setting of the group.
+fn expand_openapi(
+    r: &RawRoute,
+    o: &RawOpenApi,
+    path: &str,
+    sections: &Sections<'_>,
+    routes: &mut Vec<Route>,
+    e: &mut ConfigErrors,
+) {
+    let op_path = format!("{path}.openapi");
+    if r.matcher.path.is_some() {
+        e.push(
+            format!("{path}.match.path"),
+            "a route with openapi takes its paths from the document: use match.prefix (the base path)",
+        );
+    }
+    if !r.matcher.methods.is_empty() {
+        e.push(
+            format!("{path}.match.methods"),
+            "a route with openapi takes its methods from the document",
+        );
+    }
+    if r.rewrite.as_ref().is_some_and(|rw| rw.template.is_some()) {
+        e.push(
+            format!("{path}.rewrite.template"),
+            "a route with openapi can only rewrite its prefix (replace_prefix)",
+        );
+    }
+    let Some(contract) = portcullis_contract::config::compile(o, sections.base_dir, &op_path, e)
+    else {
+        // Compile the rest anyway, so that every error is reported at once.
+        let _ = compile_route(r, path, sections, &[], e);
+        return;
+    };
+    let mut params: Vec<Arc<str>> = Vec::new();
+    for op in &contract.operations {
+        for p in &op.def.parameters {
+            if p.location == portcullis_contract::model::In::Path
+                && !params.iter().any(|n| **n == *p.name)
+            {
+                params.push(Arc::from(p.name.as_str()));
+            }
+        }
+    }
+    let base = compile_route(r, path, sections, &params, e);
+    let prefix = match &base.path {
+        PathMatch::Prefix(p) => p.clone(),
+        _ => String::new(),
+    };
+    let new_prefix = match &base.rewrite {
+        Some(Rewrite::ReplacePrefix(p)) => Some(p.clone()),
+        _ => None,
+    };
+    for op in &contract.operations {
+        let full = format!("{prefix}{}", op.def.path);
+        let mut scratch = ConfigErrors::new();
+        let Some(segs) = parse_template(&full, "", &mut scratch) else {
+            let mut route = base.clone();
+            route.path = PathMatch::Exact(full.clone());
+            route.methods = Some(vec![op.def.method.clone()]);
+            route.rewrite = new_prefix.as_ref().map(|p| {
+                Rewrite::Template(vec![TemplatePart::Literal(format!("{p}{}", op.def.path))])
+            });
+            route.contract = Some(op.clone());
+            routes.push(route);
+            continue;
+        };
+        for err in scratch.iter() {
+            e.push(
+                format!("{op_path}.spec"),
+                format!("{}#{}: {}", o.spec, op.def.pointer, err.message),
+            );
+        }
+        let rewrite = new_prefix.as_ref().map(|p| {
+            let mut parts = Vec::new();
+            let mut literal = p.clone();
+            for seg in segs.iter().skip(segment_count(&prefix)) {
+                literal.push('/');
+                match seg {
+                    Segment::Literal(l) => literal.push_str(l),
+                    Segment::Param(n) => {
+                        parts.push(TemplatePart::Literal(std::mem::take(&mut literal)));
+                        parts.push(TemplatePart::Param(n.clone()));
+                    }
+                }
+            }
+            if !literal.is_empty() {
+                parts.push(TemplatePart::Literal(literal));
+            }
+            Rewrite::Template(parts)
+        });
+        let mut route = base.clone();
+        route.path = PathMatch::Template(segs);
+        route.methods = Some(vec![op.def.method.clone()]);
+        route.rewrite = rewrite;
+        route.contract = Some(op.clone());
+        routes.push(route);
+    }
+}
+
+/// How many `/`-separated segments a prefix has (`""` and `/` have none).
+fn segment_count(prefix: &str) -> usize {
+    prefix.split('/').filter(|s| !s.is_empty()).count()
+}
+
+fn compile_route(
+    r: &RawRoute,
+    path: &str,
+    sections: &Sections<'_>,
+    group_params: &[Arc<str>],
+    e: &mut ConfigErrors,
+) -> Route {
     let Sections {
         upstreams,
         server,
@@ -716,6 +859,7 @@ fn compile_route(r: &RawRoute, path: &str, sections: &Sections<'_>, e: &mut Conf
         authz,
         rate_limits,
         waf,
+        ..
     } = *sections;
     let upstream = upstreams.get(&r.upstream).copied().unwrap_or_else(|| {
         let mut known: Vec<&str> = upstreams.keys().map(String::as_str).collect();
@@ -874,7 +1018,7 @@ fn compile_route(r: &RawRoute, path: &str, sections: &Sections<'_>, e: &mut Conf
                 Segment::Literal(_) => None,
             })
             .collect(),
-        _ => Vec::new(),
+        _ => group_params.to_vec(),
     };
     Route {
         name: Arc::from(r.name.as_str()),
@@ -914,7 +1058,107 @@ fn compile_route(r: &RawRoute, path: &str, sections: &Sections<'_>, e: &mut Conf
             e,
         ),
         waf: portcullis_waf::config::compile_route(r.waf.as_ref(), waf, path, e),
+        contract: None,
+        cors: r
+            .cors
+            .as_ref()
+            .and_then(|c| portcullis_cors::compile(c, &format!("{path}.cors"), e))
+            .map(Arc::new),
+        security_headers: Arc::new(portcullis_response::compile_route(
+            r.security_headers.as_ref(),
+            sections.security_headers,
+            &format!("{path}.security_headers"),
+            e,
+        )),
+        errors: portcullis_response::compile_errors_route(
+            r.errors.as_ref(),
+            sections.errors,
+            &format!("{path}.errors"),
+            e,
+        ),
+        response_filter: r.response_filter.as_ref().and_then(|f| {
+            portcullis_response::compile_response_filter(f, &format!("{path}.response_filter"), e)
+        }),
     }
+}
+
+fn compile_static(
+    r: &RawStaticResponse,
+    path: &str,
+    e: &mut ConfigErrors,
+) -> Option<StaticResponse> {
+    let mp = format!("{path}.match");
+    let Some((method, target)) = r.matcher.trim().split_once(' ') else {
+        e.push(mp, "write `METHOD /path` (or `* /path`)");
+        return None;
+    };
+    let method = match method {
+        "*" => None,
+        m => match Method::from_bytes(m.as_bytes()) {
+            Ok(me) if m.bytes().all(|b| b.is_ascii_uppercase()) => Some(me),
+            _ => {
+                e.push(&mp, format!("\"{m}\" is not a method (or *)"));
+                None
+            }
+        },
+    };
+    let target = target.trim();
+    if !target.starts_with('/') {
+        e.push(&mp, format!("\"{target}\" is not an absolute path"));
+    }
+    let pm = match parse_template(target, &mp, e) {
+        Some(segs) => PathMatch::Template(segs),
+        None => PathMatch::Exact(target.to_string()),
+    };
+    let status = match StatusCode::from_u16(r.status) {
+        Ok(s) if s.as_u16() >= 200 => s,
+        _ => {
+            e.push(
+                format!("{path}.status"),
+                format!("{} is not a final status (200..=999)", r.status),
+            );
+            StatusCode::OK
+        }
+    };
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &r.headers {
+        match (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            (Ok(n), Ok(val)) => {
+                headers.append(n, val);
+            }
+            _ => e.push(
+                format!("{path}.headers.{k}"),
+                "not a valid header name and value",
+            ),
+        }
+    }
+    let body = match (&r.body, &r.json) {
+        (Some(_), Some(_)) => {
+            e.push(path, "give body or json, not both");
+            bytes::Bytes::new()
+        }
+        (Some(b), None) => bytes::Bytes::from(b.clone()),
+        (None, Some(j)) => {
+            if !headers.contains_key(http::header::CONTENT_TYPE) {
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            bytes::Bytes::from(serde_json::to_vec(j).unwrap_or_default())
+        }
+        (None, None) => bytes::Bytes::new(),
+    };
+    Some(StaticResponse {
+        method,
+        path: pm,
+        status,
+        headers,
+        body,
+    })
 }
 
 fn parse_rewrite_template(

@@ -6,11 +6,14 @@ use std::collections::BTreeMap;
 
 pub use portcullis_authn::config::{RawAuth, RawRouteAuth};
 pub use portcullis_authz::config::{RawAuthz, RawRouteAuthz};
+pub use portcullis_contract::config::RawOpenApi;
 pub use portcullis_core::RawSecret;
 use portcullis_core::units::RawSize;
+pub use portcullis_cors::RawCors;
 use portcullis_ipfilter::RawIpFilter;
 use portcullis_limits::RawLimits;
 pub use portcullis_ratelimit::config::RawRateLimits;
+pub use portcullis_response::{RawErrors, RawResponseFilter, RawSecurityHeaders};
 pub use portcullis_tokenx::RawTokenExchange;
 pub use portcullis_waf::config::RawWaf;
 use schemars::JsonSchema;
@@ -58,6 +61,14 @@ pub struct RawConfig {
     /// paranoia 1, threshold 5.
     #[serde(default)]
     pub waf: RawWaf,
+    /// Security headers every response carries (routes override key by key). Absent: the
+    /// defaults (HSTS on TLS listeners, nosniff, DENY, a locked-down CSP …).
+    #[serde(default)]
+    pub security_headers: Option<RawSecurityHeaders>,
+    /// Upstream error bodies replaced by a generic problem (routes override key by key).
+    /// Absent: 5xx bodies replaced, 4xx passed.
+    #[serde(default)]
+    pub errors: Option<RawErrors>,
 }
 
 /// A client-facing listener.
@@ -372,7 +383,8 @@ pub enum AuditOutput {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     /// `proxy` (default): forward to `targets`. `echo`: answer in process with the request
-    /// as the upstream would have received it, as JSON (for demos and tests).
+    /// as the upstream would have received it, as JSON (for demos and tests). `static`: answer
+    /// in process from `responses`.
     /// `token_exchange`: the token endpoint of the `token_exchange` section, in process.
     #[serde(default)]
     pub kind: UpstreamKind,
@@ -417,6 +429,36 @@ pub struct RawUpstream {
     /// get 503 `overloaded` instead of piling onto a struggling backend. Default: off.
     #[serde(default)]
     pub adaptive_concurrency: Option<RawAdaptiveConcurrency>,
+    /// `kind: static` only: canned answers, the first whose `match` takes the request (method
+    /// and path as the upstream would receive them) wins; none: 404 with an empty body.
+    #[serde(default)]
+    pub responses: Vec<RawStaticResponse>,
+}
+
+/// One canned answer of a `static` upstream (mocks, maintenance pages, demos).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawStaticResponse {
+    /// `METHOD /path`: a method (or `*` for any) and an exact path or a template
+    /// (`/products/{id}`; a `{name}` matches one segment).
+    #[serde(rename = "match")]
+    pub matcher: String,
+    /// Default 200.
+    #[serde(default = "default_static_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The body as text. At most one of `body` and `json`.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The body as a JSON value (written in YAML); sets `content-type: application/json`
+    /// unless `headers` gives one.
+    #[serde(default)]
+    pub json: Option<serde_json::Value>,
+}
+
+fn default_static_status() -> u16 {
+    200
 }
 
 /// Bounds of an upstream's adaptive concurrency limit.
@@ -465,6 +507,8 @@ pub enum UpstreamKind {
     Echo,
     /// The RFC 8693 token endpoint of the `token_exchange` section, served in process.
     TokenExchange,
+    /// Canned answers from `responses`, in process (mocks, maintenance pages, demos).
+    Static,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -671,6 +715,23 @@ pub struct RawRoute {
     /// custom rules add to the gateway-wide ones).
     #[serde(default)]
     pub waf: Option<RawWaf>,
+    /// An OpenAPI document defining this route group: each of its operations becomes a route
+    /// under `match.prefix`, requests are validated against it, and everything else under the
+    /// prefix is refused.
+    #[serde(default)]
+    pub openapi: Option<RawOpenApi>,
+    /// CORS: preflights answered by the gateway, headers for allowed origins.
+    #[serde(default)]
+    pub cors: Option<RawCors>,
+    /// Overrides of the gateway-wide `security_headers`, key by key.
+    #[serde(default)]
+    pub security_headers: Option<RawSecurityHeaders>,
+    /// Overrides of the gateway-wide `errors`, key by key.
+    #[serde(default)]
+    pub errors: Option<RawErrors>,
+    /// Fields removed from JSON responses, by name or JSON path.
+    #[serde(default)]
+    pub response_filter: Option<RawResponseFilter>,
 }
 
 /// Route matching. Host and method lists empty: any. Exactly one of `path` and `prefix`.

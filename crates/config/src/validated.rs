@@ -18,6 +18,7 @@ pub use crate::raw::{
 pub use portcullis_authn::config::{AuthSettings, RouteAuth};
 pub use portcullis_authz::config::{AuthzSettings, RouteAuthz};
 pub use portcullis_ratelimit::config::RateLimitSettings;
+pub use portcullis_response::{ErrorPolicy, OnUnfilterable, ResponseFilterRules, SecurityHeaders};
 pub use portcullis_waf::{RouteWaf, WafSettings};
 
 /// A configuration that compiled without error.
@@ -40,6 +41,8 @@ pub struct Config {
     pub authz: AuthzSettings,
     pub rate_limits: RateLimitSettings,
     pub waf: WafSettings,
+    /// The gateway-wide security headers (responses that match no route).
+    pub security_headers: Arc<SecurityHeaders>,
 }
 
 #[derive(Debug)]
@@ -160,6 +163,40 @@ pub struct Upstream {
     pub host_header: HostHeader,
     /// Per snapshot: a reload starts the limit again from `initial`.
     pub adaptive_concurrency: Option<Arc<portcullis_ratelimit::adaptive::ConcurrencyLimiter>>,
+    /// `kind: static`: the canned answers, in order.
+    pub static_responses: Vec<StaticResponse>,
+}
+
+/// One canned answer of a `static` upstream.
+#[derive(Debug, Clone)]
+pub struct StaticResponse {
+    /// `None`: any method.
+    pub method: Option<Method>,
+    pub path: PathMatch,
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl StaticResponse {
+    /// Whether this answer takes a request with `method` for `path`.
+    pub fn takes(&self, method: &Method, path: &str) -> bool {
+        if self.method.as_ref().is_some_and(|m| m != method) {
+            return false;
+        }
+        match &self.path {
+            PathMatch::Exact(p) => p == path,
+            PathMatch::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Template(segs) => {
+                let mut parts = path.split('/').skip(1);
+                segs.iter().all(|s| match (s, parts.next()) {
+                    (Segment::Literal(l), Some(p)) => l == p,
+                    (Segment::Param(_), Some(p)) => !p.is_empty(),
+                    (_, None) => false,
+                }) && parts.next().is_none()
+            }
+        }
+    }
 }
 
 /// How a route's host list matches.
@@ -278,4 +315,10 @@ pub struct Route {
     /// Indexes into `Config::rate_limits.limits`: the gateway-wide ones and the route's own.
     pub rate_limits: Vec<usize>,
     pub waf: RouteWaf,
+    /// The OpenAPI operation this route was made from (route groups with `openapi:`).
+    pub contract: Option<Arc<portcullis_contract::config::Operation>>,
+    pub cors: Option<Arc<portcullis_cors::Cors>>,
+    pub security_headers: Arc<SecurityHeaders>,
+    pub errors: ErrorPolicy,
+    pub response_filter: Option<ResponseFilterRules>,
 }

@@ -55,6 +55,28 @@ pub enum BodyError {
     Read(BoxError),
 }
 
+impl BodyError {
+    /// The refusal a step gives when it could not buffer the body: 413 over the limit, 408
+    /// when the client trickled it, 400 when it broke off.
+    pub fn into_rejection(self) -> crate::Rejection {
+        use crate::RejectReason;
+        match self {
+            BodyError::TooLarge { limit } => crate::Rejection::new(
+                RejectReason::BodyTooLarge,
+                format!("the request body exceeds {limit} bytes"),
+            ),
+            BodyError::Read(err) if err.is::<BodyTooSlow>() => crate::Rejection::new(
+                RejectReason::BodyTimeout,
+                "the request body arrived too slowly",
+            ),
+            BodyError::Read(_) => crate::Rejection::new(
+                RejectReason::BodyReadFailed,
+                "the request body could not be read",
+            ),
+        }
+    }
+}
+
 /// A request under inspection.
 #[derive(Debug)]
 pub struct GatewayRequest {

@@ -26,6 +26,10 @@ pub trait ResponseContract: Send + Sync + std::fmt::Debug {
     /// Whether a response with this status needs its JSON body (fields kept to the declared
     /// ones, or validation).
     fn wants_body(&self, status: http::StatusCode) -> bool;
+    /// Whether [`apply`](Self::apply) may remove fields (keep-only-declared). A body that
+    /// cannot be read as JSON then follows the route's policy for unfilterable bodies; a
+    /// contract that only validates never withholds a response.
+    fn filters(&self) -> bool;
     /// The largest body read for it; a larger one follows the route's policy for bodies that
     /// cannot be filtered.
     fn max_bytes(&self) -> u64;

@@ -283,8 +283,9 @@ pub struct Rejection {
     pub detail: Cow<'static, str>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Each contract violation, listed in the problem body (`violations`). Capped by the step
-    /// that found them.
-    pub violations: Vec<Violation>,
+    /// that found them. (A boxed slice: rejections travel through every step's verdict, and
+    /// almost all of them have none.)
+    pub violations: Box<[Violation]>,
 }
 
 impl Rejection {
@@ -293,12 +294,12 @@ impl Rejection {
             reason,
             detail: detail.into(),
             headers: Vec::new(),
-            violations: Vec::new(),
+            violations: Box::default(),
         }
     }
 
     pub fn with_violations(mut self, violations: Vec<Violation>) -> Self {
-        self.violations = violations;
+        self.violations = violations.into_boxed_slice();
         self
     }
 

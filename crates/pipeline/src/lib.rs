@@ -23,9 +23,11 @@ use std::sync::Arc;
 use portcullis_authn::{AuthnStage, AuthnState, IdentityStage};
 use portcullis_authz::{AuthzStage, AuthzState};
 use portcullis_config::Config;
+use portcullis_contract::ContractStage;
 use portcullis_core::{
     Answer, ConfigErrors, GatewayRequest, Rejection, RequestCtx, Stage, StageId, Verdict,
 };
+use portcullis_cors::CorsStage;
 use portcullis_hygiene::HygieneStage;
 use portcullis_ipfilter::IpFilterStage;
 use portcullis_limits::{BodyLimitStage, HeadLimitsStage};
@@ -51,6 +53,9 @@ pub const ORDER: &[StageId] = &[
     // 3. route match: deny by default (404/405); everything after is per route.
     RouteStage::ID,
     IpFilterStage::ROUTE_ID,
+    // … CORS: preflights answered here (nothing after runs for them), and the CORS headers of
+    // allowed origins attached to every response, refusals included.
+    CorsStage::ID,
     BodyLimitStage::ID,
     // 4. limits on what the request alone tells (client IP, route, method, header): before
     // authentication, so credential stuffing and token floods are cut off cheaply.
@@ -67,6 +72,9 @@ pub const ORDER: &[StageId] = &[
     // 7. what the caller may do: scopes (with the hierarchy), roles, resource policies,
     // ownership and tenant, risk and step-up, Rego/OPA; default deny; field masks.
     AuthzStage::ID,
+    // 9. the API contract (OpenAPI): parameters, media type and JSON body of a request now
+    // known to be allowed; unknown fields refused or stripped.
+    ContractStage::ID,
     // 10. what the upstream sees: forged identity headers removed, verified identity (or a
     // gateway-signed token) added, the client's credential stripped.
     IdentityStage::ID,
@@ -133,6 +141,9 @@ impl Pipeline {
             Box::new(IpFilterStage::per_route(
                 routes.iter().map(|r| r.ip_filter.clone()).collect(),
             )),
+            Box::new(CorsStage::new(
+                routes.iter().map(|r| r.cors.clone()).collect(),
+            )),
             Box::new(BodyLimitStage::new(
                 routes.iter().map(|r| r.max_body_bytes).collect(),
                 config.server.limits.max_body_bytes,
@@ -142,6 +153,9 @@ impl Pipeline {
             Box::new(AuthnStage::new(authn.clone())),
             Box::new(RateLimitStage::post_auth(ratelimit.clone())),
             Box::new(AuthzStage::new(authz)),
+            Box::new(ContractStage::new(
+                routes.iter().map(|r| r.contract.clone()).collect(),
+            )),
             Box::new(IdentityStage::new(authn.clone())),
         ];
         Ok(Pipeline {

@@ -32,6 +32,8 @@ struct Entry {
     hosts: Vec<HostMatch>,
     path: PathMatch,
     methods: Option<Vec<Method>>,
+    /// The route answers CORS preflights itself.
+    cors: bool,
 }
 
 pub struct RouteTable {
@@ -129,6 +131,7 @@ impl RouteTable {
                     hosts: r.hosts.clone(),
                     path: r.path.clone(),
                     methods: r.methods.clone(),
+                    cors: r.cors.is_some(),
                 })
                 .collect(),
         }
@@ -199,6 +202,16 @@ impl Stage for RouteStage {
 
     fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
         let host = request_host(&req.head).unwrap_or_default();
+        // A CORS preflight is routed by the method it asks about, to a route that answers
+        // preflights; anywhere else it is an ordinary OPTIONS request.
+        if let Some(asked) = portcullis_cors::preflight_method(&req.head)
+            && let Lookup::Found(m) = self.table.lookup(&host, req.head.uri.path(), &asked)
+            && self.table.entries.get(m.id.0).is_some_and(|e| e.cors)
+        {
+            ctx.route = Some(m);
+            ctx.preflight = true;
+            return Step::CONTINUE;
+        }
         match self
             .table
             .lookup(&host, req.head.uri.path(), &req.head.method)

@@ -23,12 +23,14 @@ fn the_built_order_is_the_written_order() {
             "ip_filter",
             "route",
             "route_ip_filter",
+            "cors",
             "body_limit",
             "ratelimit_pre",
             "waf",
             "authn",
             "ratelimit",
             "authz",
+            "contract",
             "identity"
         ]
     );

@@ -60,6 +60,11 @@ async fn sni_chooses_the_certificate_and_alpn_the_protocol() {
     .await
     .unwrap();
     assert_eq!(r.status, 200);
+    // HSTS is sent on TLS listeners (and only there: see tests/response.rs).
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=31536000; includeSubDomains")
+    );
     assert_eq!(seen.peer_cert_der, a.cert_der);
     assert_eq!(seen.alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(seen.version, "Some(TLSv1_3)");

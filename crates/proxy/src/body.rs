@@ -156,6 +156,25 @@ impl Body for LimitedBody {
     }
 }
 
+/// Reads at most `max` bytes from the start of a body (for an audit excerpt). A body that fails
+/// mid-read yields what arrived; the rest is never read.
+pub async fn read_prefix(mut body: BoxBody, max: usize) -> bytes::Bytes {
+    use http_body_util::BodyExt as _;
+    let mut buf = bytes::BytesMut::new();
+    while buf.len() < max {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    let take = data.len().min(max - buf.len());
+                    buf.extend_from_slice(&data[..take]);
+                }
+            }
+            _ => break,
+        }
+    }
+    buf.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,7 +43,10 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use portcullis_core::{BoxBody, RejectReason, Rejection, ResponseFilter};
+use portcullis_core::{
+    BoxBody, BoxError, JsonFilter, RejectReason, Rejection, ResponseContract, ResponseFilter,
+    Violation,
+};
 
 use crate::problem::full_body;
 
@@ -66,55 +69,179 @@ pub async fn filter_response(
     filter: &ResponseFilter,
     request_method: &Method,
 ) -> Result<Response<BoxBody>, Rejection> {
+    let plan = Plan {
+        remove: None,
+        contract: None,
+        mask: Some(&*filter.json),
+        max_bytes: filter.max_bytes,
+        fail_closed: true,
+    };
+    filter_with(resp, &plan, request_method)
+        .await
+        .map(|(resp, _)| resp)
+}
+
+/// Everything to be done to one response body, in this order: the route's field removal, the
+/// contract (validation, then keep-only-declared), the authorization mask.
+pub struct Plan<'a> {
+    pub remove: Option<&'a dyn JsonFilter>,
+    pub contract: Option<&'a dyn ResponseContract>,
+    pub mask: Option<&'a dyn JsonFilter>,
+    /// The largest body read.
+    pub max_bytes: u64,
+    /// A body that cannot be filtered is withheld (502) rather than passed on unchanged.
+    /// Always true with an authorization mask.
+    pub fail_closed: bool,
+}
+
+impl Plan<'_> {
+    /// Whether anything in the plan changes bodies (a plan that only validates never withholds
+    /// one).
+    fn filters(&self) -> bool {
+        self.remove.is_some() || self.mask.is_some() || self.contract.is_some_and(|c| c.filters())
+    }
+}
+
+/// Runs a plan on an upstream response. Returns the response to send and the contract
+/// violations found (response validation, detect only).
+pub async fn filter_with(
+    resp: Response<BoxBody>,
+    plan: &Plan<'_>,
+    request_method: &Method,
+) -> Result<(Response<BoxBody>, Vec<Violation>), Rejection> {
     let status = resp.status();
+    let content_type = single_content_type(resp.headers()).map(str::to_owned);
+    let ct = content_type.as_deref();
+    let validate_only = |v: Option<&mut serde_json::Value>| {
+        plan.contract
+            .map(|c| c.apply(status, ct, v))
+            .unwrap_or_default()
+    };
     if request_method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok(resp);
+        // No body: the status and type can still be checked.
+        let violations = if plan.filters() {
+            Vec::new()
+        } else {
+            validate_only(None)
+        };
+        return Ok((resp, violations));
     }
+    let unfilterable = |detail: &'static str, resp: Response<BoxBody>| {
+        if plan.filters() && plan.fail_closed {
+            Err(refuse(detail))
+        } else {
+            let mut violations = validate_only(None);
+            if plan.filters() {
+                tracing::debug!(detail, "response passed unfiltered (route policy: pass)");
+            } else if plan.contract.is_some() && is_json(resp.headers()) {
+                violations.push(Violation::new(
+                    "body",
+                    "not validated: ".to_owned() + detail,
+                ));
+            }
+            Ok((resp, violations))
+        }
+    };
     if is_encoded(resp.headers()) {
-        return Err(refuse(
+        return unfilterable(
             "the upstream response is compressed (Content-Encoding) and cannot be filtered",
-        ));
+            resp,
+        );
     }
     if status == StatusCode::PARTIAL_CONTENT || resp.headers().contains_key(header::CONTENT_RANGE) {
-        return Err(refuse(
+        return unfilterable(
             "the upstream response is partial (206 or Content-Range) and cannot be filtered",
-        ));
+            resp,
+        );
     }
 
     let json = is_json(resp.headers());
-    let (mut parts, body) = resp.into_parts();
     if !json {
-        return if body_is_empty(body).await? {
-            remove_stale(&mut parts.headers);
-            set_length(&mut parts.headers, 0);
-            Ok(Response::from_parts(parts, full_body(Bytes::new())))
-        } else {
-            Err(refuse(
+        if !plan.filters() {
+            // Validation of a non-JSON body stops at its status and type.
+            return Ok((resp, validate_only(None)));
+        }
+        let (mut parts, body) = resp.into_parts();
+        return match body_state(body).await? {
+            BodyState::Empty => {
+                remove_stale(&mut parts.headers);
+                set_length(&mut parts.headers, 0);
+                Ok((
+                    Response::from_parts(parts, full_body(Bytes::new())),
+                    validate_only(None),
+                ))
+            }
+            BodyState::NotEmpty(body) => unfilterable(
                 "the upstream response is not JSON (by its Content-Type) and cannot be filtered",
-            ))
+                Response::from_parts(parts, body),
+            ),
         };
     }
 
-    let bytes = read_limited(body, filter.max_bytes).await?;
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match read_limited(body, plan.max_bytes).await? {
+        Read::Whole(b) => b,
+        Read::Over(body) => {
+            let detail = "the upstream response is larger than the filtering limit";
+            return if plan.filters() && plan.fail_closed {
+                Err(Rejection::new(
+                    RejectReason::ResponseFilterFailed,
+                    format!(
+                        "the upstream response is larger than {} bytes and cannot be filtered",
+                        plan.max_bytes
+                    ),
+                ))
+            } else {
+                unfilterable(detail, Response::from_parts(parts, body))
+            };
+        }
+    };
+    let mut violations = Vec::new();
     let out = if bytes.is_empty() {
+        violations = validate_only(None);
         bytes
     } else {
-        let mut value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| {
-            refuse("the upstream response is not valid JSON and cannot be filtered")
-        })?;
+        let mut value: serde_json::Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(_) if !(plan.filters() && plan.fail_closed) => {
+                let mut v = validate_only(None);
+                if plan.contract.is_some() {
+                    v.push(Violation::new("body", "is not valid JSON"));
+                }
+                return Ok((Response::from_parts(parts, full_body(bytes)), v));
+            }
+            Err(_) => {
+                return Err(refuse(
+                    "the upstream response is not valid JSON and cannot be filtered",
+                ));
+            }
+        };
+        if !plan.filters() {
+            // Validation only: the upstream's bytes go on untouched.
+            let v = validate_only(Some(&mut value));
+            return Ok((Response::from_parts(parts, full_body(bytes)), v));
+        }
         drop(bytes);
-        filter.json.apply(&mut value);
+        if let Some(r) = plan.remove {
+            r.apply(&mut value);
+        }
+        if let Some(c) = plan.contract {
+            violations = c.apply(status, ct, Some(&mut value));
+        }
+        if let Some(m) = plan.mask {
+            m.apply(&mut value);
+        }
         serde_json::to_vec(&value)
             .map(Bytes::from)
             .map_err(|_| refuse("the filtered response could not be serialized"))?
     };
     remove_stale(&mut parts.headers);
     set_length(&mut parts.headers, out.len());
-    Ok(Response::from_parts(parts, full_body(out)))
+    Ok((Response::from_parts(parts, full_body(out)), violations))
 }
 
 fn refuse(detail: &'static str) -> Rejection {
@@ -170,51 +297,88 @@ fn is_json(headers: &HeaderMap) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
 }
 
-/// Reads a body up to its end, refusing it as soon as it holds more than `max` bytes. Trailers
+/// What [`read_limited`] found.
+enum Read {
+    Whole(Bytes),
+    /// Longer than the limit: the body, whole again (what was read is put back in front).
+    Over(BoxBody),
+}
+
+/// Reads a body up to its end, stopping as soon as it holds more than `max` bytes. Trailers
 /// are read and dropped.
-async fn read_limited(mut body: BoxBody, max: u64) -> Result<Bytes, Rejection> {
-    let too_large = || {
-        Rejection::new(
-            RejectReason::ResponseFilterFailed,
-            format!("the upstream response is larger than {max} bytes and cannot be filtered"),
-        )
-    };
+async fn read_limited(mut body: BoxBody, max: u64) -> Result<Read, Rejection> {
     if body.size_hint().lower() > max {
-        return Err(too_large());
+        return Ok(Read::Over(body));
     }
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| read_failed())?;
         if let Ok(data) = frame.into_data() {
             if (buf.len() as u64).saturating_add(data.len() as u64) > max {
-                return Err(too_large());
+                buf.extend_from_slice(&data);
+                return Ok(Read::Over(replay(buf.freeze(), body)));
             }
             if buf.is_empty() && body.is_end_stream() {
                 // A body in one frame is kept without copying.
-                return Ok(data);
+                return Ok(Read::Whole(data));
             }
             buf.extend_from_slice(&data);
         }
     }
-    Ok(buf.freeze())
+    Ok(Read::Whole(buf.freeze()))
 }
 
-/// Reads a body that is not to be passed on, to learn whether it holds any data. Stops at the
-/// first data byte.
-async fn body_is_empty(mut body: BoxBody) -> Result<bool, Rejection> {
+/// `head` followed by the rest of `rest`.
+fn replay(head: Bytes, rest: BoxBody) -> BoxBody {
+    let first = http_body_util::Full::new(head).map_err(|e| -> BoxError { match e {} });
+    let stream = futures_util::stream::unfold(
+        (Some(first), Some(rest)),
+        |(mut first, mut rest)| async move {
+            if let Some(f) = first.as_mut() {
+                if let Some(frame) = f.frame().await {
+                    return Some((frame, (first, rest)));
+                }
+                first = None;
+            }
+            let r = rest.as_mut()?;
+            let frame = r.frame().await?;
+            Some((frame, (first, rest)))
+        },
+    );
+    http_body_util::StreamBody::new(stream).boxed_unsync()
+}
+
+enum BodyState {
+    Empty,
+    /// The body holds data: it is handed back whole, to be passed on when the policy allows.
+    NotEmpty(BoxBody),
+}
+
+/// Learns whether a body holds any data, reading no further than its first data frame.
+async fn body_state(mut body: BoxBody) -> Result<BodyState, Rejection> {
     if body.is_end_stream() {
-        return Ok(true);
+        return Ok(BodyState::Empty);
     }
     if body.size_hint().lower() > 0 {
-        return Ok(false);
+        return Ok(BodyState::NotEmpty(body));
     }
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| read_failed())?;
-        if frame.data_ref().is_some_and(|d| !d.is_empty()) {
-            return Ok(false);
+        if let Some(d) = frame.data_ref().filter(|d| !d.is_empty()) {
+            let first = d.clone();
+            return Ok(BodyState::NotEmpty(replay(first, body)));
         }
     }
-    Ok(true)
+    Ok(BodyState::Empty)
+}
+
+/// The one `Content-Type` of a response, if it has exactly one readable.
+fn single_content_type(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => v.to_str().ok(),
+        _ => None,
+    }
 }
 
 fn remove_stale(headers: &mut HeaderMap) {

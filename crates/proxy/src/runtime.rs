@@ -28,7 +28,9 @@ impl Runtime {
         let mut pools = Vec::with_capacity(config.upstreams.len());
         for u in &config.upstreams {
             match u.kind {
-                UpstreamKind::Echo | UpstreamKind::TokenExchange => pools.push(None),
+                UpstreamKind::Echo | UpstreamKind::TokenExchange | UpstreamKind::Static => {
+                    pools.push(None)
+                }
                 UpstreamKind::Proxy => match UpstreamPool::new(u) {
                     Ok(p) => pools.push(Some(p)),
                     Err(e) => {

@@ -59,6 +59,8 @@ struct Seen {
     user_agent: Option<String>,
     upstream: Option<Arc<str>>,
     target: Option<Arc<str>>,
+    /// Set when an upstream error body was replaced (audit).
+    upstream_error: Option<portcullis_audit::UpstreamErrorAudit>,
 }
 
 /// Path segment characters that must be escaped when a captured parameter is put back in a path.
@@ -187,6 +189,7 @@ impl Gateway {
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
             upstream: None,
             target: None,
+            upstream_error: None,
         };
         // Watched for trickling from the first byte, so a step that buffers the body (the WAF)
         // is protected as much as the upstream is; the route's size limit is added at forward
@@ -237,10 +240,21 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(ctx.request_id.as_str()) {
             resp.headers_mut().insert(id_header, v);
         }
+        // Every response — forwarded, refused or answered by the gateway — carries the security
+        // headers of its route (the gateway-wide ones when no route matched).
+        let security = ctx
+            .route_id()
+            .and_then(|id| config.routes.get(id.0))
+            .map_or(&config.security_headers, |r| &r.security_headers);
+        security.apply(resp.headers_mut(), ctx.tls.is_some());
         if !ctx.response_headers.is_empty() {
             let h = resp.headers_mut();
             for (name, _) in &ctx.response_headers {
-                h.remove(name);
+                // `Vary` lists what the response depends on: the upstream's reasons stay,
+                // the gateway's are added.
+                if name != header::VARY {
+                    h.remove(name);
+                }
             }
             for (name, value) in ctx.response_headers.drain(..) {
                 h.append(name, value);
@@ -347,6 +361,11 @@ impl Gateway {
             UpstreamKind::Echo => {
                 seen.target = Some(Arc::from("echo"));
                 crate::echo::respond(head, body, limit).await?
+            }
+            UpstreamKind::Static => {
+                seen.target = Some(Arc::from("static"));
+                drop(body);
+                static_answer(upstream, &head.method, head.uri.path())
             }
             UpstreamKind::TokenExchange => {
                 seen.target = Some(Arc::from("token_exchange"));
@@ -460,31 +479,81 @@ impl Gateway {
         } else {
             strip_hop_by_hop(resp.headers_mut(), false);
         }
+        if route.cors.is_some() {
+            // The gateway alone speaks CORS on this route.
+            for name in portcullis_cors::CORS_RESPONSE_HEADERS {
+                resp.headers_mut().remove(name);
+            }
+        }
         route.response_headers.apply(resp.headers_mut());
-        if let Some(filter) = &ctx.response_filter
-            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-        {
-            // The body is buffered before anything reaches the client, so its read is bounded
-            // like the wait for the head.
-            let wait = route.timeout.unwrap_or(upstream.request_timeout);
-            resp = tokio::time::timeout(
-                wait,
-                crate::respfilter::filter_response(resp, filter, &seen.method),
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(resp);
+        }
+        // The body is buffered before anything reaches the client, so its read is bounded like
+        // the wait for the head.
+        let wait = route.timeout.unwrap_or(upstream.request_timeout);
+        if route.errors.replaces(resp.status()) {
+            return tokio::time::timeout(wait, self.replace_error(resp, route, ctx, seen))
+                .await
+                .map_err(|_| {
+                    Rejection::new(
+                        RejectReason::UpstreamTimeout,
+                        "the upstream response body did not arrive in time",
+                    )
+                });
+        }
+        let contract = ctx
+            .response_contract
+            .as_deref()
+            .filter(|c| c.wants_body(resp.status()));
+        let mask = ctx.response_filter.as_ref();
+        let remove = route.response_filter.as_ref();
+        if contract.is_none() && mask.is_none() && remove.is_none() {
+            return Ok(resp);
+        }
+        let max_bytes = [
+            mask.map(|m| m.max_bytes),
+            remove.map(|r| r.max_bytes),
+            contract.map(|c| c.max_bytes()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(u64::MAX);
+        let plan = crate::respfilter::Plan {
+            remove: remove.map(|r| &*r.rules as &dyn portcullis_core::JsonFilter),
+            contract,
+            mask: mask.map(|m| &*m.json),
+            max_bytes,
+            fail_closed: mask.is_some()
+                || remove
+                    .is_none_or(|r| r.on_unfilterable == portcullis_config::OnUnfilterable::Reject),
+        };
+        let (mut resp, violations) = tokio::time::timeout(
+            wait,
+            crate::respfilter::filter_with(resp, &plan, &seen.method),
+        )
+        .await
+        .map_err(|_| {
+            Rejection::new(
+                RejectReason::UpstreamTimeout,
+                "the upstream response body did not arrive in time",
             )
-            .await
-            .map_err(|_| {
-                Rejection::new(
-                    RejectReason::UpstreamTimeout,
-                    "the upstream response body did not arrive in time",
-                )
-            })?
-            .inspect_err(|r| {
-                // A body withheld because the caller may not see it unfiltered is an
-                // authorization outcome, not an upstream failure.
-                if r.reason == RejectReason::ResponseFilterFailed {
-                    ctx.rejected_by = Some((RESPONSE_FILTER_STAGE, r.reason));
-                }
-            })?;
+        })?
+        .inspect_err(|r| {
+            // A body withheld because the caller may not see it unfiltered is a policy
+            // outcome, not an upstream failure.
+            if r.reason == RejectReason::ResponseFilterFailed {
+                ctx.rejected_by = Some((RESPONSE_FILTER_STAGE, r.reason));
+            }
+        })?;
+        if !violations.is_empty()
+            && let Some(report) = ctx.contract.as_deref_mut()
+        {
+            tracing::info!(request_id = %ctx.request_id, operation = %report.operation, violations = violations.len(), "response breaks the API contract");
+            report.response = violations;
+        }
+        if mask.is_some() {
             // What this caller may see is not what the next one may: no shared cache may keep
             // it for anyone else.
             let h = resp.headers_mut();
@@ -492,6 +561,35 @@ impl Gateway {
             h.append(header::VARY, HeaderValue::from_static("authorization"));
         }
         Ok(resp)
+    }
+
+    /// Replaces an upstream error body by a generic problem document; the start of the
+    /// original, masked, goes to the audit event.
+    async fn replace_error(
+        &self,
+        resp: Response<BoxBody>,
+        route: &Route,
+        ctx: &RequestCtx,
+        seen: &mut Seen,
+    ) -> Response<BoxBody> {
+        let (mut parts, body) = resp.into_parts();
+        let excerpt = if route.errors.audit_bytes == 0 {
+            String::new()
+        } else {
+            let head = crate::body::read_prefix(body, route.errors.excerpt_read_bytes()).await;
+            route.errors.excerpt(&head)
+        };
+        seen.upstream_error = Some(portcullis_audit::UpstreamErrorAudit {
+            status: parts.status.as_u16(),
+            body: excerpt,
+        });
+        let doc = portcullis_response::generic_body(parts.status, ctx.request_id.as_str());
+        portcullis_response::errors::replaced_body_headers(&mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(doc.len()));
+        route.response_headers.apply(&mut parts.headers);
+        Response::from_parts(parts, full_body(doc))
     }
 
     /// Audit event and metrics: once per request, whatever the outcome.
@@ -600,8 +698,38 @@ impl Gateway {
                 .waf
                 .as_deref()
                 .map(portcullis_audit::WafAudit::from_report),
+            contract: ctx
+                .contract
+                .as_deref()
+                .map(portcullis_audit::ContractAudit::from_report),
+            upstream_error: seen.upstream_error.clone(),
         });
     }
+}
+
+/// A `static` upstream's answer: the first canned response that takes the request, else 404.
+fn static_answer(
+    upstream: &portcullis_config::Upstream,
+    method: &Method,
+    path: &str,
+) -> Response<BoxBody> {
+    let found = upstream.static_responses.iter().find(|r| {
+        r.takes(method, path) || (*method == Method::HEAD && r.takes(&Method::GET, path))
+    });
+    let Some(r) = found else {
+        let mut resp = Response::new(full_body(bytes::Bytes::new()));
+        *resp.status_mut() = StatusCode::NOT_FOUND;
+        return resp;
+    };
+    let body = if *method == Method::HEAD {
+        bytes::Bytes::new()
+    } else {
+        r.body.clone()
+    };
+    let mut resp = Response::new(full_body(body));
+    *resp.status_mut() = r.status;
+    *resp.headers_mut() = r.headers.clone();
+    resp
 }
 
 /// The gateway's own bodiless answer (a CORS preflight).

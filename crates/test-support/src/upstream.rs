@@ -231,6 +231,26 @@ async fn answer(
             h.insert("x-upstream", label.parse().unwrap());
             return Ok(resp);
         }
+        // A failing backend that tells too much: a stack trace with a connection string.
+        ["crash", ..] => {
+            let mut resp = Response::new(full(
+                "Traceback (most recent call last):\n  File \"/srv/app/db.py\", line 12\n    \
+                 connect(\"postgres://app:hunter2@10.0.0.5/orders\")\nOperationalError: \
+                 password=hunter2 rejected for alice@example.com\n"
+                    .as_bytes()
+                    .to_vec(),
+            ));
+            *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            let h = resp.headers_mut();
+            h.insert("content-type", "text/plain".parse().unwrap());
+            h.insert(
+                "x-exception",
+                "OperationalError at db.py:12".parse().unwrap(),
+            );
+            h.insert("retry-after", "7".parse().unwrap());
+            h.insert("server", "gunicorn/19.9.0".parse().unwrap());
+            return Ok(resp);
+        }
         // The same document mislabelled as text.
         ["plain", ..] => {
             let mut resp = Response::new(full(serde_json::to_vec(&sample_document()).unwrap()));

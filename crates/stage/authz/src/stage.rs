@@ -80,7 +80,7 @@ impl Run {
         mode: Mode,
         result: Result<String, String>,
         deny: impl FnOnce(&str) -> Rejection,
-    ) -> Result<(), (RuleVerdict, Rejection)> {
+    ) -> Result<(), Box<Denied>> {
         let allowed = result.is_ok();
         let reason = match result {
             Ok(r) | Err(r) => r,
@@ -102,7 +102,7 @@ impl Run {
             }
             Mode::Enforce => {
                 let r = deny(&v.reason);
-                Err((v, r))
+                Err(Box::new((v, r)))
             }
         }
     }
@@ -179,6 +179,8 @@ fn unavailable(detail: &str) -> Rejection {
     Rejection::new(RejectReason::AuthzUnavailable, detail.to_string())
 }
 
+/// An enforced denial: the rule's verdict and the refusal (boxed where returned: the denial
+/// path is the cold one).
 type Denied = (RuleVerdict, Rejection);
 
 /// What the synchronous part leaves for the asynchronous one.
@@ -237,7 +239,7 @@ impl Authz {
         macro_rules! check {
             ($rule:expr, $mode:expr, $result:expr, $deny:expr) => {
                 if let Err(d) = run.verdict($rule, $mode, $result, $deny) {
-                    return Err(Box::new((run, d)));
+                    return Err(Box::new((run, *d)));
                 }
             };
         }
@@ -426,7 +428,7 @@ impl Authz {
         route: &RouteAuthz,
         ctx: &RequestCtx,
         pending: &mut Pending,
-    ) -> Result<(), Denied> {
+    ) -> Result<(), Box<Denied>> {
         let (Some((idx, path, mode)), Some(input)) = (&route.opa, &pending.input) else {
             return Ok(());
         };
@@ -601,7 +603,8 @@ impl Stage for AuthzStage {
             return Step::Done(az.finish(route, req, ctx, &p, pending));
         }
         Step::from_future(async move {
-            if let Err((v, rejection)) = az.evaluate_opa(route, ctx, &mut pending).await {
+            if let Err(d) = az.evaluate_opa(route, ctx, &mut pending).await {
+                let (v, rejection) = *d;
                 ctx.authz = Some(Box::new(pending.run.decision(Some(v))));
                 return Verdict::Reject(rejection);
             }

@@ -5,4 +5,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod fields;
+pub mod json;
+pub mod messages;
 pub mod model;
+pub mod openapi;
+pub mod params;
+pub mod schema;
+mod stage;
+
+pub use stage::ContractStage;

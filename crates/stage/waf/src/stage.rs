@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use portcullis_core::{
-    BodyError, BodyTooSlow, GatewayRequest, Prefix, RejectReason, Rejection, RequestBody,
-    RequestCtx, Stage, StageId, Step, Verdict,
+    BodyError, GatewayRequest, Prefix, RejectReason, Rejection, RequestBody, RequestCtx, Stage,
+    StageId, Step, Verdict,
 };
 
 use crate::config::{Mode, OverLimit, RouteWaf, WafSettings};
@@ -53,20 +53,7 @@ fn blocked_rejection() -> Rejection {
 }
 
 fn body_error(e: BodyError) -> Rejection {
-    match e {
-        BodyError::TooLarge { limit } => Rejection::new(
-            RejectReason::BodyTooLarge,
-            format!("the request body exceeds {limit} bytes"),
-        ),
-        BodyError::Read(err) if err.is::<BodyTooSlow>() => Rejection::new(
-            RejectReason::BodyTimeout,
-            "the request body arrived too slowly",
-        ),
-        BodyError::Read(_) => Rejection::new(
-            RejectReason::BodyReadFailed,
-            "the request body could not be read",
-        ),
-    }
+    e.into_rejection()
 }
 
 impl Waf {

@@ -1,0 +1,678 @@
+//! The API contract end to end through the real binary: an OpenAPI document (two files, `$ref`
+//! across them) defines a route group in front of a real upstream. Undocumented operations,
+//! bad parameters, bad bodies, undeclared media types and parse-limit breaches are refused
+//! with the right status and a problem body listing each violation — and reach no upstream;
+//! `strip` removes unknown fields before forwarding; `detect` only records; responses keep only
+//! declared fields and their breaches are audited; a bad document fails `portcullis check`
+//! with the file and JSON pointer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+
+const SPEC: &str = r##"openapi: 3.0.3
+info: { title: orders, version: "1" }
+paths:
+  /orders:
+    get:
+      operationId: listOrders
+      parameters:
+        - { name: limit, in: query, schema: { type: integer, minimum: 1, maximum: 50 } }
+        - { name: status, in: query, schema: { type: array, items: { type: string, enum: [new, paid] } }, style: form, explode: false }
+        - { name: x-tenant, in: header, required: true, schema: { type: string, pattern: "^[a-z]+$" } }
+      responses:
+        "200": { description: ok }
+    post:
+      operationId: createOrder
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: { $ref: "common.yaml#/components/schemas/Order" }
+      responses:
+        "201": { description: created }
+  /orders/{id}:
+    parameters:
+      - { name: id, in: path, required: true, schema: { type: integer, format: int32, minimum: 1 } }
+    get:
+      operationId: getOrder
+      responses:
+        "200": { description: ok }
+    delete:
+      operationId: deleteOrder
+      responses:
+        "204": { description: gone }
+  /doc/{id}:
+    get:
+      operationId: getDoc
+      parameters:
+        - { name: id, in: path, required: true, schema: { type: string } }
+      responses:
+        "200":
+          description: the order document
+          content:
+            application/json:
+              schema:
+                type: object
+                properties:
+                  id: { type: string }
+                  status: { type: string, enum: [new, paid] }
+                  items:
+                    type: array
+                    items:
+                      type: object
+                      properties:
+                        sku: { type: string }
+                        qty: { type: integer }
+"##;
+
+const COMMON: &str = r##"components:
+  schemas:
+    Order:
+      type: object
+      required: [email, items]
+      properties:
+        id: { type: string, readOnly: true }
+        email: { type: string, format: email }
+        note: { type: string, nullable: true, maxLength: 20 }
+        items:
+          type: array
+          minItems: 1
+          items: { $ref: "#/components/schemas/Line" }
+    Line:
+      type: object
+      required: [sku, qty]
+      properties:
+        sku: { type: string }
+        qty: { type: integer, minimum: 1 }
+"##;
+
+struct Setup {
+    gw: Gateway,
+    up: TestUpstream,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let up = TestUpstream::start("orders").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("orders.yaml"), SPEC).unwrap();
+    std::fs::write(dir.path().join("common.yaml"), COMMON).unwrap();
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+waf: {{ mode: off }}
+routes:
+  - name: api
+    match: {{ prefix: /api }}
+    upstream: app
+    rewrite: {{ replace_prefix: "" }}
+    openapi:
+      spec: orders.yaml
+      limits: {{ max_depth: 6, max_array_items: 20 }}
+      max_violations: 5
+      responses: {{ declared_only: true, validate: detect }}
+  - name: strip
+    match: {{ prefix: /strip }}
+    upstream: app
+    openapi: {{ spec: orders.yaml, unknown_fields: strip, unknown_query: allow }}
+  - name: detect
+    match: {{ prefix: /detect }}
+    upstream: app
+    openapi: {{ spec: orders.yaml, mode: detect }}
+"#,
+        up = up.url(),
+    );
+    let gw = Gateway::start_in(bin(), dir.path(), &yaml).unwrap();
+    Setup { gw, up, _dir: dir }
+}
+
+async fn call(s: &Setup, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Resp {
+    send(req(
+        method,
+        &format!("{}{path}", s.gw.url("public")),
+        headers,
+        body,
+    ))
+    .await
+}
+
+/// A 400 contract violation listing exactly these (location, message) pairs; nothing reached
+/// the upstream.
+fn assert_violations(s: &Setup, r: &Resp, want: &[(&str, &str)]) {
+    let v = assert_problem(r, 400, "contract_violation");
+    let got: Vec<(String, String)> = v["violations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no violations: {v}"))
+        .iter()
+        .map(|x| {
+            (
+                x["location"].as_str().unwrap().to_string(),
+                x["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(l, m)| (l.to_string(), m.to_string()))
+        .collect();
+    assert_eq!(got, want, "{v}");
+    assert_eq!(s.up.hits(), 0, "a refused request reached the upstream");
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+const TENANT: (&str, &str) = ("x-tenant", "acme");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undocumented_operations_are_refused() {
+    let s = setup().await;
+    let r = call(&s, "GET", "/api/invoices", &[], "").await;
+    assert_problem(&r, 404, "route_not_found");
+    let r = call(&s, "GET", "/api/orders/1/items", &[], "").await;
+    assert_problem(&r, 404, "route_not_found");
+    let r = call(&s, "PUT", "/api/orders/1", &[], "").await;
+    assert_problem(&r, 405, "method_not_allowed");
+    let allow = r.header("allow").unwrap();
+    assert!(allow.contains("GET") && allow.contains("DELETE"), "{allow}");
+    let r = call(&s, "PATCH", "/api/orders", &[JSON], "{}").await;
+    assert_problem(&r, 405, "method_not_allowed");
+    assert_eq!(s.up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_requests_reach_the_upstream_unchanged() {
+    let s = setup().await;
+    let r = call(
+        &s,
+        "GET",
+        "/api/orders?limit=5&status=new,paid",
+        &[TENANT],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r#"{"email":"a@example.com","note":null,"items":[{"sku":"A-1","qty":2}]}"#;
+    let r = call(&s, "POST", "/api/orders", &[JSON], body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(&s, "DELETE", "/api/orders/7", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = s.up.requests();
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[0].uri, "/orders?limit=5&status=new,paid");
+    assert_eq!(seen[1].uri, "/orders");
+    assert_eq!(seen[1].body, body.as_bytes());
+    assert_eq!(seen[2].method, "DELETE");
+    assert_eq!(seen[2].uri, "/orders/7");
+    let id = r.header("x-request-id").unwrap().to_string();
+    let ev = audit_of(&s.gw, &id);
+    assert_eq!(ev["contract"]["operation"], "deleteOrder");
+    assert_eq!(ev["contract"]["mode"], "block");
+    assert!(ev["contract"].get("request_violations").is_none(), "{ev}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_are_checked_by_type_range_enum_pattern_and_presence() {
+    let s = setup().await;
+    let r = call(&s, "GET", "/api/orders?limit=0", &[TENANT], "").await;
+    assert_violations(&s, &r, &[("query:limit", "must be >= 1")]);
+    let r = call(&s, "GET", "/api/orders?limit=ten", &[TENANT], "").await;
+    assert_violations(&s, &r, &[("query:limit", "must be an integer")]);
+    let r = call(&s, "GET", "/api/orders?status=new,lost", &[TENANT], "").await;
+    assert_violations(&s, &r, &[("query:status/1", "must be one of: new, paid")]);
+    let r = call(&s, "GET", "/api/orders", &[], "").await;
+    assert_violations(&s, &r, &[("header:x-tenant", "is required")]);
+    let r = call(&s, "GET", "/api/orders", &[("x-tenant", "ACME")], "").await;
+    assert_violations(
+        &s,
+        &r,
+        &[("header:x-tenant", "must match the pattern ^[a-z]+$")],
+    );
+    let r = call(&s, "GET", "/api/orders?limit=5&limit=6", &[TENANT], "").await;
+    assert_violations(&s, &r, &[("query:limit", "must not be repeated")]);
+    let r = call(&s, "GET", "/api/orders?debug=1", &[TENANT], "").await;
+    assert_violations(
+        &s,
+        &r,
+        &[("query:debug", "is not a parameter of this operation")],
+    );
+    let r = call(&s, "GET", "/api/orders/0", &[], "").await;
+    assert_violations(&s, &r, &[("path:id", "must be >= 1")]);
+    let r = call(&s, "GET", "/api/orders/abc", &[], "").await;
+    assert_violations(&s, &r, &[("path:id", "must be an integer")]);
+    // int32 bounds from the format.
+    let r = call(&s, "GET", "/api/orders/3000000000", &[], "").await;
+    assert_violations(&s, &r, &[("path:id", "must be <= 2147483647")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_are_checked_against_their_schema_across_files() {
+    let s = setup().await;
+    let r = call(
+        &s,
+        "POST",
+        "/api/orders",
+        &[JSON],
+        r#"{"id":"o-1","email":"nope","items":[{"sku":"A","qty":0},{"qty":1}],"colour":"crimson"}"#,
+    )
+    .await;
+    assert_violations(
+        &s,
+        &r,
+        &[
+            ("body:/colour", "unknown field"),
+            ("body:/id", "read-only field"),
+            ("body:/email", "must be a valid email"),
+            ("body:/items/0/qty", "must be >= 1"),
+            ("body:/items/1/sku", "is required"),
+        ],
+    );
+    // The 400 never echoes the input.
+    assert!(!r.text().contains("nope") && !r.text().contains("crimson"));
+    // Capped at max_violations (5).
+    let many: String = (0..8)
+        .map(|i| format!(r#""x{i}":1"#))
+        .collect::<Vec<_>>()
+        .join(",");
+    let r = call(
+        &s,
+        "POST",
+        "/api/orders",
+        &[JSON],
+        &format!(r#"{{"email":"a@example.com","items":[{{"sku":"A","qty":1}}],{many}}}"#),
+    )
+    .await;
+    let v = assert_problem(&r, 400, "contract_violation");
+    assert_eq!(v["violations"].as_array().unwrap().len(), 5, "{v}");
+    // nullable with maxLength.
+    let r = call(
+        &s,
+        "POST",
+        "/api/orders",
+        &[JSON],
+        r#"{"email":"a@example.com","note":"this note is far too long","items":[{"sku":"A","qty":1}]}"#,
+    )
+    .await;
+    assert_violations(&s, &r, &[("body:/note", "must be at most 20 characters")]);
+    // A required body that is missing.
+    let r = call(&s, "POST", "/api/orders", &[JSON], "").await;
+    assert_violations(&s, &r, &[("body", "is required")]);
+    // A body where the operation takes none.
+    let r = call(&s, "DELETE", "/api/orders/7", &[JSON], "{}").await;
+    assert_violations(&s, &r, &[("body", "is not expected")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parse_limits_and_duplicate_keys_are_refused_before_validation() {
+    let s = setup().await;
+    let r = call(
+        &s,
+        "POST",
+        "/api/orders",
+        &[JSON],
+        r#"{"email":"a@example.com","email":"b@example.com","items":[{"sku":"A","qty":1}]}"#,
+    )
+    .await;
+    assert_violations(&s, &r, &[("body:/email", "duplicate key")]);
+    let deep = format!("{}{}", "[".repeat(50), "]".repeat(50));
+    let r = call(
+        &s,
+        "POST",
+        "/api/orders",
+        &[JSON],
+        &format!(r#"{{"email":"a@example.com","items":{deep}}}"#),
+    )
+    .await;
+    let v = assert_problem(&r, 400, "contract_violation");
+    assert!(
+        v["violations"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nesting deeper than 6"),
+        "{v}"
+    );
+    let items: String = (0..21)
+        .map(|_| r#"{"sku":"A","qty":1}"#)
+        .collect::<Vec<_>>()
+        .join(",");
+    let r = call(
+        &s,
+        "POST",
+        "/api/orders",
+        &[JSON],
+        &format!(r#"{{"email":"a@example.com","items":[{items}]}}"#),
+    )
+    .await;
+    let v = assert_problem(&r, 400, "contract_violation");
+    assert_eq!(v["violations"][0]["location"], "body:/items", "{v}");
+    let r = call(&s, "POST", "/api/orders", &[JSON], r#"{"email":"#).await;
+    let v = assert_problem(&r, 400, "contract_violation");
+    assert_eq!(v["violations"][0]["location"], "body", "{v}");
+    let r = call(
+        &s,
+        "POST",
+        "/api/orders",
+        &[JSON],
+        r#"{"email":"a@example.com","items":[{"sku":"A","qty":9007199254740993}]}"#,
+    )
+    .await;
+    let v = assert_problem(&r, 400, "contract_violation");
+    assert_eq!(v["violations"][0]["location"], "body:/items/0/qty", "{v}");
+    assert_eq!(s.up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeclared_media_types_get_415() {
+    let s = setup().await;
+    for ct in [
+        Some("text/plain"),
+        Some("application/xml"),
+        Some("application/jsonx"),
+        None,
+    ] {
+        let headers: Vec<(&str, &str)> = ct.map(|c| ("content-type", c)).into_iter().collect();
+        let r = call(&s, "POST", "/api/orders", &headers, r#"{"a":1}"#).await;
+        assert_problem(&r, 415, "unsupported_media_type");
+    }
+    // Parameters on the media type are fine.
+    let r = call(
+        &s,
+        "POST",
+        "/api/orders",
+        &[("content-type", "Application/JSON; charset=utf-8")],
+        r#"{"email":"a@example.com","items":[{"sku":"A","qty":1}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strip_mode_forwards_the_body_without_unknown_fields() {
+    let s = setup().await;
+    let r = call(
+        &s,
+        "POST",
+        "/strip/orders?utm=x",
+        &[JSON],
+        r#"{"email":"a@example.com","is_admin":true,"items":[{"sku":"A","qty":1,"price":0}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = s.up.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].uri, "/strip/orders?utm=x");
+    let forwarded: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(
+        forwarded,
+        serde_json::json!({"email":"a@example.com","items":[{"sku":"A","qty":1}]})
+    );
+    assert_eq!(
+        seen[0].header("content-length"),
+        Some(seen[0].body.len().to_string().as_str())
+    );
+    // Read-only fields are refused even in strip mode.
+    let r = call(
+        &s,
+        "POST",
+        "/strip/orders",
+        &[JSON],
+        r#"{"id":"x","email":"a@example.com","items":[{"sku":"A","qty":1}]}"#,
+    )
+    .await;
+    let v = assert_problem(&r, 400, "contract_violation");
+    assert_eq!(v["violations"][0]["location"], "body:/id");
+    assert_eq!(s.up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detect_mode_records_and_forwards() {
+    let s = setup().await;
+    let r = call(&s, "GET", "/detect/orders?limit=0", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.up.hits(), 1);
+    let id = r.header("x-request-id").unwrap().to_string();
+    let ev = audit_of(&s.gw, &id);
+    assert_eq!(ev["outcome"], "allowed");
+    assert_eq!(ev["contract"]["mode"], "detect");
+    let got: Vec<&str> = ev["contract"]["request_violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        vec!["header:x-tenant: is required", "query:limit: must be >= 1"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_keep_declared_fields_and_breaches_are_audited() {
+    let s = setup().await;
+    let r = call(&s, "GET", "/api/doc/7", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // sample_document: id, status "shipped" (not in the enum), owner, internal_margin,
+    // customer{…}, items[{sku, qty, price, cost}]
+    assert_eq!(
+        r.json(),
+        serde_json::json!({
+            "id": "o-7",
+            "status": "shipped",
+            "items": [{"sku": "A-1", "qty": 2}, {"sku": "B-2", "qty": 1}]
+        })
+    );
+    let id = r.header("x-request-id").unwrap().to_string();
+    let ev = audit_of(&s.gw, &id);
+    let got: Vec<&str> = ev["contract"]["response_violations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{ev}"))
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        got.contains(&"body:/status: must be one of: new, paid"),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&"body:/internal_margin: unknown field"),
+        "{got:?}"
+    );
+}
+
+/// Runs `portcullis check` on a gateway config whose one route group uses `spec`; returns
+/// what it printed (it must fail).
+fn check_spec(spec: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), spec).unwrap();
+    let cfg = dir.path().join("gw.yaml");
+    std::fs::write(
+        &cfg,
+        "upstreams: { d: { kind: echo } }\nroutes:\n  - { name: g, match: { prefix: /g }, upstream: d, openapi: { spec: bad.yaml } }\n",
+    )
+    .unwrap();
+    let out = run_cli(bin(), &["check", cfg.to_str().unwrap()]);
+    assert_ne!(out.status, 0, "{}", out.stdout);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(text.contains("routes[0].openapi.spec"), "{text}");
+    text
+}
+
+#[test]
+fn a_bad_document_fails_check_with_file_and_pointer() {
+    let text = check_spec(
+        r#"openapi: 3.1.0
+info: { title: bad, version: "1" }
+paths:
+  /a/{id}:
+    get:
+      responses: { "200": { description: ok } }
+  /c:
+    get:
+      parameters:
+        - { name: q, in: query, schema: { type: string, pattern: "([a-z" } }
+      responses: { "200": { description: ok } }
+"#,
+    );
+    assert!(text.contains("bad.yaml#/paths/~1a~1{id}"), "{text}");
+    assert!(
+        text.contains("bad.yaml#/paths/~1c/get/parameters/0/schema/pattern"),
+        "{text}"
+    );
+    let text = check_spec(
+        r#"openapi: 3.0.3
+info: { title: bad, version: "1" }
+paths:
+  /b:
+    post:
+      requestBody:
+        content:
+          application/json:
+            schema: { $ref: "missing.yaml#/X" }
+      responses: { "200": { description: ok } }
+"#,
+    );
+    assert!(
+        text.contains("bad.yaml#/paths/~1b/post/requestBody/content/application~1json/schema"),
+        "{text}"
+    );
+    assert!(text.contains("missing.yaml"), "{text}");
+    let text = check_spec("openapi: 2.0\ninfo: { title: x, version: \"1\" }\npaths: {}\n");
+    assert!(text.contains("bad.yaml#/openapi"), "{text}");
+}
+
+/// `examples/openapi.yaml` as shipped (only its addresses made ephemeral): its comment's curl
+/// lines give what they promise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shop_example_does_what_its_comments_say() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("openapi")).unwrap();
+    std::fs::copy(
+        root.join("examples/openapi/shop.yaml"),
+        dir.path().join("openapi/shop.yaml"),
+    )
+    .unwrap();
+    let yaml = std::fs::read_to_string(root.join("examples/openapi.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0");
+    let gw = Gateway::start_in(bin(), dir.path(), &yaml).unwrap();
+    let url = |p: &str| format!("{}{p}", gw.url("public"));
+    let json = ("content-type", "application/json");
+
+    assert_problem(&get(&url("/api/admin")).await, 404, "route_not_found");
+    let r = send(req("DELETE", &url("/api/products/7"), &[], "")).await;
+    assert_problem(&r, 405, "method_not_allowed");
+    assert_eq!(r.header("allow"), Some("GET"));
+    let v = assert_problem(
+        &get(&url("/api/products?limit=500&category=toys")).await,
+        400,
+        "contract_violation",
+    );
+    assert_eq!(v["violations"][0]["location"], "query:limit");
+    assert_eq!(v["violations"][1]["location"], "query:category");
+    let v = assert_problem(
+        &get(&url("/api/products/abc")).await,
+        400,
+        "contract_violation",
+    );
+    assert_eq!(v["violations"][0]["location"], "path:id");
+    let r = send(req(
+        "POST",
+        &url("/api/orders"),
+        &[json],
+        r#"{"email":"not-an-email","items":[{"product_id":1,"qty":0}],"status":"paid"}"#,
+    ))
+    .await;
+    let v = assert_problem(&r, 400, "contract_violation");
+    let locs: Vec<&str> = v["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["location"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        locs,
+        vec!["body:/status", "body:/email", "body:/items/0/qty"]
+    );
+    let r = send(req(
+        "POST",
+        &url("/api/orders"),
+        &[("content-type", "text/plain")],
+        "hi",
+    ))
+    .await;
+    assert_problem(&r, 415, "unsupported_media_type");
+    let r = send(req(
+        "POST",
+        &url("/api/orders"),
+        &[json],
+        r#"{"email":"a@example.com","items":[{"product_id":1,"qty":2}]}"#,
+    ))
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(
+        r.json().get("fraud_score").is_none(),
+        "undeclared field leaked"
+    );
+
+    let r = get(&url("/api/products")).await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    for leak in ["cost_price", "internal_id", "supplier", "Apache", "PHP"] {
+        assert!(!text.contains(leak), "{leak} leaked: {text}");
+    }
+    assert_eq!(r.header("server"), None);
+    assert_eq!(r.json()["items"][0]["price"]["amount"], 3999);
+    let r = get(&url("/api/users/1")).await;
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"id": 1, "name": "Alice", "avatar": "https://cdn.example.com/a.png"})
+    );
+    let r = get(&url("/api/reports/daily")).await;
+    assert_eq!(r.status, 500);
+    assert!(!r.text().contains("S3cr3t"), "{}", r.text());
+
+    let r = send(req(
+        "OPTIONS",
+        &url("/api/orders"),
+        &[
+            ("origin", "https://shop.example.com"),
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "content-type"),
+        ],
+        "",
+    ))
+    .await;
+    assert_eq!(r.status, 204);
+    let r = send(req(
+        "OPTIONS",
+        &url("/api/orders"),
+        &[
+            ("origin", "https://evil.example.net"),
+            ("access-control-request-method", "POST"),
+        ],
+        "",
+    ))
+    .await;
+    assert_problem(&r, 403, "cors_rejected");
+    let r = send(req(
+        "GET",
+        &url("/api/products"),
+        &[("origin", "https://m.shop.example.com")],
+        "",
+    ))
+    .await;
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://m.shop.example.com")
+    );
+    assert_eq!(
+        r.header("content-security-policy"),
+        Some("default-src 'none'")
+    );
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+}

@@ -1,0 +1,556 @@
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Empty};
+use portcullis_core::{ConfigErrors, RouteId, RouteMatch, Scheme};
+
+use super::*;
+
+const VARY_ALL: &str = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers";
+
+fn cors(yaml: &str) -> Arc<Cors> {
+    let raw: RawCors = serde_yaml_ng::from_str(yaml).unwrap();
+    let mut e = ConfigErrors::new();
+    let c = compile(&raw, "routes[0].cors", &mut e);
+    assert!(e.is_empty(), "{e}");
+    Arc::new(c.unwrap())
+}
+
+fn stage(yaml: &str) -> CorsStage {
+    CorsStage::new(vec![Some(cors(yaml))])
+}
+
+/// Runs the step on route 0; returns the verdict and the context.
+fn run(
+    stage: &CorsStage,
+    method: &str,
+    headers: &[(&str, &str)],
+    preflight: bool,
+) -> (Verdict, RequestCtx) {
+    run_with(stage, method, headers, preflight, |_| {})
+}
+
+/// [`run`], with `setup` applied to the context first.
+fn run_with(
+    stage: &CorsStage,
+    method: &str,
+    headers: &[(&str, &str)],
+    preflight: bool,
+    setup: impl FnOnce(&mut RequestCtx),
+) -> (Verdict, RequestCtx) {
+    let mut b = http::Request::builder().method(method).uri("/items");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let (head, ()) = b.body(()).unwrap().into_parts();
+    let body = Empty::new()
+        .map_err(|e| -> portcullis_core::BoxError { match e {} })
+        .boxed_unsync();
+    let mut req = GatewayRequest::new(head, body);
+    let mut ctx = RequestCtx::new(
+        "127.0.0.1:5000".parse().unwrap(),
+        Scheme::Https,
+        Arc::from("l"),
+    );
+    ctx.route = Some(RouteMatch {
+        id: RouteId(0),
+        name: Arc::from("items"),
+        params: Vec::new(),
+    });
+    ctx.preflight = preflight;
+    setup(&mut ctx);
+    let verdict = match stage.on_request(&mut req, &mut ctx) {
+        Step::Done(v) => v,
+        Step::Async(_) => panic!("the CORS step is synchronous"),
+    };
+    (verdict, ctx)
+}
+
+fn preflight(stage: &CorsStage, headers: &[(&str, &str)]) -> Verdict {
+    let (v, ctx) = run(stage, "OPTIONS", headers, true);
+    assert!(
+        ctx.response_headers.is_empty(),
+        "a preflight answers itself"
+    );
+    v
+}
+
+fn actual(stage: &CorsStage, headers: &[(&str, &str)]) -> Vec<(String, String)> {
+    let (v, ctx) = run(stage, "GET", headers, false);
+    assert!(matches!(v, Verdict::Continue), "{v:?}");
+    pairs(&ctx.response_headers)
+}
+
+fn pairs(h: &[(HeaderName, HeaderValue)]) -> Vec<(String, String)> {
+    h.iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+        .collect()
+}
+
+fn expect(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn answered(v: Verdict) -> Vec<(String, String)> {
+    match v {
+        Verdict::Answer(a) => {
+            assert_eq!(a.status, StatusCode::NO_CONTENT);
+            pairs(&a.headers)
+        }
+        v => panic!("expected an answer, got {v:?}"),
+    }
+}
+
+/// The refusal's detail, after checking its status, reason and headers.
+fn refused(v: Verdict) -> String {
+    match v {
+        Verdict::Reject(r) => {
+            assert_eq!(r.reason, RejectReason::CorsRejected);
+            assert_eq!(r.status(), StatusCode::FORBIDDEN);
+            assert_eq!(pairs(&r.headers), expect(&[("vary", VARY_ALL)]));
+            r.detail.into_owned()
+        }
+        v => panic!("expected a rejection, got {v:?}"),
+    }
+}
+
+const APP: &str = "allowed_origins: [\"https://app.example.com\", \"https://*.example.com\"]\n\
+                   allowed_methods: [GET, POST]\n\
+                   allowed_headers: [content-type, authorization, x-request-id]\n\
+                   exposed_headers: [x-request-id, retry-after]\n\
+                   allow_credentials: true\n\
+                   max_age: 10m\n";
+
+fn ask(origin: &str, method: &str, headers: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut v = vec![
+        ("origin", origin.to_string()),
+        ("access-control-request-method", method.to_string()),
+    ];
+    if let Some(h) = headers {
+        v.push(("access-control-request-headers", h.to_string()));
+    }
+    v
+}
+
+fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[test]
+fn route_without_cors_is_untouched() {
+    let s = CorsStage::new(vec![None, Some(cors(APP))]);
+    let (v, ctx) = run(&s, "GET", &[("origin", "https://app.example.com")], false);
+    assert!(matches!(v, Verdict::Continue));
+    assert!(ctx.response_headers.is_empty());
+    let (v, ctx) = run(
+        &s,
+        "OPTIONS",
+        &refs(&ask("https://app.example.com", "POST", None)),
+        true,
+    );
+    assert!(matches!(v, Verdict::Continue));
+    assert!(ctx.response_headers.is_empty());
+    // A route id beyond the table (or none) is a route without CORS too.
+    let s = CorsStage::new(Vec::new());
+    let (v, _) = run(&s, "GET", &[("origin", "https://app.example.com")], false);
+    assert!(matches!(v, Verdict::Continue));
+}
+
+#[test]
+fn allowed_preflight_is_answered_with_every_header() {
+    let s = stage(APP);
+    let h = ask(
+        "https://app.example.com",
+        "POST",
+        Some("Content-Type, X-Request-Id"),
+    );
+    assert_eq!(
+        answered(preflight(&s, &refs(&h))),
+        expect(&[
+            ("access-control-allow-origin", "https://app.example.com"),
+            ("access-control-allow-methods", "GET, POST"),
+            (
+                "access-control-allow-headers",
+                "content-type, authorization, x-request-id"
+            ),
+            ("access-control-max-age", "600"),
+            ("access-control-allow-credentials", "true"),
+            ("vary", VARY_ALL),
+        ])
+    );
+}
+
+#[test]
+fn preflight_origin_is_echoed_as_sent() {
+    let s = stage(APP);
+    let h = ask("HTTPS://App.Example.com:443", "GET", None);
+    let got = answered(preflight(&s, &refs(&h)));
+    assert_eq!(
+        got[0],
+        (
+            "access-control-allow-origin".into(),
+            "HTTPS://App.Example.com:443".into()
+        )
+    );
+}
+
+#[test]
+fn preflight_refused_by_origin() {
+    let s = stage(APP);
+    let h = ask("https://evil.com", "POST", None);
+    assert_eq!(
+        refused(preflight(&s, &refs(&h))),
+        "origin https://evil.com not allowed"
+    );
+    let h = ask("null", "POST", None);
+    assert_eq!(refused(preflight(&s, &refs(&h))), "origin null not allowed");
+}
+
+#[test]
+fn refused_origin_is_capped_in_the_detail() {
+    let s = stage(APP);
+    let long = format!("https://{}.com", "a".repeat(200));
+    let h = ask(&long, "POST", None);
+    assert_eq!(
+        refused(preflight(&s, &refs(&h))),
+        format!("origin {}… not allowed", &long[..100])
+    );
+}
+
+#[test]
+fn wildcard_subdomains_edge_cases() {
+    let s = stage(APP);
+    for (origin, allowed) in [
+        ("https://a.example.com", true),
+        ("https://a.b.example.com", true),
+        ("https://A.EXAMPLE.COM", true),
+        ("https://a.example.com:443", true),
+        ("https://example.com", false),
+        ("https://evilexample.com", false),
+        ("https://example.com.evil.com", false),
+        ("http://a.example.com", false),
+        ("https://a.example.com:8443", false),
+        ("http://app.example.com", false),
+        ("https://app.example.com:444", false),
+    ] {
+        let h = ask(origin, "GET", None);
+        match preflight(&s, &refs(&h)) {
+            Verdict::Answer(_) => assert!(allowed, "{origin} must be refused"),
+            v => {
+                assert!(!allowed, "{origin} must be allowed");
+                assert_eq!(refused(v), format!("origin {origin} not allowed"));
+            }
+        }
+    }
+}
+
+#[test]
+fn malformed_missing_or_repeated_origin_is_refused() {
+    let s = stage("allowed_origins: [\"*\"]\n");
+    for origin in ["https://a.com/", "app.example.com", "https://u@a.com", "*"] {
+        let h = ask(origin, "GET", None);
+        assert_eq!(
+            refused(preflight(&s, &refs(&h))),
+            "origin malformed",
+            "{origin}"
+        );
+    }
+    let h = [("access-control-request-method", "GET")];
+    assert_eq!(refused(preflight(&s, &h)), "origin missing");
+    let h = [
+        ("origin", "https://a.com"),
+        ("origin", "https://b.com"),
+        ("access-control-request-method", "GET"),
+    ];
+    assert_eq!(refused(preflight(&s, &h)), "origin malformed");
+}
+
+#[test]
+fn preflight_refused_by_method() {
+    let s = stage(APP);
+    let h = ask("https://app.example.com", "PUT", None);
+    assert_eq!(refused(preflight(&s, &refs(&h))), "method PUT not allowed");
+    // Method tokens are case-sensitive.
+    let h = ask("https://app.example.com", "post", None);
+    assert_eq!(refused(preflight(&s, &refs(&h))), "method post not allowed");
+    // Simple methods are not implied.
+    let s = stage("allowed_origins: [\"https://a.com\"]\nallowed_methods: [PUT]\n");
+    let h = ask("https://a.com", "GET", None);
+    assert_eq!(refused(preflight(&s, &refs(&h))), "method GET not allowed");
+    let h = ask("https://a.com", "P UT", None);
+    assert_eq!(
+        refused(preflight(&s, &refs(&h))),
+        "access-control-request-method malformed"
+    );
+    let h = [("origin", "https://a.com")];
+    assert_eq!(
+        refused(preflight(&s, &h)),
+        "access-control-request-method missing or repeated"
+    );
+}
+
+#[test]
+fn preflight_refused_by_header() {
+    let s = stage(APP);
+    let h = ask(
+        "https://app.example.com",
+        "POST",
+        Some("content-type, X-Foo"),
+    );
+    assert_eq!(
+        refused(preflight(&s, &refs(&h))),
+        "header x-foo not allowed"
+    );
+    let h = ask(
+        "https://app.example.com",
+        "POST",
+        Some("content-type, x foo"),
+    );
+    assert_eq!(
+        refused(preflight(&s, &refs(&h))),
+        "access-control-request-headers malformed"
+    );
+}
+
+#[test]
+fn requested_headers_list_syntax() {
+    let s = stage(APP);
+    // Empty elements, tabs, several field lines.
+    let h = [
+        ("origin", "https://app.example.com"),
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", ",content-type,\t,"),
+        ("access-control-request-headers", "AUTHORIZATION"),
+    ];
+    assert!(matches!(preflight(&s, &h), Verdict::Answer(_)));
+}
+
+#[test]
+fn too_many_requested_headers() {
+    let s = stage("allowed_origins: [\"*\"]\nallowed_headers: [\"*\"]\n");
+    let names: Vec<String> = (0..64).map(|i| format!("x-h{i}")).collect();
+    let h = ask("https://a.com", "GET", Some(&names.join(",")));
+    let got = answered(preflight(&s, &refs(&h)));
+    assert_eq!(got[2].1, names.join(", "));
+    let names: Vec<String> = (0..65).map(|i| format!("x-h{i}")).collect();
+    let h = ask("https://a.com", "GET", Some(&names.join(",")));
+    assert_eq!(
+        refused(preflight(&s, &refs(&h))),
+        "more than 64 headers requested"
+    );
+}
+
+#[test]
+fn any_origin_without_credentials() {
+    let s = stage("allowed_origins: [\"*\"]\n");
+    let h = ask("https://anyone.test", "HEAD", Some(""));
+    assert_eq!(
+        answered(preflight(&s, &refs(&h))),
+        expect(&[
+            ("access-control-allow-origin", "*"),
+            ("access-control-allow-methods", "GET, HEAD, POST"),
+            ("access-control-max-age", "300"),
+            ("vary", VARY_ALL),
+        ])
+    );
+    // `*` covers the opaque origin too.
+    let h = ask("null", "GET", None);
+    assert!(matches!(preflight(&s, &refs(&h)), Verdict::Answer(_)));
+    assert_eq!(
+        actual(&s, &[("origin", "https://anyone.test")]),
+        expect(&[("vary", "Origin"), ("access-control-allow-origin", "*")])
+    );
+}
+
+#[test]
+fn wildcard_headers_and_methods_echo_what_was_asked() {
+    let s = stage(
+        "allowed_origins: [\"https://a.com\"]\n\
+         allowed_methods: [\"*\"]\n\
+         allowed_headers: [\"*\"]\n\
+         max_age: 0s\n",
+    );
+    let h = ask("https://a.com", "PURGE", Some("X-Foo, Content-Type"));
+    assert_eq!(
+        answered(preflight(&s, &refs(&h))),
+        expect(&[
+            ("access-control-allow-origin", "https://a.com"),
+            ("access-control-allow-methods", "PURGE"),
+            ("access-control-allow-headers", "x-foo, content-type"),
+            ("vary", VARY_ALL),
+        ])
+    );
+    // `*` does not cover Authorization, as in browsers.
+    let h = ask("https://a.com", "GET", Some("x-foo, authorization"));
+    assert_eq!(
+        refused(preflight(&s, &refs(&h))),
+        "header authorization not allowed"
+    );
+    let s =
+        stage("allowed_origins: [\"https://a.com\"]\nallowed_headers: [\"*\", Authorization]\n");
+    let h = ask("https://a.com", "GET", Some("x-foo, authorization"));
+    let got = answered(preflight(&s, &refs(&h)));
+    assert_eq!(
+        got[2],
+        (
+            "access-control-allow-headers".into(),
+            "x-foo, authorization".into()
+        )
+    );
+    // Nothing asked, nothing to list.
+    let h = ask("https://a.com", "GET", None);
+    let got = answered(preflight(&s, &refs(&h)));
+    assert!(
+        got.iter().all(|(k, _)| k != "access-control-allow-headers"),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn max_age_zero_is_omitted() {
+    let s = stage("allowed_origins: [\"https://a.com\"]\nmax_age: 0s\n");
+    let h = ask("https://a.com", "GET", None);
+    assert_eq!(
+        answered(preflight(&s, &refs(&h))),
+        expect(&[
+            ("access-control-allow-origin", "https://a.com"),
+            ("access-control-allow-methods", "GET, HEAD, POST"),
+            ("vary", VARY_ALL),
+        ])
+    );
+}
+
+#[test]
+fn null_origin_when_listed() {
+    let s = stage("allowed_origins: [\"null\"]\n");
+    let h = ask("null", "GET", None);
+    assert_eq!(
+        answered(preflight(&s, &refs(&h)))[0],
+        ("access-control-allow-origin".into(), "null".into())
+    );
+}
+
+#[test]
+fn actual_request_from_allowed_origin() {
+    let s = stage(APP);
+    assert_eq!(
+        actual(&s, &[("origin", "https://a.b.example.com")]),
+        expect(&[
+            ("vary", "Origin"),
+            ("access-control-allow-origin", "https://a.b.example.com"),
+            ("access-control-allow-credentials", "true"),
+            ("access-control-expose-headers", "x-request-id, retry-after"),
+        ])
+    );
+    let s = stage("allowed_origins: [\"https://a.com\"]\n");
+    assert_eq!(
+        actual(&s, &[("origin", "https://a.com")]),
+        expect(&[
+            ("vary", "Origin"),
+            ("access-control-allow-origin", "https://a.com"),
+        ])
+    );
+}
+
+#[test]
+fn actual_request_from_other_origins_continues_with_vary_only() {
+    let s = stage(APP);
+    for headers in [
+        &[("origin", "https://evilexample.com")][..],
+        &[("origin", "https://example.com")][..],
+        &[("origin", "not an origin")][..],
+        &[("origin", "https://app.example.com/")][..],
+        &[
+            ("origin", "https://app.example.com"),
+            ("origin", "https://app.example.com"),
+        ][..],
+        &[][..],
+    ] {
+        assert_eq!(
+            actual(&s, headers),
+            expect(&[("vary", "Origin")]),
+            "{headers:?}"
+        );
+    }
+}
+
+#[test]
+fn actual_request_keeps_headers_of_earlier_steps() {
+    let s = stage("allowed_origins: [\"https://a.com\"]\n");
+    let (v, ctx) = run_with(&s, "POST", &[("origin", "https://a.com")], false, |ctx| {
+        ctx.response_headers.push((
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderValue::from_static("9"),
+        ));
+    });
+    assert!(matches!(v, Verdict::Continue));
+    assert_eq!(
+        pairs(&ctx.response_headers),
+        expect(&[
+            ("ratelimit-remaining", "9"),
+            ("vary", "Origin"),
+            ("access-control-allow-origin", "https://a.com"),
+        ])
+    );
+}
+
+#[test]
+fn preflight_method_detection() {
+    fn head(method: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().method(method).uri("/x");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+    let o = ("origin", "https://a.com");
+    let m = |v| ("access-control-request-method", v);
+    assert_eq!(
+        preflight_method(&head("OPTIONS", &[o, m("PUT")])),
+        Some(Method::PUT)
+    );
+    let patch = preflight_method(&head("OPTIONS", &[o, m("patch")])).unwrap();
+    assert_eq!(patch.as_str(), "patch");
+    assert_ne!(patch, Method::PATCH);
+    assert_eq!(preflight_method(&head("OPTIONS", &[m("PUT")])), None);
+    assert_eq!(preflight_method(&head("OPTIONS", &[o])), None);
+    assert_eq!(preflight_method(&head("GET", &[o, m("PUT")])), None);
+    assert_eq!(preflight_method(&head("OPTIONS", &[o, m("P UT")])), None);
+    assert_eq!(preflight_method(&head("OPTIONS", &[o, m("")])), None);
+    assert_eq!(
+        preflight_method(&head("OPTIONS", &[o, m("PUT"), m("GET")])),
+        None
+    );
+}
+
+#[test]
+fn response_headers_the_engine_strips() {
+    let names: Vec<&str> = CORS_RESPONSE_HEADERS.iter().map(|h| h.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "access-control-allow-origin",
+            "access-control-allow-credentials",
+            "access-control-allow-methods",
+            "access-control-allow-headers",
+            "access-control-expose-headers",
+            "access-control-max-age",
+            "access-control-allow-private-network",
+        ]
+    );
+}
+
+#[test]
+fn allows_origin_is_public() {
+    let c = cors(APP);
+    assert!(c.allows_origin("https://app.example.com"));
+    assert!(c.allows_origin("https://x.example.com"));
+    assert!(!c.allows_origin("https://example.com"));
+    assert!(!c.allows_origin("garbage"));
+}
+
+#[test]
+fn stage_id() {
+    assert_eq!(stage(APP).id(), StageId("cors"));
+}

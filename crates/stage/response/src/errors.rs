@@ -1,0 +1,799 @@
+//! Error normalisation: `errors:` at the top level and on a route (overrides, key by key).
+//! Upstream error bodies (stack traces, SQL, internal host names) are replaced by a generic
+//! problem document; a masked excerpt of the original goes to the audit event.
+
+use std::sync::LazyLock;
+
+use http::StatusCode;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use portcullis_core::ConfigErrors;
+use portcullis_core::units::RawSize;
+use regex::{Captures, Regex};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------------------------------------
+// Raw
+
+/// `errors:` (gateway-wide) and a route's `errors:`. On a route, a key left out inherits the
+/// gateway-wide value; a key given replaces it (`keep` too: a route's list replaces the
+/// gateway-wide list).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawErrors {
+    /// Replace upstream 5xx bodies with a generic problem document. Default `true`.
+    #[serde(default)]
+    pub replace_5xx: Option<bool>,
+    /// Replace upstream 4xx bodies with a generic problem document. Default `false`.
+    #[serde(default)]
+    pub replace_4xx: Option<bool>,
+    /// Statuses (400–599) never replaced, e.g. validation answers meant for clients.
+    /// Default none.
+    #[serde(default)]
+    pub keep: Option<Vec<u16>>,
+    /// How much of the original body (masked) the audit event records: 0 (nothing) to 16KiB.
+    /// Default 1024.
+    #[serde(default)]
+    pub audit_bytes: Option<RawSize>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compiled
+
+/// The largest `audit_bytes`: audit events stay small whatever upstreams answer.
+pub const MAX_AUDIT_BYTES: usize = 16 * 1024;
+pub const DEFAULT_AUDIT_BYTES: usize = 1024;
+
+/// The `detail` of every generic problem document.
+pub const GENERIC_DETAIL: &str =
+    "The service could not complete the request. Quote the request id when reporting it.";
+
+/// `Content-Type` of a generic body.
+pub const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
+
+/// Which upstream error bodies are replaced, and how much of them audit keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorPolicy {
+    pub replace_5xx: bool,
+    pub replace_4xx: bool,
+    /// The most bytes of an original body the audit event records (0: none; at most
+    /// [`MAX_AUDIT_BYTES`]).
+    pub audit_bytes: usize,
+    /// Bit `s - 400` set: status `s` is kept.
+    keep: [u64; 4],
+}
+
+impl Default for ErrorPolicy {
+    fn default() -> Self {
+        ErrorPolicy {
+            replace_5xx: true,
+            replace_4xx: false,
+            keep: [0; 4],
+            audit_bytes: DEFAULT_AUDIT_BYTES,
+        }
+    }
+}
+
+impl ErrorPolicy {
+    /// Whether an upstream response with this status has its body replaced by
+    /// [`generic_body`]: 5xx when `replace_5xx`, 4xx when `replace_4xx`, never a status in
+    /// `keep`, never a status outside 400–599 (informational, success and redirect answers,
+    /// and the non-standard 600–999).
+    pub fn replaces(&self, status: StatusCode) -> bool {
+        let s = status.as_u16();
+        let class = match s {
+            400..=499 => self.replace_4xx,
+            500..=599 => self.replace_5xx,
+            _ => return false,
+        };
+        class && !self.keeps(status)
+    }
+
+    /// Whether `status` is in `keep` (never replaced).
+    pub fn keeps(&self, status: StatusCode) -> bool {
+        let i = usize::from(status.as_u16().wrapping_sub(400));
+        self.keep
+            .get(i / 64)
+            .is_some_and(|w| w & (1u64 << (i % 64)) != 0)
+    }
+
+    /// How many bytes of the original body to read for [`ErrorPolicy::excerpt`]:
+    /// `audit_bytes` plus [`EXCERPT_LOOKAHEAD`], or 0 when the excerpt is off.
+    pub fn excerpt_read_bytes(&self) -> usize {
+        if self.audit_bytes == 0 {
+            0
+        } else {
+            self.audit_bytes + EXCERPT_LOOKAHEAD
+        }
+    }
+
+    /// [`audit_excerpt`] with this policy's `audit_bytes`.
+    pub fn excerpt(&self, body: &[u8]) -> String {
+        audit_excerpt(body, self.audit_bytes)
+    }
+}
+
+/// Compiles the gateway-wide `errors:` (the defaults when absent). Errors are recorded at
+/// `errors.<key>`; an invalid key keeps its default.
+pub fn compile_global(raw: Option<&RawErrors>, errors: &mut ConfigErrors) -> ErrorPolicy {
+    let mut out = ErrorPolicy::default();
+    if let Some(raw) = raw {
+        apply_raw(&mut out, raw, "errors", errors);
+    }
+    out
+}
+
+/// Compiles a route's `errors:` over the compiled gateway-wide policy: a key left out
+/// inherits, a key given replaces (an invalid key inherits). `path` is the section's own path
+/// (`routes[3].errors`); errors are recorded at `<path>.<key>`.
+pub fn compile_route(
+    raw: Option<&RawErrors>,
+    global: &ErrorPolicy,
+    path: &str,
+    errors: &mut ConfigErrors,
+) -> ErrorPolicy {
+    let mut out = *global;
+    if let Some(raw) = raw {
+        apply_raw(&mut out, raw, path, errors);
+    }
+    out
+}
+
+fn apply_raw(out: &mut ErrorPolicy, raw: &RawErrors, p: &str, e: &mut ConfigErrors) {
+    if let Some(b) = raw.replace_5xx {
+        out.replace_5xx = b;
+    }
+    if let Some(b) = raw.replace_4xx {
+        out.replace_4xx = b;
+    }
+    if let Some(list) = &raw.keep {
+        let mut keep = [0u64; 4];
+        let mut ok = true;
+        for (i, &s) in list.iter().enumerate() {
+            if (400..=599).contains(&s) {
+                let bit = usize::from(s - 400);
+                if let Some(w) = keep.get_mut(bit / 64) {
+                    *w |= 1u64 << (bit % 64);
+                }
+            } else {
+                ok = false;
+                e.push(
+                    format!("{p}.keep[{i}]"),
+                    format!("{s} is not an error status (400 to 599)"),
+                );
+            }
+        }
+        if ok {
+            out.keep = keep;
+        }
+    }
+    if let Some(size) = &raw.audit_bytes {
+        let at = format!("{p}.audit_bytes");
+        match size.parse() {
+            Ok(n) if n <= MAX_AUDIT_BYTES as u64 => out.audit_bytes = n as usize,
+            Ok(n) => e.push(
+                at,
+                format!("{n} bytes is more than {MAX_AUDIT_BYTES} (16KiB)"),
+            ),
+            Err(m) => e.push(at, m),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The generic body
+
+/// The problem document (RFC 9457) that replaces an upstream error body. Members, in this
+/// order and no others: `type` (`about:blank`: the status says it all), `title` (the status's
+/// canonical reason phrase; `Client Error` / `Server Error` for a status without one),
+/// `status`, `detail` ([`GENERIC_DETAIL`]) and `request_id`. Strings are JSON-escaped, so any
+/// request id yields valid JSON.
+pub fn generic_body(status: StatusCode, request_id: &str) -> String {
+    let title = status
+        .canonical_reason()
+        .unwrap_or(if status.is_server_error() {
+            "Server Error"
+        } else if status.is_client_error() {
+            "Client Error"
+        } else {
+            "Error"
+        });
+    let mut out = String::with_capacity(200 + request_id.len());
+    out.push_str("{\"type\":\"about:blank\",\"title\":");
+    json_str(&mut out, title);
+    out.push_str(",\"status\":");
+    out.push_str(status.as_str());
+    out.push_str(",\"detail\":");
+    json_str(&mut out, GENERIC_DETAIL);
+    out.push_str(",\"request_id\":");
+    json_str(&mut out, request_id);
+    out.push('}');
+    out
+}
+
+/// The headers of a replaced error: only those that tell the client what to do next survive
+/// (`Retry-After`, `WWW-Authenticate`, `Allow`); everything else the upstream said — its
+/// representation, validators, cookies, and any header naming its internals — goes. Sets
+/// `Content-Type: application/problem+json` and `Cache-Control: no-store` (a replaced error is
+/// not worth caching). The caller sets `Content-Length`.
+pub fn replaced_body_headers(headers: &mut HeaderMap) {
+    const KEPT: [HeaderName; 3] = [header::RETRY_AFTER, header::WWW_AUTHENTICATE, header::ALLOW];
+    let mut kept = HeaderMap::new();
+    for name in KEPT {
+        for v in headers.get_all(&name) {
+            kept.append(name.clone(), v.clone());
+        }
+    }
+    kept.insert(header::CONTENT_TYPE, PROBLEM_JSON);
+    kept.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    *headers = kept;
+}
+
+/// Writes a JSON string literal (quotes included) with the escapes JSON requires.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                out.push_str("\\u00");
+                let n = u32::from(c);
+                for d in [n >> 4, n & 0xf] {
+                    out.push(char::from_digit(d, 16).unwrap_or('0'));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+// ---------------------------------------------------------------------------------------------
+// The audit excerpt
+
+/// Bytes read past `max` before masking, so that a secret straddling the cut is still
+/// recognised whole (a card number, an e-mail address) and masked before the text is cut.
+/// Callers that read a prefix of the body should read `max` plus this much.
+pub const EXCERPT_LOOKAHEAD: usize = 256;
+
+/// What is masked, in one pass (alternatives tried left to right at each position):
+/// * `jwt`: `eyJ` and 8+ base64url characters, with up to four `.`-separated parts — a JWT
+///   (JWS or JWE) or any base64url-encoded JSON object, also when cut short.
+/// * `bearer`: `Bearer <token>`.
+/// * `kv`: a key containing `password`, `passwd`, `secret`, `token`, `api_key`/`api-key`/
+///   `apikey` or `authorization` (any case, any prefix or suffix: `access_token`,
+///   `password_hash`), then `=` or `:` (`"key": "…"` in JSON), then a value: a quoted string
+///   (to its closing quote, or to the end of the excerpt when cut), or an unquoted run
+///   (optionally after `Bearer `/`Basic `/`Digest `/`Token `).
+/// * `email`: `local@domain.tld`.
+/// * `card`: 13 to 19 digits, single spaces or dashes allowed between them, not inside a
+///   longer run of word characters.
+const MASK_PATTERN: &str = concat!(
+    r"(?P<jwt>eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,4})",
+    // Credentials in a URL's userinfo (`postgres://user:pass@host`): the user stays.
+    r"|(?P<userinfo>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s/@]+@",
+    r"|(?P<bearer>(?i:bearer)\s+)[A-Za-z0-9\-._~+/]+=*",
+    r#"|(?P<kvkey>[A-Za-z0-9_-]*(?i:password|passwd|secret|token|api[_-]?key|authorization)[A-Za-z0-9_-]*["']?\s*[:=]\s*)"#,
+    r#"(?:(?P<dq>"(?:[^"\\]|\\.)*"?)|(?P<sq>'[^']*'?)|(?i:(?:bearer|basic|digest|token)\s+)?[^\s"'&,;{}\[\]<>]+)"#,
+    r"|(?P<email>[A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*(?P<domain>@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})",
+    r"|(?P<card>\b[0-9](?:[ -]?[0-9]){12,18}\b)",
+);
+
+static MASK: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(MASK_PATTERN).ok());
+
+/// Shown instead of an excerpt if the masking expression could not be built (it is a constant
+/// and a test builds it, so this is a fail-closed guard, not an expected path).
+const UNAVAILABLE: &str = "[excerpt unavailable]";
+
+/// Appended to an excerpt that does not show the whole body.
+pub const TRUNCATED: &str = "…[truncated]";
+
+/// A masked, bounded excerpt of an upstream body for the audit event.
+///
+/// `body` is the whole body or a prefix of it; nothing past `max` + [`EXCERPT_LOOKAHEAD`]
+/// bytes is read, so a caller need read no more ([`ErrorPolicy::excerpt_read_bytes`]).
+///
+/// * The excerpt is the body's first `max` bytes, cut back to a character boundary.
+/// * Text is decoded as UTF-8 (invalid sequences become U+FFFD); control characters other than
+///   `\n` and `\t`, and the bidirectional overrides U+202A–U+202E and U+2066–U+2069, become
+///   U+FFFD, so an excerpt cannot forge log lines or reorder what an operator reads.
+/// * Secrets are masked: JWT-like tokens → `[jwt]`; `Bearer <token>` → `Bearer ****`; the value
+///   after a secret-like key → `****` (quotes kept: `"password":"****"`); e-mail addresses →
+///   first character, `***` and the domain (`j***@example.com`: the tenant stays visible, the
+///   person does not); the password of a URL's userinfo (`postgres://app:****@db`); card-like digit runs → `****` and the last four digits. Matching looks
+///   [`EXCERPT_LOOKAHEAD`] bytes past the cut, so a secret that starts before the cut is
+///   recognised and masked whole, never shown in part.
+/// * The result is at most `max` bytes (a mask longer than what it hides is cut too), followed
+///   by [`TRUNCATED`] when the body (as passed) went on past the cut or the text was cut.
+///   No total length is given: callers usually pass only a prefix.
+///
+/// `max` 0 or an empty body gives an empty string.
+pub fn audit_excerpt(body: &[u8], max: usize) -> String {
+    if max == 0 || body.is_empty() {
+        return String::new();
+    }
+    let Some(re) = MASK.as_ref() else {
+        return UNAVAILABLE.to_string();
+    };
+    let mut cut = max.min(body.len());
+    // A character the cut splits starts at most three bytes back: cut before it (in two
+    // parts it would decode as U+FFFD). Invalid sequences are left to the lossy decoding.
+    for back in 1..=3 {
+        let Some(i) = cut.checked_sub(back) else {
+            break;
+        };
+        let Some(&b) = body.get(i) else { break };
+        if b & 0xc0 == 0x80 {
+            continue;
+        }
+        let len = match b {
+            0xf0.. => 4,
+            0xe0.. => 3,
+            0xc0.. => 2,
+            _ => 1,
+        };
+        if i + len > cut {
+            cut = i;
+        }
+        break;
+    }
+    let end = body.len().min(max.saturating_add(EXCERPT_LOOKAHEAD));
+    let (head, tail) = (
+        body.get(..cut).unwrap_or_default(),
+        body.get(cut..end).unwrap_or_default(),
+    );
+    let mut text = clean(head);
+    let text_cut = text.len();
+    text.push_str(&clean(tail));
+
+    let mut out = String::with_capacity(text_cut.min(max) + TRUNCATED.len());
+    let mut copied = 0;
+    for caps in re.captures_iter(&text) {
+        let Some(m) = caps.get(0) else { continue };
+        if m.start() >= text_cut {
+            break;
+        }
+        out.push_str(text.get(copied..m.start()).unwrap_or_default());
+        out.push_str(&mask_one(&caps));
+        copied = m.end();
+    }
+    if copied < text_cut {
+        out.push_str(text.get(copied..text_cut).unwrap_or_default());
+    }
+    let mut truncated = cut < body.len();
+    if out.len() > max {
+        let mut at = max;
+        while !out.is_char_boundary(at) {
+            at -= 1;
+        }
+        out.truncate(at);
+        truncated = true;
+    }
+    if truncated {
+        out.push_str(TRUNCATED);
+    }
+    out
+}
+
+/// Decodes lossily and neutralises control and bidirectional-override characters.
+fn clean(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| {
+            let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if (c.is_control() && c != '\n' && c != '\t') || bidi {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+fn mask_one(c: &Captures<'_>) -> String {
+    if c.name("jwt").is_some() {
+        "[jwt]".into()
+    } else if let Some(u) = c.name("userinfo") {
+        format!("{}****@", u.as_str())
+    } else if let Some(b) = c.name("bearer") {
+        format!("{}****", b.as_str())
+    } else if let Some(k) = c.name("kvkey") {
+        let quote = if c.name("dq").is_some() {
+            "\""
+        } else if c.name("sq").is_some() {
+            "'"
+        } else {
+            ""
+        };
+        format!("{}{quote}****{quote}", k.as_str())
+    } else if let (Some(first), Some(domain)) = (c.name("email"), c.name("domain")) {
+        format!("{}***{}", first.as_str(), domain.as_str())
+    } else if let Some(card) = c.name("card") {
+        let digits: Vec<char> = card.as_str().chars().filter(char::is_ascii_digit).collect();
+        let last4: String = digits[digits.len().saturating_sub(4)..].iter().collect();
+        format!("****{last4}")
+    } else {
+        // Unreachable by construction (every alternative has a named group); masking the
+        // whole match is the safe answer anyway.
+        "****".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(yaml: &str) -> RawErrors {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    fn errs(e: &ConfigErrors) -> Vec<String> {
+        e.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn st(n: u16) -> StatusCode {
+        StatusCode::from_u16(n).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let mut e = ConfigErrors::new();
+        let p = compile_global(None, &mut e);
+        assert!(e.is_empty());
+        assert_eq!(p, ErrorPolicy::default());
+        assert_eq!(p.audit_bytes, 1024);
+        for (s, want) in [
+            (200, false),
+            (204, false),
+            (302, false),
+            (304, false),
+            (400, false),
+            (404, false),
+            (422, false),
+            (499, false),
+            (500, true),
+            (502, true),
+            (503, true),
+            (599, true),
+            (600, false),
+            (999, false),
+            (100, false),
+        ] {
+            assert_eq!(p.replaces(st(s)), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn replaces_matrix_with_keep() {
+        let mut e = ConfigErrors::new();
+        let p = compile_global(
+            Some(&raw("replace_4xx: true\nkeep: [409, 422, 503, 599, 400]")),
+            &mut e,
+        );
+        assert!(e.is_empty(), "{:?}", errs(&e));
+        for (s, want) in [
+            (200, false),
+            (399, false),
+            (400, false),
+            (401, true),
+            (404, true),
+            (409, false),
+            (422, false),
+            (423, true),
+            (499, true),
+            (500, true),
+            (503, false),
+            (598, true),
+            (599, false),
+            (600, false),
+        ] {
+            assert_eq!(p.replaces(st(s)), want, "{s}");
+        }
+        assert!(p.keeps(st(409)) && p.keeps(st(503)) && !p.keeps(st(404)));
+        assert!(!p.keeps(st(200)) && !p.keeps(st(999)));
+        let off = compile_global(Some(&raw("replace_5xx: false")), &mut e);
+        assert!(!off.replaces(st(500)));
+        assert!(!off.replaces(st(404)));
+    }
+
+    #[test]
+    fn route_overrides_key_by_key() {
+        let mut e = ConfigErrors::new();
+        let g = compile_global(
+            Some(&raw("replace_4xx: true\nkeep: [422]\naudit_bytes: 2KiB")),
+            &mut e,
+        );
+        assert_eq!(g.audit_bytes, 2048);
+        // Absent keys inherit.
+        let r = compile_route(
+            Some(&raw("replace_5xx: false")),
+            &g,
+            "routes[0].errors",
+            &mut e,
+        );
+        assert!(!r.replaces(st(500)));
+        assert!(r.replaces(st(404)));
+        assert!(!r.replaces(st(422)));
+        assert_eq!(r.audit_bytes, 2048);
+        // A keep list replaces the global one; audit_bytes 0 turns the excerpt off.
+        let r = compile_route(
+            Some(&raw("keep: [404]\naudit_bytes: 0")),
+            &g,
+            "routes[1].errors",
+            &mut e,
+        );
+        assert!(r.replaces(st(422)));
+        assert!(!r.replaces(st(404)));
+        assert_eq!(r.audit_bytes, 0);
+        assert_eq!(r.excerpt_read_bytes(), 0);
+        assert_eq!(g.excerpt_read_bytes(), 2048 + 256);
+        assert_eq!(r.excerpt(b"anything"), "");
+        assert_eq!(g.excerpt(b"anything"), "anything");
+        assert_eq!(compile_route(None, &g, "routes[2].errors", &mut e), g);
+        assert!(e.is_empty(), "{:?}", errs(&e));
+    }
+
+    #[test]
+    fn refusals_with_paths() {
+        let mut e = ConfigErrors::new();
+        let g = compile_global(
+            Some(&raw("keep: [422, 302, 600]\naudit_bytes: 16385")),
+            &mut e,
+        );
+        let r = compile_route(
+            Some(&raw("keep: [399]\naudit_bytes: 1XB")),
+            &g,
+            "routes[4].errors",
+            &mut e,
+        );
+        assert_eq!(
+            errs(&e),
+            vec![
+                "errors.keep[1]: 302 is not an error status (400 to 599)",
+                "errors.keep[2]: 600 is not an error status (400 to 599)",
+                "errors.audit_bytes: 16385 bytes is more than 16384 (16KiB)",
+                "routes[4].errors.keep[0]: 399 is not an error status (400 to 599)",
+                "routes[4].errors.audit_bytes: \"1XB\": unknown size unit \"XB\"",
+            ]
+        );
+        // Invalid keys keep what they would have inherited.
+        assert_eq!(g, ErrorPolicy::default());
+        assert_eq!(r, ErrorPolicy::default());
+        // The largest allowed value.
+        let mut e = ConfigErrors::new();
+        let p = compile_global(Some(&raw("audit_bytes: 16KiB")), &mut e);
+        assert!(e.is_empty());
+        assert_eq!(p.audit_bytes, 16384);
+        assert!(serde_yaml_ng::from_str::<RawErrors>("replace_3xx: true").is_err());
+    }
+
+    #[test]
+    fn generic_body_is_exact_problem_json() {
+        let body = generic_body(StatusCode::INTERNAL_SERVER_ERROR, "req-1");
+        assert_eq!(
+            body,
+            "{\"type\":\"about:blank\",\"title\":\"Internal Server Error\",\"status\":500,\
+             \"detail\":\"The service could not complete the request. Quote the request id \
+             when reporting it.\",\"request_id\":\"req-1\"}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), 5);
+        let v: serde_json::Value =
+            serde_json::from_str(&generic_body(StatusCode::NOT_FOUND, "x")).unwrap();
+        assert_eq!(v["title"], "Not Found");
+        assert_eq!(v["status"], 404);
+        for (s, title) in [(599, "Server Error"), (499, "Client Error"), (299, "Error")] {
+            let v: serde_json::Value = serde_json::from_str(&generic_body(st(s), "x")).unwrap();
+            assert_eq!(v["title"], title);
+            assert_eq!(v["status"], s);
+        }
+    }
+
+    #[test]
+    fn generic_body_escapes_a_hostile_request_id() {
+        let hostile = "a\"},\"admin\":true,\"x\":\"\\\u{1}\u{1f}\n\r\t</script>é";
+        let body = generic_body(StatusCode::BAD_GATEWAY, hostile);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let obj = v.as_object().unwrap();
+        let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["detail", "request_id", "status", "title", "type"]);
+        assert_eq!(v["request_id"], hostile);
+        assert_eq!(v["title"], "Bad Gateway");
+        assert_eq!(v["type"], "about:blank");
+        assert_eq!(v["detail"], GENERIC_DETAIL);
+        assert!(body.contains("\\u0001\\u001f\\n\\r\\t"));
+    }
+
+    #[test]
+    fn replaced_body_headers_drop_the_representation() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("content-length", "9000"),
+            ("content-encoding", "gzip"),
+            ("content-type", "text/html"),
+            ("etag", "\"x\""),
+            ("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT"),
+            ("content-language", "de"),
+            ("digest", "sha-256=x"),
+            ("retry-after", "30"),
+            ("cache-control", "public, max-age=60"),
+            ("x-exception", "NullPointerException at Db.java:12"),
+            ("set-cookie", "debug=1"),
+        ] {
+            h.insert(
+                http::HeaderName::from_static(k),
+                HeaderValue::from_static(v),
+            );
+        }
+        replaced_body_headers(&mut h);
+        let mut got: Vec<(String, String)> = h
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("cache-control".to_string(), "no-store".to_string()),
+                (
+                    "content-type".to_string(),
+                    "application/problem+json".to_string()
+                ),
+                ("retry-after".to_string(), "30".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn mask_pattern_compiles() {
+        assert!(MASK.is_some());
+    }
+
+    #[test]
+    fn excerpt_masks_each_secret_kind() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+        let cases: &[(&str, &str)] = &[
+            (&format!("token was {jwt} here"), "token was [jwt] here"),
+            ("jwe eyJhbGciOiJSU0EtT0FFUCJ9.a.b.c.d end", "jwe [jwt] end"),
+            (
+                "Authorization: Bearer abc.DEF-123_~+/== x",
+                "Authorization: **** x",
+            ),
+            ("sent bearer abc.DEF-123_~+/== x", "sent bearer **** x"),
+            (
+                r#"{"password":"hunter2","user":"ann"}"#,
+                r#"{"password":"****","user":"ann"}"#,
+            ),
+            (
+                r#"{"Password" : "a \"quoted\" pw"}"#,
+                r#"{"Password" : "****"}"#,
+            ),
+            (
+                r#"{"password_hash": "$2b$12$abc"}"#,
+                r#"{"password_hash": "****"}"#,
+            ),
+            ("passwd=s3cret&next=1", "passwd=****&next=1"),
+            ("client_secret: 'xyz abc'", "client_secret: '****'"),
+            ("access_token=abc123;", "access_token=****;"),
+            ("x-api-key: k-123", "x-api-key: ****"),
+            ("apikey=k", "apikey=****"),
+            ("API_KEY = k", "API_KEY = ****"),
+            (
+                "authorization: Basic dXNlcjpwYXNz rest",
+                "authorization: **** rest",
+            ),
+            (r#"{"token": 12345}"#, r#"{"token": ****}"#),
+            (
+                "mail john.doe+x@mail.example.com now",
+                "mail j***@mail.example.com now",
+            ),
+            ("card 4111111111111111.", "card ****1111."),
+            (
+                "connect(\"postgres://report:S3cr3t-pw@10.0.4.12/shop\")",
+                "connect(\"postgres://report:****@10.0.4.12/shop\")",
+            ),
+            (
+                "see https://example.com/a:b@c",
+                "see https://example.com/a:b@c",
+            ),
+            ("card 4111 1111 1111 1234 ok", "card ****1234 ok"),
+            ("card 5500-0000-0000-0004 ok", "card ****0004 ok"),
+            ("short 123456789012 kept", "short 123456789012 kept"),
+            (
+                "long 12345678901234567890 kept",
+                "long 12345678901234567890 kept",
+            ),
+            ("id ab1234567890123456 kept", "id ab1234567890123456 kept"),
+            ("nothing secret here", "nothing secret here"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(audit_excerpt(input.as_bytes(), 4096), *want, "{input}");
+        }
+    }
+
+    #[test]
+    fn excerpt_replaces_control_characters() {
+        let got = audit_excerpt(b"a\r\nb\tc\x1b[31md\x00e\x7f\xc2\x85f\xe2\x80\xaeg", 100);
+        assert_eq!(
+            got,
+            "a\u{fffd}\nb\tc\u{fffd}[31md\u{fffd}e\u{fffd}\u{fffd}f\u{fffd}g"
+        );
+        // Invalid UTF-8 is decoded lossily.
+        assert_eq!(audit_excerpt(b"a\xffb", 100), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn excerpt_truncates_at_char_boundaries() {
+        assert_eq!(audit_excerpt(b"", 10), "");
+        assert_eq!(audit_excerpt(b"abc", 0), "");
+        assert_eq!(audit_excerpt(b"abc", 3), "abc");
+        assert_eq!(audit_excerpt(b"abcd", 3), "abc…[truncated]");
+        // `é` is two bytes (1..3): a cut at 2 falls inside it and backs off to 1.
+        assert_eq!(audit_excerpt("aébc".as_bytes(), 2), "a…[truncated]");
+        assert_eq!(audit_excerpt("aébc".as_bytes(), 3), "aé…[truncated]");
+        // A four-byte character cut anywhere inside.
+        for max in 1..=4 {
+            assert_eq!(
+                audit_excerpt("x🦀".as_bytes(), max),
+                "x…[truncated]",
+                "{max}"
+            );
+        }
+        assert_eq!(audit_excerpt("x🦀".as_bytes(), 5), "x🦀");
+        // A prefix that ends inside a character: that character is dropped.
+        assert_eq!(audit_excerpt(&"x🦀".as_bytes()[..3], 10), "x…[truncated]");
+        // Invalid bytes before the cut are not mistaken for a split character (the cut stays
+        // at 4, not 1); their two U+FFFD (3 bytes each) then do not fit in 4 bytes.
+        assert_eq!(audit_excerpt(b"ab\x80\x80\x80\x80cd", 4), "ab…[truncated]");
+        assert_eq!(
+            audit_excerpt(b"ab\x80\x80\x80\x80cd", 100),
+            "ab\u{fffd}\u{fffd}\u{fffd}\u{fffd}cd"
+        );
+    }
+
+    #[test]
+    fn excerpt_masks_secrets_straddling_the_cut() {
+        // The card starts before the cut and ends after it: masked before cutting, so none of
+        // its leading digits leak.
+        let body = "card: 4111111111111111 and more text after it";
+        assert_eq!(
+            audit_excerpt(body.as_bytes(), 12),
+            "card: ****11…[truncated]"
+        );
+        let body = "to: john.doe@example.com";
+        assert_eq!(audit_excerpt(body.as_bytes(), 9), "to: j***@…[truncated]");
+        // A quoted secret running past the end of the window is masked to its end.
+        let mut body = String::from("{\"password\":\"");
+        body.push_str(&"p".repeat(1000));
+        body.push_str("\"}");
+        assert_eq!(
+            audit_excerpt(body.as_bytes(), 30),
+            "{\"password\":\"****\"…[truncated]"
+        );
+        // Only `max` + EXCERPT_LOOKAHEAD bytes are looked at: a prefix of that length gives
+        // the same excerpt as the whole body.
+        let prefix = &body.as_bytes()[..30 + EXCERPT_LOOKAHEAD];
+        assert_eq!(
+            audit_excerpt(prefix, 30),
+            audit_excerpt(body.as_bytes(), 30)
+        );
+        // A secret that starts after the cut is not shown at all, however much a long token
+        // before it shrank when masked.
+        let body = format!(
+            "{} 4111111111111111 tail",
+            "eyJhbGciOiJIUzI1NiJ9.".repeat(15)
+        );
+        assert_eq!(audit_excerpt(body.as_bytes(), 40), "[jwt]…[truncated]");
+        assert_eq!(
+            audit_excerpt(format!("ab {}", body).as_bytes(), 2),
+            "ab…[truncated]"
+        );
+        // A masked value longer than the original can push the text past `max`.
+        let got = audit_excerpt(b"a@b.co", 6);
+        assert_eq!(got, "a***@b…[truncated]");
+    }
+}
