@@ -385,3 +385,167 @@ routes:
     assert_eq!(t.clients[0].allowed(1), None);
     assert_eq!(c.upstreams[0].kind, UpstreamKind::TokenExchange);
 }
+
+const SHOP: &str = r#"openapi: 3.1.0
+info: { title: t, version: "1" }
+paths:
+  /items:
+    get: { operationId: list, responses: { "200": { description: ok } } }
+  /items/{id}:
+    parameters: [{ name: id, in: path, required: true, schema: { type: integer } }]
+    get: { operationId: one, responses: { "200": { description: ok } } }
+    delete: { operationId: drop, responses: { "204": { description: ok } } }
+"#;
+
+#[test]
+fn an_openapi_group_becomes_one_route_per_operation_under_its_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shop.yaml"), SHOP).unwrap();
+    let c = load_str(
+        r#"
+upstreams: { d: { kind: echo } }
+routes:
+  - name: shop
+    match: { prefix: /api/v1/ }
+    upstream: d
+    rewrite: { replace_prefix: /v1 }
+    openapi: { spec: shop.yaml }
+  - { name: rest, match: { prefix: / }, upstream: d }
+"#,
+        dir.path(),
+    )
+    .unwrap();
+    let shop: Vec<&Route> = c.routes.iter().filter(|r| &*r.name == "shop").collect();
+    assert_eq!(shop.len(), 3);
+    let ops: Vec<(String, String)> = shop
+        .iter()
+        .map(|r| {
+            (
+                r.contract.as_ref().unwrap().id.to_string(),
+                r.methods.as_ref().unwrap()[0].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        vec![
+            ("list".to_string(), "GET".to_string()),
+            ("one".to_string(), "GET".to_string()),
+            ("drop".to_string(), "DELETE".to_string())
+        ]
+    );
+    assert_eq!(
+        shop[0].path,
+        PathMatch::Exact("/api/v1/items".into()),
+        "{:?}",
+        shop[0].path
+    );
+    assert_eq!(
+        shop[1].path,
+        PathMatch::Template(vec![
+            Segment::Literal("api".into()),
+            Segment::Literal("v1".into()),
+            Segment::Literal("items".into()),
+            Segment::Param("id".into()),
+        ])
+    );
+    assert_eq!(
+        shop[1].rewrite,
+        Some(Rewrite::Template(vec![
+            TemplatePart::Literal("/v1/items/".into()),
+            TemplatePart::Param("id".into()),
+        ]))
+    );
+    assert_eq!(
+        shop[0].rewrite,
+        Some(Rewrite::Template(vec![TemplatePart::Literal(
+            "/v1/items".into()
+        )]))
+    );
+    assert!(
+        c.routes
+            .iter()
+            .any(|r| &*r.name == "rest" && r.contract.is_none())
+    );
+}
+
+#[test]
+fn an_openapi_group_takes_paths_and_methods_from_its_document() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shop.yaml"), SHOP).unwrap();
+    let e = match load_str(
+        r#"
+upstreams: { d: { kind: echo } }
+routes:
+  - name: a
+    match: { path: /x, methods: [GET] }
+    upstream: d
+    openapi: { spec: shop.yaml, max_violations: 0, limits: { max_depth: 200 } }
+  - name: b
+    match: { prefix: /b }
+    upstream: d
+    openapi: { spec: missing.yaml }
+"#,
+        dir.path(),
+    ) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+    };
+    for want in [
+        "routes[0].match.path: a route with openapi takes its paths from the document",
+        "routes[0].match.methods: a route with openapi takes its methods from the document",
+        "routes[0].openapi.max_violations: must be 1..=100",
+        "routes[0].openapi.limits.max_depth: must be 1..=127",
+        "routes[1].openapi.spec: ",
+    ] {
+        assert!(e.iter().any(|m| m.starts_with(want)), "{want}: {e:?}");
+    }
+}
+
+#[test]
+fn static_upstreams_answer_from_their_list() {
+    let c = load_str(
+        r#"
+upstreams:
+  s:
+    kind: static
+    responses:
+      - { match: "GET /items/{id}", json: { id: 1 } }
+      - { match: "* /down", status: 503, headers: { retry-after: "5" }, body: "later" }
+"#,
+        Path::new("."),
+    )
+    .unwrap();
+    let r = &c.upstreams[0].static_responses;
+    assert!(r[0].takes(&http::Method::GET, "/items/7"));
+    assert!(!r[0].takes(&http::Method::POST, "/items/7"));
+    assert!(!r[0].takes(&http::Method::GET, "/items/7/x"));
+    assert!(!r[0].takes(&http::Method::GET, "/items/"));
+    assert_eq!(r[0].headers["content-type"], "application/json");
+    assert_eq!(&r[0].body[..], br#"{"id":1}"#);
+    assert!(r[1].takes(&http::Method::DELETE, "/down"));
+    assert_eq!(r[1].status, 503);
+    let e = errs(
+        r#"
+upstreams:
+  s:
+    kind: static
+    targets: ["http://127.0.0.1:1"]
+    responses:
+      - { match: "/nomethod" }
+      - { match: "get /x", status: 99 }
+      - { match: "GET /y", body: a, json: 1 }
+  p: { targets: ["http://127.0.0.1:1"], responses: [{ match: "GET /" }] }
+"#,
+    );
+    for want in [
+        "upstreams.s.targets: a static upstream answers in process and takes no targets",
+        "upstreams.s.responses[0].match: write `METHOD /path`",
+        "upstreams.s.responses[1].match: \"get\" is not a method",
+        "upstreams.s.responses[1].status: 99 is not a final status",
+        "upstreams.s.responses[2]: give body or json, not both",
+        "upstreams.p.responses: only a static upstream has canned responses",
+    ] {
+        assert!(e.iter().any(|m| m.starts_with(want)), "{want}: {e:?}");
+    }
+}

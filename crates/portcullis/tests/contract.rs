@@ -447,6 +447,13 @@ async fn detect_mode_records_and_forwards() {
         got,
         vec!["header:x-tenant: is required", "query:limit: must be >= 1"]
     );
+    let metrics = get(&format!("{}/metrics", s.gw.admin_url())).await.text();
+    assert!(
+        metrics.contains(
+            r#"portcullis_contract_violations_total{route="detect",operation="listOrders",direction="request",mode="detect"} 1"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

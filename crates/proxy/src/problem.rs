@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use portcullis_core::{BoxBody, BoxError, Rejection, RequestId};
+use portcullis_core::{BoxBody, BoxError, Rejection, RequestId, push_json_string};
 
 pub const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
@@ -17,39 +17,22 @@ pub fn full_body(bytes: impl Into<Bytes>) -> BoxBody {
         .boxed_unsync()
 }
 
-/// Writes a JSON string literal (quotes included) with the escapes JSON requires.
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
 /// The problem document for a rejection.
 pub fn problem_body(rejection: &Rejection, request_id: &RequestId) -> String {
     let reason = rejection.reason;
     let mut out = String::with_capacity(192 + rejection.detail.len());
     out.push_str("{\"type\":");
-    json_str(&mut out, reason.type_uri());
+    push_json_string(&mut out, reason.type_uri());
     out.push_str(",\"title\":");
-    json_str(&mut out, reason.title());
+    push_json_string(&mut out, reason.title());
     out.push_str(",\"status\":");
     out.push_str(reason.status().as_str());
     out.push_str(",\"detail\":");
-    json_str(&mut out, &rejection.detail);
+    push_json_string(&mut out, &rejection.detail);
     out.push_str(",\"code\":");
-    json_str(&mut out, reason.code());
+    push_json_string(&mut out, reason.code());
     out.push_str(",\"request_id\":");
-    json_str(&mut out, request_id.as_str());
+    push_json_string(&mut out, request_id.as_str());
     if !rejection.violations.is_empty() {
         out.push_str(",\"violations\":[");
         for (i, v) in rejection.violations.iter().enumerate() {
@@ -57,9 +40,9 @@ pub fn problem_body(rejection: &Rejection, request_id: &RequestId) -> String {
                 out.push(',');
             }
             out.push_str("{\"location\":");
-            json_str(&mut out, &v.location);
+            push_json_string(&mut out, &v.location);
             out.push_str(",\"message\":");
-            json_str(&mut out, &v.message);
+            push_json_string(&mut out, &v.message);
             out.push('}');
         }
         out.push(']');

@@ -607,6 +607,9 @@ impl Gateway {
         if let Some(w) = ctx.waf.as_deref() {
             self.metrics.waf(route.unwrap_or(""), w);
         }
+        if let Some(c) = ctx.contract.as_deref() {
+            self.metrics.contract(route.unwrap_or(""), c);
+        }
         if let Some(d) = ctx.authz.as_deref() {
             if let Some(v) = &d.decided_by {
                 self.metrics

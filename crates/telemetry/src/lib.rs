@@ -101,6 +101,16 @@ struct WafOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ContractLabels {
+    route: Arc<str>,
+    operation: Arc<str>,
+    /// `request` or `response`.
+    direction: &'static str,
+    /// `block` or `detect`.
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthzLabels {
     rule: Arc<str>,
     decision: &'static str,
@@ -168,6 +178,7 @@ pub struct Metrics {
     authz_decisions: Family<AuthzLabels, Counter>,
     waf_matches: Family<WafLabels, Counter>,
     waf_requests: Family<WafOutcomeLabels, Counter>,
+    contract_violations: Family<ContractLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     rate_limit_store_up: Gauge,
     rate_limit_keys: Gauge,
@@ -278,6 +289,14 @@ impl Metrics {
              `detected` — would have been blocked in detect mode — or `below_threshold`)",
             waf_requests.clone(),
         );
+        let contract_violations = Family::<ContractLabels, Counter>::default();
+        registry.register(
+            "portcullis_contract_violations",
+            "Requests (direction `request`) and upstream responses (`response`) that broke the \
+             route's API contract, by route, OpenAPI operation and mode (`block` refused the \
+             request; `detect` only recorded it; responses are never refused)",
+            contract_violations.clone(),
+        );
         let rate_limited = Family::<LimitLabels, Counter>::default();
         registry.register(
             "portcullis_rate_limited",
@@ -332,6 +351,7 @@ impl Metrics {
             authz_decisions,
             waf_matches,
             waf_requests,
+            contract_violations,
             rate_limited,
             rate_limit_store_up,
             rate_limit_keys,
@@ -466,6 +486,25 @@ impl Metrics {
             outcome,
         };
         self.waf_requests.get_or_create(&labels).inc();
+    }
+
+    /// What the contract step found in one request and its response.
+    pub fn contract(&self, route: &str, report: &portcullis_core::ContractReport) {
+        let mode = if report.enforced { "block" } else { "detect" };
+        for (direction, found) in [
+            ("request", !report.request.is_empty()),
+            ("response", !report.response.is_empty()),
+        ] {
+            if found {
+                let labels = ContractLabels {
+                    route: self.interner.get(route),
+                    operation: self.interner.get(&report.operation),
+                    direction,
+                    mode,
+                };
+                self.contract_violations.get_or_create(&labels).inc();
+            }
+        }
     }
 
     /// Rate-limiting state: the shared store's health (None: no shared store), keys held,

@@ -184,6 +184,8 @@ pub struct Operation {
     /// How many `/`-separated segments the operation's path template has (its parameters are
     /// the last segments of the request path).
     pub segments: usize,
+    /// Each path parameter of the template and the index of its segment.
+    pub path_params: Vec<(String, usize)>,
 }
 
 impl std::fmt::Debug for Operation {
@@ -266,6 +268,16 @@ pub fn compile(
             })
             .collect();
         let segments = def.path.split('/').skip(1).count();
+        let path_params = def
+            .path
+            .split('/')
+            .skip(1)
+            .enumerate()
+            .filter_map(|(i, seg)| {
+                let name = seg.strip_prefix('{')?.strip_suffix('}')?;
+                Some((name.to_string(), i))
+            })
+            .collect();
         let locations = def
             .parameters
             .iter()
@@ -280,6 +292,7 @@ pub fn compile(
             body,
             responses,
             segments,
+            path_params,
         }));
     }
     if failed {

@@ -277,7 +277,7 @@ impl Ctx {
             let offset = if e.is_eof() {
                 body.len()
             } else {
-                offset(body, e.line(), e.column())
+                portcullis_core::json_error_offset(body, e.line(), e.column())
             };
             return JsonError::Malformed { offset };
         };
@@ -330,26 +330,6 @@ impl Ctx {
         }
         Ok(())
     }
-}
-
-/// The byte offset of serde_json's 1-based line and column (the last byte it read).
-fn offset(body: &[u8], line: usize, column: usize) -> usize {
-    let mut start = 0;
-    if line > 1 {
-        let mut seen = 1;
-        for (i, &b) in body.iter().enumerate() {
-            if b == b'\n' {
-                seen += 1;
-                if seen == line {
-                    start = i + 1;
-                    break;
-                }
-            }
-        }
-    }
-    start
-        .saturating_add(column.saturating_sub(1))
-        .min(body.len())
 }
 
 /// Any value.

@@ -190,15 +190,14 @@ fn check_params(op: &Operation, req: &GatewayRequest, violations: &mut Vec<Viola
     let path = req.head.uri.path();
     // The operation's template is the tail of the route's: its segments are the request
     // path's last ones.
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let offset = segments.len().saturating_sub(op.segments);
-    let template: Vec<&str> = op.def.path.split('/').skip(1).collect();
+    let offset = path.split('/').skip(1).count().saturating_sub(op.segments);
     let path_param = |name: &str| -> Option<&str> {
-        let wanted_len = name.len() + 2;
-        template
+        let at = op
+            .path_params
             .iter()
-            .position(|t| t.len() == wanted_len && t.get(1..t.len() - 1) == Some(name))
-            .and_then(|i| segments.get(offset + i).copied())
+            .find(|(n, _)| n == name)
+            .map(|(_, i)| offset + i)?;
+        path.split('/').skip(1).nth(at)
     };
     let raw = crate::params::RawRequest {
         query,

@@ -200,13 +200,13 @@ pub fn generic_body(status: StatusCode, request_id: &str) -> String {
         });
     let mut out = String::with_capacity(200 + request_id.len());
     out.push_str("{\"type\":\"about:blank\",\"title\":");
-    json_str(&mut out, title);
+    portcullis_core::push_json_string(&mut out, title);
     out.push_str(",\"status\":");
     out.push_str(status.as_str());
     out.push_str(",\"detail\":");
-    json_str(&mut out, GENERIC_DETAIL);
+    portcullis_core::push_json_string(&mut out, GENERIC_DETAIL);
     out.push_str(",\"request_id\":");
-    json_str(&mut out, request_id);
+    portcullis_core::push_json_string(&mut out, request_id);
     out.push('}');
     out
 }
@@ -227,29 +227,6 @@ pub fn replaced_body_headers(headers: &mut HeaderMap) {
     kept.insert(header::CONTENT_TYPE, PROBLEM_JSON);
     kept.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     *headers = kept;
-}
-
-/// Writes a JSON string literal (quotes included) with the escapes JSON requires.
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                out.push_str("\\u00");
-                let n = u32::from(c);
-                for d in [n >> 4, n & 0xf] {
-                    out.push(char::from_digit(d, 16).unwrap_or('0'));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ pub(super) fn extract<'a>(
     match res {
         Ok(()) => Ok(()),
         Err(e) => {
-            let at = offset(body, e.line(), e.column());
+            let at = portcullis_core::json_error_offset(body, e.line(), e.column());
             // serde_json's own recursion limit (128) is reached first if `max_depth` is higher.
             if ctx.too_deep || e.to_string().starts_with("recursion limit exceeded") {
                 Err(Problem::TooDeep { at })
@@ -43,26 +43,6 @@ pub(super) fn extract<'a>(
             }
         }
     }
-}
-
-/// The byte offset of a 1-based line and column.
-fn offset(body: &[u8], line: usize, column: usize) -> usize {
-    let mut start = 0;
-    if line > 1 {
-        let mut seen = 1;
-        for (i, &b) in body.iter().enumerate() {
-            if b == b'\n' {
-                seen += 1;
-                if seen == line {
-                    start = i + 1;
-                    break;
-                }
-            }
-        }
-    }
-    start
-        .saturating_add(column.saturating_sub(1))
-        .min(body.len())
 }
 
 struct Ctx<'s, 'a, 'o> {
