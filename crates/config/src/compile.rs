@@ -798,6 +798,7 @@ fn expand_openapi(
         let mut scratch = ConfigErrors::new();
         let Some(segs) = parse_template(&full, "", &mut scratch) else {
             let mut route = base.clone();
+            route.waf.api.allow_arrays(repeated_query_arrays(&op.def));
             route.path = PathMatch::Exact(full.clone());
             route.methods = Some(vec![op.def.method.clone()]);
             route.rewrite = new_prefix.as_ref().map(|p| {
@@ -832,12 +833,31 @@ fn expand_openapi(
             Rewrite::Template(parts)
         });
         let mut route = base.clone();
+        // Arrays the document declares as repeated query parameters are not parameter
+        // pollution for the WAF.
+        route.waf.api.allow_arrays(repeated_query_arrays(&op.def));
         route.path = PathMatch::Template(segs);
         route.methods = Some(vec![op.def.method.clone()]);
         route.rewrite = rewrite;
         route.contract = Some(op.clone());
         routes.push(route);
     }
+}
+
+/// The query parameters an operation declares as arrays sent as repeated keys (`ids=1&ids=2`):
+/// not parameter pollution for the WAF.
+fn repeated_query_arrays(op: &portcullis_contract::model::OperationDef) -> Vec<String> {
+    use portcullis_contract::model::{In, Shape, Style};
+    op.parameters
+        .iter()
+        .filter(|p| {
+            p.location == In::Query
+                && p.style == Style::Form
+                && p.explode
+                && matches!(p.shape, Shape::Array(_))
+        })
+        .map(|p| p.name.clone())
+        .collect()
 }
 
 /// How many `/`-separated segments a prefix has (`""` and `/` have none).

@@ -716,8 +716,9 @@ pub struct RawRoute {
     #[serde(default)]
     pub waf: Option<RawWaf>,
     /// An OpenAPI document defining this route group: each of its operations becomes a route
-    /// under `match.prefix`, requests are validated against it, and everything else under the
-    /// prefix is refused.
+    /// under `match.prefix`, requests are validated against it, and paths and methods under the
+    /// prefix the document does not describe match none of these routes (404/405 unless a
+    /// broader route takes them).
     #[serde(default)]
     pub openapi: Option<RawOpenApi>,
     /// CORS: preflights answered by the gateway, headers for allowed origins.

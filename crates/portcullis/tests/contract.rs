@@ -22,6 +22,7 @@ paths:
         - { name: limit, in: query, schema: { type: integer, minimum: 1, maximum: 50 } }
         - { name: status, in: query, schema: { type: array, items: { type: string, enum: [new, paid] } }, style: form, explode: false }
         - { name: x-tenant, in: header, required: true, schema: { type: string, pattern: "^[a-z]+$" } }
+        - { name: ids, in: query, schema: { type: array, items: { type: integer } } }
       responses:
         "200": { description: ok }
     post:
@@ -83,6 +84,7 @@ const COMMON: &str = r##"components:
           items: { $ref: "#/components/schemas/Line" }
     Line:
       type: object
+      additionalProperties: false
       required: [sku, qty]
       properties:
         sku: { type: string }
@@ -123,6 +125,11 @@ routes:
     match: {{ prefix: /detect }}
     upstream: app
     openapi: {{ spec: orders.yaml, mode: detect }}
+  - name: guarded
+    match: {{ prefix: /guarded }}
+    upstream: app
+    waf: {{ mode: block }}
+    openapi: {{ spec: orders.yaml }}
 "#,
         up = up.url(),
     );
@@ -242,6 +249,9 @@ async fn parameters_are_checked_by_type_range_enum_pattern_and_presence() {
     assert_violations(&s, &r, &[("path:id", "must be >= 1")]);
     let r = call(&s, "GET", "/api/orders/abc", &[], "").await;
     assert_violations(&s, &r, &[("path:id", "must be an integer")]);
+    // An exploded array (repeated key) is one parameter, not several.
+    let r = call(&s, "GET", "/api/orders?ids=1&ids=x", &[TENANT], "").await;
+    assert_violations(&s, &r, &[("query:ids/1", "must be an integer")]);
     // int32 bounds from the format.
     let r = call(&s, "GET", "/api/orders/3000000000", &[], "").await;
     assert_violations(&s, &r, &[("path:id", "must be <= 2147483647")]);
@@ -286,6 +296,17 @@ async fn bodies_are_checked_against_their_schema_across_files() {
     .await;
     let v = assert_problem(&r, 400, "contract_violation");
     assert_eq!(v["violations"].as_array().unwrap().len(), 5, "{v}");
+    // `additionalProperties: false` and the field walk both see an unknown field: one
+    // violation.
+    let r = call(
+        &s,
+        "POST",
+        "/api/orders",
+        &[JSON],
+        r#"{"email":"a@example.com","items":[{"sku":"A","qty":1,"price":2}]}"#,
+    )
+    .await;
+    assert_violations(&s, &r, &[("body:/items/0/price", "unknown field")]);
     // nullable with maxLength.
     let r = call(
         &s,
@@ -424,6 +445,17 @@ async fn strip_mode_forwards_the_body_without_unknown_fields() {
     .await;
     let v = assert_problem(&r, 400, "contract_violation");
     assert_eq!(v["violations"][0]["location"], "body:/id");
+    assert_eq!(s.up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waf_takes_declared_arrays_for_arrays_not_pollution() {
+    let s = setup().await;
+    let r = call(&s, "GET", "/guarded/orders?ids=1&ids=2", &[TENANT], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // An undeclared repeated parameter is still parameter pollution to the WAF.
+    let r = call(&s, "GET", "/guarded/orders?limit=1&limit=2", &[TENANT], "").await;
+    assert_problem(&r, 403, "waf_blocked");
     assert_eq!(s.up.hits(), 1);
 }
 

@@ -377,10 +377,27 @@ async fn json_fields_are_removed_by_name_and_path() {
         r.header("content-length").unwrap(),
         r.text().len().to_string()
     );
-    // Not JSON: withheld (default policy).
+    // The upstream was not invited to compress what must be filtered.
+    let r = call(
+        &gw,
+        "GET",
+        "/filtered/echo",
+        &[("accept-encoding", "gzip, br")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.json()["headers"].get("accept-encoding").is_none(),
+        "{}",
+        r.text()
+    );
+    // Not JSON: withheld (default policy), a refusal of the response step.
     let r = call(&gw, "GET", "/filtered/plain", &[]).await;
-    assert_problem(&r, 502, "response_filter_failed");
+    let v = assert_problem(&r, 502, "response_filter_failed");
     assert!(!r.text().contains("alice@example.com"));
+    let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["stage"], "response");
+    assert_eq!(ev["reason"], "response_filter_failed");
     // With on_unfilterable: pass, unfilterable bodies go through unchanged…
     let r = call(&gw, "GET", "/passing/plain", &[]).await;
     assert_eq!(r.status, 200);

@@ -1,28 +1,36 @@
-//! The response filter: runs a step's [`ResponseFilter`] (a field mask) on the upstream's
-//! answer before it reaches the client.
+//! The response filter: runs what a route and its steps ask of an upstream response body — the
+//! route's field removal (`response_filter`), the contract's response half (validation,
+//! keep-only-declared) and the authorization step's field mask — in one read and one parse,
+//! before the body reaches the client ([`Plan`], [`filter_with`]).
 //!
 //! * **Takes**: the upstream response (head already cleaned of hop-by-hop fields and with the
-//!   route's response header rules applied), the filter the authorization step put in the
-//!   request context, and the request method.
-//! * **Produces**: the same response with its JSON body parsed, filtered and re-serialized.
-//! * **Rejects** (fail closed — a body that cannot be filtered is withheld, never passed on
-//!   unfiltered): `response_filter_failed` (502) or, when the upstream body fails mid-read,
-//!   `upstream_error` (502).
+//!   route's response header rules applied), the plan, and the request method.
+//! * **Produces**: the same response with its JSON body parsed, filtered and re-serialized, and
+//!   the contract violations found (detect only).
+//! * **Rejects** (fail closed when something must change the body and the route does not say
+//!   `pass`; always with a field mask — a body that cannot be filtered is withheld, never
+//!   passed on unfiltered): `response_filter_failed` (502) or, when the upstream body fails
+//!   mid-read, `upstream_error` (502). A plan that only validates never withholds a body, and
+//!   the contract's keep-only-declared acts on JSON bodies only.
 //!
-//! Rules, in order:
+//! Rules, in order ("refused" below means: withheld when the plan fails closed, passed
+//! unchanged otherwise):
 //!
 //! 1. A response to `HEAD`, and a `1xx`, `204` or `304` response, has no body: it passes
 //!    unchanged.
 //! 2. `Content-Encoding` other than `identity` is refused (a compressed body cannot be read
-//!    here). The authorization step removes `Accept-Encoding` from the upstream request when a
-//!    mask applies, so a well-behaved upstream answers uncompressed.
+//!    here). `Accept-Encoding` is not forwarded upstream when a plan applies (the
+//!    authorization step removes it for masks, the engine for route filters and contracts), so
+//!    a well-behaved upstream answers uncompressed.
 //! 3. `206 Partial Content`, or any response with `Content-Range`, is refused: a fragment of a
 //!    JSON document cannot be filtered.
 //! 4. A body whose one `Content-Type` is `application/json` or `application/*+json`
 //!    (case-insensitive, parameters such as `charset` allowed; this includes
 //!    `application/problem+json` error bodies) is read whole, up to the filter's `max_bytes`
 //!    (reading stops as soon as the limit is passed: refused as larger than the limit), parsed
-//!    (invalid JSON, or nesting deeper than 128, is refused), filtered and re-serialized.
+//!    (invalid JSON, or nesting deeper than 128, is refused), then: route removal, the
+//!    contract (validation, then keep-only-declared), the mask; and re-serialized. A plan that
+//!    only validates sends the upstream's bytes on untouched.
 //!    An empty body stays empty.
 //!    The response then carries the new `Content-Length`, and loses the fields that described
 //!    the upstream's bytes: `ETag`, `Content-MD5`, `Digest`, `Content-Digest`, `Repr-Digest`,
@@ -95,10 +103,14 @@ pub struct Plan<'a> {
 }
 
 impl Plan<'_> {
-    /// Whether anything in the plan changes bodies (a plan that only validates never withholds
-    /// one).
-    fn filters(&self) -> bool {
-        self.remove.is_some() || self.mask.is_some() || self.contract.is_some_and(|c| c.filters())
+    /// Whether anything in the plan changes bodies of this type (a plan that only validates
+    /// never withholds one). The contract's keep-only-declared acts on JSON bodies only: a
+    /// body of another type the operation declares is the contract's to validate, not to
+    /// withhold.
+    fn filters(&self, json: bool) -> bool {
+        self.remove.is_some()
+            || self.mask.is_some()
+            || (json && self.contract.is_some_and(|c| c.filters()))
     }
 }
 
@@ -123,19 +135,16 @@ pub async fn filter_with(
         || status == StatusCode::NOT_MODIFIED
     {
         // No body: the status and type can still be checked.
-        let violations = if plan.filters() {
-            Vec::new()
-        } else {
-            validate_only(None)
-        };
-        return Ok((resp, violations));
+        return Ok((resp, validate_only(None)));
     }
+    let json = is_json(resp.headers());
+    let filters = plan.filters(json);
     let unfilterable = |detail: &'static str, resp: Response<BoxBody>| {
-        if plan.filters() && plan.fail_closed {
+        if filters && plan.fail_closed {
             Err(refuse(detail))
         } else {
             let mut violations = validate_only(None);
-            if plan.filters() {
+            if filters {
                 tracing::debug!(detail, "response passed unfiltered (route policy: pass)");
             } else if plan.contract.is_some() && is_json(resp.headers()) {
                 violations.push(Violation::new(
@@ -159,9 +168,8 @@ pub async fn filter_with(
         );
     }
 
-    let json = is_json(resp.headers());
     if !json {
-        if !plan.filters() {
+        if !filters {
             // Validation of a non-JSON body stops at its status and type.
             return Ok((resp, validate_only(None)));
         }
@@ -187,7 +195,7 @@ pub async fn filter_with(
         Read::Whole(b) => b,
         Read::Over(body) => {
             let detail = "the upstream response is larger than the filtering limit";
-            return if plan.filters() && plan.fail_closed {
+            return if filters && plan.fail_closed {
                 Err(Rejection::new(
                     RejectReason::ResponseFilterFailed,
                     format!(
@@ -207,7 +215,7 @@ pub async fn filter_with(
     } else {
         let mut value: serde_json::Value = match serde_json::from_slice(&bytes) {
             Ok(v) => v,
-            Err(_) if !(plan.filters() && plan.fail_closed) => {
+            Err(_) if !(filters && plan.fail_closed) => {
                 let mut v = validate_only(None);
                 if plan.contract.is_some() {
                     v.push(Violation::new("body", "is not valid JSON"));
@@ -220,7 +228,7 @@ pub async fn filter_with(
                 ));
             }
         };
-        if !plan.filters() {
+        if !filters {
             // Validation only: the upstream's bytes go on untouched.
             let v = validate_only(Some(&mut value));
             return Ok((Response::from_parts(parts, full_body(bytes)), v));

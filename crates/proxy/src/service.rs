@@ -34,6 +34,9 @@ pub const UPSTREAM_STAGE: StageId = StageId("upstream");
 /// The step id of responses withheld because the field masks authorization armed could not
 /// be applied (recorded as the authorization step's, like its other refusals).
 pub const RESPONSE_FILTER_STAGE: StageId = StageId("authz");
+/// The step id of a response withheld by the route's own filters (field removal, the
+/// contract's keep-only-declared) when no authorization mask is involved.
+pub const RESPONSE_STAGE: StageId = StageId("response");
 
 /// The step id of refusals by the strict framing reader (the same id as the hygiene step:
 /// both are "protocol" refusals).
@@ -338,6 +341,11 @@ impl Gateway {
                 .insert(config.server.request_id_header.clone(), v);
         }
         propagate_traceparent(&mut head.headers);
+        if route.response_filter.is_some() || ctx.response_contract.is_some() {
+            // Filtered and validated bodies must arrive readable (a compressed one could only
+            // be withheld or passed unchecked).
+            head.headers.remove(header::ACCEPT_ENCODING);
+        }
         route.request_headers.apply(&mut head.headers);
         head.version = Version::HTTP_11;
 
@@ -492,7 +500,8 @@ impl Gateway {
         // The body is buffered before anything reaches the client, so its read is bounded like
         // the wait for the head.
         let wait = route.timeout.unwrap_or(upstream.request_timeout);
-        if route.errors.replaces(resp.status()) {
+        // The token endpoint's errors are protocol answers (RFC 6749 JSON), not leaks.
+        if upstream.kind != UpstreamKind::TokenExchange && route.errors.replaces(resp.status()) {
             return tokio::time::timeout(wait, self.replace_error(resp, route, ctx, seen))
                 .await
                 .map_err(|_| {
@@ -544,7 +553,12 @@ impl Gateway {
             // A body withheld because the caller may not see it unfiltered is a policy
             // outcome, not an upstream failure.
             if r.reason == RejectReason::ResponseFilterFailed {
-                ctx.rejected_by = Some((RESPONSE_FILTER_STAGE, r.reason));
+                let stage = if mask.is_some() {
+                    RESPONSE_FILTER_STAGE
+                } else {
+                    RESPONSE_STAGE
+                };
+                ctx.rejected_by = Some((stage, r.reason));
             }
         })?;
         if !violations.is_empty()

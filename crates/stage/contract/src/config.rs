@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fields::{Direction, FieldTree};
 use crate::json::JsonLimits;
-use crate::model::{Document, MediaDef, OperationDef, ResponseDef, is_json_media};
+use crate::model::{Document, In, MediaDef, OperationDef, ResponseDef, is_json_media};
 
 // ---------------------------------------------------------------------------------------------
 // Raw
@@ -201,6 +201,9 @@ pub struct Contract {
     pub operations: Vec<Arc<Operation>>,
 }
 
+/// The largest response body read for the contract (as for `response_filter.max_bytes`).
+const MAX_RESPONSE_BYTES: u64 = 64 << 20;
+
 const REQUEST_BASE: &str = "urn:portcullis:openapi:request";
 const RESPONSE_BASE: &str = "urn:portcullis:openapi:response";
 
@@ -281,7 +284,11 @@ pub fn compile(
         let locations = def
             .parameters
             .iter()
-            .map(|p| format!("{}:{}", p.location.as_str(), p.name))
+            .map(|p| match p.location {
+                // Header names are case-insensitive: located as the parameter reader does.
+                In::Header => format!("header:{}", p.name.to_ascii_lowercase()),
+                _ => format!("{}:{}", p.location.as_str(), p.name),
+            })
             .collect();
         operations.push(Arc::new(Operation {
             id: Arc::from(def.id.as_str()),
@@ -366,6 +373,9 @@ fn compile_settings(raw: &RawOpenApi, path: &str, e: &mut ConfigErrors) -> Setti
         .map_or(d.max_string_bytes, |n| {
             usize::try_from(n).unwrap_or(usize::MAX)
         });
+    if max_string_bytes == 0 {
+        e.push(format!("{lp}.max_string_bytes"), "must be at least 1 byte");
+    }
     let max_number_magnitude = l.max_number_magnitude.unwrap_or(d.max_number_magnitude);
     if !(max_number_magnitude.is_finite() && max_number_magnitude > 0.0) {
         e.push(
@@ -378,7 +388,11 @@ fn compile_settings(raw: &RawOpenApi, path: &str, e: &mut ConfigErrors) -> Setti
         e.push(format!("{path}.max_violations"), "must be 1..=100");
     }
     let response_max_bytes = raw.responses.max_bytes.as_ref().map_or(1 << 20, |s| {
-        s.compile(&format!("{path}.responses.max_bytes"), e)
+        let n = s.compile(&format!("{path}.responses.max_bytes"), e);
+        if !(1..=MAX_RESPONSE_BYTES).contains(&n) {
+            e.push(format!("{path}.responses.max_bytes"), "must be 1B..=64MiB");
+        }
+        n
     });
     Settings {
         mode: raw.mode,

@@ -12,8 +12,9 @@
 //!
 //! Typing: a value's text is read as the first type its schema allows, in the order integer
 //! (i64, else u64), number (finite), boolean (`true`/`false` only), null, string. Null is
-//! only ever the empty text (`?tag=` for a `type: [string, "null"]` parameter gives `null`);
-//! the text `null` is a string. A schema with no `type` reads everything as a string.
+//! only ever the empty text — and an empty query value is refused ("must not be empty") unless
+//! the parameter sets `allowEmptyValue`, so `?tag=` gives `null` only then; the text `null` is
+//! a string. A schema with no `type` reads everything as a string.
 
 use std::borrow::Cow;
 
@@ -80,7 +81,7 @@ pub fn read(
             In::Header => header(def, req.headers),
             In::Cookie => cookie(def, &cookies),
         };
-        let result = found.and_then(|f| match f {
+        let result = found.map_err(|m| (None, m)).and_then(|f| match f {
             None => Ok(None),
             Some(found) => typed(def, found),
         });
@@ -88,7 +89,12 @@ pub fn read(
             Ok(Some(value)) => values.push((i, value)),
             Ok(None) if def.required => violations.push(Violation::new(location, "is required")),
             Ok(None) => {}
-            Err(message) => violations.push(Violation::new(location, message)),
+            // An item or property is located below the parameter, as schema violations are
+            // (`query:ids/1`).
+            Err((Some(at), message)) => {
+                violations.push(Violation::new(format!("{location}/{at}"), message));
+            }
+            Err((None, message)) => violations.push(Violation::new(location, message)),
         }
     }
 }
@@ -540,34 +546,38 @@ fn cookie(def: &ParamDef, cookies: &[(&str, &str)]) -> Lookup {
 // ---------------------------------------------------------------------------------------------
 // Typing
 
+/// What is wrong with a parameter: where below it (an array index, an object property), if
+/// anywhere, and what.
+type Fault = (Option<String>, String);
+
 /// The JSON value of what was found, per the parameter's shape. `Ok(None)`: an allowed empty
 /// value that its types cannot hold (left out, not an error).
-fn typed(def: &ParamDef, found: Found) -> Result<Option<Value>, String> {
+fn typed(def: &ParamDef, found: Found) -> Result<Option<Value>, Fault> {
     match (&def.shape, found) {
         (Shape::Json, Found::One(text)) => {
             if text.is_empty() && def.allow_empty_value {
                 return Ok(None);
             }
             if text.len() > MAX_JSON_BYTES {
-                return Err(format!(
-                    "is too long (more than {} KiB)",
-                    MAX_JSON_BYTES / 1024
+                return Err((
+                    None,
+                    format!("is too long (more than {} KiB)", MAX_JSON_BYTES / 1024),
                 ));
             }
             serde_json::from_str(&text)
                 .map(Some)
-                .map_err(|_| "must be valid JSON".to_owned())
+                .map_err(|_| (None, "must be valid JSON".to_owned()))
         }
         (Shape::Scalar(types), Found::One(text)) => match scalar(&text, types) {
             Some(v) => Ok(Some(v)),
             None if text.is_empty() && def.allow_empty_value => Ok(None),
-            None => Err(format!("must be {}", describe(types))),
+            None => Err((None, format!("must be {}", describe(types)))),
         },
         (Shape::Array(types), Found::List(items)) => {
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
                 let v = scalar(item, types)
-                    .ok_or_else(|| format!("item {i} must be {}", describe(types)))?;
+                    .ok_or_else(|| (Some(i.to_string()), format!("must be {}", describe(types))))?;
                 out.push(v);
             }
             Ok(Some(Value::Array(out)))
@@ -578,11 +588,11 @@ fn typed(def: &ParamDef, found: Found) -> Result<Option<Value>, String> {
                 let declared = props.iter().find(|(p, _)| *p == name);
                 let value = match declared {
                     Some((p, types)) => scalar(&text, types)
-                        .ok_or_else(|| format!("property {p} must be {}", describe(types)))?,
+                        .ok_or_else(|| (Some(p.clone()), format!("must be {}", describe(types))))?,
                     None => Value::String(text),
                 };
                 if out.contains_key(&name) {
-                    return Err(REPEATED.to_owned());
+                    return Err((None, REPEATED.to_owned()));
                 }
                 out.insert(name, value);
             }
@@ -724,12 +734,16 @@ mod tests {
         (values, v)
     }
 
-    /// The one value read for a single parameter, or its one violation's message.
+    /// The one value read for a single parameter, or its one violation's message (prefixed
+    /// `at <item or property>: ` when located below the parameter).
     fn one(d: ParamDef, r: &Req<'_>) -> Result<Value, String> {
         let (values, violations) = run(std::slice::from_ref(&d), r);
         match (values.as_slice(), violations.as_slice()) {
             ([(0, v)], []) => Ok(v.clone()),
-            ([], [(_, m)]) => Err(m.clone()),
+            ([], [(l, m)]) => match l.split_once('/') {
+                Some((_, at)) => Err(format!("at {at}: {m}")),
+                None => Err(m.clone()),
+            },
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -875,7 +889,7 @@ mod tests {
         assert_eq!(query(exploded(), "ids=1&x=0&ids=2"), Ok(json!([1, 2])));
         assert_eq!(
             query(exploded(), "ids=1,2"),
-            Err("item 0 must be an integer".into())
+            Err("at 0: must be an integer".into())
         );
         assert_eq!(
             query(exploded(), "ids=1&ids="),
@@ -885,7 +899,7 @@ mod tests {
         assert_eq!(query(form(), "ids=1,2,3"), Ok(json!([1, 2, 3])));
         assert_eq!(
             query(form(), "ids=1,x"),
-            Err("item 1 must be an integer".into())
+            Err("at 1: must be an integer".into())
         );
         assert_eq!(
             query(form(), "ids=1&ids=2"),
@@ -933,7 +947,7 @@ mod tests {
         );
         assert_eq!(
             query(deep(), "f[size]=big"),
-            Err("property size must be an integer".into())
+            Err("at size: must be an integer".into())
         );
         assert_eq!(
             query(deep(), "f[a][b]=1"),
@@ -1049,7 +1063,7 @@ mod tests {
         );
         assert_eq!(
             path(p(Style::Simple, true, rgb), "R=x"),
-            Err("property R must be an integer".into())
+            Err("at R: must be an integer".into())
         );
         let mut r = req("");
         r.path = vec![];
@@ -1130,7 +1144,7 @@ mod tests {
         );
         assert_eq!(
             path(p(Style::Matrix, true, ints), ";id=1;id=x"),
-            Err("item 1 must be an integer".into())
+            Err("at 1: must be an integer".into())
         );
         assert_eq!(
             path(p(Style::Matrix, true, rgb.clone()), ";R=1;G=2"),

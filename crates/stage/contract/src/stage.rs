@@ -53,13 +53,14 @@ impl Stage for ContractStage {
             }
             return Step::Done(conclude(op, violations, ctx));
         }
-        let media = match pick_body_media(op, req) {
+        let (media, json) = match pick_body_media(op, req) {
             Ok(m) => m,
             Err(r) => return Step::Done(refuse(op, r, violations, ctx)),
         };
-        let Some(media) = media.filter(|m| m.validator.is_some() || m.fields.is_some()) else {
-            // A media type the document declares without a JSON schema: the type is the
-            // whole contract.
+        let Some(media) = media.filter(|m| json && (m.validator.is_some() || m.fields.is_some()))
+        else {
+            // A media type the document declares without a JSON schema, or a body that is not
+            // JSON under a range (`*/*`) with one: the type is the whole contract.
             return Step::Done(conclude(op, violations, ctx));
         };
         let limit = ctx.body_limit.unwrap_or(u64::MAX);
@@ -83,10 +84,11 @@ impl Stage for ContractStage {
 }
 
 /// The declared media type the request's `Content-Type` falls in; `Err` when there is none.
+/// Also says whether the request's type is JSON (only JSON bodies are read against schemas).
 fn pick_body_media<'o>(
     op: &'o Operation,
     req: &GatewayRequest,
-) -> Result<Option<&'o Media>, Rejection> {
+) -> Result<(Option<&'o Media>, bool), Rejection> {
     let declared = match &op.def.body {
         Some(b) => b,
         None => {
@@ -113,9 +115,10 @@ fn pick_body_media<'o>(
         .iter()
         .filter(|m| media_matches(&m.def.range, ct))
         .max_by_key(|m| specificity(&m.def.range));
+    let json = is_json_media(ct);
     match found {
-        Some(m) => Ok(Some(m)),
-        None if declared.media.is_empty() => Ok(None),
+        Some(m) => Ok((Some(m), json)),
+        None if declared.media.is_empty() => Ok((None, json)),
         None => Err(Rejection::new(
             RejectReason::UnsupportedMediaType,
             format!(
@@ -232,6 +235,7 @@ fn conclude(op: &Arc<Operation>, mut violations: Vec<Violation>, ctx: &mut Reque
     if settings.validate_responses || settings.declared_only {
         ctx.response_contract = Some(op.clone() as Arc<dyn ResponseContract>);
     }
+    dedup(&mut violations);
     violations.truncate(settings.max_violations);
     let enforced = settings.mode == Mode::Block;
     let verdict = if enforced && !violations.is_empty() {
@@ -257,6 +261,19 @@ fn conclude(op: &Arc<Operation>, mut violations: Vec<Violation>, ctx: &mut Reque
         response: Vec::new(),
     }));
     verdict
+}
+
+/// Drops repeats, keeping the first of each: the field walk and the schema can both see an
+/// unknown field (`additionalProperties: false`). Lists are short (capped).
+fn dedup(violations: &mut Vec<Violation>) {
+    let mut i = 1;
+    while i < violations.len() {
+        if violations[..i].contains(&violations[i]) {
+            violations.remove(i);
+        } else {
+            i += 1;
+        }
+    }
 }
 
 /// A refusal before the body is read (media type, unexpected body), with the parameter
@@ -350,6 +367,7 @@ impl ResponseContract for Operation {
             if let Some(tree) = &media.fields {
                 tree.apply(body, Unknown::Reject, "body", &mut out, cap);
             }
+            dedup(&mut out);
         }
         if s.declared_only
             && let Some(tree) = &media.fields

@@ -456,6 +456,20 @@ pub struct ApiRules {
     pagination: Pagination,
 }
 
+impl ApiRules {
+    /// Lets these query parameters repeat (arrays a route's API contract declares), on top of
+    /// the configured `allow_arrays`. No effect when parameter pollution is off.
+    pub fn allow_arrays(&mut self, names: impl IntoIterator<Item = String>) {
+        if let Some(h) = self.hpp.as_mut() {
+            for n in names {
+                if !h.allow_arrays.contains(&n) {
+                    h.allow_arrays.push(n);
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 struct Hpp {
     allow_arrays: Vec<String>,
