@@ -76,6 +76,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
         );
     }
     let mut routes = Vec::new();
+    let mut files = Vec::new();
     let mut names = HashSet::new();
     let sections = Sections {
         upstreams: &upstream_index,
@@ -98,7 +99,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
         }
         match &r.openapi {
             None => routes.push(compile_route(r, &path, &sections, &[], &mut e)),
-            Some(o) => expand_openapi(r, o, &path, &sections, &mut routes, &mut e),
+            Some(o) => files.extend(expand_openapi(r, o, &path, &sections, &mut routes, &mut e)),
         }
         if routes.last().is_some_and(|r| {
             r.auth
@@ -151,6 +152,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
         rate_limits,
         waf,
         security_headers: Arc::new(security_headers),
+        files,
     })
 }
 
@@ -740,7 +742,8 @@ struct Sections<'a> {
 }
 
 /// A route group defined by an OpenAPI document: one route per operation, each a template
-/// under the group's prefix, sharing every other setting of the group.
+/// under the group's prefix, sharing every other setting of the group. Returns the files the
+/// document is made of.
 fn expand_openapi(
     r: &RawRoute,
     o: &RawOpenApi,
@@ -748,7 +751,7 @@ fn expand_openapi(
     sections: &Sections<'_>,
     routes: &mut Vec<Route>,
     e: &mut ConfigErrors,
-) {
+) -> Vec<PathBuf> {
     let op_path = format!("{path}.openapi");
     if r.matcher.path.is_some() {
         e.push(
@@ -772,7 +775,7 @@ fn expand_openapi(
     else {
         // Compile the rest anyway, so that every error is reported at once.
         let _ = compile_route(r, path, sections, &[], e);
-        return;
+        return Vec::new();
     };
     let mut params: Vec<Arc<str>> = Vec::new();
     for op in &contract.operations {
@@ -842,6 +845,7 @@ fn expand_openapi(
         route.contract = Some(op.clone());
         routes.push(route);
     }
+    contract.document.files
 }
 
 /// The query parameters an operation declares as arrays sent as repeated keys (`ids=1&ids=2`):

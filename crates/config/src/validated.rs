@@ -43,6 +43,9 @@ pub struct Config {
     pub waf: WafSettings,
     /// The gateway-wide security headers (responses that match no route).
     pub security_headers: Arc<SecurityHeaders>,
+    /// Other files the configuration is made of (OpenAPI documents and the files they
+    /// reference), watched with it for changes.
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug)]

@@ -509,8 +509,9 @@ fn reload(gw: &Gateway, path: Option<&Path>, why: &str) -> Result<(), ConfigErro
     result
 }
 
-/// The files a running configuration is made of: the configuration file and the Rego
-/// modules and data it names (paths relative to the configuration file's folder).
+/// The files a running configuration is made of: the configuration file, the Rego modules and
+/// data it names (paths relative to the configuration file's folder), and its OpenAPI
+/// documents with every file they reference.
 fn watched_files(gw: &Gateway, path: &Path) -> Vec<PathBuf> {
     let rt = gw.runtime();
     let rego = &rt.config().raw.authz.rego;
@@ -522,6 +523,7 @@ fn watched_files(gw: &Gateway, path: &Path) -> Vec<PathBuf> {
             .chain(rego.data_file.iter())
             .map(|f| portcullis_core::resolve_path(base, f)),
     );
+    files.extend(rt.config().files.iter().cloned());
     files
 }
 

@@ -715,3 +715,37 @@ async fn the_shop_example_does_what_its_comments_say() {
     );
     assert_eq!(r.header("x-frame-options"), Some("DENY"));
 }
+
+/// Editing a file the document references (not the configuration itself) reloads the contract.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_document_file_is_reloaded() {
+    let s = setup().await;
+    let body = r#"{"email":"a@example.com","items":[{"sku":"A","qty":2}]}"#;
+    let r = call(&s, "POST", "/api/orders", &[JSON], body).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let common = s.gw.config_path().parent().unwrap().join("common.yaml");
+    std::fs::write(
+        &common,
+        COMMON.replace(
+            "qty: { type: integer, minimum: 1 }",
+            "qty: { type: integer, maximum: 1 }",
+        ),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let r = call(&s, "POST", "/api/orders", &[JSON], body).await;
+        if r.status == 400 {
+            let v = assert_problem(&r, 400, "contract_violation");
+            assert_eq!(v["violations"][0]["location"], "body:/items/0/qty", "{v}");
+            assert_eq!(v["violations"][0]["message"], "must be <= 1", "{v}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not reloaded: {}",
+            r.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

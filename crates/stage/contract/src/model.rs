@@ -26,6 +26,8 @@ pub struct Document {
     pub version: Version,
     /// The file it was loaded from, as the operator wrote it (for error messages).
     pub source: String,
+    /// Every file the document is made of, the main one first (watched for reload).
+    pub files: Vec<std::path::PathBuf>,
     /// The whole document with every external `$ref` pulled in (each other file is placed under
     /// `/x-portcullis-files/<n>` and its references rewritten to point there), every Schema
     /// Object converted to JSON Schema 2020-12, and — in this request view — `readOnly`

@@ -143,6 +143,7 @@ pub fn load(path: &Path) -> Result<Document, Vec<LoadError>> {
         return Err(bundler.errors);
     }
     let sources: Vec<String> = bundler.files.iter().map(|f| f.display.clone()).collect();
+    let files: Vec<PathBuf> = bundler.files.iter().map(|f| f.actual.clone()).collect();
     let ordered: Vec<Yaml> = bundler
         .files
         .iter_mut()
@@ -198,6 +199,7 @@ pub fn load(path: &Path) -> Result<Document, Vec<LoadError>> {
     Ok(Document {
         version,
         source: display,
+        files,
         request_root: Arc::new(request),
         response_root: Arc::new(response),
         operations,

@@ -391,6 +391,7 @@ mod tests {
         Document {
             version: Version::V31,
             source: "a.yaml".into(),
+            files: Vec::new(),
             request_root: Arc::clone(&root),
             response_root: root,
             operations: vec![OperationDef {
