@@ -4,6 +4,9 @@
     --quick      short runs, prints results, writes nothing
     --only waf   just the WAF scenario (Portcullis' WAF vs nginx + ModSecurity + OWASP CRS), printed,
                  docs untouched
+    --only contract
+                 just the API contract scenario (a route defined by bench/contract/orders.yaml, its
+                 JSON bodies validated, vs the same proxy without it and nginx), printed, docs untouched
 """
 
 import http.client
@@ -31,8 +34,8 @@ for i, a in enumerate(sys.argv):
         ONLY = sys.argv[i + 1]
     elif a.startswith("--only="):
         ONLY = a.split("=", 1)[1]
-if ONLY not in (None, "waf"):
-    sys.exit(f"--only: the scenarios that run alone are: waf (got {ONLY})")
+if ONLY not in (None, "waf", "contract"):
+    sys.exit(f"--only: the scenarios that run alone are: waf, contract (got {ONLY})")
 DURATION = 3 if QUICK else 10
 REPEAT = 1 if QUICK else 3
 CONNECTIONS = 64
@@ -105,6 +108,65 @@ wrk.method = "POST"
 wrk.body = [==[%s]==]
 wrk.headers["Content-Type"] = "application/json"
 """
+
+# The API contract scenario: Portcullis with one route defined by an OpenAPI document
+# (bench/contract/orders.yaml, POST /orders under /api), audit and WAF off like the plain proxy, so
+# that the difference between the two is the contract step; nginx as the plain reverse proxy; the
+# same POST with JSON orders the document accepts, of about 1 and 4 KiB.
+CONTRACT_PORTS = {"portcullis-contract": 18126}
+CONTRACT_ADMIN = 18127
+CONTRACT_SPEC = os.path.join(ROOT, "bench", "contract", "orders.yaml")
+CONTRACT_POST = "/api/orders"
+CONTRACT_SERVERS = ("nginx", "portcullis", "portcullis-contract")
+CONTRACT_SIZES = (("1k", 1024), ("4k", 4096))
+CONTRACT_HEADERS = ["Accept: application/json"]
+
+
+def contract_json_body(target):
+    """An order of about `target` bytes that bench/contract/orders.yaml accepts: nested objects
+    (customer, addresses, shipping), line items with patterned, enumerated, ranged and dated
+    fields, free text, a null, booleans, a uuid, an e-mail and a date-time."""
+    goods = [("Blue running shoes", 79.9), ("Wool socks, pack of three", 14.5), ("Rain jacket", 120.0),
+             ("Water bottle 750 ml", 18.0), ("Trail backpack 28 l", 95.0), ("Sunglasses", 49.0),
+             ("Cotton T-shirt", 19.9), ("Headlamp", 34.0), ("Rain cover for backpack", 22.0),
+             ("Running cap", 17.5), ("Insoles", 25.0), ("Energy bars, box of twelve", 21.0)]
+    address = {"street": "12 Marylebone Road", "city": "London", "postcode": "NW1 5LR", "country": "GB"}
+    doc = {"order_id": "6f1c2d3e-0a1b-4c5d-8e9f-a0b1c2d3e4f5", "reference": "A-20240611-0042", "currency": "EUR",
+           "created": "2024-06-11T09:42:17Z",
+           "customer": {"id": 5512, "name": "Ada Lovelace", "email": "ada.lovelace@example.com",
+                        "phone": "+44 20 7946 0958", "newsletter": False, "address": address},
+           "shipping": {"method": "express", "deliver_after": "2024-06-13", "address": dict(address)},
+           "items": [], "notes": "Please leave the parcel with the neighbour at number 14 if nobody is home.",
+           "coupon": None, "gift": False, "tags": ["web", "returning-customer"]}
+    n = 0
+    while not doc["items"] or len(json.dumps(doc)) < target:
+        name, price = goods[n % len(goods)]
+        doc["items"].append({"sku": f"SKU-{1001 + n}", "name": name, "quantity": 1 + n % 3, "unit_price": price,
+                             "size": ["S", "M", "L", "42", "one size"][n % 5], "ship_by": f"2024-06-{12 + n % 3}"})
+        n += 1
+    return json.dumps(doc)
+
+
+def contract_invalid_bodies(body):
+    """Variants of a valid order the contract refuses, each with one fault, the deep ones in the
+    last line item (the whole body is walked before it is found)."""
+    out = []
+
+    def variant(label, change):
+        doc = json.loads(body)
+        change(doc)
+        out.append((label, json.dumps(doc)))
+
+    variant("`quantity: 0` in the last line item (minimum 1)", lambda d: d["items"][-1].update(quantity=0))
+    variant("`size: \"XXL\"` in the last line item (not in the enum)", lambda d: d["items"][-1].update(size="XXL"))
+    variant("`ship_by: \"soon\"` in the last line item (format date)",
+            lambda d: d["items"][-1].update(ship_by="soon"))
+    variant("`email: \"not-an-email\"` in the customer (format email)",
+            lambda d: d["customer"].update(email="not-an-email"))
+    variant("an undeclared `discount` in the last line item", lambda d: d["items"][-1].update(discount=5))
+    variant("no `customer` (required)", lambda d: d.pop("customer"))
+    out.append(("the last byte cut off (not JSON)", body[:-1]))
+    return out
 
 WRK_LUA = """
 done = function(summary, latency, requests)
@@ -235,22 +297,39 @@ def h2load(port, path):
             "errors": int(failed.group(2)) + int(failed.group(3)) if failed else 0}
 
 
-def measure(fn, pids):
-    runs = []
-    for _ in range(REPEAT):
-        before = cpu_ticks(pids)
-        r = fn()
-        ticks = cpu_ticks(pids) - before
-        total = r["rps"] * DURATION
-        r["cpu_us_per_req"] = (ticks / os.sysconf("SC_CLK_TCK")) * 1e6 / total if total else 0.0
-        runs.append(r)
+def measure_once(fn, pids):
+    before = cpu_ticks(pids)
+    r = fn()
+    ticks = cpu_ticks(pids) - before
+    total = r["rps"] * DURATION
+    r["cpu_us_per_req"] = (ticks / os.sysconf("SC_CLK_TCK")) * 1e6 / total if total else 0.0
+    return r
+
+
+def medians(runs):
     med = {}
     for k in runs[0]:
         med[k] = statistics.median(r[k] for r in runs)
     return med
 
 
-def portcullis_conf(work, name, port, admin, secure, jwt=None, rl=None):
+def measure(fn, pids):
+    return medians([measure_once(fn, pids) for _ in range(REPEAT)])
+
+
+def measure_rounds(cases):
+    """Like `measure` for several cases ({key: (fn, pids)}), but in rounds: one run of each case
+    per round, REPEAT rounds, the median of each case. Other work on the machine then falls on
+    every case alike rather than on whichever ran during it."""
+    runs = {key: [] for key in cases}
+    for i in range(REPEAT):
+        for key, (fn, pids) in cases.items():
+            runs[key].append(measure_once(fn, pids))
+            print(*key, f"run {i + 1}/{REPEAT}", runs[key][-1], flush=True)
+    return {key: medians(r) for key, r in runs.items()}
+
+
+def portcullis_conf(work, name, port, admin, secure, jwt=None, rl=None, openapi=None):
     extra = ""
     if secure:
         extra = """
@@ -273,6 +352,13 @@ routes:
        if jwt else "") if secure else """
 routes:
   - { name: all, match: { prefix: / }, upstream: up }
+"""
+    if openapi:
+        # The plain profile with its one route defined by an OpenAPI document (the defaults of
+        # `openapi:`: mode block, unknown fields and query parameters rejected, default parse limits).
+        routes = f"""
+routes:
+  - {{ name: api, match: {{ prefix: /api }}, upstream: up, openapi: {{ spec: "{openapi}" }} }}
 """
     if jwt:
         cache = "\n  token_cache: { max_entries: 0 }" if jwt == "uncached" else ""
@@ -327,18 +413,22 @@ def pids_of(procs, name):
 
 
 def http_status(port, method, path, body=None):
+    return http_answer(port, method, path, body, WAF_HEADERS)[0]
+
+
+def http_answer(port, method, path, body=None, extra=()):
+    """(status, body text) of one request, or (the exception's name, "")."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        headers = dict(h.split(": ", 1) for h in WAF_HEADERS)
+        headers = dict(h.split(": ", 1) for h in extra)
         headers["Host"] = "bench.local"
         if body is not None:
             headers["Content-Type"] = "application/json"
         conn.request(method, path, body=body, headers=headers)
         r = conn.getresponse()
-        r.read()
-        return r.status
+        return r.status, r.read().decode("utf-8", "replace")
     except (OSError, http.client.HTTPException) as e:
-        return type(e).__name__
+        return type(e).__name__, ""
     finally:
         conn.close()
 
@@ -445,6 +535,116 @@ def waf_report(waf):
     return lines
 
 
+def contract_scenario(work, procs):
+    """Starts Portcullis with the route of bench/contract/orders.yaml; checks that every server
+    takes the valid orders and that the contract refuses invalid ones; then measures it, the plain
+    nginx and the plain Portcullis (already running) on the same POSTs. Returns {"failed": [...]}
+    instead when a check fails: its numbers would not measure what they claim."""
+    failed = []
+    conf = portcullis_conf(work, "portcullis-contract", CONTRACT_PORTS["portcullis-contract"], CONTRACT_ADMIN,
+                           False, openapi=CONTRACT_SPEC)
+    check = subprocess.run([BIN, "check", conf], capture_output=True, text=True)
+    if check.returncode != 0:
+        return {"failed": ["`portcullis check` refuses the configuration of portcullis-contract: "
+                           + (check.stdout + check.stderr).strip()]}
+    procs["portcullis-contract"] = start([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"],
+                                         CONTRACT_PORTS["portcullis-contract"], "portcullis-contract", work)
+    ports = {"nginx": PORTS["nginx"], "portcullis": PORTS["portcullis"], **CONTRACT_PORTS}
+    bodies = {label: contract_json_body(size) for label, size in CONTRACT_SIZES}
+    # Before measuring: the valid orders pass through every server, on the path that is measured ...
+    for name in CONTRACT_SERVERS:
+        for label, body in bodies.items():
+            status, text = http_answer(ports[name], "POST", CONTRACT_POST, body, CONTRACT_HEADERS)
+            if not (isinstance(status, int) and 200 <= status < 300):
+                failed.append(f"{name} answered {status} to the valid {len(body)}-byte order "
+                              f"(POST {CONTRACT_POST}): {text.strip()[:600]}")
+    # ... and the contract refuses each invalid variant with 400 (so it does validate the bodies).
+    refused = []
+    for label, body in bodies.items():
+        for what, bad in contract_invalid_bodies(body):
+            status, text = http_answer(ports["portcullis-contract"], "POST", CONTRACT_POST, bad, CONTRACT_HEADERS)
+            if status != 400:
+                failed.append(f"portcullis-contract answered {status} (not 400) to the {label} order with "
+                              f"{what}: {text.strip()[:600]}")
+            else:
+                refused.append(what)
+                if label == CONTRACT_SIZES[0][0]:
+                    try:
+                        said = json.dumps(json.loads(text).get("violations"))
+                    except ValueError:
+                        said = text.strip()
+                    print(f"portcullis-contract refuses {what}: 400 {said[:300]}", flush=True)
+    if failed:
+        return {"failed": failed}
+    cases = {}
+    for label, body in bodies.items():
+        setup = WAF_POST_LUA % body
+        for name in CONTRACT_SERVERS:
+            port = ports[name]
+            cases[(name, label)] = (
+                lambda port=port, setup=setup: wrk(port, CONTRACT_POST, work, setup=setup, headers=CONTRACT_HEADERS,
+                                                   timeout="30s"),
+                pids_of(procs, name))
+    # Warm up every server's connection pool with the larger order.
+    lua = os.path.join(work, "warmup.lua")
+    with open(lua, "w") as f:
+        f.write(WAF_POST_LUA % bodies[CONTRACT_SIZES[-1][0]])
+    for name in CONTRACT_SERVERS:
+        subprocess.run(["wrk", "-t1", "-c16", "-d1s", "-s", lua, f"http://127.0.0.1:{ports[name]}{CONTRACT_POST}"],
+                       capture_output=True)
+    results = measure_rounds(cases)
+    return {"results": results, "bytes": {label: len(b) for label, b in bodies.items()},
+            "refused": sorted(set(refused), key=refused.index)}
+
+
+def contract_report(contract):
+    lines = []
+    add = lines.append
+    add("\n## API contract\n")
+    if "failed" in contract:
+        add("**Not measured: a check before measuring failed.**\n")
+        for f in contract["failed"]:
+            add(f"- {f}")
+        return lines
+    r = contract["results"]
+    sizes = contract["bytes"]
+    add("Portcullis with its one route defined by an OpenAPI 3.1 document (`bench/contract/orders.yaml`:")
+    add("`POST /orders` under `/api`, an order with nested objects, an array of line items, integer ranges,")
+    add("patterns, enums and asserted formats; the defaults of `openapi:`: `mode: block`, unknown fields")
+    add("rejected, responses not checked) against the same Portcullis without it (*portcullis*, the plain profile) and")
+    add("nginx as a plain reverse proxy; audit and WAF off in both Portcullis, so the difference between")
+    add("them is the contract step (the operation's route, buffering the body, parsing it under the parse")
+    add("limits, the walk for undeclared fields, JSON Schema validation). One worker or thread each on")
+    add(f"CPU {SERVER_CPU}, in front of the same upstream. `POST {CONTRACT_POST}` with a "
+        + " and a ".join(f"{n}-byte" for n in sizes.values()))
+    add("JSON order the document accepts (wrk with a Lua script, `Content-Type: application/json`). Checked")
+    add("before measuring: every server answers 2xx to both orders on that path, and the contract route")
+    add("answers 400 to each of these variants of them: " + "; ".join(contract["refused"]) + ".")
+    add(f"The cases run in rounds (one run of each per round, {REPEAT} round{'s' if REPEAT != 1 else ''}, "
+        "medians), so that other work on the machine falls on all of them alike.\n")
+    add("| server | test | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | errors |")
+    add("|---|---|---:|---:|---:|---:|---:|---:|")
+    label = {k: f"POST {sizes[k]} B JSON" for k in sizes}
+    for name in CONTRACT_SERVERS:
+        for size in sizes:
+            x = r[(name, size)]
+            add(f"| {name} | {label[size]} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | {x['p999']:.2f} | {x['cpu_us_per_req']:.1f} | {int(x['errors'])} |")
+    add("")
+    add("| test | validated ÷ nginx (req/s) | validated p99 ÷ nginx p99 | validated ÷ plain (req/s) | validated p99 ÷ plain p99 | plain ÷ nginx (req/s) | contract CPU µs/req (validated − plain) |")
+    add("|---|---:|---:|---:|---:|---:|---:|")
+    for size in sizes:
+        v, pc, ng = r[("portcullis-contract", size)], r[("portcullis", size)], r[("nginx", size)]
+
+        def ratio(a, b, k="rps"):
+            return f"{a[k] / b[k]:.2f}" if b[k] else "—"
+
+        add(f"| {label[size]} | {ratio(v, ng)} | {ratio(v, ng, 'p99')} | {ratio(v, pc)} | {ratio(v, pc, 'p99')} | {ratio(pc, ng)} | {v['cpu_us_per_req'] - pc['cpu_us_per_req']:+.1f} |")
+    bad = [f"{n} {label[t]}" for (n, t), x in r.items() if x["errors"]]
+    if bad:
+        add("\n**Invalid runs (errors or non-2xx answers): " + ", ".join(bad) + ".**")
+    return lines
+
+
 def start_proxies(work, procs):
     """The upstream and the plain nginx proxy."""
     up_conf = nginx_conf(work, "upstream", PORTS["upstream"], f"""
@@ -472,7 +672,8 @@ def start_proxies(work, procs):
     procs["nginx"] = start(["nginx", "-c", ngx_conf], PORTS["nginx"], "nginx", work)
 
 
-def main_waf_only():
+def main_only():
+    """One scenario (--only) beside the upstream and the plain proxies it compares against."""
     work = tempfile.mkdtemp(prefix="portcullis-bench-")
     os.chmod(work, 0o755)
     procs = {}
@@ -482,7 +683,11 @@ def main_waf_only():
         procs["portcullis"] = start([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"],
                                     PORTS["portcullis"], "portcullis", work)
         subprocess.run(["wrk", "-t1", "-c16", "-d1s", f"http://127.0.0.1:{PORTS['upstream']}/"], capture_output=True)
-        waf = waf_scenario(work, procs)
+        if ONLY == "waf":
+            lines = waf_report(waf_scenario(work, procs))
+        else:
+            contract = contract_scenario(work, procs)
+            lines = contract_report(contract)
     finally:
         for p in procs.values():
             stop(p)
@@ -490,18 +695,21 @@ def main_waf_only():
                          capture_output=True, text=True).stdout.strip()
     print(f"\n{NCPU} cores ({cpu}); servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; "
           f"`wrk -t1 -c{CONNECTIONS} -d{DURATION}s`, median of {REPEAT}.")
-    print("\n".join(waf_report(waf)))
+    print("\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)
+    if ONLY == "contract" and "failed" in contract:
+        sys.exit(f"the contract scenario was not measured: {len(contract['failed'])} check(s) failed (above)")
 
 
 def main():
-    if ONLY == "waf":
-        return main_waf_only()
+    if ONLY:
+        return main_only()
     work = tempfile.mkdtemp(prefix="portcullis-bench-")
     # nginx workers run as an unprivileged user: they must be able to read the files.
     os.chmod(work, 0o755)
     procs = {}
     waf = None
+    contract = None
     try:
         start_proxies(work, procs)
         # A demo issuer for the JWT scenarios: an EdDSA key, its JWKS, one token for the run.
@@ -545,14 +753,17 @@ def main():
             results[(name, "h2")] = measure(lambda: h2load(H2_PORTS[name], "/"), pids(name))
             print(name, "h2", results[(name, "h2")], flush=True)
         waf = waf_scenario(work, procs)
+        contract = contract_scenario(work, procs)
+        if "failed" in contract:
+            print("\n".join(["contract scenario not measured:"] + contract["failed"]), file=sys.stderr)
     finally:
         for p in procs.values():
             stop(p)
-    report(results, waf)
+    report(results, waf, contract)
     shutil.rmtree(work, ignore_errors=True)
 
 
-def report(results, waf=None):
+def report(results, waf=None, contract=None):
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
                          capture_output=True, text=True).stdout.strip()
     ngv = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
@@ -606,6 +817,8 @@ def report(results, waf=None):
         add("\n**Invalid runs (errors or non-2xx answers): " + ", ".join(bad) + ".**")
     if waf:
         lines += waf_report(waf)
+    if contract:
+        lines += contract_report(contract)
     text = "\n".join(lines) + "\n"
     print(text)
     if not QUICK:

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The benchmark harness: Portcullis side by side with nginx on this machine, one command.
 #
-#   bench/run.sh                # full run (about 13 minutes), writes docs/performance.md
+#   bench/run.sh                # full run (about 21 minutes), writes docs/performance.md
 #   bench/run.sh --quick        # short runs, prints results, writes nothing
 #   bench/run.sh --only waf     # just the WAF scenario (Portcullis' WAF vs nginx + ModSecurity + CRS),
+#                               # prints results, writes nothing (add --quick for short runs)
+#   bench/run.sh --only contract  # just the API contract scenario (a route validated against
+#                               # bench/contract/orders.yaml vs the plain proxy and nginx, JSON POSTs),
 #                               # prints results, writes nothing (add --quick for short runs)
 #
 # Installs what it needs from the OS packages (nginx, wrk, h2load, redis-server, the nginx ModSecurity
