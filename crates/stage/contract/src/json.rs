@@ -442,17 +442,21 @@ impl<'de> Visitor<'de> for Node<'_> {
             }
             let key = map.next_key_seed(Key { ctx: &mut *ctx })?;
             let Some(key) = key else { break };
-            if out.contains_key(&key) {
-                let e = ctx.fail(Broken::Duplicate);
-                ctx.trail.push(Seg::Key(key));
-                return Err(e);
-            }
+            // One lookup per key: the slot is found before the value is read.
+            let slot = match out.entry(key) {
+                serde_json::map::Entry::Vacant(slot) => slot,
+                serde_json::map::Entry::Occupied(taken) => {
+                    let e = ctx.fail(Broken::Duplicate);
+                    ctx.trail.push(Seg::Key(taken.key().clone()));
+                    return Err(e);
+                }
+            };
             match map.next_value_seed(Node { ctx: &mut *ctx }) {
                 Ok(v) => {
-                    out.insert(key, v);
+                    slot.insert(v);
                 }
                 Err(e) => {
-                    ctx.trail.push(Seg::Key(key));
+                    ctx.trail.push(Seg::Key(slot.key().clone()));
                     return Err(e);
                 }
             }
