@@ -3,10 +3,10 @@
 //! headers the rejection asked for. No other place in the gateway writes an error response.
 
 use bytes::Bytes;
+use http::Response;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
-use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use portcullis_core::{BoxBody, BoxError, Rejection, RequestId, push_json_string};
+use portcullis_core::{BoxBody, BoxError, RejectReason, Rejection, RequestId, push_json_string};
 
 pub const PROBLEM_JSON: HeaderValue = HeaderValue::from_static("application/problem+json");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
@@ -62,8 +62,12 @@ pub fn problem_response(rejection: &Rejection, request_id: &RequestId) -> Respon
     for (name, value) in &rejection.headers {
         h.append(name.clone(), value.clone());
     }
-    if rejection.status() == StatusCode::BAD_REQUEST {
-        // The connection's framing may be in doubt after a malformed request.
+    if matches!(
+        rejection.reason,
+        RejectReason::BadRequest | RejectReason::BodyReadFailed
+    ) {
+        // The connection's framing may be in doubt after a malformed request or body (a
+        // well-framed request that breaks the API contract leaves it sound).
         h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
@@ -103,6 +107,24 @@ mod tests {
         assert_eq!(v["violations"].as_array().unwrap().len(), 2);
         let plain = problem_body(&Rejection::new(RejectReason::BadRequest, "x"), &id);
         assert!(!plain.contains("violations"));
+    }
+
+    #[test]
+    fn only_framing_doubts_close_the_connection() {
+        let id = RequestId::generate();
+        for (reason, closes) in [
+            (RejectReason::BadRequest, true),
+            (RejectReason::BodyReadFailed, true),
+            (RejectReason::ContractViolation, false),
+            (RejectReason::RouteNotFound, false),
+        ] {
+            let resp = problem_response(&Rejection::new(reason, "x"), &id);
+            assert_eq!(
+                resp.headers().get(http::header::CONNECTION).is_some(),
+                closes,
+                "{reason:?}"
+            );
+        }
     }
 
     #[test]
