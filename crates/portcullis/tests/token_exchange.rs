@@ -862,7 +862,8 @@ token_exchange:
       certificate_subject: "CN=legacy-batch"
       audiences: {{ orders-api: [read:orders, write:orders] }}
 routes:
-  - {{ name: token, match: {{ path: /token, methods: [POST] }}, upstream: tx, auth: {{ anonymous: true }} }}
+  # replace_4xx: the token endpoint's OAuth errors are protocol answers and stay as they are.
+  - {{ name: token, match: {{ path: /token, methods: [POST] }}, upstream: tx, auth: {{ anonymous: true }}, errors: {{ replace_4xx: true }} }}
 "#,
         c = server.cert_path.display(),
         k = server.key_path.display(),
