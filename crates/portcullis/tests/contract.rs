@@ -39,6 +39,8 @@ paths:
       - { name: id, in: path, required: true, schema: { type: integer, format: int32, minimum: 1 } }
     get:
       operationId: getOrder
+      parameters:
+        - { name: theme, in: cookie, schema: { type: string, enum: [dark, light] } }
       responses:
         "200": { description: ok }
     delete:
@@ -249,6 +251,15 @@ async fn parameters_are_checked_by_type_range_enum_pattern_and_presence() {
     assert_violations(&s, &r, &[("path:id", "must be >= 1")]);
     let r = call(&s, "GET", "/api/orders/abc", &[], "").await;
     assert_violations(&s, &r, &[("path:id", "must be an integer")]);
+    let r = call(
+        &s,
+        "GET",
+        "/api/orders/7",
+        &[("cookie", "a=1; theme=blue")],
+        "",
+    )
+    .await;
+    assert_violations(&s, &r, &[("cookie:theme", "must be one of: dark, light")]);
     // An exploded array (repeated key) is one parameter, not several.
     let r = call(&s, "GET", "/api/orders?ids=1&ids=x", &[TENANT], "").await;
     assert_violations(&s, &r, &[("query:ids/1", "must be an integer")]);
