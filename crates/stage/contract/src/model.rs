@@ -175,18 +175,15 @@ impl ResponseDef {
 }
 
 /// The response entry that describes `status`: the exact code, else its range (`4XX`), else
-/// `default`.
-pub fn pick_response(responses: &[ResponseDef], status: u16) -> Option<&ResponseDef> {
-    let exact = status.to_string();
-    responses
+/// `default`. `def` finds each item's [`ResponseDef`] (items may be compiled wrappers).
+pub fn pick_response<T>(items: &[T], status: u16, def: impl Fn(&T) -> &ResponseDef) -> Option<&T> {
+    let exact = |r: &&T| def(r).status.parse::<u16>().is_ok_and(|s| s == status);
+    let range = |r: &&T| def(r).status != "default" && def(r).covers(status);
+    items
         .iter()
-        .find(|r| r.status == exact)
-        .or_else(|| {
-            responses
-                .iter()
-                .find(|r| r.status != "default" && r.covers(status))
-        })
-        .or_else(|| responses.iter().find(|r| r.status == "default"))
+        .find(exact)
+        .or_else(|| items.iter().find(range))
+        .or_else(|| items.iter().find(|r| def(r).status == "default"))
 }
 
 /// Whether a media type (`application/json; charset=utf-8`) falls in a range
@@ -213,18 +210,19 @@ pub fn media_matches(range: &str, media: &str) -> bool {
     rs.eq_ignore_ascii_case(ms)
 }
 
-/// The most specific declared media range that `media` falls in.
-pub fn pick_media<'a>(media_defs: &'a [MediaDef], media: &str) -> Option<&'a MediaDef> {
+/// The most specific declared media range that `media` falls in (exact, then `type/*+suffix`,
+/// then `type/*`, then `*/*`). `range` finds each item's range (items may be compiled wrappers).
+pub fn pick_media<'a, T>(items: &'a [T], media: &str, range: impl Fn(&T) -> &str) -> Option<&'a T> {
     let specificity = |r: &str| match r {
         "*/*" => 0,
         r if r.ends_with("/*") => 1,
         r if r.contains("*+") => 2,
         _ => 3,
     };
-    media_defs
+    items
         .iter()
-        .filter(|m| media_matches(&m.range, media))
-        .max_by_key(|m| specificity(&m.range))
+        .filter(|m| media_matches(range(m), media))
+        .max_by_key(|m| specificity(range(m)))
 }
 
 /// Whether a media type is JSON: `application/json` or any `+json` suffix.
@@ -266,11 +264,11 @@ mod tests {
             },
         ];
         assert_eq!(
-            pick_media(&defs, "application/json").map(|m| m.range.as_str()),
+            pick_media(&defs, "application/json", |m| &m.range).map(|m| m.range.as_str()),
             Some("application/json")
         );
         assert_eq!(
-            pick_media(&defs, "text/plain").map(|m| m.range.as_str()),
+            pick_media(&defs, "text/plain", |m| &m.range).map(|m| m.range.as_str()),
             Some("*/*")
         );
         assert!(is_json_media("application/problem+json"));
@@ -285,17 +283,17 @@ mod tests {
         };
         let list = vec![r("default"), r("2XX"), r("201")];
         assert_eq!(
-            pick_response(&list, 201).map(|r| r.status.as_str()),
+            pick_response(&list, 201, |r| r).map(|r| r.status.as_str()),
             Some("201")
         );
         assert_eq!(
-            pick_response(&list, 200).map(|r| r.status.as_str()),
+            pick_response(&list, 200, |r| r).map(|r| r.status.as_str()),
             Some("2XX")
         );
         assert_eq!(
-            pick_response(&list, 404).map(|r| r.status.as_str()),
+            pick_response(&list, 404, |r| r).map(|r| r.status.as_str()),
             Some("default")
         );
-        assert!(pick_response(&[r("200")], 500).is_none());
+        assert!(pick_response(&[r("200")], 500, |r| r).is_none());
     }
 }

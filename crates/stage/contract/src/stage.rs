@@ -10,10 +10,9 @@ use portcullis_core::{
     ResponseContract, Stage, StageId, Step, Verdict, Violation,
 };
 
-use crate::config::Response;
 use crate::config::{Media, Mode, Operation, UnknownFields, UnknownQuery};
 use crate::fields::Unknown;
-use crate::model::{is_json_media, media_matches};
+use crate::model::{is_json_media, pick_media, pick_response};
 
 /// The contract step: one operation (or none) per route, indexed by route id.
 pub struct ContractStage {
@@ -110,11 +109,7 @@ fn pick_body_media<'o>(
             "the request body needs one Content-Type the operation declares",
         ));
     };
-    let found = op
-        .body
-        .iter()
-        .filter(|m| media_matches(&m.def.range, ct))
-        .max_by_key(|m| specificity(&m.def.range));
+    let found = pick_media(&op.body, ct, |m| &m.def.range);
     let json = is_json_media(ct);
     match found {
         Some(m) => Ok((Some(m), json)),
@@ -131,15 +126,6 @@ fn pick_body_media<'o>(
                     .join(", ")
             ),
         )),
-    }
-}
-
-fn specificity(range: &str) -> u8 {
-    match range {
-        "*/*" => 0,
-        r if r.ends_with("/*") => 1,
-        r if r.contains("*+") => 2,
-        _ => 3,
     }
 }
 
@@ -323,7 +309,7 @@ impl ResponseContract for Operation {
         let s = &self.settings;
         let mut out = Vec::new();
         let cap = s.max_violations;
-        let Some(resp) = pick(&self.responses, status.as_u16()) else {
+        let Some(resp) = pick_response(&self.responses, status.as_u16(), |r| &r.def) else {
             if s.validate_responses {
                 out.push(Violation::new(
                     "status",
@@ -338,12 +324,7 @@ impl ResponseContract for Operation {
             }
             return out;
         };
-        let media = content_type.and_then(|ct| {
-            resp.media
-                .iter()
-                .filter(|m| media_matches(&m.def.range, ct))
-                .max_by_key(|m| specificity(&m.def.range))
-        });
+        let media = content_type.and_then(|ct| pick_media(&resp.media, ct, |m| &m.def.range));
         if media.is_none() && !resp.media.is_empty() && s.validate_responses {
             out.push(Violation::new(
                 "content-type",
@@ -377,15 +358,4 @@ impl ResponseContract for Operation {
         }
         out
     }
-}
-
-/// The response entry for `status`: the exact code, else its range (`4XX`), else `default`.
-fn pick(responses: &[Response], status: u16) -> Option<&Response> {
-    let exact = |r: &&Response| r.def.status.parse::<u16>().is_ok_and(|s| s == status);
-    let range = |r: &&Response| r.def.status != "default" && r.def.covers(status);
-    responses
-        .iter()
-        .find(exact)
-        .or_else(|| responses.iter().find(range))
-        .or_else(|| responses.iter().find(|r| r.def.status == "default"))
 }
