@@ -396,14 +396,24 @@ async fn run(
     if listeners.is_empty() {
         tracing::warn!("no client listener is configured: nothing will be proxied");
     }
+    // What the watched files hold now, read before announcing readiness: an edit made right
+    // after "ready" is then a change, never the baseline.
+    let watched = match (&path, no_watch) {
+        (Some(p), false) => {
+            let files = watched_files(&gw, p);
+            let contents = read_all(&files).await;
+            Some((p.clone(), files, contents))
+        }
+        _ => None,
+    };
     writeln!(out, "portcullis: ready")?;
     out.flush()?;
     drop(out);
     tracing::info!(config = %source, routes = config.routes.len(), upstreams = config.upstreams.len(), "portcullis started");
 
     tokio::spawn(resolve_upstreams(gw.clone()));
-    if let (Some(p), false) = (&path, no_watch) {
-        tokio::spawn(watch_file(gw.clone(), p.clone()));
+    if let Some((p, files, contents)) = watched {
+        tokio::spawn(watch_file(gw.clone(), p, (files, contents)));
     }
     tokio::spawn(signals(gw.clone(), path, stop_tx));
     portcullis_proxy::server::serve(gw.clone(), listeners, stop_rx).await;
@@ -535,11 +545,14 @@ async fn read_all(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
     out
 }
 
-/// Reloads when the configuration file's content — or that of a policy file it names —
-/// changes, once it has been stable for a moment (editors write in several steps).
-async fn watch_file(gw: Arc<Gateway>, path: PathBuf) {
-    let files = watched_files(&gw, &path);
-    let mut last = (files.clone(), read_all(&files).await);
+/// Reloads when the configuration file's content — or that of a policy file or OpenAPI document
+/// it names — changes from `last` (read before the gateway said it was ready), once it has been
+/// stable for a moment (editors write in several steps).
+async fn watch_file(
+    gw: Arc<Gateway>,
+    path: PathBuf,
+    mut last: (Vec<PathBuf>, Vec<Option<Vec<u8>>>),
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;

@@ -122,6 +122,7 @@ routes:
   - name: strip
     match: {{ prefix: /strip }}
     upstream: app
+    max_body_bytes: 1KiB
     openapi: {{ spec: orders.yaml, unknown_fields: strip, unknown_query: allow }}
   - name: detect
     match: {{ prefix: /detect }}
@@ -392,6 +393,30 @@ async fn parse_limits_and_duplicate_keys_are_refused_before_validation() {
     .await;
     let v = assert_problem(&r, 400, "contract_violation");
     assert_eq!(v["violations"][0]["location"], "body:/items/0/qty", "{v}");
+    assert_eq!(s.up.hits(), 0);
+}
+
+/// A chunked body (no declared length) over the route's limit is refused while the contract
+/// buffers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeclared_body_over_the_limit_gets_413() {
+    let s = setup().await;
+    let note = "x".repeat(2048);
+    let body = format!(r#"{{"email":"a@example.com","note":"{note}","items":[]}}"#);
+    let raw = format!(
+        "POST /strip/orders HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let (text, _) = raw_exchange(s.gw.listener("public"), raw.as_bytes()).await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(
+        text.contains("urn:portcullis:problem:body_too_large"),
+        "{text}"
+    );
+    assert!(
+        text.to_ascii_lowercase().contains("x-request-id:"),
+        "{text}"
+    );
     assert_eq!(s.up.hits(), 0);
 }
 
