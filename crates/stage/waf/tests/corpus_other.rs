@@ -102,6 +102,12 @@ impl Engine {
         for (_, f) in VALUE_DETECTORS {
             f(&t, &mut self.views, 1, &mut self.out);
         }
+        // The engine's shortcut for plain values must never hide a finding.
+        assert!(
+            self.out.is_empty() || !portcullis_waf::engine::skips_value_detectors(value),
+            "{value:?} skips the detectors in the engine but has findings: {:?}",
+            self.out.iter().map(|f| f.rule).collect::<Vec<_>>()
+        );
         let score = self.out.iter().map(|f| f.severity.score()).sum();
         (score, self.out.iter().map(|f| f.rule).collect())
     }

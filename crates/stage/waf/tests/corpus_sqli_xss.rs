@@ -209,6 +209,11 @@ fn inspect(
     for d in detectors {
         d(&t, views, paranoia, out);
     }
+    // The engine's shortcut for plain values must never hide a finding.
+    assert!(
+        out.is_empty() || !portcullis_waf::engine::skips_value_detectors(value),
+        "{value:?} skips the detectors in the engine but has findings"
+    );
     out.iter().map(|f| f.severity.score()).sum()
 }
 
