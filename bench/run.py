@@ -7,6 +7,9 @@
     --only contract
                  just the API contract scenario (a route defined by bench/contract/orders.yaml, its
                  JSON bodies validated, vs the same proxy without it and nginx), printed, docs untouched
+    --only plain just the plain proxy against nginx and the upstream alone (small, 16k, h2), in
+                 rounds, printed, docs untouched; with --compare BIN also another build of
+                 Portcullis (an A/B of two builds on the same machine at the same time)
 """
 
 import http.client
@@ -29,13 +32,18 @@ import wafbench  # noqa: E402  (bench/waf/wafbench.py: the WAF servers' configur
 BIN = os.path.join(ROOT, "target", "release", "portcullis")
 QUICK = "--quick" in sys.argv
 ONLY = None
+COMPARE = None
 for i, a in enumerate(sys.argv):
     if a == "--only" and i + 1 < len(sys.argv):
         ONLY = sys.argv[i + 1]
     elif a.startswith("--only="):
         ONLY = a.split("=", 1)[1]
-if ONLY not in (None, "waf", "contract"):
-    sys.exit(f"--only: the scenarios that run alone are: waf, contract (got {ONLY})")
+    elif a == "--compare" and i + 1 < len(sys.argv):
+        COMPARE = os.path.abspath(sys.argv[i + 1])
+if ONLY not in (None, "waf", "contract", "plain"):
+    sys.exit(f"--only: the scenarios that run alone are: waf, contract, plain (got {ONLY})")
+if COMPARE and ONLY != "plain":
+    sys.exit("--compare goes with --only plain")
 DURATION = 3 if QUICK else 10
 REPEAT = 1 if QUICK else 3
 CONNECTIONS = 64
@@ -672,6 +680,58 @@ def start_proxies(work, procs):
     procs["nginx"] = start(["nginx", "-c", ngx_conf], PORTS["nginx"], "nginx", work)
 
 
+PLAIN_B_PORT = 18126
+PLAIN_B_ADMIN = 18127
+
+
+def plain_scenario(work, procs):
+    """The plain proxy beside nginx and the upstream alone, in rounds (and another build of
+    Portcullis with --compare)."""
+    servers = {"upstream": (PORTS["upstream"], H2_PORTS["upstream"]),
+               "nginx": (PORTS["nginx"], H2_PORTS["nginx"]),
+               "portcullis": (PORTS["portcullis"], PORTS["portcullis"])}
+    if COMPARE:
+        conf = portcullis_conf(work, "portcullis-b", PLAIN_B_PORT, PLAIN_B_ADMIN, False)
+        procs["portcullis-b"] = start([COMPARE, "run", "--config", conf, "--threads", "1", "--no-watch"],
+                                      PLAIN_B_PORT, "portcullis-b", work)
+        servers["portcullis-b"] = (PLAIN_B_PORT, PLAIN_B_PORT)
+    for name, (port, _) in servers.items():
+        subprocess.run(["wrk", "-t1", "-c16", "-d1s", f"http://127.0.0.1:{port}/"], capture_output=True)
+    cases = {}
+    for name, (port, h2port) in servers.items():
+        p = procs[name]
+        pids = [p.pid] + children(p.pid)
+        cases[(name, "small")] = (lambda port=port: wrk(port, "/", work), pids)
+        cases[(name, "16k")] = (lambda port=port: wrk(port, "/16k", work), pids)
+        cases[(name, "h2")] = (lambda h2port=h2port: h2load(h2port, "/"), pids)
+    return measure_rounds(cases)
+
+
+def plain_report(r):
+    lines = ["", "| server | test | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for (name, test), x in r.items():
+        if test == "h2":
+            lines.append(f"| {name} | h2 (mean {x['mean']:.2f} ms) | {x['rps']:.0f} | | | | "
+                         f"{x['cpu_us_per_req']:.1f} | {x['errors']:.0f} |")
+        else:
+            lines.append(f"| {name} | {test} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | "
+                         f"{x['p999']:.2f} | {x['cpu_us_per_req']:.1f} | {x['errors']:.0f} |")
+    lines += ["", "| test | Portcullis ÷ nginx (req/s) | p99 ÷ nginx p99 | CPU ÷ nginx CPU"
+              + (" | B ÷ nginx (req/s) | B CPU µs/req |" if COMPARE else " |"),
+              "|---|---:|---:|---:|" + ("---:|---:|" if COMPARE else "")]
+    for test in ("small", "16k", "h2"):
+        pc, ng = r[("portcullis", test)], r[("nginx", test)]
+        p99 = f"{pc['p99'] / ng['p99']:.2f}" if test != "h2" else "—"
+        row = (f"| {test} | {pc['rps'] / ng['rps']:.2f} | {p99} | "
+               f"{pc['cpu_us_per_req'] / ng['cpu_us_per_req']:.2f} |")
+        if COMPARE:
+            b = r[("portcullis-b", test)]
+            row += f" {b['rps'] / ng['rps']:.2f} | {b['cpu_us_per_req']:.1f} |"
+        lines.append(row)
+    return lines
+
+
 def main_only():
     """One scenario (--only) beside the upstream and the plain proxies it compares against."""
     work = tempfile.mkdtemp(prefix="portcullis-bench-")
@@ -685,6 +745,8 @@ def main_only():
         subprocess.run(["wrk", "-t1", "-c16", "-d1s", f"http://127.0.0.1:{PORTS['upstream']}/"], capture_output=True)
         if ONLY == "waf":
             lines = waf_report(waf_scenario(work, procs))
+        elif ONLY == "plain":
+            lines = plain_report(plain_scenario(work, procs))
         else:
             contract = contract_scenario(work, procs)
             lines = contract_report(contract)

@@ -5,6 +5,8 @@
 #   bench/run.sh --quick        # short runs, prints results, writes nothing
 #   bench/run.sh --only waf     # just the WAF scenario (Portcullis' WAF vs nginx + ModSecurity + CRS),
 #                               # prints results, writes nothing (add --quick for short runs)
+#   bench/run.sh --only plain   # the plain proxy vs nginx and the upstream (small, 16k, h2), in
+#                               # rounds; --compare BIN adds another build (A/B); prints only
 #   bench/run.sh --only contract  # just the API contract scenario (a route validated against
 #                               # bench/contract/orders.yaml vs the plain proxy and nginx, JSON POSTs),
 #                               # prints results, writes nothing (add --quick for short runs)

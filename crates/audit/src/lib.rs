@@ -392,6 +392,11 @@ impl AuditSink {
         }
     }
 
+    /// Whether events are written at all (callers skip building them when not).
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
     /// Queues `event` for writing; never waits. Sanitises it first (see
     /// [`AuditEvent::sanitize`]).
     pub fn emit(&self, mut event: AuditEvent) {

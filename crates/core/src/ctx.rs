@@ -61,8 +61,9 @@ pub struct RequestId(Arc<str>);
 impl RequestId {
     /// A fresh random id. Not a secret: it must be unique, not unguessable.
     pub fn generate() -> Self {
-        let v = fastrand::u128(..);
-        RequestId(Arc::from(format!("{v:032x}")))
+        let mut buf = [0u8; 32];
+        let id = hex_lower(fastrand::u128(..), &mut buf);
+        RequestId(Arc::from(id))
     }
 
     /// Accepts a client-supplied id only if it is short and made of safe characters, so it can
@@ -85,6 +86,19 @@ impl RequestId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// `v` as lowercase hex of `N` digits (zero-padded, the high digits cut if `v` is longer),
+/// written into `buf` without formatting machinery or allocation (per-request ids).
+pub fn hex_lower<const N: usize>(v: u128, buf: &mut [u8; N]) -> &str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in buf.iter_mut().rev().enumerate() {
+        let shift = 4 * i;
+        let nibble = if shift < 128 { (v >> shift) & 0xf } else { 0 };
+        *b = DIGITS[nibble as usize];
+    }
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 impl std::fmt::Display for RequestId {
@@ -190,6 +204,22 @@ mod tests {
         assert_eq!(a.as_str().len(), 32);
         assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn hex_is_what_format_writes() {
+        for v in [
+            0u128,
+            1,
+            0xdead_beef,
+            u128::from(u64::MAX),
+            u128::MAX,
+            0x0123 << 100,
+        ] {
+            assert_eq!(hex_lower(v, &mut [0u8; 32]), format!("{v:032x}"));
+            assert_eq!(hex_lower(v, &mut [0u8; 16]), format!("{:016x}", v as u64));
+        }
+        assert_eq!(hex_lower(0xab, &mut [0u8; 2]), "ab");
     }
 
     #[test]

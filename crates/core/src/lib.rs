@@ -38,7 +38,7 @@ pub use body::{
     RequestBody,
 };
 pub use contract::{ContractReport, ResponseContract};
-pub use ctx::{RequestCtx, RequestId, RouteId, RouteMatch, Scheme, TlsInfo};
+pub use ctx::{RequestCtx, RequestId, RouteId, RouteMatch, Scheme, TlsInfo, hex_lower};
 pub use errors::{ConfigError, ConfigErrors};
 pub use identity::{AuthMethod, PeerCertificate, Principal, SpiffeId, claim_at};
 pub use jsontext::{json_error_offset, push_json_string};

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use portcullis_core::{RequestCtx, Scheme};
+use portcullis_core::{RequestCtx, Scheme, hex_lower};
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) plus the de-facto ones.
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -102,8 +102,9 @@ pub struct Forwarding<'a> {
     pub x_forwarded: bool,
     pub forwarded: bool,
     pub peer_trusted: bool,
-    /// The Host the client asked for.
-    pub host: Option<&'a str>,
+    /// The Host the client asked for (a value of the request's own header: reusing it copies
+    /// nothing).
+    pub host: Option<&'a HeaderValue>,
 }
 
 /// Builds `X-Forwarded-*` and `Forwarded`. From an untrusted peer, whatever it sent is
@@ -112,12 +113,30 @@ pub struct Forwarding<'a> {
 pub fn set_forwarding(headers: &mut HeaderMap, ctx: &RequestCtx, f: &Forwarding<'_>) {
     let peer = ctx.peer.ip();
     let proto = ctx.scheme.as_str();
+    // Only a Host made of visible ASCII is repeated (it always is, past the hygiene step).
+    let host = f.host.filter(|h| h.to_str().is_ok());
     if f.x_forwarded {
-        let xff = match (f.peer_trusted, joined(headers, &X_FORWARDED_FOR)) {
-            (true, Some(prev)) => format!("{prev}, {peer}"),
-            _ => peer.to_string(),
-        };
-        put(headers, X_FORWARDED_FOR, &xff);
+        match (f.peer_trusted, joined(headers, &X_FORWARDED_FOR)) {
+            (true, Some(prev)) => put(headers, X_FORWARDED_FOR, &format!("{prev}, {peer}")),
+            _ => {
+                // The common case, without a heap-allocated string: an address is at most
+                // 45 bytes.
+                use std::io::Write as _;
+                let mut buf = [0u8; 48];
+                let mut w = &mut buf[..];
+                let _ = write!(w, "{peer}");
+                let left = w.len();
+                let text = &buf[..buf.len() - left];
+                match HeaderValue::from_bytes(text) {
+                    Ok(v) => {
+                        headers.insert(X_FORWARDED_FOR, v);
+                    }
+                    Err(_) => {
+                        headers.remove(X_FORWARDED_FOR);
+                    }
+                }
+            }
+        }
         if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
             headers.insert(
                 X_FORWARDED_PROTO,
@@ -125,8 +144,10 @@ pub fn set_forwarding(headers: &mut HeaderMap, ctx: &RequestCtx, f: &Forwarding<
             );
         }
         if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-            match f.host {
-                Some(h) => put(headers, X_FORWARDED_HOST, h),
+            match host {
+                Some(h) => {
+                    headers.insert(X_FORWARDED_HOST, h.clone());
+                }
                 None => {
                     headers.remove(&X_FORWARDED_HOST);
                 }
@@ -139,7 +160,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, ctx: &RequestCtx, f: &Forwarding<
     }
     if f.forwarded {
         let mut elem = format!("for={};proto={proto}", forwarded_node(peer));
-        if let Some(h) = f.host {
+        if let Some(h) = host.and_then(|h| h.to_str().ok()) {
             elem.push_str(";host=");
             elem.push_str(&forwarded_token_or_quoted(h));
         }
@@ -199,7 +220,7 @@ pub fn propagate_traceparent(headers: &mut HeaderMap) {
                 && trace.bytes().any(|b| b != b'0')
                 && is_hex(flags, 2)
                 && (ver != "00" || it.next().is_none());
-            ok.then(|| (trace.to_string(), flags.to_string()))
+            ok.then_some((trace, flags))
         });
     let span = loop {
         let s = fastrand::u64(..);
@@ -207,8 +228,13 @@ pub fn propagate_traceparent(headers: &mut HeaderMap) {
             break s;
         }
     };
-    let value = match incoming {
-        Some((trace, flags)) => format!("00-{trace}-{span:016x}-{flags}"),
+    // "00-" trace(32) "-" span(16) "-" flags(2): written in place, no formatting machinery.
+    let mut value = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    match incoming {
+        Some((trace, flags)) => {
+            value[3..35].copy_from_slice(trace.as_bytes());
+            value[53..55].copy_from_slice(flags.as_bytes());
+        }
         None => {
             headers.remove("tracestate");
             let trace = loop {
@@ -217,10 +243,20 @@ pub fn propagate_traceparent(headers: &mut HeaderMap) {
                     break t;
                 }
             };
-            format!("00-{trace:032x}-{span:016x}-01")
+            let mut hex = [0u8; 32];
+            value[3..35].copy_from_slice(hex_lower(trace, &mut hex).as_bytes());
         }
-    };
-    put(headers, TRACEPARENT, &value);
+    }
+    let mut hex = [0u8; 16];
+    value[36..52].copy_from_slice(hex_lower(u128::from(span), &mut hex).as_bytes());
+    match HeaderValue::from_bytes(&value) {
+        Ok(v) => {
+            headers.insert(TRACEPARENT, v);
+        }
+        Err(_) => {
+            headers.remove(TRACEPARENT);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -279,7 +315,7 @@ mod tests {
             x_forwarded: true,
             forwarded: true,
             peer_trusted: false,
-            host: Some("api.example"),
+            host: Some(&HeaderValue::from_static("api.example")),
         };
         set_forwarding(&mut m, &ctx("192.0.2.1:5"), &f);
         assert_eq!(m["x-forwarded-for"], "192.0.2.1");
@@ -310,7 +346,7 @@ mod tests {
             x_forwarded: false,
             forwarded: true,
             peer_trusted: false,
-            host: Some("a b"),
+            host: Some(&HeaderValue::from_static("a b")),
         };
         set_forwarding(&mut m, &ctx("[::1]:5"), &f);
         assert_eq!(m["forwarded"], "for=\"[::1]\";proto=https;host=\"a b\"");

@@ -245,13 +245,24 @@ async fn connection(
 /// timeout of its opening (a connect-and-wait slowloris), or no byte either way for the idle
 /// timeout.
 async fn idle_watchdog(activity: Arc<Activity>, first_byte: Duration, idle: Duration) {
+    // Ticks of a quarter of the shorter timeout: a connection is closed at most a tick after
+    // its deadline, and the traffic path never reads the clock for it.
     let step = (first_byte.min(idle) / 4).max(Duration::from_millis(50));
+    let started = tokio::time::Instant::now();
+    let mut moves = activity.moves();
+    let mut last_move = started;
     loop {
         tokio::time::sleep(step).await;
-        if !activity.has_read() && activity.age() >= first_byte {
+        let now = tokio::time::Instant::now();
+        let m = activity.moves();
+        if m != moves {
+            moves = m;
+            last_move = now;
+        }
+        if !activity.has_read() && now - started >= first_byte {
             return;
         }
-        if activity.idle_for() >= idle {
+        if now - last_move >= idle {
             return;
         }
     }

@@ -64,6 +64,8 @@ struct Seen {
     target: Option<Arc<str>>,
     /// Set when an upstream error body was replaced (audit).
     upstream_error: Option<portcullis_audit::UpstreamErrorAudit>,
+    /// The request id as a header value, made once for the upstream's copy and the client's.
+    request_id: Option<HeaderValue>,
 }
 
 /// Path segment characters that must be escaped when a captured parameter is put back in a path.
@@ -181,18 +183,24 @@ impl Gateway {
         let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
         let downstream_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (head, body) = req.into_parts();
+        // What only the audit event needs is copied only when there is one to write.
+        let audited = self.audit.enabled();
         let mut seen = Seen {
             method: head.method.clone(),
-            host: request_host(&head),
+            host: if audited { request_host(&head) } else { None },
             path: String::new(),
             version: head.version,
-            user_agent: head
-                .headers
-                .get(header::USER_AGENT)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            user_agent: if audited {
+                head.headers
+                    .get(header::USER_AGENT)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            } else {
+                None
+            },
             upstream: None,
             target: None,
             upstream_error: None,
+            request_id: HeaderValue::from_str(ctx.request_id.as_str()).ok(),
         };
         // Watched for trickling from the first byte, so a step that buffers the body (the WAF)
         // is protected as much as the upstream is; the route's size limit is added at forward
@@ -222,7 +230,9 @@ impl Gateway {
             None => rt.snapshot.pipeline.run(&mut greq, &mut ctx).await,
         };
         // The normalised path when normalisation ran, the raw one when it refused the request.
-        seen.path = greq.head.uri.path().to_string();
+        if audited {
+            seen.path = greq.head.uri.path().to_string();
+        }
         let result = match verdict {
             Err(rejection) => Err(rejection),
             Ok(Flow::Forward) => {
@@ -240,7 +250,7 @@ impl Gateway {
                 problem_response(&rejection, &ctx.request_id)
             }
         };
-        if let Ok(v) = HeaderValue::from_str(ctx.request_id.as_str()) {
+        if let Some(v) = seen.request_id.take() {
             resp.headers_mut().insert(id_header, v);
         }
         // Every response — forwarded, refused or answered by the gateway — carries the security
@@ -263,7 +273,7 @@ impl Gateway {
                 h.append(name, value);
             }
         }
-        self.finish(&ctx, &seen, resp.status());
+        self.finish(&ctx, seen, resp.status());
         Ok(resp)
     }
 
@@ -321,11 +331,7 @@ impl Gateway {
         // Headers for the upstream.
         let websocket = downstream_upgrade.is_some();
         strip_hop_by_hop(&mut head.headers, websocket);
-        let host_for_fwd = head
-            .headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let host_for_fwd = head.headers.get(header::HOST).cloned();
         set_forwarding(
             &mut head.headers,
             ctx,
@@ -333,10 +339,10 @@ impl Gateway {
                 x_forwarded: config.server.x_forwarded,
                 forwarded: config.server.forwarded,
                 peer_trusted: ctx.peer_trusted,
-                host: host_for_fwd.as_deref(),
+                host: host_for_fwd.as_ref(),
             },
         );
-        if let Ok(v) = HeaderValue::from_str(ctx.request_id.as_str()) {
+        if let Some(v) = seen.request_id.clone() {
             head.headers
                 .insert(config.server.request_id_header.clone(), v);
         }
@@ -607,7 +613,7 @@ impl Gateway {
     }
 
     /// Audit event and metrics: once per request, whatever the outcome.
-    fn finish(&self, ctx: &RequestCtx, seen: &Seen, status: StatusCode) {
+    fn finish(&self, ctx: &RequestCtx, seen: Seen, status: StatusCode) {
         let latency = ctx.received.elapsed();
         let route = ctx.route.as_ref().map(|r| &*r.name);
         self.metrics
@@ -640,11 +646,14 @@ impl Gateway {
                 );
             }
         }
+        if let Some((s, r)) = ctx.rejected_by {
+            self.metrics.count_rejection(s.as_str(), r.code());
+        }
+        if !self.audit.enabled() {
+            return;
+        }
         let (stage, reason) = match ctx.rejected_by {
-            Some((s, r)) => {
-                self.metrics.count_rejection(s.as_str(), r.code());
-                (Some(s.as_str().to_string()), Some(r.code().to_string()))
-            }
+            Some((s, r)) => (Some(s.as_str().to_string()), Some(r.code().to_string())),
             None => (None, None),
         };
         let outcome = match ctx.rejected_by {
@@ -652,7 +661,7 @@ impl Gateway {
             Some((s, _)) if s == UPSTREAM_STAGE => Outcome::Failed,
             Some(_) => Outcome::Rejected,
         };
-        let mut ua = seen.user_agent.clone();
+        let mut ua = seen.user_agent;
         if let Some(u) = ua.as_mut()
             && u.len() > 256
         {
@@ -666,8 +675,8 @@ impl Gateway {
             client_ip: ctx.client_ip.to_string(),
             peer: ctx.peer.to_string(),
             method: seen.method.as_str().to_string(),
-            host: seen.host.clone(),
-            path: seen.path.clone(),
+            host: seen.host,
+            path: seen.path,
             route: route.map(str::to_string),
             upstream: seen.upstream.as_deref().map(str::to_string),
             target: seen.target.as_deref().map(str::to_string),
@@ -719,7 +728,7 @@ impl Gateway {
                 .contract
                 .as_deref()
                 .map(portcullis_audit::ContractAudit::from_report),
-            upstream_error: seen.upstream_error.clone(),
+            upstream_error: seen.upstream_error,
         });
     }
 }
