@@ -406,6 +406,9 @@ async fn run(
         }
         _ => None,
     };
+    // Signal handlers too are in place before "ready": a SIGHUP or SIGTERM sent the moment the
+    // gateway says it is ready must reload or stop it, not hit the default action.
+    let handlers = SignalHandlers::install();
     writeln!(out, "portcullis: ready")?;
     out.flush()?;
     drop(out);
@@ -415,7 +418,7 @@ async fn run(
     if let Some((p, files, contents)) = watched {
         tokio::spawn(watch_file(gw.clone(), p, (files, contents)));
     }
-    tokio::spawn(signals(gw.clone(), path, stop_tx));
+    tokio::spawn(signals(handlers, gw.clone(), path, stop_tx));
     portcullis_proxy::server::serve(gw.clone(), listeners, stop_rx).await;
     if !gw.audit.flush(Duration::from_secs(5)).await {
         tracing::warn!("some audit events could not be written before stopping");
@@ -460,15 +463,42 @@ async fn resolve_upstreams(gw: Arc<Gateway>) {
     }
 }
 
+/// SIGHUP, SIGTERM and SIGINT, caught from the moment this is made.
 #[cfg(unix)]
-async fn signals(gw: Arc<Gateway>, path: Option<PathBuf>, stop: watch::Sender<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
+struct SignalHandlers(
+    Option<(
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+    )>,
+);
+
+#[cfg(unix)]
+impl SignalHandlers {
+    fn install() -> SignalHandlers {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(hup), Ok(term), Ok(int)) => SignalHandlers(Some((hup, term, int))),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                SignalHandlers(None)
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn signals(
+    handlers: SignalHandlers,
+    gw: Arc<Gateway>,
+    path: Option<PathBuf>,
+    stop: watch::Sender<bool>,
+) {
+    let Some((mut hup, mut term, mut int)) = handlers.0 else {
         return;
     };
     loop {
@@ -483,7 +513,22 @@ async fn signals(gw: Arc<Gateway>, path: Option<PathBuf>, stop: watch::Sender<bo
 }
 
 #[cfg(not(unix))]
-async fn signals(_gw: Arc<Gateway>, _path: Option<PathBuf>, stop: watch::Sender<bool>) {
+struct SignalHandlers;
+
+#[cfg(not(unix))]
+impl SignalHandlers {
+    fn install() -> SignalHandlers {
+        SignalHandlers
+    }
+}
+
+#[cfg(not(unix))]
+async fn signals(
+    _handlers: SignalHandlers,
+    _gw: Arc<Gateway>,
+    _path: Option<PathBuf>,
+    stop: watch::Sender<bool>,
+) {
     let _ = tokio::signal::ctrl_c().await;
     let _ = stop.send(true);
 }

@@ -190,6 +190,30 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_config() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_the_moment_ready_is_said_reloads_rather_than_kills() {
+    // The handlers are installed before "ready" is printed: a signal sent as soon as the
+    // gateway says it is ready must not meet the default action (SIGHUP's ends the process).
+    for _ in 0..3 {
+        let gw = gateway(APP);
+        gw.signal("HUP");
+        let metrics = format!("{}/metrics", gw.admin_url());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let m = get(&metrics).await.text();
+            if m.contains("portcullis_config_reloads_total{result=\"ok\"} 1") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no reload: {m}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            get(&format!("{}/hello", gw.url("public"))).await.status,
+            200
+        );
+    }
+}
+
 async fn wait_status(url: &str, status: u16) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
