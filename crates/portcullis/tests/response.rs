@@ -377,6 +377,13 @@ async fn json_fields_are_removed_by_name_and_path() {
         r.header("content-length").unwrap(),
         r.text().len().to_string()
     );
+    // HEAD: the GET's body would be filtered, so the upstream's length and tag are not told
+    // (they would give away the size of what the filter hides).
+    let r = call(&gw, "HEAD", "/filtered/doc", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("etag"), None);
+    assert_eq!(r.header("content-length"), None);
+    assert!(r.text().is_empty());
     // The upstream was not invited to compress what must be filtered.
     let r = call(
         &gw,
@@ -409,4 +416,26 @@ async fn json_fields_are_removed_by_name_and_path() {
         r.json(),
         portcullis_test_support::upstream::sample_document()
     );
+}
+
+/// A `static` upstream answers HEAD with the headers GET gets, its `Content-Length` included,
+/// and no body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_answers_to_head_tell_the_length_of_get() {
+    let gw = gateway(
+        "upstreams:\n  s:\n    kind: static\n    responses:\n      - { match: \"GET /items/{id}\", json: { id: 1, name: box } }\nroutes:\n  - { name: items, match: { prefix: /items }, upstream: s }\n",
+    );
+    let got = call(&gw, "GET", "/items/1", &[]).await;
+    assert_eq!(got.status, 200);
+    let len = got.text().len();
+    assert!(len > 0);
+    assert_eq!(got.header("content-length"), Some(len.to_string().as_str()));
+    let head = call(&gw, "HEAD", "/items/1", &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-length"),
+        Some(len.to_string().as_str())
+    );
+    assert_eq!(head.header("content-type"), got.header("content-type"));
+    assert!(head.text().is_empty());
 }

@@ -17,7 +17,10 @@
 //! unchanged otherwise):
 //!
 //! 1. A response to `HEAD`, and a `1xx`, `204` or `304` response, has no body: it passes
-//!    unchanged.
+//!    unchanged — except that a `HEAD` whose `GET` would have its body rewritten (any filter
+//!    on a JSON type, or route removal and masks on any type) loses `Content-Length` and the
+//!    fields listed in 4 that describe the upstream's bytes: they would tell the size of what
+//!    the filters hide.
 //! 2. `Content-Encoding` other than `identity` is refused (a compressed body cannot be read
 //!    here). `Accept-Encoding` is not forwarded upstream when a plan applies (the
 //!    authorization step removes it for masks, the engine for route filters and contracts), so
@@ -134,6 +137,11 @@ pub async fn filter_with(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
+        let mut resp = resp;
+        if request_method == Method::HEAD && plan.filters(is_json(resp.headers())) {
+            remove_stale(resp.headers_mut());
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         // No body: the status and type can still be checked.
         return Ok((resp, validate_only(None)));
     }
@@ -655,7 +663,16 @@ mod tests {
             failing(),
         );
         let out = expect_ok(filter_response(resp, &filter(8), &Method::HEAD).await);
-        assert_eq!(out.headers()["etag"], "\"e\"");
+        // The GET's body would be filtered: its length and tag are not the upstream's.
+        assert!(out.headers().get("etag").is_none());
+        let resp = response(
+            200,
+            &[JSON, ("content-length", "1234"), ("etag", "\"e\"")],
+            failing(),
+        );
+        let out = expect_ok(filter_response(resp, &filter(8), &Method::HEAD).await);
+        assert!(out.headers().get("content-length").is_none());
+        assert!(out.headers().get("etag").is_none());
         for status in [204, 304, 100, 103] {
             let resp = response(
                 status,

@@ -747,7 +747,8 @@ fn static_answer(
         *resp.status_mut() = StatusCode::NOT_FOUND;
         return resp;
     };
-    let body = if *method == Method::HEAD {
+    let head = *method == Method::HEAD;
+    let body = if head {
         bytes::Bytes::new()
     } else {
         r.body.clone()
@@ -755,6 +756,11 @@ fn static_answer(
     let mut resp = Response::new(full_body(body));
     *resp.status_mut() = r.status;
     *resp.headers_mut() = r.headers.clone();
+    if head {
+        // What a GET would get (RFC 9110 §9.3.2); the body itself is not sent.
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(r.body.len()));
+    }
     resp
 }
 
