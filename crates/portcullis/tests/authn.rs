@@ -502,6 +502,46 @@ routes:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_until_remote_keys_are_loaded_once() {
+    let up = TestUpstream::start("app").await;
+    let k1 = Signer::generate(Alg::EdDSA, "k1".into()).unwrap();
+    let ks = KeyServer::start(jwks_of(&[&k1])).await;
+    ks.down.store(true, Ordering::SeqCst);
+    let gw = remote_gateway(&up, &ks.url(), "1s");
+    let readyz = format!("{}/readyz", gw.admin_url());
+    // The key server answers 503: not ready, and the reason names the issuer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(&readyz).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        let reason = r.json()["reason"].as_str().unwrap().to_string();
+        assert!(reason.contains("auth.jwt.remote"), "{reason}");
+        if reason.contains("503") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{reason}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The keys arrive (at the next retry): ready.
+    ks.down.store(false, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while get(&readyz).await.status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            get(&readyz).await.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Down again later: the loaded keys keep serving, and the gateway stays ready.
+    ks.down.store(true, Ordering::SeqCst);
+    let t = k1.sign("JWT", &claims(json!({}))).unwrap();
+    let r = call(&gw, "/orders", &[("authorization", &bearer(&t))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&readyz).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_kids_refetch_once_per_cooldown_and_rotation_is_picked_up() {
     let up = TestUpstream::start("app").await;
     let k1 = Signer::generate(Alg::EdDSA, "k1".into()).unwrap();

@@ -138,11 +138,22 @@ impl Gateway {
         }
     }
 
+    /// Ready when every upstream host resolved and every JWT issuer whose keys come from the
+    /// network (`jwks_url`, discovery) has loaded them once; else the reasons, joined.
     pub fn readiness(&self) -> Result<(), String> {
-        self.ready
+        let upstreams = self
+            .ready
             .lock()
             .map(|r| r.clone())
-            .unwrap_or_else(|_| Err("readiness state poisoned".into()))
+            .unwrap_or_else(|_| Err("readiness state poisoned".into()));
+        // Tokens of an issuer whose keys were never loaded cannot be verified: not ready yet.
+        let keys = self.shared.authn.keys_pending();
+        match (upstreams, keys.is_empty()) {
+            (Ok(()), true) => Ok(()),
+            (Ok(()), false) => Err(keys.join("; ")),
+            (Err(e), true) => Err(e),
+            (Err(e), false) => Err(format!("{e}; {}", keys.join("; "))),
+        }
     }
 
     /// Copies state kept elsewhere — upstream health, dropped audit events — into the metrics

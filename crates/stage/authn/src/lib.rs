@@ -221,6 +221,14 @@ impl AuthnState {
         })
     }
 
+    /// Issuers with network key sources whose keys were never loaded, with why (readiness).
+    pub fn keys_pending(&self) -> Vec<String> {
+        self.current
+            .load_full()
+            .map(|a| a.keys_pending())
+            .unwrap_or_default()
+    }
+
     /// Per issuer: (name, keys loaded, unix time of the last successful fetch or 0, failures).
     pub fn key_metrics(&self) -> Vec<(String, usize, u64, u64)> {
         self.current

@@ -148,6 +148,28 @@ impl Authn {
             .collect()
     }
 
+    /// Issuers whose keys come from the network and have never been loaded, each with why
+    /// (readiness: tokens of theirs cannot be verified yet). A set loaded once keeps serving
+    /// while its source is down, so such an issuer is not listed again.
+    pub fn keys_pending(&self) -> Vec<String> {
+        self.settings
+            .jwt
+            .iter()
+            .zip(&self.remotes)
+            .filter_map(|(i, r)| {
+                let r = r.as_ref()?;
+                if r.current().is_some() {
+                    return None;
+                }
+                let why = r
+                    .status()
+                    .last_error
+                    .unwrap_or_else(|| "first fetch not done yet".into());
+                Some(format!("auth.jwt.{}: no keys loaded yet ({why})", i.name))
+            })
+            .collect()
+    }
+
     fn route(&self, ctx: &RequestCtx) -> Option<&RouteAuth> {
         ctx.route_id().and_then(|r| self.routes.get(r.0))
     }
