@@ -46,6 +46,15 @@ async fn smuggling_attempts_are_refused_and_close_the_connection() {
     for (name, bytes) in CASES {
         let (out, closed) = raw_exchange(addr, bytes).await;
         assert!(out.starts_with("HTTP/1.1 400"), "{name}: {out}");
+        // The gateway's own refusal, never a bare parser error: a problem document with the
+        // request id in the body and the header.
+        let lower = out.to_ascii_lowercase();
+        assert!(
+            lower.contains("content-type: application/problem+json"),
+            "{name}: {out}"
+        );
+        assert!(lower.contains("\r\nx-request-id: "), "{name}: {out}");
+        assert!(out.contains("\"request_id\""), "{name}: {out}");
         assert!(
             closed,
             "{name}: the connection must be closed after a framing error"
@@ -87,6 +96,27 @@ async fn a_refusal_from_the_gateway_is_a_problem_document() {
         )
         .unwrap();
     assert_eq!(ev["stage"], "protocol");
+
+    // A head hyper could not even parse gets the same: a problem document with its request
+    // id, and an audit event (its method and path those of the stand-in hyper was handed).
+    let bad = CASES
+        .iter()
+        .find(|(n, _)| *n == "header_name_with_space")
+        .unwrap()
+        .1;
+    let (out, closed) = raw_exchange(gw.listener("public"), bad).await;
+    assert!(closed);
+    assert!(out.contains("application/problem+json"), "{out}");
+    assert!(out.contains("not valid HTTP/1.1"), "{out}");
+    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+    let id = doc["request_id"].as_str().unwrap().to_string();
+    let ev = gw
+        .wait_for_audit(|e| e["request_id"] == id, std::time::Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(ev["stage"], "protocol");
+    assert_eq!(ev["reason"], "bad_request");
+    assert_eq!(ev["path"], "/.well-known/portcullis/unreadable-request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

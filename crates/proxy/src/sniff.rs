@@ -6,8 +6,17 @@
 //! the length). A gateway must not be lenient: whatever two parsers could read differently is
 //! refused. This reader follows the message boundaries (heads, `Content-Length` bodies, chunked
 //! bodies) and flags the connection at the first ambiguity; the engine then answers 400 and
-//! closes it. It never changes the bytes, and stops watching where HTTP/1.1 framing ends
-//! (HTTP/2 preface, upgrades) or where hyper will refuse anyway (oversized heads).
+//! closes it. It also refuses heads hyper would refuse itself (characters outside the grammar,
+//! folded lines, a bare CR, a line without a colon), which hyper would answer with a bare 400
+//! the engine never sees. It stops watching where HTTP/1.1 framing ends (HTTP/2 preface,
+//! upgrades) or where hyper will refuse anyway (oversized heads).
+//!
+//! The bytes pass unchanged, with one exception: a refused head that arrived whole within one
+//! read is replaced, for hyper, by a well-formed stand-in request ([`STAND_IN`]), and nothing
+//! after it is passed on. The stand-in reaches the engine, which sees the flag and answers with
+//! a problem document, a request id and an audit event — rather than hyper answering a bare
+//! 400 or acting on bytes it reads differently. A refused head that began in an earlier read
+//! (its first bytes already with hyper) keeps the earlier behaviour.
 
 use std::io;
 use std::pin::Pin;
@@ -26,7 +35,15 @@ pub enum Ambiguity {
     RepeatedContentLength = 3,
     TransferEncodingNotExactlyChunked = 4,
     BadChunk = 5,
+    MalformedHead = 6,
+    BadContentLength = 7,
+    TransferEncodingInHttp10 = 8,
 }
+
+/// What hyper is handed instead of a refused head: a request it parses, whose only purpose is
+/// to carry the connection's flag to the engine (which refuses it before any step runs).
+pub const STAND_IN: &[u8] =
+    b"GET /.well-known/portcullis/unreadable-request HTTP/1.1\r\nHost: unreadable.invalid\r\n\r\n";
 
 impl Ambiguity {
     pub fn detail(self) -> &'static str {
@@ -40,6 +57,11 @@ impl Ambiguity {
                 "Transfer-Encoding must be exactly \"chunked\""
             }
             Ambiguity::BadChunk => "malformed chunked framing",
+            Ambiguity::BadContentLength => "Content-Length must be one decimal number",
+            Ambiguity::TransferEncodingInHttp10 => "Transfer-Encoding is not accepted in HTTP/1.0",
+            Ambiguity::MalformedHead => {
+                "the request head is not valid HTTP/1.1 (a character outside the grammar, a folded line, a bare CR or a line without a colon)"
+            }
         }
     }
 
@@ -50,6 +72,9 @@ impl Ambiguity {
             3 => Ambiguity::RepeatedContentLength,
             4 => Ambiguity::TransferEncodingNotExactlyChunked,
             5 => Ambiguity::BadChunk,
+            6 => Ambiguity::MalformedHead,
+            7 => Ambiguity::BadContentLength,
+            8 => Ambiguity::TransferEncodingInHttp10,
             _ => return None,
         })
     }
@@ -112,11 +137,13 @@ impl Framing {
         self.state = State::Off;
     }
 
-    /// Feeds bytes as they arrive.
-    pub fn feed(&mut self, mut data: &[u8]) {
+    /// Feeds bytes as they arrive. When a head is refused and it began within `input`, returns
+    /// where it began (the caller may replace it by [`STAND_IN`]).
+    pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
+        let mut data = input;
         while !data.is_empty() {
             match &mut self.state {
-                State::Off => return,
+                State::Off => return None,
                 State::Head(buf) => {
                     // Fast path: a whole head within this read, nothing buffered — no copy.
                     if buf.is_empty() {
@@ -127,12 +154,15 @@ impl Framing {
                         if let Some(pos) = find(&data[lead..], b"\r\n\r\n") {
                             if data[lead..].starts_with(b"PRI * HTTP/2.0") {
                                 self.state = State::Off;
-                                return;
+                                return None;
                             }
                             let head_len = lead + pos + 4;
                             match after_head(&data[lead..head_len]) {
                                 Ok(next) => self.state = next,
-                                Err(a) => return self.flag(a),
+                                Err(a) => {
+                                    self.flag(a);
+                                    return Some(input.len() - data.len());
+                                }
                             }
                             data = &data[head_len..];
                             continue;
@@ -147,7 +177,7 @@ impl Framing {
                     }
                     if buf[lead..].starts_with(b"PRI * HTTP/2.0") {
                         self.state = State::Off;
-                        return;
+                        return None;
                     }
                     let from = before.saturating_sub(3).max(lead);
                     let Some(pos) = find(&buf[from..], b"\r\n\r\n") else {
@@ -156,7 +186,7 @@ impl Framing {
                         } else if has_bare_lf(&buf[lead..]) {
                             self.flag(Ambiguity::BareLf);
                         }
-                        return;
+                        return None;
                     };
                     let head_len = from + pos + 4;
                     let consumed = head_len.saturating_sub(before).min(data.len());
@@ -164,7 +194,10 @@ impl Framing {
                     data = &data[consumed..];
                     match next {
                         Ok(next) => self.state = next,
-                        Err(a) => return self.flag(a),
+                        Err(a) => {
+                            self.flag(a);
+                            return None;
+                        }
                     }
                 }
                 State::Fixed(n) => {
@@ -179,14 +212,15 @@ impl Framing {
                     let Some(pos) = data.iter().position(|&b| b == b'\n') else {
                         line.extend_from_slice(data);
                         if line.len() > 1024 {
-                            return self.flag(Ambiguity::BadChunk);
+                            self.flag(Ambiguity::BadChunk);
                         }
-                        return;
+                        return None;
                     };
                     line.extend_from_slice(&data[..=pos]);
                     data = &data[pos + 1..];
                     let Some(size) = parse_chunk_size(line) else {
-                        return self.flag(Ambiguity::BadChunk);
+                        self.flag(Ambiguity::BadChunk);
+                        return None;
                     };
                     self.state = if size == 0 {
                         State::Trailers(Vec::new())
@@ -204,14 +238,16 @@ impl Framing {
                 }
                 State::ChunkCr => {
                     if data[0] != b'\r' {
-                        return self.flag(Ambiguity::BadChunk);
+                        self.flag(Ambiguity::BadChunk);
+                        return None;
                     }
                     data = &data[1..];
                     self.state = State::ChunkLf;
                 }
                 State::ChunkLf => {
                     if data[0] != b'\n' {
-                        return self.flag(Ambiguity::BadChunk);
+                        self.flag(Ambiguity::BadChunk);
+                        return None;
                     }
                     data = &data[1..];
                     self.state = State::ChunkSize(Vec::new());
@@ -222,12 +258,13 @@ impl Framing {
                         if line.len() > MAX_HEAD {
                             self.state = State::Off;
                         }
-                        return;
+                        return None;
                     };
                     line.extend_from_slice(&data[..=pos]);
                     data = &data[pos + 1..];
                     if !line.ends_with(b"\r\n") {
-                        return self.flag(Ambiguity::BareLf);
+                        self.flag(Ambiguity::BareLf);
+                        return None;
                     }
                     if line.len() == 2 {
                         self.state = State::Head(Vec::new());
@@ -237,6 +274,7 @@ impl Framing {
                 }
             }
         }
+        None
     }
 }
 
@@ -244,6 +282,9 @@ impl Framing {
 fn after_head(head: &[u8]) -> Result<State, Ambiguity> {
     if has_bare_lf(head) {
         return Err(Ambiguity::BareLf);
+    }
+    if !grammatical(&head[..head.len() - 4]) {
+        return Err(Ambiguity::MalformedHead);
     }
     let mut lines = head[..head.len() - 4].split(|&b| b == b'\n');
     let request_line = lines.next().unwrap_or_default();
@@ -255,13 +296,16 @@ fn after_head(head: &[u8]) -> Result<State, Ambiguity> {
     for line in lines {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue; // hyper refuses malformed lines itself
+            continue; // refused by `grammatical` already
         };
         let name = &line[..colon];
         let value = &line[colon + 1..];
         if name.eq_ignore_ascii_case(b"content-length") {
             cl_count += 1;
             let v = trim_ows(value);
+            if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+                return Err(Ambiguity::BadContentLength);
+            }
             content_length = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te_count += 1;
@@ -285,6 +329,13 @@ fn after_head(head: &[u8]) -> Result<State, Ambiguity> {
         return Ok(State::Off);
     }
     if let Some(v) = te {
+        if request_line
+            .strip_suffix(b"\r")
+            .unwrap_or(request_line)
+            .ends_with(b" HTTP/1.0")
+        {
+            return Err(Ambiguity::TransferEncodingInHttp10);
+        }
         // One optional space after the colon, then exactly "chunked", nothing after.
         let v = v.strip_prefix(b" ").unwrap_or(v);
         if v != b"chunked" {
@@ -297,6 +348,33 @@ fn after_head(head: &[u8]) -> Result<State, Ambiguity> {
         // A malformed length is refused by hyper; zero or none: the next head follows.
         _ => State::Head(Vec::new()),
     })
+}
+
+/// The head (without its final empty line) within the grammar, as strictly as hyper reads it
+/// or more: a request line without control characters; then only `name ":" value` lines, the
+/// name made of token characters (so no folded line, no space before the colon), the value of
+/// visible characters, spaces, tabs and obs-text; no bare CR anywhere.
+fn grammatical(head: &[u8]) -> bool {
+    let ctl = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
+    let mut lines = head.split(|&b| b == b'\n');
+    let request_line = lines.next().unwrap_or_default();
+    let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
+    if request_line.is_empty() || request_line.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return false;
+    }
+    lines.all(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return false;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        !name.is_empty() && name.iter().all(|&b| is_tchar(b)) && !value.iter().any(|&b| ctl(b))
+    })
+}
+
+/// RFC 9110 §5.6.2 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -366,6 +444,12 @@ pin_project_lite::pin_project! {
         inner: S,
         framing: Framing,
         activity: Arc<Activity>,
+        // Set once a stand-in replaced a refused head: reads end there.
+        ended: bool,
+        // Set by the first read.
+        started: bool,
+        // Bytes of the first read not yet handed over, and how many were.
+        stash: Option<(Vec<u8>, usize)>,
     }
 }
 
@@ -375,9 +459,17 @@ impl<S> Sniffed<S> {
             inner,
             framing: Framing::new(flag),
             activity,
+            ended: false,
+            started: false,
+            stash: None,
         }
     }
 }
+
+/// The first read of a connection into a buffer smaller than this (hyper-util's version sniff
+/// reads 24 bytes) reads this much into a stash instead, so that a first head arriving in one
+/// packet is seen whole — and can be replaced whole.
+const FIRST_READ: usize = 8 * 1024;
 
 impl<S: AsyncRead> AsyncRead for Sniffed<S> {
     fn poll_read(
@@ -385,7 +477,59 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
+        let mut this = self.project();
+        if let Some((bytes, pos)) = this.stash.as_mut() {
+            let n = buf.remaining().min(bytes.len() - *pos);
+            buf.put_slice(&bytes[*pos..*pos + n]);
+            *pos += n;
+            if *pos == bytes.len() {
+                *this.stash = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if *this.ended {
+            // A stand-in was handed over: nothing after a refused head reaches hyper. What the
+            // client sends on is read and dropped (an end of stream here would make hyper drop
+            // the stand-in's answer); its end of stream is passed on.
+            let mut scratch = [0u8; 2048];
+            for _ in 0..16 {
+                let mut sink = ReadBuf::new(&mut scratch);
+                match this.inner.as_mut().poll_read(cx, &mut sink) {
+                    Poll::Ready(Ok(())) if !sink.filled().is_empty() => {}
+                    other => return other,
+                }
+            }
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if !*this.started && buf.remaining() < FIRST_READ {
+            let mut bytes = vec![0u8; FIRST_READ];
+            let mut first = ReadBuf::new(&mut bytes);
+            match this.inner.as_mut().poll_read(cx, &mut first) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            let n = first.filled().len();
+            bytes.truncate(n);
+            *this.started = true;
+            if n == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            this.activity.touch();
+            this.activity.read_any.store(true, Ordering::Relaxed);
+            if let Some(at) = this.framing.feed(&bytes) {
+                bytes.truncate(at);
+                bytes.extend_from_slice(STAND_IN);
+                *this.ended = true;
+            }
+            let n = buf.remaining().min(bytes.len());
+            buf.put_slice(&bytes[..n]);
+            if n < bytes.len() {
+                *this.stash = Some((bytes, n));
+            }
+            return Poll::Ready(Ok(()));
+        }
+        *this.started = true;
         let before = buf.filled().len();
         let r = this.inner.poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &r {
@@ -394,7 +538,16 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
                 this.activity.touch();
                 this.activity.read_any.store(true, Ordering::Relaxed);
             }
-            this.framing.feed(new);
+            if let Some(at) = this.framing.feed(new) {
+                // The refused head began in this read: hyper gets the stand-in in its place
+                // (when it fits), and nothing after it.
+                let keep = before + at;
+                if buf.capacity() - keep >= STAND_IN.len() {
+                    buf.set_filled(keep);
+                    buf.put_slice(STAND_IN);
+                    *this.ended = true;
+                }
+            }
         }
         r
     }
@@ -490,6 +643,18 @@ mod tests {
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", Ambiguity::BadChunk),
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX", Ambiguity::BadChunk),
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n", Ambiguity::BadChunk),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n", Ambiguity::MalformedHead),
+            (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", Ambiguity::MalformedHead),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nBad\x01Name: x\r\n\r\n", Ambiguity::MalformedHead),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: x\r\n  folded\r\n\r\n", Ambiguity::MalformedHead),
+            (b"GET / HTTP/1.1\rHost: a\r\n\r\n", Ambiguity::MalformedHead),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x00b\r\n\r\n", Ambiguity::MalformedHead),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n", Ambiguity::MalformedHead),
+            (b"GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n", Ambiguity::MalformedHead),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n", Ambiguity::BadContentLength),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", Ambiguity::BadContentLength),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", Ambiguity::BadContentLength),
+            (b"POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", Ambiguity::TransferEncodingInHttp10),
         ];
         for (raw, want) in cases {
             assert_eq!(
@@ -499,6 +664,83 @@ mod tests {
                 String::from_utf8_lossy(raw)
             );
         }
+    }
+
+    #[test]
+    fn values_with_tabs_and_obs_text_are_grammatical() {
+        assert_eq!(
+            verdict(b"GET /a?b=c HTTP/1.1\r\nHost: a\r\nX-A: one\ttwo \xc3\xa9 \"q\"\r\nX-Empty:\r\n\r\n"),
+            None
+        );
+    }
+
+    async fn read_all(raw: &'static [u8]) -> (Vec<u8>, Option<Ambiguity>) {
+        use tokio::io::AsyncReadExt;
+        let flag = Arc::new(Flag::default());
+        let mut s = Sniffed::new(raw, flag.clone(), Arc::new(Activity::default()));
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            let n = s.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+        (out, flag.get())
+    }
+
+    #[tokio::test]
+    async fn a_refused_head_reaches_hyper_as_the_stand_in_and_reading_ends_there() {
+        let clean = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (out, flag) = read_all(
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nBad Name: x\r\n\r\nGET /c HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        .await;
+        assert_eq!(out, [&clean[..], STAND_IN].concat());
+        assert_eq!(flag, Some(Ambiguity::MalformedHead));
+        // Ambiguities of framing too: hyper never sees the Transfer-Encoding it would honour.
+        let (out, flag) = read_all(
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(out, STAND_IN);
+        assert_eq!(flag, Some(Ambiguity::ContentLengthAndTransferEncoding));
+        // A first read into a small buffer (hyper-util reads 24 bytes to tell HTTP/2 from
+        // HTTP/1.1) still sees the whole head.
+        {
+            use tokio::io::AsyncReadExt;
+            let flag = Arc::new(Flag::default());
+            let raw: &[u8] = b"GET /b HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\nrest";
+            let mut s = Sniffed::new(raw, flag.clone(), Arc::new(Activity::default()));
+            let mut out = Vec::new();
+            let mut small = [0u8; 24];
+            loop {
+                let n = s.read(&mut small).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&small[..n]);
+            }
+            assert_eq!(out, STAND_IN);
+            assert_eq!(flag.get(), Some(Ambiguity::MalformedHead));
+            let raw: &[u8] = b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n";
+            let mut s = Sniffed::new(raw, flag.clone(), Arc::new(Activity::default()));
+            let mut out = Vec::new();
+            loop {
+                let n = s.read(&mut small).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&small[..n]);
+            }
+            assert_eq!(out, raw);
+        }
+        // Clean traffic passes byte for byte.
+        let raw = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
+        let (out, flag) = read_all(raw).await;
+        assert_eq!(out, raw);
+        assert_eq!(flag, None);
     }
 
     #[test]
