@@ -141,3 +141,31 @@ async fn the_upstream_sees_the_gateways_framing_not_the_clients() {
     assert_eq!(reqs[0].body, smuggled.as_bytes());
     assert!(reqs.iter().all(|r| r.uri != "/admin"));
 }
+
+/// A client that sends a malformed head and at once closes its sending side (as `nc` and some
+/// scanners do) still gets the refusal: the gateway does not take the half-close for a reason
+/// to drop the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closing_client_still_gets_the_refusal() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = gateway(
+        "upstreams: { d: { kind: echo } }\nroutes:\n  - { name: all, match: { prefix: / }, upstream: d }\n",
+    );
+    for (name, bytes) in CASES {
+        for _ in 0..3 {
+            let mut s = tokio::net::TcpStream::connect(gw.listener("public"))
+                .await
+                .unwrap();
+            s.write_all(bytes).await.unwrap();
+            s.shutdown().await.unwrap();
+            let mut out = Vec::new();
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out))
+                .await
+                .unwrap_or_else(|_| panic!("{name}: no answer, connection left open"))
+                .unwrap();
+            let out = String::from_utf8_lossy(&out);
+            assert!(out.starts_with("HTTP/1.1 400"), "{name}: {out:?}");
+            assert!(out.contains("application/problem+json"), "{name}: {out}");
+        }
+    }
+}

@@ -144,6 +144,9 @@ async fn connection(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
+        // A client may close its sending side once its request is out (`nc`, some scanners
+        // and HTTP/1.0 tools do): it still gets its answer, refusals included.
+        .half_close(true)
         .keep_alive(true)
         .max_buf_size(usize::try_from(max_buf).unwrap_or(usize::MAX))
         .max_headers(

@@ -446,6 +446,8 @@ pin_project_lite::pin_project! {
         activity: Arc<Activity>,
         // Set once a stand-in replaced a refused head: reads end there.
         ended: bool,
+        // Set when, after a stand-in, the client's side ended (or failed).
+        peer_done: bool,
         // Set by the first read.
         started: bool,
         // Bytes of the first read not yet handed over, and how many were.
@@ -460,6 +462,7 @@ impl<S> Sniffed<S> {
             framing: Framing::new(flag),
             activity,
             ended: false,
+            peer_done: false,
             started: false,
             stash: None,
         }
@@ -489,14 +492,23 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
         }
         if *this.ended {
             // A stand-in was handed over: nothing after a refused head reaches hyper. What the
-            // client sends on is read and dropped (an end of stream here would make hyper drop
-            // the stand-in's answer); its end of stream is passed on.
+            // client sends on is read and dropped, and neither its end of stream nor an error
+            // is passed on: hyper would drop the stand-in's answer (it does not wait out a
+            // half-closed connection). The answer closes the connection; the idle watchdog
+            // closes it if anything else held it open.
+            if *this.peer_done {
+                return Poll::Pending;
+            }
             let mut scratch = [0u8; 2048];
             for _ in 0..16 {
                 let mut sink = ReadBuf::new(&mut scratch);
                 match this.inner.as_mut().poll_read(cx, &mut sink) {
                     Poll::Ready(Ok(())) if !sink.filled().is_empty() => {}
-                    other => return other,
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(_) => {
+                        *this.peer_done = true;
+                        return Poll::Pending;
+                    }
                 }
             }
             cx.waker().wake_by_ref();
@@ -600,6 +612,7 @@ impl<S: AsyncWrite> AsyncWrite for Sniffed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn run(chunks: &[&[u8]]) -> (Option<Ambiguity>, Framing) {
         let flag = Arc::new(Flag::default());
@@ -674,38 +687,42 @@ mod tests {
         );
     }
 
-    /// Everything hyper would read from `raw`, in reads of `chunk` bytes.
-    async fn read_all(raw: &'static [u8], chunk: usize) -> (Vec<u8>, Option<Ambiguity>) {
+    /// Everything hyper would read from `raw`, in reads of `chunk` bytes, and whether it was
+    /// then told the stream ended (rather than left waiting).
+    async fn read_all(raw: &'static [u8], chunk: usize) -> (Vec<u8>, Option<Ambiguity>, bool) {
         use tokio::io::AsyncReadExt;
         let flag = Arc::new(Flag::default());
         let mut s = Sniffed::new(raw, flag.clone(), Arc::new(Activity::default()));
         let mut out = Vec::new();
         let mut buf = vec![0u8; chunk];
-        loop {
-            let n = s.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
+        let ended = loop {
+            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                Ok(Ok(0)) => break true,
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => break false,
             }
-            out.extend_from_slice(&buf[..n]);
-        }
-        (out, flag.get())
+        };
+        (out, flag.get(), ended)
     }
 
     #[tokio::test]
-    async fn a_refused_head_reaches_hyper_as_the_stand_in_and_reading_ends_there() {
+    async fn a_refused_head_reaches_hyper_as_the_stand_in_and_nothing_after_it() {
         // 16 KiB reads go straight to the socket; 24-byte ones (hyper-util's first read, to
         // tell HTTP/2 from HTTP/1.1) through the first-read stash. Both see whole heads.
         for chunk in [16 * 1024, 24] {
             let clean = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n";
-            let (out, flag) = read_all(
+            let (out, flag, ended) = read_all(
                 b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nBad Name: x\r\n\r\nGET /c HTTP/1.1\r\nHost: a\r\n\r\n",
                 chunk,
             )
             .await;
             assert_eq!(out, [&clean[..], STAND_IN].concat());
             assert_eq!(flag, Some(Ambiguity::MalformedHead));
+            // The client's end of stream is not passed on: hyper would drop the answer.
+            assert!(!ended);
             // Ambiguities of framing too: hyper never sees the Transfer-Encoding it would honour.
-            let (out, flag) = read_all(
+            let (out, flag, _) = read_all(
                 b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
                 chunk,
             )
@@ -714,9 +731,10 @@ mod tests {
             assert_eq!(flag, Some(Ambiguity::ContentLengthAndTransferEncoding));
             // Clean traffic passes byte for byte.
             let raw = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nPOST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc";
-            let (out, flag) = read_all(raw, chunk).await;
+            let (out, flag, ended) = read_all(raw, chunk).await;
             assert_eq!(out, raw);
             assert_eq!(flag, None);
+            assert!(ended);
         }
     }
 
