@@ -313,15 +313,6 @@ impl<'a, 'o> Sink<'a, 'o> {
 // ---------------------------------------------------------------------------------------------
 // Query strings, forms, cookies
 
-const fn hex_val(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Percent-decodes once (`+` as a space when `plus`), invalid escapes kept, lossy UTF-8;
 /// borrows when there is nothing to decode.
 fn percent_decode(raw: &[u8], plus: bool) -> Cow<'_, str> {
@@ -337,8 +328,8 @@ fn percent_decode(raw: &[u8], plus: bool) -> Cow<'_, str> {
                 i += 1;
             }
             b'%' => match (
-                raw.get(i + 1).copied().and_then(hex_val),
-                raw.get(i + 2).copied().and_then(hex_val),
+                raw.get(i + 1).copied().and_then(crate::transform::hex_val),
+                raw.get(i + 2).copied().and_then(crate::transform::hex_val),
             ) {
                 (Some(h), Some(l)) => {
                     v.push((h << 4) | l);

@@ -302,7 +302,8 @@ fn needs_decoding(s: &str) -> bool {
         .any(|b| b == b'%' || b == 0xc2 || removable_control(b))
 }
 
-const fn hex_val(b: u8) -> Option<u8> {
+/// The value of one hex digit (either case).
+pub(crate) const fn hex_val(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),
