@@ -283,11 +283,18 @@ fn after_head(head: &[u8]) -> Result<State, Ambiguity> {
     if has_bare_lf(head) {
         return Err(Ambiguity::BareLf);
     }
-    if !grammatical(&head[..head.len() - 4]) {
-        return Err(Ambiguity::MalformedHead);
-    }
+    // One pass over the head (without its final empty line) checks the grammar, as strictly
+    // as hyper reads it or more, and reads the framing fields: a request line without control
+    // characters; then only `name ":" value` lines, the name made of token characters (so no
+    // folded line, no space before the colon), the value of visible characters, spaces, tabs
+    // and obs-text; no bare CR anywhere.
+    let ctl = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
     let mut lines = head[..head.len() - 4].split(|&b| b == b'\n');
     let request_line = lines.next().unwrap_or_default();
+    let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
+    if request_line.is_empty() || request_line.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return Err(Ambiguity::MalformedHead);
+    }
     let mut content_length: Option<u64> = None;
     let mut cl_count = 0;
     let mut te: Option<&[u8]> = None;
@@ -296,10 +303,13 @@ fn after_head(head: &[u8]) -> Result<State, Ambiguity> {
     for line in lines {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let Some(colon) = line.iter().position(|&b| b == b':') else {
-            continue; // refused by `grammatical` already
+            return Err(Ambiguity::MalformedHead);
         };
         let name = &line[..colon];
         let value = &line[colon + 1..];
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) || value.iter().any(|&b| ctl(b)) {
+            return Err(Ambiguity::MalformedHead);
+        }
         if name.eq_ignore_ascii_case(b"content-length") {
             cl_count += 1;
             let v = trim_ows(value);
@@ -329,11 +339,7 @@ fn after_head(head: &[u8]) -> Result<State, Ambiguity> {
         return Ok(State::Off);
     }
     if let Some(v) = te {
-        if request_line
-            .strip_suffix(b"\r")
-            .unwrap_or(request_line)
-            .ends_with(b" HTTP/1.0")
-        {
+        if request_line.ends_with(b" HTTP/1.0") {
             return Err(Ambiguity::TransferEncodingInHttp10);
         }
         // One optional space after the colon, then exactly "chunked", nothing after.
@@ -347,28 +353,6 @@ fn after_head(head: &[u8]) -> Result<State, Ambiguity> {
         Some(n) if n > 0 => State::Fixed(n),
         // A malformed length is refused by hyper; zero or none: the next head follows.
         _ => State::Head(Vec::new()),
-    })
-}
-
-/// The head (without its final empty line) within the grammar, as strictly as hyper reads it
-/// or more: a request line without control characters; then only `name ":" value` lines, the
-/// name made of token characters (so no folded line, no space before the colon), the value of
-/// visible characters, spaces, tabs and obs-text; no bare CR anywhere.
-fn grammatical(head: &[u8]) -> bool {
-    let ctl = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
-    let mut lines = head.split(|&b| b == b'\n');
-    let request_line = lines.next().unwrap_or_default();
-    let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
-    if request_line.is_empty() || request_line.iter().any(|&b| b < 0x20 || b == 0x7f) {
-        return false;
-    }
-    lines.all(|line| {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            return false;
-        };
-        let (name, value) = (&line[..colon], &line[colon + 1..]);
-        !name.is_empty() && name.iter().all(|&b| is_tchar(b)) && !value.iter().any(|&b| ctl(b))
     })
 }
 
