@@ -64,16 +64,6 @@ fn gateway_yaml(yaml: &str) -> Gateway {
     Gateway::start(bin(), yaml).unwrap()
 }
 
-async fn hit(gw: &Gateway, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
-    send(req(
-        method,
-        &format!("{}{path}", gw.url("public")),
-        headers,
-        "",
-    ))
-    .await
-}
-
 fn assert_429(gw: &Gateway, r: &Resp, limit: &str, stage: &str) {
     let v = assert_problem(r, 429, "rate_limited");
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
@@ -96,7 +86,7 @@ fn assert_429(gw: &Gateway, r: &Resp, limit: &str, stage: &str) {
 async fn a_pre_auth_limit_answers_429_with_headers_and_stops_before_the_upstream() {
     let (gw, up) = setup().await;
     for i in 0..3u64 {
-        let r = hit(&gw, "POST", "/login", &[]).await;
+        let r = call_public(&gw, "POST", "/login", &[]).await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.header("x-ratelimit-limit"), Some("3"));
         assert_eq!(
@@ -115,7 +105,7 @@ async fn a_pre_auth_limit_answers_429_with_headers_and_stops_before_the_upstream
             "{rl}"
         );
     }
-    let r = hit(&gw, "POST", "/login", &[]).await;
+    let r = call_public(&gw, "POST", "/login", &[]).await;
     assert_429(&gw, &r, "login-ip", "ratelimit_pre");
     assert_eq!(up.hits(), 3);
     let m = get(&format!("{}/metrics", gw.admin_url())).await.text();
@@ -129,34 +119,34 @@ async fn a_pre_auth_limit_answers_429_with_headers_and_stops_before_the_upstream
 async fn one_key_is_one_budget_across_routes_unless_the_route_is_in_the_key() {
     let (gw, up) = setup().await;
     // shared-ip on /a and /b: one budget of 3.
-    assert_eq!(hit(&gw, "GET", "/a", &[]).await.status, 200);
-    assert_eq!(hit(&gw, "GET", "/b", &[]).await.status, 200);
-    assert_eq!(hit(&gw, "GET", "/a", &[]).await.status, 200);
+    assert_eq!(call_public(&gw, "GET", "/a", &[]).await.status, 200);
+    assert_eq!(call_public(&gw, "GET", "/b", &[]).await.status, 200);
+    assert_eq!(call_public(&gw, "GET", "/a", &[]).await.status, 200);
     assert_429(
         &gw,
-        &hit(&gw, "GET", "/b", &[]).await,
+        &call_public(&gw, "GET", "/b", &[]).await,
         "shared-ip",
         "ratelimit_pre",
     );
     assert_429(
         &gw,
-        &hit(&gw, "GET", "/a", &[]).await,
+        &call_public(&gw, "GET", "/a", &[]).await,
         "shared-ip",
         "ratelimit_pre",
     );
     // per-route-ip has the route in its key: /c and /d have 2 each.
     for p in ["/c", "/c", "/d", "/d"] {
-        assert_eq!(hit(&gw, "GET", p, &[]).await.status, 200, "{p}");
+        assert_eq!(call_public(&gw, "GET", p, &[]).await.status, 200, "{p}");
     }
     assert_429(
         &gw,
-        &hit(&gw, "GET", "/c", &[]).await,
+        &call_public(&gw, "GET", "/c", &[]).await,
         "per-route-ip",
         "ratelimit_pre",
     );
     assert_429(
         &gw,
-        &hit(&gw, "GET", "/d", &[]).await,
+        &call_public(&gw, "GET", "/d", &[]).await,
         "per-route-ip",
         "ratelimit_pre",
     );
@@ -169,28 +159,28 @@ async fn tiers_from_api_keys_choose_the_limit() {
     let free = [("x-api-key", FREE_KEY)];
     let pro = [("x-api-key", PRO_KEY)];
     for _ in 0..2 {
-        assert_eq!(hit(&gw, "GET", "/api/x", &free).await.status, 200);
+        assert_eq!(call_public(&gw, "GET", "/api/x", &free).await.status, 200);
     }
     assert_429(
         &gw,
-        &hit(&gw, "GET", "/api/x", &free).await,
+        &call_public(&gw, "GET", "/api/x", &free).await,
         "per-client",
         "ratelimit",
     );
     for _ in 0..5 {
-        let r = hit(&gw, "GET", "/api/x", &pro).await;
+        let r = call_public(&gw, "GET", "/api/x", &pro).await;
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.header("x-ratelimit-limit"), Some("5"));
     }
     assert_429(
         &gw,
-        &hit(&gw, "GET", "/api/x", &pro).await,
+        &call_public(&gw, "GET", "/api/x", &pro).await,
         "per-client",
         "ratelimit",
     );
     assert_eq!(up.hits(), 7);
     // Unauthenticated requests are refused by authentication, never counted against a client.
-    let r = hit(&gw, "GET", "/api/x", &[]).await;
+    let r = call_public(&gw, "GET", "/api/x", &[]).await;
     assert_problem(&r, 401, "unauthenticated");
 }
 
@@ -199,7 +189,7 @@ async fn quotas_warn_then_refuse() {
     let (gw, up) = setup().await;
     let k = [("x-api-key", FREE_KEY)];
     for i in 1..=5u64 {
-        let r = hit(&gw, "GET", "/quota", &k).await;
+        let r = call_public(&gw, "GET", "/quota", &k).await;
         assert_eq!(r.status, 200, "{}", r.text());
         let warning = r.header("x-quota-warning");
         if i * 100 / 5 >= 60 {
@@ -213,7 +203,7 @@ async fn quotas_warn_then_refuse() {
             assert_eq!(warning, None, "request {i}");
         }
     }
-    let r = hit(&gw, "GET", "/quota", &k).await;
+    let r = call_public(&gw, "GET", "/quota", &k).await;
     assert_429(&gw, &r, "daily", "ratelimit");
     assert!(
         r.json()["detail"]
@@ -240,11 +230,11 @@ async fn a_concurrency_limit_counts_requests_in_flight() {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let r = hit(&gw, "GET", "/delay/0", &[]).await;
+    let r = call_public(&gw, "GET", "/delay/0", &[]).await;
     assert_429(&gw, &r, "inflight", "ratelimit_pre");
     assert_eq!(slow.await.unwrap().status, 200);
     // The slot is free again once the first answered.
-    assert_eq!(hit(&gw, "GET", "/delay/0", &[]).await.status, 200);
+    assert_eq!(call_public(&gw, "GET", "/delay/0", &[]).await.status, 200);
     assert_eq!(up.hits(), 2);
 }
 
@@ -273,7 +263,7 @@ routes:
     );
     let gw = Gateway::start(bin(), &yaml).unwrap();
     let key = [("x-api-key", PRO_KEY)];
-    assert_eq!(hit(&gw, "GET", "/open/x", &[]).await.status, 200);
+    assert_eq!(call_public(&gw, "GET", "/open/x", &[]).await.status, 200);
 
     // The upstream turns slow: p99 of 150 ms against an objective of 20 ms.
     let mut slow = Vec::new();
@@ -289,7 +279,7 @@ routes:
     let deadline = Instant::now() + Duration::from_secs(10);
     let shed = loop {
         let before = up.hits();
-        let r = hit(&gw, "GET", "/open/x", &[]).await;
+        let r = call_public(&gw, "GET", "/open/x", &[]).await;
         if r.status == 503 {
             assert_eq!(up.hits(), before, "a shed request reached the upstream");
             break r;
@@ -302,7 +292,7 @@ routes:
     let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
     assert_eq!(ev["stage"], "ratelimit", "{ev}");
     // Anonymous callers go first; the highest tier is never shed.
-    let r = hit(&gw, "GET", "/api/x", &key).await;
+    let r = call_public(&gw, "GET", "/api/x", &key).await;
     let status = get(&format!("{}/ratelimit", gw.admin_url())).await.json();
     assert_eq!(r.status, 200, "{} {status}", r.text());
     let status = get(&format!("{}/ratelimit", gw.admin_url())).await.json();
@@ -313,7 +303,7 @@ routes:
     // Healthy again: after the window and the recovery delay, anonymous callers are back.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = hit(&gw, "GET", "/open/x", &[]).await;
+        let r = call_public(&gw, "GET", "/open/x", &[]).await;
         if r.status == 200 {
             break;
         }
@@ -342,10 +332,10 @@ routes:
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let r = hit(&gw, "GET", "/x", &[]).await;
+    let r = call_public(&gw, "GET", "/x", &[]).await;
     assert_problem(&r, 503, "overloaded");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(up.hits(), 1);
     assert_eq!(first.await.unwrap().status, 200);
-    assert_eq!(hit(&gw, "GET", "/x", &[]).await.status, 200);
+    assert_eq!(call_public(&gw, "GET", "/x", &[]).await.status, 200);
 }

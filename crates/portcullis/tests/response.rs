@@ -64,16 +64,6 @@ routes:
     (Gateway::start(bin(), &yaml).unwrap(), up)
 }
 
-async fn call(gw: &Gateway, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
-    send(req(
-        method,
-        &format!("{}{path}", gw.url("public")),
-        headers,
-        "",
-    ))
-    .await
-}
-
 fn cors_headers(r: &Resp) -> Vec<String> {
     r.headers
         .keys()
@@ -87,7 +77,7 @@ const ORIGIN: (&str, &str) = ("origin", "https://app.example.com");
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflights_are_answered_by_the_gateway() {
     let (gw, up) = setup().await;
-    let r = call(
+    let r = call_public(
         &gw,
         "OPTIONS",
         "/cors/items/1",
@@ -113,7 +103,7 @@ async fn preflights_are_answered_by_the_gateway() {
     assert!(r.header("vary").unwrap().contains("Origin"));
     assert!(r.text().is_empty());
     // A wildcard subdomain origin.
-    let r = call(
+    let r = call_public(
         &gw,
         "OPTIONS",
         "/cors/x",
@@ -159,7 +149,7 @@ async fn disallowed_preflights_get_403_without_cors_headers() {
         if let Some(x) = headers {
             h.push(("access-control-request-headers", x));
         }
-        let r = call(&gw, "OPTIONS", "/cors/items", &h).await;
+        let r = call_public(&gw, "OPTIONS", "/cors/items", &h).await;
         let v = assert_problem(&r, 403, "cors_rejected");
         assert!(v["detail"].as_str().unwrap().contains(detail), "{v}");
         assert!(cors_headers(&r).is_empty(), "{:?}", r.headers);
@@ -171,7 +161,7 @@ async fn disallowed_preflights_get_403_without_cors_headers() {
 async fn actual_requests_carry_cors_headers_only_for_allowed_origins() {
     let (gw, up) = setup().await;
     // The upstream tries to speak CORS itself: the gateway alone does on this route.
-    let r = call(
+    let r = call_public(
         &gw,
         "GET",
         "/cors/headers/access-control-allow-origin/*",
@@ -189,7 +179,7 @@ async fn actual_requests_carry_cors_headers_only_for_allowed_origins() {
         Some("x-request-id")
     );
     assert_eq!(r.header("vary"), Some("Origin"));
-    let r = call(
+    let r = call_public(
         &gw,
         "GET",
         "/cors/headers/access-control-allow-origin/*",
@@ -203,7 +193,7 @@ async fn actual_requests_carry_cors_headers_only_for_allowed_origins() {
     assert!(cors_headers(&r).is_empty(), "{:?}", r.headers);
     assert_eq!(r.header("vary"), Some("Origin"));
     // An upstream Vary is kept, the gateway's added.
-    let r = call(&gw, "GET", "/cors/headers/vary/Accept-Encoding", &[ORIGIN]).await;
+    let r = call_public(&gw, "GET", "/cors/headers/vary/Accept-Encoding", &[ORIGIN]).await;
     let vary: Vec<&str> = r
         .headers
         .get_all("vary")
@@ -212,7 +202,7 @@ async fn actual_requests_carry_cors_headers_only_for_allowed_origins() {
         .collect();
     assert_eq!(vary, vec!["Accept-Encoding", "Origin"]);
     // A refusal by a later step still carries them, so the page can read the error.
-    let r = call(
+    let r = call_public(
         &gw,
         "GET",
         "/cors/x?q=%3Cscript%3Ealert(1)%3C/script%3E",
@@ -226,7 +216,7 @@ async fn actual_requests_carry_cors_headers_only_for_allowed_origins() {
     );
     assert_eq!(up.hits(), 3);
     // Not a CORS route: an OPTIONS request is an ordinary request.
-    let r = call(
+    let r = call_public(
         &gw,
         "OPTIONS",
         "/plain/x",
@@ -267,13 +257,13 @@ async fn security_headers_are_on_every_response_and_internals_are_removed() {
         ("x-aspnet-version", "4.0"),
         ("x-debug-token", "abc"),
     ] {
-        let r = call(&gw, "GET", &format!("/headers/{name}/{value}"), &[]).await;
+        let r = call_public(&gw, "GET", &format!("/headers/{name}/{value}"), &[]).await;
         assert_eq!(r.status, 200);
         expect_defaults(&r);
         assert_eq!(r.header(name), None, "{name} leaked");
     }
     // The upstream's own CSP is replaced by the gateway's.
-    let r = call(
+    let r = call_public(
         &gw,
         "GET",
         "/headers/content-security-policy/default-src%20*",
@@ -282,11 +272,11 @@ async fn security_headers_are_on_every_response_and_internals_are_removed() {
     .await;
     expect_defaults(&r);
     // Refused by the gateway, and unrouted.
-    let r = call(&gw, "GET", "/../x", &[]).await;
+    let r = call_public(&gw, "GET", "/../x", &[]).await;
     assert_eq!(r.status, 400);
     expect_defaults(&r);
     // A route's overrides: its own frame options, CSP off (the upstream's passes).
-    let r = call(
+    let r = call_public(
         &gw,
         "GET",
         "/framed/headers/content-security-policy/default-src%20'self'",
@@ -304,7 +294,7 @@ async fn security_headers_are_on_every_response_and_internals_are_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_errors_are_replaced_and_the_original_is_audited_masked() {
     let (gw, _up) = setup().await;
-    let r = call(&gw, "GET", "/crash", &[]).await;
+    let r = call_public(&gw, "GET", "/crash", &[]).await;
     assert_eq!(r.status, 500);
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
     assert_eq!(r.header("retry-after"), Some("7"));
@@ -332,19 +322,19 @@ async fn upstream_errors_are_replaced_and_the_original_is_audited_masked() {
     assert!(original.contains("a***@example.com"), "{original}");
     assert!(!original.contains("hunter2"), "{original}");
     // A 5xx the upstream sends with a JSON body is replaced just the same.
-    let r = call(&gw, "GET", "/status/503", &[]).await;
+    let r = call_public(&gw, "GET", "/status/503", &[]).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["title"], "Service Unavailable");
     // 4xx pass by default…
-    let r = call(&gw, "GET", "/status/404", &[]).await;
+    let r = call_public(&gw, "GET", "/status/404", &[]).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["upstream"], "app");
     // … and are replaced where the route says so, except the kept ones.
-    let r = call(&gw, "GET", "/e4/status/404", &[]).await;
+    let r = call_public(&gw, "GET", "/e4/status/404", &[]).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.json()["title"], "Not Found");
     assert!(r.json().get("upstream").is_none());
-    let r = call(&gw, "GET", "/e4/status/409", &[]).await;
+    let r = call_public(&gw, "GET", "/e4/status/409", &[]).await;
     assert_eq!(r.status, 409);
     assert_eq!(r.json()["upstream"], "app");
 }
@@ -352,7 +342,7 @@ async fn upstream_errors_are_replaced_and_the_original_is_audited_masked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_fields_are_removed_by_name_and_path() {
     let (gw, _up) = setup().await;
-    let r = call(&gw, "GET", "/filtered/doc", &[]).await;
+    let r = call_public(&gw, "GET", "/filtered/doc", &[]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(
@@ -379,13 +369,13 @@ async fn json_fields_are_removed_by_name_and_path() {
     );
     // HEAD: the GET's body would be filtered, so the upstream's length and tag are not told
     // (they would give away the size of what the filter hides).
-    let r = call(&gw, "HEAD", "/filtered/doc", &[]).await;
+    let r = call_public(&gw, "HEAD", "/filtered/doc", &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("etag"), None);
     assert_eq!(r.header("content-length"), None);
     assert!(r.text().is_empty());
     // The upstream was not invited to compress what must be filtered.
-    let r = call(
+    let r = call_public(
         &gw,
         "GET",
         "/filtered/echo",
@@ -399,18 +389,18 @@ async fn json_fields_are_removed_by_name_and_path() {
         r.text()
     );
     // Not JSON: withheld (default policy), a refusal of the response step.
-    let r = call(&gw, "GET", "/filtered/plain", &[]).await;
+    let r = call_public(&gw, "GET", "/filtered/plain", &[]).await;
     let v = assert_problem(&r, 502, "response_filter_failed");
     assert!(!r.text().contains("alice@example.com"));
     let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
     assert_eq!(ev["stage"], "response");
     assert_eq!(ev["reason"], "response_filter_failed");
     // With on_unfilterable: pass, unfilterable bodies go through unchanged…
-    let r = call(&gw, "GET", "/passing/plain", &[]).await;
+    let r = call_public(&gw, "GET", "/passing/plain", &[]).await;
     assert_eq!(r.status, 200);
     assert!(r.text().contains("alice@example.com"));
     // … including one larger than max_bytes (64), whole.
-    let r = call(&gw, "GET", "/passing/doc", &[]).await;
+    let r = call_public(&gw, "GET", "/passing/doc", &[]).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         r.json(),
@@ -425,12 +415,12 @@ async fn static_answers_to_head_tell_the_length_of_get() {
     let gw = gateway(
         "upstreams:\n  s:\n    kind: static\n    responses:\n      - { match: \"GET /items/{id}\", json: { id: 1, name: box } }\nroutes:\n  - { name: items, match: { prefix: /items }, upstream: s }\n",
     );
-    let got = call(&gw, "GET", "/items/1", &[]).await;
+    let got = call_public(&gw, "GET", "/items/1", &[]).await;
     assert_eq!(got.status, 200);
     let len = got.text().len();
     assert!(len > 0);
     assert_eq!(got.header("content-length"), Some(len.to_string().as_str()));
-    let head = call(&gw, "HEAD", "/items/1", &[]).await;
+    let head = call_public(&gw, "HEAD", "/items/1", &[]).await;
     assert_eq!(head.status, 200);
     assert_eq!(
         head.header("content-length"),

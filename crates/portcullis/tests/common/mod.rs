@@ -30,6 +30,17 @@ pub fn req(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Req
     b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
 }
 
+/// A bodiless request to `path` on the gateway's `public` listener.
+pub async fn call_public(gw: &Gateway, method: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    send(req(
+        method,
+        &format!("{}{path}", gw.url("public")),
+        headers,
+        "",
+    ))
+    .await
+}
+
 pub async fn get(url: &str) -> Resp {
     send(req("GET", url, &[], "")).await
 }
