@@ -26,6 +26,7 @@
 
 mod balance;
 mod body;
+mod h1;
 mod health;
 #[cfg(test)]
 mod tests;
@@ -35,11 +36,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderValue};
+use http::header::{HOST, HeaderValue, UPGRADE};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Either, Empty};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -51,6 +52,7 @@ use portcullis_core::{BoxBody, BoxError, RejectReason};
 
 use self::balance::{Tried, weighted_schedule};
 use self::body::{GuardedBody, InFlight};
+use self::h1::{Direct, IdleConns, RequestHead, SendError};
 pub use self::health::HealthChecks;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
@@ -149,6 +151,8 @@ struct Target {
     /// Consecutive active-check results, for the healthy/unhealthy thresholds.
     check_ok: AtomicU32,
     check_fail: AtomicU32,
+    /// Idle connections of the direct HTTP/1.1 client (cleartext targets).
+    idle: Arc<IdleConns>,
 }
 
 /// The targets of one upstream and the client that talks to them.
@@ -157,6 +161,9 @@ pub struct UpstreamPool {
     /// One client for all targets: hyper-util keys its connection pool by scheme and
     /// authority, so each target gets its own idle connections.
     client: HttpClient,
+    /// The direct HTTP/1.1 client, for bodiless requests to cleartext targets (`None` when
+    /// the upstream speaks HTTP/2).
+    direct: Option<Direct>,
     targets: Vec<Target>,
     /// Weighted round-robin schedule (target indexes, interleaved), walked by `cursor`.
     schedule: Vec<u32>,
@@ -244,6 +251,13 @@ fn empty_body() -> BoxBody {
         .boxed_unsync()
 }
 
+/// How an attempt failed, whichever client made it.
+enum Failure {
+    /// Nothing was sent.
+    Connect(BoxError),
+    Exchange(BoxError),
+}
+
 /// Statuses that count as a passive failure: the target (or something in front of it) says it
 /// cannot serve.
 fn is_failure_status(s: StatusCode) -> bool {
@@ -283,12 +297,18 @@ impl UpstreamPool {
                 in_flight: Arc::new(AtomicUsize::new(0)),
                 check_ok: AtomicU32::new(0),
                 check_fail: AtomicU32::new(0),
+                idle: Arc::default(),
             });
         }
         let weights: Vec<u32> = cfg.targets.iter().map(|t| t.weight).collect();
         Ok(Arc::new(UpstreamPool {
             name: cfg.name.clone(),
             client,
+            direct: (cfg.protocol != UpstreamProtocol::Http2).then_some(Direct {
+                connect_timeout: cfg.connect_timeout,
+                idle_timeout: cfg.idle_timeout,
+                max_idle: cfg.max_idle_per_target,
+            }),
             targets,
             schedule: weighted_schedule(&weights),
             cursor: AtomicUsize::new(0),
@@ -386,6 +406,11 @@ impl UpstreamPool {
             1
         };
         let (mut parts, mut body) = req.into_parts();
+        // Bodiless requests without an upgrade go through the direct client when the target
+        // is cleartext HTTP/1.1; the rest through the general one.
+        let direct = self.direct.filter(|_| {
+            body_empty && parts.method != Method::CONNECT && !parts.headers.contains_key(UPGRADE)
+        });
         let mut tried = Tried::default();
         let mut pick = self.select(&tried);
         let mut attempt = 0;
@@ -397,31 +422,52 @@ impl UpstreamPool {
             tried.insert(i);
             let t = &self.targets[i];
             let last = attempt >= max_attempts;
-            let this_body = if last {
-                std::mem::replace(&mut body, empty_body())
-            } else {
-                empty_body()
-            };
-            let req = self
-                .upstream_request(t, &mut parts, this_body, last)
-                .map_err(|e| UpstreamError::Protocol {
-                    target: t.authority.clone(),
-                    source: Box::new(e),
-                })?;
             // Counted from before the connect: a target busy connecting is busy.
             let guard = InFlight::new(&t.in_flight);
-            match tokio::time::timeout(opts.timeout, self.client.request(req)).await {
+            let exchange = async {
+                match direct.filter(|_| t.scheme == Scheme::HTTP) {
+                    Some(d) => {
+                        let head = RequestHead {
+                            method: &parts.method,
+                            path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+                            headers: &parts.headers,
+                            host: (self.host_header == HostHeader::Target).then_some(&t.host_value),
+                        };
+                        match d.send(&t.idle, &t.authority, &head).await {
+                            Ok(resp) => Ok(resp.map(Either::Right)),
+                            Err(SendError::Connect(e)) => Err(Failure::Connect(e)),
+                            Err(SendError::Other(e)) => Err(Failure::Exchange(e)),
+                        }
+                    }
+                    None => {
+                        let this_body = if last {
+                            std::mem::replace(&mut body, empty_body())
+                        } else {
+                            empty_body()
+                        };
+                        let req = self
+                            .upstream_request(t, &mut parts, this_body, last)
+                            .map_err(|e| Failure::Exchange(Box::new(e)))?;
+                        match self.client.request(req).await {
+                            Ok(resp) => Ok(resp.map(Either::Left)),
+                            Err(e) if e.is_connect() => Err(Failure::Connect(Box::new(e))),
+                            Err(e) => Err(Failure::Exchange(Box::new(e))),
+                        }
+                    }
+                }
+            };
+            match tokio::time::timeout(opts.timeout, exchange).await {
                 Err(_elapsed) => {
                     self.record_failure(i);
                     return Err(UpstreamError::Timeout {
                         target: t.authority.clone(),
                     });
                 }
-                Ok(Err(e)) if e.is_connect() => {
+                Ok(Err(Failure::Connect(source))) => {
                     self.record_failure(i);
                     let err = UpstreamError::Connect {
                         target: t.authority.clone(),
-                        source: Box::new(e),
+                        source,
                     };
                     // The request never left: safe to send elsewhere.
                     if !last && let Some(next) = self.select(&tried) {
@@ -431,12 +477,12 @@ impl UpstreamPool {
                     }
                     return Err(err);
                 }
-                Ok(Err(e)) => {
+                Ok(Err(Failure::Exchange(source))) => {
                     // Not counted against the target: a request body that fails (client too
                     // slow, too large) surfaces here too, and must not eject a healthy target.
                     return Err(UpstreamError::Protocol {
                         target: t.authority.clone(),
-                        source: Box::new(e),
+                        source,
                     });
                 }
                 Ok(Ok(resp)) => {

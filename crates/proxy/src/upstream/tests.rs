@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use http::header::{CONNECTION, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, UPGRADE};
 use http::{HeaderMap, Method, Version};
 use http_body::Frame;
 use http_body_util::{Full, StreamBody};
@@ -783,4 +783,557 @@ async fn a_101_keeps_its_upgrade_handle() {
     let mut got = Vec::new();
     io.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"hi");
+}
+
+// ---------------------------------------------------------------------------------------------
+// the direct HTTP/1.1 client (bodiless requests to cleartext targets), against a raw upstream
+// that answers with scripted bytes
+
+/// What the raw upstream does with one request.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// Writes these bytes and keeps the connection.
+    Reply(&'static str),
+    /// Writes these bytes and closes.
+    ReplyClose(&'static str),
+    /// Closes without a word.
+    Close,
+}
+
+/// An upstream that reads request heads and answers each with the next scripted answer (then
+/// `200 ok` with a length once the script is done), counting connections and keeping heads.
+struct RawServer {
+    addr: SocketAddr,
+    conns: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+impl RawServer {
+    async fn start(script: &[Answer]) -> RawServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(
+            script
+                .iter()
+                .copied()
+                .collect::<std::collections::VecDeque<_>>(),
+        ));
+        let (c, h) = (conns.clone(), heads.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (heads, script) = (h.clone(), script.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head: Vec<u8> = buf.drain(..end).collect();
+                        heads.lock().unwrap().push(String::from_utf8(head).unwrap());
+                        let answer = script.lock().unwrap().pop_front();
+                        match answer.unwrap_or(Answer::Reply(
+                            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                        )) {
+                            Answer::Reply(s) => {
+                                if stream.write_all(s.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Answer::ReplyClose(s) => {
+                                let _ = stream.write_all(s.as_bytes()).await;
+                                return;
+                            }
+                            Answer::Close => return,
+                        }
+                    }
+                });
+            }
+        });
+        RawServer {
+            addr,
+            conns,
+            heads,
+            accept,
+        }
+    }
+
+    fn pool(&self) -> Arc<UpstreamPool> {
+        pool_of(&[format!("\"http://{}\"", self.addr)], "")
+    }
+
+    fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+fn idle_of(p: &UpstreamPool) -> usize {
+    p.targets[0].idle.len()
+}
+
+fn request(method: Method, path: &str) -> Request<BoxBody> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, "example.com")
+        .body(empty_body())
+        .unwrap()
+}
+
+/// Data and trailers of a body, or its error.
+async fn collect(r: Response<BoxBody>) -> Result<(String, Option<HeaderMap>), String> {
+    let c = r.into_body().collect().await.map_err(|e| e.to_string())?;
+    let trailers = c.trailers().cloned();
+    Ok((String::from_utf8(c.to_bytes().to_vec()).unwrap(), trailers))
+}
+
+#[tokio::test]
+async fn direct_a_length_delimited_answer_keeps_the_connection() {
+    let s = RawServer::start(&[Answer::Reply(
+        "HTTP/1.1 200 OK\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 5\r\n\r\nhello",
+    )])
+    .await;
+    let p = s.pool();
+    for i in 0..3 {
+        let r = p.forward(get("/x?y=1"), RETRYABLE).await.unwrap();
+        assert_eq!(r.response.status(), StatusCode::OK);
+        if i == 0 {
+            let values: Vec<_> = r.response.headers().get_all("x-a").iter().collect();
+            assert_eq!(values, ["1", "2"]);
+        }
+        let want = if i == 0 { "hello" } else { "ok" };
+        assert_eq!(collect(r.response).await.unwrap().0, want);
+        assert_eq!(idle_of(&p), 1);
+    }
+    assert_eq!(s.conns(), 1, "one connection carried every request");
+    let heads = s.heads();
+    assert_eq!(heads.len(), 3);
+    assert!(
+        heads[0].starts_with("GET /x?y=1 HTTP/1.1\r\n"),
+        "{}",
+        heads[0]
+    );
+    assert!(heads[0].contains("host: example.com\r\n"), "{}", heads[0]);
+}
+
+#[tokio::test]
+async fn direct_the_request_head_is_written_as_given() {
+    let s = RawServer::start(&[]).await;
+    // host_header: target replaces the client's Host; a body-carrying method says its length.
+    let p = pool_of(&[format!("\"http://{}\"", s.addr)], "host_header: target");
+    let mut req = request(Method::POST, "/p");
+    req.headers_mut()
+        .insert("x-b", HeaderValue::from_static("v"));
+    let r = p.forward(req, NOT_RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    let r = p
+        .forward(request(Method::DELETE, "/d"), NOT_RETRYABLE)
+        .await
+        .unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    let heads = s.heads();
+    let want = format!(
+        "POST /p HTTP/1.1\r\nhost: {}\r\nx-b: v\r\ncontent-length: 0\r\n\r\n",
+        s.addr
+    );
+    assert_eq!(heads[0], want);
+    assert_eq!(
+        heads[1],
+        format!("DELETE /d HTTP/1.1\r\nhost: {}\r\n\r\n", s.addr)
+    );
+}
+
+#[tokio::test]
+async fn direct_a_chunked_answer_with_extensions_and_trailers() {
+    let s = RawServer::start(&[Answer::Reply(
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+         5;ext=1\r\nhello\r\n1 \r\n,\r\nA\r\n world and\r\n0\r\nx-checksum: abc\r\n\r\n",
+    )])
+    .await;
+    let p = s.pool();
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    let (body, trailers) = collect(r.response).await.unwrap();
+    assert_eq!(body, "hello, world and");
+    assert_eq!(trailers.unwrap()["x-checksum"], "abc");
+    assert_eq!(
+        idle_of(&p),
+        1,
+        "a chunked answer read to its end keeps the connection"
+    );
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    assert_eq!(s.conns(), 1);
+}
+
+#[tokio::test]
+async fn direct_transfer_encoding_overrides_content_length_and_ends_the_connection() {
+    let s = RawServer::start(&[Answer::Reply(
+        "HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+    )])
+    .await;
+    let p = s.pool();
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert!(r.response.headers().get(CONTENT_LENGTH).is_none());
+    assert_eq!(collect(r.response).await.unwrap().0, "ab");
+    assert_eq!(
+        idle_of(&p),
+        0,
+        "an answer with both framings is not trusted with another request"
+    );
+}
+
+#[tokio::test]
+async fn direct_conflicting_lengths_are_a_protocol_error() {
+    let s = RawServer::start(&[Answer::Reply(
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc",
+    )])
+    .await;
+    let p = s.pool();
+    let err = p.forward(get("/"), RETRYABLE).await.err().unwrap();
+    assert!(matches!(err, UpstreamError::Protocol { .. }), "{err}");
+    assert!(
+        err.to_string().contains("conflicting Content-Length"),
+        "{err}"
+    );
+    assert_eq!(err.reason(), RejectReason::UpstreamError);
+    assert_eq!(idle_of(&p), 0);
+    // Repeated equal values (also as a list) are one length.
+    let s = RawServer::start(&[Answer::Reply(
+        "HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\nabc",
+    )])
+    .await;
+    let r = s.pool().forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "abc");
+}
+
+#[tokio::test]
+async fn direct_an_answer_without_length_is_read_to_the_close() {
+    let s = RawServer::start(&[Answer::ReplyClose("HTTP/1.1 200 OK\r\n\r\nall of it")]).await;
+    let p = s.pool();
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "all of it");
+    assert_eq!(idle_of(&p), 0);
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    assert_eq!(s.conns(), 2);
+}
+
+#[tokio::test]
+async fn direct_bodiless_answers_keep_the_connection() {
+    let s = RawServer::start(&[
+        Answer::Reply("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"),
+        Answer::Reply("HTTP/1.1 204 No Content\r\n\r\n"),
+        Answer::Reply("HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n"),
+        Answer::Reply("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 1\r\n\r\n!"),
+    ])
+    .await;
+    let p = s.pool();
+    let r = p
+        .forward(request(Method::HEAD, "/"), RETRYABLE)
+        .await
+        .unwrap();
+    assert_eq!(r.response.headers()[CONTENT_LENGTH], "100");
+    assert!(r.response.body().is_end_stream());
+    assert_eq!(collect(r.response).await.unwrap().0, "");
+    for status in [204, 304] {
+        let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+        assert_eq!(r.response.status().as_u16(), status);
+        assert_eq!(collect(r.response).await.unwrap().0, "");
+    }
+    // Informational answers are skipped; the final one is returned.
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(r.response.status(), StatusCode::CREATED);
+    assert!(r.response.headers().get("link").is_none());
+    assert_eq!(collect(r.response).await.unwrap().0, "!");
+    assert_eq!(s.conns(), 1);
+    assert_eq!(idle_of(&p), 1);
+}
+
+#[tokio::test]
+async fn direct_close_and_http10_answers_end_the_connection() {
+    let s = RawServer::start(&[
+        Answer::Reply("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\na"),
+        Answer::Reply("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\nb"),
+    ])
+    .await;
+    let p = s.pool();
+    for want in ["a", "b"] {
+        let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+        assert_eq!(collect(r.response).await.unwrap().0, want);
+        assert_eq!(idle_of(&p), 0);
+    }
+    assert_eq!(s.conns(), 2);
+}
+
+#[tokio::test]
+async fn direct_a_body_dropped_early_closes_its_connection() {
+    let s = RawServer::start(&[Answer::Reply(
+        "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf",
+    )])
+    .await;
+    let p = s.pool();
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    drop(r);
+    assert_eq!(idle_of(&p), 0);
+    assert_eq!(in_flight_total(&p), 0);
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    assert_eq!(s.conns(), 2);
+}
+
+#[tokio::test]
+async fn direct_broken_answers_are_protocol_errors() {
+    let cases: [(&str, &str); 6] = [
+        ("SSH-2.0-OpenSSH\r\n\r\n", "malformed"),
+        ("HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n", "malformed"),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            "invalid Content-Length",
+        ),
+        (
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+            "switched protocols unasked",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n",
+            "before answering",
+        ),
+        ("", "before answering"),
+    ];
+    for (answer, why) in cases {
+        let s = RawServer::start(&[Answer::ReplyClose(answer)]).await;
+        let p = s.pool();
+        let err = p.forward(get("/"), NOT_RETRYABLE).await.err().unwrap();
+        assert!(
+            matches!(err, UpstreamError::Protocol { .. }),
+            "{answer:?}: {err}"
+        );
+        assert!(err.to_string().contains(why), "{answer:?}: {err}");
+        assert_eq!(idle_of(&p), 0);
+        assert_eq!(in_flight_total(&p), 0);
+    }
+}
+
+#[tokio::test]
+async fn direct_broken_bodies_fail_the_body() {
+    let cases: [(&str, &str); 5] = [
+        (
+            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+            "middle of the body",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            "missing chunk size",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2x\r\nab\r\n",
+            "invalid chunk size",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabXX",
+            "missing CRLF",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n",
+            "middle of the body",
+        ),
+    ];
+    for (answer, why) in cases {
+        let s = RawServer::start(&[Answer::ReplyClose(answer)]).await;
+        let p = s.pool();
+        let r = p.forward(get("/"), NOT_RETRYABLE).await.unwrap();
+        let err = collect(r.response).await.err().unwrap();
+        assert!(err.contains(why), "{answer:?}: {err}");
+        assert_eq!(idle_of(&p), 0);
+        assert_eq!(in_flight_total(&p), 0);
+    }
+}
+
+#[tokio::test]
+async fn direct_an_oversized_head_is_refused() {
+    let big: &'static str = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n",
+            "a".repeat(300 * 1024)
+        )
+        .into_boxed_str(),
+    );
+    let s = RawServer::start(&[Answer::ReplyClose(big)]).await;
+    let err = s
+        .pool()
+        .forward(get("/"), NOT_RETRYABLE)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("exceeds"), "{err}");
+}
+
+#[tokio::test]
+async fn direct_a_connection_the_target_dropped_while_idle_is_not_used() {
+    // First answer closes the connection after a keep-alive answer (no `Connection: close`):
+    // the client notices the close while the connection is idle.
+    let s = RawServer::start(&[Answer::ReplyClose(
+        "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na",
+    )])
+    .await;
+    let p = s.pool();
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "a");
+    assert_eq!(idle_of(&p), 1);
+    // Give the close time to arrive.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = p
+        .forward(request(Method::POST, "/"), NOT_RETRYABLE)
+        .await
+        .unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    assert_eq!(s.conns(), 2);
+    assert_eq!(s.heads().len(), 2, "the POST was sent once");
+}
+
+#[tokio::test]
+async fn direct_a_stale_connection_is_retried_for_idempotent_methods_only() {
+    // The target takes the second request on a kept connection and closes without a word.
+    let s = RawServer::start(&[
+        Answer::Reply("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"),
+        Answer::Close,
+    ])
+    .await;
+    let p = s.pool();
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "a");
+    let r = p.forward(get("/again"), NOT_RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    assert_eq!(s.conns(), 2, "sent again on a fresh connection");
+    assert_eq!(s.heads().len(), 3);
+
+    let s = RawServer::start(&[
+        Answer::Reply("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"),
+        Answer::Close,
+    ])
+    .await;
+    let p = s.pool();
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "a");
+    let err = p
+        .forward(request(Method::POST, "/"), NOT_RETRYABLE)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("before answering"), "{err}");
+    assert_eq!(s.heads().len(), 2, "a POST is never sent twice");
+}
+
+#[tokio::test]
+async fn direct_idle_connections_are_bounded_and_expire() {
+    let s = RawServer::start(&[]).await;
+    let p = pool_of(
+        &[format!("\"http://{}\"", s.addr)],
+        "max_idle_per_target: 2, idle_timeout: 200ms",
+    );
+    // Four bodies held at once need four connections; two are kept afterwards.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(p.forward(get("/"), RETRYABLE).await.unwrap());
+    }
+    assert_eq!(s.conns(), 4);
+    for r in held {
+        assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    }
+    assert_eq!(idle_of(&p), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    assert_eq!(s.conns(), 5, "expired idle connections are not reused");
+    assert_eq!(idle_of(&p), 1);
+
+    let none = pool_of(
+        &[format!("\"http://{}\"", s.addr)],
+        "max_idle_per_target: 0",
+    );
+    let r = none.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    assert_eq!(idle_of(&none), 0);
+}
+
+#[tokio::test]
+async fn direct_a_refused_connection_is_a_connect_error_and_retried() {
+    let s = RawServer::start(&[]).await;
+    let p = pool_of(
+        &[
+            format!("\"http://{}\"", dead_addr()),
+            format!("\"http://{}\"", s.addr),
+        ],
+        "retries: { attempts: 1 }",
+    );
+    // Round robin starts with the dead target.
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(r.attempts, 2);
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    let dead = pool_of(&[format!("\"http://{}\"", dead_addr())], "");
+    let err = dead.forward(get("/"), RETRYABLE).await.err().unwrap();
+    assert!(matches!(err, UpstreamError::Connect { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn direct_a_silent_target_times_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let p = pool_of(&[format!("\"http://{addr}\"")], "");
+    let opts = ForwardOpts {
+        timeout: Duration::from_millis(200),
+        retryable: true,
+    };
+    let err = p.forward(get("/"), opts).await.err().unwrap();
+    assert!(matches!(err, UpstreamError::Timeout { .. }), "{err}");
+    assert_eq!(in_flight_total(&p), 0);
+}
+
+#[test]
+fn direct_chunk_sizes() {
+    use super::h1::chunk_size;
+    assert_eq!(chunk_size(b"0").unwrap(), 0);
+    assert_eq!(chunk_size(b"fF").unwrap(), 255);
+    assert_eq!(chunk_size(b"10 ; name=value").unwrap(), 16);
+    assert_eq!(chunk_size(b"ffffffffffffffff").unwrap(), u64::MAX);
+    for bad in [
+        &b""[..],
+        b"x",
+        b"-1",
+        b"1 2",
+        b"11111111111111111",
+        b"0x10",
+        b" 1",
+    ] {
+        assert!(chunk_size(bad).is_err(), "{bad:?}");
+    }
 }

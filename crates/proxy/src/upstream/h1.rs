@@ -1,0 +1,700 @@
+//! The direct HTTP/1.1 client: bodiless requests to cleartext targets.
+//!
+//! * **Takes**: a request head (method, origin-form path and query, final headers) for one
+//!   target, with no body and no upgrade.
+//! * **Produces**: the target's response, whose body reads the connection itself: the
+//!   request's own task writes the head, reads the answer and streams the body, and the
+//!   connection goes back to the target's idle list the moment the body's last byte is read.
+//!   There is no connection task, no channel between tasks and no per-response bookkeeping —
+//!   the costs that dominated a proxied request through the general client (see
+//!   docs/performance.md and ADR 0007).
+//! * **Rejects**: [`SendError::Connect`] when no connection could be made (nothing was sent),
+//!   [`SendError::Other`] for everything after (write failure, a malformed or oversized head,
+//!   an unsupported answer).
+//!
+//! Invariants:
+//! * Framing follows RFC 9112 §6.3: no body after HEAD, 1xx, 204 and 304; a
+//!   `Transfer-Encoding` whose last coding is `chunked` wins over `Content-Length` (which is
+//!   then removed, and the connection not reused); other transfer codings and answers without
+//!   length are read to the end of the connection; `Content-Length` values must agree.
+//! * A connection is reused only after an HTTP/1.1 answer without `Connection: close` whose
+//!   body was read to its end with no byte left over. A body dropped early closes it.
+//! * An idle connection is checked before reuse (a target that closed it is noticed without
+//!   sending anything); one that still turns out closed before any byte of the answer costs
+//!   one more attempt on a fresh connection, for idempotent methods only.
+//! * Every wait in here is bounded by the caller (connect timeout, response-head timeout); a
+//!   body's reads are paced by the client reading it, like the general client's.
+
+use std::collections::VecDeque;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use portcullis_core::BoxError;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+
+/// At most this many header fields in a response head (and in a trailer section).
+const MAX_HEADERS: usize = 100;
+/// A response head (status line and fields, all 1xx heads before it included) may not exceed
+/// this.
+const MAX_HEAD_BYTES: usize = 256 * 1024;
+/// A chunk-size line (with extensions) may not exceed this.
+const MAX_CHUNK_LINE: usize = 4096;
+/// A trailer section may not exceed this.
+const MAX_TRAILER_BYTES: usize = 64 * 1024;
+/// Read buffer growth step.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub(super) enum SendError {
+    /// No connection: the request never left.
+    Connect(BoxError),
+    /// The exchange failed after the request may have been sent.
+    Other(BoxError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum H1Error {
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("the upstream closed the connection before answering")]
+    ClosedBeforeAnswer,
+    #[error("the upstream closed the connection in the middle of the body")]
+    ClosedMidBody,
+    #[error("the upstream's response head is malformed: {0}")]
+    BadHead(&'static str),
+    #[error("the upstream's response head exceeds {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    #[error("the upstream's chunked body is malformed: {0}")]
+    BadChunk(&'static str),
+    #[error("the upstream switched protocols unasked")]
+    UnaskedSwitch,
+}
+
+/// A connection and its buffers, kept across requests.
+pub(super) struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet consumed.
+    rbuf: BytesMut,
+    /// The request head being written (its capacity is reused).
+    wbuf: Vec<u8>,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// A target's idle connections, most recently used last.
+#[derive(Default)]
+pub(super) struct IdleConns {
+    list: Mutex<VecDeque<Idle>>,
+}
+
+/// Settings of the direct client, from the upstream's configuration.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Direct {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle: usize,
+}
+
+impl IdleConns {
+    /// The most recently used idle connection that is still open and fresh.
+    fn take(&self, idle_timeout: Duration) -> Option<Conn> {
+        loop {
+            let idle = {
+                let Ok(mut list) = self.list.lock() else {
+                    return None;
+                };
+                let idle = list.pop_back()?;
+                if idle.since.elapsed() >= idle_timeout {
+                    // The others are older still.
+                    list.clear();
+                    return None;
+                }
+                idle
+            };
+            if !idle.conn.closed_by_peer() {
+                return Some(idle.conn);
+            }
+        }
+    }
+
+    fn put(&self, conn: Conn, d: &Direct) {
+        if d.max_idle == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let Ok(mut list) = self.list.lock() else {
+            return;
+        };
+        while list
+            .front()
+            .is_some_and(|i| now.duration_since(i.since) >= d.idle_timeout)
+        {
+            list.pop_front();
+        }
+        if list.len() >= d.max_idle {
+            list.pop_front();
+        }
+        list.push_back(Idle { conn, since: now });
+    }
+
+    /// Idle connections held now (tests and the admin view).
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.list.lock().map(|l| l.len()).unwrap_or(0)
+    }
+}
+
+impl Conn {
+    /// True if the peer closed the connection (or sent something unasked) while it was idle.
+    /// Costs no system call unless the socket was reported readable.
+    fn closed_by_peer(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads what the socket has into `rbuf`; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
+        loop {
+            match self.io.try_read_buf(&mut self.rbuf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    ready!(self.io.poll_read_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// What is sent of a request: the direct client only carries bodiless ones.
+#[derive(Clone, Copy)]
+pub(super) struct RequestHead<'a> {
+    pub method: &'a Method,
+    /// Origin form: path and query.
+    pub path_and_query: &'a str,
+    pub headers: &'a HeaderMap,
+    /// Replaces the request's `Host` (`host_header: target`).
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// The request head as written to the target.
+/// `host`: a `Host` value replacing the request's (the target's own authority); without one,
+/// the request's `Host` is kept, or the target's authority written if it has none.
+pub(super) fn encode_head(out: &mut Vec<u8>, req: &RequestHead<'_>, authority: &str) {
+    let RequestHead {
+        method,
+        path_and_query,
+        headers,
+        host,
+    } = *req;
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    match host {
+        Some(h) => {
+            out.extend_from_slice(b"host: ");
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        None if !headers.contains_key(HOST) => {
+            out.extend_from_slice(b"host: ");
+            out.extend_from_slice(authority.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        None => {}
+    }
+    for (name, value) in headers {
+        if host.is_some() && name == HOST {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // A body-carrying method says its empty body's length: some servers answer 411 otherwise.
+    if matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+        && !headers.contains_key(CONTENT_LENGTH)
+    {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// A parsed final response head.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// Parses one response head at the start of `buf`. `Ok(None)`: incomplete. On success the
+/// head's bytes are taken off `buf`; the header values share one copy of them.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
+    // Left uninitialised: the parser writes what it returns (zeroing 3 KiB per response
+    // would cost more than the parse).
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD_BYTES => len,
+        Ok(httparse::Status::Complete(_)) => return Err(H1Error::HeadTooLarge),
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > MAX_HEAD_BYTES {
+                Err(H1Error::HeadTooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(H1Error::BadHead("too many fields")),
+        Err(_) => return Err(H1Error::BadHead("not an HTTP/1.x response")),
+    };
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(H1Error::BadHead("invalid status"))?;
+    let version = match resp.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    // One copy of the head (a few hundred bytes) that every value slices.
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let base = buf.as_ptr() as usize;
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| H1Error::BadHead("invalid field name"))?;
+        let start = h.value.as_ptr() as usize - base;
+        let value = HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
+            .map_err(|_| H1Error::BadHead("invalid field value"))?;
+        headers.append(name, value);
+    }
+    buf.advance(len);
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// True if a `Connection` field lists `token`.
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// The body's framing (RFC 9112 §6.3) and whether the connection may carry another request.
+/// Removes a `Content-Length` that a `Transfer-Encoding` overrides.
+fn framing(head_request: bool, head: &mut Head) -> Result<(Framing, bool), H1Error> {
+    let mut reusable = head.version == Version::HTTP_11 && !connection_has(&head.headers, "close");
+    let status = head.status;
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Empty, reusable));
+    }
+    if head.headers.contains_key(TRANSFER_ENCODING) {
+        let mut chunked = false;
+        for v in head.headers.get_all(TRANSFER_ENCODING) {
+            let s = v
+                .to_str()
+                .map_err(|_| H1Error::BadHead("invalid Transfer-Encoding"))?;
+            if let Some(t) = s.rsplit(',').map(str::trim).find(|t| !t.is_empty()) {
+                chunked = t.eq_ignore_ascii_case("chunked");
+            }
+        }
+        if head.headers.remove(CONTENT_LENGTH).is_some() {
+            reusable = false;
+        }
+        return Ok(if chunked {
+            (Framing::Chunked, reusable)
+        } else {
+            (Framing::UntilClose, false)
+        });
+    }
+    let mut length: Option<u64> = None;
+    for v in &head.headers.get_all(CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(H1Error::BadHead("invalid Content-Length"));
+            }
+            let n = part
+                .iter()
+                .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+            if length.is_some_and(|l| l != n) {
+                return Err(H1Error::BadHead("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Empty, reusable),
+        Some(n) => (Framing::Length(n), reusable),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+impl Direct {
+    async fn connect(&self, authority: &str) -> Result<Conn, SendError> {
+        let io =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(authority)).await {
+                Ok(Ok(io)) => io,
+                Ok(Err(e)) => return Err(SendError::Connect(Box::new(e))),
+                Err(_) => return Err(SendError::Connect(Box::new(H1Error::ConnectTimeout))),
+            };
+        // Requests and answers are written whole: nothing is gained by waiting to coalesce.
+        let _ = io.set_nodelay(true);
+        Ok(Conn {
+            io,
+            rbuf: BytesMut::new(),
+            wbuf: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Sends a bodiless request and returns the response once its head has arrived.
+    pub(super) async fn send(
+        &self,
+        idle: &Arc<IdleConns>,
+        authority: &str,
+        req: &RequestHead<'_>,
+    ) -> Result<Response<H1Body>, SendError> {
+        let method = req.method;
+        let mut pooled = idle.take(self.idle_timeout);
+        loop {
+            let reused = pooled.is_some();
+            let conn = match pooled.take() {
+                Some(c) => c,
+                None => self.connect(authority).await?,
+            };
+            match self.exchange(conn, idle, authority, req).await {
+                // A reused connection the target had closed: nothing of an answer came back.
+                // Only a request that may be repeated is sent again, on a fresh connection.
+                Err(Exchange::Stale(_)) if reused && method.is_idempotent() => {}
+                Err(Exchange::Stale(e) | Exchange::Failed(e)) => return Err(SendError::Other(e)),
+                Ok(resp) => return Ok(resp),
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        mut conn: Conn,
+        idle: &Arc<IdleConns>,
+        authority: &str,
+        req: &RequestHead<'_>,
+    ) -> Result<Response<H1Body>, Exchange> {
+        let method = req.method;
+        let mut wbuf = std::mem::take(&mut conn.wbuf);
+        encode_head(&mut wbuf, req, authority);
+        let written = conn.io.write_all(&wbuf).await;
+        conn.wbuf = wbuf;
+        if let Err(e) = written {
+            return Err(Exchange::Stale(Box::new(e)));
+        }
+        let mut got_any = false;
+        let mut head = loop {
+            match parse_head(&mut conn.rbuf) {
+                Ok(Some(h)) if h.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    return Err(Exchange::Failed(Box::new(H1Error::UnaskedSwitch)));
+                }
+                // 100 Continue, 103 Early Hints: the final answer follows.
+                Ok(Some(h)) if h.status.is_informational() => continue,
+                Ok(Some(h)) => break h,
+                Ok(None) => {}
+                Err(e) => return Err(Exchange::Failed(Box::new(e))),
+            }
+            match conn.fill().await {
+                Ok(0) if !got_any && conn.rbuf.is_empty() => {
+                    return Err(Exchange::Stale(Box::new(H1Error::ClosedBeforeAnswer)));
+                }
+                Ok(0) => return Err(Exchange::Failed(Box::new(H1Error::ClosedBeforeAnswer))),
+                Ok(_) => got_any = true,
+                Err(e) if !got_any => return Err(Exchange::Stale(Box::new(e))),
+                Err(e) => return Err(Exchange::Failed(Box::new(e))),
+            }
+        };
+        let (framing, reusable) =
+            framing(*method == Method::HEAD, &mut head).map_err(|e| Exchange::Failed(e.into()))?;
+        let mut body = H1Body {
+            conn: Some(conn),
+            state: match framing {
+                Framing::Empty => State::Done,
+                Framing::Length(n) => State::Length(n),
+                Framing::Chunked => State::ChunkSize,
+                Framing::UntilClose => State::UntilClose,
+            },
+            reusable,
+            idle: idle.clone(),
+            direct: *self,
+        };
+        if body.state == State::Done {
+            body.release();
+        }
+        let mut resp = Response::new(body);
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
+    }
+}
+
+/// An attempt's failure: `Stale` when nothing of an answer arrived (the connection may have
+/// been closed by the target while idle).
+enum Exchange {
+    Stale(BoxError),
+    Failed(BoxError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    UntilClose,
+    ChunkSize,
+    ChunkData(u64),
+    ChunkEnd,
+    Trailers,
+    Done,
+}
+
+/// A response body read straight from the target's connection.
+pub(super) struct H1Body {
+    /// `None` once the body has ended (the connection was kept or closed) or failed.
+    conn: Option<Conn>,
+    state: State,
+    reusable: bool,
+    idle: Arc<IdleConns>,
+    direct: Direct,
+}
+
+impl H1Body {
+    /// The body is over: the connection goes back to the idle list if it can carry another
+    /// request (nothing read beyond this answer), and is closed otherwise.
+    fn release(&mut self) {
+        self.state = State::Done;
+        if let Some(conn) = self.conn.take()
+            && self.reusable
+            && conn.rbuf.is_empty()
+        {
+            self.idle.put(conn, &self.direct);
+        }
+    }
+
+    fn fail(&mut self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.state = State::Done;
+        self.conn = None;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+/// The position of the first CRLF in `buf`, if any.
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
+}
+
+/// Parses a chunk-size line (without its CRLF): hex digits, then optional whitespace and
+/// extensions after `;`.
+pub(super) fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(H1Error::BadChunk("missing chunk size"));
+    }
+    if digits > 16 {
+        return Err(H1Error::BadChunk("chunk size too large"));
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !(rest.is_empty() || rest[0] == b';') {
+        return Err(H1Error::BadChunk("invalid chunk size"));
+    }
+    let mut n = 0u64;
+    for b in &line[..digits] {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => b - b'A' + 10,
+        };
+        n = (n << 4) | u64::from(d);
+    }
+    Ok(n)
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let buffered = conn.rbuf.len();
+            match this.state {
+                State::Done => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                State::Length(left) if buffered > 0 => {
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buffered);
+                    let data = conn.rbuf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    this.state = State::Length(left);
+                    if left == 0 {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::UntilClose if buffered > 0 => {
+                    let data = conn.rbuf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::ChunkData(left) if buffered > 0 => {
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buffered);
+                    let data = conn.rbuf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    this.state = if left == 0 {
+                        State::ChunkEnd
+                    } else {
+                        State::ChunkData(left)
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::ChunkSize => {
+                    if let Some(end) = find_crlf(&conn.rbuf) {
+                        let size = chunk_size(&conn.rbuf[..end]);
+                        let _ = conn.rbuf.split_to(end + 2);
+                        match size {
+                            Ok(0) => this.state = State::Trailers,
+                            Ok(n) => this.state = State::ChunkData(n),
+                            Err(e) => return this.fail(Box::new(e)),
+                        }
+                        continue;
+                    }
+                    if buffered > MAX_CHUNK_LINE {
+                        return this.fail(Box::new(H1Error::BadChunk("chunk size line too long")));
+                    }
+                }
+                State::ChunkEnd if buffered >= 2 => {
+                    if &conn.rbuf[..2] != b"\r\n" {
+                        return this.fail(Box::new(H1Error::BadChunk("missing CRLF after data")));
+                    }
+                    let _ = conn.rbuf.split_to(2);
+                    this.state = State::ChunkSize;
+                    continue;
+                }
+                State::Trailers => {
+                    if conn.rbuf.starts_with(b"\r\n") {
+                        let _ = conn.rbuf.split_to(2);
+                        this.release();
+                        return Poll::Ready(None);
+                    }
+                    if let Some(end) = conn.rbuf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let section = conn.rbuf.split_to(end + 4);
+                        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                        let trailers = match httparse::parse_headers(&section, &mut fields) {
+                            Ok(httparse::Status::Complete((_, fields))) => {
+                                let mut map = HeaderMap::with_capacity(fields.len());
+                                for f in fields.iter() {
+                                    match (
+                                        HeaderName::from_bytes(f.name.as_bytes()),
+                                        HeaderValue::from_bytes(f.value),
+                                    ) {
+                                        (Ok(n), Ok(v)) => {
+                                            map.append(n, v);
+                                        }
+                                        _ => {
+                                            return this.fail(Box::new(H1Error::BadChunk(
+                                                "invalid trailer field",
+                                            )));
+                                        }
+                                    }
+                                }
+                                map
+                            }
+                            _ => {
+                                return this
+                                    .fail(Box::new(H1Error::BadChunk("invalid trailer section")));
+                            }
+                        };
+                        this.release();
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    if buffered > MAX_TRAILER_BYTES {
+                        return this.fail(Box::new(H1Error::BadChunk("trailer section too large")));
+                    }
+                }
+                State::Length(_) | State::UntilClose | State::ChunkData(_) | State::ChunkEnd => {}
+            }
+            // More bytes are needed.
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if this.state == State::UntilClose => {
+                    this.state = State::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => return this.fail(Box::new(H1Error::ClosedMidBody)),
+                Ok(_) => {}
+                Err(e) => return this.fail(Box::new(e)),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done | State::Length(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            State::Done => SizeHint::with_exact(0),
+            State::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
