@@ -137,19 +137,28 @@ impl IdleConns {
         let Ok(mut list) = self.list.lock() else {
             return;
         };
-        while list
-            .front()
-            .is_some_and(|i| now.duration_since(i.since) >= d.idle_timeout)
-        {
-            list.pop_front();
-        }
         if list.len() >= d.max_idle {
             list.pop_front();
         }
         list.push_back(Idle { conn, since: now });
     }
 
-    /// Idle connections held now (tests and the admin view).
+    /// Closes the connections idle for `idle_timeout` or longer (the periodic sweep: a target
+    /// that gets no more requests does not keep sockets open forever).
+    pub(super) fn purge(&self, idle_timeout: Duration) {
+        let now = Instant::now();
+        let Ok(mut list) = self.list.lock() else {
+            return;
+        };
+        while list
+            .front()
+            .is_some_and(|i| now.duration_since(i.since) >= idle_timeout)
+        {
+            list.pop_front();
+        }
+    }
+
+    /// Idle connections held now (tests).
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.list.lock().map(|l| l.len()).unwrap_or(0)

@@ -17,10 +17,12 @@ use super::{UpstreamPool, empty_body};
 /// lets the connection go back to the pool; the bound keeps a chatty endpoint cheap.
 const CHECK_BODY_LIMIT: usize = 64 * 1024;
 
-/// The health-check tasks of a pool; dropping this stops them. The tasks hold the pool only
-/// weakly, so they also end on their own once the pool (its config snapshot) is gone.
+/// The health-check tasks of a pool, and the sweep of its idle direct connections; dropping
+/// this stops them. The tasks hold the pool only weakly, so they also end on their own once
+/// the pool (its config snapshot) is gone.
 pub struct HealthChecks {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    sweep: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl HealthChecks {
@@ -36,7 +38,7 @@ impl HealthChecks {
 
 impl Drop for HealthChecks {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.sweep) {
             t.abort();
         }
     }
@@ -110,23 +112,40 @@ impl UpstreamPool {
         }
     }
 
-    /// Spawns active health checking (one task per target) if the upstream configures it.
-    /// Needs a tokio runtime; without one, or without `health_check`, nothing runs and every
+    /// Spawns active health checking (one task per target) if the upstream configures it,
+    /// and the sweep that closes idle direct connections past `idle_timeout` (one task).
+    /// Needs a tokio runtime; without one nothing runs, and without `health_check` every
     /// target stays healthy.
     pub fn start_health_checks(self: &Arc<Self>) -> HealthChecks {
         let mut tasks = Vec::new();
-        let Some(hc) = &self.health else {
-            return HealthChecks { tasks };
-        };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(upstream = %self.name, "no async runtime: health checks not started");
-            return HealthChecks { tasks };
+            return HealthChecks { tasks, sweep: None };
+        };
+        let sweep = self.direct.filter(|d| d.max_idle > 0).map(|d| {
+            let weak: Weak<UpstreamPool> = Arc::downgrade(self);
+            // Connections close at most a tenth of `idle_timeout` (and at least 100 ms) late.
+            let every = (d.idle_timeout / 10).max(Duration::from_millis(100));
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(pool) = weak.upgrade() else { return };
+                    for t in &pool.targets {
+                        t.idle.purge(d.idle_timeout);
+                    }
+                }
+            })
+        });
+        let Some(hc) = &self.health else {
+            return HealthChecks { tasks, sweep };
         };
         let path: PathAndQuery = match hc.path.parse() {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(upstream = %self.name, path = %hc.path, error = %e, "invalid health-check path: health checks not started");
-                return HealthChecks { tasks };
+                return HealthChecks { tasks, sweep };
             }
         };
         for i in 0..self.targets.len() {
@@ -145,7 +164,7 @@ impl UpstreamPool {
                 }
             }));
         }
-        HealthChecks { tasks }
+        HealthChecks { tasks, sweep }
     }
 
     /// One health check of target `i`: GET `path` with `Host` = the target; 2xx/3xx within

@@ -1270,6 +1270,14 @@ async fn direct_idle_connections_are_bounded_and_expire() {
     assert_eq!(s.conns(), 5, "expired idle connections are not reused");
     assert_eq!(idle_of(&p), 1);
 
+    // The sweep closes idle connections of a target that gets no more requests.
+    let swept = pool_of(&[format!("\"http://{}\"", s.addr)], "idle_timeout: 200ms");
+    let _sweep = swept.start_health_checks();
+    let r = swept.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    assert_eq!(idle_of(&swept), 1);
+    assert!(eventually(|| idle_of(&swept) == 0).await);
+
     let none = pool_of(
         &[format!("\"http://{}\"", s.addr)],
         "max_idle_per_target: 0",
