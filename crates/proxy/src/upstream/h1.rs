@@ -1,7 +1,8 @@
-//! The direct HTTP/1.1 client: bodiless requests to cleartext targets.
+//! The direct HTTP/1.1 client: requests without an upgrade and with a body of known length
+//! (or none) to cleartext targets.
 //!
 //! * **Takes**: a request head (method, origin-form path and query, final headers) for one
-//!   target, with no body and no upgrade.
+//!   target, and its body when it has one of known length.
 //! * **Produces**: the target's response, whose body reads the connection itself: the
 //!   request's own task writes the head, reads the answer and streams the body, and the
 //!   connection goes back to the target's idle list the moment the body's last byte is read.
@@ -21,7 +22,11 @@
 //!   body was read to its end with no byte left over. A body dropped early closes it.
 //! * An idle connection is checked before reuse (a target that closed it is noticed without
 //!   sending anything); one that still turns out closed before any byte of the answer costs
-//!   one more attempt on a fresh connection, for idempotent methods only.
+//!   one more attempt on a fresh connection, for bodiless requests of idempotent methods only.
+//! * A body is sent with `Content-Length` and must match it. While it is sent the connection
+//!   is watched: an answer that comes early (a 413, a 401) stops the sending and is returned,
+//!   and the connection is not reused. A body that fails (too large, too slow) fails the
+//!   exchange.
 //! * Every wait in here is bounded by the caller (connect timeout, response-head timeout); a
 //!   body's reads are paced by the client reading it, like the general client's.
 
@@ -33,11 +38,13 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, Bytes, BytesMut};
+use futures_util::FutureExt as _;
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use portcullis_core::BoxError;
-use tokio::io::AsyncWriteExt as _;
+use http_body_util::BodyExt as _;
+use portcullis_core::{BoxBody, BoxError};
+use tokio::io::{AsyncWrite as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 /// At most this many header fields in a response head (and in a trailer section).
@@ -51,6 +58,8 @@ const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILER_BYTES: usize = 64 * 1024;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
+/// A first body chunk up to this size goes out in the same write as the head.
+const COALESCE_BODY: usize = 16 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug)]
@@ -77,6 +86,12 @@ pub(super) enum H1Error {
     BadChunk(&'static str),
     #[error("the upstream switched protocols unasked")]
     UnaskedSwitch,
+    #[error("the upstream closed the connection while the request body was sent")]
+    ClosedDuringBody,
+    #[error("the request body ended before its Content-Length")]
+    BodyShort,
+    #[error("the request body is longer than its Content-Length")]
+    BodyLong,
 }
 
 /// A connection and its buffers, kept across requests.
@@ -199,6 +214,76 @@ impl Conn {
     async fn fill(&mut self) -> std::io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
+
+    /// While a request body is sent: `Ready(Ok(()))` once bytes of an answer have arrived
+    /// (kept in `rbuf`), an error if the target closed or failed, `Pending` otherwise (with
+    /// the task registered for the socket's readability).
+    fn poll_answer_started(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        loop {
+            ready!(self.io.poll_read_ready(cx)).map_err(|e| -> BoxError { Box::new(e) })?;
+            match self.io.try_read_buf(&mut self.rbuf) {
+                Ok(0) => return Poll::Ready(Err(Box::new(H1Error::ClosedDuringBody))),
+                Ok(_) => return Poll::Ready(Ok(())),
+                // Stale readiness, now cleared: poll again to wait for the next.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(Box::new(e))),
+            }
+        }
+    }
+
+    /// Sends the rest of a request body: `pending`, then `left` more bytes from `body`.
+    /// `Ok(false)`: an answer arrived before the body was all sent (sending stopped).
+    async fn send_body(
+        &mut self,
+        body: &mut BoxBody,
+        mut left: u64,
+        mut pending: Bytes,
+    ) -> Result<bool, BoxError> {
+        loop {
+            while !pending.is_empty() {
+                let step = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = self.poll_answer_started(cx) {
+                        return Poll::Ready(r.map(|()| None));
+                    }
+                    Pin::new(&mut self.io)
+                        .poll_write(cx, &pending)
+                        .map(|r| r.map(Some).map_err(|e| -> BoxError { Box::new(e) }))
+                })
+                .await?;
+                match step {
+                    None => return Ok(false),
+                    Some(0) => return Err(Box::new(H1Error::ClosedDuringBody)),
+                    Some(n) => pending.advance(n),
+                }
+            }
+            if left == 0 {
+                return Ok(true);
+            }
+            let frame = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = self.poll_answer_started(cx) {
+                    return Poll::Ready(r.map(|()| None));
+                }
+                Pin::new(&mut *body).poll_frame(cx).map(|f| Ok(Some(f)))
+            })
+            .await?;
+            match frame {
+                None => return Ok(false),
+                Some(None) => return Err(Box::new(H1Error::BodyShort)),
+                Some(Some(Err(e))) => return Err(e),
+                Some(Some(Ok(frame))) => {
+                    // Trailers cannot follow a length-delimited body; they are dropped, as
+                    // they would be by any HTTP/1.1 client.
+                    if let Ok(data) = frame.into_data() {
+                        if data.len() as u64 > left {
+                            return Err(Box::new(H1Error::BodyLong));
+                        }
+                        left -= data.len() as u64;
+                        pending = data;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// What is sent of a request: the direct client only carries bodiless ones.
@@ -210,6 +295,9 @@ pub(super) struct RequestHead<'a> {
     pub headers: &'a HeaderMap,
     /// Replaces the request's `Host` (`host_header: target`).
     pub host: Option<&'a HeaderValue>,
+    /// The body's length (0: no body). Written as `Content-Length` if the headers lack one;
+    /// the caller makes sure a present one says the same.
+    pub body_len: u64,
 }
 
 /// The request head as written to the target.
@@ -221,6 +309,7 @@ pub(super) fn encode_head(out: &mut Vec<u8>, req: &RequestHead<'_>, authority: &
         path_and_query,
         headers,
         host,
+        body_len,
     } = *req;
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
@@ -249,13 +338,29 @@ pub(super) fn encode_head(out: &mut Vec<u8>, req: &RequestHead<'_>, authority: &
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    // A body-carrying method says its empty body's length: some servers answer 411 otherwise.
-    if matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+    // A body says its length; so does a body-carrying method's empty body (some servers answer
+    // 411 otherwise).
+    if (body_len > 0 || matches!(*method, Method::POST | Method::PUT | Method::PATCH))
         && !headers.contains_key(CONTENT_LENGTH)
     {
-        out.extend_from_slice(b"content-length: 0\r\n");
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa_u64(body_len, &mut [0u8; 20]));
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `n` in decimal, written into `buf`.
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
 }
 
 /// How the response body is delimited.
@@ -405,12 +510,14 @@ impl Direct {
         })
     }
 
-    /// Sends a bodiless request and returns the response once its head has arrived.
+    /// Sends a request (with `body` when `req.body_len > 0`) and returns the response once its
+    /// head has arrived.
     pub(super) async fn send(
         &self,
         idle: &Arc<IdleConns>,
         authority: &str,
         req: &RequestHead<'_>,
+        body: &mut BoxBody,
     ) -> Result<Response<H1Body>, SendError> {
         let method = req.method;
         let mut pooled = idle.take(self.idle_timeout);
@@ -420,10 +527,12 @@ impl Direct {
                 Some(c) => c,
                 None => self.connect(authority).await?,
             };
-            match self.exchange(conn, idle, authority, req).await {
+            match self.exchange(conn, idle, authority, req, body).await {
                 // A reused connection the target had closed: nothing of an answer came back.
-                // Only a request that may be repeated is sent again, on a fresh connection.
-                Err(Exchange::Stale(_)) if reused && method.is_idempotent() => {}
+                // Only a request that may be repeated, and has no body to replay, is sent
+                // again, on a fresh connection.
+                Err(Exchange::Stale(_))
+                    if reused && req.body_len == 0 && method.is_idempotent() => {}
                 Err(Exchange::Stale(e) | Exchange::Failed(e)) => return Err(SendError::Other(e)),
                 Ok(resp) => return Ok(resp),
             }
@@ -436,15 +545,53 @@ impl Direct {
         idle: &Arc<IdleConns>,
         authority: &str,
         req: &RequestHead<'_>,
+        body: &mut BoxBody,
     ) -> Result<Response<H1Body>, Exchange> {
         let method = req.method;
         let mut wbuf = std::mem::take(&mut conn.wbuf);
         encode_head(&mut wbuf, req, authority);
+        // A body already at hand (buffered, or a first chunk that came with the head) goes out
+        // in the same write when it is small.
+        let mut left = req.body_len;
+        let mut pending = Bytes::new();
+        if left > 0
+            && let Some(first) = body.frame().now_or_never()
+        {
+            match first {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if data.len() as u64 > left {
+                            return Err(Exchange::Failed(Box::new(H1Error::BodyLong)));
+                        }
+                        left -= data.len() as u64;
+                        if data.len() <= COALESCE_BODY {
+                            wbuf.extend_from_slice(&data);
+                        } else {
+                            pending = data;
+                        }
+                    }
+                }
+                Some(Err(e)) => return Err(Exchange::Failed(e)),
+                None => return Err(Exchange::Failed(Box::new(H1Error::BodyShort))),
+            }
+        }
         let written = conn.io.write_all(&wbuf).await;
         conn.wbuf = wbuf;
         if let Err(e) = written {
-            return Err(Exchange::Stale(Box::new(e)));
+            return Err(if req.body_len == 0 {
+                Exchange::Stale(Box::new(e))
+            } else {
+                Exchange::Failed(Box::new(e))
+            });
         }
+        // Whether the whole request went out (an early answer cuts the body short).
+        let complete = if req.body_len > 0 {
+            conn.send_body(body, left, pending)
+                .await
+                .map_err(Exchange::Failed)?
+        } else {
+            true
+        };
         let mut got_any = false;
         let mut head = loop {
             match parse_head(&mut conn.rbuf) {
@@ -469,6 +616,7 @@ impl Direct {
         };
         let (framing, reusable) =
             framing(*method == Method::HEAD, &mut head).map_err(|e| Exchange::Failed(e.into()))?;
+        let reusable = reusable && complete;
         let mut body = H1Body {
             conn: Some(conn),
             state: match framing {

@@ -161,7 +161,7 @@ pub struct UpstreamPool {
     /// One client for all targets: hyper-util keys its connection pool by scheme and
     /// authority, so each target gets its own idle connections.
     client: HttpClient,
-    /// The direct HTTP/1.1 client, for bodiless requests to cleartext targets (`None` when
+    /// The direct HTTP/1.1 client, for requests to cleartext targets without an upgrade and with a body of known length or none (`None` when
     /// the upstream speaks HTTP/2).
     direct: Option<Direct>,
     targets: Vec<Target>,
@@ -249,6 +249,17 @@ fn empty_body() -> BoxBody {
     Empty::<Bytes>::new()
         .map_err(|never| -> BoxError { match never {} })
         .boxed_unsync()
+}
+
+/// True if the request's `Content-Length` (if any) is `n`: the direct client writes the body
+/// under that length, and leaves anything odd to the general client.
+fn length_agrees(headers: &http::HeaderMap, n: u64) -> bool {
+    let mut values = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    match (values.next(), values.next()) {
+        (None, _) => true,
+        (Some(v), None) => v.to_str().ok().and_then(|s| s.parse::<u64>().ok()) == Some(n),
+        _ => false,
+    }
 }
 
 /// How an attempt failed, whichever client made it.
@@ -405,12 +416,22 @@ impl UpstreamPool {
         } else {
             1
         };
+        // Requests without an upgrade whose body is empty or of known length go through the
+        // direct client when the target is cleartext HTTP/1.1; the rest through the general
+        // one.
+        let direct_len = if body_empty {
+            Some(0)
+        } else {
+            req.body()
+                .size_hint()
+                .exact()
+                .filter(|n| length_agrees(req.headers(), *n))
+        };
         let (mut parts, mut body) = req.into_parts();
-        // Bodiless requests without an upgrade go through the direct client when the target
-        // is cleartext HTTP/1.1; the rest through the general one.
-        let direct = self.direct.filter(|_| {
-            body_empty && parts.method != Method::CONNECT && !parts.headers.contains_key(UPGRADE)
-        });
+        let direct = self
+            .direct
+            .filter(|_| parts.method != Method::CONNECT && !parts.headers.contains_key(UPGRADE))
+            .zip(direct_len);
         let mut tried = Tried::default();
         let mut pick = self.select(&tried);
         let mut attempt = 0;
@@ -426,14 +447,16 @@ impl UpstreamPool {
             let guard = InFlight::new(&t.in_flight);
             let exchange = async {
                 match direct.filter(|_| t.scheme == Scheme::HTTP) {
-                    Some(d) => {
+                    Some((d, body_len)) => {
                         let head = RequestHead {
                             method: &parts.method,
                             path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
                             headers: &parts.headers,
                             host: (self.host_header == HostHeader::Target).then_some(&t.host_value),
+                            body_len,
                         };
-                        match d.send(&t.idle, &t.authority, &head).await {
+                        // A request with a body has one attempt (see `max_attempts`).
+                        match d.send(&t.idle, &t.authority, &head, &mut body).await {
                             Ok(resp) => Ok(resp.map(Either::Right)),
                             Err(SendError::Connect(e)) => Err(Failure::Connect(e)),
                             Err(SendError::Other(e)) => Err(Failure::Exchange(e)),

@@ -798,6 +798,9 @@ enum Answer {
     ReplyClose(&'static str),
     /// Closes without a word.
     Close,
+    /// Writes these bytes as soon as the head is in, reads nothing of the body, and holds the
+    /// connection open.
+    ReplyUnread(&'static str),
 }
 
 /// An upstream that reads request heads and answers each with the next scripted answer (then
@@ -849,8 +852,35 @@ impl RawServer {
                             }
                         };
                         let head: Vec<u8> = buf.drain(..end).collect();
-                        heads.lock().unwrap().push(String::from_utf8(head).unwrap());
+                        let head = String::from_utf8(head).unwrap();
                         let answer = script.lock().unwrap().pop_front();
+                        if let Some(Answer::ReplyUnread(s)) = answer {
+                            heads.lock().unwrap().push(head);
+                            let _ = stream.write_all(s.as_bytes()).await;
+                            tokio::time::sleep(Duration::from_secs(10)).await;
+                            return;
+                        }
+                        // A body (by Content-Length) is kept after its head.
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                let (n, v) = l.split_once(':')?;
+                                n.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        while buf.len() < len {
+                            let mut chunk = [0u8; 65536];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let body: Vec<u8> = buf.drain(..len).collect();
+                        heads
+                            .lock()
+                            .unwrap()
+                            .push(head + &String::from_utf8_lossy(&body));
                         match answer.unwrap_or(Answer::Reply(
                             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
                         )) {
@@ -864,6 +894,7 @@ impl RawServer {
                                 return;
                             }
                             Answer::Close => return,
+                            Answer::ReplyUnread(_) => unreachable!(),
                         }
                     }
                 });
@@ -1344,4 +1375,171 @@ fn direct_chunk_sizes() {
     ] {
         assert!(chunk_size(bad).is_err(), "{bad:?}");
     }
+}
+
+/// A request body fed through a channel, with an exact length announced up front (like a
+/// client's body with `Content-Length`).
+struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>,
+    len: u64,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.len)
+    }
+}
+
+fn channel_request(
+    method: Method,
+    len: u64,
+    content_length: bool,
+) -> (
+    Request<BoxBody>,
+    tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut req = Request::builder()
+        .method(method)
+        .uri("/up")
+        .header(HOST, "example.com");
+    if content_length {
+        req = req.header(CONTENT_LENGTH, len);
+    }
+    (
+        req.body(ChannelBody { rx, len }.boxed_unsync()).unwrap(),
+        tx,
+    )
+}
+
+#[tokio::test]
+async fn direct_a_body_of_known_length_is_sent_and_the_connection_kept() {
+    let s = RawServer::start(&[]).await;
+    let p = s.pool();
+    // Buffered, with its Content-Length.
+    let mut req = request(Method::POST, "/a");
+    *req.body_mut() = full("hello world");
+    req.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from_static("11"));
+    let r = p.forward(req, NOT_RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    // Streamed in three chunks, without a Content-Length field: the client writes one.
+    let (req, tx) = channel_request(Method::PUT, 9, false);
+    let feed = tokio::spawn(async move {
+        for part in ["abc", "def", "ghi"] {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tx.send(Ok(Bytes::from_static(part.as_bytes())))
+                .await
+                .unwrap();
+        }
+    });
+    let r = p.forward(req, NOT_RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    feed.await.unwrap();
+    let heads = s.heads();
+    assert_eq!(
+        heads[0],
+        "POST /a HTTP/1.1\r\nhost: example.com\r\ncontent-length: 11\r\n\r\nhello world"
+    );
+    assert_eq!(
+        heads[1],
+        "PUT /up HTTP/1.1\r\nhost: example.com\r\ncontent-length: 9\r\n\r\nabcdefghi"
+    );
+    assert_eq!(s.conns(), 1);
+    assert_eq!(idle_of(&p), 1);
+}
+
+#[tokio::test]
+async fn direct_an_early_answer_stops_the_body() {
+    // The target refuses after the head and reads nothing; the body never completes.
+    let s = RawServer::start(&[Answer::ReplyUnread(
+        "HTTP/1.1 413 Content Too Large\r\ncontent-length: 3\r\n\r\nbig",
+    )])
+    .await;
+    let p = s.pool();
+    let (req, tx) = channel_request(Method::POST, 1 << 30, true);
+    tx.send(Ok(Bytes::from(vec![b'x'; 1024]))).await.unwrap();
+    let r = p.forward(req, NOT_RETRYABLE).await.unwrap();
+    assert_eq!(r.response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(collect(r.response).await.unwrap().0, "big");
+    assert_eq!(
+        idle_of(&p),
+        0,
+        "a connection with half a request on it is not reused"
+    );
+    drop(tx);
+
+    // Also while a large write is blocked on a target that does not read.
+    let s = RawServer::start(&[Answer::ReplyUnread(
+        "HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n",
+    )])
+    .await;
+    let p = s.pool();
+    let big = Bytes::from(vec![b'y'; 64 << 20]);
+    let mut req = request(Method::POST, "/");
+    req.headers_mut()
+        .insert(CONTENT_LENGTH, HeaderValue::from(big.len()));
+    *req.body_mut() = Full::new(big)
+        .map_err(|never| -> BoxError { match never {} })
+        .boxed_unsync();
+    let r = p.forward(req, NOT_RETRYABLE).await.unwrap();
+    assert_eq!(r.response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(idle_of(&p), 0);
+}
+
+#[tokio::test]
+async fn direct_a_failing_or_mismeasured_body_fails_the_exchange() {
+    // The body fails (as the gateway's size and rate limits make it fail).
+    let s = RawServer::start(&[]).await;
+    let p = s.pool();
+    let (req, tx) = channel_request(Method::POST, 10, true);
+    tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+    tx.send(Err("too slow".into())).await.unwrap();
+    let err = p.forward(req, NOT_RETRYABLE).await.err().unwrap();
+    assert!(matches!(err, UpstreamError::Protocol { .. }), "{err}");
+    assert!(err.to_string().contains("too slow"), "{err}");
+    assert_eq!(idle_of(&p), 0);
+    assert_eq!(in_flight_total(&p), 0);
+    // It ends before its length.
+    let (req, tx) = channel_request(Method::POST, 10, true);
+    tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+    drop(tx);
+    let err = p.forward(req, NOT_RETRYABLE).await.err().unwrap();
+    assert!(
+        err.to_string().contains("ended before its Content-Length"),
+        "{err}"
+    );
+    // It runs past its length.
+    let (req, tx) = channel_request(Method::POST, 2, true);
+    tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+    let err = p.forward(req, NOT_RETRYABLE).await.err().unwrap();
+    assert!(
+        err.to_string().contains("longer than its Content-Length"),
+        "{err}"
+    );
+    // None of them reached the target as a whole request.
+    assert!(s.heads().is_empty(), "{:?}", s.heads());
+}
+
+#[test]
+fn direct_only_a_single_agreeing_content_length_is_taken() {
+    // Anything else (5 announced by the field, 9 by the body; the field twice) is left to the
+    // general client.
+    let mut h = HeaderMap::new();
+    assert!(length_agrees(&h, 9));
+    h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+    assert!(!length_agrees(&h, 9));
+    assert!(length_agrees(&h, 5));
+    h.append(CONTENT_LENGTH, HeaderValue::from_static("5"));
+    assert!(!length_agrees(&h, 5));
 }
