@@ -218,12 +218,20 @@ impl Conn {
     /// While a request body is sent: `Ready(Ok(()))` once bytes of an answer have arrived
     /// (kept in `rbuf`), an error if the target closed or failed, `Pending` otherwise (with
     /// the task registered for the socket's readability).
+    /// Interim answers (`100 Continue` to a forwarded `Expect`, `103 Early Hints`) are read
+    /// and dropped here: the body goes on.
     fn poll_answer_started(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         loop {
             ready!(self.io.poll_read_ready(cx)).map_err(|e| -> BoxError { Box::new(e) })?;
             match self.io.try_read_buf(&mut self.rbuf) {
                 Ok(0) => return Poll::Ready(Err(Box::new(H1Error::ClosedDuringBody))),
-                Ok(_) => return Poll::Ready(Ok(())),
+                Ok(_) => loop {
+                    match interim_head(&self.rbuf) {
+                        Arrived::Interim(len) => self.rbuf.advance(len),
+                        Arrived::Incomplete => break,
+                        Arrived::Final => return Poll::Ready(Ok(())),
+                    }
+                },
                 // Stale readiness, now cleared: poll again to wait for the next.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(Box::new(e))),
@@ -370,6 +378,36 @@ enum Framing {
     Length(u64),
     Chunked,
     UntilClose,
+}
+
+/// What the start of `buf` holds, as seen while a request body is still being sent.
+enum Arrived {
+    /// A whole 1xx head (other than 101) of this many bytes.
+    Interim(usize),
+    /// Nothing, or not enough to tell.
+    Incomplete,
+    /// A final answer (or something the head reader will refuse).
+    Final,
+}
+
+fn interim_head(buf: &[u8]) -> Arrived {
+    if buf.is_empty() {
+        return Arrived::Incomplete;
+    }
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) => match resp.code {
+            Some(c) if (100..200).contains(&c) && c != 101 => Arrived::Interim(len),
+            _ => Arrived::Final,
+        },
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => Arrived::Incomplete,
+        _ => Arrived::Final,
+    }
 }
 
 /// A parsed final response head.

@@ -161,8 +161,8 @@ pub struct UpstreamPool {
     /// One client for all targets: hyper-util keys its connection pool by scheme and
     /// authority, so each target gets its own idle connections.
     client: HttpClient,
-    /// The direct HTTP/1.1 client, for requests to cleartext targets without an upgrade and with a body of known length or none (`None` when
-    /// the upstream speaks HTTP/2).
+    /// The direct HTTP/1.1 client, for requests to cleartext targets without an upgrade and
+    /// with a body of known length or none (`None` when the upstream speaks HTTP/2).
     direct: Option<Direct>,
     targets: Vec<Target>,
     /// Weighted round-robin schedule (target indexes, interleaved), walked by `cursor`.

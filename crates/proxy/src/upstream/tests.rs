@@ -801,6 +801,8 @@ enum Answer {
     /// Writes these bytes as soon as the head is in, reads nothing of the body, and holds the
     /// connection open.
     ReplyUnread(&'static str),
+    /// Writes `100 Continue` as soon as the head is in, then reads the body and answers `200 ok`.
+    Continue,
 }
 
 /// An upstream that reads request heads and answers each with the next scripted answer (then
@@ -860,6 +862,14 @@ impl RawServer {
                             tokio::time::sleep(Duration::from_secs(10)).await;
                             return;
                         }
+                        if let Some(Answer::Continue) = answer
+                            && stream
+                                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                                .await
+                                .is_err()
+                        {
+                            return;
+                        }
                         // A body (by Content-Length) is kept after its head.
                         let len = head
                             .lines()
@@ -895,6 +905,12 @@ impl RawServer {
                             }
                             Answer::Close => return,
                             Answer::ReplyUnread(_) => unreachable!(),
+                            Answer::Continue => {
+                                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                                if stream.write_all(ok).await.is_err() {
+                                    return;
+                                }
+                            }
                         }
                     }
                 });
@@ -1495,6 +1511,34 @@ async fn direct_an_early_answer_stops_the_body() {
     let r = p.forward(req, NOT_RETRYABLE).await.unwrap();
     assert_eq!(r.response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(idle_of(&p), 0);
+}
+
+#[tokio::test]
+async fn direct_an_interim_answer_does_not_stop_the_body() {
+    // `Expect: 100-continue` forwarded: the target says 100 before it reads the body.
+    let s = RawServer::start(&[Answer::Continue]).await;
+    let p = s.pool();
+    let (mut req, tx) = channel_request(Method::POST, 6, true);
+    req.headers_mut().insert(
+        http::header::EXPECT,
+        HeaderValue::from_static("100-continue"),
+    );
+    let feed = tokio::spawn(async move {
+        tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+        // The rest comes after the 100 has arrived.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tx.send(Ok(Bytes::from_static(b"def"))).await.unwrap();
+    });
+    let r = p.forward(req, NOT_RETRYABLE).await.unwrap();
+    assert_eq!(r.response.status(), StatusCode::OK);
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    feed.await.unwrap();
+    assert!(s.heads()[0].ends_with("\r\n\r\nabcdef"), "{:?}", s.heads());
+    assert_eq!(
+        idle_of(&p),
+        1,
+        "the whole request went out: the connection is kept"
+    );
 }
 
 #[tokio::test]
