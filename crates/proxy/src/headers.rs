@@ -80,20 +80,97 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-fn forwarded_node(ip: IpAddr) -> String {
+/// Longest address text [`ip_text`] writes: an IPv6 address is at most 45 bytes, quoted and
+/// bracketed 49.
+const IP_TEXT_MAX: usize = 52;
+
+/// `ip` in dotted decimal, byte for byte what `Display` writes, without the formatting
+/// machinery (this runs for every request). Returns the length written.
+fn ipv4_text(ip: std::net::Ipv4Addr, buf: &mut [u8; 15]) -> usize {
+    let mut n = 0;
+    for (i, o) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if o >= 100 {
+            buf[n] = b'0' + o / 100;
+            n += 1;
+        }
+        if o >= 10 {
+            buf[n] = b'0' + o / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + o % 10;
+        n += 1;
+    }
+    n
+}
+
+/// The peer's address as text: as `Display` writes it, or for `Forwarded` (`node`) with an
+/// IPv6 address quoted and bracketed (`"[::1]"`). IPv4, the common case, is written by hand.
+fn ip_text(ip: IpAddr, node: bool, buf: &mut [u8; IP_TEXT_MAX]) -> &[u8] {
     match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        IpAddr::V4(v4) => match buf.split_first_chunk_mut::<15>() {
+            Some((b, _)) => {
+                let n = ipv4_text(v4, b);
+                &buf[..n]
+            }
+            None => &[],
+        },
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let mut w = &mut buf[..];
+            let _ = if node {
+                write!(w, "\"[{v6}]\"")
+            } else {
+                write!(w, "{v6}")
+            };
+            let left = w.len();
+            &buf[..IP_TEXT_MAX - left]
+        }
     }
 }
 
-fn forwarded_token_or_quoted(s: &str) -> String {
-    if s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'*+^`|".contains(&b))
-    {
-        s.to_string()
+/// Whether `s` is a `token` (else it is sent as a quoted string).
+fn is_forwarded_token(s: &str) -> bool {
+    s.bytes().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'^'
+                    | b'`'
+                    | b'|'
+            )
+    })
+}
+
+/// Appends `s` as a token, or as a quoted string with every `"` and backslash left out.
+fn push_token_or_quoted(out: &mut Vec<u8>, s: &str, token: bool) {
+    if token {
+        out.extend_from_slice(s.as_bytes());
     } else {
-        format!("\"{}\"", s.replace(['"', '\\'], ""))
+        out.push(b'"');
+        out.extend(s.bytes().filter(|b| !matches!(b, b'"' | b'\\')));
+        out.push(b'"');
+    }
+}
+
+/// Length of what [`push_token_or_quoted`] appends.
+fn token_or_quoted_len(s: &str, token: bool) -> usize {
+    if token {
+        s.len()
+    } else {
+        2 + s.bytes().filter(|b| !matches!(b, b'"' | b'\\')).count()
     }
 }
 
@@ -114,28 +191,35 @@ pub fn set_forwarding(headers: &mut HeaderMap, ctx: &RequestCtx, f: &Forwarding<
     let peer = ctx.peer.ip();
     let proto = ctx.scheme.as_str();
     // Only a Host made of visible ASCII is repeated (it always is, past the hygiene step).
-    let host = f.host.filter(|h| h.to_str().is_ok());
+    let host = f.host.and_then(|h| h.to_str().ok().map(|s| (h, s)));
+    // A previous chain counts only from a trusted proxy: from anyone else it is not read.
+    let prev = |headers: &HeaderMap, name: &HeaderName| {
+        if f.peer_trusted {
+            joined(headers, name)
+        } else {
+            None
+        }
+    };
     if f.x_forwarded {
-        match (f.peer_trusted, joined(headers, &X_FORWARDED_FOR)) {
-            (true, Some(prev)) => put(headers, X_FORWARDED_FOR, &format!("{prev}, {peer}")),
-            _ => {
-                // The common case, without a heap-allocated string: an address is at most
-                // 45 bytes.
-                use std::io::Write as _;
-                let mut buf = [0u8; 48];
-                let mut w = &mut buf[..];
-                let _ = write!(w, "{peer}");
-                let left = w.len();
-                let text = &buf[..buf.len() - left];
-                match HeaderValue::from_bytes(text) {
-                    Ok(v) => {
-                        headers.insert(X_FORWARDED_FOR, v);
-                    }
-                    Err(_) => {
-                        headers.remove(X_FORWARDED_FOR);
-                    }
-                }
+        let mut buf = [0u8; IP_TEXT_MAX];
+        let ip = ip_text(peer, false, &mut buf);
+        match prev(headers, &X_FORWARDED_FOR) {
+            Some(prev) => {
+                let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+                v.extend_from_slice(prev.as_bytes());
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(ip);
+                put(headers, X_FORWARDED_FOR, v);
             }
+            // The common case: the value is copied once, from the stack.
+            None => match HeaderValue::from_bytes(ip) {
+                Ok(v) => {
+                    headers.insert(X_FORWARDED_FOR, v);
+                }
+                Err(_) => {
+                    headers.remove(X_FORWARDED_FOR);
+                }
+            },
         }
         if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
             headers.insert(
@@ -145,7 +229,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, ctx: &RequestCtx, f: &Forwarding<
         }
         if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
             match host {
-                Some(h) => {
+                Some((h, _)) => {
                     headers.insert(X_FORWARDED_HOST, h.clone());
                 }
                 None => {
@@ -159,16 +243,32 @@ pub fn set_forwarding(headers: &mut HeaderMap, ctx: &RequestCtx, f: &Forwarding<
         headers.remove(&X_FORWARDED_HOST);
     }
     if f.forwarded {
-        let mut elem = format!("for={};proto={proto}", forwarded_node(peer));
-        if let Some(h) = host.and_then(|h| h.to_str().ok()) {
-            elem.push_str(";host=");
-            elem.push_str(&forwarded_token_or_quoted(h));
+        // `for=…;proto=…[;host=…]`, after the previous chain and ", " when extended: sized
+        // first, so the value is built in one allocation that becomes the header's bytes.
+        let mut buf = [0u8; IP_TEXT_MAX];
+        let node = ip_text(peer, true, &mut buf);
+        let host = host.map(|(_, s)| (s, is_forwarded_token(s)));
+        let prev = prev(headers, &header::FORWARDED);
+        let len = prev.as_ref().map_or(0, |p| p.len() + 2)
+            + "for=".len()
+            + node.len()
+            + ";proto=".len()
+            + proto.len()
+            + host.map_or(0, |(s, t)| ";host=".len() + token_or_quoted_len(s, t));
+        let mut v = Vec::with_capacity(len);
+        if let Some(p) = &prev {
+            v.extend_from_slice(p.as_bytes());
+            v.extend_from_slice(b", ");
         }
-        let value = match (f.peer_trusted, joined(headers, &header::FORWARDED)) {
-            (true, Some(prev)) => format!("{prev}, {elem}"),
-            _ => elem,
-        };
-        put(headers, header::FORWARDED, &value);
+        v.extend_from_slice(b"for=");
+        v.extend_from_slice(node);
+        v.extend_from_slice(b";proto=");
+        v.extend_from_slice(proto.as_bytes());
+        if let Some((s, token)) = host {
+            v.extend_from_slice(b";host=");
+            push_token_or_quoted(&mut v, s, token);
+        }
+        put(headers, header::FORWARDED, v);
     } else {
         headers.remove(header::FORWARDED);
     }
@@ -190,8 +290,10 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
-fn put(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    match HeaderValue::from_str(value) {
+/// Sets `name` to `value` (its bytes become the header's, no copy), or removes it when the
+/// value is not a valid header value.
+fn put(headers: &mut HeaderMap, name: HeaderName, value: Vec<u8>) {
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         Ok(v) => {
             headers.insert(name, v);
         }
@@ -272,6 +374,13 @@ mod tests {
         m
     }
 
+    /// Every field in order, as sent.
+    fn listed(m: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        m.iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
     #[test]
     fn hop_by_hop_and_connection_named_fields_go() {
         let mut m = h(&[
@@ -297,6 +406,54 @@ mod tests {
         strip_hop_by_hop(&mut m, true);
         assert_eq!(m["upgrade"], "websocket");
         assert_eq!(m["connection"], "upgrade");
+    }
+
+    #[test]
+    fn ipv4_text_is_display() {
+        let mut edge = vec![
+            [0, 0, 0, 0],
+            [255, 255, 255, 255],
+            [10, 0, 0, 1],
+            [9, 10, 99, 100],
+            [100, 199, 200, 250],
+            [1, 2, 3, 4],
+            [127, 0, 0, 1],
+            [192, 168, 10, 109],
+        ];
+        for _ in 0..2000 {
+            edge.push(fastrand::u32(..).to_be_bytes());
+        }
+        for o in edge {
+            let ip = std::net::Ipv4Addr::from(o);
+            let mut buf = [0u8; 15];
+            let n = ipv4_text(ip, &mut buf);
+            assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), ip.to_string());
+            let mut buf = [0u8; IP_TEXT_MAX];
+            for node in [false, true] {
+                let text = ip_text(IpAddr::V4(ip), node, &mut buf);
+                assert_eq!(std::str::from_utf8(text).unwrap(), ip.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_text_is_display_and_quoted_as_a_node() {
+        for s in [
+            "::",
+            "::1",
+            "2001:db8::1",
+            "::ffff:255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "fe80::1:2:3:4",
+        ] {
+            let ip: IpAddr = s.parse().unwrap();
+            let mut buf = [0u8; IP_TEXT_MAX];
+            assert_eq!(ip_text(ip, false, &mut buf), ip.to_string().as_bytes());
+            assert_eq!(
+                ip_text(ip, true, &mut buf),
+                format!("\"[{ip}]\"").as_bytes()
+            );
+        }
     }
 
     fn ctx(peer: &str) -> RequestCtx {
@@ -351,6 +508,131 @@ mod tests {
         set_forwarding(&mut m, &ctx("[::1]:5"), &f);
         assert_eq!(m["forwarded"], "for=\"[::1]\";proto=https;host=\"a b\"");
         assert!(m.get("x-forwarded-for").is_none());
+    }
+
+    /// What `set_forwarding` wrote before it was written without `format!`.
+    fn forwarding_reference(headers: &mut HeaderMap, ctx: &RequestCtx, f: &Forwarding<'_>) {
+        let put =
+            |headers: &mut HeaderMap, name: HeaderName, value: &str| match HeaderValue::from_str(
+                value,
+            ) {
+                Ok(v) => {
+                    headers.insert(name, v);
+                }
+                Err(_) => {
+                    headers.remove(name);
+                }
+            };
+        let peer = ctx.peer.ip();
+        let proto = ctx.scheme.as_str();
+        let host = f.host.filter(|h| h.to_str().is_ok());
+        if f.x_forwarded {
+            match (f.peer_trusted, joined(headers, &X_FORWARDED_FOR)) {
+                (true, Some(prev)) => put(headers, X_FORWARDED_FOR, &format!("{prev}, {peer}")),
+                _ => put(headers, X_FORWARDED_FOR, &peer.to_string()),
+            }
+            if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+            }
+            if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+                match host {
+                    Some(h) => {
+                        headers.insert(X_FORWARDED_HOST, h.clone());
+                    }
+                    None => {
+                        headers.remove(&X_FORWARDED_HOST);
+                    }
+                }
+            }
+        } else {
+            headers.remove(&X_FORWARDED_FOR);
+            headers.remove(&X_FORWARDED_PROTO);
+            headers.remove(&X_FORWARDED_HOST);
+        }
+        if f.forwarded {
+            let node = match peer {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("\"[{v6}]\""),
+            };
+            let mut elem = format!("for={node};proto={proto}");
+            if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+                elem.push_str(";host=");
+                if h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'*+^`|".contains(&b))
+                {
+                    elem.push_str(h);
+                } else {
+                    elem.push_str(&format!("\"{}\"", h.replace(['"', '\\'], "")));
+                }
+            }
+            let value = match (f.peer_trusted, joined(headers, &header::FORWARDED)) {
+                (true, Some(prev)) => format!("{prev}, {elem}"),
+                _ => elem,
+            };
+            put(headers, header::FORWARDED, &value);
+        } else {
+            headers.remove(header::FORWARDED);
+        }
+    }
+
+    #[test]
+    fn forwarding_matches_the_formatted_reference() {
+        let incoming: &[&[(&'static str, &str)]] = &[
+            &[],
+            &[
+                ("x-forwarded-for", "203.0.113.9"),
+                ("forwarded", "for=203.0.113.9"),
+            ],
+            &[
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-for", "2.2.2.2"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "up"),
+                ("forwarded", "for=1.1.1.1"),
+                ("forwarded", "for=\"[::1]\""),
+            ],
+        ];
+        let hosts = [
+            None,
+            Some(HeaderValue::from_static("api.example")),
+            Some(HeaderValue::from_static("api.example:8443")),
+            Some(HeaderValue::from_static("[::1]:80")),
+            Some(HeaderValue::from_static("a \"b\\c")),
+            Some(HeaderValue::from_static("~!$&'*+^`|-._AZaz09")),
+            Some(HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap()),
+        ];
+        let peers = [
+            "0.0.0.0:1",
+            "255.255.255.255:2",
+            "10.0.0.1:3",
+            "[::1]:4",
+            "[2001:db8::7]:5",
+            "[::ffff:192.0.2.1]:6",
+        ];
+        for pairs in incoming {
+            for host in &hosts {
+                for peer in peers {
+                    for bits in 0..8u8 {
+                        let f = Forwarding {
+                            x_forwarded: bits & 1 != 0,
+                            forwarded: bits & 2 != 0,
+                            peer_trusted: bits & 4 != 0,
+                            host: host.as_ref(),
+                        };
+                        let c = ctx(peer);
+                        let mut ours = h(pairs);
+                        let mut theirs = h(pairs);
+                        set_forwarding(&mut ours, &c, &f);
+                        forwarding_reference(&mut theirs, &c, &f);
+                        assert_eq!(
+                            listed(&ours),
+                            listed(&theirs),
+                            "{pairs:?} {host:?} {peer} {bits}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
