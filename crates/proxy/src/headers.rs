@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use portcullis_core::{RequestCtx, Scheme, hex_lower};
+use portcullis_core::{RequestCtx, Scheme, has_header, hex_lower, remove_header};
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) plus the de-facto ones.
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -18,11 +18,16 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
 ];
+/// Positions in [`HOP_BY_HOP`] of the fields [`strip_hop_by_hop`] reads before removing them.
+const HOP_CONNECTION: usize = 0;
+const HOP_TE: usize = 3;
+const HOP_UPGRADE: usize = 6;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// True for an HTTP/1.1 WebSocket upgrade request.
 pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
@@ -39,28 +44,66 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
     upgrade && connection
 }
 
+/// The position of `name` in [`HOP_BY_HOP`]: one match on the name's text (mostly its length
+/// decides), cheaper than comparing it with the nine names in turn.
+fn hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "te" => 3,
+        "trailer" => 4,
+        "transfer-encoding" => 5,
+        "upgrade" => 6,
+        "proxy-authenticate" => 7,
+        "proxy-authorization" => 8,
+        _ => return None,
+    })
+}
+
 /// Removes hop-by-hop fields, including those the `Connection` header names. `te: trailers`
 /// survives (gRPC needs it end to end); with `keep_upgrade` the WebSocket handshake fields are
 /// put back.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the names says which hop-by-hop fields are there (bit i: `HOP_BY_HOP[i]`).
+    // Most requests carry none: nothing to do, and no name is hashed. Otherwise only names
+    // present are removed, in the order a remove of every name would take (the order decides
+    // where the remaining fields end up), so the result is the same.
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = hop_index(k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    let has = |i: usize| present & (1 << i) != 0;
+    // The names `Connection` lists that are present. A listed token is a
+    // field's name when it equals it ignoring ASCII case (what parsing it as a name and
+    // comparing would find: names are lowercase token characters).
     let mut named: Vec<HeaderName> = Vec::new();
-    for v in headers.get_all(header::CONNECTION) {
-        if let Ok(s) = v.to_str() {
-            for t in s.split(',') {
-                if let Ok(n) = HeaderName::from_bytes(t.trim().as_bytes()) {
-                    named.push(n);
+    if has(HOP_CONNECTION) {
+        for v in headers.get_all(header::CONNECTION) {
+            if let Ok(s) = v.to_str() {
+                for t in s.split(',') {
+                    let t = t.trim();
+                    if let Some(k) = headers.keys().find(|k| k.as_str().eq_ignore_ascii_case(t)) {
+                        named.push(k.clone());
+                    }
                 }
             }
         }
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    let upgrade = if keep_upgrade {
+    let te_trailers = has(HOP_TE)
+        && headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+    let upgrade = if keep_upgrade && has(HOP_UPGRADE) {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
@@ -68,8 +111,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     for n in named {
         headers.remove(n);
     }
-    for n in &HOP_BY_HOP {
-        headers.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if has(i) {
+            headers.remove(n);
+        }
     }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -310,8 +355,10 @@ fn is_hex(s: &str, len: usize) -> bool {
 /// Continues the caller's W3C trace (same trace id, the gateway as a new parent span) or starts
 /// one. A malformed `traceparent` is replaced, never passed on.
 pub fn propagate_traceparent(headers: &mut HeaderMap) {
-    let incoming = headers
-        .get(&TRACEPARENT)
+    // Most requests start a trace: the name is looked for before it is hashed.
+    let incoming = has_header(headers, &TRACEPARENT)
+        .then(|| headers.get(&TRACEPARENT))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let mut it = v.trim().split('-');
@@ -338,7 +385,7 @@ pub fn propagate_traceparent(headers: &mut HeaderMap) {
             value[53..55].copy_from_slice(flags.as_bytes());
         }
         None => {
-            headers.remove("tracestate");
+            remove_header(headers, &TRACESTATE);
             let trace = loop {
                 let t = fastrand::u128(..);
                 if t != 0 {
@@ -406,6 +453,144 @@ mod tests {
         strip_hop_by_hop(&mut m, true);
         assert_eq!(m["upgrade"], "websocket");
         assert_eq!(m["connection"], "upgrade");
+    }
+
+    #[test]
+    fn hop_by_hop_fast_path_leaves_a_clean_message_alone() {
+        let pairs = [
+            ("host", "a"),
+            ("user-agent", "x"),
+            ("accept", "*/*"),
+            ("x-te", "1"),
+        ];
+        for keep in [false, true] {
+            let mut m = h(&pairs);
+            strip_hop_by_hop(&mut m, keep);
+            assert_eq!(m, h(&pairs));
+        }
+        let mut m = HeaderMap::new();
+        strip_hop_by_hop(&mut m, true);
+        assert!(m.is_empty());
+    }
+
+    /// What `strip_hop_by_hop` did before it looked for the names first: every name removed,
+    /// present or not.
+    fn strip_reference(headers: &mut HeaderMap, keep_upgrade: bool) {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in headers.get_all(header::CONNECTION) {
+            if let Ok(s) = v.to_str() {
+                for t in s.split(',') {
+                    if let Ok(n) = HeaderName::from_bytes(t.trim().as_bytes()) {
+                        named.push(n);
+                    }
+                }
+            }
+        }
+        let te_trailers = headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+        let upgrade = if keep_upgrade {
+            headers.get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        for n in named {
+            headers.remove(n);
+        }
+        for n in &HOP_BY_HOP {
+            headers.remove(n);
+        }
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if let Some(u) = upgrade {
+            headers.insert(header::UPGRADE, u);
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_slow_path_matches_removing_every_name() {
+        let cases: &[&[(&'static str, &str)]] = &[
+            &[("host", "a"), ("connection", "keep-alive"), ("x-a", "1")],
+            &[
+                ("connection", "close"),
+                ("server", "s"),
+                ("date", "d"),
+                ("content-length", "0"),
+            ],
+            &[
+                ("a", "1"),
+                ("b", "2"),
+                ("te", "trailers"),
+                ("c", "3"),
+                ("d", "4"),
+            ],
+            &[("te", "deflate"), ("x", "1")],
+            &[
+                ("upgrade", "websocket"),
+                ("connection", "Upgrade"),
+                ("x", "1"),
+                ("y", "2"),
+            ],
+            &[("upgrade", "h2c"), ("host", "a")],
+            &[
+                ("x-secret", "1"),
+                ("connection", "X-Secret, , bogus name, keep-alive"),
+                ("connection", "X-OTHER"),
+                ("x-other", "2"),
+                ("keep-alive", "5"),
+                ("z", "3"),
+                ("x-secret", "again"),
+                ("proxy-connection", "keep-alive"),
+                ("trailer", "x"),
+                ("y", "4"),
+            ],
+            &[
+                ("connection", "connection, te"),
+                ("te", "trailers"),
+                ("q", "1"),
+            ],
+            &[
+                ("proxy-authorization", "Basic x"),
+                ("p", "1"),
+                ("proxy-authenticate", "x"),
+            ],
+            &[("transfer-encoding", "chunked"), ("a", "1"), ("b", "2")],
+        ];
+        for pairs in cases {
+            for keep in [false, true] {
+                let mut ours = h(pairs);
+                let mut theirs = h(pairs);
+                strip_hop_by_hop(&mut ours, keep);
+                strip_reference(&mut theirs, keep);
+                assert_eq!(listed(&ours), listed(&theirs), "{pairs:?} keep={keep}");
+            }
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_positions_are_the_named_fields() {
+        assert_eq!(HOP_BY_HOP[HOP_CONNECTION], header::CONNECTION);
+        assert_eq!(HOP_BY_HOP[HOP_TE], header::TE);
+        assert_eq!(HOP_BY_HOP[HOP_UPGRADE], header::UPGRADE);
+        for (i, n) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_index(n), Some(i), "{n}");
+        }
+        for n in [
+            "host",
+            "user-agent",
+            "tes",
+            "t",
+            "upgrade-insecure-requests",
+            "x-connection",
+        ] {
+            assert_eq!(hop_index(&HeaderName::from_static(n)), None, "{n}");
+        }
     }
 
     #[test]

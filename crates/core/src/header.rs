@@ -1,0 +1,81 @@
+//! Header-map edits for the request path that skip the hash lookup when a name is absent.
+//!
+//! `HeaderMap::remove` and `get` hash the name even when it is absent, which is what most
+//! removals on the request path meet (a client rarely sends the fields a gateway strips). A
+//! message carries a handful of names, so comparing against each of them (a byte comparison
+//! for a standard name, a length check for most others) costs less than the hash.
+
+use http::header::{HeaderMap, HeaderName};
+
+/// Whether `headers` holds a field called `name`, found by comparing names rather than by
+/// hashing.
+pub fn has_header<T>(headers: &HeaderMap<T>, name: &HeaderName) -> bool {
+    headers.keys().any(|k| k == name)
+}
+
+/// `headers.remove(name)`, without the hash lookup when the name is absent. Every value of the
+/// name goes; what is left, and its order, is exactly what `HeaderMap::remove` leaves.
+pub fn remove_header<T>(headers: &mut HeaderMap<T>, name: &HeaderName) {
+    if has_header(headers, name) {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::{self, HeaderValue};
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    fn listed(m: &HeaderMap) -> Vec<(String, String)> {
+        m.iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn present_and_absent_names_standard_and_custom() {
+        let m = map(&[("server", "x"), ("x-powered-by", "y")]);
+        assert!(has_header(&m, &header::SERVER));
+        assert!(has_header(&m, &HeaderName::from_static("x-powered-by")));
+        assert!(!has_header(&m, &header::TE));
+        // Same length as a present custom name, different bytes.
+        assert!(!has_header(&m, &HeaderName::from_static("x-powered-bz")));
+        assert!(!has_header(&HeaderMap::new(), &header::SERVER));
+    }
+
+    #[test]
+    fn removal_leaves_what_header_map_remove_leaves() {
+        let pairs = [
+            ("a", "1"),
+            ("server", "s1"),
+            ("b", "2"),
+            ("x-runtime", "r"),
+            ("server", "s2"),
+            ("c", "3"),
+            ("d", "4"),
+        ];
+        let names = [
+            HeaderName::from_static("x-absent"),
+            header::SERVER,
+            HeaderName::from_static("x-runtime"),
+            header::TE,
+            header::SERVER,
+        ];
+        let mut ours = map(&pairs);
+        let mut theirs = map(&pairs);
+        for n in &names {
+            remove_header(&mut ours, n);
+            theirs.remove(n);
+        }
+        assert_eq!(listed(&ours), listed(&theirs));
+        assert_eq!(ours.len(), 4);
+    }
+}
