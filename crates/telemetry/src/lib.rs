@@ -132,10 +132,71 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
 }
 
+/// The hasher of the telemetry's own maps. Their keys are label values, from bounded,
+/// configuration-derived sets (see the crate invariants), never client text, so a fast
+/// non-cryptographic hash (randomly seeded) fits; SipHash was most of a recording's cost.
+type FastHash = foldhash::fast::RandomState;
+
 /// Hands out shared copies of label strings so the hot path does not allocate.
 #[derive(Debug, Default)]
 struct Interner {
-    set: RwLock<HashSet<Arc<str>>>,
+    set: RwLock<HashSet<Arc<str>, FastHash>>,
+}
+
+/// Longest handle key ([`handle_key`]) kept; longer label values take the uncached path.
+const HANDLE_KEY_MAX: usize = 256;
+
+/// The label values of one series as one byte string: each value's length (two bytes), then
+/// its bytes, so that two different lists of values never make the same key. `None` when it
+/// would not fit in `buf`.
+fn handle_key<'b>(values: &[&[u8]], buf: &'b mut [u8; HANDLE_KEY_MAX]) -> Option<&'b [u8]> {
+    let mut n = 0;
+    for v in values {
+        let len = u16::try_from(v.len()).ok()?;
+        let end = n + 2 + v.len();
+        let dst = buf.get_mut(n..end)?;
+        dst[..2].copy_from_slice(&len.to_le_bytes());
+        dst[2..].copy_from_slice(v);
+        n = end;
+    }
+    Some(&buf[..n])
+}
+
+/// Handles of series already created (clones of a family's metric, which share its value),
+/// found by their [`handle_key`]: one fast hash per observation instead of an interned copy
+/// of each label value and SipHash of the label set. Nothing is ever removed from the
+/// families, so a handle stays the family's series. Holds at most [`INTERN_LIMIT`] handles;
+/// past that, observations go through the family.
+struct Handles<H> {
+    map: RwLock<std::collections::HashMap<Box<[u8]>, H, FastHash>>,
+}
+
+impl<H> Default for Handles<H> {
+    fn default() -> Self {
+        Handles {
+            map: RwLock::default(),
+        }
+    }
+}
+
+impl<H: Clone> Handles<H> {
+    /// Runs `f` on the handle for `key`, made by `create` the first time.
+    fn with(&self, key: &[u8], create: impl FnOnce() -> H, f: impl FnOnce(&H)) {
+        // A poisoned lock only means another thread panicked mid-insert; the map is intact.
+        {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(h) = map.get(key) {
+                f(h);
+                return;
+            }
+        }
+        let h = create();
+        f(&h);
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if map.len() < INTERN_LIMIT {
+            map.entry(key.into()).or_insert(h);
+        }
+    }
 }
 
 impl Interner {
@@ -164,6 +225,10 @@ impl Interner {
 pub struct Metrics {
     registry: Registry,
     interner: Interner,
+    /// Per route and status: the duration histogram and the request counter.
+    request_handles: Handles<(Histogram, Counter)>,
+    /// Per upstream, target and outcome: the upstream request counter.
+    upstream_request_handles: Handles<Counter>,
     requests: Family<RequestLabels, Counter>,
     request_duration: HistogramFamily<RouteLabels>,
     rejections: Family<RejectionLabels, Counter>,
@@ -361,6 +426,8 @@ impl Metrics {
             jwks_last_success,
             jwks_fetch_failures,
             interner: Interner::default(),
+            request_handles: Handles::default(),
+            upstream_request_handles: Handles::default(),
             requests,
             request_duration,
             rejections,
@@ -376,15 +443,25 @@ impl Metrics {
 
     /// One finished request. `route` is `""` when no route matched.
     pub fn observe_request(&self, route: &str, status: u16, latency: Duration) {
-        let route = self.interner.get(route);
-        self.request_duration
-            .get_or_create(&RouteLabels {
+        let record = |(duration, count): &(Histogram, Counter)| {
+            duration.observe(latency.as_secs_f64());
+            count.inc();
+        };
+        let mut buf = [0u8; HANDLE_KEY_MAX];
+        let create = || {
+            let route = self.interner.get(route);
+            let duration = self.request_duration.get_or_create_owned(&RouteLabels {
                 route: Arc::clone(&route),
-            })
-            .observe(latency.as_secs_f64());
-        self.requests
-            .get_or_create(&RequestLabels { route, status })
-            .inc();
+            });
+            let count = self
+                .requests
+                .get_or_create_owned(&RequestLabels { route, status });
+            (duration, count)
+        };
+        match handle_key(&[route.as_bytes(), &status.to_le_bytes()], &mut buf) {
+            Some(key) => self.request_handles.with(key, create, record),
+            None => record(&create()),
+        }
     }
 
     /// A request refused by `stage` for the stable `reason` code.
@@ -432,12 +509,24 @@ impl Metrics {
 
     /// `outcome` is one of `"ok"`, `"error"`, `"timeout"`.
     pub fn count_upstream_request(&self, upstream: &str, target: &str, outcome: &str) {
-        let labels = UpstreamRequestLabels {
-            upstream: self.interner.get(upstream),
-            target: self.interner.get(target),
-            outcome: self.interner.get(outcome),
+        let create = || {
+            let labels = UpstreamRequestLabels {
+                upstream: self.interner.get(upstream),
+                target: self.interner.get(target),
+                outcome: self.interner.get(outcome),
+            };
+            self.upstream_requests.get_or_create_owned(&labels)
         };
-        self.upstream_requests.get_or_create(&labels).inc();
+        let mut buf = [0u8; HANDLE_KEY_MAX];
+        let values = [upstream.as_bytes(), target.as_bytes(), outcome.as_bytes()];
+        match handle_key(&values, &mut buf) {
+            Some(key) => self.upstream_request_handles.with(key, create, |c| {
+                c.inc();
+            }),
+            None => {
+                create().inc();
+            }
+        }
     }
 
     pub fn config_reload(&self, ok: bool) {
@@ -608,6 +697,79 @@ mod tests {
             .find(|l| l.starts_with(prefix))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn handle_keys_tell_value_lists_apart() {
+        let key = |values: &[&[u8]]| {
+            let mut buf = [0u8; HANDLE_KEY_MAX];
+            handle_key(values, &mut buf).map(<[u8]>::to_vec)
+        };
+        assert_ne!(key(&[b"ab", b"c"]), key(&[b"a", b"bc"]));
+        assert_ne!(key(&[b"", b"a"]), key(&[b"a", b""]));
+        assert_ne!(key(&[b"a"]), key(&[b"a", b""]));
+        assert_eq!(key(&[b"api", b"ok"]), key(&[b"api", b"ok"]));
+        let fits = vec![b'x'; HANDLE_KEY_MAX - 2];
+        assert_eq!(key(&[&fits]).map(|k| k.len()), Some(HANDLE_KEY_MAX));
+        let long = vec![b'x'; HANDLE_KEY_MAX - 1];
+        assert_eq!(key(&[&long]), None);
+        assert_eq!(key(&[b"a", &fits]), None);
+    }
+
+    #[test]
+    fn cached_and_uncached_observations_count_alike() {
+        let m = Metrics::new();
+        let long = "r".repeat(HANDLE_KEY_MAX);
+        for _ in 0..3 {
+            m.observe_request("users", 200, Duration::from_millis(3));
+            m.observe_request(&long, 200, Duration::from_millis(3));
+            m.count_upstream_request("api", "http://10.0.0.1:80", "ok");
+            m.count_upstream_request(&long, "http://10.0.0.1:80", "ok");
+        }
+        m.observe_request("users", 500, Duration::from_millis(3));
+        let text = m.encode();
+        // The histogram is per route: "users" has the 500 too.
+        for (route, timed) in [("users", 4.0), (long.as_str(), 3.0)] {
+            assert_eq!(
+                line_value(
+                    &text,
+                    &format!("portcullis_requests_total{{route=\"{route}\",status=\"200\"}}")
+                ),
+                Some(3.0),
+                "{text}"
+            );
+            assert_eq!(
+                line_value(
+                    &text,
+                    &format!("portcullis_request_duration_seconds_count{{route=\"{route}\"}}")
+                ),
+                Some(timed),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            line_value(
+                &text,
+                "portcullis_requests_total{route=\"users\",status=\"500\"}"
+            ),
+            Some(1.0),
+            "{text}"
+        );
+        for upstream in ["api", long.as_str()] {
+            assert_eq!(
+                line_value(
+                    &text,
+                    &format!(
+                        "portcullis_upstream_requests_total{{upstream=\"{upstream}\",target=\"http://10.0.0.1:80\",outcome=\"ok\"}}"
+                    )
+                ),
+                Some(3.0),
+                "{text}"
+            );
+        }
+        // Cached once per series that fits a key.
+        assert_eq!(m.request_handles.map.read().unwrap().len(), 2);
+        assert_eq!(m.upstream_request_handles.map.read().unwrap().len(), 1);
     }
 
     #[test]
