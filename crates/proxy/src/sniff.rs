@@ -151,7 +151,7 @@ impl Framing {
                         while data[lead..].starts_with(b"\r\n") {
                             lead += 2;
                         }
-                        if let Some(pos) = find(&data[lead..], b"\r\n\r\n") {
+                        if let Some(pos) = find_head_end(&data[lead..]) {
                             if data[lead..].starts_with(b"PRI * HTTP/2.0") {
                                 self.state = State::Off;
                                 return None;
@@ -180,7 +180,7 @@ impl Framing {
                         return None;
                     }
                     let from = before.saturating_sub(3).max(lead);
-                    let Some(pos) = find(&buf[from..], b"\r\n\r\n") else {
+                    let Some(pos) = find_head_end(&buf[from..]) else {
                         if buf.len() > MAX_HEAD {
                             self.state = State::Off;
                         } else if has_bare_lf(&buf[lead..]) {
@@ -289,7 +289,7 @@ fn after_head(head: &[u8]) -> Result<State, Ambiguity> {
     // folded line, no space before the colon), the value of visible characters, spaces, tabs
     // and obs-text; no bare CR anywhere.
     let ctl = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
-    let mut lines = head[..head.len() - 4].split(|&b| b == b'\n');
+    let mut lines = split_lines(&head[..head.len() - 4]);
     let request_line = lines.next().unwrap_or_default();
     let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
     if request_line.is_empty() || request_line.iter().any(|&b| b < 0x20 || b == 0x7f) {
@@ -302,12 +302,19 @@ fn after_head(head: &[u8]) -> Result<State, Ambiguity> {
     let mut upgrade = false;
     for line in lines {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        // The name runs to the first byte that is not a token character, which must be a colon
+        // (itself not one): the same test as finding the first colon and checking that the
+        // name before it is a non-empty token, in one pass over the name.
+        let Some(colon) = line
+            .iter()
+            .position(|&b| !is_tchar(b))
+            .filter(|&c| c > 0 && line[c] == b':')
+        else {
             return Err(Ambiguity::MalformedHead);
         };
         let name = &line[..colon];
         let value = &line[colon + 1..];
-        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) || value.iter().any(|&b| ctl(b)) {
+        if value.iter().any(|&b| ctl(b)) {
             return Err(Ambiguity::MalformedHead);
         }
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -356,19 +363,70 @@ fn after_head(head: &[u8]) -> Result<State, Ambiguity> {
     })
 }
 
-/// RFC 9110 §5.6.2 token characters.
+/// RFC 9110 §5.6.2 token characters, as a table: one load per byte of a field name.
+static TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b: u8 = 0;
+    loop {
+        t[b as usize] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        if b == u8::MAX {
+            break t;
+        }
+        b += 1;
+    }
+};
+
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where the first `\r\n\r\n` in `hay` begins. Only the line feeds are visited (found by
+/// `memchr`), each checked for the three bytes before it.
+fn find_head_end(hay: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', hay)
+        .find(|&i| i >= 3 && hay[i - 3..=i] == *b"\r\n\r\n")
+        .map(|i| i - 3)
 }
 
+/// A line feed first, or after anything but a carriage return.
 fn has_bare_lf(buf: &[u8]) -> bool {
-    buf.iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+    memchr::memchr_iter(b'\n', buf).any(|i| i == 0 || buf[i - 1] != b'\r')
+}
+
+/// `buf.split(|&b| b == b'\n')`, the line feeds found by `memchr`: every piece between two
+/// line feeds, empty ones included, and the piece after the last one.
+fn split_lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(buf);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memchr(b'\n', r) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 fn trim_ows(v: &[u8]) -> &[u8] {
@@ -597,6 +655,206 @@ impl<S: AsyncWrite> AsyncWrite for Sniffed<S> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// `after_head` as it was before its scans used `memchr` and a token table: the reference
+    /// the current one must agree with on every head.
+    fn after_head_reference(head: &[u8]) -> Result<State, Ambiguity> {
+        let bare_lf = head
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'));
+        if bare_lf {
+            return Err(Ambiguity::BareLf);
+        }
+        let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        let ctl = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
+        let mut lines = head[..head.len() - 4].split(|&b| b == b'\n');
+        let request_line = lines.next().unwrap_or_default();
+        let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
+        if request_line.is_empty() || request_line.iter().any(|&b| b < 0x20 || b == 0x7f) {
+            return Err(Ambiguity::MalformedHead);
+        }
+        let mut content_length: Option<u64> = None;
+        let mut cl_count = 0;
+        let mut te: Option<&[u8]> = None;
+        let mut te_count = 0;
+        let mut upgrade = false;
+        for line in lines {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                return Err(Ambiguity::MalformedHead);
+            };
+            let name = &line[..colon];
+            let value = &line[colon + 1..];
+            if name.is_empty() || !name.iter().all(|&b| tchar(b)) || value.iter().any(|&b| ctl(b)) {
+                return Err(Ambiguity::MalformedHead);
+            }
+            if name.eq_ignore_ascii_case(b"content-length") {
+                cl_count += 1;
+                let v = trim_ows(value);
+                if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+                    return Err(Ambiguity::BadContentLength);
+                }
+                content_length = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                te_count += 1;
+                te = Some(value);
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                upgrade = true;
+            }
+        }
+        if te_count > 0 && cl_count > 0 {
+            return Err(Ambiguity::ContentLengthAndTransferEncoding);
+        }
+        if cl_count > 1 {
+            return Err(Ambiguity::RepeatedContentLength);
+        }
+        if te_count > 1 {
+            return Err(Ambiguity::TransferEncodingNotExactlyChunked);
+        }
+        if upgrade || request_line.starts_with(b"CONNECT ") {
+            return Ok(State::Off);
+        }
+        if let Some(v) = te {
+            if request_line.ends_with(b" HTTP/1.0") {
+                return Err(Ambiguity::TransferEncodingInHttp10);
+            }
+            let v = v.strip_prefix(b" ").unwrap_or(v);
+            if v != b"chunked" {
+                return Err(Ambiguity::TransferEncodingNotExactlyChunked);
+            }
+            return Ok(State::ChunkSize(Vec::new()));
+        }
+        Ok(match content_length {
+            Some(n) if n > 0 => State::Fixed(n),
+            _ => State::Head(Vec::new()),
+        })
+    }
+
+    #[test]
+    fn after_head_agrees_with_the_reference() {
+        let request_lines: [&[u8]; 6] = [
+            b"GET / HTTP/1.1",
+            b"POST /x HTTP/1.0",
+            b"CONNECT a:443 HTTP/1.1",
+            b"",
+            b"GET /\x01 HTTP/1.1",
+            b"GET /\xc3\xa9 HTTP/1.1",
+        ];
+        let names: [&[u8]; 16] = [
+            b"Host",
+            b"Host",
+            b"User-Agent",
+            b"Content-Length",
+            b"content-length",
+            b"Content-Length",
+            b"Transfer-Encoding",
+            b"transfer-encoding",
+            b"Transfer-Encoding",
+            b"Upgrade",
+            b"X-A!#$%&'*+-.^_`|~",
+            b"Bad Name",
+            b"",
+            b"x:y",
+            b"X-\xc3\xa9",
+            b"(x)",
+        ];
+        let separators: [&[u8]; 8] = [b":", b": ", b": ", b": ", b": ", b":\t", b" :", b""];
+        let values: [&[u8]; 17] = [
+            b"a",
+            b"5",
+            b"5",
+            b" 5 ",
+            b"chunked",
+            b"chunked",
+            b" chunked",
+            b"a b",
+            b"chunked ",
+            b"\x01",
+            b"\x7f",
+            b"\xc3\xa9",
+            b"0",
+            b"-1",
+            b"\t",
+            b"1234567890123456789",
+            b"a:b",
+        ];
+        // Mostly well-formed lines, so that every verdict comes up.
+        let ends: [&[u8]; 10] = [
+            b"\r\n", b"\r\n", b"\r\n", b"\r\n", b"\r\n", b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r",
+        ];
+        let pick = |list: &[&'static [u8]]| list[fastrand::usize(..list.len())];
+        for _ in 0..20_000 {
+            let mut head = pick(&request_lines).to_vec();
+            head.extend_from_slice(b"\r\n");
+            for _ in 0..fastrand::usize(..5) {
+                head.extend_from_slice(pick(&names));
+                head.extend_from_slice(pick(&separators));
+                head.extend_from_slice(pick(&values));
+                head.extend_from_slice(pick(&ends));
+            }
+            if !head.ends_with(b"\r\n") {
+                head.extend_from_slice(b"\r\n");
+            }
+            head.extend_from_slice(b"\r\n");
+            // Now and then a byte or two replaced, the final empty line kept.
+            for _ in 0..fastrand::usize(..3).saturating_sub(1) {
+                if head.len() == 4 {
+                    break;
+                }
+                let at = fastrand::usize(..head.len() - 4);
+                head[at] = pick(&[b"\r", b"\n", b":", b" ", b"\t", b"\x00", b"\xff", b"a"])[0];
+            }
+            assert_eq!(
+                format!("{:?}", after_head(&head)),
+                format!("{:?}", after_head_reference(&head)),
+                "{}",
+                String::from_utf8_lossy(&head)
+            );
+        }
+    }
+
+    #[test]
+    fn scanning_helpers_agree_with_the_plain_definitions() {
+        for b in 0..=u8::MAX {
+            let plain = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_tchar(b), plain, "{b}");
+        }
+        let mut samples: Vec<Vec<u8>> = [
+            &b""[..],
+            b"\n",
+            b"\r\n",
+            b"\r\n\r\n",
+            b"\n\n",
+            b"a\nb",
+            b"a\r\nb\n",
+            b"\r\n\r",
+            b"\r\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody\r\n\r\n",
+            b"x\r\n\r\nGET",
+            b"\n\r\n\r\n",
+        ]
+        .iter()
+        .map(|s| s.to_vec())
+        .collect();
+        // Random strings over the bytes that matter, in every length up to 40.
+        for len in 0..40 {
+            for _ in 0..200 {
+                samples.push((0..len).map(|_| b"\r\na:"[fastrand::usize(..4)]).collect());
+            }
+        }
+        for s in &samples {
+            let windows = s.windows(4).position(|w| w == b"\r\n\r\n");
+            assert_eq!(find_head_end(s), windows, "{s:?}");
+            let bare = s
+                .iter()
+                .enumerate()
+                .any(|(i, &b)| b == b'\n' && (i == 0 || s[i - 1] != b'\r'));
+            assert_eq!(has_bare_lf(s), bare, "{s:?}");
+            let split: Vec<&[u8]> = s.split(|&b| b == b'\n').collect();
+            assert_eq!(split_lines(s).collect::<Vec<_>>(), split, "{s:?}");
+        }
+    }
 
     fn run(chunks: &[&[u8]]) -> (Option<Ambiguity>, Framing) {
         let flag = Arc::new(Flag::default());
