@@ -8,6 +8,7 @@
 //! declaration order breaks ties. A route that matches the path but not the method does not
 //! hide a less specific route that takes the method.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderValue, Method};
@@ -95,30 +96,37 @@ fn path_score(m: &PathMatch, path: &str) -> Option<(usize, Params)> {
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the Host header, lowercase,
 /// without port.
 pub fn request_host(head: &http::request::Parts) -> Option<String> {
+    host_of(head).map(Cow::into_owned)
+}
+
+/// [`request_host`], borrowed from the request when it needs no change (already lowercase):
+/// the routing step then copies nothing.
+fn host_of(head: &http::request::Parts) -> Option<Cow<'_, str>> {
     let raw = match head.uri.authority() {
-        Some(a) => a.host().to_string(),
+        Some(a) => a.host(),
         None => {
             let h = head.headers.get(http::header::HOST)?.to_str().ok()?;
             let h = h.trim();
             if let Some(rest) = h.strip_prefix('[') {
-                // [v6]:port
+                // [v6]:port: through the first `]`.
                 let end = rest.find(']')?;
-                format!("[{}]", &rest[..end])
+                &h[..end + 2]
             } else {
-                h.rsplit_once(':')
-                    .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-                    .map(|(host, _)| host)
-                    .unwrap_or(h)
-                    .to_string()
+                // host:port, the port all digits (or empty); else the whole value.
+                match h.bytes().rposition(|b| b == b':') {
+                    Some(i) if h.as_bytes()[i + 1..].iter().all(u8::is_ascii_digit) => &h[..i],
+                    _ => h,
+                }
             }
         }
     };
-    let mut raw = raw;
-    raw.make_ascii_lowercase();
-    if raw.ends_with('.') {
-        raw.pop();
-    }
-    Some(raw)
+    // One trailing dot goes (the fully qualified form names the same host).
+    let raw = raw.strip_suffix('.').unwrap_or(raw);
+    Some(if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(raw.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(raw)
+    })
 }
 
 impl RouteTable {
@@ -201,7 +209,7 @@ impl Stage for RouteStage {
     }
 
     fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
-        let host = request_host(&req.head).unwrap_or_default();
+        let host = host_of(&req.head).unwrap_or_default();
         // A CORS preflight is routed by the method it asks about, to a route that answers
         // preflights; anywhere else it is an ordinary OPTIONS request.
         if let Some(asked) = portcullis_cors::preflight_method(&req.head)
@@ -383,5 +391,98 @@ mod tests {
             Some("h2.example")
         );
         assert_eq!(request_host(&head("/", None)), None);
+    }
+
+    /// `request_host` as it was before it borrowed: the reference for the one that does.
+    fn request_host_reference(head: &http::request::Parts) -> Option<String> {
+        let raw = match head.uri.authority() {
+            Some(a) => a.host().to_string(),
+            None => {
+                let h = head.headers.get(http::header::HOST)?.to_str().ok()?;
+                let h = h.trim();
+                if let Some(rest) = h.strip_prefix('[') {
+                    let end = rest.find(']')?;
+                    format!("[{}]", &rest[..end])
+                } else {
+                    h.rsplit_once(':')
+                        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                        .map(|(host, _)| host)
+                        .unwrap_or(h)
+                        .to_string()
+                }
+            }
+        };
+        let mut raw = raw;
+        raw.make_ascii_lowercase();
+        if raw.ends_with('.') {
+            raw.pop();
+        }
+        Some(raw)
+    }
+
+    #[test]
+    fn host_extraction_matches_the_reference() {
+        let hosts = [
+            "api.example.com",
+            "API.Example.COM",
+            "a.example:8080",
+            "a.example:",
+            "a.example:80x",
+            "a.example:x80",
+            "a:b:443",
+            "Example.com.",
+            "example.com..",
+            "example.com.:443",
+            ".",
+            "",
+            "  Spaced.Example:1  ",
+            "\tTab.example",
+            "[::1]:80",
+            "[::1]",
+            "[::1",
+            "[FE80::1]:8443",
+            "[]",
+            "[::1]x",
+            ":80",
+            "1.2.3.4:5",
+        ];
+        for h in hosts {
+            let mut b = http::Request::builder().uri("/");
+            b = b.header("host", h);
+            let head = b.body(()).unwrap().into_parts().0;
+            assert_eq!(request_host(&head), request_host_reference(&head), "{h:?}");
+            let borrowed = host_of(&head);
+            assert_eq!(
+                borrowed.as_deref(),
+                request_host_reference(&head).as_deref(),
+                "{h:?}"
+            );
+        }
+        let mut head = http::Request::builder()
+            .uri("/")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        head.headers.insert(
+            "host",
+            http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        assert_eq!(request_host(&head), None);
+        for uri in [
+            "http://H2.Example/x",
+            "https://h2.example:8443/",
+            "http://[::1]:8/",
+            "http://a.b./",
+        ] {
+            let head = http::Request::builder()
+                .uri(uri)
+                .header("host", "other")
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0;
+            assert_eq!(request_host(&head), request_host_reference(&head), "{uri}");
+        }
     }
 }
