@@ -10,6 +10,10 @@
     --only plain just the plain proxy against nginx and the upstream alone (small, 16k, h2), in
                  rounds, printed, docs untouched; with --compare BIN also another build of
                  Portcullis (an A/B of two builds on the same machine at the same time)
+    --only instructions
+                 user-space instructions per request (valgrind's callgrind) of nginx and the plain
+                 proxy, small / 16k / h2: a count that does not move with the machine's load, for
+                 comparing builds where timings are too noisy; with --compare BIN also another build
 """
 
 import http.client
@@ -40,10 +44,10 @@ for i, a in enumerate(sys.argv):
         ONLY = a.split("=", 1)[1]
     elif a == "--compare" and i + 1 < len(sys.argv):
         COMPARE = os.path.abspath(sys.argv[i + 1])
-if ONLY not in (None, "waf", "contract", "plain"):
-    sys.exit(f"--only: the scenarios that run alone are: waf, contract, plain (got {ONLY})")
-if COMPARE and ONLY != "plain":
-    sys.exit("--compare goes with --only plain")
+if ONLY not in (None, "waf", "contract", "plain", "instructions"):
+    sys.exit(f"--only: the scenarios that run alone are: waf, contract, plain, instructions (got {ONLY})")
+if COMPARE and ONLY not in ("plain", "instructions"):
+    sys.exit("--compare goes with --only plain or --only instructions")
 DURATION = 3 if QUICK else 10
 REPEAT = 1 if QUICK else 3
 CONNECTIONS = 64
@@ -123,6 +127,14 @@ wrk.headers["Content-Type"] = "application/json"
 # same POST with JSON orders the document accepts, of about 1 and 4 KiB.
 CONTRACT_PORTS = {"portcullis-contract": 18126}
 CONTRACT_ADMIN = 18127
+# BENCH_PORT_OFFSET=N moves every port by N (another run, or something else, on the defaults).
+PORT_OFFSET = int(os.environ.get("BENCH_PORT_OFFSET", "0"))
+for _ports in (PORTS, H2_PORTS, ADMIN, WAF_PORTS, CONTRACT_PORTS):
+    for _k in _ports:
+        _ports[_k] += PORT_OFFSET
+REDIS_PORT += PORT_OFFSET
+WAF_ADMIN += PORT_OFFSET
+CONTRACT_ADMIN += PORT_OFFSET
 CONTRACT_SPEC = os.path.join(ROOT, "bench", "contract", "orders.yaml")
 CONTRACT_POST = "/api/orders"
 CONTRACT_SERVERS = ("nginx", "portcullis", "portcullis-contract")
@@ -680,8 +692,8 @@ def start_proxies(work, procs):
     procs["nginx"] = start(["nginx", "-c", ngx_conf], PORTS["nginx"], "nginx", work)
 
 
-PLAIN_B_PORT = 18126
-PLAIN_B_ADMIN = 18127
+PLAIN_B_PORT = 18126 + PORT_OFFSET
+PLAIN_B_ADMIN = 18127 + PORT_OFFSET
 
 
 def plain_scenario(work, procs):
@@ -732,6 +744,95 @@ def plain_report(r):
     return lines
 
 
+INSTR_REQUESTS = 5000 if QUICK else 20000
+
+
+def callgrind_ir(cmd, port, h2port, work, name):
+    """Starts `cmd` under callgrind and returns user-space instructions per request for each
+    test: a warm-up of 500 requests, counters zeroed, INSTR_REQUESTS requests over 16
+    connections (h2load, HTTP/1.1 keep-alive or h2c with 8 streams each), counters dumped."""
+    out = os.path.join(work, f"{name}.callgrind")
+    p = subprocess.Popen(["taskset", "-c", SERVER_CPU, "valgrind", "--tool=callgrind",
+                          f"--callgrind-out-file={out}", *cmd],
+                         stdout=open(os.path.join(work, f"{name}.valgrind.log"), "w"),
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    result = {}
+    try:
+        wait_port(port, timeout=120)
+        tests = {"small": (port, "/", ["--h1", "-m", "1"]), "16k": (port, "/16k", ["--h1", "-m", "1"]),
+                 "h2": (h2port, "/", ["-m", "8"])}
+        for test, (tport, path, mode) in tests.items():
+            load = ["taskset", "-c", LOAD_CPU, "h2load", "-c", "16", *mode, "-H", ":authority: bench.local"]
+            url = f"http://127.0.0.1:{tport}{path}"
+            subprocess.run(load + ["-n", "500", url], capture_output=True, timeout=600)
+            subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True, timeout=60)
+            r = subprocess.run(load + ["-n", str(INSTR_REQUESTS), url], capture_output=True, text=True,
+                               timeout=1800)
+            done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", r.stdout)
+            before = set(os.listdir(work))
+            subprocess.run(["callgrind_control", "-d", str(p.pid)], capture_output=True, timeout=60)
+            dump = None
+            for _ in range(100):
+                new = sorted(f for f in set(os.listdir(work)) - before if f.startswith(f"{name}.callgrind."))
+                if new:
+                    dump = os.path.join(work, new[-1])
+                    break
+                time.sleep(0.1)
+            total = 0
+            for _ in range(50):  # the file is written after it appears
+                if dump:
+                    with open(dump) as f:
+                        m = re.search(r"^totals: (\d+)", f.read(), re.M)
+                    if m:
+                        total = int(m.group(1))
+                        break
+                time.sleep(0.1)
+            ok = int(done.group(1)) if done else 0
+            result[test] = {"ir": total / INSTR_REQUESTS if ok == INSTR_REQUESTS else None,
+                            "succeeded": ok}
+    finally:
+        stop(p)
+    return result
+
+
+def instructions_scenario(work, procs):
+    """nginx and the plain proxy (and another build with --compare), each under callgrind."""
+    stop(procs.pop("nginx"))
+    stop(procs.pop("portcullis"))
+    ngx = os.path.join(work, "nginx.conf")
+    with open(ngx) as f:
+        conf = f.read()
+    ngx_vg = os.path.join(work, "nginx-callgrind.conf")
+    with open(ngx_vg, "w") as f:
+        f.write(conf.replace("daemon off;", "daemon off;\nmaster_process off;"))
+    conf = portcullis_conf(work, "portcullis", PORTS["portcullis"], ADMIN["portcullis"], False)
+    runs = {"nginx": (["nginx", "-c", ngx_vg], PORTS["nginx"], H2_PORTS["nginx"]),
+            "portcullis": ([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"],
+                           PORTS["portcullis"], PORTS["portcullis"])}
+    if COMPARE:
+        runs["portcullis-b"] = ([COMPARE, "run", "--config", conf, "--threads", "1", "--no-watch"],
+                                PORTS["portcullis"], PORTS["portcullis"])
+    return {name: callgrind_ir(cmd, port, h2port, work, name) for name, (cmd, port, h2port) in runs.items()}
+
+
+def instructions_report(r):
+    tests = ("small", "16k", "h2")
+    names = list(r)
+    lines = ["", f"User-space instructions per request (callgrind; {INSTR_REQUESTS} requests after 500 of warm-up, "
+             "h2load -c16, HTTP/1.1 keep-alive or h2c -m8):", "",
+             "| test | " + " | ".join(names) + " | Portcullis ÷ nginx |",
+             "|---|" + "---:|" * (len(names) + 1)]
+    for t in tests:
+        cells = []
+        for n in names:
+            x = r[n][t]
+            cells.append(f"{x['ir'] / 1000:.1f}k" if x["ir"] else f"failed ({x['succeeded']} ok)")
+        ng, pc = r["nginx"][t]["ir"], r["portcullis"][t]["ir"]
+        ratio = f"{pc / ng:.2f}" if ng and pc else "—"
+        lines.append(f"| {t} | " + " | ".join(cells) + f" | {ratio} |")
+    return lines
+
+
 def main_only():
     """One scenario (--only) beside the upstream and the plain proxies it compares against."""
     work = tempfile.mkdtemp(prefix="portcullis-bench-")
@@ -747,6 +848,8 @@ def main_only():
             lines = waf_report(waf_scenario(work, procs))
         elif ONLY == "plain":
             lines = plain_report(plain_scenario(work, procs))
+        elif ONLY == "instructions":
+            lines = instructions_report(instructions_scenario(work, procs))
         else:
             contract = contract_scenario(work, procs)
             lines = contract_report(contract)
@@ -755,8 +858,13 @@ def main_only():
             stop(p)
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
                          capture_output=True, text=True).stdout.strip()
-    print(f"\n{NCPU} cores ({cpu}); servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; "
-          f"`wrk -t1 -c{CONNECTIONS} -d{DURATION}s`, median of {REPEAT}.")
+    if ONLY == "instructions":
+        vg = subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout.strip()
+        print(f"\n{NCPU} cores ({cpu}); {vg}. Counts are guest instructions: a stable measure of "
+              "user-space work, not of time (a `rep movsb` copy counts once per byte).")
+    else:
+        print(f"\n{NCPU} cores ({cpu}); servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; "
+              f"`wrk -t1 -c{CONNECTIONS} -d{DURATION}s`, median of {REPEAT}.")
     print("\n".join(lines))
     shutil.rmtree(work, ignore_errors=True)
     if ONLY == "contract" and "failed" in contract:

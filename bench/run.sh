@@ -7,11 +7,14 @@
 #                               # prints results, writes nothing (add --quick for short runs)
 #   bench/run.sh --only plain   # the plain proxy vs nginx and the upstream (small, 16k, h2), in
 #                               # rounds; --compare BIN adds another build (A/B); prints only
+#   bench/run.sh --only instructions  # user-space instructions per request under valgrind (nginx,
+#                               # the plain proxy; --compare BIN adds another build): a count the
+#                               # machine's load does not move; prints only
 #   bench/run.sh --only contract  # just the API contract scenario (a route validated against
 #                               # bench/contract/orders.yaml vs the plain proxy and nginx, JSON POSTs),
 #                               # prints results, writes nothing (add --quick for short runs)
 #
-# Installs what it needs from the OS packages (nginx, wrk, h2load, redis-server, the nginx ModSecurity
+# Installs what it needs from the OS packages (nginx, wrk, h2load, redis-server, valgrind, the nginx ModSecurity
 # module and the OWASP CRS), builds the release binary,
 # pins servers to CPU 0 and load generators to CPU 1, repeats each run, reports medians.
 set -euo pipefail
@@ -22,6 +25,7 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v wrk >/dev/null || need+=(wrk)
 command -v h2load >/dev/null || need+=(nghttp2-client)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v valgrind >/dev/null || need+=(valgrind)
 [ -e /usr/lib/nginx/modules/ngx_http_modsecurity_module.so ] || [ -e /usr/share/nginx/modules/ngx_http_modsecurity_module.so ] \
   || need+=(libnginx-mod-http-modsecurity)
 [ -d /usr/share/modsecurity-crs/rules ] || need+=(modsecurity-crs)
