@@ -1,4 +1,5 @@
-//! Header-map edits for the request path that skip the hash lookup when a name is absent.
+//! Header-map edits for the request path that skip the hash lookup when a name is absent, and
+//! the token-character table of RFC 9110 (field names, methods, CORS tokens).
 //!
 //! `HeaderMap::remove` and `get` hash the name even when it is absent, which is what most
 //! removals on the request path meet (a client rarely sends the fields a gateway strips). A
@@ -21,6 +22,41 @@ pub fn remove_header<T>(headers: &mut HeaderMap<T>, name: &HeaderName) {
     }
 }
 
+/// RFC 9110 §5.6.2 token characters, as a table: one load per byte of a field name.
+static TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b: u8 = 0;
+    loop {
+        t[b as usize] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        if b == u8::MAX {
+            break t;
+        }
+        b += 1;
+    }
+};
+
+/// Whether `b` is an RFC 9110 §5.6.2 token character (field names, methods, CORS tokens).
+pub fn is_tchar(b: u8) -> bool {
+    TCHAR[usize::from(b)]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,6 +74,15 @@ mod tests {
         m.iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
             .collect()
+    }
+
+    #[test]
+    fn token_characters_are_those_of_rfc_9110() {
+        let listed = b"!#$%&'*+-.^_`|~";
+        for b in 0..=u8::MAX {
+            let want = b.is_ascii_alphanumeric() || listed.contains(&b);
+            assert_eq!(is_tchar(b), want, "{b:#04x}");
+        }
     }
 
     #[test]

@@ -209,29 +209,9 @@ fn refuse(detail: impl Into<Cow<'static, str>>) -> Verdict {
     )
 }
 
-/// A tchar of RFC 9110.
+/// A token of RFC 9110 (non-empty, token characters only).
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
+    !s.is_empty() && s.bytes().all(portcullis_core::is_tchar)
 }
 
 /// Why a request's `Origin` is not allowed.
