@@ -19,8 +19,13 @@
 //!   target not yet tried.
 //! * Every wait is bounded: connect timeout in the connector, response-head timeout per attempt,
 //!   health-check timeout per probe.
-//! * The per-request path takes no lock: selection, counters and ejection are atomics. The
-//!   request head is moved to the upstream, not copied, unless a retry may need it again.
+//! * Selection, counters and ejection are atomics; the one lock on the request path is a
+//!   target's idle list of the direct client, held for a push or a pop. The request head is
+//!   borrowed by the direct client and moved to the general one, not copied, unless a retry
+//!   may need it again.
+//! * Requests without an upgrade whose body is empty or of known length go to cleartext
+//!   HTTP/1.1 targets through the direct client (`h1.rs`, ADR 0008); the rest through
+//!   hyper-util's client. Both share selection, retries, ejection and error mapping.
 //! * TLS to targets is TLS 1.2+ with certificate verification always on; there is no insecure
 //!   mode.
 
