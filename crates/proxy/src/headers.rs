@@ -31,6 +31,10 @@ const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// True for an HTTP/1.1 WebSocket upgrade request.
 pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    // Asked of every request; almost none carries `Upgrade`, found without hashing.
+    if !has_header(headers, &header::UPGRADE) {
+        return false;
+    }
     let upgrade = headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
