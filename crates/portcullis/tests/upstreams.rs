@@ -197,3 +197,53 @@ async fn wait_until(mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// An upstream that answers every request head with `answer` (raw bytes) and closes.
+async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_upstream_answer_is_a_502_problem() {
+    // Each refused by the direct HTTP/1.1 client (a GET without body and a POST with one).
+    let answers: [&'static [u8]; 4] = [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc",
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n",
+    ];
+    for answer in answers {
+        let up = raw_upstream(answer).await;
+        let gw = gateway(&format!(
+            "upstreams:\n  pool: {{ targets: [\"http://{up}\"], retries: {{ attempts: 0 }} }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: pool }}\n"
+        ));
+        let r = get(&format!("{}/x", gw.url("public"))).await;
+        assert_problem(&r, 502, "upstream_error");
+        let r = send(req(
+            "POST",
+            &format!("{}/x", gw.url("public")),
+            &[],
+            "a body",
+        ))
+        .await;
+        assert_problem(&r, 502, "upstream_error");
+    }
+}
