@@ -866,7 +866,11 @@ def main_only():
         print(f"\n{NCPU} cores ({cpu}); servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; "
               f"`wrk -t1 -c{CONNECTIONS} -d{DURATION}s`, median of {REPEAT}.")
     print("\n".join(lines))
-    shutil.rmtree(work, ignore_errors=True)
+    if os.environ.get("BENCH_KEEP"):
+        # For profiling: the callgrind dumps (`*.callgrind.*`) and logs stay for callgrind_annotate.
+        print(f"\nkept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     if ONLY == "contract" and "failed" in contract:
         sys.exit(f"the contract scenario was not measured: {len(contract['failed'])} check(s) failed (above)")
 

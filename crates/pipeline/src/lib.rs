@@ -25,7 +25,7 @@ use portcullis_authz::{AuthzStage, AuthzState};
 use portcullis_config::Config;
 use portcullis_contract::ContractStage;
 use portcullis_core::{
-    Answer, ConfigErrors, GatewayRequest, Rejection, RequestCtx, Stage, StageId, Verdict,
+    Answer, ConfigErrors, GatewayRequest, Rejection, RequestCtx, Stage, StageId, Step, Verdict,
 };
 use portcullis_cors::CorsStage;
 use portcullis_hygiene::HygieneStage;
@@ -176,7 +176,13 @@ impl Pipeline {
         ctx: &mut RequestCtx,
     ) -> Result<Flow, Rejection> {
         for stage in &self.stages {
-            match stage.on_request(req, ctx).resolve().await {
+            // Matched here rather than through `Step::resolve`: most steps are done at once,
+            // and a synchronous verdict then costs no future (nor the moves of one).
+            let verdict = match stage.on_request(req, ctx) {
+                Step::Done(v) => v,
+                Step::Async(f) => f.await,
+            };
+            match verdict {
                 Verdict::Continue => {}
                 Verdict::Reject(r) => {
                     ctx.rejected_by = Some((stage.id(), r.reason));

@@ -803,6 +803,9 @@ enum Answer {
     ReplyUnread(&'static str),
     /// Writes `100 Continue` as soon as the head is in, then reads the body and answers `200 ok`.
     Continue,
+    /// Writes these pieces one by one, flushed, with a pause before each, and keeps the
+    /// connection.
+    Pieces(&'static [&'static str]),
 }
 
 /// An upstream that reads request heads and answers each with the next scripted answer (then
@@ -904,6 +907,16 @@ impl RawServer {
                                 return;
                             }
                             Answer::Close => return,
+                            Answer::Pieces(pieces) => {
+                                for piece in pieces {
+                                    tokio::time::sleep(Duration::from_millis(30)).await;
+                                    if stream.write_all(piece.as_bytes()).await.is_err()
+                                        || stream.flush().await.is_err()
+                                    {
+                                        return;
+                                    }
+                                }
+                            }
                             Answer::ReplyUnread(_) => unreachable!(),
                             Answer::Continue => {
                                 let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
@@ -984,6 +997,36 @@ async fn direct_a_length_delimited_answer_keeps_the_connection() {
         heads[0]
     );
     assert!(heads[0].contains("host: example.com\r\n"), "{}", heads[0]);
+}
+
+#[tokio::test]
+async fn direct_an_answer_in_pieces_is_read_whole() {
+    // Each read takes what has arrived and the next waits for more: a head cut mid-line and
+    // mid-terminator, a body in three parts, then a chunked answer in pieces on the same
+    // connection.
+    const LENGTH: &[&str] = &[
+        "HTTP/1.1 200 OK\r\ncont",
+        "ent-length: 11\r\nx-a: 1\r",
+        "\n\r\nhel",
+        "lo wo",
+        "rld",
+    ];
+    const CHUNKED: &[&str] = &[
+        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r",
+        "\nabc\r\n",
+        "2\r\nde\r\n0\r\n",
+        "\r\n",
+    ];
+    let s = RawServer::start(&[Answer::Pieces(LENGTH), Answer::Pieces(CHUNKED)]).await;
+    let p = s.pool();
+    let r = p.forward(get("/a"), RETRYABLE).await.unwrap();
+    assert_eq!(r.response.headers()["x-a"], "1");
+    assert_eq!(collect(r.response).await.unwrap().0, "hello world");
+    let r = p.forward(get("/b"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "abcde");
+    let r = p.forward(get("/c"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    assert_eq!(s.conns(), 1, "one connection carried every answer");
 }
 
 #[tokio::test]

@@ -212,6 +212,8 @@ impl SecurityHeaders {
         for name in &self.extra_remove {
             portcullis_core::remove_header(headers, name);
         }
+        // One growth at most (none when the map was made with room), not one per insert.
+        let _ = headers.try_reserve(self.values.len());
         for (i, (slot, value)) in SLOTS.iter().zip(&self.values).enumerate() {
             if let Some(v) = value
                 && (i != HSTS || tls)
