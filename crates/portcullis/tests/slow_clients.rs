@@ -114,6 +114,45 @@ async fn silent_and_idle_connections_are_closed() {
     );
 }
 
+/// A trickled head after a first request on a keep-alive connection is cut off by the header
+/// timeout too (the head is held back from the parser while incomplete, and the parser's own
+/// timer runs meanwhile), well before the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_second_head_is_cut_off_by_the_header_timeout() {
+    let gw = gateway(&format!(
+        "server: {{ header_read_timeout: 1s, idle_timeout: 30s }}\n{APP}"
+    ));
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let closed = loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if s.write_all(b"X-Trickle: 1\r\n").await.is_err() {
+            break true;
+        }
+        match tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => panic!("{}", String::from_utf8_lossy(&buf[..n])),
+            Err(_) if started.elapsed() > Duration::from_secs(10) => break false,
+            Err(_) => {}
+        }
+    };
+    assert!(closed, "a trickled head must be cut off");
+    assert!(
+        normal_request("127.0.0.1", gw.listener("public"))
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_body_gets_408() {
     let gw = gateway(&format!("server: {{ body_read_timeout: 1s }}\n{APP}"));

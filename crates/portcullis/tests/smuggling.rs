@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use portcullis_test_support::client::raw_exchange;
+use portcullis_test_support::client::{raw_exchange, raw_exchange_in_pieces};
 
 const CASES: &[(&str, &[u8])] = &[
     ("cl_te_both", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
@@ -75,6 +75,45 @@ async fn smuggling_attempts_are_refused_and_close_the_connection() {
         );
     }
     assert_eq!(up.hits_excluding("/health"), 0, "{:?}", up.requests());
+}
+
+/// The same attempts trickled in three pieces, cut inside the first head: the gateway holds
+/// an incomplete head back from the HTTP parser until its end arrives, so a head cut into
+/// reads gets the same refusal as a whole one (never the parser's bare 400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_cut_into_pieces_get_the_same_refusal() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "upstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        up.url()
+    ));
+    let addr = gw.listener("public");
+    let pause = std::time::Duration::from_millis(40);
+    for (name, bytes) in CASES {
+        let head_end = [&b"\r\n\r\n"[..], b"\n\n"]
+            .iter()
+            .filter_map(|end| bytes.windows(end.len()).position(|w| w == *end))
+            .min()
+            .unwrap_or(bytes.len());
+        let (a, b) = (head_end / 3, head_end * 2 / 3);
+        let pieces = [&bytes[..a], &bytes[a..b], &bytes[b..]];
+        let (out, closed) = raw_exchange_in_pieces(addr, &pieces, pause).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{name}: {out}");
+        let lower = out.to_ascii_lowercase();
+        assert!(
+            lower.contains("content-type: application/problem+json"),
+            "{name}: {out}"
+        );
+        assert!(lower.contains("\r\nx-request-id: "), "{name}: {out}");
+        assert!(out.contains("\"request_id\""), "{name}: {out}");
+        assert!(closed, "{name}: the connection must be closed");
+    }
+    // A clean request cut the same way is served.
+    let clean: &[u8] = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let (out, _) =
+        raw_exchange_in_pieces(addr, &[&clean[..9], &clean[9..30], &clean[30..]], pause).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(up.hits_excluding("/health"), 1, "{:?}", up.requests());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

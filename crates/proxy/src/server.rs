@@ -140,6 +140,7 @@ async fn connection(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let limits = server.limits;
     let max_buf = ((limits.max_header_bytes + limits.max_uri_bytes) * 2).max(16 * 1024);
+    let max_buf = usize::try_from(max_buf).unwrap_or(usize::MAX);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -148,7 +149,7 @@ async fn connection(
         // and HTTP/1.0 tools do): it still gets its answer, refusals included.
         .half_close(true)
         .keep_alive(true)
-        .max_buf_size(usize::try_from(max_buf).unwrap_or(usize::MAX))
+        .max_buf_size(max_buf)
         .max_headers(
             usize::try_from(limits.max_header_count)
                 .unwrap_or(100)
@@ -174,7 +175,7 @@ async fn connection(
             let framing = Arc::new(Flag::default());
             let activity = Arc::new(Activity::default());
             let watchdog = idle_watchdog(activity.clone(), first_byte, idle);
-            let stream = Sniffed::new(stream, framing.clone(), activity);
+            let stream = Sniffed::new(stream, framing.clone(), activity, max_buf);
             let info = Arc::new(ConnInfo {
                 peer,
                 scheme: Scheme::Http,
@@ -222,7 +223,7 @@ async fn connection(
             // Timed from the end of the handshake, which has its own deadline.
             let activity = Arc::new(Activity::default());
             let watchdog = idle_watchdog(activity.clone(), first_byte, idle);
-            let tls_stream = Sniffed::new(tls_stream, framing.clone(), activity);
+            let tls_stream = Sniffed::new(tls_stream, framing.clone(), activity, max_buf);
             let info = Arc::new(ConnInfo {
                 peer,
                 scheme: Scheme::Https,
@@ -244,9 +245,9 @@ async fn connection(
     }
 }
 
-/// Resolves when a connection has been silent too long: no byte at all within the header
-/// timeout of its opening (a connect-and-wait slowloris), or no byte either way for the idle
-/// timeout.
+/// Resolves when a connection has been silent too long: no complete first head within the
+/// header timeout of its opening (a connect-and-wait or trickling slowloris; hyper's own
+/// header timeout covers the heads after it), or no byte either way for the idle timeout.
 async fn idle_watchdog(activity: Arc<Activity>, first_byte: Duration, idle: Duration) {
     // Ticks of a quarter of the shorter timeout: a connection is closed at most a tick after
     // its deadline, and the traffic path never reads the clock for it.
@@ -262,7 +263,7 @@ async fn idle_watchdog(activity: Arc<Activity>, first_byte: Duration, idle: Dura
             moves = m;
             last_move = now;
         }
-        if !activity.has_read() && now - started >= first_byte {
+        if !activity.has_handed() && now - started >= first_byte {
             return;
         }
         if now - last_move >= idle {

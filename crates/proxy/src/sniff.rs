@@ -11,19 +11,21 @@
 //! the engine never sees. It stops watching where HTTP/1.1 framing ends (HTTP/2 preface,
 //! upgrades) or where hyper will refuse anyway (oversized heads).
 //!
-//! The bytes pass unchanged, with one exception: a refused head that arrived whole within one
-//! read is replaced, for hyper, by a well-formed stand-in request ([`STAND_IN`]), and nothing
-//! after it is passed on. The stand-in reaches the engine, which sees the flag and answers with
-//! a problem document, a request id and an audit event — rather than hyper answering a bare
-//! 400 or acting on bytes it reads differently. A refused head that began in an earlier read
-//! (its first bytes already with hyper) keeps the earlier behaviour.
+//! The bytes pass unchanged, with two exceptions. A head that a read leaves incomplete is held
+//! back until its end arrives (up to the head size limit), so that hyper only ever sees whole
+//! heads. And a refused head is replaced, for hyper, by a well-formed stand-in request
+//! ([`STAND_IN`]), with nothing after it passed on. The stand-in reaches the engine, which sees
+//! the flag and answers with a problem document, a request id and an audit event — rather than
+//! hyper answering a bare 400 or acting on bytes it reads differently — however the head was
+//! cut into reads.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
+use bytes::{Buf as _, BytesMut};
 use portcullis_core::is_tchar;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -97,8 +99,17 @@ impl Flag {
     }
 }
 
-/// Largest head the reader follows; beyond it hyper refuses the request itself.
-const MAX_HEAD: usize = 256 * 1024;
+/// Largest trailer section the reader follows.
+const MAX_TRAILERS: usize = 256 * 1024;
+
+/// Where a refused head began, for its replacement by [`STAND_IN`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// At this offset of the bytes just fed.
+    At(usize),
+    /// In an earlier read: the head is the incomplete one held back ([`Framing::partial_len`]).
+    Held,
+}
 
 #[derive(Debug)]
 enum State {
@@ -123,13 +134,24 @@ enum State {
 pub struct Framing {
     state: State,
     flag: Arc<Flag>,
+    /// Largest head followed (and held back); beyond it hyper refuses the request itself.
+    max_head: usize,
 }
 
 impl Framing {
-    pub fn new(flag: Arc<Flag>) -> Self {
+    pub fn new(flag: Arc<Flag>, max_head: usize) -> Self {
         Framing {
             state: State::Head(Vec::new()),
             flag,
+            max_head,
+        }
+    }
+
+    /// How many of the last bytes fed are the start of a head whose end has not arrived.
+    pub fn partial_len(&self) -> usize {
+        match &self.state {
+            State::Head(buf) => buf.len(),
+            _ => 0,
         }
     }
 
@@ -138,9 +160,9 @@ impl Framing {
         self.state = State::Off;
     }
 
-    /// Feeds bytes as they arrive. When a head is refused and it began within `input`, returns
-    /// where it began (the caller may replace it by [`STAND_IN`]).
-    pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
+    /// Feeds bytes as they arrive. When a head is refused, returns where it began (the caller
+    /// replaces it by [`STAND_IN`]).
+    pub fn feed(&mut self, input: &[u8]) -> Option<Refusal> {
         let mut data = input;
         while !data.is_empty() {
             match &mut self.state {
@@ -162,7 +184,7 @@ impl Framing {
                                 Ok(next) => self.state = next,
                                 Err(a) => {
                                     self.flag(a);
-                                    return Some(input.len() - data.len());
+                                    return Some(Refusal::At(input.len() - data.len()));
                                 }
                             }
                             data = &data[head_len..];
@@ -170,6 +192,12 @@ impl Framing {
                         }
                     }
                     let before = buf.len();
+                    // Where the head began: in these bytes, or in an earlier read.
+                    let began = if before == 0 {
+                        Refusal::At(input.len() - data.len())
+                    } else {
+                        Refusal::Held
+                    };
                     buf.extend_from_slice(data);
                     // Leading empty lines before a request line are allowed (RFC 9112 §2.2).
                     let mut lead = 0;
@@ -182,10 +210,11 @@ impl Framing {
                     }
                     let from = before.saturating_sub(3).max(lead);
                     let Some(pos) = find_head_end(&buf[from..]) else {
-                        if buf.len() > MAX_HEAD {
+                        if buf.len() > self.max_head {
                             self.state = State::Off;
                         } else if has_bare_lf(&buf[lead..]) {
                             self.flag(Ambiguity::BareLf);
+                            return Some(began);
                         }
                         return None;
                     };
@@ -197,7 +226,7 @@ impl Framing {
                         Ok(next) => self.state = next,
                         Err(a) => {
                             self.flag(a);
-                            return None;
+                            return Some(began);
                         }
                     }
                 }
@@ -256,7 +285,7 @@ impl Framing {
                 State::Trailers(line) => {
                     let Some(pos) = data.iter().position(|&b| b == b'\n') else {
                         line.extend_from_slice(data);
-                        if line.len() > MAX_HEAD {
+                        if line.len() > MAX_TRAILERS {
                             self.state = State::Off;
                         }
                         return None;
@@ -425,7 +454,7 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
 #[derive(Debug, Default)]
 pub struct Activity {
     moves: std::sync::atomic::AtomicU64,
-    read_any: std::sync::atomic::AtomicBool,
+    handed: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
@@ -440,9 +469,12 @@ impl Activity {
         self.moves.load(Ordering::Relaxed)
     }
 
-    /// Whether the client has sent anything at all.
-    pub fn has_read(&self) -> bool {
-        self.read_any.load(Ordering::Relaxed)
+    /// Whether the HTTP server has been handed anything the client sent: not while the
+    /// client has sent nothing, nor while its first head is held back incomplete. Until then
+    /// no HTTP timeout of hyper's runs (hyper-util first waits for enough bytes to tell the
+    /// protocol); the idle watchdog's first-byte deadline covers it.
+    pub fn has_handed(&self) -> bool {
+        self.handed.load(Ordering::Relaxed)
     }
 }
 
@@ -459,29 +491,74 @@ pin_project_lite::pin_project! {
         peer_done: bool,
         // Set by the first read.
         started: bool,
-        // Bytes of the first read not yet handed over, and how many were.
-        stash: Option<(Vec<u8>, usize)>,
+        // Bytes read and not yet handed over: the start of a head whose end has not arrived
+        // (held back), then bytes just read into it.
+        held: BytesMut,
+        // Bytes settled for hyper that did not fit its buffer.
+        stash: BytesMut,
     }
 }
 
 impl<S> Sniffed<S> {
-    pub fn new(inner: S, flag: Arc<Flag>, activity: Arc<Activity>) -> Self {
+    /// `max_head`: the largest head held back whole (hyper's own limit: beyond it, hyper gets
+    /// the bytes and refuses the request itself).
+    pub fn new(inner: S, flag: Arc<Flag>, activity: Arc<Activity>, max_head: usize) -> Self {
         Sniffed {
             inner,
-            framing: Framing::new(flag),
+            framing: Framing::new(flag, max_head),
             activity,
             ended: false,
             peer_done: false,
             started: false,
-            stash: None,
+            held: BytesMut::new(),
+            stash: BytesMut::new(),
         }
     }
 }
 
 /// The first read of a connection into a buffer smaller than this (hyper-util's version sniff
-/// reads 24 bytes) reads this much into a stash instead, so that a first head arriving in one
-/// packet is seen whole — and can be replaced whole.
+/// reads 24 bytes) reads this much into our own buffer instead, so that a first head arriving
+/// in one packet is seen whole — and can be replaced whole.
 const FIRST_READ: usize = 8 * 1024;
+
+/// What hyper gets now of `held` (its first `prev` bytes held back before, the rest just read
+/// and fed as `fed`): everything up to a head still incomplete, or, for a refused head, what
+/// came before it and the stand-in (`ended` is then set). May be empty: all held back.
+fn settle(
+    held: &mut BytesMut,
+    prev: usize,
+    fed: Option<Refusal>,
+    partial: usize,
+    ended: &mut bool,
+) -> BytesMut {
+    let cut = match fed {
+        Some(Refusal::At(at)) => Some(prev + at),
+        Some(Refusal::Held) if prev > 0 => Some(0),
+        // Refused where hyper already has the head's start (beyond the held-back limit): the
+        // flag alone tells the engine.
+        Some(Refusal::Held) | None => None,
+    };
+    match cut {
+        Some(cut) => {
+            held.truncate(cut);
+            held.extend_from_slice(STAND_IN);
+            *ended = true;
+            held.split()
+        }
+        None => {
+            let give = held.len().saturating_sub(partial);
+            held.split_to(give)
+        }
+    }
+}
+
+/// Hands `out` to hyper: what fits its buffer now, the rest through `stash`.
+fn hand_over(buf: &mut ReadBuf<'_>, mut out: BytesMut, stash: &mut BytesMut) {
+    let n = buf.remaining().min(out.len());
+    buf.put_slice(&out[..n]);
+    out.advance(n);
+    *stash = out;
+}
 
 impl<S: AsyncRead> AsyncRead for Sniffed<S> {
     fn poll_read(
@@ -490,13 +567,10 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut this = self.project();
-        if let Some((bytes, pos)) = this.stash.as_mut() {
-            let n = buf.remaining().min(bytes.len() - *pos);
-            buf.put_slice(&bytes[*pos..*pos + n]);
-            *pos += n;
-            if *pos == bytes.len() {
-                *this.stash = None;
-            }
+        if !this.stash.is_empty() {
+            let n = buf.remaining().min(this.stash.len());
+            buf.put_slice(&this.stash[..n]);
+            this.stash.advance(n);
             return Poll::Ready(Ok(()));
         }
         if *this.ended {
@@ -523,54 +597,64 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        if !*this.started && buf.remaining() < FIRST_READ {
-            let mut bytes = vec![0u8; FIRST_READ];
-            let mut first = ReadBuf::new(&mut bytes);
-            match this.inner.as_mut().poll_read(cx, &mut first) {
-                Poll::Ready(Ok(())) => {}
-                other => return other,
+        loop {
+            if !this.held.is_empty() || (!*this.started && buf.remaining() < FIRST_READ) {
+                // Into our own buffer: a head is being held back, or this is the connection's
+                // first read and hyper asks for too little to see a head whole.
+                let prev = this.held.len();
+                if this.held.capacity() - prev < FIRST_READ / 4 {
+                    this.held.reserve(FIRST_READ);
+                }
+                let n = ready!(tokio_util::io::poll_read_buf(
+                    this.inner.as_mut(),
+                    cx,
+                    &mut *this.held
+                ))?;
+                *this.started = true;
+                if n == 0 {
+                    // End of stream: hyper gets what was held back (an incomplete head it
+                    // will not act on), then the end.
+                    let out = this.held.split();
+                    hand_over(buf, out, this.stash);
+                    return Poll::Ready(Ok(()));
+                }
+                this.activity.touch();
+                let fed = this.framing.feed(&this.held[prev..]);
+                let partial = this.framing.partial_len();
+                let out = settle(this.held, prev, fed, partial, this.ended);
+                if out.is_empty() {
+                    continue; // all held back: read on (or wait for more)
+                }
+                this.activity.handed.store(true, Ordering::Relaxed);
+                hand_over(buf, out, this.stash);
+                return Poll::Ready(Ok(()));
             }
-            let n = first.filled().len();
-            bytes.truncate(n);
             *this.started = true;
-            if n == 0 {
+            let before = buf.filled().len();
+            ready!(this.inner.as_mut().poll_read(cx, buf))?;
+            let new = &buf.filled()[before..];
+            if new.is_empty() {
                 return Poll::Ready(Ok(()));
             }
             this.activity.touch();
-            this.activity.read_any.store(true, Ordering::Relaxed);
-            if let Some(at) = this.framing.feed(&bytes) {
-                bytes.truncate(at);
-                bytes.extend_from_slice(STAND_IN);
-                *this.ended = true;
+            let fed = this.framing.feed(new);
+            let partial = this.framing.partial_len();
+            if fed.is_none() && partial == 0 {
+                // The usual case: handed over in place.
+                this.activity.handed.store(true, Ordering::Relaxed);
+                return Poll::Ready(Ok(()));
             }
-            let n = buf.remaining().min(bytes.len());
-            buf.put_slice(&bytes[..n]);
-            if n < bytes.len() {
-                *this.stash = Some((bytes, n));
+            // A refused head, or one that this read leaves incomplete: settled through `held`.
+            this.held.extend_from_slice(new);
+            buf.set_filled(before);
+            let out = settle(this.held, 0, fed, partial, this.ended);
+            if out.is_empty() {
+                continue;
             }
+            this.activity.handed.store(true, Ordering::Relaxed);
+            hand_over(buf, out, this.stash);
             return Poll::Ready(Ok(()));
         }
-        *this.started = true;
-        let before = buf.filled().len();
-        let r = this.inner.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &r {
-            let new = &buf.filled()[before..];
-            if !new.is_empty() {
-                this.activity.touch();
-                this.activity.read_any.store(true, Ordering::Relaxed);
-            }
-            if let Some(at) = this.framing.feed(new) {
-                // The refused head began in this read: hyper gets the stand-in in its place
-                // (when it fits), and nothing after it.
-                let keep = before + at;
-                if buf.capacity() - keep >= STAND_IN.len() {
-                    buf.set_filled(keep);
-                    buf.put_slice(STAND_IN);
-                    *this.ended = true;
-                }
-            }
-        }
-        r
     }
 }
 
@@ -821,7 +905,7 @@ mod tests {
 
     fn run(chunks: &[&[u8]]) -> (Option<Ambiguity>, Framing) {
         let flag = Arc::new(Flag::default());
-        let mut f = Framing::new(flag.clone());
+        let mut f = Framing::new(flag.clone(), 256 * 1024);
         for c in chunks {
             f.feed(c);
         }
@@ -897,7 +981,7 @@ mod tests {
     async fn read_all(raw: &'static [u8], chunk: usize) -> (Vec<u8>, Option<Ambiguity>, bool) {
         use tokio::io::AsyncReadExt;
         let flag = Arc::new(Flag::default());
-        let mut s = Sniffed::new(raw, flag.clone(), Arc::new(Activity::default()));
+        let mut s = Sniffed::new(raw, flag.clone(), Arc::new(Activity::default()), 64 * 1024);
         let mut out = Vec::new();
         let mut buf = vec![0u8; chunk];
         let ended = loop {
@@ -941,6 +1025,115 @@ mod tests {
             assert_eq!(flag, None);
             assert!(ended);
         }
+    }
+
+    /// A client whose bytes arrive in these pieces, one per read.
+    struct Trickle(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(mut piece) = self.0.pop_front() {
+                let n = buf.remaining().min(piece.len());
+                buf.put_slice(&piece[..n]);
+                if n < piece.len() {
+                    self.0.push_front(piece.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Each read hyper would make of `pieces` (in reads of at most `chunk` bytes).
+    async fn reads_of(
+        pieces: &[&[u8]],
+        chunk: usize,
+        max_head: usize,
+    ) -> (Vec<Vec<u8>>, Option<Ambiguity>) {
+        use tokio::io::AsyncReadExt;
+        let flag = Arc::new(Flag::default());
+        let client = Trickle(pieces.iter().map(|p| p.to_vec()).collect());
+        let mut s = Sniffed::new(
+            client,
+            flag.clone(),
+            Arc::new(Activity::default()),
+            max_head,
+        );
+        let mut reads = Vec::new();
+        let mut buf = vec![0u8; chunk];
+        loop {
+            // A refused head leaves the reader pending (not ended) after the stand-in.
+            match tokio::time::timeout(Duration::from_millis(20), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(n)) => reads.push(buf[..n].to_vec()),
+                Ok(Err(e)) => panic!("{e}"),
+            }
+        }
+        (reads, flag.get())
+    }
+
+    #[tokio::test]
+    async fn a_head_cut_into_reads_reaches_hyper_whole_or_as_the_stand_in() {
+        let clean: &[u8] = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n";
+        let bad: &[u8] = b"GET /b HTTP/1.1\r\nBad Name: x\r\n\r\n";
+        let body: &[u8] = b"POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nxyz";
+        for chunk in [16 * 1024, 24] {
+            // A clean stream cut at every byte: hyper gets it all, and never a read that ends
+            // inside a head (each head's first bytes come with its end).
+            let raw = [clean, body, clean].concat();
+            for cut in 1..raw.len() {
+                let (reads, flag) = reads_of(&[&raw[..cut], &raw[cut..]], chunk, 1024).await;
+                assert_eq!(flag, None);
+                assert_eq!(reads.concat(), raw, "cut at {cut}");
+                let mut seen = Vec::new();
+                for r in &reads {
+                    seen.extend_from_slice(r);
+                    // (24-byte reads end where hyper's buffer does.)
+                    if chunk > raw.len() && seen.len() < raw.len() {
+                        let at_boundary = [clean.len(), clean.len() + body.len()];
+                        let in_body = seen.len() >= clean.len() + body.len() - 3
+                            && seen.len() <= clean.len() + body.len();
+                        assert!(
+                            at_boundary.contains(&seen.len()) || in_body,
+                            "cut at {cut}, chunk {chunk}: a read ended inside a head at {}",
+                            seen.len()
+                        );
+                    }
+                }
+            }
+            // A refused head cut at every byte, after a clean request: hyper gets the clean
+            // request and the stand-in, nothing of the refused head.
+            let raw = [clean, bad, clean].concat();
+            for cut in 1..clean.len() + bad.len() {
+                let (reads, flag) = reads_of(&[&raw[..cut], &raw[cut..]], chunk, 1024).await;
+                assert_eq!(flag, Some(Ambiguity::MalformedHead), "cut at {cut}");
+                assert_eq!(reads.concat(), [clean, STAND_IN].concat(), "cut at {cut}");
+            }
+            // Byte by byte.
+            let pieces: Vec<&[u8]> = bad.chunks(1).collect();
+            let (reads, flag) = reads_of(&pieces, chunk, 1024).await;
+            assert_eq!(flag, Some(Ambiguity::MalformedHead));
+            assert_eq!(reads.concat(), STAND_IN);
+            // A bare line feed is refused before the head ends.
+            let (reads, flag) = reads_of(&[b"GET / HTTP/1.1\nHo", b"st: a\n"], chunk, 1024).await;
+            assert_eq!(flag, Some(Ambiguity::BareLf));
+            assert_eq!(reads.concat(), STAND_IN);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_beyond_the_limit_is_not_held_back() {
+        // Past `max_head` the bytes go on to hyper, which refuses the head by its own limit.
+        let big = [&b"GET / HTTP/1.1\r\nX-A: "[..], &[b'a'; 2000][..]].concat();
+        let (reads, flag) = reads_of(&[&big[..1000], &big[1000..]], 16 * 1024, 1024).await;
+        assert_eq!(flag, None);
+        assert_eq!(reads.concat(), big);
+        // An incomplete head at the end of the stream is handed over before the end.
+        let (reads, _) = reads_of(&[b"GET / HT", b"TP/1.1\r\n"], 16 * 1024, 1024).await;
+        assert_eq!(reads.concat(), b"GET / HTTP/1.1\r\n");
     }
 
     #[test]

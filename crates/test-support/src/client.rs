@@ -218,8 +218,27 @@ pub async fn raw_http(addr: SocketAddr, bytes: &[u8]) -> String {
 
 /// Like [`raw_http`], also telling whether the server closed the connection.
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
+    raw_exchange_in_pieces(addr, &[bytes], Duration::ZERO).await
+}
+
+/// The same, the bytes sent in these pieces (each its own segment, `pause` before each but
+/// the first), so that the server reads them apart.
+pub async fn raw_exchange_in_pieces(
+    addr: SocketAddr,
+    pieces: &[&[u8]],
+    pause: Duration,
+) -> (String, bool) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        // The server may refuse and close before the last piece: what it answered is read.
+        if s.write_all(piece).await.is_err() {
+            break;
+        }
+    }
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     let closed = loop {
