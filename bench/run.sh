@@ -10,6 +10,8 @@
 #   bench/run.sh --only instructions  # user-space instructions per request under valgrind (nginx,
 #                               # the plain proxy; --compare BIN adds another build): a count the
 #                               # machine's load does not move; prints only
+#   BENCH_KEEP=1 bench/run.sh --only ...   # keeps the work directory (configs, logs, callgrind
+#                               # dumps for callgrind_annotate) and prints its path
 #   bench/run.sh --only contract  # just the API contract scenario (a route validated against
 #                               # bench/contract/orders.yaml vs the plain proxy and nginx, JSON POSTs),
 #                               # prints results, writes nothing (add --quick for short runs)
