@@ -35,6 +35,27 @@ const CASES: &[(&str, &[u8])] = &[
     ("chunk_missing_crlf", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n"),
 ];
 
+/// The gateway's own refusal, never a bare parser error: one 400 answer, a problem document
+/// with the request id in the body and the header, and the connection closed.
+fn assert_refused(name: &str, out: &str, closed: bool) {
+    assert!(out.starts_with("HTTP/1.1 400"), "{name}: {out}");
+    let lower = out.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/problem+json"),
+        "{name}: {out}"
+    );
+    assert!(lower.contains("\r\nx-request-id: "), "{name}: {out}");
+    assert!(out.contains("\"request_id\""), "{name}: {out}");
+    assert!(
+        closed,
+        "{name}: the connection must be closed after a framing error"
+    );
+    assert!(
+        !out.contains("\r\nHTTP/1.1 2"),
+        "{name}: exactly one response: {out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_attempts_are_refused_and_close_the_connection() {
     let up = TestUpstream::start("a").await;
@@ -45,24 +66,7 @@ async fn smuggling_attempts_are_refused_and_close_the_connection() {
     let addr = gw.listener("public");
     for (name, bytes) in CASES {
         let (out, closed) = raw_exchange(addr, bytes).await;
-        assert!(out.starts_with("HTTP/1.1 400"), "{name}: {out}");
-        // The gateway's own refusal, never a bare parser error: a problem document with the
-        // request id in the body and the header.
-        let lower = out.to_ascii_lowercase();
-        assert!(
-            lower.contains("content-type: application/problem+json"),
-            "{name}: {out}"
-        );
-        assert!(lower.contains("\r\nx-request-id: "), "{name}: {out}");
-        assert!(out.contains("\"request_id\""), "{name}: {out}");
-        assert!(
-            closed,
-            "{name}: the connection must be closed after a framing error"
-        );
-        assert!(
-            !out.contains("\r\nHTTP/1.1 2"),
-            "{name}: exactly one response: {out}"
-        );
+        assert_refused(name, &out, closed);
         // Still healthy.
         let ok = raw_http(
             addr,
@@ -98,15 +102,7 @@ async fn smuggling_attempts_cut_into_pieces_get_the_same_refusal() {
         let (a, b) = (head_end / 3, head_end * 2 / 3);
         let pieces = [&bytes[..a], &bytes[a..b], &bytes[b..]];
         let (out, closed) = raw_exchange_in_pieces(addr, &pieces, pause).await;
-        assert!(out.starts_with("HTTP/1.1 400"), "{name}: {out}");
-        let lower = out.to_ascii_lowercase();
-        assert!(
-            lower.contains("content-type: application/problem+json"),
-            "{name}: {out}"
-        );
-        assert!(lower.contains("\r\nx-request-id: "), "{name}: {out}");
-        assert!(out.contains("\"request_id\""), "{name}: {out}");
-        assert!(closed, "{name}: the connection must be closed");
+        assert_refused(name, &out, closed);
     }
     // A clean request cut the same way is served.
     let clean: &[u8] = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
