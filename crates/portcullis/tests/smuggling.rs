@@ -204,3 +204,29 @@ async fn a_half_closing_client_still_gets_the_refusal() {
         }
     }
 }
+
+/// A clean head whose malformed body comes in a later read: the request has started by then,
+/// so the refusal is the body's (400 `body_read_failed`, a problem document with its request
+/// id) and the connection is closed; the upstream never gets a complete request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_body_after_its_head_is_refused() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "upstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        up.url()
+    ));
+    let addr = gw.listener("public");
+    let pause = std::time::Duration::from_millis(100);
+    for name in ["invalid_chunk_size", "chunk_missing_crlf"] {
+        let bytes = CASES.iter().find(|(n, _)| *n == name).unwrap().1;
+        let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let (out, closed) =
+            raw_exchange_in_pieces(addr, &[&bytes[..end], &bytes[end..]], pause).await;
+        assert_refused(name, &out, closed);
+        assert!(
+            out.contains("urn:portcullis:problem:body_read_failed"),
+            "{name}: {out}"
+        );
+    }
+    assert_eq!(up.hits_excluding("/health"), 0, "{:?}", up.requests());
+}
