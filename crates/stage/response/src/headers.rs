@@ -156,21 +156,21 @@ fn raw_slots(raw: &RawSecurityHeaders) -> [Option<&RawHeaderSetting>; 7] {
     ]
 }
 
-/// Whether `name` is one of [`BUILTIN_REMOVE`] (one match on the text: mostly its length
+/// Where `name` is in [`BUILTIN_REMOVE`], if it is (one match on the text: mostly its length
 /// decides).
-fn is_builtin_removed(name: &str) -> bool {
-    matches!(
-        name,
-        "server"
-            | "x-powered-by"
-            | "x-aspnet-version"
-            | "x-aspnetmvc-version"
-            | "x-runtime"
-            | "x-backend-server"
-            | "x-generator"
-            | "sourcemap"
-            | "x-sourcemap"
-    )
+fn builtin_removed_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "server" => 0,
+        "x-powered-by" => 1,
+        "x-aspnet-version" => 2,
+        "x-aspnetmvc-version" => 3,
+        "x-runtime" => 4,
+        "x-backend-server" => 5,
+        "x-generator" => 6,
+        "sourcemap" => 7,
+        "x-sourcemap" => 8,
+        _ => return None,
+    })
 }
 
 /// The security headers of a route (or the gateway-wide ones): values built and validated at
@@ -204,9 +204,19 @@ impl SecurityHeaders {
     pub fn apply(&self, headers: &mut HeaderMap, tls: bool) {
         // Most responses carry none of the built-in names: one pass over the response's names
         // says so, and then none is looked for (each lookup would hash or scan).
-        if headers.keys().any(|k| is_builtin_removed(k.as_str())) {
-            for name in &BUILTIN_REMOVE {
-                portcullis_core::remove_header(headers, name);
+        // The same pass marks which are there (an upstream's `Server` usually), and only
+        // those are removed.
+        let mut present = [false; BUILTIN_REMOVE.len()];
+        let mut any = false;
+        for k in headers.keys() {
+            if let Some(i) = builtin_removed_index(k.as_str()) {
+                present[i] = true;
+                any = true;
+            }
+        }
+        if any {
+            for (name, _) in BUILTIN_REMOVE.iter().zip(present).filter(|(_, p)| *p) {
+                headers.remove(name);
             }
         }
         for name in &self.extra_remove {
@@ -514,11 +524,11 @@ mod tests {
 
     #[test]
     fn the_removal_match_names_exactly_the_builtin_list() {
-        for n in &BUILTIN_REMOVE {
-            assert!(is_builtin_removed(n.as_str()), "{n}");
+        for (i, n) in BUILTIN_REMOVE.iter().enumerate() {
+            assert_eq!(builtin_removed_index(n.as_str()), Some(i), "{n}");
         }
         for n in ["x-powered", "servers", "x-request-id", "content-type", ""] {
-            assert!(!is_builtin_removed(n), "{n}");
+            assert_eq!(builtin_removed_index(n), None, "{n}");
         }
     }
 
@@ -594,6 +604,23 @@ mod tests {
         ));
         want.sort();
         assert_eq!(sorted(&h), want);
+    }
+
+    #[test]
+    fn only_the_revealing_headers_present_are_removed() {
+        let g = compile_global(None, &mut ConfigErrors::new());
+        for (i, name) in BUILTIN_REMOVE.iter().enumerate() {
+            let mut h = map(&[
+                ("content-type", "text/plain"),
+                (name.as_str(), "x"),
+                ("etag", "\"1\""),
+                (name.as_str(), "y"),
+            ]);
+            g.apply(&mut h, false);
+            assert!(!h.contains_key(name), "{i}: {name}");
+            assert_eq!(h["content-type"], "text/plain");
+            assert_eq!(h["etag"], "\"1\"");
+        }
     }
 
     #[test]
