@@ -35,6 +35,16 @@ const CASES: &[(&str, &[u8])] = &[
     ("chunk_missing_crlf", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n"),
 ];
 
+/// A gateway with one route, for every path, to a recording upstream.
+async fn proxy_to_upstream() -> (TestUpstream, Gateway) {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "upstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        up.url()
+    ));
+    (up, gw)
+}
+
 /// The gateway's own refusal, never a bare parser error: one 400 answer, a problem document
 /// with the request id in the body and the header, and the connection closed.
 fn assert_refused(name: &str, out: &str, closed: bool) {
@@ -58,11 +68,7 @@ fn assert_refused(name: &str, out: &str, closed: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_attempts_are_refused_and_close_the_connection() {
-    let up = TestUpstream::start("a").await;
-    let gw = gateway(&format!(
-        "upstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
-        up.url()
-    ));
+    let (up, gw) = proxy_to_upstream().await;
     let addr = gw.listener("public");
     for (name, bytes) in CASES {
         let (out, closed) = raw_exchange(addr, bytes).await;
@@ -86,11 +92,7 @@ async fn smuggling_attempts_are_refused_and_close_the_connection() {
 /// reads gets the same refusal as a whole one (never the parser's bare 400).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_attempts_cut_into_pieces_get_the_same_refusal() {
-    let up = TestUpstream::start("a").await;
-    let gw = gateway(&format!(
-        "upstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
-        up.url()
-    ));
+    let (up, gw) = proxy_to_upstream().await;
     let addr = gw.listener("public");
     let pause = std::time::Duration::from_millis(40);
     for (name, bytes) in CASES {
@@ -210,11 +212,7 @@ async fn a_half_closing_client_still_gets_the_refusal() {
 /// id) and the connection is closed; the upstream never gets a complete request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_body_after_its_head_is_refused() {
-    let up = TestUpstream::start("a").await;
-    let gw = gateway(&format!(
-        "upstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
-        up.url()
-    ));
+    let (up, gw) = proxy_to_upstream().await;
     let addr = gw.listener("public");
     let pause = std::time::Duration::from_millis(100);
     for name in ["invalid_chunk_size", "chunk_missing_crlf"] {
