@@ -202,22 +202,16 @@ impl SecurityHeaders {
     /// `Strict-Transport-Security` is set only when `tls` (the client's connection is HTTPS);
     /// a header turned off (`false`) is neither set nor removed, so the upstream's passes.
     pub fn apply(&self, headers: &mut HeaderMap, tls: bool) {
-        // Most responses carry none of the built-in names: one pass over the response's names
-        // says so, and then none is looked for (each lookup would hash or scan).
-        // The same pass marks which are there (an upstream's `Server` usually), and only
-        // those are removed.
+        // One pass over the response's names marks which built-in names are there (none
+        // usually, an upstream's `Server` often); only those are looked up and removed.
         let mut present = [false; BUILTIN_REMOVE.len()];
-        let mut any = false;
         for k in headers.keys() {
             if let Some(i) = builtin_removed_index(k.as_str()) {
                 present[i] = true;
-                any = true;
             }
         }
-        if any {
-            for (name, _) in BUILTIN_REMOVE.iter().zip(present).filter(|(_, p)| *p) {
-                headers.remove(name);
-            }
+        for (name, _) in BUILTIN_REMOVE.iter().zip(present).filter(|(_, p)| *p) {
+            headers.remove(name);
         }
         for name in &self.extra_remove {
             portcullis_core::remove_header(headers, name);
