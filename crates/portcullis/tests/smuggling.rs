@@ -24,6 +24,7 @@ const CASES: &[(&str, &[u8])] = &[
     ("header_name_control_char", b"GET /x HTTP/1.1\r\nHost: a\r\nBad\x01Name: x\r\n\r\n"),
     ("obs_fold", b"GET /x HTTP/1.1\r\nHost: a\r\nX-A: x\r\n  folded\r\n\r\n"),
     ("bare_cr", b"GET /x HTTP/1.1\rHost: a\r\n\r\n"),
+    ("bare_cr_before_the_last_line_end", b"GET /x HTTP/1.1\r\nHost: a\r\r\n\r\n"),
     ("nul_in_head", b"GET /x HTTP/1.1\r\nHost: a\r\nX-A: a\x00b\r\n\r\n"),
     ("absolute_form_disagrees_with_host", b"GET http://internal.example/x HTTP/1.1\r\nHost: a\r\n\r\n"),
     ("two_hosts", b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),

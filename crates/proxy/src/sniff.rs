@@ -308,57 +308,90 @@ impl Framing {
     }
 }
 
-/// Checks a complete head and says how its body is framed.
+/// Checks a complete head and says how its body is framed. A head with a bare line feed
+/// anywhere is refused as such, before any other fault it has.
 fn after_head(head: &[u8]) -> Result<State, Ambiguity> {
-    if has_bare_lf(head) {
-        return Err(Ambiguity::BareLf);
+    // The scan stops at the first byte out of place; a bare line feed is always one (no part
+    // of a line admits it), so looking for one is left to the refusals.
+    scan_head(head).map_err(|a| {
+        if has_bare_lf(head) {
+            Ambiguity::BareLf
+        } else {
+            a
+        }
+    })
+}
+
+/// Bytes allowed in a field value (and, but for the tab, in a request line): visible
+/// characters, space, tab and obs-text; no control character, no DEL.
+const FIELD_VALUE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = (b >= 0x20 && b != 0x7f) || b == b'\t' as usize;
+        b += 1;
     }
-    // One pass over the head (without its final empty line) checks the grammar, as strictly
-    // as hyper reads it or more, and reads the framing fields: a request line without control
-    // characters; then only `name ":" value` lines, the name made of token characters (so no
-    // folded line, no space before the colon), the value of visible characters, spaces, tabs
-    // and obs-text; no bare CR anywhere.
-    let ctl = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
-    let mut lines = split_lines(&head[..head.len() - 4]);
-    let request_line = lines.next().unwrap_or_default();
-    let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
-    if request_line.is_empty() || request_line.iter().any(|&b| b < 0x20 || b == 0x7f) {
-        return Err(Ambiguity::MalformedHead);
+    t
+};
+
+/// The grammar and framing fields of a head ending in its empty line, in one pass over its
+/// bytes: a request line without control characters, then only `name ":" value` lines (the
+/// name of token characters — so no folded line, no space before the colon — the value of
+/// [`FIELD_VALUE`] bytes), every line ended by CRLF (no bare CR or LF).
+fn scan_head(head: &[u8]) -> Result<State, Ambiguity> {
+    const BAD: Ambiguity = Ambiguity::MalformedHead;
+    // Every line with its CRLF, the final empty line left out.
+    let lines = head.get(..head.len().saturating_sub(2)).unwrap_or_default();
+    let line_end = |at: usize| lines.get(at) == Some(&b'\r') && lines.get(at + 1) == Some(&b'\n');
+    let mut at = lines
+        .iter()
+        .position(|&b| b < 0x20 || b == 0x7f)
+        .unwrap_or(lines.len());
+    if at == 0 || !line_end(at) {
+        return Err(BAD);
     }
+    let request_line = &lines[..at];
+    at += 2;
     let mut content_length: Option<u64> = None;
     let mut cl_count = 0;
     let mut te: Option<&[u8]> = None;
     let mut te_count = 0;
     let mut upgrade = false;
-    for line in lines {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        // The name runs to the first byte that is not a token character, which must be a colon
-        // (itself not one): the same test as finding the first colon and checking that the
-        // name before it is a non-empty token, in one pass over the name.
-        let Some(colon) = line
+    while at < lines.len() {
+        let rest = &lines[at..];
+        let colon = rest
             .iter()
             .position(|&b| !is_tchar(b))
-            .filter(|&c| c > 0 && line[c] == b':')
-        else {
-            return Err(Ambiguity::MalformedHead);
-        };
-        let name = &line[..colon];
-        let value = &line[colon + 1..];
-        if value.iter().any(|&b| ctl(b)) {
-            return Err(Ambiguity::MalformedHead);
+            .unwrap_or(rest.len());
+        if colon == 0 || rest.get(colon) != Some(&b':') {
+            return Err(BAD);
         }
-        if name.eq_ignore_ascii_case(b"content-length") {
-            cl_count += 1;
-            let v = trim_ows(value);
-            if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
-                return Err(Ambiguity::BadContentLength);
+        let end = colon
+            + 1
+            + rest[colon + 1..]
+                .iter()
+                .position(|&b| !FIELD_VALUE[usize::from(b)])
+                .unwrap_or(rest.len() - colon - 1);
+        if !line_end(at + end) {
+            return Err(BAD);
+        }
+        let (name, value) = (&rest[..colon], &rest[colon + 1..end]);
+        at += end + 2;
+        match name.len() {
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                cl_count += 1;
+                let v = trim_ows(value);
+                if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+                    return Err(Ambiguity::BadContentLength);
+                }
+                content_length = Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')));
             }
-            content_length = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te_count += 1;
-            te = Some(value);
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = true;
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                te_count += 1;
+                te = Some(value);
+            }
+            7 if name.eq_ignore_ascii_case(b"upgrade") => upgrade = true,
+            _ => {}
         }
     }
     if te_count > 0 && cl_count > 0 {
@@ -404,25 +437,6 @@ fn find_head_end(hay: &[u8]) -> Option<usize> {
 /// A line feed first, or after anything but a carriage return.
 fn has_bare_lf(buf: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', buf).any(|i| i == 0 || buf[i - 1] != b'\r')
-}
-
-/// `buf.split(|&b| b == b'\n')`, the line feeds found by `memchr`: every piece between two
-/// line feeds, empty ones included, and the piece after the last one.
-fn split_lines(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = Some(buf);
-    std::iter::from_fn(move || {
-        let r = rest?;
-        match memchr::memchr(b'\n', r) {
-            Some(i) => {
-                rest = Some(&r[i + 1..]);
-                Some(&r[..i])
-            }
-            None => {
-                rest = None;
-                Some(r)
-            }
-        }
-    })
 }
 
 fn trim_ows(v: &[u8]) -> &[u8] {
@@ -719,7 +733,9 @@ mod tests {
         }
         let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
         let ctl = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
-        let mut lines = head[..head.len() - 4].split(|&b| b == b'\n');
+        // Every line with its CRLF, up to the last line's CR: split at the line feeds, each
+        // line keeps its CR (no bare LF, checked above), which is taken off.
+        let mut lines = head[..head.len() - 3].split(|&b| b == b'\n');
         let request_line = lines.next().unwrap_or_default();
         let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
         if request_line.is_empty() || request_line.iter().any(|&b| b < 0x20 || b == 0x7f) {
@@ -898,8 +914,6 @@ mod tests {
                 .enumerate()
                 .any(|(i, &b)| b == b'\n' && (i == 0 || s[i - 1] != b'\r'));
             assert_eq!(has_bare_lf(s), bare, "{s:?}");
-            let split: Vec<&[u8]> = s.split(|&b| b == b'\n').collect();
-            assert_eq!(split_lines(s).collect::<Vec<_>>(), split, "{s:?}");
         }
     }
 
@@ -950,6 +964,9 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: a\r\nBad\x01Name: x\r\n\r\n", Ambiguity::MalformedHead),
             (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: x\r\n  folded\r\n\r\n", Ambiguity::MalformedHead),
             (b"GET / HTTP/1.1\rHost: a\r\n\r\n", Ambiguity::MalformedHead),
+            // A bare CR just before the head's last line end (once read as that line's CR).
+            (b"GET / HTTP/1.1\r\nHost: a\r\r\n\r\n", Ambiguity::MalformedHead),
+            (b"GET / HTTP/1.1\r\r\n\r\n", Ambiguity::MalformedHead),
             (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x00b\r\n\r\n", Ambiguity::MalformedHead),
             (b"GET / HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n", Ambiguity::MalformedHead),
             (b"GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n", Ambiguity::MalformedHead),
