@@ -99,14 +99,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
+    // Repeated fields are one list (RFC 9110 §5.3): `trailers` in any of them counts.
     let te_trailers = has(HOP_TE)
-        && headers
-            .get(header::TE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            });
+            })
+        });
     let upgrade = if keep_upgrade && has(HOP_UPGRADE) {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -451,6 +451,17 @@ mod tests {
     }
 
     #[test]
+    fn trailers_in_any_te_field_survive() {
+        // Two `TE` fields are one list: `trailers` in the second counts.
+        let mut m = h(&[("te", "gzip"), ("te", "trailers"), ("x", "1")]);
+        strip_hop_by_hop(&mut m, false);
+        assert_eq!(m.get_all("te").iter().collect::<Vec<_>>(), ["trailers"]);
+        let mut m = h(&[("te", "gzip"), ("te", "deflate")]);
+        strip_hop_by_hop(&mut m, false);
+        assert!(!m.contains_key("te"));
+    }
+
+    #[test]
     fn websocket_handshake_survives_when_asked() {
         let mut m = h(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_websocket_upgrade(&m));
@@ -490,13 +501,12 @@ mod tests {
                 }
             }
         }
-        let te_trailers = headers
-            .get(header::TE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
+        let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            });
+            })
+        });
         let upgrade = if keep_upgrade {
             headers.get(header::UPGRADE).cloned()
         } else {

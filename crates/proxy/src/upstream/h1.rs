@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use futures_util::FutureExt as _;
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
@@ -103,6 +103,39 @@ pub(super) struct Conn {
     rbuf: BytesMut,
     /// The request head being written (its capacity is reused).
     wbuf: Vec<u8>,
+    /// The field names of the last answer read on this connection.
+    names: NameCache,
+}
+
+/// The field names of a connection's last answer, by position. A target sends the same names
+/// in the same order answer after answer: a name is then known by comparing its bytes with
+/// the one at its place last time, instead of being parsed again.
+#[derive(Default)]
+struct NameCache(Vec<(Box<[u8]>, HeaderName)>);
+
+impl NameCache {
+    /// Positions remembered.
+    const SLOTS: usize = 32;
+
+    /// The name of field `i`, whose bytes are `raw`.
+    fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, H1Error> {
+        if let Some((seen, name)) = self.0.get(i)
+            && **seen == *raw
+        {
+            return Ok(name.clone());
+        }
+        let name =
+            HeaderName::from_bytes(raw).map_err(|_| H1Error::BadHead("invalid field name"))?;
+        if i < Self::SLOTS {
+            let slot = (Box::from(raw), name.clone());
+            if let Some(s) = self.0.get_mut(i) {
+                *s = slot;
+            } else if i == self.0.len() {
+                self.0.push(slot);
+            }
+        }
+        Ok(name)
+    }
 }
 
 struct Idle {
@@ -410,12 +443,70 @@ fn interim_head(buf: &[u8]) -> Arrived {
 struct Head {
     status: StatusCode,
     version: Version,
+    /// The end-to-end fields: the hop-by-hop ones are left out as the head is read.
     headers: HeaderMap,
+    framing: FramingFields,
+}
+
+/// What the framing fields said, read as the head's fields are taken (they are hop-by-hop, or
+/// checked only when the answer has a body).
+#[derive(Default)]
+struct FramingFields {
+    /// `Connection` lists `close`.
+    close: bool,
+    /// Whether `Transfer-Encoding` came, and whether its last coding is `chunked`.
+    transfer_encoding: Option<bool>,
+    /// The `Content-Length` value (all agreeing), or why the values are refused.
+    content_length: Option<Result<u64, &'static str>>,
+    /// A `Transfer-Encoding` value that is not text.
+    transfer_encoding_invalid: bool,
+}
+
+impl FramingFields {
+    /// Reads a `Content-Length` value (a comma-separated list of equal lengths is one).
+    fn content_length(&mut self, v: &[u8]) {
+        if matches!(self.content_length, Some(Err(_))) {
+            return;
+        }
+        for part in v.split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                self.content_length = Some(Err("invalid Content-Length"));
+                return;
+            }
+            let n = part
+                .iter()
+                .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+            if matches!(self.content_length, Some(Ok(l)) if l != n) {
+                self.content_length = Some(Err("conflicting Content-Length values"));
+                return;
+            }
+            self.content_length = Some(Ok(n));
+        }
+    }
+
+    /// Reads a `Transfer-Encoding` value: the last coding of the last value that has one
+    /// decides.
+    fn transfer_encoding(&mut self, v: &HeaderValue) {
+        let chunked = self.transfer_encoding.unwrap_or(false);
+        let Ok(s) = v.to_str() else {
+            self.transfer_encoding_invalid = true;
+            self.transfer_encoding = Some(chunked);
+            return;
+        };
+        let last = s.rsplit(',').map(str::trim).find(|t| !t.is_empty());
+        self.transfer_encoding = Some(last.map_or(chunked, |t| t.eq_ignore_ascii_case("chunked")));
+    }
 }
 
 /// Parses one response head at the start of `buf`. `Ok(None)`: incomplete. On success the
 /// head's bytes are taken off `buf`; the header values share one copy of them.
-fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
+///
+/// The hop-by-hop fields (RFC 9110 §7.6.1) are read, not kept: those the gateway removes from
+/// every answer (`Connection` and the fields it lists, `Keep-Alive`, `Proxy-Connection`,
+/// `TE` but for `trailers`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Authenticate`,
+/// `Proxy-Authorization`), so that the answer is not built to be taken apart again.
+fn parse_head(buf: &mut BytesMut, names: &mut NameCache) -> Result<Option<Head>, H1Error> {
     // Left uninitialised: the parser writes what it returns (zeroing 3 KiB per response
     // would cost more than the parse).
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -451,34 +542,70 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, H1Error> {
     // Room for what the gateway adds on the way back (security headers, request id, CORS),
     // so that the map is not grown (rehashed and copied) for every answer.
     let mut headers = HeaderMap::with_capacity(resp.headers.len() + ANSWER_HEADROOM);
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| H1Error::BadHead("invalid field name"))?;
+    let mut framing = FramingFields::default();
+    // Names `Connection` lists (but `keep-alive`): removed at the end.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    let mut te_trailers = false;
+    for (i, h) in resp.headers.iter().enumerate() {
+        let name = names.name(i, h.name.as_bytes())?;
         let start = h.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
             .map_err(|_| H1Error::BadHead("invalid field value"))?;
-        headers.append(name, value);
+        match name.as_str() {
+            "connection" => {
+                for t in value.to_str().unwrap_or_default().split(',').map(str::trim) {
+                    framing.close |= t.eq_ignore_ascii_case("close");
+                    // A field the gateway keeps, named here, is removed (`close` included, as
+                    // a name); a `Keep-Alive` field is never kept.
+                    if !t.eq_ignore_ascii_case("keep-alive")
+                        && let Ok(n) = HeaderName::from_bytes(t.as_bytes())
+                    {
+                        listed.push(n);
+                    }
+                }
+            }
+            "transfer-encoding" => framing.transfer_encoding(&value),
+            "te" => {
+                te_trailers |= value.to_str().is_ok_and(|v| {
+                    v.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+                });
+            }
+            "keep-alive"
+            | "proxy-connection"
+            | "trailer"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization" => {}
+            "content-length" => {
+                framing.content_length(value.as_bytes());
+                headers.append(name, value);
+            }
+            _ => {
+                headers.append(name, value);
+            }
+        }
+    }
+    for n in listed {
+        headers.remove(n);
+    }
+    if te_trailers {
+        headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     }
     buf.advance(len);
     Ok(Some(Head {
         status,
         version,
         headers,
+        framing,
     }))
-}
-
-/// True if a `Connection` field lists `token`.
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
 }
 
 /// The body's framing (RFC 9112 §6.3) and whether the connection may carry another request.
 /// Removes a `Content-Length` that a `Transfer-Encoding` overrides.
 fn framing(head_request: bool, head: &mut Head) -> Result<(Framing, bool), H1Error> {
-    let mut reusable = head.version == Version::HTTP_11 && !connection_has(&head.headers, "close");
+    let f = &head.framing;
+    let mut reusable = head.version == Version::HTTP_11 && !f.close;
     let status = head.status;
     if head_request
         || status.is_informational()
@@ -487,15 +614,9 @@ fn framing(head_request: bool, head: &mut Head) -> Result<(Framing, bool), H1Err
     {
         return Ok((Framing::Empty, reusable));
     }
-    if head.headers.contains_key(TRANSFER_ENCODING) {
-        let mut chunked = false;
-        for v in head.headers.get_all(TRANSFER_ENCODING) {
-            let s = v
-                .to_str()
-                .map_err(|_| H1Error::BadHead("invalid Transfer-Encoding"))?;
-            if let Some(t) = s.rsplit(',').map(str::trim).find(|t| !t.is_empty()) {
-                chunked = t.eq_ignore_ascii_case("chunked");
-            }
+    if let Some(chunked) = f.transfer_encoding {
+        if f.transfer_encoding_invalid {
+            return Err(H1Error::BadHead("invalid Transfer-Encoding"));
         }
         if head.headers.remove(CONTENT_LENGTH).is_some() {
             reusable = false;
@@ -506,25 +627,10 @@ fn framing(head_request: bool, head: &mut Head) -> Result<(Framing, bool), H1Err
             (Framing::UntilClose, false)
         });
     }
-    let mut length: Option<u64> = None;
-    for v in &head.headers.get_all(CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(H1Error::BadHead("invalid Content-Length"));
-            }
-            let n = part
-                .iter()
-                .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|l| l != n) {
-                return Err(H1Error::BadHead("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(0) => (Framing::Empty, reusable),
-        Some(n) => (Framing::Length(n), reusable),
+    Ok(match f.content_length {
+        Some(Err(why)) => return Err(H1Error::BadHead(why)),
+        Some(Ok(0)) => (Framing::Empty, reusable),
+        Some(Ok(n)) => (Framing::Length(n), reusable),
         None => (Framing::UntilClose, false),
     })
 }
@@ -542,6 +648,7 @@ impl Direct {
         Ok(Conn {
             io,
             rbuf: BytesMut::new(),
+            names: NameCache::default(),
             wbuf: Vec::with_capacity(1024),
         })
     }
@@ -630,7 +737,7 @@ impl Direct {
         };
         let mut got_any = false;
         let mut head = loop {
-            match parse_head(&mut conn.rbuf) {
+            match parse_head(&mut conn.rbuf, &mut conn.names) {
                 Ok(Some(h)) if h.status == StatusCode::SWITCHING_PROTOCOLS => {
                     return Err(Exchange::Failed(Box::new(H1Error::UnaskedSwitch)));
                 }
@@ -888,6 +995,172 @@ impl Body for H1Body {
             State::Done => SizeHint::with_exact(0),
             State::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::{CONNECTION, TRANSFER_ENCODING};
+
+    /// The framing as it was read from a map holding every field, before the head reader
+    /// left the hop-by-hop ones out: the reference the fields read on the way must agree with.
+    fn framing_reference(
+        head_request: bool,
+        status: StatusCode,
+        version: Version,
+        headers: &mut HeaderMap,
+    ) -> Result<(Framing, bool), H1Error> {
+        let connection_has = |headers: &HeaderMap, token: &str| {
+            headers.get_all(CONNECTION).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            })
+        };
+        let mut reusable = version == Version::HTTP_11 && !connection_has(headers, "close");
+        if head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok((Framing::Empty, reusable));
+        }
+        if headers.contains_key(TRANSFER_ENCODING) {
+            let mut chunked = false;
+            for v in headers.get_all(TRANSFER_ENCODING) {
+                let s = v
+                    .to_str()
+                    .map_err(|_| H1Error::BadHead("invalid Transfer-Encoding"))?;
+                if let Some(t) = s.rsplit(',').map(str::trim).find(|t| !t.is_empty()) {
+                    chunked = t.eq_ignore_ascii_case("chunked");
+                }
+            }
+            if headers.remove(CONTENT_LENGTH).is_some() {
+                reusable = false;
+            }
+            return Ok(if chunked {
+                (Framing::Chunked, reusable)
+            } else {
+                (Framing::UntilClose, false)
+            });
+        }
+        let mut length: Option<u64> = None;
+        for v in &headers.get_all(CONTENT_LENGTH) {
+            for part in v.as_bytes().split(|b| *b == b',') {
+                let part = part.trim_ascii();
+                if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                    return Err(H1Error::BadHead("invalid Content-Length"));
+                }
+                let n = part
+                    .iter()
+                    .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+                if length.is_some_and(|l| l != n) {
+                    return Err(H1Error::BadHead("conflicting Content-Length values"));
+                }
+                length = Some(n);
+            }
+        }
+        Ok(match length {
+            Some(0) => (Framing::Empty, reusable),
+            Some(n) => (Framing::Length(n), reusable),
+            None => (Framing::UntilClose, false),
+        })
+    }
+
+    /// Every field of a head, in a map (what the head reader made before).
+    fn all_fields(raw: &[u8]) -> HeaderMap {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut fields);
+        assert!(resp.parse(raw).is_ok_and(|s| s.is_complete()));
+        let mut map = HeaderMap::new();
+        for h in resp.headers.iter() {
+            map.append(
+                HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(h.value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn fields(map: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = map
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The head reader keeps what `strip_hop_by_hop` would have left of every field, and the
+    /// framing it reads on the way is the one read from the whole map — on random heads made
+    /// of the fields that matter.
+    #[test]
+    fn the_head_reader_agrees_with_reading_every_field_then_stripping() {
+        let statuses: [&str; 6] = [
+            "200 OK",
+            "204 No Content",
+            "304 Not Modified",
+            "404 Not Found",
+            "101 Switching",
+            "103 Hints",
+        ];
+        let versions = ["HTTP/1.1", "HTTP/1.0"];
+        let fields_pool: [&[u8]; 26] = [
+            b"Connection: close",
+            b"Connection: keep-alive",
+            b"Connection: Keep-Alive, X-Gone",
+            b"Connection: close, x-gone, ,",
+            b"Connection: \xff",
+            b"Keep-Alive: timeout=5",
+            b"Proxy-Connection: keep-alive",
+            b"TE: trailers",
+            b"TE: gzip",
+            b"Trailer: X-Sum",
+            b"Transfer-Encoding: chunked",
+            b"Transfer-Encoding: gzip, chunked",
+            b"Transfer-Encoding: chunked, gzip",
+            b"Transfer-Encoding: ,",
+            b"Transfer-Encoding: \xff",
+            b"Upgrade: websocket",
+            b"Proxy-Authenticate: Basic",
+            b"Content-Length: 5",
+            b"Content-Length: 5, 5",
+            b"Content-Length: 0",
+            b"Content-Length: 7",
+            b"Content-Length: x",
+            b"X-Gone: 1",
+            b"x-gone: 2",
+            b"Server: test",
+            b"server: Test",
+        ];
+        // One cache for every head, as on a connection whose answers change.
+        let mut names = NameCache::default();
+        for _ in 0..5000 {
+            let mut raw = format!(
+                "{} {}\r\n",
+                versions[fastrand::usize(..versions.len())],
+                statuses[fastrand::usize(..statuses.len())]
+            )
+            .into_bytes();
+            for _ in 0..fastrand::usize(..6) {
+                raw.extend_from_slice(fields_pool[fastrand::usize(..fields_pool.len())]);
+                raw.extend_from_slice(b"\r\n");
+            }
+            raw.extend_from_slice(b"\r\n");
+            let head_request = fastrand::bool();
+            let what = String::from_utf8_lossy(&raw).into_owned();
+
+            let mut buf = BytesMut::from(&raw[..]);
+            let mut head = parse_head(&mut buf, &mut names).unwrap().unwrap();
+            assert!(buf.is_empty());
+            let got = framing(head_request, &mut head);
+
+            let mut map = all_fields(&raw);
+            let want = framing_reference(head_request, head.status, head.version, &mut map);
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "{what}");
+            crate::headers::strip_hop_by_hop(&mut map, false);
+            assert_eq!(fields(&head.headers), fields(&map), "{what}");
         }
     }
 }
