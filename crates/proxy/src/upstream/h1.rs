@@ -6,6 +6,8 @@
 //! * **Produces**: the target's response, whose body reads the connection itself: the
 //!   request's own task writes the head, reads the answer and streams the body, and the
 //!   connection goes back to the target's idle list the moment the body's last byte is read.
+//!   Its head holds the end-to-end fields only: the hop-by-hop ones (and those `Connection`
+//!   names) are read for the framing and left out, as the gateway would remove them.
 //!   There is no connection task, no channel between tasks and no per-response bookkeeping —
 //!   the costs that dominated a proxied request through the general client (see
 //!   docs/performance.md and ADR 0007).
