@@ -229,3 +229,45 @@ async fn a_malformed_body_after_its_head_is_refused() {
     }
     assert_eq!(up.hits_excluding("/health"), 0, "{:?}", up.requests());
 }
+
+/// The framing reader stops following a connection at a head that asks for an upgrade or a
+/// tunnel (what follows a 101 is not HTTP/1.1). When none is made, the connection is closed
+/// after the answer, so a head sent after it (here one with bare line feeds, which the
+/// reader refuses) never reaches the HTTP parser unchecked, nor the upstream.
+#[tokio::test]
+async fn an_upgrade_not_made_closes_the_connection() {
+    let (up, gw) = proxy_to_upstream().await;
+    let addr = gw.listener("public");
+    let firsts = [
+        (
+            "upgrade",
+            "GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n",
+        ),
+        (
+            "h2c",
+            "GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
+        ),
+        ("connect", "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"),
+    ];
+    for (name, first) in firsts {
+        let bytes = format!("{first}GET /after HTTP/1.1\nHost: a\n\n");
+        let (out, closed) = raw_exchange(addr, bytes.as_bytes()).await;
+        assert!(closed, "{name}: {out}");
+        assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{name}: {out}");
+        assert!(
+            out.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{name}: {out}"
+        );
+    }
+    let paths: Vec<String> = up.requests().into_iter().map(|r| r.uri).collect();
+    assert!(!paths.iter().any(|p| p.starts_with("/after")), "{paths:?}");
+    assert!(paths.iter().any(|p| p == "/x"), "{paths:?}");
+    // A plain request on a kept-alive connection is not affected: both answers, no close.
+    let (out, _) = raw_exchange(
+        addr,
+        b"GET /x HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
+}

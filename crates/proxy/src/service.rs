@@ -180,6 +180,11 @@ impl Gateway {
             ctx.request_id = id;
         }
 
+        // The framing reader stops following an HTTP/1 connection at a head that asks for an
+        // upgrade or a tunnel (what follows a 101 is not HTTP/1.1). When none is made, the
+        // connection is closed after the answer: later heads would reach hyper unchecked.
+        let unfollowed = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11)
+            && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE));
         let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
         let downstream_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (head, body) = req.into_parts();
@@ -272,6 +277,10 @@ impl Gateway {
             for (name, value) in ctx.response_headers.drain(..) {
                 h.append(name, value);
             }
+        }
+        if unfollowed && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         self.finish(&ctx, seen, resp.status());
         Ok(resp)
