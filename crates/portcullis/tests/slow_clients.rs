@@ -115,8 +115,8 @@ async fn silent_and_idle_connections_are_closed() {
 }
 
 /// A trickled head after a first request on a keep-alive connection is cut off by the header
-/// timeout too (the head is held back from the parser while incomplete, and the parser's own
-/// timer runs meanwhile), well before the idle timeout.
+/// timeout too (the head is held back from the parser while incomplete, and the watchdog times
+/// it from its first byte), well before the idle timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_second_head_is_cut_off_by_the_header_timeout() {
     let gw = gateway(&format!(
@@ -151,6 +151,30 @@ async fn a_trickled_second_head_is_cut_off_by_the_header_timeout() {
             .await
             .starts_with("HTTP/1.1 200")
     );
+}
+
+/// Waiting for the next request on a keep-alive connection is idleness, not a slow head: the
+/// connection lives on past the header timeout, up to the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_waits_for_its_next_request_until_the_idle_timeout() {
+    let gw = gateway(&format!(
+        "server: {{ header_read_timeout: 1s, idle_timeout: 30s }}\n{APP}"
+    ));
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    let mut buf = [0u8; 4096];
+    for _ in 0..2 {
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        // Well past the header timeout (and its watchdog's ticks).
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,7 +144,10 @@ async fn connection(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
+        // Heads are timed by the idle watchdog, from their first byte (the framing reader
+        // holds an incomplete head back and says since when): hyper's own timer would be
+        // armed, registered and dropped for every request.
+        .header_read_timeout(None)
         // A client may close its sending side once its request is out (`nc`, some scanners
         // and HTTP/1.0 tools do): it still gets its answer, refusals included.
         .half_close(true)
@@ -245,9 +248,10 @@ async fn connection(
     }
 }
 
-/// Resolves when a connection has been silent too long: no complete first head within the
-/// header timeout of its opening (a connect-and-wait or trickling slowloris; hyper's own
-/// header timeout covers the heads after it), or no byte either way for the idle timeout.
+/// Resolves when a connection has been silent or slow too long: no complete first head within
+/// the header timeout of its opening (a connect-and-wait or trickling slowloris), a later head
+/// still incomplete the header timeout after its first byte, or no byte either way for the
+/// idle timeout.
 async fn idle_watchdog(activity: Arc<Activity>, first_byte: Duration, idle: Duration) {
     // Ticks of a quarter of the shorter timeout: a connection is closed at most a tick after
     // its deadline, and the traffic path never reads the clock for it.
@@ -264,6 +268,12 @@ async fn idle_watchdog(activity: Arc<Activity>, first_byte: Duration, idle: Dura
             last_move = now;
         }
         if !activity.has_handed() && now - started >= first_byte {
+            return;
+        }
+        if activity
+            .head_pending_since()
+            .is_some_and(|since| now.saturating_duration_since(since) >= first_byte)
+        {
             return;
         }
         if now - last_move >= idle {

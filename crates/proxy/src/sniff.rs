@@ -464,14 +464,48 @@ fn parse_chunk_size(line: &[u8]) -> Option<u64> {
 
 /// Whether a connection moved bytes, for the idle watchdog: a counter bumped by every read and
 /// write, which the watchdog compares between its ticks. Reading the clock on every read and
-/// write (as a timestamp would need) cost more than the rest of this wrapper.
-#[derive(Debug, Default)]
+/// write (as a timestamp would need) cost more than the rest of this wrapper. Also when the
+/// head being held back incomplete began (the clock is read only then).
+#[derive(Debug)]
 pub struct Activity {
     moves: std::sync::atomic::AtomicU64,
     handed: std::sync::atomic::AtomicBool,
+    /// Milliseconds from `base` to the first byte of the head held back, plus one; 0: none.
+    head_since: std::sync::atomic::AtomicU64,
+    base: tokio::time::Instant,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            moves: Default::default(),
+            handed: Default::default(),
+            head_since: Default::default(),
+            base: tokio::time::Instant::now(),
+        }
+    }
 }
 
 impl Activity {
+    /// A head began to be held back now (`true`), or none is held any more (`false`).
+    fn head_pending(&self, began: bool) {
+        let v = if began {
+            let ms = self.base.elapsed().as_millis();
+            u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1
+        } else {
+            0
+        };
+        self.head_since.store(v, Ordering::Relaxed);
+    }
+
+    /// When the head held back incomplete (if any) began to arrive.
+    pub fn head_pending_since(&self) -> Option<tokio::time::Instant> {
+        match self.head_since.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some(self.base + std::time::Duration::from_millis(v - 1)),
+        }
+    }
+
     fn touch(&self) {
         // Only a change matters to the watchdog, not an exact count: no locked add needed.
         let n = self.moves.load(Ordering::Relaxed);
@@ -510,6 +544,8 @@ pin_project_lite::pin_project! {
         held: BytesMut,
         // Bytes settled for hyper that did not fit its buffer.
         stash: BytesMut,
+        // Whether a head is held back incomplete (told to `activity` when it changes).
+        pending: bool,
     }
 }
 
@@ -526,6 +562,7 @@ impl<S> Sniffed<S> {
             started: false,
             held: BytesMut::new(),
             stash: BytesMut::new(),
+            pending: false,
         }
     }
 }
@@ -563,6 +600,18 @@ fn settle(
             let give = held.len().saturating_sub(partial);
             held.split_to(give)
         }
+    }
+}
+
+/// Tells the watchdog when a head starts being held back incomplete (`began`: a new one, not
+/// the one held before) and when none is any more. Costs nothing while no head is held.
+fn track_pending(activity: &Activity, pending: &mut bool, partial: usize, began: bool) {
+    if began {
+        activity.head_pending(true);
+        *pending = true;
+    } else if partial == 0 && *pending {
+        activity.head_pending(false);
+        *pending = false;
     }
 }
 
@@ -635,6 +684,9 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
                 this.activity.touch();
                 let fed = this.framing.feed(&this.held[prev..]);
                 let partial = this.framing.partial_len();
+                // A head held back before goes on (all held bytes are its own) or is over.
+                let began = partial > 0 && (prev == 0 || partial < this.held.len());
+                track_pending(this.activity, this.pending, partial, began);
                 let out = settle(this.held, prev, fed, partial, this.ended);
                 if out.is_empty() {
                     continue; // all held back: read on (or wait for more)
@@ -653,6 +705,7 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
             this.activity.touch();
             let fed = this.framing.feed(new);
             let partial = this.framing.partial_len();
+            track_pending(this.activity, this.pending, partial, partial > 0);
             if fed.is_none() && partial == 0 {
                 // The usual case: handed over in place.
                 this.activity.handed.store(true, Ordering::Relaxed);
@@ -1090,6 +1143,71 @@ mod tests {
             }
         }
         (reads, flag.get())
+    }
+
+    /// The watchdog times a held-back head from its first byte: the start stays while the same
+    /// head goes on arriving, is new for the next head, and is cleared once a head is whole.
+    #[tokio::test]
+    async fn a_head_held_back_is_timed_from_its_first_byte() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(4096);
+        let activity = Arc::new(Activity::default());
+        let mut s = Sniffed::new(
+            server,
+            Arc::new(Flag::default()),
+            activity.clone(),
+            64 * 1024,
+        );
+        let mut buf = vec![0u8; 16 * 1024];
+        let wait = Duration::from_millis(50);
+
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(wait, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(buf[..n].starts_with(b"GET /a"));
+        assert_eq!(activity.head_pending_since(), None);
+
+        client.write_all(b"GET /b HTTP/1.1\r\n").await.unwrap();
+        assert!(
+            tokio::time::timeout(wait, s.read(&mut buf)).await.is_err(),
+            "held back"
+        );
+        let since = activity.head_pending_since().expect("a head is held back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        client.write_all(b"X-A: 1\r\n").await.unwrap();
+        assert!(
+            tokio::time::timeout(wait, s.read(&mut buf)).await.is_err(),
+            "held back"
+        );
+        assert_eq!(activity.head_pending_since(), Some(since), "the same head");
+
+        // Its end and the start of the next head in one read.
+        client
+            .write_all(b"Host: a\r\n\r\nGET /c HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let n = tokio::time::timeout(wait, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"GET /b HTTP/1.1\r\nX-A: 1\r\nHost: a\r\n\r\n");
+        let next = activity
+            .head_pending_since()
+            .expect("the next head is held back");
+        assert!(next > since, "timed from its own first byte");
+
+        client.write_all(b"Host: a\r\n\r\n").await.unwrap();
+        let n = tokio::time::timeout(wait, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(activity.head_pending_since(), None);
     }
 
     #[tokio::test]
