@@ -1152,61 +1152,38 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut client, server) = tokio::io::duplex(4096);
         let activity = Arc::new(Activity::default());
-        let mut s = Sniffed::new(
-            server,
-            Arc::new(Flag::default()),
-            activity.clone(),
-            64 * 1024,
-        );
-        let mut buf = vec![0u8; 16 * 1024];
-        let wait = Duration::from_millis(50);
+        let flag = Arc::new(Flag::default());
+        let mut s = Sniffed::new(server, flag, activity.clone(), 64 * 1024);
+        // Sends `bytes`, then what one read of hyper's gets (`None`: all held back).
+        let mut step = async |bytes: &[u8]| {
+            client.write_all(bytes).await.unwrap();
+            let mut buf = vec![0u8; 16 * 1024];
+            let read = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf));
+            read.await.ok().map(|n| buf[..n.unwrap()].to_vec())
+        };
 
-        client
-            .write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let n = tokio::time::timeout(wait, s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(buf[..n].starts_with(b"GET /a"));
+        let first: &[u8] = b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(step(first).await.as_deref(), Some(first));
         assert_eq!(activity.head_pending_since(), None);
 
-        client.write_all(b"GET /b HTTP/1.1\r\n").await.unwrap();
-        assert!(
-            tokio::time::timeout(wait, s.read(&mut buf)).await.is_err(),
-            "held back"
-        );
+        assert_eq!(step(b"GET /b HTTP/1.1\r\n").await, None);
         let since = activity.head_pending_since().expect("a head is held back");
         tokio::time::sleep(Duration::from_millis(20)).await;
-        client.write_all(b"X-A: 1\r\n").await.unwrap();
-        assert!(
-            tokio::time::timeout(wait, s.read(&mut buf)).await.is_err(),
-            "held back"
-        );
+        assert_eq!(step(b"X-A: 1\r\n").await, None);
         assert_eq!(activity.head_pending_since(), Some(since), "the same head");
 
         // Its end and the start of the next head in one read.
-        client
-            .write_all(b"Host: a\r\n\r\nGET /c HTTP/1.1\r\n")
-            .await
-            .unwrap();
-        let n = tokio::time::timeout(wait, s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&buf[..n], b"GET /b HTTP/1.1\r\nX-A: 1\r\nHost: a\r\n\r\n");
+        let got = step(b"Host: a\r\n\r\nGET /c HTTP/1.1\r\n").await;
+        let want: &[u8] = b"GET /b HTTP/1.1\r\nX-A: 1\r\nHost: a\r\n\r\n";
+        assert_eq!(got.as_deref(), Some(want));
         let next = activity
             .head_pending_since()
-            .expect("the next head is held back");
+            .expect("the next head is held");
         assert!(next > since, "timed from its own first byte");
 
-        client.write_all(b"Host: a\r\n\r\n").await.unwrap();
-        let n = tokio::time::timeout(wait, s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&buf[..n], b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n");
+        let got = step(b"Host: a\r\n\r\n").await;
+        let want: &[u8] = b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(got.as_deref(), Some(want));
         assert_eq!(activity.head_pending_since(), None);
     }
 
