@@ -185,6 +185,7 @@ async fn connection(
                 listener: listener.clone(),
                 tls: None,
                 framing,
+                response_timer: Default::default(),
             });
             let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
@@ -233,6 +234,7 @@ async fn connection(
                 listener: listener.clone(),
                 tls: Some(info),
                 framing,
+                response_timer: Default::default(),
             });
             let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
             let builder = if h2 { builder.http2_only() } else { builder };

@@ -51,6 +51,8 @@ pub struct ConnInfo {
     pub tls: Option<TlsInfo>,
     /// Set by the strict framing reader when the connection's bytes were ambiguous.
     pub framing: Arc<crate::sniff::Flag>,
+    /// The upstream response timer, kept between the connection's requests.
+    pub response_timer: crate::upstream::TimerSlot,
 }
 
 /// What the audit event needs that the request itself carries away.
@@ -241,7 +243,8 @@ impl Gateway {
         let result = match verdict {
             Err(rejection) => Err(rejection),
             Ok(Flow::Forward) => {
-                self.forward(&rt, greq, &mut ctx, &mut seen, downstream_upgrade)
+                let timer = &conn.response_timer;
+                self.forward(&rt, greq, &mut ctx, &mut seen, downstream_upgrade, timer)
                     .await
             }
             Ok(Flow::Answer(answer)) => Ok(answered(*answer)),
@@ -293,6 +296,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
         seen: &mut Seen,
         downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        timer: &crate::upstream::TimerSlot,
     ) -> Result<Response<BoxBody>, Rejection> {
         let config = rt.config();
         let Some(route_id) = ctx.route_id() else {
@@ -412,6 +416,7 @@ impl Gateway {
                 let opts = ForwardOpts {
                     timeout: route.timeout.unwrap_or(upstream.request_timeout),
                     retryable: is_idempotent(&head.method) && !websocket,
+                    timer: Some(timer),
                 };
                 // A struggling backend is not handed more than it currently copes with.
                 let permit = match &upstream.adaptive_concurrency {

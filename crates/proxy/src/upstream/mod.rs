@@ -36,8 +36,11 @@ mod health;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future as _;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -68,11 +71,52 @@ const MAX_ATTEMPTS: u32 = 6;
 
 /// Options of one forward.
 #[derive(Clone, Copy, Debug)]
-pub struct ForwardOpts {
+pub struct ForwardOpts<'a> {
     /// Bound on the wait for the response head, per attempt.
     pub timeout: Duration,
     /// The caller allows retries (idempotent method, no upgrade).
     pub retryable: bool,
+    /// Where the client connection keeps its response timer between requests.
+    pub timer: Option<&'a TimerSlot>,
+}
+
+/// A response timer that a client connection keeps for its next request. Reset to a later
+/// deadline, a timer still registered is only marked (tokio moves no timer-wheel entry), where
+/// a fresh one per request was registered and removed again. Requests running at once on one
+/// connection (HTTP/2) find the slot empty and use a timer of their own.
+#[derive(Debug, Default)]
+pub struct TimerSlot(std::sync::Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
+
+/// The timer lent to one forwarding, given back to its slot when the forwarding ends.
+struct LentTimer<'a> {
+    slot: Option<&'a TimerSlot>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<'a> LentTimer<'a> {
+    fn new(slot: Option<&'a TimerSlot>) -> Self {
+        let timer = slot.and_then(|s| s.0.lock().ok().and_then(|mut t| t.take()));
+        LentTimer { slot, timer }
+    }
+
+    /// The timer, set to go off at `deadline`.
+    fn at(&mut self, deadline: tokio::time::Instant) -> Pin<&mut tokio::time::Sleep> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().reset(deadline);
+        timer.as_mut()
+    }
+}
+
+impl Drop for LentTimer<'_> {
+    fn drop(&mut self) {
+        if let (Some(slot), Some(timer)) = (self.slot, self.timer.take())
+            && let Ok(mut t) = slot.0.lock()
+        {
+            *t = Some(timer);
+        }
+    }
 }
 
 /// A target's answer.
@@ -411,7 +455,7 @@ impl UpstreamPool {
     pub async fn forward(
         &self,
         req: Request<BoxBody>,
-        opts: ForwardOpts,
+        opts: ForwardOpts<'_>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         // Only a body known to be empty can be sent again: a streamed one is consumed by the
         // first attempt.
@@ -440,6 +484,7 @@ impl UpstreamPool {
         let mut tried = Tried::default();
         let mut pick = self.select(&tried);
         let mut attempt = 0;
+        let mut timer = LentTimer::new(opts.timer);
         loop {
             attempt += 1;
             let Some(i) = pick else {
@@ -484,8 +529,21 @@ impl UpstreamPool {
                     }
                 }
             };
-            match tokio::time::timeout(opts.timeout, exchange).await {
-                Err(_elapsed) => {
+            let deadline = tokio::time::Instant::now() + opts.timeout;
+            let outcome = {
+                let mut expiry = timer.at(deadline);
+                let mut exchange = std::pin::pin!(exchange);
+                std::future::poll_fn(|cx| {
+                    // The exchange first: an answer that is there is taken even at the deadline.
+                    if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
+                        return Poll::Ready(Ok(r));
+                    }
+                    expiry.as_mut().poll(cx).map(Err)
+                })
+                .await
+            };
+            match outcome {
+                Err(()) => {
                     self.record_failure(i);
                     return Err(UpstreamError::Timeout {
                         target: t.authority.clone(),

@@ -58,11 +58,13 @@ fn get(path: &str) -> Request<BoxBody> {
 const RETRYABLE: ForwardOpts = ForwardOpts {
     timeout: Duration::from_secs(5),
     retryable: true,
+    timer: None,
 };
 
 const NOT_RETRYABLE: ForwardOpts = ForwardOpts {
     timeout: Duration::from_secs(5),
     retryable: false,
+    timer: None,
 };
 
 async fn body_text(r: Response<BoxBody>) -> String {
@@ -630,6 +632,7 @@ async fn a_slow_answer_is_a_timeout() {
     let opts = ForwardOpts {
         timeout: Duration::from_millis(100),
         retryable: true,
+        timer: None,
     };
     let e = p.forward(get("/"), opts).await.err().unwrap();
     assert!(matches!(e, UpstreamError::Timeout { .. }), "{e}");
@@ -639,6 +642,41 @@ async fn a_slow_answer_is_a_timeout() {
     assert_eq!(slow.hits(), 1);
     assert_eq!(in_flight_total(&p), 0);
     assert_eq!(p.health_snapshot()[0].consecutive_failures, 1);
+}
+
+/// A connection's kept response timer times each request afresh: answers within the timeout
+/// pass however long the connection lived, a slow one times out, and the timer that went off
+/// is set again for the next request.
+#[tokio::test]
+async fn a_kept_response_timer_times_each_request_afresh() {
+    let up = serve(|req: Request<Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        text(200, "ok")
+    })
+    .await;
+    let p = pool_of(&[up.target()], "");
+    let slot = TimerSlot::default();
+    let opts = ForwardOpts {
+        timeout: Duration::from_millis(150),
+        retryable: true,
+        timer: Some(&slot),
+    };
+    // Together well past one timeout: each is timed from its own start.
+    for _ in 0..4 {
+        let r = p.forward(get("/"), opts).await.unwrap();
+        assert_eq!(body_text(r.response).await, "ok");
+    }
+    let e = p.forward(get("/slow"), opts).await.err().unwrap();
+    assert!(matches!(e, UpstreamError::Timeout { .. }), "{e}");
+    for _ in 0..2 {
+        let r = p.forward(get("/"), opts).await.unwrap();
+        assert_eq!(body_text(r.response).await, "ok");
+    }
+    assert!(slot.0.lock().unwrap().is_some(), "the timer is kept");
 }
 
 /// Answers with the protocol version it saw, "hello" and trailers echoing the request's
@@ -1410,6 +1448,7 @@ async fn direct_a_silent_target_times_out() {
     let opts = ForwardOpts {
         timeout: Duration::from_millis(200),
         retryable: true,
+        timer: None,
     };
     let err = p.forward(get("/"), opts).await.err().unwrap();
     assert!(matches!(err, UpstreamError::Timeout { .. }), "{err}");
