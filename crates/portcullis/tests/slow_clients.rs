@@ -34,6 +34,17 @@ async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// Sends a request on a kept-alive connection; its answer must be a 200.
+async fn served_on(s: &mut TcpStream) {
+    s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    let out = String::from_utf8_lossy(&buf[..n]);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
 async fn normal_request(src: &str, addr: SocketAddr) -> String {
     let mut s = connect_from(src, addr).await;
     s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
@@ -123,12 +134,8 @@ async fn a_trickled_second_head_is_cut_off_by_the_header_timeout() {
         "server: {{ header_read_timeout: 1s, idle_timeout: 30s }}\n{APP}"
     ));
     let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
-    s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
+    served_on(&mut s).await;
     let mut buf = [0u8; 4096];
-    let n = s.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n")
         .await
         .unwrap();
@@ -161,20 +168,10 @@ async fn a_keep_alive_connection_waits_for_its_next_request_until_the_idle_timeo
         "server: {{ header_read_timeout: 1s, idle_timeout: 30s }}\n{APP}"
     ));
     let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
-    let mut buf = [0u8; 4096];
-    for _ in 0..2 {
-        s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(
-            buf[..n].starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&buf[..n])
-        );
-        // Well past the header timeout (and its watchdog's ticks).
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-    }
+    served_on(&mut s).await;
+    // Well past the header timeout (and its watchdog's ticks).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    served_on(&mut s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,12 +200,7 @@ async fn the_global_connection_cap_holds() {
     let mut held = Vec::new();
     for _ in 0..5 {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 1024];
-        let n = s.read(&mut buf).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        served_on(&mut s).await;
         held.push(s);
     }
     let mut extra = TcpStream::connect(addr).await.unwrap();
