@@ -19,9 +19,10 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHORIZATION,
 ];
 /// Positions in [`HOP_BY_HOP`] of the fields [`strip_hop_by_hop`] reads before removing them.
-const HOP_CONNECTION: usize = 0;
-const HOP_TE: usize = 3;
-const HOP_UPGRADE: usize = 6;
+pub(crate) const HOP_CONNECTION: usize = 0;
+pub(crate) const HOP_TE: usize = 3;
+pub(crate) const HOP_TRANSFER_ENCODING: usize = 5;
+pub(crate) const HOP_UPGRADE: usize = 6;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -39,18 +40,23 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let connection = headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
-    });
+    let connection = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| lists(v, "upgrade"));
     upgrade && connection
+}
+
+/// Whether a list-valued field's value names `token` (ASCII case ignored).
+pub(crate) fn lists(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// The position of `name` in [`HOP_BY_HOP`]: one match on the name's text (mostly its length
 /// decides), cheaper than comparing it with the nine names in turn.
-fn hop_index(name: &HeaderName) -> Option<usize> {
+pub(crate) fn hop_index(name: &HeaderName) -> Option<usize> {
     Some(match name.as_str() {
         "connection" => 0,
         "keep-alive" => 1,
@@ -101,12 +107,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     // Repeated fields are one list (RFC 9110 §5.3): `trailers` in any of them counts.
     let te_trailers = has(HOP_TE)
-        && headers.get_all(header::TE).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            })
-        });
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| lists(v, "trailers"));
     let upgrade = if keep_upgrade && has(HOP_UPGRADE) {
         headers.get(header::UPGRADE).cloned()
     } else {
@@ -591,6 +595,7 @@ mod tests {
     fn hop_by_hop_positions_are_the_named_fields() {
         assert_eq!(HOP_BY_HOP[HOP_CONNECTION], header::CONNECTION);
         assert_eq!(HOP_BY_HOP[HOP_TE], header::TE);
+        assert_eq!(HOP_BY_HOP[HOP_TRANSFER_ENCODING], header::TRANSFER_ENCODING);
         assert_eq!(HOP_BY_HOP[HOP_UPGRADE], header::UPGRADE);
         for (i, n) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(hop_index(n), Some(i), "{n}");

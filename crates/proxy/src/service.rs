@@ -15,7 +15,7 @@ use portcullis_audit::{AuditEvent, Outcome};
 use portcullis_config::{AcceptFrom, PathMatch, Rewrite, Route, TemplatePart, UpstreamKind};
 use portcullis_core::{
     BoxBody, BoxError, GatewayRequest, RejectReason, Rejection, RequestBody, RequestCtx, RequestId,
-    Scheme, StageId, TlsInfo,
+    Scheme, StageId, TlsInfo, has_header,
 };
 use portcullis_pipeline::{Flow, request_host};
 
@@ -186,8 +186,9 @@ impl Gateway {
         // upgrade or a tunnel (what follows a 101 is not HTTP/1.1). When none is made, the
         // connection is closed after the answer: later heads would reach hyper unchecked.
         let unfollowed = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11)
-            && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE));
-        let websocket = req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
+            && (req.method() == Method::CONNECT || has_header(req.headers(), &header::UPGRADE));
+        let websocket =
+            unfollowed && req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
         let downstream_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (head, body) = req.into_parts();
         // What only the audit event needs is copied only when there is one to write.

@@ -46,6 +46,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Ver
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use portcullis_core::{BoxBody, BoxError};
+
+use crate::headers::{HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, hop_index, lists};
 use tokio::io::{AsyncWrite as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -553,8 +555,8 @@ fn parse_head(buf: &mut BytesMut, names: &mut NameCache) -> Result<Option<Head>,
         let start = h.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
             .map_err(|_| H1Error::BadHead("invalid field value"))?;
-        match name.as_str() {
-            "connection" => {
+        match hop_index(&name) {
+            Some(HOP_CONNECTION) => {
                 for t in value.to_str().unwrap_or_default().split(',').map(str::trim) {
                     framing.close |= t.eq_ignore_ascii_case("close");
                     // A field the gateway keeps, named here, is removed (`close` included, as
@@ -566,24 +568,13 @@ fn parse_head(buf: &mut BytesMut, names: &mut NameCache) -> Result<Option<Head>,
                     }
                 }
             }
-            "transfer-encoding" => framing.transfer_encoding(&value),
-            "te" => {
-                te_trailers |= value.to_str().is_ok_and(|v| {
-                    v.split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-                });
-            }
-            "keep-alive"
-            | "proxy-connection"
-            | "trailer"
-            | "upgrade"
-            | "proxy-authenticate"
-            | "proxy-authorization" => {}
-            "content-length" => {
-                framing.content_length(value.as_bytes());
-                headers.append(name, value);
-            }
-            _ => {
+            Some(HOP_TRANSFER_ENCODING) => framing.transfer_encoding(&value),
+            Some(HOP_TE) => te_trailers |= lists(&value, "trailers"),
+            Some(_) => {}
+            None => {
+                if name == CONTENT_LENGTH {
+                    framing.content_length(value.as_bytes());
+                }
                 headers.append(name, value);
             }
         }
