@@ -24,6 +24,37 @@ pub(crate) const HOP_TE: usize = 3;
 pub(crate) const HOP_TRANSFER_ENCODING: usize = 5;
 pub(crate) const HOP_UPGRADE: usize = 6;
 
+/// The field names of a connection's last message, by position. A peer sends the same names
+/// in the same order message after message (a target its answers, a client its requests): a
+/// name is then known by comparing its bytes with the one at its place last time, instead of
+/// being parsed again.
+#[derive(Default)]
+pub(crate) struct NameCache(Vec<(Box<[u8]>, HeaderName)>);
+
+impl NameCache {
+    /// Positions remembered.
+    const SLOTS: usize = 32;
+
+    /// The name of field `i`, whose bytes are `raw`; `None` when they are not a field name.
+    pub(crate) fn name(&mut self, i: usize, raw: &[u8]) -> Option<HeaderName> {
+        if let Some((seen, name)) = self.0.get(i)
+            && **seen == *raw
+        {
+            return Some(name.clone());
+        }
+        let name = HeaderName::from_bytes(raw).ok()?;
+        if i < Self::SLOTS {
+            let slot = (Box::from(raw), name.clone());
+            if let Some(s) = self.0.get_mut(i) {
+                *s = slot;
+            } else if i == self.0.len() {
+                self.0.push(slot);
+            }
+        }
+        Some(name)
+    }
+}
+
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -49,9 +80,13 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 
 /// Whether a list-valued field's value names `token` (ASCII case ignored).
 pub(crate) fn lists(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    raw_lists(value.as_bytes(), token)
+}
+
+/// [`lists`] on a value's bytes.
+pub(crate) fn raw_lists(raw: &[u8], token: &str) -> bool {
+    raw.split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// The position of `name` in [`HOP_BY_HOP`]: one match on the name's text (mostly its length

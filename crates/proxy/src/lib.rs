@@ -18,6 +18,7 @@
 
 pub mod body;
 pub mod echo;
+mod front;
 pub mod headers;
 pub mod problem;
 pub mod respfilter;

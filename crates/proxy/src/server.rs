@@ -13,6 +13,7 @@ use portcullis_core::{Scheme, TlsInfo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::front;
 use crate::sniff::{Activity, Flag, Sniffed};
 use crate::{ConnInfo, Gateway};
 
@@ -99,7 +100,8 @@ pub async fn serve(
                                 continue;
                             };
                             let _ = stream.set_nodelay(true);
-                            tokio::spawn(connection(gw.clone(), graceful.watcher(), stream, peer, l.name.clone(), l.tls.clone(), admitted));
+                            let drain = Drain { watcher: graceful.watcher(), stop: stop.clone() };
+                            tokio::spawn(connection(gw.clone(), drain, stream, peer, l.name.clone(), l.tls.clone(), admitted));
                         }
                         Err(e) => {
                             // Out of file descriptors and the like: back off instead of spinning.
@@ -126,7 +128,7 @@ pub async fn serve(
 
 async fn connection(
     gw: Arc<Gateway>,
-    watcher: hyper_util::server::graceful::Watcher,
+    drain: Drain,
     stream: TcpStream,
     peer: SocketAddr,
     listener: Arc<str>,
@@ -187,13 +189,9 @@ async fn connection(
                 framing,
                 response_timer: Default::default(),
             });
-            let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-            let conn = watcher.watch(conn);
+            let conn = serve_http(gw, info, stream, builder, drain, max_buf, true);
             tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                },
+                () = conn => {}
                 () = watchdog => tracing::debug!(%peer, "idle connection closed"),
             }
         }
@@ -236,17 +234,50 @@ async fn connection(
                 framing,
                 response_timer: Default::default(),
             });
-            let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
             let builder = if h2 { builder.http2_only() } else { builder };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), svc);
-            let conn = watcher.watch(conn);
+            let conn = serve_http(gw, info, tls_stream, builder, drain, max_buf, !h2);
             tokio::select! {
-                r = conn => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                },
+                () = conn => {}
                 () = watchdog => tracing::debug!(%peer, "idle connection closed"),
             }
         }
+    }
+}
+
+/// How a connection learns that the gateway is stopping, and is waited for while it finishes:
+/// hyper's graceful watcher for what hyper serves (held for the connection's whole life, so
+/// the drain waits for the front's requests too), the stop signal for the front.
+struct Drain {
+    watcher: hyper_util::server::graceful::Watcher,
+    stop: watch::Receiver<bool>,
+}
+
+/// Serves one connection's HTTP: its plain HTTP/1.1 requests by the front (when `front`),
+/// then — from the first request the front does not take, or from the start — by hyper.
+async fn serve_http<S>(
+    gw: Arc<Gateway>,
+    info: Arc<ConnInfo>,
+    io: S,
+    builder: auto::Builder<TokioExecutor>,
+    drain: Drain,
+    max_buf: usize,
+    front: bool,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let io = if front {
+        match front::serve(io, &gw, &info, max_buf, drain.stop).await {
+            front::Outcome::Closed => return,
+            front::Outcome::HandOver(io) => io,
+        }
+    } else {
+        front::Prefixed::new(bytes::BytesMut::new(), io)
+    };
+    let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    if let Err(e) = drain.watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

@@ -158,14 +158,19 @@ impl Gateway {
         conn: Arc<ConnInfo>,
         req: Request<Incoming>,
     ) -> Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>> {
-        Box::pin(self.handle_inner(conn, req))
+        Box::pin(async move { Ok(self.serve(conn, req).await) })
     }
 
-    async fn handle_inner(
+    /// One request's way, from whichever server read it (hyper, or the HTTP/1.1 front).
+    pub(crate) async fn serve<B>(
         self: Arc<Self>,
         conn: Arc<ConnInfo>,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<BoxBody>, Infallible> {
+        mut req: Request<B>,
+    ) -> Response<BoxBody>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let rt = self.runtime();
         let config = rt.config();
         let mut ctx = RequestCtx::new(conn.peer, conn.scheme, conn.listener.clone());
@@ -213,7 +218,7 @@ impl Gateway {
         // Watched for trickling from the first byte, so a step that buffers the body (the WAF)
         // is protected as much as the upstream is; the route's size limit is added at forward
         // time (buffering steps bound themselves by `ctx.body_limit`).
-        let body: BoxBody = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
+        let body: BoxBody = body.map_err(Into::into).boxed_unsync();
         let body = if http_body::Body::is_end_stream(&body) {
             body // nothing to watch (most GETs)
         } else {
@@ -287,7 +292,7 @@ impl Gateway {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         self.finish(&ctx, seen, resp.status());
-        Ok(resp)
+        resp
     }
 
     async fn forward(

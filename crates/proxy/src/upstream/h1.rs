@@ -47,7 +47,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use portcullis_core::{BoxBody, BoxError};
 
-use crate::headers::{HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, hop_index, lists};
+use crate::headers::{HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, NameCache, hop_index, lists};
 use tokio::io::{AsyncWrite as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -109,37 +109,6 @@ pub(super) struct Conn {
     wbuf: Vec<u8>,
     /// The field names of the last answer read on this connection.
     names: NameCache,
-}
-
-/// The field names of a connection's last answer, by position. A target sends the same names
-/// in the same order answer after answer: a name is then known by comparing its bytes with
-/// the one at its place last time, instead of being parsed again.
-#[derive(Default)]
-struct NameCache(Vec<(Box<[u8]>, HeaderName)>);
-
-impl NameCache {
-    /// Positions remembered.
-    const SLOTS: usize = 32;
-
-    /// The name of field `i`, whose bytes are `raw`.
-    fn name(&mut self, i: usize, raw: &[u8]) -> Result<HeaderName, H1Error> {
-        if let Some((seen, name)) = self.0.get(i)
-            && **seen == *raw
-        {
-            return Ok(name.clone());
-        }
-        let name =
-            HeaderName::from_bytes(raw).map_err(|_| H1Error::BadHead("invalid field name"))?;
-        if i < Self::SLOTS {
-            let slot = (Box::from(raw), name.clone());
-            if let Some(s) = self.0.get_mut(i) {
-                *s = slot;
-            } else if i == self.0.len() {
-                self.0.push(slot);
-            }
-        }
-        Ok(name)
-    }
 }
 
 struct Idle {
@@ -551,7 +520,9 @@ fn parse_head(buf: &mut BytesMut, names: &mut NameCache) -> Result<Option<Head>,
     let mut listed: Vec<HeaderName> = Vec::new();
     let mut te_trailers = false;
     for (i, h) in resp.headers.iter().enumerate() {
-        let name = names.name(i, h.name.as_bytes())?;
+        let name = names
+            .name(i, h.name.as_bytes())
+            .ok_or(H1Error::BadHead("invalid field name"))?;
         let start = h.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
             .map_err(|_| H1Error::BadHead("invalid field value"))?;

@@ -1,0 +1,387 @@
+//! The HTTP/1.1 front: plain requests answered by the connection's own task, everything else
+//! handed to hyper mid-connection — seen from raw bytes on the wire.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One answer as read off the wire.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    /// Lower-cased names, in wire order.
+    fields: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Splits `wire` into answers; `heads[i]` says whether answer `i` is to a HEAD request (no
+/// body whatever its length says). Stops at the first answer not all there. Returns the
+/// answers and what is left over.
+fn answers(wire: &[u8], heads: &[bool]) -> (Vec<Answer>, Vec<u8>) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &head_request in heads {
+        match one_answer(&wire[at..], head_request) {
+            Some((a, used)) => {
+                out.push(a);
+                at += used;
+            }
+            None => break,
+        }
+    }
+    (out, wire[at..].to_vec())
+}
+
+/// The answer at the start of `wire` and its length on the wire, if it is all there.
+fn one_answer(wire: &[u8], head_request: bool) -> Option<(Answer, usize)> {
+    let end = find(wire, b"\r\n\r\n")?;
+    let text = std::str::from_utf8(&wire[..end]).unwrap();
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
+    let status = status_line[9..12].parse().unwrap();
+    let fields: Vec<(String, String)> = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.to_string(), v.trim().to_string())
+        })
+        .collect();
+    let mut at = end + 4;
+    let mut body = Vec::new();
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    if head_request || status == 204 || status == 304 {
+    } else if let Some(n) = field("content-length") {
+        let n: usize = n.parse().unwrap();
+        body.extend_from_slice(wire.get(at..at + n)?);
+        at += n;
+    } else if field("transfer-encoding").as_deref() == Some("chunked") {
+        loop {
+            let line_end = at + find(&wire[at..], b"\r\n")?;
+            let size = std::str::from_utf8(&wire[at..line_end]).unwrap();
+            let size = usize::from_str_radix(size, 16).unwrap();
+            at = line_end + 2;
+            if size == 0 {
+                // No trailers are expected here: the empty line ends the body.
+                assert_eq!(wire.get(at..at + 2)?, b"\r\n");
+                at += 2;
+                break;
+            }
+            body.extend_from_slice(wire.get(at..at + size)?);
+            assert_eq!(wire.get(at + size..at + size + 2)?, b"\r\n");
+            at += size + 2;
+        }
+    }
+    Some((
+        Answer {
+            status,
+            fields,
+            body,
+        },
+        at,
+    ))
+}
+
+/// Writes `bytes` in one write and reads until the gateway closes (at most 10 s).
+async fn exchange_to_close(s: &mut TcpStream, bytes: &[u8]) -> Vec<u8> {
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the gateway closed the connection")
+        .unwrap();
+    out
+}
+
+/// Reads until `n` answers (to non-HEAD requests) are complete.
+async fn read_answers(s: &mut TcpStream, n: usize) -> Vec<Answer> {
+    let mut wire = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        let (got, rest) = answers(&wire, &vec![false; n]);
+        if got.len() == n {
+            assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+            return got;
+        }
+        let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("answers within 10 s")
+            .unwrap();
+        assert!(r > 0, "closed early: {}", String::from_utf8_lossy(&wire));
+        wire.extend_from_slice(&buf[..r]);
+    }
+}
+
+const APP: &str = "upstreams: { d: { kind: echo } }\nroutes:\n  - { name: all, match: { prefix: / }, upstream: d }\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_plain_requests_are_answered_in_order() {
+    let gw = gateway(APP);
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    let wire = exchange_to_close(
+        &mut s,
+        b"GET /a HTTP/1.1\r\nHost: x\r\nX-One: 1\r\n\r\n\
+          HEAD /b HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /c?q=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n\
+          GET /never HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    let (got, rest) = answers(&wire, &[false, true, false]);
+    assert_eq!(got.len(), 3, "{}", String::from_utf8_lossy(&wire));
+    // Nothing after the answer to the request that asked to close.
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    let a = &got[0];
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["uri"], "/a");
+    assert_eq!(a.json()["headers"]["x-one"], "1");
+    assert_eq!(
+        a.field("content-length").unwrap().parse::<usize>().unwrap(),
+        a.body.len()
+    );
+    assert!(a.field("date").unwrap().ends_with(" GMT"), "{a:?}");
+    assert!(a.field("x-request-id").is_some(), "{a:?}");
+    assert_eq!(a.field("connection"), None);
+    // HEAD: the length of what a GET would carry, no body (the next answer follows at once).
+    let b = &got[1];
+    assert_eq!(b.status, 200);
+    assert!(b.field("content-length").unwrap().parse::<usize>().unwrap() > 0);
+    assert!(b.body.is_empty());
+    let c = &got[2];
+    assert_eq!(c.json()["uri"], "/c?q=1");
+    assert_eq!(c.field("connection"), Some("close"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_front_does_not_take_goes_to_hyper_with_the_rest_of_the_connection() {
+    let gw = gateway(APP);
+    // A plain GET, then a POST with a body (hyper's from there on), then plain GETs again.
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    let wire = exchange_to_close(
+        &mut s,
+        b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+          GET /3 HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (got, rest) = answers(&wire, &[false; 4]);
+    assert!(rest.is_empty());
+    let uris: Vec<_> = got.iter().map(|a| a.json()["uri"].clone()).collect();
+    assert_eq!(uris, ["/1", "/2", "/3", "/4"]);
+    assert_eq!(got[1].json()["body"], "hello");
+    assert_eq!(got[1].json()["method"], "POST");
+
+    // Each of these is hyper's from its first byte, and served as before.
+    let many: String = (0..80).map(|i| format!("X-F{i}: {i}\r\n")).collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("HTTP/1.0", b"GET /old HTTP/1.0\r\nHost: x\r\n\r\n".to_vec()),
+        (
+            "more fields than the front reads",
+            format!("GET /many HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n")
+                .into_bytes(),
+        ),
+        (
+            "Expect",
+            b"GET /expect HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+                .to_vec(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+        let wire = exchange_to_close(&mut s, &bytes).await;
+        let text = String::from_utf8_lossy(&wire);
+        assert!(
+            text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+            "{what}: {text}"
+        );
+        if what.starts_with("more") {
+            let (got, _) = answers(&wire, &[false]);
+            assert_eq!(got[0].json()["headers"]["x-f79"], "79", "{what}: {text}");
+        }
+    }
+    // HTTP/2 with prior knowledge: the preface is no HTTP/1.1 head.
+    let r = send_h2c(req("GET", &format!("{}/h2", gw.url("public")), &[], "")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["uri"], "/h2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_framed_by_what_their_body_says() {
+    let up = TestUpstream::start("u").await;
+    let gw = gateway(&format!(
+        "upstreams: {{ u: {{ targets: [\"{}\"] }} }}\nroutes:\n  - {{ name: u, match: {{ prefix: / }}, upstream: u }}\n",
+        up.url()
+    ));
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    // A streamed answer of unknown length is chunked, and the connection goes on.
+    s.write_all(b"GET /stream/3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_answers(&mut s, 1).await;
+    assert_eq!(got[0].status, 200);
+    assert_eq!(got[0].field("transfer-encoding"), Some("chunked"));
+    assert_eq!(got[0].field("content-length"), None);
+    assert_eq!(got[0].body, vec![b'x'; 3 * 1024]);
+    // 204 and 304 carry neither a length nor a body; an error status its reason.
+    s.write_all(
+        b"GET /status/204 HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /status/304 HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /status/503 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut wire = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut wire))
+        .await
+        .unwrap()
+        .unwrap();
+    let (got, rest) = answers(&wire, &[false; 3]);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert_eq!(got[0].status, 204);
+    assert_eq!(got[0].field("content-length"), None);
+    assert_eq!(got[1].status, 304);
+    assert_eq!(got[1].field("content-length"), None);
+    assert_eq!(got[2].status, 503);
+    assert!(
+        String::from_utf8_lossy(&wire).contains("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{}",
+        String::from_utf8_lossy(&wire)
+    );
+}
+
+/// An upstream that answers each request head with `answer` and closes.
+async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while find(&got, b"\r\n\r\n").is_none() {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+fn via(up: std::net::SocketAddr) -> String {
+    format!(
+        "upstreams:\n  u: {{ targets: [\"http://{up}\"], retries: {{ attempts: 0 }} }}\nroutes:\n  - {{ name: u, match: {{ prefix: / }}, upstream: u }}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_short_ends_the_connection() {
+    // The target promises 10 bytes, sends 5 and closes: once the head is out, closing is the
+    // only honest signal left (a client must not take 5 bytes for the whole answer, nor
+    // wait for the rest on a connection that is then reused).
+    let up = raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello").await;
+    let gw = gateway(&via(up));
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    let wire = exchange_to_close(&mut s, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let text = String::from_utf8_lossy(&wire);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("\r\ncontent-length: 10\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+    // The gateway is healthy.
+    let wire = exchange_to_close(
+        &mut TcpStream::connect(gw.listener("public")).await.unwrap(),
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(!wire.is_empty());
+
+    // A close-delimited answer (no length, no chunking) reaches the client chunked, on a
+    // connection that goes on.
+    let up = raw_upstream(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end").await;
+    let gw = gateway(&via(up));
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_answers(&mut s, 1).await;
+    assert_eq!(got[0].field("transfer-encoding"), Some("chunked"));
+    assert_eq!(got[0].body, b"until the end");
+    assert_eq!(got[0].field("connection"), None);
+    s.write_all(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_answers(&mut s, 1).await;
+    assert_eq!(got[0].body, b"until the end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_closes_idle_connections_and_finishes_answers_with_close() {
+    let up = TestUpstream::start("slow").await;
+    let mut gw = gateway(&format!(
+        "upstreams: {{ s: {{ targets: [\"{}\"] }} }}\nroutes:\n  - {{ name: s, match: {{ prefix: / }}, upstream: s }}\n",
+        up.url()
+    ));
+    let addr = gw.listener("public");
+    // A kept-alive connection, idle after one answer.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_answers(&mut idle, 1).await;
+    // A request in flight on another.
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET /delay/800 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    while up.hits() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.signal("TERM");
+    // The idle connection is closed (the drain does not wait for it) …
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest))
+        .await
+        .expect("idle connection closed at stop")
+        .unwrap();
+    assert!(rest.is_empty());
+    // … the answer in flight completes, saying the connection ends with it.
+    let mut wire = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), busy.read_to_end(&mut wire))
+        .await
+        .unwrap()
+        .unwrap();
+    let (got, _) = answers(&wire, &[false]);
+    assert_eq!(got[0].status, 200, "{}", String::from_utf8_lossy(&wire));
+    assert_eq!(got[0].field("connection"), Some("close"));
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+}

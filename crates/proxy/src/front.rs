@@ -1,0 +1,643 @@
+//! The HTTP/1.1 front: a connection's plain requests read, handled and answered by the
+//! connection's own task, without hyper's server.
+//!
+//! Most of what a gateway serves is plain: an HTTP/1.1 request without a body, an upgrade or
+//! an `Expect`. For those, hyper's server machinery (its dispatcher, a body channel, a boxed
+//! handler future, a per-request header encoder) cost about as much as the rest of the proxy
+//! (ADR 0010). The front reads such a request from the strict framing reader's bytes, hands it
+//! to the engine and writes the answer itself, head and first body bytes in one write.
+//!
+//! Everything else — a request with a body, an upgrade, `CONNECT`, `Expect`, HTTP/1.0, an
+//! HTTP/2 preface, a head `httparse` or `http` refuses, one with more fields than the front
+//! reads, an oversized head, a head cut by the end of the stream — is not taken: hyper serves
+//! the connection from that request on, starting with the bytes the front had read
+//! ([`Outcome::HandOver`]). So the front never refuses a request hyper would have taken, nor
+//! answers one differently: whatever it does not read exactly as hyper would goes to hyper.
+//!
+//! The answer is written as hyper writes it: `HTTP/1.1`, lower-case names in the map's order,
+//! `content-length` from the body when it knows its length (`0` for an empty body), chunked
+//! otherwise, no body for `HEAD`, 204 and 304, a `date`, and `connection: close` when the
+//! connection ends after it (the client asked, the answer says so, or the gateway is
+//! stopping). A body that fails or ends short of its length ends the connection, the only
+//! honest signal left once a head is out.
+
+use std::cell::Cell;
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::Empty;
+use portcullis_core::BoxBody;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::sync::watch;
+
+use crate::headers::{NameCache, lists, raw_lists};
+use crate::{ConnInfo, Gateway};
+
+/// Fields the front reads in a head; a head with more goes to hyper (whose own limit is the
+/// configured one).
+const MAX_FIELDS: usize = 64;
+/// Room in a request's map for what the engine adds (forwarding, trace context, identity),
+/// so that the map is not grown (rehashed and copied) for every request.
+const REQUEST_HEADROOM: usize = 8;
+/// Free room kept in the read buffer before a read.
+const READ_ROOM: usize = 4 * 1024;
+/// A first body frame up to this size goes into the head's buffer (one write, one copy);
+/// a larger one is written beside it (one vectored write, no copy).
+const COALESCE: usize = 1024;
+
+/// How the front left a connection.
+pub(crate) enum Outcome<S> {
+    /// Over: either side closed it, an answer ended it, or the gateway is stopping.
+    Closed,
+    /// A request the front does not take: hyper serves the connection from here on, starting
+    /// with these bytes (that request's head first).
+    HandOver(Prefixed<S>),
+}
+
+/// What one head is, for the front.
+enum Parsed {
+    /// A plain request, and whether the client asked to close after it.
+    Take(Box<Request<Empty<Bytes>>>, bool),
+    /// Not a whole head yet.
+    Partial,
+    /// Anything else: hyper's.
+    Other,
+}
+
+/// Serves `io`'s plain HTTP/1.1 requests until the connection ends or a request is not the
+/// front's. `stop` turns true when the gateway stops: a connection between requests closes,
+/// an answer in progress is finished with `connection: close`.
+pub(crate) async fn serve<S>(
+    mut io: S,
+    gw: &Arc<Gateway>,
+    info: &Arc<ConnInfo>,
+    max_head: usize,
+    mut stop: watch::Receiver<bool>,
+) -> Outcome<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut rbuf = BytesMut::with_capacity(2 * READ_ROOM);
+    let mut wbuf: Vec<u8> = Vec::with_capacity(1024);
+    let mut names = NameCache::default();
+    let mut fields_at = Vec::with_capacity(16);
+    loop {
+        let (req, asked_close) = loop {
+            if !rbuf.is_empty() {
+                match parse(&mut rbuf, &mut names, &mut fields_at) {
+                    Parsed::Take(req, close) => break (req, close),
+                    Parsed::Partial if rbuf.len() <= max_head => {}
+                    Parsed::Partial | Parsed::Other => {
+                        return Outcome::HandOver(Prefixed::new(rbuf, io));
+                    }
+                }
+            }
+            if rbuf.capacity() - rbuf.len() < READ_ROOM {
+                rbuf.reserve(2 * READ_ROOM);
+            }
+            // The read first: when the next request is already there, the stop signal is
+            // not even looked at.
+            let read = tokio::select! {
+                biased;
+                r = io.read_buf(&mut rbuf) => r,
+                () = stopping(&mut stop), if rbuf.is_empty() => return Outcome::Closed,
+            };
+            match read {
+                Ok(0) if rbuf.is_empty() => return Outcome::Closed,
+                // The end of the stream inside a head: hyper says what it says to that.
+                Ok(0) => return Outcome::HandOver(Prefixed::new(rbuf, io)),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection read failed");
+                    return Outcome::Closed;
+                }
+            }
+        };
+        let head_request = req.method() == Method::HEAD;
+        let resp = gw.clone().serve(info.clone(), *req).await;
+        // The value, not whether it changed: the sender is dropped once it has said stop.
+        let keep = !asked_close && !*stop.borrow();
+        match respond(&mut io, &mut wbuf, head_request, keep, resp).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = io.shutdown().await;
+                return Outcome::Closed;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "answer not written");
+                return Outcome::Closed;
+            }
+        }
+    }
+}
+
+/// Resolves when the gateway starts stopping (never, if the signal's sender is gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Reads the head at the start of `rbuf`; takes it (and only it) off the buffer when it is a
+/// request the front serves.
+/// `fields`: the connection's scratch list (names and where their values lie), kept for its
+/// capacity.
+fn parse(
+    rbuf: &mut BytesMut,
+    names: &mut NameCache,
+    fields_at: &mut Vec<(HeaderName, usize, usize)>,
+) -> Parsed {
+    // Left uninitialised: the parser writes what it returns.
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(rbuf, &mut fields) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    if req.version != Some(1) {
+        return Parsed::Other;
+    }
+    let method = match req.method {
+        Some("GET") => Method::GET,
+        Some("HEAD") => Method::HEAD,
+        Some("CONNECT") | None => return Parsed::Other,
+        Some(m) => match Method::from_bytes(m.as_bytes()) {
+            Ok(m) => m,
+            Err(_) => return Parsed::Other,
+        },
+    };
+    let base = rbuf.as_ptr() as usize;
+    let Some(path) = req.path else {
+        return Parsed::Other;
+    };
+    let path = (path.as_ptr() as usize - base, path.len());
+    let mut map = HeaderMap::with_capacity(req.headers.len() + REQUEST_HEADROOM);
+    // Values are placed once the head is cut off the buffer (they then share it): first the
+    // names and where each value lies.
+    fields_at.clear();
+    let mut close = false;
+    for (i, f) in req.headers.iter().enumerate() {
+        let Some(name) = names.name(i, f.name.as_bytes()) else {
+            return Parsed::Other;
+        };
+        match name {
+            header::CONTENT_LENGTH if f.value != b"0" => return Parsed::Other,
+            header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT => {
+                return Parsed::Other;
+            }
+            header::CONNECTION => close |= raw_lists(f.value, "close"),
+            _ => {}
+        }
+        fields_at.push((name, f.value.as_ptr() as usize - base, f.value.len()));
+    }
+    let head = rbuf.split_to(len).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1)) else {
+        rbuf_restore(rbuf, head);
+        return Parsed::Other;
+    };
+    for (name, start, n) in fields_at.drain(..) {
+        match HeaderValue::from_maybe_shared(head.slice(start..start + n)) {
+            Ok(v) => {
+                map.append(name, v);
+            }
+            Err(_) => {
+                rbuf_restore(rbuf, head);
+                return Parsed::Other;
+            }
+        }
+    }
+    let mut r = Request::new(Empty::new());
+    *r.method_mut() = method;
+    *r.uri_mut() = uri;
+    *r.version_mut() = Version::HTTP_11;
+    *r.headers_mut() = map;
+    Parsed::Take(Box::new(r), close)
+}
+
+/// Puts a head taken off the buffer back in front of what follows it (a head the front turned
+/// down after cutting it off: rare, and never in the way of a request it serves).
+fn rbuf_restore(rbuf: &mut BytesMut, head: Bytes) {
+    let rest = rbuf.split();
+    rbuf.extend_from_slice(&head);
+    rbuf.extend_from_slice(&rest);
+}
+
+/// How the answer's body is delimited on the wire.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body bytes (HEAD, 204, 304).
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `resp` (to a `HEAD` request when `head_request`); `keep`: whether the connection
+/// may carry another request. Returns whether it still may.
+async fn respond<S>(
+    io: &mut S,
+    wbuf: &mut Vec<u8>,
+    head_request: bool,
+    mut keep: bool,
+    resp: Response<BoxBody>,
+) -> io::Result<bool>
+where
+    S: AsyncWrite + Unpin,
+{
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status;
+    wbuf.clear();
+    if status.is_informational() {
+        // A final answer is due; an interim one here is a gateway fault (hyper answers the
+        // same).
+        wbuf.extend_from_slice(
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n",
+        );
+        push_date(wbuf);
+        wbuf.extend_from_slice(b"\r\n");
+        io.write_all(wbuf).await?;
+        return Ok(false);
+    }
+    if status == StatusCode::OK {
+        wbuf.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        wbuf.extend_from_slice(b"HTTP/1.1 ");
+        wbuf.extend_from_slice(status.as_str().as_bytes());
+        wbuf.push(b' ');
+        wbuf.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        wbuf.extend_from_slice(b"\r\n");
+    }
+    let no_body = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    let empty = body.is_end_stream();
+    let exact = if empty {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    let mut declared: Option<u64> = None;
+    let mut wrote_length = false;
+    let mut wrote_date = false;
+    let mut says_close = false;
+    let mut trailer_names: Vec<HeaderName> = Vec::new();
+    for (name, value) in &parts.headers {
+        match *name {
+            header::CONTENT_LENGTH => {
+                // The body's own length wins (as in hyper); a `HEAD` answer keeps the
+                // length the target gave; 204 and 304 carry none.
+                if wrote_length || no_body || (exact.is_some() && !head_request) {
+                    continue;
+                }
+                match std::str::from_utf8(value.as_bytes()).ok().map(str::parse) {
+                    Some(Ok(n)) => declared = Some(n),
+                    _ => continue,
+                }
+                wrote_length = true;
+            }
+            // Framed here, from the body.
+            header::TRANSFER_ENCODING => continue,
+            header::CONNECTION => says_close |= lists(value, "close"),
+            header::DATE => wrote_date = true,
+            header::TRAILER => {
+                if let Ok(v) = value.to_str() {
+                    trailer_names.extend(
+                        v.split(',')
+                            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+                    );
+                }
+            }
+            _ => {}
+        }
+        push_field(wbuf, name.as_str().as_bytes(), value.as_bytes());
+    }
+    let framing = if head_request || no_body {
+        if head_request
+            && !wrote_length
+            && !empty
+            && let Some(n) = exact
+        {
+            push_length(wbuf, n);
+        }
+        Framing::None
+    } else if let Some(n) = exact {
+        push_length(wbuf, n);
+        Framing::Length(n)
+    } else if let Some(n) = declared {
+        Framing::Length(n)
+    } else {
+        wbuf.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Framing::Chunked
+    };
+    if says_close {
+        keep = false;
+    } else if !keep {
+        wbuf.extend_from_slice(b"connection: close\r\n");
+    }
+    if !wrote_date {
+        push_date(wbuf);
+    }
+    wbuf.extend_from_slice(b"\r\n");
+
+    if framing == Framing::None || empty {
+        drop(body);
+        io.write_all(wbuf).await?;
+        return Ok(keep);
+    }
+    let mut sent: u64 = 0;
+    let mut head_out = false;
+    loop {
+        // The first frame goes out with the head when it is already there; otherwise the
+        // head goes out alone first (the client sees the answer begin).
+        let frame = if head_out {
+            std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        } else {
+            match std::future::poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+                Poll::Pending => Poll::Ready(None),
+                Poll::Ready(f) => Poll::Ready(Some(f)),
+            })
+            .await
+            {
+                Some(f) => f,
+                None => {
+                    io.write_all(wbuf).await?;
+                    wbuf.clear();
+                    head_out = true;
+                    continue;
+                }
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "answer body failed; connection closed");
+                if !head_out {
+                    io.write_all(wbuf).await?;
+                }
+                return Ok(false);
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(d) => d,
+                Err(frame) => {
+                    if let (Framing::Chunked, Ok(trailers)) = (framing, frame.into_trailers()) {
+                        if !head_out {
+                            io.write_all(wbuf).await?;
+                            wbuf.clear();
+                        }
+                        wbuf.extend_from_slice(b"0\r\n");
+                        push_trailers(wbuf, &trailers, &trailer_names);
+                        wbuf.extend_from_slice(b"\r\n");
+                        io.write_all(wbuf).await?;
+                        return Ok(keep);
+                    }
+                    continue;
+                }
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if !head_out {
+            head_out = true;
+        } else {
+            wbuf.clear();
+        }
+        sent += data.len() as u64;
+        match framing {
+            Framing::Length(n) if sent > n => {
+                tracing::debug!(
+                    length = n,
+                    "answer body longer than its length; connection closed"
+                );
+                let fits = data.len() - usize::try_from(sent - n).unwrap_or(data.len());
+                write_parts(io, wbuf, &data[..fits], b"").await?;
+                return Ok(false);
+            }
+            Framing::Chunked => {
+                push_hex(wbuf, data.len());
+                write_parts(io, wbuf, &data, b"\r\n").await?;
+            }
+            _ => write_parts(io, wbuf, &data, b"").await?,
+        }
+        wbuf.clear();
+        if body.is_end_stream() {
+            break;
+        }
+    }
+    if !head_out {
+        io.write_all(wbuf).await?;
+    }
+    match framing {
+        Framing::Chunked => {
+            io.write_all(b"0\r\n\r\n").await?;
+            Ok(keep)
+        }
+        Framing::Length(n) if sent < n => {
+            tracing::debug!(
+                length = n,
+                sent,
+                "answer body shorter than its length; connection closed"
+            );
+            Ok(false)
+        }
+        _ => Ok(keep),
+    }
+}
+
+fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A chunk-size line.
+fn push_hex(out: &mut Vec<u8>, n: usize) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[v & 0xf];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Fields that never travel as trailers: framing, routing, authentication and the like
+/// (RFC 9110 §6.5.1).
+fn trailer_allowed(name: &HeaderName) -> bool {
+    !matches!(
+        *name,
+        header::CONTENT_LENGTH
+            | header::TRANSFER_ENCODING
+            | header::CONTENT_TYPE
+            | header::CONTENT_ENCODING
+            | header::CONTENT_RANGE
+            | header::HOST
+            | header::TE
+            | header::TRAILER
+            | header::CONNECTION
+            | header::UPGRADE
+            | header::AUTHORIZATION
+            | header::PROXY_AUTHENTICATE
+            | header::PROXY_AUTHORIZATION
+            | header::WWW_AUTHENTICATE
+            | header::SET_COOKIE
+            | header::CACHE_CONTROL
+            | header::EXPIRES
+            | header::AGE
+            | header::DATE
+            | header::LOCATION
+            | header::RETRY_AFTER
+            | header::VARY
+            | header::EXPECT
+            | header::MAX_FORWARDS
+            | header::PRAGMA
+            | header::RANGE
+    ) && name.as_str() != "keep-alive"
+}
+
+/// The trailer fields the answer's `Trailer` field announced (as hyper sends them: none
+/// unannounced, none that must not be a trailer).
+fn push_trailers(out: &mut Vec<u8>, trailers: &HeaderMap, announced: &[HeaderName]) {
+    for (name, value) in trailers {
+        if announced.contains(name) && trailer_allowed(name) {
+            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+}
+
+/// Writes `first`, then `data`, then `last`, in as few writes as the stream takes.
+async fn write_parts<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    first: &mut Vec<u8>,
+    data: &[u8],
+    last: &[u8],
+) -> io::Result<()> {
+    if data.len() <= COALESCE {
+        first.extend_from_slice(data);
+        first.extend_from_slice(last);
+        return io.write_all(first).await;
+    }
+    let mut parts = [IoSlice::new(first), IoSlice::new(data), IoSlice::new(last)];
+    let mut bufs: &mut [IoSlice<'_>] = &mut parts;
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let n = io.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// The `date` line of the current second, formatted once per second per thread.
+    static DATE: Cell<(u64, [u8; 37])> = const { Cell::new((u64::MAX, [0; 37])) };
+}
+
+/// Appends `date: <IMF-fixdate>\r\n`.
+fn push_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (cached, mut line) = DATE.get();
+    if cached != secs {
+        let text = httpdate::fmt_http_date(now);
+        line = [0; 37];
+        line[..6].copy_from_slice(b"date: ");
+        let n = text.len().min(29);
+        line[6..6 + n].copy_from_slice(&text.as_bytes()[..n]);
+        line[35..].copy_from_slice(b"\r\n");
+        DATE.set((secs, line));
+    }
+    out.extend_from_slice(&line);
+}
+
+/// A stream read first from bytes already read off it: how hyper is handed a connection the
+/// front has begun.
+pub(crate) struct Prefixed<S> {
+    prefix: BytesMut,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub(crate) fn new(prefix: BytesMut, inner: S) -> Self {
+        Prefixed { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = buf.remaining().min(this.prefix.len());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
