@@ -276,28 +276,6 @@ async fn answers_are_framed_by_what_their_body_says() {
     );
 }
 
-/// An upstream that answers each request head with `answer` and closes.
-async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                while find(&got, b"\r\n\r\n").is_none() {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s.write_all(answer).await;
-            });
-        }
-    });
-    addr
-}
-
 fn via(up: std::net::SocketAddr) -> String {
     format!(
         "upstreams:\n  u: {{ targets: [\"http://{up}\"], retries: {{ attempts: 0 }} }}\nroutes:\n  - {{ name: u, match: {{ prefix: / }}, upstream: u }}\n"

@@ -198,29 +198,6 @@ async fn wait_until(mut f: impl FnMut() -> bool) {
     }
 }
 
-/// An upstream that answers every request head with `answer` (raw bytes) and closes.
-async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s.write_all(answer).await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_upstream_answer_is_a_502_problem() {
     // Each refused by the direct HTTP/1.1 client (a GET without body and a POST with one).

@@ -38,7 +38,7 @@ use portcullis_core::BoxBody;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::watch;
 
-use crate::headers::{NameCache, lists, raw_lists};
+use crate::headers::{NameCache, itoa_u64, lists, raw_lists};
 use crate::{ConnInfo, Gateway};
 
 /// Fields the front reads in a head; a head with more goes to hyper (whose own limit is the
@@ -459,18 +459,7 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 fn push_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut v = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+    out.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
     out.extend_from_slice(b"\r\n");
 }
 
@@ -639,5 +628,141 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use http_body::Frame;
+    use http_body_util::{BodyExt as _, StreamBody};
+    use portcullis_core::BoxError;
+
+    /// Answers `resp` into an in-memory pipe; returns what `respond` said and the wire bytes.
+    async fn wire(head_request: bool, keep: bool, resp: Response<BoxBody>) -> (bool, String) {
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let mut wbuf = Vec::new();
+        let kept = respond(&mut ours, &mut wbuf, head_request, keep, resp)
+            .await
+            .unwrap();
+        drop(ours);
+        let mut out = Vec::new();
+        theirs.read_to_end(&mut out).await.unwrap();
+        (kept, String::from_utf8(out).unwrap())
+    }
+
+    fn streamed(frames: Vec<Frame<Bytes>>) -> BoxBody {
+        let s = futures_util::stream::iter(frames.into_iter().map(Ok::<_, BoxError>));
+        StreamBody::new(s).boxed_unsync()
+    }
+
+    fn answer(fields: &[(&str, &str)], body: BoxBody) -> Response<BoxBody> {
+        let mut r = Response::new(body);
+        for (n, v) in fields {
+            r.headers_mut().append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        r
+    }
+
+    #[tokio::test]
+    async fn announced_trailers_follow_the_last_chunk_and_no_others() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+        trailers.insert("x-unannounced", HeaderValue::from_static("1"));
+        trailers.insert("content-length", HeaderValue::from_static("9"));
+        let body = streamed(vec![
+            Frame::data(Bytes::from_static(b"hello")),
+            Frame::data(Bytes::from_static(b" world")),
+            Frame::trailers(trailers),
+        ]);
+        let resp = answer(&[("trailer", "x-checksum, content-length")], body);
+        let (kept, text) = wire(false, true, resp).await;
+        assert!(kept);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\ntrailer: x-checksum, content-length\r\ntransfer-encoding: chunked\r\ndate: "), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc\r\n\r\n"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_longer_than_its_length_is_cut_there_and_ends_the_connection() {
+        let body = streamed(vec![
+            Frame::data(Bytes::from_static(b"abc")),
+            Frame::data(Bytes::from_static(b"defgh")),
+        ]);
+        let resp = answer(&[("content-length", "5")], body);
+        let (kept, text) = wire(false, true, resp).await;
+        assert!(!kept);
+        assert!(text.contains("\r\ncontent-length: 5\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\nabcde"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn lengths_come_from_the_body_and_close_is_said_once() {
+        // A known body length wins over a stale field; `connection: close` is added when the
+        // connection ends, not when the answer says it already.
+        let resp = answer(
+            &[("content-length", "99")],
+            crate::problem::full_body("four"),
+        );
+        let (kept, text) = wire(false, false, resp).await;
+        assert!(!kept);
+        assert!(text.contains("\r\ncontent-length: 4\r\n"), "{text}");
+        assert!(!text.contains("99"), "{text}");
+        assert_eq!(text.matches("connection: close").count(), 1, "{text}");
+        assert!(text.ends_with("\r\n\r\nfour"));
+        let resp = answer(&[("connection", "close")], crate::problem::full_body("x"));
+        let (kept, text) = wire(false, true, resp).await;
+        assert!(!kept);
+        assert_eq!(text.matches("connection: close").count(), 1, "{text}");
+        // HEAD: the length the body would have, no body.
+        let resp = answer(&[], crate::problem::full_body("four"));
+        let (kept, text) = wire(true, true, resp).await;
+        assert!(kept);
+        assert!(text.contains("\r\ncontent-length: 4\r\n"), "{text}");
+        assert!(text.ends_with("GMT\r\n\r\n"), "{text}");
+        // A large first frame is written beside the head, not copied into it.
+        let big = vec![b'z'; 3 * COALESCE];
+        let resp = answer(&[], crate::problem::full_body(big.clone()));
+        let (_, text) = wire(false, true, resp).await;
+        assert!(
+            text.ends_with(std::str::from_utf8(&big).unwrap()),
+            "{}",
+            text.len()
+        );
+    }
+
+    #[test]
+    fn the_date_line_is_an_imf_fixdate() {
+        let mut out = Vec::new();
+        push_date(&mut out);
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(
+            text.starts_with("date: ") && text.ends_with(" GMT\r\n"),
+            "{text}"
+        );
+        let parsed = httpdate::parse_http_date(&text[6..text.len() - 2]).unwrap();
+        let age = SystemTime::now().duration_since(parsed).unwrap_or_default();
+        assert!(age.as_secs() < 5, "{text}");
+    }
+
+    #[test]
+    fn chunk_sizes_are_lower_case_hex() {
+        for (n, want) in [
+            (0usize, "0\r\n"),
+            (5, "5\r\n"),
+            (255, "ff\r\n"),
+            (4096, "1000\r\n"),
+        ] {
+            let mut out = Vec::new();
+            push_hex(&mut out, n);
+            assert_eq!(out, want.as_bytes());
+        }
     }
 }

@@ -74,3 +74,26 @@ pub fn audit_of(gw: &Gateway, id: &str) -> serde_json::Value {
     gw.wait_for_audit(|e| e["request_id"] == id, Duration::from_secs(5))
         .unwrap_or_else(|| panic!("no audit event for {id}: {:#?}", gw.audit_events()))
 }
+
+/// An upstream that answers every request head with `answer` (raw bytes) and closes.
+pub async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}

@@ -47,7 +47,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use portcullis_core::{BoxBody, BoxError};
 
-use crate::headers::{HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, NameCache, hop_index, lists};
+use crate::headers::{
+    HOP_CONNECTION, HOP_TE, HOP_TRANSFER_ENCODING, NameCache, hop_index, itoa_u64, lists,
+};
 use tokio::io::{AsyncWrite as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -358,19 +360,6 @@ pub(super) fn encode_head(out: &mut Vec<u8>, req: &RequestHead<'_>, authority: &
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// `n` in decimal, written into `buf`.
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 /// How the response body is delimited.
