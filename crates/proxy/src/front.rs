@@ -39,6 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::sync::watch;
 
 use crate::headers::{NameCache, itoa_u64, lists, raw_lists};
+use crate::service::DeferredSecurity;
 use crate::{ConnInfo, Gateway};
 
 /// Fields the front reads in a head; a head with more goes to hyper (whose own limit is the
@@ -122,10 +123,10 @@ where
             }
         };
         let head_request = req.method() == Method::HEAD;
-        let resp = gw.clone().serve(info.clone(), *req).await;
+        let (resp, security) = gw.clone().serve(info.clone(), *req, true).await;
         // The value, not whether it changed: the sender is dropped once it has said stop.
         let keep = !asked_close && !*stop.borrow();
-        match respond(&mut io, &mut wbuf, head_request, keep, resp).await {
+        match respond(&mut io, &mut wbuf, head_request, keep, resp, security).await {
             Ok(true) => {}
             Ok(false) => {
                 let _ = io.shutdown().await;
@@ -240,14 +241,16 @@ enum Framing {
     Chunked,
 }
 
-/// Writes `resp` (to a `HEAD` request when `head_request`); `keep`: whether the connection
-/// may carry another request. Returns whether it still may.
+/// Writes `resp` (to a `HEAD` request when `head_request`) and, after its own fields, the
+/// `security` fields its map was stripped for; `keep`: whether the connection may carry
+/// another request. Returns whether it still may.
 async fn respond<S>(
     io: &mut S,
     wbuf: &mut Vec<u8>,
     head_request: bool,
     mut keep: bool,
     resp: Response<BoxBody>,
+    security: Option<DeferredSecurity>,
 ) -> io::Result<bool>
 where
     S: AsyncWrite + Unpin,
@@ -316,6 +319,11 @@ where
             _ => {}
         }
         push_field(wbuf, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(sec) = security {
+        for (name, value) in sec.headers.fields(sec.tls) {
+            push_field(wbuf, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
     let framing = if head_request || no_body {
         if head_request
@@ -644,7 +652,7 @@ mod tests {
     async fn wire(head_request: bool, keep: bool, resp: Response<BoxBody>) -> (bool, String) {
         let (mut ours, mut theirs) = tokio::io::duplex(1 << 20);
         let mut wbuf = Vec::new();
-        let kept = respond(&mut ours, &mut wbuf, head_request, keep, resp)
+        let kept = respond(&mut ours, &mut wbuf, head_request, keep, resp, None)
             .await
             .unwrap();
         drop(ours);
@@ -736,6 +744,34 @@ mod tests {
             "{}",
             text.len()
         );
+    }
+
+    #[tokio::test]
+    async fn deferred_security_fields_follow_the_maps_own() {
+        for tls in [false, true] {
+            let mut resp = answer(
+                &[("server", "x"), ("x-a", "1")],
+                crate::problem::full_body("b"),
+            );
+            let sec = Arc::new(portcullis_response::SecurityHeaders::default());
+            sec.strip(resp.headers_mut(), tls);
+            let deferred = DeferredSecurity { headers: sec, tls };
+            let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+            let mut wbuf = Vec::new();
+            respond(&mut ours, &mut wbuf, false, true, resp, Some(deferred))
+                .await
+                .unwrap();
+            drop(ours);
+            let mut out = Vec::new();
+            theirs.read_to_end(&mut out).await.unwrap();
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains("server:"), "{text}");
+            let a = text.find("\r\nx-a: 1\r\n").unwrap();
+            let frame = text.find("\r\nx-frame-options: DENY\r\n").unwrap();
+            assert!(a < frame, "{text}");
+            assert_eq!(text.contains("strict-transport-security:"), tls, "{text}");
+            assert!(text.ends_with("\r\n\r\nb"), "{text}");
+        }
     }
 
     #[test]

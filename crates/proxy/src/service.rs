@@ -55,6 +55,14 @@ pub struct ConnInfo {
     pub response_timer: crate::upstream::TimerSlot,
 }
 
+/// The security fields of an answer whose map does not carry them: to be written after the
+/// map's fields by the server that writes the head ([`Gateway::serve`] stripped the map of
+/// every field they replace).
+pub(crate) struct DeferredSecurity {
+    pub headers: Arc<portcullis_response::SecurityHeaders>,
+    pub tls: bool,
+}
+
 /// What the audit event needs that the request itself carries away.
 struct Seen {
     method: Method,
@@ -158,15 +166,18 @@ impl Gateway {
         conn: Arc<ConnInfo>,
         req: Request<Incoming>,
     ) -> Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>> {
-        Box::pin(async move { Ok(self.serve(conn, req).await) })
+        Box::pin(async move { Ok(self.serve(conn, req, false).await.0) })
     }
 
     /// One request's way, from whichever server read it (hyper, or the HTTP/1.1 front).
+    /// `defer_security`: the caller writes the answer's head itself and may be handed the
+    /// security fields to write after the map's ([`DeferredSecurity`]).
     pub(crate) async fn serve<B>(
         self: Arc<Self>,
         conn: Arc<ConnInfo>,
         mut req: Request<B>,
-    ) -> Response<BoxBody>
+        defer_security: bool,
+    ) -> (Response<BoxBody>, Option<DeferredSecurity>)
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -273,7 +284,20 @@ impl Gateway {
             .route_id()
             .and_then(|id| config.routes.get(id.0))
             .map_or(&config.security_headers, |r| &r.security_headers);
-        security.apply(resp.headers_mut(), ctx.tls.is_some());
+        let tls = ctx.tls.is_some();
+        // A server that writes the head itself gets the fields to write after the map's
+        // (the same answer, without seven inserts into the map) — unless a step's own
+        // response fields may replace some of them, which the map then sorts out.
+        let deferred = if defer_security && ctx.response_headers.is_empty() {
+            security.strip(resp.headers_mut(), tls);
+            Some(DeferredSecurity {
+                headers: security.clone(),
+                tls,
+            })
+        } else {
+            security.apply(resp.headers_mut(), tls);
+            None
+        };
         if !ctx.response_headers.is_empty() {
             let h = resp.headers_mut();
             for (name, _) in &ctx.response_headers {
@@ -292,7 +316,7 @@ impl Gateway {
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         self.finish(&ctx, seen, resp.status());
-        resp
+        (resp, deferred)
     }
 
     async fn forward(

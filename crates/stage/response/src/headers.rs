@@ -173,6 +173,21 @@ fn builtin_removed_index(name: &str) -> Option<usize> {
     })
 }
 
+/// Where `name` is in [`SLOTS`], if it is (one match on the text, like
+/// [`builtin_removed_index`]).
+fn slot_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "strict-transport-security" => 0,
+        "x-content-type-options" => 1,
+        "x-frame-options" => 2,
+        "content-security-policy" => 3,
+        "referrer-policy" => 4,
+        "permissions-policy" => 5,
+        "cross-origin-resource-policy" => 6,
+        _ => return None,
+    })
+}
+
 /// The security headers of a route (or the gateway-wide ones): values built and validated at
 /// configuration time, so [`SecurityHeaders::apply`] only edits the map.
 #[derive(Debug, Clone, PartialEq)]
@@ -202,12 +217,30 @@ impl SecurityHeaders {
     /// `Strict-Transport-Security` is set only when `tls` (the client's connection is HTTPS);
     /// a header turned off (`false`) is neither set nor removed, so the upstream's passes.
     pub fn apply(&self, headers: &mut HeaderMap, tls: bool) {
-        // One pass over the response's names marks which built-in names are there (none
-        // usually, an upstream's `Server` often); only those are looked up and removed.
+        self.strip(headers, tls);
+        // One growth at most (none when the map was made with room), not one per insert.
+        let _ = headers.try_reserve(self.values.len());
+        for (name, value) in self.fields(tls) {
+            // Cloning a value built once shares its bytes: no allocation per response.
+            headers.append(name.clone(), value.clone());
+        }
+    }
+
+    /// The first half of [`apply`](Self::apply): removes the revealing headers and every
+    /// field that [`fields`](Self::fields) will set. A server that writes the answer head
+    /// itself then writes those fields after the map's — the same answer as `apply`, without
+    /// inserting seven values into the map.
+    pub fn strip(&self, headers: &mut HeaderMap, tls: bool) {
+        // One pass over the response's names marks which built-in removals and which set
+        // names are there (none usually, an upstream's `Server` often); only those are looked
+        // up and removed.
         let mut present = [false; BUILTIN_REMOVE.len()];
+        let mut set_present = [false; SLOTS.len()];
         for k in headers.keys() {
             if let Some(i) = builtin_removed_index(k.as_str()) {
                 present[i] = true;
+            } else if let Some(i) = slot_index(k.as_str()) {
+                set_present[i] = true;
             }
         }
         for (name, _) in BUILTIN_REMOVE.iter().zip(present).filter(|(_, p)| *p) {
@@ -216,16 +249,21 @@ impl SecurityHeaders {
         for name in &self.extra_remove {
             portcullis_core::remove_header(headers, name);
         }
-        // One growth at most (none when the map was made with room), not one per insert.
-        let _ = headers.try_reserve(self.values.len());
-        for (i, (slot, value)) in SLOTS.iter().zip(&self.values).enumerate() {
-            if let Some(v) = value
-                && (i != HSTS || tls)
-            {
-                // Cloning a value built once shares its bytes: no allocation per response.
-                headers.insert(slot.name.clone(), v.clone());
+        for (i, slot) in SLOTS.iter().enumerate() {
+            if set_present[i] && self.values[i].is_some() && (i != HSTS || tls) {
+                headers.remove(&slot.name);
             }
         }
+    }
+
+    /// The fields set on a response (`Strict-Transport-Security` only when `tls`).
+    pub fn fields(&self, tls: bool) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        SLOTS
+            .iter()
+            .zip(&self.values)
+            .enumerate()
+            .filter(move |(i, _)| *i != HSTS || tls)
+            .filter_map(|(_, (s, v))| v.as_ref().map(|v| (&s.name, v)))
     }
 
     /// The headers set (name and value), `Strict-Transport-Security` included when enabled.
@@ -515,6 +553,55 @@ fn check_corp(v: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_slot_match_names_exactly_the_slots() {
+        for (i, slot) in SLOTS.iter().enumerate() {
+            assert_eq!(slot_index(slot.name.as_str()), Some(i), "{}", slot.name);
+            assert_eq!(builtin_removed_index(slot.name.as_str()), None);
+        }
+        assert_eq!(slot_index("x-frame-option"), None);
+    }
+
+    #[test]
+    fn strip_then_fields_is_apply() {
+        let upstream = [
+            ("server", "nginx/1.2"),
+            ("x-frame-options", "ALLOWALL"),
+            ("strict-transport-security", "max-age=1"),
+            ("content-type", "text/plain"),
+            ("x-debug", "1"),
+        ];
+        let mut configs = vec![SecurityHeaders::default()];
+        let mut custom = SecurityHeaders::default();
+        custom.values[2] = None; // frame options off: the upstream's passes
+        custom.extra_remove = vec![HeaderName::from_static("x-debug")];
+        configs.push(custom);
+        for cfg in &configs {
+            for tls in [false, true] {
+                let mut map = HeaderMap::new();
+                for (n, v) in upstream {
+                    map.append(n, HeaderValue::from_static(v));
+                }
+                let mut applied = map.clone();
+                cfg.apply(&mut applied, tls);
+                cfg.strip(&mut map, tls);
+                for (n, v) in cfg.fields(tls) {
+                    assert!(!map.contains_key(n), "{n} left by strip");
+                    map.append(n.clone(), v.clone());
+                }
+                let sorted = |m: &HeaderMap| {
+                    let mut v: Vec<(String, String)> = m
+                        .iter()
+                        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+                        .collect();
+                    v.sort();
+                    v
+                };
+                assert_eq!(sorted(&map), sorted(&applied), "tls {tls}");
+            }
+        }
+    }
 
     #[test]
     fn the_removal_match_names_exactly_the_builtin_list() {
