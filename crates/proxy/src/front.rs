@@ -186,12 +186,16 @@ fn parse(
     // names and where each value lies.
     fields_at.clear();
     let mut close = false;
+    let mut seen_length = false;
     for (i, f) in req.headers.iter().enumerate() {
         let Some(name) = names.name(i, f.name.as_bytes()) else {
             return Parsed::Other;
         };
         match name {
-            header::CONTENT_LENGTH if f.value != b"0" => return Parsed::Other,
+            // One `Content-Length: 0` is a request without a body; anything else (a length,
+            // a repeated field, which hyper folds into one) is hyper's.
+            header::CONTENT_LENGTH if f.value != b"0" || seen_length => return Parsed::Other,
+            header::CONTENT_LENGTH => seen_length = true,
             header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT => {
                 return Parsed::Other;
             }
@@ -786,6 +790,160 @@ mod tests {
         let parsed = httpdate::parse_http_date(&text[6..text.len() - 2]).unwrap();
         let age = SystemTime::now().duration_since(parsed).unwrap_or_default();
         assert!(age.as_secs() < 5, "{text}");
+    }
+
+    type Read = (String, String, Version, Vec<(String, Vec<u8>)>);
+
+    /// What hyper's own HTTP/1.1 server makes of `raw` (one request head), if it takes it.
+    async fn hyper_reads(raw: &[u8]) -> Option<Read> {
+        use hyper::body::Incoming;
+        use hyper_util::rt::TokioIo;
+        use tokio::io::AsyncWriteExt as _;
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = std::sync::Mutex::new(Some(tx));
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let fields = req
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect();
+            let read = (
+                req.method().to_string(),
+                req.uri().to_string(),
+                req.version(),
+                fields,
+            );
+            if let Some(tx) = tx.lock().unwrap().take() {
+                let _ = tx.send(read);
+            }
+            async { Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new())) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .half_close(true)
+            .serve_connection(TokioIo::new(server), svc);
+        let task = tokio::spawn(conn);
+        client.write_all(raw).await.unwrap();
+        client.shutdown().await.unwrap();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(2), rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        task.abort();
+        read
+    }
+
+    /// A random request head from parts chosen to reach every branch of the front's reading:
+    /// odd methods, targets and versions, fields it refuses, values with tabs, obs-text,
+    /// control characters and surrounding spaces.
+    fn random_head(rng: &mut fastrand::Rng) -> Vec<u8> {
+        const METHODS: &[&[u8]] = &[
+            b"GET", b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"PURGE", b"get", b"G@T", b"CONNECT",
+        ];
+        const TARGETS: &[&[u8]] = &[
+            b"/",
+            b"/a/b?x=1&y=%20",
+            b"*",
+            b"http://example.com/x",
+            b"http://example.com",
+            b"/%2e%2e/a",
+            b"//x",
+            b"/a\\b",
+            b"/\xe9",
+            b"/a b",
+            b"/x?q=\"v\"",
+            b"/{a}",
+        ];
+        const VERSIONS: &[&[u8]] = &[
+            b"HTTP/1.1",
+            b"HTTP/1.1",
+            b"HTTP/1.1",
+            b"HTTP/1.0",
+            b"HTTP/2.0",
+            b"http/1.1",
+        ];
+        const FIELDS: &[&[u8]] = &[
+            b"Host: a",
+            b"host:  a  ",
+            b"X-Empty:",
+            b"X-Tab: a\tb",
+            b"X-Obs: \xe9t\xe9",
+            b"Content-Length: 0",
+            b"Content-Length: 5",
+            b"Content-Length: 00",
+            b"Connection: close",
+            b"Connection: keep-alive, Close",
+            b"Upgrade: h2c",
+            b"Expect: 100-continue",
+            b"Transfer-Encoding: chunked",
+            b"X-Dup: 1",
+            b"X-Dup: 2",
+            b"Cookie: a=b; c=d",
+            b"User-Agent: curl/8.5.0",
+            b"Accept: */*",
+            b"Bad Name: x",
+            b"X-Ctl: a\x01b",
+            b"X-Del: a\x7fb",
+            b"X-Colon:: x",
+            b":empty-name",
+        ];
+        let mut out = Vec::new();
+        out.extend_from_slice(METHODS[rng.usize(..METHODS.len())]);
+        out.push(b' ');
+        out.extend_from_slice(TARGETS[rng.usize(..TARGETS.len())]);
+        out.push(b' ');
+        out.extend_from_slice(VERSIONS[rng.usize(..VERSIONS.len())]);
+        out.extend_from_slice(b"\r\n");
+        for _ in 0..rng.usize(0..8) {
+            out.extend_from_slice(FIELDS[rng.usize(..FIELDS.len())]);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    #[tokio::test]
+    async fn what_the_front_takes_hyper_reads_the_same() {
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        let mut names = NameCache::default();
+        let mut scratch = Vec::new();
+        let (mut taken, mut handed) = (0, 0);
+        for _ in 0..5000 {
+            let raw = random_head(&mut rng);
+            let mut buf = BytesMut::from(&raw[..]);
+            match parse(&mut buf, &mut names, &mut scratch) {
+                Parsed::Take(req, _) => {
+                    taken += 1;
+                    assert!(buf.is_empty(), "the head alone is taken");
+                    let ours: Read = (
+                        req.method().to_string(),
+                        req.uri().to_string(),
+                        req.version(),
+                        req.headers()
+                            .iter()
+                            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                            .collect(),
+                    );
+                    let theirs = hyper_reads(&raw).await;
+                    assert_eq!(
+                        Some(ours),
+                        theirs,
+                        "{}",
+                        String::from_utf8_lossy(&raw).escape_debug()
+                    );
+                }
+                Parsed::Other => {
+                    handed += 1;
+                    // Handed over whole: hyper gets every byte.
+                    assert_eq!(&buf[..], &raw[..]);
+                }
+                Parsed::Partial => panic!("a whole head read as partial"),
+            }
+        }
+        assert!(
+            taken > 300 && handed > 300,
+            "taken {taken}, handed {handed}"
+        );
     }
 
     #[test]
