@@ -3,8 +3,8 @@
 //!
 //! Most of what a gateway serves is plain: an HTTP/1.1 request without a body, an upgrade or
 //! an `Expect`. For those, hyper's server machinery (its dispatcher, a body channel, a boxed
-//! handler future, a per-request header encoder) cost about as much as the rest of the proxy
-//! (ADR 0010). The front reads such a request from the strict framing reader's bytes, hands it
+//! handler future, a general-purpose answer encoder) cost about a third of the gateway's
+//! instructions per request (ADR 0010). The front reads such a request from the strict framing reader's bytes, hands it
 //! to the engine and writes the answer itself, head and first body bytes in one write.
 //!
 //! Everything else — a request with a body, an upgrade, `CONNECT`, `Expect`, HTTP/1.0, an
@@ -148,9 +148,8 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Reads the head at the start of `rbuf`; takes it (and only it) off the buffer when it is a
-/// request the front serves.
-/// `fields`: the connection's scratch list (names and where their values lie), kept for its
-/// capacity.
+/// request the front serves. `fields_at`: the connection's scratch list (names and where
+/// their values lie), kept for its capacity.
 fn parse(
     rbuf: &mut BytesMut,
     names: &mut NameCache,
@@ -181,7 +180,6 @@ fn parse(
         return Parsed::Other;
     };
     let path = (path.as_ptr() as usize - base, path.len());
-    let mut map = HeaderMap::with_capacity(req.headers.len() + REQUEST_HEADROOM);
     // Values are placed once the head is cut off the buffer (they then share it): first the
     // names and where each value lies.
     fields_at.clear();
@@ -204,6 +202,7 @@ fn parse(
         }
         fields_at.push((name, f.value.as_ptr() as usize - base, f.value.len()));
     }
+    let mut map = HeaderMap::with_capacity(fields_at.len() + REQUEST_HEADROOM);
     let head = rbuf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1)) else {
         rbuf_restore(rbuf, head);
