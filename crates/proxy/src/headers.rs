@@ -275,6 +275,31 @@ fn token_or_quoted_len(s: &str, token: bool) -> usize {
     }
 }
 
+/// Where the gateway's own request fields (forwarding, trace context, request id) go: set
+/// into the request's map, or listed for the upstream client to write after the map's fields
+/// (the direct HTTP/1.1 client writes them straight into the request head; hyper's client gets
+/// them appended). Listing a field removes any field of that name from the map, so both give
+/// the target the same fields.
+pub enum FieldSink<'a> {
+    Map,
+    List(&'a mut Vec<(HeaderName, HeaderValue)>),
+}
+
+impl FieldSink<'_> {
+    /// Sets `name` to `value` (replacing the map's).
+    pub fn set(&mut self, headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+        match self {
+            FieldSink::Map => {
+                headers.insert(name, value);
+            }
+            FieldSink::List(list) => {
+                remove_header(headers, &name);
+                list.push((name, value));
+            }
+        }
+    }
+}
+
 /// Settings for [`set_forwarding`].
 pub struct Forwarding<'a> {
     pub x_forwarded: bool,
@@ -288,7 +313,12 @@ pub struct Forwarding<'a> {
 /// Builds `X-Forwarded-*` and `Forwarded`. From an untrusted peer, whatever it sent is
 /// replaced; from a trusted proxy, its chain is extended. Disabled headers are removed, so a
 /// client can never smuggle its own copy to the upstream.
-pub fn set_forwarding(headers: &mut HeaderMap, ctx: &RequestCtx, f: &Forwarding<'_>) {
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    ctx: &RequestCtx,
+    f: &Forwarding<'_>,
+    sink: &mut FieldSink<'_>,
+) {
     let peer = ctx.peer.ip();
     let proto = ctx.scheme.as_str();
     // Only a Host made of visible ASCII is repeated (it always is, past the hygiene step).
@@ -310,29 +340,26 @@ pub fn set_forwarding(headers: &mut HeaderMap, ctx: &RequestCtx, f: &Forwarding<
                 v.extend_from_slice(prev.as_bytes());
                 v.extend_from_slice(b", ");
                 v.extend_from_slice(ip);
-                put(headers, X_FORWARDED_FOR, v);
+                put(headers, sink, X_FORWARDED_FOR, v);
             }
             // The common case: the value is copied once, from the stack.
             None => match HeaderValue::from_bytes(ip) {
-                Ok(v) => {
-                    headers.insert(X_FORWARDED_FOR, v);
-                }
+                Ok(v) => sink.set(headers, X_FORWARDED_FOR, v),
                 Err(_) => {
                     headers.remove(X_FORWARDED_FOR);
                 }
             },
         }
         if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-            headers.insert(
+            sink.set(
+                headers,
                 X_FORWARDED_PROTO,
                 HeaderValue::from_static(scheme_str(ctx.scheme)),
             );
         }
         if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
             match host {
-                Some((h, _)) => {
-                    headers.insert(X_FORWARDED_HOST, h.clone());
-                }
+                Some((h, _)) => sink.set(headers, X_FORWARDED_HOST, h.clone()),
                 None => {
                     headers.remove(&X_FORWARDED_HOST);
                 }
@@ -369,7 +396,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, ctx: &RequestCtx, f: &Forwarding<
             v.extend_from_slice(b";host=");
             push_token_or_quoted(&mut v, s, token);
         }
-        put(headers, header::FORWARDED, v);
+        put(headers, sink, header::FORWARDED, v);
     } else {
         headers.remove(header::FORWARDED);
     }
@@ -393,11 +420,9 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 
 /// Sets `name` to `value` (its bytes become the header's, no copy), or removes it when the
 /// value is not a valid header value.
-fn put(headers: &mut HeaderMap, name: HeaderName, value: Vec<u8>) {
+fn put(headers: &mut HeaderMap, sink: &mut FieldSink<'_>, name: HeaderName, value: Vec<u8>) {
     match HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
-        Ok(v) => {
-            headers.insert(name, v);
-        }
+        Ok(v) => sink.set(headers, name, v),
         Err(_) => {
             headers.remove(name);
         }
@@ -410,7 +435,7 @@ fn is_hex(s: &str, len: usize) -> bool {
 
 /// Continues the caller's W3C trace (same trace id, the gateway as a new parent span) or starts
 /// one. A malformed `traceparent` is replaced, never passed on.
-pub fn propagate_traceparent(headers: &mut HeaderMap) {
+pub fn propagate_traceparent(headers: &mut HeaderMap, sink: &mut FieldSink<'_>) {
     // Most requests start a trace: the name is looked for before it is hashed.
     let incoming = has_header(headers, &TRACEPARENT)
         .then(|| headers.get(&TRACEPARENT))
@@ -455,9 +480,7 @@ pub fn propagate_traceparent(headers: &mut HeaderMap) {
     let mut hex = [0u8; 16];
     value[36..52].copy_from_slice(hex_lower(u128::from(span), &mut hex).as_bytes());
     match HeaderValue::from_bytes(&value) {
-        Ok(v) => {
-            headers.insert(TRACEPARENT, v);
-        }
+        Ok(v) => sink.set(headers, TRACEPARENT, v),
         Err(_) => {
             headers.remove(TRACEPARENT);
         }
@@ -478,6 +501,19 @@ mod tests {
     }
 
     /// Every field in order, as sent.
+    /// Each name with its values in order; names sorted.
+    fn by_name(m: &HeaderMap) -> Vec<(String, Vec<Vec<u8>>)> {
+        let mut out: Vec<(String, Vec<Vec<u8>>)> = m
+            .keys()
+            .map(|k| {
+                let vals = m.get_all(k).iter().map(|v| v.as_bytes().to_vec()).collect();
+                (k.to_string(), vals)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     fn listed(m: &HeaderMap) -> Vec<(String, Vec<u8>)> {
         m.iter()
             .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
@@ -726,7 +762,7 @@ mod tests {
             peer_trusted: false,
             host: Some(&HeaderValue::from_static("api.example")),
         };
-        set_forwarding(&mut m, &ctx("192.0.2.1:5"), &f);
+        set_forwarding(&mut m, &ctx("192.0.2.1:5"), &f, &mut FieldSink::Map);
         assert_eq!(m["x-forwarded-for"], "192.0.2.1");
         assert_eq!(m["x-forwarded-proto"], "https");
         assert_eq!(m["x-forwarded-host"], "api.example");
@@ -746,7 +782,7 @@ mod tests {
             peer_trusted: true,
             host: None,
         };
-        set_forwarding(&mut m, &ctx("[::1]:5"), &f);
+        set_forwarding(&mut m, &ctx("[::1]:5"), &f, &mut FieldSink::Map);
         assert_eq!(m["x-forwarded-for"], "203.0.113.9, ::1");
         assert_eq!(m["x-forwarded-proto"], "http");
         assert!(m.get("forwarded").is_none());
@@ -757,7 +793,7 @@ mod tests {
             peer_trusted: false,
             host: Some(&HeaderValue::from_static("a b")),
         };
-        set_forwarding(&mut m, &ctx("[::1]:5"), &f);
+        set_forwarding(&mut m, &ctx("[::1]:5"), &f, &mut FieldSink::Map);
         assert_eq!(m["forwarded"], "for=\"[::1]\";proto=https;host=\"a b\"");
         assert!(m.get("x-forwarded-for").is_none());
     }
@@ -874,11 +910,24 @@ mod tests {
                         let c = ctx(peer);
                         let mut ours = h(pairs);
                         let mut theirs = h(pairs);
-                        set_forwarding(&mut ours, &c, &f);
+                        let mut listed_too = h(pairs);
+                        set_forwarding(&mut ours, &c, &f, &mut FieldSink::Map);
                         forwarding_reference(&mut theirs, &c, &f);
                         assert_eq!(
                             listed(&ours),
                             listed(&theirs),
+                            "{pairs:?} {host:?} {peer} {bits}"
+                        );
+                        // Listed for the client to write after the map's fields: the same
+                        // fields reach the target (a listed field comes last).
+                        let mut list = Vec::new();
+                        set_forwarding(&mut listed_too, &c, &f, &mut FieldSink::List(&mut list));
+                        for (n, v) in list {
+                            listed_too.append(n, v);
+                        }
+                        assert_eq!(
+                            by_name(&listed_too),
+                            by_name(&ours),
                             "{pairs:?} {host:?} {peer} {bits}"
                         );
                     }
@@ -896,7 +945,7 @@ mod tests {
             ),
             ("tracestate", "k=v"),
         ]);
-        propagate_traceparent(&mut m);
+        propagate_traceparent(&mut m, &mut FieldSink::Map);
         let v = m["traceparent"].to_str().unwrap().to_string();
         assert!(v.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(!v.contains("00f067aa0ba902b7"));
@@ -909,7 +958,7 @@ mod tests {
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             let mut m = h(&[("traceparent", bad), ("tracestate", "k=v")]);
-            propagate_traceparent(&mut m);
+            propagate_traceparent(&mut m, &mut FieldSink::Map);
             let v = m["traceparent"].to_str().unwrap();
             let parts: Vec<&str> = v.split('-').collect();
             assert_eq!(parts.len(), 4, "{v}");

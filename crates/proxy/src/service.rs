@@ -22,7 +22,8 @@ use portcullis_pipeline::{Flow, request_host};
 use crate::Gateway;
 use crate::body::{BodyRules, LimitedBody, Tripped};
 use crate::headers::{
-    Forwarding, is_websocket_upgrade, propagate_traceparent, set_forwarding, strip_hop_by_hop,
+    FieldSink, Forwarding, is_websocket_upgrade, propagate_traceparent, set_forwarding,
+    strip_hop_by_hop,
 };
 use crate::problem::{full_body, problem_response};
 use crate::runtime::Runtime;
@@ -375,6 +376,18 @@ impl Gateway {
         let websocket = downstream_upgrade.is_some();
         strip_hop_by_hop(&mut head.headers, websocket);
         let host_for_fwd = head.headers.get(header::HOST).cloned();
+        // The gateway's own fields go to a proxied target's client as a list, written after
+        // the map's (no inserts into the map) — unless the route's header rules are to see
+        // them in the map.
+        let listed =
+            matches!(upstream.kind, UpstreamKind::Proxy) && route.request_headers.is_empty();
+        let mut own_fields = Vec::new();
+        let mut sink = if listed {
+            own_fields.reserve_exact(6);
+            FieldSink::List(&mut own_fields)
+        } else {
+            FieldSink::Map
+        };
         set_forwarding(
             &mut head.headers,
             ctx,
@@ -384,12 +397,16 @@ impl Gateway {
                 peer_trusted: ctx.peer_trusted,
                 host: host_for_fwd.as_ref(),
             },
+            &mut sink,
         );
         if let Some(v) = seen.request_id.clone() {
-            head.headers
-                .insert(config.server.request_id_header.clone(), v);
+            sink.set(
+                &mut head.headers,
+                config.server.request_id_header.clone(),
+                v,
+            );
         }
-        propagate_traceparent(&mut head.headers);
+        propagate_traceparent(&mut head.headers, &mut sink);
         if route.response_filter.is_some() || ctx.response_contract.is_some() {
             // Filtered and validated bodies must arrive readable (a compressed one could only
             // be withheld or passed unchecked).
@@ -447,6 +464,7 @@ impl Gateway {
                     timeout: route.timeout.unwrap_or(upstream.request_timeout),
                     retryable: is_idempotent(&head.method) && !websocket,
                     timer: Some(timer),
+                    extra: &own_fields,
                 };
                 // A struggling backend is not handed more than it currently copes with.
                 let permit = match &upstream.adaptive_concurrency {

@@ -310,6 +310,8 @@ pub(super) struct RequestHead<'a> {
     /// The body's length (0: no body). Written as `Content-Length` if the headers lack one;
     /// the caller makes sure a present one says the same.
     pub body_len: u64,
+    /// Fields written after the map's (the gateway's own; the map has none of these names).
+    pub extra: &'a [(HeaderName, HeaderValue)],
 }
 
 /// The request head as written to the target.
@@ -322,6 +324,7 @@ pub(super) fn encode_head(out: &mut Vec<u8>, req: &RequestHead<'_>, authority: &
         headers,
         host,
         body_len,
+        extra,
     } = *req;
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
@@ -341,7 +344,7 @@ pub(super) fn encode_head(out: &mut Vec<u8>, req: &RequestHead<'_>, authority: &
         }
         None => {}
     }
-    for (name, value) in headers {
+    for (name, value) in headers.iter().chain(extra.iter().map(|(n, v)| (n, v))) {
         if host.is_some() && name == HOST {
             continue;
         }

@@ -44,7 +44,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderValue, UPGRADE};
+use http::header::{HOST, HeaderName, HeaderValue, UPGRADE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
@@ -78,6 +78,9 @@ pub struct ForwardOpts<'a> {
     pub retryable: bool,
     /// Where the client connection keeps its response timer between requests.
     pub timer: Option<&'a TimerSlot>,
+    /// The gateway's own fields, sent after the request's (the map has none of these names):
+    /// written into the head by the direct client, appended to the map for hyper's.
+    pub extra: &'a [(HeaderName, HeaderValue)],
 }
 
 /// A response timer that a client connection keeps for its next request. Reset to a later
@@ -504,6 +507,7 @@ impl UpstreamPool {
                             headers: &parts.headers,
                             host: (self.host_header == HostHeader::Target).then_some(&t.host_value),
                             body_len,
+                            extra: opts.extra,
                         };
                         // A request with a body has one attempt (see `max_attempts`).
                         match d.send(&t.idle, &t.authority, &head, &mut body).await {
@@ -518,9 +522,12 @@ impl UpstreamPool {
                         } else {
                             empty_body()
                         };
-                        let req = self
+                        let mut req = self
                             .upstream_request(t, &mut parts, this_body, last)
                             .map_err(|e| Failure::Exchange(Box::new(e)))?;
+                        for (name, value) in opts.extra {
+                            req.headers_mut().append(name.clone(), value.clone());
+                        }
                         match self.client.request(req).await {
                             Ok(resp) => Ok(resp.map(Either::Left)),
                             Err(e) if e.is_connect() => Err(Failure::Connect(Box::new(e))),

@@ -59,12 +59,14 @@ const RETRYABLE: ForwardOpts = ForwardOpts {
     timeout: Duration::from_secs(5),
     retryable: true,
     timer: None,
+    extra: &[],
 };
 
 const NOT_RETRYABLE: ForwardOpts = ForwardOpts {
     timeout: Duration::from_secs(5),
     retryable: false,
     timer: None,
+    extra: &[],
 };
 
 async fn body_text(r: Response<BoxBody>) -> String {
@@ -633,6 +635,7 @@ async fn a_slow_answer_is_a_timeout() {
         timeout: Duration::from_millis(100),
         retryable: true,
         timer: None,
+        extra: &[],
     };
     let e = p.forward(get("/"), opts).await.err().unwrap();
     assert!(matches!(e, UpstreamError::Timeout { .. }), "{e}");
@@ -664,6 +667,7 @@ async fn a_kept_response_timer_times_each_request_afresh() {
         timeout: Duration::from_millis(150),
         retryable: true,
         timer: Some(&slot),
+        extra: &[],
     };
     // Together well past one timeout: each is timed from its own start.
     for _ in 0..4 {
@@ -1094,6 +1098,71 @@ async fn direct_the_request_head_is_written_as_given() {
     );
 }
 
+/// The gateway's own fields (`ForwardOpts::extra`) reach the target after the request's, from
+/// either client.
+#[tokio::test]
+async fn the_gateway_fields_reach_the_target_through_either_client() {
+    let own = [
+        (
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_static("192.0.2.7"),
+        ),
+        (
+            HeaderName::from_static("traceparent"),
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ),
+    ];
+    let opts = ForwardOpts {
+        extra: &own,
+        ..NOT_RETRYABLE
+    };
+    // The direct client writes them into the head.
+    let s = RawServer::start(&[]).await;
+    let p = pool_of(&[format!("\"http://{}\"", s.addr)], "");
+    let mut req = request(Method::GET, "/g");
+    req.headers_mut()
+        .insert("x-b", HeaderValue::from_static("v"));
+    let r = p.forward(req, opts).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    assert_eq!(
+        s.heads()[0],
+        "GET /g HTTP/1.1\r\nhost: example.com\r\nx-b: v\r\nx-forwarded-for: 192.0.2.7\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"
+    );
+    // hyper's client (a body of unknown length) gets them in the map.
+    let srv = serve(|req: Request<Incoming>| {
+        let got = ["x-b", "x-forwarded-for", "traceparent"]
+            .map(|n| {
+                req.headers()
+                    .get_all(n)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .join(";");
+        async move {
+            Response::new(
+                Full::new(Bytes::from(got))
+                    .map_err(|n| match n {})
+                    .boxed_unsync(),
+            )
+        }
+    })
+    .await;
+    let p = pool_of(&[srv.target()], "");
+    let mut req = request(Method::POST, "/p");
+    req.headers_mut()
+        .insert("x-b", HeaderValue::from_static("v"));
+    let chunks =
+        futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x")))]);
+    *req.body_mut() = StreamBody::new(chunks).boxed_unsync();
+    let r = p.forward(req, opts).await.unwrap();
+    assert_eq!(
+        body_text(r.response).await,
+        "v;192.0.2.7;00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    );
+}
+
 #[tokio::test]
 async fn direct_a_chunked_answer_with_extensions_and_trailers() {
     let s = RawServer::start(&[Answer::Reply(
@@ -1449,6 +1518,7 @@ async fn direct_a_silent_target_times_out() {
         timeout: Duration::from_millis(200),
         retryable: true,
         timer: None,
+        extra: &[],
     };
     let err = p.forward(get("/"), opts).await.err().unwrap();
     assert!(matches!(err, UpstreamError::Timeout { .. }), "{err}");
