@@ -582,8 +582,15 @@ impl WsUpstream {
     }
 }
 
-/// A loopback address with nothing listening (a port bound, noted and released).
+/// A loopback address with nothing listening, for as long as the test process runs: the port
+/// stays bound by a socket that never listens, so connections to it are refused and it is
+/// never handed to a listener of a test running beside this one (a port released at once
+/// could be, and a "dead" target would then answer).
 pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = s.local_addr().unwrap();
+    HELD.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+    addr
 }

@@ -143,8 +143,20 @@ where
     TestServer { addr, hits, accept }
 }
 
-/// An address nothing listens on (connections are refused).
+/// An address nothing listens on (connections are refused) for as long as the test process
+/// runs: the port stays bound by a socket that never listens, so no listener of a test
+/// running beside this one can be given it.
 fn dead_addr() -> SocketAddr {
+    static HELD: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = s.local_addr().unwrap();
+    HELD.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+    addr
+}
+
+/// An address nothing listens on now, released so that a test can listen on it later.
+fn released_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
@@ -411,7 +423,8 @@ async fn least_requests_prefers_the_idle_target() {
 #[tokio::test]
 async fn a_dead_target_is_ejected_then_recovers_after_ejection_time() {
     let live = serve(|_| async { text(200, "live") }).await;
-    let dead = dead_addr();
+    // Revived below on the same address.
+    let dead = released_addr();
     let p = pool_of(
         &[format!("\"http://{dead}\""), live.target()],
         "retries: { attempts: 0 }, passive_health: { consecutive_failures: 1, ejection_time: 300ms }",
