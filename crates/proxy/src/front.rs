@@ -397,10 +397,7 @@ where
                 Ok(d) => d,
                 Err(frame) => {
                     if let (Framing::Chunked, Ok(trailers)) = (framing, frame.into_trailers()) {
-                        if !head_out {
-                            io.write_all(wbuf).await?;
-                            wbuf.clear();
-                        }
+                        // After the head when it is not out yet: one write.
                         wbuf.extend_from_slice(b"0\r\n");
                         push_trailers(wbuf, &trailers, &trailer_names);
                         wbuf.extend_from_slice(b"\r\n");
@@ -441,14 +438,14 @@ where
             break;
         }
     }
-    if !head_out {
+    // What is left: the head if no data went out, the last chunk of a chunked body.
+    if framing == Framing::Chunked {
+        wbuf.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !wbuf.is_empty() {
         io.write_all(wbuf).await?;
     }
     match framing {
-        Framing::Chunked => {
-            io.write_all(b"0\r\n\r\n").await?;
-            Ok(keep)
-        }
         Framing::Length(n) if sent < n => {
             tracing::debug!(
                 length = n,
@@ -775,6 +772,31 @@ mod tests {
             assert_eq!(text.contains("strict-transport-security:"), tls, "{text}");
             assert!(text.ends_with("\r\n\r\nb"), "{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_interim_status_as_the_final_answer_is_a_500_that_ends_the_connection() {
+        let mut resp = answer(&[("x-a", "1")], crate::problem::full_body("body"));
+        *resp.status_mut() = StatusCode::EARLY_HINTS;
+        let (kept, text) = wire(false, true, resp).await;
+        assert!(!kept);
+        assert!(
+            text.starts_with("HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\ndate: "),
+            "{text}"
+        );
+        assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");
+        assert!(!text.contains("x-a") && !text.contains("body"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_chunked_body_goes_out_with_its_head() {
+        let (kept, text) = wire(false, true, answer(&[], streamed(vec![]))).await;
+        assert!(kept);
+        assert!(
+            text.contains("\r\ntransfer-encoding: chunked\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with(" GMT\r\n\r\n0\r\n\r\n"), "{text}");
     }
 
     #[test]
