@@ -14,6 +14,12 @@
                  user-space instructions per request (valgrind's callgrind) of nginx and the plain
                  proxy, small / 16k / h2: a count that does not move with the machine's load, for
                  comparing builds where timings are too noisy; with --compare BIN also another build
+    --only train the training run of a profile-guided build (bench/pgo.sh): every profile the full
+                 run measures, each sent every kind of request the bench sends; measures nothing
+    --bin PATH   the Portcullis binary to run (default: target/release/portcullis)
+    --pgo PATH   also the plain proxy built with profile-guided optimisation (bench/pgo.sh builds
+                 it; bench/run.sh --pgo builds and passes it): in the full run beside the default
+                 build, with --only plain as the other build of the A/B
 """
 
 import http.client
@@ -37,6 +43,7 @@ BIN = os.path.join(ROOT, "target", "release", "portcullis")
 QUICK = "--quick" in sys.argv
 ONLY = None
 COMPARE = None
+PGO = None
 for i, a in enumerate(sys.argv):
     if a == "--only" and i + 1 < len(sys.argv):
         ONLY = sys.argv[i + 1]
@@ -44,12 +51,23 @@ for i, a in enumerate(sys.argv):
         ONLY = a.split("=", 1)[1]
     elif a == "--compare" and i + 1 < len(sys.argv):
         COMPARE = os.path.abspath(sys.argv[i + 1])
-if ONLY not in (None, "waf", "contract", "plain", "instructions"):
-    sys.exit(f"--only: the scenarios that run alone are: waf, contract, plain, instructions (got {ONLY})")
+    elif a == "--pgo" and i + 1 < len(sys.argv):
+        PGO = os.path.abspath(sys.argv[i + 1])
+    elif a == "--bin" and i + 1 < len(sys.argv):
+        BIN = os.path.abspath(sys.argv[i + 1])
+        wafbench.BIN = BIN
+if ONLY not in (None, "waf", "contract", "plain", "instructions", "train"):
+    sys.exit(f"--only: the scenarios that run alone are: waf, contract, plain, instructions, train (got {ONLY})")
 if COMPARE and ONLY not in ("plain", "instructions"):
     sys.exit("--compare goes with --only plain or --only instructions")
-DURATION = 3 if QUICK else 10
-REPEAT = 1 if QUICK else 3
+if PGO and ONLY not in (None, "plain"):
+    sys.exit("--pgo goes with the full run or --only plain")
+if PGO and COMPARE:
+    sys.exit("--pgo and --compare both name the other build: one of them")
+if PGO and ONLY == "plain":
+    COMPARE = PGO
+DURATION = 2 if ONLY == "train" else 3 if QUICK else 10
+REPEAT = 1 if QUICK or ONLY == "train" else 3
 CONNECTIONS = 64
 NCPU = os.cpu_count() or 1
 SERVER_CPU = "0"
@@ -57,14 +75,16 @@ LOAD_CPU = "1" if NCPU > 1 else "0"
 PORTS = {"upstream": 18101, "nginx": 18102, "portcullis": 18103, "portcullis-secure": 18104,
          "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108, "portcullis-authz": 18109,
          "portcullis-rl-local": 18110, "portcullis-rl-redis": 18111}
+if PGO and not ONLY:
+    PORTS["portcullis-pgo"] = 18128
 REDIS_PORT = 18120
 # nginx before 1.25 serves h2c only on a listener of its own.
 H2_PORTS = {"upstream": 18105, "nginx": 18106, "portcullis": 18103, "portcullis-secure": 18104,
             "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108, "portcullis-authz": 18109,
-            "portcullis-rl-local": 18110, "portcullis-rl-redis": 18111}
+            "portcullis-rl-local": 18110, "portcullis-rl-redis": 18111, "portcullis-pgo": 18128}
 ADMIN = {"portcullis": 18113, "portcullis-secure": 18114, "portcullis-jwt": 18117,
          "portcullis-jwt-nocache": 18118, "portcullis-authz": 18119, "portcullis-rl-local": 18121,
-         "portcullis-rl-redis": 18122}
+         "portcullis-rl-redis": 18122, "portcullis-pgo": 18129}
 # The Rego rule of the authz scenario.
 BENCH_REGO = """package bench
 import rego.v1
@@ -292,7 +312,7 @@ def wrk(port, path, work, setup="", headers=(), timeout=None):
         raise RuntimeError(out)
     rps, p50, p99, p999, errors, non2xx = m.groups()
     return {"rps": float(rps), "p50": float(p50), "p99": float(p99), "p999": float(p999),
-            "errors": int(errors) + int(non2xx)}
+            "errors": int(errors) + int(non2xx), "socket_errors": int(errors), "non2xx": int(non2xx)}
 
 
 def h2load(port, path):
@@ -730,8 +750,8 @@ def plain_report(r):
             lines.append(f"| {name} | {test} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | "
                          f"{x['p999']:.2f} | {x['cpu_us_per_req']:.1f} | {x['errors']:.0f} |")
     lines += ["", "| test | Portcullis ÷ nginx (req/s) | p99 ÷ nginx p99 | CPU ÷ nginx CPU"
-              + (" | B ÷ nginx (req/s) | B CPU µs/req |" if COMPARE else " |"),
-              "|---|---:|---:|---:|" + ("---:|---:|" if COMPARE else "")]
+              + (" | B ÷ nginx (req/s) | B p99 ÷ nginx p99 | B CPU µs/req |" if COMPARE else " |"),
+              "|---|---:|---:|---:|" + ("---:|---:|---:|" if COMPARE else "")]
     for test in ("small", "16k", "h2"):
         pc, ng = r[("portcullis", test)], r[("nginx", test)]
         p99 = f"{pc['p99'] / ng['p99']:.2f}" if test != "h2" else "—"
@@ -739,8 +759,11 @@ def plain_report(r):
                f"{pc['cpu_us_per_req'] / ng['cpu_us_per_req']:.2f} |")
         if COMPARE:
             b = r[("portcullis-b", test)]
-            row += f" {b['rps'] / ng['rps']:.2f} | {b['cpu_us_per_req']:.1f} |"
+            bp99 = f"{b['p99'] / ng['p99']:.2f}" if test != "h2" else "—"
+            row += f" {b['rps'] / ng['rps']:.2f} | {bp99} | {b['cpu_us_per_req']:.1f} |"
         lines.append(row)
+    if COMPARE:
+        lines += ["", f"B (portcullis-b) is {'the PGO build, ' if PGO else ''}`{COMPARE}`."]
     return lines
 
 
@@ -833,6 +856,79 @@ def instructions_report(r):
     return lines
 
 
+def bench_issuer(work):
+    """A demo issuer for the JWT scenarios: an EdDSA key, its JWKS, one token for the run, sent by
+    every JWT server's requests."""
+    subprocess.run([BIN, "keygen", "--alg", "EdDSA", "--kid", "bench", "--out-dir", work],
+                   check=True, capture_output=True)
+    token = subprocess.run([BIN, "token", "--key", os.path.join(work, "bench.private.pem"),
+                            "--issuer", "https://issuer.bench", "--audience", "bench",
+                            "--scope", "read:orders", "--ttl", "2h"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    for name in ("portcullis-jwt", "portcullis-jwt-nocache", "portcullis-authz"):
+        HEADERS[PORTS[name]] = [f"Authorization: Bearer {token}"]
+
+
+def train_scenario(work, procs):
+    """The training run of a profile-guided build (bench/pgo.sh). Not the benchmark's requests
+    alone, or the build would be tuned to them: every profile of the full run (plain, secure with
+    the WAF and audit, JWT, JWT with authorization, rate limits, the WAF's own configuration, an
+    OpenAPI contract), each sent small and 16 KiB GETs over HTTP/1.1, h2c streams, a GET with a
+    query string and a JSON POST of about 2 KiB; the WAF also gets attacks to block and the contract
+    invalid orders to refuse. Returns the loads that went wrong (empty when all went as meant)."""
+    bench_issuer(work)
+    servers = {"portcullis": PORTS["portcullis"]}
+    for name, jwt, rl in (("portcullis-secure", None, None), ("portcullis-jwt", "cached", None),
+                          ("portcullis-authz", "authz", None), ("portcullis-rl-local", None, "local")):
+        conf = portcullis_conf(work, name, PORTS[name], ADMIN[name], True, jwt, rl)
+        procs[name] = start([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"], PORTS[name], name, work)
+        servers[name] = PORTS[name]
+    name = "portcullis-waf"
+    conf = wafbench.portcullis_conf(work, name, WAF_PORTS[name], WAF_ADMIN, PORTS["upstream"], 1, "block")
+    procs[name] = start([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"], WAF_PORTS[name], name, work)
+    servers[name] = WAF_PORTS[name]
+    name = "portcullis-contract"
+    conf = portcullis_conf(work, name, CONTRACT_PORTS[name], CONTRACT_ADMIN, False, openapi=CONTRACT_SPEC)
+    procs[name] = start([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"], CONTRACT_PORTS[name], name,
+                        work)
+    servers[name] = CONTRACT_PORTS[name]
+    waf_body = waf_json_body()
+    order = contract_json_body(1024)
+    bad_order = contract_invalid_bodies(order)[0][1]
+    sqli = "/api/items?page=2&q=%27%20or%201%3D1--"
+    # (server, method, path, body, headers, the status every answer must have); h2 marks h2c.
+    loads = []
+    for name in servers:
+        if name != "portcullis-contract":
+            loads += [(name, "GET", "/", None, [], 200), (name, "GET", "/16k", None, [], 200),
+                      (name, "h2", "/", None, [], 200), (name, "GET", WAF_GET, None, WAF_HEADERS, 200),
+                      # The authz profile's Rego rule lets only reads through.
+                      (name, "POST", WAF_POST, waf_body, WAF_HEADERS, 403 if name == "portcullis-authz" else 200)]
+    loads += [("portcullis-waf", "GET", sqli, None, WAF_HEADERS, 403),
+              ("portcullis-contract", "POST", CONTRACT_POST, order, CONTRACT_HEADERS, 200),
+              ("portcullis-contract", "POST", CONTRACT_POST, bad_order, CONTRACT_HEADERS, 400)]
+    wrong = []
+    for name, method, path, body, headers, status in loads:
+        port = servers[name]
+        what = f"{name} {method} {path}"
+        if method == "h2":
+            r = h2load(port, path)
+            bad = r["errors"]
+        else:
+            # First one request by hand: its answer must be what the profile gives such a request
+            # (a profile trained on refusals it was not meant to give would tune the wrong path).
+            got = http_answer(port, method, path, body, HEADERS.get(port, []) + headers)[0]
+            if got != status:
+                wrong.append(f"{what}: answered {got}, expected {status}")
+                continue
+            r = wrk(port, path, work, setup=WAF_POST_LUA % body if body else "", headers=headers)
+            bad = r["socket_errors"] + (r["non2xx"] if status < 300 else 0)
+        print(f"train {what}: {r['rps']:.0f} req/s, {bad} failed", flush=True)
+        if bad:
+            wrong.append(f"{what}: {bad} requests failed")
+    return wrong
+
+
 def main_only():
     """One scenario (--only) beside the upstream and the plain proxies it compares against."""
     work = tempfile.mkdtemp(prefix="portcullis-bench-")
@@ -850,6 +946,10 @@ def main_only():
             lines = plain_report(plain_scenario(work, procs))
         elif ONLY == "instructions":
             lines = instructions_report(instructions_scenario(work, procs))
+        elif ONLY == "train":
+            wrong = train_scenario(work, procs)
+            lines = ["the training run went wrong (a profile trained on it would tune the wrong path):"] + wrong \
+                if wrong else ["training run done"]
         else:
             contract = contract_scenario(work, procs)
             lines = contract_report(contract)
@@ -871,6 +971,8 @@ def main_only():
         print(f"\nkept: {work}")
     else:
         shutil.rmtree(work, ignore_errors=True)
+    if ONLY == "train" and wrong:
+        sys.exit(1)
     if ONLY == "contract" and "failed" in contract:
         sys.exit(f"the contract scenario was not measured: {len(contract['failed'])} check(s) failed (above)")
 
@@ -886,21 +988,16 @@ def main():
     contract = None
     try:
         start_proxies(work, procs)
-        # A demo issuer for the JWT scenarios: an EdDSA key, its JWKS, one token for the run.
-        subprocess.run([BIN, "keygen", "--alg", "EdDSA", "--kid", "bench", "--out-dir", work],
-                       check=True, capture_output=True)
-        token = subprocess.run([BIN, "token", "--key", os.path.join(work, "bench.private.pem"),
-                                "--issuer", "https://issuer.bench", "--audience", "bench",
-                                "--scope", "read:orders", "--ttl", "2h"],
-                               check=True, capture_output=True, text=True).stdout.strip()
-        for name in ("portcullis-jwt", "portcullis-jwt-nocache", "portcullis-authz"):
-            HEADERS[PORTS[name]] = [f"Authorization: Bearer {token}"]
-        for name, secure, jwt in (("portcullis", False, None), ("portcullis-secure", True, None),
-                                  ("portcullis-jwt", True, "cached"),
-                                  ("portcullis-jwt-nocache", True, "uncached"),
-                                  ("portcullis-authz", True, "authz")):
+        bench_issuer(work)
+        builds = (("portcullis", False, None), ("portcullis-secure", True, None),
+                  ("portcullis-jwt", True, "cached"), ("portcullis-jwt-nocache", True, "uncached"),
+                  ("portcullis-authz", True, "authz"))
+        if PGO:
+            builds += (("portcullis-pgo", False, None),)
+        for name, secure, jwt in builds:
             conf = portcullis_conf(work, name, PORTS[name], ADMIN[name], secure, jwt)
-            procs[name] = start([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"],
+            binary = PGO if name == "portcullis-pgo" else BIN
+            procs[name] = start([binary, "run", "--config", conf, "--threads", "1", "--no-watch"],
                                 PORTS[name], name, work)
         # Rate limiting, in memory and through Redis (a local redis-server on CPU 0 too).
         procs["redis"] = start(["redis-server", "--bind", "127.0.0.1", "--port", str(REDIS_PORT), "--save", "",
@@ -944,8 +1041,10 @@ def report(results, waf=None, contract=None):
     lines = []
     add = lines.append
     add("# Performance\n")
-    add("Measured by `bench/run.sh` (one command: installs nginx, wrk, h2load and redis-server from the OS packages,")
-    add("builds the release binary, runs everything below in one go). Numbers are medians of "
+    add(f"Measured by `bench/run.sh{' --pgo' if PGO else ''}` (one command: installs nginx, wrk, h2load and "
+        "redis-server from the OS packages,")
+    add("builds the release binary" + (" and the profile-guided one" if PGO else "")
+        + ", runs everything below in one go). Numbers are medians of "
         f"{REPEAT} runs of {DURATION} s.\n")
     add(f"- Machine: {NCPU} cores ({cpu}); servers pinned to CPU {SERVER_CPU}, load generators to CPU {LOAD_CPU}.")
     add(f"- Upstream: nginx returning a fixed 13-byte body, or a 16 KiB file; {ngv.replace('nginx version: nginx/', 'nginx ')}.")
@@ -986,6 +1085,16 @@ def report(results, waf=None, contract=None):
         p99 = f"{pc['p99'] / ng['p99']:.2f}" if label != "h2" and ng.get("p99") else "—"
         cost = f"{jw['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f} / {jn['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f}"
         add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {sec['rps'] / pc['rps']:.2f} | {jw['rps'] / sec['rps']:.2f} | {jn['rps'] / sec['rps']:.2f} | {cost} | {az['rps'] / jw['rps']:.2f} | {az['cpu_us_per_req'] - jw['cpu_us_per_req']:+.1f} | {rll['rps'] / sec['rps']:.2f} | {rlr['rps'] / sec['rps']:.2f} | {rlc} |")
+    if ("portcullis-pgo", "small") in results:
+        add("\n*pgo* is the plain proxy's configuration run by the profile-guided build of the same code")
+        add("(`bench/pgo.sh`; `bench/run.sh --pgo` builds it before measuring):\n")
+        add("| test | PGO build ÷ nginx (req/s) | PGO p99 ÷ nginx p99 | PGO build ÷ default build (req/s) | CPU µs/req (default / PGO) |")
+        add("|---|---:|---:|---:|---:|")
+        for label in ("small", "16k", "h2"):
+            pg, pc, ng = results[("portcullis-pgo", label)], results[("portcullis", label)], results[("nginx", label)]
+            p99 = f"{pg['p99'] / ng['p99']:.2f}" if label != "h2" and ng.get("p99") else "—"
+            add(f"| {label} | {pg['rps'] / ng['rps']:.2f} | {p99} | {pg['rps'] / pc['rps']:.2f} | "
+                f"{pc['cpu_us_per_req']:.1f} / {pg['cpu_us_per_req']:.1f} |")
     bad = [f"{n} {l}" for (n, l), r in results.items() if r["errors"]]
     if bad:
         add("\n**Invalid runs (errors or non-2xx answers): " + ", ".join(bad) + ".**")

@@ -10,6 +10,9 @@
 #   bench/run.sh --only instructions  # user-space instructions per request under valgrind (nginx,
 #                               # the plain proxy; --compare BIN adds another build): a count the
 #                               # machine's load does not move; prints only
+#   bench/run.sh --pgo          # also builds the profile-guided binary (bench/pgo.sh, about 10 more
+#                               # minutes) and measures it beside the default build (full run, or
+#                               # with --only plain as the other build of the A/B)
 #   BENCH_KEEP=1 bench/run.sh --only ...   # keeps the work directory (configs, logs, callgrind
 #                               # dumps for callgrind_annotate) and prints its path
 #   bench/run.sh --only contract  # just the API contract scenario (a route validated against
@@ -39,4 +42,14 @@ fi
 # The package may start a system nginx on port 80; ours run on their own ports.
 
 cargo build --release --locked -p portcullis
-exec python3 bench/run.py "$@"
+# --pgo: also the profile-guided build (bench/pgo.sh), measured beside the default one.
+args=()
+for a in "$@"; do
+  if [ "$a" = --pgo ]; then
+    bench/pgo.sh
+    args+=(--pgo target/pgo/release/portcullis)
+  else
+    args+=("$a")
+  fi
+done
+exec python3 bench/run.py ${args[@]+"${args[@]}"}
