@@ -19,15 +19,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+. bench/packages.sh
+install_missing nginx:nginx wrk:wrk h2load:nghttp2-client
 command -v rustup >/dev/null || { echo "bench/pgo.sh needs rustup (for the llvm-tools component)" >&2; exit 1; }
 rustup component add llvm-tools-preview >/dev/null 2>&1 || rustup component add llvm-tools >/dev/null
 sysroot=$(rustc --print sysroot)

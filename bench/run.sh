@@ -25,22 +25,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v nginx >/dev/null || need+=(nginx)
-command -v wrk >/dev/null || need+=(wrk)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-command -v redis-server >/dev/null || need+=(redis-server)
-command -v valgrind >/dev/null || need+=(valgrind)
-[ -e /usr/lib/nginx/modules/ngx_http_modsecurity_module.so ] || [ -e /usr/share/nginx/modules/ngx_http_modsecurity_module.so ] \
-  || need+=(libnginx-mod-http-modsecurity)
-[ -d /usr/share/modsecurity-crs/rules ] || need+=(modsecurity-crs)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-# The package may start a system nginx on port 80; ours run on their own ports.
+. bench/packages.sh
+install_missing nginx:nginx wrk:wrk h2load:nghttp2-client redis-server:redis-server valgrind:valgrind \
+  "/usr/lib/nginx/modules/ngx_http_modsecurity_module.so|/usr/share/nginx/modules/ngx_http_modsecurity_module.so:libnginx-mod-http-modsecurity" \
+  /usr/share/modsecurity-crs/rules:modsecurity-crs
 
+# --pgo builds for ten minutes: refused up front where run.py would refuse it after.
+pgo=0 only="" prev=""
+for a in "$@"; do
+  case "$a" in --pgo) pgo=1 ;; --only=*) only=${a#--only=} ;; esac
+  [ "$prev" = --only ] && only=$a
+  prev=$a
+done
+if [ "$pgo" = 1 ] && [ -n "$only" ] && [ "$only" != plain ]; then
+  echo "--pgo goes with the full run or --only plain" >&2
+  exit 2
+fi
 cargo build --release --locked -p portcullis
 # --pgo: also the profile-guided build (bench/pgo.sh), measured beside the default one.
 args=()
