@@ -12,11 +12,13 @@
                  Portcullis (an A/B of two builds on the same machine at the same time)
     --only instructions
                  user-space instructions per request (valgrind's callgrind) of nginx and the plain
-                 proxy, small / 16k / h2: a count that does not move with the machine's load, for
-                 comparing builds where timings are too noisy; with --compare BIN also another build
+                 proxy, small / 16k / h2, and the first-level cache misses of callgrind's cache
+                 simulation: counts that do not move with the machine's load, for comparing builds
+                 where timings are too noisy; with --compare BIN also another build
     --only train the training run of a profile-guided build (bench/pgo.sh): every profile the full
                  run measures, each sent every kind of request the bench sends; measures nothing
     --bin PATH   the Portcullis binary to run (default: target/release/portcullis)
+    -h, --help   this text
     --pgo PATH   also the plain proxy built with profile-guided optimisation (bench/pgo.sh builds
                  it; bench/run.sh --pgo builds and passes it): in the full run beside the default
                  build, with --only plain as the other build of the A/B
@@ -44,17 +46,30 @@ QUICK = "--quick" in sys.argv
 ONLY = None
 COMPARE = None
 PGO = None
-for i, a in enumerate(sys.argv):
-    if a == "--only" and i + 1 < len(sys.argv):
-        ONLY = sys.argv[i + 1]
-    elif a.startswith("--only="):
+if "-h" in sys.argv[1:] or "--help" in sys.argv[1:]:
+    print(__doc__)
+    sys.exit(0)
+# Every argument is known: a typo must not start a 20-minute run that rewrites the docs.
+args = iter(sys.argv[1:])
+for a in args:
+    if a == "--quick":
+        continue
+    if a.startswith("--only="):
         ONLY = a.split("=", 1)[1]
-    elif a == "--compare" and i + 1 < len(sys.argv):
-        COMPARE = os.path.abspath(sys.argv[i + 1])
-    elif a == "--pgo" and i + 1 < len(sys.argv):
-        PGO = os.path.abspath(sys.argv[i + 1])
-    elif a == "--bin" and i + 1 < len(sys.argv):
-        BIN = os.path.abspath(sys.argv[i + 1])
+        continue
+    if a not in ("--only", "--compare", "--pgo", "--bin"):
+        sys.exit(f"unknown argument {a!r}; see --help")
+    value = next(args, None)
+    if value is None:
+        sys.exit(f"{a} needs a value; see --help")
+    if a == "--only":
+        ONLY = value
+    elif a == "--compare":
+        COMPARE = os.path.abspath(value)
+    elif a == "--pgo":
+        PGO = os.path.abspath(value)
+    else:
+        BIN = os.path.abspath(value)
         wafbench.BIN = BIN
 if ONLY not in (None, "waf", "contract", "plain", "instructions", "train"):
     sys.exit(f"--only: the scenarios that run alone are: waf, contract, plain, instructions, train (got {ONLY})")
@@ -772,10 +787,12 @@ INSTR_REQUESTS = 5000 if QUICK else 20000
 
 def callgrind_ir(cmd, port, h2port, work, name):
     """Starts `cmd` under callgrind and returns user-space instructions per request for each
-    test: a warm-up of 500 requests, counters zeroed, INSTR_REQUESTS requests over 16
-    connections (h2load, HTTP/1.1 keep-alive or h2c with 8 streams each), counters dumped."""
+    test, and the first-level cache misses of callgrind's cache simulation (instruction and
+    data, the simulated caches sized like this machine's): a warm-up of 500 requests, counters
+    zeroed, INSTR_REQUESTS requests over 16 connections (h2load, HTTP/1.1 keep-alive or h2c with
+    8 streams each), counters dumped."""
     out = os.path.join(work, f"{name}.callgrind")
-    p = subprocess.Popen(["taskset", "-c", SERVER_CPU, "valgrind", "--tool=callgrind",
+    p = subprocess.Popen(["taskset", "-c", SERVER_CPU, "valgrind", "--tool=callgrind", "--cache-sim=yes",
                           f"--callgrind-out-file={out}", *cmd],
                          stdout=open(os.path.join(work, f"{name}.valgrind.log"), "w"),
                          stderr=subprocess.STDOUT, start_new_session=True)
@@ -801,17 +818,23 @@ def callgrind_ir(cmd, port, h2port, work, name):
                     dump = os.path.join(work, new[-1])
                     break
                 time.sleep(0.1)
-            total = 0
+            totals = {}
             for _ in range(50):  # the file is written after it appears
                 if dump:
                     with open(dump) as f:
-                        m = re.search(r"^totals: (\d+)", f.read(), re.M)
-                    if m:
-                        total = int(m.group(1))
+                        text = f.read()
+                    ev = re.search(r"^events: (.*)$", text, re.M)
+                    m = re.search(r"^totals: (.*)$", text, re.M)
+                    if ev and m:
+                        totals = dict(zip(ev.group(1).split(), map(int, m.group(1).split())))
                         break
                 time.sleep(0.1)
             ok = int(done.group(1)) if done else 0
-            result[test] = {"ir": total / INSTR_REQUESTS if ok == INSTR_REQUESTS else None,
+            whole = ok == INSTR_REQUESTS and "Ir" in totals
+            per = {k: totals.get(k, 0) / INSTR_REQUESTS for k in ("Ir", "I1mr", "D1mr", "D1mw")}
+            result[test] = {"ir": per["Ir"] if whole else None,
+                            "i1": per["I1mr"] if whole else None,
+                            "d1": per["D1mr"] + per["D1mw"] if whole else None,
                             "succeeded": ok}
     finally:
         stop(p)
@@ -853,6 +876,12 @@ def instructions_report(r):
         ng, pc = r["nginx"][t]["ir"], r["portcullis"][t]["ir"]
         ratio = f"{pc / ng:.2f}" if ng and pc else "—"
         lines.append(f"| {t} | " + " | ".join(cells) + f" | {ratio} |")
+    lines += ["", "First-level cache misses per request in the same runs (callgrind's cache simulation), "
+              "instruction / data (reads and writes):", "",
+              "| test | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for t in tests:
+        cells = [f"{r[n][t]['i1']:.0f} / {r[n][t]['d1']:.0f}" if r[n][t]["ir"] else "—" for n in names]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines
 
 

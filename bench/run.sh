@@ -7,9 +7,9 @@
 #                               # prints results, writes nothing (add --quick for short runs)
 #   bench/run.sh --only plain   # the plain proxy vs nginx and the upstream (small, 16k, h2), in
 #                               # rounds; --compare BIN adds another build (A/B); prints only
-#   bench/run.sh --only instructions  # user-space instructions per request under valgrind (nginx,
-#                               # the plain proxy; --compare BIN adds another build): a count the
-#                               # machine's load does not move; prints only
+#   bench/run.sh --only instructions  # user-space instructions and cache misses per request under
+#                               # valgrind (nginx, the plain proxy; --compare BIN adds another
+#                               # build): counts the machine's load does not move; prints only
 #   bench/run.sh --pgo          # also builds the profile-guided binary (bench/pgo.sh, about 10 more
 #                               # minutes) and measures it beside the default build (full run, or
 #                               # with --only plain as the other build of the A/B)
@@ -24,6 +24,19 @@
 # pins servers to CPU 0 and load generators to CPU 1, repeats each run, reports medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Arguments are checked before anything is installed or built: a typo must not start a run.
+expect=""
+for a in "$@"; do
+  if [ -n "$expect" ]; then expect=""; continue; fi
+  case "$a" in
+    -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; python3 bench/run.py --help; exit 0 ;;
+    --quick|--pgo|--only=*) ;;
+    --only|--compare|--bin) expect=$a ;;
+    *) echo "unknown argument '$a'; see bench/run.sh --help" >&2; exit 2 ;;
+  esac
+done
+if [ -n "$expect" ]; then echo "$expect needs a value; see bench/run.sh --help" >&2; exit 2; fi
 
 . bench/packages.sh
 install_missing nginx:nginx wrk:wrk h2load:nghttp2-client redis-server:redis-server valgrind:valgrind \

@@ -77,17 +77,19 @@ impl BodyError {
     }
 }
 
-/// A request under inspection.
+/// A request under inspection. The head is boxed so that handing the request from layer to
+/// layer (server, steps, forwarding, the upstream client) moves a pointer, not the head's
+/// couple of hundred bytes into each layer's future.
 #[derive(Debug)]
 pub struct GatewayRequest {
-    pub head: http::request::Parts,
+    pub head: Box<http::request::Parts>,
     pub body: RequestBody,
 }
 
 impl GatewayRequest {
-    pub fn new(head: http::request::Parts, body: BoxBody) -> Self {
+    pub fn new(head: impl Into<Box<http::request::Parts>>, body: BoxBody) -> Self {
         GatewayRequest {
-            head,
+            head: head.into(),
             body: RequestBody::Streaming(body),
         }
     }

@@ -66,7 +66,7 @@ pub(crate) enum Outcome<S> {
 /// What one head is, for the front.
 enum Parsed {
     /// A plain request, and whether the client asked to close after it.
-    Take(Box<Request<Empty<Bytes>>>, bool),
+    Take(Box<http::request::Parts>, bool),
     /// Not a whole head yet.
     Partial,
     /// Anything else: hyper's.
@@ -122,8 +122,11 @@ where
                 }
             }
         };
-        let head_request = req.method() == Method::HEAD;
-        let (resp, security) = gw.clone().serve(info.clone(), *req, true).await;
+        let head_request = req.method == Method::HEAD;
+        let (resp, security) = gw
+            .clone()
+            .serve(info.clone(), req, Empty::new(), true)
+            .await;
         // The value, not whether it changed: the sender is dropped once it has said stop.
         let keep = !asked_close && !*stop.borrow();
         match respond(&mut io, &mut wbuf, head_request, keep, resp, security).await {
@@ -219,12 +222,12 @@ fn parse(
             }
         }
     }
-    let mut r = Request::new(Empty::new());
-    *r.method_mut() = method;
-    *r.uri_mut() = uri;
-    *r.version_mut() = Version::HTTP_11;
-    *r.headers_mut() = map;
-    Parsed::Take(Box::new(r), close)
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.headers = map;
+    Parsed::Take(Box::new(parts), close)
 }
 
 /// Puts a head taken off the buffer back in front of what follows it (a head the front turned
@@ -937,10 +940,10 @@ mod tests {
                     taken += 1;
                     assert!(buf.is_empty(), "the head alone is taken");
                     let ours: Read = (
-                        req.method().to_string(),
-                        req.uri().to_string(),
-                        req.version(),
-                        req.headers()
+                        req.method.to_string(),
+                        req.uri.to_string(),
+                        req.version,
+                        req.headers
                             .iter()
                             .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
                             .collect(),

@@ -235,7 +235,9 @@ async fn connection(
                 response_timer: Default::default(),
             });
             let builder = if h2 { builder.http2_only() } else { builder };
-            let conn = serve_http(gw, info, tls_stream, builder, drain, max_buf, !h2);
+            let conn = Box::pin(serve_http(
+                gw, info, tls_stream, builder, drain, max_buf, !h2,
+            ));
             tokio::select! {
                 () = conn => {}
                 () = watchdog => tracing::debug!(%peer, "idle connection closed"),
@@ -275,8 +277,12 @@ async fn serve_http<S>(
         front::Prefixed::new(bytes::BytesMut::new(), io)
     };
     let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = drain.watcher.watch(conn).await {
+    let conn = Box::pin(
+        drain
+            .watcher
+            .watch(builder.serve_connection_with_upgrades(TokioIo::new(io), svc)),
+    );
+    if let Err(e) = conn.await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -167,7 +167,10 @@ impl Gateway {
         conn: Arc<ConnInfo>,
         req: Request<Incoming>,
     ) -> Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>> {
-        Box::pin(async move { Ok(self.serve(conn, req, false).await.0) })
+        Box::pin(async move {
+            let (head, body) = req.into_parts();
+            Ok(self.serve(conn, Box::new(head), body, false).await.0)
+        })
     }
 
     /// One request's way, from whichever server read it (hyper, or the HTTP/1.1 front).
@@ -176,7 +179,8 @@ impl Gateway {
     pub(crate) async fn serve<B>(
         self: Arc<Self>,
         conn: Arc<ConnInfo>,
-        mut req: Request<B>,
+        mut head: Box<http::request::Parts>,
+        body: B,
         defer_security: bool,
     ) -> (Response<BoxBody>, Option<DeferredSecurity>)
     where
@@ -195,19 +199,25 @@ impl Gateway {
             AcceptFrom::TrustedProxies => ctx.peer_trusted,
             AcceptFrom::None => false,
         };
-        if accept_id && let Some(id) = incoming_request_id(req.headers(), &id_header) {
+        if accept_id && let Some(id) = incoming_request_id(&head.headers, &id_header) {
             ctx.request_id = id;
         }
 
         // The framing reader stops following an HTTP/1 connection at a head that asks for an
         // upgrade or a tunnel (what follows a 101 is not HTTP/1.1). When none is made, the
         // connection is closed after the answer: later heads would reach hyper unchecked.
-        let unfollowed = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11)
-            && (req.method() == Method::CONNECT || has_header(req.headers(), &header::UPGRADE));
+        let unfollowed = matches!(head.version, Version::HTTP_10 | Version::HTTP_11)
+            && (head.method == Method::CONNECT || has_header(&head.headers, &header::UPGRADE));
         let websocket =
-            unfollowed && req.version() == Version::HTTP_11 && is_websocket_upgrade(req.headers());
-        let downstream_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-        let (head, body) = req.into_parts();
+            unfollowed && head.version == Version::HTTP_11 && is_websocket_upgrade(&head.headers);
+        let downstream_upgrade = websocket.then(|| {
+            // hyper hands the upgrade out of a request's extensions, the head's here.
+            let mut holder = Request::new(());
+            std::mem::swap(holder.extensions_mut(), &mut head.extensions);
+            let upgrade = hyper::upgrade::on(&mut holder);
+            std::mem::swap(holder.extensions_mut(), &mut head.extensions);
+            upgrade
+        });
         // What only the audit event needs is copied only when there is one to write.
         let audited = self.audit.enabled();
         let mut seen = Seen {
@@ -434,7 +444,7 @@ impl Gateway {
         let mut resp = match upstream.kind {
             UpstreamKind::Echo => {
                 seen.target = Some(Arc::from("echo"));
-                crate::echo::respond(head, body, limit).await?
+                crate::echo::respond(*head, body, limit).await?
             }
             UpstreamKind::Static => {
                 seen.target = Some(Arc::from("static"));
@@ -480,10 +490,9 @@ impl Gateway {
                     },
                     None => None,
                 };
-                let req = Request::from_parts(head, body);
                 let started = std::time::Instant::now();
                 let adaptive = rt.snapshot.pipeline.ratelimit.adaptive();
-                let answer = pool.forward(req, opts).await;
+                let answer = pool.forward_head(&mut head, body, opts).await;
                 let failed = answer
                     .as_ref()
                     .map_or(true, |ur| ur.response.status().is_server_error());

@@ -460,9 +460,22 @@ impl UpstreamPool {
         req: Request<BoxBody>,
         opts: ForwardOpts<'_>,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        let (mut parts, body) = req.into_parts();
+        self.forward_head(&mut parts, body, opts).await
+    }
+
+    /// [`forward`](Self::forward) for a request whose head the caller keeps: the head is
+    /// borrowed, not moved into this future (the last attempt may still take its header map
+    /// and extensions, see `upstream_request`).
+    pub async fn forward_head(
+        &self,
+        parts: &mut http::request::Parts,
+        mut body: BoxBody,
+        opts: ForwardOpts<'_>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         // Only a body known to be empty can be sent again: a streamed one is consumed by the
         // first attempt.
-        let body_empty = req.body().is_end_stream() || req.body().size_hint().exact() == Some(0);
+        let body_empty = body.is_end_stream() || body.size_hint().exact() == Some(0);
         let max_attempts = if opts.retryable && body_empty {
             1 + self.retries.attempts.min(MAX_ATTEMPTS - 1)
         } else {
@@ -474,12 +487,10 @@ impl UpstreamPool {
         let direct_len = if body_empty {
             Some(0)
         } else {
-            req.body()
-                .size_hint()
+            body.size_hint()
                 .exact()
-                .filter(|n| length_agrees(req.headers(), *n))
+                .filter(|n| length_agrees(&parts.headers, *n))
         };
-        let (mut parts, mut body) = req.into_parts();
         let direct = self
             .direct
             .filter(|_| parts.method != Method::CONNECT && !parts.headers.contains_key(UPGRADE))
@@ -498,48 +509,52 @@ impl UpstreamPool {
             let last = attempt >= max_attempts;
             // Counted from before the connect: a target busy connecting is busy.
             let guard = InFlight::new(&t.in_flight);
-            let exchange = async {
-                match direct.filter(|_| t.scheme == Scheme::HTTP) {
-                    Some((d, body_len)) => {
-                        let head = RequestHead {
-                            method: &parts.method,
-                            path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-                            headers: &parts.headers,
-                            host: (self.host_header == HostHeader::Target).then_some(&t.host_value),
-                            body_len,
-                            extra: opts.extra,
-                        };
-                        // A request with a body has one attempt (see `max_attempts`).
-                        match d.send(&t.idle, &t.authority, &head, &mut body).await {
-                            Ok(resp) => Ok(resp.map(Either::Right)),
-                            Err(SendError::Connect(e)) => Err(Failure::Connect(e)),
-                            Err(SendError::Other(e)) => Err(Failure::Exchange(e)),
-                        }
-                    }
-                    None => {
-                        let this_body = if last {
-                            std::mem::replace(&mut body, empty_body())
-                        } else {
-                            empty_body()
-                        };
-                        let mut req = self
-                            .upstream_request(t, &mut parts, this_body, last)
-                            .map_err(|e| Failure::Exchange(Box::new(e)))?;
-                        for (name, value) in opts.extra {
-                            req.headers_mut().append(name.clone(), value.clone());
-                        }
-                        match self.client.request(req).await {
-                            Ok(resp) => Ok(resp.map(Either::Left)),
-                            Err(e) if e.is_connect() => Err(Failure::Connect(Box::new(e))),
-                            Err(e) => Err(Failure::Exchange(Box::new(e))),
-                        }
-                    }
-                }
-            };
             let deadline = tokio::time::Instant::now() + opts.timeout;
             let outcome = {
                 let mut expiry = timer.at(deadline);
-                let mut exchange = std::pin::pin!(exchange);
+                // Built in place: a future made first and pinned after is copied whole.
+                let mut exchange = std::pin::pin!(async {
+                    match direct.filter(|_| t.scheme == Scheme::HTTP) {
+                        Some((d, body_len)) => {
+                            let head = RequestHead {
+                                method: &parts.method,
+                                path_and_query: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map_or("/", |p| p.as_str()),
+                                headers: &parts.headers,
+                                host: (self.host_header == HostHeader::Target)
+                                    .then_some(&t.host_value),
+                                body_len,
+                                extra: opts.extra,
+                            };
+                            // A request with a body has one attempt (see `max_attempts`).
+                            match d.send(&t.idle, &t.authority, &head, &mut body).await {
+                                Ok(resp) => Ok(resp.map(Either::Right)),
+                                Err(SendError::Connect(e)) => Err(Failure::Connect(e)),
+                                Err(SendError::Other(e)) => Err(Failure::Exchange(e)),
+                            }
+                        }
+                        None => {
+                            let this_body = if last {
+                                std::mem::replace(&mut body, empty_body())
+                            } else {
+                                empty_body()
+                            };
+                            let mut req = self
+                                .upstream_request(t, parts, this_body, last)
+                                .map_err(|e| Failure::Exchange(Box::new(e)))?;
+                            for (name, value) in opts.extra {
+                                req.headers_mut().append(name.clone(), value.clone());
+                            }
+                            match self.client.request(req).await {
+                                Ok(resp) => Ok(resp.map(Either::Left)),
+                                Err(e) if e.is_connect() => Err(Failure::Connect(Box::new(e))),
+                                Err(e) => Err(Failure::Exchange(Box::new(e))),
+                            }
+                        }
+                    }
+                });
                 std::future::poll_fn(|cx| {
                     // The exchange first: an answer that is there is taken even at the deadline.
                     if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
