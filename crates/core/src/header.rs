@@ -14,6 +14,12 @@ pub fn has_header<T>(headers: &HeaderMap<T>, name: &HeaderName) -> bool {
     headers.keys().any(|k| k == name)
 }
 
+/// `headers.get(name)` — the first value of `name` — found by comparing names rather than by
+/// hashing.
+pub fn header_value<'a, T>(headers: &'a HeaderMap<T>, name: &HeaderName) -> Option<&'a T> {
+    headers.iter().find_map(|(k, v)| (k == name).then_some(v))
+}
+
 /// `headers.remove(name)`, without the hash lookup when the name is absent. Every value of the
 /// name goes; what is left, and its order, is exactly what `HeaderMap::remove` leaves.
 pub fn remove_header<T>(headers: &mut HeaderMap<T>, name: &HeaderName) {
@@ -94,6 +100,32 @@ mod tests {
         // Same length as a present custom name, different bytes.
         assert!(!has_header(&m, &HeaderName::from_static("x-powered-bz")));
         assert!(!has_header(&HeaderMap::new(), &header::SERVER));
+    }
+
+    #[test]
+    fn the_value_found_is_what_get_finds() {
+        let m = map(&[
+            ("a", "1"),
+            ("server", "s1"),
+            ("b", "2"),
+            ("server", "s2"),
+            ("host", "h"),
+        ]);
+        for n in [
+            header::SERVER,
+            header::HOST,
+            header::TE,
+            HeaderName::from_static("a"),
+            HeaderName::from_static("b"),
+            HeaderName::from_static("c"),
+        ] {
+            assert_eq!(header_value(&m, &n), m.get(&n), "{n}");
+        }
+        assert_eq!(header_value(&m, &header::SERVER).unwrap(), "s1");
+        assert_eq!(
+            header_value(&HeaderMap::<HeaderValue>::new(), &header::HOST),
+            None
+        );
     }
 
     #[test]

@@ -105,7 +105,9 @@ fn host_of(head: &http::request::Parts) -> Option<Cow<'_, str>> {
     let raw = match head.uri.authority() {
         Some(a) => a.host(),
         None => {
-            let h = head.headers.get(http::header::HOST)?.to_str().ok()?;
+            let h = portcullis_core::header_value(&head.headers, &http::header::HOST)?
+                .to_str()
+                .ok()?;
             let h = h.trim();
             if let Some(rest) = h.strip_prefix('[') {
                 // [v6]:port: through the first `]`.

@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::sync::watch;
 
 use crate::headers::{NameCache, itoa_u64, lists, raw_lists};
-use crate::service::DeferredSecurity;
+use crate::service::DeferredFields;
 use crate::{ConnInfo, Gateway};
 
 /// Fields the front reads in a head; a head with more goes to hyper (whose own limit is the
@@ -256,7 +256,7 @@ async fn respond<S>(
     head_request: bool,
     mut keep: bool,
     resp: Response<BoxBody>,
-    security: Option<DeferredSecurity>,
+    security: Option<DeferredFields>,
 ) -> io::Result<bool>
 where
     S: AsyncWrite + Unpin,
@@ -297,6 +297,9 @@ where
     let mut says_close = false;
     let mut trailer_names: Vec<HeaderName> = Vec::new();
     for (name, value) in &parts.headers {
+        if security.as_ref().is_some_and(|s| s.omits(name)) {
+            continue;
+        }
         match *name {
             header::CONTENT_LENGTH => {
                 // The body's own length wins (as in hyper); a `HEAD` answer keeps the
@@ -326,8 +329,8 @@ where
         }
         push_field(wbuf, name.as_str().as_bytes(), value.as_bytes());
     }
-    if let Some(sec) = security {
-        for (name, value) in sec.headers.fields(sec.tls) {
+    if let Some(sec) = &security {
+        for (name, value) in sec.fields() {
             push_field(wbuf, name.as_str().as_bytes(), value.as_bytes());
         }
     }
@@ -750,15 +753,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn deferred_security_fields_follow_the_maps_own() {
+    async fn deferred_fields_replace_the_maps_and_follow_them() {
         for tls in [false, true] {
-            let mut resp = answer(
-                &[("server", "x"), ("x-a", "1")],
+            // The map as the upstream sent it: what the gateway replaces or removes is
+            // skipped as the head is written, not removed from the map first.
+            let resp = answer(
+                &[
+                    ("server", "x"),
+                    ("x-a", "1"),
+                    ("x-request-id", "theirs"),
+                    ("x-frame-options", "ALLOWALL"),
+                    ("strict-transport-security", "max-age=1"),
+                ],
                 crate::problem::full_body("b"),
             );
             let sec = Arc::new(portcullis_response::SecurityHeaders::default());
-            sec.strip(resp.headers_mut(), tls);
-            let deferred = DeferredSecurity { headers: sec, tls };
+            let deferred = DeferredFields {
+                headers: sec,
+                tls,
+                request_id: Some((
+                    HeaderName::from_static("x-request-id"),
+                    HeaderValue::from_static("ours"),
+                )),
+            };
             let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
             let mut wbuf = Vec::new();
             respond(&mut ours, &mut wbuf, false, true, resp, Some(deferred))
@@ -769,10 +786,22 @@ mod tests {
             theirs.read_to_end(&mut out).await.unwrap();
             let text = String::from_utf8(out).unwrap();
             assert!(!text.contains("server:"), "{text}");
+            assert!(!text.contains("theirs"), "{text}");
+            assert!(!text.contains("ALLOWALL"), "{text}");
+            assert_eq!(text.matches("x-request-id:").count(), 1, "{text}");
+            assert_eq!(text.matches("x-frame-options:").count(), 1, "{text}");
             let a = text.find("\r\nx-a: 1\r\n").unwrap();
+            let id = text.find("\r\nx-request-id: ours\r\n").unwrap();
             let frame = text.find("\r\nx-frame-options: DENY\r\n").unwrap();
-            assert!(a < frame, "{text}");
-            assert_eq!(text.contains("strict-transport-security:"), tls, "{text}");
+            assert!(a < id && id < frame, "{text}");
+            // Set on TLS connections only, where it replaces the upstream's; otherwise the
+            // upstream's passes (as `strip` leaves it).
+            assert_eq!(text.contains("max-age=1"), !tls, "{text}");
+            assert_eq!(
+                text.matches("strict-transport-security:").count(),
+                1,
+                "{text}"
+            );
             assert!(text.ends_with("\r\n\r\nb"), "{text}");
         }
     }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -56,12 +56,30 @@ pub struct ConnInfo {
     pub response_timer: crate::upstream::TimerSlot,
 }
 
-/// The security fields of an answer whose map does not carry them: to be written after the
-/// map's fields by the server that writes the head ([`Gateway::serve`] stripped the map of
-/// every field they replace).
-pub(crate) struct DeferredSecurity {
+/// The gateway's fields of an answer whose map does not carry them, for the server that
+/// writes the head itself: it skips the map's fields these replace or the policy removes
+/// ([`DeferredFields::omits`]) and writes these after the map's.
+pub(crate) struct DeferredFields {
     pub headers: Arc<portcullis_response::SecurityHeaders>,
     pub tls: bool,
+    /// The request id field (replacing an upstream's of the same name).
+    pub request_id: Option<(HeaderName, HeaderValue)>,
+}
+
+impl DeferredFields {
+    /// Whether the map's fields called `name` stay out of the answer.
+    pub fn omits(&self, name: &HeaderName) -> bool {
+        self.request_id.as_ref().is_some_and(|(n, _)| n == name)
+            || self.headers.omits(name, self.tls)
+    }
+
+    /// The fields to write after the map's.
+    pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.request_id
+            .iter()
+            .map(|(n, v)| (n, v))
+            .chain(self.headers.fields(self.tls))
+    }
 }
 
 /// What the audit event needs that the request itself carries away.
@@ -175,14 +193,14 @@ impl Gateway {
 
     /// One request's way, from whichever server read it (hyper, or the HTTP/1.1 front).
     /// `defer_security`: the caller writes the answer's head itself and may be handed the
-    /// security fields to write after the map's ([`DeferredSecurity`]).
+    /// gateway's fields to write after the map's ([`DeferredFields`]).
     pub(crate) async fn serve<B>(
         self: Arc<Self>,
         conn: Arc<ConnInfo>,
         mut head: Box<http::request::Parts>,
         body: B,
         defer_security: bool,
-    ) -> (Response<BoxBody>, Option<DeferredSecurity>)
+    ) -> (Response<BoxBody>, Option<DeferredFields>)
     where
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -286,9 +304,19 @@ impl Gateway {
                 problem_response(&rejection, &ctx.request_id)
             }
         };
-        if let Some(v) = seen.request_id.take() {
-            resp.headers_mut().insert(id_header, v);
-        }
+        // A server that writes the head itself gets the gateway's fields to write after the
+        // map's (the same answer, without inserts into the map or removals from it) — unless a
+        // step's own response fields may replace some of them, which the map then sorts out.
+        let defer = defer_security && ctx.response_headers.is_empty();
+        let request_id = seen.request_id.take().map(|v| (id_header, v));
+        let request_id = if defer {
+            request_id
+        } else {
+            if let Some((name, value)) = request_id {
+                resp.headers_mut().insert(name, value);
+            }
+            None
+        };
         // Every response — forwarded, refused or answered by the gateway — carries the security
         // headers of its route (the gateway-wide ones when no route matched).
         let security = ctx
@@ -296,14 +324,11 @@ impl Gateway {
             .and_then(|id| config.routes.get(id.0))
             .map_or(&config.security_headers, |r| &r.security_headers);
         let tls = ctx.tls.is_some();
-        // A server that writes the head itself gets the fields to write after the map's
-        // (the same answer, without seven inserts into the map) — unless a step's own
-        // response fields may replace some of them, which the map then sorts out.
-        let deferred = if defer_security && ctx.response_headers.is_empty() {
-            security.strip(resp.headers_mut(), tls);
-            Some(DeferredSecurity {
+        let deferred = if defer {
+            Some(DeferredFields {
                 headers: security.clone(),
                 tls,
+                request_id,
             })
         } else {
             security.apply(resp.headers_mut(), tls);
@@ -360,7 +385,7 @@ impl Gateway {
         let mut head = greq.head;
 
         // HTTP/2 carries the host in :authority; an HTTP/1.1 upstream needs it as Host.
-        if !head.headers.contains_key(header::HOST)
+        if !portcullis_core::has_header(&head.headers, &header::HOST)
             && let Some(v) = head
                 .uri
                 .authority()
@@ -385,7 +410,7 @@ impl Gateway {
         // Headers for the upstream.
         let websocket = downstream_upgrade.is_some();
         strip_hop_by_hop(&mut head.headers, websocket);
-        let host_for_fwd = head.headers.get(header::HOST).cloned();
+        let host_for_fwd = portcullis_core::header_value(&head.headers, &header::HOST).cloned();
         // The gateway's own fields go to a proxied target's client as a list, written after
         // the map's (no inserts into the map) — unless the route's header rules are to see
         // them in the map.

@@ -337,7 +337,7 @@ pub(super) fn encode_head(out: &mut Vec<u8>, req: &RequestHead<'_>, authority: &
             out.extend_from_slice(h.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        None if !headers.contains_key(HOST) => {
+        None if !portcullis_core::has_header(headers, &HOST) => {
             out.extend_from_slice(b"host: ");
             out.extend_from_slice(authority.as_bytes());
             out.extend_from_slice(b"\r\n");
@@ -356,7 +356,7 @@ pub(super) fn encode_head(out: &mut Vec<u8>, req: &RequestHead<'_>, authority: &
     // A body says its length; so does a body-carrying method's empty body (some servers answer
     // 411 otherwise).
     if (body_len > 0 || matches!(*method, Method::POST | Method::PUT | Method::PATCH))
-        && !headers.contains_key(CONTENT_LENGTH)
+        && !portcullis_core::has_header(headers, &CONTENT_LENGTH)
     {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa_u64(body_len, &mut [0u8; 20]));

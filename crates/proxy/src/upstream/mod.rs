@@ -493,7 +493,10 @@ impl UpstreamPool {
         };
         let direct = self
             .direct
-            .filter(|_| parts.method != Method::CONNECT && !parts.headers.contains_key(UPGRADE))
+            .filter(|_| {
+                parts.method != Method::CONNECT
+                    && !portcullis_core::has_header(&parts.headers, &UPGRADE)
+            })
             .zip(direct_len);
         let mut tried = Tried::default();
         let mut pick = self.select(&tried);

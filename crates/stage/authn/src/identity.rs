@@ -100,9 +100,12 @@ impl Stage for IdentityStage {
     fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
         let s = &self.authn.settings;
         let h = &mut req.head.headers;
-        // A client rarely sends these: found by comparing names, not by hashing each one.
-        for name in &s.identity.strip {
-            portcullis_core::remove_header(h, name);
+        // A client rarely sends these: one pass over the request's names says whether any is
+        // there (comparing names, not hashing each one) before any is removed.
+        if h.keys().any(|k| s.identity.strip.contains(k)) {
+            for name in &s.identity.strip {
+                portcullis_core::remove_header(h, name);
+            }
         }
         let Some(route) = ctx.route_id().and_then(|r| self.authn.routes.get(r.0)) else {
             return Step::CONTINUE;

@@ -17,8 +17,8 @@
 
 #![forbid(unsafe_code)]
 
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, Version};
+use http::Version;
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use portcullis_core::{GatewayRequest, RejectReason, Rejection, RequestCtx, Stage, StageId, Step};
 
 pub struct HygieneStage;
@@ -29,38 +29,57 @@ impl HygieneStage {
 
 /// The first problem found in a request head, if any.
 pub fn check(head: &http::request::Parts) -> Result<(), &'static str> {
-    let h = &head.headers;
-    let te = h.get_all(TRANSFER_ENCODING).iter().count();
-    let cl: Vec<&http::HeaderValue> = h.get_all(CONTENT_LENGTH).iter().collect();
-    if te > 0 && !cl.is_empty() {
+    // One pass over the fields, keeping what the rules below need: cheaper than hashing a name
+    // for each rule, for the handful of fields a request carries.
+    let (mut te, mut cl, mut hosts) = (0usize, 0usize, 0usize);
+    let (mut first_te, mut first_cl, mut first_host) = (None, None, None);
+    let mut connection_specific = false;
+    for (name, value) in &head.headers {
+        if *name == TRANSFER_ENCODING {
+            te += 1;
+            first_te.get_or_insert(value);
+            connection_specific = true;
+        } else if *name == CONTENT_LENGTH {
+            cl += 1;
+            first_cl.get_or_insert(value);
+        } else if *name == HOST {
+            hosts += 1;
+            first_host.get_or_insert(value);
+        } else if *name == CONNECTION
+            || *name == UPGRADE
+            || name.as_str() == "keep-alive"
+            || name.as_str() == "proxy-connection"
+            // HTTP/2 allows `TE` with the value `trailers` only, in every field line.
+            || (*name == TE && value.as_bytes() != b"trailers")
+        {
+            connection_specific = true;
+        }
+    }
+    if te > 0 && cl > 0 {
         return Err("Content-Length and Transfer-Encoding together are not accepted");
     }
-    if cl.len() > 1 || cl.first().is_some_and(|v| v.as_bytes().contains(&b',')) {
+    if cl > 1 || first_cl.is_some_and(|v| v.as_bytes().contains(&b',')) {
         return Err("more than one Content-Length is not accepted");
     }
-    if let Some(v) = cl.first()
+    if let Some(v) = first_cl
         && (v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
     {
         return Err("Content-Length must be a decimal number");
     }
-    if te > 1
-        || h.get(TRANSFER_ENCODING)
-            .is_some_and(|v| v.as_bytes() != b"chunked")
-    {
+    if te > 1 || first_te.is_some_and(|v| v.as_bytes() != b"chunked") {
         return Err("Transfer-Encoding must be exactly \"chunked\"");
     }
-    let hosts = h.get_all(HOST).iter().count();
     if hosts > 1 {
         return Err("more than one Host is not accepted");
     }
     match head.version {
         Version::HTTP_11 if hosts == 0 => return Err("an HTTP/1.1 request needs a Host"),
-        Version::HTTP_2 | Version::HTTP_3 if has_connection_specific(h) => {
+        Version::HTTP_2 | Version::HTTP_3 if connection_specific => {
             return Err("connection-specific header fields are not allowed in HTTP/2");
         }
         _ => {}
     }
-    if let (Some(authority), Some(host)) = (head.uri.authority(), h.get(HOST))
+    if let (Some(authority), Some(host)) = (head.uri.authority(), first_host)
         && head.version != Version::HTTP_2
         && !authority
             .as_str()
@@ -69,16 +88,6 @@ pub fn check(head: &http::request::Parts) -> Result<(), &'static str> {
         return Err("the absolute-form target disagrees with Host");
     }
     Ok(())
-}
-
-fn has_connection_specific(h: &HeaderMap) -> bool {
-    h.contains_key(CONNECTION)
-        || h.contains_key(TRANSFER_ENCODING)
-        || h.contains_key("keep-alive")
-        || h.contains_key("proxy-connection")
-        || h.contains_key(http::header::UPGRADE)
-        || h.get(http::header::TE)
-            .is_some_and(|v| v.as_bytes() != b"trailers")
 }
 
 impl Stage for HygieneStage {
@@ -164,5 +173,114 @@ mod tests {
             );
         }
         assert!(check(&head(Version::HTTP_2, "http://a/", &[("te", "trailers")])).is_ok());
+        // Every `TE` field line counts, not only the first.
+        assert!(
+            check(&head(
+                Version::HTTP_2,
+                "http://a/",
+                &[("te", "trailers"), ("te", "gzip")]
+            ))
+            .is_err()
+        );
+        for name in ["proxy-connection", "keep-alive", "upgrade", "connection"] {
+            assert!(
+                check(&head(Version::HTTP_11, "/", &[("host", "a"), (name, "x")])).is_ok(),
+                "{name} is fine in HTTP/1.1"
+            );
+        }
+    }
+
+    /// The rules as first written (a lookup per rule), with every `TE` field line read: the
+    /// one-pass check must give the same verdict on any head.
+    fn by_lookups(head: &http::request::Parts) -> Result<(), &'static str> {
+        let h = &head.headers;
+        let te = h.get_all(TRANSFER_ENCODING).iter().count();
+        let cl: Vec<_> = h.get_all(CONTENT_LENGTH).iter().collect();
+        if te > 0 && !cl.is_empty() {
+            return Err("Content-Length and Transfer-Encoding together are not accepted");
+        }
+        if cl.len() > 1 || cl.first().is_some_and(|v| v.as_bytes().contains(&b',')) {
+            return Err("more than one Content-Length is not accepted");
+        }
+        if let Some(v) = cl.first()
+            && (v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
+        {
+            return Err("Content-Length must be a decimal number");
+        }
+        if te > 1
+            || h.get(TRANSFER_ENCODING)
+                .is_some_and(|v| v.as_bytes() != b"chunked")
+        {
+            return Err("Transfer-Encoding must be exactly \"chunked\"");
+        }
+        let hosts = h.get_all(HOST).iter().count();
+        if hosts > 1 {
+            return Err("more than one Host is not accepted");
+        }
+        let specific = h.contains_key(CONNECTION)
+            || h.contains_key(TRANSFER_ENCODING)
+            || h.contains_key("keep-alive")
+            || h.contains_key("proxy-connection")
+            || h.contains_key(UPGRADE)
+            || h.get_all(TE).iter().any(|v| v.as_bytes() != b"trailers");
+        match head.version {
+            Version::HTTP_11 if hosts == 0 => return Err("an HTTP/1.1 request needs a Host"),
+            Version::HTTP_2 | Version::HTTP_3 if specific => {
+                return Err("connection-specific header fields are not allowed in HTTP/2");
+            }
+            _ => {}
+        }
+        if let (Some(authority), Some(host)) = (head.uri.authority(), h.get(HOST))
+            && head.version != Version::HTTP_2
+            && !authority
+                .as_str()
+                .eq_ignore_ascii_case(host.to_str().unwrap_or(""))
+        {
+            return Err("the absolute-form target disagrees with Host");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn one_pass_agrees_with_a_lookup_per_rule() {
+        let names = [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "te",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "upgrade",
+            "accept",
+            "x-other",
+        ];
+        let values = [
+            "a", "A", "b", "5", "5, 5", "", "chunked", "gzip", "trailers", "x",
+        ];
+        let versions = [Version::HTTP_10, H1, Version::HTTP_2, Version::HTTP_3];
+        let uris = ["/", "http://a/x", "http://b/x"];
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut refused = 0;
+        for _ in 0..20_000 {
+            let fields: Vec<(&str, &str)> = (0..rng.usize(0..6))
+                .map(|_| {
+                    (
+                        names[rng.usize(..names.len())],
+                        values[rng.usize(..values.len())],
+                    )
+                })
+                .collect();
+            let h = head(
+                versions[rng.usize(..versions.len())],
+                uris[rng.usize(..uris.len())],
+                &fields,
+            );
+            let verdict = check(&h);
+            refused += usize::from(verdict.is_err());
+            assert_eq!(verdict, by_lookups(&h), "{h:?}");
+        }
+        // Both ways were exercised.
+        assert!((2_000..18_000).contains(&refused), "{refused} refused");
     }
 }

@@ -229,12 +229,10 @@ impl Stage for BodyLimitStage {
             .and_then(|id| self.per_route.get(id.0).copied())
             .unwrap_or(self.default);
         ctx.body_limit = Some(limit);
-        let declared = req
-            .head
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let declared =
+            portcullis_core::header_value(&req.head.headers, &http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
         match declared {
             Some(len) if len > limit => Step::reject(Rejection::new(
                 RejectReason::BodyTooLarge,

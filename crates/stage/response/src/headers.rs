@@ -256,6 +256,17 @@ impl SecurityHeaders {
         }
     }
 
+    /// Whether [`strip`](Self::strip) removes the fields called `name`. A server that writes
+    /// the answer head itself may leave them in the map and skip them as it writes: the same
+    /// answer, without removing entries from the map.
+    pub fn omits(&self, name: &HeaderName, tls: bool) -> bool {
+        let n = name.as_str();
+        if builtin_removed_index(n).is_some() || self.extra_remove.iter().any(|r| r == name) {
+            return true;
+        }
+        slot_index(n).is_some_and(|i| self.values[i].is_some() && (i != HSTS || tls))
+    }
+
     /// The fields set on a response (`Strict-Transport-Security` only when `tls`).
     pub fn fields(&self, tls: bool) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         SLOTS
@@ -570,12 +581,19 @@ mod tests {
             ("x-frame-options", "ALLOWALL"),
             ("strict-transport-security", "max-age=1"),
             ("content-type", "text/plain"),
+            ("set-cookie", "a=1"),
             ("x-debug", "1"),
+            ("set-cookie", "b=2"),
         ];
         let mut configs = vec![SecurityHeaders::default()];
         let mut custom = SecurityHeaders::default();
         custom.values[2] = None; // frame options off: the upstream's passes
         custom.extra_remove = vec![HeaderName::from_static("x-debug")];
+        configs.push(custom.clone());
+        // Off, and removed by the route's own list: nobody's goes out.
+        custom
+            .extra_remove
+            .push(HeaderName::from_static("x-frame-options"));
         configs.push(custom);
         for cfg in &configs {
             for tls in [false, true] {
@@ -583,9 +601,25 @@ mod tests {
                 for (n, v) in upstream {
                     map.append(n, HeaderValue::from_static(v));
                 }
+                map.append("server", HeaderValue::from_static("again"));
                 let mut applied = map.clone();
                 cfg.apply(&mut applied, tls);
+                // Skipping what `omits` names leaves exactly what `strip` leaves: the same
+                // fields, each name's values in the same order (removal from the map moves
+                // other names about; skipping keeps the upstream's order).
+                let by_name = |fields: &mut Vec<(HeaderName, HeaderValue)>| {
+                    fields.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+                };
+                let mut kept: Vec<_> = map
+                    .iter()
+                    .filter(|(n, _)| !cfg.omits(n, tls))
+                    .map(|(n, v)| (n.clone(), v.clone()))
+                    .collect();
                 cfg.strip(&mut map, tls);
+                let mut left: Vec<_> = map.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+                by_name(&mut kept);
+                by_name(&mut left);
+                assert_eq!(kept, left, "tls {tls}");
                 for (n, v) in cfg.fields(tls) {
                     assert!(!map.contains_key(n), "{n} left by strip");
                     map.append(n.clone(), v.clone());
