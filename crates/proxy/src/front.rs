@@ -807,6 +807,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_configured_removal_does_not_take_the_gateways_close_away() {
+        let raw: portcullis_response::RawSecurityHeaders =
+            serde_json::from_str(r#"{"remove": ["connection", "x-secret"]}"#).unwrap();
+        let mut errors = portcullis_core::ConfigErrors::new();
+        let sec = portcullis_response::compile_global(Some(&raw), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let resp = answer(
+            &[("connection", "close"), ("x-secret", "s"), ("x-a", "1")],
+            crate::problem::full_body("b"),
+        );
+        let deferred = DeferredFields {
+            headers: Arc::new(sec),
+            tls: false,
+            request_id: None,
+        };
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let mut wbuf = Vec::new();
+        let kept = respond(&mut ours, &mut wbuf, false, true, resp, Some(deferred))
+            .await
+            .unwrap();
+        drop(ours);
+        let mut out = Vec::new();
+        theirs.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!kept, "the connection ends: {text}");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+        assert!(!text.contains("x-secret"), "{text}");
+        assert!(text.contains("\r\nx-a: 1\r\n"), "{text}");
+    }
+
+    #[tokio::test]
     async fn an_interim_status_as_the_final_answer_is_a_500_that_ends_the_connection() {
         let mut resp = answer(&[("x-a", "1")], crate::problem::full_body("body"));
         *resp.status_mut() = StatusCode::EARLY_HINTS;

@@ -67,10 +67,13 @@ pub(crate) struct DeferredFields {
 }
 
 impl DeferredFields {
-    /// Whether the map's fields called `name` stay out of the answer.
+    /// Whether the map's fields called `name` stay out of the answer. `Connection` never does:
+    /// past the hop-by-hop strip it is the gateway's own `close`, which a configured removal
+    /// must not take away.
     pub fn omits(&self, name: &HeaderName) -> bool {
-        self.request_id.as_ref().is_some_and(|(n, _)| n == name)
-            || self.headers.omits(name, self.tls)
+        (self.request_id.as_ref().is_some_and(|(n, _)| n == name)
+            || self.headers.omits(name, self.tls))
+            && name != header::CONNECTION
     }
 
     /// The fields to write after the map's.
