@@ -807,9 +807,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_configured_removal_does_not_take_the_gateways_close_away() {
+    async fn configured_removals_are_skipped_and_the_gateways_close_stays() {
+        // `connection` itself cannot be configured for removal (refused at load time).
+        let refused: portcullis_response::RawSecurityHeaders =
+            serde_json::from_str(r#"{"remove": ["connection"]}"#).unwrap();
+        let mut errors = portcullis_core::ConfigErrors::new();
+        portcullis_response::compile_global(Some(&refused), &mut errors);
+        assert!(!errors.is_empty());
         let raw: portcullis_response::RawSecurityHeaders =
-            serde_json::from_str(r#"{"remove": ["connection", "x-secret"]}"#).unwrap();
+            serde_json::from_str(r#"{"remove": ["x-secret"]}"#).unwrap();
         let mut errors = portcullis_core::ConfigErrors::new();
         let sec = portcullis_response::compile_global(Some(&raw), &mut errors);
         assert!(errors.is_empty(), "{errors:?}");

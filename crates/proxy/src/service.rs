@@ -68,8 +68,8 @@ pub(crate) struct DeferredFields {
 
 impl DeferredFields {
     /// Whether the map's fields called `name` stay out of the answer. `Connection` never does:
-    /// past the hop-by-hop strip it is the gateway's own `close`, which a configured removal
-    /// must not take away.
+    /// past the hop-by-hop strip it is the gateway's own `close` (a configured removal of it
+    /// is refused at load time; this keeps it so whatever the policy says).
     pub fn omits(&self, name: &HeaderName) -> bool {
         (self.request_id.as_ref().is_some_and(|(n, _)| n == name)
             || self.headers.omits(name, self.tls))

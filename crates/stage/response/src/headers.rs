@@ -376,6 +376,20 @@ fn compile_remove(name: &str) -> Result<HeaderName, String> {
             "{name:?} frames the body; the gateway manages it and it cannot be removed"
         ));
     }
+    // An upstream's hop-by-hop fields never reach the client; these are the gateway's own
+    // when an answer carries them (a `Connection: close` that ends the connection, a 101's
+    // `Connection`/`Upgrade`, the announced trailers), and must stay.
+    if [
+        http::header::CONNECTION,
+        http::header::UPGRADE,
+        http::header::TRAILER,
+    ]
+    .contains(&n)
+    {
+        return Err(format!(
+            "{name:?} is a hop-by-hop field; the gateway manages it and it cannot be removed"
+        ));
+    }
     Ok(n)
 }
 
@@ -1094,6 +1108,18 @@ mod tests {
                 "remove: [transfer-encoding]",
                 format!(
                     "{p}.remove[0]: \"transfer-encoding\" frames the body; the gateway manages it and it cannot be removed"
+                ),
+            ),
+            (
+                "remove: [Connection]",
+                format!(
+                    "{p}.remove[0]: \"Connection\" is a hop-by-hop field; the gateway manages it and it cannot be removed"
+                ),
+            ),
+            (
+                "remove: [upgrade]",
+                format!(
+                    "{p}.remove[0]: \"upgrade\" is a hop-by-hop field; the gateway manages it and it cannot be removed"
                 ),
             ),
         ];
