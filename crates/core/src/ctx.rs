@@ -91,14 +91,20 @@ impl RequestId {
 /// `v` as lowercase hex of `N` digits (zero-padded, the high digits cut if `v` is longer),
 /// written into `buf` without formatting machinery or allocation (per-request ids).
 pub fn hex_lower<const N: usize>(v: u128, buf: &mut [u8; N]) -> &str {
+    write_hex_lower(v, buf);
+    // Only ASCII hex digits were written.
+    std::str::from_utf8(buf).unwrap_or_default()
+}
+
+/// [`hex_lower`] into any byte slice (its length is the number of digits), for a caller that
+/// wants the bytes, not a `str` (a header value being assembled).
+pub fn write_hex_lower(v: u128, buf: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (i, b) in buf.iter_mut().rev().enumerate() {
         let shift = 4 * i;
         let nibble = if shift < 128 { (v >> shift) & 0xf } else { 0 };
         *b = DIGITS[nibble as usize];
     }
-    // Only ASCII hex digits were written.
-    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 impl std::fmt::Display for RequestId {

@@ -39,7 +39,9 @@ pub use body::{
     RequestBody,
 };
 pub use contract::{ContractReport, ResponseContract};
-pub use ctx::{RequestCtx, RequestId, RouteId, RouteMatch, Scheme, TlsInfo, hex_lower};
+pub use ctx::{
+    RequestCtx, RequestId, RouteId, RouteMatch, Scheme, TlsInfo, hex_lower, write_hex_lower,
+};
 pub use errors::{ConfigError, ConfigErrors};
 pub use header::{has_header, header_value, is_tchar, remove_header};
 pub use identity::{AuthMethod, PeerCertificate, Principal, SpiffeId, claim_at};

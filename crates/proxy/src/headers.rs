@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use portcullis_core::{RequestCtx, Scheme, has_header, hex_lower, remove_header};
+use portcullis_core::{RequestCtx, Scheme, has_header, remove_header, write_hex_lower};
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) plus the de-facto ones.
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -473,12 +473,10 @@ pub fn propagate_traceparent(headers: &mut HeaderMap, sink: &mut FieldSink<'_>) 
                     break t;
                 }
             };
-            let mut hex = [0u8; 32];
-            value[3..35].copy_from_slice(hex_lower(trace, &mut hex).as_bytes());
+            write_hex_lower(trace, &mut value[3..35]);
         }
     }
-    let mut hex = [0u8; 16];
-    value[36..52].copy_from_slice(hex_lower(u128::from(span), &mut hex).as_bytes());
+    write_hex_lower(u128::from(span), &mut value[36..52]);
     match HeaderValue::from_bytes(&value) {
         Ok(v) => sink.set(headers, TRACEPARENT, v),
         Err(_) => {

@@ -518,17 +518,22 @@ impl Gateway {
                     },
                     None => None,
                 };
-                let started = std::time::Instant::now();
                 let adaptive = rt.snapshot.pipeline.ratelimit.adaptive();
+                // Timed only for the limits that learn from upstream latency.
+                let started =
+                    (adaptive.is_some() || permit.is_some()).then(std::time::Instant::now);
                 let answer = pool.forward_head(&mut head, body, opts).await;
-                let failed = answer
-                    .as_ref()
-                    .map_or(true, |ur| ur.response.status().is_server_error());
-                if let Some(a) = adaptive {
-                    a.record_upstream(started.elapsed(), failed);
-                }
-                if let Some(p) = permit {
-                    p.done(started.elapsed(), failed);
+                if let Some(started) = started {
+                    let failed = answer
+                        .as_ref()
+                        .map_or(true, |ur| ur.response.status().is_server_error());
+                    let took = started.elapsed();
+                    if let Some(a) = adaptive {
+                        a.record_upstream(took, failed);
+                    }
+                    if let Some(p) = permit {
+                        p.done(took, failed);
+                    }
                 }
                 match answer {
                     Ok(ur) => {
