@@ -656,9 +656,19 @@ mod tests {
 
     /// Answers `resp` into an in-memory pipe; returns what `respond` said and the wire bytes.
     async fn wire(head_request: bool, keep: bool, resp: Response<BoxBody>) -> (bool, String) {
+        wire_with(head_request, keep, resp, None).await
+    }
+
+    /// [`wire`], with the gateway's deferred fields.
+    async fn wire_with(
+        head_request: bool,
+        keep: bool,
+        resp: Response<BoxBody>,
+        deferred: Option<DeferredFields>,
+    ) -> (bool, String) {
         let (mut ours, mut theirs) = tokio::io::duplex(1 << 20);
         let mut wbuf = Vec::new();
-        let kept = respond(&mut ours, &mut wbuf, head_request, keep, resp, None)
+        let kept = respond(&mut ours, &mut wbuf, head_request, keep, resp, deferred)
             .await
             .unwrap();
         drop(ours);
@@ -776,15 +786,7 @@ mod tests {
                     HeaderValue::from_static("ours"),
                 )),
             };
-            let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
-            let mut wbuf = Vec::new();
-            respond(&mut ours, &mut wbuf, false, true, resp, Some(deferred))
-                .await
-                .unwrap();
-            drop(ours);
-            let mut out = Vec::new();
-            theirs.read_to_end(&mut out).await.unwrap();
-            let text = String::from_utf8(out).unwrap();
+            let (_, text) = wire_with(false, true, resp, Some(deferred)).await;
             assert!(!text.contains("server:"), "{text}");
             assert!(!text.contains("theirs"), "{text}");
             assert!(!text.contains("ALLOWALL"), "{text}");
@@ -828,15 +830,7 @@ mod tests {
             tls: false,
             request_id: None,
         };
-        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
-        let mut wbuf = Vec::new();
-        let kept = respond(&mut ours, &mut wbuf, false, true, resp, Some(deferred))
-            .await
-            .unwrap();
-        drop(ours);
-        let mut out = Vec::new();
-        theirs.read_to_end(&mut out).await.unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let (kept, text) = wire_with(false, true, resp, Some(deferred)).await;
         assert!(!kept, "the connection ends: {text}");
         assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
         assert!(!text.contains("x-secret"), "{text}");
