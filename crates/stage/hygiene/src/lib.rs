@@ -33,6 +33,8 @@ pub fn check(head: &http::request::Parts) -> Result<(), &'static str> {
     // for each rule, for the handful of fields a request carries.
     let (mut te, mut cl, mut hosts) = (0usize, 0usize, 0usize);
     let (mut first_te, mut first_cl, mut first_host) = (None, None, None);
+    // Looked for only where it matters: HTTP/1 carries these fields legitimately.
+    let h2 = matches!(head.version, Version::HTTP_2 | Version::HTTP_3);
     let mut connection_specific = false;
     for (name, value) in &head.headers {
         if *name == TRANSFER_ENCODING {
@@ -45,14 +47,13 @@ pub fn check(head: &http::request::Parts) -> Result<(), &'static str> {
         } else if *name == HOST {
             hosts += 1;
             first_host.get_or_insert(value);
-        } else if *name == CONNECTION
-            || *name == UPGRADE
-            || name.as_str() == "keep-alive"
-            || name.as_str() == "proxy-connection"
+        } else if h2 {
             // HTTP/2 allows `TE` with the value `trailers` only, in every field line.
-            || (*name == TE && value.as_bytes() != b"trailers")
-        {
-            connection_specific = true;
+            connection_specific |= *name == CONNECTION
+                || *name == UPGRADE
+                || name.as_str() == "keep-alive"
+                || name.as_str() == "proxy-connection"
+                || (*name == TE && value.as_bytes() != b"trailers");
         }
     }
     if te > 0 && cl > 0 {
