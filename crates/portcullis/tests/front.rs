@@ -181,12 +181,12 @@ async fn pipelined_plain_requests_are_answered_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_the_front_does_not_take_goes_to_hyper_with_the_rest_of_the_connection() {
     let gw = gateway(APP);
-    // A plain GET, then a POST with a body (hyper's from there on), then plain GETs again.
+    // A plain GET, then a chunked POST (hyper's from there on), then plain GETs again.
     let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
     let wire = exchange_to_close(
         &mut s,
         b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n\
-          POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+          POST /2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
           GET /3 HTTP/1.1\r\nHost: x\r\n\r\n\
           GET /4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
@@ -273,6 +273,154 @@ async fn answers_are_framed_by_what_their_body_says() {
         String::from_utf8_lossy(&wire).contains("HTTP/1.1 503 Service Unavailable\r\n"),
         "{}",
         String::from_utf8_lossy(&wire)
+    );
+}
+
+/// Bodies of a known length: the front reads them — what came with the head at once, the
+/// rest as it arrives and as the upstream takes it — forwards exactly those bytes with their
+/// length, and serves the next request on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_of_known_length_are_forwarded_whole_and_the_connection_goes_on() {
+    let up = TestUpstream::start("u").await;
+    let gw = gateway(&format!(
+        "upstreams: {{ u: {{ targets: [\"{}\"] }} }}\nroutes:\n  - {{ name: u, match: {{ prefix: / }}, upstream: u }}\n",
+        up.url()
+    ));
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    // A body that looks like a request is a body; a GET after it is the next request.
+    let inner = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut first = format!(
+        "POST /1 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        inner.len()
+    )
+    .into_bytes();
+    first.extend_from_slice(inner);
+    first.extend_from_slice(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n");
+    // A large body arriving in pieces, with pauses between them.
+    let big: Vec<u8> = (0..300_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    first.extend_from_slice(
+        format!(
+            "PUT /3 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            big.len()
+        )
+        .as_bytes(),
+    );
+    first.extend_from_slice(&big[..1000]);
+    s.write_all(&first).await.unwrap();
+    for piece in big[1000..].chunks(100_000) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(piece).await.unwrap();
+    }
+    // The last piece of the body and the next request in one write.
+    s.write_all(b"DELETE /4 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut wire = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut wire))
+        .await
+        .unwrap()
+        .unwrap();
+    let (got, rest) = answers(&wire, &[false; 4]);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    assert_eq!(got.len(), 4, "{}", String::from_utf8_lossy(&wire));
+    for a in &got[..3] {
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.field("connection"), None, "{a:?}");
+    }
+    assert_eq!(got[3].field("connection"), Some("close"));
+    let seen = up.requests();
+    let paths: Vec<_> = seen.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(paths, ["/1", "/2", "/3", "/4"]);
+    assert_eq!(&seen[0].body[..], inner);
+    assert_eq!(
+        seen[0].headers["content-length"],
+        inner.len().to_string().as_str()
+    );
+    assert!(seen[1].body.is_empty());
+    assert_eq!(seen[2].body.len(), big.len());
+    assert!(seen[2].body == big, "the large body arrived as sent");
+    assert_eq!(seen[2].headers["content-length"], "300000");
+    assert!(!seen[2].headers.contains_key("transfer-encoding"));
+}
+
+/// A body the gateway refuses without reading: the answer says `connection: close`, reaches
+/// the client whole although the client is still sending (the gateway reads and drops what
+/// follows before closing, rather than resetting the connection under the answer), and
+/// nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_refused_unread_ends_the_connection_after_a_whole_answer() {
+    let up = TestUpstream::start("u").await;
+    let gw = gateway(&format!(
+        "upstreams: {{ u: {{ targets: [\"{}\"] }} }}\nroutes:\n  - {{ name: u, match: {{ prefix: / }}, upstream: u, max_body_bytes: 64 }}\n",
+        up.url()
+    ));
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    let mut bytes = b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\n".to_vec();
+    // Far more than the gateway reads before it answers: most of it waits unread in the
+    // gateway's receive buffer when the answer goes out.
+    bytes.extend_from_slice(&vec![b'x'; 200_000]);
+    let wire = exchange_to_close(&mut s, &bytes).await;
+    // The gateway has closed its side; it still takes (and drops) what the client sends on,
+    // for a while: a closed socket would answer these writes with a reset.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(&[b'x'; 50_000])
+            .await
+            .expect("the rest of the body is taken after the answer");
+    }
+    drop(s);
+    let (got, rest) = answers(&wire, &[false]);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    let a = &got[0];
+    assert_eq!(a.status, 413, "{a:?}");
+    assert_eq!(a.field("connection"), Some("close"));
+    assert_eq!(a.field("content-type"), Some("application/problem+json"));
+    let doc = a.json();
+    assert_eq!(
+        doc["type"], "urn:portcullis:problem:body_too_large",
+        "{doc}"
+    );
+    assert_eq!(doc["request_id"].as_str(), a.field("x-request-id"), "{doc}");
+    assert_eq!(up.hits(), 0);
+    // Healthy.
+    let wire = exchange_to_close(
+        &mut TcpStream::connect(gw.listener("public")).await.unwrap(),
+        b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(wire.starts_with(b"HTTP/1.1 200 "));
+}
+
+/// A client that stops sending inside its body: the body fails (it is never passed on as
+/// complete), the client is answered and the connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_by_the_client_is_never_forwarded_as_complete() {
+    let up = TestUpstream::start("u").await;
+    let gw = gateway(&format!(
+        "upstreams: {{ u: {{ targets: [\"{}\"] }} }}\nroutes:\n  - {{ name: u, match: {{ prefix: / }}, upstream: u }}\n",
+        up.url()
+    ));
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    s.write_all(b"POST /cut HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly ten b")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut wire = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut wire))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&wire);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(
+        text.contains("urn:portcullis:problem:body_read_failed"),
+        "{text}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        up.requests().iter().all(|r| r.path() != "/cut"),
+        "the upstream handled a request whose body never arrived whole"
     );
 }
 

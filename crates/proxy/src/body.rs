@@ -52,6 +52,12 @@ pin_project_lite::pin_project! {
         received: u64,
         rules: BodyRules,
         started: Instant,
+        // When the last piece arrived (the start before the first).
+        last: Instant,
+        // Whether gaps are timed (not for a size-only watcher).
+        timed: bool,
+        // Armed the first time the body has nothing to give: a body whose bytes are all there
+        // already (most small ones) never registers a timer.
         gap: Option<Pin<Box<Sleep>>>,
         tripped: Arc<Tripped>,
     }
@@ -59,16 +65,16 @@ pin_project_lite::pin_project! {
 
 impl LimitedBody {
     pub fn new(inner: BoxBody, rules: BodyRules, tripped: Arc<Tripped>) -> Self {
-        // A body that is already complete needs no timer (most GETs).
-        let gap =
-            (!inner.is_end_stream()).then(|| Box::pin(tokio::time::sleep(rules.read_timeout)));
+        let started = Instant::now();
         LimitedBody {
             inner,
             remaining: rules.limit,
             received: 0,
             rules,
-            started: Instant::now(),
-            gap,
+            started,
+            last: started,
+            timed: true,
+            gap: None,
             tripped,
         }
     }
@@ -78,6 +84,7 @@ impl LimitedBody {
     /// A watcher of size only (the timers run in the watcher put on the body when the request
     /// arrived, see `service.rs`), sharing that watcher's `tripped`.
     pub fn size_only(inner: BoxBody, limit: u64, tripped: Arc<Tripped>) -> Self {
+        let started = Instant::now();
         LimitedBody {
             inner,
             remaining: limit,
@@ -87,7 +94,9 @@ impl LimitedBody {
                 read_timeout: Duration::MAX,
                 min_bytes_per_second: 0,
             },
-            started: Instant::now(),
+            started,
+            last: started,
+            timed: false,
             gap: None,
             tripped,
         }
@@ -126,17 +135,22 @@ impl Body for LimitedBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
                     }
                 }
+                *this.last = now;
                 if let Some(gap) = this.gap.as_mut() {
                     gap.as_mut().reset(now + this.rules.read_timeout);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending => {
-                if let Some(gap) = this.gap.as_mut()
-                    && gap.as_mut().poll(cx).is_ready()
-                {
-                    this.tripped.set(2);
-                    return Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
+                if *this.timed {
+                    let deadline = *this.last + this.rules.read_timeout;
+                    let gap = this
+                        .gap
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if gap.as_mut().poll(cx).is_ready() {
+                        this.tripped.set(2);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
+                    }
                 }
                 Poll::Pending
             }
@@ -211,6 +225,17 @@ mod tests {
                 .is_err()
         );
         assert_eq!(t.reason(), Some(RejectReason::BodyTooLarge));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_is_all_there_arms_no_timer() {
+        let t = Arc::new(Tripped::default());
+        let mut b = LimitedBody::new(body(10), rules(10), t.clone());
+        let data = b.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(data.len(), 10);
+        assert!(b.gap.is_none());
+        assert!(b.frame().await.is_none());
+        assert_eq!(t.reason(), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,25 +1,36 @@
 //! The HTTP/1.1 front: a connection's plain requests read, handled and answered by the
 //! connection's own task, without hyper's server.
 //!
-//! Most of what a gateway serves is plain: an HTTP/1.1 request without a body, an upgrade or
-//! an `Expect`. For those, hyper's server machinery (its dispatcher, a body channel, a boxed
-//! handler future, a general-purpose answer encoder) cost about a third of the gateway's
-//! instructions per request (ADR 0010). The front reads such a request from the strict framing reader's bytes, hands it
-//! to the engine and writes the answer itself, head and first body bytes in one write.
+//! Most of what a gateway serves is plain: an HTTP/1.1 request without a body or with one of
+//! known length, no upgrade, no `Expect`. For those, hyper's server machinery (its dispatcher,
+//! a body channel, a boxed handler future, a general-purpose answer encoder) cost about a third
+//! of the gateway's instructions per request (ADR 0010). The front reads such a request from
+//! the strict framing reader's bytes, hands it to the engine and writes the answer itself,
+//! head and first body bytes in one write.
 //!
-//! Everything else — a request with a body, an upgrade, `CONNECT`, `Expect`, HTTP/1.0, an
-//! HTTP/2 preface, a head `httparse` or `http` refuses, one with more fields than the front
-//! reads, an oversized head, a head cut by the end of the stream — is not taken: hyper serves
-//! the connection from that request on, starting with the bytes the front had read
-//! ([`Outcome::HandOver`]). So the front never refuses a request hyper would have taken, nor
-//! answers one differently: whatever it does not read exactly as hyper would goes to hyper.
+//! A body of known length ([`FrontBody`]): the bytes that came with the head, plus what the
+//! socket already holds when the body is short, are handed on at once (no channel, no timer);
+//! the rest of a longer body is read by the connection's task while the engine handles the
+//! request, one piece at a time and only once the engine took the last one ([`Feed`]). The
+//! engine watches it as any body (size limit, read timeout, minimum rate). A body that ends
+//! early fails; one the engine answered without reading whole ends the connection after the
+//! answer, the rest read and dropped for a while first ([`linger`]) so that closing does not
+//! reset the connection under the answer.
+//!
+//! Everything else — a chunked body, an upgrade, `CONNECT`, `Expect`, HTTP/1.0, an HTTP/2
+//! preface, a head `httparse` or `http` refuses, a `Content-Length` not in plain decimal, one
+//! with more fields than the front reads, an oversized head, a head cut by the end of the
+//! stream — is not taken: hyper serves the connection from that request on, starting with the
+//! bytes the front had read ([`Outcome::HandOver`]). So the front never refuses a request hyper
+//! would have taken, nor reads one differently: whatever it does not read exactly as hyper would
+//! goes to hyper.
 //!
 //! The answer is written as hyper writes it: `HTTP/1.1`, lower-case names in the map's order,
 //! `content-length` from the body when it knows its length (`0` for an empty body), chunked
 //! otherwise, no body for `HEAD`, 204 and 304, a `date`, and `connection: close` when the
-//! connection ends after it (the client asked, the answer says so, or the gateway is
-//! stopping). A body that fails or ends short of its length ends the connection, the only
-//! honest signal left once a head is out.
+//! connection ends after it (the client asked, the answer says so, the request's body was not
+//! read whole, or the gateway is stopping). A body that fails or ends short of its length ends
+//! the connection, the only honest signal left once a head is out.
 
 use std::cell::Cell;
 use std::io::{self, IoSlice};
@@ -33,10 +44,9 @@ use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use http_body_util::Empty;
 use portcullis_core::BoxBody;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::headers::{NameCache, itoa_u64, lists, raw_lists};
 use crate::service::DeferredFields;
@@ -65,8 +75,8 @@ pub(crate) enum Outcome<S> {
 
 /// What one head is, for the front.
 enum Parsed {
-    /// A plain request, and whether the client asked to close after it.
-    Take(Box<http::request::Parts>, bool),
+    /// A plain request, whether the client asked to close after it, and its body's length.
+    Take(Box<http::request::Parts>, bool, u64),
     /// Not a whole head yet.
     Partial,
     /// Anything else: hyper's.
@@ -91,10 +101,10 @@ where
     let mut names = NameCache::default();
     let mut fields_at = Vec::with_capacity(16);
     loop {
-        let (req, asked_close) = loop {
+        let (req, asked_close, length) = loop {
             if !rbuf.is_empty() {
                 match parse(&mut rbuf, &mut names, &mut fields_at) {
-                    Parsed::Take(req, close) => break (req, close),
+                    Parsed::Take(req, close, length) => break (req, close, length),
                     Parsed::Partial if rbuf.len() <= max_head => {}
                     Parsed::Partial | Parsed::Other => {
                         return Outcome::HandOver(Prefixed::new(rbuf, io));
@@ -123,16 +133,49 @@ where
             }
         };
         let head_request = req.method == Method::HEAD;
-        let (resp, security) = gw
-            .clone()
-            .serve(info.clone(), req, Empty::new(), true)
-            .await;
+        if length > rbuf.len() as u64 && length <= EAGER_BODY as u64 {
+            take_what_is_there(&mut io, &mut rbuf, length as usize).await;
+        }
+        // The body: what came with the head at once; the rest, if any, read by this task while
+        // the engine handles the request (and only as fast as the engine takes it).
+        let here = usize::try_from(length).map_or(rbuf.len(), |n| n.min(rbuf.len()));
+        let first = (here > 0).then(|| rbuf.split_to(here).freeze());
+        let mut feed = Feed {
+            unread: length - here as u64,
+            failed: false,
+        };
+        let (resp, security) = if feed.unread == 0 {
+            let body = FrontBody::new(first, None, length);
+            gw.clone().serve(info.clone(), req, body, true).await
+        } else {
+            let (tx, rx) = mpsc::channel(1);
+            let body = FrontBody::new(first, Some(rx), length);
+            let served = gw.clone().serve(info.clone(), req, body, true);
+            let mut served = std::pin::pin!(served);
+            let mut tx = Some(tx);
+            loop {
+                tokio::select! {
+                    biased;
+                    out = &mut served => break out,
+                    more = feed.next(&mut io, &mut rbuf, tx.as_ref()), if tx.is_some() => {
+                        if !more {
+                            tx = None;
+                        }
+                    }
+                }
+            }
+        };
         // The value, not whether it changed: the sender is dropped once it has said stop.
-        let keep = !asked_close && !*stop.borrow();
+        // A body left on the wire (the engine answered without reading it all) ends the
+        // connection: the next request would start somewhere in it.
+        let keep = !asked_close && !*stop.borrow() && feed.unread == 0;
         match respond(&mut io, &mut wbuf, head_request, keep, resp, security).await {
             Ok(true) => {}
             Ok(false) => {
                 let _ = io.shutdown().await;
+                if feed.unread > 0 && !feed.failed {
+                    linger(&mut io, &mut rbuf).await;
+                }
                 return Outcome::Closed;
             }
             Err(e) => {
@@ -140,6 +183,182 @@ where
                 return Outcome::Closed;
             }
         }
+    }
+}
+
+/// A body up to this long that is not all in the buffer after its head is looked for in the
+/// socket's without waiting (a client writes head and body together; the first read stops at
+/// the buffer's room), so that it is handed on whole.
+const EAGER_BODY: usize = 64 * 1024;
+/// Most room made for one read of a body's rest.
+const BODY_READ: usize = 64 * 1024;
+
+/// Reads into `rbuf` what the connection already has, until `rbuf` holds `want` bytes or a
+/// read would wait. The end of the stream or an error is left for the next read to meet.
+async fn take_what_is_there<S: AsyncRead + Unpin>(io: &mut S, rbuf: &mut BytesMut, want: usize) {
+    rbuf.reserve(want - rbuf.len());
+    while rbuf.len() < want {
+        let read = std::future::poll_fn(|cx| {
+            let read = std::pin::pin!(io.read_buf(rbuf));
+            match read.poll(cx) {
+                Poll::Ready(Ok(n)) => Poll::Ready(n),
+                Poll::Ready(Err(_)) | Poll::Pending => Poll::Ready(0),
+            }
+        })
+        .await;
+        if read == 0 {
+            return;
+        }
+    }
+}
+
+/// How long, and for how many bytes, a connection closed with a request body still coming is
+/// read and discarded, so that closing does not reset it under the answer: a client still
+/// sending when the socket is closed with its bytes unread gets a reset, which may destroy
+/// the answer before it reads it.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Reads and discards what the client still sends, until it closes, `LINGER` passes or
+/// `LINGER_BYTES` were read.
+async fn linger<S: AsyncRead + Unpin>(io: &mut S, rbuf: &mut BytesMut) {
+    let drain = async {
+        let mut discarded = 0;
+        while discarded < LINGER_BYTES {
+            rbuf.clear();
+            if rbuf.capacity() < READ_ROOM {
+                rbuf.reserve(READ_ROOM);
+            }
+            match io.read_buf(rbuf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => discarded += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// The part of a request body still on the wire, read by the connection's task while the
+/// engine handles the request.
+struct Feed {
+    /// Bytes of the body not yet read from the connection.
+    unread: u64,
+    /// The connection ended or failed inside the body.
+    failed: bool,
+}
+
+impl Feed {
+    /// Reads the body's next piece (once the body has room for it) and passes it on.
+    /// Returns whether there is more to feed: not once the body is all read, the engine has
+    /// dropped the body, or the connection ended inside it (the body then fails).
+    async fn next<S: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut S,
+        rbuf: &mut BytesMut,
+        tx: Option<&mpsc::Sender<io::Result<Bytes>>>,
+    ) -> bool {
+        let Some(tx) = tx else {
+            return false;
+        };
+        // Room first: nothing is read that the engine is not ready to take.
+        let Ok(permit) = tx.reserve().await else {
+            return false;
+        };
+        if rbuf.is_empty() {
+            let room = usize::try_from(self.unread).map_or(BODY_READ, |u| u.min(BODY_READ));
+            if rbuf.capacity() < room.max(READ_ROOM) {
+                rbuf.reserve(room.max(2 * READ_ROOM));
+            }
+            match io.read_buf(rbuf).await {
+                Ok(0) => {
+                    self.failed = true;
+                    permit.send(Err(io::ErrorKind::UnexpectedEof.into()));
+                    return false;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.failed = true;
+                    permit.send(Err(e));
+                    return false;
+                }
+            }
+        }
+        let n = usize::try_from(self.unread).map_or(rbuf.len(), |u| u.min(rbuf.len()));
+        self.unread -= n as u64;
+        permit.send(Ok(rbuf.split_to(n).freeze()));
+        self.unread > 0
+    }
+}
+
+/// A request body the front read or is reading: the bytes that came with the head, then
+/// the pieces the connection's task passes on. Its length is the request's `Content-Length`;
+/// ending short of it is an error, never a quiet end.
+pub(crate) struct FrontBody {
+    first: Option<Bytes>,
+    rest: Option<mpsc::Receiver<io::Result<Bytes>>>,
+    /// Bytes not yet handed out.
+    remaining: u64,
+}
+
+impl FrontBody {
+    fn new(
+        first: Option<Bytes>,
+        rest: Option<mpsc::Receiver<io::Result<Bytes>>>,
+        length: u64,
+    ) -> Self {
+        FrontBody {
+            first,
+            rest,
+            remaining: length,
+        }
+    }
+}
+
+impl http_body::Body for FrontBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, io::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let data = match self.first.take() {
+            Some(data) => data,
+            None => {
+                let Some(rest) = self.rest.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match std::task::ready!(rest.poll_recv(cx)) {
+                    Some(Ok(data)) => data,
+                    Some(Err(e)) => {
+                        self.rest = None;
+                        self.remaining = 0;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    None => {
+                        self.rest = None;
+                        self.remaining = 0;
+                        return Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "request body cut short",
+                        ))));
+                    }
+                }
+            }
+        };
+        self.remaining = self.remaining.saturating_sub(data.len() as u64);
+        Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
     }
 }
 
@@ -188,15 +407,21 @@ fn parse(
     fields_at.clear();
     let mut close = false;
     let mut seen_length = false;
+    let mut length = 0;
     for (i, f) in req.headers.iter().enumerate() {
         let Some(name) = names.name(i, f.name.as_bytes()) else {
             return Parsed::Other;
         };
         match name {
-            // One `Content-Length: 0` is a request without a body; anything else (a length,
-            // a repeated field, which hyper folds into one) is hyper's.
-            header::CONTENT_LENGTH if f.value != b"0" || seen_length => return Parsed::Other,
-            header::CONTENT_LENGTH => seen_length = true,
+            // One length in plain decimal; anything else (a repeated field, which hyper folds
+            // into one, a list, leading zeros, a sign) is hyper's.
+            header::CONTENT_LENGTH => match plain_length(f.value) {
+                Some(n) if !seen_length => {
+                    seen_length = true;
+                    length = n;
+                }
+                _ => return Parsed::Other,
+            },
             header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT => {
                 return Parsed::Other;
             }
@@ -227,7 +452,18 @@ fn parse(
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     parts.headers = map;
-    Parsed::Take(Box::new(parts), close)
+    Parsed::Take(Box::new(parts), close, length)
+}
+
+/// A `Content-Length` value written the one plain way: decimal digits, no leading zero, at
+/// most 18 of them (so it fits any length hyper takes).
+fn plain_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 18 || (v[0] == b'0' && v.len() > 1) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
 }
 
 /// Puts a head taken off the buffer back in front of what follows it (a head the front turned
@@ -651,6 +887,7 @@ mod tests {
 
     use super::*;
     use http_body::Frame;
+    use http_body_util::Empty;
     use http_body_util::{BodyExt as _, StreamBody};
     use portcullis_core::BoxError;
 
@@ -876,32 +1113,41 @@ mod tests {
         assert!(age.as_secs() < 5, "{text}");
     }
 
-    type Read = (String, String, Version, Vec<(String, Vec<u8>)>);
+    /// Method, target, version, fields and body.
+    type Read = (String, String, Version, Vec<(String, Vec<u8>)>, Vec<u8>);
 
-    /// What hyper's own HTTP/1.1 server makes of `raw` (one request head), if it takes it.
+    /// What hyper's own HTTP/1.1 server makes of the request at the start of `raw`, if it
+    /// takes it.
     async fn hyper_reads(raw: &[u8]) -> Option<Read> {
+        use http_body_util::BodyExt as _;
         use hyper::body::Incoming;
         use hyper_util::rt::TokioIo;
         use tokio::io::AsyncWriteExt as _;
         let (mut client, server) = tokio::io::duplex(1 << 16);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let tx = std::sync::Mutex::new(Some(tx));
+        let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
         let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let fields = req
-                .headers()
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                .collect();
-            let read = (
-                req.method().to_string(),
-                req.uri().to_string(),
-                req.version(),
-                fields,
-            );
-            if let Some(tx) = tx.lock().unwrap().take() {
-                let _ = tx.send(read);
+            let tx = tx.clone();
+            async move {
+                let (head, body) = req.into_parts();
+                let fields = head
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                    .collect();
+                let body = body.collect().await.map(|b| b.to_bytes().to_vec());
+                let read = (
+                    head.method.to_string(),
+                    head.uri.to_string(),
+                    head.version,
+                    fields,
+                    body.unwrap_or_default(),
+                );
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(read);
+                }
+                Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new()))
             }
-            async { Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new())) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .half_close(true)
@@ -954,7 +1200,14 @@ mod tests {
             b"X-Obs: \xe9t\xe9",
             b"Content-Length: 0",
             b"Content-Length: 5",
+            b"Content-Length: 5",
+            b"Content-Length: 12",
             b"Content-Length: 00",
+            b"Content-Length: 05",
+            b"Content-Length: +5",
+            b"Content-Length: 5, 5",
+            b"Content-Length: 5 ",
+            b"Content-Length: 99999999999999999999",
             b"Connection: close",
             b"Connection: keep-alive, Close",
             b"Upgrade: h2c",
@@ -983,6 +1236,9 @@ mod tests {
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
+        // What a length says follows, and the start of what comes after it.
+        out.extend_from_slice(b"hello, world");
+        out.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
         out
     }
 
@@ -991,14 +1247,16 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(0x5eed);
         let mut names = NameCache::default();
         let mut scratch = Vec::new();
-        let (mut taken, mut handed) = (0, 0);
+        let (mut taken, mut handed, mut with_body) = (0, 0, 0);
         for _ in 0..5000 {
             let raw = random_head(&mut rng);
             let mut buf = BytesMut::from(&raw[..]);
             match parse(&mut buf, &mut names, &mut scratch) {
-                Parsed::Take(req, _) => {
+                Parsed::Take(req, _, length) => {
                     taken += 1;
-                    assert!(buf.is_empty(), "the head alone is taken");
+                    with_body += usize::from(length > 0);
+                    assert!(buf.starts_with(b"hello, world"), "the head alone is taken");
+                    let body = buf[..usize::try_from(length).unwrap()].to_vec();
                     let ours: Read = (
                         req.method.to_string(),
                         req.uri.to_string(),
@@ -1007,6 +1265,7 @@ mod tests {
                             .iter()
                             .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
                             .collect(),
+                        body,
                     );
                     let theirs = hyper_reads(&raw).await;
                     assert_eq!(
@@ -1025,9 +1284,90 @@ mod tests {
             }
         }
         assert!(
-            taken > 300 && handed > 300,
-            "taken {taken}, handed {handed}"
+            taken > 300 && handed > 300 && with_body > 60,
+            "taken {taken}, handed {handed}, with a body {with_body}"
         );
+    }
+
+    #[test]
+    fn only_plain_lengths_are_taken() {
+        for (v, want) in [
+            (&b"0"[..], Some(0)),
+            (b"5", Some(5)),
+            (b"300000", Some(300_000)),
+            (b"999999999999999999", Some(999_999_999_999_999_999)),
+            (b"1000000000000000000", None),
+            (b"", None),
+            (b"00", None),
+            (b"05", None),
+            (b"+5", None),
+            (b"-5", None),
+            (b"5 ", None),
+            (b"5, 5", None),
+            (b"0x10", None),
+        ] {
+            assert_eq!(plain_length(v), want, "{}", String::from_utf8_lossy(v));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_fed_in_pieces_leaves_what_follows_it_and_fails_if_cut_short() {
+        use http_body_util::BodyExt as _;
+        // Read off the connection: exactly the body, the next request's bytes stay.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(b"345678GET / HTTP/1.1\r\n").await.unwrap();
+        let (tx, rx) = mpsc::channel(1);
+        let body = FrontBody::new(Some(Bytes::from_static(b"12")), Some(rx), 8);
+        assert_eq!(body.size_hint().exact(), Some(8));
+        let mut feed = Feed {
+            unread: 6,
+            failed: false,
+        };
+        let mut rbuf = BytesMut::new();
+        assert!(!feed.next(&mut server, &mut rbuf, Some(&tx)).await);
+        assert_eq!((feed.unread, feed.failed), (0, false));
+        assert_eq!(&rbuf[..], b"GET / HTTP/1.1\r\n");
+        drop(tx);
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"12345678");
+
+        // The connection ends inside the body: the body fails, after what did arrive.
+        let (tx, rx) = mpsc::channel(1);
+        let mut body = FrontBody::new(None, Some(rx), 10);
+        let mut feed = Feed {
+            unread: 10,
+            failed: false,
+        };
+        client.write_all(b"abc").await.unwrap();
+        let mut rbuf = BytesMut::new();
+        assert!(feed.next(&mut server, &mut rbuf, Some(&tx)).await);
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"abc");
+        assert_eq!(body.size_hint().exact(), Some(7));
+        drop(client);
+        assert!(!feed.next(&mut server, &mut rbuf, Some(&tx)).await);
+        assert!(feed.failed);
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(body.frame().await.is_none());
+
+        // The feed stops, failing nothing, once the engine dropped the body.
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let (_client, mut server) = tokio::io::duplex(64);
+        let mut feed = Feed {
+            unread: 10,
+            failed: false,
+        };
+        assert!(!feed.next(&mut server, &mut rbuf, Some(&tx)).await);
+        assert_eq!((feed.unread, feed.failed), (10, false));
+
+        // A sender dropped early (never by the front while the body is owed, but the body
+        // must not take it for the end).
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(1);
+        drop(tx);
+        let body = FrontBody::new(Some(Bytes::from_static(b"ab")), Some(rx), 4);
+        assert!(body.collect().await.is_err());
     }
 
     #[test]
