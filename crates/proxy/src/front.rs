@@ -144,15 +144,19 @@ where
             unread: length - here as u64,
             failed: false,
         };
-        let (resp, security) = if feed.unread == 0 {
-            let body = FrontBody::new(first, None, length);
-            gw.clone().serve(info.clone(), req, body, true).await
+        let (mut tx, rx) = if feed.unread == 0 {
+            (None, None)
         } else {
             let (tx, rx) = mpsc::channel(1);
-            let body = FrontBody::new(first, Some(rx), length);
-            let served = gw.clone().serve(info.clone(), req, body, true);
-            let mut served = std::pin::pin!(served);
-            let mut tx = Some(tx);
+            (Some(tx), Some(rx))
+        };
+        let body = FrontBody::new(first, rx, length);
+        // Built in its pinned slot, once: a future made in two places, or made and then
+        // moved, is copied whole (a few kilobytes) on the way.
+        let mut served = std::pin::pin!(gw.clone().serve(info.clone(), req, body, true));
+        let (resp, security) = if tx.is_none() {
+            served.await
+        } else {
             loop {
                 tokio::select! {
                     biased;
@@ -165,6 +169,7 @@ where
                 }
             }
         };
+        drop(tx);
         // The value, not whether it changed: the sender is dropped once it has said stop.
         // A body left on the wire (the engine answered without reading it all) ends the
         // connection: the next request would start somewhere in it.
