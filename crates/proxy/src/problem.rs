@@ -17,6 +17,13 @@ pub fn full_body(bytes: impl Into<Bytes>) -> BoxBody {
         .boxed_unsync()
 }
 
+/// An empty body. Zero-sized: boxing it does not allocate.
+pub fn empty_body() -> BoxBody {
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| -> BoxError { match never {} })
+        .boxed_unsync()
+}
+
 /// The problem document for a rejection.
 pub fn problem_body(rejection: &Rejection, request_id: &RequestId) -> String {
     let reason = rejection.reason;

@@ -25,7 +25,7 @@ use crate::headers::{
     FieldSink, Forwarding, is_websocket_upgrade, propagate_traceparent, set_forwarding,
     strip_hop_by_hop,
 };
-use crate::problem::{full_body, problem_response};
+use crate::problem::{empty_body, full_body, problem_response};
 use crate::runtime::Runtime;
 use crate::upstream::ForwardOpts;
 
@@ -261,10 +261,10 @@ impl Gateway {
         // Watched for trickling from the first byte, so a step that buffers the body (the WAF)
         // is protected as much as the upstream is; the route's size limit is added at forward
         // time (buffering steps bound themselves by `ctx.body_limit`).
-        let body: BoxBody = body.map_err(Into::into).boxed_unsync();
         let body = if http_body::Body::is_end_stream(&body) {
-            body // nothing to watch (most GETs)
+            empty_body() // nothing to watch, nothing to box (most GETs)
         } else {
+            let body: BoxBody = body.map_err(Into::into).boxed_unsync();
             let tripped = Arc::new(Tripped::default());
             ctx.extensions.insert(tripped.clone());
             let server = &rt.snapshot.config.server;
@@ -397,18 +397,26 @@ impl Gateway {
             head.headers.insert(header::HOST, v);
         }
 
-        // Path and query for the upstream.
-        let pq = rewritten(route, ctx, &head.uri)
-            .or_else(|| head.uri.path_and_query().map(|p| p.as_str().to_string()));
-        head.uri = match pq.as_deref().unwrap_or("/").parse::<http::Uri>() {
-            Ok(u) => u,
-            Err(_) => {
-                return Err(Rejection::new(
-                    RejectReason::BadRequest,
-                    "the rewritten path is not valid",
-                ));
-            }
-        };
+        // Path and query for the upstream: the rewritten ones, else the request's own (taken
+        // out of an absolute or authority form, kept as they are otherwise — no copy).
+        if let Some(pq) = rewritten(route, ctx, &head.uri) {
+            head.uri = match pq.parse::<http::Uri>() {
+                Ok(u) => u,
+                Err(_) => {
+                    return Err(Rejection::new(
+                        RejectReason::BadRequest,
+                        "the rewritten path is not valid",
+                    ));
+                }
+            };
+        } else if head.uri.scheme().is_some() || head.uri.authority().is_some() {
+            let pq = head
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            head.uri = http::Uri::from(pq);
+        }
 
         // Headers for the upstream.
         let websocket = downstream_upgrade.is_some();
@@ -457,14 +465,13 @@ impl Gateway {
         let limit = ctx
             .body_limit
             .unwrap_or(config.server.limits.max_body_bytes);
-        let tripped = ctx
-            .extensions
-            .get::<Arc<Tripped>>()
-            .cloned()
-            .unwrap_or_default();
+        let mut tripped = ctx.extensions.get::<Arc<Tripped>>().cloned();
         let body: BoxBody = match body {
+            // Nothing to count (most GETs).
+            RequestBody::Streaming(b) if http_body::Body::is_end_stream(&b) => b,
             RequestBody::Streaming(b) => {
-                LimitedBody::size_only(b, limit, tripped.clone()).boxed_unsync()
+                let tripped = tripped.get_or_insert_with(Default::default).clone();
+                LimitedBody::size_only(b, limit, tripped).boxed_unsync()
             }
             RequestBody::Buffered(bytes) => full_body(bytes),
         };
@@ -555,7 +562,7 @@ impl Gateway {
                                 .count_upstream_request(&upstream.name, target, outcome);
                             seen.target = Some(Arc::from(target));
                         }
-                        match tripped.reason() {
+                        match tripped.as_ref().and_then(|t| t.reason()) {
                             Some(RejectReason::BodyTooLarge) => {
                                 return Err(Rejection::new(
                                     RejectReason::BodyTooLarge,

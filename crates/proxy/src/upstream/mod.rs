@@ -43,12 +43,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue, UPGRADE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
-use http_body_util::{BodyExt, Either, Empty};
+use http_body_util::{BodyExt, Either};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -62,6 +61,7 @@ use self::balance::{Tried, weighted_schedule};
 use self::body::{GuardedBody, InFlight};
 use self::h1::{Direct, IdleConns, RequestHead, SendError};
 pub use self::health::HealthChecks;
+use crate::problem::empty_body;
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
 
@@ -294,13 +294,6 @@ fn build_client(cfg: &Upstream) -> Result<HttpClient, String> {
         // Prior knowledge: HTTP/2 in cleartext too (gRPC needs it for trailers).
         .http2_only(cfg.protocol == UpstreamProtocol::Http2)
         .build(connector))
-}
-
-fn empty_body() -> BoxBody {
-    // Zero-sized: boxing it does not allocate.
-    Empty::<Bytes>::new()
-        .map_err(|never| -> BoxError { match never {} })
-        .boxed_unsync()
 }
 
 /// True if the request's `Content-Length` (if any) is `n`: the direct client writes the body

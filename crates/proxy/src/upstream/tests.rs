@@ -4,6 +4,8 @@ use super::balance::Tried;
 use super::*;
 
 use std::convert::Infallible;
+
+use bytes::Bytes;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
