@@ -27,7 +27,7 @@ use crate::headers::{
 };
 use crate::problem::{empty_body, full_body, problem_response};
 use crate::runtime::Runtime;
-use crate::upstream::ForwardOpts;
+use crate::upstream::{ANSWER_ROOM, ForwardOpts, TimerSlot};
 
 /// The step id under which engine-side failures (upstream errors) are recorded.
 pub const UPSTREAM_STAGE: StageId = StageId("upstream");
@@ -83,6 +83,13 @@ impl DeferredFields {
             .map(|(n, v)| (n, v))
             .chain(self.headers.fields(self.tls))
     }
+}
+
+/// What forwarding needs from the client's side: the connection's response timer, and the
+/// room to keep in the answer's map for the fields the gateway will still add to it.
+struct ClientSide<'a> {
+    timer: &'a TimerSlot,
+    answer_room: usize,
 }
 
 /// What the audit event needs that the request itself carries away.
@@ -292,8 +299,17 @@ impl Gateway {
         let result = match verdict {
             Err(rejection) => Err(rejection),
             Ok(Flow::Forward) => {
-                let timer = &conn.response_timer;
-                self.forward(&rt, greq, &mut ctx, &mut seen, downstream_upgrade, timer)
+                let client = ClientSide {
+                    timer: &conn.response_timer,
+                    // When the server writes the gateway's fields after the map's (below: no
+                    // step added response fields), the answer's map gets none.
+                    answer_room: if defer_security && ctx.response_headers.is_empty() {
+                        0
+                    } else {
+                        ANSWER_ROOM
+                    },
+                };
+                self.forward(&rt, greq, &mut ctx, &mut seen, downstream_upgrade, client)
                     .await
             }
             Ok(Flow::Answer(answer)) => Ok(answered(*answer)),
@@ -365,7 +381,7 @@ impl Gateway {
         ctx: &mut RequestCtx,
         seen: &mut Seen,
         downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        timer: &crate::upstream::TimerSlot,
+        client: ClientSide<'_>,
     ) -> Result<Response<BoxBody>, Rejection> {
         let config = rt.config();
         let Some(route_id) = ctx.route_id() else {
@@ -508,8 +524,9 @@ impl Gateway {
                 let opts = ForwardOpts {
                     timeout: route.timeout.unwrap_or(upstream.request_timeout),
                     retryable: is_idempotent(&head.method) && !websocket,
-                    timer: Some(timer),
+                    timer: Some(client.timer),
                     extra: &own_fields,
+                    answer_room: client.answer_room,
                 };
                 // A struggling backend is not handed more than it currently copes with.
                 let permit = match &upstream.adaptive_concurrency {

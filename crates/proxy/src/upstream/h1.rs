@@ -64,8 +64,6 @@ const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILER_BYTES: usize = 64 * 1024;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
-/// Fields the gateway may add to an answer's head, reserved when the head is parsed.
-const ANSWER_HEADROOM: usize = 12;
 /// A first body chunk up to this size goes out in the same write as the head.
 const COALESCE_BODY: usize = 16 * 1024;
 
@@ -312,6 +310,8 @@ pub(super) struct RequestHead<'a> {
     pub body_len: u64,
     /// Fields written after the map's (the gateway's own; the map has none of these names).
     pub extra: &'a [(HeaderName, HeaderValue)],
+    /// Room kept in the answer's map for fields the gateway adds (see `ForwardOpts`).
+    pub answer_room: usize,
 }
 
 /// The request head as written to the target.
@@ -325,6 +325,7 @@ pub(super) fn encode_head(out: &mut Vec<u8>, req: &RequestHead<'_>, authority: &
         host,
         body_len,
         extra,
+        answer_room: _,
     } = *req;
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
@@ -471,7 +472,11 @@ impl FramingFields {
 /// every answer (`Connection` and the fields it lists, `Keep-Alive`, `Proxy-Connection`,
 /// `TE` but for `trailers`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Authenticate`,
 /// `Proxy-Authorization`), so that the answer is not built to be taken apart again.
-fn parse_head(buf: &mut BytesMut, names: &mut NameCache) -> Result<Option<Head>, H1Error> {
+fn parse_head(
+    buf: &mut BytesMut,
+    names: &mut NameCache,
+    room: usize,
+) -> Result<Option<Head>, H1Error> {
     // Left uninitialised: the parser writes what it returns (zeroing 3 KiB per response
     // would cost more than the parse).
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -506,7 +511,7 @@ fn parse_head(buf: &mut BytesMut, names: &mut NameCache) -> Result<Option<Head>,
     let base = buf.as_ptr() as usize;
     // Room for what the gateway adds on the way back (security headers, request id, CORS),
     // so that the map is not grown (rehashed and copied) for every answer.
-    let mut headers = HeaderMap::with_capacity(resp.headers.len() + ANSWER_HEADROOM);
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + room);
     let mut framing = FramingFields::default();
     // Names `Connection` lists (but `keep-alive`): removed at the end.
     let mut listed: Vec<HeaderName> = Vec::new();
@@ -693,7 +698,7 @@ impl Direct {
         };
         let mut got_any = false;
         let mut head = loop {
-            match parse_head(&mut conn.rbuf, &mut conn.names) {
+            match parse_head(&mut conn.rbuf, &mut conn.names, req.answer_room) {
                 Ok(Some(h)) if h.status == StatusCode::SWITCHING_PROTOCOLS => {
                     return Err(Exchange::Failed(Box::new(H1Error::UnaskedSwitch)));
                 }
@@ -1108,7 +1113,9 @@ mod tests {
             let what = String::from_utf8_lossy(&raw).into_owned();
 
             let mut buf = BytesMut::from(&raw[..]);
-            let mut head = parse_head(&mut buf, &mut names).unwrap().unwrap();
+            let mut head = parse_head(&mut buf, &mut names, crate::upstream::ANSWER_ROOM)
+                .unwrap()
+                .unwrap();
             assert!(buf.is_empty());
             let got = framing(head_request, &mut head);
 

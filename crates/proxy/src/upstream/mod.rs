@@ -81,7 +81,15 @@ pub struct ForwardOpts<'a> {
     /// The gateway's own fields, sent after the request's (the map has none of these names):
     /// written into the head by the direct client, appended to the map for hyper's.
     pub extra: &'a [(HeaderName, HeaderValue)],
+    /// Fields the caller may still add to the answer's map: room kept in it when it is made,
+    /// so that it does not grow (reallocated and rehashed) on the way back. A server that
+    /// writes the gateway's own fields itself, after the map's, needs little.
+    pub answer_room: usize,
 }
+
+/// Room for the fields the gateway adds to an answer's map when the server does not write
+/// them itself: the security headers, the request id, CORS or rate-limit fields.
+pub const ANSWER_ROOM: usize = 12;
 
 /// A response timer that a client connection keeps for its next request. Reset to a later
 /// deadline, a timer still registered is only marked (tokio moves no timer-wheel entry), where
@@ -523,6 +531,7 @@ impl UpstreamPool {
                                     .then_some(&t.host_value),
                                 body_len,
                                 extra: opts.extra,
+                                answer_room: opts.answer_room,
                             };
                             // A request with a body has one attempt (see `max_attempts`).
                             match d.send(&t.idle, &t.authority, &head, &mut body).await {

@@ -62,6 +62,7 @@ const RETRYABLE: ForwardOpts = ForwardOpts {
     retryable: true,
     timer: None,
     extra: &[],
+    answer_room: ANSWER_ROOM,
 };
 
 const NOT_RETRYABLE: ForwardOpts = ForwardOpts {
@@ -69,6 +70,7 @@ const NOT_RETRYABLE: ForwardOpts = ForwardOpts {
     retryable: false,
     timer: None,
     extra: &[],
+    answer_room: ANSWER_ROOM,
 };
 
 async fn body_text(r: Response<BoxBody>) -> String {
@@ -651,6 +653,7 @@ async fn a_slow_answer_is_a_timeout() {
         retryable: true,
         timer: None,
         extra: &[],
+        answer_room: ANSWER_ROOM,
     };
     let e = p.forward(get("/"), opts).await.err().unwrap();
     assert!(matches!(e, UpstreamError::Timeout { .. }), "{e}");
@@ -683,6 +686,7 @@ async fn a_kept_response_timer_times_each_request_afresh() {
         retryable: true,
         timer: Some(&slot),
         extra: &[],
+        answer_room: ANSWER_ROOM,
     };
     // Together well past one timeout: each is timed from its own start.
     for _ in 0..4 {
@@ -1129,6 +1133,7 @@ async fn the_gateway_fields_reach_the_target_through_either_client() {
     ];
     let opts = ForwardOpts {
         extra: &own,
+        answer_room: ANSWER_ROOM,
         ..NOT_RETRYABLE
     };
     // The direct client writes them into the head.
@@ -1534,6 +1539,7 @@ async fn direct_a_silent_target_times_out() {
         retryable: true,
         timer: None,
         extra: &[],
+        answer_room: ANSWER_ROOM,
     };
     let err = p.forward(get("/"), opts).await.err().unwrap();
     assert!(matches!(err, UpstreamError::Timeout { .. }), "{err}");
