@@ -550,3 +550,26 @@ upstreams:
         assert!(e.iter().any(|m| m.starts_with(want)), "{want}: {e:?}");
     }
 }
+
+#[test]
+fn durations_longer_than_a_century_are_refused_with_their_paths() {
+    let e = errs(
+        r#"
+server: { body_read_timeout: 18446744073709551615s, idle_timeout: 36501d }
+upstreams: { u: { targets: ["http://127.0.0.1:1"], request_timeout: 999999999999d } }
+"#,
+    );
+    for path in [
+        "server.body_read_timeout",
+        "server.idle_timeout",
+        "upstreams.u.request_timeout",
+    ] {
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with(path) && m.contains("longest duration accepted")),
+            "{path}: {e:?}"
+        );
+    }
+    // The longest accepted is taken.
+    assert!(errs("server: { body_read_timeout: 36500d }").is_empty());
+}

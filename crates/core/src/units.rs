@@ -57,7 +57,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("\"{s}\" is too large"))
 }
 
-/// Parses `250ms`, `5s`, `2m`, `1h`, `1d` (also combinations such as `1m30s`).
+/// The longest duration a configuration may give: 100 years. Longer ones are refused rather
+/// than taken: a deadline computed from one (now + timeout) would not be a point in time, and
+/// the arithmetic would fail on the request path.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses `250ms`, `5s`, `2m`, `1h`, `1d` (also combinations such as `1m30s`), up to
+/// [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("\"{s}\" is not a duration (e.g. 500ms, 5s, 2m, 1h)");
     let t = s.trim();
@@ -87,6 +93,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         total = total.saturating_add(d);
+    }
+    if total > MAX_DURATION {
+        return Err(format!(
+            "\"{s}\" is longer than the longest duration accepted (36500d)"
+        ));
     }
     Ok(total)
 }
@@ -122,6 +133,11 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         for bad in ["", "s", "5", "5 s", "-1s", "1.5s", "5x"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_duration("36500d"), Ok(MAX_DURATION));
+        for too_long in ["36500d1ms", "18446744073709551615s", "999999999999d"] {
+            let e = parse_duration(too_long).unwrap_err();
+            assert!(e.contains("longest duration accepted"), "{e}");
         }
     }
 }

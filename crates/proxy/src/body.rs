@@ -136,14 +136,18 @@ impl Body for LimitedBody {
                     }
                 }
                 *this.last = now;
-                if let Some(gap) = this.gap.as_mut() {
-                    gap.as_mut().reset(now + this.rules.read_timeout);
+                // A timeout too long to be a point in time is no timeout.
+                if let Some(gap) = this.gap.as_mut()
+                    && let Some(deadline) = now.checked_add(this.rules.read_timeout)
+                {
+                    gap.as_mut().reset(deadline);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending => {
-                if *this.timed {
-                    let deadline = *this.last + this.rules.read_timeout;
+                if *this.timed
+                    && let Some(deadline) = this.last.checked_add(this.rules.read_timeout)
+                {
                     let gap = this
                         .gap
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -236,6 +240,26 @@ mod tests {
         assert!(b.gap.is_none());
         assert!(b.frame().await.is_none());
         assert_eq!(t.reason(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_beyond_any_point_in_time_is_no_timeout() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        let stream = StreamBody::new(tokio_stream_shim(rx)).boxed_unsync();
+        let r = BodyRules {
+            limit: 100,
+            read_timeout: Duration::MAX,
+            min_bytes_per_second: 0,
+        };
+        let mut b = LimitedBody::new(stream, r, Arc::new(Tripped::default()));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+            .await
+            .unwrap();
+        assert!(b.frame().await.unwrap().is_ok());
+        // Waiting for the next piece: no deadline to compute, no panic, still waiting.
+        let next = tokio::time::timeout(Duration::from_secs(3600), b.frame()).await;
+        assert!(next.is_err());
+        drop(tx);
     }
 
     #[tokio::test(start_paused = true)]
