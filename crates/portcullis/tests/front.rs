@@ -235,10 +235,7 @@ async fn a_request_the_front_does_not_take_goes_to_hyper_with_the_rest_of_the_co
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_are_framed_by_what_their_body_says() {
     let up = TestUpstream::start("u").await;
-    let gw = gateway(&format!(
-        "upstreams: {{ u: {{ targets: [\"{}\"] }} }}\nroutes:\n  - {{ name: u, match: {{ prefix: / }}, upstream: u }}\n",
-        up.url()
-    ));
+    let gw = proxied(&up, "");
     let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
     // A streamed answer of unknown length is chunked, and the connection goes on.
     s.write_all(b"GET /stream/3 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -282,10 +279,7 @@ async fn answers_are_framed_by_what_their_body_says() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_of_known_length_are_forwarded_whole_and_the_connection_goes_on() {
     let up = TestUpstream::start("u").await;
-    let gw = gateway(&format!(
-        "upstreams: {{ u: {{ targets: [\"{}\"] }} }}\nroutes:\n  - {{ name: u, match: {{ prefix: / }}, upstream: u }}\n",
-        up.url()
-    ));
+    let gw = proxied(&up, "");
     let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
     // A body that looks like a request is a body; a GET after it is the next request.
     let inner = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -350,10 +344,7 @@ async fn bodies_of_known_length_are_forwarded_whole_and_the_connection_goes_on()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_refused_unread_ends_the_connection_after_a_whole_answer() {
     let up = TestUpstream::start("u").await;
-    let gw = gateway(&format!(
-        "upstreams: {{ u: {{ targets: [\"{}\"] }} }}\nroutes:\n  - {{ name: u, match: {{ prefix: / }}, upstream: u, max_body_bytes: 64 }}\n",
-        up.url()
-    ));
+    let gw = proxied(&up, ", max_body_bytes: 64");
     let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
     let mut bytes = b"POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\n".to_vec();
     // Far more than the gateway reads before it answers: most of it waits unread in the
@@ -396,10 +387,7 @@ async fn a_body_refused_unread_ends_the_connection_after_a_whole_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_cut_short_by_the_client_is_never_forwarded_as_complete() {
     let up = TestUpstream::start("u").await;
-    let gw = gateway(&format!(
-        "upstreams: {{ u: {{ targets: [\"{}\"] }} }}\nroutes:\n  - {{ name: u, match: {{ prefix: / }}, upstream: u }}\n",
-        up.url()
-    ));
+    let gw = proxied(&up, "");
     let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
     s.write_all(b"POST /cut HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nonly ten b")
         .await
@@ -422,6 +410,14 @@ async fn a_body_cut_short_by_the_client_is_never_forwarded_as_complete() {
         up.requests().iter().all(|r| r.path() != "/cut"),
         "the upstream handled a request whose body never arrived whole"
     );
+}
+
+/// The gateway with one route to `up` for every path; `route`: more of the route's settings.
+fn proxied(up: &TestUpstream, route: &str) -> Gateway {
+    gateway(&format!(
+        "upstreams: {{ u: {{ targets: [\"{}\"] }} }}\nroutes:\n  - {{ name: u, match: {{ prefix: / }}, upstream: u{route} }}\n",
+        up.url()
+    ))
 }
 
 fn via(up: std::net::SocketAddr) -> String {
