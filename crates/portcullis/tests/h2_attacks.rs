@@ -219,6 +219,21 @@ async fn malformed_h2_requests_are_reset_and_not_forwarded() {
             "keep-alive header",
             block("GET", "/x", &[("keep-alive", "1")]),
         ),
+        // `TE` may only say `trailers` in HTTP/2 (RFC 9113 §8.2.2), in every field line. The
+        // h2 layer resets these streams itself; the hygiene step's own check (every `TE`
+        // line) stays as the second line of defence.
+        (
+            "te other than trailers",
+            block("GET", "/x", &[("te", "gzip")]),
+        ),
+        (
+            "te listing more than trailers",
+            block("GET", "/x", &[("te", "trailers, gzip")]),
+        ),
+        (
+            "a second te line other than trailers",
+            block("GET", "/x", &[("te", "trailers"), ("te", "gzip")]),
+        ),
     ];
     for (name, b) in cases {
         let mut s = open(gw.listener("public")).await;
