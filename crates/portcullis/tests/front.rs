@@ -247,18 +247,13 @@ async fn answers_are_framed_by_what_their_body_says() {
     assert_eq!(got[0].field("content-length"), None);
     assert_eq!(got[0].body, vec![b'x'; 3 * 1024]);
     // 204 and 304 carry neither a length nor a body; an error status its reason.
-    s.write_all(
+    let wire = exchange_to_close(
+        &mut s,
         b"GET /status/204 HTTP/1.1\r\nHost: x\r\n\r\n\
           GET /status/304 HTTP/1.1\r\nHost: x\r\n\r\n\
           GET /status/503 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut wire = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut wire))
-        .await
-        .unwrap()
-        .unwrap();
+    .await;
     let (got, rest) = answers(&wire, &[false; 3]);
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
     assert_eq!(got[0].status, 204);
@@ -305,15 +300,12 @@ async fn bodies_of_known_length_are_forwarded_whole_and_the_connection_goes_on()
         tokio::time::sleep(Duration::from_millis(100)).await;
         s.write_all(piece).await.unwrap();
     }
-    // The last piece of the body and the next request in one write.
-    s.write_all(b"DELETE /4 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut wire = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut wire))
-        .await
-        .unwrap()
-        .unwrap();
+    // Then the next request, right behind the body's last byte.
+    let wire = exchange_to_close(
+        &mut s,
+        b"DELETE /4 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let (got, rest) = answers(&wire, &[false; 4]);
     assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
     assert_eq!(got.len(), 4, "{}", String::from_utf8_lossy(&wire));
