@@ -11,7 +11,9 @@
 //! A body of known length ([`FrontBody`]): the bytes that came with the head, plus what the
 //! socket already holds when the body is short, are handed on at once (no channel, no timer);
 //! the rest of a longer body is read by the connection's task while the engine handles the
-//! request, one piece at a time and only once the engine took the last one ([`Feed`]). The
+//! request, one piece at a time and only once the engine took the last one ([`Feed`]), each
+//! piece in a buffer of its own and never past the body's end (the connection's buffer stays
+//! the size heads need). The
 //! engine watches it as any body (size limit, read timeout, minimum rate). A body that ends
 //! early fails; one the engine answered without reading whole ends the connection after the
 //! answer, the rest read and dropped for a while first ([`linger`]) so that closing does not
@@ -133,17 +135,25 @@ where
             }
         };
         let head_request = req.method == Method::HEAD;
-        if length > rbuf.len() as u64 && length <= EAGER_BODY as u64 {
-            take_what_is_there(&mut io, &mut rbuf, length as usize).await;
-        }
-        // The body: what came with the head at once; the rest, if any, read by this task while
-        // the engine handles the request (and only as fast as the engine takes it).
-        let here = usize::try_from(length).map_or(rbuf.len(), |n| n.min(rbuf.len()));
-        let first = (here > 0).then(|| rbuf.split_to(here).freeze());
+        // The body: what came with the head at once (for a short body, with what the socket
+        // already holds, in a buffer of the body's own: the connection's stays the size heads
+        // need); the rest, if any, read by this task while the engine handles the request, and
+        // only as fast as the engine takes it.
+        let first = if length > rbuf.len() as u64 && length <= EAGER_BODY as u64 {
+            let mut body = BytesMut::with_capacity(length as usize);
+            body.extend_from_slice(&rbuf);
+            rbuf.clear();
+            take_what_is_there(&mut io, &mut body, length as usize).await;
+            body.freeze()
+        } else {
+            let here = usize::try_from(length).map_or(rbuf.len(), |n| n.min(rbuf.len()));
+            rbuf.split_to(here).freeze()
+        };
         let mut feed = Feed {
-            unread: length - here as u64,
+            unread: length - first.len() as u64,
             failed: false,
         };
+        let first = (!first.is_empty()).then_some(first);
         let (mut tx, rx) = if feed.unread == 0 {
             (None, None)
         } else {
@@ -161,7 +171,7 @@ where
                 tokio::select! {
                     biased;
                     out = &mut served => break out,
-                    more = feed.next(&mut io, &mut rbuf, tx.as_ref()), if tx.is_some() => {
+                    more = feed.next(&mut io, tx.as_ref()), if tx.is_some() => {
                         if !more {
                             tx = None;
                         }
@@ -195,16 +205,17 @@ where
 /// socket's without waiting (a client writes head and body together; the first read stops at
 /// the buffer's room), so that it is handed on whole.
 const EAGER_BODY: usize = 64 * 1024;
-/// Most room made for one read of a body's rest.
+/// Most read at once for a body's rest (each piece is a buffer of its own).
 const BODY_READ: usize = 64 * 1024;
 
-/// Reads into `rbuf` what the connection already has, until `rbuf` holds `want` bytes or a
-/// read would wait. The end of the stream or an error is left for the next read to meet.
-async fn take_what_is_there<S: AsyncRead + Unpin>(io: &mut S, rbuf: &mut BytesMut, want: usize) {
-    rbuf.reserve(want - rbuf.len());
-    while rbuf.len() < want {
+/// Reads into `buf` what the connection already has, until `buf` holds `want` bytes or a read
+/// would wait; never a byte past `want` (what follows the body stays for the next head). The
+/// end of the stream or an error is left for the next read to meet.
+async fn take_what_is_there<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut, want: usize) {
+    while buf.len() < want {
+        let mut limited = (&mut *io).take((want - buf.len()) as u64);
         let read = std::future::poll_fn(|cx| {
-            let read = std::pin::pin!(io.read_buf(rbuf));
+            let read = std::pin::pin!(limited.read_buf(buf));
             match read.poll(cx) {
                 Poll::Ready(Ok(n)) => Poll::Ready(n),
                 Poll::Ready(Err(_)) | Poll::Pending => Poll::Ready(0),
@@ -253,13 +264,13 @@ struct Feed {
 }
 
 impl Feed {
-    /// Reads the body's next piece (once the body has room for it) and passes it on.
-    /// Returns whether there is more to feed: not once the body is all read, the engine has
-    /// dropped the body, or the connection ended inside it (the body then fails).
+    /// Reads the body's next piece (once the body has room for it), into a buffer of its own
+    /// and never past the body's end, and passes it on. Returns whether there is more to
+    /// feed: not once the body is all read, the engine has dropped the body, or the
+    /// connection ended inside it (the body then fails).
     async fn next<S: AsyncRead + Unpin>(
         &mut self,
         io: &mut S,
-        rbuf: &mut BytesMut,
         tx: Option<&mpsc::Sender<io::Result<Bytes>>>,
     ) -> bool {
         let Some(tx) = tx else {
@@ -269,28 +280,22 @@ impl Feed {
         let Ok(permit) = tx.reserve().await else {
             return false;
         };
-        if rbuf.is_empty() {
-            let room = usize::try_from(self.unread).map_or(BODY_READ, |u| u.min(BODY_READ));
-            if rbuf.capacity() < room.max(READ_ROOM) {
-                rbuf.reserve(room.max(2 * READ_ROOM));
+        let room = usize::try_from(self.unread).map_or(BODY_READ, |u| u.min(BODY_READ));
+        let mut piece = BytesMut::with_capacity(room);
+        match (&mut *io).take(room as u64).read_buf(&mut piece).await {
+            Ok(0) => {
+                self.failed = true;
+                permit.send(Err(io::ErrorKind::UnexpectedEof.into()));
+                return false;
             }
-            match io.read_buf(rbuf).await {
-                Ok(0) => {
-                    self.failed = true;
-                    permit.send(Err(io::ErrorKind::UnexpectedEof.into()));
-                    return false;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.failed = true;
-                    permit.send(Err(e));
-                    return false;
-                }
+            Ok(n) => self.unread -= n as u64,
+            Err(e) => {
+                self.failed = true;
+                permit.send(Err(e));
+                return false;
             }
         }
-        let n = usize::try_from(self.unread).map_or(rbuf.len(), |u| u.min(rbuf.len()));
-        self.unread -= n as u64;
-        permit.send(Ok(rbuf.split_to(n).freeze()));
+        permit.send(Ok(piece.freeze()));
         self.unread > 0
     }
 }
@@ -1328,10 +1333,12 @@ mod tests {
             unread: 6,
             failed: false,
         };
-        let mut rbuf = BytesMut::new();
-        assert!(!feed.next(&mut server, &mut rbuf, Some(&tx)).await);
+        assert!(!feed.next(&mut server, Some(&tx)).await);
         assert_eq!((feed.unread, feed.failed), (0, false));
-        assert_eq!(&rbuf[..], b"GET / HTTP/1.1\r\n");
+        // Not a byte past the body was read: the next head is still on the connection.
+        let mut rest = [0u8; 64];
+        let n = server.read(&mut rest).await.unwrap();
+        assert_eq!(&rest[..n], b"GET / HTTP/1.1\r\n");
         drop(tx);
         let got = body.collect().await.unwrap().to_bytes();
         assert_eq!(&got[..], b"12345678");
@@ -1344,13 +1351,12 @@ mod tests {
             failed: false,
         };
         client.write_all(b"abc").await.unwrap();
-        let mut rbuf = BytesMut::new();
-        assert!(feed.next(&mut server, &mut rbuf, Some(&tx)).await);
+        assert!(feed.next(&mut server, Some(&tx)).await);
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(&first[..], b"abc");
         assert_eq!(body.size_hint().exact(), Some(7));
         drop(client);
-        assert!(!feed.next(&mut server, &mut rbuf, Some(&tx)).await);
+        assert!(!feed.next(&mut server, Some(&tx)).await);
         assert!(feed.failed);
         let err = body.frame().await.unwrap().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
@@ -1364,7 +1370,7 @@ mod tests {
             unread: 10,
             failed: false,
         };
-        assert!(!feed.next(&mut server, &mut rbuf, Some(&tx)).await);
+        assert!(!feed.next(&mut server, Some(&tx)).await);
         assert_eq!((feed.unread, feed.failed), (10, false));
 
         // A sender dropped early (never by the front while the body is owed, but the body
@@ -1373,6 +1379,31 @@ mod tests {
         drop(tx);
         let body = FrontBody::new(Some(Bytes::from_static(b"ab")), Some(rx), 4);
         assert!(body.collect().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_short_body_is_taken_from_the_socket_without_waiting_and_not_past_its_end() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"6789GET / HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = BytesMut::from(&b"12345"[..]);
+        take_what_is_there(&mut server, &mut body, 9).await;
+        assert_eq!(&body[..], b"123456789");
+        let mut rest = [0u8; 64];
+        let n = server.read(&mut rest).await.unwrap();
+        assert_eq!(&rest[..n], b"GET / HTTP/1.1\r\n\r\n");
+        // Nothing there yet: it returns at once with what it has.
+        let mut body = BytesMut::from(&b"12"[..]);
+        let took = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            take_what_is_there(&mut server, &mut body, 9),
+        )
+        .await;
+        assert!(took.is_ok(), "waited for bytes that were not there");
+        assert_eq!(&body[..], b"12");
+        drop(client);
     }
 
     #[test]
