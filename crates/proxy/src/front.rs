@@ -335,28 +335,21 @@ impl http_body::Body for FrontBody {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
-        let data = match self.first.take() {
-            Some(data) => data,
-            None => {
-                let Some(rest) = self.rest.as_mut() else {
-                    return Poll::Ready(None);
-                };
-                match std::task::ready!(rest.poll_recv(cx)) {
-                    Some(Ok(data)) => data,
-                    Some(Err(e)) => {
-                        self.rest = None;
-                        self.remaining = 0;
-                        return Poll::Ready(Some(Err(e)));
-                    }
-                    None => {
-                        self.rest = None;
-                        self.remaining = 0;
-                        return Poll::Ready(Some(Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "request body cut short",
-                        ))));
-                    }
-                }
+        let next = match (self.first.take(), self.rest.as_mut()) {
+            (Some(data), _) => Ok(data),
+            (None, Some(rest)) => match std::task::ready!(rest.poll_recv(cx)) {
+                Some(read) => read,
+                None => Err(io::ErrorKind::UnexpectedEof.into()),
+            },
+            // Owed bytes with nowhere to come from: cut short too, never a quiet end.
+            (None, None) => Err(io::ErrorKind::UnexpectedEof.into()),
+        };
+        let data = match next {
+            Ok(data) => data,
+            Err(e) => {
+                self.rest = None;
+                self.remaining = 0;
+                return Poll::Ready(Some(Err(e)));
             }
         };
         self.remaining = self.remaining.saturating_sub(data.len() as u64);
@@ -1378,6 +1371,9 @@ mod tests {
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(1);
         drop(tx);
         let body = FrontBody::new(Some(Bytes::from_static(b"ab")), Some(rx), 4);
+        assert!(body.collect().await.is_err());
+        // Nor when the bytes owed have no source at all.
+        let body = FrontBody::new(Some(Bytes::from_static(b"ab")), None, 4);
         assert!(body.collect().await.is_err());
     }
 
