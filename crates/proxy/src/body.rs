@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,13 +13,17 @@ use http_body::{Body, Frame, SizeHint};
 use portcullis_core::{BodyLimitExceeded, BodyTooSlow, BoxBody, BoxError, RejectReason};
 use tokio::time::{Instant, Sleep};
 
-/// Why a body was cut off, shared with the code that answers the client.
+/// Why a body was cut off, and whether it was read to its end: shared with the code that
+/// answers the client.
 #[derive(Debug, Default)]
-pub struct Tripped(AtomicU8);
+pub struct Tripped {
+    reason: AtomicU8,
+    ended: AtomicBool,
+}
 
 impl Tripped {
     pub fn reason(&self) -> Option<RejectReason> {
-        match self.0.load(Ordering::Acquire) {
+        match self.reason.load(Ordering::Acquire) {
             1 => Some(RejectReason::BodyTooLarge),
             2 => Some(RejectReason::BodyTimeout),
             _ => None,
@@ -27,7 +31,16 @@ impl Tripped {
     }
 
     fn set(&self, v: u8) {
-        self.0.store(v, Ordering::Release);
+        self.reason.store(v, Ordering::Release);
+    }
+
+    /// Whether the body was read whole (its last frame was taken).
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    fn set_ended(&self) {
+        self.ended.store(true, Ordering::Release);
     }
 }
 
@@ -111,8 +124,8 @@ impl Body for LimitedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -142,6 +155,9 @@ impl Body for LimitedBody {
                 {
                     gap.as_mut().reset(deadline);
                 }
+                if this.inner.is_end_stream() {
+                    this.tripped.set_ended();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending => {
@@ -160,6 +176,9 @@ impl Body for LimitedBody {
             }
             done => {
                 *this.gap = None;
+                if matches!(done, Poll::Ready(None)) {
+                    this.tripped.set_ended();
+                }
                 done
             }
         }
@@ -229,6 +248,39 @@ mod tests {
                 .is_err()
         );
         assert_eq!(t.reason(), Some(RejectReason::BodyTooLarge));
+    }
+
+    /// `ended` says whether the body was read to its end: not after a part of it, nor when it
+    /// was cut off; yes once its last frame was taken (whether or not the reader then asks
+    /// for more), or the end was met.
+    #[tokio::test]
+    async fn ended_only_once_the_last_frame_was_taken() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+        let stream = StreamBody::new(tokio_stream_shim(rx)).boxed_unsync();
+        let t = Arc::new(Tripped::default());
+        let mut b = LimitedBody::new(stream, rules(100), t.clone());
+        tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
+            .await
+            .unwrap();
+        assert!(b.frame().await.is_some());
+        assert!(!t.ended());
+        drop(tx);
+        assert!(b.frame().await.is_none());
+        assert!(t.ended());
+
+        let t = Arc::new(Tripped::default());
+        let mut b = LimitedBody::new(body(10), rules(100), t.clone());
+        assert!(b.frame().await.is_some());
+        assert!(t.ended(), "a body whose last frame was taken has ended");
+
+        let t = Arc::new(Tripped::default());
+        assert!(
+            LimitedBody::new(body(11), rules(10), t.clone())
+                .collect()
+                .await
+                .is_err()
+        );
+        assert!(!t.ended(), "a body cut off has not ended");
     }
 
     #[tokio::test(start_paused = true)]

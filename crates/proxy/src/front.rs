@@ -109,7 +109,7 @@ where
                     Parsed::Take(req, close, length) => break (req, close, length),
                     Parsed::Partial if rbuf.len() <= max_head => {}
                     Parsed::Partial | Parsed::Other => {
-                        return Outcome::HandOver(Prefixed::new(rbuf, io));
+                        return Outcome::HandOver(Prefixed::new(rbuf, io, info.clone()));
                     }
                 }
             }
@@ -126,7 +126,7 @@ where
             match read {
                 Ok(0) if rbuf.is_empty() => return Outcome::Closed,
                 // The end of the stream inside a head: hyper says what it says to that.
-                Ok(0) => return Outcome::HandOver(Prefixed::new(rbuf, io)),
+                Ok(0) => return Outcome::HandOver(Prefixed::new(rbuf, io, info.clone())),
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "connection read failed");
@@ -824,16 +824,40 @@ fn push_date(out: &mut Vec<u8>) {
     out.extend_from_slice(&line);
 }
 
-/// A stream read first from bytes already read off it: how hyper is handed a connection the
-/// front has begun.
+/// A stream read first from bytes already read off it: how hyper is handed a connection (the
+/// front's after a hand-over, or one hyper serves from the start).
+///
+/// Its shutdown lingers: once the write side is shut, what the client still sends is read and
+/// dropped — until it closes, [`LINGER`] passes or [`LINGER_BYTES`] were read — before hyper
+/// drops the socket. hyper ends a connection whose request body it did not read whole (an
+/// early answer to a chunked upload); closing a socket with bytes unread resets it, and the
+/// reset can destroy the answer before the client reads it. Not on a connection that may be
+/// tunnelled ([`ConnInfo::may_tunnel`]): there a shutdown is the tunnel's half-close, and what
+/// the client sends after it is the tunnel's.
 pub(crate) struct Prefixed<S> {
     prefix: BytesMut,
     inner: S,
+    info: Arc<ConnInfo>,
+    closing: Closing,
+}
+
+/// Where a [`Prefixed`] stream's shutdown is.
+enum Closing {
+    Open,
+    /// The write side is shut; the read side is drained until the deadline, with this many
+    /// bytes still to take.
+    Draining(Pin<Box<tokio::time::Sleep>>, usize),
+    Closed,
 }
 
 impl<S> Prefixed<S> {
-    pub(crate) fn new(prefix: BytesMut, inner: S) -> Self {
-        Prefixed { prefix, inner }
+    pub(crate) fn new(prefix: BytesMut, inner: S, info: Arc<ConnInfo>) -> Self {
+        Prefixed {
+            prefix,
+            inner,
+            info,
+            closing: Closing::Open,
+        }
     }
 }
 
@@ -854,7 +878,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -868,7 +892,40 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        loop {
+            match &mut this.closing {
+                Closing::Open => {
+                    std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                    if this.info.may_tunnel() {
+                        this.closing = Closing::Closed;
+                    } else {
+                        let until = Box::pin(tokio::time::sleep(LINGER));
+                        this.closing = Closing::Draining(until, LINGER_BYTES);
+                    }
+                }
+                Closing::Draining(until, left) => {
+                    if until.as_mut().poll(cx).is_ready() {
+                        this.closing = Closing::Closed;
+                        continue;
+                    }
+                    let mut scratch = [MaybeUninit::<u8>::uninit(); 8192];
+                    let mut buf = ReadBuf::uninit(&mut scratch);
+                    match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                            *left = left.saturating_sub(buf.filled().len());
+                            if *left == 0 {
+                                this.closing = Closing::Closed;
+                            }
+                        }
+                        // The client closed, or the connection failed: nothing to wait for.
+                        Poll::Ready(_) => this.closing = Closing::Closed,
+                    }
+                }
+                Closing::Closed => return Poll::Ready(Ok(())),
+            }
+        }
     }
 
     fn poll_write_vectored(
@@ -1414,5 +1471,50 @@ mod tests {
             push_hex(&mut out, n);
             assert_eq!(out, want.as_bytes());
         }
+    }
+
+    fn conn_info() -> Arc<ConnInfo> {
+        Arc::new(ConnInfo {
+            peer: "127.0.0.1:9".parse().unwrap(),
+            scheme: portcullis_core::Scheme::Http,
+            listener: Arc::from("l"),
+            tls: None,
+            framing: Default::default(),
+            response_timer: Default::default(),
+            may_tunnel: Default::default(),
+        })
+    }
+
+    /// hyper's shutdown of a `Prefixed` stream shuts the write side, then takes and drops what
+    /// the client still sends until the client closes; on a connection that may carry a
+    /// tunnel it only shuts the write side, and what the client sends after stays to be read.
+    #[tokio::test]
+    async fn shutdown_lingers_unless_the_connection_may_be_tunnelled() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = Prefixed::new(BytesMut::from(&b"unread"[..]), server, conn_info());
+        client.write_all(&[b'x'; 512]).await.unwrap();
+        let shut = tokio::spawn(async move { io.shutdown().await });
+        // The write side is shut: the client reads the end of the stream.
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert!(got.is_empty());
+        // What it sends on is taken, more than the pipe holds.
+        for _ in 0..8 {
+            client.write_all(&[b'x'; 1024]).await.unwrap();
+        }
+        assert!(!shut.is_finished(), "the shutdown waits for the client");
+        drop(client);
+        shut.await.unwrap().unwrap();
+
+        let info = conn_info();
+        info.may_tunnel
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = Prefixed::new(BytesMut::new(), server, info);
+        io.shutdown().await.unwrap();
+        client.write_all(b"tunnel bytes").await.unwrap();
+        let mut buf = [0u8; 12];
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"tunnel bytes");
     }
 }

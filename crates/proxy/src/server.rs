@@ -188,6 +188,7 @@ async fn connection(
                 tls: None,
                 framing,
                 response_timer: Default::default(),
+                may_tunnel: Default::default(),
             });
             let conn = serve_http(gw, info, stream, builder, drain, max_buf, true);
             tokio::select! {
@@ -233,6 +234,7 @@ async fn connection(
                 tls: Some(info),
                 framing,
                 response_timer: Default::default(),
+                may_tunnel: Default::default(),
             });
             let builder = if h2 { builder.http2_only() } else { builder };
             let conn = Box::pin(serve_http(
@@ -274,7 +276,7 @@ async fn serve_http<S>(
             front::Outcome::HandOver(io) => io,
         }
     } else {
-        front::Prefixed::new(bytes::BytesMut::new(), io)
+        front::Prefixed::new(bytes::BytesMut::new(), io, info.clone())
     };
     let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
     let conn = Box::pin(

@@ -54,6 +54,16 @@ pub struct ConnInfo {
     pub framing: Arc<crate::sniff::Flag>,
     /// The upstream response timer, kept between the connection's requests.
     pub response_timer: crate::upstream::TimerSlot,
+    /// Set when a request asked for a WebSocket upgrade: from then on the connection may
+    /// carry a tunnel, whose shutdown is a half-close (no lingering read, see
+    /// [`crate::front::Prefixed`]).
+    pub may_tunnel: std::sync::atomic::AtomicBool,
+}
+
+impl ConnInfo {
+    pub(crate) fn may_tunnel(&self) -> bool {
+        self.may_tunnel.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// The gateway's fields of an answer whose map does not carry them, for the server that
@@ -238,6 +248,10 @@ impl Gateway {
             && (head.method == Method::CONNECT || has_header(&head.headers, &header::UPGRADE));
         let websocket =
             unfollowed && head.version == Version::HTTP_11 && is_websocket_upgrade(&head.headers);
+        if websocket {
+            conn.may_tunnel
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let downstream_upgrade = websocket.then(|| {
             // hyper hands the upgrade out of a request's extensions, the head's here.
             let mut holder = Request::new(());
@@ -268,12 +282,14 @@ impl Gateway {
         // Watched for trickling from the first byte, so a step that buffers the body (the WAF)
         // is protected as much as the upstream is; the route's size limit is added at forward
         // time (buffering steps bound themselves by `ctx.body_limit`).
+        let mut watched = None;
         let body = if http_body::Body::is_end_stream(&body) {
             empty_body() // nothing to watch, nothing to box (most GETs)
         } else {
             let body: BoxBody = body.map_err(Into::into).boxed_unsync();
             let tripped = Arc::new(Tripped::default());
             ctx.extensions.insert(tripped.clone());
+            watched = Some(tripped.clone());
             let server = &rt.snapshot.config.server;
             let rules = BodyRules {
                 limit: u64::MAX,
@@ -336,6 +352,17 @@ impl Gateway {
             }
             None
         };
+        // An HTTP/1 answer given before the request's body was read whole (a refusal, an
+        // upstream's early answer) ends the connection: the next request would start somewhere
+        // in the body. Said in the answer, as the front does; hyper then closes after it (and
+        // `Prefixed` lingers, so the close does not reset the answer away).
+        if !defer_security
+            && matches!(seen.version, Version::HTTP_10 | Version::HTTP_11)
+            && watched.is_some_and(|t| !t.ended())
+        {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         // Every response — forwarded, refused or answered by the gateway — carries the security
         // headers of its route (the gateway-wide ones when no route matched).
         let security = ctx
