@@ -97,6 +97,55 @@ async fn slowloris_does_not_stop_the_gateway_serving_others() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
 
+/// A trusted proxy carries many clients over its connections: it is held to the global cap,
+/// not the per-address one, which still holds for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_is_held_to_the_global_cap_only() {
+    let gw = gateway(&format!(
+        "server: {{ max_connections: 6, max_connections_per_ip: 2, trusted_proxies: [127.0.0.3] }}\n{APP}"
+    ));
+    let addr = gw.listener("public");
+    let mut kept = Vec::new();
+    for _ in 0..4 {
+        let mut s = connect_from("127.0.0.3", addr).await;
+        served_on(&mut s).await;
+        kept.push(s);
+    }
+    for _ in 0..2 {
+        let mut s = connect_from("127.0.0.1", addr).await;
+        served_on(&mut s).await;
+        kept.push(s);
+    }
+    // An untrusted address over its cap, and the trusted one over the global cap.
+    for src in ["127.0.0.1", "127.0.0.3"] {
+        let mut s = connect_from(src, addr).await;
+        let _ = s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+        assert!(out.is_empty(), "{src}: {}", String::from_utf8_lossy(&out));
+    }
+    // Places are given back as connections close (once the gateway has seen them close).
+    kept.truncate(3);
+    for src in ["127.0.0.3", "127.0.0.1"] {
+        let mut out = String::new();
+        for _ in 0..50 {
+            // A refused connection may be reset: read what there is.
+            let mut s = connect_from(src, addr).await;
+            let _ = s
+                .write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut wire = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut wire)).await;
+            out = String::from_utf8_lossy(&wire).into_owned();
+            if !out.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(out.starts_with("HTTP/1.1 200"), "{src}: {out}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_idle_connections_are_closed() {
     let gw = gateway(&format!(

@@ -333,12 +333,15 @@ pub struct Admission {
 /// A connection's place under the caps; given back on drop.
 pub struct Admitted {
     gw: Arc<Gateway>,
-    ip: std::net::IpAddr,
+    /// The address counted under the per-address cap (not a trusted proxy's).
+    ip: Option<std::net::IpAddr>,
 }
 
 impl Admission {
     /// Takes a place for a connection from `ip`, or `None` when a cap is reached. Locks only
-    /// at accept, never per request.
+    /// at accept, never per request. A trusted proxy (`server.trusted_proxies`) is held to the
+    /// global cap only: its connections carry many clients, whose addresses are known only
+    /// per request.
     pub fn admit(&self, gw: &Arc<Gateway>, ip: std::net::IpAddr) -> Option<Admitted> {
         use std::sync::atomic::Ordering;
         let rt = gw.runtime();
@@ -346,6 +349,12 @@ impl Admission {
         if self.total.fetch_add(1, Ordering::AcqRel) >= server.max_connections {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return None;
+        }
+        if rt.snapshot.trusted.is_trusted(ip) {
+            return Some(Admitted {
+                gw: gw.clone(),
+                ip: None,
+            });
         }
         let mut map = match self.per_ip.lock() {
             Ok(m) => m,
@@ -358,11 +367,15 @@ impl Admission {
             return None;
         }
         *n += 1;
-        Some(Admitted { gw: gw.clone(), ip })
+        Some(Admitted {
+            gw: gw.clone(),
+            ip: Some(ip),
+        })
     }
 
-    fn release(&self, ip: std::net::IpAddr) {
+    fn release(&self, ip: Option<std::net::IpAddr>) {
         self.total.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let Some(ip) = ip else { return };
         let mut map = match self.per_ip.lock() {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
