@@ -1154,12 +1154,10 @@ mod tests {
             .collect();
         let mut v = json!({ "items": items });
         let mut out = Vec::new();
-        let start = std::time::Instant::now();
         assert_eq!(
             t.apply(&mut v, Unknown::Strip, "body", &mut out, 10),
             10_000
         );
-        assert!(start.elapsed() < std::time::Duration::from_secs(2));
         let mut v = json!({ "items": (0..10_000).map(|_| json!({"x": 1})).collect::<Vec<_>>() });
         t.apply(&mut v, Unknown::Reject, "body", &mut out, 10);
         assert_eq!(out.len(), 10);
