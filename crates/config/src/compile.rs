@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
-use portcullis_core::ConfigErrors;
 use portcullis_core::units::compile_duration;
+use portcullis_core::{AuthMethod, ConfigErrors};
 use portcullis_ipfilter::{IpRules, parse_nets};
 use portcullis_limits::HeadLimits;
 use rustls_pki_types::pem::PemObject;
@@ -788,6 +788,7 @@ fn expand_openapi(
         }
     }
     let base = compile_route(r, path, sections, &params, e);
+    let mut unmet = Unmet::default();
     let prefix = match &base.path {
         PathMatch::Prefix(p) => p.clone(),
         _ => String::new(),
@@ -808,6 +809,7 @@ fn expand_openapi(
                 Rewrite::Template(vec![TemplatePart::Literal(format!("{p}{}", op.def.path))])
             });
             route.contract = Some(op.clone());
+            route.authz.openapi = document_security(&op.def, &route.auth, o, &mut unmet);
             routes.push(route);
             continue;
         };
@@ -843,9 +845,158 @@ fn expand_openapi(
         route.methods = Some(vec![op.def.method.clone()]);
         route.rewrite = rewrite;
         route.contract = Some(op.clone());
+        route.authz.openapi = document_security(&op.def, &route.auth, o, &mut unmet);
         routes.push(route);
     }
+    report_unmet(&unmet, o, path, &op_path, e);
     contract.document.files
+}
+
+/// Operations whose security requirements the route cannot meet.
+#[derive(Default)]
+struct Unmet {
+    /// On an anonymous route: the operations that require credentials.
+    anonymous: Vec<String>,
+    /// On an authenticated one: `file#pointer` and why no requirement can be met.
+    unmeetable: Vec<(String, String)>,
+}
+
+/// The credentials that meet one security scheme.
+fn scheme_methods(kind: &portcullis_contract::model::SchemeKind) -> &'static [AuthMethod] {
+    use portcullis_contract::model::SchemeKind;
+    match kind {
+        SchemeKind::ApiKey => &[AuthMethod::ApiKey],
+        SchemeKind::Bearer | SchemeKind::OAuth => &[AuthMethod::Jwt, AuthMethod::Introspection],
+        SchemeKind::MutualTls => &[AuthMethod::Mtls],
+        SchemeKind::Other(_) => &[],
+    }
+}
+
+/// The authorization rule an operation's `security` makes on its route (`None` when it
+/// requires nothing, or `openapi.security: ignore`). What the route cannot meet goes to
+/// `unmet`.
+fn document_security(
+    op: &portcullis_contract::model::OperationDef,
+    auth: &portcullis_authn::config::RouteAuth,
+    o: &portcullis_contract::config::RawOpenApi,
+    unmet: &mut Unmet,
+) -> Option<Arc<portcullis_authz::config::DocumentSecurity>> {
+    use portcullis_authn::config::Method as Accepted;
+    use portcullis_authz::config::{DocumentSecurity, SecurityAlternative};
+    use portcullis_authz::rules::{Group, Requirement};
+    use portcullis_contract::config::SecurityPolicy;
+    use portcullis_contract::model::SchemeKind;
+    if o.security == SecurityPolicy::Ignore {
+        return None;
+    }
+    let required = op.security.as_ref()?;
+    if auth.methods.is_empty() {
+        unmet.anonymous.push(op.id.clone());
+        return None;
+    }
+    let route_methods: Vec<AuthMethod> = auth
+        .methods
+        .iter()
+        .map(|m| match m {
+            Accepted::Jwt(_) => AuthMethod::Jwt,
+            Accepted::Introspection(_) => AuthMethod::Introspection,
+            Accepted::ApiKey => AuthMethod::ApiKey,
+            Accepted::Mtls => AuthMethod::Mtls,
+        })
+        .collect();
+    let mut alternatives = Vec::new();
+    let mut why = Vec::new();
+    for schemes in required {
+        let names: Vec<&str> = schemes.iter().map(|s| s.name.as_str()).collect();
+        let label = names.join(" + ");
+        let mut methods = route_methods.clone();
+        let (mut scopes, mut roles) = (Vec::new(), Vec::new());
+        for s in schemes {
+            if let SchemeKind::Other(what) = &s.kind {
+                why.push(format!(
+                    "{}: {what} is not a credential the gateway verifies",
+                    s.name
+                ));
+            }
+            let accepted = scheme_methods(&s.kind);
+            methods.retain(|m| accepted.contains(m));
+            let into = if s.kind == SchemeKind::OAuth {
+                &mut scopes
+            } else {
+                &mut roles
+            };
+            for v in &s.values {
+                if !into.contains(v) {
+                    into.push(v.clone());
+                }
+            }
+        }
+        if methods.is_empty() {
+            if !schemes
+                .iter()
+                .any(|s| matches!(s.kind, SchemeKind::Other(_)))
+            {
+                why.push(format!("{label}: needs a credential the route's auth.methods do not accept, or several at once"));
+            }
+            continue;
+        }
+        let group = |all_of: Vec<String>| {
+            (!all_of.is_empty()).then(|| Group {
+                any_of: Vec::new(),
+                all_of,
+            })
+        };
+        alternatives.push(SecurityAlternative {
+            schemes: label,
+            methods,
+            requirement: Requirement {
+                scopes: group(scopes),
+                roles: group(roles),
+            },
+        });
+    }
+    if alternatives.is_empty() {
+        unmet.unmeetable.push((op.pointer.clone(), why.join("; ")));
+        return None;
+    }
+    Some(Arc::new(DocumentSecurity {
+        operation: op.id.clone(),
+        alternatives,
+    }))
+}
+
+/// One error per route group for the operations whose security the route cannot meet.
+fn report_unmet(
+    unmet: &Unmet,
+    o: &portcullis_contract::config::RawOpenApi,
+    path: &str,
+    op_path: &str,
+    e: &mut ConfigErrors,
+) {
+    const SHOWN: usize = 5;
+    if !unmet.anonymous.is_empty() {
+        let mut ids = unmet.anonymous[..unmet.anonymous.len().min(SHOWN)].join(", ");
+        if unmet.anonymous.len() > SHOWN {
+            ids.push_str(&format!(" and {} more", unmet.anonymous.len() - SHOWN));
+        }
+        e.push(
+            format!("{path}.auth"),
+            format!(
+                "the document's operations {ids} require credentials (their security), but the \
+                 route is anonymous: give it auth.methods, or set openapi.security: ignore"
+            ),
+        );
+    }
+    for (pointer, why) in &unmet.unmeetable {
+        e.push(
+            format!("{op_path}.spec"),
+            format!(
+                "{}#{pointer}: no security requirement of the operation can be met on this \
+                 route ({why}); or set openapi.security: ignore",
+                o.spec
+            ),
+        );
+    }
 }
 
 /// The query parameters an operation declares as arrays sent as repeated keys (`ids=1&ids=2`):

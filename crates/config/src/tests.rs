@@ -503,6 +503,138 @@ routes:
     }
 }
 
+const SECURED: &str = r##"openapi: 3.1.0
+info: { title: t, version: "1" }
+components:
+  securitySchemes:
+    oauth: { type: oauth2, flows: {} }
+    key: { $ref: "#/components/securitySchemes/key2" }
+    key2: { type: apiKey, in: header, name: k }
+    basic: { type: http, scheme: basic }
+    cert: { type: mutualTLS }
+security: [ { oauth: [read] } ]
+paths:
+  /a:
+    get: { operationId: a, responses: { "200": { description: ok } } }
+    put: { operationId: b, security: [ { key: [admin] }, { oauth: [w], key: [] } ], responses: { "200": { description: ok } } }
+    post: { operationId: c, security: [ { basic: [] } ], responses: { "200": { description: ok } } }
+  /open:
+    get: { operationId: d, security: [ {}, { oauth: [] } ], responses: { "200": { description: ok } } }
+    put: { operationId: e, security: [], responses: { "200": { description: ok } } }
+    post: { operationId: f, security: [ { cert: [] } ], responses: { "200": { description: ok } } }
+"##;
+
+fn errors_of(yaml: &str, dir: &Path) -> Vec<String> {
+    match load_str(yaml, dir) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+/// An operation's `security` becomes an authorization rule of its route: alternatives whose
+/// credentials the route accepts (an API key scheme's list as roles, OAuth's as scopes; a
+/// requirement naming two kinds of credential at once cannot be met); none where the document
+/// asks for nothing. A route that cannot meet an operation's requirements is refused — an
+/// anonymous one, or one whose methods meet none (`http basic`, an mTLS-only requirement on
+/// a route without mtls) — unless `security: ignore`.
+#[test]
+fn an_openapi_documents_security_becomes_its_routes_rule() {
+    use portcullis_core::AuthMethod;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.yaml"), SECURED).unwrap();
+    let auth = "auth: { api_keys: { keys: [ { hash: \"sha256:0000000000000000000000000000000000000000000000000000000000000000\", client_id: x } ] }, jwt: { i: { issuer: \"https://i\", jwks_url: \"https://i/jwks\", audiences: [a], algorithms: [ES256] } } }";
+    let ops = "\nupstreams: { d: { kind: echo } }\n";
+    // Every operation the route can meet; c and f cannot be.
+    let errs = errors_of(
+        &format!(
+            "{auth}{ops}routes:\n  - {{ name: g, match: {{ prefix: / }}, upstream: d, auth: {{ methods: [jwt, api_key] }}, authz: {{ allow: any-authenticated }}, openapi: {{ spec: s.yaml }} }}\n"
+        ),
+        dir.path(),
+    );
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with("routes[0].openapi.spec: s.yaml#/paths/~1a/post: no security requirement of the operation can be met on this route (basic: http basic is not a credential the gateway verifies)"),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with(
+            "routes[0].openapi.spec: s.yaml#/paths/~1open/post: no security requirement"
+        ) && errs[1].contains("cert: needs a credential the route's auth.methods do not accept"),
+        "{errs:?}"
+    );
+    // An anonymous route: one error naming the operations that require credentials.
+    let errs = errors_of(
+        &format!(
+            "{auth}{ops}routes:\n  - {{ name: g, match: {{ prefix: / }}, upstream: d, auth: {{ anonymous: true }}, openapi: {{ spec: s.yaml }} }}\n"
+        ),
+        dir.path(),
+    );
+    assert_eq!(
+        errs,
+        [
+            "routes[0].auth: the document's operations a, b, c, f require credentials (their security), but the route is anonymous: give it auth.methods, or set openapi.security: ignore"
+        ]
+    );
+    // `ignore`: no rule, nothing refused.
+    let c = load_str(
+        &format!(
+            "{auth}{ops}routes:\n  - {{ name: g, match: {{ prefix: / }}, upstream: d, auth: {{ anonymous: true }}, openapi: {{ spec: s.yaml, security: ignore }} }}\n"
+        ),
+        dir.path(),
+    )
+    .unwrap();
+    assert!(c.routes.iter().all(|r| r.authz.openapi.is_none()));
+    // Without c and f, every operation can be met; the rules as compiled.
+    let dir2 = tempfile::tempdir().unwrap();
+    let meetable: String = SECURED
+        .lines()
+        .filter(|l| !l.contains("operationId: c,") && !l.contains("operationId: f,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir2.path().join("s.yaml"), meetable).unwrap();
+    let c = load_str(
+        &format!(
+            "{auth}{ops}routes:\n  - {{ name: g, match: {{ prefix: / }}, upstream: d, auth: {{ methods: [jwt, api_key] }}, authz: {{ allow: any-authenticated }}, openapi: {{ spec: s.yaml }} }}\n"
+        ),
+        dir2.path(),
+    )
+    .unwrap();
+    let rule = |id: &str| {
+        c.routes
+            .iter()
+            .find(|r| r.contract.as_ref().is_some_and(|o| &*o.id == id))
+            .unwrap()
+            .authz
+            .openapi
+            .clone()
+    };
+    let a = rule("a").unwrap();
+    assert_eq!(a.alternatives.len(), 1);
+    assert_eq!(a.alternatives[0].schemes, "oauth");
+    assert_eq!(a.alternatives[0].methods, [AuthMethod::Jwt]);
+    assert_eq!(
+        a.alternatives[0]
+            .requirement
+            .scopes
+            .as_ref()
+            .unwrap()
+            .all_of,
+        ["read"]
+    );
+    let b = rule("b").unwrap();
+    assert_eq!(b.alternatives.len(), 1, "oauth + key at once cannot be met");
+    assert_eq!(b.alternatives[0].methods, [AuthMethod::ApiKey]);
+    assert_eq!(
+        b.alternatives[0].requirement.roles.as_ref().unwrap().all_of,
+        ["admin"]
+    );
+    assert!(
+        rule("d").is_none(),
+        "{{}} among the alternatives: nothing required"
+    );
+    assert!(rule("e").is_none(), "security: []");
+}
+
 #[test]
 fn static_upstreams_answer_from_their_list() {
     let c = load_str(

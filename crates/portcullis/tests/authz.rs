@@ -741,3 +741,130 @@ async fn a_changed_policy_file_is_reloaded_and_a_broken_one_refused() {
     );
     assert_eq!(e.call("GET", "/rego/us", &reader, &[]).await.status, 200);
 }
+
+const SECURED_SHOP: &str = r#"openapi: 3.1.0
+info: { title: shop, version: "1" }
+components:
+  securitySchemes:
+    oauth:
+      type: oauth2
+      flows: { clientCredentials: { tokenUrl: "https://issuer.test/token", scopes: { "read:orders": r, "write:orders": w } } }
+    key: { type: apiKey, in: header, name: x-api-key }
+security: [ { oauth: [read:orders] } ]
+paths:
+  /items:
+    get: { operationId: list, responses: { "200": { description: ok } } }
+    post:
+      operationId: create
+      security: [ { oauth: [write:orders] }, { key: [] } ]
+      responses: { "200": { description: ok } }
+  /health:
+    get: { operationId: health, security: [], responses: { "200": { description: ok } } }
+"#;
+
+/// The OpenAPI document's `security` on a route group: each operation's requirements (its
+/// own, else the document's) are checked by the authorization step, scopes through the
+/// hierarchy, on top of the route's own rule; a credential of a kind no requirement names is
+/// refused; an operation with `security: []` asks nothing more than the route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openapi_documents_security_requirements_are_enforced() {
+    let up = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = issuer_key(dir.path());
+    std::fs::write(dir.path().join("shop.yaml"), SECURED_SHOP).unwrap();
+    let api_key = "pk_test_0123456789abcdef";
+    let hash: String = ring::digest::digest(&ring::digest::SHA256, api_key.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  jwt:
+    main: {{ issuer: "{ISS}", jwks_file: keys.json, algorithms: [EdDSA], audiences: [api] }}
+  api_keys: {{ keys: [ {{ hash: "sha256:{hash}", client_id: batch }} ] }}
+authz:
+  scope_hierarchy: {{ admin:orders: [write:orders], write:orders: [read:orders] }}
+routes:
+  - name: shop
+    match: {{ prefix: /shop }}
+    upstream: app
+    auth: {{ methods: [jwt, api_key] }}
+    authz: {{ allow: any-authenticated }}
+    openapi: {{ spec: shop.yaml }}
+"#,
+        up = up.url()
+    );
+    let gw = Gateway::start_in(bin(), dir.path(), &yaml).unwrap();
+    let e = Env {
+        _dir: dir,
+        gw,
+        up,
+        key,
+    };
+    let with_key = |method: &str, path: &str| {
+        send(req(
+            method,
+            &format!("{}{path}", e.gw.url("public")),
+            &[("x-api-key", api_key)],
+            "",
+        ))
+    };
+
+    // The document's requirement: read:orders.
+    let r = e
+        .call("GET", "/shop/items", &e.token(scope("profile")), &[])
+        .await;
+    e.refused(&r, 403, "forbidden", "openapi:list");
+    let ch = r.header("www-authenticate").unwrap();
+    assert!(
+        ch.starts_with("Bearer error=\"insufficient_scope\""),
+        "{ch}"
+    );
+    assert!(ch.contains("scope=\"read:orders\""), "{ch}");
+    // An API key is no OAuth token.
+    let r = with_key("GET", "/shop/items").await;
+    let ev = e.refused(&r, 403, "forbidden", "openapi:list");
+    assert!(
+        ev["authz"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("requires oauth credentials, not api_key"),
+        "{ev}"
+    );
+    assert!(r.header("www-authenticate").is_none());
+    // The operation's own: write:orders, or an API key; read:orders is not enough.
+    let r = e
+        .call("POST", "/shop/items", &e.token(scope("read:orders")), &[])
+        .await;
+    e.refused(&r, 403, "forbidden", "openapi:create");
+    assert!(
+        r.header("www-authenticate")
+            .unwrap()
+            .contains("scope=\"write:orders\"")
+    );
+
+    // Met: through the hierarchy, by the other alternative, and where nothing is required.
+    let admin = e.token(scope("admin:orders"));
+    let r = e.call("GET", "/shop/items", &admin, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ev = audit_of(&e.gw, r.header("x-request-id").unwrap());
+    assert_eq!(ev["authz"]["allowed"], true, "{ev}");
+    assert_eq!(e.call("POST", "/shop/items", &admin, &[]).await.status, 200);
+    assert_eq!(with_key("POST", "/shop/items").await.status, 200);
+    assert_eq!(with_key("GET", "/shop/health").await.status, 200);
+    assert_eq!(e.up.hits(), 4);
+    // Authentication still comes first.
+    let r = send(req(
+        "GET",
+        &format!("{}/shop/health", e.gw.url("public")),
+        &[],
+        "",
+    ))
+    .await;
+    assert_problem(&r, 401, "unauthenticated");
+    assert_eq!(e.up.hits(), 4);
+}

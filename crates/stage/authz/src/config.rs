@@ -567,6 +567,30 @@ pub struct RouteAuthz {
     pub opa: Option<(usize, String, Mode)>,
     pub risk: Option<RiskRule>,
     pub require: Option<AuthRequire>,
+    /// The security requirements of the OpenAPI operation the route was made from (set by
+    /// the route group, `openapi.security: enforce`): checked in addition to the rules above,
+    /// never permitting a request by themselves.
+    pub openapi: Option<Arc<DocumentSecurity>>,
+}
+
+/// An OpenAPI operation's security requirements: any one alternative must hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentSecurity {
+    /// The operation (`operationId`, else `METHOD /path`), for verdicts.
+    pub operation: String,
+    pub alternatives: Vec<SecurityAlternative>,
+}
+
+/// One security requirement of a document (its schemes together).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecurityAlternative {
+    /// The schemes' names, joined with ` + `.
+    pub schemes: String,
+    /// The credentials that meet every scheme of it (and that the route accepts).
+    pub methods: Vec<portcullis_core::AuthMethod>,
+    /// The scopes (`oauth2`, `openIdConnect` schemes; through the hierarchy) and roles (other
+    /// schemes) it lists, all required.
+    pub requirement: Requirement,
 }
 
 impl RouteAuthz {
@@ -1252,6 +1276,7 @@ pub fn compile_route(
         opa,
         risk,
         require,
+        openapi: None,
     };
     if !out.has_rule() && out.field_masks.is_none() && out.risk.is_none() && out.require.is_none() {
         e.push(

@@ -284,6 +284,62 @@ impl Authz {
             check!(format!("route:{route_name}"), route.mode, result, deny);
         }
 
+        // 2b. The OpenAPI operation's security requirements: one alternative must hold, in
+        // addition to the rules above (they permit nothing by themselves).
+        if let Some(doc) = &route.openapi {
+            let rule = format!("openapi:{}", doc.operation);
+            let mut unmet = None;
+            let met = doc.alternatives.iter().find(|a| {
+                if !a.methods.contains(&p.method) {
+                    return false;
+                }
+                match a.requirement.check(p, h) {
+                    Ok(()) => true,
+                    Err(u) => {
+                        unmet.get_or_insert(u);
+                        false
+                    }
+                }
+            });
+            match met {
+                Some(a) => run.held.push(RuleVerdict {
+                    rule,
+                    allowed: true,
+                    reason: format!("{} met", a.schemes),
+                }),
+                None => {
+                    let (reason, rejection) = match unmet {
+                        Some(u) => {
+                            let reason = u.reason().to_string();
+                            let (_, deny) = requirement_verdict(Err(u));
+                            let rejection = deny(&reason);
+                            (reason, rejection)
+                        }
+                        None => {
+                            let accepted: Vec<&str> = doc
+                                .alternatives
+                                .iter()
+                                .map(|a| a.schemes.as_str())
+                                .collect();
+                            let reason = format!(
+                                "the operation requires {} credentials, not {}",
+                                accepted.join(" or "),
+                                p.method.as_str()
+                            );
+                            let rejection = forbidden(&reason);
+                            (reason, rejection)
+                        }
+                    };
+                    let verdict = RuleVerdict {
+                        rule,
+                        allowed: false,
+                        reason,
+                    };
+                    return Err(Box::new((run, (verdict, rejection))));
+                }
+            }
+        }
+
         // 3. Resource policies covering this path and action.
         let action = self.settings.action(&head.method);
         let path = head.uri.path();

@@ -50,6 +50,18 @@ pub enum UnknownQuery {
     Allow,
 }
 
+/// Whether the document's `security` requirements are checked (by the authorization step).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SecurityPolicy {
+    /// Checked: an operation that requires credentials needs an authenticated route, and the
+    /// caller's credential must meet one of its requirements.
+    #[default]
+    Enforce,
+    /// Not checked: authentication and authorization are the route's `auth` and `authz` alone.
+    Ignore,
+}
+
 /// Whether responses are validated against the document.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -127,6 +139,9 @@ pub struct RawOpenApi {
     pub max_violations: Option<usize>,
     #[serde(default)]
     pub responses: RawResponses,
+    /// The document's `security` requirements: `enforce` (default) or `ignore`.
+    #[serde(default)]
+    pub security: SecurityPolicy,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -136,6 +151,7 @@ pub struct RawOpenApi {
 #[derive(Debug)]
 pub struct Settings {
     pub mode: Mode,
+    pub security: SecurityPolicy,
     pub unknown_fields: UnknownFields,
     pub unknown_query: UnknownQuery,
     pub limits: JsonLimits,
@@ -396,6 +412,7 @@ fn compile_settings(raw: &RawOpenApi, path: &str, e: &mut ConfigErrors) -> Setti
     });
     Settings {
         mode: raw.mode,
+        security: raw.security,
         unknown_fields: raw.unknown_fields,
         unknown_query: raw.unknown_query,
         limits: JsonLimits {

@@ -54,6 +54,38 @@ pub struct OperationDef {
     pub responses: Vec<ResponseDef>,
     /// The operation's JSON pointer in the main document (`/paths/~1products/post`).
     pub pointer: String,
+    /// What credentials the operation requires (its own `security`, else the document's):
+    /// alternatives, any one of which suffices, each a list of schemes that must all hold.
+    /// `None` when the operation can be called without credentials (no requirement, an empty
+    /// list, or an empty requirement `{}` among the alternatives).
+    pub security: Option<Vec<Vec<SchemeUse>>>,
+}
+
+/// What a security scheme asks for, as far as the gateway can verify it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemeKind {
+    /// `apiKey`: an API key (read where the gateway's `auth.api_keys` says, not where the
+    /// document does).
+    ApiKey,
+    /// `http` with scheme `bearer`: a bearer token.
+    Bearer,
+    /// `oauth2` or `openIdConnect`: a bearer token holding the scopes the requirement lists.
+    OAuth,
+    /// `mutualTLS`: a client certificate.
+    MutualTls,
+    /// Anything else (`http` `basic`, `digest` …): not a credential the gateway verifies;
+    /// the text says what it is.
+    Other(String),
+}
+
+/// One scheme of a security requirement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemeUse {
+    /// The scheme's name in `components/securitySchemes`.
+    pub name: String,
+    pub kind: SchemeKind,
+    /// The scopes (`oauth2`, `openIdConnect`) or roles (other types, OpenAPI 3.1) listed.
+    pub values: Vec<String>,
 }
 
 /// Where a parameter is.

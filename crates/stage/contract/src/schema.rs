@@ -408,6 +408,7 @@ mod tests {
                     media: vec![media("/s/int")],
                 }],
                 pointer: "/paths/~1x/post".into(),
+                security: None,
             }],
         }
     }
