@@ -659,8 +659,20 @@ impl AdminSource for AdminView {
         Box::pin(async move {
             let revs = &self.gw.shared.authn.revocations;
             let field = |k: &str| request.get(k).and_then(|v| v.as_str()).map(str::to_string);
-            let (what, shared) = if let Some(jti) = field("token_id").filter(|j| !j.is_empty()) {
-                (format!("token_id {jti}"), revs.revoke_jti(&jti).await)
+            let until = match request.get("until") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(v) => Some(portcullis_authn::revocation::parse_until(v)?),
+            };
+            let jti = field("token_id").filter(|j| !j.is_empty());
+            if until.is_some() && jti.is_none() {
+                return Err("until applies to token ids: an API key's revocation does not end (its own expires does)".to_string());
+            }
+            let (what, shared) = if let Some(jti) = jti {
+                let what = match until {
+                    Some(t) => format!("token_id {jti} until {t}"),
+                    None => format!("token_id {jti}"),
+                };
+                (what, revs.revoke_jti(&jti, until).await)
             } else if let Some(key) = field("api_key").filter(|k| !k.is_empty()) {
                 let hash = portcullis_authn::cache::digest(key.as_bytes());
                 (
@@ -675,7 +687,7 @@ impl AdminSource for AdminView {
                 )
             } else {
                 return Err(
-                    "write {\"token_id\": …}, {\"api_key\": …} or {\"api_key_hash\": \"sha256:…\"}"
+                    "write {\"token_id\": …} (optionally with \"until\"), {\"api_key\": …} or {\"api_key_hash\": \"sha256:…\"}"
                         .to_string(),
                 );
             };

@@ -762,6 +762,75 @@ async fn revoked_token_ids_are_refused_even_when_cached() {
     assert_eq!(r.status, 400);
 }
 
+/// A token id revoked `until` a time (its token's expiry) is refused until then and then
+/// forgotten: the list does not keep it. `until` must be a time to come, and is for token ids
+/// only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_until_a_time_ends_then() {
+    let s = static_setup().await;
+    let revoke = |body: String| {
+        send(req(
+            "POST",
+            &format!("{}/auth/revocations", s.gw.admin_url()),
+            &[],
+            &body,
+        ))
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (body, want) in [
+        (
+            r#"{"token_id": "x", "until": 5}"#.to_string(),
+            "the time has passed",
+        ),
+        (
+            r#"{"token_id": "x", "until": "soon"}"#.to_string(),
+            "RFC 3339",
+        ),
+        (
+            format!(r#"{{"api_key": "pk_x", "until": {}}}"#, now + 60),
+            "until applies to token ids",
+        ),
+    ] {
+        let r = revoke(body).await;
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains(want), "{}", r.text());
+    }
+    let t = s.ed.sign("JWT", &claims(json!({"jti": "brief"}))).unwrap();
+    let until = now + 2;
+    let r = revoke(format!(r#"{{"token_id": "brief", "until": {until}}}"#)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["revoked"], format!("token_id brief until {until}"));
+    let list = get(&format!("{}/auth/revocations", s.gw.admin_url()))
+        .await
+        .json();
+    assert_eq!(list["token_ids_until"]["brief"], until, "{list}");
+    let r = call(&s.gw, "/orders", &[("authorization", &bearer(&t))]).await;
+    let id = assert_401(&r, true);
+    assert_eq!(audit_of(&s.gw, &id)["auth_failure"], "revoked");
+    // Once `until` has passed, the token (still valid itself) is taken again.
+    tokio::time::sleep(Duration::from_millis(
+        (until + 1).saturating_sub(now) * 1000,
+    ))
+    .await;
+    let r = call(&s.gw, "/orders", &[("authorization", &bearer(&t))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let list = get(&format!("{}/auth/revocations", s.gw.admin_url()))
+        .await
+        .json();
+    assert!(list["token_ids_until"].get("brief").is_none(), "{list}");
+    assert!(
+        list["token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t != "brief"),
+        "{list}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_internal_token_is_signed_by_the_gateway_and_verifiable_with_its_jwks() {
     let up = TestUpstream::start("svc").await;

@@ -339,6 +339,52 @@ async fn api_keys_and_revocations_are_shared_through_redis_and_fail_closed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // A token id revoked until a time goes to a sorted set scored by it; b takes it (and
+    // forgets, here and in Redis, those whose time has passed).
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    redis.cmd(&["ZADD", "pc:revoked:jti:until", "1000", "long-gone"]);
+    let r = send(req(
+        "POST",
+        &format!("{}/auth/revocations", a.admin_url()),
+        &[],
+        &format!(r#"{{"token_id": "t-until", "until": {until}}}"#),
+    ))
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["shared"], true, "{}", r.text());
+    assert_eq!(
+        redis.cmd(&["ZSCORE", "pc:revoked:jti:until", "t-until"]),
+        until.to_string()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = get(&format!("{}/auth/revocations", b.admin_url()))
+            .await
+            .json();
+        if list["token_ids_until"]["t-until"] == until {
+            assert!(
+                list["token_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|t| t != "long-gone"),
+                "{list}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never saw it: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        redis.cmd(&["ZRANGE", "pc:revoked:jti:until", "0", "-1"]),
+        "t-until",
+        "the ended entry is gone from Redis too"
+    );
+
     // Redis goes away: a key read before is still trusted for its cache time; a key never
     // seen cannot be checked — 503, fail closed, within the configured timeout.
     let fresh_key = "pk_gamma";

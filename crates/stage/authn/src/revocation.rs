@@ -1,8 +1,12 @@
 //! Revoked token ids and API keys. The request path only reads a local set; with Redis, a
 //! background task mirrors the shared sets every `sync_interval`, and admin additions go to
 //! both. A revocation therefore reaches every instance within one interval.
+//!
+//! A token id may be revoked `until` a time (the token's own expiry: after it the token is
+//! refused anyway): it is then forgotten, here and in the shared store (a sorted set scored by
+//! that time), so that the list does not grow without end.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -15,14 +19,76 @@ struct Sets {
     /// From the configuration (replaced on reload).
     config_jtis: HashSet<String>,
     config_keys: HashSet<[u8; 32]>,
-    /// Added at run time (admin API) or read from the shared store.
-    jtis: HashSet<String>,
+    /// Added at run time (admin API) or read from the shared store, each with the unix time
+    /// after which it is forgotten (`None`: never).
+    jtis: HashMap<String, Option<u64>>,
     keys: HashSet<[u8; 32]>,
+}
+
+impl Sets {
+    /// Records `jti` as revoked until `until`; an entry already there keeps the later end.
+    fn add_jti(&mut self, jti: &str, until: Option<u64>) {
+        match self.jtis.get_mut(jti) {
+            Some(have) => {
+                *have = match (*have, until) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    _ => None,
+                }
+            }
+            None => {
+                self.jtis.insert(jti.to_string(), until);
+            }
+        }
+    }
+
+    /// Forgets the token ids whose revocation ended at or before `now`.
+    fn forget_ended(&mut self, now: u64) {
+        self.jtis.retain(|_, until| until.is_none_or(|t| t > now));
+    }
+
+    fn jti_revoked(&self, jti: &str, now: u64) -> bool {
+        self.config_jtis.contains(jti)
+            || self
+                .jtis
+                .get(jti)
+                .is_some_and(|until| until.is_none_or(|t| t > now))
+    }
+}
+
+/// The latest `until` taken: the end of year 9999 (and exactly representable as a Redis score).
+const MAX_UNTIL: u64 = 253_402_300_799;
+
+/// A revocation's `until` as the admin API takes it: unix seconds, or an RFC 3339 time; it
+/// must lie in the future.
+pub fn parse_until(v: &serde_json::Value) -> Result<u64, String> {
+    let t = match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => humantime::parse_rfc3339_weak(s)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs()),
+        _ => None,
+    };
+    match t {
+        None => Err("until: unix seconds, or an RFC 3339 time (2027-01-31T00:00:00Z)".into()),
+        Some(t) if t <= unix_now() => Err("until: the time has passed".into()),
+        Some(t) if t > MAX_UNTIL => Err("until: at most 9999-12-31T23:59:59Z".into()),
+        Some(t) => Ok(t),
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RevocationStatus {
     pub token_ids: Vec<String>,
+    /// The token ids revoked until a time (unix seconds), by id.
+    pub token_ids_until: BTreeMap<String, u64>,
     pub api_keys: Vec<String>,
     pub shared: bool,
     pub last_sync_error: Option<String>,
@@ -96,12 +162,20 @@ impl Revocations {
     }
 
     async fn sync(&self, store: &Store) {
+        let now = unix_now();
         let jtis = store.smembers(&store.key("revoked:jti")).await;
+        let until = store.zlive(&store.key("revoked:jti:until"), now).await;
         let keys = store.smembers(&store.key("revoked:apikey")).await;
-        match (jtis, keys) {
-            (Ok(j), Ok(k)) => {
+        match (jtis, until, keys) {
+            (Ok(j), Ok(u), Ok(k)) => {
                 if let Ok(mut s) = self.sets.write() {
-                    s.jtis.extend(j);
+                    for jti in j {
+                        s.add_jti(&jti, None);
+                    }
+                    for (jti, t) in u {
+                        s.add_jti(&jti, Some(t));
+                    }
+                    s.forget_ended(now);
                     s.keys.extend(
                         k.iter()
                             .filter_map(|h| crate::config::parse_key_hash(h).ok()),
@@ -111,7 +185,7 @@ impl Revocations {
                     *e = None;
                 }
             }
-            (Err(e), _) | (_, Err(e)) => {
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 tracing::warn!(error = %e, "revocation list sync failed; using the last known list");
                 if let Ok(mut le) = self.last_error.write() {
                     *le = Some(e);
@@ -123,7 +197,7 @@ impl Revocations {
     pub fn is_jti_revoked(&self, jti: &str) -> bool {
         self.sets
             .read()
-            .map(|s| s.jtis.contains(jti) || s.config_jtis.contains(jti))
+            .map(|s| s.jti_revoked(jti, unix_now()))
             .unwrap_or(true)
     }
 
@@ -134,16 +208,19 @@ impl Revocations {
             .unwrap_or(true)
     }
 
-    /// Adds an entry locally and, when shared, to the store. An error means the shared store
-    /// did not take it (it is still refused here).
-    pub async fn revoke_jti(&self, jti: &str) -> Result<(), String> {
+    /// Adds an entry locally and, when shared, to the store; `until`: the unix time after
+    /// which it is forgotten (`None`: never). Ended entries are forgotten on the way. An error
+    /// means the shared store did not take it (it is still refused here).
+    pub async fn revoke_jti(&self, jti: &str, until: Option<u64>) -> Result<(), String> {
         if let Ok(mut s) = self.sets.write() {
-            s.jtis.insert(jti.to_string());
+            s.forget_ended(unix_now());
+            s.add_jti(jti, until);
         }
         let store = self.store.read().ok().and_then(|s| s.clone());
-        match store {
-            Some(st) => st.sadd(&st.key("revoked:jti"), jti).await,
-            None => Ok(()),
+        match (store, until) {
+            (Some(st), None) => st.sadd(&st.key("revoked:jti"), jti).await,
+            (Some(st), Some(t)) => st.zadd_gt(&st.key("revoked:jti:until"), jti, t).await,
+            (None, _) => Ok(()),
         }
     }
 
@@ -162,12 +239,21 @@ impl Revocations {
     }
 
     pub fn status(&self) -> RevocationStatus {
-        let (mut token_ids, mut api_keys) = self
+        let now = unix_now();
+        let (token_ids, token_ids_until, mut api_keys) = self
             .sets
             .read()
             .map(|s| {
+                let live = s
+                    .jtis
+                    .iter()
+                    .filter(|(_, until)| until.is_none_or(|t| t > now));
+                let mut ids: BTreeSet<String> = live.clone().map(|(j, _)| j.clone()).collect();
+                ids.extend(s.config_jtis.iter().cloned());
                 (
-                    s.jtis.union(&s.config_jtis).cloned().collect::<Vec<_>>(),
+                    ids.into_iter().collect::<Vec<_>>(),
+                    live.filter_map(|(j, until)| until.map(|t| (j.clone(), t)))
+                        .collect::<BTreeMap<_, _>>(),
                     s.keys
                         .union(&s.config_keys)
                         .map(|k| format!("sha256:{}", hex(k)))
@@ -175,13 +261,63 @@ impl Revocations {
                 )
             })
             .unwrap_or_default();
-        token_ids.sort();
         api_keys.sort();
         RevocationStatus {
             token_ids,
+            token_ids_until,
             api_keys,
             shared: self.store.read().map(|s| s.is_some()).unwrap_or(false),
             last_sync_error: self.last_error.read().ok().and_then(|e| e.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A token id revoked until a time is refused until then, then forgotten (a later end
+    /// wins over an earlier one, and never over "forever"); configured ids never end.
+    #[test]
+    fn revocations_with_an_end_are_forgotten_after_it() {
+        let mut s = Sets::default();
+        s.config_jtis.insert("cfg".into());
+        s.add_jti("a", Some(100));
+        s.add_jti("a", Some(50));
+        s.add_jti("b", Some(100));
+        s.add_jti("b", None);
+        s.add_jti("c", None);
+        s.add_jti("c", Some(10));
+        assert!(s.jti_revoked("a", 99));
+        assert!(!s.jti_revoked("a", 100));
+        assert!(s.jti_revoked("b", 1_000));
+        assert!(s.jti_revoked("c", 1_000));
+        assert!(s.jti_revoked("cfg", u64::MAX));
+        assert!(!s.jti_revoked("d", 0));
+        s.forget_ended(100);
+        assert!(!s.jtis.contains_key("a"));
+        assert_eq!(s.jtis.len(), 2);
+    }
+
+    #[test]
+    fn until_is_a_future_time() {
+        let soon = unix_now() + 60;
+        assert_eq!(parse_until(&serde_json::json!(soon)), Ok(soon));
+        assert_eq!(
+            parse_until(&serde_json::json!("9999-12-31T23:59:59Z")),
+            Ok(MAX_UNTIL)
+        );
+        for bad in [
+            serde_json::json!(1),
+            serde_json::json!("2001-01-01T00:00:00Z"),
+            serde_json::json!("tomorrow"),
+            serde_json::json!(-5),
+            serde_json::json!(MAX_UNTIL + 1),
+            serde_json::json!(true),
+        ] {
+            assert!(parse_until(&bad).is_err(), "{bad}");
         }
     }
 }

@@ -84,4 +84,33 @@ impl Store {
         let mut c = self.conn().await?;
         self.bounded(c.sadd::<_, _, ()>(key, member)).await
     }
+
+    /// Adds `member` to the sorted set `key` with `score`, keeping the larger score when it
+    /// is there already (`ZADD GT`).
+    pub async fn zadd_gt(&self, key: &str, member: &str, score: u64) -> Result<(), String> {
+        let mut c = self.conn().await?;
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(key).arg("GT").arg(score).arg(member);
+        self.bounded(cmd.query_async::<()>(&mut c)).await
+    }
+
+    /// The members of the sorted set `key` scored above `above`, with their scores; those at
+    /// or below it are removed first (`ZREMRANGEBYSCORE`, then `ZRANGE … BYSCORE`).
+    pub async fn zlive(&self, key: &str, above: u64) -> Result<Vec<(String, u64)>, String> {
+        let mut c = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(key)
+            .arg("-inf")
+            .arg(above)
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(key)
+            .arg(format!("({above}"))
+            .arg("+inf")
+            .arg("BYSCORE")
+            .arg("WITHSCORES");
+        let (live,): (Vec<(String, u64)>,) = self.bounded(pipe.query_async(&mut c)).await?;
+        Ok(live)
+    }
 }
