@@ -91,6 +91,15 @@ pub trait AdminSource: Send + Sync + 'static {
     fn revoke(&self, _request: serde_json::Value) -> RevokeFuture<'_> {
         Box::pin(async { Err("revocation is not supported here".to_string()) })
     }
+    /// The client addresses banned now (`GET /bans`).
+    fn bans(&self) -> serde_json::Value {
+        serde_json::json!({"bans": []})
+    }
+    /// Lifts the ban of `address` (`DELETE /bans/<address>`): `Ok(true)` when there was
+    /// one, `Err` for an address that does not parse (400).
+    fn lift_ban(&self, _address: &str) -> Result<bool, String> {
+        Ok(false)
+    }
 }
 
 /// The answer of [`AdminSource::revoke`]: `Err` is a client error (400) message.
@@ -246,6 +255,8 @@ fn handle(state: &State, req: Request<Incoming>) -> Resp {
                     .insert(ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
                 r
             }
+        } else if path == "/bans" || path.starts_with("/bans/") {
+            bans(state, path, method)
         } else if path == "/reload" {
             if method == Method::POST {
                 reload(state)
@@ -348,6 +359,51 @@ fn endpoint(state: &State, path: &str) -> Resp {
         "/jwks" => json(StatusCode::OK, &state.source.jwks(), true),
         "/ratelimit" => json(StatusCode::OK, &state.source.ratelimit(), true),
         _ => json(StatusCode::OK, &state.source.config(), true),
+    }
+}
+
+/// `GET /bans` lists; `DELETE /bans/<address>` lifts one ban.
+fn bans(state: &State, path: &str, method: &Method) -> Resp {
+    match (path.strip_prefix("/bans/"), method) {
+        (None, &Method::GET | &Method::HEAD) => json(StatusCode::OK, &state.source.bans(), true),
+        (Some(address), &Method::DELETE) => {
+            // IPv6 colons may come percent-encoded.
+            let address = address.replace("%3A", ":").replace("%3a", ":");
+            match state.source.lift_ban(&address) {
+                Ok(true) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({"lifted": address}),
+                    false,
+                ),
+                Ok(false) => problem(
+                    StatusCode::NOT_FOUND,
+                    "admin_not_found",
+                    "Not found",
+                    "That address is not banned.",
+                ),
+                Err(m) => problem(
+                    StatusCode::BAD_REQUEST,
+                    "admin_bad_request",
+                    "Bad request",
+                    &m,
+                ),
+            }
+        }
+        (prefix, _) => {
+            let (allow, detail) = match prefix {
+                None => ("GET, HEAD", "List bans with GET."),
+                Some(_) => ("DELETE", "Lift a ban with DELETE /bans/<address>."),
+            };
+            let mut r = problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "admin_method_not_allowed",
+                "Method not allowed",
+                detail,
+            );
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+            r
+        }
     }
 }
 

@@ -62,6 +62,9 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
     let authz = portcullis_authz::config::compile(&raw.authz, base_dir, &mut e);
     let rate_limits = portcullis_ratelimit::config::compile(&raw.rate_limits, &mut e);
     let waf = portcullis_waf::config::compile(&raw.waf, &mut e);
+    let bans = Arc::new(portcullis_ipfilter::bans::BanRules::compile(
+        &raw.bans, "bans", &mut e,
+    ));
     let security_headers =
         portcullis_response::compile_global(raw.security_headers.as_ref(), &mut e);
     let errors = portcullis_response::compile_errors_global(raw.errors.as_ref(), &mut e);
@@ -151,6 +154,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
         authz,
         rate_limits,
         waf,
+        bans,
         security_headers: Arc::new(security_headers),
         files,
     })

@@ -57,6 +57,9 @@ pub struct RawConfig {
     /// Rate limits, quotas, concurrency limits, adaptive load protection.
     #[serde(default)]
     pub rate_limits: RawRateLimits,
+    /// Client addresses banned for a while after too many refused requests. Absent: no bans.
+    #[serde(default)]
+    pub bans: portcullis_ipfilter::bans::RawBans,
     /// The WAF's gateway-wide settings (every route inherits them). Absent: on, `block`,
     /// paranoia 1, threshold 5.
     #[serde(default)]

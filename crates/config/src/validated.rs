@@ -41,6 +41,7 @@ pub struct Config {
     pub authz: AuthzSettings,
     pub rate_limits: RateLimitSettings,
     pub waf: WafSettings,
+    pub bans: Arc<portcullis_ipfilter::bans::BanRules>,
     /// The gateway-wide security headers (responses that match no route).
     pub security_headers: Arc<SecurityHeaders>,
     /// Other files the configuration is made of (OpenAPI documents and the files they

@@ -18,6 +18,9 @@ pub enum RejectReason {
     MethodNotAllowed,
     /// The client address is on a deny list or missing from an allow list.
     IpDenied,
+    /// The client address is banned for a while, after too many refusals of the kinds a ban
+    /// rule counts (403 with `Retry-After`).
+    IpBanned,
     /// The request target is longer than allowed.
     UriTooLong,
     /// More header fields than allowed.
@@ -83,6 +86,7 @@ impl RejectReason {
         RejectReason::RouteNotFound,
         RejectReason::MethodNotAllowed,
         RejectReason::IpDenied,
+        RejectReason::IpBanned,
         RejectReason::UriTooLong,
         RejectReason::TooManyHeaders,
         RejectReason::HeadersTooLarge,
@@ -115,6 +119,7 @@ impl RejectReason {
             RejectReason::RouteNotFound => "route_not_found",
             RejectReason::MethodNotAllowed => "method_not_allowed",
             RejectReason::IpDenied => "ip_denied",
+            RejectReason::IpBanned => "ip_banned",
             RejectReason::UriTooLong => "uri_too_long",
             RejectReason::TooManyHeaders => "too_many_headers",
             RejectReason::HeadersTooLarge => "headers_too_large",
@@ -148,6 +153,7 @@ impl RejectReason {
             RejectReason::RouteNotFound => "urn:portcullis:problem:route_not_found",
             RejectReason::MethodNotAllowed => "urn:portcullis:problem:method_not_allowed",
             RejectReason::IpDenied => "urn:portcullis:problem:ip_denied",
+            RejectReason::IpBanned => "urn:portcullis:problem:ip_banned",
             RejectReason::UriTooLong => "urn:portcullis:problem:uri_too_long",
             RejectReason::TooManyHeaders => "urn:portcullis:problem:too_many_headers",
             RejectReason::HeadersTooLarge => "urn:portcullis:problem:headers_too_large",
@@ -180,7 +186,7 @@ impl RejectReason {
             RejectReason::BadRequest => StatusCode::BAD_REQUEST,
             RejectReason::RouteNotFound => StatusCode::NOT_FOUND,
             RejectReason::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            RejectReason::IpDenied => StatusCode::FORBIDDEN,
+            RejectReason::IpDenied | RejectReason::IpBanned => StatusCode::FORBIDDEN,
             RejectReason::UriTooLong => StatusCode::URI_TOO_LONG,
             RejectReason::TooManyHeaders | RejectReason::HeadersTooLarge => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
@@ -216,6 +222,7 @@ impl RejectReason {
             RejectReason::RouteNotFound => "No route for this request",
             RejectReason::MethodNotAllowed => "Method not allowed",
             RejectReason::IpDenied => "Client address not allowed",
+            RejectReason::IpBanned => "Client address banned",
             RejectReason::UriTooLong => "Request target too long",
             RejectReason::TooManyHeaders => "Too many header fields",
             RejectReason::HeadersTooLarge => "Header section too large",

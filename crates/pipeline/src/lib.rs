@@ -136,7 +136,11 @@ impl Pipeline {
             Box::new(ClientAddressStage::new(
                 config.server.trusted_proxies.clone(),
             )),
-            Box::new(IpFilterStage::global(config.server.ip_filter.clone())),
+            Box::new(IpFilterStage::global_with_bans(
+                config.server.ip_filter.clone(),
+                shared.bans.clone(),
+                config.bans.clone(),
+            )),
             Box::new(RouteStage::new(RouteTable::new(routes))),
             Box::new(IpFilterStage::per_route(
                 routes.iter().map(|r| r.ip_filter.clone()).collect(),
@@ -237,6 +241,8 @@ pub struct Shared {
     pub authz: Arc<AuthzState>,
     pub ratelimit: Arc<RateLimitState>,
     pub waf: Arc<WafState>,
+    /// Counts and bans of client addresses (kept across reloads).
+    pub bans: Arc<portcullis_ipfilter::bans::BanList>,
 }
 
 impl Shared {
@@ -246,6 +252,7 @@ impl Shared {
             authz: AuthzState::new(),
             ratelimit: RateLimitState::new(),
             waf: WafState::new(),
+            bans: portcullis_ipfilter::bans::BanList::new(),
         }
     }
 }

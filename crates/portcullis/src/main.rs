@@ -655,6 +655,26 @@ impl AdminSource for AdminView {
         self.gw.runtime().snapshot.pipeline.ratelimit.status()
     }
 
+    fn bans(&self) -> serde_json::Value {
+        serde_json::json!({ "bans": self.gw.shared.bans.list(std::time::Instant::now()) })
+    }
+
+    fn lift_ban(&self, address: &str) -> Result<bool, String> {
+        let ip: std::net::IpAddr = address
+            .parse()
+            .map_err(|_| format!("\"{address}\" is not an IP address"))?;
+        let rt = self.gw.runtime();
+        let lifted = self
+            .gw
+            .shared
+            .bans
+            .lift(&rt.config().bans, ip, std::time::Instant::now());
+        if lifted {
+            tracing::info!(%ip, "ban lifted through the admin API");
+        }
+        Ok(lifted)
+    }
+
     fn revoke(&self, request: serde_json::Value) -> portcullis_admin::RevokeFuture<'_> {
         Box::pin(async move {
             let revs = &self.gw.shared.authn.revocations;

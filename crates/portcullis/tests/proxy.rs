@@ -363,6 +363,97 @@ async fn a_gateway_wide_deny_list_refuses_before_routing() {
     assert_eq!(up.hits(), 0);
 }
 
+/// Bans: an address that collects `count` refusals of the kinds a rule counts within its
+/// window is refused before routing (403 `ip_banned`, `Retry-After`) until the ban runs out or
+/// is lifted through the admin API; the address is the client's as the trusted-proxy step
+/// resolves it; other addresses and exempt ones are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_refusals_ban_the_client_address_for_a_while() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "server: {{ trusted_proxies: [127.0.0.1, \"::1\"] }}\nbans:\n  exempt: [198.51.100.200]\n  rules:\n    - {{ name: scanner, on: [route_not_found, method_not_allowed], count: 3, within: 1m, ban_for: 2s }}\n{}routes:\n  - {{ name: orders, match: {{ path: /orders, methods: [GET] }}, upstream: svc }}\n",
+        upstream_section(&up.url())
+    ));
+    let from = |ip: &'static str, method: &'static str, path: &'static str| {
+        send(req(
+            method,
+            &format!("{}{path}", gw.url("public")),
+            &[("x-forwarded-for", ip)],
+            "",
+        ))
+    };
+    let scanner = "198.51.100.7";
+    // Two refusals: not yet banned.
+    assert_problem(
+        &from(scanner, "GET", "/wp-admin").await,
+        404,
+        "route_not_found",
+    );
+    assert_problem(
+        &from(scanner, "POST", "/orders").await,
+        405,
+        "method_not_allowed",
+    );
+    assert_eq!(from(scanner, "GET", "/orders").await.status, 200);
+    // The third bans: even a request to a real route is refused, before routing.
+    assert_problem(&from(scanner, "GET", "/.env").await, 404, "route_not_found");
+    let hits = up.hits();
+    let r = from(scanner, "GET", "/orders").await;
+    let v = assert_problem(&r, 403, "ip_banned");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["stage"], "ip_filter", "{ev}");
+    assert_eq!(ev["reason"], "ip_banned", "{ev}");
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+    // Another address is served; an exempt one is never banned.
+    assert_eq!(from("198.51.100.8", "GET", "/orders").await.status, 200);
+    for _ in 0..5 {
+        from("198.51.100.200", "GET", "/nope").await;
+    }
+    assert_eq!(from("198.51.100.200", "GET", "/orders").await.status, 200);
+    // The admin API lists the ban and lifts it; the metric counts it.
+    let list = get(&format!("{}/bans", gw.admin_url())).await.json();
+    assert_eq!(list["bans"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["bans"][0]["address"], scanner, "{list}");
+    assert_eq!(list["bans"][0]["rule"], "scanner", "{list}");
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains("portcullis_bans_total{rule=\"scanner\"} 1"),
+        "{metrics}"
+    );
+    let lift = |ip: &str| {
+        send(req(
+            "DELETE",
+            &format!("{}/bans/{ip}", gw.admin_url()),
+            &[],
+            "",
+        ))
+    };
+    assert_eq!(lift(scanner).await.status, 200);
+    assert_eq!(lift(scanner).await.status, 404);
+    assert_eq!(lift("not-an-address").await.status, 400);
+    assert_eq!(from(scanner, "GET", "/orders").await.status, 200);
+    // Banned again; this time the ban runs out by itself.
+    for _ in 0..3 {
+        from(scanner, "GET", "/nope").await;
+    }
+    assert_problem(&from(scanner, "GET", "/orders").await, 403, "ip_banned");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = from(scanner, "GET", "/orders").await;
+        if r.status == 200 {
+            break;
+        }
+        assert_problem(&r, 403, "ip_banned");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ban never ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_body_over_the_limit_is_cut_off_with_413() {
     let gw = gateway(

@@ -397,6 +397,19 @@ impl Gateway {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        // A refusal counts towards the client address's bans (kept across reloads).
+        if let Some((_, reason)) = ctx.rejected_by
+            && !config.bans.is_empty()
+            && let Some(ban) = self.shared.bans.record(
+                &config.bans,
+                ctx.client_ip,
+                reason,
+                std::time::Instant::now(),
+            )
+        {
+            tracing::warn!(address = %ban.address, rule = %ban.rule, seconds = ban.ban_for.as_secs(), request_id = %ctx.request_id, "client address banned");
+            self.metrics.banned(&ban.rule);
+        }
         self.finish(&ctx, seen, resp.status());
         (resp, deferred)
     }

@@ -88,6 +88,11 @@ struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BanLabels {
+    rule: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WafLabels {
     rule: u32,
     class: &'static str,
@@ -245,6 +250,7 @@ pub struct Metrics {
     waf_requests: Family<WafOutcomeLabels, Counter>,
     contract_violations: Family<ContractLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
+    bans: Family<BanLabels, Counter>,
     rate_limit_store_up: Gauge,
     rate_limit_keys: Gauge,
     adaptive_factor: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -368,6 +374,12 @@ impl Metrics {
             "Requests refused by a rate limit, quota or concurrency limit, by limit name",
             rate_limited.clone(),
         );
+        let bans = Family::<BanLabels, Counter>::default();
+        registry.register(
+            "portcullis_bans",
+            "Client addresses banned, by the ban rule that banned them",
+            bans.clone(),
+        );
         let rate_limit_store_up = Gauge::default();
         registry.register(
             "portcullis_rate_limit_store_up",
@@ -418,6 +430,7 @@ impl Metrics {
             waf_requests,
             contract_violations,
             rate_limited,
+            bans,
             rate_limit_store_up,
             rate_limit_keys,
             adaptive_factor,
@@ -609,6 +622,14 @@ impl Metrics {
     }
 
     /// A request refused by the named limit.
+    /// A client address was banned by `rule`.
+    pub fn banned(&self, rule: &str) {
+        let labels = BanLabels {
+            rule: self.interner.get(rule),
+        };
+        self.bans.get_or_create(&labels).inc();
+    }
+
     pub fn rate_limited(&self, limit: &str) {
         let labels = LimitLabels {
             limit: self.interner.get(limit),

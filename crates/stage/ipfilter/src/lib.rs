@@ -11,10 +11,14 @@
 //!
 //! Two steps come from this crate: [`IpFilterStage::global`] runs before routing (a denied
 //! client learns nothing about the route table), [`IpFilterStage::per_route`] right after it.
+//! The global one also refuses banned addresses (`403 ip_banned`, [`bans`]).
 
 #![forbid(unsafe_code)]
 
+pub mod bans;
+
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use portcullis_core::{
@@ -106,6 +110,8 @@ impl IpRules {
 /// The IP filter step.
 pub struct IpFilterStage {
     scope: Scope,
+    /// The global step's bans (none when no ban rule is configured).
+    bans: Option<(Arc<bans::BanList>, Arc<bans::BanRules>)>,
 }
 
 enum Scope {
@@ -121,12 +127,26 @@ impl IpFilterStage {
     pub fn global(rules: IpRules) -> Self {
         IpFilterStage {
             scope: Scope::Global(rules),
+            bans: None,
+        }
+    }
+
+    /// The global step, also refusing the addresses `list` holds banned under `rules`.
+    pub fn global_with_bans(
+        rules: IpRules,
+        list: Arc<bans::BanList>,
+        ban_rules: Arc<bans::BanRules>,
+    ) -> Self {
+        IpFilterStage {
+            scope: Scope::Global(rules),
+            bans: (!ban_rules.is_empty()).then_some((list, ban_rules)),
         }
     }
 
     pub fn per_route(rules: Vec<IpRules>) -> Self {
         IpFilterStage {
             scope: Scope::PerRoute(rules),
+            bans: None,
         }
     }
 
@@ -147,17 +167,28 @@ impl Stage for IpFilterStage {
     }
 
     fn on_request<'a>(&'a self, _req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
-        match self.rules_for(ctx).map(|r| r.check(ctx.client_ip)) {
-            Some(Err(detail)) => Step::reject(Rejection::new(RejectReason::IpDenied, detail)),
-            _ => Step::CONTINUE,
+        if let Some(Err(detail)) = self.rules_for(ctx).map(|r| r.check(ctx.client_ip)) {
+            return Step::reject(Rejection::new(RejectReason::IpDenied, detail));
         }
+        if let Some((list, rules)) = &self.bans
+            && let Some(left) = list.banned(rules, ctx.client_ip, std::time::Instant::now())
+        {
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            return Step::reject(
+                Rejection::new(
+                    RejectReason::IpBanned,
+                    "the client address is banned for a while after too many refused requests",
+                )
+                .with_header(http::header::RETRY_AFTER, http::HeaderValue::from(secs)),
+            );
+        }
+        Step::CONTINUE
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn rules(allow: &[&str], deny: &[&str]) -> IpRules {
         let raw = RawIpFilter {
