@@ -624,3 +624,42 @@ async fn the_quickstart_serves_its_tour() {
     .await;
     assert!(out.starts_with("HTTP/1.1 404"), "{out}");
 }
+
+/// `examples/bans.yaml` as shipped (addresses made ephemeral): its curl lines give what they
+/// promise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bans_example_does_what_its_comments_say() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let yaml = std::fs::read_to_string(root.join("examples/bans.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0");
+    let gw = gateway(&yaml);
+    let url = |p: &str| format!("{}{p}", gw.url("public"));
+    assert_eq!(get(&url("/api/orders/1")).await.status, 200);
+    assert_problem(&get(&url("/wp-admin")).await, 404, "route_not_found");
+    assert_problem(&get(&url("/.env")).await, 404, "route_not_found");
+    let r = send(req("DELETE", &url("/api/orders/1"), &[], "")).await;
+    assert_problem(&r, 405, "method_not_allowed");
+    let r = get(&url("/api/orders/1")).await;
+    assert_problem(&r, 403, "ip_banned");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((29..=30).contains(&retry), "{retry}");
+    let list = get(&format!("{}/bans", gw.admin_url())).await.json();
+    assert_eq!(list["bans"][0]["address"], "127.0.0.1", "{list}");
+    assert_eq!(list["bans"][0]["rule"], "scanners", "{list}");
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains("portcullis_bans_total{rule=\"scanners\"} 1"),
+        "{metrics}"
+    );
+    let r = send(req(
+        "DELETE",
+        &format!("{}/bans/127.0.0.1", gw.admin_url()),
+        &[],
+        "",
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&url("/api/orders/1")).await.status, 200);
+}
