@@ -112,6 +112,42 @@ impl RejectReason {
         RejectReason::CorsRejected,
     ];
 
+    /// Whether the client's own request caused the refusal (what a ban may count), rather
+    /// than a failure of the gateway or of what it depends on. A ban's own refusal is not
+    /// counted (a banned client would never be let go).
+    pub const fn counts_against_client(self) -> bool {
+        match self {
+            RejectReason::BadRequest
+            | RejectReason::RouteNotFound
+            | RejectReason::MethodNotAllowed
+            | RejectReason::IpDenied
+            | RejectReason::UriTooLong
+            | RejectReason::TooManyHeaders
+            | RejectReason::HeadersTooLarge
+            | RejectReason::BodyTooLarge
+            | RejectReason::BodyReadFailed
+            | RejectReason::BodyTimeout
+            | RejectReason::Unauthenticated
+            | RejectReason::Forbidden
+            | RejectReason::StepUpRequired
+            | RejectReason::RateLimited
+            | RejectReason::WafBlocked
+            | RejectReason::ContractViolation
+            | RejectReason::UnsupportedMediaType
+            | RejectReason::CorsRejected => true,
+            RejectReason::IpBanned
+            | RejectReason::NoHealthyUpstream
+            | RejectReason::UpstreamError
+            | RejectReason::UpstreamTimeout
+            | RejectReason::Internal
+            | RejectReason::AuthUnavailable
+            | RejectReason::AuthzUnavailable
+            | RejectReason::ResponseFilterFailed
+            | RejectReason::RateLimitUnavailable
+            | RejectReason::Overloaded => false,
+        }
+    }
+
     /// The stable machine-readable code.
     pub const fn code(self) -> &'static str {
         match self {

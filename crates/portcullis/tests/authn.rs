@@ -632,11 +632,6 @@ async fn an_issuer_whose_keys_never_loaded_answers_503_not_401() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
-fn sha256_hex(s: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_hashed_flags_query_opt_in_and_revocation() {
     let up = TestUpstream::start("app").await;

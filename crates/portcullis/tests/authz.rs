@@ -773,11 +773,7 @@ async fn an_openapi_documents_security_requirements_are_enforced() {
     let key = issuer_key(dir.path());
     std::fs::write(dir.path().join("shop.yaml"), SECURED_SHOP).unwrap();
     let api_key = "pk_test_0123456789abcdef";
-    let hash: String = ring::digest::digest(&ring::digest::SHA256, api_key.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = sha256_hex(api_key);
     let yaml = format!(
         r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
 admin: {{ address: "127.0.0.1:0" }}

@@ -241,11 +241,6 @@ routes:
     ))
 }
 
-fn key_hash(key: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 async fn with_key(gw: &Gateway, key: &str) -> Resp {
     send(req(
         "GET",
@@ -278,7 +273,7 @@ async fn api_keys_and_revocations_are_shared_through_redis_and_fail_closed() {
         ("pk_off", vec!["client_id", "off", "active", "false"]),
         ("pk_old", vec!["client_id", "old", "expires", "1600000000"]),
     ] {
-        let k = format!("pc:apikey:{}", key_hash(key));
+        let k = format!("pc:apikey:{}", sha256_hex(key));
         let mut args = vec!["HSET", k.as_str()];
         args.extend(fields);
         redis.cmd(&args);
@@ -323,7 +318,7 @@ async fn api_keys_and_revocations_are_shared_through_redis_and_fail_closed() {
         redis.cmd(&[
             "SISMEMBER",
             "pc:revoked:apikey",
-            &format!("sha256:{}", key_hash("pk_beta"))
+            &format!("sha256:{}", sha256_hex("pk_beta"))
         ]),
         "1"
     );
@@ -390,7 +385,7 @@ async fn api_keys_and_revocations_are_shared_through_redis_and_fail_closed() {
     let fresh_key = "pk_gamma";
     redis.cmd(&[
         "HSET",
-        &format!("pc:apikey:{}", key_hash(fresh_key)),
+        &format!("pc:apikey:{}", sha256_hex(fresh_key)),
         "client_id",
         "gamma",
     ]);
@@ -430,7 +425,7 @@ async fn api_keys_and_revocations_are_shared_through_redis_and_fail_closed() {
     redis.restart();
     redis.cmd(&[
         "HSET",
-        &format!("pc:apikey:{}", key_hash("pk_delta")),
+        &format!("pc:apikey:{}", sha256_hex("pk_delta")),
         "client_id",
         "delta",
     ]);

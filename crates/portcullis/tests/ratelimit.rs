@@ -12,14 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn sha256_hex(s: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 const FREE_KEY: &str = "pk_free_0123456789abcdef0123456789abcdef";
 const PRO_KEY: &str = "pk_pro_0123456789abcdef0123456789abcdef01";
 

@@ -33,9 +33,7 @@ fn now() -> u64 {
 }
 
 fn hash(secret: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", sha256_hex(secret))
 }
 
 /// Form encoding of one component: unreserved characters kept, everything else escaped.

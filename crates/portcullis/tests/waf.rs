@@ -562,11 +562,7 @@ async fn matches_are_counted_in_metrics() {
 #[tokio::test]
 async fn waf_hits_feed_the_risk_score() {
     const KEY: &str = "pk_live_0123456789abcdef0123456789abcdef";
-    let hash: String = ring::digest::digest(&ring::digest::SHA256, KEY.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = sha256_hex(KEY);
     let up = TestUpstream::start("app").await;
     let yaml = format!(
         r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]

@@ -97,3 +97,12 @@ pub async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
     });
     addr
 }
+
+/// Lowercase hex of the SHA-256 of `s` (how API keys are stored: `sha256:<this>`).
+pub fn sha256_hex(s: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -60,29 +60,6 @@ pub struct RawBanRule {
     pub ban_for: String,
 }
 
-/// Refusals a client can be banned for: those its own requests cause. Failures of the
-/// gateway or of what it depends on (upstreams, identity providers, stores) never count.
-const COUNTABLE: &[RejectReason] = &[
-    RejectReason::BadRequest,
-    RejectReason::RouteNotFound,
-    RejectReason::MethodNotAllowed,
-    RejectReason::IpDenied,
-    RejectReason::UriTooLong,
-    RejectReason::TooManyHeaders,
-    RejectReason::HeadersTooLarge,
-    RejectReason::BodyTooLarge,
-    RejectReason::BodyReadFailed,
-    RejectReason::BodyTimeout,
-    RejectReason::Unauthenticated,
-    RejectReason::Forbidden,
-    RejectReason::StepUpRequired,
-    RejectReason::RateLimited,
-    RejectReason::WafBlocked,
-    RejectReason::ContractViolation,
-    RejectReason::UnsupportedMediaType,
-    RejectReason::CorsRejected,
-];
-
 /// Most refusals a rule may count to.
 pub const MAX_COUNT: u32 = 100_000;
 const DEFAULT_MAX_TRACKED: usize = 100_000;
@@ -135,18 +112,17 @@ impl BanRules {
             }
             let mut on = Vec::new();
             for (j, code) in r.on.iter().enumerate() {
-                match COUNTABLE.iter().find(|c| c.code() == code) {
+                let countable = RejectReason::ALL
+                    .iter()
+                    .filter(|c| c.counts_against_client());
+                match countable.clone().find(|c| c.code() == code) {
                     Some(c) if !on.contains(c) => on.push(*c),
                     Some(_) => e.push(format!("{p}.on[{j}]"), format!("{code} is listed twice")),
                     None => e.push(
                         format!("{p}.on[{j}]"),
                         format!(
                             "{code} is not a refusal a client can be banned for; one of: {}",
-                            COUNTABLE
-                                .iter()
-                                .map(|c| c.code())
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            countable.map(|c| c.code()).collect::<Vec<_>>().join(", ")
                         ),
                     ),
                 }
