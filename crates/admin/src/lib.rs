@@ -95,6 +95,11 @@ pub trait AdminSource: Send + Sync + 'static {
     fn bans(&self) -> serde_json::Value {
         serde_json::json!({"bans": []})
     }
+    /// `POST /bans` with `{"address": …, "for": "<duration>"}`: bans an address by hand.
+    /// `Err` is a client error (400) message.
+    fn ban(&self, _request: serde_json::Value) -> Result<serde_json::Value, String> {
+        Err("bans are not supported here".to_string())
+    }
     /// Lifts the ban of `address` (`DELETE /bans/<address>`): `Ok(true)` when there was
     /// one, `Err` for an address that does not parse (400).
     fn lift_ban(&self, _address: &str) -> Result<bool, String> {
@@ -173,11 +178,14 @@ pub async fn serve(
             let service = service_fn(move |req: Request<Incoming>| {
                 let state = Arc::clone(&state);
                 async move {
-                    if req.uri().path() == "/auth/revocations"
-                        && req.method() == Method::POST
-                        && authorized(state.token.as_deref(), &req)
-                    {
-                        return Ok::<_, Infallible>(revoke(&state, req).await);
+                    if req.method() == Method::POST && authorized(state.token.as_deref(), &req) {
+                        match req.uri().path() {
+                            "/auth/revocations" => {
+                                return Ok::<_, Infallible>(revoke(&state, req).await);
+                            }
+                            "/bans" => return Ok::<_, Infallible>(ban(&state, req).await),
+                            _ => {}
+                        }
                     }
                     Ok::<_, Infallible>(handle(&state, req))
                 }
@@ -391,7 +399,7 @@ fn bans(state: &State, path: &str, method: &Method) -> Resp {
         }
         (prefix, _) => {
             let (allow, detail) = match prefix {
-                None => ("GET, HEAD", "List bans with GET."),
+                None => ("GET, HEAD, POST", "List bans with GET, ban with POST."),
                 Some(_) => ("DELETE", "Lift a ban with DELETE /bans/<address>."),
             };
             let mut r = problem(
@@ -409,6 +417,22 @@ fn bans(state: &State, path: &str, method: &Method) -> Resp {
 
 /// `POST /auth/revocations`: a small JSON body naming what to revoke.
 async fn revoke(state: &State, req: Request<Incoming>) -> Resp {
+    match read_json(req).await {
+        Ok(value) => created(state.source.revoke(value).await),
+        Err(r) => r,
+    }
+}
+
+/// `POST /bans`: `{"address": …, "for": "1h"}`.
+async fn ban(state: &State, req: Request<Incoming>) -> Resp {
+    match read_json(req).await {
+        Ok(value) => created(state.source.ban(value)),
+        Err(r) => r,
+    }
+}
+
+/// A small JSON body (at most 4 KiB), or the 400 that says why not.
+async fn read_json(req: Request<Incoming>) -> Result<serde_json::Value, Resp> {
     use http_body_util::BodyExt;
     let body = match http_body_util::Limited::new(req.into_body(), 4096)
         .collect()
@@ -416,23 +440,27 @@ async fn revoke(state: &State, req: Request<Incoming>) -> Resp {
     {
         Ok(b) => b.to_bytes(),
         Err(_) => {
-            return problem(
+            return Err(problem(
                 StatusCode::BAD_REQUEST,
                 "admin_bad_request",
                 "Bad request",
                 "The body could not be read (at most 4 KiB).",
-            );
+            ));
         }
     };
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return problem(
+    serde_json::from_slice::<serde_json::Value>(&body).map_err(|_| {
+        problem(
             StatusCode::BAD_REQUEST,
             "admin_bad_request",
             "Bad request",
             "The body is not JSON.",
-        );
-    };
-    let mut r = match state.source.revoke(value).await {
+        )
+    })
+}
+
+/// 201 with the answer, or 400 with the message.
+fn created(result: Result<serde_json::Value, String>) -> Resp {
+    let mut r = match result {
         Ok(v) => json(StatusCode::CREATED, &v, false),
         Err(m) => problem(
             StatusCode::BAD_REQUEST,

@@ -659,6 +659,37 @@ impl AdminSource for AdminView {
         serde_json::json!({ "bans": self.gw.shared.bans.list(std::time::Instant::now()) })
     }
 
+    fn ban(&self, request: serde_json::Value) -> Result<serde_json::Value, String> {
+        let address = request
+            .get("address")
+            .and_then(|v| v.as_str())
+            .ok_or("write {\"address\": \"<IP>\", \"for\": \"<duration>\"}")?;
+        let ip: std::net::IpAddr = address
+            .parse()
+            .map_err(|_| format!("\"{address}\" is not an IP address"))?;
+        let ban_for = request
+            .get("for")
+            .and_then(|v| v.as_str())
+            .ok_or("for: a duration, e.g. \"1h\"")
+            .and_then(|t| {
+                portcullis_core::units::parse_duration(t)
+                    .map_err(|_| "for: a duration, e.g. \"1h\"")
+            })?;
+        if ban_for.is_zero() {
+            return Err("for: must be longer than 0s".into());
+        }
+        let rt = self.gw.runtime();
+        let key = self.gw.shared.bans.ban(
+            &rt.config().bans,
+            ip,
+            ban_for,
+            "admin",
+            std::time::Instant::now(),
+        )?;
+        tracing::warn!(address = %key, seconds = ban_for.as_secs(), "client address banned through the admin API");
+        Ok(serde_json::json!({"banned": key.to_string(), "for_secs": ban_for.as_secs()}))
+    }
+
     fn lift_ban(&self, address: &str) -> Result<bool, String> {
         let ip: std::net::IpAddr = address
             .parse()

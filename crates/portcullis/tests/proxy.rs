@@ -625,6 +625,59 @@ async fn the_quickstart_serves_its_tour() {
     assert!(out.starts_with("HTTP/1.1 404"), "{out}");
 }
 
+/// An address banned by hand through the admin API is refused, with no ban rule configured;
+/// malformed requests to ban get a 400 problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_banned_by_hand_is_refused() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "server: {{ trusted_proxies: [127.0.0.1, \"::1\"] }}\nbans: {{ exempt: [192.0.2.0/24] }}\n{}routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        upstream_section(&up.url())
+    ));
+    let post =
+        |body: &'static str| send(req("POST", &format!("{}/bans", gw.admin_url()), &[], body));
+    for (body, want) in [
+        (r#"{"for": "1h"}"#, "address"),
+        (
+            r#"{"address": "nope", "for": "1h"}"#,
+            "is not an IP address",
+        ),
+        (r#"{"address": "203.0.113.9", "for": "soon"}"#, "a duration"),
+        (
+            r#"{"address": "203.0.113.9", "for": "0s"}"#,
+            "longer than 0s",
+        ),
+        (r#"{"address": "192.0.2.1", "for": "1h"}"#, "exempt"),
+        ("not json", "not JSON"),
+    ] {
+        let r = post(body).await;
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        let v = r.json();
+        assert_eq!(v["type"], "urn:portcullis:problem:admin_bad_request", "{v}");
+        assert!(v["detail"].as_str().unwrap().contains(want), "{body}: {v}");
+    }
+    let r = post(r#"{"address": "203.0.113.9", "for": "1h"}"#).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["banned"], "203.0.113.9");
+    let from = |ip: &'static str| {
+        send(req(
+            "GET",
+            &format!("{}/x", gw.url("public")),
+            &[("x-forwarded-for", ip)],
+            "",
+        ))
+    };
+    let r = from("203.0.113.9").await;
+    assert_problem(&r, 403, "ip_banned");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((3590..=3600).contains(&retry), "{retry}");
+    assert_eq!(up.hits(), 0);
+    assert_eq!(from("203.0.113.10").await.status, 200);
+    let list = get(&format!("{}/bans", gw.admin_url())).await.json();
+    assert_eq!(list["bans"][0]["rule"], "admin", "{list}");
+}
+
 /// `examples/bans.yaml` as shipped (addresses made ephemeral): its curl lines give what they
 /// promise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

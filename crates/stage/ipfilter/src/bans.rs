@@ -385,6 +385,52 @@ impl BanList {
         out
     }
 
+    /// Bans `ip` (its key: an IPv6 address by its prefix) for `ban_for`, under the name
+    /// `by` (the admin API's bans): extends a ban already there to the later end. Exempt
+    /// addresses and a full list are refused, saying why.
+    pub fn ban(
+        &self,
+        rules: &BanRules,
+        ip: IpAddr,
+        ban_for: Duration,
+        by: &str,
+        now: Instant,
+    ) -> Result<IpAddr, String> {
+        if rules.exempt(ip) {
+            return Err(format!("{ip} is exempt from bans (bans.exempt)"));
+        }
+        let key = rules.key(ip);
+        let until = now
+            .checked_add(ban_for)
+            .ok_or_else(|| "the ban is too long".to_string())?;
+        let mut tracks = self.lock();
+        if !tracks.contains_key(&key) && tracks.len() >= rules.max_tracked {
+            self.forget_idle(&mut tracks, rules, now);
+            if tracks.len() >= rules.max_tracked {
+                return Err("the ban list is full (bans.max_tracked)".into());
+            }
+        }
+        let t = tracks.entry(key).or_insert_with(|| Track {
+            windows: Vec::new(),
+            ban: None,
+            last: now,
+        });
+        t.last = now;
+        match &mut t.ban {
+            Some((have, who)) => {
+                if until > *have {
+                    *have = until;
+                    *who = Arc::from(by);
+                }
+            }
+            None => {
+                t.ban = Some((until, Arc::from(by)));
+                self.banned.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        Ok(key)
+    }
+
     /// Lifts the ban of `ip` (and forgets its counts); whether there was one.
     pub fn lift(&self, rules: &BanRules, ip: IpAddr, now: Instant) -> bool {
         let key = rules.key(ip);
@@ -517,6 +563,29 @@ mod tests {
         assert!(b.lift(&r, ip("192.0.2.7"), t0));
         assert!(b.banned(&r, ip("192.0.2.7"), t0).is_none());
         assert!(!b.lift(&r, ip("192.0.2.7"), t0));
+    }
+
+    #[test]
+    fn bans_by_hand_extend_and_respect_exempt_and_the_bound() {
+        let r = rules(&[], &["10.0.0.0/8"]);
+        let b = BanList::new();
+        let t0 = Instant::now();
+        assert_eq!(
+            b.ban(&r, ip("2001:db8::7"), 60 * S, "admin", t0),
+            Ok(ip("2001:db8::"))
+        );
+        assert_eq!(b.banned(&r, ip("2001:db8::1"), t0), Some(60 * S));
+        // A shorter ban leaves the longer one; a longer one extends it.
+        b.ban(&r, ip("2001:db8::7"), 10 * S, "admin", t0).unwrap();
+        assert_eq!(b.banned(&r, ip("2001:db8::1"), t0), Some(60 * S));
+        b.ban(&r, ip("2001:db8::7"), 90 * S, "admin", t0).unwrap();
+        assert_eq!(b.banned(&r, ip("2001:db8::1"), t0), Some(90 * S));
+        assert_eq!(b.banned.load(Ordering::Acquire), 1);
+        assert!(b.ban(&r, ip("10.1.1.1"), S, "admin", t0).is_err());
+        b.ban(&r, ip("192.0.2.1"), S, "admin", t0).unwrap();
+        b.ban(&r, ip("192.0.2.2"), S, "admin", t0).unwrap();
+        assert!(b.ban(&r, ip("192.0.2.3"), S, "admin", t0).is_err(), "full");
+        assert_eq!(b.list(t0).len(), 3);
     }
 
     #[test]

@@ -110,7 +110,7 @@ impl IpRules {
 /// The IP filter step.
 pub struct IpFilterStage {
     scope: Scope,
-    /// The global step's bans (none when no ban rule is configured).
+    /// The global step's bans.
     bans: Option<(Arc<bans::BanList>, Arc<bans::BanRules>)>,
 }
 
@@ -131,7 +131,8 @@ impl IpFilterStage {
         }
     }
 
-    /// The global step, also refusing the addresses `list` holds banned under `rules`.
+    /// The global step, also refusing the addresses `list` holds banned under `rules` (by a
+    /// rule, or by hand through the admin API: checked even without rules).
     pub fn global_with_bans(
         rules: IpRules,
         list: Arc<bans::BanList>,
@@ -139,7 +140,7 @@ impl IpFilterStage {
     ) -> Self {
         IpFilterStage {
             scope: Scope::Global(rules),
-            bans: (!ban_rules.is_empty()).then_some((list, ban_rules)),
+            bans: Some((list, ban_rules)),
         }
     }
 
