@@ -63,7 +63,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
     let rate_limits = portcullis_ratelimit::config::compile(&raw.rate_limits, &mut e);
     let waf = portcullis_waf::config::compile(&raw.waf, &mut e);
     let bans = Arc::new(portcullis_ipfilter::bans::BanRules::compile(
-        &raw.bans, "bans", &mut e,
+        &raw.bans, "bans", base_dir, &mut e,
     ));
     let security_headers =
         portcullis_response::compile_global(raw.security_headers.as_ref(), &mut e);

@@ -24,6 +24,24 @@ fn redact<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("<redacted>")
 }
 
+/// A plain value or a secret reference (for URLs that may carry a password).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum RawSecretOrString {
+    Plain(String),
+    Secret(RawSecret),
+}
+
+impl RawSecretOrString {
+    /// The value, read from where a secret says; an error at `path` when it cannot be.
+    pub fn resolve(&self, path: &str, base: &Path, e: &mut ConfigErrors) -> Option<String> {
+        match self {
+            RawSecretOrString::Plain(v) => Some(v.clone()),
+            RawSecretOrString::Secret(s) => s.resolve(path, base, e),
+        }
+    }
+}
+
 /// `p` relative to `base` unless absolute.
 pub fn resolve_path(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);

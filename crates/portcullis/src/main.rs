@@ -656,7 +656,14 @@ impl AdminSource for AdminView {
     }
 
     fn bans(&self) -> serde_json::Value {
-        serde_json::json!({ "bans": self.gw.shared.bans.list(std::time::Instant::now()) })
+        let bans = &self.gw.shared.bans;
+        match bans.sharing_status() {
+            Some(shared) => serde_json::json!({
+                "bans": bans.list(std::time::Instant::now()),
+                "shared": shared,
+            }),
+            None => serde_json::json!({ "bans": bans.list(std::time::Instant::now()) }),
+        }
     }
 
     fn ban(&self, request: serde_json::Value) -> Result<serde_json::Value, String> {

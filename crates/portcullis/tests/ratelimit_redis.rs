@@ -1,6 +1,6 @@
 //! Limits shared through a real Redis (and a real three-node Redis Cluster) by several real
 //! gateway instances: accuracy under concurrency, and Redis failing mid-load in both
-//! configured directions, with automatic recovery.
+//! configured directions, with automatic recovery. Bans shared the same way (`bans.redis`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -232,4 +232,169 @@ async fn redis_down_mid_load_fails_open_or_closed_as_configured_and_recovers() {
         "{statuses:?}"
     );
     assert!(statuses.contains(&200));
+}
+
+fn bans_config(up: &str, redis: &str) -> String {
+    format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+server: {{ trusted_proxies: [127.0.0.1] }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+bans:
+  rules:
+    - {{ name: scanner, on: [route_not_found], count: 3, within: 1m, ban_for: 1h }}
+  redis: {{ url: "{redis}", sync_interval: 200ms }}
+routes:
+  - {{ name: orders, match: {{ path: /orders, methods: [GET] }}, upstream: app }}
+"#
+    )
+}
+
+/// Waits (at most 15 s) until a GET of /orders from `ip` through `gw` gets `status`; every
+/// other answer on the way must be the other one of 200 / 403 `ip_banned`.
+async fn until_status(gw: &Gateway, ip: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = send(req(
+            "GET",
+            &format!("{}/orders", gw.url("public")),
+            &[("x-forwarded-for", ip)],
+            "",
+        ))
+        .await;
+        if r.status.as_u16() == status {
+            if status == 403 {
+                assert_problem(&r, 403, "ip_banned");
+            }
+            return;
+        }
+        assert!(
+            matches!(r.status.as_u16(), 200 | 403),
+            "{}: {}",
+            r.status,
+            r.text()
+        );
+        assert!(Instant::now() < deadline, "{ip} never got {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bans_are_shared_by_every_instance_through_redis_and_survive_it_going_away() {
+    let mut redis = RedisServer::start();
+    let up = TestUpstream::start("app").await;
+    let a = Gateway::start(bin(), &bans_config(&up.url(), &redis.url())).unwrap();
+    let b = Gateway::start(bin(), &bans_config(&up.url(), &redis.url())).unwrap();
+    let from = |gw: &Gateway, ip: &str, path: &str| {
+        send(req(
+            "GET",
+            &format!("{}{path}", gw.url("public")),
+            &[("x-forwarded-for", ip)],
+            "",
+        ))
+    };
+    let admin = |gw: &Gateway, method: &str, path: &str, body: &str| {
+        send(req(method, &format!("{}{path}", gw.admin_url()), &[], body))
+    };
+
+    // Banned by refusals on A: refused by B too, without ever being refused there before.
+    let scanner = "198.51.100.7";
+    assert_eq!(from(&b, scanner, "/orders").await.status, 200);
+    for _ in 0..3 {
+        assert_problem(
+            &from(&a, scanner, "/wp-admin").await,
+            404,
+            "route_not_found",
+        );
+    }
+    assert_problem(&from(&a, scanner, "/orders").await, 403, "ip_banned");
+    until_status(&b, scanner, 403).await;
+    let hits = up.hits();
+    let r = from(&b, scanner, "/orders").await;
+    assert_problem(&r, 403, "ip_banned");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (3500..=3600).contains(&retry),
+        "the ban's end is shared: {retry}"
+    );
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+    let list = get(&format!("{}/bans", b.admin_url())).await.json();
+    assert_eq!(list["bans"][0]["address"], scanner, "{list}");
+    assert_eq!(list["bans"][0]["rule"], "scanner", "{list}");
+    assert_eq!(list["shared"]["error"], serde_json::Value::Null, "{list}");
+    assert!(
+        list["shared"]["store"]
+            .as_str()
+            .unwrap()
+            .starts_with("redis://"),
+        "{list}"
+    );
+    assert_eq!(from(&b, "198.51.100.8", "/orders").await.status, 200);
+    let stored = redis.cmd(&["ZRANGE", "portcullis:bans", "0", "-1"]);
+    assert!(stored.contains("198.51.100.7|scanner"), "{stored}");
+
+    // Banned by hand on B: refused by A.
+    let by_hand = "198.51.100.9";
+    let r = admin(
+        &b,
+        "POST",
+        "/bans",
+        &format!(r#"{{"address":"{by_hand}","for":"10m"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    until_status(&a, by_hand, 403).await;
+
+    // Lifted by hand on A: served by both again, and it stays lifted.
+    assert_eq!(
+        admin(&a, "DELETE", &format!("/bans/{scanner}"), "")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(from(&a, scanner, "/orders").await.status, 200);
+    until_status(&b, scanner, 200).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(from(&a, scanner, "/orders").await.status, 200);
+    assert_eq!(from(&b, scanner, "/orders").await.status, 200);
+    let stored = redis.cmd(&["ZRANGE", "portcullis:bans", "0", "-1"]);
+    assert!(!stored.contains(scanner), "{stored}");
+
+    // Redis gone: each instance still bans on its own and says that sharing failed.
+    redis.stop();
+    let second = "198.51.100.10";
+    for _ in 0..3 {
+        assert_problem(&from(&a, second, "/nope").await, 404, "route_not_found");
+    }
+    assert_problem(&from(&a, second, "/orders").await, 403, "ip_banned");
+    assert_problem(&from(&b, by_hand, "/orders").await, 403, "ip_banned");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let list = get(&format!("{}/bans", a.admin_url())).await.json();
+        if list["shared"]["error"].is_string() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sharing error reported: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(from(&b, second, "/orders").await.status, 200);
+
+    // Redis back, empty: what A banned meanwhile reaches B, and the bans both held are
+    // written again.
+    redis.restart();
+    until_status(&b, second, 403).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let stored = redis.cmd(&["ZRANGE", "portcullis:bans", "0", "-1"]);
+        if stored.contains(by_hand) && stored.contains(second) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not written again: {stored}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let list = get(&format!("{}/bans", a.admin_url())).await.json();
+    assert_eq!(list["shared"]["error"], serde_json::Value::Null, "{list}");
 }

@@ -12,8 +12,8 @@ use subtle::ConstantTimeEq;
 use crate::cache::{Cached, Digest, TokenCache, digest};
 use crate::config::{ApiKeyEntry, ApiKeys};
 use crate::revocation::hex;
-use crate::store::Store;
 use crate::{Fail, unix_now};
+use portcullis_store::Store;
 
 /// Generates a key: `pk_` and 32 random bytes in base64url. Returns `(key, "sha256:<hex>")`.
 pub fn generate() -> Result<(String, String), String> {

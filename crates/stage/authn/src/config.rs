@@ -347,13 +347,7 @@ pub struct RawRedis {
     pub key_prefix: String,
 }
 
-/// A plain value or a secret reference (for URLs that may carry a password).
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[serde(untagged)]
-pub enum RawSecretOrString {
-    Plain(String),
-    Secret(RawSecret),
-}
+pub use portcullis_core::RawSecretOrString;
 
 fn default_redis_timeout() -> String {
     "250ms".into()
@@ -981,11 +975,7 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
     };
 
     let redis = raw.redis.as_ref().map(|r| {
-        let url = match &r.url {
-            RawSecretOrString::Plain(u) => Some(u.clone()),
-            RawSecretOrString::Secret(s) => s.resolve("auth.redis.url", base, e),
-        }
-        .unwrap_or_default();
+        let url = r.url.resolve("auth.redis.url", base, e).unwrap_or_default();
         if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.is_empty()) {
             e.push("auth.redis.url", "a redis:// or rediss:// URL");
         }

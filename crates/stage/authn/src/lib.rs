@@ -35,7 +35,6 @@ pub mod jwks;
 pub mod principal;
 pub mod revocation;
 pub mod stage;
-pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -50,7 +49,7 @@ pub use stage::{Authn, AuthnStage};
 use crate::config::KeySource;
 use crate::jwks::RemoteKeys;
 use crate::revocation::Revocations;
-use crate::store::Store;
+use portcullis_store::Store;
 
 /// Why a credential was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +144,10 @@ impl AuthnState {
                 match &*slot {
                     Some((k, s)) if *k == id => Some(s.clone()),
                     _ => {
-                        let s = Arc::new(Store::new(cfg).map_err(|e| format!("auth.redis: {e}"))?);
+                        let s = Arc::new(
+                            Store::new(&cfg.url, cfg.timeout, &cfg.key_prefix)
+                                .map_err(|e| format!("auth.redis: {e}"))?,
+                        );
                         *slot = Some((id, s.clone()));
                         Some(s)
                     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::store::Store;
+use portcullis_store::Store;
 
 #[derive(Default)]
 struct Sets {

@@ -18,8 +18,8 @@ use crate::introspect::Introspector;
 use crate::jwks::{KeyStatus, RemoteKeys};
 use crate::principal::from_claims;
 use crate::revocation::Revocations;
-use crate::store::Store;
 use crate::{Fail, unix_now};
+use portcullis_store::Store;
 
 /// The authenticator of one configuration snapshot.
 pub struct Authn {

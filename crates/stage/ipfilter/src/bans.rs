@@ -9,7 +9,12 @@
 //! * **Bounds**: at most `max_tracked` addresses are followed; when full, those whose windows
 //!   and ban have run out are dropped, and a new address is not followed until there is room
 //!   (it is then never banned: this state fails open rather than growing without end).
-//! * **State**: per instance, kept across reloads (counts follow their rule by name).
+//! * **State**: per instance, kept across reloads (counts follow their rule by name). With
+//!   `bans.redis`, the bans themselves (not the counts) are shared: every instance writes its
+//!   new bans to one sorted set and reads the set every `sync_interval`, so an address banned
+//!   by one instance is refused by all, and a ban lifted on one is lifted on all. Redis
+//!   unreachable: each instance goes on banning on its own and shares what it missed once
+//!   the store is back ([`BanList::share`]).
 //!
 //! The counter is a sliding window of two fixed ones: the previous window's count weighted by
 //! how much of it still lies within `within`, plus the current one's — O(1) memory per
@@ -17,13 +22,15 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use portcullis_core::units::parse_duration;
-use portcullis_core::{ConfigErrors, RejectReason};
+use portcullis_core::{ConfigErrors, RawSecretOrString, RejectReason};
+use portcullis_store::Store;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +52,26 @@ pub struct RawBans {
     /// Most client addresses followed at once. Default 100000.
     #[serde(default)]
     pub max_tracked: Option<usize>,
+    /// Share the bans with every instance through this Redis. None: per instance.
+    #[serde(default)]
+    pub redis: Option<RawBanRedis>,
+}
+
+/// `bans.redis`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawBanRedis {
+    /// `redis://host:port/db` (or `rediss://`), or a secret holding it.
+    pub url: RawSecretOrString,
+    /// Prefix of the key (`<prefix>bans`). Default `portcullis:`.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
+    /// Longest wait for one Redis command. Default `250ms`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// How often the shared bans are written and read. Default `2s`.
+    #[serde(default)]
+    pub sync_interval: Option<String>,
 }
 
 /// One ban rule.
@@ -74,6 +101,17 @@ pub struct BanRules {
     max_tracked: usize,
     /// The longest `within`: how long an address's counts can matter.
     longest: Duration,
+    /// `bans.redis`, when the bans are shared.
+    sharing: Option<Sharing>,
+}
+
+/// The compiled `bans.redis`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sharing {
+    pub url: String,
+    pub key_prefix: String,
+    pub timeout: Duration,
+    pub sync_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -93,12 +131,14 @@ impl Default for BanRules {
             ipv6_prefix: DEFAULT_IPV6_PREFIX,
             max_tracked: DEFAULT_MAX_TRACKED,
             longest: Duration::ZERO,
+            sharing: None,
         }
     }
 }
 
 impl BanRules {
-    pub fn compile(raw: &RawBans, path: &str, e: &mut ConfigErrors) -> BanRules {
+    /// `base` resolves a secret's file path.
+    pub fn compile(raw: &RawBans, path: &str, base: &Path, e: &mut ConfigErrors) -> BanRules {
         let mut rules: Vec<BanRule> = Vec::new();
         for (i, r) in raw.rules.iter().enumerate() {
             let p = format!("{path}.rules[{i}]");
@@ -160,13 +200,62 @@ impl BanRules {
             e.push(format!("{path}.max_tracked"), "must be at least 1");
         }
         let longest = rules.iter().map(|r| r.within).max().unwrap_or_default();
+        let sharing = raw.redis.as_ref().map(|r| {
+            let p = format!("{path}.redis");
+            // A secret that cannot be read is reported as such, not as a bad URL too.
+            let url = r.url.resolve(&format!("{p}.url"), base, e);
+            if url
+                .as_ref()
+                .is_some_and(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+            {
+                e.push(format!("{p}.url"), "a redis:// or rediss:// URL");
+            }
+            let url = url.unwrap_or_default();
+            let mut duration =
+                |key: &str, text: Option<&String>, default: Duration, least| match text
+                    .map(|t| parse_duration(t))
+                {
+                    None => default,
+                    Some(Ok(d)) if d >= least => d,
+                    Some(Ok(_)) => {
+                        e.push(format!("{p}.{key}"), format!("must be at least {least:?}"));
+                        default
+                    }
+                    Some(Err(m)) => {
+                        e.push(format!("{p}.{key}"), m);
+                        default
+                    }
+                };
+            Sharing {
+                url,
+                key_prefix: r.key_prefix.clone().unwrap_or_else(|| "portcullis:".into()),
+                timeout: duration(
+                    "timeout",
+                    r.timeout.as_ref(),
+                    Duration::from_millis(250),
+                    Duration::from_millis(1),
+                ),
+                sync_interval: duration(
+                    "sync_interval",
+                    r.sync_interval.as_ref(),
+                    Duration::from_secs(2),
+                    Duration::from_millis(100),
+                ),
+            }
+        });
         BanRules {
             rules,
             exempt: parse_nets(&raw.exempt, &format!("{path}.exempt"), e),
             ipv6_prefix,
             max_tracked,
             longest,
+            sharing,
         }
+    }
+
+    /// `bans.redis`, when the bans are shared.
+    pub fn sharing(&self) -> Option<&Sharing> {
+        self.sharing.as_ref()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -217,12 +306,34 @@ pub struct BanList {
     /// How many tracks carry a ban (some may have run out unseen): while 0, a request is
     /// checked without taking the lock.
     banned: AtomicUsize,
+    /// The shared store, when `bans.redis` is set: the store, what it was made from, the
+    /// rules it syncs under (the latest configuration's).
+    store: RwLock<Option<(Sharing, Arc<Store>)>>,
+    rules: RwLock<Arc<BanRules>>,
+    /// Addresses lifted here (and when, unix ms) whose shared bans are still to be removed
+    /// from the store.
+    pending_lifts: Mutex<Vec<(IpAddr, u64)>>,
+    last_error: RwLock<Option<String>>,
 }
 
 struct Track {
     windows: Vec<(Arc<str>, Window)>,
     ban: Option<(Instant, Arc<str>)>,
+    /// Whether the ban is known to be in the shared store (written there, or read from it).
+    shared: bool,
+    /// When the ban was imposed or last extended here (unix ms): a lift made elsewhere after
+    /// it ends it.
+    banned_at: u64,
     last: Instant,
+}
+
+/// How the bans are shared, for the admin API.
+#[derive(Debug, Clone, Serialize)]
+pub struct SharingStatus {
+    /// The store (its password left out).
+    pub store: String,
+    /// The last sync's error; `None` when it went through.
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -305,6 +416,8 @@ impl BanList {
         let t = tracks.entry(key).or_insert_with(|| Track {
             windows: Vec::new(),
             ban: None,
+            shared: false,
+            banned_at: 0,
             last: now,
         });
         t.last = now;
@@ -339,10 +452,14 @@ impl BanList {
                     if until > *have {
                         *have = until;
                         *by = r.name.clone();
+                        t.shared = false;
+                        t.banned_at = unix_ms();
                     }
                 }
                 None => {
                     t.ban = Some((until, r.name.clone()));
+                    t.shared = false;
+                    t.banned_at = unix_ms();
                     self.banned.fetch_add(1, Ordering::AcqRel);
                 }
             }
@@ -413,6 +530,8 @@ impl BanList {
         let t = tracks.entry(key).or_insert_with(|| Track {
             windows: Vec::new(),
             ban: None,
+            shared: false,
+            banned_at: 0,
             last: now,
         });
         t.last = now;
@@ -421,19 +540,29 @@ impl BanList {
                 if until > *have {
                     *have = until;
                     *who = Arc::from(by);
+                    t.shared = false;
+                    t.banned_at = unix_ms();
                 }
             }
             None => {
                 t.ban = Some((until, Arc::from(by)));
+                t.shared = false;
+                t.banned_at = unix_ms();
                 self.banned.fetch_add(1, Ordering::AcqRel);
             }
         }
         Ok(key)
     }
 
-    /// Lifts the ban of `ip` (and forgets its counts); whether there was one.
+    /// Lifts the ban of `ip` (and forgets its counts); whether there was one. When the bans
+    /// are shared, the address's shared bans are removed from the store at the next sync.
     pub fn lift(&self, rules: &BanRules, ip: IpAddr, now: Instant) -> bool {
         let key = rules.key(ip);
+        if read(&self.store).is_some() {
+            let mut pending = lock(&self.pending_lifts);
+            pending.retain(|(a, _)| *a != key);
+            pending.push((key, unix_ms()));
+        }
         let mut tracks = self.lock();
         match tracks.remove(&key) {
             Some(t) => match t.ban {
@@ -444,6 +573,242 @@ impl BanList {
                 None => false,
             },
             None => false,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+fn read<T: Clone>(l: &RwLock<T>) -> T {
+    match l.read() {
+        Ok(g) => g.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+fn write<T>(l: &RwLock<T>, v: T) {
+    match l.write() {
+        Ok(mut g) => *g = v,
+        Err(poisoned) => *poisoned.into_inner() = v,
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// How long a lift made on one instance is remembered in the store (an instance that could
+/// not reach the store for longer may share a ban lifted meanwhile again).
+const LIFTS_REMEMBERED_MS: u64 = 60 * 60 * 1000;
+
+/// A shared ban as the store holds it: `<address>|<rule>`, scored by its end (unix ms).
+fn member(address: IpAddr, rule: &str) -> String {
+    format!("{address}|{rule}")
+}
+
+fn parse_member(m: &str) -> Option<(IpAddr, &str)> {
+    let (address, rule) = m.split_once('|')?;
+    Some((address.parse().ok()?, rule))
+}
+
+impl BanList {
+    /// Shares the bans as `rules` say (`bans.redis`), or stops sharing them; called with every
+    /// configuration. The same store settings keep the same store and sync task; new ones
+    /// start a new task (the old one ends at its next turn). Outside a tokio runtime (a
+    /// configuration only checked) nothing is shared.
+    pub fn share(self: &Arc<Self>, rules: &Arc<BanRules>) {
+        write(&self.rules, rules.clone());
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let wanted = rules.sharing.clone();
+        let current = read(&self.store);
+        if current.as_ref().map(|(s, _)| s) == wanted.as_ref() {
+            return;
+        }
+        let Some(sharing) = wanted else {
+            write(&self.store, None);
+            return;
+        };
+        let store = match Store::new(&sharing.url, sharing.timeout, &sharing.key_prefix) {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                tracing::error!(error = %e, "bans.redis: the bans are not shared");
+                write(&self.store, None);
+                write(&self.last_error, Some(e));
+                return;
+            }
+        };
+        write(&self.store, Some((sharing.clone(), store.clone())));
+        write(&self.last_error, None);
+        let weak: Weak<BanList> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(me) = weak.upgrade() else { return };
+                let current = read(&me.store);
+                if !current.is_some_and(|(_, s)| Arc::ptr_eq(&s, &store)) {
+                    return;
+                }
+                me.sync(&store).await;
+                drop(me);
+                tokio::time::sleep(sharing.sync_interval).await;
+            }
+        });
+    }
+
+    /// How the bans are shared, when they are.
+    pub fn sharing_status(&self) -> Option<SharingStatus> {
+        let (_, store) = read(&self.store)?;
+        Some(SharingStatus {
+            store: store.url_redacted.clone(),
+            error: read(&self.last_error),
+        })
+    }
+
+    /// One turn of sharing: the lifts made here are written to the store (the address's bans
+    /// removed, a lift marker added); the lifts made elsewhere applied here; the bans made
+    /// here written; then the store's bans read back and applied (see [`Self::apply_live`]).
+    async fn sync(&self, store: &Store) {
+        let bans = store.key("bans");
+        let lifted = store.key("bans:lifted");
+        let result = async {
+            let lifts = lock(&self.pending_lifts).clone();
+            for (address, at) in lifts {
+                store.zrem_starting(&bans, &format!("{address}|")).await?;
+                store.zadd_gt(&lifted, &address.to_string(), at).await?;
+                lock(&self.pending_lifts).retain(|l| *l != (address, at));
+            }
+            let remembered = unix_ms().saturating_sub(LIFTS_REMEMBERED_MS);
+            let lifts = store.zlive(&lifted, remembered).await?;
+            self.apply_lifts(&lifts);
+            for (address, rule, until_ms) in self.to_share(unix_ms()) {
+                store
+                    .zadd_gt(&bans, &member(address, &rule), until_ms)
+                    .await?;
+            }
+            store.zlive(&bans, unix_ms()).await
+        }
+        .await;
+        match result {
+            Ok(live) => {
+                self.apply_live(&live, unix_ms());
+                write(&self.last_error, None);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "bans: sharing through Redis failed; each instance bans on its own until it is back");
+                write(&self.last_error, Some(e));
+            }
+        }
+    }
+
+    /// The bans in force here that the store does not hold yet: address, rule, end (unix ms).
+    fn to_share(&self, now_ms: u64) -> Vec<(IpAddr, Arc<str>, u64)> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .filter(|(_, t)| !t.shared)
+            .filter_map(|(ip, t)| {
+                let (until, rule) = t.ban.as_ref()?;
+                let left = until.checked_duration_since(now)?;
+                let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                Some((*ip, rule.clone(), now_ms.saturating_add(left)))
+            })
+            .collect()
+    }
+
+    /// Applies the store's lift markers (address → when it was lifted, unix ms): a ban
+    /// imposed here before a lift made elsewhere ends.
+    fn apply_lifts(&self, lifts: &[(String, u64)]) {
+        let mut tracks = self.lock();
+        for (address, at) in lifts {
+            let Ok(address) = address.parse::<IpAddr>() else {
+                continue;
+            };
+            let Some(t) = tracks.get_mut(&address) else {
+                continue;
+            };
+            if t.ban.is_some() && t.banned_at < *at {
+                t.ban = None;
+                t.shared = false;
+                self.banned.fetch_sub(1, Ordering::AcqRel);
+                tracing::info!(address = %address, "ban lifted on another instance");
+            }
+        }
+    }
+
+    /// Applies the store's bans (`<address>|<rule>` → end in unix ms; `now_ms` the unix time
+    /// now): an address banned there is banned here until the latest of its ends (exempt
+    /// addresses excepted, those lifted here and not yet written excepted, none past
+    /// `max_tracked`). A ban of this instance's that the store does not hold (a store that lost
+    /// its data, a write that failed) is written again at the next turn.
+    fn apply_live(&self, live: &[(String, u64)], now_ms: u64) {
+        let rules = read(&self.rules);
+        let pending: Vec<IpAddr> = lock(&self.pending_lifts).iter().map(|l| l.0).collect();
+        let mut latest: HashMap<IpAddr, (u64, &str)> = HashMap::new();
+        for (m, until_ms) in live {
+            let Some((address, rule)) = parse_member(m) else {
+                continue;
+            };
+            let e = latest.entry(address).or_insert((*until_ms, rule));
+            if *until_ms > e.0 {
+                *e = (*until_ms, rule);
+            }
+        }
+        let now = Instant::now();
+        let mut tracks = self.lock();
+        for (address, t) in tracks.iter_mut() {
+            t.shared = false;
+            if let (Some((until, _)), Some((until_ms, _))) = (&t.ban, latest.get(address)) {
+                // Held there until at least about the same end (the ends go through unix
+                // milliseconds, hence the slack): nothing of this ban's to write.
+                let left = until.saturating_duration_since(now);
+                let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                t.shared = now_ms.saturating_add(left) <= until_ms.saturating_add(1000);
+            }
+        }
+        for (address, (until_ms, rule)) in &latest {
+            if rules.exempt(*address) || pending.contains(address) {
+                continue;
+            }
+            let left = Duration::from_millis(until_ms.saturating_sub(now_ms));
+            let Some(until) = now.checked_add(left) else {
+                continue;
+            };
+            if !tracks.contains_key(address) && tracks.len() >= rules.max_tracked {
+                self.forget_idle(&mut tracks, &rules, now);
+                if tracks.len() >= rules.max_tracked {
+                    continue;
+                }
+            }
+            let t = tracks.entry(*address).or_insert_with(|| Track {
+                windows: Vec::new(),
+                ban: None,
+                shared: true,
+                banned_at: 0,
+                last: now,
+            });
+            match &mut t.ban {
+                Some((have, by)) => {
+                    if until > *have {
+                        *have = until;
+                        *by = Arc::from(*rule);
+                        t.shared = true;
+                    }
+                }
+                None => {
+                    t.ban = Some((until, Arc::from(*rule)));
+                    t.shared = true;
+                    t.banned_at = now_ms;
+                    self.banned.fetch_add(1, Ordering::AcqRel);
+                }
+            }
         }
     }
 }
@@ -469,9 +834,10 @@ mod tests {
             exempt: exempt.iter().map(|s| s.to_string()).collect(),
             ipv6_prefix: None,
             max_tracked: Some(3),
+            redis: None,
         };
         let mut e = ConfigErrors::new();
-        let r = BanRules::compile(&raw, "bans", &mut e);
+        let r = BanRules::compile(&raw, "bans", Path::new("."), &mut e);
         assert!(e.is_empty(), "{e}");
         r
     }
@@ -639,9 +1005,15 @@ mod tests {
             exempt: vec!["nope".into()],
             ipv6_prefix: Some(0),
             max_tracked: Some(0),
+            redis: Some(RawBanRedis {
+                url: RawSecretOrString::Plain("http://127.0.0.1:6379".into()),
+                key_prefix: None,
+                timeout: Some("0s".into()),
+                sync_interval: Some("50ms".into()),
+            }),
         };
         let mut e = ConfigErrors::new();
-        BanRules::compile(&raw, "bans", &mut e);
+        BanRules::compile(&raw, "bans", Path::new("."), &mut e);
         let paths: Vec<String> = e.iter().map(|e| e.path.clone()).collect();
         assert_eq!(
             paths,
@@ -655,8 +1027,157 @@ mod tests {
                 "bans.rules[1].on",
                 "bans.ipv6_prefix",
                 "bans.max_tracked",
+                "bans.redis.url",
+                "bans.redis.timeout",
+                "bans.redis.sync_interval",
                 "bans.exempt[0]",
             ]
         );
+    }
+
+    fn ms_from_now(ms: u64) -> u64 {
+        unix_ms() + ms
+    }
+
+    fn list_with(rules: BanRules) -> Arc<BanList> {
+        let list = BanList::new();
+        // Outside a runtime: the rules are taken, nothing is started.
+        list.share(&Arc::new(rules));
+        list
+    }
+
+    #[test]
+    fn bans_read_from_the_store_are_applied_until_their_latest_end() {
+        let r = rules(&[], &["198.51.100.200"]);
+        let list = list_with(r.clone());
+        let now = Instant::now();
+        let live = vec![
+            ("198.51.100.7|scanner".to_string(), ms_from_now(60_000)),
+            ("198.51.100.7|admin".to_string(), ms_from_now(120_000)),
+            ("198.51.100.200|scanner".to_string(), ms_from_now(60_000)),
+            ("not an entry".to_string(), ms_from_now(60_000)),
+            ("2001:db8::|auth".to_string(), ms_from_now(30_000)),
+        ];
+        list.apply_live(&live, unix_ms());
+        let left = list.banned(&r, ip("198.51.100.7"), now).unwrap();
+        assert!((118..=120).contains(&left.as_secs()), "{left:?}");
+        assert!(
+            list.banned(&r, ip("198.51.100.200"), now).is_none(),
+            "exempt"
+        );
+        assert!(
+            list.banned(&r, ip("2001:db8::1"), now).is_some(),
+            "by its /64"
+        );
+        let entries = list.list(now);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].address, "198.51.100.7");
+        assert_eq!(entries[0].rule, "admin");
+        // What was read from the store is not written back.
+        assert!(list.to_share(unix_ms()).is_empty());
+    }
+
+    #[test]
+    fn bans_made_here_are_written_until_the_store_holds_them() {
+        let r = rules(&[], &[]);
+        let list = list_with(r.clone());
+        let now = Instant::now();
+        list.ban(
+            &r,
+            ip("198.51.100.9"),
+            Duration::from_secs(600),
+            "admin",
+            now,
+        )
+        .unwrap();
+        let share = list.to_share(unix_ms());
+        assert_eq!(share.len(), 1);
+        let (address, rule, until_ms) = &share[0];
+        assert_eq!(
+            (address.to_string().as_str(), &**rule),
+            ("198.51.100.9", "admin")
+        );
+        assert!(
+            until_ms.abs_diff(ms_from_now(600_000)) < 2_000,
+            "{until_ms}"
+        );
+        // The store holds it: nothing more to write.
+        list.apply_live(&[(member(*address, rule), *until_ms)], unix_ms());
+        assert!(list.to_share(unix_ms()).is_empty());
+        // The store lost it (flushed, restarted empty): it is written again, and still in
+        // force here meanwhile.
+        list.apply_live(&[], unix_ms());
+        assert_eq!(list.to_share(unix_ms()).len(), 1);
+        assert!(list.banned(&r, ip("198.51.100.9"), now).is_some());
+        // A shorter ban in the store does not cover it either.
+        list.apply_live(&[(member(*address, rule), ms_from_now(10_000))], unix_ms());
+        assert_eq!(list.to_share(unix_ms()).len(), 1);
+        // Extended here: written again.
+        list.apply_live(&[(member(*address, rule), *until_ms)], unix_ms());
+        assert!(list.to_share(unix_ms()).is_empty());
+        list.ban(
+            &r,
+            ip("198.51.100.9"),
+            Duration::from_secs(6000),
+            "admin",
+            now,
+        )
+        .unwrap();
+        assert_eq!(list.to_share(unix_ms()).len(), 1);
+    }
+
+    #[test]
+    fn a_lift_made_elsewhere_ends_earlier_bans_only() {
+        let r = rules(&[], &[]);
+        let list = list_with(r.clone());
+        let now = Instant::now();
+        let live = [("198.51.100.7|scanner".to_string(), ms_from_now(60_000))];
+        list.apply_live(&live, unix_ms());
+        list.ban(
+            &r,
+            ip("198.51.100.8"),
+            Duration::from_secs(60),
+            "admin",
+            now,
+        )
+        .unwrap();
+        // Lifted elsewhere after both were imposed: both end here.
+        let later = unix_ms() + 1;
+        list.apply_lifts(&[
+            ("198.51.100.7".to_string(), later),
+            ("198.51.100.8".to_string(), later),
+            ("nonsense".to_string(), later),
+        ]);
+        assert!(list.banned(&r, ip("198.51.100.7"), now).is_none());
+        assert!(list.banned(&r, ip("198.51.100.8"), now).is_none());
+        // A ban imposed after a lift outlives that lift's marker.
+        std::thread::sleep(Duration::from_millis(5));
+        list.ban(
+            &r,
+            ip("198.51.100.8"),
+            Duration::from_secs(60),
+            "admin",
+            now,
+        )
+        .unwrap();
+        list.apply_lifts(&[("198.51.100.8".to_string(), later)]);
+        assert!(list.banned(&r, ip("198.51.100.8"), now).is_some());
+    }
+
+    #[test]
+    fn an_address_lifted_here_is_not_taken_up_again_before_its_lift_is_written() {
+        let r = rules(&[], &[]);
+        let list = list_with(r.clone());
+        let now = Instant::now();
+        let live = [("198.51.100.7|scanner".to_string(), ms_from_now(60_000))];
+        list.apply_live(&live, unix_ms());
+        // What `lift` queues when the bans are shared.
+        list.lift(&r, ip("198.51.100.7"), now);
+        lock(&list.pending_lifts).push((ip("198.51.100.7"), unix_ms()));
+        list.apply_live(&live, unix_ms());
+        assert!(list.banned(&r, ip("198.51.100.7"), now).is_none());
+        lock(&list.pending_lifts).clear();
+        list.apply_live(&live, unix_ms());
+        assert!(list.banned(&r, ip("198.51.100.7"), now).is_some());
     }
 }

@@ -1,6 +1,6 @@
-//! The shared store (Redis) for API keys and revocations. Connects in the background and
-//! reconnects on its own; every command on the request path is bounded by the configured
-//! timeout, and a store that cannot answer is reported as such (callers fail closed).
+//! The shared store (Redis) for API keys, revocations and bans. Connects in the background and
+//! reconnects on its own; every command is bounded by the configured timeout, and a store that
+//! cannot answer is reported as such (each caller fails in its documented direction).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,8 +8,6 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use tokio::sync::OnceCell;
-
-use crate::config::Redis;
 
 pub struct Store {
     client: redis::Client,
@@ -20,17 +18,18 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(cfg: &Redis) -> Result<Store, String> {
-        let client = redis::Client::open(cfg.url.as_str()).map_err(|e| format!("redis: {e}"))?;
-        let url_redacted = match cfg.url.rsplit_once('@') {
+    /// A store at `url` (nothing is connected yet), every key starting with `prefix`.
+    pub fn new(url: &str, timeout: Duration, prefix: &str) -> Result<Store, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("redis: {e}"))?;
+        let url_redacted = match url.rsplit_once('@') {
             Some((_, host)) => format!("redis://…@{host}"),
-            None => cfg.url.clone(),
+            None => url.to_string(),
         };
         Ok(Store {
             client,
             conn: OnceCell::new(),
-            timeout: cfg.timeout,
-            prefix: cfg.key_prefix.clone(),
+            timeout,
+            prefix: prefix.to_string(),
             url_redacted,
         })
     }
@@ -112,5 +111,23 @@ impl Store {
             .arg("WITHSCORES");
         let (live,): (Vec<(String, u64)>,) = self.bounded(pipe.query_async(&mut c)).await?;
         Ok(live)
+    }
+
+    /// Removes from the sorted set `key` every member starting with `start` (one script, so
+    /// a member added meanwhile by another instance is either seen or not, never half).
+    pub async fn zrem_starting(&self, key: &str, start: &str) -> Result<(), String> {
+        let mut c = self.conn().await?;
+        let script = redis::Script::new(
+            "local n = 0 \
+             for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do \
+               if string.sub(m, 1, #ARGV[1]) == ARGV[1] then \
+                 redis.call('ZREM', KEYS[1], m) n = n + 1 \
+               end \
+             end \
+             return n",
+        );
+        self.bounded(script.key(key).arg(start).invoke_async::<u64>(&mut c))
+            .await
+            .map(|_| ())
     }
 }
