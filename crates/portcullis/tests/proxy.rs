@@ -678,6 +678,82 @@ async fn an_address_banned_by_hand_is_refused() {
     assert_eq!(list["bans"][0]["rule"], "admin", "{list}");
 }
 
+/// `bans.refuse_connections`: a banned address's new connections are closed at accept, before
+/// a byte is read (a TLS handshake included); a connection opened before the ban gets the 403
+/// per request; a trusted proxy's connections are never refused at accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_address_can_be_refused_at_accept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "bans: {{ refuse_connections: true }}\n{}routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        upstream_section(&up.url())
+    ));
+    let addr = gw.listener("public");
+    let plain_get = b"GET /x HTTP/1.1\r\nhost: a\r\n\r\n";
+    let mut before = tokio::net::TcpStream::connect(addr).await.unwrap();
+    async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+    before.write_all(plain_get).await.unwrap();
+    assert!(read_answer(&mut before).await.starts_with("HTTP/1.1 200"));
+    let admin = |method: &str, path: &str, body: &str| {
+        send(req(method, &format!("{}{path}", gw.admin_url()), &[], body))
+    };
+    let r = admin("POST", "/bans", r#"{"address": "127.0.0.1", "for": "1h"}"#).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let hits = up.hits();
+    // The connection opened before: refused per request, with the problem document.
+    before.write_all(plain_get).await.unwrap();
+    let answer = read_answer(&mut before).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("ip_banned"), "{answer}");
+    // A new one: closed without an answer.
+    let (text, closed) = raw_exchange(addr, plain_get).await;
+    assert_eq!((text.as_str(), closed), ("", true));
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains("portcullis_rejections_total{stage=\"accept\",reason=\"ip_banned\"} 1"),
+        "{metrics}"
+    );
+    // Lifted: served again.
+    assert_eq!(admin("DELETE", "/bans/127.0.0.1", "").await.status, 200);
+    let (text, _) = raw_exchange(addr, plain_get).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+
+    // Behind a trusted proxy the connection is the proxy's: accepted, and the ban applies to
+    // the client address of each request.
+    let gw = gateway(&format!(
+        "server: {{ trusted_proxies: [127.0.0.1] }}\nbans: {{ refuse_connections: true }}\n{}routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        upstream_section(&up.url())
+    ));
+    let r = send(req(
+        "POST",
+        &format!("{}/bans", gw.admin_url()),
+        &[],
+        r#"{"address": "127.0.0.1", "for": "1h"}"#,
+    ))
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let (text, _) = raw_exchange(gw.listener("public"), plain_get).await;
+    assert!(
+        text.starts_with("HTTP/1.1 403") && text.contains("ip_banned"),
+        "{text}"
+    );
+    let (text, _) = raw_exchange(
+        gw.listener("public"),
+        b"GET /x HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 198.51.100.4\r\n\r\n",
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
 /// `examples/bans.yaml` as shipped (addresses made ephemeral): its curl lines give what they
 /// promise.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

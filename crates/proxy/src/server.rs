@@ -92,12 +92,16 @@ pub async fn serve(
                     _ = stop.changed() => break,
                     accepted = l.inner.accept() => match accepted {
                         Ok((stream, peer)) => {
-                            let Some(admitted) = gw.admission.admit(&gw, peer.ip()) else {
-                                // Over a connection limit: close at once, before any work.
-                                tracing::debug!(%peer, "connection refused: connection limit");
-                                gw.metrics.count_rejection("accept", "connection_limit");
-                                drop(stream);
-                                continue;
+                            let admitted = match gw.admission.admit(&gw, peer.ip()) {
+                                Ok(admitted) => admitted,
+                                // Over a connection limit, or banned: closed at once, before
+                                // any work (a TLS handshake included).
+                                Err(reason) => {
+                                    tracing::debug!(%peer, reason, "connection refused");
+                                    gw.metrics.count_rejection("accept", reason);
+                                    drop(stream);
+                                    continue;
+                                }
                             };
                             let _ = stream.set_nodelay(true);
                             let drain = Drain { watcher: graceful.watcher(), stop: stop.clone() };
@@ -338,23 +342,35 @@ pub struct Admitted {
 }
 
 impl Admission {
-    /// Takes a place for a connection from `ip`, or `None` when a cap is reached. Locks only
-    /// at accept, never per request. A trusted proxy (`server.trusted_proxies`) is held to the
-    /// global cap only: its connections carry many clients, whose addresses are known only
-    /// per request.
-    pub fn admit(&self, gw: &Arc<Gateway>, ip: std::net::IpAddr) -> Option<Admitted> {
+    /// Takes a place for a connection from `ip`, or says why not (`connection_limit` when a
+    /// cap is reached, `ip_banned` for a banned address under `bans.refuse_connections`).
+    /// Locks only at accept, never per request. A trusted proxy (`server.trusted_proxies`) is
+    /// held to the global cap only, and never refused as banned: its connections carry many
+    /// clients, whose addresses are known only per request.
+    pub fn admit(&self, gw: &Arc<Gateway>, ip: std::net::IpAddr) -> Result<Admitted, &'static str> {
         use std::sync::atomic::Ordering;
         let rt = gw.runtime();
-        let server = &rt.config().server;
+        let config = rt.config();
+        let server = &config.server;
         if self.total.fetch_add(1, Ordering::AcqRel) >= server.max_connections {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err("connection_limit");
         }
         if rt.snapshot.trusted.is_trusted(ip) {
-            return Some(Admitted {
+            return Ok(Admitted {
                 gw: gw.clone(),
                 ip: None,
             });
+        }
+        if config.bans.refuse_connections()
+            && gw
+                .shared
+                .bans
+                .banned(&config.bans, ip, std::time::Instant::now())
+                .is_some()
+        {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err("ip_banned");
         }
         let mut map = match self.per_ip.lock() {
             Ok(m) => m,
@@ -364,10 +380,10 @@ impl Admission {
         if *n >= server.max_connections_per_ip {
             drop(map);
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err("connection_limit");
         }
         *n += 1;
-        Some(Admitted {
+        Ok(Admitted {
             gw: gw.clone(),
             ip: Some(ip),
         })

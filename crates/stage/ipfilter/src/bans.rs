@@ -55,6 +55,10 @@ pub struct RawBans {
     /// Share the bans with every instance through this Redis. None: per instance.
     #[serde(default)]
     pub redis: Option<RawBanRedis>,
+    /// Close a banned address's connections at accept, before any TLS handshake, instead of
+    /// answering its requests with 403. Default false.
+    #[serde(default)]
+    pub refuse_connections: bool,
 }
 
 /// `bans.redis`.
@@ -103,6 +107,7 @@ pub struct BanRules {
     longest: Duration,
     /// `bans.redis`, when the bans are shared.
     sharing: Option<Sharing>,
+    refuse_connections: bool,
 }
 
 /// The compiled `bans.redis`.
@@ -132,6 +137,7 @@ impl Default for BanRules {
             max_tracked: DEFAULT_MAX_TRACKED,
             longest: Duration::ZERO,
             sharing: None,
+            refuse_connections: false,
         }
     }
 }
@@ -250,7 +256,13 @@ impl BanRules {
             max_tracked,
             longest,
             sharing,
+            refuse_connections: raw.refuse_connections,
         }
+    }
+
+    /// Whether a banned address's connections are closed at accept (`refuse_connections`).
+    pub fn refuse_connections(&self) -> bool {
+        self.refuse_connections
     }
 
     /// `bans.redis`, when the bans are shared.
@@ -835,6 +847,7 @@ mod tests {
             ipv6_prefix: None,
             max_tracked: Some(3),
             redis: None,
+            refuse_connections: false,
         };
         let mut e = ConfigErrors::new();
         let r = BanRules::compile(&raw, "bans", Path::new("."), &mut e);
@@ -1011,6 +1024,7 @@ mod tests {
                 timeout: Some("0s".into()),
                 sync_interval: Some("50ms".into()),
             }),
+            refuse_connections: false,
         };
         let mut e = ConfigErrors::new();
         BanRules::compile(&raw, "bans", Path::new("."), &mut e);
@@ -1133,14 +1147,17 @@ mod tests {
         let now = Instant::now();
         let live = [("198.51.100.7|scanner".to_string(), ms_from_now(60_000))];
         list.apply_live(&live, unix_ms());
-        list.ban(
-            &r,
-            ip("198.51.100.8"),
-            Duration::from_secs(60),
-            "admin",
-            now,
-        )
-        .unwrap();
+        let by_hand = || {
+            list.ban(
+                &r,
+                ip("198.51.100.8"),
+                Duration::from_secs(60),
+                "admin",
+                now,
+            )
+            .unwrap()
+        };
+        by_hand();
         // Lifted elsewhere after both were imposed: both end here.
         let later = unix_ms() + 1;
         list.apply_lifts(&[
@@ -1152,14 +1169,7 @@ mod tests {
         assert!(list.banned(&r, ip("198.51.100.8"), now).is_none());
         // A ban imposed after a lift outlives that lift's marker.
         std::thread::sleep(Duration::from_millis(5));
-        list.ban(
-            &r,
-            ip("198.51.100.8"),
-            Duration::from_secs(60),
-            "admin",
-            now,
-        )
-        .unwrap();
+        by_hand();
         list.apply_lifts(&[("198.51.100.8".to_string(), later)]);
         assert!(list.banned(&r, ip("198.51.100.8"), now).is_some());
     }
