@@ -129,7 +129,6 @@ impl Pipeline {
             Arc::new(move |ip| failures.recent(ip)),
             Arc::new(move |ip| waf_hits.recent(ip)),
         );
-        shared.bans.share(&config.bans);
         let stages: Vec<Box<dyn Stage>> = vec![
             Box::new(HygieneStage),
             Box::new(NormalizeStage),

@@ -284,7 +284,14 @@ async fn bans_are_shared_by_every_instance_through_redis_and_survive_it_going_aw
     let mut redis = RedisServer::start();
     let up = TestUpstream::start("app").await;
     let a = Gateway::start(bin(), &bans_config(&up.url(), &redis.url())).unwrap();
-    let b = Gateway::start(bin(), &bans_config(&up.url(), &redis.url())).unwrap();
+    // B starts on its own and joins by a reload.
+    let alone = bans_config(&up.url(), &redis.url()).replace("  redis: ", "  # redis: ");
+    let b = Gateway::start(bin(), &alone).unwrap();
+    let list = get(&format!("{}/bans", b.admin_url())).await.json();
+    assert!(list.get("shared").is_none(), "{list}");
+    std::fs::write(b.config_path(), bans_config(&up.url(), &redis.url())).unwrap();
+    let r = send(req("POST", &format!("{}/reload", b.admin_url()), &[], "")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
     let from = |gw: &Gateway, ip: &str, path: &str| {
         send(req(
             "GET",

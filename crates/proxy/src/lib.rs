@@ -67,6 +67,8 @@ impl Gateway {
             .into_iter()
             .map(|(name, cfg)| (name, Arc::new(ArcSwap::new(cfg))))
             .collect();
+        // Shared bans (`bans.redis`) follow the configuration that runs, never one refused.
+        shared.bans.share(&runtime.config().bans);
         Ok(Arc::new(Gateway {
             runtime: ArcSwap::new(Arc::new(runtime)),
             metrics,
@@ -129,6 +131,7 @@ impl Gateway {
                 slot.store(cfg);
             }
         }
+        self.shared.bans.share(&runtime.config().bans);
         self.runtime.store(Arc::new(runtime));
         Ok(())
     }

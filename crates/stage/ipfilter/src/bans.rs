@@ -632,7 +632,7 @@ fn parse_member(m: &str) -> Option<(IpAddr, &str)> {
 
 impl BanList {
     /// Shares the bans as `rules` say (`bans.redis`), or stops sharing them; called with every
-    /// configuration. The same store settings keep the same store and sync task; new ones
+    /// configuration that is put to work (at start and at each reload that succeeds). The same store settings keep the same store and sync task; new ones
     /// start a new task (the old one ends at its next turn). Outside a tokio runtime (a
     /// configuration only checked) nothing is shared.
     pub fn share(self: &Arc<Self>, rules: &Arc<BanRules>) {
