@@ -632,9 +632,9 @@ fn parse_member(m: &str) -> Option<(IpAddr, &str)> {
 
 impl BanList {
     /// Shares the bans as `rules` say (`bans.redis`), or stops sharing them; called with every
-    /// configuration that is put to work (at start and at each reload that succeeds). The same store settings keep the same store and sync task; new ones
-    /// start a new task (the old one ends at its next turn). Outside a tokio runtime (a
-    /// configuration only checked) nothing is shared.
+    /// configuration that is put to work (at start and at each reload that succeeds). The same
+    /// store settings keep the same store and sync task; new ones start a new task (the old
+    /// one ends at its next turn). Outside a tokio runtime nothing is shared.
     pub fn share(self: &Arc<Self>, rules: &Arc<BanRules>) {
         write(&self.rules, rules.clone());
         if tokio::runtime::Handle::try_current().is_err() {
