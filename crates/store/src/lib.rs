@@ -113,6 +113,20 @@ impl Store {
         Ok(live)
     }
 
+    /// [`Self::zadd_gt`] for many members at once (one command).
+    pub async fn zadd_gt_many(&self, key: &str, members: &[(String, u64)]) -> Result<(), String> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(key).arg("GT");
+        for (member, score) in members {
+            cmd.arg(*score).arg(member);
+        }
+        self.bounded(cmd.query_async::<()>(&mut c)).await
+    }
+
     /// Removes from the sorted set `key` every member starting with `start` (one script, so
     /// a member added meanwhile by another instance is either seen or not, never half).
     pub async fn zrem_starting(&self, key: &str, start: &str) -> Result<(), String> {

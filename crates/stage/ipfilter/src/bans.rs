@@ -700,11 +700,12 @@ impl BanList {
             let remembered = unix_ms().saturating_sub(LIFTS_REMEMBERED_MS);
             let lifts = store.zlive(&lifted, remembered).await?;
             self.apply_lifts(&lifts);
-            for (address, rule, until_ms) in self.to_share(unix_ms()) {
-                store
-                    .zadd_gt(&bans, &member(address, &rule), until_ms)
-                    .await?;
-            }
+            let share: Vec<(String, u64)> = self
+                .to_share(unix_ms())
+                .into_iter()
+                .map(|(address, rule, until_ms)| (member(address, &rule), until_ms))
+                .collect();
+            store.zadd_gt_many(&bans, &share).await?;
             store.zlive(&bans, unix_ms()).await
         }
         .await;
