@@ -315,9 +315,10 @@ pub struct BanEntry {
 #[derive(Default)]
 pub struct BanList {
     tracks: Mutex<HashMap<IpAddr, Track>>,
-    /// How many tracks carry a ban (some may have run out unseen): while 0, a request is
-    /// checked without taking the lock.
-    banned: AtomicUsize,
+    /// The bans in force, which every request is checked against: apart from the counts, so
+    /// that a request takes no lock while there is no ban, and otherwise only a shared lock
+    /// on one of many shards.
+    in_force: InForce,
     /// The shared store, when `bans.redis` is set: the store, what it was made from, the
     /// rules it syncs under (the latest configuration's).
     store: RwLock<Option<(Sharing, Arc<Store>)>>,
@@ -391,18 +392,14 @@ impl BanList {
 
     /// How long `ip` stays banned, if it is.
     pub fn banned(&self, rules: &BanRules, ip: IpAddr, now: Instant) -> Option<Duration> {
-        if self.banned.load(Ordering::Acquire) == 0 {
-            return None;
-        }
         let key = rules.key(ip);
-        let mut tracks = self.lock();
-        let t = tracks.get_mut(&key)?;
-        let (until, _) = t.ban.as_ref()?;
-        if *until > now {
-            return Some(*until - now);
+        let until = self.in_force.get(key)?;
+        if until > now {
+            return Some(until - now);
         }
-        t.ban = None;
-        self.banned.fetch_sub(1, Ordering::AcqRel);
+        // Run out: out of the way of this address's next requests (and, once none is left,
+        // of every request's).
+        self.in_force.change(key, |_| {});
         None
     }
 
@@ -472,7 +469,6 @@ impl BanList {
                     t.ban = Some((until, r.name.clone()));
                     t.shared = false;
                     t.banned_at = unix_ms();
-                    self.banned.fetch_add(1, Ordering::AcqRel);
                 }
             }
             new = Some(NewBan {
@@ -480,6 +476,11 @@ impl BanList {
                 rule: r.name.clone(),
                 ban_for: r.ban_for,
             });
+        }
+        if new.is_some()
+            && let Some((until, _)) = &t.ban
+        {
+            self.in_force.set(key, *until);
         }
         new
     }
@@ -489,8 +490,8 @@ impl BanList {
         let idle = rules.longest.saturating_mul(2);
         tracks.retain(|_, t| {
             let banned = t.ban.as_ref().is_some_and(|(until, _)| *until > now);
-            if !banned && t.ban.take().is_some() {
-                self.banned.fetch_sub(1, Ordering::AcqRel);
+            if !banned {
+                t.ban = None;
             }
             banned || now.saturating_duration_since(t.last) < idle
         });
@@ -560,8 +561,10 @@ impl BanList {
                 t.ban = Some((until, Arc::from(by)));
                 t.shared = false;
                 t.banned_at = unix_ms();
-                self.banned.fetch_add(1, Ordering::AcqRel);
             }
+        }
+        if let Some((until, _)) = &t.ban {
+            self.in_force.set(key, *until);
         }
         Ok(key)
     }
@@ -576,16 +579,87 @@ impl BanList {
             pending.push((key, unix_ms()));
         }
         let mut tracks = self.lock();
-        match tracks.remove(&key) {
-            Some(t) => match t.ban {
-                Some((until, _)) => {
-                    self.banned.fetch_sub(1, Ordering::AcqRel);
-                    until > now
-                }
-                None => false,
-            },
-            None => false,
+        let lifted = tracks.remove(&key).and_then(|t| t.ban);
+        if lifted.is_some() {
+            self.in_force.remove(key);
         }
+        lifted.is_some_and(|(until, _)| until > now)
+    }
+}
+
+/// Shards of the bans in force (a power of two).
+const SHARDS: usize = 64;
+
+/// The bans in force (address → end), in shards by address; entries that ran out are dropped
+/// from a shard when it next changes.
+struct InForce {
+    shards: Vec<RwLock<HashMap<IpAddr, Instant>>>,
+    /// Entries in all shards: while 0 (no ban at all, the usual case), no shard is looked at.
+    len: AtomicUsize,
+}
+
+impl Default for InForce {
+    fn default() -> Self {
+        InForce {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            len: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl InForce {
+    fn shard(&self, ip: IpAddr) -> &RwLock<HashMap<IpAddr, Instant>> {
+        let h = match ip {
+            IpAddr::V4(a) => u64::from(u32::from(a)),
+            IpAddr::V6(a) => {
+                let v = u128::from(a);
+                (v as u64) ^ ((v >> 64) as u64)
+            }
+        };
+        // Fibonacci hashing: the top bits of the product pick the shard.
+        let i = (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHARDS.trailing_zeros())) as usize;
+        &self.shards[i % SHARDS]
+    }
+
+    fn get(&self, ip: IpAddr) -> Option<Instant> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let shard = match self.shard(ip).read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        shard.get(&ip).copied()
+    }
+
+    /// Changes one shard (dropping its entries that ran out) and keeps the count.
+    fn change(&self, ip: IpAddr, f: impl FnOnce(&mut HashMap<IpAddr, Instant>)) {
+        let mut shard = match self.shard(ip).write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let before = shard.len();
+        let now = Instant::now();
+        shard.retain(|_, until| *until > now);
+        f(&mut shard);
+        let after = shard.len();
+        if after > before {
+            self.len.fetch_add(after - before, Ordering::AcqRel);
+        } else {
+            self.len.fetch_sub(before - after, Ordering::AcqRel);
+        }
+    }
+
+    fn set(&self, ip: IpAddr, until: Instant) {
+        self.change(ip, |m| {
+            m.insert(ip, until);
+        });
+    }
+
+    fn remove(&self, ip: IpAddr) {
+        self.change(ip, |m| {
+            m.remove(&ip);
+        });
     }
 }
 
@@ -750,7 +824,7 @@ impl BanList {
             if t.ban.is_some() && t.banned_at < *at {
                 t.ban = None;
                 t.shared = false;
-                self.banned.fetch_sub(1, Ordering::AcqRel);
+                self.in_force.remove(address);
                 tracing::info!(address = %address, "ban lifted on another instance");
             }
         }
@@ -819,8 +893,10 @@ impl BanList {
                     t.ban = Some((until, Arc::from(*rule)));
                     t.shared = true;
                     t.banned_at = now_ms;
-                    self.banned.fetch_add(1, Ordering::AcqRel);
                 }
+            }
+            if let Some((until, _)) = &t.ban {
+                self.in_force.set(*address, *until);
             }
         }
     }
@@ -888,9 +964,8 @@ mod tests {
         assert_eq!(b.banned(&r, ip("192.0.2.2"), t0 + 3 * S), None);
         assert_eq!(b.list(t0 + 3 * S)[0].address, "192.0.2.1");
         assert_eq!(b.list(t0 + 3 * S)[0].remaining_secs, 9);
-        // Over once its time is up; the lock-free check then applies again.
+        // Over once its time is up.
         assert_eq!(b.banned(&r, a, t0 + 12 * S), None);
-        assert_eq!(b.banned.load(Ordering::Acquire), 0);
         assert!(b.list(t0 + 12 * S).is_empty());
     }
 
@@ -960,7 +1035,9 @@ mod tests {
         assert_eq!(b.banned(&r, ip("2001:db8::1"), t0), Some(60 * S));
         b.ban(&r, ip("2001:db8::7"), 90 * S, "admin", t0).unwrap();
         assert_eq!(b.banned(&r, ip("2001:db8::1"), t0), Some(90 * S));
-        assert_eq!(b.banned.load(Ordering::Acquire), 1);
+        // What requests are checked against: the one address, with the latest end.
+        assert_eq!(b.in_force.len.load(Ordering::Acquire), 1);
+        assert_eq!(b.in_force.get(ip("2001:db8::")), Some(t0 + 90 * S));
         assert!(b.ban(&r, ip("10.1.1.1"), S, "admin", t0).is_err());
         b.ban(&r, ip("192.0.2.1"), S, "admin", t0).unwrap();
         b.ban(&r, ip("192.0.2.2"), S, "admin", t0).unwrap();
