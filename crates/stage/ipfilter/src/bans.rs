@@ -882,22 +882,22 @@ impl BanList {
                 last: now,
             });
             match &mut t.ban {
-                Some((have, by)) => {
-                    if until > *have {
-                        *have = until;
-                        *by = Arc::from(*rule);
-                        t.shared = true;
+                Some((have, by)) if *have > now => {
+                    if until <= *have {
+                        continue;
                     }
+                    *have = until;
+                    *by = Arc::from(*rule);
                 }
-                None => {
+                // None, or one that ran out: a ban new here (a lift marker older than now
+                // does not end it).
+                _ => {
                     t.ban = Some((until, Arc::from(*rule)));
-                    t.shared = true;
                     t.banned_at = now_ms;
                 }
             }
-            if let Some((until, _)) = &t.ban {
-                self.in_force.set(*address, *until);
-            }
+            t.shared = true;
+            self.in_force.set(*address, until);
         }
     }
 }
@@ -1250,6 +1250,26 @@ mod tests {
         by_hand();
         list.apply_lifts(&[("198.51.100.8".to_string(), later)]);
         assert!(list.banned(&r, ip("198.51.100.8"), now).is_some());
+        // A ban that ran out here, lifted elsewhere, then imposed again elsewhere: the new
+        // one, read from the store, is not ended by the older lift.
+        list.ban(
+            &r,
+            ip("198.51.100.9"),
+            Duration::from_millis(10),
+            "admin",
+            Instant::now(),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let lifted_at = unix_ms();
+        std::thread::sleep(Duration::from_millis(5));
+        let live = [("198.51.100.9|scanner".to_string(), ms_from_now(60_000))];
+        list.apply_live(&live, unix_ms());
+        list.apply_lifts(&[("198.51.100.9".to_string(), lifted_at)]);
+        assert!(
+            list.banned(&r, ip("198.51.100.9"), Instant::now())
+                .is_some()
+        );
     }
 
     #[test]
