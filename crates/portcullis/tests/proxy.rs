@@ -422,6 +422,11 @@ async fn repeated_refusals_ban_the_client_address_for_a_while() {
         metrics.contains("portcullis_bans_total{rule=\"scanner\"} 1"),
         "{metrics}"
     );
+    assert!(metrics.contains("portcullis_bans_in_force 1"), "{metrics}");
+    assert!(
+        metrics.contains("portcullis_bans_store_up 1"),
+        "not shared: {metrics}"
+    );
     let lift = |ip: &str| {
         send(req(
             "DELETE",
@@ -432,6 +437,8 @@ async fn repeated_refusals_ban_the_client_address_for_a_while() {
     };
     assert_eq!(lift(scanner).await.status, 200);
     assert_eq!(lift(scanner).await.status, 404);
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(metrics.contains("portcullis_bans_in_force 0"), "{metrics}");
     assert_eq!(lift("not-an-address").await.status, 400);
     assert_eq!(from(scanner, "GET", "/orders").await.status, 200);
     // Banned again; this time the ban runs out by itself.

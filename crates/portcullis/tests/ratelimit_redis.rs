@@ -337,6 +337,9 @@ async fn bans_are_shared_by_every_instance_through_redis_and_survive_it_going_aw
         "{list}"
     );
     assert_eq!(from(&b, "198.51.100.8", "/orders").await.status, 200);
+    let metrics = get(&format!("{}/metrics", b.admin_url())).await.text();
+    assert!(metrics.contains("portcullis_bans_in_force 1"), "{metrics}");
+    assert!(metrics.contains("portcullis_bans_store_up 1"), "{metrics}");
     let stored = redis.cmd(&["ZRANGE", "portcullis:bans", "0", "-1"]);
     assert!(stored.contains("198.51.100.7|scanner"), "{stored}");
 
@@ -387,6 +390,8 @@ async fn bans_are_shared_by_every_instance_through_redis_and_survive_it_going_aw
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let metrics = get(&format!("{}/metrics", a.admin_url())).await.text();
+    assert!(metrics.contains("portcullis_bans_store_up 0"), "{metrics}");
     assert_eq!(from(&b, second, "/orders").await.status, 200);
 
     // Redis back, empty: what A banned meanwhile reaches B, and the bans both held are

@@ -173,6 +173,11 @@ impl Gateway {
         for (issuer, keys, last, failures) in self.shared.authn.key_metrics() {
             self.metrics.set_issuer_keys(&issuer, keys, last, failures);
         }
+        let bans = &self.shared.bans;
+        self.metrics.set_bans(
+            bans.in_force_count(std::time::Instant::now()),
+            bans.sharing_status().map(|s| s.error.is_none()),
+        );
         let rt = self.runtime();
         let rl = &rt.snapshot.pipeline.ratelimit;
         self.metrics.set_ratelimit(

@@ -251,6 +251,8 @@ pub struct Metrics {
     contract_violations: Family<ContractLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     bans: Family<BanLabels, Counter>,
+    bans_in_force: Gauge,
+    bans_store_up: Gauge,
     rate_limit_store_up: Gauge,
     rate_limit_keys: Gauge,
     adaptive_factor: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -380,6 +382,18 @@ impl Metrics {
             "Client addresses banned, by the ban rule that banned them",
             bans.clone(),
         );
+        let bans_in_force = Gauge::default();
+        registry.register(
+            "portcullis_bans_in_force",
+            "Client addresses banned now (imposed here or, with bans.redis, by another instance)",
+            bans_in_force.clone(),
+        );
+        let bans_store_up = Gauge::default();
+        registry.register(
+            "portcullis_bans_store_up",
+            "1 while the bans are shared through Redis (or not shared at all), 0 while the last sync failed",
+            bans_store_up.clone(),
+        );
         let rate_limit_store_up = Gauge::default();
         registry.register(
             "portcullis_rate_limit_store_up",
@@ -431,6 +445,8 @@ impl Metrics {
             contract_violations,
             rate_limited,
             bans,
+            bans_in_force,
+            bans_store_up,
             rate_limit_store_up,
             rate_limit_keys,
             adaptive_factor,
@@ -621,7 +637,6 @@ impl Metrics {
         self.adaptive_level.set(i64::from(l));
     }
 
-    /// A request refused by the named limit.
     /// A client address was banned by `rule`.
     pub fn banned(&self, rule: &str) {
         let labels = BanLabels {
@@ -630,6 +645,14 @@ impl Metrics {
         self.bans.get_or_create(&labels).inc();
     }
 
+    /// Bans: the addresses banned now, and whether their sharing works (None: not shared).
+    pub fn set_bans(&self, in_force: usize, store_up: Option<bool>) {
+        self.bans_in_force
+            .set(i64::try_from(in_force).unwrap_or(i64::MAX));
+        self.bans_store_up.set(i64::from(store_up.unwrap_or(true)));
+    }
+
+    /// A request refused by the named limit.
     pub fn rate_limited(&self, limit: &str) {
         let labels = LimitLabels {
             limit: self.interner.get(limit),

@@ -650,6 +650,23 @@ impl InForce {
         }
     }
 
+    fn count(&self, now: Instant) -> usize {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        self.shards
+            .iter()
+            .map(|shard| match shard.read() {
+                Ok(g) => g.values().filter(|until| **until > now).count(),
+                Err(poisoned) => poisoned
+                    .into_inner()
+                    .values()
+                    .filter(|until| **until > now)
+                    .count(),
+            })
+            .sum()
+    }
+
     fn set(&self, ip: IpAddr, until: Instant) {
         self.change(ip, |m| {
             m.insert(ip, until);
@@ -747,6 +764,11 @@ impl BanList {
                 tokio::time::sleep(sharing.sync_interval).await;
             }
         });
+    }
+
+    /// How many addresses are banned at `now`.
+    pub fn in_force_count(&self, now: Instant) -> usize {
+        self.in_force.count(now)
     }
 
     /// How the bans are shared, when they are.
@@ -1043,6 +1065,12 @@ mod tests {
         b.ban(&r, ip("192.0.2.2"), S, "admin", t0).unwrap();
         assert!(b.ban(&r, ip("192.0.2.3"), S, "admin", t0).is_err(), "full");
         assert_eq!(b.list(t0).len(), 3);
+        assert_eq!(b.in_force_count(t0), 3);
+        assert_eq!(
+            b.in_force_count(t0 + 2 * S),
+            1,
+            "the one-second bans ran out"
+        );
     }
 
     #[test]
