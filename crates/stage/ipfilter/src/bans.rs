@@ -340,6 +340,20 @@ struct Track {
     last: Instant,
 }
 
+impl Track {
+    /// Bans until `until` under `rule` unless a ban in force lasts as long; whether it did
+    /// (the ban is then new here: not yet shared, imposed now).
+    fn impose(&mut self, until: Instant, rule: Arc<str>) -> bool {
+        if self.ban.as_ref().is_some_and(|(have, _)| *have >= until) {
+            return false;
+        }
+        self.ban = Some((until, rule));
+        self.shared = false;
+        self.banned_at = unix_ms();
+        true
+    }
+}
+
 /// How the bans are shared, for the admin API.
 #[derive(Debug, Clone, Serialize)]
 pub struct SharingStatus {
@@ -416,19 +430,7 @@ impl BanList {
         }
         let key = rules.key(ip);
         let mut tracks = self.lock();
-        if !tracks.contains_key(&key) && tracks.len() >= rules.max_tracked {
-            self.forget_idle(&mut tracks, rules, now);
-            if tracks.len() >= rules.max_tracked {
-                return None;
-            }
-        }
-        let t = tracks.entry(key).or_insert_with(|| Track {
-            windows: Vec::new(),
-            ban: None,
-            shared: false,
-            banned_at: 0,
-            last: now,
-        });
+        let t = self.track(&mut tracks, rules, key, now)?;
         t.last = now;
         let mut new = None;
         for r in rules.rules.iter().filter(|r| r.on.contains(&reason)) {
@@ -455,22 +457,7 @@ impl BanList {
                 current: 0,
                 previous: 0,
             };
-            let until = now.checked_add(r.ban_for).unwrap_or(now);
-            match &mut t.ban {
-                Some((have, by)) => {
-                    if until > *have {
-                        *have = until;
-                        *by = r.name.clone();
-                        t.shared = false;
-                        t.banned_at = unix_ms();
-                    }
-                }
-                None => {
-                    t.ban = Some((until, r.name.clone()));
-                    t.shared = false;
-                    t.banned_at = unix_ms();
-                }
-            }
+            t.impose(now.checked_add(r.ban_for).unwrap_or(now), r.name.clone());
             new = Some(NewBan {
                 address: key,
                 rule: r.name.clone(),
@@ -483,6 +470,30 @@ impl BanList {
             self.in_force.set(key, *until);
         }
         new
+    }
+
+    /// The track of `key`, made when there is room for it (`max_tracked`; the idle ones are
+    /// dropped first when there is none).
+    fn track<'a>(
+        &self,
+        tracks: &'a mut HashMap<IpAddr, Track>,
+        rules: &BanRules,
+        key: IpAddr,
+        now: Instant,
+    ) -> Option<&'a mut Track> {
+        if !tracks.contains_key(&key) && tracks.len() >= rules.max_tracked {
+            self.forget_idle(tracks, rules, now);
+            if tracks.len() >= rules.max_tracked {
+                return None;
+            }
+        }
+        Some(tracks.entry(key).or_insert_with(|| Track {
+            windows: Vec::new(),
+            ban: None,
+            shared: false,
+            banned_at: 0,
+            last: now,
+        }))
     }
 
     /// Drops the addresses whose counts and ban can no longer matter.
@@ -534,37 +545,12 @@ impl BanList {
             .checked_add(ban_for)
             .ok_or_else(|| "the ban is too long".to_string())?;
         let mut tracks = self.lock();
-        if !tracks.contains_key(&key) && tracks.len() >= rules.max_tracked {
-            self.forget_idle(&mut tracks, rules, now);
-            if tracks.len() >= rules.max_tracked {
-                return Err("the ban list is full (bans.max_tracked)".into());
-            }
-        }
-        let t = tracks.entry(key).or_insert_with(|| Track {
-            windows: Vec::new(),
-            ban: None,
-            shared: false,
-            banned_at: 0,
-            last: now,
-        });
+        let t = self
+            .track(&mut tracks, rules, key, now)
+            .ok_or("the ban list is full (bans.max_tracked)")?;
         t.last = now;
-        match &mut t.ban {
-            Some((have, who)) => {
-                if until > *have {
-                    *have = until;
-                    *who = Arc::from(by);
-                    t.shared = false;
-                    t.banned_at = unix_ms();
-                }
-            }
-            None => {
-                t.ban = Some((until, Arc::from(by)));
-                t.shared = false;
-                t.banned_at = unix_ms();
-            }
-        }
-        if let Some((until, _)) = &t.ban {
-            self.in_force.set(key, *until);
+        if t.impose(until, Arc::from(by)) {
+            self.in_force.set(key, until);
         }
         Ok(key)
     }
@@ -890,36 +876,14 @@ impl BanList {
             let Some(until) = now.checked_add(left) else {
                 continue;
             };
-            if !tracks.contains_key(address) && tracks.len() >= rules.max_tracked {
-                self.forget_idle(&mut tracks, &rules, now);
-                if tracks.len() >= rules.max_tracked {
-                    continue;
-                }
+            let Some(t) = self.track(&mut tracks, &rules, *address, now) else {
+                continue;
+            };
+            // Imposed now here: a lift marker older than now does not end it.
+            if t.impose(until, Arc::from(*rule)) {
+                t.shared = true;
+                self.in_force.set(*address, until);
             }
-            let t = tracks.entry(*address).or_insert_with(|| Track {
-                windows: Vec::new(),
-                ban: None,
-                shared: true,
-                banned_at: 0,
-                last: now,
-            });
-            match &mut t.ban {
-                Some((have, by)) if *have > now => {
-                    if until <= *have {
-                        continue;
-                    }
-                    *have = until;
-                    *by = Arc::from(*rule);
-                }
-                // None, or one that ran out: a ban new here (a lift marker older than now
-                // does not end it).
-                _ => {
-                    t.ban = Some((until, Arc::from(*rule)));
-                    t.banned_at = now_ms;
-                }
-            }
-            t.shared = true;
-            self.in_force.set(*address, until);
         }
     }
 }
