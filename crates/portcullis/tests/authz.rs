@@ -222,6 +222,16 @@ impl Env {
     }
 }
 
+/// The RFC 6750 challenge of a refusal for want of a scope, naming the one needed.
+fn asks_for_scope(r: &Resp, needed: &str) {
+    let ch = r.header("www-authenticate").unwrap();
+    assert!(
+        ch.starts_with("Bearer error=\"insufficient_scope\""),
+        "{ch}"
+    );
+    assert!(ch.contains(&format!("scope=\"{needed}\"")), "{ch}");
+}
+
 fn scope(s: &str) -> Value {
     json!({ "scope": s })
 }
@@ -269,22 +279,13 @@ async fn scopes_hierarchy_methods_and_roles() {
     let t = e.token(scope("profile"));
     let r = e.call("GET", "/orders/1", &t, &[]).await;
     e.refused(&r, 403, "forbidden", "route:orders");
-    let ch = r.header("www-authenticate").unwrap();
-    assert!(
-        ch.starts_with("Bearer error=\"insufficient_scope\""),
-        "{ch}"
-    );
-    assert!(ch.contains("scope=\"read:orders\""), "{ch}");
+    asks_for_scope(&r, "read:orders");
 
     // read:orders reads, cannot write.
     let reader = e.token(scope("read:orders"));
     let r = e.call("PUT", "/orders/1", &reader, &[]).await;
     e.refused(&r, 403, "forbidden", "route:orders");
-    assert!(
-        r.header("www-authenticate")
-            .unwrap()
-            .contains("scope=\"write:orders\"")
-    );
+    asks_for_scope(&r, "write:orders");
 
     // admin:orders implies write:orders implies read:orders.
     let admin = e.token(scope("admin:orders"));
@@ -318,11 +319,7 @@ async fn resource_policies_cover_routes_and_shadow_policies_only_record() {
         )
         .await;
     let ev = e.refused(&r, 403, "forbidden", "policy:reports-read");
-    assert!(
-        r.header("www-authenticate")
-            .unwrap()
-            .contains("scope=\"read:reports\"")
-    );
+    asks_for_scope(&r, "read:reports");
     // The first enforced denial ends the evaluation: the shadow policy after it did not run.
     assert!(ev["authz"].get("shadow").is_none(), "{ev}");
 
@@ -815,12 +812,7 @@ routes:
         .call("GET", "/shop/items", &e.token(scope("profile")), &[])
         .await;
     e.refused(&r, 403, "forbidden", "openapi:list");
-    let ch = r.header("www-authenticate").unwrap();
-    assert!(
-        ch.starts_with("Bearer error=\"insufficient_scope\""),
-        "{ch}"
-    );
-    assert!(ch.contains("scope=\"read:orders\""), "{ch}");
+    asks_for_scope(&r, "read:orders");
     // An API key is no OAuth token.
     let r = with_key("GET", "/shop/items").await;
     let ev = e.refused(&r, 403, "forbidden", "openapi:list");
@@ -837,11 +829,7 @@ routes:
         .call("POST", "/shop/items", &e.token(scope("read:orders")), &[])
         .await;
     e.refused(&r, 403, "forbidden", "openapi:create");
-    assert!(
-        r.header("www-authenticate")
-            .unwrap()
-            .contains("scope=\"write:orders\"")
-    );
+    asks_for_scope(&r, "write:orders");
 
     // Met: through the hierarchy, by the other alternative, and where nothing is required.
     let admin = e.token(scope("admin:orders"));
@@ -930,11 +918,7 @@ async fn the_authz_examples_catalog_does_what_its_comments_say() {
     ))
     .await;
     assert_problem(&r, 403, "forbidden");
-    assert!(
-        r.header("www-authenticate")
-            .unwrap()
-            .contains("scope=\"write:orders\"")
-    );
+    asks_for_scope(&r, "write:orders");
     let r = send(req(
         "POST",
         &url("/catalog/items"),
