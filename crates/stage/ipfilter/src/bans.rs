@@ -334,8 +334,8 @@ struct Track {
     ban: Option<(Instant, Arc<str>)>,
     /// Whether the ban is known to be in the shared store (written there, or read from it).
     shared: bool,
-    /// When the ban was imposed or last extended here (unix ms): a lift made elsewhere after
-    /// it ends it.
+    /// When the ban was imposed or last extended here (unix ms; for a ban read from the store,
+    /// a time before that read): a lift marker written after it ends it.
     banned_at: u64,
     last: Instant,
 }
@@ -352,7 +352,30 @@ impl Track {
         self.banned_at = unix_ms();
         true
     }
+
+    /// Takes up a ban read from the store (ending at `until`, read after `read_from_ms`)
+    /// unless a ban in force here ends as late (within the slack of going through unix
+    /// milliseconds); whether it did. The ban counts as imposed when the read began: the store
+    /// held it then, so a lift marker written after that (its ban removed from the store
+    /// first) ends it — even if this read came after the lift was made.
+    fn take_up(&mut self, until: Instant, rule: Arc<str>, read_from_ms: u64) -> bool {
+        if self
+            .ban
+            .as_ref()
+            .is_some_and(|(have, _)| have.checked_add(STORE_SLACK).is_none_or(|h| h >= until))
+        {
+            return false;
+        }
+        self.ban = Some((until, rule));
+        self.shared = true;
+        self.banned_at = read_from_ms;
+        true
+    }
 }
+
+/// How far apart two ends of the same ban may be after a round trip through the store (unix
+/// milliseconds, each instance's clock read at a slightly different moment).
+const STORE_SLACK: Duration = Duration::from_secs(1);
 
 /// How the bans are shared, for the admin API.
 #[derive(Debug, Clone, Serialize)]
@@ -774,10 +797,16 @@ impl BanList {
         let lifted = store.key("bans:lifted");
         let result = async {
             let lifts = lock(&self.pending_lifts).clone();
-            for (address, at) in lifts {
+            for lift in lifts {
+                let address = lift.0;
                 store.zrem_starting(&bans, &format!("{address}|")).await?;
-                store.zadd_gt(&lifted, &address.to_string(), at).await?;
-                lock(&self.pending_lifts).retain(|l| *l != (address, at));
+                // The marker is timed after the removal: whoever read the ban from the store
+                // read it before this time (see `Track::take_up`).
+                let removed_at = unix_ms();
+                store
+                    .zadd_gt(&lifted, &address.to_string(), removed_at)
+                    .await?;
+                lock(&self.pending_lifts).retain(|l| *l != lift);
             }
             let remembered = unix_ms().saturating_sub(LIFTS_REMEMBERED_MS);
             let lifts = store.zlive(&lifted, remembered).await?;
@@ -788,12 +817,13 @@ impl BanList {
                 .map(|(address, rule, until_ms)| (member(address, &rule), until_ms))
                 .collect();
             store.zadd_gt_many(&bans, &share).await?;
-            store.zlive(&bans, unix_ms()).await
+            let read_from_ms = unix_ms();
+            Ok((store.zlive(&bans, read_from_ms).await?, read_from_ms))
         }
         .await;
         match result {
-            Ok(live) => {
-                self.apply_live(&live, unix_ms());
+            Ok((live, read_from_ms)) => {
+                self.apply_live(&live, unix_ms(), read_from_ms);
                 write(&self.last_error, None);
             }
             Err(e) => {
@@ -818,8 +848,8 @@ impl BanList {
             .collect()
     }
 
-    /// Applies the store's lift markers (address → when it was lifted, unix ms): a ban
-    /// imposed here before a lift made elsewhere ends.
+    /// Applies the store's lift markers (address → when its bans were removed from the store,
+    /// unix ms): a ban imposed or read here before that ends, wherever the lift was made.
     fn apply_lifts(&self, lifts: &[(String, u64)]) {
         let mut tracks = self.lock();
         for (address, at) in lifts {
@@ -839,11 +869,12 @@ impl BanList {
     }
 
     /// Applies the store's bans (`<address>|<rule>` → end in unix ms; `now_ms` the unix time
-    /// now): an address banned there is banned here until the latest of its ends (exempt
-    /// addresses excepted, those lifted here and not yet written excepted, none past
-    /// `max_tracked`). A ban of this instance's that the store does not hold (a store that lost
-    /// its data, a write that failed) is written again at the next turn.
-    fn apply_live(&self, live: &[(String, u64)], now_ms: u64) {
+    /// now, `read_from_ms` a time before they were read): an address banned there is banned
+    /// here until the latest of its ends (exempt addresses excepted, those lifted here and not
+    /// yet written excepted, none past `max_tracked`). A ban of this instance's that the store
+    /// does not hold (a store that lost its data, a write that failed) is written again at the
+    /// next turn.
+    fn apply_live(&self, live: &[(String, u64)], now_ms: u64, read_from_ms: u64) {
         let rules = read(&self.rules);
         let pending: Vec<IpAddr> = lock(&self.pending_lifts).iter().map(|l| l.0).collect();
         let mut latest: HashMap<IpAddr, (u64, &str)> = HashMap::new();
@@ -879,9 +910,7 @@ impl BanList {
             let Some(t) = self.track(&mut tracks, &rules, *address, now) else {
                 continue;
             };
-            // Imposed now here: a lift marker older than now does not end it.
-            if t.impose(until, Arc::from(*rule)) {
-                t.shared = true;
+            if t.take_up(until, Arc::from(*rule), read_from_ms) {
                 self.in_force.set(*address, until);
             }
         }
@@ -1142,7 +1171,7 @@ mod tests {
             ("not an entry".to_string(), ms_from_now(60_000)),
             ("2001:db8::|auth".to_string(), ms_from_now(30_000)),
         ];
-        list.apply_live(&live, unix_ms());
+        list.apply_live(&live, unix_ms(), unix_ms());
         let left = list.banned(&r, ip("198.51.100.7"), now).unwrap();
         assert!((118..=120).contains(&left.as_secs()), "{left:?}");
         assert!(
@@ -1186,18 +1215,22 @@ mod tests {
             "{until_ms}"
         );
         // The store holds it: nothing more to write.
-        list.apply_live(&[(member(*address, rule), *until_ms)], unix_ms());
+        list.apply_live(&[(member(*address, rule), *until_ms)], unix_ms(), unix_ms());
         assert!(list.to_share(unix_ms()).is_empty());
         // The store lost it (flushed, restarted empty): it is written again, and still in
         // force here meanwhile.
-        list.apply_live(&[], unix_ms());
+        list.apply_live(&[], unix_ms(), unix_ms());
         assert_eq!(list.to_share(unix_ms()).len(), 1);
         assert!(list.banned(&r, ip("198.51.100.9"), now).is_some());
         // A shorter ban in the store does not cover it either.
-        list.apply_live(&[(member(*address, rule), ms_from_now(10_000))], unix_ms());
+        list.apply_live(
+            &[(member(*address, rule), ms_from_now(10_000))],
+            unix_ms(),
+            unix_ms(),
+        );
         assert_eq!(list.to_share(unix_ms()).len(), 1);
         // Extended here: written again.
-        list.apply_live(&[(member(*address, rule), *until_ms)], unix_ms());
+        list.apply_live(&[(member(*address, rule), *until_ms)], unix_ms(), unix_ms());
         assert!(list.to_share(unix_ms()).is_empty());
         list.ban(
             &r,
@@ -1216,7 +1249,7 @@ mod tests {
         let list = list_with(r.clone());
         let now = Instant::now();
         let live = [("198.51.100.7|scanner".to_string(), ms_from_now(60_000))];
-        list.apply_live(&live, unix_ms());
+        list.apply_live(&live, unix_ms(), unix_ms());
         let by_hand = || {
             list.ban(
                 &r,
@@ -1256,7 +1289,7 @@ mod tests {
         let lifted_at = unix_ms();
         std::thread::sleep(Duration::from_millis(5));
         let live = [("198.51.100.9|scanner".to_string(), ms_from_now(60_000))];
-        list.apply_live(&live, unix_ms());
+        list.apply_live(&live, unix_ms(), unix_ms());
         list.apply_lifts(&[("198.51.100.9".to_string(), lifted_at)]);
         assert!(
             list.banned(&r, ip("198.51.100.9"), Instant::now())
@@ -1265,19 +1298,58 @@ mod tests {
     }
 
     #[test]
+    fn a_ban_read_before_a_lift_reached_the_store_is_ended_by_it() {
+        let r = rules(&[], &[]);
+        let list = list_with(r.clone());
+        let now = Instant::now();
+        let scanner = ip("198.51.100.7");
+        let live = [("198.51.100.7|scanner".to_string(), ms_from_now(60_000))];
+        // Taken up by a read that began before the lift's marker was timed, even though it was
+        // applied after that time: the store still held the ban when it was read.
+        let read_from = unix_ms();
+        std::thread::sleep(Duration::from_millis(5));
+        let removed_at = unix_ms();
+        std::thread::sleep(Duration::from_millis(5));
+        list.apply_live(&live, unix_ms(), read_from);
+        list.apply_lifts(&[("198.51.100.7".to_string(), removed_at)]);
+        assert!(list.banned(&r, scanner, now).is_none());
+
+        // Read again and again with ends a little apart (unix ms round trips): still the ban
+        // first read, so a lift timed after that first read ends it.
+        let first_read = unix_ms();
+        let end = ms_from_now(60_000);
+        list.apply_live(&[(live[0].0.clone(), end)], unix_ms(), first_read);
+        std::thread::sleep(Duration::from_millis(5));
+        let removed_at = unix_ms();
+        std::thread::sleep(Duration::from_millis(5));
+        for late in [1, 7, 300] {
+            list.apply_live(&[(live[0].0.clone(), end + late)], unix_ms(), unix_ms());
+        }
+        list.apply_lifts(&[("198.51.100.7".to_string(), removed_at)]);
+        assert!(list.banned(&r, scanner, now).is_none());
+
+        // A ban the store extends by more than the slack is a new ban, read after the lift.
+        list.apply_live(&[(live[0].0.clone(), end)], unix_ms(), first_read);
+        list.apply_live(&[(live[0].0.clone(), end + 5_000)], unix_ms(), unix_ms());
+        list.apply_lifts(&[("198.51.100.7".to_string(), removed_at)]);
+        let left = list.banned(&r, scanner, now).unwrap();
+        assert!(left > Duration::from_secs(62), "{left:?}");
+    }
+
+    #[test]
     fn an_address_lifted_here_is_not_taken_up_again_before_its_lift_is_written() {
         let r = rules(&[], &[]);
         let list = list_with(r.clone());
         let now = Instant::now();
         let live = [("198.51.100.7|scanner".to_string(), ms_from_now(60_000))];
-        list.apply_live(&live, unix_ms());
+        list.apply_live(&live, unix_ms(), unix_ms());
         // What `lift` queues when the bans are shared.
         list.lift(&r, ip("198.51.100.7"), now);
         lock(&list.pending_lifts).push((ip("198.51.100.7"), unix_ms()));
-        list.apply_live(&live, unix_ms());
+        list.apply_live(&live, unix_ms(), unix_ms());
         assert!(list.banned(&r, ip("198.51.100.7"), now).is_none());
         lock(&list.pending_lifts).clear();
-        list.apply_live(&live, unix_ms());
+        list.apply_live(&live, unix_ms(), unix_ms());
         assert!(list.banned(&r, ip("198.51.100.7"), now).is_some());
     }
 }
