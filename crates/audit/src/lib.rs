@@ -51,6 +51,9 @@ pub enum Outcome {
     Rejected,
     /// Accepted but not answered: upstream unreachable, timed out, internal error.
     Failed,
+    /// Given up before its answer was ready: the client reset the stream, or the connection
+    /// ended under it. Status 499.
+    Abandoned,
 }
 
 /// One request, as recorded. Field names are the JSON keys; absent values are `null` so every
@@ -650,6 +653,10 @@ mod tests {
         assert_eq!(v["reason"], "ip_denied");
         assert_eq!(serde_json::to_value(Outcome::Allowed).unwrap(), "allowed");
         assert_eq!(serde_json::to_value(Outcome::Failed).unwrap(), "failed");
+        assert_eq!(
+            serde_json::to_value(Outcome::Abandoned).unwrap(),
+            "abandoned"
+        );
         // One line: no raw newline even with hostile input.
         let mut e = event();
         e.user_agent = Some("a\nb".into());

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const DATA: u8 = 0;
@@ -280,4 +280,87 @@ async fn a_content_length_the_data_frames_contradict_is_refused() {
     );
     let r = send_h2c(req("GET", &format!("{}/ok", gw.url("public")), &[], "")).await;
     assert_eq!(r.status, 200);
+}
+
+/// A request forwarded upstream, then reset by the client before the answer: the gateway gives
+/// up the upstream exchange (closes that connection) and still audits the request, as
+/// abandoned with status 499 — a client cannot make requests reach the upstream unrecorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_reset_before_its_answer_is_audited_and_its_upstream_exchange_dropped() {
+    let up = TestUpstream::start("a").await;
+    // An upstream that reads requests and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = gateway(&format!(
+        "upstreams:\n  svc: {{ targets: [\"{}\"] }}\n  silent: {{ targets: [\"http://{}\"] }}\n\
+         routes:\n  - {{ name: slow, match: {{ prefix: /slow }}, upstream: silent }}\n\
+         \x20 - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        up.url(),
+        silent.local_addr().unwrap()
+    ));
+    let mut s = open(gw.listener("public")).await;
+    s.write_all(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &block("GET", "/slow/order", &[]),
+    ))
+    .await
+    .unwrap();
+    let (mut upstream, _) = tokio::time::timeout(Duration::from_secs(5), silent.accept())
+        .await
+        .expect("forwarded")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = upstream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the gateway closed before sending the head");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    assert!(head.starts_with(b"GET /slow/order HTTP/1.1\r\n"));
+
+    // CANCEL (0x8) the stream while the upstream holds it.
+    s.write_all(&frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()))
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), upstream.read(&mut chunk)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the upstream exchange was given up: {closed:?}"
+    );
+    let event = gw
+        .wait_for_audit(|e| e["path"] == "/slow/order", Duration::from_secs(5))
+        .expect("the abandoned request is audited");
+    assert_eq!(event["status"], 499, "{event}");
+    assert_eq!(event["outcome"], "abandoned", "{event}");
+    assert_eq!(event["route"], "slow", "{event}");
+    assert_eq!(event["upstream"], "silent", "{event}");
+    assert!(
+        event["request_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{event}"
+    );
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("portcullis_requests_total{")
+                && l.contains("route=\"slow\"")
+                && l.contains("status=\"499\"")),
+        "{metrics}"
+    );
+
+    // The connection and the gateway go on.
+    s.write_all(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        3,
+        &block("GET", "/fine", &[]),
+    ))
+    .await
+    .unwrap();
+    let fs = frames(&mut s, Duration::from_secs(2)).await;
+    assert!(answered(&fs, 3), "{fs:?}");
+    healthy(&gw).await;
 }

@@ -262,10 +262,16 @@ impl Gateway {
         });
         // What only the audit event needs is copied only when there is one to write.
         let audited = self.audit.enabled();
-        let mut seen = Seen {
+        let seen = Seen {
             method: head.method.clone(),
             host: if audited { request_host(&head) } else { None },
-            path: String::new(),
+            // The raw path until the pipeline has run (an abandoned request's may be all there
+            // is), then the normalised one.
+            path: if audited {
+                head.uri.path().to_string()
+            } else {
+                String::new()
+            },
             version: head.version,
             user_agent: if audited {
                 head.headers
@@ -279,6 +285,15 @@ impl Gateway {
             upstream_error: None,
             request_id: HeaderValue::from_str(ctx.request_id.as_str()).ok(),
         };
+        // From here on the request is audited even if its future is dropped before the answer
+        // (a stream reset, a connection gone): `Open`'s drop writes it as abandoned.
+        let mut open = Open {
+            gw: &self,
+            ctx,
+            seen,
+            answered: false,
+        };
+        let (ctx, seen) = (&mut open.ctx, &mut open.seen);
         // Watched for trickling from the first byte, so a step that buffers the body (the WAF)
         // is protected as much as the upstream is; the route's size limit is added at forward
         // time (buffering steps bound themselves by `ctx.body_limit`).
@@ -306,11 +321,12 @@ impl Gateway {
                 ctx.rejected_by = Some((FRAMING_STAGE, RejectReason::BadRequest));
                 Err(Rejection::new(RejectReason::BadRequest, a.detail()))
             }
-            None => rt.snapshot.pipeline.run(&mut greq, &mut ctx).await,
+            None => rt.snapshot.pipeline.run(&mut greq, ctx).await,
         };
         // The normalised path when normalisation ran, the raw one when it refused the request.
         if audited {
-            seen.path = greq.head.uri.path().to_string();
+            seen.path.clear();
+            seen.path.push_str(greq.head.uri.path());
         }
         let result = match verdict {
             Err(rejection) => Err(rejection),
@@ -325,7 +341,7 @@ impl Gateway {
                         ANSWER_ROOM
                     },
                 };
-                self.forward(&rt, greq, &mut ctx, &mut seen, downstream_upgrade, client)
+                self.forward(&rt, greq, ctx, seen, downstream_upgrade, client)
                     .await
             }
             Ok(Flow::Answer(answer)) => Ok(answered(*answer)),
@@ -410,7 +426,8 @@ impl Gateway {
             tracing::warn!(address = %ban.address, rule = %ban.rule, seconds = ban.ban_for.as_secs(), request_id = %ctx.request_id, "client address banned");
             self.metrics.banned(&ban.rule);
         }
-        self.finish(&ctx, seen, resp.status());
+        self.finish(ctx, seen, Some(resp.status()));
+        open.answered = true;
         (resp, deferred)
     }
 
@@ -780,8 +797,11 @@ impl Gateway {
         Response::from_parts(parts, full_body(doc))
     }
 
-    /// Audit event and metrics: once per request, whatever the outcome.
-    fn finish(&self, ctx: &RequestCtx, seen: Seen, status: StatusCode) {
+    /// Audit event and metrics: once per request, whatever the outcome. `status` is the
+    /// answer's; none when the request was abandoned before it (recorded as 499).
+    fn finish(&self, ctx: &RequestCtx, seen: &mut Seen, status: Option<StatusCode>) {
+        let abandoned = status.is_none();
+        let status = status.unwrap_or(CLIENT_CLOSED);
         let latency = ctx.received.elapsed();
         let route = ctx.route.as_ref().map(|r| &*r.name);
         self.metrics
@@ -825,11 +845,12 @@ impl Gateway {
             None => (None, None),
         };
         let outcome = match ctx.rejected_by {
+            _ if abandoned => Outcome::Abandoned,
             None => Outcome::Allowed,
             Some((s, _)) if s == UPSTREAM_STAGE => Outcome::Failed,
             Some(_) => Outcome::Rejected,
         };
-        let mut ua = seen.user_agent;
+        let mut ua = seen.user_agent.take();
         if let Some(u) = ua.as_mut()
             && u.len() > 256
         {
@@ -843,8 +864,8 @@ impl Gateway {
             client_ip: ctx.client_ip.to_string(),
             peer: ctx.peer.to_string(),
             method: seen.method.as_str().to_string(),
-            host: seen.host,
-            path: seen.path,
+            host: seen.host.take(),
+            path: std::mem::take(&mut seen.path),
             route: route.map(str::to_string),
             upstream: seen.upstream.as_deref().map(str::to_string),
             target: seen.target.as_deref().map(str::to_string),
@@ -896,8 +917,34 @@ impl Gateway {
                 .contract
                 .as_deref()
                 .map(portcullis_audit::ContractAudit::from_report),
-            upstream_error: seen.upstream_error,
+            upstream_error: seen.upstream_error.take(),
         });
+    }
+}
+
+/// nginx's code for a request whose client went away before the answer; never sent.
+const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
+/// A request on its way: its context and what its audit event needs. Dropped before it is
+/// answered — its future dropped by the server because the client reset the stream or the
+/// connection ended under it — it is audited and counted as abandoned (499), so that no
+/// request that reached the pipeline goes unrecorded (a request sent upstream, then reset
+/// before its answer, included). The upstream exchange is dropped with it.
+struct Open<'a> {
+    gw: &'a Gateway,
+    ctx: RequestCtx,
+    seen: Seen,
+    answered: bool,
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.gw.finish(&self.ctx, &mut self.seen, None);
+        }
     }
 }
 
