@@ -410,3 +410,142 @@ async fn bans_are_shared_by_every_instance_through_redis_and_survive_it_going_aw
     let list = get(&format!("{}/bans", a.admin_url())).await.json();
     assert_eq!(list["shared"]["error"], serde_json::Value::Null, "{list}");
 }
+
+/// The shared store of API keys, revocations and bans on a Redis Cluster (as rate limits can
+/// be): keys read from their slot's node, a revocation and a ban made on one instance reach
+/// the other, a lift too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_revocations_and_bans_are_shared_through_a_redis_cluster() {
+    let cluster = portcullis_test_support::redis_cluster::RedisCluster::start();
+    let up = TestUpstream::start("app").await;
+    for (key, client) in [("pk_alpha", "alpha"), ("pk_beta", "beta")] {
+        let k = format!("pc:apikey:{}", sha256_hex(key));
+        cluster.cmd(cluster.node_of(&k), &["HSET", &k, "client_id", client]);
+    }
+    let urls = cluster.urls();
+    // One seed in `url`, the others in `cluster_nodes`.
+    let store = format!(
+        r#"url: "{}", cluster: true, cluster_nodes: ["{}", "{}"]"#,
+        urls[0], urls[1], urls[2]
+    );
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+server: {{ trusted_proxies: [127.0.0.1] }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  redis: {{ {store}, timeout: 300ms, key_prefix: "pc:" }}
+  api_keys: {{ redis: true, cache_ttl: 30s }}
+  revocation: {{ sync_interval: 200ms }}
+bans:
+  rules:
+    - {{ name: scanner, on: [route_not_found], count: 3, within: 1m, ban_for: 1h }}
+  redis: {{ {store}, sync_interval: 200ms }}
+routes:
+  - {{ name: orders, match: {{ path: /orders, methods: [GET] }}, upstream: app, auth: {{ methods: [api_key] }}, authz: {{ allow: any-authenticated }} }}
+"#,
+        up = up.url()
+    );
+    let a = Gateway::start(bin(), &yaml).unwrap();
+    let b = Gateway::start(bin(), &yaml).unwrap();
+    let from = |gw: &Gateway, ip: &str, path: &str, key: &str| {
+        let mut headers = vec![("x-forwarded-for", ip.to_string())];
+        if !key.is_empty() {
+            headers.push(("x-api-key", key.to_string()));
+        }
+        let url = format!("{}{path}", gw.url("public"));
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            send(req("GET", &url, &h, "")).await
+        }
+    };
+    let client = "198.51.100.20";
+
+    // API keys read from the cluster, by both.
+    assert_eq!(from(&a, client, "/orders", "pk_alpha").await.status, 200);
+    assert_eq!(from(&b, client, "/orders", "pk_beta").await.status, 200);
+    let seen = up.requests().pop().unwrap();
+    assert_eq!(seen.header("x-client-id"), Some("beta"));
+
+    // Revoked on A: refused by B.
+    let r = send(req(
+        "POST",
+        &format!("{}/auth/revocations", a.admin_url()),
+        &[],
+        r#"{"api_key": "pk_alpha"}"#,
+    ))
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["shared"], true, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = from(&b, client, "/orders", "pk_alpha").await;
+        if r.status == 401 {
+            let id = assert_problem(&r, 401, "unauthenticated")["request_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            assert_eq!(audit_of(&b, &id)["auth_failure"], "revoked");
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(Instant::now() < deadline, "the revocation never reached B");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(from(&b, client, "/orders", "pk_beta").await.status, 200);
+
+    // Banned by refusals on A: refused by B, whatever its key.
+    let scanner = "198.51.100.21";
+    for _ in 0..3 {
+        assert_problem(
+            &from(&a, scanner, "/wp-admin", "").await,
+            404,
+            "route_not_found",
+        );
+    }
+    assert_problem(
+        &from(&a, scanner, "/orders", "pk_beta").await,
+        403,
+        "ip_banned",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = from(&b, scanner, "/orders", "pk_beta").await;
+        if r.status == 403 {
+            assert_problem(&r, 403, "ip_banned");
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(Instant::now() < deadline, "the ban never reached B");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hits_before_ban = up.hits();
+    assert_problem(
+        &from(&b, scanner, "/orders", "pk_beta").await,
+        403,
+        "ip_banned",
+    );
+    assert_eq!(up.hits(), hits_before_ban, "nothing reached the upstream");
+    let stored = cluster.cmd(
+        cluster.node_of("portcullis:bans"),
+        &["ZRANGE", "portcullis:bans", "0", "-1"],
+    );
+    assert!(stored.contains(&format!("{scanner}|scanner")), "{stored}");
+    let list = get(&format!("{}/bans", b.admin_url())).await.json();
+    assert_eq!(list["shared"]["error"], serde_json::Value::Null, "{list}");
+
+    // Lifted on B: served by A again.
+    let r = send(req(
+        "DELETE",
+        &format!("{}/bans/{scanner}", b.admin_url()),
+        &[],
+        "",
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while from(&a, scanner, "/orders", "pk_beta").await.status != 200 {
+        assert!(Instant::now() < deadline, "the lift never reached A");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

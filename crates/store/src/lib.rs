@@ -5,25 +5,102 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::OnceCell;
 
 pub struct Store {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    client: Client,
+    conn: OnceCell<Conn>,
     pub timeout: Duration,
     pub prefix: String,
     pub url_redacted: String,
 }
 
+// One per store, made once per configuration: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Client {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+/// A connection to one server or to a cluster; both reconnect on their own. Every command
+/// the store sends names one key, so a cluster routes each to its slot's node.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The URL without its credentials, for logs and the admin API.
+fn redact(url: &str) -> String {
+    match url.rsplit_once('@') {
+        Some((scheme_and_user, host)) => {
+            let scheme = scheme_and_user
+                .split_once("://")
+                .map_or("redis", |(s, _)| s);
+            format!("{scheme}://…@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
 impl Store {
-    /// A store at `url` (nothing is connected yet), every key starting with `prefix`.
-    pub fn new(url: &str, timeout: Duration, prefix: &str) -> Result<Store, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("redis: {e}"))?;
-        let url_redacted = match url.rsplit_once('@') {
-            Some((_, host)) => format!("redis://…@{host}"),
-            None => url.to_string(),
+    /// A store at `urls` (nothing is connected yet), every key starting with `prefix`: one
+    /// server's URL, or with `cluster` one or more seed nodes of a Redis Cluster.
+    pub fn new(
+        urls: &[String],
+        cluster: bool,
+        timeout: Duration,
+        prefix: &str,
+    ) -> Result<Store, String> {
+        let url_redacted = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",");
+        let client = match (cluster, urls) {
+            (_, []) => return Err("redis: no URL".into()),
+            (false, [url]) => Client::Single(
+                redis::Client::open(url.as_str()).map_err(|e| format!("redis: {e}"))?,
+            ),
+            (false, _) => return Err("redis: several URLs need `cluster: true`".into()),
+            (true, urls) => Client::Cluster(
+                ClusterClientBuilder::new(urls.to_vec())
+                    .connection_timeout(timeout.max(Duration::from_millis(500)))
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100)
+                    .build()
+                    .map_err(|e| format!("redis cluster: {e}"))?,
+            ),
         };
         Ok(Store {
             client,
@@ -34,21 +111,31 @@ impl Store {
         })
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, String> {
+    async fn conn(&self) -> Result<Conn, String> {
+        let connect_timeout = self.timeout.max(Duration::from_millis(500));
         let c = self
             .conn
             .get_or_try_init(|| async {
-                let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(500))))
-                    .set_response_timeout(Some(self.timeout))
-                    .set_number_of_retries(1);
-                tokio::time::timeout(
-                    self.timeout.max(Duration::from_millis(500)),
-                    ConnectionManager::new_with_config(self.client.clone(), cfg),
-                )
-                .await
-                .map_err(|_| "redis: connect timed out".to_string())?
-                .map_err(|e| format!("redis: {e}"))
+                let connecting = async {
+                    match &self.client {
+                        Client::Single(client) => {
+                            let cfg = redis::aio::ConnectionManagerConfig::new()
+                                .set_connection_timeout(Some(connect_timeout))
+                                .set_response_timeout(Some(self.timeout))
+                                .set_number_of_retries(1);
+                            ConnectionManager::new_with_config(client.clone(), cfg)
+                                .await
+                                .map(Conn::Single)
+                        }
+                        Client::Cluster(client) => {
+                            client.get_async_connection().await.map(Conn::Cluster)
+                        }
+                    }
+                };
+                tokio::time::timeout(connect_timeout, connecting)
+                    .await
+                    .map_err(|_| "redis: connect timed out".to_string())?
+                    .map_err(|e| format!("redis: {e}"))
             })
             .await?;
         Ok(c.clone())

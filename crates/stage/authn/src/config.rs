@@ -337,8 +337,14 @@ fn default_sync() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
-    /// `redis://host:port/db` (or `rediss://`).
+    /// `redis://host:port/db` (or `rediss://`); with `cluster`, any node of the cluster.
     pub url: RawSecretOrString,
+    /// A Redis Cluster. Default false.
+    #[serde(default)]
+    pub cluster: bool,
+    /// More seed nodes of the cluster.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
     /// Longest wait for one Redis command on the request path. Default `250ms`.
     #[serde(default = "default_redis_timeout")]
     pub timeout: String,
@@ -348,6 +354,7 @@ pub struct RawRedis {
 }
 
 pub use portcullis_core::RawSecretOrString;
+use portcullis_core::RedisTarget;
 
 fn default_redis_timeout() -> String {
     "250ms".into()
@@ -666,7 +673,7 @@ pub struct Revocation {
 
 #[derive(Debug, Clone)]
 pub struct Redis {
-    pub url: String,
+    pub target: RedisTarget,
     pub timeout: Duration,
     pub key_prefix: String,
 }
@@ -974,16 +981,10 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
         ),
     };
 
-    let redis = raw.redis.as_ref().map(|r| {
-        let url = r.url.resolve("auth.redis.url", base, e).unwrap_or_default();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.is_empty()) {
-            e.push("auth.redis.url", "a redis:// or rediss:// URL");
-        }
-        Redis {
-            url,
-            timeout: compile_duration(&r.timeout, "auth.redis.timeout", e),
-            key_prefix: r.key_prefix.clone(),
-        }
+    let redis = raw.redis.as_ref().map(|r| Redis {
+        target: RedisTarget::compile(&r.url, r.cluster, &r.cluster_nodes, "auth.redis", base, e),
+        timeout: compile_duration(&r.timeout, "auth.redis.timeout", e),
+        key_prefix: r.key_prefix.clone(),
     });
 
     let h = &raw.identity_headers;

@@ -140,13 +140,18 @@ impl AuthnState {
                     .store
                     .lock()
                     .map_err(|_| "store poisoned".to_string())?;
-                let id = format!("{}|{:?}|{}", cfg.url, cfg.timeout, cfg.key_prefix);
+                let id = format!("{:?}|{:?}|{}", cfg.target, cfg.timeout, cfg.key_prefix);
                 match &*slot {
                     Some((k, s)) if *k == id => Some(s.clone()),
                     _ => {
                         let s = Arc::new(
-                            Store::new(&cfg.url, cfg.timeout, &cfg.key_prefix)
-                                .map_err(|e| format!("auth.redis: {e}"))?,
+                            Store::new(
+                                &cfg.target.urls,
+                                cfg.target.cluster,
+                                cfg.timeout,
+                                &cfg.key_prefix,
+                            )
+                            .map_err(|e| format!("auth.redis: {e}"))?,
                         );
                         *slot = Some((id, s.clone()));
                         Some(s)

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use portcullis_core::units::parse_duration;
-use portcullis_core::{ConfigErrors, RawSecretOrString, RejectReason};
+use portcullis_core::{ConfigErrors, RawSecretOrString, RedisTarget, RejectReason};
 use portcullis_store::Store;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -65,8 +65,15 @@ pub struct RawBans {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawBanRedis {
-    /// `redis://host:port/db` (or `rediss://`), or a secret holding it.
+    /// `redis://host:port/db` (or `rediss://`), or a secret holding it; with `cluster`, any
+    /// node of the cluster.
     pub url: RawSecretOrString,
+    /// A Redis Cluster. Default false.
+    #[serde(default)]
+    pub cluster: bool,
+    /// More seed nodes of the cluster.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
     /// Prefix of the key (`<prefix>bans`). Default `portcullis:`.
     #[serde(default)]
     pub key_prefix: Option<String>,
@@ -113,7 +120,7 @@ pub struct BanRules {
 /// The compiled `bans.redis`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sharing {
-    pub url: String,
+    pub target: RedisTarget,
     pub key_prefix: String,
     pub timeout: Duration,
     pub sync_interval: Duration,
@@ -208,15 +215,7 @@ impl BanRules {
         let longest = rules.iter().map(|r| r.within).max().unwrap_or_default();
         let sharing = raw.redis.as_ref().map(|r| {
             let p = format!("{path}.redis");
-            // A secret that cannot be read is reported as such, not as a bad URL too.
-            let url = r.url.resolve(&format!("{p}.url"), base, e);
-            if url
-                .as_ref()
-                .is_some_and(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
-            {
-                e.push(format!("{p}.url"), "a redis:// or rediss:// URL");
-            }
-            let url = url.unwrap_or_default();
+            let target = RedisTarget::compile(&r.url, r.cluster, &r.cluster_nodes, &p, base, e);
             let mut duration =
                 |key: &str, text: Option<&String>, default: Duration, least| match text
                     .map(|t| parse_duration(t))
@@ -233,7 +232,7 @@ impl BanRules {
                     }
                 };
             Sharing {
-                url,
+                target,
                 key_prefix: r.key_prefix.clone().unwrap_or_else(|| "portcullis:".into()),
                 timeout: duration(
                     "timeout",
@@ -749,7 +748,12 @@ impl BanList {
             write(&self.store, None);
             return;
         };
-        let store = match Store::new(&sharing.url, sharing.timeout, &sharing.key_prefix) {
+        let store = match Store::new(
+            &sharing.target.urls,
+            sharing.target.cluster,
+            sharing.timeout,
+            &sharing.key_prefix,
+        ) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 tracing::error!(error = %e, "bans.redis: the bans are not shared");
@@ -1119,6 +1123,8 @@ mod tests {
             max_tracked: Some(0),
             redis: Some(RawBanRedis {
                 url: RawSecretOrString::Plain("http://127.0.0.1:6379".into()),
+                cluster: false,
+                cluster_nodes: vec!["redis://127.0.0.1:7001".into(), "127.0.0.1:7002".into()],
                 key_prefix: None,
                 timeout: Some("0s".into()),
                 sync_interval: Some("50ms".into()),
@@ -1141,6 +1147,8 @@ mod tests {
                 "bans.ipv6_prefix",
                 "bans.max_tracked",
                 "bans.redis.url",
+                "bans.redis.cluster_nodes",
+                "bans.redis.cluster_nodes[1]",
                 "bans.redis.timeout",
                 "bans.redis.sync_interval",
                 "bans.exempt[0]",
