@@ -549,3 +549,73 @@ routes:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Refusals spread over instances add up: an address refused twice by one instance and twice
+/// by another, under a rule of four, is banned by both — while three refusals in all ban it
+/// nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_spread_over_instances_add_up_to_one_ban() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start("app").await;
+    // A day's window (aligned on unix days), so that the test does not straddle two.
+    let yaml = bans_config(&up.url(), &redis.url())
+        .replace("count: 3, within: 1m", "count: 4, within: 1d");
+    let a = Gateway::start(bin(), &yaml).unwrap();
+    let b = Gateway::start(bin(), &yaml).unwrap();
+    let refuse = |gw: &Gateway| {
+        let url = format!("{}/wp-login.php", gw.url("public"));
+        async move {
+            let r = send(req(
+                "GET",
+                &url,
+                &[("x-forwarded-for", "198.51.100.30")],
+                "",
+            ))
+            .await;
+            assert_problem(&r, 404, "route_not_found");
+        }
+    };
+    let orders = |gw: &Gateway| {
+        let url = format!("{}/orders", gw.url("public"));
+        async move {
+            send(req(
+                "GET",
+                &url,
+                &[("x-forwarded-for", "198.51.100.30")],
+                "",
+            ))
+            .await
+            .status
+        }
+    };
+    refuse(&a).await;
+    refuse(&b).await;
+    refuse(&a).await;
+    // Three in all, counted by both in the store after a few syncs: no ban anywhere.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(orders(&a).await, 200);
+    assert_eq!(orders(&b).await, 200);
+    refuse(&b).await;
+    until_status(&a, "198.51.100.30", 403).await;
+    until_status(&b, "198.51.100.30", 403).await;
+    let hits = up.hits();
+    assert_eq!(orders(&a).await, 403);
+    assert_eq!(orders(&b).await, 403);
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+    // One ban, brought by one of them (the store decides and clears the count at once).
+    let bans_total = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("portcullis_bans_total{rule=\"scanner\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let ma = get(&format!("{}/metrics", a.admin_url())).await.text();
+    let mb = get(&format!("{}/metrics", b.admin_url())).await.text();
+    assert_eq!(bans_total(&ma) + bans_total(&mb), 1, "{ma}\n{mb}");
+    let keys = redis.cmd(&["KEYS", "portcullis:bans:count:*"]);
+    for key in keys.lines().filter(|k| !k.is_empty()) {
+        let count = redis.cmd(&["HGET", key, "198.51.100.30"]);
+        assert!(count.is_empty(), "{key}: {count}");
+    }
+}

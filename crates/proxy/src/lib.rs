@@ -174,6 +174,9 @@ impl Gateway {
             self.metrics.set_issuer_keys(&issuer, keys, last, failures);
         }
         let bans = &self.shared.bans;
+        for rule in bans.take_banned_by_shared_counts() {
+            self.metrics.banned(&rule);
+        }
         self.metrics.set_bans(
             bans.in_force_count(std::time::Instant::now()),
             bans.sharing_status().map(|s| s.error.is_none()),

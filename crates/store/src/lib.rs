@@ -214,6 +214,48 @@ impl Store {
         self.bounded(cmd.query_async::<()>(&mut c)).await
     }
 
+    /// Adds refusals to shared counts (hashes: address → count) in one script: for each
+    /// `(address, n, reset)`, the address's count in `current` goes up by `n` — or, with
+    /// `reset`, its counts in both windows are cleared — and when `previous × weight + current`
+    /// reaches `count`, both are cleared and the address is returned. `current` expires after
+    /// `ttl_ms`. Both keys must be on one cluster node (a shared hash tag).
+    pub async fn count_refusals(
+        &self,
+        current: &str,
+        previous: &str,
+        ttl_ms: u64,
+        weight: f64,
+        count: u32,
+        entries: &[(String, u32, bool)],
+    ) -> Result<Vec<String>, String> {
+        let mut c = self.conn().await?;
+        let script = redis::Script::new(
+            "local reached = {} \
+             local weight, count = tonumber(ARGV[2]), tonumber(ARGV[3]) \
+             for i = 4, #ARGV, 3 do \
+               local a = ARGV[i] \
+               if ARGV[i + 2] == '1' then \
+                 redis.call('HDEL', KEYS[1], a) redis.call('HDEL', KEYS[2], a) \
+               else \
+                 local cur = redis.call('HINCRBY', KEYS[1], a, ARGV[i + 1]) \
+                 local prev = tonumber(redis.call('HGET', KEYS[2], a) or '0') \
+                 if prev * weight + cur >= count then \
+                   redis.call('HDEL', KEYS[1], a) redis.call('HDEL', KEYS[2], a) \
+                   reached[#reached + 1] = a \
+                 end \
+               end \
+             end \
+             redis.call('PEXPIRE', KEYS[1], ARGV[1]) \
+             return reached",
+        );
+        let mut inv = script.key(current);
+        inv.key(previous).arg(ttl_ms).arg(weight).arg(count);
+        for (address, n, reset) in entries {
+            inv.arg(address).arg(*n).arg(if *reset { "1" } else { "0" });
+        }
+        self.bounded(inv.invoke_async::<Vec<String>>(&mut c)).await
+    }
+
     /// Removes from the sorted set `key` every member starting with `start` (one script, so
     /// a member added meanwhile by another instance is either seen or not, never half).
     pub async fn zrem_starting(&self, key: &str, start: &str) -> Result<(), String> {

@@ -10,11 +10,13 @@
 //!   and ban have run out are dropped, and a new address is not followed until there is room
 //!   (it is then never banned: this state fails open rather than growing without end).
 //! * **State**: per instance, kept across reloads (counts follow their rule by name). With
-//!   `bans.redis`, the bans themselves (not the counts) are shared: every instance writes its
-//!   new bans to one sorted set and reads the set every `sync_interval`, so an address banned
-//!   by one instance is refused by all, and a ban lifted on one is lifted on all. Redis
-//!   unreachable: each instance goes on banning on its own and shares what it missed once
-//!   the store is back ([`BanList::share`]).
+//!   `bans.redis`, the bans are shared: every instance writes its new bans to one sorted set
+//!   and reads the set every `sync_interval`, so an address banned by one instance is refused
+//!   by all, and a ban lifted on one is lifted on all; and the counts add up: each instance
+//!   adds the refusals it counted since the last sync to the store's counts, and the store
+//!   says which addresses reached a rule's count in all. Redis unreachable: each instance goes
+//!   on counting and banning on its own and shares the bans it missed once the store is back
+//!   ([`BanList::share`]).
 //!
 //! The counter is a sliding window of two fixed ones: the previous window's count weighted by
 //! how much of it still lies within `within`, plus the current one's — O(1) memory per
@@ -23,7 +25,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -326,6 +328,14 @@ pub struct BanList {
     /// from the store.
     pending_lifts: Mutex<Vec<(IpAddr, u64)>>,
     last_error: RwLock<Option<String>>,
+    /// Whether refusals are also counted in the store (bans shared): `Track::unsent` is
+    /// kept only then.
+    counting_shared: AtomicBool,
+    /// Rules of the bans the shared counts brought since the metrics last looked.
+    banned_by_shared_counts: Mutex<Vec<Arc<str>>>,
+    /// Syncs that failed so far: refusals counted before a failed sync are not added to the
+    /// store's counts (they may be older than a rule's window by the time it is back).
+    failed_syncs: AtomicU64,
 }
 
 struct Track {
@@ -337,6 +347,21 @@ struct Track {
     /// a time before that read): a lift marker written after it ends it.
     banned_at: u64,
     last: Instant,
+    /// With shared bans: per rule, the refusals counted here since the last sync (to add to
+    /// every instance's count in the store), and whether a ban by that rule was imposed here
+    /// meanwhile (the store's count of the address is then cleared, as the local one was).
+    unsent: Vec<Unsent>,
+}
+
+/// Refusals counted here under one rule that the store's count has not had yet.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Unsent {
+    rule: Arc<str>,
+    refusals: u32,
+    /// A ban by the rule was imposed here since: the store's count is cleared instead.
+    reset: bool,
+    /// `BanList::failed_syncs` when the refusals began to be counted.
+    epoch: u64,
 }
 
 impl Track {
@@ -451,11 +476,28 @@ impl BanList {
             return None;
         }
         let key = rules.key(ip);
+        let shared_counts = self.counting_shared.load(Ordering::Relaxed);
+        let epoch = self.failed_syncs.load(Ordering::Relaxed);
         let mut tracks = self.lock();
         let t = self.track(&mut tracks, rules, key, now)?;
         t.last = now;
         let mut new = None;
         for r in rules.rules.iter().filter(|r| r.on.contains(&reason)) {
+            if shared_counts {
+                match t.unsent.iter_mut().find(|u| u.rule == r.name) {
+                    Some(u) if u.epoch == epoch => u.refusals = u.refusals.saturating_add(1),
+                    Some(u) => {
+                        u.refusals = 1;
+                        u.epoch = epoch;
+                    }
+                    None => t.unsent.push(Unsent {
+                        rule: r.name.clone(),
+                        refusals: 1,
+                        reset: false,
+                        epoch,
+                    }),
+                }
+            }
             let w = match t.windows.iter().position(|(n, _)| *n == r.name) {
                 Some(i) => &mut t.windows[i].1,
                 None => {
@@ -479,6 +521,10 @@ impl BanList {
                 current: 0,
                 previous: 0,
             };
+            if let Some(u) = t.unsent.iter_mut().find(|u| u.rule == r.name) {
+                u.refusals = 0;
+                u.reset = true;
+            }
             t.impose(now.checked_add(r.ban_for).unwrap_or(now), r.name.clone());
             new = Some(NewBan {
                 address: key,
@@ -515,6 +561,7 @@ impl BanList {
             shared: false,
             banned_at: 0,
             last: now,
+            unsent: Vec::new(),
         }))
     }
 
@@ -724,6 +771,30 @@ fn member(address: IpAddr, rule: &str) -> String {
     format!("{address}|{rule}")
 }
 
+/// A rule's shared count windows at `now_ms` (key suffixes of the current and the previous
+/// fixed window; the rule's name as hash tag keeps both on one cluster node) and the weight of
+/// the previous one (the part of it still within `within`).
+fn shared_windows(r: &BanRule, now_ms: u64) -> (String, String, f64) {
+    let within = u64::try_from(r.within.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let window = now_ms / within;
+    let into = (now_ms % within) as f64 / within as f64;
+    (
+        format!("bans:count:{{{}}}:{window}", r.name),
+        format!("bans:count:{{{}}}:{}", r.name, window.saturating_sub(1)),
+        1.0 - into,
+    )
+}
+
+/// How long a count window is kept: while it can still be the previous one, and a second.
+fn window_ttl_ms(within: Duration) -> u64 {
+    u64::try_from(within.as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_add(1000)
+}
+
 fn parse_member(m: &str) -> Option<(IpAddr, &str)> {
     let (address, rule) = m.split_once('|')?;
     Some((address.parse().ok()?, rule))
@@ -745,6 +816,7 @@ impl BanList {
             return;
         }
         let Some(sharing) = wanted else {
+            self.counting_shared.store(false, Ordering::Relaxed);
             write(&self.store, None);
             return;
         };
@@ -757,6 +829,7 @@ impl BanList {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 tracing::error!(error = %e, "bans.redis: the bans are not shared");
+                self.counting_shared.store(false, Ordering::Relaxed);
                 write(&self.store, None);
                 write(&self.last_error, Some(e));
                 return;
@@ -764,6 +837,7 @@ impl BanList {
         };
         write(&self.store, Some((sharing.clone(), store.clone())));
         write(&self.last_error, None);
+        self.counting_shared.store(true, Ordering::Relaxed);
         let weak: Weak<BanList> = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -821,6 +895,7 @@ impl BanList {
                 .map(|(address, rule, until_ms)| (member(address, &rule), until_ms))
                 .collect();
             store.zadd_gt_many(&bans, &share).await?;
+            self.count_shared(store).await?;
             let read_from_ms = unix_ms();
             Ok((store.zlive(&bans, read_from_ms).await?, read_from_ms))
         }
@@ -831,10 +906,90 @@ impl BanList {
                 write(&self.last_error, None);
             }
             Err(e) => {
+                self.failed_syncs.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "bans: sharing through Redis failed; each instance bans on its own until it is back");
                 write(&self.last_error, Some(e));
             }
         }
+    }
+
+    /// Rules of the bans the shared counts brought since the last call (for
+    /// `portcullis_bans_total`).
+    pub fn take_banned_by_shared_counts(&self) -> Vec<Arc<str>> {
+        std::mem::take(&mut *lock(&self.banned_by_shared_counts))
+    }
+
+    /// Adds the refusals counted here since the last sync to every instance's count in the
+    /// store (per rule, a sliding window of two fixed ones aligned on unix time, as the local
+    /// count), and bans the addresses whose count there reached the rule's `count`. The store
+    /// decides and clears those counts at once (one script per rule), so one instance brings
+    /// each such ban; it then reaches the others as any ban does. Refusals counted while the
+    /// store cannot be reached count here only.
+    async fn count_shared(&self, store: &Store) -> Result<(), String> {
+        let unsent: Vec<(IpAddr, Vec<Unsent>)> = self
+            .lock()
+            .iter_mut()
+            .filter(|(_, t)| !t.unsent.is_empty())
+            .map(|(ip, t)| (*ip, std::mem::take(&mut t.unsent)))
+            .collect();
+        if unsent.is_empty() {
+            return Ok(());
+        }
+        let epoch = self.failed_syncs.load(Ordering::Relaxed);
+        let rules = read(&self.rules);
+        for r in &rules.rules {
+            let entries: Vec<(String, u32, bool)> = unsent
+                .iter()
+                .flat_map(|(ip, counts)| {
+                    counts
+                        .iter()
+                        .filter(|u| u.rule == r.name && (u.epoch == epoch || u.reset))
+                        .map(move |u| {
+                            let refusals = if u.epoch == epoch { u.refusals } else { 0 };
+                            (ip.to_string(), refusals, u.reset)
+                        })
+                })
+                .collect();
+            if entries.is_empty() {
+                continue;
+            }
+            let (current, previous, weight) = shared_windows(r, unix_ms());
+            let reached = store
+                .count_refusals(
+                    &store.key(&current),
+                    &store.key(&previous),
+                    window_ttl_ms(r.within),
+                    weight,
+                    r.count,
+                    &entries,
+                )
+                .await?;
+            let now = Instant::now();
+            for address in reached {
+                let Ok(ip) = address.parse::<IpAddr>() else {
+                    continue;
+                };
+                let mut tracks = self.lock();
+                let Some(t) = self.track(&mut tracks, &rules, ip, now) else {
+                    continue;
+                };
+                if let Some((_, w)) = t.windows.iter_mut().find(|(n, _)| *n == r.name) {
+                    *w = Window {
+                        start: now,
+                        current: 0,
+                        previous: 0,
+                    };
+                }
+                if t.impose(now.checked_add(r.ban_for).unwrap_or(now), r.name.clone())
+                    && let Some((until, _)) = &t.ban
+                {
+                    self.in_force.set(ip, *until);
+                    tracing::warn!(address = %ip, rule = %r.name, seconds = r.ban_for.as_secs(), "client address banned (refusals counted by every instance)");
+                    lock(&self.banned_by_shared_counts).push(r.name.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The bans in force here that the store does not hold yet: address, rule, end (unix ms).
@@ -986,6 +1141,77 @@ mod tests {
         // Over once its time is up.
         assert_eq!(b.banned(&r, a, t0 + 12 * S), None);
         assert!(b.list(t0 + 12 * S).is_empty());
+    }
+
+    #[test]
+    fn refusals_are_kept_for_the_shared_counts_until_a_local_ban_clears_them() {
+        let r = rules(
+            &[
+                ("auth", &["unauthenticated"], 3, "60s", "10s"),
+                (
+                    "any",
+                    &["unauthenticated", "route_not_found"],
+                    100,
+                    "60s",
+                    "10s",
+                ),
+            ],
+            &[],
+        );
+        let b = BanList::new();
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        let unsent = |b: &BanList| {
+            let mut u = b
+                .lock()
+                .get(&a)
+                .map(|t| t.unsent.clone())
+                .unwrap_or_default();
+            u.sort();
+            u.into_iter()
+                .map(|u| (u.rule.to_string(), u.refusals, u.reset))
+                .collect::<Vec<_>>()
+        };
+        // Not shared: nothing kept.
+        b.record(&r, a, RejectReason::Unauthenticated, t0);
+        assert!(unsent(&b).is_empty());
+        b.counting_shared.store(true, Ordering::Relaxed);
+        b.record(&r, a, RejectReason::RouteNotFound, t0);
+        b.record(&r, a, RejectReason::Unauthenticated, t0 + S);
+        assert_eq!(
+            unsent(&b),
+            [("any".into(), 2, false), ("auth".into(), 1, false)]
+        );
+        // The third of `auth` bans here: the store's count of it is to be cleared, not added to.
+        assert!(
+            b.record(&r, a, RejectReason::Unauthenticated, t0 + 2 * S)
+                .is_some()
+        );
+        assert_eq!(
+            unsent(&b),
+            [("any".into(), 3, false), ("auth".into(), 0, true)]
+        );
+        // A failed sync: what was counted before it starts over (the reset stays owed).
+        b.failed_syncs.fetch_add(1, Ordering::Relaxed);
+        b.record(&r, a, RejectReason::RouteNotFound, t0 + 3 * S);
+        assert_eq!(
+            unsent(&b),
+            [("any".into(), 1, false), ("auth".into(), 0, true)]
+        );
+    }
+
+    #[test]
+    fn shared_count_windows_are_aligned_on_unix_time() {
+        let r = rules(&[("scan", &["route_not_found"], 3, "10s", "60s")], &[]);
+        let rule = &r.rules[0];
+        let (current, previous, weight) = shared_windows(rule, 1_000_002_500);
+        assert_eq!(current, "bans:count:{scan}:100000");
+        assert_eq!(previous, "bans:count:{scan}:99999");
+        assert!((weight - 0.75).abs() < 1e-9, "{weight}");
+        let (current, _, weight) = shared_windows(rule, 1_000_000_000);
+        assert_eq!(current, "bans:count:{scan}:100000");
+        assert!((weight - 1.0).abs() < 1e-9, "{weight}");
+        assert_eq!(window_ttl_ms(rule.within), 21_000);
     }
 
     #[test]
