@@ -787,6 +787,9 @@ fn shared_windows(r: &BanRule, now_ms: u64) -> (String, String, f64) {
     )
 }
 
+/// Most addresses whose refusals one script adds to the store's counts.
+const COUNT_BATCH: usize = 1000;
+
 /// How long a count window is kept: while it can still be the previous one, and a second.
 fn window_ttl_ms(within: Duration) -> u64 {
     u64::try_from(within.as_millis())
@@ -953,17 +956,23 @@ impl BanList {
             if entries.is_empty() {
                 continue;
             }
-            let (current, previous, weight) = shared_windows(r, unix_ms());
-            let reached = store
-                .count_refusals(
-                    &store.key(&current),
-                    &store.key(&previous),
-                    window_ttl_ms(r.within),
-                    weight,
-                    r.count,
-                    &entries,
-                )
-                .await?;
+            let mut reached = Vec::new();
+            // In batches, so that no one script holds the store up for long.
+            for batch in entries.chunks(COUNT_BATCH) {
+                let (current, previous, weight) = shared_windows(r, unix_ms());
+                reached.extend(
+                    store
+                        .count_refusals(
+                            &store.key(&current),
+                            &store.key(&previous),
+                            window_ttl_ms(r.within),
+                            weight,
+                            r.count,
+                            batch,
+                        )
+                        .await?,
+                );
+            }
             let now = Instant::now();
             for address in reached {
                 let Ok(ip) = address.parse::<IpAddr>() else {
