@@ -107,6 +107,18 @@ fn answered(fs: &[(u8, u32, Vec<u8>)], stream: u32) -> bool {
     fs.iter().any(|(k, s, _)| *k == HEADERS && *s == stream)
 }
 
+/// A GET of `path` on `stream`, its one HEADERS frame ending the stream.
+async fn request(s: &mut TcpStream, stream: u32, path: &str) {
+    s.write_all(&frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        stream,
+        &block("GET", path, &[]),
+    ))
+    .await
+    .unwrap();
+}
+
 async fn healthy(gw: &Gateway) {
     let r = send_h2c(req("GET", &format!("{}/ok", gw.url("public")), &[], "")).await;
     assert_eq!(r.status, 200);
@@ -126,14 +138,7 @@ async fn a_well_formed_raw_request_is_answered() {
     // The frame writer itself is right: a clean request gets a response.
     let (up, gw) = setup().await;
     let mut s = open(gw.listener("public")).await;
-    s.write_all(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        1,
-        &block("GET", "/fine", &[]),
-    ))
-    .await
-    .unwrap();
+    request(&mut s, 1, "/fine").await;
     let fs = frames(&mut s, Duration::from_secs(2)).await;
     assert!(answered(&fs, 1), "{fs:?}");
     assert_eq!(up.hits(), 1);
@@ -298,14 +303,7 @@ async fn a_request_reset_before_its_answer_is_audited_and_its_upstream_exchange_
         silent.local_addr().unwrap()
     ));
     let mut s = open(gw.listener("public")).await;
-    s.write_all(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        1,
-        &block("GET", "/slow/order", &[]),
-    ))
-    .await
-    .unwrap();
+    request(&mut s, 1, "/slow/order").await;
     let (mut upstream, _) = tokio::time::timeout(Duration::from_secs(5), silent.accept())
         .await
         .expect("forwarded")
@@ -352,14 +350,7 @@ async fn a_request_reset_before_its_answer_is_audited_and_its_upstream_exchange_
     );
 
     // The connection and the gateway go on.
-    s.write_all(&frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        3,
-        &block("GET", "/fine", &[]),
-    ))
-    .await
-    .unwrap();
+    request(&mut s, 3, "/fine").await;
     let fs = frames(&mut s, Duration::from_secs(2)).await;
     assert!(answered(&fs, 3), "{fs:?}");
     healthy(&gw).await;
