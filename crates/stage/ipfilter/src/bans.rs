@@ -157,8 +157,17 @@ impl BanRules {
         let mut rules: Vec<BanRule> = Vec::new();
         for (i, r) in raw.rules.iter().enumerate() {
             let p = format!("{path}.rules[{i}]");
-            if r.name.trim().is_empty() {
-                e.push(format!("{p}.name"), "must not be empty");
+            // Names go into store keys (as a cluster hash tag) and metric labels.
+            if r.name.is_empty()
+                || !r
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                e.push(
+                    format!("{p}.name"),
+                    "letters, digits, '-', '_' and '.' only, at least one",
+                );
             } else if rules.iter().any(|x| *x.name == *r.name) {
                 e.push(format!("{p}.name"), format!("{} is used twice", r.name));
             }
@@ -1352,6 +1361,13 @@ mod tests {
                     within: "1m".into(),
                     ban_for: "1m".into(),
                 },
+                RawBanRule {
+                    name: "}".into(),
+                    on: vec!["waf_blocked".into()],
+                    count: 1,
+                    within: "1m".into(),
+                    ban_for: "1m".into(),
+                },
             ],
             exempt: vec!["nope".into()],
             ipv6_prefix: Some(0),
@@ -1379,6 +1395,7 @@ mod tests {
                 "bans.rules[0].ban_for",
                 "bans.rules[1].name",
                 "bans.rules[1].on",
+                "bans.rules[2].name",
                 "bans.ipv6_prefix",
                 "bans.max_tracked",
                 "bans.redis.url",
