@@ -111,6 +111,13 @@ impl Store {
         })
     }
 
+    /// Whether a store can be made of `urls` (nothing is connected): for configuration
+    /// checks, so that what a client refuses (a cluster's seeds with different passwords, a
+    /// URL it cannot read) is refused with the rest of the configuration.
+    pub fn check(urls: &[String], cluster: bool) -> Result<(), String> {
+        Store::new(urls, cluster, Duration::from_secs(1), "").map(drop)
+    }
+
     async fn conn(&self) -> Result<Conn, String> {
         let connect_timeout = self.timeout.max(Duration::from_millis(500));
         let c = self
@@ -272,5 +279,41 @@ impl Store {
         self.bounded(script.key(key).arg(start).invoke_async::<u64>(&mut c))
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn urls(u: &[&str]) -> Vec<String> {
+        u.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn one_server_or_a_cluster_and_passwords_kept_out_of_sight() {
+        let t = Duration::from_millis(100);
+        let one = Store::new(&urls(&["redis://:hunter2@10.0.0.1:6379/0"]), false, t, "p:").unwrap();
+        assert_eq!(one.url_redacted, "redis://…@10.0.0.1:6379/0");
+        assert_eq!(one.key("bans"), "p:bans");
+        let seeds = urls(&["redis://u:pw@10.0.0.1:7000", "redis://u:pw@10.0.0.2:7000"]);
+        let cluster = Store::new(&seeds, true, t, "p:").unwrap();
+        assert_eq!(
+            cluster.url_redacted,
+            "redis://…@10.0.0.1:7000,redis://…@10.0.0.2:7000"
+        );
+        assert!(matches!(cluster.client, Client::Cluster(_)));
+        let err = |r: Result<Store, String>| r.err().unwrap();
+        assert!(err(Store::new(&seeds, false, t, "p:")).contains("cluster: true"));
+        assert!(err(Store::new(&[], true, t, "p:")).contains("no URL"));
+        let other_password = urls(&[
+            "redis://u:pw@10.0.0.1:7000",
+            "redis://u:other@10.0.0.2:7000",
+        ]);
+        assert!(Store::check(&other_password, true).is_err());
+        assert!(Store::check(&seeds, true).is_ok());
+        assert!(err(Store::new(&urls(&["http://10.0.0.1"]), false, t, "p:")).starts_with("redis"));
     }
 }

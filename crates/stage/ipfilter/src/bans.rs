@@ -226,7 +226,13 @@ impl BanRules {
         let longest = rules.iter().map(|r| r.within).max().unwrap_or_default();
         let sharing = raw.redis.as_ref().map(|r| {
             let p = format!("{path}.redis");
+            let errors = e.len();
             let target = RedisTarget::compile(&r.url, r.cluster, &r.cluster_nodes, &p, base, e);
+            if e.len() == errors
+                && let Err(m) = Store::check(&target.urls, target.cluster)
+            {
+                e.push(format!("{p}.url"), m);
+            }
             let mut duration =
                 |key: &str, text: Option<&String>, default: Duration, least| match text
                     .map(|t| parse_duration(t))
@@ -1406,6 +1412,38 @@ mod tests {
                 "bans.exempt[0]",
             ]
         );
+    }
+
+    #[test]
+    fn a_store_the_client_refuses_is_a_configuration_error() {
+        let raw = |nodes: &[&str]| RawBans {
+            redis: Some(RawBanRedis {
+                url: RawSecretOrString::Plain("redis://:a@127.0.0.1:7000".into()),
+                cluster: true,
+                cluster_nodes: nodes.iter().map(|n| n.to_string()).collect(),
+                key_prefix: None,
+                timeout: None,
+                sync_interval: None,
+            }),
+            ..RawBans::default()
+        };
+        let mut e = ConfigErrors::new();
+        let r = BanRules::compile(
+            &raw(&["redis://:a@127.0.0.1:7001"]),
+            "bans",
+            Path::new("."),
+            &mut e,
+        );
+        assert!(e.is_empty(), "{e}");
+        assert_eq!(r.sharing().unwrap().target.urls.len(), 2);
+        BanRules::compile(
+            &raw(&["redis://:b@127.0.0.1:7001"]),
+            "bans",
+            Path::new("."),
+            &mut e,
+        );
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["bans.redis.url"], "{e}");
     }
 
     fn ms_from_now(ms: u64) -> u64 {
