@@ -657,13 +657,11 @@ impl AdminSource for AdminView {
 
     fn bans(&self) -> serde_json::Value {
         let bans = &self.gw.shared.bans;
-        match bans.sharing_status() {
-            Some(shared) => serde_json::json!({
-                "bans": bans.list(std::time::Instant::now()),
-                "shared": shared,
-            }),
-            None => serde_json::json!({ "bans": bans.list(std::time::Instant::now()) }),
+        let mut out = serde_json::json!({ "bans": bans.list(std::time::Instant::now()) });
+        if let Some(shared) = bans.sharing_status() {
+            out["shared"] = serde_json::json!(shared);
         }
+        out
     }
 
     fn ban(&self, request: serde_json::Value) -> Result<serde_json::Value, String> {

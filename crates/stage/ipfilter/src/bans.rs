@@ -25,8 +25,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
@@ -343,9 +343,6 @@ pub struct BanList {
     /// from the store.
     pending_lifts: Mutex<Vec<(IpAddr, u64)>>,
     last_error: RwLock<Option<String>>,
-    /// Whether refusals are also counted in the store (bans shared): `Track::unsent` is
-    /// kept only then.
-    counting_shared: AtomicBool,
     /// Rules of the bans the shared counts brought since the metrics last looked.
     banned_by_shared_counts: Mutex<Vec<Arc<str>>>,
     /// Syncs that failed so far: refusals counted before a failed sync are not added to the
@@ -460,10 +457,16 @@ impl BanList {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, Track>> {
-        match self.tracks.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        lock(&self.tracks)
+    }
+
+    /// Whether the bans are shared (`bans.redis` in the configuration put to work, its
+    /// store made): lifts are then queued for the store and refusals kept for its counts.
+    fn is_shared(&self) -> bool {
+        self.store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
     }
 
     /// How long `ip` stays banned, if it is.
@@ -491,7 +494,7 @@ impl BanList {
             return None;
         }
         let key = rules.key(ip);
-        let shared_counts = self.counting_shared.load(Ordering::Relaxed);
+        let shared_counts = self.is_shared();
         let epoch = self.failed_syncs.load(Ordering::Relaxed);
         let mut tracks = self.lock();
         let t = self.track(&mut tracks, rules, key, now)?;
@@ -643,7 +646,7 @@ impl BanList {
     /// are shared, the address's shared bans are removed from the store at the next sync.
     pub fn lift(&self, rules: &BanRules, ip: IpAddr, now: Instant) -> bool {
         let key = rules.key(ip);
-        if read(&self.store).is_some() {
+        if self.is_shared() {
             let mut pending = lock(&self.pending_lifts);
             pending.retain(|(a, _)| *a != key);
             pending.push((key, unix_ms()));
@@ -695,19 +698,19 @@ impl InForce {
         if self.len.load(Ordering::Acquire) == 0 {
             return None;
         }
-        let shard = match self.shard(ip).read() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let shard = self
+            .shard(ip)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         shard.get(&ip).copied()
     }
 
     /// Changes one shard (dropping its entries that ran out) and keeps the count.
     fn change(&self, ip: IpAddr, f: impl FnOnce(&mut HashMap<IpAddr, Instant>)) {
-        let mut shard = match self.shard(ip).write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut shard = self
+            .shard(ip)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let before = shard.len();
         let now = Instant::now();
         shard.retain(|_, until| *until > now);
@@ -726,13 +729,9 @@ impl InForce {
         }
         self.shards
             .iter()
-            .map(|shard| match shard.read() {
-                Ok(g) => g.values().filter(|until| **until > now).count(),
-                Err(poisoned) => poisoned
-                    .into_inner()
-                    .values()
-                    .filter(|until| **until > now)
-                    .count(),
+            .map(|shard| {
+                let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+                shard.values().filter(|until| **until > now).count()
             })
             .sum()
     }
@@ -750,25 +749,18 @@ impl InForce {
     }
 }
 
+// A lock poisoned by a panic elsewhere still holds consistent data here (every change is a
+// single insert, remove or assignment): it is used as is.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
-    match l.read() {
-        Ok(g) => g.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
-    }
+    l.read().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 fn write<T>(l: &RwLock<T>, v: T) {
-    match l.write() {
-        Ok(mut g) => *g = v,
-        Err(poisoned) => *poisoned.into_inner() = v,
-    }
+    *l.write().unwrap_or_else(PoisonError::into_inner) = v;
 }
 
 fn unix_ms() -> u64 {
@@ -834,7 +826,6 @@ impl BanList {
             return;
         }
         let Some(sharing) = wanted else {
-            self.counting_shared.store(false, Ordering::Relaxed);
             write(&self.store, None);
             return;
         };
@@ -847,7 +838,6 @@ impl BanList {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 tracing::error!(error = %e, "bans.redis: the bans are not shared");
-                self.counting_shared.store(false, Ordering::Relaxed);
                 write(&self.store, None);
                 write(&self.last_error, Some(e));
                 return;
@@ -855,7 +845,6 @@ impl BanList {
         };
         write(&self.store, Some((sharing.clone(), store.clone())));
         write(&self.last_error, None);
-        self.counting_shared.store(true, Ordering::Relaxed);
         let weak: Weak<BanList> = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -1199,7 +1188,19 @@ mod tests {
         // Not shared: nothing kept.
         b.record(&r, a, RejectReason::Unauthenticated, t0);
         assert!(unsent(&b).is_empty());
-        b.counting_shared.store(true, Ordering::Relaxed);
+        // Shared, as `share` makes it inside a runtime (nothing connects until a sync).
+        let urls = vec!["redis://127.0.0.1:1".to_string()];
+        let store = Store::new(&urls, false, S, "p:").unwrap();
+        let sharing = Sharing {
+            target: RedisTarget {
+                urls,
+                cluster: false,
+            },
+            key_prefix: "p:".into(),
+            timeout: S,
+            sync_interval: S,
+        };
+        write(&b.store, Some((sharing, Arc::new(store))));
         b.record(&r, a, RejectReason::RouteNotFound, t0);
         b.record(&r, a, RejectReason::Unauthenticated, t0 + S);
         assert_eq!(
