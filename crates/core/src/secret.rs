@@ -42,52 +42,6 @@ impl RawSecretOrString {
     }
 }
 
-/// Where a shared Redis store is: one server, or seed nodes of a Redis Cluster. Compiled from
-/// a section's `url` (a string or a secret), `cluster` and `cluster_nodes`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RedisTarget {
-    /// `url` first, then `cluster_nodes`.
-    pub urls: Vec<String>,
-    pub cluster: bool,
-}
-
-impl RedisTarget {
-    /// Checks each URL (`redis://` or `rediss://`) and that more nodes come with `cluster`;
-    /// errors at `path.url`, `path.cluster_nodes[i]`.
-    pub fn compile(
-        url: &RawSecretOrString,
-        cluster: bool,
-        nodes: &[String],
-        path: &str,
-        base: &Path,
-        e: &mut ConfigErrors,
-    ) -> RedisTarget {
-        let is_redis = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
-        // A secret that cannot be read is reported as such, not as a bad URL too.
-        let first = url.resolve(&format!("{path}.url"), base, e);
-        if first.as_deref().is_some_and(|u| !is_redis(u)) {
-            e.push(format!("{path}.url"), "a redis:// or rediss:// URL");
-        }
-        if !cluster && !nodes.is_empty() {
-            e.push(
-                format!("{path}.cluster_nodes"),
-                "more nodes need `cluster: true`",
-            );
-        }
-        for (i, n) in nodes.iter().enumerate() {
-            if !is_redis(n) {
-                e.push(
-                    format!("{path}.cluster_nodes[{i}]"),
-                    "a redis:// or rediss:// URL",
-                );
-            }
-        }
-        let mut urls = vec![first.unwrap_or_default()];
-        urls.extend(nodes.iter().cloned());
-        RedisTarget { urls, cluster }
-    }
-}
-
 /// `p` relative to `base` unless absolute.
 pub fn resolve_path(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);

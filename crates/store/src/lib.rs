@@ -3,7 +3,10 @@
 //! cannot answer is reported as such (each caller fails in its documented direction).
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
+
+use portcullis_core::{ConfigErrors, RawSecretOrString};
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -75,6 +78,59 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Where a shared Redis store is: one server, or seed nodes of a Redis Cluster. Compiled from
+/// a section's `url` (a string or a secret), `cluster` and `cluster_nodes`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RedisTarget {
+    /// `url` first, then `cluster_nodes`.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+}
+
+impl RedisTarget {
+    /// Checks each URL (`redis://` or `rediss://`), that more nodes come with `cluster`, and
+    /// that the client takes them (a cluster's seeds with different passwords …); errors at
+    /// `path.url`, `path.cluster_nodes[i]`.
+    pub fn compile(
+        url: &RawSecretOrString,
+        cluster: bool,
+        nodes: &[String],
+        path: &str,
+        base: &Path,
+        e: &mut ConfigErrors,
+    ) -> RedisTarget {
+        let errors = e.len();
+        let is_redis = |u: &str| u.starts_with("redis://") || u.starts_with("rediss://");
+        // A secret that cannot be read is reported as such, not as a bad URL too.
+        let first = url.resolve(&format!("{path}.url"), base, e);
+        if first.as_deref().is_some_and(|u| !is_redis(u)) {
+            e.push(format!("{path}.url"), "a redis:// or rediss:// URL");
+        }
+        if !cluster && !nodes.is_empty() {
+            e.push(
+                format!("{path}.cluster_nodes"),
+                "more nodes need `cluster: true`",
+            );
+        }
+        for (i, n) in nodes.iter().enumerate() {
+            if !is_redis(n) {
+                e.push(
+                    format!("{path}.cluster_nodes[{i}]"),
+                    "a redis:// or rediss:// URL",
+                );
+            }
+        }
+        let mut urls = vec![first.unwrap_or_default()];
+        urls.extend(nodes.iter().cloned());
+        if e.len() == errors
+            && let Err(m) = Store::check(&urls, cluster)
+        {
+            e.push(format!("{path}.url"), m);
+        }
+        RedisTarget { urls, cluster }
+    }
+}
+
 impl Store {
     /// A store at `urls` (nothing is connected yet), every key starting with `prefix`: one
     /// server's URL, or with `cluster` one or more seed nodes of a Redis Cluster.
@@ -114,7 +170,7 @@ impl Store {
     /// Whether a store can be made of `urls` (nothing is connected): for configuration
     /// checks, so that what a client refuses (a cluster's seeds with different passwords, a
     /// URL it cannot read) is refused with the rest of the configuration.
-    pub fn check(urls: &[String], cluster: bool) -> Result<(), String> {
+    fn check(urls: &[String], cluster: bool) -> Result<(), String> {
         Store::new(urls, cluster, Duration::from_secs(1), "").map(drop)
     }
 

@@ -354,7 +354,7 @@ pub struct RawRedis {
 }
 
 pub use portcullis_core::RawSecretOrString;
-use portcullis_core::RedisTarget;
+use portcullis_store::RedisTarget;
 
 fn default_redis_timeout() -> String {
     "250ms".into()
@@ -981,22 +981,10 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
         ),
     };
 
-    let redis = raw.redis.as_ref().map(|r| {
-        let errors = e.len();
-        let target =
-            RedisTarget::compile(&r.url, r.cluster, &r.cluster_nodes, "auth.redis", base, e);
-        // What the client itself refuses (seeds with different passwords …) is refused here,
-        // with the rest of the configuration.
-        if e.len() == errors
-            && let Err(m) = portcullis_store::Store::check(&target.urls, target.cluster)
-        {
-            e.push("auth.redis.url", m);
-        }
-        Redis {
-            target,
-            timeout: compile_duration(&r.timeout, "auth.redis.timeout", e),
-            key_prefix: r.key_prefix.clone(),
-        }
+    let redis = raw.redis.as_ref().map(|r| Redis {
+        target: RedisTarget::compile(&r.url, r.cluster, &r.cluster_nodes, "auth.redis", base, e),
+        timeout: compile_duration(&r.timeout, "auth.redis.timeout", e),
+        key_prefix: r.key_prefix.clone(),
     });
 
     let h = &raw.identity_headers;

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ipnet::IpNet;
 use portcullis_core::units::parse_duration;
-use portcullis_core::{ConfigErrors, RawSecretOrString, RedisTarget, RejectReason};
-use portcullis_store::Store;
+use portcullis_core::{ConfigErrors, RawSecretOrString, RejectReason};
+use portcullis_store::{RedisTarget, Store};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -226,13 +226,7 @@ impl BanRules {
         let longest = rules.iter().map(|r| r.within).max().unwrap_or_default();
         let sharing = raw.redis.as_ref().map(|r| {
             let p = format!("{path}.redis");
-            let errors = e.len();
             let target = RedisTarget::compile(&r.url, r.cluster, &r.cluster_nodes, &p, base, e);
-            if e.len() == errors
-                && let Err(m) = Store::check(&target.urls, target.cluster)
-            {
-                e.push(format!("{p}.url"), m);
-            }
             let mut duration =
                 |key: &str, text: Option<&String>, default: Duration, least| match text
                     .map(|t| parse_duration(t))
