@@ -5,9 +5,10 @@
 //! * **Takes**: an [`AuditEvent`] per finished request, built by the proxy from its request
 //!   context, and the compiled [`portcullis_config::Audit`] settings.
 //! * **Produces**: newline-delimited JSON on stdout, stderr or an append-only file, written by
-//!   a background task so the request path never waits on I/O.
+//!   a thread of its own, so the request path never waits on I/O and events still go out
+//!   while the gateway's runtime shuts down (requests cut off by a stop are audited then).
 //! * **Rejects**: nothing per event. [`AuditSink::from_config`] fails when the file cannot be
-//!   opened, when `output: file` has no path, or when no tokio runtime is running.
+//!   opened, when `output: file` has no path, or when the writer thread cannot be started.
 //!
 //! Invariants:
 //! * Events never carry credentials: the only header values recorded are `User-Agent` and
@@ -22,15 +23,15 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portcullis_config::AuditOutput;
 use serde::Serialize;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 /// Events queued between the request path and the writer before new ones are dropped.
 pub const CHANNEL_CAPACITY: usize = 8192;
@@ -54,6 +55,9 @@ pub enum Outcome {
     /// Given up before its answer was ready: the client reset the stream, or the connection
     /// ended under it. Status 499.
     Abandoned,
+    /// Still unanswered when the gateway stopped: past the drain deadline its connection was
+    /// closed without an answer. Status 444.
+    Interrupted,
 }
 
 /// One request, as recorded. Field names are the JSON keys; absent values are `null` so every
@@ -319,7 +323,7 @@ fn civil_from_days(days: u64) -> (u64, u32, u32) {
 }
 
 struct Inner {
-    tx: mpsc::Sender<AuditEvent>,
+    tx: mpsc::SyncSender<AuditEvent>,
     dropped: Arc<AtomicU64>,
     /// Events queued, and events the writer has finished with (written or dropped): equal
     /// when everything emitted so far is out.
@@ -343,18 +347,16 @@ impl std::fmt::Debug for AuditSink {
 }
 
 impl AuditSink {
-    /// Builds the sink the configuration asks for and spawns its writer on the current tokio
-    /// runtime. The file (for `output: file`) is opened here, in append mode and created if
-    /// missing, so a bad path fails start-up or reload instead of every later write.
+    /// Builds the sink the configuration asks for and starts its writer thread. The file (for
+    /// `output: file`) is opened here, in append mode and created if missing, so a bad path
+    /// fails start-up or reload instead of every later write.
     pub fn from_config(cfg: &portcullis_config::Audit) -> Result<AuditSink, String> {
         if !cfg.enabled {
             return Ok(AuditSink::disabled());
         }
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| "the audit writer needs a running tokio runtime".to_string())?;
-        let out: Box<dyn AsyncWrite + Send + Unpin> = match cfg.output {
-            AuditOutput::Stdout => Box::new(tokio::io::stdout()),
-            AuditOutput::Stderr => Box::new(tokio::io::stderr()),
+        let out: Box<dyn Write + Send> = match cfg.output {
+            AuditOutput::Stdout => Box::new(std::io::stdout()),
+            AuditOutput::Stderr => Box::new(std::io::stderr()),
             AuditOutput::File => {
                 let path = cfg
                     .path
@@ -363,7 +365,7 @@ impl AuditSink {
                 Box::new(open_append(path)?)
             }
         };
-        Ok(Self::spawn(&handle, out, CHANNEL_CAPACITY))
+        Self::spawn(out, CHANNEL_CAPACITY)
     }
 
     /// A sink that discards every event (and counts none as dropped).
@@ -376,23 +378,23 @@ impl AuditSink {
         self.inner.is_some()
     }
 
-    fn spawn(
-        handle: &tokio::runtime::Handle,
-        out: Box<dyn AsyncWrite + Send + Unpin>,
-        capacity: usize,
-    ) -> AuditSink {
-        let (tx, rx) = mpsc::channel(capacity);
+    fn spawn(out: Box<dyn Write + Send>, capacity: usize) -> Result<AuditSink, String> {
+        let (tx, rx) = mpsc::sync_channel(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let done = Arc::new(AtomicU64::new(0));
-        handle.spawn(writer(rx, out, Arc::clone(&dropped), Arc::clone(&done)));
-        AuditSink {
+        let (d, n) = (Arc::clone(&dropped), Arc::clone(&done));
+        std::thread::Builder::new()
+            .name("portcullis-audit".into())
+            .spawn(move || writer(rx, out, d, n))
+            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+        Ok(AuditSink {
             inner: Some(Arc::new(Inner {
                 tx,
                 dropped,
                 sent: AtomicU64::new(0),
                 done,
             })),
-        }
+        })
     }
 
     /// Whether events are written at all (callers skip building them when not).
@@ -418,17 +420,18 @@ impl AuditSink {
 
     /// Waits (at most `timeout`) until every event emitted so far has been written, so that a
     /// stopping gateway does not lose its last audit lines. True when everything is out.
-    pub async fn flush(&self, timeout: std::time::Duration) -> bool {
+    /// Blocks the calling thread: meant for the end of the process, off the async runtime.
+    pub fn flush(&self, timeout: Duration) -> bool {
         let Some(inner) = &self.inner else {
             return true;
         };
         let target = inner.sent.load(Ordering::Acquire);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let start = Instant::now();
         while inner.done.load(Ordering::Acquire) < target {
-            if tokio::time::Instant::now() >= deadline {
+            if start.elapsed() >= timeout {
                 return false;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            std::thread::sleep(Duration::from_millis(5));
         }
         true
     }
@@ -441,30 +444,33 @@ impl AuditSink {
     }
 }
 
-fn open_append(path: &Path) -> Result<tokio::fs::File, String> {
-    let file = std::fs::OpenOptions::new()
+fn open_append(path: &Path) -> Result<std::fs::File, String> {
+    std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(path)
-        .map_err(|e| format!("cannot open audit file {}: {e}", path.display()))?;
-    Ok(tokio::fs::File::from_std(file))
+        .map_err(|e| format!("cannot open audit file {}: {e}", path.display()))
 }
 
 /// Drains the channel in batches: one write and one flush per batch keeps system calls low
 /// under load while still flushing promptly when traffic is light. Ends when every sender
 /// (every clone of the sink) is gone.
-async fn writer(
-    mut rx: mpsc::Receiver<AuditEvent>,
-    mut out: Box<dyn AsyncWrite + Send + Unpin>,
+fn writer(
+    rx: mpsc::Receiver<AuditEvent>,
+    mut out: Box<dyn Write + Send>,
     dropped: Arc<AtomicU64>,
     done: Arc<AtomicU64>,
 ) {
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut failing = false;
-    loop {
-        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            break;
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
         }
         buf.clear();
         let mut lines = 0u64;
@@ -488,12 +494,7 @@ async fn writer(
                 }
             }
         }
-        let res = async {
-            out.write_all(&buf).await?;
-            out.flush().await
-        }
-        .await;
-        match res {
+        match out.write_all(&buf).and_then(|()| out.flush()) {
             Ok(()) => {
                 if failing {
                     tracing::info!("audit output writable again");
@@ -511,7 +512,7 @@ async fn writer(
         }
         done.fetch_add(batch_len, Ordering::Release);
     }
-    let _ = out.flush().await;
+    let _ = out.flush();
 }
 
 #[cfg(test)]
@@ -657,6 +658,10 @@ mod tests {
             serde_json::to_value(Outcome::Abandoned).unwrap(),
             "abandoned"
         );
+        assert_eq!(
+            serde_json::to_value(Outcome::Interrupted).unwrap(),
+            "interrupted"
+        );
         // One line: no raw newline even with hostile input.
         let mut e = event();
         e.user_agent = Some("a\nb".into());
@@ -691,20 +696,20 @@ mod tests {
         }
     }
 
-    async fn wait_for_lines(path: &Path, n: usize) -> Vec<String> {
+    fn wait_for_lines(path: &Path, n: usize) -> Vec<String> {
         for _ in 0..200 {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             let lines: Vec<String> = text.lines().map(str::to_owned).collect();
             if lines.len() >= n {
                 return lines;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            std::thread::sleep(Duration::from_millis(20));
         }
         panic!("fewer than {n} lines in {}", path.display());
     }
 
-    #[tokio::test]
-    async fn file_sink_appends_json_lines() {
+    #[test]
+    fn file_sink_appends_json_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
         std::fs::write(&path, "existing\n").unwrap();
@@ -716,7 +721,8 @@ mod tests {
         let mut e = event();
         e.request_id = "second".into();
         sink.clone().emit(e);
-        let lines = wait_for_lines(&path, 3).await;
+        assert!(sink.flush(Duration::from_secs(5)));
+        let lines = wait_for_lines(&path, 3);
         assert_eq!(lines[0], "existing");
         let first: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
         assert_eq!(first["path"], "/a");
@@ -726,33 +732,113 @@ mod tests {
         assert_eq!(sink.dropped(), 0);
     }
 
-    #[tokio::test]
-    async fn drops_are_counted_when_full() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
-        let sink = AuditSink::from_config(&file_cfg(&path)).unwrap();
-        // The test runtime is single-threaded and we never yield, so the writer cannot drain
-        // the channel while we fill it.
+    /// An output whose first write waits until the test lets it go, so the test knows the
+    /// writer holds exactly one event and nothing else leaves the channel meanwhile.
+    struct Gate {
+        entered: mpsc::SyncSender<()>,
+        release: mpsc::Receiver<()>,
+        gated: bool,
+        out: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if !self.gated {
+                self.gated = true;
+                let _ = self.entered.send(());
+                let _ = self.release.recv();
+            }
+            self.out.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn gated(
+        capacity: usize,
+    ) -> (
+        AuditSink,
+        mpsc::SyncSender<()>,
+        Arc<std::sync::Mutex<Vec<u8>>>,
+    ) {
+        let (entered_tx, entered) = mpsc::sync_channel(1);
+        let (release, release_rx) = mpsc::sync_channel(1);
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let gate = Gate {
+            entered: entered_tx,
+            release: release_rx,
+            gated: false,
+            out: out.clone(),
+        };
+        let sink = AuditSink::spawn(Box::new(gate), capacity).unwrap();
+        sink.emit(event());
+        entered.recv_timeout(Duration::from_secs(5)).unwrap();
+        (sink, release, out)
+    }
+
+    #[test]
+    fn drops_are_counted_when_full() {
+        // The writer is held inside its first write: the channel fills, and what does not fit
+        // is dropped and counted, never waited for.
+        let (sink, release, out) = gated(CHANNEL_CAPACITY);
         for _ in 0..CHANNEL_CAPACITY + 10 {
             sink.emit(event());
         }
         assert_eq!(sink.dropped(), 10);
-        let lines = wait_for_lines(&path, CHANNEL_CAPACITY).await;
-        assert_eq!(lines.len(), CHANNEL_CAPACITY);
+        assert!(!sink.flush(Duration::from_millis(50)), "the writer is held");
+        release.send(()).unwrap();
+        assert!(sink.flush(Duration::from_secs(10)));
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), CHANNEL_CAPACITY + 1);
         assert_eq!(sink.dropped(), 10);
     }
 
-    #[tokio::test]
-    async fn small_channel_drops() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
-        let out = Box::new(open_append(&path).unwrap());
-        let sink = AuditSink::spawn(&tokio::runtime::Handle::current(), out, 2);
+    #[test]
+    fn small_channel_drops() {
+        let (sink, release, out) = gated(2);
         for _ in 0..5 {
             sink.emit(event());
         }
         assert_eq!(sink.dropped(), 3);
-        assert_eq!(wait_for_lines(&path, 2).await.len(), 2);
+        release.send(()).unwrap();
+        assert!(sink.flush(Duration::from_secs(5)));
+        assert_eq!(out.lock().unwrap().split(|b| *b == b'\n').count() - 1, 3);
+    }
+
+    #[test]
+    fn events_emitted_from_a_runtime_shutting_down_are_written() {
+        // What the gateway relies on when it stops: a request dropped with its task, as the
+        // runtime shuts down, still gets its line out (the writer is no task of that runtime).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let sink = AuditSink::from_config(&file_cfg(&path)).unwrap();
+        struct OnDrop(AuditSink);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                let mut e = event();
+                e.outcome = Outcome::Interrupted;
+                e.status = 444;
+                self.0.emit(e);
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let guard = OnDrop(sink.clone());
+        rt.spawn(async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+        });
+        rt.block_on(tokio::task::yield_now());
+        rt.shutdown_timeout(Duration::from_secs(1));
+        assert!(sink.flush(Duration::from_secs(5)));
+        let lines = wait_for_lines(&path, 1);
+        let e: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(e["outcome"], "interrupted");
+        assert_eq!(e["status"], 444);
     }
 
     #[test]
@@ -761,6 +847,7 @@ mod tests {
         sink.emit(event());
         assert_eq!(sink.dropped(), 0);
         assert!(!sink.is_enabled());
+        assert!(sink.flush(Duration::ZERO));
 
         let off = portcullis_config::Audit {
             enabled: false,
@@ -769,28 +856,14 @@ mod tests {
         };
         assert!(!AuditSink::from_config(&off).unwrap().is_enabled());
 
-        // No runtime: refused rather than panicking inside tokio::spawn.
-        let on = portcullis_config::Audit {
+        let no_path = portcullis_config::Audit {
             enabled: true,
-            output: AuditOutput::Stdout,
+            output: AuditOutput::File,
             path: None,
         };
-        assert!(AuditSink::from_config(&on).is_err());
-
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let no_path = portcullis_config::Audit {
-                enabled: true,
-                output: AuditOutput::File,
-                path: None,
-            };
-            assert!(AuditSink::from_config(&no_path).is_err());
-            let bad = file_cfg(Path::new("/nonexistent-dir/for/sure/audit.log"));
-            let err = AuditSink::from_config(&bad).unwrap_err();
-            assert!(err.contains("cannot open audit file"), "{err}");
-        });
+        assert!(AuditSink::from_config(&no_path).is_err());
+        let bad = file_cfg(Path::new("/nonexistent-dir/for/sure/audit.log"));
+        let err = AuditSink::from_config(&bad).unwrap_err();
+        assert!(err.contains("cannot open audit file"), "{err}");
     }
 }

@@ -371,6 +371,7 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
             "server.max_connections_per_ip",
             e,
         ),
+        drain_timeout: compile_duration(&s.drain_timeout, "server.drain_timeout", e),
     }
 }
 

@@ -215,6 +215,9 @@ pub struct RawServer {
     /// Most open client connections from one client address. Default 512.
     #[serde(default = "default_max_connections_per_ip")]
     pub max_connections_per_ip: usize,
+    /// On stop, how long requests in flight may take to finish. Default `15s`.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: String,
 }
 
 impl Default for RawServer {
@@ -232,6 +235,7 @@ impl Default for RawServer {
             body_min_bytes_per_second: default_body_min_rate(),
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
+            drain_timeout: default_drain_timeout(),
         }
     }
 }
@@ -256,6 +260,9 @@ fn default_max_connections() -> usize {
 }
 fn default_max_connections_per_ip() -> usize {
     512
+}
+fn default_drain_timeout() -> String {
+    "15s".into()
 }
 
 /// Request id handling.

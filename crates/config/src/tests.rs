@@ -705,3 +705,26 @@ upstreams: { u: { targets: ["http://127.0.0.1:1"], request_timeout: 999999999999
     // The longest accepted is taken.
     assert!(errs("server: { body_read_timeout: 36500d }").is_empty());
 }
+
+#[test]
+fn drain_timeout_defaults_to_15s_and_is_checked_like_every_duration() {
+    use std::time::Duration;
+    let c = load_str("", Path::new(".")).unwrap();
+    assert_eq!(c.server.drain_timeout, Duration::from_secs(15));
+    let c = load_str("server: { drain_timeout: 0s }", Path::new(".")).unwrap();
+    assert_eq!(c.server.drain_timeout, Duration::ZERO);
+    let c = load_str("server: { drain_timeout: 250ms }", Path::new(".")).unwrap();
+    assert_eq!(c.server.drain_timeout, Duration::from_millis(250));
+    let e = errs("server: { drain_timeout: soon }");
+    assert!(
+        e.iter().any(|m| m.starts_with("server.drain_timeout")),
+        "{e:?}"
+    );
+    let e = errs("server: { drain_timeout: 36501d }");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("server.drain_timeout")
+                && m.contains("longest duration accepted")),
+        "{e:?}"
+    );
+}

@@ -102,6 +102,9 @@ pub struct Server {
     pub body_min_bytes_per_second: u64,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// On stop, how long requests in flight may take to finish before their connections are
+    /// closed (and those requests audited as interrupted).
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

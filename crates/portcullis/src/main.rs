@@ -178,7 +178,18 @@ fn main() -> std::process::ExitCode {
                 }
             };
             match rt.block_on(run(config, log_format, log_level, no_watch)) {
-                Ok(()) => std::process::ExitCode::SUCCESS,
+                Ok(gw) => {
+                    // Past the drain: what still runs is cut off. Dropping the runtime drops
+                    // every task left (requests included, each audited as interrupted); the
+                    // audit writer is a thread of its own and writes their events after.
+                    gw.interrupt();
+                    rt.shutdown_timeout(Duration::from_secs(1));
+                    if !gw.audit.flush(Duration::from_secs(5)) {
+                        tracing::warn!("some audit events could not be written before stopping");
+                    }
+                    tracing::info!("portcullis stopped");
+                    std::process::ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("portcullis: {e:#}");
                     std::process::ExitCode::FAILURE
@@ -324,12 +335,14 @@ fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
     }
 }
 
+/// Runs the gateway until it is told to stop and its drain is over (or its deadline passed);
+/// returns it for the rest of the stop (see `main`).
 async fn run(
     path: Option<PathBuf>,
     log_format: Option<Format>,
     log_level: Option<String>,
     no_watch: bool,
-) -> Result<()> {
+) -> Result<Arc<Gateway>> {
     let source = path
         .as_ref()
         .map(|p| p.display().to_string())
@@ -420,11 +433,7 @@ async fn run(
     }
     tokio::spawn(signals(handlers, gw.clone(), path, stop_tx));
     portcullis_proxy::server::serve(gw.clone(), listeners, stop_rx).await;
-    if !gw.audit.flush(Duration::from_secs(5)).await {
-        tracing::warn!("some audit events could not be written before stopping");
-    }
-    tracing::info!("portcullis stopped");
-    Ok(())
+    Ok(gw)
 }
 
 /// Readiness: every upstream target host resolves. Retried until it does.

@@ -291,3 +291,110 @@ async fn sigterm_finishes_requests_in_flight_then_stops() {
     assert_eq!(pending.await.unwrap().status, 200);
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
 }
+
+/// Past `server.drain_timeout`, a stop does not wait for requests any longer: their
+/// connections are closed without an answer, the upstream exchanges are given up, and each
+/// request is still audited (outcome `interrupted`, status 444) — over the HTTP/1.1 front and
+/// over HTTP/2 (hyper's streams run as tasks of their own) alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_drain_deadline_cuts_requests_off_and_audits_them() {
+    use tokio::io::AsyncReadExt;
+    // An upstream that reads request heads and never answers; it reports each head, then
+    // whether the gateway closed that connection.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = silent.accept().await {
+            let tx = events_tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            let _ = tx.send("closed".into());
+                            return;
+                        }
+                        Ok(n) => {
+                            got.extend_from_slice(&buf[..n]);
+                            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let line = String::from_utf8_lossy(&got[..end]);
+                                let _ = tx.send(line.lines().next().unwrap_or("").to_string());
+                                got.drain(..end + 4);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut gw = gateway(&format!(
+        "server: {{ drain_timeout: 300ms }}\n\
+         upstreams: {{ silent: {{ targets: [\"http://{silent_addr}\"], request_timeout: 60s }} }}\n\
+         routes:\n  - {{ name: slow, match: {{ prefix: /slow }}, upstream: silent }}\n"
+    ));
+    let base = gw.url("public");
+    let h1 = {
+        let url = format!("{base}/slow/h1");
+        tokio::spawn(async move {
+            Client::builder(TokioExecutor::new())
+                .build_http::<Full<Bytes>>()
+                .request(req("GET", &url, &[], ""))
+                .await
+        })
+    };
+    let h2 = {
+        let url = format!("{base}/slow/h2");
+        tokio::spawn(async move {
+            Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http::<Full<Bytes>>()
+                .request(req("GET", &url, &[], ""))
+                .await
+        })
+    };
+    let mut heads = Vec::new();
+    while heads.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .expect("both requests reach the upstream")
+            .unwrap();
+        heads.push(e);
+    }
+    heads.sort();
+    assert_eq!(heads, ["GET /slow/h1 HTTP/1.1", "GET /slow/h2 HTTP/1.1"]);
+
+    let stopped = std::time::Instant::now();
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    // Well before the upstream's 60 s request timeout: the deadline cut the requests off.
+    assert!(stopped.elapsed() < Duration::from_secs(15));
+    // Neither client got an answer; both upstream exchanges were given up.
+    assert!(h1.await.unwrap().is_err(), "no answer over HTTP/1.1");
+    assert!(h2.await.unwrap().is_err(), "no answer over HTTP/2");
+    for _ in 0..2 {
+        let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("the upstream connection is closed")
+            .unwrap();
+        assert_eq!(e, "closed");
+    }
+    for path in ["/slow/h1", "/slow/h2"] {
+        let event = gw
+            .audit_events()
+            .into_iter()
+            .find(|e| e["path"] == path)
+            .unwrap_or_else(|| panic!("{path} is audited: {:#?}", gw.audit_events()));
+        assert_eq!(event["outcome"], "interrupted", "{event}");
+        assert_eq!(event["status"], 444, "{event}");
+        assert_eq!(event["route"], "slow", "{event}");
+        assert_eq!(event["upstream"], "silent", "{event}");
+    }
+    let logs = gw.stderr_text();
+    assert!(
+        logs.contains("connections still open after the drain timeout"),
+        "{logs}"
+    );
+    assert!(logs.contains("portcullis stopped"), "{logs}");
+}

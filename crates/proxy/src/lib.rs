@@ -52,6 +52,9 @@ pub struct Gateway {
     pub(crate) admission: server::Admission,
     /// State that outlives snapshots (key sets, revocations …).
     pub shared: portcullis_pipeline::Shared,
+    /// Set once the stop's drain deadline has passed: requests dropped unanswered from then
+    /// on were cut off by the stop, not abandoned by their clients.
+    interrupted: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -78,7 +81,20 @@ impl Gateway {
             audit_dropped_seen: std::sync::atomic::AtomicU64::new(0),
             admission: server::Admission::default(),
             shared,
+            interrupted: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Marks the stop's drain deadline as passed. The requests still running are then dropped
+    /// with the runtime (`portcullis run` shuts it down next); each is audited and counted as
+    /// `interrupted`, status 444, instead of going unrecorded.
+    pub fn interrupt(&self) {
+        self.interrupted
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupted.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The runtime a new request runs under.

@@ -23,9 +23,6 @@ const H2_MAX_PENDING_RESETS: usize = 20;
 /// Streams reset for a client's protocol errors, per HTTP/2 connection.
 const H2_MAX_LOCAL_RESETS: usize = 128;
 
-/// How long in-flight requests get to finish after a stop signal.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// A bound client listener.
 pub struct BoundListener {
     pub name: Arc<str>,
@@ -71,7 +68,10 @@ pub async fn bind(gw: &Gateway, config: &Config) -> Result<Vec<BoundListener>, S
     Ok(out)
 }
 
-/// Serves every listener until `shutdown` turns true, then drains connections (bounded).
+/// Serves every listener until `shutdown` turns true, then drains connections for at most
+/// `server.drain_timeout`. Connections still open then are left running: the caller
+/// marks the gateway interrupted ([`crate::Gateway::interrupt`]) and shuts the runtime down, which
+/// drops them, so their requests are audited as interrupted.
 pub async fn serve(
     gw: Arc<Gateway>,
     listeners: Vec<BoundListener>,
@@ -121,10 +121,15 @@ pub async fn serve(
     for t in tasks {
         let _ = t.await;
     }
+    // Read now: a reload may have changed it since the start.
+    let deadline = gw.runtime().config().server.drain_timeout;
     match Arc::try_unwrap(graceful) {
         Ok(graceful) => tokio::select! {
             _ = graceful.shutdown() => {}
-            _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("connections still open after the drain timeout"),
+            _ = tokio::time::sleep(deadline) => tracing::warn!(
+                drain_timeout = ?deadline,
+                "connections still open after the drain timeout: their requests are cut off"
+            ),
         },
         Err(_) => tracing::warn!("accept loops still running; not draining"),
     }

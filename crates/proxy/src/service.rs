@@ -798,10 +798,16 @@ impl Gateway {
     }
 
     /// Audit event and metrics: once per request, whatever the outcome. `status` is the
-    /// answer's; none when the request was abandoned before it (recorded as 499).
+    /// answer's; none when the request was given up before it: abandoned by its client
+    /// (recorded as 499), or cut off by the gateway's stop (444, see [`Gateway::interrupt`]).
     fn finish(&self, ctx: &RequestCtx, seen: &mut Seen, status: Option<StatusCode>) {
         let abandoned = status.is_none();
-        let status = status.unwrap_or(CLIENT_CLOSED);
+        let interrupted = abandoned && self.interrupted();
+        let status = status.unwrap_or(if interrupted {
+            NO_RESPONSE
+        } else {
+            CLIENT_CLOSED
+        });
         let latency = ctx.received.elapsed();
         let route = ctx.route.as_ref().map(|r| &*r.name);
         self.metrics
@@ -845,6 +851,7 @@ impl Gateway {
             None => (None, None),
         };
         let outcome = match ctx.rejected_by {
+            _ if interrupted => Outcome::Interrupted,
             _ if abandoned => Outcome::Abandoned,
             None => Outcome::Allowed,
             Some((s, _)) if s == UPSTREAM_STAGE => Outcome::Failed,
@@ -928,11 +935,19 @@ const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
     Err(_) => StatusCode::BAD_REQUEST,
 };
 
+/// nginx's code for a connection closed without an answer: a request the gateway's stop cut
+/// off; never sent.
+const NO_RESPONSE: StatusCode = match StatusCode::from_u16(444) {
+    Ok(s) => s,
+    Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+};
+
 /// A request on its way: its context and what its audit event needs. Dropped before it is
 /// answered — its future dropped by the server because the client reset the stream or the
 /// connection ended under it — it is audited and counted as abandoned (499), so that no
 /// request that reached the pipeline goes unrecorded (a request sent upstream, then reset
-/// before its answer, included). The upstream exchange is dropped with it.
+/// before its answer, included). The upstream exchange is dropped with it. Dropped because
+/// the gateway stopped past its drain deadline, it is audited as interrupted (444).
 struct Open<'a> {
     gw: &'a Gateway,
     ctx: RequestCtx,
