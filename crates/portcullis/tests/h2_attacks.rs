@@ -333,6 +333,11 @@ async fn a_request_reset_before_its_answer_is_audited_and_its_upstream_exchange_
     assert_eq!(event["outcome"], "abandoned", "{event}");
     assert_eq!(event["route"], "slow", "{event}");
     assert_eq!(event["upstream"], "silent", "{event}");
+    assert_eq!(
+        event["target"],
+        silent.local_addr().unwrap().to_string(),
+        "{event}"
+    );
     assert!(
         event["request_id"]
             .as_str()

@@ -390,6 +390,8 @@ async fn sigterm_past_the_drain_deadline_cuts_requests_off_and_audits_them() {
         assert_eq!(event["status"], 444, "{event}");
         assert_eq!(event["route"], "slow", "{event}");
         assert_eq!(event["upstream"], "silent", "{event}");
+        // Where the request went, although no answer came back.
+        assert_eq!(event["target"], silent_addr.to_string(), "{event}");
     }
     let logs = gw.stderr_text();
     assert!(

@@ -603,7 +603,11 @@ impl Gateway {
                 // Timed only for the limits that learn from upstream latency.
                 let started =
                     (adaptive.is_some() || permit.is_some()).then(std::time::Instant::now);
-                let answer = pool.forward_head(&mut head, body, opts).await;
+                // `seen.target` names the target from its pick on (an exchange given up midway
+                // is audited with it).
+                let answer = pool
+                    .forward_head(&mut head, body, opts, &mut seen.target)
+                    .await;
                 if let Some(started) = started {
                     let failed = answer
                         .as_ref()
@@ -620,7 +624,6 @@ impl Gateway {
                     Ok(ur) => {
                         self.metrics
                             .count_upstream_request(&upstream.name, &ur.target, "ok");
-                        seen.target = Some(ur.target);
                         ur.response
                     }
                     Err(e) => {

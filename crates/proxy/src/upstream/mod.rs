@@ -462,17 +462,20 @@ impl UpstreamPool {
         opts: ForwardOpts<'_>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let (mut parts, body) = req.into_parts();
-        self.forward_head(&mut parts, body, opts).await
+        self.forward_head(&mut parts, body, opts, &mut None).await
     }
 
     /// [`forward`](Self::forward) for a request whose head the caller keeps: the head is
     /// borrowed, not moved into this future (the last attempt may still take its header map
-    /// and extensions, see `upstream_request`).
+    /// and extensions, see `upstream_request`). `target` is set to each attempt's target as
+    /// it is picked, so a caller whose future is dropped mid-exchange still knows where the
+    /// request went (its audit event says so).
     pub async fn forward_head(
         &self,
         parts: &mut http::request::Parts,
         mut body: BoxBody,
         opts: ForwardOpts<'_>,
+        target: &mut Option<Arc<str>>,
     ) -> Result<UpstreamResponse, UpstreamError> {
         // Only a body known to be empty can be sent again: a streamed one is consumed by the
         // first attempt.
@@ -510,6 +513,7 @@ impl UpstreamPool {
             };
             tried.insert(i);
             let t = &self.targets[i];
+            *target = Some(t.authority.clone());
             let last = attempt >= max_attempts;
             // Counted from before the connect: a target busy connecting is busy.
             let guard = InFlight::new(&t.in_flight);
