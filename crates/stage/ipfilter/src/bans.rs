@@ -1090,6 +1090,14 @@ mod tests {
     use super::*;
 
     fn rules(yaml_rules: &[(&str, &[&str], u32, &str, &str)], exempt: &[&str]) -> BanRules {
+        tracking(yaml_rules, exempt, 3)
+    }
+
+    fn tracking(
+        yaml_rules: &[(&str, &[&str], u32, &str, &str)],
+        exempt: &[&str],
+        max_tracked: usize,
+    ) -> BanRules {
         let raw = RawBans {
             rules: yaml_rules
                 .iter()
@@ -1103,7 +1111,7 @@ mod tests {
                 .collect(),
             exempt: exempt.iter().map(|s| s.to_string()).collect(),
             ipv6_prefix: None,
-            max_tracked: Some(3),
+            max_tracked: Some(max_tracked),
             redis: None,
             refuse_connections: false,
         };
@@ -1217,6 +1225,70 @@ mod tests {
             unsent(&b),
             [("any".into(), 1, false), ("auth".into(), 0, true)]
         );
+    }
+
+    /// More addresses than one script takes (`COUNT_BATCH`), counted by two instances through
+    /// a real Redis: every batch is added, each address's count reaches the rule's on the
+    /// second instance, which brings all the bans, and the store's counts are cleared.
+    #[tokio::test]
+    async fn shared_counts_of_more_addresses_than_one_script_takes_add_up() {
+        let redis = portcullis_test_support::RedisServer::start();
+        let n = COUNT_BATCH + COUNT_BATCH / 2;
+        let r = Arc::new(tracking(
+            &[("scan", &["route_not_found"], 2, "1d", "60s")],
+            &[],
+            2 * n,
+        ));
+        let urls = vec![redis.url()];
+        let shared = |b: &Arc<BanList>| {
+            write(&b.rules, r.clone());
+            let store = Arc::new(Store::new(&urls, false, 10 * S, "t:").unwrap());
+            let sharing = Sharing {
+                target: RedisTarget {
+                    urls: urls.clone(),
+                    cluster: false,
+                },
+                key_prefix: "t:".into(),
+                timeout: 10 * S,
+                sync_interval: S,
+            };
+            write(&b.store, Some((sharing, store.clone())));
+            store
+        };
+        let (a, b) = (BanList::new(), BanList::new());
+        let (store_a, store_b) = (shared(&a), shared(&b));
+        let addresses: Vec<IpAddr> = (0..n)
+            .map(|i| IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8]))
+            .collect();
+        let t0 = Instant::now();
+        for &address in &addresses {
+            assert!(
+                a.record(&r, address, RejectReason::RouteNotFound, t0)
+                    .is_none()
+            );
+        }
+        a.count_shared(&store_a).await.unwrap();
+        assert!(a.take_banned_by_shared_counts().is_empty());
+        let keys = redis.cmd(&["KEYS", "t:bans:count:*"]);
+        let key = keys.lines().next().unwrap().to_string();
+        assert_eq!(
+            redis.cmd(&["HLEN", &key]),
+            n.to_string(),
+            "every batch added"
+        );
+        for &address in &addresses {
+            assert!(
+                b.record(&r, address, RejectReason::RouteNotFound, t0)
+                    .is_none()
+            );
+        }
+        b.count_shared(&store_b).await.unwrap();
+        assert_eq!(b.take_banned_by_shared_counts().len(), n);
+        let now = Instant::now();
+        assert!(addresses.iter().all(|&x| b.banned(&r, x, now).is_some()));
+        assert_eq!(b.in_force_count(now), n);
+        // Decided and cleared by the store: nothing left to count again.
+        assert_eq!(redis.cmd(&["HLEN", &key]), "0");
     }
 
     #[test]
