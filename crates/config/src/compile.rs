@@ -372,6 +372,7 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
             e,
         ),
         drain_timeout: compile_duration(&s.drain_timeout, "server.drain_timeout", e),
+        abort_on_client_close: s.abort_on_client_close,
     }
 }
 

@@ -218,6 +218,10 @@ pub struct RawServer {
     /// On stop, how long requests in flight may take to finish. Default `15s`.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: String,
+    /// Whether an HTTP/1.x client that ends its stream (or resets the connection) while its
+    /// request is in flight abandons it. Default false: the end of the stream is a half-close.
+    #[serde(default)]
+    pub abort_on_client_close: bool,
 }
 
 impl Default for RawServer {
@@ -236,6 +240,7 @@ impl Default for RawServer {
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
             drain_timeout: default_drain_timeout(),
+            abort_on_client_close: false,
         }
     }
 }

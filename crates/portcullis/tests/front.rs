@@ -513,3 +513,99 @@ async fn stopping_closes_idle_connections_and_finishes_answers_with_close() {
     assert_eq!(got[0].field("connection"), Some("close"));
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
 }
+
+/// With `server.abort_on_client_close`, a client that ends its stream or resets the connection
+/// while its request waits for the upstream abandons it — on the front's connections (a plain
+/// GET) and on hyper's (a chunked POST) alike: the upstream exchange is given up, the client's
+/// connection closed, and the request audited as abandoned (499) with the target it reached.
+/// The gateway goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_abort_on_client_close_a_client_gone_mid_request_abandons_it() {
+    let (silent, mut reports) = silent_upstream().await;
+    let up = TestUpstream::start("app").await;
+    let gw = gateway(&format!(
+        "server: {{ abort_on_client_close: true }}\n\
+         upstreams:\n  silent: {{ targets: [\"http://{silent}\"] }}\n  app: {{ targets: [\"{}\"] }}\n\
+         routes:\n  - {{ name: slow, match: {{ prefix: /slow }}, upstream: silent }}\n\
+         \x20 - {{ name: app, match: {{ prefix: / }}, upstream: app }}\n",
+        up.url()
+    ));
+    let cases: [(&str, &[u8], bool); 3] = [
+        (
+            "/slow/fin",
+            b"GET /slow/fin HTTP/1.1\r\nHost: x\r\n\r\n",
+            false,
+        ),
+        (
+            "/slow/rst",
+            b"GET /slow/rst HTTP/1.1\r\nHost: x\r\n\r\n",
+            true,
+        ),
+        (
+            "/slow/chunked",
+            b"POST /slow/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            false,
+        ),
+    ];
+    for (path, bytes, reset) in cases {
+        let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let method = if path.ends_with("chunked") {
+            "POST"
+        } else {
+            "GET"
+        };
+        assert_eq!(
+            next_report(&mut reports).await,
+            format!("{method} {path} HTTP/1.1")
+        );
+        if reset {
+            // Closed with SO_LINGER 0: a reset, not an end of stream.
+            s.set_zero_linger().unwrap();
+            drop(s);
+        } else {
+            s.shutdown().await.unwrap();
+            let mut out = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+                .await
+                .expect("the gateway closes the connection");
+            assert!(
+                read.is_err() || out.is_empty(),
+                "{path}: no answer: {out:?}"
+            );
+        }
+        assert_eq!(
+            next_report(&mut reports).await,
+            "closed",
+            "{path}: the upstream exchange is given up"
+        );
+        let event = gw
+            .wait_for_audit(|e| e["path"] == path, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("{path} is audited: {:#?}", gw.audit_events()));
+        assert_eq!(event["outcome"], "abandoned", "{event}");
+        assert_eq!(event["status"], 499, "{event}");
+        assert_eq!(event["route"], "slow", "{event}");
+        assert_eq!(event["target"], silent.to_string(), "{event}");
+    }
+    assert_eq!(call_public(&gw, "GET", "/ok", &[]).await.status, 200);
+}
+
+/// By default the end of a client's stream is a half-close: a request already on its way is
+/// carried through and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_half_closing_client_still_gets_its_forwarded_answer() {
+    let up = TestUpstream::start("app").await;
+    let gw = proxied(&up, "");
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    s.write_all(b"GET /delay/300 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    while up.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.shutdown().await.unwrap();
+    let wire = exchange_to_close(&mut s, b"").await;
+    let (got, _) = answers(&wire, &[false]);
+    assert_eq!(got.len(), 1, "{}", String::from_utf8_lossy(&wire));
+    assert_eq!(got[0].status, 200);
+}

@@ -298,37 +298,7 @@ async fn sigterm_finishes_requests_in_flight_then_stops() {
 /// over HTTP/2 (hyper's streams run as tasks of their own) alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_past_the_drain_deadline_cuts_requests_off_and_audits_them() {
-    use tokio::io::AsyncReadExt;
-    // An upstream that reads request heads and never answers; it reports each head, then
-    // whether the gateway closed that connection.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel::<String>();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = silent.accept().await {
-            let tx = events_tx.clone();
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => {
-                            let _ = tx.send("closed".into());
-                            return;
-                        }
-                        Ok(n) => {
-                            got.extend_from_slice(&buf[..n]);
-                            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                                let line = String::from_utf8_lossy(&got[..end]);
-                                let _ = tx.send(line.lines().next().unwrap_or("").to_string());
-                                got.drain(..end + 4);
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
+    let (silent_addr, mut events) = silent_upstream().await;
     let mut gw = gateway(&format!(
         "server: {{ drain_timeout: 300ms }}\n\
          upstreams: {{ silent: {{ targets: [\"http://{silent_addr}\"], request_timeout: 60s }} }}\n\
@@ -354,14 +324,10 @@ async fn sigterm_past_the_drain_deadline_cuts_requests_off_and_audits_them() {
                 .await
         })
     };
-    let mut heads = Vec::new();
-    while heads.len() < 2 {
-        let e = tokio::time::timeout(Duration::from_secs(10), events.recv())
-            .await
-            .expect("both requests reach the upstream")
-            .unwrap();
-        heads.push(e);
-    }
+    let mut heads = vec![
+        next_report(&mut events).await,
+        next_report(&mut events).await,
+    ];
     heads.sort();
     assert_eq!(heads, ["GET /slow/h1 HTTP/1.1", "GET /slow/h2 HTTP/1.1"]);
 
@@ -374,11 +340,7 @@ async fn sigterm_past_the_drain_deadline_cuts_requests_off_and_audits_them() {
     assert!(h1.await.unwrap().is_err(), "no answer over HTTP/1.1");
     assert!(h2.await.unwrap().is_err(), "no answer over HTTP/2");
     for _ in 0..2 {
-        let e = tokio::time::timeout(Duration::from_secs(5), events.recv())
-            .await
-            .expect("the upstream connection is closed")
-            .unwrap();
-        assert_eq!(e, "closed");
+        assert_eq!(next_report(&mut events).await, "closed");
     }
     for path in ["/slow/h1", "/slow/h2"] {
         let event = gw

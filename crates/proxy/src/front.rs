@@ -154,7 +154,7 @@ where
             failed: false,
         };
         let first = (!first.is_empty()).then_some(first);
-        let (mut tx, rx) = if feed.unread == 0 {
+        let (tx, rx) = if feed.unread == 0 {
             (None, None)
         } else {
             let (tx, rx) = mpsc::channel(1);
@@ -164,22 +164,36 @@ where
         // Built in its pinned slot, once: a future made in two places, or made and then
         // moved, is copied whole (a few kilobytes) on the way.
         let mut served = std::pin::pin!(gw.clone().serve(info.clone(), req, body, true));
-        let (resp, security) = if tx.is_none() {
-            served.await
-        } else {
-            loop {
+        // While the body is still coming, it is fed to the engine; once the body is in (or
+        // there is none), a connection whose client's end of stream abandons its request is
+        // watched for it.
+        let mut answer = None;
+        if tx.is_some() {
+            answer = loop {
                 tokio::select! {
                     biased;
-                    out = &mut served => break out,
-                    more = feed.next(&mut io, tx.as_ref()), if tx.is_some() => {
+                    out = &mut served => break Some(out),
+                    more = feed.next(&mut io, tx.as_ref()) => {
                         if !more {
-                            tx = None;
+                            break None;
                         }
                     }
                 }
-            }
-        };
+            };
+        }
         drop(tx);
+        let (resp, security) = match answer {
+            Some(out) => out,
+            None if info.abort_on_close && !feed.failed => {
+                match answered_unless_gone(served.as_mut(), &mut io, &mut rbuf, max_head).await {
+                    Some(out) => out,
+                    // The request's future is dropped here: audited as abandoned, its upstream
+                    // exchange given up.
+                    None => return Outcome::Closed,
+                }
+            }
+            None => served.await,
+        };
         // The value, not whether it changed: the sender is dropped once it has said stop.
         // A body left on the wire (the engine answered without reading it all) ends the
         // connection: the next request would start somewhere in it.
@@ -199,6 +213,44 @@ where
             }
         }
     }
+}
+
+/// The engine's answer, or none when the client went away first: its end of stream or a
+/// reset while the request was in flight (`server.abort_on_client_close`). What the client
+/// sends meanwhile (a pipelined request) is kept in `rbuf`, up to `max` bytes; beyond that it
+/// waits in the socket and the connection is no longer watched.
+async fn answered_unless_gone<S, F, T>(
+    mut served: Pin<&mut F>,
+    io: &mut S,
+    rbuf: &mut BytesMut,
+    max: usize,
+) -> Option<T>
+where
+    S: AsyncRead + Unpin,
+    F: Future<Output = T>,
+{
+    let mut watching = true;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = served.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        while watching {
+            if rbuf.len() >= max {
+                watching = false;
+                break;
+            }
+            if rbuf.capacity() - rbuf.len() < READ_ROOM {
+                rbuf.reserve(2 * READ_ROOM);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, rbuf) {
+                Poll::Pending => break,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// A body up to this long that is not all in the buffer after its head is looked for in the
@@ -1482,6 +1534,7 @@ mod tests {
             framing: Default::default(),
             response_timer: Default::default(),
             may_tunnel: Default::default(),
+            abort_on_close: false,
         })
     }
 

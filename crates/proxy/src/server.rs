@@ -148,6 +148,7 @@ async fn connection(
     let rt = gw.runtime();
     let server = &rt.config().server;
     let (first_byte, idle) = (server.header_read_timeout, server.idle_timeout);
+    let abort_on_close = server.abort_on_client_close;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let limits = server.limits;
     let max_buf = ((limits.max_header_bytes + limits.max_uri_bytes) * 2).max(16 * 1024);
@@ -160,8 +161,10 @@ async fn connection(
         // armed, registered and dropped for every request.
         .header_read_timeout(None)
         // A client may close its sending side once its request is out (`nc`, some scanners
-        // and HTTP/1.0 tools do): it still gets its answer, refusals included.
-        .half_close(true)
+        // and HTTP/1.0 tools do): it still gets its answer, refusals included — unless the
+        // end of its stream is to abandon the request (`server.abort_on_client_close`), which
+        // also makes hyper watch the connection for a reset while a request is in flight.
+        .half_close(!abort_on_close)
         .keep_alive(true)
         .max_buf_size(max_buf)
         .max_headers(
@@ -198,6 +201,7 @@ async fn connection(
                 framing,
                 response_timer: Default::default(),
                 may_tunnel: Default::default(),
+                abort_on_close,
             });
             let conn = serve_http(gw, info, stream, builder, drain, max_buf, true);
             tokio::select! {
@@ -244,6 +248,7 @@ async fn connection(
                 framing,
                 response_timer: Default::default(),
                 may_tunnel: Default::default(),
+                abort_on_close,
             });
             let builder = if h2 { builder.http2_only() } else { builder };
             let conn = Box::pin(serve_http(

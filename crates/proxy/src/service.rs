@@ -58,6 +58,9 @@ pub struct ConnInfo {
     /// carry a tunnel, whose shutdown is a half-close (no lingering read, see
     /// [`crate::front::Prefixed`]).
     pub may_tunnel: std::sync::atomic::AtomicBool,
+    /// `server.abort_on_client_close` when the connection was accepted: the client's end of
+    /// stream (or a reset) during an HTTP/1.x request abandons the request.
+    pub abort_on_close: bool,
 }
 
 impl ConnInfo {

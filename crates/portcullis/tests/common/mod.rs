@@ -98,6 +98,52 @@ pub async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
     addr
 }
 
+/// An upstream that reads request heads and never answers. It reports, in order, each head's
+/// request line, and `"closed"` when the gateway closes a connection to it.
+pub async fn silent_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            let _ = tx.send("closed".into());
+                            return;
+                        }
+                        Ok(n) => {
+                            got.extend_from_slice(&buf[..n]);
+                            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                                let head = String::from_utf8_lossy(&got[..end]);
+                                let _ = tx.send(head.lines().next().unwrap_or("").to_string());
+                                got.drain(..end + 4);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The next report of a [`silent_upstream`] (bounded wait).
+pub async fn next_report(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a report from the silent upstream")
+        .unwrap()
+}
+
 /// Lowercase hex of the SHA-256 of `s` (how API keys are stored: `sha256:<this>`).
 pub fn sha256_hex(s: &str) -> String {
     ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
