@@ -382,6 +382,8 @@ async fn run(
         .await
         .map_err(anyhow::Error::msg)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    // A second stop signal during the drain: what is still in flight is cut off at once.
+    let (cut_tx, cut_rx) = watch::channel(false);
 
     let mut out = std::io::stdout().lock();
     for l in &listeners {
@@ -431,8 +433,8 @@ async fn run(
     if let Some((p, files, contents)) = watched {
         tokio::spawn(watch_file(gw.clone(), p, (files, contents)));
     }
-    tokio::spawn(signals(handlers, gw.clone(), path, stop_tx));
-    portcullis_proxy::server::serve(gw.clone(), listeners, stop_rx).await;
+    tokio::spawn(signals(handlers, gw.clone(), path, stop_tx, cut_tx));
+    portcullis_proxy::server::serve(gw.clone(), listeners, stop_rx, cut_rx).await;
     Ok(gw)
 }
 
@@ -506,6 +508,7 @@ async fn signals(
     gw: Arc<Gateway>,
     path: Option<PathBuf>,
     stop: watch::Sender<bool>,
+    cut: watch::Sender<bool>,
 ) {
     let Some((mut hup, mut term, mut int)) = handlers.0 else {
         return;
@@ -517,8 +520,14 @@ async fn signals(
             _ = int.recv() => break,
         }
     }
-    tracing::info!("stopping: draining connections");
+    tracing::info!("stopping: draining connections (a second SIGTERM or SIGINT stops at once)");
     let _ = stop.send(true);
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("stopping at once: the requests still in flight are cut off");
+    let _ = cut.send(true);
 }
 
 #[cfg(not(unix))]
@@ -537,9 +546,12 @@ async fn signals(
     _gw: Arc<Gateway>,
     _path: Option<PathBuf>,
     stop: watch::Sender<bool>,
+    cut: watch::Sender<bool>,
 ) {
     let _ = tokio::signal::ctrl_c().await;
     let _ = stop.send(true);
+    let _ = tokio::signal::ctrl_c().await;
+    let _ = cut.send(true);
 }
 
 /// Re-reads the file and applies it; every error is logged with its path and returned.

@@ -362,3 +362,46 @@ async fn sigterm_past_the_drain_deadline_cuts_requests_off_and_audits_them() {
     );
     assert!(logs.contains("portcullis stopped"), "{logs}");
 }
+
+/// A second stop signal during the drain stops at once: the request still in flight is cut
+/// off (and audited as interrupted) without waiting out a long `server.drain_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_cuts_the_drain_short() {
+    let (silent, mut reports) = silent_upstream().await;
+    let mut gw = gateway(&format!(
+        "server: {{ drain_timeout: 120s }}\n\
+         upstreams: {{ silent: {{ targets: [\"http://{silent}\"], request_timeout: 120s }} }}\n\
+         routes:\n  - {{ name: slow, match: {{ prefix: /slow }}, upstream: silent }}\n"
+    ));
+    let url = format!("{}/slow/held", gw.url("public"));
+    let pending = tokio::spawn(async move {
+        Client::builder(TokioExecutor::new())
+            .build_http::<Full<Bytes>>()
+            .request(req("GET", &url, &[], ""))
+            .await
+    });
+    assert_eq!(next_report(&mut reports).await, "GET /slow/held HTTP/1.1");
+    gw.signal("TERM");
+    // The first signal is taken once the listener is closed; the request is still held.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(gw.listener("public"))
+        .await
+        .is_ok()
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.wait_exit(Duration::from_millis(300)), None, "draining");
+    gw.signal("INT");
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(pending.await.unwrap().is_err(), "no answer");
+    assert_eq!(next_report(&mut reports).await, "closed");
+    let event = gw
+        .audit_events()
+        .into_iter()
+        .find(|e| e["path"] == "/slow/held")
+        .unwrap_or_else(|| panic!("audited: {:#?}", gw.audit_events()));
+    assert_eq!(event["outcome"], "interrupted", "{event}");
+    assert_eq!(event["status"], 444, "{event}");
+    assert!(gw.stderr_text().contains("stopping at once"));
+}

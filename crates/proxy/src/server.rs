@@ -69,13 +69,14 @@ pub async fn bind(gw: &Gateway, config: &Config) -> Result<Vec<BoundListener>, S
 }
 
 /// Serves every listener until `shutdown` turns true, then drains connections for at most
-/// `server.drain_timeout`. Connections still open then are left running: the caller
+/// `server.drain_timeout`, or until `cut_off` turns true. Connections still open then are left running: the caller
 /// marks the gateway interrupted ([`crate::Gateway::interrupt`]) and shuts the runtime down, which
 /// drops them, so their requests are audited as interrupted.
 pub async fn serve(
     gw: Arc<Gateway>,
     listeners: Vec<BoundListener>,
     mut shutdown: watch::Receiver<bool>,
+    mut cut_off: watch::Receiver<bool>,
 ) {
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let mut tasks = Vec::new();
@@ -130,6 +131,12 @@ pub async fn serve(
                 drain_timeout = ?deadline,
                 "connections still open after the drain timeout: their requests are cut off"
             ),
+            // Told to stop at once (a second stop signal). A sender gone says nothing.
+            () = async {
+                if cut_off.wait_for(|c| *c).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => {}
         },
         Err(_) => tracing::warn!("accept loops still running; not draining"),
     }
