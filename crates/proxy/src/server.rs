@@ -69,9 +69,9 @@ pub async fn bind(gw: &Gateway, config: &Config) -> Result<Vec<BoundListener>, S
 }
 
 /// Serves every listener until `shutdown` turns true, then drains connections for at most
-/// `server.drain_timeout`, or until `cut_off` turns true. Connections still open then are left running: the caller
-/// marks the gateway interrupted ([`crate::Gateway::interrupt`]) and shuts the runtime down, which
-/// drops them, so their requests are audited as interrupted.
+/// `server.drain_timeout`, or until `cut_off` turns true. Connections still open then are
+/// left running: the caller marks the gateway interrupted ([`crate::Gateway::interrupt`]) and
+/// shuts the runtime down, which drops them, so their requests are audited as interrupted.
 pub async fn serve(
     gw: Arc<Gateway>,
     listeners: Vec<BoundListener>,
