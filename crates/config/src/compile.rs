@@ -372,6 +372,7 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
             e,
         ),
         drain_timeout: compile_duration(&s.drain_timeout, "server.drain_timeout", e),
+        stop_delay: compile_duration(&s.stop_delay, "server.stop_delay", e),
         abort_on_client_close: s.abort_on_client_close,
     }
 }

@@ -218,6 +218,10 @@ pub struct RawServer {
     /// On stop, how long requests in flight may take to finish. Default `15s`.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout: String,
+    /// On stop, how long to keep accepting and serving, with `/readyz` saying not ready,
+    /// before the drain. Default `0s`.
+    #[serde(default = "default_stop_delay")]
+    pub stop_delay: String,
     /// Whether an HTTP/1.x client that ends its stream (or resets the connection) while its
     /// request is in flight abandons it. Default false: the end of the stream is a half-close.
     #[serde(default)]
@@ -240,6 +244,7 @@ impl Default for RawServer {
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
             drain_timeout: default_drain_timeout(),
+            stop_delay: default_stop_delay(),
             abort_on_client_close: false,
         }
     }
@@ -268,6 +273,9 @@ fn default_max_connections_per_ip() -> usize {
 }
 fn default_drain_timeout() -> String {
     "15s".into()
+}
+fn default_stop_delay() -> String {
+    "0s".into()
 }
 
 /// Request id handling.

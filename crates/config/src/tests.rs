@@ -707,10 +707,12 @@ upstreams: { u: { targets: ["http://127.0.0.1:1"], request_timeout: 999999999999
 }
 
 #[test]
-fn drain_timeout_defaults_to_15s_and_is_checked_like_every_duration() {
+fn stop_settings_have_their_defaults_and_are_checked() {
     use std::time::Duration;
     let c = load_str("", Path::new(".")).unwrap();
     assert_eq!(c.server.drain_timeout, Duration::from_secs(15));
+    assert_eq!(c.server.stop_delay, Duration::ZERO);
+    assert!(!c.server.abort_on_client_close);
     let c = load_str("server: { drain_timeout: 0s }", Path::new(".")).unwrap();
     assert_eq!(c.server.drain_timeout, Duration::ZERO);
     let c = load_str("server: { drain_timeout: 250ms }", Path::new(".")).unwrap();
@@ -718,6 +720,18 @@ fn drain_timeout_defaults_to_15s_and_is_checked_like_every_duration() {
     let e = errs("server: { drain_timeout: soon }");
     assert!(
         e.iter().any(|m| m.starts_with("server.drain_timeout")),
+        "{e:?}"
+    );
+    let c = load_str(
+        "server: { stop_delay: 5s, abort_on_client_close: true }",
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(c.server.stop_delay, Duration::from_secs(5));
+    assert!(c.server.abort_on_client_close);
+    let e = errs("server: { stop_delay: later }");
+    assert!(
+        e.iter().any(|m| m.starts_with("server.stop_delay")),
         "{e:?}"
     );
     let e = errs("server: { drain_timeout: 36501d }");

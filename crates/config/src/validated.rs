@@ -105,6 +105,8 @@ pub struct Server {
     /// On stop, how long requests in flight may take to finish before their connections are
     /// closed (and those requests audited as interrupted).
     pub drain_timeout: Duration,
+    /// On stop, how long the gateway keeps accepting and serving (not ready) before draining.
+    pub stop_delay: Duration,
     /// An HTTP/1.x client's end of stream or reset during its request abandons the request
     /// (the upstream exchange is given up, the request audited with status 499).
     pub abort_on_client_close: bool,

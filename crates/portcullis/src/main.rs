@@ -520,6 +520,18 @@ async fn signals(
             _ = int.recv() => break,
         }
     }
+    // Not ready from now on; with a stop delay, still accepting and serving meanwhile, so
+    // that load balancers can take the instance out before its listeners close.
+    gw.begin_stop();
+    let delay = gw.runtime().config().server.stop_delay;
+    if !delay.is_zero() {
+        tracing::info!(stop_delay = ?delay, "stopping: not ready; serving on for the stop delay (a second SIGTERM or SIGINT drains at once)");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
     tracing::info!("stopping: draining connections (a second SIGTERM or SIGINT stops at once)");
     let _ = stop.send(true);
     tokio::select! {
@@ -543,12 +555,18 @@ impl SignalHandlers {
 #[cfg(not(unix))]
 async fn signals(
     _handlers: SignalHandlers,
-    _gw: Arc<Gateway>,
+    gw: Arc<Gateway>,
     _path: Option<PathBuf>,
     stop: watch::Sender<bool>,
     cut: watch::Sender<bool>,
 ) {
     let _ = tokio::signal::ctrl_c().await;
+    gw.begin_stop();
+    let delay = gw.runtime().config().server.stop_delay;
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
     let _ = stop.send(true);
     let _ = tokio::signal::ctrl_c().await;
     let _ = cut.send(true);

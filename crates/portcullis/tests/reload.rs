@@ -405,3 +405,43 @@ async fn a_second_stop_signal_cuts_the_drain_short() {
     assert_eq!(event["status"], 444, "{event}");
     assert!(gw.stderr_text().contains("stopping at once"));
 }
+
+/// With `server.stop_delay`, a stop first only makes the gateway not ready (`/readyz` 503,
+/// reason `stopping`) while it goes on accepting and serving, so that a load balancer can take
+/// it out before its listeners close; a second signal starts the drain at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_delay_keeps_serving_while_not_ready() {
+    let mut gw = gateway(
+        "server: { stop_delay: 120s }\n\
+         upstreams: { d: { kind: echo } }\n\
+         routes:\n  - { name: all, match: { prefix: / }, upstream: d }\n",
+    );
+    let readyz = format!("{}/readyz", gw.admin_url());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get(&readyz).await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.signal("TERM");
+    loop {
+        let r = get(&readyz).await;
+        if r.status == 503 {
+            assert_eq!(r.json()["reason"], "stopping", "{}", r.text());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Still accepting and serving, on new connections too.
+    for _ in 0..3 {
+        assert_eq!(call_public(&gw, "GET", "/still", &[]).await.status, 200);
+    }
+    assert_eq!(gw.wait_exit(Duration::from_millis(200)), None);
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(
+        gw.stderr_text().contains("stop delay"),
+        "{}",
+        gw.stderr_text()
+    );
+}

@@ -55,6 +55,9 @@ pub struct Gateway {
     /// Set once the stop's drain deadline has passed: requests dropped unanswered from then
     /// on were cut off by the stop, not abandoned by their clients.
     interrupted: std::sync::atomic::AtomicBool,
+    /// Set at the stop signal: not ready any more (load balancers take it out), though it may
+    /// serve a while longer (`server.stop_delay`).
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -82,7 +85,15 @@ impl Gateway {
             admission: server::Admission::default(),
             shared,
             interrupted: std::sync::atomic::AtomicBool::new(false),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Marks the gateway as stopping: from now on it is not ready (`/readyz` answers 503,
+    /// reason `stopping`), whatever else it could say.
+    pub fn begin_stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Marks the stop's drain deadline as passed. The requests still running are then dropped
@@ -159,8 +170,12 @@ impl Gateway {
     }
 
     /// Ready when every upstream host resolved and every JWT issuer whose keys come from the
-    /// network (`jwks_url`, discovery) has loaded them once; else the reasons, joined.
+    /// network (`jwks_url`, discovery) has loaded them once, and the gateway is not stopping;
+    /// else the reasons, joined (`stopping` alone once a stop began).
     pub fn readiness(&self) -> Result<(), String> {
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("stopping".into());
+        }
         let upstreams = self
             .ready
             .lock()
