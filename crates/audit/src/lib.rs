@@ -42,6 +42,10 @@ pub const MAX_USER_AGENT_BYTES: usize = 256;
 /// Most events serialised into one write; bounds the writer's buffer.
 const MAX_BATCH: usize = 256;
 
+/// How long the writer lets events gather once one arrives after it was idle: the delay of an
+/// audit line, and what keeps a busy gateway from waking the writer for every event.
+const GATHER: Duration = Duration::from_millis(2);
+
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -464,13 +468,28 @@ fn writer(
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut failing = false;
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
+    // Idle, the thread waits for an event, then lets a batch gather: events sent while it
+    // sleeps do not wake it (a sender wakes only a receiver blocked in `recv`), so busy
+    // traffic costs one wake-up and one write per batch, not per event.
+    let mut waited = true;
+    loop {
+        if waited {
+            match rx.recv() {
+                Ok(first) => batch.push(first),
+                Err(_) => break,
+            }
+            std::thread::sleep(GATHER);
+        }
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(e) => batch.push(e),
                 Err(_) => break,
             }
+        }
+        // A full batch may have more behind it: taken next without waiting.
+        waited = batch.len() < MAX_BATCH;
+        if batch.is_empty() {
+            continue;
         }
         buf.clear();
         let mut lines = 0u64;
