@@ -292,38 +292,52 @@ async fn sigterm_finishes_requests_in_flight_then_stops() {
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
 }
 
+/// A GET sent from a task of its own (over HTTP/2 with prior knowledge when `h2`), for a
+/// request that is to be held while the test goes on.
+fn spawn_get(
+    url: String,
+    h2: bool,
+) -> tokio::task::JoinHandle<
+    Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+> {
+    tokio::spawn(async move {
+        Client::builder(TokioExecutor::new())
+            .http2_only(h2)
+            .build_http::<Full<Bytes>>()
+            .request(req("GET", &url, &[], ""))
+            .await
+    })
+}
+
+/// The gateway with `server.drain_timeout: drain` and a route `/slow` to a silent upstream
+/// (which the gateway waits on for longer than any test runs); the upstream's address and
+/// reports.
+async fn draining_before_silent(
+    drain: &str,
+) -> (
+    Gateway,
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (silent, reports) = silent_upstream().await;
+    let gw = gateway(&format!(
+        "server: {{ drain_timeout: {drain} }}\n\
+         upstreams: {{ silent: {{ targets: [\"http://{silent}\"], request_timeout: 300s }} }}\n\
+         routes:\n  - {{ name: slow, match: {{ prefix: /slow }}, upstream: silent }}\n"
+    ));
+    (gw, silent, reports)
+}
+
 /// Past `server.drain_timeout`, a stop does not wait for requests any longer: their
 /// connections are closed without an answer, the upstream exchanges are given up, and each
 /// request is still audited (outcome `interrupted`, status 444) — over the HTTP/1.1 front and
 /// over HTTP/2 (hyper's streams run as tasks of their own) alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_past_the_drain_deadline_cuts_requests_off_and_audits_them() {
-    let (silent_addr, mut events) = silent_upstream().await;
-    let mut gw = gateway(&format!(
-        "server: {{ drain_timeout: 300ms }}\n\
-         upstreams: {{ silent: {{ targets: [\"http://{silent_addr}\"], request_timeout: 60s }} }}\n\
-         routes:\n  - {{ name: slow, match: {{ prefix: /slow }}, upstream: silent }}\n"
-    ));
+    let (mut gw, silent_addr, mut events) = draining_before_silent("300ms").await;
     let base = gw.url("public");
-    let h1 = {
-        let url = format!("{base}/slow/h1");
-        tokio::spawn(async move {
-            Client::builder(TokioExecutor::new())
-                .build_http::<Full<Bytes>>()
-                .request(req("GET", &url, &[], ""))
-                .await
-        })
-    };
-    let h2 = {
-        let url = format!("{base}/slow/h2");
-        tokio::spawn(async move {
-            Client::builder(TokioExecutor::new())
-                .http2_only(true)
-                .build_http::<Full<Bytes>>()
-                .request(req("GET", &url, &[], ""))
-                .await
-        })
-    };
+    let h1 = spawn_get(format!("{base}/slow/h1"), false);
+    let h2 = spawn_get(format!("{base}/slow/h2"), true);
     let mut heads = vec![
         next_report(&mut events).await,
         next_report(&mut events).await,
@@ -334,7 +348,7 @@ async fn sigterm_past_the_drain_deadline_cuts_requests_off_and_audits_them() {
     let stopped = std::time::Instant::now();
     gw.signal("TERM");
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
-    // Well before the upstream's 60 s request timeout: the deadline cut the requests off.
+    // Well before the upstream's 300 s request timeout: the deadline cut the requests off.
     assert!(stopped.elapsed() < Duration::from_secs(15));
     // Neither client got an answer; both upstream exchanges were given up.
     assert!(h1.await.unwrap().is_err(), "no answer over HTTP/1.1");
@@ -367,19 +381,8 @@ async fn sigterm_past_the_drain_deadline_cuts_requests_off_and_audits_them() {
 /// off (and audited as interrupted) without waiting out a long `server.drain_timeout`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_stop_signal_cuts_the_drain_short() {
-    let (silent, mut reports) = silent_upstream().await;
-    let mut gw = gateway(&format!(
-        "server: {{ drain_timeout: 120s }}\n\
-         upstreams: {{ silent: {{ targets: [\"http://{silent}\"], request_timeout: 120s }} }}\n\
-         routes:\n  - {{ name: slow, match: {{ prefix: /slow }}, upstream: silent }}\n"
-    ));
-    let url = format!("{}/slow/held", gw.url("public"));
-    let pending = tokio::spawn(async move {
-        Client::builder(TokioExecutor::new())
-            .build_http::<Full<Bytes>>()
-            .request(req("GET", &url, &[], ""))
-            .await
-    });
+    let (mut gw, _, mut reports) = draining_before_silent("120s").await;
+    let pending = spawn_get(format!("{}/slow/held", gw.url("public")), false);
     assert_eq!(next_report(&mut reports).await, "GET /slow/held HTTP/1.1");
     gw.signal("TERM");
     // The first signal is taken once the listener is closed; the request is still held.

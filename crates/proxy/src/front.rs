@@ -113,9 +113,7 @@ where
                     }
                 }
             }
-            if rbuf.capacity() - rbuf.len() < READ_ROOM {
-                rbuf.reserve(2 * READ_ROOM);
-            }
+            make_room(&mut rbuf);
             // The read first: when the next request is already there, the stop signal is
             // not even looked at.
             let read = tokio::select! {
@@ -215,6 +213,14 @@ where
     }
 }
 
+/// Room for a read of at least `READ_ROOM` bytes in the connection's buffer.
+#[inline]
+fn make_room(rbuf: &mut BytesMut) {
+    if rbuf.capacity() - rbuf.len() < READ_ROOM {
+        rbuf.reserve(2 * READ_ROOM);
+    }
+}
+
 /// The engine's answer, or none when the client went away first: its end of stream or a
 /// reset while the request was in flight (`server.abort_on_client_close`). What the client
 /// sends meanwhile (a pipelined request) is kept in `rbuf`, up to `max` bytes; beyond that it
@@ -239,9 +245,7 @@ where
                 watching = false;
                 break;
             }
-            if rbuf.capacity() - rbuf.len() < READ_ROOM {
-                rbuf.reserve(2 * READ_ROOM);
-            }
+            make_room(rbuf);
             match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, rbuf) {
                 Poll::Pending => break,
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
