@@ -309,16 +309,13 @@ fn load_certs(
     }
 }
 
-fn resolve_secret(s: &RawSecret, path: &str, base: &Path, e: &mut ConfigErrors) -> Option<String> {
-    s.resolve(path, base, e)
-}
-
 fn compile_admin(a: &RawAdmin, base: &Path, e: &mut ConfigErrors) -> Admin {
     let address = parse_addr(&a.address, "admin.address", e);
     let token = a
         .token
         .as_ref()
-        .and_then(|t| resolve_secret(t, "admin.token", base, e));
+        .and_then(|t| t.resolve("admin.token", base, e))
+        .map(portcullis_core::Secret::new);
     if a.enabled && !address.ip().is_loopback() && a.token.is_none() {
         e.push(
             "admin.address",
@@ -652,7 +649,11 @@ fn compile_header_ops(raw: &RawHeaderOps, path: &str, e: &mut ConfigErrors) -> H
                     let p = format!("{path}.{key}.{k}");
                     let name = header_name(k, &p, e)?;
                     match HeaderValue::from_str(v) {
-                        Ok(v) => Some((name, v)),
+                        Ok(mut v) => {
+                            // Not shown by `Debug`; never indexed by HPACK.
+                            v.set_sensitive(crate::raw::is_credential_header(k));
+                            Some((name, v))
+                        }
                         Err(_) => {
                             e.push(p, "the value holds characters not allowed in a header");
                             None

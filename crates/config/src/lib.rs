@@ -35,6 +35,28 @@ pub fn schema() -> serde_json::Value {
     serde_json::to_value(schema).unwrap_or(serde_json::Value::Null)
 }
 
+/// The configuration as the admin API shows it: what the operator wrote, with what may be a
+/// secret hidden — inline secrets (`{ value: … }`), the password of every URL
+/// (`redis://:pw@host`, wherever it is), and the values of credential-bearing header fields a
+/// route sets or adds ([`raw::is_credential_header`]).
+pub fn shown(raw: &RawConfig) -> serde_json::Value {
+    fn hide(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => {
+                if let std::borrow::Cow::Owned(r) = portcullis_core::redact_url(s) {
+                    *s = r;
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(hide),
+            serde_json::Value::Object(o) => o.values_mut().for_each(hide),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(raw).unwrap_or(serde_json::Value::Null);
+    hide(&mut v);
+    v
+}
+
 /// Reads, validates and compiles a configuration file. Relative paths inside it resolve against
 /// the file's folder.
 pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {

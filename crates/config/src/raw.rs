@@ -788,15 +788,76 @@ pub struct RawRewrite {
     pub template: Option<String>,
 }
 
+/// Whether a header field named `name` likely carries a credential (`Authorization`, `Cookie`,
+/// `X-Api-Key`, `X-Auth-Token` …): its value is hidden where the configuration is shown.
+pub fn is_credential_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "cookie"
+        || name == "set-cookie"
+        || [
+            "auth",
+            "token",
+            "secret",
+            "passw",
+            "key",
+            "session",
+            "signature",
+            "credential",
+        ]
+        .iter()
+        .any(|w| name.contains(w))
+}
+
+/// Header fields as the configuration is shown (admin API, `Debug`): the values of
+/// credential-bearing names hidden.
+struct Shown<'a>(&'a BTreeMap<String, String>);
+
+impl Shown<'_> {
+    fn entries(&self) -> impl Iterator<Item = (&String, &str)> {
+        self.0.iter().map(|(name, value)| {
+            let value = if is_credential_header(name) {
+                portcullis_core::REDACTED
+            } else {
+                value.as_str()
+            };
+            (name, value)
+        })
+    }
+}
+
+impl std::fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.entries()).finish()
+    }
+}
+
+fn credentials_hidden<S: serde::Serializer>(
+    fields: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(Shown(fields).entries())
+}
+
+impl std::fmt::Debug for RawHeaderOps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawHeaderOps")
+            .field("set", &Shown(&self.set))
+            .field("add", &Shown(&self.add))
+            .field("remove", &self.remove)
+            .field("rename", &self.rename)
+            .finish()
+    }
+}
+
 /// Header changes.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[derive(Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaderOps {
     /// Set (replace) these headers.
-    #[serde(default)]
+    #[serde(default, serialize_with = "credentials_hidden")]
     pub set: BTreeMap<String, String>,
     /// Append these headers (kept alongside existing values).
-    #[serde(default)]
+    #[serde(default, serialize_with = "credentials_hidden")]
     pub add: BTreeMap<String, String>,
     /// Remove these headers.
     #[serde(default)]

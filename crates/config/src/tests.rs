@@ -99,7 +99,7 @@ fn inline_secrets_are_redacted_when_serialised() {
     let shown = serde_json::to_string(&c.raw).unwrap();
     assert!(!shown.contains("s3cret"), "{shown}");
     assert!(shown.contains("<redacted>"));
-    assert_eq!(c.admin.token.as_deref(), Some("s3cret"));
+    assert_eq!(c.admin.token.as_ref().map(|t| t.expose()), Some("s3cret"));
 }
 
 #[test]
@@ -741,4 +741,94 @@ fn stop_settings_have_their_defaults_and_are_checked() {
                 && m.contains("longest duration accepted")),
         "{e:?}"
     );
+}
+
+#[test]
+fn secrets_are_hidden_from_the_admin_view_and_from_debug() {
+    const MARK: &str = "MARKmarkMARKmarkMARKmarkMARKmark";
+    let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/keys/demo.private.pem");
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let key_body = pem.lines().nth(1).unwrap().to_string();
+    let yaml = format!(
+        r#"
+admin: {{ token: {{ value: {MARK} }} }}
+upstreams: {{ demo: {{ kind: echo }} }}
+auth:
+  jwt:
+    a: {{ issuer: https://a.test, hmac_secret: {{ value: {MARK} }}, algorithms: [HS256] }}
+  introspection:
+    idp: {{ endpoint: "https://idp.test/introspect", client_id: gw, client_secret: {{ value: {MARK} }} }}
+  internal_token: {{ issuer: gw.test, key_file: "{key}" }}
+  redis: {{ url: "redis://:{MARK}@127.0.0.1:7000", cluster: true, cluster_nodes: ["redis://:{MARK}@127.0.0.1:7001"] }}
+authz:
+  opa:
+    main: {{ url: "http://127.0.0.1:8181", token: {{ value: {MARK} }} }}
+bans:
+  rules: [{{ name: scanner, on: [route_not_found], count: 3, within: 1m, ban_for: 1h }}]
+  redis: {{ url: "redis://u:{MARK}@127.0.0.1:6379", cluster: false }}
+rate_limits:
+  store: redis
+  redis: {{ url: "rediss://:{MARK}@127.0.0.1:7000", cluster: true, cluster_nodes: ["rediss://:{MARK}@127.0.0.1:7002"] }}
+routes:
+  - name: r
+    match: {{ prefix: / }}
+    upstream: demo
+    auth: {{ anonymous: true }}
+    request_headers:
+      set: {{ authorization: "Bearer {MARK}", x-tenant: acme }}
+      add: {{ X-Api-Key: {MARK} }}
+    response_headers:
+      set: {{ set-cookie: "s={MARK}" }}
+"#,
+        key = key.display()
+    );
+    let c = match load_str(&yaml, Path::new(".")) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let shown = crate::shown(&c.raw).to_string();
+    assert!(!shown.contains(MARK), "{shown}");
+    // What is not secret is still there, and the URLs keep their user and host.
+    for want in [
+        r#""x-tenant":"acme""#,
+        r#""authorization":"<redacted>""#,
+        r#""X-Api-Key":"<redacted>""#,
+        "redis://u:<redacted>@127.0.0.1:6379",
+        "redis://:<redacted>@127.0.0.1:7001",
+        "rediss://:<redacted>@127.0.0.1:7002",
+        "https://idp.test/introspect",
+    ] {
+        assert!(shown.contains(want), "{want} in {shown}");
+    }
+    let debug = format!("{c:?}");
+    assert!(!debug.contains(MARK), "{debug}");
+    assert!(!debug.contains(&key_body) && !debug.contains("PRIVATE KEY"));
+    // The values themselves are what the gateway uses.
+    assert_eq!(c.admin.token.as_ref().unwrap().expose(), MARK);
+    assert!(
+        c.rate_limits
+            .redis
+            .as_ref()
+            .unwrap()
+            .url
+            .as_str()
+            .contains(MARK)
+    );
+}
+
+#[test]
+fn errors_quoting_a_url_hide_its_password() {
+    let e = errs(
+        r#"
+authz: { opa: { main: { url: "http://gw:hunter2@127.0.0.1:8181" } } }
+upstreams: { app: { targets: ["http://u:hunter2@127.0.0.1:9"] } }
+"#,
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    for m in &e {
+        assert!(
+            !m.contains("hunter2") && m.contains(":<redacted>@127.0.0.1"),
+            "{m}"
+        );
+    }
 }

@@ -83,7 +83,7 @@ pub struct Certificate {
 pub struct Admin {
     pub enabled: bool,
     pub address: SocketAddr,
-    pub token: Option<String>,
+    pub token: Option<portcullis_core::Secret>,
 }
 
 #[derive(Debug, Clone)]

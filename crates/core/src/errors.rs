@@ -31,10 +31,17 @@ impl ConfigErrors {
         Self::default()
     }
 
+    /// Adds an error. A URL quoted in `message` is shown without its password: these
+    /// messages are logged and returned by the admin API.
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let message = message.into();
+        let message = match crate::secret::redact_urls_in(&message) {
+            std::borrow::Cow::Owned(shown) => shown,
+            std::borrow::Cow::Borrowed(_) => message,
+        };
         self.errors.push(ConfigError {
             path: path.into(),
-            message: message.into(),
+            message,
         });
     }
 

@@ -47,7 +47,10 @@ pub use header::{has_header, header_value, is_tchar, remove_header};
 pub use identity::{AuthMethod, PeerCertificate, Principal, SpiffeId, claim_at};
 pub use jsontext::{json_error_offset, push_json_string};
 pub use reject::{RejectReason, Rejection, Violation};
-pub use secret::{RawSecret, RawSecretOrString, resolve_path};
+pub use secret::{
+    REDACTED, RawSecret, RawSecretOrString, Secret, UrlText, redact_url, redact_urls_in,
+    resolve_path,
+};
 pub use stage::{Answer, Stage, StageId, Step, Verdict};
 pub use waf::{WafMatch, WafReport};
 

@@ -401,7 +401,7 @@ async fn run(
         let mut stop = stop_rx.clone();
         tokio::spawn(portcullis_admin::serve(
             admin,
-            config.admin.token.clone(),
+            config.admin.token.as_ref().map(|t| t.expose().to_owned()),
             view,
             async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -669,7 +669,7 @@ impl AdminSource for AdminView {
 
     fn config(&self) -> serde_json::Value {
         let rt = self.gw.runtime();
-        serde_json::to_value(&rt.config().raw).unwrap_or(serde_json::Value::Null)
+        portcullis_config::shown(&rt.config().raw)
     }
 
     fn metrics(&self) -> String {

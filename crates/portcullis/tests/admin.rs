@@ -14,7 +14,12 @@ const APP: &str = "upstreams: { demo: { kind: echo } }\nroutes:\n  - { name: hel
 async fn health_readiness_metrics_and_config() {
     let gw = gateway(
         &format!(
-            "admin: {{ address: \"127.0.0.1:0\", token: {{ value: not-for-your-eyes }} }}\n{APP}"
+            "admin: {{ address: \"127.0.0.1:0\", token: {{ value: not-for-your-eyes }} }}\n\
+             rate_limits: {{ store: redis, redis: {{ url: \"redis://gw:not-for-your-eyes@127.0.0.1:1\" }} }}\n{}",
+            APP.replace(
+                "upstream: demo }",
+                "upstream: demo, request_headers: { set: { authorization: not-for-your-eyes } } }"
+            )
         )
         .replace("admin: { address: \"127.0.0.1:0\" }\n", ""),
     );
@@ -48,8 +53,18 @@ async fn health_readiness_metrics_and_config() {
     let c = send(req("GET", &format!("{admin}/config"), &auth, "")).await;
     assert_eq!(c.status, 200);
     let text = c.text();
+    // The token, a URL's password and a credential header's value are hidden.
     assert!(!text.contains("not-for-your-eyes"), "{text}");
-    assert!(text.contains("<redacted>"));
+    let shown = c.json();
+    assert_eq!(shown["admin"]["token"]["value"], "<redacted>");
+    assert_eq!(
+        shown["rate_limits"]["redis"]["url"],
+        "redis://gw:<redacted>@127.0.0.1:1"
+    );
+    assert_eq!(
+        shown["routes"][0]["request_headers"]["set"]["authorization"],
+        "<redacted>"
+    );
     assert_eq!(c.json()["routes"][0]["name"], "hello");
     assert!(!gw.stderr_text().contains("not-for-your-eyes"));
 }

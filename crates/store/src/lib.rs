@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use portcullis_core::{ConfigErrors, RawSecretOrString};
+use portcullis_core::{ConfigErrors, RawSecretOrString, UrlText, redact_url};
 
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -65,26 +65,24 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// The URL without its credentials, for logs and the admin API.
-fn redact(url: &str) -> String {
-    match url.rsplit_once('@') {
-        Some((scheme_and_user, host)) => {
-            let scheme = scheme_and_user
-                .split_once("://")
-                .map_or("redis", |(s, _)| s);
-            format!("{scheme}://…@{host}")
-        }
-        None => url.to_string(),
-    }
-}
-
 /// Where a shared Redis store is: one server, or seed nodes of a Redis Cluster. Compiled from
 /// a section's `url` (a string or a secret), `cluster` and `cluster_nodes`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct RedisTarget {
     /// `url` first, then `cluster_nodes`.
     pub urls: Vec<String>,
     pub cluster: bool,
+}
+
+/// Shown with the URLs' passwords hidden.
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<_> = self.urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("RedisTarget")
+            .field("urls", &urls)
+            .field("cluster", &self.cluster)
+            .finish()
+    }
 }
 
 impl RedisTarget {
@@ -94,7 +92,7 @@ impl RedisTarget {
     pub fn compile(
         url: &RawSecretOrString,
         cluster: bool,
-        nodes: &[String],
+        nodes: &[UrlText],
         path: &str,
         base: &Path,
         e: &mut ConfigErrors,
@@ -113,7 +111,7 @@ impl RedisTarget {
             );
         }
         for (i, n) in nodes.iter().enumerate() {
-            if !is_redis(n) {
+            if !is_redis(n.as_str()) {
                 e.push(
                     format!("{path}.cluster_nodes[{i}]"),
                     "a redis:// or rediss:// URL",
@@ -121,7 +119,7 @@ impl RedisTarget {
             }
         }
         let mut urls = vec![first.unwrap_or_default()];
-        urls.extend(nodes.iter().cloned());
+        urls.extend(nodes.iter().map(|n| n.0.clone()));
         if e.len() == errors
             && let Err(m) = Store::check(&urls, cluster)
         {
@@ -140,7 +138,11 @@ impl Store {
         timeout: Duration,
         prefix: &str,
     ) -> Result<Store, String> {
-        let url_redacted = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",");
+        let url_redacted = urls
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(",");
         let client = match (cluster, urls) {
             (_, []) => return Err("redis: no URL".into()),
             (false, [url]) => Client::Single(
@@ -352,13 +354,13 @@ mod tests {
     fn one_server_or_a_cluster_and_passwords_kept_out_of_sight() {
         let t = Duration::from_millis(100);
         let one = Store::new(&urls(&["redis://:hunter2@10.0.0.1:6379/0"]), false, t, "p:").unwrap();
-        assert_eq!(one.url_redacted, "redis://…@10.0.0.1:6379/0");
+        assert_eq!(one.url_redacted, "redis://:<redacted>@10.0.0.1:6379/0");
         assert_eq!(one.key("bans"), "p:bans");
         let seeds = urls(&["redis://u:pw@10.0.0.1:7000", "redis://u:pw@10.0.0.2:7000"]);
         let cluster = Store::new(&seeds, true, t, "p:").unwrap();
         assert_eq!(
             cluster.url_redacted,
-            "redis://…@10.0.0.1:7000,redis://…@10.0.0.2:7000"
+            "redis://u:<redacted>@10.0.0.1:7000,redis://u:<redacted>@10.0.0.2:7000"
         );
         assert!(matches!(cluster.client, Client::Cluster(_)));
         let err = |r: Result<Store, String>| r.err().unwrap();

@@ -344,7 +344,7 @@ pub struct RawRedis {
     pub cluster: bool,
     /// More seed nodes of the cluster.
     #[serde(default)]
-    pub cluster_nodes: Vec<String>,
+    pub cluster_nodes: Vec<portcullis_core::UrlText>,
     /// Longest wait for one Redis command on the request path. Default `250ms`.
     #[serde(default = "default_redis_timeout")]
     pub timeout: String,
@@ -632,7 +632,7 @@ pub struct Introspection {
     pub name: Arc<str>,
     pub endpoint: http::Uri,
     pub client_id: String,
-    pub client_secret: String,
+    pub client_secret: portcullis_core::Secret,
     pub issuer: Option<String>,
     pub audiences: Vec<String>,
     pub timeout: Duration,
@@ -694,7 +694,7 @@ pub struct IdentityHeaders {
 #[derive(Debug, Clone)]
 pub struct InternalToken {
     pub algorithm: Alg,
-    pub key_pem: Option<String>,
+    pub key_pem: Option<portcullis_core::Secret>,
     pub issuer: String,
     pub ttl: Duration,
     pub header: HeaderName,
@@ -883,7 +883,7 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
             name: Arc::from(name.as_str()),
             endpoint: endpoint.unwrap_or_default(),
             client_id: r.client_id.clone(),
-            client_secret: secret.unwrap_or_default(),
+            client_secret: portcullis_core::Secret::new(secret.unwrap_or_default()),
             issuer: r.issuer.clone(),
             audiences: r.audiences.clone(),
             timeout: compile_duration(&r.timeout, &format!("{path}.timeout"), e),
@@ -1019,6 +1019,7 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
     {
         e.push("auth.internal_token.key_file", err.to_string());
     }
+    let key_pem = key_pem.map(portcullis_core::Secret::new);
     let internal_header =
         header(&it.header, "auth.internal_token.header", e).unwrap_or(http::header::AUTHORIZATION);
     let mut strip = vec![

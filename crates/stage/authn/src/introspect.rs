@@ -99,7 +99,7 @@ impl Introspector {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",
             form(&self.cfg.client_id),
-            form(&self.cfg.client_secret)
+            form(self.cfg.client_secret.expose())
         ));
         let body = format!("token={}&token_type_hint=access_token", form(token));
         let req = Request::post(self.cfg.endpoint.clone())

@@ -71,7 +71,7 @@ impl Fail {
 pub(crate) use portcullis_core::unix_now;
 
 /// The internal-token signer and what it was built from (key PEM, algorithm).
-type SignerSlot = (Option<String>, Alg, Arc<Signer>);
+type SignerSlot = (Option<portcullis_core::Secret>, Alg, Arc<Signer>);
 
 /// State that lives as long as the process, shared by every configuration snapshot.
 pub struct AuthnState {
@@ -140,7 +140,14 @@ impl AuthnState {
                     .store
                     .lock()
                     .map_err(|_| "store poisoned".to_string())?;
-                let id = format!("{:?}|{:?}|{}", cfg.target, cfg.timeout, cfg.key_prefix);
+                // The URLs themselves (their `Debug` hides passwords, which may be all that changed).
+                let id = format!(
+                    "{}|{}|{:?}|{}",
+                    cfg.target.urls.join(","),
+                    cfg.target.cluster,
+                    cfg.timeout,
+                    cfg.key_prefix
+                );
                 match &*slot {
                     Some((k, s)) if *k == id => Some(s.clone()),
                     _ => {
@@ -179,7 +186,7 @@ impl AuthnState {
                 _ => {
                     let kid = format!("portcullis-{}", unix_now());
                     let s = match &it.key_pem {
-                        Some(pem) => Signer::from_pkcs8_pem(pem, kid),
+                        Some(pem) => Signer::from_pkcs8_pem(pem.expose(), kid),
                         None => Signer::generate(it.algorithm, kid),
                     }
                     .map(Arc::new)

@@ -75,7 +75,7 @@ pub struct RawBanRedis {
     pub cluster: bool,
     /// More seed nodes of the cluster.
     #[serde(default)]
-    pub cluster_nodes: Vec<String>,
+    pub cluster_nodes: Vec<portcullis_core::UrlText>,
     /// Prefix of the key (`<prefix>bans`). Default `portcullis:`.
     #[serde(default)]
     pub key_prefix: Option<String>,
@@ -1487,7 +1487,10 @@ mod tests {
             redis: Some(RawBanRedis {
                 url: RawSecretOrString::Plain("redis://:a@127.0.0.1:7000".into()),
                 cluster: true,
-                cluster_nodes: nodes.iter().map(|n| n.to_string()).collect(),
+                cluster_nodes: nodes
+                    .iter()
+                    .map(|n| portcullis_core::UrlText::from(*n))
+                    .collect(),
                 key_prefix: None,
                 timeout: None,
                 sync_interval: None,

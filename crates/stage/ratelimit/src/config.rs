@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use portcullis_core::ConfigErrors;
 use portcullis_core::units::compile_duration;
+use portcullis_core::{ConfigErrors, UrlText};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -92,7 +92,7 @@ pub struct RawRedis {
     /// `redis://host:port/db` (or `rediss://`; a password as `redis://:pw@host`). For a
     /// cluster, any node (more in `cluster_nodes`). Default `redis://127.0.0.1:6379`.
     #[serde(default = "default_url")]
-    pub url: String,
+    pub url: UrlText,
     /// An environment variable that, when set and not empty, holds the URL instead (keeps a
     /// password out of the file), e.g. `REDIS_URL`.
     #[serde(default)]
@@ -102,7 +102,7 @@ pub struct RawRedis {
     pub cluster: bool,
     /// More cluster seed nodes.
     #[serde(default)]
-    pub cluster_nodes: Vec<String>,
+    pub cluster_nodes: Vec<UrlText>,
     /// Default `portcullis:rl:`.
     #[serde(default = "default_prefix")]
     pub key_prefix: String,
@@ -115,7 +115,7 @@ pub struct RawRedis {
     pub instances: u64,
 }
 
-fn default_url() -> String {
+fn default_url() -> UrlText {
     "redis://127.0.0.1:6379".into()
 }
 fn default_prefix() -> String {
@@ -299,9 +299,9 @@ impl Limit {
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    pub url: String,
+    pub url: UrlText,
     pub cluster: bool,
-    pub cluster_nodes: Vec<String>,
+    pub cluster_nodes: Vec<UrlText>,
     pub key_prefix: String,
     pub timeout: Duration,
     pub instances: u64,
@@ -597,9 +597,9 @@ pub fn compile(raw: &RawRateLimits, e: &mut ConfigErrors) -> RateLimitSettings {
                 .as_ref()
                 .and_then(|v| std::env::var(v).ok())
                 .filter(|v| !v.trim().is_empty())
-                .unwrap_or_else(|| r.url.clone());
-            let url = url.trim().to_string();
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                .unwrap_or_else(|| r.url.0.clone());
+            let url = UrlText(url.trim().to_string());
+            if !(url.0.starts_with("redis://") || url.0.starts_with("rediss://")) {
                 e.push(format!("{rp}.url"), "a redis:// or rediss:// URL");
             }
             if r.instances == 0 {

@@ -67,7 +67,14 @@ impl RateLimitState {
     fn redis(&self, cfg: &RedisConfig) -> Result<Arc<RedisStore>, String> {
         let id = format!(
             "{}|{}|{:?}|{}|{:?}",
-            cfg.url, cfg.cluster, cfg.cluster_nodes, cfg.key_prefix, cfg.timeout
+            cfg.url.0,
+            cfg.cluster,
+            cfg.cluster_nodes
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>(),
+            cfg.key_prefix,
+            cfg.timeout
         );
         let mut g = self.redis.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((k, s)) = &*g
@@ -75,8 +82,8 @@ impl RateLimitState {
         {
             return Ok(s.clone());
         }
-        let mut urls = vec![cfg.url.clone()];
-        urls.extend(cfg.cluster_nodes.iter().cloned());
+        let mut urls = vec![cfg.url.0.clone()];
+        urls.extend(cfg.cluster_nodes.iter().map(|n| n.0.clone()));
         let s = Arc::new(RedisStore::new(RedisSettings {
             url: urls.join(","),
             cluster: cfg.cluster,

@@ -134,7 +134,11 @@ impl RedisStore {
             .split([',', ' ', '\t', '\n'])
             .filter(|u| !u.is_empty())
             .collect();
-        let shown = urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(",");
+        let shown = urls
+            .iter()
+            .map(|u| portcullis_core::redact_url(u))
+            .collect::<Vec<_>>()
+            .join(",");
         // Connecting may take longer than one request may wait: let it finish in the
         // background rather than start over with every request.
         let connect_timeout = settings.timeout.max(Duration::from_secs(1));
@@ -544,13 +548,6 @@ fn crc16_xmodem(bytes: &[u8]) -> u16 {
 }
 
 /// `redis://user:secret@host/` → `redis://…@host/`.
-fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
-        _ => url.to_string(),
-    }
-}
-
 /// The clock (`now`, µs) and the window arithmetic both scripts share (a macro: `concat!`
 /// takes only literals).
 macro_rules! clock_and_windows {
@@ -860,7 +857,6 @@ mod tests {
             key_slot(storage_key("p:{rl}:", "a", Algorithm::Gcra).as_bytes()),
             key_slot(storage_key("p:{rl}:", "b", Algorithm::Gcra).as_bytes())
         );
-        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://…@h:1/0");
         // TLS URLs are accepted (nothing connects yet); so are cluster seed lists.
         for (url, cluster) in [
             ("rediss://u:p@127.0.0.1:1/", false),
