@@ -1008,6 +1008,9 @@ auth:
   jwt:
     a: { issuer: "https://a", jwks_url: "http://idp.example/jwks", algorithms: [HS256, none] }
     b: { issuer: "https://b", algorithms: [RS256] }
+    c: { issuer: "https://c", jwks_url: "https://u:hunter2@idp.example/jwks", algorithms: [EdDSA] }
+  introspection:
+    i: { endpoint: "https://gw:hunter2@idp.example/introspect", client_id: gw, client_secret: { value: s } }
   api_keys: { keys: [ { hash: "md5:abc", client_id: x } ] }
 routes:
   - { name: r1, match: { prefix: /a }, upstream: demo }
@@ -1018,11 +1021,14 @@ routes:
     .unwrap();
     let out = run_cli(bin(), &["check", f.to_str().unwrap()]);
     assert_eq!(out.status, 1);
+    assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
     for needle in [
         "auth.jwt.a.jwks_url",
         "auth.jwt.a.algorithms[0]: HS256 needs hmac_secret",
         "auth.jwt.a.algorithms[1]",
         "auth.jwt.b: exactly one key source",
+        "auth.jwt.c.jwks_url: \"https://u:<redacted>@idp.example/jwks\": credentials in the URL",
+        "auth.introspection.i.endpoint: \"https://gw:<redacted>@idp.example/introspect\": credentials",
         "auth.api_keys.keys[0].hash",
         "routes[0].auth: required once auth is configured",
         "routes[1].auth: anonymous: true and methods exclude each other",

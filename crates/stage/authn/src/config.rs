@@ -802,6 +802,14 @@ fn check_fetch_url(u: &str, path: &str, e: &mut ConfigErrors) -> Option<http::Ur
         return None;
     };
     let host = uri.host().unwrap_or("");
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // As for upstreams and OPA: a URL's password ends up in logs and views.
+        e.push(
+            path,
+            format!("\"{u}\": credentials in the URL are not supported"),
+        );
+        return None;
+    }
     match uri.scheme_str() {
         Some("https") => Some(uri),
         Some("http") if is_loopback_host(host) => Some(uri),
