@@ -49,7 +49,15 @@ async fn proxy_to_upstream() -> (TestUpstream, Gateway) {
 /// The gateway's own refusal, never a bare parser error: one 400 answer, a problem document
 /// with the request id in the body and the header, and the connection closed.
 fn assert_refused(name: &str, out: &str, closed: bool) {
-    assert!(out.starts_with("HTTP/1.1 400"), "{name}: {out}");
+    assert_refused_with("400", name, out, closed);
+}
+
+fn assert_refused_with(status: &str, name: &str, out: &str, closed: bool) {
+    assert!(
+        out.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{name}: {}",
+        &out[..out.len().min(300)]
+    );
     let lower = out.to_ascii_lowercase();
     assert!(
         lower.contains("content-type: application/problem+json"),
@@ -113,6 +121,47 @@ async fn smuggling_attempts_cut_into_pieces_get_the_same_refusal() {
         raw_exchange_in_pieces(addr, &[&clean[..9], &clean[9..30], &clean[30..]], pause).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert_eq!(up.hits_excluding("/health"), 1, "{:?}", up.requests());
+}
+
+/// A head longer than the gateway reads (twice the head limits, 80 KiB by default) gets the
+/// same answer whether it came in one read or in many: 431 as a problem document, the
+/// connection closed, and nothing sent after it in the same bytes is read as a request. (In
+/// one read, such a head used to be answered and the connection kept; in pieces, hyper
+/// answered a bare 431.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_too_large_to_read_is_refused_the_same_way_however_it_arrives() {
+    let (up, gw) = proxy_to_upstream().await;
+    let addr = gw.listener("public");
+    let mut big = b"GET /big HTTP/1.1\r\nHost: a\r\nX-Filler: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 90 * 1024));
+    big.extend_from_slice(b"\r\n\r\n");
+    // Then a smuggling attempt and a plain request, in the same bytes.
+    big.extend_from_slice(CASES[0].1);
+    big.extend_from_slice(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n");
+    let pause = std::time::Duration::from_millis(40);
+    for (name, pieces) in [
+        ("whole", vec![&big[..]]),
+        ("in pieces", vec![&big[..85 * 1024], &big[85 * 1024..]]),
+        (
+            "byte by byte past the limit",
+            big.chunks(40 * 1024).collect(),
+        ),
+    ] {
+        let (out, closed) = raw_exchange_in_pieces(addr, &pieces, pause).await;
+        assert_refused_with("431", name, &out, closed);
+        assert!(
+            out.contains("urn:portcullis:problem:headers_too_large"),
+            "{name}: {out}"
+        );
+        assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{name}: {out}");
+    }
+    let ok = raw_http(
+        addr,
+        b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "unhealthy afterwards: {ok}");
+    assert_eq!(up.hits_excluding("/health"), 0, "{:?}", up.requests());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -320,9 +320,12 @@ impl Gateway {
 
         let verdict = match conn.framing.get() {
             // The raw bytes were ambiguous: refuse before any step reads the request.
+            // Nothing after it is read (the reader passes nothing on): the connection ends
+            // with the answer.
             Some(a) => {
-                ctx.rejected_by = Some((FRAMING_STAGE, RejectReason::BadRequest));
-                Err(Rejection::new(RejectReason::BadRequest, a.detail()))
+                ctx.rejected_by = Some((FRAMING_STAGE, a.reason()));
+                Err(Rejection::new(a.reason(), a.detail())
+                    .with_header(header::CONNECTION, HeaderValue::from_static("close")))
             }
             None => rt.snapshot.pipeline.run(&mut greq, ctx).await,
         };

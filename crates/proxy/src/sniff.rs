@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf as _, BytesMut};
-use portcullis_core::is_tchar;
+use portcullis_core::{RejectReason, is_tchar};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Why a connection was flagged. `0` means clean.
@@ -41,6 +41,9 @@ pub enum Ambiguity {
     MalformedHead = 6,
     BadContentLength = 7,
     TransferEncodingInHttp10 = 8,
+    /// Longer than the reader holds back (hyper's buffer): refused with 431, whole or in
+    /// pieces.
+    HeadTooLarge = 9,
 }
 
 /// What hyper is handed instead of a refused head: a request it parses, whose only purpose is
@@ -65,6 +68,15 @@ impl Ambiguity {
             Ambiguity::MalformedHead => {
                 "the request head is not valid HTTP/1.1 (a character outside the grammar, a folded line, a bare CR or a line without a colon)"
             }
+            Ambiguity::HeadTooLarge => "the request head is larger than the gateway reads",
+        }
+    }
+
+    /// How the request is refused: 431 for a head too large, 400 for the rest.
+    pub fn reason(self) -> RejectReason {
+        match self {
+            Ambiguity::HeadTooLarge => RejectReason::HeadersTooLarge,
+            _ => RejectReason::BadRequest,
         }
     }
 
@@ -78,6 +90,7 @@ impl Ambiguity {
             6 => Ambiguity::MalformedHead,
             7 => Ambiguity::BadContentLength,
             8 => Ambiguity::TransferEncodingInHttp10,
+            9 => Ambiguity::HeadTooLarge,
             _ => return None,
         })
     }
@@ -99,8 +112,13 @@ impl Flag {
     }
 }
 
-/// Largest trailer section the reader follows.
+/// Longest trailer line the reader follows (CRLF included). Each limit of the reader applies
+/// to the whole head or line, whether it came in one read or in many: a verdict that depended
+/// on the segmentation could be steered by the sender.
 const MAX_TRAILERS: usize = 256 * 1024;
+
+/// Longest chunk-size line (size, extensions, CRLF); a longer one is refused.
+const MAX_CHUNK_LINE: usize = 1024;
 
 /// Where a refused head began, for its replacement by [`STAND_IN`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +198,12 @@ impl Framing {
                                 return None;
                             }
                             let head_len = lead + pos + 4;
-                            match after_head(&data[lead..head_len]) {
+                            let checked = if head_len > self.max_head {
+                                Err(Ambiguity::HeadTooLarge)
+                            } else {
+                                after_head(&data[lead..head_len])
+                            };
+                            match checked {
                                 Ok(next) => self.state = next,
                                 Err(a) => {
                                     self.flag(a);
@@ -210,8 +233,10 @@ impl Framing {
                     }
                     let from = before.saturating_sub(3).max(lead);
                     let Some(pos) = find_head_end(&buf[from..]) else {
+                        // Too long to hold back: refused, as one that came whole.
                         if buf.len() > self.max_head {
-                            self.state = State::Off;
+                            self.flag(Ambiguity::HeadTooLarge);
+                            return Some(began);
                         } else if has_bare_lf(&buf[lead..]) {
                             self.flag(Ambiguity::BareLf);
                             return Some(began);
@@ -220,7 +245,11 @@ impl Framing {
                     };
                     let head_len = from + pos + 4;
                     let consumed = head_len.saturating_sub(before).min(data.len());
-                    let next = after_head(&buf[lead..head_len]);
+                    let next = if head_len > self.max_head {
+                        Err(Ambiguity::HeadTooLarge)
+                    } else {
+                        after_head(&buf[lead..head_len])
+                    };
                     data = &data[consumed..];
                     match next {
                         Ok(next) => self.state = next,
@@ -241,13 +270,19 @@ impl Framing {
                 State::ChunkSize(line) => {
                     let Some(pos) = data.iter().position(|&b| b == b'\n') else {
                         line.extend_from_slice(data);
-                        if line.len() > 1024 {
+                        // Its end still to come, so it will be longer.
+                        if line.len() >= MAX_CHUNK_LINE {
                             self.flag(Ambiguity::BadChunk);
                         }
                         return None;
                     };
                     line.extend_from_slice(&data[..=pos]);
                     data = &data[pos + 1..];
+                    // The same limit whether the line came in one read or in many.
+                    if line.len() > MAX_CHUNK_LINE {
+                        self.flag(Ambiguity::BadChunk);
+                        return None;
+                    }
                     let Some(size) = parse_chunk_size(line) else {
                         self.flag(Ambiguity::BadChunk);
                         return None;
@@ -285,13 +320,18 @@ impl Framing {
                 State::Trailers(line) => {
                     let Some(pos) = data.iter().position(|&b| b == b'\n') else {
                         line.extend_from_slice(data);
-                        if line.len() > MAX_TRAILERS {
+                        if line.len() >= MAX_TRAILERS {
                             self.state = State::Off;
                         }
                         return None;
                     };
                     line.extend_from_slice(&data[..=pos]);
                     data = &data[pos + 1..];
+                    if line.len() > MAX_TRAILERS {
+                        // As when its end had not come yet.
+                        self.state = State::Off;
+                        return None;
+                    }
                     if !line.ends_with(b"\r\n") {
                         self.flag(Ambiguity::BareLf);
                         return None;
@@ -1237,12 +1277,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_head_beyond_the_limit_is_not_held_back() {
-        // Past `max_head` the bytes go on to hyper, which refuses the head by its own limit.
+    async fn a_head_beyond_the_limit_is_refused_whole_or_in_pieces() {
+        // Past `max_head` the head is not held back further: it is refused (431), and nothing
+        // after it is passed on — the same when it came in one read.
         let big = [&b"GET / HTTP/1.1\r\nX-A: "[..], &[b'a'; 2000][..]].concat();
-        let (reads, flag) = reads_of(&[&big[..1000], &big[1000..]], 16 * 1024, 1024).await;
-        assert_eq!(flag, None);
-        assert_eq!(reads.concat(), big);
+        let whole = [&big[..], b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"].concat();
+        for pieces in [&[&big[..1000], &big[1000..]][..], &[&whole[..]]] {
+            let (reads, flag) = reads_of(pieces, 16 * 1024, 1024).await;
+            assert_eq!(flag, Some(Ambiguity::HeadTooLarge));
+            assert_eq!(reads.concat(), STAND_IN);
+        }
         // An incomplete head at the end of the stream is handed over before the end.
         let (reads, _) = reads_of(&[b"GET / HT", b"TP/1.1\r\n"], 16 * 1024, 1024).await;
         assert_eq!(reads.concat(), b"GET / HTTP/1.1\r\n");
@@ -1253,6 +1297,39 @@ mod tests {
         assert_eq!(verdict(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\n"), None);
         let (_, f) = run(&[b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x05hello\n\n"]);
         assert!(matches!(f.state, State::Off));
+    }
+
+    /// Where a limit applies, it applies to the line or head, whatever reads it came in: a
+    /// verdict that depended on the segmentation could be steered by the sender.
+    #[test]
+    fn limits_do_not_depend_on_how_the_bytes_arrive() {
+        // A head longer than the reader holds back is refused (431), and what follows it too.
+        let max = 256 * 1024;
+        // The head is `len` + 23 bytes.
+        for len in [max - 23, max - 22, max + 1000] {
+            let mut raw = b"GET / HTTP/1.1\r\nX: ".to_vec();
+            raw.extend(std::iter::repeat_n(b'a', len));
+            raw.extend_from_slice(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+            let want = (len > max - 23).then_some(Ambiguity::HeadTooLarge);
+            assert_eq!(verdict(&raw), want, "head of {} bytes", len + 23);
+        }
+        let chunked = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        // A chunk-size line of more than 1024 bytes (a long extension) is refused.
+        for (ext, refused) in [(1020, false), (1021, true), (2000, true)] {
+            let mut raw = chunked.to_vec();
+            raw.extend_from_slice(b"1;");
+            raw.extend(std::iter::repeat_n(b'e', ext));
+            raw.extend_from_slice(b"\r\nx\r\n0\r\n\r\n");
+            let want = refused.then_some(Ambiguity::BadChunk);
+            assert_eq!(verdict(&raw), want, "extension of {ext} bytes");
+        }
+        // A trailer line longer than the reader follows is left to the parser (hyper refuses
+        // one much shorter), and so is the rest of the connection.
+        let mut long_trailer = chunked.to_vec();
+        long_trailer.extend_from_slice(b"0\r\nX: ");
+        long_trailer.extend(std::iter::repeat_n(b'a', MAX_TRAILERS));
+        long_trailer.extend_from_slice(b"\r\n\r\nGET / HTTP/1.1\nHost: a\n\n");
+        assert_eq!(verdict(&long_trailer), None);
     }
 
     #[test]
