@@ -722,13 +722,19 @@ fn check_path_syntax(p: &str, path: &str, e: &mut ConfigErrors) -> bool {
         e.push(path, format!("\"{p}\" must start with '/'"));
         return false;
     }
+    // Requests are matched after normalisation, which escapes bytes outside ASCII: a route
+    // written with them could never match.
     if p.contains("//")
         || p.split('/').any(|s| s == "." || s == "..")
         || p.contains(['?', '#', '%', '\\'])
+        || !p.is_ascii()
     {
         e.push(
             path,
-            format!("\"{p}\" is not a normalised path (no //, dot segments, ?, #, %, \\)"),
+            format!(
+                "\"{p}\" is not a normalised path (no //, dot segments, ?, #, %, \\ or \
+                 characters outside ASCII)"
+            ),
         );
         return false;
     }

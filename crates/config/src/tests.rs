@@ -832,3 +832,25 @@ upstreams: { app: { targets: ["http://u:hunter2@127.0.0.1:9"] } }
         );
     }
 }
+
+#[test]
+fn route_paths_must_be_in_normalised_form() {
+    let e = errs(
+        r#"
+upstreams: { demo: { kind: echo } }
+routes:
+  - { name: a, match: { prefix: "/café" }, upstream: demo }
+  - { name: b, match: { path: "/x//y" }, upstream: demo }
+  - { name: c, match: { path: "/x/%41" }, upstream: demo }
+  - { name: d, match: { prefix: "/cafe" }, upstream: demo }
+"#,
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+    for (m, route) in e.iter().zip(["routes[0]", "routes[1]", "routes[2]"]) {
+        assert!(
+            m.starts_with(route) && m.contains("is not a normalised path"),
+            "{m}"
+        );
+    }
+    assert!(e[0].contains("outside ASCII"), "{}", e[0]);
+}

@@ -4,7 +4,8 @@
 //!
 //! What it does to the path (the query is left as sent):
 //! * percent-decodes unreserved characters (`%41` → `A`, `%2e` → `.`), upper-cases the hex of
-//!   the escapes it keeps;
+//!   the escapes it keeps, and percent-encodes bytes outside ASCII (`/café` → `/caf%C3%A9`, as
+//!   a browser sends it), so that each path has one spelling;
 //! * refuses encoded `/` (`%2F`), encoded `\` (`%5C`), NUL and other control bytes, and raw
 //!   backslashes — all are ways to make the gateway and the upstream disagree on segments;
 //! * removes dot segments (RFC 3986 §5.2.4) and merges repeated slashes;
@@ -59,6 +60,13 @@ fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+fn push_escape(out: &mut String, v: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(v >> 4)]));
+    out.push(char::from(HEX[usize::from(v & 15)]));
+}
+
 /// Normalises a path; returns `Ok(None)` when it is already canonical (the common case costs
 /// no allocation).
 pub fn normalize_path(path: &str) -> Result<Option<String>, PathError> {
@@ -70,7 +78,7 @@ pub fn normalize_path(path: &str) -> Result<Option<String>, PathError> {
     let mut simple = true;
     for (i, &b) in bytes.iter().enumerate() {
         match b {
-            b'%' | b';' => simple = false,
+            b'%' | b';' | 0x80..=0xff => simple = false,
             b'\\' => return Err(PathError::Backslash),
             0..=0x1f | 0x7f => return Err(PathError::ControlByte),
             b'/' if bytes.get(i + 1) == Some(&b'/') => simple = false,
@@ -102,15 +110,16 @@ pub fn normalize_path(path: &str) -> Result<Option<String>, PathError> {
                 b'/' | b'\\' => return Err(PathError::EncodedSlash),
                 0..=0x1f | 0x7f => return Err(PathError::ControlByte),
                 v if unreserved(v) => decoded.push(v as char),
-                v => {
-                    decoded.push('%');
-                    decoded.push(char::from(b"0123456789ABCDEF"[(v >> 4) as usize]));
-                    decoded.push(char::from(b"0123456789ABCDEF"[(v & 15) as usize]));
-                }
+                v => push_escape(&mut decoded, v),
             }
             i += 3;
         } else {
-            decoded.push(b as char);
+            if b.is_ascii() {
+                decoded.push(b as char);
+            } else {
+                // One byte of a UTF-8 sequence (a `char` per byte would re-encode it).
+                push_escape(&mut decoded, b);
+            }
             i += 1;
         }
     }
@@ -220,13 +229,25 @@ mod tests {
         assert_eq!(n("/a%3fb").as_deref(), Ok("/a%3Fb"));
     }
 
+    /// Found by the `path_normalize` fuzz target: a byte of a UTF-8 sequence was pushed as a
+    /// `char` of its own, so `/café//x` reached the upstream as `/cafÃ©/x` (and normalising
+    /// that again changed it again). Bytes outside ASCII are now escaped, as browsers send
+    /// them, with or without other work to do.
+    #[test]
+    fn bytes_outside_ascii_are_percent_encoded() {
+        assert_eq!(n("/café//x").as_deref(), Ok("/caf%C3%A9/x"));
+        assert_eq!(n("/café/x").as_deref(), Ok("/caf%C3%A9/x"));
+        assert_eq!(n("/Ѱ/%d1%b0").as_deref(), Ok("/%D1%B0/%D1%B0"));
+        assert_eq!(normalize_path("/caf%C3%A9/x"), Ok(None));
+    }
+
     /// Random paths built from the characters that matter: never a panic, and the result is
     /// canonical (normalising it again changes nothing) with no dot segment or empty segment.
     #[test]
     fn random_paths_normalise_to_a_fixed_point() {
         const ALPHABET: &[&str] = &[
             "/", ".", "..", "a", "%2e", "%2E", "%2f", "%41", "%", "%zz", "\\", "//", "%20", "~",
-            "%7e", "%00",
+            "%7e", "%00", "é", "Ѱ", "%c3%a9",
         ];
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..20_000 {

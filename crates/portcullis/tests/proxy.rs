@@ -194,6 +194,24 @@ async fn routes_match_host_path_method_and_rewrite() {
     assert_eq!(r.status, 200);
     assert_eq!(up.requests()[1].uri, "/a/b");
 
+    // Bytes outside ASCII in a raw request line reach the upstream percent-encoded, one
+    // spelling with or without other normalisation (they were once mangled: `/cafÃ©/x`).
+    for (raw, want) in [
+        (
+            &b"GET /legacy/caf\xc3\xa9//x HTTP/1.1\r\n"[..],
+            "/caf%C3%A9/x",
+        ),
+        (b"GET /legacy/caf\xc3\xa9/y HTTP/1.1\r\n", "/caf%C3%A9/y"),
+    ] {
+        let out = raw_http(
+            gw.listener("public"),
+            &[raw, b"Host: a\r\nConnection: close\r\n\r\n"].concat(),
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert_eq!(up.requests().last().unwrap().uri, want);
+    }
+
     // Host matching: the exact host beats the wildcard; other hosts get nothing.
     let r = send(req(
         "GET",
