@@ -199,7 +199,7 @@ impl Framing {
                             }
                             let head_len = lead + pos + 4;
                             let checked = if head_len > self.max_head {
-                                Err(Ambiguity::HeadTooLarge)
+                                Err(oversized(data, lead, self.max_head))
                             } else {
                                 after_head(&data[lead..head_len])
                             };
@@ -235,7 +235,8 @@ impl Framing {
                     let Some(pos) = find_head_end(&buf[from..]) else {
                         // Too long to hold back: refused, as one that came whole.
                         if buf.len() > self.max_head {
-                            self.flag(Ambiguity::HeadTooLarge);
+                            let a = oversized(buf, lead, self.max_head);
+                            self.flag(a);
                             return Some(began);
                         } else if has_bare_lf(&buf[lead..]) {
                             self.flag(Ambiguity::BareLf);
@@ -246,7 +247,7 @@ impl Framing {
                     let head_len = from + pos + 4;
                     let consumed = head_len.saturating_sub(before).min(data.len());
                     let next = if head_len > self.max_head {
-                        Err(Ambiguity::HeadTooLarge)
+                        Err(oversized(buf, lead, self.max_head))
                     } else {
                         after_head(&buf[lead..head_len])
                     };
@@ -472,6 +473,19 @@ fn find_head_end(hay: &[u8]) -> Option<usize> {
     memchr::memchr_iter(b'\n', hay)
         .find(|&i| i >= 3 && hay[i - 3..=i] == *b"\r\n\r\n")
         .map(|i| i - 3)
+}
+
+/// Why a head longer than `max_head` (its bytes from `buf[lead]`, after empty lines) is
+/// refused: for a bare line feed among its first `max_head + 1` bytes — the bytes it is
+/// refused on however it is cut into reads — else for its size.
+fn oversized(buf: &[u8], lead: usize, max_head: usize) -> Ambiguity {
+    let end = (max_head + 1).min(buf.len());
+    let window = buf.get(lead..end).unwrap_or_default();
+    if has_bare_lf(window) {
+        Ambiguity::BareLf
+    } else {
+        Ambiguity::HeadTooLarge
+    }
 }
 
 /// A line feed first, or after anything but a carriage return.
@@ -1312,6 +1326,19 @@ mod tests {
             raw.extend_from_slice(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
             let want = (len > max - 23).then_some(Ambiguity::HeadTooLarge);
             assert_eq!(verdict(&raw), want, "head of {} bytes", len + 23);
+        }
+        // Such a head with a bare line feed: refused for it when it lies within the first
+        // `max + 1` bytes (the bytes a head cut into reads is refused on), else for the size.
+        // (Found by the `h1_framing` fuzz target: the two reasons depended on the reads.)
+        for (at, want) in [
+            (100, Ambiguity::BareLf),
+            (max + 100, Ambiguity::HeadTooLarge),
+        ] {
+            let mut raw = b"GET / HTTP/1.1\r\nX: ".to_vec();
+            raw.extend(std::iter::repeat_n(b'a', max + 200));
+            raw[at] = b'\n';
+            raw.extend_from_slice(b"\r\n\r\n");
+            assert_eq!(verdict(&raw), Some(want), "a bare line feed at {at}");
         }
         let chunked = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
         // A chunk-size line of more than 1024 bytes (a long extension) is refused.
