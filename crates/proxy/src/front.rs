@@ -997,13 +997,129 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
+/// The front's reading of a request head set against hyper's own HTTP/1.1 server: whatever the
+/// front takes, hyper must read the same (method, target, version, fields, body), and what it
+/// does not take is handed over untouched. Used by the unit tests and, with the `fuzzing`
+/// feature, by the `front_parse` fuzz target.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod differential {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use http_body_util::Empty;
+
+    /// Method, target, version, fields and body.
+    type Read = (String, String, Version, Vec<(String, Vec<u8>)>, Vec<u8>);
+
+    /// What [`Reader::check`] found.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Outcome {
+        /// Taken, and read by hyper the same; with a body of this length.
+        Taken { body: u64 },
+        /// Handed over to hyper, every byte.
+        Handed,
+        /// Incomplete.
+        Partial,
+    }
+
+    /// One connection's reading state (its field-name cache), kept across heads.
+    #[derive(Default)]
+    pub struct Reader {
+        names: NameCache,
+        scratch: Vec<(HeaderName, usize, usize)>,
+    }
+
+    impl Reader {
+        /// Reads the head at the start of `raw` as the front does; panics if the front takes
+        /// it and hyper reads it otherwise (or not at all), or if it is handed over altered.
+        pub async fn check(&mut self, raw: &[u8]) -> Outcome {
+            let mut buf = BytesMut::from(raw);
+            match parse(&mut buf, &mut self.names, &mut self.scratch) {
+                Parsed::Take(req, _, length) => {
+                    let ours = (
+                        req.method.to_string(),
+                        req.uri.to_string(),
+                        req.version,
+                        req.headers
+                            .iter()
+                            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                            .collect::<Vec<_>>(),
+                    );
+                    let body = buf.get(..usize::try_from(length).unwrap_or(usize::MAX));
+                    let shown = || String::from_utf8_lossy(raw).escape_debug().to_string();
+                    let (method, uri, version, fields, their_body) = hyper_reads(raw)
+                        .await
+                        .unwrap_or_else(|| panic!("hyper refused {}", shown()));
+                    assert_eq!(ours, (method, uri, version, fields), "{}", shown());
+                    // When all of it is there (else hyper met the end of the stream in it).
+                    if let Some(body) = body {
+                        assert_eq!(body, &their_body[..], "{}", shown());
+                    }
+                    Outcome::Taken { body: length }
+                }
+                Parsed::Other => {
+                    assert_eq!(&buf[..], raw, "handed over whole");
+                    Outcome::Handed
+                }
+                Parsed::Partial => Outcome::Partial,
+            }
+        }
+    }
+
+    /// What hyper's own HTTP/1.1 server makes of the request at the start of `raw`, if it
+    /// takes it.
+    async fn hyper_reads(raw: &[u8]) -> Option<Read> {
+        use http_body_util::BodyExt as _;
+        use hyper::body::Incoming;
+        use hyper_util::rt::TokioIo;
+        use tokio::io::AsyncWriteExt as _;
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let tx = tx.clone();
+            async move {
+                let (head, body) = req.into_parts();
+                let fields = head
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                    .collect();
+                let body = body.collect().await.map(|b| b.to_bytes().to_vec());
+                let read = (
+                    head.method.to_string(),
+                    head.uri.to_string(),
+                    head.version,
+                    fields,
+                    body.unwrap_or_default(),
+                );
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(read);
+                }
+                Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new()))
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .half_close(true)
+            .serve_connection(TokioIo::new(server), svc);
+        let task = tokio::spawn(conn);
+        client.write_all(raw).await.unwrap();
+        client.shutdown().await.unwrap();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(2), rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        task.abort();
+        read
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
     use http_body::Frame;
-    use http_body_util::Empty;
     use http_body_util::{BodyExt as _, StreamBody};
     use portcullis_core::BoxError;
 
@@ -1229,56 +1345,6 @@ mod tests {
         assert!(age.as_secs() < 5, "{text}");
     }
 
-    /// Method, target, version, fields and body.
-    type Read = (String, String, Version, Vec<(String, Vec<u8>)>, Vec<u8>);
-
-    /// What hyper's own HTTP/1.1 server makes of the request at the start of `raw`, if it
-    /// takes it.
-    async fn hyper_reads(raw: &[u8]) -> Option<Read> {
-        use http_body_util::BodyExt as _;
-        use hyper::body::Incoming;
-        use hyper_util::rt::TokioIo;
-        use tokio::io::AsyncWriteExt as _;
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let tx = tx.clone();
-            async move {
-                let (head, body) = req.into_parts();
-                let fields = head
-                    .headers
-                    .iter()
-                    .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                    .collect();
-                let body = body.collect().await.map(|b| b.to_bytes().to_vec());
-                let read = (
-                    head.method.to_string(),
-                    head.uri.to_string(),
-                    head.version,
-                    fields,
-                    body.unwrap_or_default(),
-                );
-                if let Some(tx) = tx.lock().unwrap().take() {
-                    let _ = tx.send(read);
-                }
-                Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new()))
-            }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .half_close(true)
-            .serve_connection(TokioIo::new(server), svc);
-        let task = tokio::spawn(conn);
-        client.write_all(raw).await.unwrap();
-        client.shutdown().await.unwrap();
-        let read = tokio::time::timeout(std::time::Duration::from_secs(2), rx)
-            .await
-            .ok()
-            .and_then(Result::ok);
-        task.abort();
-        read
-    }
-
     /// A random request head from parts chosen to reach every branch of the front's reading:
     /// odd methods, targets and versions, fields it refuses, values with tabs, obs-text,
     /// control characters and surrounding spaces.
@@ -1361,42 +1427,17 @@ mod tests {
     #[tokio::test]
     async fn what_the_front_takes_hyper_reads_the_same() {
         let mut rng = fastrand::Rng::with_seed(0x5eed);
-        let mut names = NameCache::default();
-        let mut scratch = Vec::new();
+        let mut reader = differential::Reader::default();
         let (mut taken, mut handed, mut with_body) = (0, 0, 0);
         for _ in 0..5000 {
             let raw = random_head(&mut rng);
-            let mut buf = BytesMut::from(&raw[..]);
-            match parse(&mut buf, &mut names, &mut scratch) {
-                Parsed::Take(req, _, length) => {
+            match reader.check(&raw).await {
+                differential::Outcome::Taken { body } => {
                     taken += 1;
-                    with_body += usize::from(length > 0);
-                    assert!(buf.starts_with(b"hello, world"), "the head alone is taken");
-                    let body = buf[..usize::try_from(length).unwrap()].to_vec();
-                    let ours: Read = (
-                        req.method.to_string(),
-                        req.uri.to_string(),
-                        req.version,
-                        req.headers
-                            .iter()
-                            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                            .collect(),
-                        body,
-                    );
-                    let theirs = hyper_reads(&raw).await;
-                    assert_eq!(
-                        Some(ours),
-                        theirs,
-                        "{}",
-                        String::from_utf8_lossy(&raw).escape_debug()
-                    );
+                    with_body += usize::from(body > 0);
                 }
-                Parsed::Other => {
-                    handed += 1;
-                    // Handed over whole: hyper gets every byte.
-                    assert_eq!(&buf[..], &raw[..]);
-                }
-                Parsed::Partial => panic!("a whole head read as partial"),
+                differential::Outcome::Handed => handed += 1,
+                differential::Outcome::Partial => panic!("a whole head read as partial"),
             }
         }
         assert!(

@@ -37,6 +37,10 @@ use portcullis_config::Config;
 use portcullis_core::ConfigErrors;
 use portcullis_telemetry::Metrics;
 
+/// The front's reading set against hyper's, for the `front_parse` fuzz target.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use front::differential as front_differential;
 pub use runtime::Runtime;
 pub use service::ConnInfo;
 
