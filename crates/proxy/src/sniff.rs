@@ -1359,6 +1359,75 @@ mod tests {
         assert_eq!(verdict(&long_trailer), None);
     }
 
+    /// The verdict and where the refused head began, with these cuts and this head limit.
+    fn cut_verdict(
+        raw: &[u8],
+        cuts: &[usize],
+        max_head: usize,
+    ) -> (Option<Ambiguity>, Option<usize>) {
+        let flag = Arc::new(Flag::default());
+        let mut f = Framing::new(flag.clone(), max_head);
+        let (mut fed, mut from) = (0, 0);
+        for &c in cuts.iter().chain([&raw.len()]) {
+            let piece = &raw[from..c.clamp(from, raw.len())];
+            from += piece.len();
+            let held = f.partial_len();
+            match f.feed(piece) {
+                Some(Refusal::At(off)) => return (flag.get(), Some(fed + off)),
+                Some(Refusal::Held) => return (flag.get(), Some(fed - held)),
+                None => fed += piece.len(),
+            }
+        }
+        (flag.get(), None)
+    }
+
+    /// What the `h1_framing` fuzz target checks, on random messages with small head limits
+    /// (so that they are reached): the same verdict, and the same refused head, whole, byte
+    /// by byte and cut at random.
+    #[test]
+    fn random_messages_get_one_verdict_however_they_are_cut() {
+        let mut rng = fastrand::Rng::with_seed(17);
+        let parts: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\n",
+            b"Host: a\r\n",
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b"aaaaaaaaaaaaaaaa",
+            b"Content-Length: 3\r\n",
+            b"Transfer-Encoding: chunked\r\n",
+            b"0\r\n",
+            b"3;x\r\nabc\r\n",
+            b"X: y\r\n",
+        ];
+        let mut refused = 0;
+        for _ in 0..20_000 {
+            let mut raw = Vec::new();
+            for _ in 0..rng.usize(0..24) {
+                raw.extend_from_slice(parts[rng.usize(..parts.len())]);
+            }
+            let max_head = [24, 64, 256][rng.usize(..3)];
+            let whole = cut_verdict(&raw, &[], max_head);
+            let bytes: Vec<usize> = (1..raw.len()).collect();
+            assert_eq!(
+                cut_verdict(&raw, &bytes, max_head),
+                whole,
+                "{raw:?} byte by byte"
+            );
+            let mut cuts: Vec<usize> = (0..rng.usize(0..6))
+                .map(|_| rng.usize(..=raw.len()))
+                .collect();
+            cuts.sort_unstable();
+            assert_eq!(
+                cut_verdict(&raw, &cuts, max_head),
+                whole,
+                "{raw:?} cut at {cuts:?}"
+            );
+            refused += usize::from(whole.0.is_some());
+        }
+        assert!(refused > 2000, "{refused}");
+    }
+
     #[test]
     fn random_bytes_never_panic() {
         let mut rng = fastrand::Rng::with_seed(11);
