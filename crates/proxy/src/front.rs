@@ -119,7 +119,7 @@ where
             let read = tokio::select! {
                 biased;
                 r = io.read_buf(&mut rbuf) => r,
-                () = stopping(&mut stop), if rbuf.is_empty() => return Outcome::Closed,
+                () = raised(&mut stop), if rbuf.is_empty() => return Outcome::Closed,
             };
             match read {
                 Ok(0) if rbuf.is_empty() => return Outcome::Closed,
@@ -421,9 +421,9 @@ impl http_body::Body for FrontBody {
     }
 }
 
-/// Resolves when the gateway starts stopping (never, if the signal's sender is gone).
-async fn stopping(stop: &mut watch::Receiver<bool>) {
-    if stop.wait_for(|s| *s).await.is_err() {
+/// Resolves when a signal (the stop, the cut-off) turns true — never, if its sender is gone.
+pub(crate) async fn raised(signal: &mut watch::Receiver<bool>) {
+    if signal.wait_for(|s| *s).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
@@ -1014,8 +1014,9 @@ pub mod differential {
     /// What [`Reader::check`] found.
     #[derive(Debug, PartialEq, Eq)]
     pub enum Outcome {
-        /// Taken, and read by hyper the same; with a body of this length.
-        Taken { body: u64 },
+        /// Taken, and read by hyper the same; with a body of this length, and this many bytes
+        /// of `raw` left after the head (the body and what follows).
+        Taken { body: u64, rest: usize },
         /// Handed over to hyper, every byte.
         Handed,
         /// Incomplete.
@@ -1055,7 +1056,10 @@ pub mod differential {
                     if let Some(body) = body {
                         assert_eq!(body, &their_body[..], "{}", shown());
                     }
-                    Outcome::Taken { body: length }
+                    Outcome::Taken {
+                        body: length,
+                        rest: buf.len(),
+                    }
                 }
                 Parsed::Other => {
                     assert_eq!(&buf[..], raw, "handed over whole");
@@ -1432,9 +1436,14 @@ mod tests {
         for _ in 0..5000 {
             let raw = random_head(&mut rng);
             match reader.check(&raw).await {
-                differential::Outcome::Taken { body } => {
+                differential::Outcome::Taken { body, rest } => {
                     taken += 1;
                     with_body += usize::from(body > 0);
+                    let after = &raw[raw.len() - rest..];
+                    assert!(
+                        after.starts_with(b"hello, world"),
+                        "the head alone is taken"
+                    );
                 }
                 differential::Outcome::Handed => handed += 1,
                 differential::Outcome::Partial => panic!("a whole head read as partial"),

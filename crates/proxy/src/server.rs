@@ -131,12 +131,8 @@ pub async fn serve(
                 drain_timeout = ?deadline,
                 "connections still open after the drain timeout: their requests are cut off"
             ),
-            // Told to stop at once (a second stop signal). A sender gone says nothing.
-            () = async {
-                if cut_off.wait_for(|c| *c).await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            } => {}
+            // Told to stop at once (a second stop signal).
+            () = front::raised(&mut cut_off) => {}
         },
         Err(_) => tracing::warn!("accept loops still running; not draining"),
     }
