@@ -7,12 +7,13 @@
     --only contract
                  just the API contract scenario (a route defined by bench/contract/orders.yaml, its
                  JSON bodies validated, vs the same proxy without it and nginx), printed, docs untouched
-    --only plain just the plain proxy against nginx and the upstream alone (small, 16k, h2), in
-                 rounds, printed, docs untouched; with --compare BIN also another build of
+    --only plain just the plain proxy against nginx, nginx-same (nginx made to send and return the
+                 header fields the plain Portcullis does by default) and the upstream alone (small,
+                 16k, h2), in rounds, printed, docs untouched; with --compare BIN also another build of
                  Portcullis (an A/B of two builds on the same machine at the same time)
     --only instructions
-                 user-space instructions per request (valgrind's callgrind) of nginx and the plain
-                 proxy, small / 16k / h2, and the first-level cache misses of callgrind's cache
+                 user-space instructions per request (valgrind's callgrind) of nginx, nginx-same and
+                 the plain proxy, small / 16k / h2, and the first-level cache misses of callgrind's cache
                  simulation: counts that do not move with the machine's load, for comparing builds
                  where timings are too noisy; with --compare BIN also another build
     --only train the training run of a profile-guided build (bench/pgo.sh): every profile the full
@@ -87,14 +88,14 @@ CONNECTIONS = 64
 NCPU = os.cpu_count() or 1
 SERVER_CPU = "0"
 LOAD_CPU = "1" if NCPU > 1 else "0"
-PORTS = {"upstream": 18101, "nginx": 18102, "portcullis": 18103, "portcullis-secure": 18104,
+PORTS = {"upstream": 18101, "nginx": 18102, "nginx-same": 18130, "portcullis": 18103, "portcullis-secure": 18104,
          "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108, "portcullis-authz": 18109,
          "portcullis-rl-local": 18110, "portcullis-rl-redis": 18111}
 if PGO and not ONLY:
     PORTS["portcullis-pgo"] = 18128
 REDIS_PORT = 18120
 # nginx before 1.25 serves h2c only on a listener of its own.
-H2_PORTS = {"upstream": 18105, "nginx": 18106, "portcullis": 18103, "portcullis-secure": 18104,
+H2_PORTS = {"upstream": 18105, "nginx": 18106, "nginx-same": 18131, "portcullis": 18103, "portcullis-secure": 18104,
             "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108, "portcullis-authz": 18109,
             "portcullis-rl-local": 18110, "portcullis-rl-redis": 18111, "portcullis-pgo": 18128}
 ADMIN = {"portcullis": 18113, "portcullis-secure": 18114, "portcullis-jwt": 18117,
@@ -114,6 +115,28 @@ allow if {
 HEADERS = {}
 
 MARKER = "## What stands between us and nginx"
+
+# *nginx-same*: nginx made to put on the wire the header fields the plain Portcullis does by default
+# (config.md, "Forwarding headers" and `security_headers`), so that the two proxies do the same work
+# per request: towards the upstream the Host as sent, X-Forwarded-For/-Proto/-Host, Forwarded, the
+# request id and a W3C traceparent (nginx has no span id of its own: the first 16 hex digits of its
+# request id, cut by a regex map, with PCRE's JIT on); towards the client the request id and the seven security
+# headers. nginx still adds its own `Server` and `Date`, where Portcullis passes the upstream's Date.
+NGINX_SAME = """  map $request_id $bench_span { "~^(?<s>[0-9a-f]{16})" $s; }"""
+NGINX_SAME_LOCATION = """      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=\\"$http_host\\"";
+      proxy_set_header X-Request-Id $request_id;
+      proxy_set_header traceparent "00-$request_id-$bench_span-01";
+      add_header X-Request-Id $request_id always;
+      add_header X-Content-Type-Options nosniff always;
+      add_header X-Frame-Options DENY always;
+      add_header Content-Security-Policy "default-src 'none'; frame-ancestors 'none'" always;
+      add_header Referrer-Policy no-referrer always;
+      add_header Permissions-Policy "accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), microphone=(), payment=(), usb=()" always;
+      add_header Cross-Origin-Resource-Policy same-origin always;"""
 
 # The WAF scenario: Portcullis with its WAF (block, paranoia 1) and nginx + ModSecurity + OWASP CRS
 # (paranoia 1), both in front of the same upstream, beside the plain proxies, on requests a WAF must
@@ -262,7 +285,7 @@ def children(pid):
     return [int(p) for p in out]
 
 
-def nginx_conf(work, name, port, body):
+def nginx_conf(work, name, port, body, main=""):
     root = os.path.join(work, "www")
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, "16k"), "wb") as f:
@@ -274,6 +297,7 @@ user root;
 pid {work}/{name}.pid;
 error_log {work}/{name}.error.log warn;
 events {{ worker_connections 4096; }}
+{main}
 http {{
   access_log off;
   keepalive_requests 1000000;
@@ -725,6 +749,22 @@ def start_proxies(work, procs):
     }}
   }}""")
     procs["nginx"] = start(["nginx", "-c", ngx_conf], PORTS["nginx"], "nginx", work)
+    same_conf = nginx_conf(work, "nginx-same", PORTS["nginx-same"], f"""
+  upstream backend {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 256; }}
+{NGINX_SAME}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx-same']} reuseport;
+    listen 127.0.0.1:{H2_PORTS['nginx-same']} http2;
+    server_tokens off;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering on;
+{NGINX_SAME_LOCATION}
+    }}
+  }}""", main="pcre_jit on;")
+    procs["nginx-same"] = start(["nginx", "-c", same_conf], PORTS["nginx-same"], "nginx-same", work)
 
 
 PLAIN_B_PORT = 18126 + PORT_OFFSET
@@ -736,6 +776,7 @@ def plain_scenario(work, procs):
     Portcullis with --compare)."""
     servers = {"upstream": (PORTS["upstream"], H2_PORTS["upstream"]),
                "nginx": (PORTS["nginx"], H2_PORTS["nginx"]),
+               "nginx-same": (PORTS["nginx-same"], H2_PORTS["nginx-same"]),
                "portcullis": (PORTS["portcullis"], PORTS["portcullis"])}
     if COMPARE:
         conf = portcullis_conf(work, "portcullis-b", PLAIN_B_PORT, PLAIN_B_ADMIN, False)
@@ -765,17 +806,23 @@ def plain_report(r):
             lines.append(f"| {name} | {test} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | "
                          f"{x['p999']:.2f} | {x['cpu_us_per_req']:.1f} | {x['errors']:.0f} |")
     lines += ["", "| test | Portcullis ÷ nginx (req/s) | p99 ÷ nginx p99 | CPU ÷ nginx CPU"
-              + (" | B ÷ nginx (req/s) | B p99 ÷ nginx p99 | B CPU µs/req |" if COMPARE else " |"),
-              "|---|---:|---:|---:|" + ("---:|---:|---:|" if COMPARE else "")]
+              " | ÷ nginx-same (req/s) | p99 ÷ nginx-same p99 | CPU ÷ nginx-same CPU"
+              + (" | B ÷ nginx (req/s) | B p99 ÷ nginx p99 | B ÷ nginx-same (req/s) | B p99 ÷ nginx-same p99"
+                 " | B CPU µs/req |" if COMPARE else " |"),
+              "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|---:|---:|" if COMPARE else "")]
     for test in ("small", "16k", "h2"):
-        pc, ng = r[("portcullis", test)], r[("nginx", test)]
+        pc, ng, ns = r[("portcullis", test)], r[("nginx", test)], r[("nginx-same", test)]
         p99 = f"{pc['p99'] / ng['p99']:.2f}" if test != "h2" else "—"
+        sp99 = f"{pc['p99'] / ns['p99']:.2f}" if test != "h2" else "—"
         row = (f"| {test} | {pc['rps'] / ng['rps']:.2f} | {p99} | "
-               f"{pc['cpu_us_per_req'] / ng['cpu_us_per_req']:.2f} |")
+               f"{pc['cpu_us_per_req'] / ng['cpu_us_per_req']:.2f} | {pc['rps'] / ns['rps']:.2f} | {sp99} | "
+               f"{pc['cpu_us_per_req'] / ns['cpu_us_per_req']:.2f} |")
         if COMPARE:
             b = r[("portcullis-b", test)]
             bp99 = f"{b['p99'] / ng['p99']:.2f}" if test != "h2" else "—"
-            row += f" {b['rps'] / ng['rps']:.2f} | {bp99} | {b['cpu_us_per_req']:.1f} |"
+            bsp99 = f"{b['p99'] / ns['p99']:.2f}" if test != "h2" else "—"
+            row += (f" {b['rps'] / ng['rps']:.2f} | {bp99} | {b['rps'] / ns['rps']:.2f} | {bsp99} | "
+                    f"{b['cpu_us_per_req']:.1f} |")
         lines.append(row)
     if COMPARE:
         lines += ["", f"B (portcullis-b) is {'the PGO build, ' if PGO else ''}`{COMPARE}`."]
@@ -843,17 +890,18 @@ def callgrind_ir(cmd, port, h2port, work, name):
 
 def instructions_scenario(work, procs):
     """nginx and the plain proxy (and another build with --compare), each under callgrind."""
-    stop(procs.pop("nginx"))
+    runs = {}
+    for name in ("nginx", "nginx-same"):
+        stop(procs.pop(name))
+        with open(os.path.join(work, f"{name}.conf")) as f:
+            conf = f.read()
+        ngx_vg = os.path.join(work, f"{name}-callgrind.conf")
+        with open(ngx_vg, "w") as f:
+            f.write(conf.replace("daemon off;", "daemon off;\nmaster_process off;"))
+        runs[name] = (["nginx", "-c", ngx_vg], PORTS[name], H2_PORTS[name])
     stop(procs.pop("portcullis"))
-    ngx = os.path.join(work, "nginx.conf")
-    with open(ngx) as f:
-        conf = f.read()
-    ngx_vg = os.path.join(work, "nginx-callgrind.conf")
-    with open(ngx_vg, "w") as f:
-        f.write(conf.replace("daemon off;", "daemon off;\nmaster_process off;"))
     conf = portcullis_conf(work, "portcullis", PORTS["portcullis"], ADMIN["portcullis"], False)
-    runs = {"nginx": (["nginx", "-c", ngx_vg], PORTS["nginx"], H2_PORTS["nginx"]),
-            "portcullis": ([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"],
+    runs |= {"portcullis": ([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"],
                            PORTS["portcullis"], PORTS["portcullis"])}
     if COMPARE:
         runs["portcullis-b"] = ([COMPARE, "run", "--config", conf, "--threads", "1", "--no-watch"],
@@ -866,16 +914,16 @@ def instructions_report(r):
     names = list(r)
     lines = ["", f"User-space instructions per request (callgrind; {INSTR_REQUESTS} requests after 500 of warm-up, "
              "h2load -c16, HTTP/1.1 keep-alive or h2c -m8):", "",
-             "| test | " + " | ".join(names) + " | Portcullis ÷ nginx |",
-             "|---|" + "---:|" * (len(names) + 1)]
+             "| test | " + " | ".join(names) + " | Portcullis ÷ nginx | Portcullis ÷ nginx-same |",
+             "|---|" + "---:|" * (len(names) + 2)]
     for t in tests:
         cells = []
         for n in names:
             x = r[n][t]
             cells.append(f"{x['ir'] / 1000:.1f}k" if x["ir"] else f"failed ({x['succeeded']} ok)")
-        ng, pc = r["nginx"][t]["ir"], r["portcullis"][t]["ir"]
-        ratio = f"{pc / ng:.2f}" if ng and pc else "—"
-        lines.append(f"| {t} | " + " | ".join(cells) + f" | {ratio} |")
+        pc = r["portcullis"][t]["ir"]
+        ratios = [f"{pc / ng:.2f}" if ng and pc else "—" for ng in (r["nginx"][t]["ir"], r["nginx-same"][t]["ir"])]
+        lines.append(f"| {t} | " + " | ".join(cells + ratios) + " |")
     lines += ["", "First-level cache misses per request in the same runs (callgrind's cache simulation), "
               "instruction / data (reads and writes):", "",
               "| test | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
@@ -1077,7 +1125,10 @@ def report(results, waf=None, contract=None):
         f"{REPEAT} runs of {DURATION} s.\n")
     add(f"- Machine: {NCPU} cores ({cpu}); servers pinned to CPU {SERVER_CPU}, load generators to CPU {LOAD_CPU}.")
     add(f"- Upstream: nginx returning a fixed 13-byte body, or a 16 KiB file; {ngv.replace('nginx version: nginx/', 'nginx ')}.")
-    add("- nginx proxy: one worker, upstream keep-alive (`keepalive 256`, HTTP/1.1, `Connection \"\"`).")
+    add("- nginx proxy: one worker, upstream keep-alive (`keepalive 256`, HTTP/1.1, `Connection \"\"`), `Host` and")
+    add("  `X-Forwarded-For` set; *nginx-same* = the same made to send and return the header fields the plain")
+    add("  Portcullis does by default (forwarding fields, request id and `traceparent` upstream; the request id")
+    add("  and the seven security headers to the client), so that both do the same work per request.")
     add("- Portcullis: `--threads 1`; *plain* = one prefix route, audit off; *secure* = every step that")
     add("  exists now (protocol checks, normalisation, limits, trusted proxies, IP deny lists, route")
     add("  table with templates, per-route IP lists, body limits, audit to a file); *jwt* = secure plus")
@@ -1098,11 +1149,12 @@ def report(results, waf=None, contract=None):
         else:
             add(f"| {name} | {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {r['cpu_us_per_req']:.1f} | {int(r['errors'])} |")
     add("\n## Ratios\n")
-    add("| test | Portcullis ÷ nginx (req/s) | Portcullis ÷ upstream alone | Portcullis p99 ÷ nginx p99 | secure ÷ plain | jwt ÷ secure | jwt-nocache ÷ secure | JWT CPU µs/req (cached / uncached) | authz ÷ jwt | authz CPU µs/req | rl-local ÷ secure | rl-redis ÷ secure | rate-limit CPU µs/req (local / redis) |")
-    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    add("| test | Portcullis ÷ nginx (req/s) | Portcullis ÷ upstream alone | Portcullis p99 ÷ nginx p99 | Portcullis ÷ nginx-same (req/s) | Portcullis p99 ÷ nginx-same p99 | secure ÷ plain | jwt ÷ secure | jwt-nocache ÷ secure | JWT CPU µs/req (cached / uncached) | authz ÷ jwt | authz CPU µs/req | rl-local ÷ secure | rl-redis ÷ secure | rate-limit CPU µs/req (local / redis) |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label in ("small", "16k", "h2"):
         pc = results[("portcullis", label)]
         ng = results[("nginx", label)]
+        ns = results[("nginx-same", label)]
         upr = results[("upstream", label)]
         sec = results[("portcullis-secure", label)]
         jw = results[("portcullis-jwt", label)]
@@ -1113,16 +1165,19 @@ def report(results, waf=None, contract=None):
         rlc = f"{rll['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f} / {rlr['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f}"
         p99 = f"{pc['p99'] / ng['p99']:.2f}" if label != "h2" and ng.get("p99") else "—"
         cost = f"{jw['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f} / {jn['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f}"
-        add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {sec['rps'] / pc['rps']:.2f} | {jw['rps'] / sec['rps']:.2f} | {jn['rps'] / sec['rps']:.2f} | {cost} | {az['rps'] / jw['rps']:.2f} | {az['cpu_us_per_req'] - jw['cpu_us_per_req']:+.1f} | {rll['rps'] / sec['rps']:.2f} | {rlr['rps'] / sec['rps']:.2f} | {rlc} |")
+        sp99 = f"{pc['p99'] / ns['p99']:.2f}" if label != "h2" and ns.get("p99") else "—"
+        add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {pc['rps'] / ns['rps']:.2f} | {sp99} | {sec['rps'] / pc['rps']:.2f} | {jw['rps'] / sec['rps']:.2f} | {jn['rps'] / sec['rps']:.2f} | {cost} | {az['rps'] / jw['rps']:.2f} | {az['cpu_us_per_req'] - jw['cpu_us_per_req']:+.1f} | {rll['rps'] / sec['rps']:.2f} | {rlr['rps'] / sec['rps']:.2f} | {rlc} |")
     if ("portcullis-pgo", "small") in results:
         add("\n*pgo* is the plain proxy's configuration run by the profile-guided build of the same code")
         add("(`bench/pgo.sh`; `bench/run.sh --pgo` builds it before measuring):\n")
-        add("| test | PGO build ÷ nginx (req/s) | PGO p99 ÷ nginx p99 | PGO build ÷ default build (req/s) | CPU µs/req (default / PGO) |")
-        add("|---|---:|---:|---:|---:|")
+        add("| test | PGO build ÷ nginx (req/s) | PGO p99 ÷ nginx p99 | PGO build ÷ nginx-same (req/s) | PGO p99 ÷ nginx-same p99 | PGO build ÷ default build (req/s) | CPU µs/req (default / PGO) |")
+        add("|---|---:|---:|---:|---:|---:|---:|")
         for label in ("small", "16k", "h2"):
             pg, pc, ng = results[("portcullis-pgo", label)], results[("portcullis", label)], results[("nginx", label)]
+            ns = results[("nginx-same", label)]
             p99 = f"{pg['p99'] / ng['p99']:.2f}" if label != "h2" and ng.get("p99") else "—"
-            add(f"| {label} | {pg['rps'] / ng['rps']:.2f} | {p99} | {pg['rps'] / pc['rps']:.2f} | "
+            sp99 = f"{pg['p99'] / ns['p99']:.2f}" if label != "h2" and ns.get("p99") else "—"
+            add(f"| {label} | {pg['rps'] / ng['rps']:.2f} | {p99} | {pg['rps'] / ns['rps']:.2f} | {sp99} | {pg['rps'] / pc['rps']:.2f} | "
                 f"{pc['cpu_us_per_req']:.1f} / {pg['cpu_us_per_req']:.1f} |")
     bad = [f"{n} {l}" for (n, l), r in results.items() if r["errors"]]
     if bad:

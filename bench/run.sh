@@ -5,8 +5,10 @@
 #   bench/run.sh --quick        # short runs, prints results, writes nothing
 #   bench/run.sh --only waf     # just the WAF scenario (Portcullis' WAF vs nginx + ModSecurity + CRS),
 #                               # prints results, writes nothing (add --quick for short runs)
-#   bench/run.sh --only plain   # the plain proxy vs nginx and the upstream (small, 16k, h2), in
-#                               # rounds; --compare BIN adds another build (A/B); prints only
+#   bench/run.sh --only plain   # the plain proxy vs nginx, nginx-same (nginx made to send and return
+#                               # the header fields Portcullis does by default) and the upstream
+#                               # (small, 16k, h2), in rounds; --compare BIN adds another build
+#                               # (A/B); prints only
 #   bench/run.sh --only instructions  # user-space instructions and cache misses per request under
 #                               # valgrind (nginx, the plain proxy; --compare BIN adds another
 #                               # build): counts the machine's load does not move; prints only
