@@ -795,6 +795,11 @@ def plain_scenario(work, procs):
     return measure_rounds(cases)
 
 
+def p99_ratio(a, b):
+    """a's p99 over b's, or a dash where there is none (h2load gives a mean, not a p99)."""
+    return f"{a['p99'] / b['p99']:.2f}" if a.get("p99") and b.get("p99") else "—"
+
+
 def plain_report(r):
     lines = ["", "| server | test | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | errors |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -812,15 +817,15 @@ def plain_report(r):
               "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|---:|---:|" if COMPARE else "")]
     for test in ("small", "16k", "h2"):
         pc, ng, ns = r[("portcullis", test)], r[("nginx", test)], r[("nginx-same", test)]
-        p99 = f"{pc['p99'] / ng['p99']:.2f}" if test != "h2" else "—"
-        sp99 = f"{pc['p99'] / ns['p99']:.2f}" if test != "h2" else "—"
+        p99 = p99_ratio(pc, ng)
+        sp99 = p99_ratio(pc, ns)
         row = (f"| {test} | {pc['rps'] / ng['rps']:.2f} | {p99} | "
                f"{pc['cpu_us_per_req'] / ng['cpu_us_per_req']:.2f} | {pc['rps'] / ns['rps']:.2f} | {sp99} | "
                f"{pc['cpu_us_per_req'] / ns['cpu_us_per_req']:.2f} |")
         if COMPARE:
             b = r[("portcullis-b", test)]
-            bp99 = f"{b['p99'] / ng['p99']:.2f}" if test != "h2" else "—"
-            bsp99 = f"{b['p99'] / ns['p99']:.2f}" if test != "h2" else "—"
+            bp99 = p99_ratio(b, ng)
+            bsp99 = p99_ratio(b, ns)
             row += (f" {b['rps'] / ng['rps']:.2f} | {bp99} | {b['rps'] / ns['rps']:.2f} | {bsp99} | "
                     f"{b['cpu_us_per_req']:.1f} |")
         lines.append(row)
@@ -889,7 +894,8 @@ def callgrind_ir(cmd, port, h2port, work, name):
 
 
 def instructions_scenario(work, procs):
-    """nginx and the plain proxy (and another build with --compare), each under callgrind."""
+    """nginx, nginx-same and the plain proxy (and another build with --compare), each under
+    callgrind."""
     runs = {}
     for name in ("nginx", "nginx-same"):
         stop(procs.pop(name))
@@ -1163,9 +1169,9 @@ def report(results, waf=None, contract=None):
         rll = results[("portcullis-rl-local", label)]
         rlr = results[("portcullis-rl-redis", label)]
         rlc = f"{rll['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f} / {rlr['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f}"
-        p99 = f"{pc['p99'] / ng['p99']:.2f}" if label != "h2" and ng.get("p99") else "—"
+        p99 = p99_ratio(pc, ng)
         cost = f"{jw['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f} / {jn['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f}"
-        sp99 = f"{pc['p99'] / ns['p99']:.2f}" if label != "h2" and ns.get("p99") else "—"
+        sp99 = p99_ratio(pc, ns)
         add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {pc['rps'] / ns['rps']:.2f} | {sp99} | {sec['rps'] / pc['rps']:.2f} | {jw['rps'] / sec['rps']:.2f} | {jn['rps'] / sec['rps']:.2f} | {cost} | {az['rps'] / jw['rps']:.2f} | {az['cpu_us_per_req'] - jw['cpu_us_per_req']:+.1f} | {rll['rps'] / sec['rps']:.2f} | {rlr['rps'] / sec['rps']:.2f} | {rlc} |")
     if ("portcullis-pgo", "small") in results:
         add("\n*pgo* is the plain proxy's configuration run by the profile-guided build of the same code")
@@ -1175,8 +1181,8 @@ def report(results, waf=None, contract=None):
         for label in ("small", "16k", "h2"):
             pg, pc, ng = results[("portcullis-pgo", label)], results[("portcullis", label)], results[("nginx", label)]
             ns = results[("nginx-same", label)]
-            p99 = f"{pg['p99'] / ng['p99']:.2f}" if label != "h2" and ng.get("p99") else "—"
-            sp99 = f"{pg['p99'] / ns['p99']:.2f}" if label != "h2" and ns.get("p99") else "—"
+            p99 = p99_ratio(pg, ng)
+            sp99 = p99_ratio(pg, ns)
             add(f"| {label} | {pg['rps'] / ng['rps']:.2f} | {p99} | {pg['rps'] / ns['rps']:.2f} | {sp99} | {pg['rps'] / pc['rps']:.2f} | "
                 f"{pc['cpu_us_per_req']:.1f} / {pg['cpu_us_per_req']:.1f} |")
     bad = [f"{n} {l}" for (n, l), r in results.items() if r["errors"]]
