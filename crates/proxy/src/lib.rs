@@ -43,6 +43,11 @@ use portcullis_telemetry::Metrics;
 pub use front::differential as front_differential;
 pub use runtime::Runtime;
 pub use service::ConnInfo;
+/// The direct upstream client's reading of answers set against hyper's, for the
+/// `upstream_response` fuzz target.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use upstream::h1_differential as upstream_differential;
 
 /// The gateway's shared state: the current runtime (swapped on reload), metrics, audit, and
 /// per-listener TLS contexts (swapped on reload, so certificates rotate without a restart).

@@ -19,7 +19,12 @@
 //! * Framing follows RFC 9112 §6.3: no body after HEAD, 1xx, 204 and 304; a
 //!   `Transfer-Encoding` whose last coding is `chunked` wins over `Content-Length` (which is
 //!   then removed, and the connection not reused); other transfer codings and answers without
-//!   length are read to the end of the connection; `Content-Length` values must agree.
+//!   length are read to the end of the connection; `Content-Length` values must agree; an
+//!   HTTP/1.0 answer with `Transfer-Encoding` is refused (§6.1: its framing is faulty).
+//! * Whatever answer this client reads to its end, hyper's HTTP/1.1 client reads the same
+//!   (status, end-to-end fields, body, trailers): checked on random answers by the unit tests
+//!   and on arbitrary bytes by the `upstream_response` fuzz target ([`differential`]). Where
+//!   the two differ, this client is the stricter (it refuses, with a 502 to the client).
 //! * A connection is reused only after an HTTP/1.1 answer without `Connection: close` whose
 //!   body was read to its end with no byte left over. A body dropped early closes it.
 //! * An idle connection is checked before reuse (a target that closed it is noticed without
@@ -457,17 +462,26 @@ impl FramingFields {
         }
     }
 
-    /// Reads a `Transfer-Encoding` value: the last coding of the last value that has one
-    /// decides.
+    /// Reads a `Transfer-Encoding` value: the last coding of the last value decides. A value
+    /// that ends in an empty element (`chunked,`, `,`, nothing) is refused: the list rule
+    /// would skip the empty element and find `chunked`, where hyper's client takes the empty
+    /// element for the last coding and reads to the end of the connection.
     fn transfer_encoding(&mut self, v: &HeaderValue) {
         let chunked = self.transfer_encoding.unwrap_or(false);
-        let Ok(s) = v.to_str() else {
-            self.transfer_encoding_invalid = true;
-            self.transfer_encoding = Some(chunked);
-            return;
-        };
-        let last = s.rsplit(',').map(str::trim).find(|t| !t.is_empty());
-        self.transfer_encoding = Some(last.map_or(chunked, |t| t.eq_ignore_ascii_case("chunked")));
+        let last = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.rsplit(',').next())
+            .map(str::trim);
+        match last {
+            Some(t) if !t.is_empty() => {
+                self.transfer_encoding = Some(t.eq_ignore_ascii_case("chunked"));
+            }
+            _ => {
+                self.transfer_encoding_invalid = true;
+                self.transfer_encoding = Some(chunked);
+            }
+        }
     }
 }
 
@@ -584,6 +598,11 @@ fn framing(head_request: bool, head: &mut Head) -> Result<(Framing, bool), H1Err
     if let Some(chunked) = f.transfer_encoding {
         if f.transfer_encoding_invalid {
             return Err(H1Error::BadHead("invalid Transfer-Encoding"));
+        }
+        // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (its
+        // sender did not frame it by the coding; what follows may be read in two ways).
+        if head.version == Version::HTTP_10 {
+            return Err(H1Error::BadHead("Transfer-Encoding in an HTTP/1.0 answer"));
         }
         if head.headers.remove(CONTENT_LENGTH).is_some() {
             reusable = false;
@@ -803,8 +822,10 @@ fn find_crlf(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\r\n")
 }
 
-/// Parses a chunk-size line (without its CRLF): hex digits, then optional whitespace and
-/// extensions after `;`.
+/// Parses a chunk-size line (without its CRLF): hex digits, then optional spaces or tabs and
+/// extensions after `;`. The line ends at its first CRLF, so a CR or LF in it is a bare one:
+/// refused, as hyper's client refuses it (a reader that took `5\r` for a size would disagree
+/// with one that does not on where the chunk starts).
 pub(super) fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 {
@@ -813,9 +834,16 @@ pub(super) fn chunk_size(line: &[u8]) -> Result<u64, H1Error> {
     if digits > 16 {
         return Err(H1Error::BadChunk("chunk size too large"));
     }
-    let rest = line[digits..].trim_ascii_start();
+    let rest = &line[digits..];
+    let rest = &rest[rest
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(rest.len())..];
     if !(rest.is_empty() || rest[0] == b';') {
         return Err(H1Error::BadChunk("invalid chunk size"));
+    }
+    if rest.iter().any(|b| matches!(b, b'\r' | b'\n')) {
+        return Err(H1Error::BadChunk("bare CR or LF in a chunk extension"));
     }
     let mut n = 0u64;
     for b in &line[..digits] {
@@ -966,6 +994,194 @@ impl Body for H1Body {
     }
 }
 
+/// The direct client's reading of an answer set against hyper's HTTP/1.1 client: whatever
+/// answer the direct client reads to its end, hyper must read the same (status, end-to-end
+/// fields, body, trailers). Both get the answer from a socket on 127.0.0.1 that sends it
+/// whole and then closes. Used by the unit tests and, with the `fuzzing` feature, by the
+/// `upstream_response` fuzz target.
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod differential {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use http_body_util::{Collected, Empty};
+    use tokio::io::AsyncReadExt as _;
+
+    /// Field names (lowercase, sorted) with their values in order.
+    type Fields = Vec<(String, Vec<Vec<u8>>)>;
+
+    /// What a client read of an answer.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Read {
+        status: u16,
+        fields: Fields,
+        body: Vec<u8>,
+        trailers: Option<Fields>,
+    }
+
+    /// What [`check`] found.
+    #[derive(Debug, PartialEq, Eq)]
+    pub enum Outcome {
+        /// The direct client read an answer with this status and body length, and hyper read
+        /// the same.
+        Read { status: u16, body: usize },
+        /// The direct client refused the answer (or it did not end).
+        Refused,
+    }
+
+    /// Sends `raw` as the answer to a `GET /` (`HEAD /` when `head_request`) to the direct
+    /// client and to hyper's client; panics if the direct client reads an answer and hyper
+    /// reads another, or none.
+    pub async fn check(raw: &[u8], head_request: bool) -> Outcome {
+        let Some(ours) = ours_reads(raw, head_request).await else {
+            return Outcome::Refused;
+        };
+        let shown = || String::from_utf8_lossy(raw).escape_debug().to_string();
+        let theirs = hyper_reads(raw, head_request)
+            .await
+            .unwrap_or_else(|| panic!("hyper refused {} (HEAD: {head_request})", shown()));
+        assert_eq!(ours, theirs, "{} (HEAD: {head_request})", shown());
+        Outcome::Read {
+            status: ours.status,
+            body: ours.body.len(),
+        }
+    }
+
+    fn fields(map: &HeaderMap) -> Fields {
+        let mut v: Fields = map
+            .keys()
+            .map(|k| {
+                let values = map.get_all(k).iter().map(|v| v.as_bytes().to_vec());
+                (k.to_string(), values.collect())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn read(status: StatusCode, headers: &HeaderMap, body: Collected<Bytes>) -> Read {
+        Read {
+            status: status.as_u16(),
+            fields: fields(headers),
+            trailers: body.trailers().map(fields),
+            body: body.to_bytes().to_vec(),
+        }
+    }
+
+    /// A one-connection target: reads the request head, sends `raw`, closes its sending side
+    /// and reads until the client closes (closing with bytes unread could reset the
+    /// connection before the client read the answer).
+    async fn target(raw: Vec<u8>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let Ok((mut io, _)) = listener.accept().await else {
+                return;
+            };
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match io.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                }
+            }
+            if io.write_all(&raw).await.is_err() {
+                return;
+            }
+            let _ = io.shutdown().await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while matches!(io.read(&mut chunk).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        });
+        addr
+    }
+
+    fn method(head_request: bool) -> Method {
+        if head_request {
+            Method::HEAD
+        } else {
+            Method::GET
+        }
+    }
+
+    async fn ours_reads(raw: &[u8], head_request: bool) -> Option<Read> {
+        let addr = target(raw.to_vec()).await.to_string();
+        let direct = Direct {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_idle: 1,
+        };
+        let idle = Arc::new(IdleConns::default());
+        let method = method(head_request);
+        let headers = HeaderMap::new();
+        let req = RequestHead {
+            method: &method,
+            path_and_query: "/",
+            headers: &headers,
+            host: None,
+            body_len: 0,
+            extra: &[],
+            answer_room: 0,
+        };
+        let mut body: BoxBody = Empty::new().map_err(|e| match e {}).boxed_unsync();
+        let exchange = async {
+            let resp = direct.send(&idle, &addr, &req, &mut body).await.ok()?;
+            let (parts, body) = resp.into_parts();
+            Some(read(
+                parts.status,
+                &parts.headers,
+                body.collect().await.ok()?,
+            ))
+        };
+        tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn hyper_reads(raw: &[u8], head_request: bool) -> Option<Read> {
+        let addr = target(raw.to_vec()).await;
+        let io = TcpStream::connect(addr).await.ok()?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .ok()?;
+        let task = tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method(method(head_request))
+            .uri("/")
+            .header(HOST, "target")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let exchange = async {
+            let resp = send.send_request(req).await.ok()?;
+            let (mut parts, body) = resp.into_parts();
+            let body = body.collect().await.ok()?;
+            // What the direct client leaves out by design: a `Content-Length` that a
+            // `Transfer-Encoding` overrides (RFC 9112 §6.3: on an answer that has a body),
+            // and the hop-by-hop fields.
+            let status = parts.status;
+            let bodiless = head_request
+                || status.is_informational()
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED;
+            if !bodiless && parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+                parts.headers.remove(CONTENT_LENGTH);
+            }
+            crate::headers::strip_hop_by_hop(&mut parts.headers, false);
+            Some(read(parts.status, &parts.headers, body))
+        };
+        let read = tokio::time::timeout(Duration::from_secs(5), exchange)
+            .await
+            .ok()
+            .flatten();
+        task.abort();
+        read
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -999,9 +1215,13 @@ mod tests {
                 let s = v
                     .to_str()
                     .map_err(|_| H1Error::BadHead("invalid Transfer-Encoding"))?;
-                if let Some(t) = s.rsplit(',').map(str::trim).find(|t| !t.is_empty()) {
-                    chunked = t.eq_ignore_ascii_case("chunked");
+                match s.rsplit(',').map(str::trim).next() {
+                    Some(t) if !t.is_empty() => chunked = t.eq_ignore_ascii_case("chunked"),
+                    _ => return Err(H1Error::BadHead("invalid Transfer-Encoding")),
                 }
+            }
+            if version == Version::HTTP_10 {
+                return Err(H1Error::BadHead("Transfer-Encoding in an HTTP/1.0 answer"));
             }
             if headers.remove(CONTENT_LENGTH).is_some() {
                 reusable = false;
@@ -1073,7 +1293,7 @@ mod tests {
             "103 Hints",
         ];
         let versions = ["HTTP/1.1", "HTTP/1.0"];
-        let fields_pool: [&[u8]; 26] = [
+        let fields_pool: [&[u8]; 27] = [
             b"Connection: close",
             b"Connection: keep-alive",
             b"Connection: Keep-Alive, X-Gone",
@@ -1088,6 +1308,7 @@ mod tests {
             b"Transfer-Encoding: gzip, chunked",
             b"Transfer-Encoding: chunked, gzip",
             b"Transfer-Encoding: ,",
+            b"Transfer-Encoding: chunked ,",
             b"Transfer-Encoding: \xff",
             b"Upgrade: websocket",
             b"Proxy-Authenticate: Basic",
@@ -1131,5 +1352,152 @@ mod tests {
             crate::headers::strip_hop_by_hop(&mut map, false);
             assert_eq!(fields(&head.headers), fields(&map), "{what}");
         }
+    }
+
+    /// A random answer, made of the parts whose reading could differ: interim answers, status
+    /// lines, framing fields, chunk-size lines with odd extensions and whitespace, chunk ends,
+    /// trailers, and bytes after the answer.
+    fn random_answer() -> Vec<u8> {
+        let pick = |pool: &[&'static [u8]]| pool[fastrand::usize(..pool.len())];
+        let mut raw = Vec::new();
+        if fastrand::u8(..6) == 0 {
+            raw.extend_from_slice(pick(&[
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+            ]));
+        }
+        raw.extend_from_slice(pick(&[b"HTTP/1.1 ", b"HTTP/1.1 ", b"HTTP/1.0 "]));
+        raw.extend_from_slice(pick(&[
+            b"200 OK",
+            b"200 OK",
+            b"200",
+            b"204 No Content",
+            b"304 Not Modified",
+            b"404 Not Found",
+            b"100 Continue",
+        ]));
+        raw.extend_from_slice(b"\r\n");
+        let chunked_form = fastrand::bool();
+        if chunked_form {
+            raw.extend_from_slice(pick(&[
+                b"Transfer-Encoding: chunked\r\n",
+                b"Transfer-Encoding: chunked\r\n",
+                b"Transfer-Encoding: gzip, chunked\r\n",
+                b"transfer-encoding: CHUNKED\r\n",
+                b"Transfer-Encoding: chunked,\r\n",
+                b"Transfer-Encoding: chunked\r\nTransfer-Encoding: ,\r\n",
+                b"Transfer-Encoding: chunked, gzip\r\n",
+            ]));
+        }
+        for _ in 0..fastrand::usize(..4) {
+            raw.extend_from_slice(pick(&[
+                b"Content-Length: 5\r\n",
+                b"Content-Length: 5, 5\r\n",
+                b"Content-Length: 0\r\n",
+                b"Content-Length: 12\r\n",
+                b"Content-Length: 5\r\nContent-Length: 6\r\n",
+                b"Connection: close\r\n",
+                b"Connection: keep-alive, X-Gone\r\n",
+                b"X-Gone: 1\r\n",
+                b"Trailer: X-Sum\r\n",
+                b"TE: trailers\r\n",
+                b"Server: test\r\n",
+                b"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n",
+            ]));
+        }
+        raw.extend_from_slice(b"\r\n");
+        if chunked_form || fastrand::u8(..4) == 0 {
+            for _ in 0..fastrand::usize(..3) {
+                let data: Vec<u8> = (0..fastrand::usize(1..8))
+                    .map(|_| fastrand::alphanumeric() as u8)
+                    .collect();
+                raw.extend_from_slice(format!("{:x}", data.len()).as_bytes());
+                raw.extend_from_slice(pick(&[
+                    b"", b"", b" ", b"\t", b";a=b", b" ;x", b"\r", b";a\rb", b";a\nb", b"\x0c",
+                    b"\n",
+                ]));
+                raw.extend_from_slice(b"\r\n");
+                raw.extend_from_slice(&data);
+                raw.extend_from_slice(pick(&[b"\r\n", b"\r\n", b"\r\n", b"\n", b"xx"]));
+            }
+            raw.extend_from_slice(pick(&[
+                b"0\r\n",
+                b"0\r\n",
+                b"0;end\r\n",
+                b"00\r\n",
+                b"0 \r\n",
+            ]));
+            for _ in 0..fastrand::usize(..3) {
+                raw.extend_from_slice(pick(&[
+                    b"X-Sum: 1\r\n",
+                    b"x-sum: 2\r\n",
+                    b"Bad Field: 1\r\n",
+                    b"X-Bad: \x01\r\n",
+                ]));
+            }
+            raw.extend_from_slice(pick(&[b"\r\n", b"\r\n", b""]));
+        } else {
+            raw.extend_from_slice(pick(&[b"", b"hello", b"hello world!", b"hel"]));
+        }
+        if fastrand::u8(..5) == 0 {
+            raw.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        }
+        raw
+    }
+
+    /// Whatever answer the direct client reads, hyper's client reads the same — on random
+    /// answers over real connections (the fuzz target `upstream_response` does the same on
+    /// arbitrary bytes).
+    #[tokio::test]
+    async fn the_direct_client_reads_answers_as_hyper_does() {
+        let (mut read, mut refused) = (0, 0);
+        for _ in 0..1500 {
+            let raw = random_answer();
+            match differential::check(&raw, fastrand::u8(..8) == 0).await {
+                differential::Outcome::Read { .. } => read += 1,
+                differential::Outcome::Refused => refused += 1,
+            }
+        }
+        // Both kinds are exercised (a generator that made only refused answers would check
+        // nothing).
+        assert!(
+            read > 300 && refused > 300,
+            "read {read}, refused {refused}"
+        );
+    }
+
+    /// Answers hyper's client reads otherwise than the list rules would (or not at all): the
+    /// direct client refuses them rather than pick one reading.
+    #[tokio::test]
+    async fn answers_two_readers_could_frame_differently_are_refused() {
+        for raw in [
+            // A bare CR or LF in a chunk-size line.
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\r\nhello\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a\rb\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a\nb\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\x0c\r\nhello\r\n0\r\n\r\n",
+            // A Transfer-Encoding ending in an empty element: `chunked` by the list rule,
+            // read to the end of the connection by hyper.
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: ,\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            // Transfer-Encoding in HTTP/1.0 (RFC 9112 §6.1: faulty framing).
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ] {
+            let shown = String::from_utf8_lossy(raw).escape_debug().to_string();
+            assert_eq!(
+                differential::check(raw, false).await,
+                differential::Outcome::Refused,
+                "{shown}"
+            );
+        }
+        // The same answers well formed are read.
+        let good = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 ;a=b\r\nhello\r\n0\r\nX-Sum: 1\r\n\r\n";
+        assert_eq!(
+            differential::check(good, false).await,
+            differential::Outcome::Read {
+                status: 200,
+                body: 5
+            }
+        );
     }
 }

@@ -32,6 +32,9 @@
 mod balance;
 mod body;
 mod h1;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use h1::differential as h1_differential;
 mod health;
 #[cfg(test)]
 mod tests;
