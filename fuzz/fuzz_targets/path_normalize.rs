@@ -1,4 +1,4 @@
-//! Path normalisation (`crates/pipeline/src/normalize.rs`) on arbitrary strings: no panic,
+//! Path normalisation (`crates/core/src/path.rs`) on arbitrary strings: no panic,
 //! and what it accepts comes out canonical — an absolute path with no dot segment, no empty
 //! segment, no backslash or control byte, no escape of an unreserved character or of `/`,
 //! and a fixed point (normalising it again changes nothing).

@@ -717,28 +717,39 @@ pub fn parse_template(t: &str, path: &str, e: &mut ConfigErrors) -> Option<Vec<S
     Some(segs)
 }
 
+/// A route path must be in the form requests are matched in (their normal form, see
+/// `portcullis_core::path`): one written otherwise could never match. When it has a normal
+/// form, the error says how to write it (`/café` → `/caf%C3%A9`).
 fn check_path_syntax(p: &str, path: &str, e: &mut ConfigErrors) -> bool {
     if !p.starts_with('/') {
         e.push(path, format!("\"{p}\" must start with '/'"));
         return false;
     }
-    // Requests are matched after normalisation, which escapes bytes outside ASCII: a route
-    // written with them could never match.
-    if p.contains("//")
-        || p.split('/').any(|s| s == "." || s == "..")
-        || p.contains(['?', '#', '%', '\\'])
-        || !p.is_ascii()
-    {
+    if p.contains(['?', '#']) {
         e.push(
             path,
-            format!(
-                "\"{p}\" is not a normalised path (no //, dot segments, ?, #, %, \\ or \
-                 characters outside ASCII)"
-            ),
+            format!("\"{p}\" holds '?' or '#': a route matches the path only, not the query"),
         );
         return false;
     }
-    true
+    match portcullis_core::path::normalize_path(p) {
+        Ok(None) => true,
+        Ok(Some(normal)) => {
+            e.push(
+                path,
+                format!(
+                    "\"{p}\" is not a normalised path: requests are matched in normal form \
+                     (no //, dot segments, escapes of unreserved characters, lower-case \
+                     escapes or characters outside ASCII); write \"{normal}\""
+                ),
+            );
+            false
+        }
+        Err(why) => {
+            e.push(path, format!("\"{p}\" can never match: {}", why.detail()));
+            false
+        }
+    }
 }
 
 /// What routes are compiled against: the gateway-wide sections.

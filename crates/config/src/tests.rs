@@ -843,14 +843,52 @@ routes:
   - { name: b, match: { path: "/x//y" }, upstream: demo }
   - { name: c, match: { path: "/x/%41" }, upstream: demo }
   - { name: d, match: { prefix: "/cafe" }, upstream: demo }
+  - { name: e, match: { path: "/caf%c3%a9" }, upstream: demo }
+  - { name: f, match: { prefix: "/a%2Fb" }, upstream: demo }
+  - { name: g, match: { path: "/x/../../y" }, upstream: demo }
+  - { name: h, match: { prefix: "/x%zz" }, upstream: demo }
+  - { name: i, match: { prefix: "/x?y=1" }, upstream: demo }
 "#,
     );
-    assert_eq!(e.len(), 3, "{e:?}");
-    for (m, route) in e.iter().zip(["routes[0]", "routes[1]", "routes[2]"]) {
-        assert!(
-            m.starts_with(route) && m.contains("is not a normalised path"),
-            "{m}"
-        );
+    assert_eq!(e.len(), 8, "{e:?}");
+    // Each names its route, says why, and how to write it when it has a normal form.
+    let want = [
+        ("routes[0].match.prefix", "write \"/caf%C3%A9\""),
+        ("routes[1].match.path", "write \"/x/y\""),
+        ("routes[2].match.path", "write \"/x/A\""),
+        ("routes[4].match.path", "write \"/caf%C3%A9\""),
+        ("routes[5].match.prefix", "can never match: encoded slashes"),
+        (
+            "routes[6].match.path",
+            "can never match: the path climbs above the root",
+        ),
+        (
+            "routes[7].match.prefix",
+            "can never match: the path holds a malformed",
+        ),
+        ("routes[8].match.prefix", "a route matches the path only"),
+    ];
+    for (m, (route, says)) in e.iter().zip(want) {
+        assert!(m.starts_with(route) && m.contains(says), "{m}");
     }
     assert!(e[0].contains("outside ASCII"), "{}", e[0]);
+}
+
+/// A path with escapes is matched in its normal form: written so, it is accepted (an escaped
+/// character outside ASCII, an escaped `%`, a path parameter).
+#[test]
+fn route_paths_in_normal_form_with_escapes_are_accepted() {
+    let cfg = load_str(
+        r#"
+upstreams: { demo: { kind: echo } }
+routes:
+  - { name: a, match: { prefix: "/caf%C3%A9" }, upstream: demo }
+  - { name: b, match: { path: "/100%25" }, upstream: demo }
+  - { name: c, match: { path: "/a;v=1/b" }, upstream: demo }
+  - { name: d, match: { path: "/orders/{id}/caf%C3%A9" }, upstream: demo }
+"#,
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(cfg.routes.len(), 4);
 }

@@ -26,6 +26,7 @@ mod errors;
 mod header;
 mod identity;
 mod jsontext;
+pub mod path;
 mod reject;
 mod secret;
 mod stage;

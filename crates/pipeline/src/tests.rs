@@ -51,6 +51,9 @@ routes:
     match: { prefix: /public, methods: [GET] }
     upstream: d
     max_body_bytes: 10
+  - name: cafe
+    match: { prefix: "/caf%C3%A9" }
+    upstream: d
 "#;
 
 async fn run(
@@ -81,6 +84,25 @@ async fn run(
 
 fn reason(r: &Result<Flow, Rejection>) -> Option<RejectReason> {
     r.as_ref().err().map(|r| r.reason)
+}
+
+/// A route written with escapes (in normal form) takes every spelling of its path, and the
+/// upstream gets the normal one.
+#[tokio::test]
+async fn a_route_written_with_escapes_takes_every_spelling_of_its_path() {
+    for uri in [
+        "/caf%C3%A9/menu",
+        "/caf%c3%a9/menu",
+        "/x/../caf%C3%A9//menu",
+    ] {
+        let (ctx, r, path) = run("GET", uri, "127.0.0.1:1", &[]).await;
+        assert!(r.is_ok(), "{uri}: {:?}", reason(&r));
+        assert_eq!(ctx.route.as_ref().map(|m| &*m.name), Some("cafe"), "{uri}");
+        assert_eq!(path, "/caf%C3%A9/menu", "{uri}");
+    }
+    let (ctx, r, _) = run("GET", "/cafe/menu", "127.0.0.1:1", &[]).await;
+    assert_eq!(reason(&r), Some(RejectReason::RouteNotFound));
+    assert!(ctx.route.is_none());
 }
 
 #[tokio::test]
