@@ -392,13 +392,9 @@ def medians(runs):
     return med
 
 
-def measure(fn, pids):
-    return medians([measure_once(fn, pids) for _ in range(REPEAT)])
-
-
 def measure_rounds(cases):
-    """Like `measure` for several cases ({key: (fn, pids)}), but in rounds: one run of each case
-    per round, REPEAT rounds, the median of each case. Other work on the machine then falls on
+    """Measures several cases ({key: (fn, pids)}) in rounds: one run of each case per round,
+    REPEAT rounds, the median of each case. Other work on the machine then falls on
     every case alike rather than on whichever ran during it."""
     runs = {key: [] for key in cases}
     for i in range(REPEAT):
@@ -555,18 +551,18 @@ def waf_scenario(work, procs):
     for n in notes:
         print(n, file=sys.stderr)
     setup = WAF_POST_LUA % body
-    results = {}
+    cases = {}
     for name in names:
         port = ports[name]
         subprocess.run(["wrk", "-t1", "-c16", "-d1s", f"http://127.0.0.1:{port}{WAF_GET}"], capture_output=True)
         # A generous timeout: a slow WAF is measured as slow, not as failing (wrk's default is 2 s).
-        results[(name, "get")] = measure(lambda: wrk(port, WAF_GET, work, headers=WAF_HEADERS, timeout="30s"),
-                                         pids_of(procs, name))
-        print(name, "waf get", results[(name, "get")], flush=True)
-        results[(name, "post")] = measure(lambda: wrk(port, WAF_POST, work, setup=setup, headers=WAF_HEADERS,
-                                                      timeout="30s"),
-                                          pids_of(procs, name))
-        print(name, "waf post", results[(name, "post")], flush=True)
+        cases[(name, "get")] = (lambda port=port: wrk(port, WAF_GET, work, headers=WAF_HEADERS, timeout="30s"),
+                                pids_of(procs, name))
+        cases[(name, "post")] = (lambda port=port: wrk(port, WAF_POST, work, setup=setup, headers=WAF_HEADERS,
+                                                       timeout="30s"),
+                                 pids_of(procs, name))
+    # In rounds, like the main table.
+    results = measure_rounds(cases)
     return {"results": results, "notes": notes, "body_bytes": len(body)}
 
 
@@ -1099,13 +1095,16 @@ def main():
             hdr = sum((["-H", h] for h in HEADERS.get(PORTS[name], [])), [])
             subprocess.run(["wrk", "-t1", "-c16", "-d1s", *hdr, f"http://127.0.0.1:{PORTS[name]}/"],
                            capture_output=True)
-        results = {}
+        # In rounds (every server and load once per round): this machine's speed drifts over a
+        # run (other tenants), and servers measured one after the other would take the drift
+        # into their ratios.
+        cases = {}
         for name in PORTS:
             for label, path in (("small", "/"), ("16k", "/16k")):
-                results[(name, label)] = measure(lambda: wrk(PORTS[name], path, work), pids(name))
-                print(name, label, results[(name, label)], flush=True)
-            results[(name, "h2")] = measure(lambda: h2load(H2_PORTS[name], "/"), pids(name))
-            print(name, "h2", results[(name, "h2")], flush=True)
+                cases[(name, label)] = (lambda port=PORTS[name], path=path: wrk(port, path, work),
+                                        pids(name))
+            cases[(name, "h2")] = (lambda port=H2_PORTS[name]: h2load(port, "/"), pids(name))
+        results = measure_rounds(cases)
         waf = waf_scenario(work, procs)
         contract = contract_scenario(work, procs)
         if "failed" in contract:
@@ -1128,7 +1127,8 @@ def report(results, waf=None, contract=None):
         "redis-server from the OS packages,")
     add("builds the release binary" + (" and the profile-guided one" if PGO else "")
         + ", runs everything below in one go). Numbers are medians of "
-        f"{REPEAT} runs of {DURATION} s.\n")
+        f"{REPEAT} runs of {DURATION} s, made in rounds: each round runs every server under every load once, "
+        "so that a drift of the machine's speed over the run falls on all of them alike.\n")
     add(f"- Machine: {NCPU} cores ({cpu}); servers pinned to CPU {SERVER_CPU}, load generators to CPU {LOAD_CPU}.")
     add(f"- Upstream: nginx returning a fixed 13-byte body, or a 16 KiB file; {ngv.replace('nginx version: nginx/', 'nginx ')}.")
     add("- nginx proxy: one worker, upstream keep-alive (`keepalive 256`, HTTP/1.1, `Connection \"\"`), `Host` and")

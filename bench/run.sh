@@ -23,7 +23,8 @@
 #
 # Installs what it needs from the OS packages (nginx, wrk, h2load, redis-server, valgrind, the nginx ModSecurity
 # module and the OWASP CRS), builds the release binary,
-# pins servers to CPU 0 and load generators to CPU 1, repeats each run, reports medians.
+# pins servers to CPU 0 and load generators to CPU 1, runs every case in rounds (each once per round,
+# so that a drift of the machine falls on all alike), reports medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
