@@ -17,9 +17,10 @@
 //!
 //! Invariants:
 //! * Framing follows RFC 9112 §6.3: no body after HEAD, 1xx, 204 and 304; a
-//!   `Transfer-Encoding` whose last coding is `chunked` wins over `Content-Length` (which is
-//!   then removed, and the connection not reused); other transfer codings and answers without
-//!   length are read to the end of the connection; `Content-Length` values must agree; an
+//!   `Transfer-Encoding` overrides `Content-Length` (which is then removed, from bodiless
+//!   answers too, and the connection not reused); its last coding `chunked` makes the body
+//!   chunked, other transfer codings and answers without length are read to the end of the
+//!   connection; `Content-Length` values must agree; an
 //!   HTTP/1.0 answer with `Transfer-Encoding` is refused (§6.1: its framing is faulty).
 //! * Whatever answer this client reads to its end, hyper's HTTP/1.1 client reads the same
 //!   (status, end-to-end fields, body, trailers): checked on random answers by the unit tests
@@ -587,6 +588,12 @@ fn parse_head(
 fn framing(head_request: bool, head: &mut Head) -> Result<(Framing, bool), H1Error> {
     let f = &head.framing;
     let mut reusable = head.version == Version::HTTP_11 && !f.close;
+    // `Transfer-Encoding` overrides `Content-Length` (RFC 9112 §6.3), on every answer, bodiless
+    // ones included: the length is removed (an intermediary must not pass both on) and the
+    // connection not reused (an answer with both may be an attempt at splitting).
+    if f.transfer_encoding.is_some() && head.headers.remove(CONTENT_LENGTH).is_some() {
+        reusable = false;
+    }
     let status = head.status;
     if head_request
         || status.is_informational()
@@ -603,9 +610,6 @@ fn framing(head_request: bool, head: &mut Head) -> Result<(Framing, bool), H1Err
         // sender did not frame it by the coding; what follows may be read in two ways).
         if head.version == Version::HTTP_10 {
             return Err(H1Error::BadHead("Transfer-Encoding in an HTTP/1.0 answer"));
-        }
-        if head.headers.remove(CONTENT_LENGTH).is_some() {
-            reusable = false;
         }
         return Ok(if chunked {
             (Framing::Chunked, reusable)
@@ -1160,14 +1164,9 @@ pub mod differential {
             let (mut parts, body) = resp.into_parts();
             let body = body.collect().await.ok()?;
             // What the direct client leaves out by design: a `Content-Length` that a
-            // `Transfer-Encoding` overrides (RFC 9112 §6.3: on an answer that has a body),
-            // and the hop-by-hop fields.
-            let status = parts.status;
-            let bodiless = head_request
-                || status.is_informational()
-                || status == StatusCode::NO_CONTENT
-                || status == StatusCode::NOT_MODIFIED;
-            if !bodiless && parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+            // `Transfer-Encoding` overrides (RFC 9112 §6.3; hyper 1.13 removes it too, 1.12
+            // does not), and the hop-by-hop fields.
+            if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
                 parts.headers.remove(CONTENT_LENGTH);
             }
             crate::headers::strip_hop_by_hop(&mut parts.headers, false);
@@ -1202,6 +1201,9 @@ mod tests {
             })
         };
         let mut reusable = version == Version::HTTP_11 && !connection_has(headers, "close");
+        if headers.contains_key(TRANSFER_ENCODING) && headers.remove(CONTENT_LENGTH).is_some() {
+            reusable = false;
+        }
         if head_request
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -1222,9 +1224,6 @@ mod tests {
             }
             if version == Version::HTTP_10 {
                 return Err(H1Error::BadHead("Transfer-Encoding in an HTTP/1.0 answer"));
-            }
-            if headers.remove(CONTENT_LENGTH).is_some() {
-                reusable = false;
             }
             return Ok(if chunked {
                 (Framing::Chunked, reusable)
@@ -1488,6 +1487,18 @@ mod tests {
                 differential::check(raw, false).await,
                 differential::Outcome::Refused,
                 "{shown}"
+            );
+        }
+        // Found by the fuzz target: `Transfer-Encoding` overrides `Content-Length` on bodiless
+        // answers too (a HEAD's, a 204): the length is not passed on (hyper 1.13's client
+        // removes it as well).
+        for (raw, head_request) in [
+            (&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: gzip\r\n\r\n"[..], true),
+            (b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nContent-Length: 12\r\n\r\n", false),
+        ] {
+            assert_eq!(
+                differential::check(raw, head_request).await,
+                differential::Outcome::Read { status: if head_request { 200 } else { 204 }, body: 0 }
             );
         }
         // The same answers well formed are read.
