@@ -389,7 +389,14 @@ def medians(runs):
     med = {}
     for k in runs[0]:
         med[k] = statistics.median(r[k] for r in runs)
+    # How far apart the runs were: (highest - lowest) ÷ median of the request rate.
+    rates = [r["rps"] for r in runs]
+    med["spread"] = (max(rates) - min(rates)) / med["rps"] if med["rps"] else 0.0
     return med
+
+
+# A row whose runs spread wider than this is flagged: the machine's speed changed under it.
+UNSTEADY = 0.25
 
 
 def measure_rounds(cases):
@@ -1147,13 +1154,19 @@ def report(results, waf=None, contract=None):
     add(f"- HTTP/1.1: `wrk -t1 -c{CONNECTIONS} -d{DURATION}s` (keep-alive). HTTP/2: `h2load -c 8 -m 32 -D {DURATION}` (h2c).")
     add("- The upstream shares CPU 0 with the proxy under test, the same for nginx and Portcullis.\n")
     add("## Results\n")
-    add("| server | test | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | errors |")
-    add("|---|---|---:|---:|---:|---:|---:|---:|")
+    add("*spread*: the request rate's (highest − lowest) ÷ median over the rounds.\n")
+    add("| server | test | req/s | spread | p50 ms | p99 ms | p99.9 ms | CPU µs/req | errors |")
+    add("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for (name, label), r in results.items():
+        spread = f"{r['spread']:.0%}"
         if label == "h2":
-            add(f"| {name} | h2 (mean {r['mean']:.2f} ms) | {r['rps']:.0f} | | | | {r['cpu_us_per_req']:.1f} | {int(r['errors'])} |")
+            add(f"| {name} | h2 (mean {r['mean']:.2f} ms) | {r['rps']:.0f} | {spread} | | | | {r['cpu_us_per_req']:.1f} | {int(r['errors'])} |")
         else:
-            add(f"| {name} | {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {r['cpu_us_per_req']:.1f} | {int(r['errors'])} |")
+            add(f"| {name} | {label} | {r['rps']:.0f} | {spread} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {r['cpu_us_per_req']:.1f} | {int(r['errors'])} |")
+    unsteady = [f"{n} {l} ({r['spread']:.0%})" for (n, l), r in results.items() if r["spread"] > UNSTEADY]
+    if unsteady:
+        add(f"\n**Unsteady rows (runs more than {UNSTEADY:.0%} apart: the machine's speed changed during the run; "
+            "ratios involving them are not reliable): " + ", ".join(unsteady) + ".**")
     add("\n## Ratios\n")
     add("| test | Portcullis ÷ nginx (req/s) | Portcullis ÷ upstream alone | Portcullis p99 ÷ nginx p99 | Portcullis ÷ nginx-same (req/s) | Portcullis p99 ÷ nginx-same p99 | secure ÷ plain | jwt ÷ secure | jwt-nocache ÷ secure | JWT CPU µs/req (cached / uncached) | authz ÷ jwt | authz CPU µs/req | rl-local ÷ secure | rl-redis ÷ secure | rate-limit CPU µs/req (local / redis) |")
     add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
