@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
 use portcullis_core::units::compile_duration;
-use portcullis_core::{AuthMethod, ConfigErrors};
+use portcullis_core::{AuthMethod, ConfigErrors, RawSecretOrString};
 use portcullis_ipfilter::{IpRules, parse_nets};
 use portcullis_limits::HeadLimits;
 use rustls_pki_types::pem::PemObject;
@@ -641,27 +641,37 @@ fn header_name(s: &str, path: &str, e: &mut ConfigErrors) -> Option<HeaderName> 
     }
 }
 
-fn compile_header_ops(raw: &RawHeaderOps, path: &str, e: &mut ConfigErrors) -> HeaderOps {
-    let pairs =
-        |m: &std::collections::BTreeMap<String, String>, key: &str, e: &mut ConfigErrors| {
-            m.iter()
-                .filter_map(|(k, v)| {
-                    let p = format!("{path}.{key}.{k}");
-                    let name = header_name(k, &p, e)?;
-                    match HeaderValue::from_str(v) {
-                        Ok(mut v) => {
-                            // Not shown by `Debug`; never indexed by HPACK.
-                            v.set_sensitive(crate::raw::is_credential_header(k));
-                            Some((name, v))
-                        }
-                        Err(_) => {
-                            e.push(p, "the value holds characters not allowed in a header");
-                            None
-                        }
+fn compile_header_ops(
+    raw: &RawHeaderOps,
+    path: &str,
+    base_dir: &Path,
+    e: &mut ConfigErrors,
+) -> HeaderOps {
+    let pairs = |m: &std::collections::BTreeMap<String, RawSecretOrString>,
+                 key: &str,
+                 e: &mut ConfigErrors| {
+        m.iter()
+            .filter_map(|(k, v)| {
+                let p = format!("{path}.{key}.{k}");
+                let name = header_name(k, &p, e)?;
+                let value = v.resolve(&p, base_dir, e)?;
+                match HeaderValue::from_str(&value) {
+                    Ok(mut value) => {
+                        // Not shown by `Debug`; never indexed by HPACK.
+                        value.set_sensitive(
+                            crate::raw::is_credential_header(k)
+                                || matches!(v, RawSecretOrString::Secret(_)),
+                        );
+                        Some((name, value))
                     }
-                })
-                .collect::<Vec<_>>()
-        };
+                    Err(_) => {
+                        e.push(p, "the value holds characters not allowed in a header");
+                        None
+                    }
+                }
+            })
+            .collect::<Vec<_>>()
+    };
     HeaderOps {
         set: pairs(&raw.set, "set", e),
         add: pairs(&raw.add, "add", e),
@@ -1230,11 +1240,13 @@ fn compile_route(
         request_headers: compile_header_ops(
             &r.request_headers,
             &format!("{path}.request_headers"),
+            sections.base_dir,
             e,
         ),
         response_headers: compile_header_ops(
             &r.response_headers,
             &format!("{path}.response_headers"),
+            sections.base_dir,
             e,
         ),
         max_body_bytes,

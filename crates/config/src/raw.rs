@@ -8,6 +8,7 @@ pub use portcullis_authn::config::{RawAuth, RawRouteAuth};
 pub use portcullis_authz::config::{RawAuthz, RawRouteAuthz};
 pub use portcullis_contract::config::RawOpenApi;
 pub use portcullis_core::RawSecret;
+use portcullis_core::RawSecretOrString;
 use portcullis_core::units::RawSize;
 pub use portcullis_cors::RawCors;
 use portcullis_ipfilter::RawIpFilter;
@@ -809,16 +810,36 @@ pub fn is_credential_header(name: &str) -> bool {
 }
 
 /// Header fields as the configuration is shown (admin API, `Debug`): the values of
-/// credential-bearing names hidden.
-struct Shown<'a>(&'a BTreeMap<String, String>);
+/// credential-bearing names hidden; a value given as a secret shown as where it comes from
+/// (`{ env: NAME }`, `{ file: PATH }`), an inline one (`{ value: … }`) hidden.
+struct Shown<'a>(&'a BTreeMap<String, RawSecretOrString>);
+
+/// One value as shown.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ShownValue<'a> {
+    Text(&'a str),
+    Secret(&'a RawSecret),
+}
+
+impl std::fmt::Debug for ShownValue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShownValue::Text(t) => std::fmt::Debug::fmt(t, f),
+            ShownValue::Secret(s) => std::fmt::Debug::fmt(s, f),
+        }
+    }
+}
 
 impl Shown<'_> {
-    fn entries(&self) -> impl Iterator<Item = (&String, &str)> {
+    fn entries(&self) -> impl Iterator<Item = (&String, ShownValue<'_>)> {
         self.0.iter().map(|(name, value)| {
-            let value = if is_credential_header(name) {
-                portcullis_core::REDACTED
-            } else {
-                value.as_str()
+            let value = match value {
+                RawSecretOrString::Plain(_) if is_credential_header(name) => {
+                    ShownValue::Text(portcullis_core::REDACTED)
+                }
+                RawSecretOrString::Plain(v) => ShownValue::Text(v),
+                RawSecretOrString::Secret(s) => ShownValue::Secret(s),
             };
             (name, value)
         })
@@ -832,7 +853,7 @@ impl std::fmt::Debug for Shown<'_> {
 }
 
 fn credentials_hidden<S: serde::Serializer>(
-    fields: &BTreeMap<String, String>,
+    fields: &BTreeMap<String, RawSecretOrString>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.collect_map(Shown(fields).entries())
@@ -853,12 +874,13 @@ impl std::fmt::Debug for RawHeaderOps {
 #[derive(Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaderOps {
-    /// Set (replace) these headers.
+    /// Set (replace) these headers. A value is a string, or a secret: `{ env: NAME }`,
+    /// `{ file: PATH }` (read when the configuration is loaded or reloaded).
     #[serde(default, serialize_with = "credentials_hidden")]
-    pub set: BTreeMap<String, String>,
-    /// Append these headers (kept alongside existing values).
+    pub set: BTreeMap<String, RawSecretOrString>,
+    /// Append these headers (kept alongside existing values); values as for `set`.
     #[serde(default, serialize_with = "credentials_hidden")]
-    pub add: BTreeMap<String, String>,
+    pub add: BTreeMap<String, RawSecretOrString>,
     /// Remove these headers.
     #[serde(default)]
     pub remove: Vec<String>,

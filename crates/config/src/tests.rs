@@ -161,8 +161,16 @@ routes:
 fn header_ops_apply_in_order() {
     let mut e = ConfigErrors::new();
     let raw = raw::RawHeaderOps {
-        set: [("x-set".to_string(), "1".to_string())].into(),
-        add: [("x-add".to_string(), "2".to_string())].into(),
+        set: [(
+            "x-set".to_string(),
+            portcullis_core::RawSecretOrString::Plain("1".into()),
+        )]
+        .into(),
+        add: [(
+            "x-add".to_string(),
+            portcullis_core::RawSecretOrString::Plain("2".into()),
+        )]
+        .into(),
         remove: vec!["x-gone".into()],
         rename: [("x-old".to_string(), "x-new".to_string())].into(),
     };
@@ -891,4 +899,83 @@ routes:
     )
     .unwrap();
     assert_eq!(cfg.routes.len(), 4);
+}
+
+/// A value a route sets or adds may be a secret (`{ file: … }`, `{ env: … }`, `{ value: … }`)
+/// whatever the field's name: it is read at load, marked sensitive, and shown in `/config` as
+/// where it comes from (an inline one hidden).
+#[test]
+fn route_header_values_may_be_secrets() {
+    const MARK: &str = "hdr-secret-5f1c";
+    let file = std::env::temp_dir().join(format!("portcullis-hdr-secret-{}", std::process::id()));
+    std::fs::write(&file, format!("{MARK}-file\n")).unwrap();
+    let yaml = format!(
+        r#"
+upstreams: {{ demo: {{ kind: echo }} }}
+routes:
+  - name: r
+    match: {{ prefix: / }}
+    upstream: demo
+    request_headers:
+      set: {{ x-upstream-sig: {{ file: "{}" }}, x-inline: {{ value: {MARK}-inline }}, x-plain: visible }}
+"#,
+        file.display()
+    );
+    let c = load_str(&yaml, Path::new(".")).unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_file(&file);
+    let set: Vec<(String, String, bool)> = c.routes[0]
+        .request_headers
+        .set
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.to_string(),
+                v.to_str().unwrap().to_string(),
+                v.is_sensitive(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        set,
+        [
+            ("x-inline".to_string(), format!("{MARK}-inline"), true),
+            ("x-plain".to_string(), "visible".to_string(), false),
+            ("x-upstream-sig".to_string(), format!("{MARK}-file"), true),
+        ]
+    );
+    let shown = crate::shown(&c.raw).to_string();
+    assert!(!shown.contains(MARK), "{shown}");
+    for want in [
+        format!(r#""x-upstream-sig":{{"file":"{}"}}"#, file.display()),
+        r#""x-inline":{"value":"<redacted>"}"#.to_string(),
+        r#""x-plain":"visible""#.to_string(),
+    ] {
+        assert!(shown.contains(&want), "{want} in {shown}");
+    }
+    assert!(!format!("{c:?}").contains(MARK));
+
+    // A secret that cannot be read is an error at its path; so is a missing file.
+    let e = errs(
+        r#"
+upstreams: { demo: { kind: echo } }
+routes:
+  - name: r
+    match: { prefix: / }
+    upstream: demo
+    request_headers: { add: { x-key: { env: PORTCULLIS_TEST_NEVER_SET_9F2 } } }
+    response_headers: { set: { x-a: { file: /nonexistent/portcullis/secret } } }
+"#,
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("routes[0].request_headers.add.x-key.env")
+            && e[0].contains("PORTCULLIS_TEST_NEVER_SET_9F2 is not set"),
+        "{}",
+        e[0]
+    );
+    assert!(
+        e[1].starts_with("routes[0].response_headers.set.x-a.file") && e[1].contains("cannot read"),
+        "{}",
+        e[1]
+    );
 }
