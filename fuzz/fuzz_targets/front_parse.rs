@@ -7,20 +7,12 @@
 
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use portcullis_proxy::front_differential::Reader;
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime")
-    })
-}
+#[path = "runtime.rs"]
+mod runtime;
+use runtime::runtime;
 
 fuzz_target!(|data: &[u8]| {
     runtime().block_on(async {

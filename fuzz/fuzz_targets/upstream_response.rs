@@ -6,20 +6,12 @@
 
 #![no_main]
 
-use std::sync::OnceLock;
-
 use libfuzzer_sys::fuzz_target;
 use portcullis_proxy::upstream_differential::check;
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime")
-    })
-}
+#[path = "runtime.rs"]
+mod runtime;
+use runtime::runtime;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, raw)) = data.split_first() else {
