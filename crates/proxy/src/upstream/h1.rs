@@ -24,8 +24,9 @@
 //!   HTTP/1.0 answer with `Transfer-Encoding` is refused (§6.1: its framing is faulty).
 //! * Whatever answer this client reads to its end, hyper's HTTP/1.1 client reads the same
 //!   (status, end-to-end fields, body, trailers): checked on random answers by the unit tests
-//!   and on arbitrary bytes by the `upstream_response` fuzz target ([`differential`]). Where
-//!   the two differ, this client is the stricter (it refuses, with a 502 to the client).
+//!   and on arbitrary bytes by the `upstream_response` fuzz target (module `differential`,
+//!   built for tests and the `fuzzing` feature). Where the two differ, this client is the
+//!   stricter (it refuses, with a 502 to the client).
 //! * A connection is reused only after an HTTP/1.1 answer without `Connection: close` whose
 //!   body was read to its end with no byte left over. A body dropped early closes it.
 //! * An idle connection is checked before reuse (a target that closed it is noticed without
