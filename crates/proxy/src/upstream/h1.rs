@@ -1095,7 +1095,7 @@ pub mod differential {
                 return;
             }
             let _ = io.shutdown().await;
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = tokio::time::timeout(Duration::from_secs(30), async {
                 while matches!(io.read(&mut chunk).await, Ok(n) if n > 0) {}
             })
             .await;
@@ -1173,7 +1173,9 @@ pub mod differential {
             crate::headers::strip_hop_by_hop(&mut parts.headers, false);
             Some(read(parts.status, &parts.headers, body))
         };
-        let read = tokio::time::timeout(Duration::from_secs(5), exchange)
+        // Generous: hyper not answering in time would fail the check (every answer here ends,
+        // the target closing its side), so a loaded machine must not be taken for a refusal.
+        let read = tokio::time::timeout(Duration::from_secs(30), exchange)
             .await
             .ok()
             .flatten();
