@@ -201,8 +201,11 @@ async fn wait_until(mut f: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_upstream_answer_is_a_502_problem() {
     // Each refused by the direct HTTP/1.1 client (a GET without body and a POST with one).
-    let answers: [&'static [u8]; 4] = [
+    let answers: [&'static [u8]; 6] = [
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc",
+        // Framings hyper's client would read otherwise (ADR 0008): refused, not guessed at.
+        b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked,\r\n\r\n2\r\nab\r\n0\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n",
         b"SSH-2.0-OpenSSH_9.6\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n",

@@ -1323,8 +1323,16 @@ async fn direct_a_body_dropped_early_closes_its_connection() {
 
 #[tokio::test]
 async fn direct_broken_answers_are_protocol_errors() {
-    let cases: [(&str, &str); 6] = [
+    let cases: [(&str, &str); 8] = [
         ("SSH-2.0-OpenSSH\r\n\r\n", "malformed"),
+        (
+            "HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            "Transfer-Encoding in an HTTP/1.0 answer",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: ,\r\n\r\n0\r\n\r\n",
+            "invalid Transfer-Encoding",
+        ),
         ("HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n", "malformed"),
         (
             "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
@@ -1356,10 +1364,18 @@ async fn direct_broken_answers_are_protocol_errors() {
 
 #[tokio::test]
 async fn direct_broken_bodies_fail_the_body() {
-    let cases: [(&str, &str); 5] = [
+    let cases: [(&str, &str); 7] = [
         (
             "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
             "middle of the body",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\r\nab\r\n0\r\n\r\n",
+            "invalid chunk size",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;a\rb\r\nab\r\n0\r\n\r\n",
+            "bare CR or LF",
         ),
         (
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
