@@ -20,8 +20,8 @@
 //!   `Transfer-Encoding` overrides `Content-Length` (which is then removed, from bodiless
 //!   answers too, and the connection not reused); its last coding `chunked` makes the body
 //!   chunked, other transfer codings and answers without length are read to the end of the
-//!   connection; `Content-Length` values must agree; an
-//!   HTTP/1.0 answer with `Transfer-Encoding` is refused (§6.1: its framing is faulty).
+//!   connection; `Content-Length` values must agree; an HTTP/1.0 answer with
+//!   `Transfer-Encoding` is refused (§6.1: its framing is faulty).
 //! * Whatever answer this client reads to its end, hyper's HTTP/1.1 client reads the same
 //!   (status, end-to-end fields, body, trailers): checked on random answers by the unit tests
 //!   and on arbitrary bytes by the `upstream_response` fuzz target (module `differential`,
