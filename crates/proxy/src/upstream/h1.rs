@@ -26,7 +26,8 @@
 //!   (status, end-to-end fields, body, trailers): checked on random answers by the unit tests
 //!   and on arbitrary bytes by the `upstream_response` fuzz target (module `differential`,
 //!   built for tests and the `fuzzing` feature). Where the two differ, this client is the
-//!   stricter (it refuses, with a 502 to the client).
+//!   stricter: it refuses the answer (a 502 to the client when the head is refused; a body
+//!   cut off, the connection closed, when a chunk is).
 //! * A connection is reused only after an HTTP/1.1 answer without `Connection: close` whose
 //!   body was read to its end with no byte left over. A body dropped early closes it.
 //! * An idle connection is checked before reuse (a target that closed it is noticed without
