@@ -50,6 +50,7 @@ use portcullis_core::BoxBody;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::sync::{mpsc, watch};
 
+use crate::gate::Gated;
 use crate::headers::{NameCache, itoa_u64, lists, raw_lists};
 use crate::service::DeferredFields;
 use crate::{ConnInfo, Gateway};
@@ -93,7 +94,7 @@ pub(crate) async fn serve<S>(
     gw: &Arc<Gateway>,
     info: &Arc<ConnInfo>,
     max_head: usize,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Outcome<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -102,6 +103,12 @@ where
     let mut wbuf: Vec<u8> = Vec::with_capacity(1024);
     let mut names = NameCache::default();
     let mut fields_at = Vec::with_capacity(16);
+    // One wait for the stop for the connection's life, looked at only when the stop wakes
+    // it: a wait made anew for each request (a notification registered, then dropped) cost
+    // more than the rest of waiting for the request.
+    let mut stop_wait = stop.clone();
+    let stopping = std::pin::pin!(raised(&mut stop_wait));
+    let mut stopping = Gated::new(stopping);
     loop {
         let (req, asked_close, length) = loop {
             if !rbuf.is_empty() {
@@ -119,7 +126,7 @@ where
             let read = tokio::select! {
                 biased;
                 r = io.read_buf(&mut rbuf) => r,
-                () = raised(&mut stop), if rbuf.is_empty() => return Outcome::Closed,
+                () = &mut stopping, if rbuf.is_empty() => return Outcome::Closed,
             };
             match read {
                 Ok(0) if rbuf.is_empty() => return Outcome::Closed,

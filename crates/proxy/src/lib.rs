@@ -19,6 +19,7 @@
 pub mod body;
 pub mod echo;
 mod front;
+mod gate;
 pub mod headers;
 pub mod problem;
 pub mod respfilter;

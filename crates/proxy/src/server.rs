@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::front;
+use crate::gate::Gated;
 use crate::sniff::{Activity, Flag, Sniffed};
 use crate::{ConnInfo, Gateway};
 
@@ -194,7 +195,9 @@ async fn connection(
         None => {
             let framing = Arc::new(Flag::default());
             let activity = Arc::new(Activity::default());
-            let watchdog = idle_watchdog(activity.clone(), first_byte, idle);
+            let watchdog = std::pin::pin!(idle_watchdog(activity.clone(), first_byte, idle));
+            // Polled only when its timer fires, not at each of the connection's wake-ups.
+            let watchdog = Gated::new(watchdog);
             let stream = Sniffed::new(stream, framing.clone(), activity, max_buf);
             let info = Arc::new(ConnInfo {
                 peer,
@@ -241,7 +244,8 @@ async fn connection(
             let framing = Arc::new(Flag::default());
             // Timed from the end of the handshake, which has its own deadline.
             let activity = Arc::new(Activity::default());
-            let watchdog = idle_watchdog(activity.clone(), first_byte, idle);
+            let watchdog = std::pin::pin!(idle_watchdog(activity.clone(), first_byte, idle));
+            let watchdog = Gated::new(watchdog);
             let tls_stream = Sniffed::new(tls_stream, framing.clone(), activity, max_buf);
             let info = Arc::new(ConnInfo {
                 peer,

@@ -547,6 +547,8 @@ fn parse_head(
         let value = HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
             .map_err(|_| H1Error::BadHead("invalid field value"))?;
         match hop_index(&name) {
+            // Most upstreams say only `keep-alive`: nothing to close, no name listed.
+            Some(HOP_CONNECTION) if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") => {}
             Some(HOP_CONNECTION) => {
                 for t in value.to_str().unwrap_or_default().split(',').map(str::trim) {
                     framing.close |= t.eq_ignore_ascii_case("close");

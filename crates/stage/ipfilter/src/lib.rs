@@ -172,7 +172,7 @@ impl Stage for IpFilterStage {
             return Step::reject(Rejection::new(RejectReason::IpDenied, detail));
         }
         if let Some((list, rules)) = &self.bans
-            && let Some(left) = list.banned(rules, ctx.client_ip, std::time::Instant::now())
+            && let Some(left) = list.banned(rules, ctx.client_ip, ctx.received)
         {
             let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
             return Step::reject(
