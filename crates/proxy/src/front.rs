@@ -632,9 +632,7 @@ where
         push_field(wbuf, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(sec) = &security {
-        for (name, value) in sec.fields() {
-            push_field(wbuf, name.as_str().as_bytes(), value.as_bytes());
-        }
+        sec.write_to(wbuf);
     }
     let framing = if head_request || no_body {
         if head_request

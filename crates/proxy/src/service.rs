@@ -89,12 +89,18 @@ impl DeferredFields {
             && name != header::CONNECTION
     }
 
-    /// The fields to write after the map's.
-    pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.request_id
-            .iter()
-            .map(|(n, v)| (n, v))
-            .chain(self.headers.fields(self.tls))
+    /// The fields to write after the map's — the request id, then the security headers
+    /// ([`SecurityHeaders::fields`](portcullis_response::SecurityHeaders::fields)) — in
+    /// HTTP/1.1 form (`name: value` CRLF each), appended to `out`: the security headers in
+    /// one piece, made when the configuration was loaded.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        if let Some((n, v)) = &self.request_id {
+            out.extend_from_slice(n.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(self.headers.wire(self.tls));
     }
 }
 

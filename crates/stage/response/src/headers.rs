@@ -190,27 +190,70 @@ fn slot_index(name: &str) -> Option<usize> {
 
 /// The security headers of a route (or the gateway-wide ones): values built and validated at
 /// configuration time, so [`SecurityHeaders::apply`] only edits the map.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 pub struct SecurityHeaders {
     /// Per [`SLOTS`] entry: the value to set, or `None` when turned off.
     values: [Option<HeaderValue>; 7],
     /// Configured removals (lowercase, deduplicated, none of [`BUILTIN_REMOVE`]).
     extra_remove: Vec<HeaderName>,
+    /// [`SecurityHeaders::fields`] as they go on the wire (`name: value` CRLF each), without
+    /// and with `Strict-Transport-Security`: made whenever the values change, so a server
+    /// that writes answer heads itself copies them in one piece.
+    wire: [Box<[u8]>; 2],
+}
+
+impl PartialEq for SecurityHeaders {
+    /// The policy: the values and the removals (the wire form follows from the values).
+    fn eq(&self, other: &Self) -> bool {
+        self.values == other.values && self.extra_remove == other.extra_remove
+    }
+}
+
+impl std::fmt::Debug for SecurityHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityHeaders")
+            .field("values", &self.values)
+            .field("extra_remove", &self.extra_remove)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SecurityHeaders {
     /// The built-in defaults: every header on with its default value, no extra removal.
     fn default() -> Self {
-        SecurityHeaders {
+        let mut out = SecurityHeaders {
             values: SLOTS
                 .each_ref()
                 .map(|s| Some(HeaderValue::from_static(s.default))),
             extra_remove: Vec::new(),
-        }
+            wire: Default::default(),
+        };
+        out.rewire();
+        out
     }
 }
 
 impl SecurityHeaders {
+    /// Makes the wire form anew from the values.
+    fn rewire(&mut self) {
+        self.wire = [false, true].map(|tls| {
+            let mut out = Vec::new();
+            for (name, value) in self.fields(tls) {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.into_boxed_slice()
+        });
+    }
+
+    /// The fields set on a response ([`SecurityHeaders::fields`]) in HTTP/1.1 form, each
+    /// `name: value` and CRLF, in the same order.
+    pub fn wire(&self, tls: bool) -> &[u8] {
+        &self.wire[usize::from(tls)]
+    }
+
     /// Secures a response's headers in place: removes the revealing headers (built-in and
     /// configured), then sets every enabled header, replacing whatever value the upstream
     /// sent — the gateway is where the policy is enforced, so an upstream cannot weaken it.
@@ -351,6 +394,7 @@ fn apply_raw(out: &mut SecurityHeaders, raw: &RawSecurityHeaders, p: &str, e: &m
             }
         }
     }
+    out.rewire();
 }
 
 fn compile_value(s: &str, check: fn(&str) -> Result<(), String>) -> Result<HeaderValue, String> {
@@ -603,6 +647,7 @@ mod tests {
         let mut custom = SecurityHeaders::default();
         custom.values[2] = None; // frame options off: the upstream's passes
         custom.extra_remove = vec![HeaderName::from_static("x-debug")];
+        custom.rewire();
         configs.push(custom.clone());
         // Off, and removed by the route's own list: nobody's goes out.
         custom
@@ -634,6 +679,14 @@ mod tests {
                 by_name(&mut kept);
                 by_name(&mut left);
                 assert_eq!(kept, left, "tls {tls}");
+                // The wire form is the fields, in order, each `name: value` CRLF.
+                let rendered: Vec<u8> = cfg
+                    .fields(tls)
+                    .flat_map(|(n, v)| [n.as_str().as_bytes(), b": ", v.as_bytes(), b"\r\n"])
+                    .flatten()
+                    .copied()
+                    .collect();
+                assert_eq!(cfg.wire(tls), rendered, "tls {tls}");
                 for (n, v) in cfg.fields(tls) {
                     assert!(!map.contains_key(n), "{n} left by strip");
                     map.append(n.clone(), v.clone());
