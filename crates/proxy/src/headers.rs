@@ -276,13 +276,14 @@ fn token_or_quoted_len(s: &str, token: bool) -> usize {
 }
 
 /// Where the gateway's own request fields (forwarding, trace context, request id) go: set
-/// into the request's map, or listed for the upstream client to write after the map's fields
-/// (the direct HTTP/1.1 client writes them straight into the request head; hyper's client gets
-/// them appended). Listing a field removes any field of that name from the map, so both give
-/// the target the same fields.
+/// into the request's map, or written as HTTP/1.1 field lines (`name: value` CRLF) for the
+/// upstream client to send after the map's fields (the direct HTTP/1.1 client copies them into
+/// the request head as they are; hyper's client gets them appended to the map: [`wire_fields`]).
+/// Writing a field removes any field of that name from the map, so both give the target the
+/// same fields.
 pub enum FieldSink<'a> {
     Map,
-    List(&'a mut Vec<(HeaderName, HeaderValue)>),
+    Wire(&'a mut Vec<u8>),
 }
 
 impl FieldSink<'_> {
@@ -292,12 +293,55 @@ impl FieldSink<'_> {
             FieldSink::Map => {
                 headers.insert(name, value);
             }
-            FieldSink::List(list) => {
+            FieldSink::Wire(out) => {
                 remove_header(headers, &name);
-                list.push((name, value));
+                push_line(out, name.as_str().as_bytes(), value.as_bytes());
             }
         }
     }
+
+    /// Sets `name` to a value the gateway made (`value`'s bytes), or removes the field when
+    /// they are not a valid field value. Every value given here is made of parts that are
+    /// (addresses, a scheme, a request's own validated values, hex): written as a line they
+    /// are not checked again (a debug build asserts it); into the map they go through
+    /// `HeaderValue`'s check.
+    fn set_made(&mut self, headers: &mut HeaderMap, name: HeaderName, value: &[u8]) {
+        match self {
+            FieldSink::Map => match HeaderValue::from_bytes(value) {
+                Ok(v) => {
+                    headers.insert(name, v);
+                }
+                Err(_) => {
+                    headers.remove(name);
+                }
+            },
+            FieldSink::Wire(out) => {
+                debug_assert!(HeaderValue::from_bytes(value).is_ok(), "{value:?}");
+                remove_header(headers, &name);
+                push_line(out, name.as_str().as_bytes(), value);
+            }
+        }
+    }
+}
+
+/// `name: value` CRLF.
+fn push_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.reserve(name.len() + value.len() + 4);
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The fields of lines a [`FieldSink::Wire`] wrote, for a client that takes a map.
+pub fn wire_fields(wire: &[u8]) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
+    wire.split(|&b| b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r")?;
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+        let value = HeaderValue::from_bytes(line.get(colon + 2..)?).ok()?;
+        Some((name, value))
+    })
 }
 
 /// Settings for [`set_forwarding`].
@@ -343,12 +387,7 @@ pub fn set_forwarding(
                 put(headers, sink, X_FORWARDED_FOR, v);
             }
             // The common case: the value is copied once, from the stack.
-            None => match HeaderValue::from_bytes(ip) {
-                Ok(v) => sink.set(headers, X_FORWARDED_FOR, v),
-                Err(_) => {
-                    headers.remove(X_FORWARDED_FOR);
-                }
-            },
+            None => sink.set_made(headers, X_FORWARDED_FOR, ip),
         }
         if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
             sink.set(
@@ -421,6 +460,9 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 /// Sets `name` to `value` (its bytes become the header's, no copy), or removes it when the
 /// value is not a valid header value.
 fn put(headers: &mut HeaderMap, sink: &mut FieldSink<'_>, name: HeaderName, value: Vec<u8>) {
+    if let FieldSink::Wire(_) = sink {
+        return sink.set_made(headers, name, &value);
+    }
     match HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         Ok(v) => sink.set(headers, name, v),
         Err(_) => {
@@ -477,12 +519,7 @@ pub fn propagate_traceparent(headers: &mut HeaderMap, sink: &mut FieldSink<'_>) 
         }
     }
     write_hex_lower(u128::from(span), &mut value[36..52]);
-    match HeaderValue::from_bytes(&value) {
-        Ok(v) => sink.set(headers, TRACEPARENT, v),
-        Err(_) => {
-            headers.remove(TRACEPARENT);
-        }
-    }
+    sink.set_made(headers, TRACEPARENT, &value);
 }
 
 #[cfg(test)]
@@ -918,9 +955,9 @@ mod tests {
                         );
                         // Listed for the client to write after the map's fields: the same
                         // fields reach the target (a listed field comes last).
-                        let mut list = Vec::new();
-                        set_forwarding(&mut listed_too, &c, &f, &mut FieldSink::List(&mut list));
-                        for (n, v) in list {
+                        let mut wire = Vec::new();
+                        set_forwarding(&mut listed_too, &c, &f, &mut FieldSink::Wire(&mut wire));
+                        for (n, v) in wire_fields(&wire) {
                             listed_too.append(n, v);
                         }
                         assert_eq!(
@@ -963,5 +1000,69 @@ mod tests {
             assert!(is_hex(parts[1], 32) && is_hex(parts[2], 16), "{v}");
             assert!(m.get("tracestate").is_none());
         }
+    }
+
+    #[test]
+    fn traceparent_written_as_a_line_replaces_the_maps() {
+        let mut m = h(&[
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("x-a", "1"),
+        ]);
+        let mut wire = b"x-forwarded-for: 192.0.2.1\r\n".to_vec();
+        propagate_traceparent(&mut m, &mut FieldSink::Wire(&mut wire));
+        assert!(m.get("traceparent").is_none());
+        assert_eq!(m["x-a"], "1");
+        let text = std::str::from_utf8(&wire).unwrap();
+        assert!(
+            text.starts_with(
+                "x-forwarded-for: 192.0.2.1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("-01\r\n"), "{text}");
+        let fields: Vec<_> = wire_fields(&wire).collect();
+        assert_eq!(fields.len(), 2);
+        assert_eq!(fields[1].0, TRACEPARENT);
+        assert_eq!(fields[1].1.len(), 55);
+    }
+
+    #[test]
+    fn wire_fields_reads_back_what_was_written() {
+        let mut wire = Vec::new();
+        let mut m = HeaderMap::new();
+        let mut sink = FieldSink::Wire(&mut wire);
+        sink.set(
+            &mut m,
+            X_FORWARDED_HOST,
+            HeaderValue::from_static("a.example:8443"),
+        );
+        sink.set(
+            &mut m,
+            HeaderName::from_static("x-request-id"),
+            HeaderValue::from_static(""),
+        );
+        sink.set_made(
+            &mut m,
+            header::FORWARDED,
+            b"for=\"[2001:db8::1]\";proto=https",
+        );
+        let got: Vec<_> = wire_fields(&wire).collect();
+        assert_eq!(
+            got,
+            vec![
+                (X_FORWARDED_HOST, HeaderValue::from_static("a.example:8443")),
+                (
+                    HeaderName::from_static("x-request-id"),
+                    HeaderValue::from_static("")
+                ),
+                (
+                    header::FORWARDED,
+                    HeaderValue::from_static("for=\"[2001:db8::1]\";proto=https")
+                ),
+            ]
+        );
     }
 }

@@ -514,8 +514,8 @@ impl Gateway {
             matches!(upstream.kind, UpstreamKind::Proxy) && route.request_headers.is_empty();
         let mut own_fields = Vec::new();
         let mut sink = if listed {
-            own_fields.reserve_exact(6);
-            FieldSink::List(&mut own_fields)
+            own_fields.reserve_exact(256);
+            FieldSink::Wire(&mut own_fields)
         } else {
             FieldSink::Map
         };

@@ -322,8 +322,9 @@ pub(super) struct RequestHead<'a> {
     /// The body's length (0: no body). Written as `Content-Length` if the headers lack one;
     /// the caller makes sure a present one says the same.
     pub body_len: u64,
-    /// Fields written after the map's (the gateway's own; the map has none of these names).
-    pub extra: &'a [(HeaderName, HeaderValue)],
+    /// Field lines (`name: value` CRLF each) written after the map's (the gateway's own; the
+    /// map has none of these names).
+    pub extra: &'a [u8],
     /// Room kept in the answer's map for fields the gateway adds (see `ForwardOpts`).
     pub answer_room: usize,
 }
@@ -359,7 +360,7 @@ pub(super) fn encode_head(out: &mut Vec<u8>, req: &RequestHead<'_>, authority: &
         }
         None => {}
     }
-    for (name, value) in headers.iter().chain(extra.iter().map(|(n, v)| (n, v))) {
+    for (name, value) in headers {
         if host.is_some() && name == HOST {
             continue;
         }
@@ -368,6 +369,7 @@ pub(super) fn encode_head(out: &mut Vec<u8>, req: &RequestHead<'_>, authority: &
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(extra);
     // A body says its length; so does a body-carrying method's empty body (some servers answer
     // 411 otherwise).
     if (body_len > 0 || matches!(*method, Method::POST | Method::PUT | Method::PATCH))

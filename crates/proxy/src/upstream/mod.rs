@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use http::header::{HOST, HeaderName, HeaderValue, UPGRADE};
+use http::header::{HOST, HeaderValue, UPGRADE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
@@ -81,9 +81,11 @@ pub struct ForwardOpts<'a> {
     pub retryable: bool,
     /// Where the client connection keeps its response timer between requests.
     pub timer: Option<&'a TimerSlot>,
-    /// The gateway's own fields, sent after the request's (the map has none of these names):
-    /// written into the head by the direct client, appended to the map for hyper's.
-    pub extra: &'a [(HeaderName, HeaderValue)],
+    /// The gateway's own fields as HTTP/1.1 field lines (`name: value` CRLF each;
+    /// [`FieldSink::Wire`](crate::headers::FieldSink::Wire)), sent after the request's (the
+    /// map has none of these names): copied into the head by the direct client, appended to
+    /// the map for hyper's.
+    pub extra: &'a [u8],
     /// Fields the caller may still add to the answer's map: room kept in it when it is made,
     /// so that it does not grow (reallocated and rehashed) on the way back. A server that
     /// writes the gateway's own fields itself, after the map's, needs little.
@@ -556,8 +558,8 @@ impl UpstreamPool {
                             let mut req = self
                                 .upstream_request(t, parts, this_body, last)
                                 .map_err(|e| Failure::Exchange(Box::new(e)))?;
-                            for (name, value) in opts.extra {
-                                req.headers_mut().append(name.clone(), value.clone());
+                            for (name, value) in crate::headers::wire_fields(opts.extra) {
+                                req.headers_mut().append(name, value);
                             }
                             match self.client.request(req).await {
                                 Ok(resp) => Ok(resp.map(Either::Left)),
