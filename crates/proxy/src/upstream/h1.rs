@@ -733,7 +733,14 @@ impl Direct {
         };
         let mut got_any = false;
         let mut head = loop {
-            match parse_head(&mut conn.rbuf, &mut conn.names, req.answer_room) {
+            // Nothing read yet (the usual case right after the request went out): nothing to
+            // parse.
+            let parsed = if conn.rbuf.is_empty() {
+                Ok(None)
+            } else {
+                parse_head(&mut conn.rbuf, &mut conn.names, req.answer_room)
+            };
+            match parsed {
                 Ok(Some(h)) if h.status == StatusCode::SWITCHING_PROTOCOLS => {
                     return Err(Exchange::Failed(Box::new(H1Error::UnaskedSwitch)));
                 }
