@@ -100,58 +100,67 @@ mod tests {
         }
     }
 
-    #[test]
-    fn polls_inner_only_after_its_own_wake() {
-        let polls = Arc::new(AtomicUsize::new(0));
-        let ready = Arc::new(AtomicBool::new(false));
-        let inner_waker = Arc::new(std::sync::Mutex::new(None::<Waker>));
-        let mut gated = Gated::new(Probe {
-            polls: polls.clone(),
-            ready: ready.clone(),
-            waker: inner_waker.clone(),
-        });
-        let outer = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(outer.clone());
-        let mut cx = Context::from_waker(&waker);
+    /// A gated probe, polled by a task whose wake-ups are counted.
+    struct Rig {
+        gated: Gated<Probe>,
+        polls: Arc<AtomicUsize>,
+        ready: Arc<AtomicBool>,
+        inner_waker: Arc<std::sync::Mutex<Option<Waker>>>,
+        task_wakes: Arc<Count>,
+        task: Waker,
+    }
 
-        // The first poll reaches the inner future (it must register its waker).
-        assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
-        assert_eq!(polls.load(Ordering::SeqCst), 1);
-        // Wake-ups of the task that are not the inner future's do not reach it.
-        for _ in 0..5 {
-            assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
+    impl Rig {
+        fn new() -> Self {
+            let (polls, ready) = (Arc::default(), Arc::default());
+            let inner_waker = Arc::default();
+            let task_wakes = Arc::new(Count(AtomicUsize::new(0)));
+            Rig {
+                gated: Gated::new(Probe {
+                    polls: Arc::clone(&polls),
+                    ready: Arc::clone(&ready),
+                    waker: Arc::clone(&inner_waker),
+                }),
+                polls,
+                ready,
+                inner_waker,
+                task: Waker::from(task_wakes.clone()),
+                task_wakes,
+            }
         }
-        assert_eq!(polls.load(Ordering::SeqCst), 1);
 
-        // The inner future's own wake-up wakes the task, and the next poll reaches it.
-        ready.store(true, Ordering::SeqCst);
-        let w = inner_waker.lock().unwrap().take().unwrap();
-        w.wake();
-        assert_eq!(outer.0.load(Ordering::SeqCst), 1);
-        assert!(Pin::new(&mut gated).poll(&mut cx).is_ready());
-        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        fn poll(&mut self) -> Poll<()> {
+            Pin::new(&mut self.gated).poll(&mut Context::from_waker(&self.task))
+        }
+
+        /// Makes the probe ready and wakes it through the waker it was last polled with.
+        fn fire(&self) {
+            self.ready.store(true, Ordering::SeqCst);
+            self.inner_waker.lock().unwrap().take().unwrap().wake();
+        }
+
+        fn polls(&self) -> usize {
+            self.polls.load(Ordering::SeqCst)
+        }
     }
 
     #[test]
-    fn a_wake_while_not_polled_is_kept() {
-        let polls = Arc::new(AtomicUsize::new(0));
-        let ready = Arc::new(AtomicBool::new(false));
-        let inner_waker = Arc::new(std::sync::Mutex::new(None::<Waker>));
-        let mut gated = Gated::new(Probe {
-            polls: polls.clone(),
-            ready: ready.clone(),
-            waker: inner_waker.clone(),
-        });
-        let outer = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(outer.clone());
-        let mut cx = Context::from_waker(&waker);
-        assert!(Pin::new(&mut gated).poll(&mut cx).is_pending());
-        // Woken between polls (the future was not being polled, as in a disabled select
-        // branch): the next poll, however late, reaches the inner future.
-        ready.store(true, Ordering::SeqCst);
-        inner_waker.lock().unwrap().take().unwrap().wake();
-        assert!(Pin::new(&mut gated).poll(&mut cx).is_ready());
-        assert_eq!(polls.load(Ordering::SeqCst), 2);
+    fn polls_inner_only_after_its_own_wake() {
+        let mut rig = Rig::new();
+        // The first poll reaches the inner future (it must register its waker).
+        assert!(rig.poll().is_pending());
+        assert_eq!(rig.polls(), 1);
+        // Wake-ups of the task that are not the inner future's do not reach it.
+        for _ in 0..5 {
+            assert!(rig.poll().is_pending());
+        }
+        assert_eq!(rig.polls(), 1);
+        // The inner future's own wake-up wakes the task, and the next poll reaches it —
+        // however late it comes (as when the future sat in a disabled select branch).
+        rig.fire();
+        assert_eq!(rig.task_wakes.0.load(Ordering::SeqCst), 1);
+        assert!(rig.poll().is_ready());
+        assert_eq!(rig.polls(), 2);
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
