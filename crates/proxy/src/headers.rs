@@ -300,13 +300,23 @@ impl FieldSink<'_> {
         }
     }
 
-    /// Sets `name` to a value the gateway made (`value`'s bytes), or removes the field when
-    /// they are not a valid field value. Every value given here is made of parts that are
-    /// (addresses, a scheme, a request's own validated values, hex): written as a line they
-    /// are only searched for the bytes that would end or cut the line (CR, LF, NUL: a fast
-    /// search; the tests compare both sinks on every forwarding combination, so a value the
-    /// map would refuse shows there); into the map they go through `HeaderValue`'s check.
+    /// Sets `name` to a value the gateway made (`value`'s bytes) that holds text from the
+    /// request (a `Host`, a trusted proxy's chain, already validated as field values), or
+    /// removes the field when the bytes are not a valid field value. Written as a line, the
+    /// value is only searched for the bytes that would end or cut the line ([`cuts_line`]);
+    /// into the map it goes through `HeaderValue`'s check. The tests compare both sinks on
+    /// every forwarding combination, so a value the map would refuse shows there.
     fn set_made(&mut self, headers: &mut HeaderMap, name: HeaderName, value: &[u8]) {
+        self.set_bytes(headers, name, value, false);
+    }
+
+    /// [`FieldSink::set_made`] for a value made only of the gateway's own bytes (an address
+    /// written by [`ip_text`], hex digits and dashes): as a line it is not searched.
+    fn set_own(&mut self, headers: &mut HeaderMap, name: HeaderName, value: &[u8]) {
+        self.set_bytes(headers, name, value, true);
+    }
+
+    fn set_bytes(&mut self, headers: &mut HeaderMap, name: HeaderName, value: &[u8], own: bool) {
         match self {
             FieldSink::Map => match HeaderValue::from_bytes(value) {
                 Ok(v) => {
@@ -317,13 +327,19 @@ impl FieldSink<'_> {
                 }
             },
             FieldSink::Wire(out) => {
+                debug_assert!(!own || HeaderValue::from_bytes(value).is_ok(), "{value:?}");
                 remove_header(headers, &name);
-                if memchr::memchr3(b'\r', b'\n', 0, value).is_none() {
+                if own || !cuts_line(value) {
                     push_line(out, name.as_str().as_bytes(), value);
                 }
             }
         }
     }
+}
+
+/// Whether `value` holds a byte that would end or cut a field line (CR, LF, NUL).
+fn cuts_line(value: &[u8]) -> bool {
+    memchr::memchr3(b'\r', b'\n', 0, value).is_some()
 }
 
 /// `name: value` CRLF.
@@ -389,7 +405,7 @@ pub fn set_forwarding(
                 put(headers, sink, X_FORWARDED_FOR, v);
             }
             // The common case: the value is copied once, from the stack.
-            None => sink.set_made(headers, X_FORWARDED_FOR, ip),
+            None => sink.set_own(headers, X_FORWARDED_FOR, ip),
         }
         if !(f.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
             sink.set(
@@ -521,7 +537,7 @@ pub fn propagate_traceparent(headers: &mut HeaderMap, sink: &mut FieldSink<'_>) 
         }
     }
     write_hex_lower(u128::from(span), &mut value[36..52]);
-    sink.set_made(headers, TRACEPARENT, &value);
+    sink.set_own(headers, TRACEPARENT, &value);
 }
 
 #[cfg(test)]
