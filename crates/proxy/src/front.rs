@@ -51,7 +51,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::sync::{mpsc, watch};
 
 use crate::gate::Gated;
-use crate::headers::{NameCache, itoa_u64, lists, raw_lists};
+use crate::headers::{NameCache, itoa_u64, lists, push_line, raw_lists};
 use crate::service::DeferredFields;
 use crate::{ConnInfo, Gateway};
 
@@ -629,7 +629,7 @@ where
             }
             _ => {}
         }
-        push_field(wbuf, name.as_str().as_bytes(), value.as_bytes());
+        push_line(wbuf, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(sec) = &security {
         sec.write_to(wbuf);
@@ -764,13 +764,6 @@ where
     }
 }
 
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 fn push_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
     out.extend_from_slice(itoa_u64(n, &mut [0u8; 20]));
@@ -833,7 +826,7 @@ fn trailer_allowed(name: &HeaderName) -> bool {
 fn push_trailers(out: &mut Vec<u8>, trailers: &HeaderMap, announced: &[HeaderName]) {
     for (name, value) in trailers {
         if announced.contains(name) && trailer_allowed(name) {
-            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+            push_line(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
 }

@@ -343,7 +343,7 @@ fn cuts_line(value: &[u8]) -> bool {
 }
 
 /// `name: value` CRLF.
-fn push_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn push_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.reserve(name.len() + value.len() + 4);
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");

@@ -95,10 +95,7 @@ impl DeferredFields {
     /// one piece, made when the configuration was loaded.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         if let Some((n, v)) = &self.request_id {
-            out.extend_from_slice(n.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(v.as_bytes());
-            out.extend_from_slice(b"\r\n");
+            crate::headers::push_line(out, n.as_str().as_bytes(), v.as_bytes());
         }
         out.extend_from_slice(self.headers.wire(self.tls));
     }
