@@ -382,6 +382,15 @@ pub(super) fn encode_head(out: &mut Vec<u8>, req: &RequestHead<'_>, authority: &
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether `bytes` hold a CR not followed by LF or an LF not preceded by CR.
+fn has_bare_cr_or_lf(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, &b)| match b {
+        b'\r' => bytes.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || bytes[i - 1] != b'\r',
+        _ => false,
+    })
+}
+
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -949,9 +958,17 @@ impl Body for H1Body {
                     }
                     if let Some(end) = conn.rbuf.windows(4).position(|w| w == b"\r\n\r\n") {
                         let section = conn.rbuf.split_to(end + 4);
+                        // Every line ended by CRLF: `httparse` also takes a bare LF for a line
+                        // end (and an empty one for the section's end, which would leave bytes
+                        // of the section unread); hyper refuses both.
+                        if has_bare_cr_or_lf(&section) {
+                            return this.fail(Box::new(H1Error::BadChunk(
+                                "bare CR or LF in the trailer section",
+                            )));
+                        }
                         let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
                         let trailers = match httparse::parse_headers(&section, &mut fields) {
-                            Ok(httparse::Status::Complete((_, fields))) => {
+                            Ok(httparse::Status::Complete((n, fields))) if n == section.len() => {
                                 let mut map = HeaderMap::with_capacity(fields.len());
                                 for f in fields.iter() {
                                     match (

@@ -1356,7 +1356,17 @@ async fn direct_broken_answers_are_protocol_errors() {
 
 #[tokio::test]
 async fn direct_broken_bodies_fail_the_body() {
-    let cases: [(&str, &str); 7] = [
+    let cases: [(&str, &str); 9] = [
+        (
+            // A bare LF ends a trailer line, then an empty one the section: found by the
+            // `upstream_response` fuzz target (hyper refuses it).
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx-a: 1\r\nx-b: 2\n\nrest\r\nx-c: 3\r\n\r\n",
+            "bare CR or LF in the trailer section",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx-a: 1\rx-b: 2\r\n\r\n",
+            "bare CR or LF in the trailer section",
+        ),
         (
             "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
             "middle of the body",
