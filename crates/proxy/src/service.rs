@@ -55,8 +55,8 @@ pub struct ConnInfo {
     /// The upstream response timer, kept between the connection's requests.
     pub response_timer: crate::upstream::TimerSlot,
     /// Set when a request asked for a WebSocket upgrade: from then on the connection may
-    /// carry a tunnel, whose shutdown is a half-close (no lingering read, see
-    /// [`crate::front::Prefixed`]).
+    /// carry a tunnel, whose shutdown is a half-close (no lingering read: see the front's
+    /// `Prefixed` stream).
     pub may_tunnel: std::sync::atomic::AtomicBool,
     /// `server.abort_on_client_close` when the connection was accepted: the client's end of
     /// stream (or a reset) during an HTTP/1.x request abandons the request.

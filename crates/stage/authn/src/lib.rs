@@ -5,7 +5,7 @@
 //! * **Takes**: the matched route's accepted methods ([`config::RouteAuth`]); the request's
 //!   `Authorization: Bearer` token, API key header (or, where a route opts in, query
 //!   parameter), and the client certificate the TLS handshake verified.
-//! * **Produces**: [`RequestCtx::principal`] — the verified identity — and, in the identity
+//! * **Produces**: `RequestCtx::principal` — the verified identity — and, in the identity
 //!   step, the headers (or the gateway-signed token) the upstream sees.
 //! * **Rejects**: `401 unauthenticated` with an RFC 6750 `WWW-Authenticate` challenge for a
 //!   missing or invalid credential (the precise reason goes to `RequestCtx::auth_failure`,

@@ -13,7 +13,7 @@
 //! its thread's pool (an uncontended lock held for a `Vec::pop`), evaluates without any lock,
 //! and puts it back. A clone that failed an evaluation is dropped rather than reused.
 //!
-//! [`interpret`] reads a policy result the same way for this engine and for an external OPA
+//! `interpret` reads a policy result the same way for this engine and for an external OPA
 //! server (see [`crate::opa`]).
 
 use std::collections::BTreeMap;
@@ -203,7 +203,7 @@ fn shard_of_thread() -> usize {
 
 impl RegoPolicies {
     /// Loads `.rego` files. `files`: (config path used in error messages, e.g.
-    /// "authz.rego.files[0]", file path). `data`: an optional data document (a JSON object)
+    /// `authz.rego.files[0]`, file path). `data`: an optional data document (a JSON object)
     /// available as `data.…`. `eval_timeout`: a bound on one evaluation (an evaluation that
     /// exceeds it is an error; zero makes every evaluation fail).
     ///

@@ -38,7 +38,7 @@
 //! all sent at once (concurrently: one round trip per node). Atomic: each slot's group
 //! (all-or-nothing among the checks whose keys share a slot). Across slots, a slot whose checks
 //! all passed commits before it can know another slot refused; the store then sends it a refund
-//! script in the background ([`REFUND`], the `algo` refund rules: give back to the window that
+//! script in the background (`REFUND`, the `algo` refund rules: give back to the window that
 //! was charged, or move the TAT back). So a refused request ends up costing nothing, but for a
 //! moment (one round trip) its units are counted: a concurrent request may be refused that
 //! would otherwise pass (over-counting, never over-admitting), and if the refund is lost (Redis
