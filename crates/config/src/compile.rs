@@ -359,6 +359,7 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
         ip_filter: IpRules::compile(&s.ip_filter, "server.ip_filter", e),
         header_read_timeout,
         http2_max_concurrent_streams: s.http2_max_concurrent_streams,
+        http2_max_resets_per_second: s.http2_max_resets_per_second,
         idle_timeout: positive_duration(&s.idle_timeout, "server.idle_timeout", e),
         body_read_timeout: positive_duration(&s.body_read_timeout, "server.body_read_timeout", e),
         body_min_bytes_per_second: s.body_min_bytes_per_second,

@@ -200,6 +200,10 @@ pub struct RawServer {
     /// Most concurrent streams per HTTP/2 connection. Default 100.
     #[serde(default = "default_h2_streams")]
     pub http2_max_concurrent_streams: u32,
+    /// Most streams an HTTP/2 client may reset before their answers in one second of a
+    /// connection; past it the connection is closed. Default 100; 0: no limit.
+    #[serde(default = "default_h2_resets")]
+    pub http2_max_resets_per_second: u32,
     /// Close a connection on which no byte moved for this long. Default `60s`.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: String,
@@ -239,6 +243,7 @@ impl Default for RawServer {
             ip_filter: RawIpFilter::default(),
             header_read_timeout: default_header_timeout(),
             http2_max_concurrent_streams: default_h2_streams(),
+            http2_max_resets_per_second: default_h2_resets(),
             idle_timeout: default_idle_timeout(),
             body_read_timeout: default_body_read_timeout(),
             body_min_bytes_per_second: default_body_min_rate(),
@@ -255,6 +260,9 @@ fn default_header_timeout() -> String {
     "10s".into()
 }
 fn default_h2_streams() -> u32 {
+    100
+}
+fn default_h2_resets() -> u32 {
     100
 }
 fn default_idle_timeout() -> String {

@@ -752,6 +752,22 @@ fn stop_settings_have_their_defaults_and_are_checked() {
 }
 
 #[test]
+fn http2_reset_limit_has_its_default_and_is_checked() {
+    let c = load_str("", Path::new(".")).unwrap();
+    assert_eq!(c.server.http2_max_resets_per_second, 100);
+    let c = load_str("server: { http2_max_resets_per_second: 0 }", Path::new(".")).unwrap();
+    assert_eq!(c.server.http2_max_resets_per_second, 0, "0: no limit");
+    for bad in ["-1", "many"] {
+        let e = errs(&format!("server: {{ http2_max_resets_per_second: {bad} }}"));
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("server.http2_max_resets_per_second")),
+            "{bad}: {e:?}"
+        );
+    }
+}
+
+#[test]
 fn secrets_are_hidden_from_the_admin_view_and_from_debug() {
     const MARK: &str = "MARKmarkMARKmarkMARKmarkMARKmark";
     let key = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/keys/demo.private.pem");

@@ -97,6 +97,9 @@ pub struct Server {
     pub ip_filter: IpRules,
     pub header_read_timeout: Duration,
     pub http2_max_concurrent_streams: u32,
+    /// Most HTTP/2 streams a client may reset before their answers in one second of a
+    /// connection (0: no limit).
+    pub http2_max_resets_per_second: u32,
     pub idle_timeout: Duration,
     pub body_read_timeout: Duration,
     pub body_min_bytes_per_second: u64,

@@ -174,6 +174,77 @@ async fn cve_2023_44487_rapid_reset_gets_goaway() {
     healthy(&gw).await;
 }
 
+/// Sends a GET on `stream`, waits until the upstream has it (the stream was accepted and went
+/// through every step), then resets it. False when the request never reached the upstream
+/// within 3 s or a write failed: the connection is gone.
+async fn forwarded_then_reset(s: &mut TcpStream, up: &TestUpstream, stream: u32) -> bool {
+    let before = up.hits();
+    let head = frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        stream,
+        &block("GET", "/delay/3000", &[]),
+    );
+    if s.write_all(&head).await.is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while up.hits() == before {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    s.write_all(&frame(RST_STREAM, 0, stream, &8u32.to_be_bytes())) // CANCEL
+        .await
+        .is_ok()
+}
+
+/// The rapid reset of CVE-2023-44487, paced: each stream is reset only once its request has
+/// reached the upstream. The h2 layer's bound on streams reset before they are accepted does
+/// not see these, and `max_concurrent_streams` does not slow them down (a reset frees the
+/// slot). A client that resets more than `server.http2_max_resets_per_second` of them in a
+/// second loses the connection; one under it may cancel and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resetting_forwarded_streams_past_the_rate_closes_the_connection() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "server:\n  http2_max_resets_per_second: 5\n\
+         upstreams:\n  svc: {{ targets: [\"{}\"] }}\n\
+         routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        up.url()
+    ));
+    let mut s = open(gw.listener("public")).await;
+    // Under the limit: three requests cancelled once forwarded, then one answered.
+    for stream in [1, 3, 5] {
+        assert!(forwarded_then_reset(&mut s, &up, stream).await);
+    }
+    request(&mut s, 7, "/fine").await;
+    let fs = frames(&mut s, Duration::from_secs(2)).await;
+    assert!(answered(&fs, 7), "{fs:?}");
+    assert_eq!(goaway_code(&fs), None);
+
+    // Past it: the connection is closed, so requests stop reaching the upstream.
+    let mut resets = 0u32;
+    while resets < 100 && forwarded_then_reset(&mut s, &up, 9 + 2 * resets).await {
+        resets += 1;
+    }
+    assert!(resets < 100, "the connection was never closed");
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(end.is_ok(), "the gateway closed the connection");
+    let hits = up.hits();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(up.hits(), hits, "nothing more reaches the upstream");
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics
+            .contains("portcullis_rejections_total{stage=\"accept\",reason=\"h2_reset_flood\"} 1"),
+        "{metrics}"
+    );
+    healthy(&gw).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_flood_is_cut_off() {
     let (up, gw) = setup().await;

@@ -1587,6 +1587,7 @@ mod tests {
             response_timer: Default::default(),
             may_tunnel: Default::default(),
             abort_on_close: false,
+            resets: Default::default(),
         })
     }
 

@@ -22,6 +22,7 @@ mod front;
 mod gate;
 pub mod headers;
 pub mod problem;
+pub mod resets;
 pub mod respfilter;
 pub mod runtime;
 pub mod server;

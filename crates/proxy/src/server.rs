@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::front;
 use crate::gate::Gated;
+use crate::resets::ResetWatch;
 use crate::sniff::{Activity, Flag, Sniffed};
 use crate::{ConnInfo, Gateway};
 
@@ -153,6 +154,7 @@ async fn connection(
     let server = &rt.config().server;
     let (first_byte, idle) = (server.header_read_timeout, server.idle_timeout);
     let abort_on_close = server.abort_on_client_close;
+    let max_resets = server.http2_max_resets_per_second;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let limits = server.limits;
     let max_buf = ((limits.max_header_bytes + limits.max_uri_bytes) * 2).max(16 * 1024);
@@ -208,6 +210,7 @@ async fn connection(
                 response_timer: Default::default(),
                 may_tunnel: Default::default(),
                 abort_on_close,
+                resets: ResetWatch::new(max_resets),
             });
             let conn = serve_http(gw, info, stream, builder, drain, max_buf, true);
             tokio::select! {
@@ -256,6 +259,7 @@ async fn connection(
                 response_timer: Default::default(),
                 may_tunnel: Default::default(),
                 abort_on_close,
+                resets: ResetWatch::new(max_resets),
             });
             let builder = if h2 { builder.http2_only() } else { builder };
             let conn = Box::pin(serve_http(
@@ -299,14 +303,25 @@ async fn serve_http<S>(
     } else {
         front::Prefixed::new(bytes::BytesMut::new(), io, info.clone())
     };
+    let (watched, metrics) = (info.clone(), gw.metrics.clone());
     let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
     let conn = Box::pin(
         drain
             .watcher
             .watch(builder.serve_connection_with_upgrades(TokioIo::new(io), svc)),
     );
-    if let Err(e) = conn.await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    // Polled only when it is told, not at each of the connection's wake-ups.
+    let flooded = std::pin::pin!(watched.resets.flooded());
+    let flooded = Gated::new(flooded);
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        },
+        // Dropping the connection closes it and drops its streams' requests with it.
+        () = flooded => {
+            tracing::warn!(%peer, "HTTP/2 client reset too many streams in flight: connection closed");
+            metrics.count_rejection("accept", "h2_reset_flood");
+        }
     }
 }
 

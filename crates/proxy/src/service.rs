@@ -61,6 +61,9 @@ pub struct ConnInfo {
     /// `server.abort_on_client_close` when the connection was accepted: the client's end of
     /// stream (or a reset) during an HTTP/1.x request abandons the request.
     pub abort_on_close: bool,
+    /// HTTP/2 streams the client reset before their answers, against
+    /// `server.http2_max_resets_per_second` as it was when the connection was accepted.
+    pub resets: crate::resets::ResetWatch,
 }
 
 impl ConnInfo {
@@ -298,6 +301,8 @@ impl Gateway {
             ctx,
             seen,
             answered: false,
+            // Only an HTTP/2 stream's future is dropped by a reset the connection outlives.
+            resets: (head.version == Version::HTTP_2).then_some(&conn.resets),
         };
         let (ctx, seen) = (&mut open.ctx, &mut open.seen);
         // Watched for trickling from the first byte, so a step that buffers the body (the WAF)
@@ -965,12 +970,19 @@ struct Open<'a> {
     ctx: RequestCtx,
     seen: Seen,
     answered: bool,
+    /// The connection's count of client resets, for an HTTP/2 request.
+    resets: Option<&'a crate::resets::ResetWatch>,
 }
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
         if !self.answered {
             self.gw.finish(&self.ctx, &mut self.seen, None);
+            if let Some(resets) = self.resets
+                && !self.gw.interrupted()
+            {
+                resets.client_reset();
+            }
         }
     }
 }
