@@ -32,7 +32,34 @@ pub use validated::*;
 /// The JSON Schema of the configuration file, for editors and for structural validation.
 pub fn schema() -> serde_json::Value {
     let schema = schemars::schema_for!(RawConfig);
-    serde_json::to_value(schema).unwrap_or(serde_json::Value::Null)
+    let mut schema = serde_json::to_value(schema).unwrap_or(serde_json::Value::Null);
+    bound_unsigned(&mut schema);
+    schema
+}
+
+/// schemars gives `uint8` and `uint16` fields a `maximum` but not the wider unsigned ones:
+/// without it a value too large for its field (`5000000000` for a `u32`) would pass the
+/// schema and fail deserialisation with an error that names no path.
+fn bound_unsigned(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(o) => {
+            let max = match o.get("format").and_then(Value::as_str) {
+                Some("uint32") => Some(u64::from(u32::MAX)),
+                // `usize`: the same bound where it is 32 bits wide.
+                Some("uint") => u64::try_from(usize::MAX).ok(),
+                _ => None,
+            };
+            if let Some(max) = max
+                && !o.contains_key("maximum")
+            {
+                o.insert("maximum".into(), max.into());
+            }
+            o.values_mut().for_each(bound_unsigned);
+        }
+        Value::Array(a) => a.iter_mut().for_each(bound_unsigned),
+        _ => {}
+    }
 }
 
 /// The configuration as the admin API shows it: what the operator wrote, with what may be a

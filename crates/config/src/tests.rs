@@ -757,12 +757,25 @@ fn http2_reset_limit_has_its_default_and_is_checked() {
     assert_eq!(c.server.http2_max_resets_per_second, 100);
     let c = load_str("server: { http2_max_resets_per_second: 0 }", Path::new(".")).unwrap();
     assert_eq!(c.server.http2_max_resets_per_second, 0, "0: no limit");
-    for bad in ["-1", "many"] {
+    for bad in ["-1", "many", "5000000000"] {
         let e = errs(&format!("server: {{ http2_max_resets_per_second: {bad} }}"));
         assert!(
             e.iter()
                 .any(|m| m.starts_with("server.http2_max_resets_per_second")),
             "{bad}: {e:?}"
+        );
+    }
+    // Too large for a 32-bit field: refused by the schema at its path (before, only
+    // deserialising failed, with no path). Beyond 64 bits the YAML reader refuses the number.
+    for (key, value) in [
+        ("http2_max_resets_per_second", "4294967296"),
+        ("http2_max_concurrent_streams", "5000000000"),
+    ] {
+        let e = errs(&format!("server: {{ {key}: {value} }}"));
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with(&format!("server.{key}")) && m.contains("maximum")),
+            "{key}: {e:?}"
         );
     }
 }
