@@ -33,6 +33,8 @@ pub enum RejectReason {
     BodyReadFailed,
     /// The body arrived too slowly (a gap longer than allowed, or below the minimum rate).
     BodyTimeout,
+    /// The request head began but was not complete within the header read timeout.
+    HeaderTimeout,
     /// Every target of the upstream is unhealthy or ejected.
     NoHealthyUpstream,
     /// The upstream could not be reached or failed mid-exchange.
@@ -93,6 +95,7 @@ impl RejectReason {
         RejectReason::BodyTooLarge,
         RejectReason::BodyReadFailed,
         RejectReason::BodyTimeout,
+        RejectReason::HeaderTimeout,
         RejectReason::NoHealthyUpstream,
         RejectReason::UpstreamError,
         RejectReason::UpstreamTimeout,
@@ -127,6 +130,7 @@ impl RejectReason {
             | RejectReason::BodyTooLarge
             | RejectReason::BodyReadFailed
             | RejectReason::BodyTimeout
+            | RejectReason::HeaderTimeout
             | RejectReason::Unauthenticated
             | RejectReason::Forbidden
             | RejectReason::StepUpRequired
@@ -162,6 +166,7 @@ impl RejectReason {
             RejectReason::BodyTooLarge => "body_too_large",
             RejectReason::BodyReadFailed => "body_read_failed",
             RejectReason::BodyTimeout => "body_timeout",
+            RejectReason::HeaderTimeout => "header_timeout",
             RejectReason::NoHealthyUpstream => "no_healthy_upstream",
             RejectReason::UpstreamError => "upstream_error",
             RejectReason::UpstreamTimeout => "upstream_timeout",
@@ -196,6 +201,7 @@ impl RejectReason {
             RejectReason::BodyTooLarge => "urn:portcullis:problem:body_too_large",
             RejectReason::BodyReadFailed => "urn:portcullis:problem:body_read_failed",
             RejectReason::BodyTimeout => "urn:portcullis:problem:body_timeout",
+            RejectReason::HeaderTimeout => "urn:portcullis:problem:header_timeout",
             RejectReason::NoHealthyUpstream => "urn:portcullis:problem:no_healthy_upstream",
             RejectReason::UpstreamError => "urn:portcullis:problem:upstream_error",
             RejectReason::UpstreamTimeout => "urn:portcullis:problem:upstream_timeout",
@@ -229,7 +235,7 @@ impl RejectReason {
             }
             RejectReason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RejectReason::BodyReadFailed => StatusCode::BAD_REQUEST,
-            RejectReason::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            RejectReason::BodyTimeout | RejectReason::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
             RejectReason::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             RejectReason::UpstreamError => StatusCode::BAD_GATEWAY,
             RejectReason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -265,6 +271,7 @@ impl RejectReason {
             RejectReason::BodyTooLarge => "Request body too large",
             RejectReason::BodyReadFailed => "Request body could not be read",
             RejectReason::BodyTimeout => "Request body too slow",
+            RejectReason::HeaderTimeout => "Request head too slow",
             RejectReason::NoHealthyUpstream => "No healthy upstream",
             RejectReason::UpstreamError => "Upstream failed",
             RejectReason::UpstreamTimeout => "Upstream timed out",

@@ -176,7 +176,7 @@ async fn silent_and_idle_connections_are_closed() {
 
 /// A trickled head after a first request on a keep-alive connection is cut off by the header
 /// timeout too (the head is held back from the parser while incomplete, and the watchdog times
-/// it from its first byte), well before the idle timeout.
+/// it from its first byte), well before the idle timeout: answered 408, then closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_second_head_is_cut_off_by_the_header_timeout() {
     let gw = gateway(&format!(
@@ -189,6 +189,7 @@ async fn a_trickled_second_head_is_cut_off_by_the_header_timeout() {
         .await
         .unwrap();
     let started = Instant::now();
+    let mut answer = Vec::new();
     let closed = loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
         if s.write_all(b"X-Trickle: 1\r\n").await.is_err() {
@@ -196,16 +197,121 @@ async fn a_trickled_second_head_is_cut_off_by_the_header_timeout() {
         }
         match tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => panic!("{}", String::from_utf8_lossy(&buf[..n])),
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
             Err(_) if started.elapsed() > Duration::from_secs(10) => break false,
             Err(_) => {}
         }
     };
     assert!(closed, "a trickled head must be cut off");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"header_timeout\""), "{answer}");
     assert!(
         normal_request("127.0.0.1", gw.listener("public"))
             .await
             .starts_with("HTTP/1.1 200")
+    );
+}
+
+/// Reads until the peer closes or `within` passes: whether it closed, and what it sent.
+async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (bool, Vec<u8>) {
+    let mut out = Vec::new();
+    let closed = matches!(
+        tokio::time::timeout(within, s.read_to_end(&mut out)).await,
+        Ok(Ok(_)) | Ok(Err(_))
+    );
+    (closed, out)
+}
+
+/// A first head that began but is not complete within the header timeout is answered 408
+/// `header_timeout` — a problem document with a request id, `Connection: close` — audited, and
+/// the connection closed; nothing of it reaches the upstream. A connection that sent nothing
+/// gets no answer, only the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_head_gets_408_and_a_silent_connection_nothing() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "server: {{ header_read_timeout: 1s, idle_timeout: 30s }}\n\
+         upstreams: {{ u: {{ targets: [\"{}\"] }} }}\n\
+         routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: u }}\n",
+        up.url()
+    ));
+    let addr = gw.listener("public");
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut late = TcpStream::connect(addr).await.unwrap();
+    late.write_all(b"GET /orders HTTP/1.1\r\nHost: a\r\nX-Half: 1\r\n")
+        .await
+        .unwrap();
+
+    let (closed, out) = read_until_closed(&mut late, Duration::from_secs(8)).await;
+    assert!(closed, "a late head must be cut off");
+    let out = String::from_utf8_lossy(&out);
+    let (head, body) = out.split_once("\r\n\r\n").expect("an answer");
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 408"), "{out}");
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "{out}"
+    );
+    assert!(head.contains("connection: close"), "{out}");
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(doc["code"], "header_timeout", "{doc}");
+    assert_eq!(doc["status"], 408, "{doc}");
+    let id = doc["request_id"].as_str().unwrap().to_string();
+    assert!(
+        head.contains(&format!("x-request-id: {}", id.to_ascii_lowercase())),
+        "{out}"
+    );
+    let ev = gw
+        .wait_for_audit(|e| e["request_id"] == id, Duration::from_secs(5))
+        .expect("the refusal is audited");
+    assert_eq!(ev["status"], 408, "{ev}");
+    assert_eq!(ev["stage"], "protocol", "{ev}");
+    assert_eq!(ev["reason"], "header_timeout", "{ev}");
+
+    let (closed, out) = read_until_closed(&mut silent, Duration::from_secs(8)).await;
+    assert!(closed, "a silent connection is closed");
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+
+    assert_eq!(up.hits(), 0, "{:?}", up.requests());
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains(
+            "portcullis_rejections_total{stage=\"protocol\",reason=\"header_timeout\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        normal_request("127.0.0.1", addr)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
+
+/// The same on a connection hyper serves (handed over by a chunked request): the late head
+/// after its answer gets the 408, through the same reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_head_on_a_connection_hyper_serves_gets_408_too() {
+    let gw = gateway(&format!(
+        "server: {{ header_read_timeout: 1s, idle_timeout: 30s }}\n{APP}"
+    ));
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    s.write_all(
+        b"POST /ok HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+          GET /next HTTP/1.1\r\nHost: a\r\n",
+    )
+    .await
+    .unwrap();
+    let (closed, out) = read_until_closed(&mut s, Duration::from_secs(8)).await;
+    assert!(closed, "a late head must be cut off");
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let second = out
+        .find("HTTP/1.1 408")
+        .expect("a 408 after the first answer");
+    assert!(
+        out[second..].contains("\"code\":\"header_timeout\""),
+        "{out}"
     );
 }
 

@@ -20,6 +20,8 @@ use crate::sniff::{Activity, Flag, Sniffed};
 use crate::{ConnInfo, Gateway};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection whose head ran out of time is given to write its 408.
+const HEAD_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
 /// Client-reset streams not yet accepted, per HTTP/2 connection.
 const H2_MAX_PENDING_RESETS: usize = 20;
 /// Streams reset for a client's protocol errors, per HTTP/2 connection.
@@ -328,7 +330,8 @@ async fn serve_http<S>(
 /// Resolves when a connection has been silent or slow too long: no complete first head within
 /// the header timeout of its opening (a connect-and-wait or trickling slowloris), a later head
 /// still incomplete the header timeout after its first byte, or no byte either way for the
-/// idle timeout.
+/// idle timeout. A late head that has begun is first answered (408 `header_timeout`, through
+/// the reader's stand-in); a connection that sent nothing gets no answer.
 async fn idle_watchdog(activity: Arc<Activity>, first_byte: Duration, idle: Duration) {
     // Ticks of a quarter of the shorter timeout: a connection is closed at most a tick after
     // its deadline, and the traffic path never reads the clock for it.
@@ -344,13 +347,19 @@ async fn idle_watchdog(activity: Arc<Activity>, first_byte: Duration, idle: Dura
             moves = m;
             last_move = now;
         }
-        if !activity.has_handed() && now - started >= first_byte {
+        let pending = activity.head_pending_since();
+        let first_late = !activity.has_handed() && now - started >= first_byte;
+        if pending.is_some_and(|since| now.saturating_duration_since(since) >= first_byte)
+            || (first_late && pending.is_some())
+        {
+            // A head began and is late: the reader hands on the stand-in, which the engine
+            // refuses with 408 and the connection ends with that answer — or with this, after
+            // a grace, if nothing is reading it.
+            activity.head_timed_out();
+            tokio::time::sleep(HEAD_TIMEOUT_GRACE).await;
             return;
         }
-        if activity
-            .head_pending_since()
-            .is_some_and(|since| now.saturating_duration_since(since) >= first_byte)
-        {
+        if first_late {
             return;
         }
         if now - last_move >= idle {

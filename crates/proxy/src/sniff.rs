@@ -44,6 +44,8 @@ pub enum Ambiguity {
     /// Longer than the reader holds back (hyper's buffer): refused with 431, whole or in
     /// pieces.
     HeadTooLarge = 9,
+    /// Begun but not complete within the header read timeout: refused with 408.
+    HeadTimeout = 10,
 }
 
 /// What hyper is handed instead of a refused head: a request it parses, whose only purpose is
@@ -69,6 +71,9 @@ impl Ambiguity {
                 "the request head is not valid HTTP/1.1 (a character outside the grammar, a folded line, a bare CR or a line without a colon)"
             }
             Ambiguity::HeadTooLarge => "the request head is larger than the gateway reads",
+            Ambiguity::HeadTimeout => {
+                "the request head was not complete within the header read timeout"
+            }
         }
     }
 
@@ -76,6 +81,7 @@ impl Ambiguity {
     pub fn reason(self) -> RejectReason {
         match self {
             Ambiguity::HeadTooLarge => RejectReason::HeadersTooLarge,
+            Ambiguity::HeadTimeout => RejectReason::HeaderTimeout,
             _ => RejectReason::BadRequest,
         }
     }
@@ -91,6 +97,7 @@ impl Ambiguity {
             7 => Ambiguity::BadContentLength,
             8 => Ambiguity::TransferEncodingInHttp10,
             9 => Ambiguity::HeadTooLarge,
+            10 => Ambiguity::HeadTimeout,
             _ => return None,
         })
     }
@@ -163,6 +170,11 @@ impl Framing {
             flag,
             max_head,
         }
+    }
+
+    /// The head being followed is refused as `a`: nothing after it is followed.
+    pub fn refuse(&mut self, a: Ambiguity) {
+        self.flag(a);
     }
 
     /// How many of the last bytes fed are the start of a head whose end has not arrived.
@@ -527,6 +539,10 @@ pub struct Activity {
     /// Milliseconds from `base` to the first byte of the head held back, plus one; 0: none.
     head_since: std::sync::atomic::AtomicU64,
     base: tokio::time::Instant,
+    /// Set by the watchdog when the head held back ran out of time.
+    head_late: std::sync::atomic::AtomicBool,
+    /// The reader's task while it holds a head back, woken when the head runs out of time.
+    reader: futures_util::task::AtomicWaker,
 }
 
 impl Default for Activity {
@@ -536,6 +552,8 @@ impl Default for Activity {
             handed: Default::default(),
             head_since: Default::default(),
             base: tokio::time::Instant::now(),
+            head_late: Default::default(),
+            reader: Default::default(),
         }
     }
 }
@@ -558,6 +576,13 @@ impl Activity {
             0 => None,
             v => Some(self.base + std::time::Duration::from_millis(v - 1)),
         }
+    }
+
+    /// The head held back ran out of time: the reader replaces it by the stand-in, refused
+    /// with 408 (when a head is still held back as it reads next).
+    pub fn head_timed_out(&self) {
+        self.head_late.store(true, Ordering::Release);
+        self.reader.wake();
     }
 
     fn touch(&self) {
@@ -719,6 +744,20 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
                 // Into our own buffer: a head is being held back, or this is the connection's
                 // first read and hyper asks for too little to see a head whole.
                 let prev = this.held.len();
+                if *this.pending {
+                    // Told by the watchdog when the held head runs out of time (registered
+                    // only while a head is held back: not on a whole head's way).
+                    this.activity.reader.register(cx.waker());
+                    if this.activity.head_late.load(Ordering::Acquire) {
+                        // All held bytes are the late head's: answered as a refused head is.
+                        this.framing.refuse(Ambiguity::HeadTimeout);
+                        track_pending(this.activity, this.pending, 0, false);
+                        let out = settle(this.held, prev, Some(Refusal::Held), 0, this.ended);
+                        this.activity.handed.store(true, Ordering::Relaxed);
+                        hand_over(buf, out, this.stash);
+                        return Poll::Ready(Ok(()));
+                    }
+                }
                 if this.held.capacity() - prev < FIRST_READ / 4 {
                     this.held.reserve(FIRST_READ);
                 }
@@ -1197,6 +1236,52 @@ mod tests {
             }
         }
         (reads, flag.get())
+    }
+
+    /// A held-back head the watchdog says is late is replaced by the stand-in, flagged as a
+    /// timeout (408), with the reader woken for it while it waits for more bytes; nothing the
+    /// client sends after reaches the server.
+    #[tokio::test]
+    async fn a_late_head_is_replaced_by_the_stand_in() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(4096);
+        let activity = Arc::new(Activity::default());
+        let flag = Arc::new(Flag::default());
+        let mut s = Sniffed::new(server, flag.clone(), activity.clone(), 64 * 1024);
+        let mut buf = vec![0u8; 16 * 1024];
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n");
+        client
+            .write_all(b"GET /b HTTP/1.1\r\nX-Half")
+            .await
+            .unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await;
+        assert!(waiting.is_err(), "the incomplete head is held back");
+        assert_eq!(flag.get(), None);
+        // The reader waits for bytes that do not come; the watchdog wakes it.
+        let late = activity.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            late.head_timed_out();
+        });
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("woken by the watchdog")
+            .unwrap();
+        assert_eq!(&buf[..n], STAND_IN);
+        assert_eq!(flag.get(), Some(Ambiguity::HeadTimeout));
+        assert_eq!(Ambiguity::HeadTimeout.reason(), RejectReason::HeaderTimeout);
+        assert_eq!(activity.head_pending_since(), None);
+        client
+            .write_all(b": 1\r\n\r\nGET /c HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let after = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await;
+        assert!(after.is_err(), "nothing after the stand-in: {after:?}");
     }
 
     /// The watchdog times a held-back head from its first byte: the start stays while the same
