@@ -339,9 +339,20 @@ async fn idle_watchdog(activity: Arc<Activity>, first_byte: Duration, idle: Dura
     let started = tokio::time::Instant::now();
     let mut moves = activity.moves();
     let mut last_move = started;
+    // When a late head was told to the reader: the connection ends with its 408, or here
+    // once the grace has passed.
+    let mut told: Option<tokio::time::Instant> = None;
     loop {
+        // The one wait of this future (a second one would make its state, which the
+        // connection's task polls through the gate, larger).
         tokio::time::sleep(step).await;
         let now = tokio::time::Instant::now();
+        if let Some(at) = told {
+            if now - at >= HEAD_TIMEOUT_GRACE {
+                return;
+            }
+            continue;
+        }
         let m = activity.moves();
         if m != moves {
             moves = m;
@@ -356,8 +367,8 @@ async fn idle_watchdog(activity: Arc<Activity>, first_byte: Duration, idle: Dura
             // refuses with 408 and the connection ends with that answer — or with this, after
             // a grace, if nothing is reading it.
             activity.head_timed_out();
-            tokio::time::sleep(HEAD_TIMEOUT_GRACE).await;
-            return;
+            told = Some(now);
+            continue;
         }
         if first_late {
             return;

@@ -975,14 +975,24 @@ struct Open<'a> {
 }
 
 impl Drop for Open<'_> {
+    #[inline]
     fn drop(&mut self) {
         if !self.answered {
-            self.gw.finish(&self.ctx, &mut self.seen, None);
-            if let Some(resets) = self.resets
-                && !self.gw.interrupted()
-            {
-                resets.client_reset();
-            }
+            self.abandoned();
+        }
+    }
+}
+
+impl Open<'_> {
+    /// Off the way of answered requests.
+    #[cold]
+    #[inline(never)]
+    fn abandoned(&mut self) {
+        self.gw.finish(&self.ctx, &mut self.seen, None);
+        if let Some(resets) = self.resets
+            && !self.gw.interrupted()
+        {
+            resets.client_reset();
         }
     }
 }

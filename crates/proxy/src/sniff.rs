@@ -578,6 +578,15 @@ impl Activity {
         }
     }
 
+    /// For the reader holding a head back: whether the head ran out of time; if not, the
+    /// reader's task is woken when it does.
+    #[cold]
+    #[inline(never)]
+    fn late(&self, cx: &Context<'_>) -> bool {
+        self.reader.register(cx.waker());
+        self.head_late.load(Ordering::Acquire)
+    }
+
     /// The head held back ran out of time: the reader replaces it by the stand-in, refused
     /// with 408 (when a head is still held back as it reads next).
     pub fn head_timed_out(&self) {
@@ -747,8 +756,7 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
                 if *this.pending {
                     // Told by the watchdog when the held head runs out of time (registered
                     // only while a head is held back: not on a whole head's way).
-                    this.activity.reader.register(cx.waker());
-                    if this.activity.head_late.load(Ordering::Acquire) {
+                    if this.activity.late(cx) {
                         // All held bytes are the late head's: answered as a refused head is.
                         this.framing.refuse(Ambiguity::HeadTimeout);
                         track_pending(this.activity, this.pending, 0, false);
