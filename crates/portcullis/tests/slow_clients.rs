@@ -288,6 +288,32 @@ async fn a_late_head_gets_408_and_a_silent_connection_nothing() {
     );
 }
 
+/// Late heads count against their client: a ban rule on `header_timeout` shuts out an
+/// address that keeps starting heads it never finishes, while others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_sending_late_heads_is_banned() {
+    let gw = gateway(&format!(
+        "server: {{ header_read_timeout: 1s, idle_timeout: 30s }}\n\
+         bans:\n  rules:\n    - {{ name: slow, on: [header_timeout], count: 2, within: 1m, ban_for: 1m }}\n{APP}"
+    ));
+    let addr = gw.listener("public");
+    for _ in 0..2 {
+        let mut s = connect_from("127.0.0.1", addr).await;
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .unwrap();
+        let (closed, out) = read_until_closed(&mut s, Duration::from_secs(8)).await;
+        assert!(closed);
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    }
+    let out = normal_request("127.0.0.1", addr).await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(out.contains("ip_banned"), "{out}");
+    let out = normal_request("127.0.0.2", addr).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+}
+
 /// The same on a connection hyper serves (handed over by a chunked request): the late head
 /// after its answer gets the 408, through the same reader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
