@@ -22,16 +22,17 @@ async fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
 
 /// Reads until close or `within`; true if the peer closed.
 async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-            Err(_) => return false,
-        }
-    }
+    read_until_closed(s, within).await.0
+}
+
+/// Reads until the peer closes or `within` passes: whether it closed, and what it sent.
+async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (bool, Vec<u8>) {
+    let mut out = Vec::new();
+    let closed = matches!(
+        tokio::time::timeout(within, s.read_to_end(&mut out)).await,
+        Ok(Ok(_)) | Ok(Err(_))
+    );
+    (closed, out)
 }
 
 /// Sends a request on a kept-alive connection; its answer must be a 200.
@@ -211,16 +212,6 @@ async fn a_trickled_second_head_is_cut_off_by_the_header_timeout() {
             .await
             .starts_with("HTTP/1.1 200")
     );
-}
-
-/// Reads until the peer closes or `within` passes: whether it closed, and what it sent.
-async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (bool, Vec<u8>) {
-    let mut out = Vec::new();
-    let closed = matches!(
-        tokio::time::timeout(within, s.read_to_end(&mut out)).await,
-        Ok(Ok(_)) | Ok(Err(_))
-    );
-    (closed, out)
 }
 
 /// A first head that began but is not complete within the header timeout is answered 408

@@ -172,11 +172,6 @@ impl Framing {
         }
     }
 
-    /// The head being followed is refused as `a`: nothing after it is followed.
-    pub fn refuse(&mut self, a: Ambiguity) {
-        self.flag(a);
-    }
-
     /// How many of the last bytes fed are the start of a head whose end has not arrived.
     pub fn partial_len(&self) -> usize {
         match &self.state {
@@ -758,7 +753,7 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
                     // only while a head is held back: not on a whole head's way).
                     if this.activity.late(cx) {
                         // All held bytes are the late head's: answered as a refused head is.
-                        this.framing.refuse(Ambiguity::HeadTimeout);
+                        this.framing.flag(Ambiguity::HeadTimeout);
                         track_pending(this.activity, this.pending, 0, false);
                         let out = settle(this.held, prev, Some(Refusal::Held), 0, this.ended);
                         this.activity.handed.store(true, Ordering::Relaxed);
