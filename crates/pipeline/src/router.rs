@@ -39,6 +39,8 @@ struct Entry {
 
 pub struct RouteTable {
     entries: Vec<Entry>,
+    /// Whether any route matches on the host: if none does, the request's host is not read.
+    by_host: bool,
 }
 
 fn host_score(hosts: &[HostMatch], host: &str) -> Option<usize> {
@@ -134,6 +136,7 @@ fn host_of(head: &http::request::Parts) -> Option<Cow<'_, str>> {
 impl RouteTable {
     pub fn new(routes: &[Route]) -> Self {
         RouteTable {
+            by_host: routes.iter().any(|r| !r.hosts.is_empty()),
             entries: routes
                 .iter()
                 .map(|r| Entry {
@@ -211,7 +214,12 @@ impl Stage for RouteStage {
     }
 
     fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
-        let host = host_of(&req.head).unwrap_or_default();
+        // Without host rules every route's host score is the same, whatever the host.
+        let host = if self.table.by_host {
+            host_of(&req.head).unwrap_or_default()
+        } else {
+            Cow::Borrowed("")
+        };
         // A CORS preflight is routed by the method it asks about, to a route that answers
         // preflights; anywhere else it is an ordinary OPTIONS request.
         if let Some(asked) = portcullis_cors::preflight_method(&req.head)

@@ -393,9 +393,11 @@ pub fn set_forwarding(
             None
         }
     };
+    // The address's text, written once: for `Forwarded`'s node too when it is IPv4 (only an
+    // IPv6 node is quoted and bracketed).
+    let mut buf = [0u8; IP_TEXT_MAX];
+    let ip = ip_text(peer, false, &mut buf);
     if f.x_forwarded {
-        let mut buf = [0u8; IP_TEXT_MAX];
-        let ip = ip_text(peer, false, &mut buf);
         match prev(headers, &X_FORWARDED_FOR) {
             Some(prev) => {
                 let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
@@ -430,8 +432,11 @@ pub fn set_forwarding(
     if f.forwarded {
         // `for=…;proto=…[;host=…]`, after the previous chain and ", " when extended: sized
         // first, so the value is built in one allocation that becomes the header's bytes.
-        let mut buf = [0u8; IP_TEXT_MAX];
-        let node = ip_text(peer, true, &mut buf);
+        let mut node_buf = [0u8; IP_TEXT_MAX];
+        let node = match peer {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(_) => ip_text(peer, true, &mut node_buf),
+        };
         let host = host.map(|(_, s)| (s, is_forwarded_token(s)));
         let prev = prev(headers, &header::FORWARDED);
         let len = prev.as_ref().map_or(0, |p| p.len() + 2)
