@@ -1105,8 +1105,17 @@ pub mod differential {
     /// A one-connection target: reads the request head, sends `raw`, closes its sending side
     /// and reads until the client closes (closing with bytes unread could reset the
     /// connection before the client read the answer).
+    ///
+    /// Closing first leaves each connection in TIME_WAIT on the target's side for a minute,
+    /// holding its port: a fuzzer making a thousand connections a second would run out of
+    /// ports for new listeners on one address. So the targets take turns among the loopback
+    /// addresses 127.0.0.1 to 127.0.0.254, each with its own ports.
     async fn target(raw: Vec<u8>) -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        let host = 1 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 254;
+        let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::new(127, 0, 0, host), 0))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let Ok((mut io, _)) = listener.accept().await else {
