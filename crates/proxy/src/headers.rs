@@ -393,10 +393,14 @@ pub fn set_forwarding(
             None
         }
     };
-    // The address's text, written once: for `Forwarded`'s node too when it is IPv4 (only an
-    // IPv6 node is quoted and bracketed).
+    // The address's text, written once (and only when some field carries it): for
+    // `Forwarded`'s node too when it is IPv4 (only an IPv6 node is quoted and bracketed).
     let mut buf = [0u8; IP_TEXT_MAX];
-    let ip = ip_text(peer, false, &mut buf);
+    let ip: &[u8] = if f.x_forwarded || f.forwarded {
+        ip_text(peer, false, &mut buf)
+    } else {
+        &[]
+    };
     if f.x_forwarded {
         match prev(headers, &X_FORWARDED_FOR) {
             Some(prev) => {
