@@ -13,9 +13,10 @@
                  Portcullis (an A/B of two builds on the same machine at the same time)
     --only instructions
                  user-space instructions per request (valgrind's callgrind) of nginx, nginx-same and
-                 the plain proxy, small / 16k / h2, and the first-level cache misses of callgrind's cache
-                 simulation: counts that do not move with the machine's load, for comparing builds
-                 where timings are too noisy; with --compare BIN also another build
+                 the plain proxy, small / 16k / h2, the first-level cache misses of callgrind's cache
+                 simulation and the size of the code a request runs (in instruction-cache lines):
+                 counts that do not move with the machine's load, for comparing builds where timings
+                 are too noisy; with --compare BIN also another build
     --only train the training run of a profile-guided build (bench/pgo.sh): every profile the full
                  run measures, each sent every kind of request the bench sends; measures nothing
     --bin PATH   the Portcullis binary to run (default: target/release/portcullis)
@@ -840,15 +841,49 @@ def plain_report(r):
 INSTR_REQUESTS = 5000 if QUICK else 20000
 
 
+def hot_code(text, runs):
+    """The code a request runs, from a callgrind dump made with --dump-instr=yes: the distinct
+    64-byte lines (the first-level instruction cache's unit) holding an instruction executed at
+    least `runs` times, and how many distinct instructions those are. A request path whose lines
+    do not fit in the instruction cache is fetched again, in part, on every request."""
+    npos, addr, skip = 1, 0, False
+    count = {}
+    for line in text.splitlines():
+        if not line:
+            continue
+        c = line[0]
+        if c.isdigit() or c in "+-*":
+            cols = line.split()
+            p = cols[0]
+            if p.startswith("0x"):
+                addr = int(p, 16)
+            elif c in "+-":
+                d = int(p[1:], 16) if p[1:].startswith("0x") else int(p[1:])
+                addr = addr + d if c == "+" else addr - d
+            elif c != "*":
+                addr = int(p)
+            if skip:  # a call's line: the callee's cost, not this instruction's
+                skip = False
+            elif len(cols) > npos:
+                count[addr] = count.get(addr, 0) + int(cols[npos])
+        elif line.startswith("calls="):
+            skip = True
+        elif line.startswith("positions:"):
+            npos = len(line.split()) - 1
+    hot = [a for a, n in count.items() if n >= runs]
+    return len({a >> 6 for a in hot}), len(hot)
+
+
+
 def callgrind_ir(cmd, port, h2port, work, name):
     """Starts `cmd` under callgrind and returns user-space instructions per request for each
-    test, and the first-level cache misses of callgrind's cache simulation (instruction and
-    data, the simulated caches sized like this machine's): a warm-up of 500 requests, counters
-    zeroed, INSTR_REQUESTS requests over 16 connections (h2load, HTTP/1.1 keep-alive or h2c with
-    8 streams each), counters dumped."""
+    test, the first-level cache misses of callgrind's cache simulation (instruction and data,
+    the simulated caches sized like this machine's) and the code the requests ran (`hot_code`):
+    a warm-up of 500 requests, counters zeroed, INSTR_REQUESTS requests over 16 connections
+    (h2load, HTTP/1.1 keep-alive or h2c with 8 streams each), counters dumped."""
     out = os.path.join(work, f"{name}.callgrind")
     p = subprocess.Popen(["taskset", "-c", SERVER_CPU, "valgrind", "--tool=callgrind", "--cache-sim=yes",
-                          f"--callgrind-out-file={out}", *cmd],
+                          "--dump-instr=yes", f"--callgrind-out-file={out}", *cmd],
                          stdout=open(os.path.join(work, f"{name}.valgrind.log"), "w"),
                          stderr=subprocess.STDOUT, start_new_session=True)
     result = {}
@@ -873,7 +908,7 @@ def callgrind_ir(cmd, port, h2port, work, name):
                     dump = os.path.join(work, new[-1])
                     break
                 time.sleep(0.1)
-            totals = {}
+            totals, text = {}, ""
             for _ in range(50):  # the file is written after it appears
                 if dump:
                     with open(dump) as f:
@@ -887,9 +922,13 @@ def callgrind_ir(cmd, port, h2port, work, name):
             ok = int(done.group(1)) if done else 0
             whole = ok == INSTR_REQUESTS and "Ir" in totals
             per = {k: totals.get(k, 0) / INSTR_REQUESTS for k in ("Ir", "I1mr", "D1mr", "D1mw")}
+            # Code run by at least every other request (per-connection and per-batch work —
+            # accepting, a wait for events serving several requests — falls below it).
+            code_lines, code_instrs = hot_code(text, INSTR_REQUESTS // 2) if whole else (0, 0)
             result[test] = {"ir": per["Ir"] if whole else None,
                             "i1": per["I1mr"] if whole else None,
                             "d1": per["D1mr"] + per["D1mw"] if whole else None,
+                            "code_kib": code_lines * 64 / 1024, "code_instrs": code_instrs,
                             "succeeded": ok}
     finally:
         stop(p)
@@ -939,7 +978,29 @@ def instructions_report(r):
     for t in tests:
         cells = [f"{r[n][t]['i1']:.0f} / {r[n][t]['d1']:.0f}" if r[n][t]["ir"] else "—" for n in names]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines += ["", f"The code a request runs (instructions executed by at least every other request, counted in the "
+              f"64-byte lines the instruction cache holds; this machine's first-level instruction cache: "
+              f"{l1i_size()}), KiB / distinct instructions:", "",
+              "| test | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for t in tests:
+        cells = [f"{r[n][t]['code_kib']:.1f} / {r[n][t]['code_instrs']}" if r[n][t]["ir"] else "—" for n in names]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
     return lines
+
+
+def l1i_size():
+    """The first-level instruction cache of CPU 0, as the kernel reports it."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for idx in sorted(os.listdir(base)):
+            d = os.path.join(base, idx)
+            with open(os.path.join(d, "level")) as f, open(os.path.join(d, "type")) as g:
+                if f.read().strip() == "1" and g.read().strip() == "Instruction":
+                    with open(os.path.join(d, "size")) as h:
+                        return h.read().strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def bench_issuer(work):

@@ -9,9 +9,10 @@
 #                               # the header fields Portcullis does by default) and the upstream
 #                               # (small, 16k, h2), in rounds; --compare BIN adds another build
 #                               # (A/B); prints only
-#   bench/run.sh --only instructions  # user-space instructions and cache misses per request under
-#                               # valgrind (nginx, the plain proxy; --compare BIN adds another
-#                               # build): counts the machine's load does not move; prints only
+#   bench/run.sh --only instructions  # user-space instructions, cache misses and the size of the
+#                               # code run per request under valgrind (nginx, the plain proxy;
+#                               # --compare BIN adds another build): counts the machine's load does
+#                               # not move; prints only
 #   bench/run.sh --pgo          # also builds the profile-guided binary (bench/pgo.sh, about 10 more
 #                               # minutes) and measures it beside the default build (full run, or
 #                               # with --only plain as the other build of the A/B)
