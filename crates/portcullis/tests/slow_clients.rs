@@ -215,7 +215,8 @@ async fn a_trickled_second_head_is_cut_off_by_the_header_timeout() {
 }
 
 /// A first head that began but is not complete within the header timeout is answered 408
-/// `header_timeout` — a problem document with a request id, `Connection: close` — audited, and
+/// `header_timeout` — a problem document with a request id, `Connection: close` — audited
+/// (with its own method and path), and
 /// the connection closed; nothing of it reaches the upstream. A connection that sent nothing
 /// gets no answer, only the close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,6 +260,9 @@ async fn a_late_head_gets_408_and_a_silent_connection_nothing() {
     assert_eq!(ev["status"], 408, "{ev}");
     assert_eq!(ev["stage"], "protocol", "{ev}");
     assert_eq!(ev["reason"], "header_timeout", "{ev}");
+    // What the late head asked for, as far as it came (not the stand-in's request).
+    assert_eq!(ev["method"], "GET", "{ev}");
+    assert_eq!(ev["path"], "/orders", "{ev}");
 
     let (closed, out) = read_until_closed(&mut silent, Duration::from_secs(8)).await;
     assert!(closed, "a silent connection is closed");

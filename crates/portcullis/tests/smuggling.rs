@@ -185,7 +185,8 @@ async fn a_refusal_from_the_gateway_is_a_problem_document() {
     assert_eq!(ev["stage"], "protocol");
 
     // A head hyper could not even parse gets the same: a problem document with its request
-    // id, and an audit event (its method and path those of the stand-in hyper was handed).
+    // id, and an audit event with the method and path of its own request line (not those of
+    // the stand-in hyper was handed).
     let bad = CASES
         .iter()
         .find(|(n, _)| *n == "header_name_with_space")
@@ -203,7 +204,83 @@ async fn a_refusal_from_the_gateway_is_a_problem_document() {
         .unwrap();
     assert_eq!(ev["stage"], "protocol");
     assert_eq!(ev["reason"], "bad_request");
-    assert_eq!(ev["path"], "/.well-known/portcullis/unreadable-request");
+    assert_eq!(ev["method"], "GET", "{ev}");
+    assert_eq!(ev["path"], "/x", "{ev}");
+    assert_eq!(ev["host"], serde_json::Value::Null, "{ev}");
+}
+
+/// The audit event of a head the framing reader refused tells what the client asked for, as
+/// far as its request line reads: the method (empty when it is not a token), the target's path
+/// (never its query), HTTP/1.0 when it said so, at most 256 bytes of it — on the connection's
+/// first head or after a clean one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_heads_audit_event_names_its_request_line() {
+    let (up, gw) = proxy_to_upstream().await;
+    let addr = gw.listener("public");
+    let long = format!("/{}", "a".repeat(400));
+    let long_head = format!("GET {long} HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n");
+    // (what is sent, in pieces read apart; the event's method, path, version)
+    let cases: &[(&[&[u8]], &str, &str, &str)] = &[
+        (
+            &[b"DELETE /admin/users?token=s3cr3t HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n"],
+            "DELETE",
+            "/admin/users",
+            "HTTP/1.1",
+        ),
+        (
+            &[b"POST /x HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"],
+            "POST",
+            "/x",
+            "HTTP/1.0",
+        ),
+        (
+            &[b"G\x01T /odd HTTP/1.1\r\nHost: a\r\n\r\n"],
+            "",
+            "/odd",
+            "HTTP/1.1",
+        ),
+        (
+            &[
+                b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n",
+                b"PUT /second HTTP/1.1\nHost: a\n\n",
+            ],
+            "PUT",
+            "/second",
+            "HTTP/1.1",
+        ),
+        (&[long_head.as_bytes()], "GET", &long[..252], "HTTP/1.1"),
+    ];
+    for (pieces, method, path, version) in cases {
+        let (out, closed) =
+            raw_exchange_in_pieces(addr, pieces, std::time::Duration::from_millis(300)).await;
+        // The last answer is the refusal (after the clean first request's, in one case).
+        let refusal = &out[out.rfind("HTTP/1.1 400 ").unwrap()..];
+        assert_refused(path, refusal, closed);
+        let body = &refusal[refusal.find("\r\n\r\n").unwrap() + 4..];
+        let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+        let id = doc["request_id"].as_str().unwrap().to_string();
+        let ev = gw
+            .wait_for_audit(|e| e["request_id"] == id, std::time::Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(ev["stage"], "protocol", "{ev}");
+        assert_eq!(ev["reason"], "bad_request", "{ev}");
+        assert_eq!(ev["method"], *method, "{ev}");
+        assert_eq!(ev["path"], *path, "{ev}");
+        assert_eq!(ev["http_version"], *version, "{ev}");
+        assert_eq!(ev["host"], serde_json::Value::Null, "{ev}");
+        assert_eq!(ev["user_agent"], serde_json::Value::Null, "{ev}");
+        assert!(!ev.to_string().contains("s3cr3t"), "{ev}");
+        assert!(!ev.to_string().contains("unreadable"), "{ev}");
+    }
+    // Only the clean first request went upstream.
+    let uris: Vec<String> = up.requests().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(uris, ["/first"]);
+    let ok = raw_http(
+        addr,
+        b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,7 +15,7 @@ use portcullis_audit::{AuditEvent, Outcome};
 use portcullis_config::{AcceptFrom, PathMatch, Rewrite, Route, TemplatePart, UpstreamKind};
 use portcullis_core::{
     BoxBody, BoxError, GatewayRequest, RejectReason, Rejection, RequestBody, RequestCtx, RequestId,
-    Scheme, StageId, TlsInfo, has_header,
+    Scheme, StageId, TlsInfo, has_header, is_tchar,
 };
 use portcullis_pipeline::{Flow, request_host};
 
@@ -114,6 +114,9 @@ struct ClientSide<'a> {
 /// What the audit event needs that the request itself carries away.
 struct Seen {
     method: Method,
+    /// The method as the client wrote it, for a head the framing reader refused (the request
+    /// that went on is the stand-in's).
+    raw_method: Option<String>,
     host: Option<String>,
     path: String,
     version: Version,
@@ -124,6 +127,31 @@ struct Seen {
     upstream_error: Option<portcullis_audit::UpstreamErrorAudit>,
     /// The request id as a header value, made once for the upstream's copy and the client's.
     request_id: Option<HeaderValue>,
+}
+
+impl Seen {
+    /// What the audit event says of a head the framing reader refused: its request line as far
+    /// as it reads — the method (empty unless a token), the target's path (never its query),
+    /// the version when it is HTTP/1.0 — rather than the stand-in's, and no host or user agent.
+    /// `line` is bounded ([`crate::sniff::LINE_KEPT`]).
+    fn refused_head(&mut self, line: &[u8]) {
+        let mut parts = line.splitn(3, |&b| b == b' ');
+        let method = parts.next().unwrap_or_default();
+        let target = parts.next().unwrap_or_default();
+        let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+        let method_ok = !method.is_empty() && method.iter().all(|&b| is_tchar(b));
+        self.raw_method = Some(if method_ok {
+            String::from_utf8_lossy(method).into_owned()
+        } else {
+            String::new()
+        });
+        self.path = String::from_utf8_lossy(path).into_owned();
+        if parts.next() == Some(b"HTTP/1.0") {
+            self.version = Version::HTTP_10;
+        }
+        self.host = None;
+        self.user_agent = None;
+    }
 }
 
 /// Path segment characters that must be escaped when a captured parameter is put back in a path.
@@ -273,6 +301,7 @@ impl Gateway {
         let audited = self.audit.enabled();
         let seen = Seen {
             method: head.method.clone(),
+            raw_method: None,
             host: if audited { request_host(&head) } else { None },
             // The raw path until the pipeline has run (an abandoned request's may be all there
             // is), then the normalised one.
@@ -332,16 +361,25 @@ impl Gateway {
             // with the answer.
             Some(a) => {
                 ctx.rejected_by = Some((FRAMING_STAGE, a.reason()));
+                // (No line when the head's start had already gone to hyper, which then parsed
+                // it: what it parsed stands.)
+                if audited && let Some(line) = conn.framing.line() {
+                    seen.refused_head(line);
+                }
                 Err(Rejection::new(a.reason(), a.detail())
                     .with_header(header::CONNECTION, HeaderValue::from_static("close")))
             }
-            None => rt.snapshot.pipeline.run(&mut greq, ctx).await,
+            None => {
+                let verdict = rt.snapshot.pipeline.run(&mut greq, ctx).await;
+                // The normalised path when normalisation ran, the raw one when it refused the
+                // request.
+                if audited {
+                    seen.path.clear();
+                    seen.path.push_str(greq.head.uri.path());
+                }
+                verdict
+            }
         };
-        // The normalised path when normalisation ran, the raw one when it refused the request.
-        if audited {
-            seen.path.clear();
-            seen.path.push_str(greq.head.uri.path());
-        }
         let result = match verdict {
             Err(rejection) => Err(rejection),
             Ok(Flow::Forward) => {
@@ -887,7 +925,10 @@ impl Gateway {
             listener: ctx.listener.to_string(),
             client_ip: ctx.client_ip.to_string(),
             peer: ctx.peer.to_string(),
-            method: seen.method.as_str().to_string(),
+            method: seen
+                .raw_method
+                .take()
+                .unwrap_or_else(|| seen.method.as_str().to_string()),
             host: seen.host.take(),
             path: std::mem::take(&mut seen.path),
             route: route.map(str::to_string),

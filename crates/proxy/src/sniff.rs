@@ -21,8 +21,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf as _, BytesMut};
@@ -105,17 +105,37 @@ impl Ambiguity {
 
 /// Shared between the reader and the request handler of one connection.
 #[derive(Debug, Default)]
-pub struct Flag(AtomicU8);
+pub struct Flag {
+    refused: AtomicU8,
+    /// The start of the refused head's request line, for its audit event.
+    line: OnceLock<Box<[u8]>>,
+}
+
+/// Most of a refused head's request line kept for its audit event.
+pub const LINE_KEPT: usize = 256;
 
 impl Flag {
     pub fn get(&self) -> Option<Ambiguity> {
-        Ambiguity::from_u8(self.0.load(Ordering::Acquire))
+        Ambiguity::from_u8(self.refused.load(Ordering::Acquire))
     }
 
     fn set(&self, a: Ambiguity) {
         let _ = self
-            .0
+            .refused
             .compare_exchange(0, a as u8, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The refused head's request line as far as it came (at most [`LINE_KEPT`] bytes, no
+    /// line end): `None` when the head's start had already gone to hyper (a head longer than
+    /// the reader holds back) or no head was refused.
+    pub fn line(&self) -> Option<&[u8]> {
+        self.line.get().map(|l| &l[..])
+    }
+
+    fn keep_line(&self, head: &[u8]) {
+        let head = &head[..head.len().min(LINE_KEPT)];
+        let end = memchr::memchr2(b'\r', b'\n', head).unwrap_or(head.len());
+        let _ = self.line.set(head[..end].into());
     }
 }
 
@@ -664,6 +684,7 @@ fn settle(
     fed: Option<Refusal>,
     partial: usize,
     ended: &mut bool,
+    flag: &Flag,
 ) -> BytesMut {
     let cut = match fed {
         Some(Refusal::At(at)) => Some(prev + at),
@@ -674,6 +695,7 @@ fn settle(
     };
     match cut {
         Some(cut) => {
+            flag.keep_line(held.get(cut..).unwrap_or_default());
             held.truncate(cut);
             held.extend_from_slice(STAND_IN);
             *ended = true;
@@ -755,7 +777,14 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
                         // All held bytes are the late head's: answered as a refused head is.
                         this.framing.flag(Ambiguity::HeadTimeout);
                         track_pending(this.activity, this.pending, 0, false);
-                        let out = settle(this.held, prev, Some(Refusal::Held), 0, this.ended);
+                        let out = settle(
+                            this.held,
+                            prev,
+                            Some(Refusal::Held),
+                            0,
+                            this.ended,
+                            &this.framing.flag,
+                        );
                         this.activity.handed.store(true, Ordering::Relaxed);
                         hand_over(buf, out, this.stash);
                         return Poll::Ready(Ok(()));
@@ -783,7 +812,14 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
                 // A head held back before goes on (all held bytes are its own) or is over.
                 let began = partial > 0 && (prev == 0 || partial < this.held.len());
                 track_pending(this.activity, this.pending, partial, began);
-                let out = settle(this.held, prev, fed, partial, this.ended);
+                let out = settle(
+                    this.held,
+                    prev,
+                    fed,
+                    partial,
+                    this.ended,
+                    &this.framing.flag,
+                );
                 if out.is_empty() {
                     continue; // all held back: read on (or wait for more)
                 }
@@ -810,7 +846,7 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
             // A refused head, or one that this read leaves incomplete: settled through `held`.
             this.held.extend_from_slice(new);
             buf.set_filled(before);
-            let out = settle(this.held, 0, fed, partial, this.ended);
+            let out = settle(this.held, 0, fed, partial, this.ended, &this.framing.flag);
             if out.is_empty() {
                 continue;
             }
@@ -869,6 +905,25 @@ impl<S: AsyncWrite> AsyncWrite for Sniffed<S> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_refused_heads_line_is_kept_once_bounded_and_without_its_end() {
+        let flag = Flag::default();
+        assert_eq!(flag.line(), None);
+        flag.keep_line(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+        flag.keep_line(b"GET /b HTTP/1.1\r\n");
+        assert_eq!(flag.line(), Some(&b"GET /a HTTP/1.1"[..]));
+        let flag = Flag::default();
+        flag.keep_line(b"GET /x\nHost");
+        assert_eq!(flag.line(), Some(&b"GET /x"[..]));
+        let flag = Flag::default();
+        let long = [b'a'; 1000];
+        flag.keep_line(&long);
+        assert_eq!(flag.line().map(<[u8]>::len), Some(LINE_KEPT));
+        let flag = Flag::default();
+        flag.keep_line(b"");
+        assert_eq!(flag.line(), Some(&b""[..]));
+    }
 
     /// `after_head` as it was before its scans used `memchr` and a token table: the reference
     /// the current one must agree with on every head.
