@@ -249,6 +249,14 @@ async fn a_refused_heads_audit_event_names_its_request_line() {
             "HTTP/1.1",
         ),
         (&[long_head.as_bytes()], "GET", &long[..252], "HTTP/1.1"),
+        // Read together: the clean head is refused with the other (one answer, one event),
+        // and the event names the head that was refused.
+        (
+            &[b"GET /together HTTP/1.1\r\nHost: a\r\n\r\nPATCH /smuggled HTTP/1.1\nHost: a\n\n"],
+            "PATCH",
+            "/smuggled",
+            "HTTP/1.1",
+        ),
     ];
     for (pieces, method, path, version) in cases {
         let (out, closed) =
