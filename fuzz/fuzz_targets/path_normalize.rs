@@ -1,17 +1,21 @@
 //! Path normalisation (`crates/core/src/path.rs`) on arbitrary strings: no panic,
 //! and what it accepts comes out canonical — an absolute path with no dot segment, no empty
 //! segment, no backslash or control byte, no escape of an unreserved character or of `/`,
-//! and a fixed point (normalising it again changes nothing).
+//! and a fixed point (normalising it again changes nothing). With encoded slashes kept
+//! (`server.encoded_slash: keep`), the same holds but for `%2F`, and the path an upstream gets
+//! by decoding the kept `%2F`s still has no dot segment and no empty one; what it accepts
+//! without `%2F` it accepts the same way with them refused.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_pipeline::normalize::normalize_path;
+use portcullis_pipeline::normalize::{EncodedSlash, normalize_path, normalize_path_with};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else {
         return;
     };
+    keep(path);
     let Ok(out) = normalize_path(path) else {
         return;
     };
@@ -40,4 +44,32 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     assert_eq!(normalize_path(out), Ok(None), "{path:?} -> {out:?} is not a fixed point");
+    assert_eq!(
+        normalize_path_with(path, EncodedSlash::Keep),
+        normalize_path(path),
+        "{path:?}: keeping encoded slashes changed a path without them"
+    );
 });
+
+fn keep(path: &str) {
+    let Ok(out) = normalize_path_with(path, EncodedSlash::Keep) else {
+        return;
+    };
+    let out = out.as_deref().unwrap_or(path);
+    assert!(out.starts_with('/'), "{path:?} -> {out:?}");
+    assert_eq!(
+        normalize_path_with(out, EncodedSlash::Keep),
+        Ok(None),
+        "{path:?} -> {out:?} is not a fixed point"
+    );
+    // As an upstream that decodes `%2F` reads it.
+    let decoded = out.replace("%2F", "/");
+    assert!(!decoded.contains("//"), "{path:?} -> {out:?}");
+    assert!(
+        !decoded
+            .split('/')
+            .any(|s| s == "." || s == ".." || s.starts_with("..;") || s.starts_with(".;")),
+        "{path:?} -> {out:?}"
+    );
+    assert!(!out.contains("%2f"), "{path:?} -> {out:?}");
+}

@@ -355,6 +355,10 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
         accept_request_id: s.request_id.accept_from,
         x_forwarded: s.forwarded_headers.x_forwarded,
         forwarded: s.forwarded_headers.forwarded,
+        encoded_slash: match s.encoded_slash {
+            RawEncodedSlash::Reject => portcullis_core::path::EncodedSlash::Reject,
+            RawEncodedSlash::Keep => portcullis_core::path::EncodedSlash::Keep,
+        },
         limits: HeadLimits::compile(&s.limits, "server.limits", e),
         ip_filter: IpRules::compile(&s.ip_filter, "server.ip_filter", e),
         header_read_timeout,

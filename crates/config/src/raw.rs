@@ -188,6 +188,10 @@ pub struct RawServer {
     /// Which forwarding headers are sent upstream.
     #[serde(default)]
     pub forwarded_headers: RawForwardedHeaders,
+    /// What an encoded slash (`%2F`) in a request path is met with: `reject` (default, 400) or
+    /// `keep` (passed on encoded, part of its segment).
+    #[serde(default)]
+    pub encoded_slash: RawEncodedSlash,
     /// Size limits on every request.
     #[serde(default)]
     pub limits: RawLimits,
@@ -239,6 +243,7 @@ impl Default for RawServer {
             trusted_proxies: Vec::new(),
             request_id: RawRequestId::default(),
             forwarded_headers: RawForwardedHeaders::default(),
+            encoded_slash: RawEncodedSlash::default(),
             limits: RawLimits::default(),
             ip_filter: RawIpFilter::default(),
             header_read_timeout: default_header_timeout(),
@@ -320,6 +325,18 @@ pub enum AcceptFrom {
     TrustedProxies,
     Any,
     None,
+}
+
+/// What an encoded slash (`%2F`) in a request path is met with.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawEncodedSlash {
+    /// Refused with 400.
+    #[default]
+    Reject,
+    /// Passed on encoded, part of its segment, between text that is neither empty nor a dot
+    /// segment.
+    Keep,
 }
 
 /// Which forwarding headers are sent upstream.

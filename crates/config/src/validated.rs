@@ -93,6 +93,7 @@ pub struct Server {
     pub accept_request_id: AcceptFrom,
     pub x_forwarded: bool,
     pub forwarded: bool,
+    pub encoded_slash: portcullis_core::path::EncodedSlash,
     pub limits: HeadLimits,
     pub ip_filter: IpRules,
     pub header_read_timeout: Duration,

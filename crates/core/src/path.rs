@@ -9,6 +9,9 @@
 //!   a browser sends it);
 //! * refuses encoded `/` (`%2F`), encoded `\` (`%5C`), NUL and other control bytes, and raw
 //!   backslashes — all are ways to make the gateway and the upstream disagree on segments;
+//!   with [`EncodedSlash::Keep`], `%2F` is kept (encoded, inside its segment) between text that
+//!   is neither empty nor a dot segment, so that an upstream decoding it cannot find a dot
+//!   segment or an empty one there;
 //! * removes dot segments (RFC 3986 §5.2.4) and merges repeated slashes;
 //! * refuses a path that would climb above the root, and anything that is not origin-form.
 
@@ -22,6 +25,20 @@ pub enum PathError {
     BadEscape,
     AboveRoot,
     DotSegmentParameter,
+    /// With [`EncodedSlash::Keep`]: a `%2F` next to a dot segment, another slash or the
+    /// segment's end.
+    EncodedSlashSegment,
+}
+
+/// What an encoded slash (`%2F`) in a path is met with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EncodedSlash {
+    /// Refused (400).
+    #[default]
+    Reject,
+    /// Kept as `%2F`, part of its segment (routes and rules see one segment), unless what it
+    /// separates is empty or a dot segment.
+    Keep,
 }
 
 impl PathError {
@@ -35,6 +52,9 @@ impl PathError {
             PathError::AboveRoot => "the path climbs above the root",
             PathError::DotSegmentParameter => {
                 "a dot segment with a path parameter (such as ..;) is not accepted"
+            }
+            PathError::EncodedSlashSegment => {
+                "an encoded slash (%2F) must separate text that is neither empty nor a dot segment"
             }
         }
     }
@@ -60,9 +80,18 @@ fn push_escape(out: &mut String, v: u8) {
     out.push(char::from(HEX[usize::from(v & 15)]));
 }
 
-/// Normalises a path; returns `Ok(None)` when it is already canonical (the common case costs
-/// no allocation).
+/// Normalises a path, encoded slashes refused; returns `Ok(None)` when it is already canonical
+/// (the common case costs no allocation).
 pub fn normalize_path(path: &str) -> Result<Option<String>, PathError> {
+    normalize_path_with(path, EncodedSlash::Reject)
+}
+
+/// Normalises a path under an encoded-slash policy; returns `Ok(None)` when it is already
+/// canonical.
+pub fn normalize_path_with(
+    path: &str,
+    encoded_slash: EncodedSlash,
+) -> Result<Option<String>, PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotOriginForm);
@@ -100,6 +129,8 @@ pub fn normalize_path(path: &str) -> Result<Option<String>, PathError> {
             };
             let v = h * 16 + l;
             match v {
+                b'/' if encoded_slash == EncodedSlash::Keep => push_escape(&mut decoded, v),
+                b'\\' if encoded_slash == EncodedSlash::Keep => return Err(PathError::Backslash),
                 b'/' | b'\\' => return Err(PathError::EncodedSlash),
                 0..=0x1f | 0x7f => return Err(PathError::ControlByte),
                 v if unreserved(v) => decoded.push(v as char),
@@ -125,6 +156,18 @@ pub fn normalize_path(path: &str) -> Result<Option<String>, PathError> {
         if seg.starts_with("..;") || seg.starts_with(".;") {
             return Err(PathError::DotSegmentParameter);
         }
+        // A kept `%2F` must not hide, from us, what an upstream that decodes it would see: a
+        // dot segment (`..%2Fadmin`), an empty one (`%2F%2F`, `a%2F`), or either with a
+        // parameter.
+        if seg.contains("%2F")
+            && seg.split("%2F").any(|piece| {
+                matches!(piece, "" | "." | "..")
+                    || piece.starts_with("..;")
+                    || piece.starts_with(".;")
+            })
+        {
+            return Err(PathError::EncodedSlashSegment);
+        }
         match seg {
             "" | "." => {}
             ".." => {
@@ -149,6 +192,39 @@ pub fn normalize_path(path: &str) -> Result<Option<String>, PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_slashes_are_refused_or_kept_inside_their_segment() {
+        for p in ["/a%2Fb", "/a%2fb", "/%2F", "/a/..%2F"] {
+            assert_eq!(n(p), Err(PathError::EncodedSlash), "{p}");
+        }
+        let keep = |p: &str| {
+            normalize_path_with(p, EncodedSlash::Keep).map(|o| o.unwrap_or_else(|| p.to_string()))
+        };
+        assert_eq!(
+            keep("/projects/group%2Fname/issues").unwrap(),
+            "/projects/group%2Fname/issues"
+        );
+        assert_eq!(keep("/a%2fb%2Fc").unwrap(), "/a%2Fb%2Fc");
+        // Around it the path is normalised as ever: the kept escape is one segment's text.
+        assert_eq!(keep("/x/./a%2Fb/../c%2Fd//e").unwrap(), "/x/c%2Fd/e");
+        assert_eq!(keep("/%61%2F%62").unwrap(), "/a%2Fb");
+        for p in [
+            "/public/..%2Fadmin",
+            "/public/%2E%2E%2Fadmin",
+            "/a%2F..",
+            "/a%2F.%2Fb",
+            "/a%2F%2Fb",
+            "/%2Fetc",
+            "/a%2F",
+            "/a%2F..;x",
+            "/a%2F.;x",
+        ] {
+            assert_eq!(keep(p), Err(PathError::EncodedSlashSegment), "{p}");
+        }
+        assert_eq!(keep("/a%5Cb"), Err(PathError::Backslash));
+        assert_eq!(keep("/a%2"), Err(PathError::BadEscape));
+    }
 
     fn n(p: &str) -> Result<String, PathError> {
         normalize_path(p).map(|o| o.unwrap_or_else(|| p.to_string()))

@@ -6,12 +6,19 @@
 
 use portcullis_core::{GatewayRequest, RejectReason, Rejection, RequestCtx, Stage, StageId, Step};
 
-pub use portcullis_core::path::{PathError, normalize_path};
+pub use portcullis_core::path::{EncodedSlash, PathError, normalize_path, normalize_path_with};
 
-pub struct NormalizeStage;
+pub struct NormalizeStage {
+    encoded_slash: EncodedSlash,
+}
 
 impl NormalizeStage {
     pub const ID: StageId = StageId("normalize");
+
+    /// `encoded_slash`: `server.encoded_slash`.
+    pub fn new(encoded_slash: EncodedSlash) -> Self {
+        NormalizeStage { encoded_slash }
+    }
 }
 
 impl Stage for NormalizeStage {
@@ -28,7 +35,7 @@ impl Stage for NormalizeStage {
             ));
         }
         let path = uri.path();
-        match normalize_path(path) {
+        match normalize_path_with(path, self.encoded_slash) {
             Ok(None) => Step::CONTINUE,
             Ok(Some(new_path)) => {
                 ctx.original_path = Some(path.to_string());

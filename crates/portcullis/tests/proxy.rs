@@ -363,6 +363,73 @@ async fn every_rejection_is_a_problem_and_nothing_reaches_the_upstream() {
     assert_eq!(get(&format!("{base}/orders/1")).await.status, 200);
 }
 
+/// `server.encoded_slash: keep`: a `%2F` inside a segment is passed on encoded (one segment to
+/// the router, its parameter decoded, the upstream getting the escape as sent upper-cased),
+/// while one that would make a dot segment or an empty one for an upstream that decodes it is
+/// refused before routing, like `%5C`; nothing refused reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_slashes_can_be_kept_inside_their_segment() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "server: {{ encoded_slash: keep }}
+{}routes:
+           - {{ name: issues, match: {{ path: \"/projects/{{id}}/issues\" }}, upstream: svc,               rewrite: {{ template: \"/v2/projects/{{id}}/issues\" }} }}
+           - {{ name: public, match: {{ prefix: /public }}, upstream: svc }}
+",
+        upstream_section(&up.url())
+    ));
+    let base = gw.url("public");
+    let r = get(&format!("{base}/projects/group%2fname/issues?page=2")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1);
+    // The captured `id` is `group/name`: re-encoded into the rewritten path.
+    assert_eq!(seen[0].uri, "/v2/projects/group%2Fname/issues?page=2");
+    let ev = gw
+        .wait_for_audit(|e| e["route"] == "issues", Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(ev["path"], "/projects/group%2Fname/issues", "{ev}");
+
+    for path in [
+        "/public/..%2Fprojects/x/issues",
+        "/public/%2E%2E%2Fadmin",
+        "/public/a%2F%2Fb",
+        "/public/%2Fetc",
+        "/public/a%5Cb",
+    ] {
+        let r = get(&format!("{base}{path}")).await;
+        let v = assert_problem(&r, 400, "bad_request");
+        let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+        assert_eq!(ev["stage"], "normalize", "{path}: {ev}");
+    }
+    assert_eq!(up.hits(), 1, "{:?}", up.requests());
+}
+
+/// By default (`encoded_slash: reject`) any `%2F` is refused, before routing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_slashes_are_refused_by_default() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}routes:\n  - {{ name: issues, match: {{ path: \"/projects/{{id}}/issues\" }}, upstream: svc }}\n",
+        upstream_section(&up.url())
+    ));
+    let r = get(&format!(
+        "{}/projects/group%2Fname/issues",
+        gw.url("public")
+    ))
+    .await;
+    let v = assert_problem(&r, 400, "bad_request");
+    assert_eq!(
+        v["detail"], "encoded slashes (%2F, %5C) are not accepted in paths",
+        "{v}"
+    );
+    assert_eq!(
+        audit_of(&gw, v["request_id"].as_str().unwrap())["stage"],
+        "normalize"
+    );
+    assert_eq!(up.hits(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_wide_deny_list_refuses_before_routing() {
     let up = TestUpstream::start("a").await;
