@@ -874,7 +874,6 @@ def hot_code(text, runs):
     return len({a >> 6 for a in hot}), len(hot)
 
 
-
 def callgrind_ir(cmd, port, h2port, work, name):
     """Starts `cmd` under callgrind and returns user-space instructions per request for each
     test, the first-level cache misses of callgrind's cache simulation (instruction and data,
