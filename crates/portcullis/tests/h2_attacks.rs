@@ -1,6 +1,6 @@
-//! HTTP/2 abuse, sent as raw frames: rapid reset (CVE-2023-44487), CONTINUATION floods,
-//! malformed headers and lying content-length. The gateway refuses, forwards nothing broken,
-//! and stays healthy.
+//! HTTP/2 abuse, sent as raw frames: rapid reset (CVE-2023-44487) and its variant where the
+//! server is made to reset (CVE-2025-8671), CONTINUATION floods, malformed headers and lying
+//! content-length. The gateway refuses, forwards nothing broken, and stays healthy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,6 +19,7 @@ const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
 const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
 const CONTINUATION: u8 = 9;
 const END_STREAM: u8 = 1;
 const END_HEADERS: u8 = 4;
@@ -242,6 +243,91 @@ async fn resetting_forwarded_streams_past_the_rate_closes_the_connection() {
             .contains("portcullis_rejections_total{stage=\"accept\",reason=\"h2_reset_flood\"} 1"),
         "{metrics}"
     );
+    healthy(&gw).await;
+}
+
+/// "MadeYouReset" (CVE-2025-8671): the client does not reset its streams itself, it makes the
+/// server reset them with a frame that is a stream error (RFC 9113 §5.4.2) — here, once each
+/// request has reached the upstream, a `WINDOW_UPDATE` that takes the stream's send window past
+/// 2^31-1 (`FLOW_CONTROL_ERROR`, RFC 9113 §6.9.1). Each such reset frees the stream's slot while
+/// the request it carried is still at work, as a client reset would, but the client sent no
+/// `RST_STREAM`. The gateway allows 128 streams reset for a client's errors per connection
+/// (h2's default is 1024), then sends `GOAWAY` with `ENHANCE_YOUR_CALM`. The vector's other
+/// forms — a `WINDOW_UPDATE` of 0, `DATA` on a stream the client already ended — end the
+/// connection at the first one: the h2 layer treats them as connection errors
+/// (`PROTOCOL_ERROR`), stricter than the RFC's stream error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cve_2025_8671_streams_the_server_must_reset_get_goaway() {
+    let (up, gw) = setup().await;
+    let mut s = open(gw.listener("public")).await;
+    let mut forwarded = 0u32;
+    while forwarded < 400 {
+        let id = 1 + 2 * forwarded;
+        let before = up.hits();
+        let head = frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            id,
+            &block("GET", "/delay/3000", &[]),
+        );
+        if s.write_all(&head).await.is_err() {
+            break;
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while up.hits() == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        if up.hits() == before {
+            break;
+        }
+        forwarded += 1;
+        let overflow = frame(WINDOW_UPDATE, 0, id, &0x7fff_ffffu32.to_be_bytes());
+        if s.write_all(&overflow).await.is_err() {
+            break;
+        }
+    }
+    let fs = frames(&mut s, Duration::from_secs(5)).await;
+    let kinds = |fs: &[(u8, u32, Vec<u8>)]| fs.iter().map(|f| (f.0, f.1)).collect::<Vec<_>>();
+    // The streams were reset by the server (this client sent no RST_STREAM).
+    let reason = |stream: u32| {
+        fs.iter()
+            .find(|(k, s, _)| *k == RST_STREAM && *s == stream)
+            .map(|(_, _, p)| u32::from_be_bytes([p[0], p[1], p[2], p[3]]))
+    };
+    assert_eq!(reason(1), Some(0x3), "{:?}", kinds(&fs)); // FLOW_CONTROL_ERROR
+    assert_eq!(reason(3), Some(0x3), "{:?}", kinds(&fs));
+    assert_eq!(
+        goaway_code(&fs),
+        Some(0xb),
+        "expected GOAWAY ENHANCE_YOUR_CALM: {:?}",
+        kinds(&fs)
+    );
+    // Cut off at the bound, not at max_concurrent_streams (100) nor at 400.
+    assert!(
+        (128..=130).contains(&forwarded),
+        "{forwarded} requests forwarded"
+    );
+    let hits = up.hits();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.hits(), hits, "nothing more reaches the upstream");
+    healthy(&gw).await;
+
+    // The other forms: the first one ends the connection.
+    let data_after_end = frame(DATA, 0, 1, b"late");
+    let window_of_zero = frame(WINDOW_UPDATE, 0, 1, &0u32.to_be_bytes());
+    for second in [data_after_end, window_of_zero] {
+        let mut s = open(gw.listener("public")).await;
+        let mut two = frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1,
+            &block("GET", "/x", &[]),
+        );
+        two.extend(second);
+        s.write_all(&two).await.unwrap();
+        let fs = frames(&mut s, Duration::from_secs(5)).await;
+        assert_eq!(goaway_code(&fs), Some(0x1), "{:?}", kinds(&fs)); // PROTOCOL_ERROR
+    }
     healthy(&gw).await;
 }
 

@@ -188,7 +188,9 @@ async fn connection(
         // HTTP/2 rapid reset (CVE-2023-44487): streams the client opens and resets before we
         // answer are bounded; past the bound the connection gets GOAWAY (ENHANCE_YOUR_CALM).
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
-        // Streams we must reset because the client misbehaved, per connection.
+        // Streams we must reset because the client sent a stream error, per connection: the
+        // "MadeYouReset" variant (CVE-2025-8671) frees stream slots this way without a single
+        // RST_STREAM from the client.
         .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
         .max_header_list_size(
             u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
