@@ -1,6 +1,6 @@
 //! HTTP/2 abuse, sent as raw frames: rapid reset (CVE-2023-44487) and its variant where the
-//! server is made to reset (CVE-2025-8671), CONTINUATION floods, malformed headers and lying
-//! content-length. The gateway refuses, forwards nothing broken, and stays healthy.
+//! server is made to reset (CVE-2025-8671), CONTINUATION floods, HPACK bombs, malformed headers
+//! and lying content-length. The gateway refuses, forwards nothing broken, and stays healthy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -358,6 +358,99 @@ async fn continuation_flood_is_cut_off() {
         "a flooded header block is never answered"
     );
     assert_eq!(up.hits(), 0);
+    healthy(&gw).await;
+}
+
+/// HPACK: an integer with a 7-bit prefix (RFC 7541 §5.1), the prefix byte's high bit `flag`.
+fn int7(flag: u8, n: usize) -> Vec<u8> {
+    if n < 127 {
+        return vec![flag | n as u8];
+    }
+    let mut out = vec![flag | 127];
+    let mut rest = n - 127;
+    while rest >= 128 {
+        out.push(0x80 | (rest % 128) as u8);
+        rest /= 128;
+    }
+    out.push(rest as u8);
+    out
+}
+
+/// A header block whose fields are a `size`-byte value, added to the HPACK dynamic table
+/// once and then named by its one-byte index `times` times: an HPACK bomb (CVE-2016-6581)
+/// when `size * times` is far larger than the block.
+fn bomb(size: usize, times: usize) -> Vec<u8> {
+    let mut b = block("GET", "/x", &[]);
+    b.push(0x40); // literal with incremental indexing, new name
+    b.extend(int7(0, 6));
+    b.extend_from_slice(b"x-bomb");
+    b.extend(int7(0, size));
+    b.extend(std::iter::repeat_n(b'v', size));
+    // The entry just added is the first of the dynamic table: index 62.
+    b.extend(std::iter::repeat_n(0x80 | 62, times));
+    b
+}
+
+/// The HPACK bomb: a few kilobytes on the wire that decode to megabytes of fields. The header
+/// list's decoded size is bounded in the h2 layer (twice `limits.max_header_bytes`): far past
+/// it the connection gets `GOAWAY` `ENHANCE_YOUR_CALM`; under that bound but over
+/// `max_header_bytes`, the limits step refuses it with 431 — both count fields as decoded, not
+/// as sent. Nothing reaches the upstream either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hpack_bomb_is_refused_by_its_decoded_size() {
+    let (up, gw) = setup().await;
+    // 4 MB decoded from about 5 KB.
+    let b = bomb(4000, 1000);
+    assert!(b.len() < 6000);
+    let mut s = open(gw.listener("public")).await;
+    s.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &b))
+        .await
+        .unwrap();
+    let fs = frames(&mut s, Duration::from_secs(2)).await;
+    // Far past the bound, the h2 layer ends the connection: GOAWAY ENHANCE_YOUR_CALM.
+    assert!(!answered(&fs, 1));
+    assert_eq!(
+        goaway_code(&fs),
+        Some(0xb),
+        "{:?}",
+        fs.iter().map(|f| (f.0, f.1)).collect::<Vec<_>>()
+    );
+    assert_eq!(up.hits(), 0, "{:?}", up.requests());
+    healthy(&gw).await;
+
+    // About 36 KB decoded (past the default 32 KiB, under the h2 layer's 64 KiB) from 2.3 KB:
+    // the limits step's 431, as its problem document.
+    let b = bomb(2200, 16);
+    assert!(b.len() < 2400);
+    let mut s = open(gw.listener("public")).await;
+    s.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &b))
+        .await
+        .unwrap();
+    let fs = frames(&mut s, Duration::from_secs(2)).await;
+    assert!(
+        answered(&fs, 1),
+        "{:?}",
+        fs.iter().map(|f| (f.0, f.1)).collect::<Vec<_>>()
+    );
+    let body: Vec<u8> = fs
+        .iter()
+        .filter(|(k, st, _)| *k == DATA && *st == 1)
+        .flat_map(|(_, _, p)| p.clone())
+        .collect();
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["status"], 431, "{problem}");
+    assert_eq!(problem["code"], "headers_too_large", "{problem}");
+    let id = problem["request_id"].as_str().unwrap();
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{id}"
+    );
+    assert_eq!(up.hits(), 1, "only the health check: {:?}", up.requests());
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("portcullis_rejections_total{") && l.contains("headers_too_large"));
+    assert_eq!(refused.map(|l| l.ends_with(" 1")), Some(true), "{metrics}");
     healthy(&gw).await;
 }
 
