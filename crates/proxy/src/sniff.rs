@@ -181,6 +181,9 @@ pub struct Framing {
     flag: Arc<Flag>,
     /// Largest head followed (and held back); beyond it hyper refuses the request itself.
     max_head: usize,
+    /// Bytes fed broke the body of a request whose head had gone to hyper in an earlier read:
+    /// that request is under way, so the flag alone would tell no one.
+    body_refused: bool,
 }
 
 impl Framing {
@@ -189,7 +192,16 @@ impl Framing {
             state: State::Head(Vec::new()),
             flag,
             max_head,
+            body_refused: false,
         }
+    }
+
+    /// True once bytes fed broke the framing of a body whose request was already under way
+    /// (its head went to hyper in an earlier read); nothing is followed after that. A head
+    /// that came in the same bytes as its broken body is refused by its flag when the engine
+    /// starts on it.
+    pub fn body_refused(&self) -> bool {
+        self.body_refused
     }
 
     /// How many of the last bytes fed are the start of a head whose end has not arrived.
@@ -205,10 +217,20 @@ impl Framing {
         self.state = State::Off;
     }
 
+    /// A body's framing broken: flagged, and told to the reader unless the body's head came
+    /// in these same bytes (`head_done`).
+    fn refuse_body(&mut self, a: Ambiguity, head_done: bool) -> Option<Refusal> {
+        self.flag(a);
+        self.body_refused = !head_done;
+        None
+    }
+
     /// Feeds bytes as they arrive. When a head is refused, returns where it began (the caller
     /// replaces it by [`STAND_IN`]).
     pub fn feed(&mut self, input: &[u8]) -> Option<Refusal> {
         let mut data = input;
+        // Whether a head ended in these bytes (what follows it is that request's body).
+        let mut head_done = false;
         while !data.is_empty() {
             match &mut self.state {
                 State::Off => return None,
@@ -231,7 +253,10 @@ impl Framing {
                                 after_head(&data[lead..head_len])
                             };
                             match checked {
-                                Ok(next) => self.state = next,
+                                Ok(next) => {
+                                    self.state = next;
+                                    head_done = true;
+                                }
                                 Err(a) => {
                                     self.flag(a);
                                     return Some(Refusal::At(input.len() - data.len()));
@@ -280,7 +305,10 @@ impl Framing {
                     };
                     data = &data[consumed..];
                     match next {
-                        Ok(next) => self.state = next,
+                        Ok(next) => {
+                            self.state = next;
+                            head_done = true;
+                        }
                         Err(a) => {
                             self.flag(a);
                             return Some(began);
@@ -300,7 +328,7 @@ impl Framing {
                         line.extend_from_slice(data);
                         // Its end still to come, so it will be longer.
                         if line.len() >= MAX_CHUNK_LINE {
-                            self.flag(Ambiguity::BadChunk);
+                            return self.refuse_body(Ambiguity::BadChunk, head_done);
                         }
                         return None;
                     };
@@ -308,12 +336,10 @@ impl Framing {
                     data = &data[pos + 1..];
                     // The same limit whether the line came in one read or in many.
                     if line.len() > MAX_CHUNK_LINE {
-                        self.flag(Ambiguity::BadChunk);
-                        return None;
+                        return self.refuse_body(Ambiguity::BadChunk, head_done);
                     }
                     let Some(size) = parse_chunk_size(line) else {
-                        self.flag(Ambiguity::BadChunk);
-                        return None;
+                        return self.refuse_body(Ambiguity::BadChunk, head_done);
                     };
                     self.state = if size == 0 {
                         State::Trailers(Vec::new())
@@ -331,16 +357,14 @@ impl Framing {
                 }
                 State::ChunkCr => {
                     if data[0] != b'\r' {
-                        self.flag(Ambiguity::BadChunk);
-                        return None;
+                        return self.refuse_body(Ambiguity::BadChunk, head_done);
                     }
                     data = &data[1..];
                     self.state = State::ChunkLf;
                 }
                 State::ChunkLf => {
                     if data[0] != b'\n' {
-                        self.flag(Ambiguity::BadChunk);
-                        return None;
+                        return self.refuse_body(Ambiguity::BadChunk, head_done);
                     }
                     data = &data[1..];
                     self.state = State::ChunkSize(Vec::new());
@@ -361,8 +385,7 @@ impl Framing {
                         return None;
                     }
                     if !line.ends_with(b"\r\n") {
-                        self.flag(Ambiguity::BareLf);
-                        return None;
+                        return self.refuse_body(Ambiguity::BareLf, head_done);
                     }
                     if line.len() == 2 {
                         self.state = State::Head(Vec::new());
@@ -839,6 +862,19 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
             let partial = this.framing.partial_len();
             track_pending(this.activity, this.pending, partial, partial > 0);
             if fed.is_none() && partial == 0 {
+                if this.framing.body_refused() {
+                    // The body of a request under way is not one a reader agrees on (a bare
+                    // line feed in a chunk line or the trailers, a bad chunk size): hyper
+                    // gets a read error instead of these bytes, so the request fails as a
+                    // body that could not be read (400, the connection closed) rather than
+                    // going on as hyper alone reads it. Nothing more is passed on.
+                    buf.set_filled(before);
+                    *this.ended = true;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "request body framing refused",
+                    )));
+                }
                 // The usual case: handed over in place.
                 this.activity.handed.store(true, Ordering::Relaxed);
                 return Poll::Ready(Ok(()));
@@ -1340,6 +1376,69 @@ mod tests {
             .unwrap();
         let after = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await;
         assert!(after.is_err(), "nothing after the stand-in: {after:?}");
+    }
+
+    /// A body broken after its head went on (in an earlier read) is told apart from one that
+    /// came with its head: only the first needs the reader to fail the request under way.
+    #[test]
+    fn a_broken_body_is_told_apart_by_where_its_head_came() {
+        let head: &[u8] = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let broken: [(&[u8], Ambiguity); 4] = [
+            (b"5\nhello\r\n0\r\n\r\n", Ambiguity::BadChunk),
+            (b"5;a\nx\r\nhello\r\n0\r\n\r\n", Ambiguity::BadChunk),
+            (b"5\r\nhello\n0\r\n\r\n", Ambiguity::BadChunk),
+            (b"5\r\nhello\r\n0\r\nX-T: 1\n\r\n", Ambiguity::BareLf),
+        ];
+        for (body, why) in broken {
+            let with_head = [head, body].concat();
+            let (flag, f) = run(&[&with_head]);
+            assert_eq!(flag, Some(why), "{body:?}");
+            assert!(!f.body_refused(), "with its head: {body:?}");
+            let (flag, f) = run(&[head, body]);
+            assert_eq!(flag, Some(why), "{body:?}");
+            assert!(f.body_refused(), "after its head: {body:?}");
+            // A clean request, then this one whole, in one read: the broken body's head is in
+            // the same bytes.
+            let pipelined = [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".as_slice(), head, body].concat();
+            let (_, f) = run(&[&pipelined]);
+            assert!(!f.body_refused(), "pipelined: {body:?}");
+        }
+        let (flag, f) = run(&[head, b"5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n"]);
+        assert_eq!(flag, None);
+        assert!(!f.body_refused());
+    }
+
+    /// The reader fails a read that breaks the body of a request hyper already has, and passes
+    /// nothing after it.
+    #[tokio::test]
+    async fn a_body_broken_after_its_head_fails_the_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(4096);
+        let flag = Arc::new(Flag::default());
+        let mut s = Sniffed::new(
+            server,
+            flag.clone(),
+            Arc::new(Activity::default()),
+            64 * 1024,
+        );
+        let mut buf = vec![0u8; 16 * 1024];
+        let head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        client.write_all(head).await.unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], head);
+        client.write_all(b"5\r\nhello\r\n").await.unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"5\r\nhello\r\n");
+        client.write_all(b"0\r\nX-T: 1\n\r\n").await.unwrap();
+        let e = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(flag.get(), Some(Ambiguity::BareLf));
+        client
+            .write_all(b"\r\nGET /next HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let after = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await;
+        assert!(after.is_err(), "nothing after the failed read: {after:?}");
     }
 
     /// The watchdog times a held-back head from its first byte: the start stays while the same
