@@ -397,3 +397,100 @@ async fn the_global_connection_cap_holds() {
         "{m}"
     );
 }
+
+/// An upstream that answers every request with `size` bytes, written as fast as the gateway
+/// takes them. The returned count is what it managed to write before its connection was
+/// closed under it, or `size` if it finished.
+async fn bulk_upstream(size: usize) -> (SocketAddr, tokio::sync::mpsc::Receiver<usize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+                let block = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                while sent < size {
+                    let n = block.len().min(size - sent);
+                    if s.write_all(&block[..n]).await.is_err() {
+                        break;
+                    }
+                    sent += n;
+                }
+                let _ = tx.send(sent).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A slow reader (the "slow read" attack): a client that asks for a large answer and then
+/// stops reading it. Once the socket buffers are full nothing moves on the connection, so the
+/// idle timeout closes it — the answer in progress is given up, its upstream connection
+/// closed under the upstream (which does not finish writing), and the exchange audited —
+/// while other clients are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_answer_is_cut_off_by_the_idle_timeout() {
+    const SIZE: usize = 256 * 1024 * 1024;
+    let (up, mut written) = bulk_upstream(SIZE).await;
+    let gw = gateway(&format!(
+        "server: {{ idle_timeout: 1s }}\n\
+         upstreams:\n  bulk: {{ targets: [\"http://{up}\"] }}\n  d: {{ kind: echo }}\n\
+         routes:\n  - {{ name: ok, match: {{ prefix: /ok }}, upstream: d }}\n  \
+         - {{ name: all, match: {{ prefix: / }}, upstream: bulk }}\n"
+    ));
+    let addr = gw.listener("public");
+    // A small receive window, and no reading after the first bytes of the answer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut slow = socket.connect(addr).await.unwrap();
+    slow.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 64];
+    let n = slow.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &first[..n]);
+    let started = Instant::now();
+    // Others are served meanwhile.
+    assert!(
+        normal_request("127.0.0.1", addr)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    // The upstream is cut off well before it could write it all.
+    let sent = tokio::time::timeout(Duration::from_secs(20), written.recv())
+        .await
+        .expect("the upstream's connection is closed under it")
+        .unwrap();
+    assert!(sent < SIZE, "the upstream wrote the whole answer");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}, before the idle timeout"
+    );
+
+    // The client's connection is closed too: what is left in its buffers, then the end.
+    let (closed, _) = read_until_closed(&mut slow, Duration::from_secs(10)).await;
+    assert!(closed, "the slow reader's connection is closed");
+
+    // The exchange is audited, with the status the client was sent.
+    let event = gw
+        .wait_for_audit(|e| e["path"] == "/big", Duration::from_secs(5))
+        .expect("the cut-off answer is audited");
+    assert_eq!(event["status"], 200, "{event}");
+    assert_eq!(event["route"], "all", "{event}");
+}
