@@ -1,6 +1,7 @@
 //! HTTP/2 abuse, sent as raw frames: rapid reset (CVE-2023-44487) and its variant where the
-//! server is made to reset (CVE-2025-8671), CONTINUATION floods, HPACK bombs, malformed headers
-//! and lying content-length. The gateway refuses, forwards nothing broken, and stays healthy.
+//! server is made to reset (CVE-2025-8671), CONTINUATION floods, HPACK bombs, ping, settings and
+//! empty-frame floods, malformed headers and lying content-length. The gateway refuses,
+//! forwards nothing broken, and stays healthy.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -329,6 +330,72 @@ async fn cve_2025_8671_streams_the_server_must_reset_get_goaway() {
         assert_eq!(goaway_code(&fs), Some(0x1), "{:?}", kinds(&fs)); // PROTOCOL_ERROR
     }
     healthy(&gw).await;
+}
+
+/// The 2019 family of HTTP/2 floods (CVE-2019-9512 pings, -9515 settings, -9518 empty
+/// frames), each sent by a client that reads nothing back: the gateway's answers to them
+/// (pongs, settings acknowledgements) cannot pile up without bound, others are served while
+/// the flood goes on, and nothing reaches the upstream but the one request the empty frames
+/// ride on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_frame_floods_do_not_stop_the_gateway() {
+    const PING: u8 = 6;
+    let (up, gw) = setup().await;
+    let floods: Vec<(&str, Vec<u8>)> = vec![
+        ("ping", frame(PING, 0, 0, &[7; 8])),
+        ("settings", frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100])),
+        ("empty data", frame(DATA, 0, 1, &[])),
+    ];
+    for (name, unit) in floods {
+        let mut s = open(gw.listener("public")).await;
+        if name == "empty data" {
+            s.write_all(&frame(
+                HEADERS,
+                END_HEADERS,
+                1,
+                &block("POST", "/upload", &[]),
+            ))
+            .await
+            .unwrap();
+        }
+        let burst: Vec<u8> = unit
+            .iter()
+            .copied()
+            .cycle()
+            .take(unit.len() * 10_000)
+            .collect();
+        // About 64 MiB, more than every socket buffer on the way can hold.
+        let bursts = (64 << 20) / burst.len();
+        let mut sent = 0usize;
+        let flood = async {
+            for _ in 0..bursts {
+                match tokio::time::timeout(Duration::from_secs(2), s.write_all(&burst)).await {
+                    Ok(Ok(())) => sent += burst.len(),
+                    // Refused (the connection closed) or held back (the gateway stopped
+                    // reading a client that does not read): either way, bounded.
+                    _ => break,
+                }
+            }
+        };
+        let others = async {
+            let r = send_h2c(req("GET", &format!("{}/ok", gw.url("public")), &[], "")).await;
+            assert_eq!(r.status, 200, "{name}: others are served meanwhile");
+        };
+        tokio::join!(flood, others);
+        // A client that reads nothing back is no longer read either, once what it is owed
+        // fills the buffers: it cannot make the gateway take frames (and queue answers) for
+        // ever.
+        assert!(
+            sent < bursts * burst.len(),
+            "{name}: all {sent} bytes taken"
+        );
+        healthy(&gw).await;
+    }
+    assert!(
+        up.requests().iter().all(|r| r.uri == "/ok"),
+        "{:?}",
+        up.requests()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
