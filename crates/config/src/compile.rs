@@ -365,6 +365,7 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
         http2_max_concurrent_streams: s.http2_max_concurrent_streams,
         http2_max_resets_per_second: s.http2_max_resets_per_second,
         idle_timeout: positive_duration(&s.idle_timeout, "server.idle_timeout", e),
+        send_timeout: positive_duration(&s.send_timeout, "server.send_timeout", e),
         body_read_timeout: positive_duration(&s.body_read_timeout, "server.body_read_timeout", e),
         body_min_bytes_per_second: s.body_min_bytes_per_second,
         max_connections: nonzero(s.max_connections, "server.max_connections", e),

@@ -211,6 +211,10 @@ pub struct RawServer {
     /// Close a connection on which no byte moved for this long. Default `60s`.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: String,
+    /// Close an HTTP/2 connection whose answers have waited this long on the client's
+    /// flow-control window with none of them moving. Default `60s`.
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout: String,
     /// Longest wait for the next piece of a request body. Default `30s`.
     #[serde(default = "default_body_read_timeout")]
     pub body_read_timeout: String,
@@ -250,6 +254,7 @@ impl Default for RawServer {
             http2_max_concurrent_streams: default_h2_streams(),
             http2_max_resets_per_second: default_h2_resets(),
             idle_timeout: default_idle_timeout(),
+            send_timeout: default_send_timeout(),
             body_read_timeout: default_body_read_timeout(),
             body_min_bytes_per_second: default_body_min_rate(),
             max_connections: default_max_connections(),
@@ -271,6 +276,9 @@ fn default_h2_resets() -> u32 {
     100
 }
 fn default_idle_timeout() -> String {
+    "60s".into()
+}
+fn default_send_timeout() -> String {
     "60s".into()
 }
 fn default_body_read_timeout() -> String {

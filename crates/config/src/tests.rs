@@ -715,6 +715,18 @@ upstreams: { u: { targets: ["http://127.0.0.1:1"], request_timeout: 999999999999
 }
 
 #[test]
+fn the_send_timeout_must_be_a_positive_duration() {
+    for bad in ["0s", "soon", "-1s"] {
+        let e = errs(&format!("server: {{ send_timeout: {bad} }}"));
+        assert!(
+            e.iter().any(|m| m.starts_with("server.send_timeout")),
+            "{bad}: {e:?}"
+        );
+    }
+    assert!(errs("server: { send_timeout: 5s }").is_empty());
+}
+
+#[test]
 fn stop_settings_have_their_defaults_and_are_checked() {
     use std::time::Duration;
     let c = load_str("", Path::new(".")).unwrap();

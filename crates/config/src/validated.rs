@@ -102,6 +102,9 @@ pub struct Server {
     /// connection (0: no limit).
     pub http2_max_resets_per_second: u32,
     pub idle_timeout: Duration,
+    /// How long an HTTP/2 connection's answers may wait on the client's flow-control window,
+    /// none of them moving, before the connection is closed.
+    pub send_timeout: Duration,
     pub body_read_timeout: Duration,
     pub body_min_bytes_per_second: u64,
     pub max_connections: usize,

@@ -494,3 +494,140 @@ async fn a_client_that_stops_reading_its_answer_is_cut_off_by_the_idle_timeout()
     assert_eq!(event["status"], 200, "{event}");
     assert_eq!(event["route"], "all", "{event}");
 }
+
+/// An upstream that answers every request with a chunked body in two pieces, `gap` apart.
+async fn gappy_upstream(gap: Duration) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let first = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+                if s.write_all(first).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(gap).await;
+                let _ = s.write_all(b"4\r\nlast\r\n0\r\n\r\n").await;
+            });
+        }
+    });
+    addr
+}
+
+/// The slow read of HTTP/2: a client that opens no flow-control window (`SETTINGS` initial
+/// window 0) gets its answer's head and no byte of its body, and keeps the connection busy
+/// with pings, so the idle timeout never sees it idle. Its answer has waited on it for
+/// `server.send_timeout` with nothing moving: the connection is closed, the upstream
+/// exchange given up (the upstream does not finish writing), the closing counted. An answer
+/// that waits on its upstream instead, longer than the send timeout (and shorter than the
+/// idle timeout), is not cut off, and others are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_holds_its_answer_up_is_cut_off_by_the_send_timeout() {
+    const SIZE: usize = 256 * 1024 * 1024;
+    let (bulk, mut written) = bulk_upstream(SIZE).await;
+    let gappy = gappy_upstream(Duration::from_millis(2000)).await;
+    let gw = gateway(&format!(
+        "server: {{ idle_timeout: 3s, send_timeout: 1s }}\n\
+         upstreams:\n  bulk: {{ targets: [\"http://{bulk}\"] }}\n  \
+         gappy: {{ targets: [\"http://{gappy}\"] }}\n  d: {{ kind: echo }}\n\
+         routes:\n  - {{ name: ok, match: {{ prefix: /ok }}, upstream: d }}\n  \
+         - {{ name: gappy, match: {{ prefix: /gappy }}, upstream: gappy }}\n  \
+         - {{ name: all, match: {{ prefix: / }}, upstream: bulk }}\n"
+    ));
+    let addr = gw.listener("public");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS: SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
+    hello.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
+    // HEADERS on stream 1, ending it: GET http://a/big (HPACK, no Huffman).
+    let mut block = vec![0x82, 0x86, 0x04, 4];
+    block.extend_from_slice(b"/big");
+    block.extend_from_slice(&[0x01, 1, b'a']);
+    hello.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
+    hello.extend_from_slice(&block);
+    s.write_all(&hello).await.unwrap();
+    let started = Instant::now();
+
+    // Served meanwhile: another client, and an answer that waits on its upstream.
+    let others = async {
+        let r = send_h2c(req("GET", &format!("{}/ok", gw.url("public")), &[], "")).await;
+        assert_eq!(r.status, 200);
+        let r = send_h2c(req("GET", &format!("{}/gappy", gw.url("public")), &[], "")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.body, "firstlast",
+            "an answer waiting on its upstream is not cut off"
+        );
+    };
+    // The stalled client pings every 300 ms and reads what it is sent, until the gateway
+    // closes the connection (or 20 s pass).
+    let stalled = async {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let ping = [0u8, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let mut next_ping = Instant::now();
+        let closed = loop {
+            if Instant::now() >= next_ping {
+                if s.write_all(&ping).await.is_err() {
+                    break true;
+                }
+                next_ping = Instant::now() + Duration::from_millis(300);
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                break false;
+            }
+            let wait = next_ping.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(wait, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        };
+        (closed, got)
+    };
+    let ((closed, got), ()) = tokio::join!(stalled, others);
+    assert!(closed, "the stalled connection is closed");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(1), "closed after {waited:?}");
+    // It got its answer's head and no byte of the body.
+    let mut kinds = Vec::new();
+    let mut i = 0;
+    while i + 9 <= got.len() {
+        let len =
+            (usize::from(got[i]) << 16) | (usize::from(got[i + 1]) << 8) | usize::from(got[i + 2]);
+        kinds.push((
+            got[i + 3],
+            u32::from_be_bytes([got[i + 5] & 0x7f, got[i + 6], got[i + 7], got[i + 8]]),
+        ));
+        i += 9 + len;
+    }
+    assert!(kinds.contains(&(1, 1)), "the answer's head: {kinds:?}");
+    assert!(
+        !kinds.iter().any(|&(k, _)| k == 0),
+        "no DATA frame: {kinds:?}"
+    );
+    assert!(
+        kinds.iter().filter(|&&(k, _)| k == 6).count() >= 3,
+        "pings answered: {kinds:?}"
+    );
+
+    // The upstream's connection was closed under it.
+    let sent = tokio::time::timeout(Duration::from_secs(10), written.recv())
+        .await
+        .expect("the upstream's connection is closed under it")
+        .unwrap();
+    assert!(sent < SIZE, "the upstream wrote the whole answer");
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains("portcullis_rejections_total{stage=\"accept\",reason=\"send_timeout\"} 1"),
+        "{metrics}"
+    );
+}

@@ -1588,6 +1588,7 @@ mod tests {
             may_tunnel: Default::default(),
             abort_on_close: false,
             resets: Default::default(),
+            activity: Default::default(),
         })
     }
 

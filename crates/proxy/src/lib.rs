@@ -21,6 +21,7 @@ pub mod echo;
 mod front;
 mod gate;
 pub mod headers;
+pub mod paced;
 pub mod problem;
 pub mod resets;
 pub mod respfilter;

@@ -154,7 +154,11 @@ async fn connection(
     let _open = OpenConnection::new(gw.metrics.clone(), listener.clone());
     let rt = gw.runtime();
     let server = &rt.config().server;
-    let (first_byte, idle) = (server.header_read_timeout, server.idle_timeout);
+    let timeouts = Timeouts {
+        first_byte: server.header_read_timeout,
+        idle: server.idle_timeout,
+        send: server.send_timeout,
+    };
     let abort_on_close = server.abort_on_client_close;
     let max_resets = server.http2_max_resets_per_second;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -201,10 +205,10 @@ async fn connection(
         None => {
             let framing = Arc::new(Flag::default());
             let activity = Arc::new(Activity::default());
-            let watchdog = std::pin::pin!(idle_watchdog(activity.clone(), first_byte, idle));
+            let watchdog = std::pin::pin!(idle_watchdog(activity.clone(), timeouts));
             // Polled only when its timer fires, not at each of the connection's wake-ups.
             let watchdog = Gated::new(watchdog);
-            let stream = Sniffed::new(stream, framing.clone(), activity, max_buf);
+            let stream = Sniffed::new(stream, framing.clone(), activity.clone(), max_buf);
             let info = Arc::new(ConnInfo {
                 peer,
                 scheme: Scheme::Http,
@@ -215,11 +219,13 @@ async fn connection(
                 may_tunnel: Default::default(),
                 abort_on_close,
                 resets: ResetWatch::new(max_resets),
+                activity,
             });
+            let metrics = gw.metrics.clone();
             let conn = serve_http(gw, info, stream, builder, drain, max_buf, true);
             tokio::select! {
                 () = conn => {}
-                () = watchdog => tracing::debug!(%peer, "idle connection closed"),
+                why = watchdog => why.tell(peer, &metrics),
             }
         }
         Some(cfg) => {
@@ -251,9 +257,9 @@ async fn connection(
             let framing = Arc::new(Flag::default());
             // Timed from the end of the handshake, which has its own deadline.
             let activity = Arc::new(Activity::default());
-            let watchdog = std::pin::pin!(idle_watchdog(activity.clone(), first_byte, idle));
+            let watchdog = std::pin::pin!(idle_watchdog(activity.clone(), timeouts));
             let watchdog = Gated::new(watchdog);
-            let tls_stream = Sniffed::new(tls_stream, framing.clone(), activity, max_buf);
+            let tls_stream = Sniffed::new(tls_stream, framing.clone(), activity.clone(), max_buf);
             let info = Arc::new(ConnInfo {
                 peer,
                 scheme: Scheme::Https,
@@ -264,14 +270,16 @@ async fn connection(
                 may_tunnel: Default::default(),
                 abort_on_close,
                 resets: ResetWatch::new(max_resets),
+                activity,
             });
             let builder = if h2 { builder.http2_only() } else { builder };
+            let metrics = gw.metrics.clone();
             let conn = Box::pin(serve_http(
                 gw, info, tls_stream, builder, drain, max_buf, !h2,
             ));
             tokio::select! {
                 () = conn => {}
-                () = watchdog => tracing::debug!(%peer, "idle connection closed"),
+                why = watchdog => why.tell(peer, &metrics),
             }
         }
     }
@@ -329,18 +337,56 @@ async fn serve_http<S>(
     }
 }
 
+/// A connection's timeouts, as configured when it was accepted.
+#[derive(Clone, Copy)]
+struct Timeouts {
+    /// `server.header_read_timeout`.
+    first_byte: Duration,
+    /// `server.idle_timeout`.
+    idle: Duration,
+    /// `server.send_timeout`.
+    send: Duration,
+}
+
+/// Why the watchdog closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closed {
+    /// Silent, idle, or its head late.
+    Idle,
+    /// Its HTTP/2 answers waited on the client's window for the send timeout.
+    Stalled,
+}
+
+impl Closed {
+    fn tell(self, peer: SocketAddr, metrics: &portcullis_telemetry::Metrics) {
+        match self {
+            Closed::Idle => tracing::debug!(%peer, "idle connection closed"),
+            Closed::Stalled => {
+                tracing::warn!(%peer, "HTTP/2 answers held up by the client past server.send_timeout: connection closed");
+                metrics.count_rejection("accept", "send_timeout");
+            }
+        }
+    }
+}
+
 /// Resolves when a connection has been silent or slow too long: no complete first head within
 /// the header timeout of its opening (a connect-and-wait or trickling slowloris), a later head
-/// still incomplete the header timeout after its first byte, or no byte either way for the
-/// idle timeout. A late head that has begun is first answered (408 `header_timeout`, through
-/// the reader's stand-in); a connection that sent nothing gets no answer.
-async fn idle_watchdog(activity: Arc<Activity>, first_byte: Duration, idle: Duration) {
-    // Ticks of a quarter of the shorter timeout: a connection is closed at most a tick after
-    // its deadline, and the traffic path never reads the clock for it.
-    let step = (first_byte.min(idle) / 4).max(Duration::from_millis(50));
+/// still incomplete the header timeout after its first byte, no byte either way for the
+/// idle timeout, or HTTP/2 answers waiting on the client's flow-control window for the send
+/// timeout with none of them taking a step (a slow read the client's pings would otherwise
+/// hide from the idle timeout). A late head that has begun is first answered
+/// (408 `header_timeout`, through the reader's stand-in); a connection that sent nothing gets
+/// no answer.
+async fn idle_watchdog(activity: Arc<Activity>, t: Timeouts) -> Closed {
+    // Ticks of a quarter of the shortest timeout: a connection is closed at most a tick after
+    // its deadline, never before it, and the traffic path never reads the clock for it.
+    let step = (t.first_byte.min(t.idle).min(t.send) / 4).max(Duration::from_millis(50));
     let started = tokio::time::Instant::now();
     let mut moves = activity.moves();
     let mut last_move = started;
+    // Since when answers have been seen waiting, none of them moving (None: none waiting).
+    let mut answer_moves = 0;
+    let mut stalled_since: Option<tokio::time::Instant> = None;
     // When a late head was told to the reader: the connection ends with its 408, or here
     // once the grace has passed.
     let mut told: Option<tokio::time::Instant> = None;
@@ -351,7 +397,7 @@ async fn idle_watchdog(activity: Arc<Activity>, first_byte: Duration, idle: Dura
         let now = tokio::time::Instant::now();
         if let Some(at) = told {
             if now - at >= HEAD_TIMEOUT_GRACE {
-                return;
+                return Closed::Idle;
             }
             continue;
         }
@@ -361,8 +407,8 @@ async fn idle_watchdog(activity: Arc<Activity>, first_byte: Duration, idle: Dura
             last_move = now;
         }
         let pending = activity.head_pending_since();
-        let first_late = !activity.has_handed() && now - started >= first_byte;
-        if pending.is_some_and(|since| now.saturating_duration_since(since) >= first_byte)
+        let first_late = !activity.has_handed() && now - started >= t.first_byte;
+        if pending.is_some_and(|since| now.saturating_duration_since(since) >= t.first_byte)
             || (first_late && pending.is_some())
         {
             // A head began and is late: the reader hands on the stand-in, which the engine
@@ -373,10 +419,24 @@ async fn idle_watchdog(activity: Arc<Activity>, first_byte: Duration, idle: Dura
             continue;
         }
         if first_late {
-            return;
+            return Closed::Idle;
         }
-        if now - last_move >= idle {
-            return;
+        if now - last_move >= t.idle {
+            return Closed::Idle;
+        }
+        let (waiting, answered) = activity.answers();
+        match stalled_since {
+            _ if waiting == 0 => stalled_since = None,
+            Some(since) if answered == answer_moves => {
+                if now - since >= t.send {
+                    return Closed::Stalled;
+                }
+            }
+            // Answers waiting, seen for the first time or after one moved.
+            _ => {
+                answer_moves = answered;
+                stalled_since = Some(now);
+            }
         }
     }
 }

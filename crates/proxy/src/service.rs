@@ -25,6 +25,7 @@ use crate::headers::{
     FieldSink, Forwarding, is_websocket_upgrade, propagate_traceparent, set_forwarding,
     strip_hop_by_hop,
 };
+use crate::paced::ToClient;
 use crate::problem::{empty_body, full_body, problem_response};
 use crate::runtime::Runtime;
 use crate::upstream::{ANSWER_ROOM, ForwardOpts, TimerSlot};
@@ -64,6 +65,9 @@ pub struct ConnInfo {
     /// HTTP/2 streams the client reset before their answers, against
     /// `server.http2_max_resets_per_second` as it was when the connection was accepted.
     pub resets: crate::resets::ResetWatch,
+    /// The connection's traffic, for its watchdog: here, HTTP/2 answers waiting on the
+    /// client's flow-control window ([`crate::paced::ToClient`]).
+    pub activity: Arc<crate::sniff::Activity>,
 }
 
 impl ConnInfo {
@@ -241,10 +245,13 @@ impl Gateway {
         self: Arc<Self>,
         conn: Arc<ConnInfo>,
         req: Request<Incoming>,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<BoxBody>, Infallible>> + Send>> {
+    ) -> Pin<Box<dyn Future<Output = Result<Response<ToClient>, Infallible>> + Send>> {
         Box::pin(async move {
             let (head, body) = req.into_parts();
-            Ok(self.serve(conn, Box::new(head), body, false).await.0)
+            // HTTP/2 answers are watched while they wait on the client's window.
+            let watch = (head.version == Version::HTTP_2).then(|| conn.activity.clone());
+            let resp = self.serve(conn, Box::new(head), body, false).await.0;
+            Ok(resp.map(|b| ToClient::new(b, watch)))
         })
     }
 

@@ -581,6 +581,11 @@ pub struct Activity {
     head_late: std::sync::atomic::AtomicBool,
     /// The reader's task while it holds a head back, woken when the head runs out of time.
     reader: futures_util::task::AtomicWaker,
+    /// HTTP/2 answers whose body is waiting for the server to take its next piece — which it
+    /// does only once the client's flow-control window has room.
+    answers_waiting: std::sync::atomic::AtomicU32,
+    /// Changes whenever the server took a piece of an answer's body.
+    answer_moves: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Activity {
@@ -592,6 +597,8 @@ impl Default for Activity {
             base: tokio::time::Instant::now(),
             head_late: Default::default(),
             reader: Default::default(),
+            answers_waiting: Default::default(),
+            answer_moves: Default::default(),
         }
     }
 }
@@ -641,6 +648,29 @@ impl Activity {
     /// Changes whenever a byte moved either way.
     pub fn moves(&self) -> u64 {
         self.moves.load(Ordering::Relaxed)
+    }
+
+    /// An answer's body started, or went on, waiting for the server to take its next piece.
+    pub fn answer_waits(&self) {
+        self.answers_waiting.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The server took the next piece of a waiting answer's body (`moved`), or the answer
+    /// ended or was given up waiting.
+    pub fn answer_done_waiting(&self, moved: bool) {
+        self.answers_waiting.fetch_sub(1, Ordering::Relaxed);
+        if moved {
+            self.answer_moves.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// How many answers wait for the server to take their next piece, and a count that
+    /// changes whenever it took one.
+    pub fn answers(&self) -> (u32, u64) {
+        (
+            self.answers_waiting.load(Ordering::Relaxed),
+            self.answer_moves.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether the HTTP server has been handed anything the client sent: not while the
