@@ -398,6 +398,20 @@ async fn the_global_connection_cap_holds() {
     );
 }
 
+/// Reads a request head (up to its empty line) and ignores it; false if the connection ended
+/// first.
+async fn read_head(s: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// An upstream that answers every request with `size` bytes, written as fast as the gateway
 /// takes them. The returned count is what it managed to write before its connection was
 /// closed under it, or `size` if it finished.
@@ -409,13 +423,8 @@ async fn bulk_upstream(size: usize) -> (SocketAddr, tokio::sync::mpsc::Receiver<
         while let Ok((mut s, _)) = listener.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut s).await {
+                    return;
                 }
                 let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
                 if s.write_all(answer.as_bytes()).await.is_err() {
@@ -502,13 +511,8 @@ async fn gappy_upstream(gap: Duration) -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut s).await {
+                    return;
                 }
                 let first = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n";
                 if s.write_all(first).await.is_err() {
