@@ -635,3 +635,44 @@ async fn an_http2_client_that_holds_its_answer_up_is_cut_off_by_the_send_timeout
         "{metrics}"
     );
 }
+
+/// The idle timeout is for connections with nothing to do: a request waiting on a slow
+/// upstream for its answer (here 2.5 s against an idle timeout of 1 s) is answered, over
+/// HTTP/1.1 and HTTP/2 — its own `request_timeout` bounds that wait — and the kept-alive
+/// connection is closed once it has been idle for the timeout after its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_on_its_upstream_is_not_idleness() {
+    let up = TestUpstream::start("slow").await;
+    let gw = gateway(&format!(
+        "server: {{ idle_timeout: 1s }}\n\
+         upstreams:\n  svc: {{ targets: [\"{}\"] }}\n\
+         routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        up.url()
+    ));
+    let addr = gw.listener("public");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /delay/2500 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    let out = String::from_utf8_lossy(&buf[..n]);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // Then idle: closed.
+    let since = Instant::now();
+    let (closed, _) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed && since.elapsed() >= Duration::from_millis(900));
+
+    let r = send_h2c(req(
+        "GET",
+        &format!("{}/delay/2500", gw.url("public")),
+        &[],
+        "",
+    ))
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(up.hits(), 2, "{:?}", up.requests());
+}

@@ -372,7 +372,7 @@ impl Closed {
 /// Resolves when a connection has been silent or slow too long: no complete first head within
 /// the header timeout of its opening (a connect-and-wait or trickling slowloris), a later head
 /// still incomplete the header timeout after its first byte, no byte either way for the
-/// idle timeout, or HTTP/2 answers waiting on the client's flow-control window for the send
+/// idle timeout while no request waits for its answer's head, or HTTP/2 answers waiting on the client's flow-control window for the send
 /// timeout with none of them taking a step (a slow read the client's pings would otherwise
 /// hide from the idle timeout). A late head that has begun is first answered
 /// (408 `header_timeout`, through the reader's stand-in); a connection that sent nothing gets
@@ -402,7 +402,8 @@ async fn idle_watchdog(activity: Arc<Activity>, t: Timeouts) -> Closed {
             continue;
         }
         let m = activity.moves();
-        if m != moves {
+        // A request waiting for its answer's head keeps the connection from being idle.
+        if m != moves || activity.requests_waiting() {
             moves = m;
             last_move = now;
         }

@@ -269,6 +269,9 @@ impl Gateway {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        // Until the answer's head is out, the connection is not idle: this request's own
+        // timeouts bound the wait (dropped with this future, if the request is given up).
+        let _waiting = conn.activity.request_waits();
         let rt = self.runtime();
         let config = rt.config();
         let mut ctx = RequestCtx::new(conn.peer, conn.scheme, conn.listener.clone());

@@ -586,6 +586,9 @@ pub struct Activity {
     answers_waiting: std::sync::atomic::AtomicU32,
     /// Changes whenever the server took a piece of an answer's body.
     answer_moves: std::sync::atomic::AtomicU64,
+    /// Requests the engine is working on whose answer's head is not out yet: waiting on them
+    /// (a slow upstream, a long poll) is not idleness — their own timeouts bound it.
+    requests_waiting: std::sync::atomic::AtomicU32,
 }
 
 impl Default for Activity {
@@ -599,6 +602,7 @@ impl Default for Activity {
             reader: Default::default(),
             answers_waiting: Default::default(),
             answer_moves: Default::default(),
+            requests_waiting: Default::default(),
         }
     }
 }
@@ -650,6 +654,17 @@ impl Activity {
         self.moves.load(Ordering::Relaxed)
     }
 
+    /// The engine started on a request; waiting for its answer's head until the guard goes.
+    pub fn request_waits(&self) -> RequestWaiting<'_> {
+        self.requests_waiting.fetch_add(1, Ordering::Relaxed);
+        RequestWaiting(self)
+    }
+
+    /// Whether the engine is working on a request whose answer's head is not out yet.
+    pub fn requests_waiting(&self) -> bool {
+        self.requests_waiting.load(Ordering::Relaxed) > 0
+    }
+
     /// An answer's body started, or went on, waiting for the server to take its next piece.
     pub fn answer_waits(&self) {
         self.answers_waiting.fetch_add(1, Ordering::Relaxed);
@@ -679,6 +694,15 @@ impl Activity {
     /// protocol); the idle watchdog's first-byte deadline covers it.
     pub fn has_handed(&self) -> bool {
         self.handed.load(Ordering::Relaxed)
+    }
+}
+
+/// A request the engine is working on, its answer's head not out yet ([`Activity::request_waits`]).
+pub struct RequestWaiting<'a>(&'a Activity);
+
+impl Drop for RequestWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.requests_waiting.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
