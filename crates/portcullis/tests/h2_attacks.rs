@@ -677,3 +677,44 @@ async fn a_request_reset_before_its_answer_is_audited_and_its_upstream_exchange_
     assert!(answered(&fs, 3), "{fs:?}");
     healthy(&gw).await;
 }
+
+/// A request the client resets while it waits on its upstream stops holding the connection
+/// open: waiting for an answer's head is not idleness, but a given-up request no longer waits,
+/// so the connection, now idle, is closed after the idle timeout (long before the upstream
+/// would have answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_request_no_longer_keeps_its_connection_from_idling() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "server: {{ idle_timeout: 1s }}\n\
+         upstreams:\n  svc: {{ targets: [\"{}\"] }}\n\
+         routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        up.url()
+    ));
+    let mut s = open(gw.listener("public")).await;
+    let head = frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &block("GET", "/delay/20000", &[]),
+    );
+    s.write_all(&head).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while up.hits() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(up.hits(), 1, "the request reached the upstream");
+    s.write_all(&frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()))
+        .await
+        .unwrap();
+    let reset_at = Instant::now();
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut rest)).await;
+    assert!(end.is_ok(), "the idle connection was closed");
+    let after = reset_at.elapsed();
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed {after:?} after the reset"
+    );
+    healthy(&gw).await;
+}
