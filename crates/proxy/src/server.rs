@@ -384,7 +384,8 @@ async fn idle_watchdog(activity: Arc<Activity>, t: Timeouts) -> Closed {
     let started = tokio::time::Instant::now();
     let mut moves = activity.moves();
     let mut last_move = started;
-    // Since when answers have been seen waiting, none of them moving (None: none waiting).
+    // The answers' move count when they were last seen to move, and since when they have
+    // been seen waiting without moving (None: none waiting).
     let mut answer_moves = 0;
     let mut stalled_since: Option<tokio::time::Instant> = None;
     // When a late head was told to the reader: the connection ends with its 408, or here
