@@ -1,6 +1,7 @@
 //! # portcullis-audit
 //!
-//! The audit trail: one JSON line per request — allowed, rejected or failed.
+//! The audit trail: one JSON line per request — allowed, rejected or failed — written when its
+//! answer has gone out (or was cut off).
 //!
 //! * **Takes**: an [`AuditEvent`] per finished request, built by the proxy from its request
 //!   context, and the compiled [`portcullis_config::Audit`] settings.
@@ -84,7 +85,18 @@ pub struct AuditEvent {
     pub upstream: Option<String>,
     pub target: Option<String>,
     pub status: u16,
+    /// Milliseconds from the request's arrival to its answer's head (or to its end, for a
+    /// request given up before an answer).
     pub latency_ms: f64,
+    /// Milliseconds from the request's arrival to the end of its answer: the last body byte
+    /// handed to the client's connection, or the answer cut off.
+    pub duration_ms: f64,
+    /// Body bytes of the answer handed to the client's connection (the head not counted).
+    pub response_bytes: u64,
+    /// Whether the answer's whole body was handed to the client's connection: `false` for an
+    /// answer cut off (the client stopped reading or went away, the upstream's body broke or
+    /// fell short, a stop past its drain deadline) and for a request never answered.
+    pub response_complete: bool,
     pub outcome: Outcome,
     /// The step that rejected.
     pub stage: Option<String>,
@@ -558,6 +570,9 @@ mod tests {
             target: Some("http://10.0.1.5:8080".into()),
             status: 200,
             latency_ms: 12.5,
+            duration_ms: 14.0,
+            response_bytes: 512,
+            response_complete: true,
             outcome: Outcome::Allowed,
             stage: None,
             reason: None,
@@ -654,6 +669,9 @@ mod tests {
             "target",
             "status",
             "latency_ms",
+            "duration_ms",
+            "response_bytes",
+            "response_complete",
             "outcome",
             "stage",
             "reason",
@@ -669,6 +687,9 @@ mod tests {
         assert_eq!(v["route"], serde_json::Value::Null);
         assert_eq!(v["status"], 200);
         assert_eq!(v["latency_ms"], 12.5);
+        assert_eq!(v["duration_ms"], 14.0);
+        assert_eq!(v["response_bytes"], 512);
+        assert_eq!(v["response_complete"], true);
         assert_eq!(v["tls"], true);
         assert_eq!(v["reason"], "ip_denied");
         assert_eq!(serde_json::to_value(Outcome::Allowed).unwrap(), "allowed");

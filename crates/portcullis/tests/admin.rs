@@ -136,11 +136,26 @@ async fn every_request_is_audited_without_credentials() {
     assert_eq!(a["client_ip"], "127.0.0.1");
     assert_eq!(a["user_agent"], "audit-test/1.0");
     assert!(a["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert!(a["duration_ms"].as_f64().unwrap() >= a["latency_ms"].as_f64().unwrap());
     assert!(a["time"].as_str().unwrap().ends_with('Z'));
+    // The whole answer went out: its body's bytes (the head not counted).
+    assert_eq!(a["response_bytes"], ok.body.len() as u64, "{a}");
+    assert!(!ok.body.is_empty());
+    assert_eq!(a["response_complete"], true, "{a}");
     let d = audit_of(&gw, denied_id);
     assert_eq!(d["outcome"], "rejected");
     assert_eq!(d["reason"], "route_not_found");
     assert_eq!(d["status"], 404);
+    // The problem document, whole.
+    assert_eq!(d["response_bytes"], denied.body.len() as u64, "{d}");
+    assert_eq!(d["response_complete"], true, "{d}");
+    // A HEAD answer sends no body, and is whole.
+    let head = send(req("HEAD", &format!("{base}/hello"), &[], "")).await;
+    assert_eq!(head.status, 200);
+    let h = audit_of(&gw, head.header("x-request-id").unwrap());
+    assert_eq!(h["method"], "HEAD");
+    assert_eq!(h["response_bytes"], 0, "{h}");
+    assert_eq!(h["response_complete"], true, "{h}");
     let all = gw.stdout_lines().join("\n");
     for secret in ["secret-token", "very-secret-cookie", "query-secret"] {
         assert!(
@@ -148,7 +163,7 @@ async fn every_request_is_audited_without_credentials() {
             "{secret} leaked into the audit trail"
         );
     }
-    assert_eq!(gw.audit_events().len(), 2, "one event per request");
+    assert_eq!(gw.audit_events().len(), 3, "one event per request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

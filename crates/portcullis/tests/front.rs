@@ -445,6 +445,13 @@ async fn an_answer_cut_short_ends_the_connection() {
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("\r\ncontent-length: 10\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+    // Audited with the status the client was sent, as an answer cut off after 5 bytes.
+    let event = gw
+        .wait_for_audit(|e| e["path"] == "/x", Duration::from_secs(5))
+        .expect("the cut-short answer is audited");
+    assert_eq!(event["status"], 200, "{event}");
+    assert_eq!(event["response_bytes"], 5, "{event}");
+    assert_eq!(event["response_complete"], false, "{event}");
     // The gateway is healthy.
     let wire = exchange_to_close(
         &mut TcpStream::connect(gw.listener("public")).await.unwrap(),
@@ -470,6 +477,14 @@ async fn an_answer_cut_short_ends_the_connection() {
         .unwrap();
     let got = read_answers(&mut s, 1).await;
     assert_eq!(got[0].body, b"until the end");
+    // Both went out whole.
+    for path in ["/x", "/y"] {
+        let event = gw
+            .wait_for_audit(|e| e["path"] == path, Duration::from_secs(5))
+            .expect("audited");
+        assert_eq!(event["response_bytes"], 13, "{event}");
+        assert_eq!(event["response_complete"], true, "{event}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

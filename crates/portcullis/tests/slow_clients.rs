@@ -496,12 +496,30 @@ async fn a_client_that_stops_reading_its_answer_is_cut_off_by_the_idle_timeout()
     let (closed, _) = read_until_closed(&mut slow, Duration::from_secs(10)).await;
     assert!(closed, "the slow reader's connection is closed");
 
-    // The exchange is audited, with the status the client was sent.
+    // The exchange is audited, with the status the client was sent, as an answer cut off:
+    // some of its body went out, not all of it.
     let event = gw
         .wait_for_audit(|e| e["path"] == "/big", Duration::from_secs(5))
         .expect("the cut-off answer is audited");
     assert_eq!(event["status"], 200, "{event}");
     assert_eq!(event["route"], "all", "{event}");
+    assert_eq!(event["response_complete"], false, "{event}");
+    let bytes = event["response_bytes"].as_u64().unwrap();
+    assert!(bytes > 0 && bytes < SIZE as u64, "{event}");
+    assert!(
+        event["duration_ms"].as_f64().unwrap() >= 900.0,
+        "the answer lasted until the connection was closed: {event}"
+    );
+    assert!(
+        event["latency_ms"].as_f64().unwrap() < event["duration_ms"].as_f64().unwrap(),
+        "{event}"
+    );
+    // The other client's answer went out whole.
+    let other = gw
+        .wait_for_audit(|e| e["path"] == "/ok", Duration::from_secs(5))
+        .expect("the other request is audited");
+    assert_eq!(other["response_complete"], true, "{other}");
+    assert!(other["response_bytes"].as_u64().unwrap() > 0, "{other}");
 }
 
 /// An upstream that answers every request with a chunked body in two pieces, `gap` apart.
@@ -633,6 +651,29 @@ async fn an_http2_client_that_holds_its_answer_up_is_cut_off_by_the_send_timeout
     assert!(
         metrics.contains("portcullis_rejections_total{stage=\"accept\",reason=\"send_timeout\"} 1"),
         "{metrics}"
+    );
+    // Audited as an answer that began (its status) and was cut off: the client got no body
+    // byte, and what the connection took from the body (hyper's HTTP/2 layer holds a piece
+    // while it waits for window) is a sliver of it. The answer that waited on its upstream
+    // went out whole.
+    let event = gw
+        .wait_for_audit(|e| e["path"] == "/big", Duration::from_secs(5))
+        .expect("the held-up answer is audited");
+    assert_eq!(event["status"], 200, "{event}");
+    assert_eq!(event["http_version"], "HTTP/2", "{event}");
+    assert_eq!(event["response_complete"], false, "{event}");
+    assert!(
+        event["response_bytes"].as_u64().unwrap() <= 64 * 1024,
+        "{event}"
+    );
+    let gappy = gw
+        .wait_for_audit(|e| e["path"] == "/gappy", Duration::from_secs(5))
+        .expect("the gappy answer is audited");
+    assert_eq!(gappy["response_complete"], true, "{gappy}");
+    assert_eq!(gappy["response_bytes"], 9, "{gappy}");
+    assert!(
+        gappy["duration_ms"].as_f64().unwrap() >= 1900.0,
+        "its body took the upstream's gap: {gappy}"
     );
 }
 

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audited;
 pub mod body;
 pub mod echo;
 mod front;

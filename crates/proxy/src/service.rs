@@ -20,6 +20,7 @@ use portcullis_core::{
 use portcullis_pipeline::{Flow, request_host};
 
 use crate::Gateway;
+use crate::audited::Audited;
 use crate::body::{BodyRules, LimitedBody, Tripped};
 use crate::headers::{
     FieldSink, Forwarding, is_websocket_upgrade, propagate_traceparent, set_forwarding,
@@ -488,7 +489,17 @@ impl Gateway {
             tracing::warn!(address = %ban.address, rule = %ban.rule, seconds = ban.ban_for.as_secs(), request_id = %ctx.request_id, "client address banned");
             self.metrics.banned(&ban.rule);
         }
-        self.finish(ctx, seen, Some(resp.status()));
+        if let Some(event) = self.finish(ctx, seen, Some(resp.status())) {
+            // Written when the answer's body is done with: whole, or cut off.
+            let status = resp.status();
+            let bodiless = seen.method == Method::HEAD
+                || status.is_informational()
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED;
+            let sink = self.audit.clone();
+            resp =
+                resp.map(|b| Audited::new(b, event, sink, ctx.received, bodiless).boxed_unsync());
+        }
         open.answered = true;
         (resp, deferred)
     }
@@ -862,10 +873,17 @@ impl Gateway {
         Response::from_parts(parts, full_body(doc))
     }
 
-    /// Audit event and metrics: once per request, whatever the outcome. `status` is the
+    /// Metrics and the audit event: once per request, whatever the outcome. `status` is the
     /// answer's; none when the request was given up before it: abandoned by its client
     /// (recorded as 499), or cut off by the gateway's stop (444, see [`Gateway::interrupt`]).
-    fn finish(&self, ctx: &RequestCtx, seen: &mut Seen, status: Option<StatusCode>) {
+    /// Returns the event (when audit is on) for the caller to write — at once for a request
+    /// given up, with its answer's body ([`Audited`]) for an answered one.
+    fn finish(
+        &self,
+        ctx: &RequestCtx,
+        seen: &mut Seen,
+        status: Option<StatusCode>,
+    ) -> Option<AuditEvent> {
         let abandoned = status.is_none();
         let interrupted = abandoned && self.interrupted();
         let status = status.unwrap_or(if interrupted {
@@ -909,7 +927,7 @@ impl Gateway {
             self.metrics.count_rejection(s.as_str(), r.code());
         }
         if !self.audit.enabled() {
-            return;
+            return None;
         }
         let (stage, reason) = match ctx.rejected_by {
             Some((s, r)) => (Some(s.as_str().to_string()), Some(r.code().to_string())),
@@ -929,7 +947,8 @@ impl Gateway {
             let cut = u.floor_char_boundary(256);
             u.truncate(cut);
         }
-        self.audit.emit(AuditEvent {
+        let latency_ms = latency.as_secs_f64() * 1000.0;
+        Some(AuditEvent {
             time: portcullis_audit::now_rfc3339(),
             request_id: ctx.request_id.as_str().to_string(),
             listener: ctx.listener.to_string(),
@@ -945,7 +964,11 @@ impl Gateway {
             upstream: seen.upstream.as_deref().map(str::to_string),
             target: seen.target.as_deref().map(str::to_string),
             status: status.as_u16(),
-            latency_ms: latency.as_secs_f64() * 1000.0,
+            latency_ms,
+            // Until the answer's body is done with (`Audited`): a request given up has none.
+            duration_ms: latency_ms,
+            response_bytes: 0,
+            response_complete: false,
             outcome,
             stage,
             reason,
@@ -993,7 +1016,7 @@ impl Gateway {
                 .as_deref()
                 .map(portcullis_audit::ContractAudit::from_report),
             upstream_error: seen.upstream_error.take(),
-        });
+        })
     }
 }
 
@@ -1039,7 +1062,9 @@ impl Open<'_> {
     #[cold]
     #[inline(never)]
     fn abandoned(&mut self) {
-        self.gw.finish(&self.ctx, &mut self.seen, None);
+        if let Some(event) = self.gw.finish(&self.ctx, &mut self.seen, None) {
+            self.gw.audit.emit(event);
+        }
         if let Some(resets) = self.resets
             && !self.gw.interrupted()
         {
