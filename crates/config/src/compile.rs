@@ -460,6 +460,7 @@ fn compile_upstream(
         positive_duration(&u.connect_timeout, &format!("{path}.connect_timeout"), e);
     let request_timeout =
         positive_duration(&u.request_timeout, &format!("{path}.request_timeout"), e);
+    let read_timeout = positive_duration(&u.read_timeout, &format!("{path}.read_timeout"), e);
     let idle_timeout = compile_duration(&u.idle_timeout, &format!("{path}.idle_timeout"), e);
     if u.retries.attempts > 5 {
         e.push(format!("{path}.retries.attempts"), "at most 5 retries");
@@ -540,6 +541,7 @@ fn compile_upstream(
         balance: u.balance,
         connect_timeout,
         request_timeout,
+        read_timeout,
         idle_timeout,
         max_idle_per_target: u.max_idle_per_target,
         retries: Retries {

@@ -461,6 +461,10 @@ pub struct RawUpstream {
     /// Time to the upstream's response head. Default `30s`.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: String,
+    /// Longest wait for the next piece of an answer's body once its head has come. Default
+    /// `60s`.
+    #[serde(default = "default_upstream_read_timeout")]
+    pub read_timeout: String,
     /// How long an idle pooled connection is kept. Default `90s`.
     #[serde(default = "default_pool_idle")]
     pub idle_timeout: String,
@@ -548,6 +552,9 @@ fn default_connect_timeout() -> String {
 }
 fn default_request_timeout() -> String {
     "30s".into()
+}
+fn default_upstream_read_timeout() -> String {
+    "60s".into()
 }
 fn default_pool_idle() -> String {
     "90s".into()

@@ -696,13 +696,14 @@ fn durations_longer_than_a_century_are_refused_with_their_paths() {
     let e = errs(
         r#"
 server: { body_read_timeout: 18446744073709551615s, idle_timeout: 36501d }
-upstreams: { u: { targets: ["http://127.0.0.1:1"], request_timeout: 999999999999d } }
+upstreams: { u: { targets: ["http://127.0.0.1:1"], request_timeout: 999999999999d, read_timeout: 36501d } }
 "#,
     );
     for path in [
         "server.body_read_timeout",
         "server.idle_timeout",
         "upstreams.u.request_timeout",
+        "upstreams.u.read_timeout",
     ] {
         assert!(
             e.iter()
@@ -724,6 +725,28 @@ fn the_send_timeout_must_be_a_positive_duration() {
         );
     }
     assert!(errs("server: { send_timeout: 5s }").is_empty());
+}
+
+#[test]
+fn an_upstreams_read_timeout_is_a_positive_duration_of_60s_by_default() {
+    use std::time::Duration;
+    let up = |extra: &str| {
+        format!(
+            "upstreams: {{ u: {{ targets: [\"http://127.0.0.1:1\"]{extra} }} }}\n\
+             routes: [ {{ name: r, match: {{ prefix: / }}, upstream: u }} ]"
+        )
+    };
+    let c = load_str(&up(""), Path::new(".")).unwrap();
+    assert_eq!(c.upstreams[0].read_timeout, Duration::from_secs(60));
+    let c = load_str(&up(", read_timeout: 5m"), Path::new(".")).unwrap();
+    assert_eq!(c.upstreams[0].read_timeout, Duration::from_secs(300));
+    for bad in ["0s", "soon", "-1s"] {
+        let e = errs(&up(&format!(", read_timeout: {bad}")));
+        assert!(
+            e.iter().any(|m| m.starts_with("upstreams.u.read_timeout")),
+            "{bad}: {e:?}"
+        );
+    }
 }
 
 #[test]

@@ -172,6 +172,8 @@ pub struct Upstream {
     pub balance: Balance,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Longest wait for the next piece of an answer's body once its head has come.
+    pub read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle_per_target: usize,
     pub retries: Retries,

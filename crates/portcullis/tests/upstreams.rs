@@ -227,3 +227,123 @@ async fn a_broken_upstream_answer_is_a_502_problem() {
         assert_problem(&r, 502, "upstream_error");
     }
 }
+
+/// An upstream that answers every request with a head promising 10 bytes, sends 5, then
+/// nothing more while it holds the connection open; it reports each connection the gateway
+/// closes under it.
+async fn stalling_upstream() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<Instant>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                // Silent from here; the gateway's close is the end of this stream.
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = tx.send(Instant::now()).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// An upstream that goes silent in the middle of its answer holds the exchange only for its
+/// `read_timeout`: then the answer is cut off — over HTTP/1.1 the client's connection is closed
+/// after the bytes that came (its length promised more), over HTTP/2 the stream is reset while
+/// the connection serves on — the upstream's connection is closed, and the audit event says
+/// the answer was not delivered whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_silent_mid_answer_is_cut_off_by_its_read_timeout() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, mut closed) = stalling_upstream().await;
+    let gw = gateway(&format!(
+        "upstreams:\n  stall: {{ targets: [\"http://{up}\"], read_timeout: 1s, retries: {{ attempts: 0 }} }}\n  d: {{ kind: echo }}\n\
+         routes:\n  - {{ name: ok, match: {{ prefix: /ok }}, upstream: d }}\n  \
+         - {{ name: stall, match: {{ prefix: / }}, upstream: stall }}\n"
+    ));
+
+    // HTTP/1.1: the head and the 5 bytes, then the close.
+    let mut s = tokio::net::TcpStream::connect(gw.listener("public"))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    s.write_all(b"GET /h1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut wire = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut wire))
+        .await
+        .expect("the client's connection is closed")
+        .unwrap();
+    let waited = started.elapsed();
+    let text = String::from_utf8_lossy(&wire);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("\r\ncontent-length: 10\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello"), "{text}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "cut off after {waited:?}, before the read timeout"
+    );
+    let at = tokio::time::timeout(Duration::from_secs(5), closed.recv())
+        .await
+        .expect("the upstream's connection is closed")
+        .unwrap();
+    assert!(at.duration_since(started) >= Duration::from_millis(900));
+    let event = gw
+        .wait_for_audit(|e| e["path"] == "/h1", Duration::from_secs(5))
+        .expect("audited");
+    assert_eq!(event["status"], 200, "{event}");
+    assert_eq!(event["response_bytes"], 5, "{event}");
+    assert_eq!(event["response_complete"], false, "{event}");
+
+    // HTTP/2: the head, then the body fails; the connection goes on serving.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let started = Instant::now();
+    let resp = client
+        .request(req("GET", &format!("{}/h2", gw.url("public")), &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("the stream ends");
+    assert!(body.is_err(), "a cut-off answer is not a whole one");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    tokio::time::timeout(Duration::from_secs(5), closed.recv())
+        .await
+        .expect("the upstream's connection is closed")
+        .unwrap();
+    let r = client
+        .request(req("GET", &format!("{}/ok", gw.url("public")), &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let event = gw
+        .wait_for_audit(|e| e["path"] == "/h2", Duration::from_secs(5))
+        .expect("audited");
+    assert_eq!(event["http_version"], "HTTP/2", "{event}");
+    assert_eq!(event["response_complete"], false, "{event}");
+    // The gateway is healthy.
+    assert_eq!(get(&format!("{}/ok", gw.url("public"))).await.status, 200);
+}

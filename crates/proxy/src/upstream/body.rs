@@ -3,15 +3,30 @@
 //! A request occupies its target until the response body is finished — a slow download is
 //! load as much as a slow head — so the count is released when the body ends, fails, or is
 //! dropped (the client went away), not when the head arrives.
+//!
+//! The same body bounds the upstream's silence once its head has come: a wait for the next
+//! piece longer than the upstream's `read_timeout` fails the body (the answer is cut off, the
+//! upstream connection closed), so a target that stalls mid-answer does not hold the exchange
+//! for as long as the client stays. Only the gateway's wait on the target is timed — the body
+//! is asked for its next piece when the client's side can take it — and the timer is made the
+//! first time the body has nothing to give: an answer that came whole with its head (most
+//! small ones) never registers one.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use portcullis_core::BoxError;
+use tokio::time::{Instant, Sleep};
+
+/// The upstream sent nothing more of its answer's body for its `read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing more of its answer for {0:?} (read_timeout)")]
+pub struct UpstreamReadTimeout(pub Duration);
 
 /// One unit of a target's in-flight count, given back on drop.
 pub(super) struct InFlight(Arc<AtomicUsize>);
@@ -32,19 +47,28 @@ impl Drop for InFlight {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that gives its in-flight unit back at its end.
+    /// A response body that gives its in-flight unit back at its end, and fails when its
+    /// upstream is silent for longer than `read_timeout`.
     pub(super) struct GuardedBody<B> {
         #[pin]
         inner: B,
         guard: Option<InFlight>,
+        read_timeout: Duration,
+        // Whether the last poll found nothing (the wait is timed from its start).
+        waiting: bool,
+        // Made the first time the body has nothing to give, reset at each wait after.
+        gap: Option<Pin<Box<Sleep>>>,
     }
 }
 
 impl<B> GuardedBody<B> {
-    pub(super) fn new(inner: B, guard: InFlight) -> Self {
+    pub(super) fn new(inner: B, guard: InFlight, read_timeout: Duration) -> Self {
         GuardedBody {
             inner,
             guard: Some(guard),
+            read_timeout,
+            waiting: false,
+            gap: None,
         }
     }
 }
@@ -65,14 +89,42 @@ where
         match this.inner.poll_frame(cx) {
             Poll::Ready(None) => {
                 this.guard.take();
+                *this.gap = None;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
                 // A failed body will not be read further: the exchange is over.
                 this.guard.take();
+                *this.gap = None;
                 Poll::Ready(Some(Err(e.into())))
             }
-            other => other.map(|o| o.map(|r| r.map_err(Into::into))),
+            Poll::Ready(Some(Ok(frame))) => {
+                *this.waiting = false;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
+                if !*this.waiting {
+                    *this.waiting = true;
+                    // A timeout too long to be a point in time is no timeout.
+                    match Instant::now().checked_add(*this.read_timeout) {
+                        Some(deadline) => match this.gap.as_mut() {
+                            Some(gap) => gap.as_mut().reset(deadline),
+                            None => *this.gap = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                        },
+                        None => *this.gap = None,
+                    }
+                }
+                if let Some(gap) = this.gap.as_mut()
+                    && gap.as_mut().poll(cx).is_ready()
+                {
+                    this.guard.take();
+                    *this.gap = None;
+                    return Poll::Ready(Some(Err(Box::new(UpstreamReadTimeout(
+                        *this.read_timeout,
+                    )))));
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -82,5 +134,86 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A body that gives `pieces`, each after waiting `gap`, then ends (or waits for ever).
+    fn paced(pieces: usize, gap: Duration, then_silent: bool) -> portcullis_core::BoxBody {
+        let frames = futures_util::stream::unfold(0usize, move |i| async move {
+            tokio::time::sleep(gap).await;
+            if i == pieces {
+                if then_silent {
+                    std::future::pending::<()>().await;
+                }
+                return None;
+            }
+            Some((
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"piece"))),
+                i + 1,
+            ))
+        });
+        http_body_util::StreamBody::new(frames).boxed_unsync()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_wait_on_the_upstream_is_timed_afresh() {
+        let count = Arc::new(AtomicUsize::new(0));
+        // Ten gaps of 0.9 s under a 1 s read timeout: 9 s in all, never one wait too long.
+        let body = GuardedBody::new(
+            paced(10, Duration::from_millis(900), false),
+            InFlight::new(&count),
+            Duration::from_secs(1),
+        );
+        assert_eq!(count.load(Ordering::Relaxed), 1);
+        let got = body.collect().await.unwrap().to_bytes();
+        assert_eq!(got.len(), 50);
+        assert_eq!(count.load(Ordering::Relaxed), 0, "the target is given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_upstream_fails_the_body_after_its_read_timeout() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let mut body = GuardedBody::new(
+            paced(2, Duration::from_millis(100), true),
+            InFlight::new(&count),
+            Duration::from_secs(1),
+        );
+        let started = Instant::now();
+        for _ in 0..2 {
+            body.frame().await.unwrap().unwrap();
+        }
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert!(e.is::<UpstreamReadTimeout>(), "{e}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1200) && waited < Duration::from_millis(1300),
+            "{waited:?}: the two pieces' 0.2 s, then 1 s of waiting for the third (its gap of \
+             0.1 s before the silence counts in it)"
+        );
+        assert_eq!(count.load(Ordering::Relaxed), 0, "the target is given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_timeout_too_long_to_be_a_point_in_time_is_none() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let mut body = GuardedBody::new(
+            paced(0, Duration::from_millis(1), true),
+            InFlight::new(&count),
+            Duration::MAX,
+        );
+        let waited = tokio::time::timeout(Duration::from_secs(3600), body.frame()).await;
+        assert!(waited.is_err(), "still waiting after an hour");
+        assert_eq!(
+            count.load(Ordering::Relaxed),
+            1,
+            "the exchange still holds its target"
+        );
     }
 }

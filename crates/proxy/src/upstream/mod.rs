@@ -238,6 +238,8 @@ pub struct UpstreamPool {
     passive: PassiveHealth,
     health: Option<HealthCheck>,
     host_header: HostHeader,
+    /// Longest wait for the next piece of an answer's body ([`GuardedBody`]).
+    read_timeout: Duration,
     /// Time base of `ejected_until`: an `Instant` does not fit in an atomic, milliseconds do.
     epoch: Instant,
 }
@@ -386,6 +388,7 @@ impl UpstreamPool {
             passive: cfg.passive_health.clone(),
             health: cfg.health_check.clone(),
             host_header: cfg.host_header,
+            read_timeout: cfg.read_timeout,
             epoch: Instant::now(),
         }))
     }
@@ -626,7 +629,9 @@ impl UpstreamPool {
                         continue;
                     }
                     // `map` keeps the head's extensions (hyper's upgrade handle).
-                    let response = resp.map(|inner| GuardedBody::new(inner, guard).boxed_unsync());
+                    let response = resp.map(|inner| {
+                        GuardedBody::new(inner, guard, self.read_timeout).boxed_unsync()
+                    });
                     return Ok(UpstreamResponse {
                         response,
                         target: t.authority.clone(),
