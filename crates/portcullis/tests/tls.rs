@@ -161,6 +161,14 @@ async fn plaintext_to_a_tls_listener_gets_nothing() {
     let (gw, _, _) = tls_gateway(&pki, "1.2", "upstreams: { up: { kind: echo } }");
     let out = raw_http(gw.listener("secure"), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert!(!out.contains("HTTP/1.1 200"), "{out}");
+    // The failed handshake is counted.
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains(
+            "portcullis_rejections_total{stage=\"accept\",reason=\"tls_handshake_failed\"} 1"
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,4 +202,123 @@ async fn upstream_tls_is_verified_against_the_configured_ca() {
         "upstream_error",
     );
     assert_eq!(up.hits(), hits);
+}
+
+/// A slowloris against a TLS listener: connections that say nothing, that trickle a hello
+/// and stop, or that take their time over the handshake. The handshake is part of the time to
+/// the first head (`server.header_read_timeout`, from the accept): each is closed once it is
+/// past, counted (`tls_handshake_timeout`), and others are served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_slowloris_is_closed_by_the_header_timeout_counted_from_the_accept() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = TestPki::new();
+    let (gw, _, _) = tls_gateway(
+        &pki,
+        "1.2",
+        "server: { header_read_timeout: 1s }\nupstreams: { up: { kind: echo } }",
+    );
+    let addr = gw.listener("secure");
+    let ca = pki.ca_pem();
+    let started = Instant::now();
+    // 20 that say nothing, 20 that send the start of a hello (a record header promising
+    // 512 bytes, then 4 of them) and stop.
+    let mut slow = Vec::new();
+    for i in 0..40 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 1 {
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc])
+                .await
+                .unwrap();
+        }
+        slow.push(s);
+    }
+    // Served meanwhile.
+    let (r, _) = send_tls(
+        addr,
+        "a.test",
+        &ca,
+        &[b"h2", b"http/1.1"],
+        req("GET", "https://a.test/x", &[], ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    for (i, s) in slow.iter_mut().enumerate() {
+        let mut buf = [0u8; 64];
+        let end = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} is still open"));
+        assert!(matches!(end, Ok(0) | Err(_)), "{i}: {end:?}");
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+
+    // A client that waits past the timeout before its hello finds the connection closed: the
+    // handshake is not given a deadline of its own.
+    let mut late = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let mut buf = [0u8; 64];
+    let end = tokio::time::timeout(Duration::from_secs(5), late.read(&mut buf))
+        .await
+        .expect("closed");
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+    // Each counted, none as a failed handshake.
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains(
+            "portcullis_rejections_total{stage=\"accept\",reason=\"tls_handshake_timeout\"} 41"
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("tls_handshake_failed"), "{metrics}");
+
+    // A handshake that took a while leaves the first head only what is left of the timeout
+    // (here 3 s): the hello 2 s after the accept, then a head 4.5 s after it finds the
+    // connection closed (it was, some 3 s after the accept, since no head had come).
+    let (gw, _, _) = tls_gateway(
+        &pki,
+        "1.2",
+        "server: { header_read_timeout: 3s }\nupstreams: { up: { kind: echo } }",
+    );
+    let addr = gw.listener("secure");
+    let ca = pki.ca_pem();
+    let connector = tokio_rustls::TlsConnector::from(client_config(
+        &pki,
+        &[&rustls::version::TLS13],
+        &[b"http/1.1"],
+    ));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let opened = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("the handshake is within the timeout");
+    tokio::time::sleep_until((opened + Duration::from_millis(4500)).into()).await;
+    let _ = tls
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
+    assert!(
+        !String::from_utf8_lossy(&got).contains("HTTP/1.1 200"),
+        "served a head that came past the timeout: {}",
+        String::from_utf8_lossy(&got)
+    );
+    // And one whose handshake and head are in time is served.
+    let (r, _) = send_tls(
+        addr,
+        "a.test",
+        &ca,
+        &[b"http/1.1"],
+        req("GET", "/x", &[("host", "a.test")], ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
 }

@@ -19,7 +19,6 @@ use crate::resets::ResetWatch;
 use crate::sniff::{Activity, Flag, Sniffed};
 use crate::{ConnInfo, Gateway};
 
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection whose head ran out of time is given to write its 408.
 const HEAD_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
 /// Client-reset streams not yet accepted, per HTTP/2 connection.
@@ -155,6 +154,7 @@ async fn connection(
     let rt = gw.runtime();
     let server = &rt.config().server;
     let timeouts = Timeouts {
+        opened: tokio::time::Instant::now(),
         first_byte: server.header_read_timeout,
         idle: server.idle_timeout,
         send: server.send_timeout,
@@ -230,18 +230,24 @@ async fn connection(
         }
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg.load_full());
-            let tls_stream =
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
+            // The handshake is part of the time to the first head: a client that trickles its
+            // hello, or connects and says nothing, is closed like a slowloris in cleartext.
+            let deadline = timeouts.opened + timeouts.first_byte;
+            let tls_stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    gw.metrics.count_rejection("accept", "tls_handshake_failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake not done within server.header_read_timeout: connection closed");
+                    gw.metrics
+                        .count_rejection("accept", "tls_handshake_timeout");
+                    return;
+                }
+            };
             let (_, session) = tls_stream.get_ref();
             let info = TlsInfo {
                 server_name: session.server_name().map(str::to_string),
@@ -255,7 +261,7 @@ async fn connection(
             };
             let h2 = info.alpn.as_deref() == Some(b"h2");
             let framing = Arc::new(Flag::default());
-            // Timed from the end of the handshake, which has its own deadline.
+            // The first head's deadline counts from the accept (`timeouts.opened`).
             let activity = Arc::new(Activity::default());
             let watchdog = std::pin::pin!(idle_watchdog(activity.clone(), timeouts));
             let watchdog = Gated::new(watchdog);
@@ -340,6 +346,9 @@ async fn serve_http<S>(
 /// A connection's timeouts, as configured when it was accepted.
 #[derive(Clone, Copy)]
 struct Timeouts {
+    /// When the connection was accepted: the first head's deadline counts from it, a TLS
+    /// handshake's time included.
+    opened: tokio::time::Instant,
     /// `server.header_read_timeout`.
     first_byte: Duration,
     /// `server.idle_timeout`.
@@ -381,9 +390,9 @@ async fn idle_watchdog(activity: Arc<Activity>, t: Timeouts) -> Closed {
     // Ticks of a quarter of the shortest timeout: a connection is closed at most a tick after
     // its deadline, never before it, and the traffic path never reads the clock for it.
     let step = (t.first_byte.min(t.idle).min(t.send) / 4).max(Duration::from_millis(50));
-    let started = tokio::time::Instant::now();
+    let started = t.opened;
     let mut moves = activity.moves();
-    let mut last_move = started;
+    let mut last_move = tokio::time::Instant::now();
     // The answers' move count when they were last seen to move, and since when they have
     // been seen waiting without moving (None: none waiting).
     let mut answer_moves = 0;
