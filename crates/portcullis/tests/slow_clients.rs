@@ -717,3 +717,136 @@ async fn a_request_waiting_on_its_upstream_is_not_idleness() {
     assert_eq!(r.status, 200);
     assert_eq!(up.hits(), 2, "{:?}", up.requests());
 }
+
+/// An HTTP/2 frame: length, type, flags, stream, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HEADERS ending the stream: `GET http://a{path}` (HPACK, no Huffman).
+fn h2_get(stream: u32, path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 1, b'a']);
+    h2_frame(1, 5, stream, &block)
+}
+
+/// One stream held up while another moves: the client opens no window for stream 1 and
+/// trickles window to stream 3, so the connection is never idle nor all stalled. The held-up
+/// answer alone is cut off once it has waited `server.send_timeout`: its upstream exchange is
+/// closed (it no longer holds a connection to the upstream), the stream is reset as soon as
+/// the client lets the server speak on it, the cut is counted and audited — and the
+/// connection and its moving stream go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_answer_held_up_while_others_move_is_cut_off_alone() {
+    const SIZE: usize = 256 * 1024 * 1024;
+    let (bulk, mut written) = bulk_upstream(SIZE).await;
+    let gw = gateway(&format!(
+        "server: {{ idle_timeout: 10s, send_timeout: 1s }}\n\
+         upstreams:\n  bulk: {{ targets: [\"http://{bulk}\"] }}\n\
+         routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: bulk }}\n"
+    ));
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0; the connection's own window opened wide.
+    hello.extend(h2_frame(4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    hello.extend(h2_frame(8, 0, 0, &0x4000_0000u32.to_be_bytes()));
+    hello.extend(h2_get(1, "/held"));
+    hello.extend(h2_get(3, "/moving"));
+    s.write_all(&hello).await.unwrap();
+    let started = Instant::now();
+
+    // Stream 3 gets 16 KiB of window every 200 ms, with a ping; stream 1 none.
+    let mut wire = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let mut cut_at = None;
+    let mut next = Instant::now();
+    let mut opened_held = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        if Instant::now() >= next {
+            let mut out = h2_frame(8, 0, 3, &16384u32.to_be_bytes());
+            out.extend(h2_frame(6, 0, 0, &[1, 2, 3, 4, 5, 6, 7, 8]));
+            // Once the held answer's upstream is gone, stream 1 is given window too: the
+            // server then speaks on it, and what it says is a reset.
+            if cut_at.is_some() && !opened_held {
+                out.extend(h2_frame(8, 0, 1, &65535u32.to_be_bytes()));
+                opened_held = true;
+            }
+            s.write_all(&out).await.unwrap();
+            next = Instant::now() + Duration::from_millis(200);
+        }
+        if cut_at.is_none()
+            && let Ok(sent) = written.try_recv()
+        {
+            assert!(sent < SIZE);
+            cut_at = Some(started.elapsed());
+        }
+        let wait = next.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => panic!("the connection was closed"),
+            Ok(Ok(n)) => wire.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let cut_at = cut_at.expect("the held answer's upstream exchange is closed");
+    assert!(cut_at >= Duration::from_millis(900), "cut after {cut_at:?}");
+
+    // What the client got: frames by stream, in order.
+    let mut frames = Vec::new();
+    let mut i = 0;
+    while i + 9 <= wire.len() {
+        let len = (usize::from(wire[i]) << 16)
+            | (usize::from(wire[i + 1]) << 8)
+            | usize::from(wire[i + 2]);
+        if i + 9 + len > wire.len() {
+            break;
+        }
+        let stream =
+            u32::from_be_bytes([wire[i + 5] & 0x7f, wire[i + 6], wire[i + 7], wire[i + 8]]);
+        frames.push((wire[i + 3], stream, len));
+        i += 9 + len;
+    }
+    let data = |stream: u32| -> usize {
+        frames
+            .iter()
+            .filter(|&&(k, s, _)| k == 0 && s == stream)
+            .map(|&(_, _, l)| l)
+            .sum()
+    };
+    assert!(
+        frames.contains(&(3, 1, 4)),
+        "stream 1 is reset once it may be spoken on: {frames:?}"
+    );
+    assert!(
+        !frames.iter().any(|&(k, _, _)| k == 7),
+        "no GOAWAY: {frames:?}"
+    );
+    assert!(
+        !frames.iter().any(|&(k, s, _)| k == 3 && s == 3),
+        "the moving stream is not reset"
+    );
+    // The moving stream got (about) the window it was given, all along.
+    let given = 16384 * (started.elapsed().as_millis() as usize / 200);
+    assert!(data(3) >= given / 2, "{} of {given}", data(3));
+    assert!(data(1) <= 65535, "{}", data(1));
+    // Only the held answer's exchange was closed: the moving one still runs.
+    assert!(written.try_recv().is_err());
+
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains("portcullis_rejections_total{stage=\"accept\",reason=\"send_timeout\"} 1"),
+        "{metrics}"
+    );
+    let event = gw
+        .wait_for_audit(|e| e["path"] == "/held", Duration::from_secs(5))
+        .expect("the held answer is audited");
+    assert_eq!(event["response_complete"], false, "{event}");
+    assert!(
+        gw.audit_events().iter().all(|e| e["path"] != "/moving"),
+        "the moving answer is still going"
+    );
+}

@@ -1,16 +1,26 @@
 //! HTTP/2 answers the client holds up.
 //!
-//! An HTTP/2 client controls how fast it is sent to: its flow-control window. One that opens
-//! no window (or keeps it at a trickle) stalls its answers while pings, settings or other
-//! streams keep its connection busy, so the idle timeout never sees it idle — and each stalled
-//! answer holds its upstream exchange (the "slow read" of HTTP/2). [`ToClient`] wraps every
-//! HTTP/2 answer's body and tells the connection's [`Activity`] while the body waits for the
-//! server to take its next piece (which the server does only when the window has room); the
-//! connection's watchdog closes a connection whose answers have waited `server.send_timeout`
-//! with none of them taking a step.
+//! An HTTP/2 client controls how fast it is sent to: its flow-control window, for the whole
+//! connection and for each stream. One that opens no window (or keeps it at a trickle) stalls
+//! its answers while pings, settings or other streams keep its connection busy, so the idle
+//! timeout never sees it idle — and each stalled answer holds its upstream exchange (the "slow
+//! read" of HTTP/2). [`ToClient`] wraps every HTTP/2 answer's body and tells the connection's
+//! [`Activity`] while the body waits for the server to take its next piece (which the server
+//! does only when the window has room). The connection's watchdog then judges twice, at each
+//! of its ticks:
+//!
+//! * the connection: when its answers have waited `server.send_timeout` with none of them
+//!   taking a step, it is closed;
+//! * each answer: one that has waited `server.send_timeout` (and a little more, see
+//!   [`HeldAnswers::tick`]) while others moved is cut off alone — its body is taken away and
+//!   dropped, which closes its upstream exchange (and writes its audit event, not whole),
+//!   and the stream is reset as soon as the server speaks on it again. The server does not
+//!   ask a body whose stream has no window for anything, so the body cannot time itself: the
+//!   watchdog reaches it through the connection's register of answers ([`HeldAnswers`]).
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -19,13 +29,139 @@ use portcullis_core::{BoxBody, BoxError};
 
 use crate::sniff::Activity;
 
+/// The client held this answer up (no window for it) past `server.send_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the client held the answer up past server.send_timeout")]
+pub struct HeldUp;
+
+/// An HTTP/2 answer's body where the connection's watchdog can reach it.
+struct Held {
+    /// The watchdog's tick count (plus one) when the body began waiting for the server to
+    /// take its next piece; 0 while it is not waiting.
+    since: AtomicU64,
+    /// Taken by the watchdog when the answer is cut off.
+    body: Mutex<Option<BoxBody>>,
+}
+
+impl Held {
+    fn body(&self) -> MutexGuard<'_, Option<BoxBody>> {
+        // A poll that panicked left the body as it was: still the body.
+        self.body
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The register of a connection's HTTP/2 answers that have more of their body to send, and
+/// the watchdog's tick count they are timed by.
+#[derive(Default)]
+pub struct HeldAnswers {
+    ticks: AtomicU64,
+    slots: Mutex<Slots>,
+}
+
+impl std::fmt::Debug for HeldAnswers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldAnswers")
+            .field("ticks", &self.ticks.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A slab: answers come and go by key.
+#[derive(Default)]
+struct Slots {
+    items: Vec<Option<Arc<Held>>>,
+    free: Vec<usize>,
+}
+
+impl HeldAnswers {
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn register(&self, held: Arc<Held>) -> usize {
+        let mut s = self.slots();
+        match s.free.pop() {
+            Some(key) => {
+                if let Some(slot) = s.items.get_mut(key) {
+                    *slot = Some(held);
+                }
+                key
+            }
+            None => {
+                s.items.push(Some(held));
+                s.items.len() - 1
+            }
+        }
+    }
+
+    fn unregister(&self, key: usize) {
+        let mut s = self.slots();
+        if let Some(slot) = s.items.get_mut(key)
+            && slot.take().is_some()
+        {
+            s.free.push(key);
+        }
+    }
+
+    /// The stamp of a wait that begins now.
+    fn stamp(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed) + 1
+    }
+
+    /// For the watchdog, at each of its ticks: counts it.
+    pub fn tick(&self) {
+        self.ticks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// For the watchdog: cuts off every answer that has waited for the server to take its
+    /// next piece for `ticks` ticks or more, and returns how many it cut. A wait stamped just
+    /// before a tick has lasted at least `ticks − 1` tick intervals when it is cut, so with
+    /// `ticks` = ⌈send timeout ÷ interval⌉ + 2 no answer is cut before the send timeout, and
+    /// none more than three intervals after it — and the connection-wide judgement, which
+    /// closes a connection whose answers all stand still, comes first.
+    pub fn cut_held_up(&self, ticks: u64) -> usize {
+        let now = self.ticks.load(Ordering::Relaxed);
+        let mut cut = Vec::new();
+        {
+            let s = self.slots();
+            for held in s.items.iter().flatten() {
+                let since = held.since.load(Ordering::Relaxed);
+                // A body being polled right now is moving: not cut.
+                if since != 0
+                    && now.saturating_sub(since) >= ticks
+                    && let Ok(mut body) = held.body.try_lock()
+                    && let Some(b) = body.take()
+                {
+                    cut.push(b);
+                }
+            }
+        }
+        // Dropped outside the locks: a body's drop closes its upstream exchange and writes its
+        // audit event.
+        cut.len()
+    }
+}
+
 /// An answer's body on its way to the client; watched on HTTP/2 connections.
 pub struct ToClient {
-    body: BoxBody,
-    /// The connection's activity, on HTTP/2 only.
-    watch: Option<Arc<Activity>>,
-    /// Whether the body waits for the server to take its next piece.
-    waiting: bool,
+    inner: Inner,
+}
+
+enum Inner {
+    /// Not watched (HTTP/1.1 through hyper), or with nothing more to send.
+    Plain(BoxBody),
+    Watched {
+        held: Arc<Held>,
+        activity: Arc<Activity>,
+        /// In the connection's register.
+        key: usize,
+        /// Whether the body waits for the server to take its next piece.
+        waiting: bool,
+    },
 }
 
 impl ToClient {
@@ -33,18 +169,24 @@ impl ToClient {
     /// a body to come waits from the start: the server takes the first piece only once the
     /// client's window has room.
     pub fn new(body: BoxBody, watch: Option<Arc<Activity>>) -> Self {
-        let waiting = match &watch {
-            Some(a) if !body.is_end_stream() => {
-                a.answer_waits();
-                true
+        let inner = match watch {
+            Some(activity) if !body.is_end_stream() => {
+                activity.answer_waits();
+                let held = Arc::new(Held {
+                    since: AtomicU64::new(activity.held.stamp()),
+                    body: Mutex::new(Some(body)),
+                });
+                let key = activity.held.register(held.clone());
+                Inner::Watched {
+                    held,
+                    activity,
+                    key,
+                    waiting: true,
+                }
             }
-            _ => false,
+            _ => Inner::Plain(body),
         };
-        ToClient {
-            body,
-            watch,
-            waiting,
-        }
+        ToClient { inner }
     }
 }
 
@@ -56,39 +198,72 @@ impl Body for ToClient {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let Some(watch) = &this.watch else {
-            return Pin::new(&mut this.body).poll_frame(cx);
+        let (held, activity, waiting) = match &mut self.get_mut().inner {
+            Inner::Plain(body) => return Pin::new(body).poll_frame(cx),
+            Inner::Watched {
+                held,
+                activity,
+                waiting,
+                ..
+            } => (held, activity, waiting),
         };
-        if this.waiting {
-            this.waiting = false;
-            watch.answer_done_waiting(true);
+        if *waiting {
+            *waiting = false;
+            held.since.store(0, Ordering::Relaxed);
+            activity.answer_done_waiting(true);
         }
-        let r = Pin::new(&mut this.body).poll_frame(cx);
+        let (r, more) = {
+            let mut body = held.body();
+            let Some(body) = body.as_mut() else {
+                // Cut off by the watchdog: the server resets the stream.
+                return Poll::Ready(Some(Err(Box::new(HeldUp))));
+            };
+            let r = Pin::new(&mut *body).poll_frame(cx);
+            let more = matches!(r, Poll::Ready(Some(Ok(_)))) && !body.is_end_stream();
+            (r, more)
+        };
         // A piece handed on, more to come: waiting again, for the server to take the next.
         // (Pending is the upstream's wait, not the client's.)
-        if matches!(r, Poll::Ready(Some(Ok(_)))) && !this.body.is_end_stream() {
-            watch.answer_waits();
-            this.waiting = true;
+        if more {
+            activity.answer_waits();
+            held.since.store(activity.held.stamp(), Ordering::Relaxed);
+            *waiting = true;
         }
         r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.inner {
+            Inner::Plain(body) => body.is_end_stream(),
+            // A body cut off is not over: the server is to poll it and be told it failed.
+            Inner::Watched { held, .. } => held.body().as_ref().is_some_and(Body::is_end_stream),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.inner {
+            Inner::Plain(body) => body.size_hint(),
+            Inner::Watched { held, .. } => held
+                .body()
+                .as_ref()
+                .map_or_else(SizeHint::default, Body::size_hint),
+        }
     }
 }
 
 impl Drop for ToClient {
     fn drop(&mut self) {
-        if self.waiting
-            && let Some(watch) = &self.watch
+        if let Inner::Watched {
+            activity,
+            key,
+            waiting,
+            ..
+        } = &self.inner
         {
-            watch.answer_done_waiting(false);
+            if *waiting {
+                activity.answer_done_waiting(false);
+            }
+            activity.held.unregister(*key);
         }
     }
 }
@@ -142,5 +317,49 @@ mod tests {
         let mut b = ToClient::new(body(&["one"]), None);
         b.frame().await.unwrap().unwrap();
         assert_eq!(a.answers(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn an_answer_held_up_alone_is_cut_off_after_its_ticks_and_then_fails() {
+        let a = Arc::new(Activity::default());
+        let mut held = ToClient::new(body(&["one", "two"]), Some(a.clone()));
+        let mut moving = ToClient::new(body(&["a", "b", "c", "d"]), Some(a.clone()));
+        // Three ticks: the moving answer takes a step at each, the held one none.
+        for _ in 0..3 {
+            a.held.tick();
+            moving.frame().await.unwrap().unwrap();
+            assert_eq!(a.held.cut_held_up(3), 0, "not yet");
+        }
+        a.held.tick();
+        assert_eq!(a.held.cut_held_up(3), 1, "the held answer, after 3 ticks");
+        assert_eq!(a.held.cut_held_up(3), 0, "cut once");
+        // Cut off: not over, and failing when asked.
+        assert!(!held.is_end_stream());
+        let e = held.frame().await.unwrap().unwrap_err();
+        assert!(e.is::<HeldUp>(), "{e}");
+        // The moving one goes on to its end.
+        moving.frame().await.unwrap().unwrap();
+        assert!(moving.frame().await.is_none());
+        drop((held, moving));
+        assert_eq!(a.answers().0, 0, "nothing left waiting");
+    }
+
+    #[test]
+    fn the_register_reuses_its_places() {
+        let r = HeldAnswers::default();
+        let held = || {
+            Arc::new(Held {
+                since: AtomicU64::new(0),
+                body: Mutex::new(None),
+            })
+        };
+        let a = r.register(held());
+        let b = r.register(held());
+        assert_ne!(a, b);
+        r.unregister(a);
+        r.unregister(a);
+        assert_eq!(r.register(held()), a, "the freed place, once");
+        assert_eq!(r.register(held()), 2);
+        assert_eq!(r.slots().items.len(), 3);
     }
 }

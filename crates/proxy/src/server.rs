@@ -205,7 +205,12 @@ async fn connection(
         None => {
             let framing = Arc::new(Flag::default());
             let activity = Arc::new(Activity::default());
-            let watchdog = std::pin::pin!(idle_watchdog(activity.clone(), timeouts));
+            let watchdog = std::pin::pin!(idle_watchdog(
+                activity.clone(),
+                timeouts,
+                peer,
+                gw.metrics.clone()
+            ));
             // Polled only when its timer fires, not at each of the connection's wake-ups.
             let watchdog = Gated::new(watchdog);
             let stream = Sniffed::new(stream, framing.clone(), activity.clone(), max_buf);
@@ -263,7 +268,12 @@ async fn connection(
             let framing = Arc::new(Flag::default());
             // The first head's deadline counts from the accept (`timeouts.opened`).
             let activity = Arc::new(Activity::default());
-            let watchdog = std::pin::pin!(idle_watchdog(activity.clone(), timeouts));
+            let watchdog = std::pin::pin!(idle_watchdog(
+                activity.clone(),
+                timeouts,
+                peer,
+                gw.metrics.clone()
+            ));
             let watchdog = Gated::new(watchdog);
             let tls_stream = Sniffed::new(tls_stream, framing.clone(), activity.clone(), max_buf);
             let info = Arc::new(ConnInfo {
@@ -386,10 +396,20 @@ impl Closed {
 /// hide from the idle timeout). A late head that has begun is first answered
 /// (408 `header_timeout`, through the reader's stand-in); a connection that sent nothing gets
 /// no answer.
-async fn idle_watchdog(activity: Arc<Activity>, t: Timeouts) -> Closed {
+async fn idle_watchdog(
+    activity: Arc<Activity>,
+    t: Timeouts,
+    peer: SocketAddr,
+    metrics: Arc<portcullis_telemetry::Metrics>,
+) -> Closed {
     // Ticks of a quarter of the shortest timeout: a connection is closed at most a tick after
     // its deadline, never before it, and the traffic path never reads the clock for it.
     let step = (t.first_byte.min(t.idle).min(t.send) / 4).max(Duration::from_millis(50));
+    // An HTTP/2 answer held up alone is cut off after this many ticks (see
+    // `HeldAnswers::cut_held_up`).
+    let held_ticks = u64::try_from(t.send.as_nanos().div_ceil(step.as_nanos()))
+        .unwrap_or(u64::MAX)
+        .saturating_add(2);
     let started = t.opened;
     let mut moves = activity.moves();
     let mut last_move = tokio::time::Instant::now();
@@ -404,6 +424,7 @@ async fn idle_watchdog(activity: Arc<Activity>, t: Timeouts) -> Closed {
         // The one wait of this future (a second one would make its state, which the
         // connection's task polls through the gate, larger).
         tokio::time::sleep(step).await;
+        activity.held.tick();
         let now = tokio::time::Instant::now();
         if let Some(at) = told {
             if now - at >= HEAD_TIMEOUT_GRACE {
@@ -447,6 +468,20 @@ async fn idle_watchdog(activity: Arc<Activity>, t: Timeouts) -> Closed {
             _ => {
                 answer_moves = answered;
                 stalled_since = Some(now);
+            }
+        }
+        // Others move: each answer held up alone for the send timeout is cut off alone.
+        if waiting > 0 {
+            let cut = activity.held.cut_held_up(held_ticks);
+            if cut > 0 {
+                tracing::warn!(
+                    %peer,
+                    answers = cut,
+                    "HTTP/2 answers held up by the client past server.send_timeout: cut off"
+                );
+                for _ in 0..cut {
+                    metrics.count_rejection("accept", "send_timeout");
+                }
             }
         }
     }

@@ -589,6 +589,8 @@ pub struct Activity {
     /// Requests the engine is working on whose answer's head is not out yet: waiting on them
     /// (a slow upstream, a long poll) is not idleness — their own timeouts bound it.
     requests_waiting: std::sync::atomic::AtomicU32,
+    /// The HTTP/2 answers with more to send, where the watchdog can cut one off alone.
+    pub held: crate::paced::HeldAnswers,
 }
 
 impl Default for Activity {
@@ -603,6 +605,7 @@ impl Default for Activity {
             answers_waiting: Default::default(),
             answer_moves: Default::default(),
             requests_waiting: Default::default(),
+            held: Default::default(),
         }
     }
 }
