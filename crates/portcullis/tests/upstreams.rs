@@ -314,6 +314,16 @@ async fn an_upstream_silent_mid_answer_is_cut_off_by_its_read_timeout() {
     assert_eq!(event["status"], 200, "{event}");
     assert_eq!(event["response_bytes"], 5, "{event}");
     assert_eq!(event["response_complete"], false, "{event}");
+    // And logged, naming the upstream and the target.
+    let log = gw.stderr_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("read_timeout: answer cut off"))
+        .unwrap_or_else(|| panic!("not logged: {log}"));
+    assert!(
+        line.contains("stall") && line.contains(&up.to_string()),
+        "{line}"
+    );
 
     // HTTP/2: the head, then the body fails; the connection goes on serving.
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

@@ -112,7 +112,7 @@ impl UpstreamPool {
                 let b0 = (a0 + 1 + fastrand::usize(..n - 1)) % n;
                 let a = probe(a0)?;
                 let b = probe(b0).unwrap_or(a);
-                let load = |i: usize| self.targets[i].in_flight.load(Ordering::Relaxed);
+                let load = |i: usize| self.targets[i].in_flight.count.load(Ordering::Relaxed);
                 Some(if load(b) < load(a) { b } else { a })
             }
         }

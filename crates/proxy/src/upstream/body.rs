@@ -28,21 +28,39 @@ use tokio::time::{Instant, Sleep};
 #[error("the upstream sent nothing more of its answer for {0:?} (read_timeout)")]
 pub struct UpstreamReadTimeout(pub Duration);
 
+/// A target's in-flight count, and the names it is told by (for the log of an answer cut
+/// off). Shared with the response bodies that hold a unit of the count.
+pub(super) struct Load {
+    pub(super) count: AtomicUsize,
+    pub(super) upstream: Arc<str>,
+    pub(super) target: Arc<str>,
+}
+
+impl Load {
+    pub(super) fn new(upstream: Arc<str>, target: Arc<str>) -> Arc<Load> {
+        Arc::new(Load {
+            count: AtomicUsize::new(0),
+            upstream,
+            target,
+        })
+    }
+}
+
 /// One unit of a target's in-flight count, given back on drop.
-pub(super) struct InFlight(Arc<AtomicUsize>);
+pub(super) struct InFlight(Arc<Load>);
 
 impl InFlight {
-    pub(super) fn new(counter: &Arc<AtomicUsize>) -> Self {
+    pub(super) fn new(load: &Arc<Load>) -> Self {
         // Relaxed: the count is a load estimate read by the balancer and metrics; it guards
         // no other memory.
-        counter.fetch_add(1, Ordering::Relaxed);
-        InFlight(counter.clone())
+        load.count.fetch_add(1, Ordering::Relaxed);
+        InFlight(load.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -117,7 +135,14 @@ where
                 if let Some(gap) = this.gap.as_mut()
                     && gap.as_mut().poll(cx).is_ready()
                 {
-                    this.guard.take();
+                    if let Some(InFlight(load)) = this.guard.take().as_ref() {
+                        tracing::warn!(
+                            upstream = %load.upstream,
+                            target = %load.target,
+                            read_timeout = ?this.read_timeout,
+                            "the target sent nothing more of its answer for the upstream's read_timeout: answer cut off"
+                        );
+                    }
                     *this.gap = None;
                     return Poll::Ready(Some(Err(Box::new(UpstreamReadTimeout(
                         *this.read_timeout,
@@ -164,25 +189,29 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn each_wait_on_the_upstream_is_timed_afresh() {
-        let count = Arc::new(AtomicUsize::new(0));
+        let load = Load::new("u".into(), "127.0.0.1:1".into());
         // Ten gaps of 0.9 s under a 1 s read timeout: 9 s in all, never one wait too long.
         let body = GuardedBody::new(
             paced(10, Duration::from_millis(900), false),
-            InFlight::new(&count),
+            InFlight::new(&load),
             Duration::from_secs(1),
         );
-        assert_eq!(count.load(Ordering::Relaxed), 1);
+        assert_eq!(load.count.load(Ordering::Relaxed), 1);
         let got = body.collect().await.unwrap().to_bytes();
         assert_eq!(got.len(), 50);
-        assert_eq!(count.load(Ordering::Relaxed), 0, "the target is given back");
+        assert_eq!(
+            load.count.load(Ordering::Relaxed),
+            0,
+            "the target is given back"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_upstream_fails_the_body_after_its_read_timeout() {
-        let count = Arc::new(AtomicUsize::new(0));
+        let load = Load::new("u".into(), "127.0.0.1:1".into());
         let mut body = GuardedBody::new(
             paced(2, Duration::from_millis(100), true),
-            InFlight::new(&count),
+            InFlight::new(&load),
             Duration::from_secs(1),
         );
         let started = Instant::now();
@@ -197,21 +226,25 @@ mod tests {
             "{waited:?}: the two pieces' 0.2 s, then 1 s of waiting for the third (its gap of \
              0.1 s before the silence counts in it)"
         );
-        assert_eq!(count.load(Ordering::Relaxed), 0, "the target is given back");
+        assert_eq!(
+            load.count.load(Ordering::Relaxed),
+            0,
+            "the target is given back"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_read_timeout_too_long_to_be_a_point_in_time_is_none() {
-        let count = Arc::new(AtomicUsize::new(0));
+        let load = Load::new("u".into(), "127.0.0.1:1".into());
         let mut body = GuardedBody::new(
             paced(0, Duration::from_millis(1), true),
-            InFlight::new(&count),
+            InFlight::new(&load),
             Duration::MAX,
         );
         let waited = tokio::time::timeout(Duration::from_secs(3600), body.frame()).await;
         assert!(waited.is_err(), "still waiting after an hour");
         assert_eq!(
-            count.load(Ordering::Relaxed),
+            load.count.load(Ordering::Relaxed),
             1,
             "the exchange still holds its target"
         );

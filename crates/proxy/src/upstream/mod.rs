@@ -61,7 +61,7 @@ use portcullis_config::{
 use portcullis_core::{BoxBody, BoxError, RejectReason};
 
 use self::balance::{Tried, weighted_schedule};
-use self::body::{GuardedBody, InFlight};
+use self::body::{GuardedBody, InFlight, Load};
 use self::h1::{Direct, IdleConns, RequestHead, SendError};
 pub use self::health::HealthChecks;
 use crate::problem::empty_body;
@@ -212,7 +212,7 @@ struct Target {
     /// Consecutive passive failures.
     failures: AtomicU32,
     /// Shared with the response body guard, which outlives the borrow of the pool.
-    in_flight: Arc<AtomicUsize>,
+    in_flight: Arc<Load>,
     /// Consecutive active-check results, for the healthy/unhealthy thresholds.
     check_ok: AtomicU32,
     check_fail: AtomicU32,
@@ -357,15 +357,16 @@ impl UpstreamPool {
                 .map_err(|e| format!("target {}: {e}", t.authority))?;
             let host_value = HeaderValue::from_str(&t.authority)
                 .map_err(|e| format!("target {}: {e}", t.authority))?;
+            let authority: Arc<str> = Arc::from(t.authority.as_str());
             targets.push(Target {
-                authority: Arc::from(t.authority.as_str()),
+                in_flight: Load::new(cfg.name.clone(), authority.clone()),
+                authority,
                 scheme: if t.tls { Scheme::HTTPS } else { Scheme::HTTP },
                 uri_authority,
                 host_value,
                 healthy: AtomicBool::new(true),
                 ejected_until: AtomicU64::new(0),
                 failures: AtomicU32::new(0),
-                in_flight: Arc::new(AtomicUsize::new(0)),
                 check_ok: AtomicU32::new(0),
                 check_fail: AtomicU32::new(0),
                 idle: Arc::default(),
@@ -419,7 +420,7 @@ impl UpstreamPool {
                 authority: t.authority.clone(),
                 healthy: t.healthy.load(Ordering::Relaxed),
                 ejected: t.ejected_until.load(Ordering::Relaxed) > now,
-                in_flight: t.in_flight.load(Ordering::Relaxed),
+                in_flight: t.in_flight.count.load(Ordering::Relaxed),
                 consecutive_failures: t.failures.load(Ordering::Relaxed),
             })
             .collect()

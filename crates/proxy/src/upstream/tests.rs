@@ -291,7 +291,7 @@ fn least_requests_compares_two_distinct_targets() {
     let p = pool(
         "upstreams: { u: { balance: least_requests, targets: [ \"http://127.0.0.1:1\", \"http://127.0.0.1:2\" ] } }",
     );
-    p.targets[0].in_flight.store(10, Ordering::Relaxed);
+    p.targets[0].in_flight.count.store(10, Ordering::Relaxed);
     // With two targets both are always drawn: the idle one always wins.
     assert!((0..200).all(|_| sel(&p, &[]) == Some(1)));
 }
