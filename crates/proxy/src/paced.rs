@@ -118,11 +118,13 @@ impl HeldAnswers {
     }
 
     /// For the watchdog: cuts off every answer that has waited for the server to take its
-    /// next piece for `ticks` ticks or more, and returns how many it cut. A wait stamped just
-    /// before a tick has lasted at least `ticks − 1` tick intervals when it is cut, so with
-    /// `ticks` = ⌈send timeout ÷ interval⌉ + 2 no answer is cut before the send timeout, and
-    /// none more than three intervals after it — and the connection-wide judgement, which
-    /// closes a connection whose answers all stand still, comes first.
+    /// next piece for `ticks` ticks or more, and returns how many it cut. A wait is stamped
+    /// with the tick to come, so when it is cut it has lasted more than `ticks` tick
+    /// intervals and less than `ticks + 1`: with `ticks` = ⌈send timeout ÷ interval⌉ + 2 no
+    /// answer is cut before the send timeout, none more than four intervals after it, and the
+    /// connection-wide judgement (which closes a connection whose answers all stand still once
+    /// they have for the send timeout, counted from the first tick that saw them waiting)
+    /// comes first.
     pub fn cut_held_up(&self, ticks: u64) -> usize {
         let now = self.ticks.load(Ordering::Relaxed);
         let mut cut = Vec::new();
