@@ -44,15 +44,17 @@ sys.path.insert(0, os.path.join(ROOT, "bench", "waf"))
 import wafbench  # noqa: E402  (bench/waf/wafbench.py: the WAF servers' configurations)
 
 BIN = os.path.join(ROOT, "target", "release", "portcullis")
-QUICK = "--quick" in sys.argv
+# The command line's arguments; none when imported (bench/test_run.py tests the parsers).
+ARGV = sys.argv[1:] if __name__ == "__main__" else []
+QUICK = "--quick" in ARGV
 ONLY = None
 COMPARE = None
 PGO = None
-if "-h" in sys.argv[1:] or "--help" in sys.argv[1:]:
+if "-h" in ARGV or "--help" in ARGV:
     print(__doc__)
     sys.exit(0)
 # Every argument is known: a typo must not start a 20-minute run that rewrites the docs.
-args = iter(sys.argv[1:])
+args = iter(ARGV)
 for a in args:
     if a == "--quick":
         continue
@@ -346,7 +348,12 @@ def wrk(port, path, work, setup="", headers=(), timeout=None):
         extra += ["--timeout", timeout]
     cmd = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{DURATION}s", "-s", lua,
            "-H", "Host: bench.local", *extra, f"http://127.0.0.1:{port}{path}"]
-    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    return parse_wrk(subprocess.run(cmd, capture_output=True, text=True).stdout)
+
+
+def parse_wrk(out):
+    """wrk's output with the RESULT line of WRK_LUA: requests per second, latency percentiles
+    in ms, errors (socket errors and answers other than 2xx/3xx, together and apart)."""
     m = re.search(r"RESULT rps=([\d.]+) p50=([\d.]+) p99=([\d.]+) p999=([\d.]+) errors=(\d+) non2xx=(\d+)", out)
     if not m:
         raise RuntimeError(out)
@@ -363,18 +370,26 @@ def h2load(port, path):
         extra += ["-H", h]
     cmd = ["taskset", "-c", LOAD_CPU, "h2load", "-c", "8", "-m", "32", "-D", str(DURATION), *extra,
            f"http://127.0.0.1:{port}{path}"]
-    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    return parse_h2load(subprocess.run(cmd, capture_output=True, text=True).stdout)
+
+
+def parse_h2load(out):
+    """h2load's output: requests per second, the mean time for a request in ms, and the
+    errors: requests that failed (h2load counts network errors among them) and answers with
+    a 4xx or 5xx status (which h2load counts as done, not failed; wrk's RESULT line counts
+    them as `non2xx`)."""
     rps = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", out)
     lat = re.search(r"time for request:\s+([\d.]+)(\w+)\s+([\d.]+)(\w+)\s+([\d.]+)(\w+)", out)
-    failed = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
-    if not rps or not lat:
+    failed = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed", out)
+    status = re.search(r"status codes: \d+ 2xx, \d+ 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not rps or not lat or not failed or not status:
         raise RuntimeError(out)
 
     def ms(v, unit):
         return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     return {"rps": float(rps.group(1)), "mean": ms(lat.group(5), lat.group(6)),
-            "errors": int(failed.group(2)) + int(failed.group(3)) if failed else 0}
+            "errors": int(failed.group(1)) + int(status.group(1)) + int(status.group(2))}
 
 
 def measure_once(fn, pids):

@@ -1,0 +1,124 @@
+"""Tests of the harness's own arithmetic: the parsers of wrk's, h2load's and callgrind's output
+and the medians, on outputs captured from the real tools. Run by scripts/test:
+
+    python3 -m unittest discover -s bench -p 'test_*.py'
+"""
+
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402
+
+# wrk 4.2 with run.WRK_LUA, against the gateway's echo upstream.
+WRK_OUT = """Running 1s test @ http://127.0.0.1:28080/
+  1 threads and 4 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    86.72us  308.40us   6.29ms   97.55%
+    Req/Sec    81.55k     8.03k   88.70k    90.00%
+  81125 requests in 1.00s, 71.41MB read
+Requests/sec:  81106.91
+Transfer/sec:     71.39MB
+RESULT rps=81106.9 p50=0.039 p99=1.893 p999=3.691 errors=0 non2xx=0
+"""
+
+# h2load (nghttp2 1.52), same target.
+H2LOAD_OUT = """starting benchmark...
+spawning thread #0: 2 total client(s). Timing-based test with 0s of warm-up time and 1s of main duration for measurements.
+Application protocol: h2c
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 1.00s, 55253.00 req/s, 28.67MB/s
+requests: 55253 total, 55261 started, 55253 done, 55253 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 55253 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 28.67MB (30060017) total, 2.43MB (2543913) headers (space savings 89.46%), 25.29MB (26521440) data
+                     min         max         mean         sd        +/- sd
+time for request:       18us     16.35ms       138us       207us    99.38%
+time for connect:       68us        90us        79us        15us   100.00%
+time to 1st byte:     1.20ms      1.22ms      1.21ms        14us   100.00%
+req/s           :   27476.83    27771.39    27624.11      208.29   100.00%
+"""
+
+
+class Parsers(unittest.TestCase):
+    def test_wrk(self):
+        r = run.parse_wrk(WRK_OUT)
+        self.assertEqual(r["rps"], 81106.9)
+        self.assertEqual((r["p50"], r["p99"], r["p999"]), (0.039, 1.893, 3.691))
+        self.assertEqual(r["errors"], 0)
+        r = run.parse_wrk(WRK_OUT.replace("errors=0 non2xx=0", "errors=3 non2xx=4"))
+        self.assertEqual((r["errors"], r["socket_errors"], r["non2xx"]), (7, 3, 4))
+
+    def test_wrk_without_its_result_line_is_an_error(self):
+        with self.assertRaises(RuntimeError):
+            run.parse_wrk("unable to connect to 127.0.0.1:28080 Connection refused\n")
+
+    def test_h2load(self):
+        r = run.parse_h2load(H2LOAD_OUT)
+        self.assertEqual(r["rps"], 55253.0)
+        self.assertAlmostEqual(r["mean"], 0.138)
+        self.assertEqual(r["errors"], 0)
+        # Milliseconds and seconds as h2load writes them.
+        slow = H2LOAD_OUT.replace("       138us", "     3.61ms")
+        self.assertAlmostEqual(run.parse_h2load(slow)["mean"], 3.61)
+        slow = H2LOAD_OUT.replace("       138us", "      1.5s")
+        self.assertAlmostEqual(run.parse_h2load(slow)["mean"], 1500.0)
+
+    def test_h2load_errors_count_failures_once_and_refusals(self):
+        # h2load counts the errored among the failed: 5 failed (2 of them errored) is 5.
+        out = H2LOAD_OUT.replace("55253 succeeded, 0 failed, 0 errored",
+                                 "55248 succeeded, 5 failed, 2 errored")
+        self.assertEqual(run.parse_h2load(out)["errors"], 5)
+        # Answers with a 4xx or 5xx status are done and "succeeded" for h2load: errors here.
+        out = H2LOAD_OUT.replace("55253 2xx, 0 3xx, 0 4xx, 0 5xx", "55000 2xx, 3 3xx, 200 4xx, 50 5xx")
+        self.assertEqual(run.parse_h2load(out)["errors"], 250)
+
+    def test_h2load_that_made_no_requests_is_an_error(self):
+        with self.assertRaises(RuntimeError):
+            run.parse_h2load("unable to connect to 127.0.0.1:28080 Connection refused\n")
+
+
+class HotCode(unittest.TestCase):
+    def test_lines_and_instructions_run_at_least_n_times(self):
+        # Addresses: 0x1000 and 0x1004 share a 64-byte line, 0x1044 is on the next; 0x1040 ran
+        # 5 times only; the line after `calls=` is the callee's inclusive cost, not an
+        # instruction's own; `*` repeats the last address and `-` goes back.
+        dump = "\n".join([
+            "version: 1",
+            "positions: instr line",
+            "events: Ir",
+            "fl=(1) x.rs",
+            "fn=(1) f",
+            "0x1000 10 30000",
+            "+4 * 20000",
+            "+60 * 5",
+            "+4 * 12000",
+            "calls=1 0x9000 3",
+            "+4 * 999999",
+            "* * 8000",
+            "-8 * 1",
+            "",
+        ])
+        # The skipped call line still moves the address to 0x1048, where `*` keeps it: 0x1048
+        # has 8000, 0x1040 has 5 + 1.
+        lines, instrs = run.hot_code(dump, 10000)
+        self.assertEqual(instrs, 3)  # 0x1000, 0x1004, 0x1044
+        self.assertEqual(lines, 2)
+        lines, instrs = run.hot_code(dump, 8000)
+        self.assertEqual((lines, instrs), (2, 4))  # and 0x1048
+        lines, instrs = run.hot_code(dump, 1)
+        self.assertEqual((lines, instrs), (2, 5))
+
+
+class Medians(unittest.TestCase):
+    def test_medians_and_spread(self):
+        m = run.medians([{"rps": 100.0, "p99": 2.0}, {"rps": 80.0, "p99": 3.0},
+                         {"rps": 90.0, "p99": 1.0}])
+        self.assertEqual((m["rps"], m["p99"]), (90.0, 2.0))
+        self.assertAlmostEqual(m["spread"], 20.0 / 90.0)
+
+
+if __name__ == "__main__":
+    unittest.main()
