@@ -105,51 +105,21 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         match this.inner.poll_frame(cx) {
+            // (A timer still set goes with the body, which its reader drops next.)
             Poll::Ready(None) => {
                 this.guard.take();
-                *this.gap = None;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
                 // A failed body will not be read further: the exchange is over.
                 this.guard.take();
-                *this.gap = None;
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(Some(Ok(frame))) => {
                 *this.waiting = false;
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Pending => {
-                if !*this.waiting {
-                    *this.waiting = true;
-                    // A timeout too long to be a point in time is no timeout.
-                    match Instant::now().checked_add(*this.read_timeout) {
-                        Some(deadline) => match this.gap.as_mut() {
-                            Some(gap) => gap.as_mut().reset(deadline),
-                            None => *this.gap = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                        },
-                        None => *this.gap = None,
-                    }
-                }
-                if let Some(gap) = this.gap.as_mut()
-                    && gap.as_mut().poll(cx).is_ready()
-                {
-                    if let Some(InFlight(load)) = this.guard.take().as_ref() {
-                        tracing::warn!(
-                            upstream = %load.upstream,
-                            target = %load.target,
-                            read_timeout = ?this.read_timeout,
-                            "the target sent nothing more of its answer for the upstream's read_timeout: answer cut off"
-                        );
-                    }
-                    *this.gap = None;
-                    return Poll::Ready(Some(Err(Box::new(UpstreamReadTimeout(
-                        *this.read_timeout,
-                    )))));
-                }
-                Poll::Pending
-            }
+            Poll::Pending => waited(this.waiting, this.gap, this.guard, *this.read_timeout, cx),
         }
     }
 
@@ -160,6 +130,47 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The body had nothing to give: its wait on the target is timed from here (the timer made the
+/// first time), and past `read_timeout` the body fails. Out of line: an answer that came whole
+/// with its head never waits, and the rest of `poll_frame` stays small enough to be inlined
+/// into its caller.
+#[cold]
+#[inline(never)]
+fn waited(
+    waiting: &mut bool,
+    gap: &mut Option<Pin<Box<Sleep>>>,
+    guard: &mut Option<InFlight>,
+    read_timeout: Duration,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    if !*waiting {
+        *waiting = true;
+        // A timeout too long to be a point in time is no timeout.
+        match Instant::now().checked_add(read_timeout) {
+            Some(deadline) => match gap.as_mut() {
+                Some(g) => g.as_mut().reset(deadline),
+                None => *gap = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            },
+            None => *gap = None,
+        }
+    }
+    if let Some(g) = gap.as_mut()
+        && g.as_mut().poll(cx).is_ready()
+    {
+        if let Some(InFlight(load)) = guard.take().as_ref() {
+            tracing::warn!(
+                upstream = %load.upstream,
+                target = %load.target,
+                ?read_timeout,
+                "the target sent nothing more of its answer for the upstream's read_timeout: answer cut off"
+            );
+        }
+        *gap = None;
+        return Poll::Ready(Some(Err(Box::new(UpstreamReadTimeout(read_timeout)))));
+    }
+    Poll::Pending
 }
 
 #[cfg(test)]
