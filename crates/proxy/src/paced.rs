@@ -163,6 +163,9 @@ enum Inner {
         key: usize,
         /// Whether the body waits for the server to take its next piece.
         waiting: bool,
+        /// The body's own `is_end_stream` after its last poll, kept here: the server asks for
+        /// it after every piece, and the body is behind a lock.
+        ended: bool,
     },
 }
 
@@ -184,6 +187,7 @@ impl ToClient {
                     activity,
                     key,
                     waiting: true,
+                    ended: false,
                 }
             }
             _ => Inner::Plain(body),
@@ -200,14 +204,15 @@ impl Body for ToClient {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (held, activity, waiting) = match &mut self.get_mut().inner {
+        let (held, activity, waiting, ended) = match &mut self.get_mut().inner {
             Inner::Plain(body) => return Pin::new(body).poll_frame(cx),
             Inner::Watched {
                 held,
                 activity,
                 waiting,
+                ended,
                 ..
-            } => (held, activity, waiting),
+            } => (held, activity, waiting, ended),
         };
         if *waiting {
             *waiting = false;
@@ -221,7 +226,8 @@ impl Body for ToClient {
                 return Poll::Ready(Some(Err(Box::new(HeldUp))));
             };
             let r = Pin::new(&mut *body).poll_frame(cx);
-            let more = matches!(r, Poll::Ready(Some(Ok(_)))) && !body.is_end_stream();
+            *ended = body.is_end_stream();
+            let more = matches!(r, Poll::Ready(Some(Ok(_)))) && !*ended;
             (r, more)
         };
         // A piece handed on, more to come: waiting again, for the server to take the next.
@@ -237,8 +243,8 @@ impl Body for ToClient {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Plain(body) => body.is_end_stream(),
-            // A body cut off is not over: the server is to poll it and be told it failed.
-            Inner::Watched { held, .. } => held.body().as_ref().is_some_and(Body::is_end_stream),
+            // (A body cut off is not over: the server is to poll it and be told it failed.)
+            Inner::Watched { ended, .. } => *ended,
         }
     }
 
