@@ -225,15 +225,12 @@ mod tests {
     async fn the_event_is_written_at_the_body_end_with_what_went_out() {
         let s = FileSink::new("ends");
         let received = Instant::now() - Duration::from_millis(40);
+        let wrap = |body: BoxBody, id: &str, bodiless: bool| {
+            Audited::new(body, event(id), s.sink.clone(), received, bodiless)
+        };
 
         // Read to its end (a body that learns its end only when asked again).
-        let mut b = Audited::new(
-            stream(&["hello ", "world"], false),
-            event("whole"),
-            s.sink.clone(),
-            received,
-            false,
-        );
+        let mut b = wrap(stream(&["hello ", "world"], false), "whole", false);
         assert!(
             s.events().is_empty(),
             "nothing written while the body is on its way"
@@ -242,61 +239,35 @@ mod tests {
         drop(b);
 
         // A body that knows its length: whole once its bytes were taken.
-        let mut b = Audited::new(
+        let mut b = wrap(
             http_body_util::Full::new(Bytes::from_static(b"0123456789"))
                 .map_err(|never| match never {})
                 .boxed_unsync(),
-            event("full"),
-            s.sink.clone(),
-            received,
+            "full",
             false,
         );
         b.frame().await.unwrap().unwrap();
         drop(b);
 
         // Cut off after its first piece (a client gone, a timeout).
-        let mut b = Audited::new(
-            stream(&["first", "second"], false),
-            event("cut"),
-            s.sink.clone(),
-            received,
-            false,
-        );
+        let mut b = wrap(stream(&["first", "second"], false), "cut", false);
         b.frame().await.unwrap().unwrap();
         drop(b);
 
         // Broken by its upstream.
-        let mut b = Audited::new(
-            stream(&["part"], true),
-            event("broken"),
-            s.sink.clone(),
-            received,
-            false,
-        );
+        let mut b = wrap(stream(&["part"], true), "broken", false);
         b.frame().await.unwrap().unwrap();
         assert!(b.frame().await.unwrap().is_err());
         drop(b);
 
         // Broken, then saying it is over.
-        let mut b = Audited::new(
-            Breaks(false).boxed_unsync(),
-            event("broken-then-over"),
-            s.sink.clone(),
-            received,
-            false,
-        );
+        let mut b = wrap(Breaks(false).boxed_unsync(), "broken-then-over", false);
         assert!(b.frame().await.unwrap().is_err());
         assert!(b.is_end_stream());
         drop(b);
 
         // A HEAD answer: its body is never sent, and it is whole.
-        let b = Audited::new(
-            stream(&["not sent"], false),
-            event("head"),
-            s.sink.clone(),
-            received,
-            true,
-        );
+        let b = wrap(stream(&["not sent"], false), "head", true);
         drop(b);
 
         let events = s.events();
