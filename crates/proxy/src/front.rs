@@ -504,9 +504,7 @@ fn parse(
     };
     for (name, start, n) in fields_at.drain(..) {
         match HeaderValue::from_maybe_shared(head.slice(start..start + n)) {
-            Ok(v) => {
-                map.append(name, v);
-            }
+            Ok(v) => crate::headers::append_field(&mut map, name, v),
             Err(_) => {
                 rbuf_restore(rbuf, head);
                 return Parsed::Other;

@@ -579,7 +579,7 @@ fn parse_head(
                 if name == CONTENT_LENGTH {
                     framing.content_length(value.as_bytes());
                 }
-                headers.append(name, value);
+                crate::headers::append_field(&mut headers, name, value);
             }
         }
     }
