@@ -398,20 +398,6 @@ async fn the_global_connection_cap_holds() {
     );
 }
 
-/// Reads a request head (up to its empty line) and ignores it; false if the connection ended
-/// first.
-async fn read_head(s: &mut TcpStream) -> bool {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    true
-}
-
 /// An upstream that answers every request with `size` bytes, written as fast as the gateway
 /// takes them. The returned count is what it managed to write before its connection was
 /// closed under it, or `size` if it finished.

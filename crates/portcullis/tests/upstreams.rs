@@ -240,19 +240,15 @@ async fn stalling_upstream() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiv
         while let Ok((mut s, _)) = listener.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut s).await {
+                    return;
                 }
                 let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
                 if s.write_all(answer).await.is_err() {
                     return;
                 }
                 // Silent from here; the gateway's close is the end of this stream.
+                let mut buf = [0u8; 4096];
                 while let Ok(n) = s.read(&mut buf).await {
                     if n == 0 {
                         break;
