@@ -25,44 +25,10 @@ const CONTINUATION: u8 = 9;
 const END_STREAM: u8 = 1;
 const END_HEADERS: u8 = 4;
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// HPACK: literal field without indexing, new name, no Huffman (lengths < 127).
-fn literal(name: &str, value: &str) -> Vec<u8> {
-    let mut out = vec![0x00, name.len() as u8];
-    out.extend_from_slice(name.as_bytes());
-    out.push(value.len() as u8);
-    out.extend_from_slice(value.as_bytes());
-    out
-}
-
-/// A request header block: GET or POST, http, the path, authority `a`, extra fields.
-fn block(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.push(if method == "GET" { 0x82 } else { 0x83 }); // :method from the static table
-    b.push(0x86); // :scheme http
-    b.push(0x04); // :path, literal value with indexed name
-    b.push(path.len() as u8);
-    b.extend_from_slice(path.as_bytes());
-    b.push(0x01); // :authority
-    b.push(1);
-    b.push(b'a');
-    for (k, v) in extra {
-        b.extend(literal(k, v));
-    }
-    b
-}
-
 async fn open(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    s.write_all(&h2_frame(SETTINGS, 0, 0, &[])).await.unwrap();
     s
 }
 
@@ -111,11 +77,11 @@ fn answered(fs: &[(u8, u32, Vec<u8>)], stream: u32) -> bool {
 
 /// A GET of `path` on `stream`, its one HEADERS frame ending the stream.
 async fn request(s: &mut TcpStream, stream: u32, path: &str) {
-    s.write_all(&frame(
+    s.write_all(&h2_frame(
         HEADERS,
         END_HEADERS | END_STREAM,
         stream,
-        &block("GET", path, &[]),
+        &h2_block("GET", path, &[]),
     ))
     .await
     .unwrap();
@@ -153,13 +119,13 @@ async fn cve_2023_44487_rapid_reset_gets_goaway() {
     let mut burst = Vec::new();
     for i in 0..2000u32 {
         let id = 1 + 2 * i;
-        burst.extend(frame(
+        burst.extend(h2_frame(
             HEADERS,
             END_HEADERS | END_STREAM,
             id,
-            &block("GET", "/delay/1000", &[]),
+            &h2_block("GET", "/delay/1000", &[]),
         ));
-        burst.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes())); // CANCEL
+        burst.extend(h2_frame(RST_STREAM, 0, id, &8u32.to_be_bytes())); // CANCEL
     }
     let _ = s.write_all(&burst).await;
     let fs = frames(&mut s, Duration::from_secs(5)).await;
@@ -181,11 +147,11 @@ async fn cve_2023_44487_rapid_reset_gets_goaway() {
 /// within 3 s or a write failed: the connection is gone.
 async fn forwarded_then_reset(s: &mut TcpStream, up: &TestUpstream, stream: u32) -> bool {
     let before = up.hits();
-    let head = frame(
+    let head = h2_frame(
         HEADERS,
         END_HEADERS | END_STREAM,
         stream,
-        &block("GET", "/delay/3000", &[]),
+        &h2_block("GET", "/delay/3000", &[]),
     );
     if s.write_all(&head).await.is_err() {
         return false;
@@ -197,7 +163,7 @@ async fn forwarded_then_reset(s: &mut TcpStream, up: &TestUpstream, stream: u32)
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    s.write_all(&frame(RST_STREAM, 0, stream, &8u32.to_be_bytes())) // CANCEL
+    s.write_all(&h2_frame(RST_STREAM, 0, stream, &8u32.to_be_bytes())) // CANCEL
         .await
         .is_ok()
 }
@@ -265,11 +231,11 @@ async fn cve_2025_8671_streams_the_server_must_reset_get_goaway() {
     while forwarded < 400 {
         let id = 1 + 2 * forwarded;
         let before = up.hits();
-        let head = frame(
+        let head = h2_frame(
             HEADERS,
             END_HEADERS | END_STREAM,
             id,
-            &block("GET", "/delay/3000", &[]),
+            &h2_block("GET", "/delay/3000", &[]),
         );
         if s.write_all(&head).await.is_err() {
             break;
@@ -282,7 +248,7 @@ async fn cve_2025_8671_streams_the_server_must_reset_get_goaway() {
             break;
         }
         forwarded += 1;
-        let overflow = frame(WINDOW_UPDATE, 0, id, &0x7fff_ffffu32.to_be_bytes());
+        let overflow = h2_frame(WINDOW_UPDATE, 0, id, &0x7fff_ffffu32.to_be_bytes());
         if s.write_all(&overflow).await.is_err() {
             break;
         }
@@ -314,15 +280,15 @@ async fn cve_2025_8671_streams_the_server_must_reset_get_goaway() {
     healthy(&gw).await;
 
     // The other forms: the first one ends the connection.
-    let data_after_end = frame(DATA, 0, 1, b"late");
-    let window_of_zero = frame(WINDOW_UPDATE, 0, 1, &0u32.to_be_bytes());
+    let data_after_end = h2_frame(DATA, 0, 1, b"late");
+    let window_of_zero = h2_frame(WINDOW_UPDATE, 0, 1, &0u32.to_be_bytes());
     for second in [data_after_end, window_of_zero] {
         let mut s = open(gw.listener("public")).await;
-        let mut two = frame(
+        let mut two = h2_frame(
             HEADERS,
             END_HEADERS | END_STREAM,
             1,
-            &block("GET", "/x", &[]),
+            &h2_block("GET", "/x", &[]),
         );
         two.extend(second);
         s.write_all(&two).await.unwrap();
@@ -342,18 +308,18 @@ async fn control_frame_floods_do_not_stop_the_gateway() {
     const PING: u8 = 6;
     let (up, gw) = setup().await;
     let floods: Vec<(&str, Vec<u8>)> = vec![
-        ("ping", frame(PING, 0, 0, &[7; 8])),
-        ("settings", frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100])),
-        ("empty data", frame(DATA, 0, 1, &[])),
+        ("ping", h2_frame(PING, 0, 0, &[7; 8])),
+        ("settings", h2_frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100])),
+        ("empty data", h2_frame(DATA, 0, 1, &[])),
     ];
     for (name, unit) in floods {
         let mut s = open(gw.listener("public")).await;
         if name == "empty data" {
-            s.write_all(&frame(
+            s.write_all(&h2_frame(
                 HEADERS,
                 END_HEADERS,
                 1,
-                &block("POST", "/upload", &[]),
+                &h2_block("POST", "/upload", &[]),
             ))
             .await
             .unwrap();
@@ -403,12 +369,12 @@ async fn continuation_flood_is_cut_off() {
     let (up, gw) = setup().await;
     let mut s = open(gw.listener("public")).await;
     let _ = s
-        .write_all(&frame(HEADERS, 0, 1, &block("GET", "/x", &[])))
+        .write_all(&h2_frame(HEADERS, 0, 1, &h2_block("GET", "/x", &[])))
         .await;
-    let junk = literal("x-flood", &"v".repeat(100));
+    let junk = hpack_literal("x-flood", &"v".repeat(100));
     let mut sent = 0usize;
     for _ in 0..20_000 {
-        if s.write_all(&frame(CONTINUATION, 0, 1, &junk))
+        if s.write_all(&h2_frame(CONTINUATION, 0, 1, &junk))
             .await
             .is_err()
         {
@@ -447,7 +413,7 @@ fn int7(flag: u8, n: usize) -> Vec<u8> {
 /// once and then named by its one-byte index `times` times: an HPACK bomb (CVE-2016-6581)
 /// when `size * times` is far larger than the block.
 fn bomb(size: usize, times: usize) -> Vec<u8> {
-    let mut b = block("GET", "/x", &[]);
+    let mut b = h2_block("GET", "/x", &[]);
     b.push(0x40); // literal with incremental indexing, new name
     b.extend(int7(0, 6));
     b.extend_from_slice(b"x-bomb");
@@ -470,7 +436,7 @@ async fn an_hpack_bomb_is_refused_by_its_decoded_size() {
     let b = bomb(4000, 1000);
     assert!(b.len() < 6000);
     let mut s = open(gw.listener("public")).await;
-    s.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &b))
+    s.write_all(&h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &b))
         .await
         .unwrap();
     let fs = frames(&mut s, Duration::from_secs(2)).await;
@@ -490,7 +456,7 @@ async fn an_hpack_bomb_is_refused_by_its_decoded_size() {
     let b = bomb(2200, 16);
     assert!(b.len() < 2400);
     let mut s = open(gw.listener("public")).await;
-    s.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &b))
+    s.write_all(&h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &b))
         .await
         .unwrap();
     let fs = frames(&mut s, Duration::from_secs(2)).await;
@@ -527,39 +493,39 @@ async fn malformed_h2_requests_are_reset_and_not_forwarded() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         (
             "uppercase header name",
-            block("GET", "/x", &[("X-Upper", "1")]),
+            h2_block("GET", "/x", &[("X-Upper", "1")]),
         ),
         (
             "connection header",
-            block("GET", "/x", &[("connection", "close")]),
+            h2_block("GET", "/x", &[("connection", "close")]),
         ),
         (
             "transfer-encoding header",
-            block("GET", "/x", &[("transfer-encoding", "chunked")]),
+            h2_block("GET", "/x", &[("transfer-encoding", "chunked")]),
         ),
         (
             "keep-alive header",
-            block("GET", "/x", &[("keep-alive", "1")]),
+            h2_block("GET", "/x", &[("keep-alive", "1")]),
         ),
         // `TE` may only say `trailers` in HTTP/2 (RFC 9113 §8.2.2), in every field line. The
         // h2 layer resets these streams itself; the hygiene step's own check (every `TE`
         // line) stays as the second line of defence.
         (
             "te other than trailers",
-            block("GET", "/x", &[("te", "gzip")]),
+            h2_block("GET", "/x", &[("te", "gzip")]),
         ),
         (
             "te listing more than trailers",
-            block("GET", "/x", &[("te", "trailers, gzip")]),
+            h2_block("GET", "/x", &[("te", "trailers, gzip")]),
         ),
         (
             "a second te line other than trailers",
-            block("GET", "/x", &[("te", "trailers"), ("te", "gzip")]),
+            h2_block("GET", "/x", &[("te", "trailers"), ("te", "gzip")]),
         ),
     ];
     for (name, b) in cases {
         let mut s = open(gw.listener("public")).await;
-        s.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &b))
+        s.write_all(&h2_frame(HEADERS, END_HEADERS | END_STREAM, 1, &b))
             .await
             .unwrap();
         let fs = frames(&mut s, Duration::from_secs(2)).await;
@@ -580,15 +546,15 @@ async fn a_content_length_the_data_frames_contradict_is_refused() {
         "upstreams: { d: { kind: echo } }\nroutes:\n  - { name: all, match: { prefix: / }, upstream: d }\n",
     );
     let mut s = open(gw.listener("public")).await;
-    s.write_all(&frame(
+    s.write_all(&h2_frame(
         HEADERS,
         END_HEADERS,
         1,
-        &block("POST", "/x", &[("content-length", "10")]),
+        &h2_block("POST", "/x", &[("content-length", "10")]),
     ))
     .await
     .unwrap();
-    s.write_all(&frame(DATA, END_STREAM, 1, b"12345"))
+    s.write_all(&h2_frame(DATA, END_STREAM, 1, b"12345"))
         .await
         .unwrap();
     let fs = frames(&mut s, Duration::from_secs(2)).await;
@@ -635,7 +601,7 @@ async fn a_request_reset_before_its_answer_is_audited_and_its_upstream_exchange_
     assert!(head.starts_with(b"GET /slow/order HTTP/1.1\r\n"));
 
     // CANCEL (0x8) the stream while the upstream holds it.
-    s.write_all(&frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()))
+    s.write_all(&h2_frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()))
         .await
         .unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(5), upstream.read(&mut chunk)).await;
@@ -692,11 +658,11 @@ async fn a_reset_request_no_longer_keeps_its_connection_from_idling() {
         up.url()
     ));
     let mut s = open(gw.listener("public")).await;
-    let head = frame(
+    let head = h2_frame(
         HEADERS,
         END_HEADERS | END_STREAM,
         1,
-        &block("GET", "/delay/20000", &[]),
+        &h2_block("GET", "/delay/20000", &[]),
     );
     s.write_all(&head).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -704,7 +670,7 @@ async fn a_reset_request_no_longer_keeps_its_connection_from_idling() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(up.hits(), 1, "the request reached the upstream");
-    s.write_all(&frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()))
+    s.write_all(&h2_frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()))
         .await
         .unwrap();
     let reset_at = Instant::now();

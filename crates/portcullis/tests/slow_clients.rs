@@ -402,33 +402,27 @@ async fn the_global_connection_cap_holds() {
 /// takes them. The returned count is what it managed to write before its connection was
 /// closed under it, or `size` if it finished.
 async fn bulk_upstream(size: usize) -> (SocketAddr, tokio::sync::mpsc::Receiver<usize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                if !read_head(&mut s).await {
-                    return;
+    let addr = scripted_upstream(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+            if s.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            let block = vec![b'x'; 64 * 1024];
+            let mut sent = 0;
+            while sent < size {
+                let n = block.len().min(size - sent);
+                if s.write_all(&block[..n]).await.is_err() {
+                    break;
                 }
-                let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
-                if s.write_all(answer.as_bytes()).await.is_err() {
-                    return;
-                }
-                let block = vec![b'x'; 64 * 1024];
-                let mut sent = 0;
-                while sent < size {
-                    let n = block.len().min(size - sent);
-                    if s.write_all(&block[..n]).await.is_err() {
-                        break;
-                    }
-                    sent += n;
-                }
-                let _ = tx.send(sent).await;
-            });
+                sent += n;
+            }
+            let _ = tx.send(sent).await;
         }
-    });
+    })
+    .await;
     (addr, rx)
 }
 
@@ -510,24 +504,15 @@ async fn a_client_that_stops_reading_its_answer_is_cut_off_by_the_idle_timeout()
 
 /// An upstream that answers every request with a chunked body in two pieces, `gap` apart.
 async fn gappy_upstream(gap: Duration) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if !read_head(&mut s).await {
-                    return;
-                }
-                let first = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n";
-                if s.write_all(first).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(gap).await;
-                let _ = s.write_all(b"4\r\nlast\r\n0\r\n\r\n").await;
-            });
+    scripted_upstream(move |mut s| async move {
+        let first = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+        if s.write_all(first).await.is_err() {
+            return;
         }
-    });
-    addr
+        tokio::time::sleep(gap).await;
+        let _ = s.write_all(b"4\r\nlast\r\n0\r\n\r\n").await;
+    })
+    .await
 }
 
 /// The slow read of HTTP/2: a client that opens no flow-control window (`SETTINGS` initial
@@ -554,13 +539,9 @@ async fn an_http2_client_that_holds_its_answer_up_is_cut_off_by_the_send_timeout
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     // SETTINGS: SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
-    hello.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
-    // HEADERS on stream 1, ending it: GET http://a/big (HPACK, no Huffman).
-    let mut block = vec![0x82, 0x86, 0x04, 4];
-    block.extend_from_slice(b"/big");
-    block.extend_from_slice(&[0x01, 1, b'a']);
-    hello.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
-    hello.extend_from_slice(&block);
+    hello.extend(h2_frame(4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    // HEADERS on stream 1, ending it: GET http://a/big.
+    hello.extend(h2_get(1, "/big"));
     s.write_all(&hello).await.unwrap();
     let started = Instant::now();
 
@@ -580,7 +561,7 @@ async fn an_http2_client_that_holds_its_answer_up_is_cut_off_by_the_send_timeout
     let stalled = async {
         let mut got = Vec::new();
         let mut buf = vec![0u8; 65536];
-        let ping = [0u8, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let ping = h2_frame(6, 0, 0, &[1, 2, 3, 4, 5, 6, 7, 8]);
         let mut next_ping = Instant::now();
         let closed = loop {
             if Instant::now() >= next_ping {
@@ -606,17 +587,10 @@ async fn an_http2_client_that_holds_its_answer_up_is_cut_off_by_the_send_timeout
     let waited = started.elapsed();
     assert!(waited >= Duration::from_secs(1), "closed after {waited:?}");
     // It got its answer's head and no byte of the body.
-    let mut kinds = Vec::new();
-    let mut i = 0;
-    while i + 9 <= got.len() {
-        let len =
-            (usize::from(got[i]) << 16) | (usize::from(got[i + 1]) << 8) | usize::from(got[i + 2]);
-        kinds.push((
-            got[i + 3],
-            u32::from_be_bytes([got[i + 5] & 0x7f, got[i + 6], got[i + 7], got[i + 8]]),
-        ));
-        i += 9 + len;
-    }
+    let kinds: Vec<(u8, u32)> = h2_frames(&got)
+        .into_iter()
+        .map(|(k, s, _)| (k, s))
+        .collect();
     assert!(kinds.contains(&(1, 1)), "the answer's head: {kinds:?}");
     assert!(
         !kinds.iter().any(|&(k, _)| k == 0),
@@ -704,21 +678,9 @@ async fn a_request_waiting_on_its_upstream_is_not_idleness() {
     assert_eq!(up.hits(), 2, "{:?}", up.requests());
 }
 
-/// An HTTP/2 frame: length, type, flags, stream, payload.
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// HEADERS ending the stream: `GET http://a{path}` (HPACK, no Huffman).
+/// HEADERS ending the stream: `GET http://a{path}`.
 fn h2_get(stream: u32, path: &str) -> Vec<u8> {
-    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
-    block.extend_from_slice(path.as_bytes());
-    block.extend_from_slice(&[0x01, 1, b'a']);
-    h2_frame(1, 5, stream, &block)
+    h2_frame(1, 5, stream, &h2_block("GET", path, &[]))
 }
 
 /// One stream held up while another moves: the client opens no window for stream 1 and
@@ -781,21 +743,11 @@ async fn an_http2_answer_held_up_while_others_move_is_cut_off_alone() {
     let cut_at = cut_at.expect("the held answer's upstream exchange is closed");
     assert!(cut_at >= Duration::from_millis(900), "cut after {cut_at:?}");
 
-    // What the client got: frames by stream, in order.
-    let mut frames = Vec::new();
-    let mut i = 0;
-    while i + 9 <= wire.len() {
-        let len = (usize::from(wire[i]) << 16)
-            | (usize::from(wire[i + 1]) << 8)
-            | usize::from(wire[i + 2]);
-        if i + 9 + len > wire.len() {
-            break;
-        }
-        let stream =
-            u32::from_be_bytes([wire[i + 5] & 0x7f, wire[i + 6], wire[i + 7], wire[i + 8]]);
-        frames.push((wire[i + 3], stream, len));
-        i += 9 + len;
-    }
+    // What the client got: frames by stream, in order (type, stream, payload length).
+    let frames: Vec<(u8, u32, usize)> = h2_frames(&wire)
+        .into_iter()
+        .map(|(k, s, p)| (k, s, p.len()))
+        .collect();
     let data = |stream: u32| -> usize {
         frames
             .iter()

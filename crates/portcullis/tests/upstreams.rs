@@ -233,31 +233,25 @@ async fn a_broken_upstream_answer_is_a_502_problem() {
 /// closes under it.
 async fn stalling_upstream() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<Instant>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                if !read_head(&mut s).await {
-                    return;
+    let addr = scripted_upstream(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
+            if s.write_all(answer).await.is_err() {
+                return;
+            }
+            // Silent from here; the gateway's close is the end of this stream.
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
                 }
-                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
-                if s.write_all(answer).await.is_err() {
-                    return;
-                }
-                // Silent from here; the gateway's close is the end of this stream.
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                let _ = tx.send(Instant::now()).await;
-            });
+            }
+            let _ = tx.send(Instant::now()).await;
         }
-    });
+    })
+    .await;
     (addr, rx)
 }
 

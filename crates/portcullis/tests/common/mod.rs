@@ -90,22 +90,91 @@ pub async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
     true
 }
 
-/// An upstream that answers every request head with `answer` (raw bytes) and closes.
-pub async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
-    use tokio::io::AsyncWriteExt;
+/// A hand-written upstream on an ephemeral port: each connection's first request head is
+/// read, then the connection is handed to `answer`, which writes what the test needs.
+pub async fn scripted_upstream<F, Fut>(answer: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let answer = std::sync::Arc::new(answer);
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let answer = answer.clone();
             tokio::spawn(async move {
-                if !read_head(&mut s).await {
-                    return;
+                if read_head(&mut s).await {
+                    answer(s).await;
                 }
-                let _ = s.write_all(answer).await;
             });
         }
     });
     addr
+}
+
+/// An upstream that answers every request head with `answer` (raw bytes) and closes.
+pub async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    scripted_upstream(move |mut s| async move {
+        let _ = s.write_all(answer).await;
+    })
+    .await
+}
+
+/// An HTTP/2 frame: length, type, flags, stream, payload.
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK: literal field without indexing, new name, no Huffman (lengths < 127).
+pub fn hpack_literal(name: &str, value: &str) -> Vec<u8> {
+    let mut out = vec![0x00, name.len() as u8];
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
+/// An HTTP/2 request header block: GET or POST, http, the path, authority `a`, extra fields.
+pub fn h2_block(method: &str, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.push(if method == "GET" { 0x82 } else { 0x83 }); // :method from the static table
+    b.push(0x86); // :scheme http
+    b.push(0x04); // :path, literal value with indexed name
+    b.push(path.len() as u8);
+    b.extend_from_slice(path.as_bytes());
+    b.push(0x01); // :authority
+    b.push(1);
+    b.push(b'a');
+    for (k, v) in extra {
+        b.extend(hpack_literal(k, v));
+    }
+    b
+}
+
+/// The whole HTTP/2 frames in `wire` (a server's bytes after the preface): (type, stream,
+/// payload); a frame cut off at the end is left out.
+pub fn h2_frames(wire: &[u8]) -> Vec<(u8, u32, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 9 <= wire.len() {
+        let len = (usize::from(wire[i]) << 16)
+            | (usize::from(wire[i + 1]) << 8)
+            | usize::from(wire[i + 2]);
+        if i + 9 + len > wire.len() {
+            break;
+        }
+        let stream =
+            u32::from_be_bytes([wire[i + 5] & 0x7f, wire[i + 6], wire[i + 7], wire[i + 8]]);
+        out.push((wire[i + 3], stream, wire[i + 9..i + 9 + len].to_vec()));
+        i += 9 + len;
+    }
+    out
 }
 
 /// An upstream that reads request heads and never answers. It reports, in order, each head's
