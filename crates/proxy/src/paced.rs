@@ -37,7 +37,8 @@ pub struct HeldUp;
 /// An HTTP/2 answer's body where the connection's watchdog can reach it.
 struct Held {
     /// The watchdog's tick count (plus one) when the body began waiting for the server to
-    /// take its next piece; 0 while it is not waiting.
+    /// take its next piece; 0 while it is not waiting. Only the answer's own task writes it
+    /// (the watchdog reads it, and leaves it as it is when it cuts the answer off).
     since: AtomicU64,
     /// Taken by the watchdog when the answer is cut off.
     body: Mutex<Option<BoxBody>>,
@@ -161,8 +162,6 @@ enum Inner {
         activity: Arc<Activity>,
         /// In the connection's register.
         key: usize,
-        /// Whether the body waits for the server to take its next piece.
-        waiting: bool,
         /// The body's own `is_end_stream` after its last poll, kept here: the server asks for
         /// it after every piece, and the body is behind a lock.
         ended: bool,
@@ -186,7 +185,6 @@ impl ToClient {
                     held,
                     activity,
                     key,
-                    waiting: true,
                     ended: false,
                 }
             }
@@ -204,18 +202,17 @@ impl Body for ToClient {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (held, activity, waiting, ended) = match &mut self.get_mut().inner {
+        let (held, activity, ended) = match &mut self.get_mut().inner {
             Inner::Plain(body) => return Pin::new(body).poll_frame(cx),
             Inner::Watched {
                 held,
                 activity,
-                waiting,
                 ended,
                 ..
-            } => (held, activity, waiting, ended),
+            } => (held, activity, ended),
         };
-        if *waiting {
-            *waiting = false;
+        // Waiting (stamped) until now: the server takes the next piece.
+        if held.since.load(Ordering::Relaxed) != 0 {
             held.since.store(0, Ordering::Relaxed);
             activity.answer_done_waiting(true);
         }
@@ -235,7 +232,6 @@ impl Body for ToClient {
         if more {
             activity.answer_waits();
             held.since.store(activity.held.stamp(), Ordering::Relaxed);
-            *waiting = true;
         }
         r
     }
@@ -262,13 +258,13 @@ impl Body for ToClient {
 impl Drop for ToClient {
     fn drop(&mut self) {
         if let Inner::Watched {
+            held,
             activity,
             key,
-            waiting,
             ..
         } = &self.inner
         {
-            if *waiting {
+            if held.since.load(Ordering::Relaxed) != 0 {
                 activity.answer_done_waiting(false);
             }
             activity.held.unregister(*key);
