@@ -297,7 +297,13 @@ fn check_one(path: &Path) -> Result<Config, ConfigErrors> {
             errs
         })?
         .block_on(async {
-            Runtime::build(config.clone(), false, &portcullis_pipeline::Shared::new()).map(|_| ())
+            Runtime::build(
+                config.clone(),
+                false,
+                &portcullis_pipeline::Shared::new(),
+                None,
+            )
+            .map(|_| ())
         });
     built?;
     Arc::try_unwrap(config).map_err(|_| ConfigErrors::new())
@@ -369,7 +375,7 @@ async fn run(
     let metrics = Metrics::new();
     let config = Arc::new(config);
     let shared = portcullis_pipeline::Shared::new();
-    let runtime = Runtime::build(config.clone(), true, &shared).map_err(|e| {
+    let runtime = Runtime::build(config.clone(), true, &shared, Some(&metrics)).map_err(|e| {
         print_errors(&source, &e);
         anyhow::anyhow!("{source}: the configuration has {} error(s)", e.len())
     })?;

@@ -314,6 +314,11 @@ async fn an_upstream_silent_mid_answer_is_cut_off_by_its_read_timeout() {
         line.contains("stall") && line.contains(&up.to_string()),
         "{line}"
     );
+    // And counted, per upstream and target.
+    let counted =
+        format!("portcullis_upstream_read_timeouts_total{{upstream=\"stall\",target=\"{up}\"}}");
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(metrics.contains(&format!("{counted} 1\n")), "{metrics}");
 
     // HTTP/2: the head, then the body fails; the connection goes on serving.
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -344,6 +349,8 @@ async fn an_upstream_silent_mid_answer_is_cut_off_by_its_read_timeout() {
         .expect("audited");
     assert_eq!(event["http_version"], "HTTP/2", "{event}");
     assert_eq!(event["response_complete"], false, "{event}");
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(metrics.contains(&format!("{counted} 2\n")), "{metrics}");
     // The gateway is healthy.
     assert_eq!(get(&format!("{}/ok", gw.url("public"))).await.status, 200);
 }

@@ -165,7 +165,7 @@ impl Gateway {
             return Err(e);
         }
         let contexts = tls_contexts(&config)?;
-        let runtime = Runtime::build(Arc::new(config), true, &self.shared)?;
+        let runtime = Runtime::build(Arc::new(config), true, &self.shared, Some(&self.metrics))?;
         for (name, cfg) in contexts {
             if let Some(slot) = self.tls_for(&name) {
                 slot.store(cfg);

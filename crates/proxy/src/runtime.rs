@@ -6,6 +6,7 @@ use std::sync::Arc;
 use portcullis_config::{Config, UpstreamKind};
 use portcullis_core::ConfigErrors;
 use portcullis_pipeline::{Shared, Snapshot};
+use portcullis_telemetry::Metrics;
 
 use crate::upstream::{HealthChecks, UpstreamPool};
 
@@ -18,11 +19,13 @@ pub struct Runtime {
 
 impl Runtime {
     /// Builds pools (and, with `start_health`, their health-check tasks — which needs a tokio
-    /// runtime). Every failure is reported at its upstream's path.
+    /// runtime). Every failure is reported at its upstream's path. `metrics`: where the pools
+    /// count what their answers' bodies meet (none when the configuration is only checked).
     pub fn build(
         config: Arc<Config>,
         start_health: bool,
         shared: &Shared,
+        metrics: Option<&Arc<Metrics>>,
     ) -> Result<Runtime, ConfigErrors> {
         let mut errors = ConfigErrors::new();
         let mut pools = Vec::with_capacity(config.upstreams.len());
@@ -31,7 +34,7 @@ impl Runtime {
                 UpstreamKind::Echo | UpstreamKind::TokenExchange | UpstreamKind::Static => {
                     pools.push(None)
                 }
-                UpstreamKind::Proxy => match UpstreamPool::new(u) {
+                UpstreamKind::Proxy => match UpstreamPool::new(u, metrics) {
                     Ok(p) => pools.push(Some(p)),
                     Err(e) => {
                         errors.push(format!("upstreams.{}", u.name), e);

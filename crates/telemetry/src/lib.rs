@@ -240,6 +240,7 @@ pub struct Metrics {
     active_connections: Family<ListenerLabels, Gauge>,
     target_healthy: Family<TargetLabels, Gauge>,
     target_in_flight: Family<TargetLabels, Gauge>,
+    upstream_read_timeouts: Family<TargetLabels, Counter>,
     upstream_requests: Family<UpstreamRequestLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
     config_last_reload_success: Gauge,
@@ -308,6 +309,12 @@ impl Metrics {
             "portcullis_upstream_target_in_flight",
             "Requests currently outstanding to the upstream target",
             target_in_flight.clone(),
+        );
+        let upstream_read_timeouts = Family::<TargetLabels, Counter>::default();
+        registry.register(
+            "portcullis_upstream_read_timeouts",
+            "Answers cut off because their upstream target sent nothing more of the body for the upstream's read_timeout",
+            upstream_read_timeouts.clone(),
         );
         let upstream_requests = Family::<UpstreamRequestLabels, Counter>::default();
         registry.register(
@@ -463,6 +470,7 @@ impl Metrics {
             active_connections,
             target_healthy,
             target_in_flight,
+            upstream_read_timeouts,
             upstream_requests,
             config_reloads,
             config_last_reload_success,
@@ -534,6 +542,16 @@ impl Metrics {
         self.target_in_flight
             .get_or_create(&labels)
             .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+    }
+
+    /// `n` more answers of `upstream`'s `target` cut off by its `read_timeout` (told at a
+    /// scrape: the bodies that time out do not reach the metrics).
+    pub fn upstream_read_timeouts(&self, upstream: &str, target: &str, n: u64) {
+        let labels = TargetLabels {
+            upstream: self.interner.get(upstream),
+            target: self.interner.get(target),
+        };
+        self.upstream_read_timeouts.get_or_create(&labels).inc_by(n);
     }
 
     /// `outcome` is one of `"ok"`, `"error"`, `"timeout"`.
@@ -904,7 +922,17 @@ mod tests {
         m.set_upstream_target("api", "http://10.0.0.2:80", false, 0);
         m.count_upstream_request("api", "http://10.0.0.1:80", "ok");
         m.count_upstream_request("api", "http://10.0.0.1:80", "timeout");
+        m.upstream_read_timeouts("api", "http://10.0.0.1:80", 2);
+        m.upstream_read_timeouts("api", "http://10.0.0.1:80", 1);
         let text = m.encode();
+        assert_eq!(
+            line_value(
+                &text,
+                "portcullis_upstream_read_timeouts_total{upstream=\"api\",target=\"http://10.0.0.1:80\"}"
+            ),
+            Some(3.0),
+            "{text}"
+        );
         assert_eq!(
             line_value(
                 &text,

@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use portcullis_core::BoxError;
+use portcullis_telemetry::Metrics;
 use tokio::time::{Instant, Sleep};
 
 /// The upstream sent nothing more of its answer's body for its `read_timeout`.
@@ -28,20 +29,27 @@ use tokio::time::{Instant, Sleep};
 #[error("the upstream sent nothing more of its answer for {0:?} (read_timeout)")]
 pub struct UpstreamReadTimeout(pub Duration);
 
-/// A target's in-flight count, and the names it is told by (for the log of an answer cut
-/// off). Shared with the response bodies that hold a unit of the count.
+/// A target's in-flight count, and the names it is told by (for the log and the metric of an
+/// answer cut off). Shared with the response bodies that hold a unit of the count.
 pub(super) struct Load {
     pub(super) count: AtomicUsize,
     pub(super) upstream: Arc<str>,
     pub(super) target: Arc<str>,
+    /// Where read timeouts are counted (none when the pool is built only to be checked).
+    pub(super) metrics: Option<Arc<Metrics>>,
 }
 
 impl Load {
-    pub(super) fn new(upstream: Arc<str>, target: Arc<str>) -> Arc<Load> {
+    pub(super) fn new(
+        upstream: Arc<str>,
+        target: Arc<str>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Arc<Load> {
         Arc::new(Load {
             count: AtomicUsize::new(0),
             upstream,
             target,
+            metrics,
         })
     }
 }
@@ -160,6 +168,9 @@ fn waited(
         && g.as_mut().poll(cx).is_ready()
     {
         if let Some(InFlight(load)) = guard.take().as_ref() {
+            if let Some(m) = &load.metrics {
+                m.upstream_read_timeouts(&load.upstream, &load.target, 1);
+            }
             tracing::warn!(
                 upstream = %load.upstream,
                 target = %load.target,
@@ -200,7 +211,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn each_wait_on_the_upstream_is_timed_afresh() {
-        let load = Load::new("u".into(), "127.0.0.1:1".into());
+        let load = Load::new("u".into(), "127.0.0.1:1".into(), None);
         // Ten gaps of 0.9 s under a 1 s read timeout: 9 s in all, never one wait too long.
         let body = GuardedBody::new(
             paced(10, Duration::from_millis(900), false),
@@ -219,7 +230,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_upstream_fails_the_body_after_its_read_timeout() {
-        let load = Load::new("u".into(), "127.0.0.1:1".into());
+        let load = Load::new("u".into(), "127.0.0.1:1".into(), None);
         let mut body = GuardedBody::new(
             paced(2, Duration::from_millis(100), true),
             InFlight::new(&load),
@@ -246,7 +257,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_read_timeout_too_long_to_be_a_point_in_time_is_none() {
-        let load = Load::new("u".into(), "127.0.0.1:1".into());
+        let load = Load::new("u".into(), "127.0.0.1:1".into(), None);
         let mut body = GuardedBody::new(
             paced(0, Duration::from_millis(1), true),
             InFlight::new(&load),

@@ -59,6 +59,7 @@ use portcullis_config::{
     Balance, HealthCheck, HostHeader, PassiveHealth, Retries, Upstream, UpstreamProtocol,
 };
 use portcullis_core::{BoxBody, BoxError, RejectReason};
+use portcullis_telemetry::Metrics;
 
 use self::balance::{Tried, weighted_schedule};
 use self::body::{GuardedBody, InFlight, Load};
@@ -340,8 +341,12 @@ fn is_failure_status(s: StatusCode) -> bool {
 
 impl UpstreamPool {
     /// Builds the pool and its client. Fails on a pool without targets, a target authority
-    /// that is not a valid URI authority, or unusable TLS roots.
-    pub fn new(cfg: &Upstream) -> Result<Arc<UpstreamPool>, String> {
+    /// that is not a valid URI authority, or unusable TLS roots. `metrics`: where its answers
+    /// cut off by the read timeout are counted.
+    pub fn new(
+        cfg: &Upstream,
+        metrics: Option<&Arc<Metrics>>,
+    ) -> Result<Arc<UpstreamPool>, String> {
         if cfg.targets.is_empty() {
             return Err("no targets".into());
         }
@@ -359,7 +364,7 @@ impl UpstreamPool {
                 .map_err(|e| format!("target {}: {e}", t.authority))?;
             let authority: Arc<str> = Arc::from(t.authority.as_str());
             targets.push(Target {
-                in_flight: Load::new(cfg.name.clone(), authority.clone()),
+                in_flight: Load::new(cfg.name.clone(), authority.clone(), metrics.cloned()),
                 authority,
                 scheme: if t.tls { Scheme::HTTPS } else { Scheme::HTTP },
                 uri_authority,

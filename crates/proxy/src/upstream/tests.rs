@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 
 fn pool(yaml: &str) -> Arc<UpstreamPool> {
     let c = portcullis_config::load_str(yaml, Path::new(".")).unwrap();
-    UpstreamPool::new(&c.upstreams[0]).unwrap()
+    UpstreamPool::new(&c.upstreams[0], None).unwrap()
 }
 
 /// An upstream section with these targets (YAML flow items) and extra settings.
@@ -343,7 +343,7 @@ fn an_https_target_with_an_unusable_ca_file_is_refused() {
         "upstreams: { u: { targets: [ \"https://127.0.0.1:1\" ], tls: { ca_file: empty.pem } } }";
     let refused = match portcullis_config::load_str(yaml, &dir) {
         Err(_) => true,
-        Ok(c) => UpstreamPool::new(&c.upstreams[0]).is_err(),
+        Ok(c) => UpstreamPool::new(&c.upstreams[0], None).is_err(),
     };
     let _ = std::fs::remove_dir_all(&dir);
     assert!(refused);
