@@ -366,6 +366,7 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
         http2_max_resets_per_second: s.http2_max_resets_per_second,
         idle_timeout: positive_duration(&s.idle_timeout, "server.idle_timeout", e),
         send_timeout: positive_duration(&s.send_timeout, "server.send_timeout", e),
+        send_min_bytes_per_second: s.send_min_bytes_per_second,
         body_read_timeout: positive_duration(&s.body_read_timeout, "server.body_read_timeout", e),
         body_min_bytes_per_second: s.body_min_bytes_per_second,
         max_connections: nonzero(s.max_connections, "server.max_connections", e),

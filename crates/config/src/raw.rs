@@ -215,6 +215,11 @@ pub struct RawServer {
     /// flow-control window with none of them moving. Default `60s`.
     #[serde(default = "default_send_timeout")]
     pub send_timeout: String,
+    /// Slowest average rate, in bytes per second, at which a client may take an answer the
+    /// gateway has more of to send, judged while its writes wait on the client. Default 256;
+    /// 0 disables.
+    #[serde(default = "default_send_min_rate")]
+    pub send_min_bytes_per_second: u64,
     /// Longest wait for the next piece of a request body. Default `30s`.
     #[serde(default = "default_body_read_timeout")]
     pub body_read_timeout: String,
@@ -255,6 +260,7 @@ impl Default for RawServer {
             http2_max_resets_per_second: default_h2_resets(),
             idle_timeout: default_idle_timeout(),
             send_timeout: default_send_timeout(),
+            send_min_bytes_per_second: default_send_min_rate(),
             body_read_timeout: default_body_read_timeout(),
             body_min_bytes_per_second: default_body_min_rate(),
             max_connections: default_max_connections(),
@@ -280,6 +286,9 @@ fn default_idle_timeout() -> String {
 }
 fn default_send_timeout() -> String {
     "60s".into()
+}
+fn default_send_min_rate() -> u64 {
+    256
 }
 fn default_body_read_timeout() -> String {
     "30s".into()

@@ -728,6 +728,25 @@ fn the_send_timeout_must_be_a_positive_duration() {
 }
 
 #[test]
+fn the_minimum_send_rate_is_256_bytes_a_second_by_default_and_can_be_off() {
+    let rate = |yaml: &str| {
+        load_str(yaml, Path::new("."))
+            .unwrap()
+            .server
+            .send_min_bytes_per_second
+    };
+    assert_eq!(rate(""), 256);
+    assert_eq!(rate("server: { send_min_bytes_per_second: 4096 }"), 4096);
+    assert_eq!(rate("server: { send_min_bytes_per_second: 0 }"), 0);
+    let e = errs("server: { send_min_bytes_per_second: -1 }");
+    assert!(
+        e.iter()
+            .any(|m| m.contains("server") && m.contains("send_min_bytes_per_second")),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn an_upstreams_read_timeout_is_a_positive_duration_of_60s_by_default() {
     use std::time::Duration;
     let up = |extra: &str| {

@@ -105,6 +105,9 @@ pub struct Server {
     /// How long an HTTP/2 connection's answers may wait on the client's flow-control window,
     /// none of them moving, before the connection is closed.
     pub send_timeout: Duration,
+    /// Slowest average rate (bytes per second) at which a client may take what the gateway
+    /// has to send it while its writes wait on the client (0: no minimum).
+    pub send_min_bytes_per_second: u64,
     pub body_read_timeout: Duration,
     pub body_min_bytes_per_second: u64,
     pub max_connections: usize,

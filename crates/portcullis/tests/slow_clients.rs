@@ -472,9 +472,17 @@ async fn a_client_that_stops_reading_its_answer_is_cut_off_by_the_idle_timeout()
         "closed after {waited:?}, before the idle timeout"
     );
 
-    // The client's connection is closed too: what is left in its buffers, then the end.
-    let (closed, _) = read_until_closed(&mut slow, Duration::from_secs(10)).await;
-    assert!(closed, "the slow reader's connection is closed");
+    // The client's connection is reset: what the kernel still held for it is dropped rather
+    // than kept to be sent after the close.
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest))
+        .await
+        .expect("the slow reader's connection is closed");
+    assert_eq!(
+        end.map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the slow reader's connection is reset"
+    );
 
     // The exchange is audited, with the status the client was sent, as an answer cut off:
     // some of its body went out, not all of it.
@@ -500,6 +508,132 @@ async fn a_client_that_stops_reading_its_answer_is_cut_off_by_the_idle_timeout()
         .expect("the other request is audited");
     assert_eq!(other["response_complete"], true, "{other}");
     assert!(other["response_bytes"].as_u64().unwrap() > 0, "{other}");
+}
+
+/// A client that reads its answer, but slower than `server.send_min_bytes_per_second`, keeps
+/// something moving on its connection, so the idle timeout never closes it; the minimum send
+/// rate does, once the client has fallen behind it by more than the socket's send buffer
+/// holds — the answer is given up, its upstream connection closed under the upstream, the
+/// close counted and logged, the exchange audited as cut off. A client that reads as fast as
+/// it can, at the same time, gets its whole answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reading_slower_than_the_minimum_send_rate_is_cut_off() {
+    const SIZE: usize = 64 * 1024 * 1024;
+    let (up, mut written) = bulk_upstream(SIZE).await;
+    // A minimum far above the slow reader's rate, so that the test does not wait on the send
+    // buffer of the loopback (about 4 MB) at the default's 256 B/s; ticks of 0.5 s.
+    let gw = gateway(&format!(
+        "server: {{ header_read_timeout: 2s, send_min_bytes_per_second: 1000000 }}\n\
+         upstreams:\n  bulk: {{ targets: [\"http://{up}\"] }}\n  d: {{ kind: echo }}\n\
+         routes:\n  - {{ name: ok, match: {{ prefix: /ok }}, upstream: d }}\n  \
+         - {{ name: all, match: {{ prefix: / }}, upstream: bulk }}\n"
+    ));
+    let addr = gw.listener("public");
+
+    // The slow reader: a small receive window, 16 KiB taken every 150 ms (about 110 kB/s).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut slow = socket.connect(addr).await.unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut taken = 0usize;
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) => return (taken, Some(None)),
+                Err(e) => return (taken, Some(Some(e.kind()))),
+                Ok(n) => taken += n,
+            }
+            if taken > SIZE {
+                return (taken, None);
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+
+    // The fast reader, meanwhile: the whole answer.
+    let mut fast = TcpStream::connect(addr).await.unwrap();
+    fast.write_all(b"GET /fast HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut whole = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), fast.read_to_end(&mut whole))
+        .await
+        .expect("the fast reader's answer ends")
+        .unwrap();
+    assert!(whole.starts_with(b"HTTP/1.1 200"));
+    let head_end = whole.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(
+        whole.len() - head_end,
+        SIZE,
+        "the fast reader got all of it"
+    );
+
+    let (taken, closed) = tokio::time::timeout(Duration::from_secs(40), reader)
+        .await
+        .expect("the slow reader's connection is closed")
+        .unwrap();
+    // Reset, not closed after what the kernel still held for it (about 4 MB here, some 40 s
+    // at its pace).
+    assert_eq!(
+        closed,
+        Some(Some(std::io::ErrorKind::ConnectionReset)),
+        "the slow reader's connection is reset"
+    );
+    assert!(
+        taken > 128 * 1024 && taken < SIZE,
+        "it read on until the close: {taken}"
+    );
+    // Its upstream exchange is closed under the upstream, which does not finish (the fast
+    // reader's did).
+    let mut counts = Vec::new();
+    for _ in 0..2 {
+        counts.push(
+            tokio::time::timeout(Duration::from_secs(10), written.recv())
+                .await
+                .expect("both upstream exchanges end")
+                .unwrap(),
+        );
+    }
+    counts.sort_unstable();
+    assert!(
+        counts[0] < SIZE,
+        "the slow reader's upstream was cut off: {counts:?}"
+    );
+    assert_eq!(counts[1], SIZE, "{counts:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "closed by the minimum rate, not the idle timeout"
+    );
+
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains("portcullis_rejections_total{stage=\"accept\",reason=\"send_rate\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        gw.stderr_text()
+            .contains("slower than server.send_min_bytes_per_second: connection reset"),
+        "not logged"
+    );
+    let event = gw
+        .wait_for_audit(|e| e["path"] == "/slow", Duration::from_secs(5))
+        .expect("the cut-off answer is audited");
+    assert_eq!(event["status"], 200, "{event}");
+    assert_eq!(event["response_complete"], false, "{event}");
+    let event = gw
+        .wait_for_audit(|e| e["path"] == "/fast", Duration::from_secs(5))
+        .expect("the whole answer is audited");
+    assert_eq!(event["response_complete"], true, "{event}");
+    // The gateway is healthy.
+    assert!(
+        normal_request("127.0.0.1", addr)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
 }
 
 /// An upstream that answers every request with a chunked body in two pieces, `gap` apart.

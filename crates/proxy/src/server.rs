@@ -158,6 +158,7 @@ async fn connection(
         first_byte: server.header_read_timeout,
         idle: server.idle_timeout,
         send: server.send_timeout,
+        send_min_rate: server.send_min_bytes_per_second,
     };
     let abort_on_close = server.abort_on_client_close;
     let max_resets = server.http2_max_resets_per_second;
@@ -365,6 +366,8 @@ struct Timeouts {
     idle: Duration,
     /// `server.send_timeout`.
     send: Duration,
+    /// `server.send_min_bytes_per_second` (0: none).
+    send_min_rate: u64,
 }
 
 /// Why the watchdog closed a connection.
@@ -374,6 +377,8 @@ enum Closed {
     Idle,
     /// Its HTTP/2 answers waited on the client's window for the send timeout.
     Stalled,
+    /// It took what the gateway had to send it slower than the minimum send rate.
+    SlowReader,
 }
 
 impl Closed {
@@ -384,18 +389,70 @@ impl Closed {
                 tracing::warn!(%peer, "HTTP/2 answers held up by the client past server.send_timeout: connection closed");
                 metrics.count_rejection("accept", "send_timeout");
             }
+            Closed::SlowReader => {
+                tracing::warn!(%peer, "the client took its answers slower than server.send_min_bytes_per_second: connection reset");
+                metrics.count_rejection("accept", "send_rate");
+            }
         }
+    }
+}
+
+/// What the gateway's own layers may hold of a connection's output beyond the socket's send
+/// buffer (TLS records being built), allowed for by the minimum send rate.
+const SEND_HELD_ALLOWANCE: u64 = 64 * 1024;
+
+/// The minimum send rate (`server.send_min_bytes_per_second`), judged at the watchdog's
+/// ticks: while the gateway's writes wait on the client, from the first tick that sees them
+/// waiting, the connection must take `rate` bytes per second on average — less what the
+/// socket's send buffer and the gateway's layers held when the wait began, which the client
+/// drains without the gateway's writes moving (the kernel takes more only once a good part of
+/// its buffer is free, so a client at any steady rate above the minimum is never behind by
+/// more than that). A tick that finds the writes not waiting (the client took everything, or
+/// there is nothing more to send) ends the judgement; the next wait starts afresh.
+#[derive(Debug)]
+struct SendRate {
+    rate: u64,
+    /// When the writes were first seen waiting, and the bytes taken by then.
+    since: Option<(tokio::time::Instant, u64)>,
+}
+
+impl SendRate {
+    fn new(rate: u64) -> Self {
+        SendRate { rate, since: None }
+    }
+
+    /// At a tick: whether the client has fallen behind the minimum rate.
+    fn too_slow(
+        &mut self,
+        now: tokio::time::Instant,
+        waiting: bool,
+        sent: u64,
+        send_buffer: u64,
+    ) -> bool {
+        if self.rate == 0 || !waiting {
+            self.since = None;
+            return false;
+        }
+        let Some((at, from)) = self.since else {
+            self.since = Some((now, sent));
+            return false;
+        };
+        let owed = u128::from(self.rate) * now.saturating_duration_since(at).as_millis() / 1000;
+        let taken = u128::from(sent.wrapping_sub(from));
+        taken + u128::from(send_buffer) + u128::from(SEND_HELD_ALLOWANCE) < owed
     }
 }
 
 /// Resolves when a connection has been silent or slow too long: no complete first head within
 /// the header timeout of its opening (a connect-and-wait or trickling slowloris), a later head
 /// still incomplete the header timeout after its first byte, no byte either way for the
-/// idle timeout while no request waits for its answer's head, or HTTP/2 answers waiting on the client's flow-control window for the send
-/// timeout with none of them taking a step (a slow read the client's pings would otherwise
-/// hide from the idle timeout). A late head that has begun is first answered
-/// (408 `header_timeout`, through the reader's stand-in); a connection that sent nothing gets
-/// no answer.
+/// idle timeout while no request waits for its answer's head, HTTP/2 answers waiting on the
+/// client's flow-control window for the send timeout with none of them taking a step (a slow
+/// read the client's pings would otherwise hide from the idle timeout), or a client taking what
+/// the gateway has to send it slower than the minimum send rate ([`SendRate`]). A late head
+/// that has begun is first answered (408 `header_timeout`, through the reader's stand-in); a
+/// connection that sent nothing gets no answer. A connection closed while the gateway's writes
+/// wait on its client is marked to be reset (`Activity::reset_at_close`).
 async fn idle_watchdog(
     activity: Arc<Activity>,
     t: Timeouts,
@@ -420,6 +477,7 @@ async fn idle_watchdog(
     // When a late head was told to the reader: the connection ends with its 408, or here
     // once the grace has passed.
     let mut told: Option<tokio::time::Instant> = None;
+    let mut send_rate = SendRate::new(t.send_min_rate);
     loop {
         // The one wait of this future (a second one would make its state, which the
         // connection's task polls through the gate, larger).
@@ -453,8 +511,18 @@ async fn idle_watchdog(
         if first_late {
             return Closed::Idle;
         }
+        let (writes_wait, sent, send_buffer) = activity.sending();
         if now - last_move >= t.idle {
+            if writes_wait {
+                // A client that stopped taking its answer: what the kernel holds for it is
+                // dropped with a reset rather than kept to be sent after the close.
+                activity.reset_at_close();
+            }
             return Closed::Idle;
+        }
+        if send_rate.too_slow(now, writes_wait, sent, send_buffer) {
+            activity.reset_at_close();
+            return Closed::SlowReader;
         }
         let (waiting, answered) = activity.answers();
         match stalled_since {
@@ -587,5 +655,79 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.metrics.connection_closed(&self.listener);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client reading at `client_rate` bytes per second through a kernel send buffer of
+    /// `buffer` bytes, which takes the gateway's writes only once a third of it is free (as
+    /// Linux wakes a writer), judged every 2.5 s for `secs`: when (if ever) it is too slow.
+    fn judged(rate: u64, client_rate: f64, buffer: u64, secs: u64) -> Option<f64> {
+        let start = tokio::time::Instant::now();
+        let mut judge = SendRate::new(rate);
+        let mut queued = buffer as f64;
+        let mut sent = 1_000_000u64;
+        let step = 2.5;
+        let mut t = 0.0;
+        while t < secs as f64 {
+            t += step;
+            queued -= (client_rate * step).min(queued);
+            let free = buffer as f64 - queued;
+            if free >= buffer as f64 / 3.0 {
+                sent += free as u64;
+                queued = buffer as f64;
+            }
+            let now = start + Duration::from_secs_f64(t);
+            if judge.too_slow(now, true, sent, buffer) {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_client_at_the_minimum_rate_or_above_is_never_behind() {
+        for buffer in [16 * 1024, 87_040, 4 * 1024 * 1024] {
+            for client in [256.0, 300.0, 1000.0, 50_000.0] {
+                assert_eq!(
+                    judged(256, client, buffer, 6 * 3600),
+                    None,
+                    "{client} B/s through a {buffer}-byte buffer"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_client_below_the_minimum_rate_is_closed_once_behind_by_the_buffers() {
+        // 100 B/s against 256: behind by the buffer and the layers' allowance after at most
+        // (87040 + 65536) / 156 ≈ 978 s — sooner by up to a third of the buffer, which the
+        // kernel holds back from the count until it takes the next write.
+        let at = judged(256, 100.0, 87_040, 3600).expect("too slow");
+        assert!((790.0..1000.0).contains(&at), "{at}");
+        // One that takes nothing falls behind sooner the smaller its buffer.
+        let at = judged(256, 0.0, 16 * 1024, 3600).expect("too slow");
+        assert!((310.0..330.0).contains(&at), "{at}");
+        // No minimum: never.
+        assert_eq!(judged(0, 0.0, 16 * 1024, 3600), None);
+    }
+
+    #[test]
+    fn writes_that_stop_waiting_end_the_judgement() {
+        let start = tokio::time::Instant::now();
+        let mut judge = SendRate::new(1000);
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert!(!judge.too_slow(at(0), true, 0, 0));
+        // 70 s waiting with nothing taken: 70 kB owed, beyond the 64 KiB allowance.
+        assert!(judge.too_slow(at(70), true, 0, 0));
+        // The client took everything (the writes no longer wait): the debt is forgiven, and
+        // the next wait is judged from its own start.
+        assert!(!judge.too_slow(at(71), false, 10, 0));
+        assert!(!judge.too_slow(at(72), true, 10, 0));
+        assert!(!judge.too_slow(at(130), true, 10, 0));
+        assert!(judge.too_slow(at(140), true, 10, 0));
     }
 }

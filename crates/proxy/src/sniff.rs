@@ -591,6 +591,16 @@ pub struct Activity {
     requests_waiting: std::sync::atomic::AtomicU32,
     /// The HTTP/2 answers with more to send, where the watchdog can cut one off alone.
     pub held: crate::paced::HeldAnswers,
+    /// Set when the connection is to be reset rather than closed (see
+    /// [`ClientSocket::reset_on_close`]): the client fell behind what the gateway had to send.
+    reset: std::sync::atomic::AtomicBool,
+    /// Bytes the connection took from the gateway's writes (only the writer changes it).
+    sent: std::sync::atomic::AtomicU64,
+    /// Whether the last write (or flush) found the connection full: the gateway has more to
+    /// send than the client takes.
+    send_waiting: std::sync::atomic::AtomicBool,
+    /// The socket's send buffer when the writes last began to wait (bytes; 0: unknown).
+    send_buffer: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Activity {
@@ -606,6 +616,10 @@ impl Default for Activity {
             answer_moves: Default::default(),
             requests_waiting: Default::default(),
             held: Default::default(),
+            reset: Default::default(),
+            sent: Default::default(),
+            send_waiting: Default::default(),
+            send_buffer: Default::default(),
         }
     }
 }
@@ -650,6 +664,46 @@ impl Activity {
         // Only a change matters to the watchdog, not an exact count: no locked add needed.
         let n = self.moves.load(Ordering::Relaxed);
         self.moves.store(n.wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// The connection took `n` bytes of the gateway's writes.
+    fn wrote(&self, n: usize) {
+        self.touch();
+        // Only the writer changes the count, and only the watchdog reads it besides.
+        let sent = self.sent.load(Ordering::Relaxed);
+        self.sent
+            .store(sent.wrapping_add(n as u64), Ordering::Relaxed);
+        if self.send_waiting.load(Ordering::Relaxed) {
+            self.send_waiting.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// A write or flush found the connection full. When the writes begin to wait, the
+    /// socket's send buffer is asked for (`send_buffer`; a system call, only then).
+    #[cold]
+    #[inline(never)]
+    fn write_waits(&self, send_buffer: impl FnOnce() -> Option<usize>) {
+        if !self.send_waiting.load(Ordering::Relaxed) {
+            self.send_waiting.store(true, Ordering::Relaxed);
+            let b = send_buffer().map_or(0, |b| b as u64);
+            self.send_buffer.store(b, Ordering::Relaxed);
+        }
+    }
+
+    /// The connection is to end with a reset: what the kernel holds for the client is dropped
+    /// at its close instead of being sent to a client that does not take it.
+    pub fn reset_at_close(&self) {
+        self.reset.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the gateway's writes wait on the client, the bytes the connection has taken,
+    /// and the socket's send buffer when the writes began to wait (0: unknown).
+    pub fn sending(&self) -> (bool, u64, u64) {
+        (
+            self.send_waiting.load(Ordering::Relaxed),
+            self.sent.load(Ordering::Relaxed),
+            self.send_buffer.load(Ordering::Relaxed),
+        )
     }
 
     /// Changes whenever a byte moved either way.
@@ -711,7 +765,7 @@ impl Drop for RequestWaiting<'_> {
 
 pin_project_lite::pin_project! {
     /// An I/O stream whose reads are followed by [`Framing`] and whose traffic is timed.
-    pub struct Sniffed<S> {
+    pub struct Sniffed<S: ClientSocket> {
         #[pin]
         inner: S,
         framing: Framing,
@@ -730,9 +784,17 @@ pin_project_lite::pin_project! {
         // Whether a head is held back incomplete (told to `activity` when it changes).
         pending: bool,
     }
+
+    impl<S: ClientSocket> PinnedDrop for Sniffed<S> {
+        fn drop(this: Pin<&mut Self>) {
+            if this.activity.reset.load(Ordering::Relaxed) {
+                this.inner.reset_on_close();
+            }
+        }
+    }
 }
 
-impl<S> Sniffed<S> {
+impl<S: ClientSocket> Sniffed<S> {
     /// `max_head`: the largest head held back whole (hyper's own limit: beyond it, hyper gets
     /// the bytes and refuses the request itself).
     pub fn new(inner: S, flag: Arc<Flag>, activity: Arc<Activity>, max_head: usize) -> Self {
@@ -808,7 +870,7 @@ fn hand_over(buf: &mut ReadBuf<'_>, mut out: BytesMut, stash: &mut BytesMut) {
     *stash = out;
 }
 
-impl<S: AsyncRead> AsyncRead for Sniffed<S> {
+impl<S: AsyncRead + ClientSocket> AsyncRead for Sniffed<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -950,24 +1012,70 @@ impl<S: AsyncRead> AsyncRead for Sniffed<S> {
     }
 }
 
-impl<S: AsyncWrite> AsyncWrite for Sniffed<S> {
+/// What the gateway asks of a client connection's socket itself.
+pub trait ClientSocket {
+    /// The socket's send buffer in bytes, if known: asked when the gateway's writes begin to
+    /// wait on the client. What the kernel took from the gateway and still holds is at most
+    /// that much, and the minimum send rate allows for it.
+    fn send_buffer(&self) -> Option<usize> {
+        None
+    }
+
+    /// Makes the socket's close a reset (`SO_LINGER` 0): the kernel then drops what it still
+    /// holds for a client that does not take it, instead of keeping it to send after the close.
+    fn reset_on_close(&self) {}
+}
+
+impl ClientSocket for tokio::net::TcpStream {
+    fn send_buffer(&self) -> Option<usize> {
+        socket2::SockRef::from(self).send_buffer_size().ok()
+    }
+
+    fn reset_on_close(&self) {
+        // Only fails on a socket already gone: its close is then no matter.
+        let _ = socket2::SockRef::from(self).set_linger(Some(std::time::Duration::ZERO));
+    }
+}
+
+impl ClientSocket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn send_buffer(&self) -> Option<usize> {
+        self.get_ref().0.send_buffer()
+    }
+
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
+impl ClientSocket for tokio::io::DuplexStream {}
+
+impl<S: AsyncWrite + ClientSocket> AsyncWrite for Sniffed<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let r = this.inner.poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r
-            && *n > 0
-        {
-            this.activity.touch();
+        let mut this = self.project();
+        let r = this.inner.as_mut().poll_write(cx, buf);
+        match &r {
+            Poll::Ready(Ok(n)) if *n > 0 => this.activity.wrote(*n),
+            Poll::Pending => {
+                let inner = this.inner.as_ref();
+                this.activity.write_waits(|| inner.get_ref().send_buffer());
+            }
+            _ => {}
         }
         r
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let mut this = self.project();
+        let r = this.inner.as_mut().poll_flush(cx);
+        if r.is_pending() {
+            let inner = this.inner.as_ref();
+            this.activity.write_waits(|| inner.get_ref().send_buffer());
+        }
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -979,12 +1087,15 @@ impl<S: AsyncWrite> AsyncWrite for Sniffed<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let r = this.inner.poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &r
-            && *n > 0
-        {
-            this.activity.touch();
+        let mut this = self.project();
+        let r = this.inner.as_mut().poll_write_vectored(cx, bufs);
+        match &r {
+            Poll::Ready(Ok(n)) if *n > 0 => this.activity.wrote(*n),
+            Poll::Pending => {
+                let inner = this.inner.as_ref();
+                this.activity.write_waits(|| inner.get_ref().send_buffer());
+            }
+            _ => {}
         }
         r
     }
@@ -1343,6 +1454,9 @@ mod tests {
 
     /// A client whose bytes arrive in these pieces, one per read.
     struct Trickle(std::collections::VecDeque<Vec<u8>>);
+
+    impl ClientSocket for Trickle {}
+    impl ClientSocket for &[u8] {}
 
     impl AsyncRead for Trickle {
         fn poll_read(
@@ -1750,5 +1864,29 @@ mod tests {
             }
             let _ = verdict(&raw);
         }
+    }
+
+    #[tokio::test]
+    async fn writes_are_counted_and_a_full_connection_is_told() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64);
+        let activity = Arc::new(Activity::default());
+        let mut s = Sniffed::new(
+            server,
+            Arc::new(Flag::default()),
+            activity.clone(),
+            64 * 1024,
+        );
+        assert_eq!(s.write(&[b'x'; 100]).await.unwrap(), 64);
+        assert_eq!(activity.sending(), (false, 64, 0));
+        // The pipe is full: the next write waits (the duplex pipe knows no send buffer).
+        let waits = tokio::time::timeout(Duration::from_millis(50), s.write(&[b'y'; 36])).await;
+        assert!(waits.is_err(), "the write waits");
+        assert_eq!(activity.sending(), (true, 64, 0));
+        // The client takes some: the write goes on, and the connection no longer waits.
+        let mut buf = [0u8; 40];
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(s.write(&[b'y'; 36]).await.unwrap(), 36);
+        assert_eq!(activity.sending(), (false, 100, 0));
     }
 }
