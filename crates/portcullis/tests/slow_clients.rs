@@ -512,25 +512,26 @@ async fn a_client_that_stops_reading_its_answer_is_cut_off_by_the_idle_timeout()
 
 /// A client that reads its answer, but slower than `server.send_min_bytes_per_second`, keeps
 /// something moving on its connection, so the idle timeout never closes it; the minimum send
-/// rate does, once the client has fallen behind it by more than the socket's send buffer
-/// holds — the answer is given up, its upstream connection closed under the upstream, the
+/// rate does, once the client has fallen behind it by more than the kernel may hold for it —
+/// the answer is given up, its upstream connection closed under the upstream, the
 /// close counted and logged, the exchange audited as cut off. A client that reads as fast as
 /// it can, at the same time, gets its whole answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_reading_slower_than_the_minimum_send_rate_is_cut_off() {
     const SIZE: usize = 64 * 1024 * 1024;
     let (up, mut written) = bulk_upstream(SIZE).await;
-    // A minimum far above the slow reader's rate, so that the test does not wait on the send
-    // buffer of the loopback (about 4 MB) at the default's 256 B/s; ticks of 0.5 s.
+    // A minimum far above the default, so that the test does not wait many minutes for the
+    // slow reader to fall behind it by what the kernel may hold (a little over 256 KiB once
+    // the socket's unsent bytes are bounded); ticks of 0.5 s.
     let gw = gateway(&format!(
-        "server: {{ header_read_timeout: 2s, send_min_bytes_per_second: 1000000 }}\n\
+        "server: {{ header_read_timeout: 2s, send_min_bytes_per_second: 200000 }}\n\
          upstreams:\n  bulk: {{ targets: [\"http://{up}\"] }}\n  d: {{ kind: echo }}\n\
          routes:\n  - {{ name: ok, match: {{ prefix: /ok }}, upstream: d }}\n  \
          - {{ name: all, match: {{ prefix: / }}, upstream: bulk }}\n"
     ));
     let addr = gw.listener("public");
 
-    // The slow reader: a small receive window, 16 KiB taken every 150 ms (about 110 kB/s).
+    // The slow reader: a small receive window, 16 KiB taken every 500 ms (about 33 kB/s).
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
     let mut slow = socket.connect(addr).await.unwrap();
@@ -550,7 +551,7 @@ async fn a_client_reading_slower_than_the_minimum_send_rate_is_cut_off() {
             if taken > SIZE {
                 return (taken, None);
             }
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
 
@@ -576,15 +577,14 @@ async fn a_client_reading_slower_than_the_minimum_send_rate_is_cut_off() {
         .await
         .expect("the slow reader's connection is closed")
         .unwrap();
-    // Reset, not closed after what the kernel still held for it (about 4 MB here, some 40 s
-    // at its pace).
+    // Reset, not closed after what the kernel still held for it.
     assert_eq!(
         closed,
         Some(Some(std::io::ErrorKind::ConnectionReset)),
         "the slow reader's connection is reset"
     );
     assert!(
-        taken > 128 * 1024 && taken < SIZE,
+        taken > 16 * 1024 && taken < SIZE,
         "it read on until the close: {taken}"
     );
     // Its upstream exchange is closed under the upstream, which does not finish (the fast

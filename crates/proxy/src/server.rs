@@ -397,18 +397,19 @@ impl Closed {
     }
 }
 
-/// What the gateway's own layers may hold of a connection's output beyond the socket's send
-/// buffer (TLS records being built), allowed for by the minimum send rate.
+/// What the gateway's own layers may hold of a connection's output beyond what the kernel holds
+/// (TLS records being built), allowed for by the minimum send rate.
 const SEND_HELD_ALLOWANCE: u64 = 64 * 1024;
 
 /// The minimum send rate (`server.send_min_bytes_per_second`), judged at the watchdog's
 /// ticks: while the gateway's writes wait on the client, from the first tick that sees them
 /// waiting, the connection must take `rate` bytes per second on average — less what the
-/// socket's send buffer and the gateway's layers held when the wait began, which the client
-/// drains without the gateway's writes moving (the kernel takes more only once a good part of
-/// its buffer is free, so a client at any steady rate above the minimum is never behind by
-/// more than that). A tick that finds the writes not waiting (the client took everything, or
-/// there is nothing more to send) ends the judgement; the next wait starts afresh.
+/// kernel and the gateway's layers may hold for the client ([`crate::sniff::ClientSocket::kernel_holds`],
+/// [`SEND_HELD_ALLOWANCE`]), which the client drains without the gateway's writes moving (the
+/// kernel takes more in bursts, once enough of what it holds is gone; so a client at any
+/// steady rate above the minimum is never behind by more than that). A tick that finds the
+/// writes not waiting (the client took everything, or there is nothing more to send) ends the
+/// judgement; the next wait starts afresh.
 #[derive(Debug)]
 struct SendRate {
     rate: u64,
@@ -427,7 +428,7 @@ impl SendRate {
         now: tokio::time::Instant,
         waiting: bool,
         sent: u64,
-        send_buffer: u64,
+        kernel_holds: u64,
     ) -> bool {
         if self.rate == 0 || !waiting {
             self.since = None;
@@ -439,7 +440,7 @@ impl SendRate {
         };
         let owed = u128::from(self.rate) * now.saturating_duration_since(at).as_millis() / 1000;
         let taken = u128::from(sent.wrapping_sub(from));
-        taken + u128::from(send_buffer) + u128::from(SEND_HELD_ALLOWANCE) < owed
+        taken + u128::from(kernel_holds) + u128::from(SEND_HELD_ALLOWANCE) < owed
     }
 }
 
@@ -511,7 +512,7 @@ async fn idle_watchdog(
         if first_late {
             return Closed::Idle;
         }
-        let (writes_wait, sent, send_buffer) = activity.sending();
+        let (writes_wait, sent, kernel_holds) = activity.sending();
         if now - last_move >= t.idle {
             if writes_wait {
                 // A client that stopped taking its answer: what the kernel holds for it is
@@ -520,7 +521,7 @@ async fn idle_watchdog(
             }
             return Closed::Idle;
         }
-        if send_rate.too_slow(now, writes_wait, sent, send_buffer) {
+        if send_rate.too_slow(now, writes_wait, sent, kernel_holds) {
             activity.reset_at_close();
             return Closed::SlowReader;
         }

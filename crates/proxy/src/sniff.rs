@@ -599,8 +599,11 @@ pub struct Activity {
     /// Whether the last write (or flush) found the connection full: the gateway has more to
     /// send than the client takes.
     send_waiting: std::sync::atomic::AtomicBool,
-    /// The socket's send buffer when the writes last began to wait (bytes; 0: unknown).
-    send_buffer: std::sync::atomic::AtomicU64,
+    /// The most the kernel may hold of what the socket took and the client has not (bytes;
+    /// 0: unknown), as the socket said when the writes last began to wait.
+    kernel_holds: std::sync::atomic::AtomicU64,
+    /// Whether `kernel_holds` holds for the rest of the connection (it is not asked again).
+    kernel_holds_fixed: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Activity {
@@ -619,7 +622,8 @@ impl Default for Activity {
             reset: Default::default(),
             sent: Default::default(),
             send_waiting: Default::default(),
-            send_buffer: Default::default(),
+            kernel_holds: Default::default(),
+            kernel_holds_fixed: Default::default(),
         }
     }
 }
@@ -678,15 +682,20 @@ impl Activity {
         }
     }
 
-    /// A write or flush found the connection full. When the writes begin to wait, the
-    /// socket's send buffer is asked for (`send_buffer`; a system call, only then).
+    /// A write or flush found the connection full. When the writes begin to wait, the socket
+    /// is asked how much the kernel may hold for the client ([`ClientSocket::kernel_holds`]; a
+    /// system call or two, the first time only where the answer is fixed).
     #[cold]
     #[inline(never)]
-    fn write_waits(&self, send_buffer: impl FnOnce() -> Option<usize>) {
+    fn write_waits(&self, kernel_holds: impl FnOnce() -> Option<(u64, bool)>) {
         if !self.send_waiting.load(Ordering::Relaxed) {
             self.send_waiting.store(true, Ordering::Relaxed);
-            let b = send_buffer().map_or(0, |b| b as u64);
-            self.send_buffer.store(b, Ordering::Relaxed);
+            if !self.kernel_holds_fixed.load(Ordering::Relaxed)
+                && let Some((holds, fixed)) = kernel_holds()
+            {
+                self.kernel_holds.store(holds, Ordering::Relaxed);
+                self.kernel_holds_fixed.store(fixed, Ordering::Relaxed);
+            }
         }
     }
 
@@ -697,12 +706,12 @@ impl Activity {
     }
 
     /// Whether the gateway's writes wait on the client, the bytes the connection has taken,
-    /// and the socket's send buffer when the writes began to wait (0: unknown).
+    /// and the most the kernel may hold of them that the client has not (0: unknown).
     pub fn sending(&self) -> (bool, u64, u64) {
         (
             self.send_waiting.load(Ordering::Relaxed),
             self.sent.load(Ordering::Relaxed),
-            self.send_buffer.load(Ordering::Relaxed),
+            self.kernel_holds.load(Ordering::Relaxed),
         )
     }
 
@@ -1012,12 +1021,19 @@ impl<S: AsyncRead + ClientSocket> AsyncRead for Sniffed<S> {
     }
 }
 
+/// Where it can be set, a client socket whose writes have had to wait takes more only when
+/// less than this is left unsent (`TCP_NOTSENT_LOWAT`): what the kernel holds for a client
+/// that is slow to take it is then bounded by this, not by the send buffer, which the kernel
+/// grows up to megabytes for a connection that was once fast.
+pub const UNSENT_LOW_WATER: u64 = 128 * 1024;
+
 /// What the gateway asks of a client connection's socket itself.
 pub trait ClientSocket {
-    /// The socket's send buffer in bytes, if known: asked when the gateway's writes begin to
-    /// wait on the client. What the kernel took from the gateway and still holds is at most
-    /// that much, and the minimum send rate allows for it.
-    fn send_buffer(&self) -> Option<usize> {
+    /// Asked when the gateway's writes begin to wait on the client: the most the kernel may
+    /// hold of what the socket took and the client has not, and whether that holds for the
+    /// rest of the connection. The minimum send rate allows for it: the client drains it
+    /// without the gateway's writes moving.
+    fn kernel_holds(&self) -> Option<(u64, bool)> {
         None
     }
 
@@ -1027,8 +1043,20 @@ pub trait ClientSocket {
 }
 
 impl ClientSocket for tokio::net::TcpStream {
-    fn send_buffer(&self) -> Option<usize> {
-        socket2::SockRef::from(self).send_buffer_size().ok()
+    fn kernel_holds(&self) -> Option<(u64, bool)> {
+        let socket = socket2::SockRef::from(self);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if socket
+            .set_tcp_notsent_lowat(UNSENT_LOW_WATER as u32)
+            .is_ok()
+        {
+            // Unsent: under the mark, and what one write adds past it (a segment of up to
+            // 64 KiB). Sent and not yet acknowledged: what the client's window lets through,
+            // which a client that does not take what it has keeps shut.
+            return Some((UNSENT_LOW_WATER + 64 * 1024, true));
+        }
+        let buffer = socket.send_buffer_size().ok()?;
+        Some((buffer as u64, false))
     }
 
     fn reset_on_close(&self) {
@@ -1038,8 +1066,8 @@ impl ClientSocket for tokio::net::TcpStream {
 }
 
 impl ClientSocket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
-    fn send_buffer(&self) -> Option<usize> {
-        self.get_ref().0.send_buffer()
+    fn kernel_holds(&self) -> Option<(u64, bool)> {
+        self.get_ref().0.kernel_holds()
     }
 
     fn reset_on_close(&self) {
@@ -1061,7 +1089,7 @@ impl<S: AsyncWrite + ClientSocket> AsyncWrite for Sniffed<S> {
             Poll::Ready(Ok(n)) if *n > 0 => this.activity.wrote(*n),
             Poll::Pending => {
                 let inner = this.inner.as_ref();
-                this.activity.write_waits(|| inner.get_ref().send_buffer());
+                this.activity.write_waits(|| inner.get_ref().kernel_holds());
             }
             _ => {}
         }
@@ -1073,7 +1101,7 @@ impl<S: AsyncWrite + ClientSocket> AsyncWrite for Sniffed<S> {
         let r = this.inner.as_mut().poll_flush(cx);
         if r.is_pending() {
             let inner = this.inner.as_ref();
-            this.activity.write_waits(|| inner.get_ref().send_buffer());
+            this.activity.write_waits(|| inner.get_ref().kernel_holds());
         }
         r
     }
@@ -1093,7 +1121,7 @@ impl<S: AsyncWrite + ClientSocket> AsyncWrite for Sniffed<S> {
             Poll::Ready(Ok(n)) if *n > 0 => this.activity.wrote(*n),
             Poll::Pending => {
                 let inner = this.inner.as_ref();
-                this.activity.write_waits(|| inner.get_ref().send_buffer());
+                this.activity.write_waits(|| inner.get_ref().kernel_holds());
             }
             _ => {}
         }
@@ -1888,5 +1916,40 @@ mod tests {
         client.read_exact(&mut buf).await.unwrap();
         assert_eq!(s.write(&[b'y'; 36]).await.unwrap(), 36);
         assert_eq!(activity.sending(), (false, 100, 0));
+    }
+
+    /// Over TCP, the first time the writes wait the socket is set to take more only when
+    /// less than `UNSENT_LOW_WATER` is left unsent, and what the kernel may hold is that and a
+    /// segment, fixed for the rest of the connection.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[tokio::test]
+    async fn over_tcp_the_unsent_bytes_are_bounded_once_the_writes_wait() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let activity = Arc::new(Activity::default());
+        let mut s = Sniffed::new(
+            server,
+            Arc::new(Flag::default()),
+            activity.clone(),
+            64 * 1024,
+        );
+        let block = vec![b'x'; 1024 * 1024];
+        // The client reads nothing: the writes come to wait.
+        while tokio::time::timeout(Duration::from_millis(200), s.write(&block))
+            .await
+            .is_ok()
+        {}
+        let (waiting, sent, holds) = activity.sending();
+        assert!(waiting && sent > 0);
+        assert_eq!(holds, UNSENT_LOW_WATER + 64 * 1024);
+        let lowat = socket2::SockRef::from(&s.inner)
+            .tcp_notsent_lowat()
+            .unwrap();
+        assert_eq!(u64::from(lowat), UNSENT_LOW_WATER);
+        drop(client);
     }
 }
