@@ -636,6 +636,121 @@ async fn a_client_reading_slower_than_the_minimum_send_rate_is_cut_off() {
     );
 }
 
+/// An upstream that switches protocols on any request, then echoes what comes until its
+/// connection is closed, and reports when it was.
+async fn tunnel_upstream() -> (SocketAddr, tokio::sync::mpsc::Receiver<Instant>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let addr = scripted_upstream(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let switch = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+            if s.write_all(switch).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = tx.send(Instant::now()).await;
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+/// An upgraded connection (a WebSocket tunnel) is watched like any other: one that goes
+/// silent is closed after the idle timeout, on both sides — before, its tunnel outlived the
+/// HTTP connection's watchdog and held the upstream's connection for ever — while one that
+/// keeps talking stays open past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upgraded_connection_is_closed_by_the_idle_timeout() {
+    let (up, mut closed) = tunnel_upstream().await;
+    let gw = gateway(&format!(
+        "server: {{ idle_timeout: 1s }}\n\
+         upstreams:\n  ws: {{ targets: [\"http://{up}\"] }}\n  d: {{ kind: echo }}\n\
+         routes:\n  - {{ name: ok, match: {{ prefix: /ok }}, upstream: d }}\n  \
+         - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws }}\n"
+    ));
+    let addr = gw.listener("public");
+    let upgrade = b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let open = |addr| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(upgrade).await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut b).await.unwrap(), 1, "the upgrade's answer");
+            head.push(b[0]);
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        s
+    };
+    let mut silent = open(addr).await;
+    let mut talking = open(addr).await;
+    let started = Instant::now();
+    // Both count as open connections (against the connection caps too) while they are.
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains("portcullis_active_connections{listener=\"public\"} 2\n"),
+        "{metrics}"
+    );
+    // The talking one: a few bytes every 300 ms, echoed, for 3 s — three idle timeouts.
+    let talk = tokio::spawn(async move {
+        let mut b = [0u8; 4];
+        while started.elapsed() < Duration::from_secs(3) {
+            talking.write_all(b"ping").await.unwrap();
+            talking.read_exact(&mut b).await.unwrap();
+            assert_eq!(&b, b"ping");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        talking
+    });
+    // The silent one is closed, on the client's side and the upstream's.
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(10)).await,
+        "the silent tunnel is closed"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+    let at = tokio::time::timeout(Duration::from_secs(5), closed.recv())
+        .await
+        .expect("the silent tunnel's upstream connection is closed")
+        .unwrap();
+    assert!(
+        at.duration_since(started) < Duration::from_secs(3),
+        "{:?}",
+        at.duration_since(started)
+    );
+    // The talking one is still open, and still carries bytes both ways.
+    let mut talking = talk.await.unwrap();
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains("portcullis_active_connections{listener=\"public\"} 1\n"),
+        "{metrics}"
+    );
+    talking.write_all(b"more").await.unwrap();
+    let mut b = [0u8; 4];
+    talking.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"more");
+    // Once it goes silent, it is closed too.
+    assert!(closed_within(&mut talking, Duration::from_secs(10)).await);
+    assert!(
+        normal_request("127.0.0.1", addr)
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
+
 /// An upstream that answers every request with a chunked body in two pieces, `gap` apart.
 async fn gappy_upstream(gap: Duration) -> SocketAddr {
     scripted_upstream(move |mut s| async move {

@@ -215,6 +215,7 @@ async fn connection(
             // Polled only when its timer fires, not at each of the connection's wake-ups.
             let watchdog = Gated::new(watchdog);
             let stream = Sniffed::new(stream, framing.clone(), activity.clone(), max_buf);
+            let watched = activity.clone();
             let info = Arc::new(ConnInfo {
                 peer,
                 scheme: Scheme::Http,
@@ -229,10 +230,7 @@ async fn connection(
             });
             let metrics = gw.metrics.clone();
             let conn = serve_http(gw, info, stream, builder, drain, max_buf, true);
-            tokio::select! {
-                () = conn => {}
-                why = watchdog => why.tell(peer, &metrics),
-            }
+            watch(conn, watchdog, &watched, peer, &metrics).await;
         }
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg.load_full());
@@ -277,6 +275,7 @@ async fn connection(
             ));
             let watchdog = Gated::new(watchdog);
             let tls_stream = Sniffed::new(tls_stream, framing.clone(), activity.clone(), max_buf);
+            let watched = activity.clone();
             let info = Arc::new(ConnInfo {
                 peer,
                 scheme: Scheme::Https,
@@ -294,9 +293,35 @@ async fn connection(
             let conn = Box::pin(serve_http(
                 gw, info, tls_stream, builder, drain, max_buf, !h2,
             ));
-            tokio::select! {
-                () = conn => {}
-                why = watchdog => why.tell(peer, &metrics),
+            watch(conn, watchdog, &watched, peer, &metrics).await;
+        }
+    }
+}
+
+/// Serves a connection under its watchdog; when the watchdog fires, the connection is closed
+/// (dropped) and the reason told. The connection's bytes may go on in a tunnel after its HTTP
+/// ended (an upgrade, joined to the upstream's by its own task): the watchdog watches it until
+/// it ends, and ends it when it fires.
+async fn watch(
+    conn: impl Future<Output = ()>,
+    mut watchdog: impl Future<Output = Closed> + Unpin,
+    activity: &Activity,
+    peer: SocketAddr,
+    metrics: &portcullis_telemetry::Metrics,
+) {
+    tokio::select! {
+        () = conn => {}
+        why = &mut watchdog => {
+            why.tell(peer, metrics);
+            return;
+        }
+    }
+    if activity.tunnel_is_open() {
+        tokio::select! {
+            () = activity.tunnel_ended() => {}
+            why = watchdog => {
+                activity.stop_tunnel();
+                why.tell(peer, metrics);
             }
         }
     }

@@ -306,7 +306,7 @@ impl Gateway {
             std::mem::swap(holder.extensions_mut(), &mut head.extensions);
             let upgrade = hyper::upgrade::on(&mut holder);
             std::mem::swap(holder.extensions_mut(), &mut head.extensions);
-            upgrade
+            (upgrade, conn.activity.clone())
         });
         // What only the audit event needs is copied only when there is one to write.
         let audited = self.audit.enabled();
@@ -510,7 +510,7 @@ impl Gateway {
         mut greq: GatewayRequest,
         ctx: &mut RequestCtx,
         seen: &mut Seen,
-        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        downstream_upgrade: Option<(hyper::upgrade::OnUpgrade, Arc<crate::sniff::Activity>)>,
         client: ClientSide<'_>,
     ) -> Result<Response<BoxBody>, Rejection> {
         let config = rt.config();
@@ -743,7 +743,9 @@ impl Gateway {
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             match downstream_upgrade {
-                Some(down) => tunnel(down, &mut resp, ctx.request_id.clone()),
+                Some((down, activity)) => {
+                    tunnel(down, &mut resp, ctx.request_id.clone(), &activity);
+                }
                 None => {
                     return Err(Rejection::new(
                         RejectReason::UpstreamError,
@@ -1117,18 +1119,34 @@ fn answered(answer: portcullis_core::Answer) -> Response<BoxBody> {
 }
 
 /// Joins the client's upgraded connection to the upstream's once both sides have switched.
-fn tunnel(down: hyper::upgrade::OnUpgrade, resp: &mut Response<BoxBody>, id: RequestId) {
+/// The client connection's watchdog watches the tunnel as it watched the HTTP (`activity`):
+/// it ends the tunnel when the connection has been idle too long or takes what is sent to it
+/// too slowly.
+fn tunnel(
+    down: hyper::upgrade::OnUpgrade,
+    resp: &mut Response<BoxBody>,
+    id: RequestId,
+    activity: &Arc<crate::sniff::Activity>,
+) {
     let up = hyper::upgrade::on(&mut *resp);
+    let open = activity.tunnel_opens();
     tokio::spawn(async move {
-        match tokio::try_join!(down, up) {
-            Ok((d, u)) => {
-                let mut d = TokioIo::new(d);
-                let mut u = TokioIo::new(u);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
-                    tracing::debug!(request_id = %id, error = %e, "upgraded connection ended");
+        let joined = async {
+            match tokio::try_join!(down, up) {
+                Ok((d, u)) => {
+                    let mut d = TokioIo::new(d);
+                    let mut u = TokioIo::new(u);
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
+                        tracing::debug!(request_id = %id, error = %e, "upgraded connection ended");
+                    }
                 }
+                Err(e) => tracing::debug!(request_id = %id, error = %e, "upgrade failed"),
             }
-            Err(e) => tracing::debug!(request_id = %id, error = %e, "upgrade failed"),
+        };
+        tokio::select! {
+            () = joined => {}
+            () = open.stopped() => {}
         }
+        drop(open);
     });
 }

@@ -591,6 +591,8 @@ pub struct Activity {
     requests_waiting: std::sync::atomic::AtomicU32,
     /// The HTTP/2 answers with more to send, where the watchdog can cut one off alone.
     pub held: crate::paced::HeldAnswers,
+    /// The tunnel the connection's bytes go on in after its HTTP ended (an upgrade), if any.
+    tunnel: Tunnel,
     /// Set when the connection is to be reset rather than closed (see
     /// [`ClientSocket::reset_on_close`]): the client fell behind what the gateway had to send.
     reset: std::sync::atomic::AtomicBool,
@@ -619,6 +621,7 @@ impl Default for Activity {
             answer_moves: Default::default(),
             requests_waiting: Default::default(),
             held: Default::default(),
+            tunnel: Default::default(),
             reset: Default::default(),
             sent: Default::default(),
             send_waiting: Default::default(),
@@ -760,6 +763,67 @@ impl Activity {
     /// protocol); the idle watchdog's first-byte deadline covers it.
     pub fn has_handed(&self) -> bool {
         self.handed.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection's tunnel (an upgraded connection): whether one is open, and the signals
+/// between it and the connection's watchdog, which watches it as it watched the HTTP.
+#[derive(Debug, Default)]
+struct Tunnel {
+    open: std::sync::atomic::AtomicBool,
+    ended: tokio::sync::Notify,
+    stop: std::sync::atomic::AtomicBool,
+    stopped: tokio::sync::Notify,
+}
+
+impl Activity {
+    /// A tunnel takes the connection's bytes over (told before the upgrade's answer goes out);
+    /// it ends when the guard goes.
+    pub fn tunnel_opens(self: &Arc<Self>) -> TunnelOpen {
+        self.tunnel.open.store(true, Ordering::Release);
+        TunnelOpen(self.clone())
+    }
+
+    /// Whether a tunnel took the connection's bytes over and has not ended.
+    pub fn tunnel_is_open(&self) -> bool {
+        self.tunnel.open.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the tunnel has ended.
+    pub async fn tunnel_ended(&self) {
+        while self.tunnel.open.load(Ordering::Acquire) {
+            self.tunnel.ended.notified().await;
+        }
+    }
+
+    /// The watchdog closes the connection: the tunnel is to end.
+    pub fn stop_tunnel(&self) {
+        self.tunnel.stop.store(true, Ordering::Release);
+        self.tunnel.stopped.notify_one();
+    }
+
+    async fn tunnel_stopped(&self) {
+        while !self.tunnel.stop.load(Ordering::Acquire) {
+            self.tunnel.stopped.notified().await;
+        }
+    }
+}
+
+/// An open tunnel ([`Activity::tunnel_opens`]); its end is told when this goes.
+pub struct TunnelOpen(Arc<Activity>);
+
+impl TunnelOpen {
+    /// Resolves when the watchdog has told the tunnel to end.
+    pub async fn stopped(&self) {
+        self.0.tunnel_stopped().await;
+    }
+}
+
+impl Drop for TunnelOpen {
+    fn drop(&mut self) {
+        self.0.tunnel.open.store(false, Ordering::Release);
+        // A permit when nobody waits yet: the waiter finds it (and the flag) when it comes.
+        self.0.tunnel.ended.notify_one();
     }
 }
 
