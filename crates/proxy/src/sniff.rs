@@ -1141,6 +1141,16 @@ impl ClientSocket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
 
 impl ClientSocket for tokio::io::DuplexStream {}
 
+/// Tells the connection's activity what a write did: bytes taken, or the connection full.
+#[inline]
+fn tell_write<S: ClientSocket>(activity: &Activity, socket: &S, r: &Poll<io::Result<usize>>) {
+    match r {
+        Poll::Ready(Ok(n)) if *n > 0 => activity.wrote(*n),
+        Poll::Pending => activity.write_waits(|| socket.kernel_holds()),
+        _ => {}
+    }
+}
+
 impl<S: AsyncWrite + ClientSocket> AsyncWrite for Sniffed<S> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -1149,14 +1159,7 @@ impl<S: AsyncWrite + ClientSocket> AsyncWrite for Sniffed<S> {
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
         let r = this.inner.as_mut().poll_write(cx, buf);
-        match &r {
-            Poll::Ready(Ok(n)) if *n > 0 => this.activity.wrote(*n),
-            Poll::Pending => {
-                let inner = this.inner.as_ref();
-                this.activity.write_waits(|| inner.get_ref().kernel_holds());
-            }
-            _ => {}
-        }
+        tell_write(this.activity, this.inner.as_ref().get_ref(), &r);
         r
     }
 
@@ -1181,14 +1184,7 @@ impl<S: AsyncWrite + ClientSocket> AsyncWrite for Sniffed<S> {
     ) -> Poll<io::Result<usize>> {
         let mut this = self.project();
         let r = this.inner.as_mut().poll_write_vectored(cx, bufs);
-        match &r {
-            Poll::Ready(Ok(n)) if *n > 0 => this.activity.wrote(*n),
-            Poll::Pending => {
-                let inner = this.inner.as_ref();
-                this.activity.write_waits(|| inner.get_ref().kernel_holds());
-            }
-            _ => {}
-        }
+        tell_write(this.activity, this.inner.as_ref().get_ref(), &r);
         r
     }
 
