@@ -151,6 +151,16 @@ async fn connection(
     _admitted: Admitted,
 ) {
     let _open = OpenConnection::new(gw.metrics.clone(), listener.clone());
+    // What the kernel may hold unsent for the client is bounded from the start: the minimum
+    // send rate allows for it.
+    let unsent_bound = crate::sniff::bound_unsent(&stream);
+    let new_activity = || {
+        let activity = Activity::default();
+        if let Some(bound) = unsent_bound {
+            activity.kernel_holds_at_most(bound);
+        }
+        Arc::new(activity)
+    };
     let rt = gw.runtime();
     let server = &rt.config().server;
     let timeouts = Timeouts {
@@ -205,7 +215,7 @@ async fn connection(
     match tls {
         None => {
             let framing = Arc::new(Flag::default());
-            let activity = Arc::new(Activity::default());
+            let activity = new_activity();
             let watchdog = std::pin::pin!(idle_watchdog(
                 activity.clone(),
                 timeouts,
@@ -266,7 +276,7 @@ async fn connection(
             let h2 = info.alpn.as_deref() == Some(b"h2");
             let framing = Arc::new(Flag::default());
             // The first head's deadline counts from the accept (`timeouts.opened`).
-            let activity = Arc::new(Activity::default());
+            let activity = new_activity();
             let watchdog = std::pin::pin!(idle_watchdog(
                 activity.clone(),
                 timeouts,
@@ -429,17 +439,20 @@ const SEND_HELD_ALLOWANCE: u64 = 64 * 1024;
 /// The minimum send rate (`server.send_min_bytes_per_second`), judged at the watchdog's
 /// ticks: while the gateway's writes wait on the client, from the first tick that sees them
 /// waiting, the connection must take `rate` bytes per second on average — less what the
-/// kernel and the gateway's layers may hold for the client ([`crate::sniff::ClientSocket::kernel_holds`],
-/// [`SEND_HELD_ALLOWANCE`]), which the client drains without the gateway's writes moving (the
-/// kernel takes more in bursts, once enough of what it holds is gone; so a client at any
-/// steady rate above the minimum is never behind by more than that). A tick that finds the
+/// kernel and the gateway's layers may have held for the client when the wait began
+/// ([`crate::sniff::bound_unsent`], [`crate::sniff::ClientSocket::send_buffer`],
+/// [`SEND_HELD_ALLOWANCE`]), which the client drains without the gateway's writes moving:
+/// however the kernel takes the writes (in bursts, once enough is gone), the connection has
+/// taken at least what the client drained less what was held then, so a client at any steady
+/// rate above the minimum is never behind by more than that. A tick that finds the
 /// writes not waiting (the client took everything, or there is nothing more to send) ends the
 /// judgement; the next wait starts afresh.
 #[derive(Debug)]
 struct SendRate {
     rate: u64,
-    /// When the writes were first seen waiting, and the bytes taken by then.
-    since: Option<(tokio::time::Instant, u64)>,
+    /// When the writes were first seen waiting, the bytes taken by then, and what the kernel
+    /// may have held for the client then.
+    since: Option<(tokio::time::Instant, u64, u64)>,
 }
 
 impl SendRate {
@@ -459,13 +472,13 @@ impl SendRate {
             self.since = None;
             return false;
         }
-        let Some((at, from)) = self.since else {
-            self.since = Some((now, sent));
+        let Some((at, from, held)) = self.since else {
+            self.since = Some((now, sent, kernel_holds));
             return false;
         };
         let owed = u128::from(self.rate) * now.saturating_duration_since(at).as_millis() / 1000;
         let taken = u128::from(sent.wrapping_sub(from));
-        taken + u128::from(kernel_holds) + u128::from(SEND_HELD_ALLOWANCE) < owed
+        taken + u128::from(held) + u128::from(SEND_HELD_ALLOWANCE) < owed
     }
 }
 
@@ -688,26 +701,28 @@ impl Drop for OpenConnection {
 mod tests {
     use super::*;
 
-    /// A client reading at `client_rate` bytes per second through a kernel send buffer of
-    /// `buffer` bytes, which takes the gateway's writes only once a third of it is free (as
-    /// Linux wakes a writer), judged every 2.5 s for `secs`: when (if ever) it is too slow.
-    fn judged(rate: u64, client_rate: f64, buffer: u64, secs: u64) -> Option<f64> {
+    /// A client reading at `client_rate` bytes per second, judged every 2.5 s for `secs`:
+    /// when (if ever) it is too slow. The kernel holds `first` bytes for it when the writes
+    /// begin to wait (what it took before), and from then on takes the gateway's writes only
+    /// once it holds less than two thirds of `bound` (as Linux wakes a writer), up to `bound`.
+    fn judged(rate: u64, client_rate: f64, first: u64, bound: u64, secs: u64) -> Option<f64> {
         let start = tokio::time::Instant::now();
         let mut judge = SendRate::new(rate);
-        let mut queued = buffer as f64;
+        let mut queued = first as f64;
+        let mut holds = first;
         let mut sent = 1_000_000u64;
         let step = 2.5;
         let mut t = 0.0;
         while t < secs as f64 {
             t += step;
             queued -= (client_rate * step).min(queued);
-            let free = buffer as f64 - queued;
-            if free >= buffer as f64 / 3.0 {
-                sent += free as u64;
-                queued = buffer as f64;
+            if queued <= bound as f64 * 2.0 / 3.0 {
+                sent += (bound as f64 - queued) as u64;
+                queued = bound as f64;
+                holds = bound;
             }
             let now = start + Duration::from_secs_f64(t);
-            if judge.too_slow(now, true, sent, buffer) {
+            if judge.too_slow(now, true, sent, holds) {
                 return Some(t);
             }
         }
@@ -716,12 +731,18 @@ mod tests {
 
     #[test]
     fn a_client_at_the_minimum_rate_or_above_is_never_behind() {
-        for buffer in [16 * 1024, 87_040, 4 * 1024 * 1024] {
+        for (first, bound) in [
+            (16 * 1024, 16 * 1024),
+            (87_040, 87_040),
+            (4 * 1024 * 1024, 4 * 1024 * 1024),
+            // A once-fast client: megabytes taken before the unsent bytes were bounded.
+            (4 * 1024 * 1024, 192 * 1024),
+        ] {
             for client in [256.0, 300.0, 1000.0, 50_000.0] {
                 assert_eq!(
-                    judged(256, client, buffer, 6 * 3600),
+                    judged(256, client, first, bound, 6 * 3600),
                     None,
-                    "{client} B/s through a {buffer}-byte buffer"
+                    "{client} B/s, {first} bytes held, then at most {bound}"
                 );
             }
         }
@@ -732,13 +753,13 @@ mod tests {
         // 100 B/s against 256: behind by the buffer and the layers' allowance after at most
         // (87040 + 65536) / 156 ≈ 978 s — sooner by up to a third of the buffer, which the
         // kernel holds back from the count until it takes the next write.
-        let at = judged(256, 100.0, 87_040, 3600).expect("too slow");
+        let at = judged(256, 100.0, 87_040, 87_040, 3600).expect("too slow");
         assert!((790.0..1000.0).contains(&at), "{at}");
         // One that takes nothing falls behind sooner the smaller its buffer.
-        let at = judged(256, 0.0, 16 * 1024, 3600).expect("too slow");
+        let at = judged(256, 0.0, 16 * 1024, 16 * 1024, 3600).expect("too slow");
         assert!((310.0..330.0).contains(&at), "{at}");
         // No minimum: never.
-        assert_eq!(judged(0, 0.0, 16 * 1024, 3600), None);
+        assert_eq!(judged(0, 0.0, 16 * 1024, 16 * 1024, 3600), None);
     }
 
     #[test]

@@ -602,10 +602,11 @@ pub struct Activity {
     /// send than the client takes.
     send_waiting: std::sync::atomic::AtomicBool,
     /// The most the kernel may hold of what the socket took and the client has not (bytes;
-    /// 0: unknown), as the socket said when the writes last began to wait.
+    /// 0: unknown), when the writes last began to wait.
     kernel_holds: std::sync::atomic::AtomicU64,
-    /// Whether `kernel_holds` holds for the rest of the connection (it is not asked again).
-    kernel_holds_fixed: std::sync::atomic::AtomicBool,
+    /// The bound of `kernel_holds` set at the accept ([`bound_unsent`]; the socket is then not
+    /// asked); 0: none.
+    kernel_bound: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Activity {
@@ -626,7 +627,7 @@ impl Default for Activity {
             sent: Default::default(),
             send_waiting: Default::default(),
             kernel_holds: Default::default(),
-            kernel_holds_fixed: Default::default(),
+            kernel_bound: Default::default(),
         }
     }
 }
@@ -685,20 +686,25 @@ impl Activity {
         }
     }
 
-    /// A write or flush found the connection full. When the writes begin to wait, the socket
-    /// is asked how much the kernel may hold for the client ([`ClientSocket::kernel_holds`]; a
-    /// system call or two, the first time only where the answer is fixed).
+    /// The kernel holds at most `bound` bytes for the client at any time the gateway's writes
+    /// begin to wait ([`bound_unsent`], at the accept).
+    pub fn kernel_holds_at_most(&self, bound: u64) {
+        self.kernel_bound.store(bound, Ordering::Relaxed);
+    }
+
+    /// A write or flush found the connection full. When the writes begin to wait, what the
+    /// kernel may hold for the client is noted: the bound set at the accept, or else the
+    /// socket's send buffer (a system call, only then).
     #[cold]
     #[inline(never)]
-    fn write_waits(&self, kernel_holds: impl FnOnce() -> Option<(u64, bool)>) {
+    fn write_waits(&self, send_buffer: impl FnOnce() -> Option<u64>) {
         if !self.send_waiting.load(Ordering::Relaxed) {
             self.send_waiting.store(true, Ordering::Relaxed);
-            if !self.kernel_holds_fixed.load(Ordering::Relaxed)
-                && let Some((holds, fixed)) = kernel_holds()
-            {
-                self.kernel_holds.store(holds, Ordering::Relaxed);
-                self.kernel_holds_fixed.store(fixed, Ordering::Relaxed);
-            }
+            let holds = match self.kernel_bound.load(Ordering::Relaxed) {
+                0 => send_buffer().unwrap_or(0),
+                bound => bound,
+            };
+            self.kernel_holds.store(holds, Ordering::Relaxed);
         }
     }
 
@@ -1085,19 +1091,36 @@ impl<S: AsyncRead + ClientSocket> AsyncRead for Sniffed<S> {
     }
 }
 
-/// Where it can be set, a client socket whose writes have had to wait takes more only when
-/// less than this is left unsent (`TCP_NOTSENT_LOWAT`): what the kernel holds for a client
-/// that is slow to take it is then bounded by this, not by the send buffer, which the kernel
-/// grows up to megabytes for a connection that was once fast.
+/// Where it can be set, a client socket takes more of the gateway's writes only while less
+/// than this is left unsent (`TCP_NOTSENT_LOWAT`, set at the accept): what the kernel holds for
+/// a client that is slow to take it is then bounded by this, not by the send buffer, which
+/// the kernel grows up to megabytes (over the loopback, from the start).
 pub const UNSENT_LOW_WATER: u64 = 128 * 1024;
+
+/// Sets a client socket to take the gateway's writes only while less than
+/// [`UNSENT_LOW_WATER`] is unsent, and says the most the kernel then holds for the client of
+/// what it took: the mark, and what one write adds past it (a segment of up to 64 KiB); sent
+/// and not yet acknowledged, what the client's window lets through, which a client that does
+/// not take what it has keeps shut. `None` where the option cannot be set.
+pub fn bound_unsent(stream: &tokio::net::TcpStream) -> Option<u64> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if socket2::SockRef::from(stream)
+        .set_tcp_notsent_lowat(UNSENT_LOW_WATER as u32)
+        .is_ok()
+    {
+        return Some(UNSENT_LOW_WATER + 64 * 1024);
+    }
+    let _ = stream;
+    None
+}
 
 /// What the gateway asks of a client connection's socket itself.
 pub trait ClientSocket {
-    /// Asked when the gateway's writes begin to wait on the client: the most the kernel may
-    /// hold of what the socket took and the client has not, and whether that holds for the
-    /// rest of the connection. The minimum send rate allows for it: the client drains it
-    /// without the gateway's writes moving.
-    fn kernel_holds(&self) -> Option<(u64, bool)> {
+    /// The socket's send buffer in bytes, if known: asked when the gateway's writes begin to
+    /// wait on the client where the unsent bytes could not be bounded ([`bound_unsent`]). What
+    /// the kernel holds of what it took and the client has not is then at most that much; the
+    /// minimum send rate allows for it.
+    fn send_buffer(&self) -> Option<u64> {
         None
     }
 
@@ -1107,20 +1130,9 @@ pub trait ClientSocket {
 }
 
 impl ClientSocket for tokio::net::TcpStream {
-    fn kernel_holds(&self) -> Option<(u64, bool)> {
-        let socket = socket2::SockRef::from(self);
-        #[cfg(any(target_os = "linux", target_os = "android"))]
-        if socket
-            .set_tcp_notsent_lowat(UNSENT_LOW_WATER as u32)
-            .is_ok()
-        {
-            // Unsent: under the mark, and what one write adds past it (a segment of up to
-            // 64 KiB). Sent and not yet acknowledged: what the client's window lets through,
-            // which a client that does not take what it has keeps shut.
-            return Some((UNSENT_LOW_WATER + 64 * 1024, true));
-        }
-        let buffer = socket.send_buffer_size().ok()?;
-        Some((buffer as u64, false))
+    fn send_buffer(&self) -> Option<u64> {
+        let b = socket2::SockRef::from(self).send_buffer_size().ok()?;
+        Some(b as u64)
     }
 
     fn reset_on_close(&self) {
@@ -1130,8 +1142,8 @@ impl ClientSocket for tokio::net::TcpStream {
 }
 
 impl ClientSocket for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
-    fn kernel_holds(&self) -> Option<(u64, bool)> {
-        self.get_ref().0.kernel_holds()
+    fn send_buffer(&self) -> Option<u64> {
+        self.get_ref().0.send_buffer()
     }
 
     fn reset_on_close(&self) {
@@ -1146,7 +1158,7 @@ impl ClientSocket for tokio::io::DuplexStream {}
 fn tell_write<S: ClientSocket>(activity: &Activity, socket: &S, r: &Poll<io::Result<usize>>) {
     match r {
         Poll::Ready(Ok(n)) if *n > 0 => activity.wrote(*n),
-        Poll::Pending => activity.write_waits(|| socket.kernel_holds()),
+        Poll::Pending => activity.write_waits(|| socket.send_buffer()),
         _ => {}
     }
 }
@@ -1168,7 +1180,7 @@ impl<S: AsyncWrite + ClientSocket> AsyncWrite for Sniffed<S> {
         let r = this.inner.as_mut().poll_flush(cx);
         if r.is_pending() {
             let inner = this.inner.as_ref();
-            this.activity.write_waits(|| inner.get_ref().kernel_holds());
+            this.activity.write_waits(|| inner.get_ref().send_buffer());
         }
         r
     }
@@ -1978,38 +1990,52 @@ mod tests {
         assert_eq!(activity.sending(), (false, 100, 0));
     }
 
-    /// Over TCP, the first time the writes wait the socket is set to take more only when
-    /// less than `UNSENT_LOW_WATER` is left unsent, and what the kernel may hold is that and a
-    /// segment, fixed for the rest of the connection.
+    /// Over TCP, the unsent bytes are bounded at the accept, and what the kernel may hold for
+    /// the client when the writes wait is that bound; where no bound was set, the socket's
+    /// send buffer (the loopback's: megabytes).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     #[tokio::test]
-    async fn over_tcp_the_unsent_bytes_are_bounded_once_the_writes_wait() {
+    async fn over_tcp_what_the_kernel_holds_is_bounded_from_the_accept() {
         use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let activity = Arc::new(Activity::default());
-        let mut s = Sniffed::new(
-            server,
-            Arc::new(Flag::default()),
-            activity.clone(),
-            64 * 1024,
-        );
+        let at = listener.local_addr().unwrap();
         let block = vec![b'x'; 1024 * 1024];
-        // The client reads nothing: the writes come to wait.
-        while tokio::time::timeout(Duration::from_millis(200), s.write(&block))
-            .await
-            .is_ok()
-        {}
-        let (waiting, sent, holds) = activity.sending();
-        assert!(waiting && sent > 0);
-        assert_eq!(holds, UNSENT_LOW_WATER + 64 * 1024);
-        let lowat = socket2::SockRef::from(&s.inner)
-            .tcp_notsent_lowat()
-            .unwrap();
-        assert_eq!(u64::from(lowat), UNSENT_LOW_WATER);
-        drop(client);
+        let mut taken = Vec::new();
+        for bounded in [true, false] {
+            let _client = tokio::net::TcpStream::connect(at).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let activity = Arc::new(Activity::default());
+            let bound = if bounded {
+                let bound = bound_unsent(&server).unwrap();
+                activity.kernel_holds_at_most(bound);
+                assert_eq!(bound, UNSENT_LOW_WATER + 64 * 1024);
+                let lowat = socket2::SockRef::from(&server).tcp_notsent_lowat().unwrap();
+                assert_eq!(u64::from(lowat), UNSENT_LOW_WATER);
+                Some(bound)
+            } else {
+                None
+            };
+            let mut s = Sniffed::new(
+                server,
+                Arc::new(Flag::default()),
+                activity.clone(),
+                64 * 1024,
+            );
+            // The client reads nothing: the writes come to wait.
+            while let Ok(written) =
+                tokio::time::timeout(Duration::from_millis(200), s.write(&block)).await
+            {
+                written.unwrap();
+            }
+            let (waiting, sent, holds) = activity.sending();
+            assert!(waiting && sent > 0);
+            match bound {
+                Some(bound) => assert_eq!(holds, bound),
+                None => assert!(holds > 1024 * 1024, "the send buffer: {holds}"),
+            }
+            taken.push(sent);
+        }
+        // With the bound, the kernel took less before the writes had to wait.
+        assert!(taken[0] < taken[1], "{taken:?}");
     }
 }
