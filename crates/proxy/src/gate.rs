@@ -53,9 +53,19 @@ impl<F: Future + Unpin> Gated<F> {
     }
 }
 
+impl<F: Future + Unpin> Gated<F> {
+    /// The inner future's poll, out of line: it is rare, and large where it is a watchdog's
+    /// state machine, which would make every poll of the gate pay its prologue.
+    #[inline(never)]
+    fn poll_inner(&mut self) -> Poll<F::Output> {
+        Pin::new(&mut self.inner).poll(&mut Context::from_waker(&self.waker))
+    }
+}
+
 impl<F: Future + Unpin> Future for Gated<F> {
     type Output = F::Output;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
         // Registered before the flag is read: a wake-up between the two finds this task.
@@ -63,7 +73,7 @@ impl<F: Future + Unpin> Future for Gated<F> {
         if !this.gate.woken.swap(false, Ordering::AcqRel) {
             return Poll::Pending;
         }
-        Pin::new(&mut this.inner).poll(&mut Context::from_waker(&this.waker))
+        this.poll_inner()
     }
 }
 

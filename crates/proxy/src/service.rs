@@ -29,7 +29,7 @@ use crate::headers::{
 use crate::paced::ToClient;
 use crate::problem::{empty_body, full_body, problem_response};
 use crate::runtime::Runtime;
-use crate::upstream::{ANSWER_ROOM, ForwardOpts, TimerSlot};
+use crate::upstream::{ANSWER_ROOM, ForwardOpts};
 
 /// The step id under which engine-side failures (upstream errors) are recorded.
 pub const UPSTREAM_STAGE: StageId = StageId("upstream");
@@ -109,10 +109,11 @@ impl DeferredFields {
     }
 }
 
-/// What forwarding needs from the client's side: the connection's response timer, and the
-/// room to keep in the answer's map for the fields the gateway will still add to it.
+/// What forwarding needs from the client's side: the connection (its response timer; its
+/// activity, which watches a tunnel), and the room to keep in the answer's map for the fields
+/// the gateway will still add to it.
 struct ClientSide<'a> {
-    timer: &'a TimerSlot,
+    conn: &'a ConnInfo,
     answer_room: usize,
 }
 
@@ -296,18 +297,11 @@ impl Gateway {
             && (head.method == Method::CONNECT || has_header(&head.headers, &header::UPGRADE));
         let websocket =
             unfollowed && head.version == Version::HTTP_11 && is_websocket_upgrade(&head.headers);
-        if websocket {
-            conn.may_tunnel
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        let downstream_upgrade = websocket.then(|| {
-            // hyper hands the upgrade out of a request's extensions, the head's here.
-            let mut holder = Request::new(());
-            std::mem::swap(holder.extensions_mut(), &mut head.extensions);
-            let upgrade = hyper::upgrade::on(&mut holder);
-            std::mem::swap(holder.extensions_mut(), &mut head.extensions);
-            (upgrade, conn.activity.clone())
-        });
+        let downstream_upgrade = if websocket {
+            Some(downstream_upgrade(&mut head, &conn))
+        } else {
+            None
+        };
         // What only the audit event needs is copied only when there is one to write.
         let audited = self.audit.enabled();
         let seen = Seen {
@@ -395,7 +389,7 @@ impl Gateway {
             Err(rejection) => Err(rejection),
             Ok(Flow::Forward) => {
                 let client = ClientSide {
-                    timer: &conn.response_timer,
+                    conn: &conn,
                     // When the server writes the gateway's fields after the map's (below: no
                     // step added response fields), the answer's map gets none.
                     answer_room: if defer_security && ctx.response_headers.is_empty() {
@@ -510,7 +504,7 @@ impl Gateway {
         mut greq: GatewayRequest,
         ctx: &mut RequestCtx,
         seen: &mut Seen,
-        downstream_upgrade: Option<(hyper::upgrade::OnUpgrade, Arc<crate::sniff::Activity>)>,
+        downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
         client: ClientSide<'_>,
     ) -> Result<Response<BoxBody>, Rejection> {
         let config = rt.config();
@@ -654,7 +648,7 @@ impl Gateway {
                 let opts = ForwardOpts {
                     timeout: route.timeout.unwrap_or(upstream.request_timeout),
                     retryable: is_idempotent(&head.method) && !websocket,
-                    timer: Some(client.timer),
+                    timer: Some(&client.conn.response_timer),
                     extra: &own_fields,
                     answer_room: client.answer_room,
                 };
@@ -743,8 +737,13 @@ impl Gateway {
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             match downstream_upgrade {
-                Some((down, activity)) => {
-                    tunnel(down, &mut resp, ctx.request_id.clone(), &activity);
+                Some(down) => {
+                    tunnel(
+                        down,
+                        &mut resp,
+                        ctx.request_id.clone(),
+                        &client.conn.activity,
+                    );
                 }
                 None => {
                     return Err(Rejection::new(
@@ -1118,10 +1117,30 @@ fn answered(answer: portcullis_core::Answer) -> Response<BoxBody> {
     resp
 }
 
+/// A WebSocket upgrade's client side: the connection may be handed to a tunnel. Out of line:
+/// most requests ask for no upgrade.
+#[cold]
+#[inline(never)]
+fn downstream_upgrade(
+    head: &mut http::request::Parts,
+    conn: &ConnInfo,
+) -> hyper::upgrade::OnUpgrade {
+    conn.may_tunnel
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    // hyper hands the upgrade out of a request's extensions, the head's here.
+    let mut holder = Request::new(());
+    std::mem::swap(holder.extensions_mut(), &mut head.extensions);
+    let upgrade = hyper::upgrade::on(&mut holder);
+    std::mem::swap(holder.extensions_mut(), &mut head.extensions);
+    upgrade
+}
+
 /// Joins the client's upgraded connection to the upstream's once both sides have switched.
 /// The client connection's watchdog watches the tunnel as it watched the HTTP (`activity`):
 /// it ends the tunnel when the connection has been idle too long or takes what is sent to it
-/// too slowly.
+/// too slowly. Out of line: the spawned future is large, and rare on a request's way.
+#[cold]
+#[inline(never)]
 fn tunnel(
     down: hyper::upgrade::OnUpgrade,
     resp: &mut Response<BoxBody>,
