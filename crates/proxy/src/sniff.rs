@@ -686,6 +686,13 @@ impl Activity {
         }
     }
 
+    /// A flush went through: nothing the gateway wrote waits on the client any more.
+    fn flushed(&self) {
+        if self.send_waiting.load(Ordering::Relaxed) {
+            self.send_waiting.store(false, Ordering::Relaxed);
+        }
+    }
+
     /// The kernel holds at most `bound` bytes for the client at any time the gateway's writes
     /// begin to wait ([`bound_unsent`], at the accept).
     pub fn kernel_holds_at_most(&self, bound: u64) {
@@ -1178,9 +1185,15 @@ impl<S: AsyncWrite + ClientSocket> AsyncWrite for Sniffed<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut this = self.project();
         let r = this.inner.as_mut().poll_flush(cx);
-        if r.is_pending() {
-            let inner = this.inner.as_ref();
-            this.activity.write_waits(|| inner.get_ref().send_buffer());
+        match &r {
+            // All the layers held went to the socket (TLS records): nothing waits on the
+            // client, even if no write follows.
+            Poll::Ready(Ok(())) => this.activity.flushed(),
+            Poll::Pending => {
+                let inner = this.inner.as_ref();
+                this.activity.write_waits(|| inner.get_ref().send_buffer());
+            }
+            Poll::Ready(Err(_)) => {}
         }
         r
     }
@@ -1988,6 +2001,18 @@ mod tests {
         client.read_exact(&mut buf).await.unwrap();
         assert_eq!(s.write(&[b'y'; 36]).await.unwrap(), 36);
         assert_eq!(activity.sending(), (false, 100, 0));
+        // A flush that goes through says the same, even with no write after the wait (a TLS
+        // layer's last records went out): the writes are not left marked as waiting.
+        assert_eq!(
+            s.write(&[b'z'; 64]).await.unwrap(),
+            4,
+            "the pipe's last room"
+        );
+        let waits = tokio::time::timeout(Duration::from_millis(50), s.write(&[b'z'; 60])).await;
+        assert!(waits.is_err(), "the write waits");
+        assert!(activity.sending().0);
+        s.flush().await.unwrap();
+        assert_eq!(activity.sending(), (false, 104, 0));
     }
 
     /// Over TCP, the unsent bytes are bounded at the accept, and what the kernel may hold for
