@@ -681,13 +681,12 @@ impl Activity {
         let sent = self.sent.load(Ordering::Relaxed);
         self.sent
             .store(sent.wrapping_add(n as u64), Ordering::Relaxed);
-        if self.send_waiting.load(Ordering::Relaxed) {
-            self.send_waiting.store(false, Ordering::Relaxed);
-        }
+        self.went_through();
     }
 
-    /// A flush went through: nothing the gateway wrote waits on the client any more.
-    fn flushed(&self) {
+    /// A write or flush went through: nothing the gateway wrote waits on the client any more.
+    #[inline]
+    fn went_through(&self) {
         if self.send_waiting.load(Ordering::Relaxed) {
             self.send_waiting.store(false, Ordering::Relaxed);
         }
@@ -1188,7 +1187,7 @@ impl<S: AsyncWrite + ClientSocket> AsyncWrite for Sniffed<S> {
         match &r {
             // All the layers held went to the socket (TLS records): nothing waits on the
             // client, even if no write follows.
-            Poll::Ready(Ok(())) => this.activity.flushed(),
+            Poll::Ready(Ok(())) => this.activity.went_through(),
             Poll::Pending => {
                 let inner = this.inner.as_ref();
                 this.activity.write_waits(|| inner.get_ref().send_buffer());
