@@ -47,16 +47,22 @@ async fn served_on(s: &mut TcpStream) {
 }
 
 async fn normal_request(src: &str, addr: SocketAddr) -> String {
-    let mut s = connect_from(src, addr).await;
-    s.write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
+    let out = fetch(src, addr, "/ok", Duration::from_secs(5)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A `GET path` with `Connection: close` from `src`: all the connection carried back, read
+/// to its end within `within`.
+async fn fetch(src: &str, addr: SocketAddr, path: &str, within: Duration) -> Vec<u8> {
+    let mut s = connect_from(src, addr).await;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(within, s.read_to_end(&mut out))
+        .await
+        .expect("the answer ends")
+        .unwrap();
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,15 +562,7 @@ async fn a_client_reading_slower_than_the_minimum_send_rate_is_cut_off() {
     });
 
     // The fast reader, meanwhile: the whole answer.
-    let mut fast = TcpStream::connect(addr).await.unwrap();
-    fast.write_all(b"GET /fast HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut whole = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), fast.read_to_end(&mut whole))
-        .await
-        .expect("the fast reader's answer ends")
-        .unwrap();
+    let whole = fetch("127.0.0.1", addr, "/fast", Duration::from_secs(60)).await;
     assert!(whole.starts_with(b"HTTP/1.1 200"));
     let head_end = whole.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     assert_eq!(
