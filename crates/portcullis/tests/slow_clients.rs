@@ -404,34 +404,6 @@ async fn the_global_connection_cap_holds() {
     );
 }
 
-/// An upstream that answers every request with `size` bytes, written as fast as the gateway
-/// takes them. The returned count is what it managed to write before its connection was
-/// closed under it, or `size` if it finished.
-async fn bulk_upstream(size: usize) -> (SocketAddr, tokio::sync::mpsc::Receiver<usize>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let addr = scripted_upstream(move |mut s| {
-        let tx = tx.clone();
-        async move {
-            let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
-            if s.write_all(answer.as_bytes()).await.is_err() {
-                return;
-            }
-            let block = vec![b'x'; 64 * 1024];
-            let mut sent = 0;
-            while sent < size {
-                let n = block.len().min(size - sent);
-                if s.write_all(&block[..n]).await.is_err() {
-                    break;
-                }
-                sent += n;
-            }
-            let _ = tx.send(sent).await;
-        }
-    })
-    .await;
-    (addr, rx)
-}
-
 /// A slow reader (the "slow read" attack): a client that asks for a large answer and then
 /// stops reading it. Once the socket buffers are full nothing moves on the connection, so the
 /// idle timeout closes it — the answer in progress is given up, its upstream connection

@@ -322,3 +322,135 @@ async fn a_tls_slowloris_is_closed_by_the_header_timeout_counted_from_the_accept
     .unwrap();
     assert_eq!(r.status, 200);
 }
+
+/// The minimum send rate over TLS: the gateway's writes go to the TLS layer, which may hold
+/// records of its own besides what the kernel holds, and the judgement asks the TCP socket
+/// under it. A client that reads its answer over TLS slower than
+/// `server.send_min_bytes_per_second` is reset, its upstream exchange closed, the close
+/// counted and audited; a client reading as fast as it can on the same listener at the same
+/// time gets its whole answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_reading_slower_than_the_minimum_send_rate_is_reset() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 32 * 1024 * 1024;
+    let (up, mut written) = bulk_upstream(SIZE).await;
+    let pki = TestPki::new();
+    let (gw, _, _) = tls_gateway(
+        &pki,
+        "1.2",
+        &format!(
+            "server: {{ send_min_bytes_per_second: 200000 }}\n\
+             upstreams: {{ up: {{ targets: [\"http://{up}\"] }} }}"
+        ),
+    );
+    let addr = gw.listener("secure");
+    let connector = tokio_rustls::TlsConnector::from(client_config(
+        &pki,
+        &[&rustls::version::TLS13],
+        &[b"http/1.1"],
+    ));
+    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+
+    // The slow reader: a small receive window, 16 KiB taken every 500 ms (about 33 kB/s).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let mut slow = connector.connect(name.clone(), tcp).await.unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut taken = 0usize;
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) => return (taken, Some(None)),
+                Err(e) => return (taken, Some(Some(e.kind()))),
+                Ok(n) => taken += n,
+            }
+            if taken > SIZE {
+                return (taken, None);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+
+    // The fast reader, meanwhile, over TLS too: the whole answer.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut fast = connector.connect(name, tcp).await.unwrap();
+    fast.write_all(b"GET /fast HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut whole = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), fast.read_to_end(&mut whole))
+        .await
+        .expect("the fast reader's answer ends")
+        .unwrap();
+    assert!(whole.starts_with(b"HTTP/1.1 200"));
+    let head_end = whole.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(
+        whole.len() - head_end,
+        SIZE,
+        "the fast reader got all of it"
+    );
+
+    let (taken, closed) = tokio::time::timeout(Duration::from_secs(40), reader)
+        .await
+        .expect("the slow reader's connection is closed")
+        .unwrap();
+    assert_eq!(
+        closed,
+        Some(Some(std::io::ErrorKind::ConnectionReset)),
+        "the slow reader's connection is reset"
+    );
+    assert!(
+        taken > 16 * 1024 && taken < SIZE,
+        "it read on until the close: {taken}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "closed by the minimum rate, not the idle timeout"
+    );
+    // The slow reader's upstream exchange was closed under the upstream; the fast one's ran
+    // to its end.
+    let mut counts = Vec::new();
+    for _ in 0..2 {
+        counts.push(
+            tokio::time::timeout(Duration::from_secs(10), written.recv())
+                .await
+                .expect("both upstream exchanges end")
+                .unwrap(),
+        );
+    }
+    counts.sort_unstable();
+    assert!(
+        counts[0] < SIZE,
+        "the slow reader's upstream was cut off: {counts:?}"
+    );
+    assert_eq!(counts[1], SIZE, "{counts:?}");
+
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains("portcullis_rejections_total{stage=\"accept\",reason=\"send_rate\"} 1\n"),
+        "{metrics}"
+    );
+    let event = gw
+        .wait_for_audit(|e| e["path"] == "/slow", Duration::from_secs(5))
+        .expect("the cut-off answer is audited");
+    assert_eq!(event["status"], 200, "{event}");
+    assert_eq!(event["tls"], true, "{event}");
+    assert_eq!(event["response_complete"], false, "{event}");
+    // The gateway is healthy.
+    let (r, _) = send_tls(
+        addr,
+        "a.test",
+        &pki.ca_pem(),
+        &[b"http/1.1"],
+        req("GET", "/x", &[("host", "a.test")], ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+}

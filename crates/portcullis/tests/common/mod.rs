@@ -113,6 +113,37 @@ where
     addr
 }
 
+/// An upstream that answers every request with `size` bytes, written as fast as the gateway
+/// takes them. The returned count is what it managed to write before its connection was
+/// closed under it, or `size` if it finished.
+pub async fn bulk_upstream(
+    size: usize,
+) -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<usize>) {
+    use tokio::io::AsyncWriteExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let addr = scripted_upstream(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+            if s.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            let block = vec![b'x'; 64 * 1024];
+            let mut sent = 0;
+            while sent < size {
+                let n = block.len().min(size - sent);
+                if s.write_all(&block[..n]).await.is_err() {
+                    break;
+                }
+                sent += n;
+            }
+            let _ = tx.send(sent).await;
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
 /// An upstream that answers every request head with `answer` (raw bytes) and closes.
 pub async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
     use tokio::io::AsyncWriteExt;
