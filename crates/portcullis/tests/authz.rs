@@ -97,6 +97,7 @@ authz:
   policies:
     - {{ name: reports-read, resources: ["/reports/**"], actions: [read], scopes: {{ any_of: [read:reports] }} }}
     - {{ name: reports-audit, resources: ["/reports/**"], roles: {{ any_of: [auditor] }}, mode: shadow }}
+    - {{ name: mfa-reports-read, resources: ["/mfa-reports/**"], actions: [read], scopes: {{ any_of: [read:reports] }} }}
   rego: {{ files: [policy.rego] }}
   risk:
     country_header: x-country
@@ -116,6 +117,15 @@ routes:
   - {{ name: bare, match: {{ prefix: /bare }}, upstream: app, auth: {{ methods: [jwt] }} }}
   - {{ name: any, match: {{ prefix: /any }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ allow: any-authenticated }} }}
   - {{ name: reports, match: {{ prefix: /reports }}, upstream: app, auth: {{ methods: [jwt] }} }}
+  - {{ name: mfa-reports, match: {{ prefix: /mfa-reports }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ require: {{ acr: [urn:mfa] }} }} }}
+  - name: log
+    match: {{ prefix: /log }}
+    upstream: app
+    auth: {{ methods: [jwt] }}
+    authz:
+      scopes: {{ any_of: [read:orders] }}
+      methods:
+        GET: {{ scopes: {{ all_of: [admin:orders] }} }}
   - name: users
     match: {{ path: "/users/{{id}}" }}
     upstream: app
@@ -307,6 +317,29 @@ async fn scopes_hierarchy_methods_and_roles() {
     assert_eq!(e.up.hits(), 4);
 }
 
+/// A HEAD is answered as its GET would be, so it is held to GET's rule where GET has one of
+/// its own (here stricter than the route's rule for the other methods).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_is_held_to_the_rule_of_its_get() {
+    let e = setup().await;
+    let reader = e.token(scope("read:orders"));
+    for method in ["GET", "HEAD"] {
+        let r = e.call(method, "/log/today", &reader, &[]).await;
+        assert_eq!(r.status, 403, "{method}");
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        let ev = audit_of(&e.gw, r.header("x-request-id").unwrap());
+        assert_eq!(ev["authz"]["rule"], "route:log", "{method}: {ev}");
+        assert_eq!(ev["reason"], "forbidden", "{method}: {ev}");
+        asks_for_scope(&r, "admin:orders");
+    }
+    assert_eq!(e.up.hits(), 0, "nothing may reach the upstream");
+    // The route's rule governs the other methods; GET's holder may HEAD.
+    assert_eq!(e.call("POST", "/log/today", &reader, &[]).await.status, 200);
+    let admin = e.token(scope("admin:orders"));
+    assert_eq!(e.call("HEAD", "/log/today", &admin, &[]).await.status, 200);
+    assert_eq!(e.up.hits(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_policies_cover_routes_and_shadow_policies_only_record() {
     let e = setup().await;
@@ -385,6 +418,16 @@ async fn tenants_are_isolated_and_the_verified_tenant_goes_upstream() {
     let t1 = e.token(json!({}));
     let r = e.call("GET", "/tenants/t2/orders", &t1, &[]).await;
     e.refused(&r, 403, "forbidden", "tenant");
+    // The path names t1, a query parameter of the same name another tenant: an upstream that
+    // reads the query would serve t2.
+    for attempt in [
+        "/tenants/t1/orders?tenant=t2",
+        "/tenants/t1/orders?tenant=%74%32",
+        "/tenants/t1/orders?tenant=t1&tenant=t2",
+    ] {
+        let r = e.call("GET", attempt, &t1, &[]).await;
+        e.refused(&r, 403, "forbidden", "tenant");
+    }
     let r = e.call("GET", "/th/x", &t1, &[("x-tenant", "t2")]).await;
     e.refused(&r, 403, "forbidden", "tenant");
     let r = e.call("GET", "/th/x", &t1, &[]).await;
@@ -564,6 +607,49 @@ async fn step_up_when_authentication_is_weak_or_old() {
 
     let fresh = e.token(json!({"acr": "urn:mfa", "auth_time": now() - 10}));
     assert_eq!(e.call("POST", "/transfer", &fresh, &[]).await.status, 200);
+    assert_eq!(e.up.hits(), 1);
+}
+
+/// `require` is a demand, not a grant: met, it permits nothing by itself. On a route whose
+/// only rule is `require`, what a policy permits passes (with the strong login), and what
+/// nothing permits is refused by default — a strong login is not a licence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_met_require_permits_nothing_by_itself() {
+    let e = setup().await;
+    let strong = |s: &str| e.token(json!({"acr": "urn:mfa", "scope": s}));
+    // The policy governs reads only: a write has no rule that permits it.
+    let r = e
+        .call("POST", "/mfa-reports/new", &strong("read:reports"), &[])
+        .await;
+    let ev = e.refused(&r, 403, "forbidden", "default");
+    assert!(
+        ev["authz"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no authorization rule permits"),
+        "{ev}"
+    );
+    // A read without the policy's scope: the policy refuses.
+    let r = e
+        .call("GET", "/mfa-reports/q3", &strong("profile"), &[])
+        .await;
+    e.refused(&r, 403, "forbidden", "policy:mfa-reports-read");
+    // The policy's scope with a weak login: the demand refuses.
+    let weak = e.token(json!({"acr": "urn:pwd", "scope": "read:reports"}));
+    let r = e.call("GET", "/mfa-reports/q3", &weak, &[]).await;
+    e.refused(&r, 401, "step_up_required", "require");
+    // Both: served.
+    let r = e
+        .call("GET", "/mfa-reports/q3", &strong("read:reports"), &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ev = audit_of(&e.gw, r.header("x-request-id").unwrap());
+    assert_eq!(ev["authz"]["rule"], "allow", "{ev}");
+    assert_eq!(
+        ev["authz"]["reason"], "require, policy:mfa-reports-read",
+        "{ev}"
+    );
+    assert_eq!(e.up.hits(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,7 +100,14 @@ pub fn check_tenant(
         return Err("the caller has no tenant".into());
     };
     let asked = match &t.source {
-        Source::Param(name) => route.and_then(|r| r.param(name)).map(str::to_string),
+        Source::Param(name) => {
+            // The same name in the query string must not name another tenant: upstreams that
+            // read parameters from either place would otherwise be fooled (as for ownership).
+            if query_values(head, name)?.iter().any(|q| *q != caller) {
+                return Err("tenant mismatch (query parameter of the same name)".into());
+            }
+            route.and_then(|r| r.param(name)).map(str::to_string)
+        }
         Source::Header(name) => {
             let mut all = head.headers.get_all(name).iter();
             match (all.next(), all.next()) {
@@ -323,6 +330,18 @@ mod tests {
             )
             .is_err()
         );
+        // A query parameter of the path parameter's name must name the same tenant.
+        let in_t1 = Some(route(&[("tenant", "t1")]));
+        for (uri, ok) in [
+            ("/t/t1/x?tenant=t1", true),
+            ("/t/t1/x?tenant=t2", false),
+            ("/t/t1/x?tenant=t1&tenant=t2", false),
+            ("/t/t1/x?tenant=%74%32", false),
+            ("/t/t1/x?other=t2", true),
+        ] {
+            let r = check_tenant(&by_param, &head(uri, &[]), in_t1.as_ref(), &p);
+            assert_eq!(r.is_ok(), ok, "{uri}: {r:?}");
+        }
         let by_header = t(
             Source::Header(http::HeaderName::from_static("x-tenant")),
             Some("org.id"),

@@ -256,12 +256,16 @@ impl Authz {
                 (false, _) => Err("a stronger authentication is required".to_string()),
                 (true, false) => Err("a more recent authentication is required".to_string()),
             };
+            // A demand, not a grant: met, it permits nothing by itself (a route with only
+            // `require` is still default-deny unless another rule or a policy permits).
+            let permitted = run.permitted;
             check!("require".into(), Mode::Enforce, result, |d| {
                 Rejection::new(RejectReason::StepUpRequired, d.to_string()).with_header(
                     http::header::WWW_AUTHENTICATE,
                     risk::step_up_challenge(d, &rq.acr, rq.max_age),
                 )
             });
+            run.permitted = permitted;
         }
 
         // 2. The route's scopes and roles.
@@ -273,10 +277,15 @@ impl Authz {
                 reason: "any authenticated caller".into(),
             });
         }
-        let requirement = route
-            .per_method
-            .iter()
-            .find(|(m, _)| *m == head.method)
+        // A HEAD is answered as its GET would be (the router admits it where GET is), so
+        // without a rule of its own it is held to GET's.
+        let rule_for = |m: &http::Method| route.per_method.iter().find(|(k, _)| k == m);
+        let requirement = rule_for(&head.method)
+            .or_else(|| {
+                (head.method == http::Method::HEAD)
+                    .then(|| rule_for(&http::Method::GET))
+                    .flatten()
+            })
             .map(|(_, r)| r)
             .or(route.base.as_ref());
         if let Some(rq) = requirement {
