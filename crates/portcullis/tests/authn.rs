@@ -1052,6 +1052,11 @@ struct SlowIntrospection {
 
 impl SlowIntrospection {
     async fn start() -> SlowIntrospection {
+        Self::answering("good-opaque-token", "svc-7").await
+    }
+
+    /// An endpoint that finds `active` (and only it) active, for subject `sub`.
+    async fn answering(active: &'static str, sub: &'static str) -> SlowIntrospection {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
@@ -1089,9 +1094,9 @@ impl SlowIntrospection {
                                             .encode("gw:s3cret")
                                     );
                                 let answer = if ok_client
-                                    && body.contains("token=good-opaque-token")
+                                    && body.contains(&format!("token={active}&"))
                                 {
-                                    json!({"active": true, "sub": "svc-7", "client_id": "batch", "scope": "read:a", "exp": now() + 60})
+                                    json!({"active": true, "sub": sub, "client_id": "batch", "scope": "read:a", "exp": now() + 60})
                                 } else {
                                     json!({"active": false})
                                 };
@@ -1194,4 +1199,87 @@ routes:
         "introspection_unavailable"
     );
     assert_eq!(up.hits(), 21);
+}
+
+/// The verified-token cache keeps each verifier's verdicts apart. A route that accepts tokens
+/// of two authorization servers gets each server's tokens through even when the other server
+/// (asked first) says they are not active; and a JWT verified by an issuer is not taken as
+/// verified by an introspection endpoint of the same name (nor the other way round), whose
+/// server has its own say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_verifier_s_verdicts_are_its_own() {
+    let up = TestUpstream::start("app").await;
+    let a = SlowIntrospection::answering("token-of-a", "svc-a").await;
+    let b = SlowIntrospection::answering("token-of-b", "svc-b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = Signer::generate(Alg::EdDSA, "k1".into()).unwrap();
+    write(dir.path(), "keys.json", &jwks_of(&[&key]));
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  jwt:
+    idp: {{ issuer: "{ISS}", jwks_file: keys.json, algorithms: [EdDSA], audiences: [orders-api] }}
+  introspection:
+    idp: {{ endpoint: "http://{a}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, cache_inactive: 60s }}
+    other: {{ endpoint: "http://{b}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, cache_inactive: 60s }}
+routes:
+  - {{ name: both, match: {{ prefix: /both }}, upstream: app, auth: {{ methods: ["introspection:idp", "introspection:other"] }}, authz: {{ allow: any-authenticated }} }}
+  - {{ name: j, match: {{ prefix: /j }}, upstream: app, auth: {{ methods: ["jwt:idp"] }}, authz: {{ allow: any-authenticated }} }}
+  - {{ name: i, match: {{ prefix: /i }}, upstream: app, auth: {{ methods: ["introspection:idp"] }}, authz: {{ allow: any-authenticated }} }}
+"#,
+        up = up.url(),
+        a = a.addr,
+        b = b.addr
+    );
+    let gw = Gateway::start_in(bin(), dir.path(), &yaml).unwrap();
+
+    // B's token: A (asked first) says inactive, B active — twice, the second from the cache.
+    for round in 0..2 {
+        let r = call(&gw, "/both/x", &[("authorization", &bearer("token-of-b"))]).await;
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+        assert_eq!(
+            up.requests().pop().unwrap().header("x-user-id"),
+            Some("svc-b")
+        );
+    }
+    assert_eq!(
+        a.calls.load(Ordering::SeqCst),
+        1,
+        "A asked once, then cached"
+    );
+    assert_eq!(
+        b.calls.load(Ordering::SeqCst),
+        1,
+        "B asked once, then cached"
+    );
+    // A's token: A says active at once.
+    let r = call(&gw, "/both/x", &[("authorization", &bearer("token-of-a"))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(b.calls.load(Ordering::SeqCst), 1);
+
+    // A JWT verified by the issuer `idp`...
+    let jwt = key.sign("at+jwt", &claims(json!({}))).unwrap();
+    let r = call(&gw, "/j/x", &[("authorization", &bearer(&jwt))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let hits = up.hits();
+    // ...is not thereby active for the introspection endpoint `idp`: its server is asked,
+    // says inactive, and the request is refused.
+    let calls = a.calls.load(Ordering::SeqCst);
+    let r = call(&gw, "/i/x", &[("authorization", &bearer(&jwt))]).await;
+    let id = assert_401(&r, true);
+    assert_eq!(audit_of(&gw, &id)["auth_failure"], "token_inactive");
+    assert_eq!(
+        a.calls.load(Ordering::SeqCst),
+        calls + 1,
+        "the server was asked"
+    );
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+    // And the other way round: a token the endpoint `idp` found active is no verified JWT.
+    let r = call(&gw, "/i/x", &[("authorization", &bearer("token-of-a"))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(&gw, "/j/x", &[("authorization", &bearer("token-of-a"))]).await;
+    assert_401(&r, true);
+    assert_eq!(up.hits(), hits + 1);
 }

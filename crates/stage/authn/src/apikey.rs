@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use portcullis_core::{AuthMethod, Principal};
 use subtle::ConstantTimeEq;
 
-use crate::cache::{Cached, Digest, TokenCache, digest};
+use crate::cache::{Cached, Digest, TokenCache, Verifier, digest};
 use crate::config::{ApiKeyEntry, ApiKeys};
 use crate::revocation::hex;
 use crate::{Fail, unix_now};
@@ -114,9 +114,9 @@ pub async fn lookup_redis(
     hash: &Digest,
     ttl: Duration,
 ) -> Result<Arc<Principal>, Fail> {
-    // The cache is keyed by the key's hash hashed again, apart from token entries.
-    let ck = digest(hash);
-    match cache.get(&ck) {
+    let ck = *hash;
+    let by = Verifier::ApiKeyStore;
+    match cache.get(&ck, by) {
         Some(Cached::Valid(p)) => return recheck(&p),
         Some(Cached::Invalid(code)) => return Err(Fail::Invalid(code)),
         None => {}
@@ -130,7 +130,7 @@ pub async fn lookup_redis(
         })?;
     let until = Instant::now() + ttl;
     let Some(client_id) = rec.get("client_id").filter(|c| !c.is_empty()) else {
-        cache.put(ck, Cached::Invalid("api_key_unknown"), until);
+        cache.put(ck, by, Cached::Invalid("api_key_unknown"), until);
         return Err(Fail::Invalid("api_key_unknown"));
     };
     let list = |k: &str| -> Vec<String> {
@@ -149,7 +149,7 @@ pub async fn lookup_redis(
         }) {
             Some(t) => Some(t),
             None => {
-                cache.put(ck, Cached::Invalid("api_key_record_invalid"), until);
+                cache.put(ck, by, Cached::Invalid("api_key_record_invalid"), until);
                 return Err(Fail::Invalid("api_key_record_invalid"));
             }
         },
@@ -169,11 +169,11 @@ pub async fn lookup_redis(
         active,
     };
     if !active {
-        cache.put(ck, Cached::Invalid("api_key_inactive"), until);
+        cache.put(ck, by, Cached::Invalid("api_key_inactive"), until);
         return Err(Fail::Invalid("api_key_inactive"));
     }
     let p = Arc::new(principal_of(&entry));
-    cache.put(ck, Cached::Valid(p.clone()), until);
+    cache.put(ck, by, Cached::Valid(p.clone()), until);
     recheck(&p)
 }
 

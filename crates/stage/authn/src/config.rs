@@ -773,7 +773,7 @@ fn header(s: &str, path: &str, e: &mut ConfigErrors) -> Option<HeaderName> {
     }
 }
 
-fn claim_names(r: &RawClaimNames) -> ClaimNames {
+pub(crate) fn claim_names(r: &RawClaimNames) -> ClaimNames {
     ClaimNames {
         subject: r.subject.clone(),
         client_id: r.client_id.clone(),

@@ -14,7 +14,7 @@ use http_body_util::Full;
 use portcullis_core::{AuthMethod, Principal};
 use tokio::sync::OnceCell;
 
-use crate::cache::{Cached, Digest, TokenCache};
+use crate::cache::{Cached, Digest, TokenCache, Verifier};
 use crate::config::Introspection;
 use crate::fetch::Fetcher;
 use crate::principal::from_claims;
@@ -26,6 +26,26 @@ pub struct Introspector {
     pub cfg: Introspection,
     fetcher: Fetcher,
     inflight: Mutex<HashMap<Digest, Flight>>,
+}
+
+/// Takes a flight out of the in-flight map when dropped, if the map still holds that flight
+/// (a later call's flight under the same key is left alone).
+struct Landing<'a> {
+    map: &'a Mutex<HashMap<Digest, Flight>>,
+    key: Digest,
+    flight: Flight,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.map.lock()
+            && map
+                .get(&self.key)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            map.remove(&self.key);
+        }
+    }
 }
 
 /// `application/x-www-form-urlencoded` value encoding: everything but unreserved characters.
@@ -48,17 +68,19 @@ impl Introspector {
         })
     }
 
-    /// Verifies `token` (whose digest is `key`), through `cache`.
+    /// Verifies `token` (whose digest is `key`) with this endpoint, the `index`-th of
+    /// `auth.introspection`, through `cache` (where only this endpoint's verdicts count).
     pub async fn verify(
         &self,
         token: &str,
         key: Digest,
+        index: usize,
         cache: &TokenCache,
     ) -> Result<Arc<Principal>, Fail> {
-        if let Some(c) = cache.get(&key) {
+        let by = Verifier::Introspection(index);
+        if let Some(c) = cache.get(&key, by) {
             return match c {
-                Cached::Valid(p) if *p.authority == *self.cfg.name => Ok(p),
-                Cached::Valid(_) => Err(Fail::Invalid("token_not_for_this_route")),
+                Cached::Valid(p) => Ok(p),
                 Cached::Invalid(code) => Err(Fail::Invalid(code)),
             };
         }
@@ -68,7 +90,15 @@ impl Introspector {
             };
             map.entry(key).or_default().clone()
         };
-        let result = flight
+        // The flight leaves the map when this call ends, however it ends: a request dropped
+        // while the endpoint is asked (a client that resets its stream) must not leave it
+        // there for good.
+        let _landing = Landing {
+            map: &self.inflight,
+            key,
+            flight: flight.clone(),
+        };
+        flight
             .get_or_init(|| async {
                 let r = self.call(token).await;
                 let now = Instant::now();
@@ -78,21 +108,22 @@ impl Introspector {
                         if let Some(exp) = p.expires_at {
                             ttl = ttl.min(Duration::from_secs(exp.saturating_sub(unix_now())));
                         }
-                        cache.put(key, Cached::Valid(p.clone()), now + ttl);
+                        cache.put(key, by, Cached::Valid(p.clone()), now + ttl);
                     }
                     Err(Fail::Invalid(code)) => {
-                        cache.put(key, Cached::Invalid(code), now + self.cfg.cache_inactive);
+                        cache.put(
+                            key,
+                            by,
+                            Cached::Invalid(code),
+                            now + self.cfg.cache_inactive,
+                        );
                     }
                     Err(_) => {}
                 }
                 r
             })
             .await
-            .clone();
-        if let Ok(mut map) = self.inflight.lock() {
-            map.remove(&key);
-        }
-        result
+            .clone()
     }
 
     async fn call(&self, token: &str) -> Result<Arc<Principal>, Fail> {
@@ -166,5 +197,75 @@ impl Introspector {
             &self.cfg.claims,
             claims.clone(),
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::digest;
+
+    fn introspector(endpoint: &str) -> Introspector {
+        Introspector::new(Introspection {
+            name: Arc::from("as"),
+            endpoint: endpoint.parse().unwrap(),
+            client_id: "gw".into(),
+            client_secret: portcullis_core::Secret::new("s".into()),
+            issuer: None,
+            audiences: Vec::new(),
+            timeout: Duration::from_secs(30),
+            cache_active_max: Duration::from_secs(60),
+            cache_inactive: Duration::from_secs(60),
+            max_token_bytes: 4096,
+            claims: crate::config::claim_names(&Default::default()),
+            ca_pem: None,
+        })
+        .unwrap()
+    }
+
+    /// A call whose request is dropped while the endpoint is asked (a client that resets its
+    /// stream) leaves nothing in the in-flight map; a call that ends leaves nothing either.
+    #[tokio::test]
+    async fn an_abandoned_call_leaves_no_flight_behind() {
+        // An endpoint that accepts and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                conns.push(s);
+            }
+        });
+        let x = Arc::new(introspector(&format!("http://{addr}/introspect")));
+        let cache = Arc::new(TokenCache::new(64));
+        for i in 0..20u32 {
+            let token = format!("token-{i}");
+            let (x2, cache2) = (x.clone(), cache.clone());
+            let call = tokio::spawn(async move {
+                x2.verify(&token, digest(token.as_bytes()), 0, &cache2)
+                    .await
+            });
+            // Until the call is waiting on the endpoint, then drop it.
+            for _ in 0..200 {
+                if x.inflight.lock().unwrap().len() == 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(x.inflight.lock().unwrap().len(), 1, "call {i} in flight");
+            call.abort();
+            let _ = call.await;
+            assert_eq!(x.inflight.lock().unwrap().len(), 0, "call {i} left behind");
+        }
+        held.abort();
+        // An endpoint that refuses: the call ends (unavailable) and leaves nothing.
+        let gone = introspector(&format!("http://{addr}/introspect"));
+        let r = gone.verify("t", digest(b"t"), 0, &cache).await;
+        assert!(matches!(r, Err(Fail::Unavailable(_))), "{r:?}");
+        assert_eq!(gone.inflight.lock().unwrap().len(), 0);
+        assert!(
+            cache.is_empty(),
+            "nothing cached from an unavailable endpoint"
+        );
     }
 }

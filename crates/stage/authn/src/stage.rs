@@ -11,7 +11,7 @@ use portcullis_core::{
 use portcullis_jose::{ClaimRules, JwtError, Signer};
 
 use crate::apikey::{self, KeyTable};
-use crate::cache::{Cached, Digest, TokenCache, digest};
+use crate::cache::{Cached, Digest, TokenCache, Verifier, digest};
 use crate::config::{AuthSettings, KeySource, Method, MtlsRule, RouteAuth};
 use crate::failures::FailureTracker;
 use crate::introspect::Introspector;
@@ -231,19 +231,14 @@ impl Authn {
 
     /// JWT verification without waiting: from the cache, or with keys already loaded.
     fn jwt_now(&self, token: &str, issuers: &[usize], key: &Digest) -> Attempt {
-        if let Some(c) = self.cache.get(key) {
+        // A verdict of one of the route's issuers (a token verified under another issuer's
+        // rules, or by introspection, is verified here anew).
+        if let Some(c) = issuers
+            .iter()
+            .find_map(|i| self.cache.get(key, Verifier::Jwt(*i)))
+        {
             return Attempt::Done(match c {
-                Cached::Valid(p)
-                    if issuers.iter().any(|i| {
-                        self.settings
-                            .jwt
-                            .get(*i)
-                            .is_some_and(|j| j.name == p.authority)
-                    }) =>
-                {
-                    Ok(p)
-                }
-                Cached::Valid(_) => Err(Fail::Invalid("untrusted_issuer")),
+                Cached::Valid(p) => Ok(p),
                 Cached::Invalid(c) => Err(Fail::Invalid(c)),
             });
         }
@@ -318,17 +313,21 @@ impl Authn {
             &issuer.claims,
             tok.claims,
         ));
-        self.cache_valid(key, &p);
+        self.cache_valid(key, idx, &p);
         Attempt::Done(Ok(p))
     }
 
-    fn cache_valid(&self, key: &Digest, p: &Arc<Principal>) {
+    fn cache_valid(&self, key: &Digest, issuer: usize, p: &Arc<Principal>) {
         let mut ttl = self.settings.cache_ttl;
         if let Some(exp) = p.expires_at {
             ttl = ttl.min(Duration::from_secs(exp.saturating_sub(unix_now())));
         }
-        self.cache
-            .put(*key, Cached::Valid(p.clone()), Instant::now() + ttl);
+        self.cache.put(
+            *key,
+            Verifier::Jwt(issuer),
+            Cached::Valid(p.clone()),
+            Instant::now() + ttl,
+        );
     }
 
     async fn jwt(&self, token: &str, issuers: &[usize]) -> Result<Arc<Principal>, Fail> {
@@ -486,7 +485,7 @@ impl Authn {
                 last = Fail::Invalid("too_large");
                 continue;
             }
-            match x.verify(token, key, &self.cache).await {
+            match x.verify(token, key, *i, &self.cache).await {
                 Ok(p) => return Ok(p),
                 Err(f) => last = f,
             }
