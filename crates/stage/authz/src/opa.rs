@@ -127,8 +127,15 @@ impl OpaClient {
             return Ok(hit);
         }
         let flight = cache.join_flight(&key);
+        // However this call ends — a request dropped while the server is asked (a reset
+        // stream) included — its flight leaves the map.
+        let _landing = Landing {
+            cache,
+            key: &key,
+            flight: &flight,
+        };
         let result = flight.get_or_init(|| self.call(&url, input)).await.clone();
-        cache.land_flight(key, &flight, &result);
+        cache.land_flight(&key, &flight, &result);
         result
     }
 
@@ -227,6 +234,20 @@ fn cache_key(path: &str, input: &serde_json::Value) -> Result<String, String> {
 
 type Flight = Arc<OnceCell<Result<PolicyDecision, String>>>;
 
+/// Retires a caller's flight when the caller is done with it, landed or not (a flight already
+/// landed, or replaced by a later one, is left alone).
+struct Landing<'a> {
+    cache: &'a DecisionCache,
+    key: &'a str,
+    flight: &'a Flight,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        self.cache.retire(self.key, self.flight);
+    }
+}
+
 /// Decisions with their expiry, bounded, plus the calls in flight.
 struct DecisionCache {
     ttl: Duration,
@@ -276,15 +297,20 @@ impl DecisionCache {
         flight
     }
 
-    /// The first caller back from a flight retires it and stores a successful decision.
-    fn land_flight(&self, key: String, flight: &Flight, result: &Result<PolicyDecision, String>) {
-        let retired = match self.in_flight.lock() {
-            Ok(mut flights) => match flights.get(key.as_str()) {
-                Some(f) if Arc::ptr_eq(f, flight) => flights.remove(key.as_str()).is_some(),
+    /// Takes `flight` out of the map if it is still there under `key`: whether it was.
+    fn retire(&self, key: &str, flight: &Flight) -> bool {
+        match self.in_flight.lock() {
+            Ok(mut flights) => match flights.get(key) {
+                Some(f) if Arc::ptr_eq(f, flight) => flights.remove(key).is_some(),
                 _ => false,
             },
             Err(_) => false,
-        };
+        }
+    }
+
+    /// The first caller back from a flight retires it and stores a successful decision.
+    fn land_flight(&self, key: &str, flight: &Flight, result: &Result<PolicyDecision, String>) {
+        let retired = self.retire(key, flight);
         let (true, Ok(decision)) = (retired, result) else {
             return;
         };
@@ -528,6 +554,49 @@ admins_only if input.principal.admin == true
             .unwrap();
         assert!(!d.allow);
         assert_eq!(d.reasons, vec![crate::rego::UNDEFINED_REASON.to_owned()]);
+    }
+
+    /// A caller dropped while the server is asked (a client that resets its stream) leaves no
+    /// flight in the map; inputs unique per request would otherwise grow it without bound.
+    #[tokio::test]
+    async fn an_abandoned_call_leaves_no_flight_behind() {
+        let opa = start_opa().await;
+        let client =
+            Arc::new(OpaClient::new(settings(opa.url(), Duration::from_secs(60), 100)).unwrap());
+        let in_flight = |c: &OpaClient| c.cache.as_ref().unwrap().in_flight.lock().unwrap().len();
+        for i in 0..10 {
+            let c = client.clone();
+            let call = tokio::spawn(async move {
+                let mut input = input(&["read:orders"], "GET");
+                input["request"]["params"]["id"] = json!(i.to_string());
+                c.evaluate("slow/orders/allow", &input).await
+            });
+            for _ in 0..200 {
+                if in_flight(&client) == 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(in_flight(&client), 1, "call {i} in flight");
+            call.abort();
+            let _ = call.await;
+            assert_eq!(in_flight(&client), 0, "call {i} left behind");
+        }
+        // A call that lands: its decision stored, its flight gone.
+        let d = client
+            .evaluate("orders/allow", &input(&["read:orders"], "GET"))
+            .await
+            .unwrap();
+        assert!(d.allow);
+        assert_eq!(in_flight(&client), 0);
+        assert!(
+            client
+                .evaluate("orders/allow", &input(&["read:orders"], "GET"))
+                .await
+                .unwrap()
+                .allow
+        );
+        assert_eq!(opa.calls(), 11, "the landed decision was cached");
     }
 
     #[tokio::test]
