@@ -522,6 +522,12 @@ async fn malformed_h2_requests_are_reset_and_not_forwarded() {
             "a second te line other than trailers",
             h2_block("GET", "/x", &[("te", "trailers"), ("te", "gzip")]),
         ),
+        // A method in the wrong case (the protocol step refuses it, as over HTTP/1.1).
+        ("lowercase method", {
+            let mut b = hpack_literal(":method", "delete");
+            b.extend_from_slice(&h2_block("GET", "/x", &[])[1..]); // all but its `:method`
+            b
+        }),
     ];
     for (name, b) in cases {
         let mut s = open(gw.listener("public")).await;

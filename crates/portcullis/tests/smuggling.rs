@@ -46,6 +46,10 @@ const CASES: &[(&str, &[u8])] = &[
     ("chunk_size_overflow", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000005\r\nhello\r\n0\r\n\r\n"),
     ("trailer_bare_lf", b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\n\r\n"),
     ("cl_signed", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello"),
+    // A method in the wrong case passes rules written for its capitals (a route's methods,
+    // authorization per method) and reaches upstreams that fold it.
+    ("method_lowercase", b"delete /x HTTP/1.1\r\nHost: a\r\n\r\n"),
+    ("method_mixed_case", b"Get /x HTTP/1.1\r\nHost: a\r\n\r\n"),
 ];
 
 /// A gateway with one route, for every path, to a recording upstream.

@@ -10,7 +10,9 @@
 //!   with `Transfer-Encoding`; more than one `Content-Length` (even equal); a
 //!   `Transfer-Encoding` that is not exactly `chunked`; more than one `Host`; an HTTP/1.1
 //!   request without `Host`; an absolute-form target whose authority disagrees with `Host`;
-//!   HTTP/2 requests carrying connection-specific fields.
+//!   HTTP/2 requests carrying connection-specific fields; a method spelled with anything but
+//!   capital letters, `-` and `_` (as nginx: `delete` or `Get` would pass rules written for
+//!   `DELETE` or `GET`, and reach upstreams that fold the case).
 //! * **Invariant**: whatever passes is re-framed by the engine towards the upstream (hop-by-hop
 //!   fields are dropped and the body is sent with framing the engine chose), so the upstream
 //!   never sees the client's framing headers at all.
@@ -29,6 +31,14 @@ impl HygieneStage {
 
 /// The first problem found in a request head, if any.
 pub fn check(head: &http::request::Parts) -> Result<(), &'static str> {
+    if !head
+        .method
+        .as_str()
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+    {
+        return Err("the method must be written in capital letters");
+    }
     // One pass over the fields, keeping what the rules below need: cheaper than hashing a name
     // for each rule, for the handful of fields a request carries.
     let (mut te, mut cl, mut hosts) = (0usize, 0usize, 0usize);
@@ -146,6 +156,35 @@ mod tests {
             let mut hs = vec![("host", "a")];
             hs.extend(bad.iter().copied());
             assert!(check(&head(H1, "/", &hs)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn methods_in_capitals_only() {
+        let with = |m: &str| {
+            let mut h = head(H1, "/", &[("host", "a")]);
+            h.method = http::Method::from_bytes(m.as_bytes()).unwrap();
+            check(&h)
+        };
+        for ok in [
+            "GET",
+            "DELETE",
+            "PATCH",
+            "PURGE",
+            "MKCALENDAR",
+            "VERSION-CONTROL",
+            "X_Y",
+        ] {
+            assert!(with(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "get", "Get", "delete", "DELETe", "purge", "GET1", "G.T", "G!T",
+        ] {
+            assert_eq!(
+                with(bad),
+                Err("the method must be written in capital letters"),
+                "{bad}"
+            );
         }
     }
 
