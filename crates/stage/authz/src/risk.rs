@@ -102,11 +102,18 @@ impl DeviceMemory {
         let k = self.key(subject, device);
         if let Ok(mut m) = self.seen.lock() {
             if m.len() >= self.cap && !m.contains_key(&k) {
-                m.retain(|_, t| t.elapsed() < memory);
-                if m.len() >= self.cap
-                    && let Some(oldest) = m.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k)
-                {
-                    m.remove(&oldest);
+                let now = Instant::now();
+                m.retain(|_, t| now.saturating_duration_since(*t) < memory);
+                if m.len() >= self.cap {
+                    // Still full of live entries: the oldest eighth goes at once, so that the
+                    // walk is paid once per eighth of the memory's size in new devices, not
+                    // for each (a caller sending a new device id with every request).
+                    let mut by_age: Vec<(Instant, u64)> = m.iter().map(|(k, t)| (*t, *k)).collect();
+                    let n = (self.cap / 8).clamp(1, by_age.len());
+                    by_age.select_nth_unstable(n - 1);
+                    for (_, old) in &by_age[..n] {
+                        m.remove(old);
+                    }
                 }
             }
             m.insert(k, Instant::now());
@@ -403,6 +410,34 @@ mod tests {
             .count();
         assert_eq!(known, 2);
         assert!(!devices.known("a", b"1", Duration::ZERO));
+    }
+
+    #[test]
+    fn a_full_device_memory_makes_room_for_many_at_once_oldest_first() {
+        let devices = DeviceMemory::new(64);
+        let m = Duration::from_secs(600);
+        for i in 0..64 {
+            devices.remember("a", format!("d{i}").as_bytes(), m);
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        let len = || devices.seen.lock().unwrap().len();
+        assert_eq!(len(), 64);
+        // One more: the oldest eighth (8) goes, the newcomer comes in.
+        devices.remember("a", b"new", m);
+        assert_eq!(len(), 64 - 8 + 1);
+        for i in 0..8 {
+            assert!(!devices.known("a", format!("d{i}").as_bytes(), m), "d{i}");
+        }
+        for i in 8..64 {
+            assert!(devices.known("a", format!("d{i}").as_bytes(), m), "d{i}");
+        }
+        assert!(devices.known("a", b"new", m));
+        // The next seven find room without evicting anything.
+        for i in 0..7 {
+            devices.remember("b", format!("e{i}").as_bytes(), m);
+        }
+        assert_eq!(len(), 64);
+        assert!(devices.known("a", b"d8", m));
     }
 
     #[test]
