@@ -655,8 +655,12 @@ pub fn form_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
     })
 }
 
-/// `*` matches one segment, `**` (last) the rest.
+/// `*` matches one segment, `**` (last) the rest. The trust domain's own ID (no path) matches
+/// no pattern: it names no workload.
 fn path_matches(pattern: &[String], path: &str) -> bool {
+    if path.is_empty() {
+        return false;
+    }
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let mut i = 0;
     for (n, p) in pattern.iter().enumerate() {
@@ -747,6 +751,11 @@ mod tests {
         assert!(path_matches(&p("/ns/prod/**"), "/ns/prod/sa/api"));
         assert!(!path_matches(&p("/ns/prod/**"), "/ns/prod"));
         assert!(!path_matches(&p("/ns/prod/**"), "/ns/dev/sa"));
+        // The trust domain itself (`spiffe://td`) is no workload.
+        for any in ["/*", "/**"] {
+            assert!(path_matches(&p(any), "/a"), "{any}");
+            assert!(!path_matches(&p(any), ""), "{any}");
+        }
     }
 
     #[test]
