@@ -144,6 +144,93 @@ pub async fn bulk_upstream(
     (addr, rx)
 }
 
+/// How a slow reader's connection ended: `None` still open when it stopped reading (it took
+/// more than it asked for), `Some(None)` a clean end, `Some(Some(kind))` an error.
+pub type SlowEnd = Option<Option<std::io::ErrorKind>>;
+
+/// Reads `s` slowly — 16 KiB every 500 ms, about 33 kB/s — until it ends or more than
+/// `limit` bytes came: what it took, and how it ended.
+pub fn read_slowly<S>(mut s: S, limit: usize) -> tokio::task::JoinHandle<(usize, SlowEnd)>
+where
+    S: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    use tokio::io::AsyncReadExt;
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut taken = 0usize;
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return (taken, Some(None)),
+                Err(e) => return (taken, Some(Some(e.kind()))),
+                Ok(n) => taken += n,
+            }
+            if taken > limit {
+                return (taken, None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    })
+}
+
+/// Asserts that `whole` (an HTTP/1.1 answer read to its end) is a 200 with `size` body bytes.
+pub fn assert_whole_answer(whole: &[u8], size: usize) {
+    assert!(whole.starts_with(b"HTTP/1.1 200"));
+    let head_end = whole.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(whole.len() - head_end, size, "the whole answer came");
+}
+
+/// The next `n` counts a [`bulk_upstream`] reports (each within 10 s), smallest first.
+pub async fn bulk_counts(rx: &mut tokio::sync::mpsc::Receiver<usize>, n: usize) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for _ in 0..n {
+        counts.push(
+            tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the upstream exchange ends")
+                .unwrap(),
+        );
+    }
+    counts.sort_unstable();
+    counts
+}
+
+/// Asserts what the minimum send rate does to a slow reader of a [`bulk_upstream`]'s `size`
+/// bytes, while a fast reader got the whole of another: the slow reader's connection reset
+/// (not closed after what the kernel still held for it) after it read some of its answer, its
+/// upstream exchange closed under the upstream while the fast one's ran to its end, and the
+/// close counted.
+pub async fn assert_reset_by_send_rate(
+    gw: &Gateway,
+    reader: tokio::task::JoinHandle<(usize, SlowEnd)>,
+    written: &mut tokio::sync::mpsc::Receiver<usize>,
+    size: usize,
+) {
+    let (taken, closed) = tokio::time::timeout(std::time::Duration::from_secs(40), reader)
+        .await
+        .expect("the slow reader's connection is closed")
+        .unwrap();
+    assert_eq!(
+        closed,
+        Some(Some(std::io::ErrorKind::ConnectionReset)),
+        "the slow reader's connection is reset"
+    );
+    assert!(
+        taken > 16 * 1024 && taken < size,
+        "it read on until the close: {taken}"
+    );
+    let counts = bulk_counts(written, 2).await;
+    assert!(
+        counts[0] < size,
+        "the slow reader's upstream was cut off: {counts:?}"
+    );
+    assert_eq!(counts[1], size, "{counts:?}");
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains("portcullis_rejections_total{stage=\"accept\",reason=\"send_rate\"} 1\n"),
+        "{metrics}"
+    );
+}
+
 /// An upstream that answers every request head with `answer` (raw bytes) and closes.
 pub async fn raw_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
     use tokio::io::AsyncWriteExt;
