@@ -25,42 +25,52 @@ impl ClientAddressStage {
     }
 
     /// Walks the forwarded chain from the right, skipping trusted hops.
+    ///
+    /// Each hop was written by the trusted hop to its right (the last one by the peer), so the
+    /// first address that is not a trusted proxy is the client, and nothing left of it is read:
+    /// what a client writes into the chain itself — garbage included — never decides. A hop a
+    /// trusted proxy wrote unreadable (`unknown`, an obfuscated name, an element without
+    /// `for`) ends the walk: the client is then the nearest address known, that proxy's.
     pub fn resolve(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
         if !self.is_trusted(peer) {
             return peer;
         }
-        let mut chain: Vec<IpAddr> = Vec::new();
-        for v in headers.get_all("x-forwarded-for") {
-            let Ok(s) = v.to_str() else { return peer };
-            for item in s.split(',') {
-                match parse_hop(item) {
-                    Some(ip) => chain.push(ip),
-                    None => return peer,
-                }
-            }
+        let xff = headers.get_all("x-forwarded-for");
+        if xff.iter().next().is_some() {
+            return self.walk(
+                peer,
+                xff.iter()
+                    .rev()
+                    .flat_map(|line| line.as_bytes().rsplit(|b| *b == b','))
+                    .map(parse_hop),
+            );
         }
-        if chain.is_empty() {
-            for v in headers.get_all(http::header::FORWARDED) {
-                let Ok(s) = v.to_str() else { return peer };
-                for elem in s.split(',') {
-                    for pair in elem.split(';') {
-                        let Some((k, val)) = pair.split_once('=') else {
-                            continue;
-                        };
-                        if k.trim().eq_ignore_ascii_case("for") {
-                            match parse_hop(val) {
-                                Some(ip) => chain.push(ip),
-                                None => return peer,
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let forwarded = headers.get_all(http::header::FORWARDED);
+        self.walk(
+            peer,
+            forwarded
+                .iter()
+                .rev()
+                .flat_map(|line| line.as_bytes().rsplit(|b| *b == b','))
+                .map(|element| {
+                    element.split(|b| *b == b';').find_map(|pair| {
+                        let eq = pair.iter().position(|b| *b == b'=')?;
+                        let (k, v) = pair.split_at(eq);
+                        k.trim_ascii()
+                            .eq_ignore_ascii_case(b"for")
+                            .then(|| parse_hop(&v[1..]))
+                    })?
+                }),
+        )
+    }
+
+    /// The client, from the hops read right to left (`None`: a hop that cannot be read).
+    fn walk(&self, peer: IpAddr, hops: impl Iterator<Item = Option<IpAddr>>) -> IpAddr {
         let mut client = peer;
-        for ip in chain.iter().rev() {
-            client = *ip;
-            if !self.is_trusted(*ip) {
+        for hop in hops {
+            let Some(ip) = hop else { break };
+            client = ip;
+            if !self.is_trusted(ip) {
                 break;
             }
         }
@@ -68,8 +78,10 @@ impl ClientAddressStage {
     }
 }
 
-/// `203.0.113.7`, `"[2001:db8::1]:4711"`, `203.0.113.7:80` → the address.
-fn parse_hop(s: &str) -> Option<IpAddr> {
+/// `203.0.113.7`, `"[2001:db8::1]:4711"`, `203.0.113.7:80` → the address; `None` for anything
+/// else (`unknown`, an obfuscated name, an empty item, bytes that are not text).
+fn parse_hop(s: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(s).ok()?;
     let s = s.trim().trim_matches('"');
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Some(ip);
@@ -135,6 +147,47 @@ mod tests {
         assert_eq!(s.resolve(ip("10.0.0.2"), &h), ip("203.0.113.8"));
     }
 
+    /// What a client writes left of its own address — the address the first trusted proxy saw —
+    /// decides nothing: garbage there is never read, so it cannot make the proxy the client.
+    #[test]
+    fn only_the_hops_up_to_the_client_are_read() {
+        let s = stage(&["10.0.0.0/8"]);
+        for chain in [
+            "x, 198.51.100.9",
+            ", 198.51.100.9",
+            "unknown, 198.51.100.9",
+            "fe80::1%eth0, 198.51.100.9",
+            "6.6.6.6, 198.51.100.9",
+            "_hidden, 198.51.100.9, 10.1.1.1",
+        ] {
+            let h = headers(&[("x-forwarded-for", chain)]);
+            assert_eq!(s.resolve(ip("10.0.0.2"), &h), ip("198.51.100.9"), "{chain}");
+        }
+        let mut h = headers(&[("x-forwarded-for", "198.51.100.9")]);
+        h.insert(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\xff, 198.51.100.9").unwrap(),
+        );
+        assert_eq!(s.resolve(ip("10.0.0.2"), &h), ip("198.51.100.9"));
+        for forwarded in [
+            "for=unknown, for=198.51.100.9",
+            "for=_hidden;proto=https, for=\"198.51.100.9:4711\"",
+            "proto=https, for=198.51.100.9",
+        ] {
+            let h = headers(&[("forwarded", forwarded)]);
+            assert_eq!(
+                s.resolve(ip("10.0.0.2"), &h),
+                ip("198.51.100.9"),
+                "{forwarded}"
+            );
+        }
+        // A trusted proxy's own unreadable hop: the client is that proxy, the nearest known.
+        let h = headers(&[("x-forwarded-for", "198.51.100.9, unknown, 10.1.1.1")]);
+        assert_eq!(s.resolve(ip("10.0.0.2"), &h), ip("10.1.1.1"));
+        let h = headers(&[("forwarded", "for=198.51.100.9, for=unknown")]);
+        assert_eq!(s.resolve(ip("10.0.0.2"), &h), ip("10.0.0.2"));
+    }
+
     #[test]
     fn forwarded_header_and_garbage() {
         let s = stage(&["127.0.0.1"]);
@@ -144,6 +197,9 @@ mod tests {
         )]);
         assert_eq!(s.resolve(ip("127.0.0.1"), &h), ip("2001:db8::1"));
         let h = headers(&[("x-forwarded-for", "not-an-ip")]);
+        assert_eq!(s.resolve(ip("127.0.0.1"), &h), ip("127.0.0.1"));
+        // An element without `for` is a hop no one can read: the walk ends there.
+        let h = headers(&[("forwarded", "for=192.0.2.60, proto=https")]);
         assert_eq!(s.resolve(ip("127.0.0.1"), &h), ip("127.0.0.1"));
         assert_eq!(
             s.resolve(ip("127.0.0.1"), &http::HeaderMap::new()),

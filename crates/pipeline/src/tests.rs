@@ -188,6 +188,24 @@ async fn rejections_name_their_step() {
             RejectReason::IpDenied,
             "ip_filter",
         ),
+        // Garbage the client wrote left of its own address does not make the proxy the
+        // client (which the deny list would not hold).
+        (
+            "GET",
+            "/public/x",
+            "10.0.0.1:1",
+            vec![("x-forwarded-for", "junk, 192.0.2.66")],
+            RejectReason::IpDenied,
+            "ip_filter",
+        ),
+        (
+            "GET",
+            "/public/x",
+            "10.0.0.1:1",
+            vec![("forwarded", "for=unknown, for=192.0.2.66")],
+            RejectReason::IpDenied,
+            "ip_filter",
+        ),
     ];
     for (m, uri, peer, headers, want, stage) in cases {
         let (ctx, r, _) = run(m, uri, peer, &headers).await;
