@@ -208,6 +208,29 @@ async fn a_valid_token_passes_with_verified_identity_and_forged_headers_replaced
     assert_eq!(audit["auth"]["subject"], "alice");
     assert_eq!(audit["auth"]["authority"], "ed");
 
+    // A client that names the identity headers in `Connection` (hop-by-hop: to be removed
+    // before forwarding) takes out its own copies, never the gateway's.
+    let r = call(
+        &s.gw,
+        "/orders/1",
+        &[
+            ("authorization", &bearer(&token)),
+            ("connection", "x-user-id, x-client-id, X-Authenticated"),
+            ("x-user-id", "admin"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = s.up.requests().pop().unwrap();
+    assert_eq!(seen.header("x-user-id"), Some("alice"));
+    assert_eq!(seen.header("x-client-id"), Some("web"));
+    assert_eq!(seen.header("x-authenticated"), Some("jwt"));
+    assert!(
+        !seen
+            .header("connection")
+            .is_some_and(|c| c.contains("x-user"))
+    );
+
     // The ES256 issuer is chosen by `iss`; the same route accepts both.
     let t2 =
         s.es.sign("JWT", &claims(json!({"iss": "https://es.test"})))

@@ -50,6 +50,10 @@ const CASES: &[(&str, &[u8])] = &[
     // authorization per method) and reaches upstreams that fold it.
     ("method_lowercase", b"delete /x HTTP/1.1\r\nHost: a\r\n\r\n"),
     ("method_mixed_case", b"Get /x HTTP/1.1\r\nHost: a\r\n\r\n"),
+    // Fields the request's reading rests on, named hop-by-hop: the upstream would read the
+    // request without them.
+    ("connection_names_content_length", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: content-length\r\n\r\nhello"),
+    ("connection_names_host", b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Host\r\n\r\n"),
 ];
 
 /// A gateway with one route, for every path, to a recording upstream.

@@ -13,15 +13,22 @@
 //!   HTTP/2 requests carrying connection-specific fields; a method spelled with anything but
 //!   capital letters, `-` and `_` (as nginx: `delete` or `Get` would pass rules written for
 //!   `DELETE` or `GET`, and reach upstreams that fold the case).
+//! * **Consumes** the connection options of HTTP/1 requests: the fields `Connection` names are
+//!   removed on arrival (before any step adds fields of its own), `Connection` keeps only
+//!   `close`, `keep-alive`, `upgrade` and `te`; naming `Host`, `Content-Length` or
+//!   `Transfer-Encoding` there is refused.
 //! * **Invariant**: whatever passes is re-framed by the engine towards the upstream (hop-by-hop
 //!   fields are dropped and the body is sent with framing the engine chose), so the upstream
 //!   never sees the client's framing headers at all.
 
 #![forbid(unsafe_code)]
 
-use http::Version;
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
-use portcullis_core::{GatewayRequest, RejectReason, Rejection, RequestCtx, Stage, StageId, Step};
+use http::{HeaderMap, HeaderName, HeaderValue, Version};
+use portcullis_core::{
+    GatewayRequest, RejectReason, Rejection, RequestCtx, Stage, StageId, Step, has_header,
+    remove_header,
+};
 
 pub struct HygieneStage;
 
@@ -101,13 +108,73 @@ pub fn check(head: &http::request::Parts) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// The connection options `Connection` may carry besides field names.
+const OPTIONS: [&str; 4] = ["close", "keep-alive", "upgrade", "te"];
+
+/// Consumes the connection options of an HTTP/1 request on arrival: the fields its
+/// `Connection` names are for this hop only, so they go now, before any step reads the
+/// request or adds fields of its own — a field the gateway adds later (verified identity, the
+/// tenant, a gateway token in `Authorization`) is never taken out because the client named
+/// it. `Connection` keeps only the options (`close`, `keep-alive`, `upgrade`, `te`). A
+/// `Connection` naming `Host`, `Content-Length` or `Transfer-Encoding` — fields the request's
+/// reading rests on — is refused.
+pub fn consume_connection_options(headers: &mut HeaderMap) -> Result<(), &'static str> {
+    if !has_header(headers, &CONNECTION) {
+        return Ok(());
+    }
+    let mut named: Vec<HeaderName> = Vec::new();
+    let mut kept: Vec<&'static str> = Vec::new();
+    for v in headers.get_all(CONNECTION) {
+        for t in v.as_bytes().split(|b| *b == b',') {
+            let t = t.trim_ascii();
+            if t.is_empty() {
+                continue;
+            }
+            if let Some(o) = OPTIONS
+                .iter()
+                .find(|o| t.eq_ignore_ascii_case(o.as_bytes()))
+            {
+                if !kept.contains(o) {
+                    kept.push(o);
+                }
+                continue;
+            }
+            let name = HeaderName::from_bytes(&t.to_ascii_lowercase()).ok();
+            if let Some(n) = name {
+                if n == HOST || n == CONTENT_LENGTH || n == TRANSFER_ENCODING {
+                    return Err(
+                        "Connection may not name Host, Content-Length or Transfer-Encoding",
+                    );
+                }
+                named.push(n);
+            } else {
+                // Not a field name: nothing to remove, but the header is rewritten below.
+                named.push(CONNECTION);
+            }
+        }
+    }
+    if named.is_empty() {
+        return Ok(());
+    }
+    for n in &named {
+        remove_header(headers, n);
+    }
+    headers.remove(CONNECTION);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join(", "))
+    {
+        headers.insert(CONNECTION, v);
+    }
+    Ok(())
+}
+
 impl Stage for HygieneStage {
     fn id(&self) -> StageId {
         Self::ID
     }
 
     fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, _ctx: &'a mut RequestCtx) -> Step<'a> {
-        match check(&req.head) {
+        match check(&req.head).and_then(|()| consume_connection_options(&mut req.head.headers)) {
             Ok(()) => Step::CONTINUE,
             Err(detail) => Step::reject(Rejection::new(RejectReason::BadRequest, detail)),
         }
@@ -156,6 +223,42 @@ mod tests {
             let mut hs = vec![("host", "a")];
             hs.extend(bad.iter().copied());
             assert!(check(&head(H1, "/", &hs)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn connection_options_are_consumed_on_arrival() {
+        let consume = |pairs: &[(&str, &str)]| {
+            let mut h = head(H1, "/", pairs).headers;
+            consume_connection_options(&mut h).map(|()| h)
+        };
+        // Named fields go; the options stay, once each, in one field.
+        let h = consume(&[
+            ("host", "a"),
+            ("connection", "X-User-Id, keep-alive"),
+            ("connection", "x-tenant,  Upgrade ,keep-alive"),
+            ("x-user-id", "admin"),
+            ("x-tenant", "t2"),
+            ("upgrade", "websocket"),
+            ("x-other", "1"),
+        ])
+        .unwrap();
+        assert_eq!(h.get("x-user-id"), None);
+        assert_eq!(h.get("x-tenant"), None);
+        assert_eq!(h.get("x-other").unwrap(), "1");
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get_all("connection").iter().count(), 1);
+        assert_eq!(h.get("connection").unwrap(), "keep-alive, upgrade");
+        // Options alone, or names of absent fields with nothing else: options kept as sent.
+        let h = consume(&[("host", "a"), ("connection", "close")]).unwrap();
+        assert_eq!(h.get("connection").unwrap(), "close");
+        let h = consume(&[("host", "a"), ("connection", "x-absent, b@d")]).unwrap();
+        assert_eq!(h.get("connection"), None);
+        assert_eq!(h.get("host").unwrap(), "a");
+        // Fields the reading of the request rests on may not be named.
+        for name in ["host", "Content-Length", "transfer-encoding"] {
+            let r = consume(&[("host", "a"), ("content-length", "0"), ("connection", name)]);
+            assert!(r.is_err(), "{name}");
         }
     }
 
