@@ -522,6 +522,11 @@ async fn malformed_h2_requests_are_reset_and_not_forwarded() {
             "a second te line other than trailers",
             h2_block("GET", "/x", &[("te", "trailers"), ("te", "gzip")]),
         ),
+        // `:authority` (routed on) and `Host` (read by the upstream) naming two hosts.
+        (
+            "host other than the authority",
+            h2_block("GET", "/x", &[("host", "admin.internal")]),
+        ),
         // A method in the wrong case (the protocol step refuses it, as over HTTP/1.1).
         ("lowercase method", {
             let mut b = hpack_literal(":method", "delete");

@@ -53,6 +53,10 @@ const CASES: &[(&str, &[u8])] = &[
     // Fields the request's reading rests on, named hop-by-hop: the upstream would read the
     // request without them.
     ("connection_names_content_length", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: content-length\r\n\r\nhello"),
+    // A Host that is not a host: `*.example.com` routes would take it, upstreams build links
+    // from it.
+    ("host_not_a_host_name", b"GET /x HTTP/1.1\r\nHost: evil.com/.example.com\r\n\r\n"),
+    ("host_with_userinfo", b"GET /x HTTP/1.1\r\nHost: user@a\r\n\r\n"),
     ("connection_names_host", b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Host\r\n\r\n"),
 ];
 

@@ -90,6 +90,13 @@ pub fn check(head: &http::request::Parts) -> Result<(), &'static str> {
     if hosts > 1 {
         return Err("more than one Host is not accepted");
     }
+    let named_host = first_host.map(|h| h.as_bytes()).or_else(|| {
+        h2.then(|| head.uri.authority().map(|a| a.as_str().as_bytes()))
+            .flatten()
+    });
+    if named_host.is_some_and(|h| !is_host(h)) {
+        return Err("the Host is not a host name or address (with a port)");
+    }
     match head.version {
         Version::HTTP_11 if hosts == 0 => return Err("an HTTP/1.1 request needs a Host"),
         Version::HTTP_2 | Version::HTTP_3 if connection_specific => {
@@ -97,15 +104,55 @@ pub fn check(head: &http::request::Parts) -> Result<(), &'static str> {
         }
         _ => {}
     }
+    // Over HTTP/2 the authority is `:authority`, which must name what `Host` names where
+    // both are sent (RFC 9113 §8.3.1): routes match the one, upstreams read the other.
     if let (Some(authority), Some(host)) = (head.uri.authority(), first_host)
-        && head.version != Version::HTTP_2
         && !authority
             .as_str()
             .eq_ignore_ascii_case(host.to_str().unwrap_or(""))
     {
-        return Err("the absolute-form target disagrees with Host");
+        return Err(if h2 {
+            "the :authority disagrees with Host"
+        } else {
+            "the absolute-form target disagrees with Host"
+        });
     }
     Ok(())
+}
+
+/// Whether `h` — a `Host` value or an HTTP/2 `:authority` — is a host name (letters, digits,
+/// `-`, `.`, `_`), an IPv4 address or a bracketed IPv6 address, with an optional port of up
+/// to five digits; empty is allowed (RFC 9112 §3.2). Nothing else: a `Host` such as
+/// `evil.com/.example.com` would match a route's `*.example.com` and reach the upstream, which
+/// builds its links from it; userinfo has no place there either.
+fn is_host(h: &[u8]) -> bool {
+    if h.is_empty() {
+        return true;
+    }
+    let (name_ok, rest) = if let Some(inner) = h.strip_prefix(b"[") {
+        let Some(end) = inner.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let (addr, rest) = inner.split_at(end);
+        let ok = !addr.is_empty()
+            && addr
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.');
+        (ok, rest.get(1..).unwrap_or_default())
+    } else {
+        let end = h.iter().position(|b| *b == b':').unwrap_or(h.len());
+        let (name, rest) = h.split_at(end);
+        let ok = !name.is_empty()
+            && name
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        (ok, rest)
+    };
+    name_ok
+        && match rest.strip_prefix(b":") {
+            None => rest.is_empty(),
+            Some(port) => (1..=5).contains(&port.len()) && port.iter().all(u8::is_ascii_digit),
+        }
 }
 
 /// The connection options `Connection` may carry besides field names.
@@ -302,6 +349,65 @@ mod tests {
     }
 
     #[test]
+    fn hosts_are_names_or_addresses_with_a_port() {
+        for ok in [
+            "",
+            "a",
+            "api.example.com",
+            "api.example.com.",
+            "a-b_c.example",
+            "a:8080",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "[::ffff:1.2.3.4]",
+        ] {
+            assert!(is_host(ok.as_bytes()), "{ok:?}");
+        }
+        for bad in [
+            "evil.com/.example.com",
+            "evil.com?.example.com",
+            "evil.com:x.example.com",
+            "evil.com#.example.com",
+            "user@example.com",
+            "evil.com;.example.com",
+            "a:",
+            "a:123456",
+            ":80",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[::1]:",
+            "[fe80::1%eth0]",
+            "a b",
+            "a\tb",
+            "exa%6dple.com",
+            "a:80:80",
+        ] {
+            assert!(!is_host(bad.as_bytes()), "{bad:?}");
+        }
+        let h = head(H1, "/", &[("host", "evil.com/.example.com")]);
+        assert_eq!(
+            check(&h),
+            Err("the Host is not a host name or address (with a port)")
+        );
+    }
+
+    #[test]
+    fn h2_authority_and_host_must_agree() {
+        let h2 = |host: &str| check(&head(Version::HTTP_2, "http://a.test/x", &[("host", host)]));
+        assert!(h2("a.test").is_ok());
+        assert!(h2("A.Test").is_ok());
+        assert_eq!(
+            h2("admin.internal"),
+            Err("the :authority disagrees with Host")
+        );
+        assert!(h2("a.test:8443").is_err());
+        assert!(check(&head(Version::HTTP_2, "http://a.test/x", &[])).is_ok());
+    }
+
+    #[test]
     fn h2_connection_specific_fields() {
         for (k, v) in [
             ("connection", "close"),
@@ -360,6 +466,15 @@ mod tests {
         if hosts > 1 {
             return Err("more than one Host is not accepted");
         }
+        let h2 = matches!(head.version, Version::HTTP_2 | Version::HTTP_3);
+        let named = match h.get(HOST) {
+            Some(v) => Some(v.as_bytes()),
+            None if h2 => head.uri.authority().map(|a| a.as_str().as_bytes()),
+            None => None,
+        };
+        if named.is_some_and(|n| !is_host(n)) {
+            return Err("the Host is not a host name or address (with a port)");
+        }
         let specific = h.contains_key(CONNECTION)
             || h.contains_key(TRANSFER_ENCODING)
             || h.contains_key("keep-alive")
@@ -374,12 +489,17 @@ mod tests {
             _ => {}
         }
         if let (Some(authority), Some(host)) = (head.uri.authority(), h.get(HOST))
-            && head.version != Version::HTTP_2
             && !authority
                 .as_str()
                 .eq_ignore_ascii_case(host.to_str().unwrap_or(""))
         {
-            return Err("the absolute-form target disagrees with Host");
+            return Err(
+                if matches!(head.version, Version::HTTP_2 | Version::HTTP_3) {
+                    "the :authority disagrees with Host"
+                } else {
+                    "the absolute-form target disagrees with Host"
+                },
+            );
         }
         Ok(())
     }
