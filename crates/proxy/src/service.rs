@@ -160,22 +160,15 @@ impl Seen {
     }
 }
 
-/// Path segment characters that must be escaped when a captured parameter is put back in a path.
-const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'/')
-    .add(b'<')
-    .add(b'>')
-    .add(b'?')
-    .add(b'\\')
-    .add(b'^')
-    .add(b'`')
-    .add(b'{')
-    .add(b'|')
-    .add(b'}');
+/// What a captured parameter (decoded by the router) is written back with in a rewritten
+/// path: everything but the unreserved characters escaped. A delimiter it held escaped
+/// (`%26`, `%3D`, `%3B`, `%2B`, `%3F`) stays escaped, so the upstream cannot read from it a
+/// query parameter, a path parameter (`..;`) or a segment the gateway did not see.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 fn incoming_request_id(headers: &http::HeaderMap, name: &http::HeaderName) -> Option<RequestId> {
     headers
