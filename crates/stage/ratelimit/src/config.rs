@@ -29,6 +29,10 @@ pub struct RawRateLimits {
     /// Most keys the in-memory store keeps (idle ones are evicted first). Default 1000000.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// The `client_ip` key of an IPv6 client is its address cut to this prefix (one host
+    /// usually owns a whole /64, and may use any address in it). 1–128, default 64.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u8,
     /// Tier names from lowest to highest priority (`[free, pro, enterprise]`). A caller's
     /// tier comes from its API key or token (`tier`), else from `clients`, else `default_tier`.
     #[serde(default)]
@@ -59,6 +63,7 @@ impl Default for RawRateLimits {
             store: StoreKind::Local,
             redis: None,
             max_keys: default_max_keys(),
+            ipv6_prefix: default_ipv6_prefix(),
             tiers: Vec::new(),
             clients: BTreeMap::new(),
             default_tier: None,
@@ -75,6 +80,9 @@ fn default_true() -> bool {
 }
 fn default_max_keys() -> usize {
     1_000_000
+}
+fn default_ipv6_prefix() -> u8 {
+    64
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -323,6 +331,8 @@ pub struct AdaptiveConfig {
 pub struct RateLimitSettings {
     pub redis: Option<RedisConfig>,
     pub max_keys: usize,
+    /// IPv6 client addresses are keyed by this prefix (0 in a default-built value: whole).
+    pub ipv6_prefix: u8,
     pub tiers: Vec<String>,
     pub clients: Vec<(String, usize)>,
     pub default_tier: Option<usize>,
@@ -618,6 +628,9 @@ pub fn compile(raw: &RawRateLimits, e: &mut ConfigErrors) -> RateLimitSettings {
     if raw.max_keys == 0 {
         e.push(format!("{p}.max_keys"), "at least 1");
     }
+    if !(1..=128).contains(&raw.ipv6_prefix) {
+        e.push(format!("{p}.ipv6_prefix"), "must be 1..=128");
+    }
 
     let adaptive = raw.adaptive.as_ref().map(|a| {
         let ap = format!("{p}.adaptive");
@@ -650,6 +663,7 @@ pub fn compile(raw: &RawRateLimits, e: &mut ConfigErrors) -> RateLimitSettings {
     RateLimitSettings {
         redis,
         max_keys: raw.max_keys.max(1),
+        ipv6_prefix: raw.ipv6_prefix,
         tiers: raw.tiers.clone(),
         clients,
         default_tier,
@@ -715,5 +729,22 @@ mod tests {
             (10, Period::CalendarMonth)
         );
         assert!(parse_quota("10/minute").is_err());
+    }
+
+    #[test]
+    fn the_ipv6_prefix_is_a_prefix_length() {
+        for (prefix, ok) in [(0, false), (1, true), (64, true), (128, true), (129, false)] {
+            let raw = RawRateLimits {
+                ipv6_prefix: prefix,
+                ..Default::default()
+            };
+            let mut e = ConfigErrors::new();
+            let s = compile(&raw, &mut e);
+            assert_eq!(e.is_empty(), ok, "{prefix}: {e:?}");
+            if ok {
+                assert_eq!(s.ipv6_prefix, prefix);
+            }
+        }
+        assert_eq!(RawRateLimits::default().ipv6_prefix, 64);
     }
 }

@@ -8,6 +8,7 @@
 //! `Retry-After`; the headers of the most restrictive limit go on every response.
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,7 +119,11 @@ impl RateLimiter {
             match d {
                 Dim::Global => k.push('*'),
                 Dim::ClientIp => {
-                    let _ = write!(k, "{}", ctx.client_ip);
+                    let _ = write!(
+                        k,
+                        "{}",
+                        client_key(ctx.client_ip, self.settings.ipv6_prefix)
+                    );
                 }
                 Dim::Route => k.push_str(ctx.route.as_ref().map(|r| &*r.name).unwrap_or("")),
                 Dim::Method => k.push_str(req.head.method.as_str()),
@@ -513,6 +518,23 @@ impl Stage for RateLimitStage {
     }
 }
 
+/// The address a `client_ip` budget is kept under: an IPv4-mapped IPv6 address as its IPv4
+/// address, any other IPv6 address cut to `prefix` bits (0: whole), so that a client cannot
+/// take a fresh budget with every address of its network.
+fn client_key(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None if prefix == 0 || prefix >= 128 => IpAddr::V6(v6),
+            None => {
+                let mask = u128::MAX << (128 - u32::from(prefix));
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,6 +601,42 @@ mod tests {
             .iter()
             .find(|(n, _)| n.as_str() == name)
             .and_then(|(_, v)| v.to_str().ok())
+    }
+
+    #[test]
+    fn client_ip_keys_group_ipv6_by_prefix_and_fold_mapped_ipv4() {
+        let k = |ip: &str, prefix| client_key(ip.parse().unwrap(), prefix).to_string();
+        assert_eq!(k("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::");
+        assert_eq!(k("2001:db8:1:2:ffff:ffff:ffff:ffff", 64), "2001:db8:1:2::");
+        assert_ne!(k("2001:db8:1:3::1", 64), k("2001:db8:1:2::1", 64));
+        assert_eq!(k("2001:db8:1:2:aaaa::1", 128), "2001:db8:1:2:aaaa::1");
+        assert_eq!(k("2001:db8:1:2:aaaa::1", 48), "2001:db8:1::");
+        assert_eq!(k("::ffff:198.51.100.7", 64), "198.51.100.7");
+        assert_eq!(k("198.51.100.7", 64), "198.51.100.7");
+
+        // Through the step: a client walking its /64 shares one budget.
+        let clock = Arc::new(ManualClock::new(Duration::from_secs(1_000_000)));
+        let rl = limiter(
+            "limits:\n  per-ip: { key: [client_ip], rate: 3/minute, phase: post_auth }\n",
+            clock,
+        );
+        let stage = RateLimitStage::post_auth(rl);
+        let from = |ip: &str| {
+            let (mut req, mut ctx) = request(None, "c");
+            ctx.client_ip = ip.parse().unwrap();
+            matches!(
+                stage.on_request(&mut req, &mut ctx),
+                Step::Done(Verdict::Continue)
+            )
+        };
+        for i in 1..=3 {
+            assert!(from(&format!("2001:db8:7:7::{i}")), "{i}");
+        }
+        assert!(
+            !from("2001:db8:7:7:dead:beef::99"),
+            "the /64's budget is spent"
+        );
+        assert!(from("2001:db8:7:8::1"), "another /64 has its own");
     }
 
     #[test]
