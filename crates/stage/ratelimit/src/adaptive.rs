@@ -72,9 +72,9 @@
 //!
 //! Each upstream's limiter works in windows of `clamp(limit, 10, 500)` completed requests
 //! (about one round trip of the current limit). At the end of a window, with `short` the
-//! mean latency of its successful requests, `f` its failure fraction (a permit dropped
-//! without [`ConcurrencyPermit::done`] is a failure: timeout or cancel) and `baseline` the
-//! long-run "no-load" latency:
+//! mean latency of its successful requests, `f` its failure fraction (5xx answers, transport
+//! errors, timeouts; a permit dropped without [`ConcurrencyPermit::done`] — a request its
+//! client abandoned — counts neither way) and `baseline` the long-run "no-load" latency:
 //!
 //! ```text
 //! gradient = clamp((1.5 × baseline + 0.1 ms) / short, 0.5, 1)  // tolerance, jitter slack
@@ -903,8 +903,11 @@ fn gradient_update(
     (published as u32).clamp(min, max)
 }
 
-/// One request's slot in a [`ConcurrencyLimiter`]. Finish it with [`ConcurrencyPermit::done`];
-/// dropping it without counts as a failure (timeout, cancel) and releases the slot.
+/// One request's slot in a [`ConcurrencyLimiter`]. Finish it with [`ConcurrencyPermit::done`]
+/// (timeouts and transport errors are failures there); dropping it without — the request
+/// abandoned by its client while the upstream worked on it — releases the slot and says
+/// nothing of the upstream, so that a client resetting its own requests cannot make the limit
+/// shrink for everyone.
 #[derive(Debug)]
 pub struct ConcurrencyPermit {
     limiter: Option<Arc<ConcurrencyLimiter>>,
@@ -922,7 +925,7 @@ impl ConcurrencyPermit {
 impl Drop for ConcurrencyPermit {
     fn drop(&mut self) {
         if let Some(limiter) = self.limiter.take() {
-            limiter.complete(Duration::ZERO, true);
+            limiter.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -1549,7 +1552,7 @@ mod tests {
     }
 
     #[test]
-    fn permits_are_released_on_drop_and_count_as_failures() {
+    fn permits_are_released_on_drop_and_abandoned_requests_teach_nothing() {
         let l = Arc::new(ConcurrencyLimiter::new(2, 10, 10));
         let held: Vec<_> = (0..10).map_while(|_| l.try_acquire()).collect();
         assert_eq!(held.len(), 10);
@@ -1557,7 +1560,20 @@ mod tests {
         assert!(l.try_acquire().is_none(), "over the limit");
         drop(held);
         assert_eq!(l.in_flight(), 0);
-        assert!(l.limit() < 10, "ten cancels are a failed window");
+        // A client resetting its requests, window after window: the limit stays.
+        for _ in 0..50 {
+            let p = l.try_acquire();
+            assert!(p.is_some());
+            drop(p);
+        }
+        assert_eq!(l.limit(), 10, "abandoned requests are no failures");
+        // Failures the requests end with do shrink it.
+        for _ in 0..10 {
+            l.try_acquire()
+                .unwrap()
+                .done(Duration::from_millis(5), true);
+        }
+        assert!(l.limit() < 10, "ten failures are a failed window");
         let p = l.try_acquire();
         assert!(p.is_some());
         assert_eq!(l.in_flight(), 1);
