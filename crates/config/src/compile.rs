@@ -351,6 +351,7 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
     }
     Server {
         trusted_proxies: parse_nets(&s.trusted_proxies, "server.trusted_proxies", e),
+        client_address_header: s.client_address_header,
         request_id_header,
         accept_request_id: s.request_id.accept_from,
         x_forwarded: s.forwarded_headers.x_forwarded,

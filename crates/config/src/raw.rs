@@ -182,6 +182,12 @@ pub struct RawServer {
     /// `X-Request-ID` are believed. Default: none — every peer is the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Which header a trusted proxy names the client in: `x-forwarded-for` (default) or
+    /// `forwarded` (RFC 7239 `for=`). Only that one is read for the client address: a proxy
+    /// that writes one header and passes the client's copy of the other on would otherwise let
+    /// the client choose its address.
+    #[serde(default)]
+    pub client_address_header: ClientAddressHeader,
     /// Request id handling.
     #[serde(default)]
     pub request_id: RawRequestId,
@@ -250,6 +256,7 @@ impl Default for RawServer {
     fn default() -> Self {
         RawServer {
             trusted_proxies: Vec::new(),
+            client_address_header: ClientAddressHeader::default(),
             request_id: RawRequestId::default(),
             forwarded_headers: RawForwardedHeaders::default(),
             encoded_slash: RawEncodedSlash::default(),
@@ -332,6 +339,16 @@ impl Default for RawRequestId {
 
 fn default_request_id_header() -> String {
     "x-request-id".into()
+}
+
+/// The header a trusted proxy names the client in.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+pub enum ClientAddressHeader {
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    #[serde(rename = "forwarded")]
+    Forwarded,
 }
 
 /// Whose incoming request id is kept.

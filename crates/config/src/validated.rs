@@ -13,7 +13,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::raw::RawConfig;
 pub use crate::raw::{
-    AcceptFrom, AuditOutput, Balance, HostHeader, LogFormat, UpstreamKind, UpstreamProtocol,
+    AcceptFrom, AuditOutput, Balance, ClientAddressHeader, HostHeader, LogFormat, UpstreamKind,
+    UpstreamProtocol,
 };
 pub use portcullis_authn::config::{AuthSettings, RouteAuth};
 pub use portcullis_authz::config::{AuthzSettings, RouteAuthz};
@@ -89,6 +90,7 @@ pub struct Admin {
 #[derive(Debug, Clone)]
 pub struct Server {
     pub trusted_proxies: Vec<IpNet>,
+    pub client_address_header: ClientAddressHeader,
     pub request_id_header: HeaderName,
     pub accept_request_id: AcceptFrom,
     pub x_forwarded: bool,

@@ -1,22 +1,24 @@
 //! Step 2a: the client address. When the TCP peer is a trusted proxy, the client is the
-//! right-most address in `X-Forwarded-For` (or RFC 7239 `Forwarded: for=`) that is not itself a
-//! trusted proxy; otherwise the peer is the client. Headers from untrusted peers are ignored,
+//! right-most address in `X-Forwarded-For` (or, as configured, RFC 7239 `Forwarded: for=`)
+//! that is not itself a trusted proxy; otherwise the peer is the client. Headers from untrusted peers are ignored,
 //! so a client cannot choose the address every later step keys on.
 
 use std::net::IpAddr;
 
 use portcullis_config::IpNetRef;
+use portcullis_config::validated::ClientAddressHeader;
 use portcullis_core::{GatewayRequest, RequestCtx, Stage, StageId, Step};
 
 pub struct ClientAddressStage {
     trusted: Vec<IpNetRef>,
+    header: ClientAddressHeader,
 }
 
 impl ClientAddressStage {
     pub const ID: StageId = StageId("client_address");
 
-    pub fn new(trusted: Vec<IpNetRef>) -> Self {
-        ClientAddressStage { trusted }
+    pub fn new(trusted: Vec<IpNetRef>, header: ClientAddressHeader) -> Self {
+        ClientAddressStage { trusted, header }
     }
 
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -35,11 +37,12 @@ impl ClientAddressStage {
         if !self.is_trusted(peer) {
             return peer;
         }
-        let xff = headers.get_all("x-forwarded-for");
-        if xff.iter().next().is_some() {
+        if self.header == ClientAddressHeader::XForwardedFor {
             return self.walk(
                 peer,
-                xff.iter()
+                headers
+                    .get_all("x-forwarded-for")
+                    .iter()
                     .rev()
                     .flat_map(|line| line.as_bytes().rsplit(|b| *b == b','))
                     .map(parse_hop),
@@ -108,11 +111,16 @@ mod tests {
     use super::*;
 
     fn stage(trusted: &[&str]) -> ClientAddressStage {
+        stage_reading(trusted, ClientAddressHeader::XForwardedFor)
+    }
+
+    fn stage_reading(trusted: &[&str], header: ClientAddressHeader) -> ClientAddressStage {
         ClientAddressStage::new(
             trusted
                 .iter()
                 .map(|s| portcullis_ipfilter::parse_net(s).unwrap())
                 .collect(),
+            header,
         )
     }
 
@@ -169,6 +177,7 @@ mod tests {
             http::HeaderValue::from_bytes(b"\xff, 198.51.100.9").unwrap(),
         );
         assert_eq!(s.resolve(ip("10.0.0.2"), &h), ip("198.51.100.9"));
+        let s = stage_reading(&["10.0.0.0/8"], ClientAddressHeader::Forwarded);
         for forwarded in [
             "for=unknown, for=198.51.100.9",
             "for=_hidden;proto=https, for=\"198.51.100.9:4711\"",
@@ -183,21 +192,46 @@ mod tests {
         }
         // A trusted proxy's own unreadable hop: the client is that proxy, the nearest known.
         let h = headers(&[("x-forwarded-for", "198.51.100.9, unknown, 10.1.1.1")]);
-        assert_eq!(s.resolve(ip("10.0.0.2"), &h), ip("10.1.1.1"));
+        assert_eq!(
+            stage(&["10.0.0.0/8"]).resolve(ip("10.0.0.2"), &h),
+            ip("10.1.1.1")
+        );
         let h = headers(&[("forwarded", "for=198.51.100.9, for=unknown")]);
         assert_eq!(s.resolve(ip("10.0.0.2"), &h), ip("10.0.0.2"));
     }
 
+    /// Only the configured header is read: a proxy that writes one and passes the client's copy
+    /// of the other on cannot be fooled through it.
+    #[test]
+    fn only_the_configured_header_names_the_client() {
+        let both = headers(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("forwarded", "for=198.51.100.2"),
+        ]);
+        let xff = stage(&["10.0.0.0/8"]);
+        let fwd = stage_reading(&["10.0.0.0/8"], ClientAddressHeader::Forwarded);
+        assert_eq!(xff.resolve(ip("10.0.0.2"), &both), ip("203.0.113.1"));
+        assert_eq!(fwd.resolve(ip("10.0.0.2"), &both), ip("198.51.100.2"));
+        // The other header alone: the peer.
+        let only_fwd = headers(&[("forwarded", "for=198.51.100.2")]);
+        assert_eq!(xff.resolve(ip("10.0.0.2"), &only_fwd), ip("10.0.0.2"));
+        let only_xff = headers(&[("x-forwarded-for", "203.0.113.1")]);
+        assert_eq!(fwd.resolve(ip("10.0.0.2"), &only_xff), ip("10.0.0.2"));
+    }
+
     #[test]
     fn forwarded_header_and_garbage() {
-        let s = stage(&["127.0.0.1"]);
+        let s = stage_reading(&["127.0.0.1"], ClientAddressHeader::Forwarded);
         let h = headers(&[(
             "forwarded",
             "for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\"",
         )]);
         assert_eq!(s.resolve(ip("127.0.0.1"), &h), ip("2001:db8::1"));
         let h = headers(&[("x-forwarded-for", "not-an-ip")]);
-        assert_eq!(s.resolve(ip("127.0.0.1"), &h), ip("127.0.0.1"));
+        assert_eq!(
+            stage(&["127.0.0.1"]).resolve(ip("127.0.0.1"), &h),
+            ip("127.0.0.1")
+        );
         // An element without `for` is a hop no one can read: the walk ends there.
         let h = headers(&[("forwarded", "for=192.0.2.60, proto=https")]);
         assert_eq!(s.resolve(ip("127.0.0.1"), &h), ip("127.0.0.1"));

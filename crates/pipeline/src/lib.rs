@@ -135,6 +135,7 @@ impl Pipeline {
             Box::new(HeadLimitsStage::new(config.server.limits)),
             Box::new(ClientAddressStage::new(
                 config.server.trusted_proxies.clone(),
+                config.server.client_address_header,
             )),
             Box::new(IpFilterStage::global_with_bans(
                 config.server.ip_filter.clone(),
@@ -224,7 +225,10 @@ impl Snapshot {
     pub fn new(config: Arc<Config>, shared: &Shared) -> Result<Snapshot, ConfigErrors> {
         Ok(Snapshot {
             pipeline: Pipeline::build(&config, shared)?,
-            trusted: ClientAddressStage::new(config.server.trusted_proxies.clone()),
+            trusted: ClientAddressStage::new(
+                config.server.trusted_proxies.clone(),
+                config.server.client_address_header,
+            ),
             token_exchange: config
                 .token_exchange
                 .clone()
