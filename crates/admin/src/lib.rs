@@ -2,8 +2,8 @@
 //!
 //! The operators' HTTP API: liveness, readiness, metrics and the running configuration.
 //!
-//! * **Takes**: a bound [`TcpListener`], an optional bearer token, an [`AdminSource`] that
-//!   answers for the running gateway, and a shutdown future.
+//! * **Takes**: a bound [`TcpListener`], an [`AdminSource`] that answers for the running
+//!   gateway (and gives its current bearer token, if any), and a shutdown future.
 //! * **Produces**: `GET`/`HEAD` `/healthz` (`{"status":"ok"}`), `/readyz` (`{"status":"ready"}`
 //!   or 503 `{"status":"not_ready","reason":…}`), `/metrics` (Prometheus text) and `/config`
 //!   (pretty JSON, secrets already redacted by the source), over HTTP/1.1 or h2c.
@@ -17,7 +17,11 @@
 //!   `Authorization: Bearer <token>` — including unknown paths, so an unauthenticated caller
 //!   cannot map the API. Probes stay open because orchestrators cannot hold secrets easily and
 //!   the answers reveal nothing. An empty configured token matches nothing (fail closed).
-//! * The token is compared in constant time and never logged.
+//! * The token is compared in constant time and never logged; it is the running
+//!   configuration's, asked on every request (a reload that changes it applies at once).
+//! * Without a token (loopback only), a request addressed to a name that is not a loopback one
+//!   or carrying a foreign `Origin` — a web page, by DNS rebinding or a cross-site `POST` — is
+//!   refused (403 `admin_forbidden`), probes and `/jwks` excepted.
 //! * Every response carries `Cache-Control: no-store`: metrics and config must not be cached
 //!   by intermediaries.
 //! * After `shutdown` resolves no new connection is accepted; open ones are asked to finish
@@ -60,6 +64,11 @@ const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the admin API reports on. Implemented by the gateway over its running state.
 pub trait AdminSource: Send + Sync + 'static {
+    /// The bearer token the running configuration requires (`admin.token`), asked on every
+    /// request so that a reload that changes it takes effect at once; `None`: no token (the
+    /// API is then on loopback only, and answers only requests addressed to a loopback name
+    /// and not sent by a web page).
+    fn token(&self) -> Option<Vec<u8>>;
     /// Ok when the gateway is ready to serve (config loaded, upstream hosts resolved);
     /// Err(reason) otherwise.
     fn ready(&self) -> Result<(), String>;
@@ -117,14 +126,10 @@ pub type RevokeFuture<'a> =
 /// `Authorization: Bearer <token>`.
 pub async fn serve(
     listener: TcpListener,
-    token: Option<String>,
     source: Arc<dyn AdminSource>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let state = Arc::new(State {
-        token: token.map(String::into_bytes),
-        source,
-    });
+    let state = Arc::new(State { source });
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -178,7 +183,11 @@ pub async fn serve(
             let service = service_fn(move |req: Request<Incoming>| {
                 let state = Arc::clone(&state);
                 async move {
-                    if req.method() == Method::POST && authorized(state.token.as_deref(), &req) {
+                    let token = state.source.token();
+                    if token.is_none() && from_a_web_page(&req) {
+                        return Ok::<_, Infallible>(browser_refused());
+                    }
+                    if req.method() == Method::POST && authorized(token.as_deref(), &req) {
                         match req.uri().path() {
                             "/auth/revocations" => {
                                 return Ok::<_, Infallible>(revoke(&state, req).await);
@@ -187,7 +196,7 @@ pub async fn serve(
                             _ => {}
                         }
                     }
-                    Ok::<_, Infallible>(handle(&state, req))
+                    Ok::<_, Infallible>(handle(&state, token.as_deref(), req))
                 }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -222,16 +231,15 @@ pub async fn serve(
 }
 
 struct State {
-    token: Option<Vec<u8>>,
     source: Arc<dyn AdminSource>,
 }
 
 type Resp = Response<Full<Bytes>>;
 
-fn handle(state: &State, req: Request<Incoming>) -> Resp {
+fn handle(state: &State, token: Option<&[u8]>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path();
-    let public = matches!(path, "/healthz" | "/readyz" | "/jwks");
-    let mut resp = if !public && !authorized(state.token.as_deref(), &req) {
+    let public = is_public(path);
+    let mut resp = if !public && !authorized(token, &req) {
         let mut r = problem(
             StatusCode::UNAUTHORIZED,
             "admin_unauthorized",
@@ -517,6 +525,71 @@ fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Resp {
 }
 
 /// Whether the request may see protected endpoints.
+/// Endpoints open to anyone who reaches the API: probes and the public keys.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/jwks")
+}
+
+/// Whether a request to a token-less admin API may have come from a web page: addressed to a
+/// name that is not a loopback one (a DNS-rebinding page: its own name, resolved to
+/// 127.0.0.1), or carrying an `Origin` other than the API's own (a page posting across sites
+/// without a preflight: `text/plain` bodies are enough for `POST /bans`). The probes and the
+/// public keys stay open.
+fn from_a_web_page<B>(req: &Request<B>) -> bool {
+    if is_public(req.uri().path()) {
+        return false;
+    }
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .map(|v| v.as_bytes())
+        .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()));
+    let Some(host) = host else {
+        // No name at all (HTTP/1.0 tools): no browser sends such a request.
+        return req.headers().contains_key(http::header::ORIGIN);
+    };
+    if !is_loopback_host(host) {
+        return true;
+    }
+    req.headers()
+        .get_all(http::header::ORIGIN)
+        .iter()
+        .any(|o| o.as_bytes().strip_prefix(b"http://") != Some(host))
+}
+
+/// `localhost`, a 127.0.0.0/8 address or `[::1]`, with or without a port.
+fn is_loopback_host(host: &[u8]) -> bool {
+    let Ok(host) = std::str::from_utf8(host) else {
+        return false;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, port)) if port.is_empty() || port.starts_with(':') => ip,
+            _ => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// 403 to a request [`from_a_web_page`].
+fn browser_refused() -> Resp {
+    let mut r = problem(
+        StatusCode::FORBIDDEN,
+        "admin_forbidden",
+        "Forbidden",
+        "Without a token the admin API answers only requests addressed to a loopback name \
+         (localhost, 127.0.0.1, [::1]) and not sent by a web page.",
+    );
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
 fn authorized(token: Option<&[u8]>, req: &Request<Incoming>) -> bool {
     let Some(expected) = token else {
         return true;
@@ -575,9 +648,13 @@ mod tests {
 
     struct Fake {
         ready: AtomicBool,
+        token: std::sync::Mutex<Option<String>>,
     }
 
     impl AdminSource for Fake {
+        fn token(&self) -> Option<Vec<u8>> {
+            self.token.lock().unwrap().clone().map(String::into_bytes)
+        }
         fn ready(&self) -> Result<(), String> {
             if self.ready.load(Ordering::SeqCst) {
                 Ok(())
@@ -605,17 +682,13 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let fake = Arc::new(Fake {
             ready: AtomicBool::new(true),
+            token: std::sync::Mutex::new(token.map(str::to_owned)),
         });
         let (tx, rx) = oneshot::channel::<()>();
         let source: Arc<dyn AdminSource> = fake.clone();
-        let task = tokio::spawn(serve(
-            listener,
-            token.map(str::to_owned),
-            source,
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let task = tokio::spawn(serve(listener, source, async move {
+            let _ = rx.await;
+        }));
         Server {
             addr,
             fake,
@@ -823,6 +896,142 @@ mod tests {
             .unwrap();
         // The listener is closed: new connections are refused.
         assert!(tokio::net::TcpStream::connect(s.addr).await.is_err());
+    }
+
+    /// A request with the given extra header fields (a `Host` among them replaces the URI's).
+    async fn call_with(
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> Got {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        for (k, v) in fields {
+            req = req.header(*k, *v);
+        }
+        let resp = h1().request(req.body(Empty::new()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let version = resp.version();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Got {
+            status,
+            headers,
+            body: String::from_utf8(body.to_vec()).unwrap(),
+            version,
+        }
+    }
+
+    /// A changed token applies at once: the old one is refused, the new one taken.
+    #[tokio::test]
+    async fn the_token_is_the_running_configurations() {
+        let s = start(Some("old-token")).await;
+        let c = h1();
+        let g = call(&c, s.addr, Method::GET, "/config", Some("Bearer old-token")).await;
+        assert_eq!(g.status, StatusCode::OK);
+        *s.fake.token.lock().unwrap() = Some("new-token".into());
+        let g = call(&c, s.addr, Method::GET, "/config", Some("Bearer old-token")).await;
+        assert_problem(&g, 401, "admin_unauthorized");
+        let g = call(&c, s.addr, Method::GET, "/config", Some("Bearer new-token")).await;
+        assert_eq!(g.status, StatusCode::OK);
+        // A token added to an API that had none is required from then on.
+        let s = start(None).await;
+        assert_eq!(
+            call(&c, s.addr, Method::GET, "/config", None).await.status,
+            StatusCode::OK
+        );
+        *s.fake.token.lock().unwrap() = Some("added".into());
+        let g = call(&c, s.addr, Method::GET, "/config", None).await;
+        assert_problem(&g, 401, "admin_unauthorized");
+    }
+
+    /// Without a token, what a web page can send is refused: a request addressed to its own
+    /// name (DNS rebinding) or carrying its `Origin` (a cross-site POST needs no preflight with
+    /// a `text/plain` body). Loopback names and the API's own origin are served; probes and
+    /// `/jwks` stay open; with a token the name is the operator's business.
+    #[tokio::test]
+    async fn without_a_token_requests_from_web_pages_are_refused() {
+        let s = start(None).await;
+        let port = s.addr.port();
+        let evil_host = format!("rebound.example:{port}");
+        for (method, path, fields) in [
+            (Method::GET, "/config", vec![("host", evil_host.as_str())]),
+            (
+                Method::POST,
+                "/reload",
+                vec![("origin", "https://evil.example")],
+            ),
+            (Method::POST, "/bans", vec![("origin", "null")]),
+            (
+                Method::GET,
+                "/metrics",
+                vec![("origin", "http://127.0.0.1:1")],
+            ),
+            (
+                Method::GET,
+                "/nope",
+                vec![("host", "127.0.0.1.evil.example")],
+            ),
+        ] {
+            let g = call_with(s.addr, method.clone(), path, &fields).await;
+            assert_problem(&g, 403, "admin_forbidden");
+        }
+        // Loopback names, with or without the API's own origin.
+        let own = format!("http://127.0.0.1:{port}");
+        let localhost = format!("localhost:{port}");
+        let v6 = format!("[::1]:{port}");
+        for fields in [
+            vec![],
+            vec![("origin", own.as_str())],
+            vec![("host", localhost.as_str())],
+            vec![("host", v6.as_str())],
+        ] {
+            let g = call_with(s.addr, Method::GET, "/config", &fields).await;
+            assert_eq!(g.status, StatusCode::OK, "{fields:?}: {}", g.body);
+        }
+        // The probes answer whoever asks.
+        let g = call_with(s.addr, Method::GET, "/healthz", &[("host", &evil_host)]).await;
+        assert_eq!(g.status, StatusCode::OK);
+        // With a token, a name the operator uses is fine (a page cannot send the token).
+        let s = start(Some("t0k")).await;
+        let g = call_with(
+            s.addr,
+            Method::GET,
+            "/config",
+            &[
+                ("host", "admin.internal:9901"),
+                ("authorization", "Bearer t0k"),
+            ],
+        )
+        .await;
+        assert_eq!(g.status, StatusCode::OK);
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for ok in [
+            "localhost",
+            "LOCALHOST:9901",
+            "127.0.0.1",
+            "127.9.9.9:1",
+            "[::1]",
+            "[::1]:9901",
+        ] {
+            assert!(is_loopback_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "example.com",
+            "127.0.0.1.nip.io",
+            "10.0.0.1",
+            "[::2]",
+            "[::1]x",
+            "",
+            "localhost.evil",
+        ] {
+            assert!(!is_loopback_host(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

@@ -405,14 +405,9 @@ async fn run(
             path: path.clone(),
         });
         let mut stop = stop_rx.clone();
-        tokio::spawn(portcullis_admin::serve(
-            admin,
-            config.admin.token.as_ref().map(|t| t.expose().to_owned()),
-            view,
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        ));
+        tokio::spawn(portcullis_admin::serve(admin, view, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
     }
     if listeners.is_empty() {
         tracing::warn!("no client listener is configured: nothing will be proxied");
@@ -669,6 +664,15 @@ struct AdminView {
 }
 
 impl AdminSource for AdminView {
+    fn token(&self) -> Option<Vec<u8>> {
+        let rt = self.gw.runtime();
+        rt.config()
+            .admin
+            .token
+            .as_ref()
+            .map(|t| t.expose().as_bytes().to_vec())
+    }
+
     fn ready(&self) -> Result<(), String> {
         self.gw.readiness()
     }
