@@ -118,7 +118,7 @@ pub fn parse_raw(text: &str) -> Result<RawConfig, ConfigErrors> {
         return Err(e);
     }
     serde_json::from_value(value).map_err(|err| {
-        e.push("", err.to_string());
+        e.push("", hide_quoted_values(&err.to_string()));
         e
     })
 }
@@ -147,14 +147,38 @@ fn structural_errors(value: &serde_json::Value, e: &mut ConfigErrors) {
     }
 }
 
+/// The message of a schema error, without the offending value: a value in the wrong place
+/// may be a secret (`token: "s3cr3t"` where `{ value: … }` was meant), and these messages are
+/// logged, printed by `portcullis check` and returned by the admin API's reload.
 fn describe(err: &jsonschema::ValidationError<'_>) -> String {
-    let msg = err.to_string();
+    let msg = err.masked().to_string();
     // anyOf/oneOf failures print the whole offending value; keep messages short.
     if msg.len() > 300 {
         format!("{}…", &msg[..msg.floor_char_boundary(300)])
     } else {
         msg
     }
+}
+
+/// A deserializer's message without the string values it quotes (`invalid type: string
+/// "s3cr3t", expected …`): they may be secrets.
+fn hide_quoted_values(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(at) = rest.find("string \"") {
+        let (before, after) = rest.split_at(at + "string ".len());
+        out.push_str(before);
+        out.push_str("(value not shown)");
+        // The value ends at the last quote before ", expected" (or at the last quote).
+        let tail = &after[1..];
+        let end = tail
+            .find("\", expected")
+            .or_else(|| tail.rfind('"'))
+            .map_or(tail.len(), |i| i + 1);
+        rest = &tail[end.min(tail.len())..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `/routes/3/match/path` → `routes[3].match.path`.

@@ -93,6 +93,35 @@ fn unsafe_free_env_token() {
     assert!(ok.is_empty(), "{ok:?}");
 }
 
+/// A secret written in the wrong shape is refused without being quoted: configuration
+/// errors are logged, printed by `portcullis check` and returned by the admin API's reload.
+#[test]
+fn errors_never_quote_the_offending_value() {
+    for yaml in [
+        "admin: { token: hunter2-secret }",
+        "admin: { token: { valu: hunter2-secret } }",
+        "auth: { introspection: { i: { endpoint: \"https://a.example/i\", client_id: gw, client_secret: hunter2-secret } } }",
+        "upstreams: { u: { targets: [\"ftp://u:hunter2@h\"] } }",
+        "upstreams: { u: { targets: [\"ftp://u:hunter2/x@h:80\"] } }",
+    ] {
+        let e = errs(yaml);
+        assert!(!e.is_empty(), "{yaml}");
+        assert!(e.iter().all(|m| !m.contains("hunter2")), "{yaml}: {e:?}");
+    }
+    assert_eq!(
+        crate::hide_quoted_values(r#"invalid type: string "hunter2", expected a map"#),
+        "invalid type: string (value not shown), expected a map"
+    );
+    assert_eq!(
+        crate::hide_quoted_values(r#"invalid value: string "a", expected x; string "b""#),
+        "invalid value: string (value not shown), expected x; string (value not shown)"
+    );
+    assert_eq!(
+        crate::hide_quoted_values("no values here"),
+        "no values here"
+    );
+}
+
 #[test]
 fn inline_secrets_are_redacted_when_serialised() {
     let c = load_str("admin: { token: { value: s3cret } }", Path::new(".")).unwrap();

@@ -90,9 +90,21 @@ fn hide_passwords(s: &str, in_text: bool) -> Cow<'_, str> {
         let end = s[rest..]
             .find(|c: char| matches!(c, '/' | '\\' | '?' | '#') || (in_text && c.is_whitespace()))
             .map_or(s.len(), |i| rest + i);
-        let password = s[rest..end]
-            .rsplit_once('@')
-            .and_then(|(userinfo, _)| userinfo.split_once(':'));
+        let mut userinfo_end = s[rest..end].rfind('@').map(|i| rest + i);
+        // A password holding `/`, `?` or `#` unescaped (`redis://:Zm9v/YmFy@h`) ends the
+        // authority early for a parser, which then sees `:Zm9v` — a colon followed by no port —
+        // and no userinfo. Such an authority is read on to the last `@` before the URL's end,
+        // so that the password is hidden all the same (at worst a little more with it).
+        if userinfo_end.is_none()
+            && let Some((_, after_colon)) = s[rest..end].split_once(':')
+            && !after_colon.bytes().all(|b| b.is_ascii_digit())
+        {
+            let url_end = s[rest..]
+                .find(|c: char| in_text && c.is_whitespace())
+                .map_or(s.len(), |i| rest + i);
+            userinfo_end = s[rest..url_end].rfind('@').map(|i| rest + i);
+        }
+        let password = userinfo_end.and_then(|u| s[rest..u].split_once(':'));
         if let Some((user, password)) = password
             && scheme_ok
             && !password.is_empty()
@@ -106,7 +118,7 @@ fn hide_passwords(s: &str, in_text: bool) -> Cow<'_, str> {
         if !in_text {
             break;
         }
-        from = end.max(rest);
+        from = end.max(rest).max(copied);
     }
     match out {
         None => Cow::Borrowed(s),
@@ -251,6 +263,13 @@ mod tests {
             ("https://h:443/a:b@c", "https://h:443/a:b@c"),
             ("https://h?q=a:b@c", "https://h?q=a:b@c"),
             ("https://h\\a:b@c", "https://h\\a:b@c"),
+            // A password holding `/`, `?` or `#` unescaped: hidden all the same.
+            (
+                "redis://:Zm9v/YmFy@redis:6379/0",
+                "redis://:<redacted>@redis:6379/0",
+            ),
+            ("redis://u:p?w#d@h/1", "redis://u:<redacted>@h/1"),
+            ("ftp://u:hunter2/x@h:80", "ftp://u:<redacted>@h:80"),
             // Not a URL.
             ("a:b@c", "a:b@c"),
             ("://a:b@c", "://a:b@c"),
@@ -281,6 +300,15 @@ mod tests {
                 "not a url: ://a:b@c, é://a:b@c",
             ),
             ("ééhttp://a:b@c", "ééhttp://a:<redacted>@c"),
+            (
+                "redis redis://:Zm9v/YmFy@r:6379/0: refused",
+                "redis redis://:<redacted>@r:6379/0: refused",
+            ),
+            // A scheme inside a hidden password: nothing read twice, no panic.
+            (
+                "x://:a/b://c:d@h@e and y://:p@q",
+                "x://:<redacted>@e and y://:<redacted>@q",
+            ),
             ("", ""),
         ] {
             assert_eq!(redact_urls_in(text), shown, "{text}");
