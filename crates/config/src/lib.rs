@@ -142,9 +142,31 @@ fn structural_errors(value: &serde_json::Value, e: &mut ConfigErrors) {
         }
     };
     for err in validator.iter_errors(value) {
-        let path = pointer_to_path(&err.instance_path().to_string());
-        e.push(path, describe(&err));
+        push_error(&err, e);
     }
+}
+
+/// A schema error, by its path. An optional value (`anyOf: [T, null]`) or a choice of forms
+/// that fails says only that no form fits, without the value: where exactly one form fails on
+/// more than its type, that form's own errors are reported instead (an unknown key, a missing
+/// one), so that the message still says what is wrong.
+fn push_error(err: &jsonschema::ValidationError<'_>, e: &mut ConfigErrors) {
+    use jsonschema::error::ValidationErrorKind as K;
+    if let K::AnyOf { context } | K::OneOfNotValid { context } = err.kind() {
+        let mut telling = context
+            .iter()
+            .filter(|form| !form.iter().all(|x| matches!(x.kind(), K::Type { .. })));
+        if let (Some(form), None) = (telling.next(), telling.next())
+            && !form.is_empty()
+        {
+            for sub in form {
+                push_error(sub, e);
+            }
+            return;
+        }
+    }
+    let path = pointer_to_path(&err.instance_path().to_string());
+    e.push(path, describe(err));
 }
 
 /// The message of a schema error, without the offending value: a value in the wrong place
