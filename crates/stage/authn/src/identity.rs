@@ -30,14 +30,41 @@ impl IdentityStage {
 /// percent-encoded, so a claim can never split or smuggle a header.
 fn value(s: &str) -> HeaderValue {
     let mut out = String::with_capacity(s.len());
+    push_encoded(&mut out, s, b"");
+    HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// A list header's value from verified claim values, each encoded as [`value`] does and its
+/// list separators (`,` and space) percent-encoded too, so that an upstream splitting the list
+/// sees the elements the gateway saw: a role `dev,admin` is one role, never two.
+fn list_value(items: &[String], sep: &str) -> HeaderValue {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(sep);
+        }
+        push_encoded(&mut out, item, b", ");
+    }
+    HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// `s` with visible ASCII kept but for `%` and `also`, everything else percent-encoded.
+fn push_encoded(out: &mut String, s: &str, also: &[u8]) {
     for b in s.bytes() {
-        if (0x20..0x7f).contains(&b) && b != b'%' {
+        if (0x20..0x7f).contains(&b) && b != b'%' && !also.contains(&b) {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Whether `s` is an OAuth scope token (RFC 6749 §3.3): what a `scope` claim, split on spaces,
+/// can carry.
+fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
 fn set(h: &mut http::HeaderMap, name: &HeaderName, v: Option<&str>) {
@@ -54,11 +81,14 @@ impl IdentityStage {
         c.insert("iss".into(), Value::String(it.issuer.clone()));
         c.insert("aud".into(), Value::String(audience.to_string()));
         c.insert("iat".into(), Value::from(now));
-        c.insert("exp".into(), Value::from(now + it.ttl.as_secs().max(1)));
-        c.insert(
-            "jti".into(),
-            Value::String(ctx.request_id.as_str().to_string()),
-        );
+        // Never past the credential it stands for.
+        let mut exp = now.saturating_add(it.ttl.as_secs().max(1));
+        if let Some(until) = p.expires_at {
+            exp = exp.min(until.max(now.saturating_add(1)));
+        }
+        c.insert("exp".into(), Value::from(exp));
+        // Unique per token, and chosen by no client (the request id may come from one).
+        c.insert("jti".into(), Value::String(random_id()?));
         c.insert(
             "request_id".into(),
             Value::String(ctx.request_id.as_str().to_string()),
@@ -69,8 +99,16 @@ impl IdentityStage {
         if let Some(s) = &p.client_id {
             c.insert("client_id".into(), Value::String(s.clone()));
         }
-        if !p.scopes.is_empty() {
-            c.insert("scope".into(), Value::String(p.scopes.join(" ")));
+        // Space-separated: a verified scope that is no scope token (one holding a space, say)
+        // would become two to the reader; it is left out.
+        let scopes: Vec<&str> = p
+            .scopes
+            .iter()
+            .map(String::as_str)
+            .filter(|s| is_scope_token(s))
+            .collect();
+        if !scopes.is_empty() {
+            c.insert("scope".into(), Value::String(scopes.join(" ")));
         }
         if !p.roles.is_empty() {
             c.insert(
@@ -90,6 +128,16 @@ impl IdentityStage {
         );
         self.authn.signer.sign("JWT", &c).map_err(|e| e.to_string())
     }
+}
+
+/// 128 random bits in hex, from the system's generator.
+fn random_id() -> Result<String, String> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| "no randomness for the token's jti".to_string())?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 impl Stage for IdentityStage {
@@ -131,10 +179,10 @@ impl Stage for IdentityStage {
             set(h, &id.user, p.subject.as_deref());
             set(h, &id.client, p.client_id.as_deref());
             if !p.scopes.is_empty() {
-                set(h, &id.scopes, Some(&p.scopes.join(" ")));
+                h.insert(id.scopes.clone(), list_value(&p.scopes, " "));
             }
             if !p.roles.is_empty() {
-                set(h, &id.roles, Some(&p.roles.join(",")));
+                h.insert(id.roles.clone(), list_value(&p.roles, ","));
             }
             set(h, &id.tenant, p.tenant.as_deref());
             set(h, &id.authenticated, Some(p.method.as_str()));
@@ -199,6 +247,27 @@ mod tests {
             "a%0D%0Ax-admin: 1"
         );
         assert_eq!(value("é%").to_str().unwrap(), "%C3%A9%25");
+    }
+
+    #[test]
+    fn list_elements_cannot_become_two() {
+        let roles = vec!["dev,admin".to_string(), "ops".into(), "a b".into()];
+        assert_eq!(
+            list_value(&roles, ",").to_str().unwrap(),
+            "dev%2Cadmin,ops,a%20b"
+        );
+        let scopes = vec!["read admin".to_string(), "write:x".into(), "%".into()];
+        assert_eq!(
+            list_value(&scopes, " ").to_str().unwrap(),
+            "read%20admin write:x %25"
+        );
+        assert!(is_scope_token("read:orders"));
+        for bad in ["read admin", "", "a\"b", "a\\b", "é"] {
+            assert!(!is_scope_token(bad), "{bad}");
+        }
+        let a = random_id().unwrap();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, random_id().unwrap());
     }
 
     #[test]
