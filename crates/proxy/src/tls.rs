@@ -166,6 +166,69 @@ pub fn server_config(tls: &ListenerTls) -> Result<Arc<rustls::ServerConfig>, Str
     Ok(Arc::new(cfg))
 }
 
+/// A distinguished name as RFC 4514 writes it: the last RDN first, `,` between RDNs and `+`
+/// between the attributes of one, the usual short names (`CN`, `O`, `OU`, `C`, `L`, `ST`,
+/// `STREET`, `DC`, `UID`, else the dotted OID), and in values the characters that would
+/// delimit escaped with `\` — so that no value can pass for more attributes
+/// (`CN=bff\, O=Example` is one common name, never `CN=bff` and `O=Example`). A value that is
+/// no string is written `#` and its bytes in hex.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let mut out = String::new();
+    let rdns: Vec<_> = name.iter_rdn().collect();
+    for (i, rdn) in rdns.iter().rev().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, atv) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            let oid = atv.attr_type().to_id_string();
+            let short = match oid.as_str() {
+                "2.5.4.3" => "CN",
+                "2.5.4.6" => "C",
+                "2.5.4.7" => "L",
+                "2.5.4.8" => "ST",
+                "2.5.4.9" => "STREET",
+                "2.5.4.10" => "O",
+                "2.5.4.11" => "OU",
+                "0.9.2342.19200300.100.1.25" => "DC",
+                "0.9.2342.19200300.100.1.1" => "UID",
+                _ => oid.as_str(),
+            };
+            out.push_str(short);
+            out.push('=');
+            match atv.as_str() {
+                Ok(v) => push_rfc4514_value(&mut out, v),
+                Err(_) => {
+                    out.push('#');
+                    for b in atv.attr_value().data.iter() {
+                        out.push_str(&format!("{b:02x}"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// An attribute value with RFC 4514 §2.4's escapes.
+fn push_rfc4514_value(out: &mut String, v: &str) {
+    let last = v.chars().count().saturating_sub(1);
+    for (i, c) in v.chars().enumerate() {
+        match c {
+            ',' | '+' | '"' | '\\' | '<' | '>' | ';' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            '\0' => out.push_str("\\00"),
+            c => out.push(c),
+        }
+    }
+}
+
 /// What the gateway keeps of a client certificate the handshake verified.
 pub fn peer_certificate(der: &[u8]) -> Option<portcullis_core::PeerCertificate> {
     use x509_parser::prelude::*;
@@ -193,7 +256,7 @@ pub fn peer_certificate(der: &[u8]) -> Option<portcullis_core::PeerCertificate> 
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
     let fingerprint_sha256 = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     Some(portcullis_core::PeerCertificate {
-        subject: cert.subject().to_string(),
+        subject: rfc4514(cert.subject()),
         common_name,
         san_uris,
         san_dns,
@@ -201,4 +264,44 @@ pub fn peer_certificate(der: &[u8]) -> Option<portcullis_core::PeerCertificate> 
         fingerprint_sha256,
         not_after: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use rcgen::DnType;
+
+    fn subject_of(dn: &[(DnType, &str)]) -> String {
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        let mut name = rcgen::DistinguishedName::new();
+        for (t, v) in dn {
+            name.push(t.clone(), *v);
+        }
+        params.distinguished_name = name;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        peer_certificate(cert.der()).unwrap().subject
+    }
+
+    /// RFC 4514: the last RDN first, values escaped, so that a common name holding `, O=…`
+    /// cannot pass for a certificate with that organisation.
+    #[test]
+    fn subjects_are_written_as_rfc_4514() {
+        let real = subject_of(&[
+            (DnType::CountryName, "DE"),
+            (DnType::OrganizationName, "Example"),
+            (DnType::CommonName, "bff"),
+        ]);
+        assert_eq!(real, "CN=bff,O=Example,C=DE");
+        let forged = subject_of(&[(DnType::CommonName, "bff,O=Example,C=DE")]);
+        assert_eq!(forged, "CN=bff\\,O=Example\\,C=DE");
+        assert_ne!(forged, real);
+        assert_eq!(
+            subject_of(&[(DnType::CommonName, " #a+b\"c\\d<e>f;g ")]),
+            "CN=\\ #a\\+b\\\"c\\\\d\\<e\\>f\\;g\\ "
+        );
+        assert_eq!(subject_of(&[(DnType::CommonName, "#x")]), "CN=\\#x");
+        assert_eq!(subject_of(&[(DnType::CommonName, "bff")]), "CN=bff");
+    }
 }
