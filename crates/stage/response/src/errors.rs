@@ -241,20 +241,25 @@ pub const EXCERPT_LOOKAHEAD: usize = 256;
 /// * `jwt`: `eyJ` and 8+ base64url characters, with up to four `.`-separated parts — a JWT
 ///   (JWS or JWE) or any base64url-encoded JSON object, also when cut short.
 /// * `bearer`: `Bearer <token>`.
-/// * `kv`: a key containing `password`, `passwd`, `secret`, `token`, `api_key`/`api-key`/
-///   `apikey` or `authorization` (any case, any prefix or suffix: `access_token`,
-///   `password_hash`), then `=` or `:` (`"key": "…"` in JSON), then a value: a quoted string
+/// * `pem`: a PEM private key block (`-----BEGIN … PRIVATE KEY-----` to its end line).
+/// * `kv`: a key containing `password`, `passwd`, `passphrase`, `pwd`, `secret`, `token`,
+///   `api_key`/`api-key`/`apikey`, `-key`/`_key` (`x-client-key`, `private_key`),
+///   `authorization`, `session`, `sessid`, `cookie` or `credential` (any case, any prefix or
+///   suffix: `access_token`, `password_hash`, `JSESSIONID`, `Set-Cookie`), then `=` or `:`
+///   (`"key": "…"` in JSON), then a value: a quoted string
 ///   (to its closing quote, or to the end of the excerpt when cut), or an unquoted run
 ///   (optionally after `Bearer `/`Basic `/`Digest `/`Token `).
 /// * `email`: `local@domain.tld`.
 /// * `card`: 13 to 19 digits, single spaces or dashes allowed between them, not inside a
 ///   longer run of word characters.
 const MASK_PATTERN: &str = concat!(
-    r"(?P<jwt>eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,4})",
+    // A PEM private key, to its end line or the excerpt's end.
+    r"(?P<pem>-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----)(?s:.*?)(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)",
+    r"|(?P<jwt>eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,4})",
     // Credentials in a URL's userinfo (`postgres://user:pass@host`): the user stays.
     r"|(?P<userinfo>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s/@]+@",
     r"|(?P<bearer>(?i:bearer)\s+)[A-Za-z0-9\-._~+/]+=*",
-    r#"|(?P<kvkey>[A-Za-z0-9_-]*(?i:password|passwd|secret|token|api[_-]?key|authorization)[A-Za-z0-9_-]*["']?\s*[:=]\s*)"#,
+    r#"|(?P<kvkey>[A-Za-z0-9_-]*(?i:password|passwd|passphrase|pwd|secret|token|api[_-]?key|[_-]key|authorization|session|sessid|cookie|credential)[A-Za-z0-9_-]*["']?\s*[:=]\s*)"#,
     r#"(?:(?P<dq>"(?:[^"\\]|\\.)*"?)|(?P<sq>'[^']*'?)|(?i:(?:bearer|basic|digest|token)\s+)?[^\s"'&,;{}\[\]<>]+)"#,
     r"|(?P<email>[A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*(?P<domain>@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})",
     r"|(?P<card>\b[0-9](?:[ -]?[0-9]){12,18}\b)",
@@ -372,7 +377,9 @@ fn clean(bytes: &[u8]) -> String {
 }
 
 fn mask_one(c: &Captures<'_>) -> String {
-    if c.name("jwt").is_some() {
+    if let Some(p) = c.name("pem") {
+        format!("{}[private key]", p.as_str())
+    } else if c.name("jwt").is_some() {
         "[jwt]".into()
     } else if let Some(u) = c.name("userinfo") {
         format!("{}****@", u.as_str())
@@ -686,6 +693,28 @@ mod tests {
             ),
             ("id ab1234567890123456 kept", "id ab1234567890123456 kept"),
             ("nothing secret here", "nothing secret here"),
+            // Session identifiers, cookies, other credentials, key headers, private keys.
+            (
+                "Cookie: JSESSIONID=0A1B2C3D4E; lang=en",
+                "Cookie: ****; lang=en",
+            ),
+            ("JSESSIONID=0A1B2C3D4E&x=1", "JSESSIONID=****&x=1"),
+            ("PHPSESSID: abc123", "PHPSESSID: ****"),
+            (r#"{"pwd":"hunter2"}"#, r#"{"pwd":"****"}"#),
+            (
+                r#"{"passphrase": "open sesame"}"#,
+                r#"{"passphrase": "****"}"#,
+            ),
+            (r#"{"credentials": "u:p"}"#, r#"{"credentials": "****"}"#),
+            ("x-client-key: k-9f8e7d", "x-client-key: ****"),
+            (
+                "key: -----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY----- after",
+                "key: -----BEGIN PRIVATE KEY-----[private key] after",
+            ),
+            (
+                r#"{"pk":"-----BEGIN RSA PRIVATE KEY-----\nMIIEow"#,
+                r#"{"pk":"-----BEGIN RSA PRIVATE KEY-----[private key]"#,
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(audit_excerpt(input.as_bytes(), 4096), *want, "{input}");
