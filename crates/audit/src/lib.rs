@@ -480,6 +480,9 @@ fn writer(
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut failing = false;
+    // A failed write left part of a line in the output: the next write starts a new line, so
+    // that the events after it are whole lines (the fragment stays a line of its own).
+    let mut torn = false;
     // Idle, the thread waits for an event, then lets a batch gather: events sent while it
     // sleeps do not wake it (a sender wakes only a receiver blocked in `recv`), so busy
     // traffic costs one wake-up and one write per batch, not per event.
@@ -504,6 +507,10 @@ fn writer(
             continue;
         }
         buf.clear();
+        let lead = usize::from(torn);
+        if torn {
+            buf.push(b'\n');
+        }
         let mut lines = 0u64;
         let batch_len = batch.len() as u64;
         for event in batch.drain(..) {
@@ -525,8 +532,10 @@ fn writer(
                 }
             }
         }
-        match out.write_all(&buf).and_then(|()| out.flush()) {
+        let mut written = 0;
+        match write_counting(&mut out, &buf, &mut written) {
             Ok(()) => {
+                torn = false;
                 if failing {
                     tracing::info!("audit output writable again");
                     failing = false;
@@ -538,12 +547,35 @@ fn writer(
                     tracing::error!(error = %e, "cannot write audit events; dropping them");
                     failing = true;
                 }
-                dropped.fetch_add(lines, Ordering::Relaxed);
+                let whole = buf
+                    .get(lead.min(written)..written)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count() as u64;
+                dropped.fetch_add(lines.saturating_sub(whole), Ordering::Relaxed);
+                if written > 0 {
+                    torn = buf.get(written - 1) != Some(&b'\n');
+                }
             }
         }
         done.fetch_add(batch_len, Ordering::Release);
     }
     let _ = out.flush();
+}
+
+/// Writes `buf` whole, then flushes, counting in `written` the bytes the output took (also
+/// when it fails partway).
+fn write_counting(out: &mut dyn Write, buf: &[u8], written: &mut usize) -> std::io::Result<()> {
+    while let Some(rest) = buf.get(*written..).filter(|r| !r.is_empty()) {
+        match out.write(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => *written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.flush()
 }
 
 #[cfg(test)]
@@ -833,6 +865,70 @@ mod tests {
         let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), CHANNEL_CAPACITY + 1);
         assert_eq!(sink.dropped(), 10);
+    }
+
+    /// An output that takes `room` more bytes, then fails (a full disk) until given more.
+    struct Disk {
+        room: Arc<std::sync::Mutex<usize>>,
+        out: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Disk {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            let mut room = self.room.lock().unwrap();
+            if *room == 0 {
+                return Err(std::io::Error::other("no space left on device"));
+            }
+            let n = b.len().min(*room);
+            *room -= n;
+            self.out.lock().unwrap().extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A write that fails partway (the disk filled up inside a line) leaves a fragment; the
+    /// events written after space came back are whole lines of their own, and only the events
+    /// not written whole are counted as dropped.
+    #[test]
+    fn a_write_cut_off_partway_does_not_spoil_the_next_lines() {
+        let line = serde_json::to_vec(&event()).unwrap().len() + 1;
+        let room = Arc::new(std::sync::Mutex::new(line + line / 2));
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = AuditSink::spawn(
+            Box::new(Disk {
+                room: room.clone(),
+                out: out.clone(),
+            }),
+            64,
+        )
+        .unwrap();
+        // One batch of three: one line whole, half of the next, then the disk is full.
+        for _ in 0..3 {
+            sink.emit(event());
+        }
+        assert!(sink.flush(Duration::from_secs(5)));
+        assert_eq!(sink.dropped(), 2, "one of three was written whole");
+        *room.lock().unwrap() = usize::MAX;
+        for _ in 0..2 {
+            sink.emit(event());
+        }
+        assert!(sink.flush(Duration::from_secs(5)));
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        let parsed = lines
+            .iter()
+            .filter(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+            .count();
+        assert_eq!(
+            parsed, 3,
+            "the whole events parse, the fragment alone does not: {text}"
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(lines[1]).is_err());
+        assert_eq!(sink.dropped(), 2);
     }
 
     #[test]
