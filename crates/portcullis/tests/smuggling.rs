@@ -273,6 +273,19 @@ async fn a_refused_heads_audit_event_names_its_request_line() {
             "HTTP/1.1",
         ),
         (&[long_head.as_bytes()], "GET", &long[..252], "HTTP/1.1"),
+        // An absolute-form target: its path only, never the credentials of its authority.
+        (
+            &[b"GET http://user:hunter2@a/in?x=1 HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n"],
+            "GET",
+            "/in",
+            "HTTP/1.1",
+        ),
+        (
+            &[b"GET http://user:hunter2@a HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n"],
+            "GET",
+            "/",
+            "HTTP/1.1",
+        ),
         // Read together: the clean head is refused with the other (one answer, one event),
         // and the event names the head that was refused.
         (

@@ -151,6 +151,18 @@ impl Seen {
         } else {
             String::new()
         });
+        // An absolute-form target's path only: its authority may hold credentials
+        // (`http://user:password@host/x`).
+        let path = match path.windows(3).position(|w| w == b"://") {
+            Some(i) => {
+                let rest = path.get(i + 3..).unwrap_or_default();
+                rest.iter()
+                    .position(|&b| b == b'/')
+                    .and_then(|j| rest.get(j..))
+                    .unwrap_or(b"/")
+            }
+            None => path,
+        };
         self.path = String::from_utf8_lossy(path).into_owned();
         if parts.next() == Some(b"HTTP/1.0") {
             self.version = Version::HTTP_10;
