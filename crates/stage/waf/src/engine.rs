@@ -381,6 +381,57 @@ mod tests {
         assert_eq!(out.score, 0, "{:?}", out.findings);
     }
 
+    /// What could not be inspected does not pass, whatever the threshold, and an exclusion of
+    /// the target where the value limit was reached (which the client chooses) does not
+    /// cover it.
+    #[test]
+    fn uninspected_requests_block_whatever_the_threshold_and_target_exclusions() {
+        let mut route = RouteWaf {
+            threshold: 100,
+            ..RouteWaf::default()
+        };
+        route.limits.max_targets = 50;
+        route.exclusions.push(crate::config::Exclusion {
+            rules: Vec::new(),
+            classes: Vec::new(),
+            targets: vec![crate::config::TargetPattern::parse("body:$.description").unwrap()],
+        });
+        let check = |body: String| {
+            let (head, _) = post("");
+            inspect(
+                &route,
+                &Inspection {
+                    head: &head,
+                    path: "/orders",
+                    client_ip: "192.0.2.1".parse().unwrap(),
+                    body: BodyState::Buffered(body.as_bytes()),
+                },
+            )
+        };
+        // Past the value limit at the excluded target, a payload after it never looked at.
+        let mut flood = String::from("{");
+        for _ in 0..100 {
+            flood.push_str(r#""description":"x","#);
+        }
+        flood.push_str(r#""q":"1' union select password from users--"}"#);
+        let out = check(flood);
+        assert!(out.blocked, "{:?}", out.findings);
+        let f = out
+            .findings
+            .iter()
+            .find(|f| f.finding.rule == 1003)
+            .unwrap();
+        assert!(!f.excluded);
+        assert_eq!(f.finding.exclusion_key, "request");
+        // A body that does not parse, or nests too deep: blocked at a threshold of 100.
+        let out = check(r#"{"q": "x"#.to_string());
+        assert!(out.blocked && out.findings.iter().any(|f| f.finding.rule == 1001));
+        let out = check(format!("{}{}", "[".repeat(100), "]".repeat(100)));
+        assert!(out.blocked && out.findings.iter().any(|f| f.finding.rule == 1002));
+        // A clean body at that threshold passes.
+        assert!(!check(r#"{"q":"blue shoes"}"#.to_string()).blocked);
+    }
+
     #[test]
     fn benign_bodies_score_nothing() {
         let (head, body) = post(

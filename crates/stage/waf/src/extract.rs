@@ -68,7 +68,10 @@
 //! bytes around the error); nesting deeper than `max_depth` is rule 1002; reaching
 //! `max_targets` (head and body together, counting what `out` already holds) is rule 1003,
 //! raised once, after which nothing more is extracted (a JSON body is still read to the end
-//! to check its syntax and count a top-level array).
+//! to check its syntax and count a top-level array). The three block by themselves, whatever
+//! the score and threshold (what cannot be inspected does not pass); 1003 is matched by
+//! exclusions as target `request`, not as the target where the limit was reached (which the
+//! client chooses).
 //!
 //! OWNER: helper A. The public API below is the contract the engine uses.
 
@@ -285,8 +288,12 @@ impl<'a, 'o> Sink<'a, 'o> {
             self.full = true;
             if !self.findings.iter().any(|f| f.rule == TOO_MANY_TARGETS.id) {
                 let note = format!("more than {} targets", self.max);
-                self.findings
-                    .push(Finding::new(TOO_MANY_TARGETS, &t, View::Raw, &note));
+                let mut f = Finding::new(TOO_MANY_TARGETS, &t, View::Raw, &note);
+                // The request as a whole went uninspected, whatever target it was at: an
+                // exclusion naming that target (which the client chooses) must not cover it.
+                f.exclusion_key = UNINSPECTED.to_string();
+                f.blocks = true;
+                self.findings.push(f);
             }
             return false;
         }
@@ -306,9 +313,14 @@ impl<'a, 'o> Sink<'a, 'o> {
         let end = at.saturating_add(24).min(body.len());
         let window = String::from_utf8_lossy(body.get(start..end).unwrap_or_default());
         let note = format!("@{at}: {window}");
-        self.findings.push(Finding::new(rule, &t, View::Raw, &note));
+        let mut f = Finding::new(rule, &t, View::Raw, &note);
+        f.blocks = true;
+        self.findings.push(f);
     }
 }
+
+/// The exclusion key of rule 1003: only an exclusion listing this target, or none, covers it.
+pub const UNINSPECTED: &str = "request";
 
 // ---------------------------------------------------------------------------------------------
 // Query strings, forms, cookies
