@@ -228,6 +228,31 @@ async fn a_broken_upstream_answer_is_a_502_problem() {
     }
 }
 
+/// An answer with both framings, through hyper's client (a chunked request body goes that way):
+/// read by its `Transfer-Encoding`, and passed on without the `Content-Length` it also
+/// carried — which would otherwise frame it for the client (three bytes of six, looking
+/// whole), over HTTP/1.1 and HTTP/2 alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_length_beside_a_transfer_coding_is_not_passed_on_by_the_general_client() {
+    let up = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nabcdef\r\n0\r\n\r\n",
+    )
+    .await;
+    let gw = gateway(&format!(
+        "upstreams:\n  pool: {{ targets: [\"http://{up}\"], retries: {{ attempts: 0 }} }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: pool, waf: {{ mode: off }} }}\n"
+    ));
+    // (The WAF off: it would buffer the body, which then goes by the direct client.)
+    let out = raw_http(
+        gw.listener("public"),
+        b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let lower = out.to_ascii_lowercase();
+    assert!(!lower.contains("content-length: 3\r\n"), "{out}");
+    assert!(out.contains("abcdef"), "the whole body: {out}");
+}
+
 /// An upstream that answers every request with a head promising 10 bytes, sends 5, then
 /// nothing more while it holds the connection open; it reports each connection the gateway
 /// closes under it.

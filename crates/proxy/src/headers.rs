@@ -119,9 +119,9 @@ pub(crate) fn hop_index(name: &HeaderName) -> Option<usize> {
     })
 }
 
-/// Removes hop-by-hop fields, including those the `Connection` header names. `te: trailers`
-/// survives (gRPC needs it end to end); with `keep_upgrade` the WebSocket handshake fields are
-/// put back.
+/// Removes hop-by-hop fields, including those the `Connection` header names, and a
+/// `Content-Length` beside a `Transfer-Encoding`. `te: trailers` survives (gRPC needs it end
+/// to end); with `keep_upgrade` the WebSocket handshake fields are put back.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names says which hop-by-hop fields are there (bit i: `HOP_BY_HOP[i]`).
     // Most requests carry none: nothing to do, and no name is hashed. Otherwise only names
@@ -166,6 +166,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     };
     for n in named {
         headers.remove(n);
+    }
+    // A message with both framings was read by `Transfer-Encoding`: the `Content-Length` it
+    // also carries is wrong and goes with it (RFC 9112 §6.3) — hyper's client leaves it in
+    // the map, where it would frame the body on its way on.
+    if has(HOP_TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
     }
     for (i, n) in HOP_BY_HOP.iter().enumerate() {
         if has(i) {
@@ -646,6 +652,21 @@ mod tests {
         assert!(m.is_empty());
     }
 
+    #[test]
+    fn a_length_beside_a_transfer_coding_goes_with_it() {
+        let mut m = h(&[
+            ("content-length", "3"),
+            ("transfer-encoding", "chunked"),
+            ("x-a", "1"),
+        ]);
+        strip_hop_by_hop(&mut m, false);
+        assert_eq!(m, h(&[("x-a", "1")]));
+        // A length alone stays.
+        let mut m = h(&[("content-length", "3"), ("x-a", "1")]);
+        strip_hop_by_hop(&mut m, false);
+        assert_eq!(m, h(&[("content-length", "3"), ("x-a", "1")]));
+    }
+
     /// What `strip_hop_by_hop` did before it looked for the names first: every name removed,
     /// present or not.
     fn strip_reference(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -670,8 +691,12 @@ mod tests {
         } else {
             None
         };
+        let both_framings = headers.contains_key(header::TRANSFER_ENCODING);
         for n in named {
             headers.remove(n);
+        }
+        if both_framings {
+            headers.remove(header::CONTENT_LENGTH);
         }
         for n in &HOP_BY_HOP {
             headers.remove(n);
