@@ -118,6 +118,46 @@ async fn a_dead_target_is_retried_around_then_ejected() {
     assert_eq!(r.status, 200);
 }
 
+/// A client that uploads slowly keeps its request's deadline from being met; that says
+/// nothing of the target, which stays in: slow uploads are no way to eject healthy targets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uploads_timing_out_do_not_eject_the_target() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let live = TestUpstream::start("live").await;
+    let gw = gateway(&format!(
+        "upstreams:\n  pool: {{ targets: [\"{}\"], request_timeout: 1s, passive_health: {{ consecutive_failures: 2, ejection_time: 1m }} }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: pool, waf: {{ mode: off }} }}\n",
+        live.url()
+    ));
+    let addr = gw.listener("public");
+    // Three uploads at once, each sending 10 of its 1000 bytes and then waiting.
+    let mut uploads = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        uploads.push(s);
+    }
+    for s in &mut uploads {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an answer at the deadline")
+            .unwrap();
+        let out = String::from_utf8_lossy(&buf[..n]);
+        assert!(out.starts_with("HTTP/1.1 504"), "{out}");
+    }
+    // The target is still in.
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("portcullis_upstream_target_healthy"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(line.ends_with(" 1"), "{line}");
+    let r = get(&format!("{}/x", gw.url("public"))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_is_not_retried() {
     let dead = dead_addr();

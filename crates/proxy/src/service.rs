@@ -656,6 +656,7 @@ impl Gateway {
                     timer: Some(&client.conn.response_timer),
                     extra: &own_fields,
                     answer_room: client.answer_room,
+                    request_body: tripped.as_deref(),
                 };
                 // A struggling backend is not handed more than it currently copes with.
                 let permit = match &upstream.adaptive_concurrency {

@@ -91,6 +91,10 @@ pub struct ForwardOpts<'a> {
     /// so that it does not grow (reallocated and rehashed) on the way back. A server that
     /// writes the gateway's own fields itself, after the map's, needs little.
     pub answer_room: usize,
+    /// The request body's watcher, when it has one: a deadline that passes while the client
+    /// is still sending the body says nothing of the target (a slow upload must not eject a
+    /// healthy one), so such a timeout is not counted against it.
+    pub request_body: Option<&'a crate::body::Tripped>,
 }
 
 /// Room for the fields the gateway adds to an answer's map when the server does not write
@@ -589,7 +593,9 @@ impl UpstreamPool {
             };
             match outcome {
                 Err(()) => {
-                    self.record_failure(i);
+                    if body_empty || opts.request_body.is_none_or(|b| b.ended()) {
+                        self.record_failure(i);
+                    }
                     return Err(UpstreamError::Timeout {
                         target: t.authority.clone(),
                     });

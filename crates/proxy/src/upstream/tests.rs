@@ -63,6 +63,7 @@ const RETRYABLE: ForwardOpts = ForwardOpts {
     timer: None,
     extra: &[],
     answer_room: ANSWER_ROOM,
+    request_body: None,
 };
 
 const NOT_RETRYABLE: ForwardOpts = ForwardOpts {
@@ -71,6 +72,7 @@ const NOT_RETRYABLE: ForwardOpts = ForwardOpts {
     timer: None,
     extra: &[],
     answer_room: ANSWER_ROOM,
+    request_body: None,
 };
 
 async fn body_text(r: Response<BoxBody>) -> String {
@@ -654,6 +656,7 @@ async fn a_slow_answer_is_a_timeout() {
         timer: None,
         extra: &[],
         answer_room: ANSWER_ROOM,
+        request_body: None,
     };
     let e = p.forward(get("/"), opts).await.err().unwrap();
     assert!(matches!(e, UpstreamError::Timeout { .. }), "{e}");
@@ -687,6 +690,7 @@ async fn a_kept_response_timer_times_each_request_afresh() {
         timer: Some(&slot),
         extra: &[],
         answer_room: ANSWER_ROOM,
+        request_body: None,
     };
     // Together well past one timeout: each is timed from its own start.
     for _ in 0..4 {
@@ -1558,6 +1562,7 @@ async fn direct_a_silent_target_times_out() {
         timer: None,
         extra: &[],
         answer_room: ANSWER_ROOM,
+        request_body: None,
     };
     let err = p.forward(get("/"), opts).await.err().unwrap();
     assert!(matches!(err, UpstreamError::Timeout { .. }), "{err}");
