@@ -112,12 +112,14 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
     let mut informational = None;
     match req.body {
         BodyState::Buffered(bytes) => {
-            let ct = req
-                .head
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
+            let mut cts = req.head.headers.get_all(http::header::CONTENT_TYPE).iter();
+            let first = cts.next();
+            let ct = first.and_then(|v| v.to_str().ok());
             facts = extract::body_targets(ct, bytes, &route.limits, &mut targets, &mut findings);
+            // Servers read the first or the last of two: the one the WAF did not may be another.
+            if cts.next().is_some() {
+                extract::two_content_types(&mut findings);
+            }
         }
         BodyState::Skipped { limit } => {
             let t = Target::new(Location::Body, "", Part::Value, "");
@@ -430,6 +432,51 @@ mod tests {
         assert!(out.blocked && out.findings.iter().any(|f| f.finding.rule == 1002));
         // A clean body at that threshold passes.
         assert!(!check(r#"{"q":"blue shoes"}"#.to_string()).blocked);
+    }
+
+    /// A body parsers could read differently from the WAF is refused, whatever it holds.
+    #[test]
+    fn a_content_type_read_more_than_one_way_blocks() {
+        let with = |cts: &[&str], body: &str| {
+            let mut b = http::Request::builder().method("POST").uri("/orders");
+            for ct in cts {
+                b = b.header("content-type", *ct);
+            }
+            let (head, ()) = b.body(()).unwrap().into_parts();
+            run(&head, body)
+        };
+        let ambiguous = |out: &Outcome| {
+            out.blocked
+                && out
+                    .findings
+                    .iter()
+                    .any(|f| f.finding.rule == 1005 && !f.excluded)
+        };
+        let json = r#"{"q":"blue shoes"}"#;
+        assert!(!ambiguous(&with(&["application/json"], json)));
+        assert!(!ambiguous(&with(
+            &["application/json; charset=UTF-8"],
+            json
+        )));
+        assert!(ambiguous(&with(
+            &["image/png", "application/x-www-form-urlencoded"],
+            "q=1"
+        )));
+        assert!(ambiguous(&with(&["application/json; charset=utf-7"], json)));
+        assert!(ambiguous(&with(&["application/json;charset=utf-16"], json)));
+        let part = "--B\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\nx\r\n--B--\r\n";
+        assert!(!ambiguous(&with(
+            &["multipart/form-data; boundary=B"],
+            part
+        )));
+        assert!(ambiguous(&with(
+            &["multipart/form-data; xboundary=A; boundary=B"],
+            part
+        )));
+        assert!(ambiguous(&with(
+            &["multipart/form-data; boundary=B; boundary=A"],
+            part
+        )));
     }
 
     #[test]

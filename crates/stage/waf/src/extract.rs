@@ -25,11 +25,12 @@
 //!
 //! # Body
 //!
-//! The media type is matched case-insensitively; of the parameters only `boundary` is read.
-//! **Charsets are ignored**: bodies are read as UTF-8 whatever the `charset` says (JSON and
-//! XML must then be valid UTF-8, so UTF-16 JSON or XML is malformed; text is read lossily,
-//! and the `Decoded` view's NUL removal recovers the ASCII of UTF-16 text). A UTF-8 BOM is
-//! skipped. An empty (or whitespace-only) body yields no target and no finding.
+//! The media type is matched case-insensitively; of the parameters `boundary` and a JSON
+//! `charset` are read. Bodies are read as UTF-8: a JSON `charset` other than UTF-8 (which an
+//! upstream might decode: UTF-7, UTF-16) is rule 1005, as are two `Content-Type` fields and a
+//! multipart type with more than one boundary parameter; other charsets are ignored (XML must
+//! be valid UTF-8, so UTF-16 XML is malformed; text is read lossily, and the `Decoded` view's
+//! NUL removal recovers the ASCII of UTF-16 text). A UTF-8 BOM is skipped. An empty (or whitespace-only) body yields no target and no finding.
 //!
 //! * JSON (`application/json`, `text/json`, `application/*+json`): every object key is a
 //!   name target and every leaf (strings, numbers and booleans as their text; `null` and empty
@@ -81,7 +82,7 @@ mod xml;
 
 use std::borrow::Cow;
 
-use crate::extract_rules::{MALFORMED_BODY, TOO_DEEP, TOO_MANY_TARGETS};
+use crate::extract_rules::{AMBIGUOUS_CONTENT_TYPE, MALFORMED_BODY, TOO_DEEP, TOO_MANY_TARGETS};
 use crate::model::{Finding, Location, Part, Target};
 use crate::transform::View;
 
@@ -198,6 +199,9 @@ pub fn body_targets<'a>(
         return facts;
     }
     let mut sink = Sink::new(out, findings, limits);
+    if let Some(why) = ct.ambiguous {
+        sink.ambiguous(why);
+    }
     match ct.media {
         Media::Json => {
             if let Err(p) =
@@ -233,6 +237,19 @@ pub fn body_targets<'a>(
         }
     }
     facts
+}
+
+/// Rule 1005 for a request with more than one `Content-Type`.
+pub fn two_content_types(findings: &mut Vec<Finding>) {
+    let t = Target::new(Location::Body, "", Part::Value, "");
+    let mut f = Finding::new(
+        AMBIGUOUS_CONTENT_TYPE,
+        &t,
+        View::Raw,
+        "more than one Content-Type",
+    );
+    f.blocks = true;
+    findings.push(f);
 }
 
 /// The kind a content type announces (without reading the body).
@@ -299,6 +316,15 @@ impl<'a, 'o> Sink<'a, 'o> {
         }
         self.out.push(t);
         true
+    }
+
+    /// Rule 1005 for the body: it blocks by itself (what the WAF read is not what an
+    /// upstream may read).
+    fn ambiguous(&mut self, why: &str) {
+        let t = Target::new(Location::Body, "", Part::Value, "");
+        let mut f = Finding::new(AMBIGUOUS_CONTENT_TYPE, &t, View::Raw, why);
+        f.blocks = true;
+        self.findings.push(f);
     }
 
     /// Rule 1001 or 1002 for the body.
@@ -581,6 +607,8 @@ impl Media {
 struct ContentType {
     media: Media,
     boundary: Option<String>,
+    /// Why parsers could read this body differently than the WAF does, if they could.
+    ambiguous: Option<&'static str>,
 }
 
 impl ContentType {
@@ -589,19 +617,41 @@ impl ContentType {
             return ContentType {
                 media: Media::Absent,
                 boundary: None,
+                ambiguous: None,
             };
         };
         let (media, params) = ct.split_once(';').unwrap_or((ct, ""));
         let media = Media::of(media);
         let mut boundary = None;
-        if media == Media::Multipart {
-            parse_params(params, &mut |name, value| {
+        let mut ambiguous = None;
+        let mut boundaries = 0;
+        parse_params(params, &mut |name, value| {
+            // JSON is UTF-8 (RFC 8259 §8.1), and the WAF reads it so: a body an upstream
+            // would decode from another charset (UTF-7, UTF-16) is not what was inspected.
+            if media == Media::Json
+                && name.eq_ignore_ascii_case("charset")
+                && !value.eq_ignore_ascii_case("utf-8")
+                && !value.eq_ignore_ascii_case("utf8")
+            {
+                ambiguous = Some("a JSON charset other than UTF-8");
+            }
+            // Parsers pick different boundaries out of `xboundary=A; boundary=B` or two
+            // `boundary` parameters: parts the WAF took for one thing would be others.
+            if media == Media::Multipart && name.to_ascii_lowercase().contains("boundary") {
+                boundaries += 1;
                 if boundary.is_none() && name.eq_ignore_ascii_case("boundary") {
                     boundary = Some(value.into_owned());
                 }
-            });
+            }
+        });
+        if boundaries > 1 {
+            ambiguous = Some("more than one multipart boundary");
         }
-        ContentType { media, boundary }
+        ContentType {
+            media,
+            boundary,
+            ambiguous,
+        }
     }
 }
 

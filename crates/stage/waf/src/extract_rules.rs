@@ -31,9 +31,17 @@ pub static RULES: &[Rule] = &[
         paranoia: 1,
         description: "body larger than the inspection limit",
     },
+    Rule {
+        id: 1005,
+        class: Class::Protocol,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "body whose content type can be read more than one way",
+    },
 ];
 
 pub static MALFORMED_BODY: &Rule = &RULES[0];
 pub static TOO_DEEP: &Rule = &RULES[1];
 pub static TOO_MANY_TARGETS: &Rule = &RULES[2];
 pub static BODY_OVER_LIMIT: &Rule = &RULES[3];
+pub static AMBIGUOUS_CONTENT_TYPE: &Rule = &RULES[4];
