@@ -375,7 +375,9 @@ pub struct RawPagination {
     /// is `size`) is one of `params`, members of a top-level JSON object so named
     /// (`$.limit`), and GraphQL `list_arguments`. A value over `max` is rule 2510 (critical,
     /// paranoia 1); a numeric-looking value that is not a plain non-negative integer (`-1`,
-    /// `1e9`, `10.5`, `0x10`, `100;`) is rule 2511 (error, paranoia 1); a word (`all`,
+    /// `1e9`, `10.5`, `0x10`, `100;`) is rule 2511 (error, paranoia 1), and rule 2510 too when
+    /// a lenient parser would read it as more than `max` (`99999999x`, `1e9`, `0xFFFFF`:
+    /// `parseInt`, `Number`, `float`); a word (`all`,
     /// `unlimited`) is rule 2512 (error, paranoia 2). An empty value is left alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
@@ -979,9 +981,43 @@ fn page_size(p: &Pagination, t: &Target<'_>, name: &str, value: &str, f: &mut Fi
                 );
             }
         }
-        PageValue::Malformed => f.push(PAGE_MALFORMED, t, &format!("{name}={value}")),
+        PageValue::Malformed => {
+            f.push(PAGE_MALFORMED, t, &format!("{name}={value}"));
+            // Read as lenient parsers would (`parseInt`, `Number`, `float`, hex), a
+            // malformed size may still be a huge one: `99999999x` is 99999999 to `parseInt`.
+            if lenient_page_size(value) > p.max as f64 {
+                f.push(
+                    PAGE_OVER_MAX,
+                    t,
+                    &format!("{name}={} > {}", value.trim_ascii(), p.max),
+                );
+            }
+        }
         PageValue::Word => f.push(PAGE_NOT_NUMBER, t, &format!("{name}={value}")),
     }
+}
+
+/// The largest number lenient parsers read from a page size: its leading digits (after an
+/// optional sign), the whole as a float (`1e9`), or as hex (`0x10`).
+fn lenient_page_size(value: &str) -> f64 {
+    let v = value.trim_ascii();
+    let unsigned = v.strip_prefix(['+', '-']).unwrap_or(v);
+    let digits = unsigned.bytes().take_while(u8::is_ascii_digit).count();
+    let leading = unsigned
+        .get(..digits)
+        .and_then(|d| d.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let whole = v
+        .parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite())
+        .unwrap_or(0.0);
+    let hex = unsigned
+        .strip_prefix("0x")
+        .or_else(|| unsigned.strip_prefix("0X"))
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .map_or(0.0, |x| x as f64);
+    leading.max(whole).max(hex)
 }
 
 // --- GraphQL ---------------------------------------------------------------------------------
