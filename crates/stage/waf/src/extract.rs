@@ -43,7 +43,8 @@
 //!   control character (other than tab, CR, LF) makes the form malformed; invalid
 //!   percent-encoding does not.
 //! * Multipart (`multipart/form-data`): for each part, a value target with the content of
-//!   fields without a file name and with a textual or no content type, and a file-name target
+//!   fields without a file name (or with an empty one), whatever their content type — every
+//!   server behind takes such a part for a form value —, and a file-name target
 //!   for `filename` and `filename*` (RFC 5987, percent-decoded); file contents are not
 //!   inspected. Delimiters must start a line (CRLF or LF); a missing or invalid boundary, no
 //!   opening or closing delimiter, a header line without a colon, part headers over 16 KiB or

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use super::{Media, Problem, Sink, looks_textual, parse_params, percent_decode, plain_name};
+use super::{Problem, Sink, parse_params, percent_decode, plain_name};
 use crate::model::{Location, Part, Target};
 
 /// Most bytes of one part's header block.
@@ -167,19 +167,6 @@ fn part_headers(body: &[u8], p: usize) -> Result<(PartHeaders<'_>, usize), Probl
     }
 }
 
-/// Whether a field's content is text worth inspecting.
-fn textual(content_type: Option<&str>, content: &[u8]) -> bool {
-    let Some(ct) = content_type else {
-        return true;
-    };
-    let media = ct.split(';').next().unwrap_or_default();
-    match Media::of(media) {
-        Media::Binary => false,
-        Media::Unknown | Media::Absent => looks_textual(content),
-        _ => true,
-    }
-}
-
 fn emit<'a>(h: PartHeaders<'a>, content: &'a [u8], sink: &mut Sink<'a, '_>) {
     let field = h.name.unwrap_or(Cow::Borrowed(""));
     if !plain_name(&field) {
@@ -190,7 +177,13 @@ fn emit<'a>(h: PartHeaders<'a>, content: &'a [u8], sink: &mut Sink<'a, '_>) {
             field.clone(),
         ));
     }
-    let is_file = h.filename.is_some() || h.filename_star.is_some();
+    // A part with a (non-empty) file name is a file; any other is a form value to PHP,
+    // Werkzeug, Go and busboy alike, whatever its `Content-Type` says (`image/png` on a value
+    // changes nothing for them), so its content is inspected as one (read lossily).
+    let is_file = [&h.filename, &h.filename_star]
+        .into_iter()
+        .flatten()
+        .any(|f| !f.is_empty());
     for filename in [h.filename, h.filename_star].into_iter().flatten() {
         if !filename.is_empty() {
             sink.push(Target::new(
@@ -201,7 +194,7 @@ fn emit<'a>(h: PartHeaders<'a>, content: &'a [u8], sink: &mut Sink<'a, '_>) {
             ));
         }
     }
-    if !is_file && !content.is_empty() && textual(h.content_type.as_deref(), content) {
+    if !is_file && !content.is_empty() {
         let value = String::from_utf8_lossy(content);
         sink.push(Target::new(Location::Body, field, Part::Value, value));
     }

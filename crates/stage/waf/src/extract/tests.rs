@@ -388,8 +388,31 @@ Content-Disposition: form-data; name=\"empty\"\r\n\r\n\
             p("body:title", "hello ' or 1=1"),
             p("body:upload (filename)", "../../etc/passwd"),
             p("body:doc (filename)", "../x.php"),
+            // No file name: a form value to every server, whatever its type says.
+            p("body:blob", "\u{fffd}PNG"),
             p("body:j$on (name)", "j$on"),
             p("body:j$on", "{\"a\":1}"),
+        ]
+    );
+}
+
+/// A part without a file name — or with an empty one — is a form value to the servers behind,
+/// whatever its type: its content is inspected.
+#[test]
+fn multipart_values_are_inspected_whatever_their_type() {
+    let b = b"--XyZ\r\n\
+Content-Disposition: form-data; name=\"q\"\r\nContent-Type: image/png\r\n\r\n\
+1' OR 1=1--\r\n--XyZ\r\n\
+Content-Disposition: form-data; name=\"r\"; filename=\"\"\r\n\
+Content-Type: application/octet-stream\r\n\r\n\
+<script>alert(1)</script>\r\n--XyZ--\r\n";
+    let (t, f, _) = body(Some(CT), b);
+    assert!(f.is_empty(), "{f:?}");
+    assert_eq!(
+        t,
+        vec![
+            p("body:q", "1' OR 1=1--"),
+            p("body:r", "<script>alert(1)</script>")
         ]
     );
 }
