@@ -477,6 +477,24 @@ mod tests {
             &["multipart/form-data; boundary=B; boundary=A"],
             part
         )));
+        // A key repeated in one object: parsers take the first or the last.
+        let twice = r#"{"query":"{a}","query":"{__schema{types{name}}}"}"#;
+        assert!(ambiguous(&with(&["application/json"], twice)));
+        let mut many = String::from("{");
+        for i in 0..40 {
+            many.push_str(&format!(r#""k{i}":1,"#));
+        }
+        assert!(!ambiguous(&with(
+            &["application/json"],
+            &format!(r#"{many}"k":2}}"#)
+        )));
+        assert!(ambiguous(&with(
+            &["application/json"],
+            &format!(r#"{many}"k7":2}}"#)
+        )));
+        // The same key in two objects is no repetition.
+        let apart = r#"{"a":{"id":1},"b":{"id":2},"c":[{"id":3},{"id":4}]}"#;
+        assert!(!ambiguous(&with(&["application/json"], apart)));
     }
 
     #[test]

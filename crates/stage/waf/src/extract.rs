@@ -38,7 +38,7 @@
 //!   `$.items[0]`, `$['we ird']` for keys that are not identifiers; path segments are cut at
 //!   128 bytes and paths stop growing at 512). A top-level array's length is recorded.
 //!   Numbers outside the `f64` range make the body malformed (that is how serde_json reads
-//!   them).
+//!   them). A key repeated in one object is rule 1005 (parsers keep the first or the last).
 //! * Forms (`application/x-www-form-urlencoded`): as the query string, at `body:<field>`. A raw
 //!   control character (other than tab, CR, LF) makes the form malformed; invalid
 //!   percent-encoding does not.

@@ -24,6 +24,7 @@ pub(super) fn extract<'a>(
         max_depth,
         top_array: None,
         too_deep: false,
+        repeated_key: false,
     };
     ctx.path.push('$');
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -53,6 +54,8 @@ struct Ctx<'s, 'a, 'o> {
     max_depth: usize,
     top_array: Option<usize>,
     too_deep: bool,
+    /// A repeated key was reported (once per body).
+    repeated_key: bool,
 }
 
 impl<'a> Ctx<'_, 'a, '_> {
@@ -201,7 +204,30 @@ impl<'a> Visitor<'a> for Node<'_, '_, 'a, '_> {
     fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<(), A::Error> {
         let ctx = self.ctx;
         ctx.enter()?;
+        // A key repeated in one object is read first-wins by some parsers and last-wins by
+        // others (and by the WAF as both): what the upstream takes may be the one no rule
+        // looked at as such (ten harmless `query`s, then introspection).
+        let mut keys: Vec<Cow<'a, str>> = Vec::new();
+        let mut many: Option<std::collections::HashSet<Cow<'a, str>>> = None;
         while let Some(key) = map.next_key_seed(Key)? {
+            let repeated = match &mut many {
+                Some(set) => !set.insert(key.clone()),
+                None if keys.len() < 16 => {
+                    let r = keys.contains(&key);
+                    keys.push(key.clone());
+                    r
+                }
+                None => {
+                    let mut set: std::collections::HashSet<Cow<'a, str>> = keys.drain(..).collect();
+                    let r = !set.insert(key.clone());
+                    many = Some(set);
+                    r
+                }
+            };
+            if repeated && !ctx.repeated_key {
+                ctx.repeated_key = true;
+                ctx.sink.ambiguous("a key repeated in a JSON object");
+            }
             let base = ctx.path.len();
             if !ctx.sink.full {
                 ctx.push_key(&key);
