@@ -497,6 +497,43 @@ mod tests {
         assert!(!ambiguous(&with(&["application/json"], apart)));
     }
 
+    /// A JSON body without a JSON type is inspected as JSON when it starts like one, however
+    /// many of its bytes are not UTF-8 and whatever follows its first value: servers that
+    /// ignore the type decode it so (Go's `json.Decoder`).
+    #[test]
+    fn json_without_its_type_is_inspected_whatever_surrounds_it() {
+        let bare = |body: &[u8]| {
+            let (head, ()) = http::Request::builder()
+                .method("POST")
+                .uri("/orders")
+                .body(())
+                .unwrap()
+                .into_parts();
+            inspect(
+                &RouteWaf::default(),
+                &Inspection {
+                    head: &head,
+                    path: "/orders",
+                    client_ip: "192.0.2.1".parse().unwrap(),
+                    body: BodyState::Buffered(body),
+                },
+            )
+        };
+        let out = bare(b"{\"q\":\"1' UNION SELECT password FROM users--\",\"p\":\"\xff\xff\xff\xff\xff\xff\xff\xff\"}");
+        assert!(out.blocked, "{:?}", out.findings);
+        let out = bare(br#"{"q":"\u0031\u0027 UNION SELECT password FROM users--"} x"#);
+        assert!(out.blocked, "{:?}", out.findings);
+        assert!(
+            out.findings
+                .iter()
+                .any(|f| f.finding.target == "body:$.q"
+                    && f.finding.class == crate::model::Class::Sqli),
+            "{:?}",
+            out.findings
+        );
+        assert!(!bare(br#"{"q":"blue shoes"} x"#).blocked);
+    }
+
     #[test]
     fn benign_bodies_score_nothing() {
         let (head, body) = post(

@@ -62,7 +62,10 @@
 //!   invalid UTF-8 or control bytes): one unnamed target with the whole body. If such a body
 //!   is a JSON document (it starts with `{` or `[` and parses), it is inspected as JSON
 //!   instead and reported as [`BodyKind::Json`]: backends that ignore the content type must
-//!   not be a way around the JSON extraction.
+//!   not be a way around the JSON extraction. So is one that starts with a JSON value followed
+//!   by anything (a streaming decoder reads the value: Go's `json.Decoder`), the whole body
+//!   also inspected as text; and a body without a type, or of an unknown one, that starts
+//!   like JSON is never taken for binary, however many of its bytes are not UTF-8.
 //! * Binary (`image/*`, `audio/*`, `video/*`, `font/*`, octet streams, archives, PDF,
 //!   protobuf, gRPC …, and unknown types that do not look textual): no target.
 //!
@@ -229,7 +232,10 @@ pub fn body_targets<'a>(
         Media::Text => text(body, limits, &mut sink, &mut facts),
         Media::Binary => {}
         Media::Absent | Media::Unknown => {
-            if looks_textual(body) {
+            // A body that starts like JSON is read as text (JSON first) however many bytes of
+            // it are not UTF-8: servers that ignore the type decode JSON with invalid bytes in
+            // its strings (Go), so such bytes must not make it binary, hence uninspected.
+            if looks_textual(body) || starts_like_json(body) {
                 facts.kind = BodyKind::Text;
                 text(body, limits, &mut sink, &mut facts);
             } else {
@@ -491,15 +497,23 @@ fn looks_textual(body: &[u8]) -> bool {
     bad.saturating_mul(20) <= body.len()
 }
 
-/// A textual body: as JSON if it is a JSON document, else one raw target.
+/// Whether a body's first non-blank byte opens a JSON object or array.
+fn starts_like_json(body: &[u8]) -> bool {
+    matches!(
+        body.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    )
+}
+
+/// A textual body: as JSON if it is a JSON document (or starts with one), else one raw
+/// target.
 fn text<'a>(
     body: &'a [u8],
     limits: &ExtractLimits,
     sink: &mut Sink<'a, '_>,
     facts: &mut BodyFacts,
 ) {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if matches!(first, Some(b'{' | b'[')) {
+    if starts_like_json(body) {
         let (targets, findings, full) = (sink.out.len(), sink.findings.len(), sink.full);
         let mut top = None;
         if json::extract(body, limits.max_depth, sink, &mut top).is_ok() {
@@ -508,6 +522,23 @@ fn text<'a>(
             return;
         }
         // Not JSON after all: forget what the attempt pushed.
+        sink.out.truncate(targets);
+        sink.findings.truncate(findings);
+        sink.full = full;
+        // A JSON value followed by something else (`{…} x`) is still that value to a decoder
+        // that reads one: inspected as JSON, and the whole body as text besides.
+        let mut top = None;
+        if json::extract_leading(body, limits.max_depth, sink, &mut top).is_ok() {
+            facts.kind = BodyKind::Json;
+            facts.json_top_array = top;
+            sink.push(Target::new(
+                Location::Body,
+                "",
+                Part::Value,
+                String::from_utf8_lossy(body),
+            ));
+            return;
+        }
         sink.out.truncate(targets);
         sink.findings.truncate(findings);
         sink.full = full;

@@ -17,6 +17,27 @@ pub(super) fn extract<'a>(
     sink: &mut Sink<'a, '_>,
     top_array: &mut Option<usize>,
 ) -> Result<(), Problem> {
+    extract_with(body, max_depth, sink, top_array, true)
+}
+
+/// Reads the JSON value `body` starts with, as [`extract`] does, ignoring what follows it —
+/// what a streaming decoder reading one value does (Go's `json.Decoder`).
+pub(super) fn extract_leading<'a>(
+    body: &'a [u8],
+    max_depth: usize,
+    sink: &mut Sink<'a, '_>,
+    top_array: &mut Option<usize>,
+) -> Result<(), Problem> {
+    extract_with(body, max_depth, sink, top_array, false)
+}
+
+fn extract_with<'a>(
+    body: &'a [u8],
+    max_depth: usize,
+    sink: &mut Sink<'a, '_>,
+    top_array: &mut Option<usize>,
+    whole: bool,
+) -> Result<(), Problem> {
     let mut ctx = Ctx {
         sink,
         path: String::with_capacity(64),
@@ -30,7 +51,7 @@ pub(super) fn extract<'a>(
     let mut de = serde_json::Deserializer::from_slice(body);
     let res = Node { ctx: &mut ctx }
         .deserialize(&mut de)
-        .and_then(|()| de.end());
+        .and_then(|()| if whole { de.end() } else { Ok(()) });
     *top_array = ctx.top_array;
     match res {
         Ok(()) => Ok(()),
