@@ -723,26 +723,8 @@ mod tests {
         path: &str,
         auth: Option<&str>,
     ) -> Got {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("http://{addr}{path}"));
-        if let Some(a) = auth {
-            req = req.header(AUTHORIZATION, a);
-        }
-        let resp = client
-            .request(req.body(Empty::new()).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let version = resp.version();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Got {
-            status,
-            headers,
-            body: String::from_utf8(body.to_vec()).unwrap(),
-            version,
-        }
+        let fields: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        call_with(client, addr, method, path, &fields).await
     }
 
     fn header<'a>(g: &'a Got, name: &str) -> &'a str {
@@ -900,6 +882,7 @@ mod tests {
 
     /// A request with the given extra header fields (a `Host` among them replaces the URI's).
     async fn call_with(
+        client: &TestClient,
         addr: SocketAddr,
         method: Method,
         path: &str,
@@ -911,7 +894,10 @@ mod tests {
         for (k, v) in fields {
             req = req.header(*k, *v);
         }
-        let resp = h1().request(req.body(Empty::new()).unwrap()).await.unwrap();
+        let resp = client
+            .request(req.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
         let version = resp.version();
         let headers = resp.headers().clone();
@@ -975,7 +961,7 @@ mod tests {
                 vec![("host", "127.0.0.1.evil.example")],
             ),
         ] {
-            let g = call_with(s.addr, method.clone(), path, &fields).await;
+            let g = call_with(&h1(), s.addr, method.clone(), path, &fields).await;
             assert_problem(&g, 403, "admin_forbidden");
         }
         // Loopback names, with or without the API's own origin.
@@ -988,15 +974,23 @@ mod tests {
             vec![("host", localhost.as_str())],
             vec![("host", v6.as_str())],
         ] {
-            let g = call_with(s.addr, Method::GET, "/config", &fields).await;
+            let g = call_with(&h1(), s.addr, Method::GET, "/config", &fields).await;
             assert_eq!(g.status, StatusCode::OK, "{fields:?}: {}", g.body);
         }
         // The probes answer whoever asks.
-        let g = call_with(s.addr, Method::GET, "/healthz", &[("host", &evil_host)]).await;
+        let g = call_with(
+            &h1(),
+            s.addr,
+            Method::GET,
+            "/healthz",
+            &[("host", &evil_host)],
+        )
+        .await;
         assert_eq!(g.status, StatusCode::OK);
         // With a token, a name the operator uses is fine (a page cannot send the token).
         let s = start(Some("t0k")).await;
         let g = call_with(
+            &h1(),
             s.addr,
             Method::GET,
             "/config",
