@@ -126,10 +126,12 @@ pub fn check(head: &http::request::Parts) -> Result<(), &'static str> {
 /// `evil.com/.example.com` would match a route's `*.example.com` and reach the upstream, which
 /// builds its links from it; userinfo has no place there either.
 fn is_host(h: &[u8]) -> bool {
-    if h.is_empty() {
-        return true;
-    }
-    let (name_ok, rest) = if let Some(inner) = h.strip_prefix(b"[") {
+    // Asked of every request: the common case (a name or IPv4 address, then a port) is one
+    // pass over the bytes by table.
+    let name_len = h.iter().take_while(|&&b| HOST_BYTE[usize::from(b)]).count();
+    let (name_ok, rest) = if name_len > 0 {
+        (true, h.get(name_len..).unwrap_or_default())
+    } else if let Some(inner) = h.strip_prefix(b"[") {
         let Some(end) = inner.iter().position(|b| *b == b']') else {
             return false;
         };
@@ -140,20 +142,29 @@ fn is_host(h: &[u8]) -> bool {
                 .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.');
         (ok, rest.get(1..).unwrap_or_default())
     } else {
-        let end = h.iter().position(|b| *b == b':').unwrap_or(h.len());
-        let (name, rest) = h.split_at(end);
-        let ok = !name.is_empty()
-            && name
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-        (ok, rest)
+        return h.is_empty();
     };
     name_ok
-        && match rest.strip_prefix(b":") {
-            None => rest.is_empty(),
-            Some(port) => (1..=5).contains(&port.len()) && port.iter().all(u8::is_ascii_digit),
+        && match rest.split_first() {
+            None => true,
+            Some((b':', port)) => {
+                (1..=5).contains(&port.len()) && port.iter().all(u8::is_ascii_digit)
+            }
+            Some(_) => false,
         }
 }
+
+/// The bytes of a host name or IPv4 address: letters, digits, `-`, `.`, `_`.
+static HOST_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_';
+        b += 1;
+    }
+    t
+};
 
 /// The connection options `Connection` may carry besides field names.
 const OPTIONS: [&str; 4] = ["close", "keep-alive", "upgrade", "te"];
