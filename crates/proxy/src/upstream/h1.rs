@@ -63,9 +63,11 @@ use tokio::net::TcpStream;
 
 /// At most this many header fields in a response head (and in a trailer section).
 const MAX_HEADERS: usize = 100;
-/// A response head (status line and fields, all 1xx heads before it included) may not exceed
-/// this.
+/// A response head (status line and fields) may not exceed this.
 const MAX_HEAD_BYTES: usize = 256 * 1024;
+/// At most this many informational (1xx) heads before the final one: a target sending them
+/// without end would keep the exchange parsing until its deadline.
+const MAX_INFORMATIONAL: u32 = 16;
 /// A chunk-size line (with extensions) may not exceed this.
 const MAX_CHUNK_LINE: usize = 4096;
 /// A trailer section may not exceed this.
@@ -106,6 +108,8 @@ pub(super) enum H1Error {
     BadChunk(&'static str),
     #[error("the upstream switched protocols unasked")]
     UnaskedSwitch,
+    #[error("the upstream sent more than {MAX_INFORMATIONAL} informational answers")]
+    TooManyInformational,
     #[error("the upstream closed the connection while the request body was sent")]
     ClosedDuringBody,
     #[error("the request body ended before its Content-Length")]
@@ -741,6 +745,7 @@ impl Direct {
             true
         };
         let mut got_any = false;
+        let mut informational = 0;
         let mut head = loop {
             // Nothing read yet (the usual case right after the request went out): nothing to
             // parse.
@@ -754,7 +759,13 @@ impl Direct {
                     return Err(Exchange::Failed(Box::new(H1Error::UnaskedSwitch)));
                 }
                 // 100 Continue, 103 Early Hints: the final answer follows.
-                Ok(Some(h)) if h.status.is_informational() => continue,
+                Ok(Some(h)) if h.status.is_informational() => {
+                    informational += 1;
+                    if informational > MAX_INFORMATIONAL {
+                        return Err(Exchange::Failed(Box::new(H1Error::TooManyInformational)));
+                    }
+                    continue;
+                }
                 Ok(Some(h)) => break h,
                 Ok(None) => {}
                 Err(e) => return Err(Exchange::Failed(Box::new(e))),

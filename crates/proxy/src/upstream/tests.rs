@@ -1254,6 +1254,32 @@ async fn direct_an_answer_without_length_is_read_to_the_close() {
     assert_eq!(s.conns(), 2);
 }
 
+/// Informational answers without end are a protocol error (a few are skipped).
+#[tokio::test]
+async fn direct_informational_answers_are_bounded() {
+    let storm: &'static str = Box::leak(
+        format!(
+            "{}HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            "HTTP/1.1 100 Continue\r\n\r\n".repeat(17)
+        )
+        .into_boxed_str(),
+    );
+    let few: &'static str = Box::leak(
+        format!(
+            "{}HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            "HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n".repeat(16)
+        )
+        .into_boxed_str(),
+    );
+    let s = RawServer::start(&[Answer::Reply(storm)]).await;
+    let err = s.pool().forward(get("/"), RETRYABLE).await.err().unwrap();
+    assert!(err.to_string().contains("informational"), "{err}");
+    assert_eq!(err.reason(), RejectReason::UpstreamError);
+    let s = RawServer::start(&[Answer::Reply(few)]).await;
+    let r = s.pool().forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+}
+
 #[tokio::test]
 async fn direct_bodiless_answers_keep_the_connection() {
     let s = RawServer::start(&[
