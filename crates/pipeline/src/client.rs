@@ -1,7 +1,8 @@
 //! Step 2a: the client address. When the TCP peer is a trusted proxy, the client is the
 //! right-most address in `X-Forwarded-For` (or, as configured, RFC 7239 `Forwarded: for=`)
-//! that is not itself a trusted proxy; otherwise the peer is the client. Headers from untrusted peers are ignored,
-//! so a client cannot choose the address every later step keys on.
+//! that is not itself a trusted proxy; otherwise the peer is the client. Headers from
+//! untrusted peers are ignored, so a client cannot choose the address every later step keys
+//! on.
 
 use std::net::IpAddr;
 
@@ -61,7 +62,7 @@ impl ClientAddressStage {
                         let (k, v) = pair.split_at(eq);
                         k.trim_ascii()
                             .eq_ignore_ascii_case(b"for")
-                            .then(|| parse_hop(&v[1..]))
+                            .then(|| parse_hop(v.get(1..).unwrap_or_default()))
                     })?
                 }),
         )

@@ -182,6 +182,8 @@ pub fn consume_connection_options(headers: &mut HeaderMap) -> Result<(), &'stati
     }
     let mut named: Vec<HeaderName> = Vec::new();
     let mut kept: Vec<&'static str> = Vec::new();
+    // Whether `Connection` holds more than options (names, or tokens that are no names).
+    let mut rewrite = false;
     for v in headers.get_all(CONNECTION) {
         for t in v.as_bytes().split(|b| *b == b',') {
             let t = t.trim_ascii();
@@ -197,21 +199,18 @@ pub fn consume_connection_options(headers: &mut HeaderMap) -> Result<(), &'stati
                 }
                 continue;
             }
-            let name = HeaderName::from_bytes(&t.to_ascii_lowercase()).ok();
-            if let Some(n) = name {
+            rewrite = true;
+            if let Ok(n) = HeaderName::from_bytes(&t.to_ascii_lowercase()) {
                 if n == HOST || n == CONTENT_LENGTH || n == TRANSFER_ENCODING {
                     return Err(
                         "Connection may not name Host, Content-Length or Transfer-Encoding",
                     );
                 }
                 named.push(n);
-            } else {
-                // Not a field name: nothing to remove, but the header is rewritten below.
-                named.push(CONNECTION);
             }
         }
     }
-    if named.is_empty() {
+    if !rewrite {
         return Ok(());
     }
     for n in &named {
