@@ -23,6 +23,7 @@ mod body;
 mod contract;
 mod ctx;
 mod errors;
+pub mod flight;
 mod header;
 mod identity;
 mod jsontext;

@@ -28,26 +28,6 @@ pub struct Introspector {
     inflight: Mutex<HashMap<Digest, Flight>>,
 }
 
-/// Takes a flight out of the in-flight map when dropped, if the map still holds that flight
-/// (a later call's flight under the same key is left alone).
-struct Landing<'a> {
-    map: &'a Mutex<HashMap<Digest, Flight>>,
-    key: Digest,
-    flight: Flight,
-}
-
-impl Drop for Landing<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut map) = self.map.lock()
-            && map
-                .get(&self.key)
-                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
-        {
-            map.remove(&self.key);
-        }
-    }
-}
-
 /// `application/x-www-form-urlencoded` value encoding: everything but unreserved characters.
 const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
@@ -93,10 +73,10 @@ impl Introspector {
         // The flight leaves the map when this call ends, however it ends: a request dropped
         // while the endpoint is asked (a client that resets its stream) must not leave it
         // there for good.
-        let _landing = Landing {
+        let _landing = portcullis_core::flight::Landing {
             map: &self.inflight,
-            key,
-            flight: flight.clone(),
+            key: &key,
+            flight: &flight,
         };
         flight
             .get_or_init(|| async {

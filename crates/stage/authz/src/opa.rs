@@ -129,9 +129,9 @@ impl OpaClient {
         let flight = cache.join_flight(&key);
         // However this call ends — a request dropped while the server is asked (a reset
         // stream) included — its flight leaves the map.
-        let _landing = Landing {
-            cache,
-            key: &key,
+        let _landing = portcullis_core::flight::Landing {
+            map: &cache.in_flight,
+            key: key.as_str(),
             flight: &flight,
         };
         let result = flight.get_or_init(|| self.call(&url, input)).await.clone();
@@ -234,20 +234,6 @@ fn cache_key(path: &str, input: &serde_json::Value) -> Result<String, String> {
 
 type Flight = Arc<OnceCell<Result<PolicyDecision, String>>>;
 
-/// Retires a caller's flight when the caller is done with it, landed or not (a flight already
-/// landed, or replaced by a later one, is left alone).
-struct Landing<'a> {
-    cache: &'a DecisionCache,
-    key: &'a str,
-    flight: &'a Flight,
-}
-
-impl Drop for Landing<'_> {
-    fn drop(&mut self) {
-        self.cache.retire(self.key, self.flight);
-    }
-}
-
 /// Decisions with their expiry, bounded, plus the calls in flight.
 struct DecisionCache {
     ttl: Duration,
@@ -297,20 +283,9 @@ impl DecisionCache {
         flight
     }
 
-    /// Takes `flight` out of the map if it is still there under `key`: whether it was.
-    fn retire(&self, key: &str, flight: &Flight) -> bool {
-        match self.in_flight.lock() {
-            Ok(mut flights) => match flights.get(key) {
-                Some(f) if Arc::ptr_eq(f, flight) => flights.remove(key).is_some(),
-                _ => false,
-            },
-            Err(_) => false,
-        }
-    }
-
     /// The first caller back from a flight retires it and stores a successful decision.
     fn land_flight(&self, key: &str, flight: &Flight, result: &Result<PolicyDecision, String>) {
-        let retired = self.retire(key, flight);
+        let retired = portcullis_core::flight::retire(&self.in_flight, key, flight);
         let (true, Ok(decision)) = (retired, result) else {
             return;
         };
