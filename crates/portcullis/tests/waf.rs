@@ -466,6 +466,18 @@ async fn malformed_and_oversized_bodies() {
     .await;
     let ev = assert_blocked(&gw, &r, "[1, 2");
     assert!(matches(&ev).iter().any(|m| m["rule"] == 1001), "{ev}");
+    // A body parsers could read differently from the WAF: refused (rule 1005).
+    for (ct, body) in [
+        (
+            "application/json",
+            r#"{"query":"{a}","query":"{__schema{types{name}}}"}"#,
+        ),
+        ("application/json; charset=utf-7", r#"{"q":"+ACc-"}"#),
+    ] {
+        let r = call(&gw, "POST", "/orders", &[("content-type", ct)], body).await;
+        let ev = assert_blocked(&gw, &r, "__schema");
+        assert!(matches(&ev).iter().any(|m| m["rule"] == 1005), "{ev}");
+    }
     // Over the inspection limit: 413 by default …
     let big = format!(r#"{{"text":"{}"}}"#, "a".repeat(200));
     let r = call(
