@@ -20,6 +20,7 @@
 
 mod authz;
 mod body;
+pub mod coding;
 mod contract;
 mod ctx;
 mod errors;

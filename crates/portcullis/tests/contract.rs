@@ -484,6 +484,68 @@ async fn strip_mode_forwards_the_body_without_unknown_fields() {
     assert_eq!(s.up.hits(), 1);
 }
 
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// A compressed body is checked inflated: its fields against the schema, its inflated size
+/// against the route's body limit; stripped, it goes upstream inflated (no Content-Encoding).
+/// A coding the gateway cannot read is 415.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_bodies_are_checked_inflated() {
+    let s = setup().await;
+    let coded = |path: &str, coding: &str, body: Vec<u8>| {
+        send(
+            http::Request::builder()
+                .method("POST")
+                .uri(format!("{}{path}", s.gw.url("public")))
+                .header("content-type", "application/json")
+                .header("content-encoding", coding)
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap(),
+        )
+    };
+    // A violation inside a compressed body is found.
+    let bad = gzip(br#"{"email":"nope","items":[{"sku":"A","qty":1}]}"#);
+    let r = coded("/api/orders", "gzip", bad).await;
+    assert_violations(&s, &r, &[("body:/email", "must be a valid email")]);
+    // A body that does not inflate, or in a coding not read: 415, naming the coding.
+    for (coding, body) in [("gzip", b"{}".to_vec()), ("br", gzip(b"{}"))] {
+        let r = coded("/api/orders", coding, body).await;
+        let v = assert_problem(&r, 415, "unsupported_media_type");
+        assert_eq!(v["violations"][0]["location"], "content-encoding", "{v}");
+    }
+    // Inflating past the route's body limit (1 KiB): 413.
+    let note = "x".repeat(4096);
+    let big = format!(r#"{{"email":"a@example.com","note":"{note}","items":[]}}"#);
+    let r = coded("/strip/orders", "gzip", gzip(big.as_bytes())).await;
+    let v = assert_problem(&r, 413, "body_too_large");
+    assert!(v["detail"].as_str().unwrap().contains("inflates"), "{v}");
+    assert_eq!(s.up.hits(), 0, "nothing refused reached the upstream");
+    // A valid compressed body goes as sent …
+    let ok = gzip(br#"{"email":"a@example.com","items":[{"sku":"A","qty":1}]}"#);
+    let r = coded("/api/orders", "gzip", ok.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = s.up.requests().pop().unwrap();
+    assert_eq!(seen.body.as_ref(), ok.as_slice());
+    assert_eq!(seen.header("content-encoding"), Some("gzip"));
+    // … and one with fields stripped goes inflated, without its coding.
+    let extra = gzip(br#"{"email":"a@example.com","is_admin":true,"items":[{"sku":"A","qty":1}]}"#);
+    let r = coded("/strip/orders", "gzip", extra).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = s.up.requests().pop().unwrap();
+    let forwarded: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(
+        forwarded,
+        serde_json::json!({"email":"a@example.com","items":[{"sku":"A","qty":1}]})
+    );
+    assert_eq!(seen.header("content-encoding"), None);
+    assert_eq!(s.up.hits(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_waf_takes_declared_arrays_for_arrays_not_pollution() {
     let s = setup().await;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::StatusCode;
+use portcullis_core::coding::{self, Inflated};
 use portcullis_core::{
     ContractReport, GatewayRequest, Prefix, RejectReason, Rejection, RequestBody, RequestCtx,
     ResponseContract, Stage, StageId, Step, Verdict, Violation,
@@ -54,7 +55,7 @@ impl Stage for ContractStage {
         }
         let (media, json) = match pick_body_media(op, req) {
             Ok(m) => m,
-            Err(r) => return Step::Done(refuse(op, r, violations, ctx)),
+            Err(r) => return Step::Done(refuse(op, r, "content-type", violations, ctx)),
         };
         let Some(media) = media.filter(|m| json && (m.validator.is_some() || m.fields.is_some()))
         else {
@@ -73,6 +74,25 @@ impl Stage for ContractStage {
                     ));
                 }
                 Err(e) => return Verdict::Reject(e.into_rejection()),
+            };
+            // A compressed body is read as the upstream that inflates it reads it, and its
+            // inflated size is held to the same limit.
+            let body = match coding::inflate(&req.head.headers, &body, limit) {
+                Inflated::Plain => body,
+                Inflated::Inflated(inflated) => Bytes::from(inflated),
+                Inflated::OverLimit => {
+                    return Verdict::Reject(Rejection::new(
+                        RejectReason::BodyTooLarge,
+                        format!("the request body inflates past {limit} bytes"),
+                    ));
+                }
+                Inflated::Refused(why) => {
+                    let r = Rejection::new(
+                        RejectReason::UnsupportedMediaType,
+                        format!("the request body cannot be read: {why}"),
+                    );
+                    return refuse(op, r, "content-encoding", violations, ctx);
+                }
             };
             if let Some(new) = check_body(op, media, &body, &mut violations) {
                 set_body(req, new);
@@ -164,8 +184,9 @@ fn check_body(
     }
 }
 
-/// Replaces the forwarded body (after stripping) and its length.
+/// Replaces the forwarded body (after stripping) and its length; it goes uncompressed.
 fn set_body(req: &mut GatewayRequest, body: Bytes) {
+    req.head.headers.remove(http::header::CONTENT_ENCODING);
     if let Ok(v) = http::HeaderValue::from_str(&body.len().to_string()) {
         req.head.headers.insert(http::header::CONTENT_LENGTH, v);
     }
@@ -264,9 +285,11 @@ fn dedup(violations: &mut Vec<Violation>) {
 
 /// A refusal before the body is read (media type, unexpected body), with the parameter
 /// violations found so far.
+/// `field`: the header a 415 is about (`content-type`, `content-encoding`).
 fn refuse(
     op: &Arc<Operation>,
     rejection: Rejection,
+    field: &str,
     mut violations: Vec<Violation>,
     ctx: &mut RequestCtx,
 ) -> Verdict {
@@ -275,7 +298,7 @@ fn refuse(
         return conclude(op, violations, ctx);
     }
     // 415: the type is refused whatever else is wrong (in detect mode: recorded).
-    violations.push(Violation::new("content-type", rejection.detail.to_string()));
+    violations.push(Violation::new(field, rejection.detail.to_string()));
     let verdict = conclude(op, violations, ctx);
     match verdict {
         Verdict::Reject(r) => Verdict::Reject(Rejection {

@@ -7,7 +7,10 @@ use std::net::IpAddr;
 
 use portcullis_core::{WafMatch, WafReport};
 
-use crate::config::{Action, Mode, RouteWaf};
+use portcullis_core::coding::{self as inflate, Inflated};
+
+use crate::coding;
+use crate::config::{Action, Mode, OverLimit, RouteWaf};
 use crate::detect::{self, api};
 use crate::extract::{self, BodyFacts};
 use crate::extract_rules::BODY_OVER_LIMIT;
@@ -99,6 +102,13 @@ pub fn skips_value_detectors(v: &str) -> bool {
 
 /// Inspects a request under a route's settings.
 pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
+    // Declared before the targets, which may borrow from it.
+    let inflated = match req.body {
+        BodyState::Buffered(bytes) => {
+            inflate::inflate(&req.head.headers, bytes, route.inspect_body_bytes)
+        }
+        _ => Inflated::Plain,
+    };
     let mut targets: Vec<Target<'_>> = Vec::with_capacity(32);
     let mut findings: Vec<Finding> = Vec::new();
     extract::head_targets(
@@ -112,21 +122,35 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
     let mut informational = None;
     match req.body {
         BodyState::Buffered(bytes) => {
+            let body = match &inflated {
+                Inflated::Plain => Some(bytes),
+                Inflated::Inflated(body) => Some(body.as_slice()),
+                Inflated::OverLimit if route.on_body_over_limit == OverLimit::Pass => {
+                    informational = Some(over_limit(route.inspect_body_bytes, "inflated "));
+                    None
+                }
+                Inflated::OverLimit => {
+                    let why = format!("inflates past {} bytes", route.inspect_body_bytes);
+                    coding::refused(&why, &mut findings);
+                    None
+                }
+                Inflated::Refused(why) => {
+                    coding::refused(why, &mut findings);
+                    None
+                }
+            };
             let mut cts = req.head.headers.get_all(http::header::CONTENT_TYPE).iter();
             let first = cts.next();
-            let ct = first.and_then(|v| v.to_str().ok());
-            facts = extract::body_targets(ct, bytes, &route.limits, &mut targets, &mut findings);
+            if let Some(body) = body {
+                let ct = first.and_then(|v| v.to_str().ok());
+                facts = extract::body_targets(ct, body, &route.limits, &mut targets, &mut findings);
+            }
             // Servers read the first or the last of two: the one the WAF did not may be another.
             if cts.next().is_some() {
                 extract::two_content_types(&mut findings);
             }
         }
-        BodyState::Skipped { limit } => {
-            let t = Target::new(Location::Body, "", Part::Value, "");
-            let mut f = Finding::new(BODY_OVER_LIMIT, &t, crate::transform::View::Raw, "");
-            f.snippet = format!("body over {limit} bytes, not inspected");
-            informational = Some(f);
-        }
+        BodyState::Skipped { limit } => informational = Some(over_limit(limit, "")),
         BodyState::None => {}
     }
 
@@ -182,6 +206,14 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
     }
     out.blocked |= out.score >= route.threshold;
     out
+}
+
+/// Rule 1004, recorded but not scored: the body passed uninspected (`on_body_over_limit: pass`).
+fn over_limit(limit: u64, what: &str) -> Finding {
+    let t = Target::new(Location::Body, "", Part::Value, "");
+    let mut f = Finding::new(BODY_OVER_LIMIT, &t, crate::transform::View::Raw, "");
+    f.snippet = format!("body {what}over {limit} bytes, not inspected");
+    f
 }
 
 fn run_detectors(targets: &[Target<'_>], views: &mut Views, pl: u8, out: &mut Vec<Finding>) {
@@ -495,6 +527,102 @@ mod tests {
         // The same key in two objects is no repetition.
         let apart = r#"{"a":{"id":1},"b":{"id":2},"c":[{"id":3},{"id":4}]}"#;
         assert!(!ambiguous(&with(&["application/json"], apart)));
+    }
+
+    /// A compressed body is inspected as the upstream that inflates it reads it; what cannot
+    /// be inflated, or inflates past the limit, is refused (or passed, recorded, under
+    /// `on_body_over_limit: pass`).
+    #[test]
+    fn compressed_bodies_are_inspected_inflated() {
+        use std::io::Write;
+        let gzip = |data: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        };
+        let with = |route: &RouteWaf, ct: &str, coding: &str, body: &[u8]| {
+            let (head, ()) = http::Request::builder()
+                .method("POST")
+                .uri("/orders")
+                .header("content-type", ct)
+                .header("content-encoding", coding)
+                .body(())
+                .unwrap()
+                .into_parts();
+            inspect(
+                route,
+                &Inspection {
+                    head: &head,
+                    path: "/orders",
+                    client_ip: "192.0.2.1".parse().unwrap(),
+                    body: BodyState::Buffered(body),
+                },
+            )
+        };
+        let rules =
+            |out: &Outcome| -> Vec<u32> { out.findings.iter().map(|f| f.finding.rule).collect() };
+        let route = RouteWaf::default();
+        // Text whose compressed bytes look binary: inspected inflated.
+        let attack = gzip(b"1' UNION SELECT password FROM users--");
+        let out = with(&route, "text/plain", "gzip", &attack);
+        assert!(out.blocked, "{:?}", out.findings);
+        assert!(
+            rules(&out).iter().any(|r| (1100..1200).contains(r)),
+            "{:?}",
+            rules(&out)
+        );
+        let out = with(
+            &route,
+            "application/json",
+            "gzip",
+            &gzip(br#"{"q":"<script>alert(1)</script>"}"#),
+        );
+        assert!(out.blocked && rules(&out).iter().any(|r| (1200..1300).contains(r)));
+        // A clean compressed body passes: the JSON is read, not taken for malformed.
+        let out = with(
+            &route,
+            "application/json",
+            "gzip",
+            &gzip(br#"{"q":"blue shoes"}"#),
+        );
+        assert!(!out.blocked, "{:?}", out.findings);
+        assert!(out.findings.is_empty(), "{:?}", out.findings);
+        // Not inflatable: rule 1006, blocking by itself.
+        for (coding, body) in [
+            ("br", b"\x0b\x02\x80q=1".to_vec()),
+            ("gzip", b"q=1".to_vec()),
+            ("gzip, gzip", gzip(&gzip(b"q=1"))),
+        ] {
+            let out = with(&route, "text/plain", coding, &body);
+            assert!(out.blocked, "{coding}");
+            assert_eq!(rules(&out), [1006], "{coding}");
+        }
+        // Inflating past the inspection limit: refused …
+        let small = RouteWaf {
+            inspect_body_bytes: 1000,
+            ..RouteWaf::default()
+        };
+        let bomb = gzip(&[b'a'; 100_000]);
+        let out = with(&small, "text/plain", "gzip", &bomb);
+        assert!(out.blocked);
+        let f = &out.findings[0].finding;
+        assert_eq!(
+            (f.rule, f.snippet.as_str()),
+            (1006, "inflates past 1000 bytes")
+        );
+        // … or recorded and passed.
+        let pass = RouteWaf {
+            on_body_over_limit: OverLimit::Pass,
+            ..small
+        };
+        let out = with(&pass, "text/plain", "gzip", &bomb);
+        assert!(!out.blocked);
+        assert_eq!(rules(&out), [1004]);
+        assert!(out.findings[0].informational);
+        assert_eq!(
+            out.findings[0].finding.snippet,
+            "body inflated over 1000 bytes, not inspected"
+        );
     }
 
     /// A JSON body without a JSON type is inspected as JSON when it starts like one, however

@@ -38,6 +38,13 @@ pub static RULES: &[Rule] = &[
         paranoia: 1,
         description: "body whose content type can be read more than one way",
     },
+    Rule {
+        id: 1006,
+        class: Class::Protocol,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "body in a content coding that cannot be inspected",
+    },
 ];
 
 pub static MALFORMED_BODY: &Rule = &RULES[0];
@@ -45,3 +52,4 @@ pub static TOO_DEEP: &Rule = &RULES[1];
 pub static TOO_MANY_TARGETS: &Rule = &RULES[2];
 pub static BODY_OVER_LIMIT: &Rule = &RULES[3];
 pub static AMBIGUOUS_CONTENT_TYPE: &Rule = &RULES[4];
+pub static UNINSPECTABLE_CODING: &Rule = &RULES[5];

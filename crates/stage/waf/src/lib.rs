@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod coding;
 pub mod config;
 pub mod detect;
 pub mod engine;
