@@ -8,18 +8,32 @@ use std::borrow::Cow;
 const MAX_NAME: usize = 64;
 
 /// A name reduced for comparison: ASCII letters lowercased and ASCII punctuation dropped, so that
-/// `is_admin`, `isAdmin`, `IS-ADMIN` and `$isadmin` are one name. Non-ASCII characters are kept
-/// as they are.
+/// `is_admin`, `isAdmin`, `IS-ADMIN` and `$isadmin` are one name. The four non-ASCII letters
+/// that some server's case-insensitive binding takes for an ASCII one become it: `ſ` (U+017F)
+/// and `K` (Kelvin, U+212A), which Go's `encoding/json` folds to `s` and `k`, and `ı` and `İ`
+/// (U+0131, U+0130), which Java's `equalsIgnoreCase` and .NET's ordinal comparison match with
+/// `i`; so `iſ_admin` is `is_admin`. Other non-ASCII characters are kept as they are.
 pub(crate) fn normalize(name: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len());
-    for &b in name.as_bytes() {
-        if b.is_ascii_alphanumeric() {
-            out.push(b.to_ascii_lowercase());
-        } else if !b.is_ascii() {
-            out.push(b);
-        }
+    let mut buf = [0u8; 4];
+    for c in name.chars() {
+        out.extend_from_slice(fold(c, &mut buf));
     }
     out
+}
+
+/// One character of a name in its normal form (see [`normalize`]): nothing, a lowercase ASCII
+/// letter or digit, or the character's UTF-8 bytes.
+fn fold(c: char, buf: &mut [u8; 4]) -> &[u8] {
+    let folded = match c {
+        'ſ' => 's',
+        '\u{212a}' => 'k',
+        'ı' | 'İ' => 'i',
+        c if c.is_ascii_alphanumeric() => c.to_ascii_lowercase(),
+        c if c.is_ascii() => return &[],
+        c => c,
+    };
+    folded.encode_utf8(buf).as_bytes()
 }
 
 /// Configured names, normalised once; lookups normalise into a stack buffer (no allocation).
@@ -57,22 +71,18 @@ impl NameSet {
         }
         let mut buf = [0u8; MAX_NAME];
         let mut n = 0usize;
-        for &b in name.as_bytes() {
-            let c = if b.is_ascii_alphanumeric() {
-                b.to_ascii_lowercase()
-            } else if !b.is_ascii() {
-                b
-            } else {
-                continue;
-            };
-            if n >= self.longest {
-                return false;
+        let mut ch = [0u8; 4];
+        for c in name.chars() {
+            for &b in fold(c, &mut ch) {
+                if n >= self.longest {
+                    return false;
+                }
+                if n == 0 && self.firsts[usize::from(b >> 6)] & (1u64 << (b & 63)) == 0 {
+                    return false;
+                }
+                buf[n] = b;
+                n += 1;
             }
-            if n == 0 && self.firsts[usize::from(c >> 6)] & (1u64 << (c & 63)) == 0 {
-                return false;
-            }
-            buf[n] = c;
-            n += 1;
         }
         n > 0 && self.lengths & (1u128 << n) != 0 && self.names.iter().any(|x| **x == buf[..n])
     }

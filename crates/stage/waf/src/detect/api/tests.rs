@@ -350,6 +350,31 @@ fn a_name_in_query_and_form_is_pollution_at_paranoia_2() {
 
 // --- mass assignment -------------------------------------------------------------------------
 
+/// Letters that servers' case-insensitive binding takes for ASCII ones: Go folds `ſ` to `s`
+/// and the Kelvin sign to `k`; Java's `equalsIgnoreCase` and .NET match `ı` and `İ` with `i`.
+#[test]
+fn protected_keys_spelled_with_letters_servers_fold_to_ascii() {
+    let json = facts(BodyKind::Json);
+    for k in [
+        "$.iſ_admin",
+        "$.ıs_admin",
+        "$.İS_ADMIN",
+        "$.user.permiſſions",
+        "$.\u{212a}ey_owner_id",
+        "$.tenant_ıd",
+    ] {
+        let f = post(&[key(k)], &json);
+        if k.contains('\u{212a}') {
+            // `key_owner_id` is no protected name: folding must not make one up.
+            assert!(f.is_empty(), "{k}");
+        } else {
+            assert_eq!(ids(&f), vec![2400], "{k}");
+        }
+    }
+    // Letters that fold to nothing ASCII stay themselves.
+    assert!(post(&[key("$.iß_admin"), key("$.ﬁrole")], &json).is_empty());
+}
+
 #[test]
 fn protected_json_keys_at_any_depth() {
     let json = facts(BodyKind::Json);
@@ -897,4 +922,8 @@ fn names_are_read_as_frameworks_bind_them() {
     assert!(s.contains("IsAdmin") && s.contains("is-admin") && s.contains("IS_ADMIN"));
     assert!(!s.contains("is_admins") && !s.contains("") && !s.contains("__"));
     assert!(!s.contains(&"a".repeat(1000)));
+    // Configured names and request names fold alike (the Kelvin sign is `k`).
+    let s = NameSet::new(["api_\u{212a}ey", "ſecret"]);
+    assert!(s.contains("API_KEY") && s.contains("apikey") && s.contains("Secret"));
+    assert!(!s.contains("api_kez"));
 }
