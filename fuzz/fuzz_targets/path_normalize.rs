@@ -4,12 +4,22 @@
 //! and a fixed point (normalising it again changes nothing). With encoded slashes kept
 //! (`server.encoded_slash: keep`), the same holds but for `%2F`, and the path an upstream gets
 //! by decoding the kept `%2F`s still has no dot segment and no empty one; what it accepts
-//! without `%2F` it accepts the same way with them refused.
+//! without `%2F` it accepts the same way with them refused. By default no `;` (nor `%3B`)
+//! comes out; with semicolons kept (`server.path_semicolons: keep`), no dot segment with a
+//! parameter does, whether the upstream decodes `%3B` or not.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_pipeline::normalize::{EncodedSlash, normalize_path, normalize_path_with};
+use portcullis_pipeline::normalize::{
+    EncodedSlash, PathRules, Semicolons, normalize_path, normalize_path_with,
+};
+
+/// Both kept: the loosest policy.
+const KEEP: PathRules = PathRules {
+    encoded_slash: EncodedSlash::Keep,
+    semicolons: Semicolons::Keep,
+};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(path) = std::str::from_utf8(data) else {
@@ -27,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         "{path:?} -> {out:?}"
     );
     assert!(
-        !out.bytes().any(|b| b == b'\\' || b < 0x20 || b == 0x7f),
+        !out.bytes().any(|b| b == b'\\' || b == b';' || b < 0x20 || b == 0x7f),
         "{path:?} -> {out:?}"
     );
     let bytes = out.as_bytes();
@@ -35,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
         let hex = bytes.get(i + 1..i + 3).expect("a whole escape");
         let v = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).expect("hex");
         assert!(
-            !(v.is_ascii_alphanumeric() || b"-._~/\\".contains(&v)),
+            !(v.is_ascii_alphanumeric() || b"-._~/\\;".contains(&v)),
             "{path:?} -> {out:?} keeps %{v:02X}"
         );
         assert!(
@@ -45,25 +55,25 @@ fuzz_target!(|data: &[u8]| {
     }
     assert_eq!(normalize_path(out), Ok(None), "{path:?} -> {out:?} is not a fixed point");
     assert_eq!(
-        normalize_path_with(path, EncodedSlash::Keep),
+        normalize_path_with(path, KEEP),
         normalize_path(path),
-        "{path:?}: keeping encoded slashes changed a path without them"
+        "{path:?}: keeping encoded slashes and semicolons changed a path without them"
     );
 });
 
 fn keep(path: &str) {
-    let Ok(out) = normalize_path_with(path, EncodedSlash::Keep) else {
+    let Ok(out) = normalize_path_with(path, KEEP) else {
         return;
     };
     let out = out.as_deref().unwrap_or(path);
     assert!(out.starts_with('/'), "{path:?} -> {out:?}");
     assert_eq!(
-        normalize_path_with(out, EncodedSlash::Keep),
+        normalize_path_with(out, KEEP),
         Ok(None),
         "{path:?} -> {out:?} is not a fixed point"
     );
-    // As an upstream that decodes `%2F` reads it.
-    let decoded = out.replace("%2F", "/");
+    // As an upstream that decodes `%2F` and `%3B` reads it.
+    let decoded = out.replace("%2F", "/").replace("%3B", ";");
     assert!(!decoded.contains("//"), "{path:?} -> {out:?}");
     assert!(
         !decoded

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method, StatusCode, Uri};
+use portcullis_core::path::{EncodedSlash, PathRules, Semicolons};
 use portcullis_core::units::compile_duration;
 use portcullis_core::{AuthMethod, ConfigErrors, RawSecretOrString};
 use portcullis_ipfilter::{IpRules, parse_nets};
@@ -356,9 +357,15 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
         accept_request_id: s.request_id.accept_from,
         x_forwarded: s.forwarded_headers.x_forwarded,
         forwarded: s.forwarded_headers.forwarded,
-        encoded_slash: match s.encoded_slash {
-            RawEncodedSlash::Reject => portcullis_core::path::EncodedSlash::Reject,
-            RawEncodedSlash::Keep => portcullis_core::path::EncodedSlash::Keep,
+        path_rules: PathRules {
+            encoded_slash: match s.encoded_slash {
+                RawEncodedSlash::Reject => EncodedSlash::Reject,
+                RawEncodedSlash::Keep => EncodedSlash::Keep,
+            },
+            semicolons: match s.path_semicolons {
+                RawSemicolons::Reject => Semicolons::Reject,
+                RawSemicolons::Keep => Semicolons::Keep,
+            },
         },
         limits: HeadLimits::compile(&s.limits, "server.limits", e),
         ip_filter: IpRules::compile(&s.ip_filter, "server.ip_filter", e),
@@ -740,7 +747,7 @@ pub fn parse_template(t: &str, path: &str, e: &mut ConfigErrors) -> Option<Vec<S
 /// A route path must be in the form requests are matched in (their normal form, see
 /// `portcullis_core::path`): one written otherwise could never match. When it has a normal
 /// form, the error says how to write it (`/café` → `/caf%C3%A9`).
-fn check_path_syntax(p: &str, path: &str, e: &mut ConfigErrors) -> bool {
+fn check_path_syntax(p: &str, rules: PathRules, path: &str, e: &mut ConfigErrors) -> bool {
     if !p.starts_with('/') {
         e.push(path, format!("\"{p}\" must start with '/'"));
         return false;
@@ -752,7 +759,7 @@ fn check_path_syntax(p: &str, path: &str, e: &mut ConfigErrors) -> bool {
         );
         return false;
     }
-    match portcullis_core::path::normalize_path(p) {
+    match portcullis_core::path::normalize_path_with(p, rules) {
         Ok(None) => true,
         Ok(Some(normal)) => {
             e.push(
@@ -1125,7 +1132,7 @@ fn compile_route(
     let pm = match (&m.path, &m.prefix) {
         (Some(p), None) => {
             let pp = format!("{mpath}.path");
-            check_path_syntax(p.trim_matches(['{', '}']), &pp, e);
+            check_path_syntax(p.trim_matches(['{', '}']), server.path_rules, &pp, e);
             match parse_template(p, &pp, e) {
                 Some(segs) => PathMatch::Template(segs),
                 None => PathMatch::Exact(p.clone()),
@@ -1133,7 +1140,7 @@ fn compile_route(
         }
         (None, Some(p)) => {
             let pp = format!("{mpath}.prefix");
-            if check_path_syntax(p, &pp, e) && p.contains(['{', '}']) {
+            if check_path_syntax(p, server.path_rules, &pp, e) && p.contains(['{', '}']) {
                 e.push(
                     pp,
                     "a prefix cannot hold parameters; use path with a template",

@@ -198,6 +198,11 @@ pub struct RawServer {
     /// `keep` (passed on encoded, part of its segment).
     #[serde(default)]
     pub encoded_slash: RawEncodedSlash,
+    /// What a `;` (or `%3B`) in a request path is met with: `reject` (default, 400: servers
+    /// that strip path parameters read `/admin;x/users` as `/admin/users`) or `keep` (an
+    /// ordinary character of its segment; dot segments with a parameter still refused).
+    #[serde(default)]
+    pub path_semicolons: RawSemicolons,
     /// Size limits on every request.
     #[serde(default)]
     pub limits: RawLimits,
@@ -260,6 +265,7 @@ impl Default for RawServer {
             request_id: RawRequestId::default(),
             forwarded_headers: RawForwardedHeaders::default(),
             encoded_slash: RawEncodedSlash::default(),
+            path_semicolons: RawSemicolons::default(),
             limits: RawLimits::default(),
             ip_filter: RawIpFilter::default(),
             header_read_timeout: default_header_timeout(),
@@ -359,6 +365,17 @@ pub enum AcceptFrom {
     TrustedProxies,
     Any,
     None,
+}
+
+/// What a `;` (or `%3B`) in a request path is met with.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawSemicolons {
+    /// Refused with 400.
+    #[default]
+    Reject,
+    /// An ordinary character of its segment (`/a;jsessionid=1`), except in dot segments.
+    Keep,
 }
 
 /// What an encoded slash (`%2F`) in a request path is met with.

@@ -995,11 +995,12 @@ routes:
 }
 
 /// A path with escapes is matched in its normal form: written so, it is accepted (an escaped
-/// character outside ASCII, an escaped `%`, a path parameter).
+/// character outside ASCII, an escaped `%`, a path parameter where semicolons are kept).
 #[test]
 fn route_paths_in_normal_form_with_escapes_are_accepted() {
     let cfg = load_str(
         r#"
+server: { path_semicolons: keep }
 upstreams: { demo: { kind: echo } }
 routes:
   - { name: a, match: { prefix: "/caf%C3%A9" }, upstream: demo }
@@ -1011,6 +1012,21 @@ routes:
     )
     .unwrap();
     assert_eq!(cfg.routes.len(), 4);
+    // Where they are refused (the default), a route with one could never match.
+    let e = load_str(
+        r#"
+upstreams: { demo: { kind: echo } }
+routes:
+  - { name: c, match: { path: "/a;v=1/b" }, upstream: demo }
+"#,
+        Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("routes[0].match.path") && e.contains("semicolons"),
+        "{e}"
+    );
 }
 
 /// A value a route sets or adds may be a secret (`{ file: … }`, `{ env: … }`, `{ value: … }`)

@@ -95,7 +95,8 @@ pub struct Server {
     pub accept_request_id: AcceptFrom,
     pub x_forwarded: bool,
     pub forwarded: bool,
-    pub encoded_slash: portcullis_core::path::EncodedSlash,
+    /// `encoded_slash` and `path_semicolons`.
+    pub path_rules: portcullis_core::path::PathRules,
     pub limits: HeadLimits,
     pub ip_filter: IpRules,
     pub header_read_timeout: Duration,

@@ -12,6 +12,10 @@
 //!   with [`EncodedSlash::Keep`], `%2F` is kept (encoded, inside its segment) between text that
 //!   is neither empty nor a dot segment, so that an upstream decoding it cannot find a dot
 //!   segment or an empty one there;
+//! * refuses `;` (and `%3B`) by default: servers that strip path parameters (Tomcat, Jetty,
+//!   Spring) serve `/admin;x/users` as `/admin/users`, a path the gateway routed as a segment
+//!   `admin;x`; with [`Semicolons::Keep`] it is an ordinary character of its segment, and only
+//!   dot segments with a parameter (`..;x`, `.;x`) are refused;
 //! * removes dot segments (RFC 3986 §5.2.4) and merges repeated slashes;
 //! * refuses a path that would climb above the root, and anything that is not origin-form.
 
@@ -25,6 +29,8 @@ pub enum PathError {
     BadEscape,
     AboveRoot,
     DotSegmentParameter,
+    /// A `;` (or `%3B`) under [`Semicolons::Reject`].
+    Semicolon,
     /// With [`EncodedSlash::Keep`]: a `%2F` next to a dot segment, another slash or the
     /// segment's end.
     EncodedSlashSegment,
@@ -41,6 +47,23 @@ pub enum EncodedSlash {
     Keep,
 }
 
+/// What a `;` (or `%3B`) in a path is met with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Semicolons {
+    /// Refused (400): no upstream can read a path parameter the gateway did not.
+    #[default]
+    Reject,
+    /// An ordinary character of its segment (`/a;jsessionid=1`), except in dot segments.
+    Keep,
+}
+
+/// The request path policies of `server` (`encoded_slash`, `path_semicolons`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathRules {
+    pub encoded_slash: EncodedSlash,
+    pub semicolons: Semicolons,
+}
+
 impl PathError {
     pub fn detail(self) -> &'static str {
         match self {
@@ -53,6 +76,7 @@ impl PathError {
             PathError::DotSegmentParameter => {
                 "a dot segment with a path parameter (such as ..;) is not accepted"
             }
+            PathError::Semicolon => "semicolons (path parameters) are not accepted in paths",
             PathError::EncodedSlashSegment => {
                 "an encoded slash (%2F) must separate text that is neither empty nor a dot segment"
             }
@@ -80,18 +104,19 @@ fn push_escape(out: &mut String, v: u8) {
     out.push(char::from(HEX[usize::from(v & 15)]));
 }
 
-/// Normalises a path, encoded slashes refused; returns `Ok(None)` when it is already canonical
-/// (the common case costs no allocation).
+/// Normalises a path, encoded slashes and semicolons refused; returns `Ok(None)` when it is
+/// already canonical (the common case costs no allocation).
 pub fn normalize_path(path: &str) -> Result<Option<String>, PathError> {
-    normalize_path_with(path, EncodedSlash::Reject)
+    normalize_path_with(path, PathRules::default())
 }
 
-/// Normalises a path under an encoded-slash policy; returns `Ok(None)` when it is already
-/// canonical.
-pub fn normalize_path_with(
-    path: &str,
-    encoded_slash: EncodedSlash,
-) -> Result<Option<String>, PathError> {
+/// Normalises a path under the encoded-slash and semicolon policies; returns `Ok(None)` when it
+/// is already canonical.
+pub fn normalize_path_with(path: &str, rules: PathRules) -> Result<Option<String>, PathError> {
+    let PathRules {
+        encoded_slash,
+        semicolons,
+    } = rules;
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotOriginForm);
@@ -100,6 +125,7 @@ pub fn normalize_path_with(
     let mut simple = true;
     for (i, &b) in bytes.iter().enumerate() {
         match b {
+            b';' if semicolons == Semicolons::Reject => return Err(PathError::Semicolon),
             b'%' | b';' | 0x80..=0xff => simple = false,
             b'\\' => return Err(PathError::Backslash),
             0..=0x1f | 0x7f => return Err(PathError::ControlByte),
@@ -133,6 +159,7 @@ pub fn normalize_path_with(
                 b'\\' if encoded_slash == EncodedSlash::Keep => return Err(PathError::Backslash),
                 b'/' | b'\\' => return Err(PathError::EncodedSlash),
                 0..=0x1f | 0x7f => return Err(PathError::ControlByte),
+                b';' if semicolons == Semicolons::Reject => return Err(PathError::Semicolon),
                 v if unreserved(v) => decoded.push(v as char),
                 v => push_escape(&mut decoded, v),
             }
@@ -153,18 +180,16 @@ pub fn normalize_path_with(
     for seg in decoded.split('/').skip(1) {
         // `..;x` and `.;x` are dot segments to servers that strip path parameters (Tomcat,
         // Jetty, Spring): `/public/..;/admin` would reach `/admin` behind our back.
-        if seg.starts_with("..;") || seg.starts_with(".;") {
+        if dot_with_parameter(seg) {
             return Err(PathError::DotSegmentParameter);
         }
         // A kept `%2F` must not hide, from us, what an upstream that decodes it would see: a
         // dot segment (`..%2Fadmin`), an empty one (`%2F%2F`, `a%2F`), or either with a
         // parameter.
         if seg.contains("%2F")
-            && seg.split("%2F").any(|piece| {
-                matches!(piece, "" | "." | "..")
-                    || piece.starts_with("..;")
-                    || piece.starts_with(".;")
-            })
+            && seg
+                .split("%2F")
+                .any(|piece| matches!(piece, "" | "." | "..") || dot_with_parameter(piece))
         {
             return Err(PathError::EncodedSlashSegment);
         }
@@ -189,6 +214,12 @@ pub fn normalize_path_with(
     if p == path { Ok(None) } else { Ok(Some(p)) }
 }
 
+/// `..;x`, `.;x`, and the same with `%3B` (a server may decode before it strips parameters).
+fn dot_with_parameter(seg: &str) -> bool {
+    let rest = seg.strip_prefix("..").or_else(|| seg.strip_prefix('.'));
+    rest.is_some_and(|r| r.starts_with(';') || r.starts_with("%3B"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,7 +230,11 @@ mod tests {
             assert_eq!(n(p), Err(PathError::EncodedSlash), "{p}");
         }
         let keep = |p: &str| {
-            normalize_path_with(p, EncodedSlash::Keep).map(|o| o.unwrap_or_else(|| p.to_string()))
+            let rules = PathRules {
+                encoded_slash: EncodedSlash::Keep,
+                semicolons: Semicolons::Keep,
+            };
+            normalize_path_with(p, rules).map(|o| o.unwrap_or_else(|| p.to_string()))
         };
         assert_eq!(
             keep("/projects/group%2Fname/issues").unwrap(),
@@ -228,6 +263,40 @@ mod tests {
 
     fn n(p: &str) -> Result<String, PathError> {
         normalize_path(p).map(|o| o.unwrap_or_else(|| p.to_string()))
+    }
+
+    /// Refused by default (servers that strip path parameters read another path); kept as
+    /// text when asked, but never in a dot segment.
+    #[test]
+    fn semicolons_are_refused_or_kept_as_text() {
+        for p in [
+            "/admin;x/users",
+            "/a;jsessionid=1",
+            "/a%3Bb",
+            "/a%3bb",
+            "/..;/x",
+            "/;",
+        ] {
+            assert_eq!(n(p), Err(PathError::Semicolon), "{p}");
+        }
+        let keep = |p: &str| {
+            let rules = PathRules {
+                semicolons: Semicolons::Keep,
+                ..PathRules::default()
+            };
+            normalize_path_with(p, rules).map(|o| o.unwrap_or_else(|| p.to_string()))
+        };
+        assert_eq!(keep("/a;jsessionid=1").unwrap(), "/a;jsessionid=1");
+        assert_eq!(keep("/a%3bb//c").unwrap(), "/a%3Bb/c");
+        for p in [
+            "/public/..;/admin",
+            "/public/.;x/admin",
+            "/public/%2e%2e;/admin",
+            "/a/..%3B/b",
+            "/a/.%3bx/b",
+        ] {
+            assert_eq!(keep(p), Err(PathError::DotSegmentParameter), "{p}");
+        }
     }
 
     #[test]
@@ -303,12 +372,6 @@ mod tests {
         assert_eq!(n("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(n("/a%4"), Err(PathError::BadEscape));
         assert_eq!(n("*"), Err(PathError::NotOriginForm));
-        assert_eq!(n("/public/..;/admin"), Err(PathError::DotSegmentParameter));
-        assert_eq!(n("/public/.;x/admin"), Err(PathError::DotSegmentParameter));
-        assert_eq!(
-            n("/public/%2e%2e;/admin"),
-            Err(PathError::DotSegmentParameter)
-        );
-        assert_eq!(n("/a;jsessionid=1").as_deref(), Ok("/a;jsessionid=1"));
+        assert_eq!(n("/public/..;/admin"), Err(PathError::Semicolon));
     }
 }

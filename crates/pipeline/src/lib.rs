@@ -131,7 +131,7 @@ impl Pipeline {
         );
         let stages: Vec<Box<dyn Stage>> = vec![
             Box::new(HygieneStage),
-            Box::new(NormalizeStage::new(config.server.encoded_slash)),
+            Box::new(NormalizeStage::new(config.server.path_rules)),
             Box::new(HeadLimitsStage::new(config.server.limits)),
             Box::new(ClientAddressStage::new(
                 config.server.trusted_proxies.clone(),

@@ -6,18 +6,20 @@
 
 use portcullis_core::{GatewayRequest, RejectReason, Rejection, RequestCtx, Stage, StageId, Step};
 
-pub use portcullis_core::path::{EncodedSlash, PathError, normalize_path, normalize_path_with};
+pub use portcullis_core::path::{
+    EncodedSlash, PathError, PathRules, Semicolons, normalize_path, normalize_path_with,
+};
 
 pub struct NormalizeStage {
-    encoded_slash: EncodedSlash,
+    rules: PathRules,
 }
 
 impl NormalizeStage {
     pub const ID: StageId = StageId("normalize");
 
-    /// `encoded_slash`: `server.encoded_slash`.
-    pub fn new(encoded_slash: EncodedSlash) -> Self {
-        NormalizeStage { encoded_slash }
+    /// `rules`: `server.encoded_slash` and `server.path_semicolons`.
+    pub fn new(rules: PathRules) -> Self {
+        NormalizeStage { rules }
     }
 }
 
@@ -35,7 +37,7 @@ impl Stage for NormalizeStage {
             ));
         }
         let path = uri.path();
-        match normalize_path_with(path, self.encoded_slash) {
+        match normalize_path_with(path, self.rules) {
             Ok(None) => Step::CONTINUE,
             Ok(Some(new_path)) => {
                 ctx.original_path = Some(path.to_string());
