@@ -25,7 +25,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -46,6 +46,9 @@ const MAX_BATCH: usize = 256;
 /// How long the writer lets events gather once one arrives after it was idle: the delay of an
 /// audit line, and what keeps a busy gateway from waking the writer for every event.
 const GATHER: Duration = Duration::from_millis(2);
+
+/// How often, at most, the audit file's path is looked at again (see [`FollowedFile`]).
+const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
 /// How a request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -378,7 +381,7 @@ impl AuditSink {
                     .path
                     .as_deref()
                     .ok_or_else(|| "audit output \"file\" needs a path".to_string())?;
-                Box::new(open_append(path)?)
+                Box::new(FollowedFile::open(path)?)
             }
         };
         Self::spawn(out, CHANNEL_CAPACITY)
@@ -466,6 +469,84 @@ fn open_append(path: &Path) -> Result<std::fs::File, String> {
         .create(true)
         .open(path)
         .map_err(|e| format!("cannot open audit file {}: {e}", path.display()))
+}
+
+/// The audit file, following its path: after a batch, at most once per [`FOLLOW_EVERY`], the
+/// path is looked at again, and when it names another file than the one open (renamed away by
+/// `logrotate`, which then creates a new one) or none (removed), it is opened anew, created if
+/// missing. Rotation by renaming needs no signal and loses nothing: what was written before
+/// the switch is in the renamed file. Batches are never split between two files (the switch
+/// happens between them). Truncation in place (`copytruncate`) needs nothing: writes append.
+struct FollowedFile {
+    path: PathBuf,
+    file: std::fs::File,
+    checked: Instant,
+    /// The path could not be opened at the last look (logged once per streak).
+    failing: bool,
+}
+
+impl FollowedFile {
+    fn open(path: &Path) -> Result<FollowedFile, String> {
+        Ok(FollowedFile {
+            path: path.to_path_buf(),
+            file: open_append(path)?,
+            checked: Instant::now(),
+            failing: false,
+        })
+    }
+
+    /// Reopens the path when it no longer names the open file (checked once per
+    /// [`FOLLOW_EVERY`]).
+    fn follow(&mut self) {
+        if self.checked.elapsed() < FOLLOW_EVERY {
+            return;
+        }
+        self.checked = Instant::now();
+        if self.names_the_open_file() {
+            return;
+        }
+        match open_append(&self.path) {
+            Ok(file) => {
+                self.file = file;
+                self.failing = false;
+                tracing::info!(path = %self.path.display(), "audit file reopened (it was moved or removed)");
+            }
+            Err(e) if !self.failing => {
+                self.failing = true;
+                tracing::error!(error = %e, "the audit file was moved or removed; still writing to the old one");
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn names_the_open_file(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(&self.path), self.file.metadata()) {
+            (Ok(p), Ok(f)) => p.dev() == f.dev() && p.ino() == f.ino(),
+            _ => false,
+        }
+    }
+}
+
+impl Write for FollowedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let r = self.file.write(buf);
+        if r.as_ref()
+            .is_err_and(|e| e.kind() != std::io::ErrorKind::Interrupted)
+        {
+            // The batch is given up (the writer starts the next on a new line): a file that
+            // cannot be written any more may have been replaced.
+            self.follow();
+        }
+        r
+    }
+
+    /// Called once per batch, after it was written whole.
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
+        self.follow();
+        Ok(())
+    }
 }
 
 /// Drains the channel in batches: one write and one flush per batch keeps system calls low
@@ -801,6 +882,65 @@ mod tests {
         assert_eq!(first["outcome"], "allowed");
         let second: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
         assert_eq!(second["request_id"], "second");
+        assert_eq!(sink.dropped(), 0);
+    }
+
+    /// Rotation by renaming (logrotate's default) or removal: the writer notices within
+    /// about a second and goes on in a new file at the path; no event is lost and none is
+    /// split between the two.
+    #[test]
+    fn a_moved_or_removed_file_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let sink = AuditSink::from_config(&file_cfg(&path)).unwrap();
+        let read = |p: &Path| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let mut sent = 0;
+        let mut emit = || {
+            let mut e = event();
+            e.request_id = format!("r{sent}");
+            sink.emit(e);
+            sent += 1;
+            assert!(sink.flush(Duration::from_secs(5)));
+        };
+        emit();
+        let rotated = dir.path().join("audit.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        // Events go on to the old file until the writer looks again, then to a new one.
+        for _ in 0..100 {
+            emit();
+            if path.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(path.exists(), "no new file at the path");
+        emit();
+        let (old, new) = (read(&rotated), read(&path));
+        let ids: Vec<&str> = old
+            .iter()
+            .chain(&new)
+            .map(|e| e["request_id"].as_str().unwrap())
+            .collect();
+        let want: Vec<String> = (0..ids.len()).map(|i| format!("r{i}")).collect();
+        assert_eq!(ids, want, "every event once, in order");
+        assert!(!old.is_empty() && !new.is_empty());
+        // Removed: recreated.
+        std::fs::remove_file(&path).unwrap();
+        for _ in 0..100 {
+            emit();
+            if path.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        emit();
+        assert!(!read(&path).is_empty());
         assert_eq!(sink.dropped(), 0);
     }
 
