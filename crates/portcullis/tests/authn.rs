@@ -449,10 +449,13 @@ async fn every_bad_token_is_refused_and_nothing_reaches_the_upstream() {
     );
 }
 
-/// A key server on loopback whose JWKS the test changes, counting fetches, able to fail.
+/// A key server on loopback whose JWKS the test changes, counting fetches, able to fail. It
+/// is its own OpenID provider too (issuer `http://<addr>`): its discovery document names the
+/// key set at `jwks_path`, which the test may move.
 struct KeyServer {
     addr: SocketAddr,
     jwks: Arc<Mutex<String>>,
+    jwks_path: Arc<Mutex<String>>,
     fetches: Arc<AtomicUsize>,
     down: Arc<AtomicBool>,
 }
@@ -462,25 +465,38 @@ impl KeyServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let jwks = Arc::new(Mutex::new(jwks));
+        let jwks_path = Arc::new(Mutex::new("/jwks".to_string()));
         let fetches = Arc::new(AtomicUsize::new(0));
         let down = Arc::new(AtomicBool::new(false));
-        let (j, f, d) = (jwks.clone(), fetches.clone(), down.clone());
+        let (j, p, f, d) = (
+            jwks.clone(),
+            jwks_path.clone(),
+            fetches.clone(),
+            down.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let (j, f, d) = (j.clone(), f.clone(), d.clone());
+                let (j, p, f, d) = (j.clone(), p.clone(), f.clone(), d.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(
                         move |req: http::Request<hyper::body::Incoming>| {
-                            let (j, f, d) = (j.clone(), f.clone(), d.clone());
+                            let (j, p, f, d) = (j.clone(), p.clone(), f.clone(), d.clone());
                             async move {
                                 let mut b = http::Response::builder();
+                                let path = p.lock().unwrap().clone();
                                 let body = if d.load(Ordering::SeqCst) {
                                     b = b.status(503);
                                     String::new()
-                                } else if req.uri().path() == "/jwks" {
+                                } else if req.uri().path() == "/.well-known/openid-configuration" {
+                                    json!({
+                                        "issuer": format!("http://{addr}"),
+                                        "jwks_uri": format!("http://{addr}{path}"),
+                                    })
+                                    .to_string()
+                                } else if req.uri().path() == path {
                                     f.fetch_add(1, Ordering::SeqCst);
                                     b = b.header("cache-control", "max-age=3600");
                                     j.lock().unwrap().clone()
@@ -501,6 +517,7 @@ impl KeyServer {
         KeyServer {
             addr,
             jwks,
+            jwks_path,
             fetches,
             down,
         }
@@ -562,6 +579,62 @@ async fn readiness_waits_until_remote_keys_are_loaded_once() {
     let r = call(&gw, "/orders", &[("authorization", &bearer(&t))]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(get(&readyz).await.status, 200);
+}
+
+/// A provider found by discovery that moves its key set (the old URL gone) while rotating: the
+/// first token with the new key finds the new URL; so does the background refresh when the old
+/// URL fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_set_moved_by_its_provider_is_found_again() {
+    let up = TestUpstream::start("app").await;
+    let k1 = Signer::generate(Alg::EdDSA, "k1".into()).unwrap();
+    let ks = KeyServer::start(jwks_of(&[&k1])).await;
+    let iss = format!("http://{}", ks.addr);
+    let gw = gateway(&format!(
+        r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  jwt:
+    remote: {{ issuer: "{iss}", discovery: true, algorithms: [EdDSA, ES256], jwks_cache: {{ unknown_kid_cooldown: 1s, fetch_timeout: 1s, min_ttl: 1s, max_ttl: 1s }} }}
+routes:
+  - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ allow: any-authenticated }} }}
+"#,
+        up = up.url()
+    ));
+    let t1 = k1.sign("JWT", &claims(json!({ "iss": iss }))).unwrap();
+    let r = call(&gw, "/orders", &[("authorization", &bearer(&t1))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // The provider moves its key set and adds k2; the old URL answers 404.
+    let k2 = Signer::generate(Alg::ES256, "k2".into()).unwrap();
+    *ks.jwks.lock().unwrap() = jwks_of(&[&k2, &k1]);
+    *ks.jwks_path.lock().unwrap() = "/keys/v2".into();
+    let t2 = k2.sign("JWT", &claims(json!({ "iss": iss }))).unwrap();
+    let r = call(&gw, "/orders", &[("authorization", &bearer(&t2))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let status = get(&format!("{}/auth", gw.admin_url())).await.json();
+    let issuer = &status["issuers"][0];
+    assert_eq!(issuer["keys_loaded"], 2, "{status}");
+    assert_eq!(
+        issuer["status"]["jwks_uri"],
+        format!("{iss}/keys/v2"),
+        "{status}"
+    );
+
+    // Moved again without a new key: the background refresh (every ¾ s here) fails at the
+    // old URL, asks again and follows.
+    *ks.jwks_path.lock().unwrap() = "/keys/v3".into();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = get(&format!("{}/auth", gw.admin_url())).await.json();
+        let s = &status["issuers"][0]["status"];
+        if s["jwks_uri"] == format!("{iss}/keys/v3") && s["last_error"].is_null() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = call(&gw, "/orders", &[("authorization", &bearer(&t1))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

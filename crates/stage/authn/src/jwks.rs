@@ -1,7 +1,9 @@
 //! Remote key sets (a JWKS URL, or one found by OIDC discovery) and their lifecycle:
 //! cached for the server's `max-age` within bounds, refetched in the background before they
 //! expire, refetched once (single-flight, with a cooldown) when a token names an unknown `kid`,
-//! and kept — the last good set — while the IdP is down.
+//! and kept — the last good set — while the IdP is down. A key set URL found by discovery is
+//! looked up again when fetching it fails and when a token names an unknown `kid`: a provider
+//! that moves its key set (with a rotation, or behind a new path) is followed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -87,7 +89,7 @@ impl RemoteKeys {
                 let Some(me) = weak.upgrade() else { return };
                 let wait = {
                     let _g = me.fetching.lock().await;
-                    match me.fetch().await {
+                    match me.fetch(false).await {
                         Ok(ttl) => {
                             failures = 0;
                             (ttl * 3 / 4).max(Duration::from_secs(1))
@@ -145,13 +147,13 @@ impl RemoteKeys {
         if let Ok(mut s) = self.status.lock() {
             s.unknown_kid_refetches += 1;
         }
-        self.fetch().await.is_ok()
+        self.fetch(true).await.is_ok()
     }
 
-    /// One fetch (discovery first when needed). On success the set is swapped in and its time
-    /// to live returned; on failure the old set stays.
-    async fn fetch(&self) -> Result<Duration, String> {
-        let result = self.fetch_inner().await;
+    /// One fetch (discovery first when needed, or always with `rediscover`). On success the set
+    /// is swapped in and its time to live returned; on failure the old set stays.
+    async fn fetch(&self, rediscover: bool) -> Result<Duration, String> {
+        let result = self.fetch_inner(rediscover).await;
         self.generation.fetch_add(1, Ordering::AcqRel);
         if let Ok(mut s) = self.status.lock() {
             s.fetches += 1;
@@ -181,21 +183,42 @@ impl RemoteKeys {
         }
     }
 
-    async fn fetch_inner(&self) -> Result<(JwkSet, Duration), String> {
-        let timeout = self.settings.fetch_timeout;
+    async fn fetch_inner(&self, rediscover: bool) -> Result<(JwkSet, Duration), String> {
         let known_uri = self.jwks_uri.lock().ok().and_then(|u| u.clone());
-        let uri = match (&self.source, known_uri) {
-            (_, Some(u)) => u,
-            (KeySource::Discovery { issuer }, None) => {
-                let u = self.discover(issuer, timeout).await?;
-                if let Ok(mut slot) = self.jwks_uri.lock() {
-                    *slot = Some(u.clone());
+        match (&self.source, known_uri) {
+            (KeySource::Discovery { issuer }, Some(u)) if !rediscover => {
+                match self.fetch_set(&u).await {
+                    Ok(set) => Ok(set),
+                    // The provider may have moved its key set: asked again, and the new one
+                    // fetched if it moved.
+                    Err(e) => match self.discover_and_keep(issuer).await? {
+                        new if new != u => self.fetch_set(&new).await,
+                        _ => Err(e),
+                    },
                 }
-                u
             }
-            _ => return Err("no key source".into()),
-        };
-        let r = self.fetcher.get_json(&uri, timeout).await?;
+            (KeySource::Discovery { issuer }, _) => {
+                let u = self.discover_and_keep(issuer).await?;
+                self.fetch_set(&u).await
+            }
+            (_, Some(u)) => self.fetch_set(&u).await,
+            _ => Err("no key source".into()),
+        }
+    }
+
+    /// Discovery, its key set URL kept for the next fetches.
+    async fn discover_and_keep(&self, issuer: &str) -> Result<String, String> {
+        let u = self.discover(issuer, self.settings.fetch_timeout).await?;
+        if let Ok(mut slot) = self.jwks_uri.lock() {
+            *slot = Some(u.clone());
+        }
+        Ok(u)
+    }
+
+    /// Fetches and reads the key set at `uri`, with its time to live.
+    async fn fetch_set(&self, uri: &str) -> Result<(JwkSet, Duration), String> {
+        let timeout = self.settings.fetch_timeout;
+        let r = self.fetcher.get_json(uri, timeout).await?;
         if !r.status.is_success() {
             return Err(format!("{uri} answered {}", r.status));
         }
