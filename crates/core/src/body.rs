@@ -164,6 +164,19 @@ impl GatewayRequest {
         }
     }
 
+    /// Replaces the body by one a step rewrote (stripped fields, inflated from a content
+    /// coding): it goes on whole, with its length; the coding the old one had is gone.
+    pub fn replace_body(&mut self, body: Bytes) {
+        let headers = &mut self.head.headers;
+        headers.insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(body.len()),
+        );
+        headers.remove(http::header::TRANSFER_ENCODING);
+        headers.remove(http::header::CONTENT_ENCODING);
+        self.body = RequestBody::Buffered(body);
+    }
+
     /// Takes the body out for forwarding, leaving an empty buffer behind.
     pub fn take_body(&mut self) -> RequestBody {
         std::mem::replace(&mut self.body, RequestBody::Buffered(Bytes::new()))

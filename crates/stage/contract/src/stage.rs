@@ -77,9 +77,10 @@ impl Stage for ContractStage {
             };
             // A compressed body is read as the upstream that inflates it reads it, and its
             // inflated size is held to the same limit.
-            let body = match coding::inflate(&req.head.headers, &body, limit) {
-                Inflated::Plain => body,
-                Inflated::Inflated(inflated) => Bytes::from(inflated),
+            // It goes on inflated: an upstream that would not inflate it reads what was checked.
+            let (body, inflated) = match coding::inflate(&req.head.headers, &body, limit) {
+                Inflated::Plain => (body, false),
+                Inflated::Inflated(inflated) => (Bytes::from(inflated), true),
                 Inflated::OverLimit => {
                     return Verdict::Reject(Rejection::new(
                         RejectReason::BodyTooLarge,
@@ -94,8 +95,10 @@ impl Stage for ContractStage {
                     return refuse(op, r, "content-encoding", violations, ctx);
                 }
             };
-            if let Some(new) = check_body(op, media, &body, &mut violations) {
-                set_body(req, new);
+            match check_body(op, media, &body, &mut violations) {
+                Some(new) => set_body(req, new),
+                None if inflated => set_body(req, body),
+                None => {}
             }
             conclude(op, violations, ctx)
         })
@@ -184,14 +187,9 @@ fn check_body(
     }
 }
 
-/// Replaces the forwarded body (after stripping) and its length; it goes uncompressed.
+/// Replaces the forwarded body (stripped, or inflated) and its length; it goes uncompressed.
 fn set_body(req: &mut GatewayRequest, body: Bytes) {
-    req.head.headers.remove(http::header::CONTENT_ENCODING);
-    if let Ok(v) = http::HeaderValue::from_str(&body.len().to_string()) {
-        req.head.headers.insert(http::header::CONTENT_LENGTH, v);
-    }
-    req.head.headers.remove(http::header::TRANSFER_ENCODING);
-    req.body = RequestBody::Buffered(body);
+    req.replace_body(body);
 }
 
 fn check_params(op: &Operation, req: &GatewayRequest, violations: &mut Vec<Violation>) {

@@ -42,6 +42,10 @@ pub struct Outcome {
     pub findings: Vec<Scored>,
     pub score: u32,
     pub blocked: bool,
+    /// The body as inspected, when it was inflated from a content coding: what must go
+    /// upstream instead of the compressed one (an upstream that does not inflate it would read
+    /// bytes the WAF never judged: gzip header fields, a zlib stream read as raw deflate).
+    pub inflated: Option<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -177,10 +181,15 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
         run_custom(route, req.client_ip, &targets, &mut findings);
     }
 
+    drop(targets);
     let mut out = Outcome {
         findings: Vec::with_capacity(findings.len() + 1),
         score: 0,
         blocked: false,
+        inflated: match inflated {
+            Inflated::Inflated(body) => Some(body),
+            _ => None,
+        },
     };
     for f in findings {
         let excluded = route

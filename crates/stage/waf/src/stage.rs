@@ -136,7 +136,7 @@ impl Stage for WafStage {
                     limit: route.inspect_body_bytes,
                 },
             };
-            let outcome = engine::inspect(
+            let mut outcome = engine::inspect(
                 route,
                 &Inspection {
                     head: &req.head,
@@ -145,6 +145,10 @@ impl Stage for WafStage {
                     body,
                 },
             );
+            // What was inspected is what goes upstream.
+            if let Some(inflated) = outcome.inflated.take() {
+                req.replace_body(bytes::Bytes::from(inflated));
+            }
             self.waf.conclude(route, outcome, ctx)
         })
     }
