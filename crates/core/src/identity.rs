@@ -168,12 +168,23 @@ pub struct PeerCertificate {
     pub common_name: Option<String>,
     pub san_uris: Vec<String>,
     pub san_dns: Vec<String>,
-    /// The first SAN URI that is a valid SPIFFE id.
+    /// The SPIFFE id: the certificate's only SAN URI, when that is a valid SPIFFE id (an
+    /// X.509-SVID has exactly one URI SAN; with more, or an invalid one, there is none).
     pub spiffe: Option<SpiffeId>,
     /// SHA-256 of the DER certificate, lowercase hex.
     pub fingerprint_sha256: String,
     /// Unix seconds.
+    pub not_before: u64,
+    /// Unix seconds.
     pub not_after: u64,
+}
+
+impl PeerCertificate {
+    /// Whether the certificate is valid at `now` (Unix seconds). It was at the handshake; a
+    /// connection (or a resumed session) may outlive it.
+    pub fn valid_at(&self, now: u64) -> bool {
+        self.not_before <= now && now <= self.not_after
+    }
 }
 
 #[cfg(test)]

@@ -244,9 +244,12 @@ pub fn peer_certificate(der: &[u8]) -> Option<portcullis_core::PeerCertificate> 
             }
         }
     }
-    let spiffe = san_uris
-        .iter()
-        .find_map(|u| portcullis_core::SpiffeId::parse(u));
+    // An X.509-SVID has exactly one URI SAN: with more (a second, other trust domain's id) or
+    // an invalid one, the certificate has no SPIFFE identity.
+    let spiffe = match san_uris.as_slice() {
+        [one] => portcullis_core::SpiffeId::parse(one),
+        _ => None,
+    };
     let common_name = cert
         .subject()
         .iter_common_name()
@@ -262,6 +265,7 @@ pub fn peer_certificate(der: &[u8]) -> Option<portcullis_core::PeerCertificate> 
         san_dns,
         spiffe,
         fingerprint_sha256,
+        not_before: u64::try_from(cert.validity().not_before.timestamp()).unwrap_or(0),
         not_after: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
     })
 }
@@ -303,5 +307,41 @@ mod tests {
         );
         assert_eq!(subject_of(&[(DnType::CommonName, "#x")]), "CN=\\#x");
         assert_eq!(subject_of(&[(DnType::CommonName, "bff")]), "CN=bff");
+    }
+
+    fn with_uris(uris: &[&str]) -> portcullis_core::PeerCertificate {
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_string()]).unwrap();
+        for u in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(u.to_string().try_into().unwrap()));
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        peer_certificate(cert.der()).unwrap()
+    }
+
+    /// An X.509-SVID has exactly one URI SAN: a certificate with a second one (another trust
+    /// domain's id, an invalid id) has no SPIFFE identity at all.
+    #[test]
+    fn the_spiffe_id_is_the_only_uri_san() {
+        let one = with_uris(&["spiffe://prod.example/sa/api"]);
+        assert_eq!(
+            one.spiffe.clone().unwrap().to_string(),
+            "spiffe://prod.example/sa/api"
+        );
+        assert!(one.valid_at(portcullis_core::unix_now()));
+        assert!(!one.valid_at(one.not_after + 1));
+        for uris in [
+            &["spiffe://dev.example/sa/x", "spiffe://prod.example/sa/api"][..],
+            &[
+                "spiffe://Prod.example/sa/api",
+                "spiffe://prod.example/sa/api",
+            ],
+            &["https://example.com/", "spiffe://prod.example/sa/api"],
+            &["spiffe://prod.example/sa/../api"],
+        ] {
+            assert_eq!(with_uris(uris).spiffe, None, "{uris:?}");
+        }
     }
 }

@@ -49,6 +49,10 @@ pub fn authenticate<'a>(
             None => Err(OAuthError::invalid_client("client_id_missing")),
         },
         (None, None) => match cert {
+            // Verified at the handshake; the connection may outlive it.
+            Some(cert) if !cert.valid_at(portcullis_core::unix_now()) => {
+                Err(OAuthError::invalid_client("client_certificate_expired"))
+            }
             Some(cert) => by_certificate(settings, body_id, cert),
             None => Err(OAuthError::invalid_client("client_auth_missing")),
         },
@@ -248,7 +252,8 @@ mod tests {
             san_dns: vec![],
             spiffe: spiffe.and_then(portcullis_core::SpiffeId::parse),
             fingerprint_sha256: "00".into(),
-            not_after: 0,
+            not_before: 0,
+            not_after: u64::MAX,
         };
         let good = cert(Some("spiffe://prod.test/sa/svc"));
         let f = Form::default();
@@ -284,6 +289,16 @@ mod tests {
             audit(authenticate(&s, &headers(None), &f, Some(&good))),
             "client_auth_missing",
             "a secret client cannot use a certificate"
+        );
+        // A certificate that expired while its connection stayed open.
+        let expired = PeerCertificate {
+            not_after: portcullis_core::unix_now() - 1,
+            ..good.clone()
+        };
+        let f = Form::default();
+        assert_eq!(
+            audit(authenticate(&s, &headers(None), &f, Some(&expired))),
+            "client_certificate_expired"
         );
     }
 }

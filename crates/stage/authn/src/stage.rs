@@ -373,6 +373,10 @@ impl Authn {
 
     fn mtls(&self, ctx: &RequestCtx, rule: &MtlsRule) -> Option<Result<Arc<Principal>, Fail>> {
         let cert = ctx.tls.as_ref()?.peer_certificate.as_ref()?;
+        // Verified at the handshake; the connection, or a session resumed later, may outlive it.
+        if !cert.valid_at(portcullis_core::unix_now()) {
+            return Some(Err(Fail::Invalid("mtls_certificate_expired")));
+        }
         if !rule.trust_domains.is_empty() || !rule.spiffe_paths.is_empty() {
             let Some(id) = &cert.spiffe else {
                 return Some(Err(Fail::Invalid("mtls_no_spiffe_id")));
