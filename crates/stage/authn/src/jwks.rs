@@ -2,8 +2,9 @@
 //! cached for the server's `max-age` within bounds, refetched in the background before they
 //! expire, refetched once (single-flight, with a cooldown) when a token names an unknown `kid`,
 //! and kept — the last good set — while the IdP is down. A key set URL found by discovery is
-//! looked up again when fetching it fails and when a token names an unknown `kid`: a provider
-//! that moves its key set (with a rotation, or behind a new path) is followed.
+//! looked up again when fetching it fails (in the background or for an unknown `kid`), and the
+//! new one kept once a key set was read there: a provider that moves its key set is followed,
+//! while a forged `kid` alone never makes the gateway read the discovery document again.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -89,7 +90,7 @@ impl RemoteKeys {
                 let Some(me) = weak.upgrade() else { return };
                 let wait = {
                     let _g = me.fetching.lock().await;
-                    match me.fetch(false).await {
+                    match me.fetch().await {
                         Ok(ttl) => {
                             failures = 0;
                             (ttl * 3 / 4).max(Duration::from_secs(1))
@@ -147,13 +148,13 @@ impl RemoteKeys {
         if let Ok(mut s) = self.status.lock() {
             s.unknown_kid_refetches += 1;
         }
-        self.fetch(true).await.is_ok()
+        self.fetch().await.is_ok()
     }
 
-    /// One fetch (discovery first when needed, or always with `rediscover`). On success the set
-    /// is swapped in and its time to live returned; on failure the old set stays.
-    async fn fetch(&self, rediscover: bool) -> Result<Duration, String> {
-        let result = self.fetch_inner(rediscover).await;
+    /// One fetch (discovery first when needed). On success the set is swapped in and its time
+    /// to live returned; on failure the old set stays.
+    async fn fetch(&self) -> Result<Duration, String> {
+        let result = self.fetch_inner().await;
         self.generation.fetch_add(1, Ordering::AcqRel);
         if let Ok(mut s) = self.status.lock() {
             s.fetches += 1;
@@ -183,36 +184,40 @@ impl RemoteKeys {
         }
     }
 
-    async fn fetch_inner(&self, rediscover: bool) -> Result<(JwkSet, Duration), String> {
-        let known_uri = self.jwks_uri.lock().ok().and_then(|u| u.clone());
-        match (&self.source, known_uri) {
-            (KeySource::Discovery { issuer }, Some(u)) if !rediscover => {
-                match self.fetch_set(&u).await {
-                    Ok(set) => Ok(set),
-                    // The provider may have moved its key set: asked again, and the new one
-                    // fetched if it moved.
-                    Err(e) => match self.discover_and_keep(issuer).await? {
-                        new if new != u => self.fetch_set(&new).await,
-                        _ => Err(e),
-                    },
-                }
-            }
-            (KeySource::Discovery { issuer }, _) => {
-                let u = self.discover_and_keep(issuer).await?;
-                self.fetch_set(&u).await
-            }
-            (_, Some(u)) => self.fetch_set(&u).await,
-            _ => Err("no key source".into()),
+    async fn fetch_inner(&self) -> Result<(JwkSet, Duration), String> {
+        let known = self.jwks_uri.lock().ok().and_then(|u| u.clone());
+        let KeySource::Discovery { issuer } = &self.source else {
+            return match known {
+                Some(u) => self.fetch_set(&u).await,
+                None => Err("no key source".into()),
+            };
+        };
+        let first = match &known {
+            Some(u) => match self.fetch_set(u).await {
+                Ok(set) => return Ok(set),
+                Err(e) => Some(e),
+            },
+            None => None,
+        };
+        // None known yet, or the known one failed: the provider may have moved its key set.
+        // A URL is kept only once a key set was read there.
+        let found = match self.discover(issuer, self.settings.fetch_timeout).await {
+            Ok(u) => u,
+            Err(e) => return Err(first.unwrap_or(e)),
+        };
+        if let Some(e) = first
+            && known.as_deref() == Some(found.as_str())
+        {
+            return Err(e);
         }
-    }
-
-    /// Discovery, its key set URL kept for the next fetches.
-    async fn discover_and_keep(&self, issuer: &str) -> Result<String, String> {
-        let u = self.discover(issuer, self.settings.fetch_timeout).await?;
+        let set = self.fetch_set(&found).await?;
+        if let Some(old) = &known {
+            tracing::warn!(issuer = %self.name, from = %old, to = %found, "the provider's key set moved");
+        }
         if let Ok(mut slot) = self.jwks_uri.lock() {
-            *slot = Some(u.clone());
+            *slot = Some(found);
         }
-        Ok(u)
+        Ok(set)
     }
 
     /// Fetches and reads the key set at `uri`, with its time to live.
