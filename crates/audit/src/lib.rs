@@ -471,16 +471,22 @@ fn open_append(path: &Path) -> Result<std::fs::File, String> {
         .map_err(|e| format!("cannot open audit file {}: {e}", path.display()))
 }
 
-/// The audit file, following its path: after a batch, at most once per [`FOLLOW_EVERY`], the
-/// path is looked at again, and when it names another file than the one open (renamed away by
-/// `logrotate`, which then creates a new one) or none (removed), it is opened anew, created if
-/// missing. Rotation by renaming needs no signal and loses nothing: what was written before
-/// the switch is in the renamed file. Batches are never split between two files (the switch
-/// happens between them). Truncation in place (`copytruncate`) needs nothing: writes append.
+/// The audit file, following its path: before a batch is written, at most once per
+/// [`FOLLOW_EVERY`], the path is looked at again, and when it names another file than the one
+/// open (renamed away by `logrotate`, which then creates a new one) or none (removed), it is
+/// opened anew, created if missing. Rotation by renaming needs no signal and loses nothing:
+/// what was written before the switch is in the renamed file, and the first batch after a
+/// quiet spell already goes to the new one. Files are switched only between whole lines.
+/// Truncation in place (`copytruncate`) needs nothing: writes append.
 struct FollowedFile {
     path: PathBuf,
     file: std::fs::File,
     checked: Instant,
+    /// What was written so far ends with a whole line (a switch may happen).
+    at_line_start: bool,
+    /// Reopened, nothing written yet: the empty line the writer starts after a torn write
+    /// belongs to the old file.
+    fresh: bool,
     /// The path could not be opened at the last look (logged once per streak).
     failing: bool,
 }
@@ -491,6 +497,8 @@ impl FollowedFile {
             path: path.to_path_buf(),
             file: open_append(path)?,
             checked: Instant::now(),
+            at_line_start: true,
+            fresh: false,
             failing: false,
         })
     }
@@ -508,6 +516,7 @@ impl FollowedFile {
         match open_append(&self.path) {
             Ok(file) => {
                 self.file = file;
+                self.fresh = true;
                 self.failing = false;
                 tracing::info!(path = %self.path.display(), "audit file reopened (it was moved or removed)");
             }
@@ -530,22 +539,32 @@ impl FollowedFile {
 
 impl Write for FollowedFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let r = self.file.write(buf);
-        if r.as_ref()
-            .is_err_and(|e| e.kind() != std::io::ErrorKind::Interrupted)
-        {
-            // The batch is given up (the writer starts the next on a new line): a file that
-            // cannot be written any more may have been replaced.
+        if self.at_line_start {
             self.follow();
         }
-        r
+        let skip = usize::from(self.fresh && buf.first() == Some(&b'\n'));
+        let rest = buf.get(skip..).unwrap_or_default();
+        if rest.is_empty() {
+            return Ok(skip);
+        }
+        match self.file.write(rest) {
+            Ok(n) => {
+                self.fresh = false;
+                self.at_line_start = rest.get(..n).and_then(<[u8]>::last) == Some(&b'\n');
+                Ok(n + skip)
+            }
+            Err(e) => {
+                // The rest of the batch is given up; the next starts on a new line.
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    self.at_line_start = true;
+                }
+                Err(e)
+            }
+        }
     }
 
-    /// Called once per batch, after it was written whole.
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()?;
-        self.follow();
-        Ok(())
+        self.file.flush()
     }
 }
 
@@ -885,9 +904,33 @@ mod tests {
         assert_eq!(sink.dropped(), 0);
     }
 
-    /// Rotation by renaming (logrotate's default) or removal: the writer notices within
-    /// about a second and goes on in a new file at the path; no event is lost and none is
-    /// split between the two.
+    /// After a torn write, the writer starts its next batch with a newline: in the new file of
+    /// a rotation that newline would be an empty first line, so it is left out (and counted
+    /// as written). A switch never happens inside a line.
+    #[test]
+    fn a_new_file_starts_with_a_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut f = FollowedFile::open(&path).unwrap();
+        assert_eq!(f.write(b"{\"a\":1}\n{\"b\"").unwrap(), 12);
+        std::fs::rename(&path, dir.path().join("old")).unwrap();
+        let long_ago = Instant::now().checked_sub(FOLLOW_EVERY * 2).unwrap();
+        f.checked = long_ago;
+        // Mid-line: no switch.
+        assert_eq!(f.write(b":2").unwrap(), 2);
+        assert!(!path.exists());
+        f.checked = long_ago;
+        assert_eq!(f.write(b"}\n").unwrap(), 2);
+        f.checked = long_ago;
+        assert_eq!(f.write(b"\n{\"c\":3}\n").unwrap(), 9);
+        let old = std::fs::read_to_string(dir.path().join("old")).unwrap();
+        assert_eq!(old, "{\"a\":1}\n{\"b\":2}\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"c\":3}\n");
+    }
+
+    /// Rotation by renaming (logrotate's default) or removal: the writer notices before its
+    /// next batch, at most a second after its last look, and goes on in a new file at the path;
+    /// no event is lost and none is split between the two.
     #[test]
     fn a_moved_or_removed_file_is_followed() {
         let dir = tempfile::tempdir().unwrap();
@@ -941,6 +984,15 @@ mod tests {
         }
         emit();
         assert!(!read(&path).is_empty());
+        // After a quiet spell, the first event after a rotation is already in the new file
+        // (logrotate may compress and delete the old one at once).
+        std::thread::sleep(FOLLOW_EVERY + Duration::from_millis(100));
+        let before = read(&path).len();
+        std::fs::rename(&path, dir.path().join("audit.log.2")).unwrap();
+        emit();
+        let new = read(&path);
+        assert_eq!(new.len(), 1, "{new:?}");
+        assert_eq!(read(&dir.path().join("audit.log.2")).len(), before);
         assert_eq!(sink.dropped(), 0);
     }
 
