@@ -851,6 +851,28 @@ fn expand_openapi(
     };
     for op in &contract.operations {
         let full = format!("{prefix}{}", op.def.path);
+        // Where `;` in paths is refused, an operation that needs one could never be called.
+        if sections.server.path_rules.semicolons == Semicolons::Reject {
+            let matrix = op.def.parameters.iter().find(|p| {
+                p.location == portcullis_contract::model::In::Path
+                    && p.style == portcullis_contract::model::Style::Matrix
+            });
+            if op.def.path.contains(';') || matrix.is_some() {
+                e.push(
+                    format!("{op_path}.spec"),
+                    format!(
+                        "{} {}: {} needs `;` in request paths, which are refused: set \
+                         server.path_semicolons: keep",
+                        op.def.method,
+                        op.def.path,
+                        match matrix {
+                            Some(p) => format!("path parameter {} in matrix style", p.name),
+                            None => "its path".to_string(),
+                        }
+                    ),
+                );
+            }
+        }
         let mut scratch = ConfigErrors::new();
         let Some(segs) = parse_template(&full, "", &mut scratch) else {
             let mut route = base.clone();

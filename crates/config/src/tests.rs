@@ -507,6 +507,37 @@ routes:
     );
 }
 
+/// An operation whose calls need `;` in the path (a matrix-style parameter) could never be
+/// called where semicolons are refused: `check` says so, and accepts it where they are kept.
+#[test]
+fn matrix_parameters_need_semicolons_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("m.yaml"),
+        r#"openapi: 3.1.0
+info: { title: t, version: "1" }
+paths:
+  /cars/{color}:
+    parameters: [{ name: color, in: path, required: true, style: matrix, schema: { type: string } }]
+    get: { operationId: cars, responses: { "200": { description: ok } } }
+"#,
+    )
+    .unwrap();
+    let yaml = |server: &str| {
+        format!(
+            "{server}upstreams: {{ d: {{ kind: echo }} }}\nroutes:\n  - {{ name: m, match: {{ prefix: /api }}, upstream: d, openapi: {{ spec: m.yaml }} }}\n"
+        )
+    };
+    let e = load_str(&yaml(""), dir.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("routes[0].openapi.spec")
+            && e.contains("GET /cars/{color}: path parameter color in matrix style")
+            && e.contains("server.path_semicolons: keep"),
+        "{e}"
+    );
+    load_str(&yaml("server: { path_semicolons: keep }\n"), dir.path()).unwrap();
+}
+
 #[test]
 fn an_openapi_group_takes_paths_and_methods_from_its_document() {
     let dir = tempfile::tempdir().unwrap();
