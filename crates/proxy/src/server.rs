@@ -604,7 +604,7 @@ pub struct Admission {
 /// A connection's place under the caps; given back on drop.
 pub struct Admitted {
     gw: Arc<Gateway>,
-    /// The address counted under the per-address cap (not a trusted proxy's).
+    /// The address key counted under the per-address cap (not a trusted proxy's).
     ip: Option<std::net::IpAddr>,
 }
 
@@ -643,7 +643,10 @@ impl Admission {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let n = map.entry(ip).or_insert(0);
+        // Counted as bans count addresses: an IPv6 host owns a whole prefix (`bans.ipv6_prefix`)
+        // and could open the cap's worth of connections from each of its addresses.
+        let key = config.bans.key(ip);
+        let n = map.entry(key).or_insert(0);
         if *n >= server.max_connections_per_ip {
             drop(map);
             self.total.fetch_sub(1, Ordering::AcqRel);
@@ -652,7 +655,7 @@ impl Admission {
         *n += 1;
         Ok(Admitted {
             gw: gw.clone(),
-            ip: Some(ip),
+            ip: Some(key),
         })
     }
 

@@ -284,8 +284,9 @@ impl BanRules {
         self.rules.is_empty()
     }
 
-    /// The address as counted: IPv4-mapped IPv6 as IPv4, IPv6 by its prefix.
-    fn key(&self, ip: IpAddr) -> IpAddr {
+    /// The address as counted (bans, and the connection cap per address): IPv4-mapped IPv6
+    /// as IPv4, IPv6 by its prefix (`ipv6_prefix`).
+    pub fn key(&self, ip: IpAddr) -> IpAddr {
         match canonical(ip) {
             IpAddr::V6(v6) => {
                 let mask = u128::MAX
@@ -1126,6 +1127,18 @@ mod tests {
     }
 
     const S: Duration = Duration::from_secs(1);
+
+    /// The key bans and the per-address connection cap count by: one per IPv6 /64 (by
+    /// default), IPv4-mapped addresses as their IPv4 address.
+    #[test]
+    fn addresses_are_counted_by_their_key() {
+        let r = rules(&[], &[]);
+        assert_eq!(r.key(ip("2001:db8::1")), r.key(ip("2001:db8::ffff:1")));
+        assert_eq!(r.key(ip("2001:db8::1")), ip("2001:db8::"));
+        assert_ne!(r.key(ip("2001:db8::1")), r.key(ip("2001:db8:0:1::1")));
+        assert_eq!(r.key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(r.key(ip("192.0.2.7")), ip("192.0.2.7"));
+    }
 
     #[test]
     fn count_refusals_within_the_window_ban_for_a_while() {
