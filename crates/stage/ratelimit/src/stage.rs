@@ -154,18 +154,22 @@ impl RateLimiter {
 
     /// The values a caller gets from `l` now. Under load (factor below 1) a limit with
     /// per-tier values steps the caller down tiers — one step per third of the way to
-    /// `min_factor`, to the lowest tier and then the base values — and a limit without them is
-    /// scaled by the factor.
+    /// `min_factor`, to the lowest tier and then the base values — as long as that lowers it;
+    /// otherwise (no tier to step from, or a lower tier allowing more) the caller's values are
+    /// scaled by the factor, as are those of a limit without tiers. Quotas are never adapted:
+    /// they are contracts over days or months, and a refusal would say "come back next month"
+    /// for a load that lasts seconds.
     fn effective(&self, l: &Limit, tier: Option<usize>) -> LimitSpec {
         let Some(a) = &self.adaptive else {
             return *l.spec_for(tier);
         };
         let f = a.factor();
-        if f >= 1.0 {
+        if f >= 1.0 || l.is_quota {
             return *l.spec_for(tier);
         }
-        if l.tiers.is_empty() {
-            return self.scaled(l.spec_for(tier), f);
+        let current = l.spec_for(tier);
+        if l.tiers.is_empty() || tier.is_none() {
+            return self.scaled(current, f);
         }
         let min = self
             .settings
@@ -177,8 +181,12 @@ impl RateLimiter {
         // (A hair below each third counts as it: 0.75 with min 0.25 is exactly one step.)
         let steps = (depth * 3.0 - 1e-9).ceil().max(0.0) as usize;
         // Tier t (0-based) stepped down: t - steps, below 0 the base values.
-        let stepped = tier.and_then(|t| t.checked_sub(steps));
-        *l.spec_for(stepped)
+        let stepped = l.spec_for(tier.and_then(|t| t.checked_sub(steps)));
+        if lower(stepped, current) {
+            *stepped
+        } else {
+            self.scaled(current, f)
+        }
     }
 
     fn scaled(&self, spec: &LimitSpec, f: f64) -> LimitSpec {
@@ -521,6 +529,17 @@ impl Stage for RateLimitStage {
 /// The address a `client_ip` budget is kept under: an IPv4-mapped IPv6 address as its IPv4
 /// address, any other IPv6 address cut to `prefix` bits (0: whole), so that a client cannot
 /// take a fresh budget with every address of its network.
+/// Whether `a` allows less than `b`: a smaller rate (requests per second, cross-multiplied),
+/// or, between a calendar quota and a fixed period, the smaller count.
+fn lower(a: &LimitSpec, b: &LimitSpec) -> bool {
+    match (a.period, b.period) {
+        (Period::Fixed(pa), Period::Fixed(pb)) => {
+            u128::from(a.limit) * pb.as_nanos() < u128::from(b.limit) * pa.as_nanos()
+        }
+        _ => a.limit < b.limit,
+    }
+}
+
 fn client_key(ip: IpAddr, prefix: u8) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -661,10 +680,12 @@ mod tests {
         assert_eq!(a.factor(), 0.75);
         assert_eq!(q(per_client, Some(2)), 100);
         assert_eq!(q(per_client, Some(1)), 10);
-        // Below the lowest tier: the base values.
-        assert_eq!(q(per_client, Some(0)), 10);
-        assert_eq!(q(per_client, None), 10);
+        // Below the lowest tier: the base values — unless they are no lower (here equal to
+        // free's), and for callers without a tier: then scaled, as every limit goes down.
+        assert_eq!(q(per_client, Some(0)), 7);
+        assert_eq!(q(per_client, None), 7);
         assert_eq!(q(per_ip, Some(2)), 300);
+
         // The step applies to requests: an enterprise caller now gets pro's budget.
         let stage = RateLimitStage::post_auth(rl.clone());
         let (_, ctx) = run(&stage, Some("enterprise"), "e1");
@@ -676,6 +697,24 @@ mod tests {
             "{:?}",
             ctx.response_headers
         );
+
+        let rl = limiter(
+            "tiers: [free, pro, enterprise]\nadaptive: { cpu_high: 0.5, window: 2s, recover_after: 10s }\nlimits:\n  odd: { key: [client_id], rate: 50/minute, tiers: { free: 5/minute, pro: 100/minute } }\n  monthly: { key: [client_id], quota: 1000/month, tiers: { pro: 5000/month } }\n",
+            clock.clone(),
+        );
+        let named = |n: &str| rl.settings.limits.iter().find(|l| &*l.name == n).unwrap();
+        let (odd, monthly) = (named("odd"), named("monthly"));
+        let q = |l: &Limit, tier: Option<usize>| rl.effective(l, tier).limit;
+        rl.adaptive().unwrap().tick_with(Sample {
+            cpu: Some(0.5),
+            memory: None,
+        });
+        // A step that would raise a limit (enterprise has the base, 50; pro allows 100): the
+        // caller's own values scaled instead.
+        assert_eq!(q(odd, Some(2)), 37);
+        assert_eq!(q(odd, Some(1)), 5);
+        // Quotas are never adapted.
+        assert_eq!((q(monthly, Some(1)), q(monthly, None)), (5000, 1000));
     }
 
     /// 2026-03-31T23:59:00Z: a minute before a day (and a month) ends.
