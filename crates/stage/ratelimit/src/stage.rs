@@ -129,24 +129,26 @@ impl RateLimiter {
                 Dim::Method => k.push_str(req.head.method.as_str()),
                 Dim::Header(h) => {
                     // Every value, in order: a request cannot pick a budget by repeating it.
+                    let mut all = Vec::new();
                     for (i, v) in req.head.headers.get_all(h).iter().enumerate() {
                         if i > 0 {
-                            k.push(',');
+                            all.push(b',');
                         }
-                        k.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                        all.extend_from_slice(v.as_bytes());
                     }
+                    push_part(&mut k, &all);
                 }
-                Dim::ClientId => k.push_str(p?.client_id.as_deref()?),
-                Dim::User => k.push_str(p?.subject.as_deref()?),
+                Dim::ClientId => push_part(&mut k, p?.client_id.as_deref()?.as_bytes()),
+                Dim::User => push_part(&mut k, p?.subject.as_deref()?.as_bytes()),
                 Dim::ApiKey => {
                     let p = p?;
                     if p.method != portcullis_core::AuthMethod::ApiKey {
                         return None;
                     }
-                    k.push_str(p.credential_id.as_deref()?);
+                    push_part(&mut k, p.credential_id.as_deref()?.as_bytes());
                 }
-                Dim::Tenant => k.push_str(p?.tenant.as_deref()?),
-                Dim::Claim(c) => k.push_str(&p?.claim_text(c)?),
+                Dim::Tenant => push_part(&mut k, p?.tenant.as_deref()?.as_bytes()),
+                Dim::Claim(c) => push_part(&mut k, p?.claim_text(c)?.as_bytes()),
             }
         }
         Some(k)
@@ -529,6 +531,35 @@ impl Stage for RateLimitStage {
 /// The address a `client_ip` budget is kept under: an IPv4-mapped IPv6 address as its IPv4
 /// address, any other IPv6 address cut to `prefix` bits (0: whole), so that a client cannot
 /// take a fresh budget with every address of its network.
+/// Longest value of a key dimension kept as written; a longer one is replaced by its digest,
+/// so that a client cannot make each budget it opens cost kilobytes (a header of 8 KiB).
+const MAX_PART: usize = 128;
+
+/// Appends a client-supplied dimension value to a budget key: bytes other than printable
+/// ASCII, and `|` (the separator), `%` and `#`, percent-encoded, so that two different value
+/// lists never make the same key (`a|b` + `c` against `a` + `b|c`) and no invalid UTF-8 is
+/// folded into another value; a value longer than [`MAX_PART`] is `#` and its SHA-256.
+fn push_part(k: &mut String, v: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    if v.len() > MAX_PART {
+        k.push('#');
+        for b in ring::digest::digest(&ring::digest::SHA256, v).as_ref() {
+            k.push(char::from(HEX[usize::from(b >> 4)]));
+            k.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        return;
+    }
+    for &b in v {
+        if (0x21..=0x7e).contains(&b) && !matches!(b, b'|' | b'%' | b'#') {
+            k.push(char::from(b));
+        } else {
+            k.push('%');
+            k.push(char::from(HEX[usize::from(b >> 4)]));
+            k.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+}
+
 /// Whether `a` allows less than `b`: a smaller rate (requests per second, cross-multiplied),
 /// or, between a calendar quota and a fixed period, the smaller count.
 fn lower(a: &LimitSpec, b: &LimitSpec) -> bool {
@@ -656,6 +687,30 @@ mod tests {
             "the /64's budget is spent"
         );
         assert!(from("2001:db8:7:8::1"), "another /64 has its own");
+    }
+
+    /// Key dimension values cannot run into each other, nor fold distinct bytes into one,
+    /// and a long one costs a digest's length.
+    #[test]
+    fn key_parts_are_unambiguous_and_bounded() {
+        let key = |parts: &[&[u8]]| {
+            let mut k = String::from("l");
+            for p in parts {
+                k.push('|');
+                push_part(&mut k, p);
+            }
+            k
+        };
+        assert_ne!(key(&[b"a|b", b"c"]), key(&[b"a", b"b|c"]));
+        assert_eq!(key(&[b"a|b", b"c"]), "l|a%7Cb|c");
+        assert_ne!(key(&[b"\xff"]), key(&[b"\xfe"]));
+        assert_ne!(key(&[b"%7C"]), key(&[b"|"]));
+        assert_eq!(key(&[b"alice@example.com"]), "l|alice@example.com");
+        let long = key(&[&[b'x'; 8192]]);
+        assert_eq!(long.len(), "l|#".len() + 64);
+        assert_ne!(long, key(&[&[b'y'; 8192]]));
+        // A short value can never look like a digest.
+        assert!(key(&[b"#abc"]).starts_with("l|%23"));
     }
 
     #[test]
