@@ -41,14 +41,16 @@ pub use router::{RouteStage, RouteTable, request_host};
 /// The request's way through the gateway, in order. Steps 0 (accept, TLS) and 10–11 (upstream,
 /// response) belong to the engine; audit is a finalizer that sees every outcome.
 pub const ORDER: &[StageId] = &[
+    // 0b. who is calling: trusted proxies → client IP, first, so that every refusal (the
+    // malformed requests below too) is the client's, for audit and bans — never a balancer's.
+    ClientAddressStage::ID,
     // 1. protocol hygiene: framing and Host that two parsers could read differently …
     HygieneStage::ID,
     // … one canonical path before anything looks at it …
     NormalizeStage::ID,
     // … and the cheapest refusals: URI, header count and size.
     HeadLimitsStage::ID,
-    // 2. who is calling: trusted proxies → client IP; gateway-wide allow/deny lists.
-    ClientAddressStage::ID,
+    // 2. gateway-wide allow/deny lists and bans.
     IpFilterStage::GLOBAL_ID,
     // 3. route match: deny by default (404/405); everything after is per route.
     RouteStage::ID,
@@ -130,13 +132,13 @@ impl Pipeline {
             Arc::new(move |ip| waf_hits.recent(ip)),
         );
         let stages: Vec<Box<dyn Stage>> = vec![
-            Box::new(HygieneStage),
-            Box::new(NormalizeStage::new(config.server.path_rules)),
-            Box::new(HeadLimitsStage::new(config.server.limits)),
             Box::new(ClientAddressStage::new(
                 config.server.trusted_proxies.clone(),
                 config.server.client_address_header,
             )),
+            Box::new(HygieneStage),
+            Box::new(NormalizeStage::new(config.server.path_rules)),
+            Box::new(HeadLimitsStage::new(config.server.limits)),
             Box::new(IpFilterStage::global_with_bans(
                 config.server.ip_filter.clone(),
                 shared.bans.clone(),

@@ -16,10 +16,10 @@ fn the_built_order_is_the_written_order() {
     assert_eq!(
         names,
         [
+            "client_address",
             "protocol",
             "normalize",
             "request_limits",
-            "client_address",
             "ip_filter",
             "route",
             "route_ip_filter",

@@ -513,6 +513,40 @@ async fn a_gateway_wide_deny_list_refuses_before_routing() {
     assert_eq!(up.hits(), 0);
 }
 
+/// Behind a trusted proxy, a request refused by the first checks (a malformed one, a path
+/// that cannot be normalised) is the client's: in its audit event and for bans. Before, such
+/// refusals were the balancer's — its own requests banned, the attacker never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_behind_a_proxy_count_against_the_client() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "server: {{ trusted_proxies: [127.0.0.1, \"::1\"] }}\nbans:\n  rules:\n    - {{ name: junk, on: [bad_request], count: 2, within: 1m, ban_for: 1m }}\n{}routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        upstream_section(&up.url())
+    ));
+    let from = |ip: &'static str, path: &'static str| {
+        send(req(
+            "GET",
+            &format!("{}{path}", gw.url("public")),
+            &[("x-forwarded-for", ip)],
+            "",
+        ))
+    };
+    let attacker = "198.51.100.66";
+    let r = from(attacker, "/a%2Fb").await;
+    let v = assert_problem(&r, 400, "bad_request");
+    let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["client_ip"], attacker, "{ev}");
+    assert_eq!(ev["stage"], "normalize", "{ev}");
+    assert_problem(&from(attacker, "/x/..;/y").await, 400, "bad_request");
+    // Banned: the attacker, not the balancer its requests came through.
+    assert_problem(&from(attacker, "/ok").await, 403, "ip_banned");
+    assert_eq!(from("198.51.100.67", "/ok").await.status, 200);
+    assert_eq!(get(&format!("{}/ok", gw.url("public"))).await.status, 200);
+    let list = get(&format!("{}/bans", gw.admin_url())).await.json();
+    assert_eq!(list["bans"][0]["address"], attacker, "{list}");
+    assert_eq!(list["bans"].as_array().unwrap().len(), 1, "{list}");
+}
+
 /// Bans: an address that collects `count` refusals of the kinds a rule counts within its
 /// window is refused before routing (403 `ip_banned`, `Retry-After`) until the ban runs out or
 /// is lifted through the admin API; the address is the client's as the trusted-proxy step
