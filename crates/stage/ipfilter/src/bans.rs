@@ -492,7 +492,7 @@ impl BanList {
         let shared_counts = self.is_shared();
         let epoch = self.failed_syncs.load(Ordering::Relaxed);
         let mut tracks = self.lock();
-        let t = self.track(&mut tracks, rules, key, now)?;
+        let t = self.track(&mut tracks, rules, key, now, false)?;
         t.last = now;
         let mut new = None;
         for r in rules.rules.iter().filter(|r| r.on.contains(&reason)) {
@@ -554,18 +554,32 @@ impl BanList {
     }
 
     /// The track of `key`, made when there is room for it (`max_tracked`; the idle ones are
-    /// dropped first when there is none).
+    /// dropped first when there is none). A `forced` one (a ban by hand or another instance's)
+    /// is made anyway: the least recently seen address without a ban makes room, or, when every
+    /// tracked address is banned, the list grows past its bound — an attacker who filled the
+    /// list with addresses of its own must not keep an operator from banning.
     fn track<'a>(
         &self,
         tracks: &'a mut HashMap<IpAddr, Track>,
         rules: &BanRules,
         key: IpAddr,
         now: Instant,
+        forced: bool,
     ) -> Option<&'a mut Track> {
         if !tracks.contains_key(&key) && tracks.len() >= rules.max_tracked {
             self.forget_idle(tracks, rules, now);
             if tracks.len() >= rules.max_tracked {
-                return None;
+                if !forced {
+                    return None;
+                }
+                let oldest = tracks
+                    .iter()
+                    .filter(|(_, t)| t.ban.as_ref().is_none_or(|(until, _)| *until <= now))
+                    .min_by_key(|(_, t)| t.last)
+                    .map(|(ip, _)| *ip);
+                if let Some(ip) = oldest {
+                    tracks.remove(&ip);
+                }
             }
         }
         Some(tracks.entry(key).or_insert_with(|| Track {
@@ -610,7 +624,7 @@ impl BanList {
 
     /// Bans `ip` (its key: an IPv6 address by its prefix) for `ban_for`, under the name
     /// `by` (the admin API's bans): extends a ban already there to the later end. Exempt
-    /// addresses and a full list are refused, saying why.
+    /// addresses are refused, saying why; a full list makes room (see `track`).
     pub fn ban(
         &self,
         rules: &BanRules,
@@ -628,7 +642,7 @@ impl BanList {
             .ok_or_else(|| "the ban is too long".to_string())?;
         let mut tracks = self.lock();
         let t = self
-            .track(&mut tracks, rules, key, now)
+            .track(&mut tracks, rules, key, now, true)
             .ok_or("the ban list is full (bans.max_tracked)")?;
         t.last = now;
         if t.impose(until, Arc::from(by)) {
@@ -978,7 +992,7 @@ impl BanList {
                     continue;
                 };
                 let mut tracks = self.lock();
-                let Some(t) = self.track(&mut tracks, &rules, ip, now) else {
+                let Some(t) = self.track(&mut tracks, &rules, ip, now, false) else {
                     continue;
                 };
                 if let Some((_, w)) = t.windows.iter_mut().find(|(n, _)| *n == r.name) {
@@ -1074,7 +1088,7 @@ impl BanList {
             let Some(until) = now.checked_add(left) else {
                 continue;
             };
-            let Some(t) = self.track(&mut tracks, &rules, *address, now) else {
+            let Some(t) = self.track(&mut tracks, &rules, *address, now, true) else {
                 continue;
             };
             if t.take_up(until, Arc::from(*rule), read_from_ms) {
@@ -1390,13 +1404,38 @@ mod tests {
         assert!(b.ban(&r, ip("10.1.1.1"), S, "admin", t0).is_err());
         b.ban(&r, ip("192.0.2.1"), S, "admin", t0).unwrap();
         b.ban(&r, ip("192.0.2.2"), S, "admin", t0).unwrap();
-        assert!(b.ban(&r, ip("192.0.2.3"), S, "admin", t0).is_err(), "full");
-        assert_eq!(b.list(t0).len(), 3);
-        assert_eq!(b.in_force_count(t0), 3);
+        // Past the bound (3) with every address banned: a ban by hand still goes in.
+        b.ban(&r, ip("192.0.2.3"), S, "admin", t0).unwrap();
+        assert_eq!(b.list(t0).len(), 4);
+        assert_eq!(b.in_force_count(t0), 4);
         assert_eq!(
             b.in_force_count(t0 + 2 * S),
             1,
             "the one-second bans ran out"
+        );
+    }
+
+    /// An attacker filling the tracked addresses with counts of its own does not keep an
+    /// operator from banning: the least recently seen unbanned address makes room. Counting
+    /// a new address still waits for room.
+    #[test]
+    fn a_full_list_makes_room_for_a_ban_by_hand() {
+        let r = rules(&[("r", &["route_not_found"], 5, "1m", "1m")], &[]);
+        let b = BanList::new();
+        let t0 = Instant::now();
+        for (i, a) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"].iter().enumerate() {
+            b.record(&r, ip(a), RejectReason::RouteNotFound, t0 + S * i as u32);
+        }
+        b.record(&r, ip("192.0.2.4"), RejectReason::RouteNotFound, t0 + 3 * S);
+        assert_eq!(b.lock().len(), 3, "no room for a fourth count");
+        b.ban(&r, ip("198.51.100.9"), 60 * S, "admin", t0 + 4 * S)
+            .unwrap();
+        assert_eq!(b.banned(&r, ip("198.51.100.9"), t0 + 4 * S), Some(60 * S));
+        let tracks = b.lock();
+        assert_eq!(tracks.len(), 3);
+        assert!(
+            !tracks.contains_key(&ip("192.0.2.1")),
+            "the oldest made room"
         );
     }
 
