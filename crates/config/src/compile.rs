@@ -82,7 +82,9 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
     let mut routes = Vec::new();
     let mut files = Vec::new();
     let mut names = HashSet::new();
+    let listener_names: Vec<&str> = raw.listeners.iter().map(|l| l.name.as_str()).collect();
     let sections = Sections {
+        listeners: &listener_names,
         upstreams: &upstream_index,
         server: &server,
         auth: &auth,
@@ -781,6 +783,8 @@ fn check_path_syntax(p: &str, rules: PathRules, path: &str, e: &mut ConfigErrors
 
 /// What routes are compiled against: the gateway-wide sections.
 struct Sections<'a> {
+    /// Listener names.
+    listeners: &'a [&'a str],
     upstreams: &'a HashMap<String, usize>,
     server: &'a Server,
     auth: &'a AuthSettings,
@@ -1125,6 +1129,25 @@ fn compile_route(
     });
     let m = &r.matcher;
     let mpath = format!("{path}.match");
+    let listeners = m
+        .listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            if sections.listeners.contains(&l.as_str()) {
+                Some(Arc::from(l.as_str()))
+            } else {
+                e.push(
+                    format!("{mpath}.listeners[{i}]"),
+                    format!(
+                        "unknown listener \"{l}\" (known: {})",
+                        sections.listeners.join(", ")
+                    ),
+                );
+                None
+            }
+        })
+        .collect();
     let hosts = m
         .hosts
         .iter()
@@ -1271,6 +1294,7 @@ fn compile_route(
     };
     Route {
         name: Arc::from(r.name.as_str()),
+        listeners,
         hosts,
         path: pm,
         methods,

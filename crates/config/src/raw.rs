@@ -858,6 +858,9 @@ pub struct RawMatch {
     /// Methods (`GET`, `POST` …). Empty: any.
     #[serde(default)]
     pub methods: Vec<String>,
+    /// Listeners (by name) whose requests the route takes. Empty: every listener.
+    #[serde(default)]
+    pub listeners: Vec<String>,
 }
 
 /// Path rewrite. Exactly one key.

@@ -325,6 +325,8 @@ impl HeaderOps {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub name: Arc<str>,
+    /// Listener names the route takes requests from; empty: every listener.
+    pub listeners: Vec<Arc<str>>,
     pub hosts: Vec<HostMatch>,
     pub path: PathMatch,
     /// `None`: any method.

@@ -30,6 +30,8 @@ pub enum Lookup {
 
 struct Entry {
     name: Arc<str>,
+    /// Empty: every listener.
+    listeners: Vec<Arc<str>>,
     hosts: Vec<HostMatch>,
     path: PathMatch,
     methods: Option<Vec<Method>>,
@@ -141,6 +143,7 @@ impl RouteTable {
                 .iter()
                 .map(|r| Entry {
                     name: r.name.clone(),
+                    listeners: r.listeners.clone(),
                     hosts: r.hosts.clone(),
                     path: r.path.clone(),
                     methods: r.methods.clone(),
@@ -151,10 +154,19 @@ impl RouteTable {
     }
 
     pub fn lookup(&self, host: &str, path: &str, method: &Method) -> Lookup {
+        self.lookup_on("", host, path, method)
+    }
+
+    /// The lookup for a request that came in on `listener`: routes restricted to other
+    /// listeners are not there for it.
+    pub fn lookup_on(&self, listener: &str, host: &str, path: &str, method: &Method) -> Lookup {
         let mut best: Option<((usize, usize), usize, Params)> = None;
         let mut allowed: Vec<Method> = Vec::new();
         let mut path_hit = false;
         for (i, e) in self.entries.iter().enumerate() {
+            if !e.listeners.is_empty() && !e.listeners.iter().any(|l| &**l == listener) {
+                continue;
+            }
             let Some(hs) = host_score(&e.hosts, host) else {
                 continue;
             };
@@ -223,7 +235,9 @@ impl Stage for RouteStage {
         // A CORS preflight is routed by the method it asks about, to a route that answers
         // preflights; anywhere else it is an ordinary OPTIONS request.
         if let Some(asked) = portcullis_cors::preflight_method(&req.head)
-            && let Lookup::Found(m) = self.table.lookup(&host, req.head.uri.path(), &asked)
+            && let Lookup::Found(m) =
+                self.table
+                    .lookup_on(&ctx.listener, &host, req.head.uri.path(), &asked)
             && self.table.entries.get(m.id.0).is_some_and(|e| e.cors)
         {
             ctx.route = Some(m);
@@ -232,7 +246,7 @@ impl Stage for RouteStage {
         }
         match self
             .table
-            .lookup(&host, req.head.uri.path(), &req.head.method)
+            .lookup_on(&ctx.listener, &host, req.head.uri.path(), &req.head.method)
         {
             Lookup::Found(m) => {
                 ctx.route = Some(m);

@@ -513,6 +513,55 @@ async fn a_gateway_wide_deny_list_refuses_before_routing() {
     assert_eq!(up.hits(), 0);
 }
 
+/// `match.listeners`: a route reserved for some listeners (an internal one, one that demands
+/// client certificates) is not there for requests that came in on another — whatever their
+/// Host says; a listener-less route serves every listener; an unknown name is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_can_be_reserved_for_listeners() {
+    let up = TestUpstream::start("a").await;
+    let gw = Gateway::start(
+        bin(),
+        &format!(
+            "listeners:\n  - {{ name: public, address: \"127.0.0.1:0\" }}\n  - {{ name: internal, address: \"127.0.0.1:0\" }}\nadmin: {{ address: \"127.0.0.1:0\" }}\n{}routes:\n  - {{ name: admin, match: {{ prefix: /admin, listeners: [internal] }}, upstream: svc }}\n  - {{ name: api, match: {{ prefix: /api }}, upstream: svc }}\n",
+            upstream_section(&up.url())
+        ),
+    )
+    .unwrap();
+    let (public, internal) = (gw.url("public"), gw.url("internal"));
+    let r = get(&format!("{public}/admin/users")).await;
+    let v = assert_problem(&r, 404, "route_not_found");
+    assert_eq!(
+        audit_of(&gw, v["request_id"].as_str().unwrap())["listener"],
+        "public"
+    );
+    assert_eq!(up.hits(), 0);
+    assert_eq!(get(&format!("{internal}/admin/users")).await.status, 200);
+    assert_eq!(get(&format!("{public}/api/x")).await.status, 200);
+    assert_eq!(get(&format!("{internal}/api/x")).await.status, 200);
+    assert_eq!(up.hits(), 3);
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "listeners: [{ name: public, address: \"127.0.0.1:0\" }]\nupstreams: { d: { kind: echo } }\nroutes:\n  - { name: r, match: { prefix: /, listeners: [intrenal] }, upstream: d }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("routes[0].match.listeners[0]")
+            && text.contains("unknown listener \"intrenal\" (known: public)"),
+        "{text}"
+    );
+}
+
 /// Behind a trusted proxy, a request refused by the first checks (a malformed one, a path
 /// that cannot be normalised) is the client's: in its audit event and for bans. Before, such
 /// refusals were the balancer's — its own requests banned, the attacker never.
