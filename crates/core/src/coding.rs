@@ -30,6 +30,15 @@ pub enum Inflated {
 /// Most bytes of a coding name quoted in a finding.
 const NAME_MAX: usize = 32;
 
+/// The most a body may grow by inflating (JSON and text compress 5 to 20 times; 100 leaves
+/// room): beyond, a few kilobytes sent would cost the steps that read the body megabytes of
+/// memory and work.
+pub const MAX_RATIO: u64 = 100;
+
+/// Inflated sizes up to this are allowed whatever the ratio (a small body of one repeated
+/// value compresses far better than 100 to 1).
+const RATIO_FLOOR: u64 = 64 * 1024;
+
 /// Reads the request's `Content-Encoding` fields and inflates `body` to at most `limit` bytes.
 pub fn inflate(headers: &http::HeaderMap, body: &[u8], limit: u64) -> Inflated {
     let mut coding: Option<&str> = None;
@@ -56,7 +65,11 @@ pub fn inflate(headers: &http::HeaderMap, body: &[u8], limit: u64) -> Inflated {
         return Inflated::Plain;
     };
     // One byte over the limit tells "longer" from "exactly the limit".
-    let cap = limit.saturating_add(1);
+    let by_ratio = (body.len() as u64)
+        .saturating_mul(MAX_RATIO)
+        .max(RATIO_FLOOR);
+    let ratio_bound = by_ratio < limit;
+    let cap = limit.min(by_ratio).saturating_add(1);
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(64 * 1024));
     let (read, trailing) =
         if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
@@ -74,6 +87,12 @@ pub fn inflate(headers: &http::HeaderMap, body: &[u8], limit: u64) -> Inflated {
             return Inflated::Refused(format!("content coding {}", cut(name)));
         };
     if out.len() as u64 >= cap {
+        if ratio_bound {
+            return Inflated::Refused(format!(
+                "{} data that inflates to more than {MAX_RATIO} times its size",
+                cut(name)
+            ));
+        }
         return Inflated::OverLimit;
     }
     match read {
@@ -169,6 +188,17 @@ mod tests {
         let bomb = gzip(&vec![b'a'; 1 << 20]);
         assert!(bomb.len() < 4096, "{}", bomb.len());
         assert_eq!(run(&["gzip"], &bomb, 64 * 1024), Inflated::OverLimit);
+        // Within a large limit, but more than 100 times its size.
+        match run(&["gzip"], &bomb, 16 << 20) {
+            Inflated::Refused(why) => assert!(why.contains("100 times"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // A small body of one repeated value: under the floor, whatever the ratio.
+        let small = gzip(&[b'a'; 60_000]);
+        assert_eq!(
+            run(&["gzip"], &small, 1 << 20),
+            Inflated::Inflated(vec![b'a'; 60_000])
+        );
         assert_eq!(
             run(&["deflate"], &zlib(&vec![b'a'; 1 << 20]), 1000),
             Inflated::OverLimit
