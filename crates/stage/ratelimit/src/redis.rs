@@ -87,6 +87,11 @@ pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
+/// Checks failing in a row before the store stops asking Redis for [`BREAK_FOR`].
+const BREAK_AFTER: u32 = 3;
+/// How long checks fail at once after [`BREAK_AFTER`] failures, before one tries again.
+const BREAK_FOR: Duration = Duration::from_millis(500);
+
 struct Inner {
     target: Target,
     prefix: String,
@@ -95,6 +100,10 @@ struct Inner {
     conn: watch::Sender<Option<Conn>>,
     connecting: AtomicBool,
     healthy: AtomicBool,
+    /// Checks failed in a row (see [`BREAK_AFTER`]).
+    failures: std::sync::atomic::AtomicU32,
+    /// While the breaker is open: when the next check may try Redis again.
+    retry_at: std::sync::Mutex<Option<tokio::time::Instant>>,
     script: ::redis::Script,
     refund: ::redis::Script,
     /// For logs: the URL(s) without credentials.
@@ -178,6 +187,8 @@ impl RedisStore {
                 conn: watch::Sender::new(None),
                 connecting: AtomicBool::new(false),
                 healthy: AtomicBool::new(false),
+                failures: std::sync::atomic::AtomicU32::new(0),
+                retry_at: std::sync::Mutex::new(None),
                 script: ::redis::Script::new(SCRIPT),
                 refund: ::redis::Script::new(REFUND),
                 shown,
@@ -222,6 +233,22 @@ impl RedisStore {
                 "concurrency limits are counted locally, not in Redis".into(),
             ));
         };
+        // A Redis that does not answer would make every request wait the whole timeout: after
+        // a few failures in a row, checks fail at once (to the configured fallback) for a
+        // while, one check then trying again.
+        let clock = tokio::time::Instant::now();
+        if let Ok(mut retry) = self.inner.retry_at.lock()
+            && let Some(at) = *retry
+        {
+            if clock < at {
+                return Err(StoreError::Unavailable(format!(
+                    "redis {}: unavailable (tried again shortly)",
+                    self.inner.shown
+                )));
+            }
+            // This check tries; the others meanwhile still fail at once.
+            *retry = Some(clock + BREAK_FOR);
+        }
         let result =
             match tokio::time::timeout(self.inner.timeout, self.run(&prepared, cost, now)).await {
                 Ok(r) => r,
@@ -231,6 +258,15 @@ impl RedisStore {
                 ))),
             };
         self.inner.healthy.store(result.is_ok(), Ordering::Relaxed);
+        let failures = if result.is_ok() {
+            self.inner.failures.store(0, Ordering::Relaxed);
+            0
+        } else {
+            self.inner.failures.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if let Ok(mut retry) = self.inner.retry_at.lock() {
+            *retry = (failures >= BREAK_AFTER).then(|| tokio::time::Instant::now() + BREAK_FOR);
+        }
         result
     }
 
@@ -881,6 +917,43 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    /// A Redis that does not answer: after three checks that waited for it in vain, checks
+    /// fail at once for a while; then one tries again; once Redis answers, all do.
+    #[tokio::test]
+    async fn a_silent_redis_is_not_waited_for_by_every_check() {
+        // Accepts connections and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((c, _)) = silent.accept().await {
+                held.push(c);
+            }
+        });
+        let s = store_with(
+            &format!("redis://{addr}/"),
+            false,
+            "t:",
+            Duration::from_millis(50),
+        );
+        let g = spec(Algorithm::Gcra, 10, secs(1), 3);
+        let checks = [Check { key: "k", spec: &g }];
+        let check = || s.check_all_at(&checks, 1, Some(T0));
+        let why = |r: Result<Vec<Decision>, StoreError>| match r {
+            Err(StoreError::Unavailable(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        for _ in 0..BREAK_AFTER {
+            assert!(why(check().await).contains("no answer within"));
+        }
+        for _ in 0..5 {
+            assert!(why(check().await).contains("tried again shortly"));
+        }
+        tokio::time::sleep(BREAK_FOR + Duration::from_millis(50)).await;
+        assert!(why(check().await).contains("no answer within"));
+        assert!(why(check().await).contains("tried again shortly"));
     }
 
     #[tokio::test]
