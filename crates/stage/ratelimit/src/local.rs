@@ -102,11 +102,16 @@ impl Shard {
         if n == 0 {
             return 0;
         }
-        let mut seen: Vec<u64> = self.rates.values().map(|e| e.seen).collect();
-        let (_, cutoff, _) = seen.select_nth_unstable(n - 1);
+        // The budgets closest to whole go first: dropping one lets its client exceed its
+        // limit only until it would have been whole anyway. So a month's quota a client has
+        // used up outlives the minute budgets of the fresh keys an attacker makes to fill the
+        // shard (the least recently checked went first before, the quota among them).
+        let mut order: Vec<(u128, u64)> =
+            self.rates.values().map(|e| (e.whole_at, e.seen)).collect();
+        let (_, cutoff, _) = order.select_nth_unstable(n - 1);
         let cutoff = *cutoff;
-        // `seen` values are unique, so this drops exactly the n least recently checked.
-        self.rates.retain(|_, e| e.seen > cutoff);
+        // `seen` values are unique, so this drops exactly n.
+        self.rates.retain(|_, e| (e.whole_at, e.seen) > cutoff);
         n as u64
     }
 
@@ -767,6 +772,30 @@ mod tests {
         clock.advance(Duration::from_secs(86_400));
         assert!(s.sweep() > 0);
         assert_eq!(s.len(), 0);
+    }
+
+    /// A full shard drops the budgets closest to whole: a month's quota, used up and then left
+    /// alone while an attacker floods the store with fresh minute budgets, is still used up
+    /// (dropping the least recently checked would have given the month back).
+    #[test]
+    fn a_used_quota_outlives_a_flood_of_fresh_keys() {
+        let (s, clock) = store(128);
+        let quota = LimitSpec {
+            algorithm: Algorithm::Gcra,
+            limit: 3,
+            period: Period::CalendarMonth,
+            burst: 3,
+        };
+        for _ in 0..3 {
+            assert!(one(&s, "victim", &quota, 1).allowed);
+        }
+        let minute = spec(Algorithm::FixedWindow, 10, Duration::from_secs(60));
+        for i in 0..5_000 {
+            clock.advance(Duration::from_millis(1));
+            one(&s, &format!("flood:{i}"), &minute, 1);
+        }
+        assert!(s.evictions() > 0);
+        assert!(!one(&s, "victim", &quota, 1).allowed, "the month came back");
     }
 
     /// 8 threads × `attempts` on one hot key, clock frozen within each window.
