@@ -230,6 +230,7 @@ impl Gateway {
         self.metrics.set_ratelimit(
             rl.store_up(),
             rl.keys(),
+            rl.evictions(),
             rl.adaptive().map(|a| (a.factor(), a.level() as u8)),
         );
         for pool in rt.pools.iter().flatten() {

@@ -256,6 +256,7 @@ pub struct Metrics {
     bans_store_up: Gauge,
     rate_limit_store_up: Gauge,
     rate_limit_keys: Gauge,
+    rate_limit_evictions: Gauge,
     adaptive_factor: Gauge<f64, std::sync::atomic::AtomicU64>,
     adaptive_level: Gauge,
     jwks_keys: Family<IssuerLabels, Gauge>,
@@ -413,6 +414,12 @@ impl Metrics {
             "Budgets held in memory",
             rate_limit_keys.clone(),
         );
+        let rate_limit_evictions = Gauge::default();
+        registry.register(
+            "portcullis_rate_limit_evictions",
+            "Budgets dropped while partly used because the in-memory store was full (since the store was made)",
+            rate_limit_evictions.clone(),
+        );
         let adaptive_factor = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "portcullis_adaptive_factor",
@@ -456,6 +463,7 @@ impl Metrics {
             bans_store_up,
             rate_limit_store_up,
             rate_limit_keys,
+            rate_limit_evictions,
             adaptive_factor,
             adaptive_level,
             jwks_keys,
@@ -643,13 +651,21 @@ impl Metrics {
         }
     }
 
-    /// Rate-limiting state: the shared store's health (None: no shared store), keys held,
-    /// and the adaptive factor and level when configured.
-    pub fn set_ratelimit(&self, store_up: Option<bool>, keys: usize, adaptive: Option<(f64, u8)>) {
+    /// Rate-limiting state: the shared store's health (None: no shared store), keys held and
+    /// budgets evicted, and the adaptive factor and level when configured.
+    pub fn set_ratelimit(
+        &self,
+        store_up: Option<bool>,
+        keys: usize,
+        evictions: u64,
+        adaptive: Option<(f64, u8)>,
+    ) {
         self.rate_limit_store_up
             .set(i64::from(store_up.unwrap_or(true)));
         self.rate_limit_keys
             .set(i64::try_from(keys).unwrap_or(i64::MAX));
+        self.rate_limit_evictions
+            .set(i64::try_from(evictions).unwrap_or(i64::MAX));
         let (f, l) = adaptive.unwrap_or((1.0, 0));
         self.adaptive_factor.set(f);
         self.adaptive_level.set(i64::from(l));

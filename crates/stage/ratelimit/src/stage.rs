@@ -348,6 +348,12 @@ impl RateLimiter {
         self.local.len()
     }
 
+    /// Budgets dropped while partly used because the in-memory store was full, since it was
+    /// made (each may have let its client exceed its limit until it would have been whole).
+    pub fn evictions(&self) -> u64 {
+        self.local.evictions()
+    }
+
     /// For the admin API.
     pub fn status(&self) -> serde_json::Value {
         serde_json::json!({
