@@ -105,6 +105,9 @@ async fn a_pre_auth_limit_answers_429_with_headers_and_stops_before_the_upstream
         m.contains(r#"portcullis_rate_limited_total{limit="login-ip"} 1"#),
         "{m}"
     );
+    // Budgets held, none dropped for room.
+    assert!(m.contains("portcullis_rate_limit_evictions 0"), "{m}");
+    assert!(!m.contains("portcullis_rate_limit_keys 0\n"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
