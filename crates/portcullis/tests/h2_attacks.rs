@@ -213,6 +213,77 @@ async fn resetting_forwarded_streams_past_the_rate_closes_the_connection() {
     healthy(&gw).await;
 }
 
+/// Sends a GET of a long streamed answer on `stream`, waits for its answer's head, then
+/// resets the stream. False when no head came within 3 s or a write failed.
+async fn answered_then_reset(s: &mut TcpStream, stream: u32) -> bool {
+    let head = h2_frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        stream,
+        &h2_block("GET", "/stream/1000", &[]),
+    );
+    if s.write_all(&head).await.is_err() {
+        return false;
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        while buf.len() >= 9 {
+            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, id) = (
+                buf[3],
+                u32::from_be_bytes([buf[5] & 0x7f, buf[6], buf[7], buf[8]]),
+            );
+            buf.drain(..9 + len);
+            if kind == GOAWAY {
+                return false;
+            }
+            if kind == HEADERS && id == stream {
+                return s
+                    .write_all(&h2_frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()))
+                    .await
+                    .is_ok();
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return false,
+        }
+    }
+}
+
+/// The same paced rapid reset, each stream reset once its answer's head came (a download
+/// cancelled, over and over): the answer's body being dropped unfinished counts as the reset
+/// it is, so such a client loses the connection past the rate too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resetting_answered_streams_past_the_rate_closes_the_connection() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "server:\n  http2_max_resets_per_second: 5\n\
+         upstreams:\n  svc: {{ targets: [\"{}\"] }}\n\
+         routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        up.url()
+    ));
+    let mut s = open(gw.listener("public")).await;
+    let mut resets = 0u32;
+    while resets < 100 && answered_then_reset(&mut s, 1 + 2 * resets).await {
+        resets += 1;
+    }
+    assert!((5..100).contains(&resets), "closed after {resets} resets");
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics
+            .contains("portcullis_rejections_total{stage=\"accept\",reason=\"h2_reset_flood\"} 1"),
+        "{metrics}"
+    );
+    healthy(&gw).await;
+}
+
 /// "MadeYouReset" (CVE-2025-8671): the client does not reset its streams itself, it makes the
 /// server reset them with a frame that is a stream error (RFC 9113 §5.4.2) — here, once each
 /// request has reached the upstream, a `WINDOW_UPDATE` that takes the stream's send window past

@@ -165,6 +165,11 @@ enum Inner {
         /// The body's own `is_end_stream` after its last poll, kept here: the server asks for
         /// it after every piece, and the body is behind a lock.
         ended: bool,
+        /// The body failed, or the watchdog cut it off: its end is the gateway's doing.
+        failed: bool,
+        /// Where a body the client reset before its end is counted (see
+        /// [`ToClient::counting_resets`]).
+        resets: Option<Arc<crate::resets::ResetWatch>>,
     },
 }
 
@@ -186,11 +191,24 @@ impl ToClient {
                     activity,
                     key,
                     ended: false,
+                    failed: false,
+                    resets: None,
                 }
             }
             _ => Inner::Plain(body),
         };
         ToClient { inner }
+    }
+
+    /// Counts in `resets` an answer the client resets before its end (its body dropped
+    /// unfinished, through no failure of its own nor a cut-off of the gateway's): a stream
+    /// reset once its answer's head came frees its slot as one reset before the answer does,
+    /// so the connection's reset rate (`server.http2_max_resets_per_second`) sees both.
+    pub fn counting_resets(mut self, resets: Arc<crate::resets::ResetWatch>) -> Self {
+        if let Inner::Watched { resets: slot, .. } = &mut self.inner {
+            *slot = Some(resets);
+        }
+        self
     }
 }
 
@@ -202,14 +220,15 @@ impl Body for ToClient {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (held, activity, ended) = match &mut self.get_mut().inner {
+        let (held, activity, ended, failed) = match &mut self.get_mut().inner {
             Inner::Plain(body) => return Pin::new(body).poll_frame(cx),
             Inner::Watched {
                 held,
                 activity,
                 ended,
+                failed,
                 ..
-            } => (held, activity, ended),
+            } => (held, activity, ended, failed),
         };
         // Waiting (stamped) until now: the server takes the next piece.
         if held.since.load(Ordering::Relaxed) != 0 {
@@ -220,10 +239,12 @@ impl Body for ToClient {
             let mut body = held.body();
             let Some(body) = body.as_mut() else {
                 // Cut off by the watchdog: the server resets the stream.
+                *failed = true;
                 return Poll::Ready(Some(Err(Box::new(HeldUp))));
             };
             let r = Pin::new(&mut *body).poll_frame(cx);
             *ended = body.is_end_stream();
+            *failed |= matches!(r, Poll::Ready(Some(Err(_))));
             let more = matches!(r, Poll::Ready(Some(Ok(_)))) && !*ended;
             (r, more)
         };
@@ -261,13 +282,22 @@ impl Drop for ToClient {
             held,
             activity,
             key,
-            ..
+            ended,
+            failed,
+            resets,
         } = &self.inner
         {
             if held.since.load(Ordering::Relaxed) != 0 {
                 activity.answer_done_waiting(false);
             }
             activity.held.unregister(*key);
+            if let Some(resets) = resets
+                && !*ended
+                && !*failed
+                && held.body().is_some()
+            {
+                resets.client_reset();
+            }
         }
     }
 }

@@ -235,7 +235,7 @@ async fn connection(
                 response_timer: Default::default(),
                 may_tunnel: Default::default(),
                 abort_on_close,
-                resets: ResetWatch::new(max_resets),
+                resets: Arc::new(ResetWatch::new(max_resets)),
                 activity,
             });
             let metrics = gw.metrics.clone();
@@ -295,7 +295,7 @@ async fn connection(
                 response_timer: Default::default(),
                 may_tunnel: Default::default(),
                 abort_on_close,
-                resets: ResetWatch::new(max_resets),
+                resets: Arc::new(ResetWatch::new(max_resets)),
                 activity,
             });
             let builder = if h2 { builder.http2_only() } else { builder };

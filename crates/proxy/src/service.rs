@@ -65,7 +65,7 @@ pub struct ConnInfo {
     pub abort_on_close: bool,
     /// HTTP/2 streams the client reset before their answers, against
     /// `server.http2_max_resets_per_second` as it was when the connection was accepted.
-    pub resets: crate::resets::ResetWatch,
+    pub resets: Arc<crate::resets::ResetWatch>,
     /// The connection's traffic, for its watchdog: here, HTTP/2 answers waiting on the
     /// client's flow-control window ([`crate::paced::ToClient`]).
     pub activity: Arc<crate::sniff::Activity>,
@@ -255,10 +255,19 @@ impl Gateway {
     ) -> Pin<Box<dyn Future<Output = Result<Response<ToClient>, Infallible>> + Send>> {
         Box::pin(async move {
             let (head, body) = req.into_parts();
-            // HTTP/2 answers are watched while they wait on the client's window.
-            let watch = (head.version == Version::HTTP_2).then(|| conn.activity.clone());
+            // HTTP/2 answers are watched while they wait on the client's window, and an answer
+            // the client resets before its end counts towards the connection's reset rate.
+            let h2 = head.version == Version::HTTP_2;
+            let watch = h2.then(|| conn.activity.clone());
+            let resets = h2.then(|| conn.resets.clone());
             let resp = self.serve(conn, Box::new(head), body, false).await.0;
-            Ok(resp.map(|b| ToClient::new(b, watch)))
+            Ok(resp.map(|b| {
+                let b = ToClient::new(b, watch);
+                match resets {
+                    Some(r) => b.counting_resets(r),
+                    None => b,
+                }
+            }))
         })
     }
 
@@ -341,7 +350,7 @@ impl Gateway {
             seen,
             answered: false,
             // Only an HTTP/2 stream's future is dropped by a reset the connection outlives.
-            resets: (head.version == Version::HTTP_2).then_some(&conn.resets),
+            resets: (head.version == Version::HTTP_2).then_some(&*conn.resets),
         };
         let (ctx, seen) = (&mut open.ctx, &mut open.seen);
         // Watched for trickling from the first byte, so a step that buffers the body (the WAF)
