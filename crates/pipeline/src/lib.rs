@@ -90,6 +90,9 @@ pub struct Pipeline {
     pub authn: Arc<portcullis_authn::Authn>,
     /// The rate limiter of this snapshot (the engine feeds its adaptive controller).
     pub ratelimit: Arc<portcullis_ratelimit::RateLimiter>,
+    /// What this snapshot changes in the process-wide authentication state, applied by
+    /// [`Pipeline::activate`] once the whole configuration built (taken then).
+    activation: std::sync::Mutex<Option<portcullis_authn::Activation>>,
 }
 
 impl Pipeline {
@@ -97,9 +100,9 @@ impl Pipeline {
     /// sets, revocations …) comes from `shared`.
     pub fn build(config: &Config, shared: &Shared) -> Result<Pipeline, ConfigErrors> {
         let routes = &config.routes;
-        let authn = shared
+        let (authn, activation) = shared
             .authn
-            .build(
+            .prepare(
                 &config.auth,
                 routes.iter().map(|r| r.auth.clone()).collect(),
             )
@@ -169,7 +172,23 @@ impl Pipeline {
             stages,
             authn,
             ratelimit,
+            activation: std::sync::Mutex::new(Some(activation)),
         })
+    }
+
+    /// Puts this snapshot's process-wide state in force — configured revocations and their
+    /// sharing, the internal-token key `/jwks` publishes, the snapshot the admin API shows —
+    /// once it is to serve: a configuration refused after the pipeline built (its upstreams,
+    /// its TLS) changes none of it. Once; later calls do nothing.
+    pub fn activate(&self, shared: &Shared) {
+        let taken = self
+            .activation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(a) = taken {
+            shared.authn.activate(a);
+        }
     }
 
     pub fn ids(&self) -> Vec<StageId> {

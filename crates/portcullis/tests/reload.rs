@@ -247,9 +247,61 @@ async fn the_admin_api_reports_a_refused_reload() {
         "{v}"
     );
     assert_eq!(get(&format!("{}/r", gw.url("public"))).await.status, 200);
+    // Keys that need a restart are refused, not taken silently.
+    std::fs::write(
+        gw.config_path(),
+        format!("{good}logging: {{ level: debug }}\naudit: {{ output: stderr }}\n"),
+    )
+    .unwrap();
+    let r = reload(&gw.admin_url()).await;
+    assert_eq!(r.status, 422);
+    let errors = r.json()["errors"].to_string();
+    assert!(
+        errors.contains("logging: changing the log format or level needs a restart")
+            && errors.contains("audit: changing where audit events go needs a restart"),
+        "{errors}"
+    );
     let r = get(&format!("{}/reload", gw.admin_url())).await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));
+}
+
+/// A reload refused while building (here: an introspection CA bundle without a certificate,
+/// found only when its client is made) leaves the process-wide authentication state as it
+/// was: the internal-token key `/jwks` publishes (the refused file asked for another
+/// algorithm), and the snapshot the admin API reports. Before, both had changed already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_changes_no_authentication_state() {
+    let gw = gateway(
+        "auth:\n  internal_token: { algorithm: EdDSA }\n  api_keys: { keys: [] }\nupstreams: { d: { kind: echo } }\nroutes:\n  - { name: r, match: { path: /r }, upstream: d, auth: { anonymous: true } }\n",
+    );
+    let jwks_url = format!("{}/jwks", gw.admin_url());
+    let jwks = || get(&jwks_url);
+    let before = jwks().await.json();
+    assert_eq!(before["keys"][0]["crv"], "Ed25519", "{before}");
+    let auth_before = get(&format!("{}/auth", gw.admin_url())).await.json();
+    let good = std::fs::read_to_string(gw.config_path()).unwrap();
+    let dir = gw.config_path().parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("empty-ca.pem"), "not a certificate\n").unwrap();
+    std::fs::write(
+        gw.config_path(),
+        good.replace(
+            "  internal_token: { algorithm: EdDSA }\n",
+            "  internal_token: { algorithm: ES256 }\n  introspection:\n    idp: { endpoint: \"https://idp.example/introspect\", client_id: gw, client_secret: { value: s }, ca_file: empty-ca.pem }\n",
+        ),
+    )
+    .unwrap();
+    let r = reload(&gw.admin_url()).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("auth.introspection.idp"), "{}", r.text());
+    assert_eq!(
+        jwks().await.json(),
+        before,
+        "the refused key is not published"
+    );
+    let auth_after = get(&format!("{}/auth", gw.admin_url())).await.json();
+    assert_eq!(auth_after["issuers"], auth_before["issuers"]);
+    assert_eq!(get(&format!("{}/r", gw.url("public"))).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

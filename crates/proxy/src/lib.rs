@@ -71,6 +71,9 @@ pub struct Gateway {
     /// Set at the stop signal: not ready any more (load balancers take it out), though it may
     /// serve a while longer (`server.stop_delay`).
     stopping: std::sync::atomic::AtomicBool,
+    /// One reload at a time (a signal, the file watcher and the admin API may ask at once):
+    /// each applies a whole configuration — TLS contexts, authentication state, runtime.
+    reloading: Mutex<()>,
 }
 
 impl Gateway {
@@ -86,8 +89,10 @@ impl Gateway {
             .into_iter()
             .map(|(name, cfg)| (name, Arc::new(ArcSwap::new(cfg))))
             .collect();
-        // Shared bans (`bans.redis`) follow the configuration that runs, never one refused.
+        // Shared bans (`bans.redis`) follow the configuration that runs, never one refused;
+        // so does the process-wide authentication state.
         shared.bans.share(&runtime.config().bans);
+        runtime.snapshot.pipeline.activate(&shared);
         Ok(Arc::new(Gateway {
             runtime: ArcSwap::new(Arc::new(runtime)),
             metrics,
@@ -99,6 +104,7 @@ impl Gateway {
             shared,
             interrupted: std::sync::atomic::AtomicBool::new(false),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            reloading: Mutex::new(()),
         }))
     }
 
@@ -136,6 +142,10 @@ impl Gateway {
     /// Replaces the running configuration. Built off the hot path; on any error the old one
     /// stays. Listener changes cannot be applied live and are refused as needing a restart.
     pub fn reload(&self, config: Config) -> Result<(), ConfigErrors> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let result = self.try_reload(config);
         self.metrics.config_reload(result.is_ok());
         result
@@ -161,11 +171,23 @@ impl Gateway {
         {
             e.push("admin", "changing the admin listener needs a restart");
         }
+        let (a, b) = (&current.config().audit, &config.audit);
+        if a.enabled != b.enabled || a.output != b.output || a.path != b.path {
+            e.push("audit", "changing where audit events go needs a restart");
+        }
+        let (a, b) = (&current.config().logging, &config.logging);
+        if a.format != b.format || a.level != b.level {
+            e.push(
+                "logging",
+                "changing the log format or level needs a restart",
+            );
+        }
         if !e.is_empty() {
             return Err(e);
         }
         let contexts = tls_contexts(&config)?;
         let runtime = Runtime::build(Arc::new(config), true, &self.shared, Some(&self.metrics))?;
+        runtime.snapshot.pipeline.activate(&self.shared);
         for (name, cfg) in contexts {
             if let Some(slot) = self.tls_for(&name) {
                 slot.store(cfg);

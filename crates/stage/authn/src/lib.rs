@@ -73,6 +73,22 @@ pub(crate) use portcullis_core::unix_now;
 /// The internal-token signer and what it was built from (key PEM, algorithm).
 type SignerSlot = (Option<portcullis_core::Secret>, Alg, Arc<Signer>);
 
+/// What a prepared authenticator changes in [`AuthnState`] once it is put in force.
+pub struct Activation {
+    authn: Arc<Authn>,
+    /// The Redis store the snapshot uses (revocations are shared through it).
+    store: Option<Arc<Store>>,
+    /// A store made for this snapshot, kept for reuse from then on.
+    new_store: Option<(String, Arc<Store>)>,
+    /// An internal-token key made for this snapshot, likewise.
+    new_signer: Option<SignerSlot>,
+    token_ids: Vec<String>,
+    api_keys: Vec<[u8; 32]>,
+    sync_interval: std::time::Duration,
+    /// Inside a Tokio runtime: revocations are synced in the background.
+    share: bool,
+}
+
 /// State that lives as long as the process, shared by every configuration snapshot.
 pub struct AuthnState {
     remotes: Mutex<HashMap<String, Weak<RemoteKeys>>>,
@@ -96,15 +112,31 @@ impl AuthnState {
         })
     }
 
-    /// Builds the per-snapshot authenticator. Reuses remote key sets whose source and settings
-    /// are unchanged (they keep their keys and their refresh task), the Redis store when its
-    /// URL is unchanged, and the internal-token key when its configuration is unchanged.
-    /// Background tasks start only inside a Tokio runtime.
+    /// Builds the per-snapshot authenticator and puts it in force at once ([`Self::prepare`]
+    /// then [`Self::activate`]).
     pub fn build(
         self: &Arc<Self>,
         settings: &AuthSettings,
         routes: Vec<RouteAuth>,
     ) -> Result<Arc<Authn>, String> {
+        let (authn, activation) = self.prepare(settings, routes)?;
+        self.activate(activation);
+        Ok(authn)
+    }
+
+    /// Builds the per-snapshot authenticator without changing what is in force: the
+    /// revocations configured, their sharing, the Redis store and internal-token key kept for
+    /// reuse, the snapshot the admin API shows. Those change in [`Self::activate`], once the
+    /// whole configuration has built — a reload refused for any reason leaves them as they
+    /// were. Reuses remote key sets whose source and settings are unchanged (they keep their
+    /// keys and their refresh task), the Redis store when its URL is unchanged, and the
+    /// internal-token key when its configuration is unchanged. Background tasks start only
+    /// inside a Tokio runtime.
+    pub fn prepare(
+        self: &Arc<Self>,
+        settings: &AuthSettings,
+        routes: Vec<RouteAuth>,
+    ) -> Result<(Arc<Authn>, Activation), String> {
         let in_runtime = tokio::runtime::Handle::try_current().is_ok();
         let mut remotes = Vec::with_capacity(settings.jwt.len());
         {
@@ -133,10 +165,11 @@ impl AuthnState {
             }
         }
 
+        let mut new_store = None;
         let store = match &settings.redis {
             None => None,
             Some(cfg) => {
-                let mut slot = self
+                let slot = self
                     .store
                     .lock()
                     .map_err(|_| "store poisoned".to_string())?;
@@ -160,24 +193,17 @@ impl AuthnState {
                             )
                             .map_err(|e| format!("auth.redis: {e}"))?,
                         );
-                        *slot = Some((id, s.clone()));
+                        new_store = Some((id, s.clone()));
                         Some(s)
                     }
                 }
             }
         };
-        self.revocations.set_configured(
-            &settings.revocation.token_ids,
-            &settings.revocation.api_keys,
-        );
-        if in_runtime {
-            self.revocations
-                .share(store.clone(), settings.revocation.sync_interval);
-        }
 
         let it = &settings.internal_token;
+        let mut new_signer = None;
         let signer = {
-            let mut slot = self
+            let slot = self
                 .signer
                 .lock()
                 .map_err(|_| "signer poisoned".to_string())?;
@@ -191,7 +217,7 @@ impl AuthnState {
                     }
                     .map(Arc::new)
                     .map_err(|e| format!("auth.internal_token: {e}"))?;
-                    *slot = Some((it.key_pem.clone(), it.algorithm, s.clone()));
+                    new_signer = Some((it.key_pem.clone(), it.algorithm, s.clone()));
                     s
                 }
             }
@@ -201,13 +227,41 @@ impl AuthnState {
             settings.clone(),
             routes,
             remotes,
-            store,
+            store.clone(),
             self.revocations.clone(),
             signer,
             self.failures.clone(),
         )?);
-        self.current.store(Some(authn.clone()));
-        Ok(authn)
+        let activation = Activation {
+            authn: authn.clone(),
+            store,
+            new_store,
+            new_signer,
+            token_ids: settings.revocation.token_ids.clone(),
+            api_keys: settings.revocation.api_keys.clone(),
+            sync_interval: settings.revocation.sync_interval,
+            share: in_runtime,
+        };
+        Ok((authn, activation))
+    }
+
+    /// Puts a prepared authenticator's process-wide state in force (see [`Self::prepare`]).
+    pub fn activate(&self, a: Activation) {
+        if let Some(new) = a.new_store
+            && let Ok(mut slot) = self.store.lock()
+        {
+            *slot = Some(new);
+        }
+        if let Some(new) = a.new_signer
+            && let Ok(mut slot) = self.signer.lock()
+        {
+            *slot = Some(new);
+        }
+        self.revocations.set_configured(&a.token_ids, &a.api_keys);
+        if a.share {
+            self.revocations.share(a.store, a.sync_interval);
+        }
+        self.current.store(Some(a.authn));
     }
 
     /// The public key set of gateway-signed internal tokens.
