@@ -187,11 +187,35 @@ impl Stage for CorsStage {
         };
         if ctx.preflight {
             Step::Done(cors.preflight(&req.head.headers))
+        } else if is_websocket(&req.head.headers)
+            && let Err(why) = cors.allowed_origin(&req.head.headers)
+            && !matches!(why, OriginRefused::Missing)
+        {
+            // Browsers apply no CORS to WebSockets: a page of any origin may open one, with
+            // the user's cookies, and read what comes back. The origin list is the only check.
+            Step::Done(refuse(match why {
+                OriginRefused::NotAllowed(o) => {
+                    format!("WebSocket from origin {} not allowed", capped(o))
+                }
+                _ => "WebSocket with an unreadable Origin".to_string(),
+            }))
         } else {
             cors.actual(&req.head.headers, &mut ctx.response_headers);
             Step::CONTINUE
         }
     }
+}
+
+/// A WebSocket opening handshake (`Upgrade: websocket`).
+fn is_websocket(headers: &HeaderMap) -> bool {
+    headers.get_all(http::header::UPGRADE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|p| {
+                p.trim_matches([' ', '\t'])
+                    .eq_ignore_ascii_case("websocket")
+            })
+        })
+    })
 }
 
 /// `s`, cut to [`DETAIL_CAP`] characters.

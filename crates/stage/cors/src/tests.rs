@@ -475,6 +475,36 @@ fn actual_request_from_other_origins_continues_with_vary_only() {
     }
 }
 
+/// Browsers apply no CORS to WebSockets: a page of any origin opens one with the user's
+/// cookies. On a CORS route, an opening handshake from an origin not allowed is refused; an
+/// allowed one, or one without `Origin` (not a browser), goes on.
+#[test]
+fn websockets_from_origins_not_allowed_are_refused() {
+    let s = stage(APP);
+    let ws = |origin: Option<&str>, upgrade: &str| {
+        let mut h = vec![("upgrade", upgrade), ("connection", "upgrade")];
+        if let Some(o) = origin {
+            h.push(("origin", o));
+        }
+        run(&s, "GET", &h, false).0
+    };
+    let d = refused(ws(Some("https://evil.net"), "websocket"));
+    assert!(d.contains("WebSocket from origin https://evil.net"), "{d}");
+    refused(ws(Some("https://evil.net"), "WebSocket"));
+    refused(ws(Some("https://evil.net"), "foo, websocket"));
+    refused(ws(Some("not an origin"), "websocket"));
+    assert!(matches!(
+        ws(Some("https://app.example.com"), "websocket"),
+        Verdict::Continue
+    ));
+    assert!(matches!(ws(None, "websocket"), Verdict::Continue));
+    // An ordinary request from that origin only lacks the CORS headers, as before.
+    assert!(matches!(
+        run(&s, "GET", &[("origin", "https://evil.net")], false).0,
+        Verdict::Continue
+    ));
+}
+
 #[test]
 fn actual_request_keeps_headers_of_earlier_steps() {
     let s = stage("allowed_origins: [\"https://a.com\"]\n");
