@@ -792,6 +792,51 @@ async fn websocket_upgrades_pass_through() {
     assert_eq!(ws.paths(), ["/chat"]);
 }
 
+/// Cross-site WebSocket hijacking: on a CORS route, a handshake from an origin the route does
+/// not allow is refused (browsers apply no CORS to WebSockets) and never reaches the
+/// upstream; an allowed origin's, or a non-browser client's without `Origin`, is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_from_origins_a_cors_route_does_not_allow_are_refused() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws = WsUpstream::start().await;
+    let gw = gateway(&format!(
+        "upstreams:\n  ws: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws, cors: {{ allowed_origins: [\"https://app.example.com\"] }} }}\n",
+        ws.url()
+    ));
+    let url = format!("ws://{}/chat", gw.listener("public"));
+    let with_origin = |origin: &str| {
+        let mut r = url.as_str().into_client_request().unwrap();
+        r.headers_mut().insert("origin", origin.parse().unwrap());
+        r
+    };
+    match tokio_tungstenite::connect_async(with_origin("https://evil.example.net")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 403);
+            let body =
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).to_string();
+            assert!(
+                body.contains("cors_rejected") && body.contains("request_id"),
+                "{body}"
+            );
+        }
+        other => panic!("{:?}", other.map(|(_, r)| r.status())),
+    }
+    assert!(
+        ws.paths().is_empty(),
+        "the refused handshake reached the upstream"
+    );
+    let (mut c, resp) = tokio_tungstenite::connect_async(with_origin("https://app.example.com"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    c.close(None).await.unwrap();
+    let (mut c, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
+    c.close(None).await.unwrap();
+    assert_eq!(ws.paths(), ["/chat", "/chat"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_failures_become_502_503_504_problems() {
     let up = TestUpstream::start("slow").await;
