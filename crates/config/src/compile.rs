@@ -344,8 +344,9 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
             );
             HeaderName::from_static("x-request-id")
         });
+    // Zero would close every connection at its accept (the handshake's deadline is its start).
     let header_read_timeout =
-        compile_duration(&s.header_read_timeout, "server.header_read_timeout", e);
+        positive_duration(&s.header_read_timeout, "server.header_read_timeout", e);
     if s.http2_max_concurrent_streams == 0 {
         e.push(
             "server.http2_max_concurrent_streams",

@@ -1138,3 +1138,20 @@ routes:
         e[1]
     );
 }
+
+/// A zero header read timeout would close every connection at its accept (a TLS handshake's
+/// deadline is its start): refused, as other timeouts of zero are.
+#[test]
+fn a_zero_header_read_timeout_is_refused() {
+    let e = load_str(
+        "server: { header_read_timeout: 0s, idle_timeout: 0s }\nupstreams: { d: { kind: echo } }\nroutes: [{ name: r, match: { prefix: / }, upstream: d }]\n",
+        Path::new("."),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("server.header_read_timeout: must be greater than 0")
+            && e.contains("server.idle_timeout: must be greater than 0"),
+        "{e}"
+    );
+}

@@ -617,7 +617,14 @@ impl JwtIssuer {
             c.default_ttl,
             c.unknown_kid_cooldown,
             c.fetch_timeout,
-            self.ca_pem.as_ref().map(|p| p.len()).unwrap_or(0)
+            // The bundle's contents, not its length: a different CA of the same size must
+            // not keep the old fetcher (and its trust).
+            self.ca_pem
+                .as_ref()
+                .map(|p| crate::revocation::hex(
+                    ring::digest::digest(&ring::digest::SHA256, p).as_ref()
+                ))
+                .unwrap_or_default()
         );
         match &self.source {
             KeySource::Static(_) => None,
@@ -1375,5 +1382,47 @@ pub fn compile_route(
             trust_domains: r.mtls.trust_domains.clone(),
             spiffe_paths,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key source is reused across reloads only with the same CA bundle: one of the same
+    /// length but other contents is another source (it trusts other servers).
+    #[test]
+    fn a_key_source_is_keyed_by_its_ca_bundles_contents() {
+        let issuer = |ca: &[u8]| JwtIssuer {
+            name: Arc::from("i"),
+            issuer: "https://i".into(),
+            source: KeySource::JwksUrl("https://i/jwks".into()),
+            algorithms: vec![Alg::EdDSA],
+            audiences: Vec::new(),
+            typ: None,
+            leeway: Duration::ZERO,
+            required_claims: Vec::new(),
+            max_lifetime: None,
+            max_token_bytes: 8192,
+            claims: ClaimNames {
+                subject: "sub".into(),
+                client_id: Vec::new(),
+                scopes: Vec::new(),
+                roles: Vec::new(),
+                tenant: None,
+                tier: None,
+            },
+            cache: JwksCacheSettings {
+                min_ttl: Duration::from_secs(60),
+                max_ttl: Duration::from_secs(3600),
+                default_ttl: Duration::from_secs(600),
+                unknown_kid_cooldown: Duration::from_secs(5),
+                fetch_timeout: Duration::from_secs(5),
+            },
+            ca_pem: Some(ca.to_vec()),
+        };
+        let (a, b) = (issuer(b"CA one"), issuer(b"CA two"));
+        assert_ne!(a.source_key(), b.source_key());
+        assert_eq!(a.source_key(), issuer(b"CA one").source_key());
     }
 }

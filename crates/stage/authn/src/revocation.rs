@@ -98,6 +98,9 @@ pub struct Revocations {
     sets: RwLock<Sets>,
     store: RwLock<Option<Arc<Store>>>,
     last_error: RwLock<Option<String>>,
+    /// `auth.revocation.sync_interval` of the configuration in force, read by the sync task at
+    /// each turn (a reload that keeps the store may change it).
+    every: RwLock<Duration>,
 }
 
 pub fn hex(h: &[u8]) -> String {
@@ -115,6 +118,7 @@ impl Revocations {
             sets: RwLock::new(Sets::default()),
             store: RwLock::new(None),
             last_error: RwLock::new(None),
+            every: RwLock::new(Duration::from_secs(1)),
         })
     }
 
@@ -128,6 +132,9 @@ impl Revocations {
 
     /// Shares the list through `store`, mirrored every `every`.
     pub fn share(self: &Arc<Self>, store: Option<Arc<Store>>, every: Duration) {
+        if let Ok(mut e) = self.every.write() {
+            *e = every.max(Duration::from_millis(100));
+        }
         let changed = {
             let Ok(mut slot) = self.store.write() else {
                 return;
@@ -145,7 +152,6 @@ impl Revocations {
         }
         let Some(mine) = store else { return };
         let weak: Weak<Revocations> = Arc::downgrade(self);
-        let every = every.max(Duration::from_millis(100));
         tokio::spawn(async move {
             loop {
                 let Some(me) = weak.upgrade() else { return };
@@ -155,6 +161,7 @@ impl Revocations {
                     return;
                 }
                 me.sync(&mine).await;
+                let every = me.every.read().map_or(Duration::from_secs(1), |e| *e);
                 drop(me);
                 tokio::time::sleep(every).await;
             }
