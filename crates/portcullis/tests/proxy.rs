@@ -908,6 +908,23 @@ async fn the_quickstart_serves_its_tour() {
     )
     .await;
     assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    // The spoofed X-Forwarded-For is replaced; a body over 1 MiB is refused.
+    let r = send(req(
+        "GET",
+        &format!("{base}/hello"),
+        &[("x-forwarded-for", "1.2.3.4")],
+        "",
+    ))
+    .await;
+    assert_eq!(
+        r.json()["headers"]["x-forwarded-for"],
+        "127.0.0.1",
+        "{}",
+        r.text()
+    );
+    let big = "\0".repeat(2_000_000);
+    let r = send(req("POST", &format!("{base}/hello"), &[], &big)).await;
+    assert_problem(&r, 413, "body_too_large");
 }
 
 /// An address banned by hand through the admin API is refused, with no ban rule configured;

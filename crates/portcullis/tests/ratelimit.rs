@@ -334,3 +334,51 @@ routes:
     assert_eq!(first.await.unwrap().status, 200);
     assert_eq!(call_public(&gw, "GET", "/x", &[]).await.status, 200);
 }
+
+/// `examples/ratelimit.yaml` as shipped (addresses made ephemeral): its curl lines give what
+/// they promise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ratelimit_example_does_what_its_comments_say() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let yaml = std::fs::read_to_string(root.join("examples/ratelimit.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0");
+    let gw = Gateway::start(bin(), &yaml).unwrap();
+    const FREE: &str = "pk_demo_free_000000000000000000000000000000";
+    const PRO: &str = "pk_demo_pro_0000000000000000000000000000000";
+    // Five logins a minute per address, then a 429 with its headers.
+    for _ in 0..5 {
+        assert_eq!(call_public(&gw, "POST", "/login", &[]).await.status, 200);
+    }
+    let r = call_public(&gw, "POST", "/login", &[]).await;
+    assert_problem(&r, 429, "rate_limited");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(r.header("ratelimit-policy"), Some("\"login\";q=5;w=60"));
+    assert!(
+        r.header("ratelimit")
+            .unwrap()
+            .starts_with("\"login\";r=0;t=")
+    );
+    // Tiers: the per-client limit is the one shown (the per-IP one is far from refusing).
+    let r = call_public(&gw, "GET", "/api/orders", &[("x-api-key", FREE)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-ratelimit-limit"), Some("10"));
+    let r = call_public(&gw, "GET", "/api/orders", &[("x-api-key", PRO)]).await;
+    assert_eq!(r.header("x-ratelimit-limit"), Some("100"));
+    // The daily export quota warns from 80%.
+    for _ in 0..17 {
+        let r = call_public(&gw, "GET", "/api/export", &[("x-api-key", FREE)]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = call_public(&gw, "GET", "/api/export", &[("x-api-key", FREE)]).await;
+    assert_eq!(
+        r.header("x-quota-warning"),
+        Some("export-daily; used=18; limit=20; threshold=80%")
+    );
+    let m = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        m.contains(r#"portcullis_rate_limited_total{limit="login"} 1"#),
+        "{m}"
+    );
+}

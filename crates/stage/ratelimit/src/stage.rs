@@ -43,7 +43,17 @@ pub struct Held(pub Vec<Arc<ConcurrencyGuard>>);
 #[derive(Clone)]
 struct Published {
     remaining: u64,
-    limit: u64,
+    /// What `remaining` is out of: the burst for GCRA (its remaining never exceeds it), the
+    /// limit otherwise.
+    capacity: u64,
+}
+
+/// What a decision's `remaining` is out of (see [`Published::capacity`]).
+fn capacity(spec: &LimitSpec, d: &Decision) -> u64 {
+    match spec.algorithm {
+        Algorithm::Gcra => spec.burst.max(1),
+        _ => d.limit.max(1),
+    }
 }
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -211,12 +221,13 @@ impl RateLimiter {
         if !self.settings.headers {
             return;
         }
+        let cap = capacity(spec, d);
         let better = match ctx.extensions.get::<Published>() {
             None => true,
             Some(p) => {
-                // The limit closest to refusing: least remaining, relative to its size.
-                (d.remaining as u128) * (p.limit as u128)
-                    < (p.remaining as u128) * (d.limit as u128)
+                // The limit closest to refusing: least remaining, relative to what it can
+                // hold (a GCRA budget holds its burst: 49 left of a burst of 50 is full).
+                (d.remaining as u128) * (p.capacity as u128) < (p.remaining as u128) * (cap as u128)
             }
         };
         if !better {
@@ -224,7 +235,7 @@ impl RateLimiter {
         }
         ctx.extensions.insert(Published {
             remaining: d.remaining,
-            limit: d.limit,
+            capacity: cap,
         });
         let key = sf_key(name);
         let reset = ceil_secs(d.reset);
@@ -657,6 +668,23 @@ mod tests {
             .iter()
             .find(|(n, _)| n.as_str() == name)
             .and_then(|(_, v)| v.to_str().ok())
+    }
+
+    /// The headers show the limit closest to refusing, each measured against what it can
+    /// hold: a GCRA budget holds its burst, so 49 left of a burst of 50 (rate 300) is full,
+    /// and 9 left of 10 is the closer one.
+    #[test]
+    fn the_published_limit_is_the_closest_to_refusing_by_capacity() {
+        let clock = Arc::new(ManualClock::new(Duration::from_secs(1_000_000)));
+        let rl = limiter(
+            "limits:\n  per-ip: { key: [client_ip], rate: 300/minute, burst: 50, phase: post_auth }\n  per-client: { key: [client_id], rate: 10/minute }\n",
+            clock,
+        );
+        let stage = RateLimitStage::post_auth(rl);
+        let (ok, ctx) = run(&stage, None, "c");
+        assert!(ok);
+        assert_eq!(header(&ctx, "x-ratelimit-limit"), Some("10"));
+        assert_eq!(header(&ctx, "x-ratelimit-remaining"), Some("9"));
     }
 
     #[test]
