@@ -302,6 +302,20 @@ async fn a_refused_reload_changes_no_authentication_state() {
     let auth_after = get(&format!("{}/auth", gw.admin_url())).await.json();
     assert_eq!(auth_after["issuers"], auth_before["issuers"]);
     assert_eq!(get(&format!("{}/r", gw.url("public"))).await.status, 200);
+    // A reload that does change the key: the new one is published, and the old one too
+    // while tokens it signed may live (its ttl and a grace minute).
+    std::fs::write(
+        gw.config_path(),
+        good.replace("algorithm: EdDSA", "algorithm: ES256"),
+    )
+    .unwrap();
+    assert_eq!(reload(&gw.admin_url()).await.status, 200);
+    let after = jwks().await.json();
+    let keys = after["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{after}");
+    assert_eq!(keys[0]["crv"], "P-256", "{after}");
+    assert_eq!(keys[1], before["keys"][0], "{after}");
+    assert_ne!(keys[0]["kid"], keys[1]["kid"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,6 +70,9 @@ impl Fail {
 
 pub(crate) use portcullis_core::unix_now;
 
+/// How much longer than `internal_token.ttl` a replaced internal-token key stays published.
+const RETIRED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The internal-token signer and what it was built from (key PEM, algorithm).
 type SignerSlot = (Option<portcullis_core::Secret>, Alg, Arc<Signer>);
 
@@ -82,6 +85,8 @@ pub struct Activation {
     new_store: Option<(String, Arc<Store>)>,
     /// An internal-token key made for this snapshot, likewise.
     new_signer: Option<SignerSlot>,
+    /// `internal_token.ttl`: how long a replaced key stays published.
+    token_ttl: std::time::Duration,
     token_ids: Vec<String>,
     api_keys: Vec<[u8; 32]>,
     sync_interval: std::time::Duration,
@@ -95,6 +100,10 @@ pub struct AuthnState {
     pub revocations: Arc<Revocations>,
     store: Mutex<Option<(String, Arc<Store>)>>,
     signer: Mutex<Option<SignerSlot>>,
+    /// The key a reload replaced, and until when `/jwks` still publishes it: tokens it signed
+    /// (up to `internal_token.ttl` before the reload, and by requests still running under the
+    /// old configuration) must stay verifiable while they live.
+    retired: Mutex<Option<(Arc<Signer>, std::time::Instant)>>,
     pub failures: Arc<failures::FailureTracker>,
     /// The snapshot built last (for the admin API).
     current: ArcSwapOption<Authn>,
@@ -107,6 +116,7 @@ impl AuthnState {
             revocations: Revocations::new(),
             store: Mutex::new(None),
             signer: Mutex::new(None),
+            retired: Mutex::new(None),
             failures: Arc::new(failures::FailureTracker::new(10_000)),
             current: ArcSwapOption::empty(),
         })
@@ -210,7 +220,11 @@ impl AuthnState {
             match &*slot {
                 Some((pem, alg, s)) if *pem == it.key_pem && *alg == it.algorithm => s.clone(),
                 _ => {
-                    let kid = format!("portcullis-{}", unix_now());
+                    // Unique even for two keys made within a second (both may be published).
+                    let mut salt = [0u8; 4];
+                    let _ =
+                        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt);
+                    let kid = format!("portcullis-{}-{}", unix_now(), revocation::hex(&salt));
                     let s = match &it.key_pem {
                         Some(pem) => Signer::from_pkcs8_pem(pem.expose(), kid),
                         None => Signer::generate(it.algorithm, kid),
@@ -237,6 +251,7 @@ impl AuthnState {
             store,
             new_store,
             new_signer,
+            token_ttl: settings.internal_token.ttl,
             token_ids: settings.revocation.token_ids.clone(),
             api_keys: settings.revocation.api_keys.clone(),
             sync_interval: settings.revocation.sync_interval,
@@ -254,8 +269,13 @@ impl AuthnState {
         }
         if let Some(new) = a.new_signer
             && let Ok(mut slot) = self.signer.lock()
+            && let Some((_, _, old)) = slot.replace(new)
+            && let Ok(mut retired) = self.retired.lock()
         {
-            *slot = Some(new);
+            // Long enough for a token signed just now, and for a request that started under
+            // the old configuration to end (its upstream's read of `/jwks` included).
+            let until = std::time::Instant::now() + a.token_ttl + RETIRED_GRACE;
+            *retired = Some((old, until));
         }
         self.revocations.set_configured(&a.token_ids, &a.api_keys);
         if a.share {
@@ -264,14 +284,24 @@ impl AuthnState {
         self.current.store(Some(a.authn));
     }
 
-    /// The public key set of gateway-signed internal tokens.
+    /// The public key set of gateway-signed internal tokens: the current key, and the one a
+    /// reload replaced while tokens it signed may still be alive.
     pub fn public_jwks(&self) -> serde_json::Value {
-        let keys: Vec<serde_json::Value> = self
+        let mut keys: Vec<serde_json::Value> = self
             .signer
             .lock()
             .ok()
             .and_then(|s| s.as_ref().map(|(_, _, s)| vec![s.public_jwk()]))
             .unwrap_or_default();
+        if let Ok(mut retired) = self.retired.lock() {
+            match &*retired {
+                Some((old, until)) if std::time::Instant::now() < *until => {
+                    keys.push(old.public_jwk());
+                }
+                Some(_) => *retired = None,
+                None => {}
+            }
+        }
         serde_json::json!({ "keys": keys })
     }
 
