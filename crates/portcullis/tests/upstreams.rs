@@ -116,6 +116,31 @@ async fn a_dead_target_is_retried_around_then_ejected() {
     // A POST is never retried: with the dead target ejected it still lands on the live one.
     let r = send(req("POST", &format!("{base}/x"), &[], "data")).await;
     assert_eq!(r.status, 200);
+    // A reload (a new route) keeps the ejection: the dead target does not come back in, so
+    // a POST (never retried) still lands on the live one, every time.
+    let yaml = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        format!("{yaml}  - {{ name: extra, match: {{ prefix: /extra }}, upstream: pool }}\n"),
+    )
+    .unwrap();
+    let r = send(req("POST", &format!("{}/reload", gw.admin_url()), &[], "")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for _ in 0..6 {
+        let r = send(req("POST", &format!("{base}/x"), &[], "data")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("portcullis_upstream_target_healthy") && l.contains(&dead.to_string())
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        line.ends_with(" 0"),
+        "still ejected after the reload: {line}"
+    );
 }
 
 /// A client that uploads slowly keeps its request's deadline from being met; that says

@@ -187,6 +187,16 @@ impl Gateway {
         }
         let contexts = tls_contexts(&config)?;
         let runtime = Runtime::build(Arc::new(config), true, &self.shared, Some(&self.metrics))?;
+        for new in runtime.pools.iter().flatten() {
+            if let Some(old) = current
+                .pools
+                .iter()
+                .flatten()
+                .find(|o| o.name() == new.name())
+            {
+                new.inherit_health(old);
+            }
+        }
         runtime.snapshot.pipeline.activate(&self.shared);
         for (name, cfg) in contexts {
             if let Some(slot) = self.tls_for(&name) {

@@ -407,6 +407,36 @@ impl UpstreamPool {
         &self.name
     }
 
+    /// Takes over what `old` (the same upstream in the configuration a reload replaces) knows
+    /// of its targets' health, target by target (by authority): a target found down, or
+    /// ejected for failures, stays so — a reload must not send traffic back to it until its
+    /// health checks or its ejection time say so.
+    pub fn inherit_health(&self, old: &UpstreamPool) {
+        let (now, old_now) = (self.now_ms(), old.now_ms());
+        for t in &self.targets {
+            let Some(o) = old.targets.iter().find(|o| o.authority == t.authority) else {
+                continue;
+            };
+            t.healthy
+                .store(o.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
+            for (to, from) in [
+                (&t.failures, &o.failures),
+                (&t.check_ok, &o.check_ok),
+                (&t.check_fail, &o.check_fail),
+            ] {
+                to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            let left = o
+                .ejected_until
+                .load(Ordering::Relaxed)
+                .saturating_sub(old_now);
+            if left > 0 {
+                t.ejected_until
+                    .store(now.saturating_add(left), Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Milliseconds since the epoch, at least 1 so that 0 can mean "not ejected".
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis())
