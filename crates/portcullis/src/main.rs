@@ -604,21 +604,39 @@ fn reload(gw: &Gateway, path: Option<&Path>, why: &str) -> Result<(), ConfigErro
     result
 }
 
-/// The files a running configuration is made of: the configuration file, the Rego modules and
+/// The files a running configuration is made of — the configuration file, the Rego modules and
 /// data it names (paths relative to the configuration file's folder), and its OpenAPI
-/// documents with every file they reference.
+/// documents with every file they reference — and those the file on disk names now, if it
+/// reads: after a refused reload, a Rego module or document new in it (the one that was
+/// broken, say) is watched too, so that saving it fixed reloads.
 fn watched_files(gw: &Gateway, path: &Path) -> Vec<PathBuf> {
     let rt = gw.runtime();
-    let rego = &rt.config().raw.authz.rego;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut files = vec![path.to_path_buf()];
-    files.extend(
-        rego.files
+    let named = |raw: &portcullis_config::RawConfig, files: &mut Vec<PathBuf>| {
+        let rego = &raw.authz.rego;
+        let specs = raw
+            .routes
             .iter()
-            .chain(rego.data_file.iter())
-            .map(|f| portcullis_core::resolve_path(base, f)),
-    );
-    files.extend(rt.config().files.iter().cloned());
+            .filter_map(|r| r.openapi.as_ref().map(|o| &o.spec));
+        for f in rego.files.iter().chain(rego.data_file.iter()).chain(specs) {
+            let f = portcullis_core::resolve_path(base, f);
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+    };
+    named(&rt.config().raw, &mut files);
+    for f in &rt.config().files {
+        if !files.contains(f) {
+            files.push(f.clone());
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(path)
+        && let Ok(raw) = portcullis_config::parse_raw(&text)
+    {
+        named(&raw, &mut files);
+    }
     files
 }
 
@@ -652,9 +670,18 @@ async fn watch_file(
             continue; // still being written; look again next tick
         }
         let _ = reload(&gw, Some(&path), "file change");
-        // What the (possibly new) configuration is made of now.
-        let files = watched_files(&gw, &path);
-        last = (files.clone(), read_all(&files).await);
+        // What the (possibly new) configuration is made of now, each file as it was read for
+        // this reload: one changed while the reload ran differs from that, and is applied at
+        // the next look instead of being taken for the state already loaded.
+        let new_files = watched_files(&gw, &path);
+        let mut contents = Vec::with_capacity(new_files.len());
+        for f in &new_files {
+            match files.iter().position(|g| g == f) {
+                Some(i) => contents.push(settled.get(i).cloned().flatten()),
+                None => contents.push(tokio::fs::read(f).await.ok()),
+            }
+        }
+        last = (new_files, contents);
     }
 }
 

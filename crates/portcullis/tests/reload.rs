@@ -333,6 +333,45 @@ async fn a_changed_file_is_reloaded_by_itself() {
     assert!(gw.stderr_text().contains("file change"));
 }
 
+/// A reload refused because of a Rego module the new file names for the first time (broken):
+/// that module is watched from then on, so saving it fixed reloads by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_new_policy_file_is_watched_until_fixed() {
+    let gw = gateway(
+        "upstreams: { d: { kind: echo } }\nroutes:\n  - { name: r, match: { path: /r }, upstream: d }\n",
+    );
+    let dir = gw.config_path().parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("p.rego"), "package gw\nthis is not rego\n").unwrap();
+    let good = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        format!(
+            "{}authz: {{ rego: {{ files: [p.rego] }} }}\n",
+            good.replace("path: /r", "path: /watched")
+        ),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gw.stderr_text().contains("reload refused") {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        get(&format!("{}/watched", gw.url("public"))).await.status,
+        404
+    );
+    std::fs::write(
+        dir.join("p.rego"),
+        "package gw\nimport rego.v1\nallow if true\n",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get(&format!("{}/watched", gw.url("public"))).await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_in_flight_then_stops() {
     let up = TestUpstream::start("slow").await;
