@@ -765,6 +765,29 @@ async fn grpc_over_h2_keeps_trailers() {
     assert_eq!(grpc.request_headers()[0]["te"], "trailers");
 }
 
+/// Trailers are held to the route's header removals like the head: a field removed from
+/// heads (here a configured one, `grpc-message`, which may carry an exception) does not come
+/// after the body instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_lose_the_fields_heads_lose() {
+    let grpc = GrpcUpstream::start().await;
+    let gw = gateway(&format!(
+        "upstreams:\n  grpc: {{ targets: [\"{}\"], protocol: http2 }}\nroutes:\n  - {{ name: grpc, match: {{ prefix: /pkg.Echo, methods: [POST] }}, upstream: grpc, security_headers: {{ remove: [grpc-message] }} }}\n",
+        grpc.url()
+    ));
+    let r = send_h2c(req(
+        "POST",
+        &format!("{}/pkg.Echo/Say", gw.url("public")),
+        &[("content-type", "application/grpc"), ("te", "trailers")],
+        "\0\0\0\0\x05hello",
+    ))
+    .await;
+    assert_eq!(r.status, 200);
+    let t = r.trailers.expect("trailers");
+    assert_eq!(t["grpc-status"], "0");
+    assert!(t.get("grpc-message").is_none(), "{t:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrades_pass_through() {
     let ws = WsUpstream::start().await;

@@ -619,9 +619,12 @@ where
             header::DATE => wrote_date = true,
             header::TRAILER => {
                 if let Ok(v) = value.to_str() {
+                    // A revealing field (`X-Powered-By` …) the head may not carry may not come
+                    // as a trailer either: only announced trailers are written.
                     trailer_names.extend(
                         v.split(',')
-                            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+                            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                            .filter(|n| !security.as_ref().is_some_and(|s| s.omits(n))),
                     );
                 }
             }
@@ -1181,6 +1184,28 @@ mod tests {
             text.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: abc\r\n\r\n"),
             "{text}"
         );
+    }
+
+    /// An announced trailer the security headers remove from heads (`X-Powered-By`) is not
+    /// written as a trailer either.
+    #[tokio::test]
+    async fn trailers_the_security_headers_remove_are_not_written() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+        trailers.insert("x-powered-by", HeaderValue::from_static("PHP/5.4"));
+        let body = streamed(vec![
+            Frame::data(Bytes::from_static(b"hi")),
+            Frame::trailers(trailers),
+        ]);
+        let resp = answer(&[("trailer", "x-checksum, x-powered-by")], body);
+        let deferred = DeferredFields {
+            headers: Arc::new(portcullis_response::SecurityHeaders::default()),
+            tls: false,
+            request_id: None,
+        };
+        let (_, text) = wire_with(false, true, resp, Some(deferred)).await;
+        assert!(text.ends_with("\r\n0\r\nx-checksum: abc\r\n\r\n"), "{text}");
+        assert!(!text.contains("PHP"), "{text}");
     }
 
     #[tokio::test]

@@ -563,6 +563,51 @@ pub fn propagate_traceparent(headers: &mut HeaderMap, sink: &mut FieldSink<'_>) 
     sink.set_own(headers, TRACEPARENT, &value);
 }
 
+/// An answer's body whose trailers lose the fields the route's security headers remove from
+/// heads (`Server`, `X-Powered-By`, configured removals, and those it sets itself).
+pub struct TrailersStripped {
+    body: portcullis_core::BoxBody,
+    policy: std::sync::Arc<portcullis_response::SecurityHeaders>,
+    tls: bool,
+}
+
+impl TrailersStripped {
+    pub fn new(
+        body: portcullis_core::BoxBody,
+        policy: std::sync::Arc<portcullis_response::SecurityHeaders>,
+        tls: bool,
+    ) -> Self {
+        TrailersStripped { body, policy, tls }
+    }
+}
+
+impl http_body::Body for TrailersStripped {
+    type Data = bytes::Bytes;
+    type Error = portcullis_core::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let mut r = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &mut r
+            && let Some(trailers) = frame.trailers_mut()
+        {
+            this.policy.strip(trailers, this.tls);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

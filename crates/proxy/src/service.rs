@@ -465,6 +465,15 @@ impl Gateway {
             })
         } else {
             security.apply(resp.headers_mut(), tls);
+            // Trailers (HTTP/2 answers, announced HTTP/1.1 ones) are held to the same policy
+            // as the head: a revealing field must not come after the body instead.
+            if !http_body::Body::is_end_stream(resp.body())
+                && (seen.version == Version::HTTP_2 || resp.headers().contains_key(header::TRAILER))
+            {
+                let policy = security.clone();
+                resp = resp
+                    .map(|b| crate::headers::TrailersStripped::new(b, policy, tls).boxed_unsync());
+            }
             None
         };
         if !ctx.response_headers.is_empty() {
