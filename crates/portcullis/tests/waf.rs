@@ -495,10 +495,16 @@ async fn compressed_bodies_are_inspected_inflated() {
         let m = matches(&ev);
         assert!(m.iter().any(|m| m["rule"] == 1006), "{coding}: {ev}");
     }
-    // Inflating past the route's inspection limit (64 bytes): refused, or passed recorded.
+    // Inflating past the route's inspection limit (64 bytes): 413 as a body sent that long
+    // (in detect mode too), the finding recorded; or passed, recorded, under `pass`.
     let big = gzip(format!(r#"{{"text":"{}"}}"#, "a".repeat(200)).as_bytes());
     let r = call_coded(&gw, "/small", "application/json", "gzip", big.clone()).await;
-    let ev = assert_blocked(&gw, &r, "aaaa");
+    let v = assert_problem(&r, 413, "body_too_large");
+    assert!(
+        v["detail"].as_str().unwrap().contains("inflates past 64"),
+        "{v}"
+    );
+    let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
     assert!(matches(&ev).iter().any(|m| m["rule"] == 1006), "{ev}");
     assert_eq!(up.hits(), before, "nothing refused reached the upstream");
     let r = call_coded(&gw, "/pass", "application/json", "gzip", big.clone()).await;

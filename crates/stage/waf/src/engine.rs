@@ -46,6 +46,9 @@ pub struct Outcome {
     /// upstream instead of the compressed one (an upstream that does not inflate it would read
     /// bytes the WAF never judged: gzip header fields, a zlib stream read as raw deflate).
     pub inflated: Option<Vec<u8>>,
+    /// The body inflates past the inspection limit and the route says `reject`: refused
+    /// (413) in every mode, as a body sent that long is.
+    pub inflated_over_limit: bool,
 }
 
 #[derive(Debug)]
@@ -124,6 +127,7 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
     );
     let mut facts = BodyFacts::default();
     let mut informational = None;
+    let mut over_limit_refused = false;
     match req.body {
         BodyState::Buffered(bytes) => {
             let body = match &inflated {
@@ -136,6 +140,7 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
                 Inflated::OverLimit => {
                     let why = format!("inflates past {} bytes", route.inspect_body_bytes);
                     coding::refused(&why, &mut findings);
+                    over_limit_refused = true;
                     None
                 }
                 Inflated::Refused(why) => {
@@ -190,6 +195,7 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
             Inflated::Inflated(body) => Some(body),
             _ => None,
         },
+        inflated_over_limit: over_limit_refused,
     };
     for f in findings {
         let excluded = route

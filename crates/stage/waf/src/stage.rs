@@ -149,7 +149,19 @@ impl Stage for WafStage {
             if let Some(inflated) = outcome.inflated.take() {
                 req.replace_body(bytes::Bytes::from(inflated));
             }
-            self.waf.conclude(route, outcome, ctx)
+            let too_large = outcome.inflated_over_limit;
+            let verdict = self.waf.conclude(route, outcome, ctx);
+            if too_large {
+                // Whatever the mode, as a body sent past the limit is (recorded all the same).
+                return Verdict::Reject(Rejection::new(
+                    RejectReason::BodyTooLarge,
+                    format!(
+                        "the request body inflates past {} bytes, the most this route inspects",
+                        route.inspect_body_bytes
+                    ),
+                ));
+            }
+            verdict
         })
     }
 }
