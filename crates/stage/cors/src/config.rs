@@ -207,6 +207,18 @@ fn compile_origins(raw: &RawCors, path: &str, errors: &mut ConfigErrors) -> Orig
             Err(e) => errors.push(format!("{p}[{i}]"), format!("\"{s}\": {e}")),
         }
     }
+    if raw.allow_credentials
+        && let Some(i) = raw
+            .allowed_origins
+            .iter()
+            .position(|s| s.eq_ignore_ascii_case("null"))
+    {
+        errors.push(
+            format!("{p}[{i}]"),
+            "\"null\" cannot be combined with allow_credentials: any page can send it (from a \
+             sandboxed frame), with the user's cookies, and read the answers",
+        );
+    }
     let Some(i) = star else {
         return Origins::List(list);
     };
@@ -395,7 +407,7 @@ mod tests {
     #[test]
     fn full_yaml_compiles_to_precomputed_values() {
         let r: RawCors = serde_yaml_ng::from_str(
-            "allowed_origins: [\"HTTPS://App.Example.com:443\", \"https://*.example.com\", \"null\"]\n\
+            "allowed_origins: [\"HTTPS://App.Example.com:443\", \"https://*.example.com\"]\n\
              allowed_methods: [get, Post, PATCH, PURGE, get]\n\
              allowed_headers: [Content-Type, authorization, x-request-id, content-type]\n\
              exposed_headers: [X-Request-Id, retry-after]\n\
@@ -406,7 +418,7 @@ mod tests {
         let c = ok(&r);
         assert_eq!(
             c.origins(),
-            ["https://app.example.com", "https://*.example.com", "null"]
+            ["https://app.example.com", "https://*.example.com"]
         );
         assert_eq!(c.methods(), ["GET", "POST", "PATCH", "PURGE"]);
         assert_eq!(c.allow_methods.as_ref().unwrap(), "GET, POST, PATCH, PURGE");
@@ -420,6 +432,26 @@ mod tests {
         );
         assert_eq!(c.max_age.as_ref().unwrap(), "600");
         assert!(c.allow_credentials());
+    }
+
+    /// Any page can send `Origin: null` (from a sandboxed frame) with the user's cookies: with
+    /// credentials it would read the answers, so the pair is refused, as `*` with them is.
+    #[test]
+    fn null_with_credentials_is_refused() {
+        let r: RawCors = serde_yaml_ng::from_str(
+            "allowed_origins: [\"https://a.example\", \"null\"]\nallow_credentials: true\n",
+        )
+        .unwrap();
+        let mut e = ConfigErrors::new();
+        let _ = compile(&r, "routes[0].cors", &mut e);
+        let text = e.to_string();
+        assert!(
+            text.contains("routes[0].cors.allowed_origins[1]")
+                && text.contains("cannot be combined with allow_credentials"),
+            "{text}"
+        );
+        let r: RawCors = serde_yaml_ng::from_str("allowed_origins: [\"null\"]\n").unwrap();
+        ok(&r);
     }
 
     #[test]
