@@ -35,6 +35,15 @@ async fn open(addr: SocketAddr) -> TcpStream {
 /// Frames the server sent until it closed, sent GOAWAY, or `within` passed: (type, stream,
 /// payload). A connection the server closes mid-write ends the list.
 async fn frames(s: &mut TcpStream, within: Duration) -> Vec<(u8, u32, Vec<u8>)> {
+    frames_until(s, within, |_, _| false).await
+}
+
+/// [`frames`], also ending after the first frame `stop` takes (type, stream).
+async fn frames_until(
+    s: &mut TcpStream,
+    within: Duration,
+    mut stop: impl FnMut(u8, u32) -> bool,
+) -> Vec<(u8, u32, Vec<u8>)> {
     let mut out = Vec::new();
     let mut buf = Vec::new();
     let deadline = Instant::now() + within;
@@ -49,7 +58,7 @@ async fn frames(s: &mut TcpStream, within: Duration) -> Vec<(u8, u32, Vec<u8>)> 
             let stream = u32::from_be_bytes([buf[5] & 0x7f, buf[6], buf[7], buf[8]]);
             out.push((kind, stream, buf[9..9 + len].to_vec()));
             buf.drain(..9 + len);
-            if kind == GOAWAY {
+            if kind == GOAWAY || stop(kind, stream) {
                 return out;
             }
         }
@@ -147,13 +156,7 @@ async fn cve_2023_44487_rapid_reset_gets_goaway() {
 /// within 3 s or a write failed: the connection is gone.
 async fn forwarded_then_reset(s: &mut TcpStream, up: &TestUpstream, stream: u32) -> bool {
     let before = up.hits();
-    let head = h2_frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        stream,
-        &h2_block("GET", "/delay/3000", &[]),
-    );
-    if s.write_all(&head).await.is_err() {
+    if !get_on(s, stream, "/delay/3000").await {
         return false;
     }
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -163,7 +166,23 @@ async fn forwarded_then_reset(s: &mut TcpStream, up: &TestUpstream, stream: u32)
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    s.write_all(&h2_frame(RST_STREAM, 0, stream, &8u32.to_be_bytes())) // CANCEL
+    cancel(s, stream).await
+}
+
+/// A GET of `path` on `stream`; false when the write failed.
+async fn get_on(s: &mut TcpStream, stream: u32, path: &str) -> bool {
+    let head = h2_frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        stream,
+        &h2_block("GET", path, &[]),
+    );
+    s.write_all(&head).await.is_ok()
+}
+
+/// `RST_STREAM` (CANCEL) on `stream`; false when the write failed.
+async fn cancel(s: &mut TcpStream, stream: u32) -> bool {
+    s.write_all(&h2_frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()))
         .await
         .is_ok()
 }
@@ -216,45 +235,14 @@ async fn resetting_forwarded_streams_past_the_rate_closes_the_connection() {
 /// Sends a GET of a long streamed answer on `stream`, waits for its answer's head, then
 /// resets the stream. False when no head came within 3 s or a write failed.
 async fn answered_then_reset(s: &mut TcpStream, stream: u32) -> bool {
-    let head = h2_frame(
-        HEADERS,
-        END_HEADERS | END_STREAM,
-        stream,
-        &h2_block("GET", "/stream/1000", &[]),
-    );
-    if s.write_all(&head).await.is_err() {
+    if !get_on(s, stream, "/stream/1000").await {
         return false;
     }
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16384];
-    loop {
-        while buf.len() >= 9 {
-            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
-            if buf.len() < 9 + len {
-                break;
-            }
-            let (kind, id) = (
-                buf[3],
-                u32::from_be_bytes([buf[5] & 0x7f, buf[6], buf[7], buf[8]]),
-            );
-            buf.drain(..9 + len);
-            if kind == GOAWAY {
-                return false;
-            }
-            if kind == HEADERS && id == stream {
-                return s
-                    .write_all(&h2_frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()))
-                    .await
-                    .is_ok();
-            }
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-            _ => return false,
-        }
-    }
+    let fs = frames_until(s, Duration::from_secs(3), |k, id| {
+        k == HEADERS && id == stream
+    })
+    .await;
+    answered(&fs, stream) && goaway_code(&fs).is_none() && cancel(s, stream).await
 }
 
 /// The same paced rapid reset, each stream reset once its answer's head came (a download

@@ -105,13 +105,17 @@ async fn a_dead_target_is_retried_around_then_ejected() {
         "{events:#?}"
     );
     // The dead target is ejected: the metrics say so.
-    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
-    let line = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("portcullis_upstream_target_healthy") && l.contains(&dead.to_string())
-        })
-        .unwrap_or_else(|| panic!("{metrics}"));
+    let healthy_line = || async {
+        let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("portcullis_upstream_target_healthy") && l.contains(&dead.to_string())
+            })
+            .unwrap_or_else(|| panic!("{metrics}"))
+            .to_string()
+    };
+    let line = healthy_line().await;
     assert!(line.ends_with(" 0"), "{line}");
     // A POST is never retried: with the dead target ejected it still lands on the live one.
     let r = send(req("POST", &format!("{base}/x"), &[], "data")).await;
@@ -130,13 +134,7 @@ async fn a_dead_target_is_retried_around_then_ejected() {
         let r = send(req("POST", &format!("{base}/x"), &[], "data")).await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
-    let line = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("portcullis_upstream_target_healthy") && l.contains(&dead.to_string())
-        })
-        .unwrap_or_else(|| panic!("{metrics}"));
+    let line = healthy_line().await;
     assert!(
         line.ends_with(" 0"),
         "still ejected after the reload: {line}"
