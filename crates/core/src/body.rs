@@ -165,7 +165,8 @@ impl GatewayRequest {
     }
 
     /// Replaces the body by one a step rewrote (stripped fields, inflated from a content
-    /// coding): it goes on whole, with its length; the coding the old one had is gone.
+    /// coding): it goes on whole, with its length; the coding the old one had, its digests
+    /// and announced trailers are gone.
     pub fn replace_body(&mut self, body: Bytes) {
         let headers = &mut self.head.headers;
         headers.insert(
@@ -174,6 +175,12 @@ impl GatewayRequest {
         );
         headers.remove(http::header::TRANSFER_ENCODING);
         headers.remove(http::header::CONTENT_ENCODING);
+        // What described the old body's bytes describes them no more: digests of them, and
+        // trailers it announced (the new body has none).
+        for name in ["content-digest", "repr-digest", "digest", "content-md5"] {
+            headers.remove(name);
+        }
+        headers.remove(http::header::TRAILER);
         self.body = RequestBody::Buffered(body);
     }
 
@@ -229,6 +236,28 @@ mod tests {
             .map_err(|e| -> BoxError { match e {} })
             .boxed_unsync();
         GatewayRequest::new(head, b)
+    }
+
+    /// A replaced body goes with its own length and nothing that described the old one.
+    #[test]
+    fn a_replaced_body_loses_what_described_the_old_one() {
+        let mut r = req("compressed");
+        for (n, v) in [
+            ("content-encoding", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("content-digest", "sha-256=:x:"),
+            ("digest", "SHA-256=x"),
+            ("content-md5", "x"),
+            ("trailer", "x-sig"),
+            ("content-type", "application/json"),
+        ] {
+            r.head.headers.insert(n, http::HeaderValue::from_static(v));
+        }
+        r.replace_body(Bytes::from_static(b"{\"a\":1}"));
+        let names: Vec<&str> = r.head.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "content-length"]);
+        assert_eq!(r.head.headers["content-length"], "7");
+        assert!(matches!(&r.body, RequestBody::Buffered(b) if b.len() == 7));
     }
 
     #[tokio::test]

@@ -316,6 +316,15 @@ async fn a_refused_reload_changes_no_authentication_state() {
     assert_eq!(keys[0]["crv"], "P-256", "{after}");
     assert_eq!(keys[1], before["keys"][0], "{after}");
     assert_ne!(keys[0]["kid"], keys[1]["kid"]);
+    // Changed again at once: every key that may still have live tokens stays published.
+    std::fs::write(gw.config_path(), &good).unwrap();
+    assert_eq!(reload(&gw.admin_url()).await.status, 200);
+    let again = jwks().await.json();
+    let keys = again["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 3, "{again}");
+    assert_eq!(keys[0]["crv"], "Ed25519", "{again}");
+    assert_eq!(keys[1], after["keys"][0], "{again}");
+    assert_eq!(keys[2], before["keys"][0], "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

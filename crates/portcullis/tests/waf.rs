@@ -42,6 +42,7 @@ routes:
     waf:
       exclusions: [{{ rules: [], targets: ["body:$.description"] }}]
   - {{ name: small, match: {{ prefix: /small }}, upstream: app, auth: {{ anonymous: true }}, waf: {{ inspect_body_bytes: 64 }} }}
+  - {{ name: tight, match: {{ prefix: /tight }}, upstream: app, auth: {{ anonymous: true }}, max_body_bytes: 1KiB }}
   - {{ name: pass, match: {{ prefix: /pass }}, upstream: app, auth: {{ anonymous: true }}, waf: {{ inspect_body_bytes: 64, on_body_over_limit: pass }} }}
   - name: graphql
     match: {{ path: /graphql }}
@@ -506,6 +507,15 @@ async fn compressed_bodies_are_inspected_inflated() {
     );
     let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
     assert!(matches(&ev).iter().any(|m| m["rule"] == 1006), "{ev}");
+    // Within the inspection limit but past the route's body limit (1 KiB), which holds for
+    // the inflated body the upstream would get.
+    let wide = gzip(format!(r#"{{"text":"{}"}}"#, "a".repeat(4000)).as_bytes());
+    let r = call_coded(&gw, "/tight", "application/json", "gzip", wide).await;
+    let v = assert_problem(&r, 413, "body_too_large");
+    assert!(
+        v["detail"].as_str().unwrap().contains("inflates past 1024"),
+        "{v}"
+    );
     assert_eq!(up.hits(), before, "nothing refused reached the upstream");
     let r = call_coded(&gw, "/pass", "application/json", "gzip", big.clone()).await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());

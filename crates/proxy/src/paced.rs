@@ -243,7 +243,15 @@ impl Body for ToClient {
                 return Poll::Ready(Some(Err(Box::new(HeldUp))));
             };
             let r = Pin::new(&mut *body).poll_frame(cx);
-            *ended = body.is_end_stream();
+            // Over when the body says so, when it has no more (a body that never says it is
+            // over: a chunked or close-delimited answer, a replayed one), and after trailers
+            // (the server asks no more then): a body dropped past any of these was delivered.
+            *ended = body.is_end_stream()
+                || match &r {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
+                    _ => false,
+                };
             *failed |= matches!(r, Poll::Ready(Some(Err(_))));
             let more = matches!(r, Poll::Ready(Some(Ok(_)))) && !*ended;
             (r, more)
@@ -315,6 +323,44 @@ mod tests {
             .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
             .collect();
         http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    /// Only an answer dropped before its end counts as a client reset: one taken to its end
+    /// — whether its body says it is over (a stream body never does), or it ends in trailers
+    /// — does not, however many there are.
+    #[tokio::test]
+    async fn only_answers_dropped_unfinished_count_as_resets() {
+        let a = Arc::new(Activity::default());
+        let resets = Arc::new(crate::resets::ResetWatch::new(1));
+        let watched =
+            |b: BoxBody| ToClient::new(b, Some(a.clone())).counting_resets(resets.clone());
+        for _ in 0..3 {
+            let b = watched(body(&["one", "two"]));
+            let _ = b.collect().await.unwrap();
+        }
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"x"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let with_trailers =
+            http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+        let mut b = watched(with_trailers);
+        // The server stops at the trailers frame.
+        while let Some(f) = b.frame().await {
+            if f.unwrap().is_trailers() {
+                break;
+            }
+        }
+        drop(b);
+        // None counted: one reset now is the first (the limit is 1, not passed).
+        assert!(!resets.client_reset());
+        // One dropped halfway counts: the limit passed.
+        let mut b = watched(body(&["one", "two"]));
+        let _ = b.frame().await;
+        drop(b);
+        assert!(resets.client_reset());
     }
 
     #[tokio::test]

@@ -411,21 +411,30 @@ impl UpstreamPool {
     /// of its targets' health, target by target (by authority): a target found down, or
     /// ejected for failures, stays so — a reload must not send traffic back to it until its
     /// health checks or its ejection time say so.
+    /// What the active checks found is kept only while there still are checks (without them
+    /// nothing would ever set a target healthy again), and only for the same target: the
+    /// same address and scheme.
     pub fn inherit_health(&self, old: &UpstreamPool) {
         let (now, old_now) = (self.now_ms(), old.now_ms());
+        let checked = self.health.is_some() && old.health.is_some();
         for t in &self.targets {
-            let Some(o) = old.targets.iter().find(|o| o.authority == t.authority) else {
+            let Some(o) = old
+                .targets
+                .iter()
+                .find(|o| o.authority == t.authority && o.scheme == t.scheme)
+            else {
                 continue;
             };
-            t.healthy
-                .store(o.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
-            for (to, from) in [
-                (&t.failures, &o.failures),
-                (&t.check_ok, &o.check_ok),
-                (&t.check_fail, &o.check_fail),
-            ] {
-                to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+            if checked {
+                t.healthy
+                    .store(o.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
+                t.check_ok
+                    .store(o.check_ok.load(Ordering::Relaxed), Ordering::Relaxed);
+                t.check_fail
+                    .store(o.check_fail.load(Ordering::Relaxed), Ordering::Relaxed);
             }
+            t.failures
+                .store(o.failures.load(Ordering::Relaxed), Ordering::Relaxed);
             let left = o
                 .ejected_until
                 .load(Ordering::Relaxed)

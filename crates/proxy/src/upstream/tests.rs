@@ -1809,3 +1809,40 @@ fn direct_only_a_single_agreeing_content_length_is_taken() {
     h.append(CONTENT_LENGTH, HeaderValue::from_static("5"));
     assert!(!length_agrees(&h, 5));
 }
+
+/// A reload keeps what is known of the same targets: ejections always, what active checks
+/// found only while there still are checks (nothing would set a target healthy again
+/// otherwise), nothing for a target whose scheme changed.
+#[test]
+fn a_reload_inherits_health_where_it_still_means_something() {
+    let targets = [
+        "\"http://127.0.0.1:9\"".to_string(),
+        "\"http://127.0.0.1:10\"".to_string(),
+    ];
+    let checks = "health_check: { path: /healthz, interval: 1s }";
+    let old = pool_of(&targets, checks);
+    old.targets[0].healthy.store(false, Ordering::Relaxed);
+    old.targets[1]
+        .ejected_until
+        .store(old.now_ms() + 60_000, Ordering::Relaxed);
+    let still_checked = pool_of(&targets, checks);
+    still_checked.inherit_health(&old);
+    let h = still_checked.health_snapshot();
+    assert!(!h[0].healthy && h[1].ejected, "{h:?}");
+    // Checks switched off: the target found down is back in; the ejection stays.
+    let unchecked = pool_of(&targets, "");
+    unchecked.inherit_health(&old);
+    let h = unchecked.health_snapshot();
+    assert!(h[0].healthy && h[1].ejected, "{h:?}");
+    // The same address over TLS is another target.
+    let tls = pool_of(
+        &[
+            "\"https://127.0.0.1:9\"".to_string(),
+            "\"https://127.0.0.1:10\"".to_string(),
+        ],
+        checks,
+    );
+    tls.inherit_health(&old);
+    let h = tls.health_snapshot();
+    assert!(h[0].healthy && !h[1].ejected, "{h:?}");
+}

@@ -103,7 +103,7 @@ pub struct AuthnState {
     /// The key a reload replaced, and until when `/jwks` still publishes it: tokens it signed
     /// (up to `internal_token.ttl` before the reload, and by requests still running under the
     /// old configuration) must stay verifiable while they live.
-    retired: Mutex<Option<(Arc<Signer>, std::time::Instant)>>,
+    retired: Mutex<Vec<(Arc<Signer>, std::time::Instant)>>,
     pub failures: Arc<failures::FailureTracker>,
     /// The snapshot built last (for the admin API).
     current: ArcSwapOption<Authn>,
@@ -116,7 +116,7 @@ impl AuthnState {
             revocations: Revocations::new(),
             store: Mutex::new(None),
             signer: Mutex::new(None),
-            retired: Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
             failures: Arc::new(failures::FailureTracker::new(10_000)),
             current: ArcSwapOption::empty(),
         })
@@ -274,8 +274,9 @@ impl AuthnState {
         {
             // Long enough for a token signed just now, and for a request that started under
             // the old configuration to end (its upstream's read of `/jwks` included).
-            let until = std::time::Instant::now() + a.token_ttl + RETIRED_GRACE;
-            *retired = Some((old, until));
+            let now = std::time::Instant::now();
+            retired.retain(|(_, until)| *until > now);
+            retired.push((old, now + a.token_ttl + RETIRED_GRACE));
         }
         self.revocations.set_configured(&a.token_ids, &a.api_keys);
         if a.share {
@@ -294,13 +295,10 @@ impl AuthnState {
             .and_then(|s| s.as_ref().map(|(_, _, s)| vec![s.public_jwk()]))
             .unwrap_or_default();
         if let Ok(mut retired) = self.retired.lock() {
-            match &*retired {
-                Some((old, until)) if std::time::Instant::now() < *until => {
-                    keys.push(old.public_jwk());
-                }
-                Some(_) => *retired = None,
-                None => {}
-            }
+            let now = std::time::Instant::now();
+            retired.retain(|(_, until)| *until > now);
+            // The most recently replaced first.
+            keys.extend(retired.iter().rev().map(|(old, _)| old.public_jwk()));
         }
         serde_json::json!({ "keys": keys })
     }

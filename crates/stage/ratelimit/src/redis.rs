@@ -87,10 +87,11 @@ pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
-/// Checks failing in a row before the store stops asking Redis for [`BREAK_FOR`].
+/// Checks timing out in a row before the store stops asking Redis for a while (the store's
+/// `timeout`, at least [`BREAK_MIN`]): checks then fail at once, one tries again each time.
 const BREAK_AFTER: u32 = 3;
-/// How long checks fail at once after [`BREAK_AFTER`] failures, before one tries again.
-const BREAK_FOR: Duration = Duration::from_millis(500);
+/// The shortest pause of an open breaker.
+const BREAK_MIN: Duration = Duration::from_millis(50);
 
 struct Inner {
     target: Target,
@@ -237,6 +238,7 @@ impl RedisStore {
         // a few failures in a row, checks fail at once (to the configured fallback) for a
         // while, one check then trying again.
         let clock = tokio::time::Instant::now();
+        let pause = self.inner.timeout.max(BREAK_MIN);
         if let Ok(mut retry) = self.inner.retry_at.lock()
             && let Some(at) = *retry
         {
@@ -247,25 +249,29 @@ impl RedisStore {
                 )));
             }
             // This check tries; the others meanwhile still fail at once.
-            *retry = Some(clock + BREAK_FOR);
+            *retry = Some(clock + pause);
         }
-        let result =
+        let (result, timed_out) =
             match tokio::time::timeout(self.inner.timeout, self.run(&prepared, cost, now)).await {
-                Ok(r) => r,
-                Err(_) => Err(StoreError::Unavailable(format!(
-                    "redis {}: no answer within {:?}",
-                    self.inner.shown, self.inner.timeout
-                ))),
+                Ok(r) => (r, false),
+                Err(_) => (
+                    Err(StoreError::Unavailable(format!(
+                        "redis {}: no answer within {:?}",
+                        self.inner.shown, self.inner.timeout
+                    ))),
+                    true,
+                ),
             };
         self.inner.healthy.store(result.is_ok(), Ordering::Relaxed);
-        let failures = if result.is_ok() {
+        // Only silence counts (what makes every check wait): an error answer comes at once.
+        let failures = if timed_out {
+            self.inner.failures.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
             self.inner.failures.store(0, Ordering::Relaxed);
             0
-        } else {
-            self.inner.failures.fetch_add(1, Ordering::Relaxed) + 1
         };
         if let Ok(mut retry) = self.inner.retry_at.lock() {
-            *retry = (failures >= BREAK_AFTER).then(|| tokio::time::Instant::now() + BREAK_FOR);
+            *retry = (failures >= BREAK_AFTER).then(|| tokio::time::Instant::now() + pause);
         }
         result
     }
@@ -920,7 +926,7 @@ mod tests {
     }
 
     /// A Redis that does not answer: after three checks that waited for it in vain, checks
-    /// fail at once for a while; then one tries again; once Redis answers, all do.
+    /// fail at once for a while (the timeout); then one tries again.
     #[tokio::test]
     async fn a_silent_redis_is_not_waited_for_by_every_check() {
         // Accepts connections and never answers.
@@ -948,10 +954,10 @@ mod tests {
         for _ in 0..BREAK_AFTER {
             assert!(why(check().await).contains("no answer within"));
         }
-        for _ in 0..5 {
+        for _ in 0..2 {
             assert!(why(check().await).contains("tried again shortly"));
         }
-        tokio::time::sleep(BREAK_FOR + Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(why(check().await).contains("no answer within"));
         assert!(why(check().await).contains("tried again shortly"));
     }

@@ -145,20 +145,24 @@ impl Stage for WafStage {
                     body,
                 },
             );
-            // What was inspected is what goes upstream.
+            // What was inspected is what goes upstream — within the route's body limit, which
+            // holds for the body it receives (the inspection limit may be the larger).
+            let mut too_large = outcome
+                .inflated_over_limit
+                .then_some(route.inspect_body_bytes);
             if let Some(inflated) = outcome.inflated.take() {
-                req.replace_body(bytes::Bytes::from(inflated));
+                if inflated.len() as u64 > route_limit {
+                    too_large = Some(route_limit);
+                } else {
+                    req.replace_body(bytes::Bytes::from(inflated));
+                }
             }
-            let too_large = outcome.inflated_over_limit;
             let verdict = self.waf.conclude(route, outcome, ctx);
-            if too_large {
+            if let Some(limit) = too_large {
                 // Whatever the mode, as a body sent past the limit is (recorded all the same).
                 return Verdict::Reject(Rejection::new(
                     RejectReason::BodyTooLarge,
-                    format!(
-                        "the request body inflates past {} bytes, the most this route inspects",
-                        route.inspect_body_bytes
-                    ),
+                    format!("the request body inflates past {limit} bytes"),
                 ));
             }
             verdict
