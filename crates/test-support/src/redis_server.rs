@@ -15,22 +15,38 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// A server of this test's own: the free port picked is released before `redis-server`
+    /// binds it, so another test may have taken it meanwhile (its own server, then shared by
+    /// two tests — one restarting it under the other — or a listener of its own): the server
+    /// answering must be the one started here (its directory), or another port is tried.
     pub fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut r = RedisServer {
             child: None,
-            port,
+            port: 0,
             dir: tempfile::tempdir().unwrap(),
         };
-        r.launch();
-        r
+        let dir = r.dir.path().to_string_lossy().into_owned();
+        for _ in 0..10 {
+            r.port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let ours = r
+                .launch()
+                .then(|| r.try_cmd(&["CONFIG", "GET", "dir"]))
+                .flatten();
+            if ours.is_some_and(|v| v.lines().nth(1) == Some(dir.as_str())) {
+                return r;
+            }
+            r.stop();
+        }
+        panic!("no redis-server of this test's own could be started");
     }
 
-    fn launch(&mut self) {
+    /// Starts `redis-server` on the port and waits until something answers PING there; false
+    /// when the server exited first (the port was taken).
+    fn launch(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -44,12 +60,20 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.try_cmd(&["PING"]).as_deref() != Some("PONG") {
+            if self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            {
+                return false;
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not answer PING"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        true
     }
 
     pub fn port(&self) -> u16 {
@@ -70,7 +94,10 @@ impl RedisServer {
 
     pub fn restart(&mut self) {
         self.stop();
-        self.launch();
+        assert!(
+            self.launch(),
+            "redis-server did not start again on its port"
+        );
     }
 
     /// Runs one command and renders the reply: strings as they are, integers in decimal,
