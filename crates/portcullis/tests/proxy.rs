@@ -765,6 +765,48 @@ async fn grpc_over_h2_keeps_trailers() {
     assert_eq!(grpc.request_headers()[0]["te"], "trailers");
 }
 
+/// A redirect (or a 201) whose absolute `Location` names the target the answer came from —
+/// as an upstream reached by its own address writes it — reaches the client with the client's
+/// scheme and `Host` instead: a link it can follow, and the internal address kept inside.
+/// Links elsewhere are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_to_the_target_are_rewritten_to_the_clients_host() {
+    use tokio::io::AsyncWriteExt;
+    let me: std::sync::Arc<std::sync::OnceLock<String>> = std::sync::Arc::default();
+    let m = me.clone();
+    let addr = scripted_upstream(move |mut s| {
+        let m = m.clone();
+        async move {
+            let a = format!(
+                "HTTP/1.1 302 Found\r\nlocation: http://{}/next?x=1\r\ncontent-location: https://elsewhere.example/x\r\ncontent-length: 0\r\n\r\n",
+                m.get().unwrap()
+            );
+            let _ = s.write_all(a.as_bytes()).await;
+        }
+    })
+    .await;
+    me.set(addr.to_string()).unwrap();
+    let gw = gateway(&format!(
+        "upstreams: {{ svc: {{ targets: [\"http://{addr}\"], host_header: target }} }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n"
+    ));
+    let r = send(req(
+        "GET",
+        &format!("{}/go", gw.url("public")),
+        &[("host", "api.example.com")],
+        "",
+    ))
+    .await;
+    assert_eq!(r.status, 302);
+    assert_eq!(
+        r.header("location"),
+        Some("http://api.example.com/next?x=1")
+    );
+    assert_eq!(
+        r.header("content-location"),
+        Some("https://elsewhere.example/x")
+    );
+}
+
 /// Trailers are held to the route's header removals like the head: a field removed from
 /// heads (here a configured one, `grpc-message`, which may carry an exception) does not come
 /// after the body instead.

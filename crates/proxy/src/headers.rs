@@ -563,6 +563,33 @@ pub fn propagate_traceparent(headers: &mut HeaderMap, sink: &mut FieldSink<'_>) 
     sink.set_own(headers, TRACEPARENT, &value);
 }
 
+/// Rewrites an absolute `Location` or `Content-Location` that names the target the answer came
+/// from (`http://10.0.0.5:8081/x`, as an upstream reached by its own address writes it) to the
+/// client's scheme and `Host`: the client gets a link it can follow, and the internal address
+/// stays inside. Other values are left as they are.
+pub fn rewrite_target_links(headers: &mut HeaderMap, target: &str, scheme: &str, host: &str) {
+    for name in [http::header::LOCATION, http::header::CONTENT_LOCATION] {
+        let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let rest = ["http://", "https://"].iter().find_map(|p| {
+            let after = value
+                .get(..p.len())?
+                .eq_ignore_ascii_case(p)
+                .then(|| value.get(p.len()..))??;
+            let tail = after
+                .get(..target.len())?
+                .eq_ignore_ascii_case(target)
+                .then(|| after.get(target.len()..))??;
+            (tail.is_empty() || tail.starts_with(['/', '?', '#'])).then_some(tail)
+        });
+        let Some(rest) = rest else { continue };
+        if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{rest}")) {
+            headers.insert(name, v);
+        }
+    }
+}
+
 /// An answer's body whose trailers lose the fields the route's security headers remove from
 /// heads (`Server`, `X-Powered-By`, configured removals, and those it sets itself).
 pub struct TrailersStripped {
@@ -610,6 +637,32 @@ impl http_body::Body for TrailersStripped {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn links_to_the_target_are_rewritten_and_no_others() {
+        let run = |loc: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::LOCATION, HeaderValue::from_str(loc).unwrap());
+            rewrite_target_links(&mut h, "10.0.0.5:8081", "https", "api.example.com");
+            h[http::header::LOCATION].to_str().unwrap().to_string()
+        };
+        assert_eq!(
+            run("http://10.0.0.5:8081/a?b#c"),
+            "https://api.example.com/a?b#c"
+        );
+        assert_eq!(run("HTTPS://10.0.0.5:8081"), "https://api.example.com");
+        assert_eq!(run("http://10.0.0.5:8081?q"), "https://api.example.com?q");
+        for other in [
+            "http://10.0.0.5:80810/a",
+            "http://10.0.0.5:8081.evil.example/a",
+            "http://10.0.0.5/a",
+            "/relative",
+            "https://elsewhere.example/10.0.0.5:8081",
+        ] {
+            assert_eq!(run(other), other);
+        }
+    }
+
     use super::*;
     use std::sync::Arc;
 

@@ -585,6 +585,12 @@ impl Gateway {
         let websocket = downstream_upgrade.is_some();
         strip_hop_by_hop(&mut head.headers, websocket);
         let host_for_fwd = portcullis_core::header_value(&head.headers, &header::HOST).cloned();
+        // The name the client used (`Host`, or HTTP/2's `:authority`), for links in the answer.
+        let client_host = host_for_fwd.clone().or_else(|| {
+            head.uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         // The gateway's own fields go to a proxied target's client as a list, written after
         // the map's (no inserts into the map) — unless the route's header rules are to see
         // them in the map.
@@ -778,6 +784,20 @@ impl Gateway {
             }
         } else {
             strip_hop_by_hop(resp.headers_mut(), false);
+            // (Only answers that carry such links: a redirect, a 201.)
+            if (resp.status().is_redirection() || resp.status() == StatusCode::CREATED)
+                && let (Some(target), Some(host)) = (
+                    &seen.target,
+                    client_host.as_ref().and_then(|h| h.to_str().ok()),
+                )
+            {
+                crate::headers::rewrite_target_links(
+                    resp.headers_mut(),
+                    target,
+                    ctx.scheme.as_str(),
+                    host,
+                );
+            }
         }
         if route.cors.is_some() {
             // The gateway alone speaks CORS on this route.
