@@ -187,13 +187,8 @@ async fn cancel(s: &mut TcpStream, stream: u32) -> bool {
         .is_ok()
 }
 
-/// The rapid reset of CVE-2023-44487, paced: each stream is reset only once its request has
-/// reached the upstream. The h2 layer's bound on streams reset before they are accepted does
-/// not see these, and `max_concurrent_streams` does not slow them down (a reset frees the
-/// slot). A client that resets more than `server.http2_max_resets_per_second` of them in a
-/// second loses the connection; one under it may cancel and go on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resetting_forwarded_streams_past_the_rate_closes_the_connection() {
+/// A gateway allowing 5 client resets per second and connection, in front of a test upstream.
+async fn resets_limited_to_five() -> (TestUpstream, Gateway) {
     let up = TestUpstream::start("a").await;
     let gw = gateway(&format!(
         "server:\n  http2_max_resets_per_second: 5\n\
@@ -201,6 +196,17 @@ async fn resetting_forwarded_streams_past_the_rate_closes_the_connection() {
          routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
         up.url()
     ));
+    (up, gw)
+}
+
+/// The rapid reset of CVE-2023-44487, paced: each stream is reset only once its request has
+/// reached the upstream. The h2 layer's bound on streams reset before they are accepted does
+/// not see these, and `max_concurrent_streams` does not slow them down (a reset frees the
+/// slot). A client that resets more than `server.http2_max_resets_per_second` of them in a
+/// second loses the connection; one under it may cancel and go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resetting_forwarded_streams_past_the_rate_closes_the_connection() {
+    let (up, gw) = resets_limited_to_five().await;
     let mut s = open(gw.listener("public")).await;
     // Under the limit: three requests cancelled once forwarded, then one answered.
     for stream in [1, 3, 5] {
@@ -250,13 +256,7 @@ async fn answered_then_reset(s: &mut TcpStream, stream: u32) -> bool {
 /// it is, so such a client loses the connection past the rate too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resetting_answered_streams_past_the_rate_closes_the_connection() {
-    let up = TestUpstream::start("a").await;
-    let gw = gateway(&format!(
-        "server:\n  http2_max_resets_per_second: 5\n\
-         upstreams:\n  svc: {{ targets: [\"{}\"] }}\n\
-         routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
-        up.url()
-    ));
+    let (_up, gw) = resets_limited_to_five().await;
     let mut s = open(gw.listener("public")).await;
     let mut resets = 0u32;
     while resets < 100 && answered_then_reset(&mut s, 1 + 2 * resets).await {
