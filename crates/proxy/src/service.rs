@@ -585,12 +585,8 @@ impl Gateway {
         let websocket = downstream_upgrade.is_some();
         strip_hop_by_hop(&mut head.headers, websocket);
         let host_for_fwd = portcullis_core::header_value(&head.headers, &header::HOST).cloned();
-        // The name the client used (`Host`, or HTTP/2's `:authority`), for links in the answer.
-        let client_host = host_for_fwd.clone().or_else(|| {
-            head.uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        // HTTP/2's `:authority` (when there is no `Host`), for links in the answer.
+        let authority = head.uri.authority().cloned();
         // The gateway's own fields go to a proxied target's client as a list, written after
         // the map's (no inserts into the map) — unless the route's header rules are to see
         // them in the map.
@@ -788,7 +784,10 @@ impl Gateway {
             if (resp.status().is_redirection() || resp.status() == StatusCode::CREATED)
                 && let (Some(target), Some(host)) = (
                     &seen.target,
-                    client_host.as_ref().and_then(|h| h.to_str().ok()),
+                    host_for_fwd
+                        .as_ref()
+                        .and_then(|h| h.to_str().ok())
+                        .or(authority.as_ref().map(|a| a.as_str())),
                 )
             {
                 crate::headers::rewrite_target_links(
