@@ -805,6 +805,11 @@ async fn links_to_the_target_are_rewritten_to_the_clients_host() {
         r.header("content-location"),
         Some("https://elsewhere.example/x")
     );
+    // Over HTTP/2 the client's name is its `:authority`.
+    let r = send_h2c(req("GET", &format!("{}/go", gw.url("public")), &[], "")).await;
+    assert_eq!(r.status, 302);
+    let want = format!("http://{}/next?x=1", gw.listener("public"));
+    assert_eq!(r.header("location"), Some(want.as_str()));
 }
 
 /// Trailers are held to the route's header removals like the head: a field removed from
