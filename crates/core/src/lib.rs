@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod addr;
 mod authz;
 mod body;
 pub mod coding;

@@ -287,15 +287,7 @@ impl BanRules {
     /// The address as counted (bans, and the connection cap per address): IPv4-mapped IPv6
     /// as IPv4, IPv6 by its prefix (`ipv6_prefix`).
     pub fn key(&self, ip: IpAddr) -> IpAddr {
-        match canonical(ip) {
-            IpAddr::V6(v6) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.ipv6_prefix.clamp(1, 128)))
-                    .unwrap_or(0);
-                IpAddr::V6((u128::from(v6) & mask).into())
-            }
-            v4 => v4,
-        }
+        portcullis_core::addr::counted(ip, self.ipv6_prefix)
     }
 
     fn exempt(&self, ip: IpAddr) -> bool {

@@ -72,15 +72,7 @@ pub fn parse_nets(list: &[String], path: &str, errors: &mut ConfigErrors) -> Vec
 }
 
 /// Folds IPv4-mapped IPv6 addresses to IPv4.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    }
-}
+pub use portcullis_core::addr::canonical;
 
 impl IpRules {
     pub fn compile(raw: &RawIpFilter, path: &str, errors: &mut ConfigErrors) -> IpRules {

@@ -8,7 +8,6 @@
 //! `Retry-After`; the headers of the most restrictive limit go on every response.
 
 use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,7 +131,7 @@ impl RateLimiter {
                     let _ = write!(
                         k,
                         "{}",
-                        client_key(ctx.client_ip, self.settings.ipv6_prefix)
+                        portcullis_core::addr::counted(ctx.client_ip, self.settings.ipv6_prefix)
                     );
                 }
                 Dim::Route => k.push_str(ctx.route.as_ref().map(|r| &*r.name).unwrap_or("")),
@@ -594,20 +593,6 @@ fn lower(a: &LimitSpec, b: &LimitSpec) -> bool {
     }
 }
 
-fn client_key(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None if prefix == 0 || prefix >= 128 => IpAddr::V6(v6),
-            None => {
-                let mask = u128::MAX << (128 - u32::from(prefix));
-                IpAddr::V6((u128::from(v6) & mask).into())
-            }
-        },
-        v4 => v4,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -718,16 +703,8 @@ mod tests {
 
     #[test]
     fn client_ip_keys_group_ipv6_by_prefix_and_fold_mapped_ipv4() {
-        let k = |ip: &str, prefix| client_key(ip.parse().unwrap(), prefix).to_string();
-        assert_eq!(k("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::");
-        assert_eq!(k("2001:db8:1:2:ffff:ffff:ffff:ffff", 64), "2001:db8:1:2::");
-        assert_ne!(k("2001:db8:1:3::1", 64), k("2001:db8:1:2::1", 64));
-        assert_eq!(k("2001:db8:1:2:aaaa::1", 128), "2001:db8:1:2:aaaa::1");
-        assert_eq!(k("2001:db8:1:2:aaaa::1", 48), "2001:db8:1::");
-        assert_eq!(k("::ffff:198.51.100.7", 64), "198.51.100.7");
-        assert_eq!(k("198.51.100.7", 64), "198.51.100.7");
-
-        // Through the step: a client walking its /64 shares one budget.
+        // The masking itself is `portcullis_core::addr::counted`'s (tested there). Through
+        // the step: a client walking its /64 shares one budget.
         let clock = Arc::new(ManualClock::new(Duration::from_secs(1_000_000)));
         let rl = limiter(
             "limits:\n  per-ip: { key: [client_ip], rate: 3/minute, phase: post_auth }\n",
