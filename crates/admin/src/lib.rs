@@ -196,7 +196,7 @@ pub async fn serve(
                             _ => {}
                         }
                     }
-                    Ok::<_, Infallible>(handle(&state, token.as_deref(), req))
+                    Ok::<_, Infallible>(handle(&state, token.as_deref(), req).await)
                 }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);
@@ -236,7 +236,7 @@ struct State {
 
 type Resp = Response<Full<Bytes>>;
 
-fn handle(state: &State, token: Option<&[u8]>, req: Request<Incoming>) -> Resp {
+async fn handle(state: &State, token: Option<&[u8]>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path();
     let public = is_public(path);
     let mut resp = if !public && !authorized(token, &req) {
@@ -275,7 +275,7 @@ fn handle(state: &State, token: Option<&[u8]>, req: Request<Incoming>) -> Resp {
             bans(state, path, method)
         } else if path == "/reload" {
             if method == Method::POST {
-                reload(state)
+                reload(state).await
             } else {
                 let mut r = problem(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -328,8 +328,15 @@ fn handle(state: &State, token: Option<&[u8]>, req: Request<Incoming>) -> Resp {
     resp
 }
 
-fn reload(state: &State) -> Resp {
-    match state.source.reload() {
+/// Builds the new configuration on a blocking thread: compiling it (WAF rules, Rego, OpenAPI
+/// documents) takes tens to hundreds of milliseconds, which on a runtime worker would hold up
+/// every request queued there — all of them with `--threads 1`.
+async fn reload(state: &State) -> Resp {
+    let source = Arc::clone(&state.source);
+    let result = tokio::task::spawn_blocking(move || source.reload())
+        .await
+        .unwrap_or_else(|e| Err(vec![format!("the reload failed: {e}")]));
+    match result {
         Ok(()) => json(
             StatusCode::OK,
             &serde_json::json!({"status": "reloaded"}),

@@ -516,7 +516,9 @@ async fn signals(
     };
     loop {
         tokio::select! {
-            _ = hup.recv() => { let _ = reload(&gw, path.as_deref(), "SIGHUP"); }
+            _ = hup.recv() => {
+                tokio::spawn(reload_off_path(gw.clone(), path.clone(), "SIGHUP"));
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -571,6 +573,24 @@ async fn signals(
     let _ = stop.send(true);
     let _ = tokio::signal::ctrl_c().await;
     let _ = cut.send(true);
+}
+
+/// [`reload`] on a blocking thread: building a configuration (WAF rules, Rego, OpenAPI
+/// documents) takes tens to hundreds of milliseconds, which on a runtime worker would hold up
+/// the requests queued there — every request with `--threads 1`.
+async fn reload_off_path(
+    gw: Arc<Gateway>,
+    path: Option<PathBuf>,
+    why: &'static str,
+) -> Result<(), ConfigErrors> {
+    tokio::task::spawn_blocking(move || reload(&gw, path.as_deref(), why))
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(trigger = why, error = %e, "reload failed");
+            let mut errors = ConfigErrors::new();
+            errors.push("", format!("the reload failed: {e}"));
+            Err(errors)
+        })
 }
 
 /// Re-reads the file and applies it; every error is logged with its path and returned.
@@ -640,6 +660,14 @@ fn watched_files(gw: &Gateway, path: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// [`watched_files`] on a blocking thread (it reads and parses the configuration file).
+async fn watched_now(gw: &Arc<Gateway>, path: &Path) -> Vec<PathBuf> {
+    let (gw, p) = (Arc::clone(gw), path.to_path_buf());
+    tokio::task::spawn_blocking(move || watched_files(&gw, &p))
+        .await
+        .unwrap_or_else(|_| vec![path.to_path_buf()])
+}
+
 async fn read_all(files: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
     let mut out = Vec::with_capacity(files.len());
     for f in files {
@@ -659,7 +687,7 @@ async fn watch_file(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let files = watched_files(&gw, &path);
+        let files = watched_now(&gw, &path).await;
         let now = read_all(&files).await;
         if now.first().is_none_or(Option::is_none) || (&files, &now) == (&last.0, &last.1) {
             continue;
@@ -669,11 +697,11 @@ async fn watch_file(
         if settled != now {
             continue; // still being written; look again next tick
         }
-        let _ = reload(&gw, Some(&path), "file change");
+        let _ = reload_off_path(gw.clone(), Some(path.clone()), "file change").await;
         // What the (possibly new) configuration is made of now, each file as it was read for
         // this reload: one changed while the reload ran differs from that, and is applied at
         // the next look instead of being taken for the state already loaded.
-        let new_files = watched_files(&gw, &path);
+        let new_files = watched_now(&gw, &path).await;
         let mut contents = Vec::with_capacity(new_files.len());
         for f in &new_files {
             match files.iter().position(|g| g == f) {

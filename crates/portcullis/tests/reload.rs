@@ -562,3 +562,79 @@ async fn a_stop_delay_keeps_serving_while_not_ready() {
         gw.stderr_text()
     );
 }
+
+/// A reload is built on a blocking thread, never on a thread that serves requests: with
+/// `--threads 1` a reload held up while it builds (here by a Rego module that is a FIFO with
+/// a writer that has not written yet) must not hold up requests — asked by SIGHUP, then by the
+/// admin API.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_served_while_a_reload_is_built() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    const O_NONBLOCK: i32 = 0o4000;
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = "listeners:\n  - { name: public, address: \"127.0.0.1:0\" }\nadmin: { address: \"127.0.0.1:0\" }\nupstreams: { d: { kind: echo } }\nroutes:\n  - { name: r, match: { path: /r }, upstream: d }\n";
+    let gw =
+        Gateway::start_in_with(bin(), dir.path(), base, &["--threads", "1", "--no-watch"]).unwrap();
+    let fifo = dir.path().join("p.rego");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let url = gw.url("public");
+    for (i, trigger) in ["SIGHUP", "admin API"].into_iter().enumerate() {
+        std::fs::write(
+            gw.config_path(),
+            format!(
+                "{base}  - {{ name: new, match: {{ path: /new{i} }}, upstream: d }}\nauthz: {{ rego: {{ files: [p.rego] }} }}\n"
+            ),
+        )
+        .unwrap();
+        let asked = if i == 0 {
+            gw.signal("HUP");
+            None
+        } else {
+            let admin = gw.admin_url();
+            Some(tokio::spawn(async move { reload(&admin).await }))
+        };
+        // A non-blocking open for writing succeeds once the reload has the FIFO open for
+        // reading; holding it open without writing keeps the reload waiting in its read.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut writer = loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(O_NONBLOCK)
+                .open(&fifo)
+            {
+                Ok(f) => break f,
+                Err(_) => {
+                    assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let served = tokio::time::timeout(Duration::from_secs(10), get(&format!("{url}/r"))).await;
+        assert_eq!(
+            served.map(|r| r.status.as_u16()).ok(),
+            Some(200),
+            "a request waited for the reload asked by {trigger}"
+        );
+        writer
+            .write_all(b"package gw\nimport rego.v1\nallow if true\n")
+            .unwrap();
+        drop(writer);
+        if let Some(asked) = asked {
+            assert_eq!(asked.await.unwrap().status, 200);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while get(&format!("{url}/new{i}")).await.status != 200 {
+            assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -139,8 +139,9 @@ impl Gateway {
             .map(|(_, c)| c.clone())
     }
 
-    /// Replaces the running configuration. Built off the hot path; on any error the old one
-    /// stays. Listener changes cannot be applied live and are refused as needing a restart.
+    /// Replaces the running configuration; on any error the old one stays. Blocks while the new
+    /// one is built (tens to hundreds of milliseconds): callers on the runtime run it on a
+    /// blocking thread (`spawn_blocking`), off the threads that serve requests. Listener changes cannot be applied live and are refused as needing a restart.
     pub fn reload(&self, config: Config) -> Result<(), ConfigErrors> {
         let _one_at_a_time = self
             .reloading

@@ -50,11 +50,22 @@ impl Gateway {
     /// Same, writing `config.yaml` into `dir` (for configurations that reference files next
     /// to it; the caller keeps `dir` alive).
     pub fn start_in(bin: &Path, dir: &Path, yaml: &str) -> anyhow::Result<Gateway> {
+        Self::start_in_with(bin, dir, yaml, &[])
+    }
+
+    /// Same, with more arguments to `run` (`--threads 1`, `--no-watch`).
+    pub fn start_in_with(
+        bin: &Path,
+        dir: &Path,
+        yaml: &str,
+        args: &[&str],
+    ) -> anyhow::Result<Gateway> {
         let config = dir.join("config.yaml");
         std::fs::write(&config, yaml)?;
         let mut child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
