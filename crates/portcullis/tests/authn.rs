@@ -1055,6 +1055,62 @@ routes:
     assert!(go(Some(other), "/svc").await.is_err());
 }
 
+/// A client certificate is verified at the handshake, but a connection may outlive it: on
+/// every request its validity is checked again, and once it has expired the route refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_that_expires_on_an_open_connection_is_refused() {
+    let up = TestUpstream::start("app").await;
+    let pki = TestPki::new();
+    let server = pki.issue_server(&["localhost"]);
+    let yaml = format!(
+        r#"listeners:
+  - name: public
+    address: "127.0.0.1:0"
+    tls:
+      certificates: [{{ cert_file: "{c}", key_file: "{k}" }}]
+      client_auth: {{ mode: optional, ca_file: "{ca}" }}
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+routes:
+  - {{ name: any, match: {{ prefix: /any }}, upstream: app, auth: {{ methods: [mtls] }}, authz: {{ allow: any-authenticated }} }}
+"#,
+        c = server.cert_path.display(),
+        k = server.key_path.display(),
+        ca = pki.ca_path().display(),
+        up = up.url()
+    );
+    let gw = Gateway::start(bin(), &yaml).unwrap();
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let until = now() + 4;
+    let cert = pki.issue_client_until("short", None, Some(until));
+    let cfg = client::client_config_with_cert(&pki.ca_pem(), &cert);
+    let mut conn = client::tls_connect(gw.listener("public"), "localhost", cfg)
+        .await
+        .unwrap();
+    let ask = || req("GET", "/any", &[("host", "localhost")], "");
+    let r = conn.send(ask()).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let hits = up.hits();
+    while now() <= until + 1 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = conn.send(ask()).await.unwrap();
+    let id = assert_problem(&r, 401, "unauthenticated")["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        audit_of(&gw, &id)["auth_failure"],
+        "mtls_certificate_expired"
+    );
+    assert_eq!(up.hits(), hits);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_mtls_refuses_the_handshake_without_a_certificate() {
     let pki = TestPki::new();

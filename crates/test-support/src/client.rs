@@ -210,6 +210,46 @@ pub async fn tls_request(
     Ok((read(resp).await, seen))
 }
 
+/// An HTTP/1.1 connection over TLS kept open between requests ([`tls_connect`]).
+pub struct TlsConnection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl TlsConnection {
+    /// Sends `req` on this connection and reads its answer whole.
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Result<Resp, String> {
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(read(resp).await)
+    }
+}
+
+/// Opens a TLS connection (ALPN as `cfg` offers, HTTP/1.1 spoken) for several requests in a row.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    server_name: &str,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<TlsConnection, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(TlsConnection { sender })
+}
+
 /// Writes raw bytes over TCP and reads until the server closes or is idle for 2 s (for
 /// request smuggling and framing tests).
 pub async fn raw_http(addr: SocketAddr, bytes: &[u8]) -> String {

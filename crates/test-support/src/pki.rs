@@ -104,7 +104,20 @@ impl TestPki {
     /// A client certificate signed by the CA (for mTLS): `CN=common_name`, EKU clientAuth,
     /// and the SPIFFE ID (`spiffe://trust.domain/path`) as URI SAN when given.
     pub fn issue_client(&self, common_name: &str, spiffe_id: Option<&str>) -> CertFiles {
+        self.issue_client_until(common_name, spiffe_id, None)
+    }
+
+    /// Same, valid until `not_after` (seconds since the Unix epoch) when given.
+    pub fn issue_client_until(
+        &self,
+        common_name: &str,
+        spiffe_id: Option<&str>,
+        not_after: Option<u64>,
+    ) -> CertFiles {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        if let Some(t) = not_after {
+            params.not_after = rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(t);
+        }
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
