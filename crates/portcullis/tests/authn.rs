@@ -721,6 +721,10 @@ async fn an_issuer_whose_keys_never_loaded_answers_503_not_401() {
         "no_keys"
     );
     assert_eq!(up.hits(), 0);
+    // An IdP that cannot answer is not the client's failure: nothing counted against it (the
+    // authorization risk signal reads these counts).
+    let auth = get(&format!("{}/auth", gw.admin_url())).await.json();
+    assert_eq!(auth["failures"]["by_client_ip"], json!([]), "{auth}");
     // Once the IdP is back, the same token passes (fetched on demand).
     *ks.jwks.lock().unwrap() = jwks_of(&[&k1]);
     ks.down.store(false, Ordering::SeqCst);
@@ -1351,6 +1355,43 @@ routes:
         "introspection_unavailable"
     );
     assert_eq!(up.hits(), 21);
+}
+
+/// One method, several endpoints (`methods: [introspection]`): when no endpoint finds the
+/// token active, one that could not answer makes it a 503 (try again), not a 401 (drop the
+/// token) — the token may be the silent endpoint's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_cannot_answer_outweighs_one_that_does_not_know_the_token() {
+    let up = TestUpstream::start("app").await;
+    let silent = SlowIntrospection::answering("token-of-a", "svc-a").await;
+    silent.hang.store(true, Ordering::SeqCst);
+    let other = SlowIntrospection::answering("token-of-b", "svc-b").await;
+    let gw = gateway(&format!(
+        r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  introspection:
+    a: {{ endpoint: "http://{a}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 1s }}
+    b: {{ endpoint: "http://{b}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 1s }}
+routes:
+  - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [introspection] }}, authz: {{ allow: any-authenticated }} }}
+"#,
+        up = up.url(),
+        a = silent.addr,
+        b = other.addr
+    ));
+    let r = call(&gw, "/x", &[("authorization", &bearer("token-of-a"))]).await;
+    let v = assert_problem(&r, 503, "auth_unavailable");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(
+        audit_of(&gw, v["request_id"].as_str().unwrap())["auth_failure"],
+        "introspection_unavailable"
+    );
+    assert_eq!(silent.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(other.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(up.hits(), 0);
+    // B's own tokens still pass.
+    let r = call(&gw, "/x", &[("authorization", &bearer("token-of-b"))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 /// The verified-token cache keeps each verifier's verdicts apart. A route that accepts tokens

@@ -417,44 +417,50 @@ impl Authn {
         }
     }
 
-    /// The whole evaluation, waiting where needed.
+    /// The whole evaluation, waiting where needed. `known`: a method's verdict the fast path
+    /// found already (by index in `route.methods`).
     async fn authenticate(
         &self,
         route: &RouteAuth,
         creds: Creds,
         ctx: &RequestCtx,
+        mut known: Option<(usize, Result<Arc<Principal>, Fail>)>,
     ) -> Result<Arc<Principal>, (Fail, bool)> {
         let mut first_fail: Option<Fail> = None;
         let mut unavailable: Option<Fail> = None;
         let mut presented = false;
-        for m in &route.methods {
-            let r = match m {
-                Method::Jwt(issuers) => match &creds.bearer {
-                    Some(t) if looks_like_jwt(t) => Some(self.jwt(t, issuers).await),
-                    Some(_)
-                        if !route
-                            .methods
-                            .iter()
-                            .any(|m| matches!(m, Method::Introspection(_))) =>
-                    {
-                        Some(Err(Fail::Invalid("malformed")))
-                    }
-                    _ => None,
-                },
-                Method::Introspection(ids) => match &creds.bearer {
-                    Some(t)
-                        if !(looks_like_jwt(t)
-                            && route.methods.iter().any(|m| matches!(m, Method::Jwt(_)))) =>
-                    {
-                        Some(self.introspect(t, ids).await)
-                    }
-                    _ => None,
-                },
-                Method::ApiKey => match &creds.api_key {
-                    Some(k) => Some(self.api_key(k).await),
-                    None => None,
-                },
-                Method::Mtls => self.mtls(ctx, &route.mtls),
+        for (i, m) in route.methods.iter().enumerate() {
+            let r = if known.as_ref().is_some_and(|(j, _)| *j == i) {
+                known.take().map(|(_, r)| r)
+            } else {
+                match m {
+                    Method::Jwt(issuers) => match &creds.bearer {
+                        Some(t) if looks_like_jwt(t) => Some(self.jwt(t, issuers).await),
+                        Some(_)
+                            if !route
+                                .methods
+                                .iter()
+                                .any(|m| matches!(m, Method::Introspection(_))) =>
+                        {
+                            Some(Err(Fail::Invalid("malformed")))
+                        }
+                        _ => None,
+                    },
+                    Method::Introspection(ids) => match &creds.bearer {
+                        Some(t)
+                            if !(looks_like_jwt(t)
+                                && route.methods.iter().any(|m| matches!(m, Method::Jwt(_)))) =>
+                        {
+                            Some(self.introspect(t, ids).await)
+                        }
+                        _ => None,
+                    },
+                    Method::ApiKey => match &creds.api_key {
+                        Some(k) => Some(self.api_key(k).await),
+                        None => None,
+                    },
+                    Method::Mtls => self.mtls(ctx, &route.mtls),
+                }
             };
             let Some(r) = r else { continue };
             presented = true;
@@ -480,21 +486,32 @@ impl Authn {
 
     async fn introspect(&self, token: &str, ids: &[usize]) -> Result<Arc<Principal>, Fail> {
         let key = digest(token.as_bytes());
-        let mut last = Fail::Invalid("token_inactive");
+        // As across methods: an endpoint that could not answer wins over one that did not
+        // know the token (the token may be the silent one's), so the client is told to retry
+        // (503) rather than to drop its token (401).
+        let mut invalid: Option<Fail> = None;
+        let mut unavailable: Option<Fail> = None;
         for i in ids {
             let Some(x) = self.introspectors.get(*i) else {
                 continue;
             };
             if token.len() > x.cfg.max_token_bytes {
-                last = Fail::Invalid("too_large");
+                invalid.get_or_insert(Fail::Invalid("too_large"));
                 continue;
             }
             match x.verify(token, key, *i, &self.cache).await {
                 Ok(p) => return Ok(p),
-                Err(f) => last = f,
+                Err(f @ Fail::Unavailable(_)) => {
+                    unavailable.get_or_insert(f);
+                }
+                Err(f) => {
+                    invalid.get_or_insert(f);
+                }
             }
         }
-        Err(last)
+        Err(unavailable
+            .or(invalid)
+            .unwrap_or(Fail::Invalid("token_inactive")))
     }
 
     /// Verifies a token presented outside the `Authorization` header (e.g. the subject token
@@ -522,35 +539,41 @@ impl Authn {
         }
     }
 
-    /// Fast path: the first presented credential settles it without waiting.
-    fn now(&self, route: &RouteAuth, creds: &Creds, ctx: &RequestCtx) -> Option<Arc<Principal>> {
-        for m in &route.methods {
+    /// Fast path: the first presented credential settles it without waiting when it passes.
+    /// Otherwise [`Fast::Wait`] carries what it was found to be (its method's index and
+    /// verdict), so that the whole evaluation does not check it a second time — a refused
+    /// token would cost its signature checks twice.
+    fn now(&self, route: &RouteAuth, creds: &Creds, ctx: &RequestCtx) -> Fast {
+        for (i, m) in route.methods.iter().enumerate() {
             let r = match m {
                 Method::Jwt(issuers) => match &creds.bearer {
                     Some(t) if looks_like_jwt(t) => {
                         match self.jwt_now(t, issuers, &digest(t.as_bytes())) {
                             Attempt::Done(r) => r,
-                            Attempt::NeedKeys(_) => return None,
+                            Attempt::NeedKeys(_) => return Fast::Wait(None),
                         }
                     }
                     _ => continue,
                 },
                 Method::ApiKey => match &creds.api_key {
-                    Some(k) => self.api_key_now(k)?,
+                    Some(k) => match self.api_key_now(k) {
+                        Some(r) => r,
+                        None => return Fast::Wait(None),
+                    },
                     None => continue,
                 },
                 Method::Mtls => match self.mtls(ctx, &route.mtls) {
                     Some(r) => r,
                     None => continue,
                 },
-                Method::Introspection(_) => return None,
+                Method::Introspection(_) => return Fast::Wait(None),
             };
             return match r {
-                Ok(p) if !self.revoked(&p) => Some(p),
-                _ => None,
+                Ok(p) if !self.revoked(&p) => Fast::Pass(p),
+                r => Fast::Wait(Some((i, r))),
             };
         }
-        None
+        Fast::Wait(None)
     }
 
     fn refuse(
@@ -562,7 +585,9 @@ impl Authn {
         ctx: &mut RequestCtx,
     ) -> Rejection {
         ctx.auth_failure = Some(fail.code());
-        if presented {
+        // Only credentials found invalid count against a client (the risk signal, the admin
+        // API's top lists): an IdP that cannot answer is no fault of the client's.
+        if presented && matches!(fail, Fail::Invalid(_)) {
             self.failures.record(ctx.client_ip, claimed.as_deref());
         }
         let bearer = route
@@ -679,6 +704,14 @@ fn path_matches(pattern: &[String], path: &str) -> bool {
     i == segs.len()
 }
 
+/// What the fast path found ([`Authn::now`]).
+enum Fast {
+    /// The first presented credential passed.
+    Pass(Arc<Principal>),
+    /// The whole evaluation must run; with the verdict already found for one method.
+    Wait(Option<(usize, Result<Arc<Principal>, Fail>)>),
+}
+
 fn jwt_code(e: &JwtError) -> &'static str {
     e.code()
 }
@@ -716,13 +749,16 @@ impl Stage for AuthnStage {
                 return Step::reject(r);
             }
         };
-        if let Some(p) = a.now(route, &creds, ctx) {
-            ctx.principal = Some(p);
-            return Step::CONTINUE;
-        }
+        let known = match a.now(route, &creds, ctx) {
+            Fast::Pass(p) => {
+                ctx.principal = Some(p);
+                return Step::CONTINUE;
+            }
+            Fast::Wait(known) => known,
+        };
         Step::from_future(async move {
             let claimed = claimed_identity(&creds);
-            match a.authenticate(route, creds, ctx).await {
+            match a.authenticate(route, creds, ctx, known).await {
                 Ok(p) => {
                     ctx.principal = Some(p);
                     Verdict::Continue
