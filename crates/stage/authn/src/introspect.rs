@@ -141,10 +141,26 @@ impl Introspector {
         let Some(claims) = doc.as_object() else {
             return Err(Fail::Unavailable("introspection_bad_answer"));
         };
+        self.check_answer(claims, unix_now())?;
+        Ok(Arc::new(from_claims(
+            AuthMethod::Introspection,
+            self.cfg.name.clone(),
+            &self.cfg.claims,
+            claims.clone(),
+        )))
+    }
+    /// What an answer must say for its token to pass: `active: true`; not expired, not yet to
+    /// come (`nbf`, with [`NBF_SKEW`] for the two clocks); the configured issuer and audience;
+    /// and, where the server says what kind of token it is, an access token — RFC 7662 servers
+    /// introspect refresh tokens too, and a refresh token is no credential for an API.
+    fn check_answer(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+        now: u64,
+    ) -> Result<(), Fail> {
         if claims.get("active") != Some(&serde_json::Value::Bool(true)) {
             return Err(Fail::Invalid("token_inactive"));
         }
-        let now = unix_now();
         match claims.get("exp") {
             None => {}
             Some(v) => match v.as_f64() {
@@ -152,6 +168,17 @@ impl Introspector {
                 Some(_) => return Err(Fail::Invalid("expired")),
                 None => return Err(Fail::Invalid("claim_type")),
             },
+        }
+        match claims.get("nbf") {
+            None => {}
+            Some(v) => match v.as_f64() {
+                Some(nbf) if nbf <= now.saturating_add(NBF_SKEW) as f64 => {}
+                Some(_) => return Err(Fail::Invalid("not_yet_valid")),
+                None => return Err(Fail::Invalid("claim_type")),
+            },
+        }
+        if !is_access_token(claims) {
+            return Err(Fail::Invalid("not_an_access_token"));
         }
         if let Some(iss) = &self.cfg.issuer
             && claims.get("iss").and_then(|v| v.as_str()) != Some(iss.as_str())
@@ -171,13 +198,30 @@ impl Introspector {
                 return Err(Fail::Invalid("wrong_audience"));
             }
         }
-        Ok(Arc::new(from_claims(
-            AuthMethod::Introspection,
-            self.cfg.name.clone(),
-            &self.cfg.claims,
-            claims.clone(),
-        )))
+        Ok(())
     }
+}
+
+/// Seconds an answer's `nbf` may lie ahead of this clock (the server's clock may run ahead).
+const NBF_SKEW: u64 = 30;
+
+/// False when the answer says the token is a refresh token (or another kind that is not an
+/// access token), in the fields servers use for it: `token_use` (Ory Hydra, Amazon Cognito:
+/// `access_token` / `access` for access tokens), `typ` (Keycloak: `Refresh`, `Offline`), and
+/// `token_type` when it names a refresh token. An answer that says nothing of it passes.
+fn is_access_token(claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+    let field = |name: &str| claims.get(name).and_then(|v| v.as_str());
+    if let Some(u) = field("token_use")
+        && !(u.eq_ignore_ascii_case("access_token") || u.eq_ignore_ascii_case("access"))
+    {
+        return false;
+    }
+    let refresh = |t: &str| {
+        ["refresh", "refresh_token", "offline"]
+            .iter()
+            .any(|r| t.eq_ignore_ascii_case(r))
+    };
+    !(field("typ").is_some_and(refresh) || field("token_type").is_some_and(refresh))
 }
 
 #[cfg(test)]
@@ -201,6 +245,61 @@ mod tests {
             ca_pem: None,
         })
         .unwrap()
+    }
+
+    /// Only an active access token, within its times, passes: refresh tokens (as each kind
+    /// of server marks them) and tokens whose `nbf` is ahead are refused.
+    #[test]
+    fn answers_for_refresh_tokens_and_future_tokens_are_refused() {
+        let x = introspector("http://127.0.0.1:1/introspect");
+        let now = 1_000_000u64;
+        let check = |v: serde_json::Value| x.check_answer(v.as_object().unwrap(), now);
+        let ok = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"active": true, "sub": "u", "exp": now + 60});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            check(v)
+        };
+        assert_eq!(ok(serde_json::json!({})), Ok(()));
+        for fine in [
+            serde_json::json!({"token_use": "access_token"}),
+            serde_json::json!({"token_use": "access"}),
+            serde_json::json!({"token_type": "Bearer"}),
+            serde_json::json!({"typ": "Bearer"}),
+            serde_json::json!({"nbf": now - 10}),
+            serde_json::json!({"nbf": now + NBF_SKEW}),
+        ] {
+            assert_eq!(ok(fine.clone()), Ok(()), "{fine}");
+        }
+        for (bad, code) in [
+            (
+                serde_json::json!({"token_use": "refresh_token"}),
+                "not_an_access_token",
+            ),
+            (
+                serde_json::json!({"token_use": "id"}),
+                "not_an_access_token",
+            ),
+            (serde_json::json!({"typ": "Refresh"}), "not_an_access_token"),
+            (serde_json::json!({"typ": "Offline"}), "not_an_access_token"),
+            (
+                serde_json::json!({"token_type": "refresh_token"}),
+                "not_an_access_token",
+            ),
+            (
+                serde_json::json!({"nbf": now + NBF_SKEW + 1}),
+                "not_yet_valid",
+            ),
+            (serde_json::json!({"nbf": "soon"}), "claim_type"),
+            (serde_json::json!({"exp": now}), "expired"),
+        ] {
+            assert_eq!(ok(bad.clone()), Err(Fail::Invalid(code)), "{bad}");
+        }
+        assert_eq!(
+            check(serde_json::json!({"active": "true"})),
+            Err(Fail::Invalid("token_inactive"))
+        );
     }
 
     /// A call whose request is dropped while the endpoint is asked (a client that resets its

@@ -89,6 +89,8 @@ pub struct Activation {
     token_ttl: std::time::Duration,
     token_ids: Vec<String>,
     api_keys: Vec<[u8; 32]>,
+    /// The longest `leeway` of the JWT issuers: how long past its `exp` a token still passes.
+    leeway: std::time::Duration,
     sync_interval: std::time::Duration,
     /// Inside a Tokio runtime: revocations are synced in the background.
     share: bool,
@@ -254,6 +256,12 @@ impl AuthnState {
             token_ttl: settings.internal_token.ttl,
             token_ids: settings.revocation.token_ids.clone(),
             api_keys: settings.revocation.api_keys.clone(),
+            leeway: settings
+                .jwt
+                .iter()
+                .map(|i| i.leeway)
+                .max()
+                .unwrap_or_default(),
             sync_interval: settings.revocation.sync_interval,
             share: in_runtime,
         };
@@ -278,7 +286,8 @@ impl AuthnState {
             retired.retain(|(_, until)| *until > now);
             retired.push((old, now + a.token_ttl + RETIRED_GRACE));
         }
-        self.revocations.set_configured(&a.token_ids, &a.api_keys);
+        self.revocations
+            .set_configured(&a.token_ids, &a.api_keys, a.leeway);
         if a.share {
             self.revocations.share(a.store, a.sync_interval);
         }

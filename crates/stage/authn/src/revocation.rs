@@ -4,9 +4,12 @@
 //!
 //! A token id may be revoked `until` a time (the token's own expiry: after it the token is
 //! refused anyway): it is then forgotten, here and in the shared store (a sorted set scored by
-//! that time), so that the list does not grow without end.
+//! that time), so that the list does not grow without end. Forgotten only once the longest
+//! `leeway` of the JWT issuers has passed as well: a token is still taken that long past its
+//! `exp`, and a revocation `until` its `exp` must hold as long.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -101,6 +104,8 @@ pub struct Revocations {
     /// `auth.revocation.sync_interval` of the configuration in force, read by the sync task at
     /// each turn (a reload that keeps the store may change it).
     every: RwLock<Duration>,
+    /// Seconds a revocation is kept past its `until` (the issuers' longest `leeway`).
+    grace: AtomicU64,
 }
 
 pub fn hex(h: &[u8]) -> String {
@@ -119,11 +124,21 @@ impl Revocations {
             store: RwLock::new(None),
             last_error: RwLock::new(None),
             every: RwLock::new(Duration::from_secs(1)),
+            grace: AtomicU64::new(0),
         })
     }
 
-    /// Replaces the configured entries (on every snapshot build).
-    pub fn set_configured(&self, jtis: &[String], keys: &[[u8; 32]]) {
+    /// The time revocations are compared with: now, less the grace past `until` (so that
+    /// one `until` a token's `exp` holds while the token could still pass).
+    fn ended_before(&self) -> u64 {
+        unix_now().saturating_sub(self.grace.load(Ordering::Relaxed))
+    }
+
+    /// Replaces the configured entries (on every snapshot build); `leeway`: the issuers'
+    /// longest, kept past each revocation's `until`.
+    pub fn set_configured(&self, jtis: &[String], keys: &[[u8; 32]], leeway: Duration) {
+        let grace = leeway.as_secs() + u64::from(leeway.subsec_nanos() > 0);
+        self.grace.store(grace, Ordering::Relaxed);
         if let Ok(mut s) = self.sets.write() {
             s.config_jtis = jtis.iter().cloned().collect();
             s.config_keys = keys.iter().copied().collect();
@@ -169,7 +184,7 @@ impl Revocations {
     }
 
     async fn sync(&self, store: &Store) {
-        let now = unix_now();
+        let now = self.ended_before();
         let jtis = store.smembers(&store.key("revoked:jti")).await;
         let until = store.zlive(&store.key("revoked:jti:until"), now).await;
         let keys = store.smembers(&store.key("revoked:apikey")).await;
@@ -204,7 +219,7 @@ impl Revocations {
     pub fn is_jti_revoked(&self, jti: &str) -> bool {
         self.sets
             .read()
-            .map(|s| s.jti_revoked(jti, unix_now()))
+            .map(|s| s.jti_revoked(jti, self.ended_before()))
             .unwrap_or(true)
     }
 
@@ -220,7 +235,7 @@ impl Revocations {
     /// means the shared store did not take it (it is still refused here).
     pub async fn revoke_jti(&self, jti: &str, until: Option<u64>) -> Result<(), String> {
         if let Ok(mut s) = self.sets.write() {
-            s.forget_ended(unix_now());
+            s.forget_ended(self.ended_before());
             s.add_jti(jti, until);
         }
         let store = self.store.read().ok().and_then(|s| s.clone());
@@ -246,7 +261,7 @@ impl Revocations {
     }
 
     pub fn status(&self) -> RevocationStatus {
-        let now = unix_now();
+        let now = self.ended_before();
         let (token_ids, token_ids_until, mut api_keys) = self
             .sets
             .read()
@@ -306,6 +321,29 @@ mod tests {
         s.forget_ended(100);
         assert!(!s.jtis.contains_key("a"));
         assert_eq!(s.jtis.len(), 2);
+    }
+
+    /// A revocation `until` a token's `exp` holds for the issuers' leeway past it, since the
+    /// token itself still passes that long; then it is forgotten.
+    #[tokio::test]
+    async fn a_revocation_outlasts_its_until_by_the_leeway() {
+        let r = Revocations::new();
+        r.set_configured(&[], &[], Duration::from_secs(30));
+        r.revoke_jti("ended-10s-ago", Some(unix_now() - 10))
+            .await
+            .unwrap();
+        r.revoke_jti("ended-60s-ago", Some(unix_now() - 60))
+            .await
+            .unwrap();
+        assert!(r.is_jti_revoked("ended-10s-ago"));
+        assert!(!r.is_jti_revoked("ended-60s-ago"));
+        assert_eq!(
+            r.status().token_ids,
+            vec!["ended-10s-ago".to_string()],
+            "the forgotten one is gone"
+        );
+        r.set_configured(&[], &[], Duration::ZERO);
+        assert!(!r.is_jti_revoked("ended-10s-ago"));
     }
 
     #[test]
