@@ -907,6 +907,39 @@ async fn websockets_from_origins_a_cors_route_does_not_allow_are_refused() {
     assert_eq!(ws.paths(), ["/chat", "/chat"]);
 }
 
+/// What follows a 101 is no HTTP answer, so nothing in it can be filtered: on a route whose
+/// answers are filtered (`response_filter`; field masks and a contract's response checks
+/// alike) an upgrade is refused before the upstream hears of it — it would carry answers past
+/// the filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_is_refused_where_answers_are_filtered() {
+    let ws = WsUpstream::start().await;
+    let gw = gateway(&format!(
+        "upstreams:\n  ws: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: filtered, match: {{ path: /filtered }}, upstream: ws, response_filter: {{ remove: [secret] }} }}\n  - {{ name: plain, match: {{ path: /plain }}, upstream: ws }}\n",
+        ws.url()
+    ));
+    let base = format!("ws://{}", gw.listener("public"));
+    match client::try_ws_connect(&format!("{base}/filtered")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 403);
+            let body =
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).to_string();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["type"], "urn:portcullis:problem:forbidden", "{body}");
+            assert!(v["request_id"].is_string(), "{body}");
+        }
+        other => panic!("{:?}", other.map(|(_, r)| r.status())),
+    }
+    assert!(
+        ws.paths().is_empty(),
+        "the refused handshake reached the upstream"
+    );
+    let (mut c, resp) = client::ws_connect(&format!("{base}/plain")).await;
+    assert_eq!(resp.status(), 101);
+    c.close(None).await.unwrap();
+    assert_eq!(ws.paths(), ["/plain"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_failures_become_502_503_504_problems() {
     let up = TestUpstream::start("slow").await;

@@ -547,6 +547,20 @@ impl Gateway {
             ));
         };
         seen.upstream = Some(upstream.name.clone());
+        // What follows a 101 is no HTTP answer: nothing there is masked, filtered or checked.
+        // Where this request's answers are to be (field masks, `response_filter`, a contract's
+        // response checks), an upgrade would carry them past all of it: refused before the
+        // upstream hears of it.
+        if downstream_upgrade.is_some()
+            && (ctx.response_filter.is_some()
+                || route.response_filter.is_some()
+                || ctx.response_contract.is_some())
+        {
+            return Err(Rejection::new(
+                RejectReason::Forbidden,
+                "the answers on this route are filtered; an upgraded connection could not be",
+            ));
+        }
         let body = greq.take_body();
         let mut head = greq.head;
 
