@@ -58,6 +58,14 @@ const CASES: &[(&str, &[u8])] = &[
     ("host_not_a_host_name", b"GET /x HTTP/1.1\r\nHost: evil.com/.example.com\r\n\r\n"),
     ("host_with_userinfo", b"GET /x HTTP/1.1\r\nHost: user@a\r\n\r\n"),
     ("connection_names_host", b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Host\r\n\r\n"),
+    // Request lines hyper would refuse with a bare answer of its own (no problem document,
+    // request id or audit event): the framing reader refuses them first.
+    ("target_not_utf8", b"GET /\xff HTTP/1.1\r\nHost: a\r\n\r\n"),
+    ("target_with_space", b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n"),
+    ("target_with_angle_brackets", b"GET /<x> HTTP/1.1\r\nHost: a\r\n\r\n"),
+    ("version_http12", b"GET /x HTTP/1.2\r\nHost: a\r\n\r\n"),
+    ("two_spaces_in_request_line", b"GET  /x HTTP/1.1\r\nHost: a\r\n\r\n"),
+    ("method_not_a_token", b"GE(T /x HTTP/1.1\r\nHost: a\r\n\r\n"),
 ];
 
 /// A gateway with one route, for every path, to a recording upstream.
@@ -118,6 +126,36 @@ async fn smuggling_attempts_are_refused_and_close_the_connection() {
         );
     }
     assert_eq!(up.hits_excluding("/health"), 0, "{:?}", up.requests());
+}
+
+/// A target longer than hyper reads, and more field lines than it reads: the gateway's own
+/// 414 and 431 (problem documents, audited), never hyper's bare ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_and_field_counts_past_what_hyper_reads_are_the_gateways_refusals() {
+    let (up, gw) = proxy_to_upstream().await;
+    let addr = gw.listener("public");
+    let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(65_600));
+    let (out, closed) = raw_exchange(addr, long.as_bytes()).await;
+    assert_refused_with("414", "target_too_long", &out, closed);
+    let mut many = String::from("GET /x HTTP/1.1\r\nHost: a\r\n");
+    for i in 0..201 {
+        many.push_str(&format!("x-{i}: y\r\n"));
+    }
+    many.push_str("\r\n");
+    let (out, closed) = raw_exchange(addr, many.as_bytes()).await;
+    assert_refused_with("431", "too_many_fields", &out, closed);
+    let id = out
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-request-id: ")
+                .map(str::to_string)
+        })
+        .unwrap();
+    let ev = audit_of(&gw, id.trim());
+    assert_eq!(ev["stage"], "protocol", "{ev}");
+    assert_eq!(ev["reason"], "too_many_headers", "{ev}");
+    assert_eq!(up.hits(), 0);
 }
 
 /// The same attempts trickled in three pieces, cut inside the first head: the gateway holds

@@ -176,6 +176,12 @@ async fn connection(
     let limits = server.limits;
     let max_buf = ((limits.max_header_bytes + limits.max_uri_bytes) * 2).max(16 * 1024);
     let max_buf = usize::try_from(max_buf).unwrap_or(usize::MAX);
+    // hyper's field count, past which it refuses a head itself; the framing reader refuses
+    // such heads first, so that the engine answers them (a problem document, audited).
+    let max_fields = usize::try_from(limits.max_header_count)
+        .unwrap_or(100)
+        .saturating_mul(2)
+        .max(100);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -190,12 +196,7 @@ async fn connection(
         .half_close(!abort_on_close)
         .keep_alive(true)
         .max_buf_size(max_buf)
-        .max_headers(
-            usize::try_from(limits.max_header_count)
-                .unwrap_or(100)
-                .saturating_mul(2)
-                .max(100),
-        );
+        .max_headers(max_fields);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -224,7 +225,8 @@ async fn connection(
             ));
             // Polled only when its timer fires, not at each of the connection's wake-ups.
             let watchdog = Gated::new(watchdog);
-            let stream = Sniffed::new(stream, framing.clone(), activity.clone(), max_buf);
+            let stream = Sniffed::new(stream, framing.clone(), activity.clone(), max_buf)
+                .with_max_fields(max_fields);
             let watched = activity.clone();
             let info = Arc::new(ConnInfo {
                 peer,
@@ -284,7 +286,8 @@ async fn connection(
                 gw.metrics.clone()
             ));
             let watchdog = Gated::new(watchdog);
-            let tls_stream = Sniffed::new(tls_stream, framing.clone(), activity.clone(), max_buf);
+            let tls_stream = Sniffed::new(tls_stream, framing.clone(), activity.clone(), max_buf)
+                .with_max_fields(max_fields);
             let watched = activity.clone();
             let info = Arc::new(ConnInfo {
                 peer,

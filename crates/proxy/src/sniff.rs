@@ -46,6 +46,13 @@ pub enum Ambiguity {
     HeadTooLarge = 9,
     /// Begun but not complete within the header read timeout: refused with 408.
     HeadTimeout = 10,
+    /// More field lines than hyper reads: refused with 431.
+    TooManyFields = 11,
+    /// A request target longer than hyper reads (65534 bytes): refused with 414.
+    TargetTooLong = 12,
+    /// A request line other than `method SP target SP HTTP/1.x`, with a method of token
+    /// characters and a target hyper takes as a URI.
+    MalformedRequestLine = 13,
 }
 
 /// What hyper is handed instead of a refused head: a request it parses, whose only purpose is
@@ -71,6 +78,13 @@ impl Ambiguity {
                 "the request head is not valid HTTP/1.1 (a character outside the grammar, a folded line, a bare CR or a line without a colon)"
             }
             Ambiguity::HeadTooLarge => "the request head is larger than the gateway reads",
+            Ambiguity::TooManyFields => {
+                "the request head has more header fields than the gateway reads"
+            }
+            Ambiguity::TargetTooLong => "the request target is longer than the gateway reads",
+            Ambiguity::MalformedRequestLine => {
+                "the request line is not a method, a valid request target and HTTP/1.0 or HTTP/1.1, separated by single spaces"
+            }
             Ambiguity::HeadTimeout => {
                 "the request head was not complete within the header read timeout"
             }
@@ -82,6 +96,8 @@ impl Ambiguity {
         match self {
             Ambiguity::HeadTooLarge => RejectReason::HeadersTooLarge,
             Ambiguity::HeadTimeout => RejectReason::HeaderTimeout,
+            Ambiguity::TooManyFields => RejectReason::TooManyHeaders,
+            Ambiguity::TargetTooLong => RejectReason::UriTooLong,
             _ => RejectReason::BadRequest,
         }
     }
@@ -98,6 +114,9 @@ impl Ambiguity {
             8 => Ambiguity::TransferEncodingInHttp10,
             9 => Ambiguity::HeadTooLarge,
             10 => Ambiguity::HeadTimeout,
+            11 => Ambiguity::TooManyFields,
+            12 => Ambiguity::TargetTooLong,
+            13 => Ambiguity::MalformedRequestLine,
             _ => return None,
         })
     }
@@ -181,6 +200,9 @@ pub struct Framing {
     flag: Arc<Flag>,
     /// Largest head followed (and held back); beyond it hyper refuses the request itself.
     max_head: usize,
+    /// Most field lines in a head (hyper's `max_headers`: beyond it hyper refuses the request
+    /// itself, with a bare 431 the engine would never see).
+    max_fields: usize,
     /// Bytes fed broke the body of a request whose head had gone to hyper in an earlier read:
     /// that request is under way, so the flag alone would tell no one.
     body_refused: bool,
@@ -192,6 +214,7 @@ impl Framing {
             state: State::Head(Vec::new()),
             flag,
             max_head,
+            max_fields: usize::MAX,
             body_refused: false,
         }
     }
@@ -250,7 +273,7 @@ impl Framing {
                             let checked = if head_len > self.max_head {
                                 Err(oversized(data, lead, self.max_head))
                             } else {
-                                after_head(&data[lead..head_len])
+                                after_head(&data[lead..head_len], self.max_fields)
                             };
                             match checked {
                                 Ok(next) => {
@@ -301,7 +324,7 @@ impl Framing {
                     let next = if head_len > self.max_head {
                         Err(oversized(buf, lead, self.max_head))
                     } else {
-                        after_head(&buf[lead..head_len])
+                        after_head(&buf[lead..head_len], self.max_fields)
                     };
                     data = &data[consumed..];
                     match next {
@@ -401,10 +424,10 @@ impl Framing {
 
 /// Checks a complete head and says how its body is framed. A head with a bare line feed
 /// anywhere is refused as such, before any other fault it has.
-fn after_head(head: &[u8]) -> Result<State, Ambiguity> {
+fn after_head(head: &[u8], max_fields: usize) -> Result<State, Ambiguity> {
     // The scan stops at the first byte out of place; a bare line feed is always one (no part
     // of a line admits it), so looking for one is left to the refusals.
-    scan_head(head).map_err(|a| {
+    scan_head(head, max_fields).map_err(|a| {
         if has_bare_lf(head) {
             Ambiguity::BareLf
         } else {
@@ -429,7 +452,7 @@ const FIELD_VALUE: [bool; 256] = {
 /// bytes: a request line without control characters, then only `name ":" value` lines (the
 /// name of token characters — so no folded line, no space before the colon — the value of
 /// [`FIELD_VALUE`] bytes), every line ended by CRLF (no bare CR or LF).
-fn scan_head(head: &[u8]) -> Result<State, Ambiguity> {
+fn scan_head(head: &[u8], max_fields: usize) -> Result<State, Ambiguity> {
     const BAD: Ambiguity = Ambiguity::MalformedHead;
     // Every line with its CRLF, the final empty line left out.
     let lines = head.get(..head.len().saturating_sub(2)).unwrap_or_default();
@@ -442,7 +465,9 @@ fn scan_head(head: &[u8]) -> Result<State, Ambiguity> {
         return Err(BAD);
     }
     let request_line = &lines[..at];
+    check_request_line(request_line)?;
     at += 2;
+    let mut fields = 0usize;
     let mut content_length: Option<u64> = None;
     let mut cl_count = 0;
     let mut te: Option<&[u8]> = None;
@@ -468,6 +493,10 @@ fn scan_head(head: &[u8]) -> Result<State, Ambiguity> {
         }
         let (name, value) = (&rest[..colon], &rest[colon + 1..end]);
         at += end + 2;
+        fields += 1;
+        if fields > max_fields {
+            return Err(Ambiguity::TooManyFields);
+        }
         match name.len() {
             14 if name.eq_ignore_ascii_case(b"content-length") => {
                 cl_count += 1;
@@ -515,6 +544,81 @@ fn scan_head(head: &[u8]) -> Result<State, Ambiguity> {
         // A malformed length is refused by hyper; zero or none: the next head follows.
         _ => State::Head(Vec::new()),
     })
+}
+
+/// The longest request target hyper reads (`http`'s URI limit).
+const MAX_TARGET: usize = 65534;
+
+/// Bytes of an origin-form target's path and query as the `http` crate takes them (it is
+/// what hyper builds the request's URI with): 0 refused, 1 path and query, 2 query only (`` ` ``),
+/// 6 path only (`"`), 3 begins the query (`?`), 4 ends the target (`#`, a fragment, which `http`
+/// drops), 5 a byte of a UTF-8 sequence (the target must then be UTF-8).
+const TARGET: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = match b as u8 {
+            b'?' => 3,
+            b'#' => 4,
+            0x80..=0xff => 5,
+            b'"' => 6,
+            b'`' => 2,
+            0x21 | 0x24..=0x3b | 0x3d | 0x40..=0x5f | 0x61..=0x7e => 1,
+            _ => 0,
+        };
+        b += 1;
+    }
+    t
+};
+
+/// A request line hyper parses into a request (else it answers a bare 400 or 414 of its own,
+/// which no step, audit or metric would see): a method of token characters, one space, a target
+/// the `http` crate takes as a URI (at most [`MAX_TARGET`] bytes), one space, `HTTP/1.0` or
+/// `HTTP/1.1`.
+fn check_request_line(line: &[u8]) -> Result<(), Ambiguity> {
+    const BAD: Ambiguity = Ambiguity::MalformedRequestLine;
+    let method_end = line.iter().position(|&b| b == b' ').ok_or(BAD)?;
+    if method_end == 0 || !line[..method_end].iter().all(|&b| is_tchar(b)) {
+        return Err(BAD);
+    }
+    let rest = &line[method_end + 1..];
+    let target = match rest.len().checked_sub(9).map(|n| rest.split_at(n)) {
+        Some((target, b" HTTP/1.1" | b" HTTP/1.0")) => target,
+        _ => return Err(BAD),
+    };
+    if target.len() > MAX_TARGET {
+        return Err(Ambiguity::TargetTooLong);
+    }
+    match target.first() {
+        Some(b'/') => {
+            let mut in_query = false;
+            let mut high = false;
+            // What `http` keeps: up to a fragment.
+            let mut kept = target.len();
+            for (i, &b) in target.iter().enumerate() {
+                match TARGET[usize::from(b)] {
+                    1 => {}
+                    2 if in_query => {}
+                    6 if !in_query => {}
+                    3 => in_query = true,
+                    4 => {
+                        kept = i;
+                        break;
+                    }
+                    5 => high = true,
+                    _ => return Err(BAD),
+                }
+            }
+            if high && std::str::from_utf8(&target[..kept]).is_err() {
+                return Err(BAD);
+            }
+            Ok(())
+        }
+        Some(b'*') if target.len() == 1 => Ok(()),
+        // Absolute or authority form (proxies, CONNECT): rare, so parsed as hyper will.
+        Some(_) => http::Uri::try_from(target).map(|_| ()).map_err(|_| BAD),
+        None => Err(BAD),
+    }
 }
 
 /// Where the first `\r\n\r\n` in `hay` begins. Only the line feeds are visited (found by
@@ -880,6 +984,12 @@ pin_project_lite::pin_project! {
 }
 
 impl<S: ClientSocket> Sniffed<S> {
+    /// Refuses heads with more than `n` field lines (hyper's `max_headers`).
+    pub fn with_max_fields(mut self, n: usize) -> Self {
+        self.framing.max_fields = n;
+        self
+    }
+
     /// `max_head`: the largest head held back whole (hyper's own limit: beyond it, hyper gets
     /// the bytes and refuses the request itself).
     pub fn new(inner: S, flag: Arc<Flag>, activity: Arc<Activity>, max_head: usize) -> Self {
@@ -1261,6 +1371,23 @@ mod tests {
         if request_line.is_empty() || request_line.iter().any(|&b| b < 0x20 || b == 0x7f) {
             return Err(Ambiguity::MalformedHead);
         }
+        // Three parts split at single spaces; the target as the `http` crate parses it.
+        let parts: Vec<&[u8]> = request_line.split(|&b| b == b' ').collect();
+        let [method, target, version] = parts[..] else {
+            return Err(Ambiguity::MalformedRequestLine);
+        };
+        if method.is_empty()
+            || !method.iter().all(|&b| tchar(b))
+            || !(version == b"HTTP/1.1" || version == b"HTTP/1.0")
+        {
+            return Err(Ambiguity::MalformedRequestLine);
+        }
+        if target.len() > 65534 {
+            return Err(Ambiguity::TargetTooLong);
+        }
+        if http::Uri::try_from(target).is_err() {
+            return Err(Ambiguity::MalformedRequestLine);
+        }
         let mut content_length: Option<u64> = None;
         let mut cl_count = 0;
         let mut te: Option<&[u8]> = None;
@@ -1393,7 +1520,7 @@ mod tests {
                 head[at] = pick(&[b"\r", b"\n", b":", b" ", b"\t", b"\x00", b"\xff", b"a"])[0];
             }
             assert_eq!(
-                format!("{:?}", after_head(&head)),
+                format!("{:?}", after_head(&head, usize::MAX)),
                 format!("{:?}", after_head_reference(&head)),
                 "{}",
                 String::from_utf8_lossy(&head)
@@ -1452,6 +1579,111 @@ mod tests {
         let split: Vec<&[u8]> = raw.chunks(1).collect();
         assert_eq!(run(&split).0, whole, "{}", String::from_utf8_lossy(raw));
         whole
+    }
+
+    /// The request line is taken exactly when hyper would build a request from it: the
+    /// target by the `http` crate's parser itself, every byte in each place of a path and a
+    /// query, then random targets; the method, spaces and version by hand.
+    #[test]
+    fn request_lines_are_taken_as_hyper_takes_them() {
+        let agrees = |target: &[u8]| {
+            let mut line = b"GET ".to_vec();
+            line.extend_from_slice(target);
+            line.extend_from_slice(b" HTTP/1.1");
+            let ours = check_request_line(&line).is_ok();
+            let http = http::Uri::try_from(target).is_ok();
+            assert_eq!(ours, http, "{:?}", String::from_utf8_lossy(target));
+        };
+        for b in 0u8..=255 {
+            if b == b' ' {
+                continue; // a space ends the target
+            }
+            for (pre, post) in [
+                (&b"/a"[..], &b"b"[..]),
+                (b"/a?x", b"y"),
+                (b"/a?", b""),
+                (b"/a#", b"z"),
+                (b"/a?x#", b"z"),
+                (b"http://h/a", b"b"),
+            ] {
+                let mut t = pre.to_vec();
+                t.push(b);
+                t.extend_from_slice(post);
+                agrees(&t);
+            }
+        }
+        for t in [
+            &b"*"[..],
+            b"/",
+            b"/caf\xc3\xa9",
+            b"/\xff",
+            b"/a?\xc3",
+            b"?x=1",
+            b"http://example.com?x=1",
+            b"example.com:443",
+            b"//a",
+        ] {
+            agrees(t);
+        }
+        let alphabet = b"/?#%aZ09-._~!$&'()*+,;=:@\"<>`^{}|[]\\\xc3\xa9\xff";
+        for _ in 0..20_000 {
+            let len = 1 + fastrand::usize(..12);
+            let mut t: Vec<u8> = (0..len)
+                .map(|_| alphabet[fastrand::usize(..alphabet.len())])
+                .collect();
+            if fastrand::bool() {
+                t[0] = b'/';
+            }
+            agrees(&t);
+        }
+        for bad in [
+            &b"GET / HTTP/1.2"[..],
+            b"GET / HTTP/2.0",
+            b"GET / http/1.1",
+            b"GET  / HTTP/1.1",
+            b"GET /  HTTP/1.1",
+            b"GET /a b HTTP/1.1",
+            b"GET / HTTP/1.1 ",
+            b"G(T / HTTP/1.1",
+            b" / HTTP/1.1",
+            b"GET",
+            b"GET HTTP/1.1",
+        ] {
+            assert_eq!(
+                check_request_line(bad),
+                Err(Ambiguity::MalformedRequestLine),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long = [b"GET /".as_slice(), &[b'a'; MAX_TARGET], b" HTTP/1.1"].concat();
+        assert_eq!(check_request_line(&long), Err(Ambiguity::TargetTooLong));
+        let longest = [b"GET /".as_slice(), &[b'a'; MAX_TARGET - 1], b" HTTP/1.0"].concat();
+        assert_eq!(check_request_line(&longest), Ok(()));
+    }
+
+    /// A head with more field lines than hyper reads is refused by the reader (431), so that
+    /// the engine answers it; one at the limit passes.
+    #[test]
+    fn heads_with_more_fields_than_hyper_reads_are_refused() {
+        let head = |n: usize| {
+            let mut h = b"GET / HTTP/1.1\r\n".to_vec();
+            for i in 0..n {
+                h.extend_from_slice(format!("x-{i}: y\r\n").as_bytes());
+            }
+            h.extend_from_slice(b"\r\n");
+            h
+        };
+        assert!(after_head(&head(200), 200).is_ok());
+        assert_eq!(
+            after_head(&head(201), 200).err(),
+            Some(Ambiguity::TooManyFields)
+        );
+        assert_eq!(
+            Ambiguity::TooManyFields.reason(),
+            RejectReason::TooManyHeaders
+        );
+        assert_eq!(Ambiguity::TargetTooLong.reason(), RejectReason::UriTooLong);
     }
 
     #[test]
