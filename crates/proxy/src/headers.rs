@@ -526,11 +526,13 @@ pub fn propagate_traceparent(headers: &mut HeaderMap, sink: &mut FieldSink<'_>) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let mut it = v.trim().split('-');
-            let (ver, trace, _parent, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
+            let (ver, trace, parent, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
             let ok = is_hex(ver, 2)
                 && ver != "ff"
                 && is_hex(trace, 32)
                 && trace.bytes().any(|b| b != b'0')
+                && is_hex(parent, 16)
+                && parent.bytes().any(|b| b != b'0')
                 && is_hex(flags, 2)
                 && (ver != "00" || it.next().is_none());
             ok.then_some((trace, flags))
@@ -547,6 +549,13 @@ pub fn propagate_traceparent(headers: &mut HeaderMap, sink: &mut FieldSink<'_>) 
         Some((trace, flags)) => {
             value[3..35].copy_from_slice(trace.as_bytes());
             value[53..55].copy_from_slice(flags.as_bytes());
+            // Vendors' state goes on with the trace only when it is what W3C Trace Context
+            // allows: anything else (a payload for whoever logs or parses it) is dropped.
+            if has_header(headers, &TRACESTATE)
+                && !valid_tracestate(headers.get_all(&TRACESTATE).iter().map(|v| v.as_bytes()))
+            {
+                remove_header(headers, &TRACESTATE);
+            }
         }
         None => {
             remove_header(headers, &TRACESTATE);
@@ -561,6 +570,66 @@ pub fn propagate_traceparent(headers: &mut HeaderMap, sink: &mut FieldSink<'_>) 
     }
     write_hex_lower(u128::from(span), &mut value[36..52]);
     sink.set_own(headers, TRACEPARENT, &value);
+}
+
+/// Whether `tracestate` field values (several fields are one list) are a W3C Trace Context
+/// list: at most 32 members and 512 bytes, each `key=value` with a key of lower-case letters,
+/// digits and `_-*/` (or `tenant@system`), a value of 1–256 printable characters other than `,`
+/// and `=` not ending in a space, no key twice.
+pub fn valid_tracestate<'a>(values: impl Iterator<Item = &'a [u8]>) -> bool {
+    const MAX_MEMBERS: usize = 32;
+    const MAX_BYTES: usize = 512;
+    let key_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-*/".contains(&b);
+    let valid_key = |k: &[u8]| match k.iter().position(|&b| b == b'@') {
+        None => {
+            k.len() <= 256
+                && k.first().is_some_and(u8::is_ascii_lowercase)
+                && k.iter().all(|&b| key_char(b))
+        }
+        Some(at) => {
+            let (tenant, system) = (&k[..at], &k[at + 1..]);
+            (1..=241).contains(&tenant.len())
+                && tenant
+                    .first()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && tenant.iter().all(|&b| key_char(b))
+                && (1..=14).contains(&system.len())
+                && system.first().is_some_and(u8::is_ascii_lowercase)
+                && system.iter().all(|&b| key_char(b))
+        }
+    };
+    let valid_value = |v: &[u8]| {
+        (1..=256).contains(&v.len())
+            && v.iter()
+                .all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
+            && v.last() != Some(&b' ')
+    };
+    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut bytes = 0usize;
+    for value in values {
+        bytes = bytes.saturating_add(value.len());
+        if bytes > MAX_BYTES {
+            return false;
+        }
+        for member in value.split(|&b| b == b',') {
+            let member = member.trim_ascii();
+            if member.is_empty() {
+                continue;
+            }
+            let Some(eq) = member.iter().position(|&b| b == b'=') else {
+                return false;
+            };
+            let (key, val) = (&member[..eq], &member[eq + 1..]);
+            if !valid_key(key) || !valid_value(val) || keys.contains(&key) {
+                return false;
+            }
+            if keys.len() == MAX_MEMBERS {
+                return false;
+            }
+            keys.push(key);
+        }
+    }
+    true
 }
 
 /// Rewrites an absolute `Location` or `Content-Location` that names the target the answer came
@@ -1149,6 +1218,10 @@ mod tests {
             "junk",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            // The parent id: 16 hex digits, not all zero.
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-zz-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01",
         ] {
             let mut m = h(&[("traceparent", bad), ("tracestate", "k=v")]);
             propagate_traceparent(&mut m, &mut FieldSink::Map);
@@ -1157,6 +1230,53 @@ mod tests {
             assert_eq!(parts.len(), 4, "{v}");
             assert!(is_hex(parts[1], 32) && is_hex(parts[2], 16), "{v}");
             assert!(m.get("tracestate").is_none());
+        }
+    }
+
+    /// A continued trace keeps its `tracestate` only when the list is one W3C Trace Context
+    /// allows; a payload in it goes nowhere.
+    #[test]
+    fn tracestate_goes_on_only_when_valid() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let kept = |states: &[&str]| {
+            let mut pairs = vec![("traceparent", parent)];
+            pairs.extend(states.iter().map(|s| ("tracestate", *s)));
+            let mut m = h(&pairs);
+            propagate_traceparent(&mut m, &mut FieldSink::Map);
+            m.get_all("tracestate").iter().count() == states.len()
+        };
+        for good in [
+            &["rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"][..],
+            &["rojo=00f067aa0ba902b7", "congo=t61rcWkgMzE"],
+            &["t1@vendor=x", " a=b , c=d "],
+            &["a=b,,c=d"],
+            &["k=a b"],
+        ] {
+            assert!(kept(good), "{good:?}");
+        }
+        let long_value = format!("k={}", "v".repeat(257));
+        let many = (0..33)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let large = (0..30)
+            .map(|i| format!("k{i}={}", "v".repeat(20)))
+            .collect::<Vec<_>>()
+            .join(",");
+        for bad in [
+            "v=a=b",
+            "K=v",
+            "1k=v",
+            "k=",
+            "k",
+            "k=v,k=w",
+            "t@=v",
+            "@s=v",
+            long_value.as_str(),
+            many.as_str(),
+            large.as_str(),
+        ] {
+            assert!(!kept(&[bad]), "{bad:?}");
         }
     }
 
