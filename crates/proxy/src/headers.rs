@@ -572,6 +572,37 @@ pub fn propagate_traceparent(headers: &mut HeaderMap, sink: &mut FieldSink<'_>) 
     sink.set_own(headers, TRACEPARENT, &value);
 }
 
+/// Makes an answer's `Cache-Control` say `private` (no shared cache may keep it), keeping the
+/// upstream's other directives — `no-store`, `no-cache`, `max-age` … — and dropping those
+/// that speak to shared caches (`public`, `s-maxage`, `proxy-revalidate`).
+pub fn make_private(headers: &mut HeaderMap) {
+    let mut value = String::from("private");
+    for v in headers.get_all(http::header::CACHE_CONTROL) {
+        let Ok(v) = v.to_str() else { continue };
+        for d in v.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+            let name = d.split('=').next().unwrap_or(d).trim();
+            let shared = ["public", "private", "s-maxage", "proxy-revalidate"]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n));
+            if !shared {
+                value.push_str(", ");
+                value.push_str(d);
+            }
+        }
+    }
+    match HeaderValue::from_str(&value) {
+        Ok(v) => {
+            headers.insert(http::header::CACHE_CONTROL, v);
+        }
+        Err(_) => {
+            headers.insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            );
+        }
+    }
+}
+
 /// Whether `tracestate` field values (several fields are one list) are a W3C Trace Context
 /// list: at most 32 members and 512 bytes, each `key=value` with a key of lower-case letters,
 /// digits and `_-*/` (or `tenant@system`), a value of 1–256 printable characters other than `,`
@@ -1231,6 +1262,33 @@ mod tests {
             assert!(is_hex(parts[1], 32) && is_hex(parts[2], 16), "{v}");
             assert!(m.get("tracestate").is_none());
         }
+    }
+
+    /// A caller's own view is `private`, and keeps what the upstream said besides, unless it
+    /// speaks to shared caches.
+    #[test]
+    fn a_private_answer_keeps_the_upstreams_other_directives() {
+        let private = |values: &[&str]| {
+            let mut m = h(&values
+                .iter()
+                .map(|v| ("cache-control", *v))
+                .collect::<Vec<_>>());
+            make_private(&mut m);
+            let all: Vec<_> = m.get_all("cache-control").iter().collect();
+            assert_eq!(all.len(), 1);
+            all[0].to_str().unwrap().to_string()
+        };
+        assert_eq!(private(&[]), "private");
+        assert_eq!(private(&["no-store"]), "private, no-store");
+        assert_eq!(
+            private(&["public, max-age=60, s-maxage=600", "must-revalidate"]),
+            "private, max-age=60, must-revalidate"
+        );
+        assert_eq!(private(&["PRIVATE, no-cache"]), "private, no-cache");
+        assert_eq!(
+            private(&["private=\"set-cookie\", proxy-revalidate"]),
+            "private"
+        );
     }
 
     /// A continued trace keeps its `tracestate` only when the list is one W3C Trace Context

@@ -896,7 +896,7 @@ impl Gateway {
             // What this caller may see is not what the next one may: no shared cache may keep
             // it for anyone else.
             let h = resp.headers_mut();
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+            crate::headers::make_private(h);
             h.append(header::VARY, HeaderValue::from_static("authorization"));
         }
         Ok(resp)
