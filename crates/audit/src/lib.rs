@@ -14,9 +14,14 @@
 //! Invariants:
 //! * Events never carry credentials: the only header values recorded are `User-Agent` and
 //!   `Host`, and there is deliberately no field for anything else. The path is recorded
-//!   without its query string, which may hold secrets; [`AuditSink::emit`] strips a stray one.
-//! * `user_agent` is at most [`MAX_USER_AGENT_BYTES`] bytes (cut on a char boundary) so a
-//!   client cannot blow up audit lines.
+//!   without its query string, which may hold secrets; [`AuditSink::emit`] strips a stray one,
+//!   drops the `;` parameters of its segments (`;jsessionid=…`) and masks e-mail addresses,
+//!   JWT-like tokens and card-like digit runs in it (see [`redact_path`]).
+//! * The values a client chooses are bounded so that it cannot blow up audit lines (nor the
+//!   queue of events waiting for a slow output): `path` to [`MAX_PATH_BYTES`], `method` to
+//!   [`MAX_METHOD_BYTES`], `host` to [`MAX_HOST_BYTES`], `user_agent` to
+//!   [`MAX_USER_AGENT_BYTES`] — cut on a char boundary and ended by [`TRUNCATED`], the marker
+//!   included in the bound.
 //! * [`AuditSink::emit`] never blocks: when the bounded channel ([`CHANNEL_CAPACITY`]) is full
 //!   or the writer has gone, the event is dropped and counted in [`AuditSink::dropped`].
 //! * Each event is exactly one line; output is flushed after every batch so a reader of the
@@ -39,6 +44,23 @@ pub const CHANNEL_CAPACITY: usize = 8192;
 
 /// Longest `user_agent` recorded, in bytes.
 pub const MAX_USER_AGENT_BYTES: usize = 256;
+
+/// Longest `path` recorded, in bytes.
+pub const MAX_PATH_BYTES: usize = 2048;
+
+/// Longest `method` recorded, in bytes.
+pub const MAX_METHOD_BYTES: usize = 32;
+
+/// Longest `host` recorded, in bytes.
+pub const MAX_HOST_BYTES: usize = 256;
+
+/// Ends a `path`, `method`, `host` or `user_agent` that was cut to its limit (the same marker
+/// as an upstream error excerpt's).
+pub const TRUNCATED: &str = "…[truncated]";
+
+/// Stands for the `;` parameters dropped from a path segment (`/app;jsessionid=X/y` is
+/// recorded as `/app;…/y`).
+pub const PARAMS_DROPPED: &str = "…";
 
 /// Most events serialised into one write; bounds the writer's buffer.
 const MAX_BATCH: usize = 256;
@@ -267,14 +289,24 @@ pub struct AuthAudit {
 }
 
 impl AuditEvent {
-    /// Enforces the size and secrecy invariants in place: drops a query string from `path` and
-    /// cuts `user_agent` to [`MAX_USER_AGENT_BYTES`].
+    /// Enforces the size and secrecy invariants in place: drops a query string from `path`,
+    /// redacts it ([`redact_path`]), and cuts `path`, `method`, `host` and `user_agent` to
+    /// their limits ([`cut_marked`]). The path is redacted before it is cut, so that a secret
+    /// straddling the cut is recognised whole.
     pub fn sanitize(&mut self) {
         if let Some(i) = self.path.find('?') {
             self.path.truncate(i);
         }
+        if let Some(p) = redact_path(&self.path) {
+            self.path = p;
+        }
+        cut_marked(&mut self.path, MAX_PATH_BYTES);
+        cut_marked(&mut self.method, MAX_METHOD_BYTES);
+        if let Some(h) = self.host.as_mut() {
+            cut_marked(h, MAX_HOST_BYTES);
+        }
         if let Some(ua) = self.user_agent.as_mut() {
-            truncate_on_char_boundary(ua, MAX_USER_AGENT_BYTES);
+            cut_marked(ua, MAX_USER_AGENT_BYTES);
         }
         if let Some(w) = self.waf.as_mut() {
             for m in &mut w.matches {
@@ -301,6 +333,278 @@ pub fn truncate_on_char_boundary(s: &mut String, max: usize) {
         end -= 1;
     }
     s.truncate(end);
+}
+
+/// Cuts `s` to at most `max` bytes, [`TRUNCATED`] included, when it is longer: the text is cut
+/// on a char boundary and the marker appended. A `max` shorter than the marker cuts without it.
+pub fn cut_marked(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    match max.checked_sub(TRUNCATED.len()) {
+        Some(room) => {
+            truncate_on_char_boundary(s, room);
+            s.push_str(TRUNCATED);
+        }
+        None => truncate_on_char_boundary(s, max),
+    }
+}
+
+/// The path as the audit event records it, or `None` when it needs no change:
+/// * the `;` parameters of each segment are dropped, the segment's name kept and the `;`
+///   followed by [`PARAMS_DROPPED`]: `/app;jsessionid=X/y` → `/app;…/y` (a bare `;` stays);
+/// * JWT-like tokens (`eyJ` and at least 8 base64url characters, with any `.`-separated parts
+///   after it, not glued to a letter or digit before it) → `[jwt]`;
+/// * e-mail addresses, with `@` or `%40` → their first character, `***` and the domain:
+///   `/users/john.doe%40example.com` → `/users/j***%40example.com`;
+/// * 13 to 19 digits (single `-`, space or `%20` allowed between them) not inside a longer
+///   run of letters and digits → `****` and the last four: `/cards/4111111111111111` →
+///   `/cards/****1111`. A 13-digit millisecond timestamp is masked too; longer runs are kept.
+///
+/// Same shapes as the upstream error excerpt's masks. Each step is one pass over the path.
+pub fn redact_path(path: &str) -> Option<String> {
+    let a = drop_path_params(path);
+    let b = mask_jwts(a.as_deref().unwrap_or(path));
+    let c = mask_emails(b.as_deref().or(a.as_deref()).unwrap_or(path));
+    let d = mask_digit_runs(
+        c.as_deref()
+            .or(b.as_deref())
+            .or(a.as_deref())
+            .unwrap_or(path),
+    );
+    d.or(c).or(b).or(a)
+}
+
+/// `/a;x=1/b;y` → `/a;…/b;…`.
+fn drop_path_params(path: &str) -> Option<String> {
+    if !path.contains(';') {
+        return None;
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        match seg.split_once(';') {
+            Some((name, params)) if !params.is_empty() => {
+                out.push_str(name);
+                out.push(';');
+                out.push_str(PARAMS_DROPPED);
+            }
+            _ => out.push_str(seg),
+        }
+    }
+    Some(out)
+}
+
+fn is_b64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// `eyJ` + 8 or more base64url characters, then any run of `.` and base64url characters; not
+/// right after a letter or digit, unless that ends a percent-escape.
+fn mask_jwts(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(at) = s.get(from..).and_then(|t| t.find("eyJ")).map(|i| i + from) {
+        let head = at + 3;
+        let first = b.get(head..).unwrap_or_default();
+        let n = first.iter().take_while(|&&c| is_b64url(c)).count();
+        // A token starts a word: `/heyJudeSongs` is none (`%20eyJ…` is).
+        let glued = at
+            .checked_sub(1)
+            .and_then(|p| b.get(p))
+            .is_some_and(u8::is_ascii_alphanumeric)
+            && !at.checked_sub(3).is_some_and(|p| is_escape(b, p));
+        if n < 8 || glued {
+            from = head;
+            continue;
+        }
+        let rest = b.get(head + n..).unwrap_or_default();
+        let end = head
+            + n
+            + rest
+                .iter()
+                .take_while(|&&c| c == b'.' || is_b64url(c))
+                .count();
+        let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
+        o.push_str(s.get(copied..at).unwrap_or_default());
+        o.push_str("[jwt]");
+        copied = end;
+        from = end;
+    }
+    let mut o = out?;
+    o.push_str(s.get(copied..).unwrap_or_default());
+    Some(o)
+}
+
+fn is_email_local(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+}
+
+/// Where the domain of an e-mail address starting at `start` ends: labels of letters, digits
+/// and `-` joined by single dots, at least two of them, the last starting with two letters
+/// (`example.com`, `mail.example.co.uk`). `None` when what follows is no such domain.
+fn email_domain_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut pos = start;
+    let mut labels = 0;
+    let mut end = None;
+    loop {
+        let label = b.get(pos..).unwrap_or_default();
+        let n = label
+            .iter()
+            .take_while(|c| c.is_ascii_alphanumeric() || **c == b'-')
+            .count();
+        if n == 0 {
+            break;
+        }
+        labels += 1;
+        let letters = label.iter().take_while(|c| c.is_ascii_alphabetic()).count();
+        if labels > 1 && letters >= 2 {
+            end = Some(pos + n);
+        }
+        pos += n;
+        if b.get(pos) != Some(&b'.') {
+            break;
+        }
+        pos += 1;
+    }
+    end
+}
+
+/// `local@domain.tld` or `local%40domain.tld` → first character, `***`, the rest from the `@`.
+fn mask_emails(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    // Where the run of characters an address's local part may hold began.
+    let mut local = 0;
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let at_len = if c == b'@' {
+            1
+        } else if c == b'%' && b.get(i + 1..i + 3) == Some(b"40".as_slice()) {
+            3
+        } else {
+            0
+        };
+        let domain_end = (at_len > 0 && local < i)
+            .then(|| email_domain_end(b, i + at_len))
+            .flatten();
+        if let Some(end) = domain_end {
+            let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
+            o.push_str(s.get(copied..=local).unwrap_or_default());
+            o.push_str("***");
+            o.push_str(s.get(i..end).unwrap_or_default());
+            copied = end;
+            local = end;
+            i = end;
+            continue;
+        }
+        if !is_email_local(c) {
+            local = i + 1;
+        }
+        i += 1;
+    }
+    let mut o = out?;
+    o.push_str(s.get(copied..).unwrap_or_default());
+    Some(o)
+}
+
+/// A percent-escape (`%2F`) at `i`.
+fn is_escape(b: &[u8], i: usize) -> bool {
+    b.get(i) == Some(&b'%')
+        && b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+        && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+}
+
+/// 13 to 19 digits in groups joined by a single `-`, space or `%20`, starting and ending at a
+/// word boundary (a percent-escape counts as a boundary: `%2F4111…`) → `****` and the last four
+/// digits. Of a longer sequence of groups, the first whole groups that make 13 to 19 digits
+/// are masked (as a regular expression's leftmost, longest match would), then the next.
+fn mask_digit_runs(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    let mut prev_word = false;
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if is_escape(b, i) {
+            prev_word = false;
+            i += 3;
+            continue;
+        }
+        if !c.is_ascii_digit() {
+            prev_word = c.is_ascii_alphanumeric() || c == b'_';
+            i += 1;
+            continue;
+        }
+        let startable = !prev_word;
+        groups.clear();
+        let mut g = i;
+        loop {
+            let n = b.get(g..).unwrap_or_default();
+            let e = g + n.iter().take_while(|d| d.is_ascii_digit()).count();
+            groups.push((g, e));
+            let sep = match b.get(e) {
+                Some(b'-' | b' ') => 1,
+                Some(b'%') if b.get(e + 1..e + 3) == Some(b"20".as_slice()) => 3,
+                _ => 0,
+            };
+            if sep > 0 && b.get(e + sep).is_some_and(u8::is_ascii_digit) {
+                g = e + sep;
+            } else {
+                break;
+            }
+        }
+        let last = groups.len() - 1;
+        let seq_end = groups.get(last).map_or(i, |g| g.1);
+        let ends_clean = b
+            .get(seq_end)
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b'_'));
+        let mut k = usize::from(!startable);
+        while k <= last {
+            let mut digits = 0;
+            let mut best = None;
+            for (j, &(gs, ge)) in groups.iter().enumerate().skip(k) {
+                digits += ge - gs;
+                if digits > 19 {
+                    break;
+                }
+                if digits >= 13 && (j < last || ends_clean) {
+                    best = Some(j);
+                }
+            }
+            let (Some(j), Some(&(start, _)), Some(&(_, end))) =
+                (best, groups.get(k), best.and_then(|j| groups.get(j)))
+            else {
+                k += 1;
+                continue;
+            };
+            let span = s.get(start..end).unwrap_or_default();
+            // The digits of the number: a `%20` between groups is none of them.
+            let digits: Vec<char> = span
+                .replace("%20", "")
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect();
+            let last4: String = digits.iter().skip(digits.len().saturating_sub(4)).collect();
+            let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
+            o.push_str(s.get(copied..start).unwrap_or_default());
+            o.push_str("****");
+            o.push_str(&last4);
+            copied = end;
+            k = j + 1;
+        }
+        prev_word = true;
+        i = seq_end;
+    }
+    let mut o = out?;
+    o.push_str(s.get(copied..).unwrap_or_default());
+    Some(o)
 }
 
 /// The current time as RFC 3339 UTC with milliseconds.
@@ -478,6 +782,12 @@ fn open_append(path: &Path) -> Result<std::fs::File, String> {
 /// what was written before the switch is in the renamed file, and the first batch after a
 /// quiet spell already goes to the new one. Files are switched only between whole lines.
 /// Truncation in place (`copytruncate`) needs nothing: writes append.
+///
+/// When the path cannot be opened again (its directory removed or not writable), the old file
+/// is kept only while it still has a name (renamed away, its lines are still readable); once
+/// it has none (removed), writes fail instead of vanishing into it, so the writer counts those
+/// events as dropped, and the path is tried again on later batches, at most once per
+/// [`FOLLOW_EVERY`].
 struct FollowedFile {
     path: PathBuf,
     file: std::fs::File,
@@ -489,6 +799,9 @@ struct FollowedFile {
     fresh: bool,
     /// The path could not be opened at the last look (logged once per streak).
     failing: bool,
+    /// The open file was removed and the path could not be opened again: nothing is written
+    /// until it can.
+    lost: bool,
 }
 
 impl FollowedFile {
@@ -500,6 +813,7 @@ impl FollowedFile {
             at_line_start: true,
             fresh: false,
             failing: false,
+            lost: false,
         })
     }
 
@@ -518,14 +832,29 @@ impl FollowedFile {
                 self.file = file;
                 self.fresh = true;
                 self.failing = false;
+                self.lost = false;
                 tracing::info!(path = %self.path.display(), "audit file reopened (it was moved or removed)");
             }
-            Err(e) if !self.failing => {
+            Err(e) => {
+                let lost = self.open_file_is_unlinked();
+                if !self.failing || lost != self.lost {
+                    if lost {
+                        tracing::error!(error = %e, "the audit file was removed and cannot be created again; dropping audit events until it can");
+                    } else {
+                        tracing::error!(error = %e, "the audit file was moved or removed; still writing to the old one");
+                    }
+                }
                 self.failing = true;
-                tracing::error!(error = %e, "the audit file was moved or removed; still writing to the old one");
+                self.lost = lost;
             }
-            Err(_) => {}
         }
+    }
+
+    /// Whether the open file has no name left (removed, or its directory removed): what is
+    /// written to it can never be read.
+    fn open_file_is_unlinked(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().is_ok_and(|m| m.nlink() == 0)
     }
 
     fn names_the_open_file(&self) -> bool {
@@ -541,6 +870,16 @@ impl Write for FollowedFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.at_line_start {
             self.follow();
+        }
+        if self.lost {
+            // Nothing taken: the writer counts the batch as dropped.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "the audit file {} was removed and cannot be created again",
+                    self.path.display()
+                ),
+            ));
         }
         let skip = usize::from(self.fresh && buf.first() == Some(&b'\n'));
         let rest = buf.get(skip..).unwrap_or_default();
@@ -848,9 +1187,10 @@ mod tests {
         e.user_agent = Some(format!("{}é{}", "a".repeat(255), "b".repeat(50)));
         e.sanitize();
         assert_eq!(e.path, "/login");
+        // Cut to 256 bytes, the marker included: 242 of the 'a's, then the marker.
         let ua = e.user_agent.unwrap();
-        assert_eq!(ua.len(), 255);
-        assert!(ua.bytes().all(|b| b == b'a'));
+        assert_eq!(ua.len(), MAX_USER_AGENT_BYTES);
+        assert_eq!(ua, format!("{}{TRUNCATED}", "a".repeat(242)));
 
         let mut s = "x".repeat(300);
         truncate_on_char_boundary(&mut s, MAX_USER_AGENT_BYTES);
@@ -858,6 +1198,141 @@ mod tests {
         let mut s = "short".to_string();
         truncate_on_char_boundary(&mut s, MAX_USER_AGENT_BYTES);
         assert_eq!(s, "short");
+    }
+
+    /// A refused request may carry a path of tens of kilobytes and a long method or host; the
+    /// event keeps a bounded, marked prefix of each, so that a full queue stays small.
+    #[test]
+    fn sanitize_caps_path_method_and_host() {
+        let huge = 70_000;
+        let mut e = event();
+        e.path = format!("/{}", "a".repeat(huge - 1));
+        e.method = "M".repeat(huge);
+        e.host = Some("h".repeat(huge));
+        e.user_agent = Some("u".repeat(huge));
+        e.sanitize();
+        for (field, got, max) in [
+            ("path", e.path.as_str(), MAX_PATH_BYTES),
+            ("method", e.method.as_str(), MAX_METHOD_BYTES),
+            ("host", e.host.as_deref().unwrap(), MAX_HOST_BYTES),
+            (
+                "user_agent",
+                e.user_agent.as_deref().unwrap(),
+                MAX_USER_AGENT_BYTES,
+            ),
+        ] {
+            assert_eq!(got.len(), max, "{field}");
+            assert!(got.ends_with(TRUNCATED), "{field}: {got}");
+        }
+        assert!(e.path.starts_with("/aaa"));
+        assert_eq!(
+            e.method,
+            format!("{}{TRUNCATED}", "M".repeat(32 - TRUNCATED.len()))
+        );
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(line.len() < 3 * 1024, "{} bytes", line.len());
+
+        // Cut on a char boundary: 'é' straddles the cut (2034 bytes before the marker).
+        let mut e = event();
+        e.path = format!("/{}é{}", "a".repeat(2032), "b".repeat(huge));
+        e.sanitize();
+        assert_eq!(e.path, format!("/{}{TRUNCATED}", "a".repeat(2032)));
+        // Values within their limits are left alone, marker-free.
+        let mut e = event();
+        e.path = format!("/{}", "p".repeat(MAX_PATH_BYTES - 1));
+        e.method = "M".repeat(MAX_METHOD_BYTES);
+        e.host = Some("h".repeat(MAX_HOST_BYTES));
+        let before = e.clone();
+        e.sanitize();
+        assert_eq!(e.path, before.path);
+        assert_eq!(e.method, before.method);
+        assert_eq!(e.host, before.host);
+        // A limit shorter than the marker cuts without it.
+        let mut s = "abcdef".to_string();
+        cut_marked(&mut s, 4);
+        assert_eq!(s, "abcd");
+    }
+
+    /// Path parameters, e-mail addresses, JWTs and card numbers in a path never reach the
+    /// audit line; ordinary paths are left as they are.
+    #[test]
+    fn sanitize_redacts_secrets_in_the_path() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+        let cases: &[(String, &str)] = &[
+            // `;` parameters: the segment's name stays.
+            ("/app;jsessionid=SECRET/y".into(), "/app;…/y"),
+            ("/a;b=1;c=2/d;e".into(), "/a;…/d;…"),
+            ("/login;JSESSIONID=0A1B2C?x=1".into(), "/login;…"),
+            ("/admin;/x".into(), "/admin;/x"),
+            // E-mail addresses, plain and percent-encoded.
+            (
+                "/users/john.doe@example.com/orders".into(),
+                "/users/j***@example.com/orders",
+            ),
+            (
+                "/users/john.doe%40mail.example.co.uk".into(),
+                "/users/j***%40mail.example.co.uk",
+            ),
+            ("/u/ann%2Bx%40example.org/".into(), "/u/a***%40example.org/"),
+            // JWTs, also as a segment's part or after an encoded space.
+            (format!("/t/{jwt}/next"), "/t/[jwt]/next"),
+            (format!("/auth/Bearer%20{jwt}"), "/auth/Bearer%20[jwt]"),
+            (format!("/cb/state={jwt}"), "/cb/state=[jwt]"),
+            ("/s/eyJ0eXAiOiJKV1Qi".into(), "/s/[jwt]"),
+            // 13 to 19 digits.
+            (
+                "/cards/4111111111111111/charge".into(),
+                "/cards/****1111/charge",
+            ),
+            ("/c/4111-1111-1111-1234".into(), "/c/****1234"),
+            ("/c/4111%201111%201111%205678".into(), "/c/****5678"),
+            ("/c/%2F5500000000000004".into(), "/c/%2F****0004"),
+            ("/n/1234567890123".into(), "/n/****0123"),
+            ("/n/1234567890123456789".into(), "/n/****6789"),
+            // Left alone.
+            ("/v1/users/42/orders".into(), "/v1/users/42/orders"),
+            (
+                "/projects/group%2Fname/issues".into(),
+                "/projects/group%2Fname/issues",
+            ),
+            ("/orders/123456789012".into(), "/orders/123456789012"),
+            (
+                "/ids/12345678901234567890".into(),
+                "/ids/12345678901234567890",
+            ),
+            ("/x/ab4111111111111111".into(), "/x/ab4111111111111111"),
+            ("/x/4111111111111111ab".into(), "/x/4111111111111111ab"),
+            ("/@me/profile".into(), "/@me/profile"),
+            ("/a@b/c".into(), "/a@b/c"),
+            ("/heyJudeSongs/2024".into(), "/heyJudeSongs/2024"),
+            ("/eyJshort".into(), "/eyJshort"),
+            ("/%40%40%40".into(), "/%40%40%40"),
+            ("/dates/2024-01-15".into(), "/dates/2024-01-15"),
+            ("/café/menü".into(), "/café/menü"),
+        ];
+        for (input, want) in cases {
+            let mut e = event();
+            e.path = input.clone();
+            e.sanitize();
+            assert_eq!(e.path, *want, "{input}");
+        }
+        // Redacted before it is cut: an address straddling the cut is masked whole.
+        let mut e = event();
+        e.path = format!(
+            "/{}/john.doe@example.com/{}",
+            "a".repeat(2025),
+            "z".repeat(100)
+        );
+        e.sanitize();
+        assert!(!e.path.contains("ohn"), "{}", e.path);
+        assert!(e.path.ends_with(TRUNCATED));
+        // Long hostile input stays linear: many almost-addresses and almost-tokens.
+        let mut e = event();
+        e.path = format!("/{}{}", "%40a.".repeat(14_000), "eyJ".repeat(5_000));
+        let start = Instant::now();
+        e.sanitize();
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert!(e.path.len() <= MAX_PATH_BYTES);
     }
 
     fn file_cfg(path: &Path) -> portcullis_config::Audit {
@@ -994,6 +1469,78 @@ mod tests {
         assert_eq!(new.len(), 1, "{new:?}");
         assert_eq!(read(&dir.path().join("audit.log.2")).len(), before);
         assert_eq!(sink.dropped(), 0);
+    }
+
+    /// The audit file and its directory removed: while the path cannot be opened again the
+    /// events are counted as dropped, not written into the unlinked file; once it can, they go
+    /// to a new file there.
+    #[test]
+    fn a_removed_file_that_cannot_be_recreated_counts_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        let path = logs.join("audit.log");
+        let sink = AuditSink::from_config(&file_cfg(&path)).unwrap();
+        let emit = |id: &str| {
+            let mut e = event();
+            e.request_id = id.into();
+            sink.emit(e);
+            assert!(sink.flush(Duration::from_secs(5)));
+        };
+        emit("before");
+        assert_eq!(wait_for_lines(&path, 1).len(), 1);
+        std::fs::remove_dir_all(&logs).unwrap();
+        // The writer looks at the path at most once a second.
+        std::thread::sleep(FOLLOW_EVERY + Duration::from_millis(100));
+        emit("lost-1");
+        assert_eq!(
+            sink.dropped(),
+            1,
+            "counted, not written to the unlinked file"
+        );
+        // Still gone within the second: dropped without another look.
+        emit("lost-2");
+        assert_eq!(sink.dropped(), 2);
+        std::fs::create_dir(&logs).unwrap();
+        std::thread::sleep(FOLLOW_EVERY + Duration::from_millis(100));
+        emit("after");
+        let lines = wait_for_lines(&path, 1);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let e: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(e["request_id"], "after");
+        assert_eq!(sink.dropped(), 2);
+    }
+
+    /// A file renamed away while its path cannot be opened again (here: a directory took its
+    /// name) still has a name: lines keep going to it, as before, and none is dropped.
+    #[test]
+    fn a_renamed_file_is_kept_while_its_path_cannot_be_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let old = dir.path().join("audit.log.1");
+        let long_ago = || Instant::now().checked_sub(FOLLOW_EVERY * 2).unwrap();
+        let mut f = FollowedFile::open(&path).unwrap();
+        f.write_all(b"{\"a\":1}\n").unwrap();
+        std::fs::rename(&path, &old).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        f.checked = long_ago();
+        f.write_all(b"{\"b\":2}\n").unwrap();
+        assert!(!f.lost);
+        assert_eq!(
+            std::fs::read_to_string(&old).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n"
+        );
+        // Removed as well: now it is lost, and writes fail, taking nothing.
+        std::fs::remove_file(&old).unwrap();
+        f.checked = long_ago();
+        assert!(f.write(b"{\"c\":3}\n").is_err());
+        assert!(f.lost);
+        // The path usable again: a new file, from the next line on.
+        std::fs::remove_dir(&path).unwrap();
+        f.checked = long_ago();
+        f.write_all(b"{\"d\":4}\n").unwrap();
+        assert!(!f.lost);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"d\":4}\n");
     }
 
     /// An output whose first write waits until the test lets it go, so the test knows the

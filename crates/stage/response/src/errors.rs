@@ -241,17 +241,35 @@ pub const EXCERPT_LOOKAHEAD: usize = 256;
 /// * `jwt`: `eyJ` and 8+ base64url characters, with up to four `.`-separated parts — a JWT
 ///   (JWS or JWE) or any base64url-encoded JSON object, also when cut short.
 /// * `bearer`: `Bearer <token>`.
-/// * `pem`: a PEM private key block (`-----BEGIN … PRIVATE KEY-----` to its end line).
-/// * `kv`: a key containing `password`, `passwd`, `passphrase`, `pwd`, `secret`, `token`,
-///   `api_key`/`api-key`/`apikey`, `-key`/`_key` (`x-client-key`, `private_key`),
-///   `authorization`, `session`, `sessid`, `cookie` or `credential` (any case, any prefix or
-///   suffix: `access_token`, `password_hash`, `JSESSIONID`, `Set-Cookie`), then `=` or `:`
-///   (`"key": "…"` in JSON), then a value: a quoted string
-///   (to its closing quote, or to the end of the excerpt when cut), or an unquoted run
-///   (optionally after `Bearer `/`Basic `/`Digest `/`Token `).
+/// * `pem`: a PEM private key block (`-----BEGIN … PRIVATE KEY-----` to its end line), also as
+///   the value of a secret-like key.
+/// * `cookie`: a `Cookie:` or `Set-Cookie:` line (to its end, a quote or a backslash): the value
+///   of every cookie on it, not only the first.
+/// * `kv`: a secret-like key, then `=` or `:` (`"key": "…"` in JSON), then a value: a quoted
+///   string (to its closing quote, or to the end of the excerpt when cut), a PEM private key,
+///   or an unquoted run (optionally after `Bearer `/`Basic `/`Digest `/`Token `). Secret-like
+///   keys are
+///   * names containing `password`, `passwd`, `passphrase`, `pwd`, `secret`, `token`,
+///     `api_key`/`api-key`/`apikey`, `-key`/`_key` (`x-client-key`, `private_key`),
+///     `authorization`, `session`, `sessid`, `cookie` or `credential` (any case, any prefix or
+///     suffix: `access_token`, `password_hash`, `JSESSIONID`, `Set-Cookie`);
+///   * camelCase names with a `Key` word (`privateKey`, `signingKey`, `accessKeyId`);
+///   * the short names `key`, `auth`, `pin`, `cvv`, `cvc`, `ssn`, `otp`, `totp` as a whole
+///     word, optionally after `_`/`-`-joined words and before `code`/`number` (`card_pin`,
+///     `x-auth`, `otp_code`, `pinCode`) — never inside a longer word (`monkey`, `author`,
+///     `spin` and `pinned` stay).
 /// * `email`: `local@domain.tld`.
 /// * `card`: 13 to 19 digits, single spaces or dashes allowed between them, not inside a
 ///   longer run of word characters.
+/// * `iban`: two capital letters, two check digits, then 10 to 30 capitals or digits, in groups
+///   of four with single spaces or none (`DE89 3704 0044 0532 0130 00`).
+/// * `ssn`: a US social security number, `123-45-6789`.
+/// * `phone`: a number written as a phone number — with a `+` country code
+///   (`+1 (555) 123-4567`, `+49 30 12345678`); a 3- to 5-digit area code in brackets or
+///   followed by a space, `-` or `/`, then 6 to 8 digits in two groups (`(555) 123-4567`,
+///   `555-123-4567`, `030/1234 5678`); or `0` and a digit, then four pairs (`01 23 45 67 89`).
+///   Plain digit runs without such separators (ids, timestamps), dates (`2024-01-15 10:30`),
+///   dotted versions and addresses are not phone numbers.
 const MASK_PATTERN: &str = concat!(
     // A PEM private key, to its end line or the excerpt's end.
     r"(?P<pem>-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----)(?s:.*?)(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)",
@@ -259,10 +277,23 @@ const MASK_PATTERN: &str = concat!(
     // Credentials in a URL's userinfo (`postgres://user:pass@host`): the user stays.
     r"|(?P<userinfo>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s/@]+@",
     r"|(?P<bearer>(?i:bearer)\s+)[A-Za-z0-9\-._~+/]+=*",
-    r#"|(?P<kvkey>[A-Za-z0-9_-]*(?i:password|passwd|passphrase|pwd|secret|token|api[_-]?key|[_-]key|authorization|session|sessid|cookie|credential)[A-Za-z0-9_-]*["']?\s*[:=]\s*)"#,
-    r#"(?:(?P<dq>"(?:[^"\\]|\\.)*"?)|(?P<sq>'[^']*'?)|(?i:(?:bearer|basic|digest|token)\s+)?[^\s"'&,;{}\[\]<>]+)"#,
+    // A cookie header line: every cookie on it (see `mask_cookies`).
+    r#"|(?P<cookie>\b(?i:set-cookie|cookie)[ \t]*:[ \t]*)(?P<cookies>[^\r\n"\\<]+)"#,
+    r#"|(?P<kvkey>(?:"#,
+    r"[A-Za-z0-9_-]*(?i:password|passwd|passphrase|pwd|secret|token|api[_-]?key|[_-]key|authorization|session|sessid|cookie|credential)[A-Za-z0-9_-]*",
+    r"|[A-Za-z0-9_-]*[a-z0-9]Key[A-Za-z0-9_-]*",
+    r"|\b(?:[A-Za-z0-9]+[_-])*(?i:key|auth|pin|cvv2?|cvc2?|ssn|otp|totp)(?:[_-]?(?i:code|number))?",
+    r#")["']?\s*[:=]\s*)"#,
+    r#"(?:(?P<dq>"(?:[^"\\]|\\.)*"?)|(?P<sq>'[^']*'?)"#,
+    r"|(?P<kvpem>-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----)(?s:.*?)(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)",
+    r#"|(?i:(?:bearer|basic|digest|token)\s+)?[^\s"'&,;{}\[\]<>]+)"#,
     r"|(?P<email>[A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*(?P<domain>@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})",
     r"|(?P<card>\b[0-9](?:[ -]?[0-9]){12,18}\b)",
+    r"|(?P<iban>\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b)",
+    r"|(?P<ssn>\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b)",
+    r"|(?P<phone>\+[0-9]{1,3}[ -]?(?:\([0-9]{1,4}\)[ -]?)?[0-9]{2,5}(?:[ -]?[0-9]{2,5}){1,3}\b",
+    r"|(?:\([0-9]{3,5}\) ?|\b[0-9]{3,5}[ /-])[0-9]{3,4}[ -]?[0-9]{3,4}\b",
+    r"|\b0[1-9](?:[ .-][0-9]{2}){4}\b)",
 );
 
 static MASK: LazyLock<Option<Regex>> = LazyLock::new(|| Regex::new(MASK_PATTERN).ok());
@@ -286,7 +317,11 @@ pub const TRUNCATED: &str = "…[truncated]";
 /// * Secrets are masked: JWT-like tokens → `[jwt]`; `Bearer <token>` → `Bearer ****`; the value
 ///   after a secret-like key → `****` (quotes kept: `"password":"****"`); e-mail addresses →
 ///   first character, `***` and the domain (`j***@example.com`: the tenant stays visible, the
-///   person does not); the password of a URL's userinfo (`postgres://app:****@db`); card-like digit runs → `****` and the last four digits. Matching looks
+///   person does not); the password of a URL's userinfo (`postgres://app:****@db`); every
+///   cookie value of a `Cookie:`/`Set-Cookie:` line (`Cookie: theme=****; sid=****`);
+///   card-like digit runs → `****` and the last four digits; IBANs → `[iban]`, US social
+///   security numbers → `[ssn]`, phone numbers → `[phone]` (`MASK_PATTERN` lists the
+///   exact shapes). Matching looks
 ///   [`EXCERPT_LOOKAHEAD`] bytes past the cut, so a secret that starts before the cut is
 ///   recognised and masked whole, never shown in part.
 /// * The result is at most `max` bytes (a mask longer than what it hides is cut too), followed
@@ -385,6 +420,10 @@ fn mask_one(c: &Captures<'_>) -> String {
         format!("{}****@", u.as_str())
     } else if let Some(b) = c.name("bearer") {
         format!("{}****", b.as_str())
+    } else if let (Some(k), Some(list)) = (c.name("cookie"), c.name("cookies")) {
+        format!("{}{}", k.as_str(), mask_cookies(list.as_str()))
+    } else if let (Some(k), Some(p)) = (c.name("kvkey"), c.name("kvpem")) {
+        format!("{}{}[private key]", k.as_str(), p.as_str())
     } else if let Some(k) = c.name("kvkey") {
         let quote = if c.name("dq").is_some() {
             "\""
@@ -400,11 +439,45 @@ fn mask_one(c: &Captures<'_>) -> String {
         let digits: Vec<char> = card.as_str().chars().filter(char::is_ascii_digit).collect();
         let last4: String = digits[digits.len().saturating_sub(4)..].iter().collect();
         format!("****{last4}")
+    } else if c.name("iban").is_some() {
+        "[iban]".into()
+    } else if c.name("ssn").is_some() {
+        "[ssn]".into()
+    } else if c.name("phone").is_some() {
+        "[phone]".into()
     } else {
         // Unreachable by construction (every alternative has a named group); masking the
         // whole match is the safe answer anyway.
         "****".into()
     }
+}
+
+/// The cookies of a `Cookie:` or `Set-Cookie:` line with their values masked, names and
+/// separators kept: `theme=dark; sid=abc` → `theme=****; sid=****`. A part without `=` is a
+/// nameless value, masked too, unless it is a `Set-Cookie` flag (`Secure`, `HttpOnly`,
+/// `Partitioned`).
+fn mask_cookies(list: &str) -> String {
+    let mut out = String::with_capacity(list.len());
+    for (i, part) in list.split(';').enumerate() {
+        if i > 0 {
+            out.push(';');
+        }
+        let body = part.trim_start();
+        out.push_str(part.get(..part.len() - body.len()).unwrap_or_default());
+        if let Some((name, _)) = body.split_once('=') {
+            out.push_str(name);
+            out.push_str("=****");
+        } else if body.trim().is_empty()
+            || ["secure", "httponly", "partitioned"]
+                .iter()
+                .any(|f| body.trim().eq_ignore_ascii_case(f))
+        {
+            out.push_str(body);
+        } else {
+            out.push_str("****");
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -696,7 +769,7 @@ mod tests {
             // Session identifiers, cookies, other credentials, key headers, private keys.
             (
                 "Cookie: JSESSIONID=0A1B2C3D4E; lang=en",
-                "Cookie: ****; lang=en",
+                "Cookie: JSESSIONID=****; lang=****",
             ),
             ("JSESSIONID=0A1B2C3D4E&x=1", "JSESSIONID=****&x=1"),
             ("PHPSESSID: abc123", "PHPSESSID: ****"),
@@ -715,6 +788,95 @@ mod tests {
                 r#"{"pk":"-----BEGIN RSA PRIVATE KEY-----\nMIIEow"#,
                 r#"{"pk":"-----BEGIN RSA PRIVATE KEY-----[private key]"#,
             ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(audit_excerpt(input.as_bytes(), 4096), *want, "{input}");
+        }
+    }
+
+    /// Key names, personal numbers and cookie lines the first masks missed; and ordinary words
+    /// and numbers that must stay readable.
+    #[test]
+    fn excerpt_masks_more_key_names_numbers_and_cookies() {
+        let cases: &[(&str, &str)] = &[
+            // camelCase key names.
+            (r#"{"privateKey":"abc"}"#, r#"{"privateKey":"****"}"#),
+            (r#"{"signingKey": "abc"}"#, r#"{"signingKey": "****"}"#),
+            ("accessKey=AKIA123", "accessKey=****"),
+            ("accessKeyId=AKIA123", "accessKeyId=****"),
+            (r#"{"encryptionKey":"abc"}"#, r#"{"encryptionKey":"****"}"#),
+            (r#"{"apiKey":"abc"}"#, r#"{"apiKey":"****"}"#),
+            // Short key names, whole words only.
+            (r#"{"key":"abc","id":1}"#, r#"{"key":"****","id":1}"#),
+            (r#"{"auth": "abc"}"#, r#"{"auth": "****"}"#),
+            ("x-auth: abc", "x-auth: ****"),
+            (r#"{"pin":"1234"}"#, r#"{"pin":"****"}"#),
+            ("card_pin=1234&x=1", "card_pin=****&x=1"),
+            ("pinCode: 1234", "pinCode: ****"),
+            ("cvv=123", "cvv=****"),
+            (r#"{"CVC2":"123"}"#, r#"{"CVC2":"****"}"#),
+            ("ssn: 078051120", "ssn: ****"),
+            (r#"{"otp":"123456"}"#, r#"{"otp":"****"}"#),
+            ("otp_code=123456", "otp_code=****"),
+            (r#"{"secret":"x"}"#, r#"{"secret":"****"}"#),
+            (r#"{"clientSecret":"x"}"#, r#"{"clientSecret":"****"}"#),
+            ("SECRETS=x", "SECRETS=****"),
+            // A private key as the value of a key: masked whole, never just its first word.
+            (
+                "private_key: -----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY----- after",
+                "private_key: -----BEGIN PRIVATE KEY-----[private key] after",
+            ),
+            // Phone numbers, with separators.
+            ("call +1 (555) 123-4567 now", "call [phone] now"),
+            ("tel +49 30 12345678.", "tel [phone]."),
+            ("tel +4930123456 x", "tel [phone] x"),
+            ("call (555) 123-4567 now", "call [phone] now"),
+            ("call 555-123-4567 now", "call [phone] now"),
+            ("call 555 123 4567 now", "call [phone] now"),
+            ("ruf 030/1234 5678 an", "ruf [phone] an"),
+            ("appelez 01 23 45 67 89", "appelez [phone]"),
+            // US social security numbers.
+            ("ssn 123-45-6789 on file", "ssn [ssn] on file"),
+            (r#"{"id":"123-45-6789"}"#, r#"{"id":"[ssn]"}"#),
+            // IBANs, with or without spaces.
+            ("iban DE89370400440532013000 x", "iban [iban] x"),
+            ("iban DE89 3704 0044 0532 0130 00 x", "iban [iban] x"),
+            ("to GB29NWBK60161331926819.", "to [iban]."),
+            ("NO9386011117947", "[iban]"),
+            // Every cookie of a cookie line, not only the first.
+            (
+                "Cookie: theme=dark; auth=SECRET",
+                "Cookie: theme=****; auth=****",
+            ),
+            (
+                "cookie:theme=dark;sid=SECRET\nnext line",
+                "cookie:theme=****;sid=****\nnext line",
+            ),
+            (
+                "Set-Cookie: sid=SECRET; Path=/; Secure; HttpOnly",
+                "Set-Cookie: sid=****; Path=****; Secure; HttpOnly",
+            ),
+            (
+                r#"{"header":"Cookie: a=1; b=SECRET","x":1}"#,
+                r#"{"header":"Cookie: a=****; b=****","x":1}"#,
+            ),
+            (r#"{"Cookie": "a=1; b=2"}"#, r#"{"Cookie": "****"}"#),
+            // Ordinary words and numbers stay.
+            ("monkey: banana", "monkey: banana"),
+            ("keyboard=us", "keyboard=us"),
+            ("author: Ann", "author: Ann"),
+            ("spin=3 pinned: true", "spin=3 pinned: true"),
+            (r#"{"key_id":"k1","keys":2}"#, r#"{"key_id":"k1","keys":2}"#),
+            ("at 2024-01-15 10:30:00 UTC", "at 2024-01-15 10:30:00 UTC"),
+            ("ts 1700000000 took 12 ms", "ts 1700000000 took 12 ms"),
+            ("zip 12345-6789", "zip 12345-6789"),
+            ("host 192.168.100.200:8080", "host 192.168.100.200:8080"),
+            ("version 10.20.300.4000", "version 10.20.300.4000"),
+            (
+                "ISO8601 and RFC7231 and HTTP2",
+                "ISO8601 and RFC7231 and HTTP2",
+            ),
+            ("error E1234: retry in 30 s", "error E1234: retry in 30 s"),
         ];
         for (input, want) in cases {
             assert_eq!(audit_excerpt(input.as_bytes(), 4096), *want, "{input}");

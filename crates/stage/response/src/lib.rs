@@ -85,8 +85,10 @@
 //!   already.
 //! * [`audit_excerpt`] gives the audit event at most `audit_bytes` bytes from the start of the
 //!   original body: decoded lossily, control and bidi-override characters neutralised, secrets
-//!   masked (JWT-like tokens, bearer tokens, values after password/secret/token/api-key/
-//!   authorization keys, e-mail local parts, card-like digit runs), `…[truncated]` appended
+//!   masked (JWT-like tokens, bearer tokens, values after keys that name a password, secret,
+//!   token, key, authorization, session, cookie, credential, pin, cvv, ssn or otp, cookie
+//!   values, PEM private keys, e-mail local parts, card-like digit runs, IBANs, social
+//!   security and phone numbers; see `errors::MASK_PATTERN`), `…[truncated]` appended
 //!   when cut. It needs at most `audit_bytes` + 256 bytes of the body
 //!   ([`ErrorPolicy::excerpt_read_bytes`]); the extra bytes let a secret straddling the cut be
 //!   masked whole. `audit_bytes: 0` records nothing.
