@@ -1,6 +1,9 @@
 //! A request body watched while it streams: the route's size limit holds whatever the framing
 //! (chunked, HTTP/2 DATA frames), and a client that trickles its body — a gap longer than the
 //! read timeout, or an average rate below the minimum — is cut off. Nothing is buffered.
+//! Trailers end the body and go no further: a request's trailer fields would reach the upstream
+//! unchecked by every step (identity fields the gateway strips from heads, credentials), and no
+//! common protocol sends them (gRPC's trailers are the answer's).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -126,6 +129,10 @@ impl Body for LimitedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                this.tripped.set_ended();
+                Poll::Ready(None)
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
@@ -292,6 +299,27 @@ mod tests {
         assert!(b.gap.is_none());
         assert!(b.frame().await.is_none());
         assert_eq!(t.reason(), None);
+    }
+
+    /// A request's trailers end its body here: the upstream gets the data, no trailer field.
+    #[tokio::test]
+    async fn request_trailers_go_no_further() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let stream = StreamBody::new(tokio_stream_shim(rx)).boxed_unsync();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-user-id", http::HeaderValue::from_static("admin"));
+        tx.send(Ok(Frame::data(Bytes::from_static(b"hello"))))
+            .await
+            .unwrap();
+        tx.send(Ok(Frame::trailers(trailers))).await.unwrap();
+        drop(tx);
+        let t = Arc::new(Tripped::default());
+        let got = LimitedBody::size_only(stream, 100, t.clone())
+            .collect()
+            .await
+            .unwrap();
+        assert!(got.trailers().is_none());
+        assert_eq!(got.to_bytes().as_ref(), b"hello");
     }
 
     #[tokio::test(start_paused = true)]
