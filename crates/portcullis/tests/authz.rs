@@ -49,6 +49,8 @@ decision := {
 }
 
 deny_everything := false
+
+bad_deny := {"allow": false, "reasons": [7]}
 "#;
 
 /// A signing key for the test issuer, its public half written to `keys.json` in `dir`.
@@ -177,6 +179,16 @@ routes:
     upstream: app
     auth: {{ methods: [jwt] }}
     authz: {{ allow: any-authenticated, risk: {{ step_up: 40, deny: 70, acr_values: [urn:mfa], max_age: 10m }} }}
+  - name: rego-bad
+    match: {{ prefix: /rego-bad }}
+    upstream: app
+    auth: {{ methods: [jwt] }}
+    authz: {{ allow: any-authenticated, rego: {{ query: data.gw.bad_deny }} }}
+  - name: wild
+    match: {{ prefix: /wild }}
+    upstream: app
+    auth: {{ methods: [jwt] }}
+    authz: {{ scopes: {{ any_of: [read:orders] }}, field_masks: {{ by_scope: {{ read:orders: ["*.id", "uri.id"] }} }} }}
   - {{ name: open, match: {{ prefix: /open }}, upstream: app, auth: {{ anonymous: true }} }}
 "#,
         up = up.url()
@@ -400,6 +412,13 @@ async fn ownership_and_bypass_attempts() {
         "/users/Alice",
         "/users/alice%20",
         "/users/alice?id=alice&id=bob",
+        // Names an upstream framework reads as `id` (PHP folds `.` and space to `_`, makes
+        // `id[]` an array; some ignore case; some split on `;` too).
+        "/users/alice?ID=bob",
+        "/users/alice?id[]=bob",
+        "/users/alice?id%5B0%5D=bob",
+        "/users/alice?Id=alice&iD=bob",
+        "/users/alice?x=1;id=bob",
     ] {
         let r = e.call("GET", attempt, &alice, &[]).await;
         let v = assert_problem(&r, 403, "forbidden");
@@ -424,6 +443,9 @@ async fn tenants_are_isolated_and_the_verified_tenant_goes_upstream() {
         "/tenants/t1/orders?tenant=t2",
         "/tenants/t1/orders?tenant=%74%32",
         "/tenants/t1/orders?tenant=t1&tenant=t2",
+        "/tenants/t1/orders?TENANT=t2",
+        "/tenants/t1/orders?tenant[]=t2",
+        "/tenants/t1/orders?a=b;tenant=t2",
     ] {
         let r = e.call("GET", attempt, &t1, &[]).await;
         e.refused(&r, 403, "forbidden", "tenant");
@@ -538,6 +560,118 @@ async fn field_masks_on_nested_json() {
     assert_eq!(ev["outcome"], "rejected", "{ev}");
 }
 
+/// A field mask shows a value only where one of its paths ends: where a path merely passes
+/// through (every key for `*.id`, `uri` for `uri.id`), a string or number is not shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_mask_shows_no_scalar_where_its_paths_only_pass() {
+    let e = setup().await;
+    let r = e
+        .call(
+            "GET",
+            "/wild/x?card=4111111111111111",
+            &e.token(scope("read:orders")),
+            &[("id", "7")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The echo upstream answered method, uri, version and body as strings beside the
+    // headers object: only the `id` inside that object is named.
+    assert_eq!(r.json(), json!({"headers": {"id": "7"}}));
+    assert!(!r.text().contains("4111"), "{}", r.text());
+    assert_eq!(e.up.hits(), 1);
+}
+
+/// A method no action is mapped to (WebDAV's, TRACE, QUERY, PURGE …) is held to every resource
+/// policy on its path, whatever actions they list, and such a policy permits nothing by
+/// itself; a method mapped in `authz.actions` is governed by its action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_without_an_action_is_held_to_every_policy_on_its_path() {
+    let up = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = issuer_key(dir.path());
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  jwt:
+    main:
+      issuer: "{ISS}"
+      jwks_file: keys.json
+      algorithms: [EdDSA]
+      audiences: [api]
+      claims: {{ roles: [realm_access.roles] }}
+authz:
+  actions: {{ PROPFIND: read }}
+  policies:
+    - {{ name: orders-admin, resources: ["/orders/**"], actions: [write, delete], roles: {{ any_of: [admin] }} }}
+    - {{ name: reports-read, resources: ["/reports/**"], actions: [read], scopes: {{ any_of: [read:reports] }} }}
+routes:
+  - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ scopes: {{ any_of: [read:orders] }} }} }}
+  - {{ name: reports, match: {{ prefix: /reports }}, upstream: app, auth: {{ methods: [jwt] }} }}
+"#,
+        up = up.url()
+    );
+    let gw = Gateway::start_in(bin(), dir.path(), &yaml).unwrap();
+    let e = Env {
+        _dir: dir,
+        gw,
+        up,
+        key,
+    };
+    let reader = e.token(scope("read:orders read:reports"));
+    for method in [
+        "MOVE",
+        "COPY",
+        "PROPPATCH",
+        "LOCK",
+        "UNLOCK",
+        "MKCOL",
+        "QUERY",
+        "PURGE",
+        "TRACE",
+        "SEARCH",
+    ] {
+        let r = e.call(method, "/orders/7", &reader, &[]).await;
+        let ev = e.refused(&r, 403, "forbidden", "policy:orders-admin");
+        assert!(
+            ev["authz"]["reason"].as_str().unwrap().contains("role"),
+            "{method}: {ev}"
+        );
+        assert!(r.header("www-authenticate").is_none(), "{method}");
+    }
+    // A read-only policy on a path does not let such a method through by itself: with no
+    // rule of the route's own, nothing permits it.
+    let r = e.call("MOVE", "/reports/q3", &reader, &[]).await;
+    let ev = e.refused(&r, 403, "forbidden", "default");
+    assert!(
+        ev["authz"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no authorization rule permits"),
+        "{ev}"
+    );
+
+    // Mapped methods are governed by their action: reads pass the write policy by.
+    assert_eq!(e.call("GET", "/orders/7", &reader, &[]).await.status, 200);
+    assert_eq!(
+        e.call("PROPFIND", "/orders/7", &reader, &[]).await.status,
+        200
+    );
+    assert_eq!(e.call("GET", "/reports/q3", &reader, &[]).await.status, 200);
+    assert_eq!(e.up.hits(), 3);
+    // The policy's role met: the route's rule permits the unmapped method.
+    let admin = e.token(json!({"scope": "read:orders", "realm_access": {"roles": ["admin"]}}));
+    let r = e.call("MOVE", "/orders/7", &admin, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ev = audit_of(&e.gw, r.header("x-request-id").unwrap());
+    assert_eq!(
+        ev["authz"]["reason"], "route:orders, policy:orders-admin",
+        "{ev}"
+    );
+    assert_eq!(e.up.requests().pop().unwrap().method, "MOVE");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rego_allows_denies_and_adds_headers_and_shadow_only_records() {
     let e = setup().await;
@@ -582,6 +716,23 @@ async fn rego_allows_denies_and_adds_headers_and_shadow_only_records() {
         "{ev}"
     );
     assert!(shadow.iter().all(|s| s["allowed"] == false));
+
+    // A policy that says `allow: false` denies even when another part of its answer is
+    // malformed (a 403, not a 503 for a policy that could not be evaluated).
+    let before = e.up.hits();
+    let r = e.call("GET", "/rego-bad/x", &reader, &[]).await;
+    let v = assert_problem(&r, 403, "forbidden");
+    let ev = audit_of(&e.gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["authz"]["rule"], "rego:data.gw.bad_deny", "{ev}");
+    assert_eq!(ev["authz"]["allowed"], false, "{ev}");
+    assert!(
+        ev["authz"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("malformed"),
+        "{ev}"
+    );
+    assert_eq!(e.up.hits(), before, "nothing may reach the upstream");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -681,6 +832,22 @@ async fn risk_steps_up_then_denies_and_a_step_up_clears_it() {
     assert_eq!(ev["authz"]["risk"], 90, "{ev}");
     let signals = ev["authz"]["risk_signals"].as_array().unwrap();
     assert!(signals.iter().any(|s| s == "country"), "{ev}");
+    // A trusted proxy that appends puts its value after the client's own: the last is
+    // believed, so a client claiming a harmless country first does not hide the risky one.
+    let r = e
+        .call(
+            "GET",
+            "/risky",
+            &weak,
+            &[
+                ("x-device-id", "laptop-1"),
+                ("x-country", "DE"),
+                ("x-country", "KP"),
+            ],
+        )
+        .await;
+    let ev = e.refused(&r, 403, "forbidden", "risk");
+    assert_eq!(ev["authz"]["risk"], 90, "{ev}");
 
     // After a step-up (strong and fresh) the device is remembered …
     let strong = e.token(json!({"acr": "urn:mfa", "auth_time": now() - 5}));

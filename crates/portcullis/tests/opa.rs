@@ -176,6 +176,9 @@ routes:
             &[
                 ("authorization", &format!("Bearer {t}")),
                 ("cookie", "sid=secret"),
+                ("x-forwarded-authorization", "Bearer forwarded-credential"),
+                ("x-goog-iap-jwt-assertion", "iap-assertion"),
+                ("x-amzn-oidc-accesstoken", "alb-oidc-credential"),
             ],
             "",
         ))
@@ -200,6 +203,14 @@ routes:
         "{input}"
     );
     assert!(!input.to_string().contains(&reader));
+    // Nor the copies proxies forward, nor identity-aware proxies' assertions.
+    for leaked in [
+        "forwarded-credential",
+        "iap-assertion",
+        "alb-oidc-credential",
+    ] {
+        assert!(!input.to_string().contains(leaked), "{leaked}: {input}");
+    }
     assert_eq!(opa.calls.load(Ordering::SeqCst), 1);
 
     // The same input again (a new request id and time): answered from the cache.
@@ -256,4 +267,131 @@ routes:
         m.contains(r#"portcullis_authz_decisions_total{rule="opa:main/httpapi/authz/decision",decision="deny"} 1"#),
         "{m}"
     );
+}
+
+/// An OPA stand-in that answers every decision with `body` (status 200), counting calls.
+async fn fixed_opa(body: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let c = c.clone();
+                    async move {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, calls)
+}
+
+/// `on_error: open` governs an OPA that cannot decide, not one that decided to deny: an
+/// answer with `allow: false` is a 403 whatever else in it is malformed (the malformed part
+/// is named in the audit event). Only a missing or invalid `allow` fails open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_deny_with_a_malformed_answer_is_not_failed_open() {
+    let (deny, deny_calls) =
+        fixed_opa(r#"{"result":{"allow":false,"reasons":[{"code":7}]}}"#).await;
+    let (deny_headers, _) =
+        fixed_opa(r#"{"result":{"allow":false,"headers":{"Content-Length":"0"}}}"#).await;
+    let (no_allow, _) = fixed_opa(r#"{"result":{"allow":"false","reasons":["x"]}}"#).await;
+    let up = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = Signer::generate(Alg::EdDSA, "k1".into()).unwrap();
+    std::fs::write(
+        dir.path().join("keys.json"),
+        json!({"keys": [key.public_jwk()]}).to_string(),
+    )
+    .unwrap();
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  jwt:
+    main: {{ issuer: "{ISS}", jwks_file: keys.json, algorithms: [EdDSA], audiences: [api] }}
+authz:
+  opa:
+    deny: {{ url: "http://{deny}", on_error: open, cache_ttl: 0s }}
+    deny_closed: {{ url: "http://{deny}", cache_ttl: 0s }}
+    deny_headers: {{ url: "http://{deny_headers}", on_error: open, cache_ttl: 0s }}
+    no_allow: {{ url: "http://{no_allow}", on_error: open, cache_ttl: 0s }}
+routes:
+  - {{ name: open, match: {{ prefix: /open }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ opa: {{ server: deny, path: httpapi/authz/decision }} }} }}
+  - {{ name: closed, match: {{ prefix: /closed }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ opa: {{ server: deny_closed, path: httpapi/authz/decision }} }} }}
+  - {{ name: headers, match: {{ prefix: /headers }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ opa: {{ server: deny_headers, path: httpapi/authz/decision }} }} }}
+  - {{ name: undecided, match: {{ prefix: /undecided }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ opa: {{ server: no_allow, path: httpapi/authz/decision }} }} }}
+"#,
+        up = up.url(),
+    );
+    let gw = Gateway::start_in(bin(), dir.path(), &yaml).unwrap();
+    let c = json!({"iss": ISS, "sub": "alice", "aud": "api", "iat": now(), "exp": now() + 600, "scope": "read:orders"});
+    let token = key.sign("at+jwt", c.as_object().unwrap()).unwrap();
+    let auth = format!("Bearer {token}");
+    let call = |path: &'static str| {
+        send(req(
+            "GET",
+            &format!("{}{path}", gw.url("public")),
+            &[("authorization", &auth)],
+            "",
+        ))
+    };
+
+    for (path, rule, malformed) in [
+        ("/open/x", "opa:deny/httpapi/authz/decision", "reasons"),
+        (
+            "/closed/x",
+            "opa:deny_closed/httpapi/authz/decision",
+            "reasons",
+        ),
+        (
+            "/headers/x",
+            "opa:deny_headers/httpapi/authz/decision",
+            "Content-Length",
+        ),
+    ] {
+        let r = call(path).await;
+        let v = assert_problem(&r, 403, "forbidden");
+        let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+        assert_eq!(ev["stage"], "authz", "{ev}");
+        assert_eq!(ev["reason"], "forbidden", "{ev}");
+        assert_eq!(ev["authz"]["allowed"], false, "{ev}");
+        assert_eq!(ev["authz"]["rule"], rule, "{ev}");
+        let reason = ev["authz"]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("malformed") && reason.contains(malformed),
+            "{ev}"
+        );
+        assert_eq!(up.hits(), 0, "{path}: nothing may reach the upstream");
+    }
+    assert_eq!(deny_calls.load(Ordering::SeqCst), 2);
+
+    // No valid `allow`: the server could not decide, and this one is set to fail open.
+    let r = call("/undecided/x").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ev = audit_of(&gw, r.header("x-request-id").unwrap());
+    assert!(
+        ev["authz"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("opa:no_allow"),
+        "{ev}"
+    );
+    assert_eq!(up.hits(), 1);
 }

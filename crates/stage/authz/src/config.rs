@@ -32,7 +32,9 @@ pub struct RawAuthz {
     #[serde(default)]
     pub scope_hierarchy: BTreeMap<String, Vec<String>>,
     /// Method → action for resource policies. Defaults: GET, HEAD, OPTIONS → `read`; POST,
-    /// PUT, PATCH → `write`; DELETE → `delete`. Entries here replace or add to those.
+    /// PUT, PATCH → `write`; DELETE → `delete`. Entries here replace or add to those. A
+    /// method without an action (TRACE, WebDAV's, QUERY …) is held to every policy on its
+    /// path, and a policy that lists actions permits it nothing by itself.
     #[serde(default)]
     pub actions: BTreeMap<String, String>,
     /// Resource policies: requirements over path patterns and actions, covering many routes.
@@ -100,7 +102,8 @@ pub struct RawResourcePolicy {
     /// Path patterns: `/orders` (exact), `/orders/*` (one segment), `/orders/**` (any depth,
     /// `/orders` itself included).
     pub resources: Vec<String>,
-    /// Actions it governs (`read`, `write`, `delete`, or configured ones). Empty: all.
+    /// Actions it governs (`read`, `write`, `delete`, or configured ones). Empty: all. A
+    /// method mapped to no action is held to the policy's requirement whatever it lists.
     #[serde(default)]
     pub actions: Vec<String>,
     /// Required scopes.

@@ -1,5 +1,7 @@
 //! Constraints attached to a permit: ownership (the object belongs to the caller) and tenant
-//! isolation. Both deny when the value they compare is missing or ambiguous.
+//! isolation. Both deny when the value they compare is missing, empty on the caller's side,
+//! or ambiguous. A query parameter counts under every name an upstream framework may read as
+//! it ([`fold_name`]), with pairs split at `;` as well as `&`.
 
 use http::request::Parts;
 use portcullis_core::{Principal, RouteMatch};
@@ -21,9 +23,41 @@ pub fn claim_string(p: &Principal, path: &str) -> Option<String> {
     }
 }
 
-/// Every value of query parameter `name`, percent-decoded (`+` is a space). `Err` when a value
-/// is not valid UTF-8 after decoding: such a request cannot be compared safely.
-pub fn query_values(head: &Parts, name: &str) -> Result<Vec<String>, String> {
+/// One value of a query parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryValue {
+    /// Percent-decoded, `+` as a space.
+    pub value: String,
+    /// Named exactly as configured (after percent-decoding) and at the start of an
+    /// `&`-separated pair: where every reader of the query finds it. Only such a value may
+    /// name what the request asks for; the others (other spellings of the name, pairs after a
+    /// `;`) can only add values that must agree.
+    pub plain: bool,
+}
+
+/// A query parameter's name as the frameworks an upstream may be written with read it:
+/// leading spaces dropped, a `[…]` suffix removed (PHP, Rack and others make `name[]` and
+/// `name[k]` the parameter `name`; PHP turns a `[` without a `]` after it into `_`), `.` and
+/// space as `_` (PHP), ASCII letters in lower case (frameworks that ignore case). Two names
+/// that fold alike may be the same parameter to the upstream.
+pub fn fold_name(name: &str) -> String {
+    let name = name.trim_start_matches(' ');
+    let base = match name.find('[') {
+        Some(i) if name[i..].contains(']') => &name[..i],
+        _ => name,
+    };
+    base.chars()
+        .map(|c| match c {
+            '.' | ' ' | '[' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// Every value of query parameter `name` under any spelling an upstream may read as it (see
+/// [`fold_name`]), pairs split at `;` as well as `&`. `Err` when a name or a value of it is not
+/// valid UTF-8 after percent-decoding: such a request cannot be compared safely.
+pub fn query_values(head: &Parts, name: &str) -> Result<Vec<QueryValue>, String> {
     let Some(q) = head.uri.query() else {
         return Ok(Vec::new());
     };
@@ -34,11 +68,22 @@ pub fn query_values(head: &Parts, name: &str) -> Result<Vec<String>, String> {
             .map(|c| c.into_owned())
             .map_err(|_| "undecodable query".to_string())
     };
+    let wanted = fold_name(name);
     let mut out = Vec::new();
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if dec(k)? == name {
-            out.push(dec(v)?);
+    for pair in q.split('&') {
+        for (i, part) in pair.split(';').enumerate() {
+            if part.is_empty() {
+                continue;
+            }
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            let k = dec(k)?;
+            if fold_name(&k) != wanted {
+                continue;
+            }
+            out.push(QueryValue {
+                value: dec(v)?,
+                plain: i == 0 && k == name,
+            });
         }
     }
     Ok(out)
@@ -55,8 +100,12 @@ pub fn check_owner(
     if let Some(s) = o.override_scopes.iter().find(|s| h.grants(&p.scopes, s)) {
         return Ok(format!("override scope {s}"));
     }
-    let Some(owner) = claim_string(p, &o.claim) else {
-        return Err(format!("the caller has no {} claim", o.claim));
+    // An empty claim owns nothing: it would equal an empty parameter (`?user=`).
+    let Some(owner) = claim_string(p, &o.claim).filter(|c| !c.is_empty()) else {
+        return Err(format!(
+            "the caller has no {} claim (or an empty one)",
+            o.claim
+        ));
     };
     let mut values: Vec<String> = Vec::new();
     if let Some(name) = &o.param {
@@ -64,16 +113,17 @@ pub fn check_owner(
             Some(v) => values.push(v.to_string()),
             None => return Err(format!("no {{{name}}} in the path")),
         }
-        // The same name in the query string must not name someone else's object: upstreams
-        // that read parameters from either place would otherwise be fooled.
-        values.extend(query_values(head, name)?);
+        // The same name in the query string (under any spelling an upstream reads as it) must
+        // not name someone else's object: upstreams that read parameters from either place
+        // would otherwise be fooled.
+        values.extend(query_values(head, name)?.into_iter().map(|q| q.value));
     }
     if let Some(name) = &o.query {
         let q = query_values(head, name)?;
-        if q.is_empty() && o.param.is_none() {
+        if o.param.is_none() && !q.iter().any(|v| v.plain) {
             return Err(format!("no {name} query parameter"));
         }
-        values.extend(q);
+        values.extend(q.into_iter().map(|q| q.value));
     }
     match values.iter().find(|v| **v != owner) {
         Some(_) => Err(format!(
@@ -103,7 +153,7 @@ pub fn check_tenant(
         Source::Param(name) => {
             // The same name in the query string must not name another tenant: upstreams that
             // read parameters from either place would otherwise be fooled (as for ownership).
-            if query_values(head, name)?.iter().any(|q| *q != caller) {
+            if query_values(head, name)?.iter().any(|q| q.value != caller) {
                 return Err("tenant mismatch (query parameter of the same name)".into());
             }
             route.and_then(|r| r.param(name)).map(str::to_string)
@@ -117,11 +167,12 @@ pub fn check_tenant(
             }
         }
         Source::Query(name) => {
+            // One value only, however its name is spelt, and that one under the name itself.
             let v = query_values(head, name)?;
             if v.len() > 1 {
                 return Err(format!("more than one {name} query parameter"));
             }
-            v.into_iter().next()
+            v.into_iter().find(|q| q.plain).map(|q| q.value)
         }
     };
     match asked {
@@ -299,6 +350,130 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn an_empty_owner_claim_owns_nothing() {
+        let h = hierarchy();
+        let mut p = alice();
+        p.subject = Some(String::new());
+        // An empty query value would otherwise equal the empty claim.
+        let o = owner(None, Some("user"));
+        for uri in ["/orders?user=", "/orders?user", "/orders?user=&user="] {
+            let e = check_owner(&o, &head(uri, &[]), None, &p, &h).unwrap_err();
+            assert!(e.contains("no sub claim"), "{uri}: {e}");
+        }
+        let o = owner(Some("id"), None);
+        let r = check_owner(&o, &head("/u/", &[]), Some(&route(&[("id", "")])), &p, &h);
+        assert!(r.is_err(), "{r:?}");
+        // A claim of another name, empty: refused too.
+        let mut o = owner(None, Some("user"));
+        o.claim = "org.id".into();
+        let mut p = alice();
+        p.claims = Arc::new(json!({"org": {"id": ""}}).as_object().cloned().unwrap());
+        assert!(check_owner(&o, &head("/orders?user=", &[]), None, &p, &h).is_err());
+        // The override still works without a claim.
+        p.scopes.push("root".into());
+        assert!(check_owner(&o, &head("/orders?user=", &[]), None, &p, &h).is_ok());
+    }
+
+    /// Names a framework would read as the configured one (PHP folds `.` and space to `_`
+    /// and makes `name[]` an array; some frameworks ignore case; `;` separates pairs in
+    /// some): their values must match too.
+    #[test]
+    fn query_names_that_fold_to_the_parameter_are_the_parameter() {
+        let h = hierarchy();
+        let p = alice();
+        let o = owner(None, Some("user_id"));
+        for (uri, ok) in [
+            ("/o?user_id=alice", true),
+            ("/o?user_id=alice&user.id=bob", false),
+            ("/o?user_id=alice&user+id=bob", false),
+            ("/o?user_id=alice&user%20id=bob", false),
+            ("/o?user_id=alice&user%2Eid=bob", false),
+            ("/o?user_id=alice&user_id[]=bob", false),
+            ("/o?user_id=alice&user_id%5B%5D=bob", false),
+            ("/o?user_id=alice&user_id[0]=bob", false),
+            ("/o?user_id=alice&user_id[a][b]=bob", false),
+            ("/o?user_id=alice&USER_ID=bob", false),
+            ("/o?user_id=alice&User.Id=bob", false),
+            ("/o?user_id=alice&%20user_id=bob", false),
+            ("/o?user_id=alice&user[id=bob", false),
+            ("/o?user_id=alice;user_id=bob", false),
+            ("/o?x=1;user.id=bob&user_id=alice", false),
+            // What follows a `;` is another pair, not part of the value.
+            ("/o?user_id=alice;x=1", true),
+            // The same value under another spelling names the same owner.
+            ("/o?user_id=alice&user.id=alice&user_id[]=alice", true),
+            ("/o?user_id=alice&USER_ID=alice", true),
+            // Names that do not fold to it are other parameters.
+            (
+                "/o?user_id=alice&user__id=bob&userid=bob&user_id_=bob&user-id=bob",
+                true,
+            ),
+            ("/o?user_id=alice&xuser_id=bob&user_id.x=bob", true),
+            // Only the name itself, read the usual way (`&`), says who is asked for: an
+            // upstream reading no other spelling would otherwise see no owner at all.
+            ("/o?user.id=alice", false),
+            ("/o?USER_ID=alice", false),
+            ("/o?user_id[]=alice", false),
+            ("/o?x=1;user_id=alice", false),
+            ("/o?%75ser_id=alice", true),
+        ] {
+            let r = check_owner(&o, &head(uri, &[]), None, &p, &h);
+            assert_eq!(r.is_ok(), ok, "{uri}: {r:?}");
+        }
+        // Beside a path parameter.
+        let o = owner(Some("id"), None);
+        let at_alice = route(&[("id", "alice")]);
+        for (uri, ok) in [
+            ("/users/alice?ID=bob", false),
+            ("/users/alice?id[]=bob", false),
+            ("/users/alice?x=1;id=bob", false),
+            ("/users/alice?Id=alice", true),
+            ("/users/alice?idx=bob", true),
+        ] {
+            let r = check_owner(&o, &head(uri, &[]), Some(&at_alice), &p, &h);
+            assert_eq!(r.is_ok(), ok, "{uri}: {r:?}");
+        }
+        // An undecodable name might have been the parameter: refused.
+        let o = owner(None, Some("user_id"));
+        assert!(check_owner(&o, &head("/o?user_id=alice&%ff=1", &[]), None, &p, &h).is_err());
+
+        // Tenants, by path parameter and by query parameter.
+        let t = |source: Source| Tenant {
+            source,
+            claim: None,
+            upstream_header: http::HeaderName::from_static("x-portcullis-tenant"),
+            mode: crate::config::Mode::Enforce,
+        };
+        let by_param = t(Source::Param(Arc::from("tenant_id")));
+        let in_t1 = route(&[("tenant_id", "t1")]);
+        for (uri, ok) in [
+            ("/t/t1?tenant.id=t2", false),
+            ("/t/t1?tenant+id=t2", false),
+            ("/t/t1?tenant_id[]=t2", false),
+            ("/t/t1?TENANT_ID=t2", false),
+            ("/t/t1?a=1;tenant_id=t2", false),
+            ("/t/t1?tenant.id=t1", true),
+        ] {
+            let r = check_tenant(&by_param, &head(uri, &[]), Some(&in_t1), &p);
+            assert_eq!(r.is_ok(), ok, "{uri}: {r:?}");
+        }
+        let by_query = t(Source::Query("tenant_id".into()));
+        for (uri, ok) in [
+            ("/x?tenant_id=t1", true),
+            ("/x?tenant_id=t1&tenant.id=t2", false),
+            ("/x?tenant_id=t1&tenant_id[]=t2", false),
+            ("/x?tenant_id=t1;tenant_id=t2", false),
+            // The existing rule: one value only, however it is spelt.
+            ("/x?tenant_id=t1&Tenant_Id=t1", false),
+            ("/x?tenant.id=t1", false),
+            ("/x?a=1;tenant_id=t1", false),
+        ] {
+            let r = check_tenant(&by_query, &head(uri, &[]), None, &p);
+            assert_eq!(r.is_ok(), ok, "{uri}: {r:?}");
+        }
     }
 
     #[test]

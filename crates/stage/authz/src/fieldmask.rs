@@ -11,7 +11,7 @@
 //! * Arrays are traversed transparently: `items.sku` keeps `sku` in every element of `items`,
 //!   at any depth of nested arrays, and a body that is an array has the mask applied to each
 //!   element. Array indices are never part of a path: `items.0` names a key `"0"`.
-//! * A path that names an object or an array keeps it whole.
+//! * A path keeps whole whatever it ends at: a scalar, an object or an array.
 //! * Escapes: `\.` is a dot inside a key, `\*` a literal `*` key, `\\` a backslash. Any other
 //!   `\` is an error, and so is a `*` that is not a whole segment (`a*`), so that nobody
 //!   mistakes a segment for a glob.
@@ -20,12 +20,22 @@
 //!
 //! # Applying
 //!
-//! * An object key is kept when some path reaches it (by name or `*`); every other key is
-//!   removed, whatever its value.
-//! * A value whose position a path ends at is kept whole.
-//! * A scalar (string, number, boolean, null) at a position some path passes through is kept:
-//!   `customer.name` keeps `"customer": null`. The body itself is such a position, so a scalar
-//!   body is kept.
+//! A mask is an allow-list: a value is shown only where a listed path ends.
+//!
+//! * Where a path ends (at its last key, or at any key for a final `*`), the value is kept
+//!   whole, whatever it is: `customer` keeps `"customer": "Alice"` and `"customer": {…}` alike.
+//! * Where a path only passes through (`customer` for `customer.name`, every key for
+//!   `*.id`, the body itself), only an object or array that the path can go on into is kept,
+//!   and masked further; a scalar (string, number, boolean, null) there is named by no path
+//!   and removed: `customer.name` on `{"customer": "Alice, 4111…"}` gives `{}`, `*.id` on
+//!   `{"ssn": "x", "order": {"id": 1}}` gives `{"order": {"id": 1}}`.
+//! * Arrays are transparent: their elements are at the array's position, so at a position a
+//!   path passes through, scalar elements are removed and objects and arrays are masked:
+//!   `items.sku` on `{"items": ["a", {"sku": "s", "x": 1}]}` gives
+//!   `{"items": [{"sku": "s"}]}`; `id` on `["a", "b"]` gives `[]`.
+//! * An object key no path reaches is removed, whatever its value. An object or array that
+//!   a path passes through stays even when nothing in it is left (`{}`, `[]`).
+//! * A scalar body is named by no path: it becomes `null`.
 //! * The mask that sees nothing (the union of no masks) turns an object body into `{}`, an
 //!   array body into `[]` and a scalar body into `null`.
 //! * Masks combine by union ([`FieldMask::union`]): a caller holding several scopes sees every
@@ -141,13 +151,13 @@ impl FieldMask {
         FieldMask { root }
     }
 
-    /// Removes every field not allowed, in place. Scalars at a position the mask keeps are
-    /// kept; objects not named by any path become absent keys.
+    /// Removes everything not allowed, in place: a value survives where a path ends (whole),
+    /// or where a path passes through and the value is an object or array it continues into.
     pub fn apply(&self, value: &mut Value) {
         if self.root.whole {
             return;
         }
-        if self.root.keys.is_empty() && self.root.any.is_none() {
+        if !self.root.passes_on() {
             // The mask that sees nothing (the union of no masks): no position is kept, not
             // even the body's own, so nothing of it survives but its outer kind.
             match value {
@@ -157,28 +167,41 @@ impl FieldMask {
             }
             return;
         }
+        // The body's own position is one the paths pass through: a scalar body is named by
+        // none of them.
+        if !is_container(value) {
+            *value = Value::Null;
+            return;
+        }
+        // Invariant of the stack: every value on it is a container at a position some path
+        // passes through (its node is not `whole`).
         let mut stack: Vec<(&mut Value, &Node)> = vec![(value, &self.root)];
         while let Some((value, node)) = stack.pop() {
             match value {
                 Value::Object(map) => {
-                    map.retain(|k, _| node.child(k).is_some());
+                    // A member stays where a path ends at its key, or where one goes on
+                    // through it into an object or array; a scalar there is not named.
+                    map.retain(|k, v| {
+                        node.child(k)
+                            .is_some_and(|child| child.whole || is_container(v))
+                    });
                     for (k, v) in map.iter_mut() {
                         if let Some(child) = node.child(k)
                             && !child.whole
-                            && is_container(v)
                         {
                             stack.push((v, child));
                         }
                     }
                 }
                 Value::Array(items) => {
-                    // Arrays are transparent: every element is at the array's position.
+                    // Arrays are transparent: every element is at the array's position,
+                    // which a path only passes through, so scalar elements go.
+                    items.retain(is_container);
                     for item in items.iter_mut() {
-                        if is_container(item) {
-                            stack.push((item, node));
-                        }
+                        stack.push((item, node));
                     }
                 }
+                // Never pushed (see the invariant); nothing to do if one were.
                 Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {}
             }
         }
@@ -196,6 +219,11 @@ fn is_container(v: &Value) -> bool {
 }
 
 impl Node {
+    /// Whether some path goes on below this position.
+    fn passes_on(&self) -> bool {
+        !self.keys.is_empty() || self.any.is_some()
+    }
+
     /// The node a key of an object at this position leads to, if the key is kept.
     fn child(&self, key: &str) -> Option<&Node> {
         self.keys.get(key).or(self.any.as_deref())
@@ -432,17 +460,41 @@ mod tests {
     }
 
     #[test]
-    fn fieldmask_scalars_at_kept_positions_are_kept() {
-        let m = mask(&["customer.name", "items.sku"]);
-        // `customer` is a position the mask passes through: a scalar there stays.
-        let v = json!({"customer": null, "items": ["a", 1, {"sku": "s", "x": 1}], "z": 1});
+    fn fieldmask_scalars_where_a_path_only_passes_are_dropped() {
+        // A wildcard passes through every top-level key: a scalar there is no `id`.
+        let m = mask(&["*.id"]);
+        let v = json!({"ssn": "x", "order": {"id": 1, "secret": 2}});
+        assert_eq!(masked(&m, v), json!({"order": {"id": 1}}));
+        // A scalar where the path expected an object to go into.
+        let m = mask(&["customer.name"]);
+        let v = json!({"customer": "Alice, 4111 1111 1111 1111", "id": 1});
+        assert_eq!(masked(&m, v), json!({}));
+        assert_eq!(masked(&m, json!({"customer": null})), json!({}));
+        assert_eq!(
+            masked(&m, json!({"customer": [true, 7]})),
+            json!({"customer": []})
+        );
+        // Array elements are at the array's position: scalars there go, objects are masked.
+        let m = mask(&["items.sku"]);
+        let v = json!({"items": ["secret1", 1, null, {"sku": "s", "x": 1}, ["secret2"]]});
+        assert_eq!(masked(&m, v), json!({"items": [{"sku": "s"}, []]}));
+        // A top-level array of scalars: nothing of it is named.
+        let m = mask(&["id"]);
+        assert_eq!(masked(&m, json!(["a", "b"])), json!([]));
+        assert_eq!(
+            masked(&m, json!(["a", {"id": 1, "pw": 2}, 3])),
+            json!([{"id": 1}])
+        );
+        // A scalar body is not named by any path either.
+        assert_eq!(masked(&m, json!("text")), Value::Null);
+        assert_eq!(masked(&m, json!(42)), Value::Null);
+        // Where a path ends, a scalar is what it names: kept, as is anything under a `*` end.
+        let m = mask(&["customer", "tags.*"]);
+        let v = json!({"customer": "Alice", "tags": {"a": 1, "b": [2, "x"]}, "z": 1});
         assert_eq!(
             masked(&m, v),
-            json!({"customer": null, "items": ["a", 1, {"sku": "s"}]})
+            json!({"customer": "Alice", "tags": {"a": 1, "b": [2, "x"]}})
         );
-        // A scalar body has no fields to hide.
-        assert_eq!(masked(&m, json!("text")), json!("text"));
-        assert_eq!(masked(&m, json!(42)), json!(42));
     }
 
     #[test]
@@ -463,7 +515,7 @@ mod tests {
         });
         assert_eq!(
             masked(&m, v),
-            json!({"order": {"id": 1}, "user": {"id": 3}, "list": [{"id": 5}], "flat": 7})
+            json!({"order": {"id": 1}, "user": {"id": 3}, "list": [{"id": 5}]})
         );
     }
 
@@ -505,10 +557,7 @@ mod tests {
     fn fieldmask_nested_wildcards() {
         let m = mask(&["*.*.id"]);
         let v = json!({"a": {"b": {"id": 1, "x": 2}, "c": 3}, "d": 4});
-        assert_eq!(
-            masked(&m, v),
-            json!({"a": {"b": {"id": 1}, "c": 3}, "d": 4})
-        );
+        assert_eq!(masked(&m, v), json!({"a": {"b": {"id": 1}}}));
     }
 
     #[test]

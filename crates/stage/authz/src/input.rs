@@ -15,9 +15,10 @@
 //! }
 //! ```
 //!
-//! `scopes` are expanded through the scope hierarchy. Secret-bearing headers (credentials,
-//! cookies, anything named like a key, token or secret) are left out; repeated headers are
-//! joined with `, `.
+//! `scopes` are expanded through the scope hierarchy. Secret-bearing headers are left out: any
+//! whose name contains one of `SECRET_WORDS` (credentials and their forwarded copies,
+//! identity-proxy assertions, cookies, anything named like a key, token, secret, password or
+//! session); repeated headers are joined with `, `.
 
 use http::request::Parts;
 use portcullis_core::{Principal, RequestCtx};
@@ -25,20 +26,29 @@ use serde_json::{Map, Value};
 
 use crate::risk::Assessment;
 
+/// Words that mark a header as carrying a credential or a session, wherever they appear in
+/// its (lower-case) name: `authorization` also catches `proxy-authorization` and the copies
+/// proxies forward (`x-forwarded-authorization`, `x-original-authorization`); `assertion`
+/// the identity-aware proxies' signed assertions (`x-goog-iap-jwt-assertion`,
+/// `cf-access-jwt-assertion`); `oidc` the AWS load balancer's `x-amzn-oidc-*`; `key` any API
+/// key header (the authorization step is not told `auth.api_keys.header`, so an API key
+/// header is only left out if its name holds one of these words).
+const SECRET_WORDS: &[&str] = &[
+    "authorization",
+    "assertion",
+    "token",
+    "secret",
+    "key",
+    "cookie",
+    "session",
+    "password",
+    "credential",
+    "oidc",
+    "jwt",
+];
+
 fn secret_header(name: &str) -> bool {
-    matches!(
-        name,
-        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
-    ) || [
-        "key",
-        "token",
-        "secret",
-        "password",
-        "session",
-        "credential",
-    ]
-    .iter()
-    .any(|w| name.contains(w))
+    SECRET_WORDS.iter().any(|w| name.contains(w))
 }
 
 fn headers(head: &Parts) -> Value {
@@ -261,5 +271,54 @@ mod tests {
         assert_eq!(v["risk"]["score"], 20);
         assert_eq!(v["time"], 1000);
         assert!(!v.to_string().contains("secret"));
+    }
+
+    #[test]
+    fn credential_headers_are_left_out() {
+        let secret = [
+            "authorization",
+            "proxy-authorization",
+            "x-forwarded-authorization",
+            "x-original-authorization",
+            "x-goog-iap-jwt-assertion",
+            "cf-access-jwt-assertion",
+            "x-amzn-oidc-data",
+            "x-amzn-oidc-accesstoken",
+            "x-amzn-oidc-identity",
+            "cookie",
+            "x-cookie-copy",
+            "x-api-key",
+            "apikey",
+            "x-client-key",
+            "x-auth-token",
+            "x-csrf-token",
+            "x-session-id",
+            "x-client-secret",
+            "x-password",
+            "x-credentials",
+            "x-ms-token-aad-id-token",
+            "x-jwt",
+        ];
+        let kept = [
+            "accept",
+            "user-agent",
+            "content-type",
+            "x-forwarded-for",
+            "x-tenant",
+            "x-country",
+            "x-device-id",
+        ];
+        let mut b = http::Request::builder().uri("/");
+        for name in secret.iter().chain(&kept) {
+            b = b.header(*name, "value-of-it");
+        }
+        let (head, _) = b.body(()).unwrap().into_parts();
+        let v = headers(&head);
+        for name in secret {
+            assert!(v.get(name).is_none(), "{name} went into the input");
+        }
+        for name in kept {
+            assert_eq!(v[name], "value-of-it", "{name}");
+        }
     }
 }

@@ -5,9 +5,10 @@
 //! * **Produces**: a [`PolicyDecision`], read from the answer's `result` exactly as
 //!   [`crate::rego::RegoPolicies::evaluate`] reads an in-process result (no `result`: undefined,
 //!   a deny).
-//! * **Rejects** (as `Err`, so that the caller fails closed): a non-2xx status, no complete
-//!   answer within the timeout, a refused connection, an answer that is not JSON, a result of
-//!   the wrong shape.
+//! * **Rejects** (as `Err`, which the route's `on_error` governs): a non-2xx status, no
+//!   complete answer within the timeout, a refused connection, an answer that is not JSON, a
+//!   result of the wrong shape. A result whose `allow` is `false` is a deny, never an error,
+//!   however malformed the rest of it (`interpret` in [`crate::rego`]).
 //!
 //! Caching: a decision is kept for `cache_ttl`, keyed by the rule path and the input without
 //! its top-level `time` and `request_id` (they differ on every request and would make every

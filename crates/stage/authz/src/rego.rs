@@ -5,7 +5,8 @@
 //! * **Produces**: a [`PolicyDecision`]: allow or deny, the policy's reasons, headers for the
 //!   upstream request.
 //! * **Rejects** (as `Err`, so that the caller fails closed): a runtime error, a result of the
-//!   wrong shape, an invalid or framing header, an evaluation that exceeds its time limit.
+//!   wrong shape, an invalid or framing header in a permit, an evaluation that exceeds its
+//!   time limit. A result with `allow: false` is a deny even when the rest of it is malformed.
 //!
 //! Speed: modules are parsed and analysed once, at load. A regorus engine needs `&mut` to
 //! evaluate, so instead of one engine behind a lock every request would queue on, prepared
@@ -61,7 +62,11 @@ const FORBIDDEN_HEADERS: &[&str] = &[
 ///
 /// Shapes: a boolean is the decision; an object carries `allow` (boolean, required),
 /// `reasons` (a string or an array of strings, optional) and `headers` (an object of string
-/// values, optional). Anything else is an error.
+/// values, optional). An object whose `allow` is `false` is a deny whatever else is wrong with
+/// it: a malformed `reasons` or `headers` beside it is logged and named among the reasons, so
+/// that no caller can turn the policy's refusal into an error (which `on_error: open` would
+/// let through). Anything else that is malformed — no `allow`, an `allow` that is not a
+/// boolean, a permit with a malformed part — is an error.
 pub(crate) fn interpret(result: Option<&serde_json::Value>) -> Result<PolicyDecision, String> {
     use serde_json::Value as J;
     let Some(result) = result else {
@@ -97,60 +102,67 @@ pub(crate) fn interpret(result: Option<&serde_json::Value>) -> Result<PolicyDeci
         }
         None => return Err("policy result: the object has no `allow`".to_owned()),
     };
-    let reasons = match fields.get("reasons") {
-        None => Vec::new(),
-        Some(J::String(s)) => vec![s.clone()],
-        Some(J::Array(items)) => {
-            let mut out = Vec::with_capacity(items.len());
-            for item in items {
-                match item {
-                    J::String(s) => out.push(s.clone()),
-                    other => {
-                        return Err(format!(
-                            "policy result: `reasons` must hold strings, not {}",
-                            json_kind(other)
-                        ));
-                    }
-                }
-            }
-            out
-        }
-        Some(other) => {
-            return Err(format!(
-                "policy result: `reasons` must be a string or an array of strings, not {}",
-                json_kind(other)
-            ));
-        }
-    };
-    let headers = match fields.get("headers") {
-        None => Vec::new(),
-        Some(J::Object(map)) => {
-            if map.len() > MAX_POLICY_HEADERS {
-                return Err(format!(
-                    "policy result: more than {MAX_POLICY_HEADERS} headers"
-                ));
-            }
-            let mut out = Vec::with_capacity(map.len());
-            for (name, value) in map {
-                let header = HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| format!("policy result: invalid header name {name:?}"))?;
-                if FORBIDDEN_HEADERS.contains(&header.as_str()) {
-                    return Err(format!(
-                        "policy result: header {name:?} may not be set by a policy"
-                    ));
-                }
-                let J::String(value) = value else {
-                    return Err(format!(
-                        "policy result: header {name:?} must be a string, not {}",
-                        json_kind(value)
-                    ));
-                };
-                let value = HeaderValue::from_str(value)
-                    .map_err(|_| format!("policy result: invalid value for header {name:?}"))?;
-                out.push((header, value));
-            }
-            out
-        }
+    let reasons = read_reasons(fields.get("reasons"));
+    let headers = read_headers(fields.get("headers"));
+    if allow {
+        return Ok(PolicyDecision {
+            allow,
+            reasons: reasons?,
+            headers: headers?,
+        });
+    }
+    // A deny: its headers would never be sent, and nothing malformed beside it may undo it.
+    let mut problems = Vec::new();
+    let mut reasons = reasons.unwrap_or_else(|e| {
+        problems.push(e);
+        Vec::new()
+    });
+    if let Err(e) = headers {
+        problems.push(e);
+    }
+    for problem in problems {
+        tracing::warn!(error = %problem, "policy denied with a malformed answer; the deny stands");
+        reasons.push(format!("malformed answer beside allow: false ({problem})"));
+    }
+    Ok(PolicyDecision {
+        allow: false,
+        reasons,
+        headers: Vec::new(),
+    })
+}
+
+/// `reasons` of a result object: absent, a string, or an array of strings.
+fn read_reasons(value: Option<&serde_json::Value>) -> Result<Vec<String>, String> {
+    use serde_json::Value as J;
+    match value {
+        None => Ok(Vec::new()),
+        Some(J::String(s)) => Ok(vec![s.clone()]),
+        Some(J::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                J::String(s) => Ok(s.clone()),
+                other => Err(format!(
+                    "policy result: `reasons` must hold strings, not {}",
+                    json_kind(other)
+                )),
+            })
+            .collect(),
+        Some(other) => Err(format!(
+            "policy result: `reasons` must be a string or an array of strings, not {}",
+            json_kind(other)
+        )),
+    }
+}
+
+/// `headers` of a result object: absent, or an object of string values whose names and
+/// values are valid and may be set by a policy.
+fn read_headers(
+    value: Option<&serde_json::Value>,
+) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    use serde_json::Value as J;
+    let map = match value {
+        None => return Ok(Vec::new()),
+        Some(J::Object(map)) => map,
         Some(other) => {
             return Err(format!(
                 "policy result: `headers` must be an object of strings, not {}",
@@ -158,11 +170,31 @@ pub(crate) fn interpret(result: Option<&serde_json::Value>) -> Result<PolicyDeci
             ));
         }
     };
-    Ok(PolicyDecision {
-        allow,
-        reasons,
-        headers,
-    })
+    if map.len() > MAX_POLICY_HEADERS {
+        return Err(format!(
+            "policy result: more than {MAX_POLICY_HEADERS} headers"
+        ));
+    }
+    let mut out = Vec::with_capacity(map.len());
+    for (name, value) in map {
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("policy result: invalid header name {name:?}"))?;
+        if FORBIDDEN_HEADERS.contains(&header.as_str()) {
+            return Err(format!(
+                "policy result: header {name:?} may not be set by a policy"
+            ));
+        }
+        let J::String(value) = value else {
+            return Err(format!(
+                "policy result: header {name:?} must be a string, not {}",
+                json_kind(value)
+            ));
+        };
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| format!("policy result: invalid value for header {name:?}"))?;
+        out.push((header, value));
+    }
+    Ok(out)
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {
@@ -310,8 +342,9 @@ impl RegoPolicies {
     /// `headers` (object of string → string, optional); undefined → Ok(deny, reasons
     /// ["policy result undefined"]).
     ///
-    /// Errors (runtime error, wrong shape, invalid header name/value, time limit exceeded) →
-    /// Err(message): the caller fails closed.
+    /// Errors (runtime error, wrong shape, invalid header name/value in a permit, time limit
+    /// exceeded) → Err(message): the caller fails closed. `allow: false` with a malformed
+    /// `reasons` or `headers` is a deny, not an error.
     pub fn evaluate(
         &self,
         query: &str,
@@ -522,6 +555,10 @@ wrong_shape := 42
 
 no_allow := {"reasons": ["x"]}
 
+deny_with_bad_reasons := {"allow": false, "reasons": [7]}
+
+deny_with_framing_header := {"allow": false, "headers": {"Content-Length": "0"}}
+
 role_allowed if data.roles[input.principal.sub][_] == input.request.method
 "#;
 
@@ -709,6 +746,49 @@ role_allowed if data.roles[input.principal.sub][_] == input.request.method
             .collect();
         assert!(ok(json!({"allow": true, "headers": many})).is_err());
         assert!(!interpret(None).unwrap().allow);
+    }
+
+    #[test]
+    fn an_explicit_deny_stands_whatever_else_the_answer_holds() {
+        let read = |v: serde_json::Value| interpret(Some(&v));
+        for answer in [
+            json!({"allow": false, "reasons": [{"code": 7}]}),
+            json!({"allow": false, "reasons": 7}),
+            json!({"allow": false, "headers": ["x"]}),
+            json!({"allow": false, "headers": {"bad header": "x"}}),
+            json!({"allow": false, "headers": {"Transfer-Encoding": "chunked"}}),
+            json!({"allow": false, "reasons": [null], "headers": {"x-a": 1}}),
+        ] {
+            let d = match read(answer.clone()) {
+                Ok(d) => d,
+                Err(e) => panic!("{answer}: a deny turned into an error: {e}"),
+            };
+            assert!(!d.allow, "{answer}");
+            assert!(d.headers.is_empty(), "{answer}");
+            // What was wrong is said among the reasons (it reaches the audit event).
+            assert!(
+                d.reasons.iter().any(|r| r.contains("malformed")),
+                "{answer}: {:?}",
+                d.reasons
+            );
+        }
+        // The well-formed part of a deny is kept.
+        let d = read(json!({"allow": false, "reasons": ["no"], "headers": 1})).unwrap();
+        assert_eq!(d.reasons[0], "no");
+        // Only a missing or invalid `allow`, or a malformed permit, is an error.
+        assert!(read(json!({"reasons": ["x"]})).is_err());
+        assert!(read(json!({"allow": "false", "reasons": ["x"]})).is_err());
+        assert!(read(json!({"allow": null})).is_err());
+        assert!(read(json!({"allow": true, "reasons": [{"code": 7}]})).is_err());
+        assert!(read(json!({"allow": true, "headers": {"bad header": "x"}})).is_err());
+        // In process too.
+        let p = orders();
+        for rule in ["deny_with_bad_reasons", "deny_with_framing_header"] {
+            let d = p
+                .evaluate(&format!("data.orders.{rule}"), &input(&[], "GET"))
+                .unwrap();
+            assert!(!d.allow, "{rule}");
+        }
     }
 
     #[test]

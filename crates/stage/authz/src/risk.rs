@@ -145,9 +145,15 @@ pub struct Request<'a> {
     pub waf_hits: u32,
 }
 
-fn header_country(h: Option<&HeaderValue>) -> Option<[u8; 2]> {
-    h.and_then(|v| v.to_str().ok())
-        .and_then(|s| crate::geo::parse_country(s.trim()))
+/// The country a trusted proxy wrote: the last value of the header (the last element of its
+/// last field line, lists split at commas). A proxy that appends puts its own value after
+/// whatever the client sent, so an earlier value may be the client's; if the last one is not
+/// a country code the country is unknown — an earlier value is never used instead.
+fn header_country(headers: &HeaderMap, name: &http::HeaderName) -> Option<[u8; 2]> {
+    let last = headers.get_all(name).iter().next_back()?;
+    let value = last.to_str().ok()?;
+    let element = value.rsplit(',').next()?;
+    crate::geo::parse_country(element.trim())
 }
 
 /// The device identifier of a request, if the header is configured and present.
@@ -179,7 +185,7 @@ pub fn assess(risk: &Risk, devices: &DeviceMemory, r: &Request<'_>) -> Assessmen
         .and_then(|db| db.country(r.client_ip))
         .or_else(|| {
             if r.peer_trusted {
-                header_country(risk.country_header.as_ref().and_then(|h| r.headers.get(h)))
+                header_country(r.headers, risk.country_header.as_ref()?)
             } else {
                 None
             }
@@ -365,6 +371,38 @@ mod tests {
         let a = assess(&r, &devices, &rq);
         assert_eq!(a.signals, vec!["country"]);
         assert_eq!(a.country, None);
+    }
+
+    /// A trusted proxy that appends its own value puts it after whatever the client sent:
+    /// only the last one is believed, and if that one is no country the country is unknown.
+    #[test]
+    fn the_country_header_written_last_is_the_one_believed() {
+        let r = risk();
+        let devices = DeviceMemory::new(10);
+        let p = principal(json!({"acr": "urn:mfa", "auth_time": 999_999}));
+        let country = |values: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("x-country", HeaderValue::from_static(v));
+            }
+            assert_eq!(h.get_all("x-country").iter().count(), values.len());
+            assess(&r, &devices, &req(&p, &h, "198.51.100.1")).country
+        };
+        assert_eq!(country(&["DE"]), Some(*b"DE"));
+        assert_eq!(country(&["DE", "KP"]), Some(*b"KP"));
+        assert_eq!(country(&["KP", "DE"]), Some(*b"DE"));
+        assert_eq!(country(&["de, kp"]), Some(*b"KP"));
+        assert_eq!(country(&["FR", "DE , KP "]), Some(*b"KP"));
+        // The last value is not a country: unknown, never an earlier (client's) value.
+        assert_eq!(country(&["DE", "Germany"]), None);
+        assert_eq!(country(&["DE", ""]), None);
+        assert_eq!(country(&["DE,"]), None);
+        // The client claiming an expected country ahead of the proxy's risky one.
+        let mut h = HeaderMap::new();
+        h.append("x-country", HeaderValue::from_static("DE"));
+        h.append("x-country", HeaderValue::from_static("KP"));
+        let a = assess(&r, &devices, &req(&p, &h, "198.51.100.1"));
+        assert!(a.signals.contains(&"country"), "{a:?}");
     }
 
     #[test]

@@ -349,18 +349,28 @@ impl Authz {
             }
         }
 
-        // 3. Resource policies covering this path and action.
+        // 3. Resource policies covering this path and action. A method no action is mapped
+        // to (TRACE, WebDAV's MOVE or PROPPATCH, QUERY, PURGE …) could be any of them: every
+        // policy on the path holds it to its requirement, but one that lists actions cannot
+        // tell whether it was meant to grant it, so it permits nothing by itself.
         let action = self.settings.action(&head.method);
         let path = head.uri.path();
         for pol in &self.settings.policies {
-            let covers = pol.resources.iter().any(|r| r.matches(path))
-                && (pol.actions.is_empty()
-                    || action.is_some_and(|a| pol.actions.iter().any(|x| x == a)));
-            if !covers {
+            if !pol.resources.iter().any(|r| r.matches(path)) {
                 continue;
             }
+            let grants = match action {
+                _ if pol.actions.is_empty() => true,
+                Some(a) if pol.actions.iter().any(|x| x == a) => true,
+                Some(_) => continue,
+                None => false,
+            };
+            let permitted = run.permitted;
             let (result, deny) = requirement_verdict(pol.requirement.check(p, h));
             check!(format!("policy:{}", pol.name), pol.mode, result, deny);
+            if !grants {
+                run.permitted = permitted;
+            }
         }
 
         // 4. Ownership and tenant.
