@@ -1,6 +1,7 @@
 //! Signing of gateway-minted internal tokens (and demo tokens).
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair};
@@ -15,6 +16,8 @@ pub struct Signer {
     kid: String,
     pkcs8: Vec<u8>,
     rng: SystemRandom,
+    /// The latest `exp` of the tokens signed so far (0: none had one).
+    signed_until: AtomicU64,
 }
 
 enum SigningKey {
@@ -83,7 +86,44 @@ impl Signer {
             kid,
             pkcs8,
             rng,
+            signed_until: AtomicU64::new(0),
         })
+    }
+
+    /// The same key under another `kid`.
+    pub fn with_kid(mut self, kid: String) -> Signer {
+        self.kid = kid;
+        self
+    }
+
+    /// The RFC 7638 JWK thumbprint of the public key: SHA-256 over the key's required JWK
+    /// members (no `kid`, `alg` or `use`), base64url. Equal for the same key wherever and
+    /// whenever it is loaded, so it serves as a `kid` that several processes agree on.
+    pub fn thumbprint(&self) -> String {
+        let jwk = self.public_jwk();
+        let m = |k: &str| jwk.get(k).and_then(Value::as_str).unwrap_or_default();
+        // Members in lexicographic order, no whitespace (§3.2); the values are base64url or
+        // fixed curve names, which JSON writes without escapes.
+        let canonical = match &self.key {
+            SigningKey::Ed25519(_) => {
+                format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#, m("x"))
+            }
+            SigningKey::P256(_) => format!(
+                r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+                m("x"),
+                m("y")
+            ),
+            SigningKey::Rsa(_) => {
+                format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, m("e"), m("n"))
+            }
+        };
+        b64url_encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref())
+    }
+
+    /// The latest `exp` (unix seconds) of the tokens this signer has signed, 0 when none had
+    /// one: tokens it signed may be presented until then, so its public key is needed as long.
+    pub fn signed_until(&self) -> u64 {
+        self.signed_until.load(Ordering::Acquire)
     }
 
     pub fn alg(&self) -> Alg {
@@ -109,6 +149,9 @@ impl Signer {
         let sig = self.sign_bytes(token.as_bytes())?;
         token.push('.');
         token.push_str(&b64url_encode(&sig));
+        if let Some(exp) = claims.get("exp").and_then(Value::as_u64) {
+            self.signed_until.fetch_max(exp, Ordering::AcqRel);
+        }
         Ok(token)
     }
 
@@ -160,5 +203,63 @@ impl Signer {
     /// The PKCS#8 private key as PEM.
     pub fn to_pkcs8_pem(&self) -> String {
         pem::pem_encode(&self.pkcs8, "PRIVATE KEY")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// RFC 8037 §A.1–A.3: the Ed25519 key of the examples and its RFC 7638 thumbprint.
+    #[test]
+    fn thumbprint_of_the_rfc_8037_key() {
+        let seed = crate::b64url_decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A").unwrap();
+        // PKCS#8 v1 wrapping of an Ed25519 seed (RFC 8410 §7).
+        let mut der = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        der.extend_from_slice(&seed);
+        let s = Signer::from_pkcs8_pem(&pem::pem_encode(&der, "PRIVATE KEY"), "x".into()).unwrap();
+        assert_eq!(
+            s.public_jwk()["x"],
+            "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+        );
+        assert_eq!(
+            s.thumbprint(),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+        // The kid given plays no part; the same key loaded again has the same thumbprint.
+        let again = Signer::from_pkcs8_pem(&s.to_pkcs8_pem(), "other".into()).unwrap();
+        assert_eq!(again.thumbprint(), s.thumbprint());
+        assert_eq!(again.with_kid("k".into()).kid(), "k");
+    }
+
+    #[test]
+    fn thumbprints_of_other_keys_differ_and_ignore_the_kid() {
+        let a = Signer::generate(Alg::ES256, "a".into()).unwrap();
+        let b = Signer::generate(Alg::ES256, "a".into()).unwrap();
+        assert_ne!(a.thumbprint(), b.thumbprint());
+        assert_eq!(a.thumbprint().len(), 43);
+        let pem = a.to_pkcs8_pem();
+        let a2 = Signer::from_pkcs8_pem(&pem, "b".into()).unwrap();
+        assert_eq!(a.thumbprint(), a2.thumbprint());
+    }
+
+    #[test]
+    fn the_latest_exp_signed_is_remembered() {
+        let s = Signer::generate(Alg::EdDSA, "k".into()).unwrap();
+        assert_eq!(s.signed_until(), 0);
+        let claims = |exp: u64| {
+            let mut c = Map::new();
+            c.insert("exp".into(), Value::from(exp));
+            c
+        };
+        s.sign("JWT", &claims(5000)).unwrap();
+        s.sign("JWT", &claims(4000)).unwrap();
+        assert_eq!(s.signed_until(), 5000);
+        s.sign("JWT", &Map::new()).unwrap();
+        assert_eq!(s.signed_until(), 5000);
     }
 }

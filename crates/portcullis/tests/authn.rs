@@ -160,7 +160,7 @@ upstreams: {{ app: {{ targets: ["{up}"] }} }}
 auth:
   jwt:
     ed: {{ issuer: "{ISS}", jwks_file: ed.jwks.json, algorithms: [EdDSA], audiences: [orders-api], required_claims: [sub], leeway: 0s }}
-    es: {{ issuer: "https://es.test", jwks_file: es.jwks.json, algorithms: [ES256], audiences: [orders-api] }}
+    es: {{ issuer: "https://es.test", jwks_file: es.jwks.json, algorithms: [ES256], audiences: [orders-api], leeway: 0s }}
 routes:
   - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ allow: any-authenticated }} }}
   - {{ name: keep, match: {{ prefix: /keep }}, upstream: app, auth: {{ methods: ["jwt:ed"], authorization: keep, identity_headers: false }}, authz: {{ allow: any-authenticated }} }}
@@ -725,11 +725,20 @@ async fn an_issuer_whose_keys_never_loaded_answers_503_not_401() {
     // authorization risk signal reads these counts).
     let auth = get(&format!("{}/auth", gw.admin_url())).await.json();
     assert_eq!(auth["failures"]["by_client_ip"], json!([]), "{auth}");
-    // Once the IdP is back, the same token passes (fetched on demand).
+    // Once the IdP is back, the same token passes (fetched on demand — or, should the
+    // request find the background retry under way, answered 503 at once and passing next).
     *ks.jwks.lock().unwrap() = jwks_of(&[&k1]);
     ks.down.store(false, Ordering::SeqCst);
-    let r = call(&gw, "/orders", &[("authorization", &bearer(&t))]).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = call(&gw, "/orders", &[("authorization", &bearer(&t))]).await;
+        if r.status == 200 {
+            break;
+        }
+        assert_problem(&r, 503, "auth_unavailable");
+        assert!(Instant::now() < deadline, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -905,7 +914,8 @@ async fn a_revocation_until_a_time_ends_then() {
     let r = call(&s.gw, "/orders", &[("authorization", &bearer(&t))]).await;
     let id = assert_401(&r, true);
     assert_eq!(audit_of(&s.gw, &id)["auth_failure"], "revoked");
-    // Once `until` has passed, the token (still valid itself) is taken again.
+    // Once `until` has passed, the token (still valid itself) is taken again (a revocation
+    // holds the issuers' longest `leeway` past it: none here).
     tokio::time::sleep(Duration::from_millis(
         (until + 1).saturating_sub(now) * 1000,
     ))
@@ -1475,4 +1485,326 @@ routes:
     let r = call(&gw, "/j/x", &[("authorization", &bearer("token-of-a"))]).await;
     assert_401(&r, true);
     assert_eq!(up.hits(), hits + 1);
+}
+
+/// RFC 7638 thumbprint of a public JWK, computed here independently of the gateway.
+fn thumbprint(jwk: &Value) -> String {
+    let m = |k: &str| jwk[k].as_str().unwrap().to_string();
+    let canonical = match jwk["kty"].as_str().unwrap() {
+        "OKP" => format!(r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#, m("crv"), m("x")),
+        "EC" => format!(
+            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+            m("crv"),
+            m("x"),
+            m("y")
+        ),
+        other => panic!("{other}"),
+    };
+    B64.encode(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref())
+}
+
+/// Two instances given the same `internal_token.key_file` (or one instance restarted) sign
+/// with the same `kid` — the key's RFC 7638 thumbprint — and publish the same `/jwks`: a
+/// token one minted verifies with the key set the other publishes. A reload that keeps the
+/// key (the file rewritten) keeps it listed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_an_internal_token_key_share_its_kid() {
+    let up = TestUpstream::start("svc").await;
+    let keys = tempfile::tempdir().unwrap();
+    let ed = Signer::generate(Alg::EdDSA, "ed-1".into()).unwrap();
+    write(keys.path(), "ed.jwks.json", &jwks_of(&[&ed]));
+    let internal = Signer::generate(Alg::ES256, "chosen-by-no-one".into()).unwrap();
+    write(keys.path(), "internal.pem", &internal.to_pkcs8_pem());
+    let want_kid = thumbprint(&internal.public_jwk());
+    let yaml = format!(
+        r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  jwt: {{ ed: {{ issuer: "{ISS}", jwks_file: "{dir}/ed.jwks.json", algorithms: [EdDSA] }} }}
+  internal_token: {{ issuer: gw.test, algorithm: ES256, key_file: "{dir}/internal.pem" }}
+routes:
+  - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [jwt], internal_token: {{ audience: orders-svc }} }}, authz: {{ allow: any-authenticated }} }}
+"#,
+        up = up.url(),
+        dir = keys.path().display()
+    );
+    let one = gateway(&yaml);
+    let other = gateway(&yaml);
+    let jwks = |gw: &Gateway| {
+        let url = format!("{}/jwks", gw.admin_url());
+        async move { get(&url).await.json() }
+    };
+    let (a, b) = (jwks(&one).await, jwks(&other).await);
+    assert_eq!(a, b, "two instances, one key, one key set");
+    assert_eq!(a["keys"].as_array().unwrap().len(), 1, "{a}");
+    assert_eq!(a["keys"][0]["kid"], want_kid.as_str(), "{a}");
+
+    // A token minted by one instance verifies against the other's published keys.
+    let t = ed.sign("JWT", &claims(json!({}))).unwrap();
+    let r = call(&one, "/x", &[("authorization", &bearer(&t))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let minted = up.requests().pop().unwrap();
+    let minted = minted
+        .header("authorization")
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap();
+    let tok = portcullis_jose::decode(minted, 8192).unwrap();
+    assert_eq!(tok.header.kid.as_deref(), Some(want_kid.as_str()));
+    let (set, _) = portcullis_jose::JwkSet::from_json(b.to_string().as_bytes()).unwrap();
+    let key = set
+        .candidates(tok.header.kid.as_deref(), tok.header.alg)
+        .next()
+        .expect("the other instance publishes the signing key");
+    tok.verify(&key.key).unwrap();
+
+    // The key file rewritten with the same key, and reloaded: the kid is listed once.
+    write(
+        keys.path(),
+        "internal.pem",
+        &format!("# the same key\n{}", internal.to_pkcs8_pem()),
+    );
+    let r = send(req("POST", &format!("{}/reload", one.admin_url()), &[], "")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(jwks(&one).await, a);
+}
+
+/// CGI, WSGI, Rack and PHP read `x_user_id` as `HTTP_X_USER_ID`, as they read `x-user-id`:
+/// identity and strip-list headers spelled with underscores are removed too, on anonymous
+/// and authenticated routes alike, while other names with underscores pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_spelled_with_underscores_are_removed_too() {
+    let up = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ed = Signer::generate(Alg::EdDSA, "ed-1".into()).unwrap();
+    write(dir.path(), "ed.jwks.json", &jwks_of(&[&ed]));
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  jwt: {{ ed: {{ issuer: "{ISS}", jwks_file: ed.jwks.json, algorithms: [EdDSA] }} }}
+  identity_headers: {{ strip: [x-debug-user, x_legacy_role] }}
+  internal_token: {{ header: x-internal-token }}
+routes:
+  - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ allow: any-authenticated }} }}
+  - {{ name: open, match: {{ prefix: /open }}, upstream: app, auth: {{ anonymous: true }} }}
+"#,
+        up = up.url()
+    );
+    let gw = Gateway::start_in(bin(), dir.path(), &yaml).unwrap();
+    let forged: &[(&str, &str)] = &[
+        ("x_user_id", "admin"),
+        ("x-user_id", "admin"),
+        ("x_roles", "admin"),
+        ("x_scopes", "admin:all"),
+        ("x_client_id", "root"),
+        ("x_tenant_id", "other"),
+        ("x_authenticated", "jwt"),
+        ("x_internal_token", "Bearer forged"),
+        ("x_debug_user", "admin"),
+        ("x-legacy-role", "admin"),
+        ("x_legacy_role", "admin"),
+    ];
+    let gone = |seen: &portcullis_test_support::Recorded| {
+        for (name, _) in forged {
+            assert_eq!(seen.header(name), None, "{name} reached the upstream");
+        }
+        assert_eq!(
+            seen.header("x_trace_id"),
+            Some("t-1"),
+            "not an identity header"
+        );
+    };
+
+    let mut headers = forged.to_vec();
+    headers.push(("x_trace_id", "t-1"));
+    let r = call(&gw, "/open", &headers).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.requests().pop().unwrap();
+    gone(&seen);
+    assert_eq!(seen.header("x-user-id"), None);
+
+    let t = ed.sign("JWT", &claims(json!({}))).unwrap();
+    let auth = bearer(&t);
+    headers.push(("authorization", &auth));
+    let r = call(&gw, "/orders/1", &headers).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.requests().pop().unwrap();
+    gone(&seen);
+    assert_eq!(seen.header("x-user-id"), Some("alice"));
+    assert_eq!(seen.header("x-authenticated"), Some("jwt"));
+    assert_eq!(up.hits(), 2);
+}
+
+/// Keys configured without ids (`public_key_files`, `hmac_secret`) verify tokens whatever
+/// `kid` they carry (most IdPs set one): the `kid` selects only among a key set's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_keys_verify_tokens_whatever_kid_they_name() {
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-hs";
+    let up = TestUpstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ed = Signer::generate(Alg::EdDSA, "idp-key-7".into()).unwrap();
+    // SPKI of an Ed25519 key (RFC 8410): the fixed prefix, then the 32-byte public key.
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    spki.extend(B64.decode(ed.public_jwk()["x"].as_str().unwrap()).unwrap());
+    write(
+        dir.path(),
+        "ed.pub.pem",
+        &portcullis_jose::pem_encode(&spki, "PUBLIC KEY"),
+    );
+    write(dir.path(), "ed.jwks.json", &jwks_of(&[&ed]));
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  jwt:
+    hs: {{ issuer: "https://hs.test", hmac_secret: {{ value: "{SECRET}" }}, algorithms: [HS256] }}
+    pem: {{ issuer: "https://pem.test", public_key_files: [ed.pub.pem], algorithms: [EdDSA] }}
+    set: {{ issuer: "https://set.test", jwks_file: ed.jwks.json, algorithms: [EdDSA] }}
+routes:
+  - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ allow: any-authenticated }} }}
+"#,
+        up = up.url()
+    );
+    let gw = Gateway::start_in(bin(), dir.path(), &yaml).unwrap();
+    let hs = |secret: &str, kid: Option<&str>| {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        let mut header = json!({"alg": "HS256", "typ": "JWT"});
+        if let Some(k) = kid {
+            header["kid"] = k.into();
+        }
+        forge(header, &claims(json!({"iss": "https://hs.test"})), |m| {
+            ring::hmac::sign(&key, m).as_ref().to_vec()
+        })
+    };
+
+    for t in [
+        hs(SECRET, Some("2024-09")),
+        hs(SECRET, None),
+        ed.sign("JWT", &claims(json!({"iss": "https://pem.test"})))
+            .unwrap(),
+    ] {
+        let r = call(&gw, "/orders", &[("authorization", &bearer(&t))]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(up.hits(), 3);
+
+    // The kid does not open the door: a wrong secret is still a bad signature.
+    let r = call(
+        &gw,
+        "/orders",
+        &[(
+            "authorization",
+            &bearer(&hs(&format!("{SECRET}!"), Some("x"))),
+        )],
+    )
+    .await;
+    let id = assert_401(&r, true);
+    assert_eq!(audit_of(&gw, &id)["auth_failure"], "bad_signature");
+    // A key set keeps selecting by kid: the same key under a kid the set lacks is refused.
+    let other = portcullis_jose::Signer::from_pkcs8_pem(&ed.to_pkcs8_pem(), "unknown".into())
+        .unwrap()
+        .sign("JWT", &claims(json!({"iss": "https://set.test"})))
+        .unwrap();
+    let r = call(&gw, "/orders", &[("authorization", &bearer(&other))]).await;
+    let id = assert_401(&r, true);
+    assert_eq!(audit_of(&gw, &id)["auth_failure"], "unknown_kid");
+    assert_eq!(up.hits(), 3, "nothing refused reached the upstream");
+}
+
+/// A key source that accepts connections and never answers: each connection counted, held
+/// open, and marked closed when the gateway gives up on it.
+struct SilentKeySource {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    closed: Arc<Mutex<Vec<bool>>>,
+}
+
+impl SilentKeySource {
+    async fn start() -> SilentKeySource {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(Mutex::new(Vec::new()));
+        let (a, c) = (accepted.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let i = {
+                    let mut c = c.lock().unwrap();
+                    c.push(false);
+                    c.len() - 1
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                    c.lock().unwrap()[i] = true;
+                });
+            }
+        });
+        SilentKeySource {
+            addr,
+            accepted,
+            closed,
+        }
+    }
+}
+
+/// Keys never loaded, from a source that hangs: requests get 503 `auth_unavailable` at once,
+/// none waiting on the fetch under way (up to `fetch_timeout`) nor starting one of its own.
+/// Shown by the source's connections — the first is still open when every request has been
+/// answered, and it is the only one — not by timing; timeouts only bound the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_source_that_never_answers_keeps_no_request_waiting() {
+    let up = TestUpstream::start("app").await;
+    let idp = SilentKeySource::start().await;
+    let gw = gateway(&format!(
+        r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  jwt:
+    remote: {{ issuer: "{ISS}", jwks_url: "http://{addr}/jwks", algorithms: [EdDSA], jwks_cache: {{ unknown_kid_cooldown: 1s, fetch_timeout: 20s }} }}
+routes:
+  - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ allow: any-authenticated }} }}
+"#,
+        up = up.url(),
+        addr = idp.addr
+    ));
+    // The background fetch is under way, and hangs.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while idp.accepted.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the gateway never fetched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let k = Signer::generate(Alg::EdDSA, "k1".into()).unwrap();
+    let t = k.sign("JWT", &claims(json!({}))).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(60),
+            call(&gw, "/orders", &[("authorization", &bearer(&t))]),
+        )
+        .await
+        .expect("the request was never answered");
+        let v = assert_problem(&r, 503, "auth_unavailable");
+        assert_eq!(r.header("retry-after"), Some("5"));
+        ids.push(v["request_id"].as_str().unwrap().to_string());
+    }
+    assert!(
+        !idp.closed.lock().unwrap()[0],
+        "a request waited for the fetch under way"
+    );
+    assert_eq!(
+        idp.accepted.load(Ordering::SeqCst),
+        1,
+        "a request started a fetch while one was under way"
+    );
+    for id in ids {
+        assert_eq!(audit_of(&gw, &id)["auth_failure"], "no_keys");
+    }
+    assert_eq!(up.hits(), 0);
 }

@@ -445,6 +445,73 @@ async fn delegation_with_an_actor_token_nests_prior_actors_and_honours_may_act()
     }
 }
 
+/// A subject token whose `may_act` names its actors is never exchanged without one of them:
+/// leaving `actor_token` out would get a token for the subject alone, an impersonation token
+/// the subject never allowed. An empty `may_act` names nobody and admits nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_naming_its_actors_is_not_exchanged_without_one() {
+    let s = setup().await;
+    let agent_7 = local_token(&s.agents, AGENTS, "agent-7", json!({}));
+    let only_7 = local_token(
+        &s.agents,
+        AGENTS,
+        "bob",
+        json!({"may_act": {"sub": "agent-7"}}),
+    );
+    let nobody = local_token(&s.agents, AGENTS, "carol", json!({"may_act": {}}));
+    let refused = |r: &Resp| {
+        oauth_error(r, 400, "invalid_request");
+        assert!(r.json().get("access_token").is_none(), "{}", r.text());
+        assert_eq!(s.audit_reason(r), "may_act");
+    };
+
+    for subject in [&only_7, &nobody] {
+        let r = s
+            .exchange(&[
+                ("subject_token", subject),
+                ("subject_token_type", JWT),
+                ("audience", "orders-api"),
+            ])
+            .await;
+        refused(&r);
+    }
+    let r = s
+        .exchange(&[
+            ("subject_token", &nobody),
+            ("subject_token_type", JWT),
+            ("actor_token", &agent_7),
+            ("actor_token_type", JWT),
+            ("audience", "orders-api"),
+        ])
+        .await;
+    refused(&r);
+
+    // With the actor it names, the exchange goes through, and says who acts.
+    let v = issued(
+        &s.exchange(&[
+            ("subject_token", &only_7),
+            ("subject_token_type", JWT),
+            ("actor_token", &agent_7),
+            ("actor_token_type", JWT),
+            ("audience", "orders-api"),
+        ])
+        .await,
+    );
+    let c = claims_of(v["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], "bob");
+    assert_eq!(c["act"], json!({"sub": "agent-7"}));
+    // A subject without may_act still needs no actor.
+    let plain = local_token(&s.agents, AGENTS, "dave", json!({}));
+    issued(
+        &s.exchange(&[
+            ("subject_token", &plain),
+            ("subject_token_type", JWT),
+            ("audience", "orders-api"),
+        ])
+        .await,
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scopes_are_requested_and_held_and_allowed() {
     let s = setup().await;
@@ -1018,5 +1085,83 @@ routes:
         out.stderr.contains("token_exchange") && out.stderr.contains("lifetime"),
         "{}",
         out.stderr
+    );
+}
+
+/// The endpoint's refusals are refusals like any step's: audited as `rejected` by step
+/// `token_exchange`, counted, and counted towards bans — a client guessing secrets at the
+/// token endpoint is banned like one guessing bearer tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_endpoints_refusals_are_audited_and_count_towards_bans() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = Signer::generate(Alg::EdDSA, "agents-1".into()).unwrap();
+    std::fs::write(dir.path().join("agents.jwks.json"), jwks_of(&agents)).unwrap();
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ tx: {{ kind: token_exchange }} }}
+auth:
+  jwt:
+    agents: {{ issuer: "{AGENTS}", jwks_file: agents.jwks.json, algorithms: [EdDSA] }}
+  internal_token: {{ issuer: gw.test }}
+token_exchange:
+  jwt_issuers: [agents]
+  audiences: {{ orders-api: {{}} }}
+  clients:
+    bff: {{ secret_hash: "{bff}", audiences: {{ orders-api: [read:orders] }} }}
+bans:
+  rules:
+    - {{ name: guessing, on: [unauthenticated], count: 3, within: 1m, ban_for: 1m }}
+routes:
+  - {{ name: token, match: {{ path: /token }}, upstream: tx, auth: {{ anonymous: true }} }}
+"#,
+        bff = hash(BFF_SECRET),
+    );
+    let gw = Gateway::start_in(bin(), dir.path(), &yaml).unwrap();
+    let subject = local_token(&agents, AGENTS, "agent-7", json!({}));
+    let body = form(&[
+        ("grant_type", GRANT),
+        ("subject_token", &subject),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+        ("audience", "orders-api"),
+    ]);
+    let post = |secret: &'static str| {
+        let url = format!("{}/token", gw.url("public"));
+        let body = body.clone();
+        async move {
+            send(req(
+                "POST",
+                &url,
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("authorization", &basic("bff", secret)),
+                ],
+                &body,
+            ))
+            .await
+        }
+    };
+    // A good exchange is an allowed transaction.
+    let r = post(BFF_SECRET).await;
+    issued(&r);
+    let ev = audit_of(&gw, r.header("x-request-id").unwrap());
+    assert_eq!(ev["outcome"], "allowed", "{ev}");
+    for _ in 0..3 {
+        let r = post("guessed").await;
+        oauth_error(&r, 401, "invalid_client");
+        let ev = audit_of(&gw, r.header("x-request-id").unwrap());
+        assert_eq!(ev["outcome"], "rejected", "{ev}");
+        assert_eq!(ev["stage"], "token_exchange", "{ev}");
+        assert_eq!(ev["reason"], "unauthenticated", "{ev}");
+    }
+    // Banned now: even the right secret is refused.
+    let r = post(BFF_SECRET).await;
+    assert_problem(&r, 403, "ip_banned");
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains(
+            "portcullis_rejections_total{stage=\"token_exchange\",reason=\"unauthenticated\"} 3"
+        ),
+        "{metrics}"
     );
 }

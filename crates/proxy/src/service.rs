@@ -41,6 +41,9 @@ pub const RESPONSE_FILTER_STAGE: StageId = StageId("authz");
 /// contract's keep-only-declared) when no authorization mask is involved.
 pub const RESPONSE_STAGE: StageId = StageId("response");
 
+/// The step id of the token endpoint's refusals (RFC 6749 error answers it gives itself).
+pub const TOKEN_EXCHANGE_STAGE: StageId = StageId("token_exchange");
+
 /// The step id of refusals by the strict framing reader (the same id as the hygiene step:
 /// both are "protocol" refusals).
 pub const FRAMING_STAGE: StageId = StageId("protocol");
@@ -675,7 +678,19 @@ impl Gateway {
                 };
                 let bytes = crate::echo::read_body(body, limit).await?;
                 let authn = rt.snapshot.pipeline.authn.clone();
-                tx.handle(&head, &bytes, ctx, &authn).await.map(full_body)
+                let answer = tx.handle(&head, &bytes, ctx, &authn).await;
+                // Its error answers are refusals like any step's: audited as such, counted in
+                // the metrics and towards bans (a client guessing secrets or replaying tokens).
+                let refused = match answer.status() {
+                    StatusCode::UNAUTHORIZED => Some(RejectReason::Unauthenticated),
+                    StatusCode::SERVICE_UNAVAILABLE => Some(RejectReason::AuthUnavailable),
+                    s if s.is_client_error() => Some(RejectReason::BadRequest),
+                    _ => None,
+                };
+                if let Some(reason) = refused {
+                    ctx.rejected_by = Some((TOKEN_EXCHANGE_STAGE, reason));
+                }
+                answer.map(full_body)
             }
             UpstreamKind::Proxy => {
                 let Some(pool) = rt.pools.get(route.upstream).and_then(Option::as_ref) else {

@@ -193,6 +193,14 @@ impl TokenExchange {
             );
         };
         let actor = match actor {
+            // A subject that names who may act for it is never exchanged without that actor:
+            // leaving the actor out would turn delegation into impersonation (RFC 8693 §4.4).
+            None if subject.claims.contains_key("may_act") => {
+                return Err(OAuthError::invalid_request(
+                    "the subject token names who may act for it: an actor token is required",
+                )
+                .audit("may_act"));
+            }
             None => None,
             Some((t, ty)) => {
                 let a = self
@@ -399,10 +407,12 @@ pub fn act_claim(subject: &Principal, actor: Option<&Principal>) -> Option<Value
 }
 
 /// RFC 8693 §4.4: when the subject token carries `may_act`, the actor must match every claim
-/// in it (`sub`, `iss` …). A `may_act` that is not an object admits no actor.
+/// in it (`sub`, `iss` …). A `may_act` that is not an object, or an empty one (it names no
+/// actor), admits no actor.
 pub fn may_act(subject: &Principal, actor: &Principal) -> bool {
     match subject.claims.get("may_act") {
         None => true,
+        Some(Value::Object(m)) if m.is_empty() => false,
         Some(Value::Object(m)) => m.iter().all(|(k, v)| {
             let have = match k.as_str() {
                 "sub" => subject_of(actor).map(Value::String),
@@ -477,6 +487,9 @@ mod tests {
         assert!(!may_act(&other, &a));
         let odd = principal("alice", json!({"may_act": "svc-b"}));
         assert!(!may_act(&odd, &a));
+        // An empty may_act names nobody: it admits no actor (`all` over nothing would).
+        let empty = principal("alice", json!({"may_act": {}}));
+        assert!(!may_act(&empty, &a));
     }
 
     #[test]

@@ -20,8 +20,9 @@
 //! ([`portcullis_authn::Authn::verify_token`]) — signature, claims, audience, revocation —
 //! restricted to the issuers listed for exchange; scopes granted never exceed what the
 //! subject token holds nor what the client is allowed for the audience; an issued token never
-//! outlives the subject (or actor) token; every answer is `Cache-Control: no-store`; tokens
-//! and secrets are never logged.
+//! outlives the subject (or actor) token; a subject token with `may_act` is exchanged only
+//! with an actor token it admits; every answer is `Cache-Control: no-store`; tokens and
+//! secrets are never logged.
 
 #![forbid(unsafe_code)]
 

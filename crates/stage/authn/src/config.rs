@@ -594,6 +594,11 @@ pub struct JwtIssuer {
     pub name: Arc<str>,
     pub issuer: String,
     pub source: KeySource,
+    /// Whether a token's `kid` selects the keys tried: for key sets (JWKS by URL, discovery
+    /// or file), whose keys carry ids. Keys configured without one (`public_key_files`,
+    /// `hmac_secret`) are all tried whatever `kid` the token names — an IdP sets one as a
+    /// matter of course, and it names no key the gateway knows by that name.
+    pub match_kid: bool,
     pub algorithms: Vec<Alg>,
     pub audiences: Vec<String>,
     pub typ: Option<String>,
@@ -834,7 +839,7 @@ fn check_fetch_url(u: &str, path: &str, e: &mut ConfigErrors) -> Option<http::Ur
     }
 }
 
-fn is_loopback_host(h: &str) -> bool {
+pub(crate) fn is_loopback_host(h: &str) -> bool {
     let h = h.trim_start_matches('[').trim_end_matches(']');
     h == "localhost"
         || h.parse::<std::net::IpAddr>()
@@ -1029,10 +1034,21 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
         read_file(base, f, "auth.internal_token.key_file", e)
             .and_then(|b| String::from_utf8(b).ok())
     });
-    if let Some(pem) = &key_pem
-        && let Err(err) = portcullis_jose::Signer::from_pkcs8_pem(pem, "check".into())
-    {
-        e.push("auth.internal_token.key_file", err.to_string());
+    // The key decides how tokens are signed: it must be a key of the configured algorithm
+    // (a P-256 key under the default `EdDSA`, or an RSA key, is refused, never used as is).
+    if let Some(pem) = &key_pem {
+        match portcullis_jose::Signer::from_pkcs8_pem(pem, String::new()) {
+            Err(err) => e.push("auth.internal_token.key_file", err.to_string()),
+            Ok(s) if s.alg() != algorithm => e.push(
+                "auth.internal_token.key_file",
+                format!(
+                    "a key for {}, not for auth.internal_token.algorithm {algorithm} \
+                     (EdDSA takes an Ed25519 key, ES256 a P-256 key)",
+                    s.alg()
+                ),
+            ),
+            Ok(_) => {}
+        }
     }
     let key_pem = key_pem.map(portcullis_core::Secret::new);
     let internal_header =
@@ -1249,6 +1265,7 @@ fn compile_issuer(
         name: Arc::from(name),
         issuer: r.issuer.clone(),
         source,
+        match_kid: r.public_key_files.is_empty() && r.hmac_secret.is_none(),
         algorithms,
         audiences: r.audiences.clone(),
         typ: r.typ.clone(),
@@ -1387,7 +1404,48 @@ pub fn compile_route(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// `internal_token.algorithm` is what tokens are signed with: a key file of another
+    /// algorithm (RSA, or a curve the setting does not name) is refused, never signed with.
+    #[test]
+    fn the_internal_token_key_must_be_of_the_configured_algorithm() {
+        let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../jose/tests/keys");
+        let errors = |algorithm: Option<&str>, file: &str| -> Vec<String> {
+            let mut it = serde_json::json!({ "key_file": file });
+            if let Some(a) = algorithm {
+                it["algorithm"] = a.into();
+            }
+            let raw: RawAuth =
+                serde_json::from_value(serde_json::json!({ "internal_token": it })).unwrap();
+            let mut e = ConfigErrors::new();
+            let s = compile(&raw, &keys, &mut e);
+            if e.is_empty() {
+                assert!(s.internal_token.key_pem.is_some());
+            }
+            e.iter().map(|e| e.to_string()).collect()
+        };
+        assert_eq!(errors(None, "ed.pem"), Vec::<String>::new());
+        assert_eq!(errors(Some("EdDSA"), "ed.pem"), Vec::<String>::new());
+        assert_eq!(errors(Some("ES256"), "p256.pem"), Vec::<String>::new());
+        for (algorithm, file, found) in [
+            (None, "p256.pem", "ES256"),
+            (None, "rsa.pem", "RS256"),
+            (Some("EdDSA"), "rsa.pem", "RS256"),
+            (Some("ES256"), "rsa.pem", "RS256"),
+            (Some("ES256"), "ed.pem", "EdDSA"),
+        ] {
+            let e = errors(algorithm, file);
+            assert_eq!(e.len(), 1, "{algorithm:?} {file}: {e:?}");
+            assert!(
+                e[0].starts_with(&format!(
+                    "auth.internal_token.key_file: a key for {found}, not"
+                )),
+                "{e:?}"
+            );
+        }
+    }
 
     /// A key source is reused across reloads only with the same CA bundle: one of the same
     /// length but other contents is another source (it trusts other servers).
@@ -1397,6 +1455,7 @@ mod tests {
             name: Arc::from("i"),
             issuer: "https://i".into(),
             source: KeySource::JwksUrl("https://i/jwks".into()),
+            match_kid: true,
             algorithms: vec![Alg::EdDSA],
             audiences: Vec::new(),
             typ: None,

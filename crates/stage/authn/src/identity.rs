@@ -16,21 +16,65 @@ use crate::unix_now;
 
 pub struct IdentityStage {
     authn: Arc<Authn>,
+    /// Some stripped name holds `_`: every request name is then compared with `_` read as `-`.
+    strip_has_underscore: bool,
 }
 
 impl IdentityStage {
     pub const ID: StageId = StageId("identity");
 
     pub fn new(authn: Arc<Authn>) -> IdentityStage {
-        IdentityStage { authn }
+        let strip_has_underscore = authn
+            .settings
+            .identity
+            .strip
+            .iter()
+            .any(|n| n.as_str().contains('_'));
+        IdentityStage {
+            authn,
+            strip_has_underscore,
+        }
+    }
+
+    /// Whether a request header called `name` is one of the stripped names. CGI, WSGI, Rack
+    /// and PHP hand headers to applications as `HTTP_*` variables, with `-` and `_` both
+    /// written `_`: `x_user_id` reaches them as `HTTP_X_USER_ID`, exactly as `x-user-id`
+    /// would. So names are compared with `_` read as `-` — only for names holding one (or
+    /// when a stripped name does), so the common case stays a plain comparison.
+    fn stripped(&self, name: &HeaderName) -> bool {
+        let strip = &self.authn.settings.identity.strip;
+        if strip.contains(name) {
+            return true;
+        }
+        let n = name.as_str().as_bytes();
+        (self.strip_has_underscore || n.contains(&b'_'))
+            && strip.iter().any(|s| same_folded(n, s.as_str().as_bytes()))
     }
 }
 
+/// Equal with `_` read as `-` (names are lowercase already).
+fn same_folded(a: &[u8], b: &[u8]) -> bool {
+    let fold = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold(*x) == fold(*y))
+}
+
 /// A header value from a verified claim: visible ASCII and spaces kept, anything else
-/// percent-encoded, so a claim can never split or smuggle a header.
+/// percent-encoded, so a claim can never split or smuggle a header. Spaces at either end are
+/// encoded too: every reader trims them from a field value, so `" admin"` would arrive as
+/// `admin`.
 fn value(s: &str) -> HeaderValue {
     let mut out = String::with_capacity(s.len());
-    push_encoded(&mut out, s, b"");
+    let inner = s.trim_matches(' ');
+    let lead = s.len() - s.trim_start_matches(' ').len();
+    // All spaces: they are all leading.
+    let trail = if inner.is_empty() {
+        0
+    } else {
+        s.len() - s.trim_end_matches(' ').len()
+    };
+    out.push_str(&"%20".repeat(lead));
+    push_encoded(&mut out, inner, b"");
+    out.push_str(&"%20".repeat(trail));
     HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static(""))
 }
 
@@ -81,12 +125,10 @@ impl IdentityStage {
         c.insert("iss".into(), Value::String(it.issuer.clone()));
         c.insert("aud".into(), Value::String(audience.to_string()));
         c.insert("iat".into(), Value::from(now));
-        // Never past the credential it stands for.
-        let mut exp = now.saturating_add(it.ttl.as_secs().max(1));
-        if let Some(until) = p.expires_at {
-            exp = exp.min(until.max(now.saturating_add(1)));
-        }
-        c.insert("exp".into(), Value::from(exp));
+        c.insert(
+            "exp".into(),
+            Value::from(internal_exp(now, it.ttl, p.expires_at)),
+        );
         // Unique per token, and chosen by no client (the request id may come from one).
         c.insert("jti".into(), Value::String(random_id()?));
         c.insert(
@@ -130,6 +172,18 @@ impl IdentityStage {
     }
 }
 
+/// The internal token's `exp`: `ttl` (at least a second) from now, and never past the
+/// credential's own `exp` — not even by a second when that has passed already (a JWT accepted
+/// within its issuer's `leeway`): the token then carries the credential's `exp`, and the
+/// upstream's own clock skew allowance decides, as the gateway's did.
+fn internal_exp(now: u64, ttl: std::time::Duration, credential_exp: Option<u64>) -> u64 {
+    let exp = now.saturating_add(ttl.as_secs().max(1));
+    match credential_exp {
+        Some(until) => exp.min(until),
+        None => exp,
+    }
+}
+
 /// 128 random bits in hex, from the system's generator.
 fn random_id() -> Result<String, String> {
     use ring::rand::SecureRandom;
@@ -150,9 +204,10 @@ impl Stage for IdentityStage {
         let h = &mut req.head.headers;
         // A client rarely sends these: one pass over the request's names says whether any is
         // there (comparing names, not hashing each one) before any is removed.
-        if h.keys().any(|k| s.identity.strip.contains(k)) {
-            for name in &s.identity.strip {
-                portcullis_core::remove_header(h, name);
+        if h.keys().any(|k| self.stripped(k)) {
+            let doomed: Vec<HeaderName> = h.keys().filter(|k| self.stripped(k)).cloned().collect();
+            for name in &doomed {
+                h.remove(name);
             }
         }
         let Some(route) = ctx.route_id().and_then(|r| self.authn.routes.get(r.0)) else {
@@ -247,6 +302,40 @@ mod tests {
             "a%0D%0Ax-admin: 1"
         );
         assert_eq!(value("é%").to_str().unwrap(), "%C3%A9%25");
+    }
+
+    /// Every reader trims a field value: a claim's spaces at either end are encoded, so
+    /// `" admin"` does not arrive as `admin`.
+    #[test]
+    fn spaces_at_either_end_of_a_value_are_kept() {
+        assert_eq!(value(" admin").to_str().unwrap(), "%20admin");
+        assert_eq!(value("admin  ").to_str().unwrap(), "admin%20%20");
+        assert_eq!(value(" a b ").to_str().unwrap(), "%20a b%20");
+        assert_eq!(value("   ").to_str().unwrap(), "%20%20%20");
+        assert_eq!(value("John Smith").to_str().unwrap(), "John Smith");
+        assert_eq!(value("\t x").to_str().unwrap(), "%09 x");
+    }
+
+    /// The internal token never outlives the credential it stands for, not even by a second.
+    #[test]
+    fn the_internal_token_ends_with_its_credential() {
+        let ttl = std::time::Duration::from_secs(60);
+        assert_eq!(internal_exp(1000, ttl, None), 1060);
+        assert_eq!(internal_exp(1000, ttl, Some(5000)), 1060);
+        assert_eq!(internal_exp(1000, ttl, Some(1030)), 1030);
+        assert_eq!(internal_exp(1000, ttl, Some(1000)), 1000);
+        // A JWT accepted within its issuer's leeway, ten seconds past its exp.
+        assert_eq!(internal_exp(1000, ttl, Some(990)), 990);
+        assert_eq!(internal_exp(1000, std::time::Duration::ZERO, None), 1001);
+    }
+
+    #[test]
+    fn names_are_compared_with_underscores_read_as_dashes() {
+        assert!(same_folded(b"x_user_id", b"x-user-id"));
+        assert!(same_folded(b"x-user_id", b"x-user-id"));
+        assert!(same_folded(b"x-user-id", b"x_user-id"));
+        assert!(!same_folded(b"x_user_ids", b"x-user-id"));
+        assert!(!same_folded(b"x_user.id", b"x-user-id"));
     }
 
     #[test]

@@ -125,9 +125,26 @@ impl RemoteKeys {
     /// Called when a token names a `kid` the current set lacks (or no set is loaded yet).
     /// Waits for a fetch already in flight; otherwise fetches once unless the cooldown since
     /// the last such refetch has not passed. Returns true when a new set may be in place.
+    ///
+    /// A set never loaded is different: its source has not answered yet (it may hang for
+    /// `fetch_timeout` on every try), so a request that finds a fetch in flight or the
+    /// cooldown not over returns at once (a 503 for its caller) rather than wait — retrying is
+    /// the background task's — and at most one request per cooldown waits on a fetch.
     pub async fn refetch_for_unknown_kid(&self) -> bool {
         let before = self.generation.load(Ordering::Acquire);
-        let _g = self.fetching.lock().await;
+        let _g = if self.current().is_none() {
+            match self.fetching.try_lock() {
+                Ok(g) => g,
+                Err(_) => {
+                    if let Ok(mut s) = self.status.lock() {
+                        s.unknown_kid_throttled += 1;
+                    }
+                    return false;
+                }
+            }
+        } else {
+            self.fetching.lock().await
+        };
         if self.generation.load(Ordering::Acquire) != before {
             return true;
         }
@@ -260,24 +277,175 @@ impl RemoteKeys {
             .get("jwks_uri")
             .and_then(|v| v.as_str())
             .ok_or_else(|| format!("{url}: no jwks_uri"))?;
-        let parsed: http::Uri = jwks
-            .parse()
-            .map_err(|_| format!("{url}: jwks_uri is not a URL"))?;
-        let loopback = parsed
-            .host()
-            .map(|h| {
-                h == "localhost"
-                    || h.trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .map(|ip| ip.is_loopback())
-                        .unwrap_or(false)
-            })
-            .unwrap_or(false);
-        match parsed.scheme_str() {
-            Some("https") => {}
-            Some("http") if loopback => {}
-            _ => return Err(format!("{url}: jwks_uri must be https")),
-        }
+        check_jwks_uri(issuer, jwks).map_err(|e| format!("{url}: {e}"))?;
         Ok(jwks.to_string())
+    }
+}
+
+/// Whether the `jwks_uri` a discovery document of `issuer` names may be fetched: `https://`,
+/// without credentials in it; plain `http://` only on loopback and only for an issuer that
+/// is itself `http://` on loopback (a test IdP, a sidecar) — a remote issuer's document must
+/// not send the gateway to its own host's services.
+pub(crate) fn check_jwks_uri(issuer: &str, jwks: &str) -> Result<(), String> {
+    let parsed: http::Uri = jwks
+        .parse()
+        .map_err(|_| "jwks_uri is not a URL".to_string())?;
+    if parsed.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err("jwks_uri carries credentials (user:password@)".into());
+    }
+    let loopback_http = |u: &http::Uri| {
+        u.scheme_str() == Some("http") && u.host().is_some_and(crate::config::is_loopback_host)
+    };
+    match parsed.scheme_str() {
+        Some("https") if parsed.host().is_some_and(|h| !h.is_empty()) => Ok(()),
+        Some("http")
+            if loopback_http(&parsed)
+                && issuer.parse::<http::Uri>().is_ok_and(|i| loopback_http(&i)) =>
+        {
+            Ok(())
+        }
+        Some("http") if loopback_http(&parsed) => {
+            Err("jwks_uri is plain http on loopback, for an issuer that is not".into())
+        }
+        _ => Err("jwks_uri must be https".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::config::ClaimNames;
+    use std::sync::atomic::AtomicUsize;
+
+    fn remote(jwks_url: String, cooldown: Duration, fetch_timeout: Duration) -> Arc<RemoteKeys> {
+        RemoteKeys::new(&JwtIssuer {
+            name: Arc::from("silent"),
+            issuer: "https://idp.test".into(),
+            source: KeySource::JwksUrl(jwks_url),
+            match_kid: true,
+            algorithms: vec![portcullis_jose::Alg::EdDSA],
+            audiences: Vec::new(),
+            typ: None,
+            leeway: Duration::ZERO,
+            required_claims: Vec::new(),
+            max_lifetime: None,
+            max_token_bytes: 8192,
+            claims: ClaimNames {
+                subject: "sub".into(),
+                client_id: Vec::new(),
+                scopes: Vec::new(),
+                roles: Vec::new(),
+                tenant: None,
+                tier: None,
+            },
+            cache: JwksCacheSettings {
+                min_ttl: Duration::from_secs(60),
+                max_ttl: Duration::from_secs(3600),
+                default_ttl: Duration::from_secs(600),
+                unknown_kid_cooldown: cooldown,
+                fetch_timeout,
+            },
+            ca_pem: None,
+        })
+        .unwrap()
+    }
+
+    /// A key source that was never loaded and does not answer (it accepts connections and
+    /// says nothing): a request that finds a fetch under way does not wait for it, and once
+    /// a request's fetch was tried no other request waits on one within the cooldown.
+    /// Counted in connections the source saw, not in time; the timeouts only bound the test.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_set_never_loaded_keeps_at_most_one_request_per_cooldown_waiting() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        let keys = remote(
+            format!("http://{addr}/jwks"),
+            Duration::from_secs(3600),
+            Duration::from_secs(120),
+        );
+        let bound = Duration::from_secs(30);
+
+        // The first request fetches, and hangs with the source.
+        let first = tokio::spawn({
+            let keys = keys.clone();
+            async move { keys.refetch_for_unknown_kid().await }
+        });
+        let until = Instant::now() + bound;
+        while accepted.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < until, "the first fetch never connected");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Others meanwhile: answered at once (their caller refuses with 503), no new fetch.
+        for _ in 0..3 {
+            let r = tokio::time::timeout(bound, keys.refetch_for_unknown_kid())
+                .await
+                .expect("a request waited on the fetch under way");
+            assert!(!r);
+        }
+        assert!(!first.is_finished(), "the first fetch ended before them");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        // The first request gives up (its client went away): no fetch is under way now, but
+        // the cooldown is not over, so none is started either.
+        first.abort();
+        let _ = first.await;
+        for _ in 0..3 {
+            let r = tokio::time::timeout(bound, keys.refetch_for_unknown_kid())
+                .await
+                .expect("a request waited within the cooldown");
+            assert!(!r);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert!(keys.current().is_none());
+        assert_eq!(keys.status().unknown_kid_refetches, 1);
+        assert_eq!(keys.status().unknown_kid_throttled, 6);
+    }
+
+    #[test]
+    fn a_discovered_key_set_url_is_https_or_as_local_as_its_issuer() {
+        let ok = |i: &str, j: &str| check_jwks_uri(i, j).is_ok();
+        assert!(ok("https://idp.example", "https://keys.example/jwks"));
+        assert!(ok("https://idp.example", "https://idp.example:8443/jwks"));
+        assert!(ok("http://127.0.0.1:9000", "http://127.0.0.1:9000/jwks"));
+        assert!(ok("http://localhost:9000", "http://[::1]:9001/jwks"));
+        assert!(ok("http://127.0.0.1:9000", "https://keys.example/jwks"));
+        // A remote issuer's document naming a service on the gateway's own host.
+        for local in [
+            "http://127.0.0.1:8500/v1/kv",
+            "http://localhost/jwks",
+            "http://[::1]:9901/config",
+        ] {
+            assert!(!ok("https://idp.example", local), "{local}");
+        }
+        // Plain http elsewhere, whatever the issuer.
+        assert!(!ok("http://127.0.0.1:9000", "http://keys.example/jwks"));
+        assert!(!ok("https://idp.example", "http://keys.example/jwks"));
+        // Credentials in the URL, with either scheme.
+        assert!(!ok("https://idp.example", "https://u:p@keys.example/jwks"));
+        assert!(!ok("https://idp.example", "https://u@keys.example/jwks"));
+        assert!(!ok(
+            "http://127.0.0.1:9000",
+            "http://u:p@127.0.0.1:9000/jwks"
+        ));
+        // Not a URL, or another scheme.
+        for bad in [
+            "",
+            "/jwks",
+            "keys.example/jwks",
+            "file:///etc/passwd",
+            "ftp://k/j",
+        ] {
+            assert!(!ok("https://idp.example", bad), "{bad}");
+        }
     }
 }

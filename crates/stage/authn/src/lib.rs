@@ -16,7 +16,9 @@
 //! Invariants: the token never chooses how it is verified (issuer by `iss` among the route's
 //! issuers, algorithms fixed per issuer, keys never from the token); a verified token is
 //! cached by its SHA-256, never past its `exp`; revocations are checked on every request,
-//! cached or not; client-supplied identity headers are removed on every route.
+//! cached or not; client-supplied identity headers are removed on every route (spelled with
+//! `_` for `-` too); the internal-token key's `kid` is its RFC 7638 thumbprint, and a key a
+//! reload replaced stays published while tokens it signed may live.
 //!
 //! Long-lived state ([`AuthnState`]: remote key sets, revocations, the Redis store, the
 //! internal-token key, failure counters) outlives configuration snapshots, so a reload keeps
@@ -70,8 +72,33 @@ impl Fail {
 
 pub(crate) use portcullis_core::unix_now;
 
-/// How much longer than `internal_token.ttl` a replaced internal-token key stays published.
-const RETIRED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How much longer than the tokens it signed a replaced internal-token key stays published:
+/// for a request that started under the old configuration to end (its upstream's read of
+/// `/jwks` included), and for clock skew between the gateway and the services.
+const RETIRED_GRACE: u64 = 60;
+
+/// An internal-token key a reload replaced, published while tokens it signed may live.
+struct Retired {
+    signer: Arc<Signer>,
+    /// Unix seconds of the replacement.
+    since: u64,
+    /// `internal_token.ttl` then.
+    ttl: std::time::Duration,
+}
+
+impl Retired {
+    /// Until when (unix seconds) `/jwks` publishes the key: past the latest `exp` of every
+    /// token it signed — internal tokens and exchanged ones (`token_exchange`, whose `ttl` may
+    /// be up to a day) alike, under this configuration or an earlier one — and past one more
+    /// internal token signed at the replacement, plus the grace. Read each time, so a token a
+    /// request of the old configuration signs after the replacement counts too.
+    fn until(&self) -> u64 {
+        self.since
+            .saturating_add(self.ttl.as_secs())
+            .max(self.signer.signed_until())
+            .saturating_add(RETIRED_GRACE)
+    }
+}
 
 /// The internal-token signer and what it was built from (key PEM, algorithm).
 type SignerSlot = (Option<portcullis_core::Secret>, Alg, Arc<Signer>);
@@ -85,7 +112,7 @@ pub struct Activation {
     new_store: Option<(String, Arc<Store>)>,
     /// An internal-token key made for this snapshot, likewise.
     new_signer: Option<SignerSlot>,
-    /// `internal_token.ttl`: how long a replaced key stays published.
+    /// `internal_token.ttl`: the least time a replaced key stays published.
     token_ttl: std::time::Duration,
     token_ids: Vec<String>,
     api_keys: Vec<[u8; 32]>,
@@ -102,10 +129,9 @@ pub struct AuthnState {
     pub revocations: Arc<Revocations>,
     store: Mutex<Option<(String, Arc<Store>)>>,
     signer: Mutex<Option<SignerSlot>>,
-    /// The key a reload replaced, and until when `/jwks` still publishes it: tokens it signed
-    /// (up to `internal_token.ttl` before the reload, and by requests still running under the
-    /// old configuration) must stay verifiable while they live.
-    retired: Mutex<Vec<(Arc<Signer>, std::time::Instant)>>,
+    /// The keys reloads replaced, each published while tokens it signed (before the reload,
+    /// and by requests still running under the old configuration) may live.
+    retired: Mutex<Vec<Retired>>,
     pub failures: Arc<failures::FailureTracker>,
     /// The snapshot built last (for the admin API).
     current: ArcSwapOption<Authn>,
@@ -221,18 +247,30 @@ impl AuthnState {
                 .map_err(|_| "signer poisoned".to_string())?;
             match &*slot {
                 Some((pem, alg, s)) if *pem == it.key_pem && *alg == it.algorithm => s.clone(),
-                _ => {
-                    // Unique even for two keys made within a second (both may be published).
-                    let mut salt = [0u8; 4];
-                    let _ =
-                        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt);
-                    let kid = format!("portcullis-{}-{}", unix_now(), revocation::hex(&salt));
-                    let s = match &it.key_pem {
-                        Some(pem) => Signer::from_pkcs8_pem(pem.expose(), kid),
-                        None => Signer::generate(it.algorithm, kid),
+                current => {
+                    let made = match &it.key_pem {
+                        Some(pem) => Signer::from_pkcs8_pem(pem.expose(), String::new()),
+                        None => Signer::generate(it.algorithm, String::new()),
                     }
-                    .map(Arc::new)
                     .map_err(|e| format!("auth.internal_token: {e}"))?;
+                    // The kid is the key's thumbprint: every process holding the key (other
+                    // instances, this one after a restart) publishes and signs with the same.
+                    let kid = made.thumbprint();
+                    // The same key again (the file rewritten, or a key a reload replaced
+                    // coming back): its signer is kept, with what it has signed, so `/jwks`
+                    // lists it once and retires it only when no token of its may live.
+                    let known = current
+                        .as_ref()
+                        .map(|(_, _, s)| s.clone())
+                        .into_iter()
+                        .chain(
+                            self.retired
+                                .lock()
+                                .map(|r| r.iter().map(|k| k.signer.clone()).collect::<Vec<_>>())
+                                .unwrap_or_default(),
+                        )
+                        .find(|s| s.kid() == kid);
+                    let s = known.unwrap_or_else(|| Arc::new(made.with_kid(kid)));
                     new_signer = Some((it.key_pem.clone(), it.algorithm, s.clone()));
                     s
                 }
@@ -277,14 +315,22 @@ impl AuthnState {
         }
         if let Some(new) = a.new_signer
             && let Ok(mut slot) = self.signer.lock()
-            && let Some((_, _, old)) = slot.replace(new)
             && let Ok(mut retired) = self.retired.lock()
         {
-            // Long enough for a token signed just now, and for a request that started under
-            // the old configuration to end (its upstream's read of `/jwks` included).
-            let now = std::time::Instant::now();
-            retired.retain(|(_, until)| *until > now);
-            retired.push((old, now + a.token_ttl + RETIRED_GRACE));
+            let kid = new.2.kid().to_string();
+            let old = slot.replace(new);
+            let now = unix_now();
+            // The key in force is published as such, never also as a retired one.
+            retired.retain(|k| k.signer.kid() != kid && k.until() > now);
+            if let Some((_, _, old)) = old
+                && old.kid() != kid
+            {
+                retired.push(Retired {
+                    signer: old,
+                    since: now,
+                    ttl: a.token_ttl,
+                });
+            }
         }
         self.revocations
             .set_configured(&a.token_ids, &a.api_keys, a.leeway);
@@ -297,18 +343,23 @@ impl AuthnState {
     /// The public key set of gateway-signed internal tokens: the current key, and the one a
     /// reload replaced while tokens it signed may still be alive.
     pub fn public_jwks(&self) -> serde_json::Value {
-        let mut keys: Vec<serde_json::Value> = self
+        let mut signers: Vec<Arc<Signer>> = self
             .signer
             .lock()
             .ok()
-            .and_then(|s| s.as_ref().map(|(_, _, s)| vec![s.public_jwk()]))
+            .and_then(|s| s.as_ref().map(|(_, _, s)| vec![s.clone()]))
             .unwrap_or_default();
         if let Ok(mut retired) = self.retired.lock() {
-            let now = std::time::Instant::now();
-            retired.retain(|(_, until)| *until > now);
-            // The most recently replaced first.
-            keys.extend(retired.iter().rev().map(|(old, _)| old.public_jwk()));
+            let now = unix_now();
+            retired.retain(|k| k.until() > now);
+            // The most recently replaced first; a kid is listed once.
+            for k in retired.iter().rev() {
+                if !signers.iter().any(|s| s.kid() == k.signer.kid()) {
+                    signers.push(k.signer.clone());
+                }
+            }
         }
+        let keys: Vec<serde_json::Value> = signers.iter().map(|s| s.public_jwk()).collect();
         serde_json::json!({ "keys": keys })
     }
 
@@ -340,5 +391,135 @@ impl AuthnState {
             .load_full()
             .map(|a| a.key_metrics())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn settings(algorithm: &str, key: Option<&Signer>) -> AuthSettings {
+        let raw: RawAuth = serde_json::from_value(serde_json::json!({
+            "internal_token": {"algorithm": algorithm, "ttl": "60s"},
+        }))
+        .unwrap();
+        let mut e = portcullis_core::ConfigErrors::new();
+        let mut s = config::compile(&raw, std::path::Path::new("."), &mut e);
+        assert!(e.is_empty(), "{e:?}");
+        s.internal_token.key_pem = key.map(|k| portcullis_core::Secret::new(k.to_pkcs8_pem()));
+        s
+    }
+
+    fn kids(state: &AuthnState) -> Vec<String> {
+        state.public_jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    impl AuthnState {
+        /// Each retired key's kid and end of publication.
+        fn retired_until(&self) -> Vec<(String, u64)> {
+            self.retired
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|k| (k.signer.kid().to_string(), k.until()))
+                .collect()
+        }
+    }
+
+    /// A key replaced by a reload stays published as long as the longest-lived token it
+    /// signed — here one exchanged for an hour (`token_exchange.ttl` may be up to a day),
+    /// far past `internal_token.ttl` — and the grace.
+    #[test]
+    fn a_replaced_key_stays_published_while_tokens_it_signed_live() {
+        let state = AuthnState::new();
+        let a = state.build(&settings("EdDSA", None), Vec::new()).unwrap();
+        let exp = unix_now() + 3600;
+        let mut claims = serde_json::Map::new();
+        claims.insert("exp".into(), exp.into());
+        a.signer.sign("at+jwt", &claims).unwrap();
+        let old = a.signer.kid().to_string();
+
+        let b = state.build(&settings("ES256", None), Vec::new()).unwrap();
+        let new = b.signer.kid().to_string();
+        assert_ne!(old, new);
+        assert_eq!(kids(&state), [new.clone(), old.clone()]);
+        let until = state.retired_until();
+        assert_eq!(until.len(), 1);
+        assert_eq!(until[0].0, old);
+        assert!(
+            until[0].1 >= exp + RETIRED_GRACE,
+            "published until {}, a token lives until {exp}",
+            until[0].1
+        );
+
+        // A key that signed nothing longer is kept for the internal ttl and the grace.
+        let c = state.build(&settings("EdDSA", None), Vec::new()).unwrap();
+        let until = state.retired_until();
+        let b_until = until.iter().find(|(k, _)| *k == new).unwrap().1;
+        let now = unix_now();
+        assert!((now + 60 + RETIRED_GRACE..=now + 61 + RETIRED_GRACE).contains(&b_until));
+        assert_eq!(kids(&state), [c.signer.kid().to_string(), new, old]);
+    }
+
+    /// The kid is the key's RFC 7638 thumbprint: the same key file gives the same kid in any
+    /// process; a reload that keeps the key (the file rewritten) keeps its signer, and a key
+    /// that comes back while still published as retired is listed once.
+    #[test]
+    fn the_same_key_has_the_same_kid_and_is_listed_once() {
+        let k1 = Signer::generate(Alg::EdDSA, "ignored".into()).unwrap();
+        let k2 = Signer::generate(Alg::EdDSA, "ignored".into()).unwrap();
+        let (t1, t2) = (k1.thumbprint(), k2.thumbprint());
+
+        let one = AuthnState::new();
+        let other = AuthnState::new();
+        let a = one
+            .build(&settings("EdDSA", Some(&k1)), Vec::new())
+            .unwrap();
+        let b = other
+            .build(&settings("EdDSA", Some(&k1)), Vec::new())
+            .unwrap();
+        assert_eq!(a.signer.kid(), t1);
+        assert_eq!(b.signer.kid(), t1);
+        assert_eq!(kids(&one), kids(&other));
+
+        // The same key in a file written otherwise (here: a comment before the block).
+        let mut rewritten = settings("EdDSA", None);
+        rewritten.internal_token.key_pem = Some(portcullis_core::Secret::new(format!(
+            "# rotated never\n{}",
+            k1.to_pkcs8_pem()
+        )));
+        let again = one.build(&rewritten, Vec::new()).unwrap();
+        assert!(Arc::ptr_eq(&again.signer, &a.signer));
+        assert_eq!(kids(&one), [t1.as_str()]);
+
+        // k1 → k2 → k1: k1 is in force again, not also retired.
+        let mut claims = serde_json::Map::new();
+        claims.insert("exp".into(), (unix_now() + 7200).into());
+        a.signer.sign("JWT", &claims).unwrap();
+        one.build(&settings("EdDSA", Some(&k2)), Vec::new())
+            .unwrap();
+        assert_eq!(kids(&one), [t2.clone(), t1.clone()]);
+        let back = one
+            .build(&settings("EdDSA", Some(&k1)), Vec::new())
+            .unwrap();
+        assert_eq!(kids(&one), [t1.clone(), t2.clone()]);
+        // … with what it signed before, should it be replaced once more.
+        assert!(Arc::ptr_eq(&back.signer, &a.signer));
+        one.build(&settings("EdDSA", Some(&k2)), Vec::new())
+            .unwrap();
+        assert_eq!(kids(&one), [t2.clone(), t1.clone()]);
+        let t1_until = one
+            .retired_until()
+            .into_iter()
+            .find(|(k, _)| *k == t1)
+            .unwrap()
+            .1;
+        assert!(t1_until >= unix_now() + 7200 + RETIRED_GRACE);
     }
 }

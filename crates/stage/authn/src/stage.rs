@@ -284,9 +284,14 @@ impl Authn {
             },
             _ => return Attempt::Done(Err(Fail::Unavailable("no_keys"))),
         };
+        let kid = if issuer.match_kid {
+            tok.header.kid.as_deref()
+        } else {
+            None
+        };
         let mut any = false;
         let mut verified = false;
-        for k in set.candidates(tok.header.kid.as_deref(), alg) {
+        for k in set.candidates(kid, alg) {
             any = true;
             if tok.verify(&k.key).is_ok() {
                 verified = true;
