@@ -947,9 +947,11 @@ async fn upstream_failures_become_502_503_504_problems() {
     let gw = gateway(&format!(
         r#"upstreams:
   dead: {{ targets: ["http://{dead}"], retries: {{ attempts: 0 }}, passive_health: {{ consecutive_failures: 2, ejection_time: 1m }} }}
+  down: {{ targets: ["http://{dead}"], health_check: {{ interval: 100ms, unhealthy_threshold: 1 }} }}
   slow: {{ targets: ["{}"] }}
 routes:
   - {{ name: dead, match: {{ prefix: /dead }}, upstream: dead }}
+  - {{ name: down, match: {{ prefix: /down }}, upstream: down }}
   - {{ name: slow, match: {{ prefix: /delay }}, upstream: slow, timeout: 300ms }}
 "#,
         up.url()
@@ -962,12 +964,20 @@ routes:
         assert_eq!(ev["stage"], "upstream");
         assert_eq!(ev["target"], dead.to_string());
     }
-    // Two consecutive failures ejected the only target: nothing is tried any more.
-    assert_problem(
-        &get(&format!("{base}/dead")).await,
-        503,
-        "no_healthy_upstream",
-    );
+    // Passive ejection never takes out the last eligible target (clients could otherwise
+    // take an upstream down): it is still tried.
+    assert_problem(&get(&format!("{base}/dead")).await, 502, "upstream_error");
+    // Active checks can: once they find the only target down, nothing is tried any more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get(&format!("{base}/down")).await;
+        if r.status == 503 {
+            assert_problem(&r, 503, "no_healthy_upstream");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let v = assert_problem(
         &get(&format!("{base}/delay/3000")).await,
         504,

@@ -146,15 +146,19 @@ async fn a_dead_target_is_retried_around_then_ejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_uploads_timing_out_do_not_eject_the_target() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Two targets: the last eligible target is never ejected, so one alone would prove nothing.
     let live = TestUpstream::start("live").await;
+    let other = TestUpstream::start("other").await;
     let gw = gateway(&format!(
-        "upstreams:\n  pool: {{ targets: [\"{}\"], request_timeout: 1s, passive_health: {{ consecutive_failures: 2, ejection_time: 1m }} }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: pool, waf: {{ mode: off }} }}\n",
-        live.url()
+        "upstreams:\n  pool: {{ targets: [\"{}\", \"{}\"], request_timeout: 1s, passive_health: {{ consecutive_failures: 2, ejection_time: 1m }} }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: pool, waf: {{ mode: off }} }}\n",
+        live.url(),
+        other.url()
     ));
     let addr = gw.listener("public");
-    // Three uploads at once, each sending 10 of its 1000 bytes and then waiting.
+    // Four uploads at once (two per target), each sending 10 of its 1000 bytes and then
+    // waiting.
     let mut uploads = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 1000\r\n\r\n0123456789")
             .await
@@ -170,15 +174,49 @@ async fn slow_uploads_timing_out_do_not_eject_the_target() {
         let out = String::from_utf8_lossy(&buf[..n]);
         assert!(out.starts_with("HTTP/1.1 504"), "{out}");
     }
-    // The target is still in.
+    // Both targets are still in.
     let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
-    let line = metrics
+    let lines: Vec<&str> = metrics
         .lines()
-        .find(|l| l.starts_with("portcullis_upstream_target_healthy"))
-        .unwrap_or_else(|| panic!("{metrics}"));
-    assert!(line.ends_with(" 1"), "{line}");
+        .filter(|l| l.starts_with("portcullis_upstream_target_healthy"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{metrics}");
+    assert!(lines.iter().all(|l| l.ends_with(" 1")), "{lines:?}");
     let r = get(&format!("{}/x", gw.url("public"))).await;
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A path on which every backend answers 503 does not let a client take the pool out: each
+/// request counts against one target (its retry failing the same way is the request's doing),
+/// at most half the targets are ejected, never the last eligible one — other paths are still
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_eject_every_target() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let c = TestUpstream::start("c").await;
+    // Default retries and passive health.
+    let gw = gateway(&format!(
+        "upstreams:\n  pool: {{ targets: [\"{}\", \"{}\", \"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: pool }}\n",
+        a.url(),
+        b.url(),
+        c.url()
+    ));
+    let base = gw.url("public");
+    for _ in 0..40 {
+        let r = get(&format!("{base}/status/503")).await;
+        assert_eq!(r.status, 503);
+    }
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    let in_rotation = metrics
+        .lines()
+        .filter(|l| l.starts_with("portcullis_upstream_target_healthy") && l.ends_with(" 1"))
+        .count();
+    assert_eq!(in_rotation, 2, "{metrics}");
+    for _ in 0..4 {
+        let r = get(&format!("{base}/x")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

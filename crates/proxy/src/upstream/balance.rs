@@ -1,5 +1,7 @@
 //! Target selection: smooth weighted round robin and power-of-two-choices least requests, both
-//! restricted to eligible targets, both lock-free.
+//! restricted to eligible targets, both lock-free. Targets out of rotation leave their share to
+//! the others in proportion to their weights (round robin) or evenly (least requests), never
+//! to a neighbour.
 
 use std::sync::atomic::Ordering;
 
@@ -9,7 +11,7 @@ use super::{MAX_ATTEMPTS, UpstreamPool};
 
 /// Upper bound on the round-robin schedule's length. Weights whose sum exceeds it are scaled
 /// down (each keeping at least 1), so an outlandish weight cannot make the schedule — and the
-/// walk over ineligible entries — large.
+/// draws past ineligible entries — large.
 const MAX_SCHEDULE: u64 = 4096;
 
 fn gcd(a: u64, b: u64) -> u64 {
@@ -90,28 +92,54 @@ impl UpstreamPool {
 
     fn pick(&self, now: u64, allowed: impl Fn(usize) -> bool) -> Option<usize> {
         let ok = |i: usize| allowed(i) && self.eligible(i, now);
+        let n = self.targets.len();
+        // Any target that can take the request, for the rare draws that found none.
+        let any = || (0..n).find(|&i| ok(i));
         match self.balance {
             Balance::RoundRobin => {
-                let n = self.schedule.len();
+                let len = self.schedule.len();
                 // Relaxed: the cursor only spreads load; it orders nothing.
-                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-                // An ineligible entry passes its turn to the next eligible one.
-                (0..n)
-                    .map(|k| self.schedule[start.wrapping_add(k) % n] as usize)
-                    .find(|&i| ok(i))
+                let draw =
+                    || self.schedule[self.cursor.fetch_add(1, Ordering::Relaxed) % len] as usize;
+                let first = draw();
+                if ok(first) {
+                    return Some(first);
+                }
+                any()?;
+                // An entry whose target cannot take the request is passed over and the next
+                // one drawn from the cursor, so that the turns of a target out of rotation are
+                // shared by the others as the schedule shares them — by weight — instead of
+                // all going to the entry after it. One period of the schedule holds every
+                // target; draws made at the same time by other requests can take the entries
+                // this one needed, hence the scan at the end.
+                (1..len).map(|_| draw()).find(|&i| ok(i)).or_else(any)
             }
             Balance::LeastRequests => {
-                let n = self.targets.len();
-                let probe = |start: usize| (0..n).map(|k| (start + k) % n).find(|&i| ok(i));
                 if n == 1 {
-                    return probe(0);
+                    return any();
                 }
+                // A target that cannot take the request is replaced by one drawn among those
+                // that can, not by its neighbour: each of these is then as likely a
+                // candidate as the others.
+                let among_ok = |skip: Option<usize>| {
+                    let fits = |i: &usize| Some(*i) != skip && ok(*i);
+                    let m = (0..n).filter(fits).count();
+                    if m == 0 {
+                        return None;
+                    }
+                    let k = fastrand::usize(..m);
+                    (0..n).filter(fits).nth(k).or_else(|| (0..n).find(fits))
+                };
                 // Two *distinct* random candidates: with two targets both are always compared,
                 // so a busy target never wins against an idle one.
                 let a0 = fastrand::usize(..n);
-                let b0 = (a0 + 1 + fastrand::usize(..n - 1)) % n;
-                let a = probe(a0)?;
-                let b = probe(b0).unwrap_or(a);
+                let a = if ok(a0) { a0 } else { among_ok(None)? };
+                let b0 = (a + 1 + fastrand::usize(..n - 1)) % n;
+                let b = if ok(b0) {
+                    b0
+                } else {
+                    among_ok(Some(a)).unwrap_or(a)
+                };
                 let load = |i: usize| self.targets[i].in_flight.count.load(Ordering::Relaxed);
                 Some(if load(b) < load(a) { b } else { a })
             }

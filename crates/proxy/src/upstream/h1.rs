@@ -12,8 +12,11 @@
 //!   the costs that dominated a proxied request through the general client (see
 //!   docs/performance.md and ADR 0007).
 //! * **Rejects**: [`SendError::Connect`] when no connection could be made (nothing was sent),
-//!   [`SendError::Other`] for everything after (write failure, a malformed or oversized head,
-//!   an unsupported answer).
+//!   [`SendError::Unanswered`] when a fresh connection ended before any byte of an answer,
+//!   [`SendError::Request`] when the request's own body failed or disagreed with its length,
+//!   [`SendError::Stale`] when a reused connection turned out closed and the request could not
+//!   be sent again, [`SendError::Other`] for everything else after the connect (write failure,
+//!   a malformed or oversized head, an unsupported answer).
 //!
 //! Invariants:
 //! * Framing follows RFC 9112 §6.3: no body after HEAD, 1xx, 204 and 304; a
@@ -27,12 +30,21 @@
 //!   and on arbitrary bytes by the `upstream_response` fuzz target (module `differential`,
 //!   built for tests and the `fuzzing` feature). Where the two differ, this client is the
 //!   stricter: it refuses the answer (a 502 to the client when the head is refused; a body
-//!   cut off, the connection closed, when a chunk is).
+//!   cut off, the connection closed, when a chunk is). Its limits are hyper's or tighter, and
+//!   are held against where a line or section ends, never against what one read happened to
+//!   hold: a chunk-size line of at most 4 KiB (hyper: none), chunk extensions of less than
+//!   16 KiB over the whole body and a trailer section of less than 16 KiB (hyper's own), at
+//!   most 16 hex digits of chunk size (hyper: any number of leading zeros).
 //! * A connection is reused only after an HTTP/1.1 answer without `Connection: close` whose
 //!   body was read to its end with no byte left over. A body dropped early closes it.
 //! * An idle connection is checked before reuse (a target that closed it is noticed without
 //!   sending anything); one that still turns out closed before any byte of the answer costs
-//!   one more attempt on a fresh connection, for bodiless requests of idempotent methods only.
+//!   one more attempt on a fresh connection, for bodiless requests of idempotent methods only
+//!   (otherwise [`SendError::Stale`]). A *fresh* connection closed so is no such race: the
+//!   target dropped the request ([`SendError::Unanswered`]; the pool counts it against the
+//!   target and may send a bodiless idempotent request to another).
+//! * The request target is written in origin form: a path-and-query without a leading `/` (a
+//!   query alone) gets one, as hyper's client writes it; `*` stays.
 //! * A body is sent with `Content-Length` and must match it. While it is sent the connection
 //!   is watched: an answer that comes early (a 413, a 401) stops the sending and is returned,
 //!   and the connection is not reused. A body that fails (too large, too slow) fails the
@@ -68,10 +80,16 @@ const MAX_HEAD_BYTES: usize = 256 * 1024;
 /// At most this many informational (1xx) heads before the final one: a target sending them
 /// without end would keep the exchange parsing until its deadline.
 const MAX_INFORMATIONAL: u32 = 16;
-/// A chunk-size line (with extensions) may not exceed this.
+/// A chunk-size line (with extensions, without its CRLF) may not exceed this. hyper's client
+/// has no bound of its own on the line, only on the extensions ([`MAX_CHUNK_EXTENSIONS`]).
 const MAX_CHUNK_LINE: usize = 4096;
-/// A trailer section may not exceed this.
-const MAX_TRAILER_BYTES: usize = 64 * 1024;
+/// The extension bytes (those after a chunk-size line's first `;`) of all the chunk-size lines
+/// of one body together must stay below this: hyper's client refuses a body whose extensions
+/// reach 16 KiB, and a target could otherwise send an endless body of empty extensions.
+const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
+/// A trailer section (from after the last chunk's size line to the CRLF that ends it, both
+/// included) must stay below this, as in hyper's client (16 KiB).
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Free room every read has at least: an answer whose head and body come to less than this,
 /// once arrived, is taken in one read and so goes to the client in one write (a 16 KiB body
 /// read in two cost a read and a write more per request). Below it, the buffer is grown by
@@ -83,11 +101,23 @@ const READ_ROOM: usize = 32 * 1024;
 /// A first body chunk up to this size goes out in the same write as the head.
 const COALESCE_BODY: usize = 16 * 1024;
 
-/// Why an exchange failed.
+/// Why an exchange failed. The pool counts against the target what says something of it:
+/// `Connect`, `Unanswered` and `Other`, not `Request` nor `Stale`.
 #[derive(Debug)]
 pub(super) enum SendError {
     /// No connection: the request never left.
     Connect(BoxError),
+    /// A fresh connection was closed (or reset) by the target before any byte of an answer
+    /// came: the target dropped the request. A bodiless request of an idempotent method may
+    /// be sent again, elsewhere.
+    Unanswered(BoxError),
+    /// The request's body failed (the gateway's size or rate limits, the client gone) or did
+    /// not match its length: nothing the target did.
+    Request(BoxError),
+    /// A pooled connection the target had closed while it was idle (nothing of an answer
+    /// came), for a request that is not sent twice: the race every keep-alive client has
+    /// with a server closing idle connections, no fault of the target.
+    Stale(BoxError),
     /// The exchange failed after the request may have been sent.
     Other(BoxError),
 }
@@ -260,13 +290,15 @@ impl Conn {
     }
 
     /// Sends the rest of a request body: `pending`, then `left` more bytes from `body`.
-    /// `Ok(false)`: an answer arrived before the body was all sent (sending stopped).
+    /// `Ok(false)`: an answer arrived before the body was all sent (sending stopped). A body
+    /// that fails or does not match its length is `Exchange::Request`; the connection failing
+    /// is `Exchange::Failed`.
     async fn send_body(
         &mut self,
         body: &mut BoxBody,
         mut left: u64,
         mut pending: Bytes,
-    ) -> Result<bool, BoxError> {
+    ) -> Result<bool, Exchange> {
         loop {
             while !pending.is_empty() {
                 let step = std::future::poll_fn(|cx| {
@@ -277,10 +309,11 @@ impl Conn {
                         .poll_write(cx, &pending)
                         .map(|r| r.map(Some).map_err(|e| -> BoxError { Box::new(e) }))
                 })
-                .await?;
+                .await
+                .map_err(Exchange::Failed)?;
                 match step {
                     None => return Ok(false),
-                    Some(0) => return Err(Box::new(H1Error::ClosedDuringBody)),
+                    Some(0) => return Err(Exchange::Failed(Box::new(H1Error::ClosedDuringBody))),
                     Some(n) => pending.advance(n),
                 }
             }
@@ -293,17 +326,18 @@ impl Conn {
                 }
                 Pin::new(&mut *body).poll_frame(cx).map(|f| Ok(Some(f)))
             })
-            .await?;
+            .await
+            .map_err(Exchange::Failed)?;
             match frame {
                 None => return Ok(false),
-                Some(None) => return Err(Box::new(H1Error::BodyShort)),
-                Some(Some(Err(e))) => return Err(e),
+                Some(None) => return Err(Exchange::Request(Box::new(H1Error::BodyShort))),
+                Some(Some(Err(e))) => return Err(Exchange::Request(e)),
                 Some(Some(Ok(frame))) => {
                     // Trailers cannot follow a length-delimited body; they are dropped, as
                     // they would be by any HTTP/1.1 client.
                     if let Ok(data) = frame.into_data() {
                         if data.len() as u64 > left {
-                            return Err(Box::new(H1Error::BodyLong));
+                            return Err(Exchange::Request(Box::new(H1Error::BodyLong)));
                         }
                         left -= data.len() as u64;
                         pending = data;
@@ -349,6 +383,12 @@ pub(super) fn encode_head(out: &mut Vec<u8>, req: &RequestHead<'_>, authority: &
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
+    // An origin-form target starts with `/` (RFC 9112 §3.2.1): a query alone (`?x=1`, from an
+    // absolute form without a path or an HTTP/2 `:path` of that shape) gets one in front, as
+    // hyper's client writes it; `*` (an `OPTIONS` of the whole server) stays as it is.
+    if !(path_and_query.starts_with('/') || path_and_query == "*") {
+        out.push(b'/');
+    }
     out.extend_from_slice(path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     match host {
@@ -685,7 +725,12 @@ impl Direct {
                 // again, on a fresh connection.
                 Err(Exchange::Stale(_))
                     if reused && req.body_len == 0 && method.is_idempotent() => {}
-                Err(Exchange::Stale(e) | Exchange::Failed(e)) => return Err(SendError::Other(e)),
+                Err(Exchange::Stale(e)) if reused => return Err(SendError::Stale(e)),
+                // On a fresh connection nothing of an answer is no race: the target took the
+                // connection and dropped the request.
+                Err(Exchange::Stale(e)) => return Err(SendError::Unanswered(e)),
+                Err(Exchange::Request(e)) => return Err(SendError::Request(e)),
+                Err(Exchange::Failed(e)) => return Err(SendError::Other(e)),
                 Ok(resp) => return Ok(resp),
             }
         }
@@ -713,7 +758,7 @@ impl Direct {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         if data.len() as u64 > left {
-                            return Err(Exchange::Failed(Box::new(H1Error::BodyLong)));
+                            return Err(Exchange::Request(Box::new(H1Error::BodyLong)));
                         }
                         left -= data.len() as u64;
                         if data.len() <= COALESCE_BODY {
@@ -723,8 +768,8 @@ impl Direct {
                         }
                     }
                 }
-                Some(Err(e)) => return Err(Exchange::Failed(e)),
-                None => return Err(Exchange::Failed(Box::new(H1Error::BodyShort))),
+                Some(Err(e)) => return Err(Exchange::Request(e)),
+                None => return Err(Exchange::Request(Box::new(H1Error::BodyShort))),
             }
         }
         let written = conn.io.write_all(&wbuf).await;
@@ -738,9 +783,7 @@ impl Direct {
         }
         // Whether the whole request went out (an early answer cuts the body short).
         let complete = if req.body_len > 0 {
-            conn.send_body(body, left, pending)
-                .await
-                .map_err(Exchange::Failed)?
+            conn.send_body(body, left, pending).await?
         } else {
             true
         };
@@ -794,6 +837,7 @@ impl Direct {
             reusable,
             idle: idle.clone(),
             direct: *self,
+            extensions: 0,
         };
         if body.state == State::Done {
             body.release();
@@ -807,9 +851,11 @@ impl Direct {
 }
 
 /// An attempt's failure: `Stale` when nothing of an answer arrived (the connection may have
-/// been closed by the target while idle).
+/// been closed by the target while idle), `Request` when the request's body failed or did not
+/// match its length.
 enum Exchange {
     Stale(BoxError),
+    Request(BoxError),
     Failed(BoxError),
 }
 
@@ -832,6 +878,8 @@ pub(super) struct H1Body {
     reusable: bool,
     idle: Arc<IdleConns>,
     direct: Direct,
+    /// Extension bytes of the chunk-size lines read so far ([`MAX_CHUNK_EXTENSIONS`]).
+    extensions: usize,
 }
 
 impl H1Body {
@@ -939,9 +987,21 @@ impl Body for H1Body {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 State::ChunkSize => {
-                    if let Some(end) = find_crlf(&conn.rbuf) {
-                        let size = chunk_size(&conn.rbuf[..end]);
+                    // The line's end is looked for only where a line of the longest length
+                    // would have it: whether the line is refused depends on its length, never
+                    // on how its bytes were cut into reads.
+                    let window = &conn.rbuf[..buffered.min(MAX_CHUNK_LINE + 2)];
+                    if let Some(end) = find_crlf(window) {
+                        let line = &conn.rbuf[..end];
+                        let size = chunk_size(line);
+                        if let Some(semi) = line.iter().position(|&b| b == b';') {
+                            this.extensions += end - semi - 1;
+                        }
                         let _ = conn.rbuf.split_to(end + 2);
+                        if this.extensions >= MAX_CHUNK_EXTENSIONS {
+                            return this
+                                .fail(Box::new(H1Error::BadChunk("chunk extensions too large")));
+                        }
                         match size {
                             Ok(0) => this.state = State::Trailers,
                             Ok(n) => this.state = State::ChunkData(n),
@@ -949,7 +1009,7 @@ impl Body for H1Body {
                         }
                         continue;
                     }
-                    if buffered > MAX_CHUNK_LINE {
+                    if window.len() == MAX_CHUNK_LINE + 2 {
                         return this.fail(Box::new(H1Error::BadChunk("chunk size line too long")));
                     }
                 }
@@ -967,7 +1027,10 @@ impl Body for H1Body {
                         this.release();
                         return Poll::Ready(None);
                     }
-                    if let Some(end) = conn.rbuf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    // As for a chunk-size line: the section's end is looked for only where a
+                    // section short enough would have it.
+                    let window = &conn.rbuf[..buffered.min(MAX_TRAILER_BYTES - 1)];
+                    if let Some(end) = window.windows(4).position(|w| w == b"\r\n\r\n") {
                         let section = conn.rbuf.split_to(end + 4);
                         // Every line ended by CRLF: `httparse` also takes a bare LF for a line
                         // end (and an empty one for the section's end, which would leave bytes
@@ -1006,7 +1069,7 @@ impl Body for H1Body {
                         this.release();
                         return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                     }
-                    if buffered > MAX_TRAILER_BYTES {
+                    if window.len() == MAX_TRAILER_BYTES - 1 {
                         return this.fail(Box::new(H1Error::BadChunk("trailer section too large")));
                     }
                 }
@@ -1471,6 +1534,14 @@ mod tests {
                 raw.extend_from_slice(&data);
                 raw.extend_from_slice(pick(&[b"\r\n", b"\r\n", b"\r\n", b"\n", b"xx"]));
             }
+            // Now and then chunks whose extensions come to about hyper's limit on them
+            // (16 KiB for the body), each line within the direct client's own.
+            if fastrand::u8(..10) == 0 {
+                for _ in 0..fastrand::usize(4..6) {
+                    let ext = "e".repeat(fastrand::usize(3500..4090));
+                    raw.extend_from_slice(format!("1;{ext}\r\nz\r\n").as_bytes());
+                }
+            }
             raw.extend_from_slice(pick(&[
                 b"0\r\n",
                 b"0\r\n",
@@ -1485,6 +1556,11 @@ mod tests {
                     b"Bad Field: 1\r\n",
                     b"X-Bad: \x01\r\n",
                 ]));
+            }
+            // Now and then a trailer section about the size of hyper's limit (16 KiB).
+            if fastrand::u8(..10) == 0 {
+                let value = "t".repeat(fastrand::usize(16_300..16_400));
+                raw.extend_from_slice(format!("X-Big: {value}\r\n").as_bytes());
             }
             raw.extend_from_slice(pick(&[b"\r\n", b"\r\n", b""]));
         } else {
@@ -1514,6 +1590,72 @@ mod tests {
         assert!(
             read > 300 && refused > 300,
             "read {read}, refused {refused}"
+        );
+    }
+
+    /// A chunked answer: chunks of one byte with these chunk-size line tails, then the last
+    /// chunk with `last`'s tail and a trailer section of `trailer` (field lines and the final
+    /// CRLF).
+    fn chunked(tails: &[String], last: &str, trailer: &str) -> Vec<u8> {
+        let mut raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for t in tails {
+            raw.extend_from_slice(format!("1{t}\r\nz\r\n").as_bytes());
+        }
+        raw.extend_from_slice(format!("0{last}\r\n{trailer}").as_bytes());
+        raw
+    }
+
+    /// hyper's client refuses a body whose chunk extensions come to 16 KiB and a trailer
+    /// section of 16 KiB; the direct client refuses them too (it read both when each line was
+    /// short, or when the section came in few reads), and reads what hyper reads up to the
+    /// limits. A chunk-size line over its own limit is refused even when it came whole.
+    #[tokio::test]
+    async fn chunk_extensions_and_trailers_are_held_to_hyper_s_limits() {
+        let ext = |n: usize| format!(";{}", "e".repeat(n - 1));
+        // `ext(n)`: `;` and n - 1 extension bytes. Four lines of 4000 extension bytes; the last
+        // chunk's make the total 16383 (read) or 16384 (refused).
+        let four: Vec<String> = (0..4).map(|_| ext(4001)).collect();
+        let below = chunked(&four, &ext(16 * 1024 - 16_000), "\r\n");
+        let at_limit = chunked(&four, &ext(16 * 1024 - 16_000 + 1), "\r\n");
+        assert_eq!(
+            differential::check(&below, false).await,
+            differential::Outcome::Read {
+                status: 200,
+                body: 4
+            }
+        );
+        assert_eq!(
+            differential::check(&at_limit, false).await,
+            differential::Outcome::Refused
+        );
+        // The trailer section, final CRLF included: 16383 bytes are read, 16384 refused.
+        let field = |len: usize| format!("X-Big: {}\r\n\r\n", "t".repeat(len - 11));
+        let small = chunked(&[], "", &field(16 * 1024 - 1));
+        assert_eq!(
+            differential::check(&small, false).await,
+            differential::Outcome::Read {
+                status: 200,
+                body: 0
+            }
+        );
+        let large = chunked(&[], "", &field(16 * 1024));
+        assert_eq!(
+            differential::check(&large, false).await,
+            differential::Outcome::Refused
+        );
+        // One line longer than MAX_CHUNK_LINE (hyper reads it: it has no bound of its own).
+        let long = chunked(&[ext(MAX_CHUNK_LINE)], "", "\r\n");
+        assert_eq!(
+            differential::check(&long, false).await,
+            differential::Outcome::Refused
+        );
+        let longest = chunked(&[ext(MAX_CHUNK_LINE - 1)], "", "\r\n");
+        assert_eq!(
+            differential::check(&longest, false).await,
+            differential::Outcome::Read {
+                status: 200,
+                body: 1
+            }
         );
     }
 

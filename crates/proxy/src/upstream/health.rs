@@ -1,6 +1,12 @@
 //! Target health: passive (outcomes of real requests eject a failing target for a while) and
 //! active (a periodic GET marks a target unhealthy or healthy after thresholds of consecutive
 //! results). Both only flip atomics that selection reads.
+//!
+//! Passive ejection is bounded, as a client can drive it (a path that makes every backend
+//! answer 503, or time out): at most `max_ejection_percent` (50) of the targets
+//! (rounded down, at least one) are ejected at once, and never the last eligible one — a
+//! target that would be is kept in rotation and its count starts over. Only active checks can
+//! take every target out.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -81,8 +87,8 @@ impl UpstreamPool {
         }
     }
 
-    /// A request to target `i` failed (connect error, timeout, 502/503/504); ejects it at the
-    /// threshold.
+    /// A request to target `i` failed (connect error, timeout, a failed exchange, 502/503/504);
+    /// ejects it at the threshold, within the bounds of [`eject`](Self::eject).
     pub(super) fn record_failure(&self, i: usize) {
         let threshold = self.passive.consecutive_failures;
         if threshold == 0 {
@@ -93,15 +99,15 @@ impl UpstreamPool {
         if n < threshold {
             return;
         }
-        // The count starts over: after the ejection the target gets `threshold` more chances.
+        // The count starts over: after the ejection (or a refusal to eject) the target gets
+        // `threshold` more chances.
         t.failures.store(0, Ordering::Relaxed);
         let now = self.now_ms();
         let until = now.saturating_add(millis(self.passive.ejection_time));
         if until <= now {
             return; // ejection_time 0: counting without ejecting
         }
-        let previous = t.ejected_until.swap(until, Ordering::Relaxed);
-        if previous <= now {
+        if self.eject(i, until, now) {
             tracing::warn!(
                 upstream = %self.name,
                 target = %t.authority,
@@ -110,6 +116,42 @@ impl UpstreamPool {
                 "target ejected after consecutive failures"
             );
         }
+    }
+
+    /// Ejects target `i` until `until` (ms since the epoch), unless that would eject more than
+    /// `max_ejection_percent` of the targets (rounded down, at least one) or leave no eligible
+    /// target. True if the target was in rotation and is now out; a target already ejected
+    /// only has its ejection extended.
+    pub(super) fn eject(&self, i: usize, until: u64, now: u64) -> bool {
+        let t = &self.targets[i];
+        // One decision at a time: two targets failing together must not both pass the checks
+        // below (ejections are rare; the request path never takes this lock otherwise).
+        let _one = self
+            .ejecting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if t.ejected_until.load(Ordering::Relaxed) > now {
+            t.ejected_until.fetch_max(until, Ordering::Relaxed);
+            return false;
+        }
+        let n = self.targets.len();
+        let out = self
+            .targets
+            .iter()
+            .filter(|o| o.ejected_until.load(Ordering::Relaxed) > now)
+            .count();
+        let pct = usize::try_from(self.max_ejection_percent.min(100)).unwrap_or(100);
+        let cap = (n.saturating_mul(pct) / 100).max(1);
+        if out >= cap {
+            tracing::debug!(upstream = %self.name, target = %t.authority, ejected = out, "not ejected: the ejection cap is reached");
+            return false;
+        }
+        if !(0..n).any(|j| j != i && self.eligible(j, now)) {
+            tracing::debug!(upstream = %self.name, target = %t.authority, "not ejected: it is the last eligible target");
+            return false;
+        }
+        t.ejected_until.store(until, Ordering::Relaxed);
+        true
     }
 
     /// Spawns active health checking (one task per target) if the upstream configures it,

@@ -14,9 +14,15 @@
 //! * Eligible = healthy by active checks (targets start healthy) and not passively ejected.
 //! * Only requests the caller marks retryable (idempotent methods) *and* whose body is known
 //!   to be empty are retried — a streamed body cannot be replayed. Retries happen on connect
-//!   errors (the request never left) and on the configured statuses, never on a timeout or a
-//!   failure mid-exchange (the upstream may have acted on the request). A retry prefers a
-//!   target not yet tried.
+//!   errors (the request never left), on a fresh connection the target closed before any byte
+//!   of an answer (direct client), and on the configured statuses, never on a timeout or a
+//!   failure once an answer began. A retry prefers a target not yet tried.
+//! * Passive health counts against a target what says something of it: connect errors,
+//!   timeouts (unless the request body was still being sent), exchanges it broke off or botched
+//!   before its answer's head (unless the request's own body failed), 502/503/504. A request
+//!   counts against one target for each kind of failure: a retry failing the same way is taken
+//!   for the request's doing. Ejection is bounded (`health.rs`): at most half the targets at
+//!   once, never the last eligible one.
 //! * Every wait is bounded: connect timeout in the connector, response-head timeout per attempt,
 //!   health-check timeout per probe.
 //! * Selection, counters and ejection are atomics; the one lock on the request path is a
@@ -72,6 +78,10 @@ type HttpClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
 /// The configuration allows at most 5 retries; the attempt bookkeeping ([`Tried`]) is sized
 /// for this many attempts and never allocates.
 const MAX_ATTEMPTS: u32 = 6;
+
+/// The share of an upstream's targets (percent, rounded down, at least one target) that passive
+/// health may eject at once (Envoy's `max_ejection_percent`). Not configurable yet.
+const MAX_EJECTION_PERCENT: u32 = 50;
 
 /// Options of one forward.
 #[derive(Clone, Copy, Debug)]
@@ -241,6 +251,11 @@ pub struct UpstreamPool {
     balance: Balance,
     retries: Retries,
     passive: PassiveHealth,
+    /// At most this share of the targets (percent; rounded down, at least one) is passively
+    /// ejected at once.
+    max_ejection_percent: u32,
+    /// Held while an ejection is decided (see `eject`), never on the request path otherwise.
+    ejecting: std::sync::Mutex<()>,
     health: Option<HealthCheck>,
     host_header: HostHeader,
     /// Longest wait for the next piece of an answer's body ([`GuardedBody`]).
@@ -331,7 +346,29 @@ fn length_agrees(headers: &http::HeaderMap, n: u64) -> bool {
 enum Failure {
     /// Nothing was sent.
     Connect(BoxError),
-    Exchange(BoxError),
+    /// The target took a fresh connection and closed it before any byte of an answer (direct
+    /// client): it dropped the request. Counted against it, and retried like a connect error
+    /// (only requests with an empty body of an idempotent method have retries).
+    Unanswered(BoxError),
+    /// The exchange failed after the request (or part of it) left. `counted`: whether it says
+    /// something of the target — not when the request's own body failed (too large, too
+    /// slow, the client gone, not its announced length), nor for the keep-alive race of a
+    /// pooled connection the target had just closed, nor when the request could not even be
+    /// built.
+    Exchange { error: BoxError, counted: bool },
+}
+
+/// True if an error of hyper's client is the request body's own (hyper calls it a user error):
+/// the body failed, not the target.
+fn request_body_failed(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_user();
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Statuses that count as a passive failure: the target (or something in front of it) says it
@@ -396,6 +433,8 @@ impl UpstreamPool {
             balance: cfg.balance,
             retries: cfg.retries.clone(),
             passive: cfg.passive_health.clone(),
+            max_ejection_percent: MAX_EJECTION_PERCENT,
+            ejecting: std::sync::Mutex::new(()),
             health: cfg.health_check.clone(),
             host_header: cfg.host_header,
             read_timeout: cfg.read_timeout,
@@ -417,14 +456,13 @@ impl UpstreamPool {
     pub fn inherit_health(&self, old: &UpstreamPool) {
         let (now, old_now) = (self.now_ms(), old.now_ms());
         let checked = self.health.is_some() && old.health.is_some();
-        for t in &self.targets {
-            let Some(o) = old
-                .targets
+        let same = |t: &Target| {
+            old.targets
                 .iter()
                 .find(|o| o.authority == t.authority && o.scheme == t.scheme)
-            else {
-                continue;
-            };
+        };
+        for t in &self.targets {
+            let Some(o) = same(t) else { continue };
             if checked {
                 t.healthy
                     .store(o.healthy.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -435,13 +473,17 @@ impl UpstreamPool {
             }
             t.failures
                 .store(o.failures.load(Ordering::Relaxed), Ordering::Relaxed);
-            let left = o
-                .ejected_until
-                .load(Ordering::Relaxed)
-                .saturating_sub(old_now);
+        }
+        // Ejections once every target's active health is known, and within this pool's bounds
+        // (other targets may allow fewer ejections at once, or leave none eligible).
+        for (i, t) in self.targets.iter().enumerate() {
+            let left = same(t).map_or(0, |o| {
+                o.ejected_until
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(old_now)
+            });
             if left > 0 {
-                t.ejected_until
-                    .store(now.saturating_add(left), Ordering::Relaxed);
+                self.eject(i, now.saturating_add(left), now);
             }
         }
     }
@@ -483,11 +525,14 @@ impl UpstreamPool {
         body: BoxBody,
         last: bool,
     ) -> Result<Request<BoxBody>, http::Error> {
-        let pq = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // Written with a leading `/` when it lacks one (a query alone), as the direct client
+        // writes it: hyper's HTTP/1.1 client would, but its HTTP/2 one sends the `:path` as
+        // given, and `?x=1` is no valid `:path` (RFC 9113 §8.3.1).
+        let pq = match parts.uri.path_and_query() {
+            Some(p) if p.as_str().starts_with('/') || p.as_str() == "*" => p.clone(),
+            Some(p) => PathAndQuery::try_from(format!("/{}", p.as_str()))?,
+            None => PathAndQuery::from_static("/"),
+        };
         let uri = Uri::builder()
             .scheme(t.scheme.clone())
             .authority(t.uri_authority.clone())
@@ -562,6 +607,13 @@ impl UpstreamPool {
         let mut tried = Tried::default();
         let mut pick = self.select(&tried);
         let mut attempt = 0;
+        // Whether an attempt of this request already counted a failure status or an unanswered
+        // request against a target. A request that makes one target fail so is the likely
+        // cause when the next fails the same way (a path that makes every backend answer 503
+        // or crash): the retry's failure is not counted as well, so that one request cannot
+        // count against 1 + attempts targets. Connect errors always count (the request never
+        // reached the target).
+        let (mut status_counted, mut unanswered_counted) = (false, false);
         let mut timer = LentTimer::new(opts.timer);
         loop {
             attempt += 1;
@@ -598,7 +650,17 @@ impl UpstreamPool {
                             match d.send(&t.idle, &t.authority, &head, &mut body).await {
                                 Ok(resp) => Ok(resp.map(Either::Right)),
                                 Err(SendError::Connect(e)) => Err(Failure::Connect(e)),
-                                Err(SendError::Other(e)) => Err(Failure::Exchange(e)),
+                                Err(SendError::Unanswered(e)) => Err(Failure::Unanswered(e)),
+                                Err(SendError::Request(error) | SendError::Stale(error)) => {
+                                    Err(Failure::Exchange {
+                                        error,
+                                        counted: false,
+                                    })
+                                }
+                                Err(SendError::Other(error)) => Err(Failure::Exchange {
+                                    error,
+                                    counted: true,
+                                }),
                             }
                         }
                         None => {
@@ -609,14 +671,28 @@ impl UpstreamPool {
                             };
                             let mut req = self
                                 .upstream_request(t, parts, this_body, last)
-                                .map_err(|e| Failure::Exchange(Box::new(e)))?;
+                                .map_err(|e| Failure::Exchange {
+                                    error: Box::new(e),
+                                    counted: false,
+                                })?;
                             for (name, value) in crate::headers::wire_fields(opts.extra) {
                                 req.headers_mut().append(name, value);
                             }
                             match self.client.request(req).await {
                                 Ok(resp) => Ok(resp.map(Either::Left)),
                                 Err(e) if e.is_connect() => Err(Failure::Connect(Box::new(e))),
-                                Err(e) => Err(Failure::Exchange(Box::new(e))),
+                                Err(e) => {
+                                    // The body's failure reaches hyper's HTTP/2 client as a
+                                    // stream error, not a user error: a body that did not go
+                                    // out whole is taken for the cause.
+                                    let counted = !request_body_failed(&e)
+                                        && (body_empty
+                                            || opts.request_body.is_none_or(|b| b.ended()));
+                                    Err(Failure::Exchange {
+                                        error: Box::new(e),
+                                        counted,
+                                    })
+                                }
                             }
                         }
                     }
@@ -653,20 +729,42 @@ impl UpstreamPool {
                     }
                     return Err(err);
                 }
-                Ok(Err(Failure::Exchange(source))) => {
-                    // Not counted against the target: a request body that fails (client too
-                    // slow, too large) surfaces here too, and must not eject a healthy target.
-                    return Err(UpstreamError::Protocol {
+                Ok(Err(Failure::Unanswered(source))) => {
+                    if !unanswered_counted {
+                        self.record_failure(i);
+                        unanswered_counted = true;
+                    }
+                    let err = UpstreamError::Protocol {
                         target: t.authority.clone(),
                         source,
+                    };
+                    // Nothing of an answer came: a request that may be repeated (idempotent,
+                    // no body) goes elsewhere.
+                    if !last && let Some(next) = self.select(&tried) {
+                        tracing::debug!(upstream = %self.name, target = %t.authority, attempt, error = %err, "closed before answering; retrying");
+                        pick = Some(next);
+                        continue;
+                    }
+                    return Err(err);
+                }
+                Ok(Err(Failure::Exchange { error, counted })) => {
+                    // A request body that fails (client too slow, too large) surfaces here too;
+                    // it is not counted, and must not eject a healthy target.
+                    if counted {
+                        self.record_failure(i);
+                    }
+                    return Err(UpstreamError::Protocol {
+                        target: t.authority.clone(),
+                        source: error,
                     });
                 }
                 Ok(Ok(resp)) => {
                     let status = resp.status();
-                    if is_failure_status(status) {
-                        self.record_failure(i);
-                    } else {
+                    if !is_failure_status(status) {
                         self.record_success(i);
+                    } else if !status_counted {
+                        self.record_failure(i);
+                        status_counted = true;
                     }
                     // A retry is only worth it if there is somewhere to send it; otherwise the
                     // target's own answer is better than a made-up error.

@@ -225,6 +225,48 @@ fn weighted_round_robin_follows_the_schedule() {
     assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 4);
 }
 
+/// A target out of rotation leaves its turns to the others in proportion to their weights, not
+/// to the target after it in the schedule (which took two thirds of three equal targets' turns
+/// with the middle one out). Round robin is deterministic: the shares are exact.
+#[test]
+fn an_ejected_target_s_share_goes_to_the_others_by_weight() {
+    let eject = |p: &UpstreamPool, i: usize| {
+        p.targets[i]
+            .ejected_until
+            .store(p.now_ms() + 60_000, Ordering::Relaxed);
+    };
+    let count = |p: &UpstreamPool, picks: usize| {
+        let mut n = vec![0; p.targets.len()];
+        for _ in 0..picks {
+            n[sel(p, &[]).unwrap()] += 1;
+        }
+        n
+    };
+    let three = "\"http://127.0.0.1:1\", \"http://127.0.0.1:2\", \"http://127.0.0.1:3\"";
+    let p = pool(&format!("upstreams: {{ u: {{ targets: [ {three} ] }} }}"));
+    eject(&p, 1);
+    assert_eq!(count(&p, 300), [150, 0, 150]);
+    // Weights 1, 2, 3 with the heaviest out: 1 to 2.
+    let p = pool(
+        "upstreams: { u: { targets: [ { url: \"http://127.0.0.1:1\", weight: 1 }, { url: \"http://127.0.0.1:2\", weight: 2 }, { url: \"http://127.0.0.1:3\", weight: 3 } ] } }",
+    );
+    eject(&p, 2);
+    assert_eq!(count(&p, 300), [100, 200, 0]);
+    // Least requests draws at random: with the loads equal, the first candidate wins, and it
+    // is as often one of the two targets left as the other (it was the target after the
+    // ejected one twice as often).
+    let p = pool(&format!(
+        "upstreams: {{ u: {{ balance: least_requests, targets: [ {three} ] }} }}"
+    ));
+    eject(&p, 1);
+    let n = count(&p, 6000);
+    assert_eq!(n[1], 0);
+    assert!(
+        (2700..3300).contains(&n[0]) && (2700..3300).contains(&n[2]),
+        "{n:?}"
+    );
+}
+
 #[test]
 fn a_retry_prefers_an_untried_target() {
     for balance in ["round_robin", "least_requests"] {
@@ -257,13 +299,48 @@ fn passive_ejection_removes_and_restores_a_target() {
     for _ in 0..10 {
         assert_eq!(sel(&p, &[]), Some(1));
     }
+    // The other one is the last eligible target: it is not ejected, its count starts over.
     p.record_failure(1);
     p.record_failure(1);
+    let snap = p.health_snapshot();
+    assert!(
+        !snap[1].ejected && snap[1].consecutive_failures == 0,
+        "{snap:?}"
+    );
+    assert_eq!(sel(&p, &[]), Some(1));
+    std::thread::sleep(Duration::from_millis(80));
+    assert!(p.health_snapshot().iter().all(|t| !t.ejected));
+}
+
+/// Passive ejection takes at most half the targets out at once (rounded down, at least one),
+/// and never the last eligible one: targets down by their active checks count as out.
+#[test]
+fn passive_ejection_is_capped_and_spares_the_last_eligible_target() {
+    let targets: Vec<String> = (1..=5)
+        .map(|port| format!("\"http://127.0.0.1:{port}\""))
+        .collect();
+    let p = pool_of(&targets, "passive_health: { consecutive_failures: 1 }");
+    for i in 0..5 {
+        p.record_failure(i);
+    }
+    let out: Vec<bool> = p.health_snapshot().iter().map(|t| t.ejected).collect();
+    assert_eq!(out, [true, true, false, false, false]);
+    // Two targets down by their checks, two ejected: the fifth stays whatever it does.
+    let p = pool_of(&targets, "passive_health: { consecutive_failures: 1 }");
+    p.targets[3].healthy.store(false, Ordering::Relaxed);
+    p.targets[4].healthy.store(false, Ordering::Relaxed);
+    for _ in 0..3 {
+        for i in 0..3 {
+            p.record_failure(i);
+        }
+    }
+    let out: Vec<bool> = p.health_snapshot().iter().map(|t| t.ejected).collect();
+    assert_eq!(out, [true, true, false, false, false]);
+    assert_eq!(sel(&p, &[]), Some(2));
+    // Active checks alone can take every target out.
+    p.targets[2].healthy.store(false, Ordering::Relaxed);
     assert!(!p.has_eligible_target());
     assert_eq!(sel(&p, &[]), None);
-    std::thread::sleep(Duration::from_millis(80));
-    assert!(p.has_eligible_target());
-    assert!(p.health_snapshot().iter().all(|t| !t.ejected));
 }
 
 #[test]
@@ -464,24 +541,64 @@ async fn a_dead_target_is_ejected_then_recovers_after_ejection_time() {
     assert!(revived.hits() >= 1);
 }
 
+/// The last eligible target is never ejected: a single target answering 503 keeps getting the
+/// requests (and its answers are passed on), where ejecting it would have made the gateway
+/// answer every request 503 `no_healthy_upstream` itself for the whole ejection time.
 #[tokio::test]
-async fn every_target_ejected_sends_nothing() {
+async fn the_last_eligible_target_is_never_ejected() {
     let s = serve(|_| async { text(503, "down") }).await;
     let p = pool_of(
         &[s.target()],
         "retries: { attempts: 0 }, passive_health: { consecutive_failures: 1, ejection_time: 60s }",
     );
-    // A 503 is the target's answer (returned as is) and a passive failure.
-    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
-    assert_eq!(r.response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    drop(r);
-    assert!(!p.has_eligible_target());
-    let e = p.forward(get("/"), RETRYABLE).await.err().unwrap();
-    assert!(matches!(e, UpstreamError::NoEligibleTarget));
-    assert_eq!(e.reason(), RejectReason::NoHealthyUpstream);
-    assert_eq!(e.target(), None);
-    assert_eq!(s.hits(), 1);
+    for hits in 1..=3 {
+        // A 503 is the target's answer (returned as is) and a passive failure.
+        let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+        assert_eq!(r.response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body_text(r.response).await, "down");
+        assert!(p.has_eligible_target());
+        assert!(!p.health_snapshot()[0].ejected);
+        assert_eq!(s.hits(), hits);
+    }
     assert_eq!(in_flight_total(&p), 0);
+}
+
+/// One path that makes every backend answer 503 cannot empty the pool: each request counts
+/// against one target only (its retries failing the same way are taken for the request's
+/// doing), at most half the targets are ejected, and never the last eligible one.
+#[tokio::test]
+async fn a_client_cannot_eject_every_target() {
+    let boom = |req: Request<Incoming>| async move {
+        if req.uri().path() == "/boom" {
+            text(503, "boom")
+        } else {
+            text(200, "fine")
+        }
+    };
+    let (a, b, c) = (serve(boom).await, serve(boom).await, serve(boom).await);
+    // The defaults: one retry on 502/503, five failures in a row eject for 30 s.
+    let p = pool_of(&[a.target(), b.target(), c.target()], "");
+    for _ in 0..8 {
+        let r = p.forward(get("/boom"), RETRYABLE).await.unwrap();
+        assert_eq!(r.response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        body_text(r.response).await;
+    }
+    assert!(p.has_eligible_target());
+    let failures: u32 = p
+        .health_snapshot()
+        .iter()
+        .map(|t| t.consecutive_failures)
+        .sum();
+    assert_eq!(failures, 8, "one count per request");
+    // However long it goes on.
+    for _ in 0..100 {
+        let r = p.forward(get("/boom"), RETRYABLE).await.unwrap();
+        body_text(r.response).await;
+    }
+    let ejected = p.health_snapshot().iter().filter(|t| t.ejected).count();
+    assert_eq!(ejected, 1, "{:?}", p.health_snapshot());
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(body_text(r.response).await, "fine");
 }
 
 #[tokio::test]
@@ -1381,6 +1498,8 @@ async fn direct_broken_answers_are_protocol_errors() {
         assert!(err.to_string().contains(why), "{answer:?}: {err}");
         assert_eq!(idle_of(&p), 0);
         assert_eq!(in_flight_total(&p), 0);
+        // The target's doing: counted against it.
+        assert_eq!(p.health_snapshot()[0].consecutive_failures, 1, "{answer:?}");
     }
 }
 
@@ -1434,6 +1553,91 @@ async fn direct_broken_bodies_fail_the_body() {
         assert!(err.contains(why), "{answer:?}: {err}");
         assert_eq!(idle_of(&p), 0);
         assert_eq!(in_flight_total(&p), 0);
+    }
+}
+
+/// A chunk-size line over its limit, or a trailer section over hyper's 16 KiB, is refused
+/// whether it came in one read or in several: the limits are held against where the line or
+/// the section ends, not against what one read happened to hold.
+#[tokio::test]
+async fn direct_chunk_line_and_trailer_limits_do_not_depend_on_the_reads() {
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let chunked = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+    let long_line = leak(format!("{chunked}1;{}\r\nz\r\n0\r\n\r\n", "e".repeat(5000)));
+    let big_trailer = leak(format!(
+        "{chunked}1\r\nz\r\n0\r\nx-big: {}\r\n\r\n",
+        "t".repeat(20_000)
+    ));
+    for (answer, why) in [
+        (long_line, "chunk size line too long"),
+        (big_trailer, "trailer section too large"),
+    ] {
+        // Whole, then cut in two inside the line or the section.
+        let cut = answer.len() - 2500;
+        let pieces: &'static [&'static str] =
+            Box::leak(vec![&answer[..cut], &answer[cut..]].into_boxed_slice());
+        for script in [Answer::ReplyClose(answer), Answer::Pieces(pieces)] {
+            let s = RawServer::start(&[script]).await;
+            let p = s.pool();
+            let r = p.forward(get("/"), NOT_RETRYABLE).await.unwrap();
+            let err = collect(r.response).await.err().unwrap();
+            assert!(err.contains(why), "{err}");
+            assert_eq!(idle_of(&p), 0);
+        }
+    }
+}
+
+/// A request target that is a query alone (`http://example.com?x=1`: no path) reaches the
+/// target as `/?x=1`, from the direct client and from hyper's HTTP/2 client alike; `*` (an
+/// `OPTIONS` of the whole server) is written as it is.
+#[tokio::test]
+async fn a_query_alone_is_sent_with_a_leading_slash() {
+    let req = get("http://example.com?x=1");
+    assert_eq!(req.uri().path_and_query().unwrap().as_str(), "?x=1");
+    let s = RawServer::start(&[]).await;
+    let p = s.pool();
+    let r = p.forward(req, RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    let r = p
+        .forward(request(Method::OPTIONS, "*"), RETRYABLE)
+        .await
+        .unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    let heads = s.heads();
+    assert!(
+        heads[0].starts_with("GET /?x=1 HTTP/1.1\r\n"),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        heads[1].starts_with("OPTIONS * HTTP/1.1\r\n"),
+        "{}",
+        heads[1]
+    );
+
+    // `as_str`: the `Display` of a path-and-query writes a `/` in front of a query alone.
+    let echo = serve(|req: Request<Incoming>| {
+        let pq = req.uri().path_and_query().map(|p| p.as_str().to_string());
+        async move {
+            Response::new(
+                Full::new(Bytes::from(pq.unwrap_or_default()))
+                    .map_err(|n| match n {})
+                    .boxed_unsync(),
+            )
+        }
+    })
+    .await;
+    for protocol in ["http2", "http1"] {
+        let p = pool_of(&[echo.target()], &format!("protocol: {protocol}"));
+        let mut req = get("http://example.com?x=1");
+        // A body of unknown length: hyper's client, whatever the protocol.
+        let chunks =
+            futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x")))]);
+        *req.method_mut() = Method::PUT;
+        *req.body_mut() = StreamBody::new(chunks).boxed_unsync();
+        let r = p.forward(req, NOT_RETRYABLE).await;
+        let r = r.unwrap_or_else(|e| panic!("{protocol}: {e}"));
+        assert_eq!(body_text(r.response).await, "/?x=1", "{protocol}");
     }
 }
 
@@ -1510,6 +1714,89 @@ async fn direct_a_stale_connection_is_retried_for_idempotent_methods_only() {
         .unwrap();
     assert!(err.to_string().contains("before answering"), "{err}");
     assert_eq!(s.heads().len(), 2, "a POST is never sent twice");
+}
+
+/// A target that takes a fresh connection and closes it before any byte of an answer dropped
+/// the request: that counts against it (with `consecutive_failures: 1` it is ejected — a second
+/// target keeps one eligible), and a GET is sent to the other target, as after a connect
+/// error. A POST is not sent twice: its 502 is counted all the same.
+#[tokio::test]
+async fn direct_a_request_closed_unanswered_counts_and_is_retried_elsewhere() {
+    let dropping = RawServer::start(&[Answer::Close]).await;
+    let fine = RawServer::start(&[]).await;
+    let targets = [
+        format!("\"http://{}\"", dropping.addr),
+        format!("\"http://{}\"", fine.addr),
+    ];
+    let p = pool_of(&targets, "passive_health: { consecutive_failures: 1 }");
+    // Round robin starts at the first target.
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(r.attempts, 2);
+    assert_eq!(*r.target, fine.addr.to_string());
+    assert_eq!(collect(r.response).await.unwrap().0, "ok");
+    let h = p.health_snapshot();
+    assert!(h[0].ejected && !h[1].ejected, "{h:?}");
+    assert_eq!((dropping.heads().len(), fine.heads().len()), (1, 1));
+
+    let dropping = RawServer::start(&[Answer::Close]).await;
+    let targets = [
+        format!("\"http://{}\"", dropping.addr),
+        format!("\"http://{}\"", fine.addr),
+    ];
+    let p = pool_of(&targets, "");
+    let err = p
+        .forward(request(Method::POST, "/"), NOT_RETRYABLE)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, UpstreamError::Protocol { .. }), "{err}");
+    assert!(err.to_string().contains("before answering"), "{err}");
+    assert_eq!(p.health_snapshot()[0].consecutive_failures, 1);
+    assert_eq!((dropping.heads().len(), fine.heads().len()), (1, 1));
+}
+
+/// Through hyper's client too (a body of unknown length): an exchange the target broke off
+/// counts against it, one whose request body failed does not.
+#[tokio::test]
+async fn hyper_exchange_failures_count_unless_the_request_body_failed() {
+    let streamed = |frames: Vec<Result<Frame<Bytes>, BoxError>>| {
+        let mut req = request(Method::PUT, "/");
+        *req.body_mut() = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+        req
+    };
+    let dropping = RawServer::start(&[Answer::Close]).await;
+    let p = dropping.pool();
+    let err = p
+        .forward(
+            streamed(vec![Ok(Frame::data(Bytes::from_static(b"x")))]),
+            NOT_RETRYABLE,
+        )
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, UpstreamError::Protocol { .. }), "{err}");
+    assert_eq!(p.health_snapshot()[0].consecutive_failures, 1);
+
+    // A target that reads and never answers; the body fails at once.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let p = pool_of(&[format!("\"http://{addr}\"")], "");
+    let err = p
+        .forward(
+            streamed(vec![Err("the client went away".into())]),
+            NOT_RETRYABLE,
+        )
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, UpstreamError::Protocol { .. }), "{err}");
+    assert_eq!(p.health_snapshot()[0].consecutive_failures, 0);
 }
 
 #[tokio::test]
@@ -1793,8 +2080,9 @@ async fn direct_a_failing_or_mismeasured_body_fails_the_exchange() {
         err.to_string().contains("longer than its Content-Length"),
         "{err}"
     );
-    // None of them reached the target as a whole request.
+    // None of them reached the target as a whole request, and none is counted against it.
     assert!(s.heads().is_empty(), "{:?}", s.heads());
+    assert_eq!(p.health_snapshot()[0].consecutive_failures, 0);
 }
 
 #[test]
@@ -1818,6 +2106,7 @@ fn a_reload_inherits_health_where_it_still_means_something() {
     let targets = [
         "\"http://127.0.0.1:9\"".to_string(),
         "\"http://127.0.0.1:10\"".to_string(),
+        "\"http://127.0.0.1:11\"".to_string(),
     ];
     let checks = "health_check: { path: /healthz, interval: 1s }";
     let old = pool_of(&targets, checks);
@@ -1845,4 +2134,10 @@ fn a_reload_inherits_health_where_it_still_means_something() {
     tls.inherit_health(&old);
     let h = tls.health_snapshot();
     assert!(h[0].healthy && !h[1].ejected, "{h:?}");
+    // Within the new set's bounds: without the third target, the ejected one is the last
+    // eligible target (the first is down) and comes back.
+    let fewer = pool_of(&targets[..2], checks);
+    fewer.inherit_health(&old);
+    let h = fewer.health_snapshot();
+    assert!(!h[0].healthy && !h[1].ejected, "{h:?}");
 }
