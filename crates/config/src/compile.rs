@@ -512,12 +512,25 @@ fn compile_upstream(
                 "must be greater than 0",
             );
         }
+        // A host name or address with an optional port, as a `Host` field and an HTTP/2
+        // `:authority` take it: no user information, nothing else.
+        if let Some(host) = &h.host
+            && (host.contains('@')
+                || host.parse::<http::uri::Authority>().is_err()
+                || http::HeaderValue::from_str(host).is_err())
+        {
+            e.push(
+                format!("{hp}.host"),
+                format!("\"{host}\" is not a host name or address with an optional port"),
+            );
+        }
         HealthCheck {
             path: h.path.clone(),
             interval,
             timeout,
             healthy_threshold: h.healthy_threshold,
             unhealthy_threshold: h.unhealthy_threshold,
+            host: h.host.clone(),
         }
     });
     if u.kind == UpstreamKind::TokenExchange && u.health_check.is_some() {
@@ -532,6 +545,12 @@ fn compile_upstream(
             "an in-process upstream has nothing to check",
         );
     }
+    if u.passive_health.max_ejection_percent > 100 {
+        e.push(
+            format!("{path}.passive_health.max_ejection_percent"),
+            "must be between 0 and 100",
+        );
+    }
     let passive_health = PassiveHealth {
         consecutive_failures: u.passive_health.consecutive_failures,
         ejection_time: compile_duration(
@@ -539,6 +558,7 @@ fn compile_upstream(
             &format!("{path}.passive_health.ejection_time"),
             e,
         ),
+        max_ejection_percent: u.passive_health.max_ejection_percent.min(100),
     };
     let tls_roots = u
         .tls

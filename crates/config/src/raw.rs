@@ -721,6 +721,10 @@ pub struct RawHealthCheck {
     /// Consecutive failures to become unhealthy. Default 2.
     #[serde(default = "default_hc_unhealthy")]
     pub unhealthy_threshold: u32,
+    /// The `Host` of the checks (and their HTTP/2 `:authority`), `name` or `name:port`, for
+    /// targets that route by virtual host. Default: the target's `host:port`.
+    #[serde(default)]
+    pub host: Option<String>,
 }
 
 fn default_hc_path() -> String {
@@ -750,6 +754,10 @@ pub struct RawPassiveHealth {
     /// Default `30s`.
     #[serde(default = "default_ejection")]
     pub ejection_time: String,
+    /// Most targets ejected at once, in percent of the upstream's targets (rounded down, at
+    /// least one), 0–100. Default 50. The last eligible target is never ejected.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
 }
 
 impl Default for RawPassiveHealth {
@@ -757,8 +765,13 @@ impl Default for RawPassiveHealth {
         RawPassiveHealth {
             consecutive_failures: default_consecutive(),
             ejection_time: default_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
         }
     }
+}
+
+fn default_max_ejection_percent() -> u32 {
+    50
 }
 
 fn default_consecutive() -> u32 {

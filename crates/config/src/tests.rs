@@ -1155,3 +1155,42 @@ fn a_zero_header_read_timeout_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn health_check_host_and_max_ejection_percent() {
+    let c = load_str(
+        "upstreams: { u: { targets: [\"http://127.0.0.1:1\"], health_check: { host: internal.example:8080 }, passive_health: { max_ejection_percent: 100 } } }",
+        Path::new("."),
+    )
+    .unwrap();
+    let u = &c.upstreams[0];
+    assert_eq!(
+        u.health_check.as_ref().unwrap().host.as_deref(),
+        Some("internal.example:8080")
+    );
+    assert_eq!(u.passive_health.max_ejection_percent, 100);
+    let c = load_str(
+        "upstreams: { u: { targets: [\"http://127.0.0.1:1\"], health_check: {} } }",
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(c.upstreams[0].health_check.as_ref().unwrap().host, None);
+    assert_eq!(c.upstreams[0].passive_health.max_ejection_percent, 50);
+    let e = errs(
+        "upstreams: { u: { targets: [\"http://127.0.0.1:1\"], health_check: { host: \"user@internal.example\" }, passive_health: { max_ejection_percent: 101 } } }",
+    );
+    for w in [
+        "upstreams.u.health_check.host",
+        "upstreams.u.passive_health.max_ejection_percent",
+    ] {
+        assert!(e.iter().any(|m| m.starts_with(w)), "missing {w} in {e:#?}");
+    }
+    let e = errs(
+        "upstreams: { u: { targets: [\"http://127.0.0.1:1\"], health_check: { host: \"a b\" } } }",
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("upstreams.u.health_check.host")),
+        "{e:#?}"
+    );
+}

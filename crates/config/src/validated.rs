@@ -161,12 +161,16 @@ pub struct HealthCheck {
     pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+    /// The checks' `Host` (`name` or `name:port`); `None`: the target's `host:port`.
+    pub host: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct PassiveHealth {
     pub consecutive_failures: u32,
     pub ejection_time: Duration,
+    /// Most targets ejected at once, in percent (0–100; rounded down, at least one).
+    pub max_ejection_percent: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 //! results). Both only flip atomics that selection reads.
 //!
 //! Passive ejection is bounded, as a client can drive it (a path that makes every backend
-//! answer 503, or time out): at most `max_ejection_percent` (50) of the targets
+//! answer 503, or time out): at most `passive_health.max_ejection_percent` of the targets
 //! (rounded down, at least one) are ejected at once, and never the last eligible one — a
 //! target that would be is kept in rotation and its count starts over. Only active checks can
 //! take every target out.
@@ -17,7 +17,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Limited};
 
-use super::{UpstreamPool, empty_body};
+use super::{UpstreamPool, UpstreamProtocol, empty_body};
 
 /// How much of a health-check response body is read. Reading it (rather than dropping it)
 /// lets the connection go back to the pool; the bound keeps a chatty endpoint cheap.
@@ -209,13 +209,18 @@ impl UpstreamPool {
         HealthChecks { tasks, sweep }
     }
 
-    /// One health check of target `i`: GET `path` with `Host` = the target; 2xx/3xx within
+    /// One health check of target `i`: GET `path` with `Host` = `health_check.host`, or the
+    /// target's `host:port` (over HTTP/2 as `:authority`, see `Target::h2`); 2xx/3xx within
     /// `timeout` (head and body) is a success.
     async fn probe(&self, i: usize, path: &PathAndQuery, timeout: Duration) -> bool {
         let t = &self.targets[i];
+        let (authority, host) = match &self.health_host {
+            Some((a, h)) => (a, h),
+            None => (&t.uri_authority, &t.host_value),
+        };
         let uri = match Uri::builder()
             .scheme(t.scheme.clone())
-            .authority(t.uri_authority.clone())
+            .authority(if t.h2 { authority } else { &t.uri_authority }.clone())
             .path_and_query(path.clone())
             .build()
         {
@@ -224,13 +229,15 @@ impl UpstreamPool {
         };
         let mut req = Request::new(empty_body());
         *req.uri_mut() = uri;
-        req.headers_mut().insert(HOST, t.host_value.clone());
+        if self.protocol != UpstreamProtocol::Http2 {
+            req.headers_mut().insert(HOST, host.clone());
+        }
         req.headers_mut().insert(
             USER_AGENT,
             HeaderValue::from_static("portcullis-health-check"),
         );
         let exchange = async {
-            let resp = self.client.request(req).await.ok()?;
+            let resp = t.client.request(req).await.ok()?;
             let status = resp.status();
             // Read (a bounded amount of) the body so the connection can be reused; its
             // content does not matter.

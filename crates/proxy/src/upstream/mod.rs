@@ -73,15 +73,38 @@ use self::h1::{Direct, IdleConns, RequestHead, SendError};
 pub use self::health::HealthChecks;
 use crate::problem::empty_body;
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
+type Connector = HttpsConnector<HttpConnector>;
+type HttpClient = Client<FixedTarget, BoxBody>;
+
+/// The connector of one target's client: it dials the target — its address, and its name for
+/// TLS (SNI, certificate) — whatever authority a request's URI names. hyper's HTTP/2 client
+/// sends the URI's authority as `:authority`, and hyper-util's client takes its connections
+/// by it: with this connector the URI can carry the host the upstream is to see while the
+/// connections still go to the target.
+#[derive(Clone)]
+struct FixedTarget {
+    inner: Connector,
+    /// `scheme://host:port` of the target.
+    dst: Uri,
+}
+
+impl tower_service::Service<Uri> for FixedTarget {
+    type Response = <Connector as tower_service::Service<Uri>>::Response;
+    type Error = <Connector as tower_service::Service<Uri>>::Error;
+    type Future = <Connector as tower_service::Service<Uri>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, _named: Uri) -> Self::Future {
+        self.inner.call(self.dst.clone())
+    }
+}
 
 /// The configuration allows at most 5 retries; the attempt bookkeeping ([`Tried`]) is sized
 /// for this many attempts and never allocates.
 const MAX_ATTEMPTS: u32 = 6;
-
-/// The share of an upstream's targets (percent, rounded down, at least one target) that passive
-/// health may eject at once (Envoy's `max_ejection_percent`). Not configurable yet.
-const MAX_EJECTION_PERCENT: u32 = 50;
 
 /// Options of one forward.
 #[derive(Clone, Copy, Debug)]
@@ -220,6 +243,13 @@ struct Target {
     uri_authority: Authority,
     /// The same authority as a `Host` value (for `host_header: target` and health checks).
     host_value: HeaderValue,
+    /// Whether a connection to it may speak HTTP/2 (`protocol: http2`, or `auto` over TLS):
+    /// then the URI of a request through the general client names the host the target is to
+    /// see (its `:authority`), not the target. Otherwise the target: HTTP/1.1 writes the origin
+    /// form and takes the host from `Host`, and the connections are shared by all hosts.
+    h2: bool,
+    /// The general client for this target (see [`FixedTarget`]).
+    client: HttpClient,
     /// Active health: true until the checks say otherwise.
     healthy: AtomicBool,
     /// Milliseconds since the pool's epoch until which the target is ejected (0: not ejected).
@@ -238,9 +268,9 @@ struct Target {
 /// The targets of one upstream and the client that talks to them.
 pub struct UpstreamPool {
     name: Arc<str>,
-    /// One client for all targets: hyper-util keys its connection pool by scheme and
-    /// authority, so each target gets its own idle connections.
-    client: HttpClient,
+    /// `protocol`: over HTTP/2 only (`http2`), requests carry their host as `:authority`
+    /// alone, without a `Host` field.
+    protocol: UpstreamProtocol,
     /// The direct HTTP/1.1 client, for requests to cleartext targets without an upgrade and
     /// with a body of known length or none (`None` when the upstream speaks HTTP/2).
     direct: Option<Direct>,
@@ -254,6 +284,8 @@ pub struct UpstreamPool {
     /// At most this share of the targets (percent; rounded down, at least one) is passively
     /// ejected at once.
     max_ejection_percent: u32,
+    /// `health_check.host` as the checks' URI authority and `Host` value; `None`: the target's.
+    health_host: Option<(Authority, HeaderValue)>,
     /// Held while an ejection is decided (see `eject`), never on the request path otherwise.
     ejecting: std::sync::Mutex<()>,
     health: Option<HealthCheck>,
@@ -304,7 +336,8 @@ fn tls_config(cfg: &Upstream) -> Result<rustls::ClientConfig, String> {
     )
 }
 
-fn build_client(cfg: &Upstream) -> Result<HttpClient, String> {
+/// The connector that every target's [`FixedTarget`] wraps.
+fn build_connector(cfg: &Upstream) -> Result<Connector, String> {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(cfg.connect_timeout));
     http.set_nodelay(true);
@@ -314,21 +347,31 @@ fn build_client(cfg: &Upstream) -> Result<HttpClient, String> {
         .with_tls_config(tls_config(cfg)?)
         .https_or_http();
     // The enabled protocols set the ALPN list offered over TLS.
-    let connector = match cfg.protocol {
+    Ok(match cfg.protocol {
         UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
         UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
         // ALPN h2 + http/1.1 over TLS; in cleartext hyper-util speaks HTTP/1.1 (no h2c
         // upgrade), which is what `auto` promises.
         UpstreamProtocol::Auto => builder.enable_http1().enable_http2().wrap_connector(http),
+    })
+}
+
+/// The general client of one target. hyper-util keeps idle connections by the scheme and
+/// authority of the request URI: per target, and — where the URI names the client's host
+/// (`Target::h2`) — per host as well.
+fn build_client(cfg: &Upstream, connector: &Connector, dst: Uri) -> HttpClient {
+    let connector = FixedTarget {
+        inner: connector.clone(),
+        dst,
     };
-    Ok(Client::builder(TokioExecutor::new())
+    Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(cfg.idle_timeout)
         .pool_max_idle_per_host(cfg.max_idle_per_target)
         // Prior knowledge: HTTP/2 in cleartext too (gRPC needs it for trailers).
         .http2_only(cfg.protocol == UpstreamProtocol::Http2)
-        .build(connector))
+        .build(connector)
 }
 
 /// True if the request's `Content-Length` (if any) is `n`: the direct client writes the body
@@ -394,7 +437,7 @@ impl UpstreamPool {
         if u32::try_from(cfg.targets.len()).is_err() {
             return Err("too many targets".into());
         }
-        let client = build_client(cfg)?;
+        let connector = build_connector(cfg)?;
         let mut targets = Vec::with_capacity(cfg.targets.len());
         for t in &cfg.targets {
             let uri_authority: Authority = t
@@ -404,7 +447,14 @@ impl UpstreamPool {
             let host_value = HeaderValue::from_str(&t.authority)
                 .map_err(|e| format!("target {}: {e}", t.authority))?;
             let authority: Arc<str> = Arc::from(t.authority.as_str());
+            let h2 = match cfg.protocol {
+                UpstreamProtocol::Http2 => true,
+                UpstreamProtocol::Auto => t.tls,
+                UpstreamProtocol::Http1 => false,
+            };
             targets.push(Target {
+                h2,
+                client: build_client(cfg, &connector, t.base.clone()),
                 in_flight: Load::new(cfg.name.clone(), authority.clone(), metrics.cloned()),
                 authority,
                 scheme: if t.tls { Scheme::HTTPS } else { Scheme::HTTP },
@@ -419,9 +469,17 @@ impl UpstreamPool {
             });
         }
         let weights: Vec<u32> = cfg.targets.iter().map(|t| t.weight).collect();
+        let health_host = match cfg.health_check.as_ref().and_then(|h| h.host.as_deref()) {
+            Some(h) => Some((
+                h.parse::<Authority>()
+                    .map_err(|e| format!("health_check.host {h}: {e}"))?,
+                HeaderValue::from_str(h).map_err(|e| format!("health_check.host {h}: {e}"))?,
+            )),
+            None => None,
+        };
         Ok(Arc::new(UpstreamPool {
             name: cfg.name.clone(),
-            client,
+            protocol: cfg.protocol,
             direct: (cfg.protocol != UpstreamProtocol::Http2).then_some(Direct {
                 connect_timeout: cfg.connect_timeout,
                 idle_timeout: cfg.idle_timeout,
@@ -433,7 +491,8 @@ impl UpstreamPool {
             balance: cfg.balance,
             retries: cfg.retries.clone(),
             passive: cfg.passive_health.clone(),
-            max_ejection_percent: MAX_EJECTION_PERCENT,
+            max_ejection_percent: cfg.passive_health.max_ejection_percent,
+            health_host,
             ejecting: std::sync::Mutex::new(()),
             health: cfg.health_check.clone(),
             host_header: cfg.host_header,
@@ -516,6 +575,24 @@ impl UpstreamPool {
             .collect()
     }
 
+    /// The authority a request to target `t` names in its URI: the host the target is to see
+    /// where the connection may speak HTTP/2 (its `:authority`: the request's `Host` with
+    /// `host_header: preserve`, else the target), the target otherwise. A `Host` that is no
+    /// authority (the gateway refuses such requests before) or carries user information is
+    /// refused rather than sent with an `:authority` that disagrees with it.
+    fn uri_authority(&self, t: &Target, headers: &http::HeaderMap) -> Result<Authority, BoxError> {
+        if !t.h2 || self.host_header == HostHeader::Target {
+            return Ok(t.uri_authority.clone());
+        }
+        match portcullis_core::header_value(headers, &HOST) {
+            None => Ok(t.uri_authority.clone()),
+            Some(v) if v.as_bytes().contains(&b'@') => {
+                Err("the request's Host is not a host and port".into())
+            }
+            Some(v) => Ok(Authority::try_from(v.as_bytes())?),
+        }
+    }
+
     /// The request for one attempt. The last attempt moves the head's parts; earlier ones
     /// copy them, since a retry needs them again (only retryable requests have earlier ones).
     fn upstream_request(
@@ -524,7 +601,7 @@ impl UpstreamPool {
         parts: &mut http::request::Parts,
         body: BoxBody,
         last: bool,
-    ) -> Result<Request<BoxBody>, http::Error> {
+    ) -> Result<Request<BoxBody>, BoxError> {
         // Written with a leading `/` when it lacks one (a query alone), as the direct client
         // writes it: hyper's HTTP/1.1 client would, but its HTTP/2 one sends the `:path` as
         // given, and `?x=1` is no valid `:path` (RFC 9113 §8.3.1).
@@ -535,7 +612,7 @@ impl UpstreamPool {
         };
         let uri = Uri::builder()
             .scheme(t.scheme.clone())
-            .authority(t.uri_authority.clone())
+            .authority(self.uri_authority(t, &parts.headers)?)
             .path_and_query(pq)
             .build()?;
         // The version is left at its default: hyper-util picks HTTP/1.1 or HTTP/2 per
@@ -551,7 +628,11 @@ impl UpstreamPool {
             *req.headers_mut() = parts.headers.clone();
             *req.extensions_mut() = parts.extensions.clone();
         }
-        if self.host_header == HostHeader::Target {
+        if self.protocol == UpstreamProtocol::Http2 {
+            // The `:authority` carries the host (RFC 9113 §8.3.1: a `Host` beside it must not
+            // disagree; none is simplest).
+            req.headers_mut().remove(HOST);
+        } else if self.host_header == HostHeader::Target {
             req.headers_mut().insert(HOST, t.host_value.clone());
         }
         Ok(req)
@@ -671,14 +752,14 @@ impl UpstreamPool {
                             };
                             let mut req = self
                                 .upstream_request(t, parts, this_body, last)
-                                .map_err(|e| Failure::Exchange {
-                                    error: Box::new(e),
+                                .map_err(|error| Failure::Exchange {
+                                    error,
                                     counted: false,
                                 })?;
                             for (name, value) in crate::headers::wire_fields(opts.extra) {
                                 req.headers_mut().append(name, value);
                             }
-                            match self.client.request(req).await {
+                            match t.client.request(req).await {
                                 Ok(resp) => Ok(resp.map(Either::Left)),
                                 Err(e) if e.is_connect() => Err(Failure::Connect(Box::new(e))),
                                 Err(e) => {

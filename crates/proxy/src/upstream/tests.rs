@@ -312,8 +312,9 @@ fn passive_ejection_removes_and_restores_a_target() {
     assert!(p.health_snapshot().iter().all(|t| !t.ejected));
 }
 
-/// Passive ejection takes at most half the targets out at once (rounded down, at least one),
-/// and never the last eligible one: targets down by their active checks count as out.
+/// Passive ejection takes at most `max_ejection_percent` (default 50) of the targets out at once
+/// (rounded down, at least one), and never the last eligible one: targets down by their active
+/// checks count as out.
 #[test]
 fn passive_ejection_is_capped_and_spares_the_last_eligible_target() {
     let targets: Vec<String> = (1..=5)
@@ -325,6 +326,21 @@ fn passive_ejection_is_capped_and_spares_the_last_eligible_target() {
     }
     let out: Vec<bool> = p.health_snapshot().iter().map(|t| t.ejected).collect();
     assert_eq!(out, [true, true, false, false, false]);
+    // `max_ejection_percent`: 100 leaves the last eligible target, 0 still allows one.
+    for (pct, want) in [
+        (100, [true, true, true, true, false]),
+        (0, [true, false, false, false, false]),
+    ] {
+        let p = pool_of(
+            &targets,
+            &format!("passive_health: {{ consecutive_failures: 1, max_ejection_percent: {pct} }}"),
+        );
+        for i in 0..5 {
+            p.record_failure(i);
+        }
+        let out: Vec<bool> = p.health_snapshot().iter().map(|t| t.ejected).collect();
+        assert_eq!(out, want, "{pct}");
+    }
     // Two targets down by their checks, two ejected: the fifth stays whatever it does.
     let p = pool_of(&targets, "passive_health: { consecutive_failures: 1 }");
     p.targets[3].healthy.store(false, Ordering::Relaxed);
@@ -911,6 +927,180 @@ async fn the_host_header_is_preserved_or_set_to_the_target() {
     let target = pool_of(&[s.target()], "host_header: target");
     let r = target.forward(get("/"), RETRYABLE).await.unwrap();
     assert_eq!(r.response.headers()["x-host"], s.authority().as_str());
+}
+
+/// What an upstream saw of a request's host: its `:authority` (the URI's authority; none over
+/// HTTP/1.1), every `Host` field, its version and, over TLS, the server name it was asked for.
+async fn host_echo(req: Request<Incoming>, sni: Option<String>) -> Response<BoxBody> {
+    let authority = req.uri().authority().map(|a| a.to_string());
+    let hosts: Vec<&str> = req
+        .headers()
+        .get_all(HOST)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    Response::builder()
+        .header("x-authority", authority.unwrap_or_default())
+        .header("x-hosts", hosts.join(","))
+        .header("x-version", format!("{:?}", req.version()))
+        .header("x-sni", sni.unwrap_or_default())
+        .body(empty_body())
+        .unwrap()
+}
+
+/// Over HTTP/2 the host the upstream is to see is the `:authority` — the client's `Host` with
+/// `host_header: preserve`, the target's with `target` — and no `Host` field says otherwise
+/// (RFC 9113 §8.3.1; the gateway refuses clients that do it). The connection still goes to the
+/// target.
+#[tokio::test]
+async fn over_http2_the_authority_is_the_host_the_upstream_sees() {
+    let s = serve(|req| host_echo(req, None)).await;
+    let seen = |r: &UpstreamResponse| {
+        let h = r.response.headers();
+        let hosts = h["x-hosts"].to_str().unwrap().to_string();
+        (h["x-authority"].to_str().unwrap().to_string(), hosts)
+    };
+    let p = pool_of(&[s.target()], "protocol: http2");
+    for host in ["example.com", "api.example.com:8443", "example.com"] {
+        let mut req = get("/");
+        req.headers_mut()
+            .insert(HOST, HeaderValue::from_static(host));
+        let r = p.forward(req, RETRYABLE).await.unwrap();
+        assert_eq!(r.response.headers()["x-version"], "HTTP/2.0");
+        let (authority, hosts) = seen(&r);
+        assert_eq!(authority, host);
+        assert!(hosts.is_empty(), "{hosts}");
+    }
+    let p = pool_of(&[s.target()], "protocol: http2, host_header: target");
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(seen(&r), (s.authority(), String::new()));
+    // Over HTTP/1.1 nothing changes: the client's Host, no authority.
+    let p = pool_of(&[s.target()], "protocol: http1");
+    let mut req = get("/");
+    let chunks =
+        futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x")))]);
+    *req.method_mut() = Method::PUT;
+    *req.body_mut() = StreamBody::new(chunks).boxed_unsync();
+    let r = p.forward(req, NOT_RETRYABLE).await.unwrap();
+    assert_eq!(seen(&r), (String::new(), "example.com".to_string()));
+    assert_eq!(s.hits(), 5);
+}
+
+/// Over TLS (`protocol: auto`, ALPN picks h2) the connection still goes to the target, its
+/// name the server name (SNI) and the name the certificate is checked for, while the
+/// `:authority` is the client's host — and the `Host` kept for HTTP/1.1 is the same.
+#[tokio::test]
+async fn over_tls_the_target_is_dialled_and_named_whatever_the_authority() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "portcullis-upstream-sni-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ca.pem"), cert.cert.pem()).unwrap();
+    let mut server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
+        )
+        .unwrap();
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accept = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().map(str::to_string);
+                let svc = hyper::service::service_fn(move |req| {
+                    let sni = sni.clone();
+                    async move { Ok::<_, Infallible>(host_echo(req, sni).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let yaml = format!(
+        "upstreams: {{ u: {{ targets: [ \"https://localhost:{port}\" ], tls: {{ ca_file: ca.pem }} }} }}"
+    );
+    let c = portcullis_config::load_str(&yaml, &dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let p = UpstreamPool::new(&c.upstreams[0], None).unwrap();
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    accept.abort();
+    let h = r.response.headers();
+    assert_eq!(h["x-version"], "HTTP/2.0");
+    assert_eq!(h["x-sni"], "localhost");
+    assert_eq!(h["x-authority"], "example.com");
+    assert_eq!(h["x-hosts"], "example.com");
+}
+
+/// `health_check.host` is the checks' `Host` (over HTTP/2 their `:authority`, without a `Host`
+/// field), for targets that route by virtual host; without it, the target's `host:port`.
+#[tokio::test]
+async fn health_checks_send_the_configured_host() {
+    let seen = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
+    let s = serve({
+        let seen = seen.clone();
+        move |req: Request<Incoming>| {
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let host = req
+                .headers()
+                .get(HOST)
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default();
+            // A virtual host: the checks pass only for the right name.
+            let right = host == "internal.example" || authority == "internal.example";
+            seen.lock().unwrap().push((authority, host));
+            async move { text(if right { 200 } else { 421 }, "") }
+        }
+    })
+    .await;
+    let checks = "health_check: { interval: 50ms, host: internal.example, unhealthy_threshold: 1 }";
+    for protocol in ["http1", "http2"] {
+        seen.lock().unwrap().clear();
+        let p = pool_of(&[s.target()], &format!("protocol: {protocol}, {checks}"));
+        let _checks = p.start_health_checks();
+        assert!(eventually(|| seen.lock().unwrap().len() >= 3).await);
+        assert!(p.health_snapshot()[0].healthy, "{protocol}");
+        let want = if protocol == "http1" {
+            (String::new(), "internal.example".to_string())
+        } else {
+            ("internal.example".to_string(), String::new())
+        };
+        assert!(
+            seen.lock().unwrap().iter().all(|s| *s == want),
+            "{protocol}: {:?}",
+            seen.lock().unwrap()
+        );
+    }
+    // Without it: the target's `host:port`, which this virtual host does not serve.
+    let p = pool_of(
+        &[s.target()],
+        "health_check: { interval: 50ms, unhealthy_threshold: 1 }",
+    );
+    let _checks = p.start_health_checks();
+    assert!(eventually(|| !p.health_snapshot()[0].healthy).await);
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, host)| *host == s.authority())
+    );
 }
 
 #[tokio::test]
