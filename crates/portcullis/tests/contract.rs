@@ -47,6 +47,36 @@ paths:
       operationId: deleteOrder
       responses:
         "204": { description: gone }
+  /search:
+    get:
+      operationId: search
+      parameters:
+        - name: filter
+          in: query
+          style: deepObject
+          schema:
+            type: object
+            properties:
+              color: { type: string }
+              owner: { type: string, readOnly: true }
+        - name: where
+          in: query
+          content:
+            application/json:
+              schema: { type: object, properties: { name: { type: string } } }
+      responses:
+        "200": { description: ok }
+  /plain/{id}:
+    get:
+      operationId: getPlain
+      parameters:
+        - { name: id, in: path, required: true, schema: { type: string } }
+      responses:
+        "200":
+          description: the order document, as JSON
+          content:
+            application/json:
+              schema: { type: object, properties: { id: { type: string } } }
   /doc/{id}:
     get:
       operationId: getDoc
@@ -621,6 +651,82 @@ async fn responses_keep_declared_fields_and_breaches_are_audited() {
         got.contains(&"body:/internal_margin: unknown field"),
         "{got:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_parameters_are_closed_and_raw_semicolons_refused() {
+    let s = setup().await;
+    // Operator injection through a qs-style parser, a read-only property, the bare name, a
+    // JSON parameter with an extra key and one with a duplicate key, a raw `;`.
+    let cases: [(&str, (&str, &str)); 6] = [
+        (
+            "filter[color]=red&filter[$where]=sleep(5000)",
+            ("query:filter/$where", "unknown field"),
+        ),
+        (
+            "filter[owner]=me",
+            ("query:filter/owner", "read-only field"),
+        ),
+        (
+            "filter=anything",
+            (
+                "query:filter",
+                "must be in deepObject style (name[property]=value)",
+            ),
+        ),
+        (
+            "where=%7B%22name%22%3A%22a%22%2C%22%24ne%22%3A1%7D",
+            ("query:where/$ne", "unknown field"),
+        ),
+        (
+            "where=%7B%22name%22%3A%22a%22%2C%22name%22%3A%22b%22%7D",
+            ("query:where/name", "duplicate key"),
+        ),
+        (
+            "filter[color]=red;admin=1",
+            (
+                "query",
+                "must not contain a raw `;` (some frameworks split the query on it): encode it \
+                 as %3B",
+            ),
+        ),
+    ];
+    for (query, want) in cases {
+        let r = call(&s, "GET", &format!("/api/search?{query}"), &[], "").await;
+        assert_violations(&s, &r, &[want]);
+    }
+    let r = call(
+        &s,
+        "GET",
+        "/api/search?filter[color]=red&where=%7B%7D",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.up.hits(), 1);
+    // `strip`: the undeclared pairs are left out of what goes upstream.
+    let r = call(
+        &s,
+        "GET",
+        "/strip/search?filter[color]=red&filter%5B%24where%5D=1&x=1",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["uri"], "/strip/search?filter[color]=red&x=1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_only_withholds_json_mislabelled_as_text() {
+    let s = setup().await;
+    // The upstream answers with its whole document as `text/plain`: the operation declares
+    // only JSON, so nothing of it may pass unread.
+    let r = call(&s, "GET", "/api/plain/7", &[], "").await;
+    let v = assert_problem(&r, 502, "response_filter_failed");
+    assert!(!r.text().contains("internal_margin"), "{v}");
+    assert_eq!(s.up.hits(), 1);
 }
 
 /// Runs `portcullis check` on a gateway config whose one route group uses `spec`; returns

@@ -10,8 +10,9 @@
 //! * **Rejects** (fail closed when something must change the body and the route does not say
 //!   `pass`; always with a field mask — a body that cannot be filtered is withheld, never
 //!   passed on unfiltered): `response_filter_failed` (502) or, when the upstream body fails
-//!   mid-read, `upstream_error` (502). A plan that only validates never withholds a body, and
-//!   the contract's keep-only-declared acts on JSON bodies only.
+//!   mid-read, `upstream_error` (502). A plan that only validates never withholds a body; the
+//!   contract's keep-only-declared filters JSON bodies and withholds a non-empty body of any
+//!   other type (or none, or several) that the operation's declared response does not list.
 //!
 //! Rules, in order ("refused" below means: withheld when the plan fails closed, passed
 //! unchanged otherwise):
@@ -40,7 +41,10 @@
 //!    `Accept-Ranges`, `Transfer-Encoding` and `Trailer`. Trailers are dropped.
 //! 5. Any other body — another content type, a missing one, or several `Content-Type` fields —
 //!    is refused unless it is empty (an upstream that mislabels JSON would otherwise leak it).
-//!    An empty body passes, with `Content-Length: 0` and no trailers.
+//!    An empty body passes, with `Content-Length: 0` and no trailers. For the contract alone
+//!    (no route removal, no mask) this holds when its keep-only-declared is on and the
+//!    operation's response for the status does not list the type (a missing type or several
+//!    are never listed); a body of a declared type passes unread.
 //! 6. An upstream body that fails while being read is an `upstream_error`.
 //!
 //! Re-serialization is canonical JSON: insignificant whitespace goes, object keys come out
@@ -107,13 +111,27 @@ pub struct Plan<'a> {
 
 impl Plan<'_> {
     /// Whether anything in the plan changes bodies of this type (a plan that only validates
-    /// never withholds one). The contract's keep-only-declared acts on JSON bodies only: a
-    /// body of another type the operation declares is the contract's to validate, not to
-    /// withhold.
+    /// never withholds one). The contract's keep-only-declared filters JSON bodies; a body of
+    /// another type is its to withhold only when the operation does not declare that type
+    /// ([`Plan::contract_withholds`]).
     fn filters(&self, json: bool) -> bool {
         self.remove.is_some()
             || self.mask.is_some()
             || (json && self.contract.is_some_and(|c| c.filters()))
+    }
+
+    /// Whether the contract's keep-only-declared withholds a body that is not read as JSON:
+    /// one whose type — another one, none, or several (`content_type` is then `None`) — the
+    /// operation's declared response does not list. The contract is handed a stand-in value
+    /// and answers as it does for a JSON body of an undeclared type: by setting it to `null`.
+    fn contract_withholds(&self, status: StatusCode, content_type: Option<&str>) -> bool {
+        let Some(contract) = self.contract.filter(|c| c.filters()) else {
+            return false;
+        };
+        let mut stand_in = serde_json::Value::Bool(true);
+        // Its violations are the ones `apply(…, None)` reports, taken where the body goes.
+        let _ = contract.apply(status, content_type, Some(&mut stand_in));
+        stand_in.is_null()
     }
 }
 
@@ -146,7 +164,11 @@ pub async fn filter_with(
         return Ok((resp, validate_only(None)));
     }
     let json = is_json(resp.headers());
-    let filters = plan.filters(json);
+    // A JSON answer mislabelled (`text/plain`, no type, two types) must not slip past the
+    // contract's keep-only-declared: a body of a type the operation does not declare is
+    // withheld like one that cannot be filtered.
+    let filters = plan.filters(json)
+        || (!json && plan.contract_withholds(status, single_content_type(resp.headers())));
     let unfilterable = |detail: &'static str, resp: Response<BoxBody>| {
         if filters && plan.fail_closed {
             Err(refuse(detail))
@@ -617,6 +639,94 @@ mod tests {
             let e = expect_err(run(resp, 1024).await, RejectReason::ResponseFilterFailed);
             assert!(e.detail.contains("not JSON"), "{ct:?}: {}", e.detail);
         }
+    }
+
+    /// Keep-only-declared as the contract does it: the response lists these types (prefixes
+    /// of the `Content-Type`), a body of another type (or none) is set to `null`, and the
+    /// declared JSON keeps its fields but `password_hash`.
+    #[derive(Debug)]
+    struct Declares(&'static [&'static str]);
+
+    impl ResponseContract for Declares {
+        fn wants_body(&self, _: StatusCode) -> bool {
+            true
+        }
+        fn filters(&self) -> bool {
+            true
+        }
+        fn max_bytes(&self) -> u64 {
+            1024
+        }
+        fn apply(
+            &self,
+            _: StatusCode,
+            content_type: Option<&str>,
+            body: Option<&mut Value>,
+        ) -> Vec<Violation> {
+            let declared = content_type.is_some_and(|ct| self.0.iter().any(|t| ct.starts_with(t)));
+            match body {
+                Some(b) if !declared => *b = Value::Null,
+                Some(Value::Object(m)) => {
+                    m.remove("password_hash");
+                }
+                _ => {}
+            }
+            Vec::new()
+        }
+    }
+
+    async fn run_contract(
+        resp: Response<BoxBody>,
+        declared: &'static [&'static str],
+        fail_closed: bool,
+    ) -> Result<Response<BoxBody>, Rejection> {
+        let contract = Declares(declared);
+        let plan = Plan {
+            remove: None,
+            contract: Some(&contract),
+            mask: None,
+            max_bytes: 1024,
+            fail_closed,
+        };
+        filter_with(resp, &plan, &Method::GET)
+            .await
+            .map(|(resp, _)| resp)
+    }
+
+    const USER: &str = r#"{"id":7,"password_hash":"$2b$12$abc"}"#;
+
+    #[tokio::test]
+    async fn respfilter_declared_only_withholds_mislabelled_json() {
+        // Go's detected type, no type, two types, a compressed body of an undeclared type.
+        let cases: [&[(&str, &str)]; 5] = [
+            &[("content-type", "text/plain; charset=utf-8")],
+            &[],
+            &[JSON, ("content-type", "text/plain")],
+            &[("content-type", "application/octet-stream")],
+            &[("content-type", "text/plain"), ("content-encoding", "gzip")],
+        ];
+        for headers in cases {
+            let resp = response(200, headers, chunked(&[USER]));
+            expect_err(
+                run_contract(resp, &["application/json"], true).await,
+                RejectReason::ResponseFilterFailed,
+            );
+        }
+        // The declared JSON is filtered.
+        let resp = response(200, &[JSON], chunked(&[USER]));
+        let ok = expect_ok(run_contract(resp, &["application/json"], true).await);
+        assert_eq!(&body_of(ok).await.1[..], br#"{"id":7}"#);
+        // A declared type that is not JSON passes unread; so does an empty body of any type.
+        let resp = response(200, &[("content-type", "text/csv")], chunked(&["a,b\n"]));
+        let ok = expect_ok(run_contract(resp, &["application/json", "text/csv"], true).await);
+        assert_eq!(&body_of(ok).await.1[..], b"a,b\n");
+        let resp = response(200, &[("content-type", "text/plain")], chunked(&[]));
+        let ok = expect_ok(run_contract(resp, &["application/json"], true).await);
+        assert!(body_of(ok).await.1.is_empty());
+        // `on_unfilterable: pass`: the route's choice.
+        let resp = response(200, &[("content-type", "text/plain")], chunked(&[USER]));
+        let ok = expect_ok(run_contract(resp, &["application/json"], false).await);
+        assert_eq!(&body_of(ok).await.1[..], USER.as_bytes());
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fields::{Direction, FieldTree};
 use crate::json::JsonLimits;
-use crate::model::{Document, In, MediaDef, OperationDef, ResponseDef, is_json_media};
+use crate::model::{Document, In, MediaDef, OperationDef, ResponseDef, Shape, is_json_media};
 
 // ---------------------------------------------------------------------------------------------
 // Raw
@@ -193,6 +193,9 @@ pub struct Operation {
     pub settings: Arc<Settings>,
     /// One per entry of `def.parameters`.
     pub params: Vec<Option<jsonschema::Validator>>,
+    /// One per entry of `def.parameters`: the field tree of an object or JSON (`content`)
+    /// parameter's schema, walked as a body's is (undeclared and read-only properties).
+    pub param_fields: Vec<Option<FieldTree>>,
     /// One per entry of `def.parameters`: `query:limit`, `path:id` … (violation locations).
     pub locations: Vec<String>,
     pub body: Vec<Media>,
@@ -264,6 +267,18 @@ pub fn compile(
                 })
             })
             .collect();
+        let param_fields = def
+            .parameters
+            .iter()
+            .map(|p| match (&p.shape, p.schema.as_deref()) {
+                (Shape::Object(_) | Shape::Json, Some(ptr)) => {
+                    FieldTree::compile(&document.request_root, ptr, Direction::Request)
+                        .map_err(|m| problem(ptr, m))
+                        .ok()
+                }
+                _ => None,
+            })
+            .collect();
         let body = def
             .body
             .as_ref()
@@ -311,6 +326,7 @@ pub fn compile(
             def: def.clone(),
             settings: settings.clone(),
             params,
+            param_fields,
             locations,
             body,
             responses,

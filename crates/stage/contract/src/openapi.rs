@@ -21,7 +21,9 @@
 //! 3.0 documents each is rewritten in place: `nullable` becomes a `"null"` type (or an
 //! `anyOf` with `{"type": "null"}` where there is no `type` to extend), boolean
 //! `exclusiveMinimum`/`exclusiveMaximum` become the numeric form, and a `$ref` loses its
-//! siblings (the 3.0 rule). In both versions `format: int32`/`int64` add the range as
+//! siblings (the 3.0 rule) except `readOnly` and `writeOnly`, which are kept beside it (the
+//! `required` lists already honour them there, so the validators and the field trees do too).
+//! In both versions `format: int32`/`int64` add the range as
 //! `minimum`/`maximum` unless the schema sets tighter bounds.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -400,6 +402,9 @@ struct RefCheck {
 
 struct Bundler {
     files: Vec<FileEntry>,
+    /// The main document's directory, canonical: no file outside it is read (`None`: it
+    /// cannot be resolved, and no other file is read).
+    home: Option<PathBuf>,
     by_path: HashMap<PathBuf, usize>,
     checks: Vec<RefCheck>,
     errors: Vec<LoadError>,
@@ -411,7 +416,12 @@ impl Bundler {
         if let Ok(canonical) = std::fs::canonicalize(&main) {
             by_path.insert(canonical, 0);
         }
+        let home = match main.parent() {
+            Some(d) if !d.as_os_str().is_empty() => std::fs::canonicalize(d).ok(),
+            _ => std::fs::canonicalize(".").ok(),
+        };
         Bundler {
+            home,
             files: vec![FileEntry {
                 actual: main,
                 display,
@@ -517,6 +527,19 @@ impl Bundler {
                     .parent()
                     .map_or_else(|| relative.to_path_buf(), |d| d.join(relative)),
             );
+            // Only files in the main document's directory (or below it) are read, by name and
+            // once symbolic links are resolved: a document must not be able to pull in (and
+            // have quoted back in errors) whatever else the gateway can read.
+            let outside = || {
+                format!(
+                    "{display} is outside the directory of the main document: only files in it \
+                     or below it are read"
+                )
+            };
+            if !self.lexically_home(&display) {
+                fail(&mut self.errors, outside());
+                return;
+            }
             let canonical = match std::fs::canonicalize(&actual) {
                 Ok(c) => c,
                 Err(e) => {
@@ -524,6 +547,10 @@ impl Bundler {
                     return;
                 }
             };
+            if !self.home.as_ref().is_some_and(|h| canonical.starts_with(h)) {
+                fail(&mut self.errors, outside());
+                return;
+            }
             match self.by_path.get(&canonical) {
                 Some(&n) => n,
                 None if self.files.len() >= MAX_FILES => {
@@ -557,6 +584,17 @@ impl Bundler {
             format!("/{FILES_KEY}/{target_file}{pointer}")
         };
         *reference = format!("#{}", pointer_fragment(&local));
+    }
+
+    /// Whether a file named `display` (normalised, as [`normalize`] gives it) is in the main
+    /// document's directory or below it, by name alone.
+    fn lexically_home(&self, display: &str) -> bool {
+        let main = Path::new(&self.files[0].display);
+        let dir = main.parent().unwrap_or_else(|| Path::new(""));
+        Path::new(display).strip_prefix(dir).is_ok_and(|rest| {
+            rest.components()
+                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        })
     }
 
     /// The main document with the other files placed under `/x-portcullis-files/<n>`.
@@ -1543,6 +1581,9 @@ fn convert(view: &mut Value, schemas: &BTreeSet<String>, version: Version) {
     }
 }
 
+/// Siblings of a 3.0 `$ref` kept by the conversion.
+const REF_FLAGS: [&str; 2] = ["readOnly", "writeOnly"];
+
 fn convert_one(o: &mut Map<String, Value>, version: Version) {
     if version == Version::V31 {
         int_bounds(o);
@@ -1550,10 +1591,17 @@ fn convert_one(o: &mut Map<String, Value>, version: Version) {
     }
     let nullable = o.remove("nullable") == Some(Value::Bool(true));
     if o.get("$ref").is_some_and(Value::is_string) {
-        // 3.0: a Reference Object's siblings are ignored.
-        o.retain(|k, _| k == "$ref");
+        // 3.0: a Reference Object's siblings are ignored — except the access flags, which
+        // `strip_required` and the field trees honour there too: both views must agree on
+        // what a client may send and what a response may show.
+        o.retain(|k, _| k == "$ref" || REF_FLAGS.contains(&k.as_str()));
         if nullable {
+            let flags: Vec<(String, Value)> = REF_FLAGS
+                .iter()
+                .filter_map(|k| o.remove(*k).map(|v| ((*k).to_owned(), v)))
+                .collect();
             wrap_nullable(o);
+            o.extend(flags);
         }
         return;
     }
@@ -1946,6 +1994,74 @@ components:
     }
 
     #[test]
+    fn access_flags_beside_a_30_ref_are_kept() {
+        use crate::fields::{Direction, FieldTree, Unknown};
+        let d = dir(&[(
+            "acct.yaml",
+            r##"
+openapi: 3.0.3
+info: {title: t, version: "1"}
+paths:
+  /accounts:
+    post:
+      requestBody:
+        content:
+          application/json: {schema: {$ref: '#/components/schemas/Account'}}
+      responses: {"201": {description: created}}
+components:
+  schemas:
+    Role: {type: string, enum: [user, admin]}
+    Secret: {type: string, minLength: 8}
+    Account:
+      type: object
+      required: [name, role, password]
+      properties:
+        name: {type: string}
+        role: {$ref: '#/components/schemas/Role', readOnly: true, description: dropped}
+        password: {$ref: '#/components/schemas/Secret', writeOnly: true}
+        boss: {$ref: '#/components/schemas/Role', readOnly: true, nullable: true}
+"##,
+        )]);
+        let doc = load_in(&d, "acct.yaml").unwrap();
+        let acct = "/components/schemas/Account";
+        let prop =
+            |root: &Value, name: &str| root.pointer(&format!("{acct}/properties/{name}")).cloned();
+        assert_eq!(
+            prop(&doc.request_root, "role"),
+            Some(json!({"$ref": "#/components/schemas/Role", "readOnly": true}))
+        );
+        assert_eq!(
+            prop(&doc.response_root, "boss"),
+            Some(
+                json!({"anyOf": [{"$ref": "#/components/schemas/Role"}, {"type": "null"}],
+                "readOnly": true})
+            )
+        );
+        // The validators and the field trees agree with the `required` lists.
+        let request = validator(&doc, true, acct);
+        assert!(request.is_valid(&json!({"name": "a", "password": "12345678"})));
+        let tree = FieldTree::compile(&doc.request_root, acct, Direction::Request).unwrap();
+        let mut body = json!({"name": "a", "role": "admin", "boss": null, "password": "12345678"});
+        let mut out = Vec::new();
+        tree.apply(&mut body, Unknown::Reject, "body", &mut out, 10);
+        let got: Vec<(&str, &str)> = out
+            .iter()
+            .map(|v| (v.location.as_str(), v.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("body:/boss", "read-only field"),
+                ("body:/role", "read-only field")
+            ]
+        );
+        let tree = FieldTree::compile(&doc.response_root, acct, Direction::Response).unwrap();
+        let mut body = json!({"name": "a", "role": "user", "password": "12345678"});
+        tree.apply(&mut body, Unknown::Reject, "body", &mut out, 10);
+        assert_eq!(body, json!({"name": "a", "role": "user"}));
+    }
+
+    #[test]
     fn converts_30_schemas() {
         let d = dir(&[("shop.yaml", SHOP30)]);
         let doc = load_in(&d, "shop.yaml").unwrap();
@@ -2047,6 +2163,65 @@ components:
         assert!(limit.is_valid(&json!(99)));
         assert!(!limit.is_valid(&json!(100)), "exclusiveMaximum: true");
         assert!(!limit.is_valid(&json!(0)));
+    }
+
+    #[test]
+    fn references_stay_in_the_main_documents_directory() {
+        let main = |target: &str| {
+            format!(
+                r##"
+openapi: 3.1.0
+info: {{title: t, version: "1"}}
+paths:
+  /a:
+    post:
+      requestBody:
+        content:
+          application/json: {{schema: {{$ref: '{target}'}}}}
+      responses: {{"200": {{description: ok}}}}
+"##
+            )
+        };
+        let d = dir(&[
+            ("secret.txt", "s3cr3t"),
+            ("api/shop.yaml", &main("../secret.txt")),
+            ("api/up.yaml", &main("sub/../../secret.txt")),
+            ("api/link.yaml", &main("linked.yaml")),
+            ("api/note.yaml", &main("notes.txt")),
+            ("api/notes.txt", "s3cr3t"),
+            ("api/ok.yaml", &main("sub/common.yaml#/S")),
+            ("api/sub/common.yaml", "S: {type: string}"),
+        ]);
+        std::os::unix::fs::symlink(
+            d.path().join("secret.txt"),
+            d.path().join("api/linked.yaml"),
+        )
+        .unwrap();
+        let schema = "#/paths/~1a/post/requestBody/content/application~1json/schema";
+        for file in ["api/shop.yaml", "api/up.yaml", "api/link.yaml"] {
+            let got = errors(&d, file);
+            assert!(!format!("{got:?}").contains("s3cr3t"), "{got:?}");
+            assert_eq!(got.len(), 1, "{file}: {got:?}");
+            assert_eq!(got[0].0, format!("{file}{schema}"));
+            assert!(
+                got[0]
+                    .1
+                    .ends_with(" is outside the directory of the main document: only files in it or below it are read"),
+                "{file}: {got:?}"
+            );
+        }
+        // A file inside that is no schema: refused without quoting it.
+        let got = errors(&d, "api/note.yaml");
+        assert_eq!(
+            got,
+            [(
+                "api/notes.txt#".to_owned(),
+                "is not a valid schema: the value is not of types \"boolean\", \"object\""
+                    .to_owned()
+            )]
+        );
+        let doc = load_in(&d, "api/ok.yaml").unwrap();
+        assert_eq!(doc.files.len(), 2);
     }
 
     #[test]

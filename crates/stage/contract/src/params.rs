@@ -22,6 +22,7 @@ use percent_encoding::percent_decode_str;
 use portcullis_core::Violation;
 use serde_json::{Map, Value};
 
+use crate::json::JsonLimits;
 use crate::model::{In, ParamDef, ScalarType, Shape, Style};
 
 /// Query pairs looked at; more are a violation.
@@ -53,9 +54,15 @@ pub struct RawRequest<'a> {
 pub fn read(
     defs: &[ParamDef],
     req: &RawRequest<'_>,
+    limits: &JsonLimits,
     values: &mut Vec<(usize, Value)>,
     violations: &mut Vec<Violation>,
 ) {
+    // Rack 2 and older `parse_qs` also split the query on `;`: what they read after one is a
+    // parameter this reader never saw (`q=x;limit=100000`, `q=x;admin=1`).
+    if req.query.is_some_and(|q| q.contains(';')) {
+        violations.push(Violation::new("query", SEMICOLON));
+    }
     let query = Query::parse(req.query);
     let query_ok = !query.too_many;
     if query.too_many && defs.iter().any(|d| d.location == In::Query) {
@@ -64,10 +71,16 @@ pub fn read(
             format!("too many query parameters (more than {MAX_QUERY_PAIRS})"),
         ));
     }
-    let cookies = if defs.iter().any(|d| d.location == In::Cookie) {
-        cookies(req.headers)
+    let (cookies, cookies_ok) = if defs.iter().any(|d| d.location == In::Cookie) {
+        match cookies(req.headers) {
+            Ok(c) => (c, true),
+            Err(message) => {
+                violations.push(Violation::new("cookie", message));
+                (Vec::new(), false)
+            }
+        }
     } else {
-        Vec::new()
+        (Vec::new(), true)
     };
     for (i, def) in defs.iter().enumerate() {
         let location = match def.location {
@@ -79,11 +92,12 @@ pub fn read(
             In::Query => query.find(def),
             In::Path => path(def, (req.path_params)(&def.name)),
             In::Header => header(def, req.headers),
+            In::Cookie if !cookies_ok => continue,
             In::Cookie => cookie(def, &cookies),
         };
         let result = found.map_err(|m| (None, m)).and_then(|f| match f {
             None => Ok(None),
-            Some(found) => typed(def, found),
+            Some(found) => typed(def, found, limits),
         });
         match result {
             Ok(Some(value)) => values.push((i, value)),
@@ -182,6 +196,13 @@ const NOT_UTF8: &str = "must be valid UTF-8 text";
 const REPEATED: &str = "must not be repeated";
 const EMPTY: &str = "must not be empty";
 const PAIRS: &str = "must be a list of name,value pairs";
+const SEMICOLON: &str =
+    "must not contain a raw `;` (some frameworks split the query on it): encode it as %3B";
+
+/// A raw query name decoded as the parameters are read (`None`: not UTF-8).
+pub(crate) fn query_name(raw: &str) -> Option<String> {
+    decode_query(raw).ok()
+}
 
 fn decode_query(raw: &str) -> Result<String, String> {
     let plus: Cow<'_, str> = if raw.contains('+') {
@@ -344,7 +365,8 @@ impl<'a> Query<'a> {
         }
     }
 
-    /// `name[prop]=value` pairs.
+    /// `name[prop]=value` pairs. The name alone (`name=…`) is refused: qs-style parsers read
+    /// it as the whole value, which no property check would see.
     fn deep_object(&self, def: &ParamDef) -> Lookup {
         let mut out: Vec<(String, String)> = Vec::new();
         for (name, raw) in &self.pairs {
@@ -352,6 +374,9 @@ impl<'a> Query<'a> {
             let Some(rest) = name.strip_prefix(def.name.as_str()) else {
                 continue;
             };
+            if rest.is_empty() {
+                return Err("must be in deepObject style (name[property]=value)".to_owned());
+            }
             let Some(prop) = rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')) else {
                 continue;
             };
@@ -491,16 +516,24 @@ fn header(def: &ParamDef, headers: &http::HeaderMap) -> Lookup {
     Ok(Some(list_or_pairs(mode, def.explode, items)?))
 }
 
-/// Every `name=value` of every `Cookie` header (at most [`MAX_COOKIES`]).
-fn cookies(headers: &http::HeaderMap) -> Vec<(&str, &str)> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .take(MAX_COOKIES)
-        .collect()
+/// Every `name=value` of every `Cookie` field, names trimmed (`role =x` is `role`, as
+/// lenient parsers read it). A field that is not visible ASCII, or more than [`MAX_COOKIES`]
+/// cookies, is an error: skipping either would leave a cookie unchecked that the application
+/// may still read.
+fn cookies(headers: &http::HeaderMap) -> Result<Vec<(&str, &str)>, String> {
+    let mut out = Vec::new();
+    for field in headers.get_all(http::header::COOKIE) {
+        let text = field
+            .to_str()
+            .map_err(|_| "the Cookie header must be ASCII text".to_owned())?;
+        for (name, value) in text.split(';').filter_map(|c| c.trim().split_once('=')) {
+            if out.len() == MAX_COOKIES {
+                return Err(format!("too many cookies (more than {MAX_COOKIES})"));
+            }
+            out.push((name.trim(), value));
+        }
+    }
+    Ok(out)
 }
 
 fn cookie(def: &ParamDef, cookies: &[(&str, &str)]) -> Lookup {
@@ -552,7 +585,7 @@ type Fault = (Option<String>, String);
 
 /// The JSON value of what was found, per the parameter's shape. `Ok(None)`: an allowed empty
 /// value that its types cannot hold (left out, not an error).
-fn typed(def: &ParamDef, found: Found) -> Result<Option<Value>, Fault> {
+fn typed(def: &ParamDef, found: Found, limits: &JsonLimits) -> Result<Option<Value>, Fault> {
     match (&def.shape, found) {
         (Shape::Json, Found::One(text)) => {
             if text.is_empty() && def.allow_empty_value {
@@ -564,9 +597,19 @@ fn typed(def: &ParamDef, found: Found) -> Result<Option<Value>, Fault> {
                     format!("is too long (more than {} KiB)", MAX_JSON_BYTES / 1024),
                 ));
             }
-            serde_json::from_str(&text)
+            // The body's parser and limits: duplicate keys, huge numbers and deep nesting are
+            // refused here as they are in bodies.
+            crate::json::parse(text.as_bytes(), limits)
                 .map(Some)
-                .map_err(|_| (None, "must be valid JSON".to_owned()))
+                .map_err(|e| match e {
+                    crate::json::JsonError::Malformed { .. } => {
+                        (None, "must be valid JSON".to_owned())
+                    }
+                    e => {
+                        let at = e.pointer().and_then(|p| p.strip_prefix('/'));
+                        (at.map(str::to_owned), e.message())
+                    }
+                })
         }
         (Shape::Scalar(types), Found::One(text)) => match scalar(&text, types) {
             Some(v) => Ok(Some(v)),
@@ -726,7 +769,13 @@ mod tests {
         };
         let mut values = Vec::new();
         let mut violations = Vec::new();
-        read(defs, &raw, &mut values, &mut violations);
+        read(
+            defs,
+            &raw,
+            &JsonLimits::default(),
+            &mut values,
+            &mut violations,
+        );
         let v = violations
             .into_iter()
             .map(|v| (v.location, v.message))
@@ -941,6 +990,8 @@ mod tests {
     fn query_objects() {
         let shape = obj(&[("color", Str), ("size", Integer)]);
         let deep = || q("f", Style::DeepObject, true, shape.clone());
+        // An undeclared property is read as text here; the field walk of the contract step
+        // refuses it (or strips it) as it does a body's (stage tests: `object_parameters_*`).
         assert_eq!(
             query(deep(), "f%5Bcolor%5D=red&f[size]=3&f[extra]=9&g[size]=1"),
             Ok(json!({"color": "red", "size": 3, "extra": "9"}))
@@ -958,8 +1009,16 @@ mod tests {
             Err("must not be repeated".into())
         );
         assert_eq!(query(deep(), "f[size]="), Err("must not be empty".into()));
-        let (values, violations) = run(&[deep()], &req("f=1&fx[size]=2"));
+        let (values, violations) = run(&[deep()], &req("fx[size]=2&f%5B=1"));
         assert!(values.is_empty() && violations.is_empty());
+        // The name alone is the whole value to qs-style parsers: no property check sees it.
+        for bare in ["f=anything", "f[size]=1&f=2", "f=", "f"] {
+            assert_eq!(
+                query(deep(), bare),
+                Err("must be in deepObject style (name[property]=value)".into()),
+                "{bare}"
+            );
+        }
 
         let exploded = || q("f", Style::Form, true, shape.clone());
         assert_eq!(
@@ -1003,8 +1062,28 @@ mod tests {
             query(j(), &long),
             Err("is too long (more than 64 KiB)".into())
         );
+        // The body's parser, under the route's limits.
         let deep = format!("q={}", "%5B".repeat(200));
-        assert_eq!(query(j(), &deep), Err("must be valid JSON".into()));
+        assert_eq!(
+            query(j(), &deep),
+            Err(format!("at {}0: nesting deeper than 32", "0/".repeat(31)))
+        );
+        assert_eq!(
+            query(j(), "q=%7B%22a%22%3A1%2C%22a%22%3A2%7D"),
+            Err("at a: duplicate key".into())
+        );
+        assert_eq!(
+            query(j(), "q=%7B%22n%22%3A9007199254740993%7D"),
+            Err("at n: number beyond ±9007199254740991".into())
+        );
+        assert_eq!(
+            query(j(), "q=1e400"),
+            Err("number beyond ±9007199254740991".into())
+        );
+        assert_eq!(
+            query(j(), "q=%22a%22%20x"),
+            Err("must be valid JSON".into())
+        );
         let mut r = req("");
         r.headers
             .insert("x-filter", http::HeaderValue::from_static("{\"a\": true}"));
@@ -1276,6 +1355,44 @@ mod tests {
             ),
             Ok(json!({"R": 1, "G": "2"}))
         );
+        // Names are trimmed, as lenient parsers read them; then `role` and `role ` repeat.
+        let role = || c("role", Shape::Scalar(vec![Str]), true);
+        assert_eq!(
+            with_headers(role(), &[("cookie", b"a=1; role =admin")]),
+            Ok(json!("admin"))
+        );
+        assert_eq!(
+            with_headers(role(), &[("cookie", b"role=user; role =admin")]),
+            Err("must not be repeated".into())
+        );
+        // A field that is not ASCII is refused, not skipped (with the cookies it holds).
+        assert_eq!(
+            with_headers(
+                role(),
+                &[("cookie", b"role=user"), ("cookie", b"x=\xff; role=admin")]
+            ),
+            Err("the Cookie header must be ASCII text".into())
+        );
+        // So is a cookie past the cap, where a repeat could hide.
+        let many = format!("{}role=admin", "z=1; ".repeat(MAX_COOKIES));
+        assert_eq!(
+            with_headers(
+                role(),
+                &[("cookie", b"role=user"), ("cookie", many.as_bytes())]
+            ),
+            Err("too many cookies (more than 256)".into())
+        );
+        let fits = format!("{}role=admin", "z=1; ".repeat(MAX_COOKIES - 1));
+        assert_eq!(
+            with_headers(role(), &[("cookie", fits.as_bytes())]),
+            Ok(json!("admin"))
+        );
+        // Without cookie parameters the Cookie header is not looked at.
+        let mut r = req("");
+        r.headers
+            .insert("cookie", http::HeaderValue::from_bytes(b"x=\xff").unwrap());
+        let (_, violations) = run(&[q("a", Style::Form, true, Shape::Scalar(vec![]))], &r);
+        assert!(violations.is_empty());
         let mut session = c("session", Shape::Scalar(vec![Str]), true);
         session.required = true;
         let (_, violations) = run(&[session], &req(""));
@@ -1321,6 +1438,27 @@ mod tests {
                 "too many query parameters (more than 256)".to_owned()
             )]
         );
+    }
+
+    #[test]
+    fn a_raw_semicolon_in_the_query_is_refused() {
+        let defs = [q("q", Style::Form, true, Shape::Scalar(vec![Str]))];
+        for raw in ["q=x;limit=100000", "q=x;admin=1", "a;b=1", "q=%3B;"] {
+            let (_, violations) = run(&defs, &req(raw));
+            assert_eq!(
+                violations,
+                [("query".to_owned(), SEMICOLON.to_owned())],
+                "{raw}"
+            );
+        }
+        // Encoded, it is data.
+        assert_eq!(
+            query(defs[0].clone(), "q=x%3Blimit%3D1"),
+            Ok(json!("x;limit=1"))
+        );
+        // With no query parameters declared, too.
+        let (_, violations) = run(&[], &req("x=1;y=2"));
+        assert_eq!(violations, [("query".to_owned(), SEMICOLON.to_owned())]);
     }
 
     #[test]

@@ -215,10 +215,52 @@ pub(crate) fn meta_problems(root: &Value, pointer: &str) -> Vec<(String, String)
         .map(|e| {
             (
                 format!("{pointer}{}", e.instance_path().as_str()),
-                format!("is not a valid schema: {}", short(&e.to_string())),
+                meta_message(&e),
             )
         })
         .collect()
+}
+
+/// What a meta-schema error says, without quoting the offending value: it is document text,
+/// possibly of a file a `$ref` pulled in that is no schema at all.
+fn meta_message(e: &jsonschema::ValidationError<'_>) -> String {
+    use jsonschema::error::ValidationErrorKind as K;
+    // Kinds whose masked message names only the meta-schema's own terms (types, limits,
+    // property names it requires); the others may list the value's keys.
+    let masked = matches!(
+        e.kind(),
+        K::Type { .. }
+            | K::Enum { .. }
+            | K::Constant { .. }
+            | K::Minimum { .. }
+            | K::Maximum { .. }
+            | K::ExclusiveMinimum { .. }
+            | K::ExclusiveMaximum { .. }
+            | K::MinLength { .. }
+            | K::MaxLength { .. }
+            | K::MinItems { .. }
+            | K::MaxItems { .. }
+            | K::MinProperties { .. }
+            | K::MaxProperties { .. }
+            | K::UniqueItems
+            | K::Format { .. }
+            | K::Required { .. }
+            | K::AnyOf { .. }
+            | K::OneOfNotValid { .. }
+            | K::OneOfMultipleValid { .. }
+            | K::FalseSchema
+    );
+    if masked {
+        format!(
+            "is not a valid schema: {}",
+            short(&e.masked_with("the value").to_string())
+        )
+    } else {
+        format!(
+            "is not a valid schema: the meta-schema's `{}` rule rejects it",
+            e.kind().keyword()
+        )
+    }
 }
 
 /// Whether a `pattern` (ECMA-262 syntax, as JSON Schema has it) compiles with the engine the
@@ -267,7 +309,10 @@ mod tests {
                 "Bad": {"type": 7},
                 "Pattern": {"type": "string", "pattern": "[a-"},
                 "Ahead": {"type": "string", "pattern": "(?=a)b"},
-                "Dangling": {"$ref": "#/components/schemas/Nope"}
+                "Dangling": {"$ref": "#/components/schemas/Nope"},
+                "Leak": "s3cr3t",
+                "LeakKeys": {"$id": "s3cr3t", "type": ["s3cr3t"], "minimum": "s3cr3t",
+                             "properties": {"a": "s3cr3t"}, "$defs": [{"s3cr3t": 1}]}
             }},
             "paths": {"/a/{id}": {"get": {"x": {"type": "integer"}}}}
         }))
@@ -358,7 +403,20 @@ mod tests {
         let problems = meta_problems(&root, "/components/schemas/Bad");
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].0, "/components/schemas/Bad/type");
-        assert!(problems[0].1.starts_with("is not a valid schema: "));
+        assert_eq!(
+            problems[0].1,
+            "is not a valid schema: the value is not valid under any of the schemas listed in \
+             the 'anyOf' keyword"
+        );
+        // The offending value is never quoted (it may be a file that is no schema at all).
+        for at in ["/components/schemas/Leak", "/components/schemas/LeakKeys"] {
+            let problems = meta_problems(&root, at);
+            assert!(!problems.is_empty(), "{at}");
+            for (_, m) in problems {
+                assert!(m.starts_with("is not a valid schema: "), "{m}");
+                assert!(!m.contains("s3cr3t"), "{m}");
+            }
+        }
         assert!(meta_problems(&root, "/components/schemas/Item").is_empty());
         assert_eq!(
             meta_problems(&root, "/nope"),

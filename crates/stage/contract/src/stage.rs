@@ -11,8 +11,11 @@ use portcullis_core::{
     ResponseContract, Stage, StageId, Step, Verdict, Violation,
 };
 
+use serde_json::Value;
+
 use crate::config::{Media, Mode, Operation, UnknownFields, UnknownQuery};
 use crate::fields::Unknown;
+use crate::model::{In, Style};
 use crate::model::{is_json_media, pick_media, pick_response};
 
 /// The contract step: one operation (or none) per route, indexed by route id.
@@ -42,7 +45,10 @@ impl Stage for ContractStage {
             return Step::CONTINUE;
         };
         let mut violations = Vec::new();
-        check_params(op, req, &mut violations);
+        let stripped = check_params(op, req, &mut violations);
+        if !stripped.is_empty() && !drop_query_pairs(req, &stripped) {
+            violations.push(Violation::new("query", "could not be rewritten"));
+        }
         let has_body = match &req.body {
             RequestBody::Streaming(b) => !http_body::Body::is_end_stream(b),
             RequestBody::Buffered(b) => !b.is_empty(),
@@ -192,7 +198,13 @@ fn set_body(req: &mut GatewayRequest, body: Bytes) {
     req.replace_body(body);
 }
 
-fn check_params(op: &Operation, req: &GatewayRequest, violations: &mut Vec<Violation>) {
+/// Checks the parameters; returns the (decoded) query names to remove from what is forwarded:
+/// the undeclared properties of deepObject parameters, under `unknown_fields: strip`.
+fn check_params(
+    op: &Operation,
+    req: &GatewayRequest,
+    violations: &mut Vec<Violation>,
+) -> Vec<String> {
     let defs = &op.def.parameters;
     let query = req.head.uri.query();
     let path = req.head.uri.path();
@@ -213,13 +225,43 @@ fn check_params(op: &Operation, req: &GatewayRequest, violations: &mut Vec<Viola
         path_params: &path_param,
     };
     let mut values = Vec::with_capacity(defs.len());
-    crate::params::read(defs, &raw, &mut values, violations);
+    crate::params::read(defs, &raw, &op.settings.limits, &mut values, violations);
     let cap = op.settings.max_violations;
-    for (i, value) in &values {
-        let (Some(Some(v)), Some(prefix)) = (op.params.get(*i), op.locations.get(*i)) else {
+    let strip = op.settings.unknown_fields == UnknownFields::Strip;
+    let mut stripped = Vec::new();
+    for (i, value) in &mut values {
+        let (Some(def), Some(prefix)) = (defs.get(*i), op.locations.get(*i)) else {
             continue;
         };
-        crate::messages::collect(prefix, v, value, violations, cap);
+        // Object and JSON parameters are closed as bodies are: undeclared properties are
+        // operator injection waiting for a lenient parser (`filter[$where]=…`).
+        if let Some(Some(tree)) = op.param_fields.get(*i) {
+            // Only a deepObject parameter's properties are pairs of their own that can be left
+            // out of the forwarded query; other serialisations pack them into one value, which
+            // is not rewritten: there an undeclared property is a violation under `strip` too.
+            let removable = strip && def.location == In::Query && def.style == Style::DeepObject;
+            let before: Vec<String> = match value {
+                Value::Object(o) if removable => o.keys().cloned().collect(),
+                _ => Vec::new(),
+            };
+            let unknown = if removable {
+                Unknown::Strip
+            } else {
+                Unknown::Reject
+            };
+            tree.apply(value, unknown, prefix, violations, cap);
+            if let Value::Object(o) = value {
+                stripped.extend(
+                    before
+                        .into_iter()
+                        .filter(|k| !o.contains_key(k))
+                        .map(|k| format!("{}[{k}]", def.name)),
+                );
+            }
+        }
+        if let Some(Some(v)) = op.params.get(*i) {
+            crate::messages::collect(prefix, v, value, violations, cap);
+        }
     }
     if op.settings.unknown_query == UnknownQuery::Reject {
         for name in crate::params::unknown_query(defs, query) {
@@ -231,6 +273,40 @@ fn check_params(op: &Operation, req: &GatewayRequest, violations: &mut Vec<Viola
                 "is not a parameter of this operation",
             ));
         }
+    }
+    stripped
+}
+
+/// Removes every query pair whose decoded name is one of `names` from the forwarded URI.
+/// `false` when the URI could not be rebuilt (the pairs would then go on).
+fn drop_query_pairs(req: &mut GatewayRequest, names: &[String]) -> bool {
+    let uri = &req.head.uri;
+    let Some(query) = uri.query() else {
+        return true;
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|piece| {
+            let raw = piece.split_once('=').map_or(*piece, |(n, _)| n);
+            crate::params::query_name(raw).is_none_or(|n| !names.contains(&n))
+        })
+        .collect();
+    let path_and_query = if kept.is_empty() {
+        uri.path().to_owned()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    let Ok(pq) = path_and_query.parse() else {
+        return false;
+    };
+    parts.path_and_query = Some(pq);
+    match http::Uri::from_parts(parts) {
+        Ok(u) => {
+            req.head.uri = u;
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -307,6 +383,18 @@ fn refuse(
     }
 }
 
+/// Whether the response filter parses a body of this type: `application/json` or
+/// `application/*+json`. Other bodies reach [`ResponseContract::apply`] with a stand-in value,
+/// only to learn whether keep-only-declared lets them pass (it sets the value to `null` when
+/// it does not).
+fn read_as_json(content_type: &str) -> bool {
+    is_json_media(content_type)
+        && content_type
+            .trim_start()
+            .get(.."application/".len())
+            .is_some_and(|p| p.eq_ignore_ascii_case("application/"))
+}
+
 impl ResponseContract for Operation {
     fn wants_body(&self, status: StatusCode) -> bool {
         let s = &self.settings;
@@ -356,11 +444,19 @@ impl ResponseContract for Operation {
             return out;
         };
         let Some(media) = media else {
-            if s.declared_only && content_type.is_some_and(is_json_media) {
+            // The declared response does not list the type (or there is no single one):
+            // nothing of the body is declared. For a body the response filter does not read
+            // (not JSON by its type) this is the answer to "may it pass?": it is withheld.
+            if s.declared_only {
                 *body = serde_json::Value::Null;
             }
             return out;
         };
+        if !content_type.is_some_and(read_as_json) {
+            // A declared type the response filter does not parse: `body` only asked whether
+            // the body may pass, and it may.
+            return out;
+        }
         if s.validate_responses {
             if let Some(v) = &media.validator {
                 crate::messages::collect("body", v, body, &mut out, cap);
@@ -378,5 +474,265 @@ impl ResponseContract for Operation {
             tree.apply(body, Unknown::Strip, "body", &mut ignored, 0);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http_body_util::{BodyExt, Empty};
+    use portcullis_core::{ConfigErrors, RouteId, RouteMatch, Scheme};
+
+    use super::*;
+    use crate::config::{RawOpenApi, compile};
+
+    const SPEC: &str = r##"openapi: 3.1.0
+info: {title: t, version: "1"}
+paths:
+  /items:
+    get:
+      operationId: listItems
+      parameters:
+        - name: filter
+          in: query
+          style: deepObject
+          schema:
+            type: object
+            properties:
+              color: {type: string}
+              size: {type: integer}
+              owner: {type: string, readOnly: true}
+        - name: limit
+          in: query
+          schema: {type: integer, maximum: 100}
+        - name: where
+          in: query
+          content:
+            application/json:
+              schema:
+                type: object
+                properties:
+                  name: {type: string}
+                  tags:
+                    type: array
+                    items: {type: object, properties: {k: {type: string}}}
+        - name: X-Range
+          in: header
+          schema: {type: object, properties: {from: {type: integer}, to: {type: integer}}}
+        - name: role
+          in: cookie
+          schema: {type: string, enum: [user]}
+      responses: {"200": {description: ok}}
+"##;
+
+    /// The step for the one operation of [`SPEC`], with these extra `openapi:` settings.
+    fn stage(settings: &str) -> ContractStage {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api.yaml"), SPEC).unwrap();
+        let raw: RawOpenApi =
+            serde_yaml_ng::from_str(&format!("{{spec: api.yaml{settings}}}")).unwrap();
+        let mut e = ConfigErrors::new();
+        let contract = compile(&raw, dir.path(), "routes[0].openapi", &mut e);
+        assert!(e.is_empty(), "{e}");
+        let op = contract.unwrap().operations.into_iter().next().unwrap();
+        ContractStage::new(vec![Some(op)])
+    }
+
+    type Found = (Vec<(String, String)>, String);
+
+    /// Runs a GET of `uri`: the violations it is refused with (none: let through) and the URI
+    /// that goes on.
+    fn get(stage: &ContractStage, uri: &str, headers: &[(&str, &[u8])]) -> Found {
+        let mut b = http::Request::builder().method("GET").uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, http::HeaderValue::from_bytes(v).unwrap());
+        }
+        let (head, ()) = b.body(()).unwrap().into_parts();
+        let body = Empty::new()
+            .map_err(|e| -> portcullis_core::BoxError { match e {} })
+            .boxed_unsync();
+        let mut req = GatewayRequest::new(head, body);
+        let mut ctx = RequestCtx::new(
+            "127.0.0.1:5000".parse().unwrap(),
+            Scheme::Https,
+            Arc::from("l"),
+        );
+        ctx.route = Some(RouteMatch {
+            id: RouteId(0),
+            name: Arc::from("items"),
+            params: Vec::new(),
+        });
+        let verdict = match stage.on_request(&mut req, &mut ctx) {
+            Step::Done(v) => v,
+            Step::Async(_) => panic!("a GET without a body is checked synchronously"),
+        };
+        let violations = match verdict {
+            Verdict::Continue => Vec::new(),
+            Verdict::Reject(r) => {
+                assert_eq!(r.reason, RejectReason::ContractViolation, "{r:?}");
+                r.violations
+                    .iter()
+                    .map(|v| (v.location.clone(), v.message.clone()))
+                    .collect()
+            }
+            Verdict::Answer(a) => panic!("unexpected answer {a:?}"),
+        };
+        (violations, req.head.uri.to_string())
+    }
+
+    fn refused(found: Found, want: &[(&str, &str)]) {
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(l, m)| ((*l).to_owned(), (*m).to_owned()))
+            .collect();
+        assert_eq!(found.0, want);
+    }
+
+    fn passed(found: Found, uri: &str) {
+        assert_eq!(found, (Vec::new(), uri.to_owned()));
+    }
+
+    #[test]
+    fn object_parameters_are_closed_as_bodies_are() {
+        let s = stage("");
+        let ok = "/items?filter[color]=red&filter[size]=3&limit=5";
+        passed(get(&s, ok, &[]), ok);
+        // Operator injection through a qs-style parser.
+        refused(
+            get(
+                &s,
+                "/items?filter[color]=red&filter[$where]=sleep(5000)",
+                &[],
+            ),
+            &[("query:filter/$where", "unknown field")],
+        );
+        refused(
+            get(&s, "/items?filter%5Bf%5D=1", &[]),
+            &[("query:filter/f", "unknown field")],
+        );
+        refused(
+            get(&s, "/items?filter[owner]=me", &[]),
+            &[("query:filter/owner", "read-only field")],
+        );
+        // The name alone would be the whole value upstream.
+        refused(
+            get(&s, "/items?filter=anything", &[]),
+            &[(
+                "query:filter",
+                "must be in deepObject style (name[property]=value)",
+            )],
+        );
+        // Packed serialisations (a header here) and JSON parameters, at any depth.
+        refused(
+            get(&s, "/items", &[("x-range", b"from,1,to,2,admin,1")]),
+            &[("header:x-range/admin", "unknown field")],
+        );
+        let json = "%7B%22name%22%3A%22a%22%2C%22%24ne%22%3A1%2C%22tags%22%3A%5B%7B%22k%22%3A%22v%22%2C%22x%22%3A1%7D%5D%7D";
+        refused(
+            get(&s, &format!("/items?where={json}"), &[]),
+            &[
+                ("query:where/$ne", "unknown field"),
+                ("query:where/tags/0/x", "unknown field"),
+            ],
+        );
+        passed(
+            get(&s, "/items?where=%7B%22name%22%3A%22a%22%7D", &[]),
+            "/items?where=%7B%22name%22%3A%22a%22%7D",
+        );
+    }
+
+    #[test]
+    fn json_parameters_are_read_under_the_route_limits() {
+        let s = stage(", limits: {max_depth: 2, max_number_magnitude: 1000}");
+        // {"name":"a","name":"b"}: which one an application reads is up to its parser.
+        refused(
+            get(
+                &s,
+                "/items?where=%7B%22name%22%3A%22a%22%2C%22name%22%3A%22b%22%7D",
+                &[],
+            ),
+            &[("query:where/name", "duplicate key")],
+        );
+        refused(
+            get(&s, "/items?where=%7B%22n%22%3A1001%7D", &[]),
+            &[("query:where/n", "number beyond ±1000")],
+        );
+        refused(
+            get(&s, "/items?where=%7B%22tags%22%3A%5B%7B%7D%5D%7D", &[]),
+            &[("query:where/tags/0", "nesting deeper than 2")],
+        );
+    }
+
+    #[test]
+    fn strip_leaves_undeclared_deep_object_properties_out_of_the_query() {
+        let s = stage(", unknown_fields: strip");
+        passed(
+            get(
+                &s,
+                "/items?filter[color]=red&filter%5B%24where%5D=sleep(5000)&limit=5&filter[x]=1",
+                &[],
+            ),
+            "/items?filter[color]=red&limit=5",
+        );
+        passed(get(&s, "/items?filter[zz]=1", &[]), "/items");
+        // Read-only is refused whatever the policy; packed values are not rewritten.
+        refused(
+            get(&s, "/items?filter[owner]=me&filter[zz]=1", &[]),
+            &[("query:filter/owner", "read-only field")],
+        );
+        refused(
+            get(&s, "/items", &[("x-range", b"from,1,admin,1")]),
+            &[("header:x-range/admin", "unknown field")],
+        );
+    }
+
+    #[test]
+    fn a_raw_semicolon_in_the_query_is_a_violation() {
+        let s = stage(", unknown_query: allow");
+        for uri in [
+            "/items?filter[color]=x;limit=100000",
+            "/items?filter[color]=x;admin=1",
+        ] {
+            refused(
+                get(&s, uri, &[]),
+                &[(
+                    "query",
+                    "must not contain a raw `;` (some frameworks split the query on it): \
+                     encode it as %3B",
+                )],
+            );
+        }
+        passed(get(&s, "/items?x=a%3Bb", &[]), "/items?x=a%3Bb");
+    }
+
+    #[test]
+    fn cookie_parameters_see_every_cookie() {
+        let s = stage("");
+        refused(
+            get(&s, "/items", &[("cookie", b"role=user; role =admin")]),
+            &[("cookie:role", "must not be repeated")],
+        );
+        refused(
+            get(&s, "/items", &[("cookie", b"role =admin")]),
+            &[("cookie:role", "must be one of: user")],
+        );
+        refused(
+            get(&s, "/items", &[("cookie", b"n=\xc3\xa9; role=admin")]),
+            &[("cookie", "the Cookie header must be ASCII text")],
+        );
+        let many = format!("{}role=admin", "z=1; ".repeat(256));
+        refused(
+            get(
+                &s,
+                "/items",
+                &[("cookie", b"role=user"), ("cookie", many.as_bytes())],
+            ),
+            &[("cookie", "too many cookies (more than 256)")],
+        );
+        passed(
+            get(&s, "/items", &[("cookie", b"a=1; role=user")]),
+            "/items",
+        );
     }
 }
