@@ -984,10 +984,9 @@ routes:
     assert_eq!(lifetime, 30);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mtls_identities_with_spiffe_rules() {
-    let up = TestUpstream::start("app").await;
-    let pki = TestPki::new();
+/// A gateway with one TLS listener (a `localhost` certificate from `pki`) asking for client
+/// certificates from `pki`'s CA, the upstream `app` at `up`, and these routes (YAML list items).
+fn mtls_gateway(pki: &TestPki, up: &TestUpstream, routes: &str) -> Gateway {
     let server = pki.issue_server(&["localhost"]);
     let yaml = format!(
         r#"listeners:
@@ -999,15 +998,26 @@ async fn mtls_identities_with_spiffe_rules() {
 admin: {{ address: "127.0.0.1:0" }}
 upstreams: {{ app: {{ targets: ["{up}"] }} }}
 routes:
-  - {{ name: svc, match: {{ prefix: /svc }}, upstream: app, auth: {{ methods: [mtls], mtls: {{ trust_domains: [prod.test], spiffe_paths: ["/ns/*/sa/orders"] }} }}, authz: {{ allow: any-authenticated }} }}
-  - {{ name: any, match: {{ prefix: /any }}, upstream: app, auth: {{ methods: [mtls] }}, authz: {{ allow: any-authenticated }} }}
-"#,
+{routes}"#,
         c = server.cert_path.display(),
         k = server.key_path.display(),
         ca = pki.ca_path().display(),
         up = up.url()
     );
-    let gw = Gateway::start(bin(), &yaml).unwrap();
+    Gateway::start(bin(), &yaml).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_identities_with_spiffe_rules() {
+    let up = TestUpstream::start("app").await;
+    let pki = TestPki::new();
+    let gw = mtls_gateway(
+        &pki,
+        &up,
+        r#"  - { name: svc, match: { prefix: /svc }, upstream: app, auth: { methods: [mtls], mtls: { trust_domains: [prod.test], spiffe_paths: ["/ns/*/sa/orders"] } }, authz: { allow: any-authenticated } }
+  - { name: any, match: { prefix: /any }, upstream: app, auth: { methods: [mtls] }, authz: { allow: any-authenticated } }
+"#,
+    );
     let addr = gw.listener("public");
     let go = |cert: Option<CertFiles>, path: &'static str| {
         let ca = pki.ca_pem();
@@ -1075,25 +1085,12 @@ routes:
 async fn a_client_certificate_that_expires_on_an_open_connection_is_refused() {
     let up = TestUpstream::start("app").await;
     let pki = TestPki::new();
-    let server = pki.issue_server(&["localhost"]);
-    let yaml = format!(
-        r#"listeners:
-  - name: public
-    address: "127.0.0.1:0"
-    tls:
-      certificates: [{{ cert_file: "{c}", key_file: "{k}" }}]
-      client_auth: {{ mode: optional, ca_file: "{ca}" }}
-admin: {{ address: "127.0.0.1:0" }}
-upstreams: {{ app: {{ targets: ["{up}"] }} }}
-routes:
-  - {{ name: any, match: {{ prefix: /any }}, upstream: app, auth: {{ methods: [mtls] }}, authz: {{ allow: any-authenticated }} }}
+    let gw = mtls_gateway(
+        &pki,
+        &up,
+        r#"  - { name: any, match: { prefix: /any }, upstream: app, auth: { methods: [mtls] }, authz: { allow: any-authenticated } }
 "#,
-        c = server.cert_path.display(),
-        k = server.key_path.display(),
-        ca = pki.ca_path().display(),
-        up = up.url()
     );
-    let gw = Gateway::start(bin(), &yaml).unwrap();
     let now = || {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)

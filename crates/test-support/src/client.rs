@@ -165,6 +165,23 @@ pub fn client_config_with_cert(ca_pem: &str, cert: &crate::CertFiles) -> Arc<rus
     Arc::new(cfg)
 }
 
+/// A TLS session with `server_name` at `addr`.
+async fn tls_dial(
+    addr: SocketAddr,
+    server_name: &str,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| e.to_string())?;
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// Same with a caller-made client configuration (to test versions and suites).
 pub async fn tls_request(
     addr: SocketAddr,
@@ -172,15 +189,7 @@ pub async fn tls_request(
     cfg: Arc<rustls::ClientConfig>,
     req: Request<Full<Bytes>>,
 ) -> Result<(Resp, TlsSeen), String> {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
-        .map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let tls = tls_dial(addr, server_name, cfg).await?;
     let (_, session) = tls.get_ref();
     let peer_cert_der = session
         .peer_certificates()
@@ -234,15 +243,7 @@ pub async fn tls_connect(
     server_name: &str,
     cfg: Arc<rustls::ClientConfig>,
 ) -> Result<TlsConnection, String> {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
-        .map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let tls = tls_dial(addr, server_name, cfg).await?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .map_err(|e| e.to_string())?;

@@ -612,6 +612,40 @@ pub struct JwtIssuer {
 }
 
 impl JwtIssuer {
+    /// An EdDSA issuer `https://i` with a key set at `jwks_url`, for tests to adjust.
+    #[cfg(test)]
+    pub(crate) fn for_tests(jwks_url: &str) -> JwtIssuer {
+        JwtIssuer {
+            name: Arc::from("i"),
+            issuer: "https://i".into(),
+            source: KeySource::JwksUrl(jwks_url.into()),
+            match_kid: true,
+            algorithms: vec![portcullis_jose::Alg::EdDSA],
+            audiences: Vec::new(),
+            typ: None,
+            leeway: Duration::ZERO,
+            required_claims: Vec::new(),
+            max_lifetime: None,
+            max_token_bytes: 8192,
+            claims: ClaimNames {
+                subject: "sub".into(),
+                client_id: Vec::new(),
+                scopes: Vec::new(),
+                roles: Vec::new(),
+                tenant: None,
+                tier: None,
+            },
+            cache: JwksCacheSettings {
+                min_ttl: Duration::from_secs(60),
+                max_ttl: Duration::from_secs(3600),
+                default_ttl: Duration::from_secs(600),
+                unknown_kid_cooldown: Duration::from_secs(5),
+                fetch_timeout: Duration::from_secs(5),
+            },
+            ca_pem: None,
+        }
+    }
+
     /// Identifies a remote key source: managers are shared across reloads when it is equal.
     pub fn source_key(&self) -> Option<String> {
         let c = &self.cache;
@@ -1452,33 +1486,8 @@ mod tests {
     #[test]
     fn a_key_source_is_keyed_by_its_ca_bundles_contents() {
         let issuer = |ca: &[u8]| JwtIssuer {
-            name: Arc::from("i"),
-            issuer: "https://i".into(),
-            source: KeySource::JwksUrl("https://i/jwks".into()),
-            match_kid: true,
-            algorithms: vec![Alg::EdDSA],
-            audiences: Vec::new(),
-            typ: None,
-            leeway: Duration::ZERO,
-            required_claims: Vec::new(),
-            max_lifetime: None,
-            max_token_bytes: 8192,
-            claims: ClaimNames {
-                subject: "sub".into(),
-                client_id: Vec::new(),
-                scopes: Vec::new(),
-                roles: Vec::new(),
-                tenant: None,
-                tier: None,
-            },
-            cache: JwksCacheSettings {
-                min_ttl: Duration::from_secs(60),
-                max_ttl: Duration::from_secs(3600),
-                default_ttl: Duration::from_secs(600),
-                unknown_kid_cooldown: Duration::from_secs(5),
-                fetch_timeout: Duration::from_secs(5),
-            },
             ca_pem: Some(ca.to_vec()),
+            ..JwtIssuer::for_tests("https://i/jwks")
         };
         let (a, b) = (issuer(b"CA one"), issuer(b"CA two"));
         assert_ne!(a.source_key(), b.source_key());

@@ -315,40 +315,15 @@ pub(crate) fn check_jwks_uri(issuer: &str, jwks: &str) -> Result<(), String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::config::ClaimNames;
     use std::sync::atomic::AtomicUsize;
 
     fn remote(jwks_url: String, cooldown: Duration, fetch_timeout: Duration) -> Arc<RemoteKeys> {
-        RemoteKeys::new(&JwtIssuer {
-            name: Arc::from("silent"),
-            issuer: "https://idp.test".into(),
-            source: KeySource::JwksUrl(jwks_url),
-            match_kid: true,
-            algorithms: vec![portcullis_jose::Alg::EdDSA],
-            audiences: Vec::new(),
-            typ: None,
-            leeway: Duration::ZERO,
-            required_claims: Vec::new(),
-            max_lifetime: None,
-            max_token_bytes: 8192,
-            claims: ClaimNames {
-                subject: "sub".into(),
-                client_id: Vec::new(),
-                scopes: Vec::new(),
-                roles: Vec::new(),
-                tenant: None,
-                tier: None,
-            },
-            cache: JwksCacheSettings {
-                min_ttl: Duration::from_secs(60),
-                max_ttl: Duration::from_secs(3600),
-                default_ttl: Duration::from_secs(600),
-                unknown_kid_cooldown: cooldown,
-                fetch_timeout,
-            },
-            ca_pem: None,
-        })
-        .unwrap()
+        let mut issuer = JwtIssuer::for_tests(&jwks_url);
+        issuer.name = Arc::from("silent");
+        issuer.issuer = "https://idp.test".into();
+        issuer.cache.unknown_kid_cooldown = cooldown;
+        issuer.cache.fetch_timeout = fetch_timeout;
+        RemoteKeys::new(&issuer).unwrap()
     }
 
     /// A key source that was never loaded and does not answer (it accepts connections and
