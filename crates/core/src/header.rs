@@ -28,6 +28,36 @@ pub fn remove_header<T>(headers: &mut HeaderMap<T>, name: &HeaderName) {
     }
 }
 
+/// Whether two lowercase field names are one with `_` read as `-`. CGI, WSGI, Rack and PHP
+/// hand headers to applications as `HTTP_*` variables with `-` and `_` both written `_`:
+/// `x_user_id` reaches them as `HTTP_X_USER_ID`, exactly as `x-user-id` would.
+pub fn same_name_folded(a: &[u8], b: &[u8]) -> bool {
+    let fold = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold(*x) == fold(*y))
+}
+
+/// Removes every field called one of `names` or spelled like one with `_` for `-`
+/// ([`same_name_folded`]): a field the gateway alone may set must not reach an application
+/// under its other spelling either. Nothing is hashed or allocated when none is there.
+pub fn remove_headers_folded<T>(headers: &mut HeaderMap<T>, names: &[HeaderName]) {
+    if names.is_empty() {
+        return;
+    }
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for k in headers.keys() {
+        let kb = k.as_str().as_bytes();
+        if names
+            .iter()
+            .any(|n| n == k || same_name_folded(kb, n.as_str().as_bytes()))
+        {
+            doomed.push(k.clone());
+        }
+    }
+    for k in &doomed {
+        headers.remove(k);
+    }
+}
+
 /// RFC 9110 §5.6.2 token characters, as a table: one load per byte of a field name.
 static TCHAR: [bool; 256] = {
     let mut t = [false; 256];
@@ -67,6 +97,33 @@ pub fn is_tchar(b: u8) -> bool {
 mod tests {
     use super::*;
     use http::header::{self, HeaderValue};
+
+    #[test]
+    fn names_are_compared_with_underscores_read_as_dashes() {
+        assert!(same_name_folded(b"x_user_id", b"x-user-id"));
+        assert!(same_name_folded(b"x-user_id", b"x-user-id"));
+        assert!(same_name_folded(b"x-user-id", b"x_user-id"));
+        assert!(!same_name_folded(b"x_user_ids", b"x-user-id"));
+        assert!(!same_name_folded(b"x_user.id", b"x-user-id"));
+    }
+
+    #[test]
+    fn folded_removal_takes_every_spelling_and_nothing_else() {
+        let mut m = map(&[
+            ("x-plan", "gold"),
+            ("x_plan", "gold"),
+            ("x-plan", "again"),
+            ("x_plan_b", "keep"),
+            ("accept", "*/*"),
+        ]);
+        remove_headers_folded(&mut m, &[HeaderName::from_static("x-plan")]);
+        let mut left: Vec<&str> = m.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x_plan_b"]);
+        let before = m.clone();
+        remove_headers_folded(&mut m, &[]);
+        assert_eq!(m, before);
+    }
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

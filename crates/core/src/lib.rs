@@ -47,7 +47,9 @@ pub use ctx::{
     RequestCtx, RequestId, RouteId, RouteMatch, Scheme, TlsInfo, hex_lower, write_hex_lower,
 };
 pub use errors::{ConfigError, ConfigErrors};
-pub use header::{has_header, header_value, is_tchar, remove_header};
+pub use header::{
+    has_header, header_value, is_tchar, remove_header, remove_headers_folded, same_name_folded,
+};
 pub use identity::{AuthMethod, PeerCertificate, Principal, SpiffeId, claim_at};
 pub use jsontext::{json_error_offset, push_json_string};
 pub use reject::{RejectReason, Rejection, Violation};

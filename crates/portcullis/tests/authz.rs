@@ -101,6 +101,7 @@ authz:
     - {{ name: reports-audit, resources: ["/reports/**"], roles: {{ any_of: [auditor] }}, mode: shadow }}
     - {{ name: mfa-reports-read, resources: ["/mfa-reports/**"], actions: [read], scopes: {{ any_of: [read:reports] }} }}
   rego: {{ files: [policy.rego] }}
+  policy_headers: [x-policy-checked]
   risk:
     country_header: x-country
     risky_countries: [KP]
@@ -1196,4 +1197,23 @@ async fn the_authz_examples_catalog_does_what_its_comments_say() {
     ))
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
+    // The policy's header, forged by a client on a route whose policy never sets it.
+    let r = send(req(
+        "GET",
+        &url("/catalog/items"),
+        &[
+            ("authorization", &reader),
+            ("x-refund-approved-by", "me"),
+            ("x_refund_approved_by", "me"),
+            ("x-kept", "yes"),
+        ],
+        "",
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-kept"], "yes", "{seen}");
+    for forged in ["x-refund-approved-by", "x_refund_approved_by"] {
+        assert!(seen.get(forged).is_none(), "{forged}: {seen}");
+    }
 }

@@ -42,6 +42,9 @@ decision := {"allow": allow, "reasons": reasons, "headers": {"x-opa": "checked"}
 reasons := ["GET with read:orders only"] if not allow
 
 reasons := [] if allow
+
+# A header the configuration does not list in authz.policy_headers.
+sneaky := {"allow": true, "headers": {"x-sneaky": "1"}}
 "#;
 
 struct Opa {
@@ -149,6 +152,7 @@ auth:
   jwt:
     main: {{ issuer: "{ISS}", jwks_file: keys.json, algorithms: [EdDSA], audiences: [api] }}
 authz:
+  policy_headers: [x-opa]
   opa:
     main: {{ url: "http://{opa}", cache_ttl: 30s }}
     nocache: {{ url: "http://{opa}", cache_ttl: 0s }}
@@ -156,6 +160,7 @@ authz:
     lenient: {{ url: "http://{dead}", timeout: 500ms, on_error: open }}
 routes:
   - {{ name: orders, match: {{ path: "/orders/{{id}}" }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ opa: {{ server: main, path: httpapi/authz/decision }} }} }}
+  - {{ name: sneaky, match: {{ prefix: /sneaky }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ opa: {{ server: nocache, path: httpapi/authz/sneaky }} }} }}
   - {{ name: live, match: {{ prefix: /live }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ opa: {{ server: nocache, path: httpapi/authz/decision }} }} }}
   - {{ name: closed, match: {{ prefix: /closed }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ opa: {{ server: gone, path: httpapi/authz/decision }} }} }}
   - {{ name: open, match: {{ prefix: /open }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ opa: {{ server: lenient, path: httpapi/authz/decision }} }} }}
@@ -179,18 +184,24 @@ routes:
                 ("x-forwarded-authorization", "Bearer forwarded-credential"),
                 ("x-goog-iap-jwt-assertion", "iap-assertion"),
                 ("x-amzn-oidc-accesstoken", "alb-oidc-credential"),
+                // A client's copies of a policy header, in both spellings.
+                ("x-opa", "forged"),
+                ("x_opa", "forged"),
             ],
             "",
         ))
     };
 
-    // Allowed; OPA's header reaches the upstream; OPA saw the input document without secrets.
+    // Allowed; OPA's header reaches the upstream, the client's copies do not; OPA saw the
+    // input document without secrets.
     let r = call("GET", "/orders/7", reader.clone()).await;
     assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.requests().pop().unwrap();
     assert_eq!(
-        up.requests().pop().unwrap().header("x-opa"),
-        Some("checked")
+        seen.headers.get_all("x-opa").iter().collect::<Vec<_>>(),
+        ["checked"]
     );
+    assert_eq!(seen.header("x_opa"), None);
     let input = opa.inputs.lock().unwrap()[0].clone();
     assert_eq!(input["request"]["params"]["id"], "7");
     assert_eq!(input["principal"]["subject"], "alice");
@@ -223,6 +234,18 @@ routes:
 
     // Denied, with OPA's reason in the audit event.
     let before = up.hits();
+    // A decision setting a header the configuration does not list: refused (503), as a
+    // malformed answer is.
+    let r = call("GET", "/sneaky", reader.clone()).await;
+    let v = assert_problem(&r, 503, "authz_unavailable");
+    let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+    assert!(
+        ev["authz"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("header \"x-sneaky\" is not listed in authz.policy_headers"),
+        "{ev}"
+    );
     let r = call("DELETE", "/orders/7", reader.clone()).await;
     let v = assert_problem(&r, 403, "forbidden");
     let ev = audit_of(&gw, v["request_id"].as_str().unwrap());

@@ -10,6 +10,8 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use ipnet::IpNet;
 use portcullis_core::ConfigErrors;
+
+use crate::rego::PolicyDecision;
 use portcullis_core::units::{RawSize, compile_duration};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -53,6 +55,11 @@ pub struct RawAuthz {
     /// Default `1MiB`.
     #[serde(default = "default_mask_bytes")]
     pub field_mask_max_body_bytes: RawSize,
+    /// Headers a Rego or OPA decision may set on the request sent upstream. Client copies of
+    /// each (also spelled with `_` for `-`) are removed from every request, whether or not a
+    /// policy sets them; a decision that sets a name not listed is an error (503).
+    #[serde(default)]
+    pub policy_headers: Vec<String>,
 }
 
 impl Default for RawAuthz {
@@ -65,6 +72,7 @@ impl Default for RawAuthz {
             opa: BTreeMap::new(),
             risk: RawRisk::default(),
             field_mask_max_body_bytes: default_mask_bytes(),
+            policy_headers: Vec::new(),
         }
     }
 }
@@ -662,6 +670,8 @@ pub struct AuthzSettings {
     pub opa: Vec<(String, Arc<OpaClient>, OnError)>,
     pub risk: Risk,
     pub mask_max_bytes: u64,
+    /// Names a policy decision may set upstream (`authz.policy_headers`).
+    pub policy_headers: Vec<HeaderName>,
 }
 
 impl std::fmt::Debug for AuthzSettings {
@@ -681,6 +691,21 @@ impl std::fmt::Debug for AuthzSettings {
 }
 
 impl AuthzSettings {
+    /// A policy decision whose headers are all among `policy_headers`; otherwise why not.
+    pub fn declared(&self, d: PolicyDecision) -> Result<PolicyDecision, String> {
+        match d
+            .headers
+            .iter()
+            .find(|(n, _)| !self.policy_headers.contains(n))
+        {
+            None => Ok(d),
+            Some((n, _)) => Err(format!(
+                "policy result: header {:?} is not listed in authz.policy_headers",
+                n.as_str()
+            )),
+        }
+    }
+
     /// The action of a method (`read`, `write` …), if any is mapped.
     pub fn action(&self, m: &Method) -> Option<&str> {
         self.actions.iter().find(|(k, _)| k == m).map(|(_, a)| &**a)
@@ -1035,7 +1060,25 @@ pub fn compile(raw: &RawAuthz, base: &Path, e: &mut ConfigErrors) -> AuthzSettin
         mask_max_bytes: raw
             .field_mask_max_body_bytes
             .compile("authz.field_mask_max_body_bytes", e),
+        policy_headers: policy_headers(&raw.policy_headers, e),
     }
+}
+
+/// `authz.policy_headers`: valid names, none a framing or hop-by-hop one.
+fn policy_headers(raw: &[String], e: &mut ConfigErrors) -> Vec<HeaderName> {
+    let mut out: Vec<HeaderName> = Vec::with_capacity(raw.len());
+    for (i, n) in raw.iter().enumerate() {
+        let path = format!("authz.policy_headers[{i}]");
+        let Some(h) = header_name(n, &path, e) else {
+            continue;
+        };
+        if crate::rego::FORBIDDEN_HEADERS.contains(&h.as_str()) {
+            e.push(path, format!("\"{n}\" may not be set by a policy"));
+        } else if !out.contains(&h) {
+            out.push(h);
+        }
+    }
+    out
 }
 
 /// What the route compiler knows about the route.

@@ -46,7 +46,8 @@ const MAX_POLICY_HEADERS: usize = 32;
 
 /// Headers a policy may not set: they frame or route the upstream request, and a policy that
 /// echoes input into them could smuggle a second request.
-const FORBIDDEN_HEADERS: &[&str] = &[
+/// Framing and hop-by-hop names no policy may set.
+pub(crate) const FORBIDDEN_HEADERS: &[&str] = &[
     "connection",
     "content-length",
     "host",

@@ -32,7 +32,8 @@ pub struct Authz {
     devices: Arc<DeviceMemory>,
     failures: FailureCount,
     waf_hits: FailureCount,
-    /// Every header name a tenant rule sends upstream: client copies are removed everywhere.
+    /// Every header name a tenant rule or a policy sends upstream: client copies (also spelled
+    /// with `_` for `-`) are removed everywhere.
     owned_headers: Vec<HeaderName>,
 }
 
@@ -47,6 +48,7 @@ impl Authz {
         let mut owned_headers: Vec<HeaderName> = routes
             .iter()
             .filter_map(|r| r.tenant.as_ref().map(|t| t.upstream_header.clone()))
+            .chain(settings.policy_headers.iter().cloned())
             .collect();
         owned_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         owned_headers.dedup();
@@ -470,7 +472,10 @@ impl Authz {
             (&route.rego, &input, &self.settings.rego)
         {
             let rule = format!("rego:{query}");
-            match pol.evaluate(query, input) {
+            match pol
+                .evaluate(query, input)
+                .and_then(|d| self.settings.declared(d))
+            {
                 Ok(d) => {
                     let headers = d.headers.clone();
                     check!(rule, *mode, policy_result(&d), |_| forbidden(
@@ -512,7 +517,11 @@ impl Authz {
         };
         let rule = format!("opa:{name}/{path}");
         let run = &mut pending.run;
-        match client.evaluate(path, input).await {
+        match client
+            .evaluate(path, input)
+            .await
+            .and_then(|d| self.settings.declared(d))
+        {
             Ok(d) => {
                 let headers = d.headers.clone();
                 run.verdict(rule, *mode, policy_result(&d), |_| {
@@ -652,9 +661,7 @@ impl Stage for AuthzStage {
 
     fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
         let az = &*self.authz;
-        for name in &az.owned_headers {
-            req.head.headers.remove(name);
-        }
+        portcullis_core::remove_headers_folded(&mut req.head.headers, &az.owned_headers);
         let Some(route) = az.route(ctx) else {
             return Step::CONTINUE;
         };
