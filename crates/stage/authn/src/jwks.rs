@@ -285,7 +285,10 @@ impl RemoteKeys {
 /// Whether the `jwks_uri` a discovery document of `issuer` names may be fetched: `https://`,
 /// without credentials in it; plain `http://` only on loopback and only for an issuer that
 /// is itself `http://` on loopback (a test IdP, a sidecar) — a remote issuer's document must
-/// not send the gateway to its own host's services.
+/// not send the gateway to its own host's services. For the same reason an `https://` one
+/// naming `localhost` or an internal address literal (loopback, private, link-local — cloud
+/// metadata services live there —, unspecified) is taken only from an issuer whose own host is
+/// one too.
 pub(crate) fn check_jwks_uri(issuer: &str, jwks: &str) -> Result<(), String> {
     let parsed: http::Uri = jwks
         .parse()
@@ -296,7 +299,15 @@ pub(crate) fn check_jwks_uri(issuer: &str, jwks: &str) -> Result<(), String> {
     let loopback_http = |u: &http::Uri| {
         u.scheme_str() == Some("http") && u.host().is_some_and(crate::config::is_loopback_host)
     };
+    let issuer_internal = || {
+        issuer
+            .parse::<http::Uri>()
+            .is_ok_and(|i| i.host().is_some_and(is_internal_host))
+    };
     match parsed.scheme_str() {
+        Some("https") if parsed.host().is_some_and(is_internal_host) && !issuer_internal() => {
+            Err("jwks_uri names a local or internal address, for an issuer that does not".into())
+        }
         Some("https") if parsed.host().is_some_and(|h| !h.is_empty()) => Ok(()),
         Some("http")
             if loopback_http(&parsed)
@@ -308,6 +319,36 @@ pub(crate) fn check_jwks_uri(issuer: &str, jwks: &str) -> Result<(), String> {
             Err("jwks_uri is plain http on loopback, for an issuer that is not".into())
         }
         _ => Err("jwks_uri must be https".into()),
+    }
+}
+
+/// `localhost`, or an address literal that is not a public one: loopback, private (RFC 1918,
+/// IPv6 unique local), link-local, shared (RFC 6598), unspecified, and their IPv4-mapped forms.
+fn is_internal_host(h: &str) -> bool {
+    use std::net::IpAddr;
+    let bare = h.trim_start_matches('[').trim_end_matches(']');
+    if crate::config::is_loopback_host(h) {
+        return true;
+    }
+    let v4 = |a: std::net::Ipv4Addr| {
+        let [x, y, ..] = a.octets();
+        a.is_loopback()
+            || a.is_private()
+            || a.is_link_local()
+            || a.is_unspecified()
+            || (x == 100 && (64..128).contains(&y))
+    };
+    match bare.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => v4(a),
+        Ok(IpAddr::V6(a)) => {
+            let first = a.segments()[0];
+            a.is_loopback()
+                || a.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped().is_some_and(v4)
+        }
+        Err(_) => false,
     }
 }
 
@@ -402,6 +443,28 @@ mod tests {
         ] {
             assert!(!ok("https://idp.example", local), "{local}");
         }
+        // Nor, over https, an internal address: loopback, private, link-local (metadata),
+        // shared, unspecified, mapped — unless the issuer is internal itself.
+        for internal in [
+            "https://localhost/jwks",
+            "https://127.0.0.1:8443/jwks",
+            "https://10.0.0.5/jwks",
+            "https://172.16.1.1/jwks",
+            "https://192.168.1.10/jwks",
+            "https://169.254.169.254/latest/meta-data",
+            "https://100.64.0.1/jwks",
+            "https://0.0.0.0/jwks",
+            "https://[::1]/jwks",
+            "https://[fd00::1]/jwks",
+            "https://[fe80::1]/jwks",
+            "https://[::ffff:10.0.0.5]/jwks",
+        ] {
+            assert!(!ok("https://idp.example", internal), "{internal}");
+        }
+        assert!(ok("https://10.0.0.2", "https://10.0.0.5/jwks"));
+        assert!(ok("http://127.0.0.1:9000", "https://127.0.0.1:9443/jwks"));
+        assert!(ok("https://idp.example", "https://172.32.0.1/jwks"));
+        assert!(ok("https://idp.example", "https://[2001:db8::1]/jwks"));
         // Plain http elsewhere, whatever the issuer.
         assert!(!ok("http://127.0.0.1:9000", "http://keys.example/jwks"));
         assert!(!ok("https://idp.example", "http://keys.example/jwks"));
