@@ -779,9 +779,11 @@ routes:
         off = sha256_hex("pk_inactive"),
         exp = sha256_hex("pk_expired"),
     ));
-    let r = call(&gw, "/h", &[("x-api-key", &key)]).await;
+    // A second key spelled with `_`, which CGI-style backends read as `x-api-key`.
+    let r = call(&gw, "/h", &[("x-api-key", &key), ("x_api_key", "pk_other")]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = up.requests().pop().unwrap();
+    assert_eq!(seen.header("x_api_key"), None, "no key is forwarded");
     assert_eq!(seen.header("x-client-id"), Some("reports"));
     assert_eq!(seen.header("x-user-id"), Some("bob"));
     assert_eq!(seen.header("x-tenant-id"), Some("t1"));

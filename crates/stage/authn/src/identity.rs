@@ -215,7 +215,8 @@ impl Stage for IdentityStage {
         if !route.keep_authorization {
             portcullis_core::remove_header(h, &http::header::AUTHORIZATION);
             if let Some(k) = &s.api_keys {
-                portcullis_core::remove_header(h, &k.header);
+                // Also spelled with `_`: CGI-style backends read `x_api_key` as `x-api-key`.
+                portcullis_core::remove_headers_folded(h, std::slice::from_ref(&k.header));
             }
             if let Some(param) = &route.api_key_query {
                 strip_query_param(&mut req.head.uri, param);
