@@ -4,6 +4,7 @@
 //! {
 //!   "request": {"method": "GET", "path": "/orders/7", "host": "api.example", "scheme": "https",
 //!               "route": "orders", "params": {"id": "7"}, "query": {"expand": ["items"]},
+//!               "query_folded": {"expand": ["items"]},
 //!               "headers": {"accept": "application/json"}, "client_ip": "203.0.113.9",
 //!               "action": "read"},
 //!   "principal": {"subject": "alice", "issuer": "…", "client_id": "…", "method": "jwt",
@@ -14,6 +15,10 @@
 //!   "request_id": "…"
 //! }
 //! ```
+//!
+//! `query` holds each name as sent; `query_folded` every value under the name upstream
+//! frameworks may read it as ([`crate::constraints::fold_name`]: `Amount`, `amount[]` and
+//! `amount.` are `amount`), pairs split at `;` as well as `&`.
 //!
 //! `scopes` are expanded through the scope hierarchy. Secret-bearing headers are left out: any
 //! whose name contains one of `SECRET_WORDS` (credentials and their forwarded copies,
@@ -91,6 +96,29 @@ fn query(head: &Parts) -> Value {
     Value::Object(out)
 }
 
+/// Every value of every query parameter under its folded name, pairs split at `;` too.
+pub(crate) fn query_folded(head: &Parts) -> Value {
+    let mut out = Map::new();
+    let Some(q) = head.uri.query() else {
+        return Value::Object(out);
+    };
+    let dec = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    for part in q.split(['&', ';']).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let entry = out
+            .entry(crate::constraints::fold_name(&dec(k)))
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(a) = entry {
+            a.push(Value::String(dec(v)));
+        }
+    }
+    Value::Object(out)
+}
+
 fn opt(s: Option<&str>) -> Value {
     s.map_or(Value::Null, |s| Value::String(s.to_string()))
 }
@@ -131,6 +159,7 @@ pub fn build(
     req.insert("route".into(), route);
     req.insert("params".into(), params);
     req.insert("query".into(), query(head));
+    req.insert("query_folded".into(), query_folded(head));
     req.insert("headers".into(), headers(head));
     req.insert("client_ip".into(), Value::String(ctx.client_ip.to_string()));
     req.insert("action".into(), opt(action));
@@ -208,7 +237,7 @@ mod tests {
     fn input_shape_and_no_secrets() {
         let (head, _) = http::Request::builder()
             .method("POST")
-            .uri("/orders/7?expand=items&expand=customer&q=a+b")
+            .uri("/orders/7?expand=items&expand=customer&q=a+b&Amount=9;amount%5B%5D=8&amount.x=7")
             .header("host", "API.example:8443")
             .header("authorization", "Bearer secret")
             .header("cookie", "sid=1")
@@ -257,6 +286,17 @@ mod tests {
             serde_json::json!(["items", "customer"])
         );
         assert_eq!(v["request"]["query"]["q"], serde_json::json!(["a b"]));
+        // Names as sent: `Amount=9;amount[]=8` is one pair here.
+        assert_eq!(
+            v["request"]["query"]["Amount"],
+            serde_json::json!(["9;amount[]=8"])
+        );
+        // Folded as frameworks read them, split at `;` too.
+        assert_eq!(
+            v["request"]["query_folded"],
+            serde_json::json!({"expand": ["items", "customer"], "q": ["a b"], "amount": ["9", "8"],
+                "amount_x": ["7"]})
+        );
         assert_eq!(v["request"]["client_ip"], "203.0.113.9");
         assert_eq!(v["request"]["action"], "write");
         assert_eq!(v["request"]["headers"]["accept"], "application/json");

@@ -942,6 +942,57 @@ allow if {
     }
 
     #[test]
+    fn the_examples_refund_policy_checks_every_amount_under_every_spelling() {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../examples/policies/orders.rego");
+        let p =
+            RegoPolicies::load(&[("orders".into(), file)], None, Duration::from_secs(1)).unwrap();
+        // 2026-01-01, a Thursday; 2026-01-03, a Saturday.
+        let (thursday, saturday) = (1_767_225_600_u64, 1_767_398_400_u64);
+        let ask = |query: &str, time: u64| {
+            let head = http::Request::builder()
+                .uri(format!("/refunds?{query}"))
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0;
+            let folded = crate::input::query_folded(&head);
+            let input = json!({
+                "principal": {"roles": ["clerk"]},
+                "request": {"query_folded": folded},
+                "time": time,
+            });
+            p.evaluate("data.orders.decision", &input)
+        };
+        let d = ask("amount=120", thursday).unwrap();
+        assert!(d.allow, "{d:?}");
+        assert_eq!(d.headers.len(), 1);
+        for smuggled in [
+            "amount=120&amount=900",
+            "amount=120&Amount=900",
+            "amount=120&amount%5B%5D=900",
+            "amount=120;amount=900",
+        ] {
+            let d = ask(smuggled, thursday).unwrap();
+            assert!(!d.allow, "{smuggled}");
+            assert_eq!(
+                d.reasons,
+                ["amounts above 500 need a manager"],
+                "{smuggled}"
+            );
+        }
+        let d = ask("other=1", thursday).unwrap();
+        assert_eq!(
+            (d.allow, d.reasons),
+            (false, vec!["no amount given".to_owned()])
+        );
+        let d = ask("amount=120", saturday).unwrap();
+        assert!(!d.allow);
+        // Not a number: the evaluation fails, and the step answers 503.
+        assert!(ask("amount=12e", thursday).is_err());
+    }
+
+    #[test]
     fn policies_are_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<RegoPolicies>();
