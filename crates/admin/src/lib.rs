@@ -9,7 +9,8 @@
 //!   `/metrics` (Prometheus text) and `/config` (pretty JSON, secrets already redacted by the
 //!   source), over HTTP/1.1 or h2c.
 //! * **Rejects**, as RFC 9457 `application/problem+json` with
-//!   `type = urn:portcullis:problem:<code>`: a missing or wrong bearer token (401
+//!   `type = urn:portcullis:problem:<code>`, `code` and the answer's `request_id` (every answer
+//!   carries it as `X-Request-ID`, and so does its log line): a missing or wrong bearer token (401
 //!   `admin_unauthorized`, with `WWW-Authenticate`), an unknown path (404 `admin_not_found`),
 //!   any method but `GET`/`HEAD` (405 `admin_method_not_allowed`, with `Allow: GET, HEAD`),
 //!   a `POST /reload` while another runs (409 `admin_reload_in_progress`, `Retry-After: 1`), a
@@ -26,8 +27,11 @@
 //!   their answers then carry only the status (a `/readyz` reason names upstream hosts, IdP
 //!   URLs and error texts, shown to a caller with the token). An empty configured token
 //!   matches nothing (fail closed).
-//! * The token is compared in constant time and never logged; it is the running
-//!   configuration's, asked on every request (a reload that changes it applies at once).
+//! * A read-only token (`admin.read_token`, only beside a token) reaches what `GET` and `HEAD`
+//!   reach; any other method with it is refused (403 `admin_read_only`) before its body is
+//!   read: scrapers and dashboards hold a token that cannot reload, ban or revoke.
+//! * Tokens are compared in constant time and never logged; they are the running
+//!   configuration's, asked on every request (a reload that changes one applies at once).
 //! * Without a token (loopback only), a request addressed to a name that is not a loopback one
 //!   or carrying a foreign `Origin` — a web page, by DNS rebinding or a cross-site `POST` — is
 //!   refused (403 `admin_forbidden`), probes and `/jwks` excepted.
@@ -112,6 +116,12 @@ pub trait AdminSource: Send + Sync + 'static {
     /// API is then on loopback only, and answers only requests addressed to a loopback name
     /// and not sent by a web page).
     fn token(&self) -> Option<Vec<u8>>;
+    /// A token that may only read (`admin.read_token`); never `Some` without [`token`].
+    ///
+    /// [`token`]: AdminSource::token
+    fn read_token(&self) -> Option<Vec<u8>> {
+        None
+    }
     /// Ok when the gateway is ready to serve (config loaded, upstream hosts resolved);
     /// Err(reason) otherwise. The reason is shown only to callers allowed to see the
     /// protected endpoints.
@@ -483,7 +493,8 @@ async fn answer(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp
     // The path only: no query, no header value, no body reaches the log. hyper has checked
     // it is a URI path, so it holds no control characters or spaces.
     let path = req.uri().path().to_owned();
-    let mut resp = route(state, req, &method, &path).await;
+    let id = request_id();
+    let mut resp = with_request_id(route(state, req, &method, &path).await, &id).await;
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if method == Method::HEAD {
@@ -498,18 +509,67 @@ async fn answer(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp
     let status = resp.status().as_u16();
     match resp.status() {
         StatusCode::UNAUTHORIZED => tracing::warn!(
-            %peer, %method, %path, status,
+            %peer, %method, %path, status, request_id = %id,
             "admin request refused: no valid bearer token"
         ),
         StatusCode::FORBIDDEN => tracing::warn!(
-            %peer, %method, %path, status,
-            "admin request refused: it may come from a web page"
+            %peer, %method, %path, status, request_id = %id,
+            "admin request refused: it may come from a web page, or a read-only token asked for a change"
         ),
         // Probes and scrapes come every few seconds: answered, they are logged at `debug`.
         s if s.is_success() && is_public_read(&method, &path) => {
-            tracing::debug!(%peer, %method, %path, status, "admin request")
+            tracing::debug!(%peer, %method, %path, status, request_id = %id, "admin request")
         }
-        _ => tracing::info!(%peer, %method, %path, status, "admin request"),
+        _ => tracing::info!(%peer, %method, %path, status, request_id = %id, "admin request"),
+    }
+    resp
+}
+
+/// A request id for the admin API's answers and log lines: 32 hex digits, this process's
+/// start time and a counter — unique within a process and across restarts, and not a secret
+/// (the gateway's own ids are random; these only correlate an answer with its log line).
+fn request_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let boot = *BOOT.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    format!("{boot:016x}{:016x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `X-Request-ID` on every answer, and `request_id` in a problem document's body.
+async fn with_request_id(mut resp: Resp, id: &str) -> Resp {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let is_problem = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
+    if is_problem {
+        let (mut parts, body) = resp.into_parts();
+        let bytes = match http_body_util::BodyExt::collect(body).await {
+            Ok(c) => c.to_bytes(),
+            Err(never) => match never {},
+        };
+        let out = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(serde_json::Value::Object(mut o)) => {
+                o.insert(
+                    "request_id".into(),
+                    serde_json::Value::String(id.to_owned()),
+                );
+                let mut t = serde_json::Value::Object(o).to_string();
+                t.push('\n');
+                parts
+                    .headers
+                    .insert(CONTENT_LENGTH, HeaderValue::from(t.len()));
+                Bytes::from(t)
+            }
+            _ => bytes,
+        };
+        return Response::from_parts(parts, Full::new(out));
     }
     resp
 }
@@ -525,9 +585,18 @@ async fn route(state: &State, req: Request<Incoming>, method: &Method, path: &st
     if token.is_none() && from_a_web_page(&req) {
         return browser_refused();
     }
-    let authorized = authorized(token.as_deref(), &req);
+    let access = access(token.as_deref(), &req, || state.source.read_token());
+    let authorized = access != Access::None;
     if !authorized && !is_public(path) {
         return unauthorized();
+    }
+    if access == Access::Read && method != Method::GET && method != Method::HEAD {
+        return problem(
+            StatusCode::FORBIDDEN,
+            "admin_read_only",
+            "Forbidden",
+            "This token may only read (GET, HEAD); changes need admin.token.",
+        );
     }
     if method == Method::POST {
         match path {
@@ -892,6 +961,7 @@ fn json(status: StatusCode, value: &serde_json::Value, pretty: bool) -> Resp {
 fn problem(status: StatusCode, code: &str, title: &str, detail: &str) -> Resp {
     let body = serde_json::json!({
         "type": format!("urn:portcullis:problem:{code}"),
+        "code": code,
         "title": title,
         "status": status.as_u16(),
         "detail": detail,
@@ -964,19 +1034,41 @@ fn browser_refused() -> Resp {
     )
 }
 
-fn authorized(token: Option<&[u8]>, req: &Request<Incoming>) -> bool {
+/// What a request's credentials let it do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Everything: the token, or no token configured (loopback only).
+    Full,
+    /// `GET` and `HEAD`: the read-only token.
+    Read,
+    None,
+}
+
+/// The caller's access: no token configured → full; else by its bearer token, compared with
+/// both tokens in constant time (an empty configured token matches nothing).
+fn access(
+    token: Option<&[u8]>,
+    req: &Request<Incoming>,
+    read_token: impl FnOnce() -> Option<Vec<u8>>,
+) -> Access {
     let Some(expected) = token else {
-        return true;
+        return Access::Full;
     };
-    if expected.is_empty() {
-        return false;
-    }
-    let Some(value) = req.headers().get(AUTHORIZATION) else {
-        return false;
+    let Some(given) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| bearer_token(v.as_bytes()))
+    else {
+        return Access::None;
     };
-    match bearer_token(value.as_bytes()) {
-        Some(given) => constant_time_eq(given, expected),
-        None => false,
+    let full = !expected.is_empty() && constant_time_eq(given, expected);
+    let read = read_token().is_some_and(|r| !r.is_empty() && constant_time_eq(given, &r));
+    if full {
+        Access::Full
+    } else if read {
+        Access::Read
+    } else {
+        Access::None
     }
 }
 
@@ -1030,6 +1122,7 @@ mod tests {
     struct Fake {
         ready: AtomicBool,
         token: Mutex<Option<String>>,
+        read_token: Option<String>,
         reloads: AtomicUsize,
         /// When set, each reload tells it has begun, then waits to be released.
         reload_gate: Option<ReloadGate>,
@@ -1055,6 +1148,9 @@ mod tests {
     impl AdminSource for Fake {
         fn token(&self) -> Option<Vec<u8>> {
             self.token.lock().unwrap().clone().map(String::into_bytes)
+        }
+        fn read_token(&self) -> Option<Vec<u8>> {
+            self.read_token.clone().map(String::into_bytes)
         }
         fn ready(&self) -> Result<(), String> {
             if self.ready.load(Ordering::SeqCst) {
@@ -1158,7 +1254,14 @@ mod tests {
         assert_eq!(header(g, "cache-control"), "no-store");
         let v: serde_json::Value = serde_json::from_str(&g.body).unwrap();
         assert_eq!(v["type"], format!("urn:portcullis:problem:{code}"));
+        assert_eq!(v["code"], code);
         assert_eq!(v["status"], status);
+        let id = v["request_id"].as_str().unwrap();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert_eq!(header(g, "x-request-id"), id);
         assert!(v["title"].is_string() && v["detail"].is_string(), "{v}");
     }
 
@@ -1255,6 +1358,55 @@ mod tests {
         assert_problem(&g, 404, "admin_not_found");
         let g = call(&c, s.addr, Method::PUT, "/metrics", ok).await;
         assert_problem(&g, 405, "admin_method_not_allowed");
+    }
+
+    /// The read-only token reads everything the token reads, and changes nothing: every other
+    /// method is refused before its body is read, and nothing reaches the source.
+    #[tokio::test]
+    async fn a_read_only_token_reads_and_changes_nothing() {
+        let fake = Fake {
+            read_token: Some("reader".into()),
+            ..Fake::new(Some("writer"))
+        };
+        let s = start_with(fake, Limits::default()).await;
+        let c = h1();
+        let read = Some("Bearer reader");
+        for path in ["/metrics", "/config", "/auth", "/auth/revocations", "/bans"] {
+            let g = call(&c, s.addr, Method::GET, path, read).await;
+            assert_eq!(g.status, StatusCode::OK, "{path}: {}", g.body);
+        }
+        s.fake.ready.store(false, Ordering::SeqCst);
+        let g = call(&c, s.addr, Method::GET, "/readyz", read).await;
+        assert!(g.body.contains(NOT_READY), "{}", g.body);
+        s.fake.ready.store(true, Ordering::SeqCst);
+        let auth = [
+            ("authorization", "Bearer reader"),
+            ("content-type", "application/json"),
+        ];
+        for (path, body) in [
+            ("/reload", ""),
+            ("/bans", r#"{"address": "192.0.2.1", "for": "1m"}"#),
+            ("/auth/revocations", r#"{"token_id": "t1"}"#),
+        ] {
+            let g = post(s.addr, path, &auth, body).await;
+            assert_problem(&g, 403, "admin_read_only");
+        }
+        let g = call(&c, s.addr, Method::DELETE, "/bans/192.0.2.1", read).await;
+        assert_problem(&g, 403, "admin_read_only");
+        assert_eq!(s.fake.reloads.load(Ordering::SeqCst), 0);
+        assert!(s.fake.revoked.lock().unwrap().is_empty());
+        // The full token still changes things; a wrong one, or the reader's with a suffix,
+        // reaches nothing.
+        let write = [("authorization", "Bearer writer")];
+        assert_eq!(
+            post(s.addr, "/reload", &write, "").await.status,
+            StatusCode::OK
+        );
+        assert_eq!(s.fake.reloads.load(Ordering::SeqCst), 1);
+        for wrong in ["Bearer readerx", "Bearer reade", "Bearer writer reader"] {
+            let g = call(&c, s.addr, Method::GET, "/metrics", Some(wrong)).await;
+            assert_problem(&g, 401, "admin_unauthorized");
+        }
     }
 
     #[tokio::test]

@@ -319,6 +319,23 @@ fn compile_admin(a: &RawAdmin, base: &Path, e: &mut ConfigErrors) -> Admin {
         .as_ref()
         .and_then(|t| t.resolve("admin.token", base, e))
         .map(portcullis_core::Secret::new);
+    let read_token = a
+        .read_token
+        .as_ref()
+        .and_then(|t| t.resolve("admin.read_token", base, e))
+        .map(portcullis_core::Secret::new);
+    if a.read_token.is_some() && a.token.is_none() {
+        e.push(
+            "admin.read_token",
+            "a read-only token needs admin.token beside it (without one, the API on loopback \
+             asks for no token at all)",
+        );
+    }
+    if let (Some(t), Some(r)) = (&token, &read_token)
+        && t.expose() == r.expose()
+    {
+        e.push("admin.read_token", "must differ from admin.token");
+    }
     if a.enabled && !address.ip().is_loopback() && a.token.is_none() {
         e.push(
             "admin.address",
@@ -332,6 +349,7 @@ fn compile_admin(a: &RawAdmin, base: &Path, e: &mut ConfigErrors) -> Admin {
         enabled: a.enabled,
         address,
         token,
+        read_token,
     }
 }
 

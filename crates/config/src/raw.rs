@@ -154,6 +154,11 @@ pub struct RawAdmin {
     /// Bearer token required on every admin request except `/healthz` and `/readyz`.
     #[serde(default)]
     pub token: Option<RawSecret>,
+    /// A second bearer token that may only read (`GET`/`HEAD`: metrics, configuration, state)
+    /// — for scrapers and dashboards; every change (`POST`, `DELETE`) needs `token`.
+    /// Requires `token`, and must differ from it.
+    #[serde(default)]
+    pub read_token: Option<RawSecret>,
 }
 
 impl Default for RawAdmin {
@@ -162,6 +167,7 @@ impl Default for RawAdmin {
             enabled: true,
             address: default_admin_address(),
             token: None,
+            read_token: None,
         }
     }
 }

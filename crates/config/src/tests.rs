@@ -123,6 +123,30 @@ fn errors_never_quote_the_offending_value() {
 }
 
 #[test]
+fn a_read_only_admin_token_needs_the_token_and_differs_from_it() {
+    let e = errs("admin: { read_token: { value: r } }");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("admin.read_token: a read-only token needs admin.token")),
+        "{e:?}"
+    );
+    let e = errs("admin: { token: { value: same }, read_token: { value: same } }");
+    assert!(
+        e.iter()
+            .any(|m| m == "admin.read_token: must differ from admin.token"),
+        "{e:?}"
+    );
+    let c = load_str(
+        "admin: { token: { value: w }, read_token: { value: r } }",
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(c.admin.read_token.as_ref().map(|t| t.expose()), Some("r"));
+    let shown = serde_json::to_string(&c.raw).unwrap();
+    assert!(!shown.contains("\"r\""), "{shown}");
+}
+
+#[test]
 fn inline_secrets_are_redacted_when_serialised() {
     let c = load_str("admin: { token: { value: s3cret } }", Path::new(".")).unwrap();
     let shown = serde_json::to_string(&c.raw).unwrap();

@@ -85,6 +85,8 @@ pub struct Admin {
     pub enabled: bool,
     pub address: SocketAddr,
     pub token: Option<portcullis_core::Secret>,
+    /// A token that may only read (`admin.read_token`).
+    pub read_token: Option<portcullis_core::Secret>,
 }
 
 #[derive(Debug, Clone)]

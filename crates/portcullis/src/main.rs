@@ -728,6 +728,15 @@ impl AdminSource for AdminView {
             .map(|t| t.expose().as_bytes().to_vec())
     }
 
+    fn read_token(&self) -> Option<Vec<u8>> {
+        let rt = self.gw.runtime();
+        rt.config()
+            .admin
+            .read_token
+            .as_ref()
+            .map(|t| t.expose().as_bytes().to_vec())
+    }
+
     fn ready(&self) -> Result<(), String> {
         self.gw.readiness()
     }

@@ -221,12 +221,13 @@ async fn sighup_reloads_and_a_broken_file_keeps_the_running_config() {
 }
 
 /// `admin.token` is hot: a reload that changes it applies at once — the old token refused, the
-/// new one taken — so a leaked token is rotated without a restart.
+/// new one taken — so a leaked token is rotated without a restart. So is `admin.read_token`,
+/// which reads and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_rotates_the_admin_token() {
     let with_token = |t: &str| {
         format!(
-            "listeners:\n  - {{ name: public, address: \"127.0.0.1:0\" }}\nadmin: {{ address: \"127.0.0.1:0\", token: {{ value: {t} }} }}\n{APP}"
+            "listeners:\n  - {{ name: public, address: \"127.0.0.1:0\" }}\nadmin: {{ address: \"127.0.0.1:0\", token: {{ value: {t} }}, read_token: {{ value: reader-{t} }} }}\n{APP}"
         )
     };
     let gw = Gateway::start(bin(), &with_token("old-token")).unwrap();
@@ -234,6 +235,16 @@ async fn a_reload_rotates_the_admin_token() {
     let as_ = |t: &'static str| [("authorization", t)];
     let r = send(req("GET", &config, &as_("Bearer old-token"), "")).await;
     assert_eq!(r.status, 200);
+    let r = send(req("GET", &config, &as_("Bearer reader-old-token"), "")).await;
+    assert_eq!(r.status, 200);
+    let r = send(req(
+        "POST",
+        &format!("{}/reload", gw.admin_url()),
+        &as_("Bearer reader-old-token"),
+        "",
+    ))
+    .await;
+    assert_problem(&r, 403, "admin_read_only");
     std::fs::write(gw.config_path(), with_token("new-token")).unwrap();
     let r = send(req(
         "POST",
@@ -245,6 +256,10 @@ async fn a_reload_rotates_the_admin_token() {
     assert_eq!(r.status, 200, "{}", r.text());
     let r = send(req("GET", &config, &as_("Bearer old-token"), "")).await;
     assert_eq!(r.status, 401, "the old token is refused after the reload");
+    let r = send(req("GET", &config, &as_("Bearer reader-old-token"), "")).await;
+    assert_eq!(r.status, 401);
+    let r = send(req("GET", &config, &as_("Bearer reader-new-token"), "")).await;
+    assert_eq!(r.status, 200);
     let r = send(req("GET", &config, &as_("Bearer new-token"), "")).await;
     assert_eq!(r.status, 200);
     assert!(
