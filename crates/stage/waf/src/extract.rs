@@ -25,12 +25,14 @@
 //!
 //! # Body
 //!
-//! The media type is matched case-insensitively; of the parameters `boundary` and a JSON
-//! `charset` are read. Bodies are read as UTF-8: a JSON `charset` other than UTF-8 (which an
-//! upstream might decode: UTF-7, UTF-16) is rule 1005, as are two `Content-Type` fields and a
-//! multipart type with more than one boundary parameter; other charsets are ignored (XML must
-//! be valid UTF-8, so UTF-16 XML is malformed; text is read lossily, and the `Decoded` view's
-//! NUL removal recovers the ASCII of UTF-16 text). A UTF-8 BOM is skipped. An empty (or whitespace-only) body yields no target and no finding.
+//! The media type is matched case-insensitively; of the parameters `boundary` and `charset`
+//! are read. Bodies are read as UTF-8: a JSON `charset` other than UTF-8 (which an upstream
+//! might decode: UTF-7, UTF-16) is rule 1005, as is a form, text or XML `charset` (or XML
+//! declaration `encoding`) that is not ASCII-transparent (`plain_charset`: UTF-8, US-ASCII,
+//! ISO-8859-1), UTF-16/32 text in an untyped, unknown or text body (`wide_text`), two
+//! `Content-Type` fields and a multipart type with more than one boundary parameter (XML must
+//! be valid UTF-8, so UTF-16 XML is malformed). A UTF-8 BOM is skipped. An empty (or
+//! whitespace-only) body yields no target and no finding.
 //!
 //! * JSON (`application/json`, `text/json`, `application/*+json`): every object key is a
 //!   name target and every leaf (strings, numbers and booleans as their text; `null` and empty
@@ -46,16 +48,22 @@
 //!   fields without a file name (or with an empty one), whatever their content type — every
 //!   server behind takes such a part for a form value —, and a file-name target
 //!   for `filename` and `filename*` (RFC 5987, percent-decoded); file contents are not
-//!   inspected. Delimiters must start a line (CRLF or LF); a missing or invalid boundary, no
-//!   opening or closing delimiter, a header line without a colon, part headers over 16 KiB or
-//!   a part without `Content-Disposition` make the body malformed.
+//!   inspected. Only the syntax every server's parser reads alike is accepted (see
+//!   `multipart.rs`: every line-start `--boundary` a delimiter, one line-break style, no
+//!   folding, plain `Content-Disposition` parameters …); a missing or invalid boundary, no
+//!   opening or closing delimiter, a header line without a colon, part headers over 16 KiB, a
+//!   part without `Content-Disposition` and anything outside that syntax make the body
+//!   malformed.
 //! * XML (`application/xml`, `text/xml`, `application/*+xml`): text and CDATA of an element
 //!   form one target named by the element path (`/order/item`), attribute values are named
 //!   `/order/item/@id`; a DOCTYPE is one target `body:!DOCTYPE` holding `<!DOCTYPE …>`, a
 //!   processing instruction one target `body:?pi` holding `<?…?>`. The five predefined
 //!   entities and character references are decoded, other entity references are kept as
 //!   written (never resolved). Not well-formed (including no root, several roots, text outside
-//!   the root, unclosed elements, invalid UTF-8) is malformed.
+//!   the root, unclosed elements, invalid UTF-8) is malformed. The start tag of markup an XML
+//!   processor acts on (an `include` element, an `xsl:` one, one declaring the XInclude or
+//!   XSLT namespace) is a target of its own, `body:/r/xi:include/<tag>`, holding `<…>` as
+//!   written.
 //! * GraphQL (`application/graphql`): one target `body:$.query`, the name a JSON
 //!   `{"query": …}` body gives the document.
 //! * Text (`text/*`; no content type; an unknown type whose bytes look textual — at most 5 %
@@ -67,7 +75,9 @@
 //!   also inspected as text; and a body without a type, or of an unknown one, that starts
 //!   like JSON is never taken for binary, however many of its bytes are not UTF-8.
 //! * Binary (`image/*`, `audio/*`, `video/*`, `font/*`, octet streams, archives, PDF,
-//!   protobuf, gRPC …, and unknown types that do not look textual): no target.
+//!   protobuf, gRPC …, and unknown types that do not look textual nor wide): no target. The
+//!   WAF stage only skips buffering a binary body when the request has a single
+//!   `Content-Type`.
 //!
 //! Findings: a body that does not parse as its type is rule 1001 (target `body`, snippet: the
 //! bytes around the error); nesting deeper than `max_depth` is rule 1002; reaching
@@ -90,8 +100,17 @@ use crate::extract_rules::{AMBIGUOUS_CONTENT_TYPE, MALFORMED_BODY, TOO_DEEP, TOO
 use crate::model::{Finding, Location, Part, Target};
 use crate::transform::View;
 
-/// Headers not inspected as values: credentials (checked by authentication), framing and
-/// routing headers (checked by protocol hygiene), and strictly formatted ones.
+/// Headers not inspected as values.
+///
+/// * Credentials: `authorization` and `proxy-authorization` hold secrets that a finding's
+///   snippet would copy into the audit log, and their usual values (base64 of a user and
+///   password, JWTs) are opaque text the detectors would misread; authentication parses and
+///   checks them.
+/// * Framing and routing fields, which the gateway parses strictly and does not forward as
+///   sent: `content-length`, `host`, `connection`, `transfer-encoding`.
+///
+/// Everything else is inspected, `sec-websocket-key` and the rest of the WebSocket handshake
+/// included: nothing checks their syntax and they go upstream as sent.
 pub const SKIPPED_HEADERS: &[&str] = &[
     "authorization",
     "proxy-authorization",
@@ -99,8 +118,6 @@ pub const SKIPPED_HEADERS: &[&str] = &[
     "host",
     "connection",
     "transfer-encoding",
-    "sec-websocket-key",
-    "sec-websocket-accept",
     // Rebuilt by the gateway from its hex digits; `tracestate` goes on as sent, so it is
     // inspected like any other field.
     "traceparent",
@@ -230,13 +247,24 @@ pub fn body_targets<'a>(
             let doc = String::from_utf8_lossy(body);
             sink.push(Target::new(Location::Body, "$.query", Part::Value, doc));
         }
-        Media::Text => text(body, limits, &mut sink, &mut facts),
+        Media::Text => {
+            if wide_text(body) {
+                sink.ambiguous(WIDE_TEXT);
+            }
+            text(body, limits, &mut sink, &mut facts);
+        }
         Media::Binary => {}
         Media::Absent | Media::Unknown => {
             // A body that starts like JSON is read as text (JSON first) however many bytes of
             // it are not UTF-8: servers that ignore the type decode JSON with invalid bytes in
             // its strings (Go), so such bytes must not make it binary, hence uninspected.
-            if looks_textual(body) || starts_like_json(body) {
+            // UTF-16 or UTF-32 text is not binary either: an upstream that detects it (by
+            // its BOM, or as JSON decoders do) reads characters the WAF cannot see as UTF-8.
+            let wide = wide_text(body);
+            if wide {
+                sink.ambiguous(WIDE_TEXT);
+            }
+            if wide || looks_textual(body) || starts_like_json(body) {
                 facts.kind = BodyKind::Text;
                 text(body, limits, &mut sink, &mut facts);
             } else {
@@ -498,6 +526,38 @@ fn looks_textual(body: &[u8]) -> bool {
     bad.saturating_mul(20) <= body.len()
 }
 
+/// Why a wide body is rule 1005.
+const WIDE_TEXT: &str = "UTF-16 or UTF-32 text";
+
+/// Whether a body looks like UTF-16 or UTF-32 text: a UTF-16/32 byte order mark; a first
+/// character that is ASCII padded with NULs, which is how RFC 4627 §3 (and Python's `json`,
+/// .NET, Jackson) tell UTF-16/32 JSON from UTF-8; or NULs at 90 % or more of the even or of
+/// the odd offsets (ASCII and Latin-1 text in UTF-16 or UTF-32). One pass, no allocation.
+fn wide_text(body: &[u8]) -> bool {
+    let ascii = |c: u8| c.is_ascii_graphic() || c.is_ascii_whitespace();
+    match body {
+        [0xfe, 0xff, ..] | [0xff, 0xfe, ..] | [0, 0, 0xfe, 0xff, ..] => return true,
+        [0, 0, 0, c, ..] | [c, 0, 0, 0, ..] | [0, c, ..] | [c, 0, ..] if ascii(*c) => {
+            return true;
+        }
+        _ => {}
+    }
+    if body.len() < 4 {
+        return false;
+    }
+    let (mut even, mut odd) = (0usize, 0usize);
+    for pair in body.chunks(2) {
+        if pair.first() == Some(&0) {
+            even += 1;
+        }
+        if pair.get(1) == Some(&0) {
+            odd += 1;
+        }
+    }
+    let half = body.len() / 2;
+    even.max(odd).saturating_mul(10) >= half.saturating_mul(9)
+}
+
 /// Whether a body's first non-blank byte opens a JSON object or array.
 fn starts_like_json(body: &[u8]) -> bool {
     matches!(
@@ -668,6 +728,15 @@ impl ContentType {
             {
                 ambiguous = Some("a JSON charset other than UTF-8");
             }
+            // Forms, XML and text are read as (lossy) UTF-8 too; an upstream honouring a
+            // charset that is not ASCII-transparent (UTF-16, UTF-7, EBCDIC, Shift_JIS …)
+            // reads other characters than the WAF did.
+            if matches!(media, Media::Form | Media::Xml | Media::Text)
+                && name.eq_ignore_ascii_case("charset")
+                && !plain_charset(&value)
+            {
+                ambiguous = Some("a charset other than UTF-8, US-ASCII or ISO-8859-1");
+            }
             // Parsers pick different boundaries out of `xboundary=A; boundary=B` or two
             // `boundary` parameters: parts the WAF took for one thing would be others.
             if media == Media::Multipart && name.to_ascii_lowercase().contains("boundary") {
@@ -686,6 +755,40 @@ impl ContentType {
             ambiguous,
         }
     }
+}
+
+/// Whether a `charset` names UTF-8, US-ASCII or ISO-8859-1: the charsets in which every byte
+/// below 0x80 is the ASCII character it reads as UTF-8, without shifts or multi-byte units,
+/// so what the WAF reads (lossy UTF-8) holds every ASCII character an upstream decodes.
+/// Case-insensitive, blanks trimmed; the IANA names and the aliases no decoder maps to
+/// another charset (`utf8`, `ascii`, `latin1` …). Short or numeric aliases (`us`, `l1`,
+/// `cp367`, `ibm819` …) are not accepted: nothing sends them, and an unknown name is left to
+/// each upstream's default.
+pub(super) fn plain_charset(name: &str) -> bool {
+    const PLAIN: &[&str] = &[
+        // UTF-8
+        "utf-8",
+        "utf8",
+        "csutf8",
+        // US-ASCII
+        "us-ascii",
+        "ascii",
+        "ansi_x3.4-1968",
+        "ansi_x3.4-1986",
+        "iso646-us",
+        "iso_646.irv:1991",
+        "csascii",
+        // ISO-8859-1
+        "iso-8859-1",
+        "iso_8859-1",
+        "iso_8859-1:1987",
+        "iso8859-1",
+        "latin1",
+        "iso-ir-100",
+        "csisolatin1",
+    ];
+    let name = name.trim();
+    PLAIN.iter().any(|c| name.eq_ignore_ascii_case(c))
 }
 
 /// `; name=value; name="quoted \" value"` parameters (of `Content-Type` and

@@ -91,12 +91,12 @@ impl Stage for WafStage {
             RequestBody::Streaming(b) => !http_body::Body::is_end_stream(b),
             RequestBody::Buffered(b) => !b.is_empty(),
         };
-        let ct = req
-            .head
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        if !has_body || body_kind(ct) == BodyKind::Binary {
+        let mut cts = req.head.headers.get_all(http::header::CONTENT_TYPE).iter();
+        let ct = cts.next().and_then(|v| v.to_str().ok());
+        // Two `Content-Type` fields are rule 1005 (upstreams read the first or the last), found
+        // by the engine on a buffered body: a binary first one must not skip it.
+        let one_type = cts.next().is_none();
+        if !has_body || (one_type && body_kind(ct) == BodyKind::Binary) {
             let outcome = engine::inspect(
                 route,
                 &Inspection {

@@ -26,8 +26,11 @@ pub enum View {
     /// The value as extracted (see `Target::value`).
     Raw,
     /// Iterated URL-decoding until stable (at most [`URL_DECODE_ROUNDS`] rounds): `%xx` (hex
-    /// digits of any case) and IIS-style `%uXXXX` (to the code point; surrogate pairs joined,
-    /// lone surrogates become U+FFFD). Invalid escapes stay literal; `+` is *not* turned into a
+    /// digits of any case), IIS-style `%uXXXX` and JSON/JavaScript `\uXXXX` (to the code
+    /// point; surrogate pairs joined, lone surrogates become U+FFFD) — a value a backend
+    /// parses as JSON (`{"\u0024ne": 1}` in a query parameter) reads as decoded, and each
+    /// round decodes both kinds (`%5Cu0027` is `'` after two). Invalid escapes stay literal
+    /// (`\` before anything but `u` and four hex digits is kept); `+` is *not* turned into a
     /// space (the extractor already form-decoded query and form values once). The decoded
     /// bytes are read as UTF-8: overlong encodings of a character (`%c0%ae` for `.`, `%c0%af`
     /// for `/`) are folded to it, any other invalid sequence becomes U+FFFD. Then NUL and the
@@ -190,7 +193,7 @@ impl Views {
         cur.clear();
         cur.extend_from_slice(raw.as_bytes());
         for _ in 0..URL_DECODE_ROUNDS {
-            if !cur.contains(&b'%') {
+            if !cur.iter().any(|&b| escape_start(b)) {
                 break;
             }
             next.clear();
@@ -299,7 +302,12 @@ const fn removable_control(b: u8) -> bool {
 /// possible C1 control (U+0080–U+009F are encoded `C2 80`–`C2 9F`).
 fn needs_decoding(s: &str) -> bool {
     s.bytes()
-        .any(|b| b == b'%' || b == 0xc2 || removable_control(b))
+        .any(|b| b == b'%' || b == b'\\' || b == 0xc2 || removable_control(b))
+}
+
+/// Whether `b` may start an escape `url_decode_once` decodes.
+const fn escape_start(b: u8) -> bool {
+    b == b'%' || b == b'\\'
 }
 
 /// The value of one hex digit (either case).
@@ -322,24 +330,29 @@ fn hex4(s: &[u8]) -> Option<u32> {
     Some(v)
 }
 
-/// One round of `%xx` / `%uXXXX` decoding; whether anything was decoded.
+/// One round of `%xx` / `%uXXXX` / `\uXXXX` decoding; whether anything was decoded.
 fn url_decode_once(input: &[u8], out: &mut Vec<u8>) -> bool {
     let mut changed = false;
     let mut i = 0;
     while let Some(off) = input
         .get(i..)
-        .and_then(|r| r.iter().position(|&b| b == b'%'))
+        .and_then(|r| r.iter().position(|&b| escape_start(b)))
     {
         let p = i + off;
         out.extend_from_slice(input.get(i..p).unwrap_or_default());
         let rest = input.get(p..).unwrap_or_default();
-        match decode_escape(rest, out) {
+        let decoded = if rest.first() == Some(&b'\\') {
+            decode_json_escape(rest, out)
+        } else {
+            decode_escape(rest, out)
+        };
+        match decoded {
             Some(used) => {
                 changed = true;
                 i = p + used;
             }
             None => {
-                out.push(b'%');
+                out.extend_from_slice(rest.get(..1).unwrap_or_default());
                 i = p + 1;
             }
         }
@@ -366,6 +379,33 @@ fn decode_escape(s: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         let lo = s
             .get(6..8)
             .filter(|m| m.eq_ignore_ascii_case(b"%u"))
+            .and_then(|_| s.get(8..))
+            .and_then(hex4)
+            .filter(|lo| (0xdc00..0xe000).contains(lo));
+        match lo {
+            Some(lo) => (0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00), 12),
+            None => (0xfffd, 6),
+        }
+    } else {
+        (hi, 6)
+    };
+    let c = char::from_u32(cp).unwrap_or('\u{fffd}');
+    let mut buf = [0u8; 4];
+    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+    Some(used)
+}
+
+/// Decodes the `\uXXXX` escape at the start of `s` (which starts with `\`) into `out`, a
+/// surrogate pair written `\uD83D\uDE00` joined; the bytes used.
+fn decode_json_escape(s: &[u8], out: &mut Vec<u8>) -> Option<usize> {
+    if s.get(1) != Some(&b'u') {
+        return None;
+    }
+    let hi = hex4(s.get(2..)?)?;
+    let (cp, used) = if (0xd800..0xdc00).contains(&hi) {
+        let lo = s
+            .get(6..8)
+            .filter(|m| *m == b"\\u")
             .and_then(|_| s.get(8..))
             .and_then(hex4)
             .filter(|lo| (0xdc00..0xe000).contains(lo));
@@ -1081,6 +1121,25 @@ mod tests {
         assert_eq!(view(View::Decoded, "%uD83Dx"), "\u{fffd}x");
         assert_eq!(view(View::Decoded, "%uDE00"), "\u{fffd}");
         assert_eq!(view(View::Decoded, "%25u0027"), "'");
+    }
+
+    /// JSON/JavaScript escapes: a value a backend parses as JSON reads decoded.
+    #[test]
+    fn json_unicode_escapes() {
+        assert_eq!(view(View::Decoded, r#"{"\u0024ne": 1}"#), r#"{"$ne": 1}"#);
+        assert_eq!(view(View::Decoded, r"\u0027 OR 1=1"), "' OR 1=1");
+        assert_eq!(view(View::Canonical, r"\u003CSCRIPT\u003e"), "<script>");
+        assert_eq!(view(View::Decoded, r"\uD83D\uDE00"), "😀");
+        assert_eq!(view(View::Decoded, r"\uD83Dx"), "\u{fffd}x");
+        // Mixed with URL escapes, over rounds.
+        assert_eq!(view(View::Decoded, "%5Cu0024ne"), "$ne");
+        assert_eq!(view(View::Decoded, r"\u0025\u0032\u0037"), "'");
+        // Not escapes: kept.
+        for s in [r"C:\users\x", r"\u12", r"\u12G4", r"\U0027", r"a\", r"\n\t"] {
+            assert_eq!(view(View::Decoded, s), s);
+        }
+        // A NUL so written is removed like a raw one.
+        assert_eq!(view(View::Decoded, r"a\u0000b"), "ab");
     }
 
     #[test]

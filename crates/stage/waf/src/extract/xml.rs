@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::reader::Reader;
 
-use super::{MAX_PATH, MAX_SEGMENT, Problem, Sink, truncate};
+use super::{MAX_PATH, MAX_SEGMENT, Problem, Sink, plain_charset, truncate};
 use crate::model::{Location, Part, Target};
 
 fn at(pos: u64) -> usize {
@@ -87,7 +87,19 @@ pub(super) fn extract<'a>(
                 let value = format!("<?{}?>", p.into_inner());
                 sink.push(Target::new(Location::Body, "?pi", Part::Value, value));
             }
-            Event::Decl(_) | Event::Comment(_) => {}
+            Event::Decl(d) => {
+                // The declaration names the charset an XML parser decodes with (UTF-7 and
+                // EBCDIC bodies can be valid UTF-8 to the WAF).
+                let odd = match d.encoding() {
+                    None => false,
+                    Some(Ok(e)) => !plain_charset(&e),
+                    Some(Err(_)) => return Err(Problem::Malformed { at: here }),
+                };
+                if odd {
+                    sink.ambiguous("an XML encoding other than UTF-8, US-ASCII or ISO-8859-1");
+                }
+            }
+            Event::Comment(_) => {}
             Event::Eof => {
                 doc.flush(sink);
                 if !doc.open.is_empty() || doc.roots == 0 {
@@ -149,6 +161,17 @@ fn unescape(v: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The XInclude (2001, 2003) and XSLT namespaces, and Xalan's Java extension namespace.
+fn processor_namespace(uri: &str) -> bool {
+    ["/xinclude", "/xsl/transform", "xml.apache.org/xalan"]
+        .iter()
+        .any(|n| {
+            uri.as_bytes()
+                .windows(n.len())
+                .any(|w| w.eq_ignore_ascii_case(n.as_bytes()))
+        })
+}
+
 struct Doc<'a> {
     /// `/order/item` of the open element.
     path: String,
@@ -182,8 +205,22 @@ impl<'a> Doc<'a> {
             self.path
                 .push_str(truncate(e.name().into_inner(), MAX_SEGMENT));
         }
+        // Markup an XML processor acts on is a target of its own, the start tag as written,
+        // for the rules on XInclude and XSLT elements (which look at the element and its
+        // attributes together): an `include` element (XInclude's), an `xsl:` one, and one
+        // declaring the XInclude or XSLT namespace. Other tags are not targets: the HTML rules
+        // would take SOAP's `<soap:Envelope xmlns:soap=…>` for markup injection.
+        let qname = e.name();
+        let mut processed = qname.local_name().as_ref() == "include"
+            || qname
+                .prefix()
+                .is_some_and(|p| p.as_ref().eq_ignore_ascii_case("xsl"));
         for attr in e.attributes() {
             let attr = attr.map_err(|_| Problem::Malformed { at: here })?;
+            let key = attr.key.as_ref();
+            if (key == "xmlns" || key.starts_with("xmlns:")) && processor_namespace(&attr.value) {
+                processed = true;
+            }
             let value = unescape(&attr.value);
             if value.is_empty() || sink.full {
                 continue;
@@ -200,6 +237,11 @@ impl<'a> Doc<'a> {
                 Part::Value,
                 value.into_owned(),
             ));
+        }
+        if processed && !sink.full {
+            let tag = format!("<{}>", &**e);
+            let name = format!("{}/<tag>", self.path);
+            sink.push(Target::new(Location::Body, name, Part::Value, tag));
         }
         Ok(())
     }
