@@ -4,6 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use portcullis_contract::json::JsonLimits;
 use portcullis_contract::model::{In, ParamDef, ScalarType, Shape, Style};
 use portcullis_contract::params::{RawRequest, read, unknown_query};
 
@@ -59,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut values = Vec::new();
     let mut violations = Vec::new();
-    read(&defs, &req, &mut values, &mut violations);
+    read(&defs, &req, &JsonLimits::default(), &mut values, &mut violations);
     assert!(values.len() <= defs.len());
     assert!(unknown_query(&defs, Some(query)).len() <= 20);
 });
