@@ -469,13 +469,7 @@ impl Drop for AddressHeld {
 /// The address a connection is counted against: an IPv4-mapped IPv6 address as its IPv4 one,
 /// any other IPv6 address by its /64 (as the gateway counts clients for its own limits).
 fn counted_address(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & (u128::MAX << 64)).into()),
-        },
-        v4 => v4,
-    }
+    portcullis_core::addr::counted(ip, 64)
 }
 
 struct State {
