@@ -677,7 +677,9 @@ async fn bodies_read_another_way_are_refused() {
         .collect();
     let hidden = "--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx\r\n--XyZ--\r\n\
 --XyZ\r\nContent-Disposition: form-data; name=\"b\"\r\n\r\n' UNION SELECT password FROM users--\r\n--XyZ--\r\n";
-    let cases: Vec<(Vec<(&str, &str)>, &str, u64)> = vec![
+    /// Header fields, body, the rule expected.
+    type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, u64);
+    let cases: Vec<Case> = vec![
         // Two types, the first binary: not skipped as binary.
         (
             vec![
