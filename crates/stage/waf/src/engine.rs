@@ -524,6 +524,29 @@ mod tests {
             &["multipart/form-data; boundary=B; boundary=A"],
             part
         )));
+        // PHP finds `boundary` inside another parameter's value.
+        assert!(ambiguous(&with(
+            &["multipart/form-data; x=boundary=A; boundary=B"],
+            part
+        )));
+        assert!(ambiguous(&with(
+            &["multipart/form-data; x=\"boundary=A\"; boundary=B"],
+            part
+        )));
+        assert!(ambiguous(&with(
+            &["multipart/form-data; X=BOUNDARY=A; BOUNDARY=B"],
+            part
+        )));
+        // Chrome's boundary holds the word, after the parameter's name: one reading.
+        let webkit = "--WebKitFormBoundaryQ\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\nx\r\n--WebKitFormBoundaryQ--\r\n";
+        assert!(!ambiguous(&with(
+            &["multipart/form-data; boundary=WebKitFormBoundaryQ"],
+            webkit
+        )));
+        assert!(!ambiguous(&with(
+            &["multipart/form-data; boundary=\"B\""],
+            part
+        )));
         // A key repeated in one object: parsers take the first or the last.
         let twice = r#"{"query":"{a}","query":"{__schema{types{name}}}"}"#;
         assert!(ambiguous(&with(&["application/json"], twice)));

@@ -746,7 +746,11 @@ impl ContentType {
                 }
             }
         });
-        if boundaries > 1 {
+        // PHP takes the boundary after the first `boundary` anywhere in the field, inside
+        // another parameter's value too (`x=boundary=A; boundary=B` is `A` to it).
+        let php_disagrees =
+            media == Media::Multipart && php_boundary(params) != boundary.as_deref();
+        if boundaries > 1 || php_disagrees {
             ambiguous = Some("more than one multipart boundary");
         }
         ContentType {
@@ -754,6 +758,24 @@ impl ContentType {
             boundary,
             ambiguous,
         }
+    }
+}
+
+/// The boundary PHP reads from a multipart `Content-Type`'s parameters: after the first `=`
+/// that follows the first `boundary` (case-sensitive, else in any case) anywhere in them,
+/// up to `,` or `;`, or a double-quoted string, taken as written.
+fn php_boundary(params: &str) -> Option<&str> {
+    let at = params.find("boundary").or_else(|| {
+        params
+            .as_bytes()
+            .windows(b"boundary".len())
+            .position(|w| w.eq_ignore_ascii_case(b"boundary"))
+    })?;
+    let rest = params.get(at..)?;
+    let value = rest.get(rest.find('=')? + 1..)?;
+    match value.strip_prefix('"') {
+        Some(q) => q.get(..q.find('"')?),
+        None => value.get(..value.find([',', ';']).unwrap_or(value.len())),
     }
 }
 

@@ -9,13 +9,14 @@
 //!   by `--` (the close delimiter) or by the line break of the first delimiter (CRLF or LF,
 //!   the same all through the body, the break before each delimiter included; no transport
 //!   padding); one that does not start a line must not be preceded by a bare CR nor followed
-//!   by what ends a delimiter (`--`, or blanks and a line break); nothing after the close
-//!   delimiter may start with `--boundary` (PHP reads on past it);
-//! * part header lines end with the same line break, without another CR in them and without
-//!   folding; `Content-Disposition` and `Content-Type` appear once;
-//! * `Content-Disposition` parameters are tokens or double-quoted strings, each named once,
-//!   no `'` outside a quoted string (some parsers take it for a quote) except in the value of
-//!   `filename*`, the only RFC 5987 parameter accepted, and only beside `filename`;
+//!   by what ends a delimiter (`--`, or blanks and a line break); the preamble and what
+//!   follows the close delimiter hold no `--boundary` at all (PHP reads lines through a 5 KiB
+//!   buffer, compares them as C strings, and reads on past the close);
+//! * part header lines end with the same line break, are at most 4 KiB, without control
+//!   characters and without folding; `Content-Disposition` and `Content-Type` appear once;
+//! * `Content-Disposition` parameters are read alike by every parser ([`plain_disposition`]):
+//!   no blanks around `=`, token or quoted values, `filename*` the only RFC 5987 parameter,
+//!   only beside `filename` and not empty;
 //! * a delimiter's leading line break is not the blank line that ends a part's headers (an
 //!   empty value is `CRLF CRLF CRLF --boundary`);
 //! * no `Content-Transfer-Encoding` other than the identity ones (`7bit`, `8bit`, `binary`):
@@ -34,6 +35,8 @@ use crate::model::{Location, Part, Target};
 
 /// Most bytes of one part's header block.
 const MAX_PART_HEADERS: usize = 16 * 1024;
+/// Longest part header line accepted: well under PHP's 5 KiB line buffer.
+const MAX_PART_HEADER_LINE: usize = 4 * 1024;
 /// Longest boundary accepted (RFC 2046 says 70).
 const MAX_BOUNDARY: usize = 200;
 
@@ -119,6 +122,9 @@ pub(super) fn extract<'a>(
             Some(_) if ends_like_delimiter(body, m.end()) => {
                 return Err(Problem::Malformed { at: s });
             }
+            // In the preamble, anywhere: PHP looks for the first delimiter line by line, its
+            // lines cut at 5 KiB, and compares them as C strings (a NUL ends one).
+            Some(_) if delimiters.is_empty() => return Err(Problem::Malformed { at: s }),
             Some(_) => {}
         }
     }
@@ -127,7 +133,7 @@ pub(super) fn extract<'a>(
     let first = delimiters.next().ok_or(Problem::Malformed { at: 0 })?;
     let (eol, mut p) = match after_delimiter(body, first + dl) {
         After::Line(eol, next) => (eol, next),
-        After::Close => return epilogue(delimiters.next()),
+        After::Close => return epilogue(body, &finder, first + dl),
         After::Other => return Err(Problem::Malformed { at: first }),
     };
     loop {
@@ -160,17 +166,21 @@ pub(super) fn extract<'a>(
         emit(headers, content, &finder, content_start, sink)?;
         match after_delimiter(body, d + dl) {
             After::Line(e, next) if e == eol => p = next,
-            After::Close => return epilogue(delimiters.next()),
+            After::Close => return epilogue(body, &finder, d + dl),
             _ => return Err(Problem::Malformed { at: d }),
         }
     }
 }
 
-/// After the close delimiter: no line may start with `--boundary` (PHP looks for delimiter
-/// lines past it and would read more parts).
-fn epilogue(next_delimiter: Option<usize>) -> Result<(), Problem> {
-    match next_delimiter {
-        Some(at) => Err(Problem::Malformed { at }),
+/// After the close delimiter (`close` is where its `--` starts): no `--boundary` anywhere, at
+/// the start of a line or not (PHP looks for delimiter lines past it, cut at 5 KiB, and would
+/// read more parts).
+fn epilogue(body: &[u8], finder: &AhoCorasick, close: usize) -> Result<(), Problem> {
+    let rest = body.get(close..).unwrap_or_default();
+    match finder.find(rest) {
+        Some(m) => Err(Problem::Malformed {
+            at: close + m.start(),
+        }),
         None => Ok(()),
     }
 }
@@ -226,60 +236,95 @@ impl<'a> PartHeaders<'a> {
 }
 
 /// Whether a `Content-Disposition` value is made only of what every parser reads alike:
-/// `;`-separated parameters whose values are tokens or closed double-quoted strings (`\"`
-/// the only escape), a quoted string ending its value, no `"` elsewhere, and no `'` outside a
-/// quoted string except in the value of an RFC 5987 parameter (`filename*=UTF-8''…`).
+/// `type *( OWS ";" OWS name "=" value ) OWS`, where the type and names are tokens, a value a
+/// token or a closed double-quoted string, and nothing else:
+///
+/// * no blanks around `=` (PHP compares `filename ` with `filename`, Werkzeug drops such a
+///   parameter: both would read a value where the WAF read a file);
+/// * an unquoted value is a token (Werkzeug ignores a parameter whose value is not one), not
+///   starting with `'` (some parsers take it for a quote);
+/// * a quoted string ends at the same `"` whether `\` escapes only `"` (browsers send
+///   Windows paths with raw backslashes) or any character (Werkzeug, Tomcat, Go): `"a\\"`
+///   ends there for the latter and runs on for the former, so it is refused, while Go's own
+///   `"c\\d.txt"` ends alike for both; outside a file name no `\\` at all (the field name
+///   would differ); no control characters;
+/// * the only name with `*` is `filename*` (RFC 5987): Go reads `filename*0` and `name*0`
+///   (RFC 2231 continuations), busboy `name*`.
 fn plain_disposition(v: &[u8]) -> bool {
+    let tchar = portcullis_core::is_tchar;
+    let blanks = |i: &mut usize| {
+        while matches!(v.get(*i), Some(b' ' | b'\t')) {
+            *i += 1;
+        }
+    };
+    let token = |i: &mut usize| {
+        let start = *i;
+        while v.get(*i).is_some_and(|&c| tchar(c)) {
+            *i += 1;
+        }
+        v.get(start..*i).unwrap_or_default()
+    };
     let mut i = 0;
-    // Where the current parameter's name starts, and whether we are past its `=`.
-    let mut name_start = 0;
-    let mut in_value = false;
-    let mut extended = false;
-    let mut value_started = false;
-    while let Some(&c) = v.get(i) {
-        match c {
-            b';' => {
-                name_start = i + 1;
-                in_value = false;
-                extended = false;
-                value_started = false;
-            }
-            b'=' if !in_value => {
-                let name = v.get(name_start..i).unwrap_or_default().trim_ascii();
-                extended = name.ends_with(b"*");
-                in_value = true;
-            }
-            b' ' | b'\t' if !value_started => {}
-            b'"' if in_value && !value_started => {
-                // A quoted string: closed, then nothing but blanks before `;` or the end.
-                let mut j = i + 1;
-                loop {
-                    match v.get(j) {
-                        None => return false,
-                        Some(b'\\') if v.get(j + 1) == Some(&b'"') => j += 2,
-                        Some(b'"') => break,
-                        Some(_) => j += 1,
-                    }
-                }
-                let rest = v.get(j + 1..).unwrap_or_default();
-                let tail = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
-                if !rest.get(..tail).unwrap_or_default().trim_ascii().is_empty() {
-                    return false;
-                }
-                i = j + 1 + tail;
-                continue;
-            }
-            b'"' => return false,
-            b'\'' if !(in_value && extended) => return false,
-            _ => {
-                if in_value {
-                    value_started = true;
-                }
-            }
+    if token(&mut i).is_empty() {
+        return false;
+    }
+    loop {
+        blanks(&mut i);
+        match v.get(i) {
+            None => return true,
+            Some(b';') => i += 1,
+            Some(_) => return false,
+        }
+        blanks(&mut i);
+        if i == v.len() {
+            return true;
+        }
+        let name = token(&mut i);
+        if name.is_empty()
+            || (name.contains(&b'*') && !name.eq_ignore_ascii_case(b"filename*"))
+            || v.get(i) != Some(&b'=')
+        {
+            return false;
         }
         i += 1;
+        if v.get(i) == Some(&b'"') {
+            let Some(body) = v.get(i + 1..) else {
+                return false;
+            };
+            let (Some(end), Some(any_end)) = (quoted_end(body, false), quoted_end(body, true))
+            else {
+                return false;
+            };
+            let inner = body.get(..end).unwrap_or_default();
+            let file_name =
+                name.eq_ignore_ascii_case(b"filename") || name.eq_ignore_ascii_case(b"filename*");
+            if end != any_end
+                || inner.iter().any(|&c| (c < 0x20 && c != b'\t') || c == 0x7f)
+                || (!file_name && inner.windows(2).any(|w| w == b"\\\\"))
+            {
+                return false;
+            }
+            i += 1 + end + 1;
+        } else {
+            let value = token(&mut i);
+            if value.is_empty() || value.first() == Some(&b'\'') {
+                return false;
+            }
+        }
     }
-    true
+}
+
+/// Where the quoted string `s` begins (after its opening `"`) ends: the index of its closing
+/// `"`. `any_escape`: `\` escapes any character; else only `\"` is an escape.
+fn quoted_end(s: &[u8], any_escape: bool) -> Option<usize> {
+    let mut i = 0;
+    loop {
+        match s.get(i)? {
+            b'\\' if any_escape || s.get(i + 1) == Some(&b'"') => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
 }
 
 /// Reads the header block starting at `p`: the headers and where the content starts. Every
@@ -302,8 +347,12 @@ fn part_headers(body: &[u8], p: usize, eol: Eol) -> Result<(PartHeaders<'_>, usi
             Eol::Lf => Some(raw),
         }
         .ok_or(Problem::Malformed { at: line_at })?;
-        // A CR inside a line: Werkzeug ends lines (and the header block) at a bare CR.
-        if line.contains(&b'\r') {
+        // A CR inside a line: Werkzeug ends lines (and the header block) at a bare CR. Other
+        // control bytes: PHP's C strings end at a NUL. A long line: PHP reads lines through a
+        // 5 KiB buffer and takes each full buffer for a line of its own.
+        if line.len() > MAX_PART_HEADER_LINE
+            || line.iter().any(|&c| (c < 0x20 && c != b'\t') || c == 0x7f)
+        {
             return Err(Problem::Malformed { at: line_at });
         }
         if line.is_empty() {
@@ -397,11 +446,15 @@ fn emit<'a>(
             field.clone(),
         ));
     }
-    let filename_star = h.filename_star.map(|v| {
+    let filename_star: Option<Cow<'_, str>> = h.filename_star.map(|v| {
         // RFC 5987: charset'language'percent-encoded
         let encoded = v.splitn(3, '\'').nth(2).unwrap_or(&v);
         Cow::Owned(percent_decode(encoded.as_bytes(), false).into_owned())
     });
+    // Go takes `filename*` over `filename`: an empty one makes the part a value to it.
+    if filename_star.as_ref().is_some_and(|f| f.is_empty()) {
+        return Err(Problem::Malformed { at: content_start });
+    }
     for filename in [h.filename, filename_star].into_iter().flatten() {
         if !filename.is_empty() {
             sink.push(Target::new(
@@ -799,6 +852,64 @@ Content-Disposition: form-data; name=b\r\n\r\ny\r\n--XyZ--",
             "form-data; name=a; filename*=UTF-8''x.php",
         ] {
             malformed(CT, &one(&format!("Content-Disposition: {h}"), b"x"));
+        }
+    }
+
+    /// Parameters a file to the WAF but a value to PHP, Werkzeug, Tomcat or Go.
+    #[test]
+    fn dispositions_that_make_a_file_a_value_elsewhere_are_refused() {
+        for h in [
+            // blanks around `=`: PHP compares `filename `, Werkzeug drops the parameter
+            "form-data; name=\"q\"; filename =\"x.txt\"",
+            "form-data; name=\"q\"; filename= \"x.txt\"",
+            "form-data; name = q",
+            // unquoted values that are not tokens: Werkzeug ignores them
+            "form-data; name=\"q\"; filename=@x.txt",
+            "form-data; name=\"q\"; filename=[1].txt",
+            "form-data; name=\"q\"; filename=\u{e9}.txt",
+            // `\\` ends a string for Werkzeug and Tomcat, not for `\"`-only readers
+            "form-data; name=\"q\"; x=\"a\\\\\"; y=\"; filename=f.txt; z=\"w\"",
+            "form-data; name=\"a\\\\b\"",
+            // RFC 2231 continuations Go reads, an empty RFC 5987 file name Go takes over
+            // `filename`
+            "form-data; name=\"q\"; filename=\"x.txt\"; filename*0=\"\"",
+            "form-data; name=\"a\"; name*0=\"b\"",
+            "form-data; name=\"q\"; filename=\"x.txt\"; filename*=UTF-8''",
+        ] {
+            malformed(CT, &one(&format!("Content-Disposition: {h}"), b"x"));
+        }
+        // A NUL ends PHP's line; a line longer than PHP's 5 KiB buffer is two lines to it.
+        malformed(
+            CT,
+            &one(
+                "Content-Disposition: form-data; name=q\0; filename=a.txt",
+                b"x",
+            ),
+        );
+        let long = format!(
+            "X-Long: {}Content-Disposition: form-data; name=\"q\"\r\n\
+             Content-Disposition: form-data; name=\"q\"; filename=\"a.txt\"",
+            "A".repeat(5112)
+        );
+        malformed(CT, &one(&long, b"' or 1=1--"));
+        // `--boundary` anywhere in the preamble or the epilogue.
+        let mut pre = "A".repeat(5120).into_bytes();
+        pre.extend_from_slice(b"--XyZ\0\r\n");
+        pre.extend_from_slice(&one("Content-Disposition: form-data; name=a", b"1"));
+        malformed(CT, &pre);
+        let mut post = one("Content-Disposition: form-data; name=a", b"1");
+        post.extend_from_slice(b"trailing --XyZ\r\n");
+        malformed(CT, &post);
+        // What .NET, Java and Go send still passes: unquoted tokens, `'` inside one, an
+        // RFC 5987 name beside a plain one, Go's doubled backslash.
+        for h in [
+            "form-data; name=field; filename=john's.pdf",
+            "form-data; name=\"f\"; filename=\"a.txt\"; filename*=utf-8''a%C3%A9.txt",
+            "form-data; name=\"f\"; filename=\"c\\\\d.txt\"",
+            "form-data; name=\"f\"; filename=\"C:\\Users\\x.txt\"",
+        ] {
+            let (_, f) = run(CT, &one(&format!("Content-Disposition: {h}"), b"x"));
+            assert!(f.is_empty(), "{h}: {f:?}");
         }
     }
 
