@@ -490,6 +490,18 @@ fn header(def: &ParamDef, headers: &http::HeaderMap) -> Lookup {
     let Ok(name) = http::HeaderName::from_bytes(def.name.as_bytes()) else {
         return Ok(None);
     };
+    // CGI, WSGI, Rack and PHP read `x_rate` as `x-rate`: a value under the other spelling
+    // would reach the application unchecked.
+    let wanted = name.as_str().as_bytes();
+    if headers
+        .keys()
+        .any(|k| k != name && portcullis_core::same_name_folded(k.as_str().as_bytes(), wanted))
+    {
+        return Err(format!(
+            "must be sent as {name}: a name with `_` for `-` is the same header to some \
+             frameworks"
+        ));
+    }
     let mut joined = String::new();
     let mut any = false;
     for value in headers.get_all(&name) {
@@ -1250,6 +1262,17 @@ mod tests {
     fn headers() {
         let h =
             |shape: Shape, explode: bool| def("X-Rate", In::Header, Style::Simple, explode, shape);
+        // The other spelling, alone or beside the declared one.
+        let other = "must be sent as x-rate: a name with `_` for `-` is the same header to some \
+                     frameworks";
+        let alone: &[(&str, &[u8])] = &[("x_rate", b"500")];
+        let beside: &[(&str, &[u8])] = &[("x-rate", b"5"), ("x_rate", b"500")];
+        for fields in [alone, beside] {
+            assert_eq!(
+                with_headers(h(Shape::Scalar(vec![Integer]), false), fields),
+                Err(other.into())
+            );
+        }
         assert_eq!(
             with_headers(h(Shape::Scalar(vec![Integer]), false), &[("x-rate", b"5")]),
             Ok(json!(5))
