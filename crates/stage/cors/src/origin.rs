@@ -93,6 +93,16 @@ const WILDCARD_PLACE: &str =
     "a wildcard is allowed only as the whole leftmost label of the host (https://*.example.com)";
 const WILDCARD_BROAD: &str = "a wildcard needs a domain of at least two labels after it \
                               (https://*.example.com, not https://*.com)";
+const WILDCARD_PUBLIC: &str = "a wildcard over a public suffix (https://*.co.uk, \
+                               https://*.github.io) would trust every site registered under it: \
+                               list the origins, or put the wildcard under your own domain";
+
+/// Whether `domain` is itself a suffix of Mozilla's Public Suffix List (ICANN or private
+/// section: `co.uk`, `github.io`), under which anyone may register a name.
+fn public_suffix(domain: &str) -> bool {
+    let lower = domain.to_ascii_lowercase();
+    psl::suffix(lower.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == lower.as_bytes())
+}
 
 /// The host as written, before it is checked.
 enum RawHost<'a> {
@@ -195,6 +205,9 @@ pub(crate) fn parse_pattern(s: &str) -> Result<OriginPattern, &'static str> {
                     .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
                 if labels < 2 || last_numeric {
                     return Err(WILDCARD_BROAD);
+                }
+                if public_suffix(domain) {
+                    return Err(WILDCARD_PUBLIC);
                 }
                 let mut suffix = String::with_capacity(domain.len() + 1);
                 suffix.push('.');
@@ -343,6 +356,10 @@ mod tests {
             ("https://*", WILDCARD_PLACE),
             ("https://*.com", WILDCARD_BROAD),
             ("https://*.0.0.1", WILDCARD_BROAD),
+            ("https://*.co.uk", WILDCARD_PUBLIC),
+            ("https://*.CO.UK", WILDCARD_PUBLIC),
+            ("https://*.github.io", WILDCARD_PUBLIC),
+            ("https://*.herokuapp.com:8443", WILDCARD_PUBLIC),
         ];
         for (s, want) in cases {
             assert_eq!(parse_pattern(s), Err(want), "{s}");
@@ -371,6 +388,14 @@ mod tests {
 
     #[test]
     fn wildcard_matches_subdomains_only() {
+        // Under a registrable domain, of a public suffix or an unknown one: accepted.
+        for p in [
+            "https://*.example.co.uk",
+            "https://*.me.github.io",
+            "https://*.corp.internal",
+        ] {
+            assert!(parse_pattern(p).is_ok(), "{p}");
+        }
         let p = "https://*.example.com";
         assert!(matches(p, "https://a.example.com"));
         assert!(matches(p, "https://a.b.example.com"));
