@@ -158,8 +158,10 @@ authz:
     nocache: {{ url: "http://{opa}", cache_ttl: 0s }}
     gone: {{ url: "http://{dead}", timeout: 500ms }}
     lenient: {{ url: "http://{dead}", timeout: 500ms, on_error: open }}
+    lenient_live: {{ url: "http://{opa}", cache_ttl: 0s, on_error: open }}
 routes:
   - {{ name: orders, match: {{ path: "/orders/{{id}}" }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ opa: {{ server: main, path: httpapi/authz/decision }} }} }}
+  - {{ name: sneaky-open, match: {{ prefix: /sneaky-open }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ opa: {{ server: lenient_live, path: httpapi/authz/sneaky }} }} }}
   - {{ name: sneaky, match: {{ prefix: /sneaky }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ opa: {{ server: nocache, path: httpapi/authz/sneaky }} }} }}
   - {{ name: live, match: {{ prefix: /live }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ opa: {{ server: nocache, path: httpapi/authz/decision }} }} }}
   - {{ name: closed, match: {{ prefix: /closed }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ opa: {{ server: gone, path: httpapi/authz/decision }} }} }}
@@ -246,6 +248,9 @@ routes:
             .contains("header \"x-sneaky\" is not listed in authz.policy_headers"),
         "{ev}"
     );
+    // So it is with `on_error: open`: a configuration fault, not a server that is down.
+    let r = call("GET", "/sneaky-open", reader.clone()).await;
+    assert_problem(&r, 503, "authz_unavailable");
     let r = call("DELETE", "/orders/7", reader.clone()).await;
     let v = assert_problem(&r, 403, "forbidden");
     let ev = audit_of(&gw, v["request_id"].as_str().unwrap());

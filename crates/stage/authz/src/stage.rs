@@ -517,12 +517,19 @@ impl Authz {
         };
         let rule = format!("opa:{name}/{path}");
         let run = &mut pending.run;
-        match client
-            .evaluate(path, input)
-            .await
-            .and_then(|d| self.settings.declared(d))
-        {
+        match client.evaluate(path, input).await {
             Ok(d) => {
+                // A header the configuration does not list is its fault, not an unavailable
+                // server's: refused whatever `on_error` says.
+                let d = match self.settings.declared(d) {
+                    Ok(d) => d,
+                    Err(msg) => {
+                        tracing::warn!(request_id = %ctx.request_id, rule = %rule, error = %msg, "policy decision refused");
+                        return run.verdict(rule, *mode, Err(msg), |_| {
+                            unavailable("the authorization policy could not be evaluated")
+                        });
+                    }
+                };
                 let headers = d.headers.clone();
                 run.verdict(rule, *mode, policy_result(&d), |_| {
                     forbidden("denied by policy")
