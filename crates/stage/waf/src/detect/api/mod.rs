@@ -818,7 +818,9 @@ fn parameter_pollution(h: &Hpp, targets: &[Target<'_>], facts: &BodyFacts, f: &m
     }
 }
 
-/// Reports each name picked more than once (on its second occurrence).
+/// Reports each name picked more than once (on its second occurrence). Names are compared
+/// without regard to ASCII case: ASP.NET, PHP's `$_REQUEST` on case-insensitive setups and
+/// many binders read `id` and `ID` as one parameter.
 fn repeats(
     h: &Hpp,
     targets: &[Target<'_>],
@@ -855,13 +857,16 @@ fn repeats(
         let list = &idx[..n];
         for (k, &i) in list.iter().enumerate() {
             let name = &targets[i].name;
-            if list[..k].iter().any(|&j| targets[j].name == *name) {
+            if list[..k]
+                .iter()
+                .any(|&j| targets[j].name.eq_ignore_ascii_case(name))
+            {
                 continue;
             }
             let mut count = 1;
             let mut second = None;
             for &j in &list[k + 1..] {
-                if targets[j].name == *name {
+                if targets[j].name.eq_ignore_ascii_case(name) {
                     count += 1;
                     second.get_or_insert(j);
                 }
@@ -873,11 +878,11 @@ fn repeats(
         return;
     }
     let mut list: Vec<&Target<'_>> = targets.iter().filter(|t| pick(t)).collect();
-    list.sort_by(|a, b| a.name.cmp(&b.name));
+    list.sort_by_cached_key(|t| t.name.to_ascii_lowercase());
     let mut k = 0;
     while k < list.len() {
         let mut end = k + 1;
-        while end < list.len() && list[end].name == list[k].name {
+        while end < list.len() && list[end].name.eq_ignore_ascii_case(&list[k].name) {
             end += 1;
         }
         if end - k > 1 {
@@ -892,17 +897,18 @@ fn query_and_form(h: &Hpp, targets: &[Target<'_>], kind: BodyKind, f: &mut Findi
     if !targets.iter().any(is_query_value) {
         return;
     }
-    let mut query: Vec<&str> = targets
+    let query: Vec<&str> = targets
         .iter()
         .filter(|t| is_query_value(t))
         .map(|t| &*t.name)
         .collect();
-    query.sort_unstable();
-    query.dedup();
     let mut seen: Vec<&str> = Vec::new();
     for t in targets.iter().filter(|t| is_form_value(t, kind)) {
         let name = &*t.name;
-        if h.may_repeat(name) || query.binary_search(&name).is_err() || seen.contains(&name) {
+        if h.may_repeat(name)
+            || !query.iter().any(|q| q.eq_ignore_ascii_case(name))
+            || seen.iter().any(|s| s.eq_ignore_ascii_case(name))
+        {
             continue;
         }
         seen.push(name);

@@ -276,6 +276,11 @@ fn a_repeated_query_parameter_is_pollution() {
     assert_eq!(f[0].snippet, "id given 3 times");
     assert_eq!(f[0].severity, Severity::Critical);
     assert!(get(&[q("id", "1"), q("x", "1"), q("y", "1")]).is_empty());
+    // In another case: one parameter to case-insensitive binders (ASP.NET and others).
+    let f = get(&[q("id", "1"), q("ID", "2"), q("Id", "3")]);
+    assert_eq!(ids(&f), vec![2300]);
+    assert_eq!(f[0].target, "query:ID");
+    assert_eq!(f[0].snippet, "id given 3 times");
 }
 
 #[test]
@@ -308,7 +313,7 @@ fn many_parameters_are_checked_too() {
     let mut t: Vec<Target<'static>> = (0..100).map(|i| q(&format!("p{i}"), "v")).collect();
     assert!(get(&t).is_empty());
     t.push(q("p7", "again"));
-    t.push(q("p9", "again"));
+    t.push(q("P9", "again"));
     t.push(q("p9", "again"));
     let f = get(&t);
     assert_eq!(ids(&f), vec![2300, 2300]);
@@ -346,6 +351,8 @@ fn a_name_in_query_and_form_is_pollution_at_paranoia_2() {
     let f = findings(&r, &Method::POST, &t, &form, 2);
     assert_eq!(ids(&f), vec![2301]);
     assert_eq!(f[0].target, "body:amount");
+    let t = [q("Amount", "1"), body("amount", "1000")];
+    assert_eq!(ids(&findings(&r, &Method::POST, &t, &form, 2)), vec![2301]);
 }
 
 // --- mass assignment -------------------------------------------------------------------------
