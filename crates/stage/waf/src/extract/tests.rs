@@ -566,6 +566,10 @@ fn xml_processor_markup_is_a_target() {
         "body:/xsl:stylesheet/xsl:value-of/<tag>",
         r#"<xsl:value-of select="system-property('xsl:vendor')">"#
     )));
+    // The namespace written with character references is the same namespace.
+    let b = br#"<r xmlns:x="http://www.w3.org/2001&#47;XInclude"><x:inc/></r>"#;
+    let (t, _, _) = body(Some("application/xml"), b);
+    assert!(t.iter().any(|(a, _)| a == "body:/r/<tag>"), "{t:?}");
     let soap = br#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><m:Get xmlns:m="urn:x">1</m:Get></soap:Body></soap:Envelope>"#;
     let (t, f, _) = body(Some("application/soap+xml"), soap);
     assert!(f.is_empty(), "{f:?}");

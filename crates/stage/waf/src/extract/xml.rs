@@ -218,10 +218,11 @@ impl<'a> Doc<'a> {
         for attr in e.attributes() {
             let attr = attr.map_err(|_| Problem::Malformed { at: here })?;
             let key = attr.key.as_ref();
-            if (key == "xmlns" || key.starts_with("xmlns:")) && processor_namespace(&attr.value) {
+            let value = unescape(&attr.value);
+            // The namespace as the processor reads it: `&#47;` is `/` to it.
+            if (key == "xmlns" || key.starts_with("xmlns:")) && processor_namespace(&value) {
                 processed = true;
             }
-            let value = unescape(&attr.value);
             if value.is_empty() || sink.full {
                 continue;
             }
