@@ -373,26 +373,7 @@ fn decode_escape(s: &[u8], out: &mut Vec<u8>) -> Option<usize> {
     if !matches!(s.get(1), Some(b'u' | b'U')) {
         return None;
     }
-    let hi = hex4(s.get(2..)?)?;
-    let (cp, used) = if (0xd800..0xdc00).contains(&hi) {
-        // A high surrogate: joined with a following %uDCxx low surrogate.
-        let lo = s
-            .get(6..8)
-            .filter(|m| m.eq_ignore_ascii_case(b"%u"))
-            .and_then(|_| s.get(8..))
-            .and_then(hex4)
-            .filter(|lo| (0xdc00..0xe000).contains(lo));
-        match lo {
-            Some(lo) => (0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00), 12),
-            None => (0xfffd, 6),
-        }
-    } else {
-        (hi, 6)
-    };
-    let c = char::from_u32(cp).unwrap_or('\u{fffd}');
-    let mut buf = [0u8; 4];
-    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-    Some(used)
+    decode_utf16_escape(s, out, |m| m.eq_ignore_ascii_case(b"%u"))
 }
 
 /// Decodes the `\uXXXX` escape at the start of `s` (which starts with `\`) into `out`, a
@@ -401,11 +382,22 @@ fn decode_json_escape(s: &[u8], out: &mut Vec<u8>) -> Option<usize> {
     if s.get(1) != Some(&b'u') {
         return None;
     }
+    decode_utf16_escape(s, out, |m| m == b"\\u")
+}
+
+/// The UTF-16 code unit written in the four hex digits after a two-byte marker (`%u`, `\u`)
+/// at the start of `s`, into `out` as UTF-8: a high surrogate joined with a low one that
+/// follows under a marker `is_marker` accepts, a lone surrogate as U+FFFD. The bytes used.
+fn decode_utf16_escape(
+    s: &[u8],
+    out: &mut Vec<u8>,
+    is_marker: impl Fn(&[u8]) -> bool,
+) -> Option<usize> {
     let hi = hex4(s.get(2..)?)?;
     let (cp, used) = if (0xd800..0xdc00).contains(&hi) {
         let lo = s
             .get(6..8)
-            .filter(|m| *m == b"\\u")
+            .filter(|m| is_marker(m))
             .and_then(|_| s.get(8..))
             .and_then(hex4)
             .filter(|lo| (0xdc00..0xe000).contains(lo));
