@@ -17,6 +17,30 @@ pub struct ContractReport {
     pub response: Vec<Violation>,
 }
 
+/// Whether a `Content-Type` value is `application/json` or `application/*+json` (a non-empty
+/// token name before `+json`), with any parameters: the bodies the response filter parses as
+/// JSON. One test for the filter and for the contract's [`ResponseContract::apply`], so that a
+/// body is never JSON to one and not to the other.
+pub fn is_json_content_type(s: &str) -> bool {
+    let essence = s.split_once(';').map_or(s, |(e, _)| e).trim();
+    let Some((ty, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    if !ty.eq_ignore_ascii_case("application") {
+        return false;
+    }
+    if sub.eq_ignore_ascii_case("json") {
+        return true;
+    }
+    sub.len() > "+json".len()
+        && sub
+            .get(sub.len() - "+json".len()..)
+            .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"))
+        && sub
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+}
+
 /// The response half of a route's contract, run by the engine on the upstream's answer.
 ///
 /// The engine reads the body (up to `max_bytes`) only when [`wants_body`](Self::wants_body)

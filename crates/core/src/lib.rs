@@ -42,7 +42,7 @@ pub use body::{
     BodyError, BodyLimitExceeded, BodyTooSlow, BoxBody, BoxError, GatewayRequest, Prefix,
     RequestBody,
 };
-pub use contract::{ContractReport, ResponseContract};
+pub use contract::{ContractReport, ResponseContract, is_json_content_type};
 pub use ctx::{
     RequestCtx, RequestId, RouteId, RouteMatch, Scheme, TlsInfo, hex_lower, write_hex_lower,
 };

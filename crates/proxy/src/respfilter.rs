@@ -156,7 +156,10 @@ pub async fn filter_with(
         || status == StatusCode::NOT_MODIFIED
     {
         let mut resp = resp;
-        if request_method == Method::HEAD && plan.filters(is_json(resp.headers())) {
+        let json = is_json(resp.headers());
+        let would_filter = plan.filters(json)
+            || (!json && plan.contract_withholds(status, single_content_type(resp.headers())));
+        if request_method == Method::HEAD && would_filter {
             remove_stale(resp.headers_mut());
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
@@ -306,33 +309,16 @@ fn is_encoded(headers: &HeaderMap) -> bool {
 }
 
 /// Whether the response has exactly one `Content-Type` and it is `application/json` or
-/// `application/*+json`, with any parameters.
+/// `application/*+json`, with any parameters ([`portcullis_core::is_json_content_type`], the
+/// contract's test too).
 fn is_json(headers: &HeaderMap) -> bool {
     let mut values = headers.get_all(header::CONTENT_TYPE).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return false;
     };
-    let Ok(s) = value.to_str() else {
-        return false;
-    };
-    let essence = s.split_once(';').map_or(s, |(e, _)| e).trim();
-    let Some((ty, sub)) = essence.split_once('/') else {
-        return false;
-    };
-    if !ty.eq_ignore_ascii_case("application") {
-        return false;
-    }
-    if sub.eq_ignore_ascii_case("json") {
-        return true;
-    }
-    // `+json` after a non-empty, token-only name (no spaces or another `/`).
-    sub.len() > "+json".len()
-        && sub
-            .get(sub.len() - "+json".len()..)
-            .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"))
-        && sub
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    value
+        .to_str()
+        .is_ok_and(portcullis_core::is_json_content_type)
 }
 
 /// What [`read_limited`] found.
@@ -673,6 +659,45 @@ mod tests {
             }
             Vec::new()
         }
+    }
+
+    /// A HEAD whose GET would be withheld loses the fields that describe the body.
+    #[tokio::test]
+    async fn respfilter_head_of_a_withheld_type_loses_its_length() {
+        let contract = Declares(&["application/json"]);
+        let plan = Plan {
+            remove: None,
+            contract: Some(&contract),
+            mask: None,
+            max_bytes: 1024,
+            fail_closed: true,
+        };
+        let head = |ct: &'static str| {
+            response(
+                200,
+                &[
+                    ("content-type", ct),
+                    ("content-length", "38"),
+                    ("etag", "\"1\""),
+                ],
+                chunked(&[]),
+            )
+        };
+        let (out, _) = filter_with(head("text/plain"), &plan, &Method::HEAD)
+            .await
+            .unwrap();
+        assert!(out.headers().get("content-length").is_none());
+        assert!(out.headers().get("etag").is_none());
+        // A declared type that is not JSON keeps them.
+        let contract = Declares(&["application/json", "text/csv"]);
+        let plan = Plan {
+            contract: Some(&contract),
+            ..plan
+        };
+        let (out, _) = filter_with(head("text/csv"), &plan, &Method::HEAD)
+            .await
+            .unwrap();
+        assert_eq!(out.headers().get("content-length").unwrap(), "38");
     }
 
     async fn run_contract(

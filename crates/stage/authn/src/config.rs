@@ -875,7 +875,11 @@ fn check_fetch_url(u: &str, path: &str, e: &mut ConfigErrors) -> Option<http::Ur
 
 pub(crate) fn is_loopback_host(h: &str) -> bool {
     let h = h.trim_start_matches('[').trim_end_matches(']');
-    h == "localhost"
+    // Names are compared as resolvers read them: in any case, with or without the root's dot;
+    // `*.localhost` is loopback too (RFC 6761, and what systemd-resolved answers).
+    let name = h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
         || h.parse::<std::net::IpAddr>()
             .map(|ip| ip.is_loopback())
             .unwrap_or(false)

@@ -458,6 +458,9 @@ mod tests {
             "https://[fd00::1]/jwks",
             "https://[fe80::1]/jwks",
             "https://[::ffff:10.0.0.5]/jwks",
+            "https://LOCALHOST/jwks",
+            "https://localhost./jwks",
+            "https://keys.localhost/jwks",
         ] {
             assert!(!ok("https://idp.example", internal), "{internal}");
         }

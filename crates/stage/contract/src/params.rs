@@ -64,6 +64,11 @@ pub fn read(
         violations.push(Violation::new("query", SEMICOLON));
     }
     let query = Query::parse(req.query);
+    // A name this reader cannot decode is a parameter it cannot judge (`filter[$where%FF]`
+    // is `filter[$where�]` to a lenient application).
+    if query.pairs.iter().any(|(n, _)| n.is_none()) {
+        violations.push(Violation::new("query", NAME_NOT_UTF8));
+    }
     let query_ok = !query.too_many;
     if query.too_many && defs.iter().any(|d| d.location == In::Query) {
         violations.push(Violation::new(
@@ -196,6 +201,8 @@ const NOT_UTF8: &str = "must be valid UTF-8 text";
 const REPEATED: &str = "must not be repeated";
 const EMPTY: &str = "must not be empty";
 const PAIRS: &str = "must be a list of name,value pairs";
+const DEEP_STYLE: &str = "must be in deepObject style (name[property]=value)";
+const NAME_NOT_UTF8: &str = "parameter names must be UTF-8 text once percent-decoded";
 const SEMICOLON: &str =
     "must not contain a raw `;` (some frameworks split the query on it): encode it as %3B";
 
@@ -375,10 +382,15 @@ impl<'a> Query<'a> {
                 continue;
             };
             if rest.is_empty() {
-                return Err("must be in deepObject style (name[property]=value)".to_owned());
+                return Err(DEEP_STYLE.to_owned());
             }
-            let Some(prop) = rest.strip_prefix('[').and_then(|r| r.strip_suffix(']')) else {
+            // `name[prop]x`: qs and PHP drop what follows the `]`, so it is `name[prop]` to
+            // them; another name (`namex`) is another parameter.
+            let Some(inner) = rest.strip_prefix('[') else {
                 continue;
+            };
+            let Some(prop) = inner.strip_suffix(']') else {
+                return Err(DEEP_STYLE.to_owned());
             };
             if prop.contains(['[', ']']) {
                 return Err("must not nest objects (name[a][b])".to_owned());
@@ -1021,10 +1033,18 @@ mod tests {
             Err("must not be repeated".into())
         );
         assert_eq!(query(deep(), "f[size]="), Err("must not be empty".into()));
-        let (values, violations) = run(&[deep()], &req("fx[size]=2&f%5B=1"));
+        let (values, violations) = run(&[deep()], &req("fx[size]=2"));
         assert!(values.is_empty() && violations.is_empty());
-        // The name alone is the whole value to qs-style parsers: no property check sees it.
-        for bare in ["f=anything", "f[size]=1&f=2", "f=", "f"] {
+        // The name alone is the whole value to qs-style parsers: no property check sees it;
+        // what follows a `]` is dropped by them (`f[size]x` is `f[size]`).
+        for bare in [
+            "f=anything",
+            "f[size]=1&f=2",
+            "f=",
+            "f",
+            "f[$where]x=1",
+            "f%5B=1",
+        ] {
             assert_eq!(
                 query(deep(), bare),
                 Err("must be in deepObject style (name[property]=value)".into()),
@@ -1461,6 +1481,21 @@ mod tests {
                 "too many query parameters (more than 256)".to_owned()
             )]
         );
+    }
+
+    #[test]
+    fn query_names_that_do_not_decode_are_refused() {
+        let defs = [q("q", Style::Form, true, Shape::Scalar(vec![Str]))];
+        for raw in ["f[$where%FF]=1", "%C3=1&q=a"] {
+            let (_, violations) = run(&defs, &req(raw));
+            assert_eq!(
+                violations,
+                [("query".to_owned(), NAME_NOT_UTF8.to_owned())],
+                "{raw}"
+            );
+        }
+        let (_, violations) = run(&defs, &req("q=%FF"));
+        assert_eq!(violations, [("query:q".to_owned(), NOT_UTF8.to_owned())]);
     }
 
     #[test]

@@ -388,11 +388,7 @@ fn refuse(
 /// only to learn whether keep-only-declared lets them pass (it sets the value to `null` when
 /// it does not).
 fn read_as_json(content_type: &str) -> bool {
-    is_json_media(content_type)
-        && content_type
-            .trim_start()
-            .get(.."application/".len())
-            .is_some_and(|p| p.eq_ignore_ascii_case("application/"))
+    portcullis_core::is_json_content_type(content_type)
 }
 
 impl ResponseContract for Operation {
@@ -454,7 +450,11 @@ impl ResponseContract for Operation {
         };
         if !content_type.is_some_and(read_as_json) {
             // A declared type the response filter does not parse: `body` only asked whether
-            // the body may pass, and it may.
+            // the body may pass. It may, unless the declared type is JSON (`application/*+json`
+            // matching a malformed `application/+json`): keep-only-declared must read that.
+            if s.declared_only && is_json_media(&media.def.range) {
+                *body = serde_json::Value::Null;
+            }
             return out;
         }
         if s.validate_responses {
@@ -591,6 +591,46 @@ paths:
 
     fn passed(found: Found, uri: &str) {
         assert_eq!(found, (Vec::new(), uri.to_owned()));
+    }
+
+    /// A body the response filter does not read as JSON, of a type a declared JSON range
+    /// matches, is withheld; one of a declared non-JSON type passes; a real JSON one is
+    /// filtered.
+    #[test]
+    fn declared_only_withholds_what_it_cannot_read_of_a_json_range() {
+        let spec = r##"openapi: 3.1.0
+info: {title: t, version: "1"}
+paths:
+  /a:
+    get:
+      responses:
+        "200":
+          description: ok
+          content:
+            application/*+json:
+              schema: {type: object, properties: {id: {type: integer}}}
+            text/csv: {}
+"##;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api.yaml"), spec).unwrap();
+        let raw: RawOpenApi =
+            serde_yaml_ng::from_str("{spec: api.yaml, responses: {declared_only: true}}").unwrap();
+        let mut e = ConfigErrors::new();
+        let contract = compile(&raw, dir.path(), "routes[0].openapi", &mut e);
+        assert!(e.is_empty(), "{e}");
+        let op = contract.unwrap().operations.into_iter().next().unwrap();
+        let ok = StatusCode::OK;
+        let withheld = |ct: &str| {
+            let mut stand_in = Value::Bool(true);
+            op.apply(ok, Some(ct), Some(&mut stand_in));
+            stand_in.is_null()
+        };
+        assert!(withheld("application/+json"));
+        assert!(withheld("application/x y+json"));
+        assert!(!withheld("text/csv"));
+        let mut body = serde_json::json!({"id": 1, "secret": "s"});
+        op.apply(ok, Some("application/problem+json"), Some(&mut body));
+        assert_eq!(body, serde_json::json!({"id": 1}));
     }
 
     #[test]

@@ -101,7 +101,12 @@ const WILDCARD_PUBLIC: &str = "a wildcard over a public suffix (https://*.co.uk,
 /// section: `co.uk`, `github.io`), under which anyone may register a name.
 fn public_suffix(domain: &str) -> bool {
     let lower = domain.to_ascii_lowercase();
-    psl::suffix(lower.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == lower.as_bytes())
+    let is_suffix = |d: &str| {
+        psl::suffix(d.as_bytes()).is_some_and(|s| s.is_known() && s.as_bytes() == d.as_bytes())
+    };
+    // A wildcard rule right under it (`*.compute-1.amazonaws.com`, `*.nom.br`) makes every
+    // name there a public suffix too: probe one.
+    is_suffix(&lower) || is_suffix(&format!("x.{lower}"))
 }
 
 /// The host as written, before it is checked.
@@ -360,6 +365,8 @@ mod tests {
             ("https://*.CO.UK", WILDCARD_PUBLIC),
             ("https://*.github.io", WILDCARD_PUBLIC),
             ("https://*.herokuapp.com:8443", WILDCARD_PUBLIC),
+            ("https://*.compute-1.amazonaws.com", WILDCARD_PUBLIC),
+            ("https://*.nom.br", WILDCARD_PUBLIC),
         ];
         for (s, want) in cases {
             assert_eq!(parse_pattern(s), Err(want), "{s}");
