@@ -159,7 +159,21 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
                 extract::two_content_types(&mut findings);
             }
         }
-        BodyState::Skipped { limit } => informational = Some(over_limit(limit, "")),
+        BodyState::Skipped { limit } => {
+            informational = Some(over_limit(limit, ""));
+            // A body passed uninspected (`on_body_over_limit: pass`) is still one two readers
+            // could take for two different things.
+            if req
+                .head
+                .headers
+                .get_all(http::header::CONTENT_TYPE)
+                .iter()
+                .nth(1)
+                .is_some()
+            {
+                extract::two_content_types(&mut findings);
+            }
+        }
         BodyState::None => {}
     }
 
@@ -499,6 +513,25 @@ mod tests {
                     .iter()
                     .any(|f| f.finding.rule == 1005 && !f.excluded)
         };
+        // Past the inspection limit (`on_body_over_limit: pass`): still two readings.
+        let skipped = |cts: &[&str]| {
+            let mut b = http::Request::builder().method("POST").uri("/orders");
+            for ct in cts {
+                b = b.header("content-type", *ct);
+            }
+            let (head, ()) = b.body(()).unwrap().into_parts();
+            inspect(
+                &RouteWaf::default(),
+                &Inspection {
+                    head: &head,
+                    path: "/orders",
+                    client_ip: "192.0.2.1".parse().unwrap(),
+                    body: BodyState::Skipped { limit: 16 },
+                },
+            )
+        };
+        assert!(ambiguous(&skipped(&["image/png", "application/json"])));
+        assert!(!ambiguous(&skipped(&["application/json"])));
         let json = r#"{"q":"blue shoes"}"#;
         assert!(!ambiguous(&with(&["application/json"], json)));
         assert!(!ambiguous(&with(
