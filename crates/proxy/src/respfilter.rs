@@ -156,10 +156,13 @@ pub async fn filter_with(
         || status == StatusCode::NOT_MODIFIED
     {
         let mut resp = resp;
-        let json = is_json(resp.headers());
-        let would_filter = plan.filters(json)
-            || (!json && plan.contract_withholds(status, single_content_type(resp.headers())));
-        if request_method == Method::HEAD && would_filter {
+        // A HEAD whose GET would be filtered or withheld loses what describes that body.
+        let would_filter = || {
+            let json = is_json(resp.headers());
+            plan.filters(json)
+                || (!json && plan.contract_withholds(status, single_content_type(resp.headers())))
+        };
+        if request_method == Method::HEAD && would_filter() {
             remove_stale(resp.headers_mut());
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }

@@ -75,29 +75,21 @@ fn headers(head: &Parts) -> Value {
     Value::Object(out)
 }
 
+/// Each query parameter as sent: its values in order under its decoded name.
 fn query(head: &Parts) -> Value {
-    let mut out = Map::new();
-    if let Some(q) = head.uri.query() {
-        for pair in q.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let dec = |s: &str| {
-                percent_encoding::percent_decode_str(&s.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            let entry = out
-                .entry(dec(k))
-                .or_insert_with(|| Value::Array(Vec::new()));
-            if let Value::Array(a) = entry {
-                a.push(Value::String(dec(v)));
-            }
-        }
-    }
-    Value::Object(out)
+    query_map(head, &['&'], |name| name)
 }
 
 /// Every value of every query parameter under its folded name, pairs split at `;` too.
 pub(crate) fn query_folded(head: &Parts) -> Value {
+    query_map(head, &['&', ';'], |name| {
+        crate::constraints::fold_name(&name)
+    })
+}
+
+/// The query's pairs, split at `separators`, names and values percent-decoded (`+` a space,
+/// invalid UTF-8 replaced), values gathered in order under `key(name)`.
+fn query_map(head: &Parts, separators: &[char], key: impl Fn(String) -> String) -> Value {
     let mut out = Map::new();
     let Some(q) = head.uri.query() else {
         return Value::Object(out);
@@ -107,10 +99,10 @@ pub(crate) fn query_folded(head: &Parts) -> Value {
             .decode_utf8_lossy()
             .into_owned()
     };
-    for part in q.split(['&', ';']).filter(|p| !p.is_empty()) {
+    for part in q.split(separators).filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
         let entry = out
-            .entry(crate::constraints::fold_name(&dec(k)))
+            .entry(key(dec(k)))
             .or_insert_with(|| Value::Array(Vec::new()));
         if let Value::Array(a) = entry {
             a.push(Value::String(dec(v)));
