@@ -695,6 +695,60 @@ async fn object_parameters_are_closed_and_raw_semicolons_refused() {
         let r = call(&s, "GET", &format!("/api/search?{query}"), &[], "").await;
         assert_violations(&s, &r, &[want]);
     }
+    // What follows a `]` is dropped by qs and PHP; a name that does not decode cannot be judged.
+    // (Under `unknown_query: reject` neither is a declared name either.)
+    let r = call(
+        &s,
+        "GET",
+        "/api/search?filter[$where]x=sleep(5000)",
+        &[],
+        "",
+    )
+    .await;
+    assert_violations(
+        &s,
+        &r,
+        &[
+            (
+                "query:filter",
+                "must be in deepObject style (name[property]=value)",
+            ),
+            (
+                "query:filter[$where]x",
+                "is not a parameter of this operation",
+            ),
+        ],
+    );
+    let r = call(&s, "GET", "/api/search?filter%5B%24where%FF%5D=1", &[], "").await;
+    let v = assert_problem(&r, 400, "contract_violation");
+    assert!(
+        v["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["location"] == "query"
+                && x["message"] == "parameter names must be UTF-8 text once percent-decoded"),
+        "{v}"
+    );
+    assert_eq!(s.up.hits(), 0);
+    // A declared header under its `_` spelling, which CGI-style frameworks read as it.
+    let r = call(
+        &s,
+        "GET",
+        "/api/orders",
+        &[TENANT, ("x_tenant", "other")],
+        "",
+    )
+    .await;
+    assert_violations(
+        &s,
+        &r,
+        &[(
+            "header:x-tenant",
+            "must be sent as x-tenant: a name with `_` for `-` is the same header to some \
+             frameworks",
+        )],
+    );
     let r = call(
         &s,
         "GET",
