@@ -271,16 +271,29 @@ def wait_port(port, timeout=20):
     raise RuntimeError(f"port {port} did not open")
 
 
-def cpu_ticks(pids):
-    total = 0
+def cpu_split(pids):
+    """User and system clock ticks the processes have used so far."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
+                user_t, system_t = stat_times(f.read())
         except OSError:
-            pass
-    return total
+            continue
+        user += user_t
+        system += system_t
+    return user, system
+
+
+def stat_times(stat):
+    """utime and stime of a /proc/PID/stat line (the command name, in parentheses, may hold
+    blanks and parentheses: fields are counted after its last `)`)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
+def cpu_ticks(pids):
+    return sum(cpu_split(pids))
 
 
 def children(pid):
@@ -392,12 +405,22 @@ def parse_h2load(out):
             "errors": int(failed.group(1)) + int(status.group(1)) + int(status.group(2))}
 
 
-def measure_once(fn, pids):
-    before = cpu_ticks(pids)
+def measure_once(fn, pids, upstream_pids=()):
+    """One run of `fn`, with the CPU its server's processes used per request (user and system
+    apart too) and, given `upstream_pids`, the CPU the upstream behind it used per request."""
+    before, up_before = cpu_split(pids), cpu_split(upstream_pids)
     r = fn()
-    ticks = cpu_ticks(pids) - before
+    after, up_after = cpu_split(pids), cpu_split(upstream_pids)
     total = r["rps"] * DURATION
-    r["cpu_us_per_req"] = (ticks / os.sysconf("SC_CLK_TCK")) * 1e6 / total if total else 0.0
+
+    def per_req(ticks):
+        return (ticks / os.sysconf("SC_CLK_TCK")) * 1e6 / total if total else 0.0
+
+    r["cpu_us_per_req"] = per_req(sum(after) - sum(before))
+    r["user_us_per_req"] = per_req(after[0] - before[0])
+    r["sys_us_per_req"] = per_req(after[1] - before[1])
+    if upstream_pids:
+        r["upstream_cpu_us_per_req"] = per_req(sum(up_after) - sum(up_before))
     return r
 
 
@@ -421,8 +444,8 @@ def measure_rounds(cases):
     every case alike rather than on whichever ran during it."""
     runs = {key: [] for key in cases}
     for i in range(REPEAT):
-        for key, (fn, pids) in cases.items():
-            runs[key].append(measure_once(fn, pids))
+        for key, (fn, pids, *upstream) in cases.items():
+            runs[key].append(measure_once(fn, pids, *upstream))
             print(*key, f"run {i + 1}/{REPEAT}", runs[key][-1], flush=True)
     return {key: medians(r) for key, r in runs.items()}
 
@@ -805,12 +828,16 @@ def plain_scenario(work, procs):
     for name, (port, _) in servers.items():
         subprocess.run(["wrk", "-t1", "-c16", "-d1s", f"http://127.0.0.1:{port}/"], capture_output=True)
     cases = {}
+    up = procs["upstream"]
+    up_pids = [up.pid] + children(up.pid)
     for name, (port, h2port) in servers.items():
         p = procs[name]
         pids = [p.pid] + children(p.pid)
-        cases[(name, "small")] = (lambda port=port: wrk(port, "/", work), pids)
-        cases[(name, "16k")] = (lambda port=port: wrk(port, "/16k", work), pids)
-        cases[(name, "h2")] = (lambda h2port=h2port: h2load(h2port, "/"), pids)
+        # What the upstream behind the proxy spends per request (not for the upstream alone).
+        behind = () if name == "upstream" else up_pids
+        cases[(name, "small")] = (lambda port=port: wrk(port, "/", work), pids, behind)
+        cases[(name, "16k")] = (lambda port=port: wrk(port, "/16k", work), pids, behind)
+        cases[(name, "h2")] = (lambda h2port=h2port: h2load(h2port, "/"), pids, behind)
     return measure_rounds(cases)
 
 
@@ -820,15 +847,18 @@ def p99_ratio(a, b):
 
 
 def plain_report(r):
-    lines = ["", "| server | test | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | errors |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["", "| server | test | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | user | system "
+             "| upstream behind it, CPU µs/req | errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (name, test), x in r.items():
+        cpu = (f"{x['cpu_us_per_req']:.1f} | {x['user_us_per_req']:.1f} | {x['sys_us_per_req']:.1f} | "
+               + (f"{x['upstream_cpu_us_per_req']:.1f}" if "upstream_cpu_us_per_req" in x else "—"))
         if test == "h2":
             lines.append(f"| {name} | h2 (mean {x['mean']:.2f} ms) | {x['rps']:.0f} | | | | "
-                         f"{x['cpu_us_per_req']:.1f} | {x['errors']:.0f} |")
+                         f"{cpu} | {x['errors']:.0f} |")
         else:
             lines.append(f"| {name} | {test} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | "
-                         f"{x['p999']:.2f} | {x['cpu_us_per_req']:.1f} | {x['errors']:.0f} |")
+                         f"{x['p999']:.2f} | {cpu} | {x['errors']:.0f} |")
     lines += ["", "| test | Portcullis ÷ nginx (req/s) | p99 ÷ nginx p99 | CPU ÷ nginx CPU"
               " | ÷ nginx-same (req/s) | p99 ÷ nginx-same p99 | CPU ÷ nginx-same CPU"
               + (" | B ÷ nginx (req/s) | B p99 ÷ nginx p99 | B ÷ nginx-same (req/s) | B p99 ÷ nginx-same p99"

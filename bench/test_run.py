@@ -119,6 +119,24 @@ class Medians(unittest.TestCase):
         self.assertEqual((m["rps"], m["p99"]), (90.0, 2.0))
         self.assertAlmostEqual(m["spread"], 20.0 / 90.0)
 
+    def test_stat_times_are_counted_after_the_command_name(self):
+        # A command name with a blank and a parenthesis, as nginx's workers have.
+        line = ("4242 (nginx: worker) x) S 4241 4241 4241 0 -1 4194624 1200 0 0 0 "
+                "731 2954 0 0 20 0 1 0 123456 1000000 500 18446744073709551615")
+        self.assertEqual(run.stat_times(line), (731, 2954))
+
+    def test_the_plain_report_splits_cpu_and_gives_the_upstream_behind(self):
+        row = {"rps": 1000.0, "p50": 1.0, "p99": 2.0, "p999": 3.0, "errors": 0, "mean": 1.0,
+               "cpu_us_per_req": 13.0, "user_us_per_req": 3.0, "sys_us_per_req": 10.0}
+        behind = dict(row, upstream_cpu_us_per_req=6.5)
+        r = {}
+        for name in ("upstream", "nginx", "nginx-same", "portcullis"):
+            for test in ("small", "16k", "h2"):
+                r[(name, test)] = row if name == "upstream" else behind
+        text = "\n".join(run.plain_report(r))
+        self.assertIn("| upstream | small | 1000 | 1.00 | 2.00 | 3.00 | 13.0 | 3.0 | 10.0 | — | 0 |", text)
+        self.assertIn("| portcullis | small | 1000 | 1.00 | 2.00 | 3.00 | 13.0 | 3.0 | 10.0 | 6.5 | 0 |", text)
+
 
 if __name__ == "__main__":
     unittest.main()
