@@ -83,6 +83,26 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
     let mut files = Vec::new();
     let mut names = HashSet::new();
     let listener_names: Vec<&str> = raw.listeners.iter().map(|l| l.name.as_str()).collect();
+    // A client tier bound to an authority names one that exists: a misspelt name would
+    // silently leave the client on the base values.
+    for (client, t) in &raw.rate_limits.clients {
+        if let portcullis_ratelimit::config::RawClientTier::Scoped(t) = t {
+            let a = t.authority.as_str();
+            let known = raw.auth.jwt.contains_key(a)
+                || raw.auth.introspection.contains_key(a)
+                || (a == "api_keys" && raw.auth.api_keys.is_some())
+                || listener_names.contains(&a);
+            if !known {
+                e.push(
+                    format!("rate_limits.clients.{client}.authority"),
+                    format!(
+                        "\"{a}\" names no issuer (auth.jwt), introspection endpoint (auth.introspection), \
+                         api_keys or listener"
+                    ),
+                );
+            }
+        }
+    }
     let sections = Sections {
         listeners: &listener_names,
         upstreams: &upstream_index,

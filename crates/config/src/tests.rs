@@ -1218,3 +1218,46 @@ fn health_check_host_and_max_ejection_percent() {
         "{e:#?}"
     );
 }
+
+#[test]
+fn a_client_tier_is_bound_only_to_an_authority_that_exists() {
+    let yaml = |authority: &str| {
+        format!(
+            r#"
+listeners: [ {{ name: edge, address: "127.0.0.1:0" }} ]
+auth:
+  jwt:
+    corp: {{ issuer: https://corp.test, hmac_secret: {{ value: "0123456789abcdef0123456789abcdef" }}, algorithms: [HS256] }}
+rate_limits:
+  tiers: [free, pro]
+  clients:
+    partner: {{ tier: pro, authority: {authority} }}
+    web: free
+"#
+        )
+    };
+    for known in ["corp", "edge"] {
+        assert!(
+            errs(&yaml(known)).is_empty(),
+            "{known}: {:?}",
+            errs(&yaml(known))
+        );
+    }
+    // `api_keys` is an authority only when API keys are configured.
+    for unknown in ["crop", "api_keys"] {
+        let e = errs(&yaml(unknown));
+        assert_eq!(e.len(), 1, "{unknown}: {e:?}");
+        assert!(
+            e[0].starts_with("rate_limits.clients.partner.authority:")
+                && e[0].contains("names no issuer"),
+            "{e:?}"
+        );
+    }
+    // Neither a tier nor an object with both fields: a schema error at the entry.
+    let e = errs(&yaml("corp").replace("tier: pro, authority: corp", "tier: pro"));
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("rate_limits.clients.partner")),
+        "{e:?}"
+    );
+}

@@ -37,9 +37,10 @@ pub struct RawRateLimits {
     /// tier comes from its API key or token (`tier`), else from `clients`, else `default_tier`.
     #[serde(default)]
     pub tiers: Vec<String>,
-    /// Client id → tier.
+    /// Client id → tier (whichever authority vouched for the client id), or → `{ tier,
+    /// authority }` (only that authority's client of that id).
     #[serde(default)]
-    pub clients: BTreeMap<String, String>,
+    pub clients: BTreeMap<String, RawClientTier>,
     /// The tier of an authenticated caller that has none. Default: none (base rates).
     #[serde(default)]
     pub default_tier: Option<String>,
@@ -55,6 +56,26 @@ pub struct RawRateLimits {
     /// Adaptive load protection (off unless given).
     #[serde(default)]
     pub adaptive: Option<RawAdaptive>,
+}
+
+/// A `clients` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(untagged)]
+pub enum RawClientTier {
+    /// The tier, for a client of that id whichever authority vouched for it.
+    Tier(String),
+    /// The tier, for the client of that id only when this authority vouched for it.
+    Scoped(RawScopedClientTier),
+}
+
+/// A `clients` entry bound to one authority.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawScopedClientTier {
+    pub tier: String,
+    /// The configured name of what verifies the client's credential: an issuer's or an
+    /// introspection endpoint's name under `auth`, `api_keys`, or the listener's name (mTLS).
+    pub authority: String,
 }
 
 impl Default for RawRateLimits {
@@ -170,8 +191,8 @@ pub enum OnStoreError {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimit {
-    /// Key dimensions: `client_ip`, `client_id`, `user`, `api_key`, `tenant`, `route`,
-    /// `method`, `header:<name>`, `claim:<name>`, `global`. Several: a composite key. The key
+    /// Key dimensions: `client_ip`, `client_id`, `user`, `api_key`, `tenant`, `authority`,
+    /// `route`, `method`, `header:<name>`, `claim:<name>`, `global`. Several: a composite key. The key
     /// decides the budget: routes naming the same limit share it unless `route` is a dimension.
     pub key: Vec<String>,
     /// `gcra` (default), `sliding_window`, `fixed_window`.
@@ -258,10 +279,17 @@ fn default_recover() -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dim {
     ClientIp,
+    /// The client id, under the authority that vouched for it (client ids are the
+    /// authority's own: two issuers may both have a client `web`).
     ClientId,
+    /// The subject (`sub`), under the authority that vouched for it (OpenID Connect: a
+    /// subject is unique only within its issuer).
     User,
     ApiKey,
+    /// The tenant, whichever authority named it (`authority` beside it scopes it).
     Tenant,
+    /// The configured name of what verified the credential.
+    Authority,
     Route,
     Method,
     Header(HeaderName),
@@ -334,7 +362,8 @@ pub struct RateLimitSettings {
     /// IPv6 client addresses are keyed by this prefix (0 in a default-built value: whole).
     pub ipv6_prefix: u8,
     pub tiers: Vec<String>,
-    pub clients: Vec<(String, usize)>,
+    /// (client id, the authority it must come from — any when `None`, tier index).
+    pub clients: Vec<(String, Option<Arc<str>>, usize)>,
     pub default_tier: Option<usize>,
     pub limits: Vec<Limit>,
     /// Indexes into `limits`.
@@ -393,6 +422,7 @@ fn dim(s: &str, path: &str, e: &mut ConfigErrors) -> Option<Dim> {
         "user" => Dim::User,
         "api_key" => Dim::ApiKey,
         "tenant" => Dim::Tenant,
+        "authority" => Dim::Authority,
         "route" => Dim::Route,
         "method" => Dim::Method,
         "global" => Dim::Global,
@@ -474,6 +504,22 @@ fn spec(raw: &RawLimit, value: &str, path: &str, e: &mut ConfigErrors) -> Option
     }
 }
 
+/// `base`'s burst for a tier's rate: in proportion to the two rates (requests per second),
+/// rounded up, at least 1.
+fn scaled_burst(base: &LimitSpec, tier: &LimitSpec) -> u64 {
+    let (Period::Fixed(bp), Period::Fixed(tp)) = (base.period, tier.period) else {
+        return tier.burst;
+    };
+    let per_second = |n: u64, d: Duration| n as f64 / d.as_secs_f64().max(f64::MIN_POSITIVE);
+    let b = base.burst as f64 * per_second(tier.limit, tp) / per_second(base.limit, bp);
+    if b.is_finite() {
+        // `as` saturates: a burst beyond u64 is u64::MAX.
+        (b.ceil() as u64).max(1)
+    } else {
+        tier.burst
+    }
+}
+
 pub fn compile(raw: &RawRateLimits, e: &mut ConfigErrors) -> RateLimitSettings {
     let p = "rate_limits";
     let mut seen = HashSet::new();
@@ -498,7 +544,17 @@ pub fn compile(raw: &RawRateLimits, e: &mut ConfigErrors) -> RateLimitSettings {
     let clients = raw
         .clients
         .iter()
-        .filter_map(|(c, t)| Some((c.clone(), tier(t, format!("{p}.clients.{c}"), e)?)))
+        .filter_map(|(c, t)| {
+            let (name, authority) = match t {
+                RawClientTier::Tier(t) => (t, None),
+                RawClientTier::Scoped(s) => (&s.tier, Some(Arc::from(s.authority.as_str()))),
+            };
+            Some((
+                c.clone(),
+                authority,
+                tier(name, format!("{p}.clients.{c}"), e)?,
+            ))
+        })
         .collect();
     let default_tier = raw
         .default_tier
@@ -546,7 +602,14 @@ pub fn compile(raw: &RawRateLimits, e: &mut ConfigErrors) -> RateLimitSettings {
             .filter_map(|(t, v)| {
                 let tp = format!("{lp}.tiers.{t}");
                 let idx = tier(t, tp.clone(), e)?;
-                Some((idx, spec(l, v, &tp, e)?))
+                let mut tier_spec = spec(l, v, &tp, e)?;
+                // An explicit burst is the base rate's: a tier gets it in proportion to its
+                // own rate (a burst of 200 on 1000/minute is 2 on a tier of 10/minute), not
+                // the whole of it.
+                if l.burst.is_some() {
+                    tier_spec.burst = scaled_burst(&base_spec, &tier_spec);
+                }
+                Some((idx, tier_spec))
             })
             .collect();
         let all_pre = key.iter().all(Dim::pre_auth);

@@ -100,9 +100,13 @@ impl RateLimiter {
             .as_deref()
             .and_then(|t| s.tier_index(t))
             .or_else(|| {
-                p.client_id
-                    .as_deref()
-                    .and_then(|c| s.clients.iter().find(|(k, _)| k == c).map(|(_, t)| *t))
+                let c = p.client_id.as_deref()?;
+                s.clients
+                    .iter()
+                    .find(|(k, authority, _)| {
+                        k == c && authority.as_ref().is_none_or(|a| *a == p.authority)
+                    })
+                    .map(|(_, _, t)| *t)
             })
             .or(s.default_tier)
     }
@@ -153,8 +157,23 @@ impl RateLimiter {
                         }
                     }
                 }
-                Dim::ClientId => push_part(&mut k, p?.client_id.as_deref()?.as_bytes()),
-                Dim::User => push_part(&mut k, p?.subject.as_deref()?.as_bytes()),
+                // A client id and a subject are the authority's own: the same value from two
+                // issuers is two callers.
+                Dim::ClientId => {
+                    let p = p?;
+                    let id = p.client_id.as_deref()?;
+                    push_part(&mut k, p.authority.as_bytes());
+                    k.push('|');
+                    push_part(&mut k, id.as_bytes());
+                }
+                Dim::User => {
+                    let p = p?;
+                    let sub = p.subject.as_deref()?;
+                    push_part(&mut k, p.authority.as_bytes());
+                    k.push('|');
+                    push_part(&mut k, sub.as_bytes());
+                }
+                Dim::Authority => push_part(&mut k, p?.authority.as_bytes()),
                 Dim::ApiKey => {
                     let p = p?;
                     if p.method != portcullis_core::AuthMethod::ApiKey {
@@ -245,11 +264,14 @@ impl RateLimiter {
         let key = sf_key(name);
         let reset = ceil_secs(d.reset);
         let w = window_secs(spec, d.reset);
+        // A GCRA budget whose burst is above its rate holds more than the rate's count; what
+        // is said to remain never exceeds the count the policy states.
+        let remaining = d.remaining.min(d.limit);
         let set = [
             (&RATELIMIT_POLICY, format!("\"{key}\";q={};w={w}", d.limit)),
-            (&RATELIMIT, format!("\"{key}\";r={};t={reset}", d.remaining)),
+            (&RATELIMIT, format!("\"{key}\";r={remaining};t={reset}")),
             (&X_LIMIT, d.limit.to_string()),
-            (&X_REMAINING, d.remaining.to_string()),
+            (&X_REMAINING, remaining.to_string()),
             (&X_RESET, reset.to_string()),
         ];
         ctx.response_headers
@@ -614,6 +636,15 @@ mod tests {
     }
 
     fn request(tier: Option<&str>, client: &str) -> (GatewayRequest, RequestCtx) {
+        request_from("api_keys", tier, client)
+    }
+
+    /// A request of `client` (also its subject) as vouched for by `authority`.
+    fn request_from(
+        authority: &str,
+        tier: Option<&str>,
+        client: &str,
+    ) -> (GatewayRequest, RequestCtx) {
         use http_body_util::BodyExt;
         let (head, _) = http::Request::builder()
             .uri("/export")
@@ -633,15 +664,25 @@ mod tests {
             name: Arc::from("export"),
             params: Vec::new(),
         });
-        let mut p = Principal::new(AuthMethod::ApiKey, Arc::from("api_keys"));
+        let mut p = Principal::new(AuthMethod::ApiKey, Arc::from(authority));
         p.client_id = Some(client.into());
+        p.subject = Some(client.into());
         p.tier = tier.map(str::to_string);
         ctx.principal = Some(Arc::new(p));
         (GatewayRequest::new(head, body), ctx)
     }
 
     fn run(stage: &RateLimitStage, tier: Option<&str>, client: &str) -> (bool, RequestCtx) {
-        let (mut req, mut ctx) = request(tier, client);
+        run_from(stage, "api_keys", tier, client)
+    }
+
+    fn run_from(
+        stage: &RateLimitStage,
+        authority: &str,
+        tier: Option<&str>,
+        client: &str,
+    ) -> (bool, RequestCtx) {
+        let (mut req, mut ctx) = request_from(authority, tier, client);
         let allowed = match stage.on_request(&mut req, &mut ctx) {
             Step::Done(Verdict::Continue) => true,
             Step::Done(Verdict::Reject(r)) => {
@@ -876,5 +917,119 @@ mod tests {
         // An unknown tier name falls back to the base values.
         let (_, ctx) = run(&stage, Some("platinum"), "b");
         assert_eq!(header(&ctx, "x-ratelimit-limit"), Some("2"));
+    }
+
+    /// A client id and a subject are their authority's own: the same value vouched for by two
+    /// issuers is two budgets; `authority` in a key scopes a tenant or claim the same way.
+    #[test]
+    fn identity_keys_are_scoped_by_their_authority() {
+        for dim in ["client_id", "user", "authority"] {
+            let clock = Arc::new(ManualClock::new(Duration::from_secs(1_000_000)));
+            let rl = limiter(
+                &format!("limits:\n  l: {{ key: [{dim}], rate: 2/minute }}\n"),
+                clock,
+            );
+            let stage = RateLimitStage::post_auth(rl);
+            assert!(run_from(&stage, "idp-a", None, "alice").0, "{dim}");
+            assert!(run_from(&stage, "idp-a", None, "alice").0, "{dim}");
+            assert!(!run_from(&stage, "idp-a", None, "alice").0, "{dim}");
+            // Another issuer's `alice` has a budget of her own.
+            assert!(run_from(&stage, "idp-b", None, "alice").0, "{dim}");
+            // With `authority` alone, every caller of an authority shares its budget.
+            let bob = run_from(&stage, "idp-a", None, "bob").0;
+            assert_eq!(bob, dim != "authority", "{dim}");
+        }
+    }
+
+    /// A `clients` entry with an authority gives its tier to that authority's client only.
+    #[test]
+    fn a_client_tier_may_be_bound_to_an_authority() {
+        let clock = Arc::new(ManualClock::new(Duration::from_secs(1_000_000)));
+        let rl = limiter(
+            "tiers: [free, pro]\nclients: { partner: { tier: pro, authority: corp }, web: free }\nlimits:\n  per-client: { key: [client_id], rate: 2/minute, tiers: { pro: 10/minute, free: 1/minute } }\n",
+            clock,
+        );
+        let stage = RateLimitStage::post_auth(rl);
+        let (_, ctx) = run_from(&stage, "corp", None, "partner");
+        assert_eq!(header(&ctx, "x-ratelimit-limit"), Some("10"));
+        // The same client id from another authority gets the base values.
+        let (_, ctx) = run_from(&stage, "byo-idp", None, "partner");
+        assert_eq!(header(&ctx, "x-ratelimit-limit"), Some("2"));
+        // An entry without an authority applies whichever vouched for the id.
+        for authority in ["corp", "byo-idp"] {
+            let (_, ctx) = run_from(&stage, authority, None, "web");
+            assert_eq!(header(&ctx, "x-ratelimit-limit"), Some("1"), "{authority}");
+        }
+    }
+
+    /// An explicit burst is the base rate's: a tier gets it in proportion to its own rate;
+    /// without one, each tier's burst is its own rate's count.
+    #[test]
+    fn an_explicit_burst_scales_with_each_tiers_rate() {
+        let spec_of = |yaml: &str| {
+            let raw: RawRateLimits = serde_yaml_ng::from_str(yaml).unwrap();
+            let mut e = ConfigErrors::new();
+            let s = compile(&raw, &mut e);
+            assert!(e.is_empty(), "{e:?}");
+            let l = &s.limits[0];
+            let mut bursts = vec![l.base.burst];
+            bursts.extend(l.tiers.iter().map(|(_, t)| t.burst));
+            bursts
+        };
+        assert_eq!(
+            spec_of(
+                "tiers: [free, pro]\nlimits:\n  l: { key: [client_id], rate: 1000/minute, burst: 200, tiers: { free: 10/minute, pro: 100/second } }\n"
+            ),
+            vec![200, 2, 1200]
+        );
+        assert_eq!(
+            spec_of(
+                "tiers: [free]\nlimits:\n  l: { key: [client_id], rate: 1000/minute, burst: 1, tiers: { free: 1/hour } }\n"
+            ),
+            vec![1, 1]
+        );
+        assert_eq!(
+            spec_of(
+                "tiers: [free]\nlimits:\n  l: { key: [client_id], rate: 1000/minute, tiers: { free: 10/minute } }\n"
+            ),
+            vec![1000, 10]
+        );
+        // End to end: a free caller gets two at once, not two hundred.
+        let clock = Arc::new(ManualClock::new(Duration::from_secs(1_000_000)));
+        let rl = limiter(
+            "tiers: [free]\nlimits:\n  l: { key: [client_id], rate: 1000/minute, burst: 200, tiers: { free: 10/minute } }\n",
+            clock,
+        );
+        let stage = RateLimitStage::post_auth(rl);
+        assert!(run(&stage, Some("free"), "f").0);
+        assert!(run(&stage, Some("free"), "f").0);
+        assert!(!run(&stage, Some("free"), "f").0);
+    }
+
+    /// With a burst above the rate, what the headers say remains never exceeds the count the
+    /// policy states.
+    #[test]
+    fn remaining_never_exceeds_the_stated_count() {
+        let clock = Arc::new(ManualClock::new(Duration::from_secs(1_000_000)));
+        let rl = limiter(
+            "limits:\n  l: { key: [client_id], rate: 10/minute, burst: 50 }\n",
+            clock,
+        );
+        let stage = RateLimitStage::post_auth(rl);
+        let (_, ctx) = run(&stage, None, "c");
+        assert_eq!(header(&ctx, "ratelimit-policy"), Some("\"l\";q=10;w=60"));
+        assert_eq!(header(&ctx, "x-ratelimit-limit"), Some("10"));
+        assert_eq!(header(&ctx, "x-ratelimit-remaining"), Some("10"));
+        assert!(
+            header(&ctx, "ratelimit")
+                .unwrap()
+                .starts_with("\"l\";r=10;")
+        );
+        // Once less than the count is left, the true remainder shows.
+        for _ in 0..45 {
+            assert!(run(&stage, None, "c").0);
+        }
+        let (_, ctx) = run(&stage, None, "c");
+        assert_eq!(header(&ctx, "x-ratelimit-remaining"), Some("3"));
     }
 }
