@@ -16,6 +16,12 @@ struct Maps {
     identities: WindowCounts<String>,
 }
 
+/// The address failures are counted under: IPv6 by its /64 (as bans and rate limits count
+/// it by default).
+fn counted(ip: IpAddr) -> IpAddr {
+    portcullis_core::addr::counted(ip, 64)
+}
+
 pub struct FailureTracker {
     maps: Mutex<Maps>,
 }
@@ -60,18 +66,22 @@ impl FailureTracker {
         }
     }
 
+    /// Counts a failure from `ip` — an IPv6 client by its /64, which one host may pick
+    /// addresses from at will, an IPv4-mapped one as its IPv4 address — and against
+    /// `identity`.
     pub fn record(&self, ip: IpAddr, identity: Option<&str>) {
         if let Ok(mut m) = self.maps.lock() {
-            m.ips.bump(ip);
+            m.ips.bump(counted(ip));
             if let Some(id) = identity {
                 m.identities.bump(id.chars().take(128).collect());
             }
         }
     }
 
-    /// Failures from `ip` in the last ten minutes.
+    /// Failures from `ip` (counted as [`FailureTracker::record`] counts it) in the last ten
+    /// minutes.
     pub fn recent(&self, ip: IpAddr) -> u32 {
-        self.maps.lock().map_or(0, |m| m.ips.get(&ip))
+        self.maps.lock().map_or(0, |m| m.ips.get(&counted(ip)))
     }
 
     pub fn snapshot(&self, n: usize) -> FailureSnapshot {
@@ -104,5 +114,20 @@ mod tests {
         assert!(s.by_client_ip.len() <= 3);
         assert_eq!(s.by_identity[0].key, "alice");
         assert_eq!(s.by_identity[0].failures, 5);
+    }
+
+    /// A client cannot start afresh with each address of its /64, nor count apart as the
+    /// IPv4-mapped form of its IPv4 address.
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_prefix_and_a_mapped_one_as_ipv4() {
+        let t = FailureTracker::new(8);
+        for host in 1..=4 {
+            t.record(format!("2001:db8:1:2::{host}").parse().unwrap(), None);
+        }
+        assert_eq!(t.recent("2001:db8:1:2::ffff".parse().unwrap()), 4);
+        assert_eq!(t.recent("2001:db8:1:3::1".parse().unwrap()), 0);
+        t.record("::ffff:192.0.2.7".parse().unwrap(), None);
+        t.record("192.0.2.7".parse().unwrap(), None);
+        assert_eq!(t.recent("192.0.2.7".parse().unwrap()), 2);
     }
 }

@@ -655,8 +655,13 @@ impl std::fmt::Debug for Risk {
 }
 
 impl Risk {
+    /// Whether a reputation list holds `ip` — an IPv4 client on a dual-stack listener
+    /// (`::ffff:192.0.2.1`) under its IPv4 address too.
     pub fn is_reputation_listed(&self, ip: IpAddr) -> bool {
-        self.reputation.iter().any(|n| n.contains(&ip))
+        let v4 = portcullis_core::addr::canonical(ip);
+        self.reputation
+            .iter()
+            .any(|n| n.contains(&ip) || n.contains(&v4))
     }
 }
 

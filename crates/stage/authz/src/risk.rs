@@ -490,4 +490,19 @@ mod tests {
             "Bearer error=\"insufficient_user_authentication\", error_description=\"stronger auth\", acr_values=\"urn:mfa urn:hwk\", max_age=\"300\""
         );
     }
+
+    /// An IPv4 client on a dual-stack listener (`::ffff:a.b.c.d`) is on an IPv4 list.
+    #[test]
+    fn a_mapped_ipv4_client_is_on_an_ipv4_reputation_list() {
+        let r = risk();
+        let devices = DeviceMemory::new(10);
+        let p = principal(json!({"acr": "urn:mfa", "auth_time": 999_000}));
+        let h = HeaderMap::new();
+        for ip in ["203.0.113.9", "::ffff:203.0.113.9"] {
+            let a = assess(&r, &devices, &req(&p, &h, ip));
+            assert!(a.signals.contains(&"ip_reputation"), "{ip}: {a:?}");
+        }
+        let a = assess(&r, &devices, &req(&p, &h, "::ffff:198.51.100.9"));
+        assert!(!a.signals.contains(&"ip_reputation"), "{a:?}");
+    }
 }
