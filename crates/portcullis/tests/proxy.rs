@@ -1093,6 +1093,103 @@ async fn an_address_banned_by_hand_is_refused() {
     assert_eq!(list["bans"][0]["rule"], "admin", "{list}");
 }
 
+/// Bans are by IPv6 prefix (/64), exemption by address: an exempt address is served while its
+/// /64 is banned — by a neighbour's refusals, or by hand for a nearby address — and its
+/// neighbours are refused, nothing of theirs reaching the upstream. Before, the exempt
+/// address was refused with the rest of its /64.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exempt_address_is_served_while_its_prefix_is_banned() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "server: {{ trusted_proxies: [127.0.0.1, \"::1\"] }}\nbans:\n  exempt: [\"2001:db8:1:2::10\", \"2001:db8:1:3::10\"]\n  rules:\n    - {{ name: scanner, on: [route_not_found], count: 3, within: 1m, ban_for: 1h }}\n{}routes:\n  - {{ name: orders, match: {{ path: /orders, methods: [GET] }}, upstream: svc }}\n",
+        upstream_section(&up.url())
+    ));
+    let from = |ip: &'static str, path: &'static str| {
+        send(req(
+            "GET",
+            &format!("{}{path}", gw.url("public")),
+            &[("x-forwarded-for", ip)],
+            "",
+        ))
+    };
+    let neighbour = "2001:db8:1:2::99";
+    for _ in 0..3 {
+        assert_problem(&from(neighbour, "/nope").await, 404, "route_not_found");
+    }
+    let hits = up.hits();
+    let r = from(neighbour, "/orders").await;
+    let v = assert_problem(&r, 403, "ip_banned");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((3590..=3600).contains(&retry), "{retry}");
+    let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["stage"], "ip_filter", "{ev}");
+    assert_eq!(ev["client_ip"], neighbour, "{ev}");
+    assert_problem(
+        &from("2001:db8:1:2::abcd", "/orders").await,
+        403,
+        "ip_banned",
+    );
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+    // The exempt address of that /64 is served.
+    assert_eq!(from("2001:db8:1:2::10", "/orders").await.status, 200);
+    assert_eq!(up.hits(), hits + 1);
+    let list = get(&format!("{}/bans", gw.admin_url())).await.json();
+    assert_eq!(list["bans"][0]["address"], "2001:db8:1:2::", "{list}");
+
+    // By hand, a nearby address of another exempt one: its /64 is banned, the exempt address
+    // served; the exempt address itself cannot be banned.
+    let post =
+        |body: &'static str| send(req("POST", &format!("{}/bans", gw.admin_url()), &[], body));
+    let r = post(r#"{"address": "2001:db8:1:3::99", "for": "1h"}"#).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["banned"], "2001:db8:1:3::");
+    let hits = up.hits();
+    assert_problem(&from("2001:db8:1:3::5", "/orders").await, 403, "ip_banned");
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+    assert_eq!(from("2001:db8:1:3::10", "/orders").await.status, 200);
+    assert_eq!(up.hits(), hits + 1);
+    let r = post(r#"{"address": "2001:db8:1:3::10", "for": "1h"}"#).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.json()["detail"].as_str().unwrap().contains("exempt"));
+}
+
+/// The same at accept (`bans.refuse_connections`): an exempt address's connections are not
+/// closed while its /64 is banned. Before, they were closed without an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exempt_address_is_not_refused_at_accept_by_a_ban_of_its_prefix() {
+    let up = TestUpstream::start("a").await;
+    let gw = Gateway::start(
+        bin(),
+        &format!(
+            "listeners:\n  - {{ name: public, address: \"[::1]:0\" }}\nadmin: {{ address: \"127.0.0.1:0\" }}\nbans: {{ refuse_connections: true, exempt: [\"::1\"] }}\n{}routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+            upstream_section(&up.url())
+        ),
+    )
+    .unwrap();
+    let addr = gw.listener("public");
+    assert!(addr.is_ipv6(), "{addr}");
+    let plain_get = b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n";
+    // `::1` is counted by `::/64`: a ban of `::2` bans it.
+    let r = send(req(
+        "POST",
+        &format!("{}/bans", gw.admin_url()),
+        &[],
+        r#"{"address": "::2", "for": "1h"}"#,
+    ))
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["banned"], "::");
+    let (text, _) = raw_exchange(addr, plain_get).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(up.hits(), 1);
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(metrics.contains("portcullis_bans_in_force 1"), "{metrics}");
+    assert!(
+        !metrics.contains("reason=\"ip_banned\""),
+        "nothing refused: {metrics}"
+    );
+}
+
 /// `bans.refuse_connections`: a banned address's new connections are closed at accept, before
 /// a byte is read (a TLS handshake included); a connection opened before the ban gets the 403
 /// per request; a trusted proxy's connections are never refused at accept.

@@ -411,6 +411,45 @@ async fn bans_are_shared_by_every_instance_through_redis_and_survive_it_going_aw
     assert_eq!(list["shared"]["error"], serde_json::Value::Null, "{list}");
 }
 
+/// A ban of an IPv6 /64 read from the store refuses the prefix's addresses on the other
+/// instance but not an exempt one among them (bans are by prefix, exemption by address).
+/// Before, the exempt address was refused there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_ban_of_a_prefix_does_not_refuse_its_exempt_address() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start("app").await;
+    let yaml = bans_config(&up.url(), &redis.url())
+        .replace("bans:\n", "bans:\n  exempt: [\"2001:db8:1:2::10\"]\n");
+    let a = Gateway::start(bin(), &yaml).unwrap();
+    let b = Gateway::start(bin(), &yaml).unwrap();
+    let from = |gw: &Gateway, ip: &str, path: &str| {
+        send(req(
+            "GET",
+            &format!("{}{path}", gw.url("public")),
+            &[("x-forwarded-for", ip)],
+            "",
+        ))
+    };
+    for _ in 0..3 {
+        assert_problem(
+            &from(&a, "2001:db8:1:2::99", "/wp-admin").await,
+            404,
+            "route_not_found",
+        );
+    }
+    until_status(&b, "2001:db8:1:2::5", 403).await;
+    let hits = up.hits();
+    let r = from(&b, "2001:db8:1:2::5", "/orders").await;
+    assert_problem(&r, 403, "ip_banned");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+    let list = get(&format!("{}/bans", b.admin_url())).await.json();
+    assert_eq!(list["bans"][0]["address"], "2001:db8:1:2::", "{list}");
+    assert_eq!(from(&b, "2001:db8:1:2::10", "/orders").await.status, 200);
+    assert_eq!(from(&a, "2001:db8:1:2::10", "/orders").await.status, 200);
+    assert_eq!(up.hits(), hits + 2);
+}
+
 /// The shared store of API keys, revocations and bans on a Redis Cluster (as rate limits can
 /// be): keys read from their slot's node, a revocation and a ban made on one instance reach
 /// the other, a lift too.

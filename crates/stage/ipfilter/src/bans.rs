@@ -5,10 +5,21 @@
 //! * **Counts**: the refusal each request ended with (the engine reports it once the request
 //!   is answered, [`BanList::record`]), per rule, per client address — an IPv6 address by its
 //!   prefix (`/64` by default: one host owns a whole prefix), an IPv4-mapped one as IPv4.
-//! * **Refuses**: `403 ip_banned` with `Retry-After`, from the gateway-wide address step.
-//! * **Bounds**: at most `max_tracked` addresses are followed; when full, those whose windows
-//!   and ban have run out are dropped, and a new address is not followed until there is room
-//!   (it is then never banned: this state fails open rather than growing without end).
+//! * **Refuses**: `403 ip_banned` with `Retry-After`, from the gateway-wide address step; an
+//!   exempt address never, even when the prefix it is counted by is banned (by a neighbour's
+//!   refusals, by hand, or by another instance).
+//! * **Bounds**: at most `max_tracked` addresses are followed, in [`TRACK_SHARDS`] shards of
+//!   `⌈max_tracked / TRACK_SHARDS⌉` each (so the bound is `max_tracked` rounded up to a
+//!   multiple of the shard count). A new address always finds room in its shard unless nearly
+//!   all of that shard is banned: a full shard drops at once the addresses whose counts and ban
+//!   have run out, then — until an eighth of it is free — those without a ban that are nearest
+//!   no ban (the lowest share of a rule's count, then the least recently seen), so one walk of
+//!   the shard pays for an eighth of its size of new addresses, and an attacker filling the list
+//!   with one refusal per address pushes out its own entries before an offender's larger count.
+//!   A ban is never dropped to make room (that would lift it). When more than seven eighths of a
+//!   shard are banned, it is walked again only once the first of those bans ends (at most once
+//!   a second) and a new address is meanwhile not counted there: to get there, an attacker must
+//!   have about `max_tracked` of its own addresses banned.
 //! * **State**: per instance, kept across reloads (counts follow their rule by name). With
 //!   `bans.redis`, the bans are shared: every instance writes its new bans to one sorted set
 //!   and reads the set every `sync_interval`, so an address banned by one instance is refused
@@ -23,6 +34,7 @@
 //! address and rule.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -317,7 +329,8 @@ pub struct BanEntry {
 /// Counts and bans, per instance; lives across reloads.
 #[derive(Default)]
 pub struct BanList {
-    tracks: Mutex<HashMap<IpAddr, Track>>,
+    /// The addresses followed (counts, and the bans' details), in shards.
+    tracks: Tracks,
     /// The bans in force, which every request is checked against: apart from the counts, so
     /// that a request takes no lock while there is no ban, and otherwise only a shared lock
     /// on one of many shards.
@@ -364,6 +377,21 @@ struct Unsent {
 }
 
 impl Track {
+    /// How near a ban the address's counts are: the largest share of a rule's `count` it
+    /// collected within that rule's window, in millionths.
+    fn weight(&self, rules: &BanRules, now: Instant) -> u64 {
+        let share = self
+            .windows
+            .iter()
+            .filter_map(|(name, w)| {
+                let r = rules.rules.iter().find(|r| r.name == *name)?;
+                Some(w.weighted(now, r.within) / f64::from(r.count.max(1)))
+            })
+            .fold(0.0, f64::max);
+        // Saturating; a NaN (no window) is 0.
+        (share * 1e6) as u64
+    }
+
     /// Bans until `until` under `rule` unless a ban in force lasts as long; whether it did
     /// (the ban is then new here: not yet shared, imposed now).
     fn impose(&mut self, until: Instant, rule: Arc<str>) -> bool {
@@ -432,9 +460,162 @@ impl Window {
             self.start += within;
         }
         self.current = self.current.saturating_add(1);
-        let into = now.saturating_duration_since(self.start).as_secs_f64() / within.as_secs_f64();
-        let weighted = f64::from(self.previous) * (1.0 - into).max(0.0) + f64::from(self.current);
-        weighted + 1e-9 >= f64::from(count)
+        self.weighted(now, within) + 1e-9 >= f64::from(count)
+    }
+
+    /// The refusals counted within `within` of `now` (the previous fixed window weighted by how
+    /// much of it is still inside, plus the current one), without counting one.
+    fn weighted(&self, now: Instant, within: Duration) -> f64 {
+        let elapsed = now.saturating_duration_since(self.start);
+        let (previous, current, into) = if elapsed >= within.saturating_mul(2) {
+            return 0.0;
+        } else if elapsed >= within {
+            (self.current, 0, elapsed.saturating_sub(within))
+        } else {
+            (self.previous, self.current, elapsed)
+        };
+        let into = into.as_secs_f64() / within.as_secs_f64();
+        f64::from(previous) * (1.0 - into).max(0.0) + f64::from(current)
+    }
+}
+
+/// Shards of the addresses followed (a power of two).
+pub const TRACK_SHARDS: usize = 64;
+/// A full shard makes this fraction of its room free at once.
+const EVICT_DIVISOR: usize = 8;
+/// Least time between two walks of a shard that could not free its eighth.
+const SWEEP_PAUSE: Duration = Duration::from_secs(1);
+
+/// The addresses followed, in shards by a per-process random hash of the address (so that
+/// clients cannot aim their addresses at one shard): a request locks one shard, for the work
+/// of its own address — a walk of the shard only when it is full, and then to free an eighth
+/// of it at once.
+struct Tracks {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    /// Entries looked at by the walks that make room, so far.
+    visited: AtomicU64,
+}
+
+impl Default for Tracks {
+    fn default() -> Self {
+        Tracks::with_shards(TRACK_SHARDS)
+    }
+}
+
+impl Tracks {
+    /// `n` shards (a power of two, 1..=`TRACK_SHARDS`).
+    fn with_shards(n: usize) -> Tracks {
+        let n = n.clamp(1, TRACK_SHARDS).next_power_of_two();
+        Tracks {
+            shards: (0..n).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            visited: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: IpAddr) -> MutexGuard<'_, Shard> {
+        let i = (self.hasher.hash_one(key) as usize) & (self.shards.len() - 1);
+        lock(&self.shards[i])
+    }
+
+    /// Each shard, locked in turn (never two at once).
+    fn each(&self, mut f: impl FnMut(&mut Shard)) {
+        for shard in self.shards.iter() {
+            f(&mut lock(shard));
+        }
+    }
+
+    /// Addresses one shard follows at most (bans by hand and from the store apart).
+    fn cap(&self, rules: &BanRules) -> usize {
+        rules.max_tracked.div_ceil(self.shards.len()).max(1)
+    }
+
+    /// The track of `key` in its (locked) `shard`, made when there is room for it. A full
+    /// shard makes room (see [`Shard::make_room`]); a `forced` track (a ban by hand or another
+    /// instance's) is made even when none could be made, the shard then growing past its
+    /// bound — an attacker who filled it with bans of its own must not keep an operator from
+    /// banning.
+    fn track<'a>(
+        &self,
+        shard: &'a mut Shard,
+        rules: &BanRules,
+        key: IpAddr,
+        now: Instant,
+        forced: bool,
+    ) -> Option<&'a mut Track> {
+        let cap = self.cap(rules);
+        if !shard.map.contains_key(&key) && shard.map.len() >= cap {
+            let visited = shard.make_room(rules, cap, now);
+            self.visited.fetch_add(visited, Ordering::Relaxed);
+            if shard.map.len() >= cap && !forced {
+                return None;
+            }
+        }
+        Some(shard.map.entry(key).or_insert_with(|| Track {
+            windows: Vec::new(),
+            ban: None,
+            shared: false,
+            banned_at: 0,
+            last: now,
+            unsent: Vec::new(),
+        }))
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<IpAddr, Track>,
+    /// The last walk could not free an eighth of the shard (too many of it banned): no walk
+    /// before this (the first of those bans' ends, a second after that walk at the earliest).
+    quiet_until: Option<Instant>,
+}
+
+impl Shard {
+    /// Makes room in a shard holding `cap` at most: drops the entries whose counts and ban have
+    /// run out, then, until an eighth of `cap` is free, the entries without a ban that matter
+    /// least (the lowest share of a rule's count within its window, then the least recently
+    /// seen). Bans are never dropped. When the eighth could not be freed, no walk is made again
+    /// until the first ban of the shard ends (and not within `SWEEP_PAUSE`). One walk of the
+    /// shard; how many entries it looked at.
+    fn make_room(&mut self, rules: &BanRules, cap: usize, now: Instant) -> u64 {
+        if self.quiet_until.is_some_and(|q| now < q) {
+            return 0;
+        }
+        self.quiet_until = None;
+        let visited = self.map.len() as u64;
+        let idle = rules.longest.saturating_mul(2);
+        let mut first_end: Option<Instant> = None;
+        let mut unbanned: Vec<(u64, Instant, IpAddr)> = Vec::with_capacity(self.map.len());
+        self.map.retain(|ip, t| {
+            if let Some((until, _)) = &t.ban {
+                if *until > now {
+                    first_end = Some(first_end.map_or(*until, |f| f.min(*until)));
+                    return true;
+                }
+                t.ban = None;
+            }
+            if now.saturating_duration_since(t.last) >= idle {
+                return false;
+            }
+            unbanned.push((t.weight(rules, now), t.last, *ip));
+            true
+        });
+        let keep = cap.saturating_sub((cap / EVICT_DIVISOR).max(1));
+        let n = self.map.len().saturating_sub(keep).min(unbanned.len());
+        if n > 0 {
+            if n < unbanned.len() {
+                unbanned.select_nth_unstable(n - 1);
+            }
+            for (_, _, ip) in &unbanned[..n] {
+                self.map.remove(ip);
+            }
+        }
+        if self.map.len() > keep {
+            let pause = now.checked_add(SWEEP_PAUSE).unwrap_or(now);
+            self.quiet_until = Some(first_end.map_or(pause, |f| f.max(pause)));
+        }
+        visited
     }
 }
 
@@ -443,8 +624,10 @@ impl BanList {
         Arc::new(BanList::default())
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, Track>> {
-        lock(&self.tracks)
+    /// Entries looked at so far by the walks that make room for new addresses (a full shard's;
+    /// amortised over an eighth of a shard of new addresses each).
+    pub fn visited_to_make_room(&self) -> u64 {
+        self.tracks.visited.load(Ordering::Relaxed)
     }
 
     /// Whether the bans are shared (`bans.redis` in the configuration put to work, its
@@ -456,11 +639,17 @@ impl BanList {
             .is_some()
     }
 
-    /// How long `ip` stays banned, if it is.
+    /// How long `ip` stays banned, if it is. An exempt address never is, even when the
+    /// prefix it is counted by is banned (a neighbour's refusals, a ban by hand of a nearby
+    /// address, a ban read from the store): exemption is of the address itself, not its key.
     pub fn banned(&self, rules: &BanRules, ip: IpAddr, now: Instant) -> Option<Duration> {
         let key = rules.key(ip);
         let until = self.in_force.get(key)?;
         if until > now {
+            // Looked at only for a banned key: no cost while nothing is banned.
+            if rules.exempt(ip) {
+                return None;
+            }
             return Some(until - now);
         }
         // Run out: out of the way of this address's next requests (and, once none is left,
@@ -483,8 +672,8 @@ impl BanList {
         let key = rules.key(ip);
         let shared_counts = self.is_shared();
         let epoch = self.failed_syncs.load(Ordering::Relaxed);
-        let mut tracks = self.lock();
-        let t = self.track(&mut tracks, rules, key, now, false)?;
+        let mut shard = self.tracks.shard(key);
+        let t = self.tracks.track(&mut shard, rules, key, now, false)?;
         t.last = now;
         let mut new = None;
         for r in rules.rules.iter().filter(|r| r.on.contains(&reason)) {
@@ -545,78 +734,27 @@ impl BanList {
         new
     }
 
-    /// The track of `key`, made when there is room for it (`max_tracked`; the idle ones are
-    /// dropped first when there is none). A `forced` one (a ban by hand or another instance's)
-    /// is made anyway: the least recently seen address without a ban makes room, or, when every
-    /// tracked address is banned, the list grows past its bound — an attacker who filled the
-    /// list with addresses of its own must not keep an operator from banning.
-    fn track<'a>(
-        &self,
-        tracks: &'a mut HashMap<IpAddr, Track>,
-        rules: &BanRules,
-        key: IpAddr,
-        now: Instant,
-        forced: bool,
-    ) -> Option<&'a mut Track> {
-        if !tracks.contains_key(&key) && tracks.len() >= rules.max_tracked {
-            self.forget_idle(tracks, rules, now);
-            if tracks.len() >= rules.max_tracked {
-                if !forced {
-                    return None;
-                }
-                let oldest = tracks
-                    .iter()
-                    .filter(|(_, t)| t.ban.as_ref().is_none_or(|(until, _)| *until <= now))
-                    .min_by_key(|(_, t)| t.last)
-                    .map(|(ip, _)| *ip);
-                if let Some(ip) = oldest {
-                    tracks.remove(&ip);
-                }
-            }
-        }
-        Some(tracks.entry(key).or_insert_with(|| Track {
-            windows: Vec::new(),
-            ban: None,
-            shared: false,
-            banned_at: 0,
-            last: now,
-            unsent: Vec::new(),
-        }))
-    }
-
-    /// Drops the addresses whose counts and ban can no longer matter.
-    fn forget_idle(&self, tracks: &mut HashMap<IpAddr, Track>, rules: &BanRules, now: Instant) {
-        let idle = rules.longest.saturating_mul(2);
-        tracks.retain(|_, t| {
-            let banned = t.ban.as_ref().is_some_and(|(until, _)| *until > now);
-            if !banned {
-                t.ban = None;
-            }
-            banned || now.saturating_duration_since(t.last) < idle
-        });
-    }
-
     /// The addresses banned now.
     pub fn list(&self, now: Instant) -> Vec<BanEntry> {
-        let tracks = self.lock();
-        let mut out: Vec<BanEntry> = tracks
-            .iter()
-            .filter_map(|(ip, t)| {
+        let mut out: Vec<BanEntry> = Vec::new();
+        self.tracks.each(|shard| {
+            out.extend(shard.map.iter().filter_map(|(ip, t)| {
                 let (until, rule) = t.ban.as_ref()?;
                 (*until > now).then(|| BanEntry {
                     address: ip.to_string(),
                     rule: rule.to_string(),
                     remaining_secs: (*until - now).as_secs_f64().ceil() as u64,
                 })
-            })
-            .collect();
+            }));
+        });
         out.sort_by(|a, b| a.address.cmp(&b.address));
         out
     }
 
     /// Bans `ip` (its key: an IPv6 address by its prefix) for `ban_for`, under the name
     /// `by` (the admin API's bans): extends a ban already there to the later end. Exempt
-    /// addresses are refused, saying why; a full list makes room (see `track`).
+    /// addresses are refused, saying why (an exempt address within the key's prefix is not
+    /// refused by the ban: see [`Self::banned`]); a full list makes room (see `Tracks::track`).
     pub fn ban(
         &self,
         rules: &BanRules,
@@ -632,9 +770,10 @@ impl BanList {
         let until = now
             .checked_add(ban_for)
             .ok_or_else(|| "the ban is too long".to_string())?;
-        let mut tracks = self.lock();
+        let mut shard = self.tracks.shard(key);
         let t = self
-            .track(&mut tracks, rules, key, now, true)
+            .tracks
+            .track(&mut shard, rules, key, now, true)
             .ok_or("the ban list is full (bans.max_tracked)")?;
         t.last = now;
         if t.impose(until, Arc::from(by)) {
@@ -652,9 +791,10 @@ impl BanList {
             pending.retain(|(a, _)| *a != key);
             pending.push((key, unix_ms()));
         }
-        let mut tracks = self.lock();
-        let lifted = tracks.remove(&key).and_then(|t| t.ban);
+        let mut shard = self.tracks.shard(key);
+        let lifted = shard.map.remove(&key).and_then(|t| t.ban);
         if lifted.is_some() {
+            shard.quiet_until = None;
             self.in_force.remove(key);
         }
         lifted.is_some_and(|(until, _)| until > now)
@@ -934,12 +1074,16 @@ impl BanList {
     /// each such ban; it then reaches the others as any ban does. Refusals counted while the
     /// store cannot be reached count here only.
     async fn count_shared(&self, store: &Store) -> Result<(), String> {
-        let unsent: Vec<(IpAddr, Vec<Unsent>)> = self
-            .lock()
-            .iter_mut()
-            .filter(|(_, t)| !t.unsent.is_empty())
-            .map(|(ip, t)| (*ip, std::mem::take(&mut t.unsent)))
-            .collect();
+        let mut unsent: Vec<(IpAddr, Vec<Unsent>)> = Vec::new();
+        self.tracks.each(|shard| {
+            unsent.extend(
+                shard
+                    .map
+                    .iter_mut()
+                    .filter(|(_, t)| !t.unsent.is_empty())
+                    .map(|(ip, t)| (*ip, std::mem::take(&mut t.unsent))),
+            );
+        });
         if unsent.is_empty() {
             return Ok(());
         }
@@ -983,8 +1127,8 @@ impl BanList {
                 let Ok(ip) = address.parse::<IpAddr>() else {
                     continue;
                 };
-                let mut tracks = self.lock();
-                let Some(t) = self.track(&mut tracks, &rules, ip, now, false) else {
+                let mut shard = self.tracks.shard(ip);
+                let Some(t) = self.tracks.track(&mut shard, &rules, ip, now, false) else {
                     continue;
                 };
                 if let Some((_, w)) = t.windows.iter_mut().find(|(n, _)| *n == r.name) {
@@ -1009,32 +1153,39 @@ impl BanList {
     /// The bans in force here that the store does not hold yet: address, rule, end (unix ms).
     fn to_share(&self, now_ms: u64) -> Vec<(IpAddr, Arc<str>, u64)> {
         let now = Instant::now();
-        self.lock()
-            .iter()
-            .filter(|(_, t)| !t.shared)
-            .filter_map(|(ip, t)| {
-                let (until, rule) = t.ban.as_ref()?;
-                let left = until.checked_duration_since(now)?;
-                let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-                Some((*ip, rule.clone(), now_ms.saturating_add(left)))
-            })
-            .collect()
+        let mut out = Vec::new();
+        self.tracks.each(|shard| {
+            out.extend(
+                shard
+                    .map
+                    .iter()
+                    .filter(|(_, t)| !t.shared)
+                    .filter_map(|(ip, t)| {
+                        let (until, rule) = t.ban.as_ref()?;
+                        let left = until.checked_duration_since(now)?;
+                        let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                        Some((*ip, rule.clone(), now_ms.saturating_add(left)))
+                    }),
+            );
+        });
+        out
     }
 
     /// Applies the store's lift markers (address → when its bans were removed from the store,
     /// unix ms): a ban imposed or read here before that ends, wherever the lift was made.
     fn apply_lifts(&self, lifts: &[(String, u64)]) {
-        let mut tracks = self.lock();
         for (address, at) in lifts {
             let Ok(address) = address.parse::<IpAddr>() else {
                 continue;
             };
-            let Some(t) = tracks.get_mut(&address) else {
+            let mut shard = self.tracks.shard(address);
+            let Some(t) = shard.map.get_mut(&address) else {
                 continue;
             };
             if t.ban.is_some() && t.banned_at < *at {
                 t.ban = None;
                 t.shared = false;
+                shard.quiet_until = None;
                 self.in_force.remove(address);
                 tracing::info!(address = %address, "ban lifted on another instance");
             }
@@ -1043,8 +1194,9 @@ impl BanList {
 
     /// Applies the store's bans (`<address>|<rule>` → end in unix ms; `now_ms` the unix time
     /// now, `read_from_ms` a time before they were read): an address banned there is banned
-    /// here until the latest of its ends (exempt addresses excepted, those lifted here and not
-    /// yet written excepted, none past `max_tracked`). A ban of this instance's that the store
+    /// here until the latest of its ends (exempt addresses excepted — an exempt address within
+    /// a banned prefix is let through by [`Self::banned`] —, those lifted here and not yet
+    /// written excepted; room is made as for a ban by hand). A ban of this instance's that the store
     /// does not hold (a store that lost its data, a write that failed) is written again at the
     /// next turn.
     fn apply_live(&self, live: &[(String, u64)], now_ms: u64, read_from_ms: u64) {
@@ -1061,17 +1213,18 @@ impl BanList {
             }
         }
         let now = Instant::now();
-        let mut tracks = self.lock();
-        for (address, t) in tracks.iter_mut() {
-            t.shared = false;
-            if let (Some((until, _)), Some((until_ms, _))) = (&t.ban, latest.get(address)) {
-                // Held there until at least about the same end (the ends go through unix
-                // milliseconds, hence the slack): nothing of this ban's to write.
-                let left = until.saturating_duration_since(now);
-                let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
-                t.shared = now_ms.saturating_add(left) <= until_ms.saturating_add(1000);
+        self.tracks.each(|shard| {
+            for (address, t) in shard.map.iter_mut() {
+                t.shared = false;
+                if let (Some((until, _)), Some((until_ms, _))) = (&t.ban, latest.get(address)) {
+                    // Held there until at least about the same end (the ends go through unix
+                    // milliseconds, hence the slack): nothing of this ban's to write.
+                    let left = until.saturating_duration_since(now);
+                    let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+                    t.shared = now_ms.saturating_add(left) <= until_ms.saturating_add(1000);
+                }
             }
-        }
+        });
         for (address, (until_ms, rule)) in &latest {
             if rules.exempt(*address) || pending.contains(address) {
                 continue;
@@ -1080,7 +1233,8 @@ impl BanList {
             let Some(until) = now.checked_add(left) else {
                 continue;
             };
-            let Some(t) = self.track(&mut tracks, &rules, *address, now, true) else {
+            let mut shard = self.tracks.shard(*address);
+            let Some(t) = self.tracks.track(&mut shard, &rules, *address, now, true) else {
                 continue;
             };
             if t.take_up(until, Arc::from(*rule), read_from_ms) {
@@ -1132,6 +1286,26 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A list of one shard: `max_tracked` is then its bound exactly.
+    fn one_shard() -> Arc<BanList> {
+        Arc::new(BanList {
+            tracks: Tracks::with_shards(1),
+            ..BanList::default()
+        })
+    }
+
+    impl BanList {
+        fn tracked(&self) -> usize {
+            let mut n = 0;
+            self.tracks.each(|shard| n += shard.map.len());
+            n
+        }
+
+        fn is_tracked(&self, key: IpAddr) -> bool {
+            self.tracks.shard(key).map.contains_key(&key)
+        }
+    }
+
     const S: Duration = Duration::from_secs(1);
 
     /// The key bans and the per-address connection cap count by: one per IPv6 /64 (by
@@ -1149,7 +1323,7 @@ mod tests {
     #[test]
     fn count_refusals_within_the_window_ban_for_a_while() {
         let r = rules(&[("auth", &["unauthenticated"], 3, "60s", "10s")], &[]);
-        let b = BanList::new();
+        let b = one_shard();
         let t0 = Instant::now();
         let a = ip("192.0.2.1");
         // Other refusals do not count.
@@ -1192,12 +1366,14 @@ mod tests {
             ],
             &[],
         );
-        let b = BanList::new();
+        let b = one_shard();
         let t0 = Instant::now();
         let a = ip("192.0.2.1");
         let unsent = |b: &BanList| {
             let mut u = b
-                .lock()
+                .tracks
+                .shard(a)
+                .map
                 .get(&a)
                 .map(|t| t.unsent.clone())
                 .unwrap_or_default();
@@ -1274,7 +1450,7 @@ mod tests {
             write(&b.store, Some((sharing, store.clone())));
             store
         };
-        let (a, b) = (BanList::new(), BanList::new());
+        let (a, b) = (one_shard(), one_shard());
         let (store_a, store_b) = (shared(&a), shared(&b));
         let addresses: Vec<IpAddr> = (0..n)
             .map(|i| IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8]))
@@ -1327,7 +1503,7 @@ mod tests {
     #[test]
     fn refusals_spread_wider_than_the_window_do_not_ban() {
         let r = rules(&[("scan", &["route_not_found"], 3, "10s", "60s")], &[]);
-        let b = BanList::new();
+        let b = one_shard();
         let t0 = Instant::now();
         let a = ip("192.0.2.9");
         for i in 0..20u32 {
@@ -1350,7 +1526,7 @@ mod tests {
     #[test]
     fn exempt_addresses_and_ipv6_prefixes() {
         let r = rules(&[("x", &["forbidden"], 2, "60s", "60s")], &["10.0.0.0/8"]);
-        let b = BanList::new();
+        let b = one_shard();
         let t0 = Instant::now();
         for _ in 0..5 {
             assert_eq!(
@@ -1378,7 +1554,7 @@ mod tests {
     #[test]
     fn bans_by_hand_extend_and_respect_exempt_and_the_bound() {
         let r = rules(&[], &["10.0.0.0/8"]);
-        let b = BanList::new();
+        let b = one_shard();
         let t0 = Instant::now();
         assert_eq!(
             b.ban(&r, ip("2001:db8::7"), 60 * S, "admin", t0),
@@ -1407,53 +1583,237 @@ mod tests {
         );
     }
 
-    /// An attacker filling the tracked addresses with counts of its own does not keep an
-    /// operator from banning: the least recently seen unbanned address makes room. Counting
-    /// a new address still waits for room.
+    /// An attacker filling the tracked addresses with counts of its own keeps neither an
+    /// operator from banning nor a new address from being counted: the unbanned address nearest
+    /// no ban (here all with one refusal: the least recently seen) makes room.
     #[test]
-    fn a_full_list_makes_room_for_a_ban_by_hand() {
+    fn a_full_list_makes_room_for_a_new_address_and_a_ban_by_hand() {
         let r = rules(&[("r", &["route_not_found"], 5, "1m", "1m")], &[]);
-        let b = BanList::new();
+        let b = one_shard();
         let t0 = Instant::now();
         for (i, a) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"].iter().enumerate() {
             b.record(&r, ip(a), RejectReason::RouteNotFound, t0 + S * i as u32);
         }
         b.record(&r, ip("192.0.2.4"), RejectReason::RouteNotFound, t0 + 3 * S);
-        assert_eq!(b.lock().len(), 3, "no room for a fourth count");
+        assert_eq!(b.tracked(), 3);
+        assert!(b.is_tracked(ip("192.0.2.4")), "the newcomer is counted");
+        assert!(!b.is_tracked(ip("192.0.2.1")), "the oldest made room");
         b.ban(&r, ip("198.51.100.9"), 60 * S, "admin", t0 + 4 * S)
             .unwrap();
         assert_eq!(b.banned(&r, ip("198.51.100.9"), t0 + 4 * S), Some(60 * S));
-        let tracks = b.lock();
-        assert_eq!(tracks.len(), 3);
+        assert_eq!(b.tracked(), 3);
+        assert!(!b.is_tracked(ip("192.0.2.2")), "the next oldest made room");
+    }
+
+    /// The list full of an attacker's addresses (one refusal each, the cheapest way to fill
+    /// it), and kept full by more of them between an offender's refusals: the offender is still
+    /// counted, and banned at the rule's count — its larger count outlives the attacker's
+    /// entries. Before, a new address was not followed while the list was full: never banned.
+    #[test]
+    fn a_full_list_still_counts_and_bans_a_new_address() {
+        let r = tracking(&[("scan", &["route_not_found"], 5, "1m", "1h")], &[], 1000);
+        let b = one_shard();
+        let t0 = Instant::now();
+        let attacker = |i: u32| IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        for i in 0..1000 {
+            assert_eq!(
+                b.record(&r, attacker(i), RejectReason::RouteNotFound, t0),
+                None
+            );
+        }
+        assert_eq!(b.tracked(), 1000);
+        let offender = ip("2001:db8:1:2::99");
+        for k in 0..2 {
+            assert_eq!(
+                b.record(&r, offender, RejectReason::RouteNotFound, t0 + k * S),
+                None
+            );
+        }
+        // Twice the list's size of new addresses meanwhile: each is counted, in bounded room.
+        for i in 1000..3000 {
+            b.record(&r, attacker(i), RejectReason::RouteNotFound, t0 + 2 * S);
+            assert!(b.tracked() <= 1000);
+        }
+        assert!(b.is_tracked(attacker(2999)));
+        assert!(b.is_tracked(r.key(offender)), "the larger count stays");
+        for k in 2..4 {
+            assert_eq!(
+                b.record(&r, offender, RejectReason::RouteNotFound, t0 + k * S),
+                None
+            );
+        }
+        let ban = b.record(&r, offender, RejectReason::RouteNotFound, t0 + 4 * S);
+        assert_eq!(
+            ban,
+            Some(NewBan {
+                address: ip("2001:db8:1:2::"),
+                rule: Arc::from("scan"),
+                ban_for: 3600 * S,
+            })
+        );
+        assert_eq!(b.banned(&r, offender, t0 + 5 * S), Some(3599 * S));
+        assert!(b.tracked() <= 1000);
+    }
+
+    /// A new address with the list full costs no walk of the whole list each: a walk frees an
+    /// eighth of it, which the next new addresses take without looking at anything. Before,
+    /// every new address walked every entry (and was then not counted).
+    #[test]
+    fn a_new_address_with_a_full_list_does_not_walk_it_each_time() {
+        let cap = 1000u32;
+        let r = tracking(
+            &[("scan", &["route_not_found"], 5, "1m", "1h")],
+            &[],
+            cap as usize,
+        );
+        let b = one_shard();
+        let t0 = Instant::now();
+        let address = |i: u32| IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        for i in 0..cap {
+            b.record(&r, address(i), RejectReason::RouteNotFound, t0);
+        }
+        assert_eq!(b.visited_to_make_room(), 0, "no walk while there is room");
+        // The first new address walks the list once and frees an eighth of it …
+        b.record(&r, address(cap), RejectReason::RouteNotFound, t0);
+        assert_eq!(b.visited_to_make_room(), u64::from(cap));
+        // … which the next ones take without a look.
+        for i in 1..cap / 8 {
+            b.record(&r, address(cap + i), RejectReason::RouteNotFound, t0);
+        }
+        assert_eq!(b.visited_to_make_room(), u64::from(cap));
+        assert_eq!(b.tracked(), cap as usize);
+        // Over many: about EVICT_DIVISOR entries looked at per new address, not the list.
+        let n = 10 * cap;
+        for i in 0..n {
+            b.record(&r, address(2 * cap + i), RejectReason::RouteNotFound, t0);
+        }
+        let per_address = b.visited_to_make_room() / u64::from(n);
         assert!(
-            !tracks.contains_key(&ip("192.0.2.1")),
-            "the oldest made room"
+            per_address <= 2 * EVICT_DIVISOR as u64,
+            "{per_address} entries looked at per new address"
+        );
+        assert!(b.is_tracked(address(2 * cap + n - 1)));
+    }
+
+    /// The list full of bans (which are never dropped to make room): a new address is not
+    /// counted there, and costs no walk, until the first ban ends; then the list makes room.
+    #[test]
+    fn a_list_full_of_bans_is_walked_again_only_once_one_ends() {
+        let r = tracking(&[("once", &["route_not_found"], 1, "1m", "10m")], &[], 100);
+        let b = one_shard();
+        let t0 = Instant::now();
+        let address = |i: u32| IpAddr::from([10, 0, (i >> 8) as u8, i as u8]);
+        for i in 0..100 {
+            assert!(
+                b.record(&r, address(i), RejectReason::RouteNotFound, t0)
+                    .is_some()
+            );
+        }
+        assert_eq!(
+            b.record(&r, address(100), RejectReason::RouteNotFound, t0 + S),
+            None
+        );
+        assert_eq!(b.visited_to_make_room(), 100);
+        assert_eq!(b.in_force_count(t0 + S), 100, "no ban was dropped");
+        for i in 101..1000 {
+            b.record(&r, address(i), RejectReason::RouteNotFound, t0 + 2 * S);
+        }
+        assert_eq!(b.visited_to_make_room(), 100, "no walk before a ban ends");
+        assert_eq!(b.tracked(), 100);
+        // A ban by hand still goes in, past the bound.
+        b.ban(&r, ip("198.51.100.9"), 60 * S, "admin", t0 + 2 * S)
+            .unwrap();
+        assert_eq!(b.tracked(), 101);
+        // The bans ran out: room is made, and a new address is counted again.
+        let later = t0 + 601 * S;
+        assert!(
+            b.record(&r, address(2000), RejectReason::RouteNotFound, later)
+                .is_some()
+        );
+        assert!(b.tracked() <= 101);
+    }
+
+    /// Sharded as in production: the bound holds across the shards, a new address still finds
+    /// room, and the walks stay amortised.
+    #[test]
+    fn the_shards_keep_the_bound_and_the_walks_short() {
+        let max = 64 * 50;
+        let r = tracking(&[("scan", &["route_not_found"], 3, "1m", "1h")], &[], max);
+        let b = BanList::new();
+        let t0 = Instant::now();
+        let n = 20_000u32;
+        let address = |i: u32| IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        for i in 0..n {
+            b.record(&r, address(i), RejectReason::RouteNotFound, t0);
+        }
+        assert!(b.tracked() <= max, "{}", b.tracked());
+        assert!(
+            b.visited_to_make_room() <= 10 * u64::from(n),
+            "{}",
+            b.visited_to_make_room()
+        );
+        let offender = ip("198.51.100.9");
+        for _ in 0..2 {
+            assert!(
+                b.record(&r, offender, RejectReason::RouteNotFound, t0)
+                    .is_none()
+            );
+        }
+        assert!(
+            b.record(&r, offender, RejectReason::RouteNotFound, t0)
+                .is_some()
         );
     }
 
+    /// Bans are by prefix, exemption by address: an exempt address is not refused by a ban of
+    /// its /64, whether a neighbour's refusals, a ban by hand of a nearby address, or a ban read
+    /// from the store brought it; its neighbours are. Before, `2001:db8:1:2::10`, exempt, was
+    /// refused for an hour after 50 refusals of `2001:db8:1:2::99`.
     #[test]
-    fn at_most_max_tracked_addresses_are_followed() {
-        let r = rules(&[("x", &["forbidden"], 2, "10s", "60s")], &[]);
-        let b = BanList::new();
-        let t0 = Instant::now();
-        for a in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
-            b.record(&r, ip(a), RejectReason::Forbidden, t0);
-        }
-        // Full: a fourth address is not followed (never banned) …
-        b.record(&r, ip("192.0.2.4"), RejectReason::Forbidden, t0);
-        assert_eq!(
-            b.record(&r, ip("192.0.2.4"), RejectReason::Forbidden, t0),
-            None
+    fn an_exempt_address_is_not_refused_by_a_ban_of_its_prefix() {
+        let r = rules(
+            &[("scan", &["route_not_found"], 50, "1m", "1h")],
+            &["2001:db8:1:2::10", "2001:db8:1:3::10", "2001:db8:1:4::10"],
         );
-        assert_eq!(b.lock().len(), 3);
-        // … until the others' counts have run out.
-        let later = t0 + 30 * S;
-        b.record(&r, ip("192.0.2.4"), RejectReason::Forbidden, later);
+        let list = list_with(r.clone());
+        let t0 = Instant::now();
+        let exempt = ip("2001:db8:1:2::10");
+        let neighbour = ip("2001:db8:1:2::99");
+        for _ in 0..60 {
+            assert_eq!(
+                list.record(&r, exempt, RejectReason::RouteNotFound, t0),
+                None
+            );
+        }
+        for _ in 0..49 {
+            list.record(&r, neighbour, RejectReason::RouteNotFound, t0);
+        }
         assert!(
-            b.record(&r, ip("192.0.2.4"), RejectReason::Forbidden, later)
+            list.record(&r, neighbour, RejectReason::RouteNotFound, t0)
                 .is_some()
         );
-        assert_eq!(b.lock().len(), 1);
+        assert_eq!(list.banned(&r, neighbour, t0), Some(3600 * S));
+        assert_eq!(list.banned(&r, ip("2001:db8:1:2::1"), t0), Some(3600 * S));
+        assert_eq!(list.banned(&r, exempt, t0), None);
+        // By hand, a nearby address: the /64 is banned, the exempt address not refused; the
+        // exempt address itself cannot be banned.
+        assert_eq!(
+            list.ban(&r, ip("2001:db8:1:3::99"), 60 * S, "admin", t0),
+            Ok(ip("2001:db8:1:3::"))
+        );
+        assert!(list.banned(&r, ip("2001:db8:1:3::5"), t0).is_some());
+        assert_eq!(list.banned(&r, ip("2001:db8:1:3::10"), t0), None);
+        assert!(
+            list.ban(&r, ip("2001:db8:1:3::10"), 60 * S, "admin", t0)
+                .is_err()
+        );
+        // Read from the store.
+        let live = [("2001:db8:1:4::|scan".to_string(), ms_from_now(60_000))];
+        list.apply_live(&live, unix_ms(), unix_ms());
+        let now = Instant::now();
+        assert!(list.banned(&r, ip("2001:db8:1:4::5"), now).is_some());
+        assert_eq!(list.banned(&r, ip("2001:db8:1:4::10"), now), None);
+        assert_eq!(list.list(now).len(), 3);
     }
 
     #[test]
@@ -1565,7 +1925,7 @@ mod tests {
     }
 
     fn list_with(rules: BanRules) -> Arc<BanList> {
-        let list = BanList::new();
+        let list = one_shard();
         // Outside a runtime: the rules are taken, nothing is started.
         list.share(&Arc::new(rules));
         list

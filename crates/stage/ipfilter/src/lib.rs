@@ -257,4 +257,67 @@ mod tests {
             v => panic!("expected rejection, got {v:?}"),
         }
     }
+
+    /// The global step and its bans: a ban of an IPv6 /64 refuses its addresses (403
+    /// `ip_banned`, `Retry-After`) but not an exempt one among them.
+    #[tokio::test]
+    async fn stage_lets_an_exempt_address_through_a_banned_prefix() {
+        use http_body_util::{BodyExt, Empty};
+        let raw = bans::RawBans {
+            exempt: vec!["2001:db8:1:2::10".into()],
+            ..bans::RawBans::default()
+        };
+        let mut e = ConfigErrors::new();
+        let ban_rules = Arc::new(bans::BanRules::compile(
+            &raw,
+            "bans",
+            std::path::Path::new("."),
+            &mut e,
+        ));
+        assert!(e.is_empty(), "{e}");
+        let list = bans::BanList::new();
+        let now = std::time::Instant::now();
+        list.ban(
+            &ban_rules,
+            ip("2001:db8:1:2::99"),
+            std::time::Duration::from_secs(3600),
+            "admin",
+            now,
+        )
+        .unwrap();
+        let stage = IpFilterStage::global_with_bans(rules(&[], &[]), list, ban_rules);
+        let run = |client: &str| {
+            let (head, ()) = http::Request::new(()).into_parts();
+            let body = Empty::new()
+                .map_err(|e| -> portcullis_core::BoxError { match e {} })
+                .boxed_unsync();
+            let req = GatewayRequest::new(head, body);
+            let ctx = RequestCtx::new(
+                std::net::SocketAddr::new(ip(client), 5000),
+                portcullis_core::Scheme::Http,
+                Arc::from("l"),
+            );
+            (req, ctx)
+        };
+        let (mut req, mut ctx) = run("2001:db8:1:2::5");
+        match stage.on_request(&mut req, &mut ctx).resolve().await {
+            portcullis_core::Verdict::Reject(r) => {
+                assert_eq!(r.reason, RejectReason::IpBanned);
+                assert_eq!(r.status(), http::StatusCode::FORBIDDEN);
+                let (_, retry) = r
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n == http::header::RETRY_AFTER)
+                    .unwrap();
+                let retry: u64 = retry.to_str().unwrap().parse().unwrap();
+                assert!((3599..=3600).contains(&retry), "{retry}");
+            }
+            v => panic!("expected rejection, got {v:?}"),
+        }
+        let (mut req, mut ctx) = run("2001:db8:1:2::10");
+        match stage.on_request(&mut req, &mut ctx).resolve().await {
+            portcullis_core::Verdict::Continue => {}
+            v => panic!("the exempt address is let through, got {v:?}"),
+        }
+    }
 }
