@@ -215,12 +215,15 @@ impl http_body::Body for Replayed {
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        let mut h = self.rest.size_hint();
+        let rest = self.rest.size_hint();
         let n = self.head.as_ref().map_or(0, |b| b.len() as u64);
-        h.set_lower(h.lower().saturating_add(n));
-        if let Some(u) = h.upper() {
+        // Built anew, upper bound first: raising the lower bound of a hint with an upper one
+        // (an exact length) above that bound would panic.
+        let mut h = http_body::SizeHint::new();
+        if let Some(u) = rest.upper() {
             h.set_upper(u.saturating_add(n));
         }
+        h.set_lower(rest.lower().saturating_add(n));
         h
     }
 }
@@ -236,6 +239,44 @@ mod tests {
             .map_err(|e| -> BoxError { match e {} })
             .boxed_unsync();
         GatewayRequest::new(head, b)
+    }
+
+    /// The bytes read ahead count in the length the body reports, exact or bounded, and
+    /// reporting it never panics.
+    #[test]
+    fn a_replayed_body_reports_its_whole_length() {
+        let rest = |lower: u64, upper: Option<u64>| -> BoxBody {
+            struct Hinted(http_body::SizeHint);
+            impl http_body::Body for Hinted {
+                type Data = Bytes;
+                type Error = BoxError;
+                fn poll_frame(
+                    self: std::pin::Pin<&mut Self>,
+                    _: &mut std::task::Context<'_>,
+                ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>>
+                {
+                    std::task::Poll::Ready(None)
+                }
+                fn size_hint(&self) -> http_body::SizeHint {
+                    self.0
+                }
+            }
+            let mut h = http_body::SizeHint::new();
+            if let Some(u) = upper {
+                h.set_upper(u);
+            }
+            h.set_lower(lower);
+            Hinted(h).boxed_unsync()
+        };
+        for (lower, upper) in [(10, Some(10)), (10, Some(15)), (0, None), (7, None)] {
+            let r = Replayed {
+                head: Some(Bytes::from_static(b"abcd")),
+                rest: rest(lower, upper),
+            };
+            let h = http_body::Body::size_hint(&r);
+            assert_eq!(h.lower(), lower + 4);
+            assert_eq!(h.upper(), upper.map(|u| u + 4));
+        }
     }
 
     /// A replaced body goes with its own length and nothing that described the old one.

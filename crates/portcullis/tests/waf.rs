@@ -44,6 +44,7 @@ routes:
   - {{ name: small, match: {{ prefix: /small }}, upstream: app, auth: {{ anonymous: true }}, waf: {{ inspect_body_bytes: 64 }} }}
   - {{ name: tight, match: {{ prefix: /tight }}, upstream: app, auth: {{ anonymous: true }}, max_body_bytes: 1KiB }}
   - {{ name: pass, match: {{ prefix: /pass }}, upstream: app, auth: {{ anonymous: true }}, waf: {{ inspect_body_bytes: 64, on_body_over_limit: pass }} }}
+  - {{ name: uploads, match: {{ prefix: /uploads }}, upstream: app, auth: {{ anonymous: true }}, max_body_bytes: 8MiB }}
   - name: graphql
     match: {{ path: /graphql }}
     upstream: app
@@ -323,16 +324,11 @@ async fn benign_requests_pass_with_bodies_intact() {
         body.as_bytes(),
         "the inspected body reaches the upstream unchanged"
     );
-    // Binary uploads are not inspected.
-    let r = call(
-        &gw,
-        "POST",
-        "/avatar",
-        &[("content-type", "image/png")],
-        "\u{89}PNG ' OR 1=1 -- <script>",
-    )
-    .await;
+    // Binary uploads are not inspected (a PNG's signature, then anything).
+    let png = b"\x89PNG\r\n\x1a\n' OR 1=1 -- <script>".to_vec();
+    let r = call_bytes(&gw, "/avatar", "image/png", png.clone()).await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(up.requests().pop().unwrap().body.as_ref(), png.as_slice());
 }
 
 #[tokio::test]
@@ -922,4 +918,222 @@ routes:
         assert_eq!(ev["stage"], "waf", "{ev}");
     }
     assert_eq!(up.hits(), 0, "nothing was forwarded");
+}
+
+async fn call_bytes(gw: &Gateway, path: &str, ct: &str, body: Vec<u8>) -> Resp {
+    send(
+        http::Request::builder()
+            .method("POST")
+            .uri(format!("{}{path}", gw.url("public")))
+            .header("content-type", ct)
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap(),
+    )
+    .await
+}
+
+/// `n` bytes a PNG could hold: its signature, then noise (xorshift, fixed seed).
+fn png_like(n: usize) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// A body labelled binary whose first bytes are text is inspected as an untyped body (many
+/// backends ignore the label); a real binary streams on, past the inspection limit, byte for
+/// byte.
+#[tokio::test]
+async fn bodies_labelled_binary_are_inspected_when_text() {
+    let (gw, up) = setup().await;
+    let before = up.hits();
+    // JSON labelled octet-stream: 403, the rule named in the audit, nothing upstream.
+    let attack = br#"{"q":"1' OR '1'='1"}"#.to_vec();
+    let r = call_bytes(&gw, "/upload", "application/octet-stream", attack).await;
+    let ev = assert_blocked(&gw, &r, "OR '1'");
+    assert!(
+        matches(&ev).iter().any(|m| m["class"] == "sqli"
+            && m["target"] == "body:$.q"
+            && (1100..1200).contains(&m["rule"].as_u64().unwrap())),
+        "{ev}"
+    );
+    // Labelled as other binary types, inflated from gzip, or with its first byte sent alone.
+    for (ct, coding, body) in [
+        (
+            "image/png",
+            "identity",
+            b"id=1' UNION SELECT password FROM users--".to_vec(),
+        ),
+        (
+            "application/x-protobuf",
+            "gzip",
+            gzip(br#"{"q":"1' UNION SELECT password FROM users--"}"#),
+        ),
+        (
+            "application/grpc",
+            "identity",
+            br#"{"q":"1' UNION SELECT password FROM users--"}"#.to_vec(),
+        ),
+    ] {
+        let r = call_coded(&gw, "/upload", ct, coding, body).await;
+        let ev = assert_blocked(&gw, &r, "UNION");
+        assert!(
+            matches(&ev).iter().any(|m| m["class"] == "sqli"),
+            "{ct}: {ev}"
+        );
+    }
+    let out = raw_chunked(
+        &gw,
+        "/upload",
+        &[("Content-Type", "application/octet-stream")],
+        &[b"{", br#""q":"1' UNION SELECT password FROM users--"}"#],
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert_eq!(up.hits(), before, "nothing refused reached the upstream");
+
+    // A PNG larger than the inspection limit (64 bytes on /small): forwarded byte for byte.
+    let png = png_like(6 * 1024);
+    let r = call_bytes(&gw, "/small/avatar", "image/png", png.clone()).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(up.requests().pop().unwrap().body.as_ref(), png.as_slice());
+    // Several MiB, past the default 1 MiB inspection limit that refuses longer text: no
+    // refusal, streamed whole.
+    let big = png_like(5 * 1024 * 1024 + 3);
+    let r = call_bytes(&gw, "/uploads/photo", "image/png", big.clone()).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    let got = up.requests().pop().unwrap();
+    assert_eq!(got.body.len(), big.len());
+    assert!(
+        got.body.as_ref() == big.as_slice(),
+        "the image arrives intact"
+    );
+    // Binary that is no known format streams on too.
+    let mut noise = png_like(300_000);
+    noise.drain(..8);
+    let r = call_bytes(
+        &gw,
+        "/small/blob",
+        "application/octet-stream",
+        noise.clone(),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(up.requests().pop().unwrap().body.as_ref(), noise.as_slice());
+
+    // gRPC over HTTP/2: a framed message goes on as sent, text fields and all (a call is
+    // judged on its first message: a client may wait for an answer before sending more).
+    let text = b"a long string field of plain words ... ".repeat(5);
+    let mut grpc = vec![0u8, 0, 0, 0, (text.len() + 2) as u8, 0x0a, text.len() as u8];
+    grpc.extend(&text);
+    let r = send_h2c(
+        http::Request::builder()
+            .method("POST")
+            .uri(format!("{}/pkg.Orders/Get", gw.url("public")))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from(grpc.clone())))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(up.requests().pop().unwrap().body.as_ref(), grpc.as_slice());
+
+    // Text labelled binary past the inspection limit: the route's `on_body_over_limit`, as
+    // for a body without a type — 413 by default, nothing upstream …
+    let before = up.hits();
+    let csv = "id,name,comment\n1,Ann,fine\n".repeat(20);
+    let r = call_bytes(
+        &gw,
+        "/small/import",
+        "application/octet-stream",
+        csv.clone().into_bytes(),
+    )
+    .await;
+    let v = assert_problem(&r, 413, "body_too_large");
+    assert!(v["detail"].as_str().unwrap().contains("inspect"), "{v}");
+    let large = "1,Ann,fine\n".repeat(100_000);
+    let r = call_bytes(
+        &gw,
+        "/uploads/import",
+        "application/octet-stream",
+        large.into_bytes(),
+    )
+    .await;
+    assert_problem(&r, 413, "body_too_large");
+    assert_eq!(up.hits(), before);
+    // The route's body limit (1 KiB on /tight) holds for what the WAF read to decide, text or
+    // binary — a gzip body the WAF read to its end to inflate a kilobyte of it too.
+    let mut noise = png_like(2000);
+    noise.drain(..8);
+    let coded = gzip(&noise);
+    assert!(coded.len() > 1024 && coded.len() < 2048);
+    let csv4 = csv.repeat(4).into_bytes();
+    for (ct, coding, body) in [
+        ("image/png", "identity", png_like(2000)),
+        ("application/octet-stream", "identity", csv4),
+        ("application/octet-stream", "gzip", coded),
+    ] {
+        let pieces: Vec<&[u8]> = body.chunks(500).collect();
+        let headers = [("Content-Type", ct), ("Content-Encoding", coding)];
+        let out = raw_chunked(&gw, "/tight/x", &headers, &pieces).await;
+        assert!(out.starts_with("HTTP/1.1 413"), "{ct} {coding}: {out}");
+    }
+    assert_eq!(up.hits(), before);
+    // … or passed whole, uninspected, with rule 1004 recorded.
+    let r = call_bytes(
+        &gw,
+        "/pass/import",
+        "application/octet-stream",
+        csv.clone().into_bytes(),
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(up.requests().pop().unwrap().body.as_ref(), csv.as_bytes());
+    let ev = audit_of(&gw, r.header("x-request-id").unwrap());
+    assert!(matches(&ev).iter().any(|m| m["rule"] == 1004), "{ev}");
+
+    // Benign text labelled binary: inspected, forwarded intact.
+    let line = b"2026-12-02,order 42,\"blue shoes, size 9\",O'Brien\n".to_vec();
+    let r = call_bytes(&gw, "/import", "application/octet-stream", line.clone()).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    assert_eq!(up.requests().pop().unwrap().body.as_ref(), line.as_slice());
+}
+
+/// Sends a chunked POST over a raw connection, with these header fields, one chunk per
+/// piece (a pause after each), and returns the answer.
+async fn raw_chunked(
+    gw: &Gateway,
+    path: &str,
+    headers: &[(&str, &str)],
+    pieces: &[&[u8]],
+) -> String {
+    let mut s = tokio::net::TcpStream::connect(gw.listener("public"))
+        .await
+        .unwrap();
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: a\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    for p in pieces {
+        s.write_all(format!("{:x}\r\n", p.len()).as_bytes())
+            .await
+            .unwrap();
+        s.write_all(p).await.unwrap();
+        s.write_all(b"\r\n").await.unwrap();
+        s.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
 }

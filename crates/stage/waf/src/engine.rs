@@ -32,6 +32,10 @@ pub enum BodyState<'a> {
     None,
     /// Buffered whole within the inspection limit.
     Buffered(&'a [u8]),
+    /// Labelled binary (one binary `Content-Type`) but text by its first bytes
+    /// ([`crate::sniff`]), buffered whole within the inspection limit: inspected as a body
+    /// without a type is.
+    Sniffed(&'a [u8]),
     /// Over the inspection limit and let through uninspected (`on_body_over_limit: pass`).
     Skipped { limit: u64 },
 }
@@ -111,7 +115,7 @@ pub fn skips_value_detectors(v: &str) -> bool {
 pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
     // Declared before the targets, which may borrow from it.
     let inflated = match req.body {
-        BodyState::Buffered(bytes) => {
+        BodyState::Buffered(bytes) | BodyState::Sniffed(bytes) => {
             inflate::inflate(&req.head.headers, bytes, route.inspect_body_bytes)
         }
         _ => Inflated::Plain,
@@ -129,7 +133,7 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
     let mut informational = None;
     let mut over_limit_refused = false;
     match req.body {
-        BodyState::Buffered(bytes) => {
+        BodyState::Buffered(bytes) | BodyState::Sniffed(bytes) => {
             let body = match &inflated {
                 Inflated::Plain => Some(bytes),
                 Inflated::Inflated(body) => Some(body.as_slice()),
@@ -151,7 +155,11 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
             let mut cts = req.head.headers.get_all(http::header::CONTENT_TYPE).iter();
             let first = cts.next();
             if let Some(body) = body {
-                let ct = first.and_then(|v| v.to_str().ok());
+                // Its binary label is what the sniff found untrue: read as untyped.
+                let ct = match req.body {
+                    BodyState::Sniffed(_) => None,
+                    _ => first.and_then(|v| v.to_str().ok()),
+                };
                 facts = extract::body_targets(ct, body, &route.limits, &mut targets, &mut findings);
             }
             // Servers read the first or the last of two: the one the WAF did not may be another.
@@ -726,6 +734,57 @@ mod tests {
             out.findings
         );
         assert!(!bare(br#"{"q":"blue shoes"} x"#).blocked);
+    }
+
+    /// A body labelled binary that the step found text by its first bytes is inspected as an
+    /// untyped one (JSON read as JSON, UTF-16 refused); the label alone inspects nothing.
+    #[test]
+    fn a_sniffed_body_is_inspected_as_untyped() {
+        let (head, ()) = http::Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header("content-type", "application/octet-stream")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let run = |body: BodyState<'_>| {
+            inspect(
+                &RouteWaf::default(),
+                &Inspection {
+                    head: &head,
+                    path: "/upload",
+                    client_ip: "192.0.2.1".parse().unwrap(),
+                    body,
+                },
+            )
+        };
+        let json = br#"{"q":"1' OR '1'='1"}"#;
+        let out = run(BodyState::Sniffed(json));
+        assert!(out.blocked, "{:?}", out.findings);
+        assert!(
+            out.findings
+                .iter()
+                .any(|f| f.finding.target == "body:$.q"
+                    && f.finding.class == crate::model::Class::Sqli),
+            "{:?}",
+            out.findings
+        );
+        assert!(run(BodyState::Buffered(json)).findings.is_empty());
+        assert!(
+            run(BodyState::Sniffed(b"id,name\n1,Ann\n"))
+                .findings
+                .is_empty()
+        );
+        let wide: Vec<u8> = "{\"q\":1}"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let out = run(BodyState::Sniffed(&wide));
+        assert!(
+            out.findings.iter().any(|f| f.finding.rule == 1005),
+            "{:?}",
+            out.findings
+        );
     }
 
     #[test]

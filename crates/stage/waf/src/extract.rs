@@ -77,7 +77,8 @@
 //! * Binary (`image/*`, `audio/*`, `video/*`, `font/*`, octet streams, archives, PDF,
 //!   protobuf, gRPC …, and unknown types that do not look textual nor wide): no target. The
 //!   WAF stage only skips buffering a binary body when the request has a single
-//!   `Content-Type`.
+//!   `Content-Type` and the body's first kilobyte is not text ([`crate::sniff`]); one that is
+//!   text is inspected as an untyped body (the engine passes it here without its type).
 //!
 //! Findings: a body that does not parse as its type is rule 1001 (target `body`, snippet: the
 //! bytes around the error); nesting deeper than `max_depth` is rule 1002; reaching
@@ -513,7 +514,7 @@ fn cookies<'a>(header: &'a [u8], sink: &mut Sink<'a, '_>) {
 // Text
 
 /// At most 5 % of invalid UTF-8 and control bytes.
-fn looks_textual(body: &[u8]) -> bool {
+pub(crate) fn looks_textual(body: &[u8]) -> bool {
     let mut bad = 0usize;
     for chunk in body.utf8_chunks() {
         bad += chunk.invalid().len();
@@ -559,7 +560,7 @@ fn wide_text(body: &[u8]) -> bool {
 }
 
 /// Whether a body's first non-blank byte opens a JSON object or array.
-fn starts_like_json(body: &[u8]) -> bool {
+pub(crate) fn starts_like_json(body: &[u8]) -> bool {
     matches!(
         body.iter().find(|b| !b.is_ascii_whitespace()),
         Some(b'{' | b'[')

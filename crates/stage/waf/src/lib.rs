@@ -4,8 +4,9 @@
 //! detectors over every value, scores findings CRS-style and blocks, logs or stays silent per
 //! route, explaining every verdict.
 //!
-//! * **Takes**: the request head (normalised path, query, headers, cookies) and, for every
-//!   content type but binary ones, its body buffered up to the route's inspection limit.
+//! * **Takes**: the request head (normalised path, query, headers, cookies) and its body
+//!   buffered up to the route's inspection limit — a body labelled binary only when its first
+//!   bytes are text ([`sniff`]), else it streams on.
 //! * **Produces**: `RequestCtx::waf` (the report audit records) when anything matched.
 //! * **Rejects**: 403 `waf_blocked` when the anomaly score reaches the route's threshold (or a
 //!   blocking custom rule matches) in `block` mode; 413 `body_too_large` when a body exceeds
@@ -14,7 +15,8 @@
 //!
 //! Layout: [`extract`] turns the request into targets; [`transform`] normalises each value
 //! once per view; [`detect`] holds one module per attack class; [`engine`] runs them, applies
-//! exclusions and custom rules and scores; [`stage`] is the pipeline step.
+//! exclusions and custom rules and scores; [`sniff`] tells a body labelled binary that is
+//! text; [`stage`] is the pipeline step.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +28,7 @@ pub mod extract;
 pub mod extract_rules;
 pub mod hits;
 pub mod model;
+pub mod sniff;
 pub mod stage;
 pub mod transform;
 

@@ -12,6 +12,7 @@ use crate::config::{Mode, OverLimit, RouteWaf, WafSettings};
 use crate::engine::{self, BodyState, Inspection, Outcome};
 use crate::extract::{BodyKind, body_kind};
 use crate::hits::HitTracker;
+use crate::sniff;
 
 /// The WAF of one configuration snapshot.
 pub struct Waf {
@@ -57,6 +58,20 @@ fn body_error(e: BodyError) -> Rejection {
 }
 
 impl Waf {
+    /// Inspects the head alone (no body, or one that streams on uninspected).
+    fn head_only(&self, route: &RouteWaf, req: &GatewayRequest, ctx: &mut RequestCtx) -> Verdict {
+        let outcome = engine::inspect(
+            route,
+            &Inspection {
+                head: &req.head,
+                path: req.head.uri.path(),
+                client_ip: ctx.client_ip,
+                body: BodyState::None,
+            },
+        );
+        self.conclude(route, outcome, ctx)
+    }
+
     /// Records the outcome and turns it into a verdict.
     fn conclude(&self, route: &RouteWaf, outcome: Outcome, ctx: &mut RequestCtx) -> Verdict {
         if outcome.findings.is_empty() {
@@ -96,21 +111,22 @@ impl Stage for WafStage {
         // Two `Content-Type` fields are rule 1005 (upstreams read the first or the last), found
         // by the engine on a buffered body: a binary first one must not skip it.
         let one_type = cts.next().is_none();
-        if !has_body || (one_type && body_kind(ct) == BodyKind::Binary) {
-            let outcome = engine::inspect(
-                route,
-                &Inspection {
-                    head: &req.head,
-                    path: req.head.uri.path(),
-                    client_ip: ctx.client_ip,
-                    body: BodyState::None,
-                },
-            );
-            return Step::Done(self.waf.conclude(route, outcome, ctx));
+        if !has_body {
+            return Step::Done(self.waf.head_only(route, req, ctx));
         }
+        // Labelled binary: streamed on uninspected, unless its first bytes are text (backends
+        // that ignore the label would parse it).
+        let labelled_binary = one_type && body_kind(ct) == BodyKind::Binary;
         let route_limit = ctx.body_limit.unwrap_or(u64::MAX);
         let limit = route.inspect_body_bytes.min(route_limit);
         Step::from_future(async move {
+            if labelled_binary {
+                match sniff::declared_binary_is_text(req).await {
+                    Ok(true) => {}
+                    Ok(false) => return self.waf.head_only(route, req, ctx),
+                    Err(e) => return Verdict::Reject(body_error(e)),
+                }
+            }
             let whole = match req.buffer_prefix(limit).await {
                 Ok(Prefix::Whole(_)) => true,
                 Ok(Prefix::Longer) => false,
@@ -131,6 +147,7 @@ impl Stage for WafStage {
                 }
             }
             let body = match (&req.body, whole) {
+                (RequestBody::Buffered(b), true) if labelled_binary => BodyState::Sniffed(b),
                 (RequestBody::Buffered(b), true) => BodyState::Buffered(b),
                 _ => BodyState::Skipped {
                     limit: route.inspect_body_bytes,

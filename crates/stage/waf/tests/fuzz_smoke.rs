@@ -271,6 +271,13 @@ fn limits(r: &mut fastrand::Rng) -> ExtractLimits {
 /// Runs one body through the extractor and checks the invariants.
 fn check_body(content_type: Option<&str>, body: &[u8], limits: &ExtractLimits) {
     let _ = body_kind(content_type);
+    // The look at a body labelled binary: any prefix, cut or whole.
+    let _ = portcullis_waf::sniff::is_grpc(content_type);
+    for whole in [false, true] {
+        let _ = portcullis_waf::sniff::textual_prefix(body, whole);
+        let cut = body.get(..body.len() / 2).unwrap_or_default();
+        let _ = portcullis_waf::sniff::textual_prefix(cut, whole);
+    }
     let mut out: Vec<Target<'_>> = Vec::new();
     let mut findings = Vec::new();
     let facts = body_targets(content_type, body, limits, &mut out, &mut findings);
