@@ -358,11 +358,15 @@ impl Operator {
             Operator::StartsWith(s) => v.starts_with(s.as_str()).then_some(v),
             Operator::EndsWith(s) => v.ends_with(s.as_str()).then_some(v),
             Operator::Equals(s) => (v == s).then_some(v),
+            // An IPv4 client on a dual-stack listener (`::ffff:192.0.2.1`) is in IPv4 lists.
             Operator::IpIn(nets) => v
                 .trim()
                 .parse::<IpAddr>()
                 .ok()
-                .filter(|ip| nets.iter().any(|n| n.contains(ip)))
+                .filter(|ip| {
+                    let v4 = portcullis_core::addr::canonical(*ip);
+                    nets.iter().any(|n| n.contains(ip) || n.contains(&v4))
+                })
                 .map(|_| v),
             Operator::LengthGt(n) => (v.chars().count() > *n).then_some(v),
             Operator::LengthLt(n) => (v.chars().count() < *n).then_some(v),
@@ -804,6 +808,16 @@ mod tests {
         let long = format!("body:{}", "a".repeat(5000));
         assert!(!pat("body:*a*a*a*a*a*a*a*a*b").matches(&long));
         assert!(TargetPattern::parse("nowhere:x").is_err());
+    }
+
+    /// An IPv4 client on a dual-stack listener (`::ffff:a.b.c.d`) is in an IPv4 list.
+    #[test]
+    fn ip_in_matches_a_mapped_ipv4_client() {
+        let op = Operator::IpIn(vec!["192.0.2.0/24".parse().unwrap()]);
+        assert!(op.find("192.0.2.9").is_some());
+        assert!(op.find("::ffff:192.0.2.9").is_some());
+        assert!(op.find("::ffff:198.51.100.9").is_none());
+        assert!(op.find("2001:db8::1").is_none());
     }
 
     #[test]

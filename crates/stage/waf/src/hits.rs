@@ -27,16 +27,20 @@ impl HitTracker {
         }
     }
 
-    /// Counts one request with scored findings from `ip`.
+    /// Counts one request with scored findings from `ip` — an IPv6 client by its /64, which
+    /// one host may pick addresses from at will, an IPv4-mapped one as its IPv4 address.
     pub fn record(&self, ip: IpAddr) {
         if let Ok(mut m) = self.ips.lock() {
-            m.bump(ip);
+            m.bump(portcullis_core::addr::counted(ip, 64));
         }
     }
 
-    /// Requests with findings from `ip` in the current window.
+    /// Requests with findings from `ip` (counted as [`HitTracker::record`] counts it) in the
+    /// current window.
     pub fn recent(&self, ip: IpAddr) -> u32 {
-        self.ips.lock().map_or(0, |m| m.get(&ip))
+        self.ips
+            .lock()
+            .map_or(0, |m| m.get(&portcullis_core::addr::counted(ip, 64)))
     }
 }
 
@@ -58,5 +62,19 @@ mod tests {
         assert_eq!(t.ips.lock().unwrap().len(), 2);
         assert_eq!(t.recent(c), 1);
         assert_eq!(t.recent("10.9.9.9".parse().unwrap()), 0);
+    }
+
+    /// A client cannot start afresh with each address of its /64, nor count apart as the
+    /// IPv4-mapped form of its IPv4 address.
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_prefix_and_a_mapped_one_as_ipv4() {
+        let t = HitTracker::new(8);
+        for host in 1..=3 {
+            t.record(format!("2001:db8:1:2::{host}").parse().unwrap());
+        }
+        assert_eq!(t.recent("2001:db8:1:2::abcd".parse().unwrap()), 3);
+        assert_eq!(t.recent("2001:db8:1:3::1".parse().unwrap()), 0);
+        t.record("::ffff:192.0.2.7".parse().unwrap());
+        assert_eq!(t.recent("192.0.2.7".parse().unwrap()), 1);
     }
 }
