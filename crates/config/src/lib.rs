@@ -98,9 +98,125 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
     Ok(cfg)
 }
 
+/// A YAML document's shape, for finding repeated keys: the JSON value the configuration is
+/// read into keeps the last of them silently (two `auth:` sections: the first is gone).
+enum Shape {
+    Map(Vec<(String, Shape)>),
+    Seq(Vec<Shape>),
+    Scalar,
+}
+
+impl<'de> serde::Deserialize<'de> for Shape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Shape, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Shape;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a YAML value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Shape, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(k) = a.next_key::<serde_yaml_ng::Value>()? {
+                    // Keys as the JSON value names them: `1` and `'1'` are one key there.
+                    let k = match k {
+                        serde_yaml_ng::Value::String(s) => s,
+                        serde_yaml_ng::Value::Number(n) => n.to_string(),
+                        serde_yaml_ng::Value::Bool(b) => b.to_string(),
+                        serde_yaml_ng::Value::Null => "null".to_string(),
+                        _ => String::new(),
+                    };
+                    entries.push((k, a.next_value::<Shape>()?));
+                }
+                Ok(Shape::Map(entries))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Shape, A::Error> {
+                let mut items = Vec::new();
+                while let Some(v) = a.next_element::<Shape>()? {
+                    items.push(v);
+                }
+                Ok(Shape::Seq(items))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_i128<E>(self, _: i128) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_u128<E>(self, _: u128) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_unit<E>(self) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_none<E>(self) -> Result<Shape, E> {
+                Ok(Shape::Scalar)
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Shape, D::Error> {
+                <Shape as serde::Deserialize>::deserialize(d)
+            }
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(self, a: A) -> Result<Shape, A::Error> {
+                // A tagged value (`!tag x`): what it holds.
+                let (_, v) = a.variant::<serde::de::IgnoredAny>()?;
+                serde::de::VariantAccess::newtype_variant::<Shape>(v)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Every key written twice in one mapping, by the path of the key.
+fn repeated_keys(shape: &Shape, path: &str, e: &mut ConfigErrors) {
+    match shape {
+        Shape::Map(entries) => {
+            let mut seen = std::collections::HashSet::new();
+            let mut told = std::collections::HashSet::new();
+            for (k, v) in entries {
+                let at = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if !seen.insert(k.as_str()) && told.insert(k.as_str()) {
+                    e.push(
+                        at.clone(),
+                        "written more than once in the same mapping (only the last would be \
+                         used): merge them",
+                    );
+                }
+                repeated_keys(v, &at, e);
+            }
+        }
+        Shape::Seq(items) => {
+            for (i, v) in items.iter().enumerate() {
+                repeated_keys(v, &format!("{path}[{i}]"), e);
+            }
+        }
+        Shape::Scalar => {}
+    }
+}
+
 /// Parses YAML text into the raw layer, reporting every structural error.
 pub fn parse_raw(text: &str) -> Result<RawConfig, ConfigErrors> {
     let mut e = ConfigErrors::new();
+    // Text that is not YAML is reported below, with its position.
+    if let Ok(shape) = serde_yaml_ng::from_str::<Shape>(text) {
+        repeated_keys(&shape, "", &mut e);
+        if !e.is_empty() {
+            return Err(e);
+        }
+    }
     let value: serde_json::Value = match serde_yaml_ng::from_str(text) {
         Ok(serde_json::Value::Null) => serde_json::Value::Object(Default::default()),
         Ok(v) => v,

@@ -1261,3 +1261,48 @@ rate_limits:
         "{e:?}"
     );
 }
+
+/// A key written twice in one mapping is refused, every such key by its path, wherever it
+/// is: the last would silently replace the first (a whole `admin:` section, say).
+#[test]
+fn repeated_keys_are_refused_with_their_paths() {
+    let e = errs(
+        r#"
+admin: { token: { value: "0123456789abcdef" } }
+upstreams:
+  demo: { kind: echo }
+routes:
+  - { name: a, match: { prefix: /a, prefix: /b }, upstream: demo }
+  - name: b
+    match: { prefix: /c }
+    upstream: demo
+    upstream: demo
+admin: { address: "127.0.0.1:9901" }
+waf: { 1: x, '1': y }
+"#,
+    );
+    assert_eq!(
+        e,
+        vec![
+            "routes[0].match.prefix: written more than once in the same mapping (only the last would be used): merge them",
+            "routes[1].upstream: written more than once in the same mapping (only the last would be used): merge them",
+            "admin: written more than once in the same mapping (only the last would be used): merge them",
+            "waf.1: written more than once in the same mapping (only the last would be used): merge them",
+        ]
+    );
+    // The same keys in different mappings are not repeats; YAML merge keys (`<<`) and aliases
+    // still work.
+    assert!(
+        errs(
+            r#"
+upstreams:
+  demo: &u { kind: echo }
+  other: *u
+routes:
+  - { name: a, match: { prefix: /a }, upstream: demo }
+  - { name: b, match: { prefix: /b }, upstream: other }
+"#
+        )
+        .is_empty()
+    );
+}

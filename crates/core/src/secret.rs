@@ -197,6 +197,21 @@ pub fn resolve_path(base: &Path, p: &str) -> PathBuf {
     }
 }
 
+/// An environment variable's name as shells write them: a letter or `_`, then letters, digits
+/// and `_`, at most 64 of them.
+fn looks_like_env_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && !b[0].is_ascii_digit()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// A file name with a folder or an extension: `secrets/token`, `token.txt`, `./token`.
+fn looks_like_path(p: &str) -> bool {
+    p.contains(['/', '.', '\\'])
+}
+
 impl RawSecret {
     /// Reads the secret; a missing variable or file, or an empty secret, is an error at `path`.
     pub fn resolve(&self, path: &str, base: &Path, e: &mut ConfigErrors) -> Option<String> {
@@ -205,10 +220,15 @@ impl RawSecret {
             RawSecret::Env(name) => match std::env::var(name) {
                 Ok(v) => Some(v),
                 Err(_) => {
-                    e.push(
-                        format!("{path}.env"),
-                        format!("environment variable {name} is not set"),
-                    );
+                    let what = if looks_like_env_name(name) {
+                        format!("environment variable {name} is not set")
+                    } else {
+                        // Not quoted: a secret written where its variable's name was meant.
+                        "the environment variable named here is not set (its name is not shown: \
+                         it is not a variable name — was the secret itself written here?)"
+                            .to_string()
+                    };
+                    e.push(format!("{path}.env"), what);
                     None
                 }
             },
@@ -217,10 +237,16 @@ impl RawSecret {
                 match std::fs::read_to_string(&file) {
                     Ok(v) => Some(v.trim_end_matches(['\r', '\n']).to_string()),
                     Err(err) => {
-                        e.push(
-                            format!("{path}.file"),
-                            format!("cannot read {}: {err}", file.display()),
-                        );
+                        let what = if looks_like_path(f) {
+                            format!("cannot read {}: {err}", file.display())
+                        } else {
+                            // Not quoted: a secret written where its file was meant.
+                            format!(
+                                "cannot read the file named here: {err} (its name is not shown: \
+                                 it has no `/` nor `.` — was the secret itself written here?)"
+                            )
+                        };
+                        e.push(format!("{path}.file"), what);
                         None
                     }
                 }
@@ -336,5 +362,37 @@ mod tests {
              Secret(Value(<redacted>)) Env(\"NAME\")"
         );
         assert_eq!(Secret::new("s3cret".into()).expose(), "s3cret");
+    }
+
+    /// A secret written where its variable's or file's name was meant is not quoted back in
+    /// the error (errors are printed, logged and returned by the admin API); a name that is
+    /// one is.
+    #[test]
+    fn a_secret_in_the_name_of_its_variable_or_file_is_not_quoted() {
+        let base = Path::new("/nonexistent-portcullis-dir");
+        let message = |s: RawSecret| {
+            let mut e = ConfigErrors::new();
+            assert!(s.resolve("auth.secret", base, &mut e).is_none());
+            e.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let leaked = "sk-live-9f2c0ffee";
+        let m = message(RawSecret::Env(leaked.into()));
+        assert!(
+            !m.contains(leaked) && m.starts_with("auth.secret.env:"),
+            "{m}"
+        );
+        let m = message(RawSecret::File("sk_live_9f2c0ffee".into()));
+        assert!(
+            !m.contains("sk_live_9f2c0ffee") && m.starts_with("auth.secret.file:"),
+            "{m}"
+        );
+        // Names that are names are said.
+        let m = message(RawSecret::Env("PORTCULLIS_NEVER_SET_7Q".into()));
+        assert!(m.contains("PORTCULLIS_NEVER_SET_7Q is not set"), "{m}");
+        let m = message(RawSecret::File("secrets/token.txt".into()));
+        assert!(m.contains("secrets/token.txt"), "{m}");
     }
 }

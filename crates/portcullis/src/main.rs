@@ -517,7 +517,11 @@ async fn signals(
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                tokio::spawn(reload_off_path(gw.clone(), path.clone(), "SIGHUP"));
+                // A burst of signals makes one reload (besides one already reading): a reload
+                // not yet started will read the file after every one of them.
+                if RELOADS.queue() {
+                    tokio::spawn(reload_off_path(gw.clone(), path.clone(), "SIGHUP"));
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -593,8 +597,42 @@ async fn reload_off_path(
         })
 }
 
+/// Reloads run one at a time from the file's read to the new configuration in force, so the
+/// one applied last is the one that read the file last (two compiled side by side could finish
+/// in either order, an older read winning); triggers that come while one waits are one.
+struct Reloads {
+    turn: std::sync::Mutex<()>,
+    /// A reload is waiting for its turn and has not read the file yet.
+    queued: std::sync::atomic::AtomicBool,
+}
+
+static RELOADS: Reloads = Reloads {
+    turn: std::sync::Mutex::new(()),
+    queued: std::sync::atomic::AtomicBool::new(false),
+};
+
+impl Reloads {
+    /// Whether a trigger needs a reload of its own: false while one is queued that has not
+    /// read the file yet (it will read what this trigger saw).
+    fn queue(&self) -> bool {
+        !self.queued.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// Waits for the turn; from then on a new trigger queues another reload.
+    fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        let turn = self
+            .turn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.queued
+            .store(false, std::sync::atomic::Ordering::Release);
+        turn
+    }
+}
+
 /// Re-reads the file and applies it; every error is logged with its path and returned.
 fn reload(gw: &Gateway, path: Option<&Path>, why: &str) -> Result<(), ConfigErrors> {
+    let _turn = RELOADS.turn();
     let Some(path) = path else {
         let mut e = ConfigErrors::new();
         e.push("", "the built-in configuration has no file to reload");
@@ -869,5 +907,35 @@ impl AdminSource for AdminView {
                 }
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reloads;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    fn reloads() -> Reloads {
+        Reloads {
+            turn: Mutex::new(()),
+            queued: AtomicBool::new(false),
+        }
+    }
+
+    /// Triggers while a reload waits make no other; one after it began reading makes one.
+    #[test]
+    fn triggers_while_a_reload_waits_are_one() {
+        let r = reloads();
+        assert!(r.queue());
+        assert!(!r.queue());
+        assert!(!r.queue());
+        let turn = r.turn();
+        // The queued reload has its turn and reads now: a later change needs another.
+        assert!(r.queue());
+        assert!(!r.queue());
+        drop(turn);
+        drop(r.turn());
+        assert!(r.queue());
     }
 }
