@@ -735,6 +735,7 @@ async fn reload(state: &State) -> Resp {
         Err(errors) => {
             let body = serde_json::json!({
                 "type": "urn:portcullis:problem:admin_reload_failed",
+                "code": "admin_reload_failed",
                 "title": "Reload refused",
                 "status": 422,
                 "detail": "The configuration has errors; the running configuration stays.",

@@ -69,8 +69,9 @@ fn bound_unsigned(v: &mut serde_json::Value) {
 pub fn shown(raw: &RawConfig) -> serde_json::Value {
     fn hide(v: &mut serde_json::Value) {
         match v {
+            // Every URL in the string, not only a first one (`redis://:a@h/0,redis://:b@k/0`).
             serde_json::Value::String(s) => {
-                if let std::borrow::Cow::Owned(r) = portcullis_core::redact_url(s) {
+                if let std::borrow::Cow::Owned(r) = portcullis_core::redact_urls_in(s) {
                     *s = r;
                 }
             }

@@ -1306,3 +1306,26 @@ routes:
         .is_empty()
     );
 }
+
+/// `/config` hides the password of every URL in a value, not only a first one; a list of
+/// URLs in one rate-limit `redis.url` is refused (seed nodes go in `cluster_nodes`).
+#[test]
+fn every_url_password_in_a_value_is_hidden_and_url_lists_refused() {
+    let raw =
+        parse_raw("bans: { redis: { url: \"redis://:pw1@a:6379/0,redis://:pw2@b:6379/0\" } }\n")
+            .unwrap();
+    let shown = crate::shown(&raw).to_string();
+    assert!(!shown.contains("pw1") && !shown.contains("pw2"), "{shown}");
+    assert!(shown.contains("redis://:<redacted>@b:6379/0"), "{shown}");
+    let e = errs(
+        "rate_limits:\n  store: redis\n  redis: { url: \"redis://:pw1@a:6379/0,redis://:pw2@b:6379/0\", cluster: true, cluster_nodes: [\"redis://c:1 redis://d:1\", \"http://e\"] }\n",
+    );
+    assert_eq!(
+        e,
+        vec![
+            "rate_limits.redis.url: one URL, without commas or blanks (more seed nodes go in redis.cluster_nodes)",
+            "rate_limits.redis.cluster_nodes[0]: one URL, without commas or blanks (more seed nodes go in redis.cluster_nodes)",
+            "rate_limits.redis.cluster_nodes[1]: a redis:// or rediss:// URL",
+        ],
+    );
+}

@@ -239,6 +239,12 @@ async fn the_admin_api_reports_a_refused_reload() {
     assert_eq!(r.status, 422);
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
     let v = r.json();
+    assert_eq!(v["code"], "admin_reload_failed", "{v}");
+    assert!(
+        v["request_id"].as_str().is_some_and(|id| id.len() == 32)
+            && r.header("x-request-id") == v["request_id"].as_str(),
+        "{v}"
+    );
     assert!(
         v["errors"][0]
             .as_str()

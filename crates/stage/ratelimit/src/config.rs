@@ -672,8 +672,22 @@ pub fn compile(raw: &RawRateLimits, e: &mut ConfigErrors) -> RateLimitSettings {
                 .filter(|v| !v.trim().is_empty())
                 .unwrap_or_else(|| r.url.0.clone());
             let url = UrlText(url.trim().to_string());
-            if !(url.0.starts_with("redis://") || url.0.starts_with("rediss://")) {
-                e.push(format!("{rp}.url"), "a redis:// or rediss:// URL");
+            // One URL each: a list written in one (`redis://a,redis://b`) would be split into
+            // seed nodes, but shown and checked as one URL (the passwords after the first
+            // unhidden in `/config`).
+            let one_url = |u: &str, at: String, e: &mut ConfigErrors| {
+                if u.contains([',', ' ', '\t', '\n']) {
+                    e.push(
+                        at,
+                        "one URL, without commas or blanks (more seed nodes go in redis.cluster_nodes)",
+                    );
+                } else if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                    e.push(at, "a redis:// or rediss:// URL");
+                }
+            };
+            one_url(&url.0, format!("{rp}.url"), e);
+            for (i, n) in r.cluster_nodes.iter().enumerate() {
+                one_url(n.0.trim(), format!("{rp}.cluster_nodes[{i}]"), e);
             }
             if r.instances == 0 {
                 e.push(format!("{rp}.instances"), "at least 1");
