@@ -118,6 +118,36 @@ impl GatewayRequest {
         }
     }
 
+    /// Puts bytes already read from the body back in front of what is left of it: a streaming
+    /// body then gives them first (its length hint counting them), a buffered one holds them
+    /// before its own.
+    pub fn put_back(&mut self, head: Bytes) {
+        if head.is_empty() {
+            return;
+        }
+        match &mut self.body {
+            RequestBody::Streaming(body) => {
+                let rest = std::mem::replace(
+                    body,
+                    http_body_util::Empty::new()
+                        .map_err(|e| -> BoxError { match e {} })
+                        .boxed_unsync(),
+                );
+                *body = Replayed {
+                    head: Some(head),
+                    rest,
+                }
+                .boxed_unsync();
+            }
+            RequestBody::Buffered(b) => {
+                let mut whole = BytesMut::with_capacity(head.len() + b.len());
+                whole.extend_from_slice(&head);
+                whole.extend_from_slice(b);
+                *b = whole.freeze();
+            }
+        }
+    }
+
     /// Reads the body whole if it fits in `limit` bytes; a longer body is left streaming,
     /// intact, with what was read put back in front of the rest.
     pub async fn buffer_prefix(&mut self, limit: u64) -> Result<Prefix<'_>, BodyError> {
@@ -140,19 +170,7 @@ impl GatewayRequest {
             if let Some(data) = over {
                 let mut head = buf;
                 head.extend_from_slice(&data);
-                let rest = std::mem::replace(
-                    body,
-                    http_body_util::Empty::new()
-                        .map_err(|e| -> BoxError { match e {} })
-                        .boxed_unsync(),
-                );
-                self.body = RequestBody::Streaming(
-                    Replayed {
-                        head: Some(head.freeze()),
-                        rest,
-                    }
-                    .boxed_unsync(),
-                );
+                self.put_back(head.freeze());
                 return Ok(Prefix::Longer);
             }
             self.body = RequestBody::Buffered(buf.freeze());
@@ -277,6 +295,25 @@ mod tests {
             assert_eq!(h.lower(), lower + 4);
             assert_eq!(h.upper(), upper.map(|u| u + 4));
         }
+    }
+
+    /// Bytes put back come first, before a streaming body's rest or a buffered body's bytes.
+    #[tokio::test]
+    async fn bytes_put_back_come_first() {
+        let mut r = req("world");
+        r.put_back(Bytes::from_static(b"hello "));
+        assert_eq!(
+            http_body::Body::size_hint(match &r.body {
+                RequestBody::Streaming(b) => b,
+                RequestBody::Buffered(_) => panic!("still streaming"),
+            })
+            .exact(),
+            Some(11)
+        );
+        assert_eq!(r.buffer_body(64).await.unwrap().as_ref(), b"hello world");
+        r.put_back(Bytes::from_static(b">> "));
+        r.put_back(Bytes::new());
+        assert_eq!(r.buffer_body(64).await.unwrap().as_ref(), b">> hello world");
     }
 
     /// A replaced body goes with its own length and nothing that described the old one.

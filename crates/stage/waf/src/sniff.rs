@@ -45,13 +45,11 @@
 
 use std::io::Read;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use flate2::bufread::{MultiGzDecoder, ZlibDecoder};
-use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
-use portcullis_core::{BodyError, BoxBody, BoxError, GatewayRequest, RequestBody};
+use http_body::Body;
+use portcullis_core::{BodyError, GatewayRequest, RequestBody};
 
 use crate::extract::{looks_textual, starts_like_json};
 
@@ -400,56 +398,8 @@ pub async fn declared_binary_is_text(req: &mut GatewayRequest) -> Result<bool, B
     };
     // Put back in front of the rest even when the body ended: a body that goes on streams
     // under the route's size limit (counted when forwarded), which a buffer would escape.
-    if !buf.is_empty() {
-        let rest = std::mem::replace(body, empty());
-        let head = Some(buf.freeze());
-        req.body = RequestBody::Streaming(Replayed { head, rest }.boxed_unsync());
-    }
+    req.put_back(buf.freeze());
     Ok(text)
-}
-
-fn empty() -> BoxBody {
-    http_body_util::Empty::new()
-        .map_err(|e| -> BoxError { match e {} })
-        .boxed_unsync()
-}
-
-/// A body whose first bytes were already read: they come first, then the rest of the stream.
-struct Replayed {
-    head: Option<Bytes>,
-    rest: BoxBody,
-}
-
-impl Body for Replayed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(head) = self.head.take() {
-            return Poll::Ready(Some(Ok(Frame::data(head))));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.head.is_none() && self.rest.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        // Built anew: raising the lower bound of an exact hint first would pass its upper
-        // bound (`SizeHint::set_lower` asserts).
-        let rest = self.rest.size_hint();
-        let n = self.head.as_ref().map_or(0, |b| b.len() as u64);
-        let mut h = SizeHint::new();
-        h.set_lower(rest.lower().saturating_add(n));
-        if let Some(u) = rest.upper() {
-            h.set_upper(u.saturating_add(n));
-        }
-        h
-    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,12 @@
 use std::collections::VecDeque;
 use std::io::Write;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+use portcullis_core::BoxError;
 
 use super::*;
 
