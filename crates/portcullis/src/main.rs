@@ -892,9 +892,18 @@ impl AdminSource for AdminView {
                     format!("api_key {}", portcullis_authn::apikey::key_id(&hash)),
                     revs.revoke_key(hash).await,
                 )
+            } else if let Some(fp) = field("certificate_sha256") {
+                let fp = portcullis_authn::config::parse_cert_fingerprint(&fp)?;
+                (
+                    format!(
+                        "certificate sha256:{}",
+                        portcullis_authn::revocation::hex(&fp)
+                    ),
+                    revs.revoke_cert(fp).await,
+                )
             } else {
                 return Err(
-                    "write {\"token_id\": …} (optionally with \"until\"), {\"api_key\": …} or {\"api_key_hash\": \"sha256:…\"}"
+                    "write {\"token_id\": …} (optionally with \"until\"), {\"api_key\": …}, {\"api_key_hash\": \"sha256:…\"} or {\"certificate_sha256\": \"sha256:…\"}"
                         .to_string(),
                 );
             };

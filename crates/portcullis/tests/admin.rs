@@ -12,17 +12,20 @@ const APP: &str = "upstreams: { demo: { kind: echo } }\nroutes:\n  - { name: hel
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_metrics_and_config() {
-    let gw = gateway(
+    // Written whole: `gateway` adds an `admin` of its own, and a key written twice is refused.
+    let gw = Gateway::start(
+        bin(),
         &format!(
-            "admin: {{ address: \"127.0.0.1:0\", token: {{ value: not-for-your-eyes }} }}\n\
+            "listeners:\n  - {{ name: public, address: \"127.0.0.1:0\" }}\n\
+             admin: {{ address: \"127.0.0.1:0\", token: {{ value: not-for-your-eyes }} }}\n\
              rate_limits: {{ store: redis, redis: {{ url: \"redis://gw:not-for-your-eyes@127.0.0.1:1\" }} }}\n{}",
             APP.replace(
                 "upstream: demo }",
                 "upstream: demo, request_headers: { set: { authorization: not-for-your-eyes } } }"
             )
-        )
-        .replace("admin: { address: \"127.0.0.1:0\" }\n", ""),
-    );
+        ),
+    )
+    .unwrap();
     let admin = gw.admin_url();
     assert_eq!(get(&format!("{admin}/healthz")).await.status, 200);
     let r = get(&format!("{admin}/readyz")).await;

@@ -192,6 +192,7 @@ async fn a_valid_token_passes_with_verified_identity_and_forged_headers_replaced
             ("x-scopes", "admin:all"),
             ("x-roles", "root"),
             ("x-authenticated", "yes"),
+            ("x-authenticated-by", "es"),
         ],
     )
     .await;
@@ -201,6 +202,11 @@ async fn a_valid_token_passes_with_verified_identity_and_forged_headers_replaced
     assert_eq!(seen.header("x-client-id"), Some("web"));
     assert_eq!(seen.header("x-scopes"), Some("read:orders write:orders"));
     assert_eq!(seen.header("x-authenticated"), Some("jwt"));
+    assert_eq!(
+        seen.header("x-authenticated-by"),
+        Some("ed"),
+        "the issuer that vouched for the identity, not the client's"
+    );
     assert_eq!(seen.header("x-roles"), None, "forged roles header removed");
     assert_eq!(seen.header("authorization"), None, "credential stripped");
     let audit = audit_of(&s.gw, r.header("x-request-id").unwrap());
@@ -231,12 +237,24 @@ async fn a_valid_token_passes_with_verified_identity_and_forged_headers_replaced
             .is_some_and(|c| c.contains("x-user"))
     );
 
-    // The ES256 issuer is chosen by `iss`; the same route accepts both.
+    // The ES256 issuer is chosen by `iss`; the same route accepts both, and the upstream
+    // tells their users apart by the authority (`sub` is `alice` for both).
     let t2 =
         s.es.sign("JWT", &claims(json!({"iss": "https://es.test"})))
             .unwrap();
-    let r = call(&s.gw, "/orders/2", &[("authorization", &bearer(&t2))]).await;
+    let r = call(
+        &s.gw,
+        "/orders/2",
+        &[
+            ("authorization", &bearer(&t2)),
+            ("x-authenticated-by", "ed"),
+        ],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
+    let seen = s.up.requests().pop().unwrap();
+    assert_eq!(seen.header("x-user-id"), Some("alice"));
+    assert_eq!(seen.header("x-authenticated-by"), Some("es"));
 
     // keep: the credential travels, identity headers are not added (and forged ones still go).
     let r = call(
@@ -249,11 +267,19 @@ async fn a_valid_token_passes_with_verified_identity_and_forged_headers_replaced
     let seen = s.up.requests().pop().unwrap();
     assert_eq!(seen.header("authorization"), Some(bearer(&token).as_str()));
     assert_eq!(seen.header("x-user-id"), None);
+    assert_eq!(seen.header("x-authenticated-by"), None);
 
     // Anonymous routes: forged identity headers removed too.
-    let r = call(&s.gw, "/open", &[("x-user-id", "admin")]).await;
+    let r = call(
+        &s.gw,
+        "/open",
+        &[("x-user-id", "admin"), ("x-authenticated-by", "ed")],
+    )
+    .await;
     assert_eq!(r.status, 200);
-    assert_eq!(s.up.requests().pop().unwrap().header("x-user-id"), None);
+    let seen = s.up.requests().pop().unwrap();
+    assert_eq!(seen.header("x-user-id"), None);
+    assert_eq!(seen.header("x-authenticated-by"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -788,6 +814,7 @@ routes:
     assert_eq!(seen.header("x-user-id"), Some("bob"));
     assert_eq!(seen.header("x-tenant-id"), Some("t1"));
     assert_eq!(seen.header("x-authenticated"), Some("api_key"));
+    assert_eq!(seen.header("x-authenticated-by"), Some("api_keys"));
     assert_eq!(seen.header("x-api-key"), None, "the key is not forwarded");
 
     let refused = [
@@ -1043,6 +1070,11 @@ async fn mtls_identities_with_spiffe_rules() {
         Some("spiffe://prod.test/ns/shop/sa/orders")
     );
     assert_eq!(seen.header("x-authenticated"), Some("mtls"));
+    assert_eq!(
+        seen.header("x-authenticated-by"),
+        Some("public"),
+        "mTLS: the listener that verified the certificate"
+    );
 
     let hits = up.hits();
     for (cert, code) in [
@@ -1599,6 +1631,8 @@ routes:
         ("x_client_id", "root"),
         ("x_tenant_id", "other"),
         ("x_authenticated", "jwt"),
+        ("x_authenticated_by", "ed"),
+        ("X_Authenticated-By", "ed"),
         ("x_internal_token", "Bearer forged"),
         ("x_debug_user", "admin"),
         ("x-legacy-role", "admin"),
@@ -1622,6 +1656,7 @@ routes:
     let seen = up.requests().pop().unwrap();
     gone(&seen);
     assert_eq!(seen.header("x-user-id"), None);
+    assert_eq!(seen.header("x-authenticated-by"), None);
 
     let t = ed.sign("JWT", &claims(json!({}))).unwrap();
     let auth = bearer(&t);
@@ -1632,6 +1667,7 @@ routes:
     gone(&seen);
     assert_eq!(seen.header("x-user-id"), Some("alice"));
     assert_eq!(seen.header("x-authenticated"), Some("jwt"));
+    assert_eq!(seen.header("x-authenticated-by"), Some("ed"));
     assert_eq!(up.hits(), 2);
 }
 
@@ -1806,4 +1842,304 @@ routes:
         assert_eq!(audit_of(&gw, &id)["auth_failure"], "no_keys");
     }
     assert_eq!(up.hits(), 0);
+}
+
+/// A key the IdP withdraws from its key set takes the verdicts it vouched for with it: a
+/// token verified (and cached) with the key is verified anew once a fetched set lacks it, and
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_withdrawn_from_the_key_set_voids_the_verdicts_cached_with_it() {
+    let up = TestUpstream::start("app").await;
+    let k1 = Signer::generate(Alg::EdDSA, "k1".into()).unwrap();
+    let ks = KeyServer::start(jwks_of(&[&k1])).await;
+    // A long cooldown: the one unknown-`kid` refetch below is the only one.
+    let gw = remote_gateway(&up, &ks.url(), "60s");
+    let t1 = k1.sign("JWT", &claims(json!({}))).unwrap();
+    for _ in 0..2 {
+        let r = call(&gw, "/orders", &[("authorization", &bearer(&t1))]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    // The IdP rotates k1 out: its set holds k2 alone. The first k2 token has the gateway
+    // fetch it (unknown kid).
+    let k2 = Signer::generate(Alg::ES256, "k2".into()).unwrap();
+    *ks.jwks.lock().unwrap() = jwks_of(&[&k2]);
+    let t2 = k2.sign("JWT", &claims(json!({}))).unwrap();
+    let r = call(&gw, "/orders", &[("authorization", &bearer(&t2))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let status = get(&format!("{}/auth", gw.admin_url())).await.json();
+    assert_eq!(
+        status["issuers"][0]["status"]["kids"],
+        json!(["k2"]),
+        "{status}"
+    );
+
+    // The k1 token's cached verdict went with k1: verified anew, its key is unknown now.
+    let hits = up.hits();
+    let r = call(&gw, "/orders", &[("authorization", &bearer(&t1))]).await;
+    let id = assert_401(&r, true);
+    assert_eq!(audit_of(&gw, &id)["auth_failure"], "unknown_kid");
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+    // The k2 token, verified after the withdrawal, is still served.
+    let r = call(&gw, "/orders", &[("authorization", &bearer(&t2))]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// An RFC 7662 endpoint on loopback that holds every answer until the test releases them
+/// (then: inactive), counting calls.
+struct HeldIntrospection {
+    addr: SocketAddr,
+    calls: Arc<AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl HeldIntrospection {
+    async fn start() -> HeldIntrospection {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let c = calls.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (c, released) = (c.clone(), released.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let (c, mut released) = (c.clone(), released.clone());
+                            async move {
+                                use http_body_util::BodyExt;
+                                let _ = req.into_body().collect().await;
+                                c.fetch_add(1, Ordering::SeqCst);
+                                let _ = released.wait_for(|r| *r).await;
+                                Ok::<_, Infallible>(
+                                    http::Response::builder()
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from(
+                                            json!({"active": false}).to_string(),
+                                        )))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        HeldIntrospection {
+            addr,
+            calls,
+            release,
+        }
+    }
+
+    /// Waits until the endpoint has been called `n` times (bounded: the test fails past it).
+    async fn wait_calls(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.calls.load(Ordering::SeqCst) < n {
+            assert!(
+                Instant::now() < deadline,
+                "the endpoint was never called {n} times"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Introspection calls in flight are bounded per endpoint (`max_in_flight`): made-up opaque
+/// tokens, each a call of its own, cannot pile up on a slow endpoint. Past the bound a token is
+/// not sent — 503 at once, like an endpoint that cannot answer — and yet counted against the
+/// client, so a flood from one address goes on feeding its failure count while the endpoint is
+/// slow. Deterministic: the endpoint holds its answers until the test releases them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_calls_in_flight_are_bounded_and_a_flood_past_the_bound_is_counted() {
+    let up = TestUpstream::start("app").await;
+    let is = HeldIntrospection::start().await;
+    let gw = gateway(&format!(
+        r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  introspection:
+    as: {{ endpoint: "http://{addr}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 60s, max_in_flight: 2 }}
+routes:
+  - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [introspection] }}, authz: {{ allow: any-authenticated }} }}
+"#,
+        up = up.url(),
+        addr = is.addr
+    ));
+    let url = format!("{}/x", gw.url("public"));
+    let ask = |token: String| {
+        let url = url.clone();
+        async move {
+            send(req(
+                "GET",
+                &url,
+                &[("authorization", &format!("Bearer {token}"))],
+                "",
+            ))
+            .await
+        }
+    };
+    // Two made-up tokens take the two slots; the endpoint holds both calls.
+    let held: Vec<_> = (1..=2)
+        .map(|i| tokio::spawn(ask(format!("made-up-{i}"))))
+        .collect();
+    is.wait_calls(2).await;
+
+    // Every further token is answered at once, without a call.
+    let mut ids = Vec::new();
+    for i in 3..=7 {
+        let r = tokio::select! {
+            r = ask(format!("made-up-{i}")) => r,
+            () = is.wait_calls(3) => panic!("token {i} reached the endpoint past max_in_flight"),
+        };
+        let v = assert_problem(&r, 503, "auth_unavailable");
+        assert_eq!(r.header("retry-after"), Some("5"));
+        ids.push(v["request_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        assert_eq!(audit_of(&gw, id)["auth_failure"], "introspection_saturated");
+    }
+    assert_eq!(is.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(up.hits(), 0, "nothing reached the upstream");
+    // Each counted against the client, though the endpoint never said a word.
+    let auth = get(&format!("{}/auth", gw.admin_url())).await.json();
+    let by_ip = &auth["failures"]["by_client_ip"];
+    assert_eq!(by_ip.as_array().unwrap().len(), 1, "{auth}");
+    assert_eq!(by_ip[0]["key"], "127.0.0.1", "{auth}");
+    assert_eq!(by_ip[0]["failures"], 5, "{auth}");
+
+    // The endpoint answers (inactive): both held requests are refused, and the slots are free.
+    is.release.send(true).unwrap();
+    for h in held {
+        let r = h.await.unwrap();
+        let id = assert_401(&r, true);
+        assert_eq!(audit_of(&gw, &id)["auth_failure"], "token_inactive");
+    }
+    let r = ask("made-up-8".into()).await;
+    let id = assert_401(&r, true);
+    assert_eq!(audit_of(&gw, &id)["auth_failure"], "token_inactive");
+    assert_eq!(is.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(up.hits(), 0);
+}
+
+/// A client certificate is revoked by the SHA-256 of its DER (its `credential_id`), written
+/// as OpenSSL prints it or as `sha256:<hex>`: refused from then on, on any route, while other
+/// certificates pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_can_be_revoked_by_its_fingerprint() {
+    let up = TestUpstream::start("app").await;
+    let pki = TestPki::new();
+    let server = pki.issue_server(&["localhost"]);
+    let revoked = pki.issue_client("lost-laptop", None);
+    let kept = pki.issue_client("desk", None);
+    let stolen = pki.issue_client("tablet", None);
+    let stolen_again = pki.issue_client("tablet", None);
+    let fp = sha256_bytes_hex(&revoked.cert_der);
+    let stolen_fp = sha256_bytes_hex(&stolen.cert_der);
+    // `AB:CD:…`, as `openssl x509 -fingerprint -sha256` prints it.
+    let openssl_style = fp
+        .to_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(":");
+    let yaml = format!(
+        r#"listeners:
+  - name: public
+    address: "127.0.0.1:0"
+    tls:
+      certificates: [{{ cert_file: "{c}", key_file: "{k}" }}]
+      client_auth: {{ mode: optional, ca_file: "{ca}" }}
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  revocation: {{ certificates: ["{openssl_style}"] }}
+routes:
+  - {{ name: any, match: {{ prefix: /any }}, upstream: app, auth: {{ methods: [mtls] }}, authz: {{ allow: any-authenticated }} }}
+"#,
+        c = server.cert_path.display(),
+        k = server.key_path.display(),
+        ca = pki.ca_path().display(),
+        up = up.url()
+    );
+    let gw = Gateway::start(bin(), &yaml).unwrap();
+    let addr = gw.listener("public");
+    let go = |cert: CertFiles| {
+        let cfg = client::client_config_with_cert(&pki.ca_pem(), &cert);
+        async move {
+            let rq = req("GET", "/any", &[("host", "localhost")], "");
+            tls_request(addr, "localhost", cfg, rq)
+                .await
+                .map(|(r, _)| r)
+                .unwrap()
+        }
+    };
+    let r = go(kept).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let hits = up.hits();
+    let r = go(revoked).await;
+    let id = assert_problem(&r, 401, "unauthenticated")["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let audit = audit_of(&gw, &id);
+    assert_eq!(audit["auth_failure"], "revoked");
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+    let list = get(&format!("{}/auth/revocations", gw.admin_url()))
+        .await
+        .json();
+    assert_eq!(
+        list["certificates"],
+        json!([format!("sha256:{fp}")]),
+        "{list}"
+    );
+    // Revoked through the admin API: refused from then on (a new certificate for the same
+    // name is another credential and passes).
+    let r = go(stolen.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = send(req(
+        "POST",
+        &format!("{}/auth/revocations", gw.admin_url()),
+        &[("content-type", "application/json")],
+        &json!({"certificate_sha256": format!("sha256:{stolen_fp}")}).to_string(),
+    ))
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        r.json()["revoked"],
+        format!("certificate sha256:{stolen_fp}")
+    );
+    let hits = up.hits();
+    let r = go(stolen).await;
+    let id = assert_problem(&r, 401, "unauthenticated")["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(audit_of(&gw, &id)["auth_failure"], "revoked");
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+    assert_eq!(go(stolen_again).await.status, 200);
+    // A fingerprint that is none is refused, saying what to write.
+    let r = send(req(
+        "POST",
+        &format!("{}/auth/revocations", gw.admin_url()),
+        &[("content-type", "application/json")],
+        &json!({"certificate_sha256": "sha256:xyz"}).to_string(),
+    ))
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+}
+
+fn sha256_bytes_hex(b: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

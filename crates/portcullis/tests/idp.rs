@@ -241,6 +241,20 @@ routes:
     ))
 }
 
+/// Waits until the gateway is ready (its shared revocation list read once, among others).
+async fn wait_ready(gw: &Gateway) {
+    let readyz = format!("{}/readyz", gw.admin_url());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = get(&readyz).await;
+        if r.status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ready: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn with_key(gw: &Gateway, key: &str) -> Resp {
     send(req(
         "GET",
@@ -280,6 +294,8 @@ async fn api_keys_and_revocations_are_shared_through_redis_and_fail_closed() {
     }
     let a = redis_gateway(&up, &redis);
     let b = redis_gateway(&up, &redis);
+    wait_ready(&a).await;
+    wait_ready(&b).await;
 
     let r = with_key(&a, "pk_alpha").await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -438,4 +454,242 @@ async fn api_keys_and_revocations_are_shared_through_redis_and_fail_closed() {
         assert!(Instant::now() < deadline, "never reconnected: {}", r.text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `active` in a Redis API key record fails closed: `false`, `0`, `no` and `off` disable the
+/// key in any case; `true`, `1`, `yes` (any case) or no field leave it active; any other value
+/// makes the record unreadable and the key is refused — never taken as active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_key_record_s_active_field_fails_closed() {
+    let redis = RedisServer::start();
+    let up = TestUpstream::start("app").await;
+    let cases: Vec<(&str, Option<&str>)> = vec![
+        ("pk_none", None),
+        ("pk_true", Some("true")),
+        ("pk_TRUE", Some("TRUE")),
+        ("pk_1", Some("1")),
+        ("pk_Yes", Some("Yes")),
+        ("pk_false", Some("false")),
+        ("pk_False", Some("False")),
+        ("pk_FALSE", Some("FALSE")),
+        ("pk_0", Some("0")),
+        ("pk_No", Some("No")),
+        ("pk_off", Some("off")),
+        ("pk_OFF", Some("OFF")),
+        ("pk_disabled", Some("disabled")),
+        ("pk_empty", Some("")),
+        ("pk_on", Some("on")),
+        ("pk_2", Some("2")),
+    ];
+    for (key, active) in &cases {
+        let k = format!("pc:apikey:{}", sha256_hex(key));
+        let mut args = vec!["HSET", k.as_str(), "client_id", key];
+        if let Some(a) = active {
+            args.extend(["active", a]);
+        }
+        redis.cmd(&args);
+    }
+    let gw = redis_gateway(&up, &redis);
+    wait_ready(&gw).await;
+    for (key, active) in &cases {
+        let want = match active.map(|a| a.to_ascii_lowercase()).as_deref() {
+            None | Some("true" | "1" | "yes") => None,
+            Some("false" | "0" | "no" | "off") => Some("api_key_inactive"),
+            Some(_) => Some("api_key_record_invalid"),
+        };
+        let hits = up.hits();
+        // Twice: the second answer comes from the cache.
+        for round in 0..2 {
+            let r = with_key(&gw, key).await;
+            match want {
+                None => {
+                    assert_eq!(r.status, 200, "{key} round {round}: {}", r.text());
+                    assert_eq!(
+                        up.requests().pop().unwrap().header("x-client-id"),
+                        Some(*key)
+                    );
+                }
+                Some(code) => {
+                    let id = assert_problem(&r, 401, "unauthenticated")["request_id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string();
+                    assert_eq!(
+                        audit_of(&gw, &id)["auth_failure"],
+                        code,
+                        "{key} round {round}"
+                    );
+                    assert_eq!(up.hits(), hits, "{key} reached the upstream");
+                }
+            }
+        }
+    }
+    // The refused record is logged by the key's public id, never with the key.
+    let log = gw.stderr_text();
+    assert!(log.contains("active is neither"), "{log}");
+    assert!(!log.contains("pk_disabled"), "{log}");
+}
+
+/// A TCP relay to a Redis server that refuses every connection while `down` (closing it at
+/// once) and relays it otherwise: Redis unreachable for the gateway, with its data in place.
+struct Relay {
+    addr: std::net::SocketAddr,
+    down: Arc<AtomicBool>,
+}
+
+impl Relay {
+    async fn start(to: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let down = Arc::new(AtomicBool::new(true));
+        let d = down.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if d.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Relay { addr, down }
+    }
+}
+
+/// A freshly started instance has not read the shared revocation list while Redis cannot be
+/// reached: it is not ready (`revocations_not_loaded`), and a credential that could be revoked
+/// (an API key, a token with a `jti`) gets 503 — as the other Redis-backed checks fail — rather
+/// than pass while it may be revoked in Redis alone. Credentials invalid anyway are still 401,
+/// a token without a `jti` (which nothing can revoke) still passes. Once Redis answers, the
+/// instance is ready and refuses what was revoked there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_not_yet_read_from_redis_keep_the_instance_unready_and_fail_closed() {
+    use portcullis_jose::{Alg, Signer};
+    let redis = RedisServer::start();
+    let up = TestUpstream::start("app").await;
+    // Revoked through another instance: in Redis only.
+    redis.cmd(&[
+        "SADD",
+        "pc:revoked:apikey",
+        &format!("sha256:{}", sha256_hex("pk_gone")),
+    ]);
+    redis.cmd(&["SADD", "pc:revoked:jti", "j-gone"]);
+    let relay = Relay::start(redis.port()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ed = Signer::generate(Alg::EdDSA, "ed-1".into()).unwrap();
+    std::fs::write(
+        dir.path().join("ed.jwks.json"),
+        serde_json::json!({ "keys": [ed.public_jwk()] }).to_string(),
+    )
+    .unwrap();
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  redis: {{ url: "redis://{relay}/", timeout: 300ms, key_prefix: "pc:" }}
+  jwt: {{ ed: {{ issuer: "https://issuer.test", jwks_file: ed.jwks.json, algorithms: [EdDSA] }} }}
+  api_keys:
+    keys:
+      - {{ hash: "sha256:{live}", client_id: live }}
+      - {{ hash: "sha256:{gone}", client_id: gone }}
+  revocation: {{ sync_interval: 200ms }}
+routes:
+  - {{ name: k, match: {{ prefix: /k }}, upstream: app, auth: {{ methods: [api_key] }}, authz: {{ allow: any-authenticated }} }}
+  - {{ name: t, match: {{ prefix: /t }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ allow: any-authenticated }} }}
+"#,
+        up = up.url(),
+        relay = relay.addr,
+        live = sha256_hex("pk_live"),
+        gone = sha256_hex("pk_gone"),
+    );
+    let gw = Gateway::start_in(common::bin(), dir.path(), &yaml).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |jti: Option<&str>| {
+        let mut c =
+            serde_json::json!({"iss": "https://issuer.test", "sub": "alice", "exp": now + 600});
+        if let Some(j) = jti {
+            c["jti"] = j.into();
+        }
+        ed.sign("JWT", c.as_object().unwrap()).unwrap()
+    };
+    let with_token = |t: String| {
+        let url = format!("{}/t", gw.url("public"));
+        async move {
+            send(req(
+                "GET",
+                &url,
+                &[("authorization", &format!("Bearer {t}"))],
+                "",
+            ))
+            .await
+        }
+    };
+    let with_key = |k: &'static str| {
+        let url = format!("{}/k", gw.url("public"));
+        async move { send(req("GET", &url, &[("x-api-key", k)], "")).await }
+    };
+
+    let r = get(&format!("{}/readyz", gw.admin_url())).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let reason = r.json()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("revocations_not_loaded"), "{reason}");
+
+    let hits = up.hits();
+    for r in [
+        with_key("pk_gone").await,
+        with_key("pk_live").await,
+        with_token(token(Some("j-gone"))).await,
+        with_token(token(Some("j-live"))).await,
+    ] {
+        let v = assert_problem(&r, 503, "auth_unavailable");
+        assert_eq!(r.header("retry-after"), Some("5"));
+        assert_eq!(
+            audit_of(&gw, v["request_id"].as_str().unwrap())["auth_failure"],
+            "revocations_not_loaded"
+        );
+    }
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+    // Invalid whatever the list says: 401 as ever.
+    let r = with_key("pk_wrong").await;
+    let v = assert_problem(&r, 401, "unauthenticated");
+    assert_eq!(
+        audit_of(&gw, v["request_id"].as_str().unwrap())["auth_failure"],
+        "api_key_unknown"
+    );
+    assert_eq!(up.hits(), hits);
+    // Nothing can revoke a token without a jti.
+    let r = with_token(token(None)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The 503s are not counted against the client; the unknown key is.
+    let auth = get(&format!("{}/auth", gw.admin_url())).await.json();
+    assert_eq!(auth["revocations"]["loaded"], false, "{auth}");
+    assert_eq!(auth["failures"]["by_client_ip"][0]["failures"], 1, "{auth}");
+
+    // Redis reachable: the list is read, the instance ready, the revoked credentials refused.
+    relay.down.store(false, Ordering::SeqCst);
+    wait_ready(&gw).await;
+    let hits = up.hits();
+    for r in [
+        with_key("pk_gone").await,
+        with_token(token(Some("j-gone"))).await,
+    ] {
+        let v = assert_problem(&r, 401, "unauthenticated");
+        assert_eq!(
+            audit_of(&gw, v["request_id"].as_str().unwrap())["auth_failure"],
+            "revoked"
+        );
+    }
+    assert_eq!(up.hits(), hits);
+    assert_eq!(with_key("pk_live").await.status, 200);
+    assert_eq!(with_token(token(Some("j-live"))).await.status, 200);
 }

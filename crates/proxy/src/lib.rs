@@ -215,9 +215,10 @@ impl Gateway {
         }
     }
 
-    /// Ready when every upstream host resolved and every JWT issuer whose keys come from the
-    /// network (`jwks_url`, discovery) has loaded them once, and the gateway is not stopping;
-    /// else the reasons, joined (`stopping` alone once a stop began).
+    /// Ready when every upstream host resolved, every JWT issuer whose keys come from the
+    /// network (`jwks_url`, discovery) has loaded them once and a revocation list shared
+    /// through `auth.redis` has been read once, and the gateway is not stopping; else the
+    /// reasons, joined (`stopping` alone once a stop began).
     pub fn readiness(&self) -> Result<(), String> {
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             return Err("stopping".into());
@@ -228,7 +229,9 @@ impl Gateway {
             .map(|r| r.clone())
             .unwrap_or_else(|_| Err("readiness state poisoned".into()));
         // Tokens of an issuer whose keys were never loaded cannot be verified: not ready yet.
-        let keys = self.shared.authn.keys_pending();
+        let mut keys = self.shared.authn.keys_pending();
+        // Nor can a credential be known not to be revoked before the shared list was read.
+        keys.extend(self.shared.authn.revocations_pending());
         match (upstreams, keys.is_empty()) {
             (Ok(()), true) => Ok(()),
             (Ok(()), false) => Err(keys.join("; ")),

@@ -149,15 +149,19 @@ pub async fn lookup_redis(
         }) {
             Some(t) => Some(t),
             None => {
+                tracing::warn!(key = %key_id(hash), "API key record in Redis: expires is neither unix seconds nor an RFC 3339 time; the key is refused");
                 cache.put(ck, by, Cached::Invalid("api_key_record_invalid"), until);
                 return Err(Fail::Invalid("api_key_record_invalid"));
             }
         },
     };
-    let active = !matches!(
-        rec.get("active").map(|s| s.as_str()),
-        Some("false" | "0" | "no")
-    );
+    let Some(active) = active_flag(rec.get("active").map(String::as_str)) else {
+        // Logged by the key's public id only, never the key (nor the field's value: a record
+        // is written by hand, and whatever was typed there need not go to the logs).
+        tracing::warn!(key = %key_id(hash), "API key record in Redis: active is neither true/1/yes nor false/0/no/off; the key is refused");
+        cache.put(ck, by, Cached::Invalid("api_key_record_invalid"), until);
+        return Err(Fail::Invalid("api_key_record_invalid"));
+    };
     let entry = ApiKeyEntry {
         hash: *hash,
         client_id: client_id.clone(),
@@ -177,6 +181,21 @@ pub async fn lookup_redis(
     recheck(&p)
 }
 
+/// A Redis record's `active` field, in any case: absent, `true`, `1` or `yes` is active;
+/// `false`, `0`, `no` or `off` inactive; anything else (`disabled`, `nope`, an empty value …)
+/// `None` — the record cannot be read, and the key is refused rather than taken as active.
+fn active_flag(v: Option<&str>) -> Option<bool> {
+    let Some(v) = v else { return Some(true) };
+    let is = |words: &[&str]| words.iter().any(|w| v.eq_ignore_ascii_case(w));
+    if is(&["true", "1", "yes"]) {
+        Some(true)
+    } else if is(&["false", "0", "no", "off"]) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 fn recheck(p: &Arc<Principal>) -> Result<Arc<Principal>, Fail> {
     match p.expires_at {
         Some(exp) if unix_now() >= exp => Err(Fail::Invalid("api_key_expired")),
@@ -188,6 +207,27 @@ fn recheck(p: &Arc<Principal>) -> Result<Arc<Principal>, Fail> {
 mod tests {
     use super::*;
     use crate::config::parse_key_hash;
+
+    /// `active` in a Redis record fails closed: only the words for "on" (or no field) leave a
+    /// key active, the words for "off" in any case disable it, and anything else is refused.
+    #[test]
+    fn the_active_field_of_a_redis_record_fails_closed() {
+        assert_eq!(active_flag(None), Some(true));
+        for on in ["true", "TRUE", "True", "1", "yes", "YES", "Yes"] {
+            assert_eq!(active_flag(Some(on)), Some(true), "{on}");
+        }
+        for off in [
+            "false", "False", "FALSE", "fAlSe", "0", "no", "No", "NO", "off", "Off", "OFF",
+        ] {
+            assert_eq!(active_flag(Some(off)), Some(false), "{off}");
+        }
+        for bad in [
+            "", " ", "false ", " true", "disabled", "inactive", "on", "n", "f", "2", "-1", "nope",
+            "ja",
+        ] {
+            assert_eq!(active_flag(Some(bad)), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn generated_keys_hash_to_what_the_table_finds() {

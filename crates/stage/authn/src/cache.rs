@@ -46,6 +46,9 @@ pub enum Cached {
 struct Entry {
     value: Cached,
     until: Instant,
+    /// What the verdict rests on, in a count the caller keeps (a remote key set's
+    /// withdrawals): served only while the count has not moved past it.
+    stamp: u64,
 }
 
 pub struct TokenCache {
@@ -67,13 +70,19 @@ impl TokenCache {
 
     /// `by`'s verdict on the credential whose digest is `key`, if it is still good.
     pub fn get(&self, key: &Digest, by: Verifier) -> Option<Cached> {
+        self.get_since(key, by, 0)
+    }
+
+    /// As [`Self::get`], for a verdict stamped ([`Self::put_stamped`]) with `stamp` or more:
+    /// one stamped lower is void and forgotten.
+    pub fn get_since(&self, key: &Digest, by: Verifier, stamp: u64) -> Option<Cached> {
         if self.per_shard == 0 {
             return None;
         }
         let mut map = self.shard(key)?.lock().ok()?;
         let k = (*key, by);
         match map.get(&k) {
-            Some(e) if e.until > Instant::now() => Some(e.value.clone()),
+            Some(e) if e.until > Instant::now() && e.stamp >= stamp => Some(e.value.clone()),
             Some(_) => {
                 map.remove(&k);
                 None
@@ -84,6 +93,25 @@ impl TokenCache {
 
     /// Remembers `by`'s verdict on the credential whose digest is `key` until `until`.
     pub fn put(&self, key: Digest, by: Verifier, value: Cached, until: Instant) {
+        self.put_stamped(key, by, value, until, 0);
+    }
+
+    /// As [`Self::put`], with the stamp [`Self::get_since`] compares.
+    ///
+    /// A full shard first forgets its run-out entries; then, to make room for an eighth of it,
+    /// refusals (`Cached::Invalid`) go first: a flood of unknown keys or inactive tokens —
+    /// every one a fresh entry — never pushes out a valid verdict. A refusal finding the shard
+    /// full of valid verdicts is not kept at all; a valid verdict takes the room of the
+    /// refusals there, and of other valid verdicts (whichever the map yields first) only when
+    /// no refusal is left.
+    pub fn put_stamped(
+        &self,
+        key: Digest,
+        by: Verifier,
+        value: Cached,
+        until: Instant,
+        stamp: u64,
+    ) {
         if self.per_shard == 0 || until <= Instant::now() {
             return;
         }
@@ -96,15 +124,39 @@ impl TokenCache {
             let now = Instant::now();
             map.retain(|_, e| e.until > now);
             if map.len() >= self.per_shard {
-                // Still full of live entries: drop an eighth, whichever the map yields first.
                 let drop_n = (self.per_shard / 8).max(1);
-                let victims: Vec<Key> = map.keys().take(drop_n).copied().collect();
+                let mut victims: Vec<Key> = map
+                    .iter()
+                    .filter(|(_, e)| matches!(e.value, Cached::Invalid(_)))
+                    .map(|(k, _)| *k)
+                    .take(drop_n)
+                    .collect();
+                if matches!(value, Cached::Valid(_)) && victims.len() < drop_n {
+                    let more = drop_n - victims.len();
+                    victims.extend(
+                        map.iter()
+                            .filter(|(_, e)| matches!(e.value, Cached::Valid(_)))
+                            .map(|(k, _)| *k)
+                            .take(more),
+                    );
+                }
+                if victims.is_empty() {
+                    // A refusal, and nothing but valid verdicts to make room with.
+                    return;
+                }
                 for v in victims {
                     map.remove(&v);
                 }
             }
         }
-        map.insert(key, Entry { value, until });
+        map.insert(
+            key,
+            Entry {
+                value,
+                until,
+                stamp,
+            },
+        );
     }
 
     pub fn len(&self) -> usize {
@@ -146,6 +198,80 @@ mod tests {
         let disabled = TokenCache::new(0);
         disabled.put(k, by, p(), later);
         assert!(disabled.get(&k, by).is_none());
+    }
+
+    /// A digest in shard 0, told apart by `i`.
+    fn in_shard_zero(i: u32) -> Digest {
+        let mut d = [0u8; 32];
+        d[0] = 0;
+        d[1..5].copy_from_slice(&i.to_le_bytes());
+        d
+    }
+
+    /// Refusals never push valid verdicts out of a full shard: a flood of unknown credentials
+    /// leaves every valid verdict in place, and a valid verdict makes room by dropping
+    /// refusals first.
+    #[test]
+    fn refusals_never_evict_valid_verdicts() {
+        // 8 entries a shard.
+        let c = TokenCache::new(8 * SHARDS);
+        let later = Instant::now() + Duration::from_secs(60);
+        let by = Verifier::ApiKeyStore;
+        let valid: Vec<Digest> = (0..4).map(in_shard_zero).collect();
+        for k in &valid {
+            c.put(*k, by, p(), later);
+        }
+        // A flood of refusals in the same shard.
+        for i in 1000..1500 {
+            c.put(
+                in_shard_zero(i),
+                by,
+                Cached::Invalid("api_key_unknown"),
+                later,
+            );
+        }
+        for k in &valid {
+            assert!(
+                matches!(c.get(k, by), Some(Cached::Valid(_))),
+                "a valid verdict was evicted by refusals"
+            );
+        }
+        assert_eq!(c.len(), 8, "the rest of the shard holds refusals");
+        // New valid verdicts take the refusals' room, never the valid ones'.
+        let more: Vec<Digest> = (4..8).map(in_shard_zero).collect();
+        for k in &more {
+            c.put(*k, by, p(), later);
+        }
+        for k in valid.iter().chain(&more) {
+            assert!(matches!(c.get(k, by), Some(Cached::Valid(_))));
+        }
+        // Full of valid verdicts: a refusal is not kept, and evicts nothing.
+        c.put(
+            in_shard_zero(2000),
+            by,
+            Cached::Invalid("api_key_unknown"),
+            later,
+        );
+        assert!(c.get(&in_shard_zero(2000), by).is_none());
+        assert_eq!(c.len(), 8);
+        // Once only valid verdicts are left, a new valid one still finds room (an eighth of
+        // them goes).
+        c.put(in_shard_zero(9), by, p(), later);
+        assert!(c.get(&in_shard_zero(9), by).is_some());
+        assert!(c.len() <= 8);
+    }
+
+    /// A verdict stamped lower than asked for is void, and forgotten.
+    #[test]
+    fn a_verdict_stamped_before_a_withdrawal_is_void() {
+        let c = TokenCache::new(32);
+        let later = Instant::now() + Duration::from_secs(60);
+        let k = digest(b"token");
+        c.put_stamped(k, Verifier::Jwt(0), p(), later, 3);
+        assert!(c.get_since(&k, Verifier::Jwt(0), 3).is_some());
+        assert!(c.get_since(&k, Verifier::Jwt(0), 2).is_some());
+        assert!(c.get_since(&k, Verifier::Jwt(0), 4).is_none());
+        assert!(c.get_since(&k, Verifier::Jwt(0), 3).is_none(), "forgotten");
     }
 
     #[test]

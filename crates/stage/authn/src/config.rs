@@ -230,6 +230,11 @@ pub struct RawIntrospection {
     /// Largest token accepted, in bytes. Default 4096.
     #[serde(default = "default_max_opaque")]
     pub max_token_bytes: usize,
+    /// Most calls to the endpoint under way at once (requests with the same token share
+    /// one). Past it a token that is not cached is not sent: 503, as when the endpoint cannot
+    /// answer. Default 64.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
     #[serde(default)]
     pub claims: RawClaimNames,
     /// PEM CA bundle for an `https://` endpoint instead of the system roots.
@@ -248,6 +253,9 @@ fn default_inactive_ttl() -> String {
 }
 fn default_max_opaque() -> usize {
     4096
+}
+fn default_max_in_flight() -> usize {
+    64
 }
 
 /// API keys. Only hashes are stored: `sha256:<64 hex digits>` of the key
@@ -314,6 +322,11 @@ pub struct RawRevocation {
     /// Revoked API keys, by hash (`sha256:…`).
     #[serde(default)]
     pub api_keys: Vec<String>,
+    /// Revoked client certificates (mTLS), by the SHA-256 of their DER (`sha256:<64 hex
+    /// digits>`; `:` between the digits, as `openssl x509 -fingerprint -sha256` prints them,
+    /// and capitals are taken).
+    #[serde(default)]
+    pub certificates: Vec<String>,
     /// How often the shared list is read from Redis. Default `2s`.
     #[serde(default = "default_sync")]
     pub sync_interval: String,
@@ -324,6 +337,7 @@ impl Default for RawRevocation {
         RawRevocation {
             token_ids: Vec::new(),
             api_keys: Vec::new(),
+            certificates: Vec::new(),
             sync_interval: default_sync(),
         }
     }
@@ -386,6 +400,11 @@ pub struct RawIdentityHeaders {
     /// The method that verified the caller (`jwt`, `api_key` …). Default `x-authenticated`.
     #[serde(default = "h_auth")]
     pub authenticated: String,
+    /// The authority that verified the caller: the configured name of the `auth.jwt` issuer
+    /// or `auth.introspection` endpoint, `api_keys`, or the listener's name for mTLS — what
+    /// tells apart two issuers' users of the same `sub`. Default `x-authenticated-by`.
+    #[serde(default = "h_authority")]
+    pub authority: String,
     /// More headers to strip from every client request.
     #[serde(default)]
     pub strip: Vec<String>,
@@ -400,6 +419,7 @@ impl Default for RawIdentityHeaders {
             roles: h_roles(),
             tenant: h_tenant(),
             authenticated: h_auth(),
+            authority: h_authority(),
             strip: Vec::new(),
         }
     }
@@ -422,6 +442,9 @@ fn h_tenant() -> String {
 }
 fn h_auth() -> String {
     "x-authenticated".into()
+}
+fn h_authority() -> String {
+    "x-authenticated-by".into()
 }
 
 /// The gateway-signed internal token.
@@ -685,6 +708,8 @@ pub struct Introspection {
     pub cache_active_max: Duration,
     pub cache_inactive: Duration,
     pub max_token_bytes: usize,
+    /// Most calls under way at once (at least 1).
+    pub max_in_flight: usize,
     pub claims: ClaimNames,
     pub ca_pem: Option<Vec<u8>>,
 }
@@ -714,6 +739,8 @@ pub struct ApiKeys {
 pub struct Revocation {
     pub token_ids: Vec<String>,
     pub api_keys: Vec<[u8; 32]>,
+    /// SHA-256 of the DER of revoked client certificates.
+    pub certificates: Vec<[u8; 32]>,
     pub sync_interval: Duration,
 }
 
@@ -732,7 +759,8 @@ pub struct IdentityHeaders {
     pub roles: HeaderName,
     pub tenant: HeaderName,
     pub authenticated: HeaderName,
-    /// Every header removed from client requests (the six above, the internal token header
+    pub authority: HeaderName,
+    /// Every header removed from client requests (the seven above, the internal token header
     /// and `strip`).
     pub strip: Vec<HeaderName>,
 }
@@ -901,6 +929,26 @@ pub fn parse_key_hash(s: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
+/// Parses a client certificate's SHA-256 fingerprint: `sha256:<64 hex digits>`, the digits
+/// in either case and optionally in pairs separated by `:` (as OpenSSL prints them); the
+/// `sha256:` prefix may be left out.
+pub fn parse_cert_fingerprint(s: &str) -> Result<[u8; 32], String> {
+    let s = s.trim();
+    let digits = match s.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case("sha256:") => &s[7..],
+        _ => s,
+    };
+    let hex: String = digits.chars().filter(|c| *c != ':').collect();
+    let bad = || {
+        "a certificate fingerprint is written \"sha256:<64 hex digits>\" (the SHA-256 of its DER)"
+            .to_string()
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    parse_key_hash(&format!("sha256:{hex}")).map_err(|_| bad())
+}
+
 fn parse_time(s: &str, path: &str, e: &mut ConfigErrors) -> Option<u64> {
     match humantime::parse_rfc3339_weak(s) {
         Ok(t) => t
@@ -956,9 +1004,13 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
                 e,
             ),
             max_token_bytes: r.max_token_bytes,
+            max_in_flight: r.max_in_flight,
             claims: claim_names(&r.claims),
             ca_pem,
         };
+        if r.max_in_flight == 0 {
+            e.push(format!("{path}.max_in_flight"), "at least 1");
+        }
         introspection.push(i);
     }
 
@@ -1032,6 +1084,19 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
                 }
             })
             .collect(),
+        certificates: raw
+            .revocation
+            .certificates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| match parse_cert_fingerprint(h) {
+                Ok(h) => Some(h),
+                Err(m) => {
+                    e.push(format!("auth.revocation.certificates[{i}]"), m);
+                    None
+                }
+            })
+            .collect(),
         sync_interval: compile_duration(
             &raw.revocation.sync_interval,
             "auth.revocation.sync_interval",
@@ -1056,6 +1121,7 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
     let roles = hn(&h.roles, "roles", e);
     let tenant = hn(&h.tenant, "tenant", e);
     let authenticated = hn(&h.authenticated, "authenticated", e);
+    let authority = hn(&h.authority, "authority", e);
 
     let it = &raw.internal_token;
     let algorithm = match Alg::from_name(&it.algorithm) {
@@ -1098,6 +1164,7 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
         roles.clone(),
         tenant.clone(),
         authenticated.clone(),
+        authority.clone(),
     ];
     if internal_header != http::header::AUTHORIZATION {
         strip.push(internal_header.clone());
@@ -1114,6 +1181,7 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
         roles,
         tenant,
         authenticated,
+        authority,
         strip,
     };
     let internal_token = InternalToken {
@@ -1482,6 +1550,36 @@ mod tests {
                 )),
                 "{e:?}"
             );
+        }
+    }
+
+    /// A certificate fingerprint is taken as `sha256:<hex>`, bare, in capitals, or in the
+    /// `AB:CD:…` pairs OpenSSL prints; anything else is refused.
+    #[test]
+    fn certificate_fingerprints_in_their_usual_spellings() {
+        let want = [0xa1u8; 32];
+        let hex = "a1".repeat(32);
+        let pairs = vec!["A1"; 32].join(":");
+        for ok in [
+            format!("sha256:{hex}"),
+            format!("SHA256:{}", hex.to_uppercase()),
+            hex.clone(),
+            pairs.clone(),
+            format!("sha256:{pairs}"),
+            format!(" {hex} "),
+        ] {
+            assert_eq!(parse_cert_fingerprint(&ok), Ok(want), "{ok}");
+        }
+        for bad in [
+            String::new(),
+            "sha256:".into(),
+            hex[..62].to_string(),
+            format!("{hex}00"),
+            format!("sha1:{hex}"),
+            format!("sha256:{}zz", &hex[..62]),
+            "é".repeat(32),
+        ] {
+            assert!(parse_cert_fingerprint(&bad).is_err(), "{bad}");
         }
     }
 

@@ -238,6 +238,9 @@ impl Stage for IdentityStage {
             }
             set(h, &id.tenant, p.tenant.as_deref());
             set(h, &id.authenticated, Some(p.method.as_str()));
+            // Who vouched for the identity: on a route accepting several issuers, one's `sub`
+            // is not another's.
+            set(h, &id.authority, Some(&p.authority));
         }
         if let Some(aud) = &route.internal_audience {
             match self.mint(&p, aud, ctx) {

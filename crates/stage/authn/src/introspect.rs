@@ -22,10 +22,17 @@ use crate::{Fail, unix_now};
 
 type Flight = Arc<OnceCell<Result<Arc<Principal>, Fail>>>;
 
+/// The failure code of a token not sent because `max_in_flight` calls are under way. A 503
+/// like the endpoint's own failures, but counted against the client like an invalid
+/// credential: tokens that find every slot taken are, overwhelmingly, a flood's.
+pub const SATURATED: &str = "introspection_saturated";
+
 pub struct Introspector {
     pub cfg: Introspection,
     fetcher: Fetcher,
     inflight: Mutex<HashMap<Digest, Flight>>,
+    /// One permit per call under way (`max_in_flight`).
+    slots: tokio::sync::Semaphore,
 }
 
 /// `application/x-www-form-urlencoded` value encoding: everything but unreserved characters.
@@ -43,6 +50,7 @@ impl Introspector {
     pub fn new(cfg: Introspection) -> Result<Introspector, String> {
         Ok(Introspector {
             fetcher: Fetcher::new(cfg.ca_pem.as_deref())?,
+            slots: tokio::sync::Semaphore::new(cfg.max_in_flight.max(1)),
             cfg,
             inflight: Mutex::new(HashMap::new()),
         })
@@ -80,6 +88,13 @@ impl Introspector {
         };
         flight
             .get_or_init(|| async {
+                // Never waited for: a request past the bound is answered at once, and the
+                // endpoint is not asked (a flood of made-up tokens, each a fresh call, cannot
+                // pile up on a slow endpoint nor hold requests for its timeout).
+                let Ok(_slot) = self.slots.try_acquire() else {
+                    tracing::debug!(endpoint = %self.cfg.name, "introspection calls at max_in_flight; token not sent");
+                    return Err(Fail::Unavailable(SATURATED));
+                };
                 let r = self.call(token).await;
                 let now = Instant::now();
                 match &r {
@@ -241,6 +256,7 @@ mod tests {
             cache_active_max: Duration::from_secs(60),
             cache_inactive: Duration::from_secs(60),
             max_token_bytes: 4096,
+            max_in_flight: 64,
             claims: crate::config::claim_names(&Default::default()),
             ca_pem: None,
         })

@@ -6,6 +6,7 @@
 //! new one kept once a key set was read there: a provider that moves its key set is followed,
 //! while a forged `kid` alone never makes the gateway read the discovery document again.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -50,6 +51,11 @@ pub struct RemoteKeys {
     /// Bumped by every completed fetch attempt.
     generation: AtomicU64,
     last_kid_refetch: Mutex<Option<Instant>>,
+    /// The keys of the set in force, each by its public members ([`key_identities`]).
+    identities: Mutex<HashSet<String>>,
+    /// Bumped each time a newly fetched set lacks a key the set it replaces had (a key the
+    /// IdP withdrew — or changed under the same `kid`): verdicts cached before it are void.
+    withdrawals: AtomicU64,
 }
 
 impl RemoteKeys {
@@ -77,6 +83,8 @@ impl RemoteKeys {
             fetching: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(0),
             last_kid_refetch: Mutex::new(None),
+            identities: Mutex::new(HashSet::new()),
+            withdrawals: AtomicU64::new(0),
         }))
     }
 
@@ -120,6 +128,14 @@ impl RemoteKeys {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// How many times a fetched set withdrew a key the set before it had. A verdict cached
+    /// while this was lower may rest on a withdrawn key: read it *before* [`Self::current`]
+    /// when stamping a verdict (the new set is in place before the count moves), and compare
+    /// when serving one.
+    pub fn withdrawals(&self) -> u64 {
+        self.withdrawals.load(Ordering::Acquire)
     }
 
     /// Called when a token names a `kid` the current set lacks (or no set is loaded yet).
@@ -176,7 +192,7 @@ impl RemoteKeys {
         if let Ok(mut s) = self.status.lock() {
             s.fetches += 1;
             match &result {
-                Ok((set, _)) => {
+                Ok((set, _, _)) => {
                     s.last_success = Some(unix_now());
                     s.last_error = None;
                     s.kids = set.kids();
@@ -189,9 +205,24 @@ impl RemoteKeys {
             }
         }
         match result {
-            Ok((set, ttl)) => {
+            Ok((set, ttl, ids)) => {
                 tracing::debug!(issuer = %self.name, kids = ?set.kids(), ttl = ?ttl, "key set loaded");
                 self.keys.store(Some(Arc::new(set)));
+                // After the new set is in place: a request that saw the new count verifies
+                // with the new set.
+                let withdrawn = match self.identities.lock() {
+                    Ok(mut known) => {
+                        let gone = known.iter().any(|k| !ids.contains(k));
+                        *known = ids;
+                        gone
+                    }
+                    // Not knowing what changed: as if a key went.
+                    Err(_) => true,
+                };
+                if withdrawn {
+                    self.withdrawals.fetch_add(1, Ordering::AcqRel);
+                    tracing::info!(issuer = %self.name, "a key was withdrawn from the key set; tokens verified before are verified again");
+                }
                 Ok(ttl)
             }
             Err(e) => {
@@ -201,7 +232,7 @@ impl RemoteKeys {
         }
     }
 
-    async fn fetch_inner(&self) -> Result<(JwkSet, Duration), String> {
+    async fn fetch_inner(&self) -> Result<Fetched, String> {
         let known = self.jwks_uri.lock().ok().and_then(|u| u.clone());
         let KeySource::Discovery { issuer } = &self.source else {
             return match known {
@@ -237,8 +268,9 @@ impl RemoteKeys {
         Ok(set)
     }
 
-    /// Fetches and reads the key set at `uri`, with its time to live.
-    async fn fetch_set(&self, uri: &str) -> Result<(JwkSet, Duration), String> {
+    /// Fetches and reads the key set at `uri`, with its time to live and its keys'
+    /// identities.
+    async fn fetch_set(&self, uri: &str) -> Result<Fetched, String> {
         let timeout = self.settings.fetch_timeout;
         let r = self.fetcher.get_json(uri, timeout).await?;
         if !r.status.is_success() {
@@ -255,7 +287,7 @@ impl RemoteKeys {
         let ttl = max_age(&r.headers)
             .unwrap_or(s.default_ttl)
             .clamp(s.min_ttl, s.max_ttl);
-        Ok((set, ttl))
+        Ok((set, ttl, key_identities(&r.body)))
     }
 
     async fn discover(&self, issuer: &str, timeout: Duration) -> Result<String, String> {
@@ -280,6 +312,33 @@ impl RemoteKeys {
         check_jwks_uri(issuer, jwks).map_err(|e| format!("{url}: {e}"))?;
         Ok(jwks.to_string())
     }
+}
+
+/// A fetched key set, its time to live and its keys' identities.
+type Fetched = (JwkSet, Duration, HashSet<String>);
+
+/// Each key of a JWKS document by its public members (`kid`, `kty`, `crv`, `x`, `y`, `n`,
+/// `e`, `alg`, `use`, `key_ops`): a key that goes, or changes under the same `kid`, is missed
+/// when the next set is compared with this one.
+fn key_identities(body: &[u8]) -> HashSet<String> {
+    const MEMBERS: [&str; 10] = [
+        "kid", "kty", "crv", "x", "y", "n", "e", "alg", "use", "key_ops",
+    ];
+    let doc: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    doc.get("keys")
+        .and_then(|k| k.as_array())
+        .map(|keys| {
+            keys.iter()
+                .map(|k| {
+                    MEMBERS
+                        .iter()
+                        .map(|m| k.get(*m).map(|v| v.to_string()).unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join("|")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether the `jwks_uri` a discovery document of `issuer` names may be fetched: `https://`,
@@ -323,32 +382,65 @@ pub(crate) fn check_jwks_uri(issuer: &str, jwks: &str) -> Result<(), String> {
 }
 
 /// `localhost`, or an address literal that is not a public one: loopback, private (RFC 1918,
-/// IPv6 unique local), link-local, shared (RFC 6598), unspecified, and their IPv4-mapped forms.
+/// IPv6 unique local), link-local (IPv6 site-local too), shared (RFC 6598), "this network"
+/// (`0.0.0.0/8`), unspecified — and every IPv6 form that carries an IPv4 address the gateway
+/// would end up reaching, judged by that address: IPv4-mapped (`::ffff:a.b.c.d`),
+/// IPv4-translated (`::ffff:0:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`;
+/// the local-use `64:ff9b:1::/48` is internal as a whole), 6to4 (`2002:AABB:CCDD::/48`) and
+/// Teredo (`2001:0::/32`: its server's address and the client's, stored inverted).
 fn is_internal_host(h: &str) -> bool {
     use std::net::IpAddr;
     let bare = h.trim_start_matches('[').trim_end_matches(']');
     if crate::config::is_loopback_host(h) {
         return true;
     }
-    let v4 = |a: std::net::Ipv4Addr| {
-        let [x, y, ..] = a.octets();
-        a.is_loopback()
-            || a.is_private()
-            || a.is_link_local()
-            || a.is_unspecified()
-            || (x == 100 && (64..128).contains(&y))
-    };
     match bare.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => v4(a),
+        Ok(IpAddr::V4(a)) => is_internal_v4(a),
         Ok(IpAddr::V6(a)) => {
             let first = a.segments()[0];
             a.is_loopback()
                 || a.is_unspecified()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
-                || a.to_ipv4_mapped().is_some_and(v4)
+                || (first & 0xffc0) == 0xfec0
+                || (first, a.segments()[1], a.segments()[2]) == (0x64, 0xff9b, 1)
+                || embedded_v4(a).iter().any(|v4| is_internal_v4(*v4))
         }
         Err(_) => false,
+    }
+}
+
+fn is_internal_v4(a: std::net::Ipv4Addr) -> bool {
+    let [x, y, ..] = a.octets();
+    a.is_loopback()
+        || a.is_private()
+        || a.is_link_local()
+        || x == 0
+        || (x == 100 && (64..128).contains(&y))
+}
+
+/// The IPv4 addresses an IPv6 address embeds by one of the standard translation or tunnelling
+/// forms (see [`is_internal_host`]); none for any other address.
+fn embedded_v4(a: std::net::Ipv6Addr) -> Vec<std::net::Ipv4Addr> {
+    use std::net::Ipv4Addr;
+    let s = a.segments();
+    let o = a.octets();
+    let last = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    match s {
+        // IPv4-mapped `::ffff:0:0/96` and IPv4-translated `::ffff:0:0:0/96` (SIIT).
+        [0, 0, 0, 0, 0, 0xffff, ..] | [0, 0, 0, 0, 0xffff, 0, ..] => vec![last],
+        // IPv4-compatible `::/96` (`::` and `::1` are judged as IPv6 above).
+        [0, 0, 0, 0, 0, 0, ..] => vec![last],
+        // NAT64, the well-known prefix `64:ff9b::/96`.
+        [0x64, 0xff9b, 0, 0, 0, 0, ..] => vec![last],
+        // 6to4 `2002::/16`: the IPv4 address in bits 16–48.
+        [0x2002, ..] => vec![Ipv4Addr::new(o[2], o[3], o[4], o[5])],
+        // Teredo `2001:0::/32`: the server in bits 32–64, the client (inverted) in the last 32.
+        [0x2001, 0, ..] => vec![
+            Ipv4Addr::new(o[4], o[5], o[6], o[7]),
+            Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]),
+        ],
+        _ => Vec::new(),
     }
 }
 
@@ -463,6 +555,39 @@ mod tests {
             "https://keys.localhost/jwks",
         ] {
             assert!(!ok("https://idp.example", internal), "{internal}");
+        }
+        // IPv6 forms that carry an internal IPv4 address, each judged by it: NAT64,
+        // IPv4-compatible, IPv4-translated, 6to4, Teredo (server, or the inverted client);
+        // local-use NAT64 and site-local as a whole.
+        for internal in [
+            "https://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+            "https://[64:ff9b::10.0.0.5]/jwks",
+            "https://[64:ff9b::127.0.0.1]/jwks",
+            "https://[64:ff9b:1::8.8.8.8]/jwks",
+            "https://[::10.0.0.5]/jwks",
+            "https://[::127.0.0.1]/jwks",
+            "https://[::169.254.169.254]/jwks",
+            "https://[::0.0.0.2]/jwks",
+            "https://[::ffff:0:192.168.1.1]/jwks",
+            "https://[2002:a00:5::1]/jwks",
+            "https://[2002:7f00:1::]/jwks",
+            "https://[2002:a9fe:a9fe:1234::1]/jwks",
+            "https://[2001:0:a00:1::8:f7f7:f7f7]/jwks",
+            "https://[2001:0:4136:e378:8000:63bf:f5ff:fffa]/jwks",
+            "https://[2001:0:4136:e378:8000:63bf:5601:56fa]/jwks",
+            "https://[fec0::1]/jwks",
+        ] {
+            assert!(!ok("https://idp.example", internal), "{internal}");
+        }
+        // The same forms around public IPv4 addresses stay public.
+        for public in [
+            "https://[64:ff9b::8.8.8.8]/jwks",
+            "https://[::8.8.8.8]/jwks",
+            "https://[2002:808:808::1]/jwks",
+            "https://[2001:0:4136:e378:8000:63bf:f7f7:f7f7]/jwks",
+            "https://[2001:db8:a00:5::1]/jwks",
+        ] {
+            assert!(ok("https://idp.example", public), "{public}");
         }
         assert!(ok("https://10.0.0.2", "https://10.0.0.5/jwks"));
         assert!(ok("http://127.0.0.1:9000", "https://127.0.0.1:9443/jwks"));

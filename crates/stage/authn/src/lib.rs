@@ -116,6 +116,7 @@ pub struct Activation {
     token_ttl: std::time::Duration,
     token_ids: Vec<String>,
     api_keys: Vec<[u8; 32]>,
+    certificates: Vec<[u8; 32]>,
     /// The longest `leeway` of the JWT issuers: how long past its `exp` a token still passes.
     leeway: std::time::Duration,
     sync_interval: std::time::Duration,
@@ -294,6 +295,7 @@ impl AuthnState {
             token_ttl: settings.internal_token.ttl,
             token_ids: settings.revocation.token_ids.clone(),
             api_keys: settings.revocation.api_keys.clone(),
+            certificates: settings.revocation.certificates.clone(),
             leeway: settings
                 .jwt
                 .iter()
@@ -334,6 +336,7 @@ impl AuthnState {
         }
         self.revocations
             .set_configured(&a.token_ids, &a.api_keys, a.leeway);
+        self.revocations.set_configured_certs(&a.certificates);
         if a.share {
             self.revocations.share(a.store, a.sync_interval);
         }
@@ -383,6 +386,13 @@ impl AuthnState {
             .load_full()
             .map(|a| a.keys_pending())
             .unwrap_or_default()
+    }
+
+    /// Why the revocation list in force is not complete yet — shared through `auth.redis` and
+    /// never read from it (readiness: a credential revoked through another instance would
+    /// pass, so such credentials get 503 meanwhile); `None` once it is.
+    pub fn revocations_pending(&self) -> Option<String> {
+        self.revocations.pending()
     }
 
     /// Per issuer: (name, keys loaded, unix time of the last successful fetch or 0, failures).

@@ -26,6 +26,9 @@ struct Sets {
     /// after which it is forgotten (`None`: never).
     jtis: HashMap<String, Option<u64>>,
     keys: HashSet<[u8; 32]>,
+    /// Client certificates by the SHA-256 of their DER (a principal's `credential_id`).
+    config_certs: HashSet<[u8; 32]>,
+    certs: HashSet<[u8; 32]>,
 }
 
 impl Sets {
@@ -93,7 +96,11 @@ pub struct RevocationStatus {
     /// The token ids revoked until a time (unix seconds), by id.
     pub token_ids_until: BTreeMap<String, u64>,
     pub api_keys: Vec<String>,
+    /// Revoked client certificates, `sha256:<hex of the DER's SHA-256>`.
+    pub certificates: Vec<String>,
     pub shared: bool,
+    /// False while the shared list was never read (see [`Revocations::loaded`]).
+    pub loaded: bool,
     pub last_sync_error: Option<String>,
 }
 
@@ -106,6 +113,13 @@ pub struct Revocations {
     every: RwLock<Duration>,
     /// Seconds a revocation is kept past its `until` (the issuers' longest `leeway`).
     grace: AtomicU64,
+    /// The store in force, by a number given to each store [`Revocations::share`] puts in
+    /// force (0: none).
+    need: AtomicU64,
+    /// The store whose list was read last ([`Revocations::need`]'s number once read).
+    have: AtomicU64,
+    /// The last number given to a store.
+    epochs: AtomicU64,
 }
 
 pub fn hex(h: &[u8]) -> String {
@@ -125,7 +139,35 @@ impl Revocations {
             last_error: RwLock::new(None),
             every: RwLock::new(Duration::from_secs(1)),
             grace: AtomicU64::new(0),
+            need: AtomicU64::new(0),
+            have: AtomicU64::new(0),
+            epochs: AtomicU64::new(0),
         })
+    }
+
+    /// Whether the list in force is complete: no store shares it, or the store in force has
+    /// been read once. A fresh instance (or one whose store a reload replaced) holds only the
+    /// configured entries and its own until then: a credential revoked through another
+    /// instance, known to the store alone, would pass.
+    pub fn loaded(&self) -> bool {
+        let need = self.need.load(Ordering::Acquire);
+        need == 0 || self.have.load(Ordering::Acquire) == need
+    }
+
+    /// Why the list is not complete yet ([`Self::loaded`]), for readiness: `None` once it is.
+    pub fn pending(&self) -> Option<String> {
+        if self.loaded() {
+            return None;
+        }
+        let why = self
+            .last_error
+            .read()
+            .ok()
+            .and_then(|e| e.clone())
+            .unwrap_or_else(|| "first read not done yet".into());
+        Some(format!(
+            "revocations_not_loaded: the shared revocation list was never read from auth.redis ({why})"
+        ))
     }
 
     /// The time revocations are compared with: now, less the grace past `until` (so that
@@ -145,12 +187,19 @@ impl Revocations {
         }
     }
 
+    /// Replaces the configured client certificate revocations (SHA-256 of their DER).
+    pub fn set_configured_certs(&self, certs: &[[u8; 32]]) {
+        if let Ok(mut s) = self.sets.write() {
+            s.config_certs = certs.iter().copied().collect();
+        }
+    }
+
     /// Shares the list through `store`, mirrored every `every`.
     pub fn share(self: &Arc<Self>, store: Option<Arc<Store>>, every: Duration) {
         if let Ok(mut e) = self.every.write() {
             *e = every.max(Duration::from_millis(100));
         }
-        let changed = {
+        let (changed, epoch) = {
             let Ok(mut slot) = self.store.write() else {
                 return;
             };
@@ -160,7 +209,24 @@ impl Revocations {
                 _ => false,
             };
             *slot = store.clone();
-            !same
+            // A new store's list is not known until it has been read: numbered while the slot
+            // is held, so that `loaded` never pairs one store with another's number.
+            let epoch = match (&store, same) {
+                (_, true) => 0,
+                (None, false) => {
+                    self.need.store(0, Ordering::Release);
+                    0
+                }
+                (Some(_), false) => {
+                    let e = self.epochs.fetch_add(1, Ordering::AcqRel) + 1;
+                    self.need.store(e, Ordering::Release);
+                    if let Ok(mut le) = self.last_error.write() {
+                        *le = None;
+                    }
+                    e
+                }
+            };
+            (!same, epoch)
         };
         if !changed || store.is_none() {
             return;
@@ -175,7 +241,13 @@ impl Revocations {
                 if !current.is_some_and(|c| Arc::ptr_eq(&c, &mine)) {
                     return;
                 }
-                me.sync(&mine).await;
+                if me.sync(&mine).await {
+                    // Read once: the list is complete (unless a later store replaced this one
+                    // meanwhile, whose number differs).
+                    if me.need.load(Ordering::Acquire) == epoch {
+                        me.have.store(epoch, Ordering::Release);
+                    }
+                }
                 let every = me.every.read().map_or(Duration::from_secs(1), |e| *e);
                 drop(me);
                 tokio::time::sleep(every).await;
@@ -183,13 +255,15 @@ impl Revocations {
         });
     }
 
-    async fn sync(&self, store: &Store) {
+    /// Reads the shared sets into the local one; true when it could.
+    async fn sync(&self, store: &Store) -> bool {
         let now = self.ended_before();
         let jtis = store.smembers(&store.key("revoked:jti")).await;
         let until = store.zlive(&store.key("revoked:jti:until"), now).await;
         let keys = store.smembers(&store.key("revoked:apikey")).await;
-        match (jtis, until, keys) {
-            (Ok(j), Ok(u), Ok(k)) => {
+        let certs = store.smembers(&store.key("revoked:cert")).await;
+        match (jtis, until, keys.and_then(|k| certs.map(|c| (k, c)))) {
+            (Ok(j), Ok(u), Ok((k, c))) => {
                 if let Ok(mut s) = self.sets.write() {
                     for jti in j {
                         s.add_jti(&jti, None);
@@ -202,16 +276,26 @@ impl Revocations {
                         k.iter()
                             .filter_map(|h| crate::config::parse_key_hash(h).ok()),
                     );
+                    s.certs.extend(
+                        c.iter()
+                            .filter_map(|h| crate::config::parse_cert_fingerprint(h).ok()),
+                    );
                 }
                 if let Ok(mut e) = self.last_error.write() {
                     *e = None;
                 }
+                true
             }
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                tracing::warn!(error = %e, "revocation list sync failed; using the last known list");
+                if self.loaded() {
+                    tracing::warn!(error = %e, "revocation list sync failed; using the last known list");
+                } else {
+                    tracing::warn!(error = %e, "revocation list never read yet; credentials that could be revoked get 503 until it is");
+                }
                 if let Ok(mut le) = self.last_error.write() {
                     *le = Some(e);
                 }
+                false
             }
         }
     }
@@ -228,6 +312,37 @@ impl Revocations {
             .read()
             .map(|s| s.keys.contains(hash) || s.config_keys.contains(hash))
             .unwrap_or(true)
+    }
+
+    /// Whether the client certificate whose DER has this SHA-256 (lowercase hex, as a
+    /// principal's `credential_id` carries it) is revoked.
+    pub fn is_cert_revoked(&self, fingerprint: &str) -> bool {
+        let Ok(fp) = crate::config::parse_cert_fingerprint(fingerprint) else {
+            return false;
+        };
+        self.sets
+            .read()
+            .map(|s| s.certs.contains(&fp) || s.config_certs.contains(&fp))
+            .unwrap_or(true)
+    }
+
+    /// Revokes a client certificate by the SHA-256 of its DER, locally and, when shared, in
+    /// the store (`<prefix>revoked:cert`). An error means the shared store did not take it.
+    pub async fn revoke_cert(&self, fingerprint: [u8; 32]) -> Result<(), String> {
+        if let Ok(mut s) = self.sets.write() {
+            s.certs.insert(fingerprint);
+        }
+        let store = self.store.read().ok().and_then(|s| s.clone());
+        match store {
+            Some(st) => {
+                st.sadd(
+                    &st.key("revoked:cert"),
+                    &format!("sha256:{}", hex(&fingerprint)),
+                )
+                .await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Adds an entry locally and, when shared, to the store; `until`: the unix time after
@@ -262,7 +377,7 @@ impl Revocations {
 
     pub fn status(&self) -> RevocationStatus {
         let now = self.ended_before();
-        let (token_ids, token_ids_until, mut api_keys) = self
+        let (token_ids, token_ids_until, mut api_keys, mut certificates) = self
             .sets
             .read()
             .map(|s| {
@@ -280,15 +395,22 @@ impl Revocations {
                         .union(&s.config_keys)
                         .map(|k| format!("sha256:{}", hex(k)))
                         .collect::<Vec<_>>(),
+                    s.certs
+                        .union(&s.config_certs)
+                        .map(|k| format!("sha256:{}", hex(k)))
+                        .collect::<Vec<_>>(),
                 )
             })
             .unwrap_or_default();
         api_keys.sort();
+        certificates.sort();
         RevocationStatus {
             token_ids,
             token_ids_until,
             api_keys,
+            certificates,
             shared: self.store.read().map(|s| s.is_some()).unwrap_or(false),
+            loaded: self.loaded(),
             last_sync_error: self.last_error.read().ok().and_then(|e| e.clone()),
         }
     }
@@ -344,6 +466,30 @@ mod tests {
         );
         r.set_configured(&[], &[], Duration::ZERO);
         assert!(!r.is_jti_revoked("ended-10s-ago"));
+    }
+
+    /// A client certificate is revoked by the SHA-256 of its DER, however the fingerprint is
+    /// written; configured ones are replaced by the next configuration, run-time ones stay.
+    #[tokio::test]
+    async fn client_certificates_are_revoked_by_fingerprint() {
+        let r = Revocations::new();
+        assert!(r.loaded(), "nothing shared: the list is complete");
+        assert!(r.pending().is_none());
+        let a = [0xabu8; 32];
+        let b = [0x01u8; 32];
+        let hex_a = hex(&a);
+        assert!(!r.is_cert_revoked(&hex_a));
+        r.revoke_cert(a).await.unwrap();
+        assert!(r.is_cert_revoked(&hex_a));
+        assert!(r.is_cert_revoked(&hex_a.to_uppercase()));
+        assert!(!r.is_cert_revoked(&hex(&b)));
+        assert!(!r.is_cert_revoked("not a fingerprint"));
+        r.set_configured_certs(&[b]);
+        assert!(r.is_cert_revoked(&hex(&b)));
+        r.set_configured_certs(&[]);
+        assert!(!r.is_cert_revoked(&hex(&b)));
+        assert!(r.is_cert_revoked(&hex_a));
+        assert_eq!(r.status().certificates, vec![format!("sha256:{hex_a}")]);
     }
 
     #[test]

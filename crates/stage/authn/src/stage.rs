@@ -233,10 +233,12 @@ impl Authn {
     fn jwt_now(&self, token: &str, issuers: &[usize], key: &Digest) -> Attempt {
         // A verdict of one of the route's issuers (a token verified under another issuer's
         // rules, or by introspection, is verified here anew).
-        if let Some(c) = issuers
-            .iter()
-            .find_map(|i| self.cache.get(key, Verifier::Jwt(*i)))
-        {
+        // Void once the issuer's remote key set withdrew a key since it was cached: the key
+        // it rests on may be gone.
+        if let Some(c) = issuers.iter().find_map(|i| {
+            self.cache
+                .get_since(key, Verifier::Jwt(*i), self.withdrawals(*i))
+        }) {
             return Attempt::Done(match c {
                 Cached::Valid(p) => Ok(p),
                 Cached::Invalid(c) => Err(Fail::Invalid(c)),
@@ -276,6 +278,9 @@ impl Authn {
             return Attempt::Done(Err(Fail::Invalid("alg_not_allowed")));
         }
         let remote = self.remotes.get(idx).cloned().flatten();
+        // Read before the set: a set that replaced it after this read is stamped by a later
+        // count, so the verdict is void then.
+        let stamp = self.withdrawals(idx);
         let set = match (&issuer.source, &remote) {
             (KeySource::Static(s), _) => s.clone(),
             (_, Some(r)) => match r.current() {
@@ -318,20 +323,30 @@ impl Authn {
             &issuer.claims,
             tok.claims,
         ));
-        self.cache_valid(key, idx, &p);
+        self.cache_valid(key, idx, &p, stamp);
         Attempt::Done(Ok(p))
     }
 
-    fn cache_valid(&self, key: &Digest, issuer: usize, p: &Arc<Principal>) {
+    /// The withdrawals of the `issuer`-th issuer's remote key set (0 for other key sources:
+    /// they change only with the configuration, and so with the cache).
+    fn withdrawals(&self, issuer: usize) -> u64 {
+        self.remotes
+            .get(issuer)
+            .and_then(|r| r.as_ref())
+            .map_or(0, |r| r.withdrawals())
+    }
+
+    fn cache_valid(&self, key: &Digest, issuer: usize, p: &Arc<Principal>, stamp: u64) {
         let mut ttl = self.settings.cache_ttl;
         if let Some(exp) = p.expires_at {
             ttl = ttl.min(Duration::from_secs(exp.saturating_sub(unix_now())));
         }
-        self.cache.put(
+        self.cache.put_stamped(
             *key,
             Verifier::Jwt(issuer),
             Cached::Valid(p.clone()),
             Instant::now() + ttl,
+            stamp,
         );
     }
 
@@ -411,15 +426,33 @@ impl Authn {
         Some(Ok(Arc::new(p)))
     }
 
-    /// Revocation is checked on every use, cached or not.
-    fn revoked(&self, p: &Principal) -> bool {
-        match p.method {
-            AuthMethod::Jwt | AuthMethod::Introspection => p
-                .credential_id
-                .as_deref()
-                .is_some_and(|j| self.revocations.is_jti_revoked(j)),
-            _ => false,
+    /// Revocation is checked on every use, cached or not: `Invalid("revoked")` for a revoked
+    /// credential. A credential that could be revoked (a token with a `jti`, an API key — its
+    /// hash was checked before it was looked up —, a client certificate) while the shared
+    /// revocation list has never been read is `Unavailable("revocations_not_loaded")`: it may
+    /// be revoked in the store alone, and the other Redis-backed checks fail closed (503).
+    fn revocation(&self, p: &Principal) -> Result<(), Fail> {
+        let revocable = match p.method {
+            AuthMethod::Jwt | AuthMethod::Introspection => match p.credential_id.as_deref() {
+                Some(j) if self.revocations.is_jti_revoked(j) => {
+                    return Err(Fail::Invalid("revoked"));
+                }
+                Some(_) => true,
+                None => false,
+            },
+            AuthMethod::ApiKey => true,
+            AuthMethod::Mtls => match p.credential_id.as_deref() {
+                Some(fp) if self.revocations.is_cert_revoked(fp) => {
+                    return Err(Fail::Invalid("revoked"));
+                }
+                Some(_) => true,
+                None => false,
+            },
+        };
+        if revocable && !self.revocations.loaded() {
+            return Err(Fail::Unavailable("revocations_not_loaded"));
         }
+        Ok(())
     }
 
     /// The whole evaluation, waiting where needed. `known`: a method's verdict the fast path
@@ -469,10 +502,7 @@ impl Authn {
             };
             let Some(r) = r else { continue };
             presented = true;
-            match r {
-                Ok(p) if self.revoked(&p) => {
-                    first_fail.get_or_insert(Fail::Invalid("revoked"));
-                }
+            match r.and_then(|p| self.revocation(&p).map(|()| p)) {
                 Ok(p) => return Ok(p),
                 Err(f @ Fail::Unavailable(_)) => {
                     unavailable.get_or_insert(f);
@@ -538,10 +568,7 @@ impl Authn {
         } else {
             Err(Fail::Invalid("malformed"))
         };
-        match r {
-            Ok(p) if self.revoked(&p) => Err(Fail::Invalid("revoked")),
-            r => r,
-        }
+        r.and_then(|p| self.revocation(&p).map(|()| p))
     }
 
     /// Fast path: the first presented credential settles it without waiting when it passes.
@@ -573,8 +600,8 @@ impl Authn {
                 },
                 Method::Introspection(_) => return Fast::Wait(None),
             };
-            return match r {
-                Ok(p) if !self.revoked(&p) => Fast::Pass(p),
+            return match r.and_then(|p| self.revocation(&p).map(|()| p)) {
+                Ok(p) => Fast::Pass(p),
                 r => Fast::Wait(Some((i, r))),
             };
         }
@@ -591,8 +618,15 @@ impl Authn {
     ) -> Rejection {
         ctx.auth_failure = Some(fail.code());
         // Only credentials found invalid count against a client (the risk signal, the admin
-        // API's top lists): an IdP that cannot answer is no fault of the client's.
-        if presented && matches!(fail, Fail::Invalid(_)) {
+        // API's top lists): an IdP that cannot answer is no fault of the client's. A token
+        // not sent for introspection because every call slot was taken is counted, though:
+        // that 503 is the gateway's own, and such tokens are a flood's — a client sending
+        // made-up tokens to a slow endpoint must go on being counted.
+        let counted = match fail {
+            Fail::Invalid(_) => true,
+            Fail::Unavailable(code) => code == crate::introspect::SATURATED,
+        };
+        if presented && counted {
             self.failures.record(ctx.client_ip, claimed.as_deref());
         }
         let bearer = route
