@@ -572,14 +572,7 @@ async fn malformed_requests_behind_a_proxy_count_against_the_client() {
         "server: {{ trusted_proxies: [127.0.0.1, \"::1\"] }}\nbans:\n  rules:\n    - {{ name: junk, on: [bad_request], count: 2, within: 1m, ban_for: 1m }}\n{}routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
         upstream_section(&up.url())
     ));
-    let from = |ip: &'static str, path: &'static str| {
-        send(req(
-            "GET",
-            &format!("{}{path}", gw.url("public")),
-            &[("x-forwarded-for", ip)],
-            "",
-        ))
-    };
+    let from = |ip: &'static str, path: &'static str| through_proxy(&gw, ip, "GET", path);
     let attacker = "198.51.100.66";
     let r = from(attacker, "/a%2Fb").await;
     let v = assert_problem(&r, 400, "bad_request");
@@ -608,12 +601,7 @@ async fn repeated_refusals_ban_the_client_address_for_a_while() {
         upstream_section(&up.url())
     ));
     let from = |ip: &'static str, method: &'static str, path: &'static str| {
-        send(req(
-            method,
-            &format!("{}{path}", gw.url("public")),
-            &[("x-forwarded-for", ip)],
-            "",
-        ))
+        through_proxy(&gw, ip, method, path)
     };
     let scanner = "198.51.100.7";
     // Two refusals: not yet banned.
@@ -1075,14 +1063,7 @@ async fn an_address_banned_by_hand_is_refused() {
     let r = post(r#"{"address": "203.0.113.9", "for": "1h"}"#).await;
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["banned"], "203.0.113.9");
-    let from = |ip: &'static str| {
-        send(req(
-            "GET",
-            &format!("{}/x", gw.url("public")),
-            &[("x-forwarded-for", ip)],
-            "",
-        ))
-    };
+    let from = |ip: &'static str| through_proxy(&gw, ip, "GET", "/x");
     let r = from("203.0.113.9").await;
     assert_problem(&r, 403, "ip_banned");
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
@@ -1104,14 +1085,7 @@ async fn an_exempt_address_is_served_while_its_prefix_is_banned() {
         "server: {{ trusted_proxies: [127.0.0.1, \"::1\"] }}\nbans:\n  exempt: [\"2001:db8:1:2::10\", \"2001:db8:1:3::10\"]\n  rules:\n    - {{ name: scanner, on: [route_not_found], count: 3, within: 1m, ban_for: 1h }}\n{}routes:\n  - {{ name: orders, match: {{ path: /orders, methods: [GET] }}, upstream: svc }}\n",
         upstream_section(&up.url())
     ));
-    let from = |ip: &'static str, path: &'static str| {
-        send(req(
-            "GET",
-            &format!("{}{path}", gw.url("public")),
-            &[("x-forwarded-for", ip)],
-            "",
-        ))
-    };
+    let from = |ip: &'static str, path: &'static str| through_proxy(&gw, ip, "GET", path);
     let neighbour = "2001:db8:1:2::99";
     for _ in 0..3 {
         assert_problem(&from(neighbour, "/nope").await, 404, "route_not_found");
@@ -1275,7 +1249,7 @@ async fn the_bans_example_does_what_its_comments_say() {
         .unwrap()
         .replace("127.0.0.1:8080", "127.0.0.1:0")
         .replace("127.0.0.1:9901", "127.0.0.1:0");
-    let gw = gateway(&yaml);
+    let gw = Gateway::start(bin(), &yaml).unwrap();
     let url = |p: &str| format!("{}{p}", gw.url("public"));
     assert_eq!(get(&url("/api/orders/1")).await.status, 200);
     assert_problem(&get(&url("/wp-admin")).await, 404, "route_not_found");
@@ -1303,4 +1277,9 @@ async fn the_bans_example_does_what_its_comments_say() {
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(get(&url("/api/orders/1")).await.status, 200);
+}
+
+/// A bodiless request on the `public` listener as a trusted proxy sends it for client `ip`.
+async fn through_proxy(gw: &Gateway, ip: &str, method: &str, path: &str) -> Resp {
+    call_public(gw, method, path, &[("x-forwarded-for", ip)]).await
 }
