@@ -2135,11 +2135,3 @@ routes:
     .await;
     assert_eq!(r.status, 400, "{}", r.text());
 }
-
-fn sha256_bytes_hex(b: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, b)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}

@@ -1001,6 +1001,26 @@ routes:
     // A secret cannot stand in for a certificate client.
     let r = go(None, &[("client_id", "svc"), ("client_secret", "guess")]).await;
     oauth_error(&r, 401, "invalid_client");
+
+    // A revoked certificate no longer authenticates its client; a new one for it does.
+    let fp = sha256_bytes_hex(&svc.cert_der);
+    let r = send(req(
+        "POST",
+        &format!("{}/auth/revocations", gw.admin_url()),
+        &[("content-type", "application/json")],
+        &json!({"certificate_sha256": format!("sha256:{fp}")}).to_string(),
+    ))
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = go(Some(svc), &[]).await;
+    oauth_error(&r, 401, "invalid_client");
+    let id = r.header("x-request-id").unwrap().to_string();
+    assert_eq!(
+        audit_of(&gw, &id)["auth_failure"],
+        "client_certificate_revoked"
+    );
+    let renewed = pki.issue_client("bff", Some("spiffe://prod.test/ns/shop/sa/bff"));
+    issued(&go(Some(renewed), &[]).await);
 }
 
 #[test]

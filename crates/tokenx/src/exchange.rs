@@ -10,7 +10,7 @@ use portcullis_core::{Principal, RequestCtx};
 use serde_json::{Map, Value, json};
 
 use crate::client::authenticate;
-use crate::config::{Audience, TokenExchangeSettings, valid_resource, valid_scope};
+use crate::config::{Audience, ClientAuth, TokenExchangeSettings, valid_resource, valid_scope};
 use crate::error::{OAuthError, json_response};
 use crate::form::{Form, is_form_content_type};
 
@@ -127,6 +127,17 @@ impl TokenExchange {
         let form = Form::parse(body).map_err(OAuthError::invalid_request)?;
         let cert = ctx.tls.as_ref().and_then(|t| t.peer_certificate.as_deref());
         let client = authenticate(&self.settings, &head.headers, &form, cert)?;
+        // A client that authenticated by its certificate: that certificate may be revoked,
+        // as for `mtls` routes (and until the shared list was read, it may be without this
+        // instance knowing).
+        if let (Some(cert), ClientAuth::Spiffe(_) | ClientAuth::Subject(_)) = (cert, &client.auth) {
+            if authn.revocations.is_cert_revoked(&cert.fingerprint_sha256) {
+                return Err(OAuthError::invalid_client("client_certificate_revoked"));
+            }
+            if !authn.revocations.loaded() {
+                return Err(OAuthError::unavailable("revocations_not_loaded"));
+            }
+        }
 
         match form.get("grant_type") {
             None => return Err(OAuthError::invalid_request("grant_type is required")),

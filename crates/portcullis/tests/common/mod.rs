@@ -349,3 +349,12 @@ pub fn sha256_hex(s: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// SHA-256 of `b` in lowercase hex (a certificate's fingerprint, as revocations take it).
+pub fn sha256_bytes_hex(b: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, b)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
