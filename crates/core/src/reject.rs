@@ -79,6 +79,10 @@ pub enum RejectReason {
     /// A CORS preflight from an origin, or for a method or header, the route does not allow
     /// (403, no CORS headers).
     CorsRejected,
+    /// The request came on a TLS connection whose handshake ran under client-certificate rules
+    /// (`listeners[].tls.client_auth`) a reload has changed since, and the listener now requires
+    /// a certificate: the client must open a new connection (421; the connection ends).
+    ClientAuthChanged,
 }
 
 impl RejectReason {
@@ -113,6 +117,7 @@ impl RejectReason {
         RejectReason::ContractViolation,
         RejectReason::UnsupportedMediaType,
         RejectReason::CorsRejected,
+        RejectReason::ClientAuthChanged,
     ];
 
     /// Whether the client's own request caused the refusal (what a ban may count), rather
@@ -148,7 +153,8 @@ impl RejectReason {
             | RejectReason::AuthzUnavailable
             | RejectReason::ResponseFilterFailed
             | RejectReason::RateLimitUnavailable
-            | RejectReason::Overloaded => false,
+            | RejectReason::Overloaded
+            | RejectReason::ClientAuthChanged => false,
         }
     }
 
@@ -184,6 +190,7 @@ impl RejectReason {
             RejectReason::ContractViolation => "contract_violation",
             RejectReason::UnsupportedMediaType => "unsupported_media_type",
             RejectReason::CorsRejected => "cors_rejected",
+            RejectReason::ClientAuthChanged => "client_auth_changed",
         }
     }
 
@@ -219,6 +226,7 @@ impl RejectReason {
             RejectReason::ContractViolation => "urn:portcullis:problem:contract_violation",
             RejectReason::UnsupportedMediaType => "urn:portcullis:problem:unsupported_media_type",
             RejectReason::CorsRejected => "urn:portcullis:problem:cors_rejected",
+            RejectReason::ClientAuthChanged => "urn:portcullis:problem:client_auth_changed",
         }
     }
 
@@ -254,6 +262,7 @@ impl RejectReason {
             RejectReason::ContractViolation => StatusCode::BAD_REQUEST,
             RejectReason::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RejectReason::CorsRejected => StatusCode::FORBIDDEN,
+            RejectReason::ClientAuthChanged => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -289,6 +298,7 @@ impl RejectReason {
             RejectReason::ContractViolation => "Request does not match the API contract",
             RejectReason::UnsupportedMediaType => "Unsupported media type",
             RejectReason::CorsRejected => "Cross-origin request not allowed",
+            RejectReason::ClientAuthChanged => "Client certificate rules changed",
         }
     }
 }

@@ -402,3 +402,373 @@ async fn a_tls_client_reading_slower_than_the_minimum_send_rate_is_reset() {
         .unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
 }
+
+// ---- Client-certificate rules changed by a reload while connections stay open ----
+
+/// A TLS listener `secure` (server certificate from `server`) asking for client certificates
+/// (`mode`) from the CAs of `ca_file`; `/mtls` takes mTLS identities only, `/open` anyone;
+/// `extra`: more routes (YAML list items).
+fn client_auth_config(
+    server: &CertFiles,
+    mode: &str,
+    ca_file: &std::path::Path,
+    up: &TestUpstream,
+    extra: &str,
+) -> String {
+    format!(
+        r#"listeners:
+  - name: secure
+    address: "127.0.0.1:0"
+    tls:
+      certificates: [{{ cert_file: "{c}", key_file: "{k}" }}]
+      client_auth: {{ mode: {mode}, ca_file: "{ca}" }}
+admin: {{ address: "127.0.0.1:0" }}
+server: {{ idle_timeout: 300s }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+routes:
+  - {{ name: mtls, match: {{ prefix: /mtls }}, upstream: app, auth: {{ methods: [mtls] }}, authz: {{ allow: any-authenticated }} }}
+  - {{ name: open, match: {{ prefix: /open }}, upstream: app, auth: {{ anonymous: true }} }}
+{extra}"#,
+        c = server.cert_path.display(),
+        k = server.key_path.display(),
+        ca = ca_file.display(),
+        up = up.url()
+    )
+}
+
+/// Writes `yaml` as the gateway's configuration and has it reloaded.
+async fn reload_with(gw: &Gateway, yaml: &str) {
+    std::fs::write(gw.config_path(), yaml).unwrap();
+    let r = send(req("POST", &format!("{}/reload", gw.admin_url()), &[], "")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A client configuration trusting `pki`'s CA, presenting `cert` when given, offering `h2`
+/// alone or `http/1.1` alone.
+fn client_cfg(pki: &TestPki, cert: Option<&CertFiles>, h2: bool) -> Arc<rustls::ClientConfig> {
+    let ca = pki.ca_pem();
+    let mut cfg = match cert {
+        Some(c) => (*portcullis_test_support::client::client_config_with_cert(&ca, c)).clone(),
+        None => (*client_config(pki, &[&rustls::version::TLS13], &[b"http/1.1"])).clone(),
+    };
+    cfg.alpn_protocols = vec![if h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    Arc::new(cfg)
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>),
+}
+
+/// One TLS connection to the gateway, kept open for several requests; `closed` ends when the
+/// gateway has closed it (HTTP/1.1: an answer said `connection: close` and the gateway's side
+/// then ended; HTTP/2: the gateway's `GOAWAY` ended the connection).
+struct OpenConn {
+    sender: Sender,
+    closed: tokio::task::JoinHandle<()>,
+}
+
+impl OpenConn {
+    async fn open(
+        addr: std::net::SocketAddr,
+        cfg: Arc<rustls::ClientConfig>,
+    ) -> Result<OpenConn, String> {
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use tokio::io::AsyncReadExt;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = TokioIo::new(tls);
+        if h2 {
+            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
+            let closed = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(OpenConn {
+                sender: Sender::H2(sender),
+                closed,
+            })
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| e.to_string())?;
+            let closed = tokio::spawn(async move {
+                // The client stops at an answer that says `connection: close`; the gateway's
+                // side must then end too.
+                if let Ok(parts) = conn.without_shutdown().await {
+                    let mut io = parts.io.into_inner();
+                    let mut buf = [0u8; 256];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                }
+            });
+            Ok(OpenConn {
+                sender: Sender::H1(sender),
+                closed,
+            })
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Result<Resp, String> {
+        use http_body_util::BodyExt;
+        let resp = match &mut self.sender {
+            Sender::H1(s) => {
+                s.ready().await.map_err(|e| e.to_string())?;
+                s.send_request(req("GET", path, &[("host", "localhost")], ""))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+            Sender::H2(s) => {
+                s.ready().await.map_err(|e| e.to_string())?;
+                s.send_request(req("GET", &format!("https://localhost{path}"), &[], ""))
+                    .await
+                    .map_err(|e| e.to_string())?
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            version: parts.version,
+            trailers: None,
+        })
+    }
+
+    /// Waits for the gateway to close the connection (bounded, so that a connection left open
+    /// fails the test instead of hanging it).
+    async fn closed_by_the_gateway(self) {
+        tokio::time::timeout(std::time::Duration::from_secs(20), self.closed)
+            .await
+            .expect("the gateway closed the connection")
+            .unwrap();
+    }
+}
+
+/// A CA removed from `ca_file` by a reload no longer vouches for the connections its
+/// certificates opened: the next request on such a connection goes on without the
+/// certificate's identity (mTLS refuses it as it refuses a missing certificate), nothing
+/// reaches the upstream, and the connection ends with the answer; a new connection with the
+/// certificate fails its handshake.
+async fn a_removed_ca_vouches_for_no_open_connection(h2: bool) {
+    let up = TestUpstream::start("app").await;
+    let ca1 = TestPki::new();
+    let ca2 = TestPki::new();
+    let server = ca1.issue_server(&["localhost"]);
+    let gw = Gateway::start(
+        bin(),
+        &client_auth_config(&server, "optional", &ca1.ca_path(), &up, ""),
+    )
+    .unwrap();
+    let addr = gw.listener("secure");
+    let cert = ca1.issue_client("orders", None);
+    let mut conn = OpenConn::open(addr, client_cfg(&ca1, Some(&cert), h2))
+        .await
+        .unwrap();
+    let r = conn.get("/mtls/a").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        up.requests().pop().unwrap().header("x-client-id"),
+        Some("orders")
+    );
+
+    // CA-1 is removed: only CA-2 is trusted.
+    reload_with(
+        &gw,
+        &client_auth_config(&server, "optional", &ca2.ca_path(), &up, ""),
+    )
+    .await;
+    let hits = up.hits();
+    let r = conn.get("/mtls/b").await.unwrap();
+    let id = assert_problem(&r, 401, "unauthenticated")["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    if !h2 {
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+    let ev = audit_of(&gw, &id);
+    assert_eq!(ev["status"], 401, "{ev}");
+    assert!(ev["auth"].is_null(), "{ev}");
+    conn.closed_by_the_gateway().await;
+
+    // A new connection with the CA-1 certificate fails the handshake.
+    let fresh = tls_request(
+        addr,
+        "localhost",
+        client_cfg(&ca1, Some(&cert), h2),
+        if h2 {
+            req("GET", "https://localhost/mtls/c", &[], "")
+        } else {
+            req("GET", "/mtls/c", &[("host", "localhost")], "")
+        },
+    )
+    .await;
+    assert!(fresh.is_err(), "{:?}", fresh.map(|(r, _)| r.status));
+    assert_eq!(up.hits(), hits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_removed_by_a_reload_vouches_for_no_open_http1_connection() {
+    a_removed_ca_vouches_for_no_open_connection(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_removed_by_a_reload_vouches_for_no_open_http2_connection() {
+    a_removed_ca_vouches_for_no_open_connection(true).await;
+}
+
+/// `optional` made `required` by a reload: a connection opened without a certificate before it
+/// has its next request refused (421 `client_auth_changed`, before any step: nothing reaches
+/// the upstream) and is closed; a new connection must present a certificate.
+async fn required_now_refuses_open_connections_without_a_certificate(h2: bool) {
+    let up = TestUpstream::start("app").await;
+    let pki = TestPki::new();
+    let server = pki.issue_server(&["localhost"]);
+    let gw = Gateway::start(
+        bin(),
+        &client_auth_config(&server, "optional", &pki.ca_path(), &up, ""),
+    )
+    .unwrap();
+    let addr = gw.listener("secure");
+    let mut conn = OpenConn::open(addr, client_cfg(&pki, None, h2))
+        .await
+        .unwrap();
+    let r = conn.get("/open/a").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    reload_with(
+        &gw,
+        &client_auth_config(&server, "required", &pki.ca_path(), &up, ""),
+    )
+    .await;
+    let hits = up.hits();
+    let r = conn.get("/open/b").await.unwrap();
+    let v = assert_problem(&r, 421, "client_auth_changed");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("open a new connection"),
+        "{v}"
+    );
+    if !h2 {
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    assert_eq!(up.hits(), hits, "nothing reached the upstream");
+    let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["status"], 421, "{ev}");
+    assert_eq!(ev["stage"], "accept", "{ev}");
+    assert_eq!(ev["reason"], "client_auth_changed", "{ev}");
+    assert_eq!(ev["outcome"], "rejected", "{ev}");
+    conn.closed_by_the_gateway().await;
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains(
+            "portcullis_rejections_total{stage=\"accept\",reason=\"client_auth_changed\"} 1"
+        ),
+        "{metrics}"
+    );
+
+    // New connections: none without a certificate, one with.
+    // (Under TLS 1.3 the client learns of the refusal after its side of the handshake.)
+    if let Ok(mut without) = OpenConn::open(addr, client_cfg(&pki, None, h2)).await {
+        assert!(without.get("/open/c").await.is_err());
+    }
+    let cert = pki.issue_client("web", None);
+    let mut with = OpenConn::open(addr, client_cfg(&pki, Some(&cert), h2))
+        .await
+        .unwrap();
+    let r = with.get("/mtls/d").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_made_required_refuses_an_open_http1_connection_without_a_certificate() {
+    required_now_refuses_open_connections_without_a_certificate(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_made_required_refuses_an_open_http2_connection_without_a_certificate() {
+    required_now_refuses_open_connections_without_a_certificate(true).await;
+}
+
+/// A reload that changes nothing about client certificates — a route added, the server
+/// certificate rotated — leaves open mTLS connections alone: HTTP/1.1 and HTTP/2 alike keep
+/// their identity and stay open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_leaves_client_auth_alone_keeps_open_connections_and_identities() {
+    let up = TestUpstream::start("app").await;
+    let pki = TestPki::new();
+    let server = pki.issue_server(&["localhost"]);
+    let gw = Gateway::start(
+        bin(),
+        &client_auth_config(&server, "optional", &pki.ca_path(), &up, ""),
+    )
+    .unwrap();
+    let addr = gw.listener("secure");
+    let cert = pki.issue_client("orders", None);
+    let mut conns = Vec::new();
+    for h2 in [false, true] {
+        let mut c = OpenConn::open(addr, client_cfg(&pki, Some(&cert), h2))
+            .await
+            .unwrap();
+        let r = c.get("/mtls/a").await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        conns.push(c);
+    }
+
+    let rotated = pki.issue_server(&["localhost"]);
+    reload_with(
+        &gw,
+        &client_auth_config(
+            &rotated,
+            "optional",
+            &pki.ca_path(),
+            &up,
+            "  - { name: more, match: { prefix: /more }, upstream: app, auth: { methods: [mtls] }, authz: { allow: any-authenticated } }\n",
+        ),
+    )
+    .await;
+    for c in &mut conns {
+        for path in ["/mtls/b", "/more/c", "/mtls/d"] {
+            let r = c.get(path).await.unwrap();
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            assert_eq!(r.header("connection"), None, "{path}");
+            assert_eq!(
+                up.requests().pop().unwrap().header("x-client-id"),
+                Some("orders"),
+                "{path}"
+            );
+        }
+        assert!(!c.closed.is_finished());
+    }
+    // The rotation took: new connections see the new server certificate.
+    let (r, seen) = tls_request(
+        addr,
+        "localhost",
+        client_cfg(&pki, Some(&cert), false),
+        req("GET", "/more/e", &[("host", "localhost")], ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(seen.peer_cert_der, rotated.cert_der);
+}

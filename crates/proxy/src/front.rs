@@ -1606,6 +1606,8 @@ mod tests {
             scheme: portcullis_core::Scheme::Http,
             listener: Arc::from("l"),
             tls: None,
+            handshake: None,
+            ending: Default::default(),
             framing: Default::default(),
             response_timer: Default::default(),
             may_tunnel: Default::default(),

@@ -199,6 +199,10 @@ impl Gateway {
             }
         }
         runtime.snapshot.pipeline.activate(&self.shared);
+        // The TLS settings before the runtime: a handshake reads the runtime's client-auth
+        // fingerprint, then the settings (`server.rs`), so a connection is never recorded
+        // under newer rules than it was verified by (at worst under older ones, and its next
+        // request then ends it: see `ConnInfo::handshake`). Keep this order.
         for (name, cfg) in contexts {
             if let Some(slot) = self.tls_for(&name) {
                 slot.store(cfg);

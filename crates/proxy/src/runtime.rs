@@ -14,7 +14,33 @@ pub struct Runtime {
     pub snapshot: Snapshot,
     /// Indexed like `config.upstreams`; `None` for in-process (echo, token exchange) upstreams.
     pub pools: Vec<Option<Arc<UpstreamPool>>>,
+    /// Indexed like `config.listeners` (which no reload reorders: a reload that adds, removes
+    /// or renames a listener is refused): the listener's client-certificate rules, when it asks
+    /// for client certificates.
+    client_auth: Box<[Option<ClientAuthRules>]>,
+    /// Whether any listener asks for client certificates: requests on TLS connections whose
+    /// handshake asked for none skip the comparison when none does now either.
+    any_client_auth: bool,
     _health: Vec<HealthChecks>,
+}
+
+/// A listener's client-certificate rules (`listeners[].tls.client_auth`) as a TLS connection's
+/// handshake and its later requests compare them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAuthRules {
+    /// [`crate::tls::client_auth_fingerprint`]: the `required` flag and every CA certificate.
+    pub fingerprint: [u8; 32],
+    /// A client certificate is required (`mode: required`).
+    pub required: bool,
+}
+
+/// What a TLS connection's handshake ran under: its listener's place in `config.listeners` and
+/// the fingerprint of the listener's client-certificate rules then (`None`: it asked for no
+/// certificate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handshake {
+    pub listener: usize,
+    pub client_auth: Option<[u8; 32]>,
 }
 
 impl Runtime {
@@ -53,6 +79,18 @@ impl Runtime {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let client_auth: Box<[Option<ClientAuthRules>]> = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let ca = l.tls.as_ref()?.client_auth.as_ref()?;
+                Some(ClientAuthRules {
+                    fingerprint: crate::tls::client_auth_fingerprint(ca),
+                    required: ca.required,
+                })
+            })
+            .collect();
+        let any_client_auth = client_auth.iter().any(Option::is_some);
         let snapshot = Snapshot::new(config, shared)?;
         let health = if start_health {
             pools
@@ -66,11 +104,44 @@ impl Runtime {
         Ok(Runtime {
             snapshot,
             pools,
+            client_auth,
+            any_client_auth,
             _health: health,
         })
     }
 
     pub fn config(&self) -> &Config {
         &self.snapshot.config
+    }
+
+    /// What a TLS connection of the listener at `listener` (its place in `config.listeners`)
+    /// records at its handshake.
+    pub fn handshake(&self, listener: usize) -> Handshake {
+        Handshake {
+            listener,
+            client_auth: self
+                .client_auth
+                .get(listener)
+                .copied()
+                .flatten()
+                .map(|r| r.fingerprint),
+        }
+    }
+
+    /// Whether the client-certificate rules of a connection's listener differ from those its
+    /// handshake ran under: `None` when they are the same, else whether the listener now
+    /// requires a client certificate. A pointer and a flag to look at for a connection whose
+    /// listener asked for no certificate then and none asks for one now.
+    #[inline]
+    pub fn client_auth_changed(&self, handshake: &Handshake) -> Option<bool> {
+        if handshake.client_auth.is_none() && !self.any_client_auth {
+            return None;
+        }
+        let now = self.client_auth.get(handshake.listener).copied().flatten();
+        if now.map(|r| r.fingerprint) == handshake.client_auth {
+            None
+        } else {
+            Some(now.is_some_and(|r| r.required))
+        }
     }
 }

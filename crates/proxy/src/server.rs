@@ -29,6 +29,8 @@ const H2_MAX_LOCAL_RESETS: usize = 128;
 /// A bound client listener.
 pub struct BoundListener {
     pub name: Arc<str>,
+    /// Its place in `config.listeners` (which no reload changes).
+    index: usize,
     pub local_addr: SocketAddr,
     tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     inner: TcpListener,
@@ -52,13 +54,14 @@ impl BoundListener {
 /// Binds every client listener of the configuration.
 pub async fn bind(gw: &Gateway, config: &Config) -> Result<Vec<BoundListener>, String> {
     let mut out = Vec::new();
-    for l in &config.listeners {
+    for (index, l) in config.listeners.iter().enumerate() {
         let inner = TcpListener::bind(l.address)
             .await
             .map_err(|e| format!("listener {}: cannot bind {}: {e}", l.name, l.address))?;
         let local_addr = inner.local_addr().map_err(|e| e.to_string())?;
         out.push(BoundListener {
             name: l.name.clone(),
+            index,
             local_addr,
             tls: if l.tls.is_some() {
                 gw.tls_for(&l.name)
@@ -109,7 +112,8 @@ pub async fn serve(
                             };
                             let _ = stream.set_nodelay(true);
                             let drain = Drain { watcher: graceful.watcher(), stop: stop.clone() };
-                            tokio::spawn(connection(gw.clone(), drain, stream, peer, l.name.clone(), l.tls.clone(), admitted));
+                            let listener = (l.name.clone(), l.index);
+                            tokio::spawn(connection(gw.clone(), drain, stream, peer, listener, l.tls.clone(), admitted));
                         }
                         Err(e) => {
                             // Out of file descriptors and the like: back off instead of spinning.
@@ -146,7 +150,7 @@ async fn connection(
     drain: Drain,
     stream: TcpStream,
     peer: SocketAddr,
-    listener: Arc<str>,
+    (listener, index): (Arc<str>, usize),
     tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     _admitted: Admitted,
 ) {
@@ -233,6 +237,8 @@ async fn connection(
                 scheme: Scheme::Http,
                 listener: listener.clone(),
                 tls: None,
+                handshake: None,
+                ending: Default::default(),
                 framing,
                 response_timer: Default::default(),
                 may_tunnel: Default::default(),
@@ -245,6 +251,12 @@ async fn connection(
             watch(conn, watchdog, &watched, peer, &metrics).await;
         }
         Some(cfg) => {
+            // The client-certificate rules the handshake runs under, read before the TLS
+            // context: a reload stores the new contexts before the new runtime, so what is
+            // recorded is never newer than the context the handshake uses — at worst older (a
+            // reload between the two reads), and then the connection's first request finds the
+            // rules changed and the client connects again.
+            let handshake = gw.runtime().handshake(index);
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg.load_full());
             // The handshake is part of the time to the first head: a client that trickles its
             // hello, or connects and says nothing, is closed like a slowloris in cleartext.
@@ -294,6 +306,8 @@ async fn connection(
                 scheme: Scheme::Https,
                 listener: listener.clone(),
                 tls: Some(info),
+                handshake: Some(handshake),
+                ending: Default::default(),
                 framing,
                 response_timer: Default::default(),
                 may_tunnel: Default::default(),
@@ -363,7 +377,7 @@ async fn serve_http<S>(
 {
     let peer = info.peer;
     let io = if front {
-        match front::serve(io, &gw, &info, max_buf, drain.stop).await {
+        match front::serve(io, &gw, &info, max_buf, drain.stop.clone()).await {
             front::Outcome::Closed => return,
             front::Outcome::HandOver(io) => io,
         }
@@ -372,22 +386,45 @@ async fn serve_http<S>(
     };
     let (watched, metrics) = (info.clone(), gw.metrics.clone());
     let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
-    let conn = Box::pin(
-        drain
-            .watcher
-            .watch(builder.serve_connection_with_upgrades(TokioIo::new(io), svc)),
-    );
+    let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
+    // Held for the connection's life: the stop's drain waits for it.
+    let Drain {
+        watcher: _watcher,
+        mut stop,
+    } = drain;
+    // The connection is ended gracefully — HTTP/1.1 after the answer in progress, HTTP/2 with
+    // `GOAWAY`, its streams in flight answered — at the gateway's stop (which comes before
+    // the drain's), or when one of its requests asks for it (the client-certificate rules its
+    // handshake ran under changed). Polled only when it is told, like the flood's watch.
+    let ending = std::pin::pin!(async {
+        tokio::select! {
+            () = front::raised(&mut stop) => {}
+            () = watched.ending.notified() => {}
+        }
+    });
+    let mut ending = Gated::new(ending);
+    let mut ended = false;
     // Polled only when it is told, not at each of the connection's wake-ups.
     let flooded = std::pin::pin!(watched.resets.flooded());
-    let flooded = Gated::new(flooded);
-    tokio::select! {
-        r = conn => if let Err(e) = r {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
-        },
-        // Dropping the connection closes it and drops its streams' requests with it.
-        () = flooded => {
-            tracing::warn!(%peer, "HTTP/2 client reset too many streams in flight: connection closed");
-            metrics.count_rejection("accept", "h2_reset_flood");
+    let mut flooded = Gated::new(flooded);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            () = &mut ending, if !ended => {
+                ended = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            // Dropping the connection closes it and drops its streams' requests with it.
+            () = &mut flooded => {
+                tracing::warn!(%peer, "HTTP/2 client reset too many streams in flight: connection closed");
+                metrics.count_rejection("accept", "h2_reset_flood");
+                break;
+            }
         }
     }
 }

@@ -55,6 +55,13 @@ pub struct ConnInfo {
     pub scheme: Scheme,
     pub listener: Arc<str>,
     pub tls: Option<TlsInfo>,
+    /// A TLS connection's listener and the client-certificate rules its handshake ran under,
+    /// which each of its requests compares with its snapshot's (a reload may have changed
+    /// them since); `None` for a cleartext connection.
+    pub handshake: Option<crate::runtime::Handshake>,
+    /// Told when the connection is to end once the answers in progress are out (HTTP/2: a
+    /// graceful `GOAWAY`; an HTTP/1.1 answer says `connection: close` itself).
+    pub ending: tokio::sync::Notify,
     /// Set by the strict framing reader when the connection's bytes were ambiguous.
     pub framing: Arc<crate::sniff::Flag>,
     /// The upstream response timer, kept between the connection's requests.
@@ -78,6 +85,35 @@ impl ConnInfo {
     pub(crate) fn may_tunnel(&self) -> bool {
         self.may_tunnel.load(std::sync::atomic::Ordering::Relaxed)
     }
+}
+
+/// The step id of refusals of requests on a connection whose handshake no longer stands
+/// (step 0, accept).
+pub const ACCEPT_STAGE: StageId = StageId("accept");
+
+/// A request on a TLS connection whose listener's client-certificate rules changed since the
+/// handshake (a CA removed from `ca_file`, `optional` made `required`, client auth turned on
+/// or off): the certificate the handshake verified is not believed any more — the request goes
+/// on without it, so mTLS fails closed as for a missing certificate — and the connection is
+/// ended after the answer (HTTP/2: `GOAWAY`, asked for here), so that the client connects
+/// again under the new rules. Out of line: it happens once or twice per connection, at most,
+/// after such a reload.
+#[cold]
+#[inline(never)]
+fn client_auth_changed(conn: &ConnInfo, ctx: &mut RequestCtx, h2: bool, required: bool) {
+    if let Some(tls) = ctx.tls.as_mut() {
+        tls.peer_certificate = None;
+    }
+    if h2 {
+        conn.ending.notify_one();
+    }
+    tracing::info!(
+        listener = %conn.listener,
+        peer = %conn.peer,
+        request_id = %ctx.request_id,
+        required,
+        "the connection predates a change of its listener's client-certificate rules: its certificate is not used, and it is closed after this answer"
+    );
 }
 
 /// The gateway's fields of an answer whose map does not carry them, for the server that
@@ -306,6 +342,15 @@ impl Gateway {
         if accept_id && let Some(id) = incoming_request_id(&head.headers, &id_header) {
             ctx.request_id = id;
         }
+        // The client-certificate rules the connection's handshake ran under, against this
+        // snapshot's: `Some(required now)` when they changed.
+        let trust_changed = conn
+            .handshake
+            .as_ref()
+            .and_then(|h| rt.client_auth_changed(h));
+        if let Some(required) = trust_changed {
+            client_auth_changed(&conn, &mut ctx, head.version == Version::HTTP_2, required);
+        }
 
         // The framing reader stops following an HTTP/1 connection at a head that asks for an
         // upgrade or a tunnel (what follows a 101 is not HTTP/1.1). When none is made, the
@@ -390,6 +435,15 @@ impl Gateway {
                 }
                 Err(Rejection::new(a.reason(), a.detail())
                     .with_header(header::CONNECTION, HeaderValue::from_static("close")))
+            }
+            // The listener now requires a client certificate, and none this connection
+            // presented can be believed: refused before any step, and the connection ends.
+            None if trust_changed == Some(true) => {
+                ctx.rejected_by = Some((ACCEPT_STAGE, RejectReason::ClientAuthChanged));
+                Err(Rejection::new(
+                    RejectReason::ClientAuthChanged,
+                    "the connection predates a change of the listener's client-certificate rules; open a new connection",
+                ))
             }
             None => {
                 let verdict = rt.snapshot.pipeline.run(&mut greq, ctx).await;
@@ -493,6 +547,15 @@ impl Gateway {
             }
         }
         if unfollowed && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        // A connection whose client-certificate rules changed ends with this answer (an
+        // HTTP/2 one was told to, above), so that its client handshakes again.
+        if trust_changed.is_some()
+            && matches!(seen.version, Version::HTTP_10 | Version::HTTP_11)
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

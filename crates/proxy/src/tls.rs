@@ -166,6 +166,24 @@ pub fn server_config(tls: &ListenerTls) -> Result<Arc<rustls::ServerConfig>, Str
     Ok(Arc::new(cfg))
 }
 
+/// The fingerprint of a listener's client-certificate rules: SHA-256 over the `required` flag
+/// and every CA certificate of `ca_file`, in order, each after its length (so that no two lists
+/// of certificates hash alike). Computed when a configuration's runtime is built; a TLS
+/// connection keeps the one its handshake ran under, and each of its requests compares it with
+/// the running configuration's ([`crate::runtime::Runtime::client_auth_changed`]).
+pub fn client_auth_fingerprint(ca: &portcullis_config::ClientAuth) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"portcullis client_auth v1\0");
+    ctx.update(&[u8::from(ca.required)]);
+    for root in &ca.roots {
+        ctx.update(&(root.len() as u64).to_be_bytes());
+        ctx.update(root);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 /// A distinguished name as RFC 4514 writes it: the last RDN first, `,` between RDNs and `+`
 /// between the attributes of one, the usual short names (`CN`, `O`, `OU`, `C`, `L`, `ST`,
 /// `STREET`, `DC`, `UID`, else the dotted OID), and in values the characters that would
@@ -307,6 +325,36 @@ mod tests {
         );
         assert_eq!(subject_of(&[(DnType::CommonName, "#x")]), "CN=\\#x");
         assert_eq!(subject_of(&[(DnType::CommonName, "bff")]), "CN=bff");
+    }
+
+    /// The fingerprint changes with the `required` flag, with any CA certificate added, removed
+    /// or reordered, and with nothing else.
+    #[test]
+    fn the_client_auth_fingerprint_covers_the_flag_and_every_root_in_order() {
+        let root = |cn: &str| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let key = rcgen::KeyPair::generate().unwrap();
+            params.self_signed(&key).unwrap().der().clone()
+        };
+        let (a, b) = (root("a"), root("b"));
+        let rules = |required: bool, roots: &[&rustls_pki_types::CertificateDer<'static>]| {
+            client_auth_fingerprint(&portcullis_config::ClientAuth {
+                required,
+                roots: roots.iter().map(|r| (*r).clone()).collect(),
+            })
+        };
+        let base = rules(false, &[&a, &b]);
+        assert_eq!(base, rules(false, &[&a, &b]));
+        for other in [
+            rules(true, &[&a, &b]),
+            rules(false, &[&a]),
+            rules(false, &[&b, &a]),
+            rules(false, &[&a, &b, &b]),
+            rules(false, &[]),
+        ] {
+            assert_ne!(base, other);
+        }
     }
 
     fn with_uris(uris: &[&str]) -> portcullis_core::PeerCertificate {
