@@ -117,15 +117,10 @@ impl<'de> serde::Deserialize<'de> for Shape {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Shape, A::Error> {
                 let mut entries = Vec::new();
-                while let Some(k) = a.next_key::<serde_yaml_ng::Value>()? {
-                    // Keys as the JSON value names them: `1` and `'1'` are one key there.
-                    let k = match k {
-                        serde_yaml_ng::Value::String(s) => s,
-                        serde_yaml_ng::Value::Number(n) => n.to_string(),
-                        serde_yaml_ng::Value::Bool(b) => b.to_string(),
-                        serde_yaml_ng::Value::Null => "null".to_string(),
-                        _ => String::new(),
-                    };
+                // Keys by their text, as the JSON value names them: `1` and `'1'` are one key
+                // there, `16` and `0x10` two. (A key that is not a scalar makes the whole
+                // check give up; the JSON reading then reports it.)
+                while let Some(k) = a.next_key::<String>()? {
                     entries.push((k, a.next_value::<Shape>()?));
                 }
                 Ok(Shape::Map(entries))

@@ -1290,6 +1290,15 @@ waf: { 1: x, '1': y }
             "waf.1: written more than once in the same mapping (only the last would be used): merge them",
         ]
     );
+    // Keys compare as the text the JSON value keeps: `16` and `0x10`, `true` and `True`,
+    // `1` and `+1` are two keys there, so no repeat (whatever else is said of them).
+    for pair in ["16: a, 0x10: b", "true: a, True: b", "1: a, +1: b"] {
+        let e = errs(&format!("waf: {{ {pair} }}\n"));
+        assert!(
+            !e.iter().any(|m| m.contains("more than once")),
+            "{pair}: {e:?}"
+        );
+    }
     // The same keys in different mappings are not repeats; YAML merge keys (`<<`) and aliases
     // still work.
     assert!(

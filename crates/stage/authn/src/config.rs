@@ -1008,8 +1008,9 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
             claims: claim_names(&r.claims),
             ca_pem,
         };
-        if r.max_in_flight == 0 {
-            e.push(format!("{path}.max_in_flight"), "at least 1");
+        // Above the semaphore's bound it would panic; no endpoint takes a million at once.
+        if !(1..=1_000_000).contains(&r.max_in_flight) {
+            e.push(format!("{path}.max_in_flight"), "between 1 and 1000000");
         }
         introspection.push(i);
     }
@@ -1549,6 +1550,30 @@ mod tests {
                     "auth.internal_token.key_file: a key for {found}, not"
                 )),
                 "{e:?}"
+            );
+        }
+    }
+
+    /// `max_in_flight` is a count a semaphore can hold: 0 and absurd values are refused at
+    /// load (one above the semaphore's bound would panic when the endpoint is built).
+    #[test]
+    fn max_in_flight_is_bounded() {
+        let errors = |n: u64| -> Vec<String> {
+            let raw: RawAuth =
+                serde_json::from_value(serde_json::json!({ "introspection": { "idp": {
+                "endpoint": "https://idp.test/introspect", "client_id": "gw",
+                "client_secret": { "value": "s" }, "max_in_flight": n } } }))
+                .unwrap();
+            let mut e = ConfigErrors::new();
+            compile(&raw, Path::new("."), &mut e);
+            e.iter().map(|e| e.to_string()).collect()
+        };
+        assert!(errors(1).is_empty() && errors(1_000_000).is_empty());
+        for n in [0, 1_000_001, 3_000_000_000_000_000_000] {
+            assert_eq!(
+                errors(n),
+                vec!["auth.introspection.idp.max_in_flight: between 1 and 1000000"],
+                "{n}"
             );
         }
     }

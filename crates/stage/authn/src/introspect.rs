@@ -50,7 +50,10 @@ impl Introspector {
     pub fn new(cfg: Introspection) -> Result<Introspector, String> {
         Ok(Introspector {
             fetcher: Fetcher::new(cfg.ca_pem.as_deref())?,
-            slots: tokio::sync::Semaphore::new(cfg.max_in_flight.max(1)),
+            slots: tokio::sync::Semaphore::new(
+                cfg.max_in_flight
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            ),
             cfg,
             inflight: Mutex::new(HashMap::new()),
         })

@@ -481,6 +481,8 @@ impl Window {
 
 /// Shards of the addresses followed (a power of two).
 pub const TRACK_SHARDS: usize = 64;
+/// The fewest addresses a shard follows, whatever `max_tracked` says.
+const MIN_SHARD: usize = 8;
 /// A full shard makes this fraction of its room free at once.
 const EVICT_DIVISOR: usize = 8;
 /// Least time between two walks of a shard that could not free its eighth.
@@ -527,8 +529,10 @@ impl Tracks {
     }
 
     /// Addresses one shard follows at most (bans by hand and from the store apart).
+    /// At least [`MIN_SHARD`]: a shard of one or two would be quiet (full of bans) after one
+    /// or two bans, and count no other address hashed to it.
     fn cap(&self, rules: &BanRules) -> usize {
-        rules.max_tracked.div_ceil(self.shards.len()).max(1)
+        rules.max_tracked.div_ceil(self.shards.len()).max(MIN_SHARD)
     }
 
     /// The track of `key` in its (locked) `shard`, made when there is room for it. A full
@@ -1127,8 +1131,10 @@ impl BanList {
                 let Ok(ip) = address.parse::<IpAddr>() else {
                     continue;
                 };
+                // Forced: the store has cleared the count, so this instance is the only one
+                // that will impose the ban — a full shard must not lose it.
                 let mut shard = self.tracks.shard(ip);
-                let Some(t) = self.tracks.track(&mut shard, &rules, ip, now, false) else {
+                let Some(t) = self.tracks.track(&mut shard, &rules, ip, now, true) else {
                     continue;
                 };
                 if let Some((_, w)) = t.windows.iter_mut().find(|(n, _)| *n == r.name) {
@@ -1588,21 +1594,52 @@ mod tests {
     /// no ban (here all with one refusal: the least recently seen) makes room.
     #[test]
     fn a_full_list_makes_room_for_a_new_address_and_a_ban_by_hand() {
-        let r = rules(&[("r", &["route_not_found"], 5, "1m", "1m")], &[]);
+        // Eight: the fewest a shard follows.
+        let r = tracking(&[("r", &["route_not_found"], 5, "1m", "1m")], &[], 8);
         let b = one_shard();
         let t0 = Instant::now();
-        for (i, a) in ["192.0.2.1", "192.0.2.2", "192.0.2.3"].iter().enumerate() {
-            b.record(&r, ip(a), RejectReason::RouteNotFound, t0 + S * i as u32);
+        for i in 1..=8u8 {
+            b.record(
+                &r,
+                IpAddr::from([192, 0, 2, i]),
+                RejectReason::RouteNotFound,
+                t0 + S * u32::from(i),
+            );
         }
-        b.record(&r, ip("192.0.2.4"), RejectReason::RouteNotFound, t0 + 3 * S);
-        assert_eq!(b.tracked(), 3);
-        assert!(b.is_tracked(ip("192.0.2.4")), "the newcomer is counted");
+        b.record(&r, ip("192.0.2.9"), RejectReason::RouteNotFound, t0 + 9 * S);
+        assert_eq!(b.tracked(), 8);
+        assert!(b.is_tracked(ip("192.0.2.9")), "the newcomer is counted");
         assert!(!b.is_tracked(ip("192.0.2.1")), "the oldest made room");
-        b.ban(&r, ip("198.51.100.9"), 60 * S, "admin", t0 + 4 * S)
+        b.ban(&r, ip("198.51.100.9"), 60 * S, "admin", t0 + 10 * S)
             .unwrap();
-        assert_eq!(b.banned(&r, ip("198.51.100.9"), t0 + 4 * S), Some(60 * S));
-        assert_eq!(b.tracked(), 3);
+        assert_eq!(b.banned(&r, ip("198.51.100.9"), t0 + 10 * S), Some(60 * S));
+        assert_eq!(b.tracked(), 8);
         assert!(!b.is_tracked(ip("192.0.2.2")), "the next oldest made room");
+    }
+
+    /// However small `max_tracked`, a shard follows eight addresses: one ban does not leave a
+    /// shard full of bans, counting nobody else.
+    #[test]
+    fn one_ban_does_not_stop_a_small_shard_counting() {
+        let r = tracking(&[("r", &["route_not_found"], 2, "1m", "1h")], &[], 1);
+        let b = one_shard();
+        let t0 = Instant::now();
+        for k in 0..2 {
+            b.record(&r, ip("192.0.2.1"), RejectReason::RouteNotFound, t0 + k * S);
+        }
+        assert!(b.banned(&r, ip("192.0.2.1"), t0 + 2 * S).is_some());
+        for k in 0..2 {
+            b.record(
+                &r,
+                ip("192.0.2.2"),
+                RejectReason::RouteNotFound,
+                t0 + (2 + k) * S,
+            );
+        }
+        assert!(
+            b.banned(&r, ip("192.0.2.2"), t0 + 4 * S).is_some(),
+            "the second offender is counted and banned"
+        );
     }
 
     /// The list full of an attacker's addresses (one refusal each, the cheapest way to fill

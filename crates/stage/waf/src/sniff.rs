@@ -371,12 +371,33 @@ pub async fn declared_binary_is_text(req: &mut GatewayRequest) -> Result<bool, B
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let mut sniffer = Sniffer::new(Coding::of(&req.head.headers), is_grpc(ct));
+    let h2 = req.head.version == http::Version::HTTP_2;
     let body = match &mut req.body {
         RequestBody::Buffered(b) => return Ok(sniffer.look(b, true) == Look::Text),
         RequestBody::Streaming(body) => body,
     };
     let mut buf = BytesMut::new();
     let mut ended = body.is_end_stream();
+    // A gRPC call (HTTP/2) whose client has sent nothing yet may be a bidirectional stream
+    // waiting for the server to speak first: it streams on rather than wait for a message
+    // that comes only after an answer. What has already arrived is judged as below.
+    if sniffer.grpc && h2 && !ended {
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut *body).poll_frame(cx)))
+                .await;
+        match first {
+            std::task::Poll::Pending => return Ok(false),
+            std::task::Poll::Ready(None) => ended = true,
+            std::task::Poll::Ready(Some(Err(e))) => return Err(BodyError::Read(e)),
+            std::task::Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    buf.extend_from_slice(&data);
+                    ended = body.is_end_stream();
+                }
+                Err(_) => ended = true,
+            },
+        }
+    }
     let text = loop {
         match sniffer.look(&buf, ended) {
             Look::Text => break true,

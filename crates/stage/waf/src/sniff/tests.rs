@@ -395,6 +395,32 @@ async fn a_grpc_stream_is_not_waited_for() {
     assert_eq!(first.as_ref(), msg);
 }
 
+/// A gRPC call over HTTP/2 whose client has sent nothing yet (a bidirectional stream waiting
+/// for the server to speak first) streams on at once; labelled gRPC over HTTP/1.1 (no gRPC
+/// client speaks it) is waited for like any other body.
+#[tokio::test]
+async fn a_grpc_call_that_has_sent_nothing_yet_is_not_held() {
+    let mut req = request("application/grpc", &[], true);
+    req.head.version = http::Version::HTTP_2;
+    let text = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        declared_binary_is_text(&mut req),
+    )
+    .await
+    .expect("decided without any byte");
+    assert!(!text.unwrap());
+    let mut req = request("application/grpc", &[], true);
+    assert!(
+        tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            declared_binary_is_text(&mut req)
+        )
+        .await
+        .is_err(),
+        "over HTTP/1.1 the first bytes are waited for"
+    );
+}
+
 /// The inflation of a prefix tells a stream cut short (read on) from one that is not gzip or
 /// zlib (stop).
 #[test]
