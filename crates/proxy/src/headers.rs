@@ -672,17 +672,25 @@ pub fn rewrite_target_links(headers: &mut HeaderMap, target: &str, scheme: &str,
         let Some(value) = headers.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        let rest = ["http://", "https://"].iter().find_map(|p| {
-            let after = value
-                .get(..p.len())?
-                .eq_ignore_ascii_case(p)
-                .then(|| value.get(p.len()..))??;
-            let tail = after
-                .get(..target.len())?
-                .eq_ignore_ascii_case(target)
-                .then(|| after.get(target.len()..))??;
-            (tail.is_empty() || tail.starts_with(['/', '?', '#'])).then_some(tail)
-        });
+        // The target is written with its port; a link may leave out the scheme's default one
+        // (`http://orders/login` for `orders:80`), as most frameworks do.
+        let rest =
+            [("http://", ":80"), ("https://", ":443")]
+                .iter()
+                .find_map(|(p, default_port)| {
+                    let after = value
+                        .get(..p.len())?
+                        .eq_ignore_ascii_case(p)
+                        .then(|| value.get(p.len()..))??;
+                    let bare = target.strip_suffix(default_port);
+                    [Some(target), bare].into_iter().flatten().find_map(|t| {
+                        let tail = after
+                            .get(..t.len())?
+                            .eq_ignore_ascii_case(t)
+                            .then(|| after.get(t.len()..))??;
+                        (tail.is_empty() || tail.starts_with(['/', '?', '#'])).then_some(tail)
+                    })
+                });
         let Some(rest) = rest else { continue };
         if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{rest}")) {
             headers.insert(name, v);
@@ -760,6 +768,43 @@ mod tests {
             "https://elsewhere.example/10.0.0.5:8081",
         ] {
             assert_eq!(run(other), other);
+        }
+    }
+
+    /// A link that leaves out its scheme's default port names the target all the same (and
+    /// one of the other scheme's default port does not).
+    #[test]
+    fn links_without_the_default_port_are_rewritten() {
+        let run = |target: &str, loc: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::LOCATION, HeaderValue::from_str(loc).unwrap());
+            rewrite_target_links(&mut h, target, "https", "api.example.com");
+            h[http::header::LOCATION].to_str().unwrap().to_string()
+        };
+        assert_eq!(
+            run("orders:80", "http://orders/login"),
+            "https://api.example.com/login"
+        );
+        assert_eq!(
+            run("orders:80", "http://orders:80/login"),
+            "https://api.example.com/login"
+        );
+        assert_eq!(
+            run("orders:443", "https://ORDERS?x"),
+            "https://api.example.com?x"
+        );
+        assert_eq!(
+            run("[fd00::5]:80", "http://[fd00::5]/a"),
+            "https://api.example.com/a"
+        );
+        for (target, other) in [
+            ("orders:443", "http://orders/login"),
+            ("orders:80", "https://orders/login"),
+            ("orders:8080", "http://orders/login"),
+            ("orders:80", "http://orders.evil.example/login"),
+            ("orders:80", "http://ordersx/login"),
+        ] {
+            assert_eq!(run(target, other), other, "{target}");
         }
     }
 

@@ -162,7 +162,14 @@ pub async fn filter_with(
             plan.filters(json)
                 || (!json && plan.contract_withholds(status, single_content_type(resp.headers())))
         };
-        if request_method == Method::HEAD && would_filter() {
+        // So does a 304, whose fields are the whole body's (its tag, its length) — often with
+        // no type to tell whether the body would be JSON.
+        let stale = if request_method == Method::HEAD {
+            would_filter()
+        } else {
+            status == StatusCode::NOT_MODIFIED && (plan.filters(true) || would_filter())
+        };
+        if stale {
             remove_stale(resp.headers_mut());
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
@@ -811,7 +818,7 @@ mod tests {
         let out = expect_ok(filter_response(resp, &filter(8), &Method::HEAD).await);
         assert!(out.headers().get("content-length").is_none());
         assert!(out.headers().get("etag").is_none());
-        for status in [204, 304, 100, 103] {
+        for status in [204, 100, 103] {
             let resp = response(
                 status,
                 &[("content-encoding", "gzip"), ("etag", "\"e\"")],
@@ -820,6 +827,17 @@ mod tests {
             let out = expect_ok(run(resp, 8).await);
             assert_eq!(out.status().as_u16(), status);
             assert_eq!(out.headers()["etag"], "\"e\"");
+        }
+        // A 304's tag and length are the whole body's, not the view's: dropped, typed or not.
+        for fields in [
+            &[("etag", "\"e\""), ("content-length", "99")][..],
+            &[JSON, ("etag", "\"e\"")],
+        ] {
+            let resp = response(304, fields, failing());
+            let out = expect_ok(run(resp, 8).await);
+            assert_eq!(out.status().as_u16(), 304);
+            assert!(out.headers().get("etag").is_none(), "{fields:?}");
+            assert!(out.headers().get("content-length").is_none(), "{fields:?}");
         }
     }
 

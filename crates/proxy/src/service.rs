@@ -87,6 +87,14 @@ impl ConnInfo {
     }
 }
 
+/// Removes the conditional fields that compare against the upstream's entity tags.
+#[cold]
+fn strip_validators(headers: &mut http::HeaderMap) {
+    for name in [header::IF_NONE_MATCH, header::IF_MATCH, header::IF_RANGE] {
+        headers.remove(name);
+    }
+}
+
 /// The step id of refusals of requests on a connection whose handshake no longer stands
 /// (step 0, accept).
 pub const ACCEPT_STAGE: StageId = StageId("accept");
@@ -698,10 +706,20 @@ impl Gateway {
             );
         }
         propagate_traceparent(&mut head.headers, &mut sink);
-        if route.response_filter.is_some() || ctx.response_contract.is_some() {
+        let rewritten = route.response_filter.is_some()
+            || ctx.response_filter.is_some()
+            || ctx.response_contract.as_ref().is_some_and(|c| c.filters());
+        if rewritten || ctx.response_contract.is_some() {
             // Filtered and validated bodies must arrive readable (a compressed one could only
             // be withheld or passed unchecked).
             head.headers.remove(header::ACCEPT_ENCODING);
+        }
+        if rewritten {
+            // The upstream's validators describe the whole body, not the view the client
+            // gets: a 304 to a guessed `If-None-Match` would tell whether a hidden field holds
+            // the guessed value (and the tag itself, its length and hash). The client gets
+            // the view whole every time.
+            strip_validators(&mut head.headers);
         }
         route.request_headers.apply(&mut head.headers);
         head.version = Version::HTTP_11;
