@@ -408,6 +408,7 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
                 RawSemicolons::Keep => Semicolons::Keep,
             },
         },
+        method_override: s.method_override,
         limits: HeadLimits::compile(&s.limits, "server.limits", e),
         ip_filter: IpRules::compile(&s.ip_filter, "server.ip_filter", e),
         header_read_timeout,

@@ -209,6 +209,12 @@ pub struct RawServer {
     /// ordinary character of its segment; dot segments with a parameter still refused).
     #[serde(default)]
     pub path_semicolons: RawSemicolons,
+    /// What a method or URL override is met with (`X-HTTP-Method-Override`, `X-HTTP-Method`,
+    /// `X-Method-Override`, `X-Original-URL`, `X-Rewrite-URL` in any case or `_` spelling, a
+    /// query parameter `_method`): `refuse` (default, 400: the backend would run another method
+    /// or serve another path than the one the gateway authorized) or `pass` (forwarded as sent).
+    #[serde(default)]
+    pub method_override: MethodOverride,
     /// Size limits on every request.
     #[serde(default)]
     pub limits: RawLimits,
@@ -272,6 +278,7 @@ impl Default for RawServer {
             forwarded_headers: RawForwardedHeaders::default(),
             encoded_slash: RawEncodedSlash::default(),
             path_semicolons: RawSemicolons::default(),
+            method_override: MethodOverride::default(),
             limits: RawLimits::default(),
             ip_filter: RawIpFilter::default(),
             header_read_timeout: default_header_timeout(),
@@ -382,6 +389,18 @@ pub enum RawSemicolons {
     Reject,
     /// An ordinary character of its segment (`/a;jsessionid=1`), except in dot segments.
     Keep,
+}
+
+/// What a method or URL override in a request is met with.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodOverride {
+    /// Refused with 400: the method and URL the gateway authorizes are the request line's.
+    #[default]
+    Refuse,
+    /// Forwarded as sent, for backends that need them: per-method authorization then no
+    /// longer binds what such a backend runs.
+    Pass,
 }
 
 /// What an encoded slash (`%2F`) in a request path is met with.

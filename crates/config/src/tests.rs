@@ -1338,3 +1338,20 @@ fn every_url_password_in_a_value_is_hidden_and_url_lists_refused() {
         ],
     );
 }
+
+#[test]
+fn method_overrides_are_refused_by_default_and_can_be_passed() {
+    let c = load_str("", Path::new(".")).unwrap();
+    assert_eq!(c.server.method_override, MethodOverride::Refuse);
+    let c = load_str("server: { method_override: refuse }", Path::new(".")).unwrap();
+    assert_eq!(c.server.method_override, MethodOverride::Refuse);
+    let c = load_str("server: { method_override: pass }", Path::new(".")).unwrap();
+    assert_eq!(c.server.method_override, MethodOverride::Pass);
+    for bad in ["allow", "true", "Pass"] {
+        let e = errs(&format!("server: {{ method_override: {bad} }}"));
+        assert!(
+            e.iter().any(|m| m.starts_with("server.method_override")),
+            "{bad}: {e:?}"
+        );
+    }
+}

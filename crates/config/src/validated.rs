@@ -13,8 +13,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::raw::RawConfig;
 pub use crate::raw::{
-    AcceptFrom, AuditOutput, Balance, ClientAddressHeader, HostHeader, LogFormat, UpstreamKind,
-    UpstreamProtocol,
+    AcceptFrom, AuditOutput, Balance, ClientAddressHeader, HostHeader, LogFormat, MethodOverride,
+    UpstreamKind, UpstreamProtocol,
 };
 pub use portcullis_authn::config::{AuthSettings, RouteAuth};
 pub use portcullis_authz::config::{AuthzSettings, RouteAuthz};
@@ -99,6 +99,8 @@ pub struct Server {
     pub forwarded: bool,
     /// `encoded_slash` and `path_semicolons`.
     pub path_rules: portcullis_core::path::PathRules,
+    /// Whether method and URL overrides are refused by the protocol step, or passed on.
+    pub method_override: MethodOverride,
     pub limits: HeadLimits,
     pub ip_filter: IpRules,
     pub header_read_timeout: Duration,

@@ -139,7 +139,9 @@ impl Pipeline {
                 config.server.trusted_proxies.clone(),
                 config.server.client_address_header,
             )),
-            Box::new(HygieneStage),
+            Box::new(HygieneStage::new(
+                config.server.method_override == portcullis_config::MethodOverride::Refuse,
+            )),
             Box::new(NormalizeStage::new(config.server.path_rules)),
             Box::new(HeadLimitsStage::new(config.server.limits)),
             Box::new(IpFilterStage::global_with_bans(

@@ -493,3 +493,135 @@ async fn an_upgrade_not_made_closes_the_connection() {
     .await;
     assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
 }
+
+/// A method or URL override — a field a backend reads as the method to run (Rack, Symfony,
+/// Laravel, Express `method-override`) or the URL to serve (IIS, Symfony), in any case or
+/// `_` spelling, or a `_method` query parameter — would make the backend run what the gateway
+/// never authorized: refused by the protocol step (400 `bad_request` problem document with its
+/// request id, audited, the connection closed), nothing upstream. Look-alikes are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_and_url_overrides_are_refused() {
+    let (up, gw) = proxy_to_upstream().await;
+    let addr = gw.listener("public");
+    let cases: &[(&str, &str)] = &[
+        (
+            "POST /orders/7 HTTP/1.1\r\nHost: a\r\nX-HTTP-Method-Override: DELETE\r\n",
+            "X-HTTP-Method-Override",
+        ),
+        (
+            "POST /orders/7 HTTP/1.1\r\nHost: a\r\nx_http_method_override: DELETE\r\n",
+            "X-HTTP-Method-Override",
+        ),
+        (
+            "POST /orders/7 HTTP/1.1\r\nHost: a\r\nX-Http-Method: PUT\r\n",
+            "X-HTTP-Method",
+        ),
+        (
+            "POST /orders/7 HTTP/1.1\r\nHost: a\r\nX_METHOD_OVERRIDE: PATCH\r\n",
+            "X-Method-Override",
+        ),
+        (
+            "GET /public HTTP/1.1\r\nHost: a\r\nX-Original-URL: /admin\r\n",
+            "X-Original-URL",
+        ),
+        (
+            "GET /public HTTP/1.1\r\nHost: a\r\nx-rewrite-url: /admin\r\n",
+            "X-Rewrite-URL",
+        ),
+        (
+            "POST /orders/7?_method=DELETE HTTP/1.1\r\nHost: a\r\n",
+            "_method",
+        ),
+        (
+            "POST /orders/7?a=1&%5FMethod=DELETE HTTP/1.1\r\nHost: a\r\n",
+            "_method",
+        ),
+        (
+            "POST /orders/7?.method=DELETE HTTP/1.1\r\nHost: a\r\n",
+            "_method",
+        ),
+    ];
+    for (head, named) in cases {
+        let bytes = format!("{head}Content-Length: 0\r\n\r\n");
+        let (out, closed) = raw_exchange(addr, bytes.as_bytes()).await;
+        assert_refused(head, &out, closed);
+        let header_id = out
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-request-id: ")
+                    .map(str::to_string)
+            })
+            .unwrap();
+        let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+        let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(doc["code"], "bad_request", "{head}: {doc}");
+        assert_eq!(doc["request_id"], header_id.trim(), "{head}: {doc}");
+        let detail = doc["detail"].as_str().unwrap();
+        assert!(detail.contains(named), "{head}: {detail}");
+        assert!(detail.contains("authorized"), "{head}: {detail}");
+        let ev = audit_of(&gw, header_id.trim());
+        assert_eq!(ev["stage"], "protocol", "{ev}");
+        assert_eq!(ev["reason"], "bad_request", "{ev}");
+    }
+    assert_eq!(up.hits(), 0, "{:?}", up.requests());
+    // Look-alikes are ordinary fields and parameters.
+    let ok = raw_http(
+        addr,
+        b"POST /orders/7?method=DELETE&x_method=1 HTTP/1.1\r\nHost: a\r\nX-HTTP-Method-Overrides: DELETE\r\nMethod: DELETE\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].method, "POST");
+    assert_eq!(reqs[0].uri, "/orders/7?method=DELETE&x_method=1");
+}
+
+/// Override refusals count towards bans as the step's other refusals do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_overrides_count_towards_bans() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "bans:\n  rules:\n    - {{ name: junk, on: [bad_request], count: 2, within: 1m, ban_for: 1m }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        up.url()
+    ));
+    let addr = gw.listener("public");
+    for bytes in [
+        &b"POST /orders/7 HTTP/1.1\r\nHost: a\r\nX-HTTP-Method-Override: DELETE\r\nContent-Length: 0\r\n\r\n"[..],
+        b"POST /orders/7?_method=DELETE HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let (out, closed) = raw_exchange(addr, bytes).await;
+        assert_refused("override", &out, closed);
+    }
+    let (out, _) = raw_exchange(
+        addr,
+        b"GET /orders/7 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 403 "), "{out}");
+    assert!(out.contains("ip_banned"), "{out}");
+    assert_eq!(up.hits(), 0, "{:?}", up.requests());
+}
+
+/// With `server.method_override: pass` (backends that need overrides), the fields and the
+/// `_method` parameter go upstream as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_overrides_pass_when_the_operator_allows_them() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "server: {{ method_override: pass }}\nupstreams:\n  svc: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        up.url()
+    ));
+    let out = raw_http(
+        gw.listener("public"),
+        b"POST /orders/7?_method=DELETE HTTP/1.1\r\nHost: a\r\nX-HTTP-Method-Override: DELETE\r\nX-Original-URL: /admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let reqs = up.requests();
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].uri, "/orders/7?_method=DELETE");
+    assert_eq!(reqs[0].header("x-http-method-override"), Some("DELETE"));
+    assert_eq!(reqs[0].header("x-original-url"), Some("/admin"));
+}

@@ -12,7 +12,12 @@
 //!   request without `Host`; an absolute-form target whose authority disagrees with `Host`;
 //!   HTTP/2 requests carrying connection-specific fields; a method spelled with anything but
 //!   capital letters, `-` and `_` (as nginx: `delete` or `Get` would pass rules written for
-//!   `DELETE` or `GET`, and reach upstreams that fold the case).
+//!   `DELETE` or `GET`, and reach upstreams that fold the case); unless the operator lets them
+//!   pass (`server.method_override: pass`), a method or URL override — the fields
+//!   `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`, `X-Original-URL`,
+//!   `X-Rewrite-URL` (in any case, `-` or `_`), or a query parameter `_method` — with which a
+//!   backend would run another method, or serve another path, than the request line's: the
+//!   one the gateway routed and authorized.
 //! * **Consumes** the connection options of HTTP/1 requests: the fields `Connection` names are
 //!   removed on arrival (before any step adds fields of its own), `Connection` keeps only
 //!   `close`, `keep-alive`, `upgrade` and `te`; naming `Host`, `Content-Length` or
@@ -30,14 +35,29 @@ use portcullis_core::{
     remove_header,
 };
 
-pub struct HygieneStage;
+pub struct HygieneStage {
+    /// Whether method and URL overrides are refused (`server.method_override: refuse`).
+    refuse_overrides: bool,
+}
 
 impl HygieneStage {
     pub const ID: StageId = StageId("protocol");
+
+    /// The step; `refuse_overrides` unless the operator's backends need method overrides
+    /// (`server.method_override: pass`).
+    pub fn new(refuse_overrides: bool) -> Self {
+        HygieneStage { refuse_overrides }
+    }
 }
 
-/// The first problem found in a request head, if any.
+/// The first problem found in a request head, if any, method and URL overrides included.
 pub fn check(head: &http::request::Parts) -> Result<(), &'static str> {
+    check_with(head, true)
+}
+
+/// The first problem found in a request head, if any; method and URL overrides only when
+/// `refuse_overrides`.
+pub fn check_with(head: &http::request::Parts, refuse_overrides: bool) -> Result<(), &'static str> {
     if !head
         .method
         .as_str()
@@ -53,6 +73,8 @@ pub fn check(head: &http::request::Parts) -> Result<(), &'static str> {
     // Looked for only where it matters: HTTP/1 carries these fields legitimately.
     let h2 = matches!(head.version, Version::HTTP_2 | Version::HTTP_3);
     let mut connection_specific = false;
+    // The first method or URL override field, by what its refusal says.
+    let mut overridden: Option<&'static str> = None;
     for (name, value) in &head.headers {
         if *name == TRANSFER_ENCODING {
             te += 1;
@@ -64,13 +86,18 @@ pub fn check(head: &http::request::Parts) -> Result<(), &'static str> {
         } else if *name == HOST {
             hosts += 1;
             first_host.get_or_insert(value);
-        } else if h2 {
-            // HTTP/2 allows `TE` with the value `trailers` only, in every field line.
-            connection_specific |= *name == CONNECTION
-                || *name == UPGRADE
-                || name.as_str() == "keep-alive"
-                || name.as_str() == "proxy-connection"
-                || (*name == TE && value.as_bytes() != b"trailers");
+        } else {
+            if refuse_overrides && overridden.is_none() {
+                overridden = override_field(name.as_str().as_bytes());
+            }
+            if h2 {
+                // HTTP/2 allows `TE` with the value `trailers` only, in every field line.
+                connection_specific |= *name == CONNECTION
+                    || *name == UPGRADE
+                    || name.as_str() == "keep-alive"
+                    || name.as_str() == "proxy-connection"
+                    || (*name == TE && value.as_bytes() != b"trailers");
+            }
         }
     }
     if te > 0 && cl > 0 {
@@ -117,7 +144,143 @@ pub fn check(head: &http::request::Parts) -> Result<(), &'static str> {
             "the absolute-form target disagrees with Host"
         });
     }
+    if let Some(detail) = overridden {
+        return Err(detail);
+    }
+    if refuse_overrides && head.uri.query().is_some_and(has_method_param) {
+        return Err(METHOD_PARAM);
+    }
     Ok(())
+}
+
+/// The fields with which a backend runs another method, or serves another URL, than the
+/// request line's (Rack::MethodOverride, Symfony and Laravel, Express `method-override`; IIS
+/// URL Rewrite and Symfony read the URL ones), lowercase with `-`, and what their refusal says.
+const OVERRIDES: [(&[u8], &str); 5] = [
+    (
+        b"x-http-method-override",
+        "X-HTTP-Method-Override is not accepted (in any spelling): a backend that honours it \
+         runs another method than the request line's, the one the gateway authorized",
+    ),
+    (
+        b"x-http-method",
+        "X-HTTP-Method is not accepted (in any spelling): a backend that honours it runs \
+         another method than the request line's, the one the gateway authorized",
+    ),
+    (
+        b"x-method-override",
+        "X-Method-Override is not accepted (in any spelling): a backend that honours it runs \
+         another method than the request line's, the one the gateway authorized",
+    ),
+    (
+        b"x-original-url",
+        "X-Original-URL is not accepted (in any spelling): a backend that honours it serves \
+         another URL than the request line's, the one the gateway routed and authorized",
+    ),
+    (
+        b"x-rewrite-url",
+        "X-Rewrite-URL is not accepted (in any spelling): a backend that honours it serves \
+         another URL than the request line's, the one the gateway routed and authorized",
+    ),
+];
+
+const METHOD_PARAM: &str = "the query parameter _method is not accepted: a backend that \
+     honours it runs another method than the request line's, the one the gateway authorized";
+
+/// What the refusal of `name` says, when it is a method or URL override: in any case, and
+/// with `_` for `-` (CGI, WSGI, Rack and PHP read `X_HTTP_METHOD_OVERRIDE` as the variable of
+/// `X-HTTP-Method-Override`). Asked of every field of every request, so by length first: most
+/// names go no further than that.
+fn override_field(name: &[u8]) -> Option<&'static str> {
+    if !matches!(name.len(), 13 | 14 | 17 | 22) {
+        return None;
+    }
+    OVERRIDES
+        .iter()
+        .find(|(canonical, _)| same_field(name, canonical))
+        .map(|(_, detail)| *detail)
+}
+
+/// Whether the field name `name` is `canonical` (lowercase, with `-`) in any case and with
+/// `_` for any `-`.
+fn same_field(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len()
+        && name
+            .iter()
+            .zip(canonical)
+            .all(|(n, c)| n.to_ascii_lowercase() == *c || (*c == b'-' && *n == b'_'))
+}
+
+/// Whether a query (the raw text after `?`) holds a parameter named `_method`, as backends
+/// would read its name: percent-decoded once (`+` a space), in any case, split at `&` or `;`
+/// (older Rack splits at both), and with PHP's mangling of names — leading spaces dropped,
+/// ` `, `.` and an unclosed `[` read as `_` (`.method` is `_method` to Laravel and Symfony),
+/// the name ending at a NUL or at an array index (`_method[]`). No allocation: most queries
+/// are read once, name by name, and left at the first byte that differs.
+fn has_method_param(query: &str) -> bool {
+    query
+        .as_bytes()
+        .split(|b| *b == b'&' || *b == b';')
+        .any(|pair| {
+            let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+            is_method_name(name)
+        })
+}
+
+/// Whether the raw (still encoded) parameter name `raw` reads as `_method`; see
+/// [`has_method_param`].
+fn is_method_name(raw: &[u8]) -> bool {
+    // The shortest spelling is seven bytes, and decoding only shortens.
+    if raw.len() < 7 {
+        return false;
+    }
+    let mut decoded = Decoded { raw, at: 0 }.skip_while(|b| *b == b' ');
+    for want in b"_method" {
+        let folded = match decoded.next() {
+            Some(b' ' | b'.' | b'[') => b'_',
+            Some(b) => b.to_ascii_lowercase(),
+            None => return false,
+        };
+        if folded != *want {
+            return false;
+        }
+    }
+    matches!(decoded.next(), None | Some(b'[' | 0))
+}
+
+/// The bytes of a URL-encoded name, percent-decoded once, `+` as a space (an escape that is
+/// not one stays as sent).
+struct Decoded<'a> {
+    raw: &'a [u8],
+    at: usize,
+}
+
+impl Iterator for Decoded<'_> {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        let b = *self.raw.get(self.at)?;
+        self.at += 1;
+        match b {
+            b'+' => Some(b' '),
+            b'%' => {
+                let hex = |i: usize| {
+                    self.raw
+                        .get(i)
+                        .and_then(|h| char::from(*h).to_digit(16))
+                        .and_then(|d| u8::try_from(d).ok())
+                };
+                match (hex(self.at), hex(self.at + 1)) {
+                    (Some(h), Some(l)) => {
+                        self.at += 2;
+                        Some((h << 4) | l)
+                    }
+                    _ => Some(b'%'),
+                }
+            }
+            b => Some(b),
+        }
+    }
 }
 
 /// Whether `h` — a `Host` value or an HTTP/2 `:authority` — is a host name (letters, digits,
@@ -231,7 +394,9 @@ impl Stage for HygieneStage {
     }
 
     fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, _ctx: &'a mut RequestCtx) -> Step<'a> {
-        match check(&req.head).and_then(|()| consume_connection_options(&mut req.head.headers)) {
+        match check_with(&req.head, self.refuse_overrides)
+            .and_then(|()| consume_connection_options(&mut req.head.headers))
+        {
             Ok(()) => Step::CONTINUE,
             Err(detail) => Step::reject(Rejection::new(RejectReason::BadRequest, detail)),
         }
@@ -449,6 +614,151 @@ mod tests {
         }
     }
 
+    /// Every spelling of each override field is refused, whatever the version, with a
+    /// detail that names it; the look-alikes are not, nor are the overrides where the
+    /// operator lets them pass.
+    #[test]
+    fn method_and_url_override_fields_are_refused() {
+        let cases = [
+            ("X-HTTP-Method-Override", "X-HTTP-Method-Override"),
+            ("x-http-method-override", "X-HTTP-Method-Override"),
+            ("X_HTTP_METHOD_OVERRIDE", "X-HTTP-Method-Override"),
+            ("x_http-method_override", "X-HTTP-Method-Override"),
+            ("X-HTTP-Method", "X-HTTP-Method"),
+            ("x_http_method", "X-HTTP-Method"),
+            ("X-Method-Override", "X-Method-Override"),
+            ("x_method_override", "X-Method-Override"),
+            ("X-Original-URL", "X-Original-URL"),
+            ("X_ORIGINAL_URL", "X-Original-URL"),
+            ("X-Rewrite-URL", "X-Rewrite-URL"),
+            ("x_rewrite_url", "X-Rewrite-URL"),
+        ];
+        for version in [Version::HTTP_10, H1, Version::HTTP_2] {
+            let uri = if version == Version::HTTP_2 {
+                "http://a/orders/7"
+            } else {
+                "/orders/7"
+            };
+            for (field, named) in cases {
+                let h = head(
+                    version,
+                    uri,
+                    &[("host", "a"), ("accept", "*/*"), (field, "DELETE")],
+                );
+                let detail = check(&h).expect_err(field);
+                assert!(
+                    detail.starts_with(&format!("{named} is not accepted")),
+                    "{field}: {detail}"
+                );
+                assert!(detail.contains("gateway"), "{detail}");
+                assert_eq!(check_with(&h, false), Ok(()), "{field} passes when allowed");
+            }
+        }
+        // Names arrive in lowercase from hyper and h2; the comparison folds the case anyway.
+        assert!(override_field(b"X-HTTP-METHOD-OVERRIDE").is_some());
+        assert!(override_field(b"X_Rewrite_Url").is_some());
+        for lookalike in [
+            "x-http-method-overrides",
+            "x-http-method-override-x",
+            "x-http-methods",
+            "http-method-override",
+            "x-method",
+            "method",
+            "x-original-uri",
+            "x-original-url2",
+            "x-rewrite-uri",
+            "x-http-method_",
+            "x--http-method",
+            "x-forwarded-method",
+        ] {
+            let h = head(H1, "/", &[("host", "a"), (lookalike, "DELETE")]);
+            assert_eq!(check(&h), Ok(()), "{lookalike}");
+        }
+        // A framing problem is told first.
+        let h = head(
+            H1,
+            "/",
+            &[
+                ("host", "a"),
+                ("x-http-method-override", "DELETE"),
+                ("content-length", "1"),
+                ("transfer-encoding", "chunked"),
+            ],
+        );
+        assert_eq!(
+            check(&h),
+            Err("Content-Length and Transfer-Encoding together are not accepted")
+        );
+    }
+
+    /// A query parameter the backend reads as `_method` is refused, however its name is
+    /// encoded or cased and whatever mangling PHP gives it; other names, and `_method` as a
+    /// value, are not.
+    #[test]
+    fn a_method_query_parameter_is_refused() {
+        let at = |target: &str, refuse: bool| {
+            let h = head(H1, target, &[("host", "a")]);
+            check_with(&h, refuse)
+        };
+        for refused in [
+            "/orders/7?_method=DELETE",
+            "/orders/7?a=1&_method=DELETE",
+            "/orders/7?a=1&_method=DELETE&b=2",
+            "/orders/7?_method",
+            "/orders/7?_method=",
+            "/orders/7?_METHOD=delete",
+            "/orders/7?_Method=DELETE",
+            "/orders/7?%5Fmethod=DELETE",
+            "/orders/7?%5fMETHOD=DELETE",
+            "/orders/7?_%6Dethod=DELETE",
+            "/orders/7?%5F%6D%65%74%68%6F%64=DELETE",
+            "/orders/7?_meth%6Fd=DELETE",
+            // PHP reads these names as `_method`: leading spaces dropped, ` `, `.` and an
+            // unclosed `[` turned into `_`, the name cut at a NUL or an array index.
+            "/orders/7?.method=DELETE",
+            "/orders/7?%2Emethod=DELETE",
+            "/orders/7?+_method=DELETE",
+            "/orders/7?%20%20_method=DELETE",
+            "/orders/7?[method=DELETE",
+            "/orders/7?%20method=DELETE&x=1&+method=1&_method=DELETE",
+            "/orders/7?_method[]=DELETE",
+            "/orders/7?_method[x]=DELETE",
+            "/orders/7?_method%00junk=DELETE",
+            // Older Rack splits at `;` too.
+            "/orders/7?a=1;_method=DELETE",
+            "/orders/7?&&_method=DELETE",
+        ] {
+            assert_eq!(at(refused, true), Err(METHOD_PARAM), "{refused}");
+            assert_eq!(at(refused, false), Ok(()), "{refused} passes when allowed");
+        }
+        for ok in [
+            "/orders/7",
+            "/orders/7?",
+            "/orders/7?method=DELETE",
+            "/orders/7?x_method=DELETE",
+            "/orders/7?_methods=DELETE",
+            "/orders/7?_method_=DELETE",
+            "/orders/7?_method.x=DELETE",
+            "/orders/7?_metho=DELETE",
+            "/orders/7?q=_method",
+            "/orders/7?q=_method%3DDELETE",
+            "/orders/7?q=a%26_method%3DDELETE",
+            "/orders/7?%255Fmethod=DELETE",
+            "/orders/7?%5method=DELETE",
+            "/orders/7?%_method=DELETE",
+            "/orders/7?+method=DELETE",
+            "/orders/7?a=1&b=2&c",
+            "/_method",
+            "/orders/7?%",
+            "/orders/7?%F",
+            "/orders/7?_metho%",
+        ] {
+            assert_eq!(at(ok, true), Ok(()), "{ok}");
+        }
+        let h2 = head(Version::HTTP_2, "http://a/orders/7?%5Fmethod=PUT", &[]);
+        assert_eq!(check(&h2), Err(METHOD_PARAM));
+    }
+
     /// The rules as first written (a lookup per rule), with every `TE` field line read: the
     /// one-pass check must give the same verdict on any head.
     fn by_lookups(head: &http::request::Parts) -> Result<(), &'static str> {
@@ -511,6 +821,26 @@ mod tests {
                 },
             );
         }
+        // The override the request carries first, of every spelling looked up.
+        let first_override = h
+            .keys()
+            .filter_map(|k| {
+                OVERRIDES.iter().find(|(c, _)| {
+                    let underscored = String::from_utf8(c.to_vec()).unwrap().replace('-', "_");
+                    k.as_str().as_bytes() == *c || k.as_str() == underscored
+                })
+            })
+            .next();
+        if let Some((_, detail)) = first_override {
+            return Err(detail);
+        }
+        if head
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.split('=').next() == Some("_method")))
+        {
+            return Err(METHOD_PARAM);
+        }
         Ok(())
     }
 
@@ -527,12 +857,14 @@ mod tests {
             "upgrade",
             "accept",
             "x-other",
+            "x-http-method-override",
+            "x_original_url",
         ];
         let values = [
             "a", "A", "b", "5", "5, 5", "", "chunked", "gzip", "trailers", "x",
         ];
         let versions = [Version::HTTP_10, H1, Version::HTTP_2, Version::HTTP_3];
-        let uris = ["/", "http://a/x", "http://b/x"];
+        let uris = ["/", "http://a/x", "http://b/x", "/?a=1&_method=PUT"];
         let mut rng = fastrand::Rng::with_seed(7);
         let mut refused = 0;
         for _ in 0..20_000 {
