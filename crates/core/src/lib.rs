@@ -27,6 +27,7 @@ mod ctx;
 mod errors;
 pub mod flight;
 mod header;
+mod host;
 mod identity;
 mod jsontext;
 pub mod path;
@@ -50,6 +51,7 @@ pub use errors::{ConfigError, ConfigErrors};
 pub use header::{
     has_header, header_value, is_tchar, remove_header, remove_headers_folded, same_name_folded,
 };
+pub use host::normalized_host;
 pub use identity::{AuthMethod, PeerCertificate, Principal, SpiffeId, claim_at};
 pub use jsontext::{json_error_offset, push_json_string};
 pub use reject::{RejectReason, Rejection, Violation};

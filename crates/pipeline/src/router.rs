@@ -104,35 +104,10 @@ pub fn request_host(head: &http::request::Parts) -> Option<String> {
 }
 
 /// [`request_host`], borrowed from the request when it needs no change (already lowercase):
-/// the routing step then copies nothing.
+/// the routing step then copies nothing. The normalisation is
+/// [`portcullis_core::normalized_host`], shared with what authorization policies see.
 fn host_of(head: &http::request::Parts) -> Option<Cow<'_, str>> {
-    let raw = match head.uri.authority() {
-        Some(a) => a.host(),
-        None => {
-            let h = portcullis_core::header_value(&head.headers, &http::header::HOST)?
-                .to_str()
-                .ok()?;
-            let h = h.trim();
-            if let Some(rest) = h.strip_prefix('[') {
-                // [v6]:port: through the first `]`.
-                let end = rest.find(']')?;
-                &h[..end + 2]
-            } else {
-                // host:port, the port all digits (or empty); else the whole value.
-                match h.bytes().rposition(|b| b == b':') {
-                    Some(i) if h.as_bytes()[i + 1..].iter().all(u8::is_ascii_digit) => &h[..i],
-                    _ => h,
-                }
-            }
-        }
-    };
-    // One trailing dot goes (the fully qualified form names the same host).
-    let raw = raw.strip_suffix('.').unwrap_or(raw);
-    Some(if raw.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(raw.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(raw)
-    })
+    portcullis_core::normalized_host(head)
 }
 
 impl RouteTable {

@@ -51,6 +51,13 @@ decision := {
 deny_everything := false
 
 bad_deny := {"allow": false, "reasons": [7]}
+
+# The admin host is not served here; what the policy saw goes upstream.
+host_guard := {
+	"allow": input.request.host != "admin.example.com",
+	"reasons": [sprintf("host %v", [input.request.host])],
+	"headers": {"x-policy-checked": input.request.host},
+}
 "#;
 
 /// A signing key for the test issuer, its public half written to `keys.json` in `dir`.
@@ -191,6 +198,11 @@ routes:
     auth: {{ methods: [jwt] }}
     authz: {{ scopes: {{ any_of: [read:orders] }}, field_masks: {{ by_scope: {{ read:orders: ["*.id", "uri.id"] }} }} }}
   - {{ name: open, match: {{ prefix: /open }}, upstream: app, auth: {{ anonymous: true }} }}
+  - name: host-guard
+    match: {{ prefix: /hostguard }}
+    upstream: app
+    auth: {{ methods: [jwt] }}
+    authz: {{ rego: {{ query: data.gw.host_guard }} }}
 "#,
         up = up.url()
     );
@@ -231,7 +243,9 @@ impl Env {
         .await
     }
 
-    /// A refusal: its problem, its audit decision, and that the upstream saw nothing.
+    /// A refusal: its problem, its audit decision, and that the upstream saw nothing. The
+    /// rule's reason is in the audit event only: a 403 tells the client nothing more than
+    /// that the request is not allowed (ADR 0005 §3).
     fn refused(&self, r: &Resp, status: u16, code: &str, rule: &str) -> Value {
         let v = assert_problem(r, status, code);
         let id = v["request_id"].as_str().unwrap();
@@ -241,11 +255,30 @@ impl Env {
         assert_eq!(ev["authz"]["allowed"], false, "{ev}");
         assert_eq!(ev["authz"]["rule"], rule, "{ev}");
         assert_eq!(self.up.hits(), 0, "nothing may reach the upstream");
+        if status == 403 {
+            assert_generic(r, &ev);
+        }
         ev
     }
 }
 
-/// The RFC 6750 challenge of a refusal for want of a scope, naming the one needed.
+/// What a 403 of the authorization step tells the client, whichever rule refused.
+const NOT_ALLOWED: &str = "the request is not allowed";
+
+/// A 403 whose problem detail (and challenge) is the generic one, the rule's reason in the
+/// audit event `ev` and nowhere in the answer.
+fn assert_generic(r: &Resp, ev: &Value) {
+    assert_eq!(r.json()["detail"], NOT_ALLOWED, "{}", r.text());
+    let reason = ev["authz"]["reason"].as_str().unwrap();
+    assert!(!reason.is_empty() && reason != NOT_ALLOWED, "{ev}");
+    assert!(!r.text().contains(reason), "{reason:?} in {}", r.text());
+    if let Some(ch) = r.header("www-authenticate") {
+        assert!(!ch.contains(reason), "{reason:?} in {ch}");
+    }
+}
+
+/// The RFC 6750 challenge of a refusal for want of a scope, naming the one needed; its
+/// description is as generic as the problem's detail.
 fn asks_for_scope(r: &Resp, needed: &str) {
     let ch = r.header("www-authenticate").unwrap();
     assert!(
@@ -253,10 +286,60 @@ fn asks_for_scope(r: &Resp, needed: &str) {
         "{ch}"
     );
     assert!(ch.contains(&format!("scope=\"{needed}\"")), "{ch}");
+    assert!(
+        ch.contains(&format!("error_description=\"{NOT_ALLOWED}\"")),
+        "{ch}"
+    );
 }
 
 fn scope(s: &str) -> Value {
     json!({ "scope": s })
+}
+
+/// An answer read whole.
+async fn whole(resp: http::Response<hyper::body::Incoming>) -> Resp {
+    use http_body_util::BodyExt;
+    let (parts, body) = resp.into_parts();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+        version: parts.version,
+        trailers: None,
+    }
+}
+
+/// Sends `req` (its URI's authority is the `:authority`, as written) over HTTP/2 with prior
+/// knowledge, on a fresh connection to `addr`.
+async fn send_h2_to(
+    addr: std::net::SocketAddr,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Resp {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    whole(sender.send_request(req).await.unwrap()).await
+}
+
+/// Sends `req` over HTTP/1.1 on a fresh connection to `addr`, field names written in title
+/// case (`X-Tenant`, `X_tenant`) rather than in lower case.
+async fn send_title_case(
+    addr: std::net::SocketAddr,
+    req: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> Resp {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .title_case_headers(true)
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    whole(sender.send_request(req).await.unwrap()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,10 +401,19 @@ async fn scopes_hierarchy_methods_and_roles() {
     assert_eq!(e.up.hits(), 3);
 
     // DELETE wants a role from realm_access.roles; scopes do not stand in for it.
+    // The roles wanted are named in the audit event, not to the client.
     let r = e.call("DELETE", "/orders/1", &admin, &[]).await;
     let v = assert_problem(&r, 403, "forbidden");
-    assert!(v["detail"].as_str().unwrap().contains("role"), "{v}");
+    let ev = audit_of(&e.gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["authz"]["rule"], "route:orders", "{ev}");
+    let reason = ev["authz"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("missing role") && reason.contains("admin"),
+        "{ev}"
+    );
+    assert_generic(&r, &ev);
     assert!(r.header("www-authenticate").is_none());
+    assert_eq!(e.up.hits(), 3, "nothing more reached the upstream");
     let with_role = e.token(json!({"scope": "read:orders", "realm_access": {"roles": ["admin"]}}));
     assert_eq!(
         e.call("DELETE", "/orders/1", &with_role, &[]).await.status,
@@ -459,7 +551,9 @@ async fn tenants_are_isolated_and_the_verified_tenant_goes_upstream() {
     let r = e
         .call("GET", "/th/x", &no_tenant, &[("x-tenant", "t1")])
         .await;
-    e.refused(&r, 403, "forbidden", "tenant");
+    // Why (the caller has no tenant) is the audit event's, not the client's.
+    let ev = e.refused(&r, 403, "forbidden", "tenant");
+    assert_eq!(ev["authz"]["reason"], "the caller has no tenant", "{ev}");
 
     let r = e
         .call(
@@ -483,6 +577,135 @@ async fn tenants_are_isolated_and_the_verified_tenant_goes_upstream() {
         e.call("GET", "/tenants/t1/orders", &t1, &[]).await.status,
         200
     );
+}
+
+/// A tenant header is one value under every spelling a backend reads as its name: CGI, WSGI,
+/// Rack and PHP read `X_Tenant` as `X-Tenant` (both `HTTP_X_TENANT`, often the last one
+/// winning), so a copy so spelt, or in another case, is a repeat and refused, whatever it says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_header_under_another_spelling_is_a_repeat() {
+    let e = setup().await;
+    let t1 = e.token(json!({}));
+    for (headers, reason) in [
+        (
+            &[("x-tenant", "t1"), ("x_tenant", "t2")][..],
+            "more than one x-tenant header",
+        ),
+        (&[("x_tenant", "t2"), ("x-tenant", "t1")], "more than one"),
+        (&[("x-tenant", "t1"), ("x_tenant", "t1")], "more than one"),
+        (&[("X-Tenant", "t1"), ("X_TENANT", "t2")], "more than one"),
+        (&[("x-tenant", "t1"), ("X-TENANT", "t2")], "more than one"),
+        // Alone, the other spelling names no tenant: only the name itself does.
+        (&[("x_tenant", "t1")], "another spelling"),
+    ] {
+        let r = e.call("GET", "/th/x", &t1, headers).await;
+        let ev = e.refused(&r, 403, "forbidden", "tenant");
+        let got = ev["authz"]["reason"].as_str().unwrap();
+        assert!(got.contains(reason), "{headers:?}: {ev}");
+    }
+    // Names sent in title case on the wire (`X-Tenant`, `X_tenant`): the same repeat.
+    let auth = format!("Bearer {t1}");
+    let r = send_title_case(
+        e.gw.listener("public"),
+        req(
+            "GET",
+            "/th/x",
+            &[
+                ("host", "api.example"),
+                ("authorization", &auth),
+                ("x-tenant", "t1"),
+                ("x_tenant", "t2"),
+            ],
+            "",
+        ),
+    )
+    .await;
+    let ev = e.refused(&r, 403, "forbidden", "tenant");
+    assert!(
+        ev["authz"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("more than one"),
+        "{ev}"
+    );
+    // Names that only look alike are other headers: the caller's tenant, once, is served,
+    // and the verified one goes upstream.
+    let r = e
+        .call(
+            "GET",
+            "/th/x",
+            &t1,
+            &[("x-tenant", "t1"), ("x-tenants", "t2"), ("x__tenant", "t2")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = e.up.requests().pop().unwrap();
+    assert_eq!(seen.header("x-verified-tenant"), Some("t1"));
+    assert_eq!(e.up.hits(), 1);
+}
+
+/// A Rego policy compares the host the router matched: lower case, without port or trailing
+/// dot, an IPv6 address in brackets, from `Host` or from HTTP/2's `:authority` alike. A policy
+/// refusing `admin.example.com` is not bypassed by `admin.example.com.` or `ADMIN.Example.COM`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_sees_the_host_the_router_matched() {
+    let e = setup().await;
+    let t = e.token(json!({}));
+    for host in [
+        "admin.example.com",
+        "admin.example.com.",
+        "ADMIN.Example.COM",
+        "Admin.Example.Com.:8443",
+    ] {
+        let r = e.call("GET", "/hostguard/x", &t, &[("host", host)]).await;
+        let ev = e.refused(&r, 403, "forbidden", "rego:data.gw.host_guard");
+        assert_eq!(
+            ev["authz"]["reason"], "host admin.example.com",
+            "{host}: {ev}"
+        );
+    }
+    // HTTP/2: the host is the `:authority`, as written by the client.
+    let port = e.gw.listener("public").port();
+    let r = send_h2_to(
+        e.gw.listener("public"),
+        req(
+            "GET",
+            &format!("http://Admin.Example.COM.:{port}/hostguard/x"),
+            &[("authorization", &format!("Bearer {t}"))],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(r.version, http::Version::HTTP_2);
+    let ev = e.refused(&r, 403, "forbidden", "rego:data.gw.host_guard");
+    assert_eq!(ev["authz"]["reason"], "host admin.example.com", "{ev}");
+
+    // Other hosts are served; the policy saw each as the router did.
+    for (host, seen) in [
+        ("api.example.com", "api.example.com"),
+        ("API.Example.com.:8080", "api.example.com"),
+        ("[::1]:80", "[::1]"),
+        ("[::1]", "[::1]"),
+    ] {
+        let r = e.call("GET", "/hostguard/x", &t, &[("host", host)]).await;
+        assert_eq!(r.status, 200, "{host}: {}", r.text());
+        let up = e.up.requests().pop().unwrap();
+        assert_eq!(up.header("x-policy-checked"), Some(seen), "{host}");
+    }
+    let r = send_h2_to(
+        e.gw.listener("public"),
+        req(
+            "GET",
+            &format!("http://API.Example.com.:{port}/hostguard/x"),
+            &[("authorization", &format!("Bearer {t}"))],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let up = e.up.requests().pop().unwrap();
+    assert_eq!(up.header("x-policy-checked"), Some("api.example.com"));
+    assert_eq!(e.up.hits(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -697,12 +920,14 @@ async fn rego_allows_denies_and_adds_headers_and_shadow_only_records() {
     let ev = audit_of(&e.gw, v["request_id"].as_str().unwrap());
     assert_eq!(ev["authz"]["rule"], "rego:data.gw.decision");
     assert_eq!(ev["authz"]["reason"], "region blocked");
+    assert_generic(&r, &ev);
     let r = e
         .call("GET", "/rego/eu", &e.token(scope("profile")), &[])
         .await;
     let v = assert_problem(&r, 403, "forbidden");
     let ev = audit_of(&e.gw, v["request_id"].as_str().unwrap());
     assert_eq!(ev["authz"]["reason"], "read:orders is required");
+    assert_generic(&r, &ev);
     assert_eq!(e.up.hits(), before);
 
     // Shadow: the policy (and the scope rule) would deny; the request passes, the audit says so.

@@ -25,6 +25,9 @@ use serde_json::{Value, json};
 
 const ISS: &str = "https://issuer.test";
 
+/// What a 403 of the authorization step tells the client, whichever rule refused.
+const NOT_ALLOWED: &str = "the request is not allowed";
+
 const POLICY: &str = r#"
 package httpapi.authz
 
@@ -259,6 +262,9 @@ routes:
         "{ev}"
     );
     assert_eq!(ev["authz"]["reason"], "GET with read:orders only", "{ev}");
+    // OPA's reasons are the audit event's; the client is told only that it may not.
+    assert_eq!(v["detail"], NOT_ALLOWED, "{v}");
+    assert!(!r.text().contains("GET with read:orders"), "{}", r.text());
 
     // OPA failing: 503 (fail closed), never cached.
     opa.down.store(true, Ordering::SeqCst);
@@ -406,6 +412,8 @@ routes:
             reason.contains("malformed") && reason.contains(malformed),
             "{ev}"
         );
+        assert_eq!(v["detail"], NOT_ALLOWED, "{v}");
+        assert!(!r.text().contains(malformed), "{}", r.text());
         assert_eq!(up.hits(), 0, "{path}: nothing may reach the upstream");
     }
     assert_eq!(deny_calls.load(Ordering::SeqCst), 2);

@@ -4,7 +4,7 @@
 //! it ([`fold_name`]), with pairs split at `;` as well as `&`.
 
 use http::request::Parts;
-use portcullis_core::{Principal, RouteMatch};
+use portcullis_core::{Principal, RouteMatch, same_name_folded};
 use serde_json::Value;
 
 use crate::config::{Owner, Source, Tenant};
@@ -159,11 +159,25 @@ pub fn check_tenant(
             route.and_then(|r| r.param(name)).map(str::to_string)
         }
         Source::Header(name) => {
-            let mut all = head.headers.get_all(name).iter();
+            // One value only, however its name is spelt: CGI, WSGI, Rack and PHP read
+            // `x_tenant` as `x-tenant` (both `HTTP_X_TENANT`, often the last one winning), so a
+            // copy under the `_` spelling is a repeat. Only the name itself names the tenant.
+            // (Field names are lower case here whatever the case they were sent in, so copies
+            // differing in case are already repeats of the name.)
+            let nb = name.as_str().as_bytes();
+            let mut all = head
+                .headers
+                .iter()
+                .filter(|(k, _)| *k == name || same_name_folded(k.as_str().as_bytes(), nb));
             match (all.next(), all.next()) {
-                (Some(v), None) => v.to_str().ok().map(|s| s.trim().to_string()),
-                (Some(_), Some(_)) => return Err(format!("more than one {name} header")),
-                _ => None,
+                (Some((k, v)), None) if k == name => v.to_str().ok().map(|s| s.trim().to_string()),
+                (Some(_), None) => return Err(format!("{name} sent under another spelling")),
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "more than one {name} header (other spellings counted)"
+                    ));
+                }
+                (None, _) => None,
             }
         }
         Source::Query(name) => {
@@ -474,6 +488,76 @@ mod tests {
             let r = check_tenant(&by_query, &head(uri, &[]), None, &p);
             assert_eq!(r.is_ok(), ok, "{uri}: {r:?}");
         }
+    }
+
+    /// A tenant header is read by CGI, WSGI, Rack and PHP backends under its `_` spelling too
+    /// (`X_Tenant` and `X-Tenant` are both `HTTP_X_TENANT`): a copy so spelt, or in another
+    /// case, is a repeat, whatever it says; alone it names no tenant.
+    #[test]
+    fn a_tenant_header_counts_its_other_spellings_as_repeats() {
+        let p = alice();
+        let by_header = Tenant {
+            source: Source::Header(http::HeaderName::from_static("x-tenant")),
+            claim: None,
+            upstream_header: http::HeaderName::from_static("x-portcullis-tenant"),
+            mode: crate::config::Mode::Enforce,
+        };
+        for (headers, want) in [
+            (&[("x-tenant", "t1")][..], Ok("t1")),
+            (
+                &[("X-Tenant", "t1"), ("X_Tenant", "t2")],
+                Err("more than one"),
+            ),
+            (
+                &[("X_Tenant", "t2"), ("X-Tenant", "t1")],
+                Err("more than one"),
+            ),
+            (
+                &[("x-tenant", "t1"), ("x_tenant", "t1")],
+                Err("more than one"),
+            ),
+            (
+                &[("x-tenant", "t1"), ("x_TENANT", "t1")],
+                Err("more than one"),
+            ),
+            (
+                &[("x-tenant", "t1"), ("X-TENANT", "t2")],
+                Err("more than one"),
+            ),
+            (
+                &[("X-Tenant", "t1"), ("x-TENANT", "t1")],
+                Err("more than one"),
+            ),
+            (&[("x_tenant", "t1")], Err("another spelling")),
+            (&[("X_Tenant", "t1")], Err("another spelling")),
+            // Names that do not fold to it are other headers.
+            (
+                &[("x-tenant", "t1"), ("x__tenant", "t2"), ("x-tenants", "t2")],
+                Ok("t1"),
+            ),
+            (
+                &[("x-tenant", "t1"), ("x.tenant", "t2"), ("xtenant", "t2")],
+                Ok("t1"),
+            ),
+        ] {
+            let r = check_tenant(&by_header, &head("/", headers), None, &p);
+            match want {
+                Ok(t) => assert_eq!(r.as_deref(), Ok(t), "{headers:?}"),
+                Err(w) => {
+                    let e = r.expect_err(&format!("{headers:?}"));
+                    assert!(e.contains(w), "{headers:?}: {e}");
+                }
+            }
+        }
+        // A configured name with `_` in it: its `-` spelling is the repeat.
+        let underscored = Tenant {
+            source: Source::Header(http::HeaderName::from_static("x_tenant")),
+            ..by_header
+        };
+        let r = check_tenant(&underscored, &head("/", &[("x_tenant", "t1")]), None, &p);
+        assert_eq!(r.as_deref(), Ok("t1"));
+        let two = [("x_tenant", "t1"), ("x-tenant", "t2")];
+        assert!(check_tenant(&underscored, &head("/", &two), None, &p).is_err());
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //! }
 //! ```
 //!
+//! `host` is the host the router matched: the URI authority (HTTP/2 `:authority`,
+//! absolute-form) or the `Host` header, without port, lower case, without a trailing dot, an
+//! IPv6 address in brackets (`[::1]`) — [`portcullis_core::normalized_host`].
+//!
 //! `query` holds each name as sent; `query_folded` every value under the name upstream
 //! frameworks may read it as ([`crate::constraints::fold_name`]: `Amount`, `amount[]` and
 //! `amount.` are `amount`), pairs split at `;` as well as `&`.
@@ -128,12 +132,8 @@ pub fn build(
     let mut req = Map::new();
     req.insert("method".into(), Value::String(head.method.as_str().into()));
     req.insert("path".into(), Value::String(head.uri.path().into()));
-    let host = head.uri.host().map(str::to_string).or_else(|| {
-        head.headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(|h| h.split(':').next().unwrap_or(h).to_ascii_lowercase())
-    });
+    // The host the router matched, normalised the same way (one function for both).
+    let host = portcullis_core::normalized_host(head);
     req.insert("host".into(), opt(host.as_deref()));
     req.insert("scheme".into(), Value::String(ctx.scheme.as_str().into()));
     let (route, params) = match &ctx.route {
@@ -303,6 +303,46 @@ mod tests {
         assert_eq!(v["risk"]["score"], 20);
         assert_eq!(v["time"], 1000);
         assert!(!v.to_string().contains("secret"));
+    }
+
+    /// The policy compares the host the router matched: a `Host` with a trailing dot, in
+    /// upper case, with a port, an IPv6 address, an HTTP/2 `:authority` or an absolute-form
+    /// target all read as the router reads them.
+    #[test]
+    fn the_host_is_the_one_the_router_matched() {
+        let host_of = |uri: &str, host: Option<&str>| {
+            let mut b = http::Request::builder().uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            let (head, _) = b.body(()).unwrap().into_parts();
+            let ctx = RequestCtx::new(
+                "203.0.113.9:5555".parse().unwrap(),
+                Scheme::Https,
+                Arc::from("public"),
+            );
+            let p = Principal::new(AuthMethod::Jwt, Arc::from("main"));
+            build(&head, &ctx, &p, &[], None, None, 0)["request"]["host"].clone()
+        };
+        for (uri, host, want) in [
+            ("/", Some("admin.example.com."), "admin.example.com"),
+            ("/", Some("Admin.Example.COM"), "admin.example.com"),
+            ("/", Some("ADMIN.EXAMPLE.COM.:8443"), "admin.example.com"),
+            ("/", Some("[::1]:80"), "[::1]"),
+            ("/", Some("[FE80::1]"), "[fe80::1]"),
+            ("/", Some("127.0.0.1:8080"), "127.0.0.1"),
+            // HTTP/2 `:authority` and absolute-form targets: the URI's authority.
+            ("http://Admin.Example.COM./x", None, "admin.example.com"),
+            (
+                "https://ADMIN.example.com:8443/x",
+                Some("other"),
+                "admin.example.com",
+            ),
+            ("http://[::1]:80/x", None, "[::1]"),
+        ] {
+            assert_eq!(host_of(uri, host), want, "{uri} {host:?}");
+        }
+        assert_eq!(host_of("/", None), Value::Null);
     }
 
     #[test]

@@ -133,8 +133,13 @@ impl Run {
     }
 }
 
-fn forbidden(detail: &str) -> Rejection {
-    Rejection::new(RejectReason::Forbidden, detail.to_string())
+/// What a client refused with 403 is told, whichever rule refused it (ADR 0005 §3): the
+/// rule's own reason — a claim the caller lacks, the roles or the tenant a route wants, a
+/// policy's reasons — stays in the audit event (and the debug log).
+const NOT_ALLOWED: &str = "the request is not allowed";
+
+fn forbidden() -> Rejection {
+    Rejection::new(RejectReason::Forbidden, NOT_ALLOWED)
 }
 
 fn quoted(s: &str) -> String {
@@ -143,13 +148,14 @@ fn quoted(s: &str) -> String {
         .collect()
 }
 
-fn insufficient_scope(scopes: &[String], detail: &str) -> Rejection {
+/// 403 with the RFC 6750 challenge naming the scopes to ask for; its `error_description` is
+/// as generic as the problem's detail.
+fn insufficient_scope(scopes: &[String]) -> Rejection {
     let v = format!(
-        "Bearer error=\"insufficient_scope\", error_description=\"{}\", scope=\"{}\"",
-        quoted(detail),
+        "Bearer error=\"insufficient_scope\", error_description=\"{NOT_ALLOWED}\", scope=\"{}\"",
         quoted(&scopes.join(" "))
     );
-    let r = Rejection::new(RejectReason::Forbidden, detail.to_string());
+    let r = forbidden();
     match HeaderValue::from_str(&v) {
         Ok(h) => r.with_header(http::header::WWW_AUTHENTICATE, h),
         Err(_) => r,
@@ -168,11 +174,11 @@ fn requirement_verdict(
     let result = r
         .map(|()| "scopes and roles held".to_string())
         .map_err(|u| u.reason().to_string());
-    (result, move |d: &str| {
+    (result, move |_: &str| {
         if scopes.is_empty() {
-            forbidden(d)
+            forbidden()
         } else {
-            insufficient_scope(&scopes, d)
+            insufficient_scope(&scopes)
         }
     })
 }
@@ -337,8 +343,7 @@ impl Authz {
                                 accepted.join(" or "),
                                 p.method.as_str()
                             );
-                            let rejection = forbidden(&reason);
-                            (reason, rejection)
+                            (reason, forbidden())
                         }
                     };
                     let verdict = RuleVerdict {
@@ -381,7 +386,7 @@ impl Authz {
                 "owner".into(),
                 o.mode,
                 check_owner(o, head, ctx.route.as_ref(), p, h),
-                forbidden
+                |_| forbidden()
             );
         }
         if let Some(t) = &route.tenant {
@@ -401,7 +406,7 @@ impl Authz {
                                     allowed: false,
                                     reason: d.into(),
                                 },
-                                forbidden(d),
+                                forbidden(),
                             ),
                         )));
                     }
@@ -411,7 +416,7 @@ impl Authz {
                 "tenant".into(),
                 t.mode,
                 result.map(|t| format!("tenant {t}")),
-                forbidden
+                |_| forbidden()
             );
         }
 
@@ -440,7 +445,7 @@ impl Authz {
                     "risk".into(),
                     rr.mode,
                     Err(format!("risk score {score} ({signals})")),
-                    |_| forbidden("the request's risk is too high")
+                    |_| forbidden()
                 );
             } else if rr.step_up.is_some_and(|s| score >= s) {
                 check!(
@@ -478,9 +483,7 @@ impl Authz {
             {
                 Ok(d) => {
                     let headers = d.headers.clone();
-                    check!(rule, *mode, policy_result(&d), |_| forbidden(
-                        "denied by policy"
-                    ));
+                    check!(rule, *mode, policy_result(&d), |_| forbidden());
                     if *mode == Mode::Enforce {
                         run.headers.extend(headers);
                     }
@@ -531,9 +534,7 @@ impl Authz {
                     }
                 };
                 let headers = d.headers.clone();
-                run.verdict(rule, *mode, policy_result(&d), |_| {
-                    forbidden("denied by policy")
-                })?;
+                run.verdict(rule, *mode, policy_result(&d), |_| forbidden())?;
                 if *mode == Mode::Enforce {
                     run.headers.extend(headers);
                 }
@@ -568,14 +569,12 @@ impl Authz {
             ..
         } = pending;
         if !run.permitted {
-            let d = "no authorization rule permits this request";
             let v = RuleVerdict {
                 rule: "default".into(),
                 allowed: false,
-                reason: d.into(),
+                reason: "no authorization rule permits this request".into(),
             };
-            ctx.authz = Some(Box::new(run.decision(Some(v))));
-            return Verdict::Reject(forbidden(d));
+            return denied(ctx, run, v, forbidden());
         }
         let headers = &mut req.head.headers;
         for (name, value) in run.headers.drain(..) {
@@ -639,6 +638,14 @@ impl Run {
     }
 }
 
+/// An enforced denial: the deciding rule and its precise reason go to the audit event (and the
+/// debug log); the client gets `rejection`, whose detail is generic.
+fn denied(ctx: &mut RequestCtx, run: Run, v: RuleVerdict, rejection: Rejection) -> Verdict {
+    tracing::debug!(request_id = %ctx.request_id, rule = %v.rule, reason = %v.reason, "authorization denied");
+    ctx.authz = Some(Box::new(run.decision(Some(v))));
+    Verdict::Reject(rejection)
+}
+
 fn policy_result(d: &PolicyDecision) -> Result<String, String> {
     let reasons = if d.reasons.is_empty() {
         if d.allow { "allowed" } else { "denied" }.to_string()
@@ -678,14 +685,18 @@ impl Stage for AuthzStage {
         let Some(p) = ctx.principal.clone() else {
             // Authentication lets no request without an identity through to here; deny if
             // one ever does.
-            return Step::reject(forbidden("no verified identity"));
+            let v = RuleVerdict {
+                rule: "identity".into(),
+                allowed: false,
+                reason: "no verified identity".into(),
+            };
+            return Step::Done(denied(ctx, Run::default(), v, forbidden()));
         };
         let mut pending = match az.evaluate_sync(route, req, ctx, &p) {
             Ok(pending) => pending,
-            Err(denied) => {
-                let (run, (v, rejection)) = *denied;
-                ctx.authz = Some(Box::new(run.decision(Some(v))));
-                return Step::reject(rejection);
+            Err(d) => {
+                let (run, (v, rejection)) = *d;
+                return Step::Done(denied(ctx, run, v, rejection));
             }
         };
         if route.opa.is_none() {
@@ -694,8 +705,7 @@ impl Stage for AuthzStage {
         Step::from_future(async move {
             if let Err(d) = az.evaluate_opa(route, ctx, &mut pending).await {
                 let (v, rejection) = *d;
-                ctx.authz = Some(Box::new(pending.run.decision(Some(v))));
-                return Verdict::Reject(rejection);
+                return denied(ctx, pending.run, v, rejection);
             }
             az.finish(route, req, ctx, &p, pending)
         })
