@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -500,46 +499,34 @@ impl KeyServer {
             fetches.clone(),
             down.clone(),
         );
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
+        serve_http1(
+            listener,
+            move |req: http::Request<hyper::body::Incoming>| {
                 let (j, p, f, d) = (j.clone(), p.clone(), f.clone(), d.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: http::Request<hyper::body::Incoming>| {
-                            let (j, p, f, d) = (j.clone(), p.clone(), f.clone(), d.clone());
-                            async move {
-                                let mut b = http::Response::builder();
-                                let path = p.lock().unwrap().clone();
-                                let body = if d.load(Ordering::SeqCst) {
-                                    b = b.status(503);
-                                    String::new()
-                                } else if req.uri().path() == "/.well-known/openid-configuration" {
-                                    json!({
-                                        "issuer": format!("http://{addr}"),
-                                        "jwks_uri": format!("http://{addr}{path}"),
-                                    })
-                                    .to_string()
-                                } else if req.uri().path() == path {
-                                    f.fetch_add(1, Ordering::SeqCst);
-                                    b = b.header("cache-control", "max-age=3600");
-                                    j.lock().unwrap().clone()
-                                } else {
-                                    b = b.status(404);
-                                    String::new()
-                                };
-                                Ok::<_, Infallible>(b.body(Full::new(Bytes::from(body))).unwrap())
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+                async move {
+                    let mut b = http::Response::builder();
+                    let path = p.lock().unwrap().clone();
+                    let body = if d.load(Ordering::SeqCst) {
+                        b = b.status(503);
+                        String::new()
+                    } else if req.uri().path() == "/.well-known/openid-configuration" {
+                        json!({
+                            "issuer": format!("http://{addr}"),
+                            "jwks_uri": format!("http://{addr}{path}"),
+                        })
+                        .to_string()
+                    } else if req.uri().path() == path {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        b = b.header("cache-control", "max-age=3600");
+                        j.lock().unwrap().clone()
+                    } else {
+                        b = b.status(404);
+                        String::new()
+                    };
+                    b.body(Full::new(Bytes::from(body))).unwrap()
+                }
+            },
+        );
         KeyServer {
             addr,
             jwks,
@@ -1259,59 +1246,42 @@ impl SlowIntrospection {
         let calls = Arc::new(AtomicUsize::new(0));
         let hang = Arc::new(AtomicBool::new(false));
         let (c, h) = (calls.clone(), hang.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
+        serve_http1(
+            listener,
+            move |req: http::Request<hyper::body::Incoming>| {
                 let (c, h) = (c.clone(), h.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: http::Request<hyper::body::Incoming>| {
-                            let (c, h) = (c.clone(), h.clone());
-                            async move {
-                                use http_body_util::BodyExt;
-                                c.fetch_add(1, Ordering::SeqCst);
-                                let basic = req
-                                    .headers()
-                                    .get("authorization")
-                                    .and_then(|v| v.to_str().ok())
-                                    .unwrap_or("")
-                                    .to_string();
-                                let body = req.into_body().collect().await.unwrap().to_bytes();
-                                let body = String::from_utf8_lossy(&body).to_string();
-                                if h.load(Ordering::SeqCst) {
-                                    tokio::time::sleep(Duration::from_secs(30)).await;
-                                }
-                                tokio::time::sleep(Duration::from_millis(300)).await;
-                                let ok_client = basic
-                                    == format!(
-                                        "Basic {}",
-                                        base64::engine::general_purpose::STANDARD
-                                            .encode("gw:s3cret")
-                                    );
-                                let answer = if ok_client
-                                    && body.contains(&format!("token={active}&"))
-                                {
-                                    json!({"active": true, "sub": sub, "client_id": "batch", "scope": "read:a", "exp": now() + 60})
-                                } else {
-                                    json!({"active": false})
-                                };
-                                Ok::<_, Infallible>(
-                                    http::Response::builder()
-                                        .header("content-type", "application/json")
-                                        .body(Full::new(Bytes::from(answer.to_string())))
-                                        .unwrap(),
-                                )
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+                async move {
+                    use http_body_util::BodyExt;
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let basic = req
+                        .headers()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let body = String::from_utf8_lossy(&body).to_string();
+                    if h.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let ok_client = basic
+                        == format!(
+                            "Basic {}",
+                            base64::engine::general_purpose::STANDARD.encode("gw:s3cret")
+                        );
+                    let answer = if ok_client && body.contains(&format!("token={active}&")) {
+                        json!({"active": true, "sub": sub, "client_id": "batch", "scope": "read:a", "exp": now() + 60})
+                    } else {
+                        json!({"active": false})
+                    };
+                    http::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(answer.to_string())))
+                        .unwrap()
+                }
+            },
+        );
         SlowIntrospection { addr, calls, hang }
     }
 }
@@ -1900,38 +1870,22 @@ impl HeldIntrospection {
         let calls = Arc::new(AtomicUsize::new(0));
         let (release, released) = tokio::sync::watch::channel(false);
         let c = calls.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (c, released) = (c.clone(), released.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(
-                        move |req: http::Request<hyper::body::Incoming>| {
-                            let (c, mut released) = (c.clone(), released.clone());
-                            async move {
-                                use http_body_util::BodyExt;
-                                let _ = req.into_body().collect().await;
-                                c.fetch_add(1, Ordering::SeqCst);
-                                let _ = released.wait_for(|r| *r).await;
-                                Ok::<_, Infallible>(
-                                    http::Response::builder()
-                                        .header("content-type", "application/json")
-                                        .body(Full::new(Bytes::from(
-                                            json!({"active": false}).to_string(),
-                                        )))
-                                        .unwrap(),
-                                )
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        serve_http1(
+            listener,
+            move |req: http::Request<hyper::body::Incoming>| {
+                let (c, mut released) = (c.clone(), released.clone());
+                async move {
+                    use http_body_util::BodyExt;
+                    let _ = req.into_body().collect().await;
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let _ = released.wait_for(|r| *r).await;
+                    http::Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(json!({"active": false}).to_string())))
+                        .unwrap()
+                }
+            },
+        );
         HeldIntrospection {
             addr,
             calls,

@@ -30,4 +30,6 @@ pub use idp::OidcProvider;
 pub use pki::{CertFiles, TestPki};
 pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
-pub use upstream::{GrpcUpstream, Recorded, TestUpstream, WsUpgrade, WsUpstream, dead_addr};
+pub use upstream::{
+    GrpcUpstream, Recorded, TestUpstream, WsUpgrade, WsUpstream, dead_addr, serve_http1,
+};

@@ -65,6 +65,30 @@ impl Recorded {
 }
 
 /// An accept loop and its connections; all of them end on [`Server::stop`] or drop.
+/// Serves HTTP/1.1 on `listener`, each request answered by `handler`, for as long as the
+/// runtime runs: the small servers a test writes itself (an IdP's key set, an introspection
+/// endpoint that holds its answers).
+pub fn serve_http1<F, Fut>(listener: TcpListener, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let answer = handler(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
 struct Server {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
