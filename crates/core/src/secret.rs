@@ -207,9 +207,13 @@ fn looks_like_env_name(name: &str) -> bool {
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
-/// A file name with a folder or an extension: `secrets/token`, `token.txt`, `./token`.
+/// A file name with a folder or a short extension: `secrets/token`, `token.txt`, `./token` —
+/// not a token with dots in it (a JWT's three long parts).
 fn looks_like_path(p: &str) -> bool {
-    p.contains(['/', '.', '\\'])
+    p.contains(['/', '\\'])
+        || p.rsplit_once('.').is_some_and(|(_, ext)| {
+            (1..=6).contains(&ext.len()) && ext.bytes().all(|b| b.is_ascii_alphanumeric())
+        })
 }
 
 impl RawSecret {
@@ -384,11 +388,16 @@ mod tests {
             !m.contains(leaked) && m.starts_with("auth.secret.env:"),
             "{m}"
         );
-        let m = message(RawSecret::File("sk_live_9f2c0ffee".into()));
-        assert!(
-            !m.contains("sk_live_9f2c0ffee") && m.starts_with("auth.secret.file:"),
-            "{m}"
-        );
+        for leaked in [
+            "sk_live_9f2c0ffee",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlX2hlcmU",
+        ] {
+            let m = message(RawSecret::File(leaked.into()));
+            assert!(
+                !m.contains(leaked) && m.starts_with("auth.secret.file:"),
+                "{m}"
+            );
+        }
         // Names that are names are said.
         let m = message(RawSecret::Env("PORTCULLIS_NEVER_SET_7Q".into()));
         assert!(m.contains("PORTCULLIS_NEVER_SET_7Q is not set"), "{m}");
