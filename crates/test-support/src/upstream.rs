@@ -64,7 +64,6 @@ impl Recorded {
     }
 }
 
-/// An accept loop and its connections; all of them end on [`Server::stop`] or drop.
 /// Serves HTTP/1.1 on `listener`, each request answered by `handler`, for as long as the
 /// runtime runs: the small servers a test writes itself (an IdP's key set, an introspection
 /// endpoint that holds its answers).
@@ -89,6 +88,7 @@ where
     });
 }
 
+/// An accept loop and its connections; all of them end on [`Server::stop`] or drop.
 struct Server {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
