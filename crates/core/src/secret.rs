@@ -247,7 +247,8 @@ impl RawSecret {
                             // Not quoted: a secret written where its file was meant.
                             format!(
                                 "cannot read the file named here: {err} (its name is not shown: \
-                                 it has no `/` nor `.` — was the secret itself written here?)"
+                                 it does not look like a file name — was the secret itself \
+                                 written here?)"
                             )
                         };
                         e.push(format!("{path}.file"), what);

@@ -87,10 +87,16 @@ impl ConnInfo {
     }
 }
 
-/// Removes the conditional fields that compare against the upstream's entity tags.
+/// Removes the conditional fields that compare against the upstream's entity tags, and
+/// `Range`.
 #[cold]
 fn strip_validators(headers: &mut http::HeaderMap) {
-    for name in [header::IF_NONE_MATCH, header::IF_MATCH, header::IF_RANGE] {
+    for name in [
+        header::IF_NONE_MATCH,
+        header::IF_MATCH,
+        header::IF_RANGE,
+        header::RANGE,
+    ] {
         headers.remove(name);
     }
 }
@@ -714,11 +720,12 @@ impl Gateway {
             // be withheld or passed unchecked).
             head.headers.remove(header::ACCEPT_ENCODING);
         }
-        if rewritten {
+        if rewritten && matches!(head.method, Method::GET | Method::HEAD) {
             // The upstream's validators describe the whole body, not the view the client
             // gets: a 304 to a guessed `If-None-Match` would tell whether a hidden field holds
-            // the guessed value (and the tag itself, its length and hash). The client gets
-            // the view whole every time.
+            // the guessed value (and the tag itself, its length and hash), and a range of it
+            // (206) cannot be filtered. A read gets the view whole every time; a write keeps
+            // its preconditions (`If-Match` guards against lost updates).
             strip_validators(&mut head.headers);
         }
         route.request_headers.apply(&mut head.headers);
