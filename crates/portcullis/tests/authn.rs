@@ -1001,8 +1001,9 @@ routes:
 }
 
 /// A gateway with one TLS listener (a `localhost` certificate from `pki`) asking for client
-/// certificates from `pki`'s CA, the upstream `app` at `up`, and these routes (YAML list items).
-fn mtls_gateway(pki: &TestPki, up: &TestUpstream, routes: &str) -> Gateway {
+/// certificates from `pki`'s CA, the upstream `app` at `up`, these top-level `sections` and
+/// these routes (YAML list items).
+fn mtls_gateway(pki: &TestPki, up: &TestUpstream, sections: &str, routes: &str) -> Gateway {
     let server = pki.issue_server(&["localhost"]);
     let yaml = format!(
         r#"listeners:
@@ -1013,6 +1014,7 @@ fn mtls_gateway(pki: &TestPki, up: &TestUpstream, routes: &str) -> Gateway {
       client_auth: {{ mode: optional, ca_file: "{ca}" }}
 admin: {{ address: "127.0.0.1:0" }}
 upstreams: {{ app: {{ targets: ["{up}"] }} }}
+{sections}
 routes:
 {routes}"#,
         c = server.cert_path.display(),
@@ -1030,6 +1032,7 @@ async fn mtls_identities_with_spiffe_rules() {
     let gw = mtls_gateway(
         &pki,
         &up,
+        "",
         r#"  - { name: svc, match: { prefix: /svc }, upstream: app, auth: { methods: [mtls], mtls: { trust_domains: [prod.test], spiffe_paths: ["/ns/*/sa/orders"] } }, authz: { allow: any-authenticated } }
   - { name: any, match: { prefix: /any }, upstream: app, auth: { methods: [mtls] }, authz: { allow: any-authenticated } }
 "#,
@@ -1109,6 +1112,7 @@ async fn a_client_certificate_that_expires_on_an_open_connection_is_refused() {
     let gw = mtls_gateway(
         &pki,
         &up,
+        "",
         r#"  - { name: any, match: { prefix: /any }, upstream: app, auth: { methods: [mtls] }, authz: { allow: any-authenticated } }
 "#,
     );
@@ -1989,7 +1993,6 @@ routes:
 async fn a_client_certificate_can_be_revoked_by_its_fingerprint() {
     let up = TestUpstream::start("app").await;
     let pki = TestPki::new();
-    let server = pki.issue_server(&["localhost"]);
     let revoked = pki.issue_client("lost-laptop", None);
     let kept = pki.issue_client("desk", None);
     let stolen = pki.issue_client("tablet", None);
@@ -2004,26 +2007,12 @@ async fn a_client_certificate_can_be_revoked_by_its_fingerprint() {
         .map(|c| std::str::from_utf8(c).unwrap())
         .collect::<Vec<_>>()
         .join(":");
-    let yaml = format!(
-        r#"listeners:
-  - name: public
-    address: "127.0.0.1:0"
-    tls:
-      certificates: [{{ cert_file: "{c}", key_file: "{k}" }}]
-      client_auth: {{ mode: optional, ca_file: "{ca}" }}
-admin: {{ address: "127.0.0.1:0" }}
-upstreams: {{ app: {{ targets: ["{up}"] }} }}
-auth:
-  revocation: {{ certificates: ["{openssl_style}"] }}
-routes:
-  - {{ name: any, match: {{ prefix: /any }}, upstream: app, auth: {{ methods: [mtls] }}, authz: {{ allow: any-authenticated }} }}
-"#,
-        c = server.cert_path.display(),
-        k = server.key_path.display(),
-        ca = pki.ca_path().display(),
-        up = up.url()
+    let gw = mtls_gateway(
+        &pki,
+        &up,
+        &format!("auth:\n  revocation: {{ certificates: [\"{openssl_style}\"] }}"),
+        "  - { name: any, match: { prefix: /any }, upstream: app, auth: { methods: [mtls] }, authz: { allow: any-authenticated } }\n",
     );
-    let gw = Gateway::start(bin(), &yaml).unwrap();
     let addr = gw.listener("public");
     let go = |cert: CertFiles| {
         let cfg = client::client_config_with_cert(&pki.ca_pem(), &cert);

@@ -144,15 +144,8 @@ async fn targets_and_field_counts_past_what_hyper_reads_are_the_gateways_refusal
     many.push_str("\r\n");
     let (out, closed) = raw_exchange(addr, many.as_bytes()).await;
     assert_refused_with("431", "too_many_fields", &out, closed);
-    let id = out
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("x-request-id: ")
-                .map(str::to_string)
-        })
-        .unwrap();
-    let ev = audit_of(&gw, id.trim());
+    let id = raw_request_id(&out);
+    let ev = audit_of(&gw, &id);
     assert_eq!(ev["stage"], "protocol", "{ev}");
     assert_eq!(ev["reason"], "too_many_headers", "{ev}");
     assert_eq!(up.hits(), 0);
@@ -545,22 +538,15 @@ async fn method_and_url_overrides_are_refused() {
         let bytes = format!("{head}Content-Length: 0\r\n\r\n");
         let (out, closed) = raw_exchange(addr, bytes.as_bytes()).await;
         assert_refused(head, &out, closed);
-        let header_id = out
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("x-request-id: ")
-                    .map(str::to_string)
-            })
-            .unwrap();
+        let header_id = raw_request_id(&out);
         let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
         let doc: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(doc["code"], "bad_request", "{head}: {doc}");
-        assert_eq!(doc["request_id"], header_id.trim(), "{head}: {doc}");
+        assert_eq!(doc["request_id"], header_id.as_str(), "{head}: {doc}");
         let detail = doc["detail"].as_str().unwrap();
         assert!(detail.contains(named), "{head}: {detail}");
         assert!(detail.contains("authorized"), "{head}: {detail}");
-        let ev = audit_of(&gw, header_id.trim());
+        let ev = audit_of(&gw, &header_id);
         assert_eq!(ev["stage"], "protocol", "{ev}");
         assert_eq!(ev["reason"], "bad_request", "{ev}");
     }
@@ -624,4 +610,16 @@ async fn method_overrides_pass_when_the_operator_allows_them() {
     assert_eq!(reqs[0].uri, "/orders/7?_method=DELETE");
     assert_eq!(reqs[0].header("x-http-method-override"), Some("DELETE"));
     assert_eq!(reqs[0].header("x-original-url"), Some("/admin"));
+}
+
+/// The `X-Request-ID` of a raw answer's head.
+fn raw_request_id(answer: &str) -> String {
+    answer
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("x-request-id: ")
+                .map(|id| id.trim().to_string())
+        })
+        .unwrap()
 }
