@@ -396,6 +396,9 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
         client_address_header: s.client_address_header,
         request_id_header,
         accept_request_id: s.request_id.accept_from,
+        request_id_upstream: s.request_id.upstream,
+        request_id_response: s.request_id.response,
+        trace_context: s.trace_context,
         x_forwarded: s.forwarded_headers.x_forwarded,
         forwarded: s.forwarded_headers.forwarded,
         path_rules: PathRules {

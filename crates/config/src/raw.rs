@@ -200,6 +200,10 @@ pub struct RawServer {
     /// Which forwarding headers are sent upstream.
     #[serde(default)]
     pub forwarded_headers: RawForwardedHeaders,
+    /// W3C trace context: `continue` (default: continued or started, the gateway a new parent
+    /// span) or `pass` (the client's fields go on as sent; none started).
+    #[serde(default)]
+    pub trace_context: TraceContext,
     /// What an encoded slash (`%2F`) in a request path is met with: `reject` (default, 400) or
     /// `keep` (passed on encoded, part of its segment).
     #[serde(default)]
@@ -278,6 +282,7 @@ impl Default for RawServer {
             forwarded_headers: RawForwardedHeaders::default(),
             encoded_slash: RawEncodedSlash::default(),
             path_semicolons: RawSemicolons::default(),
+            trace_context: TraceContext::default(),
             method_override: MethodOverride::default(),
             limits: RawLimits::default(),
             ip_filter: RawIpFilter::default(),
@@ -345,6 +350,13 @@ pub struct RawRequestId {
     /// Whose incoming id is kept: `trusted_proxies` (default), `any` or `none`.
     #[serde(default)]
     pub accept_from: AcceptFrom,
+    /// Send the id upstream (default true). When false, a client's copy is removed.
+    #[serde(default = "default_true")]
+    pub upstream: bool,
+    /// Return the id on every answer (default true). When false, only the gateway's problem
+    /// documents (its refusals and upstream failures) carry it as a header.
+    #[serde(default = "default_true")]
+    pub response: bool,
 }
 
 impl Default for RawRequestId {
@@ -352,6 +364,8 @@ impl Default for RawRequestId {
         RawRequestId {
             header: default_request_id_header(),
             accept_from: AcceptFrom::default(),
+            upstream: true,
+            response: true,
         }
     }
 }
@@ -389,6 +403,19 @@ pub enum RawSemicolons {
     Reject,
     /// An ordinary character of its segment (`/a;jsessionid=1`), except in dot segments.
     Keep,
+}
+
+/// The gateway's part in W3C trace context (`traceparent`, `tracestate`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceContext {
+    /// The caller's trace is continued with the gateway as a new parent span, or one is
+    /// started; a malformed `traceparent` is replaced and a malformed `tracestate` dropped.
+    #[default]
+    Continue,
+    /// The gateway takes no part: the client's fields go on as sent (like any other field),
+    /// and none is started.
+    Pass,
 }
 
 /// What a method or URL override in a request is met with.

@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::raw::RawConfig;
 pub use crate::raw::{
     AcceptFrom, AuditOutput, Balance, ClientAddressHeader, HostHeader, LogFormat, MethodOverride,
-    UpstreamKind, UpstreamProtocol,
+    TraceContext, UpstreamKind, UpstreamProtocol,
 };
 pub use portcullis_authn::config::{AuthSettings, RouteAuth};
 pub use portcullis_authz::config::{AuthzSettings, RouteAuthz};
@@ -95,6 +95,12 @@ pub struct Server {
     pub client_address_header: ClientAddressHeader,
     pub request_id_header: HeaderName,
     pub accept_request_id: AcceptFrom,
+    /// Whether the request id is sent upstream (a client's copy is removed otherwise).
+    pub request_id_upstream: bool,
+    /// Whether every answer carries the request id, or only the gateway's problem documents.
+    pub request_id_response: bool,
+    /// Whether the gateway continues (or starts) W3C trace context, or passes it on as sent.
+    pub trace_context: TraceContext,
     pub x_forwarded: bool,
     pub forwarded: bool,
     /// `encoded_slash` and `path_semicolons`.

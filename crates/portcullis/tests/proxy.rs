@@ -79,6 +79,89 @@ async fn http1_and_h2c_reach_the_upstream_with_verified_forwarding_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_id_and_trace_context_can_be_left_out() {
+    // A gateway that adds only what a plain reverse proxy does: no request id upstream or on
+    // forwarded answers, the client's trace context passed on untouched.
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "server:\n  request_id: {{ upstream: false, response: false }}\n  trace_context: pass\n\
+         {}routes:\n  - {{ name: api, match: {{ prefix: /api }}, upstream: svc }}\n",
+        upstream_section(&up.url())
+    ));
+    let base = gw.url("public");
+    // A well-formed parent (`continue` would make the gateway a new span) and a state that
+    // is not a W3C list (`continue` would drop it).
+    let sent = [
+        ("x-request-id", "client-chosen"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("tracestate", "not a list"),
+    ];
+    let r1 = send(req("GET", &format!("{base}/api/x"), &sent, "")).await;
+    let r2 = send_h2c(req("GET", &format!("{base}/api/y"), &sent, "")).await;
+    for r in [&r1, &r2] {
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("x-request-id"),
+            None,
+            "a forwarded answer carries no id: {:?}",
+            r.headers
+        );
+    }
+    assert_eq!(r2.version, http::Version::HTTP_2);
+    let seen = up.requests();
+    assert_eq!(seen.len(), 2);
+    for rec in &seen {
+        let h = &rec.headers;
+        assert!(
+            h.get("x-request-id").is_none(),
+            "neither the gateway's id nor the client's goes upstream: {h:?}"
+        );
+        assert_eq!(h["traceparent"], sent[1].1);
+        assert_eq!(h["tracestate"], sent[2].1);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "the rest is unchanged");
+    }
+    // A malformed `traceparent` is still not passed on (the WAF takes the field on trust).
+    let r = send(req(
+        "GET",
+        &format!("{base}/api/z"),
+        &[(
+            "traceparent",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        )],
+        "",
+    ))
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.requests();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen[2].headers.get("traceparent").is_none(),
+        "{:?}",
+        seen[2].headers
+    );
+    // The gateway still has an id of its own for each request (audit, logs) ...
+    for path in ["/api/x", "/api/y"] {
+        let ev = gw
+            .wait_for_audit(|e| e["path"] == path, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no audit event for {path}: {:#?}", gw.audit_events()));
+        let id = ev["request_id"].as_str().unwrap();
+        assert_eq!(id.len(), 32, "{ev}");
+        assert_ne!(id, "client-chosen");
+    }
+    // ... and its refusals carry it, in the header and the problem document, over both
+    // protocols; nothing reached the upstream.
+    let r = send(req("GET", &format!("{base}/nowhere"), &sent, "")).await;
+    let v = assert_problem(&r, 404, "route_not_found");
+    assert_ne!(v["request_id"], "client-chosen");
+    let r = send_h2c(req("GET", &format!("{base}/nowhere"), &sent, "")).await;
+    assert_problem(&r, 404, "route_not_found");
+    assert_eq!(up.requests().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxies_extend_the_chain_and_name_the_client() {
     let up = TestUpstream::start("a").await;
     let gw = gateway(&format!(

@@ -516,6 +516,40 @@ fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// The trace id and flags of a well-formed `traceparent` value (surrounding spaces allowed;
+/// fields after the flags only in a version above `00`).
+fn parse_traceparent(v: &str) -> Option<(&str, &str)> {
+    let mut it = v.trim().split('-');
+    let (ver, trace, parent, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
+    let ok = is_hex(ver, 2)
+        && ver != "ff"
+        && is_hex(trace, 32)
+        && trace.bytes().any(|b| b != b'0')
+        && is_hex(parent, 16)
+        && parent.bytes().any(|b| b != b'0')
+        && is_hex(flags, 2)
+        && (ver != "00" || it.next().is_none());
+    ok.then_some((trace, flags))
+}
+
+/// `server.trace_context: pass`: the caller's `traceparent` goes on as sent when it is one
+/// well-formed field of exactly the four parts (what the WAF, which skips the field, may take
+/// on trust), and is removed otherwise; none is started. `tracestate` is left as sent (the WAF
+/// inspects it).
+pub fn pass_traceparent(headers: &mut HeaderMap) {
+    if !has_header(headers, &TRACEPARENT) {
+        return;
+    }
+    let mut all = headers.get_all(&TRACEPARENT).iter();
+    let ok = match (all.next(), all.next()) {
+        (Some(v), None) => v.len() == 55 && v.to_str().ok().and_then(parse_traceparent).is_some(),
+        _ => false,
+    };
+    if !ok {
+        remove_header(headers, &TRACEPARENT);
+    }
+}
+
 /// Continues the caller's W3C trace (same trace id, the gateway as a new parent span) or starts
 /// one. A malformed `traceparent` is replaced, never passed on.
 pub fn propagate_traceparent(headers: &mut HeaderMap, sink: &mut FieldSink<'_>) {
@@ -524,19 +558,7 @@ pub fn propagate_traceparent(headers: &mut HeaderMap, sink: &mut FieldSink<'_>) 
         .then(|| headers.get(&TRACEPARENT))
         .flatten()
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let mut it = v.trim().split('-');
-            let (ver, trace, parent, flags) = (it.next()?, it.next()?, it.next()?, it.next()?);
-            let ok = is_hex(ver, 2)
-                && ver != "ff"
-                && is_hex(trace, 32)
-                && trace.bytes().any(|b| b != b'0')
-                && is_hex(parent, 16)
-                && parent.bytes().any(|b| b != b'0')
-                && is_hex(flags, 2)
-                && (ver != "00" || it.next().is_none());
-            ok.then_some((trace, flags))
-        });
+        .and_then(parse_traceparent);
     let span = loop {
         let s = fastrand::u64(..);
         if s != 0 {
@@ -1381,6 +1403,38 @@ mod tests {
         ] {
             assert!(!kept(&[bad]), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_passed_traceparent_goes_on_only_when_well_formed() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut m = h(&[("traceparent", good), ("tracestate", "not a list")]);
+        pass_traceparent(&mut m);
+        assert_eq!(m["traceparent"], good, "as sent: no new span");
+        assert_eq!(m["tracestate"], "not a list", "left to the WAF");
+        let mut m = h(&[]);
+        pass_traceparent(&mut m);
+        assert!(m.get("traceparent").is_none(), "none started");
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-' or 1=1--",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "<script>",
+        ] {
+            let mut m = h(&[("traceparent", bad)]);
+            pass_traceparent(&mut m);
+            assert!(m.get("traceparent").is_none(), "{bad}");
+        }
+        let mut m = h(&[("traceparent", good), ("traceparent", good)]);
+        pass_traceparent(&mut m);
+        assert!(
+            m.get("traceparent").is_none(),
+            "two fields are not one parent"
+        );
     }
 
     #[test]

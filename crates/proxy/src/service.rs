@@ -12,7 +12,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use portcullis_audit::{AuditEvent, Outcome};
-use portcullis_config::{AcceptFrom, PathMatch, Rewrite, Route, TemplatePart, UpstreamKind};
+use portcullis_config::{
+    AcceptFrom, PathMatch, Rewrite, Route, TemplatePart, TraceContext, UpstreamKind,
+};
 use portcullis_core::{
     BoxBody, BoxError, GatewayRequest, RejectReason, Rejection, RequestBody, RequestCtx, RequestId,
     Scheme, StageId, TlsInfo, has_header, is_tchar,
@@ -23,8 +25,8 @@ use crate::Gateway;
 use crate::audited::Audited;
 use crate::body::{BodyRules, LimitedBody, Tripped};
 use crate::headers::{
-    FieldSink, Forwarding, is_websocket_upgrade, propagate_traceparent, set_forwarding,
-    strip_hop_by_hop,
+    FieldSink, Forwarding, is_websocket_upgrade, pass_traceparent, propagate_traceparent,
+    set_forwarding, strip_hop_by_hop,
 };
 use crate::paced::ToClient;
 use crate::problem::{empty_body, full_body, problem_response};
@@ -488,6 +490,9 @@ impl Gateway {
             }
             Ok(Flow::Answer(answer)) => Ok(answered(*answer)),
         };
+        // The gateway's problem documents carry the request id whatever
+        // `request_id.response` says: it is what a refused client quotes.
+        let id_on_answer = config.server.request_id_response || result.is_err();
         let mut resp = match result {
             Ok(resp) => resp,
             Err(rejection) => {
@@ -501,7 +506,11 @@ impl Gateway {
         // map's (the same answer, without inserts into the map or removals from it) — unless a
         // step's own response fields may replace some of them, which the map then sorts out.
         let defer = defer_security && ctx.response_headers.is_empty();
-        let request_id = seen.request_id.take().map(|v| (id_header, v));
+        let request_id = seen
+            .request_id
+            .take()
+            .filter(|_| id_on_answer)
+            .map(|v| (id_header, v));
         let request_id = if defer {
             request_id
         } else {
@@ -704,14 +713,20 @@ impl Gateway {
             },
             &mut sink,
         );
-        if let Some(v) = seen.request_id.clone() {
+        if !config.server.request_id_upstream {
+            // Not the gateway's to send, and not the client's to choose for the upstream.
+            head.headers.remove(&config.server.request_id_header);
+        } else if let Some(v) = seen.request_id.clone() {
             sink.set(
                 &mut head.headers,
                 config.server.request_id_header.clone(),
                 v,
             );
         }
-        propagate_traceparent(&mut head.headers, &mut sink);
+        match config.server.trace_context {
+            TraceContext::Continue => propagate_traceparent(&mut head.headers, &mut sink),
+            TraceContext::Pass => pass_traceparent(&mut head.headers),
+        }
         let rewritten = route.response_filter.is_some()
             || ctx.response_filter.is_some()
             || ctx.response_contract.as_ref().is_some_and(|c| c.filters());
