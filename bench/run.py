@@ -91,17 +91,18 @@ CONNECTIONS = 64
 NCPU = os.cpu_count() or 1
 SERVER_CPU = "0"
 LOAD_CPU = "1" if NCPU > 1 else "0"
-PORTS = {"upstream": 18101, "nginx": 18102, "nginx-same": 18130, "portcullis": 18103, "portcullis-secure": 18104,
-         "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108, "portcullis-authz": 18109,
+PORTS = {"upstream": 18101, "nginx": 18102, "nginx-same": 18130, "portcullis": 18103,
+         "portcullis-lean": 18132, "portcullis-secure": 18104, "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108, "portcullis-authz": 18109,
          "portcullis-rl-local": 18110, "portcullis-rl-redis": 18111}
 if PGO and not ONLY:
     PORTS["portcullis-pgo"] = 18128
 REDIS_PORT = 18120
 # nginx before 1.25 serves h2c only on a listener of its own.
-H2_PORTS = {"upstream": 18105, "nginx": 18106, "nginx-same": 18131, "portcullis": 18103, "portcullis-secure": 18104,
+H2_PORTS = {"upstream": 18105, "nginx": 18106, "nginx-same": 18131, "portcullis": 18103, "portcullis-lean": 18132,
+            "portcullis-secure": 18104,
             "portcullis-jwt": 18107, "portcullis-jwt-nocache": 18108, "portcullis-authz": 18109,
             "portcullis-rl-local": 18110, "portcullis-rl-redis": 18111, "portcullis-pgo": 18128}
-ADMIN = {"portcullis": 18113, "portcullis-secure": 18114, "portcullis-jwt": 18117,
+ADMIN = {"portcullis": 18113, "portcullis-lean": 18133, "portcullis-secure": 18114, "portcullis-jwt": 18117,
          "portcullis-jwt-nocache": 18118, "portcullis-authz": 18119, "portcullis-rl-local": 18121,
          "portcullis-rl-redis": 18122, "portcullis-pgo": 18129}
 # The Rego rule of the authz scenario.
@@ -450,7 +451,21 @@ def measure_rounds(cases):
     return {key: medians(r) for key, r in runs.items()}
 
 
-def portcullis_conf(work, name, port, admin, secure, jwt=None, rl=None, openapi=None):
+# *lean*: the plain proxy made to put on the wire what the plain nginx does (the forwarding
+# fields, nothing more: no request id, no `traceparent` of its own, no security headers), the
+# counterpart of *nginx-same* — the two same-work comparisons.
+LEAN = """
+server:
+  request_id: { upstream: false, response: false }
+  trace_context: pass
+  forwarded_headers: { forwarded: false }
+security_headers: { strict_transport_security: false, content_type_options: false, frame_options: false,
+  content_security_policy: false, referrer_policy: false, permissions_policy: false,
+  cross_origin_resource_policy: false }
+"""
+
+
+def portcullis_conf(work, name, port, admin, secure, jwt=None, rl=None, openapi=None, lean=False):
     extra = ""
     if secure:
         extra = """
@@ -462,7 +477,7 @@ audit: { output: file, path: %s/audit.jsonl }
 """ % work
     else:
         # The plain proxy: no audit, and the WAF (on by default) off.
-        extra = "audit: { enabled: false }\nwaf: { mode: off }\n"
+        extra = "audit: { enabled: false }\nwaf: { mode: off }\n" + (LEAN if lean else "")
     routes = """
 routes:
   - { name: other-1, match: { path: "/api/orders/{id}", methods: [GET] }, upstream: up }
@@ -819,7 +834,12 @@ def plain_scenario(work, procs):
     servers = {"upstream": (PORTS["upstream"], H2_PORTS["upstream"]),
                "nginx": (PORTS["nginx"], H2_PORTS["nginx"]),
                "nginx-same": (PORTS["nginx-same"], H2_PORTS["nginx-same"]),
-               "portcullis": (PORTS["portcullis"], PORTS["portcullis"])}
+               "portcullis": (PORTS["portcullis"], PORTS["portcullis"]),
+               "portcullis-lean": (PORTS["portcullis-lean"], PORTS["portcullis-lean"])}
+    conf = portcullis_conf(work, "portcullis-lean", PORTS["portcullis-lean"], ADMIN["portcullis-lean"], False,
+                           lean=True)
+    procs["portcullis-lean"] = start([BIN, "run", "--config", conf, "--threads", "1", "--no-watch"],
+                                     PORTS["portcullis-lean"], "portcullis-lean", work)
     if COMPARE:
         conf = portcullis_conf(work, "portcullis-b", PLAIN_B_PORT, PLAIN_B_ADMIN, False)
         procs["portcullis-b"] = start([COMPARE, "run", "--config", conf, "--threads", "1", "--no-watch"],
@@ -861,16 +881,19 @@ def plain_report(r):
                          f"{x['p999']:.2f} | {cpu} | {x['errors']:.0f} |")
     lines += ["", "| test | Portcullis ÷ nginx (req/s) | p99 ÷ nginx p99 | CPU ÷ nginx CPU"
               " | ÷ nginx-same (req/s) | p99 ÷ nginx-same p99 | CPU ÷ nginx-same CPU"
+              " | lean ÷ nginx (req/s) | lean p99 ÷ nginx p99 | lean CPU ÷ nginx CPU"
               + (" | B ÷ nginx (req/s) | B p99 ÷ nginx p99 | B ÷ nginx-same (req/s) | B p99 ÷ nginx-same p99"
                  " | B CPU µs/req |" if COMPARE else " |"),
-              "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|---:|---:|" if COMPARE else "")]
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|---:|---:|" if COMPARE else "")]
     for test in ("small", "16k", "h2"):
         pc, ng, ns = r[("portcullis", test)], r[("nginx", test)], r[("nginx-same", test)]
+        ln = r[("portcullis-lean", test)]
         p99 = p99_ratio(pc, ng)
         sp99 = p99_ratio(pc, ns)
         row = (f"| {test} | {pc['rps'] / ng['rps']:.2f} | {p99} | "
                f"{pc['cpu_us_per_req'] / ng['cpu_us_per_req']:.2f} | {pc['rps'] / ns['rps']:.2f} | {sp99} | "
-               f"{pc['cpu_us_per_req'] / ns['cpu_us_per_req']:.2f} |")
+               f"{pc['cpu_us_per_req'] / ns['cpu_us_per_req']:.2f} | {ln['rps'] / ng['rps']:.2f} | "
+               f"{p99_ratio(ln, ng)} | {ln['cpu_us_per_req'] / ng['cpu_us_per_req']:.2f} |")
         if COMPARE:
             b = r[("portcullis-b", test)]
             bp99 = p99_ratio(b, ng)
@@ -878,6 +901,10 @@ def plain_report(r):
             row += (f" {b['rps'] / ng['rps']:.2f} | {bp99} | {b['rps'] / ns['rps']:.2f} | {bsp99} | "
                     f"{b['cpu_us_per_req']:.1f} |")
         lines.append(row)
+    lines += ["", "*portcullis* is the plain proxy with the gateway's default header work (the same as "
+              "*nginx-same*'s); *portcullis-lean* the same made to send what the plain *nginx* does "
+              "(`LEAN`: no request id, `traceparent` or security headers of its own; `X-Forwarded-For`, "
+              "`-Proto`, `-Host`)."]
     if COMPARE:
         lines += ["", f"B (portcullis-b) is {'the PGO build, ' if PGO else ''}`{COMPARE}`."]
     return lines
@@ -1180,13 +1207,14 @@ def main():
     try:
         start_proxies(work, procs)
         bench_issuer(work)
-        builds = (("portcullis", False, None), ("portcullis-secure", True, None),
+        builds = (("portcullis", False, None), ("portcullis-lean", False, None), ("portcullis-secure", True, None),
                   ("portcullis-jwt", True, "cached"), ("portcullis-jwt-nocache", True, "uncached"),
                   ("portcullis-authz", True, "authz"))
         if PGO:
             builds += (("portcullis-pgo", False, None),)
         for name, secure, jwt in builds:
-            conf = portcullis_conf(work, name, PORTS[name], ADMIN[name], secure, jwt)
+            conf = portcullis_conf(work, name, PORTS[name], ADMIN[name], secure, jwt,
+                                   lean=name == "portcullis-lean")
             binary = PGO if name == "portcullis-pgo" else BIN
             procs[name] = start([binary, "run", "--config", conf, "--threads", "1", "--no-watch"],
                                 PORTS[name], name, work)
@@ -1247,7 +1275,10 @@ def report(results, waf=None, contract=None):
     add("  `X-Forwarded-For` set; *nginx-same* = the same made to send and return the header fields the plain")
     add("  Portcullis does by default (forwarding fields, request id and `traceparent` upstream; the request id")
     add("  and the seven security headers to the client), so that both do the same work per request.")
-    add("- Portcullis: `--threads 1`; *plain* = one prefix route, audit off; *secure* = every step that")
+    add("- Portcullis: `--threads 1`; *plain* = one prefix route, audit off; *lean* = plain made to put on")
+    add("  the wire what the plain nginx does (`X-Forwarded-For`, `-Proto`, `-Host` upstream; no request id,")
+    add("  `traceparent` or security headers: `server.request_id.upstream`/`.response: false`,")
+    add("  `server.trace_context: pass`, every `security_headers` key `false`); *secure* = every step that")
     add("  exists now (protocol checks, normalisation, limits, trusted proxies, IP deny lists, route")
     add("  table with templates, per-route IP lists, body limits, audit to a file); *jwt* = secure plus")
     add("  an EdDSA-signed bearer token verified on every request (verified-token cache on), with the")
@@ -1273,8 +1304,8 @@ def report(results, waf=None, contract=None):
         add(f"\n**Unsteady rows (runs more than {UNSTEADY:.0%} apart: the machine's speed changed during the run; "
             "ratios involving them are not reliable): " + ", ".join(unsteady) + ".**")
     add("\n## Ratios\n")
-    add("| test | Portcullis ÷ nginx (req/s) | Portcullis ÷ upstream alone | Portcullis p99 ÷ nginx p99 | Portcullis ÷ nginx-same (req/s) | Portcullis p99 ÷ nginx-same p99 | secure ÷ plain | jwt ÷ secure | jwt-nocache ÷ secure | JWT CPU µs/req (cached / uncached) | authz ÷ jwt | authz CPU µs/req | rl-local ÷ secure | rl-redis ÷ secure | rate-limit CPU µs/req (local / redis) |")
-    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    add("| test | Portcullis ÷ nginx (req/s) | Portcullis ÷ upstream alone | Portcullis p99 ÷ nginx p99 | Portcullis ÷ nginx-same (req/s) | Portcullis p99 ÷ nginx-same p99 | lean ÷ nginx (req/s) | lean p99 ÷ nginx p99 | secure ÷ plain | jwt ÷ secure | jwt-nocache ÷ secure | JWT CPU µs/req (cached / uncached) | authz ÷ jwt | authz CPU µs/req | rl-local ÷ secure | rl-redis ÷ secure | rate-limit CPU µs/req (local / redis) |")
+    add("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label in ("small", "16k", "h2"):
         pc = results[("portcullis", label)]
         ng = results[("nginx", label)]
@@ -1290,7 +1321,8 @@ def report(results, waf=None, contract=None):
         p99 = p99_ratio(pc, ng)
         cost = f"{jw['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f} / {jn['cpu_us_per_req'] - sec['cpu_us_per_req']:+.1f}"
         sp99 = p99_ratio(pc, ns)
-        add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {pc['rps'] / ns['rps']:.2f} | {sp99} | {sec['rps'] / pc['rps']:.2f} | {jw['rps'] / sec['rps']:.2f} | {jn['rps'] / sec['rps']:.2f} | {cost} | {az['rps'] / jw['rps']:.2f} | {az['cpu_us_per_req'] - jw['cpu_us_per_req']:+.1f} | {rll['rps'] / sec['rps']:.2f} | {rlr['rps'] / sec['rps']:.2f} | {rlc} |")
+        ln = results[("portcullis-lean", label)]
+        add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {pc['rps'] / ns['rps']:.2f} | {sp99} | {ln['rps'] / ng['rps']:.2f} | {p99_ratio(ln, ng)} | {sec['rps'] / pc['rps']:.2f} | {jw['rps'] / sec['rps']:.2f} | {jn['rps'] / sec['rps']:.2f} | {cost} | {az['rps'] / jw['rps']:.2f} | {az['cpu_us_per_req'] - jw['cpu_us_per_req']:+.1f} | {rll['rps'] / sec['rps']:.2f} | {rlr['rps'] / sec['rps']:.2f} | {rlc} |")
     if ("portcullis-pgo", "small") in results:
         add("\n*pgo* is the plain proxy's configuration run by the profile-guided build of the same code")
         add("(`bench/pgo.sh`; `bench/run.sh --pgo` builds it before measuring):\n")

@@ -130,12 +130,13 @@ class Medians(unittest.TestCase):
                "cpu_us_per_req": 13.0, "user_us_per_req": 3.0, "sys_us_per_req": 10.0}
         behind = dict(row, upstream_cpu_us_per_req=6.5)
         r = {}
-        for name in ("upstream", "nginx", "nginx-same", "portcullis"):
+        for name in ("upstream", "nginx", "nginx-same", "portcullis", "portcullis-lean"):
             for test in ("small", "16k", "h2"):
                 r[(name, test)] = row if name == "upstream" else behind
         text = "\n".join(run.plain_report(r))
         self.assertIn("| upstream | small | 1000 | 1.00 | 2.00 | 3.00 | 13.0 | 3.0 | 10.0 | — | 0 |", text)
         self.assertIn("| portcullis | small | 1000 | 1.00 | 2.00 | 3.00 | 13.0 | 3.0 | 10.0 | 6.5 | 0 |", text)
+        self.assertIn("| small | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 |", text)
 
 
 if __name__ == "__main__":
