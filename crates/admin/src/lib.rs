@@ -576,10 +576,17 @@ fn is_public_read(method: &Method, path: &str) -> bool {
 
 async fn route(state: &State, req: Request<Incoming>, method: &Method, path: &str) -> Resp {
     let token = state.source.token();
-    if token.is_none() && from_a_web_page(&req) {
+    // Without a token, a web page gets the open endpoints as anyone would (status only: no
+    // readiness reason), and nothing else.
+    let web = token.is_none() && from_a_web_page(&req);
+    if web && !is_public(path) {
         return browser_refused();
     }
-    let access = access(token.as_deref(), &req, || state.source.read_token());
+    let access = if web {
+        Access::None
+    } else {
+        access(token.as_deref(), &req, || state.source.read_token())
+    };
     let authorized = access != Access::None;
     if !authorized && !is_public(path) {
         return unauthorized();
@@ -976,11 +983,8 @@ fn is_public(path: &str) -> bool {
 /// name that is not a loopback one (a DNS-rebinding page: its own name, resolved to
 /// 127.0.0.1), or carrying an `Origin` other than the API's own (a page posting across sites
 /// without a preflight: `text/plain` bodies are enough for `POST /bans`). The probes and the
-/// public keys stay open.
+/// public keys stay open to it, as to any caller without the token.
 fn from_a_web_page<B>(req: &Request<B>) -> bool {
-    if is_public(req.uri().path()) {
-        return false;
-    }
     let host = req
         .headers()
         .get(http::header::HOST)
@@ -1838,6 +1842,18 @@ mod tests {
         let g = call(&h1(), s.addr, Method::GET, "/readyz", None).await;
         let v: serde_json::Value = serde_json::from_str(&g.body).unwrap();
         assert_eq!(v["reason"], NOT_READY);
+        // ... but not a web page that reached it (DNS rebinding, or its script's `Origin`):
+        // the status only, as to an unauthorized caller.
+        let port = s.addr.port();
+        let evil_host = format!("rebound.example:{port}");
+        for fields in [
+            vec![("host", evil_host.as_str())],
+            vec![("origin", "https://evil.example")],
+        ] {
+            let g = call_with(&h1(), s.addr, Method::GET, "/readyz", &fields).await;
+            assert_eq!(g.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(g.body.trim(), r#"{"status":"not_ready"}"#, "{fields:?}");
+        }
     }
 
     /// While a reload runs, another `POST /reload` is refused with 409 instead of starting a
