@@ -480,3 +480,37 @@ async fn an_upstream_silent_mid_answer_is_cut_off_by_its_read_timeout() {
     // The gateway is healthy.
     assert_eq!(get(&format!("{}/ok", gw.url("public"))).await.status, 200);
 }
+
+/// A target a reload removed is gone from the metrics: its gauges would otherwise say, for as
+/// long as the process runs, that an absent target is down or busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_target_leaves_the_metrics() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let sections = |targets: &str| {
+        format!(
+            "listeners:\n  - {{ name: public, address: \"127.0.0.1:0\" }}\nadmin: {{ address: \"127.0.0.1:0\" }}\n\
+             upstreams:\n  pool: {{ targets: [{targets}] }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: pool }}\n"
+        )
+    };
+    let both = format!("\"{}\", \"{}\"", a.url(), b.url());
+    let gw = Gateway::start(bin(), &sections(&both)).unwrap();
+    let healthy = |metrics: &str| -> Vec<String> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("portcullis_upstream_target_healthy"))
+            .map(str::to_string)
+            .collect()
+    };
+    let metrics_url = format!("{}/metrics", gw.admin_url());
+    let before = healthy(&get(&metrics_url).await.text());
+    assert_eq!(before.len(), 2, "{before:?}");
+    std::fs::write(gw.config_path(), sections(&format!("\"{}\"", a.url()))).unwrap();
+    let r = send(req("POST", &format!("{}/reload", gw.admin_url()), &[], "")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after = healthy(&get(&metrics_url).await.text());
+    let b_authority = b.url().trim_start_matches("http://").to_string();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(!after[0].contains(&b_authority), "{after:?}");
+    assert!(after[0].ends_with(" 1"), "{after:?}");
+}

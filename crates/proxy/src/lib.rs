@@ -254,9 +254,12 @@ impl Gateway {
         if dropped > seen {
             self.metrics.audit_dropped(dropped - seen);
         }
-        for (issuer, keys, last, failures) in self.shared.authn.key_metrics() {
-            self.metrics.set_issuer_keys(&issuer, keys, last, failures);
-        }
+        let issuers = self.shared.authn.key_metrics();
+        self.metrics.set_issuers_keys(
+            issuers
+                .iter()
+                .map(|(issuer, keys, last, failures)| (issuer.as_str(), *keys, *last, *failures)),
+        );
         let bans = &self.shared.bans;
         for rule in bans.take_banned_by_shared_counts() {
             self.metrics.banned(&rule);
@@ -273,16 +276,18 @@ impl Gateway {
             rl.evictions(),
             rl.adaptive().map(|a| (a.factor(), a.level() as u8)),
         );
-        for pool in rt.pools.iter().flatten() {
-            for t in pool.health_snapshot() {
-                self.metrics.set_upstream_target(
-                    pool.name(),
-                    &t.authority,
-                    t.healthy && !t.ejected,
-                    t.in_flight,
-                );
-            }
-        }
+        let targets: Vec<_> = rt
+            .pools
+            .iter()
+            .flatten()
+            .map(|pool| (pool.name(), pool.health_snapshot()))
+            .collect();
+        self.metrics
+            .set_upstream_targets(targets.iter().flat_map(|(name, snapshot)| {
+                snapshot
+                    .iter()
+                    .map(|t| (*name, &*t.authority, t.healthy && !t.ejected, t.in_flight))
+            }));
     }
 }
 

@@ -22,7 +22,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -262,6 +262,10 @@ pub struct Metrics {
     jwks_keys: Family<IssuerLabels, Gauge>,
     jwks_last_success: Family<IssuerLabels, Gauge>,
     jwks_fetch_failures: Family<IssuerLabels, Gauge>,
+    /// The target and issuer series set at the last scrape: those gone from the configuration
+    /// since are removed, not left at their last value.
+    shown_targets: Mutex<HashSet<TargetLabels>>,
+    shown_issuers: Mutex<HashSet<IssuerLabels>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -469,6 +473,8 @@ impl Metrics {
             jwks_keys,
             jwks_last_success,
             jwks_fetch_failures,
+            shown_targets: Mutex::default(),
+            shown_issuers: Mutex::default(),
             interner: Interner::default(),
             request_handles: Handles::default(),
             upstream_request_handles: Handles::default(),
@@ -532,24 +538,37 @@ impl Metrics {
         self.active_connections.get_or_create(&labels).dec();
     }
 
-    /// The health and load of one upstream target, as the balancer sees it now.
-    pub fn set_upstream_target(
+    /// The health and load of every upstream target, as the balancer sees them now
+    /// (`(upstream, target, healthy, in flight)`). The series of a target no longer among them
+    /// (a reload removed it) are removed: a gauge left at its last value would say an absent
+    /// target is down, or busy, for as long as the process runs.
+    pub fn set_upstream_targets<'a>(
         &self,
-        upstream: &str,
-        target: &str,
-        healthy: bool,
-        in_flight: usize,
+        targets: impl IntoIterator<Item = (&'a str, &'a str, bool, usize)>,
     ) {
-        let labels = TargetLabels {
-            upstream: self.interner.get(upstream),
-            target: self.interner.get(target),
-        };
-        self.target_healthy
-            .get_or_create(&labels)
-            .set(i64::from(healthy));
-        self.target_in_flight
-            .get_or_create(&labels)
-            .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+        let mut now = HashSet::new();
+        for (upstream, target, healthy, in_flight) in targets {
+            let labels = TargetLabels {
+                upstream: self.interner.get(upstream),
+                target: self.interner.get(target),
+            };
+            self.target_healthy
+                .get_or_create(&labels)
+                .set(i64::from(healthy));
+            self.target_in_flight
+                .get_or_create(&labels)
+                .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
+            now.insert(labels);
+        }
+        let mut shown = self
+            .shown_targets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for gone in shown.difference(&now) {
+            self.target_healthy.remove(gone);
+            self.target_in_flight.remove(gone);
+        }
+        *shown = now;
     }
 
     /// `n` more answers of `upstream`'s `target` cut off by its `read_timeout` (told at a
@@ -694,19 +713,37 @@ impl Metrics {
         self.rate_limited.get_or_create(&labels).inc();
     }
 
-    /// The key state of one JWT issuer.
-    pub fn set_issuer_keys(&self, issuer: &str, keys: usize, last_success: u64, failures: u64) {
-        let labels = IssuerLabels {
-            issuer: self.interner.get(issuer),
-        };
+    /// The key state of every JWT issuer (`(issuer, keys, last success, failures)`); the
+    /// series of an issuer no longer among them are removed.
+    pub fn set_issuers_keys<'a>(
+        &self,
+        issuers: impl IntoIterator<Item = (&'a str, usize, u64, u64)>,
+    ) {
         let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        self.jwks_keys.get_or_create(&labels).set(g(keys as u64));
-        self.jwks_last_success
-            .get_or_create(&labels)
-            .set(g(last_success));
-        self.jwks_fetch_failures
-            .get_or_create(&labels)
-            .set(g(failures));
+        let mut now = HashSet::new();
+        for (issuer, keys, last_success, failures) in issuers {
+            let labels = IssuerLabels {
+                issuer: self.interner.get(issuer),
+            };
+            self.jwks_keys.get_or_create(&labels).set(g(keys as u64));
+            self.jwks_last_success
+                .get_or_create(&labels)
+                .set(g(last_success));
+            self.jwks_fetch_failures
+                .get_or_create(&labels)
+                .set(g(failures));
+            now.insert(labels);
+        }
+        let mut shown = self
+            .shown_issuers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for gone in shown.difference(&now) {
+            self.jwks_keys.remove(gone);
+            self.jwks_last_success.remove(gone);
+            self.jwks_fetch_failures.remove(gone);
+        }
+        *shown = now;
     }
 
     /// `n` more audit events were dropped (a delta, not a total).
@@ -927,6 +964,26 @@ mod tests {
     }
 
     #[test]
+    fn issuers_no_longer_configured_leave_the_metrics() {
+        let m = Metrics::new();
+        m.set_issuers_keys([("kept", 2, 100, 0), ("removed", 1, 50, 3)]);
+        let text = m.encode();
+        assert_eq!(
+            line_value(&text, "portcullis_jwks_fetch_failures{issuer=\"removed\"}"),
+            Some(3.0),
+            "{text}"
+        );
+        m.set_issuers_keys([("kept", 3, 200, 0)]);
+        let text = m.encode();
+        assert!(!text.contains("issuer=\"removed\""), "{text}");
+        assert_eq!(
+            line_value(&text, "portcullis_jwks_keys{issuer=\"kept\"}"),
+            Some(3.0),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn rejections_connections_upstreams() {
         let m = Metrics::new();
         m.count_rejection("ipfilter", "ip_denied");
@@ -934,8 +991,10 @@ mod tests {
         m.connection_opened("public");
         m.connection_opened("public");
         m.connection_closed("public");
-        m.set_upstream_target("api", "http://10.0.0.1:80", true, 3);
-        m.set_upstream_target("api", "http://10.0.0.2:80", false, 0);
+        m.set_upstream_targets([
+            ("api", "http://10.0.0.1:80", true, 3),
+            ("api", "http://10.0.0.2:80", false, 0),
+        ]);
         m.count_upstream_request("api", "http://10.0.0.1:80", "ok");
         m.count_upstream_request("api", "http://10.0.0.1:80", "timeout");
         m.upstream_read_timeouts("api", "http://10.0.0.1:80", 2);
@@ -994,8 +1053,9 @@ mod tests {
             Some(1.0),
             "{text}"
         );
-        // Updating a target replaces the gauge values.
-        m.set_upstream_target("api", "http://10.0.0.1:80", false, 0);
+        // Updating a target replaces the gauge values; a target no longer configured loses
+        // its gauges (its counters stay: they count what happened).
+        m.set_upstream_targets([("api", "http://10.0.0.1:80", false, 0)]);
         let text = m.encode();
         assert_eq!(
             line_value(
@@ -1003,6 +1063,15 @@ mod tests {
                 "portcullis_upstream_target_healthy{upstream=\"api\",target=\"http://10.0.0.1:80\"}"
             ),
             Some(0.0),
+            "{text}"
+        );
+        assert!(!text.contains("target=\"http://10.0.0.2:80\""), "{text}");
+        assert_eq!(
+            line_value(
+                &text,
+                "portcullis_upstream_requests_total{upstream=\"api\",target=\"http://10.0.0.1:80\",outcome=\"timeout\"}"
+            ),
+            Some(1.0),
             "{text}"
         );
     }
