@@ -135,7 +135,7 @@ impl RouteTable {
     /// The lookup for a request that came in on `listener`: routes restricted to other
     /// listeners are not there for it.
     pub fn lookup_on(&self, listener: &str, host: &str, path: &str, method: &Method) -> Lookup {
-        let mut best: Option<((usize, usize), usize, Params)> = None;
+        let mut best: Option<((usize, usize, bool), usize, Params)> = None;
         let mut allowed: Vec<Method> = Vec::new();
         let mut path_hit = false;
         for (i, e) in self.entries.iter().enumerate() {
@@ -149,11 +149,12 @@ impl RouteTable {
                 continue;
             };
             path_hit = true;
-            let method_ok = match &e.methods {
-                None => true,
-                Some(ms) => {
-                    ms.contains(method) || (method == Method::HEAD && ms.contains(&Method::GET))
-                }
+            // A HEAD is served by a GET route, but a route that takes HEAD itself (an OpenAPI
+            // `head` operation, with its own rules) comes first among equally specific ones.
+            let (method_ok, own_method) = match &e.methods {
+                None => (true, true),
+                Some(ms) if ms.contains(method) => (true, true),
+                Some(ms) => (method == Method::HEAD && ms.contains(&Method::GET), false),
             };
             if !method_ok {
                 if let Some(ms) = &e.methods {
@@ -165,7 +166,7 @@ impl RouteTable {
                 }
                 continue;
             }
-            let key = (hs, ps);
+            let key = (hs, ps, own_method);
             if best.as_ref().is_none_or(|(k, _, _)| key > *k) {
                 best = Some((key, i, params));
             }
@@ -321,6 +322,23 @@ mod tests {
             found(t.lookup("x", "/api/orders/42", &Method::HEAD)).0,
             "order"
         );
+    }
+
+    /// A route that takes HEAD itself wins over an equally specific GET route declared
+    /// before it (whose HEAD fallback would otherwise take the request), and a HEAD still
+    /// falls back to a GET route when no route takes HEAD.
+    #[test]
+    fn a_route_of_its_own_takes_head_before_a_get_route() {
+        let t = table(
+            r#"
+  - { name: get, match: { path: "/orders/{id}", methods: [GET] }, upstream: d }
+  - { name: head, match: { path: "/orders/{id}", methods: [HEAD] }, upstream: d }
+  - { name: list, match: { path: "/orders", methods: [GET] }, upstream: d }
+"#,
+        );
+        assert_eq!(found(t.lookup("x", "/orders/1", &Method::HEAD)).0, "head");
+        assert_eq!(found(t.lookup("x", "/orders/1", &Method::GET)).0, "get");
+        assert_eq!(found(t.lookup("x", "/orders", &Method::HEAD)).0, "list");
     }
 
     #[test]
