@@ -168,15 +168,22 @@ impl FieldTree {
             match v {
                 Value::Object(map) => {
                     let check_unknown = node.closed && unknown != Unknown::Allow;
-                    let verdict = |k: &str| match node.prop(k) {
-                        Some(c) if self.node(c).is_some_and(|c| c.forbidden) => {
-                            if self.direction == Direction::Response {
-                                Verdict::Remove
-                            } else {
-                                Verdict::Report("read-only field")
-                            }
+                    let forbidden = || {
+                        if self.direction == Direction::Response {
+                            Verdict::Remove
+                        } else {
+                            Verdict::Report("read-only field")
                         }
+                    };
+                    let verdict = |k: &str| match node.prop(k) {
+                        Some(c) if self.node(c).is_some_and(|c| c.forbidden) => forbidden(),
                         Some(_) => Verdict::Keep,
+                        // Another spelling of a forbidden field: binders that match names
+                        // regardless of case (ASP.NET Core, Jackson with case-insensitive
+                        // properties) read `IsAdmin` as `isAdmin`.
+                        None if node.has_forbidden && self.forbidden_in_other_case(node, k) => {
+                            forbidden()
+                        }
                         None if !check_unknown => Verdict::Keep,
                         None if unknown == Unknown::Strip => Verdict::Remove,
                         None => Verdict::Report("unknown field"),
@@ -240,6 +247,18 @@ impl FieldTree {
 
     fn node(&self, id: NodeId) -> Option<&Node> {
         self.nodes.get(id as usize)
+    }
+
+    /// Whether `key`, not a property of `node` as written, is one of its forbidden properties
+    /// in another case.
+    fn forbidden_in_other_case(&self, node: &Node, key: &str) -> bool {
+        node.props.iter().any(|(name, c)| {
+            self.node(*c).is_some_and(|c| c.forbidden)
+                && name
+                    .chars()
+                    .flat_map(char::to_lowercase)
+                    .eq(key.chars().flat_map(char::to_lowercase))
+        })
     }
 }
 
@@ -723,6 +742,38 @@ mod tests {
         // Write-only fields are fine in requests.
         let mut v = json!({"password": "p", "customer": {"secret": "s"}});
         assert_eq!(run(&t, &mut v, Unknown::Reject), (0, vec![]));
+        // In another case (a case-insensitive binder reads it as the field), whatever the
+        // unknown-field policy.
+        for unknown in [Unknown::Reject, Unknown::Strip, Unknown::Allow] {
+            let mut v = json!({"ID": 7, "Created": "now", "items": []});
+            assert_eq!(
+                run(&t, &mut v, unknown),
+                (
+                    0,
+                    vec![
+                        "body:/Created: read-only field".to_owned(),
+                        "body:/ID: read-only field".to_owned()
+                    ]
+                ),
+                "{unknown:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn write_only_fields_in_another_case_never_leave_in_responses() {
+        let root = doc();
+        let t = tree(&root, ORDER, Direction::Response);
+        for unknown in [Unknown::Reject, Unknown::Strip, Unknown::Allow] {
+            let mut v = json!({"id": 7, "PassWord": "p", "customer": {"name": "n", "SECRET": "s"}});
+            let mut out = Vec::new();
+            assert_eq!(
+                t.apply(&mut v, unknown, "body", &mut out, 0),
+                2,
+                "{unknown:?}"
+            );
+            assert_eq!(v, json!({"id": 7, "customer": {"name": "n"}}));
+        }
     }
 
     #[test]
