@@ -17,28 +17,31 @@ pub struct ContractReport {
     pub response: Vec<Violation>,
 }
 
-/// Whether a `Content-Type` value is `application/json` or `application/*+json` (a non-empty
-/// token name before `+json`), with any parameters: the bodies the response filter parses as
-/// JSON. One test for the filter and for the contract's [`ResponseContract::apply`], so that a
-/// body is never JSON to one and not to the other.
-pub fn is_json_content_type(s: &str) -> bool {
-    let essence = s.split_once(';').map_or(s, |(e, _)| e).trim();
+/// Whether a `Content-Type` value is read as JSON: a JSON-like type — subtype `json`, `x-json`
+/// or a `+json` suffix after a non-empty name, under any type (`application/json`,
+/// `text/json`, `application/x-json`, `application/problem+json`) — whose type and subtype are
+/// made of RFC 6838 name characters, with any parameters. One test for the response filter, the
+/// contract's request step and its [`ResponseContract::apply`], so that a body is never JSON to
+/// one and not to another.
+pub fn is_json_content_type(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
     let Some((ty, sub)) = essence.split_once('/') else {
         return false;
     };
-    if !ty.eq_ignore_ascii_case("application") {
+    let name = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    if !name(ty) || !name(sub) {
         return false;
     }
-    if sub.eq_ignore_ascii_case("json") {
-        return true;
-    }
-    sub.len() > "+json".len()
-        && sub
-            .get(sub.len() - "+json".len()..)
-            .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"))
-        && sub
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    sub.eq_ignore_ascii_case("json")
+        || sub.eq_ignore_ascii_case("x-json")
+        || (sub.len() > "+json".len()
+            && sub
+                .get(sub.len() - "+json".len()..)
+                .is_some_and(|s| s.eq_ignore_ascii_case("+json")))
 }
 
 /// The response half of a route's contract, run by the engine on the upstream's answer.

@@ -31,6 +31,7 @@ mod host;
 mod identity;
 mod jsontext;
 pub mod path;
+pub mod query;
 mod reject;
 mod secret;
 mod stage;

@@ -313,7 +313,9 @@ fn check(files: &[PathBuf]) -> std::process::ExitCode {
     let mut failed = false;
     for f in files {
         let name = f.display().to_string();
-        match check_one(f) {
+        match tracing::dispatcher::with_default(&portcullis_telemetry::load_logger(), || {
+            check_one(f)
+        }) {
             Ok(c) => println!(
                 "{name}: ok ({} routes, {} upstreams, {} listeners)",
                 c.routes.len(),
@@ -353,7 +355,11 @@ async fn run(
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "built-in quickstart".into());
-    let config = match load(path.as_deref()) {
+    // Logging is set up from the configuration: what its load warns of goes to stderr.
+    let loaded = tracing::dispatcher::with_default(&portcullis_telemetry::load_logger(), || {
+        load(path.as_deref())
+    });
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             print_errors(&source, &e);

@@ -84,6 +84,49 @@ routes:
     assert!(err.contains("8 error(s)"), "{err}");
 }
 
+/// What the gateway can only partly enforce is said by `check` (and at start), without
+/// failing it.
+#[test]
+fn check_prints_the_load_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("forms.yaml"),
+        r#"openapi: 3.1.0
+info: { title: t, version: "1" }
+paths:
+  /login:
+    post:
+      requestBody:
+        required: true
+        content:
+          application/x-www-form-urlencoded:
+            schema: { type: object, properties: { user: { type: string } } }
+      responses: { "204": { description: ok } }
+"#,
+    )
+    .unwrap();
+    let file = dir.path().join("gw.yaml");
+    std::fs::write(
+        &file,
+        r#"
+listeners: [{ name: public, address: "127.0.0.1:0" }]
+upstreams: { demo: { kind: echo } }
+routes:
+  - { name: api, match: { prefix: /api }, upstream: demo, openapi: { spec: forms.yaml } }
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = run(&["check", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": ok"), "{out}");
+    assert!(err.contains("WARN"), "{err}");
+    assert!(
+        err.contains("cannot be checked against their schema"),
+        "{err}"
+    );
+    assert!(err.contains("application/x-www-form-urlencoded"), "{err}");
+}
+
 #[test]
 fn check_reports_unknown_keys_and_wrong_types_all_at_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -783,6 +783,288 @@ async fn declared_only_withholds_json_mislabelled_as_text() {
     assert_eq!(s.up.hits(), 1);
 }
 
+/// A Swashbuckle-style document (.NET lists `application/json`, `text/json` and
+/// `application/*+json` with one schema, and `text/plain` among response types), with
+/// springdoc's `*/*`, a form body and a binary download.
+const DOTNET: &str = r##"openapi: 3.0.1
+info: { title: users, version: "1" }
+paths:
+  /users:
+    post:
+      operationId: createUser
+      requestBody:
+        content:
+          application/json: { schema: { $ref: "#/components/schemas/UserDto" } }
+          text/json: { schema: { $ref: "#/components/schemas/UserDto" } }
+          application/*+json: { schema: { $ref: "#/components/schemas/UserDto" } }
+      responses: { "200": { description: ok } }
+  /forms:
+    post:
+      operationId: postForm
+      requestBody:
+        content:
+          application/x-www-form-urlencoded: { schema: { $ref: "#/components/schemas/UserDto" } }
+          text/plain: { schema: { type: string } }
+      responses: { "200": { description: ok } }
+  /users/{id}:
+    get:
+      operationId: getUser
+      parameters: [{ name: id, in: path, required: true, schema: { type: string } }]
+      responses:
+        "200":
+          description: ok
+          content:
+            text/plain: { schema: { $ref: "#/components/schemas/UserDto" } }
+            application/json: { schema: { $ref: "#/components/schemas/UserDto" } }
+            text/json: { schema: { $ref: "#/components/schemas/UserDto" } }
+  /spring/{id}:
+    get:
+      operationId: getSpring
+      parameters: [{ name: id, in: path, required: true, schema: { type: string } }]
+      responses:
+        "200":
+          description: ok
+          content:
+            "*/*": { schema: { $ref: "#/components/schemas/UserDto" } }
+  /files/{id}:
+    get:
+      operationId: getFile
+      parameters: [{ name: id, in: path, required: true, schema: { type: string } }]
+      responses:
+        "200":
+          description: ok
+          content:
+            image/png: { schema: { type: string, format: binary } }
+components:
+  schemas:
+    UserDto:
+      type: object
+      properties:
+        name: { type: string }
+        isAdmin: { type: boolean, readOnly: true }
+"##;
+
+const USER_JSON: &str = r#"{"name":"x","isAdmin":false,"passwordHash":"$2b$12$secret"}"#;
+const USER_XML: &str =
+    "<UserDto><name>x</name><passwordHash>$2b$12$secret</passwordHash></UserDto>";
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\nnot-really";
+
+/// An upstream that answers by the last path segment: `text-json` and `text-plain` the user
+/// with its password hash under that type, `xml` the same as XML, `png` an image.
+async fn typed_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("");
+                let (ct, body): (&str, &[u8]) = match path.rsplit('/').next() {
+                    Some("text-json") => ("text/json; charset=utf-8", USER_JSON.as_bytes()),
+                    Some("text-plain") => ("text/plain; charset=utf-8", USER_JSON.as_bytes()),
+                    Some("xml") => ("application/xml", USER_XML.as_bytes()),
+                    _ => ("image/png", PNG),
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {ct}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+                let _ = s.write_all(body).await;
+            });
+        }
+    });
+    addr
+}
+
+/// `/net`: the DOTNET document in front of the recording upstream; `/resp`: the same document,
+/// `declared_only`, in front of [`typed_upstream`].
+async fn dotnet_setup() -> Setup {
+    let up = TestUpstream::start("users").await;
+    let typed = typed_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users.yaml"), DOTNET).unwrap();
+    let yaml = format!(
+        r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }}, typed: {{ targets: ["http://{typed}"] }} }}
+waf: {{ mode: off }}
+routes:
+  - name: net
+    match: {{ prefix: /net }}
+    upstream: app
+    rewrite: {{ replace_prefix: "" }}
+    openapi: {{ spec: users.yaml }}
+  - name: resp
+    match: {{ prefix: /resp }}
+    upstream: typed
+    rewrite: {{ replace_prefix: "" }}
+    openapi: {{ spec: users.yaml, responses: {{ declared_only: true }} }}
+  - name: pass
+    match: {{ prefix: /pass }}
+    upstream: app
+    rewrite: {{ replace_prefix: "" }}
+    openapi: {{ spec: users.yaml, unchecked_bodies: pass }}
+"#,
+        up = up.url(),
+    );
+    let gw = Gateway::start_in(bin(), dir.path(), &yaml).unwrap();
+    Setup { gw, up, _dir: dir }
+}
+
+/// A 415 whose one violation is the `content-type` with this message.
+fn assert_415(r: &Resp, message: &str) {
+    let v = assert_problem(r, 415, "unsupported_media_type");
+    assert_eq!(
+        v["violations"],
+        serde_json::json!([{"location": "content-type", "message": message}]),
+        "{v}"
+    );
+}
+
+/// JSON sent as `text/json` (read as JSON by ASP.NET Core) is checked as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_like_request_types_are_validated_as_json() {
+    let s = dotnet_setup().await;
+    let body = r#"{"name":"x","isAdmin":true,"junk":1}"#;
+    for ct in [
+        "text/json",
+        "Text/JSON; charset=utf-8",
+        "application/json",
+        "application/vnd.users+json",
+    ] {
+        let r = call(&s, "POST", "/net/users", &[("content-type", ct)], body).await;
+        assert_violations(
+            &s,
+            &r,
+            &[
+                ("body:/isAdmin", "read-only field"),
+                ("body:/junk", "unknown field"),
+            ],
+        );
+    }
+    let r = call(
+        &s,
+        "POST",
+        "/net/users",
+        &[("content-type", "text/json")],
+        r#"{"name":"x"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.up.hits(), 1);
+}
+
+/// A body the gateway cannot read under a schema with fields (a form) is refused, not passed
+/// unchecked; a string schema makes a type opaque.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_cannot_be_checked_against_their_schema_get_415() {
+    let s = dotnet_setup().await;
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let r = call(&s, "POST", "/net/forms", &[form], "name=x&isAdmin=true").await;
+    assert_415(
+        &r,
+        "a body matching application/x-www-form-urlencoded cannot be checked against its \
+         schema: only JSON bodies are",
+    );
+    // `application/*+json` matches this malformed type, which is not read as JSON.
+    let odd = ("content-type", "application/x y+json");
+    let r = call(&s, "POST", "/net/users", &[odd], r#"{"isAdmin":true}"#).await;
+    assert_415(
+        &r,
+        "a body matching application/*+json cannot be checked against its schema: only JSON \
+         bodies are",
+    );
+    assert_eq!(s.up.hits(), 0, "a refused request reached the upstream");
+    let r = call(
+        &s,
+        "POST",
+        "/net/forms",
+        &[("content-type", "text/plain")],
+        "hello",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.up.hits(), 1);
+    // The load said so (`portcullis check` prints it too).
+    assert!(
+        s.gw.stderr_text()
+            .contains("cannot be checked against their schema"),
+        "{}",
+        s.gw.stderr_text()
+    );
+    // A route that takes such bodies unchecked, said in so many words.
+    let r = call(&s, "POST", "/pass/forms", &[form], "name=x&isAdmin=true").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.up.hits(), 2);
+}
+
+/// A JSON body in another charset is refused: UTF-7 would hide `","role":"admin` from a check
+/// that reads the bytes as UTF-8 (Express decodes them by the charset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_bodies_in_another_charset_get_415() {
+    let s = dotnet_setup().await;
+    let body = r#"{"name":"x+ACIALAAi-isAdmin+ACIAOgAi-true"}"#;
+    for ct in [
+        "application/json; charset=utf-7",
+        "application/json; charset=\"UTF-7\"",
+        "text/json; charset=utf-16",
+        "application/json; charset=utf-8; charset=utf-7",
+        "application/vnd.users+json;charset=iso-8859-1",
+    ] {
+        let r = call(&s, "POST", "/net/users", &[("content-type", ct)], body).await;
+        assert_415(
+            &r,
+            "a JSON request body must be UTF-8 (charset utf-8 or none)",
+        );
+    }
+    assert_eq!(s.up.hits(), 0, "a refused request reached the upstream");
+    for ct in [
+        "application/json; charset=\"UTF-8\"",
+        "text/json; charset=utf8",
+    ] {
+        let r = call(&s, "POST", "/net/users", &[("content-type", ct)], body).await;
+        assert_eq!(r.status, 200, "{ct}: {}", r.text());
+    }
+    assert_eq!(s.up.hits(), 2);
+}
+
+/// `declared_only`: a `text/json` answer is filtered as JSON; a body the gateway cannot read
+/// under a schema with fields (`text/plain` listed with the DTO, XML under `*/*`) is withheld;
+/// a declared binary type passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_only_filters_json_like_and_withholds_unreadable_bodies() {
+    let s = dotnet_setup().await;
+    let r = call(
+        &s,
+        "GET",
+        "/resp/users/text-json",
+        &[("accept", "text/json")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), serde_json::json!({"name": "x", "isAdmin": false}));
+    for path in ["/resp/users/text-plain", "/resp/spring/xml"] {
+        let r = call(&s, "GET", path, &[], "").await;
+        assert_problem(&r, 502, "response_filter_failed");
+        assert!(!r.text().contains("passwordHash"), "{path}: {}", r.text());
+    }
+    let r = call(&s, "GET", "/resp/files/png", &[], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("image/png"));
+    assert_eq!(&r.body[..], PNG);
+}
+
 /// Runs `portcullis check` on a gateway config whose one route group uses `spec`; returns
 /// what it printed (it must fail).
 fn check_spec(spec: &str) -> String {

@@ -28,9 +28,10 @@
 //!    a well-behaved upstream answers uncompressed.
 //! 3. `206 Partial Content`, or any response with `Content-Range`, is refused: a fragment of a
 //!    JSON document cannot be filtered.
-//! 4. A body whose one `Content-Type` is `application/json` or `application/*+json`
-//!    (case-insensitive, parameters such as `charset` allowed; this includes
-//!    `application/problem+json` error bodies) is read whole, up to the filter's `max_bytes`
+//! 4. A body whose one `Content-Type` is JSON-like — subtype `json`, `x-json` or `…+json`
+//!    under any type: `application/json`, `text/json`, `application/x-json`,
+//!    `application/*+json` (case-insensitive, parameters such as `charset` allowed; this
+//!    includes `application/problem+json` error bodies) — is read whole, up to the filter's `max_bytes`
 //!    (reading stops as soon as the limit is passed: refused as larger than the limit), parsed
 //!    (invalid JSON, or nesting deeper than 128, is refused), then: route removal, the
 //!    contract (validation, then keep-only-declared), the mask; and re-serialized. A plan that
@@ -43,8 +44,9 @@
 //!    is refused unless it is empty (an upstream that mislabels JSON would otherwise leak it).
 //!    An empty body passes, with `Content-Length: 0` and no trailers. For the contract alone
 //!    (no route removal, no mask) this holds when its keep-only-declared is on and the
-//!    operation's response for the status does not list the type (a missing type or several
-//!    are never listed); a body of a declared type passes unread.
+//!    operation's response for the status does not make the type opaque (a missing type or
+//!    several never are): a body passes unread only under a declared concrete non-JSON type
+//!    whose schema is absent or a string, or under a wildcard range whose schema is a string.
 //! 6. An upstream body that fails while being read is an `upstream_error`.
 //!
 //! Re-serialization is canonical JSON: insignificant whitespace goes, object keys come out
@@ -318,9 +320,8 @@ fn is_encoded(headers: &HeaderMap) -> bool {
     })
 }
 
-/// Whether the response has exactly one `Content-Type` and it is `application/json` or
-/// `application/*+json`, with any parameters ([`portcullis_core::is_json_content_type`], the
-/// contract's test too).
+/// Whether the response has exactly one `Content-Type` and it is JSON-like
+/// ([`portcullis_core::is_json_content_type`], the contract's test too), with any parameters.
 fn is_json(headers: &HeaderMap) -> bool {
     let mut values = headers.get_all(header::CONTENT_TYPE).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
@@ -609,6 +610,9 @@ mod tests {
             "application/vnd.api+json",
             "application/hal+JSON ; profile=x",
             "application/merge-patch+json",
+            "text/json",
+            "Text/JSON; charset=utf-8",
+            "application/x-json",
         ] {
             let resp = response(200, &[("content-type", ct)], chunked(&[SECRET]));
             let (_, bytes) = body_of(expect_ok(run(resp, 1024).await)).await;
@@ -620,7 +624,7 @@ mod tests {
     async fn respfilter_refuses_other_content_types_with_a_body() {
         for ct in [
             Some("text/plain"),
-            Some("text/json"),
+            Some("text/json5"),
             Some("application/jsonp"),
             Some("application/x-json-stream"),
             Some("application/+json"),

@@ -772,6 +772,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// What is logged while a configuration is loaded before logging has been set up from it (at
+/// start, and by `portcullis check`): its warnings — a document the gateway can only partly
+/// enforce, a key file with a problem — to stderr as text. Used with
+/// `tracing::dispatcher::with_default` around the load.
+pub fn load_logger() -> tracing::Dispatch {
+    tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::WARN)
+            .finish(),
+    )
+}
+
 /// Installs the global tracing subscriber writing to stderr (stdout is reserved for start-up
 /// lines and audit events).
 ///

@@ -35,24 +35,7 @@ pub struct QueryValue {
     pub plain: bool,
 }
 
-/// A query parameter's name as the frameworks an upstream may be written with read it:
-/// leading spaces dropped, a `[…]` suffix removed (PHP, Rack and others make `name[]` and
-/// `name[k]` the parameter `name`; PHP turns a `[` without a `]` after it into `_`), `.` and
-/// space as `_` (PHP), ASCII letters in lower case (frameworks that ignore case). Two names
-/// that fold alike may be the same parameter to the upstream.
-pub fn fold_name(name: &str) -> String {
-    let name = name.trim_start_matches(' ');
-    let base = match name.find('[') {
-        Some(i) if name[i..].contains(']') => &name[..i],
-        _ => name,
-    };
-    base.chars()
-        .map(|c| match c {
-            '.' | ' ' | '[' => '_',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect()
-}
+pub use portcullis_core::query::fold_name;
 
 /// Every value of query parameter `name` under any spelling an upstream may read as it (see
 /// [`fold_name`]), pairs split at `;` as well as `&`. `Err` when a name or a value of it is not

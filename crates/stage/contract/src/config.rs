@@ -50,6 +50,18 @@ pub enum UnknownQuery {
     Allow,
 }
 
+/// What happens to a request body the gateway cannot check against its declared schema (one
+/// not read as JSON, under a schema with fields: a form, a multipart upload).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UncheckedBodies {
+    /// 415 in block mode (a violation in detect mode).
+    #[default]
+    Refuse,
+    /// Forwarded unchecked (its type checked only).
+    Pass,
+}
+
 /// Whether the document's `security` requirements are checked (by the authorization step).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -131,6 +143,10 @@ pub struct RawOpenApi {
     /// Query parameters the operation does not declare: `reject` (default) or `allow`.
     #[serde(default)]
     pub unknown_query: UnknownQuery,
+    /// Request bodies not read as JSON under a declared schema with fields (forms, multipart):
+    /// `refuse` (default, 415) or `pass` (forwarded unchecked).
+    #[serde(default)]
+    pub unchecked_bodies: UncheckedBodies,
     /// Parse-time limits of JSON bodies.
     #[serde(default)]
     pub limits: RawJsonLimits,
@@ -154,6 +170,7 @@ pub struct Settings {
     pub security: SecurityPolicy,
     pub unknown_fields: UnknownFields,
     pub unknown_query: UnknownQuery,
+    pub unchecked_bodies: UncheckedBodies,
     pub limits: JsonLimits,
     pub max_violations: usize,
     pub validate_responses: bool,
@@ -161,12 +178,43 @@ pub struct Settings {
     pub response_max_bytes: u64,
 }
 
+/// What a media type's schema says of a body the gateway does not read as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaKind {
+    /// No schema, or one that constrains nothing (`{}`, `true`, annotations only).
+    Absent,
+    /// A string (`type: string`, e.g. `format: binary`): the body is one opaque value.
+    Opaque,
+    /// Anything else (objects, arrays, combinators): fields the gateway cannot see in a body
+    /// it does not parse.
+    Structured,
+}
+
 /// One media type of a body or response, compiled.
 pub struct Media {
     pub def: MediaDef,
-    /// Set for JSON media with a schema.
+    /// Set for JSON-like (and wildcard) media with a schema.
     pub validator: Option<jsonschema::Validator>,
     pub fields: Option<FieldTree>,
+    pub schema_kind: SchemaKind,
+}
+
+impl Media {
+    /// Whether keep-only-declared lets a body of this media type that is not read as JSON
+    /// pass: only under a concrete non-JSON type whose schema is absent or a string, or under
+    /// any non-JSON range whose schema is explicitly a string. A wildcard without one, a
+    /// JSON-like range, or a structured schema withholds it.
+    pub fn passes_unread(&self) -> bool {
+        let range = &self.def.range;
+        if is_json_media(range) {
+            return false;
+        }
+        match self.schema_kind {
+            SchemaKind::Opaque => true,
+            SchemaKind::Absent => !range.contains('*'),
+            SchemaKind::Structured => false,
+        }
+    }
 }
 
 impl std::fmt::Debug for Media {
@@ -285,7 +333,24 @@ pub fn compile(
             .map(|b| {
                 b.media
                     .iter()
-                    .map(|m| compile_media(&document, m, Direction::Request, &mut problem))
+                    .map(|m| {
+                        let media = compile_media(&document, m, Direction::Request, &mut problem);
+                        if media.schema_kind == SchemaKind::Structured
+                            && !is_json_media(&m.range)
+                            && !m.range.contains('*')
+                            && settings.unchecked_bodies == UncheckedBodies::Refuse
+                        {
+                            tracing::warn!(
+                                spec = %raw.spec,
+                                operation = %def.id,
+                                media = %m.range,
+                                "request bodies of this type cannot be checked against their \
+                                 schema: refused in block mode (openapi.unchecked_bodies: pass \
+                                 forwards them unchecked)"
+                            );
+                        }
+                        media
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -297,7 +362,23 @@ pub fn compile(
                 media: r
                     .media
                     .iter()
-                    .map(|m| compile_media(&document, m, Direction::Response, &mut problem))
+                    .map(|m| {
+                        let media = compile_media(&document, m, Direction::Response, &mut problem);
+                        if settings.declared_only
+                            && !media.passes_unread()
+                            && !is_json_media(&m.range)
+                        {
+                            tracing::warn!(
+                                spec = %raw.spec,
+                                operation = %def.id,
+                                status = %r.status,
+                                media = %m.range,
+                                "responses of this type cannot be filtered to their declared \
+                                 fields: withheld under declared_only"
+                            );
+                        }
+                        media
+                    })
                     .collect(),
             })
             .collect();
@@ -353,6 +434,10 @@ fn compile_media(
         Direction::Request => (&doc.request_root, REQUEST_BASE),
         Direction::Response => (&doc.response_root, RESPONSE_BASE),
     };
+    let schema_kind = m
+        .schema
+        .as_deref()
+        .map_or(SchemaKind::Absent, |ptr| schema_kind(root, ptr));
     let (validator, fields) = match m.schema.as_deref() {
         Some(ptr) if is_json_media(&m.range) || m.range.ends_with("/*") => {
             let v = crate::schema::compile(root, base, ptr)
@@ -369,7 +454,67 @@ fn compile_media(
         def: m.clone(),
         validator,
         fields,
+        schema_kind,
     }
+}
+
+/// Keywords that do not constrain a value.
+const ANNOTATIONS: [&str; 12] = [
+    "title",
+    "description",
+    "example",
+    "examples",
+    "default",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "externalDocs",
+    "xml",
+    "$comment",
+    "$schema",
+];
+
+/// What the schema at `pointer` (after `$ref`s) says of a body read as bytes.
+fn schema_kind(root: &serde_json::Value, pointer: &str) -> SchemaKind {
+    use serde_json::Value;
+    let mut at = pointer.to_owned();
+    // Reference chains are bounded at load; a loop here is only guarded against.
+    for _ in 0..64 {
+        let Some(Value::Object(o)) = root.pointer(&at) else {
+            return match root.pointer(&at) {
+                Some(Value::Bool(true)) => SchemaKind::Absent,
+                _ => SchemaKind::Structured,
+            };
+        };
+        if let Some(r) = o.get("$ref") {
+            match r.as_str().and_then(crate::openapi::local_target) {
+                Some(target) => {
+                    at = target;
+                    continue;
+                }
+                None => return SchemaKind::Structured,
+            }
+        }
+        let string = |t: &Value| t.as_str() == Some("string");
+        return match o.get("type") {
+            Some(t) if string(t) => SchemaKind::Opaque,
+            Some(Value::Array(ts))
+                if ts.iter().any(string)
+                    && ts.iter().all(|t| string(t) || t.as_str() == Some("null")) =>
+            {
+                SchemaKind::Opaque
+            }
+            Some(_) => SchemaKind::Structured,
+            None if o
+                .keys()
+                .all(|k| ANNOTATIONS.contains(&k.as_str()) || k.starts_with("x-")) =>
+            {
+                SchemaKind::Absent
+            }
+            None => SchemaKind::Structured,
+        };
+    }
+    SchemaKind::Structured
 }
 
 fn compile_settings(raw: &RawOpenApi, path: &str, e: &mut ConfigErrors) -> Settings {
@@ -431,6 +576,7 @@ fn compile_settings(raw: &RawOpenApi, path: &str, e: &mut ConfigErrors) -> Setti
         security: raw.security,
         unknown_fields: raw.unknown_fields,
         unknown_query: raw.unknown_query,
+        unchecked_bodies: raw.unchecked_bodies,
         limits: JsonLimits {
             max_depth: max_depth.min(crate::json::MAX_DEPTH_CAP),
             max_object_keys,

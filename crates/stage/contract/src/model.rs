@@ -257,13 +257,73 @@ pub fn pick_media<'a, T>(items: &'a [T], media: &str, range: impl Fn(&T) -> &str
         .max_by_key(|m| specificity(range(m)))
 }
 
-/// Whether a media type is JSON: `application/json` or any `+json` suffix.
+/// Whether a declared media range (or type) is JSON-like: a subtype `json` or `x-json`, or one
+/// ending in `+json`, under any type (`application/json`, `text/json`, `application/x-json`,
+/// `application/*+json`, `*/*+json`). Parameters are ignored.
 pub fn is_json_media(media: &str) -> bool {
     let media = media.split(';').next().unwrap_or("").trim();
-    media.eq_ignore_ascii_case("application/json")
-        || media
+    let Some((_, sub)) = media.split_once('/') else {
+        return false;
+    };
+    sub.eq_ignore_ascii_case("json")
+        || sub.eq_ignore_ascii_case("x-json")
+        || sub
             .rsplit_once('+')
             .is_some_and(|(_, s)| s.eq_ignore_ascii_case("json"))
+}
+
+/// Whether a `Content-Type` value is read as JSON: a well-formed JSON-like type (see
+/// [`is_json_media`]), with any parameters — the response filter's test too.
+pub use portcullis_core::is_json_content_type as is_json_type;
+
+/// Whether every `charset` parameter of a `Content-Type` value is `utf-8` or `utf8`
+/// (case-insensitive, quoted or not); true when there is none. An unterminated quoted value
+/// of `charset` counts as another charset.
+pub fn charset_is_utf8(content_type: &str) -> bool {
+    let Some((_, mut rest)) = content_type.split_once(';') else {
+        return true;
+    };
+    loop {
+        rest = rest.trim_start_matches([' ', '\t', ';']);
+        if rest.is_empty() {
+            return true;
+        }
+        let (name, after) = rest.split_at(rest.find(['=', ';']).unwrap_or(rest.len()));
+        let name = name.trim();
+        let mut value = String::new();
+        match after.strip_prefix('=').map(str::trim_start) {
+            Some(quoted) if quoted.starts_with('"') => {
+                let mut end = None;
+                let mut chars = quoted.char_indices().skip(1);
+                while let Some((i, c)) = chars.next() {
+                    match c {
+                        '\\' => value.extend(chars.next().map(|(_, c)| c)),
+                        '"' => {
+                            end = Some(i + 1);
+                            break;
+                        }
+                        c => value.push(c),
+                    }
+                }
+                let Some(end) = end else {
+                    return !name.eq_ignore_ascii_case("charset");
+                };
+                let tail = quoted.get(end..).unwrap_or("");
+                rest = tail.find(';').and_then(|i| tail.get(i..)).unwrap_or("");
+            }
+            Some(token) => {
+                let (v, tail) = token.split_at(token.find(';').unwrap_or(token.len()));
+                value.push_str(v.trim());
+                rest = tail;
+            }
+            None => rest = after,
+        }
+        if name.eq_ignore_ascii_case("charset")
+            && !(value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8"))
+        {
+            return false;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -305,6 +365,68 @@ mod tests {
         );
         assert!(is_json_media("application/problem+json"));
         assert!(!is_json_media("text/json5"));
+        for range in [
+            "text/json",
+            "application/x-json",
+            "*/*+json",
+            "text/x-json; q=1",
+        ] {
+            assert!(is_json_media(range), "{range}");
+        }
+        assert!(!is_json_media("application/jsonx"));
+    }
+
+    #[test]
+    fn json_content_types() {
+        for ct in [
+            "application/json",
+            "Text/JSON; charset=utf-8",
+            "application/x-json",
+            "text/x-json",
+            "application/vnd.api+json",
+            "application/merge-patch+JSON ; profile=x",
+        ] {
+            assert!(is_json_type(ct), "{ct}");
+        }
+        for ct in [
+            "text/plain",
+            "text/json5",
+            "application/jsonp",
+            "application/x-json-stream",
+            "application/+json",
+            "application/x y+json",
+            "application/json+xml",
+            "*/json",
+            "/json",
+            "json",
+            "",
+        ] {
+            assert!(!is_json_type(ct), "{ct}");
+        }
+    }
+
+    #[test]
+    fn charsets() {
+        for ct in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/json;CHARSET=\"UTF8\"",
+            "application/json; ; charset = utf-8 ; x=\"a;b\"",
+            "application/json; flag",
+        ] {
+            assert!(charset_is_utf8(ct), "{ct}");
+        }
+        for ct in [
+            "application/json; charset=utf-7",
+            "application/json; charset=\"utf-16\"",
+            "application/json; charset=utf-8; charset=utf-7",
+            "application/json; x=\"a;charset=utf-8\"; charset=latin1",
+            "application/json; charset=\"utf-8",
+            "application/json; charset=",
+            "application/json; charset=\"utf\\-8\"x; charset=us-ascii",
+        ] {
+            assert!(!charset_is_utf8(ct), "{ct}");
+        }
     }
 
     #[test]

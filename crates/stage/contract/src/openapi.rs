@@ -688,7 +688,7 @@ fn walk_refs(
 }
 
 /// The pointer a local `$ref` (`#/a/b`, percent-encoded) names.
-fn local_target(reference: &str) -> Option<String> {
+pub(crate) fn local_target(reference: &str) -> Option<String> {
     let fragment = reference.strip_prefix('#')?;
     let pointer = percent_decode_str(fragment).decode_utf8().ok()?;
     (pointer.is_empty() || pointer.starts_with('/')).then(|| pointer.into_owned())

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 
 use crate::json::JsonLimits;
 use crate::model::{In, ParamDef, ScalarType, Shape, Style};
+use portcullis_core::query::fold_name;
 
 /// Query pairs looked at; more are a violation.
 pub const MAX_QUERY_PAIRS: usize = 256;
@@ -124,24 +125,7 @@ pub fn read(
 pub fn unknown_query(defs: &[ParamDef], query: Option<&str>) -> Vec<String> {
     let query = Query::parse(query);
     let mut out: Vec<String> = Vec::new();
-    for (name, _) in &query.pairs {
-        let name = name.as_deref().unwrap_or("");
-        let known = defs.iter().filter(|d| d.location == In::Query).any(|d| {
-            d.name == name
-                || (d.style == Style::DeepObject
-                    && name
-                        .strip_prefix(d.name.as_str())
-                        .is_some_and(|rest| rest.starts_with('[') && rest.ends_with(']')))
-                || match &d.shape {
-                    Shape::Object(props) if d.explode && d.style == Style::Form => {
-                        props.iter().any(|(p, _)| p == name)
-                    }
-                    _ => false,
-                }
-        });
-        if known {
-            continue;
-        }
+    for name in undeclared(defs, &query) {
         let shown = printable(name);
         if !out.contains(&shown) {
             out.push(shown);
@@ -151,6 +135,58 @@ pub fn unknown_query(defs: &[ParamDef], query: Option<&str>) -> Vec<String> {
         }
     }
     out
+}
+
+/// The undeclared query names (as [`unknown_query`] finds them) that an upstream framework
+/// may read as a declared query parameter ([`fold_name`]: `limit[]`, ` limit`, `LIMIT`,
+/// `user.role` for `user_role`), with the name they stand for: values that would escape that
+/// parameter's schema where undeclared names are allowed. Each once, at most
+/// [`MAX_UNKNOWN`], cut as [`unknown_query`] cuts them.
+pub fn aliased_query(defs: &[ParamDef], query: Option<&str>) -> Vec<(String, String)> {
+    let query = Query::parse(query);
+    let declared: Vec<(String, &str)> = defs
+        .iter()
+        .filter(|d| d.location == In::Query)
+        .map(|d| (fold_name(&d.name), d.name.as_str()))
+        .collect();
+    let mut out: Vec<(String, String)> = Vec::new();
+    for name in undeclared(defs, &query) {
+        let folded = fold_name(name);
+        let Some((_, of)) = declared.iter().find(|(f, _)| *f == folded) else {
+            continue;
+        };
+        let shown = printable(name);
+        if !out.iter().any(|(n, _)| *n == shown) {
+            out.push((shown, (*of).to_string()));
+            if out.len() == MAX_UNKNOWN {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The names of `query`'s pairs that `defs` does not declare (an undecodable one as `""`).
+fn undeclared<'q>(defs: &'q [ParamDef], query: &'q Query<'_>) -> impl Iterator<Item = &'q str> {
+    query
+        .pairs
+        .iter()
+        .map(|(name, _)| name.as_deref().unwrap_or(""))
+        .filter(move |name| {
+            !defs.iter().filter(|d| d.location == In::Query).any(|d| {
+                d.name == *name
+                    || (d.style == Style::DeepObject
+                        && name
+                            .strip_prefix(d.name.as_str())
+                            .is_some_and(|rest| rest.starts_with('[') && rest.ends_with(']')))
+                    || match &d.shape {
+                        Shape::Object(props) if d.explode && d.style == Style::Form => {
+                            props.iter().any(|(p, _)| p == name)
+                        }
+                        _ => false,
+                    }
+            })
+        })
 }
 
 fn printable(name: &str) -> String {
@@ -1551,5 +1587,35 @@ mod tests {
             unknown_query(&defs, Some(&long)),
             [format!("{}…", "x".repeat(64)), "a?b".to_owned()]
         );
+    }
+
+    #[test]
+    fn other_spellings_of_declared_query_names() {
+        let defs = [
+            q("limit", Style::Form, true, Shape::Scalar(vec![Integer])),
+            q("user_role", Style::Form, true, Shape::Scalar(vec![])),
+            q("f", Style::DeepObject, true, obj(&[("a", Str)])),
+        ];
+        assert_eq!(
+            aliased_query(
+                &defs,
+                Some(
+                    "limit=5&limit[]=9&LIMIT=9&%20limit=9&Limit[x]=9&user.role=a&user%20role=b&limits=1&f[a]=1&F[b]=2&other=1"
+                )
+            ),
+            [
+                ("limit[]", "limit"),
+                ("LIMIT", "limit"),
+                (" limit", "limit"),
+                ("Limit[x]", "limit"),
+                ("user.role", "user_role"),
+                ("user role", "user_role"),
+                ("F[b]", "f"),
+            ]
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+        // The declared names themselves (and deepObject properties) are not aliases.
+        assert!(aliased_query(&defs, Some("limit=1&user_role=x&f[a]=1")).is_empty());
+        assert!(aliased_query(&defs, None).is_empty());
     }
 }

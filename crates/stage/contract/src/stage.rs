@@ -13,10 +13,12 @@ use portcullis_core::{
 
 use serde_json::Value;
 
-use crate::config::{Media, Mode, Operation, UnknownFields, UnknownQuery};
+use crate::config::{
+    Media, Mode, Operation, SchemaKind, UncheckedBodies, UnknownFields, UnknownQuery,
+};
 use crate::fields::Unknown;
 use crate::model::{In, Style};
-use crate::model::{is_json_media, pick_media, pick_response};
+use crate::model::{charset_is_utf8, is_json_type, pick_media, pick_response};
 
 /// The contract step: one operation (or none) per route, indexed by route id.
 pub struct ContractStage {
@@ -65,8 +67,9 @@ impl Stage for ContractStage {
         };
         let Some(media) = media.filter(|m| json && (m.validator.is_some() || m.fields.is_some()))
         else {
-            // A media type the document declares without a JSON schema, or a body that is not
-            // JSON under a range (`*/*`) with one: the type is the whole contract.
+            // A media type the document declares without a schema, or with a string one (opaque
+            // bytes): the type is the whole contract. `pick_body_media` refused a body that is
+            // not JSON under a structured schema.
             return Step::Done(conclude(op, violations, ctx));
         };
         let limit = ctx.body_limit.unwrap_or(u64::MAX);
@@ -111,8 +114,10 @@ impl Stage for ContractStage {
     }
 }
 
-/// The declared media type the request's `Content-Type` falls in; `Err` when there is none.
-/// Also says whether the request's type is JSON (only JSON bodies are read against schemas).
+/// The declared media type the request's `Content-Type` falls in; `Err` when there is none,
+/// when a JSON-like body is not UTF-8, or when the body is not JSON and the media type has a
+/// structured schema (fields the gateway cannot see). Also says whether the request's type is
+/// JSON (only JSON bodies are read against schemas).
 fn pick_body_media<'o>(
     op: &'o Operation,
     req: &GatewayRequest,
@@ -139,8 +144,29 @@ fn pick_body_media<'o>(
         ));
     };
     let found = pick_media(&op.body, ct, |m| &m.def.range);
-    let json = is_json_media(ct);
+    let json = is_json_type(ct);
+    // Backends decode a body by its charset (utf-7, utf-16 …): the bytes checked as UTF-8
+    // would not be the document they read.
+    if json && !charset_is_utf8(ct) {
+        return Err(Rejection::new(
+            RejectReason::UnsupportedMediaType,
+            "a JSON request body must be UTF-8 (charset utf-8 or none)",
+        ));
+    }
     match found {
+        Some(m)
+            if !json
+                && m.schema_kind == SchemaKind::Structured
+                && op.settings.unchecked_bodies == UncheckedBodies::Refuse =>
+        {
+            Err(Rejection::new(
+                RejectReason::UnsupportedMediaType,
+                format!(
+                    "a body matching {} cannot be checked against its schema: only JSON bodies are",
+                    m.def.range
+                ),
+            ))
+        }
         Some(m) => Ok((Some(m), json)),
         None if declared.media.is_empty() => Ok((None, json)),
         None => Err(Rejection::new(
@@ -273,6 +299,19 @@ fn check_params(
                 "is not a parameter of this operation",
             ));
         }
+    } else {
+        // Undeclared names are allowed, but not another spelling of a declared one: an upstream
+        // that reads `limit[]=100000` or `LIMIT=100000` as `limit` would get a value its schema
+        // never saw.
+        for (name, of) in crate::params::aliased_query(defs, query) {
+            if violations.len() >= cap {
+                break;
+            }
+            violations.push(Violation::new(
+                format!("query:{name}"),
+                format!("is another spelling of the parameter {of}"),
+            ));
+        }
     }
     stripped
 }
@@ -383,12 +422,12 @@ fn refuse(
     }
 }
 
-/// Whether the response filter parses a body of this type: `application/json` or
-/// `application/*+json`. Other bodies reach [`ResponseContract::apply`] with a stand-in value,
-/// only to learn whether keep-only-declared lets them pass (it sets the value to `null` when
-/// it does not).
+/// Whether the response filter parses a body of this type: a JSON-like type
+/// ([`is_json_type`]: `application/json`, `text/json`, `*/x-json`, `*/*+json`). Other bodies
+/// reach [`ResponseContract::apply`] with a stand-in value, only to learn whether
+/// keep-only-declared lets them pass (it sets the value to `null` when it does not).
 fn read_as_json(content_type: &str) -> bool {
-    portcullis_core::is_json_content_type(content_type)
+    is_json_type(content_type)
 }
 
 impl ResponseContract for Operation {
@@ -450,9 +489,11 @@ impl ResponseContract for Operation {
         };
         if !content_type.is_some_and(read_as_json) {
             // A declared type the response filter does not parse: `body` only asked whether
-            // the body may pass. It may, unless the declared type is JSON (`application/*+json`
-            // matching a malformed `application/+json`): keep-only-declared must read that.
-            if s.declared_only && is_json_media(&media.def.range) {
+            // the body may pass. It may only when the document makes it opaque
+            // ([`Media::passes_unread`]): not under a JSON-like range (`application/*+json`
+            // matching a malformed `application/+json`), a wildcard without a string schema
+            // (`*/*` answered as XML) or a structured schema (`text/plain` with an object).
+            if s.declared_only && !media.passes_unread() {
                 *body = serde_json::Value::Null;
             }
             return out;
@@ -633,6 +674,68 @@ paths:
         assert_eq!(body, serde_json::json!({"id": 1}));
     }
 
+    /// Swashbuckle and springdoc shapes: JSON-like labels are filtered, non-JSON bodies pass
+    /// only under a concrete type without a structured schema or under an explicit string.
+    #[test]
+    fn declared_only_passes_only_what_the_document_makes_opaque() {
+        let spec = r##"openapi: 3.0.3
+info: {title: t, version: "1"}
+paths:
+  /a:
+    get:
+      responses:
+        "200":
+          description: ok
+          content:
+            text/plain: {schema: {$ref: "#/components/schemas/User"}}
+            text/json: {schema: {$ref: "#/components/schemas/User"}}
+            image/png: {schema: {type: string, format: binary}}
+            text/csv: {schema: {description: rows}}
+            "*/*": {schema: {$ref: "#/components/schemas/User"}}
+        "201":
+          description: ok
+          content:
+            "*/*": {}
+        "202":
+          description: ok
+          content:
+            application/*: {schema: {type: string, format: binary}}
+components:
+  schemas:
+    User: {type: object, properties: {name: {type: string}}}
+"##;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("api.yaml"), spec).unwrap();
+        let raw: RawOpenApi =
+            serde_yaml_ng::from_str("{spec: api.yaml, responses: {declared_only: true}}").unwrap();
+        let mut e = ConfigErrors::new();
+        let contract = compile(&raw, dir.path(), "routes[0].openapi", &mut e);
+        assert!(e.is_empty(), "{e}");
+        let op = contract.unwrap().operations.into_iter().next().unwrap();
+        let withheld = |status: u16, ct: &str| {
+            let mut stand_in = Value::Bool(true);
+            op.apply(
+                StatusCode::from_u16(status).unwrap(),
+                Some(ct),
+                Some(&mut stand_in),
+            );
+            stand_in.is_null()
+        };
+        for ct in ["text/plain; charset=utf-8", "application/xml", "text/html"] {
+            assert!(withheld(200, ct), "{ct}");
+        }
+        for ct in ["image/png", "text/csv"] {
+            assert!(!withheld(200, ct), "{ct}");
+        }
+        assert!(withheld(201, "application/octet-stream"));
+        assert!(!withheld(202, "application/pdf"));
+        for ct in ["text/json; charset=utf-8", "application/x-json"] {
+            let mut body = serde_json::json!({"name": "x", "passwordHash": "h"});
+            op.apply(StatusCode::OK, Some(ct), Some(&mut body));
+            assert_eq!(body, serde_json::json!({"name": "x"}), "{ct}");
+        }
+    }
+
     #[test]
     fn object_parameters_are_closed_as_bodies_are() {
         let s = stage("");
@@ -744,6 +847,30 @@ paths:
             );
         }
         passed(get(&s, "/items?x=a%3Bb", &[]), "/items?x=a%3Bb");
+    }
+
+    /// Where undeclared query names are allowed, another spelling of a declared one is not:
+    /// the upstream may read it as that parameter, a value its schema never saw.
+    #[test]
+    fn other_spellings_of_a_declared_parameter_are_violations_under_allow() {
+        let s = stage(", unknown_query: allow");
+        for (uri, name) in [
+            ("/items?limit=5&limit[]=100000", "limit[]"),
+            ("/items?LIMIT=100000", "LIMIT"),
+            ("/items?limit=5&%20limit=100000", " limit"),
+        ] {
+            refused(
+                get(&s, uri, &[]),
+                &[(
+                    &format!("query:{name}"),
+                    "is another spelling of the parameter limit",
+                )],
+            );
+        }
+        passed(
+            get(&s, "/items?limit=5&other=1", &[]),
+            "/items?limit=5&other=1",
+        );
     }
 
     #[test]
