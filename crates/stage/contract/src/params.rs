@@ -598,9 +598,10 @@ fn cookies(headers: &http::HeaderMap) -> Result<Vec<(&str, &str)>, String> {
 
 fn cookie(def: &ParamDef, cookies: &[(&str, &str)]) -> Lookup {
     let values = |name: &str| -> Vec<&str> {
+        let folded = fold_name(name);
         cookies
             .iter()
-            .filter(|(n, _)| *n == name)
+            .filter(|(n, _)| *n == name || same_cookie(n, &folded))
             .map(|(_, v)| *v)
             .collect()
     };
@@ -634,6 +635,14 @@ fn cookie(def: &ParamDef, cookies: &[(&str, &str)]) -> Lookup {
             Ok(Some(list_or_pairs(mode, false, items)?))
         }
     }
+}
+
+/// Whether the cookie named `name` may be read by the application as the declared cookie whose
+/// name folds to `folded` ([`fold_name`]): PHP percent-decodes cookie names and reads `.`,
+/// spaces and `[` as `_` (`user.role` is `$_COOKIE['user_role']`), and some frameworks ignore
+/// case. Two cookies that may be the same one are a repeat.
+fn same_cookie(name: &str, folded: &str) -> bool {
+    fold_name(&percent_decode_str(name).decode_utf8_lossy()) == folded
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1442,6 +1451,38 @@ mod tests {
         );
         assert_eq!(
             with_headers(role(), &[("cookie", b"role=user; role =admin")]),
+            Err("must not be repeated".into())
+        );
+        // Other spellings PHP or a case-insensitive framework read as the name are the cookie
+        // too (PHP keeps the first of two: the one the gateway must not leave unchecked).
+        for field in [&b"ROLE=admin"[..], b"%72ole=admin", b"role[]=admin"] {
+            assert_eq!(
+                with_headers(role(), &[("cookie", field)]),
+                Ok(json!("admin")),
+                "{}",
+                String::from_utf8_lossy(field)
+            );
+        }
+        for field in [
+            &b"user.role=admin"[..],
+            b"user role=admin",
+            b"user[role=admin",
+        ] {
+            assert_eq!(
+                with_headers(
+                    c("user_role", Shape::Scalar(vec![Str]), true),
+                    &[("cookie", field)]
+                ),
+                Ok(json!("admin")),
+                "{}",
+                String::from_utf8_lossy(field)
+            );
+        }
+        assert_eq!(
+            with_headers(
+                c("user_role", Shape::Scalar(vec![Str]), true),
+                &[("cookie", b"user.role=admin; user_role=user")]
+            ),
             Err("must not be repeated".into())
         );
         // A field that is not ASCII is refused, not skipped (with the cookies it holds).
