@@ -21,9 +21,11 @@
 //!   queue of events waiting for a slow output): `path` to [`MAX_PATH_BYTES`], `method` to
 //!   [`MAX_METHOD_BYTES`], `host` to [`MAX_HOST_BYTES`], `user_agent` to
 //!   [`MAX_USER_AGENT_BYTES`] — cut on a char boundary and ended by [`TRUNCATED`], the marker
-//!   included in the bound.
-//! * [`AuditSink::emit`] never blocks: when the bounded channel ([`CHANNEL_CAPACITY`]) is full
-//!   or the writer has gone, the event is dropped and counted in [`AuditSink::dropped`].
+//!   included in the bound. Of a longer path only [`PATH_LOOKAHEAD_BYTES`] more are read, and
+//!   each redaction step is one pass, so that its cost does not grow with the path either.
+//! * [`AuditSink::emit`] never blocks: when the bounded channel is full ([`CHANNEL_CAPACITY`]
+//!   events, or [`MAX_QUEUED_BYTES`] of them) or the writer has gone, the event is dropped and
+//!   counted in [`AuditSink::dropped`].
 //! * Each event is exactly one line; output is flushed after every batch so a reader of the
 //!   process's stdout sees events promptly.
 
@@ -32,7 +34,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,11 +44,22 @@ use serde::Serialize;
 /// Events queued between the request path and the writer before new ones are dropped.
 pub const CHANNEL_CAPACITY: usize = 8192;
 
+/// Memory the events queued between the request path and the writer may hold (as counted by
+/// their fields' allocations) before new ones are dropped: an event can weigh tens of kilobytes
+/// (WAF matches, contract violations, an upstream error excerpt), so the count alone does not
+/// bound it.
+pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
 /// Longest `user_agent` recorded, in bytes.
 pub const MAX_USER_AGENT_BYTES: usize = 256;
 
 /// Longest `path` recorded, in bytes.
 pub const MAX_PATH_BYTES: usize = 2048;
+
+/// How far past its first [`MAX_PATH_BYTES`] a longer path is read, so that a secret across
+/// that cut is recognised whole (an e-mail address's domain, up to 253 bytes, after a
+/// percent-encoded local part of 64 characters; a card number); the rest is never looked at.
+pub const PATH_LOOKAHEAD_BYTES: usize = 512;
 
 /// Longest `method` recorded, in bytes.
 pub const MAX_METHOD_BYTES: usize = 32;
@@ -289,18 +302,82 @@ pub struct AuthAudit {
 }
 
 impl AuditEvent {
+    /// The memory the event holds, in bytes: its own size and its fields' allocations. What
+    /// [`MAX_QUEUED_BYTES`] counts; reads lengths only.
+    pub fn footprint(&self) -> usize {
+        fn opt(s: &Option<String>) -> usize {
+            s.as_ref().map_or(0, String::capacity)
+        }
+        fn list(v: &Vec<String>) -> usize {
+            v.capacity() * size_of::<String>() + v.iter().map(String::capacity).sum::<usize>()
+        }
+        let strings = [
+            &self.time,
+            &self.request_id,
+            &self.listener,
+            &self.client_ip,
+            &self.peer,
+            &self.method,
+            &self.path,
+            &self.http_version,
+        ];
+        let optional = [
+            &self.host,
+            &self.route,
+            &self.upstream,
+            &self.target,
+            &self.stage,
+            &self.reason,
+            &self.user_agent,
+            &self.auth_failure,
+            &self.rate_limit,
+        ];
+        let mut n = size_of::<AuditEvent>()
+            + strings.iter().map(|s| s.capacity()).sum::<usize>()
+            + optional.iter().map(|s| opt(s)).sum::<usize>();
+        if let Some(a) = &self.auth {
+            n += a.authority.capacity() + opt(&a.subject) + opt(&a.client_id);
+            n += opt(&a.credential_id);
+        }
+        if let Some(a) = &self.authz {
+            n += a.rule.capacity() + a.reason.capacity();
+            n += a.shadow.capacity() * size_of::<RuleAudit>();
+            n += a
+                .shadow
+                .iter()
+                .map(|r| r.rule.capacity() + r.reason.capacity())
+                .sum::<usize>();
+            n += a.risk_signals.capacity() * size_of::<&str>();
+        }
+        if let Some(w) = &self.waf {
+            n += w.matches.capacity() * size_of::<WafMatchAudit>();
+            n += w
+                .matches
+                .iter()
+                .map(|m| m.message.capacity() + m.target.capacity() + m.snippet.capacity())
+                .sum::<usize>();
+        }
+        if let Some(c) = &self.contract {
+            n += c.operation.capacity() + list(&c.request_violations);
+            n += list(&c.response_violations);
+        }
+        if let Some(u) = &self.upstream_error {
+            n += u.body.capacity();
+        }
+        n
+    }
+
     /// Enforces the size and secrecy invariants in place: drops a query string from `path`,
     /// redacts it ([`redact_path`]), and cuts `path`, `method`, `host` and `user_agent` to
     /// their limits ([`cut_marked`]). The path is redacted before it is cut, so that a secret
-    /// straddling the cut is recognised whole.
+    /// straddling the cut is recognised whole. Of a path longer than [`MAX_PATH_BYTES`] and
+    /// [`PATH_LOOKAHEAD_BYTES`] together, only that much is read: what is recorded is its first
+    /// [`MAX_PATH_BYTES`] redacted (a secret starting there masked whole), cut and marked.
     pub fn sanitize(&mut self) {
         if let Some(i) = self.path.find('?') {
             self.path.truncate(i);
         }
-        if let Some(p) = redact_path(&self.path) {
-            self.path = p;
-        }
-        cut_marked(&mut self.path, MAX_PATH_BYTES);
+        redact_and_cut_path(&mut self.path);
         cut_marked(&mut self.method, MAX_METHOD_BYTES);
         if let Some(h) = self.host.as_mut() {
             cut_marked(h, MAX_HOST_BYTES);
@@ -350,6 +427,29 @@ pub fn cut_marked(s: &mut String, max: usize) {
     }
 }
 
+/// Redacts `path` and cuts it to [`MAX_PATH_BYTES`], marked when cut. A long path is cut before
+/// it is redacted, so that the work does not grow with it: the first [`MAX_PATH_BYTES`] are
+/// kept, redacted with [`PATH_LOOKAHEAD_BYTES`] more to look at.
+fn redact_and_cut_path(path: &mut String) {
+    if path.len() <= MAX_PATH_BYTES + PATH_LOOKAHEAD_BYTES {
+        if let Some(p) = redact_path(path) {
+            *path = p;
+        }
+        cut_marked(path, MAX_PATH_BYTES);
+        return;
+    }
+    let keep = path.floor_char_boundary(MAX_PATH_BYTES);
+    path.truncate(path.floor_char_boundary(MAX_PATH_BYTES + PATH_LOOKAHEAD_BYTES));
+    let (redacted, end) = redact_until(path, keep);
+    if let Some(p) = redacted {
+        *path = p;
+    }
+    // What came from the bytes after `keep` goes, except the rest of a secret started before.
+    truncate_on_char_boundary(path, end);
+    truncate_on_char_boundary(path, MAX_PATH_BYTES - TRUNCATED.len());
+    path.push_str(TRUNCATED);
+}
+
 /// The path as the audit event records it, or `None` when it needs no change:
 /// * the `;` parameters of each segment are dropped, the segment's name kept and the `;`
 ///   followed by [`PARAMS_DROPPED`]: `/app;jsessionid=X/y` → `/app;…/y` (a bare `;` stays);
@@ -363,38 +463,94 @@ pub fn cut_marked(s: &mut String, max: usize) {
 ///
 /// Same shapes as the upstream error excerpt's masks. Each step is one pass over the path.
 pub fn redact_path(path: &str) -> Option<String> {
-    let a = drop_path_params(path);
-    let b = mask_jwts(a.as_deref().unwrap_or(path));
-    let c = mask_emails(b.as_deref().or(a.as_deref()).unwrap_or(path));
-    let d = mask_digit_runs(
-        c.as_deref()
-            .or(b.as_deref())
-            .or(a.as_deref())
-            .unwrap_or(path),
-    );
-    d.or(c).or(b).or(a)
+    redact_until(path, path.len()).0
+}
+
+/// One redaction step: the rewritten text (`None`: unchanged) and where a position of its input
+/// lands in it ([`Rewrite`]).
+type Step = fn(&str, usize) -> (Option<String>, usize);
+
+/// [`redact_path`], also telling where the position `stop` of `path` lands in the result.
+fn redact_until(path: &str, stop: usize) -> (Option<String>, usize) {
+    let steps: [Step; 4] = [drop_path_params, mask_jwts, mask_emails, mask_digit_runs];
+    let mut cur: Option<String> = None;
+    let mut stop = stop;
+    for step in steps {
+        let (next, at) = step(cur.as_deref().unwrap_or(path), stop);
+        stop = at;
+        if next.is_some() {
+            cur = next;
+        }
+    }
+    (cur, stop)
+}
+
+/// A copy of `s` with spans replaced, left to right, made only once something is replaced;
+/// tracks where the position `stop` of `s` lands in it: a span starting before `stop` and
+/// ending after it is kept whole (its replacement before the landing point), one starting at
+/// or after `stop` falls after it.
+struct Rewrite<'a> {
+    s: &'a str,
+    out: Option<String>,
+    copied: usize,
+    stop: usize,
+    landed: Option<usize>,
+}
+
+impl<'a> Rewrite<'a> {
+    fn new(s: &'a str, stop: usize) -> Self {
+        Rewrite {
+            s,
+            out: None,
+            copied: 0,
+            stop,
+            landed: None,
+        }
+    }
+
+    /// Replaces `s[start..end]` by `with`; `start` is at or after the end of the last span.
+    fn replace(&mut self, start: usize, end: usize, with: &str) {
+        let o = self
+            .out
+            .get_or_insert_with(|| String::with_capacity(self.s.len()));
+        if self.landed.is_none() && self.stop <= start {
+            self.landed = Some(o.len() + self.stop.saturating_sub(self.copied));
+        }
+        o.push_str(self.s.get(self.copied..start).unwrap_or_default());
+        o.push_str(with);
+        if self.landed.is_none() && self.stop < end {
+            self.landed = Some(o.len());
+        }
+        self.copied = end;
+    }
+
+    /// The copy (`None` when nothing was replaced) and where `stop` landed in it.
+    fn finish(self) -> (Option<String>, usize) {
+        let Some(mut o) = self.out else {
+            return (None, self.stop);
+        };
+        let landed = self
+            .landed
+            .unwrap_or(o.len() + self.stop.saturating_sub(self.copied));
+        o.push_str(self.s.get(self.copied..).unwrap_or_default());
+        (Some(o), landed)
+    }
 }
 
 /// `/a;x=1/b;y` → `/a;…/b;…`.
-fn drop_path_params(path: &str) -> Option<String> {
-    if !path.contains(';') {
-        return None;
-    }
-    let mut out = String::with_capacity(path.len());
-    for (i, seg) in path.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
+fn drop_path_params(path: &str, stop: usize) -> (Option<String>, usize) {
+    let mut w = Rewrite::new(path, stop);
+    let mut seg = 0;
+    for part in path.split('/') {
+        let end = seg + part.len();
+        if let Some(semi) = part.find(';')
+            && semi + 1 < part.len()
+        {
+            w.replace(seg + semi + 1, end, PARAMS_DROPPED);
         }
-        match seg.split_once(';') {
-            Some((name, params)) if !params.is_empty() => {
-                out.push_str(name);
-                out.push(';');
-                out.push_str(PARAMS_DROPPED);
-            }
-            _ => out.push_str(seg),
-        }
+        seg = end + 1;
     }
-    Some(out)
+    w.finish()
 }
 
 fn is_b64url(b: u8) -> bool {
@@ -402,24 +558,28 @@ fn is_b64url(b: u8) -> bool {
 }
 
 /// `eyJ` + 8 or more base64url characters, then any run of `.` and base64url characters; not
-/// right after a letter or digit, unless that ends a percent-escape.
-fn mask_jwts(s: &str) -> Option<String> {
+/// right after a letter or digit, unless that ends a percent-escape. Linear: a glued `eyJ` is
+/// passed over before its run is read, and a run read whole is masked whole.
+fn mask_jwts(s: &str, stop: usize) -> (Option<String>, usize) {
     let b = s.as_bytes();
-    let mut out: Option<String> = None;
-    let mut copied = 0;
+    let mut w = Rewrite::new(s, stop);
     let mut from = 0;
     while let Some(at) = s.get(from..).and_then(|t| t.find("eyJ")).map(|i| i + from) {
         let head = at + 3;
-        let first = b.get(head..).unwrap_or_default();
-        let n = first.iter().take_while(|&&c| is_b64url(c)).count();
+        from = head;
         // A token starts a word: `/heyJudeSongs` is none (`%20eyJ…` is).
         let glued = at
             .checked_sub(1)
             .and_then(|p| b.get(p))
             .is_some_and(u8::is_ascii_alphanumeric)
             && !at.checked_sub(3).is_some_and(|p| is_escape(b, p));
-        if n < 8 || glued {
-            from = head;
+        if glued {
+            continue;
+        }
+        let first = b.get(head..).unwrap_or_default();
+        let n = first.iter().take_while(|&&c| is_b64url(c)).count();
+        if n < 8 {
+            // Fewer than 8 bytes read: the search goes on right after `eyJ`.
             continue;
         }
         let rest = b.get(head + n..).unwrap_or_default();
@@ -429,15 +589,10 @@ fn mask_jwts(s: &str) -> Option<String> {
                 .iter()
                 .take_while(|&&c| c == b'.' || is_b64url(c))
                 .count();
-        let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
-        o.push_str(s.get(copied..at).unwrap_or_default());
-        o.push_str("[jwt]");
-        copied = end;
+        w.replace(at, end, "[jwt]");
         from = end;
     }
-    let mut o = out?;
-    o.push_str(s.get(copied..).unwrap_or_default());
-    Some(o)
+    w.finish()
 }
 
 fn is_email_local(b: u8) -> bool {
@@ -475,10 +630,10 @@ fn email_domain_end(b: &[u8], start: usize) -> Option<usize> {
 }
 
 /// `local@domain.tld` or `local%40domain.tld` → first character, `***`, the rest from the `@`.
-fn mask_emails(s: &str) -> Option<String> {
+/// Linear: a domain is read from an `@` up to the next `@` or `%` at most.
+fn mask_emails(s: &str, stop: usize) -> (Option<String>, usize) {
     let b = s.as_bytes();
-    let mut out: Option<String> = None;
-    let mut copied = 0;
+    let mut w = Rewrite::new(s, stop);
     // Where the run of characters an address's local part may hold began.
     let mut local = 0;
     let mut i = 0;
@@ -494,11 +649,7 @@ fn mask_emails(s: &str) -> Option<String> {
             .then(|| email_domain_end(b, i + at_len))
             .flatten();
         if let Some(end) = domain_end {
-            let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
-            o.push_str(s.get(copied..=local).unwrap_or_default());
-            o.push_str("***");
-            o.push_str(s.get(i..end).unwrap_or_default());
-            copied = end;
+            w.replace(local + 1, i, "***");
             local = end;
             i = end;
             continue;
@@ -508,9 +659,7 @@ fn mask_emails(s: &str) -> Option<String> {
         }
         i += 1;
     }
-    let mut o = out?;
-    o.push_str(s.get(copied..).unwrap_or_default());
-    Some(o)
+    w.finish()
 }
 
 /// A percent-escape (`%2F`) at `i`.
@@ -524,10 +673,10 @@ fn is_escape(b: &[u8], i: usize) -> bool {
 /// word boundary (a percent-escape counts as a boundary: `%2F4111…`) → `****` and the last four
 /// digits. Of a longer sequence of groups, the first whole groups that make 13 to 19 digits
 /// are masked (as a regular expression's leftmost, longest match would), then the next.
-fn mask_digit_runs(s: &str) -> Option<String> {
+/// Linear: a sequence is read once, and each start in it looks at 20 groups at most.
+fn mask_digit_runs(s: &str, stop: usize) -> (Option<String>, usize) {
     let b = s.as_bytes();
-    let mut out: Option<String> = None;
-    let mut copied = 0;
+    let mut w = Rewrite::new(s, stop);
     let mut groups: Vec<(usize, usize)> = Vec::new();
     let mut prev_word = false;
     let mut i = 0;
@@ -591,20 +740,15 @@ fn mask_digit_runs(s: &str) -> Option<String> {
                 .chars()
                 .filter(char::is_ascii_digit)
                 .collect();
-            let last4: String = digits.iter().skip(digits.len().saturating_sub(4)).collect();
-            let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
-            o.push_str(s.get(copied..start).unwrap_or_default());
-            o.push_str("****");
-            o.push_str(&last4);
-            copied = end;
+            let mut masked = String::from("****");
+            masked.extend(digits.iter().skip(digits.len().saturating_sub(4)));
+            w.replace(start, end, &masked);
             k = j + 1;
         }
         prev_word = true;
         i = seq_end;
     }
-    let mut o = out?;
-    o.push_str(s.get(copied..).unwrap_or_default());
-    Some(o)
+    w.finish()
 }
 
 /// The current time as RFC 3339 UTC with milliseconds.
@@ -646,8 +790,13 @@ fn civil_from_days(days: u64) -> (u64, u32, u32) {
 }
 
 struct Inner {
-    tx: mpsc::SyncSender<AuditEvent>,
+    /// Each event with its [`AuditEvent::footprint`].
+    tx: mpsc::SyncSender<(AuditEvent, usize)>,
     dropped: Arc<AtomicU64>,
+    /// The footprints of the events in the channel (and in the writer's batch not yet
+    /// serialised), bounded by `max_bytes`.
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
     /// Events queued, and events the writer has finished with (written or dropped): equal
     /// when everything emitted so far is out.
     sent: AtomicU64,
@@ -688,7 +837,7 @@ impl AuditSink {
                 Box::new(FollowedFile::open(path)?)
             }
         };
-        Self::spawn(out, CHANNEL_CAPACITY)
+        Self::spawn(out, CHANNEL_CAPACITY, MAX_QUEUED_BYTES)
     }
 
     /// A sink that discards every event (and counts none as dropped).
@@ -701,19 +850,27 @@ impl AuditSink {
         self.inner.is_some()
     }
 
-    fn spawn(out: Box<dyn Write + Send>, capacity: usize) -> Result<AuditSink, String> {
+    /// A sink writing to `out`, queuing at most `capacity` events and `max_bytes` of them.
+    fn spawn(
+        out: Box<dyn Write + Send>,
+        capacity: usize,
+        max_bytes: usize,
+    ) -> Result<AuditSink, String> {
         let (tx, rx) = mpsc::sync_channel(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let done = Arc::new(AtomicU64::new(0));
-        let (d, n) = (Arc::clone(&dropped), Arc::clone(&done));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (d, n, q) = (Arc::clone(&dropped), Arc::clone(&done), Arc::clone(&queued));
         std::thread::Builder::new()
             .name("portcullis-audit".into())
-            .spawn(move || writer(rx, out, d, n))
+            .spawn(move || writer(rx, out, d, n, q))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok(AuditSink {
             inner: Some(Arc::new(Inner {
                 tx,
                 dropped,
+                queued,
+                max_bytes,
                 sent: AtomicU64::new(0),
                 done,
             })),
@@ -732,11 +889,15 @@ impl AuditSink {
             return;
         };
         event.sanitize();
-        if inner.tx.try_send(event).is_ok() {
+        let size = event.footprint();
+        let queued = inner.queued.fetch_add(size, Ordering::Relaxed);
+        let fits = queued.saturating_add(size) <= inner.max_bytes;
+        if fits && inner.tx.try_send((event, size)).is_ok() {
             inner.sent.fetch_add(1, Ordering::Release);
         } else {
             // Full or writer gone: losing an audit line beats stalling traffic; the count is
             // exported as a metric so the loss is visible.
+            inner.queued.fetch_sub(size, Ordering::Relaxed);
             inner.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -911,10 +1072,11 @@ impl Write for FollowedFile {
 /// under load while still flushing promptly when traffic is light. Ends when every sender
 /// (every clone of the sink) is gone.
 fn writer(
-    rx: mpsc::Receiver<AuditEvent>,
+    rx: mpsc::Receiver<(AuditEvent, usize)>,
     mut out: Box<dyn Write + Send>,
     dropped: Arc<AtomicU64>,
     done: Arc<AtomicU64>,
+    queued: Arc<AtomicUsize>,
 ) {
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -952,7 +1114,9 @@ fn writer(
         }
         let mut lines = 0u64;
         let batch_len = batch.len() as u64;
-        for event in batch.drain(..) {
+        let mut freed = 0;
+        for (event, size) in batch.drain(..) {
+            freed += size;
             match serde_json::to_writer(&mut buf, &event) {
                 Ok(()) => {
                     buf.push(b'\n');
@@ -971,6 +1135,9 @@ fn writer(
                 }
             }
         }
+        // Serialised and dropped: the queue's room is given back before the write, which may
+        // take long.
+        queued.fetch_sub(freed, Ordering::Relaxed);
         let mut written = 0;
         match write_counting(&mut out, &buf, &mut written) {
             Ok(()) => {
@@ -1335,6 +1502,191 @@ mod tests {
         assert!(e.path.len() <= MAX_PATH_BYTES);
     }
 
+    /// `mask_jwts` as it was first written: for each `eyJ`, its run counted, then whether it
+    /// is glued to what comes before. Quadratic on glued matches; the reference for what the
+    /// linear one must find.
+    fn reference_mask_jwts(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i..].starts_with(b"eyJ") {
+                let n = b[i + 3..].iter().take_while(|&&c| is_b64url(c)).count();
+                let glued =
+                    i > 0 && b[i - 1].is_ascii_alphanumeric() && !(i >= 3 && is_escape(b, i - 3));
+                if n >= 8 && !glued {
+                    let mut end = i + 3 + n;
+                    while end < b.len() && (b[end] == b'.' || is_b64url(b[end])) {
+                        end += 1;
+                    }
+                    out.extend_from_slice(b"[jwt]");
+                    i = end;
+                    continue;
+                }
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The linear `mask_jwts` masks exactly what the reference does, on strings made of the
+    /// pieces its rules look at: tokens glued or not, `-`, `_` and `.` inside runs, escapes.
+    #[test]
+    fn mask_jwts_matches_the_reference() {
+        const PIECES: &[&str] = &[
+            "eyJ",
+            "eyJ",
+            "a",
+            "Z",
+            "0",
+            "-",
+            "_",
+            ".",
+            "/",
+            "%40",
+            "%2F",
+            "%",
+            "é",
+            "aaaa",
+            "eyJhbGciO",
+            " ",
+            "J",
+            "ey",
+        ];
+        // xorshift64: reproducible, no dependency.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut masked = 0;
+        for _ in 0..50_000 {
+            let len = next() % 24;
+            let s: String = (0..len)
+                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .collect();
+            let want = reference_mask_jwts(&s);
+            let (got, _) = mask_jwts(&s, s.len());
+            assert_eq!(got.as_deref().unwrap_or(&s), want, "{s:?}");
+            assert_eq!(got.is_some(), want != s, "{s:?}");
+            masked += usize::from(want != s);
+        }
+        // The pieces make tokens often enough for the comparison to mean something.
+        assert!(masked > 5_000, "{masked}");
+        for s in [
+            "/aeyJaaaaaaaaaa",
+            "/-eyJaaaaaaaa",
+            "/_eyJaaaaaaaa.b",
+            "/a-eyJaaaaaaaa",
+            "/%2FeyJaaaaaaaa",
+            "/%2eyJaaaaaaaa",
+            "/eyJaaaaaaaaeyJbbbbbbbb",
+            "/eyJaaaaaaa/eyJ",
+        ] {
+            let (got, _) = mask_jwts(s, s.len());
+            assert_eq!(got.as_deref().unwrap_or(s), reference_mask_jwts(s), "{s}");
+        }
+    }
+
+    /// Adversarial paths for each redaction step, 16 times the largest that reaches audit
+    /// (64 KiB): each is done in one pass. A step that read a run again for every match in it
+    /// would take hours on these (seconds at 64 KiB).
+    #[test]
+    fn redaction_is_linear_on_hostile_paths() {
+        let n = 1024 * 1024;
+        let path = format!("/{}", "aeyJ".repeat(16_000));
+        assert_eq!(redact_path(&path), None);
+        // `eyJ` glued to a letter, each followed by the rest of one long base64url run.
+        let glued = format!("/{}", "aeyJ".repeat(n / 4));
+        assert_eq!(mask_jwts(&glued, glued.len()), (None, glued.len()));
+        assert_eq!(redact_path(&glued), None);
+        // The same, a real token at its end.
+        let tail = format!("{glued}/eyJhbGciOiJIUzI1NiJ9");
+        assert_eq!(redact_path(&tail), Some(format!("{glued}/[jwt]")));
+        // Short runs after `eyJ`, and a token that runs to the end.
+        let short = format!("/{}", "eyJab-".repeat(n / 6));
+        assert_eq!(redact_path(&short), Some("/[jwt]".to_string()));
+        let short = format!("/{}", "eyJab/".repeat(n / 6));
+        assert_eq!(redact_path(&short), None);
+        // Addresses missing their domain; one domain as long as the path.
+        let at = format!("/{}", "a%40b".repeat(n / 5));
+        assert_eq!(redact_path(&at), None);
+        let at = format!("/{}", "a@".repeat(n / 2));
+        assert_eq!(redact_path(&at), None);
+        let long = format!("/a@{}", "b.".repeat(n / 2));
+        assert_eq!(redact_path(&long), None);
+        // Digit groups: one long sequence of them, and runs one digit short.
+        let groups = format!("/{}", "1-".repeat(n / 2));
+        let got = redact_path(&groups).unwrap();
+        assert!(got.starts_with("/****1111-****1111-"), "{}", &got[..40]);
+        let short = format!("/{}", "123456789012/".repeat(n / 13));
+        assert_eq!(redact_path(&short), None);
+        // Whole events: cut first, so the work stays small however long the path.
+        for path in [glued, tail, at, groups] {
+            let mut e = event();
+            e.path = path;
+            e.sanitize();
+            assert!(e.path.len() <= MAX_PATH_BYTES);
+            assert!(e.path.ends_with(TRUNCATED));
+        }
+    }
+
+    /// A path too long to record is read up to [`MAX_PATH_BYTES`] and the look-ahead after it:
+    /// what is recorded comes from its first [`MAX_PATH_BYTES`], redacted — a secret starting
+    /// there is masked whole, even where it ends past them — and is marked as cut.
+    #[test]
+    fn a_long_path_is_cut_before_it_is_redacted() {
+        // A token shrinks to `[jwt]`: what follows it in the path is not pulled into the line.
+        let jwt = format!("eyJ{}", "a".repeat(2100));
+        let past = format!("/{jwt}/4111111111111111/{}", "z".repeat(5_000));
+        let mut e = event();
+        e.path = past.clone();
+        e.sanitize();
+        assert_eq!(e.path, format!("/[jwt]{TRUNCATED}"));
+        let mut e = event();
+        e.path = format!("/a;{}/visible/{}", "p".repeat(3_000), "z".repeat(5_000));
+        e.sanitize();
+        assert_eq!(e.path, format!("/a;…{TRUNCATED}"));
+        // A card number from byte 2040 to 2056, an address whose `@` is at byte 2050: masked.
+        let jwt = format!("eyJ{}", "a".repeat(2035));
+        let card = format!("/{jwt}/4111111111111111/{}", "z".repeat(5_000));
+        assert_eq!(card.find("4111"), Some(2040));
+        let mut e = event();
+        e.path = card;
+        e.sanitize();
+        assert_eq!(e.path, format!("/[jwt]/****1111{TRUNCATED}"));
+        let mail = format!("/{jwt}/johnny.doe@example.com/{}", "z".repeat(5_000));
+        assert_eq!(mail.find('@'), Some(2050));
+        let mut e = event();
+        e.path = mail;
+        e.sanitize();
+        assert_eq!(e.path, format!("/[jwt]/j***{TRUNCATED}"));
+        // Where nothing shrinks, the same as a path cut after its redaction.
+        let mut e = event();
+        e.path = format!(
+            "/{}/john.doe@example.com/{}",
+            "a".repeat(2025),
+            "z".repeat(5_000)
+        );
+        e.sanitize();
+        assert_eq!(e.path.len(), MAX_PATH_BYTES);
+        assert!(!e.path.contains("ohn"), "{}", e.path);
+        // A multi-byte character across either cut.
+        for at in [
+            MAX_PATH_BYTES - 1,
+            MAX_PATH_BYTES + PATH_LOOKAHEAD_BYTES - 1,
+        ] {
+            let mut e = event();
+            e.path = format!("/{}é{}", "a".repeat(at - 1), "b".repeat(5_000));
+            e.sanitize();
+            assert!(e.path.len() <= MAX_PATH_BYTES);
+            assert!(e.path.ends_with(TRUNCATED));
+        }
+    }
+
     fn file_cfg(path: &Path) -> portcullis_config::Audit {
         portcullis_config::Audit {
             enabled: true,
@@ -1569,6 +1921,7 @@ mod tests {
 
     fn gated(
         capacity: usize,
+        max_bytes: usize,
     ) -> (
         AuditSink,
         mpsc::SyncSender<()>,
@@ -1583,7 +1936,7 @@ mod tests {
             gated: false,
             out: out.clone(),
         };
-        let sink = AuditSink::spawn(Box::new(gate), capacity).unwrap();
+        let sink = AuditSink::spawn(Box::new(gate), capacity, max_bytes).unwrap();
         sink.emit(event());
         entered.recv_timeout(Duration::from_secs(5)).unwrap();
         (sink, release, out)
@@ -1593,7 +1946,7 @@ mod tests {
     fn drops_are_counted_when_full() {
         // The writer is held inside its first write: the channel fills, and what does not fit
         // is dropped and counted, never waited for.
-        let (sink, release, out) = gated(CHANNEL_CAPACITY);
+        let (sink, release, out) = gated(CHANNEL_CAPACITY, MAX_QUEUED_BYTES);
         for _ in 0..CHANNEL_CAPACITY + 10 {
             sink.emit(event());
         }
@@ -1642,6 +1995,7 @@ mod tests {
                 out: out.clone(),
             }),
             64,
+            MAX_QUEUED_BYTES,
         )
         .unwrap();
         // One batch of three: one line whole, half of the next, then the disk is full.
@@ -1670,9 +2024,56 @@ mod tests {
         assert_eq!(sink.dropped(), 2);
     }
 
+    /// Events are few but heavy (WAF matches, an upstream error excerpt): the queue is bounded
+    /// by their bytes too, and what does not fit is dropped and counted like an event past
+    /// the count; the room comes back as the writer takes them.
+    #[test]
+    fn the_queue_is_bounded_by_bytes() {
+        let light = {
+            let mut e = event();
+            e.sanitize();
+            e.footprint()
+        };
+        let heavy = || {
+            let mut e = event();
+            e.upstream_error = Some(UpstreamErrorAudit {
+                status: 502,
+                body: "x".repeat(16 * 1024),
+            });
+            e
+        };
+        assert!(heavy().footprint() >= light + 16 * 1024);
+        let (sink, release, out) = gated(CHANNEL_CAPACITY, 3 * light);
+        for _ in 0..5 {
+            sink.emit(event());
+        }
+        assert_eq!(
+            sink.dropped(),
+            2,
+            "three fit in the bytes, far below the count"
+        );
+        sink.emit(heavy());
+        assert_eq!(sink.dropped(), 3);
+        release.send(()).unwrap();
+        assert!(sink.flush(Duration::from_secs(5)));
+        // Written: the room is back, for as many as before.
+        for _ in 0..3 {
+            sink.emit(event());
+        }
+        assert!(sink.flush(Duration::from_secs(5)));
+        assert_eq!(sink.dropped(), 3);
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1 + 3 + 3);
+        // An event heavier than the whole budget never fits.
+        let (sink, release, _out) = gated(CHANNEL_CAPACITY, 16 * 1024);
+        sink.emit(heavy());
+        assert_eq!(sink.dropped(), 1);
+        release.send(()).unwrap();
+    }
+
     #[test]
     fn small_channel_drops() {
-        let (sink, release, out) = gated(2);
+        let (sink, release, out) = gated(2, MAX_QUEUED_BYTES);
         for _ in 0..5 {
             sink.emit(event());
         }

@@ -169,6 +169,28 @@ async fn every_request_is_audited_without_credentials() {
     assert_eq!(gw.audit_events().len(), 3, "one event per request");
 }
 
+/// A User-Agent longer than the audit keeps is recorded cut to 256 bytes and marked as cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_user_agent_is_audited_cut_and_marked() {
+    let gw = gateway(APP);
+    let ua = format!("long-agent/{}", "u".repeat(289));
+    assert_eq!(ua.len(), 300);
+    let r = send(req(
+        "GET",
+        &format!("{}/hello", gw.url("public")),
+        &[("user-agent", ua.as_str())],
+        "",
+    ))
+    .await;
+    assert_eq!(r.status, 200);
+    let a = audit_of(&gw, r.header("x-request-id").unwrap());
+    let got = a["user_agent"].as_str().unwrap();
+    let marker = "…[truncated]";
+    assert!(got.ends_with(marker), "{got}");
+    assert_eq!(got.len(), 256, "{got}");
+    assert!(ua.starts_with(got.strip_suffix(marker).unwrap()), "{got}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_and_a_broken_file_keeps_the_running_config() {
     let gw = gateway(APP);

@@ -394,10 +394,16 @@ impl Gateway {
                 String::new()
             },
             version: head.version,
+            // Copied bounded, yet longer than the audit's limit when the field is, so that the
+            // event cuts and marks it (a character is at most 4 bytes).
             user_agent: if audited {
-                head.headers
-                    .get(header::USER_AGENT)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                head.headers.get(header::USER_AGENT).map(|v| {
+                    let b = v.as_bytes();
+                    let kept = b
+                        .get(..portcullis_audit::MAX_USER_AGENT_BYTES + 4)
+                        .unwrap_or(b);
+                    String::from_utf8_lossy(kept).into_owned()
+                })
             } else {
                 None
             },
@@ -1116,13 +1122,7 @@ impl Gateway {
             Some((s, _)) if s == UPSTREAM_STAGE => Outcome::Failed,
             Some(_) => Outcome::Rejected,
         };
-        let mut ua = seen.user_agent.take();
-        if let Some(u) = ua.as_mut()
-            && u.len() > 256
-        {
-            let cut = u.floor_char_boundary(256);
-            u.truncate(cut);
-        }
+        let ua = seen.user_agent.take();
         let latency_ms = latency.as_secs_f64() * 1000.0;
         Some(AuditEvent {
             time: portcullis_audit::now_rfc3339(),
