@@ -238,12 +238,17 @@ impl Finding {
     }
 }
 
-/// Whether a target's name says it carries a secret (`password`, `client_secret`,
-/// `refresh_token`, `api_key`, `session` cookie …): its snippets are redacted, so an attack
-/// typed into a password field does not put the password into the audit log.
+/// Whether a target carries a secret: every cookie value (session identifiers under any name:
+/// `_gh_sess`, `li_at`, `.AspNetCore.Cookies`), and a value whose name says so (`password`,
+/// `client_secret`, `refresh_token`, `api_key`, `client_assertion`, `SAMLResponse` …): its
+/// snippets are redacted, so an attack typed into a password field does not put the password
+/// into the audit log.
 pub fn holds_secret(t: &Target<'_>) -> bool {
     if t.part != Part::Value {
         return false;
+    }
+    if t.location == Location::Cookie {
+        return true;
     }
     let name = t.name.to_ascii_lowercase();
     const MARKERS: &[&str] = &[
@@ -254,8 +259,12 @@ pub fn holds_secret(t: &Target<'_>) -> bool {
         "key",
         "auth",
         "credential",
-        "session",
+        "sess",
         "sid",
+        "assert",
+        "saml",
+        "bearer",
+        "jwt",
         "otp",
         "pin",
         "ssn",
@@ -283,10 +292,31 @@ pub fn exclusion_key(t: &Target<'_>) -> String {
 pub const SNIPPET_CHARS: usize = 64;
 
 /// A printable excerpt of at most [`SNIPPET_CHARS`] characters: control characters escaped,
-/// and runs of six or more digits (card, phone, account numbers) and e-mail local parts masked
-/// so that an audit log never carries them.
+/// and runs of six or more digits (card, phone, account numbers), e-mail local parts and
+/// JWT-like tokens (`eyJ` and 8 or more base64url characters: a bearer token in a field not
+/// named as one) masked so that an audit log never carries them.
 pub fn snippet(matched: &str) -> String {
     let mut c: Vec<char> = matched.chars().take(SNIPPET_CHARS + 1).collect();
+    // JWT-like tokens, up to the end of their run (dots and base64url characters).
+    let b64 = |ch: char| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_';
+    let mut i = 0;
+    while i + 3 <= c.len() {
+        if c[i..i + 3] == ['e', 'y', 'J'] {
+            let run = c[i + 3..].iter().take_while(|&&ch| b64(ch)).count();
+            if run >= 8 {
+                let end = i
+                    + 3
+                    + c[i + 3..]
+                        .iter()
+                        .take_while(|&&ch| b64(ch) || ch == '.')
+                        .count();
+                c[i..end].fill('*');
+                i = end;
+                continue;
+            }
+        }
+        i += 1;
+    }
     // Digit runs of six or more.
     let mut i = 0;
     while i < c.len() {
@@ -342,8 +372,17 @@ mod tests {
             "refresh_token",
             "x-api-key",
             "PHPSESSID",
+            "_gh_sess",
+            "client_assertion",
+            "SAMLResponse",
         ] {
             let t = Target::new(Location::Body, name, Part::Value, "hunter2' or 1=1--");
+            let f = Finding::new(rule, &t, View::Raw, "hunter2' or 1=1--");
+            assert_eq!(f.snippet, "[redacted: 17 characters]", "{name}");
+        }
+        // Every cookie value, whatever its name.
+        for name in ["li_at", ".AspNetCore.Cookies", "theme"] {
+            let t = Target::new(Location::Cookie, name, Part::Value, "hunter2' or 1=1--");
             let f = Finding::new(rule, &t, View::Raw, "hunter2' or 1=1--");
             assert_eq!(f.snippet, "[redacted: 17 characters]", "{name}");
         }
@@ -361,6 +400,10 @@ mod tests {
         assert!(s.contains("********@example.org"), "{s}");
         assert!(!s.contains("4111"), "{s}");
         assert!(!s.contains("jane"), "{s}");
+        let s = snippet("q=' or 1=1 -- eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln x");
+        let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln";
+        assert_eq!(s, format!("q=' or 1=1 -- {} x", "*".repeat(token.len())));
+        assert_eq!(snippet("eyJ short"), "eyJ short", "not a token");
         let long = "a".repeat(500);
         assert_eq!(snippet(&long).chars().count(), SNIPPET_CHARS + 1);
         assert_eq!(
