@@ -149,10 +149,11 @@ impl RouteTable {
                 continue;
             };
             path_hit = true;
-            // A HEAD is served by a GET route, but a route that takes HEAD itself (an OpenAPI
-            // `head` operation, with its own rules) comes first among equally specific ones.
+            // A HEAD is served by a GET route, but a route that lists HEAD itself (an OpenAPI
+            // `head` operation, with its own rules) comes first among equally specific ones; a
+            // route without methods does not (declaration order decides, as for any method).
             let (method_ok, own_method) = match &e.methods {
-                None => (true, true),
+                None => (true, method != Method::HEAD),
                 Some(ms) if ms.contains(method) => (true, true),
                 Some(ms) => (method == Method::HEAD && ms.contains(&Method::GET), false),
             };
@@ -339,6 +340,15 @@ mod tests {
         assert_eq!(found(t.lookup("x", "/orders/1", &Method::HEAD)).0, "head");
         assert_eq!(found(t.lookup("x", "/orders/1", &Method::GET)).0, "get");
         assert_eq!(found(t.lookup("x", "/orders", &Method::HEAD)).0, "list");
+        // A route without methods does not take a HEAD from a GET route declared before it.
+        let t = table(
+            r#"
+  - { name: get, match: { path: "/orders/{id}", methods: [GET] }, upstream: d }
+  - { name: any, match: { path: "/orders/{id}" }, upstream: d }
+"#,
+        );
+        assert_eq!(found(t.lookup("x", "/orders/1", &Method::HEAD)).0, "get");
+        assert_eq!(found(t.lookup("x", "/orders/1", &Method::POST)).0, "any");
     }
 
     #[test]
