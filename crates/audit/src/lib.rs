@@ -448,6 +448,8 @@ fn redact_and_cut_path(path: &mut String) {
     truncate_on_char_boundary(path, end);
     truncate_on_char_boundary(path, MAX_PATH_BYTES - TRUNCATED.len());
     path.push_str(TRUNCATED);
+    // The event waits in the queue with it: not with the whole path's memory.
+    path.shrink_to_fit();
 }
 
 /// The path as the audit event records it, or `None` when it needs no change:
@@ -1674,6 +1676,17 @@ mod tests {
         e.sanitize();
         assert_eq!(e.path.len(), MAX_PATH_BYTES);
         assert!(!e.path.contains("ohn"), "{}", e.path);
+        // Nothing masked, the path was cut in place: it does not keep the whole path's memory
+        // while it waits in the queue.
+        let mut e = event();
+        e.path = format!("/{}", "a".repeat(60_000));
+        e.sanitize();
+        assert_eq!(e.path.len(), MAX_PATH_BYTES);
+        assert!(
+            e.path.capacity() < 2 * MAX_PATH_BYTES,
+            "{}",
+            e.path.capacity()
+        );
         // A multi-byte character across either cut.
         for at in [
             MAX_PATH_BYTES - 1,

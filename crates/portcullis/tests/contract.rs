@@ -1006,6 +1006,14 @@ async fn bodies_that_cannot_be_checked_against_their_schema_get_415() {
     let r = call(&s, "POST", "/pass/forms", &[form], "name=x&isAdmin=true").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(s.up.hits(), 2);
+    // Not a body only a JSON-like (or wildcard) range takes: backends parse it as JSON.
+    let r = call(&s, "POST", "/pass/users", &[odd], r#"{"isAdmin":true}"#).await;
+    assert_415(
+        &r,
+        "a body matching application/*+json cannot be checked against its schema: only JSON \
+         bodies are",
+    );
+    assert_eq!(s.up.hits(), 2, "a refused request reached the upstream");
 }
 
 /// A JSON body in another charset is refused: UTF-7 would hide `","role":"admin` from a check

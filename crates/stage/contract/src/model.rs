@@ -225,10 +225,8 @@ pub fn media_matches(range: &str, media: &str) -> bool {
     let media = media.split(';').next().unwrap_or("").trim();
     let (mt, ms) = media.split_once('/').unwrap_or((media, ""));
     let (rt, rs) = range.split_once('/').unwrap_or((range, ""));
-    if rt == "*" {
-        return true;
-    }
-    if !rt.eq_ignore_ascii_case(mt) {
+    // `*/json` and `*/*+json` still name their subtype: only `*/*` takes every type.
+    if rt != "*" && !rt.eq_ignore_ascii_case(mt) {
         return false;
     }
     if rs == "*" {
@@ -242,14 +240,19 @@ pub fn media_matches(range: &str, media: &str) -> bool {
     rs.eq_ignore_ascii_case(ms)
 }
 
-/// The most specific declared media range that `media` falls in (exact, then `type/*+suffix`,
-/// then `type/*`, then `*/*`). `range` finds each item's range (items may be compiled wrappers).
+/// The most specific declared media range that `media` falls in: the subtype first (exact,
+/// then `*+suffix`, then `*`), then the type (exact before `*`) — `text/json`, `*/json`,
+/// `text/*+json`, `*/*+json`, `text/*`, `*/*`. `range` finds each item's range (items may be
+/// compiled wrappers).
 pub fn pick_media<'a, T>(items: &'a [T], media: &str, range: impl Fn(&T) -> &str) -> Option<&'a T> {
-    let specificity = |r: &str| match r {
-        "*/*" => 0,
-        r if r.ends_with("/*") => 1,
-        r if r.contains("*+") => 2,
-        _ => 3,
+    let specificity = |r: &str| {
+        let (t, sub) = r.split_once('/').unwrap_or((r, ""));
+        let sub = match sub {
+            "*" => 0,
+            s if s.starts_with("*+") => 1,
+            _ => 2,
+        };
+        sub * 2 + u8::from(t != "*")
     };
     items
         .iter()
@@ -277,8 +280,9 @@ pub fn is_json_media(media: &str) -> bool {
 pub use portcullis_core::is_json_content_type as is_json_type;
 
 /// Whether every `charset` parameter of a `Content-Type` value is `utf-8` or `utf8`
-/// (case-insensitive, quoted or not); true when there is none. An unterminated quoted value
-/// of `charset` counts as another charset.
+/// (case-insensitive, quoted or not); true when there is none. An unterminated quoted value,
+/// of any parameter, counts as another charset: a reader that splits at `;` would find the
+/// `charset` inside it (`x="; charset=utf-16`).
 pub fn charset_is_utf8(content_type: &str) -> bool {
     let Some((_, mut rest)) = content_type.split_once(';') else {
         return true;
@@ -306,7 +310,7 @@ pub fn charset_is_utf8(content_type: &str) -> bool {
                     }
                 }
                 let Some(end) = end else {
-                    return !name.eq_ignore_ascii_case("charset");
+                    return false;
                 };
                 let tail = quoted.get(end..).unwrap_or("");
                 rest = tail.find(';').and_then(|i| tail.get(i..)).unwrap_or("");
@@ -345,6 +349,40 @@ mod tests {
         assert!(!media_matches("application/*+json", "application/json"));
         assert!(!media_matches("application/json", "application/jsonx"));
         assert!(!media_matches("text/*", "application/json"));
+        // A wildcard type still names its subtype.
+        assert!(media_matches("*/*+json", "text/vnd.x+json"));
+        assert!(!media_matches("*/*+json", "text/plain"));
+        assert!(media_matches("*/json", "text/JSON"));
+        assert!(!media_matches("*/json", "application/xml"));
+        let ranges = [
+            "*/*",
+            "text/*",
+            "*/*+json",
+            "text/*+json",
+            "*/json",
+            "text/json",
+        ];
+        let defs: Vec<MediaDef> = ranges
+            .iter()
+            .map(|r| MediaDef {
+                range: (*r).into(),
+                schema: None,
+            })
+            .collect();
+        for (media, want) in [
+            ("text/json", "text/json"),
+            ("application/json", "*/json"),
+            ("text/vnd.x+json", "text/*+json"),
+            ("image/vnd.x+json", "*/*+json"),
+            ("text/plain", "text/*"),
+            ("image/png", "*/*"),
+        ] {
+            assert_eq!(
+                pick_media(&defs, media, |m| &m.range).map(|m| m.range.as_str()),
+                Some(want),
+                "{media}"
+            );
+        }
         let defs = vec![
             MediaDef {
                 range: "*/*".into(),
@@ -422,6 +460,7 @@ mod tests {
             "application/json; charset=utf-8; charset=utf-7",
             "application/json; x=\"a;charset=utf-8\"; charset=latin1",
             "application/json; charset=\"utf-8",
+            "application/json; x=\"; charset=utf-16",
             "application/json; charset=",
             "application/json; charset=\"utf\\-8\"x; charset=us-ascii",
         ] {

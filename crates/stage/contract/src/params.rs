@@ -144,11 +144,17 @@ pub fn unknown_query(defs: &[ParamDef], query: Option<&str>) -> Vec<String> {
 /// [`MAX_UNKNOWN`], cut as [`unknown_query`] cuts them.
 pub fn aliased_query(defs: &[ParamDef], query: Option<&str>) -> Vec<(String, String)> {
     let query = Query::parse(query);
-    let declared: Vec<(String, &str)> = defs
-        .iter()
-        .filter(|d| d.location == In::Query)
-        .map(|d| (fold_name(&d.name), d.name.as_str()))
-        .collect();
+    // The names, and the properties of exploded form objects (each a query name of its own).
+    let mut declared: Vec<(String, &str)> = Vec::new();
+    for d in defs.iter().filter(|d| d.location == In::Query) {
+        declared.push((fold_name(&d.name), d.name.as_str()));
+        if let Shape::Object(props) = &d.shape
+            && d.explode
+            && d.style == Style::Form
+        {
+            declared.extend(props.iter().map(|(p, _)| (fold_name(p), p.as_str())));
+        }
+    }
     let mut out: Vec<(String, String)> = Vec::new();
     for name in undeclared(defs, &query) {
         let folded = fold_name(name);
@@ -1657,6 +1663,12 @@ mod tests {
         );
         // The declared names themselves (and deepObject properties) are not aliases.
         assert!(aliased_query(&defs, Some("limit=1&user_role=x&f[a]=1")).is_empty());
+        // An exploded form object's properties are query names of their own.
+        let rgb = [q("rgb", Style::Form, true, obj(&[("R", Integer)]))];
+        assert_eq!(
+            aliased_query(&rgb, Some("R=1&r=2&R[]=3")),
+            [("r", "R"), ("R[]", "R")].map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
         assert!(aliased_query(&defs, None).is_empty());
     }
 }

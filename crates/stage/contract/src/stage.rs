@@ -18,7 +18,7 @@ use crate::config::{
 };
 use crate::fields::Unknown;
 use crate::model::{In, Style};
-use crate::model::{charset_is_utf8, is_json_type, pick_media, pick_response};
+use crate::model::{charset_is_utf8, is_json_media, is_json_type, pick_media, pick_response};
 
 /// The contract step: one operation (or none) per route, indexed by route id.
 pub struct ContractStage {
@@ -154,10 +154,15 @@ fn pick_body_media<'o>(
         ));
     }
     match found {
+        // `unchecked_bodies: pass` is for concrete types the gateway cannot read (a form, a
+        // multipart upload); a body that only a JSON-like or wildcard range takes is refused
+        // anyway: many backends parse JSON whatever its label.
         Some(m)
             if !json
                 && m.schema_kind == SchemaKind::Structured
-                && op.settings.unchecked_bodies == UncheckedBodies::Refuse =>
+                && (op.settings.unchecked_bodies == UncheckedBodies::Refuse
+                    || is_json_media(&m.def.range)
+                    || m.def.range.contains('*')) =>
         {
             Err(Rejection::new(
                 RejectReason::UnsupportedMediaType,
