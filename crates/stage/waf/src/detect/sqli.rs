@@ -17,13 +17,16 @@
 //!   into spaces, so `UNION/**/SELECT` is `union select`). Paranoia 1 patterns describe
 //!   injection techniques that benign text does not contain (`union select`, a boolean
 //!   operator followed by a literal comparison, stacked statements, time-delay and
-//!   error-based functions, system catalogs, file access, dangerous stored procedures);
+//!   error-based functions, system catalogs, file access, dangerous stored procedures, a
+//!   one-word value closed by a quote and a comment, a number ORed with an always-true
+//!   operand);
 //!   paranoia 2–4 progressively accept SQL keywords next to quote or comment characters,
 //!   then lone quotes with keywords, then any SQL meta character.
 //!
-//! A value without any SQL meta character and without any SQL keyword is dismissed after one
-//! byte scan and one Aho–Corasick pass over the raw value; one whose only such characters may
-//! be encoded (`%`, `&`, non-ASCII) is scanned again in its canonical form.
+//! A value without any SQL meta character and without any SQL keyword, that does not start
+//! with a number and OR/XOR, is dismissed after one byte scan and one Aho–Corasick pass over
+//! the raw value; one whose only such characters may be encoded (`%`, `&`, non-ASCII) is
+//! scanned again in its canonical form.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::LazyLock;
@@ -164,7 +167,19 @@ const R_BREAKOUT_REOPEN: Rule = rule(
     1127,
     Critical,
     1,
-    "SQL string breakout and reopen around an operator, MySQL implicit type conversion (x' OR 'y, x'='y, '-', a'|3!='4)",
+    "SQL string breakout and reopen around an operator, MySQL implicit type conversion (x' OR 'y, x'='y, '-', a'|3!='4, admin'or'1)",
+);
+const R_QUOTE_COMMENT_LOGIN: Rule = rule(
+    1128,
+    Critical,
+    1,
+    "SQL login bypass: a value of one word closed by a single quote and a comment that cuts off the rest of the query (admin'--, admin'#, admin')-- -, admin';/*)",
+);
+const R_NUMERIC_TAUTOLOGY: Rule = rule(
+    1129,
+    Critical,
+    1,
+    "Numeric-context SQL tautology: a number OR/XOR/|| 1, TRUE or NOT a literal ending the value, or a number or name before a comment or LIMIT/ORDER BY (0 or 1, 1 || 1, -1 or 1 limit 1, 1 or id--)",
 );
 const R_QUOTE_COMMENT: Rule = rule(
     1140,
@@ -249,6 +264,8 @@ pub static RULES: &[Rule] = &[
     R_DYNAMIC,
     R_BREAKOUT_END,
     R_BREAKOUT_REOPEN,
+    R_QUOTE_COMMENT_LOGIN,
+    R_NUMERIC_TAUTOLOGY,
     R_QUOTE_COMMENT,
     R_QUOTE_KEYWORD,
     R_FUNCTION_CALL,
@@ -587,6 +604,32 @@ static PATTERNS: &[Pattern] = &[
             r"|(?:like|rlike|regexp|div|mod)\b)[\s+(]*(?:not[\s+(]+)?(?:-?\d+|true|false|null)\b[\s+)]*(?:--|#|/\*|;|$|%00)"
         ),
     ),
+    // The whole value is one word (a user name, an e-mail address, an id) that a single
+    // quote closes, then a comment: `admin'--`, `admin' #`, `admin')-- -`, `admin';/*`. A
+    // MySQL `--` comment needs a space (or a control character) after it; `+` is a space a
+    // client encoded, `-` the usual filler (`-- -`). Double quotes are left to rule 1140
+    // (paranoia 2): inch marks in product text (`7" #2 NEEDLE`) take that shape.
+    p(
+        &R_QUOTE_COMMENT_LOGIN,
+        C,
+        r"^[\s+]*[\w.@$\x80-\xff-]+'[\s+);]*(?:--(?:[\s+-]|$)|#|/\*)",
+    ),
+    // A numeric parameter (`WHERE id=$v`) made true for every row: the whole value is a
+    // number, OR/XOR/|| and an operand that is always true (`0 or 1`, `1 || 1`,
+    // `-1 or 1 limit 1`, `1 or not 0`), ending the value (comments removed: SQL view) or
+    // followed by LIMIT/ORDER BY. Any other right operand (`1 or 2`, `10 or less`,
+    // `1950 or 1960`: answers in forms) counts only when a comment ending the value or a
+    // LIMIT/ORDER BY follows it (`1 or id-- -`, `-1 or 2 limit 1`): see the next pattern.
+    p(
+        &R_NUMERIC_TAUTOLOGY,
+        S,
+        r"^[\s+(]*-?\d+[\s+)]*(?:\|\||(?:or|xor)\b)[\s+(]*(?:1|true|not[\s+(]*(?:-?\d+|true|false|null))[\s+)]*(?:$|;|limit[\s+]+\d|order[\s+]+by\b)",
+    ),
+    p(
+        &R_NUMERIC_TAUTOLOGY,
+        C,
+        r"^[\s+(]*-?\d+[\s+)]*(?:\|\||(?:or|xor)\b)[\s+(]*(?:-?\d+|[a-z_][\w.]*)[\s+)]*(?:(?:--|#)[\s+-]*$|/\*|limit[\s+]+\d|order[\s+]+by\b)",
+    ),
     // --- paranoia 2 ---------------------------------------------------------------------
     p(&R_QUOTE_COMMENT, C, r#"['"][\s+)]*(?:--|#|/\*)"#),
     p(
@@ -866,6 +909,40 @@ fn scan(value: &[u8], paranoia: u8) -> Scan {
         prev = b;
     }
     if encoded { Scan::Encoded } else { Scan::Plain }
+}
+
+/// Whether `text` starts the way a numeric-context boolean injection does (rule 1129): spaces or
+/// `(`, an optional `-`, digits, spaces or `)`, then `or` or `xor` (ASCII case-insensitive). A
+/// value free of meta characters and of [`KEYWORDS`] needs this to be inspected (`0 or 1`);
+/// the rule's patterns decide.
+fn starts_numeric_or(text: &[u8]) -> bool {
+    let space = |b: &u8| b.is_ascii_whitespace() || *b == b'+';
+    let mut rest = text;
+    while let [b, tail @ ..] = rest {
+        if !(space(b) || *b == b'(') {
+            break;
+        }
+        rest = tail;
+    }
+    if let [b'-', tail @ ..] = rest {
+        rest = tail;
+    }
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return false;
+    }
+    rest = rest.get(digits..).unwrap_or_default();
+    while let [b, tail @ ..] = rest {
+        if !(space(b) || *b == b')') {
+            break;
+        }
+        rest = tail;
+    }
+    let starts = |w: &[u8]| {
+        rest.get(..w.len())
+            .is_some_and(|r| r.eq_ignore_ascii_case(w))
+    };
+    starts(b"or") || starts(b"xor")
 }
 
 /// Compiles a pattern (ASCII mode: the views are lowercase and whitespace-compressed, and
@@ -1397,7 +1474,8 @@ fn tokenizer_passes(sink: &mut Sink<'_, '_>, views: &mut Views) {
 /// (`after` anywhere, `after_start` at the start of the value; see [`REOPEN`]). A single quote
 /// between a letter, digit or parenthesis and a letter is an apostrophe (`it's`, `O'Brien`,
 /// `f()'s`) and does not count, so `it's 'a' and 'b'` is prose while `a' and 'b` is a
-/// breakout. Returns the matched range.
+/// breakout; except before a word operator quoted on its own (`'or'`, `'and'`, `'xor'`):
+/// `admin'or'1` is MySQL's `'admin'or'1'`, true for every row. Returns the matched range.
 fn breakout_reopen(
     text: &[u8],
     quote: u8,
@@ -1416,6 +1494,7 @@ fn breakout_reopen(
         if quote == b'\''
             && prev.is_some_and(|c| c.is_ascii_alphanumeric() || c == b')')
             && next.is_some_and(|c| c.is_ascii_alphabetic())
+            && !text.get(i..).is_some_and(quoted_word_operator)
         {
             continue;
         }
@@ -1431,6 +1510,15 @@ fn breakout_reopen(
         inside = !inside;
     }
     None
+}
+
+/// Whether `rest` starts with a word operator between single quotes and something after them
+/// (`'or'1`, `'and'0`, `'xor'1`; `rest` is lowercase). With nothing after, the application's
+/// closing quote makes the operand an empty string (`'d'or''`), which is false.
+fn quoted_word_operator(rest: &[u8]) -> bool {
+    [b"'or'".as_slice(), b"'and'", b"'xor'"]
+        .iter()
+        .any(|op| rest.len() > op.len() && rest.starts_with(op))
 }
 
 /// Inspects one value for SQL injection.
@@ -1449,13 +1537,16 @@ pub fn inspect(t: &Target<'_>, views: &mut Views, paranoia: u8, out: &mut Vec<Fi
     match scan(raw, paranoia) {
         Scan::Meta => {}
         Scan::Plain => {
-            if !keyword(raw) {
+            if !keyword(raw) && !starts_numeric_or(raw) {
                 return;
             }
         }
         Scan::Encoded => {
             let canonical = views.get(View::Canonical).as_bytes();
-            if scan(canonical, paranoia) != Scan::Meta && !keyword(canonical) {
+            if scan(canonical, paranoia) != Scan::Meta
+                && !keyword(canonical)
+                && !starts_numeric_or(canonical)
+            {
                 return;
             }
         }
@@ -2105,6 +2196,182 @@ mod tests {
         assert_blocked("1 UNION/**/SELECT/**/password/**/FROM/**/users", 1);
         assert_blocked("1 ＵＮＩＯＮ ＳＥＬＥＣＴ 1,2", 1);
         assert_blocked("1&#39; or &#39;1&#39;=&#39;1", 1);
+    }
+
+    /// Login bypass by a quote and a comment (1128) or a quoted word operator (1127), and
+    /// numeric-context tautologies (1129).
+    const BYPASSES: &[(&str, u32)] = &[
+        ("admin'-- -", 1128),
+        ("admin'#", 1128),
+        ("admin' #", 1128),
+        ("admin';#", 1128),
+        ("admin'-- ", 1128),
+        ("admin'--+", 1128),
+        ("admin')-- -", 1128),
+        ("admin')#", 1128),
+        ("admin' ) ; -- x", 1128),
+        ("admin'/*", 1128),
+        ("ADMIN'#", 1128),
+        ("john.doe@example.com'-- -", 1128),
+        ("A-1'--", 1128),
+        ("admin'or'1", 1127),
+        ("admin'OR'1'", 1127),
+        ("x'and'0", 1127),
+        ("0 or 1", 1129),
+        ("1 or 1", 1129),
+        ("1 || 1", 1129),
+        ("1||1", 1129),
+        ("-1 or 1 limit 1", 1129),
+        ("1 xor 1", 1129),
+        ("1 or not 0", 1129),
+        ("1 OR TRUE", 1129),
+        ("1 or 1-- -", 1129),
+        ("1/**/or/**/1", 1129),
+        ("(1) or (1)", 1129),
+        ("1 or id-- -", 1129),
+        ("1 or id#", 1129),
+        ("1 or id/*", 1129),
+        ("-1 or 2 limit 1", 1129),
+        ("1 or x order by 1", 1129),
+    ];
+
+    /// Look-alikes of [`BYPASSES`] in ordinary input. `1 or 2`, `10 or less`, `1950 or 1960`
+    /// are form answers, so rule 1129 takes a right operand other than 1, TRUE or NOT a
+    /// literal only before a comment ending the value or LIMIT/ORDER BY: `1 or id` alone is
+    /// not caught (`1 or more` has the same shape).
+    const LOOK_ALIKES: &[&str] = &[
+        "O'Reilly",
+        "it's #1",
+        "Tom's #2 pick",
+        "rock 'n' roll",
+        "rock'n'roll",
+        "Ctrl+Alt+Del",
+        "1 or 2 items",
+        "1 or 2",
+        "1 || 2",
+        "10 OR LESS",
+        "1950 or 1960",
+        "1 or more",
+        "0 or more",
+        "1 or not sure",
+        "2 or 3 #hashtags",
+        "jane.o'neil@example.com",
+        "O'Reilly #1 bestseller",
+        "7\" #2 CIRCULAR NEEDLE",
+        "'#'",
+        "l'or",
+        "d'or'",
+        "Lion d'Or",
+        "D'Or Maison",
+        "Tom's -- best",
+        "Let's go -- now",
+        "It's 'or' not 'and'",
+    ];
+
+    #[test]
+    fn login_bypasses_and_numeric_tautologies_at_paranoia_1() {
+        let mut wrong = Vec::new();
+        for &(v, id) in BYPASSES {
+            let got = rules(v, 1);
+            if !got.contains(&id) || score(v, 1) < 5 {
+                wrong.push(format!("{v:?}: expected {id}, got {got:?}"));
+            }
+        }
+        for v in LOOK_ALIKES {
+            let got = rules(v, 1);
+            if !got.is_empty() {
+                wrong.push(format!("{v:?}: benign, got {got:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn numeric_or_start() {
+        for v in [
+            "0 or 1",
+            " (1) OR 1",
+            "-1 xor 1",
+            "1or1",
+            "2+or+3",
+            "1 order",
+        ] {
+            assert!(starts_numeric_or(v.as_bytes()), "{v}");
+        }
+        for v in [
+            "or 1", "a1 or 1", "1 and 1", "-", "1", "1 o", "1.5 or 1", "",
+        ] {
+            assert!(!starts_numeric_or(v.as_bytes()), "{v}");
+        }
+    }
+
+    /// The engine at the defaults (block, paranoia 1, threshold 5) on `value` sent as a query
+    /// parameter, a JSON string field and a form field: whether each was blocked.
+    fn engine_blocks(value: &str) -> [(&'static str, bool); 3] {
+        use crate::config::RouteWaf;
+        use crate::engine::{BodyState, Inspection};
+        use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+        // A client typing a `+` in a query or form means a space; everything else encoded.
+        const ENCODED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'+');
+        let encoded = utf8_percent_encode(value, ENCODED).to_string();
+        let blocked = |uri: &str, content_type: Option<&str>, body: &str| {
+            let mut req = http::Request::builder().method("POST").uri(uri);
+            if let Some(ct) = content_type {
+                req = req.header("content-type", ct);
+            }
+            let (head, ()) = req.body(()).expect("request").into_parts();
+            let body = if body.is_empty() {
+                BodyState::None
+            } else {
+                BodyState::Buffered(body.as_bytes())
+            };
+            let inspection = Inspection {
+                head: &head,
+                path: "/login",
+                client_ip: "192.0.2.1".parse().expect("ip"),
+                body,
+            };
+            crate::engine::inspect(&RouteWaf::default(), &inspection).blocked
+        };
+        let json = format!(
+            "{{\"user\":{}}}",
+            serde_json::to_string(value).expect("json")
+        );
+        [
+            (
+                "query",
+                blocked(&format!("/login?user={encoded}"), None, ""),
+            ),
+            ("json", blocked("/login", Some("application/json"), &json)),
+            (
+                "form",
+                blocked(
+                    "/login",
+                    Some("application/x-www-form-urlencoded"),
+                    &format!("user={encoded}"),
+                ),
+            ),
+        ]
+    }
+
+    #[test]
+    fn bypasses_are_blocked_in_query_json_and_form() {
+        let mut wrong = Vec::new();
+        for &(v, _) in BYPASSES {
+            for (place, blocked) in engine_blocks(v) {
+                if !blocked {
+                    wrong.push(format!("{v:?} as {place} not blocked"));
+                }
+            }
+        }
+        for v in LOOK_ALIKES {
+            for (place, blocked) in engine_blocks(v) {
+                if blocked {
+                    wrong.push(format!("{v:?} as {place} blocked"));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
     }
 
     #[test]
