@@ -21,7 +21,10 @@
 //!   name; a name target only for names with characters other than `[A-Za-z0-9_.\-\[\]]`.
 //! * Headers: one target per header value (lossy UTF-8), named by the lowercase header name.
 //!   `Cookie` headers are split on `;` into one `cookie:<name>` target per cookie, the value
-//!   percent-decoded once (no `+` rule), plus a name target for unusual cookie names.
+//!   percent-decoded once (no `+` rule), plus a name target for unusual cookie names. A value
+//!   in double quotes is a second target of the same name, unquoted the way Python, Werkzeug,
+//!   Node and Go read it: quotes stripped, `\ooo` octal and `\c` escapes decoded, then
+//!   percent-decoded once (`cookie_unquote`).
 //!
 //! # Body
 //!
@@ -504,10 +507,68 @@ fn cookies<'a>(header: &'a [u8], sink: &mut Sink<'a, '_>) {
             ));
         }
         if !value.is_empty() {
-            let value = percent_decode(value, false);
-            sink.push(Target::new(Location::Cookie, name, Part::Value, value));
+            let unquoted = match value {
+                [b'"', inner @ .., b'"'] if !inner.is_empty() => Some(cookie_unquote(inner)),
+                _ => None,
+            };
+            // Quoted: as sent (PHP keeps the quotes), then unquoted (Python, Werkzeug, Node,
+            // Go), both under the cookie's name (so redacted alike, under the same exclusions).
+            let decoded = percent_decode(value, false);
+            match unquoted {
+                Some(u) => {
+                    sink.push(Target::new(
+                        Location::Cookie,
+                        name.clone(),
+                        Part::Value,
+                        decoded,
+                    ));
+                    sink.push(Target::new(Location::Cookie, name, Part::Value, u));
+                }
+                None => {
+                    sink.push(Target::new(Location::Cookie, name, Part::Value, decoded));
+                }
+            }
         }
     }
+}
+
+/// What servers that unquote cookies read in a double-quoted cookie value (`inner`, without
+/// its quotes): Python's `http.cookies` (Django, Starlette) and Werkzeug turn `\ooo` (three
+/// octal digits, at most `\377`) into that byte and `\c` into `c`; Node's `cookie` (Express)
+/// and Go strip the quotes and percent-decode. Both at once: escapes decoded, then
+/// percent-decoded once; the bytes read as UTF-8 (lossily).
+fn cookie_unquote(inner: &[u8]) -> String {
+    let mut v = Vec::with_capacity(inner.len());
+    let mut i = 0;
+    while let Some(&b) = inner.get(i) {
+        if b != b'\\' {
+            v.push(b);
+            i += 1;
+            continue;
+        }
+        let octal = match (inner.get(i + 1), inner.get(i + 2), inner.get(i + 3)) {
+            (Some(&a @ b'0'..=b'3'), Some(&m @ b'0'..=b'7'), Some(&l @ b'0'..=b'7')) => {
+                Some(((a - b'0') << 6) | ((m - b'0') << 3) | (l - b'0'))
+            }
+            _ => None,
+        };
+        match (octal, inner.get(i + 1)) {
+            (Some(byte), _) => {
+                v.push(byte);
+                i += 4;
+            }
+            // Python's `.` does not match a line break: the backslash stays.
+            (None, Some(&c)) if c != b'\n' => {
+                v.push(c);
+                i += 2;
+            }
+            (None, _) => {
+                v.push(b);
+                i += 1;
+            }
+        }
+    }
+    percent_decode(&v, false).into_owned()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -923,7 +923,44 @@ fn empty_expansion(b: &[u8]) -> Option<(usize, bool)> {
     }
 }
 
-/// Quotes, escapes and empty expansions removed.
+/// Whether a byte next to an expansion makes it part of a word (`wh${u}oami`, `id$u`).
+const fn glues(c: u8) -> bool {
+    is_name_byte(c) || matches!(c, b'\'' | b'"' | b'\\')
+}
+
+/// A parameter expansion at the start of `b` (which starts with `$`) that an unset variable
+/// turns into nothing: `$name`, `${name}`, `${!name}`, `${#name}`, and `${name…}` with an
+/// operator that yields nothing for an unset name (`:-`, `-`, `:=`, `=` with an empty word;
+/// `:+`, `+`, `#`, `%`, `/` with any). Its length. Substrings (`${PATH:0:1}`) and defaults
+/// with a word (`${u:-x}`) yield text and are kept.
+fn unset_expansion(b: &[u8]) -> Option<usize> {
+    let rest = b.get(1..)?;
+    if rest.first() != Some(&b'{') {
+        let n = rest.iter().take_while(|&&c| is_name_byte(c)).count();
+        return (n > 0 && !rest.first().is_some_and(u8::is_ascii_digit)).then_some(n + 1);
+    }
+    let close = rest.iter().take(64).position(|&c| c == b'}')?;
+    let inner = rest.get(1..close)?;
+    let inner = match inner.first() {
+        Some(b'!' | b'#') => inner.get(1..)?,
+        _ => inner,
+    };
+    let n = inner.iter().take_while(|&&c| is_name_byte(c)).count();
+    let empty = n > 0
+        && matches!(
+            inner.get(n..)?,
+            [] | [b':', b'-' | b'=']
+                | [b'-' | b'=']
+                | [b':', b'+', ..]
+                | [b'+' | b'#' | b'%' | b'/', ..]
+        );
+    empty.then_some(close + 2)
+}
+
+/// Quotes, escapes and empty expansions removed; an expansion of an unset variable
+/// ([`unset_expansion`]) glued to a word is removed too (`wh${u}oami`, `id$u` read `whoami`,
+/// `id`), one that stands alone (`;$cmd`, `cat ${f}`) is kept. A run of three or more
+/// backticks (a Markdown code fence) is kept as it is.
 fn shell_unquote(s: &str, out: &mut String) {
     let b = s.as_bytes();
     let mut i = 0;
@@ -952,6 +989,8 @@ fn shell_unquote(s: &str, out: &mut String) {
                     i += 3;
                     last = i;
                 }
+                // An escaped `$` or backtick is no expansion.
+                Some(b'$' | b'`') => i += 2,
                 _ => i += 1,
             },
             b'$' => match empty_expansion(b.get(i..).unwrap_or_default()) {
@@ -963,12 +1002,36 @@ fn shell_unquote(s: &str, out: &mut String) {
                     i += len;
                     last = i;
                 }
-                None => i += 1,
+                None => match unset_expansion(b.get(i..).unwrap_or_default()) {
+                    // Glued to what comes before (as the view has it so far) or after.
+                    Some(len)
+                        if (if last < i {
+                            i.checked_sub(1).and_then(|p| b.get(p))
+                        } else {
+                            out.as_bytes().last()
+                        })
+                        .is_some_and(|&c| glues(c))
+                            || b.get(i + len).is_some_and(|&c| glues(c) || c == b'$') =>
+                    {
+                        out.push_str(s.get(last..i).unwrap_or_default());
+                        i += len;
+                        last = i;
+                    }
+                    _ => i += 1,
+                },
             },
-            b'`' if b.get(i + 1) == Some(&b'`') => {
-                out.push_str(s.get(last..i).unwrap_or_default());
-                i += 2;
-                last = i;
+            b'`' => {
+                let run = b
+                    .get(i..)
+                    .unwrap_or_default()
+                    .iter()
+                    .take_while(|&&c| c == b'`')
+                    .count();
+                if run == 2 {
+                    out.push_str(s.get(last..i).unwrap_or_default());
+                    last = i + 2;
+                }
+                i += run;
             }
             _ => i += 1,
         }
@@ -1293,6 +1356,33 @@ mod tests {
         assert_eq!(view(View::Shell, "a\\\nb\ncat"), "ab cat");
         assert_eq!(view(View::Shell, "%27c%27at"), "cat");
         assert_eq!(view(View::Shell, "$0"), "$0");
+        // Unset variables glued to a word split it; standalone ones are words of their own.
+        assert_eq!(
+            view(View::Shell, "127.0.0.1;wh${u}oami"),
+            "127.0.0.1;whoami"
+        );
+        assert_eq!(view(View::Shell, "x;${u}id"), "x;id");
+        assert_eq!(view(View::Shell, "x;id$u"), "x;id");
+        assert_eq!(view(View::Shell, "x;id$u;"), "x;id;");
+        assert_eq!(view(View::Shell, "i${u:-}d i${!u}d i${#u}d"), "id id id");
+        assert_eq!(
+            view(View::Shell, "i${u:+x}d i${u%x}d i${u/a/b}d"),
+            "id id id"
+        );
+        assert_eq!(view(View::Shell, "/b${u}in/s\\h${u}${v}"), "/bin/sh");
+        assert_eq!(view(View::Shell, "w'h'$u\"o\"ami"), "whoami");
+        assert_eq!(view(View::Shell, "CMD=$'id';$CMD"), "cmd=$id;$cmd");
+        assert_eq!(view(View::Shell, ";${X} cat ${F}"), ";${x} cat ${f}");
+        assert_eq!(
+            view(View::Shell, "c${PATH:0:1}at ${u:-x}y"),
+            "c${path:0:1}at ${u:-x}y"
+        );
+        assert_eq!(view(View::Shell, "${#} ${!} ${10}x"), "${#} ${!} x");
+        assert_eq!(view(View::Shell, "$5 off, Price: $10;"), "off, price: 0;");
+        // Markdown code fences stay; an empty substitution goes.
+        assert_eq!(view(View::Shell, "```\nls\n```"), "``` ls ```");
+        assert_eq!(view(View::Shell, "i``d"), "id");
+        assert_eq!(view(View::Shell, "a\\$u b\\`id\\`"), "a\\$u b\\`id\\`");
         assert_eq!(view(View::Shell, "plain words"), "plain words");
     }
 

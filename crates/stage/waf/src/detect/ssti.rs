@@ -6,6 +6,12 @@
 //! EL/SpEL/OGNL/Freemarker/Velocity, scriptlets (ERB, JSP, Mako, Smarty), template tags that
 //! import or include, and the JavaScript constructor escape. A plain `{{name}}` is only noted at
 //! paranoia 3.
+//!
+//! Jinja expressions (`{{ … }}`, `{% … %}`) are matched a second time with their string
+//! literals decoded and joined (`unfold`), so that escaped (`'\x5f\x5fclass\x5f\x5f'`) and
+//! assembled (`'_''_class_''_'`, `('_'*2)~'class'~('_'*2)`) dunder names read as written out;
+//! escapes of `_` and `.` inside an expression (1910), a computed `|attr(…)` name (1911) and
+//! `{% print … %}` (1912) are findings by themselves.
 
 use std::sync::LazyLock;
 
@@ -74,6 +80,24 @@ pub static RULES: &[Rule] = &[
         "template expression with a call or member access",
     ),
     rule(1909, Severity::Notice, 3, "template expression delimiters"),
+    rule(
+        1910,
+        Severity::Critical,
+        1,
+        "escaped underscore or dot inside a template expression (\\x5f, \\137, \\x2e …)",
+    ),
+    rule(
+        1911,
+        Severity::Critical,
+        1,
+        "attr filter with a computed or escaped attribute name (|attr(…))",
+    ),
+    rule(
+        1912,
+        Severity::Critical,
+        1,
+        "Jinja print tag with an expression ({% print … %})",
+    ),
 ];
 
 static CANON: LazyLock<Bank> = LazyLock::new(|| {
@@ -150,6 +174,11 @@ static CANON: LazyLock<Bank> = LazyLock::new(|| {
             9,
             r"\{\{\s*[=#/^>&!]?\s*[\w.\-]+\s*\}\}|\$\{\s*[\w.]+\s*\}|#\{\s*[\w.]+\s*\}",
         ),
+        (
+            10,
+            r"\{[{%][^}]{0,400}?\\(?:x5f|x2e|137|056|u005f|u002e|u0000005f|u0000002e)",
+        ),
+        (12, r#"\{%[-+]?\s*print(?:\s*[(\['"]|\s+[^%\s])"#),
     ];
     let srcs: Vec<(usize, String)> = pats.iter().map(|(r, p)| (*r, format!("(?i){p}"))).collect();
     let refs: Vec<(usize, &str)> = srcs.iter().map(|(r, p)| (*r, p.as_str())).collect();
@@ -204,6 +233,364 @@ pub fn inspect(t: &Target<'_>, views: &mut Views, paranoia: u8, out: &mut Vec<Fi
     CANON.scan(canon, |r, m| {
         push_once(RULES, r, &mut seen, paranoia, t, View::Canonical, m, out)
     });
+    if !(canon.contains("{{") || canon.contains("{%")) {
+        return;
+    }
+    if let Some(m) = computed_attr(canon) {
+        push_once(RULES, 11, &mut seen, paranoia, t, View::Canonical, m, out);
+    }
+    // The expressions again with their string literals decoded and joined: what the engine
+    // evaluates (`'\x5f\x5fclass\x5f\x5f'`, `'_''_class_''_'` and `('_'*2)~'class'~('_'*2)`
+    // all read `'__class__'`).
+    if let Some(unfolded) = unfold(canon) {
+        CANON.scan(&unfolded, |r, m| {
+            push_once(RULES, r, &mut seen, paranoia, t, View::Canonical, m, out)
+        });
+    }
+}
+
+/// The template expressions of `s`: every `{{ … }}` and `{% … %}` (an unterminated one runs to
+/// the end), as (start of its content, end of its content, end of its closing delimiter).
+fn spans(s: &str) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    let b = s.as_bytes();
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        let mut i = at;
+        loop {
+            let (&c0, &c1) = (b.get(i)?, b.get(i + 1)?);
+            if c0 == b'{' && (c1 == b'{' || c1 == b'%') {
+                let close = if c1 == b'{' { b'}' } else { b'%' };
+                let start = i + 2;
+                let end = content_end(b, start, close);
+                let after = if end < b.len() { end + 2 } else { end };
+                at = after;
+                return Some((start, end, after));
+            }
+            i += 1;
+        }
+    })
+}
+
+/// Where the content of an expression starting at `from` ends: at `close` followed by `}`
+/// outside string literals, or at the end of `b`.
+fn content_end(b: &[u8], from: usize, close: u8) -> usize {
+    let mut i = from;
+    let mut quote = None;
+    while let Some(&c) = b.get(i) {
+        match quote {
+            Some(q) => {
+                if c == b'\\' {
+                    i += 1;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None if c == b'\'' || c == b'"' => quote = Some(c),
+            None if c == close && b.get(i + 1) == Some(&b'}') => return i,
+            None => {}
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+/// The first `|attr(` inside a template expression whose argument is not a plain identifier
+/// in quotes (`|attr('name')`): a name built by an expression or spelled with escapes.
+fn computed_attr(s: &str) -> Option<&str> {
+    let b = s.as_bytes();
+    for (start, end, _) in spans(s) {
+        let inner = b.get(start..end)?;
+        let mut from = 0usize;
+        while let Some(p) = find(inner.get(from..)?, b"attr") {
+            let at = from + p;
+            from = at + 4;
+            let before = inner.get(..at)?.trim_ascii_end();
+            if before.last() != Some(&b'|') {
+                continue;
+            }
+            let Some(arg) = inner.get(at + 4..).map(<[u8]>::trim_ascii_start) else {
+                continue;
+            };
+            let Some(arg) = arg.strip_prefix(b"(") else {
+                continue;
+            };
+            if !plain_name_argument(arg) {
+                let whole = s.get(start + at..end)?;
+                return Some(whole.get(..whole.len().min(64)).unwrap_or(whole));
+            }
+        }
+    }
+    None
+}
+
+/// `'name'` or `"name"` (letters, digits, `_`; not starting with a digit) and `)`.
+fn plain_name_argument(arg: &[u8]) -> bool {
+    let arg = arg.trim_ascii_start();
+    let Some((&q, rest)) = arg.split_first() else {
+        return false;
+    };
+    if q != b'\'' && q != b'"' {
+        return false;
+    }
+    let n = rest
+        .iter()
+        .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+        .count();
+    if n == 0 || rest.first().is_some_and(u8::is_ascii_digit) {
+        return false;
+    }
+    let Some(rest) = rest.get(n..) else {
+        return false;
+    };
+    rest.first() == Some(&q)
+        && rest
+            .get(1..)
+            .map(<[u8]>::trim_ascii_start)
+            .and_then(<[u8]>::first)
+            == Some(&b')')
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A token of a template expression.
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    /// A string literal, its escapes decoded.
+    Str(String),
+    Num(u64),
+    /// Any other character (whitespace included).
+    Ch(char),
+}
+
+/// Longest string a `'s' * n` repetition is expanded to.
+const MAX_REPEAT: usize = 256;
+
+/// `s` with the string literals of its template expressions decoded (`\xHH`, `\ooo`, `\uXXXX`,
+/// `\UXXXXXXXX`, `\n` …, as Jinja's Python-style literals), and adjacent, `~`- or
+/// `+`-concatenated, parenthesised and `*`-repeated literals folded into one; `None` when that
+/// changes nothing.
+fn unfold(s: &str) -> Option<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut changed = false;
+    let mut last = 0usize;
+    for (start, end, after) in spans(s) {
+        let inner = s.get(start..end)?;
+        if !inner.contains(['\'', '"']) {
+            continue;
+        }
+        let (mut toks, decoded) = tokenize(inner);
+        let mut folded = false;
+        for _ in 0..8 {
+            let a = fold_groups(&mut toks);
+            let b = fold_concat(&mut toks);
+            folded |= a || b;
+            if !(a || b) {
+                break;
+            }
+        }
+        if !(decoded || folded) {
+            continue;
+        }
+        changed = true;
+        out.push_str(s.get(last..start)?);
+        for t in &toks {
+            match t {
+                Tok::Str(v) => {
+                    out.push('\'');
+                    out.push_str(&v.to_lowercase());
+                    out.push('\'');
+                }
+                Tok::Num(n) => out.push_str(&n.to_string()),
+                Tok::Ch(c) => out.push(*c),
+            }
+        }
+        out.push_str(s.get(end..after)?);
+        last = after;
+    }
+    if !changed {
+        return None;
+    }
+    out.push_str(s.get(last..)?);
+    Some(out)
+}
+
+/// The tokens of an expression, and whether a literal had an escape decoded.
+fn tokenize(s: &str) -> (Vec<Tok>, bool) {
+    let mut toks = Vec::new();
+    let mut decoded = false;
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        match c {
+            '\'' | '"' => {
+                let mut v = String::new();
+                while let Some(d) = it.next() {
+                    if d == c {
+                        break;
+                    }
+                    if d != '\\' {
+                        v.push(d);
+                        continue;
+                    }
+                    decoded = true;
+                    unescape(&mut it, &mut v);
+                }
+                toks.push(Tok::Str(v));
+            }
+            '0'..='9' => {
+                let mut n = u64::from(c as u8 - b'0');
+                while let Some(d) = it.peek().and_then(|d| d.to_digit(10)) {
+                    n = n.saturating_mul(10).saturating_add(u64::from(d));
+                    it.next();
+                }
+                toks.push(Tok::Num(n));
+            }
+            c => toks.push(Tok::Ch(c)),
+        }
+    }
+    (toks, decoded)
+}
+
+/// One escape after its backslash, as Python reads string literals: `\xHH`, `\o` to `\ooo`,
+/// `\uXXXX`, `\UXXXXXXXX` (lowercased by the canonical view: `\u` and eight hex digits naming
+/// a code point), the one-letter escapes; anything else keeps its backslash.
+fn unescape(it: &mut std::iter::Peekable<std::str::Chars<'_>>, v: &mut String) {
+    let Some(&e) = it.peek() else {
+        v.push('\\');
+        return;
+    };
+    let hex = |it: &mut std::iter::Peekable<std::str::Chars<'_>>, n: usize| -> Option<u32> {
+        let ahead: String = it.clone().take(n).collect();
+        if ahead.len() != n || !ahead.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(&ahead, 16).ok()
+    };
+    let mut take = |it: &mut std::iter::Peekable<std::str::Chars<'_>>, n: usize, cp: u32| {
+        for _ in 0..n {
+            it.next();
+        }
+        v.push(char::from_u32(cp).unwrap_or('\u{fffd}'));
+    };
+    match e {
+        'x' => {
+            it.next();
+            match hex(it, 2) {
+                Some(cp) => take(it, 2, cp),
+                None => v.push_str("\\x"),
+            }
+        }
+        'u' => {
+            it.next();
+            match (hex(it, 8), hex(it, 4)) {
+                (Some(cp), _) if cp <= 0x10ffff => take(it, 8, cp),
+                (_, Some(cp)) => take(it, 4, cp),
+                _ => v.push_str("\\u"),
+            }
+        }
+        '0'..='7' => {
+            let digits: String = it
+                .clone()
+                .take(3)
+                .take_while(|d| ('0'..='7').contains(d))
+                .collect();
+            let cp = u32::from_str_radix(&digits, 8).unwrap_or(0xfffd);
+            take(it, digits.len(), cp);
+        }
+        _ => {
+            it.next();
+            match e {
+                'n' => v.push('\n'),
+                't' => v.push('\t'),
+                'r' => v.push('\r'),
+                '\\' | '\'' | '"' => v.push(e),
+                '\n' => {}
+                _ => {
+                    v.push('\\');
+                    v.push(e);
+                }
+            }
+        }
+    }
+}
+
+/// The index of the first token before `i` that is not whitespace.
+fn prev_solid(toks: &[Tok], i: usize) -> Option<usize> {
+    (0..i)
+        .rev()
+        .find(|&j| !matches!(toks.get(j), Some(Tok::Ch(c)) if c.is_whitespace()))
+}
+
+/// `'s' * n`, `n * 's'` and `( 's' )` (a parenthesis that is not a call's) folded into a
+/// literal, in one pass over a stack; whether anything was.
+fn fold_groups(toks: &mut Vec<Tok>) -> bool {
+    let mut changed = false;
+    let mut st: Vec<Tok> = Vec::with_capacity(toks.len());
+    for t in toks.drain(..) {
+        st.push(t);
+        loop {
+            let n = st.len();
+            let Some(a) = n.checked_sub(1) else { break };
+            let Some(op) = prev_solid(&st, a) else { break };
+            let Some(l) = prev_solid(&st, op) else { break };
+            let folded = match (st.get(l), st.get(op), st.get(a)) {
+                (Some(Tok::Str(v)), Some(Tok::Ch('*')), Some(Tok::Num(k)))
+                | (Some(Tok::Num(k)), Some(Tok::Ch('*')), Some(Tok::Str(v))) => usize::try_from(*k)
+                    .ok()
+                    .filter(|&k| v.len().saturating_mul(k) <= MAX_REPEAT)
+                    .map(|k| v.repeat(k)),
+                (Some(Tok::Ch('(')), Some(Tok::Str(v)), Some(Tok::Ch(')'))) => {
+                    let call = prev_solid(&st, l).and_then(|j| st.get(j)).is_some_and(|p| {
+                        matches!(p, Tok::Str(_) | Tok::Num(_))
+                            || matches!(p, Tok::Ch(c) if c.is_alphanumeric() || matches!(c, '_' | ')' | ']'))
+                    });
+                    (!call).then(|| v.clone())
+                }
+                _ => None,
+            };
+            let Some(v) = folded else { break };
+            st.truncate(l);
+            st.push(Tok::Str(v));
+            changed = true;
+        }
+    }
+    *toks = st;
+    changed
+}
+
+/// Adjacent literals (`'a' 'b'`) and literals joined by `~` or `+` folded into one; whether
+/// anything was.
+fn fold_concat(toks: &mut Vec<Tok>) -> bool {
+    let mut changed = false;
+    let mut st: Vec<Tok> = Vec::with_capacity(toks.len());
+    for t in toks.drain(..) {
+        let Tok::Str(v) = t else {
+            st.push(t);
+            continue;
+        };
+        let joined = prev_solid(&st, st.len()).and_then(|p| match st.get(p) {
+            Some(Tok::Str(_)) => Some(p),
+            Some(Tok::Ch('~' | '+')) => {
+                prev_solid(&st, p).filter(|&l| matches!(st.get(l), Some(Tok::Str(_))))
+            }
+            _ => None,
+        });
+        match joined.and_then(|l| match st.get(l) {
+            Some(Tok::Str(u)) if u.len() + v.len() <= MAX_REPEAT * 4 => Some((l, u.clone())),
+            _ => None,
+        }) {
+            Some((l, mut u)) => {
+                u.push_str(&v);
+                st.truncate(l);
+                st.push(Tok::Str(u));
+                changed = true;
+            }
+            None => st.push(Tok::Str(v)),
+        }
+    }
+    *toks = st;
+    changed
 }
 
 #[cfg(test)]
@@ -283,5 +670,118 @@ mod tests {
             assert!(score(v) < 5, "{v} -> {:?}", ids(v, 1));
         }
         assert!(ids("{{name}}", 3).contains(&1909));
+    }
+
+    /// Jinja2 payloads that spell the dunder names with string escapes, split literals or
+    /// computed `attr` names, or evaluate through `{% print %}`.
+    #[test]
+    fn obfuscated_jinja_blocks_at_paranoia_1() {
+        for (v, rule) in [
+            (
+                r"{{lipsum|attr('\x5f\x5fglobals\x5f\x5f')|attr('\x5f\x5fgetitem\x5f\x5f')('\x6fs')|attr('\x70open')('\x69d')|attr('read')()}}",
+                1900,
+            ),
+            (
+                r"{{()|attr('\x5f\x5fclass\x5f\x5f')|attr('\x5f\x5fbase\x5f\x5f')|attr('\x5f\x5fsubclasses\x5f\x5f')()}}",
+                1900,
+            ),
+            ("{{lipsum['_''_globals_''_']}}", 1900),
+            ("{{x|attr(('_'*2)~'class'~('_'*2))}}", 1900),
+            ("{{x|attr(('_'*2)~'class'~('_'*2))}}", 1911),
+            ("{% print 7*7 %}", 1912),
+            (r"{%print(lipsum|attr('\x5f\x5fglobals\x5f\x5f'))%}", 1912),
+            (r"{%print(lipsum|attr('\x5f\x5fglobals\x5f\x5f'))%}", 1900),
+            // Octal, \u and \U escapes, and `+` joins.
+            (r"{{ ''|attr('\137\137class\137\137') }}", 1900),
+            (r"{{ ''|attr('\137\137class\137\137') }}", 1910),
+            (
+                r"{{ request|attr('\U0000005f\U0000005fclass\U0000005f\U0000005f') }}",
+                1900,
+            ),
+            ("{{ ''['__cla'+'ss__'] }}", 1900),
+            ("{{ ''[\"__cl\" ~ \"ass__\"] }}", 1900),
+            (r"{{ self['\x5f_init\x5f_'] }}", 1910),
+            (
+                r"{{ cycler.__init__.__globals__['o''s'].popen('id').read() }}",
+                1900,
+            ),
+            (r"{{ lipsum|attr('__glob'~'als__') }}", 1911),
+            (r"{{ x|attr(request.args.a) }}", 1911),
+            (r"{{ x | attr ( '\x70open' ) }}", 1911),
+            (r"{{ config['\x5f\x5fclass\x5f\x5f'] }}", 1902),
+            (
+                r"{% set x = lipsum|attr('\x5f\x5fglobals\x5f\x5f') %}",
+                1900,
+            ),
+            ("{%- print config -%}", 1912),
+            ("{% print(7*7) %}", 1912),
+            ("{%print'x'%}", 1912),
+            // Percent-encoded.
+            ("%7B%7Blipsum%5B'_''_globals_''_'%5D%7D%7D", 1900),
+        ] {
+            let got = ids(v, 1);
+            assert!(got.contains(&rule), "{v}: {rule} not in {got:?}");
+            assert!(score(v) >= 5, "{v} -> {got:?}");
+        }
+    }
+
+    #[test]
+    fn template_lookalikes_do_not_block() {
+        for v in [
+            "{{ user.name }}",
+            "{{title}}",
+            "{{#each items}}{{this}}{{/each}}",
+            "{% if x %}yes{% endif %}",
+            "{% if user.is_admin %}admin{% else %}guest{% endif %}",
+            "{% for item in items %}{{ item.title|upper }}{% endfor %}",
+            "{{ 'Hello' ~ ' ' ~ name }}",
+            "{{ \"a\" \"b\" }}",
+            "{{ '\\n'.join(lines) }}",
+            "{{ user|attr('name') }}",
+            "{{ user | attr(\"first_name\") }}",
+            "{% printer %}",
+            "{% print %}",
+            "Use `{{ }}` for expressions and `{% %}` for statements.",
+            "a {b} c {{d}} e",
+            "C:\\x5f\\dir and {not a template}",
+            "{ \"path\": \"C:\\\\x5f\" }",
+            "Sprint planning {% done %}",
+            "## Title\n\nSome *markdown* with {braces} and `code {x}`.",
+            "{{ price * 2 }}",
+            "{{ '-' * 20 }}",
+            "{{ 'x' * 99999999999 }}",
+            "{{ '",
+            "{{ '\\",
+            "{%",
+            "{{ ('a') }} {{ f('b') }} {{ ('_'*2) }}",
+        ] {
+            assert!(score(v) < 5, "{v} -> {:?}", ids(v, 1));
+        }
+    }
+
+    #[test]
+    fn unfolding() {
+        assert_eq!(
+            unfold(r"a {{ x|attr(('_'*2)~'cl\x41ss'~('_'*2)) }} b {{'o''s'}}").as_deref(),
+            Some("a {{ x|attr('__class__') }} b {{'os'}}")
+        );
+        assert_eq!(unfold("{{ user.name }}"), None);
+        assert_eq!(unfold("{{ 'plain' }}"), None);
+        assert_eq!(
+            unfold(r"{{ '\x' ~ '\u12' }}").as_deref(),
+            Some(r"{{ '\x\u12' }}")
+        );
+        assert_eq!(
+            unfold("{{ 'a' * 3 + 'b' }}").as_deref(),
+            Some("{{ 'aaab' }}")
+        );
+        assert_eq!(unfold("{{ f('a') }}"), None);
+        assert_eq!(
+            unfold("{% '}}' %}x{{'a'~'b'"),
+            Some("{% '}}' %}x{{'ab'".to_string())
+        );
+        assert_eq!(computed_attr("{{ x|attr('ok') }}"), None);
+        assert!(computed_attr("{{ x|attr('o'~'k') }}").is_some());
+        assert!(computed_attr("x|attr(y)").is_none());
     }
 }

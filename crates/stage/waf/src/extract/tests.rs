@@ -130,6 +130,95 @@ fn headers_and_cookies() {
     );
 }
 
+/// A double-quoted cookie value is inspected as sent and as unquoted the way Python
+/// (`http.cookies._unquote`), Werkzeug, Node and Go read it.
+#[test]
+fn quoted_cookies_are_also_inspected_unquoted() {
+    let head = parts(
+        "/",
+        &[(
+            "cookie",
+            br#"a="x\073id"; b="a\\b"; c="%41\101\q"; d=""; e="; f="\477\01\"; g="abc def""#,
+        )],
+    );
+    let mut out = Vec::new();
+    head_targets(
+        &head,
+        "/",
+        &ExtractLimits::default(),
+        &mut out,
+        &mut Vec::new(),
+    );
+    assert_eq!(
+        pairs(&out),
+        vec![
+            p("path", "/"),
+            p("cookie:a", r#""x\073id""#),
+            p("cookie:a", "x;id"),
+            p("cookie:b", r#""a\\b""#),
+            p("cookie:b", r"a\b"),
+            p("cookie:c", r#""A\101\q""#),
+            p("cookie:c", "AAq"),
+            p("cookie:d", r#""""#),
+            p("cookie:e", r#"""#),
+            // `\477` is not an octal escape (over `\377`), `\01` is too short; a trailing
+            // backslash stays.
+            p("cookie:f", r#""\477\01\""#),
+            p("cookie:f", r"47701\"),
+            p("cookie:g", r#""abc def""#),
+            p("cookie:g", "abc def"),
+        ]
+    );
+}
+
+/// Payloads hidden in quoted cookies block; benign quoted values do not; every finding on a
+/// cookie, quoted or not, has its snippet redacted.
+#[test]
+fn quoted_cookie_payloads_block_and_stay_redacted() {
+    let run = |cookie: &str| {
+        let head = parts("/", &[("cookie", cookie.as_bytes())]);
+        crate::engine::inspect(
+            &crate::config::RouteWaf::default(),
+            &crate::engine::Inspection {
+                head: &head,
+                path: "/",
+                client_ip: "192.0.2.1".parse().unwrap(),
+                body: crate::engine::BodyState::None,
+            },
+        )
+    };
+    for c in [
+        r#"pref="admin'--""#,
+        r#"pref="x\047 or \0471\047=\0471""#,
+        r#"pref="\074script\076alert(1)\074/script\076""#,
+        r#"pref="\056\056\057\056\056\057\056\056\057etc\057passwd""#,
+        r#"pref="x\073id""#,
+        r#"pref="{{lipsum|attr('\137\137globals\137\137')}}""#,
+    ] {
+        let out = run(c);
+        assert!(out.blocked, "{c}: {:?}", out.findings);
+        for f in &out.findings {
+            assert!(
+                f.finding.snippet.starts_with("[redacted: "),
+                "{c}: {:?}",
+                f.finding
+            );
+            assert_eq!(f.finding.exclusion_key, "cookie:pref");
+        }
+    }
+    for c in [
+        r#"pref="abc def""#,
+        r#"pref="a\\b""#,
+        r#"messages="9f3c:1uXy\054[[\"__json_message\"\0540\05425\054\"Saved.\"]]""#,
+        r#"pref="en-GB,en;q=0.7""#,
+        r#"theme="dark mode"; lang="fr""#,
+        r#"pref="""#,
+    ] {
+        let out = run(c);
+        assert!(!out.blocked && out.score == 0, "{c}: {:?}", out.findings);
+    }
+}
+
 /// The WebSocket handshake fields go upstream as sent and nothing checks their syntax: they
 /// are inspected like any other header (they used to be skipped).
 #[test]
