@@ -167,6 +167,23 @@ fn handle_key<'b>(values: &[&[u8]], buf: &'b mut [u8; HANDLE_KEY_MAX]) -> Option
     Some(&buf[..n])
 }
 
+/// Removes from `families` the series of the labels shown last time and not `now`, and makes
+/// `now` the labels shown.
+fn retire<L>(shown: &Mutex<HashSet<L>>, now: HashSet<L>, families: &[&Family<L, Gauge>])
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    let mut shown = shown
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for gone in shown.difference(&now) {
+        for family in families {
+            family.remove(gone);
+        }
+    }
+    *shown = now;
+}
+
 /// Handles of series already created (clones of a family's metric, which share its value),
 /// found by their [`handle_key`]: one fast hash per observation instead of an interned copy
 /// of each label value and SipHash of the label set. Nothing is ever removed from the
@@ -560,15 +577,11 @@ impl Metrics {
                 .set(i64::try_from(in_flight).unwrap_or(i64::MAX));
             now.insert(labels);
         }
-        let mut shown = self
-            .shown_targets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for gone in shown.difference(&now) {
-            self.target_healthy.remove(gone);
-            self.target_in_flight.remove(gone);
-        }
-        *shown = now;
+        retire(
+            &self.shown_targets,
+            now,
+            &[&self.target_healthy, &self.target_in_flight],
+        );
     }
 
     /// `n` more answers of `upstream`'s `target` cut off by its `read_timeout` (told at a
@@ -734,16 +747,15 @@ impl Metrics {
                 .set(g(failures));
             now.insert(labels);
         }
-        let mut shown = self
-            .shown_issuers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for gone in shown.difference(&now) {
-            self.jwks_keys.remove(gone);
-            self.jwks_last_success.remove(gone);
-            self.jwks_fetch_failures.remove(gone);
-        }
-        *shown = now;
+        retire(
+            &self.shown_issuers,
+            now,
+            &[
+                &self.jwks_keys,
+                &self.jwks_last_success,
+                &self.jwks_fetch_failures,
+            ],
+        );
     }
 
     /// `n` more audit events were dropped (a delta, not a total).
