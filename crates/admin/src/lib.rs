@@ -481,6 +481,28 @@ struct State {
 
 type Resp = Response<Full<Bytes>>;
 
+/// The path as the log line shows it: ASCII, other bytes percent-encoded as a browser sends
+/// them. hyper takes UTF-8 in a path, and a bidirectional override (U+202E) or a line
+/// separator (U+2028) from an unauthenticated caller would reorder or break the line on an
+/// operator's terminal.
+fn logged_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.is_ascii() {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len() * 3);
+    for &b in path.as_bytes() {
+        if b.is_ascii() {
+            out.push(char::from(b));
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Answers one request and logs it, once.
 async fn answer(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp {
     let method = req.method().clone();
@@ -501,6 +523,7 @@ async fn answer(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp
         *resp.body_mut() = Full::new(Bytes::new());
     }
     let status = resp.status().as_u16();
+    let path = logged_path(&path);
     match resp.status() {
         StatusCode::UNAUTHORIZED => tracing::warn!(
             %peer, %method, %path, status, request_id = %id,
@@ -1590,6 +1613,15 @@ mod tests {
         )
         .await;
         assert_eq!(g.status, StatusCode::OK);
+    }
+
+    #[test]
+    fn logged_paths_are_ascii() {
+        assert_eq!(logged_path("/config"), "/config");
+        assert_eq!(
+            logged_path("/a\u{202e}b\u{2028}c/é"),
+            "/a%E2%80%AEb%E2%80%A8c/%C3%A9"
+        );
     }
 
     #[test]
