@@ -486,21 +486,7 @@ type Resp = Response<Full<Bytes>>;
 /// separator (U+2028) from an unauthenticated caller would reorder or break the line on an
 /// operator's terminal.
 fn logged_path(path: &str) -> std::borrow::Cow<'_, str> {
-    if path.is_ascii() {
-        return std::borrow::Cow::Borrowed(path);
-    }
-    let mut out = String::with_capacity(path.len() * 3);
-    for &b in path.as_bytes() {
-        if b.is_ascii() {
-            out.push(char::from(b));
-        } else {
-            const HEX: &[u8; 16] = b"0123456789ABCDEF";
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 15)]));
-        }
-    }
-    std::borrow::Cow::Owned(out)
+    percent_encoding::utf8_percent_encode(path, percent_encoding::CONTROLS).into()
 }
 
 /// Answers one request and logs it, once.
