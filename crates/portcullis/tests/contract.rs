@@ -1301,3 +1301,28 @@ async fn a_changed_document_file_is_reloaded() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// Under `unknown_query: allow`, undeclared names pass, but not another spelling of a declared
+/// one: `limit[]=1000` would reach a PHP or Express backend as `limit`, past its maximum of 50.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_spelling_of_a_declared_parameter_is_refused_where_unknown_names_pass() {
+    let s = setup().await;
+    let tenant = ("x-tenant", "acme");
+    let r = call(&s, "GET", "/strip/orders?limit=5&utm=x", &[tenant], "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s.up.hits(), 1);
+    for (query, name) in [("limit=5&limit[]=1000", "limit[]"), ("LIMIT=1000", "LIMIT")] {
+        let r = call(&s, "GET", &format!("/strip/orders?{query}"), &[tenant], "").await;
+        let v = assert_problem(&r, 400, "contract_violation");
+        assert_eq!(
+            v["violations"][0]["location"],
+            format!("query:{name}"),
+            "{v}"
+        );
+        assert_eq!(
+            v["violations"][0]["message"], "is another spelling of the parameter limit",
+            "{v}"
+        );
+    }
+    assert_eq!(s.up.hits(), 1, "a refused request reached the upstream");
+}
