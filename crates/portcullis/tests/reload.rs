@@ -267,6 +267,39 @@ async fn the_admin_api_reports_a_refused_reload() {
             && errors.contains("audit: changing where audit events go needs a restart"),
         "{errors}"
     );
+    // And with them, every other error the new file has: here an introspection CA bundle
+    // that holds no certificate, found only when its client is made. Before, the restart
+    // errors came alone.
+    let dir = gw.config_path().parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("empty-ca.pem"), "not a certificate\n").unwrap();
+    std::fs::write(
+        gw.config_path(),
+        format!(
+            "{}logging: {{ level: debug }}\nauth:\n  introspection:\n    idp: {{ endpoint: \"https://idp.example/introspect\", client_id: gw, client_secret: {{ value: s }}, ca_file: empty-ca.pem }}\n",
+            good.replace("upstream: d }", "upstream: d, auth: { anonymous: true } }")
+        ),
+    )
+    .unwrap();
+    let r = reload(&gw.admin_url()).await;
+    assert_eq!(r.status, 422);
+    let v = r.json();
+    let errors: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("logging: changing the log format or level needs a restart")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("auth.introspection.idp")),
+        "{errors:?}"
+    );
+    assert_eq!(get(&format!("{}/r", gw.url("public"))).await.status, 200);
     let r = get(&format!("{}/reload", gw.admin_url())).await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("POST"));

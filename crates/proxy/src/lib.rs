@@ -183,10 +183,23 @@ impl Gateway {
                 "changing the log format or level needs a restart",
             );
         }
-        if !e.is_empty() {
+        let contexts = tls_contexts(&config);
+        if !e.is_empty() || contexts.is_err() {
+            // Every error at once: the rest is checked as `portcullis check` does, starting
+            // nothing and touching no state of the running configuration (a listener's TLS
+            // errors are among what this finds).
+            let config = Arc::new(config);
+            match Runtime::build(config, false, &portcullis_pipeline::Shared::new(), None) {
+                Err(more) => e.extend(more),
+                Ok(_) => {
+                    if let Err(tls) = contexts {
+                        e.extend(tls);
+                    }
+                }
+            }
             return Err(e);
         }
-        let contexts = tls_contexts(&config)?;
+        let contexts = contexts?;
         let runtime = Runtime::build(Arc::new(config), true, &self.shared, Some(&self.metrics))?;
         for new in runtime.pools.iter().flatten() {
             if let Some(old) = current

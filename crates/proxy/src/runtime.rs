@@ -76,9 +76,16 @@ impl Runtime {
                 errors.push(format!("listeners[{i}].tls"), e);
             }
         }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
+        // The steps are compiled even when a pool or a listener failed: every error at once.
+        let snapshot = Snapshot::new(Arc::clone(&config), shared);
+        let snapshot = match snapshot {
+            Ok(s) if errors.is_empty() => s,
+            Ok(_) => return Err(errors),
+            Err(more) => {
+                errors.extend(more);
+                return Err(errors);
+            }
+        };
         let client_auth: Box<[Option<ClientAuthRules>]> = config
             .listeners
             .iter()
@@ -91,7 +98,6 @@ impl Runtime {
             })
             .collect();
         let any_client_auth = client_auth.iter().any(Option::is_some);
-        let snapshot = Snapshot::new(config, shared)?;
         let health = if start_health {
             pools
                 .iter()
