@@ -100,28 +100,26 @@ impl Pipeline {
     /// sets, revocations …) comes from `shared`.
     pub fn build(config: &Config, shared: &Shared) -> Result<Pipeline, ConfigErrors> {
         let routes = &config.routes;
-        let (authn, activation) = shared
+        let mut errors = ConfigErrors::new();
+        let authn = shared
             .authn
             .prepare(
                 &config.auth,
                 routes.iter().map(|r| r.auth.clone()).collect(),
             )
-            .map_err(|m| {
-                let mut e = ConfigErrors::new();
-                e.push("auth", m);
-                e
-            })?;
+            .map_err(|m| push_at(&mut errors, "auth", m))
+            .ok();
         let ratelimit = shared
             .ratelimit
             .build(
                 &config.rate_limits,
                 routes.iter().map(|r| r.rate_limits.clone()).collect(),
             )
-            .map_err(|m| {
-                let mut e = ConfigErrors::new();
-                e.push("rate_limits", m);
-                e
-            })?;
+            .map_err(|m| push_at(&mut errors, "rate_limits", m))
+            .ok();
+        let (Some((authn, activation)), Some(ratelimit)) = (authn, ratelimit) else {
+            return Err(errors);
+        };
         let waf = shared.waf.build(
             config.waf.clone(),
             routes.iter().map(|r| r.waf.clone()).collect(),
@@ -258,6 +256,20 @@ impl Snapshot {
                 .map(|t| Arc::new(portcullis_tokenx::TokenExchange::new(t))),
             config,
         })
+    }
+}
+
+/// Records a failure of the `section` part as built: at the path its message starts with
+/// (`auth.introspection.idp: …`), or at `section` when it names none.
+fn push_at(errors: &mut ConfigErrors, section: &str, message: String) {
+    let at = message.split_once(": ").filter(|(path, _)| {
+        path.strip_prefix(section)
+            .is_some_and(|rest| rest.starts_with(['.', '[']))
+            && !path.contains(char::is_whitespace)
+    });
+    match at {
+        Some((path, rest)) => errors.push(path, rest),
+        None => errors.push(section, message),
     }
 }
 

@@ -224,3 +224,29 @@ async fn an_allowed_request_carries_route_limit_and_client() {
     assert_eq!(ctx.body_limit, Some(10));
     assert!(ctx.rejected_by.is_none());
 }
+
+#[test]
+fn a_build_failure_is_reported_at_the_path_its_message_names() {
+    let mut e = ConfigErrors::new();
+    push_at(
+        &mut e,
+        "auth",
+        "auth.introspection.idp: CA bundle holds no certificate".into(),
+    );
+    push_at(&mut e, "auth", "auth[0]: no key".into());
+    // Not a path of the section, or not a path at all: the section, the message whole.
+    push_at(&mut e, "auth", "authz.x: y".into());
+    push_at(&mut e, "rate_limits", "the redis store: refused".into());
+    push_at(&mut e, "auth", "no issuer".into());
+    let got: Vec<String> = e.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got,
+        [
+            "auth.introspection.idp: CA bundle holds no certificate",
+            "auth[0]: no key",
+            "auth: authz.x: y",
+            "rate_limits: the redis store: refused",
+            "auth: no issuer",
+        ]
+    );
+}

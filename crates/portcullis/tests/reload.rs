@@ -296,7 +296,9 @@ async fn the_admin_api_reports_a_refused_reload() {
         "{errors:?}"
     );
     assert!(
-        errors.iter().any(|e| e.contains("auth.introspection.idp")),
+        errors
+            .iter()
+            .any(|e| e.starts_with("auth.introspection.idp: CA bundle holds no certificate")),
         "{errors:?}"
     );
     assert_eq!(get(&format!("{}/r", gw.url("public"))).await.status, 200);
