@@ -294,10 +294,28 @@ fn compile_listener_tls(
         .collect();
     let client_auth = t.client_auth.as_ref().and_then(|c| {
         let cp = format!("{path}.client_auth.ca_file");
-        let roots = load_certs(&resolve(base, &c.ca_file), &cp, e)?;
+        let roots = load_certs(&resolve(base, &c.ca_file), &cp, e);
+        let mut spiffe_bundles = Vec::with_capacity(c.spiffe_bundles.len());
+        for (domain, file) in &c.spiffe_bundles {
+            let bp = format!("{path}.client_auth.spiffe_bundles.{domain}");
+            // A trust domain as SPIFFE ids spell it: lowercase, no path.
+            if portcullis_core::SpiffeId::parse(&format!("spiffe://{domain}"))
+                .is_none_or(|id| id.trust_domain != *domain)
+            {
+                e.push(
+                    &bp,
+                    "not a SPIFFE trust domain (lowercase letters, digits, `.`, `-`, `_`)",
+                );
+                continue;
+            }
+            if let Some(certs) = load_certs(&resolve(base, file), &bp, e) {
+                spiffe_bundles.push((domain.clone(), certs));
+            }
+        }
         Some(ClientAuth {
             required: c.mode == ClientAuthMode::Required,
-            roots,
+            roots: roots?,
+            spiffe_bundles,
         })
     });
     ListenerTls {

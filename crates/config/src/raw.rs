@@ -113,6 +113,12 @@ pub struct RawClientAuth {
     pub mode: ClientAuthMode,
     /// PEM file of the CA certificates client certificates must chain to.
     pub ca_file: String,
+    /// SPIFFE trust domains and the PEM file of each one's CA certificates (its trust bundle):
+    /// a certificate's SPIFFE id counts only when the certificate also chains to its own trust
+    /// domain's bundle, so that a CA trusted for one domain cannot issue ids of another. Empty
+    /// (default): any CA of `ca_file` vouches for ids of any domain.
+    #[serde(default)]
+    pub spiffe_bundles: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]

@@ -1355,3 +1355,39 @@ fn method_overrides_are_refused_by_default_and_can_be_passed() {
         );
     }
 }
+
+/// `spiffe_bundles` keys are trust domains as SPIFFE ids spell them, and each file holds
+/// certificates; every error at its own path.
+#[test]
+fn spiffe_bundles_name_trust_domains_and_hold_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty.pem"), "no certificate\n").unwrap();
+    let errs = errors_of(
+        r#"listeners:
+  - name: public
+    address: "127.0.0.1:0"
+    tls:
+      certificates: [{ cert_file: c.pem, key_file: k.pem }]
+      client_auth: { ca_file: missing.pem, spiffe_bundles: { "Prod.Test": empty.pem, "prod.test": empty.pem, "a/b": x.pem } }
+upstreams: { d: { kind: echo } }
+routes: [ { name: r, match: { prefix: / }, upstream: d, auth: { anonymous: true } } ]
+"#,
+        dir.path(),
+    );
+    let at = |path: &str, says: &str| {
+        assert!(
+            errs.iter().any(|e| e.starts_with(&format!(
+                "listeners[0].tls.client_auth.spiffe_bundles.{path}: "
+            )) && e.contains(says)),
+            "{path}: {errs:#?}"
+        );
+    };
+    at("Prod.Test", "not a SPIFFE trust domain");
+    at("a/b", "not a SPIFFE trust domain");
+    at("prod.test", "holds no certificate");
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("listeners[0].tls.client_auth.ca_file: ")),
+        "{errs:#?}"
+    );
+}

@@ -69,6 +69,9 @@ pub struct ListenerTls {
 pub struct ClientAuth {
     pub required: bool,
     pub roots: Vec<CertificateDer<'static>>,
+    /// SPIFFE trust domains, sorted, with the CA certificates that vouch for their ids
+    /// (`spiffe_bundles`); empty: `roots` vouch for every domain.
+    pub spiffe_bundles: Vec<(String, Vec<CertificateDer<'static>>)>,
 }
 
 #[derive(Debug)]

@@ -1103,6 +1103,91 @@ async fn mtls_identities_with_spiffe_rules() {
     assert!(go(Some(other), "/svc").await.is_err());
 }
 
+/// With `spiffe_bundles`, a SPIFFE id counts only when the certificate chains to its own trust
+/// domain's CAs: a federated partner's CA, trusted at the handshake, cannot issue ids of ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spiffe_id_counts_only_under_its_own_trust_domains_bundle() {
+    let up = TestUpstream::start("app").await;
+    let (ours, partner) = (TestPki::new(), TestPki::new());
+    let server = ours.issue_server(&["localhost"]);
+    let both = ours.dir().join("both-cas.pem");
+    std::fs::write(&both, format!("{}{}", ours.ca_pem(), partner.ca_pem())).unwrap();
+    let yaml = format!(
+        r#"listeners:
+  - name: public
+    address: "127.0.0.1:0"
+    tls:
+      certificates: [{{ cert_file: "{c}", key_file: "{k}" }}]
+      client_auth: {{ mode: optional, ca_file: "{both}", spiffe_bundles: {{ prod.test: "{ours}", partner.test: "{partner}" }} }}
+admin: {{ address: "127.0.0.1:0" }}
+upstreams: {{ app: {{ targets: ["{up}"] }} }}
+routes:
+  - {{ name: svc, match: {{ prefix: /svc }}, upstream: app, auth: {{ methods: [mtls], mtls: {{ trust_domains: [prod.test, partner.test] }} }}, authz: {{ allow: any-authenticated }} }}
+  - {{ name: any, match: {{ prefix: /any }}, upstream: app, auth: {{ methods: [mtls] }}, authz: {{ allow: any-authenticated }} }}
+"#,
+        c = server.cert_path.display(),
+        k = server.key_path.display(),
+        both = both.display(),
+        ours = ours.ca_path().display(),
+        partner = partner.ca_path().display(),
+        up = up.url()
+    );
+    let gw = Gateway::start(bin(), &yaml).unwrap();
+    let addr = gw.listener("public");
+    let go = |cert: CertFiles, path: &'static str| {
+        let ca = ours.ca_pem();
+        async move {
+            let cfg = client::client_config_with_cert(&ca, &cert);
+            let rq = req("GET", path, &[("host", "localhost")], "");
+            tls_request(addr, "localhost", cfg, rq)
+                .await
+                .map(|(r, _)| r)
+                .unwrap()
+        }
+    };
+    // Each CA for its own domain.
+    for (pki, id) in [
+        (&ours, "spiffe://prod.test/ns/shop/sa/orders"),
+        (&partner, "spiffe://partner.test/sa/billing"),
+    ] {
+        let r = go(pki.issue_client("svc", Some(id)), "/svc").await;
+        assert_eq!(r.status, 200, "{id}: {}", r.text());
+        assert_eq!(up.requests().pop().unwrap().header("x-user-id"), Some(id));
+    }
+    // The partner's CA naming one of ours: the handshake passes (its CA is trusted), the id
+    // does not count, and the route that needs one refuses; nothing reaches the upstream.
+    let hits = up.hits();
+    let forged = partner.issue_client("orders", Some("spiffe://prod.test/ns/shop/sa/orders"));
+    let r = go(forged.clone(), "/svc").await;
+    let id = assert_problem(&r, 401, "unauthenticated")["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(audit_of(&gw, &id)["auth_failure"], "mtls_no_spiffe_id");
+    assert_eq!(up.hits(), hits);
+    // On a route that takes any verified certificate it is known by its subject alone.
+    let r = go(forged, "/any").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.requests().pop().unwrap();
+    assert_eq!(seen.header("x-client-id"), Some("orders"));
+    assert_ne!(
+        seen.header("x-user-id"),
+        Some("spiffe://prod.test/ns/shop/sa/orders")
+    );
+    // A domain without a bundle has no ids at all, whichever CA issued them.
+    let r = go(
+        ours.issue_client("dev", Some("spiffe://dev.test/sa/x")),
+        "/svc",
+    )
+    .await;
+    let id = assert_problem(&r, 401, "unauthenticated")["request_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(audit_of(&gw, &id)["auth_failure"], "mtls_no_spiffe_id");
+    assert_eq!(up.hits(), hits + 1);
+}
+
 /// A client certificate is verified at the handshake, but a connection may outlive it: on
 /// every request its validity is checked again, and once it has expired the route refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,8 @@ pub struct Runtime {
     /// Whether any listener asks for client certificates: requests on TLS connections whose
     /// handshake asked for none skip the comparison when none does now either.
     any_client_auth: bool,
+    /// Indexed like `config.listeners`: the SPIFFE trust bundles of each, when it has some.
+    spiffe: Box<[Option<Arc<crate::tls::SpiffeBundles>>]>,
     _health: Vec<HealthChecks>,
 }
 
@@ -69,11 +71,26 @@ impl Runtime {
                 },
             }
         }
+        let mut spiffe = Vec::with_capacity(config.listeners.len());
         for (i, l) in config.listeners.iter().enumerate() {
             if let Some(tls) = &l.tls
                 && let Err(e) = crate::tls::server_config(tls)
             {
                 errors.push(format!("listeners[{i}].tls"), e);
+            }
+            let bundles = l
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_auth.as_ref())
+                .map(crate::tls::SpiffeBundles::new)
+                .transpose()
+                .map(Option::flatten);
+            match bundles {
+                Ok(b) => spiffe.push(b.map(Arc::new)),
+                Err(e) => {
+                    errors.push(format!("listeners[{i}].tls"), e);
+                    spiffe.push(None);
+                }
             }
         }
         // The steps are compiled even when a pool or a listener failed: every error at once.
@@ -111,6 +128,7 @@ impl Runtime {
             snapshot,
             pools,
             client_auth,
+            spiffe: spiffe.into_boxed_slice(),
             any_client_auth,
             _health: health,
         })
@@ -118,6 +136,11 @@ impl Runtime {
 
     pub fn config(&self) -> &Config {
         &self.snapshot.config
+    }
+
+    /// The SPIFFE trust bundles of the listener at `listener`, when it has some.
+    pub fn spiffe_bundles(&self, listener: usize) -> Option<Arc<crate::tls::SpiffeBundles>> {
+        self.spiffe.get(listener)?.clone()
     }
 
     /// What a TLS connection of the listener at `listener` (its place in `config.listeners`)

@@ -256,7 +256,10 @@ async fn connection(
             // recorded is never newer than the context the handshake uses — at worst older (a
             // reload between the two reads), and then the connection's first request finds the
             // rules changed and the client connects again.
-            let handshake = gw.runtime().handshake(index);
+            let (handshake, spiffe) = {
+                let runtime = gw.runtime();
+                (runtime.handshake(index), runtime.spiffe_bundles(index))
+            };
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg.load_full());
             // The handshake is part of the time to the first head: a client that trickles its
             // hello, or connects and says nothing, is closed like a slowloris in cleartext.
@@ -281,10 +284,12 @@ async fn connection(
                 server_name: session.server_name().map(str::to_string),
                 alpn: session.alpn_protocol().map(<[u8]>::to_vec),
                 version: session.protocol_version().and_then(|v| v.as_str()),
+                // The bundles of the configuration the handshake was recorded under: one
+                // reloaded since has another fingerprint, and the certificate then no
+                // longer counts (`client_auth_changed`).
                 peer_certificate: session
                     .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| crate::tls::peer_certificate(c))
+                    .and_then(|c| crate::tls::peer_identity(c, spiffe.as_deref()))
                     .map(Arc::new),
             };
             let h2 = info.alpn.as_deref() == Some(b"h2");

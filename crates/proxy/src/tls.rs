@@ -179,6 +179,18 @@ pub fn client_auth_fingerprint(ca: &portcullis_config::ClientAuth) -> [u8; 32] {
         ctx.update(&(root.len() as u64).to_be_bytes());
         ctx.update(root);
     }
+    // Then each trust domain's bundle (none: the v1 fingerprint, unchanged): a bundle changed
+    // changes which certificates carry which ids.
+    for (domain, certs) in &ca.spiffe_bundles {
+        ctx.update(b"\0spiffe\0");
+        ctx.update(&(domain.len() as u64).to_be_bytes());
+        ctx.update(domain.as_bytes());
+        ctx.update(&(certs.len() as u64).to_be_bytes());
+        for c in certs {
+            ctx.update(&(c.len() as u64).to_be_bytes());
+            ctx.update(c);
+        }
+    }
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
@@ -245,6 +257,78 @@ fn push_rfc4514_value(out: &mut String, v: &str) {
             c => out.push(c),
         }
     }
+}
+
+/// The SPIFFE trust bundles of a listener (`client_auth.spiffe_bundles`): for each trust
+/// domain, the CAs whose certificates may carry its ids. Made once per configuration.
+#[derive(Debug)]
+pub struct SpiffeBundles {
+    domains: HashMap<String, Vec<rustls_pki_types::TrustAnchor<'static>>>,
+}
+
+impl SpiffeBundles {
+    /// `None` when the listener has no bundles (any CA of `ca_file` vouches for any domain).
+    pub fn new(ca: &portcullis_config::ClientAuth) -> Result<Option<SpiffeBundles>, String> {
+        if ca.spiffe_bundles.is_empty() {
+            return Ok(None);
+        }
+        let mut domains = HashMap::with_capacity(ca.spiffe_bundles.len());
+        for (domain, certs) in &ca.spiffe_bundles {
+            let anchors = certs
+                .iter()
+                .map(|c| {
+                    webpki::anchor_from_trusted_cert(c)
+                        .map(|a| a.to_owned())
+                        .map_err(|e| format!("client_auth.spiffe_bundles.{domain}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            domains.insert(domain.clone(), anchors);
+        }
+        Ok(Some(SpiffeBundles { domains }))
+    }
+
+    /// Whether the certificate chain the client sent (its own first) chains, for client
+    /// authentication and at the present time, to a CA of `domain`'s bundle.
+    pub fn vouch_for(&self, domain: &str, chain: &[rustls_pki_types::CertificateDer<'_>]) -> bool {
+        let (Some(anchors), Some((leaf, intermediates))) =
+            (self.domains.get(domain), chain.split_first())
+        else {
+            return false;
+        };
+        let Ok(ee) = webpki::EndEntityCert::try_from(leaf) else {
+            return false;
+        };
+        ee.verify_for_usage(
+            provider().signature_verification_algorithms.all,
+            anchors,
+            intermediates,
+            rustls_pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .is_ok()
+    }
+}
+
+/// What the gateway keeps of the client certificate chain a handshake verified (the client's
+/// own certificate first): [`peer_certificate`] of it, whose SPIFFE id is dropped when the
+/// listener has trust bundles and the one of the id's trust domain does not vouch for it.
+pub fn peer_identity(
+    chain: &[rustls_pki_types::CertificateDer<'_>],
+    bundles: Option<&SpiffeBundles>,
+) -> Option<portcullis_core::PeerCertificate> {
+    let mut cert = peer_certificate(chain.first()?)?;
+    if let (Some(bundles), Some(id)) = (bundles, &cert.spiffe)
+        && !bundles.vouch_for(&id.trust_domain, chain)
+    {
+        tracing::debug!(
+            spiffe_id = %id,
+            "the client certificate's SPIFFE id is not vouched for by its trust domain's bundle: ignored"
+        );
+        cert.spiffe = None;
+    }
+    Some(cert)
 }
 
 /// What the gateway keeps of a client certificate the handshake verified.
@@ -342,10 +426,27 @@ mod tests {
             client_auth_fingerprint(&portcullis_config::ClientAuth {
                 required,
                 roots: roots.iter().map(|r| (*r).clone()).collect(),
+                spiffe_bundles: Vec::new(),
             })
         };
         let base = rules(false, &[&a, &b]);
         assert_eq!(base, rules(false, &[&a, &b]));
+        // A trust domain's bundle, added or changed, changes it too.
+        let with_bundle = |domain: &str, certs: &[&rustls_pki_types::CertificateDer<'static>]| {
+            client_auth_fingerprint(&portcullis_config::ClientAuth {
+                required: false,
+                roots: vec![a.clone(), b.clone()],
+                spiffe_bundles: vec![(
+                    domain.to_string(),
+                    certs.iter().map(|c| (*c).clone()).collect(),
+                )],
+            })
+        };
+        let bundled = with_bundle("prod.test", &[&a]);
+        assert_ne!(base, bundled);
+        assert_eq!(bundled, with_bundle("prod.test", &[&a]));
+        assert_ne!(bundled, with_bundle("prod.test", &[&b]));
+        assert_ne!(bundled, with_bundle("dev.test", &[&a]));
         for other in [
             rules(true, &[&a, &b]),
             rules(false, &[&a]),
