@@ -52,6 +52,12 @@ deny_everything := false
 
 bad_deny := {"allow": false, "reasons": [7]}
 
+# Identity headers a client sent (in any spelling) never reach a policy.
+identity_guard := {
+	"allow": count({n | some n, _ in input.request.headers; n in {"x-user-id", "x_user_id", "x-roles", "x-authenticated"}}) == 0,
+	"reasons": ["a client-sent identity header reached the policy"],
+}
+
 # The admin host is not served here; what the policy saw goes upstream.
 host_guard := {
 	"allow": input.request.host != "admin.example.com",
@@ -198,6 +204,11 @@ routes:
     auth: {{ methods: [jwt] }}
     authz: {{ scopes: {{ any_of: [read:orders] }}, field_masks: {{ by_scope: {{ read:orders: ["*.id", "uri.id"] }} }} }}
   - {{ name: open, match: {{ prefix: /open }}, upstream: app, auth: {{ anonymous: true }} }}
+  - name: identity-guard
+    match: {{ prefix: /identityguard }}
+    upstream: app
+    auth: {{ methods: [jwt] }}
+    authz: {{ rego: {{ query: data.gw.identity_guard }} }}
   - name: host-guard
     match: {{ prefix: /hostguard }}
     upstream: app
@@ -894,6 +905,30 @@ routes:
         "{ev}"
     );
     assert_eq!(e.up.requests().pop().unwrap().method, "MOVE");
+}
+
+/// A client's copies of the identity headers are gone before authorization builds the
+/// policy's input: a rule that reads `x-user-id` or `x-roles` from the request's headers sees
+/// none the client sent. Before, they were removed only as the request left for the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_never_see_client_sent_identity_headers() {
+    let e = setup().await;
+    let reader = e.token(scope("read:orders"));
+    let r = e.call("GET", "/identityguard", &reader, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    for forged in [
+        ("x-user-id", "admin"),
+        ("x_user_id", "admin"),
+        ("X-Roles", "admin"),
+        ("x-authenticated", "mtls"),
+    ] {
+        let r = e.call("GET", "/identityguard", &reader, &[forged]).await;
+        assert_eq!(r.status, 200, "{forged:?}: {}", r.text());
+        let seen = e.up.requests().pop().unwrap();
+        assert_eq!(seen.header("x-user-id"), Some("alice"), "{forged:?}");
+        assert_eq!(seen.header("x-roles"), None, "{forged:?}");
+        assert_eq!(seen.header("x_user_id"), None, "{forged:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

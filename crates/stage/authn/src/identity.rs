@@ -1,11 +1,12 @@
-//! What the upstream sees: the last request step. Client-supplied identity headers are removed
-//! on every route (so they cannot be forged); on authenticated routes the verified identity is
+//! What the upstream sees: the last request step. Client-supplied identity headers were
+//! removed on every route by the authentication step (`ForgedIdentity`, so they cannot be
+//! forged, not even to a policy); on authenticated routes the verified identity is
 //! added as headers, the client's credential is removed (unless the route keeps it), and a
 //! gateway-signed token can stand in for it.
 
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use portcullis_core::{
     GatewayRequest, Principal, RejectReason, Rejection, RequestCtx, Stage, StageId, Step,
 };
@@ -16,23 +17,50 @@ use crate::unix_now;
 
 pub struct IdentityStage {
     authn: Arc<Authn>,
-    /// Some stripped name holds `_`: every request name is then compared with `_` read as `-`.
-    strip_has_underscore: bool,
 }
 
 impl IdentityStage {
     pub const ID: StageId = StageId("identity");
 
     pub fn new(authn: Arc<Authn>) -> IdentityStage {
-        let strip_has_underscore = authn
-            .settings
-            .identity
-            .strip
-            .iter()
-            .any(|n| n.as_str().contains('_'));
-        IdentityStage {
-            authn,
-            strip_has_underscore,
+        IdentityStage { authn }
+    }
+}
+
+/// The client's copies of the identity headers (and of `identity_headers.strip`'s), removed
+/// from every request on every route by the authentication step, first thing: no later step
+/// — authorization's Rego and OPA input, the rate limits, the contract — reads a forged one,
+/// and none that a later step adds (the verified tenant) is taken out.
+pub(crate) struct ForgedIdentity {
+    /// Some stripped name holds `_`: every request name is then compared with `_` read as `-`.
+    strip_has_underscore: bool,
+}
+
+impl ForgedIdentity {
+    pub(crate) fn new(authn: &Authn) -> ForgedIdentity {
+        ForgedIdentity {
+            strip_has_underscore: authn
+                .settings
+                .identity
+                .strip
+                .iter()
+                .any(|n| n.as_str().contains('_')),
+        }
+    }
+
+    /// Removes every value of every such name.
+    pub(crate) fn remove(&self, authn: &Authn, h: &mut HeaderMap) {
+        // A client rarely sends these: one pass over the request's names says whether any is
+        // there (comparing names, not hashing each one) before any is removed.
+        if h.keys().any(|k| self.stripped(authn, k)) {
+            let doomed: Vec<HeaderName> = h
+                .keys()
+                .filter(|k| self.stripped(authn, k))
+                .cloned()
+                .collect();
+            for name in &doomed {
+                h.remove(name);
+            }
         }
     }
 
@@ -41,8 +69,8 @@ impl IdentityStage {
     /// written `_`: `x_user_id` reaches them as `HTTP_X_USER_ID`, exactly as `x-user-id`
     /// would. So names are compared with `_` read as `-` — only for names holding one (or
     /// when a stripped name does), so the common case stays a plain comparison.
-    fn stripped(&self, name: &HeaderName) -> bool {
-        let strip = &self.authn.settings.identity.strip;
+    fn stripped(&self, authn: &Authn, name: &HeaderName) -> bool {
+        let strip = &authn.settings.identity.strip;
         if strip.contains(name) {
             return true;
         }
@@ -197,15 +225,9 @@ impl Stage for IdentityStage {
 
     fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
         let s = &self.authn.settings;
+        // The client's copies of the identity headers are gone already (`ForgedIdentity`,
+        // removed by the authentication step).
         let h = &mut req.head.headers;
-        // A client rarely sends these: one pass over the request's names says whether any is
-        // there (comparing names, not hashing each one) before any is removed.
-        if h.keys().any(|k| self.stripped(k)) {
-            let doomed: Vec<HeaderName> = h.keys().filter(|k| self.stripped(k)).cloned().collect();
-            for name in &doomed {
-                h.remove(name);
-            }
-        }
         let Some(route) = ctx.route_id().and_then(|r| self.authn.routes.get(r.0)) else {
             return Step::CONTINUE;
         };

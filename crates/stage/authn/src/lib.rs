@@ -17,7 +17,7 @@
 //! issuers, algorithms fixed per issuer, keys never from the token); a verified token is
 //! cached by its SHA-256, never past its `exp`; revocations are checked on every request,
 //! cached or not; client-supplied identity headers are removed on every route (spelled with
-//! `_` for `-` too); the internal-token key's `kid` is its RFC 7638 thumbprint, and a key a
+//! `_` for `-` too), by the authentication step first thing, before any later step reads them; the internal-token key's `kid` is its RFC 7638 thumbprint, and a key a
 //! reload replaced stays published while tokens it signed may live.
 //!
 //! Long-lived state ([`AuthnState`]: remote key sets, revocations, the Redis store, the

@@ -758,13 +758,15 @@ fn jwt_code(e: &JwtError) -> &'static str {
 /// The pipeline step.
 pub struct AuthnStage {
     authn: Arc<Authn>,
+    forged: crate::identity::ForgedIdentity,
 }
 
 impl AuthnStage {
     pub const ID: StageId = StageId("authn");
 
     pub fn new(authn: Arc<Authn>) -> AuthnStage {
-        AuthnStage { authn }
+        let forged = crate::identity::ForgedIdentity::new(&authn);
+        AuthnStage { authn, forged }
     }
 }
 
@@ -775,6 +777,8 @@ impl Stage for AuthnStage {
 
     fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
         let a = &*self.authn;
+        // On every route, before anything reads the request's headers.
+        self.forged.remove(a, &mut req.head.headers);
         let Some(route) = a.route(ctx) else {
             return Step::CONTINUE;
         };
