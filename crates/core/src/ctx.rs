@@ -168,6 +168,10 @@ pub struct RequestCtx {
     pub authz: Option<Box<crate::AuthzDecision>>,
     /// Set by a step that needs the response body filtered (field masks).
     pub response_filter: Option<crate::ResponseFilter>,
+    /// Set by a step whose route answers each caller differently (field masks), even when
+    /// this caller's answer is not filtered: the answer is made private to shared caches and
+    /// varies by `Authorization`.
+    pub per_caller_response: bool,
     /// Set by the contract step: the operation matched and the violations found.
     pub contract: Option<Box<crate::ContractReport>>,
     /// Set by the contract step when the response must be checked or filtered against the
@@ -206,6 +210,7 @@ impl RequestCtx {
             waf: None,
             authz: None,
             response_filter: None,
+            per_caller_response: false,
             contract: None,
             response_contract: None,
             preflight: false,

@@ -745,7 +745,7 @@ async fn field_masks_on_nested_json() {
     );
     assert!(r.header("etag").is_none());
     // A view for this caller only: no shared cache may serve it to another.
-    assert_eq!(r.header("cache-control"), Some("private"));
+    assert_eq!(r.header("cache-control"), Some("private, max-age=60"));
     assert_eq!(r.header("vary"), Some("authorization"));
     // The upstream was asked for an uncompressed body it can be filtered from.
     assert_eq!(
@@ -782,6 +782,10 @@ async fn field_masks_on_nested_json() {
         portcullis_test_support::upstream::sample_document()
     );
     assert_eq!(r.header("etag"), Some("\"v1\""));
+    // Whole, but still for this caller only: a shared cache that kept it would serve it to a
+    // caller with a narrower mask.
+    assert_eq!(r.header("cache-control"), Some("private, max-age=60"));
+    assert_eq!(r.header("vary"), Some("authorization"));
 
     // A body the mask cannot read is withheld, not leaked.
     let r = e

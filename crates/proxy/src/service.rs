@@ -967,6 +967,9 @@ impl Gateway {
         let mask = ctx.response_filter.as_ref();
         let remove = route.response_filter.as_ref();
         if contract.is_none() && mask.is_none() && remove.is_none() {
+            if ctx.per_caller_response {
+                per_caller(resp.headers_mut());
+            }
             return Ok(resp);
         }
         let max_bytes = [
@@ -1016,12 +1019,8 @@ impl Gateway {
             tracing::info!(request_id = %ctx.request_id, operation = %report.operation, violations = violations.len(), "response breaks the API contract");
             report.response = violations;
         }
-        if mask.is_some() {
-            // What this caller may see is not what the next one may: no shared cache may keep
-            // it for anyone else.
-            let h = resp.headers_mut();
-            crate::headers::make_private(h);
-            h.append(header::VARY, HeaderValue::from_static("authorization"));
+        if mask.is_some() || ctx.per_caller_response {
+            per_caller(resp.headers_mut());
         }
         Ok(resp)
     }
@@ -1343,4 +1342,11 @@ fn tunnel(
         }
         drop(open);
     });
+}
+/// An answer that depends on who asked (a route with field masks): what this caller may see
+/// is not what the next one may, so no shared cache may keep it for anyone else — nor the
+/// whole answer a caller whose mask shows everything got, for a caller with a narrower one.
+fn per_caller(h: &mut http::HeaderMap) {
+    crate::headers::make_private(h);
+    h.append(header::VARY, HeaderValue::from_static("authorization"));
 }

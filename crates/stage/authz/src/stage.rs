@@ -581,6 +581,9 @@ impl Authz {
             headers.insert(name, value);
         }
         if let Some(fm) = &route.field_masks {
+            // The next caller may see less than this one: whatever this one sees stays out of
+            // shared caches, filtered or not.
+            ctx.per_caller_response = true;
             let held: Vec<&FieldMask> = fm
                 .by_scope
                 .iter()
