@@ -995,6 +995,8 @@ routes:
     assert_eq!(tok.claims["iss"], "gw.test");
     assert_eq!(tok.claims["sub"], "alice");
     assert_eq!(tok.claims["orig_iss"], ISS);
+    assert_eq!(tok.claims["authority"], "ed");
+    assert_eq!(tok.claims["auth_method"], "jwt");
     assert_eq!(tok.claims["request_id"], r.header("x-request-id").unwrap());
     let lifetime = tok.claims["exp"].as_u64().unwrap() - tok.claims["iat"].as_u64().unwrap();
     assert_eq!(lifetime, 30);

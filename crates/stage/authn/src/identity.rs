@@ -192,6 +192,9 @@ impl IdentityStage {
             "auth_method".into(),
             Value::String(p.method.as_str().into()),
         );
+        // What vouched for the identity, as `x-authenticated-by` says: a subject is unique
+        // only within its authority (two listeners' CAs can both issue `CN=alice`).
+        c.insert("authority".into(), Value::String(p.authority.to_string()));
         self.authn.signer.sign("JWT", &c).map_err(|e| e.to_string())
     }
 }
