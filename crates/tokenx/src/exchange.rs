@@ -425,8 +425,10 @@ pub fn may_act(subject: &Principal, actor: &Principal) -> bool {
         None => true,
         Some(Value::Object(m)) if m.is_empty() => false,
         Some(Value::Object(m)) => m.iter().all(|(k, v)| {
+            // `sub` is the actor token's verified subject, never its `client_id` (another
+            // namespace: a client named like a user would pass for it).
             let have = match k.as_str() {
-                "sub" => subject_of(actor).map(Value::String),
+                "sub" => actor.subject.clone().map(Value::String),
                 _ => actor.claims.get(k).cloned(),
             };
             have.as_ref() == Some(v)
@@ -501,6 +503,12 @@ mod tests {
         // An empty may_act names nobody: it admits no actor (`all` over nothing would).
         let empty = principal("alice", json!({"may_act": {}}));
         assert!(!may_act(&empty, &a));
+        // An actor token without `sub` whose client is called `svc-b` is not `sub: svc-b`.
+        let mut client_only = Principal::new(AuthMethod::Jwt, Arc::from("i"));
+        client_only.client_id = Some("svc-b".into());
+        assert!(!may_act(&ok, &client_only));
+        let by_sub = principal("alice", json!({"may_act": {"sub": "svc-b"}}));
+        assert!(!may_act(&by_sub, &client_only));
     }
 
     #[test]
