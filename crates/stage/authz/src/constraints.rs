@@ -132,6 +132,11 @@ pub fn check_tenant(
     let Some(caller) = caller.filter(|c| !c.is_empty()) else {
         return Err("the caller has no tenant".into());
     };
+    // It goes upstream in a header, whose readers trim spaces and tabs: `acme ` (asked for as
+    // `tenant=acme%20`) would reach them as another tenant, `acme`.
+    if caller.trim() != caller || caller.chars().any(char::is_control) {
+        return Err("the caller's tenant has spaces at its ends or control characters".into());
+    }
     let asked = match &t.source {
         Source::Param(name) => {
             // The same name in the query string must not name another tenant: upstreams that
@@ -606,5 +611,17 @@ mod tests {
         let mut no_tenant = alice();
         no_tenant.tenant = None;
         assert!(check_tenant(&by_query, &head("/?tenant=t1", &[]), None, &no_tenant).is_err());
+        // A tenant that header readers would read as another (trimmed) is no tenant to send.
+        for (claim, uri) in [
+            ("t1 ", "/?tenant=t1%20"),
+            (" t1", "/?tenant=%20t1"),
+            ("t1\t", "/?tenant=t1%09"),
+            ("t\u{1}1", "/?tenant=t%011"),
+        ] {
+            let mut odd = alice();
+            odd.tenant = Some(claim.into());
+            let r = check_tenant(&by_query, &head(uri, &[]), None, &odd);
+            assert!(r.is_err(), "{claim:?}: {r:?}");
+        }
     }
 }
