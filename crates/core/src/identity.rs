@@ -10,6 +10,9 @@ pub enum AuthMethod {
     Introspection,
     ApiKey,
     Mtls,
+    /// A token-exchange client that authenticated at the token endpoint by its secret (only
+    /// recorded there, for the audit event; no route accepts it).
+    ClientSecret,
 }
 
 impl AuthMethod {
@@ -19,6 +22,7 @@ impl AuthMethod {
             AuthMethod::Introspection => "introspection",
             AuthMethod::ApiKey => "api_key",
             AuthMethod::Mtls => "mtls",
+            AuthMethod::ClientSecret => "client_secret",
         }
     }
 }

@@ -622,11 +622,24 @@ async fn clients_authenticate_with_their_secret() {
         "{params}&{}",
         form(&[("client_id", "bff"), ("client_secret", BFF_SECRET)])
     );
-    let v = issued(&s.post(&[], &post).await);
-    assert_eq!(
-        claims_of(v["access_token"].as_str().unwrap())["client_id"],
-        "bff"
-    );
+    let r = s.post(&[], &post).await;
+    let v = issued(&r);
+    let claims = claims_of(v["access_token"].as_str().unwrap());
+    assert_eq!(claims["client_id"], "bff");
+    // The audit event says who asked, for whom, and which token it got.
+    let ev = audit_of(&s.gw, r.header("x-request-id").unwrap());
+    assert_eq!(ev["auth"]["method"], "client_secret", "{ev}");
+    assert_eq!(ev["auth"]["authority"], "token_exchange", "{ev}");
+    assert_eq!(ev["auth"]["client_id"], "bff", "{ev}");
+    assert_eq!(ev["auth"]["subject"], claims["sub"], "{ev}");
+    assert_eq!(ev["auth"]["credential_id"], claims["jti"], "{ev}");
+    let failures = || async {
+        get(&format!("{}/auth", s.gw.admin_url())).await.json()["failures"]["by_client_ip"][0]
+            ["failures"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!(failures().await, 0);
 
     for (headers, body, reason) in [
         (
@@ -666,7 +679,13 @@ async fn clients_authenticate_with_their_secret() {
         let r = s.post(&h, &body).await;
         oauth_error(&r, 401, "invalid_client");
         assert_eq!(s.audit_reason(&r), reason);
+        assert!(
+            audit_of(&s.gw, r.header("x-request-id").unwrap())["auth"].is_null(),
+            "{reason}"
+        );
     }
+    // Each failed client authentication counted against the address, as on routes.
+    assert_eq!(failures().await, 6);
     // Two methods at once: malformed.
     let r = s
         .post(
@@ -967,9 +986,13 @@ routes:
     let svc = pki.issue_client("bff", Some("spiffe://prod.test/ns/shop/sa/bff"));
     // Found by its certificate, with or without client_id.
     for extra in [&[][..], &[("client_id", "svc")][..]] {
-        let v = issued(&go(Some(svc.clone()), extra).await);
+        let r = go(Some(svc.clone()), extra).await;
+        let v = issued(&r);
         let c = claims_of(v["access_token"].as_str().unwrap());
         assert_eq!(c["client_id"], "svc");
+        let ev = audit_of(&gw, r.header("x-request-id").unwrap());
+        assert_eq!(ev["auth"]["method"], "mtls", "{ev}");
+        assert_eq!(ev["auth"]["client_id"], "svc", "{ev}");
         assert_eq!(c["sub"], "alice");
         assert_eq!(v["scope"], "read:orders");
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use portcullis_authn::{Authn, Fail};
-use portcullis_core::{Principal, RequestCtx};
+use portcullis_core::{AuthMethod, Principal, RequestCtx};
 use serde_json::{Map, Value, json};
 
 use crate::client::authenticate;
@@ -56,6 +56,11 @@ struct Issued {
     token_type: TokenType,
     expires_in: u64,
     scope: String,
+    /// For the audit event: who asked, for whom, and the issued token's `jti`.
+    client_id: String,
+    by_certificate: bool,
+    subject: String,
+    jti: String,
 }
 
 impl TokenExchange {
@@ -78,19 +83,38 @@ impl TokenExchange {
         authn: &Authn,
     ) -> Response<Bytes> {
         match self.exchange(head, body, ctx, authn).await {
-            Ok(i) => json_response(
-                StatusCode::OK,
-                &json!({
-                    "access_token": i.token,
-                    "issued_token_type": i.token_type.uri(),
-                    "token_type": "Bearer",
-                    "expires_in": i.expires_in,
-                    "scope": i.scope,
-                }),
-            ),
+            Ok(i) => {
+                // The audit event names the client that asked (method, `token_exchange` as
+                // the authority), the subject the token was issued for and its `jti`.
+                let method = if i.by_certificate {
+                    AuthMethod::Mtls
+                } else {
+                    AuthMethod::ClientSecret
+                };
+                let mut p = Principal::new(method, Arc::from("token_exchange"));
+                p.client_id = Some(i.client_id);
+                p.subject = Some(i.subject);
+                p.credential_id = Some(i.jti);
+                ctx.principal = Some(Arc::new(p));
+                json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "access_token": i.token,
+                        "issued_token_type": i.token_type.uri(),
+                        "token_type": "Bearer",
+                        "expires_in": i.expires_in,
+                        "scope": i.scope,
+                    }),
+                )
+            }
             Err(e) => {
                 if e.audit.is_some() {
                     ctx.auth_failure = e.audit;
+                }
+                // A client that failed to authenticate counts against its address, as a
+                // refused credential on a route does (guessing secrets here is no cheaper).
+                if e.error == "invalid_client" {
+                    authn.record_failure(ctx.client_ip, None);
                 }
                 tracing::debug!(
                     request_id = %ctx.request_id,
@@ -301,11 +325,20 @@ impl TokenExchange {
             expires_in = exp - now,
             "token exchanged"
         );
+        let jti = c
+            .get("jti")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         Ok(Issued {
             token,
             token_type: issued_type,
             expires_in: exp - now,
             scope,
+            by_certificate: matches!(client.auth, ClientAuth::Spiffe(_) | ClientAuth::Subject(_)),
+            client_id: client.id.clone(),
+            subject: sub,
+            jti,
         })
     }
 

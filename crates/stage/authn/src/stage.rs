@@ -50,6 +50,13 @@ enum Attempt {
 }
 
 impl Authn {
+    /// Counts a credential found invalid elsewhere than on a route (the token endpoint's
+    /// client authentication) against `ip`, as a refused route credential is: the risk signal
+    /// and the admin API's top lists see it.
+    pub fn record_failure(&self, ip: std::net::IpAddr, identity: Option<&str>) {
+        self.failures.record(ip, identity);
+    }
+
     pub(crate) fn new(
         settings: AuthSettings,
         routes: Vec<RouteAuth>,
@@ -441,6 +448,8 @@ impl Authn {
                 None => false,
             },
             AuthMethod::ApiKey => true,
+            // Never a route's principal (the token endpoint's record of its client).
+            AuthMethod::ClientSecret => false,
             AuthMethod::Mtls => match p.credential_id.as_deref() {
                 Some(fp) if self.revocations.is_cert_revoked(fp) => {
                     return Err(Fail::Invalid("revoked"));
