@@ -804,6 +804,7 @@ paths:
       requestBody:
         content:
           application/x-www-form-urlencoded: { schema: { $ref: "#/components/schemas/UserDto" } }
+          multipart/form-data: { schema: { $ref: "#/components/schemas/UserDto" } }
           text/plain: { schema: { type: string } }
       responses: { "200": { description: ok } }
   /users/{id}:
@@ -964,17 +965,20 @@ async fn json_like_request_types_are_validated_as_json() {
     assert_eq!(s.up.hits(), 1);
 }
 
-/// A body the gateway cannot read under a schema with fields (a form) is refused, not passed
-/// unchecked; a string schema makes a type opaque.
+const MULTIPART_UPLOAD: &str =
+    "--b\r\ncontent-disposition: form-data; name=\"isAdmin\"\r\n\r\ntrue\r\n--b--\r\n";
+
+/// A body the gateway cannot read under a schema with fields (a multipart upload) is refused,
+/// not passed unchecked; a string schema makes a type opaque.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_that_cannot_be_checked_against_their_schema_get_415() {
     let s = dotnet_setup().await;
-    let form = ("content-type", "application/x-www-form-urlencoded");
-    let r = call(&s, "POST", "/net/forms", &[form], "name=x&isAdmin=true").await;
+    let multipart = ("content-type", "multipart/form-data; boundary=b");
+    let r = call(&s, "POST", "/net/forms", &[multipart], MULTIPART_UPLOAD).await;
     assert_415(
         &r,
-        "a body matching application/x-www-form-urlencoded cannot be checked against its \
-         schema: only JSON bodies are",
+        "a body matching multipart/form-data cannot be checked against its schema: only JSON \
+         and form (application/x-www-form-urlencoded) bodies are",
     );
     // `application/*+json` matches this malformed type, which is not read as JSON.
     let odd = ("content-type", "application/x y+json");
@@ -982,7 +986,7 @@ async fn bodies_that_cannot_be_checked_against_their_schema_get_415() {
     assert_415(
         &r,
         "a body matching application/*+json cannot be checked against its schema: only JSON \
-         bodies are",
+         and form (application/x-www-form-urlencoded) bodies are",
     );
     assert_eq!(s.up.hits(), 0, "a refused request reached the upstream");
     let r = call(
@@ -1003,7 +1007,7 @@ async fn bodies_that_cannot_be_checked_against_their_schema_get_415() {
         s.gw.stderr_text()
     );
     // A route that takes such bodies unchecked, said in so many words.
-    let r = call(&s, "POST", "/pass/forms", &[form], "name=x&isAdmin=true").await;
+    let r = call(&s, "POST", "/pass/forms", &[multipart], MULTIPART_UPLOAD).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(s.up.hits(), 2);
     // Not a body only a JSON-like (or wildcard) range takes: backends parse it as JSON.
@@ -1011,9 +1015,57 @@ async fn bodies_that_cannot_be_checked_against_their_schema_get_415() {
     assert_415(
         &r,
         "a body matching application/*+json cannot be checked against its schema: only JSON \
-         bodies are",
+         and form (application/x-www-form-urlencoded) bodies are",
     );
+    // Not a form: forms are read whatever `unchecked_bodies` says.
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let r = call(&s, "POST", "/pass/forms", &[form], "name=x&isAdmin=true").await;
+    assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(s.up.hits(), 2, "a refused request reached the upstream");
+}
+
+/// A form is read as the WHATWG parser reads it and checked against its schema as a JSON body
+/// is: a read-only field, another spelling of one (ASP.NET binds `IsAdmin` to `isAdmin`), a
+/// value of the wrong type are refused with nothing upstream; a valid form goes on as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_are_checked_against_their_schema() {
+    let s = dotnet_setup().await;
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    for (body, location, message) in [
+        ("name=x&isAdmin=true", "body:/isAdmin", "read-only field"),
+        (
+            "name=x&IsAdmin=true",
+            "body:/IsAdmin",
+            "is another spelling of the field isAdmin",
+        ),
+        ("name=x&role=admin", "body:/role", "unknown field"),
+        ("name=x&name=y", "body:/name", "must not be repeated"),
+        ("name=%FF", "body:/name", "must be valid UTF-8 text"),
+    ] {
+        let r = call(&s, "POST", "/net/forms", &[form], body).await;
+        assert_violations(&s, &r, &[(location, message)]);
+    }
+    let latin1 = (
+        "content-type",
+        "application/x-www-form-urlencoded; charset=iso-8859-1",
+    );
+    let r = call(&s, "POST", "/net/forms", &[latin1], "name=x").await;
+    assert_415(
+        &r,
+        "a form request body must be UTF-8 (charset utf-8 or none)",
+    );
+    assert_eq!(s.up.hits(), 0, "a refused request reached the upstream");
+    let good = "name=Ann+O%27Neil%20%E2%9C%93&&";
+    let r = call(&s, "POST", "/net/forms", &[form], good).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = s.up.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].uri, "/forms");
+    assert_eq!(seen[0].body, good.as_bytes());
+    assert_eq!(
+        seen[0].header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
 }
 
 /// A JSON body in another charset is refused: UTF-7 would hide `","role":"admin` from a check

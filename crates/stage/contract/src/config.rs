@@ -51,7 +51,7 @@ pub enum UnknownQuery {
 }
 
 /// What happens to a request body the gateway cannot check against its declared schema (one
-/// not read as JSON, under a schema with fields: a form, a multipart upload).
+/// read neither as JSON nor as a form, under a schema with fields: a multipart upload, XML).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum UncheckedBodies {
@@ -143,8 +143,8 @@ pub struct RawOpenApi {
     /// Query parameters the operation does not declare: `reject` (default) or `allow`.
     #[serde(default)]
     pub unknown_query: UnknownQuery,
-    /// Request bodies not read as JSON under a declared schema with fields (forms, multipart):
-    /// `refuse` (default, 415) or `pass` (forwarded unchecked).
+    /// Request bodies read neither as JSON nor as forms under a declared schema with fields
+    /// (multipart, XML): `refuse` (default, 415) or `pass` (forwarded unchecked).
     #[serde(default)]
     pub unchecked_bodies: UncheckedBodies,
     /// Parse-time limits of JSON bodies.
@@ -193,13 +193,25 @@ pub enum SchemaKind {
 /// One media type of a body or response, compiled.
 pub struct Media {
     pub def: MediaDef,
-    /// Set for JSON-like (and wildcard) media with a schema.
+    /// Set for JSON-like (and wildcard) media with a schema, and for a request body's form
+    /// type with a structured one ([`Media::reads_form`]).
     pub validator: Option<jsonschema::Validator>,
     pub fields: Option<FieldTree>,
     pub schema_kind: SchemaKind,
 }
 
 impl Media {
+    /// The fields of a request body of this type read as a form: the request body's
+    /// `application/x-www-form-urlencoded` range (concrete: a wildcard's schema applies to JSON
+    /// only) under a structured schema. A form under no schema or a string one passes unread,
+    /// as any other type does.
+    pub fn reads_form(&self) -> Option<&crate::model::FormDef> {
+        self.def
+            .form
+            .as_ref()
+            .filter(|_| self.schema_kind == SchemaKind::Structured)
+    }
+
     /// Whether keep-only-declared lets a body of this media type that is not read as JSON
     /// pass: only under a concrete non-JSON type whose schema is absent or a string, or under
     /// any non-JSON range whose schema is explicitly a string. A wildcard without one, a
@@ -335,7 +347,9 @@ pub fn compile(
                     .iter()
                     .map(|m| {
                         let media = compile_media(&document, m, Direction::Request, &mut problem);
-                        if media.schema_kind == SchemaKind::Structured
+                        if let Some(form) = media.reads_form() {
+                            warn_form(&raw.spec, &def.id, form);
+                        } else if media.schema_kind == SchemaKind::Structured
                             && !is_json_media(&m.range)
                             && !m.range.contains('*')
                             && settings.unchecked_bodies == UncheckedBodies::Refuse
@@ -438,8 +452,12 @@ fn compile_media(
         .schema
         .as_deref()
         .map_or(SchemaKind::Absent, |ptr| schema_kind(root, ptr));
+    // A form is read into a JSON object that the media type's schema checks as a JSON body's.
+    let form = direction == Direction::Request
+        && m.form.is_some()
+        && schema_kind == SchemaKind::Structured;
     let (validator, fields) = match m.schema.as_deref() {
-        Some(ptr) if is_json_media(&m.range) || m.range.ends_with("/*") => {
+        Some(ptr) if is_json_media(&m.range) || m.range.ends_with("/*") || form => {
             let v = crate::schema::compile(root, base, ptr)
                 .map_err(|msg| problem(ptr, msg))
                 .ok();
@@ -455,6 +473,43 @@ fn compile_media(
         validator,
         fields,
         schema_kind,
+    }
+}
+
+/// Warns of what a form body's declaration asks that the form reader does not do: an object
+/// field without `style: deepObject` (refused when sent), a `contentType` (not applied), an
+/// Encoding Object naming no property (ignored).
+fn warn_form(spec: &str, operation: &str, form: &crate::model::FormDef) {
+    for f in &form.fields {
+        if matches!(f.shape, Shape::Object(_)) && f.style != crate::model::Style::DeepObject {
+            tracing::warn!(
+                spec = %spec,
+                operation = %operation,
+                field = %f.name,
+                "this form field is an object without style: deepObject in its encoding: a form \
+                 that sends it is refused (declare encoding.{}.style: deepObject to accept \
+                 name[property]=value)",
+                f.name
+            );
+        }
+        if let Some(t) = &f.content_type {
+            tracing::warn!(
+                spec = %spec,
+                operation = %operation,
+                field = %f.name,
+                content_type = %t,
+                "the contentType of this form field's encoding is not applied: its value is \
+                 read as text"
+            );
+        }
+    }
+    for name in &form.unmatched_encodings {
+        tracing::warn!(
+            spec = %spec,
+            operation = %operation,
+            field = %name,
+            "this form encoding names no property of the schema: ignored"
+        );
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod fields;
+pub mod form;
 pub mod json;
 pub mod messages;
 pub mod model;

@@ -184,6 +184,46 @@ pub struct MediaDef {
     pub range: String,
     /// Pointer of its schema in the request (bodies) or response (responses) root.
     pub schema: Option<String>,
+    /// How a body of it is read as a form: set for a request body's
+    /// [`FORM`] range with a schema.
+    pub form: Option<FormDef>,
+}
+
+/// The one media type whose bodies are read as forms (the name/value pairs of the WHATWG
+/// `application/x-www-form-urlencoded` parser).
+pub const FORM: &str = "application/x-www-form-urlencoded";
+
+/// Whether a `Content-Type` value is [`FORM`] (any case, with any parameters).
+pub fn is_form_type(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(FORM))
+}
+
+/// The fields of a form body: the properties its schema declares at the top level (through
+/// `$ref` and `allOf`/`anyOf`/`oneOf`, as a parameter's are found), each with the `style` and
+/// `explode` its Encoding Object gives it (`requestBody.content[type].encoding[name]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormDef {
+    pub fields: Vec<FormField>,
+    /// Encoding Objects that name no property of the schema (ignored; warned of at load).
+    pub unmatched_encodings: Vec<String>,
+}
+
+/// One declared property of a form body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormField {
+    pub name: String,
+    /// Its value's shape: scalar, array (of scalars) or object (of scalars).
+    pub shape: Shape,
+    /// `form` (default), `spaceDelimited`, `pipeDelimited` or `deepObject`.
+    pub style: Style,
+    /// Default: true for `form`, false otherwise.
+    pub explode: bool,
+    /// The Encoding Object's `contentType`, when it names a type other than `text/plain`
+    /// (not applied: the value is read as text; warned of at load).
+    pub content_type: Option<String>,
 }
 
 /// One declared response.
@@ -367,6 +407,7 @@ mod tests {
             .map(|r| MediaDef {
                 range: (*r).into(),
                 schema: None,
+                form: None,
             })
             .collect();
         for (media, want) in [
@@ -387,10 +428,12 @@ mod tests {
             MediaDef {
                 range: "*/*".into(),
                 schema: None,
+                form: None,
             },
             MediaDef {
                 range: "application/json".into(),
                 schema: Some("/x".into()),
+                form: None,
             },
         ];
         assert_eq!(

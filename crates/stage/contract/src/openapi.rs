@@ -37,8 +37,8 @@ use serde_json::{Map, Value};
 use serde_yaml_ng::Value as Yaml;
 
 use crate::model::{
-    BodyDef, Document, In, MediaDef, OperationDef, ParamDef, ResponseDef, ScalarType, SchemeKind,
-    SchemeUse, Shape, Style, Version,
+    BodyDef, Document, FORM, FormDef, FormField, In, MediaDef, OperationDef, ParamDef, ResponseDef,
+    ScalarType, SchemeKind, SchemeUse, Shape, Style, Version,
 };
 
 /// Largest document file read.
@@ -1277,12 +1277,13 @@ impl<'a> Reader<'a> {
                 false
             }
         };
-        let media = self.content(&format!("{at}/content"));
+        let media = self.content(&format!("{at}/content"), true);
         Some(BodyDef { required, media })
     }
 
-    /// The media types of a `content` map: ranges lowercased without parameters.
-    fn content(&mut self, at: &str) -> Vec<MediaDef> {
+    /// The media types of a `content` map: ranges lowercased without parameters. In a request
+    /// body (`request`), the form type with a schema gets its fields read ([`Reader::form`]).
+    fn content(&mut self, at: &str, request: bool) -> Vec<MediaDef> {
         let Some(content) = self.doc.pointer(at) else {
             return Vec::new();
         };
@@ -1322,9 +1323,118 @@ impl<'a> Reader<'a> {
                 self.schema_roots.push(s.clone());
                 s
             });
-            out.push(MediaDef { range, schema });
+            let form = match &schema {
+                Some(schema) if request && range == FORM => Some(self.form(&media_at, schema)),
+                _ => None,
+            };
+            out.push(MediaDef {
+                range,
+                schema,
+                form,
+            });
         }
         out
+    }
+
+    /// The fields of a form body whose Media Type Object is at `at` and schema at `schema`:
+    /// each property the schema declares (found as a parameter's are), with the `style` and
+    /// `explode` of its Encoding Object. Of an Encoding Object, `headers` is for multipart
+    /// bodies only (OpenAPI) and `allowReserved` changes nothing in how a value is read; both
+    /// are ignored. `contentType` is kept to be warned of.
+    fn form(&mut self, at: &str, schema: &str) -> FormDef {
+        let mut kinds = Kinds::default();
+        self.gather(schema, &mut MAX_HOPS.clone(), &mut kinds);
+        let doc = self.doc;
+        let encoding_at = format!("{at}/encoding");
+        let encoding = match doc.pointer(&encoding_at) {
+            None => None,
+            Some(Value::Object(e)) => Some(e),
+            Some(_) => {
+                self.err(
+                    &encoding_at,
+                    "must be a mapping of property names to Encoding Objects",
+                );
+                None
+            }
+        };
+        let mut fields = Vec::with_capacity(kinds.properties.len());
+        for (name, pointer) in &kinds.properties {
+            let entry_at = format!("{encoding_at}/{}", escape(name));
+            let (style, explode, content_type) = match encoding.and_then(|e| e.get(name)) {
+                Some(entry) => match self.encoding(&entry_at, entry) {
+                    Some(read) => read,
+                    None => continue,
+                },
+                None => (Style::Form, true, None),
+            };
+            fields.push(FormField {
+                name: name.clone(),
+                shape: self.shape(pointer),
+                style,
+                explode,
+                content_type,
+            });
+        }
+        let mut unmatched_encodings = Vec::new();
+        for name in encoding.map(|e| e.keys()).into_iter().flatten() {
+            if !kinds.properties.iter().any(|(p, _)| p == name) {
+                let entry_at = format!("{encoding_at}/{}", escape(name));
+                if let Some(entry) = encoding.and_then(|e| e.get(name)) {
+                    // Checked all the same: a broken document is broken wherever it is.
+                    self.encoding(&entry_at, entry);
+                }
+                unmatched_encodings.push(name.clone());
+            }
+        }
+        FormDef {
+            fields,
+            unmatched_encodings,
+        }
+    }
+
+    /// An Encoding Object of a form field: its style, explode and a `contentType` other than
+    /// `text/plain`. `None` when it is broken (reported).
+    fn encoding(&mut self, at: &str, entry: &Value) -> Option<(Style, bool, Option<String>)> {
+        let Some(entry) = entry.as_object() else {
+            self.err(at, "must be a mapping (an Encoding Object)");
+            return None;
+        };
+        let style = match entry.get("style") {
+            None => Style::Form,
+            Some(s) => match s.as_str() {
+                Some("form") => Style::Form,
+                Some("spaceDelimited") => Style::SpaceDelimited,
+                Some("pipeDelimited") => Style::PipeDelimited,
+                Some("deepObject") => Style::DeepObject,
+                _ => {
+                    self.err(
+                        &format!("{at}/style"),
+                        "is not a style of form fields (form, spaceDelimited, pipeDelimited or \
+                         deepObject)",
+                    );
+                    return None;
+                }
+            },
+        };
+        let mut ok = true;
+        let explode = self.flag(entry, at, "explode", style == Style::Form, &mut ok);
+        let content_type = match entry.get("contentType") {
+            None => None,
+            Some(Value::String(t))
+                if t.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/plain")) =>
+            {
+                None
+            }
+            Some(Value::String(t)) => Some(t.clone()),
+            Some(_) => {
+                self.err(&format!("{at}/contentType"), "must be a string");
+                ok = false;
+                None
+            }
+        };
+        ok.then_some((style, explode, content_type))
     }
 
     fn responses(&mut self, at: &str) -> Vec<ResponseDef> {
@@ -1359,7 +1469,7 @@ impl<'a> Reader<'a> {
                     self.header(&format!("{resolved}/headers/{}", escape(&name)));
                 }
             }
-            let media = self.content(&format!("{resolved}/content"));
+            let media = self.content(&format!("{resolved}/content"), false);
             out.push(ResponseDef { status, media });
         }
         out
@@ -2839,6 +2949,139 @@ components:
                 "s63.yaml#".to_owned(),
                 "more than 64 files are referenced".to_owned()
             )]
+        );
+    }
+
+    /// The fields of a form body with their Encoding Objects, in both versions; a form
+    /// elsewhere (a response, another type) gets none.
+    #[test]
+    fn form_bodies_read_their_encoding() {
+        for version in ["3.0.3", "3.1.0"] {
+            let d = dir(&[(
+                "a.yaml",
+                &format!(
+                    r##"openapi: {version}
+info: {{title: t, version: "1"}}
+paths:
+  /a:
+    post:
+      requestBody:
+        content:
+          application/x-www-form-urlencoded; charset=utf-8:
+            schema:
+              allOf:
+                - $ref: "#/components/schemas/Base"
+                - properties:
+                    ids: {{type: array, items: {{type: integer}}}}
+                    addr: {{type: object, properties: {{zip: {{type: integer}}}}}}
+            encoding:
+              ids: {{style: pipeDelimited, allowReserved: true}}
+              addr: {{style: deepObject, explode: true, headers: {{}}}}
+              age: {{contentType: application/json}}
+              gone: {{style: form}}
+          multipart/form-data:
+            schema: {{$ref: "#/components/schemas/Base"}}
+            encoding: {{age: {{style: nonsense}}}}
+      responses:
+        "200":
+          description: ok
+          content:
+            application/x-www-form-urlencoded:
+              schema: {{$ref: "#/components/schemas/Base"}}
+components:
+  schemas:
+    Base:
+      type: object
+      properties:
+        age: {{type: integer}}
+        name: {{type: string, nullable: true}}
+"##
+                ),
+            )]);
+            let doc = load_in(&d, "a.yaml").unwrap();
+            let body = doc.operations[0].body.as_ref().unwrap();
+            let form = body.media[0].form.as_ref().unwrap();
+            let f = |name: &str| form.fields.iter().find(|f| f.name == name).unwrap();
+            assert_eq!(form.fields.len(), 4, "{version}: {form:?}");
+            assert_eq!(f("ids").shape, Shape::Array(vec![ScalarType::Integer]));
+            assert_eq!(
+                (f("ids").style, f("ids").explode),
+                (Style::PipeDelimited, false)
+            );
+            assert_eq!(
+                f("addr").shape,
+                Shape::Object(vec![("zip".into(), vec![ScalarType::Integer])])
+            );
+            assert_eq!(
+                (f("addr").style, f("addr").explode),
+                (Style::DeepObject, true)
+            );
+            assert_eq!((f("age").style, f("age").explode), (Style::Form, true));
+            assert_eq!(f("age").content_type.as_deref(), Some("application/json"));
+            assert_eq!((f("name").style, f("name").explode), (Style::Form, true));
+            assert_eq!(form.unmatched_encodings, ["gone"]);
+            // Multipart encodings are not read (nor checked); responses are not forms.
+            assert!(body.media[1].form.is_none());
+            assert!(doc.operations[0].responses[0].media[0].form.is_none());
+        }
+    }
+
+    #[test]
+    fn broken_form_encodings_are_located() {
+        let d = dir(&[(
+            "a.yaml",
+            &format!(
+                r#"{HEAD}paths:
+  /a:
+    post:
+      requestBody:
+        content:
+          application/x-www-form-urlencoded:
+            schema: {{type: object, properties: {{a: {{type: string}}, b: {{type: string}}}}}}
+            encoding:
+              a: {{style: matrix}}
+              b: {{explode: "yes", contentType: 5}}
+              c: 5
+      responses: {{"200": {{description: ok}}}}
+  /b:
+    post:
+      requestBody:
+        content:
+          application/x-www-form-urlencoded:
+            schema: {{type: object}}
+            encoding: []
+      responses: {{"200": {{description: ok}}}}
+"#
+            ),
+        )]);
+        let p = "a.yaml#/paths/~1a/post/requestBody/content/application~1x-www-form-urlencoded";
+        let q = "a.yaml#/paths/~1b/post/requestBody/content/application~1x-www-form-urlencoded";
+        assert_eq!(
+            errors(&d, "a.yaml"),
+            [
+                (
+                    format!("{p}/encoding/a/style"),
+                    "is not a style of form fields (form, spaceDelimited, pipeDelimited or \
+                     deepObject)"
+                        .to_owned()
+                ),
+                (
+                    format!("{p}/encoding/b/explode"),
+                    "must be true or false".to_owned()
+                ),
+                (
+                    format!("{p}/encoding/b/contentType"),
+                    "must be a string".to_owned()
+                ),
+                (
+                    format!("{p}/encoding/c"),
+                    "must be a mapping (an Encoding Object)".to_owned()
+                ),
+                (
+                    format!("{q}/encoding"),
+                    "must be a mapping of property names to Encoding Objects".to_owned()
+                ),
+            ]
         );
     }
 

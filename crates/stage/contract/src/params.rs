@@ -239,11 +239,12 @@ fn mode(shape: &Shape) -> Mode {
 /// `Ok(None)`: absent. `Err`: the violation message.
 type Lookup = Result<Option<Found>, String>;
 
-const NOT_UTF8: &str = "must be valid UTF-8 text";
-const REPEATED: &str = "must not be repeated";
+pub(crate) const NOT_UTF8: &str = "must be valid UTF-8 text";
+pub(crate) const REPEATED: &str = "must not be repeated";
 const EMPTY: &str = "must not be empty";
 const PAIRS: &str = "must be a list of name,value pairs";
-const DEEP_STYLE: &str = "must be in deepObject style (name[property]=value)";
+pub(crate) const DEEP_STYLE: &str = "must be in deepObject style (name[property]=value)";
+pub(crate) const DEEP_NESTED: &str = "must not nest objects (name[a][b])";
 const NAME_NOT_UTF8: &str = "parameter names must be UTF-8 text once percent-decoded";
 const SEMICOLON: &str =
     "must not contain a raw `;` (some frameworks split the query on it): encode it as %3B";
@@ -253,7 +254,10 @@ pub(crate) fn query_name(raw: &str) -> Option<String> {
     decode_query(raw).ok()
 }
 
-fn decode_query(raw: &str) -> Result<String, String> {
+/// A raw query (or form) component decoded: `+` as a space, then percent-decoded (a `%` not
+/// followed by two hex digits stays as it is, as the WHATWG parser leaves it); `Err` when the
+/// bytes are not UTF-8.
+pub(crate) fn decode_query(raw: &str) -> Result<String, String> {
     let plus: Cow<'_, str> = if raw.contains('+') {
         Cow::Owned(raw.replace('+', " "))
     } else {
@@ -281,7 +285,7 @@ fn too_many<T>(items: &[T]) -> Result<(), String> {
 }
 
 /// Splits `raw` on any of `delimiters` (checked with [`MAX_ITEMS`]), decoding each piece.
-fn split(
+pub(crate) fn split(
     raw: &str,
     delimiters: &[&str],
     decode: fn(&str) -> Result<String, String>,
@@ -318,8 +322,8 @@ fn assignments(items: Vec<String>) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Delimiters of a query parameter's array items (raw, before decoding).
-fn query_delimiters(style: Style) -> &'static [&'static str] {
+/// Delimiters of a query parameter's (or form field's) array items (raw, before decoding).
+pub(crate) fn query_delimiters(style: Style) -> &'static [&'static str] {
     match style {
         Style::SpaceDelimited => &["%20", "+", " "],
         Style::PipeDelimited => &["|", "%7C", "%7c"],
@@ -435,7 +439,7 @@ impl<'a> Query<'a> {
                 return Err(DEEP_STYLE.to_owned());
             };
             if prop.contains(['[', ']']) {
-                return Err("must not nest objects (name[a][b])".to_owned());
+                return Err(DEEP_NESTED.to_owned());
             }
             if out.iter().any(|(p, _)| p == prop) {
                 return Err(REPEATED.to_owned());
@@ -730,7 +734,7 @@ const ORDER: [ScalarType; 5] = [
 ];
 
 /// `text` as the first of `types` (in [`ORDER`]) it reads as; no types: a string.
-fn scalar(text: &str, types: &[ScalarType]) -> Option<Value> {
+pub(crate) fn scalar(text: &str, types: &[ScalarType]) -> Option<Value> {
     if types.is_empty() {
         return Some(Value::String(text.to_owned()));
     }

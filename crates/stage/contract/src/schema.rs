@@ -444,6 +444,7 @@ mod tests {
         let media = |schema: &str| MediaDef {
             range: "application/json".into(),
             schema: Some(schema.into()),
+            form: None,
         };
         let root = Arc::new(root);
         Document {

@@ -1,5 +1,5 @@
-//! The contract step: the request against its operation (parameters, media type, JSON body),
-//! and the response half handed to the engine.
+//! The contract step: the request against its operation (parameters, media type, JSON or form
+//! body), and the response half handed to the engine.
 
 use std::sync::Arc;
 
@@ -18,7 +18,9 @@ use crate::config::{
 };
 use crate::fields::Unknown;
 use crate::model::{In, Style};
-use crate::model::{charset_is_utf8, is_json_media, is_json_type, pick_media, pick_response};
+use crate::model::{
+    charset_is_utf8, is_form_type, is_json_media, is_json_type, pick_media, pick_response,
+};
 
 /// The contract step: one operation (or none) per route, indexed by route id.
 pub struct ContractStage {
@@ -61,15 +63,20 @@ impl Stage for ContractStage {
             }
             return Step::Done(conclude(op, violations, ctx));
         }
-        let (media, json) = match pick_body_media(op, req) {
+        let (media, read) = match pick_body_media(op, req) {
             Ok(m) => m,
             Err(r) => return Step::Done(refuse(op, r, "content-type", violations, ctx)),
         };
-        let Some(media) = media.filter(|m| json && (m.validator.is_some() || m.fields.is_some()))
-        else {
+        let read_json = |m: &&Media| m.validator.is_some() || m.fields.is_some();
+        let Some(media) = media.filter(|m| match read {
+            Read::Json => read_json(m),
+            Read::Form => m.reads_form().is_some(),
+            Read::Type => false,
+        }) else {
             // A media type the document declares without a schema, or with a string one (opaque
-            // bytes): the type is the whole contract. `pick_body_media` refused a body that is
-            // not JSON under a structured schema.
+            // bytes): the type is the whole contract. `pick_body_media` refused a body it does
+            // not read (neither JSON nor a form) under a structured schema, unless the route
+            // passes such bodies unchecked.
             return Step::Done(conclude(op, violations, ctx));
         };
         let limit = ctx.body_limit.unwrap_or(u64::MAX);
@@ -104,7 +111,13 @@ impl Stage for ContractStage {
                     return refuse(op, r, "content-encoding", violations, ctx);
                 }
             };
-            match check_body(op, media, &body, &mut violations) {
+            let checked = match media.reads_form() {
+                Some(form) if read == Read::Form => {
+                    check_form(op, media, form, &body, &mut violations)
+                }
+                _ => check_body(op, media, &body, &mut violations),
+            };
+            match checked {
                 Some(new) => set_body(req, new),
                 None if inflated => set_body(req, body),
                 None => {}
@@ -114,14 +127,26 @@ impl Stage for ContractStage {
     }
 }
 
-/// The declared media type the request's `Content-Type` falls in; `Err` when there is none,
-/// when a JSON-like body is not UTF-8, or when the body is not JSON and the media type has a
-/// structured schema (fields the gateway cannot see). Also says whether the request's type is
-/// JSON (only JSON bodies are read against schemas).
+/// How a request body is read against its media type's schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// As JSON: its type is JSON-like.
+    Json,
+    /// As a form: its type is `application/x-www-form-urlencoded` and the declared form range
+    /// has a structured schema ([`Media::reads_form`]).
+    Form,
+    /// Not read: its type is the whole check.
+    Type,
+}
+
+/// The declared media type the request's `Content-Type` falls in, and how the body is read;
+/// `Err` when there is none, when a JSON or form body is not UTF-8 by its `charset`, or when
+/// the body is read neither as JSON nor as a form and the media type has a structured schema
+/// (fields the gateway cannot see) that `unchecked_bodies` does not let pass.
 fn pick_body_media<'o>(
     op: &'o Operation,
     req: &GatewayRequest,
-) -> Result<(Option<&'o Media>, bool), Rejection> {
+) -> Result<(Option<&'o Media>, Read), Rejection> {
     let declared = match &op.def.body {
         Some(b) => b,
         None => {
@@ -153,12 +178,26 @@ fn pick_body_media<'o>(
             "a JSON request body must be UTF-8 (charset utf-8 or none)",
         ));
     }
+    // A form is read when its type falls in the declared form range under a structured schema
+    // (not in a wildcard range: a wildcard's schema is for JSON bodies).
+    let form = !json && is_form_type(ct) && found.is_some_and(|m| m.reads_form().is_some());
+    if form && !charset_is_utf8(ct) {
+        return Err(Rejection::new(
+            RejectReason::UnsupportedMediaType,
+            "a form request body must be UTF-8 (charset utf-8 or none)",
+        ));
+    }
+    let read = match (json, form) {
+        (true, _) => Read::Json,
+        (_, true) => Read::Form,
+        _ => Read::Type,
+    };
     match found {
-        // `unchecked_bodies: pass` is for concrete types the gateway cannot read (a form, a
-        // multipart upload); a body that only a JSON-like or wildcard range takes is refused
+        // `unchecked_bodies: pass` is for concrete types the gateway cannot read (a multipart
+        // upload, XML); a body that only a JSON-like or wildcard range takes is refused
         // anyway: many backends parse JSON whatever its label.
         Some(m)
-            if !json
+            if read == Read::Type
                 && m.schema_kind == SchemaKind::Structured
                 && (op.settings.unchecked_bodies == UncheckedBodies::Refuse
                     || is_json_media(&m.def.range)
@@ -167,13 +206,14 @@ fn pick_body_media<'o>(
             Err(Rejection::new(
                 RejectReason::UnsupportedMediaType,
                 format!(
-                    "a body matching {} cannot be checked against its schema: only JSON bodies are",
+                    "a body matching {} cannot be checked against its schema: only JSON and \
+                     form (application/x-www-form-urlencoded) bodies are",
                     m.def.range
                 ),
             ))
         }
-        Some(m) => Ok((Some(m), json)),
-        None if declared.media.is_empty() => Ok((None, json)),
+        Some(m) => Ok((Some(m), read)),
+        None if declared.media.is_empty() => Ok((None, read)),
         None => Err(Rejection::new(
             RejectReason::UnsupportedMediaType,
             format!(
@@ -196,14 +236,63 @@ fn check_body(
     body: &Bytes,
     violations: &mut Vec<Violation>,
 ) -> Option<Bytes> {
-    let settings = &op.settings;
-    let mut value = match crate::json::parse(body, &settings.limits) {
+    let mut value = match crate::json::parse(body, &op.settings.limits) {
         Ok(v) => v,
         Err(e) => {
             violations.push(e.violation());
             return None;
         }
     };
+    let stripped = check_value(op, media, &mut value, violations);
+    if stripped && violations.is_empty() {
+        serde_json::to_vec(&value).ok().map(Bytes::from)
+    } else {
+        None
+    }
+}
+
+/// Checks a form body as a JSON one: its pairs read into an object
+/// ([`crate::form::read`]) that the media type's field tree and schema check. Returns the body
+/// to forward when unknown fields were stripped: the pairs kept, as they were sent.
+fn check_form(
+    op: &Operation,
+    media: &Media,
+    def: &crate::model::FormDef,
+    body: &Bytes,
+    violations: &mut Vec<Violation>,
+) -> Option<Bytes> {
+    let cap = op.settings.max_violations;
+    let start = violations.len();
+    let mut form = crate::form::read(body, def, &op.settings.limits, violations, cap)?;
+    // A field the reader found wrong (not UTF-8, repeated …) is left out of the object: the
+    // schema would only add that it is missing.
+    let read: Vec<String> = violations
+        .get(start..)
+        .unwrap_or_default()
+        .iter()
+        .map(|v| v.location.clone())
+        .filter(|l| l != "body")
+        .collect();
+    let mut checked = Vec::new();
+    let stripped = check_value(op, media, &mut form.value, &mut checked);
+    violations.extend(checked.into_iter().filter(|v| !read.contains(&v.location)));
+    form.finish(violations, cap);
+    if stripped && violations.is_empty() {
+        form.kept()
+    } else {
+        None
+    }
+}
+
+/// Runs a media type's checks on a body's value: the field tree (unknown fields reported or
+/// stripped, read-only ones reported), then the schema. Whether fields were stripped.
+fn check_value(
+    op: &Operation,
+    media: &Media,
+    value: &mut Value,
+    violations: &mut Vec<Violation>,
+) -> bool {
+    let settings = &op.settings;
     let cap = settings.max_violations;
     let mut stripped = false;
     if let Some(tree) = &media.fields {
@@ -211,17 +300,13 @@ fn check_body(
             UnknownFields::Reject => Unknown::Reject,
             UnknownFields::Strip => Unknown::Strip,
         };
-        stripped = tree.apply(&mut value, unknown, "body", violations, cap) > 0
-            && unknown == Unknown::Strip;
+        stripped =
+            tree.apply(value, unknown, "body", violations, cap) > 0 && unknown == Unknown::Strip;
     }
     if let Some(v) = &media.validator {
-        crate::messages::collect("body", v, &value, violations, cap);
+        crate::messages::collect("body", v, value, violations, cap);
     }
-    if stripped && violations.is_empty() {
-        serde_json::to_vec(&value).ok().map(Bytes::from)
-    } else {
-        None
-    }
+    stripped
 }
 
 /// Replaces the forwarded body (stripped, or inflated) and its length; it goes uncompressed.
@@ -574,8 +659,13 @@ paths:
 
     /// The step for the one operation of [`SPEC`], with these extra `openapi:` settings.
     fn stage(settings: &str) -> ContractStage {
+        stage_of(SPEC, settings)
+    }
+
+    /// The step for the first operation of `spec`, with these extra `openapi:` settings.
+    fn stage_of(spec: &str, settings: &str) -> ContractStage {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("api.yaml"), SPEC).unwrap();
+        std::fs::write(dir.path().join("api.yaml"), spec).unwrap();
         let raw: RawOpenApi =
             serde_yaml_ng::from_str(&format!("{{spec: api.yaml{settings}}}")).unwrap();
         let mut e = ConfigErrors::new();
@@ -905,6 +995,507 @@ components:
         passed(
             get(&s, "/items", &[("cookie", b"a=1; role=user")]),
             "/items",
+        );
+    }
+
+    const FORM_SPEC: &str = r##"openapi: 3.1.0
+info: {title: t, version: "1"}
+paths:
+  /people:
+    post:
+      operationId: createPerson
+      requestBody:
+        required: true
+        content:
+          application/x-www-form-urlencoded:
+            schema:
+              type: object
+              required: [name]
+              properties:
+                name: {type: string, maxLength: 20}
+                age: {type: integer, minimum: 0}
+                member: {type: boolean}
+                role: {type: string, enum: [user]}
+                id: {type: string, readOnly: true}
+                tag: {type: array, items: {type: string}, maxItems: 3}
+                ids: {type: array, items: {type: integer}}
+                words: {type: array, items: {type: string}}
+                addr:
+                  type: object
+                  properties:
+                    city: {type: string}
+                    zip: {type: integer}
+                meta: {type: object, properties: {k: {type: string}}}
+            encoding:
+              ids: {style: form, explode: false}
+              words: {style: pipeDelimited}
+              addr: {style: deepObject}
+          multipart/form-data:
+            schema: {type: object, properties: {file: {type: string}}}
+      responses: {"204": {description: ok}}
+"##;
+
+    const FORM: &str = "application/x-www-form-urlencoded";
+
+    /// What became of a POST.
+    #[derive(Debug)]
+    struct Posted {
+        /// `None`: let through; else the reason and the violations.
+        refused: Option<(RejectReason, Vec<(String, String)>)>,
+        /// The body that goes on, and its `Content-Length`.
+        body: Bytes,
+        length: Option<String>,
+        encoding: Option<String>,
+        /// The violations recorded in the contract report.
+        recorded: Vec<(String, String)>,
+    }
+
+    fn pairs(v: &[Violation]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|v| (v.location.clone(), v.message.clone()))
+            .collect()
+    }
+
+    fn owned(want: &[(&str, &str)]) -> Vec<(String, String)> {
+        want.iter()
+            .map(|(l, m)| ((*l).to_owned(), (*m).to_owned()))
+            .collect()
+    }
+
+    /// Runs a POST of `body` with this `Content-Type` (and headers) through the step.
+    fn post(
+        stage: &ContractStage,
+        content_type: &str,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> Posted {
+        let body: Bytes = body.into();
+        let mut b = http::Request::builder()
+            .method("POST")
+            .uri("/people")
+            .header("content-type", content_type)
+            .header("content-length", body.len());
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let (head, ()) = b.body(()).unwrap().into_parts();
+        let stream = http_body_util::Full::new(body)
+            .map_err(|e| -> portcullis_core::BoxError { match e {} })
+            .boxed_unsync();
+        let mut req = GatewayRequest::new(head, stream);
+        let mut ctx = RequestCtx::new(
+            "127.0.0.1:5000".parse().unwrap(),
+            Scheme::Https,
+            Arc::from("l"),
+        );
+        ctx.route = Some(RouteMatch {
+            id: RouteId(0),
+            name: Arc::from("people"),
+            params: Vec::new(),
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let verdict = rt.block_on(stage.on_request(&mut req, &mut ctx).resolve());
+        let refused = match verdict {
+            Verdict::Continue => None,
+            Verdict::Reject(r) => Some((r.reason, pairs(&r.violations))),
+            Verdict::Answer(a) => panic!("unexpected answer {a:?}"),
+        };
+        let body = match req.take_body() {
+            RequestBody::Buffered(b) => b,
+            RequestBody::Streaming(s) => rt.block_on(s.collect()).unwrap().to_bytes(),
+        };
+        let header = |name: &str| {
+            req.head
+                .headers
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        Posted {
+            refused,
+            body,
+            length: header("content-length"),
+            encoding: header("content-encoding"),
+            recorded: ctx.contract.map(|c| pairs(&c.request)).unwrap_or_default(),
+        }
+    }
+
+    fn form(stage: &ContractStage, body: &str) -> Posted {
+        post(stage, FORM, body.to_owned(), &[])
+    }
+
+    /// Refused with 400 and exactly these violations.
+    fn violates(p: Posted, want: &[(&str, &str)]) {
+        assert_eq!(
+            p.refused,
+            Some((RejectReason::ContractViolation, owned(want))),
+            "{p:?}"
+        );
+    }
+
+    /// Let through with no violation, the body going on as `forwarded`.
+    fn forwarded(p: Posted, body: &str) {
+        assert_eq!(p.refused, None, "{p:?}");
+        assert!(p.recorded.is_empty(), "{p:?}");
+        assert_eq!(p.body, body.as_bytes(), "{p:?}");
+        assert_eq!(p.length, Some(body.len().to_string()), "{p:?}");
+    }
+
+    #[test]
+    fn a_valid_form_is_forwarded_unchanged() {
+        let s = stage_of(FORM_SPEC, "");
+        let body = "name=Ann+Lee&age=30&member=true&tag=a&tag=b&ids=1,2&words=x%7Cy|z\
+                    &addr[city]=Paris&addr%5Bzip%5D=75001&role=user";
+        forwarded(form(&s, body), body);
+        // Any case, with a UTF-8 charset.
+        for ct in [
+            "Application/X-WWW-Form-Urlencoded",
+            "application/x-www-form-urlencoded; charset=UTF-8",
+            "application/x-www-form-urlencoded;charset=\"utf8\"",
+        ] {
+            forwarded(post(&s, ct, "name=x", &[]), "name=x");
+        }
+        // Undecodable escapes stay as they are (as the WHATWG parser leaves them).
+        forwarded(form(&s, "name=100%zz"), "name=100%zz");
+    }
+
+    #[test]
+    fn form_values_are_typed_as_the_schema_says_and_checked_by_it() {
+        let s = stage_of(FORM_SPEC, "");
+        // A value that is not of its type stays text: the schema says what is wrong.
+        violates(
+            form(&s, "name=a&age=abc"),
+            &[("body:/age", "must be an integer")],
+        );
+        violates(form(&s, "name=a&age=-1"), &[("body:/age", "must be >= 0")]);
+        violates(
+            form(&s, "name=a&member=yes"),
+            &[("body:/member", "must be a boolean")],
+        );
+        violates(form(&s, "age=3"), &[("body:/name", "is required")]);
+        violates(
+            form(&s, "name=aaaaaaaaaaaaaaaaaaaaa"),
+            &[("body:/name", "must be at most 20 characters")],
+        );
+        violates(
+            form(&s, "name=a&role=admin"),
+            &[("body:/role", "must be one of: user")],
+        );
+        violates(form(&s, "name=a&id=7"), &[("body:/id", "read-only field")]);
+    }
+
+    #[test]
+    fn an_empty_form_is_a_missing_body() {
+        let s = stage_of(FORM_SPEC, "");
+        violates(form(&s, ""), &[("body", "is required")]);
+        // Pieces without pairs are an empty object.
+        violates(form(&s, "&&"), &[("body:/name", "is required")]);
+    }
+
+    #[test]
+    fn unknown_form_fields_are_refused_under_reject() {
+        let s = stage_of(FORM_SPEC, "");
+        violates(
+            form(&s, "name=a&admin=1&addr[evil]=x"),
+            &[
+                ("body:/admin", "unknown field"),
+                ("body:/addr/evil", "unknown field"),
+            ],
+        );
+    }
+
+    #[test]
+    fn strip_forwards_the_kept_pairs_as_they_were_sent() {
+        let s = stage_of(FORM_SPEC, ", unknown_fields: strip");
+        let p = form(
+            &s,
+            "admin=1&name=A%20b+c&x=1&&addr[evil]=1&age=%33&x=2&addr[city]=P%61ris",
+        );
+        forwarded(p, "name=A%20b+c&age=%33&addr[city]=P%61ris");
+        // Nothing to strip: the body goes on as sent (empty pieces and all).
+        forwarded(form(&s, "name=a&&age=1"), "name=a&&age=1");
+        // Read-only fields and other violations are refused, not stripped.
+        violates(
+            form(&s, "name=a&id=1&junk=2"),
+            &[("body:/id", "read-only field")],
+        );
+    }
+
+    #[test]
+    fn a_repeated_field_that_is_not_an_array_is_refused() {
+        let s = stage_of(FORM_SPEC, "");
+        violates(
+            form(&s, "name=a&name=b"),
+            &[("body:/name", "must not be repeated")],
+        );
+        violates(
+            form(&s, "name=a&age=1&age=1"),
+            &[("body:/age", "must not be repeated")],
+        );
+        // Not exploded: one value, split.
+        violates(
+            form(&s, "name=a&ids=1&ids=2"),
+            &[("body:/ids", "must not be repeated")],
+        );
+        violates(
+            form(&s, "name=a&addr[city]=a&addr[city]=b"),
+            &[("body:/addr/city", "must not be repeated")],
+        );
+    }
+
+    #[test]
+    fn arrays_by_repetition_and_by_delimiter() {
+        let s = stage_of(FORM_SPEC, "");
+        violates(
+            form(&s, "name=a&tag=1&tag=2&tag=3&tag=4"),
+            &[("body:/tag", "must have at most 3 items")],
+        );
+        violates(
+            form(&s, "name=a&ids=1,x,3"),
+            &[("body:/ids/1", "must be an integer")],
+        );
+        // An encoded comma is data, not a delimiter.
+        violates(
+            form(&s, "name=a&ids=1%2C2"),
+            &[("body:/ids/0", "must be an integer")],
+        );
+        for ok in [
+            "name=a&tag=x",
+            "name=a&tag=",
+            "name=a&ids=",
+            "name=a&words=a|b%7Cc",
+        ] {
+            forwarded(form(&s, ok), ok);
+        }
+    }
+
+    #[test]
+    fn object_fields_are_read_in_deep_object_style_only() {
+        let s = stage_of(FORM_SPEC, "");
+        violates(
+            form(&s, "name=a&addr[city]=P&addr[zip]=x"),
+            &[("body:/addr/zip", "must be an integer")],
+        );
+        let deep = "must be in deepObject style (name[property]=value)";
+        for body in ["name=a&addr=x", "name=a&addr[city", "name=a&addr[city]x=1"] {
+            violates(form(&s, body), &[("body:/addr", deep)]);
+        }
+        violates(
+            form(&s, "name=a&addr[city][x]=1"),
+            &[("body:/addr", "must not nest objects (name[a][b])")],
+        );
+        // Without `style: deepObject` an object field cannot be read.
+        for body in ["name=a&meta[k]=1", "name=a&meta=k,1"] {
+            violates(
+                form(&s, body),
+                &[(
+                    "body:/meta",
+                    "is an object field, which a form carries only in deepObject style \
+                     (name[property]=value), and the document does not declare it so",
+                )],
+            );
+        }
+    }
+
+    #[test]
+    fn names_and_values_must_be_utf8() {
+        let s = stage_of(FORM_SPEC, "");
+        violates(
+            form(&s, "name=%FF"),
+            &[("body:/name", "must be valid UTF-8 text")],
+        );
+        violates(
+            post(&s, FORM, &b"name=\xff"[..], &[]),
+            &[("body:/name", "must be valid UTF-8 text")],
+        );
+        violates(
+            form(&s, "name=a&ro%FFle=admin"),
+            &[(
+                "body",
+                "field names must be UTF-8 text once percent-decoded",
+            )],
+        );
+        violates(
+            form(&s, "name=a&tag=ok&tag=%C3"),
+            &[("body:/tag", "must be valid UTF-8 text")],
+        );
+    }
+
+    #[test]
+    fn a_form_in_another_charset_gets_415() {
+        let s = stage_of(FORM_SPEC, "");
+        for ct in [
+            "application/x-www-form-urlencoded; charset=iso-8859-1",
+            "application/x-www-form-urlencoded; charset=utf-7",
+        ] {
+            let p = post(&s, ct, "name=a", &[]);
+            assert_eq!(
+                p.refused,
+                Some((
+                    RejectReason::UnsupportedMediaType,
+                    owned(&[(
+                        "content-type",
+                        "a form request body must be UTF-8 (charset utf-8 or none)"
+                    )])
+                )),
+                "{ct}"
+            );
+        }
+    }
+
+    /// A name a PHP, Rails or case-insensitive binder reads as a declared field is refused,
+    /// whatever `unknown_fields` says: under `strip` it is not silently forwarded.
+    #[test]
+    fn other_spellings_of_a_declared_field_are_refused() {
+        for settings in ["", ", unknown_fields: strip"] {
+            let s = stage_of(FORM_SPEC, settings);
+            for (body, name, of) in [
+                ("name=a&ROLE=admin", "ROLE", "role"),
+                ("name=a&role=user&role[]=admin", "role[]", "role"),
+                ("name=a&%20role=admin", " role", "role"),
+                ("name=a&ID=1", "ID", "id"),
+                ("name=a&Id[x]=1", "Id[x]", "id"),
+                ("name=a&tag[]=x", "tag[]", "tag"),
+                ("name=a&ADDR[city]=x", "ADDR[city]", "addr"),
+            ] {
+                violates(
+                    form(&s, body),
+                    &[(
+                        &format!("body:/{name}"),
+                        &format!("is another spelling of the field {of}"),
+                    )],
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_raw_semicolon_in_a_form_is_a_violation() {
+        let s = stage_of(FORM_SPEC, "");
+        violates(
+            form(&s, "name=x;role=admin"),
+            &[(
+                "body",
+                "must not contain a raw `;` (some frameworks split a form on it): encode it \
+                 as %3B",
+            )],
+        );
+        forwarded(form(&s, "name=x%3By"), "name=x%3By");
+    }
+
+    #[test]
+    fn too_many_form_pairs_are_refused() {
+        let s = stage_of(FORM_SPEC, ", unknown_fields: strip");
+        let many = format!("name=a{}", "&z=1".repeat(crate::form::MAX_FORM_PAIRS));
+        violates(
+            form(&s, &many),
+            &[("body", "too many form fields (more than 1024)")],
+        );
+        let fits = format!("name=a{}", "&tag=1".repeat(crate::form::MAX_FORM_PAIRS - 1));
+        violates(
+            form(&s, &fits),
+            &[("body:/tag", "must have at most 3 items")],
+        );
+    }
+
+    #[test]
+    fn form_values_are_held_to_the_route_limits() {
+        let s = stage_of(
+            FORM_SPEC,
+            ", limits: {max_string_bytes: 8, max_number_magnitude: 1000, max_array_items: 2}",
+        );
+        violates(
+            form(&s, "name=123456789"),
+            &[("body:/name", "string longer than 8 bytes")],
+        );
+        violates(
+            form(&s, "name=a&age=1001"),
+            &[("body:/age", "number beyond ±1000")],
+        );
+        violates(
+            form(&s, "name=a&ids=1,2,3"),
+            &[("body:/ids", "more than 2 items")],
+        );
+    }
+
+    /// A zlib stream (`deflate`) of `data` in one stored block.
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        let len = u16::try_from(data.len()).unwrap();
+        let mut out = vec![0x78, 0x01, 0x01];
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(data);
+        let (mut a, mut b) = (1u32, 0u32);
+        for byte in data {
+            a = (a + u32::from(*byte)) % 65521;
+            b = (b + a) % 65521;
+        }
+        out.extend_from_slice(&((b << 16) | a).to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn a_compressed_form_is_checked_inflated() {
+        let s = stage_of(FORM_SPEC, "");
+        let deflate = [("content-encoding", "deflate")];
+        violates(
+            post(&s, FORM, zlib(b"name=a&age=x"), &deflate),
+            &[("body:/age", "must be an integer")],
+        );
+        let p = post(&s, FORM, zlib(b"name=a&age=1"), &deflate);
+        assert_eq!(p.encoding, None, "{p:?}");
+        forwarded(p, "name=a&age=1");
+        let s = stage_of(FORM_SPEC, ", unknown_fields: strip");
+        let p = post(&s, FORM, zlib(b"name=a&junk=1"), &deflate);
+        assert_eq!(p.encoding, None, "{p:?}");
+        forwarded(p, "name=a");
+    }
+
+    #[test]
+    fn detect_mode_records_a_bad_form_and_lets_it_through() {
+        let s = stage_of(FORM_SPEC, ", mode: detect, unknown_fields: strip");
+        let body = "name=a&age=x&junk=1";
+        let p = form(&s, body);
+        assert_eq!(p.refused, None, "{p:?}");
+        assert_eq!(p.recorded, owned(&[("body:/age", "must be an integer")]));
+        // Not rewritten: a request with violations goes on as sent.
+        assert_eq!(p.body, body.as_bytes());
+        let p = post(&s, &format!("{FORM}; charset=latin1"), "name=a", &[]);
+        assert_eq!(p.refused, None, "{p:?}");
+        assert_eq!(
+            p.recorded,
+            owned(&[(
+                "content-type",
+                "a form request body must be UTF-8 (charset utf-8 or none)"
+            )])
+        );
+    }
+
+    /// `unchecked_bodies: pass` still passes the types the gateway does not read; forms are
+    /// checked whatever it says.
+    #[test]
+    fn unchecked_bodies_applies_to_types_that_are_not_read() {
+        let multipart = "multipart/form-data; boundary=x";
+        let upload = "--x\r\ncontent-disposition: form-data; name=\"evil\"\r\n\r\n1\r\n--x--\r\n";
+        let s = stage_of(FORM_SPEC, "");
+        let p = post(&s, multipart, upload, &[]);
+        assert_eq!(
+            p.refused,
+            Some((
+                RejectReason::UnsupportedMediaType,
+                owned(&[(
+                    "content-type",
+                    "a body matching multipart/form-data cannot be checked against its schema: \
+                     only JSON and form (application/x-www-form-urlencoded) bodies are"
+                )])
+            ))
+        );
+        let s = stage_of(FORM_SPEC, ", unchecked_bodies: pass");
+        assert_eq!(post(&s, multipart, upload, &[]).refused, None);
+        violates(
+            form(&s, "name=a&evil=1"),
+            &[("body:/evil", "unknown field")],
         );
     }
 }
