@@ -30,6 +30,16 @@ async fn http1_and_h2c_reach_the_upstream_with_verified_forwarding_headers() {
             "traceparent",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ),
+        // Other spellings, read by CGI-style backends as the gateway's fields, and the other
+        // address fields backends trust.
+        ("x_forwarded_for", "6.6.6.6"),
+        ("x_forwarded_proto", "https"),
+        ("x-forwarded_host", "evil.example"),
+        ("x_request_id", "spoofed-id"),
+        ("x-real-ip", "6.6.6.6"),
+        ("true-client-ip", "6.6.6.6"),
+        ("x-forwarded-prefix", "/admin"),
+        ("x-forwarded-port", "443"),
     ];
     let r1 = send(req("GET", &format!("{base}/api/x?q=1"), &spoof, "")).await;
     let r2 = send_h2c(req("GET", &format!("{base}/api/y"), &spoof, "")).await;
@@ -42,6 +52,18 @@ async fn http1_and_h2c_reach_the_upstream_with_verified_forwarding_headers() {
         let h = &rec.headers;
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
+        for gone in [
+            "x_forwarded_for",
+            "x_forwarded_proto",
+            "x-forwarded_host",
+            "x_request_id",
+            "x-real-ip",
+            "true-client-ip",
+            "x-forwarded-prefix",
+            "x-forwarded-port",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone} reached the upstream");
+        }
         assert!(
             h["x-forwarded-host"]
                 .to_str()
@@ -175,6 +197,8 @@ async fn trusted_proxies_extend_the_chain_and_name_the_client() {
             ("x-forwarded-for", "203.0.113.7"),
             ("x-forwarded-proto", "https"),
             ("x-request-id", "edge-123"),
+            ("x-real-ip", "203.0.113.7"),
+            ("x_forwarded_for", "6.6.6.6"),
         ],
         "",
     ))
@@ -182,6 +206,9 @@ async fn trusted_proxies_extend_the_chain_and_name_the_client() {
     assert_eq!(r.status, 200);
     let h = &up.requests()[0].headers;
     assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    // A trusted proxy's own address field is kept; another spelling of the gateway's is not.
+    assert_eq!(h["x-real-ip"], "203.0.113.7");
+    assert!(h.get("x_forwarded_for").is_none());
     assert_eq!(h["x-forwarded-proto"], "https");
     assert_eq!(h["x-request-id"], "edge-123");
     assert_eq!(r.header("x-request-id"), Some("edge-123"));

@@ -386,6 +386,71 @@ pub struct Forwarding<'a> {
     pub host: Option<&'a HeaderValue>,
 }
 
+/// Whether a field called `name` (lowercase, `_` read as `-`) is one upstreams read as the
+/// client's address, port, scheme or path prefix besides those the gateway sets: `X-Real-IP`,
+/// `True-Client-IP`, `X-Client-IP`, `Client-IP`, `X-Cluster-Client-IP`, `Fastly-Client-IP`,
+/// `CF-Connecting-IP`, `X-Forwarded-Port`, `-Prefix`, `-Ssl`, `-Scheme`, `X-Url-Scheme`. By
+/// length first: most names go no further.
+fn address_claim(name: &[u8]) -> bool {
+    let candidates: &[&[u8]] = match name.len() {
+        9 => &[b"x-real-ip", b"client-ip"],
+        11 => &[b"x-client-ip"],
+        12 => &[b"x-url-scheme"],
+        14 => &[b"true-client-ip"],
+        15 => &[b"x-forwarded-ssl"],
+        16 => &[
+            b"fastly-client-ip",
+            b"cf-connecting-ip",
+            b"x-forwarded-port",
+        ],
+        18 => &[b"x-forwarded-prefix", b"x-forwarded-scheme"],
+        19 => &[b"x-cluster-client-ip"],
+        _ => return false,
+    };
+    candidates
+        .iter()
+        .any(|c| portcullis_core::same_name_folded(name, c))
+}
+
+/// Whether a field called `name` is another spelling (`_` for `-`) of a forwarding field the
+/// gateway sets, or of its request-id field.
+fn forwarding_alias(name: &[u8], request_id: &HeaderName) -> bool {
+    name.contains(&b'_')
+        && [
+            X_FORWARDED_FOR.as_str(),
+            X_FORWARDED_PROTO.as_str(),
+            X_FORWARDED_HOST.as_str(),
+            request_id.as_str(),
+        ]
+        .iter()
+        .any(|f| portcullis_core::same_name_folded(name, f.as_bytes()))
+}
+
+/// Removes what a client could pass off as the gateway's forwarding fields: another spelling of
+/// those it sets (`x_forwarded_for`, `x_request_id` — CGI, WSGI, Rack and PHP read `_` as `-`,
+/// and some let the copy win over the gateway's field), and, from a peer that is not a trusted
+/// proxy, the other fields upstreams read as the client's address, port, scheme or prefix
+/// (`X-Real-IP`, `X-Forwarded-Port` … in any spelling, see [`address_claim`]). A trusted
+/// proxy's own such fields are kept. One pass over the names; nothing is hashed or allocated
+/// when there is nothing to remove.
+pub fn strip_forwarding_claims(
+    headers: &mut HeaderMap,
+    peer_trusted: bool,
+    request_id: &HeaderName,
+) {
+    let claimed = |k: &HeaderName| {
+        let n = k.as_str().as_bytes();
+        forwarding_alias(n, request_id) || (!peer_trusted && address_claim(n))
+    };
+    if !headers.keys().any(claimed) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers.keys().filter(|k| claimed(k)).cloned().collect();
+    for n in doomed {
+        headers.remove(n);
+    }
+}
+
 /// Builds `X-Forwarded-*` and `Forwarded`. From an untrusted peer, whatever it sent is
 /// replaced; from a trusted proxy, its chain is extended. Disabled headers are removed, so a
 /// client can never smuggle its own copy to the upstream.
@@ -1159,6 +1224,76 @@ mod tests {
     }
 
     /// What `set_forwarding` wrote before it was written without `format!`.
+    /// Other spellings of the gateway's forwarding and request-id fields go whoever sent them;
+    /// the other address fields go from an untrusted peer only; everything else stays.
+    #[test]
+    fn forwarding_claims_are_removed() {
+        let request_id = HeaderName::from_static("x-correlation-id");
+        let sent = [
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x-forwarded_proto", "https"),
+            ("x_forwarded_host", "evil.example"),
+            ("x_correlation_id", "forged"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x_real_ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("cf-connecting-ip", "6.6.6.6"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-scheme", "https"),
+            ("x-url-scheme", "https"),
+            ("accept-encoding", "gzip"),
+            ("x-forwarded-for", "kept for set_forwarding"),
+            ("content-type", "text/plain"),
+            ("x_custom", "1"),
+        ];
+        let map = || {
+            let mut h = HeaderMap::new();
+            for (k, v) in sent {
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_static(v),
+                );
+            }
+            h
+        };
+        let names = |h: &HeaderMap| {
+            let mut v: Vec<String> = h.keys().map(|k| k.as_str().to_string()).collect();
+            v.sort();
+            v
+        };
+        let mut untrusted = map();
+        strip_forwarding_claims(&mut untrusted, false, &request_id);
+        assert_eq!(
+            names(&untrusted),
+            [
+                "accept-encoding",
+                "content-type",
+                "x-forwarded-for",
+                "x_custom"
+            ]
+        );
+        let mut trusted = map();
+        strip_forwarding_claims(&mut trusted, true, &request_id);
+        assert_eq!(
+            names(&trusted),
+            [
+                "accept-encoding",
+                "cf-connecting-ip",
+                "content-type",
+                "true-client-ip",
+                "x-forwarded-for",
+                "x-forwarded-port",
+                "x-forwarded-prefix",
+                "x-forwarded-scheme",
+                "x-real-ip",
+                "x-url-scheme",
+                "x_custom",
+                "x_real_ip",
+            ]
+        );
+    }
+
     fn forwarding_reference(headers: &mut HeaderMap, ctx: &RequestCtx, f: &Forwarding<'_>) {
         let put =
             |headers: &mut HeaderMap, name: HeaderName, value: &str| match HeaderValue::from_str(

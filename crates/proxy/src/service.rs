@@ -708,6 +708,11 @@ impl Gateway {
         } else {
             FieldSink::Map
         };
+        crate::headers::strip_forwarding_claims(
+            &mut head.headers,
+            ctx.peer_trusted,
+            &config.server.request_id_header,
+        );
         set_forwarding(
             &mut head.headers,
             ctx,
