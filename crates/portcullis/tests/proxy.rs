@@ -960,6 +960,64 @@ async fn websocket_upgrades_pass_through() {
     assert_eq!(ws.paths(), ["/chat"]);
 }
 
+/// A 101's hop-by-hop fields stay on the upstream's side of the tunnel: the client gets the
+/// handshake's `Upgrade` and `Connection: upgrade`, not the upstream's `Keep-Alive`,
+/// `Proxy-Authenticate`, nor a field its `Connection` names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switching_answer_loses_the_upstreams_hop_by_hop_fields() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade, x-internal\r\n\
+              x-internal: secret\r\nkeep-alive: timeout=5\r\nproxy-authenticate: Basic\r\n\
+              sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        // The tunnel stays open until the client goes.
+        let _ = s.read(&mut buf).await;
+    });
+    let gw = gateway(&format!(
+        "upstreams:\n  ws: {{ targets: [\"http://{up}\"] }}\nroutes:\n  - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws }}\n"
+    ));
+    let mut c = tokio::net::TcpStream::connect(gw.listener("public"))
+        .await
+        .unwrap();
+    c.write_all(
+        b"GET /chat HTTP/1.1\r\nhost: localhost\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+          sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    assert!(head.contains("sec-websocket-accept:"), "{head}");
+    for gone in ["x-internal", "keep-alive", "proxy-authenticate"] {
+        assert!(!head.contains(gone), "{gone}: {head}");
+    }
+}
+
 /// Cross-site WebSocket hijacking: on a CORS route, a handshake from an origin the route does
 /// not allow is refused (browsers apply no CORS to WebSockets) and never reaches the
 /// upstream; an allowed origin's, or a non-browser client's without `Origin`, is made.

@@ -905,6 +905,11 @@ impl Gateway {
         };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The upstream's hop-by-hop fields (`Keep-Alive`, `Proxy-Authenticate`, what its
+            // `Connection` names) stay on its side of the tunnel: only the handshake's own
+            // `Upgrade` and `Connection: upgrade` go on, and no length for a 101.
+            strip_hop_by_hop(resp.headers_mut(), true);
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
             match downstream_upgrade {
                 Some(down) => {
                     tunnel(
