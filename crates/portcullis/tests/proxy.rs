@@ -908,6 +908,44 @@ async fn links_to_the_target_are_rewritten_to_the_clients_host() {
     assert_eq!(r.status, 302);
     let want = format!("http://{}/next?x=1", gw.listener("public"));
     assert_eq!(r.header("location"), Some(want.as_str()));
+    // An untrusted client's word on its scheme is not taken.
+    let r = send(req(
+        "GET",
+        &format!("{}/go", gw.url("public")),
+        &[("host", "api.example.com"), ("x-forwarded-proto", "https")],
+        "",
+    ))
+    .await;
+    assert_eq!(
+        r.header("location"),
+        Some("http://api.example.com/next?x=1")
+    );
+
+    // Behind a trusted TLS terminator, the scheme its client used (the host stays the
+    // request's own).
+    let gw = gateway(&format!(
+        "server: {{ trusted_proxies: [127.0.0.1/32] }}\nupstreams: {{ svc: {{ targets: [\"http://{addr}\"], host_header: target }} }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n"
+    ));
+    for (sent, want) in [
+        (
+            vec![("x-forwarded-proto", "https"), ("x-forwarded-host", "evil.example")],
+            "https://api.example.com/next?x=1",
+        ),
+        (
+            vec![("forwarded", "for=192.0.2.1;proto=https")],
+            "https://api.example.com/next?x=1",
+        ),
+        (
+            vec![("x-forwarded-proto", "gopher")],
+            "http://api.example.com/next?x=1",
+        ),
+    ] {
+        let mut h = vec![("host", "api.example.com")];
+        h.extend(sent.iter().copied());
+        let r = send(req("GET", &format!("{}/go", gw.url("public")), &h, "")).await;
+        assert_eq!(r.status, 302);
+        assert_eq!(r.header("location"), Some(want), "{sent:?}");
+    }
 }
 
 /// Trailers are held to the route's header removals like the head: a field removed from

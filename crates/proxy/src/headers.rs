@@ -451,6 +451,33 @@ pub fn strip_forwarding_claims(
     }
 }
 
+/// The scheme a trusted proxy says its client used: the first `X-Forwarded-Proto` value (the
+/// one the proxy nearest the client wrote), else the first `proto=` of `Forwarded`; `http` or
+/// `https` only (any case), anything else is not taken.
+pub fn forwarded_scheme(headers: &HeaderMap) -> Option<&'static str> {
+    let pick = |v: &str| match v.trim().trim_matches('"') {
+        p if p.eq_ignore_ascii_case("https") => Some("https"),
+        p if p.eq_ignore_ascii_case("http") => Some("http"),
+        _ => None,
+    };
+    if let Some(v) = headers.get(&X_FORWARDED_PROTO) {
+        return v.to_str().ok()?.split(',').next().and_then(pick);
+    }
+    forwarded_param(headers, "proto").and_then(|p| pick(&p))
+}
+
+/// The first element's `name=` parameter of the first `Forwarded` field, unquoted.
+fn forwarded_param(headers: &HeaderMap, name: &str) -> Option<String> {
+    let v = headers.get(header::FORWARDED)?.to_str().ok()?;
+    let first = v.split(',').next()?;
+    first.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().trim_matches('"').to_string())
+    })
+}
+
 /// Builds `X-Forwarded-*` and `Forwarded`. From an untrusted peer, whatever it sent is
 /// replaced; from a trusted proxy, its chain is extended. Disabled headers are removed, so a
 /// client can never smuggle its own copy to the upstream.

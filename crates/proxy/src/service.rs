@@ -694,6 +694,15 @@ impl Gateway {
         let websocket = downstream_upgrade.is_some();
         strip_hop_by_hop(&mut head.headers, websocket);
         let host_for_fwd = portcullis_core::header_value(&head.headers, &header::HOST).cloned();
+        // The scheme the client used, for links in the answer: the listener's, or, behind a
+        // trusted proxy that says so, the proxy's client's (a TLS terminator in front of a
+        // cleartext listener would otherwise get `http://` links). The host stays the request's
+        // own: a forwarded host written into a cacheable redirect is how caches get poisoned.
+        let link_scheme = if ctx.peer_trusted {
+            crate::headers::forwarded_scheme(&head.headers).unwrap_or(ctx.scheme.as_str())
+        } else {
+            ctx.scheme.as_str()
+        };
         // HTTP/2's `:authority` (when there is no `Host`), for links in the answer.
         let authority = head.uri.authority().cloned();
         // The gateway's own fields go to a proxied target's client as a list, written after
@@ -938,12 +947,7 @@ impl Gateway {
                         .or(authority.as_ref().map(|a| a.as_str())),
                 )
             {
-                crate::headers::rewrite_target_links(
-                    resp.headers_mut(),
-                    target,
-                    ctx.scheme.as_str(),
-                    host,
-                );
+                crate::headers::rewrite_target_links(resp.headers_mut(), target, link_scheme, host);
             }
         }
         if route.cors.is_some() {
