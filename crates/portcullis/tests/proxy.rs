@@ -928,7 +928,10 @@ async fn links_to_the_target_are_rewritten_to_the_clients_host() {
     ));
     for (sent, want) in [
         (
-            vec![("x-forwarded-proto", "https"), ("x-forwarded-host", "evil.example")],
+            vec![
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "evil.example"),
+            ],
             "https://api.example.com/next?x=1",
         ),
         (
