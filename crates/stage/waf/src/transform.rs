@@ -957,14 +957,58 @@ fn unset_expansion(b: &[u8]) -> Option<usize> {
     empty.then_some(close + 2)
 }
 
+/// Whether the shell view built so far ends where a command starts: at the start of the value
+/// or after a separator (`;`, `|`, `&`, a line break, `(` of `$(` or a subshell, a backtick),
+/// blanks aside. Reads each byte of the view once however often it is asked.
+#[derive(Default)]
+struct CommandPosition {
+    /// How much of the view has been read.
+    read: usize,
+    /// Whether the last byte read that is not a blank is a word's (not a separator's).
+    inside: bool,
+}
+
+impl CommandPosition {
+    fn at(&mut self, view: &str) -> bool {
+        let b = view.as_bytes();
+        for &c in b.get(self.read..).unwrap_or_default() {
+            if !is_blank(c) {
+                self.inside = !matches!(c, b';' | b'|' | b'&' | b'\n' | b'\r' | b'(' | b'`');
+            }
+        }
+        self.read = b.len();
+        !self.inside
+    }
+}
+
+/// A blank between shell words (`+` too: a space as a form-encoded value carries it, as the
+/// command injection rules read it).
+const fn is_blank(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'+')
+}
+
+/// Whether `rest` (what follows an expansion) is blanks and then another word of the same
+/// command.
+fn words_follow(rest: &[u8]) -> bool {
+    let n = rest.iter().take_while(|&&c| is_blank(c)).count();
+    n > 0
+        && rest
+            .get(n)
+            .is_some_and(|&c| !matches!(c, b';' | b'|' | b'&' | b'\n' | b'\r' | b')' | b'#'))
+}
+
 /// Quotes, escapes and empty expansions removed; an expansion of an unset variable
 /// ([`unset_expansion`]) glued to a word is removed too (`wh${u}oami`, `id$u` read `whoami`,
-/// `id`), one that stands alone (`;$cmd`, `cat ${f}`) is kept. A run of three or more
-/// backticks (a Markdown code fence) is kept as it is.
-fn shell_unquote(s: &str, out: &mut String) {
+/// `id`), and so is one that stands as the first word of a command with more words after it
+/// (`;${u} id`, `|$u cat /etc/passwd`: the shell drops an unquoted word that expands to
+/// nothing, and the next word is the command); one that stands alone elsewhere (`;$cmd`,
+/// `cat ${f}`, `Hello ${name}`) is kept. A run of three or more backticks (a Markdown code
+/// fence) is kept as it is.
+pub(crate) fn shell_unquote(s: &str, out: &mut String) {
     let b = s.as_bytes();
     let mut i = 0;
     let mut last = 0;
+    let mut command = CommandPosition::default();
     while let Some(&c) = b.get(i) {
         match c {
             b'\'' | b'"' => {
@@ -1003,21 +1047,24 @@ fn shell_unquote(s: &str, out: &mut String) {
                     last = i;
                 }
                 None => match unset_expansion(b.get(i..).unwrap_or_default()) {
-                    // Glued to what comes before (as the view has it so far) or after.
-                    Some(len)
-                        if (if last < i {
-                            i.checked_sub(1).and_then(|p| b.get(p))
-                        } else {
-                            out.as_bytes().last()
-                        })
-                        .is_some_and(|&c| glues(c))
-                            || b.get(i + len).is_some_and(|&c| glues(c) || c == b'$') =>
-                    {
+                    // Glued to what comes before (as the view has it so far) or after, or
+                    // the first of several words of a command.
+                    Some(len) => {
                         out.push_str(s.get(last..i).unwrap_or_default());
-                        i += len;
                         last = i;
+                        let glued = out.as_bytes().last().is_some_and(|&c| glues(c))
+                            || b.get(i + len).is_some_and(|&c| glues(c) || c == b'$');
+                        if glued
+                            || (command.at(out)
+                                && words_follow(b.get(i + len..).unwrap_or_default()))
+                        {
+                            i += len;
+                            last = i;
+                        } else {
+                            i += 1;
+                        }
                     }
-                    _ => i += 1,
+                    None => i += 1,
                 },
             },
             b'`' => {
@@ -1372,7 +1419,23 @@ mod tests {
         assert_eq!(view(View::Shell, "/b${u}in/s\\h${u}${v}"), "/bin/sh");
         assert_eq!(view(View::Shell, "w'h'$u\"o\"ami"), "whoami");
         assert_eq!(view(View::Shell, "CMD=$'id';$CMD"), "cmd=$id;$cmd");
-        assert_eq!(view(View::Shell, ";${X} cat ${F}"), ";${x} cat ${f}");
+        // One standing first in a command, before its other words, is dropped as the shell
+        // drops an empty word (the next word is the command); one standing elsewhere, or
+        // alone as the command, stays a word of its own.
+        assert_eq!(view(View::Shell, ";${X} cat ${F}"), "; cat ${f}");
+        assert_eq!(view(View::Shell, "x;$u id"), "x; id");
+        assert_eq!(view(View::Shell, "x|${u} ${v}\tid"), "x| id");
+        assert_eq!(view(View::Shell, "x&&${u:-} $v whoami"), "x&& whoami");
+        assert_eq!(view(View::Shell, "$(${u} id) `$u id`"), "$( id) ` id`");
+        assert_eq!(view(View::Shell, "${u} cat /etc/passwd"), "cat /etc/passwd");
+        assert_eq!(view(View::Shell, "x;${u}+id"), "x;+id");
+        assert_eq!(view(View::Shell, "x;$cmd;$cmd #"), "x;$cmd;$cmd #");
+        assert_eq!(view(View::Shell, "x;$cmd|$cmd)"), "x;$cmd|$cmd)");
+        assert_eq!(
+            view(View::Shell, "Hello ${name}, price: ${amount} USD"),
+            "hello ${name}, price: ${amount} usd"
+        );
+        assert_eq!(view(View::Shell, "a ;+ \t${u} id"), "a ;+ id");
         assert_eq!(
             view(View::Shell, "c${PATH:0:1}at ${u:-x}y"),
             "c${path:0:1}at ${u:-x}y"

