@@ -19,6 +19,65 @@ pub fn fold_name(name: &str) -> String {
         .collect()
 }
 
+/// Whether the raw (still encoded) form or query parameter name `raw` reads as `_method` to
+/// the frameworks that take it as a method override (Rack, Symfony, Laravel): percent-decoded
+/// once (`+` a space), in any case, and with PHP's mangling of names — leading spaces
+/// dropped, ` `, `.` and an unclosed `[` read as `_` (`.method` is `_method` to Laravel and
+/// Symfony), the name ending at a NUL or at an array index (`_method[]`). No allocation.
+pub fn is_method_name(raw: &[u8]) -> bool {
+    // The shortest spelling is seven bytes, and decoding only shortens.
+    if raw.len() < 7 {
+        return false;
+    }
+    let mut decoded = Decoded { raw, at: 0 }.skip_while(|b| *b == b' ');
+    for want in b"_method" {
+        let folded = match decoded.next() {
+            Some(b' ' | b'.' | b'[') => b'_',
+            Some(b) => b.to_ascii_lowercase(),
+            None => return false,
+        };
+        if folded != *want {
+            return false;
+        }
+    }
+    matches!(decoded.next(), None | Some(b'[' | 0))
+}
+
+/// The bytes of a URL-encoded name, percent-decoded once, `+` as a space (an escape that is
+/// not one stays as sent).
+struct Decoded<'a> {
+    raw: &'a [u8],
+    at: usize,
+}
+
+impl Iterator for Decoded<'_> {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        let b = *self.raw.get(self.at)?;
+        self.at += 1;
+        match b {
+            b'+' => Some(b' '),
+            b'%' => {
+                let hex = |i: usize| {
+                    self.raw
+                        .get(i)
+                        .and_then(|h| char::from(*h).to_digit(16))
+                        .and_then(|d| u8::try_from(d).ok())
+                };
+                match (hex(self.at), hex(self.at + 1)) {
+                    (Some(h), Some(l)) => {
+                        self.at += 2;
+                        Some((h << 4) | l)
+                    }
+                    _ => Some(b'%'),
+                }
+            }
+            b => Some(b),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::fold_name;

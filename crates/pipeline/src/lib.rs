@@ -120,9 +120,22 @@ impl Pipeline {
         let (Some((authn, activation)), Some(ratelimit)) = (authn, ratelimit) else {
             return Err(errors);
         };
+        // A gateway that lets method overrides pass (`server.method_override: pass`) lets the
+        // body's `_method` pass too (WAF rule 2401).
+        let overrides_pass =
+            config.server.method_override == portcullis_config::MethodOverride::Pass;
         let waf = shared.waf.build(
             config.waf.clone(),
-            routes.iter().map(|r| r.waf.clone()).collect(),
+            routes
+                .iter()
+                .map(|r| {
+                    let mut w = r.waf.clone();
+                    if overrides_pass {
+                        w.api.allow_method_fields();
+                    }
+                    w
+                })
+                .collect(),
         );
         let failures = shared.authn.failures.clone();
         let waf_hits = shared.waf.hits.clone();

@@ -610,6 +610,14 @@ async fn method_overrides_pass_when_the_operator_allows_them() {
     assert_eq!(reqs[0].uri, "/orders/7?_method=DELETE");
     assert_eq!(reqs[0].header("x-http-method-override"), Some("DELETE"));
     assert_eq!(reqs[0].header("x-original-url"), Some("/admin"));
+    // And a body's `_method` (the WAF's rule 2401, off with `pass`).
+    let out = raw_http(
+        gw.listener("public"),
+        b"POST /orders/7 HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 14\r\nConnection: close\r\n\r\n_method=DELETE",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(up.requests().len(), 2);
 }
 
 /// The `X-Request-ID` of a raw answer's head.

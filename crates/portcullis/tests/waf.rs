@@ -485,7 +485,26 @@ async fn api_abuse_limits() {
             .any(|m| m["class"] == "parameter-pollution"),
         "{ev}"
     );
+    // A method override in a POST body: the form field in PHP's spelling, the JSON key.
+    for (ct, body) in [
+        ("application/x-www-form-urlencoded", "note=x&.method=DELETE"),
+        ("application/json", r#"{"_method":"DELETE","note":"x"}"#),
+    ] {
+        let r = call(&gw, "POST", "/orders/7", &[("content-type", ct)], body).await;
+        let ev = assert_blocked(&gw, &r, "DELETE");
+        assert!(matches(&ev).iter().any(|m| m["rule"] == 2401), "{ct}: {ev}");
+    }
     assert_eq!(up.hits(), before, "no abusive request reached the upstream");
+    // Under a PUT, or nested, it is no override.
+    let r = call(
+        &gw,
+        "PUT",
+        "/orders/7",
+        &[("content-type", "application/json")],
+        r#"{"_method":"DELETE"}"#,
+    )
+    .await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
     // A reasonable GraphQL query passes.
     let ok = r#"{"query":"query Q($id: ID!) { order(id: $id) { id items { sku } } }","variables":{"id":"1"}}"#;
     let r = call(

@@ -223,64 +223,8 @@ fn has_method_param(query: &str) -> bool {
         .split(|b| *b == b'&' || *b == b';')
         .any(|pair| {
             let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
-            is_method_name(name)
+            portcullis_core::query::is_method_name(name)
         })
-}
-
-/// Whether the raw (still encoded) parameter name `raw` reads as `_method`; see
-/// [`has_method_param`].
-fn is_method_name(raw: &[u8]) -> bool {
-    // The shortest spelling is seven bytes, and decoding only shortens.
-    if raw.len() < 7 {
-        return false;
-    }
-    let mut decoded = Decoded { raw, at: 0 }.skip_while(|b| *b == b' ');
-    for want in b"_method" {
-        let folded = match decoded.next() {
-            Some(b' ' | b'.' | b'[') => b'_',
-            Some(b) => b.to_ascii_lowercase(),
-            None => return false,
-        };
-        if folded != *want {
-            return false;
-        }
-    }
-    matches!(decoded.next(), None | Some(b'[' | 0))
-}
-
-/// The bytes of a URL-encoded name, percent-decoded once, `+` as a space (an escape that is
-/// not one stays as sent).
-struct Decoded<'a> {
-    raw: &'a [u8],
-    at: usize,
-}
-
-impl Iterator for Decoded<'_> {
-    type Item = u8;
-
-    fn next(&mut self) -> Option<u8> {
-        let b = *self.raw.get(self.at)?;
-        self.at += 1;
-        match b {
-            b'+' => Some(b' '),
-            b'%' => {
-                let hex = |i: usize| {
-                    self.raw
-                        .get(i)
-                        .and_then(|h| char::from(*h).to_digit(16))
-                        .and_then(|d| u8::try_from(d).ok())
-                };
-                match (hex(self.at), hex(self.at + 1)) {
-                    (Some(h), Some(l)) => {
-                        self.at += 2;
-                        Some((h << 4) | l)
-                    }
-                    _ => Some(b'%'),
-                }
-            }
-            b => Some(b),
-        }
-    }
 }
 
 /// Whether `h` — a `Host` value or an HTTP/2 `:authority` — is a host name (letters, digits,

@@ -138,6 +138,13 @@ pub static RULES: &[Rule] = &[
         paranoia: 2,
         description: "page size not a number",
     },
+    Rule {
+        id: 2401,
+        class: Class::MassAssignment,
+        severity: Severity::Critical,
+        paranoia: 1,
+        description: "POST body field a framework reads as a method override (`_method`)",
+    },
 ];
 
 static HPP_REPEATED: &Rule = &RULES[0];
@@ -155,6 +162,7 @@ static GQL_CYCLE: &Rule = &RULES[11];
 static PAGE_OVER_MAX: &Rule = &RULES[12];
 static PAGE_MALFORMED: &Rule = &RULES[13];
 static PAGE_NOT_NUMBER: &Rule = &RULES[14];
+static METHOD_FIELD: &Rule = &RULES[15];
 
 // ---------------------------------------------------------------------------------------------
 // Defaults.
@@ -456,9 +464,18 @@ pub struct ApiRules {
     graphql: Option<Graphql>,
     max_batch: u64,
     pagination: Pagination,
+    /// Whether a `_method` field in a POST body is a finding (rule 2401): unless the gateway
+    /// lets method overrides pass (`server.method_override: pass`).
+    method_field: bool,
 }
 
 impl ApiRules {
+    /// Turns rule 2401 off, for a gateway whose backends need method overrides
+    /// (`server.method_override: pass`, which lets the header and query forms through too).
+    pub fn allow_method_fields(&mut self) {
+        self.method_field = false;
+    }
+
     /// Lets these query parameters repeat (arrays a route's API contract declares), on top of
     /// the configured `allow_arrays`. No effect when parameter pollution is off.
     pub fn allow_arrays(&mut self, names: impl IntoIterator<Item = String>) {
@@ -658,6 +675,7 @@ pub fn compile(raw: &RawApiRules, at: &str, e: &mut ConfigErrors) -> ApiRules {
         graphql,
         max_batch,
         pagination,
+        method_field: true,
     }
 }
 
@@ -708,6 +726,9 @@ fn run(
         .filter(|m| method.is_none_or(|x| m.methods.contains(x)));
     if let Some(m) = mass {
         mass_assignment(m, targets, facts, &mut f);
+    }
+    if rules.method_field && method == Some(&Method::POST) {
+        method_field(targets, facts, &mut f);
     }
     if let Some(n) = facts.json_top_array {
         let n = n as u64;
@@ -947,6 +968,31 @@ fn mass_assignment(m: &Mass, targets: &[Target<'_>], facts: &BodyFacts, f: &mut 
         }
         seen.push((t.location, &t.name));
         f.push(MASS_ASSIGNMENT, t, &segment);
+    }
+}
+
+/// Rule 2401: a field of a POST body that Rack, Symfony or Laravel read as the method to run
+/// instead of the request line's (`_method=DELETE`), which route methods and per-method
+/// authorization never saw — a form or multipart field whose name reads as `_method` (in any
+/// case, with PHP's mangling: `.method`, ` _method`, `_method[]`), or a top-level JSON key
+/// `_method` (Laravel reads JSON input). Only POST: those frameworks override no other method.
+fn method_field(targets: &[Target<'_>], facts: &BodyFacts, f: &mut Findings<'_>) {
+    if !f.runs(METHOD_FIELD) {
+        return;
+    }
+    let found = targets.iter().find(|t| {
+        t.location == Location::Body
+            && match body_name(facts.kind, &t.name) {
+                BodyName::Field => {
+                    t.part == Part::Value
+                        && portcullis_core::query::is_method_name(t.name.as_bytes())
+                }
+                BodyName::Json => t.part == Part::Name && t.name == "$._method",
+                _ => false,
+            }
+    });
+    if let Some(t) = found {
+        f.push(METHOD_FIELD, t, &t.name);
     }
 }
 

@@ -118,6 +118,68 @@ fn rule_ids_are_unique_and_in_their_blocks() {
     assert_eq!(PAGE_OVER_MAX.id, 2510);
     assert_eq!(PAGE_MALFORMED.id, 2511);
     assert_eq!(PAGE_NOT_NUMBER.id, 2512);
+    assert_eq!(METHOD_FIELD.id, 2401);
+}
+
+/// Rule 2401: a POST body field the frameworks that honour it read as `_method` — a form or
+/// multipart field in any case and PHP spelling, a top-level JSON key — and nothing else.
+#[test]
+fn a_method_override_field_in_a_post_body() {
+    let form = facts(BodyKind::Form);
+    for name in [
+        "_method",
+        "_METHOD",
+        ".method",
+        " _method",
+        "[method",
+        "_method[]",
+        "%5Fmethod",
+        "_method%00x",
+    ] {
+        let f = post(&[body(name, "DELETE")], &form);
+        assert_eq!(ids(&f), [2401], "{name:?}");
+    }
+    assert_eq!(
+        ids(&post(
+            &[body("_method", "PUT")],
+            &facts(BodyKind::Multipart)
+        )),
+        [2401]
+    );
+    let json = facts(BodyKind::Json);
+    assert_eq!(
+        ids(&post(
+            &[key("$._method"), body("$._method", "DELETE")],
+            &json
+        )),
+        [2401]
+    );
+    // Not a method override: other names, a nested key, another method.
+    for name in ["method", "_methods", "x_method", "_method_id", "a[_method]"] {
+        assert!(post(&[body(name, "DELETE")], &form).is_empty(), "{name:?}");
+    }
+    assert!(
+        post(
+            &[key("$.order._method"), body("$.order._method", "x")],
+            &json
+        )
+        .is_empty()
+    );
+    for m in [Method::PUT, Method::PATCH, Method::GET] {
+        let f = findings(
+            &ApiRules::default(),
+            &m,
+            &[body("_method", "DELETE")],
+            &form,
+            1,
+        );
+        assert!(f.is_empty(), "{m}");
+    }
+    // A gateway that lets overrides pass.
+    let mut open = ApiRules::default();
+    open.allow_method_fields();
+    let f = findings(&open, &Method::POST, &[body("_method", "DELETE")], &form, 1);
+    assert!(f.is_empty());
 }
 
 #[test]
