@@ -537,6 +537,12 @@ fn compile_upstream(
     if u.retries.attempts > 5 {
         e.push(format!("{path}.retries.attempts"), "at most 5 retries");
     }
+    if u.retries.budget_percent > 100 {
+        e.push(
+            format!("{path}.retries.budget_percent"),
+            "a percentage: 0 to 100",
+        );
+    }
     let on_status = u
         .retries
         .on_status
@@ -639,6 +645,8 @@ fn compile_upstream(
         retries: Retries {
             attempts: u.retries.attempts.min(5),
             on_status,
+            budget_percent: u.retries.budget_percent.min(100),
+            min_concurrent: u.retries.min_concurrent,
         },
         health_check,
         passive_health,

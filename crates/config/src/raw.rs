@@ -742,6 +742,13 @@ pub struct RawRetries {
     /// Upstream statuses that are retried besides connection failures. Default `[502, 503]`.
     #[serde(default = "default_retry_statuses")]
     pub on_status: Vec<u16>,
+    /// The most retries under way at once, as a percentage of the requests under way to the
+    /// upstream (beyond `min_concurrent`). Default 20; 0–100.
+    #[serde(default = "default_retry_budget")]
+    pub budget_percent: u32,
+    /// Retries always allowed at once, whatever `budget_percent` says. Default 3.
+    #[serde(default = "default_retry_min_concurrent")]
+    pub min_concurrent: u32,
 }
 
 impl Default for RawRetries {
@@ -749,8 +756,17 @@ impl Default for RawRetries {
         RawRetries {
             attempts: default_retry_attempts(),
             on_status: default_retry_statuses(),
+            budget_percent: default_retry_budget(),
+            min_concurrent: default_retry_min_concurrent(),
         }
     }
+}
+
+fn default_retry_budget() -> u32 {
+    20
+}
+fn default_retry_min_concurrent() -> u32 {
+    3
 }
 
 fn default_retry_attempts() -> u32 {

@@ -165,6 +165,10 @@ pub struct Target {
 pub struct Retries {
     pub attempts: u32,
     pub on_status: Vec<StatusCode>,
+    /// Retries under way at once: at most `budget_percent` % of the requests under way to the
+    /// upstream, or `min_concurrent`, whichever is more.
+    pub budget_percent: u32,
+    pub min_concurrent: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -90,7 +90,7 @@ impl UpstreamPool {
         self.pick(now, |_| true)
     }
 
-    fn pick(&self, now: u64, allowed: impl Fn(usize) -> bool) -> Option<usize> {
+    pub(super) fn pick(&self, now: u64, allowed: impl Fn(usize) -> bool) -> Option<usize> {
         let ok = |i: usize| allowed(i) && self.eligible(i, now);
         let n = self.targets.len();
         // Any target that can take the request, for the rare draws that found none.

@@ -16,7 +16,10 @@
 //!   to be empty are retried — a streamed body cannot be replayed. Retries happen on connect
 //!   errors (the request never left), on a fresh connection the target closed before any byte
 //!   of an answer (direct client), and on the configured statuses, never on a timeout or a
-//!   failure once an answer began. A retry prefers a target not yet tried.
+//!   failure once an answer began. A retry goes only to a target this request has not tried
+//!   (none left: the last answer or error stands), never after an answer with `Retry-After`,
+//!   and only while the retries under way are within the budget (`budget_percent` of the
+//!   requests under way, at least `min_concurrent`).
 //! * Passive health counts against a target what says something of it: connect errors,
 //!   timeouts (unless the request body was still being sent), exchanges it broke off or botched
 //!   before its answer's head (unless the request's own body failed), 502/503/504. A request
@@ -34,6 +37,16 @@
 //!   hyper-util's client. Both share selection, retries, ejection and error mapping.
 //! * TLS to targets is TLS 1.2+ with certificate verification always on; there is no insecure
 //!   mode.
+
+/// A retry counted as under way until it is dropped (its attempt ended, or the next retry
+/// of the same request took its place).
+struct RetryPermit<'a>(&'a AtomicUsize);
+
+impl Drop for RetryPermit<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 mod balance;
 mod body;
@@ -280,6 +293,8 @@ pub struct UpstreamPool {
     cursor: AtomicUsize,
     balance: Balance,
     retries: Retries,
+    /// Retries under way now (see [`UpstreamPool::retry_permit`]).
+    retrying: AtomicUsize,
     passive: PassiveHealth,
     /// At most this share of the targets (percent; rounded down, at least one) is passively
     /// ejected at once.
@@ -490,6 +505,7 @@ impl UpstreamPool {
             cursor: AtomicUsize::new(0),
             balance: cfg.balance,
             retries: cfg.retries.clone(),
+            retrying: AtomicUsize::new(0),
             passive: cfg.passive_health.clone(),
             max_ejection_percent: cfg.passive_health.max_ejection_percent,
             health_host,
@@ -638,6 +654,35 @@ impl UpstreamPool {
         Ok(req)
     }
 
+    /// Where a retry goes, and its permit: a target this request has not tried yet (a retry
+    /// to a target that just failed it only doubles its load), when the retries under way stay
+    /// within the budget. `None`: no retry.
+    fn retry_to(&self, tried: &Tried) -> Option<(usize, RetryPermit<'_>)> {
+        let next = self.pick(self.now_ms(), |i| !tried.contains(i))?;
+        Some((next, self.retry_permit()?))
+    }
+
+    /// A retry may start while the retries under way are fewer than `budget_percent` % of the
+    /// requests under way to the upstream, or than `min_concurrent`, whichever is more: when
+    /// a whole upstream fails, retries cannot multiply its load. Read only when a retry is
+    /// considered.
+    fn retry_permit(&self) -> Option<RetryPermit<'_>> {
+        let under_way: usize = self
+            .targets
+            .iter()
+            .map(|t| t.in_flight.count.load(Ordering::Relaxed))
+            .sum();
+        let budget = (under_way.saturating_mul(self.retries.budget_percent as usize) / 100)
+            .max(self.retries.min_concurrent as usize);
+        // Relaxed: a count compared with an estimate; it guards no other memory.
+        if self.retrying.fetch_add(1, Ordering::Relaxed) >= budget {
+            self.retrying.fetch_sub(1, Ordering::Relaxed);
+            tracing::debug!(upstream = %self.name, under_way, budget, "retry budget spent: not retried");
+            return None;
+        }
+        Some(RetryPermit(&self.retrying))
+    }
+
     /// Forwards `req` to one eligible target; see the module header for the retry rules.
     pub async fn forward(
         &self,
@@ -696,6 +741,8 @@ impl UpstreamPool {
         // reached the target).
         let (mut status_counted, mut unanswered_counted) = (false, false);
         let mut timer = LentTimer::new(opts.timer);
+        // This request's retry under way, if any (one at a time: the next replaces it).
+        let mut _retrying: Option<RetryPermit<'_>> = None;
         loop {
             attempt += 1;
             let Some(i) = pick else {
@@ -803,8 +850,9 @@ impl UpstreamPool {
                         source,
                     };
                     // The request never left: safe to send elsewhere.
-                    if !last && let Some(next) = self.select(&tried) {
+                    if !last && let Some((next, permit)) = self.retry_to(&tried) {
                         tracing::debug!(upstream = %self.name, target = %t.authority, attempt, error = %err, "connect failed; retrying");
+                        _retrying = Some(permit);
                         pick = Some(next);
                         continue;
                     }
@@ -821,8 +869,9 @@ impl UpstreamPool {
                     };
                     // Nothing of an answer came: a request that may be repeated (idempotent,
                     // no body) goes elsewhere.
-                    if !last && let Some(next) = self.select(&tried) {
+                    if !last && let Some((next, permit)) = self.retry_to(&tried) {
                         tracing::debug!(upstream = %self.name, target = %t.authority, attempt, error = %err, "closed before answering; retrying");
+                        _retrying = Some(permit);
                         pick = Some(next);
                         continue;
                     }
@@ -847,14 +896,18 @@ impl UpstreamPool {
                         self.record_failure(i);
                         status_counted = true;
                     }
-                    // A retry is only worth it if there is somewhere to send it; otherwise the
-                    // target's own answer is better than a made-up error.
+                    // A retry is only worth it if there is somewhere else to send it (and
+                    // room in the budget); otherwise the target's own answer is better than a
+                    // made-up error. An answer that says when to come back (`Retry-After`)
+                    // is the upstream asking for less traffic, not more.
                     if !last
                         && self.retries.on_status.contains(&status)
-                        && let Some(next) = self.select(&tried)
+                        && !resp.headers().contains_key(http::header::RETRY_AFTER)
+                        && let Some((next, permit)) = self.retry_to(&tried)
                     {
                         tracing::debug!(upstream = %self.name, target = %t.authority, attempt, %status, "retrying on status");
                         // `resp` (and its body) and `guard` are dropped here.
+                        _retrying = Some(permit);
                         pick = Some(next);
                         continue;
                     }

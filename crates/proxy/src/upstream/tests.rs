@@ -720,16 +720,88 @@ async fn a_retryable_status_is_retried_elsewhere_and_the_last_answer_kept() {
     body_text(r.response).await;
     assert_eq!((bad.hits(), good.hits()), (1, 1));
 
-    // A single target answering 503 throughout: retried on it, its last answer returned.
+    // A single target answering 503: nowhere else to go, its answer returned as it is (a
+    // retry to the target that just failed would only double its load).
     let only = pool_of(&[bad.target()], "retries: { attempts: 2 }");
     let r = only.forward(get("/"), RETRYABLE).await.unwrap();
     assert_eq!(
         (r.attempts, r.response.status()),
-        (3, StatusCode::SERVICE_UNAVAILABLE)
+        (1, StatusCode::SERVICE_UNAVAILABLE)
     );
     assert_eq!(body_text(r.response).await, "busy");
-    assert_eq!(bad.hits(), 4);
+    assert_eq!(bad.hits(), 2);
     assert_eq!(in_flight_total(&only), 0);
+
+    // Two targets failing alike, five retries allowed: each tried once.
+    let bad2 = serve(|_| async { text(503, "busy too") }).await;
+    let both = pool_of(&[bad.target(), bad2.target()], "retries: { attempts: 5 }");
+    let r = both.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(
+        (r.attempts, r.response.status()),
+        (2, StatusCode::SERVICE_UNAVAILABLE)
+    );
+    body_text(r.response).await;
+    assert_eq!((bad.hits(), bad2.hits()), (3, 1));
+}
+
+/// An answer with `Retry-After` is the upstream asking for less traffic: not retried.
+#[tokio::test]
+async fn an_answer_with_retry_after_is_not_retried() {
+    let busy = serve(|_| async {
+        Response::builder()
+            .status(503)
+            .header("retry-after", "5")
+            .body(full("later"))
+            .unwrap()
+    })
+    .await;
+    let good = serve(|_| async { text(200, "fine") }).await;
+    let p = pool_of(&[busy.target(), good.target()], "retries: { attempts: 1 }");
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(
+        (r.attempts, r.response.status()),
+        (1, StatusCode::SERVICE_UNAVAILABLE)
+    );
+    body_text(r.response).await;
+    assert_eq!((busy.hits(), good.hits()), (1, 0));
+}
+
+/// The retry budget: retries under way at once are at most `budget_percent` of the requests
+/// under way, or `min_concurrent`. With neither, nothing is retried; a permit taken and
+/// dropped is given back.
+#[tokio::test]
+async fn retries_are_held_to_the_budget() {
+    let bad = serve(|_| async { text(503, "busy") }).await;
+    let good = serve(|_| async { text(200, "fine") }).await;
+    let none = pool_of(
+        &[bad.target(), good.target()],
+        "retries: { attempts: 1, budget_percent: 0, min_concurrent: 0 }",
+    );
+    let r = none.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(
+        (r.attempts, r.response.status()),
+        (1, StatusCode::SERVICE_UNAVAILABLE)
+    );
+    body_text(r.response).await;
+    assert_eq!(good.hits(), 0);
+
+    let one = pool_of(
+        &[bad.target(), good.target()],
+        "retries: { attempts: 1, budget_percent: 0, min_concurrent: 1 }",
+    );
+    {
+        let held = one.retry_permit().expect("the first permit");
+        assert!(one.retry_permit().is_none(), "one at a time");
+        drop(held);
+    }
+    let r = one.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!((r.attempts, r.response.status()), (2, StatusCode::OK));
+    body_text(r.response).await;
+    assert_eq!(
+        one.retrying.load(Ordering::Relaxed),
+        0,
+        "the permit was given back"
+    );
 }
 
 #[tokio::test]
