@@ -1,5 +1,6 @@
-//! Header-map edits for the request path that skip the hash lookup when a name is absent, and
-//! the token-character table of RFC 9110 (field names, methods, CORS tokens).
+//! Header-map edits for the request path that skip the hash lookup when a name is absent, the
+//! token-character table of RFC 9110 (field names, methods, CORS tokens), and the fields that
+//! may not be trailers.
 //!
 //! `HeaderMap::remove` and `get` hash the name even when it is absent, which is what most
 //! removals on the request path meet (a client rarely sends the fields a gateway strips). A
@@ -55,6 +56,51 @@ pub fn remove_headers_folded<T>(headers: &mut HeaderMap<T>, names: &[HeaderName]
     }
     for k in &doomed {
         headers.remove(k);
+    }
+}
+
+/// Whether a field may travel as a trailer: not one that frames, routes, authenticates or
+/// controls the message or its connection (RFC 9110 §6.5.1; the hop-by-hop fields, which an
+/// HTTP/2 peer refuses in any field section, RFC 9113 §8.2.2). hyper's HTTP/1.1 server refuses
+/// fewer; every trailer section the gateway passes on is held to this.
+pub fn trailer_allowed(name: &HeaderName) -> bool {
+    use http::header;
+    !matches!(
+        *name,
+        header::CONTENT_LENGTH
+            | header::TRANSFER_ENCODING
+            | header::CONTENT_TYPE
+            | header::CONTENT_ENCODING
+            | header::CONTENT_RANGE
+            | header::HOST
+            | header::TE
+            | header::TRAILER
+            | header::CONNECTION
+            | header::UPGRADE
+            | header::AUTHORIZATION
+            | header::PROXY_AUTHENTICATE
+            | header::PROXY_AUTHORIZATION
+            | header::WWW_AUTHENTICATE
+            | header::SET_COOKIE
+            | header::CACHE_CONTROL
+            | header::EXPIRES
+            | header::AGE
+            | header::DATE
+            | header::LOCATION
+            | header::RETRY_AFTER
+            | header::VARY
+            | header::EXPECT
+            | header::MAX_FORWARDS
+            | header::PRAGMA
+            | header::RANGE
+    ) && !matches!(name.as_str(), "keep-alive" | "proxy-connection")
+}
+
+/// Removes from a trailer section every field [`trailer_allowed`] refuses. Nothing is hashed or
+/// allocated when there is none.
+pub fn remove_disallowed_trailers<T>(trailers: &mut HeaderMap<T>) {
+    while let Some(name) = trailers.keys().find(|n| !trailer_allowed(n)).cloned() {
+        trailers.remove(&name);
     }
 }
 
@@ -123,6 +169,30 @@ mod tests {
         let before = m.clone();
         remove_headers_folded(&mut m, &[]);
         assert_eq!(m, before);
+    }
+
+    #[test]
+    fn trailers_lose_the_fields_that_may_not_be_trailers_and_keep_the_others() {
+        let mut m = map(&[
+            ("grpc-status", "0"),
+            ("content-length", "9"),
+            ("keep-alive", "1"),
+            ("x-sum", "a"),
+            ("proxy-connection", "close"),
+            ("set-cookie", "a=1"),
+            ("connection", "x-sum"),
+            ("x-sum", "b"),
+            ("te", "trailers"),
+            ("authorization", "Basic eA=="),
+        ]);
+        remove_disallowed_trailers(&mut m);
+        assert_eq!(
+            listed(&m),
+            [("grpc-status", "0"), ("x-sum", "a"), ("x-sum", "b")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert!(trailer_allowed(&HeaderName::from_static("x-checksum")));
+        assert!(!trailer_allowed(&header::TRANSFER_ENCODING));
     }
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

@@ -514,3 +514,88 @@ async fn a_removed_target_leaves_the_metrics() {
     assert!(!after[0].contains(&b_authority), "{after:?}");
     assert!(after[0].ends_with(" 1"), "{after:?}");
 }
+
+/// A HEAD answer that announces a body (`content-length: 44`) and sends none — many
+/// hand-written servers then send the body anyway, in a later write. Its connection is not
+/// reused: those bytes never become the next request's answer (another client's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bodiless_answer_announcing_a_body_does_not_poison_the_next_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncWriteExt;
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    let up = scripted_upstream(move |mut s| {
+        let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            if first {
+                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 44\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                // The HEAD's 44 bytes, late, when the next request has come on this
+                // connection: a whole answer of their own. Then that request's answer.
+                if !read_head(&mut s).await {
+                    return;
+                }
+                let fake = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nPOISON";
+                assert_eq!(fake.len(), 44);
+                if s.write_all(fake).await.is_err() || s.write_all(ok).await.is_err() {
+                    return;
+                }
+                while read_head(&mut s).await {}
+                return;
+            }
+            while s.write_all(ok).await.is_ok() && read_head(&mut s).await {}
+        }
+    })
+    .await;
+    let gw = gateway(&format!(
+        "upstreams:\n  pool: {{ targets: [\"http://{up}\"], retries: {{ attempts: 0 }} }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: pool }}\n"
+    ));
+    let r = send(req("HEAD", &format!("{}/a", gw.url("public")), &[], "")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("44"));
+    let r = get(&format!("{}/b", gw.url("public"))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "ok");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        2,
+        "the HEAD's connection was not reused"
+    );
+}
+
+/// A target's trailers reach an HTTP/2 client without the fields that may not be trailers: a
+/// hop-by-hop one would make the HTTP/2 side refuse the whole section and break an answer whose
+/// body had come whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_trailers_reach_http2_clients_without_forbidden_fields() {
+    use http_body_util::BodyExt;
+    let up = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nkeep-alive: 1\r\nx-t: 1\r\n\r\n",
+    )
+    .await;
+    let gw = gateway(&format!(
+        "upstreams:\n  pool: {{ targets: [\"http://{up}\"], retries: {{ attempts: 0 }} }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: pool }}\n"
+    ));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let resp = client
+        .request(req("GET", &format!("{}/x", gw.url("public")), &[], ""))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("the answer ends")
+        .expect("the answer is whole");
+    let trailers = body.trailers().cloned().expect("trailers");
+    assert_eq!(trailers.get("x-t").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    assert!(trailers.get("keep-alive").is_none(), "{trailers:?}");
+    assert_eq!(&body.to_bytes()[..], b"ok");
+}

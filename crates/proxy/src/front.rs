@@ -788,45 +788,11 @@ fn push_hex(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Fields that never travel as trailers: framing, routing, authentication and the like
-/// (RFC 9110 §6.5.1).
-fn trailer_allowed(name: &HeaderName) -> bool {
-    !matches!(
-        *name,
-        header::CONTENT_LENGTH
-            | header::TRANSFER_ENCODING
-            | header::CONTENT_TYPE
-            | header::CONTENT_ENCODING
-            | header::CONTENT_RANGE
-            | header::HOST
-            | header::TE
-            | header::TRAILER
-            | header::CONNECTION
-            | header::UPGRADE
-            | header::AUTHORIZATION
-            | header::PROXY_AUTHENTICATE
-            | header::PROXY_AUTHORIZATION
-            | header::WWW_AUTHENTICATE
-            | header::SET_COOKIE
-            | header::CACHE_CONTROL
-            | header::EXPIRES
-            | header::AGE
-            | header::DATE
-            | header::LOCATION
-            | header::RETRY_AFTER
-            | header::VARY
-            | header::EXPECT
-            | header::MAX_FORWARDS
-            | header::PRAGMA
-            | header::RANGE
-    ) && name.as_str() != "keep-alive"
-}
-
 /// The trailer fields the answer's `Trailer` field announced (as hyper sends them: none
-/// unannounced, none that must not be a trailer).
+/// unannounced, none that must not be a trailer, [`portcullis_core::trailer_allowed`]).
 fn push_trailers(out: &mut Vec<u8>, trailers: &HeaderMap, announced: &[HeaderName]) {
     for (name, value) in trailers {
-        if announced.contains(name) && trailer_allowed(name) {
+        if announced.contains(name) && portcullis_core::trailer_allowed(name) {
             push_line(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }

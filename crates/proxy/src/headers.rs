@@ -142,13 +142,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // comparing would find: names are lowercase token characters).
     let mut named: Vec<HeaderName> = Vec::new();
     if has(HOP_CONNECTION) {
+        // By bytes: a value with bytes outside ASCII still names the fields it lists.
         for v in headers.get_all(header::CONNECTION) {
-            if let Ok(s) = v.to_str() {
-                for t in s.split(',') {
-                    let t = t.trim();
-                    if let Some(k) = headers.keys().find(|k| k.as_str().eq_ignore_ascii_case(t)) {
-                        named.push(k.clone());
-                    }
+            for t in v.as_bytes().split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                if let Some(k) = headers
+                    .keys()
+                    .find(|k| k.as_str().as_bytes().eq_ignore_ascii_case(t))
+                {
+                    named.push(k.clone());
                 }
             }
         }

@@ -4,6 +4,11 @@
 //! load as much as a slow head — so the count is released when the body ends, fails, or is
 //! dropped (the client went away), not when the head arrives.
 //!
+//! Its trailer section, if any, loses the fields that may not be trailers
+//! ([`portcullis_core::trailer_allowed`]) before any front sees it: the HTTP/1.1 front and
+//! hyper's would leave them out, HTTP/2 would refuse the section (and break the answer) for a
+//! hop-by-hop one, and pass on the rest (`content-length`, `set-cookie`, `authorization` …).
+//!
 //! The same body bounds the upstream's silence once its head has come: a wait for the next
 //! piece longer than the upstream's `read_timeout` fails the body (the answer is cut off, the
 //! upstream connection closed), so a target that stalls mid-answer does not hold the exchange
@@ -123,8 +128,14 @@ where
                 this.guard.take();
                 Poll::Ready(Some(Err(e.into())))
             }
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
                 *this.waiting = false;
+                // A target's trailers, from either client, as every front may pass them on:
+                // without the fields that may not be trailers (an HTTP/2 front would refuse
+                // the whole section for a hop-by-hop one, after the body).
+                if let Some(trailers) = frame.trailers_mut() {
+                    portcullis_core::remove_disallowed_trailers(trailers);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Pending => waited(this.waiting, this.gap, this.guard, *this.read_timeout, cx),

@@ -14,9 +14,11 @@
 //! * **Rejects**: [`SendError::Connect`] when no connection could be made (nothing was sent),
 //!   [`SendError::Unanswered`] when a fresh connection ended before any byte of an answer,
 //!   [`SendError::Request`] when the request's own body failed or disagreed with its length,
-//!   [`SendError::Stale`] when a reused connection turned out closed and the request could not
-//!   be sent again, [`SendError::Other`] for everything else after the connect (write failure,
-//!   a malformed or oversized head, an unsupported answer).
+//!   [`SendError::Stale`] when a reused connection failed before any byte of an answer (closed,
+//!   reset: while the head or the body was written, or after) and the request could not be
+//!   sent again, [`SendError::Other`] for everything else after the connect (a fresh
+//!   connection failing while a body was sent, a malformed or oversized head, more than
+//!   [`MAX_INFORMATIONAL`] interim answers, an unsupported answer).
 //!
 //! Invariants:
 //! * Framing follows RFC 9112 §6.3: no body after HEAD, 1xx, 204 and 304; a
@@ -36,11 +38,23 @@
 //!   16 KiB over the whole body and a trailer section of less than 16 KiB (hyper's own), at
 //!   most 16 hex digits of chunk size (hyper: any number of leading zeros).
 //! * A connection is reused only after an HTTP/1.1 answer without `Connection: close` whose
-//!   body was read to its end with no byte left over. A body dropped early closes it.
+//!   body was read to its end with no byte left over. A body dropped early closes it. So does
+//!   an answer that has no body by its status or the request's method (HEAD, 204, 304) but
+//!   announces one (`Content-Length` other than 0, or any `Transfer-Encoding`): a server that
+//!   sends that body anyway, in a later write, would have it read as the next request's answer.
+//!   `Connection` is read as bytes split at commas, so that a value with bytes outside ASCII
+//!   still says `close` and still names the fields to remove.
+//! * The head is parsed when its first bytes come and after that only when a read brings bytes
+//!   that can end it (an LF followed by LF or CRLF: the ends `httparse` accepts), not after every
+//!   read: a head trickled a byte at a time costs one pass over its bytes, not one per byte. The
+//!   same holds while a request body is sent, where the informational answers count towards the
+//!   same bound as those after it.
 //! * An idle connection is checked before reuse (a target that closed it is noticed without
 //!   sending anything); one that still turns out closed before any byte of the answer costs
 //!   one more attempt on a fresh connection, for bodiless requests of idempotent methods only
-//!   (otherwise [`SendError::Stale`]). A *fresh* connection closed so is no such race: the
+//!   (otherwise [`SendError::Stale`]: an upload that meets the race — its connection closed or
+//!   reset while the head or the body goes out — is not sent again, and not counted against
+//!   the target either). A *fresh* connection closed so is no such race: the
 //!   target dropped the request ([`SendError::Unanswered`]; the pool counts it against the
 //!   target and may send a bodiless idempotent request to another).
 //! * The request target is written in origin form: a path-and-query without a leading `/` (a
@@ -114,9 +128,10 @@ pub(super) enum SendError {
     /// The request's body failed (the gateway's size or rate limits, the client gone) or did
     /// not match its length: nothing the target did.
     Request(BoxError),
-    /// A pooled connection the target had closed while it was idle (nothing of an answer
-    /// came), for a request that is not sent twice: the race every keep-alive client has
-    /// with a server closing idle connections, no fault of the target.
+    /// A pooled connection the target had closed while it was idle (it failed before any
+    /// byte of an answer, whether the head, the body or nothing was still going out), for a
+    /// request that is not sent twice: the race every keep-alive client has with a server
+    /// closing idle connections, no fault of the target.
     Stale(BoxError),
     /// The exchange failed after the request may have been sent.
     Other(BoxError),
@@ -272,18 +287,42 @@ impl Conn {
     /// (kept in `rbuf`), an error if the target closed or failed, `Pending` otherwise (with
     /// the task registered for the socket's readability).
     /// Interim answers (`100 Continue` to a forwarded `Expect`, `103 Early Hints`) are read
-    /// and dropped here: the body goes on.
-    fn poll_answer_started(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    /// and dropped here: the body goes on. They count in `scan` towards
+    /// [`MAX_INFORMATIONAL`], with those that come after the body.
+    fn poll_answer_started(
+        &mut self,
+        cx: &mut Context<'_>,
+        scan: &mut HeadScan,
+    ) -> Poll<Result<(), BoxError>> {
         loop {
             match ready!(self.poll_fill(cx)) {
                 Ok(0) => return Poll::Ready(Err(Box::new(H1Error::ClosedDuringBody))),
-                Ok(_) => loop {
-                    match interim_head(&self.rbuf) {
-                        Arrived::Interim(len) => self.rbuf.advance(len),
-                        Arrived::Incomplete => break,
-                        Arrived::Final => return Poll::Ready(Ok(())),
+                Ok(_) => {
+                    scan.got_any = true;
+                    while scan.worth_parsing(&self.rbuf) {
+                        match interim_head(&self.rbuf) {
+                            Arrived::Interim(len) => {
+                                self.rbuf.advance(len);
+                                scan.next_head();
+                                scan.informational += 1;
+                                if scan.informational > MAX_INFORMATIONAL {
+                                    return Poll::Ready(Err(Box::new(
+                                        H1Error::TooManyInformational,
+                                    )));
+                                }
+                            }
+                            Arrived::Incomplete => {
+                                scan.incomplete(self.rbuf.len());
+                                break;
+                            }
+                            Arrived::Final => {
+                                // Parsed again, at once, by the head reader.
+                                scan.next_head();
+                                return Poll::Ready(Ok(()));
+                            }
+                        }
                     }
-                },
+                }
                 Err(e) => return Poll::Ready(Err(Box::new(e))),
             }
         }
@@ -298,11 +337,12 @@ impl Conn {
         body: &mut BoxBody,
         mut left: u64,
         mut pending: Bytes,
+        scan: &mut HeadScan,
     ) -> Result<bool, Exchange> {
         loop {
             while !pending.is_empty() {
                 let step = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(r) = self.poll_answer_started(cx) {
+                    if let Poll::Ready(r) = self.poll_answer_started(cx, scan) {
                         return Poll::Ready(r.map(|()| None));
                     }
                     Pin::new(&mut self.io)
@@ -321,7 +361,7 @@ impl Conn {
                 return Ok(true);
             }
             let frame = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = self.poll_answer_started(cx) {
+                if let Poll::Ready(r) = self.poll_answer_started(cx, scan) {
                     return Poll::Ready(r.map(|()| None));
                 }
                 Pin::new(&mut *body).poll_frame(cx).map(|f| Ok(Some(f)))
@@ -458,6 +498,8 @@ fn interim_head(buf: &[u8]) -> Arrived {
     if buf.is_empty() {
         return Arrived::Incomplete;
     }
+    #[cfg(test)]
+    HEAD_PARSES.set(HEAD_PARSES.get() + 1);
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -472,6 +514,77 @@ fn interim_head(buf: &[u8]) -> Arrived {
         Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD_BYTES => Arrived::Incomplete,
         _ => Arrived::Final,
     }
+}
+
+/// How far the reading of an answer's heads has come, across the reads that bring them (one
+/// per exchange, on the stack: shared by the body's sending and the head reader).
+#[derive(Default)]
+struct HeadScan {
+    /// Informational (1xx) heads read so far, while the body was sent and after.
+    informational: u32,
+    /// Whether any byte of an answer has come.
+    got_any: bool,
+    /// How many bytes at the start of `rbuf` are known not to end the head (but for their
+    /// last two, which may begin its end): its length when the parser last found the head
+    /// incomplete or the search for its end last failed. 0 when the parser has not been tried
+    /// on this head yet (then it is, at once: the usual answer came whole).
+    seen: usize,
+    /// How many bytes at the start of `rbuf` are known to be CR or LF: the empty lines before
+    /// a head, which `httparse` skips (they end no head).
+    lead: usize,
+}
+
+impl HeadScan {
+    /// Whether parsing the head at the start of `buf` may find something new: the first time,
+    /// or when bytes read since the last try can end the head (or `buf` is past the size
+    /// limit, which the parser reports). An incomplete head is not parsed again per read: a
+    /// head trickled byte by byte would be scanned whole each time (quadratic in its size).
+    /// The bytes searched are the new ones (and the two before them), each once.
+    fn worth_parsing(&mut self, buf: &[u8]) -> bool {
+        if self.seen == 0 || buf.len() > MAX_HEAD_BYTES {
+            return true;
+        }
+        while buf
+            .get(self.lead)
+            .is_some_and(|b| matches!(b, b'\r' | b'\n'))
+        {
+            self.lead += 1;
+        }
+        let from = self.lead.max(self.seen.saturating_sub(2));
+        let may_end = buf.get(from..).is_some_and(may_end_head);
+        if !may_end {
+            self.seen = buf.len();
+        }
+        may_end
+    }
+
+    /// The parser found the head at the start of a buffer of `len` bytes incomplete.
+    fn incomplete(&mut self, len: usize) {
+        self.seen = len;
+    }
+
+    /// A head was taken off the buffer (or is to be parsed anew): the next one is tried at
+    /// once.
+    fn next_head(&mut self) {
+        self.seen = 0;
+        self.lead = 0;
+    }
+}
+
+/// Whether `bytes` hold the end of a head as `httparse` takes it: a line's LF, then an empty
+/// line (CRLF, or a bare LF, which `httparse` accepts as a line end).
+fn may_end_head(bytes: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', bytes).any(|i| match bytes.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => bytes.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Heads parsed (or tried) on this thread: the tests count them.
+    pub(super) static HEAD_PARSES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// A parsed final response head.
@@ -555,6 +668,8 @@ fn parse_head(
     names: &mut NameCache,
     room: usize,
 ) -> Result<Option<Head>, H1Error> {
+    #[cfg(test)]
+    HEAD_PARSES.set(HEAD_PARSES.get() + 1);
     // Left uninitialised: the parser writes what it returns (zeroing 3 KiB per response
     // would cost more than the parse).
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -605,12 +720,18 @@ fn parse_head(
             // Most upstreams say only `keep-alive`: nothing to close, no name listed.
             Some(HOP_CONNECTION) if value.as_bytes().eq_ignore_ascii_case(b"keep-alive") => {}
             Some(HOP_CONNECTION) => {
-                for t in value.to_str().unwrap_or_default().split(',').map(str::trim) {
-                    framing.close |= t.eq_ignore_ascii_case("close");
+                // By bytes: a value with bytes outside ASCII is no `str`, and its other
+                // elements still count (`close, \xe9` closes).
+                for t in value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                {
+                    framing.close |= t.eq_ignore_ascii_case(b"close");
                     // A field the gateway keeps, named here, is removed (`close` included, as
                     // a name); a `Keep-Alive` field is never kept.
-                    if !t.eq_ignore_ascii_case("keep-alive")
-                        && let Ok(n) = HeaderName::from_bytes(t.as_bytes())
+                    if !t.eq_ignore_ascii_case(b"keep-alive")
+                        && let Ok(n) = HeaderName::from_bytes(t)
                     {
                         listed.push(n);
                     }
@@ -659,6 +780,11 @@ fn framing(head_request: bool, head: &mut Head) -> Result<(Framing, bool), H1Err
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
+        // Without a body whatever it announces; but a server that announces one may send it
+        // all the same, later: those bytes would be read as the next request's answer.
+        if f.transfer_encoding.is_some() || !matches!(f.content_length, None | Some(Ok(0))) {
+            reusable = false;
+        }
         return Ok((Framing::Empty, reusable));
     }
     if let Some(chunked) = f.transfer_encoding {
@@ -719,10 +845,14 @@ impl Direct {
                 Some(c) => c,
                 None => self.connect(authority).await?,
             };
-            match self.exchange(conn, idle, authority, req, body).await {
-                // A reused connection the target had closed: nothing of an answer came back.
-                // Only a request that may be repeated, and has no body to replay, is sent
-                // again, on a fresh connection.
+            match self
+                .exchange(conn, reused, idle, authority, req, body)
+                .await
+            {
+                // A reused connection the target had closed (or reset): nothing of an answer
+                // came back. Only a request that may be repeated, and has no body to replay,
+                // is sent again, on a fresh connection; an upload is not, and is no fault of
+                // the target's either.
                 Err(Exchange::Stale(_))
                     if reused && req.body_len == 0 && method.is_idempotent() => {}
                 Err(Exchange::Stale(e)) if reused => return Err(SendError::Stale(e)),
@@ -736,9 +866,13 @@ impl Direct {
         }
     }
 
+    /// One attempt on `conn` (`reused`: taken from the idle list). A failure of a reused
+    /// connection before any byte of an answer, while the request goes out or after, is
+    /// `Exchange::Stale`: the keep-alive race, not the target's doing.
     async fn exchange(
         &self,
         mut conn: Conn,
+        reused: bool,
         idle: &Arc<IdleConns>,
         authority: &str,
         req: &RequestHead<'_>,
@@ -775,27 +909,40 @@ impl Direct {
         let written = conn.io.write_all(&wbuf).await;
         conn.wbuf = wbuf;
         if let Err(e) = written {
-            return Err(if req.body_len == 0 {
+            return Err(if req.body_len == 0 || reused {
                 Exchange::Stale(Box::new(e))
             } else {
                 Exchange::Failed(Box::new(e))
             });
         }
+        let mut scan = HeadScan::default();
         // Whether the whole request went out (an early answer cuts the body short).
         let complete = if req.body_len > 0 {
-            conn.send_body(body, left, pending).await?
+            match conn.send_body(body, left, pending, &mut scan).await {
+                Ok(complete) => complete,
+                // The connection failed under the body before any byte of an answer: on a
+                // reused one, the target had closed it (the same race as for a bodiless
+                // request, which is not sent again either).
+                Err(Exchange::Failed(e)) if reused && !scan.got_any => {
+                    return Err(Exchange::Stale(e));
+                }
+                Err(e) => return Err(e),
+            }
         } else {
             true
         };
-        let mut got_any = false;
-        let mut informational = 0;
         let mut head = loop {
-            // Nothing read yet (the usual case right after the request went out): nothing to
-            // parse.
-            let parsed = if conn.rbuf.is_empty() {
+            // Nothing read yet (the usual case right after the request went out), or nothing
+            // read since that could end the head: nothing to parse.
+            let parsed = if conn.rbuf.is_empty() || !scan.worth_parsing(&conn.rbuf) {
                 Ok(None)
             } else {
-                parse_head(&mut conn.rbuf, &mut conn.names, req.answer_room)
+                let parsed = parse_head(&mut conn.rbuf, &mut conn.names, req.answer_room);
+                match parsed {
+                    Ok(None) => scan.incomplete(conn.rbuf.len()),
+                    _ => scan.next_head(),
+                }
+                parsed
             };
             match parsed {
                 Ok(Some(h)) if h.status == StatusCode::SWITCHING_PROTOCOLS => {
@@ -803,8 +950,8 @@ impl Direct {
                 }
                 // 100 Continue, 103 Early Hints: the final answer follows.
                 Ok(Some(h)) if h.status.is_informational() => {
-                    informational += 1;
-                    if informational > MAX_INFORMATIONAL {
+                    scan.informational += 1;
+                    if scan.informational > MAX_INFORMATIONAL {
                         return Err(Exchange::Failed(Box::new(H1Error::TooManyInformational)));
                     }
                     continue;
@@ -814,12 +961,12 @@ impl Direct {
                 Err(e) => return Err(Exchange::Failed(Box::new(e))),
             }
             match conn.fill().await {
-                Ok(0) if !got_any && conn.rbuf.is_empty() => {
+                Ok(0) if !scan.got_any && conn.rbuf.is_empty() => {
                     return Err(Exchange::Stale(Box::new(H1Error::ClosedBeforeAnswer)));
                 }
                 Ok(0) => return Err(Exchange::Failed(Box::new(H1Error::ClosedBeforeAnswer))),
-                Ok(_) => got_any = true,
-                Err(e) if !got_any => return Err(Exchange::Stale(Box::new(e))),
+                Ok(_) => scan.got_any = true,
+                Err(e) if !scan.got_any => return Err(Exchange::Stale(Box::new(e))),
                 Err(e) => return Err(Exchange::Failed(Box::new(e))),
             }
         };
@@ -851,8 +998,9 @@ impl Direct {
 }
 
 /// An attempt's failure: `Stale` when nothing of an answer arrived (the connection may have
-/// been closed by the target while idle), `Request` when the request's body failed or did not
-/// match its length.
+/// been closed by the target while idle; for a request with a body, only a reused connection's
+/// failure counts as such), `Request` when the request's body failed or did not match its
+/// length.
 enum Exchange {
     Stale(BoxError),
     Request(BoxError),
@@ -1310,10 +1458,10 @@ mod tests {
         headers: &mut HeaderMap,
     ) -> Result<(Framing, bool), H1Error> {
         let connection_has = |headers: &HeaderMap, token: &str| {
-            headers.get_all(CONNECTION).iter().any(|v| {
-                v.to_str()
-                    .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-            })
+            headers
+                .get_all(CONNECTION)
+                .iter()
+                .any(|v| crate::headers::lists(v, token))
         };
         let mut reusable = version == Version::HTTP_11 && !connection_has(headers, "close");
         if headers.contains_key(TRANSFER_ENCODING) && headers.remove(CONTENT_LENGTH).is_some() {
@@ -1324,7 +1472,15 @@ mod tests {
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
-            return Ok((Framing::Empty, reusable));
+            // A body announced on an answer that has none: the connection is not reused.
+            let announced = headers.contains_key(TRANSFER_ENCODING)
+                || headers.get_all(CONTENT_LENGTH).iter().any(|v| {
+                    v.as_bytes().split(|b| *b == b',').any(|p| {
+                        let p = p.trim_ascii();
+                        p.is_empty() || p.iter().any(|d| *d != b'0')
+                    })
+                });
+            return Ok((Framing::Empty, reusable && !announced));
         }
         if headers.contains_key(TRANSFER_ENCODING) {
             let mut chunked = false;
@@ -1393,6 +1549,138 @@ mod tests {
         v
     }
 
+    /// `Connection` is read by its elements, whatever other bytes its value holds: `close`
+    /// is seen beside a byte outside ASCII, and so is a field it names — by the head reader and
+    /// by the removal the general client's answers go through.
+    #[test]
+    fn a_connection_value_with_bytes_outside_ascii_is_read_by_its_elements() {
+        let mut names = NameCache::default();
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: close, \xe9\r\nContent-Length: 2\r\n\r\n";
+        let mut head = parse_head(&mut BytesMut::from(&raw[..]), &mut names, 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            framing(false, &mut head).unwrap(),
+            (Framing::Length(2), false)
+        );
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: x-secret , \xe9\r\nX-Secret: 1\r\nX-Kept: 2\r\nContent-Length: 0\r\n\r\n";
+        let mut head = parse_head(&mut BytesMut::from(&raw[..]), &mut names, 0)
+            .unwrap()
+            .unwrap();
+        assert_eq!(framing(false, &mut head).unwrap(), (Framing::Empty, true));
+        let kept = [
+            ("content-length".to_string(), b"0".to_vec()),
+            ("x-kept".to_string(), b"2".to_vec()),
+        ];
+        assert_eq!(fields(&head.headers), kept);
+        let mut map = all_fields(raw);
+        crate::headers::strip_hop_by_hop(&mut map, false);
+        assert_eq!(fields(&map), kept);
+    }
+
+    /// A head that comes a byte at a time is parsed when its first byte comes and when its
+    /// end does, not in between: what the head reader does is linear in the head's size. So
+    /// are the empty lines before a head (which the parser skips), however many.
+    #[test]
+    fn a_trickled_head_is_parsed_once_its_end_can_have_come() {
+        let mut head = b"\r\n\n".repeat(10_000);
+        head.extend_from_slice(b"HTTP/1.1 200 OK\r\nx-long: ");
+        head.resize(MAX_HEAD_BYTES - 40, b'a');
+        head.extend_from_slice(b"\nx-bare-lf: 1\ncontent-length: 0\r\n\r\n");
+        assert!(head.len() <= MAX_HEAD_BYTES);
+        let mut names = NameCache::default();
+        let mut scan = HeadScan::default();
+        let mut buf = BytesMut::new();
+        let mut parses = 0;
+        let mut parsed = None;
+        for &b in &head {
+            buf.extend_from_slice(&[b]);
+            if !scan.worth_parsing(&buf) {
+                continue;
+            }
+            parses += 1;
+            match parse_head(&mut buf, &mut names, 0).unwrap() {
+                None => scan.incomplete(buf.len()),
+                Some(h) => parsed = Some(h),
+            }
+        }
+        let parsed = parsed.expect("the head is read");
+        assert_eq!(parsed.headers["x-bare-lf"], "1");
+        assert!(buf.is_empty());
+        assert_eq!(parses, 2);
+        // Every way the end can be cut across two reads (CRLF CRLF, LF LF, LF CRLF, CRLF LF) is
+        // found in the second.
+        for end in ["\r\n\r\n", "\n\n", "\n\r\n", "\r\n\n"] {
+            let whole = format!("HTTP/1.1 204 No Content\r\nx-a: 1{end}");
+            for cut in whole.len() - end.len()..whole.len() {
+                let mut scan = HeadScan::default();
+                let mut buf = BytesMut::from(&whole.as_bytes()[..cut]);
+                assert!(scan.worth_parsing(&buf));
+                assert!(parse_head(&mut buf, &mut names, 0).unwrap().is_none());
+                scan.incomplete(buf.len());
+                buf.extend_from_slice(&whole.as_bytes()[cut..]);
+                assert!(scan.worth_parsing(&buf), "{whole:?} cut at {cut}");
+                assert!(parse_head(&mut buf, &mut names, 0).unwrap().is_some());
+            }
+        }
+    }
+
+    /// Through a connection: a head sent a byte per write is parsed at most twice, however
+    /// the reads fall (it was parsed after each read).
+    #[tokio::test]
+    async fn a_head_trickled_over_a_connection_is_not_parsed_per_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let mut answer = b"HTTP/1.1 200 OK\r\nx-long: ".to_vec();
+        answer.resize(300, b'a');
+        answer.extend_from_slice(b"\r\ncontent-length: 2\r\n\r\n");
+        let server = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let (mut io, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = io.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                seen.extend_from_slice(&chunk[..n]);
+            }
+            for b in &answer {
+                io.write_all(std::slice::from_ref(b)).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            io.write_all(b"ok").await.unwrap();
+            // Held until the client is done.
+            let _ = io.read(&mut chunk).await;
+        });
+        let direct = Direct {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            max_idle: 0,
+        };
+        let idle = Arc::new(IdleConns::default());
+        let headers = HeaderMap::new();
+        let req = RequestHead {
+            method: &Method::GET,
+            path_and_query: "/",
+            headers: &headers,
+            host: None,
+            body_len: 0,
+            extra: &[],
+            answer_room: 0,
+        };
+        let mut body: BoxBody = http_body_util::Empty::new()
+            .map_err(|e| match e {})
+            .boxed_unsync();
+        HEAD_PARSES.set(0);
+        let resp = direct.send(&idle, &addr, &req, &mut body).await.unwrap();
+        let parses = HEAD_PARSES.get();
+        assert_eq!(resp.headers()["content-length"], "2");
+        let got = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"ok");
+        assert!(parses <= 2, "parsed {parses} times");
+        server.await.unwrap();
+    }
+
     /// The head reader keeps what `strip_hop_by_hop` would have left of every field, and the
     /// framing it reads on the way is the one read from the whole map — on random heads made
     /// of the fields that matter.
@@ -1407,12 +1695,15 @@ mod tests {
             "103 Hints",
         ];
         let versions = ["HTTP/1.1", "HTTP/1.0"];
-        let fields_pool: [&[u8]; 27] = [
+        let fields_pool: [&[u8]; 30] = [
             b"Connection: close",
             b"Connection: keep-alive",
             b"Connection: Keep-Alive, X-Gone",
             b"Connection: close, x-gone, ,",
             b"Connection: \xff",
+            b"Connection: close, \xe9",
+            b"Connection: x-gone, \xe9",
+            b"Content-Length: 00",
             b"Keep-Alive: timeout=5",
             b"Proxy-Connection: keep-alive",
             b"TE: trailers",

@@ -22,10 +22,13 @@
 //!   requests under way, at least `min_concurrent`).
 //! * Passive health counts against a target what says something of it: connect errors,
 //!   timeouts (unless the request body was still being sent), exchanges it broke off or botched
-//!   before its answer's head (unless the request's own body failed), 502/503/504. A request
-//!   counts against one target for each kind of failure: a retry failing the same way is taken
-//!   for the request's doing. Ejection is bounded (`health.rs`): at most half the targets at
-//!   once, never the last eligible one.
+//!   before its answer's head (unless the request's own body failed, or a pooled connection of
+//!   the direct client failed before any byte of an answer: the keep-alive race), 502/503/504.
+//!   A request counts against one target for each kind of failure: a retry failing the same
+//!   way is taken for the request's doing. Ejection is bounded (`health.rs`): at most half the
+//!   targets at once, never the last eligible one.
+//! * Every answer's trailer section is held to `portcullis_core::trailer_allowed` in its body
+//!   (`body.rs`), whichever client read it.
 //! * Every wait is bounded: connect timeout in the connector, response-head timeout per attempt,
 //!   health-check timeout per probe.
 //! * Selection, counters and ejection are atomics; the one lock on the request path is a

@@ -1250,6 +1250,8 @@ enum Answer {
     /// Writes these pieces one by one, flushed, with a pause before each, and keeps the
     /// connection.
     Pieces(&'static [&'static str]),
+    /// Closes as soon as the head is in, without reading the body or answering.
+    CloseAtHead,
 }
 
 /// An upstream that reads request heads and answers each with the next scripted answer (then
@@ -1303,6 +1305,10 @@ impl RawServer {
                         let head: Vec<u8> = buf.drain(..end).collect();
                         let head = String::from_utf8(head).unwrap();
                         let answer = script.lock().unwrap().pop_front();
+                        if let Some(Answer::CloseAtHead) = answer {
+                            heads.lock().unwrap().push(head);
+                            return;
+                        }
                         if let Some(Answer::ReplyUnread(s)) = answer {
                             heads.lock().unwrap().push(head);
                             let _ = stream.write_all(s.as_bytes()).await;
@@ -1361,7 +1367,7 @@ impl RawServer {
                                     }
                                 }
                             }
-                            Answer::ReplyUnread(_) => unreachable!(),
+                            Answer::ReplyUnread(_) | Answer::CloseAtHead => unreachable!(),
                             Answer::Continue => {
                                 let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                                 if stream.write_all(ok).await.is_err() {
@@ -1662,9 +1668,9 @@ async fn direct_informational_answers_are_bounded() {
 #[tokio::test]
 async fn direct_bodiless_answers_keep_the_connection() {
     let s = RawServer::start(&[
-        Answer::Reply("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"),
+        Answer::Reply("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
         Answer::Reply("HTTP/1.1 204 No Content\r\n\r\n"),
-        Answer::Reply("HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n"),
+        Answer::Reply("HTTP/1.1 304 Not Modified\r\netag: \"a\"\r\n\r\n"),
         Answer::Reply("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 1\r\n\r\n!"),
     ])
     .await;
@@ -1673,7 +1679,7 @@ async fn direct_bodiless_answers_keep_the_connection() {
         .forward(request(Method::HEAD, "/"), RETRYABLE)
         .await
         .unwrap();
-    assert_eq!(r.response.headers()[CONTENT_LENGTH], "100");
+    assert_eq!(r.response.headers()[CONTENT_LENGTH], "0");
     assert!(r.response.body().is_end_stream());
     assert_eq!(collect(r.response).await.unwrap().0, "");
     for status in [204, 304] {
@@ -1688,6 +1694,68 @@ async fn direct_bodiless_answers_keep_the_connection() {
     assert_eq!(collect(r.response).await.unwrap().0, "!");
     assert_eq!(s.conns(), 1);
     assert_eq!(idle_of(&p), 1);
+}
+
+/// An answer without a body (to a HEAD, a 204, a 304) that announces one is passed on as it
+/// came, but its connection is closed: a server that sends the body anyway, later, would have
+/// it read as the next request's answer (another client's).
+#[tokio::test]
+async fn direct_bodiless_answers_that_announce_a_body_end_the_connection() {
+    let s = RawServer::start(&[
+        Answer::Reply("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n"),
+        Answer::Reply("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+        Answer::Reply("HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n"),
+        Answer::Reply("HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n"),
+    ])
+    .await;
+    let p = s.pool();
+    for (method, status) in [
+        (Method::HEAD, 200),
+        (Method::HEAD, 200),
+        (Method::GET, 304),
+        (Method::GET, 204),
+    ] {
+        let r = p.forward(request(method, "/"), RETRYABLE).await.unwrap();
+        assert_eq!(r.response.status().as_u16(), status);
+        assert!(r.response.body().is_end_stream());
+        assert_eq!(collect(r.response).await.unwrap().0, "");
+        assert_eq!(idle_of(&p), 0, "{status}");
+    }
+    assert_eq!(s.conns(), 4);
+    // The announced length is passed on (a HEAD's is the GET's).
+    let s = RawServer::start(&[Answer::Reply(
+        "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n",
+    )])
+    .await;
+    let r = s
+        .pool()
+        .forward(request(Method::HEAD, "/"), RETRYABLE)
+        .await
+        .unwrap();
+    assert_eq!(r.response.headers()[CONTENT_LENGTH], "100");
+}
+
+/// A `Connection` value with bytes outside ASCII is read by its elements all the same: `close`
+/// ends the connection, a field it names does not reach the client.
+#[tokio::test]
+async fn direct_a_connection_value_with_bytes_outside_ascii_is_still_read() {
+    let s = RawServer::start(&[
+        Answer::Reply("HTTP/1.1 200 OK\r\nconnection: close, \u{e9}\r\ncontent-length: 1\r\n\r\na"),
+        Answer::Reply(
+            "HTTP/1.1 200 OK\r\nconnection: x-secret, \u{e9}\r\nx-secret: 1\r\nx-kept: 2\r\ncontent-length: 1\r\n\r\nb",
+        ),
+    ])
+    .await;
+    let p = s.pool();
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "a");
+    assert_eq!(idle_of(&p), 0, "the target said close");
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert!(r.response.headers().get("x-secret").is_none());
+    assert_eq!(r.response.headers()["x-kept"], "2");
+    assert_eq!(collect(r.response).await.unwrap().0, "b");
+    assert_eq!(idle_of(&p), 1);
+    assert_eq!(s.conns(), 2);
 }
 
 #[tokio::test]
@@ -2310,6 +2378,77 @@ async fn direct_an_interim_answer_does_not_stop_the_body() {
         1,
         "the whole request went out: the connection is kept"
     );
+}
+
+/// Interim answers while the body is sent count towards the same bound as those after it:
+/// a target sending `100 Continue` without end is refused (a 502, counted against it), not
+/// read until the deadline. 16 are skipped.
+#[tokio::test]
+async fn direct_interim_answers_during_an_upload_are_bounded() {
+    let storm: &'static str =
+        Box::leak("HTTP/1.1 100 Continue\r\n\r\n".repeat(17).into_boxed_str());
+    let s = RawServer::start(&[Answer::ReplyUnread(storm)]).await;
+    let p = s.pool();
+    // The body never ends: only the answers can end the exchange.
+    let (req, tx) = channel_request(Method::POST, 1 << 20, true);
+    tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+    let err = p.forward(req, NOT_RETRYABLE).await.err().unwrap();
+    assert!(matches!(err, UpstreamError::Protocol { .. }), "{err}");
+    assert!(err.to_string().contains("informational"), "{err}");
+    assert_eq!(p.health_snapshot()[0].consecutive_failures, 1);
+    drop(tx);
+
+    // 16 while the body is sent, then an early answer: read.
+    let few: &'static str = Box::leak(
+        format!(
+            "{}HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 100 Continue\r\n\r\n".repeat(16)
+        )
+        .into_boxed_str(),
+    );
+    let s = RawServer::start(&[Answer::ReplyUnread(few)]).await;
+    let (req, tx) = channel_request(Method::POST, 1 << 20, true);
+    tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+    let r = s.pool().forward(req, NOT_RETRYABLE).await.unwrap();
+    assert_eq!(r.response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    drop(tx);
+}
+
+/// The keep-alive race on an upload: a reused connection the target closes before any byte of
+/// an answer, while the body is still going out, fails the request (it is not sent again) but
+/// is not counted against the target. On a fresh connection the same close is the target's
+/// doing, and counted.
+#[tokio::test]
+async fn direct_an_upload_meeting_a_closed_pooled_connection_is_not_counted() {
+    let s = RawServer::start(&[
+        Answer::Reply("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na"),
+        Answer::CloseAtHead,
+    ])
+    .await;
+    let p = s.pool();
+    let r = p.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!(collect(r.response).await.unwrap().0, "a");
+    assert_eq!(idle_of(&p), 1);
+    // The first part goes out with the head; the rest never comes, so the close is met while
+    // the body is being sent.
+    let (req, tx) = channel_request(Method::PUT, 10, true);
+    tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+    let err = p.forward(req, NOT_RETRYABLE).await.err().unwrap();
+    assert!(matches!(err, UpstreamError::Protocol { .. }), "{err}");
+    assert_eq!(p.health_snapshot()[0].consecutive_failures, 0, "{err}");
+    assert_eq!(s.conns(), 1, "not sent again");
+    assert_eq!(s.heads().len(), 2);
+    drop(tx);
+
+    // A fresh connection closed so: counted.
+    let s = RawServer::start(&[Answer::CloseAtHead]).await;
+    let p = s.pool();
+    let (req, tx) = channel_request(Method::PUT, 10, true);
+    tx.send(Ok(Bytes::from_static(b"abc"))).await.unwrap();
+    let err = p.forward(req, NOT_RETRYABLE).await.err().unwrap();
+    assert!(matches!(err, UpstreamError::Protocol { .. }), "{err}");
+    assert_eq!(p.health_snapshot()[0].consecutive_failures, 1, "{err}");
+    drop(tx);
 }
 
 #[tokio::test]
