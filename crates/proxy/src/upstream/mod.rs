@@ -657,12 +657,15 @@ impl UpstreamPool {
         Ok(req)
     }
 
-    /// Where a retry goes, and its permit: a target this request has not tried yet (a retry
-    /// to a target that just failed it only doubles its load), when the retries under way stay
-    /// within the budget. `None`: no retry.
-    fn retry_to(&self, tried: &Tried) -> Option<(usize, RetryPermit<'_>)> {
+    /// Where a retry goes: a target this request has not tried yet (a retry to a target that
+    /// just failed it only doubles its load), when the retries under way stay within the
+    /// budget; `held` becomes its permit. The request's previous retry, over now, gives its
+    /// permit back first: it does not count against its own next one. `None`: no retry.
+    fn retry_to<'a>(&'a self, tried: &Tried, held: &mut Option<RetryPermit<'a>>) -> Option<usize> {
         let next = self.pick(self.now_ms(), |i| !tried.contains(i))?;
-        Some((next, self.retry_permit()?))
+        *held = None;
+        *held = Some(self.retry_permit()?);
+        Some(next)
     }
 
     /// A retry may start while the retries under way are fewer than `budget_percent` % of the
@@ -745,7 +748,7 @@ impl UpstreamPool {
         let (mut status_counted, mut unanswered_counted) = (false, false);
         let mut timer = LentTimer::new(opts.timer);
         // This request's retry under way, if any (one at a time: the next replaces it).
-        let mut _retrying: Option<RetryPermit<'_>> = None;
+        let mut retrying: Option<RetryPermit<'_>> = None;
         loop {
             attempt += 1;
             let Some(i) = pick else {
@@ -853,9 +856,8 @@ impl UpstreamPool {
                         source,
                     };
                     // The request never left: safe to send elsewhere.
-                    if !last && let Some((next, permit)) = self.retry_to(&tried) {
+                    if !last && let Some(next) = self.retry_to(&tried, &mut retrying) {
                         tracing::debug!(upstream = %self.name, target = %t.authority, attempt, error = %err, "connect failed; retrying");
-                        _retrying = Some(permit);
                         pick = Some(next);
                         continue;
                     }
@@ -872,9 +874,8 @@ impl UpstreamPool {
                     };
                     // Nothing of an answer came: a request that may be repeated (idempotent,
                     // no body) goes elsewhere.
-                    if !last && let Some((next, permit)) = self.retry_to(&tried) {
+                    if !last && let Some(next) = self.retry_to(&tried, &mut retrying) {
                         tracing::debug!(upstream = %self.name, target = %t.authority, attempt, error = %err, "closed before answering; retrying");
-                        _retrying = Some(permit);
                         pick = Some(next);
                         continue;
                     }
@@ -906,11 +907,10 @@ impl UpstreamPool {
                     if !last
                         && self.retries.on_status.contains(&status)
                         && !resp.headers().contains_key(http::header::RETRY_AFTER)
-                        && let Some((next, permit)) = self.retry_to(&tried)
+                        && let Some(next) = self.retry_to(&tried, &mut retrying)
                     {
                         tracing::debug!(upstream = %self.name, target = %t.authority, attempt, %status, "retrying on status");
                         // `resp` (and its body) and `guard` are dropped here.
-                        _retrying = Some(permit);
                         pick = Some(next);
                         continue;
                     }

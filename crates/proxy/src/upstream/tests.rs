@@ -802,6 +802,17 @@ async fn retries_are_held_to_the_budget() {
         0,
         "the permit was given back"
     );
+
+    // A request's second retry is not held back by its own first one.
+    let bad2 = serve(|_| async { text(503, "busy too") }).await;
+    let three = pool_of(
+        &[bad.target(), bad2.target(), good.target()],
+        "retries: { attempts: 2, budget_percent: 0, min_concurrent: 1 }",
+    );
+    let r = three.forward(get("/"), RETRYABLE).await.unwrap();
+    assert_eq!((r.attempts, r.response.status()), (3, StatusCode::OK));
+    body_text(r.response).await;
+    assert_eq!(three.retrying.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test]
