@@ -942,6 +942,18 @@ async fn links_to_the_target_are_rewritten_to_the_clients_host() {
             vec![("x-forwarded-proto", "gopher")],
             "http://api.example.com/next?x=1",
         ),
+        // A proxy that appends: its own element, the last, is the one taken.
+        (
+            vec![("x-forwarded-proto", "https, http")],
+            "http://api.example.com/next?x=1",
+        ),
+        (
+            vec![(
+                "forwarded",
+                "for=6.6.6.6;proto=http, for=192.0.2.1;proto=https",
+            )],
+            "https://api.example.com/next?x=1",
+        ),
     ] {
         let mut h = vec![("host", "api.example.com")];
         h.extend(sent.iter().copied());

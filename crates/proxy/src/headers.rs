@@ -453,30 +453,28 @@ pub fn strip_forwarding_claims(
     }
 }
 
-/// The scheme a trusted proxy says its client used: the first `X-Forwarded-Proto` value (the
-/// one the proxy nearest the client wrote), else the first `proto=` of `Forwarded`; `http` or
-/// `https` only (any case), anything else is not taken.
+/// The scheme a trusted proxy says its client used: the last `X-Forwarded-Proto` element (the
+/// one the trusted proxy nearest the gateway wrote: one that appends rather than replaces
+/// leaves its client's own claim before it), else the `proto=` of `Forwarded`'s last element;
+/// `http` or `https` only (any case), anything else is not taken.
 pub fn forwarded_scheme(headers: &HeaderMap) -> Option<&'static str> {
     let pick = |v: &str| match v.trim().trim_matches('"') {
         p if p.eq_ignore_ascii_case("https") => Some("https"),
         p if p.eq_ignore_ascii_case("http") => Some("http"),
         _ => None,
     };
-    if let Some(v) = headers.get(&X_FORWARDED_PROTO) {
-        return v.to_str().ok()?.split(',').next().and_then(pick);
+    if let Some(v) = headers.get_all(&X_FORWARDED_PROTO).iter().next_back() {
+        return v.to_str().ok()?.rsplit(',').next().and_then(pick);
     }
-    forwarded_param(headers, "proto").and_then(|p| pick(&p))
-}
-
-/// The first element's `name=` parameter of the first `Forwarded` field, unquoted.
-fn forwarded_param(headers: &HeaderMap, name: &str) -> Option<String> {
-    let v = headers.get(header::FORWARDED)?.to_str().ok()?;
-    let first = v.split(',').next()?;
-    first.split(';').find_map(|pair| {
+    let last = headers.get_all(header::FORWARDED).iter().next_back()?;
+    let element = last.to_str().ok()?.rsplit(',').next()?;
+    element.split(';').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
-        k.trim()
-            .eq_ignore_ascii_case(name)
-            .then(|| v.trim().trim_matches('"').to_string())
+        if k.trim().eq_ignore_ascii_case("proto") {
+            pick(v)
+        } else {
+            None
+        }
     })
 }
 
