@@ -388,25 +388,36 @@ pub struct Forwarding<'a> {
     pub host: Option<&'a HeaderValue>,
 }
 
-/// Whether a field called `name` (lowercase, `_` read as `-`) is one upstreams read as the
-/// client's address, port, scheme or path prefix besides those the gateway sets: `X-Real-IP`,
-/// `True-Client-IP`, `X-Client-IP`, `Client-IP`, `X-Cluster-Client-IP`, `Fastly-Client-IP`,
-/// `CF-Connecting-IP`, `X-Forwarded-Port`, `-Prefix`, `-Ssl`, `-Scheme`, `X-Url-Scheme`. By
-/// length first: most names go no further.
+/// Whether a field called `name` (lowercase, `_` read as `-`) is one upstreams read as what a
+/// proxy in front of them vouches for, besides the fields the gateway sets: the client's
+/// address (`X-Real-IP`, `True-Client-IP`, `X-Client-IP`, `Client-IP`, `X-Cluster-Client-IP`,
+/// `Fastly-Client-IP`, `CF-Connecting-IP`, `X-Envoy-External-Address`), port, scheme or path
+/// prefix (`X-Forwarded-Port`, `-Prefix`, `-Ssl`, `-Scheme`, `X-Url-Scheme`), or its verified
+/// client certificate (`X-Forwarded-Client-Cert`, `X-Client-Cert`, `SSL-Client-Cert`,
+/// `X-SSL-Client-Cert`, `X-Client-Verify`, `SSL-Client-Verify`, `X-SSL-Client-Verify`,
+/// `X-SSL-Client-S-DN`, `X-Client-DN`). By length first: most names go no further.
 fn address_claim(name: &[u8]) -> bool {
     let candidates: &[&[u8]] = match name.len() {
         9 => &[b"x-real-ip", b"client-ip"],
-        11 => &[b"x-client-ip"],
+        11 => &[b"x-client-ip", b"x-client-dn"],
         12 => &[b"x-url-scheme"],
+        13 => &[b"x-client-cert"],
         14 => &[b"true-client-ip"],
-        15 => &[b"x-forwarded-ssl"],
+        15 => &[b"x-forwarded-ssl", b"ssl-client-cert", b"x-client-verify"],
         16 => &[
             b"fastly-client-ip",
             b"cf-connecting-ip",
             b"x-forwarded-port",
         ],
+        17 => &[
+            b"x-ssl-client-cert",
+            b"ssl-client-verify",
+            b"x-ssl-client-s-dn",
+        ],
         18 => &[b"x-forwarded-prefix", b"x-forwarded-scheme"],
-        19 => &[b"x-cluster-client-ip"],
+        19 => &[b"x-cluster-client-ip", b"x-ssl-client-verify"],
+        23 => &[b"x-forwarded-client-cert"],
+        24 => &[b"x-envoy-external-address"],
         _ => return false,
     };
     candidates
@@ -1269,6 +1280,12 @@ mod tests {
             ("x-forwarded-prefix", "/admin"),
             ("x-forwarded-scheme", "https"),
             ("x-url-scheme", "https"),
+            (
+                "x-forwarded-client-cert",
+                "By=spiffe://x;URI=spiffe://prod/admin",
+            ),
+            ("x_ssl_client_verify", "SUCCESS"),
+            ("x-envoy-external-address", "6.6.6.6"),
             ("accept-encoding", "gzip"),
             ("x-forwarded-for", "kept for set_forwarding"),
             ("content-type", "text/plain"),
@@ -1309,6 +1326,8 @@ mod tests {
                 "cf-connecting-ip",
                 "content-type",
                 "true-client-ip",
+                "x-envoy-external-address",
+                "x-forwarded-client-cert",
                 "x-forwarded-for",
                 "x-forwarded-port",
                 "x-forwarded-prefix",
@@ -1317,6 +1336,7 @@ mod tests {
                 "x-url-scheme",
                 "x_custom",
                 "x_real_ip",
+                "x_ssl_client_verify",
             ]
         );
     }

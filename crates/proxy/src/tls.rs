@@ -298,8 +298,12 @@ impl SpiffeBundles {
         let Ok(ee) = webpki::EndEntityCert::try_from(leaf) else {
             return false;
         };
+        // The provider's algorithms, made once: a handshake of a listener with bundles asks.
+        static ALGORITHMS: std::sync::LazyLock<
+            &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm],
+        > = std::sync::LazyLock::new(|| provider().signature_verification_algorithms.all);
         ee.verify_for_usage(
-            provider().signature_verification_algorithms.all,
+            *ALGORITHMS,
             anchors,
             intermediates,
             rustls_pki_types::UnixTime::now(),
