@@ -185,9 +185,10 @@ impl Gateway {
         }
         let contexts = tls_contexts(&config);
         if !e.is_empty() || contexts.is_err() {
-            // Every error at once: the rest is checked as `portcullis check` does, starting
-            // nothing and touching no state of the running configuration (a listener's TLS
-            // errors are among what this finds).
+            // Every error at once: the rest is checked as `portcullis check` does, with state
+            // of its own, so that nothing of the running configuration changes (a listener's
+            // TLS errors are among what this finds). Key-set fetches and store connections its
+            // authentication part begins end with it (their tasks hold it weakly).
             let config = Arc::new(config);
             match Runtime::build(config, false, &portcullis_pipeline::Shared::new(), None) {
                 Err(more) => e.extend(more),
