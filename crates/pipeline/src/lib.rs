@@ -137,6 +137,9 @@ impl Pipeline {
                 })
                 .collect(),
         );
+        // Identity-named headers that later steps read as the request's input: removed as the
+        // request leaves (identity step), not as authentication begins.
+        let late = input_headers(config);
         let failures = shared.authn.failures.clone();
         let waf_hits = shared.waf.hits.clone();
         let authz = shared.authz.build(
@@ -173,13 +176,13 @@ impl Pipeline {
             )),
             Box::new(RateLimitStage::pre_auth(ratelimit.clone())),
             Box::new(WafStage::new(waf)),
-            Box::new(AuthnStage::new(authn.clone())),
+            Box::new(AuthnStage::new(authn.clone(), late.clone())),
             Box::new(RateLimitStage::post_auth(ratelimit.clone())),
             Box::new(AuthzStage::new(authz)),
             Box::new(ContractStage::new(
                 routes.iter().map(|r| r.contract.clone()).collect(),
             )),
-            Box::new(IdentityStage::new(authn.clone())),
+            Box::new(IdentityStage::new(authn.clone(), late)),
         ];
         Ok(Pipeline {
             stages,
@@ -270,6 +273,32 @@ impl Snapshot {
             config,
         })
     }
+}
+
+/// The request fields later steps read as input that are also stripped identity names: a
+/// route's tenant header, the risk signals' country and device headers, the API key header.
+/// Only these, so the list is usually empty.
+fn input_headers(config: &Config) -> Vec<http::HeaderName> {
+    let mut read: Vec<http::HeaderName> = config
+        .routes
+        .iter()
+        .filter_map(|r| match &r.authz.tenant.as_ref()?.source {
+            portcullis_authz::config::Source::Header(h) => Some(h.clone()),
+            _ => None,
+        })
+        .collect();
+    read.extend(config.authz.risk.country_header.clone());
+    read.extend(config.authz.risk.device_header.clone());
+    read.extend(config.auth.api_keys.as_ref().map(|k| k.header.clone()));
+    let strip = &config.auth.identity.strip;
+    read.retain(|h| {
+        strip.iter().any(|s| {
+            portcullis_core::same_name_folded(h.as_str().as_bytes(), s.as_str().as_bytes())
+        })
+    });
+    read.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    read.dedup();
+    read
 }
 
 /// Records a failure of the `section` part as built: at the path its message starts with

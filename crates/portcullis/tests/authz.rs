@@ -157,6 +157,11 @@ routes:
     upstream: app
     auth: {{ methods: [jwt] }}
     authz: {{ tenant: {{ header: x-tenant, upstream_header: x-verified-tenant }} }}
+  - name: tenant-identity-header
+    match: {{ prefix: /tid }}
+    upstream: app
+    auth: {{ methods: [jwt] }}
+    authz: {{ tenant: {{ header: x-tenant-id, upstream_header: x-verified-tenant }} }}
   - name: doc
     match: {{ prefix: /doc }}
     upstream: app
@@ -588,6 +593,33 @@ async fn tenants_are_isolated_and_the_verified_tenant_goes_upstream() {
         e.call("GET", "/tenants/t1/orders", &t1, &[]).await.status,
         200
     );
+}
+
+/// A route may name its tenant in the header the gateway sends the verified tenant in
+/// (`x-tenant-id`, an identity header): the authorization step reads the client's copy, and
+/// the identity step replaces it as the request leaves. Anywhere else the client's copy is
+/// still removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_named_in_the_identity_tenant_header_is_read_then_replaced() {
+    let e = setup().await;
+    let t1 = e.token(json!({}));
+    let r = e.call("GET", "/tid/x", &t1, &[("x-tenant-id", "t2")]).await;
+    e.refused(&r, 403, "forbidden", "tenant");
+    // Another spelling of it is no tenant, and goes nowhere.
+    let r = e.call("GET", "/tid/x", &t1, &[("x_tenant_id", "t1")]).await;
+    e.refused(&r, 403, "forbidden", "tenant");
+    let r = e.call("GET", "/tid/x", &t1, &[("x-tenant-id", "t1")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = e.up.requests().pop().unwrap();
+    assert_eq!(seen.header("x-verified-tenant"), Some("t1"));
+    assert_eq!(seen.header("x-tenant-id"), Some("t1"));
+    let hits = e.up.hits();
+    e.call("GET", "/any/x", &t1, &[("x_tenant_id", "forged")])
+        .await;
+    assert_eq!(e.up.hits(), hits + 1);
+    let seen = e.up.requests().pop().unwrap();
+    assert_eq!(seen.header("x_tenant_id"), None);
+    assert_eq!(seen.header("x-tenant-id"), Some("t1"));
 }
 
 /// A tenant header is one value under every spelling a backend reads as its name: CGI, WSGI,

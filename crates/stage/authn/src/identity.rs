@@ -17,27 +17,36 @@ use crate::unix_now;
 
 pub struct IdentityStage {
     authn: Arc<Authn>,
+    /// Stripped names that earlier steps read as the request's input (see [`ForgedIdentity`]):
+    /// their client copies are removed here, as the request leaves.
+    late: Vec<HeaderName>,
 }
 
 impl IdentityStage {
     pub const ID: StageId = StageId("identity");
 
-    pub fn new(authn: Arc<Authn>) -> IdentityStage {
-        IdentityStage { authn }
+    /// `late`: the stripped names the authentication step leaves for this one (the same list
+    /// given to [`crate::AuthnStage::new`]).
+    pub fn new(authn: Arc<Authn>, late: Vec<HeaderName>) -> IdentityStage {
+        IdentityStage { authn, late }
     }
 }
 
 /// The client's copies of the identity headers (and of `identity_headers.strip`'s), removed
 /// from every request on every route by the authentication step, first thing: no later step
 /// — authorization's Rego and OPA input, the rate limits, the contract — reads a forged one,
-/// and none that a later step adds (the verified tenant) is taken out.
+/// and none that a later step adds (the verified tenant) is taken out. Except the names that a
+/// later step reads as the request's input (`late`: the tenant header a route names, the risk
+/// signals' country and device headers, the API key header — when one of those is also a
+/// stripped name): those are left for that step to read, and removed by the identity step.
 pub(crate) struct ForgedIdentity {
     /// Some stripped name holds `_`: every request name is then compared with `_` read as `-`.
     strip_has_underscore: bool,
+    late: Vec<HeaderName>,
 }
 
 impl ForgedIdentity {
-    pub(crate) fn new(authn: &Authn) -> ForgedIdentity {
+    pub(crate) fn new(authn: &Authn, late: Vec<HeaderName>) -> ForgedIdentity {
         ForgedIdentity {
             strip_has_underscore: authn
                 .settings
@@ -45,6 +54,7 @@ impl ForgedIdentity {
                 .strip
                 .iter()
                 .any(|n| n.as_str().contains('_')),
+            late,
         }
     }
 
@@ -71,14 +81,17 @@ impl ForgedIdentity {
     /// when a stripped name does), so the common case stays a plain comparison.
     fn stripped(&self, authn: &Authn, name: &HeaderName) -> bool {
         let strip = &authn.settings.identity.strip;
-        if strip.contains(name) {
-            return true;
-        }
         let n = name.as_str().as_bytes();
-        (self.strip_has_underscore || n.contains(&b'_'))
-            && strip
+        let stripped = strip.contains(name)
+            || ((self.strip_has_underscore || n.contains(&b'_'))
+                && strip
+                    .iter()
+                    .any(|s| portcullis_core::same_name_folded(n, s.as_str().as_bytes())));
+        stripped
+            && !self
+                .late
                 .iter()
-                .any(|s| portcullis_core::same_name_folded(n, s.as_str().as_bytes()))
+                .any(|l| portcullis_core::same_name_folded(n, l.as_str().as_bytes()))
     }
 }
 
@@ -229,8 +242,9 @@ impl Stage for IdentityStage {
     fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
         let s = &self.authn.settings;
         // The client's copies of the identity headers are gone already (`ForgedIdentity`,
-        // removed by the authentication step).
+        // removed by the authentication step), but for those an earlier step read as input.
         let h = &mut req.head.headers;
+        portcullis_core::remove_headers_folded(h, &self.late);
         let Some(route) = ctx.route_id().and_then(|r| self.authn.routes.get(r.0)) else {
             return Step::CONTINUE;
         };

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use portcullis_core::{
     AuthMethod, GatewayRequest, Principal, RejectReason, Rejection, RequestCtx, Stage, StageId,
     Step, Verdict,
@@ -773,8 +773,10 @@ pub struct AuthnStage {
 impl AuthnStage {
     pub const ID: StageId = StageId("authn");
 
-    pub fn new(authn: Arc<Authn>) -> AuthnStage {
-        let forged = crate::identity::ForgedIdentity::new(&authn);
+    /// `late`: the identity-named headers later steps read as the request's input, which this
+    /// step leaves for the identity step to remove (see `ForgedIdentity`).
+    pub fn new(authn: Arc<Authn>, late: Vec<HeaderName>) -> AuthnStage {
+        let forged = crate::identity::ForgedIdentity::new(&authn, late);
         AuthnStage { authn, forged }
     }
 }
