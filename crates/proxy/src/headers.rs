@@ -443,7 +443,7 @@ fn forwarding_alias(name: &[u8], request_id: &HeaderName) -> bool {
 /// those it sets (`x_forwarded_for`, `x_request_id` — CGI, WSGI, Rack and PHP read `_` as `-`,
 /// and some let the copy win over the gateway's field), and, from a peer that is not a trusted
 /// proxy, the other fields upstreams read as the client's address, port, scheme or prefix
-/// (`X-Real-IP`, `X-Forwarded-Port` … in any spelling, see [`address_claim`]). A trusted
+/// (`X-Real-IP`, `X-Forwarded-Port` … in any spelling, see `address_claim`). A trusted
 /// proxy's own such fields are kept. One pass over the names; nothing is hashed or allocated
 /// when there is nothing to remove.
 pub fn strip_forwarding_claims(

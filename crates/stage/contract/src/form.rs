@@ -16,7 +16,7 @@
 //!
 //! Each property the schema declares ([`FormDef`]) is read by its shape:
 //!
-//! - a scalar: one value, typed as a query parameter's is ([`crate::params::scalar`]: integer,
+//! - a scalar: one value, typed as a query parameter's is (`crate::params::scalar`: integer,
 //!   number, boolean, null as the empty text, string); a value that reads as none of its types
 //!   stays a string, so the validator reports the type (`must be an integer`). The name given
 //!   twice is a violation (`must not be repeated`): frameworks keep the first or the last;
