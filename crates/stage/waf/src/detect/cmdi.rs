@@ -8,6 +8,8 @@
 
 use std::sync::LazyLock;
 
+use regex::Regex;
+
 use super::shared::{Bank, Literals, push_once};
 
 use crate::model::{Class, Finding, Rule, Severity, Target};
@@ -156,26 +158,32 @@ static SHELL: LazyLock<Bank> = LazyLock::new(|| {
     let ws = r"[\s+]";
     // An argument that makes a command word a command: a flag, a path, a variable, a quote, a
     // redirection, a drive, a number or address, a dotted name, a URL; or a redirection glued
-    // to the command (`cat</etc/passwd`, `id>o`, `id 2>&1`).
-    let arg = r"(?:{ws}+(?:-{1,2}[a-z0-9]|[/\\~$`'<>]|[a-z]:(?:[\\/]|$|[\s+|;&])|(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[a-z][a-z0-9_-]*\.(?:[a-z]{2,4}|[0-9]+)\b|https?:|ftp:|[0-9][<>])|[<>])".replace("{ws}", ws);
+    // to the command (`cat</etc/passwd`, `id>o`, `id 2>&1`); a backtick after a space only when
+    // it substitutes a command (`; echo `id``): prose puts code spans there (`…; make `const
+    // fn` work`).
+    let subst = format!(r"`{ws}*(?:{CMDS})(?:\.exe)?(?:[\s+`]|$)");
+    let arg = r"(?:{ws}+(?:-{1,2}[a-z0-9]|[/\\~$'<>]|{subst}|[a-z]:(?:[\\/]|$|[\s+|;&])|(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[a-z][a-z0-9_-]*\.(?:[a-z]{2,4}|[0-9]+)\b|https?:|ftp:|[0-9][<>])|[<>])"
+        .replace("{subst}", &subst)
+        .replace("{ws}", ws);
     let sep = r"(?:[;|&\n\r]|\$\()";
     // What may end a command that needs no argument: the end of the value, a metacharacter, a
-    // quote, a redirection (`id>o`, `sh</tmp/x`, `id 2>&1`) or a comment (`id #`, not `id #12`).
-    let end = r"(?:$|[;|&`)\n\r'\x22\\<>]|{ws}#(?:$|[^0-9a-z])|{ws}[0-9][<>])".replace("{ws}", ws);
+    // quote, a redirection (`id>o`, `sh</tmp/x`, `id 2>&1`) or a comment (`id #`, not `id #12`);
+    // a backtick glued to it (`;id``) or one after a space that substitutes a command (`;id
+    // `uname``), not a code span (`…; set `NODE_ENV` first`).
+    let end = r"(?:$|[;|&)\n\r'\x22\\<>]|{ws}#(?:$|[^0-9a-z])|{ws}[0-9][<>])".replace("{ws}", ws);
     let p1300 = format!(
-        r"{sep}{ws}*(?:(?:{NOARG})(?:\.exe)?{ws}*{end}|(?:{CMDS})(?:\.exe)?{arg}|(?:{NUMARG})(?:\.exe)?{ws}+[0-9]|ps{ws}+(?:aux|axu|ax|au|-?ef)w*\b)"
+        r"{sep}{ws}*(?:(?:{NOARG})(?:\.exe)?(?:`|{ws}*{end}|{ws}+{subst})|(?:{CMDS})(?:\.exe)?{arg}|(?:{NUMARG})(?:\.exe)?{ws}+[0-9]|ps{ws}+(?:aux|axu|ax|au|-?ef)w*\b)"
     );
     let p1300b = format!(r"{sep}{ws}*(?:{STRONG})(?:\.exe)?\b");
-    // Command substitution with backticks: at the start of the value or glued to what
-    // precedes it (`a`id``, `a;`id``, `'`id`'`), any command. After a space, inline code in
+    // Command substitution with backticks at the start of the value or glued to what precedes
+    // it is `backtick_substitution`'s (it pairs the backticks). After a space, inline code in
     // prose (`run `ls -la` first`) reads the same: paranoia 2 (1316), and only a command with
     // an argument shape.
-    let p1300c = format!(
-        r"(?:^[\s+'\x22(=]*|[a-z0-9_=;|&'\x22)])`{ws}*(?:{CMDS}|true|false)(?:\.exe)?(?:{ws}[^`]*)?`"
-    );
     let p1316 = format!(r"`{ws}*(?:{CMDS})(?:\.exe)?{arg}[^`]*`");
-    // A value that starts with a command and chains another one.
-    let p1300e = format!(r"^[\s+'\x22(]*(?:{NOARG})(?:\.exe)?{ws}*(?:[;|&`]|\$\()");
+    // A value that starts with a command and chains another one: a separator, `$(`, or a
+    // backtick glued to the command (`id`whoami``; after a space, `Set `x` to …` is prose, as
+    // `foo `id`` is).
+    let p1300e = format!(r"^[\s+'\x22(]*(?:{NOARG})(?:\.exe)?(?:{ws}*(?:[;|&]|\$\()|`)");
     // The whole value a command line: a command, then argument-shaped tokens (flags, paths,
     // drives, numbers, addresses, URLs, file names, quoted strings) with at most one bare word
     // among them, up to the end or a metacharacter. Prose that starts with a command word
@@ -249,18 +257,27 @@ static SHELL: LazyLock<Bank> = LazyLock::new(|| {
         r"\|[\s+]*(?:ba|z|k|da)?sh(?:$|[\s+;&|])",
         r"\|[\s+]*(?:/usr)?/bin/(?:ba|z|k|da)?sh\b",
     ];
+    let called = CMDS.replace("|move|", "|");
+    // A call of a command-execution function on a path or a command word. `move` is Windows'
+    // command and Rust's closure keyword: `thread::spawn(move || …)` runs no command.
     let p1307 = [
-        r"\b(?:system|passthru|shell_exec|proc_open|popen|pcntl_exec|exec|execv|execve|execvp|spawn|spawnsync|execsync|execfile)\([\x22'`$]?[\s+]*(?:/|[a-z]:\\|(?:CMDS)(?:$|[\s+;|&\x22'`)]))",
+        r"\b(?:system|passthru|shell_exec|proc_open|popen|pcntl_exec|exec|execv|execve|execvp|spawn|spawnsync|execsync|execfile)\([\x22'`$]?[\s+]*(?:/|[a-z]:\\|(?:CALLED)(?:$|[\s+;|&\x22'`)])|move(?:$|[;&\x22'`)]|[\s+]+[^\s+|]))",
         r"\bos\.(?:system|popen|exec[lv]p?e?|spawn[lv]p?e?|posix_spawn)[\s+]*\(",
         r"\bsubprocess\.(?:call|run|popen|check_output|check_call|getoutput|getstatusoutput)[\s+]*\(",
         r"\bruntime\.getruntime\(\)\.exec\b",
         r"\bprocessbuilder[\s+]*\(",
         r"\brequire[\s+]*\([\s+]*[\x22'`](?:node:)?child_process",
-        r"\bchild_process\b[^\n]*\.(?:exec|spawn|execsync|spawnsync|execfile)\b",
-        r"\bprocess\.(?:binding|mainmodule)\b",
+        // Node's `child_process` loaded (`require('child_process')`, `import(…)`, `_load(…)`)
+        // and used, not named in prose (`the child_process.exec() method`).
+        r"\([\s+]*[\x22'`]?(?:node:)?child_process[\x22'`]?[\s+]*\)(?:[\s+]*[.\[]|[^\n]*\.(?:exec|spawn|execsync|spawnsync|execfile|execfilesync|fork)\b)",
+        // Node internals that reach the process spawner, called: the spawner's binding
+        // (`process.binding('spawn_sync')`) or a computed name (`'spawn'+'_sync'`), not
+        // another binding named in a changelog (`process.binding('crypto')`) nor the bare name.
+        r"\bprocess\.binding\s*\(\s*[\x22'`]?\s*(?:spawn_sync|process_wrap|[^a-z0-9_\s)\x22'`]|[a-z0-9_]+\s*[^a-z0-9_\s)\x22'`])",
+        r"\bprocess\.mainmodule[\s+]*(?:\.[\s+]*(?:require|constructor|_load)\b|\[)",
         r"\bphpinfo[\s+]*\([\s+]*\)",
     ]
-    .map(|p| p.replace("CMDS", CMDS));
+    .map(|p| p.replace("CALLED", &called));
     let p1308 = r"<!--[\s+]*#[\s+]*exec\b";
     let p1309 = r"^[\s+'\x22]*\([\s+]*\)[\s+]*\{";
     let p1311 =
@@ -273,7 +290,6 @@ static SHELL: LazyLock<Bank> = LazyLock::new(|| {
     let mut pats: Vec<(usize, String)> = vec![
         (0, p1300),
         (0, p1300b),
-        (0, p1300c),
         (16, p1316),
         (0, p1300e),
         (1, p1301),
@@ -330,6 +346,82 @@ static DECODED: LazyLock<Bank> = LazyLock::new(|| {
     let refs: Vec<(usize, &str)> = pats.iter().map(|(r, p)| (*r, p.as_str())).collect();
     Bank::new("cmdi", &refs)
 });
+
+/// A backticked command, from its opening backtick to its closing one (rule 1300's backtick
+/// form; where it must stand is [`backtick_substitution`]'s).
+static BACKTICKED: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    let ws = r"[\s+]";
+    let p = format!(r"^`{ws}*(?:{CMDS}|true|false)(?:\.exe)?(?:{ws}[^`]*)?`");
+    match Regex::new(&p) {
+        Ok(re) => Some(re),
+        Err(e) => {
+            tracing::error!(detector = "cmdi", error = %e, "WAF pattern does not compile; it will never match");
+            None
+        }
+    }
+});
+
+/// Rule 1300's backtick form in the shell view: a backticked command that opens the value
+/// (after blanks, quotes, `(` or `=`) or is glued to what precedes it (``x`id` ``,
+/// ``a;`id` ``, ``=`id` ``). Its fragment, if any.
+///
+/// The value's backticks are paired from its start, as a shell pairs them (one escaped with a
+/// backslash does not count): only an opening one starts a substitution. In prose the closing
+/// backtick of a code span is glued to the word it closes, and what follows it up to the next
+/// code span (`` ` at the specified ` `` in ``Writes `buf` at the specified `offset` ``) is
+/// no substitution in any shell. A backticked command that opens the value and is followed by
+/// more words, or by sentence punctuation that ends the value (``` `Host` header ```,
+/// ``` `true`. ```), is inline code opening a sentence and reads as ``foo `id` `` does (a
+/// backticked command after a space: 1316, paranoia 2); alone, or glued to more text
+/// (``` `whoami`.evil.example ```), it stays.
+///
+/// Linear: each opening backtick is matched at most up to the next backtick.
+fn backtick_substitution(shell: &str) -> Option<&str> {
+    let re = BACKTICKED.as_ref()?;
+    let b = shell.as_bytes();
+    let leading = |c: u8| c.is_ascii_whitespace() || matches!(c, b'+' | b'\'' | b'"' | b'(' | b'=');
+    let lead = b.iter().take_while(|&&c| leading(c)).count();
+    let mut open = false;
+    for (i, &c) in b.iter().enumerate() {
+        if c != b'`' || (i > 0 && b.get(i - 1) == Some(&b'\\')) {
+            continue;
+        }
+        open = !open;
+        if !open {
+            continue;
+        }
+        let glued = i > 0
+            && b.get(i - 1).is_some_and(|&p| {
+                p.is_ascii_lowercase()
+                    || p.is_ascii_digit()
+                    || matches!(p, b'_' | b'=' | b';' | b'|' | b'&' | b'\'' | b'"' | b')')
+            });
+        if !glued && i != lead {
+            continue;
+        }
+        let Some(m) = shell.get(i..).and_then(|rest| re.find(rest)) else {
+            continue;
+        };
+        let after = shell.get(i + m.end()..).unwrap_or_default();
+        if !glued && prose_follows(after) {
+            continue;
+        }
+        return Some(m.as_str());
+    }
+    None
+}
+
+/// Whether what follows a backticked command that opens a value reads as a sentence going on:
+/// a blank and more text, or sentence punctuation ending the value (possibly then more text
+/// after a blank).
+fn prose_follows(after: &str) -> bool {
+    let rest = after.trim_start_matches(['.', ',', ':', ';', '!', '?']);
+    let punctuated = rest.len() < after.len();
+    match rest.as_bytes().first() {
+        None => punctuated,
+        Some(c) => c.is_ascii_whitespace() && !rest.trim_start().is_empty(),
+    }
+}
 
 /// Words and fragments the rules that need neither a metacharacter nor a leading command word
 /// look for (interpreters and Windows tools used mid-value, code-execution calls).
@@ -490,6 +582,11 @@ pub fn inspect(t: &Target<'_>, views: &mut Views, paranoia: u8, out: &mut Vec<Fi
         SHELL.scan(shell, |r, m| {
             push_once(RULES, r, &mut seen, paranoia, t, View::Shell, m, out)
         });
+        if shell.contains('`')
+            && let Some(m) = backtick_substitution(shell)
+        {
+            push_once(RULES, 0, &mut seen, paranoia, t, View::Shell, m, out);
+        }
     }
     let decoded = views.get(View::Decoded);
     if decoded
@@ -737,6 +834,130 @@ mod tests {
             }
         }
         assert!(ids("foo `uname -a`", 2).contains(&1316));
+    }
+
+    /// Markdown prose and documentation: code spans (a closing backtick glued to the word it
+    /// closes, a code span opening a sentence, a command word before a code span), and Node's
+    /// internals, `child_process` and Rust's `move` closures named or used as documentation
+    /// does. None is blocked, by this detector or by the whole engine, in a query or in JSON.
+    const MARKDOWN: &[&str] = &[
+        "Writes `value` into `buf` at the given `offset`.",
+        "`digest` set to `undefined` throws a `TypeError`.",
+        "The `Hir` type in `regex-syntax` has a printer.",
+        "If `strict` is `true`, the `file` option is ignored.",
+        "* `id` {string} The user's `id` as returned by `who`.",
+        "| `ping` | `true` | sends a `ping` frame |",
+        "Each `Entry` has a `name` which refers to [`Dirent`][].",
+        "`true` if the stream ended, `false` otherwise.",
+        "`Host` header is required.",
+        "`make`.",
+        "`false`.",
+        "    `file`;",
+        "`hostname`. The `addresses` argument lists them.",
+        "`npm doctor` checks the registry.",
+        "Set `NODE_ENV` before starting.",
+        "Remove `Array::flatten`; make `const fn` work.",
+        "Call `close()` when done; set `NODE_ENV` first.",
+        "### DEP0111: `process.binding()`",
+        "Deprecated: `process.binding('util')` and `process.binding('v8')`.",
+        "### `process.binding(name)`",
+        "## `process.mainModule`",
+        "Use `child_process.execFile()` rather than `child_process.exec()`.",
+        "The [`child_process.spawn()`][] method spawns a process.",
+        "const { spawn } = require('node:child_process');",
+        "thread::spawn(move || work(rx));",
+        "let h = std::thread::spawn(move || {",
+    ];
+
+    /// The attacks the forms above are told apart from: a backticked command alone, glued to
+    /// what precedes it or to more text, opening (by the shell's pairing) after other code
+    /// spans; a command before a backticked command; Node's spawner loaded, called through
+    /// `mainModule` or `process.binding`, with a computed name. Blocked by this detector (rule
+    /// 1300 or 1307) and by the whole engine, in a query and in JSON.
+    const NARROWED_ATTACKS: &[(&str, u32)] = &[
+        ("`id`", 1300),
+        ("`true`", 1300),
+        ("`cat /etc/passwd`", 1300),
+        ("`whoami`.evil.example", 1300),
+        ("'`id`'", 1300),
+        ("=`id`", 1300),
+        ("x`id`", 1300),
+        ("a;`id`", 1300),
+        ("a`b`c`id`", 1300),
+        ("a `b` c`uname -a`", 1300),
+        ("x\\`;`id`", 1300),
+        ("id`whoami`", 1300),
+        ("x; echo `id`", 1300),
+        (";id `uname`", 1300),
+        ("a;id`", 1300),
+        ("require('child_process').exec(cmd)", 1307),
+        ("const c=require('child_process');c.execSync(x)", 1307),
+        ("import('child_process').then(m=>m.exec(x))", 1307),
+        (
+            "global.process.mainModule.constructor._load('child_process').exec(x)",
+            1307,
+        ),
+        (
+            "process.mainModule.require('child_process').execSync(x)",
+            1307,
+        ),
+        ("process.mainModule['require']('child_process')", 1307),
+        ("process.binding('spawn_sync').spawn(o)", 1307),
+        ("process.binding(\"process_wrap\")", 1307),
+        ("process.binding('spawn'+'_sync').spawn(o)", 1307),
+        ("process.binding(atob('c3Bhd25fc3luYw=='))", 1307),
+        ("spawn('/bin/sh', ['-c', 'id'])", 1307),
+        ("exec('cat /etc/passwd')", 1307),
+        ("spawn('move x y')", 1307),
+    ];
+
+    #[test]
+    fn markdown_code_spans_and_named_apis_pass() {
+        for v in MARKDOWN {
+            assert!(!blocked(v), "blocked: {v:?} -> {:?}", ids(v, 1));
+            for json in [false, true] {
+                let o = engine(v, json);
+                let r: Vec<u32> = o.findings.iter().map(|f| f.finding.rule).collect();
+                assert!(!o.blocked, "engine (json {json}) blocked {v:?}: {r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn narrowed_forms_still_block() {
+        for (v, rule) in NARROWED_ATTACKS {
+            assert!(
+                ids(v, 1).contains(rule),
+                "no {rule}: {v:?} -> {:?}",
+                ids(v, 1)
+            );
+            for json in [false, true] {
+                assert!(
+                    engine(v, json).blocked,
+                    "engine (json {json}) let through {v:?}"
+                );
+            }
+        }
+    }
+
+    /// The shell pairs a value's backticks from its start: a closing one glued to a word
+    /// starts nothing, an escaped one does not count.
+    #[test]
+    fn backticks_pair_from_the_start() {
+        let shell = |v: &str| {
+            let mut views = Views::new();
+            views.load(v);
+            views.get(View::Shell).to_string()
+        };
+        let found = |v: &str| backtick_substitution(&shell(v)).map(str::to_string);
+        assert_eq!(found("x`id`").as_deref(), Some("`id`"));
+        assert_eq!(found("`buf` at the `offset`"), None);
+        assert_eq!(found("`a` b`c` at `d`"), None);
+        assert_eq!(found("`a` b `c`d`id`").as_deref(), Some("`id`"));
+        assert_eq!(found("`id`"), Some("`id`".to_string()));
+        assert_eq!(found("`id` and more"), None);
+        assert_eq!(found("`id`."), None);
+        assert_eq!(found("`id`.evil.example").as_deref(), Some("`id`"));
     }
 
     #[test]

@@ -591,7 +591,8 @@ static PATTERNS: &[Pattern] = &[
         S,
         concat!(
             kb!(),
-            r"(?:exec(?:ute)?[\s+]*\([\s+]*(?:@|'|char[\s+]*\(|0x)|execute[\s+]+immediate[\s+]+['(]|exec(?:ute)?[\s+]+(?:master\.|xp_|sp_|@\w+)",
+            // `EXEC @sql` runs a variable; `npm exec @scope/package` is a command line.
+            r"(?:exec(?:ute)?[\s+]*\([\s+]*(?:@|'|char[\s+]*\(|0x)|execute[\s+]+immediate[\s+]+['(]|exec(?:ute)?[\s+]+(?:master\.|xp_|sp_|@\w+(?:$|[^\w/]))",
             r"|declare[\s+]+@\w+[\s+]+(?:n?varchar|varbinary|n?char|int|sysname|table|cursor|binary)\b)"
         ),
     ),
@@ -1758,6 +1759,29 @@ mod tests {
     fn assert_passes(value: &str, paranoia: u8) {
         let got = run(value, paranoia);
         assert!(got.is_empty(), "{value:?} at PL{paranoia}: {got:#?}");
+    }
+
+    /// `EXEC @variable` runs dynamic SQL; `npm exec @scope/package` is a command line that
+    /// Markdown documentation quotes.
+    #[test]
+    fn exec_of_a_variable_not_of_a_scoped_package() {
+        for v in [
+            "exec @sql",
+            "EXEC @q;",
+            "x';exec @q--",
+            "1; execute @cmd",
+            "exec @s/**/",
+        ] {
+            assert_rule(v, 1125);
+            assert_blocked(v, 1);
+        }
+        for v in [
+            "Run `npm exec @scope/create-app` to scaffold it.",
+            "* `npm init @usr` -> `npm exec @usr/create`",
+        ] {
+            assert!(!rules(v, 1).contains(&1125), "{v:?}: {:?}", rules(v, 1));
+            assert!(score(v, 1) < 5, "{v:?}: {:?}", rules(v, 1));
+        }
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub static RULES: &[Rule] = &[
         1504,
         Severity::Critical,
         1,
-        "URL scheme used for SSRF or local file access (file, gopher, dict, tftp, netdoc, jar)",
+        "URL scheme used for SSRF or local file access (gopher, dict, tftp, netdoc, jar; file: where a URL is read: opening the value, after = or (, or quoted after :)",
     ),
     rule(1505, Severity::Error, 1, "LDAP URL in a value"),
     rule(
@@ -80,6 +80,12 @@ pub static RULES: &[Rule] = &[
         Severity::Warning,
         2,
         "script or text file fetched from an IP-address host",
+    ),
+    rule(
+        1510,
+        Severity::Critical,
+        2,
+        "file: URL inside text (prose, a comment, a code span), where no fetcher reads a URL",
     ),
 ];
 
@@ -162,8 +168,17 @@ static CANON: LazyLock<Bank> = LazyLock::new(|| {
             ),
             (
                 4,
-                r"(?:^|[^a-z0-9+.-])(?:gopher|dict|tftp|netdoc)://|(?:^|[^a-z0-9+.-])jar:(?:file|https?|ftp):|(?:^|[^a-z0-9+.-])netdoc:|(?:^|[^a-z0-9+.-])file:(?:/|\\|[a-z]:)",
+                r"(?:^|[^a-z0-9+.-])(?:gopher|dict|tftp|netdoc)://|(?:^|[^a-z0-9+.-])jar:(?:file|https?|ftp):|(?:^|[^a-z0-9+.-])netdoc:",
             ),
+            // A file URL where something reads a URL: the value itself (after blanks, quotes,
+            // brackets), an attribute, setting or call argument (`src=`, `url(`, `new URL('`),
+            // a quoted JSON or YAML value (`"url": "file:…"`). Inside text (prose, a `//`
+            // comment, a Markdown code span) it is rule 1510, at paranoia 2.
+            (
+                4,
+                r"(?:^[\s\x22'`(<\[{]*|[=(]\s*[\x22'`]?\s*|:\s*[\x22']\s*)file:(?:/|\\|[a-z]:)",
+            ),
+            (10, r"(?:^|[^a-z0-9+.-])file:(?:/|\\|[a-z]:)"),
             (5, r"(?:^|[^a-z0-9+.-])ldap[si]?://"),
             (
                 6,
@@ -704,6 +719,41 @@ mod tests {
             "http://evil.example/shell.txt%00",
         ] {
             assert!(score(v) >= 5, "{v} -> {:?}", ids(v, 1));
+        }
+    }
+
+    /// A file URL where a URL is read (the value, an attribute, a setting, a call argument, a
+    /// quoted JSON value) is rule 1504; inside text (prose, a comment, a code span) rule
+    /// 1510, at paranoia 2.
+    #[test]
+    fn file_urls_where_they_are_read() {
+        for v in [
+            "file:///srv/app/config",
+            "  file:///srv/app/config",
+            "'file:///srv/app/config'",
+            "\"file:///c:/app/config\"",
+            "[file:///srv/app/config]",
+            "url=file:///srv/app/config",
+            "<iframe src=\"file:///srv/app/config\">",
+            "background: url(file:///srv/app/config)",
+            "fetch('file:///srv/app/config')",
+            "{\"url\": \"file:///srv/app/config\"}",
+            "url: 'file://c:/app/config'",
+            "FILE:///srv/app/config",
+            "file:\\\\server\\share",
+        ] {
+            assert!(ids(v, 1).contains(&1504), "{v} -> {:?}", ids(v, 1));
+            assert!(score(v) >= 5, "{v} -> {:?}", ids(v, 1));
+        }
+        for v in [
+            "The policy at `file:///C:/app/policy.json` applies.",
+            "// file:///srv/app/index.mjs",
+            "Paths such as file:///tmp/x are URLs too.",
+            "4. `\"file:///\"`",
+        ] {
+            assert!(score(v) < 5, "{v} -> {:?}", ids(v, 1));
+            assert!(ids(v, 2).contains(&1510), "{v} -> {:?}", ids(v, 2));
+            assert!(!ids(v, 2).contains(&1504), "{v} -> {:?}", ids(v, 2));
         }
     }
 

