@@ -489,10 +489,49 @@ async fn api_abuse_limits() {
     for (ct, body) in [
         ("application/x-www-form-urlencoded", "note=x&.method=DELETE"),
         ("application/json", r#"{"_method":"DELETE","note":"x"}"#),
+        // Rack 2 and qs spellings.
+        (
+            "application/x-www-form-urlencoded",
+            "note=x&[_method]=DELETE",
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            "note=x&_method]=DELETE",
+        ),
+        // The type as PHP (and, but for the blank, Rack) reads it: a form.
+        (
+            "application/x-www-form-urlencoded, x",
+            "note=x&_method=DELETE",
+        ),
+        (
+            "application/x-www-form-urlencoded x",
+            "note=x&_method=DELETE",
+        ),
+        // Rack reads every multipart type.
+        (
+            "multipart/mixed; boundary=b",
+            "--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n",
+        ),
+        // Laravel reads a body as JSON when its type holds `/json` anywhere.
+        (
+            "application/x-www-form-urlencoded; v=/json",
+            r#"{"_method":"DELETE"}"#,
+        ),
     ] {
         let r = call(&gw, "POST", "/orders/7", &[("content-type", ct)], body).await;
         let ev = assert_blocked(&gw, &r, "DELETE");
         assert!(matches(&ev).iter().any(|m| m["rule"] == 2401), "{ct}: {ev}");
+    }
+    // Rack reads a POST body without a type as a form.
+    for body in ["note=x&_method=DELETE", "note=x;%5B_method%5D=DELETE"] {
+        let r = call(&gw, "POST", "/orders/7", &[], body).await;
+        let ev = assert_blocked(&gw, &r, "DELETE");
+        assert!(
+            matches(&ev)
+                .iter()
+                .any(|m| m["rule"] == 2401 && m["target"] != "body"),
+            "{body}: {ev}"
+        );
     }
     assert_eq!(up.hits(), before, "no abusive request reached the upstream");
     // Under a PUT, or nested, it is no override.

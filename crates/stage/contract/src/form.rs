@@ -33,9 +33,13 @@
 //!
 //! A name the schema does not declare is a field of its own with a string value (the field tree
 //! says whether it is unknown). One that upstream frameworks read as a declared field
-//! ([`fold_name`]: `role[]`, `ROLE`, ` role`, `ro.le` for `ro_le`) is a violation (`is another
-//! spelling of the field role`) whatever `unknown_fields` says, since under `strip` or an open
-//! schema its value would reach the upstream as that field, unchecked.
+//! ([`fold_name`]: `role[]`, `ROLE`, ` role`, `ro.le` for `ro_le`, `role%00x` cut at the NUL by
+//! PHP, `[role]`, `role]` and `]role` read as `role` by Rack 2 or qs) is a violation (`is
+//! another spelling of the field role`) whatever `unknown_fields` says, since under `strip` or
+//! an open schema its value would reach the upstream as that field, unchecked.
+//!
+//! A form whose `Content-Type` holds `/json` or `+json` is not read here: the step refuses it
+//! with 415 (Laravel reads such a body as JSON).
 //!
 //! The built object is held to the route's JSON limits (`max_string_bytes` for names and
 //! values, `max_object_keys`, `max_array_items`, `max_number_magnitude` for typed numbers):

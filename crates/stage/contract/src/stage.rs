@@ -187,6 +187,15 @@ fn pick_body_media<'o>(
             "a form request body must be UTF-8 (charset utf-8 or none)",
         ));
     }
+    // Laravel reads a body as JSON when its `Content-Type` holds `/json` or `+json` anywhere
+    // (`isJson()`), parameters included: such a form would be checked as a form and read by
+    // it as a JSON document the check never saw.
+    if form && holds_json(ct) {
+        return Err(Rejection::new(
+            RejectReason::UnsupportedMediaType,
+            FORM_LABELLED_JSON,
+        ));
+    }
     let read = match (json, form) {
         (true, _) => Read::Json,
         (_, true) => Read::Form,
@@ -227,6 +236,20 @@ fn pick_body_media<'o>(
             ),
         )),
     }
+}
+
+/// Why a form whose `Content-Type` holds `/json` or `+json` is refused.
+const FORM_LABELLED_JSON: &str = "a form request body's Content-Type must not hold `/json` or \
+                                  `+json` (some frameworks then read the body as JSON)";
+
+/// Whether a `Content-Type` value holds `/json` or `+json`, in any case.
+fn holds_json(content_type: &str) -> bool {
+    [&b"/json"[..], b"+json"].iter().any(|needle| {
+        content_type
+            .as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    })
 }
 
 /// Checks a JSON body; returns the body to forward when unknown fields were stripped.
@@ -1341,6 +1364,69 @@ paths:
                 )),
                 "{ct}"
             );
+        }
+    }
+
+    /// Laravel reads a body whose `Content-Type` holds `/json` or `+json` as JSON: a form so
+    /// labelled is refused, not checked as a form.
+    #[test]
+    fn a_form_labelled_json_gets_415() {
+        let s = stage_of(FORM_SPEC, "");
+        for ct in [
+            "application/x-www-form-urlencoded; v=/json",
+            "application/x-www-form-urlencoded; charset=utf-8; profile=\"a+JSON\"",
+        ] {
+            let p = post(&s, ct, r#"{"name":"a","role":"admin"}"#, &[]);
+            assert_eq!(
+                p.refused,
+                Some((
+                    RejectReason::UnsupportedMediaType,
+                    owned(&[("content-type", super::FORM_LABELLED_JSON)])
+                )),
+                "{ct}"
+            );
+        }
+        forwarded(
+            post(
+                &s,
+                "application/x-www-form-urlencoded; charset=utf-8",
+                "name=a",
+                &[],
+            ),
+            "name=a",
+        );
+    }
+
+    /// PHP cuts a name at a NUL; Rack 2 drops leading brackets and ends a name at a `]`; qs
+    /// (Express) reads `[role]` as `role`: each is another spelling, even where the schema
+    /// lets other fields through.
+    #[test]
+    fn bracket_and_nul_spellings_of_a_declared_field_are_refused() {
+        let open = FORM_SPEC.replacen(
+            "required: [name]",
+            "additionalProperties: true\n              required: [name]",
+            1,
+        );
+        assert_ne!(open, FORM_SPEC);
+        for settings in ["", ", unknown_fields: strip"] {
+            let s = stage_of(&open, settings);
+            forwarded(form(&s, "name=a&note=x"), "name=a&note=x");
+            for body in [
+                "name=a&role%00=admin",
+                "name=a&role%00x=admin",
+                "name=a&[role]=admin",
+                "name=a&%5Brole%5D=admin",
+                "name=a&role]=admin",
+                "name=a&]role=admin",
+            ] {
+                let p = form(&s, body);
+                let Some((RejectReason::ContractViolation, v)) = &p.refused else {
+                    panic!("{body}: {p:?}");
+                };
+                assert_eq!(v.len(), 1, "{body}: {v:?}");
+                assert!(v[0].0.starts_with("body:/"), "{body}: {v:?}");
+                assert_eq!(v[0].1, "is another spelling of the field role", "{body}");
+            }
         }
     }
 

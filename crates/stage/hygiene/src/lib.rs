@@ -213,10 +213,11 @@ fn same_field(name: &[u8], canonical: &[u8]) -> bool {
 
 /// Whether a query (the raw text after `?`) holds a parameter named `_method`, as backends
 /// would read its name: percent-decoded once (`+` a space), in any case, split at `&` or `;`
-/// (older Rack splits at both), and with PHP's mangling of names — leading spaces dropped,
-/// ` `, `.` and an unclosed `[` read as `_` (`.method` is `_method` to Laravel and Symfony),
-/// the name ending at a NUL or at an array index (`_method[]`). No allocation: most queries
-/// are read once, name by name, and left at the first byte that differs.
+/// (older Rack splits at both), with PHP's mangling of names — leading spaces dropped, ` `
+/// and `.` read as `_` (`.method` is `_method` to Laravel and Symfony), the name ending at a
+/// NUL or at an array index (`_method[]`) — and Rack 2's and qs's brackets (`[_method]`,
+/// `]_method`, `_method]`): see [`portcullis_core::query::is_method_name`]. No allocation:
+/// most queries are read once, name by name, and left at the first byte that differs.
 fn has_method_param(query: &str) -> bool {
     query
         .as_bytes()
@@ -657,17 +658,23 @@ mod tests {
             "/orders/7?_%6Dethod=DELETE",
             "/orders/7?%5F%6D%65%74%68%6F%64=DELETE",
             "/orders/7?_meth%6Fd=DELETE",
-            // PHP reads these names as `_method`: leading spaces dropped, ` `, `.` and an
-            // unclosed `[` turned into `_`, the name cut at a NUL or an array index.
+            // PHP reads these names as `_method`: leading spaces dropped, ` ` and `.` turned
+            // into `_`, the name cut at a NUL or an array index.
             "/orders/7?.method=DELETE",
             "/orders/7?%2Emethod=DELETE",
             "/orders/7?+_method=DELETE",
             "/orders/7?%20%20_method=DELETE",
-            "/orders/7?[method=DELETE",
             "/orders/7?%20method=DELETE&x=1&+method=1&_method=DELETE",
             "/orders/7?_method[]=DELETE",
             "/orders/7?_method[x]=DELETE",
             "/orders/7?_method%00junk=DELETE",
+            // Rack 2 drops a leading run of `[` and `]` and ignores a trailing run of `]`; qs
+            // (Express) unwraps `[_method]`.
+            "/orders/7?[_method]=DELETE",
+            "/orders/7?%5B_method%5D=DELETE",
+            "/orders/7?]_method=DELETE",
+            "/orders/7?_method]=DELETE",
+            "/orders/7?[[_method]]=DELETE",
             // Older Rack splits at `;` too.
             "/orders/7?a=1;_method=DELETE",
             "/orders/7?&&_method=DELETE",
@@ -691,6 +698,10 @@ mod tests {
             "/orders/7?%5method=DELETE",
             "/orders/7?%_method=DELETE",
             "/orders/7?+method=DELETE",
+            // PHP drops a name that starts with `[`; Rack 2 reads this one as `method`.
+            "/orders/7?[method=DELETE",
+            // Rack 2 reads `_method` as an object here (`{"x" => …}`): no method.
+            "/orders/7?_method]x=DELETE",
             "/orders/7?a=1&b=2&c",
             "/_method",
             "/orders/7?%",

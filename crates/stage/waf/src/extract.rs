@@ -28,9 +28,13 @@
 //!
 //! # Body
 //!
-//! The media type is matched case-insensitively; of the parameters `boundary` and `charset`
-//! are read. Bodies are read as UTF-8: a JSON `charset` other than UTF-8 (which an upstream
-//! might decode: UTF-7, UTF-16) is rule 1005, as is a form, text or XML `charset` (or XML
+//! The media type is matched case-insensitively and read as PHP reads it: up to the first `;`,
+//! `,` or blank (Rack cuts at `;` or `,`); text after it there (`application/json, x`) is rule
+//! 1005, since other parsers read another type or none. Of the parameters `boundary` and
+//! `charset` are read. A form, multipart, XML or GraphQL type in a field that holds `/json` or
+//! `+json` anywhere is rule 1005 too (Laravel reads such a body as JSON), and a body that is a
+//! JSON document is then read as JSON. Bodies are read as UTF-8: a JSON `charset` other than
+//! UTF-8 (which an upstream might decode: UTF-7, UTF-16) is rule 1005, as is a form, text or XML `charset` (or XML
 //! declaration `encoding`) that is not ASCII-transparent (`plain_charset`: UTF-8, US-ASCII,
 //! ISO-8859-1), UTF-16/32 text in an untyped, unknown or text body (`wide_text`), two
 //! `Content-Type` fields and a multipart type with more than one boundary parameter (XML must
@@ -47,7 +51,9 @@
 //! * Forms (`application/x-www-form-urlencoded`): as the query string, at `body:<field>`. A raw
 //!   control character (other than tab, CR, LF) makes the form malformed; invalid
 //!   percent-encoding does not.
-//! * Multipart (`multipart/form-data`): for each part, a value target with the content of
+//! * Multipart (`multipart/form-data`, and every other `multipart/*` type, which Rack reads into
+//!   its form parameters too; outside form-data a part may lack `Content-Disposition`, and is
+//!   then a value without a name): for each part, a value target with the content of
 //!   fields without a file name (or with an empty one), whatever their content type — every
 //!   server behind takes such a part for a form value —, and a file-name target
 //!   for `filename` and `filename*` (RFC 5987, percent-decoded); file contents are not
@@ -55,8 +61,8 @@
 //!   `multipart.rs`: every line-start `--boundary` a delimiter, one line-break style, no
 //!   folding, plain `Content-Disposition` parameters …); a missing or invalid boundary, no
 //!   opening or closing delimiter, a header line without a colon, part headers over 16 KiB, a
-//!   part without `Content-Disposition` and anything outside that syntax make the body
-//!   malformed.
+//!   form-data part without `Content-Disposition` and anything outside that syntax make the
+//!   body malformed.
 //! * XML (`application/xml`, `text/xml`, `application/*+xml`): text and CDATA of an element
 //!   form one target named by the element path (`/order/item`), attribute values are named
 //!   `/order/item/@id`; a DOCTYPE is one target `body:!DOCTYPE` holding `<!DOCTYPE …>`, a
@@ -76,7 +82,11 @@
 //!   not be a way around the JSON extraction. So is one that starts with a JSON value followed
 //!   by anything (a streaming decoder reads the value: Go's `json.Decoder`), the whole body
 //!   also inspected as text; and a body without a type, or of an unknown one, that starts
-//!   like JSON is never taken for binary, however many of its bytes are not UTF-8.
+//!   like JSON is never taken for binary, however many of its bytes are not UTF-8. Whatever its
+//!   bytes, a body without a type or of a text or unknown one is also searched for a field
+//!   that reads as `_method` when the body is read as a form or as multipart
+//!   ([`BodyFacts::untyped_method_field`], for rule 2401): Rack reads an untyped POST body as
+//!   a form.
 //! * Binary (`image/*`, `audio/*`, `video/*`, `font/*`, octet streams, archives, PDF,
 //!   protobuf, gRPC …, and unknown types that do not look textual nor wide): no target. The
 //!   WAF stage only skips buffering a binary body when the request has a single
@@ -95,6 +105,7 @@
 //! OWNER: helper A. The public API below is the contract the engine uses.
 
 mod json;
+mod loose;
 mod multipart;
 mod xml;
 
@@ -169,6 +180,10 @@ pub struct BodyFacts {
     pub kind: BodyKind,
     /// Length of a top-level JSON array (a batch).
     pub json_top_array: Option<usize>,
+    /// In a body without a type, or of a `text/*` or unknown one — which Rack reads as a form
+    /// when it has no type —, the first field that reads as `_method` when the body is read
+    /// as a URL-encoded form or as multipart anyway (rule 2401): its name, cut to 128 bytes.
+    pub untyped_method_field: Option<String>,
 }
 
 /// Pushes the head's targets. `path` is the normalised path.
@@ -216,6 +231,7 @@ pub fn body_targets<'a>(
     let mut facts = BodyFacts {
         kind: ct.media.announced(),
         json_top_array: None,
+        untyped_method_field: None,
     };
     let body = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body);
     if body.iter().all(u8::is_ascii_whitespace) {
@@ -224,9 +240,17 @@ pub fn body_targets<'a>(
         }
         return facts;
     }
+    if matches!(ct.media, Media::Absent | Media::Unknown | Media::Text) {
+        facts.untyped_method_field = loose::method_field(body);
+    }
     let mut sink = Sink::new(out, findings, limits);
     if let Some(why) = ct.ambiguous {
         sink.ambiguous(why);
+    }
+    // A type that is not JSON in a field that holds `/json` or `+json` (rule 1005 above):
+    // Laravel reads the body as JSON, so a body that is a JSON document is inspected as one.
+    if ct.json_in_field && json_document(body, limits, &mut sink, &mut facts) {
+        return facts;
     }
     match ct.media {
         Media::Json => {
@@ -238,7 +262,8 @@ pub fn body_targets<'a>(
         }
         Media::Form => form(body, &mut sink),
         Media::Multipart => {
-            if let Err(p) = multipart::extract(body, ct.boundary.as_deref(), &mut sink) {
+            let parts = multipart::extract(body, ct.boundary.as_deref(), ct.form_data, &mut sink);
+            if let Err(p) = parts {
                 sink.problem(p, body);
             }
         }
@@ -620,6 +645,31 @@ fn wide_text(body: &[u8]) -> bool {
     even.max(odd).saturating_mul(10) >= half.saturating_mul(9)
 }
 
+/// Reads `body` as JSON if it is a JSON document (it starts with `{` or `[` and parses, within
+/// the depth limit) and says so; otherwise pushes nothing and leaves `facts` alone.
+fn json_document<'a>(
+    body: &'a [u8],
+    limits: &ExtractLimits,
+    sink: &mut Sink<'a, '_>,
+    facts: &mut BodyFacts,
+) -> bool {
+    if !starts_like_json(body) {
+        return false;
+    }
+    let (targets, findings, full) = (sink.out.len(), sink.findings.len(), sink.full);
+    let mut top = None;
+    if json::extract(body, limits.max_depth, sink, &mut top).is_ok() {
+        facts.kind = BodyKind::Json;
+        facts.json_top_array = top;
+        return true;
+    }
+    // Not JSON after all: forget what the attempt pushed.
+    sink.out.truncate(targets);
+    sink.findings.truncate(findings);
+    sink.full = full;
+    false
+}
+
 /// Whether a body's first non-blank byte opens a JSON object or array.
 pub(crate) fn starts_like_json(body: &[u8]) -> bool {
     matches!(
@@ -636,18 +686,11 @@ fn text<'a>(
     sink: &mut Sink<'a, '_>,
     facts: &mut BodyFacts,
 ) {
+    if json_document(body, limits, sink, facts) {
+        return;
+    }
     if starts_like_json(body) {
         let (targets, findings, full) = (sink.out.len(), sink.findings.len(), sink.full);
-        let mut top = None;
-        if json::extract(body, limits.max_depth, sink, &mut top).is_ok() {
-            facts.kind = BodyKind::Json;
-            facts.json_top_array = top;
-            return;
-        }
-        // Not JSON after all: forget what the attempt pushed.
-        sink.out.truncate(targets);
-        sink.findings.truncate(findings);
-        sink.full = full;
         // A JSON value followed by something else (`{…} x`) is still that value to a decoder
         // that reads one: inspected as JSON, and the whole body as text besides.
         let mut top = None;
@@ -702,7 +745,6 @@ impl Media {
         match m {
             "application/json" | "text/json" | "application/x-json" => return Media::Json,
             "application/x-www-form-urlencoded" => return Media::Form,
-            "multipart/form-data" => return Media::Multipart,
             "application/xml" | "text/xml" => return Media::Xml,
             "application/graphql" => return Media::GraphQl,
             "application/octet-stream"
@@ -733,6 +775,10 @@ impl Media {
             Media::Json
         } else if m.ends_with("+xml") {
             Media::Xml
+        } else if m.starts_with("multipart/") {
+            // Rack parses `multipart/mixed` and `multipart/related` bodies into its form
+            // parameters as it does `multipart/form-data` ones.
+            Media::Multipart
         } else if ["image/", "audio/", "video/", "font/", "application/grpc"]
             .iter()
             .any(|p| m.starts_with(p))
@@ -764,7 +810,19 @@ struct ContentType {
     boundary: Option<String>,
     /// Why parsers could read this body differently than the WAF does, if they could.
     ambiguous: Option<&'static str>,
+    /// A multipart type is `multipart/form-data` (whose parts must all say what they are).
+    form_data: bool,
+    /// A structured type other than JSON (form, multipart, XML, GraphQL) in a field that holds
+    /// `/json` or `+json`, which Laravel reads as JSON.
+    json_in_field: bool,
 }
+
+/// Why a media type followed by other text is rule 1005.
+const MEDIA_AND_MORE: &str = "a media type followed by other text (PHP reads the type up to \
+                              a `,` or a blank, Rack up to a `,`, others not at all)";
+/// Why a non-JSON type in a field holding `/json` or `+json` is rule 1005.
+const JSON_IN_FIELD: &str = "a Content-Type holding `/json` or `+json` on a body of another \
+                             type (Laravel reads it as JSON)";
 
 impl ContentType {
     fn parse(ct: Option<&str>) -> ContentType {
@@ -773,12 +831,35 @@ impl ContentType {
                 media: Media::Absent,
                 boundary: None,
                 ambiguous: None,
+                form_data: false,
+                json_in_field: false,
             };
         };
         let (media, params) = ct.split_once(';').unwrap_or((ct, ""));
+        // The type as PHP reads it: up to the first `;`, `,` or blank (Rack: `;` or `,`). What
+        // follows it there is read by other parsers as part of the type, or refused.
+        let media = media.trim_start_matches([' ', '\t']);
+        let (media, more) = media.split_at(media.find([',', ' ', '\t']).unwrap_or(media.len()));
+        let form_data = media.trim().eq_ignore_ascii_case("multipart/form-data");
         let media = Media::of(media);
-        let mut boundary = None;
         let mut ambiguous = None;
+        if !more.trim_matches([' ', '\t']).is_empty() {
+            ambiguous = Some(MEDIA_AND_MORE);
+        }
+        // Laravel's `isJson()` looks for `/json` or `+json` anywhere in the field (`text/*` and
+        // unknown types are read as JSON anyway when they are JSON documents).
+        let json_in_field = matches!(
+            media,
+            Media::Form | Media::Multipart | Media::Xml | Media::GraphQl
+        ) && [&b"/json"[..], b"+json"].iter().any(|needle| {
+            ct.as_bytes()
+                .windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle))
+        });
+        if json_in_field {
+            ambiguous = Some(JSON_IN_FIELD);
+        }
+        let mut boundary = None;
         let mut boundaries = 0;
         parse_params(params, &mut |name, value| {
             // JSON is UTF-8 (RFC 8259 §8.1), and the WAF reads it so: a body an upstream
@@ -819,6 +900,8 @@ impl ContentType {
             media,
             boundary,
             ambiguous,
+            form_data,
+            json_in_field,
         }
     }
 }

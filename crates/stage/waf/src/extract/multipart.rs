@@ -1,4 +1,5 @@
-//! `multipart/form-data` bodies: a bounded parser over the buffered bytes.
+//! `multipart/form-data` bodies (and other `multipart/*` ones, which Rack reads as forms too): a
+//! bounded parser over the buffered bytes.
 //!
 //! File contents are not inspected, so a body that another parser (PHP, Werkzeug, Go, busboy,
 //! Tomcat …) could cut into parts differently would hide whatever the WAF took for a file. The
@@ -20,7 +21,8 @@
 //! * a delimiter's leading line break is not the blank line that ends a part's headers (an
 //!   empty value is `CRLF CRLF CRLF --boundary`);
 //! * no `Content-Transfer-Encoding` other than the identity ones (`7bit`, `8bit`, `binary`):
-//!   Go decodes quoted-printable, the WAF does not;
+//!   Go decodes quoted-printable, the WAF does not (outside `multipart/form-data`, `base64` too,
+//!   which no parser decodes for the application);
 //! * a file's content does not hold `--boundary` at all.
 //!
 //! A part's `charset` other than UTF-8, US-ASCII or ISO-8859-1 (and such a `_charset_` field)
@@ -88,10 +90,14 @@ fn ends_like_delimiter(body: &[u8], end: usize) -> bool {
     )
 }
 
-/// Reads `body` as multipart/form-data delimited by `boundary`.
+/// Reads `body` as multipart delimited by `boundary`. In `multipart/form-data` (`form_data`)
+/// every part has a `Content-Disposition`; in other multipart types (`multipart/mixed`,
+/// `multipart/related`: batches, MTOM) a part may have none, and its content is a value
+/// without a name (Rack reads it as a value named after its `Content-Type`).
 pub(super) fn extract<'a>(
     body: &'a [u8],
     boundary: Option<&str>,
+    form_data: bool,
     sink: &mut Sink<'a, '_>,
 ) -> Result<(), Problem> {
     // Some parsers split a header on `,` or strip `'` around a value: a boundary with either
@@ -140,7 +146,7 @@ pub(super) fn extract<'a>(
         if sink.full {
             return Ok(());
         }
-        let (headers, content_start) = part_headers(body, p, eol)?;
+        let (headers, content_start) = part_headers(body, p, eol, form_data)?;
         let d = delimiters
             .next()
             .ok_or(Problem::Malformed { at: body.len() })?;
@@ -328,8 +334,13 @@ fn quoted_end(s: &[u8], any_escape: bool) -> Option<usize> {
 }
 
 /// Reads the header block starting at `p`: the headers and where the content starts. Every
-/// line ends with `eol`.
-fn part_headers(body: &[u8], p: usize, eol: Eol) -> Result<(PartHeaders<'_>, usize), Problem> {
+/// line ends with `eol`. `form_data`: the block must hold a `Content-Disposition`.
+fn part_headers(
+    body: &[u8],
+    p: usize,
+    eol: Eol,
+    form_data: bool,
+) -> Result<(PartHeaders<'_>, usize), Problem> {
     let mut h = PartHeaders::default();
     let limit = p.saturating_add(MAX_PART_HEADERS).min(body.len());
     let mut i = p;
@@ -356,7 +367,7 @@ fn part_headers(body: &[u8], p: usize, eol: Eol) -> Result<(PartHeaders<'_>, usi
             return Err(Problem::Malformed { at: line_at });
         }
         if line.is_empty() {
-            if !h.disposition {
+            if form_data && !h.disposition {
                 return Err(Problem::Malformed { at: p });
             }
             return Ok((h, i));
@@ -381,9 +392,12 @@ fn part_headers(body: &[u8], p: usize, eol: Eol) -> Result<(PartHeaders<'_>, usi
             h.content_type = Some(String::from_utf8_lossy(value));
             first
         } else if name.eq_ignore_ascii_case(b"content-transfer-encoding") {
+            // Outside form-data (SOAP with attachments, batches) `base64` is common, and no
+            // parser decodes it for the application: it is read as sent, as the WAF reads it.
             [&b"7bit"[..], b"8bit", b"binary"]
                 .iter()
                 .any(|c| value.eq_ignore_ascii_case(c))
+                || (!form_data && value.eq_ignore_ascii_case(b"base64"))
         } else {
             true
         };

@@ -951,3 +951,160 @@ fn params_parse() {
         ]
     );
 }
+
+// ----- how backends read the content type
+
+/// PHP reads the media type up to a `;`, `,` or blank, Rack up to a `;` or `,`: such a form is
+/// inspected as the form it is to them, and is rule 1005 (others read another type, or none).
+#[test]
+fn a_media_type_followed_by_more_is_read_as_php_reads_it_and_ambiguous() {
+    for ct in [
+        "application/x-www-form-urlencoded, x",
+        "application/x-www-form-urlencoded,x; charset=utf-8",
+        "application/x-www-form-urlencoded x",
+        "application/x-www-form-urlencoded\tx",
+        " application/x-www-form-urlencoded , text/plain",
+    ] {
+        let (t, f, facts) = body(Some(ct), b"note=x&_method=DELETE");
+        assert_eq!(facts.kind, BodyKind::Form, "{ct:?}");
+        assert_eq!(
+            t,
+            vec![p("body:note", "x"), p("body:_method", "DELETE")],
+            "{ct:?}"
+        );
+        assert_eq!(f, vec![1005], "{ct:?}");
+        assert_eq!(body_kind(Some(ct)), BodyKind::Form, "{ct:?}");
+    }
+    // Blanks around the type, or before its parameters, change nothing.
+    for ct in [
+        "application/x-www-form-urlencoded ",
+        "application/x-www-form-urlencoded ; charset=utf-8",
+        "\tapplication/x-www-form-urlencoded",
+    ] {
+        let (_, f, facts) = body(Some(ct), b"note=x");
+        assert_eq!(facts.kind, BodyKind::Form, "{ct:?}");
+        assert!(f.is_empty(), "{ct:?}");
+    }
+}
+
+/// Rack reads `multipart/mixed` and `multipart/related` bodies as it reads form-data ones:
+/// every `multipart/*` type is read as multipart. Outside `multipart/form-data` a part may
+/// lack a `Content-Disposition` (batches, MTOM): its content is an unnamed value.
+#[test]
+fn every_multipart_type_is_read_as_multipart() {
+    let b = b"--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n";
+    for ct in [
+        "multipart/mixed; boundary=b",
+        "multipart/related; boundary=b",
+        "Multipart/Alternative; boundary=\"b\"",
+    ] {
+        let (t, f, facts) = body(Some(ct), b);
+        assert_eq!(facts.kind, BodyKind::Multipart, "{ct}");
+        assert_eq!(t, vec![p("body:_method", "DELETE")], "{ct}");
+        assert!(f.is_empty(), "{ct}");
+    }
+    let batch = b"--batch\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\nGET /Customers('1') HTTP/1.1\r\n\r\n--batch\r\n\r\nno headers\r\n--batch--\r\n";
+    let (t, f, _) = body(Some("multipart/mixed; boundary=batch"), batch);
+    assert!(f.is_empty(), "{f:?}");
+    assert_eq!(
+        t,
+        vec![
+            p("body", "GET /Customers('1') HTTP/1.1\r\n"),
+            p("body", "no headers")
+        ]
+    );
+    // A SOAP attachment in base64: read as sent (no parser decodes it for the application);
+    // in form-data it stays refused.
+    let soap = b"--m\r\nContent-Type: text/xml\r\n\r\n<Envelope/>\r\n--m\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\nContent-ID: <a>\r\n\r\niVBORw0KGgo=\r\n--m--\r\n";
+    let (_, f, _) = body(Some("multipart/related; boundary=m"), soap);
+    assert!(f.is_empty(), "{f:?}");
+    let in_form = b"--m\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Transfer-Encoding: base64\r\n\r\nYQ==\r\n--m--\r\n";
+    let (_, f, _) = body(Some("multipart/form-data; boundary=m"), in_form);
+    assert_eq!(f, vec![1001]);
+    // Form-data still needs one; and any multipart type needs a boundary.
+    let (_, f, _) = body(Some("multipart/form-data; boundary=batch"), batch);
+    assert_eq!(f, vec![1001]);
+    let (_, f, _) = body(Some("multipart/mixed"), b"_method=DELETE");
+    assert_eq!(f, vec![1001]);
+}
+
+/// Laravel reads a body as JSON when its `Content-Type` holds `/json` or `+json` anywhere: a
+/// structured type of another kind with such a field is rule 1005, and a body that is a JSON
+/// document is inspected as JSON.
+#[test]
+fn a_structured_type_holding_json_is_ambiguous_and_read_as_json() {
+    for ct in [
+        "application/x-www-form-urlencoded; v=/json",
+        "application/x-www-form-urlencoded; x=\"a+json\"",
+        "multipart/form-data; boundary=b; x=/JSON",
+        "application/xml; profile=/json",
+    ] {
+        let (t, f, facts) = body(Some(ct), br#"{"_method":"DELETE"}"#);
+        assert_eq!(facts.kind, BodyKind::Json, "{ct}");
+        assert_eq!(
+            t,
+            vec![
+                p("body:$._method (name)", "_method"),
+                p("body:$._method", "DELETE")
+            ],
+            "{ct}"
+        );
+        assert_eq!(f, vec![1005], "{ct}");
+    }
+    // Not JSON: read as its type, still ambiguous.
+    let (t, f, facts) = body(
+        Some("application/x-www-form-urlencoded; v=/json"),
+        b"_method=DELETE",
+    );
+    assert_eq!(facts.kind, BodyKind::Form);
+    assert_eq!(t, vec![p("body:_method", "DELETE")]);
+    assert_eq!(f, vec![1005]);
+    // JSON types, and text or unknown ones (read as JSON when they are JSON anyway), are not.
+    for ct in [
+        "application/json",
+        "application/vnd.api+json",
+        "text/plain; x=/json",
+        "application/json-seq",
+    ] {
+        let (_, f, facts) = body(Some(ct), br#"{"_method":"DELETE"}"#);
+        assert_eq!(facts.kind, BodyKind::Json, "{ct}");
+        assert!(f.is_empty(), "{ct}");
+    }
+}
+
+/// A body without a type (which Rack reads as a form), or of a text or unknown one, is still
+/// inspected as text; a field in it that reads as `_method` when read as a form or multipart
+/// is recorded for rule 2401, binary-looking or not.
+#[test]
+fn untyped_bodies_record_a_method_field() {
+    for (ct, b) in [
+        (None, &b"note=x&_method=DELETE"[..]),
+        (
+            None,
+            b"_method=DELETE&\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8\x00\x01\x02\x03\x04\x05",
+        ),
+        (None, br#"{"x":"&_method=DELETE&"}"#),
+        (Some("text/plain"), b"a=1;%5B_method%5D=PUT"),
+        (Some("application/x-custom"), b"_method=DELETE"),
+        (
+            None,
+            b"--b\r\nContent-Disposition: form-data; name=_method\r\n\r\nDELETE\r\n--b--\r\n",
+        ),
+    ] {
+        let (_, _, facts) = body(ct, b);
+        let name = facts.untyped_method_field.as_deref().unwrap_or_default();
+        assert!(
+            name.ends_with("_method]") || name == "_method",
+            "{ct:?} {b:?}: {name:?}"
+        );
+    }
+    for (ct, b) in [
+        (None, &b"note=_method"[..]),
+        (Some("application/x-www-form-urlencoded"), b"_method=DELETE"),
+        (Some("application/json"), br#"{"x":"&_method=DELETE&"}"#),
+        (Some("application/octet-stream"), b"_method=DELETE"),
+    ] {
+        let (_, _, facts) = body(ct, b);
+        assert_eq!(facts.untyped_method_field, None, "{ct:?} {b:?}");
+    }
+}

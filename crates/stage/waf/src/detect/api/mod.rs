@@ -974,8 +974,11 @@ fn mass_assignment(m: &Mass, targets: &[Target<'_>], facts: &BodyFacts, f: &mut 
 /// Rule 2401: a field of a POST body that Rack, Symfony or Laravel read as the method to run
 /// instead of the request line's (`_method=DELETE`), which route methods and per-method
 /// authorization never saw — a form or multipart field whose name reads as `_method` (in any
-/// case, with PHP's mangling: `.method`, ` _method`, `_method[]`), or a top-level JSON key
-/// `_method` (Laravel reads JSON input). Only POST: those frameworks override no other method.
+/// case, with PHP's mangling: `.method`, ` _method`, `_method[]`; with Rack 2's and qs's
+/// brackets: `[_method]`, `_method]`), a top-level JSON key `_method` (Laravel reads JSON
+/// input), or such a field in a body without a type or of a text or unknown one, read as a
+/// form or multipart anyway (Rack reads an untyped POST body as a form:
+/// [`BodyFacts::untyped_method_field`]). Only POST: those frameworks override no other method.
 fn method_field(targets: &[Target<'_>], facts: &BodyFacts, f: &mut Findings<'_>) {
     if !f.runs(METHOD_FIELD) {
         return;
@@ -993,6 +996,9 @@ fn method_field(targets: &[Target<'_>], facts: &BodyFacts, f: &mut Findings<'_>)
     });
     if let Some(t) = found {
         f.push(METHOD_FIELD, t, &t.name);
+    } else if let Some(name) = &facts.untyped_method_field {
+        let t = Target::new(Location::Body, name.as_str(), Part::Value, "");
+        f.push(METHOD_FIELD, &t, name);
     }
 }
 

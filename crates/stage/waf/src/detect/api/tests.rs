@@ -32,6 +32,7 @@ fn facts(kind: BodyKind) -> BodyFacts {
     BodyFacts {
         kind,
         json_top_array: None,
+        untyped_method_field: None,
     }
 }
 
@@ -131,10 +132,14 @@ fn a_method_override_field_in_a_post_body() {
         "_METHOD",
         ".method",
         " _method",
-        "[method",
         "_method[]",
         "%5Fmethod",
         "_method%00x",
+        // Rack 2 (leading brackets dropped, trailing `]` ignored) and qs (`[_method]`).
+        "[_method]",
+        "]_method",
+        "_method]",
+        "[[_method]]",
     ] {
         let f = post(&[body(name, "DELETE")], &form);
         assert_eq!(ids(&f), [2401], "{name:?}");
@@ -155,7 +160,16 @@ fn a_method_override_field_in_a_post_body() {
         [2401]
     );
     // Not a method override: other names, a nested key, another method.
-    for name in ["method", "_methods", "x_method", "_method_id", "a[_method]"] {
+    // `[method` is dropped by PHP and is `method` to Rack 2.
+    for name in [
+        "method",
+        "_methods",
+        "x_method",
+        "_method_id",
+        "a[_method]",
+        "[method",
+        "_method]x",
+    ] {
         assert!(post(&[body(name, "DELETE")], &form).is_empty(), "{name:?}");
     }
     assert!(
@@ -179,6 +193,28 @@ fn a_method_override_field_in_a_post_body() {
     let mut open = ApiRules::default();
     open.allow_method_fields();
     let f = findings(&open, &Method::POST, &[body("_method", "DELETE")], &form, 1);
+    assert!(f.is_empty());
+    // A body without a type (or of a text or unknown one) that holds such a field when read
+    // as a form: the extractor's fact, at the field's name.
+    let untyped = BodyFacts {
+        untyped_method_field: Some("_method".into()),
+        ..facts(BodyKind::Text)
+    };
+    let whole = body("", "note=x&_method=DELETE");
+    let f = post(std::slice::from_ref(&whole), &untyped);
+    assert_eq!(ids(&f), [2401]);
+    assert_eq!(f[0].target, "body:_method");
+    for m in [Method::PUT, Method::PATCH] {
+        let f = findings(
+            &ApiRules::default(),
+            &m,
+            std::slice::from_ref(&whole),
+            &untyped,
+            1,
+        );
+        assert!(f.is_empty(), "{m}");
+    }
+    let f = findings(&open, &Method::POST, &[whole], &untyped, 1);
     assert!(f.is_empty());
 }
 
