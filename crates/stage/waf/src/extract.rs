@@ -32,8 +32,8 @@
 //! `,` or blank (Rack cuts at `;` or `,`); text after it there (`application/json, x`) is rule
 //! 1005, since other parsers read another type or none. Of the parameters `boundary` and
 //! `charset` are read. A form, multipart, XML or GraphQL type in a field that holds `/json` or
-//! `+json` anywhere is rule 1005 too (Laravel reads such a body as JSON), and a body that is a
-//! JSON document is then read as JSON. Bodies are read as UTF-8: a JSON `charset` other than
+//! `+json` anywhere, on a body that is a JSON document, is rule 1005 too (Laravel reads such a
+//! body as JSON), and the body is read as JSON; any other such body is read by its type. Bodies are read as UTF-8: a JSON `charset` other than
 //! UTF-8 (which an upstream might decode: UTF-7, UTF-16) is rule 1005, as is a form, text or XML `charset` (or XML
 //! declaration `encoding`) that is not ASCII-transparent (`plain_charset`: UTF-8, US-ASCII,
 //! ISO-8859-1), UTF-16/32 text in an untyped, unknown or text body (`wide_text`), two
@@ -247,9 +247,12 @@ pub fn body_targets<'a>(
     if let Some(why) = ct.ambiguous {
         sink.ambiguous(why);
     }
-    // A type that is not JSON in a field that holds `/json` or `+json` (rule 1005 above):
-    // Laravel reads the body as JSON, so a body that is a JSON document is inspected as one.
+    // A type that is not JSON in a field that holds `/json` or `+json`: Laravel reads the body
+    // as JSON, so a body that is a JSON document is inspected as one, and is rule 1005. Any
+    // other such body is read by its type (`multipart/related; type="application/dicom+json"`,
+    // a DICOMweb upload, is a multipart body whose field names a JSON part type).
     if ct.json_in_field && json_document(body, limits, &mut sink, &mut facts) {
+        sink.ambiguous(JSON_IN_FIELD);
         return facts;
     }
     match ct.media {
@@ -856,9 +859,6 @@ impl ContentType {
                 .windows(needle.len())
                 .any(|w| w.eq_ignore_ascii_case(needle))
         });
-        if json_in_field {
-            ambiguous = Some(JSON_IN_FIELD);
-        }
         let mut boundary = None;
         let mut boundaries = 0;
         parse_params(params, &mut |name, value| {

@@ -383,7 +383,10 @@ fn backtick_substitution(shell: &str) -> Option<&str> {
     let lead = b.iter().take_while(|&&c| leading(c)).count();
     let mut open = false;
     for (i, &c) in b.iter().enumerate() {
-        if c != b'`' || (i > 0 && b.get(i - 1) == Some(&b'\\')) {
+        // Escaped by an odd run of backslashes; an even run is that many halves of literal
+        // backslashes, and the backtick after them opens (glued to them).
+        let slashes = b[..i].iter().rev().take_while(|&&p| p == b'\\').count();
+        if c != b'`' || slashes % 2 == 1 {
             continue;
         }
         open = !open;
@@ -394,7 +397,10 @@ fn backtick_substitution(shell: &str) -> Option<&str> {
             && b.get(i - 1).is_some_and(|&p| {
                 p.is_ascii_lowercase()
                     || p.is_ascii_digit()
-                    || matches!(p, b'_' | b'=' | b';' | b'|' | b'&' | b'\'' | b'"' | b')')
+                    || matches!(
+                        p,
+                        b'_' | b'=' | b';' | b'|' | b'&' | b'\'' | b'"' | b')' | b'\\'
+                    )
             });
         if !glued && i != lead {
             continue;
@@ -411,15 +417,46 @@ fn backtick_substitution(shell: &str) -> Option<&str> {
     None
 }
 
+/// `raw` with its quotes removed as a shell removes them and the backticks inside single
+/// quotes (literal to a shell) blanked; backslashes are kept as sent. Linear.
+fn quoted_backticks_blanked(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let (mut single, mut double) = (false, false);
+    let mut escaped = false;
+    for c in raw.chars() {
+        if single {
+            match c {
+                '\'' => single = false,
+                '`' => out.push(' '),
+                c => out.push(c),
+            }
+            continue;
+        }
+        match c {
+            '\'' if !double && !escaped => single = true,
+            '"' if !escaped => double = !double,
+            c => out.push(c),
+        }
+        escaped = c == '\\' && !escaped;
+    }
+    out
+}
+
 /// Whether what follows a backticked command that opens a value reads as a sentence going on:
-/// a blank and more text, or sentence punctuation ending the value (possibly then more text
-/// after a blank).
+/// a space and a word, or one sentence mark (`.`, `,`, `:`, `!`, `?`) ending the value or
+/// followed by a space and a word. Never a line break, a `;` or another separator: to a shell
+/// those end the command (`` `id`; ``, `` `id`⏎foo ``).
 fn prose_follows(after: &str) -> bool {
-    let rest = after.trim_start_matches(['.', ',', ':', ';', '!', '?']);
-    let punctuated = rest.len() < after.len();
-    match rest.as_bytes().first() {
-        None => punctuated,
-        Some(c) => c.is_ascii_whitespace() && !rest.trim_start().is_empty(),
+    let rest = after
+        .strip_prefix(['.', ',', ':', '!', '?'])
+        .map_or((after, false), |r| (r, true));
+    let (rest, punctuated) = rest;
+    match rest.strip_prefix(' ') {
+        Some(words) => words
+            .bytes()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic()),
+        None => rest.is_empty() && punctuated,
     }
 }
 
@@ -586,6 +623,17 @@ pub fn inspect(t: &Target<'_>, views: &mut Views, paranoia: u8, out: &mut Vec<Fi
             && let Some(m) = backtick_substitution(shell)
         {
             push_once(RULES, 0, &mut seen, paranoia, t, View::Shell, m, out);
+        }
+    }
+    // The shell view has lost the quoting that makes a backtick literal (`a'`'b`id``: the
+    // first is quoted, the next two substitute), reads `\\` as one backslash and a line break
+    // as a space (`` `id`⏎foo `` is two commands): the pairing is made again on the value as
+    // sent, its single-quoted backticks blanked.
+    let raw = views.get(View::Raw);
+    if raw.contains('`') && raw.contains(['\'', '\\', '\n', '\r']) {
+        let masked = quoted_backticks_blanked(raw);
+        if let Some(m) = backtick_substitution(&masked) {
+            push_once(RULES, 0, &mut seen, paranoia, t, View::Raw, m, out);
         }
     }
     let decoded = views.get(View::Decoded);
@@ -852,7 +900,6 @@ mod tests {
         "`Host` header is required.",
         "`make`.",
         "`false`.",
-        "    `file`;",
         "`hostname`. The `addresses` argument lists them.",
         "`npm doctor` checks the registry.",
         "Set `NODE_ENV` before starting.",
@@ -875,6 +922,14 @@ mod tests {
     /// `mainModule` or `process.binding`, with a computed name. Blocked by this detector (rule
     /// 1300 or 1307) and by the whole engine, in a query and in JSON.
     const NARROWED_ATTACKS: &[(&str, u32)] = &[
+        // A backtick made literal by quotes, or escaped-looking by `\\`, does not break the
+        // pairing (review of 5d3b94a).
+        ("a'`'b`id`", 1300),
+        ("'`';`id`", 1300),
+        ("x\\\\`id`", 1300),
+        // A command opening the value, then a separator or arguments: not prose.
+        ("`id`;", 1300),
+        ("`id`\nfoo", 1300),
         ("`id`", 1300),
         ("`true`", 1300),
         ("`cat /etc/passwd`", 1300),

@@ -170,13 +170,14 @@ static CANON: LazyLock<Bank> = LazyLock::new(|| {
                 4,
                 r"(?:^|[^a-z0-9+.-])(?:gopher|dict|tftp|netdoc)://|(?:^|[^a-z0-9+.-])jar:(?:file|https?|ftp):|(?:^|[^a-z0-9+.-])netdoc:",
             ),
-            // A file URL where something reads a URL: the value itself (after blanks, quotes,
-            // brackets), an attribute, setting or call argument (`src=`, `url(`, `new URL('`),
-            // a quoted JSON or YAML value (`"url": "file:…"`). Inside text (prose, a `//`
-            // comment, a Markdown code span) it is rule 1510, at paranoia 2.
+            // A file URL where something reads a URL: the value itself or any of its lines
+            // (after blanks, quotes, brackets, a list's `-`), an attribute, setting or call
+            // argument (`src=`, `url(`, `new URL('`), a list element (`a,file:…`), a JSON or
+            // YAML value (`"url": "file:…"`, `url: file:…`), an `@import`. Inside text (prose,
+            // a `//` comment, a Markdown code span) it is rule 1510, at paranoia 2.
             (
                 4,
-                r"(?:^[\s\x22'`(<\[{]*|[=(]\s*[\x22'`]?\s*|:\s*[\x22']\s*)file:(?:/|\\|[a-z]:)",
+                r"(?m:^[\s\x22'`(<\[{-]*|[=(,]\s*[\x22'`]?\s*|[a-z0-9_\x22']:\s*[\x22']?\s*|@import\s+[\x22']?)file:(?:/|\\|[a-z]:)",
             ),
             (10, r"(?:^|[^a-z0-9+.-])file:(?:/|\\|[a-z]:)"),
             (5, r"(?:^|[^a-z0-9+.-])ldap[si]?://"),
@@ -741,6 +742,11 @@ mod tests {
             "url: 'file://c:/app/config'",
             "FILE:///srv/app/config",
             "file:\\\\server\\share",
+            // Lines, lists, unquoted YAML, an import.
+            "source:\n  url: file:///etc/passwd",
+            "urls=https://a.example,file:///etc/passwd",
+            "- file:///etc/passwd",
+            "@import \"file:///etc/passwd\";",
         ] {
             assert!(ids(v, 1).contains(&1504), "{v} -> {:?}", ids(v, 1));
             assert!(score(v) >= 5, "{v} -> {:?}", ids(v, 1));

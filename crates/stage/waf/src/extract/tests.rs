@@ -1051,14 +1051,23 @@ fn a_structured_type_holding_json_is_ambiguous_and_read_as_json() {
         );
         assert_eq!(f, vec![1005], "{ct}");
     }
-    // Not JSON: read as its type, still ambiguous.
+    // Not JSON: read as its type, and no finding (a DICOMweb upload's
+    // `multipart/related; type="application/dicom+json"` names its parts' type).
     let (t, f, facts) = body(
         Some("application/x-www-form-urlencoded; v=/json"),
         b"_method=DELETE",
     );
     assert_eq!(facts.kind, BodyKind::Form);
     assert_eq!(t, vec![p("body:_method", "DELETE")]);
-    assert_eq!(f, vec![1005]);
+    assert!(f.is_empty(), "{f:?}");
+    let dicom =
+        b"--b\r\nContent-Type: application/dicom+json\r\n\r\n[{\"00080016\": {}}]\r\n--b--\r\n";
+    let (_, f, facts) = body(
+        Some("multipart/related; type=\"application/dicom+json\"; boundary=b"),
+        dicom,
+    );
+    assert_eq!(facts.kind, BodyKind::Multipart);
+    assert!(f.is_empty(), "{f:?}");
     // JSON types, and text or unknown ones (read as JSON when they are JSON anyway), are not.
     for ct in [
         "application/json",
