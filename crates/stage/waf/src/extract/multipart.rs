@@ -169,7 +169,7 @@ pub(super) fn extract<'a>(
             return Err(Problem::Malformed { at: d });
         }
         let content = body.get(content_start..content_end).unwrap_or_default();
-        emit(headers, content, &finder, content_start, sink)?;
+        emit(headers, content, &finder, content_start, form_data, sink)?;
         match after_delimiter(body, d + dl) {
             After::Line(e, next) if e == eol => p = next,
             After::Close => return epilogue(body, &finder, d + dl),
@@ -425,6 +425,7 @@ fn emit<'a>(
     content: &'a [u8],
     finder: &AhoCorasick,
     content_start: usize,
+    form_data: bool,
     sink: &mut Sink<'a, '_>,
 ) -> Result<(), Problem> {
     // RFC 5987 alone: PHP and Go take such a part for a value, Werkzeug for a file.
@@ -434,7 +435,12 @@ fn emit<'a>(
     // A part with a (non-empty) `filename` is a file; any other is a form value to PHP,
     // Werkzeug, Go and busboy alike, whatever its `Content-Type` says (`image/png` on a value
     // changes nothing for them), so its content is inspected as one (read lossily).
-    let is_file = h.filename.as_ref().is_some_and(|f| !f.is_empty());
+    let is_file = h.filename.as_ref().is_some_and(|f| !f.is_empty())
+        // Outside form-data, a part without a name whose type is not text (an MTOM or SOAP
+        // attachment: an image, a PDF) is an attachment, not inspected as text either.
+        || (!form_data
+            && h.name.is_none()
+            && h.content_type.as_deref().is_some_and(|t| !textual(t)));
     // A file is not inspected: it must not hold what another parser could take for a
     // delimiter.
     if is_file && let Some(m) = finder.find(content) {
@@ -484,6 +490,24 @@ fn emit<'a>(
         sink.push(Target::new(Location::Body, field, Part::Value, value));
     }
     Ok(())
+}
+
+/// Whether a part's `Content-Type` is text an application reads as such: `text/*`,
+/// `application/http`, JSON, XML, a form.
+fn textual(content_type: &str) -> bool {
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    media.starts_with("text/")
+        || media == "application/http"
+        || media == "application/x-www-form-urlencoded"
+        || media.ends_with("/json")
+        || media.ends_with("+json")
+        || media.ends_with("/xml")
+        || media.ends_with("+xml")
 }
 
 #[cfg(test)]

@@ -1016,8 +1016,13 @@ fn every_multipart_type_is_read_as_multipart() {
     // A SOAP attachment in base64: read as sent (no parser decodes it for the application);
     // in form-data it stays refused.
     let soap = b"--m\r\nContent-Type: text/xml\r\n\r\n<Envelope/>\r\n--m\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\nContent-ID: <a>\r\n\r\niVBORw0KGgo=\r\n--m--\r\n";
-    let (_, f, _) = body(Some("multipart/related; boundary=m"), soap);
+    let (t, f, _) = body(Some("multipart/related; boundary=m"), soap);
     assert!(f.is_empty(), "{f:?}");
+    // The XML part is inspected; the image, an attachment, is not (as a form-data file).
+    assert_eq!(t, vec![p("body", "<Envelope/>")]);
+    let mtom = b"--m\r\nContent-Type: application/octet-stream\r\nContent-ID: <b>\r\n\r\n\x89PNG <svg onload=alert(1)> ../../;id\r\n--m--\r\n";
+    let (t, f, _) = body(Some("multipart/related; boundary=m"), mtom);
+    assert!(t.is_empty() && f.is_empty(), "{t:?} {f:?}");
     let in_form = b"--m\r\nContent-Disposition: form-data; name=\"a\"\r\nContent-Transfer-Encoding: base64\r\n\r\nYQ==\r\n--m--\r\n";
     let (_, f, _) = body(Some("multipart/form-data; boundary=m"), in_form);
     assert_eq!(f, vec![1001]);
