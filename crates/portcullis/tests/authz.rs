@@ -595,6 +595,21 @@ async fn tenants_are_isolated_and_the_verified_tenant_goes_upstream() {
     );
 }
 
+/// A verified tenant with a space at an end is refused, even where the request names the same
+/// text: header readers upstream would trim it into another tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_that_readers_would_trim_is_refused() {
+    let e = setup().await;
+    let spaced = e.token(json!({"org": "t1 "}));
+    let r = e.call("GET", "/tenants/t1%20/orders", &spaced, &[]).await;
+    let ev = e.refused(&r, 403, "forbidden", "tenant");
+    assert_eq!(
+        ev["authz"]["reason"],
+        "the caller's tenant has spaces at its ends or control characters",
+        "{ev}"
+    );
+}
+
 /// A route may name its tenant in the header the gateway sends the verified tenant in
 /// (`x-tenant-id`, an identity header): the authorization step reads the client's copy, and
 /// the identity step replaces it as the request leaves. Anywhere else the client's copy is
