@@ -604,8 +604,7 @@ async fn a_tenant_that_readers_would_trim_is_refused() {
     let r = e.call("GET", "/tenants/t1%20/orders", &spaced, &[]).await;
     let ev = e.refused(&r, 403, "forbidden", "tenant");
     assert_eq!(
-        ev["authz"]["reason"],
-        "the caller's tenant has spaces at its ends or control characters",
+        ev["authz"]["reason"], "the caller's tenant has spaces at its ends or control characters",
         "{ev}"
     );
 }

@@ -492,22 +492,19 @@ fn emit<'a>(
     Ok(())
 }
 
-/// Whether a part's `Content-Type` is text an application reads as such: `text/*`,
-/// `application/http`, JSON, XML, a form.
+/// Whether a part's `Content-Type` is text an application reads as such: what the body's own
+/// type would be read as (JSON, a form, XML, GraphQL, `text/*`), or `application/http` (a
+/// batch's requests).
 fn textual(content_type: &str) -> bool {
-    let media = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    media.starts_with("text/")
-        || media == "application/http"
-        || media == "application/x-www-form-urlencoded"
-        || media.ends_with("/json")
-        || media.ends_with("+json")
-        || media.ends_with("/xml")
-        || media.ends_with("+xml")
+    let media = content_type.split(';').next().unwrap_or_default();
+    matches!(
+        super::Media::of(media),
+        super::Media::Json
+            | super::Media::Form
+            | super::Media::Xml
+            | super::Media::GraphQl
+            | super::Media::Text
+    ) || media.trim().eq_ignore_ascii_case("application/http")
 }
 
 #[cfg(test)]
