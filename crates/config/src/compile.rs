@@ -1443,6 +1443,18 @@ fn compile_route(
         response_filter: r.response_filter.as_ref().and_then(|f| {
             portcullis_response::compile_response_filter(f, &format!("{path}.response_filter"), e)
         }),
+        websocket: r
+            .websocket
+            .as_ref()
+            .and_then(|w| {
+                portcullis_cors::compile_websocket(
+                    w,
+                    r.cors.is_some(),
+                    &format!("{path}.websocket"),
+                    e,
+                )
+            })
+            .map(Arc::new),
     }
 }
 

@@ -10,7 +10,7 @@ pub use portcullis_contract::config::RawOpenApi;
 pub use portcullis_core::RawSecret;
 use portcullis_core::RawSecretOrString;
 use portcullis_core::units::RawSize;
-pub use portcullis_cors::RawCors;
+pub use portcullis_cors::{RawCors, RawWebSocket, RawWebSocketSettings};
 use portcullis_ipfilter::RawIpFilter;
 use portcullis_limits::RawLimits;
 pub use portcullis_ratelimit::config::RawRateLimits;
@@ -927,6 +927,10 @@ pub struct RawRoute {
     /// Fields removed from JSON responses, by name or JSON path.
     #[serde(default)]
     pub response_filter: Option<RawResponseFilter>,
+    /// WebSocket handshakes on this route: `true`, or `{ origins: [...] }` for pages of other
+    /// origins. Default `false`: a handshake is refused (403).
+    #[serde(default)]
+    pub websocket: Option<RawWebSocket>,
 }
 
 /// Route matching. Host and method lists empty: any. Exactly one of `path` and `prefix`.

@@ -1391,3 +1391,57 @@ routes: [ { name: r, match: { prefix: / }, upstream: d, auth: { anonymous: true 
         "{errs:#?}"
     );
 }
+
+/// `websocket:` on a route: off by default; `true` or a map turns it on; a wrong value, an
+/// unknown key, an origin that is none, `*` with others and an origin list beside `cors:` are
+/// each reported at their path.
+#[test]
+fn route_websocket_settings() {
+    let c = load_str(
+        r#"
+upstreams: { d: { kind: echo } }
+routes:
+  - { name: off, match: { path: /off }, upstream: d }
+  - { name: no, match: { path: /no }, upstream: d, websocket: false }
+  - { name: yes, match: { path: /yes }, upstream: d, websocket: true }
+  - { name: listed, match: { path: /listed }, upstream: d, websocket: { origins: ["https://app.example.com"] } }
+  - { name: cors, match: { path: /cors }, upstream: d, websocket: {}, cors: { allowed_origins: ["https://a.com"] } }
+"#,
+        Path::new("."),
+    )
+    .unwrap();
+    let on: Vec<bool> = c.routes.iter().map(|r| r.websocket.is_some()).collect();
+    assert_eq!(on, [false, false, true, true, true]);
+
+    let e = errs(
+        r#"
+upstreams: { d: { kind: echo } }
+routes:
+  - { name: a, match: { path: /a }, upstream: d, websocket: maybe }
+  - { name: b, match: { path: /b }, upstream: d, websocket: { origin: [x] } }
+"#,
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].starts_with("routes[0].websocket:"), "{e:?}");
+    assert!(
+        e[1].starts_with("routes[1].websocket:") && e[1].contains("origin"),
+        "{e:?}"
+    );
+    let e = errs(
+        r#"
+upstreams: { d: { kind: echo } }
+routes:
+  - { name: c, match: { path: /c }, upstream: d, websocket: { origins: ["https://a.com"] }, cors: { allowed_origins: ["https://a.com"] } }
+  - { name: e, match: { path: /e }, upstream: d, websocket: { origins: ["https://a.com/x", "*"] } }
+"#,
+    );
+    assert_eq!(
+        e,
+        [
+            "routes[0].websocket.origins: this route has cors: its allowed_origins decide which \
+             pages may open a WebSocket; leave websocket.origins out",
+            "routes[1].websocket.origins[0]: \"https://a.com/x\": an origin has no path",
+            "routes[1].websocket.origins[1]: \"*\" cannot be combined with other origins",
+        ]
+    );
+}

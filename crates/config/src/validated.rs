@@ -371,4 +371,6 @@ pub struct Route {
     pub security_headers: Arc<SecurityHeaders>,
     pub errors: ErrorPolicy,
     pub response_filter: Option<ResponseFilterRules>,
+    /// `None`: WebSocket handshakes are refused.
+    pub websocket: Option<Arc<portcullis_cors::WebSocket>>,
 }

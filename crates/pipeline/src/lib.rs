@@ -27,7 +27,7 @@ use portcullis_contract::ContractStage;
 use portcullis_core::{
     Answer, ConfigErrors, GatewayRequest, Rejection, RequestCtx, Stage, StageId, Step, Verdict,
 };
-use portcullis_cors::CorsStage;
+use portcullis_cors::{CorsStage, RouteOrigins};
 use portcullis_hygiene::HygieneStage;
 use portcullis_ipfilter::IpFilterStage;
 use portcullis_limits::{BodyLimitStage, HeadLimitsStage};
@@ -168,7 +168,13 @@ impl Pipeline {
                 routes.iter().map(|r| r.ip_filter.clone()).collect(),
             )),
             Box::new(CorsStage::new(
-                routes.iter().map(|r| r.cors.clone()).collect(),
+                routes
+                    .iter()
+                    .map(|r| RouteOrigins {
+                        cors: r.cors.clone(),
+                        websocket: r.websocket.clone(),
+                    })
+                    .collect(),
             )),
             Box::new(BodyLimitStage::new(
                 routes.iter().map(|r| r.max_body_bytes).collect(),

@@ -990,7 +990,7 @@ async fn trailers_lose_the_fields_heads_lose() {
 async fn websocket_upgrades_pass_through() {
     let ws = WsUpstream::start().await;
     let gw = gateway(&format!(
-        "upstreams:\n  ws: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws }}\n",
+        "upstreams:\n  ws: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws, websocket: true }}\n",
         ws.url()
     ));
     let url = format!("ws://{}/chat", gw.listener("public"));
@@ -1011,6 +1011,111 @@ async fn websocket_upgrades_pass_through() {
     }
     client.close(None).await.unwrap();
     assert_eq!(ws.paths(), ["/chat"]);
+}
+
+/// After a 101 the connection is a tunnel no step reads: a handshake is refused on a route that
+/// does not say it serves WebSockets, before anything reaches the upstream, with the problem
+/// document and the audit event of any refusal. Where a route serves them without CORS, a
+/// browser's handshake must come from the route's own origin (or one it lists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_only_on_routes_that_serve_them_and_from_their_own_origin() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let ws = WsUpstream::start().await;
+    let gw = gateway(&format!(
+        "upstreams:\n  ws: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: off, match: {{ path: /off }}, upstream: ws }}\n  - {{ name: listed, match: {{ path: /listed }}, upstream: ws, websocket: {{ origins: [\"https://app.example.com\"] }} }}\n  - {{ name: own, match: {{ path: /own }}, upstream: ws, websocket: true }}\n",
+        ws.url()
+    ));
+    let public = gw.listener("public");
+    let request = |path: &str, origin: Option<&str>| {
+        let mut r = format!("ws://{public}{path}")
+            .into_client_request()
+            .unwrap();
+        if let Some(o) = origin {
+            r.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        r
+    };
+    let refused = |result: Result<_, tokio_tungstenite::tungstenite::Error>, code: &str| {
+        let resp = match result {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp,
+            Ok((_, resp)) => panic!("{code}: the handshake was made: {resp:?}"),
+            Err(e) => panic!("{code}: {e}"),
+        };
+        assert_eq!(resp.status(), 403, "{code}");
+        assert_eq!(
+            resp.headers()["content-type"],
+            "application/problem+json",
+            "{code}"
+        );
+        let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).to_string();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["type"],
+            format!("urn:portcullis:problem:{code}"),
+            "{body}"
+        );
+        assert_eq!(
+            v["request_id"].as_str(),
+            resp.headers()["x-request-id"].to_str().ok(),
+            "{body}"
+        );
+        v
+    };
+
+    // Off (the default): refused, with or without an origin, and audited as the step's refusal.
+    let v = refused(
+        tokio_tungstenite::connect_async(request("/off", None)).await,
+        "forbidden",
+    );
+    assert_eq!(
+        v["detail"], "WebSocket upgrades are not enabled on this route",
+        "{v}"
+    );
+    let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["outcome"], "rejected", "{ev}");
+    assert_eq!(ev["stage"], "cors", "{ev}");
+    assert_eq!(ev["route"], "off", "{ev}");
+    refused(
+        tokio_tungstenite::connect_async(request("/off", Some(&format!("http://{public}")))).await,
+        "forbidden",
+    );
+    // Another page's handshake, on routes that serve WebSockets.
+    for path in ["/own", "/listed"] {
+        let v = refused(
+            tokio_tungstenite::connect_async(request(path, Some("https://evil.example.net"))).await,
+            "cors_rejected",
+        );
+        assert_eq!(
+            v["detail"], "WebSocket from origin https://evil.example.net not allowed",
+            "{v}"
+        );
+        // The same host on another port is another origin.
+        refused(
+            tokio_tungstenite::connect_async(request(path, Some("http://127.0.0.1:1"))).await,
+            "cors_rejected",
+        );
+    }
+    assert!(
+        ws.paths().is_empty(),
+        "a refused handshake reached the upstream: {:?}",
+        ws.paths()
+    );
+
+    // The route's own origin (the Host the client sent), a listed one, and clients that send
+    // no Origin at all.
+    for (path, origin) in [
+        ("/own", Some(format!("http://{public}"))),
+        ("/own", None),
+        ("/listed", Some(format!("https://{public}"))),
+        ("/listed", Some("https://app.example.com".to_string())),
+    ] {
+        let (mut c, resp) = tokio_tungstenite::connect_async(request(path, origin.as_deref()))
+            .await
+            .unwrap_or_else(|e| panic!("{path} {origin:?}: {e}"));
+        assert_eq!(resp.status(), 101);
+        c.close(None).await.unwrap();
+    }
+    assert_eq!(ws.paths(), ["/own", "/own", "/listed", "/listed"]);
 }
 
 /// A 101's hop-by-hop fields stay on the upstream's side of the tunnel: the client gets the
@@ -1041,7 +1146,7 @@ async fn a_switching_answer_loses_the_upstreams_hop_by_hop_fields() {
         let _ = s.read(&mut buf).await;
     });
     let gw = gateway(&format!(
-        "upstreams:\n  ws: {{ targets: [\"http://{up}\"] }}\nroutes:\n  - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws }}\n"
+        "upstreams:\n  ws: {{ targets: [\"http://{up}\"] }}\nroutes:\n  - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws, websocket: true }}\n"
     ));
     let mut c = tokio::net::TcpStream::connect(gw.listener("public"))
         .await
@@ -1079,7 +1184,7 @@ async fn websockets_from_origins_a_cors_route_does_not_allow_are_refused() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let ws = WsUpstream::start().await;
     let gw = gateway(&format!(
-        "upstreams:\n  ws: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws, cors: {{ allowed_origins: [\"https://app.example.com\"] }} }}\n",
+        "upstreams:\n  ws: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws, websocket: true, cors: {{ allowed_origins: [\"https://app.example.com\"] }} }}\n",
         ws.url()
     ));
     let url = format!("ws://{}/chat", gw.listener("public"));
@@ -1124,7 +1229,7 @@ async fn websockets_from_origins_a_cors_route_does_not_allow_are_refused() {
 async fn a_websocket_upgrade_is_refused_where_answers_are_filtered() {
     let ws = WsUpstream::start().await;
     let gw = gateway(&format!(
-        "upstreams:\n  ws: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: filtered, match: {{ path: /filtered }}, upstream: ws, response_filter: {{ remove: [secret] }} }}\n  - {{ name: plain, match: {{ path: /plain }}, upstream: ws }}\n",
+        "upstreams:\n  ws: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: filtered, match: {{ path: /filtered }}, upstream: ws, websocket: true, response_filter: {{ remove: [secret] }} }}\n  - {{ name: plain, match: {{ path: /plain }}, upstream: ws, websocket: true }}\n",
         ws.url()
     ));
     let base = format!("ws://{}", gw.listener("public"));

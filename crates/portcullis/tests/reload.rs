@@ -36,7 +36,7 @@ upstreams:
   ws: {{ targets: ["{ws}"] }}
 routes:
   - {{ name: stable, match: {{ prefix: /stable }}, upstream: pool }}
-  - {{ name: chat, match: {{ path: /chat }}, upstream: ws }}
+  - {{ name: chat, match: {{ path: /chat }}, upstream: ws, websocket: true }}
   - {{ name: gen{generation}, match: {{ path: /gen{generation} }}, upstream: pool }}
 "#,
         pki_cert.cert_path.display(),

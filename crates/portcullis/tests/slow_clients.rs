@@ -585,7 +585,7 @@ async fn a_silent_upgraded_connection_is_closed_by_the_idle_timeout() {
         "server: {{ idle_timeout: 1s }}\n\
          upstreams:\n  ws: {{ targets: [\"http://{up}\"] }}\n  d: {{ kind: echo }}\n\
          routes:\n  - {{ name: ok, match: {{ prefix: /ok }}, upstream: d }}\n  \
-         - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws }}\n"
+         - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws, websocket: true }}\n"
     ));
     let addr = gw.listener("public");
     let upgrade = b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\

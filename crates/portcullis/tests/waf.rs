@@ -50,6 +50,7 @@ routes:
     upstream: app
     auth: {{ anonymous: true }}
     waf: {{ api: {{ graphql: {{ max_depth: 4, max_aliases: 3 }} }} }}
+  - {{ name: socket, match: {{ path: /socket }}, upstream: app, auth: {{ anonymous: true }}, websocket: true }}
   - {{ name: api, match: {{ prefix: / }}, upstream: app, auth: {{ anonymous: true }} }}
 "#,
         up = up.url(),

@@ -86,6 +86,18 @@
 //!   protections (authentication, authorization, CSRF defences such as `SameSite` cookies or
 //!   tokens) remain the route's business, not this step's.
 //!
+//! ## WebSockets (`websocket:` on a route, any route)
+//!
+//! A WebSocket handshake (`Upgrade: websocket`, the token in any case, alone or in a list) is
+//! refused with `403 forbidden` on a route without `websocket:` (or with `websocket: false`):
+//! after the upstream's 101 the connection is a tunnel no step reads. Where the route serves
+//! WebSockets, browsers — which apply no CORS to them and send the user's cookies with a
+//! handshake from any page — are held to an origin list: a handshake with an `Origin` must come
+//! from one the route's `cors.allowed_origins` allow, or on a route without `cors:` from the
+//! route's own origin (the `Host`'s name and port; see [`WebSocket`]) or one of
+//! `websocket.origins`. Anything else, a malformed or repeated `Origin` included, is
+//! `403 cors_rejected`. A handshake without `Origin` is not from a browser and goes on.
+//!
 //! Everything the answers carry is built when the configuration loads; per request, the step
 //! parses the `Origin` without allocating and compares it with each allowed origin in turn.
 
@@ -93,6 +105,7 @@
 
 mod config;
 mod origin;
+mod websocket;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -108,6 +121,7 @@ use portcullis_core::{
 };
 
 pub use config::{Cors, RawCors, compile};
+pub use websocket::{RawWebSocket, RawWebSocketSettings, WebSocket, compile_websocket};
 
 /// The CORS response fields the engine removes from upstream responses on routes with CORS:
 /// there the gateway alone decides who may read a response.
@@ -158,16 +172,26 @@ fn single<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Option<&'h HeaderVal
     values.next().is_none().then_some(first)
 }
 
-/// The CORS step.
+/// What the step knows of one route.
+#[derive(Debug, Clone, Default)]
+pub struct RouteOrigins {
+    /// The route's `cors:`; `None`: no CORS.
+    pub cors: Option<Arc<Cors>>,
+    /// The route's `websocket:`; `None`: WebSocket handshakes are refused.
+    pub websocket: Option<Arc<WebSocket>>,
+}
+
+/// The CORS step, which also decides WebSocket handshakes (who may open one is a question of
+/// origins too).
 pub struct CorsStage {
-    /// Indexed by route id; `None`: the route has no CORS.
-    per_route: Vec<Option<Arc<Cors>>>,
+    /// Indexed by route id.
+    per_route: Vec<RouteOrigins>,
 }
 
 impl CorsStage {
     pub const ID: StageId = StageId("cors");
 
-    pub fn new(per_route: Vec<Option<Arc<Cors>>>) -> Self {
+    pub fn new(per_route: Vec<RouteOrigins>) -> Self {
         CorsStage { per_route }
     }
 }
@@ -178,32 +202,55 @@ impl Stage for CorsStage {
     }
 
     fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
-        let Some(cors) = ctx
-            .route_id()
-            .and_then(|id| self.per_route.get(id.0))
-            .and_then(Option::as_deref)
-        else {
+        let Some(route) = ctx.route_id().and_then(|id| self.per_route.get(id.0)) else {
+            return Step::CONTINUE;
+        };
+        if portcullis_core::has_header(&req.head.headers, &http::header::UPGRADE)
+            && is_websocket(&req.head.headers)
+            && let Some(refusal) = websocket_refusal(route, &req.head.headers)
+        {
+            return Step::Done(refusal);
+        }
+        let Some(cors) = route.cors.as_deref() else {
             return Step::CONTINUE;
         };
         if ctx.preflight {
             Step::Done(cors.preflight(&req.head.headers))
-        } else if is_websocket(&req.head.headers)
-            && let Err(why) = cors.allowed_origin(&req.head.headers)
-            && !matches!(why, OriginRefused::Missing)
-        {
-            // Browsers apply no CORS to WebSockets: a page of any origin may open one, with
-            // the user's cookies, and read what comes back. The origin list is the only check.
-            Step::Done(refuse(match why {
-                OriginRefused::NotAllowed(o) => {
-                    format!("WebSocket from origin {} not allowed", capped(o))
-                }
-                _ => "WebSocket with an unreadable Origin".to_string(),
-            }))
         } else {
             cors.actual(&req.head.headers, &mut ctx.response_headers);
             Step::CONTINUE
         }
     }
+}
+
+/// Why a WebSocket handshake may not go on, if it may not. After the upstream's 101 the
+/// connection is a tunnel no step reads, so only routes that say so take one. Browsers apply no
+/// CORS to WebSockets: a page of any origin may open one, with the user's cookies, and read
+/// what comes back; the origin check is the only defence.
+#[cold]
+fn websocket_refusal(route: &RouteOrigins, headers: &HeaderMap) -> Option<Verdict> {
+    let Some(ws) = route.websocket.as_deref() else {
+        return Some(Verdict::Reject(Rejection::new(
+            RejectReason::Forbidden,
+            "WebSocket upgrades are not enabled on this route",
+        )));
+    };
+    let refused = match (&route.cors, ws.origins_from_cors()) {
+        (Some(cors), true) => match cors.allowed_origin(headers) {
+            Ok(_) | Err(OriginRefused::Missing) => return None,
+            Err(OriginRefused::NotAllowed(o)) => Some(o),
+            Err(OriginRefused::Malformed) => None,
+        },
+        _ => match ws.check(headers.get_all(ORIGIN), headers.get(http::header::HOST)) {
+            Ok(()) => return None,
+            Err(websocket::WsOriginRefused::NotAllowed(o)) => Some(o),
+            Err(websocket::WsOriginRefused::Malformed) => None,
+        },
+    };
+    Some(refuse(match refused {
+        Some(o) => format!("WebSocket from origin {} not allowed", capped(o)),
+        None => "WebSocket with an unreadable Origin".to_string(),
+    }))
 }
 
 /// A WebSocket opening handshake (`Upgrade: websocket`).

@@ -17,7 +17,7 @@ pub(crate) enum WebScheme {
 }
 
 impl WebScheme {
-    const fn default_port(self) -> u16 {
+    pub(crate) const fn default_port(self) -> u16 {
         match self {
             WebScheme::Http => 80,
             WebScheme::Https => 443,
@@ -161,7 +161,7 @@ fn split(s: &str) -> Result<(WebScheme, RawHost<'_>, u16), &'static str> {
     Ok((scheme, host, port))
 }
 
-fn parse_port(p: &str) -> Option<u16> {
+pub(crate) fn parse_port(p: &str) -> Option<u16> {
     // Digits only: `u16::from_str` would also take a leading `+`.
     if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -15,8 +15,24 @@ fn cors(yaml: &str) -> Arc<Cors> {
     Arc::new(c.unwrap())
 }
 
+/// A route with this CORS block that serves WebSockets (whose origins CORS then decides).
 fn stage(yaml: &str) -> CorsStage {
-    CorsStage::new(vec![Some(cors(yaml))])
+    CorsStage::new(vec![with_cors(yaml)])
+}
+
+fn with_cors(yaml: &str) -> RouteOrigins {
+    RouteOrigins {
+        cors: Some(cors(yaml)),
+        websocket: websocket("true", true),
+    }
+}
+
+fn websocket(yaml: &str, cors: bool) -> Option<Arc<WebSocket>> {
+    let raw: RawWebSocket = serde_yaml_ng::from_str(yaml).unwrap();
+    let mut e = ConfigErrors::new();
+    let w = compile_websocket(&raw, cors, "routes[0].websocket", &mut e);
+    assert!(e.is_empty(), "{e}");
+    w.map(Arc::new)
 }
 
 /// Runs the step on route 0; returns the verdict and the context.
@@ -63,6 +79,14 @@ fn run_with(
         Step::Async(_) => panic!("the CORS step is synchronous"),
     };
     (verdict, ctx)
+}
+
+fn route_match(id: usize) -> RouteMatch {
+    RouteMatch {
+        id: RouteId(id),
+        name: Arc::from("items"),
+        params: Vec::new(),
+    }
 }
 
 fn preflight(stage: &CorsStage, headers: &[(&str, &str)]) -> Verdict {
@@ -139,7 +163,7 @@ fn refs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
 
 #[test]
 fn route_without_cors_is_untouched() {
-    let s = CorsStage::new(vec![None, Some(cors(APP))]);
+    let s = CorsStage::new(vec![RouteOrigins::default(), with_cors(APP)]);
     let (v, ctx) = run(&s, "GET", &[("origin", "https://app.example.com")], false);
     assert!(matches!(v, Verdict::Continue));
     assert!(ctx.response_headers.is_empty());
@@ -503,6 +527,98 @@ fn websockets_from_origins_not_allowed_are_refused() {
         run(&s, "GET", &[("origin", "https://evil.net")], false).0,
         Verdict::Continue
     ));
+}
+
+/// After the upstream's 101 the connection is a tunnel no step reads: a handshake goes on only
+/// where the route serves WebSockets, on CORS routes and others alike.
+#[test]
+fn websockets_only_where_the_route_serves_them() {
+    let handshake: &[(&str, &str)] = &[("upgrade", "websocket"), ("connection", "upgrade")];
+    let plain = CorsStage::new(vec![
+        RouteOrigins::default(),
+        RouteOrigins {
+            cors: Some(cors(APP)),
+            websocket: None,
+        },
+        RouteOrigins {
+            cors: None,
+            websocket: websocket("false", false),
+        },
+    ]);
+    for route in 0..3 {
+        let (v, ctx) = run_with(&plain, "GET", handshake, false, |ctx| {
+            ctx.route = Some(route_match(route))
+        });
+        match v {
+            Verdict::Reject(r) => {
+                assert_eq!(r.reason, RejectReason::Forbidden, "route {route}");
+                assert_eq!(r.status(), StatusCode::FORBIDDEN);
+                assert_eq!(r.detail, "WebSocket upgrades are not enabled on this route");
+            }
+            v => panic!("route {route}: expected a refusal, got {v:?}"),
+        }
+        assert!(ctx.response_headers.is_empty());
+        // Any spelling of the token, in a list too.
+        let (v, _) = run_with(
+            &plain,
+            "GET",
+            &[("upgrade", "foo, WebSocket"), ("connection", "upgrade")],
+            false,
+            |ctx| ctx.route = Some(route_match(route)),
+        );
+        assert!(matches!(v, Verdict::Reject(_)), "route {route}");
+        // Other requests on those routes are not this step's concern, nor other upgrades.
+        for headers in [
+            &[][..],
+            &[("upgrade", "h2c"), ("connection", "upgrade")][..],
+        ] {
+            let (v, _) = run_with(&plain, "GET", headers, false, |ctx| {
+                ctx.route = Some(route_match(route))
+            });
+            assert!(matches!(v, Verdict::Continue), "route {route} {headers:?}");
+        }
+    }
+}
+
+/// On a route without CORS that serves WebSockets, a browser's handshake must come from the
+/// route's own origin (the `Host`'s name and port) or one the route lists.
+#[test]
+fn websocket_origins_without_cors() {
+    let s = CorsStage::new(vec![RouteOrigins {
+        cors: None,
+        websocket: websocket("{ origins: [\"https://app.example.com\"] }", false),
+    }]);
+    let ws = |origin: Option<&str>| {
+        let mut h = vec![
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("host", "api.example.com:8443"),
+        ];
+        if let Some(o) = origin {
+            h.push(("origin", o));
+        }
+        run(&s, "GET", &h, false)
+    };
+    for origin in [
+        None,
+        Some("https://api.example.com:8443"),
+        Some("http://API.example.com:8443"),
+        Some("https://app.example.com"),
+    ] {
+        let (v, ctx) = ws(origin);
+        assert!(matches!(v, Verdict::Continue), "{origin:?}");
+        // No CORS headers on a route without CORS.
+        assert!(ctx.response_headers.is_empty(), "{origin:?}");
+    }
+    let d = refused(ws(Some("https://evil.net")).0);
+    assert_eq!(d, "WebSocket from origin https://evil.net not allowed");
+    // The same host on another port is another origin.
+    refused(ws(Some("https://api.example.com")).0);
+    refused(ws(Some("null")).0);
+    assert_eq!(
+        refused(ws(Some("https://api.example.com:8443/")).0),
+        "WebSocket with an unreadable Origin"
+    );
 }
 
 #[test]
