@@ -128,6 +128,42 @@ async fn smuggling_attempts_are_refused_and_close_the_connection() {
     assert_eq!(up.hits_excluding("/health"), 0, "{:?}", up.requests());
 }
 
+/// HTTP/1.0 needs no `Host`: an absolute-form target's authority then names the host. Routes
+/// match its host (after any `@`) and the upstream is sent it as `Host`, so one with user
+/// information (`admin.example:443@www.example`) would be routed by one name and read by
+/// upstreams as another: refused, like a `Host` that is no host. One that is a host is routed
+/// by it and sent upstream as `Host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_absolute_form_target_without_host_must_name_a_host() {
+    let (up, gw) = proxy_to_upstream().await;
+    let addr = gw.listener("public");
+    for bytes in [
+        &b"GET http://admin.example:443@www.example/users HTTP/1.0\r\n\r\n"[..],
+        &b"GET http://a!b.example/users HTTP/1.0\r\n\r\n"[..],
+    ] {
+        let (out, closed) = raw_exchange(addr, bytes).await;
+        let name = String::from_utf8_lossy(bytes);
+        assert!(out.starts_with("HTTP/1.0 400 "), "{name}: {out}");
+        assert!(
+            out.to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{name}: {out}"
+        );
+        assert!(
+            out.contains("\"detail\":\"the Host is not a host name or address (with a port)\""),
+            "{name}: {out}"
+        );
+        assert!(closed, "{name}: the connection stayed open");
+    }
+    assert_eq!(up.hits_excluding("/health"), 0, "{:?}", up.requests());
+    let out = raw_http(addr, b"GET http://www.example:8080/users HTTP/1.0\r\n\r\n").await;
+    assert!(out.starts_with("HTTP/1.0 200 "), "{out}");
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].uri, "/users");
+    assert_eq!(seen[0].headers["host"], "www.example:8080");
+}
+
 /// A target longer than hyper reads, and more field lines than it reads: the gateway's own
 /// 414 and 431 (problem documents, audited), never hyper's bare ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

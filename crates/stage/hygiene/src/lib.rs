@@ -9,7 +9,8 @@
 //! * **Rejects** with `400 bad_request` (and `Connection: close`): `Content-Length` together
 //!   with `Transfer-Encoding`; more than one `Content-Length` (even equal); a
 //!   `Transfer-Encoding` that is not exactly `chunked`; more than one `Host`; an HTTP/1.1
-//!   request without `Host`; an absolute-form target whose authority disagrees with `Host`;
+//!   request without `Host`; an absolute-form target whose authority disagrees with `Host`,
+//!   or, without `Host` (HTTP/1.0), is not a host name or address with a port (userinfo is not);
 //!   HTTP/2 requests carrying connection-specific fields; a method spelled with anything but
 //!   capital letters, `-` and `_` (as nginx: `delete` or `Get` would pass rules written for
 //!   `DELETE` or `GET`, and reach upstreams that fold the case); unless the operator lets them
@@ -117,10 +118,13 @@ pub fn check_with(head: &http::request::Parts, refuse_overrides: bool) -> Result
     if hosts > 1 {
         return Err("more than one Host is not accepted");
     }
-    let named_host = first_host.map(|h| h.as_bytes()).or_else(|| {
-        h2.then(|| head.uri.authority().map(|a| a.as_str().as_bytes()))
-            .flatten()
-    });
+    // Without `Host`, the target's authority names the host: HTTP/2's `:authority`, or an
+    // absolute-form target of HTTP/1.0 (which need not send `Host`). Routes match its host and
+    // the upstream is sent it as `Host`: `http://admin.example:443@www.example/` would be
+    // routed by one name and read by upstreams as another.
+    let named_host = first_host
+        .map(|h| h.as_bytes())
+        .or_else(|| head.uri.authority().map(|a| a.as_str().as_bytes()));
     if named_host.is_some_and(|h| !is_host(h)) {
         return Err("the Host is not a host name or address (with a port)");
     }
@@ -741,11 +745,9 @@ mod tests {
         if hosts > 1 {
             return Err("more than one Host is not accepted");
         }
-        let h2 = matches!(head.version, Version::HTTP_2 | Version::HTTP_3);
         let named = match h.get(HOST) {
             Some(v) => Some(v.as_bytes()),
-            None if h2 => head.uri.authority().map(|a| a.as_str().as_bytes()),
-            None => None,
+            None => head.uri.authority().map(|a| a.as_str().as_bytes()),
         };
         if named.is_some_and(|n| !is_host(n)) {
             return Err("the Host is not a host name or address (with a port)");
