@@ -1446,14 +1446,7 @@ fn compile_route(
         websocket: r
             .websocket
             .as_ref()
-            .and_then(|w| {
-                portcullis_cors::compile_websocket(
-                    w,
-                    r.cors.is_some(),
-                    &format!("{path}.websocket"),
-                    e,
-                )
-            })
+            .and_then(|w| portcullis_cors::compile_websocket(w, &format!("{path}.websocket"), e))
             .map(Arc::new),
     }
 }

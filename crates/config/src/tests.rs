@@ -1392,9 +1392,9 @@ routes: [ { name: r, match: { prefix: / }, upstream: d, auth: { anonymous: true 
     );
 }
 
-/// `websocket:` on a route: off by default; `true` or a map turns it on; a wrong value, an
-/// unknown key, an origin that is none, `*` with others and an origin list beside `cors:` are
-/// each reported at their path.
+/// `websocket:` on a route: off by default; `true` or a map turns it on (beside `cors:` too); a
+/// wrong value, an unknown key, an origin that is none and `*` with others are each reported
+/// at their path.
 #[test]
 fn route_websocket_settings() {
     let c = load_str(
@@ -1438,8 +1438,6 @@ routes:
     assert_eq!(
         e,
         [
-            "routes[0].websocket.origins: this route has cors: its allowed_origins decide which \
-             pages may open a WebSocket; leave websocket.origins out",
             "routes[1].websocket.origins[0]: \"https://a.com/x\": an origin has no path",
             "routes[1].websocket.origins[1]: \"*\" cannot be combined with other origins",
         ]

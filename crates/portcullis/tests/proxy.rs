@@ -1095,6 +1095,23 @@ async fn websockets_only_on_routes_that_serve_them_and_from_their_own_origin() {
             "cors_rejected",
         );
     }
+    // RFC 6455: the handshake is a GET.
+    let out = raw_http(
+        public,
+        format!(
+            "POST /own HTTP/1.1\r\nHost: {public}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+    assert!(
+        out.contains("\"code\":\"bad_request\"")
+            && out.contains("\"detail\":\"a WebSocket handshake is a GET\""),
+        "{out}"
+    );
     assert!(
         ws.paths().is_empty(),
         "a refused handshake reached the upstream: {:?}",
@@ -1176,15 +1193,16 @@ async fn a_switching_answer_loses_the_upstreams_hop_by_hop_fields() {
     }
 }
 
-/// Cross-site WebSocket hijacking: on a CORS route, a handshake from an origin the route does
-/// not allow is refused (browsers apply no CORS to WebSockets) and never reaches the
-/// upstream; an allowed origin's, or a non-browser client's without `Origin`, is made.
+/// Cross-site WebSocket hijacking: on a CORS route, a handshake from an origin the route's
+/// WebSocket settings do not allow is refused (browsers apply no CORS to WebSockets) and never
+/// reaches the upstream — also when CORS lets that origin (or any, `*`) read answers; a listed
+/// origin's, or a non-browser client's without `Origin`, is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_from_origins_a_cors_route_does_not_allow_are_refused() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let ws = WsUpstream::start().await;
     let gw = gateway(&format!(
-        "upstreams:\n  ws: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws, websocket: true, cors: {{ allowed_origins: [\"https://app.example.com\"] }} }}\n",
+        "upstreams:\n  ws: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws, websocket: {{ origins: [\"https://app.example.com\"] }}, cors: {{ allowed_origins: [\"*\"] }} }}\n",
         ws.url()
     ));
     let url = format!("ws://{}/chat", gw.listener("public"));

@@ -91,12 +91,13 @@
 //! A WebSocket handshake (`Upgrade: websocket`, the token in any case, alone or in a list) is
 //! refused with `403 forbidden` on a route without `websocket:` (or with `websocket: false`):
 //! after the upstream's 101 the connection is a tunnel no step reads. Where the route serves
-//! WebSockets, browsers — which apply no CORS to them and send the user's cookies with a
-//! handshake from any page — are held to an origin list: a handshake with an `Origin` must come
-//! from one the route's `cors.allowed_origins` allow, or on a route without `cors:` from the
-//! route's own origin (the `Host`'s name and port; see [`WebSocket`]) or one of
-//! `websocket.origins`. Anything else, a malformed or repeated `Origin` included, is
-//! `403 cors_rejected`. A handshake without `Origin` is not from a browser and goes on.
+//! WebSockets, the handshake must be a `GET` (`400 bad_request` otherwise), and browsers —
+//! which apply no CORS to WebSockets and send the user's cookies with a handshake from any
+//! page — are held to the route's own origin (the `Host`'s name and port; see [`WebSocket`])
+//! and `websocket.origins`. The route's `cors.allowed_origins` do not count: CORS decides what
+//! scripts may read, `*` included, where a WebSocket carries credentials both ways. Anything
+//! else, a malformed or repeated `Origin` included, is `403 cors_rejected`. A handshake without
+//! `Origin` is not from a browser and goes on.
 //!
 //! Everything the answers carry is built when the configuration loads; per request, the step
 //! parses the `Origin` without allocating and compares it with each allowed origin in turn.
@@ -207,7 +208,7 @@ impl Stage for CorsStage {
         };
         if portcullis_core::has_header(&req.head.headers, &http::header::UPGRADE)
             && is_websocket(&req.head.headers)
-            && let Some(refusal) = websocket_refusal(route, &req.head.headers)
+            && let Some(refusal) = websocket_refusal(route, &req.head.method, &req.head.headers)
         {
             return Step::Done(refusal);
         }
@@ -226,26 +227,33 @@ impl Stage for CorsStage {
 /// Why a WebSocket handshake may not go on, if it may not. After the upstream's 101 the
 /// connection is a tunnel no step reads, so only routes that say so take one. Browsers apply no
 /// CORS to WebSockets: a page of any origin may open one, with the user's cookies, and read
-/// what comes back; the origin check is the only defence.
+/// what comes back; the origin check is the only defence. A route's CORS origins are not used
+/// for it: CORS lets scripts read answers (`*` is for answers without credentials), a
+/// WebSocket carries the user's credentials both ways.
 #[cold]
-fn websocket_refusal(route: &RouteOrigins, headers: &HeaderMap) -> Option<Verdict> {
+fn websocket_refusal(
+    route: &RouteOrigins,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Option<Verdict> {
     let Some(ws) = route.websocket.as_deref() else {
         return Some(Verdict::Reject(Rejection::new(
             RejectReason::Forbidden,
             "WebSocket upgrades are not enabled on this route",
         )));
     };
-    let refused = match (&route.cors, ws.origins_from_cors()) {
-        (Some(cors), true) => match cors.allowed_origin(headers) {
-            Ok(_) | Err(OriginRefused::Missing) => return None,
-            Err(OriginRefused::NotAllowed(o)) => Some(o),
-            Err(OriginRefused::Malformed) => None,
-        },
-        _ => match ws.check(headers.get_all(ORIGIN), headers.get(http::header::HOST)) {
-            Ok(()) => return None,
-            Err(websocket::WsOriginRefused::NotAllowed(o)) => Some(o),
-            Err(websocket::WsOriginRefused::Malformed) => None,
-        },
+    // RFC 6455 §4.1: the handshake is a GET. Another method with `Upgrade: websocket` is
+    // something a server might still switch on, with a body the gateway never looked at.
+    if method != Method::GET {
+        return Some(Verdict::Reject(Rejection::new(
+            RejectReason::BadRequest,
+            "a WebSocket handshake is a GET",
+        )));
+    }
+    let refused = match ws.check(headers.get_all(ORIGIN), headers.get(http::header::HOST)) {
+        Ok(()) => return None,
+        Err(websocket::WsOriginRefused::NotAllowed(o)) => Some(o),
+        Err(websocket::WsOriginRefused::Malformed) => None,
     };
     Some(refuse(match refused {
         Some(o) => format!("WebSocket from origin {} not allowed", capped(o)),

@@ -15,7 +15,7 @@ fn cors(yaml: &str) -> Arc<Cors> {
     Arc::new(c.unwrap())
 }
 
-/// A route with this CORS block that serves WebSockets (whose origins CORS then decides).
+/// A route with this CORS block (and no WebSockets).
 fn stage(yaml: &str) -> CorsStage {
     CorsStage::new(vec![with_cors(yaml)])
 }
@@ -23,14 +23,14 @@ fn stage(yaml: &str) -> CorsStage {
 fn with_cors(yaml: &str) -> RouteOrigins {
     RouteOrigins {
         cors: Some(cors(yaml)),
-        websocket: websocket("true", true),
+        websocket: None,
     }
 }
 
-fn websocket(yaml: &str, cors: bool) -> Option<Arc<WebSocket>> {
+fn websocket(yaml: &str) -> Option<Arc<WebSocket>> {
     let raw: RawWebSocket = serde_yaml_ng::from_str(yaml).unwrap();
     let mut e = ConfigErrors::new();
-    let w = compile_websocket(&raw, cors, "routes[0].websocket", &mut e);
+    let w = compile_websocket(&raw, "routes[0].websocket", &mut e);
     assert!(e.is_empty(), "{e}");
     w.map(Arc::new)
 }
@@ -500,33 +500,51 @@ fn actual_request_from_other_origins_continues_with_vary_only() {
 }
 
 /// Browsers apply no CORS to WebSockets: a page of any origin opens one with the user's
-/// cookies. On a CORS route, an opening handshake from an origin not allowed is refused; an
-/// allowed one, or one without `Origin` (not a browser), goes on.
+/// cookies. On a CORS route that serves WebSockets, a handshake must come from the route's own
+/// origin or one of `websocket.origins` — the CORS origins do not count, `*` least of all (it
+/// lets any page read answers without credentials; a WebSocket carries them). One without
+/// `Origin` (not a browser) goes on.
 #[test]
-fn websockets_from_origins_not_allowed_are_refused() {
-    let s = stage(APP);
-    let ws = |origin: Option<&str>, upgrade: &str| {
-        let mut h = vec![("upgrade", upgrade), ("connection", "upgrade")];
-        if let Some(o) = origin {
-            h.push(("origin", o));
+fn websocket_origins_on_cors_routes_are_the_websockets_own() {
+    for cors_origins in [APP, "allowed_origins: [\"*\"]\n"] {
+        let s = CorsStage::new(vec![RouteOrigins {
+            cors: Some(cors(cors_origins)),
+            websocket: websocket("{ origins: [\"https://chat.example.com\"] }"),
+        }]);
+        let ws = |origin: Option<&str>, upgrade: &str| {
+            let mut h = vec![
+                ("upgrade", upgrade),
+                ("connection", "upgrade"),
+                ("host", "api.example.com"),
+            ];
+            if let Some(o) = origin {
+                h.push(("origin", o));
+            }
+            run(&s, "GET", &h, false).0
+        };
+        let d = refused(ws(Some("https://evil.net"), "websocket"));
+        assert!(d.contains("WebSocket from origin https://evil.net"), "{d}");
+        refused(ws(Some("https://evil.net"), "WebSocket"));
+        refused(ws(Some("https://evil.net"), "foo, websocket"));
+        refused(ws(Some("not an origin"), "websocket"));
+        // Allowed by CORS, not by the route's WebSocket origins.
+        refused(ws(Some("https://app.example.com"), "websocket"));
+        for origin in [
+            Some("https://chat.example.com"),
+            Some("https://api.example.com"),
+            None,
+        ] {
+            assert!(
+                matches!(ws(origin, "websocket"), Verdict::Continue),
+                "{cors_origins} {origin:?}"
+            );
         }
-        run(&s, "GET", &h, false).0
-    };
-    let d = refused(ws(Some("https://evil.net"), "websocket"));
-    assert!(d.contains("WebSocket from origin https://evil.net"), "{d}");
-    refused(ws(Some("https://evil.net"), "WebSocket"));
-    refused(ws(Some("https://evil.net"), "foo, websocket"));
-    refused(ws(Some("not an origin"), "websocket"));
-    assert!(matches!(
-        ws(Some("https://app.example.com"), "websocket"),
-        Verdict::Continue
-    ));
-    assert!(matches!(ws(None, "websocket"), Verdict::Continue));
-    // An ordinary request from that origin only lacks the CORS headers, as before.
-    assert!(matches!(
-        run(&s, "GET", &[("origin", "https://evil.net")], false).0,
-        Verdict::Continue
-    ));
+        // An ordinary request from that origin only lacks the CORS headers, as before.
+        assert!(matches!(
+            run(&s, "GET", &[("origin", "https://evil.net")], false).0,
+            Verdict::Continue
+        ));
+    }
 }
 
 /// After the upstream's 101 the connection is a tunnel no step reads: a handshake goes on only
@@ -542,7 +560,7 @@ fn websockets_only_where_the_route_serves_them() {
         },
         RouteOrigins {
             cors: None,
-            websocket: websocket("false", false),
+            websocket: websocket("false"),
         },
     ]);
     for route in 0..3 {
@@ -586,7 +604,7 @@ fn websockets_only_where_the_route_serves_them() {
 fn websocket_origins_without_cors() {
     let s = CorsStage::new(vec![RouteOrigins {
         cors: None,
-        websocket: websocket("{ origins: [\"https://app.example.com\"] }", false),
+        websocket: websocket("{ origins: [\"https://app.example.com\"] }"),
     }]);
     let ws = |origin: Option<&str>| {
         let mut h = vec![
@@ -619,6 +637,38 @@ fn websocket_origins_without_cors() {
         refused(ws(Some("https://api.example.com:8443/")).0),
         "WebSocket with an unreadable Origin"
     );
+}
+
+/// RFC 6455: the handshake is a GET. Another method with `Upgrade: websocket` is refused
+/// where WebSockets are served (a server might still switch, with a body nothing read).
+#[test]
+fn a_websocket_handshake_is_a_get() {
+    let s = CorsStage::new(vec![RouteOrigins {
+        cors: None,
+        websocket: websocket("true"),
+    }]);
+    for method in ["POST", "PUT", "DELETE", "HEAD"] {
+        let (v, _) = run(
+            &s,
+            method,
+            &[("upgrade", "websocket"), ("connection", "upgrade")],
+            false,
+        );
+        match v {
+            Verdict::Reject(r) => {
+                assert_eq!(r.reason, RejectReason::BadRequest, "{method}");
+                assert_eq!(r.detail, "a WebSocket handshake is a GET");
+            }
+            v => panic!("{method}: expected a refusal, got {v:?}"),
+        }
+    }
+    let (v, _) = run(
+        &s,
+        "GET",
+        &[("upgrade", "websocket"), ("connection", "upgrade")],
+        false,
+    );
+    assert!(matches!(v, Verdict::Continue));
 }
 
 #[test]

@@ -26,7 +26,8 @@ pub enum RawWebSocket {
 pub struct RawWebSocketSettings {
     /// Origins whose pages may open a WebSocket here besides the route's own:
     /// `scheme://host[:port]`, `https://*.example.com`, `null`, or `["*"]` alone (any page).
-    /// Default none. Not on a route with `cors:`, whose `allowed_origins` decide instead.
+    /// Default none. A route's `cors.allowed_origins` do not count: CORS lets pages read
+    /// answers, where a WebSocket carries the user's cookies both ways.
     #[serde(default)]
     pub origins: Vec<String>,
 }
@@ -43,8 +44,6 @@ enum WsOrigins {
     Any,
     /// The route's own origin and these.
     Listed(Vec<OriginPattern>),
-    /// The route's `cors.allowed_origins` decide (the CORS step checks them).
-    Cors,
 }
 
 /// Why a handshake's `Origin` is refused.
@@ -56,11 +55,6 @@ pub(crate) enum WsOriginRefused<'h> {
 }
 
 impl WebSocket {
-    /// Whether the route's `cors:` block decides which origins may open a WebSocket.
-    pub(crate) fn origins_from_cors(&self) -> bool {
-        matches!(self.origins, WsOrigins::Cors)
-    }
-
     /// Checks a handshake's `Origin` (`origin`: every value sent) against the request's `Host`.
     /// No `Origin` at all is a client that is not a browser, which no page can make send a
     /// handshake: allowed. The route's own origin is the `Host`'s name and port, whatever the
@@ -82,8 +76,6 @@ impl WebSocket {
         let parsed = origin::parse_request(text).ok_or(WsOriginRefused::Malformed)?;
         let allowed = match &self.origins {
             WsOrigins::Any => true,
-            // Asked only where the route has no CORS to decide: its own origin alone.
-            WsOrigins::Cors => same_origin(&parsed, host),
             WsOrigins::Listed(list) => {
                 same_origin(&parsed, host) || list.iter().any(|p| p.matches(&parsed))
             }
@@ -135,10 +127,9 @@ fn same_origin(origin: &RequestOrigin<'_>, host: Option<&http::HeaderValue>) -> 
 }
 
 /// Compiles a route's `websocket:` setting. `None` when WebSockets stay off (`false`, or
-/// errors, which are recorded under `path`). `cors`: whether the route has a `cors:` block.
+/// errors, which are recorded under `path`).
 pub fn compile_websocket(
     raw: &RawWebSocket,
-    cors: bool,
     path: &str,
     errors: &mut ConfigErrors,
 ) -> Option<WebSocket> {
@@ -148,19 +139,6 @@ pub fn compile_websocket(
         RawWebSocket::Settings(s) => &s.origins[..],
     };
     let p = format!("{path}.origins");
-    if cors {
-        if !listed.is_empty() {
-            errors.push(
-                p,
-                "this route has cors: its allowed_origins decide which pages may open a \
-                 WebSocket; leave websocket.origins out",
-            );
-            return None;
-        }
-        return Some(WebSocket {
-            origins: WsOrigins::Cors,
-        });
-    }
     let before = errors.len();
     let mut list = Vec::new();
     let mut star = None;
@@ -201,10 +179,10 @@ mod tests {
 
     use super::*;
 
-    fn compiled(raw: &str, cors: bool) -> Result<Option<WebSocket>, Vec<String>> {
+    fn compiled(raw: &str) -> Result<Option<WebSocket>, Vec<String>> {
         let raw: RawWebSocket = serde_yaml_ng::from_str(raw).map_err(|e| vec![e.to_string()])?;
         let mut errors = ConfigErrors::default();
-        let ws = compile_websocket(&raw, cors, "routes[0].websocket", &mut errors);
+        let ws = compile_websocket(&raw, "routes[0].websocket", &mut errors);
         if errors.is_empty() {
             Ok(ws)
         } else {
@@ -224,15 +202,15 @@ mod tests {
 
     #[test]
     fn off_unless_the_route_says_so() {
-        assert!(compiled("false", false).unwrap().is_none());
-        assert!(compiled("true", false).unwrap().is_some());
-        assert!(compiled("{}", false).unwrap().is_some());
-        assert!(compiled("{ origins: [] }", false).unwrap().is_some());
+        assert!(compiled("false").unwrap().is_none());
+        assert!(compiled("true").unwrap().is_some());
+        assert!(compiled("{}").unwrap().is_some());
+        assert!(compiled("{ origins: [] }").unwrap().is_some());
     }
 
     #[test]
     fn the_routes_own_origin_and_clients_without_one_are_allowed() {
-        let ws = compiled("true", false).unwrap().unwrap();
+        let ws = compiled("true").unwrap().unwrap();
         // No Origin: not a browser.
         assert_eq!(check(&ws, &[], Some("api.example.com")), Ok(()));
         // The Host's name and port, whatever the scheme and case.
@@ -290,7 +268,6 @@ mod tests {
     fn listed_origins_and_star() {
         let ws = compiled(
             r#"{ origins: ["https://app.example.com", "https://*.example.org", "null"] }"#,
-            false,
         )
         .unwrap()
         .unwrap();
@@ -309,7 +286,7 @@ mod tests {
             Ok(())
         );
 
-        let any = compiled(r#"{ origins: ["*"] }"#, false).unwrap().unwrap();
+        let any = compiled(r#"{ origins: ["*"] }"#).unwrap().unwrap();
         assert_eq!(
             check(&any, &["https://evil.example"], Some("a.com")),
             Ok(())
@@ -320,11 +297,9 @@ mod tests {
 
     #[test]
     fn bad_settings_say_where() {
-        let errors = compiled(
-            r#"{ origins: ["https://a.com/", "*", "ftp://b.com", "https://*.com"] }"#,
-            false,
-        )
-        .unwrap_err();
+        let errors =
+            compiled(r#"{ origins: ["https://a.com/", "*", "ftp://b.com", "https://*.com"] }"#)
+                .unwrap_err();
         assert_eq!(errors.len(), 4, "{errors:?}");
         assert!(
             errors[0].starts_with("routes[0].websocket.origins[0]:"),
@@ -343,15 +318,7 @@ mod tests {
                 && errors[3].contains("cannot be combined"),
             "{errors:?}"
         );
-        // On a CORS route the CORS origins decide; a second list would be a second truth.
-        let errors = compiled(r#"{ origins: ["https://a.com"] }"#, true).unwrap_err();
-        assert!(
-            errors[0].starts_with("routes[0].websocket.origins:") && errors[0].contains("cors"),
-            "{errors:?}"
-        );
-        let ws = compiled("true", true).unwrap().unwrap();
-        assert!(ws.origins_from_cors());
         // Unknown keys are refused, as everywhere.
-        assert!(compiled("{ origin: [] }", false).is_err());
+        assert!(compiled("{ origin: [] }").is_err());
     }
 }
