@@ -795,7 +795,7 @@ async fn repeated_refusals_ban_the_client_address_for_a_while() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_body_over_the_limit_is_cut_off_with_413() {
     let gw = gateway(
-        "upstreams: { demo: { kind: echo } }\nroutes:\n  - { name: up, match: { prefix: /up }, upstream: demo, max_body_bytes: 1KiB }\n",
+        "upstreams: { demo: { kind: echo } }\nroutes:\n  - { name: up, match: { prefix: /up }, upstream: demo, max_body_bytes: 1KiB, waf: { mode: off } }\n",
     );
     let addr = gw.listener("public");
     // Chunked, so no Content-Length announces the size.
@@ -809,6 +809,24 @@ async fn a_streamed_body_over_the_limit_is_cut_off_with_413() {
         out.contains("urn:portcullis:problem:body_too_large"),
         "{out}"
     );
+    // The client's fault, caught on the body's way upstream: a refusal of the body-limit step,
+    // as when a Content-Length announces it, never an upstream failure.
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no request id: {out}"));
+    let ev = audit_of(&gw, id);
+    assert_eq!(ev["outcome"], "rejected", "{ev}");
+    assert_eq!(ev["stage"], "body_limit", "{ev}");
+    assert_eq!(ev["reason"], "body_too_large", "{ev}");
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(
+        metrics.contains(
+            "portcullis_rejections_total{stage=\"body_limit\",reason=\"body_too_large\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("stage=\"upstream\""), "{metrics}");
     // Within the limit it passes, streamed.
     let small = format!(
         "POST /up HTTP/1.1\r\nHost: t\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n258\r\n{chunk}\r\n0\r\n\r\n"
@@ -1259,6 +1277,10 @@ async fn a_websocket_upgrade_is_refused_where_answers_are_filtered() {
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
             assert_eq!(v["type"], "urn:portcullis:problem:forbidden", "{body}");
             assert!(v["request_id"].is_string(), "{body}");
+            // Refused by the route's rules, not failed by the upstream.
+            let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+            assert_eq!(ev["outcome"], "rejected", "{ev}");
+            assert_eq!(ev["stage"], "route", "{ev}");
         }
         other => panic!("{:?}", other.map(|(_, r)| r.status())),
     }

@@ -503,7 +503,7 @@ impl Gateway {
             Ok(resp) => resp,
             Err(rejection) => {
                 if ctx.rejected_by.is_none() {
-                    ctx.rejected_by = Some((UPSTREAM_STAGE, rejection.reason));
+                    ctx.rejected_by = Some((forward_stage(rejection.reason), rejection.reason));
                 }
                 problem_response(&rejection, &ctx.request_id)
             }
@@ -1304,6 +1304,26 @@ fn answered(answer: portcullis_core::Answer) -> Response<BoxBody> {
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     resp
 }
+
+/// The step a refusal made on the request's way upstream is recorded under (audit `stage`,
+/// `portcullis_rejections_total{stage}`). The client's own faults are refusals of the steps that
+/// stand for them — a request body over the route's limit, too slow or cut short while it
+/// streams (`body_limit`, which counts such bodies on their way), an upgrade where the route's
+/// answers are filtered or a rewritten path the route cannot send (`route`) — so they are
+/// audited as `rejected`, like the same faults caught earlier, never as the upstream's
+/// failures (`failed`), which upstream alerting reads.
+fn forward_stage(reason: RejectReason) -> StageId {
+    match reason {
+        RejectReason::BodyTooLarge | RejectReason::BodyTimeout | RejectReason::BodyReadFailed => {
+            BODY_LIMIT_STAGE
+        }
+        RejectReason::Forbidden | RejectReason::BadRequest => portcullis_pipeline::RouteStage::ID,
+        _ => UPSTREAM_STAGE,
+    }
+}
+
+/// The body-limit step's id (`portcullis-limits`, which this crate does not depend on).
+const BODY_LIMIT_STAGE: StageId = StageId("body_limit");
 
 /// A WebSocket upgrade's client side: the connection may be handed to a tunnel. Out of line:
 /// most requests ask for no upgrade.
