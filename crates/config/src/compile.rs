@@ -1243,12 +1243,21 @@ fn compile_route(
         .enumerate()
         .filter_map(|(i, h)| {
             let h = h.trim().to_ascii_lowercase();
+            // An IPv6 address, bracketed or not, is matched in the request's form: bracketed
+            // and canonical (see `portcullis_core::normalized_host`).
+            let v6 = h
+                .strip_prefix('[')
+                .and_then(|r| r.strip_suffix(']'))
+                .unwrap_or(&h);
+            if let Ok(addr) = v6.parse::<std::net::Ipv6Addr>() {
+                return Some(HostMatch::Exact(format!("[{addr}]")));
+            }
             let (suffix, bare) = match h.strip_prefix("*.") {
                 Some(b) => (true, b.to_string()),
                 None => (false, h.clone()),
             };
             let ok = !bare.is_empty()
-                && (bare.split('.').all(valid_label) || bare.parse::<std::net::IpAddr>().is_ok());
+                && (bare.split('.').all(valid_label) || bare.parse::<std::net::Ipv4Addr>().is_ok());
             if !ok {
                 e.push(
                     format!("{mpath}.hosts[{i}]"),

@@ -418,6 +418,49 @@ mod tests {
             Some("h2.example")
         );
         assert_eq!(request_host(&head("/", None)), None);
+        // One spelling per IPv6 address, the canonical one.
+        assert_eq!(
+            request_host(&head("/", Some("[0:0:0::1]:80"))).as_deref(),
+            Some("[::1]")
+        );
+        assert_eq!(
+            request_host(&head("http://[2001:DB8::0:1]:8080/x", None)).as_deref(),
+            Some("[2001:db8::1]")
+        );
+    }
+
+    /// A route naming an IPv6 address, bracketed or not, in any spelling, takes requests to it
+    /// in any spelling.
+    #[test]
+    fn ipv6_route_hosts_match() {
+        let t = table(
+            r#"
+  - { name: v6, match: { hosts: ["::1", "[2001:DB8::0:1]"], prefix: / }, upstream: d }
+  - { name: other, match: { prefix: / }, upstream: d }
+"#,
+        );
+        let g = Method::GET;
+        let host = |h: &str| {
+            let head = http::Request::builder()
+                .uri("/")
+                .header("host", h)
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0;
+            request_host(&head).unwrap()
+        };
+        for h in [
+            "[::1]:8080",
+            "[0:0::1]",
+            "[2001:db8::1]",
+            "[2001:0DB8:0::1]:443",
+        ] {
+            assert_eq!(found(t.lookup(&host(h), "/", &g)).0, "v6", "{h}");
+        }
+        for h in ["[::2]", "localhost", "127.0.0.1"] {
+            assert_eq!(found(t.lookup(&host(h), "/", &g)).0, "other", "{h}");
+        }
     }
 
     /// `request_host` as it was before it borrowed: the reference for the one that does.
@@ -439,6 +482,13 @@ mod tests {
                 }
             }
         };
+        if let Some(addr) = raw
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|a| a.parse::<std::net::Ipv6Addr>().ok())
+        {
+            return Some(format!("[{addr}]"));
+        }
         let mut raw = raw;
         raw.make_ascii_lowercase();
         if raw.ends_with('.') {
@@ -468,6 +518,9 @@ mod tests {
             "[::1]",
             "[::1",
             "[FE80::1]:8443",
+            "[0:0::1]:80",
+            "[2001:DB8:0:0:0:0:0:1]",
+            "[::ffff:1.2.3.4]",
             "[]",
             "[::1]x",
             ":80",
