@@ -274,6 +274,11 @@ async fn routes_match_host_path_method_and_rewrite() {
     match: {{ prefix: /legacy }}
     upstream: svc
     rewrite: {{ replace_prefix: "" }}
+  - name: tenant
+    match: {{ path: "/t/{{id}}", methods: [GET] }}
+    upstream: svc
+    rewrite: {{ template: "/internal/{{id}}?tenant=acme" }}
+    waf: {{ mode: off }}
   - name: wild
     match: {{ hosts: ["*.example.test"], prefix: /w }}
     upstream: demo
@@ -368,6 +373,16 @@ async fn routes_match_host_path_method_and_rewrite() {
     .await;
     assert_problem(&r, 404, "route_not_found");
     assert_eq!(up.hits(), hits);
+
+    // The template's query parameters are the route's: the client's of the same name, in any
+    // spelling a backend reads as it, never follow them; the others keep their separators.
+    let r = get(&format!(
+        "{base}/t/7?tenant=other&x=1&TENANT=o2;y=2&tenant%5B%5D=o3&%74enant=o4;z=3"
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let tenant = up.requests().pop().unwrap();
+    assert_eq!(tenant.uri, "/internal/7?tenant=acme&x=1;y=2;z=3");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

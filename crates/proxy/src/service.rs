@@ -293,11 +293,58 @@ fn rewritten(route: &Route, ctx: &RequestCtx, uri: &http::Uri) -> Option<String>
             p
         }
     };
-    if let Some(q) = query {
-        out.push(if out.contains('?') { '&' } else { '?' });
-        out.push_str(q);
+    match (query, out.find('?')) {
+        (None, _) => {}
+        (Some(q), None) => {
+            out.push('?');
+            out.push_str(q);
+        }
+        (Some(q), Some(at)) => {
+            // The template's parameters are the route's to set: the client's of the same names
+            // would follow them, and PHP and Rails read the last value (qs an array).
+            let set: Vec<String> = pieces(&out[at + 1..]).map(|(_, p)| query_name(p)).collect();
+            let mut first = true;
+            for (sep, piece) in pieces(q) {
+                if set.contains(&query_name(piece)) {
+                    continue;
+                }
+                // Each kept piece after its own separator, so that a backend that does not
+                // split at `;` reads the kept values as sent.
+                out.push(if first { '&' } else { sep });
+                out.push_str(piece);
+                first = false;
+            }
+        }
     }
     Some(out)
+}
+
+/// A query's parameters as sent, each with the separator before it (`&` for the first), split
+/// where any framework an upstream may use splits them: at `&`, and at `;` (Rack before 3,
+/// Python before 3.10, Go before 1.17).
+fn pieces(query: &str) -> impl Iterator<Item = (char, &str)> {
+    let mut sep = '&';
+    query.split_inclusive(['&', ';']).filter_map(move |p| {
+        let (piece, next) = match p.strip_suffix(['&', ';']) {
+            Some(piece) => (piece, if p.ends_with(';') { ';' } else { '&' }),
+            None => (p, '&'),
+        };
+        let before = std::mem::replace(&mut sep, next);
+        (!piece.is_empty()).then_some((before, piece))
+    })
+}
+
+/// A parameter's name as upstream frameworks read it ([`portcullis_core::query::fold_name`]), from a
+/// piece of a query as sent: percent-decoded, `+` a space.
+fn query_name(piece: &str) -> String {
+    let raw = piece
+        .split('=')
+        .next()
+        .unwrap_or_default()
+        .replace('+', " ");
+    portcullis_core::query::fold_name(
+        &percent_encoding::percent_decode_str(&raw).decode_utf8_lossy(),
+    )
 }
 
 impl Gateway {
@@ -1383,4 +1430,32 @@ fn tunnel(
 fn per_caller(h: &mut http::HeaderMap) {
     crate::headers::make_private(h);
     h.append(header::VARY, HeaderValue::from_static("authorization"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_pieces_keep_their_separators() {
+        let got: Vec<(char, &str)> = pieces("a=1;b=2&&c&d=;").collect();
+        assert_eq!(got, [('&', "a=1"), (';', "b=2"), ('&', "c"), ('&', "d=")]);
+        assert_eq!(pieces("").count(), 0);
+    }
+
+    #[test]
+    fn query_names_fold_as_upstreams_read_them() {
+        for piece in [
+            "tenant=x",
+            "TENANT=x",
+            "tenant[]=x",
+            "%74enant=x",
+            "[tenant]=x",
+            "tenant",
+        ] {
+            assert_eq!(query_name(piece), "tenant", "{piece}");
+        }
+        assert_eq!(query_name("a+b=1"), "a_b");
+        assert_eq!(query_name("tenants=x"), "tenants");
+    }
 }
