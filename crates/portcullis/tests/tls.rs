@@ -204,6 +204,37 @@ async fn upstream_tls_is_verified_against_the_configured_ca() {
     assert_eq!(up.hits(), hits);
 }
 
+/// Random `Host` values on a route without `match.hosts` — a client's way to make the gateway
+/// open (and keep) an upstream connection, a TLS handshake each, per name it sends — share one
+/// upstream HTTP/2 connection: each reaches the upstream as its own host, and the gateway
+/// serves on afterwards.
+#[tokio::test]
+async fn random_host_values_do_not_multiply_upstream_tls_connections() {
+    let pki = TestPki::new();
+    let cert = pki.issue_server(&["localhost"]);
+    let up = TestUpstream::start_tls("secure-up", &cert).await;
+    let gw = gateway(&format!(
+        "upstreams:\n  up: {{ targets: [\"{}\"], tls: {{ ca_file: \"{}\" }} }}\nroutes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: up }}\n",
+        up.url(),
+        pki.ca_path().display()
+    ));
+    for i in 0..40 {
+        let host = format!("h{i}.example");
+        let r = call_public(&gw, "GET", "/x", &[("host", &host)]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let seen = up.requests();
+    assert_eq!(seen.len(), 40);
+    for (i, r) in seen.iter().enumerate() {
+        assert_eq!(r.version, http::Version::HTTP_2);
+        assert_eq!(r.header("host"), Some(format!("h{i}.example").as_str()));
+    }
+    assert_eq!(up.connections(), 1, "one upstream connection for 40 hosts");
+    let r = get(&format!("{}/x", gw.url("public"))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.connections(), 1);
+}
+
 /// A slowloris against a TLS listener: connections that say nothing, that trickle a hello
 /// and stop, or that take their time over the handshake. The handshake is part of the time to
 /// the first head (`server.header_read_timeout`, from the accept): each is closed once it is

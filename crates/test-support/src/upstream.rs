@@ -15,7 +15,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -155,6 +155,8 @@ impl Drop for Server {
 struct State {
     requests: Mutex<Vec<Recorded>>,
     unhealthy: AtomicBool,
+    /// Connections accepted.
+    conns: AtomicUsize,
 }
 
 /// An HTTP/1.1 + h2c (or TLS with ALPN) echo server with special paths; see the
@@ -360,6 +362,7 @@ impl TestUpstream {
         let lbl: Arc<str> = Arc::from(label);
         let is_tls = tls.is_some();
         let server = Server::bind(move |stream| {
+            st.conns.fetch_add(1, Ordering::SeqCst);
             let st = st.clone();
             let lbl = lbl.clone();
             let tls = tls.clone();
@@ -407,6 +410,11 @@ impl TestUpstream {
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.conns.load(Ordering::SeqCst)
     }
 
     pub fn hits(&self) -> usize {

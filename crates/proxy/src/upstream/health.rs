@@ -17,13 +17,13 @@ use http::uri::PathAndQuery;
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Limited};
 
-use super::{UpstreamPool, UpstreamProtocol, empty_body};
+use super::{Conns, UpstreamPool, UpstreamProtocol, Via, empty_body, send_via};
 
 /// How much of a health-check response body is read. Reading it (rather than dropping it)
 /// lets the connection go back to the pool; the bound keeps a chatty endpoint cheap.
 const CHECK_BODY_LIMIT: usize = 64 * 1024;
 
-/// The health-check tasks of a pool, and the sweep of its idle direct connections; dropping
+/// The health-check tasks of a pool, and the sweep of its idle connections; dropping
 /// this stops them. The tasks hold the pool only weakly, so they also end on their own once
 /// the pool (its config snapshot) is gone.
 pub struct HealthChecks {
@@ -155,7 +155,8 @@ impl UpstreamPool {
     }
 
     /// Spawns active health checking (one task per target) if the upstream configures it,
-    /// and the sweep that closes idle direct connections past `idle_timeout` (one task).
+    /// and the sweep that closes idle connections past `idle_timeout` (one task): those of the
+    /// direct client, and the targets' shared HTTP/2 connections.
     /// Needs a tokio runtime; without one nothing runs, and without `health_check` every
     /// target stays healthy.
     pub fn start_health_checks(self: &Arc<Self>) -> HealthChecks {
@@ -164,10 +165,16 @@ impl UpstreamPool {
             tracing::warn!(upstream = %self.name, "no async runtime: health checks not started");
             return HealthChecks { tasks, sweep: None };
         };
-        let sweep = self.direct.filter(|d| d.max_idle > 0).map(|d| {
+        let direct = self.direct.is_some_and(|d| d.max_idle > 0);
+        let shared = self
+            .targets
+            .iter()
+            .any(|t| matches!(t.conns, Conns::Shared { .. }));
+        let idle_timeout = self.idle_timeout;
+        let sweep = (direct || shared).then(|| {
             let weak: Weak<UpstreamPool> = Arc::downgrade(self);
             // Connections close at most a tenth of `idle_timeout` (and at least 100 ms) late.
-            let every = (d.idle_timeout / 10).max(Duration::from_millis(100));
+            let every = (idle_timeout / 10).max(Duration::from_millis(100));
             rt.spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -175,7 +182,10 @@ impl UpstreamPool {
                     tick.tick().await;
                     let Some(pool) = weak.upgrade() else { return };
                     for t in &pool.targets {
-                        t.idle.purge(d.idle_timeout);
+                        t.idle.purge(idle_timeout);
+                        if let Conns::Shared { mux, .. } = &t.conns {
+                            mux.purge(idle_timeout);
+                        }
                     }
                 }
             })
@@ -210,17 +220,20 @@ impl UpstreamPool {
     }
 
     /// One health check of target `i`: GET `path` with `Host` = `health_check.host`, or the
-    /// target's `host:port` (over HTTP/2 as `:authority`, see `Target::h2`); 2xx/3xx within
-    /// `timeout` (head and body) is a success.
+    /// target's `host:port` (over the shared HTTP/2 connection as `:authority`, see
+    /// [`Conns`]); 2xx/3xx within `timeout` (head and body) is a success. It goes the way a
+    /// request without an upgrade goes, on the same connections.
     async fn probe(&self, i: usize, path: &PathAndQuery, timeout: Duration) -> bool {
         let t = &self.targets[i];
         let (authority, host) = match &self.health_host {
             Some((a, h)) => (a, h),
             None => (&t.uri_authority, &t.host_value),
         };
+        let via = t.via(false);
+        let over_h2 = matches!(via, Via::Mux(..));
         let uri = match Uri::builder()
             .scheme(t.scheme.clone())
-            .authority(if t.h2 { authority } else { &t.uri_authority }.clone())
+            .authority(if over_h2 { authority } else { &t.uri_authority }.clone())
             .path_and_query(path.clone())
             .build()
         {
@@ -237,7 +250,7 @@ impl UpstreamPool {
             HeaderValue::from_static("portcullis-health-check"),
         );
         let exchange = async {
-            let resp = t.client.request(req).await.ok()?;
+            let resp = send_via(t, via, req).await.ok()?;
             let status = resp.status();
             // Read (a bounded amount of) the body so the connection can be reused; its
             // content does not matter.

@@ -15,29 +15,41 @@
 //! * Only requests the caller marks retryable (idempotent methods) *and* whose body is known
 //!   to be empty are retried — a streamed body cannot be replayed. Retries happen on connect
 //!   errors (the request never left), on a fresh connection the target closed before any byte
-//!   of an answer (direct client), and on the configured statuses, never on a timeout or a
-//!   failure once an answer began. A retry goes only to a target this request has not tried
-//!   (none left: the last answer or error stands), never after an answer with `Retry-After`,
-//!   and only while the retries under way are within the budget (`budget_percent` of the
-//!   requests under way, at least `min_concurrent`).
+//!   of an answer (direct client) or before it took the request (shared HTTP/2 connection),
+//!   and on the configured statuses, never on a timeout or a failure once an answer began. A
+//!   retry goes only to a target this request has not tried (none left: the last answer or
+//!   error stands), never after an answer with `Retry-After`, and only while the retries under
+//!   way are within the budget (`budget_percent` of the requests under way, at least
+//!   `min_concurrent`).
 //! * Passive health counts against a target what says something of it: connect errors,
 //!   timeouts (unless the request body was still being sent), exchanges it broke off or botched
 //!   before its answer's head (unless the request's own body failed, or a pooled connection of
 //!   the direct client failed before any byte of an answer: the keep-alive race), 502/503/504.
+//!   The same race on a target's shared HTTP/2 connection (closed, or `GOAWAY`, before it
+//!   took the request, which hyper then hands back unsent) is not counted either: the request
+//!   goes on a new connection.
 //!   A request counts against one target for each kind of failure: a retry failing the same
 //!   way is taken for the request's doing. Ejection is bounded (`health.rs`): at most half the
 //!   targets at once, never the last eligible one.
 //! * Every answer's trailer section is held to `portcullis_core::trailer_allowed` in its body
 //!   (`body.rs`), whichever client read it.
-//! * Every wait is bounded: connect timeout in the connector, response-head timeout per attempt,
+//! * Every wait is bounded: connect timeout in the connector (for a shared HTTP/2 connection,
+//!   TCP, TLS and the HTTP/2 preface together), response-head timeout per attempt,
 //!   health-check timeout per probe.
-//! * Selection, counters and ejection are atomics; the one lock on the request path is a
-//!   target's idle list of the direct client, held for a push or a pop. The request head is
-//!   borrowed by the direct client and moved to the general one, not copied, unless a retry
-//!   may need it again.
+//! * Selection, counters and ejection are atomics; the locks on the request path are a
+//!   target's idle list of the direct client, held for a push or a pop, and a target's shared
+//!   HTTP/2 connection, held to take a handle on it. The request head is borrowed by the
+//!   direct client and moved to hyper's, not copied, unless a retry may need it again.
 //! * Requests without an upgrade whose body is empty or of known length go to cleartext
-//!   HTTP/1.1 targets through the direct client (`h1.rs`, ADR 0008); the rest through
-//!   hyper-util's client. Both share selection, retries, ejection and error mapping.
+//!   HTTP/1.1 targets through the direct client (`h1.rs`, ADR 0008). To a target whose
+//!   connections may speak HTTP/2 (`protocol: http2`, or `auto` to an `https://` target) the
+//!   rest go over its one shared HTTP/2 connection (`h2.rs`, ADR 0015), each with its host as
+//!   `:authority` — under `auto`, upgrades and every request to a target that chose HTTP/1.1
+//!   by ALPN go through an HTTP/1.1 client instead —, the others through hyper-util's client.
+//!   All share selection, retries, ejection and error mapping.
+//! * How many connections the gateway opens to a target never depends on the host a request
+//!   names: hyper-util's clients get URIs naming the target (one pool per target), and the
+//!   host reaches the target in `Host` or as the shared connection's `:authority`.
 //! * TLS to targets is TLS 1.2+ with certificate verification always on; there is no insecure
 //!   mode.
 
@@ -54,6 +66,7 @@ impl Drop for RetryPermit<'_> {
 mod balance;
 mod body;
 mod h1;
+mod h2;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use h1::differential as h1_differential;
@@ -73,6 +86,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Either};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -86,22 +100,28 @@ use portcullis_telemetry::Metrics;
 use self::balance::{Tried, weighted_schedule};
 use self::body::{GuardedBody, InFlight, Load};
 use self::h1::{Direct, IdleConns, RequestHead, SendError};
+use self::h2::{Mux, MuxError, Parked, Sent};
 pub use self::health::HealthChecks;
 use crate::problem::empty_body;
 
 type Connector = HttpsConnector<HttpConnector>;
+/// A connection as the connector makes it (TCP, or TLS over TCP).
+type Stream = <Connector as tower_service::Service<Uri>>::Response;
 type HttpClient = Client<FixedTarget, BoxBody>;
 
-/// The connector of one target's client: it dials the target — its address, and its name for
-/// TLS (SNI, certificate) — whatever authority a request's URI names. hyper's HTTP/2 client
-/// sends the URI's authority as `:authority`, and hyper-util's client takes its connections
-/// by it: with this connector the URI can carry the host the upstream is to see while the
-/// connections still go to the target.
+/// The connector of one target's hyper-util client: it dials the target — its address, and its
+/// name for TLS (SNI, certificate) — whatever authority a request's URI names. Every URI sent
+/// through that client names the target (hyper-util keeps its connections by the URI's
+/// authority: one pool per target); this keeps the connections on the target even so, should
+/// a URI ever name something else.
 #[derive(Clone)]
 struct FixedTarget {
     inner: Connector,
     /// `scheme://host:port` of the target.
     dst: Uri,
+    /// Under `auto` to an `https://` target: a connection the shared HTTP/2 path made and
+    /// found HTTP/1.1 by ALPN, taken before dialling a new one.
+    parked: Option<Parked>,
 }
 
 impl tower_service::Service<Uri> for FixedTarget {
@@ -114,6 +134,9 @@ impl tower_service::Service<Uri> for FixedTarget {
     }
 
     fn call(&mut self, _named: Uri) -> Self::Future {
+        if let Some(s) = self.parked.as_ref().and_then(Parked::take) {
+            return Box::pin(std::future::ready(Ok(s)));
+        }
         self.inner.call(self.dst.clone())
     }
 }
@@ -259,13 +282,8 @@ struct Target {
     uri_authority: Authority,
     /// The same authority as a `Host` value (for `host_header: target` and health checks).
     host_value: HeaderValue,
-    /// Whether a connection to it may speak HTTP/2 (`protocol: http2`, or `auto` over TLS):
-    /// then the URI of a request through the general client names the host the target is to
-    /// see (its `:authority`), not the target. Otherwise the target: HTTP/1.1 writes the origin
-    /// form and takes the host from `Host`, and the connections are shared by all hosts.
-    h2: bool,
-    /// The general client for this target (see [`FixedTarget`]).
-    client: HttpClient,
+    /// How requests reach it through hyper (those the direct client does not take).
+    conns: Conns,
     /// Active health: true until the checks say otherwise.
     healthy: AtomicBool,
     /// Milliseconds since the pool's epoch until which the target is ejected (0: not ejected).
@@ -279,6 +297,116 @@ struct Target {
     check_fail: AtomicU32,
     /// Idle connections of the direct HTTP/1.1 client (cleartext targets).
     idle: Arc<IdleConns>,
+}
+
+/// The connections of one target through hyper. None of them depends on the host a request
+/// names: a client sending many `Host` values opens no more upstream connections than one
+/// sending a single one.
+enum Conns {
+    /// A target whose connections never speak HTTP/2 (cleartext under `auto`, or `http1`):
+    /// hyper-util's client, every URI naming the target (see [`FixedTarget`]). HTTP/1.1 writes
+    /// the origin form and takes the host from `Host`.
+    Http1(HttpClient),
+    /// A target whose connections may speak HTTP/2 (`protocol: http2`, or `auto` to an
+    /// `https://` target): its one shared connection, every request's `:authority` the host
+    /// the target is to see (`h2.rs`). Under `auto` (ALPN decides) also a hyper-util client
+    /// that offers only http/1.1, every URI naming the target, for the requests that go over
+    /// HTTP/1.1: upgrades, and all of them once the target chose HTTP/1.1 by ALPN.
+    Shared {
+        mux: Arc<Mux>,
+        http1: Option<HttpClient>,
+    },
+}
+
+/// The way one request goes through hyper.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    /// The shared HTTP/2 connection; under `auto`, the client to fall back on should the
+    /// connection turn out HTTP/1.1.
+    Mux(&'a Arc<Mux>, Option<&'a HttpClient>),
+    /// hyper-util's client, the URI naming the target.
+    Client(&'a HttpClient),
+}
+
+impl Target {
+    /// How a request goes to this target through hyper. An upgrade (WebSocket) is HTTP/1.1
+    /// only: under `auto` it goes through the HTTP/1.1 client even to a target that speaks
+    /// HTTP/2 (under `http2` there is nothing else; hyper's HTTP/2 client leaves its upgrade
+    /// fields out).
+    fn via(&self, upgrade: bool) -> Via<'_> {
+        match &self.conns {
+            Conns::Http1(c) => Via::Client(c),
+            Conns::Shared {
+                mux,
+                http1: Some(c),
+            } if upgrade || mux.speaks_http1() => Via::Client(c),
+            Conns::Shared { mux, http1 } => Via::Mux(mux, http1.as_ref()),
+        }
+    }
+}
+
+/// How an exchange through hyper failed (the pool maps it to a [`Failure`]).
+enum HyperFailure {
+    /// Nothing was sent.
+    Connect(BoxError),
+    /// A connection made for the request closed before taking it.
+    Unanswered(BoxError),
+    /// The request could not be built for the way it goes.
+    Request(BoxError),
+    /// The exchange failed after the request was handed over. `body_failed`: hyper blames the
+    /// request's own body (a user error).
+    Exchange { error: BoxError, body_failed: bool },
+}
+
+/// Sends `req` to `t` the way `via` says. Its URI names the host the target is to see when
+/// `via` is the shared HTTP/2 connection, the target otherwise.
+async fn send_via(
+    t: &Target,
+    via: Via<'_>,
+    req: Request<BoxBody>,
+) -> Result<Response<Incoming>, HyperFailure> {
+    let (mux, fallback) = match via {
+        Via::Client(c) => return send_general(c, req).await,
+        Via::Mux(mux, fallback) => (mux, fallback),
+    };
+    match mux.send(req).await {
+        Ok(Sent::Answer(resp)) => Ok(resp),
+        Ok(Sent::Http1(mut req)) => {
+            let Some(c) = fallback else {
+                return Err(HyperFailure::Connect(
+                    "the target did not start HTTP/2".into(),
+                ));
+            };
+            // Not sent yet: it goes over HTTP/1.1 with the target in its URI (one pool per
+            // target), its host in `Host` as ever.
+            let mut uri = std::mem::take(req.uri_mut()).into_parts();
+            uri.authority = Some(t.uri_authority.clone());
+            *req.uri_mut() =
+                Uri::from_parts(uri).map_err(|e| HyperFailure::Request(Box::new(e)))?;
+            send_general(c, req).await
+        }
+        Err(MuxError::Connect(e)) => Err(HyperFailure::Connect(e)),
+        Err(MuxError::Unanswered(e)) => Err(HyperFailure::Unanswered(e)),
+        Err(MuxError::Exchange(e)) => Err(HyperFailure::Exchange {
+            body_failed: e.is_user(),
+            error: Box::new(e),
+        }),
+    }
+}
+
+/// One exchange through hyper-util's client.
+async fn send_general(
+    c: &HttpClient,
+    req: Request<BoxBody>,
+) -> Result<Response<Incoming>, HyperFailure> {
+    match c.request(req).await {
+        Ok(resp) => Ok(resp),
+        Err(e) if e.is_connect() => Err(HyperFailure::Connect(Box::new(e))),
+        Err(e) => Err(HyperFailure::Exchange {
+            body_failed: request_body_failed(&e),
+            error: Box::new(e),
+        }),
+    }
 }
 
 /// The targets of one upstream and the client that talks to them.
@@ -310,6 +438,8 @@ pub struct UpstreamPool {
     host_header: HostHeader,
     /// Longest wait for the next piece of an answer's body ([`GuardedBody`]).
     read_timeout: Duration,
+    /// How long an idle connection is kept (direct client, shared HTTP/2 connections).
+    idle_timeout: Duration,
     /// Time base of `ejected_until`: an `Instant` does not fit in an atomic, milliseconds do.
     epoch: Instant,
 }
@@ -354,41 +484,62 @@ fn tls_config(cfg: &Upstream) -> Result<rustls::ClientConfig, String> {
     )
 }
 
-/// The connector that every target's [`FixedTarget`] wraps.
-fn build_connector(cfg: &Upstream) -> Result<Connector, String> {
+/// The connectors of a pool: the one its connections are made with, and — under `auto` with
+/// `https://` targets — the one of their HTTP/1.1 client, which offers only http/1.1 by ALPN:
+/// a connection of that client can never turn out HTTP/2, where hyper's client would send the
+/// URI's authority (the target's there) as `:authority` instead of the request's host.
+fn build_connectors(cfg: &Upstream) -> Result<(Connector, Option<Connector>), String> {
+    let tls = tls_config(cfg)?;
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(cfg.connect_timeout));
     http.set_nodelay(true);
     // The TLS connector above it decides by scheme; the TCP connector must accept https URIs.
     http.enforce_http(false);
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(cfg)?)
+        .with_tls_config(tls.clone())
         .https_or_http();
     // The enabled protocols set the ALPN list offered over TLS.
-    Ok(match cfg.protocol {
-        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http),
-        UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http),
-        // ALPN h2 + http/1.1 over TLS; in cleartext hyper-util speaks HTTP/1.1 (no h2c
+    let connector = match cfg.protocol {
+        UpstreamProtocol::Http1 => builder.enable_http1().wrap_connector(http.clone()),
+        UpstreamProtocol::Http2 => builder.enable_http2().wrap_connector(http.clone()),
+        // ALPN h2 + http/1.1 over TLS; in cleartext the gateway speaks HTTP/1.1 (no h2c
         // upgrade), which is what `auto` promises.
-        UpstreamProtocol::Auto => builder.enable_http1().enable_http2().wrap_connector(http),
-    })
+        UpstreamProtocol::Auto => builder
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http.clone()),
+    };
+    let http1_only = (cfg.protocol == UpstreamProtocol::Auto && cfg.targets.iter().any(|t| t.tls))
+        .then(|| {
+            // The builder offers no ALPN at all for HTTP/1.1 alone; saying http/1.1 is
+            // kinder to servers that insist on ALPN, and the effect is the same.
+            let mut tls = tls;
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            HttpsConnector::from((http, Arc::new(tls)))
+        });
+    Ok((connector, http1_only))
 }
 
-/// The general client of one target. hyper-util keeps idle connections by the scheme and
-/// authority of the request URI: per target, and — where the URI names the client's host
-/// (`Target::h2`) — per host as well.
-fn build_client(cfg: &Upstream, connector: &Connector, dst: Uri) -> HttpClient {
+/// hyper-util's client for one target. It keeps idle connections by the scheme and authority
+/// of the request URI, which for every request through it names the target: one pool per
+/// target. Its connections speak HTTP/1.1 only (cleartext, `http1`, or a connector that offers
+/// only http/1.1 by ALPN): HTTP/2 goes over the target's shared connection.
+fn build_client(
+    cfg: &Upstream,
+    connector: &Connector,
+    dst: Uri,
+    parked: Option<Parked>,
+) -> HttpClient {
     let connector = FixedTarget {
         inner: connector.clone(),
         dst,
+        parked,
     };
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(cfg.idle_timeout)
         .pool_max_idle_per_host(cfg.max_idle_per_target)
-        // Prior knowledge: HTTP/2 in cleartext too (gRPC needs it for trailers).
-        .http2_only(cfg.protocol == UpstreamProtocol::Http2)
         .build(connector)
 }
 
@@ -408,7 +559,8 @@ enum Failure {
     /// Nothing was sent.
     Connect(BoxError),
     /// The target took a fresh connection and closed it before any byte of an answer (direct
-    /// client): it dropped the request. Counted against it, and retried like a connect error
+    /// client), or before the connection took the request (shared HTTP/2 connection): it
+    /// dropped the request. Counted against it, and retried like a connect error
     /// (only requests with an empty body of an idempotent method have retries).
     Unanswered(BoxError),
     /// The exchange failed after the request (or part of it) left. `counted`: whether it says
@@ -455,7 +607,7 @@ impl UpstreamPool {
         if u32::try_from(cfg.targets.len()).is_err() {
             return Err("too many targets".into());
         }
-        let connector = build_connector(cfg)?;
+        let (connector, http1_only) = build_connectors(cfg)?;
         let mut targets = Vec::with_capacity(cfg.targets.len());
         for t in &cfg.targets {
             let uri_authority: Authority = t
@@ -465,14 +617,36 @@ impl UpstreamPool {
             let host_value = HeaderValue::from_str(&t.authority)
                 .map_err(|e| format!("target {}: {e}", t.authority))?;
             let authority: Arc<str> = Arc::from(t.authority.as_str());
-            let h2 = match cfg.protocol {
-                UpstreamProtocol::Http2 => true,
-                UpstreamProtocol::Auto => t.tls,
-                UpstreamProtocol::Http1 => false,
+            // `max_idle_per_target: 0` keeps no connection, the shared one included.
+            let keep = cfg.max_idle_per_target > 0;
+            let conns = match (cfg.protocol, &http1_only) {
+                (UpstreamProtocol::Http2, _) => Conns::Shared {
+                    mux: Mux::new(
+                        connector.clone(),
+                        t.base.clone(),
+                        cfg.connect_timeout,
+                        keep,
+                        None,
+                    ),
+                    http1: None,
+                },
+                (UpstreamProtocol::Auto, Some(http1)) if t.tls => {
+                    let parked = Parked::default();
+                    Conns::Shared {
+                        mux: Mux::new(
+                            connector.clone(),
+                            t.base.clone(),
+                            cfg.connect_timeout,
+                            keep,
+                            Some(parked.clone()),
+                        ),
+                        http1: Some(build_client(cfg, http1, t.base.clone(), Some(parked))),
+                    }
+                }
+                _ => Conns::Http1(build_client(cfg, &connector, t.base.clone(), None)),
             };
             targets.push(Target {
-                h2,
-                client: build_client(cfg, &connector, t.base.clone()),
+                conns,
                 in_flight: Load::new(cfg.name.clone(), authority.clone(), metrics.cloned()),
                 authority,
                 scheme: if t.tls { Scheme::HTTPS } else { Scheme::HTTP },
@@ -516,6 +690,7 @@ impl UpstreamPool {
             health: cfg.health_check.clone(),
             host_header: cfg.host_header,
             read_timeout: cfg.read_timeout,
+            idle_timeout: cfg.idle_timeout,
             epoch: Instant::now(),
         }))
     }
@@ -595,12 +770,18 @@ impl UpstreamPool {
     }
 
     /// The authority a request to target `t` names in its URI: the host the target is to see
-    /// where the connection may speak HTTP/2 (its `:authority`: the request's `Host` with
-    /// `host_header: preserve`, else the target), the target otherwise. A `Host` that is no
-    /// authority (the gateway refuses such requests before) or carries user information is
-    /// refused rather than sent with an `:authority` that disagrees with it.
-    fn uri_authority(&self, t: &Target, headers: &http::HeaderMap) -> Result<Authority, BoxError> {
-        if !t.h2 || self.host_header == HostHeader::Target {
+    /// when it goes over the shared HTTP/2 connection (`over_h2`: its `:authority`, the
+    /// request's `Host` with `host_header: preserve`, else the target), the target otherwise
+    /// (hyper-util's client keeps its connections by it). A `Host` that is no authority (the
+    /// gateway refuses such requests before) or carries user information is refused rather
+    /// than sent with an `:authority` that disagrees with it.
+    fn uri_authority(
+        &self,
+        t: &Target,
+        headers: &http::HeaderMap,
+        over_h2: bool,
+    ) -> Result<Authority, BoxError> {
+        if !over_h2 || self.host_header == HostHeader::Target {
             return Ok(t.uri_authority.clone());
         }
         match portcullis_core::header_value(headers, &HOST) {
@@ -612,14 +793,16 @@ impl UpstreamPool {
         }
     }
 
-    /// The request for one attempt. The last attempt moves the head's parts; earlier ones
-    /// copy them, since a retry needs them again (only retryable requests have earlier ones).
+    /// The request for one attempt (`over_h2`: see [`uri_authority`](Self::uri_authority)).
+    /// The last attempt moves the head's parts; earlier ones copy them, since a retry needs
+    /// them again (only retryable requests have earlier ones).
     fn upstream_request(
         &self,
         t: &Target,
         parts: &mut http::request::Parts,
         body: BoxBody,
         last: bool,
+        over_h2: bool,
     ) -> Result<Request<BoxBody>, BoxError> {
         // Written with a leading `/` when it lacks one (a query alone), as the direct client
         // writes it: hyper's HTTP/1.1 client would, but its HTTP/2 one sends the `:path` as
@@ -631,11 +814,11 @@ impl UpstreamPool {
         };
         let uri = Uri::builder()
             .scheme(t.scheme.clone())
-            .authority(self.uri_authority(t, &parts.headers)?)
+            .authority(self.uri_authority(t, &parts.headers, over_h2)?)
             .path_and_query(pq)
             .build()?;
-        // The version is left at its default: hyper-util picks HTTP/1.1 or HTTP/2 per
-        // connection, and refuses an HTTP/2-versioned request on an HTTP/1 connection.
+        // The version is left at its default (HTTP/1.1): hyper's HTTP/2 client takes it as it
+        // is, hyper-util's refuses an HTTP/2-versioned request on an HTTP/1 connection.
         let mut req = Request::new(body);
         *req.uri_mut() = uri;
         if last {
@@ -729,13 +912,9 @@ impl UpstreamPool {
                 .exact()
                 .filter(|n| length_agrees(&parts.headers, *n))
         };
-        let direct = self
-            .direct
-            .filter(|_| {
-                parts.method != Method::CONNECT
-                    && !portcullis_core::has_header(&parts.headers, &UPGRADE)
-            })
-            .zip(direct_len);
+        let upgrade = parts.method == Method::CONNECT
+            || portcullis_core::has_header(&parts.headers, &UPGRADE);
+        let direct = self.direct.filter(|_| !upgrade).zip(direct_len);
         let mut tried = Tried::default();
         let mut pick = self.select(&tried);
         let mut attempt = 0;
@@ -803,8 +982,10 @@ impl UpstreamPool {
                             } else {
                                 empty_body()
                             };
+                            let via = t.via(upgrade);
+                            let over_h2 = matches!(via, Via::Mux(..));
                             let mut req = self
-                                .upstream_request(t, parts, this_body, last)
+                                .upstream_request(t, parts, this_body, last, over_h2)
                                 .map_err(|error| Failure::Exchange {
                                     error,
                                     counted: false,
@@ -812,20 +993,22 @@ impl UpstreamPool {
                             for (name, value) in crate::headers::wire_fields(opts.extra) {
                                 req.headers_mut().append(name, value);
                             }
-                            match t.client.request(req).await {
+                            match send_via(t, via, req).await {
                                 Ok(resp) => Ok(resp.map(Either::Left)),
-                                Err(e) if e.is_connect() => Err(Failure::Connect(Box::new(e))),
-                                Err(e) => {
+                                Err(HyperFailure::Connect(e)) => Err(Failure::Connect(e)),
+                                Err(HyperFailure::Unanswered(e)) => Err(Failure::Unanswered(e)),
+                                Err(HyperFailure::Request(error)) => Err(Failure::Exchange {
+                                    error,
+                                    counted: false,
+                                }),
+                                Err(HyperFailure::Exchange { error, body_failed }) => {
                                     // The body's failure reaches hyper's HTTP/2 client as a
                                     // stream error, not a user error: a body that did not go
                                     // out whole is taken for the cause.
-                                    let counted = !request_body_failed(&e)
+                                    let counted = !body_failed
                                         && (body_empty
                                             || opts.request_body.is_none_or(|b| b.ended()));
-                                    Err(Failure::Exchange {
-                                        error: Box::new(e),
-                                        counted,
-                                    })
+                                    Err(Failure::Exchange { error, counted })
                                 }
                             }
                         }

@@ -81,11 +81,25 @@ async fn body_text(r: Response<BoxBody>) -> String {
 }
 
 /// A tiny upstream: hyper-util's auto server (HTTP/1.1 and h2c prior knowledge, upgrades),
-/// counting the requests it receives. Dropping it stops accepting.
+/// counting the requests it receives and the connections it accepts. Dropping it stops
+/// accepting.
 struct TestServer {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    conns: Arc<AtomicUsize>,
+    /// Tells the open connections to end ([`Closing`]).
+    close: tokio::sync::watch::Sender<Closing>,
     accept: tokio::task::JoinHandle<()>,
+}
+
+/// How [`TestServer`] ends its open connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    Not,
+    /// The socket closed without a word.
+    Drop,
+    /// HTTP/2 `GOAWAY` (HTTP/1.1: `Connection: close`), then the close.
+    GoAway,
 }
 
 impl TestServer {
@@ -101,6 +115,14 @@ impl TestServer {
     }
     fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+    /// Connections accepted so far.
+    fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+    /// Ends every connection open now, the way `how` says; later ones are served as usual.
+    fn close_connections(&self, how: Closing) {
+        self.close.send_replace(how);
     }
 }
 
@@ -125,28 +147,49 @@ where
 {
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
+    let conns = Arc::new(AtomicUsize::new(0));
+    let (close, closing) = tokio::sync::watch::channel(Closing::Not);
     let handler = Arc::new(handler);
     let counter = hits.clone();
+    let accepted = conns.clone();
     let accept = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let handler = handler.clone();
             let counter = counter.clone();
+            let mut closing = closing.clone();
+            // Only a close asked for from now on ends this connection.
+            closing.borrow_and_update();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
                     counter.fetch_add(1, Ordering::SeqCst);
                     let fut = handler(req);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .await;
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = closing.changed() => {}
+                }
+                if *closing.borrow() == Closing::GoAway {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
             });
         }
     });
-    TestServer { addr, hits, accept }
+    TestServer {
+        addr,
+        hits,
+        conns,
+        close,
+        accept,
+    }
 }
 
 /// An address nothing listens on (connections are refused) for as long as the test process
@@ -2552,4 +2595,287 @@ fn a_reload_inherits_health_where_it_still_means_something() {
     fewer.inherit_health(&old);
     let h = fewer.health_snapshot();
     assert!(!h[0].healthy && !h[1].ejected, "{h:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// how many connections a target gets: never one per `Host` (an attacker's random `Host` values
+// must not open, and keep, an upstream connection each)
+
+/// An upstream over TLS with a certificate for `localhost` made here, offering `alpn`,
+/// answering with [`host_echo`] (an upgrade with 101 and `hi` through the tunnel) and counting
+/// the connections it accepts.
+struct TlsServer {
+    port: u16,
+    conns: Arc<AtomicUsize>,
+    dir: std::path::PathBuf,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TlsServer {
+    async fn start(alpn: &[&[u8]]) -> TlsServer {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-upstream-conns-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.cert.pem()).unwrap();
+        let mut server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
+            )
+            .unwrap();
+        server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let accepted = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let sni = tls.get_ref().1.server_name().map(str::to_string);
+                    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                        let sni = sni.clone();
+                        async move {
+                            if !req.headers().contains_key(UPGRADE) {
+                                return Ok::<_, Infallible>(host_echo(req, sni).await);
+                            }
+                            let on = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                if let Ok(up) = on.await {
+                                    let mut io = TokioIo::new(up);
+                                    let _ = io.write_all(b"hi").await;
+                                    let _ = io.shutdown().await;
+                                }
+                            });
+                            Ok(Response::builder()
+                                .status(StatusCode::SWITCHING_PROTOCOLS)
+                                .header(CONNECTION, "upgrade")
+                                .header(UPGRADE, "test")
+                                .body(empty_body())
+                                .unwrap())
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        TlsServer {
+            port,
+            conns,
+            dir,
+            accept,
+        }
+    }
+
+    /// A pool with this server as its one target, trusting its certificate.
+    fn pool(&self, extra: &str) -> Arc<UpstreamPool> {
+        let yaml = format!(
+            "upstreams: {{ u: {{ targets: [ \"https://localhost:{}\" ], tls: {{ ca_file: ca.pem }}{}{extra} }} }}",
+            self.port,
+            if extra.is_empty() { "" } else { ", " },
+        );
+        let c = portcullis_config::load_str(&yaml, &self.dir).unwrap();
+        UpstreamPool::new(&c.upstreams[0], None).unwrap()
+    }
+
+    fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        self.accept.abort();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A request for `/` naming `host`.
+fn get_for(host: &str) -> Request<BoxBody> {
+    let mut req = get("/");
+    req.headers_mut()
+        .insert(HOST, HeaderValue::from_str(host).unwrap());
+    req
+}
+
+/// What [`host_echo`] answered: the `:authority`, the `Host` fields and the version it saw.
+async fn seen(r: UpstreamResponse) -> (String, String, String) {
+    let h = r.response.headers();
+    let got = (
+        h["x-authority"].to_str().unwrap().to_string(),
+        h["x-hosts"].to_str().unwrap().to_string(),
+        h["x-version"].to_str().unwrap().to_string(),
+    );
+    body_text(r.response).await;
+    got
+}
+
+/// Whether the pool's first target keeps a shared HTTP/2 connection open now.
+fn shared_connection_open(p: &UpstreamPool) -> bool {
+    match &p.targets[0].conns {
+        Conns::Shared { mux, .. } => mux.is_connected(),
+        Conns::Http1(_) => false,
+    }
+}
+
+/// 40 requests, each with a `Host` of its own, to a target that speaks HTTP/2 — over TLS by
+/// ALPN (`protocol: auto`), and in cleartext by prior knowledge (`protocol: http2`): the target
+/// sees each request's host as its `:authority`, and one connection carries them all.
+#[tokio::test]
+async fn random_host_values_share_one_http2_connection_per_target() {
+    let tls = TlsServer::start(&[b"h2", b"http/1.1"]).await;
+    let p = tls.pool("");
+    for i in 0..40 {
+        let host = format!("h{i}.example");
+        let (authority, hosts, version) =
+            seen(p.forward(get_for(&host), RETRYABLE).await.unwrap()).await;
+        assert_eq!(version, "HTTP/2.0");
+        assert_eq!(authority, host);
+        // `auto` keeps the `Host` field, the same value (RFC 9113 §8.3.1).
+        assert_eq!(hosts, host);
+    }
+    assert_eq!(tls.conns(), 1, "one connection for 40 hosts");
+    assert_eq!(in_flight_total(&p), 0);
+
+    let s = serve(|req| host_echo(req, None)).await;
+    let p = pool_of(&[s.target()], "protocol: http2");
+    for i in 0..40 {
+        let host = format!("h{i}.example:8443");
+        let (authority, hosts, version) =
+            seen(p.forward(get_for(&host), RETRYABLE).await.unwrap()).await;
+        assert_eq!(version, "HTTP/2.0");
+        assert_eq!(authority, host);
+        assert!(hosts.is_empty(), "{hosts}");
+    }
+    assert_eq!(s.conns(), 1, "one connection for 40 hosts");
+    assert_eq!(s.hits(), 40);
+    assert_eq!(in_flight_total(&p), 0);
+}
+
+/// A TLS target that offers only http/1.1 by ALPN, under `protocol: auto`: requests with a
+/// `Host` each go one after another over one connection, reused, each with its own `Host`.
+#[tokio::test]
+async fn an_http1_tls_target_keeps_one_connection_whatever_the_host() {
+    let tls = TlsServer::start(&[b"http/1.1"]).await;
+    let p = tls.pool("");
+    for i in 0..40 {
+        let host = format!("h{i}.example");
+        let (authority, hosts, version) =
+            seen(p.forward(get_for(&host), RETRYABLE).await.unwrap()).await;
+        assert_eq!(version, "HTTP/1.1");
+        assert_eq!(authority, "", "origin form over HTTP/1.1");
+        assert_eq!(hosts, host);
+    }
+    assert_eq!(
+        tls.conns(),
+        1,
+        "the connection that found HTTP/1.1 is the one reused for every host"
+    );
+    assert_eq!(in_flight_total(&p), 0);
+}
+
+/// 20 requests at once to a target not connected yet, each with its own `Host`: one connect,
+/// which all of them wait for, and one connection.
+#[tokio::test]
+async fn concurrent_first_requests_wait_for_one_connection() {
+    async fn burst(p: &UpstreamPool) {
+        let answers = futures_util::future::join_all((0..20).map(|i| async move {
+            let host = format!("c{i}.example");
+            let r = p.forward(get_for(&host), RETRYABLE).await.unwrap();
+            (host, seen(r).await)
+        }))
+        .await;
+        for (host, (authority, _, version)) in answers {
+            assert_eq!(version, "HTTP/2.0");
+            assert_eq!(authority, host);
+        }
+    }
+    let tls = TlsServer::start(&[b"h2", b"http/1.1"]).await;
+    let p = tls.pool("");
+    burst(&p).await;
+    assert_eq!(tls.conns(), 1);
+
+    let s = serve(|req| host_echo(req, None)).await;
+    let p = pool_of(&[s.target()], "protocol: http2");
+    burst(&p).await;
+    assert_eq!(s.conns(), 1);
+    assert_eq!(s.hits(), 20);
+}
+
+/// The target closes the shared connection between requests — dropping it, or with `GOAWAY` —:
+/// the next request gets a new connection and its answer; nothing is counted against the
+/// target, and the new connection is again shared by every host.
+#[tokio::test]
+async fn a_shared_connection_the_target_closed_is_replaced() {
+    let s = serve(|req| host_echo(req, None)).await;
+    let p = pool_of(&[s.target()], "protocol: http2");
+    let mut n = 0;
+    let mut two_hosts = async |p: &UpstreamPool| {
+        for _ in 0..2 {
+            n += 1;
+            let host = format!("r{n}.example");
+            let (authority, _, _) =
+                seen(p.forward(get_for(&host), NOT_RETRYABLE).await.unwrap()).await;
+            assert_eq!(authority, host);
+        }
+    };
+    two_hosts(&p).await;
+    assert_eq!(s.conns(), 1);
+    for (how, conns) in [(Closing::Drop, 2), (Closing::GoAway, 3)] {
+        s.close_connections(how);
+        assert!(eventually(|| !shared_connection_open(&p)).await);
+        two_hosts(&p).await;
+        assert_eq!(s.conns(), conns);
+    }
+    assert_eq!(s.hits(), 6);
+    assert_eq!(p.health_snapshot()[0].consecutive_failures, 0);
+    assert_eq!(in_flight_total(&p), 0);
+}
+
+/// An upgrade is HTTP/1.1 only: to an `https://` target under `protocol: auto` that speaks
+/// HTTP/2, it goes over an HTTP/1.1 connection of its own (hyper's HTTP/2 client would leave
+/// its upgrade fields out), while the other requests keep the shared HTTP/2 connection.
+#[tokio::test]
+async fn an_upgrade_to_an_http2_tls_target_goes_over_http1() {
+    let tls = TlsServer::start(&[b"h2", b"http/1.1"]).await;
+    let p = tls.pool("");
+    let (_, _, version) = seen(p.forward(get_for("a.example"), RETRYABLE).await.unwrap()).await;
+    assert_eq!(version, "HTTP/2.0");
+    let mut req = get_for("b.example");
+    req.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    req.headers_mut()
+        .insert(UPGRADE, HeaderValue::from_static("test"));
+    let mut r = p.forward(req, NOT_RETRYABLE).await.unwrap();
+    assert_eq!(r.response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let up = hyper::upgrade::on(&mut r.response).await.unwrap();
+    let mut io = TokioIo::new(up);
+    let mut got = Vec::new();
+    io.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"hi");
+    let (authority, _, version) =
+        seen(p.forward(get_for("c.example"), RETRYABLE).await.unwrap()).await;
+    assert_eq!(
+        (authority.as_str(), version.as_str()),
+        ("c.example", "HTTP/2.0")
+    );
+    assert_eq!(
+        tls.conns(),
+        2,
+        "the shared connection, and the upgraded one"
+    );
 }
