@@ -20,7 +20,16 @@
 //! * At most one connection per target is made at a time (single flight): requests that find
 //!   none wait for the connect under way, they do not each start one. The connect runs in a
 //!   task of its own, so a request that gives up does not abandon it for the others; it is
-//!   bounded, TCP, TLS and the HTTP/2 preface together, by `connect_timeout`.
+//!   bounded, TCP and TLS together, by `connect_timeout` (the target's HTTP/2 settings are not
+//!   waited for: a target that accepts and then says nothing is found by the requests'
+//!   timeouts and by the connection's PING, unanswered within 30 s). A failed connect counts
+//!   once against the target, for the request that started it.
+//! * The connection is checked with a PING every 20 s (answer within 10 s), busy or idle; one
+//!   unanswered ends it. The health checks have their own shared connection, so that a probe
+//!   never waits for a stream behind the requests.
+//! * A stream the target refused unprocessed (`REFUSED_STREAM`, or a `GOAWAY` without error
+//!   below it) is the race of a connection the target closes: a request without a body goes
+//!   on a new connection, one with a body fails uncounted.
 //! * A connection is kept while it is open and a request used it within `idle_timeout` (the
 //!   pool's sweep drops it after that; requests still running on it finish). A closed one
 //!   (the target went away, `GOAWAY`) is replaced by the next request.
@@ -33,7 +42,7 @@
 //! * `max_idle_per_target: 0` keeps nothing: each request makes a connection of its own,
 //!   closed when its exchange ends.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -76,6 +85,15 @@ impl Parked {
     }
 }
 
+/// How often an idle shared connection is checked with a PING, and how long its answer may take
+/// before the connection is ended.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Each stream's receive window (hyper's client default is 2 MiB); the connection's is sixteen
+/// times this.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+
 /// How many times a request handed back unsent is offered to a connection before it counts
 /// as unanswered: each time means a connection found closing, which another request may have
 /// replaced already, so more than one retry is rare; the bound keeps it from looping.
@@ -117,6 +135,8 @@ enum Slot {
     Ready {
         tx: SendRequest<BoxBody>,
         last_used: Instant,
+        /// Which connection this is (see [`Mux::retire`]).
+        generation: u64,
     },
 }
 
@@ -127,8 +147,16 @@ enum Checkout {
     H2 {
         tx: SendRequest<BoxBody>,
         reused: bool,
+        generation: u64,
     },
     Http1,
+}
+
+/// Why a checkout found no connection.
+struct NoConnection {
+    error: BoxError,
+    /// This request started the connect that failed.
+    started: bool,
 }
 
 /// How a request went.
@@ -140,8 +168,14 @@ pub(super) enum Sent {
 
 #[derive(Debug)]
 pub(super) enum MuxError {
-    /// No connection could be made: nothing was sent.
-    Connect(BoxError),
+    /// No connection could be made: nothing was sent. `counted`: this request started the
+    /// connect (those that waited for it report the same failure uncounted: one failed connect
+    /// is one failure of the target, however many requests waited).
+    Connect { error: BoxError, counted: bool },
+    /// The target refused the stream unprocessed (a `GOAWAY` without error whose last stream
+    /// is below it, or `REFUSED_STREAM`: RFC 9113 §8.7) and the request, having a body, could
+    /// not be sent again. Not the target's failure.
+    Refused(hyper::Error),
     /// A connection made for the request closed before it took it.
     Unanswered(BoxError),
     /// The exchange failed after the request was handed to the connection.
@@ -158,6 +192,8 @@ pub(super) struct Mux {
     connect_timeout: Duration,
     /// Set once a connection negotiated HTTP/1.1.
     speaks_http1: AtomicBool,
+    /// Numbers the connections the slot has held (see [`Mux::retire`]).
+    generations: AtomicU64,
     /// `max_idle_per_target` > 0: the connection is kept and shared.
     keep: bool,
     /// `Some` under `auto`: ALPN decides per connection, and a connection that turned out
@@ -174,10 +210,21 @@ impl Mux {
         keep: bool,
         parked: Option<Parked>,
     ) -> Arc<Mux> {
-        // The HTTP/2 settings hyper-util's client was given for these targets: tokio's
-        // executor and timer, hyper's defaults otherwise.
         let mut builder = Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
+        builder
+            .timer(TokioTimer::new())
+            // One connection carries all of the target's traffic: a peer gone silent (a NAT
+            // that dropped the flow, a target that accepted and says nothing) is found by its
+            // unanswered PING and the connection ended, so that the next request makes another
+            // — rather than every request waiting out its timeout until TCP gives up.
+            .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+            .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
+            // The connection's window is shared by every answer on it, and a stream's part is
+            // given back only as its client reads: a few slow readers of large answers must not
+            // hold up every other answer from the target. Sixteen streams' worth.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(STREAM_WINDOW * 16);
         Arc::new(Mux {
             slot: Mutex::new(Slot::Empty),
             connector,
@@ -185,6 +232,7 @@ impl Mux {
             builder,
             connect_timeout,
             speaks_http1: AtomicBool::new(false),
+            generations: AtomicU64::new(0),
             keep,
             parked,
         })
@@ -196,15 +244,29 @@ impl Mux {
     }
 
     /// Sends `req` over the target's connection, making one if there is none (or joining the
-    /// connect under way). A request the connection hands back unsent goes on the next one.
+    /// connect under way). A request the connection hands back unsent goes on the next one, as
+    /// does a request without a body that the target refused unprocessed (a `GOAWAY` that came
+    /// as it was sent: the race of an idle connection the target closes).
     pub(super) async fn send(
         self: &Arc<Self>,
         mut req: Request<BoxBody>,
     ) -> Result<Sent, MuxError> {
+        // Without a body the request can be made again as it is: its head is kept for that.
+        let mut replay = http_body::Body::is_end_stream(req.body()).then(|| head_of(&req));
         for _ in 0..MAX_HANDBACKS {
-            let (mut tx, reused) = match self.checkout().await.map_err(MuxError::Connect)? {
-                Checkout::H2 { tx, reused } => (tx, reused),
-                Checkout::Http1 => return Ok(Sent::Http1(req)),
+            let (mut tx, reused, generation) = match self.checkout().await {
+                Ok(Checkout::H2 {
+                    tx,
+                    reused,
+                    generation,
+                }) => (tx, reused, generation),
+                Ok(Checkout::Http1) => return Ok(Sent::Http1(req)),
+                Err(e) => {
+                    return Err(MuxError::Connect {
+                        error: e.error,
+                        counted: e.started,
+                    });
+                }
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => return Ok(Sent::Answer(resp)),
@@ -216,7 +278,21 @@ impl Mux {
                     // not offer this one again).
                     Some(back) if reused => req = back,
                     Some(_) => return Err(MuxError::Unanswered(Box::new(e.into_error()))),
-                    None => return Err(MuxError::Exchange(e.into_error())),
+                    None => {
+                        let error = e.into_error();
+                        if !refused_unprocessed(&error) {
+                            return Err(MuxError::Exchange(error));
+                        }
+                        // The connection is going away: no later request is to get it.
+                        self.retire(generation);
+                        match replay.take() {
+                            Some(head) => {
+                                req = Request::from_parts(head, crate::problem::empty_body());
+                                replay = Some(head_of(&req));
+                            }
+                            None => return Err(MuxError::Refused(error)),
+                        }
+                    }
                 },
             }
         }
@@ -227,24 +303,43 @@ impl Mux {
 
     /// The connection for one request: the shared one when it is open, else the outcome of a
     /// connect (the one under way, or a new one).
-    async fn checkout(self: &Arc<Self>) -> Result<Checkout, BoxError> {
-        if !self.keep {
-            return Ok(match connect(self.params()).await? {
-                Link::H2(tx) => Checkout::H2 { tx, reused: false },
-                Link::Http1 => {
-                    self.speaks_http1.store(true, Ordering::Relaxed);
-                    Checkout::Http1
-                }
-            });
+    async fn checkout(self: &Arc<Self>) -> Result<Checkout, NoConnection> {
+        // Another request found the target speaking HTTP/1.1 since this one was routed here.
+        if self.parked.is_some() && self.speaks_http1() {
+            return Ok(Checkout::Http1);
         }
+        if !self.keep {
+            return Ok(
+                match connect(self.params()).await.map_err(|error| NoConnection {
+                    error,
+                    started: true,
+                })? {
+                    Link::H2(tx) => Checkout::H2 {
+                        tx,
+                        reused: false,
+                        generation: 0,
+                    },
+                    Link::Http1 => {
+                        self.speaks_http1.store(true, Ordering::Relaxed);
+                        Checkout::Http1
+                    }
+                },
+            );
+        }
+        let mut started = false;
         let mut waiting = {
             let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
             match &mut *slot {
-                Slot::Ready { tx, last_used } if !tx.is_closed() => {
+                Slot::Ready {
+                    tx,
+                    last_used,
+                    generation,
+                } if !tx.is_closed() => {
                     *last_used = Instant::now();
                     return Ok(Checkout::H2 {
                         tx: tx.clone(),
                         reused: true,
+                        generation: *generation,
                     });
                 }
                 // (A connect whose task is gone without settling — its runtime stopped — is
@@ -252,8 +347,12 @@ impl Mux {
                 Slot::Connecting(rx) if !rx.is_closed() => rx.clone(),
                 _ => {
                     let Ok(rt) = tokio::runtime::Handle::try_current() else {
-                        return Err("no async runtime to connect from".into());
+                        return Err(NoConnection {
+                            error: "no async runtime to connect from".into(),
+                            started: true,
+                        });
                     };
+                    started = true;
                     let (publish, rx) = watch::channel(None);
                     *slot = Slot::Connecting(rx.clone());
                     let mux = Arc::downgrade(self);
@@ -276,11 +375,40 @@ impl Mux {
             Err(_) => None,
         };
         match outcome {
-            Some(Ok(Link::H2(tx))) => Ok(Checkout::H2 { tx, reused: false }),
+            Some(Ok(Link::H2(tx))) => Ok(Checkout::H2 {
+                tx,
+                reused: false,
+                generation: self.current_generation(),
+            }),
             Some(Ok(Link::Http1)) => Ok(Checkout::Http1),
-            Some(Err(e)) => Err(Box::new(ConnectFailed(e))),
+            Some(Err(e)) => Err(NoConnection {
+                error: Box::new(ConnectFailed(e)),
+                started,
+            }),
             // The connect's task ended without an outcome: the runtime is shutting down.
-            None => Err("the connect to the target was abandoned".into()),
+            None => Err(NoConnection {
+                error: "the connect to the target was abandoned".into(),
+                started,
+            }),
+        }
+    }
+
+    /// The generation of the connection in the slot (0 when there is none).
+    fn current_generation(&self) -> u64 {
+        match &*self.slot.lock().unwrap_or_else(PoisonError::into_inner) {
+            Slot::Ready { generation, .. } => *generation,
+            _ => 0,
+        }
+    }
+
+    /// Empties the slot if it still holds connection `generation`, one the target is closing
+    /// (`GOAWAY`): hyper marks it closed only once its last stream is done, and until then the
+    /// checkout would offer it to requests the target will refuse.
+    fn retire(&self, generation: u64) {
+        let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(&*slot, Slot::Ready { generation: g, .. } if *g == generation && generation != 0)
+        {
+            *slot = Slot::Empty;
         }
     }
 
@@ -297,6 +425,7 @@ impl Mux {
             Ok(Link::H2(tx)) => Slot::Ready {
                 tx: tx.clone(),
                 last_used: Instant::now(),
+                generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
             },
             // A failed connect is not remembered: the next request tries again (passive
             // health and retries decide how often that is).
@@ -308,7 +437,7 @@ impl Mux {
     /// Requests still running on it finish: the connection closes after them.
     pub(super) fn purge(&self, idle_timeout: Duration) {
         let mut slot = self.slot.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Slot::Ready { tx, last_used } = &*slot
+        if let Slot::Ready { tx, last_used, .. } = &*slot
             && (tx.is_closed() || last_used.elapsed() >= idle_timeout)
         {
             *slot = Slot::Empty;
@@ -371,11 +500,40 @@ async fn connect(p: ConnectParams) -> Result<Link, BoxError> {
         tx.ready().await?;
         Ok(Link::H2(tx))
     };
-    // The TCP connector has its own bound; this one also covers the TLS handshake and the
-    // HTTP/2 preface, so that a target that accepts and then says nothing cannot hold the
-    // connect (and every request waiting for it) for ever.
+    // The TCP connector has its own bound; this one also covers the TLS handshake (and our
+    // side of the HTTP/2 preface), so that a target that accepts and then stalls the handshake
+    // cannot hold the connect (and every request waiting for it) for ever.
     match tokio::time::timeout(timeout, made).await {
         Ok(r) => r,
         Err(_) => Err(format!("connect timed out after {timeout:?}").into()),
     }
+}
+
+/// A request's head, for sending it again (only requests without a body are).
+fn head_of(req: &Request<BoxBody>) -> http::request::Parts {
+    let mut head = Request::new(()).into_parts().0;
+    head.method = req.method().clone();
+    head.uri = req.uri().clone();
+    head.version = req.version();
+    head.headers = req.headers().clone();
+    head.extensions = req.extensions().clone();
+    head
+}
+
+/// Whether the target refused the request's stream without processing it: a `GOAWAY` without
+/// error whose last stream id is below the stream (the target closing an idle or rotated
+/// connection as the request went out), or a stream reset with `REFUSED_STREAM`. RFC 9113
+/// §8.7: such a request may be sent again. A `GOAWAY` with an error code also ends streams
+/// the target may have processed: not one of these.
+fn refused_unprocessed(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
+        }
+        source = e.source();
+    }
+    false
 }

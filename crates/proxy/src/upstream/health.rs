@@ -183,8 +183,9 @@ impl UpstreamPool {
                     let Some(pool) = weak.upgrade() else { return };
                     for t in &pool.targets {
                         t.idle.purge(idle_timeout);
-                        if let Conns::Shared { mux, .. } = &t.conns {
+                        if let Conns::Shared { mux, probe, .. } = &t.conns {
                             mux.purge(idle_timeout);
+                            probe.purge(idle_timeout);
                         }
                     }
                 }
@@ -222,14 +223,15 @@ impl UpstreamPool {
     /// One health check of target `i`: GET `path` with `Host` = `health_check.host`, or the
     /// target's `host:port` (over the shared HTTP/2 connection as `:authority`, see
     /// [`Conns`]); 2xx/3xx within `timeout` (head and body) is a success. It goes the way a
-    /// request without an upgrade goes, on the same connections.
+    /// request without an upgrade goes, but where requests share one HTTP/2 connection, on
+    /// the checks' own (so that it never waits for a stream behind them).
     async fn probe(&self, i: usize, path: &PathAndQuery, timeout: Duration) -> bool {
         let t = &self.targets[i];
         let (authority, host) = match &self.health_host {
             Some((a, h)) => (a, h),
             None => (&t.uri_authority, &t.host_value),
         };
-        let via = t.via(false);
+        let via = t.via_probe();
         let over_h2 = matches!(via, Via::Mux(..));
         let uri = match Uri::builder()
             .scheme(t.scheme.clone())

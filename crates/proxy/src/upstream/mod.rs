@@ -314,6 +314,10 @@ enum Conns {
     /// HTTP/1.1: upgrades, and all of them once the target chose HTTP/1.1 by ALPN.
     Shared {
         mux: Arc<Mux>,
+        /// The health checks' own shared connection: a probe must not wait for a stream behind
+        /// the requests that fill the target's `SETTINGS_MAX_CONCURRENT_STREAMS` (long polls,
+        /// event streams), which would make a busy target look dead.
+        probe: Arc<Mux>,
         http1: Option<HttpClient>,
     },
 }
@@ -339,16 +343,32 @@ impl Target {
             Conns::Shared {
                 mux,
                 http1: Some(c),
+                ..
             } if upgrade || mux.speaks_http1() => Via::Client(c),
-            Conns::Shared { mux, http1 } => Via::Mux(mux, http1.as_ref()),
+            Conns::Shared { mux, http1, .. } => Via::Mux(mux, http1.as_ref()),
+        }
+    }
+
+    /// How a health check goes to this target: as a request without an upgrade, but on the
+    /// checks' own connection where requests share one.
+    fn via_probe(&self) -> Via<'_> {
+        match &self.conns {
+            Conns::Http1(c) => Via::Client(c),
+            Conns::Shared {
+                mux,
+                probe,
+                http1: Some(c),
+            } if mux.speaks_http1() || probe.speaks_http1() => Via::Client(c),
+            Conns::Shared { probe, http1, .. } => Via::Mux(probe, http1.as_ref()),
         }
     }
 }
 
 /// How an exchange through hyper failed (the pool maps it to a [`Failure`]).
 enum HyperFailure {
-    /// Nothing was sent.
-    Connect(BoxError),
+    /// Nothing was sent. `counted`: a failure of the target to count (not for a request that
+    /// only waited for another's connect to the same target, which counts once).
+    Connect { error: BoxError, counted: bool },
     /// A connection made for the request closed before taking it.
     Unanswered(BoxError),
     /// The request could not be built for the way it goes.
@@ -373,9 +393,10 @@ async fn send_via(
         Ok(Sent::Answer(resp)) => Ok(resp),
         Ok(Sent::Http1(mut req)) => {
             let Some(c) = fallback else {
-                return Err(HyperFailure::Connect(
-                    "the target did not start HTTP/2".into(),
-                ));
+                return Err(HyperFailure::Connect {
+                    error: "the target did not start HTTP/2".into(),
+                    counted: true,
+                });
             };
             // Not sent yet: it goes over HTTP/1.1 with the target in its URI (one pool per
             // target), its host in `Host` as ever.
@@ -385,8 +406,13 @@ async fn send_via(
                 Uri::from_parts(uri).map_err(|e| HyperFailure::Request(Box::new(e)))?;
             send_general(c, req).await
         }
-        Err(MuxError::Connect(e)) => Err(HyperFailure::Connect(e)),
+        Err(MuxError::Connect { error, counted }) => Err(HyperFailure::Connect { error, counted }),
         Err(MuxError::Unanswered(e)) => Err(HyperFailure::Unanswered(e)),
+        // Not processed, and not to be sent again (it has a body): not the target's failure.
+        Err(MuxError::Refused(e)) => Err(HyperFailure::Exchange {
+            body_failed: true,
+            error: Box::new(e),
+        }),
         Err(MuxError::Exchange(e)) => Err(HyperFailure::Exchange {
             body_failed: e.is_user(),
             error: Box::new(e),
@@ -401,7 +427,10 @@ async fn send_general(
 ) -> Result<Response<Incoming>, HyperFailure> {
     match c.request(req).await {
         Ok(resp) => Ok(resp),
-        Err(e) if e.is_connect() => Err(HyperFailure::Connect(Box::new(e))),
+        Err(e) if e.is_connect() => Err(HyperFailure::Connect {
+            error: Box::new(e),
+            counted: true,
+        }),
         Err(e) => Err(HyperFailure::Exchange {
             body_failed: request_body_failed(&e),
             error: Box::new(e),
@@ -558,6 +587,10 @@ fn length_agrees(headers: &http::HeaderMap, n: u64) -> bool {
 enum Failure {
     /// Nothing was sent.
     Connect(BoxError),
+    /// Nothing was sent: the connect this request waited for, started by another request to
+    /// the same target's shared HTTP/2 connection, failed. Retried like a connect error, but
+    /// not counted again: that request counted it.
+    ConnectWaited(BoxError),
     /// The target took a fresh connection and closed it before any byte of an answer (direct
     /// client), or before the connection took the request (shared HTTP/2 connection): it
     /// dropped the request. Counted against it, and retried like a connect error
@@ -619,27 +652,26 @@ impl UpstreamPool {
             let authority: Arc<str> = Arc::from(t.authority.as_str());
             // `max_idle_per_target: 0` keeps no connection, the shared one included.
             let keep = cfg.max_idle_per_target > 0;
+            let mux = |parked: Option<Parked>| {
+                Mux::new(
+                    connector.clone(),
+                    t.base.clone(),
+                    cfg.connect_timeout,
+                    keep,
+                    parked,
+                )
+            };
             let conns = match (cfg.protocol, &http1_only) {
                 (UpstreamProtocol::Http2, _) => Conns::Shared {
-                    mux: Mux::new(
-                        connector.clone(),
-                        t.base.clone(),
-                        cfg.connect_timeout,
-                        keep,
-                        None,
-                    ),
+                    mux: mux(None),
+                    probe: mux(None),
                     http1: None,
                 },
                 (UpstreamProtocol::Auto, Some(http1)) if t.tls => {
                     let parked = Parked::default();
                     Conns::Shared {
-                        mux: Mux::new(
-                            connector.clone(),
-                            t.base.clone(),
-                            cfg.connect_timeout,
-                            keep,
-                            Some(parked.clone()),
-                        ),
+                        mux: mux(Some(parked.clone())),
+                        probe: mux(Some(parked.clone())),
                         http1: Some(build_client(cfg, http1, t.base.clone(), Some(parked))),
                     }
                 }
@@ -995,7 +1027,14 @@ impl UpstreamPool {
                             }
                             match send_via(t, via, req).await {
                                 Ok(resp) => Ok(resp.map(Either::Left)),
-                                Err(HyperFailure::Connect(e)) => Err(Failure::Connect(e)),
+                                Err(HyperFailure::Connect {
+                                    error,
+                                    counted: true,
+                                }) => Err(Failure::Connect(error)),
+                                Err(HyperFailure::Connect {
+                                    error,
+                                    counted: false,
+                                }) => Err(Failure::ConnectWaited(error)),
                                 Err(HyperFailure::Unanswered(e)) => Err(Failure::Unanswered(e)),
                                 Err(HyperFailure::Request(error)) => Err(Failure::Exchange {
                                     error,
@@ -1032,8 +1071,16 @@ impl UpstreamPool {
                         target: t.authority.clone(),
                     });
                 }
-                Ok(Err(Failure::Connect(source))) => {
-                    self.record_failure(i);
+                Ok(Err(failure @ (Failure::Connect(_) | Failure::ConnectWaited(_)))) => {
+                    let source = match failure {
+                        Failure::Connect(source) => {
+                            self.record_failure(i);
+                            source
+                        }
+                        Failure::ConnectWaited(source)
+                        | Failure::Unanswered(source)
+                        | Failure::Exchange { error: source, .. } => source,
+                    };
                     let err = UpstreamError::Connect {
                         target: t.authority.clone(),
                         source,

@@ -2879,3 +2879,136 @@ async fn an_upgrade_to_an_http2_tls_target_goes_over_http1() {
         "the shared connection, and the upgraded one"
     );
 }
+
+/// An HTTP/2 upstream (prior knowledge) that resets the first `refuse` streams it receives
+/// with `REFUSED_STREAM` — "not processed, send it again" (RFC 9113 §8.7) — and answers the
+/// rest `200 ok`. Returns its address and how many streams it received.
+async fn refusing_h2(refuse: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let seen = streams.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = ::h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    if seen.fetch_add(1, Ordering::SeqCst) < refuse {
+                        respond.send_reset(::h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let Ok(mut body) = respond.send_response(http::Response::new(()), false) else {
+                        continue;
+                    };
+                    let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                }
+            });
+        }
+    });
+    (addr, streams)
+}
+
+/// A stream the target refused unprocessed (`REFUSED_STREAM`, as a `GOAWAY` without error
+/// refuses the streams above its last one) is the keep-alive race of a shared HTTP/2
+/// connection, never the target's failure: a request without a body is sent again (on a new
+/// connection: the refusing one may be going away), one with a body gets an error, and
+/// neither counts against the target — though it is the only one, so nothing else would take
+/// the request.
+#[tokio::test]
+async fn a_stream_the_target_refused_unprocessed_is_sent_again_and_not_counted() {
+    let (addr, streams) = refusing_h2(1).await;
+    let p = pool_of(&[format!("\"http://{addr}\"")], "protocol: http2");
+    let r = p.forward(get("/"), NOT_RETRYABLE).await.unwrap();
+    assert_eq!(r.response.status(), 200);
+    assert_eq!(body_text(r.response).await, "ok");
+    assert_eq!(streams.load(Ordering::SeqCst), 2);
+    assert_eq!(p.health_snapshot()[0].consecutive_failures, 0);
+
+    let (addr, streams) = refusing_h2(1).await;
+    let p = pool_of(&[format!("\"http://{addr}\"")], "protocol: http2");
+    let mut post = get("/");
+    *post.method_mut() = Method::POST;
+    *post.body_mut() = full("a body");
+    assert!(p.forward(post, NOT_RETRYABLE).await.is_err());
+    assert_eq!(streams.load(Ordering::SeqCst), 1);
+    assert_eq!(p.health_snapshot()[0].consecutive_failures, 0);
+    // The target is fine for what comes next.
+    let r = p.forward(get("/"), NOT_RETRYABLE).await.unwrap();
+    assert_eq!(r.response.status(), 200);
+}
+
+/// Requests that wait for one connect to a target's shared connection share its outcome: a
+/// failed connect is one failure of the target, not one per request that waited (which would
+/// eject it at once under load).
+#[tokio::test]
+async fn a_failed_shared_connect_counts_once_however_many_waited() {
+    let p = pool_of(
+        &[format!("\"http://{}\"", dead_addr())],
+        "protocol: http2, passive_health: { consecutive_failures: 3, ejection_time: 1m }",
+    );
+    let results =
+        futures_util::future::join_all((0..8).map(|_| p.forward(get("/"), NOT_RETRYABLE))).await;
+    assert!(results.iter().all(Result::is_err));
+    let snap = &p.health_snapshot()[0];
+    assert_eq!(snap.consecutive_failures, 1, "{snap:?}");
+    assert!(!snap.ejected);
+}
+
+/// The health checks have their own connection to a target whose requests share one HTTP/2
+/// connection: a target whose `SETTINGS_MAX_CONCURRENT_STREAMS` the requests fill (long polls,
+/// event streams) is not found dead because a probe waited for a stream behind them.
+#[tokio::test]
+async fn health_checks_do_not_wait_behind_the_requests_streams() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let probes = Arc::new(AtomicUsize::new(0));
+    let seen = probes.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        if req.uri().path() == "/poll" {
+                            // A long poll: answers much later than the checks' timeout.
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        } else {
+                            seen.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok::<_, Infallible>(text(200, "ok"))
+                    }
+                });
+                let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                b.max_concurrent_streams(1);
+                let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    let p = pool_of(
+        &[format!("\"http://{addr}\"")],
+        "protocol: http2, health_check: { path: /healthz, interval: 50ms, timeout: 300ms, unhealthy_threshold: 2 }",
+    );
+    // The one stream the target allows is taken by a long poll.
+    let poll = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            let opts = ForwardOpts {
+                timeout: Duration::from_secs(60),
+                ..NOT_RETRYABLE
+            };
+            p.forward(get("/poll"), opts).await.map(|_| ())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _checks = p.start_health_checks();
+    assert!(eventually(|| probes.load(Ordering::SeqCst) >= 5).await);
+    assert!(p.health_snapshot()[0].healthy);
+    poll.abort();
+}
