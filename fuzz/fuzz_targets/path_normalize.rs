@@ -1,7 +1,9 @@
 //! Path normalisation (`crates/core/src/path.rs`) on arbitrary strings: no panic,
 //! and what it accepts comes out canonical — an absolute path with no dot segment, no empty
-//! segment, no backslash or control byte, no escape of an unreserved character or of `/`,
-//! and a fixed point (normalising it again changes nothing). With encoded slashes kept
+//! segment, no backslash or control byte, no escape of `/` or of a character that needs none
+//! (unreserved, `:` `@` `!` `$` `&` `'` `(` `)` `*` `,` `=`), no raw character that needs one
+//! (`"` `{` `}` `|` `^` `[` `]`, space, `<` `>` `` ` `` `?` `#`, bytes outside ASCII), and a
+//! fixed point (normalising it again changes nothing). With encoded slashes kept
 //! (`server.encoded_slash: keep`), the same holds but for `%2F`, and the path an upstream gets
 //! by decoding the kept `%2F`s still has no dot segment and no empty one; what it accepts
 //! without `%2F` it accepts the same way with them refused. By default no `;` (nor `%3B`)
@@ -40,12 +42,17 @@ fuzz_target!(|data: &[u8]| {
         !out.bytes().any(|b| b == b'\\' || b == b';' || b < 0x20 || b == 0x7f),
         "{path:?} -> {out:?}"
     );
+    assert!(
+        !out.bytes()
+            .any(|b| !b.is_ascii() || b"\"{}|^[] <>`?#".contains(&b)),
+        "{path:?} -> {out:?} holds a raw character that needs an escape"
+    );
     let bytes = out.as_bytes();
     for (i, _) in out.match_indices('%') {
         let hex = bytes.get(i + 1..i + 3).expect("a whole escape");
         let v = u8::from_str_radix(std::str::from_utf8(hex).unwrap(), 16).expect("hex");
         assert!(
-            !(v.is_ascii_alphanumeric() || b"-._~/\\;".contains(&v)),
+            !(v.is_ascii_alphanumeric() || b"-._~:@!$&'()*,=/\\;".contains(&v)),
             "{path:?} -> {out:?} keeps %{v:02X}"
         );
         assert!(

@@ -1,5 +1,6 @@
 //! Raw → validated. Every problem is collected with its path; nothing stops at the first.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -835,9 +836,22 @@ pub fn parse_template(t: &str, path: &str, e: &mut ConfigErrors) -> Option<Vec<S
     Some(segs)
 }
 
+/// A template parameter (`{id}`): a whole segment between braces, with no other brace in it.
+/// Whether its name is a valid one is [`parse_template`]'s to say.
+fn is_param_segment(s: &str) -> bool {
+    s.strip_prefix('{')
+        .and_then(|s| s.strip_suffix('}'))
+        .is_some_and(|name| !name.is_empty() && !name.contains(['{', '}']))
+}
+
 /// A route path must be in the form requests are matched in (their normal form, see
 /// `portcullis_core::path`): one written otherwise could never match. When it has a normal
-/// form, the error says how to write it (`/café` → `/caf%C3%A9`).
+/// form, the error says how to write it (`/café` → `/caf%C3%A9`, `/items%3Apurge` →
+/// `/items:purge`). The normaliser that puts request paths in normal form decides.
+///
+/// A template's parameters are not text of the path: the normaliser would encode their braces.
+/// Each is checked as a placeholder it leaves as it is (`%7B0%7D`: one segment, neither empty
+/// nor a dot segment), put back in the normal form the error gives.
 fn check_path_syntax(p: &str, rules: PathRules, path: &str, e: &mut ConfigErrors) -> bool {
     if !p.starts_with('/') {
         e.push(path, format!("\"{p}\" must start with '/'"));
@@ -850,15 +864,50 @@ fn check_path_syntax(p: &str, rules: PathRules, path: &str, e: &mut ConfigErrors
         );
         return false;
     }
-    match portcullis_core::path::normalize_path_with(p, rules) {
+    let params: Vec<&str> = p.split('/').filter(|s| is_param_segment(s)).collect();
+    let checked = if params.is_empty() {
+        Cow::Borrowed(p)
+    } else {
+        let mut n = 0;
+        let segs: Vec<Cow<'_, str>> = p
+            .split('/')
+            .map(|s| {
+                if is_param_segment(s) {
+                    n += 1;
+                    Cow::Owned(format!("%7B{}%7D", n - 1))
+                } else {
+                    Cow::Borrowed(s)
+                }
+            })
+            .collect();
+        Cow::Owned(segs.join("/"))
+    };
+    match portcullis_core::path::normalize_path_with(&checked, rules) {
         Ok(None) => true,
         Ok(Some(normal)) => {
+            let normal = if params.is_empty() {
+                normal
+            } else {
+                let segs: Vec<&str> = normal
+                    .split('/')
+                    .map(|s| {
+                        s.strip_prefix("%7B")
+                            .and_then(|s| s.strip_suffix("%7D"))
+                            .and_then(|i| i.parse::<usize>().ok())
+                            .and_then(|i| params.get(i).copied())
+                            .unwrap_or(s)
+                    })
+                    .collect();
+                segs.join("/")
+            };
             e.push(
                 path,
                 format!(
-                    "\"{p}\" is not a normalised path: requests are matched in normal form \
-                     (no //, dot segments, escapes of unreserved characters, lower-case \
-                     escapes or characters outside ASCII); write \"{normal}\""
+                    "\"{p}\" is not a normalised path: requests are matched in normal form (no \
+                     //, dot segments, lower-case escapes, escapes of characters that need none \
+                     — unreserved ones and : @ ! $ & ' ( ) * , = — or raw characters that need \
+                     one — characters outside ASCII, \" {{ }} | ^ [ ] and the like); write \
+                     \"{normal}\""
                 ),
             );
             false
@@ -945,12 +994,15 @@ fn expand_openapi(
     for op in &contract.operations {
         let full = format!("{prefix}{}", op.def.path);
         // Where `;` in paths is refused, an operation that needs one could never be called.
-        if sections.server.path_rules.semicolons == Semicolons::Reject {
+        let refused = sections.server.path_rules.semicolons == Semicolons::Reject;
+        // Told once: such a path is not also said to be one that can never match.
+        let semicolon_told = refused && op.def.path.contains(';');
+        if refused {
             let matrix = op.def.parameters.iter().find(|p| {
                 p.location == portcullis_contract::model::In::Path
                     && p.style == portcullis_contract::model::Style::Matrix
             });
-            if op.def.path.contains(';') || matrix.is_some() {
+            if semicolon_told || matrix.is_some() {
                 e.push(
                     format!("{op_path}.spec"),
                     format!(
@@ -967,7 +1019,22 @@ fn expand_openapi(
             }
         }
         let mut scratch = ConfigErrors::new();
-        let Some(segs) = parse_template(&full, "", &mut scratch) else {
+        let segs = parse_template(&full, "", &mut scratch);
+        // The operation's path is matched as written under the prefix: one not in normal form
+        // would never match, its requests falling to a broader route. The prefix is checked
+        // as `match.prefix`, and a prefix in normal form (kept without a trailing slash)
+        // followed by a path in normal form is in normal form: the operation's own path is
+        // checked, so that the error gives the spelling to write in the document.
+        if scratch.is_empty() && !semicolon_told {
+            check_path_syntax(&op.def.path, sections.server.path_rules, "", &mut scratch);
+        }
+        for err in scratch.iter() {
+            e.push(
+                format!("{op_path}.spec"),
+                format!("{}#{}: {}", o.spec, op.def.pointer, err.message),
+            );
+        }
+        let Some(segs) = segs else {
             let mut route = base.clone();
             route.waf.api.allow_arrays(repeated_query_arrays(&op.def));
             route.path = PathMatch::Exact(full.clone());
@@ -980,12 +1047,6 @@ fn expand_openapi(
             routes.push(route);
             continue;
         };
-        for err in scratch.iter() {
-            e.push(
-                format!("{op_path}.spec"),
-                format!("{}#{}: {}", o.spec, op.def.pointer, err.message),
-            );
-        }
         let rewrite = new_prefix.as_ref().map(|p| {
             let mut parts = Vec::new();
             let mut literal = p.clone();
@@ -1275,11 +1336,17 @@ fn compile_route(
     let pm = match (&m.path, &m.prefix) {
         (Some(p), None) => {
             let pp = format!("{mpath}.path");
-            check_path_syntax(p.trim_matches(['{', '}']), server.path_rules, &pp, e);
-            match parse_template(p, &pp, e) {
+            let before = e.len();
+            let pm = match parse_template(p, &pp, e) {
                 Some(segs) => PathMatch::Template(segs),
                 None => PathMatch::Exact(p.clone()),
+            };
+            // A malformed template (`/files/{name}.json`) is told once, as such, not also
+            // as a path whose braces want escapes.
+            if e.len() == before {
+                check_path_syntax(p, server.path_rules, &pp, e);
             }
+            pm
         }
         (None, Some(p)) => {
             let pp = format!("{mpath}.prefix");

@@ -562,6 +562,69 @@ paths:
     load_str(&yaml("server: { path_semicolons: keep }\n"), dir.path()).unwrap();
 }
 
+/// An operation's path was matched as written, never checked: one not in normal form never
+/// matched, and its requests fell to a broader route (here `rest`), under that route's rules.
+/// It is a `check` error naming the operation and giving the normal form.
+#[test]
+fn openapi_operation_paths_must_be_in_normal_form() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("o.yaml"),
+        r#"openapi: 3.1.0
+info: { title: t, version: "1" }
+paths:
+  /items%3Apurge:
+    post: { operationId: purge, responses: { "204": { description: ok } } }
+  /größe/{id}:
+    parameters: [{ name: id, in: path, required: true, schema: { type: string } }]
+    get: { operationId: size, responses: { "200": { description: ok } } }
+  /a//b/{id}:
+    parameters: [{ name: id, in: path, required: true, schema: { type: string } }]
+    get: { operationId: ab, responses: { "200": { description: ok } } }
+  /x/%7bid%7d:
+    get: { operationId: lower, responses: { "200": { description: ok } } }
+  /fine/{id}/$batch:
+    parameters: [{ name: id, in: path, required: true, schema: { type: string } }]
+    get: { operationId: fine, responses: { "200": { description: ok } } }
+"#,
+    )
+    .unwrap();
+    let e = match load_str(
+        r#"
+upstreams: { d: { kind: echo } }
+routes:
+  - { name: api, match: { prefix: /api }, upstream: d, openapi: { spec: o.yaml } }
+  - { name: rest, match: { prefix: / }, upstream: d }
+"#,
+        dir.path(),
+    ) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+    };
+    let want = [
+        (
+            "routes[0].openapi.spec: o.yaml#/paths/~1items%3Apurge/post: ",
+            "write \"/items:purge\"",
+        ),
+        (
+            "routes[0].openapi.spec: o.yaml#/paths/~1größe~1{id}/get: ",
+            "write \"/gr%C3%B6%C3%9Fe/{id}\"",
+        ),
+        (
+            "routes[0].openapi.spec: o.yaml#/paths/~1a~1~1b~1{id}/get: ",
+            "write \"/a/b/{id}\"",
+        ),
+        (
+            "routes[0].openapi.spec: o.yaml#/paths/~1x~1%7bid%7d/get: ",
+            "write \"/x/%7Bid%7D\"",
+        ),
+    ];
+    assert_eq!(e.len(), want.len(), "{e:?}");
+    for (m, (at, says)) in e.iter().zip(want) {
+        assert!(m.starts_with(at) && m.contains(says), "{m}");
+    }
+}
+
 #[test]
 fn an_openapi_group_takes_paths_and_methods_from_its_document() {
     let dir = tempfile::tempdir().unwrap();
@@ -1047,6 +1110,70 @@ routes:
         assert!(m.starts_with(route) && m.contains(says), "{m}");
     }
     assert!(e[0].contains("outside ASCII"), "{}", e[0]);
+}
+
+/// Route confusion: `/v1/items%3Apurge` was accepted as a route path, and `%3A` spellings
+/// decoded by every backend reached it while `:` ones fell to a broader route (now a request's
+/// `%3A` is decoded, so such a route could never match). Written with an escape it needs not,
+/// or a raw character that needs one, a route path is a `check` error that gives the normal
+/// form, template parameters left as written.
+#[test]
+fn route_paths_with_needless_or_missing_escapes_are_refused_with_their_normal_form() {
+    let e = errs(
+        r#"
+upstreams: { demo: { kind: echo } }
+routes:
+  - { name: a, match: { path: "/v1/items%3Apurge" }, upstream: demo }
+  - { name: b, match: { prefix: "/%24batch" }, upstream: demo }
+  - { name: c, match: { path: "/users/%40me/{id}/x%2a" }, upstream: demo }
+  - { name: d, match: { prefix: "/a{b" }, upstream: demo }
+  - { name: e, match: { path: "/q/{id}/a|b" }, upstream: demo }
+  - { name: f, match: { path: "/{id}//x%3d" }, upstream: demo }
+"#,
+    );
+    let want = [
+        ("routes[0].match.path", "write \"/v1/items:purge\""),
+        ("routes[1].match.prefix", "write \"/$batch\""),
+        ("routes[2].match.path", "write \"/users/@me/{id}/x*\""),
+        ("routes[3].match.prefix", "write \"/a%7Bb\""),
+        ("routes[4].match.path", "write \"/q/{id}/a%7Cb\""),
+        ("routes[5].match.path", "write \"/{id}/x=\""),
+    ];
+    assert_eq!(e.len(), want.len(), "{e:?}");
+    for (m, (route, says)) in e.iter().zip(want) {
+        assert!(m.starts_with(route) && m.contains(says), "{m}");
+    }
+    // Written in normal form, they are accepted; a parameter is no brace to escape.
+    let cfg = load_str(
+        r#"
+upstreams: { demo: { kind: echo } }
+routes:
+  - { name: a, match: { path: "/v1/items:purge" }, upstream: demo }
+  - { name: b, match: { prefix: "/$batch" }, upstream: demo }
+  - { name: c, match: { path: "/users/@me/{id}/x*" }, upstream: demo }
+  - { name: d, match: { prefix: "/a%7Bb" }, upstream: demo }
+  - { name: e, match: { path: "/q/{id}/a%7Cb/a+b/%2B" }, upstream: demo }
+"#,
+        Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(cfg.routes.len(), 5);
+    // A malformed template is told as such, once.
+    let e = errs(
+        r#"
+upstreams: { demo: { kind: echo } }
+routes:
+  - { name: a, match: { path: "/files/{name}.json" }, upstream: demo }
+  - { name: b, match: { prefix: "/files/{name}" }, upstream: demo }
+"#,
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].contains("a parameter must be a whole segment"),
+        "{}",
+        e[0]
+    );
+    assert!(e[1].contains("a prefix cannot hold parameters"), "{}", e[1]);
 }
 
 /// A path with escapes is matched in its normal form: written so, it is accepted (an escaped

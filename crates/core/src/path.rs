@@ -4,9 +4,23 @@
 //! match).
 //!
 //! What it does to a path (a query is not part of it):
-//! * percent-decodes unreserved characters (`%41` → `A`, `%2e` → `.`), upper-cases the hex of
-//!   the escapes it keeps, and percent-encodes bytes outside ASCII (`/café` → `/caf%C3%A9`, as
-//!   a browser sends it);
+//! * gives each character one spelling, the one the gateway routes, authorizes and inspects and
+//!   the upstream receives — so no spelling of a path reaches another route than the one a
+//!   backend that decodes it would serve:
+//!   - decodes the escapes of characters a segment holds raw with no meaning for the path's
+//!     structure: unreserved ones (`%41` → `A`, `%2e` → `.`) and `:` `@` `!` `$` `&` `'` `(`
+//!     `)` `*` `,` `=` (`/v1/items%3Apurge` → `/v1/items:purge`, which is what Go, Spring,
+//!     Flask, Django or Express run);
+//!   - percent-encodes the bytes a path may not hold raw, which the `http` crate lets through
+//!     (`"` `{` `}` `|` `^` `[` `]`: `/a{b` → `/a%7Bb`), or which other callers pass (space,
+//!     `<`, `>`, `` ` ``, `?`, `#`), and bytes outside ASCII (`/café` → `/caf%C3%A9`, as a
+//!     browser sends it);
+//!   - keeps, upper-cased, every other escape: those of the characters above that need one,
+//!     of `%` (decoded, it would start another escape), of `?` and `#` (decoded, they would
+//!     end the path), of `+` (below), and of `/` and `;` under their policies;
+//! * leaves `+` and `%2B` apart: backends that decode paths as form data (PHP's `urldecode`,
+//!   Java's `URLDecoder`) read a raw `+` as a space, so for them the two spellings are two
+//!   paths, and merging them either way would change what such a backend serves;
 //! * refuses encoded `/` (`%2F`), encoded `\` (`%5C`), NUL and other control bytes, and raw
 //!   backslashes — all are ways to make the gateway and the upstream disagree on segments;
 //!   with [`EncodedSlash::Keep`], `%2F` is kept (encoded, inside its segment) between text that
@@ -17,7 +31,8 @@
 //!   `admin;x`; with [`Semicolons::Keep`] it is an ordinary character of its segment, and only
 //!   dot segments with a parameter (`..;x`, `.;x`) are refused;
 //! * removes dot segments (RFC 3986 §5.2.4) and merges repeated slashes;
-//! * refuses a path that would climb above the root, and anything that is not origin-form.
+//! * refuses a path that would climb above the root, and anything that does not start with `/`
+//!   (an asterisk-form target, `*`).
 
 /// Why a path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +108,59 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-fn unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+/// What a byte is to the normaliser, written raw or as the value of an escape. One table
+/// lookup a byte: the check of a path that needs no change stays cheap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// A character a segment holds raw with no meaning for the path's structure: unreserved,
+    /// `:` `@` `!` `$` `&` `'` `(` `)` `*` `,` `=`. Kept raw; its escape is decoded.
+    Plain,
+    /// `.`: plain, but it may make a dot segment.
+    Dot,
+    /// `/`: separates segments; its escape is under [`EncodedSlash`].
+    Slash,
+    /// `+`: kept raw, and its escape kept (see the module's header).
+    Plus,
+    /// `;`: under [`Semicolons`], raw or escaped.
+    Semicolon,
+    /// `%`: starts an escape; `%25` is kept.
+    Percent,
+    /// `\`: refused raw or escaped.
+    Backslash,
+    /// NUL, other C0 controls and DEL: refused raw or escaped.
+    Control,
+    /// Not allowed raw in a path (`"` `{` `}` `|` `^` `[` `]`, space, `<` `>` `` ` `` `?` `#`,
+    /// bytes outside ASCII): encoded when raw; its escape is kept.
+    Encode,
+}
+
+const fn class_of(b: u8) -> Class {
+    match b {
+        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'~' => Class::Plain,
+        b':' | b'@' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b',' | b'=' => Class::Plain,
+        b'.' => Class::Dot,
+        b'/' => Class::Slash,
+        b'+' => Class::Plus,
+        b';' => Class::Semicolon,
+        b'%' => Class::Percent,
+        b'\\' => Class::Backslash,
+        0..=0x1f | 0x7f => Class::Control,
+        _ => Class::Encode,
+    }
+}
+
+const CLASSES: [Class; 256] = {
+    let mut t = [Class::Encode; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = class_of(i as u8);
+        i += 1;
+    }
+    t
+};
+
+fn class(b: u8) -> Class {
+    CLASSES[usize::from(b)]
 }
 
 fn push_escape(out: &mut String, v: u8) {
@@ -121,27 +187,35 @@ pub fn normalize_path_with(path: &str, rules: PathRules) -> Result<Option<String
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotOriginForm);
     }
-    // Fast path: nothing to decode, no dot segment, no double slash.
+    // Fast path: no escape, nothing to encode, no dot segment, no double slash. It also
+    // refuses every raw byte that is refused, so the work below meets none.
     let mut simple = true;
     for (i, &b) in bytes.iter().enumerate() {
-        match b {
-            b';' if semicolons == Semicolons::Reject => return Err(PathError::Semicolon),
-            b'%' | b';' | 0x80..=0xff => simple = false,
-            b'\\' => return Err(PathError::Backslash),
-            0..=0x1f | 0x7f => return Err(PathError::ControlByte),
-            b'/' if bytes.get(i + 1) == Some(&b'/') => simple = false,
-            b'.' if (i == 0 || bytes[i - 1] == b'/')
-                && matches!(bytes.get(i + 1), None | Some(b'/') | Some(b'.')) =>
+        match class(b) {
+            Class::Plain | Class::Plus => {}
+            Class::Semicolon if semicolons == Semicolons::Reject => {
+                return Err(PathError::Semicolon);
+            }
+            // `..;` is looked for below.
+            Class::Semicolon | Class::Percent | Class::Encode => simple = false,
+            Class::Backslash => return Err(PathError::Backslash),
+            Class::Control => return Err(PathError::ControlByte),
+            Class::Slash if bytes.get(i + 1) == Some(&b'/') => simple = false,
+            Class::Slash => {}
+            Class::Dot
+                if (i == 0 || bytes[i - 1] == b'/')
+                    && matches!(bytes.get(i + 1), None | Some(b'/') | Some(b'.')) =>
             {
                 simple = false
             }
-            _ => {}
+            Class::Dot => {}
         }
     }
     if simple {
         return Ok(None);
     }
-    // Decode unreserved escapes, keep the rest (upper-case hex).
+    // One spelling per character: decode what needs no escape, encode what needs one, keep
+    // the other escapes (upper-case hex).
     let mut decoded = String::with_capacity(path.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -154,22 +228,33 @@ pub fn normalize_path_with(path: &str, rules: PathRules) -> Result<Option<String
                 return Err(PathError::BadEscape);
             };
             let v = h * 16 + l;
-            match v {
-                b'/' if encoded_slash == EncodedSlash::Keep => push_escape(&mut decoded, v),
-                b'\\' if encoded_slash == EncodedSlash::Keep => return Err(PathError::Backslash),
-                b'/' | b'\\' => return Err(PathError::EncodedSlash),
-                0..=0x1f | 0x7f => return Err(PathError::ControlByte),
-                b';' if semicolons == Semicolons::Reject => return Err(PathError::Semicolon),
-                v if unreserved(v) => decoded.push(v as char),
-                v => push_escape(&mut decoded, v),
+            match class(v) {
+                Class::Plain | Class::Dot => decoded.push(char::from(v)),
+                Class::Slash if encoded_slash == EncodedSlash::Keep => push_escape(&mut decoded, v),
+                Class::Slash => return Err(PathError::EncodedSlash),
+                Class::Backslash if encoded_slash == EncodedSlash::Keep => {
+                    return Err(PathError::Backslash);
+                }
+                Class::Backslash => return Err(PathError::EncodedSlash),
+                Class::Control => return Err(PathError::ControlByte),
+                Class::Semicolon if semicolons == Semicolons::Reject => {
+                    return Err(PathError::Semicolon);
+                }
+                Class::Semicolon | Class::Plus | Class::Percent | Class::Encode => {
+                    push_escape(&mut decoded, v)
+                }
             }
             i += 3;
         } else {
-            if b.is_ascii() {
-                decoded.push(b as char);
-            } else {
-                // One byte of a UTF-8 sequence (a `char` per byte would re-encode it).
-                push_escape(&mut decoded, b);
+            match class(b) {
+                // Bytes outside ASCII are here too: one byte of a UTF-8 sequence (a `char` per
+                // byte would re-encode it).
+                Class::Encode => push_escape(&mut decoded, b),
+                // Refused by the first pass already; kept here so that this pass does not
+                // depend on it.
+                Class::Backslash => return Err(PathError::Backslash),
+                Class::Control => return Err(PathError::ControlByte),
+                _ => decoded.push(char::from(b)),
             }
             i += 1;
         }
@@ -304,6 +389,142 @@ mod tests {
         assert_eq!(normalize_path("/"), Ok(None));
         assert_eq!(normalize_path("/a/b.c/d"), Ok(None));
         assert_eq!(normalize_path("/a/.well-known/x"), Ok(None));
+        // Raw pchars, `+` and kept escapes: `Ok(None)`, so nothing was allocated.
+        for p in [
+            "/v1/items:purge",
+            "/users/@me",
+            "/$batch",
+            "/a!$&'()*,=:@b",
+            "/a+b",
+            "/a%2Bb",
+            "/100%25",
+            "/a%3F%23b",
+            "/a%7Bb%7D%22%7C%5E%5B%5D%20%3C%3E%60",
+        ] {
+            assert_eq!(normalize_path(p), Ok(None), "{p}");
+        }
+        let keep = PathRules {
+            encoded_slash: EncodedSlash::Keep,
+            semicolons: Semicolons::Keep,
+        };
+        assert_eq!(normalize_path_with("/a;v=1/b%3Bc/d%2Fe", keep), Ok(None));
+    }
+
+    /// Route confusion: `/v1/items%3Apurge` was routed as a path of its own (onto a broader
+    /// route and its rules) while every common backend decodes it and runs `/v1/items:purge`.
+    /// The escapes of pchars with no meaning for the path's structure are decoded, whatever
+    /// the case of their hex digits.
+    #[test]
+    fn escapes_of_plain_pchars_are_decoded() {
+        for (c, hex) in [
+            (':', "3A"),
+            ('@', "40"),
+            ('!', "21"),
+            ('$', "24"),
+            ('&', "26"),
+            ('\'', "27"),
+            ('(', "28"),
+            (')', "29"),
+            ('*', "2A"),
+            (',', "2C"),
+            ('=', "3D"),
+        ] {
+            let want = format!("/a{c}b");
+            for h in [hex.to_string(), hex.to_ascii_lowercase()] {
+                assert_eq!(n(&format!("/a%{h}b")), Ok(want.clone()), "%{h}");
+            }
+            assert_eq!(normalize_path(&want), Ok(None), "{want}");
+        }
+        assert_eq!(n("/v1/items%3Apurge").as_deref(), Ok("/v1/items:purge"));
+        assert_eq!(n("/v1/items%3apurge").as_deref(), Ok("/v1/items:purge"));
+        assert_eq!(n("/%24batch").as_deref(), Ok("/$batch"));
+        assert_eq!(n("/users/%40me").as_deref(), Ok("/users/@me"));
+        // In what a template captures as much as anywhere: `/orders/{id}` captures `a:b`.
+        assert_eq!(n("/orders/a%3Ab/items").as_deref(), Ok("/orders/a:b/items"));
+        // Mixed with other work, and with escapes kept beside them.
+        assert_eq!(n("/x/../a%3a%2a%7e//b%3F").as_deref(), Ok("/a:*~/b%3F"));
+    }
+
+    /// `%` decoded would start another escape, `?` and `#` would end the path, `+` would be a
+    /// space to backends that read paths as form data: their escapes are kept, upper-cased.
+    #[test]
+    fn escapes_with_a_meaning_are_kept() {
+        for (p, want) in [
+            ("/a%2Bb", "/a%2Bb"),
+            ("/a%2bb", "/a%2Bb"),
+            ("/a%25b", "/a%25b"),
+            ("/a%253Ab", "/a%253Ab"),
+            ("/a%3fb", "/a%3Fb"),
+            ("/a%23b", "/a%23b"),
+            ("/a+b//c", "/a+b/c"),
+        ] {
+            assert_eq!(n(p).as_deref(), Ok(want), "{p}");
+        }
+        // `/`, `\` and `;` as ever (their own tests): refused by default.
+        assert_eq!(n("/a%2fb"), Err(PathError::EncodedSlash));
+        assert_eq!(n("/a%5cb"), Err(PathError::EncodedSlash));
+        assert_eq!(n("/a%3Bb"), Err(PathError::Semicolon));
+    }
+
+    /// The characters a path may not hold raw that the `http` crate lets through (`"` `{` `}`
+    /// `|` `^` `[` `]`), and the others callers may pass, are encoded: raw or escaped, in
+    /// either case, one spelling.
+    #[test]
+    fn raw_characters_a_path_may_not_hold_are_encoded() {
+        for (c, hex) in [
+            ('"', "22"),
+            ('{', "7B"),
+            ('}', "7D"),
+            ('|', "7C"),
+            ('^', "5E"),
+            ('[', "5B"),
+            (']', "5D"),
+            ('`', "60"),
+            (' ', "20"),
+            ('<', "3C"),
+            ('>', "3E"),
+            ('?', "3F"),
+            ('#', "23"),
+        ] {
+            let want = format!("/a%{hex}b");
+            assert_eq!(n(&format!("/a{c}b")), Ok(want.clone()), "{c}");
+            assert_eq!(
+                n(&format!("/a%{}b", hex.to_ascii_lowercase())),
+                Ok(want.clone()),
+                "{c}"
+            );
+            assert_eq!(normalize_path(&want), Ok(None), "{want}");
+        }
+        assert_eq!(n("/a{b").as_deref(), Ok("/a%7Bb"));
+        assert_eq!(
+            n("/q/{\"k\":[1]}").as_deref(),
+            Ok("/q/%7B%22k%22:%5B1%5D%7D")
+        );
+    }
+
+    /// The decoded characters change nothing about `;`: `..;` and `.;` are refused in every
+    /// spelling, `;` and `%3B` stay as they are where semicolons are kept.
+    #[test]
+    fn semicolon_rules_are_unchanged_beside_decoded_characters() {
+        let keep = |p: &str| {
+            let rules = PathRules {
+                semicolons: Semicolons::Keep,
+                ..PathRules::default()
+            };
+            normalize_path_with(p, rules).map(|o| o.unwrap_or_else(|| p.to_string()))
+        };
+        assert_eq!(keep("/a;x%3Ay/b").as_deref(), Ok("/a;x:y/b"));
+        assert_eq!(keep("/a%3bx%3D1").as_deref(), Ok("/a%3Bx=1"));
+        for p in [
+            "/public/..;%3Ax/admin",
+            "/public/%2E%2E%3B%40/admin",
+            "/public/.%3B%3D/admin",
+        ] {
+            assert_eq!(keep(p), Err(PathError::DotSegmentParameter), "{p}");
+        }
+        for p in ["/a%3A;b", "/a%3A%3Bb"] {
+            assert_eq!(n(p), Err(PathError::Semicolon), "{p}");
+        }
     }
 
     #[test]
@@ -332,12 +553,14 @@ mod tests {
     }
 
     /// Random paths built from the characters that matter: never a panic, and the result is
-    /// canonical (normalising it again changes nothing) with no dot segment or empty segment.
+    /// canonical (normalising it again changes nothing) with no dot segment or empty segment,
+    /// no escape of a character that needs none and no raw character that needs one.
     #[test]
     fn random_paths_normalise_to_a_fixed_point() {
         const ALPHABET: &[&str] = &[
             "/", ".", "..", "a", "%2e", "%2E", "%2f", "%41", "%", "%zz", "\\", "//", "%20", "~",
-            "%7e", "%00", "é", "Ѱ", "%c3%a9",
+            "%7e", "%00", "é", "Ѱ", "%c3%a9", ":", "%3a", "%3A", "+", "%2b", "{", "%7b", "\"",
+            "%25", "%253a", "?", "%3f", "@", "%40", " ",
         ];
         let mut rng = fastrand::Rng::with_seed(7);
         for _ in 0..20_000 {
@@ -357,6 +580,20 @@ mod tests {
                     Ok(None),
                     "{p} -> {out} is not a fixed point"
                 );
+                assert!(
+                    !out.bytes().any(|b| class(b) == Class::Encode),
+                    "{p} -> {out}"
+                );
+                for (i, _) in out.match_indices('%') {
+                    let v = out
+                        .get(i + 1..i + 3)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                        .unwrap_or_else(|| panic!("{p} -> {out}: a whole escape"));
+                    assert!(
+                        !matches!(class(v), Class::Plain | Class::Dot),
+                        "{p} -> {out} keeps %{v:02X}"
+                    );
+                }
             }
         }
     }

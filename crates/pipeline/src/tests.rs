@@ -54,6 +54,16 @@ routes:
   - name: cafe
     match: { prefix: "/caf%C3%A9" }
     upstream: d
+  - name: purge
+    match: { path: "/v1/items:purge", methods: [POST] }
+    upstream: d
+    ip_filter: { allow: [127.0.0.0/8] }
+  - name: v1
+    match: { prefix: /v1 }
+    upstream: d
+  - name: brace
+    match: { path: "/q/a%7Bb" }
+    upstream: d
 "#;
 
 async fn run(
@@ -103,6 +113,36 @@ async fn a_route_written_with_escapes_takes_every_spelling_of_its_path() {
     let (ctx, r, _) = run("GET", "/cafe/menu", "127.0.0.1:1", &[]).await;
     assert_eq!(reason(&r), Some(RejectReason::RouteNotFound));
     assert!(ctx.route.is_none());
+}
+
+/// Route confusion: `POST /v1/items%3Apurge` went to the `/v1` prefix route and its rules,
+/// while the upstream decodes it and runs `/v1/items:purge`. Every spelling now takes the
+/// exact route (and its rules: here an address list that refuses 192.0.2.1), and the upstream
+/// gets the one the gateway judged.
+#[tokio::test]
+async fn escaped_pchars_take_the_route_of_their_decoded_spelling() {
+    for uri in [
+        "/v1/items:purge",
+        "/v1/items%3Apurge",
+        "/v1/items%3apurge",
+        "/v1/%69tems%3Apurge",
+    ] {
+        let (ctx, r, path) = run("POST", uri, "127.0.0.1:1", &[]).await;
+        assert!(r.is_ok(), "{uri}: {:?}", reason(&r));
+        assert_eq!(ctx.route.as_ref().map(|m| &*m.name), Some("purge"), "{uri}");
+        assert_eq!(path, "/v1/items:purge", "{uri}");
+        let (ctx, r, _) = run("POST", uri, "192.0.2.1:1", &[]).await;
+        assert_eq!(reason(&r), Some(RejectReason::IpDenied), "{uri}");
+        assert_eq!(ctx.route.as_ref().map(|m| &*m.name), Some("purge"), "{uri}");
+    }
+    // A raw character a path may not hold, which the `http` crate lets through, and its
+    // escape: one spelling, one route.
+    for uri in ["/q/a{b", "/q/a%7Bb", "/q/a%7bb"] {
+        let (ctx, r, path) = run("GET", uri, "127.0.0.1:1", &[]).await;
+        assert!(r.is_ok(), "{uri}: {:?}", reason(&r));
+        assert_eq!(ctx.route.as_ref().map(|m| &*m.name), Some("brace"), "{uri}");
+        assert_eq!(path, "/q/a%7Bb", "{uri}");
+    }
 }
 
 #[tokio::test]
