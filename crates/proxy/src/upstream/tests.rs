@@ -1112,14 +1112,15 @@ async fn over_http2_the_authority_is_the_host_the_upstream_sees() {
     assert_eq!(s.hits(), 5);
 }
 
-/// Over TLS (`protocol: auto`, ALPN picks h2) the connection still goes to the target, its
-/// name the server name (SNI) and the name the certificate is checked for, while the
-/// `:authority` is the client's host — and the `Host` kept for HTTP/1.1 is the same.
-#[tokio::test]
-async fn over_tls_the_target_is_dialled_and_named_whatever_the_authority() {
+/// A TLS acceptor with a fresh self-signed certificate for `localhost` offering `alpn`, and a
+/// directory holding that certificate as `ca.pem` (for the pool's `tls.ca_file`).
+fn self_signed_acceptor(
+    label: &str,
+    alpn: &[&[u8]],
+) -> (tokio_rustls::TlsAcceptor, std::path::PathBuf) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = std::env::temp_dir().join(format!(
-        "portcullis-upstream-sni-{}-{}",
+        "portcullis-upstream-{label}-{}-{}",
         std::process::id(),
         fastrand::u64(..)
     ));
@@ -1134,8 +1135,16 @@ async fn over_tls_the_target_is_dialled_and_named_whatever_the_authority() {
             rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
         )
         .unwrap();
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(server)), dir)
+}
+
+/// Over TLS (`protocol: auto`, ALPN picks h2) the connection still goes to the target, its
+/// name the server name (SNI) and the name the certificate is checked for, while the
+/// `:authority` is the client's host — and the `Host` kept for HTTP/1.1 is the same.
+#[tokio::test]
+async fn over_tls_the_target_is_dialled_and_named_whatever_the_authority() {
+    let (acceptor, dir) = self_signed_acceptor("sni", &[b"h2", b"http/1.1"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let accept = tokio::spawn(async move {
@@ -2613,25 +2622,7 @@ struct TlsServer {
 
 impl TlsServer {
     async fn start(alpn: &[&[u8]]) -> TlsServer {
-        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let dir = std::env::temp_dir().join(format!(
-            "portcullis-upstream-conns-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("ca.pem"), cert.cert.pem()).unwrap();
-        let mut server = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert.cert.der().clone()],
-                rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into()),
-            )
-            .unwrap();
-        server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let (acceptor, dir) = self_signed_acceptor("conns", alpn);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let conns = Arc::new(AtomicUsize::new(0));

@@ -194,19 +194,7 @@ fn compile_origins(raw: &RawCors, path: &str, errors: &mut ConfigErrors) -> Orig
         errors.push(p, "list at least one origin (or \"*\" for any)");
         return Origins::List(Vec::new());
     }
-    let mut star = None;
-    let mut list: Vec<OriginPattern> = Vec::new();
-    for (i, s) in raw.allowed_origins.iter().enumerate() {
-        if s == "*" {
-            star.get_or_insert(i);
-            continue;
-        }
-        match origin::parse_pattern(s) {
-            Ok(o) if !list.contains(&o) => list.push(o),
-            Ok(_) => {}
-            Err(e) => errors.push(format!("{p}[{i}]"), format!("\"{s}\": {e}")),
-        }
-    }
+    let (list, star) = origin::parse_list(&raw.allowed_origins, &p, errors);
     if raw.allow_credentials
         && let Some(i) = raw
             .allowed_origins

@@ -188,6 +188,30 @@ fn check_labels(host: &str) -> Result<usize, &'static str> {
     Ok(n)
 }
 
+/// Parses a configured origin list (`p`: where it sits, for errors): the patterns, each once,
+/// and where the first `*` is, if any (its rules differ between the lists that take one).
+/// Every malformed entry is recorded under `p[i]`.
+pub(crate) fn parse_list(
+    list: &[String],
+    p: &str,
+    errors: &mut portcullis_core::ConfigErrors,
+) -> (Vec<OriginPattern>, Option<usize>) {
+    let mut star = None;
+    let mut patterns: Vec<OriginPattern> = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        if s == "*" {
+            star.get_or_insert(i);
+            continue;
+        }
+        match parse_pattern(s) {
+            Ok(o) if !patterns.contains(&o) => patterns.push(o),
+            Ok(_) => {}
+            Err(e) => errors.push(format!("{p}[{i}]"), format!("\"{s}\": {e}")),
+        }
+    }
+    (patterns, star)
+}
+
 /// Parses one configured origin (other than `*`).
 pub(crate) fn parse_pattern(s: &str) -> Result<OriginPattern, &'static str> {
     if s.eq_ignore_ascii_case("null") {

@@ -140,19 +140,7 @@ pub fn compile_websocket(
     };
     let p = format!("{path}.origins");
     let before = errors.len();
-    let mut list = Vec::new();
-    let mut star = None;
-    for (i, s) in listed.iter().enumerate() {
-        if s == "*" {
-            star.get_or_insert(i);
-            continue;
-        }
-        match origin::parse_pattern(s) {
-            Ok(o) if !list.contains(&o) => list.push(o),
-            Ok(_) => {}
-            Err(e) => errors.push(format!("{p}[{i}]"), format!("\"{s}\": {e}")),
-        }
-    }
+    let (list, star) = origin::parse_list(listed, &p, errors);
     if let Some(i) = star
         && listed.len() > 1
     {
