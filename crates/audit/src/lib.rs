@@ -12,8 +12,10 @@
 //!   opened, when `output: file` has no path, or when the writer thread cannot be started.
 //!
 //! Invariants:
-//! * Events never carry credentials: the only header values recorded are `User-Agent` and
-//!   `Host`, and there is deliberately no field for anything else. The path is recorded
+//! * Events never carry credentials: the only header values recorded as fields are
+//!   `User-Agent` and `Host`, and there is deliberately no field for anything else (a WAF
+//!   match's `snippet` quotes what matched in a value as the WAF masks it: never a cookie, a
+//!   secret-named value, nor a URL's query or fragment). The path is recorded
 //!   without its query string, which may hold secrets; [`AuditSink::emit`] strips a stray one,
 //!   drops the `;` parameters of its segments (`;jsessionid=…`) and masks e-mail addresses,
 //!   JWT-like tokens and card-like digit runs in it (see [`redact_path`]).
@@ -458,10 +460,13 @@ fn redact_and_cut_path(path: &mut String) {
 /// * JWT-like tokens (`eyJ` and at least 8 base64url characters, with any `.`-separated parts
 ///   after it, not glued to a letter or digit before it) → `[jwt]`;
 /// * e-mail addresses, with `@` or `%40` → their first character, `***` and the domain:
-///   `/users/john.doe%40example.com` → `/users/j***%40example.com`;
-/// * 13 to 19 digits (single `-`, space or `%20` allowed between them) not inside a longer
-///   run of letters and digits → `****` and the last four: `/cards/4111111111111111` →
-///   `/cards/****1111`. A 13-digit millisecond timestamp is masked too; longer runs are kept.
+///   `/users/john.doe%40example.com` → `/users/j***%40example.com`; a domain may hold
+///   non-ASCII characters, raw or percent-escaped (`ex%C3%A4mple.com`, as the normalised path
+///   writes `exämple.com`);
+/// * 13 to 19 digits (single `-`, space, `.`, `+`, `%20` or `%2B` allowed between them) not
+///   inside a longer run of letters and digits (`_` is no letter: `card_4111…` is masked)
+///   → `****` and the last four: `/cards/4111111111111111` → `/cards/****1111`. A 13-digit
+///   millisecond timestamp is masked too; longer runs are kept.
 ///
 /// Same shapes as the upstream error excerpt's masks. Each step is one pass over the path.
 pub fn redact_path(path: &str) -> Option<String> {
@@ -601,28 +606,50 @@ fn is_email_local(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
 }
 
-/// Where the domain of an e-mail address starting at `start` ends: labels of letters, digits
-/// and `-` joined by single dots, at least two of them, the last starting with two letters
-/// (`example.com`, `mail.example.co.uk`). `None` when what follows is no such domain.
+/// The length of the domain-label character at `i`: a letter, digit or `-` (1); a byte of a
+/// non-ASCII character (1), or a percent-escape of one (3: `%C3`, how a normalised path writes
+/// `ä` of an internationalised domain). `None` for anything else — `.`, `@` and the escapes of
+/// ASCII characters (`%40`, `%2F`) among them, so that a domain never runs over an `@`.
+fn label_char(b: &[u8], i: usize) -> Option<usize> {
+    let c = *b.get(i)?;
+    if c.is_ascii_alphanumeric() || c == b'-' || c >= 0x80 {
+        Some(1)
+    } else if is_escape(b, i)
+        && b.get(i + 1)
+            .is_some_and(|h| matches!(h, b'8'..=b'9' | b'A'..=b'F' | b'a'..=b'f'))
+    {
+        Some(3)
+    } else {
+        None
+    }
+}
+
+/// Where the domain of an e-mail address starting at `start` ends: labels of letters, digits,
+/// `-` and non-ASCII characters (raw or percent-escaped: `ex%C3%A4mple.com`) joined by single
+/// dots, at least two of them, the last starting with two letters or a non-ASCII character
+/// (`example.com`, `mail.example.co.uk`, `xn--p1ai`, `%D1%80%D1%84`). `None` when what follows
+/// is no such domain.
 fn email_domain_end(b: &[u8], start: usize) -> Option<usize> {
     let mut pos = start;
     let mut labels = 0;
     let mut end = None;
     loop {
-        let label = b.get(pos..).unwrap_or_default();
-        let n = label
-            .iter()
-            .take_while(|c| c.is_ascii_alphanumeric() || **c == b'-')
-            .count();
-        if n == 0 {
+        let first = pos;
+        while let Some(n) = label_char(b, pos) {
+            pos += n;
+        }
+        if pos == first {
             break;
         }
         labels += 1;
-        let letters = label.iter().take_while(|c| c.is_ascii_alphabetic()).count();
-        if labels > 1 && letters >= 2 {
-            end = Some(pos + n);
+        let head = b.get(first..).unwrap_or_default();
+        let top_level = head
+            .get(..2)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_alphabetic))
+            || head.first().is_some_and(|&c| c >= 0x80 || c == b'%');
+        if labels > 1 && top_level {
+            end = Some(pos);
         }
-        pos += n;
         if b.get(pos) != Some(&b'.') {
             break;
         }
@@ -632,7 +659,8 @@ fn email_domain_end(b: &[u8], start: usize) -> Option<usize> {
 }
 
 /// `local@domain.tld` or `local%40domain.tld` → first character, `***`, the rest from the `@`.
-/// Linear: a domain is read from an `@` up to the next `@` or `%` at most.
+/// Linear: a domain is read from an `@` up to the next `@` or `%40` at most (neither is a
+/// label character), so no byte is read by two of them.
 fn mask_emails(s: &str, stop: usize) -> (Option<String>, usize) {
     let b = s.as_bytes();
     let mut w = Rewrite::new(s, stop);
@@ -671,10 +699,14 @@ fn is_escape(b: &[u8], i: usize) -> bool {
         && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
 }
 
-/// 13 to 19 digits in groups joined by a single `-`, space or `%20`, starting and ending at a
-/// word boundary (a percent-escape counts as a boundary: `%2F4111…`) → `****` and the last four
-/// digits. Of a longer sequence of groups, the first whole groups that make 13 to 19 digits
-/// are masked (as a regular expression's leftmost, longest match would), then the next.
+/// 13 to 19 digits in groups joined by a single `-`, space, `.`, `+`, `%20` or `%2B`, not inside a
+/// longer run of letters and digits (`_` and a percent-escape are boundaries: `card_4111…`,
+/// `4111…_2024.pdf`, `%2F4111…`) → `****` and the last four digits. Of a longer sequence of
+/// groups, the first whole groups that make 13 to 19 digits are masked (as a regular
+/// expression's leftmost, longest match would), then the next. Dotted versions, dates and
+/// addresses have fewer digits than that (`10.20.300.4000`, `2024.01.15`, `192.168.100.200`);
+/// a dotted number of 13 or more (an OID, a decimal timestamp) is masked, as a 13-digit
+/// millisecond timestamp is.
 /// Linear: a sequence is read once, and each start in it looks at 20 groups at most.
 fn mask_digit_runs(s: &str, stop: usize) -> (Option<String>, usize) {
     let b = s.as_bytes();
@@ -689,7 +721,7 @@ fn mask_digit_runs(s: &str, stop: usize) -> (Option<String>, usize) {
             continue;
         }
         if !c.is_ascii_digit() {
-            prev_word = c.is_ascii_alphanumeric() || c == b'_';
+            prev_word = c.is_ascii_alphanumeric();
             i += 1;
             continue;
         }
@@ -701,8 +733,14 @@ fn mask_digit_runs(s: &str, stop: usize) -> (Option<String>, usize) {
             let e = g + n.iter().take_while(|d| d.is_ascii_digit()).count();
             groups.push((g, e));
             let sep = match b.get(e) {
-                Some(b'-' | b' ') => 1,
-                Some(b'%') if b.get(e + 1..e + 3) == Some(b"20".as_slice()) => 3,
+                Some(b'-' | b' ' | b'.' | b'+') => 1,
+                // `%20` and `%2B`: a space and a `+` as a path writes them.
+                Some(b'%')
+                    if b.get(e + 1..e + 3)
+                        .is_some_and(|x| x == b"20" || x.eq_ignore_ascii_case(b"2B")) =>
+                {
+                    3
+                }
                 _ => 0,
             };
             if sep > 0 && b.get(e + sep).is_some_and(u8::is_ascii_digit) {
@@ -713,9 +751,7 @@ fn mask_digit_runs(s: &str, stop: usize) -> (Option<String>, usize) {
         }
         let last = groups.len() - 1;
         let seq_end = groups.get(last).map_or(i, |g| g.1);
-        let ends_clean = b
-            .get(seq_end)
-            .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b'_'));
+        let ends_clean = b.get(seq_end).is_none_or(|c| !c.is_ascii_alphanumeric());
         let mut k = usize::from(!startable);
         while k <= last {
             let mut digits = 0;
@@ -736,10 +772,12 @@ fn mask_digit_runs(s: &str, stop: usize) -> (Option<String>, usize) {
                 continue;
             };
             let span = s.get(start..end).unwrap_or_default();
-            // The digits of the number: a `%20` between groups is none of them.
+            // The digits of the number: the `2` of a `%20` or `%2B` between groups is none of
+            // them.
             let digits: Vec<char> = span
-                .replace("%20", "")
-                .chars()
+                .split('%')
+                .enumerate()
+                .flat_map(|(n, part)| part.chars().skip(if n == 0 { 0 } else { 2 }))
                 .filter(char::is_ascii_digit)
                 .collect();
             let mut masked = String::from("****");
@@ -1478,6 +1516,61 @@ mod tests {
             ("/%40%40%40".into(), "/%40%40%40"),
             ("/dates/2024-01-15".into(), "/dates/2024-01-15"),
             ("/café/menü".into(), "/café/menü"),
+            // `_` is no letter or digit: a number glued to a word by it is still masked.
+            (
+                "/cards/card_4111111111111111".into(),
+                "/cards/card_****1111",
+            ),
+            (
+                "/statements/4111111111111111_2024.pdf".into(),
+                "/statements/****1111_2024.pdf",
+            ),
+            ("/c/x_4111-1111-1111-1234_y".into(), "/c/x_****1234_y"),
+            // `.` and `+` (raw or `%2B`) join groups as `-` and a space do.
+            ("/cards/4111.1111.1111.1111".into(), "/cards/****1111"),
+            ("/cards/4111+1111+1111+1111".into(), "/cards/****1111"),
+            ("/cards/4111%2B1111%2B1111%2B4321".into(), "/cards/****4321"),
+            (
+                "/cards/4111%2b1111%2b1111%2b4321/x".into(),
+                "/cards/****4321/x",
+            ),
+            (
+                "/cards/4111.1111.1111.1111.pdf".into(),
+                "/cards/****1111.pdf",
+            ),
+            // E-mail addresses at internationalised domains, as the normalised path writes
+            // them (percent-escaped) or raw.
+            (
+                "/u/john.doe@ex%C3%A4mple.com".into(),
+                "/u/j***@ex%C3%A4mple.com",
+            ),
+            (
+                "/u/john.doe%40ex%C3%A4mple.com/x".into(),
+                "/u/j***%40ex%C3%A4mple.com/x",
+            ),
+            ("/u/j%C3%B6rg@exämple.de".into(), "/u/j***@exämple.de"),
+            (
+                "/u/ivan@%D0%BF%D1%80%D0%B8%D0%BC%D0%B5%D1%80.%D1%80%D1%84".into(),
+                "/u/i***@%D0%BF%D1%80%D0%B8%D0%BC%D0%B5%D1%80.%D1%80%D1%84",
+            ),
+            (
+                "/u/ivan@xn--e1afmkfd.xn--p1ai".into(),
+                "/u/i***@xn--e1afmkfd.xn--p1ai",
+            ),
+            // Left alone: too few digits for a card, whatever joins them; no domain.
+            ("/v/1.2.3".into(), "/v/1.2.3"),
+            ("/v/10.20.300.4000".into(), "/v/10.20.300.4000"),
+            ("/d/2024.01.15".into(), "/d/2024.01.15"),
+            ("/ip/192.168.100.200".into(), "/ip/192.168.100.200"),
+            ("/a/1+2+3".into(), "/a/1+2+3"),
+            ("/f/report_2024_01.pdf".into(), "/f/report_2024_01.pdf"),
+            (
+                "/x/ab4111.1111.1111.1111".into(),
+                "/x/ab4111.1111.1111.1111",
+            ),
+            ("/u/a@b%2Fc.com".into(), "/u/a@b%2Fc.com"),
+            ("/u/a@%40%C3%A4.com".into(), "/u/a@%40%C3%A4.com"),
+            ("/u/a@b.c".into(), "/u/a@b.c"),
         ];
         for (input, want) in cases {
             let mut e = event();
@@ -1620,6 +1713,11 @@ mod tests {
         assert_eq!(redact_path(&at), None);
         let long = format!("/a@{}", "b.".repeat(n / 2));
         assert_eq!(redact_path(&long), None);
+        // Domains of percent-escaped characters that never end in a top-level label.
+        let idn = format!("/{}", "a@%C3%A4".repeat(n / 8));
+        assert_eq!(redact_path(&idn), None);
+        let idn = format!("/a@{}", "%C3%A4.".repeat(n / 7));
+        assert_eq!(redact_path(&idn).map(|p| p.len()), Some(idn.len() + 3));
         // Digit groups: one long sequence of them, and runs one digit short.
         let groups = format!("/{}", "1-".repeat(n / 2));
         let got = redact_path(&groups).unwrap();

@@ -339,6 +339,69 @@ async fn upstream_errors_are_replaced_and_the_original_is_audited_masked() {
     assert_eq!(r.json()["upstream"], "app");
 }
 
+/// Credentials an upstream error page writes without `key: value` — in XML elements, HTML
+/// table cells and form fields, PHP and Ruby dumps, under `pass` or `signature`, an OAuth
+/// `code` in a logged URL — are masked in the audit excerpt like any other; the error code an
+/// operator needs stays readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_markup_and_dumps_of_an_upstream_error_are_masked_in_audit() {
+    let gw = gateway(
+        r#"waf: { mode: off }
+upstreams:
+  broken:
+    kind: static
+    responses:
+      - match: "GET /login"
+        status: 500
+        headers: { content-type: text/html }
+        body: |
+          <h1>Error E42</h1><pre>{"code":"E42","user":"bob","pass":"hunter2-a"}</pre>
+          <form><input name="password" value="hunter2-b"></form>
+          <table><tr><td>password</td><td>hunter2-c</td></tr></table>
+          <soap><password>hunter2-d</password><apiKey>AKIA1234567890</apiKey></soap>
+          Array ( [user] => bob [password] => hunter2-e )
+          $config = array('password' => 'hunter2-f',);
+          {"email"=>"bob@example.io", "password"=>"hunter2-g"}
+          {"signature":"c2lnbmF0dXJlLXNlY3JldA"}
+          GET /cb?code=SplxlOBeZQQYbYS6WxSbIA&state=xyz
+routes:
+  - { name: broken, match: { prefix: / }, upstream: broken }
+"#,
+    );
+    let r = call_public(&gw, "GET", "/login", &[]).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.header("content-type"), Some("application/problem+json"));
+    let id = r.header("x-request-id").unwrap().to_string();
+    let ev = audit_of(&gw, &id);
+    let original = ev["upstream_error"]["body"].as_str().unwrap();
+    for leak in [
+        "hunter2",
+        "AKIA1234567890",
+        "c2lnbmF0dXJl",
+        "SplxlOBeZQQYbYS6WxSbIA",
+        "bob@",
+    ] {
+        assert!(!original.contains(leak), "{leak}: {original}");
+    }
+    for kept in [
+        r#""code":"E42""#,
+        r#""pass":"****""#,
+        r#"<input name="password" value="****">"#,
+        "<td>password</td><td>****</td>",
+        "<password>****</password>",
+        "<apiKey>****</apiKey>",
+        "[password] => ****",
+        "'password' => '****'",
+        r#""password"=>"****""#,
+        r#""signature":"****""#,
+        "?code=****&state=xyz",
+    ] {
+        assert!(original.contains(kept), "{kept}: {original}");
+    }
+    // Still healthy afterwards.
+    assert_eq!(call_public(&gw, "GET", "/nothing", &[]).await.status, 404);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_fields_are_removed_by_name_and_path() {
     let (gw, _up) = setup().await;

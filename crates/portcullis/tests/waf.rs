@@ -925,6 +925,56 @@ async fn secrets_are_not_quoted_in_audit() {
     assert_eq!(up.hits(), 0);
 }
 
+/// A `Referer` whose query carries an OAuth authorization code, with an attack in it: blocked,
+/// and the audit event quotes the URL without its query — the code is nowhere in it. A request
+/// signature or a code sent as a parameter is never quoted either.
+#[tokio::test]
+async fn a_referers_query_and_signatures_are_not_quoted_in_audit() {
+    let (gw, up) = setup().await;
+    let code = "SplxlOBeZQQYbYS6WxSbIA";
+    let referer =
+        format!("https://app.example/cb?code={code}&next=1' UNION SELECT password FROM users--");
+    let r = call(&gw, "GET", "/orders", &[("referer", &referer)], "").await;
+    let ev = assert_blocked(&gw, &r, code);
+    let m = matches(&ev);
+    assert!(m.iter().any(|x| x["target"] == "header:referer"), "{ev}");
+    let hidden = referer.len() - referer.find('?').unwrap() - 1;
+    for x in m.iter().filter(|x| x["target"] == "header:referer") {
+        assert_eq!(
+            x["snippet"],
+            format!("https://app.example/cb?[redacted: {hidden} characters]"),
+            "{ev}"
+        );
+    }
+    assert!(!ev.to_string().contains(code), "{ev}");
+    assert!(!ev.to_string().contains("code="), "{ev}");
+    for (query, secret) in [
+        ("sig=S3cr3tSig'%20OR%20'1'='1", "S3cr3tSig"),
+        ("code=C0deC0de'%20OR%20'1'='1", "C0deC0de"),
+    ] {
+        let r = call(&gw, "GET", &format!("/orders?{query}"), &[], "").await;
+        let ev = assert_blocked(&gw, &r, secret);
+        for x in matches(&ev) {
+            assert!(
+                x["snippet"].as_str().unwrap().starts_with("[redacted: "),
+                "{ev}"
+            );
+        }
+        assert!(!ev.to_string().contains(secret), "{ev}");
+    }
+    assert_eq!(up.hits(), 0);
+    // Still healthy afterwards.
+    let r = call(
+        &gw,
+        "GET",
+        "/orders",
+        &[("referer", "https://app.example/")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
+
 /// While the WAF buffers a body, the body rules hold as they do towards an upstream: a body
 /// that stalls gets 408, a chunked body over the route's limit 413 — refused by the WAF step,
 /// with nothing forwarded.

@@ -237,6 +237,38 @@ pub fn replaced_body_headers(headers: &mut HeaderMap) {
 /// Callers that read a prefix of the body should read `max` plus this much.
 pub const EXCERPT_LOOKAHEAD: usize = 256;
 
+/// Secret-like key names, as a regular expression (for `concat!`), in the forms of
+/// `MASK_PATTERN` that take a key:
+/// * names containing `password`, `passwd`, `passphrase`, `pwd`, `secret`, `token`,
+///   `api_key`/`api-key`/`apikey`, `-key`/`_key` (`x-client-key`, `private_key`),
+///   `authorization`, `session`, `sessid`, `cookie`, `credential`, `signature` or `verifier`
+///   (any case, any prefix or suffix: `access_token`, `password_hash`, `JSESSIONID`,
+///   `Set-Cookie`, `X-Hub-Signature-256`, `code_verifier`);
+/// * camelCase names with a `Key` word (`privateKey`, `signingKey`, `accessKeyId`);
+/// * the short names `key`, `auth`, `pass`, `pin`, `sig`, `cvv`, `cvc`, `ssn`, `otp`, `totp` as
+///   a whole word, optionally after `_`/`-`-joined words and before `code`/`number`
+///   (`card_pin`, `x-auth`, `db_pass`, `otp_code`, `pinCode`, `passcode`) — never inside a
+///   longer word (`monkey`, `author`, `bypass`, `passed`, `spin`, `pinned`, `design` stay);
+/// * one-time codes: `code` after `device`, `user`, `verification`, `reset`, `recovery`,
+///   `mfa`, `2fa`, `sms`, `security`, `activation` or `confirmation` (`device_code`,
+///   `user_code` of RFC 8628, `verificationCode`, `security_code`).
+///
+/// `code` alone is not one of them: error bodies are made of `"code": "INVALID_ARGUMENT"`,
+/// `status_code` and `error_code`, which an operator needs to read. The OAuth 2.0
+/// authorization code is masked where it travels, as a URL's query or fragment parameter
+/// (`?code=…`: the `kv` form only); `authorization_code` and `auth_code` are secret-like names
+/// anyway.
+macro_rules! secret_key {
+    () => {
+        concat!(
+            r"[A-Za-z0-9_-]*(?i:password|passwd|passphrase|pwd|secret|token|api[_-]?key|[_-]key|authorization|session|sessid|cookie|credential|signature|verifier)[A-Za-z0-9_-]*",
+            r"|[A-Za-z0-9_-]*[a-z0-9]Key[A-Za-z0-9_-]*",
+            r"|\b(?:[A-Za-z0-9]+[_-])*(?i:key|auth|pass|pin|sig|cvv2?|cvc2?|ssn|otp|totp)(?:[_-]?(?i:code|number))?",
+            r"|\b(?:[A-Za-z0-9]+[_-])*(?i:device|user|verification|reset|recovery|mfa|2fa|sms|security|activation|confirmation)[_-]?(?i:code)",
+        )
+    };
+}
+
 /// What is masked, in one pass (alternatives tried left to right at each position):
 /// * `jwt`: `eyJ` and 8+ base64url characters, with up to four `.`-separated parts — a JWT
 ///   (JWS or JWE) or any base64url-encoded JSON object, also when cut short.
@@ -245,20 +277,33 @@ pub const EXCERPT_LOOKAHEAD: usize = 256;
 ///   the value of a secret-like key.
 /// * `cookie`: a `Cookie:` or `Set-Cookie:` line (to its end, a quote or a backslash): the value
 ///   of every cookie on it, not only the first.
-/// * `kv`: a secret-like key, then `=` or `:` (`"key": "…"` in JSON), then a value: a quoted
-///   string (to its closing quote, or to the end of the excerpt when cut), a PEM private key,
-///   or an unquoted run (optionally after `Bearer `/`Basic `/`Digest `/`Token `). Secret-like
-///   keys are
-///   * names containing `password`, `passwd`, `passphrase`, `pwd`, `secret`, `token`,
-///     `api_key`/`api-key`/`apikey`, `-key`/`_key` (`x-client-key`, `private_key`),
-///     `authorization`, `session`, `sessid`, `cookie` or `credential` (any case, any prefix or
-///     suffix: `access_token`, `password_hash`, `JSESSIONID`, `Set-Cookie`);
-///   * camelCase names with a `Key` word (`privateKey`, `signingKey`, `accessKeyId`);
-///   * the short names `key`, `auth`, `pin`, `cvv`, `cvc`, `ssn`, `otp`, `totp` as a whole
-///     word, optionally after `_`/`-`-joined words and before `code`/`number` (`card_pin`,
-///     `x-auth`, `otp_code`, `pinCode`) — never inside a longer word (`monkey`, `author`,
-///     `spin` and `pinned` stay).
-/// * `email`: `local@domain.tld`.
+/// * A value named by a secret-like key (the keys: `secret_key!`), written as
+///   * `pr`: a PHP `print_r` line, `[password] => hunter 2`: to the end of the line (or of a
+///     JSON-escaped one, `\n`), since `print_r` does not quote;
+///   * `el`: an XML element, `<password>…</password>`, `<ns:apiKey a="1">…`: its text up to
+///     the next tag (or a CDATA section), when there is any;
+///   * `cell`: a table cell after a header cell, `<td>password</td><td>…</td>`
+///     (`<th>API key:</th>`, `<dt>…</dt><dd>…`): the second cell's text up to the next tag;
+///   * `at`: an attribute or field naming it, then a `value` or `content` one within 256
+///     characters: `<input name="password" value="…">`, `<add key="DbPassword" value="…"/>`,
+///     `<meta name="csrf-token" content="…">`, `{"name":"DB_PASSWORD","value":"…"}`;
+///   * `tt`: an element whose `name`, `key`, `id` or `property` attribute names it, without
+///     such a value: its text (`<entry key="password">…</entry>`);
+///   * `rv`: the same two the other way round, the value first (`<input value="…"
+///     name="csrf_token">`);
+///   * `kv`: the key, then `:`, `=` or `=>` (PHP, Ruby: `'password' => '…'`,
+///     `"password"=>"…"`), after an optional closing quote and `]` (`user[password]=…`,
+///     `["password"]=>` and `var_dump`'s `string(7)`), then a value: a quoted string (to its
+///     closing quote, or to the end of the excerpt when cut), a PEM private key, or an
+///     unquoted run (optionally after `Bearer `/`Basic `/`Digest `/`Token `). Here only, also
+///     `code` as a URL's query or fragment parameter (`?code=…`, `&code=…`, `#code=…`: an OAuth
+///     2.0 authorization code).
+///
+///   The surrounding text these forms pass over (other attributes, between the name and the
+///   value) is masked in turn.
+/// * `email`: `local@domain.tld`, also `local%40domain.tld`; the local part and the domain's
+///   labels may hold non-ASCII characters, the labels also their percent-escapes
+///   (`jöhn@exämple.com`, `ex%C3%A4mple.com`).
 /// * `card`: 13 to 19 digits, single spaces or dashes allowed between them, not inside a
 ///   longer run of word characters.
 /// * `iban`: two capital letters, two check digits, then 10 to 30 capitals or digits, in groups
@@ -270,6 +315,10 @@ pub const EXCERPT_LOOKAHEAD: usize = 256;
 ///   `555-123-4567`, `030/1234 5678`); or `0` and a digit, then four pairs (`01 23 45 67 89`).
 ///   Plain digit runs without such separators (ids, timestamps), dates (`2024-01-15 10:30`),
 ///   dotted versions and addresses are not phone numbers.
+///
+/// Scans that look for a second part (`at`, `tt`, `rv`, attributes) go at most 256 characters
+/// and never past a `<` or `>`, so that a form that does not complete costs a bounded look
+/// ahead, not a rescan of the rest of the excerpt for every start.
 const MASK_PATTERN: &str = concat!(
     // A PEM private key, to its end line or the excerpt's end.
     r"(?P<pem>-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----)(?s:.*?)(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)",
@@ -279,15 +328,48 @@ const MASK_PATTERN: &str = concat!(
     r"|(?P<bearer>(?i:bearer)\s+)[A-Za-z0-9\-._~+/]+=*",
     // A cookie header line: every cookie on it (see `mask_cookies`).
     r#"|(?P<cookie>\b(?i:set-cookie|cookie)[ \t]*:[ \t]*)(?P<cookies>[^\r\n"\\<]+)"#,
+    // PHP `print_r`: `[password] => hunter 2`, to the end of the (possibly JSON-escaped) line.
+    r"|(?P<pr>\[(?:",
+    secret_key!(),
+    r")\][ \t]*=>[ \t]*)(?:[^\r\n\\]|\\[^nr\r\n])+",
+    // An element named by the key: its text, or its CDATA section.
+    r"|(?P<el><(?:[A-Za-z_][A-Za-z0-9_.-]*:)?(?:",
+    secret_key!(),
+    r"))(?P<elattrs>(?:\s[^<>]{0,256})?>)",
+    r"(?:(?P<elcdata><!\[CDATA\[)(?s:.*?)(?:\]\]>|\z)|\s*[^<\s][^<]*)",
+    // A table cell after a header cell naming the key (up to three more words around it).
+    r"|(?P<cell><(?i:t[dh]|dt)(?:\s[^<>]{0,256})?>\s*(?:[A-Za-z0-9_-]+[ \t]+){0,3}(?:",
+    secret_key!(),
+    r")(?:[ \t]+[A-Za-z0-9_-]+){0,3}\s*:?\s*</(?i:t[dh]|dt)\s*>\s*<(?i:td|dd)(?:\s[^<>]{0,256})?>)",
+    r"\s*[^<\s][^<]*",
+    // An attribute (or JSON field) naming the key, then its `value` or `content`.
+    r#"|(?P<at>\b(?i:name|key|id|type|property)["']?\s*[:=]\s*["']?(?:[A-Za-z0-9_.-]*\[)?(?:"#,
+    secret_key!(),
+    r#")\]?["']?)(?P<atmid>[^<>]{0,256}?[^A-Za-z0-9_<>-](?i:value|content)["']?\s*[:=]\s*)"#,
+    r#"(?:(?P<atdq>"[^"]*"?)|(?P<atsq>'[^']*'?)|[^\s"'<>,;}]+)"#,
+    // An element whose attribute names the key, with no value attribute: its text.
+    r#"|(?P<tt>\b(?i:name|key|id|property)\s*=\s*["']?(?:[A-Za-z0-9_.-]*\[)?(?:"#,
+    secret_key!(),
+    r#")\]?["']?)(?P<ttattrs>(?:\s[^<>]{0,256})?>)"#,
+    r"(?:(?P<ttcdata><!\[CDATA\[)(?s:.*?)(?:\]\]>|\z)|\s*[^<\s][^<]*)",
+    // The value first, then the attribute (or JSON field) naming the key.
+    r#"|(?P<rv>[^A-Za-z0-9_-](?i:value|content)["']?\s*[:=]\s*)"#,
+    r#"(?:(?P<rvdq>"[^"]*")|(?P<rvsq>'[^']*')|[^\s"'<>,;}]+)"#,
+    r#"(?P<rvmid>[^<>]{0,256}?[^A-Za-z0-9_<>-])"#,
+    r#"(?P<rvname>(?i:name|key|id|type|property)["']?\s*[:=]\s*["']?(?:[A-Za-z0-9_.-]*\[)?(?:"#,
+    secret_key!(),
+    r#")\]?["']?)"#,
+    // `key: value`, `key=value`, `key => value`.
     r#"|(?P<kvkey>(?:"#,
-    r"[A-Za-z0-9_-]*(?i:password|passwd|passphrase|pwd|secret|token|api[_-]?key|[_-]key|authorization|session|sessid|cookie|credential)[A-Za-z0-9_-]*",
-    r"|[A-Za-z0-9_-]*[a-z0-9]Key[A-Za-z0-9_-]*",
-    r"|\b(?:[A-Za-z0-9]+[_-])*(?i:key|auth|pin|cvv2?|cvc2?|ssn|otp|totp)(?:[_-]?(?i:code|number))?",
-    r#")["']?\s*[:=]\s*)"#,
+    secret_key!(),
+    r#"|[?&#](?i:code))["']?\]?\s*(?:=>|[:=])\s*(?:string\([0-9]+\)\s*)?)"#,
     r#"(?:(?P<dq>"(?:[^"\\]|\\.)*"?)|(?P<sq>'[^']*'?)"#,
     r"|(?P<kvpem>-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----)(?s:.*?)(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)",
     r#"|(?i:(?:bearer|basic|digest|token)\s+)?[^\s"'&,;{}\[\]<>]+)"#,
-    r"|(?P<email>[A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*(?P<domain>@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})",
+    r"|(?P<email>[A-Za-z0-9._%+-]|[^\x00-\x7F])(?:[A-Za-z0-9._%+-]|[^\x00-\x7F])*(?P<domain>(?:@|%40)",
+    r"(?:[A-Za-z0-9-]|[^\x00-\x7F]|%[89A-Fa-f][0-9A-Fa-f])+",
+    r"(?:\.(?:[A-Za-z0-9-]|[^\x00-\x7F]|%[89A-Fa-f][0-9A-Fa-f])+)*",
+    r"\.(?:[A-Za-z]{2,}|[^\x00-\x7F]{2,}|(?:%[89A-Fa-f][0-9A-Fa-f]){2,}))",
     r"|(?P<card>\b[0-9](?:[ -]?[0-9]){12,18}\b)",
     r"|(?P<iban>\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b)",
     r"|(?P<ssn>\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b)",
@@ -315,7 +397,10 @@ pub const TRUNCATED: &str = "…[truncated]";
 ///   `\n` and `\t`, and the bidirectional overrides U+202A–U+202E and U+2066–U+2069, become
 ///   U+FFFD, so an excerpt cannot forge log lines or reorder what an operator reads.
 /// * Secrets are masked: JWT-like tokens → `[jwt]`; `Bearer <token>` → `Bearer ****`; the value
-///   after a secret-like key → `****` (quotes kept: `"password":"****"`); e-mail addresses →
+///   of a secret-like key → `****` (quotes kept: `"password":"****"`, `'pass' => '****'`), and
+///   so the text of an element or table cell named by one (`<password>****</password>`,
+///   `<td>password</td><td>****</td>`) and the value of an attribute pair naming one
+///   (`name="password" value="****"`); e-mail addresses →
 ///   first character, `***` and the domain (`j***@example.com`: the tenant stays visible, the
 ///   person does not); the password of a URL's userinfo (`postgres://app:****@db`); every
 ///   cookie value of a `Cookie:`/`Set-Cookie:` line (`Cookie: theme=****; sid=****`);
@@ -375,7 +460,7 @@ pub fn audit_excerpt(body: &[u8], max: usize) -> String {
             break;
         }
         out.push_str(text.get(copied..m.start()).unwrap_or_default());
-        out.push_str(&mask_one(&caps));
+        out.push_str(&mask_one(re, &caps));
         copied = m.end();
     }
     if copied < text_cut {
@@ -411,7 +496,16 @@ fn clean(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn mask_one(c: &Captures<'_>) -> String {
+fn mask_one(re: &Regex, c: &Captures<'_>) -> String {
+    let quoted = |dq: &str, sq: &str| {
+        if c.name(dq).is_some() {
+            "\""
+        } else if c.name(sq).is_some() {
+            "'"
+        } else {
+            ""
+        }
+    };
     if let Some(p) = c.name("pem") {
         format!("{}[private key]", p.as_str())
     } else if c.name("jwt").is_some() {
@@ -422,17 +516,43 @@ fn mask_one(c: &Captures<'_>) -> String {
         format!("{}****", b.as_str())
     } else if let (Some(k), Some(list)) = (c.name("cookie"), c.name("cookies")) {
         format!("{}{}", k.as_str(), mask_cookies(list.as_str()))
+    } else if let Some(k) = c.name("pr") {
+        format!("{}****", k.as_str())
+    } else if let (Some(k), Some(attrs)) = (c.name("el"), c.name("elattrs")) {
+        // The tag's other attributes are text like any other: masked in turn.
+        let text = if c.name("elcdata").is_some() {
+            "<![CDATA[****]]>"
+        } else {
+            "****"
+        };
+        format!("{}{}{text}", k.as_str(), mask_text(re, attrs.as_str()))
+    } else if let Some(k) = c.name("cell") {
+        format!("{}****", mask_text(re, k.as_str()))
+    } else if let (Some(k), Some(mid)) = (c.name("at"), c.name("atmid")) {
+        let q = quoted("atdq", "atsq");
+        format!("{}{}{q}****{q}", k.as_str(), mask_text(re, mid.as_str()))
+    } else if let (Some(k), Some(attrs)) = (c.name("tt"), c.name("ttattrs")) {
+        let text = if c.name("ttcdata").is_some() {
+            "<![CDATA[****]]>"
+        } else {
+            "****"
+        };
+        format!("{}{}{text}", k.as_str(), mask_text(re, attrs.as_str()))
+    } else if let (Some(k), Some(mid), Some(name)) =
+        (c.name("rv"), c.name("rvmid"), c.name("rvname"))
+    {
+        let q = quoted("rvdq", "rvsq");
+        format!(
+            "{}{q}****{q}{}{}",
+            k.as_str(),
+            mask_text(re, mid.as_str()),
+            name.as_str()
+        )
     } else if let (Some(k), Some(p)) = (c.name("kvkey"), c.name("kvpem")) {
         format!("{}{}[private key]", k.as_str(), p.as_str())
     } else if let Some(k) = c.name("kvkey") {
-        let quote = if c.name("dq").is_some() {
-            "\""
-        } else if c.name("sq").is_some() {
-            "'"
-        } else {
-            ""
-        };
-        format!("{}{quote}****{quote}", k.as_str())
+        let q = quoted("dq", "sq");
+        format!("{}{q}****{q}", k.as_str())
     } else if let (Some(first), Some(domain)) = (c.name("email"), c.name("domain")) {
         format!("{}***{}", first.as_str(), domain.as_str())
     } else if let Some(card) = c.name("card") {
@@ -450,6 +570,23 @@ fn mask_one(c: &Captures<'_>) -> String {
         // whole match is the safe answer anyway.
         "****".into()
     }
+}
+
+/// `text` with every secret in it masked, whole (no cut, no look-ahead): the parts of a match
+/// that are shown rather than masked (a tag's other attributes, what stands between a name and
+/// its value) may hold secrets of their own. Each part is shorter than the match it came from,
+/// so this ends; the forms that use it bound those parts to a few hundred characters.
+fn mask_text(re: &Regex, text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for caps in re.captures_iter(text) {
+        let Some(m) = caps.get(0) else { continue };
+        out.push_str(text.get(copied..m.start()).unwrap_or_default());
+        out.push_str(&mask_one(re, &caps));
+        copied = m.end();
+    }
+    out.push_str(text.get(copied..).unwrap_or_default());
+    out
 }
 
 /// The cookies of a `Cookie:` or `Set-Cookie:` line with their values masked, names and
@@ -880,6 +1017,198 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(audit_excerpt(input.as_bytes(), 4096), *want, "{input}");
+        }
+    }
+
+    /// Secrets that upstream error pages write without `key: value` or `key=value`: in markup
+    /// (XML elements, HTML tables and form fields, .NET and Spring configuration), in PHP and
+    /// Ruby dumps, and under key names the first list lacked. Each is a shape seen in real
+    /// error pages; the audit trail promises to be free of credentials.
+    #[test]
+    fn excerpt_masks_secrets_in_markup_dumps_and_more_key_names() {
+        let cases: &[(&str, &str)] = &[
+            // An element named by the key: its text, to the next tag.
+            (
+                "<user>bob</user><password>hunter2</password>",
+                "<user>bob</user><password>****</password>",
+            ),
+            ("<apiKey>AKIA1234567890</apiKey>", "<apiKey>****</apiKey>"),
+            (
+                "<ns2:Password type=\"plain\">hunter 2</ns2:Password>",
+                "<ns2:Password type=\"plain\">****</ns2:Password>",
+            ),
+            (
+                "<SessionToken>\n  FwoGZXIvYXdzE\n</SessionToken>",
+                "<SessionToken>****</SessionToken>",
+            ),
+            (
+                "<password><![CDATA[hun<ter>2]]></password>",
+                "<password><![CDATA[****]]></password>",
+            ),
+            (
+                "<Signature>c2lnbmF0dXJl</Signature>",
+                "<Signature>****</Signature>",
+            ),
+            // A table cell after a header cell naming it.
+            (
+                "<tr><td>user</td><td>bob</td></tr><tr><td>password</td><td>hunter2</td></tr>",
+                "<tr><td>user</td><td>bob</td></tr><tr><td>password</td><td>****</td></tr>",
+            ),
+            (
+                "<th class=\"k\">API Key:</th> <td>AKIA1234567890</td>",
+                "<th class=\"k\">API Key:</th> <td>****</td>",
+            ),
+            (
+                "<dt>Secret</dt><dd>s3cr3t</dd>",
+                "<dt>Secret</dt><dd>****</dd>",
+            ),
+            // Form fields and configuration entries: name, then value — or the other way.
+            (
+                r#"<input name="password" value="hunter2">"#,
+                r#"<input name="password" value="****">"#,
+            ),
+            (
+                r#"<input type="password" id="pw" value='hunter2'/>"#,
+                r#"<input type="password" id="pw" value='****'/>"#,
+            ),
+            (
+                r#"<input name="user[password]" data-x="a@example.com" value=hunter2>"#,
+                r#"<input name="user[password]" data-x="a***@example.com" value=****>"#,
+            ),
+            (
+                r#"<input type="hidden" value="tok123" name="csrf_token">"#,
+                r#"<input type="hidden" value="****" name="csrf_token">"#,
+            ),
+            (
+                r#"<add key="DbPassword" value="hunter2" />"#,
+                r#"<add key="DbPassword" value="****" />"#,
+            ),
+            (
+                r#"<meta name="csrf-token" content="tok123">"#,
+                r#"<meta name="csrf-token" content="****">"#,
+            ),
+            (
+                r#"<entry key="password">hunter2</entry>"#,
+                r#"<entry key="password">****</entry>"#,
+            ),
+            (
+                r#"{"env":[{"name":"DB_PASSWORD","value":"hunter2"},{"name":"MODE","value":"prod"}]}"#,
+                r#"{"env":[{"name":"DB_PASSWORD","value":"****"},{"name":"MODE","value":"prod"}]}"#,
+            ),
+            // PHP and Ruby dumps: `=>`, `] =>`, var_dump's `string(n)`.
+            (
+                "Array\n(\n    [user] => bob\n    [password] => hunter 2\n)",
+                "Array\n(\n    [user] => bob\n    [password] => ****\n)",
+            ),
+            (
+                r#"{"trace":"Array\n(\n [password] => hunter 2\n [user] => bob\n)"}"#,
+                r#"{"trace":"Array\n(\n [password] => ****\n [user] => bob\n)"}"#,
+            ),
+            (
+                "array('user' => 'bob', 'password' => 'hunter2',)",
+                "array('user' => 'bob', 'password' => '****',)",
+            ),
+            (
+                "[\"password\"]=>\n  string(7) \"hunter2\"",
+                "[\"password\"]=>\n  string(7) \"****\"",
+            ),
+            (
+                r#"{"email"=>"bob@x.io", "password"=>"hunter2"}"#,
+                r#"{"email"=>"b***@x.io", "password"=>"****"}"#,
+            ),
+            ("user[password]=hunter2&x=1", "user[password]=****&x=1"),
+            // Key names: `pass`, `signature`, `sig`, `verifier`, one-time codes.
+            (
+                r#"{"user":"bob","pass":"hunter2"}"#,
+                r#"{"user":"bob","pass":"****"}"#,
+            ),
+            ("db_pass=hunter2", "db_pass=****"),
+            ("passcode: 1234", "passcode: ****"),
+            (r#"{"signature":"c2lnbmF0dXJl"}"#, r#"{"signature":"****"}"#),
+            (
+                "X-Hub-Signature-256: sha256=abc",
+                "X-Hub-Signature-256: ****",
+            ),
+            (
+                "/blob?sv=2022&sig=abc%2Bdef&se=1",
+                "/blob?sv=2022&sig=****&se=1",
+            ),
+            ("code_verifier=dBjftJeZ4CVP", "code_verifier=****"),
+            (r#"{"device_code":"GmRhmhcx"}"#, r#"{"device_code":"****"}"#),
+            ("verificationCode: 123456", "verificationCode: ****"),
+            // `code` as an OAuth authorization response parameter.
+            (
+                "GET /cb?code=SplxlOBeZQQYbYS6WxSbIA&state=xyz failed",
+                "GET /cb?code=****&state=xyz failed",
+            ),
+            ("/cb?state=xyz&code=Splx", "/cb?state=xyz&code=****"),
+            ("/cb#code=Splx&state=1", "/cb#code=****&state=1"),
+            // E-mail addresses with an encoded `@` or an internationalised domain.
+            ("user john.doe%40example.com", "user j***%40example.com"),
+            ("to jöhn@exämple.com", "to j***@exämple.com"),
+            ("to john.doe@ex%C3%A4mple.com", "to j***@ex%C3%A4mple.com"),
+            // Ordinary words, codes and markup stay.
+            (
+                r#"{"error":{"code":"INVALID_ARGUMENT","status_code":400}}"#,
+                r#"{"error":{"code":"INVALID_ARGUMENT","status_code":400}}"#,
+            ),
+            (
+                "error_code=E42 country_code=DE",
+                "error_code=E42 country_code=DE",
+            ),
+            (
+                "<Error><Code>NoSuchBucket</Code><Message>gone</Message></Error>",
+                "<Error><Code>NoSuchBucket</Code><Message>gone</Message></Error>",
+            ),
+            (
+                "bypass=1 passed: 3 compass=n",
+                "bypass=1 passed: 3 compass=n",
+            ),
+            ("design=flat signal: ok", "design=flat signal: ok"),
+            (
+                "<td>user</td><td>bob</td><keyboard>us</keyboard>",
+                "<td>user</td><td>bob</td><keyboard>us</keyboard>",
+            ),
+            (
+                r#"<input name="email" value="x"> <password/> <token> </token>"#,
+                r#"<input name="email" value="x"> <password/> <token> </token>"#,
+            ),
+            (
+                "$a = ['mode' => 'fast', 'count' => 3];",
+                "$a = ['mode' => 'fast', 'count' => 3];",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(audit_excerpt(input.as_bytes(), 4096), *want, "{input}");
+        }
+    }
+
+    /// Forms that never complete — a name without its value, a value without its name, a tag
+    /// that never closes — each followed by something that is masked (an address): a search
+    /// that had to read to the end of the text before giving up the earlier start and settling
+    /// for the address would make masking quadratic. Each start looks at most 256 characters
+    /// ahead instead, so 256 KiB of them (16 times the largest excerpt) take a few milliseconds
+    /// a piece, where an unbounded look-ahead takes seconds.
+    #[test]
+    fn excerpt_masking_stays_linear_on_forms_that_never_complete() {
+        let re = MASK.as_ref().unwrap();
+        for piece in [
+            " value=\"x\" a@b.co ",
+            "name=\"password\" a@b.co ",
+            "\"name\":\"token\", a@b.co ",
+            "<password a@b.co ",
+            "<input type=\"password\" a@b.co ",
+            "<td>password</td> a@b.co ",
+        ] {
+            let text = piece.repeat(256 * 1024 / piece.len());
+            let start = std::time::Instant::now();
+            let masked = mask_text(re, &text);
+            let took = start.elapsed();
+            assert!(!masked.contains("a@b"), "{piece:?}");
+            assert!(
+                took < std::time::Duration::from_secs(1),
+                "{piece:?}: {took:?}"
+            );
         }
     }
 

