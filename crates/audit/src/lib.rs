@@ -969,9 +969,13 @@ impl AuditSink {
 }
 
 fn open_append(path: &Path) -> Result<std::fs::File, String> {
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.append(true).create(true);
+    // Client addresses, subjects and user agents: readable by the gateway's user alone when
+    // the gateway creates the file (one that exists keeps the mode it was given).
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
         .open(path)
         .map_err(|e| format!("cannot open audit file {}: {e}", path.display()))
 }
@@ -1864,6 +1868,25 @@ mod tests {
         let old = std::fs::read_to_string(dir.path().join("old")).unwrap();
         assert_eq!(old, "{\"a\":1}\n{\"b\":2}\n");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"c\":3}\n");
+    }
+
+    /// The audit file holds client addresses, subjects and user agents: one the gateway
+    /// creates — at start, or anew after a rotation — is readable by its user alone; one that
+    /// exists keeps the mode it was given.
+    #[cfg(unix)]
+    #[test]
+    fn a_created_audit_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        drop(open_append(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+        let shared = dir.path().join("shared.log");
+        std::fs::write(&shared, "").unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o640)).unwrap();
+        drop(open_append(&shared).unwrap());
+        assert_eq!(mode(&shared), 0o640);
     }
 
     /// Rotation by renaming (logrotate's default) or removal: the writer notices before its
