@@ -1278,7 +1278,12 @@ async fn a_101_keeps_its_upgrade_handle() {
     })
     .await;
     let p = pool_of(&[s.target()], "");
-    let mut req = get("/");
+    assert_eq!(upgraded(&p, get("/")).await, b"hi");
+}
+
+/// Sends `req` asking for an upgrade (`Upgrade: test`), expects the switch, and reads what the
+/// tunnel brings until it ends.
+async fn upgraded(p: &UpstreamPool, mut req: Request<BoxBody>) -> Vec<u8> {
     req.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("upgrade"));
     req.headers_mut()
@@ -1289,7 +1294,7 @@ async fn a_101_keeps_its_upgrade_handle() {
     let mut io = TokioIo::new(up);
     let mut got = Vec::new();
     io.read_to_end(&mut got).await.unwrap();
-    assert_eq!(got, b"hi");
+    got
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2846,18 +2851,7 @@ async fn an_upgrade_to_an_http2_tls_target_goes_over_http1() {
     let p = tls.pool("");
     let (_, _, version) = seen(p.forward(get_for("a.example"), RETRYABLE).await.unwrap()).await;
     assert_eq!(version, "HTTP/2.0");
-    let mut req = get_for("b.example");
-    req.headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    req.headers_mut()
-        .insert(UPGRADE, HeaderValue::from_static("test"));
-    let mut r = p.forward(req, NOT_RETRYABLE).await.unwrap();
-    assert_eq!(r.response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    let up = hyper::upgrade::on(&mut r.response).await.unwrap();
-    let mut io = TokioIo::new(up);
-    let mut got = Vec::new();
-    io.read_to_end(&mut got).await.unwrap();
-    assert_eq!(got, b"hi");
+    assert_eq!(upgraded(&p, get_for("b.example")).await, b"hi");
     let (authority, _, version) =
         seen(p.forward(get_for("c.example"), RETRYABLE).await.unwrap()).await;
     assert_eq!(
