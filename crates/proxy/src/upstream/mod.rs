@@ -389,7 +389,10 @@ async fn send_via(
         Via::Client(c) => return send_general(c, req).await,
         Via::Mux(mux, fallback) => (mux, fallback),
     };
-    match mux.send(req).await {
+    // Boxed: the shared connection's future (its checkout, the watch on a connect under
+    // way, a head kept for a resend) is kilobytes, and every request's future would carry
+    // that room — moved with it at each step — although most go through the direct client.
+    match Box::pin(mux.send(req)).await {
         Ok(Sent::Answer(resp)) => Ok(resp),
         Ok(Sent::Http1(mut req)) => {
             let Some(c) = fallback else {
