@@ -225,6 +225,17 @@ impl RequestCtx {
     pub fn route_id(&self) -> Option<RouteId> {
         self.route.as_ref().map(|r| r.id)
     }
+
+    /// The scheme the client used to reach the gateway: the listener's, or, from a trusted
+    /// proxy that says so (`X-Forwarded-Proto`, `Forwarded: proto=`), its client's — a TLS
+    /// terminator in front of a cleartext listener. An untrusted peer's claim is never taken.
+    pub fn client_scheme(&self, headers: &http::HeaderMap) -> Scheme {
+        if self.peer_trusted {
+            crate::header::forwarded_scheme(headers).unwrap_or(self.scheme)
+        } else {
+            self.scheme
+        }
+    }
 }
 
 #[cfg(test)]

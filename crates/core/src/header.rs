@@ -9,6 +9,8 @@
 
 use http::header::{HeaderMap, HeaderName};
 
+use crate::Scheme;
+
 /// Whether `headers` holds a field called `name`, found by comparing names rather than by
 /// hashing.
 pub fn has_header<T>(headers: &HeaderMap<T>, name: &HeaderName) -> bool {
@@ -137,6 +139,39 @@ static TCHAR: [bool; 256] = {
 /// Whether `b` is an RFC 9110 §5.6.2 token character (field names, methods, CORS tokens).
 pub fn is_tchar(b: u8) -> bool {
     TCHAR[usize::from(b)]
+}
+
+/// The scheme a trusted proxy says its client used: the last `X-Forwarded-Proto` element (the
+/// one the trusted proxy nearest the gateway wrote: one that appends rather than replaces
+/// leaves its client's own claim before it), else the `proto=` of `Forwarded`'s last element;
+/// `http` or `https` only (any case), anything else is not taken. Only a trusted peer's word
+/// counts: see [`crate::RequestCtx::client_scheme`].
+pub fn forwarded_scheme(headers: &HeaderMap) -> Option<Scheme> {
+    let pick = |v: &str| match v.trim().trim_matches('"') {
+        p if p.eq_ignore_ascii_case("https") => Some(Scheme::Https),
+        p if p.eq_ignore_ascii_case("http") => Some(Scheme::Http),
+        _ => None,
+    };
+    if let Some(v) = headers
+        .get_all(HeaderName::from_static("x-forwarded-proto"))
+        .iter()
+        .next_back()
+    {
+        return v.to_str().ok()?.rsplit(',').next().and_then(pick);
+    }
+    let last = headers
+        .get_all(http::header::FORWARDED)
+        .iter()
+        .next_back()?;
+    let element = last.to_str().ok()?.rsplit(',').next()?;
+    element.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        if k.trim().eq_ignore_ascii_case("proto") {
+            pick(v)
+        } else {
+            None
+        }
+    })
 }
 
 #[cfg(test)]

@@ -50,8 +50,8 @@ pub use ctx::{
 };
 pub use errors::{ConfigError, ConfigErrors};
 pub use header::{
-    has_header, header_value, is_tchar, remove_disallowed_trailers, remove_header,
-    remove_headers_folded, same_name_folded, trailer_allowed,
+    forwarded_scheme, has_header, header_value, is_tchar, remove_disallowed_trailers,
+    remove_header, remove_headers_folded, same_name_folded, trailer_allowed,
 };
 pub use host::normalized_host;
 pub use identity::{AuthMethod, PeerCertificate, Principal, SpiffeId, claim_at};

@@ -464,31 +464,6 @@ pub fn strip_forwarding_claims(
     }
 }
 
-/// The scheme a trusted proxy says its client used: the last `X-Forwarded-Proto` element (the
-/// one the trusted proxy nearest the gateway wrote: one that appends rather than replaces
-/// leaves its client's own claim before it), else the `proto=` of `Forwarded`'s last element;
-/// `http` or `https` only (any case), anything else is not taken.
-pub fn forwarded_scheme(headers: &HeaderMap) -> Option<&'static str> {
-    let pick = |v: &str| match v.trim().trim_matches('"') {
-        p if p.eq_ignore_ascii_case("https") => Some("https"),
-        p if p.eq_ignore_ascii_case("http") => Some("http"),
-        _ => None,
-    };
-    if let Some(v) = headers.get_all(&X_FORWARDED_PROTO).iter().next_back() {
-        return v.to_str().ok()?.rsplit(',').next().and_then(pick);
-    }
-    let last = headers.get_all(header::FORWARDED).iter().next_back()?;
-    let element = last.to_str().ok()?.rsplit(',').next()?;
-    element.split(';').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        if k.trim().eq_ignore_ascii_case("proto") {
-            pick(v)
-        } else {
-            None
-        }
-    })
-}
-
 /// Builds `X-Forwarded-*` and `Forwarded`. From an untrusted peer, whatever it sent is
 /// replaced; from a trusted proxy, its chain is extended. Disabled headers are removed, so a
 /// client can never smuggle its own copy to the upstream.

@@ -745,11 +745,7 @@ impl Gateway {
         // trusted proxy that says so, the proxy's client's (a TLS terminator in front of a
         // cleartext listener would otherwise get `http://` links). The host stays the request's
         // own: a forwarded host written into a cacheable redirect is how caches get poisoned.
-        let link_scheme = if ctx.peer_trusted {
-            crate::headers::forwarded_scheme(&head.headers).unwrap_or(ctx.scheme.as_str())
-        } else {
-            ctx.scheme.as_str()
-        };
+        let link_scheme = ctx.client_scheme(&head.headers).as_str();
         // HTTP/2's `:authority` (when there is no `Host`), for links in the answer.
         let authority = head.uri.authority().cloned();
         // The gateway's own fields go to a proxied target's client as a list, written after

@@ -93,7 +93,7 @@
 //! after the upstream's 101 the connection is a tunnel no step reads. Where the route serves
 //! WebSockets, the handshake must be a `GET` (`400 bad_request` otherwise), and browsers —
 //! which apply no CORS to WebSockets and send the user's cookies with a handshake from any
-//! page — are held to the route's own origin (the `Host`'s name and port; see [`WebSocket`])
+//! page — are held to the route's own origin (the `Host`'s name and port, `https` where the client used it; see [`WebSocket`])
 //! and `websocket.origins`. The route's `cors.allowed_origins` do not count: CORS decides what
 //! scripts may read, `*` included, where a WebSocket carries credentials both ways. Anything
 //! else, a malformed or repeated `Origin` included, is `403 cors_rejected`. A handshake without
@@ -118,7 +118,8 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use portcullis_core::{
-    Answer, GatewayRequest, RejectReason, Rejection, RequestCtx, Stage, StageId, Step, Verdict,
+    Answer, GatewayRequest, RejectReason, Rejection, RequestCtx, Scheme, Stage, StageId, Step,
+    Verdict,
 };
 
 pub use config::{Cors, RawCors, compile};
@@ -208,7 +209,12 @@ impl Stage for CorsStage {
         };
         if portcullis_core::has_header(&req.head.headers, &http::header::UPGRADE)
             && is_websocket(&req.head.headers)
-            && let Some(refusal) = websocket_refusal(route, &req.head.method, &req.head.headers)
+            && let Some(refusal) = websocket_refusal(
+                route,
+                &req.head.method,
+                &req.head.headers,
+                ctx.client_scheme(&req.head.headers),
+            )
         {
             return Step::Done(refusal);
         }
@@ -235,6 +241,7 @@ fn websocket_refusal(
     route: &RouteOrigins,
     method: &Method,
     headers: &HeaderMap,
+    client: Scheme,
 ) -> Option<Verdict> {
     let Some(ws) = route.websocket.as_deref() else {
         return Some(Verdict::Reject(Rejection::new(
@@ -250,7 +257,11 @@ fn websocket_refusal(
             "a WebSocket handshake is a GET",
         )));
     }
-    let refused = match ws.check(headers.get_all(ORIGIN), headers.get(http::header::HOST)) {
+    let refused = match ws.check(
+        headers.get_all(ORIGIN),
+        headers.get(http::header::HOST),
+        client,
+    ) {
         Ok(()) => return None,
         Err(websocket::WsOriginRefused::NotAllowed(o)) => Some(o),
         Err(websocket::WsOriginRefused::Malformed) => None,

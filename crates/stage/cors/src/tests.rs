@@ -620,7 +620,7 @@ fn websocket_origins_without_cors() {
     for origin in [
         None,
         Some("https://api.example.com:8443"),
-        Some("http://API.example.com:8443"),
+        Some("https://API.example.com:8443"),
         Some("https://app.example.com"),
     ] {
         let (v, ctx) = ws(origin);
@@ -637,6 +637,79 @@ fn websocket_origins_without_cors() {
         refused(ws(Some("https://api.example.com:8443/")).0),
         "WebSocket with an unreadable Origin"
     );
+    // This listener is TLS: a page of the same host served in cleartext is another origin.
+    assert_eq!(
+        refused(ws(Some("http://api.example.com:8443")).0),
+        "WebSocket from origin http://api.example.com:8443 not allowed"
+    );
+}
+
+/// The own origin's scheme is the one the client used: over a cleartext listener either is
+/// taken (a TLS terminator the gateway does not trust may be in front); a trusted proxy that
+/// says its client used `https` makes it `https` only; an untrusted peer's word is not taken.
+#[test]
+fn websocket_own_origin_scheme_is_the_clients() {
+    let s = CorsStage::new(vec![RouteOrigins {
+        cors: None,
+        websocket: websocket("true"),
+    }]);
+    let ws = |origin: &str, forwarded: Option<(&'static str, &'static str)>, trusted: bool| {
+        let mut h = vec![
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("host", "api.example.com"),
+            ("origin", origin),
+        ];
+        h.extend(forwarded);
+        run_with(&s, "GET", &h, false, |ctx| {
+            ctx.scheme = Scheme::Http;
+            ctx.peer_trusted = trusted;
+        })
+        .0
+    };
+    for origin in ["http://api.example.com", "https://api.example.com"] {
+        assert!(
+            matches!(ws(origin, None, false), Verdict::Continue),
+            "{origin}"
+        );
+        assert!(
+            matches!(ws(origin, None, true), Verdict::Continue),
+            "{origin}"
+        );
+        // An untrusted peer's claim changes nothing.
+        for f in [("x-forwarded-proto", "https"), ("forwarded", "proto=https")] {
+            assert!(
+                matches!(ws(origin, Some(f), false), Verdict::Continue),
+                "{origin} {f:?}"
+            );
+        }
+    }
+    for f in [
+        ("x-forwarded-proto", "https"),
+        ("forwarded", "for=1.2.3.4;proto=https"),
+    ] {
+        assert!(
+            matches!(
+                ws("https://api.example.com", Some(f), true),
+                Verdict::Continue
+            ),
+            "{f:?}"
+        );
+        assert_eq!(
+            refused(ws("http://api.example.com", Some(f), true)),
+            "WebSocket from origin http://api.example.com not allowed",
+            "{f:?}"
+        );
+    }
+    // A trusted proxy that says `http` leaves both.
+    assert!(matches!(
+        ws(
+            "https://api.example.com",
+            Some(("x-forwarded-proto", "http")),
+            true
+        ),
+        Verdict::Continue
+    ));
 }
 
 /// RFC 6455: the handshake is a GET. Another method with `Upgrade: websocket` is refused

@@ -5,11 +5,11 @@
 //! serves WebSockets, and browsers, which apply no CORS to WebSockets and send the user's cookies
 //! with a handshake from any page, are held to the route's own origin unless others are listed.
 
-use portcullis_core::ConfigErrors;
+use portcullis_core::{ConfigErrors, Scheme};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::origin::{self, OriginPattern, RequestHost, RequestOrigin};
+use crate::origin::{self, OriginPattern, RequestHost, RequestOrigin, WebScheme};
 
 /// A route's `websocket:` setting: `true` (WebSockets from the route's own origin and from
 /// clients that send no `Origin`), `false` (none: the default) or the settings.
@@ -55,15 +55,19 @@ pub(crate) enum WsOriginRefused<'h> {
 }
 
 impl WebSocket {
-    /// Checks a handshake's `Origin` (`origin`: every value sent) against the request's `Host`.
+    /// Checks a handshake's `Origin` (`origin`: every value sent) against the request's `Host`
+    /// and the scheme the client used (`client`: the listener's, or a trusted proxy's word).
     /// No `Origin` at all is a client that is not a browser, which no page can make send a
-    /// handshake: allowed. The route's own origin is the `Host`'s name and port, whatever the
-    /// scheme (a TLS terminator in front may have changed it); a `Host` without a port stands
-    /// for the origin scheme's default one.
+    /// handshake: allowed. The route's own origin is the `Host`'s name and port; a `Host`
+    /// without a port stands for the origin scheme's default one. Over `https` the own origin
+    /// is an `https` one: a page served in cleartext (which anyone on its path can write) may
+    /// not open a socket that carries the user's `Secure` cookies. Over `http` either scheme
+    /// is taken, as a TLS terminator the gateway does not trust may be in front.
     pub(crate) fn check<'h>(
         &self,
         origin: http::header::GetAll<'h, http::HeaderValue>,
         host: Option<&http::HeaderValue>,
+        client: Scheme,
     ) -> Result<(), WsOriginRefused<'h>> {
         let mut values = origin.iter();
         let Some(value) = values.next() else {
@@ -77,7 +81,7 @@ impl WebSocket {
         let allowed = match &self.origins {
             WsOrigins::Any => true,
             WsOrigins::Listed(list) => {
-                same_origin(&parsed, host) || list.iter().any(|p| p.matches(&parsed))
+                same_origin(&parsed, host, client) || list.iter().any(|p| p.matches(&parsed))
             }
         };
         if allowed {
@@ -88,8 +92,13 @@ impl WebSocket {
     }
 }
 
-/// Whether a request's origin names the host and port the request was sent to.
-fn same_origin(origin: &RequestOrigin<'_>, host: Option<&http::HeaderValue>) -> bool {
+/// Whether a request's origin names the host and port the request was sent to, and, over
+/// `https`, the scheme.
+fn same_origin(
+    origin: &RequestOrigin<'_>,
+    host: Option<&http::HeaderValue>,
+    client: Scheme,
+) -> bool {
     let RequestOrigin::Tuple {
         scheme,
         host: oh,
@@ -98,6 +107,9 @@ fn same_origin(origin: &RequestOrigin<'_>, host: Option<&http::HeaderValue>) -> 
     else {
         return false;
     };
+    if client == Scheme::Https && *scheme != WebScheme::Https {
+        return false;
+    }
     let Some(host) = host.and_then(|h| h.to_str().ok()) else {
         return false;
     };
@@ -179,12 +191,21 @@ mod tests {
     }
 
     fn check(ws: &WebSocket, origins: &[&str], host: Option<&str>) -> Result<(), String> {
+        check_over(ws, origins, host, Scheme::Http)
+    }
+
+    fn check_over(
+        ws: &WebSocket,
+        origins: &[&str],
+        host: Option<&str>,
+        client: Scheme,
+    ) -> Result<(), String> {
         let mut headers = HeaderMap::new();
         for o in origins {
             headers.append(http::header::ORIGIN, HeaderValue::from_str(o).unwrap());
         }
         let host = host.map(|h| HeaderValue::from_str(h).unwrap());
-        ws.check(headers.get_all(http::header::ORIGIN), host.as_ref())
+        ws.check(headers.get_all(http::header::ORIGIN), host.as_ref(), client)
             .map_err(|e| format!("{e:?}"))
     }
 
@@ -201,7 +222,7 @@ mod tests {
         let ws = compiled("true").unwrap().unwrap();
         // No Origin: not a browser.
         assert_eq!(check(&ws, &[], Some("api.example.com")), Ok(()));
-        // The Host's name and port, whatever the scheme and case.
+        // The Host's name and port, whatever the scheme and case, over `http`.
         for (origin, host) in [
             ("https://api.example.com", "api.example.com"),
             ("http://api.example.com", "API.example.com"),
@@ -232,6 +253,7 @@ mod tests {
                         }
                         .get_all(http::header::ORIGIN),
                         Some(&HeaderValue::from_str(host).unwrap()),
+                        Scheme::Http,
                     ),
                     Err(WsOriginRefused::NotAllowed(_))
                 ),
@@ -249,6 +271,45 @@ mod tests {
         assert_eq!(
             check(&ws, &["https://a.com", "https://a.com"], Some("a.com")),
             Err("Malformed".into())
+        );
+    }
+
+    /// Over `https`, the own origin is an `https` one: a page served in cleartext on the same
+    /// host may not open a socket that carries the user's `Secure` cookies. Listed origins and
+    /// clients without an `Origin` are as over `http`.
+    #[test]
+    fn over_https_the_own_origin_is_an_https_one() {
+        let ws = compiled(r#"{ origins: ["http://legacy.example.com"] }"#)
+            .unwrap()
+            .unwrap();
+        let over_tls =
+            |origin: &str, host: &str| check_over(&ws, &[origin], Some(host), Scheme::Https);
+        assert_eq!(
+            over_tls("https://api.example.com", "api.example.com"),
+            Ok(())
+        );
+        assert_eq!(
+            over_tls("https://api.example.com:8443", "api.example.com:8443"),
+            Ok(())
+        );
+        for (origin, host) in [
+            ("http://api.example.com", "api.example.com"),
+            ("http://api.example.com:443", "api.example.com"),
+            ("http://api.example.com:8443", "api.example.com:8443"),
+        ] {
+            assert_eq!(
+                over_tls(origin, host),
+                Err(format!("NotAllowed({origin:?})")),
+                "{origin} {host}"
+            );
+        }
+        assert_eq!(
+            over_tls("http://legacy.example.com", "api.example.com"),
+            Ok(())
+        );
+        assert_eq!(
+            check_over(&ws, &[], Some("api.example.com"), Scheme::Https),
+            Ok(())
         );
     }
 
