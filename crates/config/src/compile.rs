@@ -145,6 +145,24 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
         if let Some(r) = routes.last() {
             check_token_exchange_route(r, &upstreams, token_exchange.is_some(), &path, &mut e);
         }
+        // The internal token and an exchanged one share issuer and key (and, with
+        // `requested_token_type=jwt`, `typ`): under one audience a service could not tell the
+        // token the gateway minted for a request it verified from one a client of the token
+        // endpoint holds and may present at will.
+        if let (Some(t), Some(x)) = (
+            r.auth.as_ref().and_then(|a| a.internal_token.as_ref()),
+            token_exchange.as_ref(),
+        ) && x.audiences.iter().any(|a| a.name == t.audience)
+        {
+            e.push(
+                format!("{path}.auth.internal_token.audience"),
+                format!(
+                    "\"{}\" is also a token_exchange audience: a service could not tell the \
+                     gateway's per-request token from an exchanged one; give them different audiences",
+                    t.audience
+                ),
+            );
+        }
     }
 
     let mut addrs = HashSet::new();

@@ -446,6 +446,37 @@ routes:
     assert_eq!(t.clients[0].allowed(0), Some(&["read".to_string()][..]));
     assert_eq!(t.clients[0].allowed(1), None);
     assert_eq!(c.upstreams[0].kind, UpstreamKind::TokenExchange);
+
+    // A route's internal token may not share an audience with the token endpoint: a service
+    // could not tell the two kinds of token apart. Other audiences are fine.
+    let with_route = |audience: &str| {
+        format!(
+            r#"
+upstreams: {{ tx: {{ kind: token_exchange }}, d: {{ kind: echo }} }}
+auth:
+  jwt: {{ a: {{ issuer: https://a.test, hmac_secret: {{ value: "0123456789abcdef0123456789abcdef" }}, algorithms: [HS256] }} }}
+token_exchange:
+  jwt_issuers: [a]
+  audiences: {{ orders: {{}}, billing: {{}} }}
+  clients:
+    bff:
+      secret_hash: "sha256:0fefc1b27100e636d38ff6bc989040691f4a48220d8bc2183b6bbcfd001524c7"
+      audiences: {{ billing: [read] }}
+routes:
+  - {{ name: t, match: {{ path: /token, methods: [POST] }}, upstream: tx, auth: {{ anonymous: true }} }}
+  - {{ name: o, match: {{ prefix: /orders }}, upstream: d, auth: {{ methods: [jwt], internal_token: {{ audience: {audience} }} }} }}
+"#
+        )
+    };
+    let e = errs(&with_route("orders"));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with(
+            "routes[1].auth.internal_token.audience: \"orders\" is also a token_exchange audience"
+        ),
+        "{e:#?}"
+    );
+    load_str(&with_route("orders-internal"), Path::new(".")).unwrap();
 }
 
 const SHOP: &str = r#"openapi: 3.1.0
