@@ -408,12 +408,29 @@ impl<'a, 'o> Sink<'a, 'o> {
         let at = at.min(body.len());
         let start = at.saturating_sub(16);
         let end = at.saturating_add(24).min(body.len());
-        let window = String::from_utf8_lossy(body.get(start..end).unwrap_or_default());
+        // The shape of the bytes around the error, not their text: a login body cut short or
+        // with a stray byte would otherwise put the password beside it into the audit log.
+        let window = shape_of(body.get(start..end).unwrap_or_default());
         let note = format!("@{at}: {window}");
         let mut f = Finding::new(rule, &t, View::Raw, &note);
         f.blocks = true;
         self.findings.push(f);
     }
+}
+
+/// Bytes as their shape: every letter (any script) `a`, every digit `0`; punctuation, blanks
+/// and control characters as they are (the snippet escapes the latter). A malformed body's
+/// snippet shows where its structure broke (`{"a": aaaa}`: a bare word where a value goes)
+/// without quoting what it says.
+fn shape_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .map(|c| match c {
+            c if c.is_ascii_digit() => '0',
+            c if c.is_alphanumeric() || !c.is_ascii() => 'a',
+            c => c,
+        })
+        .collect()
 }
 
 /// The exclusion key of rule 1003: only an exclusion listing this target, or none, covers it.

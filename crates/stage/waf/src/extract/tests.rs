@@ -392,12 +392,51 @@ fn json_malformed() {
         &mut findings,
     );
     assert_eq!(findings.len(), 1);
-    assert!(
-        findings[0].snippet.contains("oops"),
-        "{}",
-        findings[0].snippet
-    );
+    // Where the structure broke, as its shape: a bare word where a value goes.
+    assert_eq!(findings[0].snippet, r#"@19:  "a": 0,\n  "a": aaaa\n}"#);
     assert_eq!(findings[0].target, "body");
+}
+
+/// Rules 1001 and 1002 quote the shape of the bytes around the error, never their text: a
+/// body cut short beside a password, or with a stray control byte, keeps it out of the log.
+#[test]
+fn malformed_body_snippets_show_shape_not_text() {
+    for (ct, b) in [
+        (
+            "application/json",
+            &b"{\"user\":\"jane\",\"password\":\"hunter2\""[..],
+        ),
+        (
+            "application/json",
+            b"{\"password\":\"hunter2\" \"pin\": 4321}",
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            b"user=jane&password=hunter2\x01",
+        ),
+        (
+            "application/xml",
+            b"<login><password>hunter2</password><pin>4321</login>",
+        ),
+    ] {
+        let mut out = Vec::new();
+        let mut findings = Vec::new();
+        body_targets(
+            Some(ct),
+            b,
+            &ExtractLimits::default(),
+            &mut out,
+            &mut findings,
+        );
+        let f = findings
+            .iter()
+            .find(|f| f.rule == 1001)
+            .unwrap_or_else(|| panic!("{ct}: no 1001 in {findings:?}"));
+        for secret in ["hunter", "4321", "password", "jane"] {
+            assert!(!f.snippet.contains(secret), "{ct}: {}", f.snippet);
+        }
+        assert!(f.snippet.starts_with('@'), "{}", f.snippet);
+    }
 }
 
 #[test]
