@@ -376,7 +376,9 @@ impl AuditEvent {
     /// [`PATH_LOOKAHEAD_BYTES`] together, only that much is read: what is recorded is its first
     /// [`MAX_PATH_BYTES`] redacted (a secret starting there masked whole), cut and marked.
     pub fn sanitize(&mut self) {
-        if let Some(i) = self.path.find('?') {
+        // A query, or a fragment (never sent by a client that follows RFC 9112, but a refused
+        // head records its target as it came).
+        if let Some(i) = self.path.find(['?', '#']) {
             self.path.truncate(i);
         }
         redact_and_cut_path(&mut self.path);
@@ -433,6 +435,17 @@ pub fn cut_marked(s: &mut String, max: usize) {
 /// it is redacted, so that the work does not grow with it: the first [`MAX_PATH_BYTES`] are
 /// kept, redacted with [`PATH_LOOKAHEAD_BYTES`] more to look at.
 fn redact_and_cut_path(path: &mut String) {
+    // Escapes of unreserved characters can spell a secret's digits or separators in a path
+    // recorded as it came (a request refused before normalisation: `4111%2D1111…`, `%34111…`).
+    // When the path read with them decoded holds a secret, that reading is recorded, masked
+    // below; otherwise the escapes stay, evidence of what was sent (`%2e%2e`).
+    let window = path.floor_char_boundary(MAX_PATH_BYTES + PATH_LOOKAHEAD_BYTES);
+    if let Some(mut decoded) = path.get(..window).and_then(unreserved_decoded)
+        && redact_path(&decoded).is_some()
+    {
+        decoded.push_str(path.get(window..).unwrap_or_default());
+        *path = decoded;
+    }
     if path.len() <= MAX_PATH_BYTES + PATH_LOOKAHEAD_BYTES {
         if let Some(p) = redact_path(path) {
             *path = p;
@@ -471,6 +484,40 @@ fn redact_and_cut_path(path: &mut String) {
 /// Same shapes as the upstream error excerpt's masks. Each step is one pass over the path.
 pub fn redact_path(path: &str) -> Option<String> {
     redact_until(path, path.len()).0
+}
+
+/// `path` with the percent-escapes of unreserved characters (letters, digits, `-`, `.`, `_`,
+/// `~`) decoded, as the path normaliser decodes them; `None` when it holds none. A path
+/// recorded as it came (a request refused before normalisation) can spell a card number's
+/// digits or separators that way (`4111%2D1111…`, `%34111…`), which the masks would not see.
+fn unreserved_decoded(path: &str) -> Option<String> {
+    let b = path.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16);
+    let unreserved_at = |i: usize| -> Option<u8> {
+        if b.get(i) != Some(&b'%') {
+            return None;
+        }
+        let v = hex(*b.get(i + 1)?)? * 16 + hex(*b.get(i + 2)?)?;
+        let c = u8::try_from(v).ok()?;
+        (c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')).then_some(c)
+    };
+    let first = (0..b.len()).find(|&i| unreserved_at(i).is_some())?;
+    let mut out = Vec::with_capacity(b.len());
+    out.extend_from_slice(b.get(..first)?);
+    let mut i = first;
+    while let Some(&c) = b.get(i) {
+        match unreserved_at(i) {
+            Some(d) => {
+                out.push(d);
+                i += 3;
+            }
+            None => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// One redaction step: the rewritten text (`None`: unchanged) and where a position of its input
@@ -1575,6 +1622,22 @@ mod tests {
             ("/u/a@b%2Fc.com".into(), "/u/a@b%2Fc.com"),
             ("/u/a@%40%C3%A4.com".into(), "/u/a@%40%C3%A4.com"),
             ("/u/a@b.c".into(), "/u/a@b.c"),
+            // A path recorded as it came (refused before normalisation): escapes of
+            // unreserved characters that spell a secret are read decoded, and masked; those
+            // that hide none stay, as sent.
+            ("/c/4111%2D1111%2D1111%2D1234".into(), "/c/****1234"),
+            ("/c/4111%2e1111%2E1111%2e1234/x".into(), "/c/****1234/x"),
+            ("/c/%34%31%31%31111111111111".into(), "/c/****1111"),
+            (
+                "/u/john%2Edoe%40example.com".into(),
+                "/u/j***%40example.com",
+            ),
+            ("/u/j%6Fhn@example.com".into(), "/u/j***@example.com"),
+            ("/a/%2e%2e/%2E%2E/etc".into(), "/a/%2e%2e/%2E%2E/etc"),
+            ("/v1/%7Euser/42".into(), "/v1/%7Euser/42"),
+            // A fragment (a refused head's target as it came) goes, as a query does.
+            ("/reset#token=abc".into(), "/reset"),
+            ("/a#x?y".into(), "/a"),
         ];
         for (input, want) in cases {
             let mut e = event();
