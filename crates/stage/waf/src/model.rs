@@ -294,10 +294,22 @@ impl UrlValue {
             let auth = auth.get(..auth.find('/').unwrap_or(auth.len()))?;
             auth.rfind('@').map(|at| (from, from + at))
         });
-        if hidden.is_none() && userinfo.is_none() {
+        // Where the path starts: after the authority, if any.
+        let path_at = match authority_at {
+            Some(a) => {
+                let from = lead + a;
+                from + head.get(from..)?.find('/').unwrap_or(head.len() - from)
+            }
+            None => 0,
+        };
+        let params = head.get(path_at..).is_some_and(|p| {
+            p.split('/')
+                .any(|seg| seg.split_once(';').is_some_and(|(_, v)| !v.is_empty()))
+        });
+        if hidden.is_none() && userinfo.is_none() && !params {
             return None;
         }
-        let base = match userinfo {
+        let mut base = match userinfo {
             Some((from, to)) => format!(
                 "{}[redacted]{}",
                 head.get(..from).unwrap_or_default(),
@@ -305,6 +317,23 @@ impl UrlValue {
             ),
             None => head.to_string(),
         };
+        if params {
+            // A path segment's `;` parameters (`;jsessionid=…`): the segment's name stays.
+            let at = base.len() - (head.len() - path_at);
+            let path = base.split_off(at);
+            for (i, seg) in path.split('/').enumerate() {
+                if i > 0 {
+                    base.push('/');
+                }
+                match seg.split_once(';') {
+                    Some((name, p)) if !p.is_empty() => {
+                        base.push_str(name);
+                        base.push_str(";…");
+                    }
+                    _ => base.push_str(seg),
+                }
+            }
+        }
         Some(UrlValue { base, hidden })
     }
 
@@ -647,6 +676,37 @@ mod tests {
         ] {
             assert_eq!(quoted(location, name, value, "<script>"), want, "{name}");
         }
+        // A path segment's parameters (a session id) are hidden too.
+        for matched in ["<script>", "jsessionid=0a1b2c3d4e"] {
+            assert_eq!(
+                quoted(
+                    Location::Header,
+                    "referer",
+                    "https://shop.example/cart;jsessionid=0A1B2C3D4E/items;v=2?x=1",
+                    matched
+                ),
+                "https://shop.example/cart;…/items;…?[redacted: 3 characters]",
+                "{matched}"
+            );
+        }
+        assert_eq!(
+            quoted(Location::Body, "$.next", "/app;sid=SECRET/x", "../../etc"),
+            "/app;…/x"
+        );
+        // What matched in the URL's other text is quoted; a bare `;` hides nothing.
+        assert_eq!(
+            quoted(
+                Location::Header,
+                "referer",
+                "https://shop.example/../cart;jsessionid=0A1B",
+                "/../"
+            ),
+            "/../"
+        );
+        assert_eq!(
+            quoted(Location::Header, "referer", "https://a.example/x;/y", "<s>"),
+            "<s>"
+        );
         // A userinfo is hidden too, with or without a query.
         assert_eq!(
             quoted(
