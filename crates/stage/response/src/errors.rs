@@ -305,7 +305,7 @@ macro_rules! secret_key {
 ///   labels may hold non-ASCII characters, the labels also their percent-escapes
 ///   (`jöhn@exämple.com`, `ex%C3%A4mple.com`).
 /// * `card`: 13 to 19 digits, single spaces or dashes allowed between them, not inside a
-///   longer run of word characters.
+///   longer run of letters and digits (`_` is neither: `card_4111…` is masked).
 /// * `iban`: two capital letters, two check digits, then 10 to 30 capitals or digits, in groups
 ///   of four with single spaces or none (`DE89 3704 0044 0532 0130 00`).
 /// * `ssn`: a US social security number, `123-45-6789`.
@@ -370,7 +370,8 @@ const MASK_PATTERN: &str = concat!(
     r"(?:[A-Za-z0-9-]|[^\x00-\x7F]|%[89A-Fa-f][0-9A-Fa-f])+",
     r"(?:\.(?:[A-Za-z0-9-]|[^\x00-\x7F]|%[89A-Fa-f][0-9A-Fa-f])+)*",
     r"\.(?:[A-Za-z]{2,}|[^\x00-\x7F]{2,}|(?:%[89A-Fa-f][0-9A-Fa-f]){2,}))",
-    r"|(?P<card>\b[0-9](?:[ -]?[0-9]){12,18}\b)",
+    // `_` is a word character to `\b`, not to a reader: `card_4111…`, `4111…_2024.pdf`.
+    r"|(?:\b|(?P<cardpre>_))(?P<card>[0-9](?:[ -]?[0-9]){12,18})(?:\b|(?P<cardpost>_))",
     r"|(?P<iban>\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b)",
     r"|(?P<ssn>\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b)",
     r"|(?P<phone>\+[0-9]{1,3}[ -]?(?:\([0-9]{1,4}\)[ -]?)?[0-9]{2,5}(?:[ -]?[0-9]{2,5}){1,3}\b",
@@ -558,7 +559,8 @@ fn mask_one(re: &Regex, c: &Captures<'_>) -> String {
     } else if let Some(card) = c.name("card") {
         let digits: Vec<char> = card.as_str().chars().filter(char::is_ascii_digit).collect();
         let last4: String = digits[digits.len().saturating_sub(4)..].iter().collect();
-        format!("****{last4}")
+        let side = |n| c.name(n).map_or("", |m| m.as_str());
+        format!("{}****{last4}{}", side("cardpre"), side("cardpost"))
     } else if c.name("iban").is_some() {
         "[iban]".into()
     } else if c.name("ssn").is_some() {
@@ -896,6 +898,11 @@ mod tests {
             ),
             ("card 4111 1111 1111 1234 ok", "card ****1234 ok"),
             ("card 5500-0000-0000-0004 ok", "card ****0004 ok"),
+            ("card_4111111111111111 ok", "card_****1111 ok"),
+            ("stmt_4111111111111111_2024.pdf", "stmt_****1111_2024.pdf"),
+            ("a 4111111111111111 4111111111111112", "a ****1111 ****1112"),
+            ("x4111111111111111 kept", "x4111111111111111 kept"),
+            ("4111111111111111y kept", "4111111111111111y kept"),
             ("short 123456789012 kept", "short 123456789012 kept"),
             (
                 "long 12345678901234567890 kept",
