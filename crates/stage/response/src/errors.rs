@@ -284,6 +284,7 @@ macro_rules! secret_key {
 ///     the next tag (or a CDATA section), when there is any;
 ///   * `cell`: a table cell after a header cell, `<td>password</td><td>…</td>`
 ///     (`<th>API key:</th>`, `<dt>…</dt><dd>…`): the second cell's text up to the next tag;
+///     either cell's text may sit in up to three inline elements (`<td><b>password</b></td>`);
 ///   * `at`: an attribute or field naming it, then a `value` or `content` one within 256
 ///     characters: `<input name="password" value="…">`, `<add key="DbPassword" value="…"/>`,
 ///     `<meta name="csrf-token" content="…">`, `{"name":"DB_PASSWORD","value":"…"}`;
@@ -338,9 +339,16 @@ const MASK_PATTERN: &str = concat!(
     r"))(?P<elattrs>(?:\s[^<>]{0,256})?>)",
     r"(?:(?P<elcdata><!\[CDATA\[)(?s:.*?)(?:\]\]>|\z)|\s*[^<\s][^<]*)",
     // A table cell after a header cell naming the key (up to three more words around it).
-    r"|(?P<cell><(?i:t[dh]|dt)(?:\s[^<>]{0,256})?>\s*(?:[A-Za-z0-9_-]+[ \t]+){0,3}(?:",
+    // Either cell's text may sit in up to three inline elements (`<td><b>password</b></td>`,
+    // `<td><code>hunter2</code></td>`).
+    r"|(?P<cell><(?i:t[dh]|dt)(?:\s[^<>]{0,256})?>\s*",
+    r"(?:<(?i:b|strong|em|i|u|span|label|code|kbd|tt|small|samp|var|pre)(?:\s[^<>]{0,256})?>\s*){0,3}",
+    r"(?:[A-Za-z0-9_-]+[ \t]+){0,3}(?:",
     secret_key!(),
-    r")(?:[ \t]+[A-Za-z0-9_-]+){0,3}\s*:?\s*</(?i:t[dh]|dt)\s*>\s*<(?i:td|dd)(?:\s[^<>]{0,256})?>)",
+    r")(?:[ \t]+[A-Za-z0-9_-]+){0,3}\s*:?\s*",
+    r"(?:</(?i:b|strong|em|i|u|span|label|code|kbd|tt|small|samp|var|pre)\s*>\s*){0,3}",
+    r"</(?i:t[dh]|dt)\s*>\s*<(?i:td|dd)(?:\s[^<>]{0,256})?>",
+    r"(?:\s*<(?i:b|strong|em|i|u|span|code|kbd|tt|small|samp|var|pre)(?:\s[^<>]{0,256})?>){0,3})",
     r"\s*[^<\s][^<]*",
     // An attribute (or JSON field) naming the key, then its `value` or `content`.
     r#"|(?P<at>\b(?i:name|key|id|type|property)["']?\s*[:=]\s*["']?(?:[A-Za-z0-9_.-]*\[)?(?:"#,
@@ -1068,6 +1076,19 @@ mod tests {
             (
                 "<dt>Secret</dt><dd>s3cr3t</dd>",
                 "<dt>Secret</dt><dd>****</dd>",
+            ),
+            // Either cell's text inside inline elements.
+            (
+                "<tr><td><b>Password</b></td><td>hunter2</td></tr>",
+                "<tr><td><b>Password</b></td><td>****</td></tr>",
+            ),
+            (
+                "<tr><th><span class=\"l\"><strong>API key:</strong></span></th><td><code>AKIA1234567890</code></td></tr>",
+                "<tr><th><span class=\"l\"><strong>API key:</strong></span></th><td><code>****</code></td></tr>",
+            ),
+            (
+                "<td><b>user</b></td><td><code>bob</code></td>",
+                "<td><b>user</b></td><td><code>bob</code></td>",
             ),
             // Form fields and configuration entries: name, then value — or the other way.
             (
