@@ -7,11 +7,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use portcullis_core::Principal;
 
 const SHARDS: usize = 16;
+
+/// How often a full shard is swept of run-out entries at most: a sweep walks the whole shard.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 pub type Digest = [u8; 32];
 
@@ -51,20 +54,66 @@ struct Entry {
     stamp: u64,
 }
 
+/// One shard: its entries, how many of them are refusals, and when it was last swept.
+#[derive(Default)]
+struct Shard {
+    map: HashMap<Key, Entry>,
+    refusals: usize,
+    swept: Option<Instant>,
+}
+
+impl Shard {
+    fn remove(&mut self, k: &Key) {
+        if let Some(e) = self.map.remove(k)
+            && matches!(e.value, Cached::Invalid(_))
+        {
+            self.refusals = self.refusals.saturating_sub(1);
+        }
+    }
+
+    fn insert(&mut self, k: Key, e: Entry) {
+        if matches!(e.value, Cached::Invalid(_)) {
+            self.refusals += 1;
+        }
+        if let Some(old) = self.map.insert(k, e)
+            && matches!(old.value, Cached::Invalid(_))
+        {
+            self.refusals = self.refusals.saturating_sub(1);
+        }
+    }
+
+    /// Forgets run-out entries, at most once every [`SWEEP_EVERY`].
+    fn sweep(&mut self, now: Instant) {
+        if self
+            .swept
+            .is_some_and(|t| now.saturating_duration_since(t) < SWEEP_EVERY)
+        {
+            return;
+        }
+        self.swept = Some(now);
+        self.map.retain(|_, e| e.until > now);
+        self.refusals = self
+            .map
+            .values()
+            .filter(|e| matches!(e.value, Cached::Invalid(_)))
+            .count();
+    }
+}
+
 pub struct TokenCache {
-    shards: Vec<Mutex<HashMap<Key, Entry>>>,
+    shards: Vec<Mutex<Shard>>,
     per_shard: usize,
 }
 
 impl TokenCache {
     pub fn new(max_entries: usize) -> TokenCache {
         TokenCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: max_entries.div_ceil(SHARDS),
         }
     }
 
-    fn shard(&self, key: &Digest) -> Option<&Mutex<HashMap<Key, Entry>>> {
+    fn shard(&self, key: &Digest) -> Option<&Mutex<Shard>> {
         self.shards.get(key[0] as usize % SHARDS)
     }
 
@@ -79,12 +128,12 @@ impl TokenCache {
         if self.per_shard == 0 {
             return None;
         }
-        let mut map = self.shard(key)?.lock().ok()?;
+        let mut shard = self.shard(key)?.lock().ok()?;
         let k = (*key, by);
-        match map.get(&k) {
+        match shard.map.get(&k) {
             Some(e) if e.until > Instant::now() && e.stamp >= stamp => Some(e.value.clone()),
             Some(_) => {
-                map.remove(&k);
+                shard.remove(&k);
                 None
             }
             None => None,
@@ -98,12 +147,13 @@ impl TokenCache {
 
     /// As [`Self::put`], with the stamp [`Self::get_since`] compares.
     ///
-    /// A full shard first forgets its run-out entries; then, to make room for an eighth of it,
-    /// refusals (`Cached::Invalid`) go first: a flood of unknown keys or inactive tokens —
-    /// every one a fresh entry — never pushes out a valid verdict. A refusal finding the shard
-    /// full of valid verdicts is not kept at all; a valid verdict takes the room of the
-    /// refusals there, and of other valid verdicts (whichever the map yields first) only when
-    /// no refusal is left.
+    /// A full shard first forgets its run-out entries (a sweep of the whole shard, at most once
+    /// a second); then, to make room for an eighth of it, refusals (`Cached::Invalid`) go
+    /// first: a flood of unknown keys or inactive tokens — every one a fresh entry — never
+    /// pushes out a valid verdict. A refusal is not kept when the shard holds fewer refusals
+    /// than that eighth: making room would mean walking the shard for a slot or two, on every
+    /// refusal of such a flood. A valid verdict takes the room of the refusals there, and of
+    /// other valid verdicts (whichever the map yields first) when refusals do not make enough.
     pub fn put_stamped(
         &self,
         key: Digest,
@@ -119,37 +169,43 @@ impl TokenCache {
             return;
         };
         let key = (key, by);
-        let Ok(mut map) = shard.lock() else { return };
-        if map.len() >= self.per_shard && !map.contains_key(&key) {
-            let now = Instant::now();
-            map.retain(|_, e| e.until > now);
-            if map.len() >= self.per_shard {
+        let Ok(mut shard) = shard.lock() else { return };
+        if shard.map.len() >= self.per_shard && !shard.map.contains_key(&key) {
+            shard.sweep(Instant::now());
+            if shard.map.len() >= self.per_shard {
                 let drop_n = (self.per_shard / 8).max(1);
-                let mut victims: Vec<Key> = map
-                    .iter()
-                    .filter(|(_, e)| matches!(e.value, Cached::Invalid(_)))
-                    .map(|(k, _)| *k)
-                    .take(drop_n)
-                    .collect();
-                if matches!(value, Cached::Valid(_)) && victims.len() < drop_n {
+                let refusal = matches!(value, Cached::Invalid(_));
+                if refusal && shard.refusals < drop_n {
+                    return;
+                }
+                let mut victims: Vec<Key> = Vec::with_capacity(drop_n);
+                if shard.refusals > 0 {
+                    victims.extend(
+                        shard
+                            .map
+                            .iter()
+                            .filter(|(_, e)| matches!(e.value, Cached::Invalid(_)))
+                            .map(|(k, _)| *k)
+                            .take(drop_n),
+                    );
+                }
+                if !refusal && victims.len() < drop_n {
                     let more = drop_n - victims.len();
                     victims.extend(
-                        map.iter()
+                        shard
+                            .map
+                            .iter()
                             .filter(|(_, e)| matches!(e.value, Cached::Valid(_)))
                             .map(|(k, _)| *k)
                             .take(more),
                     );
                 }
-                if victims.is_empty() {
-                    // A refusal, and nothing but valid verdicts to make room with.
-                    return;
-                }
                 for v in victims {
-                    map.remove(&v);
+                    shard.remove(&v);
                 }
             }
         }
-        map.insert(
+        shard.insert(
             key,
             Entry {
                 value,
@@ -162,7 +218,7 @@ impl TokenCache {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .map(|s| s.lock().map(|s| s.map.len()).unwrap_or(0))
             .sum()
     }
 
@@ -302,5 +358,59 @@ mod tests {
             assert!(c.get(&k, other).is_none(), "{other:?}");
         }
         assert_eq!(c.len(), 2);
+    }
+
+    /// A refusal finding a full shard with fewer refusals than an eighth of it is not kept and
+    /// moves nothing (making room would walk the shard for a slot or two on every refusal of
+    /// a flood); once there are enough refusals, they make the room; the shard's refusal count
+    /// follows every insert, replacement and removal.
+    #[test]
+    fn refusals_make_room_only_in_bulk() {
+        // 64 entries a shard: room is made an eighth (8) at a time.
+        let c = TokenCache::new(64 * SHARDS);
+        let later = Instant::now() + Duration::from_secs(60);
+        let by = Verifier::ApiKeyStore;
+        let no = || Cached::Invalid("api_key_unknown");
+        for i in 0..60 {
+            c.put(in_shard_zero(i), by, p(), later);
+        }
+        for i in 60..64 {
+            c.put(in_shard_zero(i), by, no(), later);
+        }
+        let refusals = |c: &TokenCache| c.shards[0].lock().unwrap().refusals;
+        assert_eq!((c.len(), refusals(&c)), (64, 4));
+        c.put(in_shard_zero(100), by, no(), later);
+        assert!(c.get(&in_shard_zero(100), by).is_none(), "not kept");
+        assert_eq!((c.len(), refusals(&c)), (64, 4), "nothing moved");
+        // Replacing a refusal by a valid verdict (the key was found after all) counts right.
+        c.put(in_shard_zero(63), by, p(), later);
+        assert_eq!((c.len(), refusals(&c)), (64, 3));
+        // A valid verdict makes room: the 3 refusals, then 5 valid verdicts.
+        c.put(in_shard_zero(200), by, p(), later);
+        assert_eq!((c.len(), refusals(&c)), (57, 0));
+        for i in 300..307 {
+            c.put(in_shard_zero(i), by, no(), later);
+        }
+        assert_eq!((c.len(), refusals(&c)), (64, 7));
+        c.put(in_shard_zero(400), by, no(), later);
+        assert_eq!((c.len(), refusals(&c)), (64, 7), "7 < 8: not kept");
+        c.put(in_shard_zero(401), by, p(), later);
+        c.put(in_shard_zero(402), by, no(), later);
+        assert_eq!(
+            (c.len(), refusals(&c)),
+            (58, 1),
+            "the valid one took 7 refusals and 1 valid"
+        );
+        // Removal on expiry counts too.
+        c.put(
+            in_shard_zero(500),
+            by,
+            no(),
+            Instant::now() + Duration::from_millis(1),
+        );
+        assert_eq!(refusals(&c), 2);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(c.get(&in_shard_zero(500), by).is_none());
+        assert_eq!(refusals(&c), 1);
     }
 }
