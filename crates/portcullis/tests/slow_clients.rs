@@ -951,3 +951,131 @@ async fn an_http2_answer_held_up_while_others_move_is_cut_off_alone() {
         "the moving answer is still going"
     );
 }
+
+/// Pings every 300 ms (reading what comes) until the gateway closes the connection or
+/// `within` passes: whether it closed, when, and what it sent.
+async fn ping_until_closed(s: &mut TcpStream, within: Duration) -> (bool, Duration, Vec<u8>) {
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let ping = h2_frame(6, 0, 0, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    let mut next_ping = Instant::now();
+    loop {
+        if Instant::now() >= next_ping {
+            if s.write_all(&ping).await.is_err() {
+                return (true, started.elapsed(), got);
+            }
+            next_ping = Instant::now() + Duration::from_millis(300);
+        }
+        if started.elapsed() > within {
+            return (false, started.elapsed(), got);
+        }
+        let wait = next_ping.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (true, started.elapsed(), got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Small answers held up by a one-byte window: the client opens one byte of window to each
+/// of many streams and pings. Each answer's body is a single piece, which the HTTP/2 layer
+/// buffers whole whatever the window; the answer stays watched until the client's window
+/// took it (its end of stream is told only then), so the connection whose answers all stand
+/// still is closed after `server.send_timeout` — before, such answers were done with as soon
+/// as they were buffered and the client could hold them, and their memory, for as long as it
+/// pinged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_answers_buffered_behind_a_one_byte_window_stay_under_the_send_timeout() {
+    let gw = gateway(&format!(
+        "server: {{ idle_timeout: 3s, send_timeout: 1s }}\n{APP}"
+    ));
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 1.
+    hello.extend(h2_frame(4, 0, 0, &[0, 4, 0, 0, 0, 1]));
+    for i in 0..20u32 {
+        hello.extend(h2_get(2 * i + 1, &format!("/held/{i}")));
+    }
+    s.write_all(&hello).await.unwrap();
+    let (closed, after, got) = ping_until_closed(&mut s, Duration::from_secs(15)).await;
+    assert!(closed, "the connection holding its answers up is closed");
+    assert!(
+        after >= Duration::from_millis(900),
+        "closed after {after:?}"
+    );
+    let frames = h2_frames(&got);
+    // Each stream got its answer's head and one byte of its body, no end of stream.
+    let heads = frames.iter().filter(|(k, _, _)| *k == 1).count();
+    assert_eq!(heads, 20, "{frames:?}");
+    for (k, stream, payload) in &frames {
+        if *k == 0 {
+            assert_eq!(
+                payload.len(),
+                1,
+                "stream {stream}: one byte of window, one byte"
+            );
+        }
+    }
+    // Counted as the connection closes: looked for until it is.
+    let counted = "portcullis_rejections_total{stage=\"accept\",reason=\"send_timeout\"} 1";
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+        if metrics.contains(counted) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metrics.contains(counted), "{metrics}");
+    // The gateway is healthy.
+    let r = send_h2c(req("GET", &format!("{}/ok", gw.url("public")), &[], "")).await;
+    assert_eq!(r.status, 200);
+}
+
+/// An HTTP/2 connection is idle when it has no stream, whatever pings and settings move: one
+/// that never makes a request is closed once `server.header_read_timeout` has passed since the
+/// accept, and one whose requests are all answered once `server.idle_timeout` has — before,
+/// every byte counted, so a client that pinged kept a connection open for ever without a
+/// request to audit, limit or ban.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_without_streams_is_idle_whatever_it_pings() {
+    let gw = gateway(&format!(
+        "server: {{ header_read_timeout: 1s, idle_timeout: 2s }}\n{APP}"
+    ));
+    let preface = || {
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        hello.extend(h2_frame(4, 0, 0, &[]));
+        hello
+    };
+    // No request at all.
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    s.write_all(&preface()).await.unwrap();
+    let (closed, after, _) = ping_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed, "a connection that makes no request is closed");
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_millis(1900),
+        "by header_read_timeout, not idle_timeout: {after:?}"
+    );
+
+    // A request answered, then pings only.
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    let mut hello = preface();
+    hello.extend(h2_get(1, "/once"));
+    s.write_all(&hello).await.unwrap();
+    let (closed, after, got) = ping_until_closed(&mut s, Duration::from_secs(10)).await;
+    assert!(closed, "a connection whose streams are all done is closed");
+    assert!(
+        after >= Duration::from_millis(1900),
+        "after idle_timeout: {after:?}"
+    );
+    let frames = h2_frames(&got);
+    assert!(
+        frames.iter().any(|(k, stream, _)| *k == 1 && *stream == 1),
+        "the request was answered: {frames:?}"
+    );
+    // Neither counted as a refusal of anything: idleness.
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    assert!(!metrics.contains("reason=\"send_timeout\""), "{metrics}");
+}

@@ -108,6 +108,12 @@ impl HeldAnswers {
         }
     }
 
+    /// Whether any answer with more of its body to send is registered (for the watchdog).
+    pub fn any(&self) -> bool {
+        let s = self.slots();
+        s.items.len() > s.free.len()
+    }
+
     /// The stamp of a wait that begins now.
     fn stamp(&self) -> u64 {
         self.ticks.load(Ordering::Relaxed) + 1
@@ -162,9 +168,14 @@ enum Inner {
         activity: Arc<Activity>,
         /// In the connection's register.
         key: usize,
-        /// The body's own `is_end_stream` after its last poll, kept here: the server asks for
-        /// it after every piece, and the body is behind a lock.
+        /// Over, as the server is told (`is_end_stream`): the body's last byte handed on, or
+        /// trailers, or no more; kept here: the server asks after every piece, and the body is
+        /// behind a lock.
         ended: bool,
+        /// What is left of the body's last frame, handed on in slices ([`slice`]).
+        rest: Option<Bytes>,
+        /// The body said it is over after the frame whose rest this is.
+        body_over: bool,
         /// The body failed, or the watchdog cut it off: its end is the gateway's doing.
         failed: bool,
         /// Where a body the client reset before its end is counted (see
@@ -191,6 +202,8 @@ impl ToClient {
                     activity,
                     key,
                     ended: false,
+                    rest: None,
+                    body_over: false,
                     failed: false,
                     resets: None,
                 }
@@ -220,15 +233,17 @@ impl Body for ToClient {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (held, activity, ended, failed) = match &mut self.get_mut().inner {
+        let (held, activity, ended, rest, body_over, failed) = match &mut self.get_mut().inner {
             Inner::Plain(body) => return Pin::new(body).poll_frame(cx),
             Inner::Watched {
                 held,
                 activity,
                 ended,
+                rest,
+                body_over,
                 failed,
                 ..
-            } => (held, activity, ended, failed),
+            } => (held, activity, ended, rest, body_over, failed),
         };
         // Waiting (stamped) until now: the server takes the next piece.
         if held.since.load(Ordering::Relaxed) != 0 {
@@ -242,21 +257,47 @@ impl Body for ToClient {
                 *failed = true;
                 return Poll::Ready(Some(Err(Box::new(HeldUp))));
             };
-            let r = Pin::new(&mut *body).poll_frame(cx);
-            // Over when the body says so, when it has no more (a body that never says it is
-            // over: a chunked or close-delimited answer, a replayed one), and after trailers
-            // (the server asks no more then): a body dropped past any of these was delivered.
-            *ended = body.is_end_stream()
-                || match &r {
-                    Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
-                    _ => false,
-                };
-            *failed |= matches!(r, Poll::Ready(Some(Err(_))));
-            let more = matches!(r, Poll::Ready(Some(Ok(_)))) && !*ended;
+            let r = match rest.take() {
+                // The rest of the last frame first.
+                Some(data) => {
+                    let piece = slice(data, *body_over, rest);
+                    *ended = *body_over && rest.is_none();
+                    Poll::Ready(Some(Ok(Frame::data(piece))))
+                }
+                None => {
+                    let r = Pin::new(&mut *body).poll_frame(cx);
+                    // Over when the body says so, when it has no more (a body that never says
+                    // it is over: a chunked or close-delimited answer, a replayed one), and
+                    // after trailers (the server asks no more then): a body dropped past any of
+                    // these was delivered.
+                    let over = body.is_end_stream()
+                        || match &r {
+                            Poll::Ready(None) => true,
+                            Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
+                            _ => false,
+                        };
+                    let r = match r {
+                        Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                            Ok(data) => {
+                                *body_over = over;
+                                Poll::Ready(Some(Ok(Frame::data(slice(data, over, rest)))))
+                            }
+                            Err(frame) => Poll::Ready(Some(Ok(frame))),
+                        },
+                        r => r,
+                    };
+                    *ended = over && rest.is_none();
+                    *failed |= matches!(r, Poll::Ready(Some(Err(_))));
+                    r
+                }
+            };
+            // Any piece handed on, the last one too: the server takes a piece and holds it
+            // until the stream's window has room, and only then asks for the next — or, after
+            // the last, lets the answer go (drops it).
+            let more = matches!(r, Poll::Ready(Some(Ok(_))));
             (r, more)
         };
-        // A piece handed on, more to come: waiting again, for the server to take the next.
+        // A piece handed on: waiting again, for the server to send it and come back, or let go.
         // (Pending is the upstream's wait, not the client's.)
         if more {
             activity.answer_waits();
@@ -276,12 +317,52 @@ impl Body for ToClient {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Plain(body) => body.size_hint(),
-            Inner::Watched { held, .. } => held
-                .body()
-                .as_ref()
-                .map_or_else(SizeHint::default, Body::size_hint),
+            Inner::Watched { held, rest, .. } => {
+                let hint = held
+                    .body()
+                    .as_ref()
+                    .map_or_else(SizeHint::default, Body::size_hint);
+                let Some(r) = rest else { return hint };
+                // The rest of the last frame, not yet handed on, is still to come. (Set on a
+                // fresh hint: the setters check lower ≤ upper.)
+                let n = r.len() as u64;
+                let mut with_rest = SizeHint::new();
+                with_rest.set_lower(hint.lower().saturating_add(n));
+                if let Some(u) = hint.upper() {
+                    with_rest.set_upper(u.saturating_add(n));
+                }
+                with_rest
+            }
         }
     }
+}
+
+/// The most of a body's frame handed to the server at once. The server gives a piece to the
+/// HTTP/2 layer once the stream's window has room for one byte of it, and the layer buffers the
+/// whole piece whatever the window; it comes back for the next only once that is sent. So a
+/// frame handed whole (a filtered answer is one frame of up to its `max_bytes`) would wait, out
+/// of this watch, in the layer's memory for as long as the client keeps its window shut and
+/// pings; in slices, what waits there is a slice, and the rest waits here, watched.
+const SLICE: usize = 16 * 1024;
+
+/// The next piece of `data` to hand on, the rest left in `rest`: at most [`SLICE`] bytes, and,
+/// of a body's last frame (`last`), never its last byte, which goes alone after the rest. The
+/// server hands that byte on (with the end of stream) only once the window has room for it,
+/// which is once the client took the rest: until then the answer waits, watched, under
+/// `server.send_timeout` — told with the last slice, the answer would be over as soon as the
+/// layer buffered it, and a client could hold every answer that is one small frame (most are)
+/// for as long as it pinged. Slices share `data`'s memory (no copy).
+fn slice(mut data: Bytes, last: bool, rest: &mut Option<Bytes>) -> Bytes {
+    let n = data.len();
+    let take = if n > SLICE {
+        SLICE
+    } else if last && n > 1 {
+        n - 1
+    } else {
+        return data;
+    };
+    *rest = Some(data.split_off(take));
+    data
 }
 
 impl Drop for ToClient {
@@ -293,6 +374,7 @@ impl Drop for ToClient {
             ended,
             failed,
             resets,
+            ..
         } = &self.inner
         {
             if held.since.load(Ordering::Relaxed) != 0 {
@@ -378,6 +460,65 @@ mod tests {
         assert_eq!(a.answers(), (0, 3));
         drop(b);
         assert_eq!(a.answers(), (0, 3));
+    }
+
+    /// A body's frames go to the server in slices of at most 16 KiB, and the last byte of a
+    /// body that knows its end goes alone, with that end: the server hands a piece on only
+    /// when the window has room, so until the client took the rest, the answer waits here,
+    /// watched — and can be cut off meanwhile.
+    #[tokio::test]
+    async fn frames_go_in_slices_and_the_last_byte_alone() {
+        let a = Arc::new(Activity::default());
+        let full = |data: Bytes| {
+            http_body_util::Full::new(data)
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        };
+        let big = Bytes::from((0..40_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let mut b = ToClient::new(full(big.clone()), Some(a.clone()));
+        assert_eq!(b.size_hint().exact(), Some(40_000));
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        // As the server does: piece after piece until the body says it is over.
+        while !b.is_end_stream() {
+            let d = b.frame().await.unwrap().unwrap().into_data().unwrap();
+            sizes.push(d.len());
+            got.extend_from_slice(&d);
+            assert_eq!(a.answers().0, 1, "waits for the server to send the piece");
+            assert_eq!(b.size_hint().exact(), Some((40_000 - got.len()) as u64));
+        }
+        assert_eq!(sizes, [16384, 16384, 7231, 1]);
+        assert_eq!(got, big);
+        // The server holds the last byte until the window has room, then lets the answer go.
+        assert_eq!(a.answers(), (1, 4));
+        drop(b);
+        assert_eq!(a.answers(), (0, 4));
+
+        // A small answer: all but its last byte, then that byte, then the end.
+        let mut b = ToClient::new(full(Bytes::from_static(b"{\"all\":1}")), Some(a.clone()));
+        let f = b.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "{\"all\":1");
+        assert!(!b.is_end_stream());
+        // The server does not come back for the last byte (no window): cut off.
+        for _ in 0..3 {
+            a.held.tick();
+        }
+        assert_eq!(a.held.cut_held_up(2), 1);
+        let e = b.frame().await.unwrap().unwrap_err();
+        assert!(e.is::<HeldUp>(), "{e}");
+        drop(b);
+        assert_eq!(a.answers().0, 0);
+
+        // A one-byte answer goes as it is; so does an unwatched one.
+        let mut b = ToClient::new(full(Bytes::from_static(b"x")), Some(a.clone()));
+        assert_eq!(b.frame().await.unwrap().unwrap().into_data().unwrap(), "x");
+        assert!(b.is_end_stream());
+        drop(b);
+        let mut b = ToClient::new(full(big.clone()), None);
+        assert_eq!(
+            b.frame().await.unwrap().unwrap().into_data().unwrap().len(),
+            40_000
+        );
     }
 
     #[tokio::test]

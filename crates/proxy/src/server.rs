@@ -553,6 +553,9 @@ async fn idle_watchdog(
         .saturating_add(2);
     let started = t.opened;
     let mut moves = activity.moves();
+    let mut started_seen = activity.requests_started();
+    // Whether the engine has started on a request of this connection.
+    let mut began = false;
     let mut last_move = tokio::time::Instant::now();
     // The answers' move count when they were last seen to move, and since when they have
     // been seen waiting without moving (None: none waiting).
@@ -575,13 +578,30 @@ async fn idle_watchdog(
             continue;
         }
         let m = activity.moves();
-        // A request waiting for its answer's head keeps the connection from being idle.
-        if m != moves || activity.requests_waiting() {
-            moves = m;
+        let h2 = activity.is_http2();
+        let started_now = activity.requests_started();
+        // A request waiting for its answer's head keeps the connection from being idle. Over
+        // HTTP/2, pings, settings and window updates move bytes without any request: bytes
+        // count only while a stream is open (a request under way, an answer still sending),
+        // and a stream that starts counts.
+        let busy = if h2 {
+            started_now != started_seen
+                || activity.requests_waiting()
+                || (m != moves && activity.held.any())
+        } else {
+            m != moves || activity.requests_waiting()
+        };
+        moves = m;
+        started_seen = started_now;
+        if busy {
             last_move = now;
         }
         let pending = activity.head_pending_since();
-        let first_late = !activity.has_handed() && now - started >= t.first_byte;
+        // HTTP/2 hands the server every byte after the preface: its first request is late when
+        // the engine has not started on one (its header block not complete) in time.
+        began |= started_now != 0;
+        let first_late =
+            (!activity.has_handed() || (h2 && !began)) && now - started >= t.first_byte;
         if pending.is_some_and(|since| now.saturating_duration_since(since) >= t.first_byte)
             || (first_late && pending.is_some())
         {

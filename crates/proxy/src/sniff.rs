@@ -206,6 +206,8 @@ pub struct Framing {
     /// Bytes fed broke the body of a request whose head had gone to hyper in an earlier read:
     /// that request is under way, so the flag alone would tell no one.
     body_refused: bool,
+    /// The connection opened with the HTTP/2 preface: nothing more is followed.
+    http2: bool,
 }
 
 impl Framing {
@@ -216,7 +218,13 @@ impl Framing {
             max_head,
             max_fields: usize::MAX,
             body_refused: false,
+            http2: false,
         }
+    }
+
+    /// Whether the connection opened with the HTTP/2 preface.
+    pub fn http2(&self) -> bool {
+        self.http2
     }
 
     /// True once bytes fed broke the framing of a body whose request was already under way
@@ -267,6 +275,7 @@ impl Framing {
                         if let Some(pos) = find_head_end(&data[lead..]) {
                             if data[lead..].starts_with(b"PRI * HTTP/2.0") {
                                 self.state = State::Off;
+                                self.http2 = true;
                                 return None;
                             }
                             let head_len = lead + pos + 4;
@@ -304,6 +313,7 @@ impl Framing {
                     }
                     if buf[lead..].starts_with(b"PRI * HTTP/2.0") {
                         self.state = State::Off;
+                        self.http2 = true;
                         return None;
                     }
                     let from = before.saturating_sub(3).max(lead);
@@ -690,9 +700,13 @@ pub struct Activity {
     answers_waiting: std::sync::atomic::AtomicU32,
     /// Changes whenever the server took a piece of an answer's body.
     answer_moves: std::sync::atomic::AtomicU64,
-    /// Requests the engine is working on whose answer's head is not out yet: waiting on them
-    /// (a slow upstream, a long poll) is not idleness — their own timeouts bound it.
-    requests_waiting: std::sync::atomic::AtomicU32,
+    /// Requests the engine is working on whose answer's head is not out yet (the low 32
+    /// bits): waiting on them (a slow upstream, a long poll) is not idleness — their own
+    /// timeouts bound it; and how many it started on (the high 32 bits, wrapping). One word,
+    /// so that a request costs the one atomic add it always did.
+    requests: std::sync::atomic::AtomicU64,
+    /// The connection speaks HTTP/2 (it opened with the preface).
+    http2: std::sync::atomic::AtomicBool,
     /// The HTTP/2 answers with more to send, where the watchdog can cut one off alone.
     pub held: crate::paced::HeldAnswers,
     /// The tunnel the connection's bytes go on in after its HTTP ended (an upgrade), if any.
@@ -724,7 +738,8 @@ impl Default for Activity {
             reader: Default::default(),
             answers_waiting: Default::default(),
             answer_moves: Default::default(),
-            requests_waiting: Default::default(),
+            requests: Default::default(),
+            http2: Default::default(),
             held: Default::default(),
             tunnel: Default::default(),
             reset: Default::default(),
@@ -841,13 +856,31 @@ impl Activity {
 
     /// The engine started on a request; waiting for its answer's head until the guard goes.
     pub fn request_waits(&self) -> RequestWaiting<'_> {
-        self.requests_waiting.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(STARTED | 1, Ordering::Relaxed);
         RequestWaiting(self)
     }
 
     /// Whether the engine is working on a request whose answer's head is not out yet.
     pub fn requests_waiting(&self) -> bool {
-        self.requests_waiting.load(Ordering::Relaxed) > 0
+        self.requests.load(Ordering::Relaxed) & WAITING != 0
+    }
+
+    /// A count that changes whenever the engine starts on a request.
+    pub fn requests_started(&self) -> u32 {
+        (self.requests.load(Ordering::Relaxed) >> 32) as u32
+    }
+
+    /// The connection opened with the HTTP/2 preface.
+    fn http2_began(&self) {
+        if !self.http2.load(Ordering::Relaxed) {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the connection speaks HTTP/2: its idleness is then judged by its streams
+    /// (see the connection's watchdog), as pings and settings move bytes without a request.
+    pub fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
     }
 
     /// An answer's body started, or went on, waiting for the server to take its next piece.
@@ -948,9 +981,14 @@ pub struct RequestWaiting<'a>(&'a Activity);
 
 impl Drop for RequestWaiting<'_> {
     fn drop(&mut self) {
-        self.0.requests_waiting.fetch_sub(1, Ordering::Relaxed);
+        self.0.requests.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+/// [`Activity::requests`]: one request started (the high half) …
+const STARTED: u64 = 1 << 32;
+/// … and the requests waiting (the low half).
+const WAITING: u64 = STARTED - 1;
 
 pin_project_lite::pin_project! {
     /// An I/O stream whose reads are followed by [`Framing`] and whose traffic is timed.
@@ -1145,6 +1183,9 @@ impl<S: AsyncRead + ClientSocket> AsyncRead for Sniffed<S> {
                 }
                 this.activity.touch();
                 let fed = this.framing.feed(&this.held[prev..]);
+                if this.framing.http2() {
+                    this.activity.http2_began();
+                }
                 let partial = this.framing.partial_len();
                 // A head held back before goes on (all held bytes are its own) or is over.
                 let began = partial > 0 && (prev == 0 || partial < this.held.len());
@@ -1173,6 +1214,9 @@ impl<S: AsyncRead + ClientSocket> AsyncRead for Sniffed<S> {
             }
             this.activity.touch();
             let fed = this.framing.feed(new);
+            if this.framing.http2() {
+                this.activity.http2_began();
+            }
             let partial = this.framing.partial_len();
             track_pending(this.activity, this.pending, partial, partial > 0);
             if fed.is_none() && partial == 0 {
