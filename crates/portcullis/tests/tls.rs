@@ -803,3 +803,78 @@ async fn a_reload_that_leaves_client_auth_alone_keeps_open_connections_and_ident
     assert_eq!(r.status, 200);
     assert_eq!(seen.peer_cert_der, rotated.cert_der);
 }
+
+/// A keep-alive answer over TLS reaches the client whole when the client reads slower than the
+/// gateway writes: what the TLS layer kept of it while the socket was full (its writes take
+/// the plaintext and send the records later) is flushed after the answer. Before, the tail
+/// waited in the TLS layer for a next write that a client waiting for the tail never caused,
+/// until the idle timeout closed the connection with the body short of its length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_answer_over_tls_arrives_whole_to_a_slower_client() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 2 * 1024 * 1024;
+    let pki = TestPki::new();
+    let (bulk, _written) = bulk_upstream(SIZE).await;
+    let (gw, _, _) = tls_gateway(
+        &pki,
+        "1.2",
+        &format!(
+            "server: {{ idle_timeout: 3s }}\nupstreams: {{ up: {{ targets: [\"http://{bulk}\"] }} }}"
+        ),
+    );
+    let connector = tokio_rustls::TlsConnector::from(client_config(
+        &pki,
+        &[&rustls::version::TLS13],
+        &[b"http/1.1"],
+    ));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let tcp = socket.connect(gw.listener("secure")).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("a.test").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /big HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    // The client reads slower than the gateway writes (16 KiB every 10 ms), so the socket is
+    // full whenever the gateway writes, the last write too.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let body_at = loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .expect("the answer's head comes")
+            .unwrap();
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..body_at]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "kept alive: {head}");
+    while got.len() - body_at < SIZE {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    assert_eq!(
+        got.len() - body_at,
+        SIZE,
+        "the whole body, before the idle timeout"
+    );
+    // And the connection carries the next request.
+    tls.write_all(b"GET /again HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest)).await;
+    assert!(
+        rest.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&rest[..rest.len().min(200)])
+    );
+}

@@ -204,7 +204,15 @@ where
         // connection: the next request would start somewhere in it.
         let keep = !asked_close && !*stop.borrow() && feed.unread == 0;
         match respond(&mut io, &mut wbuf, head_request, keep, resp, security).await {
-            Ok(true) => {}
+            // What a TLS layer kept of the answer (its writes take plaintext the socket had no
+            // room for, and send it only at the next write or a flush) goes now: the client
+            // may be waiting for it before it sends anything more.
+            Ok(true) => {
+                if let Err(e) = io.flush().await {
+                    tracing::debug!(error = %e, "answer not written");
+                    return Outcome::Closed;
+                }
+            }
             Ok(false) => {
                 let _ = io.shutdown().await;
                 if feed.unread > 0 && !feed.failed {
@@ -740,6 +748,9 @@ where
             }
             _ => write_parts(io, wbuf, &data, b"").await?,
         }
+        // A piece a TLS layer kept (see `serve`) goes before the body is waited on again: a
+        // streamed answer's next piece may be long in coming.
+        io.flush().await?;
         wbuf.clear();
         if body.is_end_stream() {
             break;
