@@ -66,6 +66,15 @@ const CASES: &[(&str, &[u8])] = &[
     ("version_http12", b"GET /x HTTP/1.2\r\nHost: a\r\n\r\n"),
     ("two_spaces_in_request_line", b"GET  /x HTTP/1.1\r\nHost: a\r\n\r\n"),
     ("method_not_a_token", b"GE(T /x HTTP/1.1\r\nHost: a\r\n\r\n"),
+    // An upgrade's or CONNECT's head gets the Transfer-Encoding checks too (the reader leaves
+    // what follows such a head alone, not the head).
+    ("upgrade_te_identity", b"POST /x HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\nTransfer-Encoding: identity\r\n\r\n"),
+    ("upgrade_te_in_http10", b"POST /x HTTP/1.0\r\nHost: a\r\nUpgrade: foo\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    // Only the whole HTTP/2 preface, first on the connection, is HTTP/2; another head that
+    // reads `PRI * HTTP/2.0` is refused.
+    ("pri_without_the_rest_of_the_preface", b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"),
+    ("preface_after_an_empty_line", b"\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+    ("many_empty_lines_first", b"\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n"),
 ];
 
 /// A gateway with one route, for every path, to a recording upstream.

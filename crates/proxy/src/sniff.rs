@@ -208,6 +208,9 @@ pub struct Framing {
     body_refused: bool,
     /// The connection opened with the HTTP/2 preface: nothing more is followed.
     http2: bool,
+    /// No head has been followed to its end yet: what comes is the connection's first bytes,
+    /// where the HTTP/2 preface may be.
+    first_head: bool,
 }
 
 impl Framing {
@@ -219,6 +222,7 @@ impl Framing {
             max_fields: usize::MAX,
             body_refused: false,
             http2: false,
+            first_head: true,
         }
     }
 
@@ -269,15 +273,22 @@ impl Framing {
                     // Fast path: a whole head within this read, nothing buffered — no copy.
                     if buf.is_empty() {
                         let mut lead = 0;
-                        while data[lead..].starts_with(b"\r\n") {
+                        while lead <= MAX_LEAD && data[lead..].starts_with(b"\r\n") {
                             lead += 2;
                         }
-                        if let Some(pos) = find_head_end(&data[lead..]) {
-                            if data[lead..].starts_with(b"PRI * HTTP/2.0") {
-                                self.state = State::Off;
-                                self.http2 = true;
-                                return None;
-                            }
+                        if lead > MAX_LEAD {
+                            self.flag(Ambiguity::MalformedRequestLine);
+                            return Some(Refusal::At(input.len() - data.len()));
+                        }
+                        let opening = preface(data, self.first_head);
+                        if opening == Preface::Whole {
+                            self.state = State::Off;
+                            self.http2 = true;
+                            return None;
+                        }
+                        if let Some(pos) = find_head_end(&data[lead..])
+                            && opening == Preface::No
+                        {
                             let head_len = lead + pos + 4;
                             let checked = if head_len > self.max_head {
                                 Err(oversized(data, lead, self.max_head))
@@ -288,6 +299,7 @@ impl Framing {
                                 Ok(next) => {
                                     self.state = next;
                                     head_done = true;
+                                    self.first_head = false;
                                 }
                                 Err(a) => {
                                     self.flag(a);
@@ -306,24 +318,42 @@ impl Framing {
                         Refusal::Held
                     };
                     buf.extend_from_slice(data);
-                    // Leading empty lines before a request line are allowed (RFC 9112 §2.2).
+                    // Leading empty lines before a request line are allowed (RFC 9112 §2.2), a
+                    // few of them: each read of a held head looks at them again.
                     let mut lead = 0;
-                    while buf[lead..].starts_with(b"\r\n") {
+                    while lead <= MAX_LEAD && buf[lead..].starts_with(b"\r\n") {
                         lead += 2;
                     }
-                    if buf[lead..].starts_with(b"PRI * HTTP/2.0") {
-                        self.state = State::Off;
-                        self.http2 = true;
-                        return None;
+                    if lead > MAX_LEAD {
+                        self.flag(Ambiguity::MalformedRequestLine);
+                        return Some(began);
                     }
-                    let from = before.saturating_sub(3).max(lead);
+                    match preface(buf, self.first_head) {
+                        Preface::Whole => {
+                            self.state = State::Off;
+                            self.http2 = true;
+                            return None;
+                        }
+                        Preface::Partial => return None,
+                        Preface::No => {}
+                    }
+                    // Where the head's end may be: in the new bytes or the three before them
+                    // (the earlier ones were searched as they came), or anywhere when they
+                    // were held as the start of a preface, unsearched.
+                    let from = if self.first_head && before <= PREFACE.len() {
+                        lead
+                    } else {
+                        before.saturating_sub(3).max(lead)
+                    };
                     let Some(pos) = find_head_end(&buf[from..]) else {
                         // Too long to hold back: refused, as one that came whole.
                         if buf.len() > self.max_head {
                             let a = oversized(buf, lead, self.max_head);
                             self.flag(a);
                             return Some(began);
-                        } else if has_bare_lf(&buf[lead..]) {
+                        } else if has_bare_lf_from(buf, before.max(lead)) {
+                            // Only the new bytes: the earlier ones were looked at as they came,
+                            // so a head trickled a byte at a time costs no rescan per byte.
                             self.flag(Ambiguity::BareLf);
                             return Some(began);
                         }
@@ -341,6 +371,7 @@ impl Framing {
                         Ok(next) => {
                             self.state = next;
                             head_done = true;
+                            self.first_head = false;
                         }
                         Err(a) => {
                             self.flag(a);
@@ -533,11 +564,8 @@ fn scan_head(head: &[u8], max_fields: usize) -> Result<State, Ambiguity> {
     if te_count > 1 {
         return Err(Ambiguity::TransferEncodingNotExactlyChunked);
     }
-    let connect = request_line.starts_with(b"CONNECT ");
-    if upgrade || connect {
-        // After a 101 (or a tunnel) the bytes are no longer HTTP/1.1 messages.
-        return Ok(State::Off);
-    }
+    // A Transfer-Encoding is checked whatever else the head says (an upgrade or CONNECT too):
+    // one the reader passed over would get hyper's bare 400, not the gateway's refusal.
     if let Some(v) = te {
         if request_line.ends_with(b" HTTP/1.0") {
             return Err(Ambiguity::TransferEncodingInHttp10);
@@ -547,6 +575,13 @@ fn scan_head(head: &[u8], max_fields: usize) -> Result<State, Ambiguity> {
         if v != b"chunked" {
             return Err(Ambiguity::TransferEncodingNotExactlyChunked);
         }
+    }
+    let connect = request_line.starts_with(b"CONNECT ");
+    if upgrade || connect {
+        // After a 101 (or a tunnel) the bytes are no longer HTTP/1.1 messages.
+        return Ok(State::Off);
+    }
+    if te.is_some() {
         return Ok(State::ChunkSize(Vec::new()));
     }
     Ok(match content_length {
@@ -653,8 +688,53 @@ fn oversized(buf: &[u8], lead: usize, max_head: usize) -> Ambiguity {
 }
 
 /// A line feed first, or after anything but a carriage return.
+/// Most bytes of empty lines (`CRLF`s) before a request line: RFC 9112 §2.2 asks a server to
+/// ignore at least one; more than a few is no client's doing.
+const MAX_LEAD: usize = 16;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How the bytes at the start of a connection (`buf`: a head held back, or those of the first
+/// read) stand to the HTTP/2 preface.
+#[derive(Debug, PartialEq, Eq)]
+enum Preface {
+    /// The whole preface, first on the connection.
+    Whole,
+    /// Its beginning, so far: more bytes decide.
+    Partial,
+    /// No preface: a head, followed as one. A head whose request line reads `PRI * HTTP/2.0`
+    /// anywhere else (after a request, after an empty line, without the rest of the preface)
+    /// is refused by the gateway, not passed to hyper.
+    No,
+}
+
+fn preface(buf: &[u8], first: bool) -> Preface {
+    if !first {
+        Preface::No
+    } else if buf.starts_with(PREFACE) {
+        Preface::Whole
+    } else if PREFACE.starts_with(buf) {
+        Preface::Partial
+    } else {
+        Preface::No
+    }
+}
+
 fn has_bare_lf(buf: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', buf).any(|i| i == 0 || buf[i - 1] != b'\r')
+    has_bare_lf_from(buf, 0)
+}
+
+/// Whether a line feed at or after `from` in `buf` has no carriage return before it (in
+/// `buf`, so one just before `from` counts).
+fn has_bare_lf_from(buf: &[u8], from: usize) -> bool {
+    let Some(tail) = buf.get(from..) else {
+        return false;
+    };
+    memchr::memchr_iter(b'\n', tail).any(|i| {
+        let at = from + i;
+        at == 0 || buf.get(at - 1) != Some(&b'\r')
+    })
 }
 
 fn trim_ows(v: &[u8]) -> &[u8] {
@@ -1470,9 +1550,6 @@ mod tests {
         if te_count > 1 {
             return Err(Ambiguity::TransferEncodingNotExactlyChunked);
         }
-        if upgrade || request_line.starts_with(b"CONNECT ") {
-            return Ok(State::Off);
-        }
         if let Some(v) = te {
             if request_line.ends_with(b" HTTP/1.0") {
                 return Err(Ambiguity::TransferEncodingInHttp10);
@@ -1481,6 +1558,11 @@ mod tests {
             if v != b"chunked" {
                 return Err(Ambiguity::TransferEncodingNotExactlyChunked);
             }
+        }
+        if upgrade || request_line.starts_with(b"CONNECT ") {
+            return Ok(State::Off);
+        }
+        if te.is_some() {
             return Ok(State::ChunkSize(Vec::new()));
         }
         Ok(match content_length {
@@ -2110,8 +2192,81 @@ mod tests {
     #[test]
     fn http2_and_upgrades_are_left_alone() {
         assert_eq!(verdict(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\n"), None);
+        let (_, f) = run(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\n"]);
+        assert!(f.http2());
+        // The preface in pieces, cut anywhere.
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04";
+        for cut in 1..preface.len() {
+            let (flag, f) = run(&[&preface[..cut], &preface[cut..]]);
+            assert_eq!(flag, None, "cut at {cut}");
+            assert!(f.http2(), "cut at {cut}");
+        }
         let (_, f) = run(&[b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x05hello\n\n"]);
         assert!(matches!(f.state, State::Off));
+        assert!(!f.http2());
+    }
+
+    /// What is not the preface, first on the connection and whole, is a head, and a head
+    /// whose request line reads `PRI * HTTP/2.0` is refused by the gateway (hyper would answer
+    /// its own bare 400): after an empty line, without the rest of the preface, or after a
+    /// request.
+    #[test]
+    fn only_the_whole_preface_first_is_http2() {
+        for raw in [
+            &b"\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            assert_eq!(
+                verdict(raw),
+                Some(Ambiguity::MalformedRequestLine),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+            assert!(!run(&[raw]).1.http2());
+        }
+    }
+
+    /// An upgrade or CONNECT is left alone after its head (a 101 or a tunnel may follow), but
+    /// its head's `Transfer-Encoding` is checked as any other's.
+    #[test]
+    fn an_upgrade_head_gets_the_transfer_encoding_checks() {
+        assert_eq!(
+            verdict(b"POST /x HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\nTransfer-Encoding: identity\r\n\r\n"),
+            Some(Ambiguity::TransferEncodingNotExactlyChunked)
+        );
+        assert_eq!(
+            verdict(b"POST /x HTTP/1.0\r\nHost: a\r\nUpgrade: foo\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            Some(Ambiguity::TransferEncodingInHttp10)
+        );
+        assert_eq!(
+            verdict(b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Some(Ambiguity::TransferEncodingNotExactlyChunked)
+        );
+        let (flag, f) = run(&[b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nTransfer-Encoding: chunked\r\n\r\n"]);
+        assert_eq!(flag, None);
+        assert!(matches!(f.state, State::Off));
+    }
+
+    /// A few empty lines before a request line are allowed (RFC 9112 §2.2), more are refused:
+    /// each read of a held head would look at them again.
+    #[test]
+    fn many_empty_lines_before_a_request_are_refused() {
+        let with = |n: usize| {
+            let mut raw = b"\r\n".repeat(n);
+            raw.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+            raw
+        };
+        assert_eq!(verdict(&with(1)), None);
+        assert_eq!(verdict(&with(MAX_LEAD / 2)), None);
+        assert_eq!(
+            verdict(&with(MAX_LEAD / 2 + 1)),
+            Some(Ambiguity::MalformedRequestLine)
+        );
+        assert_eq!(
+            verdict(&b"\r\n".repeat(10_000)),
+            Some(Ambiguity::MalformedRequestLine)
+        );
     }
 
     /// Where a limit applies, it applies to the line or head, whatever reads it came in: a
