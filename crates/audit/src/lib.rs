@@ -437,12 +437,11 @@ pub fn cut_marked(s: &mut String, max: usize) {
 fn redact_and_cut_path(path: &mut String) {
     // Escapes of unreserved characters can spell a secret's digits or separators in a path
     // recorded as it came (a request refused before normalisation: `4111%2D1111…`, `%34111…`).
-    // When the path read with them decoded holds a secret, that reading is recorded, masked
-    // below; otherwise the escapes stay, evidence of what was sent (`%2e%2e`).
+    // A segment (its name: `;` parameters are dropped anyway) that holds a secret once they
+    // are decoded is recorded decoded, masked below; every other keeps its escapes, evidence of
+    // what was sent (`%2e%2e`).
     let window = path.floor_char_boundary(MAX_PATH_BYTES + PATH_LOOKAHEAD_BYTES);
-    if let Some(mut decoded) = path.get(..window).and_then(unreserved_decoded)
-        && redact_path(&decoded).is_some()
-    {
+    if let Some(mut decoded) = path.get(..window).and_then(secrets_decoded) {
         decoded.push_str(path.get(window..).unwrap_or_default());
         *path = decoded;
     }
@@ -484,6 +483,30 @@ fn redact_and_cut_path(path: &mut String) {
 /// Same shapes as the upstream error excerpt's masks. Each step is one pass over the path.
 pub fn redact_path(path: &str) -> Option<String> {
     redact_until(path, path.len()).0
+}
+
+/// `path` with the segments whose name holds a secret once its unreserved escapes are decoded
+/// ([`unreserved_decoded`]) so decoded, the others as they are; `None` when there are none.
+fn secrets_decoded(path: &str) -> Option<String> {
+    if !path.contains('%') {
+        return None;
+    }
+    let mut changed = false;
+    let segs: Vec<std::borrow::Cow<'_, str>> = path
+        .split('/')
+        .map(|seg| {
+            let name = seg.split(';').next().unwrap_or_default();
+            match unreserved_decoded(name).filter(|d| redact_path(d).is_some()) {
+                Some(mut d) => {
+                    changed = true;
+                    d.push_str(seg.get(name.len()..).unwrap_or_default());
+                    std::borrow::Cow::Owned(d)
+                }
+                None => std::borrow::Cow::Borrowed(seg),
+            }
+        })
+        .collect();
+    changed.then(|| segs.join("/"))
 }
 
 /// `path` with the percent-escapes of unreserved characters (letters, digits, `-`, `.`, `_`,
@@ -1634,6 +1657,15 @@ mod tests {
             ),
             ("/u/j%6Fhn@example.com".into(), "/u/j***@example.com"),
             ("/a/%2e%2e/%2E%2E/etc".into(), "/a/%2e%2e/%2E%2E/etc"),
+            // Only the segments whose escapes spell a secret are decoded.
+            (
+                "/a/%2e%2e/%2e%2e/etc/passwd;jsessionid=1".into(),
+                "/a/%2e%2e/%2e%2e/etc/passwd;…",
+            ),
+            (
+                "/%2e%2e/c/4111%2D1111%2D1111%2D1234;x=1/%7Eu".into(),
+                "/%2e%2e/c/****1234;…/%7Eu",
+            ),
             ("/v1/%7Euser/42".into(), "/v1/%7Euser/42"),
             // A fragment (a refused head's target as it came) goes, as a query does.
             ("/reset#token=abc".into(), "/reset"),

@@ -692,7 +692,10 @@ where
             {
                 Some(f) => f,
                 None => {
+                    // Flushed: a TLS layer would otherwise keep it until the first piece of a
+                    // body that may be long in coming (a stream, a long poll).
                     io.write_all(wbuf).await?;
+                    io.flush().await?;
                     wbuf.clear();
                     head_out = true;
                     continue;

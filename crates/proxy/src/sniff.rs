@@ -687,7 +687,6 @@ fn oversized(buf: &[u8], lead: usize, max_head: usize) -> Ambiguity {
     }
 }
 
-/// A line feed first, or after anything but a carriage return.
 /// Most bytes of empty lines (`CRLF`s) before a request line: RFC 9112 §2.2 asks a server to
 /// ignore at least one; more than a few is no client's doing.
 const MAX_LEAD: usize = 16;
@@ -721,6 +720,7 @@ fn preface(buf: &[u8], first: bool) -> Preface {
     }
 }
 
+/// A line feed first, or after anything but a carriage return.
 fn has_bare_lf(buf: &[u8]) -> bool {
     has_bare_lf_from(buf, 0)
 }

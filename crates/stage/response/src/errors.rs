@@ -378,8 +378,10 @@ const MASK_PATTERN: &str = concat!(
     r"(?:[A-Za-z0-9-]|[^\x00-\x7F]|%[89A-Fa-f][0-9A-Fa-f])+",
     r"(?:\.(?:[A-Za-z0-9-]|[^\x00-\x7F]|%[89A-Fa-f][0-9A-Fa-f])+)*",
     r"\.(?:[A-Za-z]{2,}|[^\x00-\x7F]{2,}|(?:%[89A-Fa-f][0-9A-Fa-f]){2,}))",
-    // `_` is a word character to `\b`, not to a reader: `card_4111…`, `4111…_2024.pdf`.
-    r"|(?:\b|(?P<cardpre>_))(?P<card>[0-9](?:[ -]?[0-9]){12,18})(?:\b|(?P<cardpost>_))",
+    // `_` is a word character to `\b`, not to a reader: `card_4111…`, `4111…_2024.pdf`. An
+    // `_` a match takes cannot start the next one, so numbers joined by `_` are one match,
+    // masked one by one.
+    r"|(?:\b|(?P<cardpre>_))(?P<card>[0-9](?:[ -]?[0-9]){12,18}(?:_[0-9](?:[ -]?[0-9]){12,18})*)(?:\b|(?P<cardpost>_))",
     r"|(?P<iban>\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b)",
     r"|(?P<ssn>\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b)",
     r"|(?P<phone>\+[0-9]{1,3}[ -]?(?:\([0-9]{1,4}\)[ -]?)?[0-9]{2,5}(?:[ -]?[0-9]{2,5}){1,3}\b",
@@ -564,11 +566,23 @@ fn mask_one(re: &Regex, c: &Captures<'_>) -> String {
         format!("{}{q}****{q}", k.as_str())
     } else if let (Some(first), Some(domain)) = (c.name("email"), c.name("domain")) {
         format!("{}***{}", first.as_str(), domain.as_str())
-    } else if let Some(card) = c.name("card") {
-        let digits: Vec<char> = card.as_str().chars().filter(char::is_ascii_digit).collect();
-        let last4: String = digits[digits.len().saturating_sub(4)..].iter().collect();
+    } else if let Some(cards) = c.name("card") {
         let side = |n| c.name(n).map_or("", |m| m.as_str());
-        format!("{}****{last4}{}", side("cardpre"), side("cardpost"))
+        let masked: Vec<String> = cards
+            .as_str()
+            .split('_')
+            .map(|card| {
+                let digits: Vec<char> = card.chars().filter(char::is_ascii_digit).collect();
+                let last4: String = digits[digits.len().saturating_sub(4)..].iter().collect();
+                format!("****{last4}")
+            })
+            .collect();
+        format!(
+            "{}{}{}",
+            side("cardpre"),
+            masked.join("_"),
+            side("cardpost")
+        )
     } else if c.name("iban").is_some() {
         "[iban]".into()
     } else if c.name("ssn").is_some() {
@@ -909,6 +923,15 @@ mod tests {
             ("card_4111111111111111 ok", "card_****1111 ok"),
             ("stmt_4111111111111111_2024.pdf", "stmt_****1111_2024.pdf"),
             ("a 4111111111111111 4111111111111112", "a ****1111 ****1112"),
+            (
+                "stmt_4111111111111111_4012888888881881.pdf",
+                "stmt_****1111_****1881.pdf",
+            ),
+            (
+                "4111111111111111_4012888888881881_5555555555554444_x",
+                "****1111_****1881_****4444_x",
+            ),
+            ("4111111111111111_123 ok", "****1111_123 ok"),
             ("x4111111111111111 kept", "x4111111111111111 kept"),
             ("4111111111111111y kept", "4111111111111111y kept"),
             ("short 123456789012 kept", "short 123456789012 kept"),

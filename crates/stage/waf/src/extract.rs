@@ -94,7 +94,7 @@
 //!   text is inspected as an untyped body (the engine passes it here without its type).
 //!
 //! Findings: a body that does not parse as its type is rule 1001 (target `body`, snippet: the
-//! bytes around the error); nesting deeper than `max_depth` is rule 1002; reaching
+//! error's offset and the shape of the bytes around it, never their text); nesting deeper than `max_depth` is rule 1002; reaching
 //! `max_targets` (head and body together, counting what `out` already holds) is rule 1003,
 //! raised once, after which nothing more is extracted (a JSON body is still read to the end
 //! to check its syntax and count a top-level array). The three block by themselves, whatever
