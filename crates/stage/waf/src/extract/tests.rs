@@ -41,6 +41,20 @@ fn body_with(
     )
 }
 
+/// The findings of a body of type `ct`, at the default limits.
+fn body_findings(ct: &str, b: &[u8]) -> Vec<crate::model::Finding> {
+    let mut out = Vec::new();
+    let mut findings = Vec::new();
+    body_targets(
+        Some(ct),
+        b,
+        &ExtractLimits::default(),
+        &mut out,
+        &mut findings,
+    );
+    findings
+}
+
 // ----- head
 
 #[test]
@@ -382,15 +396,7 @@ fn json_malformed() {
     let big = format!("[{}]", "9".repeat(10_000));
     let (_, f, _) = body(Some("application/json"), big.as_bytes());
     assert!(f == vec![1001] || f.is_empty(), "{f:?}");
-    let mut out = Vec::new();
-    let mut findings = Vec::new();
-    body_targets(
-        Some("application/json"),
-        b"{\n  \"a\": 1,\n  \"b\": oops\n}",
-        &ExtractLimits::default(),
-        &mut out,
-        &mut findings,
-    );
+    let findings = body_findings("application/json", b"{\n  \"a\": 1,\n  \"b\": oops\n}");
     assert_eq!(findings.len(), 1);
     // Where the structure broke, as its shape: a bare word where a value goes.
     assert_eq!(findings[0].snippet, r#"@19:  "a": 0,\n  "a": aaaa\n}"#);
@@ -419,15 +425,7 @@ fn malformed_body_snippets_show_shape_not_text() {
             b"<login><password>hunter2</password><pin>4321</login>",
         ),
     ] {
-        let mut out = Vec::new();
-        let mut findings = Vec::new();
-        body_targets(
-            Some(ct),
-            b,
-            &ExtractLimits::default(),
-            &mut out,
-            &mut findings,
-        );
+        let findings = body_findings(ct, b);
         let f = findings
             .iter()
             .find(|f| f.rule == 1001)
