@@ -952,15 +952,28 @@ async fn an_http2_answer_held_up_while_others_move_is_cut_off_alone() {
     );
 }
 
-/// Pings every 300 ms (reading what comes) until the gateway closes the connection or
-/// `within` passes: whether it closed, when, and what it sent.
+/// Pings every 300 ms (reading what comes, and acknowledging the server's pings, as a client
+/// does) until the gateway closes the connection or `within` passes: whether it closed, when,
+/// and what it sent.
 async fn ping_until_closed(s: &mut TcpStream, within: Duration) -> (bool, Duration, Vec<u8>) {
     let started = Instant::now();
     let mut got = Vec::new();
     let mut buf = vec![0u8; 65536];
-    let ping = h2_frame(6, 0, 0, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    let ours = [1, 2, 3, 4, 5, 6, 7, 8];
+    let ping = h2_frame(6, 0, 0, &ours);
     let mut next_ping = Instant::now();
+    let mut seen = 0;
     loop {
+        let frames = h2_frames(&got);
+        for (_, _, payload) in frames[seen..]
+            .iter()
+            .filter(|(k, _, p)| *k == 6 && p[..] != ours)
+        {
+            if s.write_all(&h2_frame(6, 1, 0, payload)).await.is_err() {
+                return (true, started.elapsed(), got);
+            }
+        }
+        seen = frames.len();
         if Instant::now() >= next_ping {
             if s.write_all(&ping).await.is_err() {
                 return (true, started.elapsed(), got);
@@ -1052,12 +1065,22 @@ async fn an_http2_connection_without_streams_is_idle_whatever_it_pings() {
     // No request at all.
     let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
     s.write_all(&preface()).await.unwrap();
-    let (closed, after, _) = ping_until_closed(&mut s, Duration::from_secs(10)).await;
+    let (closed, after, got) = ping_until_closed(&mut s, Duration::from_secs(10)).await;
     assert!(closed, "a connection that makes no request is closed");
     assert!(
         after >= Duration::from_millis(900) && after < Duration::from_millis(1900),
         "by header_read_timeout, not idle_timeout: {after:?}"
     );
+    // Told first: a GOAWAY whose last one names the last stream taken (none), then the close.
+    let goaway = |got: &[u8]| {
+        h2_frames(got)
+            .into_iter()
+            .rev()
+            .find(|(k, _, _)| *k == 7)
+            .map(|(_, _, payload)| payload)
+    };
+    let g = goaway(&got).expect("a GOAWAY before the close");
+    assert_eq!(&g[..4], &[0, 0, 0, 0], "last stream id 0: {g:?}");
 
     // A request answered, then pings only.
     let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
@@ -1074,6 +1097,12 @@ async fn an_http2_connection_without_streams_is_idle_whatever_it_pings() {
     assert!(
         frames.iter().any(|(k, stream, _)| *k == 1 && *stream == 1),
         "the request was answered: {frames:?}"
+    );
+    let g = goaway(&got).expect("a GOAWAY before the close");
+    assert_eq!(
+        &g[..8],
+        &[0, 0, 0, 1, 0, 0, 0, 0],
+        "stream 1 taken, no error: {g:?}"
     );
     // Neither counted as a refusal of anything: idleness.
     let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();

@@ -21,6 +21,9 @@ use crate::{ConnInfo, Gateway};
 
 /// How long a connection whose head ran out of time is given to write its 408.
 const HEAD_TIMEOUT_GRACE: Duration = Duration::from_secs(1);
+
+/// How long an idle HTTP/2 connection is given to send its `GOAWAY` and close.
+const IDLE_GOAWAY_GRACE: Duration = Duration::from_secs(1);
 /// Client-reset streams not yet accepted, per HTTP/2 connection.
 const H2_MAX_PENDING_RESETS: usize = 20;
 /// Streams reset for a client's protocol errors, per HTTP/2 connection.
@@ -231,7 +234,6 @@ async fn connection(
             let watchdog = Gated::new(watchdog);
             let stream = Sniffed::new(stream, framing.clone(), activity.clone(), max_buf)
                 .with_max_fields(max_fields);
-            let watched = activity.clone();
             let info = Arc::new(ConnInfo {
                 peer,
                 scheme: Scheme::Http,
@@ -247,8 +249,9 @@ async fn connection(
                 activity,
             });
             let metrics = gw.metrics.clone();
+            let watched = info.clone();
             let conn = serve_http(gw, info, stream, builder, drain, max_buf, true);
-            watch(conn, watchdog, &watched, peer, &metrics).await;
+            watch(conn, watchdog, &watched, &metrics).await;
         }
         Some(cfg) => {
             // The client-certificate rules the handshake runs under, read before the TLS
@@ -305,7 +308,6 @@ async fn connection(
             let watchdog = Gated::new(watchdog);
             let tls_stream = Sniffed::new(tls_stream, framing.clone(), activity.clone(), max_buf)
                 .with_max_fields(max_fields);
-            let watched = activity.clone();
             let info = Arc::new(ConnInfo {
                 peer,
                 scheme: Scheme::Https,
@@ -322,29 +324,38 @@ async fn connection(
             });
             let builder = if h2 { builder.http2_only() } else { builder };
             let metrics = gw.metrics.clone();
+            let watched = info.clone();
             let conn = Box::pin(serve_http(
                 gw, info, tls_stream, builder, drain, max_buf, !h2,
             ));
-            watch(conn, watchdog, &watched, peer, &metrics).await;
+            watch(conn, watchdog, &watched, &metrics).await;
         }
     }
 }
 
 /// Serves a connection under its watchdog; when the watchdog fires, the connection is closed
-/// (dropped) and the reason told. The connection's bytes may go on in a tunnel after its HTTP
-/// ended (an upgrade, joined to the upstream's by its own task): the watchdog watches it until
-/// it ends, and ends it when it fires.
+/// (dropped) and the reason told — an idle HTTP/2 connection after its `GOAWAY`, so that a
+/// client starting a stream just then knows it was not taken. The connection's bytes may go on
+/// in a tunnel after its HTTP ended (an upgrade, joined to the upstream's by its own task): the
+/// watchdog watches it until it ends, and ends it when it fires.
 async fn watch(
     conn: impl Future<Output = ()>,
     mut watchdog: impl Future<Output = Closed> + Unpin,
-    activity: &Activity,
-    peer: SocketAddr,
+    info: &ConnInfo,
     metrics: &portcullis_telemetry::Metrics,
 ) {
+    let (activity, peer) = (&*info.activity, info.peer);
+    let mut conn = std::pin::pin!(conn);
     tokio::select! {
-        () = conn => {}
+        () = &mut conn => {}
         why = &mut watchdog => {
             why.tell(peer, metrics);
+            if why == Closed::Idle && activity.is_http2() {
+                // A graceful end (hyper's: `GOAWAY`, then the close once no stream is open,
+                // which an idle connection has not), bounded.
+                info.ending.notify_one();
+                let _ = tokio::time::timeout(IDLE_GOAWAY_GRACE, conn).await;
+            }
             return;
         }
     }
