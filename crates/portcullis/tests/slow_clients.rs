@@ -1042,6 +1042,14 @@ async fn http2_answers_buffered_behind_a_one_byte_window_stay_under_the_send_tim
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(metrics.contains(counted), "{metrics}");
+    // Audited as answers the client did not get whole (it got one byte of each).
+    for i in [0, 7, 19] {
+        let path = format!("/held/{i}");
+        let event = gw
+            .wait_for_audit(|e| e["path"] == path.as_str(), Duration::from_secs(5))
+            .expect("the held answer is audited");
+        assert_eq!(event["response_complete"], false, "{event}");
+    }
     // The gateway is healthy.
     let r = send_h2c(req("GET", &format!("{}/ok", gw.url("public")), &[], "")).await;
     assert_eq!(r.status, 200);
@@ -1107,4 +1115,60 @@ async fn an_http2_connection_without_streams_is_idle_whatever_it_pings() {
     // Neither counted as a refusal of anything: idleness.
     let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
     assert!(!metrics.contains("reason=\"send_timeout\""), "{metrics}");
+}
+
+/// A slow but steady HTTP/2 reader of a long answer gets all of it: with a wide window the
+/// server hands the whole body to the HTTP/2 layer at once and lets the answer go, and the
+/// layer sends it as the socket drains. Those writes, waiting on a client that keeps taking
+/// them, keep the connection from being idle (before, once the answer was let go only a new
+/// stream counted, and the idle timeout reset the connection mid-answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_steady_http2_reader_gets_the_whole_answer() {
+    const SIZE: usize = 512 * 1024;
+    let (bulk, _written) = bulk_upstream(SIZE).await;
+    let gw = gateway(&format!(
+        "server: {{ idle_timeout: 2s }}\n\
+         upstreams:\n  bulk: {{ targets: [\"http://{bulk}\"] }}\n\
+         routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: bulk }}\n"
+    ));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut s = socket.connect(gw.listener("public")).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 8 MiB, and the connection's window opened as wide.
+    hello.extend(h2_frame(4, 0, 0, &[0, 4, 0, 0x80, 0, 0]));
+    hello.extend(h2_frame(8, 0, 0, &(8u32 << 20).to_be_bytes()));
+    hello.extend(h2_get(1, "/big"));
+    s.write_all(&hello).await.unwrap();
+    // 8 KiB every 100 ms: about 80 KB/s, far above the minimum send rate, for some 6 s —
+    // three idle timeouts.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 8 * 1024];
+    let started = Instant::now();
+    let data = |got: &[u8]| -> (usize, bool) {
+        let frames = h2_frames(got);
+        let n = frames
+            .iter()
+            .filter(|(k, st, _)| *k == 0 && *st == 1)
+            .map(|(_, _, p)| p.len())
+            .sum();
+        (n, frames.iter().any(|(k, _, _)| *k == 3 || *k == 7))
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+        if data(&got).0 >= SIZE || started.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+    }
+    let (n, reset) = data(&got);
+    assert_eq!(n, SIZE, "the whole answer, at {:?}", started.elapsed());
+    assert!(!reset, "no reset or GOAWAY on the way");
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "slower than the idle timeout"
+    );
 }

@@ -9,6 +9,8 @@
 //! whether that was the whole body, and how long the answer took from the request's arrival.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -33,7 +35,16 @@ pub struct Audited {
     /// The body failed (its upstream broke off or fell short): never whole, whatever it says
     /// of its end afterwards.
     failed: bool,
+    /// Set by the HTTP/2 answer's watch ([`crate::paced::ToClient`]) when the answer was cut
+    /// off or let go after this body's end but before the client was handed all of it (the
+    /// watch hands a body on in slices): not whole either.
+    undelivered: Option<Arc<AtomicBool>>,
 }
+
+/// A response extension from the engine to the HTTP/2 answer's watch: the flag its audited
+/// body reads ([`Audited::undelivered_by`]).
+#[derive(Clone)]
+pub struct Undelivered(pub Arc<AtomicBool>);
 
 impl Audited {
     /// `bodiless`: the answer sends no body whatever its own says (the server drops it
@@ -53,7 +64,14 @@ impl Audited {
             sent: 0,
             ended: bodiless,
             failed: false,
+            undelivered: None,
         }
+    }
+
+    /// Not whole if `flag` is set by the time the event is written.
+    pub fn undelivered_by(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.undelivered = Some(flag);
+        self
     }
 }
 
@@ -96,7 +114,12 @@ impl Drop for Audited {
         };
         // A body that knows its end (a length, a full buffer) is whole once its last piece
         // was taken, even if the server did not ask again.
-        event.response_complete = !self.failed && (self.ended || self.body.is_end_stream());
+        let undelivered = self
+            .undelivered
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed));
+        event.response_complete =
+            !self.failed && !undelivered && (self.ended || self.body.is_end_stream());
         event.response_bytes = self.sent;
         event.duration_ms = self.received.elapsed().as_secs_f64() * 1000.0;
         event.time = portcullis_audit::now_rfc3339();

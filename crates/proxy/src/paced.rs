@@ -14,9 +14,11 @@
 //! * each answer: one that has waited `server.send_timeout` (and a little more, see
 //!   [`HeldAnswers::tick`]) while others moved is cut off alone — its body is taken away and
 //!   dropped, which closes its upstream exchange (and writes its audit event, not whole),
-//!   and the stream is reset as soon as the server speaks on it again. The server does not
-//!   ask a body whose stream has no window for anything, so the body cannot time itself: the
-//!   watchdog reaches it through the connection's register of answers ([`HeldAnswers`]).
+//!   and the stream is reset as soon as the server asks the body for more (unless it already
+//!   holds the body's last piece: that is then sent, the answer audited as not whole). The
+//!   server takes a piece ahead and then waits for window before it sends it and asks for the
+//!   next, so a body whose stream has no window is not asked for anything and cannot time
+//!   itself: the watchdog reaches it through the connection's register ([`HeldAnswers`]).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +44,18 @@ struct Held {
     since: AtomicU64,
     /// Taken by the watchdog when the answer is cut off.
     body: Mutex<Option<BoxBody>>,
+    /// The audit event's flag ([`crate::audited::Undelivered`]): set when the answer is cut
+    /// off or let go before the client was handed all of it.
+    undelivered: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Held {
+    /// The answer is not whole, whatever its body said of its end.
+    fn undelivered(&self) {
+        if let Some(f) = &self.undelivered {
+            f.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Held {
@@ -108,6 +122,17 @@ impl HeldAnswers {
         }
     }
 
+    /// For the watchdog, as it closes the connection: every answer still waiting on the
+    /// client (its last piece, or more, not sent) is not whole, whatever its body said.
+    pub fn abandon_waiting(&self) {
+        let s = self.slots();
+        for held in s.items.iter().flatten() {
+            if held.since.load(Ordering::Relaxed) != 0 {
+                held.undelivered();
+            }
+        }
+    }
+
     /// Whether any answer with more of its body to send is registered (for the watchdog).
     pub fn any(&self) -> bool {
         let s = self.slots();
@@ -145,6 +170,7 @@ impl HeldAnswers {
                     && let Ok(mut body) = held.body.try_lock()
                     && let Some(b) = body.take()
                 {
+                    held.undelivered();
                     cut.push(b);
                 }
             }
@@ -187,14 +213,20 @@ enum Inner {
 impl ToClient {
     /// `watch`: the connection's activity when the answer is watched (HTTP/2). An answer with
     /// a body to come waits from the start: the server takes the first piece only once the
-    /// client's window has room.
-    pub fn new(body: BoxBody, watch: Option<Arc<Activity>>) -> Self {
+    /// client's window has room. `undelivered`: the audit event's flag, set when the answer is
+    /// cut off or let go before all of it was handed on.
+    pub fn new(
+        body: BoxBody,
+        watch: Option<Arc<Activity>>,
+        undelivered: Option<Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Self {
         let inner = match watch {
             Some(activity) if !body.is_end_stream() => {
                 activity.answer_waits();
                 let held = Arc::new(Held {
                     since: AtomicU64::new(activity.held.stamp()),
                     body: Mutex::new(Some(body)),
+                    undelivered,
                 });
                 let key = activity.held.register(held.clone());
                 Inner::Watched {
@@ -337,9 +369,10 @@ impl Body for ToClient {
     }
 }
 
-/// The most of a body's frame handed to the server at once. The server gives a piece to the
-/// HTTP/2 layer once the stream's window has room for one byte of it, and the layer buffers the
-/// whole piece whatever the window; it comes back for the next only once that is sent. So a
+/// The most of a body's frame handed to the server at once. The server takes a piece, gives it
+/// to the HTTP/2 layer once the stream's window has room for one byte of it — the layer buffers
+/// the whole piece whatever the window — and takes the next, which it holds until the layer
+/// has sent the one before and the window has room again. So a
 /// frame handed whole (a filtered answer is one frame of up to its `max_bytes`) would wait, out
 /// of this watch, in the layer's memory for as long as the client keeps its window shut and
 /// pings; in slices, what waits there is a slice, and the rest waits here, watched.
@@ -347,11 +380,11 @@ const SLICE: usize = 16 * 1024;
 
 /// The next piece of `data` to hand on, the rest left in `rest`: at most [`SLICE`] bytes, and,
 /// of a body's last frame (`last`), never its last byte, which goes alone after the rest. The
-/// server hands that byte on (with the end of stream) only once the window has room for it,
-/// which is once the client took the rest: until then the answer waits, watched, under
-/// `server.send_timeout` — told with the last slice, the answer would be over as soon as the
-/// layer buffered it, and a client could hold every answer that is one small frame (most are)
-/// for as long as it pinged. Slices share `data`'s memory (no copy).
+/// server sends that byte (with the end of stream) only once the window has room for it, which
+/// is once the client took the rest, and lets the answer go only then: until then the answer
+/// waits, watched, under `server.send_timeout` — told with the last slice, the answer would be
+/// let go as soon as the layer buffered it, and a client could hold every answer that is one
+/// small frame (most are) for as long as it pinged. Slices share `data`'s memory (no copy).
 fn slice(mut data: Bytes, last: bool, rest: &mut Option<Bytes>) -> Bytes {
     let n = data.len();
     let take = if n > SLICE {
@@ -379,6 +412,9 @@ impl Drop for ToClient {
         {
             if held.since.load(Ordering::Relaxed) != 0 {
                 activity.answer_done_waiting(false);
+            }
+            if !*ended {
+                held.undelivered();
             }
             activity.held.unregister(*key);
             if let Some(resets) = resets
@@ -415,7 +451,7 @@ mod tests {
         let a = Arc::new(Activity::default());
         let resets = Arc::new(crate::resets::ResetWatch::new(1));
         let watched =
-            |b: BoxBody| ToClient::new(b, Some(a.clone())).counting_resets(resets.clone());
+            |b: BoxBody| ToClient::new(b, Some(a.clone()), None).counting_resets(resets.clone());
         for _ in 0..3 {
             let b = watched(body(&["one", "two"]));
             let _ = b.collect().await.unwrap();
@@ -448,7 +484,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_waits_until_each_piece_is_taken_and_not_after_its_end() {
         let a = Arc::new(Activity::default());
-        let mut b = ToClient::new(body(&["one", "two"]), Some(a.clone()));
+        let mut b = ToClient::new(body(&["one", "two"]), Some(a.clone()), None);
         assert_eq!(a.answers(), (1, 0), "waits for its first piece to be taken");
         let f = b.frame().await.unwrap().unwrap();
         assert_eq!(f.into_data().unwrap(), "one");
@@ -475,7 +511,7 @@ mod tests {
                 .boxed_unsync()
         };
         let big = Bytes::from((0..40_000u32).map(|i| i as u8).collect::<Vec<u8>>());
-        let mut b = ToClient::new(full(big.clone()), Some(a.clone()));
+        let mut b = ToClient::new(full(big.clone()), Some(a.clone()), None);
         assert_eq!(b.size_hint().exact(), Some(40_000));
         let mut got = Vec::new();
         let mut sizes = Vec::new();
@@ -495,7 +531,11 @@ mod tests {
         assert_eq!(a.answers(), (0, 4));
 
         // A small answer: all but its last byte, then that byte, then the end.
-        let mut b = ToClient::new(full(Bytes::from_static(b"{\"all\":1}")), Some(a.clone()));
+        let mut b = ToClient::new(
+            full(Bytes::from_static(b"{\"all\":1}")),
+            Some(a.clone()),
+            None,
+        );
         let f = b.frame().await.unwrap().unwrap();
         assert_eq!(f.into_data().unwrap(), "{\"all\":1");
         assert!(!b.is_end_stream());
@@ -510,11 +550,11 @@ mod tests {
         assert_eq!(a.answers().0, 0);
 
         // A one-byte answer goes as it is; so does an unwatched one.
-        let mut b = ToClient::new(full(Bytes::from_static(b"x")), Some(a.clone()));
+        let mut b = ToClient::new(full(Bytes::from_static(b"x")), Some(a.clone()), None);
         assert_eq!(b.frame().await.unwrap().unwrap().into_data().unwrap(), "x");
         assert!(b.is_end_stream());
         drop(b);
-        let mut b = ToClient::new(full(big.clone()), None);
+        let mut b = ToClient::new(full(big.clone()), None, None);
         assert_eq!(
             b.frame().await.unwrap().unwrap().into_data().unwrap().len(),
             40_000
@@ -524,7 +564,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_given_up_while_waiting_stops_waiting() {
         let a = Arc::new(Activity::default());
-        let b = ToClient::new(body(&["one"]), Some(a.clone()));
+        let b = ToClient::new(body(&["one"]), Some(a.clone()), None);
         assert_eq!(a.answers(), (1, 0));
         drop(b);
         assert_eq!(a.answers(), (0, 0), "dropped unread: no step taken");
@@ -532,10 +572,10 @@ mod tests {
         let empty = http_body_util::Empty::<Bytes>::new()
             .map_err(|never| match never {})
             .boxed_unsync();
-        let b = ToClient::new(empty, Some(a.clone()));
+        let b = ToClient::new(empty, Some(a.clone()), None);
         assert_eq!(a.answers(), (0, 0));
         drop(b);
-        let mut b = ToClient::new(body(&["one"]), None);
+        let mut b = ToClient::new(body(&["one"]), None, None);
         b.frame().await.unwrap().unwrap();
         assert_eq!(a.answers(), (0, 0));
     }
@@ -543,8 +583,8 @@ mod tests {
     #[tokio::test]
     async fn an_answer_held_up_alone_is_cut_off_after_its_ticks_and_then_fails() {
         let a = Arc::new(Activity::default());
-        let mut held = ToClient::new(body(&["one", "two"]), Some(a.clone()));
-        let mut moving = ToClient::new(body(&["a", "b", "c", "d"]), Some(a.clone()));
+        let mut held = ToClient::new(body(&["one", "two"]), Some(a.clone()), None);
+        let mut moving = ToClient::new(body(&["a", "b", "c", "d"]), Some(a.clone()), None);
         // Three ticks: the moving answer takes a step at each, the held one none.
         for _ in 0..3 {
             a.held.tick();
@@ -572,6 +612,7 @@ mod tests {
             Arc::new(Held {
                 since: AtomicU64::new(0),
                 body: Mutex::new(None),
+                undelivered: None,
             })
         };
         let a = r.register(held());

@@ -350,6 +350,7 @@ async fn watch(
         () = &mut conn => {}
         why = &mut watchdog => {
             why.tell(peer, metrics);
+            activity.held.abandon_waiting();
             if why == Closed::Idle && activity.is_http2() {
                 // A graceful end (hyper's: `GOAWAY`, then the close once no stream is open,
                 // which an idle connection has not), bounded.
@@ -596,9 +597,12 @@ async fn idle_watchdog(
         // count only while a stream is open (a request under way, an answer still sending),
         // and a stream that starts counts.
         let busy = if h2 {
+            // (Or the gateway's writes wait on the client while bytes move: what the HTTP/2
+            // layer still has to send of answers the server let go — a slow reader's end of
+            // a long answer — is watched by the send rate, not cut off as idle.)
             started_now != started_seen
                 || activity.requests_waiting()
-                || (m != moves && activity.held.any())
+                || (m != moves && (activity.held.any() || activity.sending().0))
         } else {
             m != moves || activity.requests_waiting()
         };

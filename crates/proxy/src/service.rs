@@ -362,9 +362,12 @@ impl Gateway {
             let h2 = head.version == Version::HTTP_2;
             let watch = h2.then(|| conn.activity.clone());
             let resets = h2.then(|| conn.resets.clone());
-            let resp = self.serve(conn, Box::new(head), body, false).await.0;
+            let mut resp = self.serve(conn, Box::new(head), body, false).await.0;
+            let undelivered = resp
+                .extensions_mut()
+                .remove::<crate::audited::Undelivered>();
             Ok(resp.map(|b| {
-                let b = ToClient::new(b, watch);
+                let b = ToClient::new(b, watch, undelivered.map(|u| u.0));
                 match resets {
                     Some(r) => b.counting_resets(r),
                     None => b,
@@ -656,8 +659,21 @@ impl Gateway {
                 || status == StatusCode::NO_CONTENT
                 || status == StatusCode::NOT_MODIFIED;
             let sink = self.audit.clone();
-            resp =
-                resp.map(|b| Audited::new(b, event, sink, ctx.received, bodiless).boxed_unsync());
+            if seen.version == Version::HTTP_2 {
+                // The HTTP/2 answer's watch hands the body on in slices: it tells this event
+                // when it cut the answer off, or let it go, before the last one was out.
+                let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                resp = resp.map(|b| {
+                    Audited::new(b, event, sink, ctx.received, bodiless)
+                        .undelivered_by(flag.clone())
+                        .boxed_unsync()
+                });
+                resp.extensions_mut()
+                    .insert(crate::audited::Undelivered(flag));
+            } else {
+                resp = resp
+                    .map(|b| Audited::new(b, event, sink, ctx.received, bodiless).boxed_unsync());
+            }
         }
         open.answered = true;
         (resp, deferred)
