@@ -1172,3 +1172,69 @@ async fn a_slow_steady_http2_reader_gets_the_whole_answer() {
         "slower than the idle timeout"
     );
 }
+
+/// A stream the client starts just as its idle HTTP/2 connection is told `GOAWAY` (before the
+/// client has seen it) is taken — hyper takes streams until its PING after the `GOAWAY` is
+/// answered — and is then served whole, however long it takes, the connection ending after
+/// it; before, the connection was dropped a second after the `GOAWAY`, with the request it had
+/// taken (and sent upstream) in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_taken_as_an_idle_http2_connection_ends_is_served() {
+    let up = TestUpstream::start("slow").await;
+    let gw = gateway(&format!(
+        "server: {{ idle_timeout: 1s }}\n\
+         upstreams:\n  svc: {{ targets: [\"{}\"] }}\n\
+         routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        up.url()
+    ));
+    let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(h2_frame(4, 0, 0, &[]));
+    hello.extend(h2_get(1, "/first"));
+    s.write_all(&hello).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let started = Instant::now();
+    let mut late_sent = false;
+    let mut acked = 0;
+    let closed = loop {
+        if started.elapsed() > Duration::from_secs(15) {
+            break false;
+        }
+        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => continue,
+        }
+        let frames = h2_frames(&got);
+        // At the first GOAWAY, a request on stream 3 that takes 1.5 s upstream; then the
+        // server's pings are answered.
+        if !late_sent && frames.iter().any(|(k, _, _)| *k == 7) {
+            s.write_all(&h2_get(3, "/delay/1500")).await.unwrap();
+            late_sent = true;
+        }
+        if late_sent {
+            let pings: Vec<_> = frames.iter().filter(|(k, _, _)| *k == 6).collect();
+            for (_, _, payload) in pings.iter().skip(acked) {
+                let _ = s.write_all(&h2_frame(6, 1, 0, payload)).await;
+            }
+            acked = pings.len();
+        }
+    };
+    assert!(closed, "the connection ends");
+    assert!(late_sent, "a GOAWAY came");
+    let frames = h2_frames(&got);
+    assert!(
+        frames.iter().any(|(k, st, _)| *k == 1 && *st == 3),
+        "the stream taken during the GOAWAY was answered: {:?}",
+        frames
+            .iter()
+            .map(|(k, st, p)| (*k, *st, p.len()))
+            .collect::<Vec<_>>()
+    );
+    let ev = gw
+        .wait_for_audit(|e| e["path"] == "/delay/1500", Duration::from_secs(5))
+        .expect("audited");
+    assert_eq!(ev["status"], 200, "{ev}");
+    assert_eq!(ev["response_complete"], true, "{ev}");
+}

@@ -334,10 +334,10 @@ async fn connection(
 }
 
 /// Serves a connection under its watchdog; when the watchdog fires, the connection is closed
-/// (dropped) and the reason told — an idle HTTP/2 connection after its `GOAWAY`, so that a
-/// client starting a stream just then knows it was not taken. The connection's bytes may go on
-/// in a tunnel after its HTTP ended (an upgrade, joined to the upstream's by its own task): the
-/// watchdog watches it until it ends, and ends it when it fires.
+/// (dropped) and the reason told (an idle HTTP/2 connection was sent `GOAWAY` first: see
+/// [`idle_watchdog`]). The connection's bytes may go on in a tunnel after its HTTP ended (an
+/// upgrade, joined to the upstream's by its own task): the watchdog watches it until it ends,
+/// and ends it when it fires.
 async fn watch(
     conn: impl Future<Output = ()>,
     mut watchdog: impl Future<Output = Closed> + Unpin,
@@ -351,12 +351,6 @@ async fn watch(
         why = &mut watchdog => {
             why.tell(peer, metrics);
             activity.held.abandon_waiting();
-            if why == Closed::Idle && activity.is_http2() {
-                // A graceful end (hyper's: `GOAWAY`, then the close once no stream is open,
-                // which an idle connection has not), bounded.
-                info.ending.notify_one();
-                let _ = tokio::time::timeout(IDLE_GOAWAY_GRACE, conn).await;
-            }
             return;
         }
     }
@@ -412,11 +406,13 @@ async fn serve_http<S>(
     // The connection is ended gracefully — HTTP/1.1 after the answer in progress, HTTP/2 with
     // `GOAWAY`, its streams in flight answered — at the gateway's stop (which comes before
     // the drain's), or when one of its requests asks for it (the client-certificate rules its
-    // handshake ran under changed). Polled only when it is told, like the flood's watch.
+    // handshake ran under changed), or when its watchdog finds an HTTP/2 connection idle
+    // (`GOAWAY` before the close). Polled only when it is told, like the flood's watch.
     let ending = std::pin::pin!(async {
         tokio::select! {
             () = front::raised(&mut stop) => {}
             () = watched.ending.notified() => {}
+            () = watched.activity.goaway_asked() => {}
         }
     });
     let mut ending = Gated::new(ending);
@@ -568,6 +564,8 @@ async fn idle_watchdog(
     let mut started_seen = activity.requests_started();
     // Whether the engine has started on a request of this connection.
     let mut began = false;
+    // When an idle HTTP/2 connection was asked to send `GOAWAY`.
+    let mut goaway_at: Option<tokio::time::Instant> = None;
     let mut last_move = tokio::time::Instant::now();
     // The answers' move count when they were last seen to move, and since when they have
     // been seen waiting without moving (None: none waiting).
@@ -627,17 +625,30 @@ async fn idle_watchdog(
             told = Some(now);
             continue;
         }
-        if first_late {
-            return Closed::Idle;
-        }
         let (writes_wait, sent, kernel_holds) = activity.sending();
-        if now - last_move >= t.idle {
+        if first_late || now - last_move >= t.idle {
             if writes_wait {
                 // A client that stopped taking its answer: what the kernel holds for it is
                 // dropped with a reset rather than kept to be sent after the close.
                 activity.reset_at_close();
+                return Closed::Idle;
             }
-            return Closed::Idle;
+            if !h2 {
+                return Closed::Idle;
+            }
+            // HTTP/2: told first (`GOAWAY`, hyper's graceful end), so that a client starting a
+            // stream just then knows whether it was taken. A stream taken meanwhile makes the
+            // connection busy again and is watched as any other, the connection ending after
+            // it; one still idle a grace later is closed.
+            match goaway_at {
+                None => {
+                    activity.ask_goaway();
+                    goaway_at = Some(now);
+                }
+                Some(at) if now - at >= IDLE_GOAWAY_GRACE => return Closed::Idle,
+                Some(_) => {}
+            }
+            continue;
         }
         if send_rate.too_slow(now, writes_wait, sent, kernel_holds) {
             activity.reset_at_close();

@@ -791,6 +791,8 @@ pub struct Activity {
     pub held: crate::paced::HeldAnswers,
     /// The tunnel the connection's bytes go on in after its HTTP ended (an upgrade), if any.
     tunnel: Tunnel,
+    /// Told when the watchdog finds an HTTP/2 connection idle: the connection sends `GOAWAY`.
+    goaway: tokio::sync::Notify,
     /// Set when the connection is to be reset rather than closed (see
     /// [`ClientSocket::reset_on_close`]): the client fell behind what the gateway had to send.
     reset: std::sync::atomic::AtomicBool,
@@ -822,6 +824,7 @@ impl Default for Activity {
             http2: Default::default(),
             held: Default::default(),
             tunnel: Default::default(),
+            goaway: Default::default(),
             reset: Default::default(),
             sent: Default::default(),
             send_waiting: Default::default(),
@@ -948,6 +951,16 @@ impl Activity {
     /// A count that changes whenever the engine starts on a request.
     pub fn requests_started(&self) -> u32 {
         (self.requests.load(Ordering::Relaxed) >> 32) as u32
+    }
+
+    /// For the watchdog: the idle HTTP/2 connection is to end gracefully (`GOAWAY`).
+    pub fn ask_goaway(&self) {
+        self.goaway.notify_one();
+    }
+
+    /// Resolves when the watchdog asked for `GOAWAY` ([`Activity::ask_goaway`]).
+    pub async fn goaway_asked(&self) {
+        self.goaway.notified().await;
     }
 
     /// The connection opened with the HTTP/2 preface.
