@@ -309,7 +309,8 @@ macro_rules! secret_key {
 ///   longer run of letters and digits (`_` is neither: `card_4111…` is masked).
 /// * `iban`: two capital letters, two check digits, then 10 to 30 capitals or digits, in groups
 ///   of four with single spaces or none (`DE89 3704 0044 0532 0130 00`).
-/// * `ssn`: a US social security number, `123-45-6789`.
+/// * `ssn`: a US social security number, `123-45-6789`. Like cards and IBANs, also after or
+///   before a `_` (`ssn_123-45-6789`).
 /// * `phone`: a number written as a phone number — with a `+` country code
 ///   (`+1 (555) 123-4567`, `+49 30 12345678`); a 3- to 5-digit area code in brackets or
 ///   followed by a space, `-` or `/`, then 6 to 8 digits in two groups (`(555) 123-4567`,
@@ -382,8 +383,8 @@ const MASK_PATTERN: &str = concat!(
     // `_` a match takes cannot start the next one, so numbers joined by `_` are one match,
     // masked one by one.
     r"|(?:\b|(?P<cardpre>_))(?P<card>[0-9](?:[ -]?[0-9]){12,18}(?:_[0-9](?:[ -]?[0-9]){12,18})*)(?:\b|(?P<cardpost>_))",
-    r"|(?P<iban>\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b)",
-    r"|(?P<ssn>\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b)",
+    r"|(?:\b|(?P<ibanpre>_))(?P<iban>[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?)(?:\b|(?P<ibanpost>_))",
+    r"|(?:\b|(?P<ssnpre>_))(?P<ssn>[0-9]{3}-[0-9]{2}-[0-9]{4})(?:\b|(?P<ssnpost>_))",
     r"|(?P<phone>\+[0-9]{1,3}[ -]?(?:\([0-9]{1,4}\)[ -]?)?[0-9]{2,5}(?:[ -]?[0-9]{2,5}){1,3}\b",
     r"|(?:\([0-9]{3,5}\) ?|\b[0-9]{3,5}[ /-])[0-9]{3,4}[ -]?[0-9]{3,4}\b",
     r"|\b0[1-9](?:[ .-][0-9]{2}){4}\b)",
@@ -584,9 +585,11 @@ fn mask_one(re: &Regex, c: &Captures<'_>) -> String {
             side("cardpost")
         )
     } else if c.name("iban").is_some() {
-        "[iban]".into()
+        let side = |n| c.name(n).map_or("", |m| m.as_str());
+        format!("{}[iban]{}", side("ibanpre"), side("ibanpost"))
     } else if c.name("ssn").is_some() {
-        "[ssn]".into()
+        let side = |n| c.name(n).map_or("", |m| m.as_str());
+        format!("{}[ssn]{}", side("ssnpre"), side("ssnpost"))
     } else if c.name("phone").is_some() {
         "[phone]".into()
     } else {
@@ -932,6 +935,12 @@ mod tests {
                 "****1111_****1881_****4444_x",
             ),
             ("4111111111111111_123 ok", "****1111_123 ok"),
+            // SSNs and IBANs glued to a word by `_` too.
+            ("ssn_123-45-6789 x", "ssn_[ssn] x"),
+            ("123-45-6789_old", "[ssn]_old"),
+            ("iban_DE89370400440532013000 x", "iban_[iban] x"),
+            ("DE89370400440532013000_2024", "[iban]_2024"),
+            ("id123-45-6789 kept", "id123-45-6789 kept"),
             ("x4111111111111111 kept", "x4111111111111111 kept"),
             ("4111111111111111y kept", "4111111111111111y kept"),
             ("short 123456789012 kept", "short 123456789012 kept"),
