@@ -20,6 +20,14 @@ async fn connect_from(src: &str, addr: SocketAddr) -> TcpStream {
     s.connect(addr).await.unwrap()
 }
 
+/// A gateway with `server` settings and one catch-all route to the upstream at `target`.
+fn proxied(server: &str, target: &str) -> Gateway {
+    gateway(&format!(
+        "server: {server}\nupstreams:\n  svc: {{ targets: [\"{target}\"] }}\n\
+         routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n"
+    ))
+}
+
 /// Reads until close or `within`; true if the peer closed.
 async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     read_until_closed(s, within).await.0
@@ -807,12 +815,7 @@ async fn an_http2_client_that_holds_its_answer_up_is_cut_off_by_the_send_timeout
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_waiting_on_its_upstream_is_not_idleness() {
     let up = TestUpstream::start("slow").await;
-    let gw = gateway(&format!(
-        "server: {{ idle_timeout: 1s }}\n\
-         upstreams:\n  svc: {{ targets: [\"{}\"] }}\n\
-         routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
-        up.url()
-    ));
+    let gw = proxied("{ idle_timeout: 1s }", &up.url());
     let addr = gw.listener("public");
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /delay/2500 HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -856,11 +859,10 @@ fn h2_get(stream: u32, path: &str) -> Vec<u8> {
 async fn an_http2_answer_held_up_while_others_move_is_cut_off_alone() {
     const SIZE: usize = 256 * 1024 * 1024;
     let (bulk, mut written) = bulk_upstream(SIZE).await;
-    let gw = gateway(&format!(
-        "server: {{ idle_timeout: 10s, send_timeout: 1s }}\n\
-         upstreams:\n  bulk: {{ targets: [\"http://{bulk}\"] }}\n\
-         routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: bulk }}\n"
-    ));
+    let gw = proxied(
+        "{ idle_timeout: 10s, send_timeout: 1s }",
+        &format!("http://{bulk}"),
+    );
     let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     // SETTINGS_INITIAL_WINDOW_SIZE = 0; the connection's own window opened wide.
@@ -1126,11 +1128,7 @@ async fn an_http2_connection_without_streams_is_idle_whatever_it_pings() {
 async fn a_slow_steady_http2_reader_gets_the_whole_answer() {
     const SIZE: usize = 512 * 1024;
     let (bulk, _written) = bulk_upstream(SIZE).await;
-    let gw = gateway(&format!(
-        "server: {{ idle_timeout: 2s }}\n\
-         upstreams:\n  bulk: {{ targets: [\"http://{bulk}\"] }}\n\
-         routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: bulk }}\n"
-    ));
+    let gw = proxied("{ idle_timeout: 2s }", &format!("http://{bulk}"));
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
     let mut s = socket.connect(gw.listener("public")).await.unwrap();
@@ -1181,12 +1179,7 @@ async fn a_slow_steady_http2_reader_gets_the_whole_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_taken_as_an_idle_http2_connection_ends_is_served() {
     let up = TestUpstream::start("slow").await;
-    let gw = gateway(&format!(
-        "server: {{ idle_timeout: 1s }}\n\
-         upstreams:\n  svc: {{ targets: [\"{}\"] }}\n\
-         routes:\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
-        up.url()
-    ));
+    let gw = proxied("{ idle_timeout: 1s }", &up.url());
     let mut s = TcpStream::connect(gw.listener("public")).await.unwrap();
     let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     hello.extend(h2_frame(4, 0, 0, &[]));
