@@ -1587,7 +1587,6 @@ mod tests {
             listener: Arc::from("l"),
             tls: None,
             handshake: None,
-            ending: Default::default(),
             framing: Default::default(),
             response_timer: Default::default(),
             may_tunnel: Default::default(),

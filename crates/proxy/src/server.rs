@@ -240,7 +240,6 @@ async fn connection(
                 listener: listener.clone(),
                 tls: None,
                 handshake: None,
-                ending: Default::default(),
                 framing,
                 response_timer: Default::default(),
                 may_tunnel: Default::default(),
@@ -314,7 +313,6 @@ async fn connection(
                 listener: listener.clone(),
                 tls: Some(info),
                 handshake: Some(handshake),
-                ending: Default::default(),
                 framing,
                 response_timer: Default::default(),
                 may_tunnel: Default::default(),
@@ -407,12 +405,12 @@ async fn serve_http<S>(
     // `GOAWAY`, its streams in flight answered — at the gateway's stop (which comes before
     // the drain's), or when one of its requests asks for it (the client-certificate rules its
     // handshake ran under changed), or when its watchdog finds an HTTP/2 connection idle
-    // (`GOAWAY` before the close). Polled only when it is told, like the flood's watch.
+    // (`GOAWAY` before the close): [`Activity::end_gracefully`]. Polled only when it is told,
+    // like the flood's watch.
     let ending = std::pin::pin!(async {
         tokio::select! {
             () = front::raised(&mut stop) => {}
-            () = watched.ending.notified() => {}
-            () = watched.activity.goaway_asked() => {}
+            () = watched.activity.ending() => {}
         }
     });
     let mut ending = Gated::new(ending);
@@ -642,7 +640,7 @@ async fn idle_watchdog(
             // it; one still idle a grace later is closed.
             match goaway_at {
                 None => {
-                    activity.ask_goaway();
+                    activity.end_gracefully();
                     goaway_at = Some(now);
                 }
                 Some(at) if now - at >= IDLE_GOAWAY_GRACE => return Closed::Idle,

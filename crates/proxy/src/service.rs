@@ -61,9 +61,6 @@ pub struct ConnInfo {
     /// which each of its requests compares with its snapshot's (a reload may have changed
     /// them since); `None` for a cleartext connection.
     pub handshake: Option<crate::runtime::Handshake>,
-    /// Told when the connection is to end once the answers in progress are out (HTTP/2: a
-    /// graceful `GOAWAY`; an HTTP/1.1 answer says `connection: close` itself).
-    pub ending: tokio::sync::Notify,
     /// Set by the strict framing reader when the connection's bytes were ambiguous.
     pub framing: Arc<crate::sniff::Flag>,
     /// The upstream response timer, kept between the connection's requests.
@@ -121,7 +118,7 @@ fn client_auth_changed(conn: &ConnInfo, ctx: &mut RequestCtx, h2: bool, required
         tls.peer_certificate = None;
     }
     if h2 {
-        conn.ending.notify_one();
+        conn.activity.end_gracefully();
     }
     tracing::info!(
         listener = %conn.listener,

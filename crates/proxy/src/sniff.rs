@@ -791,8 +791,9 @@ pub struct Activity {
     pub held: crate::paced::HeldAnswers,
     /// The tunnel the connection's bytes go on in after its HTTP ended (an upgrade), if any.
     tunnel: Tunnel,
-    /// Told when the watchdog finds an HTTP/2 connection idle: the connection sends `GOAWAY`.
-    goaway: tokio::sync::Notify,
+    /// Told when the connection is to end once the answers in progress are out (HTTP/2: a
+    /// graceful `GOAWAY`; an HTTP/1.1 answer says `connection: close` itself).
+    ending: tokio::sync::Notify,
     /// Set when the connection is to be reset rather than closed (see
     /// [`ClientSocket::reset_on_close`]): the client fell behind what the gateway had to send.
     reset: std::sync::atomic::AtomicBool,
@@ -824,7 +825,7 @@ impl Default for Activity {
             http2: Default::default(),
             held: Default::default(),
             tunnel: Default::default(),
-            goaway: Default::default(),
+            ending: Default::default(),
             reset: Default::default(),
             sent: Default::default(),
             send_waiting: Default::default(),
@@ -953,14 +954,15 @@ impl Activity {
         (self.requests.load(Ordering::Relaxed) >> 32) as u32
     }
 
-    /// For the watchdog: the idle HTTP/2 connection is to end gracefully (`GOAWAY`).
-    pub fn ask_goaway(&self) {
-        self.goaway.notify_one();
+    /// The connection is to end once the answers in progress are out: its watchdog found it
+    /// idle (HTTP/2), or one of its requests found its client-certificate rules changed.
+    pub fn end_gracefully(&self) {
+        self.ending.notify_one();
     }
 
-    /// Resolves when the watchdog asked for `GOAWAY` ([`Activity::ask_goaway`]).
-    pub async fn goaway_asked(&self) {
-        self.goaway.notified().await;
+    /// Resolves when the connection was told to end ([`Activity::end_gracefully`]).
+    pub async fn ending(&self) {
+        self.ending.notified().await;
     }
 
     /// The connection opened with the HTTP/2 preface.
