@@ -200,8 +200,6 @@ enum Inner {
         ended: bool,
         /// What is left of the body's last frame, handed on in slices ([`slice`]).
         rest: Option<Bytes>,
-        /// The body said it is over after the frame whose rest this is.
-        body_over: bool,
         /// The body failed, or the watchdog cut it off: its end is the gateway's doing.
         failed: bool,
         /// Where a body the client reset before its end is counted (see
@@ -235,7 +233,6 @@ impl ToClient {
                     key,
                     ended: false,
                     rest: None,
-                    body_over: false,
                     failed: false,
                     resets: None,
                 }
@@ -265,17 +262,16 @@ impl Body for ToClient {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (held, activity, ended, rest, body_over, failed) = match &mut self.get_mut().inner {
+        let (held, activity, ended, rest, failed) = match &mut self.get_mut().inner {
             Inner::Plain(body) => return Pin::new(body).poll_frame(cx),
             Inner::Watched {
                 held,
                 activity,
                 ended,
                 rest,
-                body_over,
                 failed,
                 ..
-            } => (held, activity, ended, rest, body_over, failed),
+            } => (held, activity, ended, rest, failed),
         };
         // Waiting (stamped) until now: the server takes the next piece.
         if held.since.load(Ordering::Relaxed) != 0 {
@@ -290,10 +286,12 @@ impl Body for ToClient {
                 return Poll::Ready(Some(Err(Box::new(HeldUp))));
             };
             let r = match rest.take() {
-                // The rest of the last frame first.
+                // The rest of the last frame first. (A data frame: the body is over after it
+                // if it said so then, which it still says.)
                 Some(data) => {
-                    let piece = slice(data, *body_over, rest);
-                    *ended = *body_over && rest.is_none();
+                    let last = body.is_end_stream();
+                    let piece = slice(data, last, rest);
+                    *ended = last && rest.is_none();
                     Poll::Ready(Some(Ok(Frame::data(piece))))
                 }
                 None => {
@@ -310,10 +308,7 @@ impl Body for ToClient {
                         };
                     let r = match r {
                         Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                            Ok(data) => {
-                                *body_over = over;
-                                Poll::Ready(Some(Ok(Frame::data(slice(data, over, rest)))))
-                            }
+                            Ok(data) => Poll::Ready(Some(Ok(Frame::data(slice(data, over, rest))))),
                             Err(frame) => Poll::Ready(Some(Ok(frame))),
                         },
                         r => r,
