@@ -1564,12 +1564,19 @@ routes:
   - { name: yes, match: { path: /yes }, upstream: d, websocket: true }
   - { name: listed, match: { path: /listed }, upstream: d, websocket: { origins: ["https://app.example.com"] } }
   - { name: cors, match: { path: /cors }, upstream: d, websocket: {}, cors: { allowed_origins: ["https://a.com"] } }
+  - { name: sized, match: { path: /sized }, upstream: d, websocket: { max_message_bytes: 64KiB } }
 "#,
         Path::new("."),
     )
     .unwrap();
     let on: Vec<bool> = c.routes.iter().map(|r| r.websocket.is_some()).collect();
-    assert_eq!(on, [false, false, true, true, true]);
+    assert_eq!(on, [false, false, true, true, true, true]);
+    // Unset, the route's body limit stands (the proxy reads `None` so).
+    let max: Vec<Option<u64>> = c.routes[2..]
+        .iter()
+        .map(|r| r.websocket.as_ref().and_then(|w| w.max_message_bytes()))
+        .collect();
+    assert_eq!(max, [None, None, None, Some(64 << 10)]);
 
     let e = errs(
         r#"
@@ -1600,4 +1607,22 @@ routes:
             "routes[1].websocket.origins[1]: \"*\" cannot be combined with other origins",
         ]
     );
+    let e = errs(
+        r#"
+upstreams: { d: { kind: echo } }
+routes:
+  - { name: z, match: { path: /z }, upstream: d, websocket: { max_message_bytes: 0 } }
+  - { name: l, match: { path: /l }, upstream: d, websocket: { max_message_bytes: lots, origins: [x] } }
+"#,
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert_eq!(
+        e[0],
+        "routes[0].websocket.max_message_bytes: must be at least 1 byte"
+    );
+    assert!(
+        e[1].starts_with("routes[1].websocket.max_message_bytes: \"lots\""),
+        "{e:?}"
+    );
+    assert!(e[2].starts_with("routes[1].websocket.origins[0]:"), "{e:?}");
 }

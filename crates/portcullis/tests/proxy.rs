@@ -1142,6 +1142,207 @@ async fn websocket_upgrades_pass_through() {
     assert_eq!(ws.paths(), ["/chat"]);
 }
 
+/// A client WebSocket frame: FIN, `opcode`, masked (unless `mask` is `None`), `payload`.
+fn ws_frame(fin: bool, opcode: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![u8::from(fin) << 7 | opcode];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => f.push(m | n as u8),
+        n @ 126..=0xFFFF => {
+            f.push(m | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(m | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(key) => {
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        None => f.extend_from_slice(payload),
+    }
+    f
+}
+
+/// A raw WebSocket handshake on `path` through the gateway; the connection after its 101.
+async fn ws_raw(gw: &Gateway, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(gw.listener("public"))
+        .await
+        .unwrap();
+    c.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: localhost\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+             sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Byte by byte, so that nothing after the head is taken with it.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let b = tokio::time::timeout(Duration::from_secs(10), c.read_u8())
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(b);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    c
+}
+
+/// Everything the gateway sends until it closes the connection.
+async fn ws_rest(c: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    got
+}
+
+/// After the 101 the gateway follows the frames the client sends (never their payloads): a
+/// message over the route's `websocket.max_message_bytes` — by default its `max_body_bytes` —
+/// in one frame or in fragments, ends the tunnel with a Close frame 1009 to both sides, and
+/// the frame that passed the limit never reaches the upstream; a frame no conforming client
+/// sends (unmasked, a reserved bit) ends it with 1002. Messages within the limit, fragmented or
+/// not, go through as they were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_messages_over_the_limit_or_out_of_protocol_end_the_tunnel() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let ws = WsUpstream::start().await;
+    let gw = gateway(&format!(
+        "upstreams:\n  ws: {{ targets: [\"{}\"] }}\nroutes:\n\
+         \x20 - {{ name: small, match: {{ path: /small }}, upstream: ws, websocket: {{ max_message_bytes: 1KiB }} }}\n\
+         \x20 - {{ name: body, match: {{ path: /body }}, upstream: ws, max_body_bytes: 2KiB, websocket: true }}\n",
+        ws.url()
+    ));
+
+    // A real client: a message at the limit is echoed, one byte more closes the socket.
+    let url = format!("ws://{}/small", gw.listener("public"));
+    let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let at_limit = "a".repeat(1024);
+    client.send(Message::text(at_limit.clone())).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), at_limit);
+    client.send(Message::text("b".repeat(1025))).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Message::Close(Some(frame)) = closed else {
+        panic!("{closed:?}")
+    };
+    assert_eq!(frame.code, CloseCode::Size);
+    assert_eq!(
+        frame.reason.as_str(),
+        "message over the gateway's size limit"
+    );
+    // The upstream got the first message and the gateway's Close, not the large message.
+    let ws = &ws;
+    let wait_for = |n: usize| async move {
+        for _ in 0..100 {
+            if ws.received().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    wait_for(2).await;
+    let got = ws.received();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0], Message::text(at_limit));
+    let Message::Close(Some(up)) = &got[1] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(up.code, CloseCode::Size);
+
+    // Fragments: "hel" + "lo" go through and are echoed as one message; then a message over
+    // the route's body limit in two fragments — the first goes, the second is held.
+    let key = Some([0x37, 0xfa, 0x21, 0x3d]);
+    let mut c = ws_raw(&gw, "/body").await;
+    let mut frames = ws_frame(false, 1, key, b"hel");
+    frames.extend(ws_frame(true, 0, key, b"lo"));
+    c.write_all(&frames).await.unwrap();
+    let mut echo = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut echo))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echo, b"\x81\x05hello");
+    let mut over = ws_frame(false, 2, key, &[7u8; 1500]);
+    over.extend(ws_frame(true, 0, key, &[8u8; 600]));
+    c.write_all(&over).await.unwrap();
+    let mut close = vec![0x88, 39, 0x03, 0xF1];
+    close.extend_from_slice(b"message over the gateway's size limit");
+    assert_eq!(ws_rest(&mut c).await, close);
+    wait_for(4).await;
+    let got = ws.received();
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert_eq!(got[2], Message::text("hello"));
+    // The upstream saw the first fragment, then the gateway's Close: never the message whole.
+    assert!(
+        matches!(&got[3], Message::Close(Some(f)) if f.code == CloseCode::Size),
+        "{got:?}"
+    );
+
+    // Out of protocol: an unmasked frame, and RSV1 where no extension was agreed.
+    let mut rsv1 = ws_frame(true, 1, key, b"x");
+    rsv1[0] |= 0x40;
+    for (frame, reason) in [
+        (ws_frame(true, 1, None, b"x"), "client frame not masked"),
+        (rsv1, "reserved bits set without an extension"),
+    ] {
+        let mut c = ws_raw(&gw, "/small").await;
+        c.write_all(&frame).await.unwrap();
+        let mut close = vec![0x88, 2 + reason.len() as u8, 0x03, 0xEA];
+        close.extend_from_slice(reason.as_bytes());
+        assert_eq!(ws_rest(&mut c).await, close, "{reason}");
+    }
+    wait_for(6).await;
+    let got = ws.received();
+    assert_eq!(got.len(), 6, "{got:?}");
+    for m in &got[4..] {
+        assert!(
+            matches!(m, Message::Close(Some(f)) if f.code == CloseCode::Protocol),
+            "{got:?}"
+        );
+    }
+
+    let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+    for (reason, n) in [
+        ("websocket_message_too_big", 2),
+        ("websocket_protocol_error", 2),
+    ] {
+        let line =
+            format!("portcullis_rejections_total{{stage=\"websocket\",reason=\"{reason}\"}} {n}");
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+    // The gateway is still serving WebSockets.
+    let url = format!("ws://{}/small", gw.listener("public"));
+    let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    client.send(Message::text("again")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), client.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "again");
+}
+
 /// After a 101 the connection is a tunnel no step reads: a handshake is refused on a route that
 /// does not say it serves WebSockets, before anything reaches the upstream, with the problem
 /// document and the audit event of any refusal. Where a route serves them without CORS, a

@@ -623,13 +623,20 @@ async fn a_silent_upgraded_connection_is_closed_by_the_idle_timeout() {
         metrics.contains("portcullis_active_connections{listener=\"public\"} 2\n"),
         "{metrics}"
     );
+    // A masked binary frame (the gateway follows the client's frames), which this upstream
+    // echoes as it came.
+    let frame = |payload: &[u8; 4]| {
+        let mut f = vec![0x82, 0x84, 1, 2, 3, 4];
+        f.extend(payload.iter().zip([1, 2, 3, 4]).map(|(b, k)| b ^ k));
+        f
+    };
     // The talking one: a few bytes every 300 ms, echoed, for 3 s — three idle timeouts.
     let talk = tokio::spawn(async move {
-        let mut b = [0u8; 4];
+        let mut b = [0u8; 10];
         while started.elapsed() < Duration::from_secs(3) {
-            talking.write_all(b"ping").await.unwrap();
+            talking.write_all(&frame(b"ping")).await.unwrap();
             talking.read_exact(&mut b).await.unwrap();
-            assert_eq!(&b, b"ping");
+            assert_eq!(b[..], frame(b"ping"));
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         talking
@@ -660,10 +667,10 @@ async fn a_silent_upgraded_connection_is_closed_by_the_idle_timeout() {
         metrics.contains("portcullis_active_connections{listener=\"public\"} 1\n"),
         "{metrics}"
     );
-    talking.write_all(b"more").await.unwrap();
-    let mut b = [0u8; 4];
+    talking.write_all(&frame(b"more")).await.unwrap();
+    let mut b = [0u8; 10];
     talking.read_exact(&mut b).await.unwrap();
-    assert_eq!(&b, b"more");
+    assert_eq!(b[..], frame(b"more"));
     // Once it goes silent, it is closed too.
     assert!(closed_within(&mut talking, Duration::from_secs(10)).await);
     assert!(

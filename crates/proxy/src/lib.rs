@@ -32,6 +32,7 @@ pub mod service;
 pub mod sniff;
 pub mod tls;
 pub mod upstream;
+mod wsframes;
 
 use std::sync::{Arc, Mutex};
 

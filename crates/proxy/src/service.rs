@@ -977,10 +977,21 @@ impl Gateway {
             resp.headers_mut().remove(header::CONTENT_LENGTH);
             match downstream_upgrade {
                 Some(down) => {
+                    let limits = crate::wsframes::ClientFrames::new(
+                        route
+                            .websocket
+                            .as_ref()
+                            .and_then(|w| w.max_message_bytes())
+                            .unwrap_or(route.max_body_bytes),
+                        resp.headers()
+                            .contains_key(header::SEC_WEBSOCKET_EXTENSIONS),
+                    );
                     tunnel(
                         down,
                         &mut resp,
-                        ctx.request_id.clone(),
+                        limits,
+                        (ctx.request_id.clone(), route.name.clone()),
+                        &self.metrics,
                         &client.conn.activity,
                     );
                 }
@@ -1400,30 +1411,59 @@ fn downstream_upgrade(
 }
 
 /// Joins the client's upgraded connection to the upstream's once both sides have switched.
-/// The client connection's watchdog watches the tunnel as it watched the HTTP (`activity`):
-/// it ends the tunnel when the connection has been idle too long or takes what is sent to it
-/// too slowly. Out of line: the spawned future is large, and rare on a request's way.
+/// The client's frames are followed on their way (`crate::wsframes`): a message over the
+/// route's limit, or a frame no conforming client sends, ends the tunnel with a Close frame
+/// to both sides. The client connection's watchdog watches the tunnel as it watched the HTTP
+/// (`activity`): it ends the tunnel when the connection has been idle too long or takes what
+/// is sent to it too slowly. Out of line: the spawned future is large, and rare on a
+/// request's way.
 #[cold]
 #[inline(never)]
 fn tunnel(
     down: hyper::upgrade::OnUpgrade,
     resp: &mut Response<BoxBody>,
-    id: RequestId,
+    frames: crate::wsframes::ClientFrames,
+    (id, route): (RequestId, Arc<str>),
+    metrics: &Arc<portcullis_telemetry::Metrics>,
     activity: &Arc<crate::sniff::Activity>,
 ) {
+    use crate::wsframes::{PROTOCOL_ERROR, Refusal};
     let up = hyper::upgrade::on(&mut *resp);
     let open = activity.tunnel_opens();
+    let metrics = metrics.clone();
     tokio::spawn(async move {
         let joined = async {
-            match tokio::try_join!(down, up) {
-                Ok((d, u)) => {
-                    let mut d = TokioIo::new(d);
-                    let mut u = TokioIo::new(u);
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut d, &mut u).await {
-                        tracing::debug!(request_id = %id, error = %e, "upgraded connection ended");
-                    }
+            let (d, u) = match tokio::try_join!(down, up) {
+                Ok(both) => both,
+                Err(e) => {
+                    tracing::debug!(request_id = %id, error = %e, "upgrade failed");
+                    return;
                 }
-                Err(e) => tracing::debug!(request_id = %id, error = %e, "upgrade failed"),
+            };
+            let (from_client, to_client) = tokio::io::split(TokioIo::new(d));
+            let (from_upstream, to_upstream) = tokio::io::split(TokioIo::new(u));
+            let refusal = Refusal::default();
+            let ended = tokio::try_join!(
+                crate::wsframes::client_to_upstream(from_client, to_upstream, frames, &refusal),
+                crate::wsframes::upstream_to_client(from_upstream, to_client, &refusal),
+            );
+            // A refusal counts whatever became of the Close frames.
+            if let Some(v) = refusal.violation() {
+                let reason = if v.code == PROTOCOL_ERROR {
+                    "websocket_protocol_error"
+                } else {
+                    "websocket_message_too_big"
+                };
+                metrics.count_rejection("websocket", reason);
+                tracing::info!(
+                    request_id = %id,
+                    route = %route,
+                    close_code = v.code,
+                    reason = v.reason,
+                    "WebSocket closed: the client broke a frame rule"
+                );
+            } else if let Err(e) = ended {
+                tracing::debug!(request_id = %id, error = %e, "upgraded connection ended");
             }
         };
         tokio::select! {

@@ -539,15 +539,18 @@ pub struct WsUpgrade {
 /// A WebSocket echo server: text and binary messages are sent back as they came.
 pub struct WsUpstream {
     upgrades: Arc<Mutex<Vec<WsUpgrade>>>,
+    received: Arc<Mutex<Vec<tokio_tungstenite::tungstenite::Message>>>,
     server: Server,
 }
 
 impl WsUpstream {
     pub async fn start() -> WsUpstream {
         let upgrades: Arc<Mutex<Vec<WsUpgrade>>> = Arc::default();
-        let u2 = upgrades.clone();
+        let received: Arc<Mutex<Vec<tokio_tungstenite::tungstenite::Message>>> = Arc::default();
+        let (u2, r2) = (upgrades.clone(), received.clone());
         let server = Server::bind(move |stream| {
             let upgrades = u2.clone();
+            let received = r2.clone();
             async move {
                 let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
                           resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
@@ -565,6 +568,7 @@ impl WsUpstream {
                     return;
                 };
                 while let Some(Ok(msg)) = ws.next().await {
+                    received.lock().unwrap().push(msg.clone());
                     if msg.is_text() || msg.is_binary() {
                         if ws.send(msg).await.is_err() {
                             return;
@@ -578,7 +582,11 @@ impl WsUpstream {
             }
         })
         .await;
-        WsUpstream { upgrades, server }
+        WsUpstream {
+            upgrades,
+            received,
+            server,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -603,6 +611,11 @@ impl WsUpstream {
             .iter()
             .map(|u| u.uri.clone())
             .collect()
+    }
+
+    /// Every message (pings and Close frames included) received, on any connection.
+    pub fn received(&self) -> Vec<tokio_tungstenite::tungstenite::Message> {
+        self.received.lock().unwrap().clone()
     }
 
     /// The upgrade requests received, with their headers.

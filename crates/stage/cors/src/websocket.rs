@@ -5,6 +5,7 @@
 //! serves WebSockets, and browsers, which apply no CORS to WebSockets and send the user's cookies
 //! with a handshake from any page, are held to the route's own origin unless others are listed.
 
+use portcullis_core::units::RawSize;
 use portcullis_core::{ConfigErrors, Scheme};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -30,12 +31,17 @@ pub struct RawWebSocketSettings {
     /// answers, where a WebSocket carries the user's cookies both ways.
     #[serde(default)]
     pub origins: Vec<String>,
+    /// The largest message a client may send (the payloads of its frames, as sent: a
+    /// compressed message counts compressed). Default: the route's `max_body_bytes`.
+    #[serde(default)]
+    pub max_message_bytes: Option<RawSize>,
 }
 
 /// Which pages may open a WebSocket on a route.
 #[derive(Debug, Clone)]
 pub struct WebSocket {
     origins: WsOrigins,
+    max_message_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +61,12 @@ pub(crate) enum WsOriginRefused<'h> {
 }
 
 impl WebSocket {
+    /// The largest message a client may send, when the route sets one (otherwise its
+    /// `max_body_bytes` stands).
+    pub fn max_message_bytes(&self) -> Option<u64> {
+        self.max_message_bytes
+    }
+
     /// Checks a handshake's `Origin` (`origin`: every value sent) against the request's `Host`
     /// and the scheme the client used (`client`: the listener's, or a trusted proxy's word).
     /// No `Origin` at all is a client that is not a browser, which no page can make send a
@@ -145,13 +157,21 @@ pub fn compile_websocket(
     path: &str,
     errors: &mut ConfigErrors,
 ) -> Option<WebSocket> {
-    let listed = match raw {
+    let (listed, max) = match raw {
         RawWebSocket::Enabled(false) => return None,
-        RawWebSocket::Enabled(true) => &[][..],
-        RawWebSocket::Settings(s) => &s.origins[..],
+        RawWebSocket::Enabled(true) => (&[][..], None),
+        RawWebSocket::Settings(s) => (&s.origins[..], s.max_message_bytes.as_ref()),
     };
-    let p = format!("{path}.origins");
     let before = errors.len();
+    let max_message_bytes = max.map(|m| {
+        let p = format!("{path}.max_message_bytes");
+        let n = m.compile(&p, errors);
+        if n == 0 && m.parse().is_ok() {
+            errors.push(p, "must be at least 1 byte");
+        }
+        n
+    });
+    let p = format!("{path}.origins");
     let (list, star) = origin::parse_list(listed, &p, errors);
     if let Some(i) = star
         && listed.len() > 1
@@ -170,6 +190,7 @@ pub fn compile_websocket(
         } else {
             WsOrigins::Listed(list)
         },
+        max_message_bytes,
     })
 }
 
