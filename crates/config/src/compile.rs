@@ -1541,6 +1541,14 @@ fn compile_route(
             .websocket
             .as_ref()
             .and_then(|w| portcullis_cors::compile_websocket(w, &format!("{path}.websocket"), e))
+            .inspect(|w| {
+                if w.max_message_bytes().is_none() && max_body_bytes == 0 {
+                    e.push(
+                        format!("{path}.websocket"),
+                        "a client's messages are limited to the route's max_body_bytes, which is 0: set websocket.max_message_bytes",
+                    );
+                }
+            })
             .map(Arc::new),
     }
 }

@@ -1613,9 +1613,15 @@ upstreams: { d: { kind: echo } }
 routes:
   - { name: z, match: { path: /z }, upstream: d, websocket: { max_message_bytes: 0 } }
   - { name: l, match: { path: /l }, upstream: d, websocket: { max_message_bytes: lots, origins: [x] } }
+  - { name: n, match: { path: /n }, upstream: d, max_body_bytes: 0, websocket: true }
+  - { name: s, match: { path: /s }, upstream: d, max_body_bytes: 0, websocket: { max_message_bytes: 1 } }
 "#,
     );
-    assert_eq!(e.len(), 3, "{e:?}");
+    assert_eq!(e.len(), 4, "{e:?}");
+    assert_eq!(
+        e[3],
+        "routes[2].websocket: a client's messages are limited to the route's max_body_bytes, which is 0: set websocket.max_message_bytes"
+    );
     assert_eq!(
         e[0],
         "routes[0].websocket.max_message_bytes: must be at least 1 byte"

@@ -1304,7 +1304,10 @@ async fn websocket_messages_over_the_limit_or_out_of_protocol_end_the_tunnel() {
     rsv1[0] |= 0x40;
     for (frame, reason) in [
         (ws_frame(true, 1, None, b"x"), "client frame not masked"),
-        (rsv1, "reserved bits set without an extension"),
+        (
+            rsv1,
+            "reserved bits set that no extension agreed gives a meaning",
+        ),
     ] {
         let mut c = ws_raw(&gw, "/small").await;
         c.write_all(&frame).await.unwrap();
@@ -1341,6 +1344,137 @@ async fn websocket_messages_over_the_limit_or_out_of_protocol_end_the_tunnel() {
         .unwrap()
         .unwrap();
     assert_eq!(echoed.into_text().unwrap().as_str(), "again");
+}
+
+/// A message refused at its frame's header while the client is still sending its payload: the
+/// refusal comes at the header (the 4 MiB are never awaited), the client gets the Close frame
+/// and a clean end, and nothing of the message reaches the upstream. (The gateway then reads
+/// and drops what keeps coming for a moment before it closes, so that a reset does not take
+/// the Close away; Linux keeps what a client received through a reset, so this test cannot
+/// show that part.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_still_sending_a_refused_message_gets_the_close_frame() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ws = WsUpstream::start().await;
+    let gw = gateway(&format!(
+        "upstreams:\n  ws: {{ targets: [\"{}\"] }}\nroutes:\n\
+         \x20 - {{ name: small, match: {{ path: /small }}, upstream: ws, websocket: {{ max_message_bytes: 1KiB }} }}\n",
+        ws.url()
+    ));
+    let c = ws_raw(&gw, "/small").await;
+    let (mut r, mut w) = c.into_split();
+    // A binary frame announcing 4 MiB, its payload streamed behind it.
+    let sender = tokio::spawn(async move {
+        let mut head = vec![0x82, 0x80 | 127];
+        head.extend_from_slice(&(4u64 << 20).to_be_bytes());
+        head.extend_from_slice(&[9, 9, 9, 9]);
+        if w.write_all(&head).await.is_err() {
+            return;
+        }
+        let piece = [0x5au8; 64 * 1024];
+        for _ in 0..64 {
+            if w.write_all(&piece).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), r.read(&mut buf))
+            .await
+            .unwrap()
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let mut close = vec![0x88, 39, 0x03, 0xF1];
+    close.extend_from_slice(b"message over the gateway's size limit");
+    assert_eq!(got, close);
+    let _ = sender.await;
+    // Nothing of the message reached the upstream: only the gateway's Close did.
+    for _ in 0..100 {
+        if !ws.received().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = ws.received();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].is_close(), "{got:?}");
+}
+
+/// Where the 101 agreed on `permessage-deflate`, RSV1 marks a compressed message: on a
+/// message's first frame it goes through; RSV2, which that extension does not use, ends the
+/// tunnel with 1002 (the gateway follows the client's frames, and this one is out of protocol).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deflate_websocket_takes_rsv1_on_first_frames_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+              sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+              sec-websocket-extensions: permessage-deflate; server_no_context_takeover\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        // Reports the bytes that come after the handshake, as they come.
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 || seen_tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let gw = gateway(&format!(
+        "upstreams:\n  ws: {{ targets: [\"http://{up}\"] }}\nroutes:\n  - {{ name: ws, match: {{ path: /chat }}, upstream: ws, websocket: true }}\n"
+    ));
+    let mut c = ws_raw(&gw, "/chat").await;
+    let key = Some([1, 2, 3, 4]);
+    let mut compressed = ws_frame(true, 1, key, b"\xf2\x48\x05\x00");
+    compressed[0] |= 0x40;
+    c.write_all(&compressed).await.unwrap();
+    let mut forwarded = Vec::new();
+    while forwarded.len() < compressed.len() {
+        let piece = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        forwarded.extend(piece);
+    }
+    assert_eq!(forwarded, compressed);
+    let mut rsv2 = ws_frame(true, 1, key, b"x");
+    rsv2[0] |= 0x20;
+    c.write_all(&rsv2).await.unwrap();
+    let reason = "reserved bits set that no extension agreed gives a meaning";
+    let mut close = vec![0x88, 2 + reason.len() as u8, 0x03, 0xEA];
+    close.extend_from_slice(reason.as_bytes());
+    assert_eq!(ws_rest(&mut c).await, close);
+    // The upstream got a masked Close frame, never the RSV2 frame.
+    let mut after = Vec::new();
+    while let Ok(Some(piece)) = tokio::time::timeout(Duration::from_secs(5), seen.recv()).await {
+        after.extend(piece);
+    }
+    assert_eq!(after[0], 0x88, "{after:?}");
+    assert_eq!(usize::from(after[1] & 0x7f) + 6, after.len(), "{after:?}");
+    assert!(after[1] & 0x80 != 0, "masked: {after:?}");
+    let code: Vec<u8> = after[6..8]
+        .iter()
+        .zip(&after[2..4])
+        .map(|(b, k)| b ^ k)
+        .collect();
+    assert_eq!(code, [0x03, 0xEA]);
 }
 
 /// After a 101 the connection is a tunnel no step reads: a handshake is refused on a route that

@@ -53,6 +53,10 @@ pub use service::ConnInfo;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub use upstream::h1_differential as upstream_differential;
+/// The WebSocket frame follower's invariants, for the `ws_frames` fuzz target.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use wsframes::fuzz_check as ws_frames_check;
 
 /// The gateway's shared state: the current runtime (swapped on reload), metrics, audit, and
 /// per-listener TLS contexts (swapped on reload, so certificates rotate without a restart).

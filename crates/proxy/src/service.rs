@@ -983,8 +983,12 @@ impl Gateway {
                             .as_ref()
                             .and_then(|w| w.max_message_bytes())
                             .unwrap_or(route.max_body_bytes),
-                        resp.headers()
-                            .contains_key(header::SEC_WEBSOCKET_EXTENSIONS),
+                        crate::wsframes::Extensions::agreed(
+                            resp.headers()
+                                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                                .iter()
+                                .map(HeaderValue::as_bytes),
+                        ),
                     );
                     tunnel(
                         down,
@@ -1440,12 +1444,17 @@ fn tunnel(
                     return;
                 }
             };
-            let (from_client, to_client) = tokio::io::split(TokioIo::new(d));
-            let (from_upstream, to_upstream) = tokio::io::split(TokioIo::new(u));
+            let (mut from_client, mut to_client) = tokio::io::split(TokioIo::new(d));
+            let (mut from_upstream, mut to_upstream) = tokio::io::split(TokioIo::new(u));
             let refusal = Refusal::default();
             let ended = tokio::try_join!(
-                crate::wsframes::client_to_upstream(from_client, to_upstream, frames, &refusal),
-                crate::wsframes::upstream_to_client(from_upstream, to_client, &refusal),
+                crate::wsframes::client_to_upstream(
+                    &mut from_client,
+                    &mut to_upstream,
+                    frames,
+                    &refusal
+                ),
+                crate::wsframes::upstream_to_client(&mut from_upstream, &mut to_client, &refusal),
             );
             // A refusal counts whatever became of the Close frames.
             if let Some(v) = refusal.violation() {
@@ -1462,6 +1471,15 @@ fn tunnel(
                     reason = v.reason,
                     "WebSocket closed: the client broke a frame rule"
                 );
+                // Both sides were sent a Close frame (the client's only between two frames):
+                // give them a moment to read it before the sockets close.
+                let _ = tokio::time::timeout(WS_CLOSE_LINGER, async {
+                    tokio::join!(
+                        crate::wsframes::drain(&mut from_client, WS_CLOSE_DRAIN),
+                        crate::wsframes::drain(&mut from_upstream, WS_CLOSE_DRAIN),
+                    )
+                })
+                .await;
             } else if let Err(e) = ended {
                 tracing::debug!(request_id = %id, error = %e, "upgraded connection ended");
             }
@@ -1473,6 +1491,11 @@ fn tunnel(
         drop(open);
     });
 }
+/// How long a tunnel closed for a client's frame waits for both sides to take their Close
+/// frame (reading and dropping what they still send), and how much it reads from each.
+const WS_CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+const WS_CLOSE_DRAIN: u64 = 1 << 20;
+
 /// An answer that depends on who asked (a route with field masks): what this caller may see
 /// is not what the next one may, so no shared cache may keep it for anyone else — nor the
 /// whole answer a caller whose mask shows everything got, for a caller with a narrower one.

@@ -33,13 +33,46 @@ pub(crate) struct Violation {
     pub reason: &'static str,
 }
 
+/// The extensions a 101 agreed on (its `Sec-WebSocket-Extensions`), which give the RSV bits
+/// their meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Extensions {
+    /// None: every RSV bit must be 0.
+    None,
+    /// `permessage-deflate` alone (RFC 7692 §6): RSV1 on a message's first frame only.
+    Deflate,
+    /// Another one, whose use of the bits the gateway does not know: they are not checked.
+    Other,
+}
+
+impl Extensions {
+    /// Reads the 101's `Sec-WebSocket-Extensions` values (each a list of extensions, each
+    /// with its parameters after `;`).
+    pub(crate) fn agreed<'a>(values: impl Iterator<Item = &'a [u8]>) -> Self {
+        let mut agreed = Extensions::None;
+        for value in values {
+            for ext in value.split(|&b| b == b',') {
+                let name = ext.split(|&b| b == b';').next().unwrap_or_default();
+                match name.trim_ascii() {
+                    b"" => {}
+                    n if n.eq_ignore_ascii_case(b"permessage-deflate") => {
+                        if agreed == Extensions::None {
+                            agreed = Extensions::Deflate;
+                        }
+                    }
+                    _ => return Extensions::Other,
+                }
+            }
+        }
+        agreed
+    }
+}
+
 /// Follows the frames a client sends: their headers, and how much of each message has gone by.
 #[derive(Debug)]
 pub(crate) struct ClientFrames {
     max_message: u64,
-    /// RSV bits are allowed only when the handshake agreed on an extension that gives them a
-    /// meaning (`Sec-WebSocket-Extensions` in the 101, such as permessage-deflate's RSV1).
-    extensions: bool,
+    extensions: Extensions,
     /// Payload bytes of the current frame still to go by.
     left: u64,
     /// The bytes of the message under way (`Some` between a data frame without FIN and the
@@ -48,7 +81,7 @@ pub(crate) struct ClientFrames {
 }
 
 impl ClientFrames {
-    pub(crate) fn new(max_message: u64, extensions: bool) -> Self {
+    pub(crate) fn new(max_message: u64, extensions: Extensions) -> Self {
         ClientFrames {
             max_message,
             extensions,
@@ -91,8 +124,18 @@ impl ClientFrames {
         if !f.masked {
             return refuse(PROTOCOL_ERROR, "client frame not masked");
         }
-        if f.rsv != 0 && !self.extensions {
-            return refuse(PROTOCOL_ERROR, "reserved bits set without an extension");
+        let rsv_allowed = match self.extensions {
+            Extensions::None => 0,
+            // RSV1 marks a compressed message, on its first frame (RFC 7692 §6.1).
+            Extensions::Deflate if matches!(f.opcode, 0x1 | 0x2) => 0b100,
+            Extensions::Deflate => 0,
+            Extensions::Other => 0b111,
+        };
+        if f.rsv & !rsv_allowed != 0 {
+            return refuse(
+                PROTOCOL_ERROR,
+                "reserved bits set that no extension agreed gives a meaning",
+            );
         }
         if f.payload >> 63 != 0 {
             return refuse(PROTOCOL_ERROR, "frame length out of range");
@@ -260,8 +303,8 @@ impl Refusal {
 /// violation forwards what came before the offending frame, sends the upstream a Close frame
 /// and tells the other pump to send one to the client.
 pub(crate) async fn client_to_upstream<R, W>(
-    mut from: R,
-    mut to: W,
+    from: &mut R,
+    to: &mut W,
     mut frames: ClientFrames,
     refusal: &Refusal,
 ) -> io::Result<()>
@@ -302,8 +345,8 @@ where
 /// Upstream to client: copies, following frame boundaries; once the client's pump raised a
 /// refusal, sends the client a Close frame if the copy stands between two frames, and ends.
 pub(crate) async fn upstream_to_client<R, W>(
-    mut from: R,
-    mut to: W,
+    from: &mut R,
+    to: &mut W,
     refusal: &Refusal,
 ) -> io::Result<()>
 where
@@ -336,6 +379,72 @@ where
     }
 }
 
+/// After a refusal: what each side still sends is read and dropped, up to `cap` bytes, until
+/// it closes. Closing a socket with unread bytes in it resets the connection, and a reset
+/// throws away what the kernel still holds to send — the Close frame just written — and, on
+/// some clients, what they had received but not yet read: a client still sending the message
+/// that was refused would never see why. The caller bounds the time this takes.
+pub(crate) async fn drain<R: AsyncRead + Unpin>(from: &mut R, cap: u64) {
+    let mut buf = [0u8; 4096];
+    let mut left = cap;
+    while left > 0 {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n as u64),
+        }
+    }
+}
+
+/// Feeds `stream` in pieces of `step` bytes as the client's pump does (keeping what is not yet
+/// forwardable); the bytes forwarded and the violation, if any.
+#[cfg(any(test, feature = "fuzzing"))]
+fn follow(frames: &mut ClientFrames, stream: &[u8], step: usize) -> (Vec<u8>, Option<Violation>) {
+    let mut held: Vec<u8> = Vec::new();
+    let mut out = Vec::new();
+    for piece in stream.chunks(step.max(1)) {
+        held.extend_from_slice(piece);
+        match frames.feed(&held) {
+            Ok(n) => {
+                out.extend_from_slice(&held[..n]);
+                held.drain(..n);
+            }
+            Err(v) => {
+                out.extend_from_slice(&held[..v.at]);
+                return (out, Some(v));
+            }
+        }
+    }
+    (out, None)
+}
+
+/// For the `ws_frames` fuzz target: the first bytes choose the limit, the extensions and a
+/// read size, the rest is what a client sends. Panics when the verdict or the bytes forwarded
+/// depend on how the stream is cut into reads, when what was forwarded would not pass the
+/// check again whole, or when the upstream direction's boundary follower disagrees with it
+/// about where the forwarded bytes end.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_check(data: &[u8]) {
+    let [m, e, step, stream @ ..] = data else {
+        return;
+    };
+    let max = [1, 125, 126, 65_535, 65_536, 1 << 20][usize::from(*m) % 6];
+    let ext = [Extensions::None, Extensions::Deflate, Extensions::Other][usize::from(*e) % 3];
+    let (whole, verdict) = follow(&mut ClientFrames::new(max, ext), stream, stream.len());
+    for step in [1, 2, usize::from(*step) + 1] {
+        let (out, v) = follow(&mut ClientFrames::new(max, ext), stream, step);
+        assert_eq!(out, whole, "step {step}");
+        // (`at` is an offset into the bytes held at that read, which differ by step.)
+        let why = |v: Option<Violation>| v.map(|v| (v.code, v.reason));
+        assert_eq!(why(v), why(verdict), "step {step}");
+    }
+    // What went through passes again, whole, and ends where a frame ends or inside a payload.
+    let mut again = ClientFrames::new(max, ext);
+    assert_eq!(again.feed(&whole), Ok(whole.len()));
+    let mut ends = Boundaries::default();
+    ends.feed(&whole);
+    assert_eq!(ends.at_boundary(), again.left == 0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,36 +468,11 @@ mod tests {
         f
     }
 
-    /// Feeds `stream` in pieces of `step` bytes as the pump does (keeping what is not yet
-    /// forwardable); returns the bytes forwarded and the violation, if any.
-    fn pump(frames: &mut ClientFrames, stream: &[u8], step: usize) -> (Vec<u8>, Option<Violation>) {
-        let mut held: Vec<u8> = Vec::new();
-        let mut out = Vec::new();
-        for piece in stream.chunks(step) {
-            held.extend_from_slice(piece);
-            match frames.feed(&held) {
-                Ok(n) => {
-                    out.extend_from_slice(&held[..n]);
-                    held.drain(..n);
-                }
-                Err(v) => {
-                    out.extend_from_slice(&held[..v.at]);
-                    return (out, Some(v));
-                }
-            }
-        }
-        (out, None)
-    }
-
-    fn run(max: u64, ext: bool, stream: &[u8]) -> (Vec<u8>, Option<Violation>) {
-        let whole = pump(
-            &mut ClientFrames::new(max, ext),
-            stream,
-            stream.len().max(1),
-        );
+    fn run(max: u64, ext: Extensions, stream: &[u8]) -> (Vec<u8>, Option<Violation>) {
+        let whole = follow(&mut ClientFrames::new(max, ext), stream, stream.len());
         // Whatever the pieces, the same bytes go through and the same verdict comes.
         for step in [1, 2, 3, 7, 13, 100] {
-            let (out, v) = pump(&mut ClientFrames::new(max, ext), stream, step);
+            let (out, v) = follow(&mut ClientFrames::new(max, ext), stream, step);
             assert_eq!(out, whole.0, "step {step}");
             assert_eq!(
                 v.map(|v| (v.code, v.reason)),
@@ -407,20 +491,20 @@ mod tests {
         s.extend(frame(true, 0, 70_000)); // a 64-bit length
         s.extend(frame(true, 0xA, 0));
         s.extend(frame(true, 8, 2));
-        let (out, v) = run(1 << 20, false, &s);
+        let (out, v) = run(1 << 20, Extensions::None, &s);
         assert_eq!(v, None);
         assert_eq!(out, s);
     }
 
     #[test]
     fn a_message_may_be_as_large_as_the_limit_and_no_larger() {
-        let (out, v) = run(300, false, &frame(true, 2, 300));
+        let (out, v) = run(300, Extensions::None, &frame(true, 2, 300));
         assert_eq!((out.len(), v), (300 + 8, None));
 
         let mut s = frame(true, 1, 10);
         let over = s.len();
         s.extend(frame(true, 2, 301));
-        let (out, v) = run(300, false, &s);
+        let (out, v) = run(300, Extensions::None, &s);
         assert_eq!(out, frame(true, 1, 10));
         let v = v.unwrap();
         assert_eq!((v.code, v.at <= over), (MESSAGE_TOO_BIG, true));
@@ -430,7 +514,7 @@ mod tests {
         s.extend(frame(false, 0, 100));
         let upto = s.len();
         s.extend(frame(true, 0, 1));
-        let (out, v) = run(300, false, &s);
+        let (out, v) = run(300, Extensions::None, &s);
         assert_eq!(out, s[..upto]);
         assert_eq!(v.unwrap().code, MESSAGE_TOO_BIG);
 
@@ -438,13 +522,13 @@ mod tests {
         let mut s = frame(false, 1, 250);
         s.extend(frame(true, 9, 100));
         s.extend(frame(true, 0, 50));
-        assert_eq!(run(300, false, &s), (s.clone(), None));
+        assert_eq!(run(300, Extensions::None, &s), (s.clone(), None));
 
         // A 64-bit length over the limit is refused at its header, its payload never awaited.
         let mut big = vec![0x82, 0x80 | 127];
         big.extend_from_slice(&(5u64 << 30).to_be_bytes());
         big.extend_from_slice(&[1, 2, 3, 4]);
-        let (out, v) = run(1 << 20, false, &big);
+        let (out, v) = run(1 << 20, Extensions::None, &big);
         assert_eq!((out.len(), v.unwrap().code), (0, MESSAGE_TOO_BIG));
     }
 
@@ -477,17 +561,42 @@ mod tests {
             ("message inside a message", interleaved),
             ("length with its top bit", long_length),
         ] {
-            let (_, v) = run(1 << 20, false, &s);
+            let (_, v) = run(1 << 20, Extensions::None, &s);
             assert_eq!(v.map(|v| v.code), Some(PROTOCOL_ERROR), "{name}");
         }
-        // With an extension agreed, RSV1 (permessage-deflate's bit) is the extension's.
-        assert_eq!(run(1 << 20, true, &rsv1), (rsv1, None));
+        // permessage-deflate gives RSV1 a meaning on a message's first frame, and nowhere else;
+        // an extension the gateway does not know, every bit.
+        assert_eq!(
+            run(1 << 20, Extensions::Deflate, &rsv1),
+            (rsv1.clone(), None)
+        );
+        let mut rsv2 = frame(true, 1, 3);
+        rsv2[0] |= 0x20;
+        let mut cont_rsv1 = frame(false, 1, 3);
+        let mut second = frame(true, 0, 3);
+        second[0] |= 0x40;
+        cont_rsv1.extend(second);
+        let mut ping_rsv1 = frame(true, 9, 0);
+        ping_rsv1[0] |= 0x40;
+        for (name, s) in [
+            ("rsv2", &rsv2),
+            ("rsv1 on a continuation", &cont_rsv1),
+            ("rsv1 on a ping", &ping_rsv1),
+        ] {
+            let (_, v) = run(1 << 20, Extensions::Deflate, s);
+            assert_eq!(v.map(|v| v.code), Some(PROTOCOL_ERROR), "{name}");
+            assert_eq!(
+                run(1 << 20, Extensions::Other, s),
+                (s.clone(), None),
+                "{name}"
+            );
+        }
     }
 
     #[test]
     fn a_header_not_yet_whole_is_held_back() {
         let f = frame(true, 2, 70_000);
-        let mut frames = ClientFrames::new(1 << 20, false);
+        let mut frames = ClientFrames::new(1 << 20, Extensions::None);
         for cut in 0..10 {
             assert_eq!(frames.feed(&f[..cut]), Ok(0), "cut at {cut}");
         }
@@ -518,6 +627,23 @@ mod tests {
                 .collect();
             assert_eq!(ends, expected, "step {step}");
         }
+    }
+
+    #[test]
+    fn extensions_are_read_from_the_101() {
+        let agreed = |values: &[&str]| Extensions::agreed(values.iter().map(|v| v.as_bytes()));
+        assert_eq!(agreed(&[]), Extensions::None);
+        assert_eq!(agreed(&[""]), Extensions::None);
+        assert_eq!(
+            agreed(&["permessage-deflate; client_max_window_bits=10"]),
+            Extensions::Deflate
+        );
+        assert_eq!(agreed(&[" Permessage-Deflate "]), Extensions::Deflate);
+        assert_eq!(agreed(&["permessage-deflate, x-webkit"]), Extensions::Other);
+        assert_eq!(
+            agreed(&["permessage-deflate", "x-other; a=1"]),
+            Extensions::Other
+        );
     }
 
     #[test]
