@@ -15,10 +15,13 @@
 //!   any method but `GET`/`HEAD` (405 `admin_method_not_allowed`, with `Allow: GET, HEAD`),
 //!   a `POST /reload` while another runs (409 `admin_reload_in_progress`, `Retry-After: 1`), a
 //!   malformed `POST` body (400 `admin_bad_request`) or one that does not arrive in time (408
-//!   `admin_request_timeout`). The errors hyper answers itself, before a request reaches this
-//!   code, are bare status lines without a body: a request head that does not parse (400), a
-//!   head larger than the 64 KiB read buffer (431), a URI too long (414). hyper has no hook to
-//!   shape those answers.
+//!   `admin_request_timeout`). A request head the gateway's strict HTTP/1.1 framing reader
+//!   refuses (`portcullis_proxy::sniff`, run on the raw bytes before hyper parses them) gets
+//!   a problem document too, with `Connection: close`: a head that does not parse or frames
+//!   its body ambiguously (400 `admin_bad_request`), a head larger than the 64 KiB read
+//!   buffer (431 `admin_headers_too_large`), more than 100 fields (431
+//!   `admin_too_many_headers`), a target too long (414 `admin_uri_too_long`) — where hyper
+//!   would answer a bare status line.
 //!
 //! Invariants:
 //! * With a token configured, everything except `/healthz` and `/readyz` requires
@@ -63,8 +66,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
-    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER,
-    WWW_AUTHENTICATE,
+    ALLOW, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue,
+    RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -72,10 +75,17 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
+use portcullis_proxy::sniff;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+/// The largest request head read (hyper's read buffer; the framing reader refuses a longer
+/// one with 431 before hyper would).
+const MAX_HEAD: usize = 64 * 1024;
+/// Most fields in a request head (hyper's; the framing reader refuses more with 431).
+const MAX_FIELDS: usize = 100;
 
 /// How long open connections may take to finish after shutdown is requested.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -229,7 +239,8 @@ async fn serve_with(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(MAX_HEAD)
+        .max_headers(MAX_FIELDS);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -275,6 +286,16 @@ async fn serve_with(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // hyper never sees a head the framing reader refuses: it gets a stand-in request,
+        // which is answered from the flag.
+        let framing = Arc::new(sniff::Flag::default());
+        let stream = sniff::Sniffed::new(
+            stream,
+            Arc::clone(&framing),
+            Arc::new(sniff::Activity::default()),
+            MAX_HEAD,
+        )
+        .with_max_fields(MAX_FIELDS);
         let state = Arc::clone(&state);
         let builder = Arc::clone(&builder);
         let mut stop_rx = stop_rx.clone();
@@ -289,9 +310,10 @@ async fn serve_with(
                     // Counted from the moment hyper hands the request over until its answer
                     // is made (or the request is abandoned).
                     let busy = activity.begin();
+                    let refused = framing.get();
                     async move {
                         let _busy = busy;
-                        Ok::<_, Infallible>(answer(&state, peer, req).await)
+                        Ok::<_, Infallible>(answer(&state, peer, req, refused).await)
                     }
                 })
             };
@@ -490,13 +512,37 @@ fn logged_path(path: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Answers one request and logs it, once.
-async fn answer(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+async fn answer(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    refused: Option<sniff::Ambiguity>,
+) -> Resp {
     let method = req.method().clone();
     // The path only: no query, no header value, no body reaches the log. hyper has checked
-    // it is a URI path, so it holds no control characters or spaces.
+    // it is a URI path, so it holds no control characters or spaces. (A refused head's is
+    // the stand-in's.)
     let path = req.uri().path().to_owned();
     let id = request_id();
-    let mut resp = with_request_id(route(state, req, &method, &path).await, &id).await;
+    let resp = match refused {
+        // The connection's bytes were refused by the framing reader: whatever request hyper
+        // hands over now (the stand-in, or one read before it in the same bytes), the
+        // connection ends with this answer, as the gateway's own does.
+        Some(a) => {
+            let reason = a.reason();
+            let mut resp = problem(
+                reason.status(),
+                &format!("admin_{}", reason.code()),
+                reason.title(),
+                a.detail(),
+            );
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+        None => route(state, req, &method, &path).await,
+    };
+    let mut resp = with_request_id(resp, &id).await;
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if method == Method::HEAD {

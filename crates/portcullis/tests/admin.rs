@@ -72,6 +72,74 @@ async fn health_readiness_metrics_and_config() {
     assert!(!gw.stderr_text().contains("not-for-your-eyes"));
 }
 
+/// The admin API reads request heads with the gateway's strict framing reader: a head hyper
+/// would answer with a bare status line, or one whose body two readers could frame
+/// differently, gets the API's problem document with a request id, and the connection
+/// closes; nothing of it is acted on (a smuggled `POST /reload` reloads nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_admin_requests_get_problem_documents() {
+    let gw = gateway(APP);
+    let admin = gw.admin();
+    let large = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nA: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let fields: String = (0..101).map(|i| format!("X-{i}: 1\r\n")).collect();
+    let many = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{fields}\r\n");
+    for (raw, status, code) in [
+        (
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n".to_string(),
+            400,
+            "admin_bad_request",
+        ),
+        (
+            "POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\
+             Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .to_string(),
+            400,
+            "admin_bad_request",
+        ),
+        (
+            "GET /healthz HTTP/1.1\nHost: x\n\n".to_string(),
+            400,
+            "admin_bad_request",
+        ),
+        (large, 431, "admin_headers_too_large"),
+        (many, 431, "admin_too_many_headers"),
+    ] {
+        let (out, closed) = raw_exchange(admin, raw.as_bytes()).await;
+        assert!(closed, "{code}: {out}");
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{code}: {out}"
+        );
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        assert!(
+            head.contains("content-type: application/problem+json"),
+            "{head}"
+        );
+        assert!(head.contains("connection: close"), "{head}");
+        let id = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .unwrap_or_else(|| panic!("no request id: {head}"));
+        let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(doc["code"], code, "{doc}");
+        assert_eq!(doc["status"], status, "{doc}");
+        assert_eq!(
+            doc["type"],
+            format!("urn:portcullis:problem:{code}"),
+            "{doc}"
+        );
+        assert_eq!(doc["request_id"], id, "{doc}");
+    }
+    let admin_url = gw.admin_url();
+    let m = get(&format!("{admin_url}/metrics")).await.text();
+    assert!(!m.contains("portcullis_config_reloads_total"), "{m}");
+    assert_eq!(get(&format!("{admin_url}/healthz")).await.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_waits_for_upstream_hosts_to_resolve() {
     let gw = gateway(
