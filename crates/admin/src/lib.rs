@@ -20,8 +20,9 @@
 //!   a problem document too, with `Connection: close`: a head that does not parse or frames
 //!   its body ambiguously (400 `admin_bad_request`), a head larger than the 64 KiB read
 //!   buffer (431 `admin_headers_too_large`), more than 100 fields (431
-//!   `admin_too_many_headers`), a target too long (414 `admin_uri_too_long`) — where hyper
-//!   would answer a bare status line.
+//!   `admin_too_many_headers`) — where hyper would answer a bare status line. A request
+//!   asking for an upgrade or a tunnel (which this API never makes) ends its connection, since
+//!   the reader follows no head after one.
 //!
 //! Invariants:
 //! * With a token configured, everything except `/healthz` and `/readyz` requires
@@ -67,9 +68,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{
     ALLOW, AUTHORIZATION, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue,
-    RETRY_AFTER, WWW_AUTHENTICATE,
+    RETRY_AFTER, UPGRADE, WWW_AUTHENTICATE,
 };
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -524,6 +525,11 @@ async fn answer(
     // the stand-in's.)
     let path = req.uri().path().to_owned();
     let id = request_id();
+    // The framing reader stops following a connection at a head that asks for an upgrade or
+    // a tunnel (what would follow is not HTTP/1.1): this API makes none, so such a connection
+    // ends with its answer, and no later head reaches hyper unchecked.
+    let unfollowed = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11)
+        && (method == Method::CONNECT || req.headers().contains_key(UPGRADE));
     let resp = match refused {
         // The connection's bytes were refused by the framing reader: whatever request hyper
         // hands over now (the stand-in, or one read before it in the same bytes), the
@@ -543,6 +549,10 @@ async fn answer(
         None => route(state, req, &method, &path).await,
     };
     let mut resp = with_request_id(resp, &id).await;
+    if unfollowed {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if method == Method::HEAD {
@@ -556,6 +566,11 @@ async fn answer(
     }
     let status = resp.status().as_u16();
     let path = logged_path(&path);
+    if let Some(a) = refused {
+        // The path is the stand-in's: the reason says what was wrong with the head.
+        tracing::info!(%peer, status, request_id = %id, reason = a.reason().code(), "admin request refused: its head could not be read safely");
+        return resp;
+    }
     match resp.status() {
         StatusCode::UNAUTHORIZED => tracing::warn!(
             %peer, %method, %path, status, request_id = %id,

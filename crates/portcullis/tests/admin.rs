@@ -134,6 +134,22 @@ async fn malformed_admin_requests_get_problem_documents() {
         );
         assert_eq!(doc["request_id"], id, "{doc}");
     }
+    // The reader follows no head after one asking for an upgrade: the connection ends with
+    // its answer, and the smuggled head behind it is never read.
+    let (out, closed) = raw_exchange(
+        admin,
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n\
+          POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\
+          Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(closed, "{out}");
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
     let admin_url = gw.admin_url();
     let m = get(&format!("{admin_url}/metrics")).await.text();
     assert!(!m.contains("portcullis_config_reloads_total"), "{m}");

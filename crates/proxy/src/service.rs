@@ -969,6 +969,7 @@ impl Gateway {
             }
         };
 
+        let mut tunnel_down = None;
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             // The upstream's hop-by-hop fields (`Keep-Alive`, `Proxy-Authenticate`, what its
             // `Connection` names) stay on its side of the tunnel: only the handshake's own
@@ -976,29 +977,8 @@ impl Gateway {
             strip_hop_by_hop(resp.headers_mut(), true);
             resp.headers_mut().remove(header::CONTENT_LENGTH);
             match downstream_upgrade {
-                Some(down) => {
-                    let limits = crate::wsframes::ClientFrames::new(
-                        route
-                            .websocket
-                            .as_ref()
-                            .and_then(|w| w.max_message_bytes())
-                            .unwrap_or(route.max_body_bytes),
-                        crate::wsframes::Extensions::agreed(
-                            resp.headers()
-                                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
-                                .iter()
-                                .map(HeaderValue::as_bytes),
-                        ),
-                    );
-                    tunnel(
-                        down,
-                        &mut resp,
-                        limits,
-                        (ctx.request_id.clone(), route.name.clone()),
-                        &self.metrics,
-                        &client.conn.activity,
-                    );
-                }
+                // Joined into a tunnel once the route's header rules have run (below).
+                Some(down) => tunnel_down = Some(down),
                 None => {
                     return Err(Rejection::new(
                         RejectReason::UpstreamError,
@@ -1028,7 +1008,29 @@ impl Gateway {
             }
         }
         route.response_headers.apply(resp.headers_mut());
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(down) = tunnel_down {
+            // The extensions the client is told were agreed: the 101 as it leaves.
+            let frames = crate::wsframes::ClientFrames::new(
+                route
+                    .websocket
+                    .as_ref()
+                    .and_then(|w| w.max_message_bytes())
+                    .unwrap_or(route.max_body_bytes),
+                crate::wsframes::Extensions::agreed(
+                    resp.headers()
+                        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                        .iter()
+                        .map(HeaderValue::as_bytes),
+                ),
+            );
+            tunnel(
+                down,
+                &mut resp,
+                frames,
+                (ctx.request_id.clone(), route.name.clone()),
+                &self.metrics,
+                &client.conn.activity,
+            );
             return Ok(resp);
         }
         // The body is buffered before anything reaches the client, so its read is bounded like

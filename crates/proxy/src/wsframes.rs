@@ -385,7 +385,8 @@ where
 /// some clients, what they had received but not yet read: a client still sending the message
 /// that was refused would never see why. The caller bounds the time this takes.
 pub(crate) async fn drain<R: AsyncRead + Unpin>(from: &mut R, cap: u64) {
-    let mut buf = [0u8; 4096];
+    // On the heap: held across awaits, an array would grow every tunnel's future.
+    let mut buf = vec![0u8; 4096];
     let mut left = cap;
     while left > 0 {
         match from.read(&mut buf).await {
