@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use portcullis_core::Principal;
+use portcullis_core::path::{EncodedSlash, PathRules, Semicolons, normalize_path_with};
 
 /// A scope hierarchy expanded once: for every scope, the scopes that imply it (itself
 /// excluded), transitively.
@@ -181,6 +182,28 @@ impl Requirement {
     }
 }
 
+/// A literal segment of pattern `s`, which must be in the normal form request paths are
+/// matched in (`portcullis_core::path`): one written otherwise could never match a request
+/// (`%7Euser`, `caf%c3%a9`, `café`). Escaped slashes and `;` are taken, as the server's
+/// `encoded_slash` and `path_semicolons` may keep them.
+fn normal_segment(s: &str, seg: &str) -> Result<String, String> {
+    let lenient = PathRules {
+        encoded_slash: EncodedSlash::Keep,
+        semicolons: Semicolons::Keep,
+    };
+    match normalize_path_with(&format!("/{seg}"), lenient) {
+        Ok(None) => Ok(seg.to_string()),
+        Ok(Some(normal)) => Err(format!(
+            "\"{s}\": the segment \"{seg}\" is not in the normal form requests are matched in; write \"{}\"",
+            normal.trim_start_matches('/')
+        )),
+        Err(why) => Err(format!(
+            "\"{s}\": the segment \"{seg}\" can never match: {}",
+            why.detail()
+        )),
+    }
+}
+
 /// A resource pattern: `/orders` (exact), `/orders/*` (one segment), `/orders/**` (any
 /// depth including none).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,7 +237,7 @@ impl PathPattern {
                     p if p.contains('*') => {
                         return Err(format!("\"{s}\": * and ** stand for whole segments only"));
                     }
-                    p => segs.push(Seg::Lit(p.to_string())),
+                    p => segs.push(Seg::Lit(normal_segment(s, p)?)),
                 }
             }
         }
@@ -362,5 +385,20 @@ mod tests {
         for bad in ["orders", "/a//b", "/a/**/b", "/a*", "/a/../b"] {
             assert!(PathPattern::parse(bad).is_err(), "{bad}");
         }
+        // Segments not in the normal form requests are matched in never match: refused, with
+        // the form to write.
+        for (bad, write) in [
+            ("/users/%7Ejo/**", "\"~jo\""),
+            ("/caf%c3%a9", "\"caf%C3%A9\""),
+            ("/café/*", "\"caf%C3%A9\""),
+            ("/items%3Apurge", "\"items:purge\""),
+            ("/a/%2e%2e/b", "can never match"),
+        ] {
+            let e = PathPattern::parse(bad).unwrap_err();
+            assert!(e.contains(write), "{bad}: {e}");
+        }
+        // In normal form, escapes included: taken, and matched as requests arrive.
+        let p = PathPattern::parse("/files/caf%C3%A9/a%2Fb;v=1").unwrap();
+        assert!(p.matches("/files/caf%C3%A9/a%2Fb;v=1"));
     }
 }
