@@ -1325,6 +1325,51 @@ async fn websocket_messages_over_the_limit_or_out_of_protocol_end_the_tunnel() {
         );
     }
 
+    // Each tunnel the gateway closed is audited beside its handshake: the handshake's event
+    // (allowed, 101) and one of its own, with the same request id.
+    let closed_by_gateway = |e: &serde_json::Value| e["stage"] == "websocket";
+    for _ in 0..100 {
+        if gw
+            .audit_events()
+            .iter()
+            .filter(|e| closed_by_gateway(e))
+            .count()
+            >= 4
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = gw.audit_events();
+    let closed: Vec<&serde_json::Value> = events.iter().filter(|e| closed_by_gateway(e)).collect();
+    assert_eq!(closed.len(), 4, "{events:#?}");
+    let mut reasons: Vec<&str> = closed
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    reasons.sort_unstable();
+    assert_eq!(
+        reasons,
+        [
+            "websocket_message_too_big",
+            "websocket_message_too_big",
+            "websocket_protocol_error",
+            "websocket_protocol_error"
+        ]
+    );
+    for e in closed {
+        assert_eq!(e["outcome"], "rejected", "{e}");
+        assert_eq!(e["status"], 101, "{e}");
+        assert_eq!(e["response_complete"], false, "{e}");
+        let handshake: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|h| h["request_id"] == e["request_id"] && !closed_by_gateway(h))
+            .collect();
+        assert_eq!(handshake.len(), 1, "{e}");
+        assert_eq!(handshake[0]["outcome"], "allowed", "{}", handshake[0]);
+        assert_eq!(handshake[0]["status"], 101, "{}", handshake[0]);
+        assert_eq!(handshake[0]["route"], e["route"], "{e}");
+    }
     let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
     for (reason, n) in [
         ("websocket_message_too_big", 2),

@@ -649,6 +649,11 @@ impl Gateway {
             self.metrics.banned(&ban.rule);
         }
         if let Some(event) = self.finish(ctx, seen, Some(resp.status())) {
+            // A WebSocket tunnel records its own end when the gateway closes it, as the
+            // handshake's event with what changed.
+            if let Some(TunnelAudit(slot)) = resp.extensions().get::<TunnelAudit>() {
+                let _ = slot.set(event.clone());
+            }
             // Written when the answer's body is done with: whole, or cut off.
             let status = resp.status();
             let bodiless = seen.method == Method::HEAD
@@ -1028,7 +1033,7 @@ impl Gateway {
                 &mut resp,
                 frames,
                 (ctx.request_id.clone(), route.name.clone()),
-                &self.metrics,
+                (&self.metrics, &self.audit, ctx.received),
                 &client.conn.activity,
             );
             return Ok(resp);
@@ -1430,13 +1435,24 @@ fn tunnel(
     resp: &mut Response<BoxBody>,
     frames: crate::wsframes::ClientFrames,
     (id, route): (RequestId, Arc<str>),
-    metrics: &Arc<portcullis_telemetry::Metrics>,
+    (metrics, audit, received): (
+        &Arc<portcullis_telemetry::Metrics>,
+        &portcullis_audit::AuditSink,
+        std::time::Instant,
+    ),
     activity: &Arc<crate::sniff::Activity>,
 ) {
     use crate::wsframes::{PROTOCOL_ERROR, Refusal};
     let up = hyper::upgrade::on(&mut *resp);
     let open = activity.tunnel_opens();
     let metrics = metrics.clone();
+    // The handshake's audit event, once it is made (after this returns).
+    let handshake = Arc::new(std::sync::OnceLock::new());
+    if audit.enabled() {
+        resp.extensions_mut()
+            .insert(TunnelAudit(Arc::clone(&handshake)));
+    }
+    let audit = audit.clone();
     tokio::spawn(async move {
         let joined = async {
             let (d, u) = match tokio::try_join!(down, up) {
@@ -1466,6 +1482,15 @@ fn tunnel(
                     "websocket_message_too_big"
                 };
                 metrics.count_rejection("websocket", reason);
+                if let Some(mut event) = handshake.get().cloned() {
+                    event.time = portcullis_audit::now_rfc3339();
+                    event.outcome = Outcome::Rejected;
+                    event.stage = Some("websocket".to_string());
+                    event.reason = Some(reason.to_string());
+                    event.duration_ms = received.elapsed().as_secs_f64() * 1000.0;
+                    event.response_complete = false;
+                    audit.emit(event);
+                }
                 tracing::info!(
                     request_id = %id,
                     route = %route,
@@ -1493,6 +1518,11 @@ fn tunnel(
         drop(open);
     });
 }
+/// The slot a WebSocket tunnel's handshake event is put in once made, for the event the tunnel
+/// writes when the gateway closes it (a response extension from the tunnel to the engine).
+#[derive(Clone)]
+struct TunnelAudit(Arc<std::sync::OnceLock<AuditEvent>>);
+
 /// How long a tunnel closed for a client's frame waits for both sides to take their Close
 /// frame (reading and dropping what they still send), and how much it reads from each.
 const WS_CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
