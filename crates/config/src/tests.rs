@@ -1632,3 +1632,91 @@ routes:
     );
     assert!(e[2].starts_with("routes[1].websocket.origins[0]:"), "{e:?}");
 }
+
+/// A route's SPIFFE rules are written as the IDs they compare with: a trust domain other than
+/// lower-case (or with a scheme or path) and a path pattern whose segments no SPIFFE ID holds
+/// could never match, and are errors at their paths — never a crash on a pattern that does not
+/// start with `/`.
+#[test]
+fn route_spiffe_rules_could_match_an_id() {
+    let e = errs(
+        r#"
+upstreams: { d: { kind: echo } }
+routes:
+  - name: r
+    match: { prefix: / }
+    upstream: d
+    auth:
+      methods: [mtls]
+      mtls:
+        trust_domains: [Prod.Example, "spiffe://prod.example", prod.example]
+        spiffe_paths: ["é/x", "/ns//sa", "/ns/**/x", "/ns/*/sa/api", "/a/", "/ns/prod/**"]
+"#,
+    );
+    let at = |p: &str| {
+        e.iter()
+            .filter(|m| m.starts_with(&format!("routes[0].auth.mtls.{p}: ")))
+            .count()
+    };
+    assert_eq!(at("trust_domains[0]"), 1, "{e:#?}");
+    assert_eq!(at("trust_domains[1]"), 1, "{e:#?}");
+    assert_eq!(at("trust_domains[2]"), 0, "{e:#?}");
+    for (i, bad) in [
+        (0, true),
+        (1, true),
+        (2, true),
+        (3, false),
+        (4, true),
+        (5, false),
+    ] {
+        assert_eq!(
+            at(&format!("spiffe_paths[{i}]")),
+            usize::from(bad),
+            "{i}: {e:#?}"
+        );
+    }
+    // (Beside the listener the route's `mtls` needs, which this file has none of.)
+    assert_eq!(e.len(), 7, "{e:#?}");
+}
+
+/// Two JWT issuers with the same `iss` on one route: a token goes to the first alone, so the
+/// second could never verify one there — an error at the route's methods; on two routes apart
+/// (one IdP, an audience per API) they are fine. A key-set cooldown under a second or a fetch
+/// timeout under 100 ms is refused: the first would let forged `kid`s make a fetch each.
+#[test]
+fn jwt_issuers_sharing_an_iss_and_key_set_floors() {
+    let issuers = r#"auth:
+  jwt:
+    a: { issuer: "https://i", jwks_url: "https://i/jwks", audiences: [orders], algorithms: [ES256] }
+    b: { issuer: "https://i", jwks_url: "https://i/jwks", audiences: [billing], algorithms: [ES256] }
+upstreams: { d: { kind: echo } }
+"#;
+    let e = errs(&format!(
+        "{issuers}routes:\n  - {{ name: both, match: {{ prefix: / }}, upstream: d, auth: {{ methods: [jwt] }} }}\n"
+    ));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with(
+            "routes[0].auth.methods: jwt issuers \"a\" and \"b\" have the same issuer"
+        ),
+        "{e:#?}"
+    );
+    let e = errs(&format!(
+        "{issuers}routes:\n  - {{ name: o, match: {{ prefix: /o }}, upstream: d, auth: {{ methods: [\"jwt:a\"] }} }}\n  - {{ name: b, match: {{ prefix: /b }}, upstream: d, auth: {{ methods: [\"jwt:b\"] }} }}\n"
+    ));
+    assert!(e.is_empty(), "{e:#?}");
+
+    let e = errs(
+        r#"auth:
+  jwt:
+    a: { issuer: "https://i", jwks_url: "https://i/jwks", algorithms: [ES256], jwks_cache: { unknown_kid_cooldown: 0s, fetch_timeout: 10ms } }
+"#,
+    );
+    assert_eq!(
+        e,
+        [
+            "auth.jwt.a.jwks_cache.unknown_kid_cooldown: at least 1s: it bounds the fetches that tokens with unknown kids can cause",
+            "auth.jwt.a.jwks_cache.fetch_timeout: at least 100ms",
+        ]
+    );
+}

@@ -724,7 +724,7 @@ async fn an_issuer_whose_keys_never_loaded_answers_503_not_401() {
     let k1 = Signer::generate(Alg::EdDSA, "k1".into()).unwrap();
     let ks = KeyServer::start(String::new()).await;
     ks.down.store(true, Ordering::SeqCst);
-    let gw = remote_gateway(&up, &ks.url(), "0s");
+    let gw = remote_gateway(&up, &ks.url(), "1s");
     let t = k1.sign("JWT", &claims(json!({}))).unwrap();
     let r = call(&gw, "/orders", &[("authorization", &bearer(&t))]).await;
     let v = assert_problem(&r, 503, "auth_unavailable");

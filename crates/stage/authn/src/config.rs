@@ -1365,6 +1365,17 @@ fn compile_issuer(
     if cache.min_ttl > cache.max_ttl {
         e.push(format!("{cp}.min_ttl"), "must not exceed max_ttl");
     }
+    // Floors: a cooldown of nothing lets forged `kid`s make a fetch each, and a fetch that
+    // may not take a tenth of a second never succeeds.
+    if cache.unknown_kid_cooldown < Duration::from_secs(1) {
+        e.push(
+            format!("{cp}.unknown_kid_cooldown"),
+            "at least 1s: it bounds the fetches that tokens with unknown kids can cause",
+        );
+    }
+    if cache.fetch_timeout < Duration::from_millis(100) {
+        e.push(format!("{cp}.fetch_timeout"), "at least 100ms");
+    }
     if r.max_token_bytes < 64 {
         e.push(format!("{path}.max_token_bytes"), "at least 64");
     }
@@ -1478,18 +1489,85 @@ pub fn compile_route(
         }
         methods.push(method);
     }
+    // A token is matched to the route's first issuer with its `iss`: a second one with the
+    // same `iss` would never verify a token here (its audiences, keys or algorithms unused).
+    let jwt: Vec<usize> = methods
+        .iter()
+        .filter_map(|m| match m {
+            Method::Jwt(ix) => Some(ix.iter().copied()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    for (n, &a) in jwt.iter().enumerate() {
+        if let Some(&b) = jwt[..n]
+            .iter()
+            .find(|&&b| settings.jwt[b].issuer == settings.jwt[a].issuer)
+        {
+            e.push(
+                format!("{p}.methods"),
+                format!(
+                    "jwt issuers \"{}\" and \"{}\" have the same issuer: a token is matched by its iss \
+                     to the first alone, so the second would never verify one here; accept one of \
+                     them on this route (jwt:<name>) or make them one entry",
+                    settings.jwt[b].name, settings.jwt[a].name
+                ),
+            );
+        }
+    }
     if r.api_key_query.is_some() && !methods.contains(&Method::ApiKey) {
         e.push(format!("{p}.api_key_query"), "needs the api_key method");
     }
     let mut spiffe_paths = Vec::new();
     for (i, s) in r.mtls.spiffe_paths.iter().enumerate() {
-        if !s.starts_with('/') {
+        let Some(rest) = s.strip_prefix('/') else {
             e.push(
                 format!("{p}.mtls.spiffe_paths[{i}]"),
                 "a path pattern starts with /",
             );
+            continue;
+        };
+        let segs: Vec<String> = rest.split('/').map(String::from).collect();
+        // What a SPIFFE ID's path may hold (the wildcards standing for segments), or the
+        // pattern could never match an ID the gateway takes.
+        let last = segs.len() - 1;
+        let stand_in: Vec<&str> = segs
+            .iter()
+            .enumerate()
+            .map(|(j, seg)| match seg.as_str() {
+                "*" => "x",
+                "**" if j == last => "x",
+                seg => seg,
+            })
+            .collect();
+        let as_id = format!("spiffe://example.org/{}", stand_in.join("/"));
+        if portcullis_core::SpiffeId::parse(&as_id)
+            .is_none_or(|id| id.path.strip_prefix('/') != Some(&*stand_in.join("/")))
+        {
+            e.push(
+                format!("{p}.mtls.spiffe_paths[{i}]"),
+                format!(
+                    "\"{s}\" can never match a SPIFFE ID: segments are letters, digits, '.', \
+                     '-' and '_' (not empty, not a dot segment), * for one, a last ** for more"
+                ),
+            );
+            continue;
         }
-        spiffe_paths.push(s[1.min(s.len())..].split('/').map(String::from).collect());
+        spiffe_paths.push(segs);
+    }
+    for (i, td) in r.mtls.trust_domains.iter().enumerate() {
+        // Compared with the IDs' exactly: any other spelling would never match.
+        if portcullis_core::SpiffeId::parse(&format!("spiffe://{td}"))
+            .is_none_or(|id| id.trust_domain != *td)
+        {
+            e.push(
+                format!("{p}.mtls.trust_domains[{i}]"),
+                format!(
+                    "\"{td}\" is not a SPIFFE trust domain (lowercase letters, digits, `.`, \
+                     `-`, `_`; no spiffe:// nor path)"
+                ),
+            );
+        }
     }
     if (!r.mtls.trust_domains.is_empty() || !r.mtls.spiffe_paths.is_empty())
         && !methods.contains(&Method::Mtls)
