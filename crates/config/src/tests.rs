@@ -1720,3 +1720,29 @@ upstreams: { d: { kind: echo } }
         ]
     );
 }
+
+/// HEAD asks for what GET answers: unless mapped itself, it takes GET's action, also when
+/// `authz.actions` remaps GET (a policy on the new action then governs HEAD too).
+#[test]
+fn head_follows_gets_action_unless_mapped() {
+    let action_of = |yaml: &str, m: http::Method| -> String {
+        let c = load_str(yaml, Path::new(".")).unwrap();
+        let found: Vec<&str> = c
+            .authz
+            .actions
+            .iter()
+            .filter(|(k, _)| *k == m)
+            .map(|(_, a)| &**a)
+            .collect();
+        assert_eq!(found.len(), 1, "{m}: {:?}", c.authz.actions);
+        found[0].to_string()
+    };
+    assert_eq!(action_of("authz: {}\n", http::Method::HEAD), "read");
+    let remapped = "authz: { actions: { GET: list } }\n";
+    assert_eq!(action_of(remapped, http::Method::GET), "list");
+    assert_eq!(action_of(remapped, http::Method::HEAD), "list");
+    let both = "authz: { actions: { GET: list, HEAD: peek } }\n";
+    assert_eq!(action_of(both, http::Method::HEAD), "peek");
+    let head_first = "authz: { actions: { HEAD: peek, GET: list } }\n";
+    assert_eq!(action_of(head_first, http::Method::HEAD), "peek");
+}

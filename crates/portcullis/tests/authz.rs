@@ -1160,8 +1160,29 @@ async fn risk_steps_up_then_denies_and_a_step_up_clears_it() {
     let ev = e.refused(&r, 403, "forbidden", "risk");
     assert_eq!(ev["authz"]["risk"], 90, "{ev}");
 
-    // After a step-up (strong and fresh) the device is remembered …
-    let strong = e.token(json!({"acr": "urn:mfa", "auth_time": now() - 5}));
+    // A strong, fresh token on a route without a risk rule remembers no device: the client
+    // names it, and that route asked for nothing. On the risky route it is still new.
+    let strong = e.token(json!({"acr": "urn:mfa", "auth_time": now() - 5, "scope": "read:orders"}));
+    let r = e
+        .call("GET", "/any", &strong, &[("x-device-id", "tablet-9")])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = e
+        .call("GET", "/risky", &weak, &[("x-device-id", "tablet-9")])
+        .await;
+    let v = assert_problem(&r, 401, "step_up_required");
+    let ev = audit_of(&e.gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["authz"]["risk"], 60, "{ev}");
+    assert!(
+        ev["authz"]["risk_signals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "new_device"),
+        "{ev}"
+    );
+
+    // After a step-up (strong and fresh) on the risky route the device is remembered …
     let r = e
         .call("GET", "/risky", &strong, &[("x-device-id", "laptop-1")])
         .await;

@@ -822,13 +822,26 @@ pub fn compile(raw: &RawAuthz, base: &Path, e: &mut ConfigErrors) -> AuthzSettin
     .into_iter()
     .map(|(m, a)| (m, Arc::from(a)))
     .collect();
+    let mut head_mapped = false;
     for (m, a) in &raw.actions {
         let p = format!("authz.actions.{m}");
         check_names(std::slice::from_ref(a), "action", &p, e);
         if let Some(m) = method(m, &p, e) {
+            head_mapped |= m == Method::HEAD;
             actions.retain(|(k, _)| *k != m);
             actions.push((m, Arc::from(a.as_str())));
         }
+    }
+    // HEAD asks for what GET would answer, headers and length included: unless mapped
+    // itself, it is held to GET's action (as per-method route rules hold it to GET's rule).
+    if !head_mapped
+        && let Some(get) = actions
+            .iter()
+            .find(|(m, _)| *m == Method::GET)
+            .map(|(_, a)| a.clone())
+    {
+        actions.retain(|(k, _)| *k != Method::HEAD);
+        actions.push((Method::HEAD, get));
     }
 
     let mut names = HashSet::new();

@@ -612,7 +612,10 @@ impl Authz {
                 });
             }
         }
+        // Remembered only where the route's own risk rule was met: a device the client names
+        // on a lenient route must not count as known on a strict one.
         if stepped_up
+            && route.risk.is_some()
             && let (Some(s), Some(d)) = (
                 p.subject.as_deref(),
                 risk::device(&self.settings.risk, headers),
@@ -680,7 +683,14 @@ impl Stage for AuthzStage {
         let az = &*self.authz;
         portcullis_core::remove_headers_folded(&mut req.head.headers, &az.owned_headers);
         let Some(route) = az.route(ctx) else {
-            return Step::CONTINUE;
+            // Every route has its entry (the router refuses requests for none): deny if a
+            // request ever comes without one, rather than let it through unexamined.
+            let v = RuleVerdict {
+                rule: "route".into(),
+                allowed: false,
+                reason: "no authorization entry for the request's route".into(),
+            };
+            return Step::Done(denied(ctx, Run::default(), v, forbidden()));
         };
         if route.anonymous {
             return Step::CONTINUE;
