@@ -828,6 +828,27 @@ routes:
     // Key in header and query: ambiguous.
     let r = call(&gw, &format!("/q?api_key={key}"), &[("x-api-key", &key)]).await;
     assert_problem(&r, 400, "bad_request");
+    // Spellings a framework reads as the same parameter: a second one is a second key (PHP
+    // makes `api.key` into `api_key`), and the key is taken and removed under any of them.
+    let hits = up.hits();
+    // (The same name in another case is parameter pollution to the WAF already, which runs
+    // first.)
+    for (second, status, code) in [
+        ("api.key=x", 400, "bad_request"),
+        ("api_key[]=x", 400, "bad_request"),
+        ("api%20key=x", 400, "bad_request"),
+        ("API_KEY=x", 403, "waf_blocked"),
+    ] {
+        let r = call(&gw, &format!("/q?api_key={key}&{second}"), &[]).await;
+        let v = assert_problem(&r, status, code);
+        if status == 400 {
+            assert_eq!(v["detail"], "more than one API key", "{second}");
+        }
+    }
+    assert_eq!(up.hits(), hits);
+    let r = call(&gw, &format!("/q?a=1&Api.Key={key}"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.requests().pop().unwrap().uri, "/q?a=1");
 
     // Revoked through the admin API: refused from then on.
     let r = send(req(

@@ -301,10 +301,12 @@ impl Stage for IdentityStage {
     }
 }
 
-/// Removes every `param=` pair from the query (the credential must not travel upstream).
+/// Removes every pair whose name an upstream framework reads as `param` (the credential must
+/// not travel upstream, under any spelling: `api.key` is `api_key` to PHP).
 fn strip_query_param(uri: &mut http::Uri, param: &str) {
     let Some(q) = uri.query() else { return };
-    if !form_pairs(q).any(|(k, _)| k == param) {
+    let wanted = portcullis_core::query::fold_name(param);
+    if !form_pairs(q).any(|(k, _)| portcullis_core::query::fold_name(&k) == wanted) {
         return;
     }
     let kept: Vec<&str> = q
@@ -314,7 +316,7 @@ fn strip_query_param(uri: &mut http::Uri, param: &str) {
             let k = percent_encoding::percent_decode_str(&k.replace('+', " "))
                 .decode_utf8_lossy()
                 .into_owned();
-            k != param
+            portcullis_core::query::fold_name(&k) != wanted
         })
         .collect();
     let pq = if kept.is_empty() {

@@ -219,9 +219,12 @@ impl Authn {
             if let Some(param) = &route.api_key_query
                 && let Some(q) = head.uri.query()
             {
+                // Every spelling an upstream framework reads as the same parameter
+                // (`api.key`, `API_KEY`, `api_key[]` …): a second one is a second key.
+                let wanted = portcullis_core::query::fold_name(param);
                 let mut found = None;
                 for (k, v) in form_pairs(q) {
-                    if k == *param {
+                    if portcullis_core::query::fold_name(&k) == wanted {
                         if found.is_some() || creds.api_key.is_some() {
                             return Err(invalid_request("more than one API key"));
                         }
