@@ -142,18 +142,19 @@ impl RateLimiter {
                 Dim::Method => k.push_str(req.head.method.as_str()),
                 Dim::Header(h) => {
                     // Every value, in order: a request cannot pick a budget by repeating it.
-                    // (One value, the usual case, is encoded as it is: no copy.)
+                    // Digested: a header may carry a credential (`x-api-key`,
+                    // `authorization`), which must not become a key name in the store.
                     let mut values = req.head.headers.get_all(h).iter();
                     match (values.next(), values.next()) {
                         (None, _) => {}
-                        (Some(one), None) => push_part(&mut k, one.as_bytes()),
+                        (Some(one), None) => push_digest(&mut k, one.as_bytes()),
                         (Some(first), Some(second)) => {
                             let mut all = first.as_bytes().to_vec();
                             for v in std::iter::once(second).chain(values) {
                                 all.push(b',');
                                 all.extend_from_slice(v.as_bytes());
                             }
-                            push_part(&mut k, &all);
+                            push_digest(&mut k, &all);
                         }
                     }
                 }
@@ -182,7 +183,8 @@ impl RateLimiter {
                     push_part(&mut k, p.credential_id.as_deref()?.as_bytes());
                 }
                 Dim::Tenant => push_part(&mut k, p?.tenant.as_deref()?.as_bytes()),
-                Dim::Claim(c) => push_part(&mut k, p?.claim_text(c)?.as_bytes()),
+                // Digested: a claim may be personal data (`email`).
+                Dim::Claim(c) => push_digest(&mut k, p?.claim_text(c)?.as_bytes()),
             }
         }
         Some(k)
@@ -579,6 +581,19 @@ impl Stage for RateLimitStage {
 /// so that a client cannot make each budget it opens cost kilobytes (a header of 8 KiB).
 const MAX_PART: usize = 128;
 
+/// Appends `#` and the SHA-256 of a dimension value that may be a secret or personal data
+/// (a header, a claim): budget keys are names in the store (Redis `SCAN`, its files,
+/// replicas), where such a value must not be readable. Present or absent, and equal or not,
+/// are all a budget needs.
+fn push_digest(k: &mut String, v: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    k.push('#');
+    for b in ring::digest::digest(&ring::digest::SHA256, v).as_ref() {
+        k.push(char::from(HEX[usize::from(b >> 4)]));
+        k.push(char::from(HEX[usize::from(b & 15)]));
+    }
+}
+
 /// Appends a client-supplied dimension value to a budget key: bytes other than printable
 /// ASCII, and `|` (the separator), `%` and `#`, percent-encoded, so that two different value
 /// lists never make the same key (`a|b` + `c` against `a` + `b|c`) and no invalid UTF-8 is
@@ -586,12 +601,7 @@ const MAX_PART: usize = 128;
 fn push_part(k: &mut String, v: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     if v.len() > MAX_PART {
-        k.push('#');
-        for b in ring::digest::digest(&ring::digest::SHA256, v).as_ref() {
-            k.push(char::from(HEX[usize::from(b >> 4)]));
-            k.push(char::from(HEX[usize::from(b & 15)]));
-        }
-        return;
+        return push_digest(k, v);
     }
     for &b in v {
         if (0x21..=0x7e).contains(&b) && !matches!(b, b'|' | b'%' | b'#') {
@@ -702,8 +712,9 @@ mod tests {
             .and_then(|(_, v)| v.to_str().ok())
     }
 
-    /// A header dimension takes every value, in order: one value is the key part as it is, a
-    /// repeated header is a key of its own (a client cannot pick a budget by repeating it).
+    /// A header dimension takes every value, in order: a repeated header is a key of its own
+    /// (a client cannot pick a budget by repeating it). The values are digested: a header
+    /// may carry a credential, which must not become a name in the store.
     #[test]
     fn header_keys_take_every_value() {
         let clock = Arc::new(ManualClock::new(Duration::from_secs(1_000_000)));
@@ -719,10 +730,19 @@ mod tests {
             }
             rl.key(l, &req, &ctx).unwrap()
         };
-        assert_eq!(key(&["a b"]), "h|a%20b");
-        assert_eq!(key(&["a", "b"]), "h|a,b");
+        let sha = |v: &str| -> String {
+            ring::digest::digest(&ring::digest::SHA256, v.as_bytes())
+                .as_ref()
+                .iter()
+                .map(|b| format!("{b:02X}"))
+                .collect()
+        };
+        assert_eq!(key(&["a b"]), format!("h|#{}", sha("a b")));
+        assert_eq!(key(&["a", "b"]), format!("h|#{}", sha("a,b")));
         assert_ne!(key(&["a", "b"]), key(&["a"]));
         assert_eq!(key(&[]), "h|");
+        assert_ne!(key(&[""]), key(&[]));
+        assert!(!key(&["sk_live_secret"]).contains("secret"));
     }
 
     /// The headers show the limit closest to refusing, each measured against what it can
