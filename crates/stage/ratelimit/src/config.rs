@@ -596,7 +596,7 @@ pub fn compile(raw: &RawRateLimits, e: &mut ConfigErrors) -> RateLimitSettings {
         let Some(base_spec) = spec(l, &value, &vp, e) else {
             continue;
         };
-        let tiers = l
+        let tiers: Vec<(usize, LimitSpec)> = l
             .tiers
             .iter()
             .filter_map(|(t, v)| {
@@ -612,6 +612,21 @@ pub fn compile(raw: &RawRateLimits, e: &mut ConfigErrors) -> RateLimitSettings {
                 Some((idx, tier_spec))
             })
             .collect();
+        // Redis keeps a GCRA budget's time in whole microseconds: a rate whose interval
+        // between requests is shorter would round every charge away and never refuse.
+        if raw.store == StoreKind::Redis {
+            let too_fast = |s: &LimitSpec| match (s.algorithm, s.period) {
+                (Algorithm::Gcra, Period::Fixed(d)) => d.as_nanos() < u128::from(s.limit) * 1000,
+                _ => false,
+            };
+            if too_fast(&base_spec) || tiers.iter().any(|(_, t)| too_fast(t)) {
+                e.push(
+                    &vp,
+                    "with store: redis, a gcra rate allows at most one request per microsecond \
+                     (a million a second): use sliding_window for more",
+                );
+            }
+        }
         let all_pre = key.iter().all(Dim::pre_auth);
         let pre_auth = match l.phase {
             Some(RawPhase::PreAuth) => {
@@ -823,5 +838,31 @@ mod tests {
             }
         }
         assert_eq!(RawRateLimits::default().ipv6_prefix, 64);
+    }
+
+    /// Redis keeps GCRA times in whole microseconds: a faster rate (a tier's too) would never
+    /// refuse there, and is refused at load; locally, or as a sliding window, it is fine.
+    #[test]
+    fn redis_gcra_rates_stay_within_a_request_per_microsecond() {
+        let errors = |yaml: &str| {
+            let raw: RawRateLimits = serde_yaml_ng::from_str(yaml).unwrap();
+            let mut e = ConfigErrors::new();
+            compile(&raw, &mut e);
+            e.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+        };
+        let redis = "store: redis\nredis: { url: \"redis://127.0.0.1:6379\" }\n";
+        let e = errors(&format!(
+            "{redis}tiers: [gold]\nlimits:\n  a: {{ key: [global], rate: 2000000/s }}\n  b: {{ key: [global], rate: 1000000/s }}\n  c: {{ key: [global], rate: 2000000/s, algorithm: sliding_window }}\n  d: {{ key: [global], rate: 10/s, tiers: {{ gold: 3000000/s }} }}\n"
+        ));
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("rate_limits.limits.a.rate: with store: redis"),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with("rate_limits.limits.d.rate: with store: redis"),
+            "{e:?}"
+        );
+        assert!(errors("limits:\n  a: { key: [global], rate: 2000000/s }\n").is_empty());
     }
 }

@@ -341,10 +341,10 @@ impl RateLimiter {
                     .iter()
                     .any(|l| l.on_store_error == OnStoreError::FailClosed)
                 {
-                    tracing::warn!(error = %e, "rate-limit store unavailable: failing closed");
+                    warn_store_down(&e, "rate-limit store unavailable: failing closed");
                     return Err("rate limiting is unavailable");
                 }
-                tracing::warn!(error = %e, "rate-limit store unavailable: counting locally");
+                warn_store_down(&e, "rate-limit store unavailable: counting locally");
                 let share = self
                     .settings
                     .redis
@@ -581,6 +581,54 @@ impl Stage for RateLimitStage {
 /// so that a client cannot make each budget it opens cost kilobytes (a header of 8 KiB).
 const MAX_PART: usize = 128;
 
+/// Logs that the shared store is down at most once every [`STORE_DOWN_LOG_EVERY`] seconds
+/// (per process), with how many requests met it since: every request that finds it down
+/// would otherwise write a line, a log flood at the request rate for as long as it lasts.
+fn warn_store_down(e: &dyn std::fmt::Display, what: &str) {
+    static THROTTLE: LogThrottle = LogThrottle::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if let Some(requests) = THROTTLE.tick(now, STORE_DOWN_LOG_EVERY) {
+        tracing::warn!(error = %e, requests, "{what}");
+    }
+}
+
+/// One line per period: [`LogThrottle::tick`] says when to write one, and for how many
+/// occurrences (those held back since the last line, and this one).
+struct LogThrottle {
+    last: std::sync::atomic::AtomicU64,
+    since: std::sync::atomic::AtomicU64,
+}
+
+impl LogThrottle {
+    const fn new() -> Self {
+        LogThrottle {
+            last: std::sync::atomic::AtomicU64::new(0),
+            since: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn tick(&self, now: u64, every: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let last = self.last.load(Relaxed);
+        if now >= last.saturating_add(every)
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            Some(self.since.swap(0, Relaxed) + 1)
+        } else {
+            self.since.fetch_add(1, Relaxed);
+            None
+        }
+    }
+}
+
+/// Seconds between two lines saying the shared rate-limit store is down.
+const STORE_DOWN_LOG_EVERY: u64 = 10;
+
 /// Appends `#` and the SHA-256 of a dimension value that may be a secret or personal data
 /// (a header, a claim): budget keys are names in the store (Redis `SCAN`, its files,
 /// replicas), where such a value must not be readable. Present or absent, and equal or not,
@@ -710,6 +758,18 @@ mod tests {
             .iter()
             .find(|(n, _)| n.as_str() == name)
             .and_then(|(_, v)| v.to_str().ok())
+    }
+
+    #[test]
+    fn store_down_lines_are_one_per_period_with_the_count() {
+        let t = LogThrottle::new();
+        assert_eq!(t.tick(1_000, 10), Some(1));
+        for now in [1_000, 1_003, 1_009] {
+            assert_eq!(t.tick(now, 10), None);
+        }
+        assert_eq!(t.tick(1_010, 10), Some(4));
+        assert_eq!(t.tick(1_011, 10), None);
+        assert_eq!(t.tick(1_100, 10), Some(2));
     }
 
     /// A header dimension takes every value, in order: a repeated header is a key of its own
