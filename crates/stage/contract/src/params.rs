@@ -590,17 +590,35 @@ fn header(def: &ParamDef, headers: &http::HeaderMap) -> Lookup {
 /// lenient parsers read it). A field that is not visible ASCII, or more than [`MAX_COOKIES`]
 /// cookies, is an error: skipping either would leave a cookie unchecked that the application
 /// may still read.
+///
+/// A value holding a space, tab or comma (none is a cookie-octet, RFC 6265) is also read as
+/// the parsers that split there read it (Python's `SimpleCookie`: `x=1 role=admin` is two
+/// cookies, `role` among them): each `name=value` after such a separator counts as a cookie
+/// too, so that one the application may read is checked (and repeats the one sent apart).
 fn cookies(headers: &http::HeaderMap) -> Result<Vec<(&str, &str)>, String> {
     let mut out = Vec::new();
+    let mut inner = 0;
     for field in headers.get_all(http::header::COOKIE) {
         let text = field
             .to_str()
             .map_err(|_| "the Cookie header must be ASCII text".to_owned())?;
         for (name, value) in text.split(';').filter_map(|c| c.trim().split_once('=')) {
-            if out.len() == MAX_COOKIES {
+            if out.len() - inner == MAX_COOKIES {
                 return Err(format!("too many cookies (more than {MAX_COOKIES})"));
             }
             out.push((name.trim(), value));
+            for (n, v) in value
+                .split([' ', '\t', ','])
+                .skip(1)
+                .filter_map(|seg| seg.split_once('='))
+                .filter(|(n, _)| !n.is_empty())
+            {
+                if inner == MAX_COOKIES {
+                    return Err(format!("too many cookies (more than {MAX_COOKIES})"));
+                }
+                inner += 1;
+                out.push((n, v));
+            }
         }
     }
     Ok(out)
@@ -1461,6 +1479,23 @@ mod tests {
         );
         assert_eq!(
             with_headers(role(), &[("cookie", b"role=user; role =admin")]),
+            Err("must not be repeated".into())
+        );
+        // A value that parsers split at a space or comma hides a cookie of its own: read too.
+        for field in [
+            &b"x=1 role=admin"[..],
+            b"x=1, role=admin",
+            b"x=1\trole=admin",
+        ] {
+            assert_eq!(
+                with_headers(role(), &[("cookie", field)]),
+                Ok(json!("admin")),
+                "{}",
+                String::from_utf8_lossy(field)
+            );
+        }
+        assert_eq!(
+            with_headers(role(), &[("cookie", b"role=user; x=1 role=admin")]),
             Err("must not be repeated".into())
         );
         // Other spellings PHP or a case-insensitive framework read as the name are the cookie
