@@ -228,6 +228,45 @@ async fn actual_requests_carry_cors_headers_only_for_allowed_origins() {
     assert_eq!(up.hits(), 4);
 }
 
+/// HSTS goes where the client's connection is TLS: the gateway's own listener, or a trusted
+/// proxy that terminated TLS and says so (`X-Forwarded-Proto: https`) — never on a client's
+/// own word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsts_follows_a_trusted_proxys_tls() {
+    let routes = "upstreams: { d: { kind: echo } }\nroutes: [ { name: r, match: { prefix: / }, upstream: d, auth: { anonymous: true } } ]\n";
+    let behind = gateway(&format!(
+        "server: {{ trusted_proxies: [127.0.0.1/32] }}\n{routes}"
+    ));
+    let hsts = |r: &Resp| r.header("strict-transport-security").map(str::to_string);
+    let r = call_public(&behind, "GET", "/x", &[("x-forwarded-proto", "https")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        hsts(&r).as_deref(),
+        Some("max-age=31536000; includeSubDomains")
+    );
+    let r = call_public(
+        &behind,
+        "GET",
+        "/x",
+        &[("forwarded", "for=192.0.2.1;proto=https")],
+    )
+    .await;
+    assert!(hsts(&r).is_some());
+    let r = call_public(&behind, "GET", "/x", &[("x-forwarded-proto", "http")]).await;
+    assert_eq!(hsts(&r), None);
+    let r = call_public(&behind, "GET", "/x", &[]).await;
+    assert_eq!(hsts(&r), None);
+    // A problem document too.
+    let r = call_public(&behind, "GET", "/%2F", &[("x-forwarded-proto", "https")]).await;
+    assert_eq!(r.status, 400);
+    assert!(hsts(&r).is_some());
+
+    let direct = gateway(routes);
+    let r = call_public(&direct, "GET", "/x", &[("x-forwarded-proto", "https")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(hsts(&r), None, "a client's own word");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_headers_are_on_every_response_and_internals_are_removed() {
     let (gw, _up) = setup().await;

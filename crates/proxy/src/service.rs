@@ -395,6 +395,9 @@ impl Gateway {
         let mut ctx = RequestCtx::new(conn.peer, conn.scheme, conn.listener.clone());
         ctx.tls = conn.tls.clone();
         ctx.peer_trusted = rt.snapshot.trusted.is_trusted(conn.peer.ip());
+        // Whether the client reached the gateway over TLS: its own listener's, or a trusted
+        // proxy's word (`X-Forwarded-Proto`, `Forwarded: proto=`) — what HSTS is sent on.
+        let client_tls = ctx.client_scheme(&head.headers) == Scheme::Https;
 
         let id_header = config.server.request_id_header.clone();
         let accept_id = match config.server.accept_request_id {
@@ -589,7 +592,7 @@ impl Gateway {
             .route_id()
             .and_then(|id| config.routes.get(id.0))
             .map_or(&config.security_headers, |r| &r.security_headers);
-        let tls = ctx.tls.is_some();
+        let tls = client_tls;
         let deferred = if defer {
             Some(DeferredFields {
                 headers: security.clone(),
