@@ -19,7 +19,11 @@
 //! not resolve.
 //!
 //! An object node is **closed** when the union of its parts' `properties` is not empty and
-//! no part opens it. A part opens it with `additionalProperties` or `unevaluatedProperties`
+//! no part opens it — and, for answers ([`Direction::Response`]), also when no part opens it
+//! and it declares no keys at all while saying something of objects: a part is sealed
+//! (`additionalProperties: false` without properties), or parts give a `type` and none allows
+//! `object` (a `string` property the upstream filled with an object). So what an answer's
+//! schema does not declare never leaves, whatever the upstream put where. A part opens it with `additionalProperties` or `unevaluatedProperties`
 //! other than `false`, with a non-empty `patternProperties`, with `$dynamicRef` /
 //! `$recursiveRef` (not followed), or by being an `anyOf`/`oneOf` alternative that accepts
 //! anything (`true`, `{}`, or a `$ref` to one). A closed object's keys outside the union are
@@ -363,6 +367,11 @@ struct Gathered {
     items: Vec<(String, usize)>,
     read_only: bool,
     write_only: bool,
+    /// A part says `additionalProperties: false` (or `unevaluatedProperties: false`).
+    sealed: bool,
+    /// A part has `type`, and whether any part's `type` allows an object.
+    typed: bool,
+    object_typed: bool,
 }
 
 impl<'r> Compiler<'r> {
@@ -387,7 +396,13 @@ impl<'r> Compiler<'r> {
 
     fn build(&mut self, id: NodeId, list: &[String]) -> Result<(), String> {
         let g = self.gather(list)?;
-        let closed = !g.open && !g.props.is_empty();
+        // An answer's object where the schema declares none of its keys — sealed without
+        // properties, or typed as something else (a `string` the upstream filled with an
+        // object) — keeps none of them: what is not declared never leaves. (A request's such
+        // object is refused by the validator already.)
+        let declares_no_keys =
+            self.direction == Direction::Response && (g.sealed || (g.typed && !g.object_typed));
+        let closed = !g.open && (!g.props.is_empty() || declares_no_keys);
         let forbidden = match self.direction {
             Direction::Request => g.read_only,
             Direction::Response => g.write_only,
@@ -501,9 +516,21 @@ impl<'r> Compiler<'r> {
                     .push(child(ptr, "properties", name));
             }
         }
+        match obj.get("type") {
+            Some(Value::String(t)) => {
+                g.typed = true;
+                g.object_typed |= t == "object";
+            }
+            Some(Value::Array(ts)) => {
+                g.typed = true;
+                g.object_typed |= ts.iter().any(|t| t == "object");
+            }
+            _ => {}
+        }
         for kw in ["additionalProperties", "unevaluatedProperties"] {
             match obj.get(kw) {
-                None | Some(Value::Bool(false)) => {}
+                None => {}
+                Some(Value::Bool(false)) => g.sealed = true,
                 Some(Value::Object(_)) => {
                     g.open = true;
                     g.extra.push(format!("{ptr}/{kw}"));
@@ -774,6 +801,47 @@ mod tests {
             );
             assert_eq!(v, json!({"id": 7, "customer": {"name": "n"}}));
         }
+    }
+
+    /// In an answer, an object where the schema declares none of its keys keeps none: a
+    /// property typed as something else that the upstream filled with an object, an object
+    /// sealed without properties, items typed as scalars. A free-form object (`type: object`
+    /// alone, `{}`, `additionalProperties: true`) keeps everything, as before.
+    #[test]
+    fn answers_keep_no_key_the_schema_does_not_declare_even_in_mistyped_objects() {
+        let root = json!({"s": {"User": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer"},
+                "manager": {"type": "string"},
+                "nick": {"type": ["string", "null"]},
+                "meta": {"type": "object", "additionalProperties": false},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "free": {"type": "object"},
+                "any": {},
+                "open": {"additionalProperties": true}
+            }
+        }}});
+        let t = tree(&root, "/s/User", Direction::Response);
+        let leak = json!({"name": "Bob", "password_hash": "$2b$"});
+        let mut v = json!({
+            "id": 1, "manager": leak, "nick": leak, "meta": leak, "tags": ["a", leak],
+            "free": leak, "any": leak, "open": leak
+        });
+        let mut out = Vec::new();
+        assert_eq!(t.apply(&mut v, Unknown::Strip, "body", &mut out, 8), 8);
+        assert_eq!(
+            v,
+            json!({
+                "id": 1, "manager": {}, "nick": {}, "meta": {}, "tags": ["a", {}],
+                "free": leak, "any": leak, "open": leak
+            })
+        );
+        // A request's tree is as it was: the validator refuses such objects there.
+        let t = tree(&root, "/s/User", Direction::Request);
+        let mut v = json!({"manager": leak});
+        let mut out = Vec::new();
+        assert_eq!(t.apply(&mut v, Unknown::Strip, "body", &mut out, 8), 0);
     }
 
     #[test]
