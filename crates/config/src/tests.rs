@@ -1746,3 +1746,37 @@ fn head_follows_gets_action_unless_mapped() {
     let head_first = "authz: { actions: { HEAD: peek, GET: list } }\n";
     assert_eq!(action_of(head_first, http::Method::HEAD), "peek");
 }
+
+/// A route naming an issuer twice over (`jwt` and `jwt:a`) has one issuer, not two sharing an
+/// `iss`; the API key's query parameter must be written as frameworks read it (it is read
+/// under every spelling that folds to it).
+#[test]
+fn route_auth_names_issuers_and_the_api_key_parameter_plainly() {
+    let base = r#"auth:
+  api_keys: { keys: [ { hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000", client_id: x } ] }
+  jwt:
+    a: { issuer: "https://a", jwks_url: "https://a/jwks", algorithms: [ES256] }
+    b: { issuer: "https://b", jwks_url: "https://b/jwks", algorithms: [ES256] }
+upstreams: { d: { kind: echo } }
+routes:
+"#;
+    let e = errs(&format!(
+        "{base}  - {{ name: r, match: {{ prefix: / }}, upstream: d, auth: {{ methods: [jwt, \"jwt:a\"] }} }}\n"
+    ));
+    assert!(e.is_empty(), "{e:#?}");
+    for (name, ok) in [
+        ("api_key", true),
+        ("auth[key]", false),
+        ("API_KEY", false),
+        ("api.key", false),
+        ("", false),
+    ] {
+        let e = errs(&format!(
+            "{base}  - {{ name: r, match: {{ prefix: / }}, upstream: d, auth: {{ methods: [api_key], api_key_query: \"{name}\" }} }}\n"
+        ));
+        assert_eq!(e.is_empty(), ok, "{name}: {e:#?}");
+        if !ok {
+            assert!(e[0].starts_with("routes[0].auth.api_key_query: "), "{e:#?}");
+        }
+    }
+}

@@ -1491,7 +1491,7 @@ pub fn compile_route(
     }
     // A token is matched to the route's first issuer with its `iss`: a second one with the
     // same `iss` would never verify a token here (its audiences, keys or algorithms unused).
-    let jwt: Vec<usize> = methods
+    let mut jwt: Vec<usize> = methods
         .iter()
         .filter_map(|m| match m {
             Method::Jwt(ix) => Some(ix.iter().copied()),
@@ -1499,6 +1499,9 @@ pub fn compile_route(
         })
         .flatten()
         .collect();
+    // (`[jwt, jwt:a]` names `a` twice: the same issuer, not two with one `iss`.)
+    jwt.sort_unstable();
+    jwt.dedup();
     for (n, &a) in jwt.iter().enumerate() {
         if let Some(&b) = jwt[..n]
             .iter()
@@ -1517,6 +1520,21 @@ pub fn compile_route(
     }
     if r.api_key_query.is_some() && !methods.contains(&Method::ApiKey) {
         e.push(format!("{p}.api_key_query"), "needs the api_key method");
+    }
+    // The parameter is read under every spelling frameworks fold to its name: the name must
+    // be its own folded form (lower case, no `.`, space or brackets), or it would stand for
+    // another one (`auth[key]` is `auth`).
+    if let Some(q) = &r.api_key_query
+        && (q.is_empty() || portcullis_core::query::fold_name(q) != *q)
+    {
+        e.push(
+            format!("{p}.api_key_query"),
+            format!(
+                "\"{q}\": a parameter name as frameworks read it (lower case; no '.', space, \
+                 '[' or ']'): \"{}\"",
+                portcullis_core::query::fold_name(q)
+            ),
+        );
     }
     let mut spiffe_paths = Vec::new();
     for (i, s) in r.mtls.spiffe_paths.iter().enumerate() {

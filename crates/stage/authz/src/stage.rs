@@ -226,6 +226,22 @@ impl Authz {
         strong && facts.age(now).is_some_and(|a| a <= max_age)
     }
 
+    /// Whether the caller's login is strong and fresh by the gateway-wide risk settings (its
+    /// `strong_acr` / `strong_amr` and `max_auth_age`), whatever a route asks.
+    fn strong_everywhere(&self, p: &Principal, now: u64) -> bool {
+        if p.method == AuthMethod::Mtls {
+            return true;
+        }
+        if !matches!(p.method, AuthMethod::Jwt | AuthMethod::Introspection) {
+            return false;
+        }
+        let facts = AuthFacts::of(p);
+        facts.strong(&self.settings.risk)
+            && facts
+                .age(now)
+                .is_some_and(|a| a <= self.settings.risk.max_auth_age.as_secs())
+    }
+
     /// Everything but the external policy server.
     fn evaluate_sync(
         &self,
@@ -612,10 +628,12 @@ impl Authz {
                 });
             }
         }
-        // Remembered only where the route's own risk rule was met: a device the client names
-        // on a lenient route must not count as known on a strict one.
+        // Remembered only where a route's own risk rule was met by a login that is strong and
+        // fresh by the gateway-wide rule too: a device the client names on a lenient route (or
+        // one whose rule asks less) must not count as known on a strict one.
         if stepped_up
             && route.risk.is_some()
+            && self.strong_everywhere(p, unix_now())
             && let (Some(s), Some(d)) = (
                 p.subject.as_deref(),
                 risk::device(&self.settings.risk, headers),

@@ -592,9 +592,10 @@ fn header(def: &ParamDef, headers: &http::HeaderMap) -> Lookup {
 /// may still read.
 ///
 /// A value holding a space, tab or comma (none is a cookie-octet, RFC 6265) is also read as
-/// the parsers that split there read it (Python's `SimpleCookie`: `x=1 role=admin` is two
-/// cookies, `role` among them): each `name=value` after such a separator counts as a cookie
-/// too, so that one the application may read is checked (and repeats the one sent apart).
+/// the parsers that split there read it (Python's `SimpleCookie` at a space: `x=1 role=admin`
+/// is two cookies, `role` among them; Tomcat's legacy parser and Jetty also at a comma): each
+/// `name=value` after such a separator in an unquoted value counts as a cookie too, so that
+/// one the application may read is checked (and repeats the one sent apart).
 fn cookies(headers: &http::HeaderMap) -> Result<Vec<(&str, &str)>, String> {
     let mut out = Vec::new();
     let mut inner = 0;
@@ -607,8 +608,11 @@ fn cookies(headers: &http::HeaderMap) -> Result<Vec<(&str, &str)>, String> {
                 return Err(format!("too many cookies (more than {MAX_COOKIES})"));
             }
             out.push((name.trim(), value));
+            // (A quoted value is one value to those parsers too.)
+            let unquoted = !value.trim_start().starts_with('"');
             for (n, v) in value
                 .split([' ', '\t', ','])
+                .filter(|_| unquoted)
                 .skip(1)
                 .filter_map(|seg| seg.split_once('='))
                 .filter(|(n, _)| !n.is_empty())
@@ -1498,6 +1502,19 @@ mod tests {
             with_headers(role(), &[("cookie", b"role=user; x=1 role=admin")]),
             Err("must not be repeated".into())
         );
+        // A quoted value is one value; common cookies hide nothing.
+        for field in [
+            &b"x=\"a, role=b\"; role=user"[..],
+            b"_ga=GA1.2.123.456; role=user",
+            b"s=YWJj==; role=user",
+        ] {
+            assert_eq!(
+                with_headers(role(), &[("cookie", field)]),
+                Ok(json!("user")),
+                "{}",
+                String::from_utf8_lossy(field)
+            );
+        }
         // Other spellings PHP or a case-insensitive framework read as the name are the cookie
         // too (PHP keeps the first of two: the one the gateway must not leave unchecked).
         for field in [&b"ROLE=admin"[..], b"%72ole=admin", b"role[]=admin"] {

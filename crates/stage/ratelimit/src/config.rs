@@ -619,12 +619,15 @@ pub fn compile(raw: &RawRateLimits, e: &mut ConfigErrors) -> RateLimitSettings {
                 (Algorithm::Gcra, Period::Fixed(d)) => d.as_nanos() < u128::from(s.limit) * 1000,
                 _ => false,
             };
-            if too_fast(&base_spec) || tiers.iter().any(|(_, t)| too_fast(t)) {
-                e.push(
-                    &vp,
-                    "with store: redis, a gcra rate allows at most one request per microsecond \
-                     (a million a second): use sliding_window for more",
-                );
+            const TOO_FAST: &str = "with store: redis, a gcra rate allows at most one request \
+                 per microsecond (a million a second): use sliding_window for more";
+            if too_fast(&base_spec) {
+                e.push(&vp, TOO_FAST);
+            }
+            for (t, _) in l.tiers.iter().filter(|(_, v)| {
+                spec(l, v, "", &mut ConfigErrors::new()).is_some_and(|s| too_fast(&s))
+            }) {
+                e.push(format!("{lp}.tiers.{t}"), TOO_FAST);
             }
         }
         let all_pre = key.iter().all(Dim::pre_auth);
@@ -860,7 +863,7 @@ mod tests {
             "{e:?}"
         );
         assert!(
-            e[1].starts_with("rate_limits.limits.d.rate: with store: redis"),
+            e[1].starts_with("rate_limits.limits.d.tiers.gold: with store: redis"),
             "{e:?}"
         );
         assert!(errors("limits:\n  a: { key: [global], rate: 2000000/s }\n").is_empty());

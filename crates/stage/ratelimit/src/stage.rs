@@ -146,7 +146,8 @@ impl RateLimiter {
                     // `authorization`), which must not become a key name in the store.
                     let mut values = req.head.headers.get_all(h).iter();
                     match (values.next(), values.next()) {
-                        (None, _) => {}
+                        // Absent is the empty value: one budget, not two.
+                        (None, _) => push_digest(&mut k, b""),
                         (Some(one), None) => push_digest(&mut k, one.as_bytes()),
                         (Some(first), Some(second)) => {
                             let mut all = first.as_bytes().to_vec();
@@ -586,9 +587,14 @@ const MAX_PART: usize = 128;
 /// would otherwise write a line, a log flood at the request rate for as long as it lasts.
 fn warn_store_down(e: &dyn std::fmt::Display, what: &str) {
     static THROTTLE: LogThrottle = LogThrottle::new();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    // Monotonic (a wall clock set back would silence it), and a period past the start so
+    // that the first one logs.
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs()
+        + STORE_DOWN_LOG_EVERY;
     if let Some(requests) = THROTTLE.tick(now, STORE_DOWN_LOG_EVERY) {
         tracing::warn!(error = %e, requests, "{what}");
     }
@@ -800,8 +806,9 @@ mod tests {
         assert_eq!(key(&["a b"]), format!("h|#{}", sha("a b")));
         assert_eq!(key(&["a", "b"]), format!("h|#{}", sha("a,b")));
         assert_ne!(key(&["a", "b"]), key(&["a"]));
-        assert_eq!(key(&[]), "h|");
-        assert_ne!(key(&[""]), key(&[]));
+        // Absent is the empty value.
+        assert_eq!(key(&[]), format!("h|#{}", sha("")));
+        assert_eq!(key(&[""]), key(&[]));
         assert!(!key(&["sk_live_secret"]).contains("secret"));
     }
 
