@@ -766,6 +766,30 @@ mod tests {
             .and_then(|(_, v)| v.to_str().ok())
     }
 
+    /// A claim may be personal data: it enters the key as its digest, never as written.
+    #[test]
+    fn claim_keys_are_digests() {
+        let clock = Arc::new(ManualClock::new(Duration::from_secs(1_000_000)));
+        let rl = limiter(
+            "limits:\n  c: { key: [claim:email], rate: 10/minute }\n",
+            clock,
+        );
+        let l = &rl.settings.limits[0];
+        let key = |email: &str| {
+            let (req, mut ctx) = request(None, "c");
+            let mut p = (**ctx.principal.as_ref().unwrap()).clone();
+            let mut claims = serde_json::Map::new();
+            claims.insert("email".into(), serde_json::json!(email));
+            p.claims = Arc::new(claims);
+            ctx.principal = Some(Arc::new(p));
+            rl.key(l, &req, &ctx).unwrap()
+        };
+        let a = key("jo@example.com");
+        assert!(a.starts_with("c|#") && !a.contains("example"), "{a}");
+        assert_eq!(a, key("jo@example.com"));
+        assert_ne!(a, key("al@example.com"));
+    }
+
     #[test]
     fn store_down_lines_are_one_per_period_with_the_count() {
         let t = LogThrottle::new();
