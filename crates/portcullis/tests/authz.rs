@@ -198,6 +198,11 @@ routes:
     upstream: app
     auth: {{ methods: [jwt] }}
     authz: {{ allow: any-authenticated, risk: {{ step_up: 40, deny: 70, acr_values: [urn:mfa], max_age: 10m }} }}
+  - name: lenient-risk
+    match: {{ prefix: /lenient-risk }}
+    upstream: app
+    auth: {{ methods: [jwt] }}
+    authz: {{ allow: any-authenticated, risk: {{ step_up: 90, deny: 100, acr_values: [urn:pwd], max_age: 10m }} }}
   - name: rego-bad
     match: {{ prefix: /rego-bad }}
     upstream: app
@@ -1173,6 +1178,32 @@ async fn risk_steps_up_then_denies_and_a_step_up_clears_it() {
     let v = assert_problem(&r, 401, "step_up_required");
     let ev = audit_of(&e.gw, v["request_id"].as_str().unwrap());
     assert_eq!(ev["authz"]["risk"], 60, "{ev}");
+    assert!(
+        ev["authz"]["risk_signals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "new_device"),
+        "{ev}"
+    );
+
+    // Nor does a route whose risk rule asks for less (a password login) than the gateway-wide
+    // strong list: that login stepped up there, but the device stays new elsewhere.
+    let fresh_pwd = e.token(json!({"acr": "urn:pwd", "auth_time": now() - 5}));
+    let r = e
+        .call(
+            "GET",
+            "/lenient-risk",
+            &fresh_pwd,
+            &[("x-device-id", "tablet-9")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = e
+        .call("GET", "/risky", &weak, &[("x-device-id", "tablet-9")])
+        .await;
+    let v = assert_problem(&r, 401, "step_up_required");
+    let ev = audit_of(&e.gw, v["request_id"].as_str().unwrap());
     assert!(
         ev["authz"]["risk_signals"]
             .as_array()
