@@ -1165,6 +1165,24 @@ async fn risk_steps_up_then_denies_and_a_step_up_clears_it() {
     let ev = e.refused(&r, 403, "forbidden", "risk");
     assert_eq!(ev["authz"]["risk"], 90, "{ev}");
 
+    // The weak login's audit event on the risky route, from a device.
+    let on_risky = |device: &'static str| {
+        let (e, weak) = (&e, &weak);
+        async move {
+            let r = e
+                .call("GET", "/risky", weak, &[("x-device-id", device)])
+                .await;
+            let v = assert_problem(&r, 401, "step_up_required");
+            audit_of(&e.gw, v["request_id"].as_str().unwrap())
+        }
+    };
+    let is_new = |ev: &serde_json::Value| {
+        ev["authz"]["risk_signals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "new_device")
+    };
     // A strong, fresh token on a route without a risk rule remembers no device: the client
     // names it, and that route asked for nothing. On the risky route it is still new.
     let strong = e.token(json!({"acr": "urn:mfa", "auth_time": now() - 5, "scope": "read:orders"}));
@@ -1172,20 +1190,9 @@ async fn risk_steps_up_then_denies_and_a_step_up_clears_it() {
         .call("GET", "/any", &strong, &[("x-device-id", "tablet-9")])
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = e
-        .call("GET", "/risky", &weak, &[("x-device-id", "tablet-9")])
-        .await;
-    let v = assert_problem(&r, 401, "step_up_required");
-    let ev = audit_of(&e.gw, v["request_id"].as_str().unwrap());
+    let ev = on_risky("tablet-9").await;
     assert_eq!(ev["authz"]["risk"], 60, "{ev}");
-    assert!(
-        ev["authz"]["risk_signals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s == "new_device"),
-        "{ev}"
-    );
+    assert!(is_new(&ev), "{ev}");
 
     // Nor does a route whose risk rule asks for less (a password login) than the gateway-wide
     // strong list: that login stepped up there, but the device stays new elsewhere.
@@ -1199,19 +1206,8 @@ async fn risk_steps_up_then_denies_and_a_step_up_clears_it() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = e
-        .call("GET", "/risky", &weak, &[("x-device-id", "tablet-9")])
-        .await;
-    let v = assert_problem(&r, 401, "step_up_required");
-    let ev = audit_of(&e.gw, v["request_id"].as_str().unwrap());
-    assert!(
-        ev["authz"]["risk_signals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s == "new_device"),
-        "{ev}"
-    );
+    let ev = on_risky("tablet-9").await;
+    assert!(is_new(&ev), "{ev}");
 
     // After a step-up (strong and fresh) on the risky route the device is remembered …
     let r = e
@@ -1220,20 +1216,9 @@ async fn risk_steps_up_then_denies_and_a_step_up_clears_it() {
     assert_eq!(r.status, 200, "{}", r.text());
     // … so a later, merely fresh-enough password session on it scores lower: auth_age and
     // weak authentication only (40) — still a step-up, but no new-device signal.
-    let later = e.token(json!({"acr": "urn:pwd", "auth_time": now() - 86_400}));
-    let r = e
-        .call("GET", "/risky", &later, &[("x-device-id", "laptop-1")])
-        .await;
-    let v = assert_problem(&r, 401, "step_up_required");
-    let ev = audit_of(&e.gw, v["request_id"].as_str().unwrap());
+    let ev = on_risky("laptop-1").await;
     assert_eq!(ev["authz"]["risk"], 40, "{ev}");
-    assert!(
-        !ev["authz"]["risk_signals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s == "new_device")
-    );
+    assert!(!is_new(&ev), "{ev}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
