@@ -97,6 +97,10 @@ struct Node {
     forbidden: bool,
     /// Some property of this node is `forbidden`.
     has_forbidden: bool,
+    /// A request's object with declared properties: a key that is another spelling of one
+    /// (`AGE` beside `age`) is reported, whatever the unknown-field policy, as
+    /// case-insensitive binders (ASP.NET Core, Jackson so configured) read it as the field.
+    case_checked: bool,
     /// Walking a value with this node can report or change something.
     active: bool,
 }
@@ -188,12 +192,19 @@ impl FieldTree {
                         None if node.has_forbidden && self.forbidden_in_other_case(node, k) => {
                             forbidden()
                         }
+                        // (A closed object strips or refuses it as unknown already.)
+                        None if !check_unknown
+                            && node.case_checked
+                            && declared_in_other_case(node, k) =>
+                        {
+                            Verdict::Report("another spelling of a declared field")
+                        }
                         None if !check_unknown => Verdict::Keep,
                         None if unknown == Unknown::Strip => Verdict::Remove,
                         None => Verdict::Report("unknown field"),
                     };
                     // Scanning first spares the common case (nothing to do) a `retain`.
-                    if (check_unknown || node.has_forbidden)
+                    if (check_unknown || node.has_forbidden || node.case_checked)
                         && map.keys().any(|k| !matches!(verdict(k), Verdict::Keep))
                     {
                         map.retain(|k, _| match verdict(k) {
@@ -266,6 +277,15 @@ impl FieldTree {
     }
 }
 
+/// Whether `key` is not a property of `node` but one in another case.
+fn declared_in_other_case(node: &Node, key: &str) -> bool {
+    node.props.iter().any(|(name, _)| {
+        name.chars()
+            .flat_map(char::to_lowercase)
+            .eq(key.chars().flat_map(char::to_lowercase))
+    })
+}
+
 impl Node {
     fn prop(&self, name: &str) -> Option<NodeId> {
         self.props
@@ -329,7 +349,7 @@ fn mark_active(nodes: &mut [Node]) {
                 p.push(id as NodeId);
             }
         }
-        if n.closed || n.has_forbidden {
+        if n.closed || n.has_forbidden || n.case_checked {
             work.push(id as NodeId);
         }
     }
@@ -434,6 +454,7 @@ impl<'r> Compiler<'r> {
         } else {
             Some(self.intern(g.items.into_iter().map(|(l, _)| l).collect())?)
         };
+        let case_checked = self.direction == Direction::Request && !props.is_empty();
         let node = Node {
             closed,
             props: props.into_boxed_slice(),
@@ -442,6 +463,7 @@ impl<'r> Compiler<'r> {
             items,
             forbidden,
             has_forbidden: false,
+            case_checked,
             active: false,
         };
         if let Some(slot) = self.nodes.get_mut(id as usize) {
@@ -745,6 +767,45 @@ mod tests {
         let mut v = body.clone();
         assert_eq!(run(&t, &mut v, Unknown::Allow), (0, vec![]));
         assert_eq!(v, body);
+    }
+
+    /// A request's key that is another spelling of a declared property (a case-insensitive
+    /// binder reads `AGE` as `age`, unchecked) is reported wherever unknown keys pass: in an
+    /// open object, or under `Unknown::Allow`. A closed object refuses or strips it as
+    /// unknown, as before; answers are not concerned.
+    #[test]
+    fn other_case_spellings_of_declared_fields_in_requests() {
+        let root = json!({"s": {
+            "Open": {"type": "object", "additionalProperties": true,
+                     "properties": {"age": {"type": "integer"}, "inner": {"$ref": "#/s/Closed"}}},
+            "Closed": {"type": "object", "properties": {"age": {"type": "integer"}}}
+        }});
+        let t = tree(&root, "/s/Open", Direction::Request);
+        let mut v = json!({"age": 30, "AGE": -5, "other": 1, "inner": {"age": 1, "Age": 2}});
+        assert_eq!(
+            run(&t, &mut v, Unknown::Reject),
+            (
+                0,
+                vec![
+                    "body:/AGE: another spelling of a declared field".to_owned(),
+                    "body:/inner/Age: unknown field".to_owned()
+                ]
+            )
+        );
+        let mut v = json!({"inner": {"age": 1, "Age": 2}});
+        assert_eq!(
+            run(&t, &mut v, Unknown::Allow),
+            (
+                0,
+                vec!["body:/inner/Age: another spelling of a declared field".to_owned()]
+            )
+        );
+        let mut v = json!({"inner": {"age": 1, "Age": 2}});
+        assert_eq!(run(&t, &mut v, Unknown::Strip), (1, vec![]));
+        assert_eq!(v, json!({"inner": {"age": 1}}));
+        let t = tree(&root, "/s/Open", Direction::Response);
+        let mut v = json!({"age": 30, "AGE": -5});
+        assert_eq!(run(&t, &mut v, Unknown::Allow), (0, vec![]));
     }
 
     #[test]
