@@ -32,7 +32,6 @@ use crate::redis::{RedisSettings, RedisStore};
 pub struct RateLimitState {
     clock: Arc<dyn Clock>,
     local: Mutex<Option<(usize, Arc<LocalStore>)>>,
-    fallback: Arc<LocalStore>,
     redis: Mutex<Option<(String, Arc<RedisStore>)>>,
     adaptive: Mutex<Option<(String, Arc<Adaptive>)>>,
 }
@@ -44,7 +43,6 @@ impl RateLimitState {
 
     pub fn with_clock(clock: Arc<dyn Clock>) -> Arc<RateLimitState> {
         Arc::new(RateLimitState {
-            fallback: Arc::new(LocalStore::new(100_000, clock.clone())),
             clock,
             local: Mutex::new(None),
             redis: Mutex::new(None),
@@ -156,11 +154,14 @@ impl RateLimitState {
         if settings.adaptive.is_none() {
             *self.adaptive.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
+        // With Redis the in-memory store counts only what falls back to it (and concurrency):
+        // one store, sized by `max_keys`, whose keys and evictions the metrics already show.
+        let local = self.local(settings.max_keys);
         Ok(Arc::new(RateLimiter {
             settings: settings.clone(),
             routes,
-            local: self.local(settings.max_keys),
-            fallback: self.fallback.clone(),
+            fallback: local.clone(),
+            local,
             redis,
             adaptive,
         }))

@@ -766,6 +766,18 @@ mod tests {
             .and_then(|(_, v)| v.to_str().ok())
     }
 
+    /// While Redis is down, budgets fall back to the in-memory store the configuration sizes
+    /// (`max_keys`), whose budgets and evictions the metrics read: not a store of their own.
+    #[test]
+    fn the_redis_fallback_is_the_sized_in_memory_store() {
+        let clock = Arc::new(ManualClock::new(Duration::from_secs(1_000_000)));
+        let rl = limiter(
+            "store: redis\nredis: { url: \"redis://127.0.0.1:1\" }\nmax_keys: 1234\nlimits:\n  a: { key: [client_ip], rate: 10/minute }\n",
+            clock,
+        );
+        assert!(Arc::ptr_eq(&rl.fallback, &rl.local));
+    }
+
     /// A claim may be personal data: it enters the key as its digest, never as written.
     #[test]
     fn claim_keys_are_digests() {
