@@ -51,7 +51,7 @@ impl Extensions {
     pub(crate) fn agreed<'a>(values: impl Iterator<Item = &'a [u8]>) -> Self {
         let mut agreed = Extensions::None;
         for value in values {
-            for ext in value.split(|&b| b == b',') {
+            for ext in list_items(value) {
                 let name = ext.split(|&b| b == b';').next().unwrap_or_default();
                 match name.trim_ascii() {
                     b"" => {}
@@ -66,6 +66,26 @@ impl Extensions {
         }
         agreed
     }
+}
+
+/// The items of a comma-separated header list (RFC 9110 §5.6.1), a comma inside a quoted
+/// string (a parameter's value, RFC 6455 §9.1) not ending one. An unclosed quote runs to the
+/// end.
+fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut quoted = false;
+    let mut escaped = false;
+    value.split(move |&b| {
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        } else if b == b',' && !quoted {
+            return true;
+        }
+        false
+    })
 }
 
 /// Follows the frames a client sends: their headers, and how much of each message has gone by.
@@ -643,6 +663,15 @@ mod tests {
         assert_eq!(agreed(&["permessage-deflate, x-webkit"]), Extensions::Other);
         assert_eq!(
             agreed(&["permessage-deflate", "x-other; a=1"]),
+            Extensions::Other
+        );
+        // A comma inside a quoted parameter value does not start another extension.
+        assert_eq!(
+            agreed(&[r#"permessage-deflate; x="a, b\", c", , "#]),
+            Extensions::Deflate
+        );
+        assert_eq!(
+            agreed(&[r#"permessage-deflate; x="a", x-other"#]),
             Extensions::Other
         );
     }
