@@ -424,7 +424,7 @@ routes:
         r#"
 upstreams: { tx: { kind: token_exchange } }
 auth:
-  jwt: { a: { issuer: https://a.test, hmac_secret: { value: "0123456789abcdef0123456789abcdef" }, algorithms: [HS256] } }
+  jwt: { a: { issuer: https://a.test, hmac_secret: { value: "0123456789abcdef0123456789abcdef" }, algorithms: [HS256], audiences: [https://gw.test] } }
 token_exchange:
   jwt_issuers: [a]
   audiences: { orders: {}, billing: { ttl: 30s } }
@@ -454,7 +454,7 @@ routes:
             r#"
 upstreams: {{ tx: {{ kind: token_exchange }}, d: {{ kind: echo }} }}
 auth:
-  jwt: {{ a: {{ issuer: https://a.test, hmac_secret: {{ value: "0123456789abcdef0123456789abcdef" }}, algorithms: [HS256] }} }}
+  jwt: {{ a: {{ issuer: https://a.test, hmac_secret: {{ value: "0123456789abcdef0123456789abcdef" }}, algorithms: [HS256], audiences: [https://gw.test] }} }}
 token_exchange:
   jwt_issuers: [a]
   audiences: {{ orders: {{}}, billing: {{}} }}

@@ -14,7 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
 use common::*;
 use portcullis_jose::{Alg, Signer};
-use portcullis_test_support::idp::JWT_AUDIENCE;
+use portcullis_test_support::idp::{JWT_AUDIENCE, OPAQUE_AUDIENCE};
 use serde_json::{Map, Value, json};
 
 const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -72,11 +72,14 @@ fn jwks_of(s: &Signer) -> String {
     json!({ "keys": [s.public_jwk()] }).to_string()
 }
 
-/// A token of a local issuer (`AGENTS` or `UNTRUSTED`), valid ten minutes unless `extra` says
-/// otherwise (a `null` removes a claim).
+/// The audience the local issuers' tokens name the gateway's token endpoint by.
+const EXCHANGE_AUD: &str = "https://gateway.test/token";
+
+/// A token of a local issuer (`AGENTS` or `UNTRUSTED`) for [`EXCHANGE_AUD`], valid ten minutes
+/// unless `extra` says otherwise (a `null` removes a claim).
 fn local_token(signer: &Signer, iss: &str, sub: &str, extra: Value) -> String {
     let mut c: Map<String, Value> = json!({
-        "iss": iss, "sub": sub, "scope": "read:orders write:orders",
+        "iss": iss, "aud": EXCHANGE_AUD, "sub": sub, "scope": "read:orders write:orders",
         "iat": now(), "exp": now() + 600, "jti": format!("{sub}-{}", fastrand_id()),
     })
     .as_object()
@@ -124,14 +127,15 @@ upstreams: {{ tx: {{ kind: token_exchange }}, app: {{ kind: echo }} }}
 auth:
   jwt:
     idp: {{ issuer: "{iss}", discovery: true, algorithms: [RS256], audiences: ["{aud}"], typ: at+jwt }}
-    agents: {{ issuer: "{AGENTS}", jwks_file: agents.jwks.json, algorithms: [EdDSA] }}
-    untrusted: {{ issuer: "{UNTRUSTED}", jwks_file: untrusted.jwks.json, algorithms: [EdDSA] }}
+    agents: {{ issuer: "{AGENTS}", jwks_file: agents.jwks.json, algorithms: [EdDSA], audiences: ["{EXCHANGE_AUD}"] }}
+    untrusted: {{ issuer: "{UNTRUSTED}", jwks_file: untrusted.jwks.json, algorithms: [EdDSA], audiences: ["{EXCHANGE_AUD}"] }}
   introspection:
     idp:
       endpoint: "{iss}/token/introspection"
       client_id: gateway
       client_secret: {{ value: gateway-secret }}
       issuer: "{iss}"
+      audiences: ["{OPAQUE_AUDIENCE}"]
   internal_token: {{ issuer: gw.test }}
 token_exchange:
   jwt_issuers: [idp, agents]
@@ -370,7 +374,7 @@ async fn delegation_with_an_actor_token_nests_prior_actors_and_honours_may_act()
     );
     let c = claims_of(v["access_token"].as_str().unwrap());
     assert_eq!(c["sub"], "gw-client");
-    assert_eq!(c["act"], json!({"sub": "agent-7"}));
+    assert_eq!(c["act"], json!({"sub": "agent-7", "iss": AGENTS}));
 
     // A subject that is already delegated: the new actor wraps the prior one.
     let delegated = local_token(&s.agents, AGENTS, "alice", json!({"act": {"sub": "svc-a"}}));
@@ -386,7 +390,10 @@ async fn delegation_with_an_actor_token_nests_prior_actors_and_honours_may_act()
     );
     let c = claims_of(v["access_token"].as_str().unwrap());
     assert_eq!(c["sub"], "alice");
-    assert_eq!(c["act"], json!({"sub": "agent-7", "act": {"sub": "svc-a"}}));
+    assert_eq!(
+        c["act"],
+        json!({"sub": "agent-7", "iss": AGENTS, "act": {"sub": "svc-a"}})
+    );
 
     // may_act names who may act for the subject.
     let only_7 = local_token(
@@ -499,7 +506,7 @@ async fn a_subject_naming_its_actors_is_not_exchanged_without_one() {
     );
     let c = claims_of(v["access_token"].as_str().unwrap());
     assert_eq!(c["sub"], "bob");
-    assert_eq!(c["act"], json!({"sub": "agent-7"}));
+    assert_eq!(c["act"], json!({"sub": "agent-7", "iss": AGENTS}));
     // A subject without may_act still needs no actor.
     let plain = local_token(&s.agents, AGENTS, "dave", json!({}));
     issued(
@@ -510,6 +517,56 @@ async fn a_subject_naming_its_actors_is_not_exchanged_without_one() {
         ])
         .await,
     );
+    // A `sub` is unique only within its issuer: without `iss`, `may_act` admits only an actor
+    // of the subject token's own issuer, not the provider's client of the same name.
+    let idp_actor = s.idp.jwt_token("read:orders").await;
+    let idp_sub = claims_of(&idp_actor)["sub"].as_str().unwrap().to_string();
+    async fn exchange_with_actor(s: &Setup, actor: &str, may: Value) -> Resp {
+        let subject = local_token(&s.agents, AGENTS, "erin", json!({ "may_act": may }));
+        s.exchange(&[
+            ("subject_token", &subject),
+            ("subject_token_type", JWT),
+            ("actor_token", actor),
+            ("actor_token_type", JWT),
+            ("audience", "orders-api"),
+        ])
+        .await
+    }
+    refused(&exchange_with_actor(&s, &idp_actor, json!({ "sub": idp_sub })).await);
+    let named = json!({ "sub": idp_sub, "iss": s.idp.issuer() });
+    let v = issued(&exchange_with_actor(&s, &idp_actor, named).await);
+    let c = claims_of(v["access_token"].as_str().unwrap());
+    assert_eq!(c["act"], json!({ "sub": idp_sub, "iss": s.idp.issuer() }));
+
+    // A token its issuer minted for another party (the exchange requires the trusted issuers'
+    // audiences) is neither a subject nor an actor here.
+    let elsewhere = local_token(
+        &s.agents,
+        AGENTS,
+        "dave",
+        json!({"aud": "https://third-party.test"}),
+    );
+    for (token, ty) in [
+        ("subject", "subject_token_type"),
+        ("actor", "actor_token_type"),
+    ] {
+        let (subject, actor) = if token == "subject" {
+            (elsewhere.as_str(), None)
+        } else {
+            (plain.as_str(), Some(elsewhere.as_str()))
+        };
+        let mut form = vec![
+            ("subject_token", subject),
+            ("subject_token_type", JWT),
+            ("audience", "orders-api"),
+        ];
+        if let Some(a) = actor {
+            form.extend([("actor_token", a), (ty, JWT)]);
+        }
+        let r = s.exchange(&form).await;
+        oauth_error(&r, 400, "invalid_request");
+        assert_eq!(s.audit_reason(&r), "wrong_audience", "{token}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -934,7 +991,7 @@ async fn clients_authenticate_with_a_verified_certificate() {
 admin: {{ address: "127.0.0.1:0" }}
 upstreams: {{ tx: {{ kind: token_exchange }} }}
 auth:
-  jwt: {{ agents: {{ issuer: "{AGENTS}", jwks_file: agents.jwks.json, algorithms: [EdDSA] }} }}
+  jwt: {{ agents: {{ issuer: "{AGENTS}", jwks_file: agents.jwks.json, algorithms: [EdDSA], audiences: ["{EXCHANGE_AUD}"] }} }}
 token_exchange:
   jwt_issuers: [agents]
   audiences: {{ orders-api: {{}} }}
@@ -1078,6 +1135,7 @@ routes:
     for want in [
         "upstreams.tx.targets",
         "token_exchange.jwt_issuers[1]: unknown auth.jwt issuer \"nope\"",
+        "token_exchange.jwt_issuers[0]: auth.jwt.a has no audiences",
         "token_exchange.introspection[0]",
         "token_exchange.ttl: must be greater than 0",
         "token_exchange.audiences.orders.resources[0]",
@@ -1145,7 +1203,7 @@ admin: {{ address: "127.0.0.1:0" }}
 upstreams: {{ tx: {{ kind: token_exchange }} }}
 auth:
   jwt:
-    agents: {{ issuer: "{AGENTS}", jwks_file: agents.jwks.json, algorithms: [EdDSA] }}
+    agents: {{ issuer: "{AGENTS}", jwks_file: agents.jwks.json, algorithms: [EdDSA], audiences: ["{EXCHANGE_AUD}"] }}
   internal_token: {{ issuer: gw.test }}
 token_exchange:
   jwt_issuers: [agents]

@@ -178,6 +178,39 @@ pub fn compile(
         "auth.introspection endpoint",
         e,
     );
+    // A subject token is exchanged into one the gateway signs for an internal audience: one
+    // minted for another party (a third-party app, another API) must not be (RFC 7519
+    // §4.1.3), so the trusted issuers must say which audiences name this gateway.
+    for (i, n) in raw.jwt_issuers.iter().enumerate() {
+        if auth
+            .jwt
+            .iter()
+            .any(|j| *j.name == **n && j.audiences.is_empty())
+        {
+            e.push(
+                format!("{p}.jwt_issuers[{i}]"),
+                format!(
+                    "auth.jwt.{n} has no audiences: tokens it minted for any audience would be \
+                     exchanged; list there the audiences that name this gateway"
+                ),
+            );
+        }
+    }
+    for (i, n) in raw.introspection.iter().enumerate() {
+        if auth
+            .introspection
+            .iter()
+            .any(|j| *j.name == **n && j.audiences.is_empty())
+        {
+            e.push(
+                format!("{p}.introspection[{i}]"),
+                format!(
+                    "auth.introspection.{n} has no audiences: tokens issued for any audience \
+                     would be exchanged; list there the audiences that name this gateway"
+                ),
+            );
+        }
+    }
     if raw.jwt_issuers.is_empty() && raw.introspection.is_empty() {
         e.push(
             p,
@@ -382,6 +415,9 @@ mod tests {
     fn auth() -> AuthSettings {
         let raw: portcullis_authn::RawAuth = serde_json::from_value(serde_json::json!({
             "jwt": {"a": {"issuer": "https://a.test", "algorithms": ["HS256"],
+                          "audiences": ["https://gw.test"],
+                          "hmac_secret": {"value": "0123456789abcdef0123456789abcdef"}},
+                    "any": {"issuer": "https://any.test", "algorithms": ["HS256"],
                           "hmac_secret": {"value": "0123456789abcdef0123456789abcdef"}}},
         }))
         .unwrap();
@@ -420,7 +456,7 @@ mod tests {
     #[test]
     fn every_error_has_its_path() {
         let (_, e) = compile_json(serde_json::json!({
-            "jwt_issuers": ["a", "a", "b"],
+            "jwt_issuers": ["a", "a", "b", "any"],
             "ttl": "25h",
             "audiences": {
                 "orders": {"resources": ["https://x.test/#frag", "https://dup.test"]},
@@ -435,6 +471,7 @@ mod tests {
         for want in [
             "token_exchange.jwt_issuers[1]: listed twice",
             "token_exchange.jwt_issuers[2]: unknown auth.jwt issuer \"b\"",
+            "token_exchange.jwt_issuers[3]: auth.jwt.any has no audiences",
             "token_exchange.ttl: at most 24h",
             "token_exchange.audiences.orders.resources[0]",
             "token_exchange.audiences.https://dup.test: the name is also a resource",

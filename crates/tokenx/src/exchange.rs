@@ -441,6 +441,10 @@ pub fn act_claim(subject: &Principal, actor: Option<&Principal>) -> Option<Value
         Some(sub) => {
             let mut m = Map::new();
             m.insert("sub".into(), Value::String(sub));
+            // A subject is unique only within its issuer: say whose it is.
+            if let Some(iss) = actor.and_then(|a| a.issuer.clone()) {
+                m.insert("iss".into(), Value::String(iss));
+            }
             if let Some(p) = prior {
                 m.insert("act".into(), p);
             }
@@ -450,22 +454,21 @@ pub fn act_claim(subject: &Principal, actor: Option<&Principal>) -> Option<Value
     }
 }
 
-/// RFC 8693 §4.4: when the subject token carries `may_act`, the actor must match every claim
-/// in it (`sub`, `iss` …). A `may_act` that is not an object, or an empty one (it names no
-/// actor), admits no actor.
+/// RFC 8693 §4.4: when the subject token carries `may_act`, the actor token's claims must
+/// match every claim in it (`sub`, `iss` …) — the token's own `sub`, never the subject the
+/// issuer's `claims.subject` maps nor a `client_id` (other namespaces: a user could choose
+/// a name, a client be named like a user). A `sub` is unique only within its issuer, so a
+/// `may_act` without `iss` admits only an actor verified by the subject token's own issuer
+/// (or endpoint). A `may_act` that is not an object, or an empty one (it names no actor),
+/// admits no actor.
 pub fn may_act(subject: &Principal, actor: &Principal) -> bool {
     match subject.claims.get("may_act") {
         None => true,
         Some(Value::Object(m)) if m.is_empty() => false,
-        Some(Value::Object(m)) => m.iter().all(|(k, v)| {
-            // `sub` is the actor token's verified subject, never its `client_id` (another
-            // namespace: a client named like a user would pass for it).
-            let have = match k.as_str() {
-                "sub" => actor.subject.clone().map(Value::String),
-                _ => actor.claims.get(k).cloned(),
-            };
-            have.as_ref() == Some(v)
-        }),
+        Some(Value::Object(m)) => {
+            (m.contains_key("iss") || actor.authority == subject.authority)
+                && m.iter().all(|(k, v)| actor.claims.get(k) == Some(v))
+        }
         Some(_) => false,
     }
 }
@@ -483,10 +486,14 @@ mod tests {
     use super::*;
     use portcullis_core::AuthMethod;
 
+    /// A token of issuer `i` whose `sub` claim (and so its subject) is `sub`.
     fn principal(sub: &str, claims: Value) -> Principal {
         let mut p = Principal::new(AuthMethod::Jwt, Arc::from("i"));
         p.subject = Some(sub.into());
-        p.claims = Arc::new(claims.as_object().cloned().unwrap_or_default());
+        let mut claims = claims.as_object().cloned().unwrap_or_default();
+        claims.insert("sub".into(), Value::String(sub.into()));
+        p.issuer = claims.get("iss").and_then(Value::as_str).map(String::from);
+        p.claims = Arc::new(claims);
         p
     }
 
@@ -517,6 +524,12 @@ mod tests {
         let plain = principal("alice", json!({}));
         assert_eq!(act_claim(&plain, None), None);
         assert_eq!(act_claim(&plain, Some(&a)), Some(json!({"sub": "svc-b"})));
+        // The actor's issuer, when it has one, says whose subject that is.
+        let a = principal("svc-b", json!({"iss": "https://idp"}));
+        assert_eq!(
+            act_claim(&plain, Some(&a)),
+            Some(json!({"sub": "svc-b", "iss": "https://idp"}))
+        );
     }
 
     #[test]
@@ -542,6 +555,23 @@ mod tests {
         assert!(!may_act(&ok, &client_only));
         let by_sub = principal("alice", json!({"may_act": {"sub": "svc-b"}}));
         assert!(!may_act(&by_sub, &client_only));
+        assert!(may_act(&by_sub, &a));
+        // The token's own `sub`, not the subject an issuer's `claims.subject` maps (a
+        // name its users may choose).
+        let mut mapped = principal("123", json!({}));
+        mapped.subject = Some("svc-b".into());
+        assert!(!may_act(&by_sub, &mapped));
+        // Without `iss`, only an actor of the subject token's own issuer: another issuer's
+        // `svc-b` is another party.
+        let mut partner = principal("svc-b", json!({"iss": "https://partner"}));
+        partner.authority = Arc::from("partners");
+        assert!(!may_act(&by_sub, &partner));
+        let named = principal(
+            "alice",
+            json!({"may_act": {"sub": "svc-b", "iss": "https://partner"}}),
+        );
+        assert!(may_act(&named, &partner));
+        assert!(!may_act(&named, &a));
     }
 
     #[test]
