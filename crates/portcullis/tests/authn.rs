@@ -1197,6 +1197,23 @@ routes:
         seen.header("x-user-id"),
         Some("spiffe://prod.test/ns/shop/sa/orders")
     );
+    // Nor does a common name that spells one of our ids pass for it as a client id: the
+    // certificate has a subject and no client id.
+    for cn in [
+        "spiffe://prod.test/ns/shop/sa/orders",
+        " SPIFFE://prod.test/ns/shop/sa/orders",
+    ] {
+        for san in [None, Some("spiffe://prod.test/ns/shop/sa/orders")] {
+            let r = go(partner.issue_client(cn, san), "/any").await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            let seen = up.requests().pop().unwrap();
+            assert_eq!(seen.header("x-client-id"), None, "{cn:?} {san:?}");
+            assert!(
+                seen.header("x-user-id").unwrap().starts_with("CN="),
+                "{cn:?} {san:?}"
+            );
+        }
+    }
     // A domain without a bundle has no ids at all, whichever CA issued them.
     let r = go(
         ours.issue_client("dev", Some("spiffe://dev.test/sa/x")),
@@ -1208,7 +1225,7 @@ routes:
         .unwrap()
         .to_string();
     assert_eq!(audit_of(&gw, &id)["auth_failure"], "mtls_no_spiffe_id");
-    assert_eq!(up.hits(), hits + 1);
+    assert_eq!(up.hits(), hits + 5);
 }
 
 /// A client certificate is verified at the handshake, but a connection may outlive it: on

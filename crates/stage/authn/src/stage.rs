@@ -428,7 +428,10 @@ impl Authn {
             }
             None => {
                 p.subject = Some(cert.subject.clone());
-                p.client_id = cert.common_name.clone();
+                // Any trusted CA can write any common name: one that spells a SPIFFE id
+                // would pass, as a client id, for the workload whose id it is — which
+                // `spiffe_bundles` keeps other CAs from naming.
+                p.client_id = cert.common_name.clone().filter(|cn| !spells_spiffe_id(cn));
             }
         }
         p.credential_id = Some(cert.fingerprint_sha256.clone());
@@ -833,6 +836,14 @@ pub fn bearer_of(headers: &HeaderMap) -> Option<String> {
     headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| bearer(v).ok().flatten())
+}
+
+/// Whether a certificate's common name reads as a SPIFFE id (`spiffe:` in any case, after
+/// any leading whitespace).
+fn spells_spiffe_id(cn: &str) -> bool {
+    cn.trim_start()
+        .get(..7)
+        .is_some_and(|s| s.eq_ignore_ascii_case("spiffe:"))
 }
 
 #[cfg(test)]
