@@ -808,6 +808,27 @@ async fn malformed_requests_behind_a_proxy_count_against_the_client() {
     let list = get(&format!("{}/bans", gw.admin_url())).await.json();
     assert_eq!(list["bans"][0]["address"], attacker, "{list}");
     assert_eq!(list["bans"].as_array().unwrap().len(), 1, "{list}");
+
+    // A head the framing reader refuses is answered before the client address is read from
+    // it: the client is unknown, and the refusal is counted against no one — not against the
+    // proxy it came through.
+    let other = "198.51.100.77";
+    for _ in 0..3 {
+        let answer = raw_http(
+            gw.listener("public"),
+            format!(
+                "GET /ok HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: {other}\r\n\
+                 Content-Length: 1\r\nContent-Length: 1\r\n\r\nx"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    }
+    assert_eq!(get(&format!("{}/ok", gw.url("public"))).await.status, 200);
+    assert_eq!(from(other, "/ok").await.status, 200);
+    let list = get(&format!("{}/bans", gw.admin_url())).await.json();
+    assert_eq!(list["bans"].as_array().unwrap().len(), 1, "{list}");
 }
 
 /// Bans: an address that collects `count` refusals of the kinds a rule counts within its

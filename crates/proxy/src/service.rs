@@ -494,6 +494,9 @@ impl Gateway {
         };
         let mut greq = GatewayRequest::new(head, body);
 
+        // Refused before the client address step: behind a trusted proxy, the client is not
+        // known (only the proxy is), and such a refusal is counted against no one.
+        let framing_refused = conn.framing.get().is_some();
         let verdict = match conn.framing.get() {
             // The raw bytes were ambiguous: refuse before any step reads the request.
             // Nothing after it is read (the reader passes nothing on): the connection ends
@@ -638,9 +641,12 @@ impl Gateway {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        // A refusal counts towards the client address's bans (kept across reloads).
+        // A refusal counts towards the client address's bans (kept across reloads) — never a
+        // trusted proxy's, whose own address `client_ip` still is when the framing reader
+        // refused the head before the client address was read from it.
         if let Some((_, reason)) = ctx.rejected_by
             && !config.bans.is_empty()
+            && !(framing_refused && ctx.peer_trusted)
             && let Some(ban) = self.shared.bans.record(
                 &config.bans,
                 ctx.client_ip,
