@@ -428,6 +428,22 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
             "must be greater than 0",
         );
     }
+    // Every trusted address may name any client: a range that public clients connect from
+    // would let them all choose the address every later step keys on.
+    for (i, t) in s.trusted_proxies.iter().enumerate() {
+        if let Ok(n) = portcullis_ipfilter::parse_net(t)
+            && n.prefix_len() < if n.addr().is_ipv4() { 8 } else { 7 }
+        {
+            e.push(
+                format!("server.trusted_proxies[{i}]"),
+                format!(
+                    "{n} is wider than any network of proxies (at most an IPv4 /8 or an IPv6 \
+                     /7): each trusted address may name any client, so list the proxies' own \
+                     addresses"
+                ),
+            );
+        }
+    }
     Server {
         trusted_proxies: parse_nets(&s.trusted_proxies, "server.trusted_proxies", e),
         client_address_header: s.client_address_header,

@@ -1780,3 +1780,26 @@ routes:
         }
     }
 }
+
+#[test]
+fn trusted_proxies_are_networks_of_proxies() {
+    let e = errs(
+        r#"
+server: { trusted_proxies: [0.0.0.0/0, "::/0", 10.0.0.0/7, 10.0.0.0/8, "fc00::/7", 192.0.2.1/24] }
+"#,
+    );
+    assert_eq!(e.len(), 4, "{e:#?}");
+    for (i, want) in [
+        (0, "0.0.0.0/0 is wider than any network of proxies"),
+        (1, "::/0 is wider"),
+        (2, "10.0.0.0/7 is wider"),
+        (5, "\"192.0.2.1/24\" has bits set past its /24 prefix"),
+    ] {
+        let path = format!("server.trusted_proxies[{i}]: ");
+        assert!(
+            e.iter()
+                .any(|m| m.strip_prefix(&path).is_some_and(|m| m.starts_with(want))),
+            "{path}{want}: {e:#?}"
+        );
+    }
+}

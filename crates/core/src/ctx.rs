@@ -144,7 +144,8 @@ pub struct RequestCtx {
     /// The TCP peer.
     pub peer: SocketAddr,
     /// The client address after trusted-proxy resolution (equals the peer's unless the peer is a
-    /// trusted proxy that forwarded a client address).
+    /// trusted proxy that forwarded a client address); an IPv4-mapped IPv6 address written as
+    /// IPv4 ([`crate::addr::canonical`]), so that every step, list and log sees one spelling.
     pub client_ip: IpAddr,
     /// Whether the TCP peer is a trusted proxy.
     pub peer_trusted: bool,
@@ -198,7 +199,7 @@ impl RequestCtx {
             request_id: RequestId::generate(),
             received: Instant::now(),
             peer,
-            client_ip: peer.ip(),
+            client_ip: crate::addr::canonical(peer.ip()),
             peer_trusted: false,
             scheme,
             listener,

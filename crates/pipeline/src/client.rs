@@ -34,7 +34,14 @@ impl ClientAddressStage {
     /// what a client writes into the chain itself — garbage included — never decides. A hop a
     /// trusted proxy wrote unreadable (`unknown`, an obfuscated name, an element without
     /// `for`) ends the walk: the client is then the nearest address known, that proxy's.
+    ///
+    /// The address is [`portcullis_ipfilter::canonical`]: an IPv4-mapped one (a dual-stack
+    /// listener's IPv4 peer, or a hop written so) is its IPv4 address.
     pub fn resolve(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
+        portcullis_ipfilter::canonical(self.resolve_as_written(peer, headers))
+    }
+
+    fn resolve_as_written(&self, peer: IpAddr, headers: &http::HeaderMap) -> IpAddr {
         if !self.is_trusted(peer) {
             return peer;
         }
@@ -142,6 +149,15 @@ mod tests {
         let s = stage(&["10.0.0.0/8"]);
         let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
         assert_eq!(s.resolve(ip("192.0.2.9"), &h), ip("192.0.2.9"));
+    }
+
+    #[test]
+    fn mapped_addresses_resolve_to_their_ipv4_form() {
+        let s = stage(&["10.0.0.0/8"]);
+        let h = headers(&[("x-forwarded-for", "::ffff:203.0.113.7, ::ffff:10.1.1.1")]);
+        // A dual-stack listener's IPv4 peers, trusted or not; mapped hops.
+        assert_eq!(s.resolve(ip("::ffff:10.0.0.2"), &h), ip("203.0.113.7"));
+        assert_eq!(s.resolve(ip("::ffff:192.0.2.9"), &h), ip("192.0.2.9"));
     }
 
     #[test]

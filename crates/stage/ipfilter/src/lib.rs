@@ -46,15 +46,41 @@ pub struct IpRules {
     deny: Vec<IpNet>,
 }
 
-/// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address (a /32 or /128).
+/// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address (a /32 or /128). A network with
+/// bits set past its prefix (`203.0.113.10/8`: a typo for a /24, or for the address alone?)
+/// is refused rather than widened. IPv4-mapped IPv6 entries (`::ffff:192.0.2.0/120`) are
+/// their IPv4 networks, as client addresses are compared in their IPv4 form.
 pub fn parse_net(s: &str) -> Result<IpNet, String> {
     let s = s.trim();
-    if let Ok(net) = s.parse::<IpNet>() {
-        return Ok(net.trunc());
+    let net = match s.parse::<IpNet>() {
+        Ok(net) if net.trunc() != net => {
+            return Err(format!(
+                "\"{s}\" has bits set past its /{} prefix: write {} for the network or {} for \
+                 the one address",
+                net.prefix_len(),
+                net.trunc(),
+                IpNet::from(net.addr())
+            ));
+        }
+        Ok(net) => net,
+        Err(_) => s
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| format!("\"{s}\" is not an IP address or CIDR"))?,
+    };
+    Ok(ipv4_if_mapped(net))
+}
+
+/// An IPv6 network inside `::ffff:0:0/96` as the IPv4 network it maps; any other unchanged.
+fn ipv4_if_mapped(net: IpNet) -> IpNet {
+    if let IpNet::V6(n) = net
+        && let Some(v4) = n.network().to_ipv4_mapped()
+        && let Some(len) = n.prefix_len().checked_sub(96)
+        && let Ok(v4) = ipnet::Ipv4Net::new(v4, len)
+    {
+        return IpNet::V4(v4);
     }
-    s.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| format!("\"{s}\" is not an IP address or CIDR"))
+    net
 }
 
 /// Parses a list of CIDRs, collecting an error per bad entry at `path[i]`.
@@ -218,6 +244,33 @@ mod tests {
     fn v4_mapped_v6_is_checked_as_v4() {
         let r = rules(&[], &["203.0.113.7"]);
         assert!(r.check(ip("::ffff:203.0.113.7")).is_err());
+        // Entries written in the mapped form (as a dual-stack listener reports IPv4 peers)
+        // are their IPv4 networks: they match.
+        let r = rules(&[], &["::ffff:203.0.113.7", "::ffff:198.51.100.0/120"]);
+        for a in ["203.0.113.7", "::ffff:203.0.113.7", "198.51.100.9"] {
+            assert!(r.check(ip(a)).is_err(), "{a}");
+        }
+        assert!(r.check(ip("198.51.101.9")).is_ok());
+        assert_eq!(
+            parse_net("::ffff:198.51.100.0/120").unwrap(),
+            "198.51.100.0/24".parse::<IpNet>().unwrap()
+        );
+        // Not mapped, or wider than the mapped range: as written.
+        for n in ["2001:db8::/32", "::/0", "::fffe:0:0/95"] {
+            assert_eq!(parse_net(n).unwrap(), n.parse::<IpNet>().unwrap());
+        }
+    }
+
+    #[test]
+    fn networks_with_bits_past_their_prefix_are_refused() {
+        let e = parse_net("203.0.113.10/8").unwrap_err();
+        assert!(
+            e.contains("203.0.0.0/8") && e.contains("203.0.113.10/32"),
+            "{e}"
+        );
+        assert!(parse_net("2001:db8::1/64").is_err());
+        assert!(parse_net("203.0.0.0/8").is_ok());
+        assert!(parse_net("203.0.113.10/32").is_ok());
     }
 
     #[test]
