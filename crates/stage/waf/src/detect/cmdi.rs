@@ -400,11 +400,15 @@ fn backtick_substitution(shell: &str) -> Option<&str> {
     let leading = |c: u8| c.is_ascii_whitespace() || matches!(c, b'+' | b'\'' | b'"' | b'(' | b'=');
     let lead = b.iter().take_while(|&&c| leading(c)).count();
     let mut open = false;
+    // The run of backslashes just before `i`, kept as the scan goes (counting it back from
+    // each byte was quadratic in a long run).
+    let mut slashes = 0usize;
     for (i, &c) in b.iter().enumerate() {
+        let before = slashes;
+        slashes = if c == b'\\' { slashes + 1 } else { 0 };
         // Escaped by an odd run of backslashes; an even run is that many halves of literal
         // backslashes, and the backtick after them opens (glued to them).
-        let slashes = b[..i].iter().rev().take_while(|&&p| p == b'\\').count();
-        if c != b'`' || slashes % 2 == 1 {
+        if c != b'`' || before % 2 == 1 {
             continue;
         }
         open = !open;

@@ -134,6 +134,32 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
+    /// Long runs of one character behind the openings detectors pair or count back from: each
+    /// detector's work must stay linear in the value (a quadratic scan here — counting the
+    /// backslashes before every byte again — pinned a thread for minutes on one 1 MiB body).
+    /// No clock (timed assertions flake on shared machines): a quadratic detector makes this
+    /// test slow, not red — that scan took it from 8 to 33 s in a debug build.
+    #[test]
+    fn detectors_stay_linear_on_long_runs() {
+        const LEN: usize = 64 << 10;
+        for prefix in [
+            "`", "${", "$(", "'", "\"", "<", "{{", "/*", "&#", "%", "a=", "../",
+        ] {
+            for run in [
+                '\\', '`', '$', '{', '(', '\'', '"', '<', '%', '&', '/', '.', ';', '|', ' ', 'a',
+                '0', '-', '#', '*', '=', ':', '[', ',',
+            ] {
+                let mut v = String::with_capacity(LEN + 8);
+                v.push_str(prefix);
+                v.extend(std::iter::repeat_n(run, LEN));
+                v.push_str(prefix);
+                for (_, inspect) in VALUE_DETECTORS {
+                    testing::findings(*inspect, &v, 4);
+                }
+            }
+        }
+    }
+
     #[test]
     fn rule_ids_are_unique_and_in_their_class_block() {
         let mut seen = HashSet::new();
