@@ -133,6 +133,16 @@ impl Pipeline {
                     if overrides_pass {
                         w.api.allow_method_fields();
                     }
+                    w.grpc_streams = config.upstreams.get(r.upstream).is_some_and(|u| {
+                        u.kind == portcullis_config::UpstreamKind::Proxy
+                            && match u.protocol {
+                                portcullis_config::UpstreamProtocol::Http2 => true,
+                                portcullis_config::UpstreamProtocol::Auto => {
+                                    u.targets.iter().any(|t| t.tls)
+                                }
+                                portcullis_config::UpstreamProtocol::Http1 => false,
+                            }
+                    });
                     w
                 })
                 .collect(),

@@ -1153,6 +1153,33 @@ async fn bodies_labelled_binary_are_inspected_when_text() {
     .await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());
     assert_eq!(up.requests().pop().unwrap().body.as_ref(), grpc.as_slice());
+    // Labelled gRPC, its body sent a moment after the head: to this upstream, which speaks
+    // HTTP/1.1 only (no gRPC server does), the body is waited for and read like any other —
+    // not streamed on uninspected as a bidirectional call's may be.
+    let before = up.hits();
+    let late = futures_util::stream::once(Box::pin(async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from_static(
+            br#"{"q":"1 UNION SELECT password FROM users--"}"#,
+        )))
+    }));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let answer = client
+        .request(
+            http::Request::builder()
+                .method("POST")
+                .uri(format!("{}/pkg.Orders/Get", gw.url("public")))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(http_body_util::StreamBody::new(late))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 403);
+    assert_eq!(up.hits(), before);
 
     // Text labelled binary past the inspection limit: the route's `on_body_over_limit`, as
     // for a body without a type — 413 by default, nothing upstream …

@@ -408,6 +408,11 @@ pub struct RouteWaf {
     /// The `api` settings as written, gateway-wide values filled in (a route inherits what
     /// it leaves out).
     pub api_raw: RawApiRules,
+    /// The route's upstream may speak HTTP/2 (`protocol: http2`, or `auto` to a TLS target),
+    /// as a gRPC server must: only then may a call labelled gRPC whose body has not begun
+    /// stream on uninspected (a bidirectional stream may wait for the server to speak first).
+    /// Set by the pipeline from the route's upstream, not written in `waf:`.
+    pub grpc_streams: bool,
 }
 
 impl Default for RouteWaf {
@@ -423,6 +428,7 @@ impl Default for RouteWaf {
             custom_rules: Vec::new(),
             api: ApiRules::default(),
             api_raw: RawApiRules::default(),
+            grpc_streams: false,
         }
     }
 }

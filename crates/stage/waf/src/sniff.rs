@@ -363,8 +363,12 @@ fn inflate_prefix(coding: Coding, input: &[u8]) -> (Vec<u8>, Option<std::io::Err
 
 /// Reads the first bytes of a body labelled binary (one binary `Content-Type`) and tells
 /// whether it is text to buffer and inspect. The bytes read stay the body's, put back in
-/// front of the rest (a body already buffered is looked at whole).
-pub async fn declared_binary_is_text(req: &mut GatewayRequest) -> Result<bool, BodyError> {
+/// front of the rest (a body already buffered is looked at whole). `grpc_streams`: the
+/// route's upstream may speak HTTP/2 ([`crate::config::RouteWaf::grpc_streams`]).
+pub async fn declared_binary_is_text(
+    req: &mut GatewayRequest,
+    grpc_streams: bool,
+) -> Result<bool, BodyError> {
     let ct = req
         .head
         .headers
@@ -380,8 +384,10 @@ pub async fn declared_binary_is_text(req: &mut GatewayRequest) -> Result<bool, B
     let mut ended = body.is_end_stream();
     // A gRPC call (HTTP/2) whose client has sent nothing yet may be a bidirectional stream
     // waiting for the server to speak first: it streams on rather than wait for a message
-    // that comes only after an answer. What has already arrived is judged as below.
-    if sniffer.grpc && h2 && !ended {
+    // that comes only after an answer — to an upstream that may speak HTTP/2 only, as a gRPC
+    // server must (elsewhere the label and a held-back body would carry anything past).
+    // What has already arrived is judged as below.
+    if sniffer.grpc && h2 && grpc_streams && !ended {
         let first =
             std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut *body).poll_frame(cx)))
                 .await;

@@ -121,7 +121,7 @@ impl Stage for WafStage {
         let limit = route.inspect_body_bytes.min(route_limit);
         Step::from_future(async move {
             if labelled_binary {
-                match sniff::declared_binary_is_text(req).await {
+                match sniff::declared_binary_is_text(req, route.grpc_streams).await {
                     Ok(true) => {}
                     Ok(false) => return self.waf.head_only(route, req, ctx),
                     Err(e) => return Verdict::Reject(body_error(e)),

@@ -342,7 +342,7 @@ async fn the_bytes_read_are_forwarded_intact() {
     let (a, rest) = png.split_at(700);
     let (b, c) = rest.split_at(700);
     let mut req = request("image/png", &[a, b, c], false);
-    assert!(!declared_binary_is_text(&mut req).await.unwrap());
+    assert!(!declared_binary_is_text(&mut req, false).await.unwrap());
     let RequestBody::Streaming(b) = &req.body else {
         panic!("a longer body goes on streaming");
     };
@@ -353,7 +353,7 @@ async fn the_bytes_read_are_forwarded_intact() {
     let csv = b"1,2,3\n".repeat(500);
     let (a, b) = csv.split_at(10);
     let mut req = request("application/octet-stream", &[a, b], false);
-    assert!(declared_binary_is_text(&mut req).await.unwrap());
+    assert!(declared_binary_is_text(&mut req, false).await.unwrap());
     assert!(matches!(
         req.buffer_prefix(1 << 20).await,
         Ok(portcullis_core::Prefix::Whole(w)) if w.as_ref() == csv.as_slice()
@@ -361,7 +361,7 @@ async fn the_bytes_read_are_forwarded_intact() {
     // A short body read to its end still streams (of known length), so the route's size
     // limit, applied as it is forwarded, holds.
     let mut req = request("application/octet-stream", &[b"\x00\x01", b"\x02"], false);
-    assert!(!declared_binary_is_text(&mut req).await.unwrap());
+    assert!(!declared_binary_is_text(&mut req, false).await.unwrap());
     let RequestBody::Streaming(b) = &req.body else {
         panic!("streams on");
     };
@@ -370,7 +370,7 @@ async fn the_bytes_read_are_forwarded_intact() {
     // Already buffered (by an earlier step): looked at whole, left so.
     let mut req = request("application/octet-stream", &[b"a=1"], false);
     assert!(req.buffer_prefix(10).await.is_ok());
-    assert!(declared_binary_is_text(&mut req).await.unwrap());
+    assert!(declared_binary_is_text(&mut req, false).await.unwrap());
     assert!(matches!(&req.body, RequestBody::Buffered(b) if b.as_ref() == b"a=1"));
 }
 
@@ -382,7 +382,7 @@ async fn a_grpc_stream_is_not_waited_for() {
     let mut req = request("application/grpc", &[msg], true);
     let text = tokio::time::timeout(
         std::time::Duration::from_secs(5),
-        declared_binary_is_text(&mut req),
+        declared_binary_is_text(&mut req, false),
     )
     .await
     .expect("decided without more bytes")
@@ -396,29 +396,36 @@ async fn a_grpc_stream_is_not_waited_for() {
 }
 
 /// A gRPC call over HTTP/2 whose client has sent nothing yet (a bidirectional stream waiting
-/// for the server to speak first) streams on at once; labelled gRPC over HTTP/1.1 (no gRPC
-/// client speaks it) is waited for like any other body.
+/// for the server to speak first) streams on at once to an upstream that may speak HTTP/2;
+/// labelled gRPC over HTTP/1.1 (no gRPC client speaks it), or on a route whose upstream
+/// speaks HTTP/1.1 only (no gRPC server does), it is waited for like any other body — else
+/// the label and a body sent a moment late would carry anything past the WAF.
 #[tokio::test]
 async fn a_grpc_call_that_has_sent_nothing_yet_is_not_held() {
     let mut req = request("application/grpc", &[], true);
     req.head.version = http::Version::HTTP_2;
     let text = tokio::time::timeout(
         std::time::Duration::from_secs(5),
-        declared_binary_is_text(&mut req),
+        declared_binary_is_text(&mut req, true),
     )
     .await
     .expect("decided without any byte");
     assert!(!text.unwrap());
-    let mut req = request("application/grpc", &[], true);
-    assert!(
-        tokio::time::timeout(
-            std::time::Duration::from_millis(200),
-            declared_binary_is_text(&mut req)
-        )
-        .await
-        .is_err(),
-        "over HTTP/1.1 the first bytes are waited for"
-    );
+    for (h2, grpc_streams) in [(false, true), (true, false)] {
+        let mut req = request("application/grpc", &[], true);
+        if h2 {
+            req.head.version = http::Version::HTTP_2;
+        }
+        assert!(
+            tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                declared_binary_is_text(&mut req, grpc_streams)
+            )
+            .await
+            .is_err(),
+            "the first bytes are waited for (HTTP/2: {h2})"
+        );
+    }
 }
 
 /// The inflation of a prefix tells a stream cut short (read on) from one that is not gzip or
