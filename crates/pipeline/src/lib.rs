@@ -209,7 +209,8 @@ impl Pipeline {
     }
 
     /// Puts this snapshot's process-wide state in force — configured revocations and their
-    /// sharing, the internal-token key `/jwks` publishes, the snapshot the admin API shows —
+    /// sharing, the internal-token key `/jwks` publishes, the snapshot the admin API shows, the
+    /// rate-limit stores later configurations keep —
     /// once it is to serve: a configuration refused after the pipeline built (its upstreams,
     /// its TLS) changes none of it. Once; later calls do nothing.
     pub fn activate(&self, shared: &Shared) {
@@ -220,6 +221,7 @@ impl Pipeline {
             .take();
         if let Some(a) = taken {
             shared.authn.activate(a);
+            shared.ratelimit.activate(&self.ratelimit);
         }
     }
 

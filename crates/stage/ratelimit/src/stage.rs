@@ -30,7 +30,10 @@ pub struct RateLimiter {
     pub(crate) local: Arc<LocalStore>,
     pub(crate) fallback: Arc<LocalStore>,
     pub(crate) redis: Option<Arc<RedisStore>>,
+    /// What tells this Redis configuration from another ([`crate::RateLimitState::activate`]).
+    pub(crate) redis_id: Option<String>,
     pub(crate) adaptive: Option<Arc<crate::adaptive::Adaptive>>,
+    pub(crate) adaptive_id: Option<String>,
 }
 
 /// Concurrency slots a request holds; released when the request's context is dropped (the
