@@ -1499,12 +1499,29 @@ fn compile_route(
         methods,
         upstream,
         rewrite,
-        request_headers: compile_header_ops(
-            &r.request_headers,
-            &format!("{path}.request_headers"),
-            sections.base_dir,
-            e,
-        ),
+        request_headers: {
+            let ops = compile_header_ops(
+                &r.request_headers,
+                &format!("{path}.request_headers"),
+                sections.base_dir,
+                e,
+            );
+            // Route header rules apply after the identity step: renaming a field the client
+            // sends into one the gateway vouches for would hand the client's value on as
+            // verified (on a route, or for a principal, where the gateway sets none).
+            for (from, to) in &ops.rename {
+                if sections.auth.identity.strip.contains(to) {
+                    e.push(
+                        format!("{path}.request_headers.rename.{from}"),
+                        format!(
+                            "{to} is a header the gateway sets from the verified identity (or \
+                             strips from every request): a client's {from} would pass for it"
+                        ),
+                    );
+                }
+            }
+            ops
+        },
         response_headers: compile_header_ops(
             &r.response_headers,
             &format!("{path}.response_headers"),

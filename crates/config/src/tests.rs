@@ -1803,3 +1803,51 @@ server: { trusted_proxies: [0.0.0.0/0, "::/0", 10.0.0.0/7, 10.0.0.0/8, "fc00::/7
         );
     }
 }
+
+/// A route's `rename` makes its target what came under its source, and nothing else; a rename
+/// into a header the gateway vouches for is refused.
+#[test]
+fn header_renames_never_pass_on_a_senders_own_target() {
+    let c = load_str(
+        r#"
+upstreams: { d: { kind: echo } }
+routes:
+  - name: r
+    match: { prefix: / }
+    upstream: d
+    request_headers: { rename: { x-legacy-user: x-remote-user } }
+"#,
+        Path::new("."),
+    )
+    .unwrap();
+    let ops = &c.routes[0].request_headers;
+    let mut h = http::HeaderMap::new();
+    h.insert("x-remote-user", http::HeaderValue::from_static("admin"));
+    ops.apply(&mut h);
+    assert!(h.get("x-remote-user").is_none(), "{h:?}");
+    h.insert("x-legacy-user", http::HeaderValue::from_static("ann"));
+    h.insert("x-remote-user", http::HeaderValue::from_static("admin"));
+    ops.apply(&mut h);
+    assert_eq!(
+        h.get_all("x-remote-user").iter().collect::<Vec<_>>(),
+        ["ann"]
+    );
+    assert!(h.get("x-legacy-user").is_none());
+
+    let e = errs(
+        r#"
+auth: { identity_headers: { tenant: x-org, strip: [x-internal-role] } }
+upstreams: { d: { kind: echo } }
+routes:
+  - name: r
+    match: { prefix: / }
+    upstream: d
+    request_headers: { rename: { x-legacy: x-user-id, x-org-hint: x-org, x-role: X-Internal-Role, x-user-id: x-remote-user } }
+"#,
+    );
+    for from in ["x-legacy", "x-org-hint", "x-role"] {
+        let want = format!("routes[0].request_headers.rename.{from}: ");
+        assert!(e.iter().any(|m| m.starts_with(&want)), "{want}: {e:#?}");
+    }
+    assert_eq!(e.len(), 3, "{e:#?}");
+}

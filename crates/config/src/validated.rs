@@ -325,9 +325,11 @@ impl HeaderOps {
             headers.remove(name);
         }
         for (from, to) in &self.rename {
+            // `to` is what came as `from`, and nothing else: when `from` is absent, a `to` of
+            // the sender's own is not left to pass for it.
             let values: Vec<HeaderValue> = match headers.entry(from) {
                 http::header::Entry::Occupied(e) => e.remove_entry_mult().1.collect(),
-                http::header::Entry::Vacant(_) => continue,
+                http::header::Entry::Vacant(_) => Vec::new(),
             };
             headers.remove(to);
             for v in values {

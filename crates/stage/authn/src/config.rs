@@ -765,6 +765,32 @@ pub struct IdentityHeaders {
     pub strip: Vec<HeaderName>,
 }
 
+/// Names an identity header may not have: fields that frame, route or authenticate a request
+/// or are the gateway's forwarding and tracing fields.
+const RESERVED_IDENTITY_NAMES: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+];
+
 #[derive(Debug, Clone)]
 pub struct InternalToken {
     pub algorithm: Alg,
@@ -1123,6 +1149,30 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
     let tenant = hn(&h.tenant, "tenant", e);
     let authenticated = hn(&h.authenticated, "authenticated", e);
     let authority = hn(&h.authority, "authority", e);
+    // Seven fields, seven names; none the request's framing, routing or credentials use.
+    let named = [
+        ("user", &user),
+        ("client", &client),
+        ("scopes", &scopes),
+        ("roles", &roles),
+        ("tenant", &tenant),
+        ("authenticated", &authenticated),
+        ("authority", &authority),
+    ];
+    for (i, (k, n)) in named.iter().enumerate() {
+        if let Some((other, _)) = named[..i].iter().find(|(_, m)| m == n) {
+            e.push(
+                format!("{p}.{k}"),
+                format!("{n} is also {p}.{other}: one would overwrite the other upstream"),
+            );
+        }
+        if RESERVED_IDENTITY_NAMES.contains(&n.as_str()) {
+            e.push(
+                format!("{p}.{k}"),
+                format!("{n} frames, routes or authenticates requests: name another header"),
+            );
+        }
+    }
 
     let it = &raw.internal_token;
     let algorithm = match Alg::from_name(&it.algorithm) {
@@ -1185,11 +1235,21 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
         authority,
         strip,
     };
+    let ttl = compile_duration(&it.ttl, "auth.internal_token.ttl", e);
+    if ttl.is_zero() || ttl > Duration::from_secs(24 * 3600) {
+        e.push(
+            "auth.internal_token.ttl",
+            "more than 0 and at most 24h: an internal token is made for one request",
+        );
+    }
+    if it.issuer.trim().is_empty() {
+        e.push("auth.internal_token.issuer", "must not be empty");
+    }
     let internal_token = InternalToken {
         algorithm,
         key_pem,
         issuer: it.issuer.clone(),
-        ttl: compile_duration(&it.ttl, "auth.internal_token.ttl", e),
+        ttl,
         header: internal_header,
     };
 
@@ -1609,6 +1669,57 @@ pub fn compile_route(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn errors_of(auth: serde_json::Value) -> Vec<String> {
+        let raw: RawAuth = serde_json::from_value(auth).unwrap();
+        let mut e = ConfigErrors::new();
+        compile(&raw, Path::new("."), &mut e);
+        e.iter().map(|e| e.to_string()).collect()
+    }
+
+    /// Each identity field has a name of its own, none a field that frames, routes or
+    /// authenticates requests.
+    #[test]
+    fn identity_header_names_are_distinct_and_unreserved() {
+        let e = errors_of(serde_json::json!({"identity_headers": {
+            "user": "x-id", "client": "X-Id", "roles": "authorization", "tenant": "host",
+        }}));
+        for want in [
+            "auth.identity_headers.client: x-id is also auth.identity_headers.user",
+            "auth.identity_headers.roles: authorization frames, routes or authenticates",
+            "auth.identity_headers.tenant: host frames",
+        ] {
+            assert!(e.iter().any(|m| m.starts_with(want)), "{want}: {e:#?}");
+        }
+        assert_eq!(e.len(), 3, "{e:#?}");
+        assert!(
+            errors_of(serde_json::json!({"identity_headers": {"user": "x-remote-user"}}))
+                .is_empty()
+        );
+    }
+
+    /// An internal token lives for a request's length (at most a day) and names its issuer.
+    #[test]
+    fn internal_token_lifetimes_and_issuers_are_bounded() {
+        for (it, want) in [
+            (
+                serde_json::json!({"ttl": "0s"}),
+                "auth.internal_token.ttl: more than 0",
+            ),
+            (
+                serde_json::json!({"ttl": "25h"}),
+                "auth.internal_token.ttl: more than 0",
+            ),
+            (
+                serde_json::json!({"issuer": " "}),
+                "auth.internal_token.issuer: must not",
+            ),
+        ] {
+            let e = errors_of(serde_json::json!({ "internal_token": it }));
+            assert!(e.len() == 1 && e[0].starts_with(want), "{want}: {e:#?}");
+        }
+        assert!(errors_of(serde_json::json!({"internal_token": {"ttl": "24h"}})).is_empty());
+    }
 
     /// `internal_token.algorithm` is what tokens are signed with: a key file of another
     /// algorithm (RSA, or a curve the setting does not name) is refused, never signed with.
