@@ -1231,8 +1231,10 @@ fn writer(
         let mut freed = 0;
         for (event, size) in batch.drain(..) {
             freed += size;
+            let start = buf.len();
             match serde_json::to_writer(&mut buf, &event) {
                 Ok(()) => {
+                    escape_unicode_breaks(&mut buf, start);
                     buf.push(b'\n');
                     lines += 1;
                 }
@@ -1286,6 +1288,42 @@ fn writer(
 
 /// Writes `buf` whole, then flushes, counting in `written` the bytes the output took (also
 /// when it fails partway).
+/// Writes U+2028, U+2029 and the C1 controls (U+0080–U+009F, NEL among them) in `buf[from..]`
+/// — one event as serde_json wrote it, which leaves them raw — as `\uXXXX` escapes: readers
+/// that split lines at Unicode breaks (Python's `str.splitlines`, some log shippers) would
+/// cut the event in two there, each half invalid JSON. They occur only inside strings, where
+/// the escape reads as the same character.
+fn escape_unicode_breaks(buf: &mut Vec<u8>, from: usize) {
+    let tail = buf.get(from..).unwrap_or_default();
+    if !tail
+        .windows(2)
+        .any(|w| matches!(w, [0xe2, 0x80] | [0xc2, 0x80..=0x9f]))
+    {
+        return;
+    }
+    let mut out = Vec::with_capacity(tail.len() + 16);
+    let mut i = 0;
+    while let Some(&b) = tail.get(i) {
+        let escaped = match (b, tail.get(i + 1), tail.get(i + 2)) {
+            (0xe2, Some(0x80), Some(&c @ (0xa8 | 0xa9))) => Some((0x2000 | u32::from(c & 0x2f), 3)),
+            (0xc2, Some(&c @ 0x80..=0x9f), _) => Some((u32::from(c), 2)),
+            _ => None,
+        };
+        match escaped {
+            Some((cp, len)) => {
+                out.extend_from_slice(format!("\\u{cp:04x}").as_bytes());
+                i += len;
+            }
+            None => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    buf.truncate(from);
+    buf.extend_from_slice(&out);
+}
+
 fn write_counting(out: &mut dyn Write, buf: &[u8], written: &mut usize) -> std::io::Result<()> {
     while let Some(rest) = buf.get(*written..).filter(|r| !r.is_empty()) {
         match out.write(rest) {
@@ -1341,6 +1379,28 @@ mod tests {
 
     fn at(secs: u64, millis: u64) -> String {
         format_rfc3339(UNIX_EPOCH + Duration::from_millis(secs * 1000 + millis))
+    }
+
+    /// Unicode line breaks a client sends (in a header, the target) stay inside their event's
+    /// line: escaped, they read as the same characters.
+    #[test]
+    fn unicode_line_breaks_are_escaped_in_events() {
+        let mut e = event();
+        e.user_agent = Some("a\u{2028}b\u{2029}c\u{85}d\u{9f}e\u{2013}f\u{a0}".into());
+        let mut buf = b"{}\n".to_vec();
+        let from = buf.len();
+        serde_json::to_writer(&mut buf, &e).unwrap();
+        escape_unicode_breaks(&mut buf, from);
+        let line = std::str::from_utf8(&buf[from..]).unwrap();
+        assert_eq!(line.lines().count(), 1);
+        for c in ['\u{2028}', '\u{2029}', '\u{85}', '\u{9f}'] {
+            assert!(!line.contains(c), "{c:?} in {line}");
+        }
+        let want = "a\\u2028b\\u2029c\\u0085d\\u009fe\u{2013}f\u{a0}";
+        assert!(line.contains(want), "{line}");
+        let back: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(back["user_agent"], e.user_agent.clone().unwrap());
+        assert_eq!(&buf[..from], b"{}\n");
     }
 
     #[test]
