@@ -447,6 +447,62 @@ async fn sigterm_finishes_requests_in_flight_then_stops() {
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
 }
 
+/// A stop does not cut an open WebSocket off: the drain waits for it, and both sides are
+/// sent a Close frame (1001, "going away") — the client's and the upstream's — before the
+/// gateway exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_open_websockets_with_going_away() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let ws = WsUpstream::start().await;
+    let mut gw = gateway(&format!(
+        "server: {{ drain_timeout: 10s }}
+upstreams: {{ ws: {{ targets: [\"{}\"] }} }}
+routes:\n  - {{ name: chat, match: {{ path: /chat }}, upstream: ws, websocket: true }}\n",
+        ws.url()
+    ));
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/chat", gw.listener("public")))
+            .await
+            .unwrap();
+    socket.send(Message::text("hello")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "hello");
+
+    gw.signal("TERM");
+    let closing = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .expect("a Close frame before the drain's end")
+        .unwrap()
+        .unwrap();
+    let Message::Close(Some(frame)) = closing else {
+        panic!("{closing:?}");
+    };
+    assert_eq!(frame.code, CloseCode::Away);
+    assert_eq!(frame.reason.as_str(), "the gateway is stopping");
+    // The upstream was told as well.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let told = ws
+            .received()
+            .iter()
+            .any(|m| matches!(m, Message::Close(Some(f)) if f.code == CloseCode::Away));
+        if told {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{:?}", ws.received());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The client answers the Close; the tunnel ends and the gateway with it, long before the
+    // drain's deadline would cut it off.
+    let _ = socket.close(None).await;
+    assert_eq!(gw.wait_exit(Duration::from_secs(8)), Some(0));
+}
+
 /// A GET sent from a task of its own (over HTTP/2 with prior knowledge when `h2`), for a
 /// request that is to be held while the test goes on.
 fn spawn_get(

@@ -347,6 +347,10 @@ async fn watch(
     tokio::select! {
         () = &mut conn => {}
         why = &mut watchdog => {
+            // A tunnel the connection opened (its HTTP over, its drain waited on) ends too.
+            if activity.tunnel_is_open() {
+                activity.stop_tunnel();
+            }
             why.tell(peer, metrics);
             activity.held.abandon_waiting();
             return;
@@ -396,11 +400,13 @@ async fn serve_http<S>(
     let (watched, metrics) = (info.clone(), gw.metrics.clone());
     let svc = service_fn(move |req| gw.clone().handle(info.clone(), req));
     let mut conn = Box::pin(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
-    // Held for the connection's life: the stop's drain waits for it.
+    // Held for the connection's life, a tunnel it opened included: the stop's drain waits for
+    // it.
     let Drain {
         watcher: _watcher,
         mut stop,
     } = drain;
+    let mut stop_tunnel = stop.clone();
     // The connection is ended gracefully — HTTP/1.1 after the answer in progress, HTTP/2 with
     // `GOAWAY`, its streams in flight answered — at the gateway's stop (which comes before
     // the drain's), or when one of its requests asks for it (the client-certificate rules its
@@ -434,9 +440,19 @@ async fn serve_http<S>(
             () = &mut flooded => {
                 tracing::warn!(%peer, "HTTP/2 client reset too many streams in flight: connection closed");
                 metrics.count_rejection("accept", "h2_reset_flood");
-                break;
+                return;
             }
         }
+    }
+    // The connection's bytes went on in a WebSocket tunnel (its own task): the drain waits for
+    // it too, and the stop tells it to close both sides with a Close frame ("going away").
+    let activity = &watched.activity;
+    if activity.tunnel_is_open() {
+        tokio::select! {
+            () = activity.tunnel_ended() => return,
+            () = front::raised(&mut stop_tunnel) => activity.tunnel_go_away(),
+        }
+        activity.tunnel_ended().await;
     }
 }
 

@@ -1463,6 +1463,7 @@ fn tunnel(
     }
     let audit = audit.clone();
     tokio::spawn(async move {
+        let refusal = Refusal::default();
         let joined = async {
             let (d, u) = match tokio::try_join!(down, up) {
                 Ok(both) => both,
@@ -1473,7 +1474,6 @@ fn tunnel(
             };
             let (mut from_client, mut to_client) = tokio::io::split(TokioIo::new(d));
             let (mut from_upstream, mut to_upstream) = tokio::io::split(TokioIo::new(u));
-            let refusal = Refusal::default();
             let ended = tokio::try_join!(
                 crate::wsframes::client_to_upstream(
                     &mut from_client,
@@ -1516,12 +1516,29 @@ fn tunnel(
                     )
                 })
                 .await;
+            } else if refusal.stopping() {
+                // Closed for the gateway's stop: a moment for each side's Close in answer,
+                // within the drain.
+                let _ = tokio::time::timeout(WS_CLOSE_LINGER, async {
+                    tokio::join!(
+                        crate::wsframes::drain(&mut from_client, WS_CLOSE_DRAIN),
+                        crate::wsframes::drain(&mut from_upstream, WS_CLOSE_DRAIN),
+                    )
+                })
+                .await;
             } else if let Err(e) = ended {
                 tracing::debug!(request_id = %id, error = %e, "upgraded connection ended");
             }
         };
+        // The stop is passed on to the pumps, which close where they stand between frames.
+        let told_to_go = async {
+            open.going_away().await;
+            refusal.go_away();
+            std::future::pending::<()>().await;
+        };
         tokio::select! {
             () = joined => {}
+            () = told_to_go => {}
             () = open.stopped() => {}
         }
         drop(open);

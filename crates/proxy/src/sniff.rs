@@ -1018,6 +1018,9 @@ struct Tunnel {
     ended: tokio::sync::Notify,
     stop: std::sync::atomic::AtomicBool,
     stopped: tokio::sync::Notify,
+    /// The gateway is stopping: the tunnel is to close both sides with a Close frame.
+    away: std::sync::atomic::AtomicBool,
+    away_told: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -1051,6 +1054,19 @@ impl Activity {
             self.tunnel.stopped.notified().await;
         }
     }
+
+    /// The gateway is stopping: the tunnel is to say so to both sides (a Close frame, 1001)
+    /// and end.
+    pub fn tunnel_go_away(&self) {
+        self.tunnel.away.store(true, Ordering::Release);
+        self.tunnel.away_told.notify_one();
+    }
+
+    async fn tunnel_told_to_go_away(&self) {
+        while !self.tunnel.away.load(Ordering::Acquire) {
+            self.tunnel.away_told.notified().await;
+        }
+    }
 }
 
 /// An open tunnel ([`Activity::tunnel_opens`]); its end is told when this goes.
@@ -1060,6 +1076,11 @@ impl TunnelOpen {
     /// Resolves when the watchdog has told the tunnel to end.
     pub async fn stopped(&self) {
         self.0.tunnel_stopped().await;
+    }
+
+    /// Resolves when the gateway's stop has told the tunnel to close ([`Activity::tunnel_go_away`]).
+    pub async fn going_away(&self) {
+        self.0.tunnel_told_to_go_away().await;
     }
 }
 

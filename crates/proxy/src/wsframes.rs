@@ -20,6 +20,10 @@ use tokio::sync::Notify;
 pub(crate) const MESSAGE_TOO_BIG: u16 = 1009;
 /// RFC 6455 §7.4.1: "a protocol error".
 pub(crate) const PROTOCOL_ERROR: u16 = 1002;
+/// RFC 6455 §7.4.1: an endpoint "going away", such as a server going down.
+pub(crate) const GOING_AWAY: u16 = 1001;
+/// The reason the Close frames of a stop carry.
+const STOPPING: &str = "the gateway is stopping";
 
 /// Why the client's frames end the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +112,11 @@ impl ClientFrames {
             left: 0,
             message: None,
         }
+    }
+
+    /// Whether what went by ends a frame (no payload of one still to come).
+    pub(crate) fn between_frames(&self) -> bool {
+        self.left == 0
     }
 
     /// Follows `data`, which continues where the last call's forwardable bytes ended. `Ok(n)`:
@@ -300,17 +309,37 @@ fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
     out
 }
 
-/// A refusal, passed from the client's pump to the upstream's.
+/// A refusal, passed from the client's pump to the upstream's; or the gateway's stop, told to
+/// both.
 #[derive(Default)]
 pub(crate) struct Refusal {
     violation: OnceLock<Violation>,
+    /// Wakes the upstream's pump (the one writing to the client).
     told: Notify,
+    /// The gateway is stopping: each pump sends a Close frame (1001) where it stands between
+    /// two frames, and ends.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Wakes the client's pump (the one writing to the upstream) for the stop.
+    told_upstream: Notify,
 }
 
 impl Refusal {
     fn raise(&self, v: Violation) {
         let _ = self.violation.set(v);
         self.told.notify_one();
+    }
+
+    /// The gateway is stopping: both sides are to be sent a Close frame ("going away").
+    pub(crate) fn go_away(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.told.notify_one();
+        self.told_upstream.notify_one();
+    }
+
+    /// Whether [`Refusal::go_away`] was told.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The client's violation, once its pump found one.
@@ -337,7 +366,26 @@ where
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        if from.read_buf(&mut buf).await? == 0 {
+        let read = tokio::select! {
+            biased;
+            () = refusal.told_upstream.notified() => {
+                // The stop: a Close frame where the upstream stands between two of the
+                // client's frames (a control frame may come between a message's fragments);
+                // mid-frame it would be read as payload, and the side is closed without one.
+                if buf.is_empty() && frames.between_frames() {
+                    to.write_all(&close_frame(
+                        GOING_AWAY,
+                        STOPPING,
+                        Some(fastrand::u32(..).to_be_bytes()),
+                    ))
+                    .await?;
+                }
+                return to.shutdown().await;
+            }
+            // Cancel-safe: what a read took is in `buf`.
+            read = from.read_buf(&mut buf) => read?,
+        };
+        if read == 0 {
             // A header begun and never finished is dropped with the client's side.
             return to.shutdown().await;
         }
@@ -379,8 +427,12 @@ where
         let n = tokio::select! {
             biased;
             () = refusal.told.notified() => {
-                if let (Some(v), true) = (refusal.violation(), frames.at_boundary()) {
-                    to.write_all(&close_frame(v.code, v.reason, None)).await?;
+                let close = match refusal.violation() {
+                    Some(v) => Some((v.code, v.reason)),
+                    None => refusal.stopping().then_some((GOING_AWAY, STOPPING)),
+                };
+                if let (Some((code, reason)), true) = (close, frames.at_boundary()) {
+                    to.write_all(&close_frame(code, reason, None)).await?;
                 }
                 // Mid-frame, a Close frame would be read as the frame's payload: the connection
                 // is closed without one.
