@@ -385,6 +385,40 @@ mod tests {
         )
     }
 
+    /// An exclusion of a query parameter does not cover a parameter after a `;` in its value,
+    /// which servers that split at `;` read as a parameter of its own.
+    #[test]
+    fn an_excluded_parameter_does_not_cover_what_follows_a_semicolon() {
+        let (head, ()) = http::Request::builder()
+            .uri("/search?q=x;id=1%27%20UNION%20SELECT%20password%20FROM%20users--")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut route = RouteWaf::default();
+        route.exclusions.push(crate::config::Exclusion {
+            rules: Vec::new(),
+            classes: vec![Class::Sqli],
+            targets: vec![crate::config::TargetPattern::parse("query:q").unwrap()],
+        });
+        let out = inspect(
+            &route,
+            &Inspection {
+                head: &head,
+                path: "/search",
+                client_ip: "192.0.2.1".parse().unwrap(),
+                body: BodyState::Buffered(b""),
+            },
+        );
+        assert!(out.blocked);
+        assert!(
+            out.findings
+                .iter()
+                .any(|f| f.finding.target == "query:id" && !f.excluded),
+            "{:?}",
+            out.findings
+        );
+    }
+
     #[test]
     fn a_repeated_value_is_reported_at_every_place_with_the_same_findings() {
         let (head, body) = post(

@@ -15,7 +15,8 @@
 //! # Head
 //!
 //! * Path: one target (`path`, unnamed) holding the normalised path.
-//! * Query: the query string split on `&` only (not `;`); each `name=value` percent-decoded once
+//! * Query: the query string split on `&`, and each `name=value` after a `;` in a pair read
+//!   as a parameter of its own too (servers that split on `;` as well); each percent-decoded once
 //!   with `+` as a space, invalid escapes kept literally, invalid UTF-8 read lossily. A value
 //!   target per non-empty value (repeated parameters each get theirs), named by the decoded
 //!   name; a name target only for names with characters other than `[A-Za-z0-9_.\-\[\]]`.
@@ -484,7 +485,12 @@ fn plain_name(s: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'[' | b']'))
 }
 
-/// `a=1&b=2` (query strings and form bodies).
+/// `a=1&b=2` (query strings and form bodies). A query string is also read as the servers that
+/// split it at `;` too read it (Rack 2, Go before 1.17, older Python and Django): each
+/// `name=value` after a `;` in a pair is a parameter of its own as well — `?q=x;id=1` holds
+/// `id` to them, which no exclusion of `q` may cover and which the parameter rules must see.
+/// (Form bodies are split at `&` alone: Rack reads them so, and the source code forms carry
+/// is full of `;`.)
 fn urlencoded<'a>(src: &'a [u8], location: Location, sink: &mut Sink<'a, '_>) {
     for pair in src.split(|&b| b == b'&') {
         if sink.full {
@@ -493,26 +499,42 @@ fn urlencoded<'a>(src: &'a [u8], location: Location, sink: &mut Sink<'a, '_>) {
         if pair.is_empty() {
             continue;
         }
-        let (name, value) = match pair.iter().position(|&b| b == b'=') {
-            Some(p) => (
-                pair.get(..p).unwrap_or_default(),
-                pair.get(p + 1..).unwrap_or_default(),
-            ),
-            None => (pair, &[][..]),
-        };
-        let name = percent_decode(name, true);
-        if !plain_name(&name) {
-            sink.push(Target::new(
-                location,
-                name.clone(),
-                Part::Name,
-                name.clone(),
-            ));
+        urlencoded_pair(pair, location, sink);
+        if location == Location::Query && pair.contains(&b';') {
+            for piece in pair.split(|&b| b == b';').skip(1) {
+                // Only what those servers take for a parameter: a name, `=`, a value.
+                if sink.full {
+                    return;
+                }
+                if piece.iter().position(|&b| b == b'=').is_some_and(|p| p > 0) {
+                    urlencoded_pair(piece, location, sink);
+                }
+            }
         }
-        if !value.is_empty() {
-            let value = percent_decode(value, true);
-            sink.push(Target::new(location, name, Part::Value, value));
-        }
+    }
+}
+
+/// One `name=value` (or a bare name) of a URL-encoded list.
+fn urlencoded_pair<'a>(pair: &'a [u8], location: Location, sink: &mut Sink<'a, '_>) {
+    let (name, value) = match pair.iter().position(|&b| b == b'=') {
+        Some(p) => (
+            pair.get(..p).unwrap_or_default(),
+            pair.get(p + 1..).unwrap_or_default(),
+        ),
+        None => (pair, &[][..]),
+    };
+    let name = percent_decode(name, true);
+    if !plain_name(&name) {
+        sink.push(Target::new(
+            location,
+            name.clone(),
+            Part::Name,
+            name.clone(),
+        ));
+    }
+    if !value.is_empty() {
+        let value = percent_decode(value, true);
+        sink.push(Target::new(location, name, Part::Value, value));
     }
 }
 

@@ -92,6 +92,34 @@ fn path_and_query() {
     assert!(matches!(out[1].value, Cow::Owned(_)));
 }
 
+/// Servers that split a query at `;` too (Rack 2, Go before 1.17, older Django) read each
+/// `name=value` after a `;` as a parameter of its own: the pieces are targets as well (the
+/// pair whole stays one, for servers that split at `&` alone).
+#[test]
+fn query_pairs_are_also_read_split_at_semicolons() {
+    let head = parts("/?q=x;id=1%27;;=z;w=;v=2&a=b;c", &[]);
+    let mut out = Vec::new();
+    let mut findings = Vec::new();
+    head_targets(
+        &head,
+        "/",
+        &ExtractLimits::default(),
+        &mut out,
+        &mut findings,
+    );
+    assert!(findings.is_empty());
+    assert_eq!(
+        pairs(&out),
+        vec![
+            p("path", "/"),
+            p("query:q", "x;id=1';;=z;w=;v=2"),
+            p("query:id", "1'"),
+            p("query:v", "2"),
+            p("query:a", "b;c"),
+        ]
+    );
+}
+
 #[test]
 fn query_invalid_utf8_is_lossy() {
     let head = parts("/?a=%ff%fe&b=%C3%A9", &[]);

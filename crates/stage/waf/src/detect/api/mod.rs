@@ -30,7 +30,9 @@ use crate::extract::{BodyFacts, BodyKind};
 use crate::model::{Class, Finding, Location, Part, Rule, Severity, Target};
 use crate::transform::View;
 
-use names::{NameSet, PageValue, field_last_segment, json_is_top_level, json_last_key, page_value};
+use names::{
+    NameSet, PageValue, field_last_segment, json_is_top_level, json_last_key, page_value, php_key,
+};
 
 pub static RULES: &[Rule] = &[
     Rule {
@@ -876,18 +878,16 @@ fn repeats(
     };
     if !many {
         let list = &idx[..n];
+        let keys: Vec<Cow<'_, str>> = list.iter().map(|&i| php_key(&targets[i].name)).collect();
         for (k, &i) in list.iter().enumerate() {
-            let name = &targets[i].name;
-            if list[..k]
-                .iter()
-                .any(|&j| targets[j].name.eq_ignore_ascii_case(name))
-            {
+            let key = &keys[k];
+            if keys[..k].contains(key) {
                 continue;
             }
             let mut count = 1;
             let mut second = None;
-            for &j in &list[k + 1..] {
-                if targets[j].name.eq_ignore_ascii_case(name) {
+            for (&j, other) in list[k + 1..].iter().zip(&keys[k + 1..]) {
+                if other == key {
                     count += 1;
                     second.get_or_insert(j);
                 }
@@ -898,16 +898,20 @@ fn repeats(
         }
         return;
     }
-    let mut list: Vec<&Target<'_>> = targets.iter().filter(|t| pick(t)).collect();
-    list.sort_by_cached_key(|t| t.name.to_ascii_lowercase());
+    let mut list: Vec<(Cow<'_, str>, &Target<'_>)> = targets
+        .iter()
+        .filter(|t| pick(t))
+        .map(|t| (php_key(&t.name), t))
+        .collect();
+    list.sort_by(|a, b| a.0.cmp(&b.0));
     let mut k = 0;
     while k < list.len() {
         let mut end = k + 1;
-        while end < list.len() && list[end].name.eq_ignore_ascii_case(&list[k].name) {
+        while end < list.len() && list[end].0 == list[k].0 {
             end += 1;
         }
         if end - k > 1 {
-            report(list[k], list[k + 1], end - k);
+            report(list[k].1, list[k + 1].1, end - k);
         }
         k = end;
     }
@@ -918,21 +922,19 @@ fn query_and_form(h: &Hpp, targets: &[Target<'_>], kind: BodyKind, f: &mut Findi
     if !targets.iter().any(is_query_value) {
         return;
     }
-    let query: Vec<&str> = targets
+    let query: Vec<Cow<'_, str>> = targets
         .iter()
         .filter(|t| is_query_value(t))
-        .map(|t| &*t.name)
+        .map(|t| php_key(&t.name))
         .collect();
-    let mut seen: Vec<&str> = Vec::new();
+    let mut seen: Vec<Cow<'_, str>> = Vec::new();
     for t in targets.iter().filter(|t| is_form_value(t, kind)) {
         let name = &*t.name;
-        if h.may_repeat(name)
-            || !query.iter().any(|q| q.eq_ignore_ascii_case(name))
-            || seen.iter().any(|s| s.eq_ignore_ascii_case(name))
-        {
+        let key = php_key(name);
+        if h.may_repeat(name) || !query.contains(&key) || seen.contains(&key) {
             continue;
         }
-        seen.push(name);
+        seen.push(key);
         f.push(HPP_QUERY_AND_FORM, t, &format!("{name} in query and body"));
     }
 }
@@ -963,7 +965,13 @@ fn mass_assignment(m: &Mass, targets: &[Target<'_>], facts: &BodyFacts, f: &mut 
             _ => None,
         };
         let Some(segment) = segment else { continue };
-        if !m.fields.contains(&segment) || seen.contains(&(t.location, &*t.name)) {
+        // A field's whole name too: PHP binds `is.admin` as `is_admin` (its last segment,
+        // `admin`, names another field).
+        let whole = matches!(t.location, Location::Query)
+            || body_name(facts.kind, &t.name) == BodyName::Field;
+        if !(m.fields.contains(&segment) || whole && m.fields.contains(&t.name))
+            || seen.contains(&(t.location, &*t.name))
+        {
             continue;
         }
         seen.push((t.location, &t.name));
@@ -1021,7 +1029,11 @@ fn pagination(p: &Pagination, targets: &[Target<'_>], facts: &BodyFacts, f: &mut
             },
             _ => continue,
         };
-        if p.params.contains(&name) {
+        // Or the whole name, as PHP binds it (`page.size` is `page_size` to it).
+        if p.params.contains(&name)
+            || (t.location == Location::Query || body_name(facts.kind, &t.name) == BodyName::Field)
+                && p.params.contains(&t.name)
+        {
             page_size(p, t, &name, &t.value, f);
         }
     }
@@ -1097,7 +1109,7 @@ fn graphql_source<'n>(t: &'n Target<'_>, kind: BodyKind) -> Option<Source<'n>> {
         return None;
     }
     match t.location {
-        Location::Query if t.name == "query" => Some(Source::Query),
+        Location::Query if php_key(&t.name) == "query" => Some(Source::Query),
         Location::Body => {
             let name: &str = &t.name;
             if name == "$.query" {
@@ -1106,7 +1118,7 @@ fn graphql_source<'n>(t: &'n Target<'_>, kind: BodyKind) -> Option<Source<'n>> {
                     batch: false,
                 });
             }
-            if name == "query" && matches!(kind, BodyKind::Form | BodyKind::Multipart) {
+            if matches!(kind, BodyKind::Form | BodyKind::Multipart) && php_key(name) == "query" {
                 return Some(Source::Form);
             }
             let prefix = name.strip_suffix("query")?;

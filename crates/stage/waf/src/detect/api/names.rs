@@ -13,13 +13,38 @@ const MAX_NAME: usize = 64;
 /// and `K` (Kelvin, U+212A), which Go's `encoding/json` folds to `s` and `k`, and `ı` and `İ`
 /// (U+0131, U+0130), which Java's `equalsIgnoreCase` and .NET's ordinal comparison match with
 /// `i`; so `iſ_admin` is `is_admin`. Other non-ASCII characters are kept as they are.
+///
+/// A NUL ends the name, as PHP ends a parameter's name there (`role%00x` is `role` to it).
 pub(crate) fn normalize(name: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len());
     let mut buf = [0u8; 4];
-    for c in name.chars() {
+    for c in name.chars().take_while(|&c| c != '\0') {
         out.extend_from_slice(fold(c, &mut buf));
     }
     out
+}
+
+/// A query or form parameter's name as PHP binds it, ASCII case folded: cut at a NUL, leading
+/// spaces dropped, spaces and dots made `_` — so `user.id`, `user id`, ` user_id`, `user_id%00x`
+/// and `USER_ID` are one parameter, as they are to PHP (and, but for the dots, to
+/// case-insensitive binders).
+pub(crate) fn php_key(name: &str) -> Cow<'_, str> {
+    let name = name.split('\0').next().unwrap_or(name);
+    let name = name.trim_start_matches(' ');
+    if !name
+        .bytes()
+        .any(|b| b == b' ' || b == b'.' || b.is_ascii_uppercase())
+    {
+        return Cow::Borrowed(name);
+    }
+    Cow::Owned(
+        name.chars()
+            .map(|c| match c {
+                ' ' | '.' => '_',
+                c => c.to_ascii_lowercase(),
+            })
+            .collect(),
+    )
 }
 
 /// One character of a name in its normal form (see [`normalize`]): nothing, a lowercase ASCII
@@ -72,7 +97,7 @@ impl NameSet {
         let mut buf = [0u8; MAX_NAME];
         let mut n = 0usize;
         let mut ch = [0u8; 4];
-        for c in name.chars() {
+        for c in name.chars().take_while(|&c| c != '\0') {
             for &b in fold(c, &mut ch) {
                 if n >= self.longest {
                     return false;

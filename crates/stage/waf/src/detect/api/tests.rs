@@ -1032,3 +1032,55 @@ fn names_are_read_as_frameworks_bind_them() {
     assert!(s.contains("API_KEY") && s.contains("apikey") && s.contains("Secret"));
     assert!(!s.contains("api_kez"));
 }
+
+// --- names as PHP binds them -----------------------------------------------------------------
+
+/// PHP ends a parameter's name at a NUL, drops its leading spaces and makes its spaces and dots
+/// `_`: `id%00x`, ` id` and `user.id` are `id`, `id` and `user_id` to it — the parameter
+/// rules read them so.
+#[test]
+fn names_php_reads_as_one_parameter() {
+    for (a, b) in [
+        ("id", "id\0x"),
+        ("id", " id"),
+        ("user_id", "user.id"),
+        ("user_id", "user id"),
+    ] {
+        assert_eq!(
+            ids(&get(&[q(a, "1"), q(b, "2")])),
+            vec![2300],
+            "{a:?} {b:?}"
+        );
+    }
+    // Pollution across the query and a form too.
+    let form = facts(BodyKind::Form);
+    let r = ApiRules::default();
+    let t = [q("amount", "1"), body("amount\0x", "1000")];
+    assert_eq!(ids(&findings(&r, &Method::POST, &t, &form, 2)), vec![2301]);
+    // A protected field, a page size and a GraphQL document under such names.
+    assert_eq!(ids(&post(&[body("role\0x", "admin")], &form)), vec![2400]);
+    let mass = rules_from("{mass_assignment: {fields: [is_admin]}}");
+    assert_eq!(
+        ids(&findings(
+            &mass,
+            &Method::POST,
+            &[body("is.admin", "1")],
+            &form,
+            1
+        )),
+        vec![2400]
+    );
+    assert_eq!(ids(&get(&[q("limit\0x", "1000000")])), vec![2510]);
+    assert_eq!(ids(&get(&[q("page.size", "1000000")])), vec![2510]);
+    assert_eq!(
+        ids(&get(&[q("query\0x", "{ __schema { types { name } } }")])),
+        vec![2507]
+    );
+    assert_eq!(
+        ids(&post(
+            &[body(" query", "{ __schema { types { name } } }")],
+            &form
+        )),
+        vec![2507]
+    );
+}
