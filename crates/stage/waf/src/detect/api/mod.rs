@@ -229,6 +229,8 @@ pub const DEFAULT_PAGINATION_MAX: u64 = 1000;
 
 /// Longest `variables` parameter (GET or form GraphQL) parsed to resolve list sizes.
 const MAX_VARIABLES_BYTES: usize = 64 * 1024;
+/// Largest `operations` field of a GraphQL multipart request that is read as JSON.
+const MAX_OPERATIONS_BYTES: usize = 256 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration.
@@ -977,6 +979,41 @@ fn mass_assignment(m: &Mass, targets: &[Target<'_>], facts: &BodyFacts, f: &mut 
         seen.push((t.location, &t.name));
         f.push(MASS_ASSIGNMENT, t, &segment);
     }
+    // JSON inside a value: a multipart part (Spring's `@RequestPart` binds a JSON part), or
+    // GraphQL `variables` sent as a string (express-graphql parses it; a form or query
+    // parameter is one).
+    for t in targets {
+        if t.part != Part::Value || !crate::extract::starts_like_json(t.value.as_bytes()) {
+            continue;
+        }
+        let json_part = t.location == Location::Body
+            && facts.kind == BodyKind::Multipart
+            && body_name(facts.kind, &t.name) == BodyName::Field;
+        let variables = match t.location {
+            Location::Query => php_key(&t.name) == "variables",
+            Location::Body => match body_name(facts.kind, &t.name) {
+                BodyName::Field => php_key(&t.name) == "variables",
+                BodyName::Json => {
+                    json_last_key(&t.name).is_some_and(|k| k.eq_ignore_ascii_case("variables"))
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if !(json_part || variables)
+            || t.value.len() > MAX_OPERATIONS_BYTES
+            || seen.contains(&(t.location, &*t.name))
+        {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&t.value) else {
+            continue;
+        };
+        if let Some(key) = protected_key(&m.fields, &v) {
+            seen.push((t.location, &t.name));
+            f.push(MASS_ASSIGNMENT, t, &key);
+        }
+    }
 }
 
 /// Rule 2401: a field of a POST body that Rack, Symfony or Laravel read as the method to run
@@ -1101,6 +1138,9 @@ enum Source<'n> {
     Query,
     /// The `query` form field.
     Form,
+    /// The `operations` form field of a GraphQL multipart request: a JSON operation (or a
+    /// batch of them), each with its `query` and `variables`.
+    Operations,
 }
 
 /// Whether a target carries a GraphQL document, and how.
@@ -1112,16 +1152,27 @@ fn graphql_source<'n>(t: &'n Target<'_>, kind: BodyKind) -> Option<Source<'n>> {
         Location::Query if php_key(&t.name) == "query" => Some(Source::Query),
         Location::Body => {
             let name: &str = &t.name;
-            if name == "$.query" {
+            // Members in any case: Go's `encoding/json` (gqlgen) matches them so.
+            if name.eq_ignore_ascii_case("$.query") {
                 return Some(Source::Json {
                     prefix: "$.",
                     batch: false,
                 });
             }
-            if matches!(kind, BodyKind::Form | BodyKind::Multipart) && php_key(name) == "query" {
-                return Some(Source::Form);
+            if matches!(kind, BodyKind::Form | BodyKind::Multipart) {
+                return match &*php_key(name) {
+                    "query" => Some(Source::Form),
+                    // The GraphQL multipart request (file uploads): the operation, or a
+                    // batch of them, as JSON in the `operations` field.
+                    "operations" => Some(Source::Operations),
+                    _ => None,
+                };
             }
-            let prefix = name.strip_suffix("query")?;
+            let cut = name.len().checked_sub(5)?;
+            if !name.get(cut..)?.eq_ignore_ascii_case("query") {
+                return None;
+            }
+            let prefix = name.get(..cut)?;
             let digits = prefix.strip_prefix("$[")?.strip_suffix("].")?;
             (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(
                 Source::Json {
@@ -1142,15 +1193,22 @@ fn plainly_graphql(src: Source<'_>, targets: &[Target<'_>], kind: BodyKind) -> b
     if kind == BodyKind::GraphQl {
         return true;
     }
+    let companion = |name: &str| {
+        GRAPHQL_COMPANIONS
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(name))
+    };
     targets.iter().any(|t| match src {
         Source::Json { prefix, .. } => {
             t.location == Location::Body
                 && t.name
-                    .strip_prefix(prefix)
-                    .is_some_and(|rest| GRAPHQL_COMPANIONS.contains(&rest))
+                    .get(..prefix.len())
+                    .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+                && t.name.get(prefix.len()..).is_some_and(companion)
         }
-        Source::Query => t.location == Location::Query && GRAPHQL_COMPANIONS.contains(&&*t.name),
-        Source::Form => is_form_value(t, kind) && GRAPHQL_COMPANIONS.contains(&&*t.name),
+        Source::Query => t.location == Location::Query && companion(&php_key(&t.name)),
+        Source::Form => is_form_value(t, kind) && companion(&php_key(&t.name)),
+        Source::Operations => true,
     })
 }
 
@@ -1165,39 +1223,47 @@ struct Variables<'r, 't> {
 
 impl Variables<'_, '_> {
     fn get(&mut self, var: &str) -> Option<String> {
-        match self.src {
-            Source::Json { prefix, .. } => {
-                let name = format!("{prefix}variables.{var}");
-                self.targets
-                    .iter()
-                    .find(|t| {
-                        t.location == Location::Body && t.part == Part::Value && t.name == name
-                    })
-                    .map(|t| t.value.to_string())
-            }
-            Source::Query | Source::Form => {
-                if self.parsed.is_none() {
-                    let (src, kind, targets) = (self.src, self.kind, self.targets);
-                    let raw = targets.iter().find(|t| {
-                        t.name == "variables"
-                            && match src {
-                                Source::Query => is_query_value(t),
-                                _ => is_form_value(t, kind),
-                            }
-                    });
-                    self.parsed = Some(
-                        raw.filter(|t| t.value.len() <= MAX_VARIABLES_BYTES)
-                            .and_then(|t| serde_json::from_str(&t.value).ok()),
-                    );
-                }
-                let v = self.parsed.as_ref()?.as_ref()?.get(var)?;
-                match v {
-                    serde_json::Value::Number(n) => Some(n.to_string()),
-                    serde_json::Value::String(s) => Some(s.clone()),
-                    _ => None,
-                }
+        if let Source::Json { prefix, .. } = self.src {
+            // An object: its members are targets. A string (express-graphql parses one): read
+            // below.
+            let name = format!("{prefix}variables.{var}");
+            if let Some(t) = self.targets.iter().find(|t| {
+                t.location == Location::Body
+                    && t.part == Part::Value
+                    && t.name.len() == name.len()
+                    && t.name.eq_ignore_ascii_case(&name)
+            }) {
+                return Some(t.value.to_string());
             }
         }
+        if self.parsed.is_none() {
+            let (src, kind, targets) = (self.src, self.kind, self.targets);
+            let raw = targets.iter().find(|t| match src {
+                Source::Json { prefix, .. } => {
+                    t.location == Location::Body
+                        && t.part == Part::Value
+                        && t.name.len() == prefix.len() + "variables".len()
+                        && t.name.eq_ignore_ascii_case(&format!("{prefix}variables"))
+                }
+                Source::Query => is_query_value(t) && php_key(&t.name) == "variables",
+                Source::Form => is_form_value(t, kind) && php_key(&t.name) == "variables",
+                Source::Operations => false,
+            });
+            self.parsed = Some(
+                raw.filter(|t| t.value.len() <= MAX_VARIABLES_BYTES)
+                    .and_then(|t| serde_json::from_str(&t.value).ok()),
+            );
+        }
+        variable(self.parsed.as_ref()?.as_ref()?, var)
+    }
+}
+
+/// A variable's value as a list argument reads it (a number or a string).
+fn variable(vars: &serde_json::Value, var: &str) -> Option<String> {
+    match vars.get(var)? {
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::String(s) => Some(s.clone()),
+        _ => None,
     }
 }
 
@@ -1213,10 +1279,36 @@ fn graphql_rules(
     // that repeating `query` cannot multiply the parser's per-document bound).
     let mut batch = 0u64;
     let mut analysed = 0u64;
+    let protected = mass.filter(|_| f.runs(MASS_ASSIGNMENT)).map(|m| &m.fields);
     for t in targets {
         let Some(src) = graphql_source(t, facts.kind) else {
             continue;
         };
+        if let Source::Operations = src {
+            // Each operation of the field's JSON, with its own variables.
+            let Some(ops) = operations(&t.value) else {
+                continue;
+            };
+            if ops.len() > 1 {
+                batch += ops.len() as u64;
+            }
+            for (doc, vars) in ops {
+                if analysed >= g.max_batch {
+                    break;
+                }
+                analysed += 1;
+                // (A multipart part's JSON is read whole by the mass-assignment rule.)
+                if let (Some(fields), Some(v), false) =
+                    (protected, &vars, facts.kind == BodyKind::Multipart)
+                    && let Some(key) = protected_key(fields, v)
+                {
+                    f.push(MASS_ASSIGNMENT, t, &key);
+                }
+                let mut resolve = |name: &str| vars.as_ref().and_then(|v| variable(v, name));
+                analyse_document(g, protected, pagination, t, &doc, &mut resolve, f);
+            }
+            continue;
+        }
         if let Source::Json { batch: true, .. } = src {
             batch += 1;
         }
@@ -1234,55 +1326,7 @@ fn graphql_rules(
             parsed: None,
         };
         let mut resolve = |name: &str| vars.get(name);
-        let mut inputs = graphql::Inputs {
-            max_tokens: g.max_tokens,
-            list_arguments: &g.list_arguments,
-            protected: mass.filter(|_| f.runs(MASS_ASSIGNMENT)).map(|m| &m.fields),
-            variables: &mut resolve,
-        };
-        let a = graphql::analyse(&t.value, &mut inputs);
-        if let Some(err) = &a.syntax_error {
-            f.push(GQL_SYNTAX, t, err);
-        }
-        if a.token_limit {
-            f.push(GQL_TOKENS, t, &format!("more than {} tokens", g.max_tokens));
-        }
-        if a.stats.depth > g.max_depth {
-            f.push(
-                GQL_DEPTH,
-                t,
-                &format!("depth {} > {}", a.stats.depth, g.max_depth),
-            );
-        }
-        if a.stats.aliases > g.max_aliases {
-            f.push(
-                GQL_ALIASES,
-                t,
-                &format!("{} aliases > {}", a.stats.aliases, g.max_aliases),
-            );
-        }
-        if a.stats.complexity > g.max_complexity {
-            let c = if a.stats.complexity == u64::MAX {
-                "complexity overflows".to_string()
-            } else {
-                format!("complexity {} > {}", a.stats.complexity, g.max_complexity)
-            };
-            f.push(GQL_COMPLEXITY, t, &c);
-        }
-        if let (Some(field), Introspection::Deny) = (a.introspection, g.introspection) {
-            f.push(GQL_INTROSPECTION, t, field);
-        }
-        if let Some(name) = &a.cycle {
-            f.push(GQL_CYCLE, t, &format!("fragment {name}"));
-        }
-        for name in &a.protected {
-            f.push(MASS_ASSIGNMENT, t, name);
-        }
-        if pagination.enabled {
-            for arg in &a.list_arguments {
-                page_size(pagination, t, &arg.name, &arg.value, f);
-            }
-        }
+        analyse_document(g, protected, pagination, t, &t.value, &mut resolve, f);
     }
     if batch > 0 {
         let n = batch.max(facts.json_top_array.unwrap_or(0) as u64);
@@ -1294,4 +1338,115 @@ fn graphql_rules(
             );
         }
     }
+}
+
+/// Analyses one GraphQL document, found at `t`, and reports what is over the limits.
+fn analyse_document(
+    g: &Graphql,
+    protected: Option<&NameSet>,
+    pagination: &Pagination,
+    t: &Target<'_>,
+    doc: &str,
+    resolve: &mut dyn FnMut(&str) -> Option<String>,
+    f: &mut Findings<'_>,
+) {
+    let mut inputs = graphql::Inputs {
+        max_tokens: g.max_tokens,
+        list_arguments: &g.list_arguments,
+        protected,
+        variables: resolve,
+    };
+    let a = graphql::analyse(doc, &mut inputs);
+    if let Some(err) = &a.syntax_error {
+        f.push(GQL_SYNTAX, t, err);
+    }
+    if a.token_limit {
+        f.push(GQL_TOKENS, t, &format!("more than {} tokens", g.max_tokens));
+    }
+    if a.stats.depth > g.max_depth {
+        f.push(
+            GQL_DEPTH,
+            t,
+            &format!("depth {} > {}", a.stats.depth, g.max_depth),
+        );
+    }
+    if a.stats.aliases > g.max_aliases {
+        f.push(
+            GQL_ALIASES,
+            t,
+            &format!("{} aliases > {}", a.stats.aliases, g.max_aliases),
+        );
+    }
+    if a.stats.complexity > g.max_complexity {
+        let c = if a.stats.complexity == u64::MAX {
+            "complexity overflows".to_string()
+        } else {
+            format!("complexity {} > {}", a.stats.complexity, g.max_complexity)
+        };
+        f.push(GQL_COMPLEXITY, t, &c);
+    }
+    if let (Some(field), Introspection::Deny) = (a.introspection, g.introspection) {
+        f.push(GQL_INTROSPECTION, t, field);
+    }
+    if let Some(name) = &a.cycle {
+        f.push(GQL_CYCLE, t, &format!("fragment {name}"));
+    }
+    for name in &a.protected {
+        f.push(MASS_ASSIGNMENT, t, name);
+    }
+    if pagination.enabled {
+        for arg in &a.list_arguments {
+            page_size(pagination, t, &arg.name, &arg.value, f);
+        }
+    }
+}
+
+/// The operations of a GraphQL multipart request's `operations` field: one JSON object, or an
+/// array of them (a batch), each with its `query` (members in any case) and its `variables`
+/// (an object, or a string holding one). `None` when it is not such JSON.
+fn operations(value: &str) -> Option<Vec<(String, Option<serde_json::Value>)>> {
+    if value.len() > MAX_OPERATIONS_BYTES {
+        return None;
+    }
+    let member = |o: &serde_json::Map<String, serde_json::Value>, name: &str| {
+        o.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let one = |v: &serde_json::Value| {
+        let o = v.as_object()?;
+        let doc = member(o, "query")?.as_str()?.to_string();
+        let vars = member(o, "variables").and_then(|v| match v {
+            serde_json::Value::String(s) if s.len() <= MAX_VARIABLES_BYTES => {
+                serde_json::from_str(&s).ok()
+            }
+            serde_json::Value::Object(_) => Some(v),
+            _ => None,
+        });
+        Some((doc, vars))
+    };
+    match serde_json::from_str::<serde_json::Value>(value).ok()? {
+        serde_json::Value::Array(items) => Some(items.iter().filter_map(one).collect()),
+        v => one(&v).map(|o| vec![o]),
+    }
+}
+
+/// The first key, at any depth of `value`, that names a protected field.
+fn protected_key(fields: &NameSet, value: &serde_json::Value) -> Option<String> {
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(o) => {
+                for (k, v) in o {
+                    if fields.contains(k) {
+                        return Some(k.clone());
+                    }
+                    stack.push(v);
+                }
+            }
+            serde_json::Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    None
 }

@@ -1084,3 +1084,80 @@ fn names_php_reads_as_one_parameter() {
         vec![2507]
     );
 }
+
+// --- GraphQL in other shapes -------------------------------------------------------------------
+
+/// GraphQL as servers also take it: members in any case (Go's `encoding/json`), `variables` as
+/// a JSON string (express-graphql), the multipart request's `operations` field (uploads), and
+/// JSON in a multipart part (Spring's `@RequestPart`).
+#[test]
+fn graphql_and_json_in_the_shapes_servers_also_read() {
+    let json = facts(BodyKind::Json);
+    let f = post(
+        &[
+            key("$.QUERY"),
+            body("$.QUERY", "query{__schema{types{name}}}"),
+        ],
+        &json,
+    );
+    assert_eq!(ids(&f), vec![2507]);
+    let t = [
+        key("$.query"),
+        body(
+            "$.query",
+            "query Q($n: Int) { users(first: $n) { friends(first: 50) { name } } }",
+        ),
+        key("$.Variables"),
+        body("$.Variables", r#"{"n": 30}"#),
+    ];
+    assert_eq!(ids(&post(&t, &json)), vec![2505]);
+
+    let form = facts(BodyKind::Form);
+    let mutation = "mutation($u: UserInput!) { updateUser(input: $u) { id } }";
+    let t = [
+        body("query", mutation),
+        body("variables", r#"{"u": {"role": "admin"}}"#),
+    ];
+    let f = post(&t, &form);
+    assert_eq!(ids(&f), vec![2400]);
+    assert_eq!(f[0].snippet, "role");
+    let t = [
+        key("$.query"),
+        body("$.query", mutation),
+        key("$.variables"),
+        body("$.variables", r#"{"u": {"role": "admin"}}"#),
+    ];
+    assert_eq!(ids(&post(&t, &json)), vec![2400]);
+
+    let multipart = facts(BodyKind::Multipart);
+    let ops = |o: &str| [body("operations", o), body("map", "{}")];
+    assert_eq!(
+        ids(&post(
+            &ops(r#"{"query": "{ __schema { types { name } } }"}"#),
+            &multipart
+        )),
+        vec![2507]
+    );
+    assert_eq!(
+        ids(&post(
+            &ops(&format!(
+                r#"{{"query": "{mutation}", "variables": {{"u": {{"role": "admin"}}}}}}"#
+            )),
+            &multipart
+        )),
+        vec![2400]
+    );
+    let batch: Vec<String> = (0..11)
+        .map(|_| r#"{"query": "{ me { id } }"}"#.to_string())
+        .collect();
+    assert_eq!(
+        ids(&post(&ops(&format!("[{}]", batch.join(","))), &multipart)),
+        vec![2506]
+    );
+    assert!(post(&ops(r#"{"query": "{ me { id } }"}"#), &multipart).is_empty());
+
+    // A JSON part holding a protected field; the same text in a form value is a value.
+    let part = [body("profile", r#"{"name": "eve", "role": "admin"}"#)];
+    assert_eq!(ids(&post(&part, &multipart)), vec![2400]);
+    assert!(post(&part, &form).is_empty());
+}
