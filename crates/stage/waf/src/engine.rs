@@ -12,7 +12,7 @@ use portcullis_core::coding::{self as inflate, Inflated};
 use crate::coding;
 use crate::config::{Action, Mode, OverLimit, RouteWaf};
 use crate::detect::{self, api};
-use crate::extract::{self, BodyFacts};
+use crate::extract::{self, BodyFacts, BodyKind};
 use crate::extract_rules::BODY_OVER_LIMIT;
 use crate::model::{Class, Finding, Location, Part, Target, evidence, exclusion_key, snippet};
 use crate::transform::Views;
@@ -130,6 +130,8 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
         &mut findings,
     );
     let mut facts = BodyFacts::default();
+    // A text body's fields as a form reader takes them (for the parameter rules).
+    let mut loose: Vec<Target<'_>> = Vec::new();
     let mut informational = None;
     let mut over_limit_refused = false;
     match req.body {
@@ -154,6 +156,9 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
             };
             let mut cts = req.head.headers.get_all(http::header::CONTENT_TYPE).iter();
             let first = cts.next();
+            if first.is_some_and(|v| v.to_str().is_err()) {
+                extract::non_ascii_content_type(&mut findings);
+            }
             if let Some(body) = body {
                 // Its binary label is what the sniff found untrue: read as untyped.
                 let ct = match req.body {
@@ -161,6 +166,11 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
                     _ => first.and_then(|v| v.to_str().ok()),
                 };
                 facts = extract::body_targets(ct, body, &route.limits, &mut targets, &mut findings);
+                // Rack reads a POST body without a type as a form (a `text/*` or unknown type
+                // it leaves alone, as PHP and Go do).
+                if first.is_none() && facts.kind == BodyKind::Text {
+                    loose = extract::loose_form(body, &route.limits);
+                }
             }
             // Servers read the first or the last of two: the one the WAF did not may be another.
             if cts.next().is_some() {
@@ -204,6 +214,32 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
         pl,
         &mut findings,
     );
+    // A text body read as a form by those who take it for one: the parameter rules on its
+    // fields beside the query's (what they found already, and the method field rule 2401
+    // reads from such a body itself, not twice).
+    if !loose.is_empty() {
+        loose.extend(
+            targets
+                .iter()
+                .filter(|t| t.location == Location::Query)
+                .cloned(),
+        );
+        let mut more = Vec::new();
+        let form = BodyFacts {
+            kind: BodyKind::Form,
+            ..BodyFacts::default()
+        };
+        api::inspect_method(&route.api, &req.head.method, &loose, &form, pl, &mut more);
+        for f in more {
+            if f.rule != api::method_field_rule()
+                && !findings
+                    .iter()
+                    .any(|g| g.rule == f.rule && g.target == f.target)
+            {
+                findings.push(f);
+            }
+        }
+    }
     if !route.custom_rules.is_empty() {
         run_custom(route, req.client_ip, &targets, &mut findings);
     }
@@ -383,6 +419,49 @@ mod tests {
                 body: BodyState::Buffered(body.as_bytes()),
             },
         )
+    }
+
+    fn post_with(content_type: Option<&[u8]>, body: &'static str) -> Outcome {
+        let mut b = http::Request::builder().method("POST").uri("/orders");
+        if let Some(ct) = content_type {
+            b = b.header("content-type", http::HeaderValue::from_bytes(ct).unwrap());
+        }
+        let (head, ()) = b.body(()).unwrap().into_parts();
+        run(&head, body)
+    }
+
+    fn rules(out: &Outcome) -> Vec<u32> {
+        let mut v: Vec<u32> = out.findings.iter().map(|f| f.finding.rule).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// A form whose `Content-Type` holds a byte beyond ASCII (PHP reads the type up to its
+    /// `;`, Go's `ParseForm` the form anyway) is rule 1005; a POST body without a type, which
+    /// Rack reads as a form, goes to the parameter rules as one.
+    #[test]
+    fn forms_the_waf_would_read_as_text_meet_the_parameter_rules() {
+        let ct: &[u8] = b"application/x-www-form-urlencoded; x=\xe9";
+        let out = post_with(Some(ct), "name=eve");
+        assert!(out.blocked);
+        assert_eq!(rules(&out), vec![1005]);
+        let out = post_with(None, "name=eve&role=admin");
+        assert!(out.blocked);
+        assert_eq!(rules(&out), vec![2400]);
+        let out = post_with(None, "id=1&id=2");
+        assert!(out.blocked);
+        assert_eq!(rules(&out), vec![2300]);
+        let out = post_with(None, "query=%7B__schema%7Btypes%7Bname%7D%7D%7D");
+        assert!(out.blocked);
+        assert_eq!(rules(&out), vec![2507]);
+        // `_method` once (rule 2401, found in such a body already), not twice.
+        let out = post_with(None, "_method=DELETE");
+        assert_eq!(rules(&out), vec![2401]);
+        // A `text/plain` body no server reads as a form: its words are text.
+        let out = post_with(Some(b"text/plain"), "name=eve&role=admin");
+        assert!(!out.blocked, "{:?}", rules(&out));
+        let out = post_with(None, "name=eve&note=fine");
+        assert!(!out.blocked, "{:?}", rules(&out));
     }
 
     /// An exclusion of a query parameter does not cover a parameter after a `;` in its value,

@@ -310,15 +310,35 @@ pub fn body_targets<'a>(
 
 /// Rule 1005 for a request with more than one `Content-Type`.
 pub fn two_content_types(findings: &mut Vec<Finding>) {
+    ambiguous_type(findings, "more than one Content-Type");
+}
+
+/// Rule 1005 for a `Content-Type` with bytes beyond ASCII: the WAF would read the body as
+/// untyped, while PHP reads the type up to its `;` and Go's `ParseForm` a form despite a bad
+/// parameter.
+pub fn non_ascii_content_type(findings: &mut Vec<Finding>) {
+    ambiguous_type(findings, "a Content-Type with bytes beyond ASCII");
+}
+
+fn ambiguous_type(findings: &mut Vec<Finding>, why: &str) {
     let t = Target::new(Location::Body, "", Part::Value, "");
-    let mut f = Finding::new(
-        AMBIGUOUS_CONTENT_TYPE,
-        &t,
-        View::Raw,
-        "more than one Content-Type",
-    );
+    let mut f = Finding::new(AMBIGUOUS_CONTENT_TYPE, &t, View::Raw, why);
     f.blocks = true;
     findings.push(f);
+}
+
+/// A body inspected as text read as the URL-encoded form Rack takes a body without a type
+/// for: its fields, for the parameter rules alone (its values were inspected in the text). At most
+/// `limits.max_targets` of them; nothing when the body holds no `=`.
+pub fn loose_form<'a>(body: &'a [u8], limits: &ExtractLimits) -> Vec<Target<'a>> {
+    let mut out = Vec::new();
+    if !body.contains(&b'=') {
+        return out;
+    }
+    let mut ignored = Vec::new();
+    let mut sink = Sink::new(&mut out, &mut ignored, limits);
+    urlencoded(body, Location::Body, &mut sink);
+    out
 }
 
 /// The kind a content type announces (without reading the body).
