@@ -669,8 +669,9 @@ fn reload(gw: &Gateway, path: Option<&Path>, why: &str) -> Result<(), ConfigErro
 }
 
 /// The files a running configuration is made of — the configuration file, the Rego modules and
-/// data it names (paths relative to the configuration file's folder), and its OpenAPI
-/// documents with every file they reference — and those the file on disk names now, if it
+/// data it names (paths relative to the configuration file's folder), the listeners'
+/// certificates, keys and CA bundles, the upstreams' CA bundles, and its OpenAPI documents
+/// with every file they reference — and those the file on disk names now, if it
 /// reads: after a refused reload, a Rego module or document new in it (the one that was
 /// broken, say) is watched too, so that saving it fixed reloads.
 fn watched_files(gw: &Gateway, path: &Path) -> Vec<PathBuf> {
@@ -683,7 +684,32 @@ fn watched_files(gw: &Gateway, path: &Path) -> Vec<PathBuf> {
             .routes
             .iter()
             .filter_map(|r| r.openapi.as_ref().map(|o| &o.spec));
-        for f in rego.files.iter().chain(rego.data_file.iter()).chain(specs) {
+        // Certificates, keys and CA bundles: a rotation on disk (cert-manager, a Kubernetes
+        // Secret) reaches new handshakes without a signal, and a reload refused mid-rotation
+        // (a key that does not match its certificate yet) is tried again once it is whole.
+        let tls = raw.listeners.iter().filter_map(|l| l.tls.as_ref());
+        let listener_files = tls.flat_map(|t| {
+            t.certificates
+                .iter()
+                .flat_map(|c| [&c.cert_file, &c.key_file])
+                .chain(
+                    t.client_auth
+                        .iter()
+                        .flat_map(|a| std::iter::once(&a.ca_file).chain(a.spiffe_bundles.values())),
+                )
+        });
+        let upstream_cas = raw
+            .upstreams
+            .values()
+            .filter_map(|u| u.tls.ca_file.as_ref());
+        for f in rego
+            .files
+            .iter()
+            .chain(rego.data_file.iter())
+            .chain(specs)
+            .chain(listener_files)
+            .chain(upstream_cas)
+        {
             let f = portcullis_core::resolve_path(base, f);
             if !files.contains(&f) {
                 files.push(f);
