@@ -82,8 +82,12 @@ fn path_score(m: &PathMatch, path: &str) -> Option<(usize, Params)> {
                         if part.is_empty() {
                             return None;
                         }
+                        // A capture that does not decode to UTF-8 matches no template: read
+                        // lossily, `%FF` and `%FE` would both be U+FFFD to the owner and
+                        // tenant rules and to a rewrite, while the upstream tells them apart.
                         let v = percent_encoding::percent_decode_str(part)
-                            .decode_utf8_lossy()
+                            .decode_utf8()
+                            .ok()?
                             .into_owned();
                         params.push((name.clone(), v));
                     }
@@ -310,6 +314,25 @@ mod tests {
         assert_eq!(found(t.lookup("shop.example.com", "/api/x", &g)).0, "wild");
         assert_eq!(found(t.lookup("admin.example.com", "/api/x", &g)).0, "host");
         assert_eq!(found(t.lookup("example.com", "/api/x", &g)).0, "api");
+    }
+
+    /// A capture is its segment percent-decoded; one that does not decode to UTF-8 matches no
+    /// template (read lossily, `%FF` and `%FE` would be one value to owner rules).
+    #[test]
+    fn captures_are_decoded_or_the_template_does_not_match() {
+        let t = table(ROUTES);
+        let g = Method::GET;
+        assert_eq!(
+            found(t.lookup("x", "/api/orders/caf%C3%A9", &g)).1,
+            vec![("id".to_string(), "café".to_string())]
+        );
+        for odd in [
+            "/api/orders/%FF",
+            "/api/orders/%C3",
+            "/api/orders/%FF/items",
+        ] {
+            assert_eq!(found(t.lookup("x", odd, &g)).0, "api", "{odd}");
+        }
     }
 
     #[test]
