@@ -1247,6 +1247,29 @@ routes:
     issued(&r);
     let ev = audit_of(&gw, r.header("x-request-id").unwrap());
     assert_eq!(ev["outcome"], "allowed", "{ev}");
+    // A refusal after the client authenticated names the client and why.
+    let r = send(req(
+        "POST",
+        &format!("{}/token", gw.url("public")),
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("authorization", &basic("bff", BFF_SECRET)),
+        ],
+        &form(&[
+            ("grant_type", GRANT),
+            ("subject_token", &subject),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("audience", "orders-api"),
+            ("scope", "write:orders"),
+        ]),
+    ))
+    .await;
+    oauth_error(&r, 400, "invalid_scope");
+    let ev = audit_of(&gw, r.header("x-request-id").unwrap());
+    assert_eq!(ev["outcome"], "rejected", "{ev}");
+    assert_eq!(ev["auth_failure"], "invalid_scope", "{ev}");
+    assert_eq!(ev["auth"]["client_id"], "bff", "{ev}");
+    assert_eq!(ev["auth"]["authority"], "token_exchange", "{ev}");
     for _ in 0..3 {
         let r = post("guessed").await;
         oauth_error(&r, 401, "invalid_client");

@@ -82,7 +82,9 @@ impl TokenExchange {
         ctx: &mut RequestCtx,
         authn: &Authn,
     ) -> Response<Bytes> {
-        match self.exchange(head, body, ctx, authn).await {
+        // The client, once it authenticated: named in the event of a refusal too.
+        let mut asked: Option<(String, bool)> = None;
+        match self.exchange(head, body, ctx, authn, &mut asked).await {
             Ok(i) => {
                 // The audit event names the client that asked (method, `token_exchange` as
                 // the authority), the subject the token was issued for and its `jti`.
@@ -108,8 +110,18 @@ impl TokenExchange {
                 )
             }
             Err(e) => {
-                if e.audit.is_some() {
-                    ctx.auth_failure = e.audit;
+                // The precise reason, or the OAuth error code for refusals without one
+                // (`invalid_scope`, `invalid_target` …).
+                ctx.auth_failure = Some(e.audit.unwrap_or(e.error));
+                if let Some((client_id, by_certificate)) = asked {
+                    let method = if by_certificate {
+                        AuthMethod::Mtls
+                    } else {
+                        AuthMethod::ClientSecret
+                    };
+                    let mut p = Principal::new(method, Arc::from("token_exchange"));
+                    p.client_id = Some(client_id);
+                    ctx.principal = Some(Arc::new(p));
                 }
                 // A client that failed to authenticate counts against its address, as a
                 // refused credential on a route does (guessing secrets here is no cheaper).
@@ -134,6 +146,7 @@ impl TokenExchange {
         body: &[u8],
         ctx: &RequestCtx,
         authn: &Authn,
+        asked: &mut Option<(String, bool)>,
     ) -> Result<Issued, OAuthError> {
         if head.method != Method::POST {
             return Err(OAuthError::method_not_allowed());
@@ -151,6 +164,7 @@ impl TokenExchange {
         let form = Form::parse(body).map_err(OAuthError::invalid_request)?;
         let cert = ctx.tls.as_ref().and_then(|t| t.peer_certificate.as_deref());
         let client = authenticate(&self.settings, &head.headers, &form, cert)?;
+        *asked = Some((client.id.clone(), client.auth.is_mtls()));
         // A client that authenticated by its certificate: that certificate may be revoked,
         // as for `mtls` routes (and until the shared list was read, it may be without this
         // instance knowing).
