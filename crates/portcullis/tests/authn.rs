@@ -1023,6 +1023,71 @@ routes:
     assert_eq!(lifetime, 30);
 }
 
+/// A sender-constrained token is good only from its holder: one bound to a client certificate
+/// (`cnf.x5t#S256`, RFC 8705) only on a connection that presented that certificate; one bound
+/// to a key whose proofs the gateway does not check (DPoP's `cnf.jkt`) not at all. Nothing of a
+/// refused request reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_constrained_tokens_are_good_only_from_their_holder() {
+    let up = TestUpstream::start("app").await;
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ed = Signer::generate(Alg::EdDSA, "ed-1".into()).unwrap();
+    write(dir.path(), "ed.jwks.json", &jwks_of(&[&ed]));
+    let gw = mtls_gateway(
+        &pki,
+        &up,
+        &format!(
+            "auth:\n  jwt: {{ ed: {{ issuer: \"{ISS}\", jwks_file: \"{}\", algorithms: [EdDSA] }} }}\n",
+            dir.path().join("ed.jwks.json").display()
+        ),
+        "  - { name: r, match: { prefix: / }, upstream: app, auth: { methods: [jwt] }, authz: { allow: any-authenticated } }\n",
+    );
+    let addr = gw.listener("public");
+    let holder = pki.issue_client("bff", None);
+    let other = pki.issue_client("other", None);
+    let thumbprint = B64.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        &holder.cert_der,
+    ));
+    let bound = ed
+        .sign("JWT", &claims(json!({ "cnf": { "x5t#S256": thumbprint } })))
+        .unwrap();
+    let dpop = ed
+        .sign(
+            "JWT",
+            &claims(json!({ "cnf": { "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" } })),
+        )
+        .unwrap();
+    let go = |cert: Option<&CertFiles>, token: &str| {
+        let ca = pki.ca_pem();
+        let cfg = match cert {
+            Some(c) => client::client_config_with_cert(&ca, c),
+            None => client::client_config(&ca, &[&rustls::version::TLS13], &[b"http/1.1"]),
+        };
+        let rq = req(
+            "GET",
+            "/orders",
+            &[("host", "localhost"), ("authorization", &bearer(token))],
+            "",
+        );
+        async move { tls_request(addr, "localhost", cfg, rq).await.unwrap().0 }
+    };
+    assert_eq!(go(Some(&holder), &bound).await.status, 200);
+    assert_eq!(up.hits(), 1);
+    for (cert, token, reason) in [
+        (Some(&other), &bound, "certificate_binding"),
+        (None, &bound, "certificate_binding"),
+        (Some(&holder), &dpop, "unsupported_binding"),
+    ] {
+        let r = go(cert, token).await;
+        let v = assert_problem(&r, 401, "unauthenticated");
+        let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+        assert_eq!(ev["auth_failure"], reason, "{ev}");
+    }
+    assert_eq!(up.hits(), 1);
+}
+
 /// A gateway with one TLS listener (a `localhost` certificate from `pki`) asking for client
 /// certificates from `pki`'s CA, the upstream `app` at `up`, these top-level `sections` and
 /// these routes (YAML list items).

@@ -538,6 +538,23 @@ async fn a_subject_naming_its_actors_is_not_exchanged_without_one() {
     let c = claims_of(v["access_token"].as_str().unwrap());
     assert_eq!(c["act"], json!({ "sub": idp_sub, "iss": s.idp.issuer() }));
 
+    // A sender-constrained token: exchanged, it would become a bearer token.
+    let bound = local_token(
+        &s.agents,
+        AGENTS,
+        "dave",
+        json!({"cnf": {"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}}),
+    );
+    let r = s
+        .exchange(&[
+            ("subject_token", &bound),
+            ("subject_token_type", JWT),
+            ("audience", "orders-api"),
+        ])
+        .await;
+    oauth_error(&r, 400, "invalid_request");
+    assert_eq!(s.audit_reason(&r), "sender_constrained");
+
     // A token its issuer minted for another party (the exchange requires the trusted issuers'
     // audiences) is neither a subject nor an actor here.
     let elsewhere = local_token(

@@ -404,13 +404,23 @@ impl TokenExchange {
             TokenType::Jwt => &[],
             TokenType::AccessToken => &self.settings.introspection,
         };
-        authn
+        let p = authn
             .verify_token(token, &self.settings.jwt_issuers, introspection)
             .await
             .map_err(|f| match f {
                 Fail::Invalid(code) => OAuthError::invalid_request("").audit(code),
                 Fail::Unavailable(code) => OAuthError::unavailable(code),
-            })
+            })?;
+        // A sender-constrained token (`cnf`: bound to a certificate or a key) is good only
+        // from its holder, which the endpoint cannot tell: exchanged, it would become a
+        // bearer token anyone holding a stolen copy could obtain.
+        if p.claims.contains_key("cnf") {
+            return Err(OAuthError::invalid_request(
+                "a sender-constrained token (cnf) is not exchanged for a bearer token",
+            )
+            .audit("sender_constrained"));
+        }
+        Ok(p)
     }
 }
 

@@ -517,7 +517,10 @@ impl Authn {
             };
             let Some(r) = r else { continue };
             presented = true;
-            match r.and_then(|p| self.revocation(&p).map(|()| p)) {
+            match r
+                .and_then(|p| self.revocation(&p).map(|()| p))
+                .and_then(|p| bound_to_sender(&p, ctx).map(|()| p))
+            {
                 Ok(p) => return Ok(p),
                 Err(f @ Fail::Unavailable(_)) => {
                     unavailable.get_or_insert(f);
@@ -615,7 +618,10 @@ impl Authn {
                 },
                 Method::Introspection(_) => return Fast::Wait(None),
             };
-            return match r.and_then(|p| self.revocation(&p).map(|()| p)) {
+            return match r
+                .and_then(|p| self.revocation(&p).map(|()| p))
+                .and_then(|p| bound_to_sender(&p, ctx).map(|()| p))
+            {
                 Ok(p) => Fast::Pass(p),
                 r => Fast::Wait(Some((i, r))),
             };
@@ -836,6 +842,51 @@ pub fn bearer_of(headers: &HeaderMap) -> Option<String> {
     headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| bearer(v).ok().flatten())
+}
+
+/// A sender-constrained token (its `cnf` claim, RFC 7800) is good only from its holder: one
+/// bound to a client certificate (`x5t#S256`, RFC 8705) only on a connection that presented
+/// that certificate (`certificate_binding`); one bound otherwise — a DPoP key (`jkt`, RFC 9449,
+/// whose proofs the gateway does not check), a raw key (`jwk`, `kid`) — is refused
+/// (`unsupported_binding`): taken as a bearer token, a stolen copy would pass. A `cnf` that is
+/// not an object of such members is `cnf_malformed`.
+fn bound_to_sender(p: &Principal, ctx: &RequestCtx) -> Result<(), Fail> {
+    use base64::Engine;
+    if !matches!(p.method, AuthMethod::Jwt | AuthMethod::Introspection) {
+        return Ok(());
+    }
+    let Some(cnf) = p.claims.get("cnf") else {
+        return Ok(());
+    };
+    let Some(cnf) = cnf.as_object().filter(|c| !c.is_empty()) else {
+        return Err(Fail::Invalid("cnf_malformed"));
+    };
+    for (member, value) in cnf {
+        if member != "x5t#S256" {
+            return Err(Fail::Invalid("unsupported_binding"));
+        }
+        let want = value
+            .as_str()
+            .and_then(|v| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(v.trim_end_matches('='))
+                    .ok()
+            })
+            .filter(|d| d.len() == 32)
+            .ok_or(Fail::Invalid("cnf_malformed"))?;
+        let want: String = want.iter().map(|b| format!("{b:02x}")).collect();
+        let have = ctx
+            .tls
+            .as_ref()
+            .and_then(|t| t.peer_certificate.as_ref())
+            .map(|c| c.fingerprint_sha256.to_ascii_lowercase());
+        match have {
+            Some(h) if bool::from(subtle::ConstantTimeEq::ct_eq(h.as_bytes(), want.as_bytes())) => {
+            }
+            _ => return Err(Fail::Invalid("certificate_binding")),
+        }
+    }
+    Ok(())
 }
 
 /// Whether a certificate's common name reads as a SPIFFE id (`spiffe:` in any case, after
