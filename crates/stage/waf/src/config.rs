@@ -43,7 +43,8 @@ impl Mode {
     }
 }
 
-/// What happens to a body larger than the inspection limit.
+/// What happens to a body larger than the inspection limit (in `block` mode: `detect` mode
+/// passes it, as [`RouteWaf::passes_over_limit`] says).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum OverLimit {
@@ -432,6 +433,15 @@ impl Default for RouteWaf {
             api_raw: RawApiRules::default(),
             grpc_streams: false,
         }
+    }
+}
+
+impl RouteWaf {
+    /// Whether a body over the inspection limit, sent or inflated that long, goes on
+    /// uninspected with rule 1004 recorded rather than being refused (413): under
+    /// `on_body_over_limit: pass`, and in `detect` mode, which refuses nothing.
+    pub fn passes_over_limit(&self) -> bool {
+        self.on_body_over_limit == OverLimit::Pass || self.mode == Mode::Detect
     }
 }
 

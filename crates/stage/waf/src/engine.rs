@@ -10,7 +10,7 @@ use portcullis_core::{WafMatch, WafReport};
 use portcullis_core::coding::{self as inflate, Inflated};
 
 use crate::coding;
-use crate::config::{Action, Mode, OverLimit, RouteWaf};
+use crate::config::{Action, Mode, RouteWaf};
 use crate::detect::{self, api};
 use crate::extract::{self, BodyFacts};
 use crate::extract_rules::BODY_OVER_LIMIT;
@@ -36,7 +36,8 @@ pub enum BodyState<'a> {
     /// ([`crate::sniff`]), buffered whole within the inspection limit: inspected as a body
     /// without a type is.
     Sniffed(&'a [u8]),
-    /// Over the inspection limit and let through uninspected (`on_body_over_limit: pass`).
+    /// Over the inspection limit and let through uninspected (`on_body_over_limit: pass`, or
+    /// `detect` mode).
     Skipped { limit: u64 },
 }
 
@@ -50,8 +51,9 @@ pub struct Outcome {
     /// upstream instead of the compressed one (an upstream that does not inflate it would read
     /// bytes the WAF never judged: gzip header fields, a zlib stream read as raw deflate).
     pub inflated: Option<Vec<u8>>,
-    /// The body inflates past the inspection limit and the route says `reject`: refused
-    /// (413) in every mode, as a body sent that long is.
+    /// The body inflates past the inspection limit and the route refuses such bodies (in
+    /// `block` mode, `on_body_over_limit: reject`): refused (413), as a body sent that long
+    /// is.
     pub inflated_over_limit: bool,
 }
 
@@ -137,7 +139,7 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
             let body = match &inflated {
                 Inflated::Plain => Some(bytes),
                 Inflated::Inflated(body) => Some(body.as_slice()),
-                Inflated::OverLimit if route.on_body_over_limit == OverLimit::Pass => {
+                Inflated::OverLimit if route.passes_over_limit() => {
                     informational = Some(over_limit(route.inspect_body_bytes, "inflated "));
                     None
                 }
@@ -169,8 +171,8 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
         }
         BodyState::Skipped { limit } => {
             informational = Some(over_limit(limit, ""));
-            // A body passed uninspected (`on_body_over_limit: pass`) is still one two readers
-            // could take for two different things.
+            // A body passed uninspected (`on_body_over_limit: pass`, `detect` mode) is still
+            // one two readers could take for two different things.
             if req
                 .head
                 .headers
@@ -245,7 +247,8 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
     out
 }
 
-/// Rule 1004, recorded but not scored: the body passed uninspected (`on_body_over_limit: pass`).
+/// Rule 1004, recorded but not scored: the body passed uninspected (`on_body_over_limit: pass`,
+/// or `detect` mode).
 fn over_limit(limit: u64, what: &str) -> Finding {
     let t = Target::new(Location::Body, "", Part::Value, "");
     let mut f = Finding::new(BODY_OVER_LIMIT, &t, crate::transform::View::Raw, "");
@@ -361,6 +364,7 @@ pub fn enforces(route: &RouteWaf) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::OverLimit;
 
     fn post(body: &'static str) -> (http::request::Parts, &'static str) {
         let (head, ()) = http::Request::builder()
@@ -742,7 +746,15 @@ mod tests {
             (f.rule, f.snippet.as_str()),
             (1006, "inflates past 1000 bytes")
         );
-        // … or recorded and passed.
+        // … or recorded and passed: under `pass`, and in `detect` mode, which refuses nothing.
+        let detect = RouteWaf {
+            mode: Mode::Detect,
+            ..small.clone()
+        };
+        let out = with(&detect, "text/plain", "gzip", &bomb);
+        assert!(!out.blocked && !out.inflated_over_limit);
+        assert_eq!(rules(&out), [1004]);
+        assert!(out.findings[0].informational);
         let pass = RouteWaf {
             on_body_over_limit: OverLimit::Pass,
             ..small
