@@ -602,8 +602,8 @@ async fn compressed_bodies_are_inspected_inflated() {
         let m = matches(&ev);
         assert!(m.iter().any(|m| m["rule"] == 1006), "{coding}: {ev}");
     }
-    // Inflating past the route's inspection limit (64 bytes): 413 as a body sent that long
-    // (in detect mode too), the finding recorded; or passed, recorded, under `pass`.
+    // Inflating past the route's inspection limit (64 bytes): 413 as a body sent that long,
+    // the finding recorded; or passed, recorded, under `pass` (and in detect mode).
     let big = gzip(format!(r#"{{"text":"{}"}}"#, "a".repeat(200)).as_bytes());
     let r = call_coded(&gw, "/small", "application/json", "gzip", big.clone()).await;
     let v = assert_problem(&r, 413, "body_too_large");

@@ -43,7 +43,8 @@ impl Mode {
     }
 }
 
-/// What happens to a body larger than the inspection limit.
+/// What happens to a body larger than the inspection limit (in `block` mode: `detect` mode
+/// passes it, as [`RouteWaf::passes_over_limit`] says).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum OverLimit {
@@ -98,7 +99,9 @@ pub struct RawWaf {
     pub api: Option<RawApiRules>,
 }
 
-/// Turns rules off for some targets.
+/// Turns rules off for some targets. At least one of `rules`, `classes` and `targets` is
+/// given: an exclusion naming none would turn every rule off everywhere (`mode: off` does
+/// that, saying so).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawExclusion {
@@ -433,6 +436,15 @@ impl Default for RouteWaf {
     }
 }
 
+impl RouteWaf {
+    /// Whether a body over the inspection limit, sent or inflated that long, goes on
+    /// uninspected with rule 1004 recorded rather than being refused (413): under
+    /// `on_body_over_limit: pass`, and in `detect` mode, which refuses nothing.
+    pub fn passes_over_limit(&self) -> bool {
+        self.on_body_over_limit == OverLimit::Pass || self.mode == Mode::Detect
+    }
+}
+
 pub const DEFAULT_INSPECT_BYTES: u64 = 1 << 20;
 
 /// The gateway-wide `waf:`, compiled (each route's settings start from it).
@@ -560,6 +572,13 @@ pub fn parse_class(s: &str) -> Option<Class> {
 
 fn compile_exclusion(x: &RawExclusion, p: &str, e: &mut ConfigErrors) -> Option<Exclusion> {
     let before = e.len();
+    if x.rules.is_empty() && x.classes.is_empty() && x.targets.is_empty() {
+        e.push(
+            p,
+            "name the rules, classes or targets it excludes (with none it excludes every rule \
+             everywhere; turn the WAF off with mode: off)",
+        );
+    }
     let known: HashSet<RuleId> = crate::detect::all_rules().map(|r| r.id).collect();
     for (i, r) in x.rules.iter().enumerate() {
         if *r < 100_000 && !known.contains(r) {
@@ -875,6 +894,36 @@ mod tests {
         ] {
             assert!(errs.iter().any(|x| x == p), "missing {p} in {errs:?}");
         }
+    }
+
+    /// An exclusion naming no rule, class or target would exclude every rule everywhere,
+    /// the protocol rules that block by themselves included: refused at its path.
+    #[test]
+    fn an_exclusion_of_nothing_is_refused() {
+        let mut e = ConfigErrors::new();
+        let raw: RawWaf = serde_yaml_ng::from_str(
+            "exclusions: [{rules: [1100]}, {}, {rules: [], classes: [], targets: []}]",
+        )
+        .unwrap();
+        let base = compile(&raw, &mut e);
+        let route: RawWaf =
+            serde_yaml_ng::from_str("exclusions: [{targets: ['query:q']}, {}]").unwrap();
+        compile_route(Some(&route), &base, "routes[3]", &mut e);
+        let errs: Vec<(String, String)> = e
+            .iter()
+            .map(|x| (x.path.clone(), x.message.clone()))
+            .collect();
+        let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "waf.exclusions[1]",
+                "waf.exclusions[2]",
+                "routes[3].waf.exclusions[1]"
+            ]
+        );
+        assert!(errs[0].1.contains("mode: off"), "{errs:?}");
+        assert_eq!(base.exclusions.len(), 1);
     }
 
     #[test]

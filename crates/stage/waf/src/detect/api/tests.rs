@@ -341,6 +341,37 @@ pagination: {max: 0, params: [""]}
     assert_eq!(e.len(), 1);
 }
 
+/// An empty list of protected fields or page-size parameters would leave the rule on doing
+/// nothing: refused at its path, as an empty list of methods is.
+#[test]
+fn empty_lists_that_turn_a_rule_into_nothing_are_refused() {
+    let errors = |yaml: &str| -> Vec<String> {
+        let mut e = ConfigErrors::new();
+        compile(
+            &serde_yaml_ng::from_str(yaml).unwrap(),
+            "routes[1].waf.api",
+            &mut e,
+        );
+        e.iter().map(|e| e.to_string()).collect()
+    };
+    assert_eq!(
+        errors("{mass_assignment: {fields: []}, pagination: {params: []}}"),
+        [
+            "routes[1].waf.api.mass_assignment.fields: must name at least one field (turn the rule off with enabled: false)",
+            "routes[1].waf.api.pagination.params: must name at least one parameter (turn the rule off with enabled: false)",
+        ]
+    );
+    assert_eq!(
+        errors("{mass_assignment: {fields: [], extra_fields: []}}"),
+        [
+            "routes[1].waf.api.mass_assignment.fields: must name at least one field (turn the rule off with enabled: false)"
+        ]
+    );
+    // Fields of one's own only, and the rules turned off, are fine.
+    assert!(errors("{mass_assignment: {fields: [], extra_fields: [plan]}}").is_empty());
+    assert!(errors("{mass_assignment: {enabled: false}, pagination: {enabled: false}}").is_empty());
+}
+
 #[test]
 fn a_route_inherits_what_it_leaves_out() {
     let gateway: RawApiRules = serde_yaml_ng::from_str(
