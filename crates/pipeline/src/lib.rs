@@ -149,7 +149,7 @@ impl Pipeline {
         );
         // Identity-named headers that later steps read as the request's input: removed as the
         // request leaves (identity step), not as authentication begins.
-        let late = input_headers(config);
+        let late: Arc<[Vec<http::HeaderName>]> = input_headers(config).into();
         let failures = shared.authn.failures.clone();
         let waf_hits = shared.waf.hits.clone();
         let authz = shared.authz.build(
@@ -293,30 +293,43 @@ impl Snapshot {
     }
 }
 
-/// The request fields later steps read as input that are also stripped identity names: a
-/// route's tenant header, the risk signals' country and device headers, the API key header.
-/// Only these, so the list is usually empty.
-fn input_headers(config: &Config) -> Vec<http::HeaderName> {
-    let mut read: Vec<http::HeaderName> = config
+/// Per route (in route order), the request fields its later steps read as input that are
+/// also stripped identity names: its tenant header, the risk signals' country and device
+/// headers where it has a risk rule, the API key header where it takes API keys. Only these,
+/// so the lists are usually empty; a route that reads none strips them all at once (a name
+/// another route reads is no exception on it).
+fn input_headers(config: &Config) -> Vec<Vec<http::HeaderName>> {
+    let strip = &config.auth.identity.strip;
+    config
         .routes
         .iter()
-        .filter_map(|r| match &r.authz.tenant.as_ref()?.source {
-            portcullis_authz::config::Source::Header(h) => Some(h.clone()),
-            _ => None,
+        .map(|r| {
+            let mut read: Vec<http::HeaderName> = Vec::new();
+            if let Some(t) = &r.authz.tenant
+                && let portcullis_authz::config::Source::Header(h) = &t.source
+            {
+                read.push(h.clone());
+            }
+            if r.authz.risk.is_some() {
+                read.extend(config.authz.risk.country_header.clone());
+                read.extend(config.authz.risk.device_header.clone());
+            }
+            if r.auth
+                .methods
+                .contains(&portcullis_authn::config::Method::ApiKey)
+            {
+                read.extend(config.auth.api_keys.as_ref().map(|k| k.header.clone()));
+            }
+            read.retain(|h| {
+                strip.iter().any(|s| {
+                    portcullis_core::same_name_folded(h.as_str().as_bytes(), s.as_str().as_bytes())
+                })
+            });
+            read.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            read.dedup();
+            read
         })
-        .collect();
-    read.extend(config.authz.risk.country_header.clone());
-    read.extend(config.authz.risk.device_header.clone());
-    read.extend(config.auth.api_keys.as_ref().map(|k| k.header.clone()));
-    let strip = &config.auth.identity.strip;
-    read.retain(|h| {
-        strip.iter().any(|s| {
-            portcullis_core::same_name_folded(h.as_str().as_bytes(), s.as_str().as_bytes())
-        })
-    });
-    read.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    read.dedup();
-    read
+        .collect()
 }
 
 /// Records a failure of the `section` part as built: at the path its message starts with

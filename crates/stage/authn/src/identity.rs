@@ -17,36 +17,45 @@ use crate::unix_now;
 
 pub struct IdentityStage {
     authn: Arc<Authn>,
-    /// Stripped names that earlier steps read as the request's input (see [`ForgedIdentity`]):
-    /// their client copies are removed here, as the request leaves.
-    late: Vec<HeaderName>,
+    /// Per route, the stripped names its earlier steps read as the request's input (see
+    /// [`ForgedIdentity`]): their client copies are removed here, as the request leaves.
+    late: Arc<[Vec<HeaderName>]>,
 }
 
 impl IdentityStage {
     pub const ID: StageId = StageId("identity");
 
-    /// `late`: the stripped names the authentication step leaves for this one (the same list
-    /// given to [`crate::AuthnStage::new`]).
-    pub fn new(authn: Arc<Authn>, late: Vec<HeaderName>) -> IdentityStage {
+    /// `late`: per route (in route order), the stripped names the authentication step leaves
+    /// for this one (the same lists given to [`crate::AuthnStage::new`]).
+    pub fn new(authn: Arc<Authn>, late: Arc<[Vec<HeaderName>]>) -> IdentityStage {
         IdentityStage { authn, late }
     }
+}
+
+/// A route's `late` names (none for a request without a route).
+pub(crate) fn late_of<'a>(late: &'a [Vec<HeaderName>], ctx: &RequestCtx) -> &'a [HeaderName] {
+    ctx.route_id()
+        .and_then(|r| late.get(r.0))
+        .map_or(&[], Vec::as_slice)
 }
 
 /// The client's copies of the identity headers (and of `identity_headers.strip`'s), removed
 /// from every request on every route by the authentication step, first thing: no later step
 /// — authorization's Rego and OPA input, the rate limits, the contract — reads a forged one,
 /// and none that a later step adds (the verified tenant) is taken out. Except the names that a
-/// later step reads as the request's input (`late`: the tenant header a route names, the risk
-/// signals' country and device headers, the API key header — when one of those is also a
-/// stripped name): those are left for that step to read, and removed by the identity step.
+/// later step of the request's route reads as the request's input (`late`: the tenant header
+/// the route names, the risk signals' country and device headers on a route with a risk rule,
+/// the API key header on a route that takes API keys — when one of those is also a stripped
+/// name): those are left for that step to read, and removed by the identity step.
 pub(crate) struct ForgedIdentity {
     /// Some stripped name holds `_`: every request name is then compared with `_` read as `-`.
     strip_has_underscore: bool,
-    late: Vec<HeaderName>,
+    /// Per route.
+    late: Arc<[Vec<HeaderName>]>,
 }
 
 impl ForgedIdentity {
-    pub(crate) fn new(authn: &Authn, late: Vec<HeaderName>) -> ForgedIdentity {
+    pub(crate) fn new(authn: &Authn, late: Arc<[Vec<HeaderName>]>) -> ForgedIdentity {
         ForgedIdentity {
             strip_has_underscore: authn
                 .settings
@@ -59,13 +68,14 @@ impl ForgedIdentity {
     }
 
     /// Removes every value of every such name.
-    pub(crate) fn remove(&self, authn: &Authn, h: &mut HeaderMap) {
+    pub(crate) fn remove(&self, authn: &Authn, h: &mut HeaderMap, ctx: &RequestCtx) {
+        let late = late_of(&self.late, ctx);
         // A client rarely sends these: one pass over the request's names says whether any is
         // there (comparing names, not hashing each one) before any is removed.
-        if h.keys().any(|k| self.stripped(authn, k)) {
+        if h.keys().any(|k| self.stripped(authn, k, late)) {
             let doomed: Vec<HeaderName> = h
                 .keys()
-                .filter(|k| self.stripped(authn, k))
+                .filter(|k| self.stripped(authn, k, late))
                 .cloned()
                 .collect();
             for name in &doomed {
@@ -79,7 +89,7 @@ impl ForgedIdentity {
     /// written `_`: `x_user_id` reaches them as `HTTP_X_USER_ID`, exactly as `x-user-id`
     /// would. So names are compared with `_` read as `-` — only for names holding one (or
     /// when a stripped name does), so the common case stays a plain comparison.
-    fn stripped(&self, authn: &Authn, name: &HeaderName) -> bool {
+    fn stripped(&self, authn: &Authn, name: &HeaderName, late: &[HeaderName]) -> bool {
         let strip = &authn.settings.identity.strip;
         let n = name.as_str().as_bytes();
         let stripped = strip.contains(name)
@@ -88,8 +98,7 @@ impl ForgedIdentity {
                     .iter()
                     .any(|s| portcullis_core::same_name_folded(n, s.as_str().as_bytes())));
         stripped
-            && !self
-                .late
+            && !late
                 .iter()
                 .any(|l| portcullis_core::same_name_folded(n, l.as_str().as_bytes()))
     }
@@ -244,7 +253,7 @@ impl Stage for IdentityStage {
         // The client's copies of the identity headers are gone already (`ForgedIdentity`,
         // removed by the authentication step), but for those an earlier step read as input.
         let h = &mut req.head.headers;
-        portcullis_core::remove_headers_folded(h, &self.late);
+        portcullis_core::remove_headers_folded(h, late_of(&self.late, ctx));
         let Some(route) = ctx.route_id().and_then(|r| self.authn.routes.get(r.0)) else {
             return Step::CONTINUE;
         };

@@ -785,9 +785,10 @@ pub struct AuthnStage {
 impl AuthnStage {
     pub const ID: StageId = StageId("authn");
 
-    /// `late`: the identity-named headers later steps read as the request's input, which this
-    /// step leaves for the identity step to remove (see `ForgedIdentity`).
-    pub fn new(authn: Arc<Authn>, late: Vec<HeaderName>) -> AuthnStage {
+    /// `late`: per route (in route order), the identity-named headers its later steps read as
+    /// the request's input, which this step leaves for the identity step to remove (see
+    /// `ForgedIdentity`).
+    pub fn new(authn: Arc<Authn>, late: Arc<[Vec<HeaderName>]>) -> AuthnStage {
         let forged = crate::identity::ForgedIdentity::new(&authn, late);
         AuthnStage { authn, forged }
     }
@@ -801,7 +802,7 @@ impl Stage for AuthnStage {
     fn on_request<'a>(&'a self, req: &'a mut GatewayRequest, ctx: &'a mut RequestCtx) -> Step<'a> {
         let a = &*self.authn;
         // On every route, before anything reads the request's headers.
-        self.forged.remove(a, &mut req.head.headers);
+        self.forged.remove(a, &mut req.head.headers, ctx);
         let Some(route) = a.route(ctx) else {
             return Step::CONTINUE;
         };
