@@ -25,6 +25,8 @@ use std::path::Path;
 pub use compile::{compile, parse_template};
 /// Re-exported so that steps can hold parsed CIDRs without their own dependency.
 pub use ipnet::IpNet as IpNetRef;
+/// The files an OpenAPI document names, transitively, read or not (for the reload watcher).
+pub use portcullis_contract::openapi::files_named as openapi_files_named;
 pub use portcullis_core::{ConfigError, ConfigErrors};
 pub use raw::RawConfig;
 pub use validated::*;

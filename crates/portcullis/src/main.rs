@@ -422,7 +422,7 @@ async fn run(
     // after "ready" is then a change, never the baseline.
     let watched = match (&path, no_watch) {
         (Some(p), false) => {
-            let files = watched_files(&gw, p);
+            let files = watched_files(&gw, p, false);
             let contents = read_all(&files).await;
             Some((p.clone(), files, contents))
         }
@@ -674,7 +674,11 @@ fn reload(gw: &Gateway, path: Option<&Path>, why: &str) -> Result<(), ConfigErro
 /// with every file they reference — and those the file on disk names now, if it
 /// reads: after a refused reload, a Rego module or document new in it (the one that was
 /// broken, say) is watched too, so that saving it fixed reloads.
-fn watched_files(gw: &Gateway, path: &Path) -> Vec<PathBuf> {
+///
+/// `after_refusal`: the last reload was refused — the documents the file on disk names are then
+/// read for the files they reference (missing or broken ones included), so that creating or
+/// fixing the one that made it fail reloads.
+fn watched_files(gw: &Gateway, path: &Path, after_refusal: bool) -> Vec<PathBuf> {
     let rt = gw.runtime();
     let base = path.parent().unwrap_or(Path::new("."));
     let mut files = vec![path.to_path_buf()];
@@ -726,14 +730,28 @@ fn watched_files(gw: &Gateway, path: &Path) -> Vec<PathBuf> {
         && let Ok(raw) = portcullis_config::parse_raw(&text)
     {
         named(&raw, &mut files);
+        if after_refusal {
+            for spec in raw
+                .routes
+                .iter()
+                .filter_map(|r| r.openapi.as_ref().map(|o| &o.spec))
+            {
+                let spec = portcullis_core::resolve_path(base, spec);
+                for f in portcullis_config::openapi_files_named(&spec) {
+                    if !files.contains(&f) {
+                        files.push(f);
+                    }
+                }
+            }
+        }
     }
     files
 }
 
 /// [`watched_files`] on a blocking thread (it reads and parses the configuration file).
-async fn watched_now(gw: &Arc<Gateway>, path: &Path) -> Vec<PathBuf> {
+async fn watched_now(gw: &Arc<Gateway>, path: &Path, after_refusal: bool) -> Vec<PathBuf> {
     let (gw, p) = (Arc::clone(gw), path.to_path_buf());
-    tokio::task::spawn_blocking(move || watched_files(&gw, &p))
+    tokio::task::spawn_blocking(move || watched_files(&gw, &p, after_refusal))
         .await
         .unwrap_or_else(|_| vec![path.to_path_buf()])
 }
@@ -755,9 +773,10 @@ async fn watch_file(
     mut last: (Vec<PathBuf>, Vec<Option<Vec<u8>>>),
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut refused = false;
     loop {
         tick.tick().await;
-        let files = watched_now(&gw, &path).await;
+        let files = watched_now(&gw, &path, refused).await;
         let now = read_all(&files).await;
         if now.first().is_none_or(Option::is_none) || (&files, &now) == (&last.0, &last.1) {
             continue;
@@ -767,16 +786,21 @@ async fn watch_file(
         if settled != now {
             continue; // still being written; look again next tick
         }
-        let _ = reload_off_path(gw.clone(), Some(path.clone()), "file change").await;
+        refused = reload_off_path(gw.clone(), Some(path.clone()), "file change")
+            .await
+            .is_err();
         // What the (possibly new) configuration is made of now, each file as it was read for
         // this reload: one changed while the reload ran differs from that, and is applied at
-        // the next look instead of being taken for the state already loaded.
-        let new_files = watched_now(&gw, &path).await;
+        // the next look instead of being taken for the state already loaded. A file new to the
+        // watch (one a new document references) was read by the reload itself, at a moment
+        // not known here: it is taken as unread, so its content as found next time reloads
+        // once more rather than an edit made meanwhile being taken for what was loaded.
+        let new_files = watched_now(&gw, &path, refused).await;
         let mut contents = Vec::with_capacity(new_files.len());
         for f in &new_files {
             match files.iter().position(|g| g == f) {
                 Some(i) => contents.push(settled.get(i).cloned().flatten()),
-                None => contents.push(tokio::fs::read(f).await.ok()),
+                None => contents.push(None),
             }
         }
         last = (new_files, contents);

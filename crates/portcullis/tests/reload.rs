@@ -422,6 +422,57 @@ async fn a_broken_new_policy_file_is_watched_until_fixed() {
     }
 }
 
+/// A new OpenAPI document that references a file not written yet makes the reload fail; the
+/// file it names is watched from then on, and writing it reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_a_new_document_references_is_watched_until_it_exists() {
+    let gw = gateway(
+        "upstreams: { d: { kind: echo } }\nroutes:\n  - { name: r, match: { path: /r }, upstream: d }\n",
+    );
+    let dir = gw.config_path().parent().unwrap().to_path_buf();
+    std::fs::write(
+        dir.join("api.yaml"),
+        "openapi: 3.0.3\ninfo: { title: t, version: '1' }\npaths:\n  /things:\n    get:\n      responses:\n        '200': { $ref: 'parts/ok.yaml' }\n",
+    )
+    .unwrap();
+    let good = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        format!(
+            "{good}  - {{ name: api, match: {{ prefix: /api }}, upstream: d, openapi: {{ spec: api.yaml }} }}\n"
+        ),
+    )
+    .unwrap();
+    // Refused, and settled: no reload of its own comes after (the watcher looks every second).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let refusals = || gw.stderr_text().matches("reload refused").count();
+    let (mut seen, mut since) = (0, std::time::Instant::now());
+    while seen == 0 || since.elapsed() < Duration::from_millis(3500) {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+        if refusals() != seen {
+            (seen, since) = (refusals(), std::time::Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        get(&format!("{}/api/things", gw.url("public")))
+            .await
+            .status,
+        404
+    );
+    std::fs::create_dir(dir.join("parts")).unwrap();
+    std::fs::write(dir.join("parts/ok.yaml"), "description: ok\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get(&format!("{}/api/things", gw.url("public")))
+        .await
+        .status
+        != 200
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A listener's certificate and key rotated on disk (cert-manager, a Kubernetes Secret) reach
 /// new handshakes without a signal; a rotation caught half done — the certificate new, the key
 /// not yet — is refused, and applied once the key follows.

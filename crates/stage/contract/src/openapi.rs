@@ -136,6 +136,15 @@ fn split_bundle_pointer(pointer: &str) -> (usize, &str) {
     (0, pointer)
 }
 
+/// The files the document at `path` names, transitively, as far as they read — those that are
+/// missing or do not parse included (the reload watcher's: after a reload refused for such a
+/// file, creating or fixing it reloads). Best effort, never an error.
+pub fn files_named(path: &Path) -> Vec<PathBuf> {
+    let mut bundler = Bundler::new(path.to_path_buf(), normalize(path));
+    bundler.run();
+    bundler.named
+}
+
 /// Loads, bundles, converts and reads the document at `path`; every problem found, located.
 pub fn load(path: &Path) -> Result<Document, Vec<LoadError>> {
     let display = normalize(path);
@@ -402,6 +411,9 @@ struct RefCheck {
 
 struct Bundler {
     files: Vec<FileEntry>,
+    /// Every file a reference named, in the main document's directory, whether it could be
+    /// read or not ([`files_named`]).
+    named: Vec<PathBuf>,
     /// The main document's directory, canonical: no file outside it is read (`None`: it
     /// cannot be resolved, and no other file is read).
     home: Option<PathBuf>,
@@ -431,6 +443,7 @@ impl Bundler {
             by_path,
             checks: Vec::new(),
             errors: Vec::new(),
+            named: Vec::new(),
         }
     }
 
@@ -539,6 +552,9 @@ impl Bundler {
             if !self.lexically_home(&display) {
                 fail(&mut self.errors, outside());
                 return;
+            }
+            if !self.named.contains(&actual) {
+                self.named.push(actual.clone());
             }
             let canonical = match std::fs::canonicalize(&actual) {
                 Ok(c) => c,
