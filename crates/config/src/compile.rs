@@ -143,7 +143,13 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
             );
         }
         if let Some(r) = routes.last() {
-            check_token_exchange_route(r, &upstreams, token_exchange.is_some(), &path, &mut e);
+            check_token_exchange_route(
+                r,
+                (&upstreams, &listeners, &server),
+                token_exchange.is_some(),
+                &path,
+                &mut e,
+            );
         }
         // The internal token and an exchanged one share issuer and key (and, with
         // `requested_token_type=jwt`, `typ`): under one audience a service could not tell the
@@ -1711,10 +1717,12 @@ fn mtls_listener(raw: &RawConfig) -> bool {
 
 /// A route to the token endpoint needs the `token_exchange` section, takes POST, and is
 /// anonymous: the endpoint authenticates its clients itself (a route credential would take
-/// the `Authorization` header `client_secret_basic` needs).
+/// the `Authorization` header `client_secret_basic` needs). It takes client secrets and tokens,
+/// so no listener it is served on may carry them in cleartext (RFC 6749 §3.2): every one is
+/// TLS, bound to loopback, or behind a TLS terminator the gateway trusts.
 fn check_token_exchange_route(
     route: &Route,
-    upstreams: &[Upstream],
+    (upstreams, listeners, server): (&[Upstream], &[Listener], &Server),
     configured: bool,
     path: &str,
     e: &mut ConfigErrors,
@@ -1746,5 +1754,23 @@ fn check_token_exchange_route(
             format!("{path}.match.methods"),
             "the token endpoint takes POST",
         );
+    }
+    if server.trusted_proxies.is_empty() {
+        for l in listeners.iter().filter(|l| {
+            l.tls.is_none()
+                && !l.address.ip().is_loopback()
+                && (route.listeners.is_empty() || route.listeners.contains(&l.name))
+        }) {
+            e.push(
+                format!("{path}.upstream"),
+                format!(
+                    "the token endpoint would take client secrets and tokens in cleartext on \
+                     listener {} ({}): give that listener TLS, keep the route off it \
+                     (match.listeners), or list the TLS terminator in front of it in \
+                     server.trusted_proxies",
+                    l.name, l.address
+                ),
+            );
+        }
     }
 }

@@ -1851,3 +1851,42 @@ routes:
     }
     assert_eq!(e.len(), 3, "{e:#?}");
 }
+
+/// The token endpoint takes client secrets and tokens: no listener may carry it in cleartext
+/// but one on loopback, or one behind a TLS terminator the gateway trusts (RFC 6749 §3.2).
+#[test]
+fn the_token_endpoint_is_not_served_in_cleartext() {
+    let yaml = |listener: &str, server: &str| {
+        format!(
+            r#"
+listeners: [{{ name: edge, address: "{listener}" }}]
+{server}
+upstreams: {{ tx: {{ kind: token_exchange }} }}
+auth:
+  jwt: {{ a: {{ issuer: https://a.test, hmac_secret: {{ value: "0123456789abcdef0123456789abcdef" }}, algorithms: [HS256], audiences: [https://gw.test] }} }}
+token_exchange:
+  jwt_issuers: [a]
+  audiences: {{ orders: {{}} }}
+  clients:
+    bff: {{ secret_hash: "sha256:0fefc1b27100e636d38ff6bc989040691f4a48220d8bc2183b6bbcfd001524c7", audiences: {{ orders: [read] }} }}
+routes:
+  - {{ name: t, match: {{ path: /token, methods: [POST] }}, upstream: tx, auth: {{ anonymous: true }} }}
+"#
+        )
+    };
+    let e = errs(&yaml("0.0.0.0:8080", ""));
+    assert_eq!(e.len(), 1, "{e:#?}");
+    assert!(
+        e[0].starts_with("routes[0].upstream: the token endpoint would take client secrets and tokens in cleartext on listener edge (0.0.0.0:8080)"),
+        "{e:#?}"
+    );
+    assert!(errs(&yaml("127.0.0.1:8080", "")).is_empty());
+    assert!(errs(&yaml("[::1]:8080", "")).is_empty());
+    assert!(
+        errs(&yaml(
+            "0.0.0.0:8080",
+            "server: { trusted_proxies: [10.0.0.0/8] }"
+        ))
+        .is_empty()
+    );
+}
