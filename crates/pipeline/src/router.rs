@@ -26,6 +26,17 @@ pub enum Lookup {
     Found(RouteMatch),
     MethodNotAllowed(Vec<Method>),
     NotFound,
+    /// A template route's literals matched but a capture does not decode to UTF-8: refused,
+    /// not left to a less specific route (whose rules would then judge that path).
+    Undecodable,
+}
+
+/// How a route's path takes a request's.
+enum PathFit {
+    No,
+    Yes(usize, Params),
+    /// A template whose literals match, one of whose captures does not decode to UTF-8.
+    Undecodable,
 }
 
 struct Entry {
@@ -57,46 +68,57 @@ fn host_score(hosts: &[HostMatch], host: &str) -> Option<usize> {
 }
 
 /// Returns the path score and the captured parameters.
-fn path_score(m: &PathMatch, path: &str) -> Option<(usize, Params)> {
+fn path_score(m: &PathMatch, path: &str) -> PathFit {
+    let fit = |ok: bool, score: usize| {
+        if ok {
+            PathFit::Yes(score, Vec::new())
+        } else {
+            PathFit::No
+        }
+    };
     match m {
-        PathMatch::Exact(p) => (p == path).then(|| (3_000_000 + p.len(), Vec::new())),
+        PathMatch::Exact(p) => fit(p == path, 3_000_000 + p.len()),
         PathMatch::Prefix(p) => {
             let ok = path.starts_with(p.as_str())
                 && (path.len() == p.len() || path.as_bytes().get(p.len()) == Some(&b'/'));
-            ok.then(|| (1_000_000 + p.len(), Vec::new()))
+            fit(ok, 1_000_000 + p.len())
         }
         PathMatch::Template(segs) => {
             let mut params = Vec::new();
             let mut literal = 0;
+            let mut undecodable = false;
             let mut parts = path.split('/').skip(1);
             for seg in segs {
-                let part = parts.next()?;
+                let Some(part) = parts.next() else {
+                    return PathFit::No;
+                };
                 match seg {
                     Segment::Literal(l) => {
                         if l != part {
-                            return None;
+                            return PathFit::No;
                         }
                         literal += 1;
                     }
                     Segment::Param(name) => {
                         if part.is_empty() {
-                            return None;
+                            return PathFit::No;
                         }
-                        // A capture that does not decode to UTF-8 matches no template: read
-                        // lossily, `%FF` and `%FE` would both be U+FFFD to the owner and
+                        // Read lossily, `%FF` and `%FE` would both be U+FFFD to the owner and
                         // tenant rules and to a rewrite, while the upstream tells them apart.
-                        let v = percent_encoding::percent_decode_str(part)
-                            .decode_utf8()
-                            .ok()?
-                            .into_owned();
-                        params.push((name.clone(), v));
+                        match percent_encoding::percent_decode_str(part).decode_utf8() {
+                            Ok(v) => params.push((name.clone(), v.into_owned())),
+                            Err(_) => undecodable = true,
+                        }
                     }
                 }
             }
             if parts.next().is_some() {
-                return None;
+                PathFit::No
+            } else if undecodable {
+                PathFit::Undecodable
+            } else {
+                PathFit::Yes(2_000_000 + literal * 1000 + segs.len(), params)
             }
-            Some((2_000_000 + literal * 1000 + segs.len(), params))
         }
     }
 }
@@ -149,8 +171,10 @@ impl RouteTable {
             let Some(hs) = host_score(&e.hosts, host) else {
                 continue;
             };
-            let Some((ps, params)) = path_score(&e.path, path) else {
-                continue;
+            let (ps, params) = match path_score(&e.path, path) {
+                PathFit::No => continue,
+                PathFit::Yes(ps, params) => (ps, params),
+                PathFit::Undecodable => return Lookup::Undecodable,
             };
             path_hit = true;
             // A HEAD is served by a GET route, but a route that lists HEAD itself (an OpenAPI
@@ -252,6 +276,10 @@ impl Stage for RouteStage {
                 RejectReason::RouteNotFound,
                 "no route is configured for this host and path",
             )),
+            Lookup::Undecodable => Step::reject(Rejection::new(
+                RejectReason::BadRequest,
+                "a path segment a route captures is not UTF-8 once percent-decoded",
+            )),
         }
     }
 }
@@ -316,10 +344,11 @@ mod tests {
         assert_eq!(found(t.lookup("example.com", "/api/x", &g)).0, "api");
     }
 
-    /// A capture is its segment percent-decoded; one that does not decode to UTF-8 matches no
-    /// template (read lossily, `%FF` and `%FE` would be one value to owner rules).
+    /// A capture is its segment percent-decoded; one that does not decode to UTF-8 is refused
+    /// (read lossily, `%FF` and `%FE` would be one value to owner rules), not left to a less
+    /// specific route whose rules would then judge the path.
     #[test]
-    fn captures_are_decoded_or_the_template_does_not_match() {
+    fn captures_are_decoded_or_the_request_is_refused() {
         let t = table(ROUTES);
         let g = Method::GET;
         assert_eq!(
@@ -331,8 +360,13 @@ mod tests {
             "/api/orders/%C3",
             "/api/orders/%FF/items",
         ] {
-            assert_eq!(found(t.lookup("x", odd, &g)).0, "api", "{odd}");
+            assert!(
+                matches!(t.lookup("x", odd, &g), Lookup::Undecodable),
+                "{odd}"
+            );
         }
+        // Paths no template takes are routed as before.
+        assert_eq!(found(t.lookup("x", "/api/%FF", &g)).0, "api");
     }
 
     #[test]
