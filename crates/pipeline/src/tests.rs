@@ -64,6 +64,9 @@ routes:
   - name: brace
     match: { path: "/q/a%7Bb" }
     upstream: d
+  - name: v1-item
+    match: { path: "/v1/things/{id}" }
+    upstream: d
 "#;
 
 async fn run(
@@ -94,6 +97,25 @@ async fn run(
 
 fn reason(r: &Result<Flow, Rejection>) -> Option<RejectReason> {
     r.as_ref().err().map(|r| r.reason)
+}
+
+/// A path a template takes whose capture is not UTF-8 once decoded is a 400 with its detail,
+/// not left to the `/v1` prefix route.
+#[tokio::test]
+async fn an_undecodable_capture_is_a_bad_request() {
+    let (ctx, r, _) = run("GET", "/v1/things/%FF", "127.0.0.1:1", &[]).await;
+    let Err(rej) = r else {
+        panic!("routed to {:?}", ctx.route.map(|m| m.name));
+    };
+    assert_eq!(rej.reason, RejectReason::BadRequest);
+    assert_eq!(
+        rej.detail,
+        "a path segment a route captures is not UTF-8 once percent-decoded"
+    );
+    assert!(ctx.route.is_none());
+    let (ctx, r, _) = run("GET", "/v1/things/%C3%A9", "127.0.0.1:1", &[]).await;
+    assert!(r.is_ok());
+    assert_eq!(ctx.route.as_ref().map(|m| &*m.name), Some("v1-item"));
 }
 
 /// A route written with escapes (in normal form) takes every spelling of its path, and the
