@@ -317,7 +317,7 @@ authz:
     - { name: p, resources: ["/x/**"] }
   rego: { files: [ok.rego, broken.rego, missing.rego], timeout: soon }
   opa: { main: { url: "ftp://opa" } }
-  risk: { reputation_list: [not-a-cidr], risky_countries: [Germany], weights: { country: 101 } }
+  risk: { reputation_list: [not-a-cidr, 203.0.113.9/24], risky_countries: [Germany], weights: { country: 101 } }
 upstreams: { d: { kind: echo } }
 routes:
   - name: anon
@@ -357,7 +357,11 @@ routes:
         ("authz.rego.files[1]", "broken.rego"),
         ("authz.rego.files[2]", "missing.rego"),
         ("authz.opa.main.url", "not an http(s) URL"),
-        ("authz.risk.reputation_list[0]", "not an address or CIDR"),
+        ("authz.risk.reputation_list[0]", "not an IP address or CIDR"),
+        (
+            "authz.risk.reputation_list[1]",
+            "bits set past its /24 prefix",
+        ),
         ("authz.risk.risky_countries[0]", "two-letter"),
         ("authz.risk.weights.country", "above 100"),
         ("routes[0].authz", "anonymous route"),

@@ -27,6 +27,43 @@ pub fn counted(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
     }
 }
 
+/// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address (a /32 or /128). A network with
+/// bits set past its prefix (`203.0.113.10/8`: a typo for a /24, or for the address alone?)
+/// is refused rather than widened. IPv4-mapped IPv6 entries (`::ffff:192.0.2.0/120`) are
+/// their IPv4 networks, as client addresses are compared in their IPv4 form.
+pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    let net = match s.parse::<ipnet::IpNet>() {
+        Ok(net) if net.trunc() != net => {
+            return Err(format!(
+                "\"{s}\" has bits set past its /{} prefix: write {} for the network or {} for \
+                 the one address",
+                net.prefix_len(),
+                net.trunc(),
+                ipnet::IpNet::from(net.addr())
+            ));
+        }
+        Ok(net) => net,
+        Err(_) => s
+            .parse::<IpAddr>()
+            .map(ipnet::IpNet::from)
+            .map_err(|_| format!("\"{s}\" is not an IP address or CIDR"))?,
+    };
+    Ok(ipv4_if_mapped(net))
+}
+
+/// An IPv6 network inside `::ffff:0:0/96` as the IPv4 network it maps; any other unchanged.
+fn ipv4_if_mapped(net: ipnet::IpNet) -> ipnet::IpNet {
+    if let ipnet::IpNet::V6(n) = net
+        && let Some(v4) = n.network().to_ipv4_mapped()
+        && let Some(len) = n.prefix_len().checked_sub(96)
+        && let Ok(v4) = ipnet::Ipv4Net::new(v4, len)
+    {
+        return ipnet::IpNet::V4(v4);
+    }
+    net
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

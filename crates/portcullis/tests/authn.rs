@@ -1086,6 +1086,25 @@ async fn sender_constrained_tokens_are_good_only_from_their_holder() {
         assert_eq!(ev["auth_failure"], reason, "{ev}");
     }
     assert_eq!(up.hits(), 1);
+    // The certificate revoked: the token bound to it goes with it, as on an `mtls` route.
+    let fingerprint: String = ring::digest::digest(&ring::digest::SHA256, &holder.cert_der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let r = send(req(
+        "POST",
+        &format!("{}/auth/revocations", gw.admin_url()),
+        &[("content-type", "application/json")],
+        &json!({ "certificate_sha256": format!("sha256:{fingerprint}") }).to_string(),
+    ))
+    .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = go(Some(&holder), &bound).await;
+    let v = assert_problem(&r, 401, "unauthenticated");
+    let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["auth_failure"], "revoked", "{ev}");
+    assert_eq!(up.hits(), 1);
 }
 
 /// A gateway with one TLS listener (a `localhost` certificate from `pki`) asking for client

@@ -444,6 +444,11 @@ impl Authn {
     /// hash was checked before it was looked up —, a client certificate) while the shared
     /// revocation list has never been read is `Unavailable("revocations_not_loaded")`: it may
     /// be revoked in the store alone, and the other Redis-backed checks fail closed (503).
+    /// [`bound_to_sender`] with this authenticator's revocations.
+    fn bound_to_sender(&self, p: &Principal, ctx: &RequestCtx) -> Result<(), Fail> {
+        bound_to_sender(p, ctx, &self.revocations)
+    }
+
     fn revocation(&self, p: &Principal) -> Result<(), Fail> {
         let revocable = match p.method {
             AuthMethod::Jwt | AuthMethod::Introspection => match p.credential_id.as_deref() {
@@ -519,7 +524,7 @@ impl Authn {
             presented = true;
             match r
                 .and_then(|p| self.revocation(&p).map(|()| p))
-                .and_then(|p| bound_to_sender(&p, ctx).map(|()| p))
+                .and_then(|p| self.bound_to_sender(&p, ctx).map(|()| p))
             {
                 Ok(p) => return Ok(p),
                 Err(f @ Fail::Unavailable(_)) => {
@@ -620,7 +625,7 @@ impl Authn {
             };
             return match r
                 .and_then(|p| self.revocation(&p).map(|()| p))
-                .and_then(|p| bound_to_sender(&p, ctx).map(|()| p))
+                .and_then(|p| self.bound_to_sender(&p, ctx).map(|()| p))
             {
                 Ok(p) => Fast::Pass(p),
                 r => Fast::Wait(Some((i, r))),
@@ -847,11 +852,12 @@ pub fn bearer_of(headers: &HeaderMap) -> Option<String> {
 
 /// A sender-constrained token (its `cnf` claim, RFC 7800) is good only from its holder: one
 /// bound to a client certificate (`x5t#S256`, RFC 8705) only on a connection that presented
-/// that certificate (`certificate_binding`); one bound otherwise — a DPoP key (`jkt`, RFC 9449,
-/// whose proofs the gateway does not check), a raw key (`jwk`, `kid`) — is refused
+/// that certificate (`certificate_binding`), while the certificate is valid and not revoked
+/// (as the `mtls` method holds it); one bound otherwise — a DPoP key (`jkt`, RFC 9449, whose
+/// proofs the gateway does not check), a raw key (`jwk`, `kid`) — is refused
 /// (`unsupported_binding`): taken as a bearer token, a stolen copy would pass. A `cnf` that is
 /// not an object of such members is `cnf_malformed`.
-fn bound_to_sender(p: &Principal, ctx: &RequestCtx) -> Result<(), Fail> {
+fn bound_to_sender(p: &Principal, ctx: &RequestCtx, revocations: &Revocations) -> Result<(), Fail> {
     use base64::Engine;
     if !matches!(p.method, AuthMethod::Jwt | AuthMethod::Introspection) {
         return Ok(());
@@ -876,15 +882,25 @@ fn bound_to_sender(p: &Principal, ctx: &RequestCtx) -> Result<(), Fail> {
             .filter(|d| d.len() == 32)
             .ok_or(Fail::Invalid("cnf_malformed"))?;
         let want: String = want.iter().map(|b| format!("{b:02x}")).collect();
-        let have = ctx
-            .tls
-            .as_ref()
-            .and_then(|t| t.peer_certificate.as_ref())
-            .map(|c| c.fingerprint_sha256.to_ascii_lowercase());
-        match have {
-            Some(h) if bool::from(subtle::ConstantTimeEq::ct_eq(h.as_bytes(), want.as_bytes())) => {
-            }
-            _ => return Err(Fail::Invalid("certificate_binding")),
+        let Some(cert) = ctx.tls.as_ref().and_then(|t| t.peer_certificate.as_ref()) else {
+            return Err(Fail::Invalid("certificate_binding"));
+        };
+        let have = cert.fingerprint_sha256.to_ascii_lowercase();
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            have.as_bytes(),
+            want.as_bytes(),
+        )) {
+            return Err(Fail::Invalid("certificate_binding"));
+        }
+        // The certificate the token is bound to, held as the `mtls` method holds it.
+        if !cert.valid_at(portcullis_core::unix_now()) {
+            return Err(Fail::Invalid("mtls_certificate_expired"));
+        }
+        if revocations.is_cert_revoked(&cert.fingerprint_sha256) {
+            return Err(Fail::Invalid("revoked"));
+        }
+        if !revocations.loaded() {
+            return Err(Fail::Unavailable("revocations_not_loaded"));
         }
     }
     Ok(())

@@ -1007,16 +1007,15 @@ pub fn compile(raw: &RawAuthz, base: &Path, e: &mut ConfigErrors) -> AuthzSettin
         .iter()
         .enumerate()
         .filter_map(|(i, c)| {
-            let parsed = c
-                .parse::<IpNet>()
-                .or_else(|_| c.parse::<IpAddr>().map(IpNet::from));
-            if parsed.is_err() {
-                e.push(
-                    format!("authz.risk.reputation_list[{i}]"),
-                    format!("\"{c}\" is not an address or CIDR"),
-                );
+            // As every list of addresses: an IPv4-mapped entry is its IPv4 network (client
+            // addresses are compared in their IPv4 form), bits past the prefix refused.
+            match portcullis_core::addr::parse_net(c) {
+                Ok(n) => Some(n),
+                Err(m) => {
+                    e.push(format!("authz.risk.reputation_list[{i}]"), m);
+                    None
+                }
             }
-            parsed.ok()
         })
         .collect();
     let geoip = r.geoip_database.as_ref().and_then(|f| {

@@ -504,5 +504,13 @@ mod tests {
         }
         let a = assess(&r, &devices, &req(&p, &h, "::ffff:198.51.100.9"));
         assert!(!a.signals.contains(&"ip_reputation"), "{a:?}");
+        // An entry written in the mapped form is its IPv4 network, and takes IPv4 clients.
+        let mut mapped = risk();
+        mapped.reputation =
+            vec![portcullis_core::addr::parse_net("::ffff:198.51.100.0/120").unwrap()];
+        for ip in ["198.51.100.9", "::ffff:198.51.100.9"] {
+            let a = assess(&mapped, &devices, &req(&p, &h, ip));
+            assert!(a.signals.contains(&"ip_reputation"), "{ip}: {a:?}");
+        }
     }
 }

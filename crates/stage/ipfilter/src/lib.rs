@@ -46,42 +46,7 @@ pub struct IpRules {
     deny: Vec<IpNet>,
 }
 
-/// Parses `10.0.0.0/8`, `2001:db8::/32` or a bare address (a /32 or /128). A network with
-/// bits set past its prefix (`203.0.113.10/8`: a typo for a /24, or for the address alone?)
-/// is refused rather than widened. IPv4-mapped IPv6 entries (`::ffff:192.0.2.0/120`) are
-/// their IPv4 networks, as client addresses are compared in their IPv4 form.
-pub fn parse_net(s: &str) -> Result<IpNet, String> {
-    let s = s.trim();
-    let net = match s.parse::<IpNet>() {
-        Ok(net) if net.trunc() != net => {
-            return Err(format!(
-                "\"{s}\" has bits set past its /{} prefix: write {} for the network or {} for \
-                 the one address",
-                net.prefix_len(),
-                net.trunc(),
-                IpNet::from(net.addr())
-            ));
-        }
-        Ok(net) => net,
-        Err(_) => s
-            .parse::<IpAddr>()
-            .map(IpNet::from)
-            .map_err(|_| format!("\"{s}\" is not an IP address or CIDR"))?,
-    };
-    Ok(ipv4_if_mapped(net))
-}
-
-/// An IPv6 network inside `::ffff:0:0/96` as the IPv4 network it maps; any other unchanged.
-fn ipv4_if_mapped(net: IpNet) -> IpNet {
-    if let IpNet::V6(n) = net
-        && let Some(v4) = n.network().to_ipv4_mapped()
-        && let Some(len) = n.prefix_len().checked_sub(96)
-        && let Ok(v4) = ipnet::Ipv4Net::new(v4, len)
-    {
-        return IpNet::V4(v4);
-    }
-    net
-}
+pub use portcullis_core::addr::parse_net;
 
 /// Parses a list of CIDRs, collecting an error per bad entry at `path[i]`.
 pub fn parse_nets(list: &[String], path: &str, errors: &mut ConfigErrors) -> Vec<IpNet> {
