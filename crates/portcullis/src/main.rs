@@ -670,7 +670,7 @@ fn reload(gw: &Gateway, path: Option<&Path>, why: &str) -> Result<(), ConfigErro
 
 /// The files a running configuration is made of — the configuration file, the Rego modules and
 /// data it names (paths relative to the configuration file's folder), the listeners'
-/// certificates, keys and CA bundles, the upstreams' CA bundles, and its OpenAPI documents
+/// certificates and keys, the upstreams' CA bundles, and its OpenAPI documents
 /// with every file they reference — and those the file on disk names now, if it
 /// reads: after a refused reload, a Rego module or document new in it (the one that was
 /// broken, say) is watched too, so that saving it fixed reloads.
@@ -688,20 +688,21 @@ fn watched_files(gw: &Gateway, path: &Path, after_refusal: bool) -> Vec<PathBuf>
             .routes
             .iter()
             .filter_map(|r| r.openapi.as_ref().map(|o| &o.spec));
-        // Certificates, keys and CA bundles: a rotation on disk (cert-manager, a Kubernetes
-        // Secret) reaches new handshakes without a signal, and a reload refused mid-rotation
-        // (a key that does not match its certificate yet) is tried again once it is whole.
-        let tls = raw.listeners.iter().filter_map(|l| l.tls.as_ref());
-        let listener_files = tls.flat_map(|t| {
-            t.certificates
-                .iter()
-                .flat_map(|c| [&c.cert_file, &c.key_file])
-                .chain(
-                    t.client_auth
-                        .iter()
-                        .flat_map(|a| std::iter::once(&a.ca_file).chain(a.spiffe_bundles.values())),
-                )
-        });
+        // Certificates and keys: a rotation on disk (cert-manager, a Kubernetes Secret)
+        // reaches new handshakes without a signal, and a reload refused mid-rotation (a key
+        // that does not match its certificate yet) is tried again once it is whole. Not the
+        // client CAs and SPIFFE bundles: a change there ends every open mTLS connection's
+        // standing (421 `client_auth_changed`), which a bundle rotated ahead of time (a CA
+        // added) must not do unasked — that reload is the operator's (SIGHUP, `POST /reload`).
+        let listener_files = raw
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| {
+                t.certificates
+                    .iter()
+                    .flat_map(|c| [&c.cert_file, &c.key_file])
+            });
         let upstream_cas = raw
             .upstreams
             .values()
