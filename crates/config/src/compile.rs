@@ -143,6 +143,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
             );
         }
         if let Some(r) = routes.last() {
+            check_renames_into_vouched_headers(r, &auth, &path, &mut e);
             check_token_exchange_route(
                 r,
                 (&upstreams, &listeners, &server),
@@ -1505,29 +1506,12 @@ fn compile_route(
         methods,
         upstream,
         rewrite,
-        request_headers: {
-            let ops = compile_header_ops(
-                &r.request_headers,
-                &format!("{path}.request_headers"),
-                sections.base_dir,
-                e,
-            );
-            // Route header rules apply after the identity step: renaming a field the client
-            // sends into one the gateway vouches for would hand the client's value on as
-            // verified (on a route, or for a principal, where the gateway sets none).
-            for (from, to) in &ops.rename {
-                if sections.auth.identity.strip.contains(to) {
-                    e.push(
-                        format!("{path}.request_headers.rename.{from}"),
-                        format!(
-                            "{to} is a header the gateway sets from the verified identity (or \
-                             strips from every request): a client's {from} would pass for it"
-                        ),
-                    );
-                }
-            }
-            ops
-        },
+        request_headers: compile_header_ops(
+            &r.request_headers,
+            &format!("{path}.request_headers"),
+            sections.base_dir,
+            e,
+        ),
         response_headers: compile_header_ops(
             &r.response_headers,
             &format!("{path}.response_headers"),
@@ -1713,6 +1697,46 @@ fn mtls_listener(raw: &RawConfig) -> bool {
     raw.listeners
         .iter()
         .any(|l| l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()))
+}
+
+/// Route header rules apply after the identity and authorization steps: renaming a field the
+/// client sends into one the gateway vouches for — an identity header or a name stripped from
+/// every request, the route's verified tenant header, its gateway-signed token's header —
+/// would hand the client's value on as verified (on a route, or for a principal, where the
+/// gateway sets none). Names are compared as backends read them (`_` for `-`, any case).
+fn check_renames_into_vouched_headers(
+    route: &Route,
+    auth: &AuthSettings,
+    path: &str,
+    e: &mut ConfigErrors,
+) {
+    let tenant = route.authz.tenant.as_ref().map(|t| &t.upstream_header);
+    let token = route
+        .auth
+        .internal_audience
+        .as_ref()
+        .map(|_| &auth.internal_token.header);
+    for (from, to) in &route.request_headers.rename {
+        let vouched = auth
+            .identity
+            .strip
+            .iter()
+            .chain(tenant)
+            .chain(token)
+            .any(|v| {
+                portcullis_core::same_name_folded(to.as_str().as_bytes(), v.as_str().as_bytes())
+            });
+        if vouched {
+            e.push(
+                format!("{path}.request_headers.rename.{from}"),
+                format!(
+                    "{to} is a header the gateway vouches for (the verified identity, tenant or \
+                     token, or a name stripped from every request): a client's {from} would \
+                     pass for it"
+                ),
+            );
+        }
+    }
 }
 
 /// A route to the token endpoint needs the `token_exchange` section, takes POST, and is

@@ -1846,14 +1846,34 @@ routes:
   - name: r
     match: { prefix: / }
     upstream: d
-    request_headers: { rename: { x-legacy: x-user-id, x-org-hint: x-org, x-role: X-Internal-Role, x-user-id: x-remote-user } }
+    request_headers: { rename: { x-legacy: x-user-id, x-org-hint: x-org, x-role: X-Internal-Role, x-user-id: x-remote-user, x-app-user: x_user_id } }
 "#,
     );
-    for from in ["x-legacy", "x-org-hint", "x-role"] {
+    for from in ["x-legacy", "x-org-hint", "x-role", "x-app-user"] {
         let want = format!("routes[0].request_headers.rename.{from}: ");
         assert!(e.iter().any(|m| m.starts_with(&want)), "{want}: {e:#?}");
     }
-    assert_eq!(e.len(), 3, "{e:#?}");
+    assert_eq!(e.len(), 4, "{e:#?}");
+    // The route's verified tenant and its gateway-signed token too.
+    let e = errs(
+        r#"
+upstreams: { d: { kind: echo } }
+auth:
+  jwt: { a: { issuer: https://a.test, hmac_secret: { value: "0123456789abcdef0123456789abcdef" }, algorithms: [HS256] } }
+routes:
+  - name: r
+    match: { prefix: / }
+    upstream: d
+    auth: { methods: [jwt], internal_token: { audience: svc } }
+    authz: { allow: any-authenticated, tenant: { claim: org, header: x-tenant } }
+    request_headers: { rename: { x-client-tenant: X-Portcullis-Tenant, x-legacy-auth: authorization } }
+"#,
+    );
+    for from in ["x-client-tenant", "x-legacy-auth"] {
+        let want = format!("routes[0].request_headers.rename.{from}: ");
+        assert!(e.iter().any(|m| m.starts_with(&want)), "{want}: {e:#?}");
+    }
+    assert_eq!(e.len(), 2, "{e:#?}");
 }
 
 /// The token endpoint takes client secrets and tokens: no listener may carry it in cleartext
