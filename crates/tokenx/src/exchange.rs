@@ -164,7 +164,6 @@ impl TokenExchange {
         let form = Form::parse(body).map_err(OAuthError::invalid_request)?;
         let cert = ctx.tls.as_ref().and_then(|t| t.peer_certificate.as_deref());
         let client = authenticate(&self.settings, &head.headers, &form, cert)?;
-        *asked = Some((client.id.clone(), client.auth.is_mtls()));
         // A client that authenticated by its certificate: that certificate may be revoked,
         // as for `mtls` routes (and until the shared list was read, it may be without this
         // instance knowing).
@@ -176,6 +175,8 @@ impl TokenExchange {
                 return Err(OAuthError::unavailable("revocations_not_loaded"));
             }
         }
+        // Authenticated (its certificate not revoked): named in the event of a refusal.
+        *asked = Some((client.id.clone(), client.auth.is_mtls()));
 
         match form.get("grant_type") {
             None => return Err(OAuthError::invalid_request("grant_type is required")),
@@ -458,15 +459,22 @@ pub fn subject_of(p: &Principal) -> Option<String> {
 }
 
 /// The `act` claim (RFC 8693 §4.1): the actor's `sub`, with the subject token's own `act`
-/// (prior actors) nested inside; without an actor, the subject token's `act` is kept.
+/// (prior actors) nested inside; without an actor, the subject token's `act` is kept. The
+/// actor token's own `sub` claim, with its issuer (`iss`: a `sub` is unique only within its
+/// issuer); for an actor token without one, the subject it stands for (its client).
 pub fn act_claim(subject: &Principal, actor: Option<&Principal>) -> Option<Value> {
     let prior = subject.claims.get("act").filter(|v| v.is_object()).cloned();
-    match actor.and_then(subject_of) {
+    let raw_sub = actor.and_then(|a| a.claims.get("sub").and_then(Value::as_str));
+    match raw_sub
+        .map(String::from)
+        .or_else(|| actor.and_then(subject_of))
+    {
         Some(sub) => {
             let mut m = Map::new();
             m.insert("sub".into(), Value::String(sub));
-            // A subject is unique only within its issuer: say whose it is.
-            if let Some(iss) = actor.and_then(|a| a.issuer.clone()) {
+            if raw_sub.is_some()
+                && let Some(iss) = actor.and_then(|a| a.issuer.clone())
+            {
                 m.insert("iss".into(), Value::String(iss));
             }
             if let Some(p) = prior {
@@ -490,10 +498,20 @@ pub fn may_act(subject: &Principal, actor: &Principal) -> bool {
         None => true,
         Some(Value::Object(m)) if m.is_empty() => false,
         Some(Value::Object(m)) => {
-            (m.contains_key("iss") || actor.authority == subject.authority)
+            (m.contains_key("iss") || same_issuer(subject, actor))
                 && m.iter().all(|(k, v)| actor.claims.get(k) == Some(v))
         }
         Some(_) => false,
+    }
+}
+
+/// Whether two tokens come from one issuer: their `iss` when both carry one (the same
+/// provider configured twice, as a JWT issuer and an introspection endpoint, is one issuer),
+/// else the configured authority that verified them.
+fn same_issuer(a: &Principal, b: &Principal) -> bool {
+    match (&a.issuer, &b.issuer) {
+        (Some(x), Some(y)) => x == y,
+        _ => a.authority == b.authority,
     }
 }
 
@@ -596,6 +614,37 @@ mod tests {
         );
         assert!(may_act(&named, &partner));
         assert!(!may_act(&named, &a));
+        // One provider configured twice (a JWT issuer and an introspection endpoint): one
+        // issuer by its `iss`.
+        let mut subject = principal(
+            "alice",
+            json!({"iss": "https://idp", "may_act": {"sub": "svc-b"}}),
+        );
+        subject.authority = Arc::from("idp-jwt");
+        let mut actor = principal("svc-b", json!({"iss": "https://idp"}));
+        actor.authority = Arc::from("idp-introspection");
+        assert!(may_act(&subject, &actor));
+    }
+
+    /// `act.sub` is the actor token's own `sub` (with its `iss`), not the subject an issuer's
+    /// `claims.subject` maps; an actor token without `sub` is named by its client, without
+    /// an `iss` it would not be the subject of.
+    #[test]
+    fn act_names_the_actor_tokens_own_subject() {
+        let plain = principal("alice", json!({}));
+        let mut mapped = principal("123", json!({"iss": "https://idp"}));
+        mapped.subject = Some("bob@example.com".into());
+        assert_eq!(
+            act_claim(&plain, Some(&mapped)),
+            Some(json!({"sub": "123", "iss": "https://idp"}))
+        );
+        let mut client = Principal::new(AuthMethod::Introspection, Arc::from("i"));
+        client.client_id = Some("svc-c".into());
+        client.issuer = Some("https://idp".into());
+        assert_eq!(
+            act_claim(&plain, Some(&client)),
+            Some(json!({"sub": "svc-c"}))
+        );
     }
 
     #[test]
