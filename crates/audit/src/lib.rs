@@ -1286,8 +1286,6 @@ fn writer(
     let _ = out.flush();
 }
 
-/// Writes `buf` whole, then flushes, counting in `written` the bytes the output took (also
-/// when it fails partway).
 /// Writes U+2028, U+2029 and the C1 controls (U+0080–U+009F, NEL among them) in `buf[from..]`
 /// — one event as serde_json wrote it, which leaves them raw — as `\uXXXX` escapes: readers
 /// that split lines at Unicode breaks (Python's `str.splitlines`, some log shippers) would
@@ -1324,6 +1322,8 @@ fn escape_unicode_breaks(buf: &mut Vec<u8>, from: usize) {
     buf.extend_from_slice(&out);
 }
 
+/// Writes `buf` whole, then flushes, counting in `written` the bytes the output took (also
+/// when it fails partway).
 fn write_counting(out: &mut dyn Write, buf: &[u8], written: &mut usize) -> std::io::Result<()> {
     while let Some(rest) = buf.get(*written..).filter(|r| !r.is_empty()) {
         match out.write(rest) {

@@ -438,15 +438,25 @@ fn compile_server(s: &RawServer, e: &mut ConfigErrors) -> Server {
     // Every trusted address may name any client: a range that public clients connect from
     // would let them all choose the address every later step keys on.
     for (i, t) in s.trusted_proxies.iter().enumerate() {
-        if let Ok(n) = portcullis_ipfilter::parse_net(t)
-            && n.prefix_len() < if n.addr().is_ipv4() { 8 } else { 7 }
-        {
+        let Ok(n) = portcullis_ipfilter::parse_net(t) else {
+            continue;
+        };
+        // Private IPv6 space (fc00::/7) may be trusted whole; public space in /32s at most.
+        let ula = "fc00::/7"
+            .parse::<ipnet::IpNet>()
+            .is_ok_and(|u| u.contains(&n));
+        let widest = match n {
+            ipnet::IpNet::V4(_) => 8,
+            ipnet::IpNet::V6(_) if ula => 7,
+            ipnet::IpNet::V6(_) => 32,
+        };
+        if n.prefix_len() < widest {
             e.push(
                 format!("server.trusted_proxies[{i}]"),
                 format!(
-                    "{n} is wider than any network of proxies (at most an IPv4 /8 or an IPv6 \
-                     /7): each trusted address may name any client, so list the proxies' own \
-                     addresses"
+                    "{n} is wider than any network of proxies (at most an IPv4 /8, an IPv6 /32, \
+                     or fc00::/7): each trusted address may name any client, so list the \
+                     proxies' own addresses"
                 ),
             );
         }

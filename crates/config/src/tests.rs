@@ -1789,15 +1789,16 @@ routes:
 fn trusted_proxies_are_networks_of_proxies() {
     let e = errs(
         r#"
-server: { trusted_proxies: [0.0.0.0/0, "::/0", 10.0.0.0/7, 10.0.0.0/8, "fc00::/7", 192.0.2.1/24] }
+server: { trusted_proxies: [0.0.0.0/0, "::/0", 10.0.0.0/7, 10.0.0.0/8, "fc00::/7", 192.0.2.1/24, "2000::/7", "2001:db8::/32"] }
 "#,
     );
-    assert_eq!(e.len(), 4, "{e:#?}");
+    assert_eq!(e.len(), 5, "{e:#?}");
     for (i, want) in [
         (0, "0.0.0.0/0 is wider than any network of proxies"),
         (1, "::/0 is wider"),
         (2, "10.0.0.0/7 is wider"),
         (5, "\"192.0.2.1/24\" has bits set past its /24 prefix"),
+        (6, "2000::/7 is wider"),
     ] {
         let path = format!("server.trusted_proxies[{i}]: ");
         assert!(

@@ -1160,6 +1160,10 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
         ("authority", &authority),
     ];
     for (i, (k, n)) in named.iter().enumerate() {
+        // (A name that did not parse stands in as `x-invalid`, already reported.)
+        if n.as_str() == "x-invalid" {
+            continue;
+        }
         if let Some((other, _)) = named[..i].iter().find(|(_, m)| m == n) {
             e.push(
                 format!("{p}.{k}"),
@@ -1235,8 +1239,9 @@ pub fn compile(raw: &RawAuth, base: &Path, e: &mut ConfigErrors) -> AuthSettings
         authority,
         strip,
     };
+    let before = e.len();
     let ttl = compile_duration(&it.ttl, "auth.internal_token.ttl", e);
-    if ttl.is_zero() || ttl > Duration::from_secs(24 * 3600) {
+    if e.len() == before && (ttl.is_zero() || ttl > Duration::from_secs(24 * 3600)) {
         e.push(
             "auth.internal_token.ttl",
             "more than 0 and at most 24h: an internal token is made for one request",
