@@ -340,7 +340,8 @@ pub struct RawGraphql {
     /// Complexity counts the fields the server would resolve: every field (but `__typename`)
     /// counts 1, times the list sizes of the fields it is nested in. A field's list size is
     /// the largest integer given to one of its `list_arguments` (a literal, the request's
-    /// variable, or the variable's default), 1 if none. So
+    /// variable — found by its exact name, the largest of its values when several `variables`
+    /// members give it —, or the variable's default), 1 if none. So
     /// `{ users(first: 100) { name friends(first: 10) { name } } }` costs
     /// 1 + 100 × (1 + 1 + 10 × 1) = 1201. Fragments count at every spread.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1231,38 +1232,42 @@ fn plainly_graphql(src: Source<'_>, targets: &[Target<'_>], kind: BodyKind) -> b
     })
 }
 
-/// Resolves the request's GraphQL variables (for list sizes).
+/// Resolves the request's GraphQL variables (for list sizes). A variable's name is matched
+/// exactly (GraphQL names are case-sensitive: `$First` is not `$first`); the `variables` member
+/// or parameter in any case, and every one of them (Go's `encoding/json` merges `variables` and
+/// `Variables` into one object). Of several values for one variable the largest number is
+/// taken ([`larger`]): the reading nearest the limits.
 struct Variables<'r, 't> {
     src: Source<'r>,
     targets: &'r [Target<'t>],
     kind: BodyKind,
-    /// The `variables` parameter, parsed on first use (GET and form GraphQL).
-    parsed: Option<Option<serde_json::Value>>,
+    /// The `variables` members or parameters sent as JSON strings, parsed on first use (GET
+    /// and form GraphQL; a JSON string member, which express-graphql parses).
+    parsed: Option<Vec<serde_json::Value>>,
 }
 
 impl Variables<'_, '_> {
     fn get(&mut self, var: &str) -> Option<String> {
+        let mut best: Option<String> = None;
         if let Source::Json { prefix, .. } = self.src {
-            // An object: its members are targets. A string (express-graphql parses one): read
-            // below.
-            let name = format!("{prefix}variables.{var}");
-            if let Some(t) = self.targets.iter().find(|t| {
-                t.location == Location::Body
+            // An object: its members are targets (`$.variables.first`, `$.Variables.first`).
+            for t in self.targets {
+                if t.location == Location::Body
                     && t.part == Part::Value
-                    && t.name.len() == name.len()
-                    && t.name.eq_ignore_ascii_case(&name)
-            }) {
-                return Some(t.value.to_string());
+                    && variables_member(&t.name, prefix)
+                        .is_some_and(|rest| rest.strip_prefix('.').is_some_and(|name| name == var))
+                {
+                    larger(&mut best, Cow::Borrowed(&t.value));
+                }
             }
         }
         if self.parsed.is_none() {
             let (src, kind, targets) = (self.src, self.kind, self.targets);
-            let raw = targets.iter().find(|t| match src {
+            let raw = targets.iter().filter(|t| match src {
                 Source::Json { prefix, .. } => {
                     t.location == Location::Body
                         && t.part == Part::Value
-                        && t.name.len() == prefix.len() + "variables".len()
-                        && t.name.eq_ignore_ascii_case(&format!("{prefix}variables"))
+                        && variables_member(&t.name, prefix).is_some_and(str::is_empty)
                 }
                 Source::Query => is_query_value(t) && php_key(&t.name) == "variables",
                 Source::Form => is_form_value(t, kind) && php_key(&t.name) == "variables",
@@ -1270,10 +1275,45 @@ impl Variables<'_, '_> {
             });
             self.parsed = Some(
                 raw.filter(|t| t.value.len() <= MAX_VARIABLES_BYTES)
-                    .and_then(|t| serde_json::from_str(&t.value).ok()),
+                    .filter_map(|t| serde_json::from_str(&t.value).ok())
+                    .collect(),
             );
         }
-        variable(self.parsed.as_ref()?.as_ref()?, var)
+        for vars in self.parsed.iter().flatten() {
+            if let Some(v) = variable(vars, var) {
+                larger(&mut best, Cow::Owned(v));
+            }
+        }
+        best
+    }
+}
+
+/// What follows a `variables` member (in any case) of the JSON object at `prefix` in a JSON
+/// path: `Some("")` for `$.Variables` itself, `Some(".first")` for `$.variables.first`.
+fn variables_member<'n>(name: &'n str, prefix: &str) -> Option<&'n str> {
+    let rest = name.strip_prefix(prefix)?;
+    let member = rest.get(.."variables".len())?;
+    member
+        .eq_ignore_ascii_case("variables")
+        .then(|| rest.get("variables".len()..))
+        .flatten()
+}
+
+/// Keeps in `best` the larger of it and `candidate` as a list size: a plain integer before
+/// anything else, then the number lenient parsers read (the first of equals stays).
+fn larger(best: &mut Option<String>, candidate: Cow<'_, str>) {
+    let rank = |v: &str| {
+        (
+            matches!(page_value(v), PageValue::Number(_)),
+            lenient_page_size(v),
+        )
+    };
+    let wins = match best.as_deref() {
+        None => true,
+        Some(b) => rank(&candidate) > rank(b),
+    };
+    if wins {
+        *best = Some(candidate.into_owned());
     }
 }
 
@@ -1311,20 +1351,32 @@ fn graphql_rules(
             if ops.len() > 1 {
                 batch += ops.len() as u64;
             }
-            for (doc, vars) in ops {
+            for op in ops {
                 if analysed >= g.max_batch {
                     break;
                 }
-                analysed += 1;
                 // (A multipart part's JSON is read whole by the mass-assignment rule.)
-                if let (Some(fields), Some(v), false) =
-                    (protected, &vars, facts.kind == BodyKind::Multipart)
-                    && let Some(key) = protected_key(fields, v)
+                if let (Some(fields), false) = (protected, facts.kind == BodyKind::Multipart)
+                    && let Some(key) = op.vars.iter().find_map(|v| protected_key(fields, v))
                 {
                     f.push(MASS_ASSIGNMENT, t, &key);
                 }
-                let mut resolve = |name: &str| vars.as_ref().and_then(|v| variable(v, name));
-                analyse_document(g, protected, pagination, t, &doc, &mut resolve, f);
+                let mut resolve = |name: &str| {
+                    let mut best = None;
+                    for v in op.vars.iter().filter_map(|v| variable(v, name)) {
+                        larger(&mut best, Cow::Owned(v));
+                    }
+                    best
+                };
+                // Every `query` member: which one the server keeps, the parsed object does not
+                // tell.
+                for doc in &op.docs {
+                    if analysed >= g.max_batch {
+                        break;
+                    }
+                    analysed += 1;
+                    analyse_document(g, protected, pagination, t, doc, &mut resolve, f);
+                }
             }
             continue;
         }
@@ -1420,29 +1472,46 @@ fn analyse_document(
     }
 }
 
+/// One operation of a GraphQL multipart request's `operations` field.
+struct Operation {
+    /// The string value of every member named `query` in any case (Go's `encoding/json`
+    /// takes the last of them in the text, which the parsed object no longer tells).
+    docs: Vec<String>,
+    /// Every member named `variables` in any case: an object, or a string holding one (Go
+    /// merges them into one object).
+    vars: Vec<serde_json::Value>,
+}
+
 /// The operations of a GraphQL multipart request's `operations` field: one JSON object, or an
-/// array of them (a batch), each with its `query` (members in any case) and its `variables`
-/// (an object, or a string holding one). `None` when it is not such JSON.
-fn operations(value: &str) -> Option<Vec<(String, Option<serde_json::Value>)>> {
+/// array of them (a batch), each with its `query` and `variables` members (in any case).
+/// `None` when it is not such JSON.
+fn operations(value: &str) -> Option<Vec<Operation>> {
     if value.len() > MAX_OPERATIONS_BYTES {
         return None;
     }
-    let member = |o: &serde_json::Map<String, serde_json::Value>, name: &str| {
-        o.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
     let one = |v: &serde_json::Value| {
         let o = v.as_object()?;
-        let doc = member(o, "query")?.as_str()?.to_string();
-        let vars = member(o, "variables").and_then(|v| match v {
-            serde_json::Value::String(s) if s.len() <= MAX_VARIABLES_BYTES => {
-                serde_json::from_str(&s).ok()
-            }
-            serde_json::Value::Object(_) => Some(v),
-            _ => None,
-        });
-        Some((doc, vars))
+        let named = |name: &'static str| {
+            o.iter()
+                .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        };
+        let docs: Vec<String> = named("query")
+            .filter_map(|d| d.as_str().map(str::to_string))
+            .collect();
+        if docs.is_empty() {
+            return None;
+        }
+        let vars = named("variables")
+            .filter_map(|v| match v {
+                serde_json::Value::String(s) if s.len() <= MAX_VARIABLES_BYTES => {
+                    serde_json::from_str(s).ok()
+                }
+                serde_json::Value::Object(_) => Some(v.clone()),
+                _ => None,
+            })
+            .collect();
+        Some(Operation { docs, vars })
     };
     match serde_json::from_str::<serde_json::Value>(value).ok()? {
         serde_json::Value::Array(items) => Some(items.iter().filter_map(one).collect()),

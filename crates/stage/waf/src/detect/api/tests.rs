@@ -1192,3 +1192,88 @@ fn graphql_and_json_in_the_shapes_servers_also_read() {
     assert_eq!(ids(&post(&part, &multipart)), vec![2400]);
     assert!(post(&part, &form).is_empty());
 }
+
+/// A variable's name is matched exactly (GraphQL is case-sensitive), its `variables` member in
+/// any case and every one of them; of several values the largest is taken.
+#[test]
+fn graphql_variables_match_exactly_and_the_largest_value_counts() {
+    let json = facts(BodyKind::Json);
+    let doc = "query($First: Int) { users(first: $First) { friends(first: $First) { id } } }";
+    let with = |members: &[(&str, &str)]| {
+        let mut t = vec![key("$.query"), body("$.query", doc)];
+        for (path, value) in members {
+            t.push(key(path));
+            if !value.is_empty() {
+                t.push(body(path, value));
+            }
+        }
+        ids(&post(&t, &json))
+    };
+    // `first` is another variable: `$First` is 100000, as Go reads it.
+    let f = with(&[
+        ("$.variables", ""),
+        ("$.variables.first", "1"),
+        ("$.variables.First", "100000"),
+    ]);
+    assert!(f.contains(&2505) && f.contains(&2510), "{f:?}");
+    // The other way round `$First` is 1: nothing over the limits.
+    let f = with(&[
+        ("$.variables", ""),
+        ("$.variables.first", "100000"),
+        ("$.variables.First", "1"),
+    ]);
+    assert!(f.is_empty(), "{f:?}");
+    // Two `variables` members (Go merges them, the later wins): the larger value.
+    for members in [
+        [("$.variables.First", "1"), ("$.Variables.First", "100000")],
+        [("$.Variables.First", "100000"), ("$.variables.First", "1")],
+        [
+            ("$.variables", r#"{"First": 1}"#),
+            ("$.VARIABLES", r#"{"First": 100000}"#),
+        ],
+    ] {
+        let f = with(&members);
+        assert!(f.contains(&2505) && f.contains(&2510), "{members:?}: {f:?}");
+    }
+    // GET GraphQL: every `variables` parameter.
+    let f = get(&[
+        q("query", doc),
+        q("variables", r#"{"First": 100000}"#),
+        q("Variables", r#"{"First": 1}"#),
+    ]);
+    assert!(ids(&f).contains(&2505), "{:?}", ids(&f));
+}
+
+/// Every `query` member of a multipart request's operation is analysed (a parsed object no
+/// longer tells which one the server keeps), with every `variables` member.
+#[test]
+fn every_query_member_of_an_operation_is_analysed() {
+    let multipart = facts(BodyKind::Multipart);
+    let ops = |o: &str| [body("operations", o), body("map", "{}")];
+    assert_eq!(
+        ids(&post(
+            &ops(r#"{"Query": "{ ok }", "query": "{ __schema { types { name } } }"}"#),
+            &multipart
+        )),
+        vec![2507]
+    );
+    assert_eq!(
+        ids(&post(
+            &ops(r#"{"query": "{ __schema { types { name } } }", "QUERY": "{ ok }"}"#),
+            &multipart
+        )),
+        vec![2507]
+    );
+    let doc = "query($n: Int) { users(first: $n) { friends(first: $n) { id } } }";
+    for vars in [
+        r#""variables": {"n": 1}, "Variables": {"n": 100000}"#,
+        r#""Variables": {"n": 100000}, "variables": {"n": 1}"#,
+        r#""variables": "{\"n\": 1}", "Variables": "{\"n\": 100000}""#,
+    ] {
+        let f = ids(&post(
+            &ops(&format!(r#"{{"query": "{doc}", {vars}}}"#)),
+            &multipart,
+        ));
+        assert!(f.contains(&2505) && f.contains(&2510), "{vars}: {f:?}");
+    }
+}
