@@ -331,16 +331,22 @@ fn ambiguous_type(findings: &mut Vec<Finding>, why: &str) {
     findings.push(f);
 }
 
-/// A body inspected as text read as the URL-encoded form Rack takes a body without a type
-/// for: its fields, for the parameter rules alone (its values were inspected in the text). At most
-/// `limits.max_targets` of them; nothing when the body holds no `=`.
-pub fn loose_form<'a>(body: &'a [u8], limits: &ExtractLimits) -> Vec<Target<'a>> {
+/// A POST body without a type read as the URL-encoded form Rack takes it for, whatever its
+/// bytes: its fields, at `body:<field>` (split at `&` alone, as a form body is). Together with
+/// the `counted` targets of the head, at most `limits.max_targets` of them: past that, rule
+/// 1003 (into `findings`, once per request) and no more. Nothing when the body holds no `=`.
+pub fn loose_form<'a>(
+    body: &'a [u8],
+    limits: &ExtractLimits,
+    counted: usize,
+    findings: &mut Vec<Finding>,
+) -> Vec<Target<'a>> {
     let mut out = Vec::new();
     if !body.contains(&b'=') {
         return out;
     }
-    let mut ignored = Vec::new();
-    let mut sink = Sink::new(&mut out, &mut ignored, limits);
+    let mut sink = Sink::new(&mut out, findings, limits);
+    sink.counted = counted;
     urlencoded(body, Location::Body, &mut sink);
     out
 }
@@ -371,6 +377,9 @@ struct Sink<'a, 'o> {
     out: &'o mut Vec<Target<'a>>,
     findings: &'o mut Vec<Finding>,
     max: usize,
+    /// Targets counted toward the limit that are not in `out` (the head's, for a second
+    /// reading of the body into a list of its own).
+    counted: usize,
     /// The limit was reached: nothing more is pushed.
     full: bool,
 }
@@ -385,6 +394,7 @@ impl<'a, 'o> Sink<'a, 'o> {
             out,
             findings,
             max: limits.max_targets,
+            counted: 0,
             full: false,
         }
     }
@@ -394,7 +404,7 @@ impl<'a, 'o> Sink<'a, 'o> {
         if self.full {
             return false;
         }
-        if self.out.len() >= self.max {
+        if self.out.len().saturating_add(self.counted) >= self.max {
             self.full = true;
             if !self.findings.iter().any(|f| f.rule == TOO_MANY_TARGETS.id) {
                 let note = format!("more than {} targets", self.max);
