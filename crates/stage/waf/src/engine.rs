@@ -63,6 +63,10 @@ pub struct Scored {
     pub excluded: bool,
     /// Recorded but never scored (a body passed uninspected).
     pub informational: bool,
+    /// Found on a derived target (XML joined text, a `;` piece of a query pair) whose rule a
+    /// finding on a target that is not derived already scored in the same location: the
+    /// same bytes, reported but not scored twice.
+    pub repeated: bool,
 }
 
 impl Outcome {
@@ -277,12 +281,32 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
         },
         inflated_over_limit: over_limit_refused,
     };
-    for f in findings {
-        let excluded = route
-            .exclusions
-            .iter()
-            .any(|x| x.covers(f.rule, f.class, &f.exclusion_key));
-        if !excluded {
+    let excluded: Vec<bool> = findings
+        .iter()
+        .map(|f| {
+            route
+                .exclusions
+                .iter()
+                .any(|x| x.covers(f.rule, f.class, &f.exclusion_key))
+        })
+        .collect();
+    // Rules found, not excluded, on targets that are not derived, by location: a finding on
+    // a derived target (an XML element's joined text, a `;` piece) of one of these holds bytes
+    // that were scored already. One that only the derived text shows (an attack split by
+    // `<b/>`), or whose source is excluded (`?q=x;id=…` under an exclusion of `q`), counts.
+    let scored: std::collections::HashSet<(u32, &str)> = findings
+        .iter()
+        .zip(&excluded)
+        .filter(|(f, excluded)| !f.derived && !**excluded)
+        .map(|(f, _)| (f.rule, location_of(f)))
+        .collect();
+    let repeated: Vec<bool> = findings
+        .iter()
+        .map(|f| f.derived && scored.contains(&(f.rule, location_of(f))))
+        .collect();
+    drop(scored);
+    for ((f, excluded), repeated) in findings.into_iter().zip(excluded).zip(repeated) {
+        if !excluded && !repeated {
             out.score = out.score.saturating_add(f.severity.score());
             out.blocked |= f.blocks;
         }
@@ -290,6 +314,7 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
             finding: f,
             excluded,
             informational: false,
+            repeated,
         });
     }
     if let Some(f) = informational {
@@ -297,10 +322,18 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
             finding: f,
             excluded: false,
             informational: true,
+            repeated: false,
         });
     }
     out.blocked |= out.score >= route.threshold;
     out
+}
+
+/// Where a finding is (`query`, `body`, `header` …): its exclusion key up to the `:`.
+fn location_of(f: &Finding) -> &str {
+    f.exclusion_key
+        .split_once(':')
+        .map_or(f.exclusion_key.as_str(), |(location, _)| location)
 }
 
 /// Rule 1004, recorded but not scored: the body passed uninspected (`on_body_over_limit: pass`,
@@ -337,6 +370,7 @@ fn run_detectors(targets: &[Target<'_>], views: &mut Views, pl: u8, out: &mut Ve
                     let mut f = f.clone();
                     f.target.clone_from(&shown);
                     f.exclusion_key.clone_from(&key);
+                    f.derived = t.derived;
                     if crate::model::holds_secret(t) {
                         f.snippet = crate::model::redacted(&t.value);
                     }
@@ -392,6 +426,7 @@ fn run_custom(route: &RouteWaf, client_ip: IpAddr, targets: &[Target<'_>], out: 
                     exclusion_key: key.to_string(),
                     transforms: rule.view.chain(),
                     snippet,
+                    derived: target.is_some_and(|t| t.derived),
                 });
             }
         };
@@ -569,6 +604,84 @@ mod tests {
             .filter(|f| f.finding.rule == 2510 && f.finding.target == "body:query")
             .count();
         assert_eq!(over, 2, "{:?}", out.findings);
+    }
+
+    /// A derived target (an XML element's joined text, a `;` piece of a query pair) holds
+    /// bytes other targets hold: its finding is scored only where no finding of the same rule
+    /// on those counted already. Reported all the same.
+    #[test]
+    fn derived_targets_do_not_score_the_same_bytes_twice() {
+        let run_at = |method: &str, uri: &str, ct: Option<&str>, body: &[u8], route: &RouteWaf| {
+            let mut b = http::Request::builder().method(method).uri(uri);
+            if let Some(ct) = ct {
+                b = b.header("content-type", ct);
+            }
+            let (head, ()) = b.body(()).unwrap().into_parts();
+            inspect(
+                route,
+                &Inspection {
+                    head: &head,
+                    path: "/docs",
+                    client_ip: "192.0.2.1".parse().unwrap(),
+                    body: BodyState::Buffered(body),
+                },
+            )
+        };
+        let route = RouteWaf::default();
+        let xml = |body: &str| {
+            run_at(
+                "POST",
+                "/docs",
+                Some("application/xml"),
+                body.as_bytes(),
+                &route,
+            )
+        };
+        // Once at the run, once at the element's joined text: scored once.
+        let out = xml("<doc><p>Open <b>the dashboard</b> on http://localhost:8080/ now</p></doc>");
+        let ssrf: Vec<&Scored> = out
+            .findings
+            .iter()
+            .filter(|f| f.finding.rule == 1502)
+            .collect();
+        assert_eq!(ssrf.len(), 2, "{:?}", out.findings);
+        assert_eq!(ssrf.iter().filter(|f| f.repeated).count(), 1);
+        assert_eq!(out.score, 4, "{:?}", out.findings);
+        assert!(!out.blocked);
+        let out = run_at(
+            "GET",
+            "/docs?next=a;u=http://localhost:3000/",
+            None,
+            b"",
+            &route,
+        );
+        assert_eq!(out.score, 4, "{:?}", out.findings);
+        assert!(!out.blocked);
+        // What only the joined text shows counts.
+        let out = xml("<r><q>1' UNI<b/>ON SELECT password FROM users--</q></r>");
+        assert!(out.blocked, "{:?}", out.findings);
+        // So does a piece whose pair is excluded.
+        let mut excluding = RouteWaf::default();
+        excluding.exclusions.push(crate::config::Exclusion {
+            rules: Vec::new(),
+            classes: vec![Class::Sqli],
+            targets: vec![crate::config::TargetPattern::parse("query:q").unwrap()],
+        });
+        let out = run_at(
+            "GET",
+            "/docs?q=x;id=1%27%20UNION%20SELECT%20password%20FROM%20users--",
+            None,
+            b"",
+            &excluding,
+        );
+        assert!(out.blocked, "{:?}", out.findings);
+        assert!(
+            out.findings
+                .iter()
+                .any(|f| f.finding.target == "query:id" && !f.excluded && !f.repeated),
+            "{:?}",
+            out.findings
+        );
     }
 
     /// An exclusion of a query parameter does not cover a parameter after a `;` in its value,

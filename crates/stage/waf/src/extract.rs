@@ -16,7 +16,8 @@
 //!
 //! * Path: one target (`path`, unnamed) holding the normalised path.
 //! * Query: the query string split on `&`, and each `name=value` after a `;` in a pair read
-//!   as a parameter of its own too (servers that split on `;` as well); each percent-decoded once
+//!   as a parameter of its own too (servers that split on `;` as well; a derived target, see
+//!   [`Target::derived`]); each percent-decoded once
 //!   with `+` as a space, invalid escapes kept literally, invalid UTF-8 read lossily. A value
 //!   target per non-empty value (repeated parameters each get theirs), named by the decoded
 //!   name; a name target only for names with characters other than `[A-Za-z0-9_.\-\[\]]`.
@@ -69,7 +70,7 @@
 //!   child elements (comments and processing instructions do not end a run), attribute
 //!   values are named `/order/item/@id`; an element with mixed content (text of its own and
 //!   child elements splitting its text) is also a target holding its joined text, its own and
-//!   its descendants' in document order (DOM's `getTextContent()`), and such elements nested
+//!   its descendants' in document order (DOM's `getTextContent()`; a derived target), and such elements nested
 //!   more than 8 deep are rule 1002; a DOCTYPE is one target `body:!DOCTYPE` holding
 //!   `<!DOCTYPE …>`, a processing instruction one target `body:?pi` holding `<?…?>`. The
 //!   five predefined entities and character references are decoded, other entity references
@@ -416,6 +417,8 @@ impl<'a, 'o> Sink<'a, 'o> {
                 // exclusion naming that target (which the client chooses) must not cover it.
                 f.exclusion_key = UNINSPECTED.to_string();
                 f.blocks = true;
+                // Nor is it the bytes of a derived target: it is scored, whatever target.
+                f.derived = false;
                 self.findings.push(f);
             }
             return false;
@@ -533,23 +536,29 @@ fn urlencoded<'a>(src: &'a [u8], location: Location, sink: &mut Sink<'a, '_>) {
         if pair.is_empty() {
             continue;
         }
-        urlencoded_pair(pair, location, sink);
+        urlencoded_pair(pair, location, false, sink);
         if location == Location::Query && pair.contains(&b';') {
             for piece in pair.split(|&b| b == b';').skip(1) {
-                // Only what those servers take for a parameter: a name, `=`, a value.
+                // Only what those servers take for a parameter: a name, `=`, a value. Its text
+                // is its pair's too: a derived target.
                 if sink.full {
                     return;
                 }
                 if piece.iter().position(|&b| b == b'=').is_some_and(|p| p > 0) {
-                    urlencoded_pair(piece, location, sink);
+                    urlencoded_pair(piece, location, true, sink);
                 }
             }
         }
     }
 }
 
-/// One `name=value` (or a bare name) of a URL-encoded list.
-fn urlencoded_pair<'a>(pair: &'a [u8], location: Location, sink: &mut Sink<'a, '_>) {
+/// One `name=value` (or a bare name) of a URL-encoded list; `derived`: a `;` piece of a pair.
+fn urlencoded_pair<'a>(pair: &'a [u8], location: Location, derived: bool, sink: &mut Sink<'a, '_>) {
+    let target = if derived {
+        Target::new_derived
+    } else {
+        Target::new
+    };
     let (name, value) = match pair.iter().position(|&b| b == b'=') {
         Some(p) => (
             pair.get(..p).unwrap_or_default(),
@@ -559,16 +568,11 @@ fn urlencoded_pair<'a>(pair: &'a [u8], location: Location, sink: &mut Sink<'a, '
     };
     let name = percent_decode(name, true);
     if !plain_name(&name) {
-        sink.push(Target::new(
-            location,
-            name.clone(),
-            Part::Name,
-            name.clone(),
-        ));
+        sink.push(target(location, name.clone(), Part::Name, name.clone()));
     }
     if !value.is_empty() {
         let value = percent_decode(value, true);
-        sink.push(Target::new(location, name, Part::Value, value));
+        sink.push(target(location, name, Part::Value, value));
     }
 }
 

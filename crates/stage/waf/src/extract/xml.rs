@@ -300,7 +300,7 @@ impl<'a> Doc<'a> {
         }
         if joined && !sink.full {
             let value = self.text.get(f.text..).unwrap_or_default().to_string();
-            sink.push(Target::new(
+            sink.push(Target::new_derived(
                 Location::Body,
                 self.path.clone(),
                 Part::Value,

@@ -785,8 +785,11 @@ impl Findings<'_> {
 
     fn push(&mut self, rule: &'static Rule, target: &Target<'_>, matched: &str) {
         if self.runs(rule) {
-            self.out
-                .push(Finding::new(rule, target, View::Raw, matched));
+            let mut f = Finding::new(rule, target, View::Raw, matched);
+            // A request's shape, names and numbers: a derived target's is a fact of its own
+            // (`?id=1;id=2` repeats `id`), never the same bytes scored twice.
+            f.derived = false;
+            self.out.push(f);
         }
     }
 }
