@@ -684,6 +684,35 @@ mod tests {
         );
     }
 
+    /// An RSQL filter's `;`-joined conditions on one field are no repeated parameter; a pair
+    /// and its piece of one name are.
+    #[test]
+    fn semicolon_pieces_repeat_only_parameters() {
+        let get = |uri: &str| {
+            let (head, ()) = http::Request::builder()
+                .uri(uri)
+                .body(())
+                .unwrap()
+                .into_parts();
+            inspect(
+                &RouteWaf::default(),
+                &Inspection {
+                    head: &head,
+                    path: "/people",
+                    client_ip: "192.0.2.1".parse().unwrap(),
+                    body: BodyState::None,
+                },
+            )
+        };
+        let out = get("/people?search=name==x;age=ge=18;age=le=65");
+        assert!(
+            !out.blocked && out.findings.is_empty(),
+            "{:?}",
+            out.findings
+        );
+        assert_eq!(rules(&get("/people?id=1;id=2")), vec![2300]);
+    }
+
     /// An exclusion of a query parameter does not cover a parameter after a `;` in its value,
     /// which servers that split at `;` read as a parameter of its own.
     #[test]

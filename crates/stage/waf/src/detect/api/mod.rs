@@ -869,6 +869,12 @@ fn parameter_pollution(h: &Hpp, targets: &[Target<'_>], facts: &BodyFacts, f: &m
 /// Reports each name picked more than once (on its second occurrence). Names are compared
 /// without regard to ASCII case: ASP.NET, PHP's `$_REQUEST` on case-insensitive setups and
 /// many binders read `id` and `ID` as one parameter.
+///
+/// A `;` piece of a query pair (a derived target) counts against parameters split at `&`
+/// — its own pair's name included: `?id=1;id=2` is two `id`s to a server that splits at `;` —
+/// but not against another piece: RSQL and FIQL filters join conditions with `;`
+/// (`?search=age=ge=18;age=le=65`), which is one `search` to most servers and a repeated `age`
+/// to none that reads the filter.
 fn repeats(
     h: &Hpp,
     targets: &[Target<'_>],
@@ -892,8 +898,25 @@ fn repeats(
     if n < 2 {
         return;
     }
-    let mut report = |first: &Target<'_>, second: &Target<'_>, count: usize| {
-        if !h.may_repeat(&first.name) {
+    // One name's occurrences: reported when two are parameters, or one a parameter and one a
+    // piece.
+    let mut report = |group: &mut dyn Iterator<Item = &Target<'_>>| {
+        let (mut count, mut real) = (0usize, 0usize);
+        let (mut first, mut second) = (None, None);
+        for t in group {
+            count += 1;
+            real += usize::from(!t.derived);
+            match first {
+                None => first = Some(t),
+                Some(_) => {
+                    second.get_or_insert(t);
+                }
+            }
+        }
+        let (Some(first), Some(second)) = (first, second) else {
+            return;
+        };
+        if (real >= 2 || (real >= 1 && count > real)) && !h.may_repeat(&first.name) {
             f.push(
                 HPP_REPEATED,
                 second,
@@ -904,22 +927,16 @@ fn repeats(
     if !many {
         let list = &idx[..n];
         let keys: Vec<Cow<'_, str>> = list.iter().map(|&i| php_key(&targets[i].name)).collect();
-        for (k, &i) in list.iter().enumerate() {
-            let key = &keys[k];
+        for (k, key) in keys.iter().enumerate() {
             if keys[..k].contains(key) {
                 continue;
             }
-            let mut count = 1;
-            let mut second = None;
-            for (&j, other) in list[k + 1..].iter().zip(&keys[k + 1..]) {
-                if other == key {
-                    count += 1;
-                    second.get_or_insert(j);
-                }
-            }
-            if let Some(s) = second {
-                report(&targets[i], &targets[s], count);
-            }
+            let mut group = list[k..]
+                .iter()
+                .zip(&keys[k..])
+                .filter(|(_, other)| *other == key)
+                .map(|(&j, _)| &targets[j]);
+            report(&mut group);
         }
         return;
     }
@@ -928,6 +945,7 @@ fn repeats(
         .filter(|t| pick(t))
         .map(|t| (php_key(&t.name), t))
         .collect();
+    // Stable: a name's occurrences stay in request order.
     list.sort_by(|a, b| a.0.cmp(&b.0));
     let mut k = 0;
     while k < list.len() {
@@ -936,7 +954,7 @@ fn repeats(
             end += 1;
         }
         if end - k > 1 {
-            report(list[k].1, list[k + 1].1, end - k);
+            report(&mut list[k..end].iter().map(|(_, t)| *t));
         }
         k = end;
     }

@@ -1277,3 +1277,47 @@ fn every_query_member_of_an_operation_is_analysed() {
         assert!(f.contains(&2505) && f.contains(&2510), "{vars}: {f:?}");
     }
 }
+
+// --- `;` pieces and parameter pollution ------------------------------------------------------
+
+/// A `;` piece of a query pair (what servers splitting at `;` read as a parameter).
+fn piece(name: &str, value: &str) -> Target<'static> {
+    Target::new_derived(
+        Location::Query,
+        name.to_string(),
+        Part::Value,
+        value.to_string(),
+    )
+}
+
+/// A `;` piece repeats a parameter split at `&` (its own pair's name too), never another
+/// piece: an RSQL filter's conditions are one parameter.
+#[test]
+fn pieces_repeat_parameters_but_not_each_other() {
+    let rsql = [
+        q("search", "name==x;age=ge=18;age=le=65"),
+        piece("age", "ge=18"),
+        piece("age", "le=65"),
+    ];
+    assert!(get(&rsql).is_empty(), "{:?}", get(&rsql));
+    assert_eq!(
+        ids(&get(&[q("id", "1;id=2"), piece("id", "2")])),
+        vec![2300]
+    );
+    assert_eq!(
+        ids(&get(&[
+            q("age", "5"),
+            q("search", "x;age=ge=18"),
+            piece("age", "ge=18")
+        ])),
+        vec![2300]
+    );
+    // The same past the small-list path.
+    let mut padded: Vec<Target<'static>> = (0..40).map(|i| q(&format!("p{i}"), "1")).collect();
+    padded.extend(rsql.iter().cloned());
+    assert!(get(&padded).is_empty(), "{:?}", get(&padded));
+    padded.push(q("age", "30"));
+    let f = get(&padded);
+    assert_eq!(ids(&f), vec![2300]);
+    assert_eq!(f[0].snippet, "age given 3 times");
+}
