@@ -15,6 +15,7 @@
 //! OWNER: helper D.
 
 mod graphql;
+mod keys;
 mod names;
 #[cfg(test)]
 mod tests;
@@ -229,7 +230,8 @@ pub const DEFAULT_PAGINATION_MAX: u64 = 1000;
 
 /// Longest `variables` parameter (GET or form GraphQL) parsed to resolve list sizes.
 const MAX_VARIABLES_BYTES: usize = 64 * 1024;
-/// Largest `operations` field of a GraphQL multipart request that is read as JSON.
+/// Largest `operations` field of a GraphQL multipart request that is read (as a JSON tree);
+/// a longer one is rule 2502.
 const MAX_OPERATIONS_BYTES: usize = 256 * 1024;
 
 // ---------------------------------------------------------------------------------------------
@@ -1041,16 +1043,11 @@ fn mass_assignment(m: &Mass, targets: &[Target<'_>], facts: &BodyFacts, f: &mut 
             },
             _ => false,
         };
-        if !(json_part || variables)
-            || t.value.len() > MAX_OPERATIONS_BYTES
-            || seen.contains(&(t.location, &*t.name))
-        {
+        if !(json_part || variables) || seen.contains(&(t.location, &*t.name)) {
             continue;
         }
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&t.value) else {
-            continue;
-        };
-        if let Some(key) = protected_key(&m.fields, &v) {
+        // Walked as it is read, whatever its length (no tree built).
+        if let Some(key) = keys::protected_key(&m.fields, &t.value) {
             seen.push((t.location, &t.name));
             f.push(MASS_ASSIGNMENT, t, &key);
         }
@@ -1365,6 +1362,16 @@ fn graphql_rules(
             continue;
         };
         if let Source::Operations = src {
+            // Read as a tree (documents are small); a longer field is not analysed, and so is
+            // reported.
+            if t.value.len() > MAX_OPERATIONS_BYTES {
+                f.push(
+                    GQL_TOKENS,
+                    t,
+                    &format!("operations over {MAX_OPERATIONS_BYTES} bytes"),
+                );
+                continue;
+            }
             // Each operation of the field's JSON, with its own variables.
             let Some(ops) = operations(&t.value) else {
                 continue;

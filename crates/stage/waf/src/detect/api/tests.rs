@@ -1321,3 +1321,31 @@ fn pieces_repeat_parameters_but_not_each_other() {
     assert_eq!(ids(&f), vec![2300]);
     assert_eq!(f[0].snippet, "age given 3 times");
 }
+
+/// JSON inside a value is walked whatever its length (no tree is built): a protected key
+/// after 300 KiB of padding is found; an `operations` field too long to read is rule 2502.
+#[test]
+fn long_json_values_are_still_read() {
+    let pad = "x".repeat(300 * 1024);
+    let multipart = facts(BodyKind::Multipart);
+    let part = format!(r#"{{"pad": "{pad}", "profile": {{"role": "admin"}}}}"#);
+    let f = post(&[body("profile", &part)], &multipart);
+    assert_eq!(ids(&f), vec![2400]);
+    assert_eq!(f[0].snippet, "role");
+    let vars = format!(r#"{{"pad": "{pad}", "u": {{"role": "admin"}}}}"#);
+    let json = facts(BodyKind::Json);
+    let t = [
+        key("$.query"),
+        body(
+            "$.query",
+            "mutation($u: UserInput!) { updateUser(input: $u) { id } }",
+        ),
+        key("$.variables"),
+        body("$.variables", &vars),
+    ];
+    assert_eq!(ids(&post(&t, &json)), vec![2400]);
+    let ops = format!(r#"{{"query": "{{ __schema {{ types {{ name }} }} }}", "pad": "{pad}"}}"#);
+    let f = post(&[body("operations", &ops), body("map", "{}")], &multipart);
+    assert_eq!(ids(&f), vec![2502]);
+    assert_eq!(f[0].target, "body:operations");
+}
