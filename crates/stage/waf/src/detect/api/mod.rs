@@ -1383,15 +1383,21 @@ fn graphql_rules(
                 if analysed >= g.max_batch {
                     break;
                 }
-                // (A multipart part's JSON is read whole by the mass-assignment rule.)
-                if let (Some(fields), false) = (protected, facts.kind == BodyKind::Multipart)
-                    && let Some(key) = op.vars.iter().find_map(|v| protected_key(fields, v))
+                // (A multipart part's JSON is read whole by the mass-assignment rule, but for
+                // `variables` sent as a string in it.)
+                let multipart = facts.kind == BodyKind::Multipart;
+                if let Some(fields) = protected
+                    && let Some(key) = op
+                        .vars
+                        .iter()
+                        .filter(|(_, string)| *string || !multipart)
+                        .find_map(|(v, _)| protected_key(fields, v))
                 {
                     f.push(MASS_ASSIGNMENT, t, &key);
                 }
                 let mut resolve = |name: &str| {
                     let mut best = None;
-                    for v in op.vars.iter().filter_map(|v| variable(v, name)) {
+                    for v in op.vars.iter().filter_map(|(v, _)| variable(v, name)) {
                         larger(&mut best, Cow::Owned(v));
                     }
                     best
@@ -1505,9 +1511,9 @@ struct Operation {
     /// The string value of every member named `query` in any case (Go's `encoding/json`
     /// takes the last of them in the text, which the parsed object no longer tells).
     docs: Vec<String>,
-    /// Every member named `variables` in any case: an object, or a string holding one (Go
-    /// merges them into one object).
-    vars: Vec<serde_json::Value>,
+    /// Every member named `variables` in any case: an object, or a string holding one
+    /// (`true`; Go merges them into one object).
+    vars: Vec<(serde_json::Value, bool)>,
 }
 
 /// The operations of a GraphQL multipart request's `operations` field: one JSON object, or an
@@ -1533,9 +1539,9 @@ fn operations(value: &str) -> Option<Vec<Operation>> {
         let vars = named("variables")
             .filter_map(|v| match v {
                 serde_json::Value::String(s) if s.len() <= MAX_VARIABLES_BYTES => {
-                    serde_json::from_str(s).ok()
+                    serde_json::from_str(s).ok().map(|v| (v, true))
                 }
-                serde_json::Value::Object(_) => Some(v.clone()),
+                serde_json::Value::Object(_) => Some((v.clone(), false)),
                 _ => None,
             })
             .collect();

@@ -1349,3 +1349,17 @@ fn long_json_values_are_still_read() {
     assert_eq!(ids(&f), vec![2502]);
     assert_eq!(f[0].target, "body:operations");
 }
+
+/// `variables` sent as a string inside a multipart request's `operations` are read for
+/// protected fields (the part's own JSON walk sees only a string there).
+#[test]
+fn string_variables_in_multipart_operations_are_read() {
+    let multipart = facts(BodyKind::Multipart);
+    let ops = r#"{"query": "mutation($u: UserInput!) { updateUser(input: $u) { id } }", "variables": "{\"u\": {\"role\": \"admin\"}}"}"#;
+    let f = post(&[body("operations", ops), body("map", "{}")], &multipart);
+    assert_eq!(ids(&f), vec![2400]);
+    // An object is read once, by the part's walk.
+    let ops = r#"{"query": "mutation($u: UserInput!) { updateUser(input: $u) { id } }", "variables": {"u": {"role": "admin"}}}"#;
+    let f = post(&[body("operations", ops), body("map", "{}")], &multipart);
+    assert_eq!(ids(&f), vec![2400]);
+}
