@@ -70,8 +70,10 @@
 //!   child elements (comments and processing instructions do not end a run), attribute
 //!   values are named `/order/item/@id`; an element with mixed content (text of its own and
 //!   child elements splitting its text) is also a target holding its joined text, its own and
-//!   its descendants' in document order (DOM's `getTextContent()`; a derived target), and such elements nested
-//!   more than 8 deep are rule 1002; a DOCTYPE is one target `body:!DOCTYPE` holding
+//!   its descendants' in document order (DOM's `getTextContent()`; a derived target, not
+//!   counted toward `max_targets`), while the joined texts' total length stays within the
+//!   body's (past it no more are made, with no finding), and such elements nested more than 8
+//!   deep are rule 1002; a DOCTYPE is one target `body:!DOCTYPE` holding
 //!   `<!DOCTYPE …>`, a processing instruction one target `body:?pi` holding `<?…?>`. The
 //!   five predefined entities and character references are decoded, other entity references
 //!   are kept as written (never resolved). Not well-formed (including no root, several roots, text outside
@@ -381,6 +383,8 @@ struct Sink<'a, 'o> {
     /// Targets counted toward the limit that are not in `out` (the head's, for a second
     /// reading of the body into a list of its own).
     counted: usize,
+    /// Targets in `out` not counted toward the limit ([`Sink::push_uncounted`]).
+    uncounted: usize,
     /// The limit was reached: nothing more is pushed.
     full: bool,
 }
@@ -396,6 +400,7 @@ impl<'a, 'o> Sink<'a, 'o> {
             findings,
             max: limits.max_targets,
             counted: 0,
+            uncounted: 0,
             full: false,
         }
     }
@@ -405,7 +410,8 @@ impl<'a, 'o> Sink<'a, 'o> {
         if self.full {
             return false;
         }
-        if self.out.len().saturating_add(self.counted) >= self.max {
+        let n = self.out.len().saturating_sub(self.uncounted);
+        if n.saturating_add(self.counted) >= self.max {
             self.full = true;
             if !self.findings.iter().any(|f| f.rule == TOO_MANY_TARGETS.id) {
                 let note = format!("more than {} targets", self.max);
@@ -425,6 +431,15 @@ impl<'a, 'o> Sink<'a, 'o> {
         }
         self.out.push(t);
         true
+    }
+
+    /// Pushes a target that the limit does not count (an XML element's joined text, bounded
+    /// by a budget of its own), unless the limit was reached.
+    fn push_uncounted(&mut self, t: Target<'a>) {
+        if !self.full {
+            self.out.push(t);
+            self.uncounted += 1;
+        }
     }
 
     /// Rule 1005 for the body: it blocks by itself (what the WAF read is not what an
