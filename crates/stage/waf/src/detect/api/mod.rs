@@ -321,10 +321,11 @@ pub struct RawGraphql {
     /// Whether GraphQL documents are inspected. Default true.
     ///
     /// A document is looked for in the `query` query parameter, the `query` form field,
-    /// `$.query` of a JSON body, `$[n].query` of a JSON batch, and `application/graphql`
-    /// bodies. It is parsed when the request is clearly GraphQL (an `application/graphql` body,
-    /// or an `operationName`, `variables` or `extensions` member or parameter next to it) or
-    /// when its text starts like a GraphQL document (`{ field`, `query Name {`, `mutation (`,
+    /// `$.query` of a JSON body, `$[n].query` of a JSON batch, `application/graphql` bodies,
+    /// and the operations of an `operations` form or multipart field. It is parsed when the
+    /// request is clearly GraphQL (an `application/graphql` body, an `operationName`,
+    /// `variables` or `extensions` member or parameter next to it, a `map` field next to
+    /// `operations`) or when its text starts like a GraphQL document (`{ field`, `query Name {`, `mutation (`,
     /// `fragment X on`); a REST search such as `?query=shoes` is left alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
@@ -1226,7 +1227,8 @@ fn graphql_source<'n>(t: &'n Target<'_>, kind: BodyKind) -> Option<Source<'n>> {
 const GRAPHQL_COMPANIONS: [&str; 3] = ["operationName", "variables", "extensions"];
 
 /// Whether the request plainly is GraphQL: a GraphQL body, or a companion member or parameter
-/// (`operationName`, `variables`, `extensions`) next to the document.
+/// (`operationName`, `variables`, `extensions`) next to the document — for an `operations`
+/// field, the multipart request's `map` field.
 fn plainly_graphql(src: Source<'_>, targets: &[Target<'_>], kind: BodyKind) -> bool {
     if kind == BodyKind::GraphQl {
         return true;
@@ -1246,7 +1248,8 @@ fn plainly_graphql(src: Source<'_>, targets: &[Target<'_>], kind: BodyKind) -> b
         }
         Source::Query => t.location == Location::Query && companion(&php_key(&t.name)),
         Source::Form => is_form_value(t, kind) && companion(&php_key(&t.name)),
-        Source::Operations => true,
+        // The GraphQL multipart request's map of files to variables.
+        Source::Operations => is_form_value(t, kind) && php_key(&t.name) == "map",
     })
 }
 
@@ -1362,20 +1365,32 @@ fn graphql_rules(
             continue;
         };
         if let Source::Operations = src {
+            // GraphQL plainly when the multipart request's `map` field is beside it; else only
+            // the operations whose document looks like one (a bulk API's `operations` field
+            // holds `{"op": "search", "query": "red shoes"}`).
+            let plain = plainly_graphql(src, targets, facts.kind);
             // Read as a tree (documents are small); a longer field is not analysed, and so is
             // reported.
             if t.value.len() > MAX_OPERATIONS_BYTES {
-                f.push(
-                    GQL_TOKENS,
-                    t,
-                    &format!("operations over {MAX_OPERATIONS_BYTES} bytes"),
-                );
+                if plain {
+                    f.push(
+                        GQL_TOKENS,
+                        t,
+                        &format!("operations over {MAX_OPERATIONS_BYTES} bytes"),
+                    );
+                }
                 continue;
             }
             // Each operation of the field's JSON, with its own variables.
-            let Some(ops) = operations(&t.value) else {
+            let Some(mut ops) = operations(&t.value) else {
                 continue;
             };
+            if !plain {
+                for op in &mut ops {
+                    op.docs.retain(|d| graphql::looks_like_graphql(d));
+                }
+                ops.retain(|op| !op.docs.is_empty());
+            }
             if ops.len() > 1 {
                 batch += ops.len() as u64;
             }

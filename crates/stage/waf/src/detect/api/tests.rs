@@ -1363,3 +1363,36 @@ fn string_variables_in_multipart_operations_are_read() {
     let f = post(&[body("operations", ops), body("map", "{}")], &multipart);
     assert_eq!(ids(&f), vec![2400]);
 }
+
+/// A field named `operations` is GraphQL's multipart request only beside its `map` field, or
+/// where its documents look like GraphQL: a bulk API's operations are not.
+#[test]
+fn an_operations_field_is_graphql_beside_its_map_or_when_it_looks_so() {
+    let bulk = r#"[{"op": "search", "query": "red shoes"}]"#;
+    for kind in [BodyKind::Form, BodyKind::Multipart] {
+        assert!(post(&[body("operations", bulk)], &facts(kind)).is_empty());
+        let many: Vec<&str> = (0..20)
+            .map(|_| r#"{"op": "search", "query": "red shoes"}"#)
+            .collect();
+        let many = format!("[{}]", many.join(","));
+        assert!(post(&[body("operations", &many)], &facts(kind)).is_empty());
+        // A document that looks like GraphQL is analysed without the map too.
+        let doc = r#"{"query": "{ __schema { types { name } } }"}"#;
+        assert_eq!(
+            ids(&post(&[body("operations", doc)], &facts(kind))),
+            vec![2507]
+        );
+        // Beside the map every document is GraphQL's.
+        assert_eq!(
+            ids(&post(
+                &[body("operations", bulk), body("map", "{}")],
+                &facts(kind)
+            )),
+            vec![2501]
+        );
+    }
+    // Too long to read: rule 2502 only beside the map.
+    let long = format!(r#"{{"query": "{}"}}"#, "x".repeat(300 * 1024));
+    let multipart = facts(BodyKind::Multipart);
+    assert!(post(&[body("operations", &long)], &multipart).is_empty());
+}
