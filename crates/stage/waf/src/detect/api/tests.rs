@@ -1396,3 +1396,15 @@ fn an_operations_field_is_graphql_beside_its_map_or_when_it_looks_so() {
     let multipart = facts(BodyKind::Multipart);
     assert!(post(&[body("operations", &long)], &multipart).is_empty());
 }
+
+/// PHP makes dots and spaces `_` only in a name's part before its first `[`: `f[a.b]` and
+/// `f[a_b]` are two parameters to it, `a.b` and `a_b` one.
+#[test]
+fn php_mangles_only_the_base_of_a_name() {
+    assert_eq!(names::php_key("f[a.b]"), "f[a.b]");
+    assert_eq!(names::php_key("f.x[a b]"), "f_x[a b]");
+    assert!(get(&[q("f[a.b]", "1"), q("f[a_b]", "2")]).is_empty());
+    assert!(get(&[q("f[a b]", "1"), q("f[a_b]", "2")]).is_empty());
+    assert_eq!(ids(&get(&[q("a.b", "1"), q("a_b", "2")])), vec![2300]);
+    assert_eq!(ids(&get(&[q("f.x[a]", "1"), q("f_x[a]", "2")])), vec![2300]);
+}
