@@ -296,16 +296,16 @@ pub struct RawMassAssignment {
     /// input-object fields of GraphQL mutations; ignoring case and ASCII punctuation, so
     /// `is_admin` also matches `isAdmin`, `IsAdmin` and `is-admin`. Default `[role, roles,
     /// is_admin, isAdmin, admin, permissions, scopes, owner_id, tenant_id, verified,
-    /// email_verified, balance, credit]`. Empty only with `extra_fields` (the rule would
-    /// protect nothing: turn it off with `enabled: false`).
+    /// email_verified, balance, credit]`. Empty only with `extra_fields` while the rule is on
+    /// (it would protect nothing: turn it off with `enabled: false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<Vec<String>>,
     /// Fields protected in addition to `fields` (so the default list can be extended without
     /// being repeated). Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_fields: Option<Vec<String>>,
-    /// Request methods the rule applies to (upper case, as HTTP spells them). Default
-    /// `[POST, PUT, PATCH]`.
+    /// Request methods the rule applies to (upper case, as HTTP spells them); not empty while
+    /// the rule is on. Default `[POST, PUT, PATCH]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
     /// Whether query parameters count too (frameworks such as Rails and Spring bind query
@@ -400,8 +400,8 @@ pub struct RawPagination {
     pub enabled: Option<bool>,
     /// Page-size parameter names, compared like `mass_assignment.fields` (so `page_size` also
     /// matches `pageSize` and `$top` matches `top`). Default `[limit, per_page, page_size,
-    /// pagesize, size, count, top, first, last, max_results]`. Not empty (turn the check off
-    /// with `enabled: false`).
+    /// pagesize, size, count, top, first, last, max_results]`. Not empty while the check is on
+    /// (turn it off with `enabled: false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Vec<String>>,
     /// Largest page size. At least 1. Default 1000.
@@ -585,7 +585,9 @@ pub fn compile(raw: &RawApiRules, at: &str, e: &mut ConfigErrors) -> ApiRules {
     check_names(&fields, &format!("{at}.mass_assignment.fields"), e);
     let extra = ma.extra_fields.unwrap_or_default();
     check_names(&extra, &format!("{at}.mass_assignment.extra_fields"), e);
-    if fields.is_empty() && extra.is_empty() {
+    // Empty lists leave a rule on that does nothing; on a rule turned off they are moot.
+    let ma_enabled = ma.enabled.unwrap_or(true);
+    if ma_enabled && fields.is_empty() && extra.is_empty() {
         e.push(
             format!("{at}.mass_assignment.fields"),
             "must name at least one field (turn the rule off with enabled: false)",
@@ -597,7 +599,7 @@ pub fn compile(raw: &RawApiRules, at: &str, e: &mut ConfigErrors) -> ApiRules {
             .map(|s| s.to_string())
             .collect()
     });
-    if method_names.is_empty() {
+    if ma_enabled && method_names.is_empty() {
         e.push(
             format!("{at}.mass_assignment.methods"),
             "must name at least one method (turn the rule off with enabled: false)",
@@ -621,7 +623,7 @@ pub fn compile(raw: &RawApiRules, at: &str, e: &mut ConfigErrors) -> ApiRules {
             Err(_) => e.push(path, "not an HTTP method"),
         }
     }
-    let mass = ma.enabled.unwrap_or(true).then(|| Mass {
+    let mass = ma_enabled.then(|| Mass {
         fields: NameSet::new(fields.iter().chain(&extra).map(String::as_str)),
         methods,
         include_query: ma.include_query.unwrap_or(false),
@@ -677,7 +679,8 @@ pub fn compile(raw: &RawApiRules, at: &str, e: &mut ConfigErrors) -> ApiRules {
             .collect()
     });
     check_names(&params, &format!("{at}.pagination.params"), e);
-    if params.is_empty() {
+    let pg_enabled = pg.enabled.unwrap_or(true);
+    if pg_enabled && params.is_empty() {
         e.push(
             format!("{at}.pagination.params"),
             "must name at least one parameter (turn the rule off with enabled: false)",
@@ -686,7 +689,7 @@ pub fn compile(raw: &RawApiRules, at: &str, e: &mut ConfigErrors) -> ApiRules {
     let max = pg.max.unwrap_or(DEFAULT_PAGINATION_MAX);
     at_least(max, 1, format!("{at}.pagination.max"), e);
     let pagination = Pagination {
-        enabled: pg.enabled.unwrap_or(true),
+        enabled: pg_enabled,
         params: NameSet::new(params.iter().map(String::as_str)),
         max,
     };

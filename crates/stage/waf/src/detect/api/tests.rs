@@ -370,6 +370,14 @@ fn empty_lists_that_turn_a_rule_into_nothing_are_refused() {
     // Fields of one's own only, and the rules turned off, are fine.
     assert!(errors("{mass_assignment: {fields: [], extra_fields: [plan]}}").is_empty());
     assert!(errors("{mass_assignment: {enabled: false}, pagination: {enabled: false}}").is_empty());
+    // Empty lists of a rule turned off are moot.
+    assert!(
+        errors(
+            "{mass_assignment: {enabled: false, fields: [], methods: []}, \
+             pagination: {enabled: false, params: []}}"
+        )
+        .is_empty()
+    );
 }
 
 #[test]
