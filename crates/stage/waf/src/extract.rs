@@ -542,7 +542,8 @@ fn plain_name(s: &str) -> bool {
 /// `name=value` after a `;` in a pair is a parameter of its own as well — `?q=x;id=1` holds
 /// `id` to them, which no exclusion of `q` may cover and which the parameter rules must see.
 /// (Form bodies are split at `&` alone: Rack reads them so, and the source code forms carry
-/// is full of `;`.)
+/// is full of `;`. Go before 1.17 and older Django split them at `;` too: a residual risk for
+/// such backends, see `docs/waf.md`, "Limits".)
 fn urlencoded<'a>(src: &'a [u8], location: Location, sink: &mut Sink<'a, '_>) {
     for pair in src.split(|&b| b == b'&') {
         if sink.full {

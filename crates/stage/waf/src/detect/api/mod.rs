@@ -720,13 +720,13 @@ pub fn inspect(
     run(rules, None, targets, facts, paranoia, out);
 }
 
-/// [`inspect`] for a request of a known method: mass assignment applies only to the methods
-/// the route lists (`mass_assignment.methods`).
 /// Rule 2401's id (the method override in a POST body).
 pub fn method_field_rule() -> u32 {
     METHOD_FIELD.id
 }
 
+/// [`inspect`] for a request of a known method: mass assignment applies only to the methods
+/// the route lists (`mass_assignment.methods`).
 pub fn inspect_method(
     rules: &ApiRules,
     method: &Method,
