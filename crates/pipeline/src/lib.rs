@@ -133,16 +133,7 @@ impl Pipeline {
                     if overrides_pass {
                         w.api.allow_method_fields();
                     }
-                    w.grpc_streams = config.upstreams.get(r.upstream).is_some_and(|u| {
-                        u.kind == portcullis_config::UpstreamKind::Proxy
-                            && match u.protocol {
-                                portcullis_config::UpstreamProtocol::Http2 => true,
-                                portcullis_config::UpstreamProtocol::Auto => {
-                                    u.targets.iter().any(|t| t.tls)
-                                }
-                                portcullis_config::UpstreamProtocol::Http1 => false,
-                            }
-                    });
+                    w.grpc_streams = config.upstreams.get(r.upstream).is_some_and(speaks_h2);
                     w
                 })
                 .collect(),
@@ -330,6 +321,21 @@ fn input_headers(config: &Config) -> Vec<Vec<http::HeaderName>> {
             read
         })
         .collect()
+}
+
+/// Whether every target of an upstream may speak HTTP/2, so that a gRPC call may stream on to
+/// it uninspected (WAF `grpc_streams`): a proxy of `protocol: http2`, or of `auto` whose
+/// targets are all `https://` (ALPN may pick HTTP/2 only over TLS; a cleartext target of an
+/// `auto` upstream speaks HTTP/1.1, and any target may be the one picked).
+fn speaks_h2(u: &portcullis_config::Upstream) -> bool {
+    u.kind == portcullis_config::UpstreamKind::Proxy
+        && match u.protocol {
+            portcullis_config::UpstreamProtocol::Http2 => true,
+            portcullis_config::UpstreamProtocol::Auto => {
+                !u.targets.is_empty() && u.targets.iter().all(|t| t.tls)
+            }
+            portcullis_config::UpstreamProtocol::Http1 => false,
+        }
 }
 
 /// Records a failure of the `section` part as built: at the path its message starts with

@@ -312,3 +312,41 @@ fn a_build_failure_is_reported_at_the_path_its_message_names() {
         ]
     );
 }
+
+/// A gRPC call streams on uninspected only to an upstream all of whose targets may speak
+/// HTTP/2: under `protocol: auto` that is every target over TLS (a cleartext one speaks
+/// HTTP/1.1).
+#[test]
+fn grpc_streams_only_to_upstreams_that_all_speak_http2() {
+    let cfg = portcullis_config::load_str(
+        r#"
+upstreams:
+  tls: { targets: ["https://127.0.0.1:1", "https://127.0.0.1:2"] }
+  mixed: { targets: ["http://127.0.0.1:1", "https://127.0.0.1:2"] }
+  clear: { targets: ["http://127.0.0.1:1"] }
+  h2c: { targets: ["http://127.0.0.1:1"], protocol: http2 }
+  h1: { targets: ["https://127.0.0.1:1"], protocol: http1 }
+  d: { kind: echo }
+"#,
+        Path::new("."),
+    )
+    .unwrap();
+    let streams: Vec<(&str, bool)> = cfg
+        .upstreams
+        .iter()
+        .map(|u| (&*u.name, speaks_h2(u)))
+        .collect();
+    let mut streams = streams;
+    streams.sort_unstable();
+    assert_eq!(
+        streams,
+        [
+            ("clear", false),
+            ("d", false),
+            ("h1", false),
+            ("h2c", true),
+            ("mixed", false),
+            ("tls", true),
+        ]
+    );
+}

@@ -411,7 +411,8 @@ pub struct RouteWaf {
     /// The `api` settings as written, gateway-wide values filled in (a route inherits what
     /// it leaves out).
     pub api_raw: RawApiRules,
-    /// The route's upstream may speak HTTP/2 (`protocol: http2`, or `auto` to a TLS target),
+    /// The route's upstream may speak HTTP/2 (`protocol: http2`, or `auto` whose targets are
+    /// all TLS ones),
     /// as a gRPC server must: only then may a call labelled gRPC whose body has not begun
     /// stream on uninspected (a bidirectional stream may wait for the server to speak first).
     /// Set by the pipeline from the route's upstream, not written in `waf:`.

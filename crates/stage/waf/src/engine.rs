@@ -63,6 +63,10 @@ pub struct Scored {
     pub excluded: bool,
     /// Recorded but never scored (a body passed uninspected).
     pub informational: bool,
+    /// Found on a derived target (XML joined text, a `;` piece of a query pair) whose rule a
+    /// finding on a target that is not derived already scored in the same location: the
+    /// same bytes, reported but not scored twice.
+    pub repeated: bool,
 }
 
 impl Outcome {
@@ -132,8 +136,10 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
         &mut findings,
     );
     let mut facts = BodyFacts::default();
-    // A text body's fields as a form reader takes them (for the parameter rules).
+    // An untyped POST body's fields as Rack reads them (for the parameter rules).
     let mut loose: Vec<Target<'_>> = Vec::new();
+    // The body was binary to the extraction: its text was inspected nowhere.
+    let mut loose_uninspected = false;
     let mut informational = None;
     let mut over_limit_refused = false;
     match req.body {
@@ -168,10 +174,17 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
                     _ => first.and_then(|v| v.to_str().ok()),
                 };
                 facts = extract::body_targets(ct, body, &route.limits, &mut targets, &mut findings);
-                // Rack reads a POST body without a type as a form (a `text/*` or unknown type
-                // it leaves alone, as PHP and Go do).
-                if first.is_none() && facts.kind == BodyKind::Text {
-                    loose = extract::loose_form(body, &route.limits);
+                // Rack reads a POST body without a media type (an empty `Content-Type` is none
+                // to it) as a form, whatever its bytes: one that starts like JSON or looks
+                // binary too (a `text/*` or unknown type it leaves alone, as PHP and Go do).
+                let untyped = first.is_none_or(|v| v.as_bytes().trim_ascii().is_empty());
+                if untyped && req.head.method == http::Method::POST {
+                    let head = targets
+                        .iter()
+                        .filter(|t| t.location != Location::Body)
+                        .count();
+                    loose = extract::loose_form(body, &route.limits, head, &mut findings);
+                    loose_uninspected = facts.kind == BodyKind::Binary;
                 }
             }
             // Servers read the first or the last of two: the one the WAF did not may be another.
@@ -204,9 +217,17 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
             // set of buffers keeps it correct.
             let mut views = Views::new();
             run_detectors(&targets, &mut views, pl, &mut findings);
+            if loose_uninspected {
+                run_detectors(&loose, &mut views, pl, &mut findings);
+            }
             return;
         };
         run_detectors(&targets, &mut views, pl, &mut findings);
+        // A body binary to the extraction is still a form to Rack: its fields' values are
+        // inspected here or nowhere.
+        if loose_uninspected {
+            run_detectors(&loose, &mut views, pl, &mut findings);
+        }
     });
     api::inspect_method(
         &route.api,
@@ -216,9 +237,10 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
         pl,
         &mut findings,
     );
-    // A text body read as a form by those who take it for one: the parameter rules on its
-    // fields beside the query's (what they found already, and the method field rule 2401
-    // reads from such a body itself, not twice).
+    // An untyped POST body read as a form, as Rack reads it: the parameter rules on its
+    // fields beside the query's. What the first pass found already is not reported again (nor
+    // is the method field rule 2401, which reads such a body itself); findings of this pass
+    // are all kept, two on one target included.
     if !loose.is_empty() {
         loose.extend(
             targets
@@ -232,12 +254,14 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
             ..BodyFacts::default()
         };
         api::inspect_method(&route.api, &req.head.method, &loose, &form, pl, &mut more);
+        let first_pass = findings.len();
         for f in more {
-            if f.rule != api::method_field_rule()
-                && !findings
-                    .iter()
-                    .any(|g| g.rule == f.rule && g.target == f.target)
-            {
+            let found = findings
+                .get(..first_pass)
+                .unwrap_or_default()
+                .iter()
+                .any(|g| g.rule == f.rule && g.target == f.target);
+            if f.rule != api::method_field_rule() && !found {
                 findings.push(f);
             }
         }
@@ -257,12 +281,32 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
         },
         inflated_over_limit: over_limit_refused,
     };
-    for f in findings {
-        let excluded = route
-            .exclusions
-            .iter()
-            .any(|x| x.covers(f.rule, f.class, &f.exclusion_key));
-        if !excluded {
+    let excluded: Vec<bool> = findings
+        .iter()
+        .map(|f| {
+            route
+                .exclusions
+                .iter()
+                .any(|x| x.covers(f.rule, f.class, &f.exclusion_key))
+        })
+        .collect();
+    // Rules found, not excluded, on targets that are not derived, by location: a finding on
+    // a derived target (an XML element's joined text, a `;` piece) of one of these holds bytes
+    // that were scored already. One that only the derived text shows (an attack split by
+    // `<b/>`), or whose source is excluded (`?q=x;id=…` under an exclusion of `q`), counts.
+    let scored: std::collections::HashSet<(u32, &str)> = findings
+        .iter()
+        .zip(&excluded)
+        .filter(|(f, excluded)| !f.derived && !**excluded)
+        .map(|(f, _)| (f.rule, location_of(f)))
+        .collect();
+    let repeated: Vec<bool> = findings
+        .iter()
+        .map(|f| f.derived && scored.contains(&(f.rule, location_of(f))))
+        .collect();
+    drop(scored);
+    for ((f, excluded), repeated) in findings.into_iter().zip(excluded).zip(repeated) {
+        if !excluded && !repeated {
             out.score = out.score.saturating_add(f.severity.score());
             out.blocked |= f.blocks;
         }
@@ -270,6 +314,7 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
             finding: f,
             excluded,
             informational: false,
+            repeated,
         });
     }
     if let Some(f) = informational {
@@ -277,10 +322,18 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
             finding: f,
             excluded: false,
             informational: true,
+            repeated: false,
         });
     }
     out.blocked |= out.score >= route.threshold;
     out
+}
+
+/// Where a finding is (`query`, `body`, `header` …): its exclusion key up to the `:`.
+fn location_of(f: &Finding) -> &str {
+    f.exclusion_key
+        .split_once(':')
+        .map_or(f.exclusion_key.as_str(), |(location, _)| location)
 }
 
 /// Rule 1004, recorded but not scored: the body passed uninspected (`on_body_over_limit: pass`,
@@ -317,6 +370,7 @@ fn run_detectors(targets: &[Target<'_>], views: &mut Views, pl: u8, out: &mut Ve
                     let mut f = f.clone();
                     f.target.clone_from(&shown);
                     f.exclusion_key.clone_from(&key);
+                    f.derived = t.derived;
                     if crate::model::holds_secret(t) {
                         f.snippet = crate::model::redacted(&t.value);
                     }
@@ -372,6 +426,7 @@ fn run_custom(route: &RouteWaf, client_ip: IpAddr, targets: &[Target<'_>], out: 
                     exclusion_key: key.to_string(),
                     transforms: rule.view.chain(),
                     snippet,
+                    derived: target.is_some_and(|t| t.derived),
                 });
             }
         };
@@ -466,6 +521,196 @@ mod tests {
         assert!(!out.blocked, "{:?}", rules(&out));
         let out = post_with(None, "name=eve&note=fine");
         assert!(!out.blocked, "{:?}", rules(&out));
+    }
+
+    /// Rack reads a POST body without a media type as a form whatever its bytes: one starting
+    /// like JSON, one that looks binary (whose values nothing else inspected), one under an
+    /// empty `Content-Type`; a POST only, and within the target limit like any extraction.
+    #[test]
+    fn an_untyped_post_body_is_a_form_whatever_its_bytes() {
+        let with = |method: &str, ct: Option<&[u8]>, body: &[u8]| {
+            let mut b = http::Request::builder().method(method).uri("/orders");
+            if let Some(ct) = ct {
+                b = b.header("content-type", http::HeaderValue::from_bytes(ct).unwrap());
+            }
+            let (head, ()) = b.body(()).unwrap().into_parts();
+            inspect(
+                &RouteWaf::default(),
+                &Inspection {
+                    head: &head,
+                    path: "/orders",
+                    client_ip: "192.0.2.1".parse().unwrap(),
+                    body: BodyState::Buffered(body),
+                },
+            )
+        };
+        let at = |out: &Outcome, rule: u32, target: &str| {
+            out.findings
+                .iter()
+                .any(|f| f.finding.rule == rule && f.finding.target == target && !f.excluded)
+        };
+        let out = with("POST", None, b"{}&role=admin");
+        assert!(
+            out.blocked && at(&out, 2400, "body:role"),
+            "{:?}",
+            out.findings
+        );
+        let out = with("POST", Some(b""), b"name=eve&role=admin");
+        assert!(
+            out.blocked && at(&out, 2400, "body:role"),
+            "{:?}",
+            out.findings
+        );
+        // Binary to the extraction: the fields' values are inspected too.
+        let mut binary = b"role=admin&q=1' UNION SELECT password FROM users--&x=".to_vec();
+        binary.extend_from_slice(&[0xff; 100]);
+        let out = with("POST", None, &binary);
+        assert!(out.blocked, "{:?}", out.findings);
+        assert!(at(&out, 2400, "body:role"), "{:?}", out.findings);
+        assert!(
+            out.findings.iter().any(|f| f.finding.target == "body:q"
+                && f.finding.class == Class::Sqli
+                && !f.excluded),
+            "{:?}",
+            out.findings
+        );
+        // Past the target limit: rule 1003, as for any extraction.
+        let mut many = String::new();
+        for i in 0..4096 {
+            many.push_str(&format!("p{i}=1&"));
+        }
+        many.push_str("role=admin");
+        let out = with("POST", None, many.as_bytes());
+        assert!(
+            out.blocked && rules(&out).contains(&1003),
+            "{:?}",
+            rules(&out)
+        );
+        // Other methods are not read as forms.
+        for method in ["PUT", "PATCH", "DELETE"] {
+            let out = with(method, None, b"name=eve&role=admin");
+            assert!(!out.blocked, "{method}: {:?}", out.findings);
+        }
+        // A POST whose form holds two page sizes over the limit in one GraphQL document: both
+        // reported (the pass's findings are checked against the first pass's alone).
+        let out = with(
+            "POST",
+            None,
+            b"query=%7B+users%28first%3A+5000%29+%7B+friends%28first%3A+5000%29+%7B+id+%7D+%7D+%7D",
+        );
+        let over = out
+            .findings
+            .iter()
+            .filter(|f| f.finding.rule == 2510 && f.finding.target == "body:query")
+            .count();
+        assert_eq!(over, 2, "{:?}", out.findings);
+    }
+
+    /// A derived target (an XML element's joined text, a `;` piece of a query pair) holds
+    /// bytes other targets hold: its finding is scored only where no finding of the same rule
+    /// on those counted already. Reported all the same.
+    #[test]
+    fn derived_targets_do_not_score_the_same_bytes_twice() {
+        let run_at = |method: &str, uri: &str, ct: Option<&str>, body: &[u8], route: &RouteWaf| {
+            let mut b = http::Request::builder().method(method).uri(uri);
+            if let Some(ct) = ct {
+                b = b.header("content-type", ct);
+            }
+            let (head, ()) = b.body(()).unwrap().into_parts();
+            inspect(
+                route,
+                &Inspection {
+                    head: &head,
+                    path: "/docs",
+                    client_ip: "192.0.2.1".parse().unwrap(),
+                    body: BodyState::Buffered(body),
+                },
+            )
+        };
+        let route = RouteWaf::default();
+        let xml = |body: &str| {
+            run_at(
+                "POST",
+                "/docs",
+                Some("application/xml"),
+                body.as_bytes(),
+                &route,
+            )
+        };
+        // Once at the run, once at the element's joined text: scored once.
+        let out = xml("<doc><p>Open <b>the dashboard</b> on http://localhost:8080/ now</p></doc>");
+        let ssrf: Vec<&Scored> = out
+            .findings
+            .iter()
+            .filter(|f| f.finding.rule == 1502)
+            .collect();
+        assert_eq!(ssrf.len(), 2, "{:?}", out.findings);
+        assert_eq!(ssrf.iter().filter(|f| f.repeated).count(), 1);
+        assert_eq!(out.score, 4, "{:?}", out.findings);
+        assert!(!out.blocked);
+        let out = run_at(
+            "GET",
+            "/docs?next=a;u=http://localhost:3000/",
+            None,
+            b"",
+            &route,
+        );
+        assert_eq!(out.score, 4, "{:?}", out.findings);
+        assert!(!out.blocked);
+        // What only the joined text shows counts.
+        let out = xml("<r><q>1' UNI<b/>ON SELECT password FROM users--</q></r>");
+        assert!(out.blocked, "{:?}", out.findings);
+        // So does a piece whose pair is excluded.
+        let mut excluding = RouteWaf::default();
+        excluding.exclusions.push(crate::config::Exclusion {
+            rules: Vec::new(),
+            classes: vec![Class::Sqli],
+            targets: vec![crate::config::TargetPattern::parse("query:q").unwrap()],
+        });
+        let out = run_at(
+            "GET",
+            "/docs?q=x;id=1%27%20UNION%20SELECT%20password%20FROM%20users--",
+            None,
+            b"",
+            &excluding,
+        );
+        assert!(out.blocked, "{:?}", out.findings);
+        assert!(
+            out.findings
+                .iter()
+                .any(|f| f.finding.target == "query:id" && !f.excluded && !f.repeated),
+            "{:?}",
+            out.findings
+        );
+    }
+
+    /// An RSQL filter's `;`-joined conditions on one field are no repeated parameter; a pair
+    /// and its piece of one name are.
+    #[test]
+    fn semicolon_pieces_repeat_only_parameters() {
+        let get = |uri: &str| {
+            let (head, ()) = http::Request::builder()
+                .uri(uri)
+                .body(())
+                .unwrap()
+                .into_parts();
+            inspect(
+                &RouteWaf::default(),
+                &Inspection {
+                    head: &head,
+                    path: "/people",
+                    client_ip: "192.0.2.1".parse().unwrap(),
+                    body: BodyState::None,
+                },
+            )
+        };
+        let out = get("/people?search=name==x;age=ge=18;age=le=65");
+        assert!(
+            !out.blocked && out.findings.is_empty(),
+            "{:?}",
+            out.findings
+        );
+        assert_eq!(rules(&get("/people?id=1;id=2")), vec![2300]);
     }
 
     /// An exclusion of a query parameter does not cover a parameter after a `;` in its value,

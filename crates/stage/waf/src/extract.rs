@@ -16,7 +16,8 @@
 //!
 //! * Path: one target (`path`, unnamed) holding the normalised path.
 //! * Query: the query string split on `&`, and each `name=value` after a `;` in a pair read
-//!   as a parameter of its own too (servers that split on `;` as well); each percent-decoded once
+//!   as a parameter of its own too (servers that split on `;` as well; a derived target, see
+//!   [`Target::derived`]); each percent-decoded once
 //!   with `+` as a space, invalid escapes kept literally, invalid UTF-8 read lossily. A value
 //!   target per non-empty value (repeated parameters each get theirs), named by the decoded
 //!   name; a name target only for names with characters other than `[A-Za-z0-9_.\-\[\]]`.
@@ -69,8 +70,10 @@
 //!   child elements (comments and processing instructions do not end a run), attribute
 //!   values are named `/order/item/@id`; an element with mixed content (text of its own and
 //!   child elements splitting its text) is also a target holding its joined text, its own and
-//!   its descendants' in document order (DOM's `getTextContent()`), and such elements nested
-//!   more than 8 deep are rule 1002; a DOCTYPE is one target `body:!DOCTYPE` holding
+//!   its descendants' in document order (DOM's `getTextContent()`; a derived target, not
+//!   counted toward `max_targets`), while the joined texts' total length stays within the
+//!   body's (past it no more are made, with no finding), and such elements nested more than 8
+//!   deep are rule 1002; a DOCTYPE is one target `body:!DOCTYPE` holding
 //!   `<!DOCTYPE …>`, a processing instruction one target `body:?pi` holding `<?…?>`. The
 //!   five predefined entities and character references are decoded, other entity references
 //!   are kept as written (never resolved). Not well-formed (including no root, several roots, text outside
@@ -331,16 +334,22 @@ fn ambiguous_type(findings: &mut Vec<Finding>, why: &str) {
     findings.push(f);
 }
 
-/// A body inspected as text read as the URL-encoded form Rack takes a body without a type
-/// for: its fields, for the parameter rules alone (its values were inspected in the text). At most
-/// `limits.max_targets` of them; nothing when the body holds no `=`.
-pub fn loose_form<'a>(body: &'a [u8], limits: &ExtractLimits) -> Vec<Target<'a>> {
+/// A POST body without a type read as the URL-encoded form Rack takes it for, whatever its
+/// bytes: its fields, at `body:<field>` (split at `&` alone, as a form body is). Together with
+/// the `counted` targets of the head, at most `limits.max_targets` of them: past that, rule
+/// 1003 (into `findings`, once per request) and no more. Nothing when the body holds no `=`.
+pub fn loose_form<'a>(
+    body: &'a [u8],
+    limits: &ExtractLimits,
+    counted: usize,
+    findings: &mut Vec<Finding>,
+) -> Vec<Target<'a>> {
     let mut out = Vec::new();
     if !body.contains(&b'=') {
         return out;
     }
-    let mut ignored = Vec::new();
-    let mut sink = Sink::new(&mut out, &mut ignored, limits);
+    let mut sink = Sink::new(&mut out, findings, limits);
+    sink.counted = counted;
     urlencoded(body, Location::Body, &mut sink);
     out
 }
@@ -371,6 +380,11 @@ struct Sink<'a, 'o> {
     out: &'o mut Vec<Target<'a>>,
     findings: &'o mut Vec<Finding>,
     max: usize,
+    /// Targets counted toward the limit that are not in `out` (the head's, for a second
+    /// reading of the body into a list of its own).
+    counted: usize,
+    /// Targets in `out` not counted toward the limit ([`Sink::push_uncounted`]).
+    uncounted: usize,
     /// The limit was reached: nothing more is pushed.
     full: bool,
 }
@@ -385,6 +399,8 @@ impl<'a, 'o> Sink<'a, 'o> {
             out,
             findings,
             max: limits.max_targets,
+            counted: 0,
+            uncounted: 0,
             full: false,
         }
     }
@@ -394,7 +410,8 @@ impl<'a, 'o> Sink<'a, 'o> {
         if self.full {
             return false;
         }
-        if self.out.len() >= self.max {
+        let n = self.out.len().saturating_sub(self.uncounted);
+        if n.saturating_add(self.counted) >= self.max {
             self.full = true;
             if !self.findings.iter().any(|f| f.rule == TOO_MANY_TARGETS.id) {
                 let note = format!("more than {} targets", self.max);
@@ -406,12 +423,23 @@ impl<'a, 'o> Sink<'a, 'o> {
                 // exclusion naming that target (which the client chooses) must not cover it.
                 f.exclusion_key = UNINSPECTED.to_string();
                 f.blocks = true;
+                // Nor is it the bytes of a derived target: it is scored, whatever target.
+                f.derived = false;
                 self.findings.push(f);
             }
             return false;
         }
         self.out.push(t);
         true
+    }
+
+    /// Pushes a target that the limit does not count (an XML element's joined text, bounded
+    /// by a budget of its own), unless the limit was reached.
+    fn push_uncounted(&mut self, t: Target<'a>) {
+        if !self.full {
+            self.out.push(t);
+            self.uncounted += 1;
+        }
     }
 
     /// Rule 1005 for the body: it blocks by itself (what the WAF read is not what an
@@ -514,7 +542,8 @@ fn plain_name(s: &str) -> bool {
 /// `name=value` after a `;` in a pair is a parameter of its own as well — `?q=x;id=1` holds
 /// `id` to them, which no exclusion of `q` may cover and which the parameter rules must see.
 /// (Form bodies are split at `&` alone: Rack reads them so, and the source code forms carry
-/// is full of `;`.)
+/// is full of `;`. Go before 1.17 and older Django split them at `;` too: a residual risk for
+/// such backends, see `docs/waf.md`, "Limits".)
 fn urlencoded<'a>(src: &'a [u8], location: Location, sink: &mut Sink<'a, '_>) {
     for pair in src.split(|&b| b == b'&') {
         if sink.full {
@@ -523,23 +552,29 @@ fn urlencoded<'a>(src: &'a [u8], location: Location, sink: &mut Sink<'a, '_>) {
         if pair.is_empty() {
             continue;
         }
-        urlencoded_pair(pair, location, sink);
+        urlencoded_pair(pair, location, false, sink);
         if location == Location::Query && pair.contains(&b';') {
             for piece in pair.split(|&b| b == b';').skip(1) {
-                // Only what those servers take for a parameter: a name, `=`, a value.
+                // Only what those servers take for a parameter: a name, `=`, a value. Its text
+                // is its pair's too: a derived target.
                 if sink.full {
                     return;
                 }
                 if piece.iter().position(|&b| b == b'=').is_some_and(|p| p > 0) {
-                    urlencoded_pair(piece, location, sink);
+                    urlencoded_pair(piece, location, true, sink);
                 }
             }
         }
     }
 }
 
-/// One `name=value` (or a bare name) of a URL-encoded list.
-fn urlencoded_pair<'a>(pair: &'a [u8], location: Location, sink: &mut Sink<'a, '_>) {
+/// One `name=value` (or a bare name) of a URL-encoded list; `derived`: a `;` piece of a pair.
+fn urlencoded_pair<'a>(pair: &'a [u8], location: Location, derived: bool, sink: &mut Sink<'a, '_>) {
+    let target = if derived {
+        Target::new_derived
+    } else {
+        Target::new
+    };
     let (name, value) = match pair.iter().position(|&b| b == b'=') {
         Some(p) => (
             pair.get(..p).unwrap_or_default(),
@@ -549,16 +584,11 @@ fn urlencoded_pair<'a>(pair: &'a [u8], location: Location, sink: &mut Sink<'a, '
     };
     let name = percent_decode(name, true);
     if !plain_name(&name) {
-        sink.push(Target::new(
-            location,
-            name.clone(),
-            Part::Name,
-            name.clone(),
-        ));
+        sink.push(target(location, name.clone(), Part::Name, name.clone()));
     }
     if !value.is_empty() {
         let value = percent_decode(value, true);
-        sink.push(Target::new(location, name, Part::Value, value));
+        sink.push(target(location, name, Part::Value, value));
     }
 }
 

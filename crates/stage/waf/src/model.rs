@@ -159,6 +159,10 @@ pub struct Target<'a> {
     /// and form values percent-decoded once, JSON strings unescaped); detectors decode further
     /// through [`crate::transform::Views`].
     pub value: Cow<'a, str>,
+    /// Made from text other targets hold too (an XML element's joined text, a `;` piece of a
+    /// query pair): a finding on it is not scored where a finding of the same rule on such
+    /// other text is (see [`Finding::derived`]).
+    pub derived: bool,
 }
 
 impl<'a> Target<'a> {
@@ -173,6 +177,20 @@ impl<'a> Target<'a> {
             name: name.into(),
             part,
             value: value.into(),
+            derived: false,
+        }
+    }
+
+    /// A target made from text other targets hold too ([`Target::derived`]).
+    pub fn new_derived(
+        location: Location,
+        name: impl Into<Cow<'a, str>>,
+        part: Part,
+        value: impl Into<Cow<'a, str>>,
+    ) -> Self {
+        Target {
+            derived: true,
+            ..Target::new(location, name, part, value)
         }
     }
 
@@ -214,6 +232,10 @@ pub struct Finding {
     pub transforms: &'static str,
     /// A short, masked excerpt of what matched (never the whole value).
     pub snippet: String,
+    /// Found on a derived target ([`Target::derived`]): scored only when no finding of the same
+    /// rule, on a target that is not derived and not excluded, is in the same location — the
+    /// same bytes are not scored twice, while what only the derived text shows counts.
+    pub derived: bool,
 }
 
 impl Finding {
@@ -230,6 +252,7 @@ impl Finding {
             exclusion_key: exclusion_key(target),
             transforms: view.chain(),
             snippet: evidence(target, matched),
+            derived: target.derived,
         }
     }
 }

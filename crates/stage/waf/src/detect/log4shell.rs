@@ -65,9 +65,12 @@ static CANON: LazyLock<Bank> = LazyLock::new(|| {
                 r"(?i)\$\{[^}]{0,100}\$\{\s*(?:lower|upper|date|::-|[a-z0-9_.]*:[^}]{0,50}:-|base64|env|sys)",
             ),
             // A default of its own (`${x:-j}`) building the name of the lookup around it
-            // (before its first `:`): `${${x:-j}ndi:…}`. Not after that `:`, where shells
-            // nest defaults (`${A:-${B:-c}}`).
-            (1, r"(?i)\$\{[^}:]{0,100}\$\{\s*[a-z0-9_.]*:-"),
+            // (before its first `:`): `${${x:-j}ndi:…}`, `${j${x:-n}di:…}` — only letters,
+            // digits, `_`, `.` and blanks before it, as a lookup's name has. Not after that
+            // `:`, where shells nest defaults (`${A:-${B:-c}}`), nor after another character,
+            // as in shell subscripts, substitutions and defaults (`${arr[${i:-0}]}`,
+            // `${p/${HOME:-~}/x}`, `${a-${b:-c}}`) and prose.
+            (1, r"(?i)\$\{[\w.\s]{0,100}\$\{\s*[a-z0-9_.]*:-"),
             (
                 2,
                 r"(?i)\$\{\s*(?:script|dns|url|file|xml|base64decoder|urldecoder|resourcebundle|properties)\s*:",
@@ -404,8 +407,14 @@ mod tests {
             "$100",
             "cost: ${amount} USD",
             "a $ b { c }",
-            // Shell defaults nested in a default.
+            // Shell defaults nested in a default, a subscript, a substitution, a default
+            // without a colon.
             "${HOME:-${USERPROFILE:-/tmp}}",
+            "${arr[${i:-0}]}",
+            "echo ${p/${HOME:-~}/x}",
+            "${a-${b:-c}}",
+            // Prose about the syntax.
+            "Write ${ (a dollar and a brace) then ${NAME:-default} for a default.",
         ] {
             assert!(ids(v).is_empty(), "{v} -> {:?}", ids(v));
         }

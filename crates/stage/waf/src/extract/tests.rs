@@ -33,7 +33,7 @@ fn body_with(
     let mut out = Vec::new();
     let mut findings = Vec::new();
     let facts = body_targets(ct, b, limits, &mut out, &mut findings);
-    assert!(out.len() <= limits.max_targets);
+    assert!(out.iter().filter(|t| !t.derived).count() <= limits.max_targets);
     (
         pairs(&out),
         findings.iter().map(|f| f.rule).collect(),
@@ -818,7 +818,46 @@ fn xml_joined_text_is_bounded() {
         ..ExtractLimits::default()
     };
     let (t, f, _) = body_with(Some("text/xml"), wide.as_bytes(), &limits);
-    assert_eq!((t.len(), f), (100, vec![1003]));
+    assert_eq!(f, vec![1003]);
+    assert_eq!(t.iter().filter(|(_, v)| v.len() == 1).count(), 100);
+}
+
+/// Joined texts are not counted toward the target limit (a benign XHTML or DocBook document
+/// near it does not trip rule 1003 for them) and are made while their total length stays
+/// within the body's, so nesting cannot multiply the text inspected.
+#[test]
+fn xml_joined_text_has_a_budget_and_is_not_counted() {
+    let xml = |b: &str, limits: &ExtractLimits| {
+        let mut out = Vec::new();
+        let mut findings = Vec::new();
+        body_targets(
+            Some("application/xml"),
+            b.as_bytes(),
+            limits,
+            &mut out,
+            &mut findings,
+        );
+        let rules: Vec<u32> = findings.iter().map(|f| f.rule).collect();
+        let joined: Vec<usize> = out
+            .iter()
+            .filter(|t| t.derived)
+            .map(|t| t.value.len())
+            .collect();
+        (out.len(), joined, rules)
+    };
+    // 3900 runs and 1300 joined texts: within the limit of 4096.
+    let doc = format!("<doc>{}</doc>", "<p>a <b>b</b> c</p>".repeat(1300));
+    let (n, joined, rules) = xml(&doc, &ExtractLimits::default());
+    assert!(rules.is_empty(), "{rules:?}");
+    assert_eq!((n, joined.len()), (5200, 1300));
+    // Nested mixed content holding a long text: each level would hold it again.
+    let long = "z".repeat(10_000);
+    let nested = format!("<r>{}{long}{}</r>", "<a>x<b/>".repeat(8), "</a>".repeat(8));
+    let (_, joined, rules) = xml(&nested, &ExtractLimits::default());
+    assert!(rules.is_empty(), "{rules:?}");
+    assert!(joined.iter().sum::<usize>() <= nested.len(), "{joined:?}");
+    // The innermost ones are made first.
+    assert_eq!(joined.first(), Some(&(long.len() + 1)));
 }
 
 #[test]

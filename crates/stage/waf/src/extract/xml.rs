@@ -13,8 +13,8 @@ fn at(pos: u64) -> usize {
 }
 
 /// Most elements with joined text (see [`Doc::close`]) nested in one another: each one's target
-/// holds the text of those inside it again, so this bounds the text inspected to this many
-/// times the body. Deeper is rule 1002.
+/// holds the text of those inside it again. Deeper is rule 1002. (The joined texts' total
+/// length is bounded by the body's: [`Doc::joined_budget`].)
 const MAX_MIXED_NESTING: usize = 8;
 
 /// Reads `body` as an XML document, pushing text, attribute, DOCTYPE and PI targets, and the
@@ -37,6 +37,7 @@ pub(super) fn extract<'a>(
         runs: 0,
         roots: 0,
         max_depth,
+        joined_budget: body.len(),
     };
     loop {
         if sink.full {
@@ -196,6 +197,10 @@ struct Doc<'a> {
     runs: usize,
     roots: usize,
     max_depth: usize,
+    /// Bytes of joined text still to be made into targets: the body's length at first. A
+    /// joined text longer than what is left is not made (nested mixed content repeats the
+    /// text inside it at every level).
+    joined_budget: usize,
 }
 
 /// An open element.
@@ -288,7 +293,9 @@ impl<'a> Doc<'a> {
     /// descendants', in document order, as DOM's `getTextContent()` and XPath's `string()`
     /// read it (`<q>1' UNI<b/>ON SELECT …</q>` is `1' UNION SELECT …`). Each piece stays a
     /// target of its own. Such elements nested more than [`MAX_MIXED_NESTING`] deep are
-    /// [`Problem::TooDeep`]; a joined text is never longer than the body.
+    /// [`Problem::TooDeep`]. Joined texts are derived targets, not counted toward the target
+    /// limit: they are made while their total length stays within the body's
+    /// ([`Doc::joined_budget`]), and past it no more are, without a finding.
     fn close(&mut self, here: usize, sink: &mut Sink<'a, '_>) -> Result<(), Problem> {
         let Some(f) = self.open.pop() else {
             return Ok(());
@@ -298,13 +305,14 @@ impl<'a> Doc<'a> {
         if nested > MAX_MIXED_NESTING {
             return Err(Problem::TooDeep { at: here });
         }
-        if joined && !sink.full {
-            let value = self.text.get(f.text..).unwrap_or_default().to_string();
-            sink.push(Target::new(
+        let value = self.text.get(f.text..).unwrap_or_default();
+        if joined && !sink.full && value.len() <= self.joined_budget {
+            self.joined_budget -= value.len();
+            sink.push_uncounted(Target::new_derived(
                 Location::Body,
                 self.path.clone(),
                 Part::Value,
-                value,
+                value.to_string(),
             ));
         }
         match self.open.last_mut() {

@@ -15,6 +15,7 @@
 //! OWNER: helper D.
 
 mod graphql;
+mod keys;
 mod names;
 #[cfg(test)]
 mod tests;
@@ -229,7 +230,8 @@ pub const DEFAULT_PAGINATION_MAX: u64 = 1000;
 
 /// Longest `variables` parameter (GET or form GraphQL) parsed to resolve list sizes.
 const MAX_VARIABLES_BYTES: usize = 64 * 1024;
-/// Largest `operations` field of a GraphQL multipart request that is read as JSON.
+/// Largest `operations` field of a GraphQL multipart request that is read (as a JSON tree);
+/// a longer one is rule 2502.
 const MAX_OPERATIONS_BYTES: usize = 256 * 1024;
 
 // ---------------------------------------------------------------------------------------------
@@ -294,16 +296,16 @@ pub struct RawMassAssignment {
     /// input-object fields of GraphQL mutations; ignoring case and ASCII punctuation, so
     /// `is_admin` also matches `isAdmin`, `IsAdmin` and `is-admin`. Default `[role, roles,
     /// is_admin, isAdmin, admin, permissions, scopes, owner_id, tenant_id, verified,
-    /// email_verified, balance, credit]`. Empty only with `extra_fields` (the rule would
-    /// protect nothing: turn it off with `enabled: false`).
+    /// email_verified, balance, credit]`. Empty only with `extra_fields` while the rule is on
+    /// (it would protect nothing: turn it off with `enabled: false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<Vec<String>>,
     /// Fields protected in addition to `fields` (so the default list can be extended without
     /// being repeated). Default none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_fields: Option<Vec<String>>,
-    /// Request methods the rule applies to (upper case, as HTTP spells them). Default
-    /// `[POST, PUT, PATCH]`.
+    /// Request methods the rule applies to (upper case, as HTTP spells them); not empty while
+    /// the rule is on. Default `[POST, PUT, PATCH]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub methods: Option<Vec<String>>,
     /// Whether query parameters count too (frameworks such as Rails and Spring bind query
@@ -319,10 +321,11 @@ pub struct RawGraphql {
     /// Whether GraphQL documents are inspected. Default true.
     ///
     /// A document is looked for in the `query` query parameter, the `query` form field,
-    /// `$.query` of a JSON body, `$[n].query` of a JSON batch, and `application/graphql`
-    /// bodies. It is parsed when the request is clearly GraphQL (an `application/graphql` body,
-    /// or an `operationName`, `variables` or `extensions` member or parameter next to it) or
-    /// when its text starts like a GraphQL document (`{ field`, `query Name {`, `mutation (`,
+    /// `$.query` of a JSON body, `$[n].query` of a JSON batch, `application/graphql` bodies,
+    /// and the operations of an `operations` form or multipart field. It is parsed when the
+    /// request is clearly GraphQL (an `application/graphql` body, an `operationName`,
+    /// `variables` or `extensions` member or parameter next to it, a `map` field next to
+    /// `operations`) or when its text starts like a GraphQL document (`{ field`, `query Name {`, `mutation (`,
     /// `fragment X on`); a REST search such as `?query=shoes` is left alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
@@ -340,7 +343,8 @@ pub struct RawGraphql {
     /// Complexity counts the fields the server would resolve: every field (but `__typename`)
     /// counts 1, times the list sizes of the fields it is nested in. A field's list size is
     /// the largest integer given to one of its `list_arguments` (a literal, the request's
-    /// variable, or the variable's default), 1 if none. So
+    /// variable — found by its exact name, the largest of its values when several `variables`
+    /// members give it —, or the variable's default), 1 if none. So
     /// `{ users(first: 100) { name friends(first: 10) { name } } }` costs
     /// 1 + 100 × (1 + 1 + 10 × 1) = 1201. Fragments count at every spread.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -396,8 +400,8 @@ pub struct RawPagination {
     pub enabled: Option<bool>,
     /// Page-size parameter names, compared like `mass_assignment.fields` (so `page_size` also
     /// matches `pageSize` and `$top` matches `top`). Default `[limit, per_page, page_size,
-    /// pagesize, size, count, top, first, last, max_results]`. Not empty (turn the check off
-    /// with `enabled: false`).
+    /// pagesize, size, count, top, first, last, max_results]`. Not empty while the check is on
+    /// (turn it off with `enabled: false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Vec<String>>,
     /// Largest page size. At least 1. Default 1000.
@@ -581,7 +585,9 @@ pub fn compile(raw: &RawApiRules, at: &str, e: &mut ConfigErrors) -> ApiRules {
     check_names(&fields, &format!("{at}.mass_assignment.fields"), e);
     let extra = ma.extra_fields.unwrap_or_default();
     check_names(&extra, &format!("{at}.mass_assignment.extra_fields"), e);
-    if fields.is_empty() && extra.is_empty() {
+    // Empty lists leave a rule on that does nothing; on a rule turned off they are moot.
+    let ma_enabled = ma.enabled.unwrap_or(true);
+    if ma_enabled && fields.is_empty() && extra.is_empty() {
         e.push(
             format!("{at}.mass_assignment.fields"),
             "must name at least one field (turn the rule off with enabled: false)",
@@ -593,7 +599,7 @@ pub fn compile(raw: &RawApiRules, at: &str, e: &mut ConfigErrors) -> ApiRules {
             .map(|s| s.to_string())
             .collect()
     });
-    if method_names.is_empty() {
+    if ma_enabled && method_names.is_empty() {
         e.push(
             format!("{at}.mass_assignment.methods"),
             "must name at least one method (turn the rule off with enabled: false)",
@@ -617,7 +623,7 @@ pub fn compile(raw: &RawApiRules, at: &str, e: &mut ConfigErrors) -> ApiRules {
             Err(_) => e.push(path, "not an HTTP method"),
         }
     }
-    let mass = ma.enabled.unwrap_or(true).then(|| Mass {
+    let mass = ma_enabled.then(|| Mass {
         fields: NameSet::new(fields.iter().chain(&extra).map(String::as_str)),
         methods,
         include_query: ma.include_query.unwrap_or(false),
@@ -673,7 +679,8 @@ pub fn compile(raw: &RawApiRules, at: &str, e: &mut ConfigErrors) -> ApiRules {
             .collect()
     });
     check_names(&params, &format!("{at}.pagination.params"), e);
-    if params.is_empty() {
+    let pg_enabled = pg.enabled.unwrap_or(true);
+    if pg_enabled && params.is_empty() {
         e.push(
             format!("{at}.pagination.params"),
             "must name at least one parameter (turn the rule off with enabled: false)",
@@ -682,7 +689,7 @@ pub fn compile(raw: &RawApiRules, at: &str, e: &mut ConfigErrors) -> ApiRules {
     let max = pg.max.unwrap_or(DEFAULT_PAGINATION_MAX);
     at_least(max, 1, format!("{at}.pagination.max"), e);
     let pagination = Pagination {
-        enabled: pg.enabled.unwrap_or(true),
+        enabled: pg_enabled,
         params: NameSet::new(params.iter().map(String::as_str)),
         max,
     };
@@ -713,13 +720,13 @@ pub fn inspect(
     run(rules, None, targets, facts, paranoia, out);
 }
 
-/// [`inspect`] for a request of a known method: mass assignment applies only to the methods
-/// the route lists (`mass_assignment.methods`).
 /// Rule 2401's id (the method override in a POST body).
 pub fn method_field_rule() -> u32 {
     METHOD_FIELD.id
 }
 
+/// [`inspect`] for a request of a known method: mass assignment applies only to the methods
+/// the route lists (`mass_assignment.methods`).
 pub fn inspect_method(
     rules: &ApiRules,
     method: &Method,
@@ -784,8 +791,11 @@ impl Findings<'_> {
 
     fn push(&mut self, rule: &'static Rule, target: &Target<'_>, matched: &str) {
         if self.runs(rule) {
-            self.out
-                .push(Finding::new(rule, target, View::Raw, matched));
+            let mut f = Finding::new(rule, target, View::Raw, matched);
+            // A request's shape, names and numbers: a derived target's is a fact of its own
+            // (`?id=1;id=2` repeats `id`), never the same bytes scored twice.
+            f.derived = false;
+            self.out.push(f);
         }
     }
 }
@@ -865,6 +875,12 @@ fn parameter_pollution(h: &Hpp, targets: &[Target<'_>], facts: &BodyFacts, f: &m
 /// Reports each name picked more than once (on its second occurrence). Names are compared
 /// without regard to ASCII case: ASP.NET, PHP's `$_REQUEST` on case-insensitive setups and
 /// many binders read `id` and `ID` as one parameter.
+///
+/// A `;` piece of a query pair (a derived target) counts against parameters split at `&`
+/// — its own pair's name included: `?id=1;id=2` is two `id`s to a server that splits at `;` —
+/// but not against another piece: RSQL and FIQL filters join conditions with `;`
+/// (`?search=age=ge=18;age=le=65`), which is one `search` to most servers and a repeated `age`
+/// to none that reads the filter.
 fn repeats(
     h: &Hpp,
     targets: &[Target<'_>],
@@ -888,8 +904,25 @@ fn repeats(
     if n < 2 {
         return;
     }
-    let mut report = |first: &Target<'_>, second: &Target<'_>, count: usize| {
-        if !h.may_repeat(&first.name) {
+    // One name's occurrences: reported when two are parameters, or one a parameter and one a
+    // piece.
+    let mut report = |group: &mut dyn Iterator<Item = &Target<'_>>| {
+        let (mut count, mut real) = (0usize, 0usize);
+        let (mut first, mut second) = (None, None);
+        for t in group {
+            count += 1;
+            real += usize::from(!t.derived);
+            match first {
+                None => first = Some(t),
+                Some(_) => {
+                    second.get_or_insert(t);
+                }
+            }
+        }
+        let (Some(first), Some(second)) = (first, second) else {
+            return;
+        };
+        if (real >= 2 || (real >= 1 && count > real)) && !h.may_repeat(&first.name) {
             f.push(
                 HPP_REPEATED,
                 second,
@@ -900,22 +933,16 @@ fn repeats(
     if !many {
         let list = &idx[..n];
         let keys: Vec<Cow<'_, str>> = list.iter().map(|&i| php_key(&targets[i].name)).collect();
-        for (k, &i) in list.iter().enumerate() {
-            let key = &keys[k];
+        for (k, key) in keys.iter().enumerate() {
             if keys[..k].contains(key) {
                 continue;
             }
-            let mut count = 1;
-            let mut second = None;
-            for (&j, other) in list[k + 1..].iter().zip(&keys[k + 1..]) {
-                if other == key {
-                    count += 1;
-                    second.get_or_insert(j);
-                }
-            }
-            if let Some(s) = second {
-                report(&targets[i], &targets[s], count);
-            }
+            let mut group = list[k..]
+                .iter()
+                .zip(&keys[k..])
+                .filter(|(_, other)| *other == key)
+                .map(|(&j, _)| &targets[j]);
+            report(&mut group);
         }
         return;
     }
@@ -924,6 +951,7 @@ fn repeats(
         .filter(|t| pick(t))
         .map(|t| (php_key(&t.name), t))
         .collect();
+    // Stable: a name's occurrences stay in request order.
     list.sort_by(|a, b| a.0.cmp(&b.0));
     let mut k = 0;
     while k < list.len() {
@@ -932,7 +960,7 @@ fn repeats(
             end += 1;
         }
         if end - k > 1 {
-            report(list[k].1, list[k + 1].1, end - k);
+            report(&mut list[k..end].iter().map(|(_, t)| *t));
         }
         k = end;
     }
@@ -1019,16 +1047,11 @@ fn mass_assignment(m: &Mass, targets: &[Target<'_>], facts: &BodyFacts, f: &mut 
             },
             _ => false,
         };
-        if !(json_part || variables)
-            || t.value.len() > MAX_OPERATIONS_BYTES
-            || seen.contains(&(t.location, &*t.name))
-        {
+        if !(json_part || variables) || seen.contains(&(t.location, &*t.name)) {
             continue;
         }
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&t.value) else {
-            continue;
-        };
-        if let Some(key) = protected_key(&m.fields, &v) {
+        // Walked as it is read, whatever its length (no tree built).
+        if let Some(key) = keys::protected_key(&m.fields, &t.value) {
             seen.push((t.location, &t.name));
             f.push(MASS_ASSIGNMENT, t, &key);
         }
@@ -1207,7 +1230,8 @@ fn graphql_source<'n>(t: &'n Target<'_>, kind: BodyKind) -> Option<Source<'n>> {
 const GRAPHQL_COMPANIONS: [&str; 3] = ["operationName", "variables", "extensions"];
 
 /// Whether the request plainly is GraphQL: a GraphQL body, or a companion member or parameter
-/// (`operationName`, `variables`, `extensions`) next to the document.
+/// (`operationName`, `variables`, `extensions`) next to the document — for an `operations`
+/// field, the multipart request's `map` field.
 fn plainly_graphql(src: Source<'_>, targets: &[Target<'_>], kind: BodyKind) -> bool {
     if kind == BodyKind::GraphQl {
         return true;
@@ -1227,42 +1251,47 @@ fn plainly_graphql(src: Source<'_>, targets: &[Target<'_>], kind: BodyKind) -> b
         }
         Source::Query => t.location == Location::Query && companion(&php_key(&t.name)),
         Source::Form => is_form_value(t, kind) && companion(&php_key(&t.name)),
-        Source::Operations => true,
+        // The GraphQL multipart request's map of files to variables.
+        Source::Operations => is_form_value(t, kind) && php_key(&t.name) == "map",
     })
 }
 
-/// Resolves the request's GraphQL variables (for list sizes).
+/// Resolves the request's GraphQL variables (for list sizes). A variable's name is matched
+/// exactly (GraphQL names are case-sensitive: `$First` is not `$first`); the `variables` member
+/// or parameter in any case, and every one of them (Go's `encoding/json` merges `variables` and
+/// `Variables` into one object). Of several values for one variable the largest number is
+/// taken ([`larger`]): the reading nearest the limits.
 struct Variables<'r, 't> {
     src: Source<'r>,
     targets: &'r [Target<'t>],
     kind: BodyKind,
-    /// The `variables` parameter, parsed on first use (GET and form GraphQL).
-    parsed: Option<Option<serde_json::Value>>,
+    /// The `variables` members or parameters sent as JSON strings, parsed on first use (GET
+    /// and form GraphQL; a JSON string member, which express-graphql parses).
+    parsed: Option<Vec<serde_json::Value>>,
 }
 
 impl Variables<'_, '_> {
     fn get(&mut self, var: &str) -> Option<String> {
+        let mut best: Option<String> = None;
         if let Source::Json { prefix, .. } = self.src {
-            // An object: its members are targets. A string (express-graphql parses one): read
-            // below.
-            let name = format!("{prefix}variables.{var}");
-            if let Some(t) = self.targets.iter().find(|t| {
-                t.location == Location::Body
+            // An object: its members are targets (`$.variables.first`, `$.Variables.first`).
+            for t in self.targets {
+                if t.location == Location::Body
                     && t.part == Part::Value
-                    && t.name.len() == name.len()
-                    && t.name.eq_ignore_ascii_case(&name)
-            }) {
-                return Some(t.value.to_string());
+                    && variables_member(&t.name, prefix)
+                        .is_some_and(|rest| rest.strip_prefix('.').is_some_and(|name| name == var))
+                {
+                    larger(&mut best, Cow::Borrowed(&t.value));
+                }
             }
         }
         if self.parsed.is_none() {
             let (src, kind, targets) = (self.src, self.kind, self.targets);
-            let raw = targets.iter().find(|t| match src {
+            let raw = targets.iter().filter(|t| match src {
                 Source::Json { prefix, .. } => {
                     t.location == Location::Body
                         && t.part == Part::Value
-                        && t.name.len() == prefix.len() + "variables".len()
-                        && t.name.eq_ignore_ascii_case(&format!("{prefix}variables"))
+                        && variables_member(&t.name, prefix).is_some_and(str::is_empty)
                 }
                 Source::Query => is_query_value(t) && php_key(&t.name) == "variables",
                 Source::Form => is_form_value(t, kind) && php_key(&t.name) == "variables",
@@ -1270,10 +1299,45 @@ impl Variables<'_, '_> {
             });
             self.parsed = Some(
                 raw.filter(|t| t.value.len() <= MAX_VARIABLES_BYTES)
-                    .and_then(|t| serde_json::from_str(&t.value).ok()),
+                    .filter_map(|t| serde_json::from_str(&t.value).ok())
+                    .collect(),
             );
         }
-        variable(self.parsed.as_ref()?.as_ref()?, var)
+        for vars in self.parsed.iter().flatten() {
+            if let Some(v) = variable(vars, var) {
+                larger(&mut best, Cow::Owned(v));
+            }
+        }
+        best
+    }
+}
+
+/// What follows a `variables` member (in any case) of the JSON object at `prefix` in a JSON
+/// path: `Some("")` for `$.Variables` itself, `Some(".first")` for `$.variables.first`.
+fn variables_member<'n>(name: &'n str, prefix: &str) -> Option<&'n str> {
+    let rest = name.strip_prefix(prefix)?;
+    let member = rest.get(.."variables".len())?;
+    member
+        .eq_ignore_ascii_case("variables")
+        .then(|| rest.get("variables".len()..))
+        .flatten()
+}
+
+/// Keeps in `best` the larger of it and `candidate` as a list size: a plain integer before
+/// anything else, then the number lenient parsers read (the first of equals stays).
+fn larger(best: &mut Option<String>, candidate: Cow<'_, str>) {
+    let rank = |v: &str| {
+        (
+            matches!(page_value(v), PageValue::Number(_)),
+            lenient_page_size(v),
+        )
+    };
+    let wins = match best.as_deref() {
+        None => true,
+        Some(b) => rank(&candidate) > rank(b),
+    };
+    if wins {
+        *best = Some(candidate.into_owned());
     }
 }
 
@@ -1304,27 +1368,67 @@ fn graphql_rules(
             continue;
         };
         if let Source::Operations = src {
+            // GraphQL plainly when the multipart request's `map` field is beside it; else only
+            // the operations whose document looks like one (a bulk API's `operations` field
+            // holds `{"op": "search", "query": "red shoes"}`).
+            let plain = plainly_graphql(src, targets, facts.kind);
+            // Read as a tree (documents are small); a longer field is not analysed, and so is
+            // reported.
+            if t.value.len() > MAX_OPERATIONS_BYTES {
+                if plain {
+                    f.push(
+                        GQL_TOKENS,
+                        t,
+                        &format!("operations over {MAX_OPERATIONS_BYTES} bytes"),
+                    );
+                }
+                continue;
+            }
             // Each operation of the field's JSON, with its own variables.
-            let Some(ops) = operations(&t.value) else {
+            let Some(mut ops) = operations(&t.value) else {
                 continue;
             };
+            if !plain {
+                for op in &mut ops {
+                    op.docs.retain(|d| graphql::looks_like_graphql(d));
+                }
+                ops.retain(|op| !op.docs.is_empty());
+            }
             if ops.len() > 1 {
                 batch += ops.len() as u64;
             }
-            for (doc, vars) in ops {
+            for op in ops {
                 if analysed >= g.max_batch {
                     break;
                 }
-                analysed += 1;
-                // (A multipart part's JSON is read whole by the mass-assignment rule.)
-                if let (Some(fields), Some(v), false) =
-                    (protected, &vars, facts.kind == BodyKind::Multipart)
-                    && let Some(key) = protected_key(fields, v)
+                // (A multipart part's JSON is read whole by the mass-assignment rule, but for
+                // `variables` sent as a string in it.)
+                let multipart = facts.kind == BodyKind::Multipart;
+                if let Some(fields) = protected
+                    && let Some(key) = op
+                        .vars
+                        .iter()
+                        .filter(|(_, string)| *string || !multipart)
+                        .find_map(|(v, _)| protected_key(fields, v))
                 {
                     f.push(MASS_ASSIGNMENT, t, &key);
                 }
-                let mut resolve = |name: &str| vars.as_ref().and_then(|v| variable(v, name));
-                analyse_document(g, protected, pagination, t, &doc, &mut resolve, f);
+                let mut resolve = |name: &str| {
+                    let mut best = None;
+                    for v in op.vars.iter().filter_map(|(v, _)| variable(v, name)) {
+                        larger(&mut best, Cow::Owned(v));
+                    }
+                    best
+                };
+                // Every `query` member: which one the server keeps, the parsed object does not
+                // tell.
+                for doc in &op.docs {
+                    if analysed >= g.max_batch {
+                        break;
+                    }
+                    analysed += 1;
+                    analyse_document(g, protected, pagination, t, doc, &mut resolve, f);
+                }
             }
             continue;
         }
@@ -1420,29 +1524,46 @@ fn analyse_document(
     }
 }
 
+/// One operation of a GraphQL multipart request's `operations` field.
+struct Operation {
+    /// The string value of every member named `query` in any case (Go's `encoding/json`
+    /// takes the last of them in the text, which the parsed object no longer tells).
+    docs: Vec<String>,
+    /// Every member named `variables` in any case: an object, or a string holding one
+    /// (`true`; Go merges them into one object).
+    vars: Vec<(serde_json::Value, bool)>,
+}
+
 /// The operations of a GraphQL multipart request's `operations` field: one JSON object, or an
-/// array of them (a batch), each with its `query` (members in any case) and its `variables`
-/// (an object, or a string holding one). `None` when it is not such JSON.
-fn operations(value: &str) -> Option<Vec<(String, Option<serde_json::Value>)>> {
+/// array of them (a batch), each with its `query` and `variables` members (in any case).
+/// `None` when it is not such JSON.
+fn operations(value: &str) -> Option<Vec<Operation>> {
     if value.len() > MAX_OPERATIONS_BYTES {
         return None;
     }
-    let member = |o: &serde_json::Map<String, serde_json::Value>, name: &str| {
-        o.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
     let one = |v: &serde_json::Value| {
         let o = v.as_object()?;
-        let doc = member(o, "query")?.as_str()?.to_string();
-        let vars = member(o, "variables").and_then(|v| match v {
-            serde_json::Value::String(s) if s.len() <= MAX_VARIABLES_BYTES => {
-                serde_json::from_str(&s).ok()
-            }
-            serde_json::Value::Object(_) => Some(v),
-            _ => None,
-        });
-        Some((doc, vars))
+        let named = |name: &'static str| {
+            o.iter()
+                .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        };
+        let docs: Vec<String> = named("query")
+            .filter_map(|d| d.as_str().map(str::to_string))
+            .collect();
+        if docs.is_empty() {
+            return None;
+        }
+        let vars = named("variables")
+            .filter_map(|v| match v {
+                serde_json::Value::String(s) if s.len() <= MAX_VARIABLES_BYTES => {
+                    serde_json::from_str(s).ok().map(|v| (v, true))
+                }
+                serde_json::Value::Object(_) => Some((v.clone(), false)),
+                _ => None,
+            })
+            .collect();
+        Some(Operation { docs, vars })
     };
     match serde_json::from_str::<serde_json::Value>(value).ok()? {
         serde_json::Value::Array(items) => Some(items.iter().filter_map(one).collect()),

@@ -25,22 +25,26 @@ pub(crate) fn normalize(name: &str) -> Vec<u8> {
 }
 
 /// A query or form parameter's name as PHP binds it, ASCII case folded: cut at a NUL, leading
-/// spaces dropped, spaces and dots made `_` — so `user.id`, `user id`, ` user_id`, `user_id%00x`
-/// and `USER_ID` are one parameter, as they are to PHP (and, but for the dots, to
-/// case-insensitive binders).
+/// spaces dropped, spaces and dots before the first `[` made `_` — so `user.id`, `user id`,
+/// ` user_id`, `user_id%00x` and `USER_ID` are one parameter, as they are to PHP (and, but for
+/// the dots, to case-insensitive binders), while `f[a.b]` and `f[a_b]` are two (PHP keeps an
+/// array key as written).
 pub(crate) fn php_key(name: &str) -> Cow<'_, str> {
     let name = name.split('\0').next().unwrap_or(name);
     let name = name.trim_start_matches(' ');
+    let base = name.find('[').unwrap_or(name.len());
+    let mangled = |i: usize, b: u8| i < base && (b == b' ' || b == b'.');
     if !name
         .bytes()
-        .any(|b| b == b' ' || b == b'.' || b.is_ascii_uppercase())
+        .enumerate()
+        .any(|(i, b)| mangled(i, b) || b.is_ascii_uppercase())
     {
         return Cow::Borrowed(name);
     }
     Cow::Owned(
-        name.chars()
-            .map(|c| match c {
-                ' ' | '.' => '_',
+        name.char_indices()
+            .map(|(i, c)| match c {
+                ' ' | '.' if i < base => '_',
                 c => c.to_ascii_lowercase(),
             })
             .collect(),

@@ -370,6 +370,14 @@ fn empty_lists_that_turn_a_rule_into_nothing_are_refused() {
     // Fields of one's own only, and the rules turned off, are fine.
     assert!(errors("{mass_assignment: {fields: [], extra_fields: [plan]}}").is_empty());
     assert!(errors("{mass_assignment: {enabled: false}, pagination: {enabled: false}}").is_empty());
+    // Empty lists of a rule turned off are moot.
+    assert!(
+        errors(
+            "{mass_assignment: {enabled: false, fields: [], methods: []}, \
+             pagination: {enabled: false, params: []}}"
+        )
+        .is_empty()
+    );
 }
 
 #[test]
@@ -1191,4 +1199,220 @@ fn graphql_and_json_in_the_shapes_servers_also_read() {
     let part = [body("profile", r#"{"name": "eve", "role": "admin"}"#)];
     assert_eq!(ids(&post(&part, &multipart)), vec![2400]);
     assert!(post(&part, &form).is_empty());
+}
+
+/// A variable's name is matched exactly (GraphQL is case-sensitive), its `variables` member in
+/// any case and every one of them; of several values the largest is taken.
+#[test]
+fn graphql_variables_match_exactly_and_the_largest_value_counts() {
+    let json = facts(BodyKind::Json);
+    let doc = "query($First: Int) { users(first: $First) { friends(first: $First) { id } } }";
+    let with = |members: &[(&str, &str)]| {
+        let mut t = vec![key("$.query"), body("$.query", doc)];
+        for (path, value) in members {
+            t.push(key(path));
+            if !value.is_empty() {
+                t.push(body(path, value));
+            }
+        }
+        ids(&post(&t, &json))
+    };
+    // `first` is another variable: `$First` is 100000, as Go reads it.
+    let f = with(&[
+        ("$.variables", ""),
+        ("$.variables.first", "1"),
+        ("$.variables.First", "100000"),
+    ]);
+    assert!(f.contains(&2505) && f.contains(&2510), "{f:?}");
+    // The other way round `$First` is 1: nothing over the limits.
+    let f = with(&[
+        ("$.variables", ""),
+        ("$.variables.first", "100000"),
+        ("$.variables.First", "1"),
+    ]);
+    assert!(f.is_empty(), "{f:?}");
+    // Two `variables` members (Go merges them, the later wins): the larger value.
+    for members in [
+        [("$.variables.First", "1"), ("$.Variables.First", "100000")],
+        [("$.Variables.First", "100000"), ("$.variables.First", "1")],
+        [
+            ("$.variables", r#"{"First": 1}"#),
+            ("$.VARIABLES", r#"{"First": 100000}"#),
+        ],
+    ] {
+        let f = with(&members);
+        assert!(f.contains(&2505) && f.contains(&2510), "{members:?}: {f:?}");
+    }
+    // GET GraphQL: every `variables` parameter.
+    let f = get(&[
+        q("query", doc),
+        q("variables", r#"{"First": 100000}"#),
+        q("Variables", r#"{"First": 1}"#),
+    ]);
+    assert!(ids(&f).contains(&2505), "{:?}", ids(&f));
+}
+
+/// Every `query` member of a multipart request's operation is analysed (a parsed object no
+/// longer tells which one the server keeps), with every `variables` member.
+#[test]
+fn every_query_member_of_an_operation_is_analysed() {
+    let multipart = facts(BodyKind::Multipart);
+    let ops = |o: &str| [body("operations", o), body("map", "{}")];
+    assert_eq!(
+        ids(&post(
+            &ops(r#"{"Query": "{ ok }", "query": "{ __schema { types { name } } }"}"#),
+            &multipart
+        )),
+        vec![2507]
+    );
+    assert_eq!(
+        ids(&post(
+            &ops(r#"{"query": "{ __schema { types { name } } }", "QUERY": "{ ok }"}"#),
+            &multipart
+        )),
+        vec![2507]
+    );
+    let doc = "query($n: Int) { users(first: $n) { friends(first: $n) { id } } }";
+    for vars in [
+        r#""variables": {"n": 1}, "Variables": {"n": 100000}"#,
+        r#""Variables": {"n": 100000}, "variables": {"n": 1}"#,
+        r#""variables": "{\"n\": 1}", "Variables": "{\"n\": 100000}""#,
+    ] {
+        let f = ids(&post(
+            &ops(&format!(r#"{{"query": "{doc}", {vars}}}"#)),
+            &multipart,
+        ));
+        assert!(f.contains(&2505) && f.contains(&2510), "{vars}: {f:?}");
+    }
+}
+
+// --- `;` pieces and parameter pollution ------------------------------------------------------
+
+/// A `;` piece of a query pair (what servers splitting at `;` read as a parameter).
+fn piece(name: &str, value: &str) -> Target<'static> {
+    Target::new_derived(
+        Location::Query,
+        name.to_string(),
+        Part::Value,
+        value.to_string(),
+    )
+}
+
+/// A `;` piece repeats a parameter split at `&` (its own pair's name too), never another
+/// piece: an RSQL filter's conditions are one parameter.
+#[test]
+fn pieces_repeat_parameters_but_not_each_other() {
+    let rsql = [
+        q("search", "name==x;age=ge=18;age=le=65"),
+        piece("age", "ge=18"),
+        piece("age", "le=65"),
+    ];
+    assert!(get(&rsql).is_empty(), "{:?}", get(&rsql));
+    assert_eq!(
+        ids(&get(&[q("id", "1;id=2"), piece("id", "2")])),
+        vec![2300]
+    );
+    assert_eq!(
+        ids(&get(&[
+            q("age", "5"),
+            q("search", "x;age=ge=18"),
+            piece("age", "ge=18")
+        ])),
+        vec![2300]
+    );
+    // The same past the small-list path.
+    let mut padded: Vec<Target<'static>> = (0..40).map(|i| q(&format!("p{i}"), "1")).collect();
+    padded.extend(rsql.iter().cloned());
+    assert!(get(&padded).is_empty(), "{:?}", get(&padded));
+    padded.push(q("age", "30"));
+    let f = get(&padded);
+    assert_eq!(ids(&f), vec![2300]);
+    assert_eq!(f[0].snippet, "age given 3 times");
+}
+
+/// JSON inside a value is walked whatever its length (no tree is built): a protected key
+/// after 300 KiB of padding is found; an `operations` field too long to read is rule 2502.
+#[test]
+fn long_json_values_are_still_read() {
+    let pad = "x".repeat(300 * 1024);
+    let multipart = facts(BodyKind::Multipart);
+    let part = format!(r#"{{"pad": "{pad}", "profile": {{"role": "admin"}}}}"#);
+    let f = post(&[body("profile", &part)], &multipart);
+    assert_eq!(ids(&f), vec![2400]);
+    assert_eq!(f[0].snippet, "role");
+    let vars = format!(r#"{{"pad": "{pad}", "u": {{"role": "admin"}}}}"#);
+    let json = facts(BodyKind::Json);
+    let t = [
+        key("$.query"),
+        body(
+            "$.query",
+            "mutation($u: UserInput!) { updateUser(input: $u) { id } }",
+        ),
+        key("$.variables"),
+        body("$.variables", &vars),
+    ];
+    assert_eq!(ids(&post(&t, &json)), vec![2400]);
+    let ops = format!(r#"{{"query": "{{ __schema {{ types {{ name }} }} }}", "pad": "{pad}"}}"#);
+    let f = post(&[body("operations", &ops), body("map", "{}")], &multipart);
+    assert_eq!(ids(&f), vec![2502]);
+    assert_eq!(f[0].target, "body:operations");
+}
+
+/// `variables` sent as a string inside a multipart request's `operations` are read for
+/// protected fields (the part's own JSON walk sees only a string there).
+#[test]
+fn string_variables_in_multipart_operations_are_read() {
+    let multipart = facts(BodyKind::Multipart);
+    let ops = r#"{"query": "mutation($u: UserInput!) { updateUser(input: $u) { id } }", "variables": "{\"u\": {\"role\": \"admin\"}}"}"#;
+    let f = post(&[body("operations", ops), body("map", "{}")], &multipart);
+    assert_eq!(ids(&f), vec![2400]);
+    // An object is read once, by the part's walk.
+    let ops = r#"{"query": "mutation($u: UserInput!) { updateUser(input: $u) { id } }", "variables": {"u": {"role": "admin"}}}"#;
+    let f = post(&[body("operations", ops), body("map", "{}")], &multipart);
+    assert_eq!(ids(&f), vec![2400]);
+}
+
+/// A field named `operations` is GraphQL's multipart request only beside its `map` field, or
+/// where its documents look like GraphQL: a bulk API's operations are not.
+#[test]
+fn an_operations_field_is_graphql_beside_its_map_or_when_it_looks_so() {
+    let bulk = r#"[{"op": "search", "query": "red shoes"}]"#;
+    for kind in [BodyKind::Form, BodyKind::Multipart] {
+        assert!(post(&[body("operations", bulk)], &facts(kind)).is_empty());
+        let many: Vec<&str> = (0..20)
+            .map(|_| r#"{"op": "search", "query": "red shoes"}"#)
+            .collect();
+        let many = format!("[{}]", many.join(","));
+        assert!(post(&[body("operations", &many)], &facts(kind)).is_empty());
+        // A document that looks like GraphQL is analysed without the map too.
+        let doc = r#"{"query": "{ __schema { types { name } } }"}"#;
+        assert_eq!(
+            ids(&post(&[body("operations", doc)], &facts(kind))),
+            vec![2507]
+        );
+        // Beside the map every document is GraphQL's.
+        assert_eq!(
+            ids(&post(
+                &[body("operations", bulk), body("map", "{}")],
+                &facts(kind)
+            )),
+            vec![2501]
+        );
+    }
+    // Too long to read: rule 2502 only beside the map.
+    let long = format!(r#"{{"query": "{}"}}"#, "x".repeat(300 * 1024));
+    let multipart = facts(BodyKind::Multipart);
+    assert!(post(&[body("operations", &long)], &multipart).is_empty());
+}
+
+/// PHP makes dots and spaces `_` only in a name's part before its first `[`: `f[a.b]` and
+/// `f[a_b]` are two parameters to it, `a.b` and `a_b` one.
+#[test]
+fn php_mangles_only_the_base_of_a_name() {
+    assert_eq!(names::php_key("f[a.b]"), "f[a.b]");
+    assert_eq!(names::php_key("f.x[a b]"), "f_x[a b]");
+    assert!(get(&[q("f[a.b]", "1"), q("f[a_b]", "2")]).is_empty());
+    assert!(get(&[q("f[a b]", "1"), q("f[a_b]", "2")]).is_empty());
+    assert_eq!(ids(&get(&[q("a.b", "1"), q("a_b", "2")])), vec![2300]);
+    assert_eq!(ids(&get(&[q("f.x[a]", "1"), q("f_x[a]", "2")])), vec![2300]);
 }
