@@ -138,8 +138,6 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
     let mut facts = BodyFacts::default();
     // An untyped POST body's fields as Rack reads them (for the parameter rules).
     let mut loose: Vec<Target<'_>> = Vec::new();
-    // The body was binary to the extraction: its text was inspected nowhere.
-    let mut loose_uninspected = false;
     let mut informational = None;
     let mut over_limit_refused = false;
     match req.body {
@@ -178,22 +176,19 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
                 // to it) as a form, whatever its bytes: one that starts like JSON or looks
                 // binary too (a `text/*` or unknown type it leaves alone, as PHP and Go do).
                 let untyped = first.is_none_or(|v| v.as_bytes().trim_ascii().is_empty());
-                if untyped && req.head.method == http::Method::POST {
+                // Not a body that looks binary: a browser's `fetch` of a Blob sends none, and
+                // random bytes read as a form are a thousand fields of junk, which the
+                // detectors and the pollution rule take for attacks (a residual risk: Rack
+                // reads even those as a form).
+                if untyped
+                    && req.head.method == http::Method::POST
+                    && facts.kind != BodyKind::Binary
+                {
                     let head = targets
                         .iter()
                         .filter(|t| t.location != Location::Body)
                         .count();
-                    loose_uninspected = facts.kind == BodyKind::Binary;
-                    // A binary upload without a type (a browser's `fetch` of a Blob sends
-                    // none) holds an `&` every 256 bytes by chance: read as a form up to the
-                    // target limit, it is not refused for having more (rule 1003 is for text).
-                    let mut past_limit = Vec::new();
-                    let overflow = if loose_uninspected {
-                        &mut past_limit
-                    } else {
-                        &mut findings
-                    };
-                    loose = extract::loose_form(body, &route.limits, head, overflow);
+                    loose = extract::loose_form(body, &route.limits, head, &mut findings);
                 }
             }
             // Servers read the first or the last of two: the one the WAF did not may be another.
@@ -226,17 +221,9 @@ pub fn inspect(route: &RouteWaf, req: &Inspection<'_>) -> Outcome {
             // set of buffers keeps it correct.
             let mut views = Views::new();
             run_detectors(&targets, &mut views, pl, &mut findings);
-            if loose_uninspected {
-                run_detectors(&loose, &mut views, pl, &mut findings);
-            }
             return;
         };
         run_detectors(&targets, &mut views, pl, &mut findings);
-        // A body binary to the extraction is still a form to Rack: its fields' values are
-        // inspected here or nowhere.
-        if loose_uninspected {
-            run_detectors(&loose, &mut views, pl, &mut findings);
-        }
     });
     api::inspect_method(
         &route.api,
@@ -532,9 +519,10 @@ mod tests {
         assert!(!out.blocked, "{:?}", rules(&out));
     }
 
-    /// Rack reads a POST body without a media type as a form whatever its bytes: one starting
-    /// like JSON, one that looks binary (whose values nothing else inspected), one under an
-    /// empty `Content-Type`; a POST only, and within the target limit like any extraction.
+    /// Rack reads a POST body without a media type as a form whatever its bytes: the WAF reads
+    /// one starting like JSON, or under an empty `Content-Type`, as one too — not one that
+    /// looks binary (a Blob uploaded without a type) —; a POST only, and within the target
+    /// limit like any extraction.
     #[test]
     fn an_untyped_post_body_is_a_form_whatever_its_bytes() {
         let with = |method: &str, ct: Option<&[u8]>, body: &[u8]| {
@@ -570,19 +558,13 @@ mod tests {
             "{:?}",
             out.findings
         );
-        // Binary to the extraction: the fields' values are inspected too.
+        // A body that looks binary is not read as a form (a Blob uploaded by `fetch` without a
+        // type: read so, random bytes are a thousand fields of junk the rules take for
+        // attacks); its 100 trailing bytes of 0xFF make this one binary.
         let mut binary = b"role=admin&q=1' UNION SELECT password FROM users--&x=".to_vec();
         binary.extend_from_slice(&[0xff; 100]);
         let out = with("POST", None, &binary);
-        assert!(out.blocked, "{:?}", out.findings);
-        assert!(at(&out, 2400, "body:role"), "{:?}", out.findings);
-        assert!(
-            out.findings.iter().any(|f| f.finding.target == "body:q"
-                && f.finding.class == Class::Sqli
-                && !f.excluded),
-            "{:?}",
-            out.findings
-        );
+        assert!(!out.blocked, "{:?}", rules(&out));
         // Past the target limit: rule 1003, as for any extraction.
         let mut many = String::new();
         for i in 0..4096 {
@@ -595,16 +577,14 @@ mod tests {
             "{:?}",
             rules(&out)
         );
-        // A binary upload without a type, full of `&` by chance: read as far as the limit
-        // goes, not refused for what lies past it.
+        // A binary upload without a type, full of `&` and `=` by chance: passed, as before.
         let mut blob: Vec<u8> = (0..1536 * 1024u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         blob.extend_from_slice(&[0xff; 64]);
         assert!(blob.iter().filter(|&&b| b == b'&').count() > 4096);
-        assert!(blob.contains(&b'='));
         let out = with("POST", None, &blob);
-        assert!(!rules(&out).contains(&1003), "{:?}", rules(&out));
+        assert!(!out.blocked, "{:?}", rules(&out));
         // Other methods are not read as forms.
         for method in ["PUT", "PATCH", "DELETE"] {
             let out = with(method, None, b"name=eve&role=admin");
