@@ -116,6 +116,17 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
         errors: &errors,
         base_dir,
     };
+    // Headers the authorization step sets on some route and removes from every request: a
+    // policy decision's, every route's verified tenant.
+    let authz_owned: Vec<HeaderName> = authz
+        .policy_headers
+        .iter()
+        .cloned()
+        .chain(raw.routes.iter().filter_map(|r| {
+            let t = r.authz.as_ref()?.tenant.as_ref()?;
+            HeaderName::from_bytes(t.upstream_header.as_bytes()).ok()
+        }))
+        .collect();
     for (i, r) in raw.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
         if !names.insert(r.name.as_str()) {
@@ -143,7 +154,7 @@ pub fn compile(raw: RawConfig, base_dir: &Path) -> Result<Config, ConfigErrors> 
             );
         }
         if let Some(r) = routes.last() {
-            check_renames_into_vouched_headers(r, &auth, &path, &mut e);
+            check_renames_into_vouched_headers(r, &auth, &authz_owned, &path, &mut e);
             check_token_exchange_route(
                 r,
                 (&upstreams, &listeners, &server),
@@ -1711,16 +1722,17 @@ fn mtls_listener(raw: &RawConfig) -> bool {
 
 /// Route header rules apply after the identity and authorization steps: renaming a field the
 /// client sends into one the gateway vouches for — an identity header or a name stripped from
-/// every request, the route's verified tenant header, its gateway-signed token's header —
-/// would hand the client's value on as verified (on a route, or for a principal, where the
-/// gateway sets none). Names are compared as backends read them (`_` for `-`, any case).
+/// every request, a verified tenant header or a policy decision's (`authz_owned`: removed from
+/// every request, set on some routes), the route's gateway-signed token's header — would hand
+/// the client's value on as verified (on a route, or for a principal, where the gateway sets
+/// none). Names are compared as backends read them (`_` for `-`, any case).
 fn check_renames_into_vouched_headers(
     route: &Route,
     auth: &AuthSettings,
+    authz_owned: &[HeaderName],
     path: &str,
     e: &mut ConfigErrors,
 ) {
-    let tenant = route.authz.tenant.as_ref().map(|t| &t.upstream_header);
     let token = route
         .auth
         .internal_audience
@@ -1731,7 +1743,7 @@ fn check_renames_into_vouched_headers(
             .identity
             .strip
             .iter()
-            .chain(tenant)
+            .chain(authz_owned)
             .chain(token)
             .any(|v| {
                 portcullis_core::same_name_folded(to.as_str().as_bytes(), v.as_str().as_bytes())
@@ -1740,9 +1752,9 @@ fn check_renames_into_vouched_headers(
             e.push(
                 format!("{path}.request_headers.rename.{from}"),
                 format!(
-                    "{to} is a header the gateway vouches for (the verified identity, tenant or \
-                     token, or a name stripped from every request): a client's {from} would \
-                     pass for it"
+                    "{to} is a header the gateway vouches for (the verified identity, a tenant, \
+                     a policy decision's or the gateway's token, or a name stripped from every \
+                     request): a client's {from} would pass for it"
                 ),
             );
         }

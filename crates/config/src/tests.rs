@@ -1875,6 +1875,32 @@ routes:
         assert!(e.iter().any(|m| m.starts_with(&want)), "{want}: {e:#?}");
     }
     assert_eq!(e.len(), 2, "{e:#?}");
+    // Another route's verified tenant and a policy decision's header, which the gateway
+    // removes from every request and sets on some.
+    let e = errs(
+        r#"
+upstreams: { d: { kind: echo } }
+authz: { policy_headers: [x-allowed-accounts] }
+auth:
+  jwt: { a: { issuer: https://a.test, hmac_secret: { value: "0123456789abcdef0123456789abcdef" }, algorithms: [HS256] } }
+routes:
+  - name: t
+    match: { prefix: /t }
+    upstream: d
+    auth: { methods: [jwt] }
+    authz: { allow: any-authenticated, tenant: { claim: org, header: x-tenant, upstream_header: x-verified-tenant } }
+  - name: r
+    match: { prefix: /r }
+    upstream: d
+    auth: { anonymous: true }
+    request_headers: { rename: { x-t: x_verified_tenant, x-acc: x-allowed-accounts } }
+"#,
+    );
+    for from in ["x-t", "x-acc"] {
+        let want = format!("routes[1].request_headers.rename.{from}: ");
+        assert!(e.iter().any(|m| m.starts_with(&want)), "{want}: {e:#?}");
+    }
+    assert_eq!(e.len(), 2, "{e:#?}");
 }
 
 /// The token endpoint takes client secrets and tokens: no listener may carry it in cleartext

@@ -26,17 +26,23 @@ pub enum Lookup {
     Found(RouteMatch),
     MethodNotAllowed(Vec<Method>),
     NotFound,
-    /// A template route's literals matched but a capture does not decode to UTF-8: refused,
-    /// not left to a less specific route (whose rules would then judge that path).
+    /// The route that takes the request is a template one of whose captures does not decode
+    /// to UTF-8: refused, not left to a less specific route (whose rules would then judge that
+    /// path). A more specific route (by host, method or path) still takes it.
     Undecodable,
 }
+
+/// The best route so far: its key (host score, path score, takes the method itself), its
+/// index, its captures, and whether one of them did not decode.
+type Candidate = ((usize, usize, bool), usize, Params, bool);
 
 /// How a route's path takes a request's.
 enum PathFit {
     No,
     Yes(usize, Params),
-    /// A template whose literals match, one of whose captures does not decode to UTF-8.
-    Undecodable,
+    /// A template whose literals match (with its score), one of whose captures does not
+    /// decode to UTF-8.
+    Undecodable(usize),
 }
 
 struct Entry {
@@ -112,12 +118,13 @@ fn path_score(m: &PathMatch, path: &str) -> PathFit {
                     }
                 }
             }
+            let score = 2_000_000 + literal * 1000 + segs.len();
             if parts.next().is_some() {
                 PathFit::No
             } else if undecodable {
-                PathFit::Undecodable
+                PathFit::Undecodable(score)
             } else {
-                PathFit::Yes(2_000_000 + literal * 1000 + segs.len(), params)
+                PathFit::Yes(score, params)
             }
         }
     }
@@ -161,7 +168,7 @@ impl RouteTable {
     /// The lookup for a request that came in on `listener`: routes restricted to other
     /// listeners are not there for it.
     pub fn lookup_on(&self, listener: &str, host: &str, path: &str, method: &Method) -> Lookup {
-        let mut best: Option<((usize, usize, bool), usize, Params)> = None;
+        let mut best: Option<Candidate> = None;
         let mut allowed: Vec<Method> = Vec::new();
         let mut path_hit = false;
         for (i, e) in self.entries.iter().enumerate() {
@@ -171,10 +178,10 @@ impl RouteTable {
             let Some(hs) = host_score(&e.hosts, host) else {
                 continue;
             };
-            let (ps, params) = match path_score(&e.path, path) {
+            let (ps, params, undecodable) = match path_score(&e.path, path) {
                 PathFit::No => continue,
-                PathFit::Yes(ps, params) => (ps, params),
-                PathFit::Undecodable => return Lookup::Undecodable,
+                PathFit::Yes(ps, params) => (ps, params, false),
+                PathFit::Undecodable(ps) => (ps, Vec::new(), true),
             };
             path_hit = true;
             // A HEAD is served by a GET route, but a route that lists HEAD itself (an OpenAPI
@@ -196,12 +203,15 @@ impl RouteTable {
                 continue;
             }
             let key = (hs, ps, own_method);
-            if best.as_ref().is_none_or(|(k, _, _)| key > *k) {
-                best = Some((key, i, params));
+            if best.as_ref().is_none_or(|(k, ..)| key > *k) {
+                best = Some((key, i, params, undecodable));
             }
         }
         match best {
-            Some((_, i, params)) => Lookup::Found(RouteMatch {
+            // The route that takes the request cannot read its captures: refused, not left to
+            // a less specific route.
+            Some((.., true)) => Lookup::Undecodable,
+            Some((_, i, params, false)) => Lookup::Found(RouteMatch {
                 id: RouteId(i),
                 name: self.entries[i].name.clone(),
                 params,
@@ -367,6 +377,15 @@ mod tests {
         }
         // Paths no template takes are routed as before.
         assert_eq!(found(t.lookup("x", "/api/%FF", &g)).0, "api");
+        // A more specific route by host, or the only one taking the method, still takes it.
+        assert_eq!(
+            found(t.lookup("admin.example.com", "/api/orders/%FF", &g)).0,
+            "host"
+        );
+        assert_eq!(
+            found(t.lookup("x", "/api/orders/%FF", &Method::POST)).0,
+            "api"
+        );
     }
 
     #[test]

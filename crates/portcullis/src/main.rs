@@ -732,6 +732,20 @@ fn watched_files(gw: &Gateway, path: &Path, after_refusal: bool) -> Vec<PathBuf>
     {
         named(&raw, &mut files);
         if after_refusal {
+            // A reload refused for a client CA or SPIFFE bundle caught half written (during a
+            // certificate rotation, say) is tried again once it is whole.
+            for t in raw.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+                for f in t
+                    .client_auth
+                    .iter()
+                    .flat_map(|a| std::iter::once(&a.ca_file).chain(a.spiffe_bundles.values()))
+                {
+                    let f = portcullis_core::resolve_path(base, f);
+                    if !files.contains(&f) {
+                        files.push(f);
+                    }
+                }
+            }
             for spec in raw
                 .routes
                 .iter()

@@ -505,13 +505,17 @@ pub fn may_act(subject: &Principal, actor: &Principal) -> bool {
     }
 }
 
-/// Whether two tokens come from one issuer: their `iss` when both carry one (the same
-/// provider configured twice, as a JWT issuer and an introspection endpoint, is one issuer),
-/// else the configured authority that verified them.
+/// Whether two tokens come from one issuer: the configured authority that verified them, or,
+/// for two JWTs, their `iss` (pinned by the issuer's configuration: the same provider
+/// configured twice is one issuer). An introspection answer's `iss` is the endpoint's word,
+/// unchecked unless configured: a partner's server could name the main provider in it.
 fn same_issuer(a: &Principal, b: &Principal) -> bool {
-    match (&a.issuer, &b.issuer) {
-        (Some(x), Some(y)) => x == y,
-        _ => a.authority == b.authority,
+    if a.authority == b.authority {
+        return true;
+    }
+    match (a.method, b.method, &a.issuer, &b.issuer) {
+        (AuthMethod::Jwt, AuthMethod::Jwt, Some(x), Some(y)) => x == y,
+        _ => false,
     }
 }
 
@@ -614,16 +618,20 @@ mod tests {
         );
         assert!(may_act(&named, &partner));
         assert!(!may_act(&named, &a));
-        // One provider configured twice (a JWT issuer and an introspection endpoint): one
-        // issuer by its `iss`.
+        // One provider configured as two JWT issuers: one issuer by its (pinned) `iss`.
         let mut subject = principal(
             "alice",
             json!({"iss": "https://idp", "may_act": {"sub": "svc-b"}}),
         );
-        subject.authority = Arc::from("idp-jwt");
+        subject.authority = Arc::from("idp-1");
         let mut actor = principal("svc-b", json!({"iss": "https://idp"}));
-        actor.authority = Arc::from("idp-introspection");
+        actor.authority = Arc::from("idp-2");
         assert!(may_act(&subject, &actor));
+        // An introspection answer's `iss` is its endpoint's word: a partner's server naming
+        // the main provider is not it.
+        actor.method = AuthMethod::Introspection;
+        actor.authority = Arc::from("partner-introspection");
+        assert!(!may_act(&subject, &actor));
     }
 
     /// `act.sub` is the actor token's own `sub` (with its `iss`), not the subject an issuer's

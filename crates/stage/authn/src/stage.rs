@@ -439,16 +439,16 @@ impl Authn {
         Some(Ok(Arc::new(p)))
     }
 
-    /// Revocation is checked on every use, cached or not: `Invalid("revoked")` for a revoked
-    /// credential. A credential that could be revoked (a token with a `jti`, an API key — its
-    /// hash was checked before it was looked up —, a client certificate) while the shared
-    /// revocation list has never been read is `Unavailable("revocations_not_loaded")`: it may
-    /// be revoked in the store alone, and the other Redis-backed checks fail closed (503).
     /// [`bound_to_sender`] with this authenticator's revocations.
     fn bound_to_sender(&self, p: &Principal, ctx: &RequestCtx) -> Result<(), Fail> {
         bound_to_sender(p, ctx, &self.revocations)
     }
 
+    /// Revocation is checked on every use, cached or not: `Invalid("revoked")` for a revoked
+    /// credential. A credential that could be revoked (a token with a `jti`, an API key — its
+    /// hash was checked before it was looked up —, a client certificate) while the shared
+    /// revocation list has never been read is `Unavailable("revocations_not_loaded")`: it may
+    /// be revoked in the store alone, and the other Redis-backed checks fail closed (503).
     fn revocation(&self, p: &Principal) -> Result<(), Fail> {
         let revocable = match p.method {
             AuthMethod::Jwt | AuthMethod::Introspection => match p.credential_id.as_deref() {

@@ -850,14 +850,30 @@ fn xml_joined_text_has_a_budget_and_is_not_counted() {
     let (n, joined, rules) = xml(&doc, &ExtractLimits::default());
     assert!(rules.is_empty(), "{rules:?}");
     assert_eq!((n, joined.len()), (5200, 1300));
-    // Nested mixed content holding a long text: each level would hold it again.
+    // Nested mixed content holding a long text: each level holds it again, within four times
+    // the body's length …
     let long = "z".repeat(10_000);
-    let nested = format!("<r>{}{long}{}</r>", "<a>x<b/>".repeat(8), "</a>".repeat(8));
-    let (_, joined, rules) = xml(&nested, &ExtractLimits::default());
+    let nested = |levels: usize| {
+        format!(
+            "<r>{}{long}{}</r>",
+            "<a>x<b/>".repeat(levels),
+            "</a>".repeat(levels)
+        )
+    };
+    let three = nested(3);
+    let (_, joined, rules) = xml(&three, &ExtractLimits::default());
     assert!(rules.is_empty(), "{rules:?}");
-    assert!(joined.iter().sum::<usize>() <= nested.len(), "{joined:?}");
+    assert_eq!(joined.len(), 3);
+    assert!(
+        joined.iter().sum::<usize>() <= 4 * three.len(),
+        "{joined:?}"
+    );
     // The innermost ones are made first.
     assert_eq!(joined.first(), Some(&(long.len() + 1)));
+    // … and past it the body does not pass (a split attack behind enough nesting would
+    // otherwise go unread): rule 1002.
+    let (_, _, rules) = xml(&nested(8), &ExtractLimits::default());
+    assert_eq!(rules, [1002]);
 }
 
 #[test]

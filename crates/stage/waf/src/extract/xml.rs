@@ -16,6 +16,10 @@ fn at(pos: u64) -> usize {
 /// holds the text of those inside it again. Deeper is rule 1002. (The joined texts' total
 /// length is bounded by the body's: [`Doc::joined_budget`].)
 const MAX_MIXED_NESTING: usize = 8;
+/// Joined texts may hold, in all, this many times the body's length: nested mixed content
+/// repeats its text at every level (at most [`MAX_MIXED_NESTING`]), and ordinary rich text
+/// (DocBook, XHTML) repeats it once or twice.
+const JOINED_PER_BYTE: usize = 4;
 
 /// Reads `body` as an XML document, pushing text, attribute, DOCTYPE and PI targets, and the
 /// joined text of elements with mixed content.
@@ -37,7 +41,7 @@ pub(super) fn extract<'a>(
         runs: 0,
         roots: 0,
         max_depth,
-        joined_budget: body.len(),
+        joined_budget: body.len().saturating_mul(JOINED_PER_BYTE),
     };
     loop {
         if sink.full {
@@ -294,8 +298,8 @@ impl<'a> Doc<'a> {
     /// read it (`<q>1' UNI<b/>ON SELECT …</q>` is `1' UNION SELECT …`). Each piece stays a
     /// target of its own. Such elements nested more than [`MAX_MIXED_NESTING`] deep are
     /// [`Problem::TooDeep`]. Joined texts are derived targets, not counted toward the target
-    /// limit: they are made while their total length stays within the body's
-    /// ([`Doc::joined_budget`]), and past it no more are, without a finding.
+    /// limit: they are made while their total length stays within [`JOINED_PER_BYTE`] times the
+    /// body's ([`Doc::joined_budget`]); a joined text past it makes the body rule 1002.
     fn close(&mut self, here: usize, sink: &mut Sink<'a, '_>) -> Result<(), Problem> {
         let Some(f) = self.open.pop() else {
             return Ok(());
@@ -306,8 +310,13 @@ impl<'a> Doc<'a> {
             return Err(Problem::TooDeep { at: here });
         }
         let value = self.text.get(f.text..).unwrap_or_default();
-        if joined && !sink.full && value.len() <= self.joined_budget {
-            self.joined_budget -= value.len();
+        if joined && !sink.full {
+            // Past the budget the joined text is not made, and the body does not pass: a split
+            // attack behind enough nested mixed content would otherwise go unread.
+            let Some(left) = self.joined_budget.checked_sub(value.len()) else {
+                return Err(Problem::TooDeep { at: here });
+            };
+            self.joined_budget = left;
             sink.push_uncounted(Target::new_derived(
                 Location::Body,
                 self.path.clone(),

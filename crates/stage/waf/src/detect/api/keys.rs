@@ -12,8 +12,9 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use super::names::NameSet;
 
 /// The first key, at any depth of the JSON document `json`, that names one of `fields`; none
-/// when there is none or when `json` is not one JSON document (what its parsers refuse binds
-/// nothing).
+/// when there is none. A key found before the walk stops — at nesting deeper than serde_json
+/// reads (128 levels; Jackson reads a thousand), a number out of its range, text after the
+/// document (Jackson ignores it by default) — still counts: a more lenient parser binds it.
 pub(super) fn protected_key(fields: &NameSet, json: &str) -> Option<String> {
     let mut found = None;
     let mut de = serde_json::Deserializer::from_str(json);
@@ -21,8 +22,7 @@ pub(super) fn protected_key(fields: &NameSet, json: &str) -> Option<String> {
         fields,
         found: &mut found,
     };
-    scan.deserialize(&mut de).ok()?;
-    de.end().ok()?;
+    let _ = scan.deserialize(&mut de);
     found
 }
 
@@ -144,10 +144,22 @@ mod tests {
         assert_eq!(find(r#"{"r\u006fle":1}"#).as_deref(), Some("role"));
         // Values are not keys.
         assert_eq!(find(r#"{"name":"role","tags":["is_admin"]}"#), None);
-        // Not one JSON document: nothing.
-        assert_eq!(find(r#"{"role":"admin""#), None);
-        assert_eq!(find(r#"{"role":"admin"} x"#), None);
-        // Deeper than serde_json reads: nothing, and no overflow.
+        // A key read before the walk stops counts: a more lenient parser binds it (a
+        // document cut short, text after it, nesting deeper than serde_json reads, a number
+        // out of its range).
+        assert_eq!(find(r#"{"role":"admin""#).as_deref(), Some("role"));
+        assert_eq!(find(r#"{"role":"admin"} x"#).as_deref(), Some("role"));
+        let deep = format!(
+            r#"{{"role":"admin","p":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(find(&deep).as_deref(), Some("role"));
+        assert_eq!(
+            find(r#"{"role":"admin","x":1e400}"#).as_deref(),
+            Some("role")
+        );
+        // Deeper than serde_json reads, with no key before: nothing, and no overflow.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert_eq!(find(&deep), None);
         // Long values cost no tree: a few MiB read through.
