@@ -783,6 +783,30 @@ async fn routes_can_be_reserved_for_listeners() {
     );
 }
 
+/// A path a template route takes whose captured segment is not UTF-8 once decoded (`%FF`) is
+/// refused with a problem document — not matched lossily, nor left to the catch-all — and
+/// nothing reaches the upstream; a segment that decodes is routed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_template_capture_is_a_bad_request() {
+    let up = TestUpstream::start("a").await;
+    let gw = gateway(&format!(
+        "{}routes:\n  - {{ name: item, match: {{ path: \"/items/{{id}}\" }}, upstream: svc }}\n  - {{ name: all, match: {{ prefix: / }}, upstream: svc }}\n",
+        upstream_section(&up.url())
+    ));
+    let base = gw.url("public");
+    let r = get(&format!("{base}/items/%FF")).await;
+    let v = assert_problem(&r, 400, "bad_request");
+    assert_eq!(
+        v["detail"],
+        "a path segment a route captures is not UTF-8 once percent-decoded"
+    );
+    let ev = audit_of(&gw, v["request_id"].as_str().unwrap());
+    assert_eq!(ev["stage"], "route", "{ev}");
+    assert_eq!(up.hits(), 0);
+    assert_eq!(get(&format!("{base}/items/caf%C3%A9")).await.status, 200);
+    assert_eq!(up.requests().pop().unwrap().uri, "/items/caf%C3%A9");
+}
+
 /// Behind a trusted proxy, a request refused by the first checks (a malformed one, a path
 /// that cannot be normalised) is the client's: in its audit event and for bans. Before, such
 /// refusals were the balancer's — its own requests banned, the attacker never.

@@ -777,6 +777,26 @@ async fn bodies_read_another_way_are_refused() {
         );
         assert_eq!(up.hits(), before, "{headers:?} reached the upstream");
     }
+    // A type with a byte beyond ASCII (sent raw: no client library writes one), whose form
+    // PHP and Go read while the WAF could not read its type.
+    let before = up.hits();
+    let out = raw_chunked(
+        &gw,
+        "/orders",
+        &[("Content-Type", "application/x-www-form-urlencoded; x=é")],
+        &[b"name=eve&role=admin"],
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(out.contains("application/problem+json"), "{out}");
+    assert!(out.contains(r#""code":"waf_blocked""#), "{out}");
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap();
+    let ev = audit_of(&gw, id.trim());
+    assert!(matches(&ev).iter().any(|m| m["rule"] == 1005), "{ev}");
+    assert_eq!(up.hits(), before, "reached the upstream");
     // Still healthy: the same kinds of bodies, read one way, pass.
     let r = call(
         &gw,

@@ -230,42 +230,21 @@ pub fn inspect(t: &Target<'_>, views: &mut Views, paranoia: u8, out: &mut Vec<Fi
         ),
     });
     let snippet = canon.get(canon.find("${").unwrap_or(0)..).unwrap_or(canon);
-    // Nesting the resolver could not see through within its bound does not pass.
-    if found.exhausted {
-        push_once(
-            RULES,
-            1,
-            &mut seen,
-            paranoia,
-            t,
-            View::Canonical,
-            snippet,
-            out,
-        );
-    }
-    if found.jndi {
-        push_once(
-            RULES,
-            0,
-            &mut seen,
-            paranoia,
-            t,
-            View::Canonical,
-            snippet,
-            out,
-        );
-    }
-    if found.remote {
-        push_once(
-            RULES,
-            4,
-            &mut seen,
-            paranoia,
-            t,
-            View::Canonical,
-            snippet,
-            out,
-        );
+    // Rule 2001 for nesting the resolver could not see through within its bound (it does not
+    // pass), 2000 for a JNDI lookup, 2004 for one that reaches out.
+    for (hit, rule) in [(found.exhausted, 1), (found.jndi, 0), (found.remote, 4)] {
+        if hit {
+            push_once(
+                RULES,
+                rule,
+                &mut seen,
+                paranoia,
+                t,
+                View::Canonical,
+                snippet,
+                out,
+            );
+        }
     }
 }
 
