@@ -1183,6 +1183,8 @@ def main_only():
     else:
         print(f"\n{NCPU} cores ({cpu}); servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; "
               f"`wrk -t1 -c{CONNECTIONS} -d{DURATION}s`, median of {REPEAT}.")
+    if ONLY in ("plain", "instructions"):
+        print(build_note())
     print("\n".join(lines))
     if os.environ.get("BENCH_KEEP"):
         # For profiling: the callgrind dumps (`*.callgrind.*`) and logs stay for callgrind_annotate.
@@ -1256,6 +1258,16 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
 
 
+def build_note():
+    """What the binary measured as *portcullis* is: the release build, and whether that build used
+    the committed profile (scripts/rustc-pgo, ADR 0016), or the binary named by --bin."""
+    if BIN != os.path.join(ROOT, "target", "release", "portcullis"):
+        return f"*portcullis* is `{BIN}`."
+    status = subprocess.run([os.path.join(ROOT, "scripts", "rustc-pgo"), "--status"],
+                            capture_output=True, text=True).stdout.strip()
+    return f"*portcullis* is `cargo build --release`; {status or 'scripts/rustc-pgo --status failed'}."
+
+
 def report(results, waf=None, contract=None):
     cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
                          capture_output=True, text=True).stdout.strip()
@@ -1270,6 +1282,7 @@ def report(results, waf=None, contract=None):
         f"{REPEAT} runs of {DURATION} s, made in rounds: each round runs every server under every load once, "
         "so that a drift of the machine's speed over the run falls on all of them alike.\n")
     add(f"- Machine: {NCPU} cores ({cpu}); servers pinned to CPU {SERVER_CPU}, load generators to CPU {LOAD_CPU}.")
+    add(f"- Build: {build_note()}")
     add(f"- Upstream: nginx returning a fixed 13-byte body, or a 16 KiB file; {ngv.replace('nginx version: nginx/', 'nginx ')}.")
     add("- nginx proxy: one worker, upstream keep-alive (`keepalive 256`, HTTP/1.1, `Connection \"\"`), `Host` and")
     add("  `X-Forwarded-For` set; *nginx-same* = the same made to send and return the header fields the plain")
@@ -1324,9 +1337,9 @@ def report(results, waf=None, contract=None):
         ln = results[("portcullis-lean", label)]
         add(f"| {label} | {pc['rps'] / ng['rps']:.2f} | {pc['rps'] / upr['rps']:.2f} | {p99} | {pc['rps'] / ns['rps']:.2f} | {sp99} | {ln['rps'] / ng['rps']:.2f} | {p99_ratio(ln, ng)} | {sec['rps'] / pc['rps']:.2f} | {jw['rps'] / sec['rps']:.2f} | {jn['rps'] / sec['rps']:.2f} | {cost} | {az['rps'] / jw['rps']:.2f} | {az['cpu_us_per_req'] - jw['cpu_us_per_req']:+.1f} | {rll['rps'] / sec['rps']:.2f} | {rlr['rps'] / sec['rps']:.2f} | {rlc} |")
     if ("portcullis-pgo", "small") in results:
-        add("\n*pgo* is the plain proxy's configuration run by the profile-guided build of the same code")
-        add("(`bench/pgo.sh`; `bench/run.sh --pgo` builds it before measuring):\n")
-        add("| test | PGO build ÷ nginx (req/s) | PGO p99 ÷ nginx p99 | PGO build ÷ nginx-same (req/s) | PGO p99 ÷ nginx-same p99 | PGO build ÷ default build (req/s) | CPU µs/req (default / PGO) |")
+        add("\n*pgo* is the plain proxy's configuration run by a build guided by a profile trained in this run")
+        add("(`bench/pgo.sh`; `bench/run.sh --pgo` builds it before measuring), beside the release build:\n")
+        add("| test | PGO build ÷ nginx (req/s) | PGO p99 ÷ nginx p99 | PGO build ÷ nginx-same (req/s) | PGO p99 ÷ nginx-same p99 | PGO build ÷ release build (req/s) | CPU µs/req (release / PGO) |")
         add("|---|---:|---:|---:|---:|---:|---:|")
         for label in ("small", "16k", "h2"):
             pg, pc, ng = results[("portcullis-pgo", label)], results[("portcullis", label)], results[("nginx", label)]
