@@ -45,11 +45,12 @@ mkdir -p "$data"
 
 # Both builds go through scripts/rustc-pgo, cargo's rustc wrapper here, exactly as a release build
 # does: the same compilations instrumented, then the same given the profile. A profile names
-# functions by their symbols, whose hashes cargo derives from how it builds (the target, the
-# compiler, features): anything but `cargo build --release -p portcullis` as users run it (an
-# explicit --target, say) would record a profile their builds find nothing of. RUSTFLAGS are
-# cleared so that the environment's flags change neither.
-RUSTFLAGS='' PORTCULLIS_PGO=generate PORTCULLIS_PGO_DATA=$data CARGO_TARGET_DIR=$root/target/pgo-generate \
+# functions by their symbols, whose hashes cargo derives from how it builds (the compiler, an
+# explicit --target, the profile's settings, features): anything but `cargo build --release -p
+# portcullis` as users run it would record a profile their builds find nothing of. (The
+# environment's RUSTFLAGS do not enter those hashes; they are left as they are, so that the
+# profile is made from the code the release build compiles.)
+PORTCULLIS_PGO=generate PORTCULLIS_PGO_DATA=$data CARGO_TARGET_DIR=$root/target/pgo-generate \
   cargo build --release --locked -p portcullis
 # Each instrumented process writes its profile when it exits (the bench stops them with SIGTERM).
 python3 bench/run.py --only train --bin target/pgo-generate/release/portcullis
@@ -57,7 +58,7 @@ ls "$data"/*.profraw >/dev/null
 # Sparse: functions the training never ran are left out (a sixth of the size, the same layout:
 # docs/performance.md).
 "$profdata" merge --sparse -o "$data/merged.profdata" "$data"/*.profraw
-RUSTFLAGS='' PORTCULLIS_PGO_PROFILE=$data/merged.profdata CARGO_TARGET_DIR=$root/target/pgo \
+PORTCULLIS_PGO_PROFILE=$data/merged.profdata CARGO_TARGET_DIR=$root/target/pgo \
   cargo build --release --locked -p portcullis
 echo "built: target/pgo/release/portcullis"
 if [ "$record" = 1 ]; then

@@ -906,7 +906,7 @@ def plain_report(r):
               "(`LEAN`: no request id, `traceparent` or security headers of its own; `X-Forwarded-For`, "
               "`-Proto`, `-Host`)."]
     if COMPARE:
-        lines += ["", f"B (portcullis-b) is {'the PGO build, ' if PGO else ''}`{COMPARE}`."]
+        lines += ["", f"B (portcullis-b) is {'the PGO build, ' if PGO else ''}{build_note(COMPARE)}."]
     return lines
 
 
@@ -1184,7 +1184,7 @@ def main_only():
         print(f"\n{NCPU} cores ({cpu}); servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; "
               f"`wrk -t1 -c{CONNECTIONS} -d{DURATION}s`, median of {REPEAT}.")
     if ONLY in ("plain", "instructions"):
-        print(build_note())
+        print(f"*portcullis* is {build_note()}.")
     print("\n".join(lines))
     if os.environ.get("BENCH_KEEP"):
         # For profiling: the callgrind dumps (`*.callgrind.*`) and logs stay for callgrind_annotate.
@@ -1258,14 +1258,34 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
 
 
-def build_note():
-    """What the binary measured as *portcullis* is: the release build, and whether that build used
-    the committed profile (scripts/rustc-pgo, ADR 0016), or the binary named by --bin."""
-    if BIN != os.path.join(ROOT, "target", "release", "portcullis"):
-        return f"*portcullis* is `{BIN}`."
-    status = subprocess.run([os.path.join(ROOT, "scripts", "rustc-pgo"), "--status"],
-                            capture_output=True, text=True).stdout.strip()
-    return f"*portcullis* is `cargo build --release`; {status or 'scripts/rustc-pgo --status failed'}."
+def build_note(binary=None):
+    """What a measured binary is (*portcullis*: BIN), and whether it was built with a profile
+    (ADR 0016). Read from the dependency file cargo writes beside the binary, which lists the
+    profile the compiler read: the wrapper's settings now may not be those it was built with
+    (cargo does not rebuild when they change)."""
+    binary = binary or BIN
+    name = ("`cargo build --release`" if binary == os.path.join(ROOT, "target", "release", "portcullis")
+            else f"`{binary}`")
+    try:
+        with open(binary + ".d") as f:
+            deps = f.read().split()
+    except OSError:
+        return f"{name} (no dependency file beside it: whether a profile guided its build is not known)"
+    profiles = sorted({d for d in deps if d.endswith(".profdata")})
+    if not profiles:
+        return f"{name}, built without a profile"
+    if profiles == [os.path.join(ROOT, "pgo", "portcullis.profdata")]:
+        recorded = {}
+        try:
+            with open(os.path.join(ROOT, "pgo", "recorded.txt")) as f:
+                for line in f:
+                    key, _, value = line.partition(": ")
+                    recorded.setdefault(key, value.strip())
+        except OSError:
+            pass
+        return (f"{name}, profile-guided by the committed profile (`pgo/`, recorded "
+                f"{recorded.get('recorded', '?')} from the code at {recorded.get('code', '?')})")
+    return f"{name}, profile-guided by {', '.join(profiles)}"
 
 
 def report(results, waf=None, contract=None):
@@ -1282,7 +1302,7 @@ def report(results, waf=None, contract=None):
         f"{REPEAT} runs of {DURATION} s, made in rounds: each round runs every server under every load once, "
         "so that a drift of the machine's speed over the run falls on all of them alike.\n")
     add(f"- Machine: {NCPU} cores ({cpu}); servers pinned to CPU {SERVER_CPU}, load generators to CPU {LOAD_CPU}.")
-    add(f"- Build: {build_note()}")
+    add(f"- Build: *portcullis* is {build_note()}.")
     add(f"- Upstream: nginx returning a fixed 13-byte body, or a 16 KiB file; {ngv.replace('nginx version: nginx/', 'nginx ')}.")
     add("- nginx proxy: one worker, upstream keep-alive (`keepalive 256`, HTTP/1.1, `Connection \"\"`), `Host` and")
     add("  `X-Forwarded-For` set; *nginx-same* = the same made to send and return the header fields the plain")

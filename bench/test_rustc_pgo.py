@@ -29,16 +29,16 @@ release: 1.95.0
 LLVM version: 22.1.2
 """
 
-# A stand-in compiler: answers -vV like rustc (host and commit from the environment), otherwise
-# prints each argument on a line of its own.
+# A stand-in compiler: answers -vV with $FAKE_VV (by default the recorder's), otherwise prints
+# each argument on a line of its own.
 FAKE_RUSTC = """#!/bin/sh
 if [ "$1" = -vV ]; then
-  printf 'rustc 1.95.0 (%.9s 2026-04-14)\\ncommit-hash: %s\\nhost: %s\\nLLVM version: 22.1.2\\n' \\
-    "$FAKE_COMMIT" "$FAKE_COMMIT" "$FAKE_HOST"
+  printf '%s\\n' "$FAKE_VV"
   exit 0
 fi
 for a in "$@"; do printf '%s\\n' "$a"; done
 """
+RECORDED_VV = RECORDED[RECORDED.index("rustc 1.95.0"):].rstrip("\n")
 RECORDER = "59807616e1fa2540724bfbac14d7976d7e4a3860"
 
 RELEASE = ["--crate-name", "tokio", "--edition=2021", "src/lib.rs", "--crate-type", "lib",
@@ -64,7 +64,7 @@ class Wrapper(unittest.TestCase):
         with open(self.rustc, "w") as f:
             f.write(FAKE_RUSTC)
         os.chmod(self.rustc, os.stat(self.rustc).st_mode | stat.S_IXUSR)
-        self.env = dict(os.environ, FAKE_HOST="x86_64-unknown-linux-gnu", FAKE_COMMIT=RECORDER)
+        self.env = dict(os.environ, FAKE_VV=RECORDED_VV)
         for k in ("PORTCULLIS_PGO", "PORTCULLIS_PGO_DATA", "PORTCULLIS_PGO_PROFILE"):
             self.env.pop(k, None)
 
@@ -106,9 +106,7 @@ class Wrapper(unittest.TestCase):
     def test_other_builds_pass_through_unchanged(self):
         for args in (DEBUG, CLIPPY, ["-vV"], ["-", "--crate-name", "___", "--print=file-names"],
                      RELEASE[:-4] + ["-C", "opt-level=2"] + RELEASE[-2:]):
-            self.assertEqual(self.run_wrapper(args), args if args != ["-vV"] else
-                             ["rustc 1.95.0 (59807616e 2026-04-14)", "commit-hash: " + RECORDER,
-                              "host: x86_64-unknown-linux-gnu", "LLVM version: 22.1.2"])
+            self.assertEqual(self.run_wrapper(args), args if args != ["-vV"] else RECORDED_VV.split("\n"))
 
     def test_a_profiling_build_of_its_own_is_left_alone(self):
         for extra in (["-Cprofile-generate=/tmp/d"], ["-C", "profile-generate=/tmp/d"],
@@ -118,14 +116,42 @@ class Wrapper(unittest.TestCase):
     def test_another_target_or_compiler_is_compiled_without_it(self):
         args = RELEASE + ["--target", "aarch64-unknown-linux-gnu"]
         self.assertEqual(self.run_wrapper(args), args)
-        other = "0123456789abcdef0123456789abcdef01234567"
-        self.assertEqual(self.run_wrapper(RELEASE, FAKE_COMMIT=other), RELEASE)
-        self.assertEqual(self.status(FAKE_COMMIT=other),
+        other = RECORDED_VV.replace(RECORDER, "0123456789abcdef0123456789abcdef01234567").replace(
+            "(59807616e", "(012345678")
+        self.assertEqual(self.run_wrapper(RELEASE, FAKE_VV=other), RELEASE)
+        self.assertEqual(self.status(FAKE_VV=other),
                          "release builds here do not use the profile: the compiler is rustc 1.95.0 "
-                         "(012345678 2026-04-14), the profile was recorded with rustc 1.95.0 "
-                         "(59807616e 2026-04-14)")
-        self.assertEqual(self.run_wrapper(RELEASE, FAKE_HOST="aarch64-apple-darwin"), RELEASE)
-        self.assertIn("the target is aarch64-apple-darwin", self.status(FAKE_HOST="aarch64-apple-darwin"))
+                         "(012345678 2026-04-14) with LLVM 22.1.2, the profile was recorded with "
+                         "rustc 1.95.0 (59807616e 2026-04-14) with LLVM 22.1.2")
+        # The same rustc built against another LLVM (a distribution's): it may not even read the
+        # profile's format.
+        distro = RECORDED_VV.replace("LLVM version: 22.1.2", "LLVM version: 19.1.7")
+        self.assertEqual(self.run_wrapper(RELEASE, FAKE_VV=distro), RELEASE)
+        self.assertIn("with LLVM 19.1.7, the profile was recorded with", self.status(FAKE_VV=distro))
+        other_host = RECORDED_VV.replace("x86_64-unknown-linux-gnu", "aarch64-apple-darwin")
+        self.assertEqual(self.run_wrapper(RELEASE, FAKE_VV=other_host), RELEASE)
+        self.assertIn("the target is aarch64-apple-darwin", self.status(FAKE_VV=other_host))
+
+    def test_coverage_builds_are_left_alone(self):
+        for extra in (["-Cinstrument-coverage"], ["-C", "instrument-coverage"],
+                      ["-C", "instrument-coverage=all"]):
+            self.assertEqual(self.run_wrapper(RELEASE + extra), RELEASE + extra)
+        for extra in (["-Cinstrument-coverage=off"], ["-C", "instrument-coverage=no"]):
+            self.assertEqual(self.run_wrapper(RELEASE + extra), self.with_profile(RELEASE + extra))
+
+    def test_arguments_pass_whole(self):
+        args = RELEASE + ["--cfg", 'feature="with space"', "", "--remap-path-prefix", "/a b=/c"]
+        self.assertEqual(self.run_wrapper(args), self.with_profile(args))
+        self.assertEqual(self.run_wrapper(DEBUG + ["a b", ""]), DEBUG + ["a b", ""])
+
+    def test_a_checkout_path_with_spaces(self):
+        spaced = os.path.join(self.dir, "my checkout")
+        os.makedirs(os.path.join(spaced, "scripts"))
+        shutil.copytree(os.path.join(self.dir, "pgo"), os.path.join(spaced, "pgo"))
+        shutil.copy(WRAPPER, os.path.join(spaced, "scripts", "rustc-pgo"))
+        self.wrapper = os.path.join(spaced, "scripts", "rustc-pgo")
+        self.profile = os.path.join(spaced, "pgo", "portcullis.profdata")
+        self.assertEqual(self.run_wrapper(RELEASE), self.with_profile(RELEASE))
 
     def test_switches(self):
         self.assertEqual(self.run_wrapper(RELEASE, PORTCULLIS_PGO="off"), RELEASE)
@@ -143,26 +169,64 @@ class Wrapper(unittest.TestCase):
                          RELEASE + ["-Cprofile-generate=/d"])
         for args in (DEBUG, CLIPPY):
             self.assertEqual(self.run_wrapper(args, PORTCULLIS_PGO="generate", PORTCULLIS_PGO_DATA="/d"), args)
-        # Without a directory the compilation fails rather than build uninstrumented.
-        out = subprocess.run([self.wrapper, self.rustc] + RELEASE,
-                             env=dict(self.env, PORTCULLIS_PGO="generate"), capture_output=True, text=True)
-        self.assertEqual(out.returncode, 2)
-        self.assertIn("needs PORTCULLIS_PGO_DATA", out.stderr)
+        self.assertEqual(self.status(PORTCULLIS_PGO="generate"), "release builds here do not use the profile: "
+                         "PORTCULLIS_PGO=generate (release builds are instrumented instead)")
+        # Without an absolute directory the compilation fails rather than build uninstrumented.
+        for data in ({}, {"PORTCULLIS_PGO_DATA": "target/pgo-data"}):
+            out = subprocess.run([self.wrapper, self.rustc] + RELEASE,
+                                 env=dict(self.env, PORTCULLIS_PGO="generate", **data),
+                                 capture_output=True, text=True)
+            self.assertEqual(out.returncode, 2)
+            self.assertIn("needs PORTCULLIS_PGO_DATA, an absolute directory path", out.stderr)
 
     def test_a_named_profile_replaces_the_committed_one_for_any_compiler(self):
-        other = "0123456789abcdef0123456789abcdef01234567"
-        self.assertEqual(self.run_wrapper(RELEASE, PORTCULLIS_PGO_PROFILE="/m.profdata", FAKE_COMMIT=other),
+        other = RECORDED_VV.replace(RECORDER, "0123456789abcdef0123456789abcdef01234567")
+        self.assertEqual(self.run_wrapper(RELEASE, PORTCULLIS_PGO_PROFILE="/m.profdata", FAKE_VV=other),
                          RELEASE + ["-Cprofile-use=/m.profdata", "-Cllvm-args=-no-pgo-warn-mismatch"])
         self.assertEqual(self.run_wrapper(DEBUG, PORTCULLIS_PGO_PROFILE="/m.profdata"), DEBUG)
         self.assertEqual(self.status(PORTCULLIS_PGO_PROFILE="/m.profdata"),
                          "release builds here use /m.profdata (PORTCULLIS_PGO_PROFILE)")
         self.assertEqual(self.run_wrapper(RELEASE, PORTCULLIS_PGO_PROFILE="/m.profdata", PORTCULLIS_PGO="off"),
                          RELEASE)
+        out = subprocess.run([self.wrapper, self.rustc] + RELEASE,
+                             env=dict(self.env, PORTCULLIS_PGO_PROFILE="m.profdata"),
+                             capture_output=True, text=True)
+        self.assertEqual(out.returncode, 2)
+        self.assertIn("must be an absolute path", out.stderr)
 
     def test_a_missing_profile_is_no_profile(self):
         os.remove(self.profile)
         self.assertEqual(self.run_wrapper(RELEASE), RELEASE)
         self.assertIn("missing", self.status())
+
+
+class BuildNote(unittest.TestCase):
+    """bench/run.py says what it measured from the dependency file beside the binary."""
+
+    def setUp(self):
+        import sys
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import run
+        self.run_py = run
+        self.dir = tempfile.mkdtemp(prefix="build-note-")
+        self.bin = os.path.join(self.dir, "portcullis")
+
+    def tearDown(self):
+        shutil.rmtree(self.dir)
+
+    def note(self, deps):
+        if deps is not None:
+            with open(self.bin + ".d", "w") as f:
+                f.write(f"{self.bin}: crates/portcullis/src/main.rs {deps}\n")
+        return self.run_py.build_note(self.bin)
+
+    def test_what_the_compiler_read(self):
+        committed = os.path.join(ROOT, "pgo", "portcullis.profdata")
+        self.assertIn("profile-guided by the committed profile (`pgo/`, recorded ", self.note(committed))
+        self.assertEqual(self.note("/x/merged.profdata"), f"`{self.bin}`, profile-guided by /x/merged.profdata")
+        self.assertEqual(self.note("crates/core/src/lib.rs"), f"`{self.bin}`, built without a profile")
+        os.remove(self.bin + ".d")
+        self.assertIn("whether a profile guided its build is not known", self.note(None))
 
 
 class Checkout(unittest.TestCase):
@@ -191,10 +255,13 @@ class Checkout(unittest.TestCase):
             with open(src, "w") as f:
                 f.write("pub fn f(x: u32) -> u32 { if x > 3 { x * 2 } else { x + 1 } }\n")
             args = ["--crate-name", "probe", "--crate-type", "lib", "--edition=2021", src,
-                    "--emit=link", "-C", "opt-level=3", "--out-dir", d]
+                    "--emit=dep-info,link", "-C", "opt-level=3", "--out-dir", d]
             out = subprocess.run([WRAPPER, rustc] + args, capture_output=True, text=True)
             self.assertEqual(out.returncode, 0, out.stderr)
             self.assertEqual(out.stderr, "")
+            # The compiler lists the profile it read among the crate's inputs.
+            with open(os.path.join(d, "probe.d")) as f:
+                self.assertIn(os.path.join(ROOT, "pgo", "portcullis.profdata"), f.read())
 
 
 if __name__ == "__main__":
