@@ -520,8 +520,8 @@ authz:
         extra += f"""
 rate_limits:{store}
   limits:
-    per-ip: {{ key: [client_ip], rate: 100000000/minute }}
-    per-route: {{ key: [client_ip, route], algorithm: sliding_window, rate: 100000000/minute }}
+    per-ip: {{ key: [client_ip], rate: 50000000/minute }}
+    per-route: {{ key: [client_ip, route], algorithm: sliding_window, rate: 50000000/minute }}
   global: [per-ip, per-route]
 """
     conf = f"""

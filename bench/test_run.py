@@ -141,3 +141,28 @@ class Medians(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class BenchConfigs(unittest.TestCase):
+    """The configurations the full run gives the gateway pass `portcullis check` (a validation
+    rule added later once broke the full run at its rate-limit profile). Needs the debug binary:
+    scripts/test runs these tests after `cargo test`, which builds it."""
+
+    def test_the_profiles_pass_check(self):
+        import subprocess
+        import tempfile
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        binary = os.path.join(root, "target", "debug", "portcullis")
+        if not os.path.exists(binary):
+            if os.environ.get("CI"):
+                self.fail("target/debug/portcullis is missing: scripts/test runs this after cargo test")
+            self.skipTest("no target/debug/portcullis (build it, or run scripts/test)")
+        with tempfile.TemporaryDirectory() as work:
+            confs = [run.portcullis_conf(work, "plain", 18900, 18901, False),
+                     run.portcullis_conf(work, "lean", 18900, 18901, False, lean=True),
+                     run.portcullis_conf(work, "secure", 18900, 18901, True),
+                     run.portcullis_conf(work, "rl-local", 18900, 18901, True, None, "local"),
+                     run.portcullis_conf(work, "rl-redis", 18900, 18901, True, None, "redis")]
+            out = subprocess.run([binary, "check"] + confs, capture_output=True, text=True,
+                                 stdin=subprocess.DEVNULL)
+            self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
