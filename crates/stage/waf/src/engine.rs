@@ -465,15 +465,31 @@ mod tests {
         (head, body)
     }
 
-    fn run(head: &http::request::Parts, body: &str) -> Outcome {
+    /// Inspects `head` (and `body`) as a request for `path` from 192.0.2.1 under `route`.
+    fn inspect_at(
+        route: &RouteWaf,
+        head: &http::request::Parts,
+        path: &str,
+        body: BodyState<'_>,
+    ) -> Outcome {
+        let client_ip = "192.0.2.1".parse().unwrap();
         inspect(
-            &RouteWaf::default(),
+            route,
             &Inspection {
                 head,
-                path: "/orders",
-                client_ip: "192.0.2.1".parse().unwrap(),
-                body: BodyState::Buffered(body.as_bytes()),
+                path,
+                client_ip,
+                body,
             },
+        )
+    }
+
+    fn run(head: &http::request::Parts, body: &str) -> Outcome {
+        inspect_at(
+            &RouteWaf::default(),
+            head,
+            "/orders",
+            BodyState::Buffered(body.as_bytes()),
         )
     }
 
@@ -532,14 +548,11 @@ mod tests {
                 b = b.header("content-type", http::HeaderValue::from_bytes(ct).unwrap());
             }
             let (head, ()) = b.body(()).unwrap().into_parts();
-            inspect(
+            inspect_at(
                 &RouteWaf::default(),
-                &Inspection {
-                    head: &head,
-                    path: "/orders",
-                    client_ip: "192.0.2.1".parse().unwrap(),
-                    body: BodyState::Buffered(body),
-                },
+                &head,
+                "/orders",
+                BodyState::Buffered(body),
             )
         };
         let at = |out: &Outcome, rule: u32, target: &str| {
@@ -625,15 +638,7 @@ mod tests {
                 b = b.header("content-type", ct);
             }
             let (head, ()) = b.body(()).unwrap().into_parts();
-            inspect(
-                route,
-                &Inspection {
-                    head: &head,
-                    path: "/docs",
-                    client_ip: "192.0.2.1".parse().unwrap(),
-                    body: BodyState::Buffered(body),
-                },
-            )
+            inspect_at(route, &head, "/docs", BodyState::Buffered(body))
         };
         let route = RouteWaf::default();
         let xml = |body: &str| {
@@ -702,15 +707,7 @@ mod tests {
                 .body(())
                 .unwrap()
                 .into_parts();
-            inspect(
-                &RouteWaf::default(),
-                &Inspection {
-                    head: &head,
-                    path: "/people",
-                    client_ip: "192.0.2.1".parse().unwrap(),
-                    body: BodyState::None,
-                },
-            )
+            inspect_at(&RouteWaf::default(), &head, "/people", BodyState::None)
         };
         let out = get("/people?search=name==x;age=ge=18;age=le=65");
         assert!(
@@ -736,15 +733,7 @@ mod tests {
             classes: vec![Class::Sqli],
             targets: vec![crate::config::TargetPattern::parse("query:q").unwrap()],
         });
-        let out = inspect(
-            &route,
-            &Inspection {
-                head: &head,
-                path: "/search",
-                client_ip: "192.0.2.1".parse().unwrap(),
-                body: BodyState::Buffered(b""),
-            },
-        );
+        let out = inspect_at(&route, &head, "/search", BodyState::Buffered(b""));
         assert!(out.blocked);
         assert!(
             out.findings
@@ -897,14 +886,11 @@ mod tests {
         });
         let check = |body: String| {
             let (head, _) = post("");
-            inspect(
+            inspect_at(
                 &route,
-                &Inspection {
-                    head: &head,
-                    path: "/orders",
-                    client_ip: "192.0.2.1".parse().unwrap(),
-                    body: BodyState::Buffered(body.as_bytes()),
-                },
+                &head,
+                "/orders",
+                BodyState::Buffered(body.as_bytes()),
             )
         };
         // Past the value limit at the excluded target, a payload after it never looked at.
@@ -951,14 +937,11 @@ mod tests {
         };
         // Past the inspection limit (`on_body_over_limit: pass`): still two readings.
         let skipped = |cts: &[&str]| {
-            inspect(
+            inspect_at(
                 &RouteWaf::default(),
-                &Inspection {
-                    head: &head(cts),
-                    path: "/orders",
-                    client_ip: "192.0.2.1".parse().unwrap(),
-                    body: BodyState::Skipped { limit: 16 },
-                },
+                &head(cts),
+                "/orders",
+                BodyState::Skipped { limit: 16 },
             )
         };
         assert!(ambiguous(&skipped(&["image/png", "application/json"])));
@@ -1051,15 +1034,7 @@ mod tests {
                 .body(())
                 .unwrap()
                 .into_parts();
-            inspect(
-                route,
-                &Inspection {
-                    head: &head,
-                    path: "/orders",
-                    client_ip: "192.0.2.1".parse().unwrap(),
-                    body: BodyState::Buffered(body),
-                },
-            )
+            inspect_at(route, &head, "/orders", BodyState::Buffered(body))
         };
         let rules =
             |out: &Outcome| -> Vec<u32> { out.findings.iter().map(|f| f.finding.rule).collect() };
@@ -1147,14 +1122,11 @@ mod tests {
                 .body(())
                 .unwrap()
                 .into_parts();
-            inspect(
+            inspect_at(
                 &RouteWaf::default(),
-                &Inspection {
-                    head: &head,
-                    path: "/orders",
-                    client_ip: "192.0.2.1".parse().unwrap(),
-                    body: BodyState::Buffered(body),
-                },
+                &head,
+                "/orders",
+                BodyState::Buffered(body),
             )
         };
         let out = bare(b"{\"q\":\"1' UNION SELECT password FROM users--\",\"p\":\"\xff\xff\xff\xff\xff\xff\xff\xff\"}");
@@ -1183,17 +1155,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let run = |body: BodyState<'_>| {
-            inspect(
-                &RouteWaf::default(),
-                &Inspection {
-                    head: &head,
-                    path: "/upload",
-                    client_ip: "192.0.2.1".parse().unwrap(),
-                    body,
-                },
-            )
-        };
+        let run = |body: BodyState<'_>| inspect_at(&RouteWaf::default(), &head, "/upload", body);
         let json = br#"{"q":"1' OR '1'='1"}"#;
         let out = run(BodyState::Sniffed(json));
         assert!(out.blocked, "{:?}", out.findings);
@@ -1251,15 +1213,7 @@ mod tests {
                 .body(())
                 .unwrap()
                 .into_parts();
-            inspect(
-                &route,
-                &Inspection {
-                    head: &head,
-                    path: "/cb",
-                    client_ip: "192.0.2.1".parse().unwrap(),
-                    body: BodyState::None,
-                },
-            )
+            inspect_at(&route, &head, "/cb", BodyState::None)
         };
         let out = run(&referer);
         assert!(out.blocked, "{:?}", out.findings);
