@@ -966,23 +966,24 @@ mod tests {
     async fn gcra_boundaries_and_burst() {
         let r = RedisServer::start();
         let s = store(&r.url());
-        // 10 per second (one per 100 ms), 3 at once.
-        let g = spec(Algorithm::Gcra, 10, secs(1), 3);
+        // 10 per 10 s (one a second), 3 at once. The key's TTL is its debt in Redis's real
+        // clock, so the debt is seconds long: the reads below never race its expiry.
+        let g = spec(Algorithm::Gcra, 10, secs(10), 3);
         for left in [2, 1, 0] {
             let d = at(&s, "g", &g, T0).await;
             assert!(d.allowed);
             assert_eq!(d.remaining, left);
-            assert_eq!(us(d.reset), (3 - left) * 100 * MS);
+            assert_eq!(us(d.reset), (3 - left) * SEC);
             assert_eq!(d.limit, 10);
         }
         let d = at(&s, "g", &g, T0).await;
         assert!(!d.allowed);
         assert_eq!(d.remaining, 0);
-        assert_eq!(d.retry_after, Some(Duration::from_millis(100)));
-        assert_eq!(us(d.reset), 300 * MS);
+        assert_eq!(d.retry_after, Some(Duration::from_secs(1)));
+        assert_eq!(us(d.reset), 3 * SEC);
         // One microsecond early is still too early; on time passes.
-        assert!(!at(&s, "g", &g, T0 + 100 * MS - 1).await.allowed);
-        let d = at(&s, "g", &g, T0 + 100 * MS).await;
+        assert!(!at(&s, "g", &g, T0 + SEC - 1).await.allowed);
+        let d = at(&s, "g", &g, T0 + SEC).await;
         assert!(d.allowed);
         assert_eq!(d.remaining, 0);
         // Whole again after the reset: a burst of 3 at cost 2 leaves 1; cost 4 can never pass.
@@ -1059,7 +1060,10 @@ mod tests {
         let now = FEB1_2024 + 14 * DAY + 12 * 3600 * SEC;
         let d = at(&s, "m", &m, now).await;
         assert!(d.allowed && us(d.reset) == MAR1_2024 - now);
-        assert!(at(&s, "m", &m, MAR1_2024 - 1).await.allowed);
+        // Keys live until their window ends, counted from the decision's `now`: a count written
+        // a microsecond before March would expire in Redis's real clock 2 ms later. The last
+        // write is mid-month so the refusal below does not race that real-time expiry.
+        assert!(at(&s, "m", &m, now + 1).await.allowed);
         let d = at(&s, "m", &m, MAR1_2024 - 1).await;
         assert!(!d.allowed && d.retry_after == Some(Duration::from_micros(1)));
         assert!(at(&s, "m", &m, MAR1_2024).await.allowed);
@@ -1084,7 +1088,8 @@ mod tests {
     async fn all_or_nothing_and_shared_budgets() {
         let r = RedisServer::start();
         let (s1, s2) = (store(&r.url()), store(&r.url()));
-        let wide = spec(Algorithm::FixedWindow, 5, secs(60), 1);
+        // Real clock: an hour's window, so the test almost never straddles a window's edge.
+        let wide = spec(Algorithm::FixedWindow, 5, secs(3600), 1);
         let narrow = spec(Algorithm::Gcra, 1, secs(60), 1);
         let both = [
             Check {
@@ -1475,7 +1480,8 @@ mod tests {
         }
         let s = store_with(&c.seeds(), true, "c:", Duration::from_secs(5));
         let keys = keys_on_each_node(&c, "c:");
-        let wide = spec(Algorithm::FixedWindow, 5, secs(60), 1);
+        // Real clock: an hour's window, so the test almost never straddles a window's edge.
+        let wide = spec(Algorithm::FixedWindow, 5, secs(3600), 1);
         let narrow = spec(Algorithm::FixedWindow, 1, secs(60), 1);
         let checks = [
             Check {
