@@ -20,6 +20,10 @@
     --only train the training run of a profile-guided build (bench/pgo.sh): every profile the full
                  run measures, each sent every kind of request the bench sends; measures nothing
     --bin PATH   the Portcullis binary to run (default: target/release/portcullis)
+    --rounds N   rounds of every measurement (default 3; 1 with --quick): each round runs every
+                 case once, each case's median is reported; with --only plain the small and 16 KiB
+                 answers are also compared round by round (each round's Portcullis against the same
+                 round's nginx), with how many rounds each side won and a sign test on it
     -h, --help   this text
     --pgo PATH   also the plain proxy built with profile-guided optimisation (bench/pgo.sh builds
                  it; bench/run.sh --pgo builds and passes it): in the full run beside the default
@@ -28,6 +32,7 @@
 
 import http.client
 import json
+import math
 import os
 import re
 import shutil
@@ -50,6 +55,7 @@ QUICK = "--quick" in ARGV
 ONLY = None
 COMPARE = None
 PGO = None
+ROUNDS = None
 if "-h" in ARGV or "--help" in ARGV:
     print(__doc__)
     sys.exit(0)
@@ -61,7 +67,7 @@ for a in args:
     if a.startswith("--only="):
         ONLY = a.split("=", 1)[1]
         continue
-    if a not in ("--only", "--compare", "--pgo", "--bin"):
+    if a not in ("--only", "--compare", "--pgo", "--bin", "--rounds"):
         sys.exit(f"unknown argument {a!r}; see --help")
     value = next(args, None)
     if value is None:
@@ -72,6 +78,10 @@ for a in args:
         COMPARE = os.path.abspath(value)
     elif a == "--pgo":
         PGO = os.path.abspath(value)
+    elif a == "--rounds":
+        if not value.isdigit() or not 1 <= int(value) <= 100:
+            sys.exit(f"--rounds takes a number of rounds from 1 to 100 (got {value!r})")
+        ROUNDS = int(value)
     else:
         BIN = os.path.abspath(value)
         wafbench.BIN = BIN
@@ -86,7 +96,7 @@ if PGO and COMPARE:
 if PGO and ONLY == "plain":
     COMPARE = PGO
 DURATION = 2 if ONLY == "train" else 3 if QUICK else 10
-REPEAT = 1 if QUICK or ONLY == "train" else 3
+REPEAT = 1 if ONLY == "train" else ROUNDS if ROUNDS else 1 if QUICK else 3
 CONNECTIONS = 64
 NCPU = os.cpu_count() or 1
 SERVER_CPU = "0"
@@ -448,7 +458,58 @@ def measure_rounds(cases):
         for key, (fn, pids, *upstream) in cases.items():
             runs[key].append(measure_once(fn, pids, *upstream))
             print(*key, f"run {i + 1}/{REPEAT}", runs[key][-1], flush=True)
-    return {key: medians(r) for key, r in runs.items()}
+    # Each case's runs stay beside its medians, in round order, for round-by-round comparisons.
+    return {key: dict(medians(r), runs=r) for key, r in runs.items()}
+
+
+def sign_test(wins, n):
+    """One-sided sign test: the chance of at least `wins` wins in `n` rounds if each round were a
+    coin toss (neither side faster)."""
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
+
+
+def round_by_round(r, name, base, test):
+    """Round i of `name` against round i of `base` (the two ran minutes apart, in the same round):
+    per round the request rate's ratio and the p99's; then how many rounds `name` served more
+    requests and how many it had the lower p99, each with its sign test. None without rounds."""
+    a, b = r.get((name, test), {}).get("runs"), r.get((base, test), {}).get("runs")
+    if not a or not b or len(a) != len(b):
+        return None
+    rounds = [(x["rps"] / y["rps"] if y["rps"] else 0.0, x["p99"] / y["p99"] if y["p99"] else float("inf"))
+              for x, y in zip(a, b)]
+    n = len(rounds)
+    faster = sum(1 for rps, _ in rounds if rps > 1.0)
+    lower = sum(1 for _, p99 in rounds if p99 < 1.0)
+    return {"rounds": rounds, "n": n, "faster": faster, "lower_p99": lower,
+            "p_faster": sign_test(faster, n), "p_lower_p99": sign_test(lower, n),
+            "both": sum(1 for rps, p99 in rounds if rps >= 1.0 and p99 < 1.0),
+            "median_rps": statistics.median(rps for rps, _ in rounds),
+            "median_p99": statistics.median(p99 for _, p99 in rounds)}
+
+
+def round_report(r):
+    """The plain scenario's small and 16 KiB answers, Portcullis (and B) against nginx round by
+    round: the issue's target is at least nginx's request rate with a lower p99."""
+    names = ["portcullis"] + (["portcullis-b"] if ("portcullis-b", "small") in r else [])
+    lines = []
+    for test in ("small", "16k"):
+        cmp = {n: round_by_round(r, n, "nginx", test) for n in names}
+        if any(c is None for c in cmp.values()):
+            continue
+        n = cmp[names[0]]["n"]
+        lines += ["", f"Round by round, {test} answers, ÷ nginx in the same round (request rate / p99):", "",
+                  "| round | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for i in range(n):
+            cells = [f"{cmp[m]['rounds'][i][0]:.3f} / {cmp[m]['rounds'][i][1]:.3f}" for m in names]
+            lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+        lines.append("| median | " + " | ".join(f"{cmp[m]['median_rps']:.3f} / {cmp[m]['median_p99']:.3f}"
+                                                 for m in names) + " |")
+        for m in names:
+            c = cmp[m]
+            lines.append(f"\n{m}, {test}: more requests per second than nginx in {c['faster']} of {n} rounds "
+                         f"(sign test p = {c['p_faster']:.3g}), a lower p99 in {c['lower_p99']} of {n} "
+                         f"(p = {c['p_lower_p99']:.3g}), both in {c['both']} of {n}.")
+    return lines
 
 
 # *lean*: the plain proxy made to put on the wire what the plain nginx does (the forwarding
@@ -905,6 +966,7 @@ def plain_report(r):
               "*nginx-same*'s); *portcullis-lean* the same made to send what the plain *nginx* does "
               "(`LEAN`: no request id, `traceparent` or security headers of its own; `X-Forwarded-For`, "
               "`-Proto`, `-Host`)."]
+    lines += round_report(r)
     if COMPARE:
         lines += ["", f"B (portcullis-b) is {'the PGO build, ' if PGO else ''}{build_note(COMPARE)}."]
     return lines

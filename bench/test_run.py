@@ -4,6 +4,8 @@ and the medians, on outputs captured from the real tools. Run by scripts/test:
     python3 -m unittest discover -s bench -p 'test_*.py'
 """
 
+import contextlib
+import io
 import os
 import sys
 import unittest
@@ -119,6 +121,40 @@ class Medians(unittest.TestCase):
         self.assertEqual((m["rps"], m["p99"]), (90.0, 2.0))
         self.assertAlmostEqual(m["spread"], 20.0 / 90.0)
 
+    def test_sign_test(self):
+        self.assertEqual(run.sign_test(0, 5), 1.0)
+        self.assertEqual(run.sign_test(5, 5), 1 / 32)
+        self.assertAlmostEqual(run.sign_test(10, 12), (66 + 12 + 1) / 4096)
+        self.assertEqual(run.sign_test(6, 5), 0.0)
+
+    def test_rounds_are_compared_pairwise_in_order(self):
+        def runs(*pairs):
+            return {"runs": [{"rps": rps, "p99": p99} for rps, p99 in pairs]}
+        r = {("nginx", "small"): runs((100.0, 2.0), (100.0, 2.0), (50.0, 4.0)),
+             # Round 3: slower than round 1's nginx, faster than its own round's.
+             ("portcullis", "small"): runs((101.0, 1.9), (99.0, 2.2), (60.0, 4.0))}
+        c = run.round_by_round(r, "portcullis", "nginx", "small")
+        self.assertEqual([round(x, 3) for x, _ in c["rounds"]], [1.01, 0.99, 1.2])
+        self.assertEqual([round(y, 3) for _, y in c["rounds"]], [0.95, 1.1, 1.0])
+        self.assertEqual((c["n"], c["faster"], c["lower_p99"], c["both"]), (3, 2, 1, 1))
+        self.assertEqual((c["p_faster"], c["p_lower_p99"]), (0.5, 7 / 8))
+        self.assertAlmostEqual(c["median_rps"], 1.01)
+        self.assertIsNone(run.round_by_round(r, "portcullis", "nginx", "16k"))
+        r[("nginx", "small")]["runs"].pop()
+        self.assertIsNone(run.round_by_round(r, "portcullis", "nginx", "small"), "rounds must pair")
+
+    def test_measured_rounds_keep_their_runs_in_order(self):
+        seq = iter([{"rps": 3.0, "p99": 1.0}, {"rps": 1.0, "p99": 1.0}, {"rps": 2.0, "p99": 1.0}])
+        real = run.measure_once
+        run.measure_once = lambda fn, pids, *up: next(seq)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                out = run.measure_rounds({("x", "small"): (None, [])})
+        finally:
+            run.measure_once = real
+        self.assertEqual(out[("x", "small")]["rps"], 2.0)
+        self.assertEqual([x["rps"] for x in out[("x", "small")]["runs"]], [3.0, 1.0, 2.0])
+
     def test_stat_times_are_counted_after_the_command_name(self):
         # A command name with a blank and a parenthesis, as nginx's workers have.
         line = ("4242 (nginx: worker) x) S 4241 4241 4241 0 -1 4194624 1200 0 0 0 "
@@ -137,6 +173,18 @@ class Medians(unittest.TestCase):
         self.assertIn("| upstream | small | 1000 | 1.00 | 2.00 | 3.00 | 13.0 | 3.0 | 10.0 | — | 0 |", text)
         self.assertIn("| portcullis | small | 1000 | 1.00 | 2.00 | 3.00 | 13.0 | 3.0 | 10.0 | 6.5 | 0 |", text)
         self.assertIn("| small | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 | 1.00 |", text)
+        self.assertNotIn("Round by round", text)
+        # With each case's rounds kept, small and 16 KiB answers are compared round by round.
+        for test in ("small", "16k"):
+            r[("nginx", test)] = dict(behind, runs=[{"rps": 100.0, "p99": 2.0}] * 2)
+            r[("portcullis", test)] = dict(behind, runs=[{"rps": 102.0, "p99": 1.8}, {"rps": 98.0, "p99": 1.9}])
+        text = "\n".join(run.plain_report(r))
+        self.assertIn("Round by round, small answers", text)
+        self.assertIn("| 1 | 1.020 / 0.900 |", text)
+        self.assertIn("| 2 | 0.980 / 0.950 |", text)
+        self.assertIn("| median | 1.000 / 0.925 |", text)
+        self.assertIn("portcullis, 16k: more requests per second than nginx in 1 of 2 rounds (sign test p = 0.75), "
+                      "a lower p99 in 2 of 2 (p = 0.25), both in 1 of 2.", text)
 
 
 if __name__ == "__main__":
