@@ -113,7 +113,7 @@ authz:
     - {{ name: reports-read, resources: ["/reports/**"], actions: [read], scopes: {{ any_of: [read:reports] }} }}
     - {{ name: reports-audit, resources: ["/reports/**"], roles: {{ any_of: [auditor] }}, mode: shadow }}
     - {{ name: mfa-reports-read, resources: ["/mfa-reports/**"], actions: [read], scopes: {{ any_of: [read:reports] }} }}
-  rego: {{ files: [policy.rego] }}
+  rego: {{ files: [policy.rego], timeout: 5s }}
   policy_headers: [x-policy-checked]
   risk:
     country_header: x-country

@@ -30,8 +30,23 @@ fn free_port() -> u16 {
 
 impl RedisCluster {
     /// Starts three masters and joins them; panics if the cluster is not `ok` within 30 s.
+    /// The ports picked are released before the servers bind them, so another test may take
+    /// one meanwhile: every node answering must be one started here (its directory), or all
+    /// three are stopped and other ports tried.
     pub fn start() -> RedisCluster {
+        for _ in 0..10 {
+            if let Some(cluster) = Self::launch() {
+                return cluster.join();
+            }
+        }
+        panic!("no redis cluster of this test's own could be started");
+    }
+
+    /// Three fresh nodes on free ports, each answering PING and known to be ours; `None` when
+    /// a port was taken (the node exited, or another server answers there).
+    fn launch() -> Option<RedisCluster> {
         let dir = tempfile::tempdir().unwrap();
+        let own_dir = dir.path().to_string_lossy().into_owned();
         // Pick all six ports first, while the probes are closed, then launch.
         let mut ports = Vec::new();
         while ports.len() < 6 {
@@ -59,17 +74,32 @@ impl RedisCluster {
                 .unwrap_or_else(|e| panic!("redis-server: {e} (scripts/test installs it)"));
             nodes.push(Node { port, child });
         }
-        let cluster = RedisCluster { nodes, _dir: dir };
+        // Dropped on a `None`: its nodes are killed.
+        let mut cluster = RedisCluster { nodes, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
-        for n in &cluster.nodes {
+        for n in &mut cluster.nodes {
             while cli(n.port, &["PING"]).as_deref() != Some("PONG") {
+                if n.child.try_wait().ok().flatten().is_some() {
+                    return None;
+                }
                 assert!(
                     Instant::now() < deadline,
                     "redis-server did not answer PING"
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
+            let dir = cli(n.port, &["CONFIG", "GET", "dir"]).unwrap_or_default();
+            if dir.lines().nth(1) != Some(own_dir.as_str()) {
+                return None;
+            }
         }
+        Some(cluster)
+    }
+
+    /// Joins the three nodes into one cluster and waits until each says it is `ok`.
+    fn join(self) -> RedisCluster {
+        let cluster = self;
+        let deadline = Instant::now() + Duration::from_secs(30);
         let addrs: Vec<String> = cluster
             .nodes
             .iter()

@@ -247,9 +247,11 @@ mod tests {
         }
         assert!(c.len() <= 32, "{}", c.len());
         let k = digest(b"x");
-        c.put(k, by, p(), Instant::now() + Duration::from_millis(20));
+        // Expiry runs on the real clock: a second, so that a descheduled test thread does not
+        // see the entry expire before it looks.
+        c.put(k, by, p(), Instant::now() + Duration::from_secs(1));
         assert!(c.get(&k, by).is_some());
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(1100));
         assert!(c.get(&k, by).is_none());
         let disabled = TokenCache::new(0);
         disabled.put(k, by, p(), later);
@@ -406,10 +408,11 @@ mod tests {
             in_shard_zero(500),
             by,
             no(),
-            Instant::now() + Duration::from_millis(1),
+            // `put` drops what has already expired: room for a descheduled thread.
+            Instant::now() + Duration::from_millis(300),
         );
         assert_eq!(refusals(&c), 2);
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(400));
         assert!(c.get(&in_shard_zero(500), by).is_none());
         assert_eq!(refusals(&c), 1);
     }

@@ -612,12 +612,14 @@ admins_only if input.principal.admin == true
     #[tokio::test]
     async fn cached_decisions_expire_after_the_ttl() {
         let opa = start_opa().await;
-        let client = OpaClient::new(settings(opa.url(), Duration::from_millis(200), 100)).unwrap();
+        // A second of TTL on the real clock: the second call must come within it, even from a
+        // descheduled test thread.
+        let client = OpaClient::new(settings(opa.url(), Duration::from_secs(1), 100)).unwrap();
         let i = input(&["read:orders"], "GET");
         client.evaluate("orders/allow", &i).await.unwrap();
         client.evaluate("orders/allow", &i).await.unwrap();
         assert_eq!(opa.calls(), 1);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(1300)).await;
         client.evaluate("orders/allow", &i).await.unwrap();
         assert_eq!(opa.calls(), 2);
     }
