@@ -155,9 +155,13 @@ async fn connection(
     peer: SocketAddr,
     (listener, index): (Arc<str>, usize),
     tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
-    _admitted: Admitted,
+    admitted: Admitted,
 ) {
     let _open = OpenConnection::new(gw.metrics.clone(), listener.clone());
+    // Dropped before `_open` (locals drop in reverse order): the connection's place under the
+    // caps is given back before the gauge says it is gone, so a client that saw the gauge fall
+    // is not refused for a place not yet returned.
+    let _admitted = admitted;
     // What the kernel may hold unsent for the client is bounded from the start: the minimum
     // send rate allows for it.
     let unsent_bound = crate::sniff::bound_unsent(&stream);
