@@ -54,6 +54,18 @@ async fn served_on(s: &mut TcpStream) {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
 
+/// The gateway's metrics once they contain `line`, or as they are after 10 s of looking.
+async fn metrics_showing(gw: &Gateway, line: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
+        if metrics.contains(line) || Instant::now() > deadline {
+            return metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn normal_request(src: &str, addr: SocketAddr) -> String {
     let out = fetch(src, addr, "/ok", Duration::from_secs(5)).await;
     String::from_utf8_lossy(&out).into_owned()
@@ -399,7 +411,10 @@ async fn the_global_connection_cap_holds() {
         .await;
     assert!(closed_within(&mut extra, Duration::from_secs(2)).await);
     drop(held);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Once the gateway has seen them closed, their places under the cap are free again.
+    let gone = "portcullis_active_connections{listener=\"public\"} 0\n";
+    let m = metrics_showing(&gw, gone).await;
+    assert!(m.contains(gone), "{m}");
     assert!(
         normal_request("127.0.0.1", addr)
             .await
