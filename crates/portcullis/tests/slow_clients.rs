@@ -600,12 +600,13 @@ async fn tunnel_upstream() -> (SocketAddr, tokio::sync::mpsc::Receiver<Instant>)
 /// An upgraded connection (a WebSocket tunnel) is watched like any other: one that goes
 /// silent is closed after the idle timeout, on both sides — before, its tunnel outlived the
 /// HTTP connection's watchdog and held the upstream's connection for ever — while one that
-/// keeps talking stays open past it.
+/// keeps talking stays open past it. An idle timeout of 2 s against a talker that speaks every
+/// 300 ms: a loaded machine may be late with a word by well over a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_upgraded_connection_is_closed_by_the_idle_timeout() {
     let (up, mut closed) = tunnel_upstream().await;
     let gw = gateway(&format!(
-        "server: {{ idle_timeout: 1s }}\n\
+        "server: {{ idle_timeout: 2s }}\n\
          upstreams:\n  ws: {{ targets: [\"http://{up}\"] }}\n  d: {{ kind: echo }}\n\
          routes:\n  - {{ name: ok, match: {{ prefix: /ok }}, upstream: d }}\n  \
          - {{ name: ws, match: {{ path: /chat, methods: [GET] }}, upstream: ws, websocket: true }}\n"
@@ -629,9 +630,10 @@ async fn a_silent_upgraded_connection_is_closed_by_the_idle_timeout() {
         );
         s
     };
+    // Before the silent tunnel's first byte: its idle clock cannot have started earlier.
+    let started = Instant::now();
     let mut silent = open(addr).await;
     let mut talking = open(addr).await;
-    let started = Instant::now();
     // Both count as open connections (against the connection caps too) while they are.
     let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
     assert!(
@@ -645,16 +647,19 @@ async fn a_silent_upgraded_connection_is_closed_by_the_idle_timeout() {
         f.extend(payload.iter().zip([1, 2, 3, 4]).map(|(b, k)| b ^ k));
         f
     };
-    // The talking one: a few bytes every 300 ms, echoed, for 3 s — three idle timeouts.
+    // The talking one: a few bytes every 300 ms, echoed, for 5 s — two and a half idle
+    // timeouts. It ends on an exchange, not on a pause.
     let talk = tokio::spawn(async move {
         let mut b = [0u8; 10];
-        while started.elapsed() < Duration::from_secs(3) {
+        loop {
             talking.write_all(&frame(b"ping")).await.unwrap();
             talking.read_exact(&mut b).await.unwrap();
             assert_eq!(b[..], frame(b"ping"));
+            if started.elapsed() >= Duration::from_secs(5) {
+                break talking;
+            }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        talking
     });
     // The silent one is closed, on the client's side and the upstream's.
     assert!(
@@ -663,7 +668,7 @@ async fn a_silent_upgraded_connection_is_closed_by_the_idle_timeout() {
     );
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_millis(900),
+        waited >= Duration::from_millis(1900),
         "closed after {waited:?}"
     );
     let at = tokio::time::timeout(Duration::from_secs(5), closed.recv())
@@ -671,21 +676,23 @@ async fn a_silent_upgraded_connection_is_closed_by_the_idle_timeout() {
         .expect("the silent tunnel's upstream connection is closed")
         .unwrap();
     assert!(
-        at.duration_since(started) < Duration::from_secs(3),
+        at.duration_since(started) < Duration::from_secs(5),
         "{:?}",
         at.duration_since(started)
     );
-    // The talking one is still open, and still carries bytes both ways.
+    // The talking one is still open, and still carries bytes both ways (at once: its last
+    // exchange just ended) …
     let mut talking = talk.await.unwrap();
+    talking.write_all(&frame(b"more")).await.unwrap();
+    let mut b = [0u8; 10];
+    talking.read_exact(&mut b).await.unwrap();
+    assert_eq!(b[..], frame(b"more"));
+    // … and counts as the one open connection.
     let metrics = get(&format!("{}/metrics", gw.admin_url())).await.text();
     assert!(
         metrics.contains("portcullis_active_connections{listener=\"public\"} 1\n"),
         "{metrics}"
     );
-    talking.write_all(&frame(b"more")).await.unwrap();
-    let mut b = [0u8; 10];
-    talking.read_exact(&mut b).await.unwrap();
-    assert_eq!(b[..], frame(b"more"));
     // Once it goes silent, it is closed too.
     assert!(closed_within(&mut talking, Duration::from_secs(10)).await);
     assert!(
