@@ -1507,7 +1507,7 @@ async fn introspection_is_single_flight_cached_and_bounded_in_time() {
         r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
 auth:
   introspection:
-    as: {{ endpoint: "http://{addr}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 1s, cache_inactive: 30s }}
+    as: {{ endpoint: "http://{addr}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 3s, cache_inactive: 30s }}
 routes:
   - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [introspection] }}, authz: {{ allow: any-authenticated }} }}
 "#,
@@ -1562,7 +1562,8 @@ routes:
         assert_problem(&r, 401, "unauthenticated");
     }
     assert_eq!(is.calls.load(Ordering::SeqCst), 2);
-    // An endpoint that does not answer: 503 once the timeout passes, never a hang.
+    // An endpoint that does not answer: 503 once the timeout passes (3 s, far above the 300 ms
+    // answers above on a loaded machine), never a hang (it would answer after 30 s).
     is.hang.store(true, Ordering::SeqCst);
     let started = Instant::now();
     let r = send(req(
@@ -1590,12 +1591,14 @@ async fn an_endpoint_that_cannot_answer_outweighs_one_that_does_not_know_the_tok
     let silent = SlowIntrospection::answering("token-of-a", "svc-a").await;
     silent.hang.store(true, Ordering::SeqCst);
     let other = SlowIntrospection::answering("token-of-b", "svc-b").await;
+    // B answers in 300 ms, well within its timeout however loaded the machine; A never does
+    // within its own.
     let gw = gateway(&format!(
         r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
 auth:
   introspection:
     a: {{ endpoint: "http://{a}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 1s }}
-    b: {{ endpoint: "http://{b}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 1s }}
+    b: {{ endpoint: "http://{b}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 5s }}
 routes:
   - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [introspection] }}, authz: {{ allow: any-authenticated }} }}
 "#,
