@@ -422,11 +422,12 @@ async fn sigterm_stops_cleanly() {
     assert_eq!(r.status, 200);
     gw.signal("TERM");
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
-    // The last request's audit line was written before the process ended.
+    // The last request's audit line was written before the process ended (the reader of its
+    // output, a thread of this test, may take a moment to store it).
     let id = r.header("x-request-id").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
     assert!(
-        gw.audit_events().iter().any(|e| e["request_id"] == id),
+        gw.wait_for_audit(|e| e["request_id"] == id, Duration::from_secs(5))
+            .is_some(),
         "{:?}",
         gw.stdout_lines()
     );

@@ -940,7 +940,14 @@ async fn a_revocation_until_a_time_ends_then() {
         assert!(r.text().contains(want), "{}", r.text());
     }
     let t = s.ed.sign("JWT", &claims(json!({"jti": "brief"}))).unwrap();
-    let until = now + 2;
+    let unix_now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    // More than 5 s ahead: room for the steps below on a loaded machine before it ends.
+    let until = unix_now() + 6;
     let r = revoke(format!(r#"{{"token_id": "brief", "until": {until}}}"#)).await;
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["revoked"], format!("token_id brief until {until}"));
@@ -951,14 +958,18 @@ async fn a_revocation_until_a_time_ends_then() {
     let r = call(&s.gw, "/orders", &[("authorization", &bearer(&t))]).await;
     let id = assert_401(&r, true);
     assert_eq!(audit_of(&s.gw, &id)["auth_failure"], "revoked");
-    // Once `until` has passed, the token (still valid itself) is taken again (a revocation
-    // holds the issuers' longest `leeway` past it: none here).
-    tokio::time::sleep(Duration::from_millis(
-        (until + 1).saturating_sub(now) * 1000,
-    ))
-    .await;
-    let r = call(&s.gw, "/orders", &[("authorization", &bearer(&t))]).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    // Refused until `until`; once it has passed, the token (still valid itself) is taken
+    // again (a revocation holds the issuers' longest `leeway` past it: none here).
+    loop {
+        let r = call(&s.gw, "/orders", &[("authorization", &bearer(&t))]).await;
+        if r.status == 200 {
+            assert!(unix_now() >= until, "taken again before {until}");
+            break;
+        }
+        assert_401(&r, true);
+        assert!(unix_now() < until + 10, "still refused 10 s past {until}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let list = get(&format!("{}/auth/revocations", s.gw.admin_url()))
         .await
         .json();
@@ -1507,7 +1518,7 @@ async fn introspection_is_single_flight_cached_and_bounded_in_time() {
         r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
 auth:
   introspection:
-    as: {{ endpoint: "http://{addr}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 1s, cache_inactive: 30s }}
+    as: {{ endpoint: "http://{addr}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 3s, cache_inactive: 30s }}
 routes:
   - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [introspection] }}, authz: {{ allow: any-authenticated }} }}
 "#,
@@ -1562,7 +1573,8 @@ routes:
         assert_problem(&r, 401, "unauthenticated");
     }
     assert_eq!(is.calls.load(Ordering::SeqCst), 2);
-    // An endpoint that does not answer: 503 once the timeout passes, never a hang.
+    // An endpoint that does not answer: 503 once the timeout passes (3 s, far above the 300 ms
+    // answers above on a loaded machine), never a hang (it would answer after 30 s).
     is.hang.store(true, Ordering::SeqCst);
     let started = Instant::now();
     let r = send(req(
@@ -1590,12 +1602,14 @@ async fn an_endpoint_that_cannot_answer_outweighs_one_that_does_not_know_the_tok
     let silent = SlowIntrospection::answering("token-of-a", "svc-a").await;
     silent.hang.store(true, Ordering::SeqCst);
     let other = SlowIntrospection::answering("token-of-b", "svc-b").await;
+    // B answers in 300 ms, well within its timeout however loaded the machine; A never does
+    // within its own.
     let gw = gateway(&format!(
         r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
 auth:
   introspection:
     a: {{ endpoint: "http://{a}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 1s }}
-    b: {{ endpoint: "http://{b}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 1s }}
+    b: {{ endpoint: "http://{b}/introspect", client_id: gw, client_secret: {{ value: s3cret }}, timeout: 5s }}
 routes:
   - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [introspection] }}, authz: {{ allow: any-authenticated }} }}
 "#,

@@ -489,7 +489,7 @@ async fn an_answer_cut_short_ends_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_closes_idle_connections_and_finishes_answers_with_close() {
-    let up = TestUpstream::start("slow").await;
+    let mut up = HeldUpstream::start().await;
     let mut gw = gateway(&format!(
         "upstreams: {{ s: {{ targets: [\"{}\"] }} }}\nroutes:\n  - {{ name: s, match: {{ prefix: / }}, upstream: s }}\n",
         up.url()
@@ -501,14 +501,13 @@ async fn stopping_closes_idle_connections_and_finishes_answers_with_close() {
         .await
         .unwrap();
     read_answers(&mut idle, 1).await;
-    // A request in flight on another.
+    assert_eq!(up.next_arrival().await, "/a");
+    // A request in flight on another, which its upstream holds until the stop is under way.
     let mut busy = TcpStream::connect(addr).await.unwrap();
-    busy.write_all(b"GET /delay/800 HTTP/1.1\r\nHost: x\r\n\r\n")
+    busy.write_all(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    while up.hits() < 2 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert_eq!(up.next_arrival().await, "/held");
     gw.signal("TERM");
     // The idle connection is closed (the drain does not wait for it) …
     let mut rest = Vec::new();
@@ -518,6 +517,7 @@ async fn stopping_closes_idle_connections_and_finishes_answers_with_close() {
         .unwrap();
     assert!(rest.is_empty());
     // … the answer in flight completes, saying the connection ends with it.
+    up.release();
     let mut wire = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), busy.read_to_end(&mut wire))
         .await

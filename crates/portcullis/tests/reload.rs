@@ -529,25 +529,26 @@ async fn certificates_rotated_on_disk_are_picked_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_in_flight_then_stops() {
-    let up = TestUpstream::start("slow").await;
+    let mut up = HeldUpstream::start().await;
     let mut gw = gateway(&format!(
-        "upstreams: {{ s: {{ targets: [\"{}\"] }} }}\nroutes:\n  - {{ name: s, match: {{ prefix: /delay }}, upstream: s }}\n",
+        "upstreams: {{ s: {{ targets: [\"{}\"] }} }}\nroutes:\n  - {{ name: s, match: {{ prefix: /held }}, upstream: s }}\n",
         up.url()
     ));
-    let url = format!("{}/delay/800", gw.url("public"));
+    let url = format!("{}/held", gw.url("public"));
     let pending = tokio::spawn(async move { get(&url).await });
-    while up.hits() == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert_eq!(up.next_arrival().await, "/held");
     gw.signal("TERM");
     // New connections are no longer accepted once the listener closes …
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(
-        tokio::net::TcpStream::connect(gw.listener("public"))
-            .await
-            .is_err()
-    );
-    // … while the request in flight completes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(gw.listener("public"))
+        .await
+        .is_ok()
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // … while the request in flight (its upstream holds it until now) completes.
+    up.release();
     assert_eq!(pending.await.unwrap().status, 200);
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
 }

@@ -295,6 +295,62 @@ pub fn h2_frames(wire: &[u8]) -> Vec<(u8, u32, Vec<u8>)> {
     out
 }
 
+/// An HTTP/1.1 upstream whose answers to paths under `/held` wait until the test releases
+/// them (for a request that must still be in flight when the test acts, however slow the
+/// machine); any other path is answered at once. Every answer is a 200 `ok`.
+pub struct HeldUpstream {
+    pub addr: std::net::SocketAddr,
+    arrived: tokio::sync::mpsc::UnboundedReceiver<String>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl HeldUpstream {
+    pub async fn start() -> HeldUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (arrival, arrived) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (release, released) = tokio::sync::watch::channel(false);
+        serve_http1(
+            listener,
+            move |req: http::Request<hyper::body::Incoming>| {
+                let (arrival, mut released) = (arrival.clone(), released.clone());
+                async move {
+                    let path = req.uri().path().to_string();
+                    let held = path.starts_with("/held");
+                    let _ = arrival.send(path);
+                    if held {
+                        let _ = released.wait_for(|r| *r).await;
+                    }
+                    http::Response::new(Full::new(Bytes::from_static(b"ok")))
+                }
+            },
+        );
+        HeldUpstream {
+            addr,
+            arrived,
+            release,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The path of the next request to arrive (bounded wait).
+    pub async fn next_arrival(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(10), self.arrived.recv())
+            .await
+            .expect("a request reaches the upstream")
+            .unwrap()
+    }
+
+    /// Lets the held requests be answered, and any to come.
+    pub fn release(&self) {
+        self.release.send_replace(true);
+    }
+}
+
 /// An upstream that reads request heads and never answers. It reports, in order, each head's
 /// request line, and `"closed"` when the gateway closes a connection to it.
 pub async fn silent_upstream() -> (

@@ -204,12 +204,6 @@ fn dead_addr() -> SocketAddr {
     addr
 }
 
-/// An address nothing listens on now, released so that a test can listen on it later.
-fn released_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 /// Polls `f` for up to ~5 s.
 async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     for _ in 0..200 {
@@ -565,11 +559,17 @@ async fn least_requests_prefers_the_idle_target() {
 #[tokio::test]
 async fn a_dead_target_is_ejected_then_recovers_after_ejection_time() {
     let live = serve(|_| async { text(200, "live") }).await;
-    // Revived below on the same address.
-    let dead = released_addr();
+    // Revived below on the same address. The port stays this test's meanwhile: bound by a
+    // socket that does not listen yet (connections to it are refused), not freed for another
+    // test to take.
+    let dead_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    dead_socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = dead_socket.local_addr().unwrap();
+    // An ejection that outlasts the requests below on a loaded machine; `eventually` waits
+    // past it.
     let p = pool_of(
         &[format!("\"http://{dead}\""), live.target()],
-        "retries: { attempts: 0 }, passive_health: { consecutive_failures: 1, ejection_time: 300ms }",
+        "retries: { attempts: 0 }, passive_health: { consecutive_failures: 1, ejection_time: 2s }",
     );
     // Round robin starts at the first target: refused, and ejected at once.
     let e = p.forward(get("/"), RETRYABLE).await.err().unwrap();
@@ -586,7 +586,7 @@ async fn a_dead_target_is_ejected_then_recovers_after_ejection_time() {
     assert_eq!(live.hits(), 10);
     // The dead target comes back to life on the same address; after the ejection time it gets
     // traffic again.
-    let revived = serve_on(TcpListener::bind(dead).await.unwrap(), |_| async {
+    let revived = serve_on(dead_socket.listen(64).unwrap(), |_| async {
         text(200, "revived")
     });
     assert!(eventually(|| !p.health_snapshot()[0].ejected).await);
@@ -929,14 +929,15 @@ async fn a_slow_answer_is_a_timeout() {
 
 /// A connection's kept response timer times each request afresh: answers within the timeout
 /// pass however long the connection lived, a slow one times out, and the timer that went off
-/// is set again for the next request.
+/// is set again for the next request. Real sockets and real time: each answer takes a quarter
+/// of the timeout, leaving 750 ms for a loaded machine to be late with it.
 #[tokio::test]
 async fn a_kept_response_timer_times_each_request_afresh() {
     let up = serve(|req: Request<Incoming>| async move {
         if req.uri().path() == "/slow" {
             tokio::time::sleep(Duration::from_secs(10)).await;
         } else {
-            tokio::time::sleep(Duration::from_millis(60)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         text(200, "ok")
     })
@@ -944,15 +945,15 @@ async fn a_kept_response_timer_times_each_request_afresh() {
     let p = pool_of(&[up.target()], "");
     let slot = TimerSlot::default();
     let opts = ForwardOpts {
-        timeout: Duration::from_millis(150),
+        timeout: Duration::from_secs(1),
         retryable: true,
         timer: Some(&slot),
         extra: &[],
         answer_room: ANSWER_ROOM,
         request_body: None,
     };
-    // Together well past one timeout: each is timed from its own start.
-    for _ in 0..4 {
+    // Together well past one timeout (1.5 s): each is timed from its own start.
+    for _ in 0..6 {
         let r = p.forward(get("/"), opts).await.unwrap();
         assert_eq!(body_text(r.response).await, "ok");
     }
