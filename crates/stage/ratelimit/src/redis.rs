@@ -1480,9 +1480,10 @@ mod tests {
         }
         let s = store_with(&c.seeds(), true, "c:", Duration::from_secs(5));
         let keys = keys_on_each_node(&c, "c:");
-        // Real clock: an hour's window, so the test almost never straddles a window's edge.
+        // Real clock: hour-long windows, so the test almost never straddles a window's edge
+        // (where the narrow count, read back below, would also expire).
         let wide = spec(Algorithm::FixedWindow, 5, secs(3600), 1);
-        let narrow = spec(Algorithm::FixedWindow, 1, secs(60), 1);
+        let narrow = spec(Algorithm::FixedWindow, 1, secs(3600), 1);
         let checks = [
             Check {
                 key: &keys[0],
@@ -1532,8 +1533,10 @@ mod tests {
         assert!(c.cmd_all(&["SCRIPT", "FLUSH"]).iter().all(|o| o == "OK"));
         let d = s.check_all(&checks[..2], 1).await.unwrap();
         assert_eq!((d[0].remaining, d[1].remaining), (2, 2));
-        // Every algorithm on a cluster, at a fixed clock.
-        let g = spec(Algorithm::Gcra, 10, secs(1), 2);
+        // Every algorithm on a cluster, at a fixed clock. A key's TTL is its debt (GCRA) or its
+        // windows (sliding) in Redis's real clock: one per 10 s and 10 s windows, so the keys
+        // written here live 10 s and more and the refusals below never race their expiry.
+        let g = spec(Algorithm::Gcra, 10, secs(100), 2);
         let w = spec(Algorithm::SlidingWindow, 2, secs(10), 1);
         for _ in 0..2 {
             assert!(at(&s, &keys[0], &g, T0).await.allowed);
