@@ -1273,9 +1273,12 @@ mod tests {
         let admitted = samples.iter().filter(|s| s.allowed).count() as u64;
         assert!(admitted <= bound, "{admitted} > {bound}");
         assert!(admitted >= bound / 2, "{admitted} far below {bound}");
-        // A budget that cannot refill during the test: exactly its burst.
+        // A budget that cannot refill during the test: exactly its burst. Hammered 2 s, as every
+        // other phase, so that a stalled scheduler still leaves the thousand requests `hammer`
+        // wants (500 ms asked for 2000 a second); the next emission is 36 s away.
         let sp = spec(Algorithm::Gcra, 100, secs(3600), 100);
-        let samples = hammer(stores, 200, &format!("{key}-slow"), sp, now_us() + 500 * MS).await;
+        let slow = format!("{key}-slow");
+        let samples = hammer(stores, 200, &slow, sp, now_us() + 2_000 * MS).await;
         assert_eq!(samples.iter().filter(|s| s.allowed).count(), 100);
     }
 
