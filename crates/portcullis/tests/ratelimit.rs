@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 
@@ -28,10 +28,12 @@ auth:
       - {{ hash: "sha256:{pro}", client_id: pro-client, tier: pro }}
 rate_limits:
   tiers: [free, pro]
+  # Fixed windows per hour: they are aligned to the clock, and a test's requests crossing a
+  # window's edge (every minute, with per-minute windows) would find the budget whole again.
   limits:
-    login-ip: {{ key: [client_ip, route], algorithm: fixed_window, rate: 3/minute }}
-    shared-ip: {{ key: [client_ip], algorithm: fixed_window, rate: 3/minute }}
-    per-route-ip: {{ key: [client_ip, route], algorithm: fixed_window, rate: 2/minute }}
+    login-ip: {{ key: [client_ip, route], algorithm: fixed_window, rate: 3/hour }}
+    shared-ip: {{ key: [client_ip], algorithm: fixed_window, rate: 3/hour }}
+    per-route-ip: {{ key: [client_ip, route], algorithm: fixed_window, rate: 2/hour }}
     per-client: {{ key: [client_id], rate: 1/minute, tiers: {{ free: 2/minute, pro: 5/minute }} }}
     daily: {{ key: [client_id], quota: 5/day, warn_at: [60] }}
     inflight: {{ key: [global], concurrency: 1 }}
@@ -59,8 +61,13 @@ fn gateway_yaml(yaml: &str) -> Gateway {
 fn assert_429(gw: &Gateway, r: &Resp, limit: &str, stage: &str) {
     let v = assert_problem(r, 429, "rate_limited");
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-    // A minute at most for these rates; the next UTC midnight for the daily quota.
-    let max = if limit == "daily" { 86_400 } else { 60 };
+    // At most the window for the fixed windows (an hour), the next UTC midnight for the daily
+    // quota, a minute for the others (per-minute GCRA, the concurrency limit's second).
+    let max = match limit {
+        "daily" => 86_400,
+        "login-ip" | "shared-ip" | "per-route-ip" => 3_600,
+        _ => 60,
+    };
     assert!((1..=max).contains(&retry), "retry-after {retry}");
     assert!(v["detail"].as_str().unwrap().contains(limit), "{v}");
     assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
@@ -87,7 +94,7 @@ async fn a_pre_auth_limit_answers_429_with_headers_and_stops_before_the_upstream
         );
         assert_eq!(
             r.header("ratelimit-policy"),
-            Some("\"login-ip\";q=3;w=60"),
+            Some("\"login-ip\";q=3;w=3600"),
             "{:?}",
             r.headers
         );
@@ -347,7 +354,18 @@ async fn the_ratelimit_example_does_what_its_comments_say() {
     let gw = Gateway::start(bin(), &yaml).unwrap();
     const FREE: &str = "pk_demo_free_000000000000000000000000000000";
     const PRO: &str = "pk_demo_pro_0000000000000000000000000000000";
-    // Five logins a minute per address, then a 429 with its headers.
+    // Five logins a minute per address, then a 429 with its headers. The window is aligned to
+    // the clock's minutes, and six logins across a minute's edge would find it whole again:
+    // within 10 s of an edge, wait for it (and then have 50 s).
+    let into_minute = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 60_000;
+    if into_minute >= 50_000 {
+        let to_edge = (60_000 - into_minute) as u64;
+        tokio::time::sleep(Duration::from_millis(to_edge + 50)).await;
+    }
     for _ in 0..5 {
         assert_eq!(call_public(&gw, "POST", "/login", &[]).await.status, 200);
     }
