@@ -8,19 +8,30 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use common::*;
+use http_body_util::Full;
 
 const FREE_KEY: &str = "pk_free_0123456789abcdef0123456789abcdef";
 const PRO_KEY: &str = "pk_pro_0123456789abcdef0123456789abcdef01";
 
 async fn setup() -> (Gateway, TestUpstream) {
     let up = TestUpstream::start("app").await;
-    let yaml = format!(
+    (gateway_yaml(&config(&up.url(), &up.url())), up)
+}
+
+/// The limits and routes of most tests: every route to `up`, but `/delay` (the one with a
+/// concurrency limit) to `slow`.
+fn config(up: &str, slow: &str) -> String {
+    format!(
         r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
 admin: {{ address: "127.0.0.1:0" }}
-upstreams: {{ app: {{ targets: ["{up}"] }} }}
+upstreams: {{ app: {{ targets: ["{up}"] }}, slow: {{ targets: ["{slow}"] }} }}
 auth:
   api_keys:
     keys:
@@ -45,13 +56,71 @@ routes:
   - {{ name: d, match: {{ prefix: /d }}, upstream: app, auth: {{ anonymous: true }}, rate_limits: [per-route-ip] }}
   - {{ name: api, match: {{ prefix: /api }}, upstream: app, auth: {{ methods: [api_key] }}, authz: {{ allow: any-authenticated }}, rate_limits: [per-client] }}
   - {{ name: quota, match: {{ prefix: /quota }}, upstream: app, auth: {{ methods: [api_key] }}, authz: {{ allow: any-authenticated }}, rate_limits: [daily] }}
-  - {{ name: slow, match: {{ prefix: /delay }}, upstream: app, auth: {{ anonymous: true }}, rate_limits: [inflight] }}
+  - {{ name: slow, match: {{ prefix: /delay }}, upstream: slow, auth: {{ anonymous: true }}, rate_limits: [inflight] }}
 "#,
-        up = up.url(),
         free = sha256_hex(FREE_KEY),
         pro = sha256_hex(PRO_KEY),
-    );
-    (gateway_yaml(&yaml), up)
+    )
+}
+
+/// An upstream that holds every request until the test releases them (then answers them, and
+/// those after, 200 at once), counting the requests that reached it: a request stays in flight
+/// for as long as the test needs, however slow the machine. (An upstream's `/delay/600` gave
+/// the test 600 ms to act while it was in flight.)
+struct HeldUpstream {
+    addr: SocketAddr,
+    calls: Arc<AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl HeldUpstream {
+    async fn start() -> HeldUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let c = calls.clone();
+        serve_http1(
+            listener,
+            move |req: http::Request<hyper::body::Incoming>| {
+                let (c, mut released) = (c.clone(), released.clone());
+                async move {
+                    use http_body_util::BodyExt;
+                    let _ = req.into_body().collect().await;
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let _ = released.wait_for(|r| *r).await;
+                    http::Response::new(Full::new(Bytes::from_static(b"released")))
+                }
+            },
+        );
+        HeldUpstream {
+            addr,
+            calls,
+            release,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` requests have reached it (bounded: the test fails past 10 s).
+    async fn wait_calls(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.calls() < n {
+            assert!(Instant::now() < deadline, "{n} requests never arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Answers the held requests, and every later one at once.
+    fn release(&self) {
+        self.release.send(true).unwrap();
+    }
 }
 
 fn gateway_yaml(yaml: &str) -> Gateway {
@@ -223,21 +292,21 @@ async fn quotas_warn_then_refuse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrency_limit_counts_requests_in_flight() {
-    let (gw, up) = setup().await;
-    let url = format!("{}/delay/600", gw.url("public"));
+    let up = TestUpstream::start("app").await;
+    let held = HeldUpstream::start().await;
+    let gw = gateway_yaml(&config(&up.url(), &held.url()));
+    let url = format!("{}/delay/held", gw.url("public"));
     let slow = tokio::spawn(async move { send(req("GET", &url, &[], "")).await });
-    // Wait until the first request is at the upstream.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while up.hits() == 0 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    // The first request is at the upstream, held there until released.
+    held.wait_calls(1).await;
     let r = call_public(&gw, "GET", "/delay/0", &[]).await;
     assert_429(&gw, &r, "inflight", "ratelimit_pre");
+    assert_eq!(held.calls(), 1, "the refused request reached no upstream");
+    held.release();
     assert_eq!(slow.await.unwrap().status, 200);
     // The slot is free again once the first answered.
     assert_eq!(call_public(&gw, "GET", "/delay/0", &[]).await.status, 200);
-    assert_eq!(up.hits(), 2);
+    assert_eq!(held.calls(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -316,7 +385,7 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_at_its_adaptive_concurrency_limit_is_not_handed_more() {
-    let up = TestUpstream::start("app").await;
+    let up = HeldUpstream::start().await;
     let yaml = format!(
         r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
 admin: {{ address: "127.0.0.1:0" }}
@@ -327,19 +396,18 @@ routes:
         up = up.url()
     );
     let gw = Gateway::start(bin(), &yaml).unwrap();
-    let url = format!("{}/delay/600", gw.url("public"));
+    let url = format!("{}/held", gw.url("public"));
     let first = tokio::spawn(async move { send(req("GET", &url, &[], "")).await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.hits() == 0 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // At the upstream, held there until released.
+    up.wait_calls(1).await;
     let r = call_public(&gw, "GET", "/x", &[]).await;
     assert_problem(&r, 503, "overloaded");
     assert_eq!(r.header("retry-after"), Some("1"));
-    assert_eq!(up.hits(), 1);
+    assert_eq!(up.calls(), 1);
+    up.release();
     assert_eq!(first.await.unwrap().status, 200);
     assert_eq!(call_public(&gw, "GET", "/x", &[]).await.status, 200);
+    assert_eq!(up.calls(), 2);
 }
 
 /// `examples/ratelimit.yaml` as shipped (addresses made ephemeral): its curl lines give what
