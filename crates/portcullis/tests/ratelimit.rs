@@ -8,19 +8,30 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use common::*;
+use http_body_util::Full;
 
 const FREE_KEY: &str = "pk_free_0123456789abcdef0123456789abcdef";
 const PRO_KEY: &str = "pk_pro_0123456789abcdef0123456789abcdef01";
 
 async fn setup() -> (Gateway, TestUpstream) {
     let up = TestUpstream::start("app").await;
-    let yaml = format!(
+    (gateway_yaml(&config(&up.url(), &up.url())), up)
+}
+
+/// The limits and routes of most tests: every route to `up`, but `/delay` (the one with a
+/// concurrency limit) to `slow`.
+fn config(up: &str, slow: &str) -> String {
+    format!(
         r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
 admin: {{ address: "127.0.0.1:0" }}
-upstreams: {{ app: {{ targets: ["{up}"] }} }}
+upstreams: {{ app: {{ targets: ["{up}"] }}, slow: {{ targets: ["{slow}"] }} }}
 auth:
   api_keys:
     keys:
@@ -28,10 +39,12 @@ auth:
       - {{ hash: "sha256:{pro}", client_id: pro-client, tier: pro }}
 rate_limits:
   tiers: [free, pro]
+  # Fixed windows per hour: they are aligned to the clock, and a test's requests crossing a
+  # window's edge (every minute, with per-minute windows) would find the budget whole again.
   limits:
-    login-ip: {{ key: [client_ip, route], algorithm: fixed_window, rate: 3/minute }}
-    shared-ip: {{ key: [client_ip], algorithm: fixed_window, rate: 3/minute }}
-    per-route-ip: {{ key: [client_ip, route], algorithm: fixed_window, rate: 2/minute }}
+    login-ip: {{ key: [client_ip, route], algorithm: fixed_window, rate: 3/hour }}
+    shared-ip: {{ key: [client_ip], algorithm: fixed_window, rate: 3/hour }}
+    per-route-ip: {{ key: [client_ip, route], algorithm: fixed_window, rate: 2/hour }}
     per-client: {{ key: [client_id], rate: 1/minute, tiers: {{ free: 2/minute, pro: 5/minute }} }}
     daily: {{ key: [client_id], quota: 5/day, warn_at: [60] }}
     inflight: {{ key: [global], concurrency: 1 }}
@@ -43,13 +56,71 @@ routes:
   - {{ name: d, match: {{ prefix: /d }}, upstream: app, auth: {{ anonymous: true }}, rate_limits: [per-route-ip] }}
   - {{ name: api, match: {{ prefix: /api }}, upstream: app, auth: {{ methods: [api_key] }}, authz: {{ allow: any-authenticated }}, rate_limits: [per-client] }}
   - {{ name: quota, match: {{ prefix: /quota }}, upstream: app, auth: {{ methods: [api_key] }}, authz: {{ allow: any-authenticated }}, rate_limits: [daily] }}
-  - {{ name: slow, match: {{ prefix: /delay }}, upstream: app, auth: {{ anonymous: true }}, rate_limits: [inflight] }}
+  - {{ name: slow, match: {{ prefix: /delay }}, upstream: slow, auth: {{ anonymous: true }}, rate_limits: [inflight] }}
 "#,
-        up = up.url(),
         free = sha256_hex(FREE_KEY),
         pro = sha256_hex(PRO_KEY),
-    );
-    (gateway_yaml(&yaml), up)
+    )
+}
+
+/// An upstream that holds every request until the test releases them (then answers them, and
+/// those after, 200 at once), counting the requests that reached it: a request stays in flight
+/// for as long as the test needs, however slow the machine. (An upstream's `/delay/600` gave
+/// the test 600 ms to act while it was in flight.)
+struct HeldUpstream {
+    addr: SocketAddr,
+    calls: Arc<AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl HeldUpstream {
+    async fn start() -> HeldUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let c = calls.clone();
+        serve_http1(
+            listener,
+            move |req: http::Request<hyper::body::Incoming>| {
+                let (c, mut released) = (c.clone(), released.clone());
+                async move {
+                    use http_body_util::BodyExt;
+                    let _ = req.into_body().collect().await;
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let _ = released.wait_for(|r| *r).await;
+                    http::Response::new(Full::new(Bytes::from_static(b"released")))
+                }
+            },
+        );
+        HeldUpstream {
+            addr,
+            calls,
+            release,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` requests have reached it (bounded: the test fails past 10 s).
+    async fn wait_calls(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.calls() < n {
+            assert!(Instant::now() < deadline, "{n} requests never arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Answers the held requests, and every later one at once.
+    fn release(&self) {
+        self.release.send(true).unwrap();
+    }
 }
 
 fn gateway_yaml(yaml: &str) -> Gateway {
@@ -59,8 +130,13 @@ fn gateway_yaml(yaml: &str) -> Gateway {
 fn assert_429(gw: &Gateway, r: &Resp, limit: &str, stage: &str) {
     let v = assert_problem(r, 429, "rate_limited");
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
-    // A minute at most for these rates; the next UTC midnight for the daily quota.
-    let max = if limit == "daily" { 86_400 } else { 60 };
+    // At most the window for the fixed windows (an hour), the next UTC midnight for the daily
+    // quota, a minute for the others (per-minute GCRA, the concurrency limit's second).
+    let max = match limit {
+        "daily" => 86_400,
+        "login-ip" | "shared-ip" | "per-route-ip" => 3_600,
+        _ => 60,
+    };
     assert!((1..=max).contains(&retry), "retry-after {retry}");
     assert!(v["detail"].as_str().unwrap().contains(limit), "{v}");
     assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
@@ -87,7 +163,7 @@ async fn a_pre_auth_limit_answers_429_with_headers_and_stops_before_the_upstream
         );
         assert_eq!(
             r.header("ratelimit-policy"),
-            Some("\"login-ip\";q=3;w=60"),
+            Some("\"login-ip\";q=3;w=3600"),
             "{:?}",
             r.headers
         );
@@ -216,21 +292,21 @@ async fn quotas_warn_then_refuse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_concurrency_limit_counts_requests_in_flight() {
-    let (gw, up) = setup().await;
-    let url = format!("{}/delay/600", gw.url("public"));
+    let up = TestUpstream::start("app").await;
+    let held = HeldUpstream::start().await;
+    let gw = gateway_yaml(&config(&up.url(), &held.url()));
+    let url = format!("{}/delay/held", gw.url("public"));
     let slow = tokio::spawn(async move { send(req("GET", &url, &[], "")).await });
-    // Wait until the first request is at the upstream.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while up.hits() == 0 {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    // The first request is at the upstream, held there until released.
+    held.wait_calls(1).await;
     let r = call_public(&gw, "GET", "/delay/0", &[]).await;
     assert_429(&gw, &r, "inflight", "ratelimit_pre");
+    assert_eq!(held.calls(), 1, "the refused request reached no upstream");
+    held.release();
     assert_eq!(slow.await.unwrap().status, 200);
     // The slot is free again once the first answered.
     assert_eq!(call_public(&gw, "GET", "/delay/0", &[]).await.status, 200);
-    assert_eq!(up.hits(), 2);
+    assert_eq!(held.calls(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -309,7 +385,7 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_at_its_adaptive_concurrency_limit_is_not_handed_more() {
-    let up = TestUpstream::start("app").await;
+    let up = HeldUpstream::start().await;
     let yaml = format!(
         r#"listeners: [{{ name: public, address: "127.0.0.1:0" }}]
 admin: {{ address: "127.0.0.1:0" }}
@@ -320,19 +396,18 @@ routes:
         up = up.url()
     );
     let gw = Gateway::start(bin(), &yaml).unwrap();
-    let url = format!("{}/delay/600", gw.url("public"));
+    let url = format!("{}/held", gw.url("public"));
     let first = tokio::spawn(async move { send(req("GET", &url, &[], "")).await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.hits() == 0 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // At the upstream, held there until released.
+    up.wait_calls(1).await;
     let r = call_public(&gw, "GET", "/x", &[]).await;
     assert_problem(&r, 503, "overloaded");
     assert_eq!(r.header("retry-after"), Some("1"));
-    assert_eq!(up.hits(), 1);
+    assert_eq!(up.calls(), 1);
+    up.release();
     assert_eq!(first.await.unwrap().status, 200);
     assert_eq!(call_public(&gw, "GET", "/x", &[]).await.status, 200);
+    assert_eq!(up.calls(), 2);
 }
 
 /// `examples/ratelimit.yaml` as shipped (addresses made ephemeral): its curl lines give what
@@ -347,7 +422,18 @@ async fn the_ratelimit_example_does_what_its_comments_say() {
     let gw = Gateway::start(bin(), &yaml).unwrap();
     const FREE: &str = "pk_demo_free_000000000000000000000000000000";
     const PRO: &str = "pk_demo_pro_0000000000000000000000000000000";
-    // Five logins a minute per address, then a 429 with its headers.
+    // Five logins a minute per address, then a 429 with its headers. The window is aligned to
+    // the clock's minutes, and six logins across a minute's edge would find it whole again:
+    // within 10 s of an edge, wait for it (and then have 50 s).
+    let into_minute = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 60_000;
+    if into_minute >= 50_000 {
+        let to_edge = (60_000 - into_minute) as u64;
+        tokio::time::sleep(Duration::from_millis(to_edge + 50)).await;
+    }
     for _ in 0..5 {
         assert_eq!(call_public(&gw, "POST", "/login", &[]).await.status, 200);
     }

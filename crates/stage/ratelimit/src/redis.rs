@@ -1239,15 +1239,33 @@ mod tests {
         all
     }
 
-    /// Admitted per window, the window told by the decision's reset (Redis and the test share
-    /// this machine's clock; a reply later than half a window would be misfiled).
-    fn per_window(samples: &[Sample], period: u64, reset_windows: u64) -> HashMap<u64, u64> {
-        let mut n = HashMap::new();
+    /// Admitted per window, the window told by the decision's reset. Redis decided at some
+    /// instant between `sent` and `received` (it shares this machine's clock), and the window's
+    /// end (less the `reset_windows - 1` further windows the reset counts) is a multiple of
+    /// `period`: the one in `[sent + reset, received + reset]`, unless the round trip took a
+    /// period or more. `certain` counts each sample in its window when that is the only
+    /// candidate; `possible` counts it in every candidate. The exact bounds are checked on
+    /// `certain`, the floors on `possible`: a slow round trip then weakens a check, it never
+    /// fails one. (Rounding `received + reset` to the nearest window end misfiled any reply
+    /// more than half a period late, which could push a saturated window past its limit.)
+    fn per_window(
+        samples: &[Sample],
+        period: u64,
+        reset_windows: u64,
+    ) -> (HashMap<u64, u64>, HashMap<u64, u64>) {
+        let beyond = (reset_windows - 1) * period;
+        let (mut certain, mut possible) = (HashMap::new(), HashMap::new());
         for s in samples.iter().filter(|s| s.allowed) {
-            let end = s.received + s.reset - (reset_windows - 1) * period;
-            *n.entry((end + period / 2) / period).or_default() += 1;
+            let first = (s.sent + s.reset - beyond).div_ceil(period);
+            let last = (s.received + s.reset - beyond) / period;
+            if first == last {
+                *certain.entry(first).or_default() += 1;
+            }
+            for w in first..=last {
+                *possible.entry(w).or_default() += 1;
+            }
         }
-        n
+        (certain, possible)
     }
 
     /// Fixed window: per window, exactly the limit and never more.
@@ -1255,9 +1273,9 @@ mod tests {
         let (limit, period) = (300, SEC);
         let sp = spec(Algorithm::FixedWindow, limit, secs(1), 1);
         let samples = hammer(stores, 200, key, sp, now_us() + 2_600 * MS).await;
-        let counts = per_window(&samples, period, 1);
-        assert!(counts.values().all(|&n| n <= limit), "{counts:?}");
-        assert!(counts.values().any(|&n| n == limit), "{counts:?}");
+        let (certain, possible) = per_window(&samples, period, 1);
+        assert!(certain.values().all(|&n| n <= limit), "{certain:?}");
+        assert!(possible.values().any(|&n| n >= limit), "{possible:?}");
     }
 
     /// GCRA: from a whole bucket, never more than `burst + span / interval` (exact), and not far
@@ -1273,60 +1291,108 @@ mod tests {
         let admitted = samples.iter().filter(|s| s.allowed).count() as u64;
         assert!(admitted <= bound, "{admitted} > {bound}");
         assert!(admitted >= bound / 2, "{admitted} far below {bound}");
-        // A budget that cannot refill during the test: exactly its burst.
+        // A budget that cannot refill during the test: exactly its burst. Hammered 2 s, as every
+        // other phase, so that a stalled scheduler still leaves the thousand requests `hammer`
+        // wants (500 ms asked for 2000 a second); the next emission is 36 s away.
         let sp = spec(Algorithm::Gcra, 100, secs(3600), 100);
-        let samples = hammer(stores, 200, &format!("{key}-slow"), sp, now_us() + 500 * MS).await;
+        let slow = format!("{key}-slow");
+        let samples = hammer(stores, 200, &slow, sp, now_us() + 2_000 * MS).await;
         assert_eq!(samples.iter().filter(|s| s.allowed).count(), 100);
     }
 
     /// Sliding window: once the previous window is saturated too, any period-long span holds at
     /// most the limit + 1%, and each window admits at most the limit.
+    ///
+    /// Those upper bounds are the property, checked exactly. The floors only show that the load
+    /// did reach the limit, so they must not fail because this machine is slow (they used to:
+    /// see below), and a stall of every hammering task is a real shortfall they tolerate up to
+    /// about 150 ms: a window admits for as long as requests come, the previous window's weight
+    /// falling off all through it, so tasks held back over its last 150 ms cost it up to 15% of
+    /// the limit.
     async fn sliding_window_under_load(stores: &[RedisStore], key: &str) {
         let (limit, period) = (300u64, SEC);
         let sp = spec(Algorithm::SlidingWindow, limit, secs(1), 1);
         let start = now_us();
         let second = (start / period + 1) * period;
         let samples = hammer(stores, 200, key, sp, second + 2_500 * MS).await;
-        let counts = per_window(&samples, period, 2);
-        assert!(counts.values().all(|&n| n <= limit), "{counts:?}");
+        let (certain, possible) = per_window(&samples, period, 2);
+        assert!(certain.values().all(|&n| n <= limit), "{certain:?}");
         // Full windows (after the first, before the last) are saturated.
-        for w in [second / period + 1, second / period + 2] {
-            let n = counts.get(&w).copied().unwrap_or(0);
-            assert!(n * 100 >= limit * 95, "window {w}: {n} {counts:?}");
+        let (w1, w2) = (second / period + 1, second / period + 2);
+        for w in [w1, w2] {
+            let n = possible.get(&w).copied().unwrap_or(0);
+            assert!(n * 100 >= limit * 85, "window {w}: {n} {possible:?}");
         }
-        // Spans measured on this side: each instant is uncertain by its round trip, so spans
-        // are shortened by the longest one (which can only lower the counts).
-        let rtt = samples.iter().map(|s| s.received - s.sent).max().unwrap();
+        // Spans measured on this side: each instant is uncertain by its round trip, so the
+        // bound's spans are shortened by the longest one (which can only lower the counts; it
+        // also takes out the excess a stall lets through, a sliding window being exact only for
+        // evenly spread requests: a stall lengthens the round trips of the requests it holds).
+        let mut rtts: Vec<u64> = samples.iter().map(|s| s.received - s.sent).collect();
+        rtts.sort_unstable();
+        let rtt = rtts[rtts.len() - 1];
         let mut times: Vec<u64> = samples
             .iter()
             .filter(|s| s.allowed)
             .map(|s| (s.sent + s.received) / 2)
             .collect();
         times.sort_unstable();
-        let mut worst = 0;
-        for (i, &t) in times.iter().enumerate() {
-            if t < second + period + rtt {
-                continue;
+        let fullest_span = |shortened_by: u64| {
+            let mut most = 0;
+            for (i, &t) in times.iter().enumerate() {
+                if t < second + period + shortened_by {
+                    continue;
+                }
+                let from = t - period + shortened_by;
+                let inside = i + 1 - times.partition_point(|&x| x <= from);
+                most = most.max(inside as u64);
             }
-            let from = t - period + rtt;
-            let inside = i + 1 - times.partition_point(|&x| x <= from);
-            worst = worst.max(inside as u64);
-        }
+            most
+        };
+        let worst = fullest_span(rtt);
         assert!(
             worst * 100 <= limit * 101,
             "{worst} admitted within one period"
         );
-        assert!(worst * 100 >= limit * 80, "{worst}: not saturated");
-        // Smooth, not a fixed window: a saturated window admits about half its budget in its
-        // first half (a fixed window would admit all of it at the start).
-        let third = second + period;
-        let first_half = times
-            .iter()
-            .filter(|&&t| t >= third && t < third + period / 2)
-            .count() as u64;
+        // That the spans were saturated, measured with the 99th percentile of round trips
+        // rather than the longest: a single slow reply (200 ms shortens every span by a fifth,
+        // and failed the old floor of 80% on `worst`) then only weakens the bound for that run.
+        // A stall lengthens the round trips of the 200 requests in flight, of tens of thousands.
+        let typical = rtts[rtts.len() * 99 / 100];
+        let fullest = fullest_span(typical);
         assert!(
-            first_half * 10 >= limit * 4 && first_half * 10 <= limit * 6,
-            "{first_half} admitted in the first half of a window"
+            fullest * 100 >= limit * 70,
+            "{fullest}: not saturated (spans shortened by {typical} µs; longest round trip {rtt} µs)"
+        );
+        // Smooth, not a fixed window: a saturated window admits about half its budget in its
+        // first half (a fixed window would admit all of it at the start). Exactly: at a fraction
+        // f of a window the previous count p still weighs p * (1 - f), so the first half admits
+        // at most limit - p / 2 (p is at least the previous window's certain count). Counted:
+        // at most the requests certainly decided there, at least those possibly decided there,
+        // so slow round trips cannot fail either side.
+        let (third, half) = (second + period, second + period + period / 2);
+        let in_first_half = |certainly: bool| {
+            samples
+                .iter()
+                .filter(|s| s.allowed)
+                .filter(|s| {
+                    if certainly {
+                        s.sent >= third && s.received < half
+                    } else {
+                        s.received >= third && s.sent < half
+                    }
+                })
+                .count() as u64
+        };
+        let previous = certain.get(&w1).copied().unwrap_or(0);
+        let surely = in_first_half(true);
+        assert!(
+            surely * 2 + previous <= limit * 2,
+            "{surely} admitted in the first half of a window after {previous}"
+        );
+        let maybe = in_first_half(false);
+        assert!(
+            maybe * 100 >= limit * 35,
+            "only {maybe} admitted in the first half of a window"
         );
     }
 
@@ -1480,9 +1546,10 @@ mod tests {
         }
         let s = store_with(&c.seeds(), true, "c:", Duration::from_secs(5));
         let keys = keys_on_each_node(&c, "c:");
-        // Real clock: an hour's window, so the test almost never straddles a window's edge.
+        // Real clock: hour-long windows, so the test almost never straddles a window's edge
+        // (where the narrow count, read back below, would also expire).
         let wide = spec(Algorithm::FixedWindow, 5, secs(3600), 1);
-        let narrow = spec(Algorithm::FixedWindow, 1, secs(60), 1);
+        let narrow = spec(Algorithm::FixedWindow, 1, secs(3600), 1);
         let checks = [
             Check {
                 key: &keys[0],
@@ -1532,8 +1599,10 @@ mod tests {
         assert!(c.cmd_all(&["SCRIPT", "FLUSH"]).iter().all(|o| o == "OK"));
         let d = s.check_all(&checks[..2], 1).await.unwrap();
         assert_eq!((d[0].remaining, d[1].remaining), (2, 2));
-        // Every algorithm on a cluster, at a fixed clock.
-        let g = spec(Algorithm::Gcra, 10, secs(1), 2);
+        // Every algorithm on a cluster, at a fixed clock. A key's TTL is its debt (GCRA) or its
+        // windows (sliding) in Redis's real clock: one per 10 s and 10 s windows, so the keys
+        // written here live 10 s and more and the refusals below never race their expiry.
+        let g = spec(Algorithm::Gcra, 10, secs(100), 2);
         let w = spec(Algorithm::SlidingWindow, 2, secs(10), 1);
         for _ in 0..2 {
             assert!(at(&s, &keys[0], &g, T0).await.allowed);
