@@ -8,14 +8,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use common::*;
-use http_body_util::Full;
 
 const FREE_KEY: &str = "pk_free_0123456789abcdef0123456789abcdef";
 const PRO_KEY: &str = "pk_pro_0123456789abcdef0123456789abcdef01";
@@ -61,66 +56,6 @@ routes:
         free = sha256_hex(FREE_KEY),
         pro = sha256_hex(PRO_KEY),
     )
-}
-
-/// An upstream that holds every request until the test releases them (then answers them, and
-/// those after, 200 at once), counting the requests that reached it: a request stays in flight
-/// for as long as the test needs, however slow the machine. (An upstream's `/delay/600` gave
-/// the test 600 ms to act while it was in flight.)
-struct HeldUpstream {
-    addr: SocketAddr,
-    calls: Arc<AtomicUsize>,
-    release: tokio::sync::watch::Sender<bool>,
-}
-
-impl HeldUpstream {
-    async fn start() -> HeldUpstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (release, released) = tokio::sync::watch::channel(false);
-        let c = calls.clone();
-        serve_http1(
-            listener,
-            move |req: http::Request<hyper::body::Incoming>| {
-                let (c, mut released) = (c.clone(), released.clone());
-                async move {
-                    use http_body_util::BodyExt;
-                    let _ = req.into_body().collect().await;
-                    c.fetch_add(1, Ordering::SeqCst);
-                    let _ = released.wait_for(|r| *r).await;
-                    http::Response::new(Full::new(Bytes::from_static(b"released")))
-                }
-            },
-        );
-        HeldUpstream {
-            addr,
-            calls,
-            release,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-
-    /// Waits until `n` requests have reached it (bounded: the test fails past 10 s).
-    async fn wait_calls(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.calls() < n {
-            assert!(Instant::now() < deadline, "{n} requests never arrived");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Answers the held requests, and every later one at once.
-    fn release(&self) {
-        self.release.send(true).unwrap();
-    }
 }
 
 fn gateway_yaml(yaml: &str) -> Gateway {

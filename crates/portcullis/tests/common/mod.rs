@@ -295,12 +295,14 @@ pub fn h2_frames(wire: &[u8]) -> Vec<(u8, u32, Vec<u8>)> {
     out
 }
 
-/// An HTTP/1.1 upstream whose answers to paths under `/held` wait until the test releases
-/// them (for a request that must still be in flight when the test acts, however slow the
-/// machine); any other path is answered at once. Every answer is a 200 `ok`.
+/// An HTTP/1.1 upstream whose answers to paths with a `/held` segment (`/held`, `/delay/held`)
+/// wait until the test releases them (for a request that must still be in flight when the test
+/// acts, however slow the machine); any other path is answered at once. Every answer is a 200
+/// `ok`, given once the request's body has been read.
 pub struct HeldUpstream {
     pub addr: std::net::SocketAddr,
     arrived: tokio::sync::mpsc::UnboundedReceiver<String>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     release: tokio::sync::watch::Sender<bool>,
 }
 
@@ -310,13 +312,18 @@ impl HeldUpstream {
         let addr = listener.local_addr().unwrap();
         let (arrival, arrived) = tokio::sync::mpsc::unbounded_channel::<String>();
         let (release, released) = tokio::sync::watch::channel(false);
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
         serve_http1(
             listener,
             move |req: http::Request<hyper::body::Incoming>| {
                 let (arrival, mut released) = (arrival.clone(), released.clone());
+                let counted = counted.clone();
                 async move {
                     let path = req.uri().path().to_string();
-                    let held = path.starts_with("/held");
+                    let held = path.split('/').any(|segment| segment == "held");
+                    let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let _ = arrival.send(path);
                     if held {
                         let _ = released.wait_for(|r| *r).await;
@@ -328,7 +335,25 @@ impl HeldUpstream {
         HeldUpstream {
             addr,
             arrived,
+            calls,
             release,
+        }
+    }
+
+    /// How many requests have reached it.
+    pub fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` requests have reached it (the test fails past 10 s).
+    pub async fn wait_calls(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.calls() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} requests never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
