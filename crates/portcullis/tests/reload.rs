@@ -527,6 +527,18 @@ async fn certificates_rotated_on_disk_are_picked_up() {
     }
 }
 
+/// Waits until the public listener refuses connections (the test fails past 10 s).
+async fn public_listener_closed(gw: &Gateway) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(gw.listener("public"))
+        .await
+        .is_ok()
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_in_flight_then_stops() {
     let mut up = HeldUpstream::start().await;
@@ -539,14 +551,7 @@ async fn sigterm_finishes_requests_in_flight_then_stops() {
     assert_eq!(up.next_arrival().await, "/held");
     gw.signal("TERM");
     // New connections are no longer accepted once the listener closes …
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(gw.listener("public"))
-        .await
-        .is_ok()
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    public_listener_closed(&gw).await;
     // … while the request in flight (its upstream holds it until now) completes.
     up.release();
     assert_eq!(pending.await.unwrap().status, 200);
@@ -703,14 +708,7 @@ async fn a_second_stop_signal_cuts_the_drain_short() {
     assert_eq!(next_report(&mut reports).await, "GET /slow/held HTTP/1.1");
     gw.signal("TERM");
     // The first signal is taken once the listener is closed; the request is still held.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(gw.listener("public"))
-        .await
-        .is_ok()
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr_text());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    public_listener_closed(&gw).await;
     assert_eq!(gw.wait_exit(Duration::from_millis(300)), None, "draining");
     gw.signal("INT");
     assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0));
