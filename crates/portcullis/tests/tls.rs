@@ -878,3 +878,72 @@ async fn a_keep_alive_answer_over_tls_arrives_whole_to_a_slower_client() {
         String::from_utf8_lossy(&rest[..rest.len().min(200)])
     );
 }
+
+/// HTTP/2 over TLS is what ALPN chose (RFC 9113 §3.2): a client that settled on `http/1.1`, or
+/// offered no protocol, and then opens with the HTTP/2 preface is refused as any malformed
+/// request is (400, a problem document with its request id, audited, the connection closed),
+/// not served HTTP/2; nothing reaches the upstream, and the same gateway still serves HTTP/2 to
+/// a client that offered `h2`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http2_preface_needs_alpn_to_have_chosen_h2() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = TestPki::new();
+    let up = TestUpstream::start("a").await;
+    let (gw, _, _) = tls_gateway(
+        &pki,
+        "1.2",
+        &format!("upstreams: {{ up: {{ targets: [\"{}\"] }} }}", up.url()),
+    );
+    let addr = gw.listener("secure");
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let offers: [&[&[u8]]; 2] = [&[b"http/1.1"], &[]];
+    for alpn in offers {
+        let cfg = client_config(&pki, &[&rustls::version::TLS13], alpn);
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), alpn.first().copied());
+        tls.write_all(preface).await.unwrap();
+        let mut out = Vec::new();
+        // The gateway closes the connection (whether with TLS's close_notify or not).
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
+            .await
+            .expect("the gateway closes the connection");
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 400 "), "{alpn:?}: {out}");
+        let lower = out.to_ascii_lowercase();
+        assert!(
+            lower.contains("content-type: application/problem+json"),
+            "{out}"
+        );
+        let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+        let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+        let id = doc["request_id"].as_str().unwrap().to_string();
+        assert!(lower.contains(&format!("x-request-id: {id}")), "{out}");
+        let ev = gw
+            .wait_for_audit(|e| e["request_id"] == id, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(ev["stage"], "protocol", "{ev}");
+        assert_eq!(ev["reason"], "bad_request", "{ev}");
+        assert_eq!(ev["method"], "PRI", "{ev}");
+    }
+    assert_eq!(up.hits(), 0, "nothing reached the upstream");
+    // Offered `h2`: HTTP/2, to the upstream.
+    let (r, seen) = send_tls(
+        addr,
+        "a.test",
+        &pki.ca_pem(),
+        &[b"h2"],
+        req("GET", "https://a.test/x", &[], ""),
+    )
+    .await
+    .unwrap();
+    assert_eq!(seen.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2);
+    assert_eq!(up.hits(), 1);
+}

@@ -311,6 +311,13 @@ async fn connection(
             let watchdog = Gated::new(watchdog);
             let tls_stream = Sniffed::new(tls_stream, framing.clone(), activity.clone(), max_buf)
                 .with_max_fields(max_fields);
+            // HTTP/2 over TLS is what ALPN chose (RFC 9113 §3.2): without `h2` there, a
+            // connection that opens with the HTTP/2 preface is refused, not served HTTP/2.
+            let tls_stream = if h2 {
+                tls_stream
+            } else {
+                tls_stream.http1_only()
+            };
             let info = Arc::new(ConnInfo {
                 peer,
                 scheme: Scheme::Https,
@@ -324,7 +331,11 @@ async fn connection(
                 resets: Arc::new(ResetWatch::new(max_resets)),
                 activity,
             });
-            let builder = if h2 { builder.http2_only() } else { builder };
+            let builder = if h2 {
+                builder.http2_only()
+            } else {
+                builder.http1_only()
+            };
             let metrics = gw.metrics.clone();
             let watched = info.clone();
             let conn = Box::pin(serve_http(

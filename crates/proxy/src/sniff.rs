@@ -211,6 +211,9 @@ pub struct Framing {
     /// No head has been followed to its end yet: what comes is the connection's first bytes,
     /// where the HTTP/2 preface may be.
     first_head: bool,
+    /// The connection may open with the HTTP/2 preface: not on a TLS connection whose ALPN
+    /// did not choose `h2` (RFC 9113 §3.2), where a preface is a head like any other.
+    http2_allowed: bool,
 }
 
 impl Framing {
@@ -223,6 +226,7 @@ impl Framing {
             body_refused: false,
             http2: false,
             first_head: true,
+            http2_allowed: true,
         }
     }
 
@@ -280,7 +284,7 @@ impl Framing {
                             self.flag(Ambiguity::MalformedRequestLine);
                             return Some(Refusal::At(input.len() - data.len()));
                         }
-                        let opening = preface(data, self.first_head);
+                        let opening = preface(data, self.first_head && self.http2_allowed);
                         if opening == Preface::Whole {
                             self.state = State::Off;
                             self.http2 = true;
@@ -328,7 +332,7 @@ impl Framing {
                         self.flag(Ambiguity::MalformedRequestLine);
                         return Some(began);
                     }
-                    match preface(buf, self.first_head) {
+                    match preface(buf, self.first_head && self.http2_allowed) {
                         Preface::Whole => {
                             self.state = State::Off;
                             self.http2 = true;
@@ -340,7 +344,7 @@ impl Framing {
                     // Where the head's end may be: in the new bytes or the three before them
                     // (the earlier ones were searched as they came), or anywhere when they
                     // were held as the start of a preface, unsearched.
-                    let from = if self.first_head && before <= PREFACE.len() {
+                    let from = if self.first_head && self.http2_allowed && before <= PREFACE.len() {
                         lead
                     } else {
                         before.saturating_sub(3).max(lead)
@@ -1141,6 +1145,14 @@ impl<S: ClientSocket> Sniffed<S> {
     /// Refuses heads with more than `n` field lines (hyper's `max_headers`).
     pub fn with_max_fields(mut self, n: usize) -> Self {
         self.framing.max_fields = n;
+        self
+    }
+
+    /// HTTP/1.1 only: the HTTP/2 preface is not recognised, so a connection opening with it is
+    /// refused as a head whose request line reads `PRI * HTTP/2.0` (for TLS connections whose
+    /// ALPN did not choose `h2`).
+    pub fn http1_only(mut self) -> Self {
+        self.framing.http2_allowed = false;
         self
     }
 
@@ -2261,6 +2273,38 @@ mod tests {
             );
             assert!(!run(&[raw]).1.http2());
         }
+    }
+
+    /// Where HTTP/2 is not allowed (TLS whose ALPN did not choose `h2`), the preface is a
+    /// head like any other, refused for its request line, whole or in pieces; an HTTP/1.1
+    /// request is followed as before.
+    #[test]
+    fn without_http2_the_preface_is_refused() {
+        let http1 = |chunks: &[&[u8]]| {
+            let flag = Arc::new(Flag::default());
+            let mut f = Framing::new(flag.clone(), 256 * 1024);
+            f.http2_allowed = false;
+            for c in chunks {
+                f.feed(c);
+            }
+            (flag.get(), f.http2())
+        };
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        assert_eq!(
+            http1(&[preface]),
+            (Some(Ambiguity::MalformedRequestLine), false)
+        );
+        let bytes: Vec<&[u8]> = preface.chunks(1).collect();
+        assert_eq!(
+            http1(&bytes),
+            (Some(Ambiguity::MalformedRequestLine), false)
+        );
+        assert_eq!(
+            http1(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]),
+            (None, false)
+        );
+        // The same preface where HTTP/2 is allowed.
+        assert!(run(&[preface]).1.http2());
     }
 
     /// An upgrade or CONNECT is left alone after its head (a 101 or a tunnel may follow), but
