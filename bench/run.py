@@ -449,13 +449,18 @@ def medians(runs):
 UNSTEADY = 0.25
 
 
-def measure_rounds(cases):
+def measure_rounds(cases, alternate=False):
     """Measures several cases ({key: (fn, pids)}) in rounds: one run of each case per round,
     REPEAT rounds, the median of each case. Other work on the machine then falls on
-    every case alike rather than on whichever ran during it."""
+    every case alike rather than on whichever ran during it. With `alternate`, every other
+    round runs the cases in reverse order, so that a steady drift of the machine's speed favours
+    no case: over two rounds each case ran as often early as late."""
     runs = {key: [] for key in cases}
     for i in range(REPEAT):
-        for key, (fn, pids, *upstream) in cases.items():
+        order = list(cases.items())
+        if alternate and i % 2 == 1:
+            order.reverse()
+        for key, (fn, pids, *upstream) in order:
             runs[key].append(measure_once(fn, pids, *upstream))
             print(*key, f"run {i + 1}/{REPEAT}", runs[key][-1], flush=True)
     # Each case's runs stay beside its medians, in round order, for round-by-round comparisons.
@@ -911,15 +916,20 @@ def plain_scenario(work, procs):
     cases = {}
     up = procs["upstream"]
     up_pids = [up.pid] + children(up.pid)
-    for name, (port, h2port) in servers.items():
-        p = procs[name]
-        pids = [p.pid] + children(p.pid)
-        # What the upstream behind the proxy spends per request (not for the upstream alone).
-        behind = () if name == "upstream" else up_pids
-        cases[(name, "small")] = (lambda port=port: wrk(port, "/", work), pids, behind)
-        cases[(name, "16k")] = (lambda port=port: wrk(port, "/16k", work), pids, behind)
-        cases[(name, "h2")] = (lambda h2port=h2port: h2load(h2port, "/"), pids, behind)
-    return measure_rounds(cases)
+    # Load by load, every server in turn: the runs compared round by round (Portcullis and
+    # nginx under the same load) are a few runs apart, not a whole round's third.
+    for test in ("small", "16k", "h2"):
+        for name, (port, h2port) in servers.items():
+            p = procs[name]
+            pids = [p.pid] + children(p.pid)
+            # What the upstream behind the proxy spends per request (not for the upstream alone).
+            behind = () if name == "upstream" else up_pids
+            if test == "h2":
+                cases[(name, test)] = (lambda h2port=h2port: h2load(h2port, "/"), pids, behind)
+            else:
+                path = "/" if test == "small" else "/16k"
+                cases[(name, test)] = (lambda port=port, path=path: wrk(port, path, work), pids, behind)
+    return measure_rounds(cases, alternate=True)
 
 
 def p99_ratio(a, b):

@@ -155,6 +155,20 @@ class Medians(unittest.TestCase):
         self.assertEqual(out[("x", "small")]["rps"], 2.0)
         self.assertEqual([x["rps"] for x in out[("x", "small")]["runs"]], [3.0, 1.0, 2.0])
 
+    def test_alternate_rounds_run_the_cases_in_reverse(self):
+        ran = []
+        real, repeat = run.measure_once, run.REPEAT
+        run.measure_once = lambda fn, pids, *up: fn()
+        run.REPEAT = 3
+        cases = {k: (lambda k=k: ran.append(k) or {"rps": 1.0}, []) for k in ("a", "b", "c")}
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                run.measure_rounds(cases, alternate=True)
+                run.measure_rounds(cases)
+        finally:
+            run.measure_once, run.REPEAT = real, repeat
+        self.assertEqual("".join(ran), "abccbaabc" + "abcabcabc")
+
     def test_stat_times_are_counted_after_the_command_name(self):
         # A command name with a blank and a parenthesis, as nginx's workers have.
         line = ("4242 (nginx: worker) x) S 4241 4241 4241 0 -1 4194624 1200 0 0 0 "
