@@ -331,6 +331,10 @@ async fn connection(
                 resets: Arc::new(ResetWatch::new(max_resets)),
                 activity,
             });
+            // Intent only: serving with upgrades, hyper-util's auto builder reads the version
+            // from the first bytes whatever these say. What holds a connection to its ALPN
+            // choice is the framing reader (`http1_only` above; an HTTP/1.1 head on an `h2`
+            // connection is still read, and checked, as HTTP/1.1).
             let builder = if h2 {
                 builder.http2_only()
             } else {
