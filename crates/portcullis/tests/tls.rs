@@ -947,3 +947,86 @@ async fn the_http2_preface_needs_alpn_to_have_chosen_h2() {
     assert_eq!(r.version, http::Version::HTTP_2);
     assert_eq!(up.hits(), 1);
 }
+
+/// The other way round: a connection whose ALPN chose `h2` must open with the HTTP/2 preface
+/// (RFC 9113 §3.4). An HTTP/1.1 head there is refused, not served as HTTP/1.1: 400 with a
+/// problem document, audited, the connection closed, nothing upstream.
+#[tokio::test]
+async fn an_h2_connection_must_open_with_the_preface() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = TestPki::new();
+    let up = TestUpstream::start("a").await;
+    let (gw, _, _) = tls_gateway(
+        &pki,
+        "1.2",
+        &format!("upstreams: {{ up: {{ targets: [\"{}\"] }} }}", up.url()),
+    );
+    let addr = gw.listener("secure");
+    // Whole, and in two writes whose first is the preface's start (held back, then refused).
+    let openings: [&[&[u8]]; 2] = [
+        &[b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n"],
+        &[b"PRI * HTTP/", b"1.1\r\nHost: a.test\r\n\r\n"],
+    ];
+    for (i, writes) in openings.into_iter().enumerate() {
+        let cfg = client_config(&pki, &[&rustls::version::TLS13], &[b"h2"]);
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        for w in writes {
+            tls.write_all(w).await.unwrap();
+            tls.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
+            .await
+            .expect("the gateway closes the connection");
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 400 "), "{i}: {out}");
+        let lower = out.to_ascii_lowercase();
+        assert!(
+            lower.contains("content-type: application/problem+json"),
+            "{out}"
+        );
+        assert!(lower.contains("connection: close"), "{out}");
+        let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+        let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(doc["status"], 400, "{doc}");
+        assert!(doc["detail"].as_str().unwrap().contains("ALPN h2"), "{doc}");
+        let id = doc["request_id"].as_str().unwrap().to_string();
+        assert!(lower.contains(&format!("x-request-id: {id}")), "{out}");
+        let ev = gw
+            .wait_for_audit(|e| e["request_id"] == id, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(ev["stage"], "protocol", "{ev}");
+        assert_eq!(ev["reason"], "bad_request", "{ev}");
+        assert_eq!(ev["status"], 400, "{ev}");
+    }
+    assert_eq!(up.hits(), 0, "nothing reached the upstream");
+    // HTTP/2 on the same listener still works, and HTTP/1.1 where ALPN chose it.
+    for (alpn, version, request) in [
+        (
+            &b"h2"[..],
+            http::Version::HTTP_2,
+            req("GET", "https://a.test/x", &[], ""),
+        ),
+        (
+            &b"http/1.1"[..],
+            http::Version::HTTP_11,
+            req("GET", "/x", &[("host", "a.test")], ""),
+        ),
+    ] {
+        let (r, seen) = send_tls(addr, "a.test", &pki.ca_pem(), &[alpn], request)
+            .await
+            .unwrap();
+        assert_eq!(seen.alpn.as_deref(), Some(alpn));
+        assert_eq!(r.status, 200, "{alpn:?}: {:?}", r.body);
+        assert_eq!(r.version, version);
+    }
+    assert_eq!(up.hits(), 2);
+}

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::front;
 use crate::gate::Gated;
 use crate::resets::ResetWatch;
-use crate::sniff::{Activity, Flag, Sniffed};
+use crate::sniff::{Activity, Flag, Opening, Sniffed};
 use crate::{ConnInfo, Gateway};
 
 /// How long a connection whose head ran out of time is given to write its 408.
@@ -311,13 +311,11 @@ async fn connection(
             let watchdog = Gated::new(watchdog);
             let tls_stream = Sniffed::new(tls_stream, framing.clone(), activity.clone(), max_buf)
                 .with_max_fields(max_fields);
-            // HTTP/2 over TLS is what ALPN chose (RFC 9113 §3.2): without `h2` there, a
-            // connection that opens with the HTTP/2 preface is refused, not served HTTP/2.
-            let tls_stream = if h2 {
-                tls_stream
-            } else {
-                tls_stream.http1_only()
-            };
+            // The version over TLS is what ALPN chose (RFC 9113 §3.2, §3.4): without `h2`
+            // there, a connection that opens with the HTTP/2 preface is refused, not served
+            // HTTP/2; with it, one that opens with anything else (an HTTP/1.1 head) is refused,
+            // not served HTTP/1.1.
+            let tls_stream = tls_stream.opening(if h2 { Opening::Http2 } else { Opening::Http1 });
             let info = Arc::new(ConnInfo {
                 peer,
                 scheme: Scheme::Https,
@@ -333,8 +331,7 @@ async fn connection(
             });
             // Intent only: serving with upgrades, hyper-util's auto builder reads the version
             // from the first bytes whatever these say. What holds a connection to its ALPN
-            // choice is the framing reader (`http1_only` above; an HTTP/1.1 head on an `h2`
-            // connection is still read, and checked, as HTTP/1.1).
+            // choice is the framing reader (`opening` above).
             let builder = if h2 {
                 builder.http2_only()
             } else {

@@ -53,6 +53,9 @@ pub enum Ambiguity {
     /// A request line other than `method SP target SP HTTP/1.x`, with a method of token
     /// characters and a target hyper takes as a URI.
     MalformedRequestLine = 13,
+    /// A TLS connection whose ALPN chose `h2` did not open with the HTTP/2 connection preface
+    /// (RFC 9113 §3.4): an HTTP/1.1 head there is refused, not served as HTTP/1.1.
+    Http2PrefaceMissing = 14,
 }
 
 /// What hyper is handed instead of a refused head: a request it parses, whose only purpose is
@@ -88,6 +91,9 @@ impl Ambiguity {
             Ambiguity::HeadTimeout => {
                 "the request head was not complete within the header read timeout"
             }
+            Ambiguity::Http2PrefaceMissing => {
+                "the TLS handshake chose HTTP/2 (ALPN h2), so the connection must open with the HTTP/2 connection preface"
+            }
         }
     }
 
@@ -117,6 +123,7 @@ impl Ambiguity {
             11 => Ambiguity::TooManyFields,
             12 => Ambiguity::TargetTooLong,
             13 => Ambiguity::MalformedRequestLine,
+            14 => Ambiguity::Http2PrefaceMissing,
             _ => return None,
         })
     }
@@ -211,9 +218,19 @@ pub struct Framing {
     /// No head has been followed to its end yet: what comes is the connection's first bytes,
     /// where the HTTP/2 preface may be.
     first_head: bool,
-    /// The connection may open with the HTTP/2 preface: not on a TLS connection whose ALPN
-    /// did not choose `h2` (RFC 9113 §3.2), where a preface is a head like any other.
-    http2_allowed: bool,
+    /// Which openings the connection may have: on TLS, what ALPN chose (RFC 9113 §3.2, §3.4).
+    opening: Opening,
+}
+
+/// How a connection may open: with an HTTP/1.1 head or the HTTP/2 preface (cleartext, where
+/// the bytes say which), an HTTP/1.1 head only (TLS whose ALPN did not choose `h2`: there the
+/// preface is a head like any other, refused for its request line), or the preface only (TLS
+/// whose ALPN chose `h2`: anything else is refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    Either,
+    Http1,
+    Http2,
 }
 
 impl Framing {
@@ -226,7 +243,7 @@ impl Framing {
             body_refused: false,
             http2: false,
             first_head: true,
-            http2_allowed: true,
+            opening: Opening::Either,
         }
     }
 
@@ -284,11 +301,18 @@ impl Framing {
                             self.flag(Ambiguity::MalformedRequestLine);
                             return Some(Refusal::At(input.len() - data.len()));
                         }
-                        let opening = preface(data, self.first_head && self.http2_allowed);
+                        let opening =
+                            preface(data, self.first_head && self.opening != Opening::Http1);
                         if opening == Preface::Whole {
                             self.state = State::Off;
                             self.http2 = true;
                             return None;
+                        }
+                        // (Only the connection's first bytes get here where the preface is
+                        // required: after it nothing is followed.)
+                        if opening == Preface::No && self.opening == Opening::Http2 {
+                            self.flag(Ambiguity::Http2PrefaceMissing);
+                            return Some(Refusal::At(input.len() - data.len()));
                         }
                         if let Some(pos) = find_head_end(&data[lead..])
                             && opening == Preface::No
@@ -332,19 +356,26 @@ impl Framing {
                         self.flag(Ambiguity::MalformedRequestLine);
                         return Some(began);
                     }
-                    match preface(buf, self.first_head && self.http2_allowed) {
+                    match preface(buf, self.first_head && self.opening != Opening::Http1) {
                         Preface::Whole => {
                             self.state = State::Off;
                             self.http2 = true;
                             return None;
                         }
                         Preface::Partial => return None,
+                        Preface::No if self.opening == Opening::Http2 => {
+                            self.flag(Ambiguity::Http2PrefaceMissing);
+                            return Some(began);
+                        }
                         Preface::No => {}
                     }
                     // Where the head's end may be: in the new bytes or the three before them
                     // (the earlier ones were searched as they came), or anywhere when they
                     // were held as the start of a preface, unsearched.
-                    let from = if self.first_head && self.http2_allowed && before <= PREFACE.len() {
+                    let from = if self.first_head
+                        && self.opening != Opening::Http1
+                        && before <= PREFACE.len()
+                    {
                         lead
                     } else {
                         before.saturating_sub(3).max(lead)
@@ -1148,11 +1179,13 @@ impl<S: ClientSocket> Sniffed<S> {
         self
     }
 
-    /// HTTP/1.1 only: the HTTP/2 preface is not recognised, so a connection opening with it is
-    /// refused as a head whose request line reads `PRI * HTTP/2.0` (for TLS connections whose
-    /// ALPN did not choose `h2`).
-    pub fn http1_only(mut self) -> Self {
-        self.framing.http2_allowed = false;
+    /// What the connection may open with ([`Opening`]; by default either, as cleartext may):
+    /// for a TLS connection, what its ALPN chose. [`Opening::Http1`]: the HTTP/2 preface is
+    /// not recognised, so a connection opening with it is refused as a head whose request line
+    /// reads `PRI * HTTP/2.0`. [`Opening::Http2`]: anything but the preface is refused
+    /// ([`Ambiguity::Http2PrefaceMissing`]).
+    pub fn opening(mut self, opening: Opening) -> Self {
+        self.framing.opening = opening;
         self
     }
 
@@ -2283,7 +2316,7 @@ mod tests {
         let http1 = |chunks: &[&[u8]]| {
             let flag = Arc::new(Flag::default());
             let mut f = Framing::new(flag.clone(), 256 * 1024);
-            f.http2_allowed = false;
+            f.opening = Opening::Http1;
             for c in chunks {
                 f.feed(c);
             }
@@ -2305,6 +2338,53 @@ mod tests {
         );
         // The same preface where HTTP/2 is allowed.
         assert!(run(&[preface]).1.http2());
+    }
+
+    /// Where HTTP/2 is required (TLS whose ALPN chose `h2`), the preface is followed as ever,
+    /// whole or in pieces, and anything else is refused from its first byte that departs from
+    /// it: an HTTP/1.1 head, a preface that turns into one, leading empty lines.
+    #[test]
+    fn with_http2_required_only_the_preface_opens() {
+        let h2 = |chunks: &[&[u8]]| {
+            let flag = Arc::new(Flag::default());
+            let mut f = Framing::new(flag.clone(), 256 * 1024);
+            f.opening = Opening::Http2;
+            let mut refused = None;
+            let mut fed = 0;
+            for c in chunks {
+                if let Some(r) = f.feed(c) {
+                    refused = Some((fed, r));
+                    break;
+                }
+                fed += c.len();
+            }
+            (flag.get(), f.http2(), refused)
+        };
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        assert_eq!(h2(&[preface]), (None, true, None));
+        let bytes: Vec<&[u8]> = preface.chunks(1).collect();
+        assert_eq!(h2(&bytes), (None, true, None));
+        let missing = Some(Ambiguity::Http2PrefaceMissing);
+        assert_eq!(
+            h2(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]),
+            (missing, false, Some((0, Refusal::At(0))))
+        );
+        // A head's first bytes alone are enough to refuse it: no wait for its end.
+        assert_eq!(h2(&[b"GET"]), (missing, false, Some((0, Refusal::At(0)))));
+        // Held as the preface's start, then departing from it: the held bytes are the head's.
+        assert_eq!(
+            h2(&[b"PRI * HTTP/", b"1.1\r\nHost: a\r\n\r\n"]),
+            (missing, false, Some((11, Refusal::Held)))
+        );
+        assert_eq!(
+            h2(&[b"\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]),
+            (missing, false, Some((0, Refusal::At(0))))
+        );
+        assert!(Ambiguity::Http2PrefaceMissing.detail().contains("ALPN h2"));
+        assert_eq!(
+            Ambiguity::from_u8(Ambiguity::Http2PrefaceMissing as u8),
+            missing
+        );
     }
 
     /// An upgrade or CONNECT is left alone after its head (a 101 or a tunnel may follow), but
