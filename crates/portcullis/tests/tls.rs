@@ -879,6 +879,61 @@ async fn a_keep_alive_answer_over_tls_arrives_whole_to_a_slower_client() {
     );
 }
 
+/// Opens a TLS connection offering `alpn`, writes `writes` (each flushed, a pause after each),
+/// and checks that the gateway refused the connection's opening: 400 as an HTTP/1.1 problem
+/// document with its request id in `x-request-id`, `connection: close`, audited as step
+/// `protocol` and `bad_request`, the connection closed. Returns the problem document and the
+/// audit event.
+async fn refused_opening(
+    gw: &Gateway,
+    pki: &TestPki,
+    alpn: &[&[u8]],
+    writes: &[&[u8]],
+) -> (serde_json::Value, serde_json::Value) {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = client_config(pki, &[&rustls::version::TLS13], alpn);
+    let tcp = tokio::net::TcpStream::connect(gw.listener("secure"))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), alpn.first().copied());
+    for w in writes {
+        tls.write_all(w).await.unwrap();
+        tls.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut out = Vec::new();
+    // The gateway closes the connection (whether with TLS's close_notify or not).
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
+        .await
+        .expect("the gateway closes the connection");
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 400 "), "{alpn:?}: {out}");
+    let lower = out.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/problem+json"),
+        "{out}"
+    );
+    assert!(lower.contains("connection: close"), "{out}");
+    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(doc["status"], 400, "{doc}");
+    let id = doc["request_id"].as_str().unwrap().to_string();
+    assert!(lower.contains(&format!("x-request-id: {id}")), "{out}");
+    let ev = gw
+        .wait_for_audit(|e| e["request_id"] == id, Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(ev["stage"], "protocol", "{ev}");
+    assert_eq!(ev["reason"], "bad_request", "{ev}");
+    assert_eq!(ev["status"], 400, "{ev}");
+    (doc, ev)
+}
+
 /// HTTP/2 over TLS is what ALPN chose (RFC 9113 §3.2): a client that settled on `http/1.1`, or
 /// offered no protocol, and then opens with the HTTP/2 preface is refused as any malformed
 /// request is (400, a problem document with its request id, audited, the connection closed),
@@ -886,8 +941,6 @@ async fn a_keep_alive_answer_over_tls_arrives_whole_to_a_slower_client() {
 /// a client that offered `h2`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http2_preface_needs_alpn_to_have_chosen_h2() {
-    use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pki = TestPki::new();
     let up = TestUpstream::start("a").await;
     let (gw, _, _) = tls_gateway(
@@ -896,39 +949,10 @@ async fn the_http2_preface_needs_alpn_to_have_chosen_h2() {
         &format!("upstreams: {{ up: {{ targets: [\"{}\"] }} }}", up.url()),
     );
     let addr = gw.listener("secure");
-    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
     let offers: [&[&[u8]]; 2] = [&[b"http/1.1"], &[]];
     for alpn in offers {
-        let cfg = client_config(&pki, &[&rustls::version::TLS13], alpn);
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(cfg)
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        assert_eq!(tls.get_ref().1.alpn_protocol(), alpn.first().copied());
-        tls.write_all(preface).await.unwrap();
-        let mut out = Vec::new();
-        // The gateway closes the connection (whether with TLS's close_notify or not).
-        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
-            .await
-            .expect("the gateway closes the connection");
-        let out = String::from_utf8_lossy(&out);
-        assert!(out.starts_with("HTTP/1.1 400 "), "{alpn:?}: {out}");
-        let lower = out.to_ascii_lowercase();
-        assert!(
-            lower.contains("content-type: application/problem+json"),
-            "{out}"
-        );
-        let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
-        let doc: serde_json::Value = serde_json::from_str(body).unwrap();
-        let id = doc["request_id"].as_str().unwrap().to_string();
-        assert!(lower.contains(&format!("x-request-id: {id}")), "{out}");
-        let ev = gw
-            .wait_for_audit(|e| e["request_id"] == id, Duration::from_secs(5))
-            .unwrap();
-        assert_eq!(ev["stage"], "protocol", "{ev}");
-        assert_eq!(ev["reason"], "bad_request", "{ev}");
+        let (_, ev) = refused_opening(&gw, &pki, alpn, &[preface]).await;
         assert_eq!(ev["method"], "PRI", "{ev}");
     }
     assert_eq!(up.hits(), 0, "nothing reached the upstream");
@@ -953,8 +977,6 @@ async fn the_http2_preface_needs_alpn_to_have_chosen_h2() {
 /// problem document, audited, the connection closed, nothing upstream.
 #[tokio::test]
 async fn an_h2_connection_must_open_with_the_preface() {
-    use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let pki = TestPki::new();
     let up = TestUpstream::start("a").await;
     let (gw, _, _) = tls_gateway(
@@ -968,44 +990,10 @@ async fn an_h2_connection_must_open_with_the_preface() {
         &[b"GET /x HTTP/1.1\r\nHost: a.test\r\n\r\n"],
         &[b"PRI * HTTP/", b"1.1\r\nHost: a.test\r\n\r\n"],
     ];
-    for (i, writes) in openings.into_iter().enumerate() {
-        let cfg = client_config(&pki, &[&rustls::version::TLS13], &[b"h2"]);
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let mut tls = tokio_rustls::TlsConnector::from(cfg)
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        for w in writes {
-            tls.write_all(w).await.unwrap();
-            tls.flush().await.unwrap();
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out))
-            .await
-            .expect("the gateway closes the connection");
-        let out = String::from_utf8_lossy(&out);
-        assert!(out.starts_with("HTTP/1.1 400 "), "{i}: {out}");
-        let lower = out.to_ascii_lowercase();
-        assert!(
-            lower.contains("content-type: application/problem+json"),
-            "{out}"
-        );
-        assert!(lower.contains("connection: close"), "{out}");
-        let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
-        let doc: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(doc["status"], 400, "{doc}");
+    for (writes, method) in openings.into_iter().zip(["GET", "PRI"]) {
+        let (doc, ev) = refused_opening(&gw, &pki, &[b"h2"], writes).await;
         assert!(doc["detail"].as_str().unwrap().contains("ALPN h2"), "{doc}");
-        let id = doc["request_id"].as_str().unwrap().to_string();
-        assert!(lower.contains(&format!("x-request-id: {id}")), "{out}");
-        let ev = gw
-            .wait_for_audit(|e| e["request_id"] == id, Duration::from_secs(5))
-            .unwrap();
-        assert_eq!(ev["stage"], "protocol", "{ev}");
-        assert_eq!(ev["reason"], "bad_request", "{ev}");
-        assert_eq!(ev["status"], 400, "{ev}");
+        assert_eq!(ev["method"], method, "{ev}");
     }
     assert_eq!(up.hits(), 0, "nothing reached the upstream");
     // HTTP/2 on the same listener still works, and HTTP/1.1 where ALPN chose it.
