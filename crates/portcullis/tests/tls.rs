@@ -879,6 +879,12 @@ async fn a_keep_alive_answer_over_tls_arrives_whole_to_a_slower_client() {
     );
 }
 
+/// The TLS gateway (TLS 1.2 and up) with one route to `up`.
+fn gateway_to(pki: &TestPki, up: &TestUpstream) -> Gateway {
+    let upstream = format!("upstreams: {{ up: {{ targets: [\"{}\"] }} }}", up.url());
+    tls_gateway(pki, "1.2", &upstream).0
+}
+
 /// Opens a TLS connection offering `alpn`, writes `writes` (each flushed, a pause after each),
 /// and checks that the gateway refused the connection's opening: 400 as an HTTP/1.1 problem
 /// document with its request id in `x-request-id`, `connection: close`, audited as step
@@ -943,11 +949,7 @@ async fn refused_opening(
 async fn the_http2_preface_needs_alpn_to_have_chosen_h2() {
     let pki = TestPki::new();
     let up = TestUpstream::start("a").await;
-    let (gw, _, _) = tls_gateway(
-        &pki,
-        "1.2",
-        &format!("upstreams: {{ up: {{ targets: [\"{}\"] }} }}", up.url()),
-    );
+    let gw = gateway_to(&pki, &up);
     let addr = gw.listener("secure");
     let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
     let offers: [&[&[u8]]; 2] = [&[b"http/1.1"], &[]];
@@ -979,11 +981,7 @@ async fn the_http2_preface_needs_alpn_to_have_chosen_h2() {
 async fn an_h2_connection_must_open_with_the_preface() {
     let pki = TestPki::new();
     let up = TestUpstream::start("a").await;
-    let (gw, _, _) = tls_gateway(
-        &pki,
-        "1.2",
-        &format!("upstreams: {{ up: {{ targets: [\"{}\"] }} }}", up.url()),
-    );
+    let gw = gateway_to(&pki, &up);
     let addr = gw.listener("secure");
     // Whole, and in two writes whose first is the preface's start (held back, then refused).
     let openings: [&[&[u8]]; 2] = [
