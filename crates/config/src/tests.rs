@@ -1028,7 +1028,7 @@ admin: {{ token: {{ value: {MARK} }} }}
 upstreams: {{ demo: {{ kind: echo }} }}
 auth:
   jwt:
-    a: {{ issuer: https://a.test, hmac_secret: {{ value: {MARK} }}, algorithms: [HS256] }}
+    a: {{ issuer: https://a.test, hmac_secret: {{ value: {MARK} }}, algorithms: [HS256], audiences: [api] }}
   introspection:
     idp: {{ endpoint: "https://idp.test/introspect", client_id: gw, client_secret: {{ value: {MARK} }} }}
   internal_token: {{ issuer: gw.test, key_file: "{key}" }}
@@ -1389,7 +1389,7 @@ fn a_client_tier_is_bound_only_to_an_authority_that_exists() {
 listeners: [ {{ name: edge, address: "127.0.0.1:0" }} ]
 auth:
   jwt:
-    corp: {{ issuer: https://corp.test, hmac_secret: {{ value: "0123456789abcdef0123456789abcdef" }}, algorithms: [HS256] }}
+    corp: {{ issuer: https://corp.test, hmac_secret: {{ value: "0123456789abcdef0123456789abcdef" }}, algorithms: [HS256], audiences: [api] }}
 rate_limits:
   tiers: [free, pro]
   clients:
@@ -1713,7 +1713,7 @@ upstreams: { d: { kind: echo } }
     let e = errs(
         r#"auth:
   jwt:
-    a: { issuer: "https://i", jwks_url: "https://i/jwks", algorithms: [ES256], jwks_cache: { unknown_kid_cooldown: 0s, fetch_timeout: 10ms } }
+    a: { issuer: "https://i", jwks_url: "https://i/jwks", algorithms: [ES256], audiences: [api], jwks_cache: { unknown_kid_cooldown: 0s, fetch_timeout: 10ms } }
 "#,
     );
     assert_eq!(
@@ -1759,8 +1759,8 @@ fn route_auth_names_issuers_and_the_api_key_parameter_plainly() {
     let base = r#"auth:
   api_keys: { keys: [ { hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000", client_id: x } ] }
   jwt:
-    a: { issuer: "https://a", jwks_url: "https://a/jwks", algorithms: [ES256] }
-    b: { issuer: "https://b", jwks_url: "https://b/jwks", algorithms: [ES256] }
+    a: { issuer: "https://a", jwks_url: "https://a/jwks", algorithms: [ES256], audiences: [api] }
+    b: { issuer: "https://b", jwks_url: "https://b/jwks", algorithms: [ES256], audiences: [api] }
 upstreams: { d: { kind: echo } }
 routes:
 "#;
@@ -1860,7 +1860,7 @@ routes:
         r#"
 upstreams: { d: { kind: echo } }
 auth:
-  jwt: { a: { issuer: https://a.test, hmac_secret: { value: "0123456789abcdef0123456789abcdef" }, algorithms: [HS256] } }
+  jwt: { a: { issuer: https://a.test, hmac_secret: { value: "0123456789abcdef0123456789abcdef" }, algorithms: [HS256], audiences: [api] } }
 routes:
   - name: r
     match: { prefix: / }
@@ -1882,7 +1882,7 @@ routes:
 upstreams: { d: { kind: echo } }
 authz: { policy_headers: [x-allowed-accounts] }
 auth:
-  jwt: { a: { issuer: https://a.test, hmac_secret: { value: "0123456789abcdef0123456789abcdef" }, algorithms: [HS256] } }
+  jwt: { a: { issuer: https://a.test, hmac_secret: { value: "0123456789abcdef0123456789abcdef" }, algorithms: [HS256], audiences: [api] } }
 routes:
   - name: t
     match: { prefix: /t }

@@ -546,7 +546,7 @@ fn remote_gateway(up: &TestUpstream, jwks_url: &str, cooldown: &str) -> Gateway 
         r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
 auth:
   jwt:
-    remote: {{ issuer: "{ISS}", jwks_url: "{jwks_url}", algorithms: [EdDSA, ES256], jwks_cache: {{ unknown_kid_cooldown: {cooldown}, fetch_timeout: 1s }} }}
+    remote: {{ issuer: "{ISS}", jwks_url: "{jwks_url}", algorithms: [EdDSA, ES256], audiences: [orders-api], jwks_cache: {{ unknown_kid_cooldown: {cooldown}, fetch_timeout: 1s }} }}
 routes:
   - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ allow: any-authenticated }} }}
 "#,
@@ -607,7 +607,7 @@ async fn a_key_set_moved_by_its_provider_is_found_again() {
         r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
 auth:
   jwt:
-    remote: {{ issuer: "{iss}", discovery: true, algorithms: [EdDSA, ES256], jwks_cache: {{ unknown_kid_cooldown: 1s, fetch_timeout: 1s, min_ttl: 1s, max_ttl: 1s }} }}
+    remote: {{ issuer: "{iss}", discovery: true, algorithms: [EdDSA, ES256], audiences: [orders-api], jwks_cache: {{ unknown_kid_cooldown: 1s, fetch_timeout: 1s, min_ttl: 1s, max_ttl: 1s }} }}
 routes:
   - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ allow: any-authenticated }} }}
 "#,
@@ -995,7 +995,7 @@ async fn the_internal_token_is_signed_by_the_gateway_and_verifiable_with_its_jwk
 admin: {{ address: "127.0.0.1:0" }}
 upstreams: {{ app: {{ targets: ["{up}"] }} }}
 auth:
-  jwt: {{ ed: {{ issuer: "{ISS}", jwks_file: ed.jwks.json, algorithms: [EdDSA] }} }}
+  jwt: {{ ed: {{ issuer: "{ISS}", jwks_file: ed.jwks.json, algorithms: [EdDSA], audiences: [orders-api] }} }}
   internal_token: {{ issuer: gw.test, ttl: 30s }}
 routes:
   - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [jwt], internal_token: {{ audience: orders-svc }} }}, authz: {{ allow: any-authenticated }} }}
@@ -1049,7 +1049,7 @@ async fn sender_constrained_tokens_are_good_only_from_their_holder() {
         &pki,
         &up,
         &format!(
-            "auth:\n  jwt: {{ ed: {{ issuer: \"{ISS}\", jwks_file: \"{}\", algorithms: [EdDSA] }} }}\n",
+            "auth:\n  jwt: {{ ed: {{ issuer: \"{ISS}\", jwks_file: \"{}\", algorithms: [EdDSA], audiences: [orders-api] }} }}\n",
             dir.path().join("ed.jwks.json").display()
         ),
         "  - { name: r, match: { prefix: / }, upstream: app, auth: { methods: [jwt] }, authz: { allow: any-authenticated } }\n",
@@ -1416,7 +1416,8 @@ auth:
   jwt:
     a: { issuer: "https://a", jwks_url: "http://idp.example/jwks", algorithms: [HS256, none] }
     b: { issuer: "https://b", algorithms: [RS256] }
-    c: { issuer: "https://c", jwks_url: "https://u:hunter2@idp.example/jwks", algorithms: [EdDSA] }
+    c: { issuer: "https://c", jwks_url: "https://u:hunter2@idp.example/jwks", algorithms: [EdDSA], audiences: [api] }
+    d: { issuer: "https://d", hmac_secret: { value: "0123456789abcdef0123456789abcdef" }, algorithms: [HS256], audiences: [""], any_audience: true }
   introspection:
     i: { endpoint: "https://gw:hunter2@idp.example/introspect", client_id: gw, client_secret: { value: s } }
   api_keys: { keys: [ { hash: "md5:abc", client_id: x } ] }
@@ -1436,6 +1437,10 @@ routes:
         "auth.jwt.a.algorithms[1]",
         "auth.jwt.b: exactly one key source",
         "auth.jwt.c.jwks_url: \"https://u:<redacted>@idp.example/jwks\": credentials in the URL",
+        // The audience is checked unless the configuration says not to, and not both.
+        "auth.jwt.a.audiences: list the audiences that name this gateway",
+        "auth.jwt.d.any_audience: any_audience accepts every `aud`",
+        "auth.jwt.d.audiences[0]: must not be empty",
         "auth.introspection.i.endpoint: \"https://gw:<redacted>@idp.example/introspect\": credentials",
         "auth.api_keys.keys[0].hash",
         "routes[0].auth: required once auth is configured",
@@ -1747,7 +1752,7 @@ async fn instances_sharing_an_internal_token_key_share_its_kid() {
     let yaml = format!(
         r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
 auth:
-  jwt: {{ ed: {{ issuer: "{ISS}", jwks_file: "{dir}/ed.jwks.json", algorithms: [EdDSA] }} }}
+  jwt: {{ ed: {{ issuer: "{ISS}", jwks_file: "{dir}/ed.jwks.json", algorithms: [EdDSA], audiences: [orders-api] }} }}
   internal_token: {{ issuer: gw.test, algorithm: ES256, key_file: "{dir}/internal.pem" }}
 routes:
   - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [jwt], internal_token: {{ audience: orders-svc }} }}, authz: {{ allow: any-authenticated }} }}
@@ -1810,7 +1815,7 @@ async fn identity_headers_spelled_with_underscores_are_removed_too() {
 admin: {{ address: "127.0.0.1:0" }}
 upstreams: {{ app: {{ targets: ["{up}"] }} }}
 auth:
-  jwt: {{ ed: {{ issuer: "{ISS}", jwks_file: ed.jwks.json, algorithms: [EdDSA] }} }}
+  jwt: {{ ed: {{ issuer: "{ISS}", jwks_file: ed.jwks.json, algorithms: [EdDSA], audiences: [orders-api] }} }}
   identity_headers: {{ strip: [x-debug-user, x_legacy_role] }}
   internal_token: {{ header: x-internal-token }}
 routes:
@@ -1893,9 +1898,9 @@ admin: {{ address: "127.0.0.1:0" }}
 upstreams: {{ app: {{ targets: ["{up}"] }} }}
 auth:
   jwt:
-    hs: {{ issuer: "https://hs.test", hmac_secret: {{ value: "{SECRET}" }}, algorithms: [HS256] }}
-    pem: {{ issuer: "https://pem.test", public_key_files: [ed.pub.pem], algorithms: [EdDSA] }}
-    set: {{ issuer: "https://set.test", jwks_file: ed.jwks.json, algorithms: [EdDSA] }}
+    hs: {{ issuer: "https://hs.test", hmac_secret: {{ value: "{SECRET}" }}, algorithms: [HS256], any_audience: true }}
+    pem: {{ issuer: "https://pem.test", public_key_files: [ed.pub.pem], algorithms: [EdDSA], audiences: [orders-api] }}
+    set: {{ issuer: "https://set.test", jwks_file: ed.jwks.json, algorithms: [EdDSA], audiences: [orders-api] }}
 routes:
   - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ allow: any-authenticated }} }}
 "#,
@@ -1945,6 +1950,36 @@ routes:
     let id = assert_401(&r, true);
     assert_eq!(audit_of(&gw, &id)["auth_failure"], "unknown_kid");
     assert_eq!(up.hits(), 3, "nothing refused reached the upstream");
+
+    // `any_audience: true` (hs) takes a token minted for another API, or for none; an issuer
+    // that lists its audiences (pem) refuses it.
+    let elsewhere = |aud: Value| {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+        forge(
+            json!({"alg": "HS256", "typ": "JWT"}),
+            &claims(json!({"iss": "https://hs.test", "aud": aud})),
+            |m| ring::hmac::sign(&key, m).as_ref().to_vec(),
+        )
+    };
+    for t in [elsewhere(json!("billing-api")), elsewhere(Value::Null)] {
+        let r = call(&gw, "/orders", &[("authorization", &bearer(&t))]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(up.hits(), 5);
+    let t = ed
+        .sign(
+            "JWT",
+            &claims(json!({"iss": "https://pem.test", "aud": "billing-api"})),
+        )
+        .unwrap();
+    let r = call(&gw, "/orders", &[("authorization", &bearer(&t))]).await;
+    let id = assert_401(&r, true);
+    assert_eq!(audit_of(&gw, &id)["auth_failure"], "wrong_audience");
+    assert_eq!(
+        up.hits(),
+        5,
+        "the token for another API did not reach the upstream"
+    );
 }
 
 /// A key source that accepts connections and never answers: each connection counted, held
@@ -1999,7 +2034,7 @@ async fn a_key_source_that_never_answers_keeps_no_request_waiting() {
         r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
 auth:
   jwt:
-    remote: {{ issuer: "{ISS}", jwks_url: "http://{addr}/jwks", algorithms: [EdDSA], jwks_cache: {{ unknown_kid_cooldown: 1s, fetch_timeout: 20s }} }}
+    remote: {{ issuer: "{ISS}", jwks_url: "http://{addr}/jwks", algorithms: [EdDSA], audiences: [orders-api], jwks_cache: {{ unknown_kid_cooldown: 1s, fetch_timeout: 20s }} }}
 routes:
   - {{ name: orders, match: {{ prefix: /orders }}, upstream: app, auth: {{ methods: [jwt] }}, authz: {{ allow: any-authenticated }} }}
 "#,

@@ -594,7 +594,7 @@ admin: {{ address: "127.0.0.1:0" }}
 upstreams: {{ app: {{ targets: ["{up}"] }} }}
 auth:
   redis: {{ url: "redis://{relay}/", timeout: 300ms, key_prefix: "pc:" }}
-  jwt: {{ ed: {{ issuer: "https://issuer.test", jwks_file: ed.jwks.json, algorithms: [EdDSA] }} }}
+  jwt: {{ ed: {{ issuer: "https://issuer.test", jwks_file: ed.jwks.json, algorithms: [EdDSA], any_audience: true }} }}
   api_keys:
     keys:
       - {{ hash: "sha256:{live}", client_id: live }}

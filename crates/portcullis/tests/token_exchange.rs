@@ -1130,7 +1130,7 @@ fn check_refuses_a_bad_token_exchange_section_with_paths() {
 upstreams:
   tx: { kind: token_exchange, targets: ["http://127.0.0.1:1"] }
 auth:
-  jwt: { a: { issuer: https://a.test, hmac_secret: { value: "0123456789abcdef0123456789abcdef" }, algorithms: [HS256] } }
+  jwt: { a: { issuer: https://a.test, hmac_secret: { value: "0123456789abcdef0123456789abcdef" }, algorithms: [HS256], any_audience: true } }
 token_exchange:
   jwt_issuers: [a, nope]
   introspection: [ghost]
@@ -1152,7 +1152,7 @@ routes:
     for want in [
         "upstreams.tx.targets",
         "token_exchange.jwt_issuers[1]: unknown auth.jwt issuer \"nope\"",
-        "token_exchange.jwt_issuers[0]: auth.jwt.a has no audiences",
+        "token_exchange.jwt_issuers[0]: auth.jwt.a accepts any audience",
         "token_exchange.introspection[0]",
         "token_exchange.ttl: must be greater than 0",
         "token_exchange.audiences.orders.resources[0]",

@@ -190,8 +190,9 @@ pub fn compile(
             e.push(
                 format!("{p}.jwt_issuers[{i}]"),
                 format!(
-                    "auth.jwt.{n} has no audiences: tokens it minted for any audience would be \
-                     exchanged; list there the audiences that name this gateway"
+                    "auth.jwt.{n} accepts any audience (any_audience): tokens it minted for \
+                     another party would be exchanged; list there the audiences that name this \
+                     gateway"
                 ),
             );
         }
@@ -418,6 +419,7 @@ mod tests {
                           "audiences": ["https://gw.test"],
                           "hmac_secret": {"value": "0123456789abcdef0123456789abcdef"}},
                     "any": {"issuer": "https://any.test", "algorithms": ["HS256"],
+                          "any_audience": true,
                           "hmac_secret": {"value": "0123456789abcdef0123456789abcdef"}}},
         }))
         .unwrap();
@@ -471,7 +473,7 @@ mod tests {
         for want in [
             "token_exchange.jwt_issuers[1]: listed twice",
             "token_exchange.jwt_issuers[2]: unknown auth.jwt issuer \"b\"",
-            "token_exchange.jwt_issuers[3]: auth.jwt.any has no audiences",
+            "token_exchange.jwt_issuers[3]: auth.jwt.any accepts any audience",
             "token_exchange.ttl: at most 24h",
             "token_exchange.audiences.orders.resources[0]",
             "token_exchange.audiences.https://dup.test: the name is also a resource",

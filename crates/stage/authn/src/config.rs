@@ -67,9 +67,14 @@ pub struct RawJwtIssuer {
     pub hmac_secret: Option<RawSecret>,
     /// Accepted signature algorithms (required). HS* only with `hmac_secret`.
     pub algorithms: Vec<String>,
-    /// Accepted audiences; the token's `aud` must contain one. Empty: `aud` is not checked.
+    /// Accepted audiences: the token's `aud` must contain one (RFC 9068 §4). Required unless
+    /// `any_audience` is set.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Accept tokens minted for any audience (`aud` not checked): only for an issuer that mints
+    /// tokens for this gateway alone. Default false; not with `audiences`.
+    #[serde(default)]
+    pub any_audience: bool,
     /// Required `typ` header (e.g. `at+jwt`, RFC 9068). Default: not checked.
     #[serde(default)]
     pub typ: Option<String>,
@@ -1297,6 +1302,25 @@ fn compile_issuer(
     }
     if r.issuer.trim().is_empty() {
         e.push(format!("{path}.issuer"), "must not be empty");
+    }
+    // A token minted for another API of the same issuer must not open this one (RFC 9068 §4,
+    // RFC 7519 §4.1.3): the audience is checked unless the configuration says otherwise.
+    match (r.audiences.is_empty(), r.any_audience) {
+        (true, false) => e.push(
+            format!("{path}.audiences"),
+            "list the audiences that name this gateway (a token's `aud` must contain one), or \
+             set any_audience: true to accept tokens minted for any audience",
+        ),
+        (false, true) => e.push(
+            format!("{path}.any_audience"),
+            "any_audience accepts every `aud` and audiences lists the accepted ones: one of them",
+        ),
+        _ => {}
+    }
+    for (i, a) in r.audiences.iter().enumerate() {
+        if a.trim().is_empty() {
+            e.push(format!("{path}.audiences[{i}]"), "must not be empty");
+        }
     }
     let mut algorithms = Vec::new();
     if r.algorithms.is_empty() {
