@@ -464,6 +464,37 @@ async fn api_abuse_limits() {
     )
     .await;
     assert_blocked(&gw, &r, "a4");
+    // Variables sent as a string that the WAF cannot read for list sizes (nested deeper than
+    // its parser goes, which JSON.parse takes; or longer than 64 KiB) would let `first: $n`
+    // pass whatever `n` is: refused, and named in the audit event.
+    let nested = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let long = "x".repeat(70 * 1024);
+    for (vars, rule) in [
+        (format!(r#"{{"n":1000000,"pad":{nested}}}"#), 2501),
+        (format!(r#"{{"n":1000000,"pad":"{long}"}}"#), 2502),
+    ] {
+        // As express-graphql takes them: a JSON string member.
+        let body = serde_json::json!({
+            "query": "query Q($n: Int) { items(first: $n) { id } }",
+            "variables": vars,
+        })
+        .to_string();
+        let r = call(
+            &gw,
+            "POST",
+            "/graphql",
+            &[("content-type", "application/json")],
+            &body,
+        )
+        .await;
+        let ev = assert_blocked(&gw, &r, "1000000");
+        assert!(
+            matches(&ev)
+                .iter()
+                .any(|m| m["rule"] == rule && m["target"] == "body:$.variables"),
+            "{ev}"
+        );
+    }
     // Mass assignment and parameter pollution on ordinary routes.
     let r = call(
         &gw,

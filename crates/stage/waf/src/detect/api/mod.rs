@@ -69,14 +69,14 @@ pub static RULES: &[Rule] = &[
         class: Class::ApiAbuse,
         severity: Severity::Critical,
         paranoia: 1,
-        description: "GraphQL document does not parse",
+        description: "GraphQL document, or its string variables or multipart operations, does not parse",
     },
     Rule {
         id: 2502,
         class: Class::ApiAbuse,
         severity: Severity::Critical,
         paranoia: 1,
-        description: "GraphQL document longer than the token limit",
+        description: "GraphQL document longer than the token limit, or its string variables or multipart operations too long to read",
     },
     Rule {
         id: 2503,
@@ -228,7 +228,9 @@ pub const DEFAULT_PAGINATION_PARAMS: &[&str] = &[
 /// Default of `pagination.max`.
 pub const DEFAULT_PAGINATION_MAX: u64 = 1000;
 
-/// Longest `variables` parameter (GET or form GraphQL) parsed to resolve list sizes.
+/// Longest `variables` sent as a string (a GET or form parameter, a JSON string member, one in
+/// a multipart request's `operations`) that is parsed, to resolve list sizes and find protected
+/// fields; a longer one is not read, and so is rule 2502.
 const MAX_VARIABLES_BYTES: usize = 64 * 1024;
 /// Largest `operations` field of a GraphQL multipart request that is read (as a JSON tree);
 /// a longer one is rule 2502.
@@ -1265,12 +1267,51 @@ struct Variables<'r, 't> {
     src: Source<'r>,
     targets: &'r [Target<'t>],
     kind: BodyKind,
-    /// The `variables` members or parameters sent as JSON strings, parsed on first use (GET
-    /// and form GraphQL; a JSON string member, which express-graphql parses).
+    /// The `variables` members or parameters sent as JSON strings, parsed by [`Self::read`]
+    /// (GET and form GraphQL; a JSON string member, which express-graphql parses).
     parsed: Option<Vec<serde_json::Value>>,
 }
 
-impl Variables<'_, '_> {
+impl<'r, 't> Variables<'r, 't> {
+    /// The `variables` members or parameters sent as JSON strings.
+    fn raw(&self) -> impl Iterator<Item = &'r Target<'t>> + use<'r, 't> {
+        let (src, kind, targets) = (self.src, self.kind, self.targets);
+        targets.iter().filter(move |t| match src {
+            Source::Json { prefix, .. } => {
+                t.location == Location::Body
+                    && t.part == Part::Value
+                    && variables_member(&t.name, prefix).is_some_and(str::is_empty)
+            }
+            Source::Query => is_query_value(t) && php_key(&t.name) == "variables",
+            Source::Form => is_form_value(t, kind) && php_key(&t.name) == "variables",
+            Source::Operations => false,
+        })
+    }
+
+    /// Parses the `variables` sent as strings. One that cannot be read — too long, or not JSON
+    /// the parser takes (nested deeper than it goes) — would hide list sizes (a `$first` of a
+    /// million would pass), so it is reported: rule 2502 or 2501, once per target, whatever
+    /// other document shares it (`unread`).
+    fn read(&mut self, unread: &mut Vec<&'r Target<'t>>, f: &mut Findings<'_>) {
+        let mut parsed = Vec::new();
+        for t in self.raw() {
+            let verdict = if t.value.len() > MAX_VARIABLES_BYTES {
+                Err((GQL_TOKENS, too_long_variables()))
+            } else {
+                serde_json::from_str(&t.value).map_err(|e| (GQL_SYNTAX, unparsable_variables(&e)))
+            };
+            match verdict {
+                Ok(v) => parsed.push(v),
+                Err((rule, why)) if !unread.iter().any(|u| std::ptr::eq(*u, t)) => {
+                    unread.push(t);
+                    f.push(rule, t, &why);
+                }
+                Err(_) => {}
+            }
+        }
+        self.parsed = Some(parsed);
+    }
+
     fn get(&mut self, var: &str) -> Option<String> {
         let mut best: Option<String> = None;
         if let Source::Json { prefix, .. } = self.src {
@@ -1284,24 +1325,6 @@ impl Variables<'_, '_> {
                     larger(&mut best, Cow::Borrowed(&t.value));
                 }
             }
-        }
-        if self.parsed.is_none() {
-            let (src, kind, targets) = (self.src, self.kind, self.targets);
-            let raw = targets.iter().filter(|t| match src {
-                Source::Json { prefix, .. } => {
-                    t.location == Location::Body
-                        && t.part == Part::Value
-                        && variables_member(&t.name, prefix).is_some_and(str::is_empty)
-                }
-                Source::Query => is_query_value(t) && php_key(&t.name) == "variables",
-                Source::Form => is_form_value(t, kind) && php_key(&t.name) == "variables",
-                Source::Operations => false,
-            });
-            self.parsed = Some(
-                raw.filter(|t| t.value.len() <= MAX_VARIABLES_BYTES)
-                    .filter_map(|t| serde_json::from_str(&t.value).ok())
-                    .collect(),
-            );
         }
         for vars in self.parsed.iter().flatten() {
             if let Some(v) = variable(vars, var) {
@@ -1362,6 +1385,8 @@ fn graphql_rules(
     // that repeating `query` cannot multiply the parser's per-document bound).
     let mut batch = 0u64;
     let mut analysed = 0u64;
+    // `variables` strings reported as too long to read (each once, whatever shares it).
+    let mut unread: Vec<&Target<'_>> = Vec::new();
     let protected = mass.filter(|_| f.runs(MASS_ASSIGNMENT)).map(|m| &m.fields);
     for t in targets {
         let Some(src) = graphql_source(t, facts.kind) else {
@@ -1384,8 +1409,17 @@ fn graphql_rules(
                 }
                 continue;
             }
-            // Each operation of the field's JSON, with its own variables.
+            // Each operation of the field's JSON, with its own variables. Beside the map, a field
+            // that is not such JSON (or nests deeper than the parser goes) is not analysed, and
+            // so is reported.
             let Some(mut ops) = operations(&t.value) else {
+                if plain {
+                    f.push(
+                        GQL_SYNTAX,
+                        t,
+                        "operations are not GraphQL operations in JSON",
+                    );
+                }
                 continue;
             };
             if !plain {
@@ -1396,6 +1430,10 @@ fn graphql_rules(
             }
             if ops.len() > 1 {
                 batch += ops.len() as u64;
+            }
+            // Variables that are not read hide list sizes and protected fields.
+            if let Some((rule, why)) = ops.iter().find_map(|op| op.unread_variables.as_ref()) {
+                f.push(rule, t, why);
             }
             for op in ops {
                 if analysed >= g.max_batch {
@@ -1448,6 +1486,7 @@ fn graphql_rules(
             kind: facts.kind,
             parsed: None,
         };
+        vars.read(&mut unread, f);
         let mut resolve = |name: &str| vars.get(name);
         analyse_document(g, protected, pagination, t, &t.value, &mut resolve, f);
     }
@@ -1524,6 +1563,16 @@ fn analyse_document(
     }
 }
 
+/// The evidence of a `variables` string too long to be read.
+fn too_long_variables() -> String {
+    format!("variables over {MAX_VARIABLES_BYTES} bytes")
+}
+
+/// The evidence of a `variables` string that does not parse.
+fn unparsable_variables(e: &serde_json::Error) -> String {
+    format!("variables do not parse as JSON: {e}")
+}
+
 /// One operation of a GraphQL multipart request's `operations` field.
 struct Operation {
     /// The string value of every member named `query` in any case (Go's `encoding/json`
@@ -1532,6 +1581,9 @@ struct Operation {
     /// Every member named `variables` in any case: an object, or a string holding one
     /// (`true`; Go merges them into one object).
     vars: Vec<(serde_json::Value, bool)>,
+    /// Why a `variables` string was not read (left out of `vars`): too long (rule 2502), or
+    /// not JSON (2501).
+    unread_variables: Option<(&'static Rule, String)>,
 }
 
 /// The operations of a GraphQL multipart request's `operations` field: one JSON object, or an
@@ -1554,16 +1606,26 @@ fn operations(value: &str) -> Option<Vec<Operation>> {
         if docs.is_empty() {
             return None;
         }
-        let vars = named("variables")
-            .filter_map(|v| match v {
-                serde_json::Value::String(s) if s.len() <= MAX_VARIABLES_BYTES => {
-                    serde_json::from_str(s).ok().map(|v| (v, true))
+        let mut unread_variables = None;
+        let mut vars = Vec::new();
+        for v in named("variables") {
+            match v {
+                serde_json::Value::String(s) if s.len() > MAX_VARIABLES_BYTES => {
+                    unread_variables = Some((GQL_TOKENS, too_long_variables()));
                 }
-                serde_json::Value::Object(_) => Some((v.clone(), false)),
-                _ => None,
-            })
-            .collect();
-        Some(Operation { docs, vars })
+                serde_json::Value::String(s) => match serde_json::from_str(s) {
+                    Ok(v) => vars.push((v, true)),
+                    Err(e) => unread_variables = Some((GQL_SYNTAX, unparsable_variables(&e))),
+                },
+                serde_json::Value::Object(_) => vars.push((v.clone(), false)),
+                _ => {}
+            }
+        }
+        Some(Operation {
+            docs,
+            vars,
+            unread_variables,
+        })
     };
     match serde_json::from_str::<serde_json::Value>(value).ok()? {
         serde_json::Value::Array(items) => Some(items.iter().filter_map(one).collect()),

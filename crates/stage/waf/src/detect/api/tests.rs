@@ -1322,7 +1322,8 @@ fn pieces_repeat_parameters_but_not_each_other() {
 }
 
 /// JSON inside a value is walked whatever its length (no tree is built): a protected key
-/// after 300 KiB of padding is found; an `operations` field too long to read is rule 2502.
+/// after 300 KiB of padding is found; an `operations` field too long to read is rule 2502, and
+/// so are `variables` sent as a string too long to read for list sizes.
 #[test]
 fn long_json_values_are_still_read() {
     let pad = "x".repeat(300 * 1024);
@@ -1342,11 +1343,108 @@ fn long_json_values_are_still_read() {
         key("$.variables"),
         body("$.variables", &vars),
     ];
-    assert_eq!(ids(&post(&t, &json)), vec![2400]);
+    let f = post(&t, &json);
+    assert_eq!(ids(&f), vec![2400, 2502]);
+    assert_eq!(f[1].target, "body:$.variables");
     let ops = format!(r#"{{"query": "{{ __schema {{ types {{ name }} }} }}", "pad": "{pad}"}}"#);
     let f = post(&[body("operations", &ops), body("map", "{}")], &multipart);
     assert_eq!(ids(&f), vec![2502]);
     assert_eq!(f[0].target, "body:operations");
+}
+
+/// `variables` sent as a string that cannot be read for list sizes — longer than 64 KiB, not
+/// JSON, or nested deeper than the parser goes, all of which a server's `JSON.parse` may take —
+/// would let `first: $n` pass whatever `n` is: such a request is refused (2502 too long, 2501
+/// unparsable), in every shape that sends `variables` as a string.
+#[test]
+fn variables_that_cannot_be_read_are_reported() {
+    let doc = "query Q($n: Int) { users(first: $n) { id } }";
+    let pad = |n: usize| "x".repeat(n);
+    // Padded to just over and to exactly the limit (64 KiB): `{"n": 1000000, "p": "xx…"}`.
+    let over = format!(r#"{{"n": 1000000, "p": "{}"}}"#, pad(64 * 1024));
+    let at = format!(r#"{{"n": 5, "p": "{}"}}"#, pad(64 * 1024 - 17));
+    assert_eq!(at.len(), 64 * 1024);
+    let deep = format!(
+        r#"{{"n": 1000000, "p": {}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let f = get(&[q("query", doc), q("variables", &over)]);
+    assert_eq!(ids(&f), vec![2502]);
+    assert_eq!(f[0].target, "query:variables");
+    assert_eq!(f[0].snippet, "variables over 65536 bytes");
+    let f = get(&[q("query", doc), q("variables", &deep)]);
+    assert_eq!(ids(&f), vec![2501]);
+    assert!(
+        f[0].snippet.starts_with("variables do not parse as JSON"),
+        "{}",
+        f[0].snippet
+    );
+    assert_eq!(
+        ids(&get(&[q("query", doc), q("variables", "{n: 5")])),
+        vec![2501]
+    );
+    // At the limit the variables are read: `n` = 5 is within every limit, a million is not.
+    assert!(get(&[q("query", doc), q("variables", &at)]).is_empty());
+    let million = format!(r#"{{"n": 1000000, "p": "{}"}}"#, pad(64 * 1024 - 23));
+    assert_eq!(million.len(), 64 * 1024);
+    assert_eq!(
+        ids(&get(&[q("query", doc), q("variables", &million)])),
+        vec![2505, 2510]
+    );
+    // Reported once, however many documents share the parameter (the repeated `query` is
+    // parameter pollution of its own).
+    let f = get(&[q("query", doc), q("query", doc), q("variables", &over)]);
+    assert_eq!(ids(&f), vec![2300, 2502]);
+    // A form body and a JSON string member alike.
+    let form = facts(BodyKind::Form);
+    assert_eq!(
+        ids(&post(
+            &[body("query", doc), body("variables", &deep)],
+            &form
+        )),
+        vec![2501]
+    );
+    let json = facts(BodyKind::Json);
+    let t = [
+        key("$.query"),
+        body("$.query", doc),
+        key("$.variables"),
+        body("$.variables", &over),
+    ];
+    assert_eq!(ids(&post(&t, &json)), vec![2502]);
+    // Inside a multipart request's operations.
+    let multipart = facts(BodyKind::Multipart);
+    let ops = |vars: &str| serde_json::json!({"query": doc, "variables": vars}).to_string();
+    let f = post(
+        &[body("operations", &ops(&over)), body("map", "{}")],
+        &multipart,
+    );
+    assert_eq!(ids(&f), vec![2502]);
+    assert_eq!(f[0].target, "body:operations");
+    let f = post(
+        &[body("operations", &ops(&deep)), body("map", "{}")],
+        &multipart,
+    );
+    assert_eq!(ids(&f), vec![2501]);
+    assert!(
+        post(
+            &[body("operations", &ops(&at)), body("map", "{}")],
+            &multipart
+        )
+        .is_empty()
+    );
+    // Beside the map, operations that are not JSON the parser takes are not analysed: 2501.
+    let nested = format!(
+        r#"{{"query": "{doc}", "x": {}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    let f = post(
+        &[body("operations", &nested), body("map", "{}")],
+        &multipart,
+    );
+    assert_eq!(ids(&f), vec![2501]);
 }
 
 /// `variables` sent as a string inside a multipart request's `operations` are read for
