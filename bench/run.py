@@ -24,6 +24,8 @@
                  case once, each case's median is reported; with --only plain the small and 16 KiB
                  answers are also compared round by round (each round's Portcullis against the same
                  round's nginx), with how many rounds each side won and a sign test on it
+    --warmup N   rounds run first and thrown away (default 1 with --rounds, else 0): a machine
+                 that just booted, or caches still cold, must not weigh on the rounds that count
     -h, --help   this text
     --pgo PATH   also the plain proxy built with profile-guided optimisation (bench/pgo.sh builds
                  it; bench/run.sh --pgo builds and passes it): in the full run beside the default
@@ -56,6 +58,7 @@ ONLY = None
 COMPARE = None
 PGO = None
 ROUNDS = None
+WARMUP = None
 if "-h" in ARGV or "--help" in ARGV:
     print(__doc__)
     sys.exit(0)
@@ -67,7 +70,7 @@ for a in args:
     if a.startswith("--only="):
         ONLY = a.split("=", 1)[1]
         continue
-    if a not in ("--only", "--compare", "--pgo", "--bin", "--rounds"):
+    if a not in ("--only", "--compare", "--pgo", "--bin", "--rounds", "--warmup"):
         sys.exit(f"unknown argument {a!r}; see --help")
     value = next(args, None)
     if value is None:
@@ -82,6 +85,10 @@ for a in args:
         if not value.isdigit() or not 1 <= int(value) <= 100:
             sys.exit(f"--rounds takes a number of rounds from 1 to 100 (got {value!r})")
         ROUNDS = int(value)
+    elif a == "--warmup":
+        if not value.isdigit() or not 0 <= int(value) <= 10:
+            sys.exit(f"--warmup takes a number of rounds from 0 to 10 (got {value!r})")
+        WARMUP = int(value)
     else:
         BIN = os.path.abspath(value)
         wafbench.BIN = BIN
@@ -97,6 +104,9 @@ if PGO and ONLY == "plain":
     COMPARE = PGO
 DURATION = 2 if ONLY == "train" else 3 if QUICK else 10
 REPEAT = 1 if ONLY == "train" else ROUNDS if ROUNDS else 1 if QUICK else 3
+# Rounds thrown away before those that count: by default one when the rounds were asked for (a
+# run meant to be compared round by round), none otherwise (the runs of earlier pages).
+WARMUP = WARMUP if WARMUP is not None else 1 if ROUNDS and ONLY != "train" else 0
 CONNECTIONS = 64
 NCPU = os.cpu_count() or 1
 SERVER_CPU = "0"
@@ -456,6 +466,9 @@ def measure_rounds(cases, alternate=False):
     round runs the cases in reverse order, so that a steady drift of the machine's speed favours
     no case: over two rounds each case ran as often early as late."""
     runs = {key: [] for key in cases}
+    for i in range(WARMUP):
+        for key, (fn, pids, *upstream) in cases.items():
+            print(*key, f"warm-up {i + 1}/{WARMUP} (not counted)", measure_once(fn, pids, *upstream), flush=True)
     for i in range(REPEAT):
         order = list(cases.items())
         if alternate and i % 2 == 1:
@@ -465,6 +478,11 @@ def measure_rounds(cases, alternate=False):
             print(*key, f"run {i + 1}/{REPEAT}", runs[key][-1], flush=True)
     # Each case's runs stay beside its medians, in round order, for round-by-round comparisons.
     return {key: dict(medians(r), runs=r) for key, r in runs.items()}
+
+
+def warmup_note():
+    """How many rounds ran first and were thrown away, for the reports; empty when none."""
+    return f" (after {WARMUP} warm-up round{'s' if WARMUP != 1 else ''}, not counted)" if WARMUP else ""
 
 
 def sign_test(wins, n):
@@ -1254,7 +1272,7 @@ def main_only():
               "user-space work, not of time (a `rep movsb` copy counts once per byte).")
     else:
         print(f"\n{NCPU} cores ({cpu}); servers on CPU {SERVER_CPU}, wrk on CPU {LOAD_CPU}; "
-              f"`wrk -t1 -c{CONNECTIONS} -d{DURATION}s`, median of {REPEAT}.")
+              f"`wrk -t1 -c{CONNECTIONS} -d{DURATION}s`, median of {REPEAT}{warmup_note()}.")
     if ONLY in ("plain", "instructions"):
         print(f"*portcullis* is {build_note()}.")
     print("\n".join(lines))
@@ -1371,7 +1389,7 @@ def report(results, waf=None, contract=None):
         "redis-server from the OS packages,")
     add("builds the release binary" + (" and the profile-guided one" if PGO else "")
         + ", runs everything below in one go). Numbers are medians of "
-        f"{REPEAT} runs of {DURATION} s, made in rounds: each round runs every server under every load once, "
+        f"{REPEAT} runs of {DURATION} s{warmup_note()}, made in rounds: each round runs every server under every load once, "
         "so that a drift of the machine's speed over the run falls on all of them alike.\n")
     add(f"- Machine: {NCPU} cores ({cpu}); servers pinned to CPU {SERVER_CPU}, load generators to CPU {LOAD_CPU}.")
     add(f"- Build: *portcullis* is {build_note()}.")

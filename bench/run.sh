@@ -17,7 +17,8 @@
 #                               # minutes) and measures it beside the default build (full run, or
 #                               # with --only plain as the other build of the A/B)
 #   bench/run.sh --only plain --rounds 12  # more rounds (default 3): the report then also says
-#                               # in how many rounds Portcullis beat nginx, with a sign test
+#                               # in how many rounds Portcullis beat nginx, with a sign test;
+#                               # one warm-up round runs first and is not counted (--warmup N)
 #   BENCH_KEEP=1 bench/run.sh --only ...   # keeps the work directory (configs, logs, callgrind
 #                               # dumps for callgrind_annotate) and prints its path
 #   bench/run.sh --only contract  # just the API contract scenario (a route validated against
@@ -38,7 +39,7 @@ for a in "$@"; do
   case "$a" in
     -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; python3 bench/run.py --help; exit 0 ;;
     --quick|--pgo|--only=*) ;;
-    --only|--compare|--bin|--rounds) expect=$a ;;
+    --only|--compare|--bin|--rounds|--warmup) expect=$a ;;
     *) echo "unknown argument '$a'; see bench/run.sh --help" >&2; exit 2 ;;
   esac
 done

@@ -169,6 +169,27 @@ class Medians(unittest.TestCase):
             run.measure_once, run.REPEAT = real, repeat
         self.assertEqual("".join(ran), "abccbaabc" + "abcabcabc")
 
+    def test_warm_up_rounds_run_first_and_are_not_counted(self):
+        ran = []
+        seq = iter([{"rps": 9.0, "p99": 1.0}, {"rps": 1.0, "p99": 1.0}, {"rps": 2.0, "p99": 1.0}])
+        real, warmup, repeat = run.measure_once, run.WARMUP, run.REPEAT
+        run.measure_once = lambda fn, pids, *up: ran.append(fn) or next(seq)
+        run.WARMUP, run.REPEAT = 1, 2
+        try:
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                r = run.measure_rounds({("x", "small"): ("f", [])})
+        finally:
+            run.measure_once, run.WARMUP, run.REPEAT = real, warmup, repeat
+        self.assertEqual(len(ran), 3, "one warm-up run, then the two rounds")
+        self.assertEqual([x["rps"] for x in r[("x", "small")]["runs"]], [1.0, 2.0])
+        self.assertIn("warm-up 1/1 (not counted)", out.getvalue())
+        self.assertEqual(run.warmup_note(), "")
+        run.WARMUP = 1
+        try:
+            self.assertEqual(run.warmup_note(), " (after 1 warm-up round, not counted)")
+        finally:
+            run.WARMUP = warmup
+
     def test_stat_times_are_counted_after_the_command_name(self):
         # A command name with a blank and a parenthesis, as nginx's workers have.
         line = ("4242 (nginx: worker) x) S 4241 4241 4241 0 -1 4194624 1200 0 0 0 "
