@@ -225,8 +225,9 @@ const NBF_SKEW: u64 = 30;
 
 /// False when the answer says the token is a refresh token (or another kind that is not an
 /// access token), in the fields servers use for it: `token_use` (Ory Hydra, Amazon Cognito:
-/// `access_token` / `access` for access tokens), `typ` (Keycloak: `Refresh`, `Offline`), and
-/// `token_type` when it names a refresh token. An answer that says nothing of it passes.
+/// `access_token` / `access` for access tokens), `typ` (Keycloak: `Refresh`, `Offline`, and
+/// `ID` or `Logout` for ID and logout tokens), and `token_type` when it names one of those.
+/// An answer that says nothing of it passes.
 fn is_access_token(claims: &serde_json::Map<String, serde_json::Value>) -> bool {
     let field = |name: &str| claims.get(name).and_then(|v| v.as_str());
     if let Some(u) = field("token_use")
@@ -235,9 +236,17 @@ fn is_access_token(claims: &serde_json::Map<String, serde_json::Value>) -> bool 
         return false;
     }
     let refresh = |t: &str| {
-        ["refresh", "refresh_token", "offline"]
-            .iter()
-            .any(|r| t.eq_ignore_ascii_case(r))
+        [
+            "refresh",
+            "refresh_token",
+            "offline",
+            "id",
+            "id_token",
+            "logout",
+            "logout_token",
+        ]
+        .iter()
+        .any(|r| t.eq_ignore_ascii_case(r))
     };
     !(field("typ").is_some_and(refresh) || field("token_type").is_some_and(refresh))
 }
@@ -302,6 +311,13 @@ mod tests {
             ),
             (serde_json::json!({"typ": "Refresh"}), "not_an_access_token"),
             (serde_json::json!({"typ": "Offline"}), "not_an_access_token"),
+            // Keycloak's ID and logout tokens: not credentials for an API either.
+            (serde_json::json!({"typ": "ID"}), "not_an_access_token"),
+            (serde_json::json!({"typ": "Logout"}), "not_an_access_token"),
+            (
+                serde_json::json!({"token_type": "id_token"}),
+                "not_an_access_token",
+            ),
             (
                 serde_json::json!({"token_type": "refresh_token"}),
                 "not_an_access_token",
