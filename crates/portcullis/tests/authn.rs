@@ -1515,6 +1515,78 @@ impl SlowIntrospection {
     }
 }
 
+/// An introspection server answers `active` for every kind of token it issued: one it marks
+/// as a refresh, ID or logout token (Keycloak's `typ`, Cognito's `token_use`, `token_type`) is
+/// no credential for an API: 401 `not_an_access_token`, nothing reaches the upstream.
+#[tokio::test]
+async fn introspected_tokens_that_are_not_access_tokens_are_refused() {
+    let up = TestUpstream::start("app").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    serve_http1(
+        listener,
+        |req: http::Request<hyper::body::Incoming>| async move {
+            use http_body_util::BodyExt;
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let body = String::from_utf8_lossy(&body).to_string();
+            let kind = match body.split('&').find_map(|p| p.strip_prefix("token=")) {
+                Some("keycloak-refresh") => json!({"typ": "Refresh"}),
+                Some("keycloak-id") => json!({"typ": "ID"}),
+                Some("keycloak-logout") => json!({"typ": "Logout"}),
+                Some("cognito-id") => json!({"token_use": "id"}),
+                Some("typed-id") => json!({"token_type": "id_token"}),
+                _ => json!({"typ": "Bearer"}),
+            };
+            let mut answer = json!({"active": true, "sub": "u-1", "exp": now() + 60});
+            answer
+                .as_object_mut()
+                .unwrap()
+                .extend(kind.as_object().unwrap().clone());
+            http::Response::builder()
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(answer.to_string())))
+                .unwrap()
+        },
+    );
+    let gw = gateway(&format!(
+        r#"upstreams: {{ app: {{ targets: ["{up}"] }} }}
+auth:
+  introspection:
+    as: {{ endpoint: "http://{addr}/introspect", client_id: gw, client_secret: {{ value: s3cret }} }}
+routes:
+  - {{ name: r, match: {{ prefix: / }}, upstream: app, auth: {{ methods: [introspection] }}, authz: {{ allow: any-authenticated }} }}
+"#,
+        up = up.url(),
+    ));
+    let url = format!("{}/x", gw.url("public"));
+    for token in [
+        "keycloak-refresh",
+        "keycloak-id",
+        "keycloak-logout",
+        "cognito-id",
+        "typed-id",
+    ] {
+        let auth = format!("Bearer {token}");
+        let r = send(req("GET", &url, &[("authorization", &auth)], "")).await;
+        let id = assert_401(&r, true);
+        assert_eq!(
+            audit_of(&gw, &id)["auth_failure"],
+            "not_an_access_token",
+            "{token}"
+        );
+    }
+    assert_eq!(up.hits(), 0, "no such token reached the upstream");
+    let r = send(req(
+        "GET",
+        &url,
+        &[("authorization", "Bearer keycloak-access")],
+        "",
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.hits(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn introspection_is_single_flight_cached_and_bounded_in_time() {
     let up = TestUpstream::start("app").await;
