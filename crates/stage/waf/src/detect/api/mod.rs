@@ -1266,41 +1266,26 @@ fn plainly_graphql(src: Source<'_>, targets: &[Target<'_>], kind: BodyKind) -> b
 struct Variables<'r, 't> {
     src: Source<'r>,
     targets: &'r [Target<'t>],
-    kind: BodyKind,
-    /// The `variables` members or parameters sent as JSON strings, parsed by [`Self::read`]
-    /// (GET and form GraphQL; a JSON string member, which express-graphql parses).
-    parsed: Option<Vec<serde_json::Value>>,
+    /// The `variables` members or parameters sent as JSON strings, parsed (GET and form
+    /// GraphQL; a JSON string member, which express-graphql parses).
+    parsed: Vec<serde_json::Value>,
 }
 
 impl<'r, 't> Variables<'r, 't> {
-    /// The `variables` members or parameters sent as JSON strings.
-    fn raw(&self) -> impl Iterator<Item = &'r Target<'t>> + use<'r, 't> {
-        let (src, kind, targets) = (self.src, self.kind, self.targets);
-        targets.iter().filter(move |t| match src {
-            Source::Json { prefix, .. } => {
-                t.location == Location::Body
-                    && t.part == Part::Value
-                    && variables_member(&t.name, prefix).is_some_and(str::is_empty)
-            }
-            Source::Query => is_query_value(t) && php_key(&t.name) == "variables",
-            Source::Form => is_form_value(t, kind) && php_key(&t.name) == "variables",
-            Source::Operations => false,
-        })
-    }
-
-    /// Parses the `variables` sent as strings. One that cannot be read — too long, or not JSON
-    /// the parser takes (nested deeper than it goes) — would hide list sizes (a `$first` of a
-    /// million would pass), so it is reported: rule 2502 or 2501, once per target, whatever
+    /// The request's variables for the document at a target of `src`, those sent as strings
+    /// parsed. One that cannot be read (too long, or not JSON the parser takes) would hide list
+    /// sizes — a `$first` of a million would pass —, so it is reported once per target, whatever
     /// other document shares it (`unread`).
-    fn read(&mut self, unread: &mut Vec<&'r Target<'t>>, f: &mut Findings<'_>) {
+    fn read(
+        src: Source<'r>,
+        targets: &'r [Target<'t>],
+        kind: BodyKind,
+        unread: &mut Vec<&'r Target<'t>>,
+        f: &mut Findings<'_>,
+    ) -> Self {
         let mut parsed = Vec::new();
-        for t in self.raw() {
-            let verdict = if t.value.len() > MAX_VARIABLES_BYTES {
-                Err((GQL_TOKENS, too_long_variables()))
-            } else {
-                serde_json::from_str(&t.value).map_err(|e| (GQL_SYNTAX, unparsable_variables(&e)))
-            };
-            match verdict {
+        for t in raw_variables(src, targets, kind) {
+            match parse_variables(&t.value) {
                 Ok(v) => parsed.push(v),
                 Err((rule, why)) if !unread.iter().any(|u| std::ptr::eq(*u, t)) => {
                     unread.push(t);
@@ -1309,10 +1294,14 @@ impl<'r, 't> Variables<'r, 't> {
                 Err(_) => {}
             }
         }
-        self.parsed = Some(parsed);
+        Variables {
+            src,
+            targets,
+            parsed,
+        }
     }
 
-    fn get(&mut self, var: &str) -> Option<String> {
+    fn get(&self, var: &str) -> Option<String> {
         let mut best: Option<String> = None;
         if let Source::Json { prefix, .. } = self.src {
             // An object: its members are targets (`$.variables.first`, `$.Variables.first`).
@@ -1326,13 +1315,45 @@ impl<'r, 't> Variables<'r, 't> {
                 }
             }
         }
-        for vars in self.parsed.iter().flatten() {
+        for vars in &self.parsed {
             if let Some(v) = variable(vars, var) {
                 larger(&mut best, Cow::Owned(v));
             }
         }
         best
     }
+}
+
+/// The `variables` members or parameters sent as JSON strings, for a document at a target of
+/// `src`.
+fn raw_variables<'r, 't>(
+    src: Source<'r>,
+    targets: &'r [Target<'t>],
+    kind: BodyKind,
+) -> impl Iterator<Item = &'r Target<'t>> {
+    targets.iter().filter(move |t| match src {
+        Source::Json { prefix, .. } => {
+            t.location == Location::Body
+                && t.part == Part::Value
+                && variables_member(&t.name, prefix).is_some_and(str::is_empty)
+        }
+        Source::Query => is_query_value(t) && php_key(&t.name) == "variables",
+        Source::Form => is_form_value(t, kind) && php_key(&t.name) == "variables",
+        Source::Operations => false,
+    })
+}
+
+/// `variables` sent as a string, parsed; or the rule it breaks and why, when it cannot be read:
+/// longer than [`MAX_VARIABLES_BYTES`] (2502), or not JSON the parser takes (2501).
+fn parse_variables(s: &str) -> Result<serde_json::Value, (&'static Rule, String)> {
+    if s.len() > MAX_VARIABLES_BYTES {
+        return Err((
+            GQL_TOKENS,
+            format!("variables over {MAX_VARIABLES_BYTES} bytes"),
+        ));
+    }
+    serde_json::from_str(s)
+        .map_err(|e| (GQL_SYNTAX, format!("variables do not parse as JSON: {e}")))
 }
 
 /// What follows a `variables` member (in any case) of the JSON object at `prefix` in a JSON
@@ -1385,7 +1406,7 @@ fn graphql_rules(
     // that repeating `query` cannot multiply the parser's per-document bound).
     let mut batch = 0u64;
     let mut analysed = 0u64;
-    // `variables` strings reported as too long to read (each once, whatever shares it).
+    // `variables` strings reported as unreadable (each once, whatever shares it).
     let mut unread: Vec<&Target<'_>> = Vec::new();
     let protected = mass.filter(|_| f.runs(MASS_ASSIGNMENT)).map(|m| &m.fields);
     for t in targets {
@@ -1480,13 +1501,7 @@ fn graphql_rules(
             continue;
         }
         analysed += 1;
-        let mut vars = Variables {
-            src,
-            targets,
-            kind: facts.kind,
-            parsed: None,
-        };
-        vars.read(&mut unread, f);
+        let vars = Variables::read(src, targets, facts.kind, &mut unread, f);
         let mut resolve = |name: &str| vars.get(name);
         analyse_document(g, protected, pagination, t, &t.value, &mut resolve, f);
     }
@@ -1563,16 +1578,6 @@ fn analyse_document(
     }
 }
 
-/// The evidence of a `variables` string too long to be read.
-fn too_long_variables() -> String {
-    format!("variables over {MAX_VARIABLES_BYTES} bytes")
-}
-
-/// The evidence of a `variables` string that does not parse.
-fn unparsable_variables(e: &serde_json::Error) -> String {
-    format!("variables do not parse as JSON: {e}")
-}
-
 /// One operation of a GraphQL multipart request's `operations` field.
 struct Operation {
     /// The string value of every member named `query` in any case (Go's `encoding/json`
@@ -1610,12 +1615,9 @@ fn operations(value: &str) -> Option<Vec<Operation>> {
         let mut vars = Vec::new();
         for v in named("variables") {
             match v {
-                serde_json::Value::String(s) if s.len() > MAX_VARIABLES_BYTES => {
-                    unread_variables = Some((GQL_TOKENS, too_long_variables()));
-                }
-                serde_json::Value::String(s) => match serde_json::from_str(s) {
+                serde_json::Value::String(s) => match parse_variables(s) {
                     Ok(v) => vars.push((v, true)),
-                    Err(e) => unread_variables = Some((GQL_SYNTAX, unparsable_variables(&e))),
+                    Err(why) => unread_variables = Some(why),
                 },
                 serde_json::Value::Object(_) => vars.push((v.clone(), false)),
                 _ => {}
